@@ -1,0 +1,188 @@
+//! What a client tells the servers about itself, and how long it waits for them.
+
+use std::time::Duration;
+
+use tessera_proto::MAX_FIELD_BYTES;
+
+use crate::error::ClientError;
+
+/// How long one request may take from connect to the last byte of the answer.
+pub const REQUEST_TIMEOUT_DEFAULT: Duration = Duration::from_secs(2);
+/// How long opening a TCP connection to one server may take. Short, because a
+/// dead server should cost the fail-over as little as possible.
+pub const CONNECT_TIMEOUT_DEFAULT: Duration = Duration::from_secs(1);
+/// Most servers a client is configured with (a pool has 1 to 11).
+pub const SERVERS_MAX: usize = 32;
+
+/// How a [`Client`](crate::Client) reaches the pool and names itself.
+///
+/// Build one with [`ClientConfig::new`], then change any public field.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClientConfig {
+    /// `host:port` of the pool's servers, in the order checkouts try them.
+    pub servers: Vec<String>,
+    /// Names this process to the servers; grants are bound to it. The default
+    /// is unique per process: `<host>-<pid>-<random>`.
+    pub client_id: String,
+    /// The person running the program, as shown by `tessera status`.
+    pub user: String,
+    /// The machine running the program, as shown by `tessera status`.
+    pub host: String,
+    /// Time limit of one request to one server.
+    pub request_timeout: Duration,
+    /// Time limit of opening a connection to one server.
+    pub connect_timeout: Duration,
+}
+
+impl ClientConfig {
+    /// A configuration for these servers (`host:port`, in priority order), with
+    /// user and host read from the environment and a fresh client id.
+    pub fn new<I, S>(servers: I) -> ClientConfig
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        let host = local_host_name();
+        let client_id = format!(
+            "{host}-{pid}-{random}",
+            pid = std::process::id(),
+            random = &uuid::Uuid::new_v4().simple().to_string()[..8],
+        );
+        ClientConfig {
+            servers: servers.into_iter().map(Into::into).collect(),
+            client_id,
+            user: local_user_name(),
+            host,
+            request_timeout: REQUEST_TIMEOUT_DEFAULT,
+            connect_timeout: CONNECT_TIMEOUT_DEFAULT,
+        }
+    }
+
+    /// Checks what the servers would refuse anyway, so that a misconfigured
+    /// program fails at start with a message naming the field to fix.
+    pub(crate) fn validate(&self) -> Result<(), ClientError> {
+        if self.servers.is_empty() {
+            return Err(invalid(
+                "no license servers are configured; list their host:port in ClientConfig::servers",
+            ));
+        }
+        if self.servers.len() > SERVERS_MAX {
+            return Err(invalid(format!(
+                "{} license servers are configured, more than the {SERVERS_MAX} a client accepts",
+                self.servers.len()
+            )));
+        }
+        for address in &self.servers {
+            crate::http::check_address(address).map_err(invalid)?;
+        }
+        for (name, value) in [
+            ("client_id", &self.client_id),
+            ("user", &self.user),
+            ("host", &self.host),
+        ] {
+            check_field(name, value).map_err(invalid)?;
+        }
+        if self.request_timeout.is_zero() || self.connect_timeout.is_zero() {
+            return Err(invalid(
+                "request_timeout and connect_timeout must be longer than zero",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The server's rule for every identifier a client sends: present and bounded.
+pub(crate) fn check_field(name: &str, value: &str) -> Result<(), String> {
+    if value.is_empty() {
+        return Err(format!("`{name}` is empty; give it a value"));
+    }
+    if value.len() > MAX_FIELD_BYTES {
+        return Err(format!(
+            "`{name}` is {} bytes long, more than the {MAX_FIELD_BYTES} bytes a server accepts",
+            value.len()
+        ));
+    }
+    Ok(())
+}
+
+fn invalid(message: impl Into<String>) -> ClientError {
+    ClientError::InvalidConfig {
+        message: message.into(),
+    }
+}
+
+fn local_host_name() -> String {
+    let from_kernel = std::fs::read_to_string("/proc/sys/kernel/hostname").ok();
+    let from_env = || {
+        std::env::var("HOSTNAME")
+            .or_else(|_| std::env::var("COMPUTERNAME"))
+            .ok()
+    };
+    first_usable(from_kernel.or_else(from_env))
+}
+
+fn local_user_name() -> String {
+    let name = std::env::var("USER")
+        .or_else(|_| std::env::var("USERNAME"))
+        .ok();
+    first_usable(name)
+}
+
+/// Trims and bounds a name from the environment so that a default never makes
+/// the configuration invalid.
+fn first_usable(name: Option<String>) -> String {
+    let trimmed = name.as_deref().map(str::trim).unwrap_or_default();
+    if trimmed.is_empty() {
+        return "unknown".to_string();
+    }
+    // Half the field limit leaves room for the pid and random suffix of the client id.
+    prefix(trimmed, MAX_FIELD_BYTES / 2).to_string()
+}
+
+/// The longest start of `text` that fits in `bytes_max` without splitting a character.
+pub(crate) fn prefix(text: &str, bytes_max: usize) -> &str {
+    let mut end = text.len().min(bytes_max);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_client_ids_differ() {
+        let first = ClientConfig::new(["127.0.0.1:7001"]);
+        let second = ClientConfig::new(["127.0.0.1:7001"]);
+        first.validate().expect("defaults must be valid");
+        assert_ne!(first.client_id, second.client_id);
+        assert_eq!(first.request_timeout, REQUEST_TIMEOUT_DEFAULT);
+    }
+
+    #[test]
+    fn invalid_configurations_name_the_field() {
+        let check = |change: fn(&mut ClientConfig), expected: &str| {
+            let mut config = ClientConfig::new(["127.0.0.1:7001"]);
+            change(&mut config);
+            let message = config.validate().expect_err("must be refused").to_string();
+            assert!(message.contains(expected), "{message:?} lacks {expected:?}");
+        };
+        check(|c| c.servers.clear(), "ClientConfig::servers");
+        check(|c| c.servers = vec!["http://x:1".into()], "http://x:1");
+        check(|c| c.servers = vec!["".into()], "empty");
+        check(|c| c.user = String::new(), "`user`");
+        check(|c| c.host = "h".repeat(MAX_FIELD_BYTES + 1), "`host`");
+        check(|c| c.request_timeout = Duration::ZERO, "request_timeout");
+    }
+
+    #[test]
+    fn names_from_the_environment_are_trimmed_and_bounded() {
+        assert_eq!(first_usable(None), "unknown");
+        assert_eq!(first_usable(Some(" \n".into())), "unknown");
+        assert_eq!(first_usable(Some("box\n".into())), "box");
+        let long = "é".repeat(MAX_FIELD_BYTES);
+        assert!(first_usable(Some(long)).len() <= MAX_FIELD_BYTES / 2);
+    }
+}

@@ -1,0 +1,237 @@
+//! The license table: the pool's codes as evaluated on one server on one day.
+//!
+//! It is never modified; when the day changes or the codes change, the server
+//! evaluates a new one. A code is *served* only if its signature checks
+//! against a trusted vendor key, it has not expired, and it is bound to any
+//! host or to this server's hostid. Each code not served carries the reason,
+//! which `tessera status` shows.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use crate::date::{CivilDate, Expiry};
+use crate::license::{LicenseCode, LicenseError, Policy, VendorPublicKey};
+use crate::version::Version;
+
+/// Why a code is not served.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NotServedReason {
+    Expired { last_day: CivilDate },
+    NotYetValid { issued: CivilDate },
+    WrongHost { bound_to: String, this_host: String },
+    Signature(LicenseError),
+}
+
+impl fmt::Display for NotServedReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            NotServedReason::Expired { last_day } => write!(f, "expired at the end of {last_day}"),
+            NotServedReason::NotYetValid { issued } => {
+                write!(f, "issued {issued}, which is after today on this server")
+            }
+            NotServedReason::WrongHost {
+                bound_to,
+                this_host,
+            } => write!(
+                f,
+                "bound to hostid {bound_to}, but this server's hostid is {this_host}"
+            ),
+            NotServedReason::Signature(err) => err.fmt(f),
+        }
+    }
+}
+
+/// One code and whether it is served.
+#[derive(Clone, Debug)]
+pub struct CodeVerdict {
+    pub code: LicenseCode,
+    pub not_served: Option<NotServedReason>,
+}
+
+/// Everything known about one feature.
+#[derive(Clone, Debug)]
+pub struct FeatureLicense {
+    pub feature: String,
+    pub vendor: String,
+    /// Sum of the seats of the served codes.
+    pub hard_limit: u32,
+    /// From the served code issued last (ties: the greatest id), so that a
+    /// vendor's newer code sets the terms.
+    pub policy: Policy,
+    pub codes: Vec<CodeVerdict>,
+}
+
+impl FeatureLicense {
+    /// True if a served code's version range includes `version`.
+    pub fn covers(&self, version: &Version) -> bool {
+        self.served().any(|code| {
+            let fields = code.fields();
+            &fields.version_min <= version && version <= &fields.version_max
+        })
+    }
+
+    pub fn served(&self) -> impl Iterator<Item = &LicenseCode> {
+        self.codes
+            .iter()
+            .filter(|verdict| verdict.not_served.is_none())
+            .map(|verdict| &verdict.code)
+    }
+
+    /// The reasons the feature's codes are not served, for an error message.
+    pub fn why_not_served(&self) -> String {
+        let reasons: Vec<String> = self
+            .codes
+            .iter()
+            .filter_map(|verdict| {
+                verdict
+                    .not_served
+                    .as_ref()
+                    .map(|reason| format!("code {}: {reason}", verdict.code.id()))
+            })
+            .collect();
+        reasons.join("; ")
+    }
+}
+
+/// The codes of a pool, by feature.
+#[derive(Clone, Debug, Default)]
+pub struct LicenseTable {
+    features: BTreeMap<String, FeatureLicense>,
+}
+
+impl LicenseTable {
+    pub fn evaluate(
+        codes: &[LicenseCode],
+        trusted: &[VendorPublicKey],
+        hostid: &str,
+        today: CivilDate,
+    ) -> LicenseTable {
+        let mut features: BTreeMap<String, FeatureLicense> = BTreeMap::new();
+        for code in codes {
+            let verdict = CodeVerdict {
+                code: code.clone(),
+                not_served: judge(code, trusted, hostid, today),
+            };
+            let entry = features
+                .entry(code.feature().to_string())
+                .or_insert_with(|| FeatureLicense {
+                    feature: code.feature().to_string(),
+                    vendor: code.vendor().to_string(),
+                    hard_limit: 0,
+                    policy: code.fields().policy,
+                    codes: Vec::new(),
+                });
+            if verdict.not_served.is_none() {
+                entry.hard_limit = entry.hard_limit.saturating_add(code.seats());
+            }
+            entry.codes.push(verdict);
+        }
+        for feature in features.values_mut() {
+            let newest = feature
+                .served()
+                .max_by(|a, b| (a.fields().issued, a.id()).cmp(&(b.fields().issued, b.id())))
+                .map(|code| code.fields().policy);
+            if let Some(policy) = newest {
+                feature.policy = policy;
+            }
+        }
+        LicenseTable { features }
+    }
+
+    pub fn feature(&self, name: &str) -> Option<&FeatureLicense> {
+        self.features.get(name)
+    }
+
+    pub fn features(&self) -> impl Iterator<Item = &FeatureLicense> {
+        self.features.values()
+    }
+}
+
+fn judge(
+    code: &LicenseCode,
+    trusted: &[VendorPublicKey],
+    hostid: &str,
+    today: CivilDate,
+) -> Option<NotServedReason> {
+    if let Err(err) = code.verify(trusted) {
+        return Some(NotServedReason::Signature(err));
+    }
+    let fields = code.fields();
+    if let Expiry::EndOf(last_day) = fields.expiry {
+        if fields.expiry.has_expired(today) {
+            return Some(NotServedReason::Expired { last_day });
+        }
+    }
+    // One day of slack: a vendor east of the server may date a code tomorrow.
+    if fields.issued.days_since_epoch() > today.days_since_epoch() + 1 {
+        return Some(NotServedReason::NotYetValid {
+            issued: fields.issued,
+        });
+    }
+    if !fields.hostid.allows(hostid) {
+        return Some(NotServedReason::WrongHost {
+            bound_to: fields.hostid.to_string(),
+            this_host: hostid.to_string(),
+        });
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::license::tests::{test_key, unsigned};
+    use crate::license::HostBinding;
+
+    fn day(text: &str) -> CivilDate {
+        CivilDate::parse(text).unwrap()
+    }
+
+    #[test]
+    fn served_codes_add_up_and_others_say_why() {
+        let acme = test_key("acme", 1);
+        let rogue = test_key("acme", 9);
+        let mut expired = unsigned("old", "cad", 50);
+        expired.expiry = Expiry::parse("2026-06-30").unwrap();
+        let mut bound = unsigned("bound", "cad", 7);
+        bound.hostid = HostBinding::Host("mid-other".into());
+        let mut newer = unsigned("new", "cad", 5);
+        newer.issued = day("2026-03-01");
+        newer.policy.lease_s = 60;
+        let codes = vec![
+            acme.sign(unsigned("base", "cad", 10)).unwrap(),
+            acme.sign(newer).unwrap(),
+            acme.sign(expired).unwrap(),
+            acme.sign(bound).unwrap(),
+            rogue.sign(unsigned("forged", "cad", 1000)).unwrap(),
+        ];
+        let table = LicenseTable::evaluate(&codes, &[acme.public()], "mid-this", day("2026-11-22"));
+        let cad = table.feature("cad").unwrap();
+        assert_eq!(cad.hard_limit, 15);
+        assert_eq!(cad.policy.lease_s, 60, "newest served code sets the policy");
+        let why = cad.why_not_served();
+        assert!(
+            why.contains("code old: expired at the end of 2026-06-30"),
+            "{why}"
+        );
+        assert!(
+            why.contains("code bound: bound to hostid mid-other"),
+            "{why}"
+        );
+        assert!(why.contains("code forged: license code forged"), "{why}");
+        assert!(cad.covers(&Version::parse("2.5").unwrap()));
+        assert!(!cad.covers(&Version::parse("3").unwrap()));
+        assert!(table.feature("sim").is_none());
+    }
+
+    #[test]
+    fn a_feature_with_nothing_served_has_no_seats() {
+        let acme = test_key("acme", 1);
+        let codes = vec![acme.sign(unsigned("a", "cad", 10)).unwrap()];
+        let table = LicenseTable::evaluate(&codes, &[], "h", day("2026-11-22"));
+        let cad = table.feature("cad").unwrap();
+        assert_eq!(cad.hard_limit, 0);
+        assert!(!cad.covers(&Version::parse("1.0").unwrap()));
+        assert!(cad.why_not_served().contains("not trusted"));
+    }
+}

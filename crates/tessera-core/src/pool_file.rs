@@ -1,0 +1,306 @@
+//! The pool file (the seeds' redundant license file): pool id, sequence
+//! number, servers in leader-priority order, per-feature initial
+//! distribution, and the embedded license codes.
+//!
+//! ```toml
+//! pool_id = "acme-eng"
+//! sequence = 1
+//!
+//! [[servers]]
+//! id = "A"
+//! address = "10.0.0.1:27000"
+//!
+//! [distribution.cad]   # optional; none given: even split
+//! A = 40
+//!
+//! [[license]]          # as `tessera license sign` writes them
+//! id = "..."
+//! ```
+//!
+//! Parsing checks the file's own consistency; signatures are checked when a
+//! server evaluates its [`crate::LicenseTable`] with its trusted keys.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+
+use crate::distribution::{DistributionError, DistributionTable};
+use crate::license::{LicenseCode, LicenseCodeText, LicenseError};
+use crate::names::check_name;
+use crate::{FEATURES_MAX, LICENSE_CODES_MAX, POOL_FILE_BYTES_MAX, POOL_SERVERS_MAX};
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum PoolFileError {
+    #[error("pool file is not valid TOML: {0}")]
+    Syntax(String),
+    #[error("pool file is {bytes} bytes; the limit is {POOL_FILE_BYTES_MAX}")]
+    TooLarge { bytes: usize },
+    #[error("pool file: {0}")]
+    Invalid(String),
+    #[error("pool file: {0}")]
+    License(#[from] LicenseError),
+    #[error("pool file: {0}")]
+    Distribution(#[from] DistributionError),
+}
+
+/// One server of the pool.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerEntry {
+    pub id: String,
+    /// `host:port` of the server's HTTP API, as clients and peers reach it.
+    pub address: String,
+}
+
+/// A parsed, self-consistent pool file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PoolFile {
+    pub pool_id: String,
+    /// Higher replaces lower; the same number never carries two contents.
+    pub sequence: u64,
+    /// In leader-priority order.
+    pub servers: Vec<ServerEntry>,
+    /// Per feature, per server: the initial allocation.
+    pub distribution: BTreeMap<String, BTreeMap<String, u32>>,
+    pub codes: Vec<LicenseCode>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PoolFileText {
+    pool_id: String,
+    sequence: u64,
+    servers: Vec<ServerEntry>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    distribution: BTreeMap<String, BTreeMap<String, u32>>,
+    #[serde(default)]
+    license: Vec<LicenseCodeText>,
+}
+
+impl PoolFile {
+    pub fn parse(text: &str) -> Result<PoolFile, PoolFileError> {
+        if text.len() > POOL_FILE_BYTES_MAX {
+            return Err(PoolFileError::TooLarge { bytes: text.len() });
+        }
+        let raw: PoolFileText =
+            toml::from_str(text).map_err(|err| PoolFileError::Syntax(err.to_string()))?;
+        let codes = raw
+            .license
+            .iter()
+            .map(LicenseCode::from_text)
+            .collect::<Result<Vec<_>, _>>()?;
+        let pool = PoolFile {
+            pool_id: raw.pool_id,
+            sequence: raw.sequence,
+            servers: raw.servers,
+            distribution: raw.distribution,
+            codes,
+        };
+        pool.validate()?;
+        Ok(pool)
+    }
+
+    pub fn to_toml(&self) -> String {
+        let raw = PoolFileText {
+            pool_id: self.pool_id.clone(),
+            sequence: self.sequence,
+            servers: self.servers.clone(),
+            distribution: self.distribution.clone(),
+            license: self.codes.iter().map(LicenseCode::to_text).collect(),
+        };
+        toml::to_string(&raw).expect("a pool file always serializes")
+    }
+
+    pub fn server_ids(&self) -> Vec<String> {
+        self.servers.iter().map(|s| s.id.clone()).collect()
+    }
+
+    pub fn server(&self, id: &str) -> Option<&ServerEntry> {
+        self.servers.iter().find(|s| s.id == id)
+    }
+
+    /// Seats of every code for `feature`, served or not.
+    pub fn nominal_seats(&self, feature: &str) -> u64 {
+        self.codes
+            .iter()
+            .filter(|c| c.feature() == feature)
+            .map(|c| u64::from(c.seats()))
+            .sum()
+    }
+
+    fn validate(&self) -> Result<(), PoolFileError> {
+        let invalid = PoolFileError::Invalid;
+        check_name("pool_id", &self.pool_id).map_err(invalid)?;
+        if self.servers.is_empty() || self.servers.len() > POOL_SERVERS_MAX {
+            return Err(invalid(format!(
+                "a pool has 1 to {POOL_SERVERS_MAX} servers; this file lists {}",
+                self.servers.len()
+            )));
+        }
+        let mut ids = BTreeSet::new();
+        let mut addresses = BTreeSet::new();
+        for server in &self.servers {
+            check_name("server id", &server.id).map_err(invalid)?;
+            check_address(&server.address).map_err(invalid)?;
+            if !ids.insert(server.id.as_str()) {
+                return Err(invalid(format!(
+                    "server id `{}` is listed twice",
+                    server.id
+                )));
+            }
+            if !addresses.insert(server.address.as_str()) {
+                return Err(invalid(format!(
+                    "address {} is listed for two servers",
+                    server.address
+                )));
+            }
+        }
+        if self.codes.len() > LICENSE_CODES_MAX {
+            return Err(invalid(format!(
+                "{} license codes; the limit is {LICENSE_CODES_MAX}",
+                self.codes.len()
+            )));
+        }
+        let mut code_ids = BTreeSet::new();
+        let mut vendor_of: BTreeMap<&str, &str> = BTreeMap::new();
+        for code in &self.codes {
+            if !code_ids.insert(code.id()) {
+                return Err(invalid(format!(
+                    "license code {} appears twice; the same code never adds up",
+                    code.id()
+                )));
+            }
+            let vendor = vendor_of.entry(code.feature()).or_insert(code.vendor());
+            if *vendor != code.vendor() {
+                return Err(invalid(format!(
+                    "feature `{}` is licensed by two vendors (`{}` and `{}`); a feature name must \
+                     belong to one vendor in a pool",
+                    code.feature(),
+                    vendor,
+                    code.vendor()
+                )));
+            }
+        }
+        if vendor_of.len() > FEATURES_MAX {
+            return Err(invalid(format!(
+                "{} features; the limit is {FEATURES_MAX}",
+                vendor_of.len()
+            )));
+        }
+        let server_ids = self.server_ids();
+        for (feature, requested) in &self.distribution {
+            if !vendor_of.contains_key(feature.as_str()) {
+                return Err(invalid(format!(
+                    "the distribution names feature `{feature}`, which no license code in this file names"
+                )));
+            }
+            let nominal = self.nominal_seats(feature);
+            let hard_limit = u32::try_from(nominal).unwrap_or(u32::MAX);
+            DistributionTable::initial(feature, hard_limit, &server_ids, Some(requested))?;
+        }
+        Ok(())
+    }
+}
+
+fn check_address(address: &str) -> Result<(), String> {
+    let (host, port) = address
+        .rsplit_once(':')
+        .ok_or_else(|| format!("address `{address}` is not of the form host:port"))?;
+    if host.is_empty() || port.parse::<u16>().map_or(true, |p| p == 0) {
+        return Err(format!(
+            "address `{address}` is not of the form host:port with a port of 1 to 65535"
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::license::tests::{test_key, unsigned};
+
+    fn pool_text(extra: &str) -> String {
+        let key = test_key("acme", 1);
+        let codes = LicenseCode::write_file(&[
+            key.sign(unsigned("c1", "cad", 60)).unwrap(),
+            key.sign(unsigned("c2", "cad", 40)).unwrap(),
+        ]);
+        format!(
+            "pool_id = \"eng\"\nsequence = 3\n\
+             [[servers]]\nid = \"A\"\naddress = \"127.0.0.1:27001\"\n\
+             [[servers]]\nid = \"B\"\naddress = \"127.0.0.1:27002\"\n\
+             [[servers]]\nid = \"C\"\naddress = \"127.0.0.1:27003\"\n{extra}\n{codes}"
+        )
+    }
+
+    #[test]
+    fn parses_and_round_trips() {
+        let pool =
+            PoolFile::parse(&pool_text("[distribution.cad]\nA = 40\nB = 30\nC = 30\n")).unwrap();
+        assert_eq!(pool.sequence, 3);
+        assert_eq!(pool.server_ids(), vec!["A", "B", "C"]);
+        assert_eq!(
+            pool.nominal_seats("cad"),
+            100,
+            "codes of one feature add up"
+        );
+        assert_eq!(PoolFile::parse(&pool.to_toml()).unwrap(), pool);
+    }
+
+    #[test]
+    fn inconsistent_files_are_refused_with_the_reason() {
+        let cases = [
+            (
+                "[distribution.cad]\nA = 60\nB = 41\n",
+                "the distribution of feature `cad` gives 101 seats but its hard limit is 100",
+            ),
+            (
+                "[distribution.cam]\nA = 1\n",
+                "feature `cam`, which no license code",
+            ),
+            ("[distribution.cad]\nD = 1\n", "server `D`"),
+            ("bogus = 1\n", "unknown field `bogus`"),
+        ];
+        for (extra, expected) in cases {
+            let err = PoolFile::parse(&pool_text(extra)).unwrap_err().to_string();
+            assert!(
+                err.contains(expected),
+                "`{err}` should contain `{expected}`"
+            );
+        }
+        let twice = pool_text("").replace("id = \"B\"", "id = \"A\"");
+        assert!(PoolFile::parse(&twice)
+            .unwrap_err()
+            .to_string()
+            .contains("listed twice"));
+        let no_port = pool_text("").replace("127.0.0.1:27003", "127.0.0.1");
+        assert!(PoolFile::parse(&no_port)
+            .unwrap_err()
+            .to_string()
+            .contains("host:port"));
+        let duplicate_code = pool_text("").replace("id = \"c2\"", "id = \"c1\"");
+        assert!(PoolFile::parse(&duplicate_code)
+            .unwrap_err()
+            .to_string()
+            .contains("appears twice"));
+        assert!(matches!(
+            PoolFile::parse("pool_id = "),
+            Err(PoolFileError::Syntax(_))
+        ));
+    }
+
+    #[test]
+    fn a_feature_belongs_to_one_vendor() {
+        let acme = test_key("acme", 1);
+        let globex = test_key("globex", 2);
+        let codes = LicenseCode::write_file(&[
+            acme.sign(unsigned("c1", "cad", 1)).unwrap(),
+            globex.sign(unsigned("g1", "cad", 1)).unwrap(),
+        ]);
+        let text = format!(
+            "pool_id = \"p\"\nsequence = 1\n[[servers]]\nid = \"A\"\naddress = \"h:1\"\n{codes}"
+        );
+        let err = PoolFile::parse(&text).unwrap_err().to_string();
+        assert!(err.contains("licensed by two vendors"), "{err}");
+    }
+}

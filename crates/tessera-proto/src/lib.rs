@@ -1,0 +1,361 @@
+//! Wire types of Tessera's `/v1` HTTP/JSON protocol.
+//!
+//! These are the shapes that cross the network, and nothing else: the domain
+//! types live in `tessera-core` and are converted by hand in the server. Every
+//! string a client sends is bounded ([`MAX_FIELD_BYTES`]) and every body is
+//! bounded ([`MAX_BODY_BYTES`]); the server rejects anything larger with a
+//! stable [`ErrorCode`]. PROTOCOL.md documents each endpoint.
+
+use serde::{Deserialize, Serialize};
+
+/// Path prefix of every endpoint of this protocol version.
+pub const API_PREFIX: &str = "/v1";
+/// Largest request body a server accepts, in bytes.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+/// Longest identifier or name a client may send (client id, user, host, feature, version), in bytes.
+pub const MAX_FIELD_BYTES: usize = 256;
+/// Largest seat count one request may ask for.
+pub const MAX_SEATS_PER_REQUEST: u32 = 1_000_000;
+
+/// `POST /v1/checkout`: ask for `count` seats of `feature`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckoutRequest {
+    /// Stable id of the client process (the SDK makes one per process).
+    pub client_id: String,
+    pub user: String,
+    pub host: String,
+    pub feature: String,
+    /// Version of the program asking; must fall inside a served code's range.
+    pub version: String,
+    pub count: u32,
+}
+
+/// `POST /v1/heartbeat`: renew a grant. It carries everything a checkout does,
+/// so that a server that did not issue the grant can convert it into a
+/// checkout for the same count (fail-over).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeartbeatRequest {
+    pub grant_id: String,
+    pub client_id: String,
+    pub user: String,
+    pub host: String,
+    pub feature: String,
+    pub version: String,
+    pub count: u32,
+}
+
+impl HeartbeatRequest {
+    /// The checkout this heartbeat turns into on a server that does not hold the grant.
+    pub fn as_checkout(&self) -> CheckoutRequest {
+        CheckoutRequest {
+            client_id: self.client_id.clone(),
+            user: self.user.clone(),
+            host: self.host.clone(),
+            feature: self.feature.clone(),
+            version: self.version.clone(),
+            count: self.count,
+        }
+    }
+}
+
+/// `POST /v1/checkin`: give a grant's seats back.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckinRequest {
+    pub grant_id: String,
+    pub client_id: String,
+}
+
+/// A server of the pool, as clients see it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServerInfo {
+    pub id: String,
+    /// `host:port` of its HTTP API.
+    pub address: String,
+}
+
+/// Answer to a checkout or a heartbeat.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Grant {
+    pub grant_id: String,
+    pub feature: String,
+    pub count: u32,
+    /// The server holding this grant.
+    pub server_id: String,
+    /// The client may treat the seats as held until its own send time of the
+    /// request plus this lease.
+    pub lease_ms: u64,
+    /// How often the client should heartbeat.
+    pub heartbeat_interval_ms: u64,
+    /// The pool's servers in leader-priority order: where to fail over.
+    pub servers: Vec<ServerInfo>,
+    /// True when this server did not hold the grant and issued it anew
+    /// (a heartbeat converted into a checkout).
+    pub converted: bool,
+}
+
+/// Answer to a check-in.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckinResponse {
+    pub released_seats: u32,
+}
+
+/// Every error answer: `{"error": {"code": "...", "message": "..."}}`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorDetail {
+    pub code: ErrorCode,
+    /// A sentence a person can act on.
+    pub message: String,
+}
+
+/// Stable machine-readable error codes. Never renamed; new ones may be added,
+/// so clients must accept codes they do not know ([`ErrorCode::Unknown`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// The body is not valid JSON of the expected shape.
+    MalformedRequest,
+    /// The body exceeds [`MAX_BODY_BYTES`].
+    BodyTooLarge,
+    /// A field is empty, too long or has characters not allowed.
+    InvalidField,
+    /// No license code names this feature.
+    UnknownFeature,
+    /// The count is zero or above [`MAX_SEATS_PER_REQUEST`].
+    InvalidCount,
+    /// The count exceeds the feature's hard limit: it can never be granted.
+    CountAboveLimit,
+    /// No served code covers the requested version.
+    VersionNotLicensed,
+    /// Every seat this server may issue is taken.
+    NoSeatsAvailable,
+    /// The feature's codes exist but none can be served (expired, bound to
+    /// another host, bad signature, unknown vendor); the message says why.
+    LicenseNotServed,
+    /// The server lost its store and waits out one lease before issuing new seats.
+    GracePeriod,
+    /// The server cannot reach a majority of its pool and does not issue.
+    NoQuorum,
+    /// Check-in of a grant this server does not hold.
+    UnknownGrant,
+    /// The grant exists but belongs to another client or has another shape.
+    GrantMismatch,
+    /// The server holds as many grants or clients as its limits allow.
+    TooManyGrants,
+    /// No such endpoint.
+    NotFound,
+    /// The method is not allowed on this endpoint.
+    MethodNotAllowed,
+    /// The server failed; the request may be retried.
+    Internal,
+    /// A code this client version does not know.
+    #[serde(other)]
+    Unknown,
+}
+
+impl ErrorCode {
+    /// The HTTP status each code is answered with: one place, used by the server.
+    pub fn http_status(self) -> u16 {
+        match self {
+            ErrorCode::MalformedRequest
+            | ErrorCode::InvalidField
+            | ErrorCode::InvalidCount
+            | ErrorCode::CountAboveLimit
+            | ErrorCode::VersionNotLicensed => 400,
+            ErrorCode::UnknownFeature | ErrorCode::UnknownGrant | ErrorCode::NotFound => 404,
+            ErrorCode::MethodNotAllowed => 405,
+            ErrorCode::NoSeatsAvailable | ErrorCode::GrantMismatch => 409,
+            ErrorCode::BodyTooLarge => 413,
+            ErrorCode::LicenseNotServed => 403,
+            ErrorCode::TooManyGrants => 429,
+            ErrorCode::GracePeriod | ErrorCode::NoQuorum => 503,
+            ErrorCode::Internal | ErrorCode::Unknown => 500,
+        }
+    }
+
+    /// The code as it appears on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::MalformedRequest => "malformed_request",
+            ErrorCode::BodyTooLarge => "body_too_large",
+            ErrorCode::InvalidField => "invalid_field",
+            ErrorCode::UnknownFeature => "unknown_feature",
+            ErrorCode::InvalidCount => "invalid_count",
+            ErrorCode::CountAboveLimit => "count_above_limit",
+            ErrorCode::VersionNotLicensed => "version_not_licensed",
+            ErrorCode::NoSeatsAvailable => "no_seats_available",
+            ErrorCode::LicenseNotServed => "license_not_served",
+            ErrorCode::GracePeriod => "grace_period",
+            ErrorCode::NoQuorum => "no_quorum",
+            ErrorCode::UnknownGrant => "unknown_grant",
+            ErrorCode::GrantMismatch => "grant_mismatch",
+            ErrorCode::TooManyGrants => "too_many_grants",
+            ErrorCode::NotFound => "not_found",
+            ErrorCode::MethodNotAllowed => "method_not_allowed",
+            ErrorCode::Internal => "internal",
+            ErrorCode::Unknown => "unknown",
+        }
+    }
+}
+
+impl std::fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// `GET /v1/status`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StatusResponse {
+    pub pool_id: String,
+    pub pool_sequence: u64,
+    /// The server that answered.
+    pub server: ServerStatus,
+    /// Every server of the pool in leader-priority order.
+    pub servers: Vec<PeerStatus>,
+    pub features: Vec<FeatureStatus>,
+    /// Grants held by the answering server.
+    pub grants: Vec<GrantStatus>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ServerStatus {
+    pub id: String,
+    pub address: String,
+    /// `leader` or `follower` (a pool of one is its own leader).
+    pub role: String,
+    /// `serving`, `grace` (store was missing; only renewals accepted) or `no_quorum`.
+    pub state: String,
+    pub software_version: String,
+    pub uptime_ms: u64,
+    /// Milliseconds left in the grace period, when `state` is `grace`.
+    pub grace_remaining_ms: Option<u64>,
+    pub hostid: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PeerStatus {
+    pub id: String,
+    pub address: String,
+    pub role: String,
+    pub up: bool,
+    /// Milliseconds since the answering server last heard from it; `None` if never.
+    pub last_contact_ms: Option<u64>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FeatureStatus {
+    pub feature: String,
+    pub vendor: String,
+    /// Sum of the seats of every served code.
+    pub hard_limit: u32,
+    pub free_pool: u32,
+    /// Seats available across the pool as far as the answering server knows.
+    pub pool_available: u32,
+    pub lease_ms: u64,
+    pub heartbeat_interval_ms: u64,
+    pub borrow_threshold_percent: u32,
+    /// Rows of the distribution table, in leader-priority order.
+    pub servers: Vec<DistributionRow>,
+    /// Every code naming this feature, served or not, and why not.
+    pub codes: Vec<CodeStatus>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DistributionRow {
+    pub server_id: String,
+    pub allocation: u32,
+    pub in_use: u32,
+    pub available: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CodeStatus {
+    pub id: String,
+    pub vendor: String,
+    pub seats: u32,
+    pub version_min: String,
+    pub version_max: String,
+    /// `YYYY-MM-DD` or `permanent`.
+    pub expiry: String,
+    pub hostid: String,
+    pub served: bool,
+    /// Why the code is not served; `None` when it is.
+    pub reason: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GrantStatus {
+    pub grant_id: String,
+    pub feature: String,
+    pub count: u32,
+    pub client_id: String,
+    pub user: String,
+    pub host: String,
+    pub version: String,
+    pub age_ms: u64,
+    pub expires_in_ms: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_codes_round_trip_and_unknown_codes_are_accepted() {
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: ErrorCode::NoSeatsAvailable,
+                message: "all 5 seats taken".into(),
+            },
+        };
+        let text = serde_json::to_string(&body).unwrap();
+        assert!(text.contains("\"no_seats_available\""));
+        assert_eq!(serde_json::from_str::<ErrorBody>(&text).unwrap(), body);
+        let future: ErrorBody =
+            serde_json::from_str(r#"{"error":{"code":"from_the_future","message":"x"}}"#).unwrap();
+        assert_eq!(future.error.code, ErrorCode::Unknown);
+    }
+
+    #[test]
+    fn as_str_matches_serde_name() {
+        for code in [
+            ErrorCode::MalformedRequest,
+            ErrorCode::BodyTooLarge,
+            ErrorCode::InvalidField,
+            ErrorCode::UnknownFeature,
+            ErrorCode::InvalidCount,
+            ErrorCode::CountAboveLimit,
+            ErrorCode::VersionNotLicensed,
+            ErrorCode::NoSeatsAvailable,
+            ErrorCode::LicenseNotServed,
+            ErrorCode::GracePeriod,
+            ErrorCode::NoQuorum,
+            ErrorCode::UnknownGrant,
+            ErrorCode::GrantMismatch,
+            ErrorCode::TooManyGrants,
+            ErrorCode::NotFound,
+            ErrorCode::MethodNotAllowed,
+            ErrorCode::Internal,
+        ] {
+            let json = serde_json::to_string(&code).unwrap();
+            assert_eq!(json, format!("\"{}\"", code.as_str()));
+            assert!(code.http_status() >= 400);
+        }
+    }
+
+    #[test]
+    fn unknown_fields_are_refused() {
+        let err =
+            serde_json::from_str::<CheckinRequest>(r#"{"grant_id":"g","client_id":"c","extra":1}"#)
+                .unwrap_err();
+        assert!(err.to_string().contains("unknown field"));
+    }
+}
