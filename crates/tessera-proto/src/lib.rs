@@ -221,9 +221,15 @@ pub struct StatusResponse {
     /// Every server of the pool in leader-priority order.
     pub servers: Vec<PeerStatus>,
     pub features: Vec<FeatureStatus>,
-    /// Grants held by the answering server.
+    /// Grants held by the answering server, oldest first, at most
+    /// [`STATUS_GRANTS_MAX`] of them.
     pub grants: Vec<GrantStatus>,
+    /// How many grants the answering server holds in all.
+    pub grants_total: u64,
 }
+
+/// Most grants one status answer lists.
+pub const STATUS_GRANTS_MAX: usize = 1_000;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ServerStatus {

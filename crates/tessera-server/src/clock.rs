@@ -1,0 +1,41 @@
+//! The server's clocks, behind a seam so a simulator can drive time.
+
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+pub trait Clock: Send + Sync + 'static {
+    /// Monotonic milliseconds since an arbitrary start; never goes back.
+    fn now_ms(&self) -> u64;
+    /// Wall-clock milliseconds since the Unix epoch; only for dates and display.
+    fn unix_ms(&self) -> i64;
+}
+
+pub struct SystemClock {
+    start: Instant,
+}
+
+impl SystemClock {
+    pub fn new() -> SystemClock {
+        SystemClock {
+            start: Instant::now(),
+        }
+    }
+}
+
+impl Default for SystemClock {
+    fn default() -> Self {
+        SystemClock::new()
+    }
+}
+
+impl Clock for SystemClock {
+    fn now_ms(&self) -> u64 {
+        self.start.elapsed().as_millis() as u64
+    }
+
+    fn unix_ms(&self) -> i64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or(0)
+    }
+}

@@ -1,0 +1,237 @@
+//! The `/v1` HTTP/JSON API: request parsing, validation, error mapping.
+//!
+//! Every error leaves here as `{"error": {"code", "message"}}` with the HTTP
+//! status of [`ErrorCode::http_status`]; nothing a client sends can make a
+//! handler panic.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, Request, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::de::DeserializeOwned;
+use tessera_proto::{
+    self as proto, CheckinRequest, CheckinResponse, CheckoutRequest, ErrorCode, HeartbeatRequest,
+    MAX_BODY_BYTES, MAX_FIELD_BYTES, MAX_SEATS_PER_REQUEST,
+};
+
+use crate::issuer::{IssueError, Issued, SeatRequest};
+use crate::App;
+
+/// An error answer.
+pub struct ApiError(pub IssueError);
+
+impl From<IssueError> for ApiError {
+    fn from(err: IssueError) -> ApiError {
+        ApiError(err)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(self.0.code.http_status())
+            .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let body = proto::ErrorBody {
+            error: proto::ErrorDetail {
+                code: self.0.code,
+                message: self.0.message,
+            },
+        };
+        (status, Json(body)).into_response()
+    }
+}
+
+fn api_error(code: ErrorCode, message: impl Into<String>) -> ApiError {
+    ApiError(IssueError::new(code, message))
+}
+
+/// A JSON body parsed by us, so that every failure gets a stable code.
+pub struct JsonBody<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, ApiError> {
+        let bytes = Bytes::from_request(request, state)
+            .await
+            .map_err(|rejection| {
+                if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                    api_error(
+                        ErrorCode::BodyTooLarge,
+                        format!("request body is larger than {MAX_BODY_BYTES} bytes"),
+                    )
+                } else {
+                    api_error(ErrorCode::MalformedRequest, rejection.body_text())
+                }
+            })?;
+        serde_json::from_slice(&bytes).map(JsonBody).map_err(|err| {
+            api_error(
+                ErrorCode::MalformedRequest,
+                format!("request body is not the JSON this endpoint takes: {err}"),
+            )
+        })
+    }
+}
+
+pub fn router(app: Arc<App>) -> Router {
+    let prefix = proto::API_PREFIX;
+    Router::new()
+        .route(&format!("{prefix}/checkout"), post(checkout))
+        .route(&format!("{prefix}/heartbeat"), post(heartbeat))
+        .route(&format!("{prefix}/checkin"), post(checkin))
+        .route(&format!("{prefix}/status"), get(status))
+        .fallback(|| async {
+            api_error(
+                ErrorCode::NotFound,
+                format!(
+                    "no such endpoint; the API lives under {}",
+                    proto::API_PREFIX
+                ),
+            )
+        })
+        .method_not_allowed_fallback(|| async {
+            api_error(
+                ErrorCode::MethodNotAllowed,
+                "this endpoint does not take that method",
+            )
+        })
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
+            app.limits.requests_in_flight_max,
+        ))
+        .with_state(app)
+}
+
+async fn checkout(
+    State(app): State<Arc<App>>,
+    JsonBody(body): JsonBody<CheckoutRequest>,
+) -> Result<Json<proto::Grant>, ApiError> {
+    let request = seat_request(
+        body.client_id,
+        body.user,
+        body.host,
+        body.feature,
+        body.version,
+        body.count,
+    )?;
+    let grant_id = uuid::Uuid::new_v4().simple().to_string();
+    let issued = {
+        let mut issuer = app.issuer();
+        issuer.checkout(
+            grant_id,
+            request,
+            app.clock.now_ms(),
+            app.clock.unix_ms(),
+            false,
+        )?
+    };
+    app.persist(issued).await.map(Json)
+}
+
+async fn heartbeat(
+    State(app): State<Arc<App>>,
+    JsonBody(body): JsonBody<HeartbeatRequest>,
+) -> Result<Json<proto::Grant>, ApiError> {
+    check_field("grant_id", &body.grant_id)?;
+    let request = seat_request(
+        body.client_id,
+        body.user,
+        body.host,
+        body.feature,
+        body.version,
+        body.count,
+    )?;
+    let issued = {
+        let mut issuer = app.issuer();
+        issuer.heartbeat(
+            body.grant_id,
+            request,
+            app.clock.now_ms(),
+            app.clock.unix_ms(),
+        )?
+    };
+    app.persist(issued).await.map(Json)
+}
+
+async fn checkin(
+    State(app): State<Arc<App>>,
+    JsonBody(body): JsonBody<CheckinRequest>,
+) -> Result<Json<CheckinResponse>, ApiError> {
+    check_field("grant_id", &body.grant_id)?;
+    check_field("client_id", &body.client_id)?;
+    let released_seats = app.issuer().checkin(&body.grant_id, &body.client_id)?;
+    app.store.delete(body.grant_id).await;
+    Ok(Json(CheckinResponse { released_seats }))
+}
+
+async fn status(State(app): State<Arc<App>>) -> Json<proto::StatusResponse> {
+    Json(app.status())
+}
+
+impl App {
+    /// Makes a new grant durable before it is answered; undoes it if that fails.
+    async fn persist(&self, issued: Issued) -> Result<proto::Grant, ApiError> {
+        let Some(stored) = issued.to_store else {
+            return Ok(issued.grant);
+        };
+        if let Err(err) = self.store.put(issued.grant_id.clone(), stored).await {
+            self.issuer().rollback(&issued.grant_id);
+            return Err(api_error(
+                ErrorCode::Internal,
+                format!("the grant could not be stored durably, so it was not issued: {err}"),
+            ));
+        }
+        Ok(issued.grant)
+    }
+}
+
+fn seat_request(
+    client_id: String,
+    user: String,
+    host: String,
+    feature: String,
+    version: String,
+    count: u32,
+) -> Result<SeatRequest, ApiError> {
+    check_field("client_id", &client_id)?;
+    check_field("user", &user)?;
+    check_field("host", &host)?;
+    check_field("feature", &feature)?;
+    check_field("version", &version)?;
+    if count == 0 || count > MAX_SEATS_PER_REQUEST {
+        return Err(api_error(
+            ErrorCode::InvalidCount,
+            format!("count is {count}; it must be 1 to {MAX_SEATS_PER_REQUEST}"),
+        ));
+    }
+    Ok(SeatRequest {
+        client_id,
+        user,
+        host,
+        feature,
+        version,
+        count,
+    })
+}
+
+fn check_field(name: &str, value: &str) -> Result<(), ApiError> {
+    if value.is_empty() || value.len() > MAX_FIELD_BYTES {
+        return Err(api_error(
+            ErrorCode::InvalidField,
+            format!(
+                "{name} must be 1 to {MAX_FIELD_BYTES} bytes; it is {}",
+                value.len()
+            ),
+        ));
+    }
+    if value.chars().any(char::is_control) {
+        return Err(api_error(
+            ErrorCode::InvalidField,
+            format!("{name} contains control characters"),
+        ));
+    }
+    Ok(())
+}

@@ -1,0 +1,861 @@
+//! The issuing path: one server's key table and distribution tables.
+//!
+//! Everything here is synchronous and takes time as an argument; the HTTP
+//! layer holds it under one mutex, and writes new grants to the store before
+//! answering. A checkout touches only this server (DESIGN.md point 2).
+//!
+//! Seats are issued only while the quota lease holds ([`Issuer::set_quota`]);
+//! a pool of one renews its own quota, a pool of many gets it from the leader.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use tessera_core::{DistributionError, DistributionTable, LicenseTable, PoolFile, Version};
+use tessera_proto::{self as proto, ErrorCode};
+
+use crate::config::Limits;
+use crate::store::StoredGrant;
+
+/// A refused request: a stable code and a sentence.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct IssueError {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl IssueError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> IssueError {
+        IssueError {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+/// A request's identity and wants, checked.
+#[derive(Clone, Debug)]
+pub struct SeatRequest {
+    pub client_id: String,
+    pub user: String,
+    pub host: String,
+    pub feature: String,
+    pub version: String,
+    pub count: u32,
+}
+
+/// A grant this server holds.
+#[derive(Clone, Debug)]
+pub struct LiveGrant {
+    pub request: SeatRequest,
+    pub issued_at_ms: u64,
+    pub issued_unix_ms: i64,
+    pub expires_at_ms: u64,
+    /// False for a grant restored or kept after the table shrank below it:
+    /// its seats are held aside until it lapses and it is never renewed.
+    pub counted: bool,
+}
+
+impl LiveGrant {
+    pub fn stored(&self) -> StoredGrant {
+        let r = &self.request;
+        StoredGrant {
+            feature: r.feature.clone(),
+            count: r.count,
+            client_id: r.client_id.clone(),
+            user: r.user.clone(),
+            host: r.host.clone(),
+            version: r.version.clone(),
+            issued_unix_ms: self.issued_unix_ms,
+        }
+    }
+}
+
+/// Lease lengths of a feature, as granted to clients and as held by the server.
+#[derive(Clone, Copy, Debug)]
+pub struct LeaseTerms {
+    pub lease_ms: u64,
+    pub heartbeat_interval_ms: u64,
+    /// The lease stretched by the drift bound: how long the server keeps the seats.
+    pub hold_ms: u64,
+}
+
+/// Why the server issues or not, besides seats.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IssuingState {
+    Serving,
+    /// Started without its store: only renewals until this instant.
+    Grace {
+        until_ms: u64,
+    },
+    /// The quota lease lapsed.
+    NoQuorum,
+}
+
+pub struct Issuer {
+    server_id: String,
+    pool: PoolFile,
+    licenses: LicenseTable,
+    tables: BTreeMap<String, DistributionTable>,
+    /// Seats of uncounted grants, per feature, held aside until they lapse.
+    held_aside: HashMap<String, u32>,
+    grants: HashMap<String, LiveGrant>,
+    expiry_queue: BTreeSet<(u64, String)>,
+    grants_per_client: HashMap<String, usize>,
+    limits: Limits,
+    clock_drift_percent: u32,
+    grace_until_ms: Option<u64>,
+    /// Issue and renew only while the monotonic clock is below this.
+    quota_valid_until_ms: u64,
+}
+
+/// Outcome of a checkout or heartbeat that the store must make durable
+/// before the answer is sent.
+pub struct Issued {
+    pub grant_id: String,
+    pub grant: proto::Grant,
+    /// Set when a new grant was made (checkout or conversion); renewals write nothing.
+    pub to_store: Option<StoredGrant>,
+}
+
+impl Issuer {
+    pub fn new(
+        server_id: String,
+        pool: PoolFile,
+        licenses: LicenseTable,
+        limits: Limits,
+        clock_drift_percent: u32,
+        restored: Vec<(String, StoredGrant)>,
+        now_ms: u64,
+    ) -> Issuer {
+        let mut issuer = Issuer {
+            server_id,
+            pool,
+            licenses,
+            tables: BTreeMap::new(),
+            held_aside: HashMap::new(),
+            grants: HashMap::new(),
+            expiry_queue: BTreeSet::new(),
+            grants_per_client: HashMap::new(),
+            limits,
+            clock_drift_percent,
+            grace_until_ms: None,
+            quota_valid_until_ms: 0,
+        };
+        for (grant_id, stored) in restored {
+            issuer.restore(grant_id, stored, now_ms);
+        }
+        issuer.rebuild_tables();
+        issuer
+    }
+
+    /// Every restored grant gets a full hold from now: the server cannot know
+    /// how much of its lease ran while it was down.
+    fn restore(&mut self, grant_id: String, stored: StoredGrant, now_ms: u64) {
+        let hold_ms = self
+            .terms(&stored.feature)
+            .map(|t| t.hold_ms)
+            .unwrap_or(tessera_core::license::LEASE_S_MAX as u64 * 1000);
+        let grant = LiveGrant {
+            request: SeatRequest {
+                client_id: stored.client_id,
+                user: stored.user,
+                host: stored.host,
+                feature: stored.feature,
+                version: stored.version,
+                count: stored.count,
+            },
+            issued_at_ms: now_ms,
+            issued_unix_ms: stored.issued_unix_ms,
+            expires_at_ms: now_ms + hold_ms,
+            counted: false,
+        };
+        self.insert_grant(grant_id, grant);
+    }
+
+    /// Builds the distribution tables from the pool file and the license
+    /// table, then counts every live grant in them. Grants that no longer
+    /// fit (the hard limit dropped) are held aside until they lapse.
+    fn rebuild_tables(&mut self) {
+        let servers = self.pool.server_ids();
+        self.tables.clear();
+        for feature in self.licenses.features() {
+            let requested = self.pool.distribution.get(&feature.feature);
+            match DistributionTable::fitted(
+                &feature.feature,
+                feature.hard_limit,
+                &servers,
+                requested,
+            ) {
+                Ok(table) => {
+                    self.tables.insert(feature.feature.clone(), table);
+                }
+                Err(err) => tracing::error!("feature `{}`: {err}", feature.feature),
+            }
+        }
+        self.held_aside.clear();
+        // Oldest grants first, so that the ones that lose their seats are the newest.
+        let mut order: Vec<(u64, String)> = self
+            .grants
+            .iter()
+            .map(|(id, g)| (g.issued_at_ms, id.clone()))
+            .collect();
+        order.sort();
+        for (_, grant_id) in order {
+            let grant = self.grants.get_mut(&grant_id).expect("listed above");
+            let feature = &grant.request.feature;
+            let fits = self
+                .tables
+                .get_mut(feature)
+                .map(|table| table.take(&self.server_id, grant.request.count).is_ok())
+                .unwrap_or(false);
+            grant.counted = fits;
+            if !fits {
+                *self.held_aside.entry(feature.clone()).or_default() += grant.request.count;
+            }
+        }
+    }
+
+    /// Evaluates the license table again (a new day, new codes).
+    pub fn reload_licenses(&mut self, licenses: LicenseTable) {
+        self.licenses = licenses;
+        self.rebuild_tables();
+    }
+
+    /// The pool of one renews its own quota; the pool sets it from the leader's answer.
+    pub fn set_quota(&mut self, valid_until_ms: u64) {
+        self.quota_valid_until_ms = valid_until_ms;
+    }
+
+    pub fn state(&self, now_ms: u64) -> IssuingState {
+        if now_ms >= self.quota_valid_until_ms {
+            return IssuingState::NoQuorum;
+        }
+        match self.grace_until_ms {
+            Some(until_ms) if now_ms < until_ms => IssuingState::Grace { until_ms },
+            _ => IssuingState::Serving,
+        }
+    }
+
+    pub fn terms(&self, feature: &str) -> Option<LeaseTerms> {
+        let policy = self.licenses.feature(feature)?.policy;
+        let lease_ms = u64::from(policy.lease_s) * 1000;
+        Some(LeaseTerms {
+            lease_ms,
+            heartbeat_interval_ms: u64::from(policy.heartbeat_interval_s) * 1000,
+            hold_ms: lease_ms + lease_ms * u64::from(self.clock_drift_percent) / 100,
+        })
+    }
+
+    /// The longest hold of any feature: the grace period after a lost store.
+    pub fn longest_hold_ms(&self) -> u64 {
+        self.licenses
+            .features()
+            .filter_map(|f| self.terms(&f.feature))
+            .map(|t| t.hold_ms)
+            .max()
+            .unwrap_or(0)
+    }
+
+    pub fn checkout(
+        &mut self,
+        grant_id: String,
+        request: SeatRequest,
+        now_ms: u64,
+        now_unix_ms: i64,
+        converted: bool,
+    ) -> Result<Issued, IssueError> {
+        let terms = self.check_servable(&request)?;
+        match self.state(now_ms) {
+            IssuingState::Serving => {}
+            IssuingState::NoQuorum => return Err(no_quorum(&self.server_id)),
+            IssuingState::Grace { until_ms } if !converted => {
+                return Err(IssueError::new(
+                    ErrorCode::GracePeriod,
+                    format!(
+                        "server `{}` started without its grant store and accepts only renewals \
+                         for {} more ms",
+                        self.server_id,
+                        until_ms - now_ms
+                    ),
+                ))
+            }
+            IssuingState::Grace { .. } => {}
+        }
+        self.check_limits(&request.client_id)?;
+        let held_aside = self.held_aside.get(&request.feature).copied().unwrap_or(0);
+        let table = self
+            .tables
+            .get_mut(&request.feature)
+            .expect("check_servable found the feature's table");
+        let row = table.row(&self.server_id).unwrap_or_default();
+        let available = row.available().saturating_sub(held_aside);
+        if available < request.count {
+            return Err(IssueError::new(
+                ErrorCode::NoSeatsAvailable,
+                format!(
+                    "no seats of `{}` free on server `{}`: {} requested, {} available of {} \
+                     allocated (hard limit {})",
+                    request.feature,
+                    self.server_id,
+                    request.count,
+                    available,
+                    row.allocation,
+                    table.hard_limit()
+                ),
+            ));
+        }
+        table
+            .take(&self.server_id, request.count)
+            .expect("availability checked above");
+        let grant = LiveGrant {
+            request,
+            issued_at_ms: now_ms,
+            issued_unix_ms: now_unix_ms,
+            expires_at_ms: now_ms + terms.hold_ms,
+            counted: true,
+        };
+        let stored = grant.stored();
+        let answer = self.answer(&grant_id, &grant, terms, converted);
+        self.insert_grant(grant_id.clone(), grant);
+        Ok(Issued {
+            grant_id,
+            grant: answer,
+            to_store: Some(stored),
+        })
+    }
+
+    /// Renews a held grant, or converts an unknown one into a checkout with the same id.
+    pub fn heartbeat(
+        &mut self,
+        grant_id: String,
+        request: SeatRequest,
+        now_ms: u64,
+        now_unix_ms: i64,
+    ) -> Result<Issued, IssueError> {
+        let Some(grant) = self.grants.get(&grant_id) else {
+            return self.checkout(grant_id, request, now_ms, now_unix_ms, true);
+        };
+        let held = &grant.request;
+        if held.client_id != request.client_id
+            || held.feature != request.feature
+            || held.count != request.count
+        {
+            return Err(IssueError::new(
+                ErrorCode::GrantMismatch,
+                format!(
+                    "grant {grant_id} is held by client `{}` for {} seats of `{}`; the heartbeat \
+                     names client `{}`, {} seats of `{}`",
+                    held.client_id,
+                    held.count,
+                    held.feature,
+                    request.client_id,
+                    request.count,
+                    request.feature
+                ),
+            ));
+        }
+        let terms = self.check_servable(&request)?;
+        if self.state(now_ms) == IssuingState::NoQuorum {
+            return Err(no_quorum(&self.server_id));
+        }
+        if !grant.counted {
+            return Err(IssueError::new(
+                ErrorCode::NoSeatsAvailable,
+                format!(
+                    "grant {grant_id} no longer fits the seats of `{}` on server `{}` (the hard \
+                     limit dropped); it is not renewed",
+                    request.feature, self.server_id
+                ),
+            ));
+        }
+        let old_expiry = grant.expires_at_ms;
+        let new_expiry = now_ms + terms.hold_ms;
+        self.expiry_queue.remove(&(old_expiry, grant_id.clone()));
+        self.expiry_queue.insert((new_expiry, grant_id.clone()));
+        let grant = self.grants.get_mut(&grant_id).expect("found above");
+        grant.expires_at_ms = new_expiry;
+        let grant = grant.clone();
+        Ok(Issued {
+            grant: self.answer(&grant_id, &grant, terms, false),
+            grant_id,
+            to_store: None,
+        })
+    }
+
+    /// Undoes a checkout whose grant could not be made durable.
+    pub fn rollback(&mut self, grant_id: &str) {
+        self.remove_grant(grant_id);
+    }
+
+    pub fn checkin(&mut self, grant_id: &str, client_id: &str) -> Result<u32, IssueError> {
+        let grant = self.grants.get(grant_id).ok_or_else(|| {
+            IssueError::new(
+                ErrorCode::UnknownGrant,
+                format!(
+                    "server `{}` holds no grant {grant_id}; it may have lapsed or been issued \
+                     by another server",
+                    self.server_id
+                ),
+            )
+        })?;
+        if grant.request.client_id != client_id {
+            return Err(IssueError::new(
+                ErrorCode::GrantMismatch,
+                format!(
+                    "grant {grant_id} belongs to client `{}`, not `{client_id}`",
+                    grant.request.client_id
+                ),
+            ));
+        }
+        Ok(self.remove_grant(grant_id).map_or(0, |g| g.request.count))
+    }
+
+    /// Removes every grant whose hold ended by `now_ms`; returns their ids.
+    pub fn expire(&mut self, now_ms: u64) -> Vec<String> {
+        let mut expired = Vec::new();
+        while let Some((expires_at_ms, grant_id)) = self.expiry_queue.first().cloned() {
+            if expires_at_ms > now_ms {
+                break;
+            }
+            self.remove_grant(&grant_id);
+            expired.push(grant_id);
+        }
+        expired
+    }
+
+    fn insert_grant(&mut self, grant_id: String, grant: LiveGrant) {
+        *self
+            .grants_per_client
+            .entry(grant.request.client_id.clone())
+            .or_default() += 1;
+        self.expiry_queue
+            .insert((grant.expires_at_ms, grant_id.clone()));
+        self.grants.insert(grant_id, grant);
+    }
+
+    fn remove_grant(&mut self, grant_id: &str) -> Option<LiveGrant> {
+        let grant = self.grants.remove(grant_id)?;
+        self.expiry_queue
+            .remove(&(grant.expires_at_ms, grant_id.to_string()));
+        let client = &grant.request.client_id;
+        if let Some(count) = self.grants_per_client.get_mut(client) {
+            *count -= 1;
+            if *count == 0 {
+                self.grants_per_client.remove(client);
+            }
+        }
+        let feature = &grant.request.feature;
+        if grant.counted {
+            if let Some(table) = self.tables.get_mut(feature) {
+                let result: Result<(), DistributionError> =
+                    table.give_back(&self.server_id, grant.request.count);
+                debug_assert!(result.is_ok(), "a counted grant is in the table");
+            }
+        } else if let Some(aside) = self.held_aside.get_mut(feature) {
+            *aside = aside.saturating_sub(grant.request.count);
+        }
+        Some(grant)
+    }
+
+    fn check_servable(&self, request: &SeatRequest) -> Result<LeaseTerms, IssueError> {
+        let feature = self.licenses.feature(&request.feature).ok_or_else(|| {
+            IssueError::new(
+                ErrorCode::UnknownFeature,
+                format!(
+                    "no license code in pool `{}` names feature `{}`",
+                    self.pool.pool_id, request.feature
+                ),
+            )
+        })?;
+        if feature.hard_limit == 0 {
+            return Err(IssueError::new(
+                ErrorCode::LicenseNotServed,
+                format!(
+                    "feature `{}` is not served: {}",
+                    request.feature,
+                    feature.why_not_served()
+                ),
+            ));
+        }
+        let version = Version::parse(&request.version)
+            .map_err(|err| IssueError::new(ErrorCode::InvalidField, err))?;
+        if !feature.covers(&version) {
+            return Err(IssueError::new(
+                ErrorCode::VersionNotLicensed,
+                format!(
+                    "no served code of `{}` covers version {version}",
+                    request.feature
+                ),
+            ));
+        }
+        if request.count > feature.hard_limit {
+            return Err(IssueError::new(
+                ErrorCode::CountAboveLimit,
+                format!(
+                    "{} seats of `{}` requested; the hard limit is {}",
+                    request.count, request.feature, feature.hard_limit
+                ),
+            ));
+        }
+        if !self.tables.contains_key(&request.feature) {
+            return Err(IssueError::new(
+                ErrorCode::Internal,
+                format!("feature `{}` has no distribution table", request.feature),
+            ));
+        }
+        Ok(self.terms(&request.feature).expect("feature exists"))
+    }
+
+    fn check_limits(&self, client_id: &str) -> Result<(), IssueError> {
+        if self.grants.len() >= self.limits.grants_max {
+            return Err(IssueError::new(
+                ErrorCode::TooManyGrants,
+                format!(
+                    "server `{}` holds {} grants, its limit (limits.grants_max)",
+                    self.server_id,
+                    self.grants.len()
+                ),
+            ));
+        }
+        match self.grants_per_client.get(client_id) {
+            Some(&held) if held >= self.limits.grants_per_client_max => Err(IssueError::new(
+                ErrorCode::TooManyGrants,
+                format!(
+                    "client `{client_id}` holds {held} grants, the limit per client \
+                     (limits.grants_per_client_max)"
+                ),
+            )),
+            None if self.grants_per_client.len() >= self.limits.clients_max => {
+                Err(IssueError::new(
+                    ErrorCode::TooManyGrants,
+                    format!(
+                        "server `{}` serves {} clients, its limit (limits.clients_max)",
+                        self.server_id,
+                        self.grants_per_client.len()
+                    ),
+                ))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn answer(
+        &self,
+        grant_id: &str,
+        grant: &LiveGrant,
+        terms: LeaseTerms,
+        converted: bool,
+    ) -> proto::Grant {
+        proto::Grant {
+            grant_id: grant_id.to_string(),
+            feature: grant.request.feature.clone(),
+            count: grant.request.count,
+            server_id: self.server_id.clone(),
+            lease_ms: terms.lease_ms,
+            heartbeat_interval_ms: terms.heartbeat_interval_ms,
+            servers: self.servers(),
+            converted,
+        }
+    }
+
+    pub fn servers(&self) -> Vec<proto::ServerInfo> {
+        self.pool
+            .servers
+            .iter()
+            .map(|s| proto::ServerInfo {
+                id: s.id.clone(),
+                address: s.address.clone(),
+            })
+            .collect()
+    }
+
+    pub fn pool(&self) -> &PoolFile {
+        &self.pool
+    }
+
+    pub fn server_id(&self) -> &str {
+        &self.server_id
+    }
+
+    pub fn licenses(&self) -> &LicenseTable {
+        &self.licenses
+    }
+
+    pub fn table(&self, feature: &str) -> Option<&DistributionTable> {
+        self.tables.get(feature)
+    }
+
+    pub fn grants(&self) -> impl Iterator<Item = (&String, &LiveGrant)> {
+        self.grants.iter()
+    }
+
+    pub fn grants_total(&self) -> usize {
+        self.grants.len()
+    }
+
+    /// Checks every table's invariants and that the key table matches the
+    /// in-use counts; for tests and debug builds.
+    pub fn check_invariants(&self) -> Result<(), String> {
+        for (feature, table) in &self.tables {
+            table.check_invariants()?;
+            let counted: u32 = self
+                .grants
+                .values()
+                .filter(|g| g.counted && &g.request.feature == feature)
+                .map(|g| g.request.count)
+                .sum();
+            let in_use = table.row(&self.server_id).map_or(0, |r| r.in_use);
+            if counted != in_use {
+                return Err(format!(
+                    "feature `{feature}`: grants hold {counted} seats, table says {in_use}"
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Starts the grace period of a server that lost its store.
+    pub fn set_grace_until(&mut self, until_ms: Option<u64>) {
+        self.grace_until_ms = until_ms;
+    }
+}
+
+fn no_quorum(server_id: &str) -> IssueError {
+    IssueError::new(
+        ErrorCode::NoQuorum,
+        format!(
+            "server `{server_id}` cannot reach a majority of its pool and does not issue or renew \
+             seats; try another server"
+        ),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tessera_core::license::{HostBinding, Policy, UnsignedCode};
+    use tessera_core::{CivilDate, Expiry, LicenseCode, VendorSecretKey};
+
+    const DAY: &str = "2026-11-22";
+
+    fn pool_and_key(seats: u32) -> (PoolFile, VendorSecretKey) {
+        let key = VendorSecretKey::from_seed("acme", [3; 32]).unwrap();
+        let code = key
+            .sign(UnsignedCode {
+                id: "c1".into(),
+                vendor: String::new(),
+                feature: "cad".into(),
+                version_min: Version::parse("1").unwrap(),
+                version_max: Version::parse("2").unwrap(),
+                seats,
+                issued: CivilDate::parse("2026-01-01").unwrap(),
+                expiry: Expiry::Permanent,
+                hostid: HostBinding::Any,
+                policy: Policy {
+                    borrow_threshold_percent: 80,
+                    heartbeat_interval_s: 1,
+                    lease_s: 10,
+                },
+            })
+            .unwrap();
+        let text = format!(
+            "pool_id = \"p\"\nsequence = 1\n[[servers]]\nid = \"A\"\naddress = \"127.0.0.1:1\"\n{}",
+            LicenseCode::write_file(&[code])
+        );
+        (PoolFile::parse(&text).unwrap(), key)
+    }
+
+    fn issuer_with(seats: u32, limits: Limits, restored: Vec<(String, StoredGrant)>) -> Issuer {
+        let (pool, key) = pool_and_key(seats);
+        let licenses = LicenseTable::evaluate(
+            &pool.codes,
+            &[key.public()],
+            "h",
+            CivilDate::parse(DAY).unwrap(),
+        );
+        let mut issuer = Issuer::new("A".into(), pool, licenses, limits, 0, restored, 0);
+        issuer.set_quota(u64::MAX);
+        issuer
+    }
+
+    fn request(client: &str, count: u32) -> SeatRequest {
+        SeatRequest {
+            client_id: client.into(),
+            user: "u".into(),
+            host: "h".into(),
+            feature: "cad".into(),
+            version: "1.5".into(),
+            count,
+        }
+    }
+
+    fn code_of<T>(result: Result<T, IssueError>) -> ErrorCode {
+        match result {
+            Ok(_) => panic!("expected an error"),
+            Err(err) => err.code,
+        }
+    }
+
+    #[test]
+    fn checkout_to_the_limit_then_denied_then_checkin_frees() {
+        let mut issuer = issuer_with(3, Limits::default(), vec![]);
+        issuer
+            .checkout("g1".into(), request("c", 2), 0, 0, false)
+            .unwrap();
+        issuer
+            .checkout("g2".into(), request("c", 1), 0, 0, false)
+            .unwrap();
+        let denied = issuer.checkout("g3".into(), request("c", 1), 0, 0, false);
+        assert_eq!(code_of(denied), ErrorCode::NoSeatsAvailable);
+        assert_eq!(issuer.checkin("g1", "c").unwrap(), 2);
+        issuer
+            .checkout("g3".into(), request("c", 2), 0, 0, false)
+            .unwrap();
+        issuer.check_invariants().unwrap();
+    }
+
+    #[test]
+    fn bad_requests_get_their_codes() {
+        let mut issuer = issuer_with(3, Limits::default(), vec![]);
+        let cases: Vec<(fn(&mut SeatRequest), ErrorCode)> = vec![
+            (|r| r.feature = "cam".into(), ErrorCode::UnknownFeature),
+            (|r| r.version = "3.0".into(), ErrorCode::VersionNotLicensed),
+            (|r| r.version = "x".into(), ErrorCode::InvalidField),
+            (|r| r.count = 4, ErrorCode::CountAboveLimit),
+        ];
+        for (edit, code) in cases {
+            let mut r = request("c", 1);
+            edit(&mut r);
+            assert_eq!(code_of(issuer.checkout("g".into(), r, 0, 0, false)), code);
+        }
+        assert_eq!(
+            code_of(issuer.checkin("nope", "c")),
+            ErrorCode::UnknownGrant
+        );
+        issuer
+            .checkout("g1".into(), request("c", 1), 0, 0, false)
+            .unwrap();
+        assert_eq!(
+            code_of(issuer.checkin("g1", "other")),
+            ErrorCode::GrantMismatch
+        );
+        assert_eq!(
+            code_of(issuer.heartbeat("g1".into(), request("other", 1), 0, 0)),
+            ErrorCode::GrantMismatch
+        );
+        issuer.check_invariants().unwrap();
+    }
+
+    #[test]
+    fn lapsed_grants_free_their_seats_and_heartbeats_extend_them() {
+        let mut issuer = issuer_with(2, Limits::default(), vec![]);
+        issuer
+            .checkout("g1".into(), request("c", 1), 0, 0, false)
+            .unwrap();
+        issuer
+            .checkout("g2".into(), request("c", 1), 0, 0, false)
+            .unwrap();
+        let renewed = issuer
+            .heartbeat("g2".into(), request("c", 1), 9_000, 0)
+            .unwrap();
+        assert!(renewed.to_store.is_none() && !renewed.grant.converted);
+        assert!(issuer.expire(9_999).is_empty());
+        assert_eq!(issuer.expire(10_000), vec!["g1".to_string()]);
+        assert_eq!(issuer.table("cad").unwrap().row("A").unwrap().in_use, 1);
+        assert_eq!(issuer.expire(19_000), vec!["g2".to_string()]);
+        issuer.check_invariants().unwrap();
+    }
+
+    #[test]
+    fn unknown_heartbeat_converts_into_a_checkout_with_the_same_id() {
+        let mut issuer = issuer_with(1, Limits::default(), vec![]);
+        let issued = issuer
+            .heartbeat("from-B".into(), request("c", 1), 0, 0)
+            .unwrap();
+        assert!(issued.grant.converted);
+        assert_eq!(issued.grant_id, "from-B");
+        assert!(issued.to_store.is_some());
+        let full = issuer.heartbeat("other".into(), request("d", 1), 0, 0);
+        assert_eq!(code_of(full), ErrorCode::NoSeatsAvailable);
+    }
+
+    #[test]
+    fn grace_accepts_only_renewals_and_no_quota_stops_everything() {
+        let mut issuer = issuer_with(2, Limits::default(), vec![]);
+        issuer.set_grace_until(Some(5_000));
+        let fresh = issuer.checkout("g1".into(), request("c", 1), 0, 0, false);
+        assert_eq!(code_of(fresh), ErrorCode::GracePeriod);
+        issuer
+            .heartbeat("held".into(), request("c", 1), 0, 0)
+            .unwrap();
+        issuer
+            .checkout("g1".into(), request("c", 1), 5_000, 0, false)
+            .unwrap();
+        issuer.set_quota(6_000);
+        assert_eq!(
+            code_of(issuer.heartbeat("g1".into(), request("c", 1), 6_000, 0)),
+            ErrorCode::NoQuorum
+        );
+    }
+
+    #[test]
+    fn restored_grants_count_and_the_excess_is_held_aside_until_it_lapses() {
+        let stored = |client: &str, count| StoredGrant {
+            feature: "cad".into(),
+            count,
+            client_id: client.into(),
+            user: "u".into(),
+            host: "h".into(),
+            version: "1".into(),
+            issued_unix_ms: 0,
+        };
+        // Three seats held before the restart, but the limit is now two.
+        let restored = vec![("a".into(), stored("c", 2)), ("b".into(), stored("d", 1))];
+        let mut issuer = issuer_with(2, Limits::default(), restored);
+        issuer.check_invariants().unwrap();
+        let none_left = issuer.checkout("n".into(), request("e", 1), 0, 0, false);
+        assert_eq!(code_of(none_left), ErrorCode::NoSeatsAvailable);
+        let total_held: u32 = issuer.grants().map(|(_, g)| g.request.count).sum();
+        assert_eq!(
+            total_held, 3,
+            "nothing restored is dropped before it lapses"
+        );
+        // Every restored grant gets a full hold from the restart (10 s here).
+        assert!(issuer.expire(9_999).is_empty());
+        assert_eq!(issuer.expire(10_000).len(), 2);
+        issuer
+            .checkout("n".into(), request("e", 2), 10_000, 0, false)
+            .unwrap();
+    }
+
+    #[test]
+    fn limits_are_enforced() {
+        let limits = Limits {
+            grants_max: 3,
+            grants_per_client_max: 2,
+            clients_max: 2,
+            ..Limits::default()
+        };
+        let mut issuer = issuer_with(10, limits, vec![]);
+        issuer
+            .checkout("1".into(), request("a", 1), 0, 0, false)
+            .unwrap();
+        issuer
+            .checkout("2".into(), request("a", 1), 0, 0, false)
+            .unwrap();
+        let per_client = issuer.checkout("3".into(), request("a", 1), 0, 0, false);
+        assert_eq!(code_of(per_client), ErrorCode::TooManyGrants);
+        issuer
+            .checkout("3".into(), request("b", 1), 0, 0, false)
+            .unwrap();
+        let total = issuer.checkout("4".into(), request("b", 1), 0, 0, false);
+        assert_eq!(code_of(total), ErrorCode::TooManyGrants);
+        issuer.checkin("3", "b").unwrap();
+        issuer
+            .checkout("4".into(), request("c2", 1), 0, 0, false)
+            .unwrap();
+        issuer.checkin("1", "a").unwrap();
+        let third_client = issuer.checkout("5".into(), request("d", 1), 0, 0, false);
+        assert_eq!(code_of(third_client), ErrorCode::TooManyGrants);
+    }
+}
