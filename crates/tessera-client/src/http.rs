@@ -12,8 +12,9 @@ use crate::error::{Failure, FailureKind};
 /// Largest answer to a checkout, heartbeat or check-in, in bytes: a grant
 /// lists at most a pool's servers, so this is generous.
 pub(crate) const ANSWER_BYTES_MAX: usize = 1024 * 1024;
-/// Largest `/v1/status` answer, in bytes: it lists the answering server's grants.
-pub(crate) const STATUS_ANSWER_BYTES_MAX: usize = 64 * 1024 * 1024;
+/// Largest `/v1/status` answer, in bytes: it lists up to
+/// [`tessera_proto::STATUS_GRANTS_MAX`] grants and every feature's codes.
+pub(crate) const STATUS_ANSWER_BYTES_MAX: usize = 16 * 1024 * 1024;
 /// Longest `host:port` accepted, in bytes.
 const ADDRESS_BYTES_MAX: usize = 512;
 

@@ -1,1 +1,62 @@
+//! Tessera's client SDK: check out seats of a licensed feature from a pool of
+//! Tessera servers, keep them alive in the background, fail over between the
+//! servers, and give them back when done.
+//!
+//! ```no_run
+//! use tessera_client::{Client, ClientConfig, ClientError, SeatState};
+//!
+//! # async fn run() -> Result<(), ClientError> {
+//! let client = Client::new(ClientConfig::new(["10.0.0.1:7001", "10.0.0.2:7001"]))?;
+//! let seat = match client.checkout("cad", "2.1", 1).await {
+//!     Ok(seat) => seat,
+//!     Err(error @ ClientError::NoSeatsAvailable { .. }) => {
+//!         eprintln!("{error}");
+//!         return Err(error);
+//!     }
+//!     Err(error) => return Err(error),
+//! };
+//!
+//! // Stop working if the seat is ever lost (every server refused before it expired).
+//! let mut events = seat.subscribe();
+//! tokio::spawn(async move {
+//!     while events.changed().await.is_ok() {
+//!         if let SeatState::Lost { reason } = &*events.borrow() {
+//!             eprintln!("license lost: {reason}");
+//!         }
+//!     }
+//! });
+//!
+//! // ... the program's work, checking `seat.is_valid()` where it matters ...
+//!
+//! seat.release().await?; // or just drop it: that checks in without waiting
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! A seat is valid until the send time of the request that last granted or
+//! renewed it plus the grant's lease (DESIGN.md, "The safety property", point
+//! 5). The guard renews every `heartbeat_interval_ms`; when the holding server
+//! does not renew, it sends the heartbeat to the next servers of the grant's
+//! priority list, which convert it into a checkout. The program notices nothing
+//! unless every server refuses until the seat expires: then the guard publishes
+//! [`SeatState::Lost`] and stops.
+//!
+//! Every request has a timeout ([`ClientConfig::request_timeout`]); answers are
+//! size-bounded; the SDK never retries without a bound.
 
+mod client;
+mod config;
+mod error;
+mod guard;
+mod http;
+
+pub use client::Client;
+pub use config::{ClientConfig, CONNECT_TIMEOUT_DEFAULT, REQUEST_TIMEOUT_DEFAULT, SERVERS_MAX};
+pub use error::ClientError;
+pub use guard::{
+    SeatGuard, SeatState, HEARTBEAT_INTERVAL_MS_MIN, LEASE_MS_MAX, RETRY_PAUSE_MS_MAX,
+};
+pub use tessera_proto::{ErrorCode, Grant, HeartbeatRequest, StatusResponse};
+/// The clock of [`SeatGuard::valid_until`]: tokio's monotonic instant
+/// (`into_std()` converts it).
+pub use tokio::time::Instant;

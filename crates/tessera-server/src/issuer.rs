@@ -717,7 +717,8 @@ mod tests {
     #[test]
     fn bad_requests_get_their_codes() {
         let mut issuer = issuer_with(3, Limits::default(), vec![]);
-        let cases: Vec<(fn(&mut SeatRequest), ErrorCode)> = vec![
+        type Edit = fn(&mut SeatRequest);
+        let cases: Vec<(Edit, ErrorCode)> = vec![
             (|r| r.feature = "cam".into(), ErrorCode::UnknownFeature),
             (|r| r.version = "3.0".into(), ErrorCode::VersionNotLicensed),
             (|r| r.version = "x".into(), ErrorCode::InvalidField),
