@@ -1,1 +1,366 @@
-fn main() {}
+//! `tessera`: the one binary of Tessera. Thin: it parses arguments and calls
+//! the libraries. Errors leave through `anyhow` and exit with code 1 (2 for
+//! usage errors, from clap).
+
+mod client_cmd;
+mod demo;
+mod keys;
+mod license_cmd;
+mod view;
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+
+/// Default server address of the client commands.
+const DEFAULT_SERVER: &str = "127.0.0.1:27000";
+
+#[derive(Parser)]
+#[command(
+    name = "tessera",
+    version,
+    about = "Tessera: a network floating-license manager"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a license server.
+    Server {
+        /// The server's config file (tessera.toml).
+        #[arg(long)]
+        config: PathBuf,
+        /// This pool has never issued a seat: start issuing at once even
+        /// though the grant store is new, instead of waiting out one lease.
+        #[arg(long)]
+        new_pool: bool,
+    },
+    /// Start a local pool on loopback with a demo license, check seats out,
+    /// kill and restart a server, show the status.
+    Demo {
+        /// Keep serving after the demo and print how to use the pool.
+        #[arg(long)]
+        keep: bool,
+        /// Directory for keys, licenses and data (default: a temporary one).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// Show a server's pool, distribution table and grants.
+    Status {
+        #[command(flatten)]
+        servers: ServerArgs,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check seats out; hold them (heartbeating) until --hold runs out or Ctrl-C.
+    Checkout {
+        feature: String,
+        #[arg(long, default_value_t = 1)]
+        count: u32,
+        /// Seconds to hold the seats, then check them in (default: until Ctrl-C).
+        #[arg(long)]
+        hold: Option<u64>,
+        /// Exit at once without checking in; the seats lapse after the lease.
+        #[arg(long, conflicts_with = "hold")]
+        detach: bool,
+        /// Program version to ask for.
+        #[arg(long, default_value = "1.0")]
+        version: String,
+        #[command(flatten)]
+        servers: ServerArgs,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check a grant in by id (as printed by `tessera checkout`).
+    Checkin {
+        grant_id: String,
+        /// The client id the grant was issued to.
+        #[arg(long)]
+        client_id: String,
+        #[command(flatten)]
+        servers: ServerArgs,
+    },
+    /// Print this machine's hostid, for binding license codes to it.
+    Hostid,
+    /// Vendor tools.
+    Vendor {
+        #[command(subcommand)]
+        command: VendorCommand,
+    },
+    /// Sign, verify and show license codes.
+    License {
+        #[command(subcommand)]
+        command: LicenseCommand,
+    },
+}
+
+#[derive(clap::Args)]
+struct ServerArgs {
+    /// Server address host:port; repeat for fail-over, in priority order.
+    #[arg(long = "server", env = "TESSERA_SERVER", value_delimiter = ',', default_value = DEFAULT_SERVER)]
+    servers: Vec<String>,
+}
+
+#[derive(Subcommand)]
+enum VendorCommand {
+    /// Make a vendor key pair: VENDOR.key (secret) and VENDOR.pub.
+    Keygen {
+        /// Vendor name, as it appears in license codes.
+        #[arg(long)]
+        vendor: String,
+        /// Directory to write the key files to.
+        #[arg(long, default_value = ".")]
+        out: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum LicenseCommand {
+    /// Sign a file of unsigned [[license]] tables, or one code given by flags.
+    Sign {
+        /// The vendor's secret key file (VENDOR.key).
+        #[arg(long)]
+        key: PathBuf,
+        /// File of unsigned [[license]] tables; without it, the flags describe one code.
+        file: Option<PathBuf>,
+        #[arg(long, required_unless_present = "file")]
+        feature: Option<String>,
+        #[arg(long, required_unless_present = "file")]
+        seats: Option<u32>,
+        /// Last day served (YYYY-MM-DD) or `permanent`.
+        #[arg(long, default_value = "permanent")]
+        expiry: String,
+        #[arg(long)]
+        id: Option<String>,
+        #[arg(long, default_value = "0")]
+        version_min: String,
+        #[arg(long, default_value = "999999")]
+        version_max: String,
+        /// `any`, or a hostid printed by `tessera hostid`.
+        #[arg(long, default_value = "any")]
+        hostid: String,
+        #[arg(long, default_value_t = 80)]
+        borrow_threshold_percent: u32,
+        #[arg(long, default_value_t = 10)]
+        heartbeat_interval_s: u32,
+        #[arg(long, default_value_t = 30)]
+        lease_s: u32,
+        /// Write here instead of standard output.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Check the signatures, expiry and host binding of a license or pool file.
+    Verify {
+        file: PathBuf,
+        /// A vendor public key file to trust; repeat for several vendors.
+        #[arg(long = "key")]
+        keys: Vec<PathBuf>,
+        /// Trust the vendors of this server config instead (or as well).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Check host binding against this hostid (default: this machine's).
+        #[arg(long)]
+        hostid: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the codes of a license or pool file.
+    Show {
+        file: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("TESSERA_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    if let Err(err) = run(cli) {
+        eprintln!("error: {err:#}");
+        std::process::exit(1);
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Server { config, new_pool } => {
+            let mut config = tessera_server::ServerConfig::load(&config)?;
+            if new_pool {
+                config.grace_on_missing_store = false;
+            }
+            runtime()?.block_on(tessera_server::run(config, shutdown_signal()))?;
+            Ok(())
+        }
+        Command::Demo { keep, dir } => runtime()?.block_on(demo::run(keep, dir)),
+        Command::Status { servers, json } => {
+            runtime()?.block_on(client_cmd::status(servers.servers, json))
+        }
+        Command::Checkout {
+            feature,
+            count,
+            hold,
+            detach,
+            version,
+            servers,
+            json,
+        } => runtime()?.block_on(client_cmd::checkout(
+            servers.servers,
+            client_cmd::CheckoutArgs {
+                feature,
+                count,
+                hold_s: hold,
+                detach,
+                version,
+                json,
+            },
+        )),
+        Command::Checkin {
+            grant_id,
+            client_id,
+            servers,
+        } => runtime()?.block_on(client_cmd::checkin(servers.servers, grant_id, client_id)),
+        Command::Hostid => {
+            match tessera_server::hostid::machine_hostid() {
+                Some(hostid) => println!("{hostid}"),
+                None => {
+                    bail!("this machine has no /etc/machine-id; set `hostid` in the server config")
+                }
+            }
+            Ok(())
+        }
+        Command::Vendor {
+            command: VendorCommand::Keygen { vendor, out },
+        } => {
+            let key = keys::generate(&vendor)?;
+            std::fs::create_dir_all(&out)
+                .with_context(|| format!("cannot create {}", out.display()))?;
+            let (secret, public) = keys::write_pair(&key, &out)?;
+            println!(
+                "secret key: {} (keep it safe; it signs license codes)",
+                secret.display()
+            );
+            println!("public key: {}", public.display());
+            println!("key id:     {}", key.public().key_id());
+            println!("\nServers trust this vendor with, in tessera.toml:\n");
+            print!("{}", keys::config_snippet(&key.public()));
+            Ok(())
+        }
+        Command::License { command } => license(command),
+    }
+}
+
+fn license(command: LicenseCommand) -> Result<()> {
+    match command {
+        LicenseCommand::Sign {
+            key,
+            file,
+            feature,
+            seats,
+            expiry,
+            id,
+            version_min,
+            version_max,
+            hostid,
+            borrow_threshold_percent,
+            heartbeat_interval_s,
+            lease_s,
+            out,
+        } => {
+            let key = keys::read_secret(&key)?;
+            let codes = match file {
+                Some(file) => license_cmd::sign_file(&key, &file)?,
+                None => vec![license_cmd::sign_one(
+                    &key,
+                    license_cmd::UnsignedText {
+                        id,
+                        feature: feature.context("--feature is required")?,
+                        seats: seats.context("--seats is required")?,
+                        version_min,
+                        version_max,
+                        issued: None,
+                        expiry,
+                        hostid,
+                        borrow_threshold_percent,
+                        heartbeat_interval_s,
+                        lease_s,
+                    },
+                )?],
+            };
+            let text = tessera_core::LicenseCode::write_file(&codes);
+            match out {
+                Some(path) => std::fs::write(&path, text)
+                    .with_context(|| format!("cannot write {}", path.display()))?,
+                None => print!("{text}"),
+            }
+            Ok(())
+        }
+        LicenseCommand::Verify {
+            file,
+            keys: key_files,
+            config,
+            hostid,
+            json,
+        } => {
+            let mut trusted = key_files
+                .iter()
+                .map(|path| keys::read_public(path))
+                .collect::<Result<Vec<_>>>()?;
+            if let Some(config) = config {
+                trusted.extend(tessera_server::ServerConfig::load(&config)?.vendors);
+            }
+            if trusted.is_empty() {
+                bail!("no vendor key to check against: give --key VENDOR.pub or --config tessera.toml");
+            }
+            let hostid = hostid
+                .or_else(tessera_server::hostid::machine_hostid)
+                .unwrap_or_else(|| "unknown".into());
+            let codes = license_cmd::read_codes(&file)?;
+            let failed = license_cmd::verify(&codes, &trusted, &hostid, json);
+            if failed > 0 {
+                bail!(
+                    "{failed} of {} license codes would not be served",
+                    codes.len()
+                );
+            }
+            Ok(())
+        }
+        LicenseCommand::Show { file, json } => {
+            license_cmd::show(&license_cmd::read_codes(&file)?, json);
+            Ok(())
+        }
+    }
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut terminate = match signal(SignalKind::terminate()) {
+        Ok(stream) => stream,
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate.recv() => {}
+    }
+    tracing::info!("shutting down");
+}

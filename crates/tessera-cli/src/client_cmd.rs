@@ -1,0 +1,97 @@
+//! `tessera status|checkout|checkin`: the SDK driven from the command line.
+
+use anyhow::{Context, Result};
+use tessera_client::{Client, ClientConfig, SeatState};
+
+use crate::view;
+
+pub async fn status(servers: Vec<String>, json: bool) -> Result<()> {
+    let client = Client::new(ClientConfig::new(servers))?;
+    let status = client.status().await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&status)?);
+    } else {
+        print!("{}", view::render(&status));
+    }
+    Ok(())
+}
+
+pub struct CheckoutArgs {
+    pub feature: String,
+    pub count: u32,
+    pub hold_s: Option<u64>,
+    pub detach: bool,
+    pub version: String,
+    pub json: bool,
+}
+
+pub async fn checkout(servers: Vec<String>, args: CheckoutArgs) -> Result<()> {
+    let client = Client::new(ClientConfig::new(servers))?;
+    let seat = client
+        .checkout(&args.feature, &args.version, args.count)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot check out {} seats of `{}`",
+                args.count, args.feature
+            )
+        })?;
+    let grant = seat.grant();
+    if args.json {
+        let mut value = serde_json::to_value(&grant)?;
+        value["client_id"] = client.config().client_id.clone().into();
+        println!("{}", serde_json::to_string(&value)?);
+    } else {
+        println!(
+            "checked out {} seats of `{}` from server {}: grant {} (client {})",
+            grant.count,
+            grant.feature,
+            grant.server_id,
+            grant.grant_id,
+            client.config().client_id
+        );
+    }
+    if args.detach {
+        // The guard would check in on drop; a detached grant lapses with its lease instead.
+        std::mem::forget(seat);
+        return Ok(());
+    }
+    let mut events = seat.subscribe();
+    let hold = async {
+        match args.hold_s {
+            Some(seconds) => tokio::time::sleep(std::time::Duration::from_secs(seconds)).await,
+            None => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    };
+    let lost = async {
+        loop {
+            if events.changed().await.is_err() {
+                return "the heartbeat stopped".to_string();
+            }
+            if let SeatState::Lost { reason } = &*events.borrow() {
+                return reason.clone();
+            }
+        }
+    };
+    tokio::select! {
+        _ = hold => {
+            seat.release().await.context("check-in failed")?;
+            if !args.json {
+                println!("checked in grant {}", grant.grant_id);
+            }
+            Ok(())
+        }
+        reason = lost => anyhow::bail!("seat lost: {reason}"),
+    }
+}
+
+pub async fn checkin(servers: Vec<String>, grant_id: String, client_id: String) -> Result<()> {
+    let mut config = ClientConfig::new(servers);
+    config.client_id = client_id;
+    let client = Client::new(config)?;
+    let released = client.checkin(&grant_id).await?;
+    println!("checked in grant {grant_id}: {released} seats returned");
+    Ok(())
+}

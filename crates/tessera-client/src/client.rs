@@ -1,0 +1,323 @@
+//! [`Client`]: the requests a program makes to the pool, each tried server by server.
+
+use std::sync::Arc;
+
+use tessera_proto::{
+    CheckinRequest, CheckinResponse, CheckoutRequest, ErrorCode, Grant, HeartbeatRequest,
+    StatusResponse, MAX_SEATS_PER_REQUEST,
+};
+use tokio::time::Instant;
+
+use crate::config::{check_field, ClientConfig};
+use crate::error::{describe, pool_error, ClientError, Disposition, Failure, FailureKind};
+use crate::guard::{check_grant, lease_duration, SeatGuard};
+use crate::http::{self, STATUS_ANSWER_BYTES_MAX};
+
+/// Connections kept open per server between requests: a program heartbeats one
+/// or a few grants, so a handful covers it.
+const IDLE_CONNECTIONS_PER_SERVER_MAX: usize = 4;
+
+/// A handle to the pool. Cheap to clone: clones share one connection pool.
+#[derive(Clone, Debug)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    config: ClientConfig,
+    http: reqwest::Client,
+}
+
+impl Client {
+    /// A client for this configuration. Fails only on a configuration that
+    /// cannot work (no servers, an address that is not `host:port`, an empty
+    /// or oversized field).
+    pub fn new(config: ClientConfig) -> Result<Client, ClientError> {
+        config.validate()?;
+        let http = reqwest::Client::builder()
+            .timeout(config.request_timeout)
+            .connect_timeout(config.connect_timeout)
+            .pool_max_idle_per_host(IDLE_CONNECTIONS_PER_SERVER_MAX)
+            .tcp_nodelay(true)
+            // License servers sit on the customer's own network: sending
+            // heartbeats through an HTTP proxy picked up from the environment
+            // would add a hop that can fail on its own and hide the servers.
+            .no_proxy()
+            .build()
+            .map_err(|error| ClientError::InvalidConfig {
+                message: format!("cannot create the HTTP client: {error}"),
+            })?;
+        Ok(Client {
+            inner: Arc::new(Inner { config, http }),
+        })
+    }
+
+    pub fn config(&self) -> &ClientConfig {
+        &self.inner.config
+    }
+
+    pub(crate) fn http(&self) -> &reqwest::Client {
+        &self.inner.http
+    }
+
+    /// Checks out `count` seats of `feature` for this program's `version`.
+    ///
+    /// Tries the configured servers in order. A server that is down, has no
+    /// quorum, is in its grace period or has no seats left passes the request
+    /// to the next one; a refusal the whole pool shares (unknown feature,
+    /// version not licensed, license not served, …) returns at once.
+    ///
+    /// The returned guard heartbeats in the background and checks the seats
+    /// in when dropped or [released](SeatGuard::release). Call it from within
+    /// a tokio runtime; the guard's background work runs on that runtime.
+    pub async fn checkout(
+        &self,
+        feature: &str,
+        version: &str,
+        count: u32,
+    ) -> Result<SeatGuard, ClientError> {
+        check_checkout(feature, version, count)?;
+        let config = self.config();
+        let request = CheckoutRequest {
+            client_id: config.client_id.clone(),
+            user: config.user.clone(),
+            host: config.host.clone(),
+            feature: feature.to_string(),
+            version: version.to_string(),
+            count,
+        };
+        let mut failures = Vec::new();
+        for address in &config.servers {
+            // The lease runs from the send time, not the answer's arrival: the
+            // server's own lease started no earlier than this instant.
+            let send_instant = Instant::now();
+            let answer: Result<Grant, Failure> =
+                http::post_json(self.http(), address, "/checkout", &request).await;
+            match answer {
+                Ok(grant) => match usable_grant(&grant, &request, send_instant) {
+                    Ok(()) => {
+                        tracing::debug!(%address, grant_id = %grant.grant_id, "checked out");
+                        return Ok(SeatGuard::start(
+                            self.clone(),
+                            request,
+                            grant,
+                            address.clone(),
+                            send_instant,
+                        ));
+                    }
+                    Err(text) => {
+                        self.forget(address, &grant.grant_id);
+                        failures.push(Failure::no_answer(address, text));
+                    }
+                },
+                Err(failure) if failure.disposition() == Disposition::Definitive => {
+                    return Err(into_error(feature, failure));
+                }
+                Err(failure) => {
+                    tracing::debug!(%failure, "checkout refused; trying the next server");
+                    failures.push(failure);
+                }
+            }
+        }
+        Err(pool_error(feature, failures))
+    }
+
+    /// The status of the pool as seen by the first configured server that answers.
+    pub async fn status(&self) -> Result<StatusResponse, ClientError> {
+        let mut failures = Vec::new();
+        for address in &self.config().servers {
+            match http::get_json(self.http(), address, "/status", STATUS_ANSWER_BYTES_MAX).await {
+                Ok(status) => return Ok(status),
+                Err(failure) => failures.push(failure),
+            }
+        }
+        Err(ClientError::NoServerReachable {
+            last_error: describe(&failures),
+            tried: failures.into_iter().map(|f| f.address).collect(),
+        })
+    }
+
+    /// Checks in the grant `grant_id` held by this client's id, trying the
+    /// configured servers in order until one releases it. Returns the number
+    /// of seats released. A [`SeatGuard`] checks itself in; this is for grants
+    /// known only by id (a command-line `tessera checkin`). Checking in a grant
+    /// that a live guard still heartbeats does not end it: the guard's next
+    /// heartbeat makes a server convert it into a new grant.
+    pub async fn checkin(&self, grant_id: &str) -> Result<u32, ClientError> {
+        check_field("grant_id", grant_id).map_err(|message| ClientError::Rejected {
+            code: ErrorCode::InvalidField,
+            message,
+        })?;
+        self.checkin_on(&self.config().servers, grant_id).await
+    }
+
+    /// One heartbeat to one server, without fail-over: what [`SeatGuard`]
+    /// does on each renewal. Mostly useful for tests and tools.
+    pub async fn heartbeat_once(
+        &self,
+        address: &str,
+        request: &HeartbeatRequest,
+    ) -> Result<Grant, ClientError> {
+        http::post_json(self.http(), address, "/heartbeat", request)
+            .await
+            .map_err(|failure| into_error(&request.feature, failure))
+    }
+
+    pub(crate) async fn checkin_on(
+        &self,
+        addresses: &[String],
+        grant_id: &str,
+    ) -> Result<u32, ClientError> {
+        let request = CheckinRequest {
+            grant_id: grant_id.to_string(),
+            client_id: self.config().client_id.clone(),
+        };
+        let mut failures = Vec::new();
+        for address in addresses {
+            let answer: Result<CheckinResponse, Failure> =
+                http::post_json(self.http(), address, "/checkin", &request).await;
+            match answer {
+                Ok(released) => return Ok(released.released_seats),
+                Err(failure) => failures.push(failure),
+            }
+        }
+        Err(checkin_error(failures))
+    }
+
+    /// Gives back a grant this client will not use, without waiting: left
+    /// alone it would hold its seats until its lease ran out.
+    fn forget(&self, address: &str, grant_id: &str) {
+        let client = self.clone();
+        let addresses = [address.to_string()];
+        let grant_id = grant_id.to_string();
+        tokio::spawn(async move {
+            if let Err(error) = client.checkin_on(&addresses, &grant_id).await {
+                tracing::debug!(%error, "could not check in an unusable grant");
+            }
+        });
+    }
+}
+
+fn check_checkout(feature: &str, version: &str, count: u32) -> Result<(), ClientError> {
+    let invalid_field = |message| ClientError::Rejected {
+        code: ErrorCode::InvalidField,
+        message,
+    };
+    check_field("feature", feature).map_err(invalid_field)?;
+    check_field("version", version).map_err(invalid_field)?;
+    if count == 0 || count > MAX_SEATS_PER_REQUEST {
+        return Err(ClientError::Rejected {
+            code: ErrorCode::InvalidCount,
+            message: format!(
+                "asked for {count} seats; ask for 1 to {MAX_SEATS_PER_REQUEST} seats at a time"
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// A grant must be the one asked for and still valid when it arrives.
+fn usable_grant(
+    grant: &Grant,
+    request: &CheckoutRequest,
+    send_instant: Instant,
+) -> Result<(), String> {
+    check_grant(grant, &request.feature, request.count)?;
+    if send_instant + lease_duration(grant) <= Instant::now() {
+        return Err(format!(
+            "answered after the {} ms lease had already run out; the network or the server is too slow",
+            grant.lease_ms
+        ));
+    }
+    Ok(())
+}
+
+fn into_error(feature: &str, failure: Failure) -> ClientError {
+    match failure.kind {
+        FailureKind::NoAnswer(text) => ClientError::NoServerReachable {
+            last_error: format!("{}: {text}", failure.address),
+            tried: vec![failure.address],
+        },
+        FailureKind::Refused { code, message } => {
+            ClientError::from_server(feature, code, format!("{}: {message}", failure.address))
+        }
+    }
+}
+
+/// A server that did not answer may be the one holding the grant, so that
+/// outweighs the others' "unknown grant".
+fn checkin_error(failures: Vec<Failure>) -> ClientError {
+    if failures
+        .iter()
+        .any(|f| matches!(f.kind, FailureKind::NoAnswer(_)))
+    {
+        return ClientError::NoServerReachable {
+            last_error: describe(&failures),
+            tried: failures.into_iter().map(|f| f.address).collect(),
+        };
+    }
+    let refusal = failures.into_iter().find(|f| {
+        !matches!(
+            f.kind,
+            FailureKind::Refused {
+                code: ErrorCode::UnknownGrant,
+                ..
+            }
+        )
+    });
+    match refusal {
+        Some(failure) => into_error("", failure),
+        None => ClientError::UnknownGrant,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refused(address: &str, code: ErrorCode) -> Failure {
+        Failure {
+            address: address.to_string(),
+            kind: FailureKind::Refused {
+                code,
+                message: "no".to_string(),
+            },
+        }
+    }
+
+    #[test]
+    fn checkin_error_prefers_a_silent_server_over_unknown_grant() {
+        let unknown = refused("a:1", ErrorCode::UnknownGrant);
+        let down = Failure::no_answer("b:1", "connection refused");
+        let mismatch = refused("b:1", ErrorCode::GrantMismatch);
+        let cases = [
+            (vec![unknown.clone()], Some(ErrorCode::UnknownGrant)),
+            (vec![unknown.clone(), down], None),
+            (vec![unknown, mismatch], Some(ErrorCode::GrantMismatch)),
+        ];
+        for (failures, expected) in cases {
+            assert_eq!(checkin_error(failures).code(), expected);
+        }
+    }
+
+    #[test]
+    fn impossible_checkouts_are_refused_before_any_request() {
+        let cases = [
+            ("", "1.0", 1, ErrorCode::InvalidField),
+            ("cad", "", 1, ErrorCode::InvalidField),
+            ("cad", "1.0", 0, ErrorCode::InvalidCount),
+            (
+                "cad",
+                "1.0",
+                MAX_SEATS_PER_REQUEST + 1,
+                ErrorCode::InvalidCount,
+            ),
+        ];
+        for (feature, version, count, expected) in cases {
+            let error = check_checkout(feature, version, count).expect_err("must be refused");
+            assert_eq!(error.code(), Some(expected));
+        }
+        assert_eq!(check_checkout("cad", "1.0", 1), Ok(()));
+    }
+}
