@@ -5,6 +5,7 @@
 //! ([`CivilDate`], milliseconds), files come in as strings. Every function
 //! that can fail does so only on bad input, and says which in its error type.
 
+pub mod control;
 pub mod date;
 pub mod distribution;
 pub mod license;
@@ -13,6 +14,7 @@ pub mod names;
 pub mod pool_file;
 pub mod version;
 
+pub use control::{ControlCommand, ControlOutcome, ControlState, FeatureAllocation};
 pub use date::{CivilDate, Expiry};
 pub use distribution::{DistributionError, DistributionTable, Row, Shortfall};
 pub use license::{
