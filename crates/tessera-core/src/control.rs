@@ -269,7 +269,9 @@ mod tests {
         )
     }
 
-    fn alloc(state: &ControlState, feature: &str) -> (Vec<(String, u32)>, u32, Vec<(String, u32)>) {
+    type Seats = Vec<(String, u32)>;
+
+    fn alloc(state: &ControlState, feature: &str) -> (Seats, u32, Seats) {
         let a = state.allocation(feature).unwrap();
         (
             a.servers.iter().map(|(s, n)| (s.clone(), *n)).collect(),
