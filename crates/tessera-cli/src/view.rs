@@ -71,7 +71,7 @@ pub fn render(status: &StatusResponse) -> String {
     }
     out.push_str(&table(&rows));
     for feature in &status.features {
-        let in_use: u32 = feature.servers.iter().map(|r| r.in_use).sum();
+        let in_use: u32 = feature.servers.iter().filter_map(|r| r.in_use).sum();
         let _ = writeln!(
             out,
             "\nFeature `{}` (vendor {}): {} of {} seats in use, {} available, {} in the free pool",

@@ -113,7 +113,7 @@ pub(crate) fn disposition(code: ErrorCode) -> Disposition {
         | ErrorCode::VersionNotLicensed
         | ErrorCode::LicenseNotServed => Disposition::Definitive,
         ErrorCode::NoSeatsAvailable => Disposition::NoSeats,
-        ErrorCode::NoQuorum | ErrorCode::GracePeriod => Disposition::NoQuorum,
+        ErrorCode::NoQuorum | ErrorCode::GracePeriod | ErrorCode::NoLeader => Disposition::NoQuorum,
         // A grant this server does not know or holds for someone else is what
         // fail-over exists for; the other codes are one server's trouble or a
         // server newer than this client.
@@ -122,6 +122,8 @@ pub(crate) fn disposition(code: ErrorCode) -> Disposition {
         | ErrorCode::TooManyGrants
         | ErrorCode::NotFound
         | ErrorCode::MethodNotAllowed
+        | ErrorCode::WrongPool
+        | ErrorCode::PoolFileRefused
         | ErrorCode::Internal
         | ErrorCode::Unknown => Disposition::TryNext,
     }

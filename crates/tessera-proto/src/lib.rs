@@ -153,6 +153,13 @@ pub enum ErrorCode {
     NotFound,
     /// The method is not allowed on this endpoint.
     MethodNotAllowed,
+    /// A peer or admin request for another pool, or without the pool's secret.
+    WrongPool,
+    /// A pool file update that is refused (stale sequence, bad signature,
+    /// sums above the hard limit, unknown pool); the message says why.
+    PoolFileRefused,
+    /// The pool has no leader right now; retry shortly.
+    NoLeader,
     /// The server failed; the request may be retried.
     Internal,
     /// A code this client version does not know.
@@ -171,6 +178,9 @@ impl ErrorCode {
             | ErrorCode::VersionNotLicensed => 400,
             ErrorCode::UnknownFeature | ErrorCode::UnknownGrant | ErrorCode::NotFound => 404,
             ErrorCode::MethodNotAllowed => 405,
+            ErrorCode::WrongPool => 403,
+            ErrorCode::PoolFileRefused => 422,
+            ErrorCode::NoLeader => 503,
             ErrorCode::NoSeatsAvailable | ErrorCode::GrantMismatch => 409,
             ErrorCode::BodyTooLarge => 413,
             ErrorCode::LicenseNotServed => 403,
@@ -199,6 +209,9 @@ impl ErrorCode {
             ErrorCode::TooManyGrants => "too_many_grants",
             ErrorCode::NotFound => "not_found",
             ErrorCode::MethodNotAllowed => "method_not_allowed",
+            ErrorCode::WrongPool => "wrong_pool",
+            ErrorCode::PoolFileRefused => "pool_file_refused",
+            ErrorCode::NoLeader => "no_leader",
             ErrorCode::Internal => "internal",
             ErrorCode::Unknown => "unknown",
         }
@@ -235,9 +248,12 @@ pub const STATUS_GRANTS_MAX: usize = 1_000;
 pub struct ServerStatus {
     pub id: String,
     pub address: String,
-    /// `leader` or `follower` (a pool of one is its own leader).
+    /// `leader`, `follower`, `candidate` or `learner` (a pool of one is its own leader).
     pub role: String,
-    /// `serving`, `grace` (store was missing; only renewals accepted) or `no_quorum`.
+    /// The pool's leader as far as this server knows.
+    pub leader_id: Option<String>,
+    /// `serving`, `grace` (store was missing; only renewals accepted) or
+    /// `no_quorum` (no quota lease from a leader with a majority).
     pub state: String,
     pub software_version: String,
     pub uptime_ms: u64,
@@ -278,8 +294,9 @@ pub struct FeatureStatus {
 pub struct DistributionRow {
     pub server_id: String,
     pub allocation: u32,
-    pub in_use: u32,
-    pub available: u32,
+    /// `None` where the answering server does not know (a follower knows only its own row).
+    pub in_use: Option<u32>,
+    pub available: Option<u32>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -349,6 +366,9 @@ mod tests {
             ErrorCode::TooManyGrants,
             ErrorCode::NotFound,
             ErrorCode::MethodNotAllowed,
+            ErrorCode::WrongPool,
+            ErrorCode::PoolFileRefused,
+            ErrorCode::NoLeader,
             ErrorCode::Internal,
         ] {
             let json = serde_json::to_string(&code).unwrap();
@@ -364,4 +384,52 @@ mod tests {
                 .unwrap_err();
         assert!(err.to_string().contains("unknown field"));
     }
+}
+
+/// Header that names the pool on every peer and admin request.
+pub const POOL_HEADER: &str = "x-tessera-pool";
+/// Header that names the sending server on peer requests.
+pub const PEER_HEADER: &str = "x-tessera-peer";
+
+/// `POST /v1/admin/pool-file`: install a pool file with a higher sequence.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolFileUpdate {
+    pub text: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PoolFileInstalled {
+    pub pool_id: String,
+    pub sequence: u64,
+}
+
+/// `GET /v1/peer/hello`: what a peer knows, for bootstrapping.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerHello {
+    pub pool_id: String,
+    pub server_id: String,
+    /// True once the server belongs to a formed pool (its Raft log is not empty).
+    pub initialized: bool,
+    pub installed_sequence: Option<u64>,
+}
+
+/// `POST /v1/peer/report`: a server's in-use counts, sent to the leader
+/// every quota renew interval; the answer renews the sender's quota lease.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeerReport {
+    pub server_id: String,
+    /// Seats in use per feature.
+    pub in_use: std::collections::BTreeMap<String, u32>,
+}
+
+/// The leader's acknowledgement of a report.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PeerReportAck {
+    pub leader_id: String,
+    /// The sender may issue only once it has applied the control log this far.
+    pub applied_index_required: u64,
+    /// Every server of the pool as the leader sees it.
+    pub servers: Vec<PeerStatus>,
 }

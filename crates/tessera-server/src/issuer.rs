@@ -8,8 +8,11 @@
 //! a pool of one renews its own quota, a pool of many gets it from the leader.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
 
-use tessera_core::{DistributionError, DistributionTable, LicenseTable, PoolFile, Version};
+use tessera_core::{
+    ControlState, DistributionError, DistributionTable, LicenseTable, PoolFile, Version,
+};
 use tessera_proto::{self as proto, ErrorCode};
 
 use crate::config::Limits;
@@ -93,7 +96,8 @@ pub enum IssuingState {
 
 pub struct Issuer {
     server_id: String,
-    pool: PoolFile,
+    /// The replicated control state; `None` until the pool has formed.
+    control: Option<Arc<ControlState>>,
     licenses: LicenseTable,
     tables: BTreeMap<String, DistributionTable>,
     /// Seats of uncounted grants, per feature, held aside until they lapse.
@@ -104,6 +108,10 @@ pub struct Issuer {
     limits: Limits,
     clock_drift_percent: u32,
     grace_until_ms: Option<u64>,
+    /// Grants read from the store at start, waiting for the first control
+    /// state (their lease terms come from its codes), and when they were read.
+    pending_restore: Vec<(String, StoredGrant)>,
+    restored_at_ms: u64,
     /// Issue and renew only while the monotonic clock is below this.
     quota_valid_until_ms: u64,
 }
@@ -120,8 +128,6 @@ pub struct Issued {
 impl Issuer {
     pub fn new(
         server_id: String,
-        pool: PoolFile,
-        licenses: LicenseTable,
         limits: Limits,
         clock_drift_percent: u32,
         restored: Vec<(String, StoredGrant)>,
@@ -129,8 +135,8 @@ impl Issuer {
     ) -> Issuer {
         let mut issuer = Issuer {
             server_id,
-            pool,
-            licenses,
+            control: None,
+            licenses: LicenseTable::default(),
             tables: BTreeMap::new(),
             held_aside: HashMap::new(),
             grants: HashMap::new(),
@@ -139,11 +145,10 @@ impl Issuer {
             limits,
             clock_drift_percent,
             grace_until_ms: None,
+            pending_restore: restored,
+            restored_at_ms: now_ms,
             quota_valid_until_ms: 0,
         };
-        for (grant_id, stored) in restored {
-            issuer.restore(grant_id, stored, now_ms);
-        }
         issuer.rebuild_tables();
         issuer
     }
@@ -154,7 +159,7 @@ impl Issuer {
         let hold_ms = self
             .terms(&stored.feature)
             .map(|t| t.hold_ms)
-            .unwrap_or(tessera_core::license::LEASE_S_MAX as u64 * 1000);
+            .unwrap_or_else(|| self.longest_hold_ms());
         let grant = LiveGrant {
             request: SeatRequest {
                 client_id: stored.client_id,
@@ -176,20 +181,28 @@ impl Issuer {
     /// table, then counts every live grant in them. Grants that no longer
     /// fit (the hard limit dropped) are held aside until they lapse.
     fn rebuild_tables(&mut self) {
-        let servers = self.pool.server_ids();
         self.tables.clear();
-        for feature in self.licenses.features() {
-            let requested = self.pool.distribution.get(&feature.feature);
-            match DistributionTable::fitted(
-                &feature.feature,
-                feature.hard_limit,
-                &servers,
-                requested,
-            ) {
-                Ok(table) => {
-                    self.tables.insert(feature.feature.clone(), table);
+        if let Some(control) = &self.control {
+            let servers = control.pool().map(PoolFile::server_ids).unwrap_or_default();
+            for feature in self.licenses.features() {
+                let Some(allocation) = control.allocation(&feature.feature) else {
+                    continue;
+                };
+                let caps: BTreeMap<String, u32> = servers
+                    .iter()
+                    .map(|server| (server.clone(), allocation.cap(server, feature.hard_limit)))
+                    .collect();
+                match DistributionTable::initial(
+                    &feature.feature,
+                    feature.hard_limit,
+                    &servers,
+                    Some(&caps),
+                ) {
+                    Ok(table) => {
+                        self.tables.insert(feature.feature.clone(), table);
+                    }
+                    Err(err) => tracing::error!("feature `{}`: {err}", feature.feature),
                 }
-                Err(err) => tracing::error!("feature `{}`: {err}", feature.feature),
             }
         }
         self.held_aside.clear();
@@ -215,10 +228,30 @@ impl Issuer {
         }
     }
 
-    /// Evaluates the license table again (a new day, new codes).
+    /// Takes a new control state (a pool file installed, allocations moved)
+    /// and the license table evaluated from its codes on this server.
+    pub fn set_control(&mut self, control: Arc<ControlState>, licenses: LicenseTable) {
+        self.control = Some(control);
+        self.licenses = licenses;
+        for (grant_id, stored) in std::mem::take(&mut self.pending_restore) {
+            self.restore(grant_id, stored, self.restored_at_ms);
+        }
+        self.rebuild_tables();
+    }
+
+    /// Grants read from the store that wait for the pool's control state.
+    pub fn restored_pending(&self) -> usize {
+        self.pending_restore.len()
+    }
+
+    /// Evaluates the license table again (a new day).
     pub fn reload_licenses(&mut self, licenses: LicenseTable) {
         self.licenses = licenses;
         self.rebuild_tables();
+    }
+
+    pub fn control(&self) -> Option<&Arc<ControlState>> {
+        self.control.as_ref()
     }
 
     /// The pool of one renews its own quota; the pool sets it from the leader's answer.
@@ -227,7 +260,7 @@ impl Issuer {
     }
 
     pub fn state(&self, now_ms: u64) -> IssuingState {
-        if now_ms >= self.quota_valid_until_ms {
+        if now_ms >= self.quota_valid_until_ms || self.control.is_none() {
             return IssuingState::NoQuorum;
         }
         match self.grace_until_ms {
@@ -463,7 +496,8 @@ impl Issuer {
                 ErrorCode::UnknownFeature,
                 format!(
                     "no license code in pool `{}` names feature `{}`",
-                    self.pool.pool_id, request.feature
+                    self.pool().map_or("(not formed)", |p| p.pool_id.as_str()),
+                    request.feature
                 ),
             )
         })?;
@@ -559,8 +593,9 @@ impl Issuer {
     }
 
     pub fn servers(&self) -> Vec<proto::ServerInfo> {
-        self.pool
-            .servers
+        self.pool()
+            .map(|pool| pool.servers.as_slice())
+            .unwrap_or_default()
             .iter()
             .map(|s| proto::ServerInfo {
                 id: s.id.clone(),
@@ -569,8 +604,8 @@ impl Issuer {
             .collect()
     }
 
-    pub fn pool(&self) -> &PoolFile {
-        &self.pool
+    pub fn pool(&self) -> Option<&PoolFile> {
+        self.control.as_ref().and_then(|c| c.pool())
     }
 
     pub fn server_id(&self) -> &str {
@@ -673,7 +708,12 @@ mod tests {
             "h",
             CivilDate::parse(DAY).unwrap(),
         );
-        let mut issuer = Issuer::new("A".into(), pool, licenses, limits, 0, restored, 0);
+        let mut control = ControlState::default();
+        control.apply(&tessera_core::ControlCommand::InstallPoolFile {
+            text: pool.to_toml(),
+        });
+        let mut issuer = Issuer::new("A".into(), limits, 0, restored, 0);
+        issuer.set_control(Arc::new(control), licenses);
         issuer.set_quota(u64::MAX);
         issuer
     }

@@ -66,7 +66,20 @@ impl App {
     fn status(&self) -> proto::StatusResponse {
         let now_ms = self.clock.now_ms();
         let issuer = self.issuer();
-        let pool = issuer.pool();
+        let empty_pool;
+        let pool = match issuer.pool() {
+            Some(pool) => pool,
+            None => {
+                empty_pool = PoolFile {
+                    pool_id: String::new(),
+                    sequence: 0,
+                    servers: Vec::new(),
+                    distribution: Default::default(),
+                    codes: Vec::new(),
+                };
+                &empty_pool
+            }
+        };
         let state = issuer.state(now_ms);
         let server_id = issuer.server_id().to_string();
         let features = issuer
@@ -97,6 +110,7 @@ impl App {
                 id: server_id.clone(),
                 address: self.address.clone(),
                 role: "leader".into(),
+                leader_id: Some(server_id.clone()),
                 state: match state {
                     IssuingState::Serving => "serving",
                     IssuingState::Grace { .. } => "grace",
@@ -152,8 +166,8 @@ fn feature_status(issuer: &Issuer, feature: &tessera_core::FeatureLicense) -> pr
                     .map(|(server_id, row)| proto::DistributionRow {
                         server_id: server_id.to_string(),
                         allocation: row.allocation,
-                        in_use: row.in_use,
-                        available: row.available(),
+                        in_use: Some(row.in_use),
+                        available: Some(row.available()),
                     })
                     .collect()
             })
@@ -234,15 +248,25 @@ pub async fn start(
         opened.grants.len(),
         config.data_dir.display()
     );
+    let mut control = tessera_core::ControlState::default();
+    if let tessera_core::ControlOutcome::Refused { reason } =
+        control.apply(&tessera_core::ControlCommand::InstallPoolFile {
+            text: pool.to_toml(),
+        })
+    {
+        return Err(StartError::PoolFile {
+            path: config.pool_file.clone(),
+            message: reason,
+        });
+    }
     let mut issuer = Issuer::new(
         config.server_id.clone(),
-        pool.clone(),
-        licenses,
         config.limits,
         config.timing.clock_drift_percent,
         opened.grants,
         now_ms,
     );
+    issuer.set_control(Arc::new(control), licenses);
     if !opened.existed && config.grace_on_missing_store {
         let grace_ms = config.timing.grace_ms.unwrap_or(issuer.longest_hold_ms());
         tracing::warn!(

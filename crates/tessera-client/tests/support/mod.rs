@@ -251,6 +251,7 @@ async fn status(State(server): State<Arc<FakeServer>>) -> Json<StatusResponse> {
             id: server.id.clone(),
             address: server.address.clone(),
             role: "leader".to_string(),
+            leader_id: Some(server.id.clone()),
             state: "serving".to_string(),
             software_version: "test".to_string(),
             uptime_ms: 0,
