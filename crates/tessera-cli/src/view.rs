@@ -91,11 +91,14 @@ pub fn render(status: &StatusResponse) -> String {
         );
         let mut rows = vec![cells(&[&"SERVER", &"ALLOCATION", &"IN USE", &"AVAILABLE"])];
         for row in &feature.servers {
+            let unknown = || "-".to_string();
+            let in_use = row.in_use.map_or_else(unknown, |n| n.to_string());
+            let available = row.available.map_or_else(unknown, |n| n.to_string());
             rows.push(cells(&[
                 &row.server_id,
                 &row.allocation,
-                &row.in_use,
-                &row.available,
+                &in_use,
+                &available,
             ]));
         }
         out.push_str(&table(&rows));
