@@ -78,8 +78,10 @@ async fn wait_ready(address: &str, log: &Path) -> Result<()> {
     let client = Client::new(ClientConfig::new([address]))?;
     let deadline = tokio::time::Instant::now() + SERVER_READY_TIMEOUT;
     while tokio::time::Instant::now() < deadline {
-        if client.status().await.is_ok() {
-            return Ok(());
+        if let Ok(status) = client.status().await {
+            if status.server.state == "serving" {
+                return Ok(());
+            }
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

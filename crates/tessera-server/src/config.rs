@@ -41,6 +41,7 @@ struct ConfigText {
     timing: Timing,
     #[serde(default = "default_true")]
     grace_on_missing_store: bool,
+    peer_secret: Option<String>,
 }
 
 fn default_true() -> bool {
@@ -96,6 +97,20 @@ pub struct Timing {
     pub license_check_interval_ms: u64,
     /// Most grant writes grouped into one durable commit.
     pub store_batch_max: usize,
+    /// How often the Raft leader sends heartbeats to the other servers.
+    pub raft_heartbeat_interval_ms: u64,
+    /// Election timeout of the first server in leader-priority order; each
+    /// later server waits `election_timeout_step_ms` longer, so the highest
+    /// surviving priority stands for election first.
+    pub election_timeout_ms: u64,
+    pub election_timeout_step_ms: u64,
+    /// Random spread added to each election timeout, against split votes.
+    pub election_jitter_ms: u64,
+    /// How often a server reports its in-use counts to the leader.
+    pub quota_report_interval_ms: u64,
+    /// How long a server may issue after sending a report the leader
+    /// acknowledged. A server cut off from the majority stops within this.
+    pub quota_lease_ms: u64,
 }
 
 impl Default for Timing {
@@ -106,6 +121,12 @@ impl Default for Timing {
             grace_ms: None,
             license_check_interval_ms: 60_000,
             store_batch_max: 1_024,
+            raft_heartbeat_interval_ms: 100,
+            election_timeout_ms: 400,
+            election_timeout_step_ms: 200,
+            election_jitter_ms: 150,
+            quota_report_interval_ms: 300,
+            quota_lease_ms: 1_500,
         }
     }
 }
@@ -124,6 +145,8 @@ pub struct ServerConfig {
     /// When false, a server without a store issues at once. Only right for a
     /// pool that has never issued a seat (`tessera server --new-pool`).
     pub grace_on_missing_store: bool,
+    /// When set, peers and administrators must present it as a bearer token.
+    pub peer_secret: Option<String>,
 }
 
 impl ServerConfig {
@@ -166,6 +189,7 @@ impl ServerConfig {
             limits: raw.limits,
             timing: raw.timing,
             grace_on_missing_store: raw.grace_on_missing_store,
+            peer_secret: raw.peer_secret,
         })
     }
 }

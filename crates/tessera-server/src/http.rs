@@ -83,6 +83,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route(&format!("{prefix}/heartbeat"), post(heartbeat))
         .route(&format!("{prefix}/checkin"), post(checkin))
         .route(&format!("{prefix}/status"), get(status))
+        .merge(crate::pool::peer_api::routes(app.clone()))
         .fallback(|| async {
             api_error(
                 ErrorCode::NotFound,

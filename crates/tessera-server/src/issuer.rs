@@ -491,6 +491,15 @@ impl Issuer {
     }
 
     fn check_servable(&self, request: &SeatRequest) -> Result<LeaseTerms, IssueError> {
+        if self.control.is_none() {
+            return Err(IssueError::new(
+                ErrorCode::NoQuorum,
+                format!(
+                    "server `{}` has not joined a formed pool yet; retry shortly or try another server",
+                    self.server_id
+                ),
+            ));
+        }
         let feature = self.licenses.feature(&request.feature).ok_or_else(|| {
             IssueError::new(
                 ErrorCode::UnknownFeature,
@@ -622,6 +631,24 @@ impl Issuer {
 
     pub fn grants(&self) -> impl Iterator<Item = (&String, &LiveGrant)> {
         self.grants.iter()
+    }
+
+    /// Seats in use per feature, as reported to the leader.
+    pub fn in_use_counts(&self) -> BTreeMap<String, u32> {
+        let mut counts: BTreeMap<String, u32> = self
+            .tables
+            .iter()
+            .map(|(feature, table)| {
+                (
+                    feature.clone(),
+                    table.row(&self.server_id).map_or(0, |r| r.in_use),
+                )
+            })
+            .collect();
+        for (feature, aside) in &self.held_aside {
+            *counts.entry(feature.clone()).or_default() += aside;
+        }
+        counts
     }
 
     pub fn grants_total(&self) -> usize {

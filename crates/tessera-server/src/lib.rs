@@ -10,6 +10,7 @@ pub mod config;
 pub mod hostid;
 pub mod http;
 pub mod issuer;
+pub mod pool;
 pub mod store;
 
 use std::future::Future;
@@ -17,7 +18,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use tessera_core::{CivilDate, LicenseTable, PoolFile};
+use tessera_core::{CivilDate, ControlState, LicenseTable, PoolFile};
 use tessera_proto as proto;
 use tokio::net::TcpListener;
 
@@ -25,6 +26,7 @@ use crate::clock::{Clock, SystemClock};
 use crate::config::Limits;
 pub use crate::config::ServerConfig;
 use crate::issuer::{Issuer, IssuingState};
+use crate::pool::Pool;
 use crate::store::Store;
 
 /// Why a server could not start. Each message names the file and what to do.
@@ -39,18 +41,22 @@ pub enum StartError {
     #[error("cannot listen on {address}: {message}")]
     Listen { address: String, message: String },
     #[error("{0}")]
-    Unsupported(String),
+    Pool(String),
 }
 
 /// Shared state of a running server.
 pub struct App {
     issuer: Mutex<Issuer>,
     store: Store,
+    pool: Arc<Pool>,
     clock: Arc<dyn Clock>,
     limits: Limits,
     hostid: String,
     address: String,
     started_ms: u64,
+    peer_secret: Option<String>,
+    vendors: Vec<tessera_core::VendorPublicKey>,
+    data_dir: PathBuf,
 }
 
 impl App {
@@ -63,29 +69,28 @@ impl App {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    fn licenses_for(&self, control: &ControlState) -> LicenseTable {
+        let today = CivilDate::from_unix_ms(self.clock.unix_ms());
+        let codes = control
+            .pool()
+            .map(|p| p.codes.as_slice())
+            .unwrap_or_default();
+        LicenseTable::evaluate(codes, &self.vendors, &self.hostid, today)
+    }
+
     fn status(&self) -> proto::StatusResponse {
         let now_ms = self.clock.now_ms();
+        let pool_file = self.pool.pool_file();
+        let leader_id = self.pool.leader().map(|(id, _)| id);
+        let role = self.pool.role();
+        let peers = self.pool.peer_statuses();
         let issuer = self.issuer();
-        let empty_pool;
-        let pool = match issuer.pool() {
-            Some(pool) => pool,
-            None => {
-                empty_pool = PoolFile {
-                    pool_id: String::new(),
-                    sequence: 0,
-                    servers: Vec::new(),
-                    distribution: Default::default(),
-                    codes: Vec::new(),
-                };
-                &empty_pool
-            }
-        };
         let state = issuer.state(now_ms);
-        let server_id = issuer.server_id().to_string();
+        let server_id = self.pool.server_id.clone();
         let features = issuer
             .licenses()
             .features()
-            .map(|feature| feature_status(&issuer, feature))
+            .map(|feature| self.feature_status(&issuer, feature))
             .collect();
         let mut grants: Vec<proto::GrantStatus> = issuer
             .grants()
@@ -104,13 +109,13 @@ impl App {
         grants.sort_by(|a, b| b.age_ms.cmp(&a.age_ms).then(a.grant_id.cmp(&b.grant_id)));
         grants.truncate(proto::STATUS_GRANTS_MAX);
         proto::StatusResponse {
-            pool_id: pool.pool_id.clone(),
-            pool_sequence: pool.sequence,
+            pool_id: pool_file.pool_id.clone(),
+            pool_sequence: issuer.pool().map_or(0, |p| p.sequence),
             server: proto::ServerStatus {
-                id: server_id.clone(),
+                id: server_id,
                 address: self.address.clone(),
-                role: "leader".into(),
-                leader_id: Some(server_id.clone()),
+                role: role.into(),
+                leader_id,
                 state: match state {
                     IssuingState::Serving => "serving",
                     IssuingState::Grace { .. } => "grace",
@@ -125,71 +130,78 @@ impl App {
                 },
                 hostid: self.hostid.clone(),
             },
-            servers: pool
-                .servers
-                .iter()
-                .map(|s| proto::PeerStatus {
-                    id: s.id.clone(),
-                    address: s.address.clone(),
-                    role: if s.id == server_id {
-                        "leader"
-                    } else {
-                        "follower"
-                    }
-                    .into(),
-                    up: s.id == server_id,
-                    last_contact_ms: (s.id == server_id).then_some(0),
-                })
-                .collect(),
+            servers: peers,
             features,
             grants,
-            grants_total: issuer.grants_total() as u64,
+            grants_total: (issuer.grants_total() + issuer.restored_pending()) as u64,
         }
     }
-}
 
-fn feature_status(issuer: &Issuer, feature: &tessera_core::FeatureLicense) -> proto::FeatureStatus {
-    let terms = issuer.terms(&feature.feature);
-    let table = issuer.table(&feature.feature);
-    proto::FeatureStatus {
-        feature: feature.feature.clone(),
-        vendor: feature.vendor.clone(),
-        hard_limit: feature.hard_limit,
-        free_pool: table.map_or(0, |t| t.free_pool()),
-        pool_available: table.map_or(0, |t| t.pool_available()),
-        lease_ms: terms.map_or(0, |t| t.lease_ms),
-        heartbeat_interval_ms: terms.map_or(0, |t| t.heartbeat_interval_ms),
-        borrow_threshold_percent: feature.policy.borrow_threshold_percent,
-        servers: table
+    /// One feature's row set: this server's own row from its table; on the
+    /// leader, every other server's in-use from its last report.
+    fn feature_status(
+        &self,
+        issuer: &Issuer,
+        feature: &tessera_core::FeatureLicense,
+    ) -> proto::FeatureStatus {
+        let terms = issuer.terms(&feature.feature);
+        let table = issuer.table(&feature.feature);
+        let allocation = issuer
+            .control()
+            .and_then(|c| c.allocation(&feature.feature));
+        let own_id = &self.pool.server_id;
+        let rows: Vec<proto::DistributionRow> = table
             .map(|t| {
                 t.rows()
-                    .map(|(server_id, row)| proto::DistributionRow {
-                        server_id: server_id.to_string(),
-                        allocation: row.allocation,
-                        in_use: Some(row.in_use),
-                        available: Some(row.available()),
+                    .map(|(server_id, row)| {
+                        let in_use = if server_id == own_id {
+                            Some(row.in_use)
+                        } else {
+                            self.pool.reported_in_use(server_id, &feature.feature)
+                        };
+                        proto::DistributionRow {
+                            server_id: server_id.to_string(),
+                            allocation: row.allocation,
+                            in_use,
+                            available: in_use.map(|n| row.allocation.saturating_sub(n)),
+                        }
                     })
                     .collect()
             })
-            .unwrap_or_default(),
-        codes: feature
-            .codes
-            .iter()
-            .map(|verdict| {
-                let fields = verdict.code.fields();
-                proto::CodeStatus {
-                    id: fields.id.clone(),
-                    vendor: fields.vendor.clone(),
-                    seats: fields.seats,
-                    version_min: fields.version_min.to_string(),
-                    version_max: fields.version_max.to_string(),
-                    expiry: fields.expiry.to_string(),
-                    hostid: fields.hostid.to_string(),
-                    served: verdict.not_served.is_none(),
-                    reason: verdict.not_served.as_ref().map(|r| r.to_string()),
-                }
-            })
-            .collect(),
+            .unwrap_or_default();
+        let free_pool = table.map_or(0, |t| t.free_pool());
+        let pool_available = free_pool + rows.iter().map(|r| r.available.unwrap_or(0)).sum::<u32>();
+        proto::FeatureStatus {
+            feature: feature.feature.clone(),
+            vendor: feature.vendor.clone(),
+            hard_limit: feature.hard_limit,
+            free_pool: allocation.map_or(free_pool, |a| {
+                free_pool.min(a.free_pool + a.parked.values().sum::<u32>())
+            }),
+            pool_available,
+            lease_ms: terms.map_or(0, |t| t.lease_ms),
+            heartbeat_interval_ms: terms.map_or(0, |t| t.heartbeat_interval_ms),
+            borrow_threshold_percent: feature.policy.borrow_threshold_percent,
+            servers: rows,
+            codes: feature
+                .codes
+                .iter()
+                .map(|verdict| {
+                    let fields = verdict.code.fields();
+                    proto::CodeStatus {
+                        id: fields.id.clone(),
+                        vendor: fields.vendor.clone(),
+                        seats: fields.seats,
+                        version_min: fields.version_min.to_string(),
+                        version_max: fields.version_max.to_string(),
+                        expiry: fields.expiry.to_string(),
+                        hostid: fields.hostid.to_string(),
+                        served: verdict.not_served.is_none(),
+                        reason: verdict.not_served.as_ref().map(|r| r.to_string()),
+                    }
+                })
+                .collect(),
+        }
     }
 }
 
@@ -199,66 +211,45 @@ pub struct Running {
     pub done: tokio::task::JoinHandle<()>,
 }
 
+/// The installed copy of the pool file in the data directory.
+const INSTALLED_POOL_FILE: &str = "installed-pool.toml";
+/// Longest wait at start for the local pool log to be applied again.
+const REPLAY_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Starts a server and returns once it listens; it serves until `shutdown` resolves.
 pub async fn start(
     config: ServerConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<Running, StartError> {
     let clock: Arc<dyn Clock> = Arc::new(SystemClock::new());
-    let pool = load_pool_file(&config)?;
-    let Some(own_entry) = pool.server(&config.server_id).cloned() else {
+    let (pool_file, pool_text) = load_pool_file(&config)?;
+    let Some(own_entry) = pool_file.server(&config.server_id).cloned() else {
         return Err(StartError::PoolFile {
             path: config.pool_file.clone(),
             message: format!(
                 "server_id `{}` of the config is not among the pool's servers ({})",
                 config.server_id,
-                pool.server_ids().join(", ")
+                pool_file.server_ids().join(", ")
             ),
         });
     };
-    if pool.servers.len() > 1 {
-        return Err(StartError::Unsupported(format!(
-            "pool `{}` lists {} servers; this release serves pools of one server",
-            pool.pool_id,
-            pool.servers.len()
-        )));
-    }
     let hostid = config
         .hostid
         .clone()
         .or_else(hostid::machine_hostid)
         .unwrap_or_else(|| "unknown".to_string());
-    let licenses = evaluate_licenses(&pool, &config, &hostid, clock.as_ref());
-    for feature in licenses.features() {
-        for verdict in &feature.codes {
-            if let Some(reason) = &verdict.not_served {
-                tracing::warn!("license code {} is not served: {reason}", verdict.code.id());
-            }
-        }
-    }
     let (store, opened) = Store::open(
         &config.data_dir,
-        &pool.pool_id,
+        &pool_file.pool_id,
         &config.server_id,
         config.timing.store_batch_max,
     )?;
     let now_ms = clock.now_ms();
     tracing::info!(
-        "restored {} grants from {}",
+        "read {} grants from {}",
         opened.grants.len(),
         config.data_dir.display()
     );
-    let mut control = tessera_core::ControlState::default();
-    if let tessera_core::ControlOutcome::Refused { reason } =
-        control.apply(&tessera_core::ControlCommand::InstallPoolFile {
-            text: pool.to_toml(),
-        })
-    {
-        return Err(StartError::PoolFile {
-            path: config.pool_file.clone(),
-            message: reason,
-        });
-    }
     let mut issuer = Issuer::new(
         config.server_id.clone(),
         config.limits,
@@ -266,17 +257,34 @@ pub async fn start(
         opened.grants,
         now_ms,
     );
-    issuer.set_control(Arc::new(control), licenses);
+    let pool = Pool::start(
+        config.server_id.clone(),
+        pool_file.clone(),
+        pool_text,
+        config.vendors.clone(),
+        config.timing,
+        config.peer_secret.clone(),
+        &config.data_dir,
+        clock.clone(),
+    )
+    .await
+    .map_err(StartError::Pool)?;
+    let pool = Arc::new(pool);
+    // A returning server applies its own log before it serves, so that its
+    // allocation and its restored grants are in place (seed FIG. 11).
+    let committed = pool.raft.metrics().borrow().last_log_index.unwrap_or(0);
+    if committed > 0 && !pool.wait_applied(committed, REPLAY_WAIT).await {
+        tracing::warn!("the pool log was not applied again within {REPLAY_WAIT:?}");
+    }
     if !opened.existed && config.grace_on_missing_store {
-        let grace_ms = config.timing.grace_ms.unwrap_or(issuer.longest_hold_ms());
-        tracing::warn!(
-            "no grant store in {}: accepting only renewals for {grace_ms} ms",
-            config.data_dir.display()
-        );
+        // The longest lease is known once the codes are; until then the
+        // longest any code may set.
+        let grace_ms = config
+            .timing
+            .grace_ms
+            .unwrap_or(u64::from(tessera_core::license::LEASE_S_MAX) * 1000);
         issuer.set_grace_until(Some(now_ms + grace_ms));
     }
-    // A pool of one is a majority of one: its quota never lapses.
-    issuer.set_quota(u64::MAX);
 
     let listen = config.listen.clone().unwrap_or(own_entry.address.clone());
     let listener = TcpListener::bind(&listen)
@@ -292,14 +300,28 @@ pub async fn start(
     let app = Arc::new(App {
         issuer: Mutex::new(issuer),
         store,
+        pool: pool.clone(),
         clock: clock.clone(),
         limits: config.limits,
         hostid: hostid.clone(),
         address: own_entry.address.clone(),
         started_ms: now_ms,
+        peer_secret: config.peer_secret.clone(),
+        vendors: config.vendors.clone(),
+        data_dir: config.data_dir.clone(),
     });
-    let background = spawn_background(app.clone(), config, pool, hostid);
-    let router = http::router(app);
+    follow_control(
+        &app,
+        !opened.existed && config.grace_on_missing_store,
+        &config,
+    );
+    let background = vec![
+        spawn_sweeps(app.clone(), config.clone()),
+        tokio::spawn(pool.clone().bootstrap()),
+        spawn_quota_loop(app.clone(), config.timing),
+        spawn_membership_loop(pool.clone()),
+    ];
+    let router = http::router(app.clone());
     let done = tokio::spawn(async move {
         use axum::serve::ListenerExt;
         let listener = listener.tap_io(|tcp| {
@@ -311,7 +333,10 @@ pub async fn start(
         {
             tracing::error!("server stopped: {err}");
         }
-        background.abort();
+        for task in background {
+            task.abort();
+        }
+        let _ = app.pool.raft.shutdown().await;
     });
     tracing::info!("listening on {address}");
     Ok(Running { address, done })
@@ -327,33 +352,118 @@ pub async fn run(
     Ok(())
 }
 
-fn load_pool_file(config: &ServerConfig) -> Result<PoolFile, StartError> {
+fn load_pool_file(config: &ServerConfig) -> Result<(PoolFile, String), StartError> {
     let pool_error = |message: String| StartError::PoolFile {
         path: config.pool_file.clone(),
         message,
     };
     let text = std::fs::read_to_string(&config.pool_file)
         .map_err(|err| pool_error(format!("cannot read it: {err}")))?;
-    PoolFile::parse(&text).map_err(|err| pool_error(err.to_string()))
+    let pool = PoolFile::parse(&text).map_err(|err| pool_error(err.to_string()))?;
+    // A copy installed by the pool earlier, if newer, is what this server last agreed to.
+    let installed_path = config.data_dir.join(INSTALLED_POOL_FILE);
+    if let Ok(installed_text) = std::fs::read_to_string(&installed_path) {
+        if let Ok(installed) = PoolFile::parse(&installed_text) {
+            if installed.pool_id == pool.pool_id && installed.sequence > pool.sequence {
+                return Ok((installed, installed_text));
+            }
+        }
+    }
+    Ok((pool, text))
 }
 
-fn evaluate_licenses(
-    pool: &PoolFile,
-    config: &ServerConfig,
-    hostid: &str,
-    clock: &dyn Clock,
-) -> LicenseTable {
-    let today = CivilDate::from_unix_ms(clock.unix_ms());
-    LicenseTable::evaluate(&pool.codes, &config.vendors, hostid, today)
+/// Applies every new control state to the issuer, and writes a newly
+/// installed pool file to the data directory.
+fn follow_control(app: &Arc<App>, grace: bool, config: &ServerConfig) {
+    let app = app.clone();
+    let mut applied = app.pool.applied.clone();
+    let grace_ms = config.timing.grace_ms;
+    tokio::spawn(async move {
+        let mut written_sequence = None;
+        let mut grace_fitted = !grace;
+        loop {
+            let control = applied.borrow_and_update().state.clone();
+            if control.pool().is_some() {
+                let licenses = app.licenses_for(&control);
+                log_unserved(&licenses);
+                let sequence = control.pool().map(|p| p.sequence);
+                {
+                    let mut issuer = app.issuer();
+                    issuer.set_control(control.clone(), licenses);
+                    if !grace_fitted {
+                        // Now that the codes are known, the grace period is one longest hold.
+                        let grace_ms = grace_ms.unwrap_or(issuer.longest_hold_ms());
+                        issuer.set_grace_until(Some(app.started_ms + grace_ms));
+                        grace_fitted = true;
+                    }
+                }
+                if sequence != written_sequence {
+                    if let Some(text) = control.pool_text() {
+                        let path = app.data_dir.join(INSTALLED_POOL_FILE);
+                        if let Err(err) = std::fs::write(&path, text) {
+                            tracing::error!("cannot write {}: {err}", path.display());
+                        }
+                    }
+                    written_sequence = sequence;
+                }
+            }
+            if applied.changed().await.is_err() {
+                return;
+            }
+        }
+    });
+}
+
+fn log_unserved(licenses: &LicenseTable) {
+    for feature in licenses.features() {
+        for verdict in &feature.codes {
+            if let Some(reason) = &verdict.not_served {
+                tracing::warn!("license code {} is not served: {reason}", verdict.code.id());
+            }
+        }
+    }
+}
+
+/// Every server: report in-use counts to the leader; an acknowledged report
+/// renews the quota lease from its send time, once the log is applied as far
+/// as the leader says.
+fn spawn_quota_loop(app: Arc<App>, timing: config::Timing) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let interval = std::time::Duration::from_millis(timing.quota_report_interval_ms);
+        let mut ticker = tokio::time::interval(interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticker.tick().await;
+            let sent_ms = app.clock.now_ms();
+            let in_use = app.issuer().in_use_counts();
+            match app.pool.report(in_use).await {
+                Ok(ack) => {
+                    if app
+                        .pool
+                        .wait_applied(ack.applied_index_required, interval)
+                        .await
+                    {
+                        app.issuer().set_quota(sent_ms + timing.quota_lease_ms);
+                    }
+                }
+                Err(err) => tracing::debug!("quota not renewed: {err}"),
+            }
+        }
+    })
+}
+
+fn spawn_membership_loop(pool: Arc<Pool>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut ticker = tokio::time::interval(std::time::Duration::from_secs(1));
+        loop {
+            ticker.tick().await;
+            pool.reconcile_membership().await;
+        }
+    })
 }
 
 /// The expiry sweep and the daily license check.
-fn spawn_background(
-    app: Arc<App>,
-    config: ServerConfig,
-    pool: PoolFile,
-    hostid: String,
-) -> tokio::task::JoinHandle<()> {
+fn spawn_sweeps(app: Arc<App>, config: ServerConfig) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let sweep = std::time::Duration::from_millis(config.timing.expiry_sweep_interval_ms);
         let license_check_every = config.timing.license_check_interval_ms;
@@ -374,7 +484,8 @@ fn spawn_background(
                 let today = CivilDate::from_unix_ms(app.clock.unix_ms());
                 if today != last_day {
                     last_day = today;
-                    let licenses = evaluate_licenses(&pool, &config, &hostid, app.clock.as_ref());
+                    let control = app.pool.applied.borrow().state.clone();
+                    let licenses = app.licenses_for(&control);
                     app.issuer().reload_licenses(licenses);
                     tracing::info!("license table evaluated again for {today}");
                 }

@@ -1,0 +1,240 @@
+//! The Raft log, vote and commit index in `redb` (`raft.redb` in the data
+//! directory), each write committed durably before openraft is told.
+//!
+//! The state machine is not stored: it is rebuilt by applying the log again
+//! at start. The log is never purged (snapshots are off): control commands
+//! are rare, and a full log lets any member rebuild the state.
+
+use std::fmt::Debug;
+use std::ops::RangeBounds;
+use std::path::Path;
+use std::sync::Arc;
+
+use openraft::storage::{LogFlushed, LogState, RaftLogReader, RaftLogStorage};
+use openraft::{AnyError, Entry, LogId, StorageError, StorageIOError, Vote};
+use redb::{Database, Durability, ReadableTable, TableDefinition};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use super::types::{NodeId, TypeConfig};
+
+const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
+const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+
+pub const RAFT_FILE: &str = "raft.redb";
+
+#[derive(Clone)]
+pub struct LogStore {
+    db: Arc<Database>,
+}
+
+fn write_error(err: impl ToString) -> StorageError<NodeId> {
+    StorageIOError::write_logs(AnyError::error(err.to_string())).into()
+}
+
+fn read_error(err: impl ToString) -> StorageError<NodeId> {
+    StorageIOError::read_logs(AnyError::error(err.to_string())).into()
+}
+
+impl LogStore {
+    pub fn open(data_dir: &Path) -> Result<LogStore, String> {
+        let path = data_dir.join(RAFT_FILE);
+        let db = Database::create(&path).map_err(|err| {
+            format!(
+                "pool log {}: cannot open it ({err}); if it is damaged, move it away and the \
+                 server rejoins the pool from its peers",
+                path.display()
+            )
+        })?;
+        let txn = db.begin_write().map_err(|e| e.to_string())?;
+        txn.open_table(LOG).map_err(|e| e.to_string())?;
+        txn.open_table(META).map_err(|e| e.to_string())?;
+        txn.commit().map_err(|e| e.to_string())?;
+        Ok(LogStore { db: Arc::new(db) })
+    }
+
+    /// True if this server has ever been part of a formed pool.
+    pub fn is_empty(&self) -> bool {
+        self.read_meta::<Vote<NodeId>>("vote")
+            .ok()
+            .flatten()
+            .is_none()
+            && self.last_index().ok().flatten().is_none()
+    }
+
+    fn last_index(&self) -> Result<Option<u64>, String> {
+        let txn = self.db.begin_read().map_err(|e| e.to_string())?;
+        let table = txn.open_table(LOG).map_err(|e| e.to_string())?;
+        let last = table.last().map_err(|e| e.to_string())?;
+        Ok(last.map(|(key, _)| key.value()))
+    }
+
+    fn read_meta<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, String> {
+        let txn = self.db.begin_read().map_err(|e| e.to_string())?;
+        let table = txn.open_table(META).map_err(|e| e.to_string())?;
+        let Some(value) = table.get(key).map_err(|e| e.to_string())? else {
+            return Ok(None);
+        };
+        serde_json::from_slice(value.value())
+            .map(Some)
+            .map_err(|e| e.to_string())
+    }
+
+    /// Runs one durable write transaction on a blocking thread.
+    async fn write<F>(&self, f: F) -> Result<(), StorageError<NodeId>>
+    where
+        F: FnOnce(&redb::WriteTransaction) -> Result<(), String> + Send + 'static,
+    {
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut txn = db.begin_write().map_err(|e| e.to_string())?;
+            txn.set_durability(Durability::Immediate);
+            f(&txn)?;
+            txn.commit().map_err(|e| e.to_string())
+        })
+        .await
+        .map_err(write_error)?
+        .map_err(write_error)
+    }
+
+    async fn write_meta<T: Serialize>(
+        &self,
+        key: &'static str,
+        value: &T,
+    ) -> Result<(), StorageError<NodeId>> {
+        let bytes = serde_json::to_vec(value).map_err(write_error)?;
+        self.write(move |txn| {
+            let mut table = txn.open_table(META).map_err(|e| e.to_string())?;
+            table
+                .insert(key, bytes.as_slice())
+                .map_err(|e| e.to_string())?;
+            Ok(())
+        })
+        .await
+    }
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + Send>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry<TypeConfig>>, StorageError<NodeId>> {
+        let txn = self.db.begin_read().map_err(read_error)?;
+        let table = txn.open_table(LOG).map_err(read_error)?;
+        let mut entries = Vec::new();
+        for item in table.range(range).map_err(read_error)? {
+            let (_, value) = item.map_err(read_error)?;
+            entries.push(serde_json::from_slice(value.value()).map_err(read_error)?);
+        }
+        Ok(entries)
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = Self;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError<NodeId>> {
+        let last_purged: Option<LogId<NodeId>> =
+            self.read_meta("last_purged").map_err(read_error)?;
+        let txn = self.db.begin_read().map_err(read_error)?;
+        let table = txn.open_table(LOG).map_err(read_error)?;
+        let last = match table.last().map_err(read_error)? {
+            Some((_, value)) => {
+                let entry: Entry<TypeConfig> =
+                    serde_json::from_slice(value.value()).map_err(read_error)?;
+                Some(entry.log_id)
+            }
+            None => last_purged,
+        };
+        Ok(LogState {
+            last_purged_log_id: last_purged,
+            last_log_id: last,
+        })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), StorageError<NodeId>> {
+        self.write_meta("vote", vote).await
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>, StorageError<NodeId>> {
+        self.read_meta("vote").map_err(read_error)
+    }
+
+    async fn save_committed(
+        &mut self,
+        committed: Option<LogId<NodeId>>,
+    ) -> Result<(), StorageError<NodeId>> {
+        self.write_meta("committed", &committed).await
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId<NodeId>>, StorageError<NodeId>> {
+        Ok(self
+            .read_meta::<Option<LogId<NodeId>>>("committed")
+            .map_err(read_error)?
+            .flatten())
+    }
+
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: LogFlushed<TypeConfig>,
+    ) -> Result<(), StorageError<NodeId>>
+    where
+        I: IntoIterator<Item = Entry<TypeConfig>> + Send,
+        I::IntoIter: Send,
+    {
+        let mut rows = Vec::new();
+        for entry in entries {
+            rows.push((
+                entry.log_id.index,
+                serde_json::to_vec(&entry).map_err(write_error)?,
+            ));
+        }
+        let result = self
+            .write(move |txn| {
+                let mut table = txn.open_table(LOG).map_err(|e| e.to_string())?;
+                for (index, bytes) in &rows {
+                    table
+                        .insert(*index, bytes.as_slice())
+                        .map_err(|e| e.to_string())?;
+                }
+                Ok(())
+            })
+            .await;
+        callback.log_io_completed(
+            result
+                .as_ref()
+                .map(|_| ())
+                .map_err(|err| std::io::Error::other(err.to_string())),
+        );
+        result
+    }
+
+    async fn truncate(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {
+        self.write(move |txn| {
+            let mut table = txn.open_table(LOG).map_err(|e| e.to_string())?;
+            table
+                .retain(|index, _| index < log_id.index)
+                .map_err(|e| e.to_string())
+        })
+        .await
+    }
+
+    async fn purge(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {
+        let bytes = serde_json::to_vec(&log_id).map_err(write_error)?;
+        self.write(move |txn| {
+            let mut meta = txn.open_table(META).map_err(|e| e.to_string())?;
+            meta.insert("last_purged", bytes.as_slice())
+                .map_err(|e| e.to_string())?;
+            let mut table = txn.open_table(LOG).map_err(|e| e.to_string())?;
+            table
+                .retain(|index, _| index > log_id.index)
+                .map_err(|e| e.to_string())
+        })
+        .await
+    }
+}

@@ -1,0 +1,531 @@
+//! The pool's control plane: Raft (openraft) over the peer transport, the
+//! replicated [`tessera_core::ControlState`], the leader's global picture,
+//! and the quota lease (DESIGN.md points 1 and 3).
+//!
+//! - Every server of the pool file is a Raft voter; a pool of one is a Raft
+//!   cluster of one on the same path.
+//! - Leader priority: a server's election timeout grows with its rank in the
+//!   pool file, so the highest-priority survivor stands first. A returning
+//!   server hears the current leader's heartbeats and stays a follower.
+//! - Quota lease: every server reports its in-use counts to the leader every
+//!   `quota_report_interval_ms`. The leader confirms its leadership with a
+//!   quorum (`ensure_linearizable`) before it acknowledges, and names the log
+//!   index the sender must have applied. The sender then issues until its own
+//!   send time of that report plus `quota_lease_ms`.
+
+pub mod log_store;
+pub mod network;
+pub mod peer_api;
+pub mod state_machine;
+pub mod types;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use openraft::ServerState;
+use tessera_core::{ControlCommand, ControlOutcome, PoolFile, VendorPublicKey};
+use tessera_proto::{
+    ErrorCode, PeerHello, PeerReport, PeerReportAck, PeerStatus, PoolFileInstalled, PoolFileUpdate,
+};
+use tokio::sync::watch;
+
+use crate::clock::Clock;
+use crate::config::Timing;
+use crate::issuer::IssueError;
+use network::{PeerClient, PeerError, PEER_TIMEOUT};
+use state_machine::Applied;
+use types::{node_id, Node, NodeId, Raft};
+
+/// What the leader last heard from a server.
+#[derive(Clone, Debug)]
+struct Seen {
+    at_ms: u64,
+    in_use: BTreeMap<String, u32>,
+}
+
+pub struct Pool {
+    pub raft: Raft,
+    pub server_id: String,
+    pub node_id: NodeId,
+    pub pool_id: String,
+    pub peers: PeerClient,
+    pub applied: watch::Receiver<Applied>,
+    /// The pool file this server was started with.
+    bootstrap: PoolFile,
+    bootstrap_text: String,
+    vendors: Vec<VendorPublicKey>,
+    timing: Timing,
+    clock: Arc<dyn Clock>,
+    /// Leader: the last report of every server.
+    seen: Mutex<HashMap<String, Seen>>,
+    /// Follower: the servers as the leader last described them, and when.
+    view: Mutex<Option<(u64, Vec<PeerStatus>)>>,
+}
+
+fn refused(code: ErrorCode, message: impl Into<String>) -> IssueError {
+    IssueError::new(code, message)
+}
+
+impl Pool {
+    #[allow(clippy::too_many_arguments)]
+    pub async fn start(
+        server_id: String,
+        bootstrap: PoolFile,
+        bootstrap_text: String,
+        vendors: Vec<VendorPublicKey>,
+        timing: Timing,
+        peer_secret: Option<String>,
+        data_dir: &std::path::Path,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Pool, String> {
+        let rank = bootstrap
+            .servers
+            .iter()
+            .position(|s| s.id == server_id)
+            .unwrap_or(bootstrap.servers.len()) as u64;
+        let election_timeout_min =
+            timing.election_timeout_ms + rank * timing.election_timeout_step_ms;
+        let config = openraft::Config {
+            cluster_name: bootstrap.pool_id.clone(),
+            heartbeat_interval: timing.raft_heartbeat_interval_ms,
+            election_timeout_min,
+            election_timeout_max: election_timeout_min + timing.election_jitter_ms,
+            snapshot_policy: openraft::SnapshotPolicy::Never,
+            ..Default::default()
+        }
+        .validate()
+        .map_err(|err| format!("pool timing: {err}"))?;
+        let log_store = log_store::LogStore::open(data_dir)?;
+        let (state_machine, applied) = state_machine::StateMachine::new();
+        let peers = PeerClient::new(bootstrap.pool_id.clone(), server_id.clone(), peer_secret);
+        let node_id = node_id(&server_id);
+        let raft = Raft::new(
+            node_id,
+            Arc::new(config),
+            network::Network {
+                peers: peers.clone(),
+            },
+            log_store,
+            state_machine,
+        )
+        .await
+        .map_err(|err| format!("cannot start the pool's Raft: {err}"))?;
+        Ok(Pool {
+            raft,
+            node_id,
+            pool_id: bootstrap.pool_id.clone(),
+            server_id,
+            peers,
+            applied,
+            bootstrap,
+            bootstrap_text,
+            vendors,
+            timing,
+            clock,
+            seen: Mutex::new(HashMap::new()),
+            view: Mutex::new(None),
+        })
+    }
+
+    /// The installed pool file, or the one this server started with.
+    pub fn pool_file(&self) -> PoolFile {
+        let applied = self.applied.borrow();
+        applied
+            .state
+            .pool()
+            .cloned()
+            .unwrap_or_else(|| self.bootstrap.clone())
+    }
+
+    fn server_of(&self, node: NodeId) -> Option<String> {
+        let pool = self.pool_file();
+        pool.servers
+            .iter()
+            .chain(self.bootstrap.servers.iter())
+            .find(|s| node_id(&s.id) == node)
+            .map(|s| s.id.clone())
+    }
+
+    pub fn is_leader(&self) -> bool {
+        let metrics = self.raft.metrics();
+        let metrics = metrics.borrow();
+        metrics.state == ServerState::Leader
+    }
+
+    pub fn role(&self) -> &'static str {
+        match self.raft.metrics().borrow().state {
+            ServerState::Leader => "leader",
+            ServerState::Follower => "follower",
+            ServerState::Candidate => "candidate",
+            ServerState::Learner => "learner",
+            ServerState::Shutdown => "stopped",
+        }
+    }
+
+    /// The leader's server id and address, if one is known.
+    pub fn leader(&self) -> Option<(String, String)> {
+        let metrics = self.raft.metrics();
+        let metrics = metrics.borrow();
+        let leader = metrics.current_leader?;
+        let address = metrics
+            .membership_config
+            .membership()
+            .get_node(&leader)
+            .map(|node| node.addr.clone())?;
+        drop(metrics);
+        Some((self.server_of(leader)?, address))
+    }
+
+    pub fn hello(&self) -> PeerHello {
+        let initialized = {
+            let metrics = self.raft.metrics();
+            let metrics = metrics.borrow();
+            metrics.last_log_index.is_some() || metrics.current_term > 0
+        };
+        PeerHello {
+            pool_id: self.pool_id.clone(),
+            server_id: self.server_id.clone(),
+            initialized,
+            installed_sequence: self.applied.borrow().state.pool().map(|p| p.sequence),
+        }
+    }
+
+    /// Forms the pool if it has never formed, then makes sure the pool file
+    /// this server started with is installed if it is newer. Runs until done.
+    pub async fn bootstrap(self: Arc<Self>) {
+        let retry = Duration::from_millis(300);
+        while !self.raft.is_initialized().await.unwrap_or(true) {
+            match self.survey_peers().await {
+                Survey::SomeoneFormed => break,
+                Survey::MajorityNew => {
+                    let members: BTreeMap<NodeId, Node> = self
+                        .bootstrap
+                        .servers
+                        .iter()
+                        .map(|s| (node_id(&s.id), Node::new(s.address.clone())))
+                        .collect();
+                    match self.raft.initialize(members).await {
+                        Ok(()) => tracing::info!("pool `{}` formed", self.pool_id),
+                        Err(err) => tracing::debug!("initialize: {err}"),
+                    }
+                    break;
+                }
+                Survey::Wait => tokio::time::sleep(retry).await,
+            }
+        }
+        loop {
+            let installed = self.applied.borrow().state.pool().map(|p| p.sequence);
+            if installed.is_some_and(|sequence| sequence >= self.bootstrap.sequence) {
+                break;
+            }
+            if self.leader().is_some() {
+                match self.update_pool_file(self.bootstrap_text.clone()).await {
+                    Ok(done) => {
+                        tracing::info!("pool file sequence {} installed", done.sequence);
+                        break;
+                    }
+                    Err(err) if err.code == ErrorCode::PoolFileRefused => {
+                        tracing::warn!(
+                            "the pool file this server started with is not installed: {err}"
+                        );
+                        break;
+                    }
+                    Err(err) => tracing::debug!("pool file not installed yet: {err}"),
+                }
+            }
+            tokio::time::sleep(retry).await;
+        }
+    }
+
+    /// Forms a new pool only when a majority of its servers answer that they
+    /// have never formed one, and none has: a server added to a running pool
+    /// must never start a pool of its own.
+    async fn survey_peers(&self) -> Survey {
+        let others: Vec<_> = self
+            .bootstrap
+            .servers
+            .iter()
+            .filter(|s| s.id != self.server_id)
+            .collect();
+        let mut fresh = 1;
+        for server in others {
+            match self
+                .peers
+                .get::<PeerHello>(&server.address, "/v1/peer/hello")
+                .await
+            {
+                Ok(hello) if hello.initialized => return Survey::SomeoneFormed,
+                Ok(_) => fresh += 1,
+                Err(_) => {}
+            }
+        }
+        if fresh * 2 > self.bootstrap.servers.len() {
+            Survey::MajorityNew
+        } else {
+            Survey::Wait
+        }
+    }
+
+    /// Installs a pool file: forwarded to the leader, validated there
+    /// (sequence, pool id, sums, signatures), committed, applied by all.
+    pub async fn update_pool_file(&self, text: String) -> Result<PoolFileInstalled, IssueError> {
+        let Some((leader_id, leader_address)) = self.leader() else {
+            return Err(refused(
+                ErrorCode::NoLeader,
+                "the pool has no leader right now; retry shortly",
+            ));
+        };
+        if leader_id != self.server_id {
+            return self
+                .peers
+                .post(
+                    &leader_address,
+                    "/v1/admin/pool-file",
+                    &PoolFileUpdate { text },
+                    PEER_TIMEOUT * 5,
+                )
+                .await
+                .map_err(|err| match err {
+                    PeerError::Refused { code, message } => refused(code, message),
+                    other => refused(
+                        ErrorCode::NoLeader,
+                        format!("the leader {leader_id} did not answer: {other}"),
+                    ),
+                });
+        }
+        let next = self
+            .applied
+            .borrow()
+            .state
+            .check_install(&text)
+            .map_err(|reason| refused(ErrorCode::PoolFileRefused, reason))?;
+        if next.pool_id != self.pool_id {
+            return Err(refused(
+                ErrorCode::PoolFileRefused,
+                format!(
+                    "the pool file is for pool `{}`, but this is pool `{}`",
+                    next.pool_id, self.pool_id
+                ),
+            ));
+        }
+        for code in &next.codes {
+            code.verify(&self.vendors)
+                .map_err(|err| refused(ErrorCode::PoolFileRefused, err.to_string()))?;
+        }
+        let response = self
+            .raft
+            .client_write(ControlCommand::InstallPoolFile { text })
+            .await
+            .map_err(|err| refused(ErrorCode::NoLeader, format!("not committed: {err}")))?;
+        let installed = match response.data {
+            ControlOutcome::Installed { sequence } => PoolFileInstalled {
+                pool_id: self.pool_id.clone(),
+                sequence,
+            },
+            ControlOutcome::Refused { reason } => {
+                return Err(refused(ErrorCode::PoolFileRefused, reason))
+            }
+        };
+        self.reconcile_membership().await;
+        Ok(installed)
+    }
+
+    /// Leader: makes the Raft voters equal the installed pool file's servers.
+    pub async fn reconcile_membership(&self) {
+        if !self.is_leader() {
+            return;
+        }
+        let Some(pool) = self.applied.borrow().state.pool().cloned() else {
+            return;
+        };
+        let desired: BTreeMap<NodeId, Node> = pool
+            .servers
+            .iter()
+            .map(|s| (node_id(&s.id), Node::new(s.address.clone())))
+            .collect();
+        let (voters, known): (BTreeSet<NodeId>, BTreeSet<NodeId>) = {
+            let metrics = self.raft.metrics();
+            let metrics = metrics.borrow();
+            let membership = metrics.membership_config.membership();
+            (
+                membership.voter_ids().collect(),
+                membership.nodes().map(|(id, _)| *id).collect(),
+            )
+        };
+        let desired_ids: BTreeSet<NodeId> = desired.keys().copied().collect();
+        if voters == desired_ids {
+            return;
+        }
+        for (id, node) in &desired {
+            if !known.contains(id) {
+                if let Err(err) = self.raft.add_learner(*id, node.clone(), false).await {
+                    tracing::warn!("cannot add a server to the pool: {err}");
+                    return;
+                }
+            }
+        }
+        match self.raft.change_membership(desired_ids, false).await {
+            Ok(_) => tracing::info!(
+                "pool membership now follows pool file sequence {}",
+                pool.sequence
+            ),
+            Err(err) => tracing::warn!("membership change not done yet: {err}"),
+        }
+    }
+
+    /// Leader: a server's report. Acknowledged only after a quorum confirms
+    /// this leadership, so no other leader can exist at the time of the ack.
+    pub async fn handle_report(&self, report: PeerReport) -> Result<PeerReportAck, IssueError> {
+        let pool = self.pool_file();
+        if pool.server(&report.server_id).is_none() {
+            return Err(refused(
+                ErrorCode::WrongPool,
+                format!(
+                    "server `{}` is not in pool `{}`",
+                    report.server_id, self.pool_id
+                ),
+            ));
+        }
+        if !self.is_leader() {
+            return Err(refused(
+                ErrorCode::NoLeader,
+                format!("server `{}` is not the leader", self.server_id),
+            ));
+        }
+        let confirmed = tokio::time::timeout(PEER_TIMEOUT, self.raft.ensure_linearizable())
+            .await
+            .map_err(|_| {
+                refused(
+                    ErrorCode::NoQuorum,
+                    "leadership not confirmed by a majority in time",
+                )
+            })?
+            .map_err(|err| {
+                refused(
+                    ErrorCode::NoQuorum,
+                    format!("leadership not confirmed: {err}"),
+                )
+            })?;
+        let now_ms = self.clock.now_ms();
+        self.seen.lock().unwrap_or_else(|p| p.into_inner()).insert(
+            report.server_id.clone(),
+            Seen {
+                at_ms: now_ms,
+                in_use: report.in_use,
+            },
+        );
+        Ok(PeerReportAck {
+            leader_id: self.server_id.clone(),
+            applied_index_required: confirmed.map_or(0, |id| id.index),
+            servers: self.leader_view(&pool, now_ms),
+        })
+    }
+
+    /// Sends this server's report to the leader (itself, if it leads).
+    pub async fn report(&self, in_use: BTreeMap<String, u32>) -> Result<PeerReportAck, IssueError> {
+        let Some((leader_id, address)) = self.leader() else {
+            return Err(refused(ErrorCode::NoLeader, "no leader known"));
+        };
+        let report = PeerReport {
+            server_id: self.server_id.clone(),
+            in_use,
+        };
+        let ack = if leader_id == self.server_id {
+            self.handle_report(report).await?
+        } else {
+            self.peers
+                .post(&address, "/v1/peer/report", &report, PEER_TIMEOUT)
+                .await
+                .map_err(|err| match err {
+                    PeerError::Refused { code, message } => refused(code, message),
+                    other => refused(ErrorCode::NoQuorum, other.to_string()),
+                })?
+        };
+        *self.view.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some((self.clock.now_ms(), ack.servers.clone()));
+        Ok(ack)
+    }
+
+    /// Waits (bounded) until this server has applied the log to `index`.
+    pub async fn wait_applied(&self, index: u64, timeout: Duration) -> bool {
+        let mut applied = self.applied.clone();
+        tokio::time::timeout(timeout, applied.wait_for(|a| a.index >= index))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+
+    /// Is `server` up, as the leader judges from its reports?
+    fn leader_view(&self, pool: &PoolFile, now_ms: u64) -> Vec<PeerStatus> {
+        let seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        let up_within_ms = self.timing.quota_report_interval_ms * 3;
+        pool.servers
+            .iter()
+            .map(|s| {
+                let last = seen
+                    .get(&s.id)
+                    .map(|seen| now_ms.saturating_sub(seen.at_ms));
+                let me = s.id == self.server_id;
+                PeerStatus {
+                    id: s.id.clone(),
+                    address: s.address.clone(),
+                    role: if me { "leader" } else { "follower" }.into(),
+                    up: me || last.is_some_and(|ms| ms <= up_within_ms),
+                    last_contact_ms: if me { Some(0) } else { last },
+                }
+            })
+            .collect()
+    }
+
+    /// Every server of the pool as this server knows it.
+    pub fn peer_statuses(&self) -> Vec<PeerStatus> {
+        let pool = self.pool_file();
+        let now_ms = self.clock.now_ms();
+        if self.is_leader() {
+            return self.leader_view(&pool, now_ms);
+        }
+        let view = self.view.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let leader = self.leader().map(|(id, _)| id);
+        pool.servers
+            .iter()
+            .map(|s| {
+                let reported = view.as_ref().and_then(|(at_ms, servers)| {
+                    servers.iter().find(|p| p.id == s.id).map(|p| (at_ms, p))
+                });
+                let age = |at_ms: &u64| now_ms.saturating_sub(*at_ms);
+                PeerStatus {
+                    id: s.id.clone(),
+                    address: s.address.clone(),
+                    role: if Some(&s.id) == leader.as_ref() {
+                        "leader"
+                    } else {
+                        "follower"
+                    }
+                    .into(),
+                    up: s.id == self.server_id || reported.is_some_and(|(_, p)| p.up),
+                    last_contact_ms: if s.id == self.server_id {
+                        Some(0)
+                    } else {
+                        reported.and_then(|(at_ms, p)| p.last_contact_ms.map(|ms| ms + age(at_ms)))
+                    },
+                }
+            })
+            .collect()
+    }
+
+    /// Leader: the in-use counts last reported by `server`.
+    pub fn reported_in_use(&self, server: &str, feature: &str) -> Option<u32> {
+        if !self.is_leader() {
+            return None;
+        }
+        let seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        seen.get(server)
+            .map(|s| s.in_use.get(feature).copied().unwrap_or(0))
+    }
+}
+
+enum Survey {
+    SomeoneFormed,
+    MajorityNew,
+    Wait,
+}

@@ -1,0 +1,106 @@
+//! `/v1/peer/*` (Raft RPCs, reports, hello) and `/v1/admin/*` routes. Every
+//! request must name this pool in the `x-tessera-pool` header and, when the
+//! config sets `peer_secret`, carry it as a bearer token; others are refused
+//! with `wrong_pool` before they reach Raft.
+
+use std::sync::Arc;
+
+use axum::extract::{Request, State};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
+use tessera_proto::{ErrorCode, PeerReport, PoolFileUpdate, POOL_HEADER};
+
+use super::types::{NodeId, TypeConfig};
+use crate::http::{ApiError, JsonBody};
+use crate::issuer::IssueError;
+use crate::App;
+
+/// Largest peer request body (a pool file with many codes, a batch of log entries).
+pub const PEER_BODY_BYTES_MAX: usize = 32 * 1024 * 1024;
+
+pub fn routes(app: Arc<App>) -> Router<Arc<App>> {
+    Router::new()
+        .route("/v1/peer/raft/append", post(append))
+        .route("/v1/peer/raft/vote", post(vote))
+        .route("/v1/peer/raft/snapshot", post(snapshot))
+        .route("/v1/peer/hello", get(hello))
+        .route("/v1/peer/report", post(report))
+        .route("/v1/admin/pool-file", post(update_pool_file))
+        .layer(axum::extract::DefaultBodyLimit::max(PEER_BODY_BYTES_MAX))
+        .layer(axum::middleware::from_fn_with_state(app, check_pool))
+}
+
+async fn check_pool(State(app): State<Arc<App>>, request: Request, next: Next) -> Response {
+    let pool_id = &app.pool.pool_id;
+    let named = request
+        .headers()
+        .get(POOL_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if named != pool_id {
+        let message = format!(
+            "this server belongs to pool `{pool_id}`; the request names pool `{named}` \
+             (header {POOL_HEADER})"
+        );
+        return ApiError(IssueError::new(ErrorCode::WrongPool, message)).into_response();
+    }
+    if let Some(secret) = &app.peer_secret {
+        let given = request
+            .headers()
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        if !constant_time_eq(given.as_bytes(), secret.as_bytes()) {
+            let message = "the request does not carry this pool's peer_secret";
+            return ApiError(IssueError::new(ErrorCode::WrongPool, message)).into_response();
+        }
+    }
+    next.run(request).await
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn append(
+    State(app): State<Arc<App>>,
+    JsonBody(request): JsonBody<AppendEntriesRequest<TypeConfig>>,
+) -> impl IntoResponse {
+    Json(app.pool.raft.append_entries(request).await)
+}
+
+async fn vote(
+    State(app): State<Arc<App>>,
+    JsonBody(request): JsonBody<VoteRequest<NodeId>>,
+) -> impl IntoResponse {
+    Json(app.pool.raft.vote(request).await)
+}
+
+async fn snapshot(
+    State(app): State<Arc<App>>,
+    JsonBody(request): JsonBody<InstallSnapshotRequest<TypeConfig>>,
+) -> impl IntoResponse {
+    Json(app.pool.raft.install_snapshot(request).await)
+}
+
+async fn hello(State(app): State<Arc<App>>) -> impl IntoResponse {
+    Json(app.pool.hello())
+}
+
+async fn report(
+    State(app): State<Arc<App>>,
+    JsonBody(report): JsonBody<PeerReport>,
+) -> Result<Json<tessera_proto::PeerReportAck>, ApiError> {
+    Ok(Json(app.pool.handle_report(report).await?))
+}
+
+async fn update_pool_file(
+    State(app): State<Arc<App>>,
+    JsonBody(update): JsonBody<PoolFileUpdate>,
+) -> Result<Json<tessera_proto::PoolFileInstalled>, ApiError> {
+    Ok(Json(app.pool.update_pool_file(update.text).await?))
+}

@@ -1,0 +1,178 @@
+//! The pool's state machine: applies [`ControlCommand`]s to a
+//! [`ControlState`] and publishes every new state on a watch channel, which
+//! the issuer and the quota loop follow.
+//!
+//! It lives in memory and is rebuilt from the log at start (the log is never
+//! purged); snapshots are JSON of the state, for openraft's use.
+
+use std::io::Cursor;
+use std::sync::Arc;
+
+use openraft::storage::{RaftStateMachine, Snapshot};
+use openraft::{
+    AnyError, Entry, EntryPayload, LogId, RaftSnapshotBuilder, SnapshotMeta, StorageError,
+    StorageIOError, StoredMembership,
+};
+use tessera_core::{ControlOutcome, ControlState};
+use tokio::sync::{watch, RwLock};
+
+use super::types::{Node, NodeId, TypeConfig};
+
+/// What the state machine publishes after each batch it applies.
+#[derive(Clone, Debug, Default)]
+pub struct Applied {
+    /// Index of the last applied log entry (0 before any).
+    pub index: u64,
+    pub state: Arc<ControlState>,
+    pub membership: StoredMembership<NodeId, Node>,
+}
+
+struct Inner {
+    last_applied: Option<LogId<NodeId>>,
+    membership: StoredMembership<NodeId, Node>,
+    state: ControlState,
+    snapshot: Option<(SnapshotMeta<NodeId, Node>, Vec<u8>)>,
+    snapshots_built: u64,
+}
+
+#[derive(Clone)]
+pub struct StateMachine {
+    inner: Arc<RwLock<Inner>>,
+    published: Arc<watch::Sender<Applied>>,
+}
+
+fn sm_error(err: impl ToString) -> StorageError<NodeId> {
+    StorageIOError::write_state_machine(AnyError::error(err.to_string())).into()
+}
+
+impl StateMachine {
+    pub fn new() -> (StateMachine, watch::Receiver<Applied>) {
+        let (sender, receiver) = watch::channel(Applied::default());
+        let machine = StateMachine {
+            inner: Arc::new(RwLock::new(Inner {
+                last_applied: None,
+                membership: StoredMembership::default(),
+                state: ControlState::default(),
+                snapshot: None,
+                snapshots_built: 0,
+            })),
+            published: Arc::new(sender),
+        };
+        (machine, receiver)
+    }
+
+    fn publish(&self, inner: &Inner) {
+        self.published.send_replace(Applied {
+            index: inner.last_applied.map_or(0, |id| id.index),
+            state: Arc::new(inner.state.clone()),
+            membership: inner.membership.clone(),
+        });
+    }
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
+    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError<NodeId>> {
+        let mut inner = self.inner.write().await;
+        let data = serde_json::to_vec(&inner.state).map_err(sm_error)?;
+        inner.snapshots_built += 1;
+        let snapshot_id = match inner.last_applied {
+            Some(id) => format!("{}-{}-{}", id.leader_id, id.index, inner.snapshots_built),
+            None => format!("--{}", inner.snapshots_built),
+        };
+        let meta = SnapshotMeta {
+            last_log_id: inner.last_applied,
+            last_membership: inner.membership.clone(),
+            snapshot_id,
+        };
+        inner.snapshot = Some((meta.clone(), data.clone()));
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(data)),
+        })
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotBuilder = Self;
+
+    async fn applied_state(
+        &mut self,
+    ) -> Result<(Option<LogId<NodeId>>, StoredMembership<NodeId, Node>), StorageError<NodeId>> {
+        let inner = self.inner.read().await;
+        Ok((inner.last_applied, inner.membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<ControlOutcome>, StorageError<NodeId>>
+    where
+        I: IntoIterator<Item = Entry<TypeConfig>> + Send,
+        I::IntoIter: Send,
+    {
+        let mut inner = self.inner.write().await;
+        let mut outcomes = Vec::new();
+        for entry in entries {
+            inner.last_applied = Some(entry.log_id);
+            let outcome = match &entry.payload {
+                EntryPayload::Blank => ControlOutcome::Refused {
+                    reason: "blank entry".into(),
+                },
+                EntryPayload::Normal(command) => {
+                    let outcome = inner.state.apply(command);
+                    if let ControlOutcome::Refused { reason } = &outcome {
+                        tracing::warn!(
+                            "control command at index {} refused: {reason}",
+                            entry.log_id.index
+                        );
+                    }
+                    outcome
+                }
+                EntryPayload::Membership(membership) => {
+                    inner.membership =
+                        StoredMembership::new(Some(entry.log_id), membership.clone());
+                    ControlOutcome::Refused {
+                        reason: "membership entry".into(),
+                    }
+                }
+            };
+            outcomes.push(outcome);
+        }
+        self.publish(&inner);
+        Ok(outcomes)
+    }
+
+    async fn begin_receiving_snapshot(
+        &mut self,
+    ) -> Result<Box<Cursor<Vec<u8>>>, StorageError<NodeId>> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta<NodeId, Node>,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), StorageError<NodeId>> {
+        let data = snapshot.into_inner();
+        let mut state: ControlState = serde_json::from_slice(&data).map_err(sm_error)?;
+        state.restore_parsed().map_err(sm_error)?;
+        let mut inner = self.inner.write().await;
+        inner.state = state;
+        inner.last_applied = meta.last_log_id;
+        inner.membership = meta.last_membership.clone();
+        inner.snapshot = Some((meta.clone(), data));
+        self.publish(&inner);
+        Ok(())
+    }
+
+    async fn get_current_snapshot(
+        &mut self,
+    ) -> Result<Option<Snapshot<TypeConfig>>, StorageError<NodeId>> {
+        let inner = self.inner.read().await;
+        Ok(inner.snapshot.as_ref().map(|(meta, data)| Snapshot {
+            meta: meta.clone(),
+            snapshot: Box::new(Cursor::new(data.clone())),
+        }))
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+}
