@@ -27,6 +27,11 @@ struct DemoServer {
 
 impl DemoServer {
     async fn start(&mut self) -> Result<()> {
+        self.spawn()?;
+        wait_ready(&self.address, &self.log).await
+    }
+
+    fn spawn(&mut self) -> Result<()> {
         let exe = std::env::current_exe().context("cannot find the tessera binary")?;
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -45,7 +50,7 @@ impl DemoServer {
             .spawn()
             .context("cannot start `tessera server`")?;
         self.child = Some(child);
-        wait_ready(&self.address, &self.log).await
+        Ok(())
     }
 
     /// `kill -9`: no clean shutdown, no flush.
@@ -136,73 +141,104 @@ pub async fn run(keep: bool, dir: Option<PathBuf>) -> Result<()> {
     keys::write_pair(&key, &dir)?;
     let codes = vec![
         license_cmd::sign_one(&key, demo_code("cad", 10))?,
-        license_cmd::sign_one(&key, demo_code("sim", 4))?,
+        license_cmd::sign_one(&key, demo_code("sim", 3))?,
     ];
     println!(
-        "  vendor `acme`, key {}: `cad` 10 seats, `sim` 4 seats, versions 1.0-2.99",
+        "  vendor `acme`, key {}: `cad` 10 seats, `sim` 3 seats, versions 1.0-2.99",
         key.public().key_id()
     );
 
-    step("The administrator writes the pool file and starts the server");
-    let mut server = write_pool(&dir, &key.public(), &codes)?;
-    server.start().await?;
-    println!("  server {} serving on {}", server.id, server.address);
+    step("The administrator writes the pool file and starts a pool of three servers");
+    let mut servers = write_pool(&dir, &key.public(), &codes)?;
+    for server in &mut servers {
+        server.spawn()?;
+    }
+    for server in &servers {
+        wait_ready(&server.address, &server.log).await?;
+        println!("  server {} serving on {}", server.id, server.address);
+    }
+    let addresses: Vec<String> = servers.iter().map(|s| s.address.clone()).collect();
 
-    step("Clients check seats out");
+    step("Clients check seats out, each from its nearest server");
     let mut seats: Vec<(String, SeatGuard)> = Vec::new();
-    for (user, feature, count) in [
-        ("alice", "cad", 2),
-        ("bob", "cad", 3),
-        ("carol", "cad", 4),
-        ("dave", "sim", 4),
+    for (first, user, feature, count) in [
+        (0, "alice", "cad", 2),
+        (1, "bob", "cad", 1),
+        (2, "carol", "cad", 2),
+        (0, "dave", "sim", 1),
     ] {
-        let seat = client_for(&server.address, user)?
+        let seat = client_for(&addresses, first, user)?
             .checkout(feature, "2.0", count)
             .await
             .with_context(|| format!("{user} could not check out `{feature}`"))?;
         println!(
-            "  {user:<6} {count} seats of `{feature}` -> grant {}",
+            "  {user:<6} {count} seats of `{feature}` from server {} -> grant {}",
+            seat.server_id(),
             seat.grant_id()
         );
         seats.push((user.to_string(), seat));
     }
-    match client_for(&server.address, "erin")?
-        .checkout("cad", "2.0", 2)
+    match client_for(&addresses, 2, "erin")?
+        .checkout("cad", "2.0", 6)
         .await
     {
-        Ok(_) => bail!("erin got 2 seats of `cad` although only 1 was left"),
-        Err(err) => println!("  erin   2 seats of `cad` -> refused: {err}"),
+        Ok(_) => bail!("erin got 6 seats of `cad` although the pool had 5 left"),
+        Err(err) => println!("  erin   6 seats of `cad` -> refused: {err}"),
     }
-    print_status(&server.address).await?;
+    let leader = leader_of(&addresses).await?;
+    print_status(&servers[leader].address).await?;
 
+    let killed = servers[leader].id.clone();
     step(&format!(
-        "kill -9 server {} while the clients hold their seats",
-        server.id
+        "kill -9 the leader, server {killed}, while the clients hold their seats"
     ));
-    server.kill().await?;
-    println!("  killed; the clients keep their seats until their leases run out");
-    server.start().await?;
-    println!("  restarted; grants are restored from the durable store");
-    print_status(&server.address).await?;
-
-    step("The clients renew on the restarted server");
-    for (user, seat) in &seats {
-        wait_renewed(seat).await;
-        match seat.state() {
-            SeatState::Held { server_id, .. } => println!(
-                "  {user:<6} holds grant {} on server {server_id}",
-                seat.grant_id()
-            ),
-            SeatState::Lost { reason } => bail!("{user} lost the seat: {reason}"),
+    let on_killed: Vec<bool> = seats
+        .iter()
+        .map(|(_, seat)| seat.server_id() == killed)
+        .collect();
+    let killed_at = tokio::time::Instant::now();
+    servers[leader].kill().await?;
+    let others: Vec<String> = servers
+        .iter()
+        .filter(|s| s.id != killed)
+        .map(|s| s.address.clone())
+        .collect();
+    let new_leader = wait_for_leader(&others).await?;
+    println!(
+        "  server {} leads after {} ms",
+        servers
+            .iter()
+            .find(|s| s.address == new_leader)
+            .map_or("?", |s| s.id.as_str()),
+        killed_at.elapsed().as_millis()
+    );
+    for ((user, seat), _) in seats.iter().zip(&on_killed).filter(|(_, &moved)| moved) {
+        {
+            wait_moved(seat, &killed).await;
+            match seat.state() {
+                SeatState::Held { server_id, .. } => println!(
+                    "  {user:<6} renewed grant {} on server {server_id} after {} ms, without noticing",
+                    seat.grant_id(),
+                    killed_at.elapsed().as_millis()
+                ),
+                SeatState::Lost { reason } => bail!("{user} lost the seat: {reason}"),
+            }
         }
     }
+    print_status(&new_leader).await?;
+
+    step(&format!(
+        "Server {killed} comes back and rejoins as a follower"
+    ));
+    servers[leader].start().await?;
+    print_status(&servers[leader].address).await?;
 
     if keep {
         step("The pool keeps serving (Ctrl-C stops it)");
-        println!("  tessera status --server {}", server.address);
+        println!("  tessera status --server {}", addresses.join(","));
         println!(
             "  tessera checkout cad --server {} --hold 30",
-            server.address
+            addresses.join(",")
         );
         println!("  config and keys: {}", dir.display());
         let _ = tokio::signal::ctrl_c().await;
@@ -214,14 +250,55 @@ pub async fn run(keep: bool, dir: Option<PathBuf>) -> Result<()> {
             .await
             .with_context(|| format!("{user} could not check in"))?;
     }
-    print_status(&server.address).await?;
-    server.stop().await?;
+    // The leader's picture follows the servers' reports, one interval behind.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let leader = leader_of(&addresses).await?;
+    print_status(&servers[leader].address).await?;
+    for server in &mut servers {
+        server.stop().await?;
+    }
     println!("\nDemo done.");
     Ok(())
 }
 
-fn client_for(address: &str, user: &str) -> Result<Client> {
-    let mut config = ClientConfig::new([address]);
+/// The index of the server that says it leads.
+async fn leader_of(addresses: &[String]) -> Result<usize> {
+    let leader = wait_for_leader(addresses).await?;
+    Ok(addresses.iter().position(|a| *a == leader).unwrap_or(0))
+}
+
+/// Polls `addresses` (bounded) until one answers that it leads and serves.
+async fn wait_for_leader(addresses: &[String]) -> Result<String> {
+    let deadline = tokio::time::Instant::now() + SERVER_READY_TIMEOUT;
+    while tokio::time::Instant::now() < deadline {
+        for address in addresses {
+            if let Ok(status) = Client::new(ClientConfig::new([address.as_str()]))?
+                .status()
+                .await
+            {
+                if status.server.role == "leader" && status.server.state == "serving" {
+                    return Ok(address.clone());
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    bail!("no server of the pool became leader within {SERVER_READY_TIMEOUT:?}")
+}
+
+/// Waits (bounded by one lease) until the guard holds its seat elsewhere.
+async fn wait_moved(seat: &SeatGuard, from: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(seat.grant().lease_ms);
+    while seat.server_id() == from && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A client that asks server `first` first, then the others in order.
+fn client_for(addresses: &[String], first: usize, user: &str) -> Result<Client> {
+    let mut order = addresses.to_vec();
+    order.rotate_left(first);
+    let mut config = ClientConfig::new(order);
     config.user = user.to_string();
     config.client_id = format!("{user}-{}", std::process::id());
     Ok(Client::new(config)?)
@@ -234,40 +311,40 @@ async fn print_status(address: &str) -> Result<()> {
     Ok(())
 }
 
-/// Waits (bounded by one lease) until the guard's validity moves forward.
-async fn wait_renewed(seat: &SeatGuard) {
-    let before = seat.valid_until();
-    let deadline = tokio::time::Instant::now() + Duration::from_millis(seat.grant().lease_ms);
-    while seat.valid_until() <= before && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 fn write_pool(
     dir: &Path,
     vendor: &tessera_core::VendorPublicKey,
     codes: &[tessera_core::LicenseCode],
-) -> Result<DemoServer> {
-    let address = format!("127.0.0.1:{}", free_port()?);
+) -> Result<Vec<DemoServer>> {
+    let ids = ["A", "B", "C"];
+    let mut servers_toml = String::new();
+    let mut servers = Vec::new();
+    for id in ids {
+        let address = format!("127.0.0.1:{}", free_port()?);
+        servers_toml.push_str(&format!(
+            "[[servers]]\nid = \"{id}\"\naddress = \"{address}\"\n\n"
+        ));
+        let config = format!(
+            "server_id = \"{id}\"\npool_file = \"pool.toml\"\ndata_dir = \"data-{id}\"\n\n{}",
+            keys::config_snippet(vendor)
+        );
+        let config_path = dir.join(format!("tessera-{id}.toml"));
+        std::fs::write(&config_path, config)?;
+        servers.push(DemoServer {
+            id: id.into(),
+            address,
+            config: config_path,
+            log: dir.join(format!("server-{id}.log")),
+            child: None,
+        });
+    }
     let pool = format!(
-        "pool_id = \"demo\"\nsequence = 1\n\n[[servers]]\nid = \"A\"\naddress = \"{address}\"\n\n{}",
+        "pool_id = \"demo\"\nsequence = 1\n\n{servers_toml}[distribution.cad]\nA = 4\nB = 3\nC = 3\n\n{}",
         tessera_core::LicenseCode::write_file(codes)
     );
-    // Check it the way the server will.
+    // Check it the way the servers will.
     tessera_core::PoolFile::parse(&pool).context("the demo pool file is invalid")?;
     std::fs::write(dir.join("pool.toml"), pool)?;
-    let config = format!(
-        "server_id = \"A\"\npool_file = \"pool.toml\"\ndata_dir = \"data-A\"\n\n{}",
-        keys::config_snippet(vendor)
-    );
-    let config_path = dir.join("tessera-A.toml");
-    std::fs::write(&config_path, config)?;
     println!("  pool file {}", dir.join("pool.toml").display());
-    Ok(DemoServer {
-        id: "A".into(),
-        address,
-        config: config_path,
-        log: dir.join("server-A.log"),
-        child: None,
-    })
+    Ok(servers)
 }

@@ -240,27 +240,32 @@ impl Pool {
 
     /// Forms a new pool only when a majority of its servers answer that they
     /// have never formed one, and none has: a server added to a running pool
-    /// must never start a pool of its own.
+    /// must never start a pool of its own. Of the fresh servers, the one first
+    /// in leader priority forms it (and campaigns first), so priority settles
+    /// who leads a new pool.
     async fn survey_peers(&self) -> Survey {
-        let others: Vec<_> = self
-            .bootstrap
-            .servers
-            .iter()
-            .filter(|s| s.id != self.server_id)
-            .collect();
         let mut fresh = 1;
-        for server in others {
+        let mut higher_priority_fresh = false;
+        let mut before_me = true;
+        for server in &self.bootstrap.servers {
+            if server.id == self.server_id {
+                before_me = false;
+                continue;
+            }
             match self
                 .peers
                 .get::<PeerHello>(&server.address, "/v1/peer/hello")
                 .await
             {
                 Ok(hello) if hello.initialized => return Survey::SomeoneFormed,
-                Ok(_) => fresh += 1,
+                Ok(_) => {
+                    fresh += 1;
+                    higher_priority_fresh |= before_me;
+                }
                 Err(_) => {}
             }
         }
-        if fresh * 2 > self.bootstrap.servers.len() {
+        if fresh * 2 > self.bootstrap.servers.len() && !higher_priority_fresh {
             Survey::MajorityNew
         } else {
             Survey::Wait
