@@ -212,8 +212,8 @@ pub async fn run(keep: bool, dir: Option<PathBuf>) -> Result<()> {
             .map_or("?", |s| s.id.as_str()),
         killed_at.elapsed().as_millis()
     );
-    for ((user, seat), _) in seats.iter().zip(&on_killed).filter(|(_, &moved)| moved) {
-        {
+    for (index, (user, seat)) in seats.iter().enumerate() {
+        if on_killed[index] {
             wait_moved(seat, &killed).await;
             match seat.state() {
                 SeatState::Held { server_id, .. } => println!(
