@@ -95,3 +95,55 @@ pub async fn checkin(servers: Vec<String>, grant_id: String, client_id: String) 
     println!("checked in grant {grant_id}: {released} seats returned");
     Ok(())
 }
+
+/// Sends a pool file to the first server that answers; it forwards it to the leader.
+pub async fn update_pool_file(
+    servers: Vec<String>,
+    file: std::path::PathBuf,
+    secret: Option<String>,
+) -> Result<()> {
+    let text = std::fs::read_to_string(&file)
+        .with_context(|| format!("cannot read {}", file.display()))?;
+    let pool = tessera_core::PoolFile::parse(&text)
+        .with_context(|| format!("{} is not a valid pool file", file.display()))?;
+    let http = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(std::time::Duration::from_secs(10))
+        .build()?;
+    let mut last_error = String::new();
+    for server in &servers {
+        let mut request = http
+            .post(format!("http://{server}/v1/admin/pool-file"))
+            .header(tessera_proto::POOL_HEADER, &pool.pool_id)
+            .json(&tessera_proto::PoolFileUpdate { text: text.clone() });
+        if let Some(secret) = &secret {
+            request = request.bearer_auth(secret);
+        }
+        let response = match request.send().await {
+            Ok(response) => response,
+            Err(err) => {
+                last_error = format!("{server}: {err}");
+                continue;
+            }
+        };
+        if response.status().is_success() {
+            let installed: tessera_proto::PoolFileInstalled = response.json().await?;
+            println!(
+                "pool `{}` now runs pool file sequence {}",
+                installed.pool_id, installed.sequence
+            );
+            return Ok(());
+        }
+        let body: tessera_proto::ErrorBody = response
+            .json()
+            .await
+            .with_context(|| format!("{server} answered an error without a body"))?;
+        match body.error.code {
+            tessera_proto::ErrorCode::NoLeader | tessera_proto::ErrorCode::Internal => {
+                last_error = format!("{server}: {}", body.error.message);
+            }
+            code => anyhow::bail!("refused ({code}): {}", body.error.message),
+        }
+    }
+    anyhow::bail!("no server installed the pool file; last error: {last_error}")
+}

@@ -86,6 +86,11 @@ enum Command {
     },
     /// Print this machine's hostid, for binding license codes to it.
     Hostid,
+    /// Administer a running pool.
+    Admin {
+        #[command(subcommand)]
+        command: AdminCommand,
+    },
     /// Vendor tools.
     Vendor {
         #[command(subcommand)]
@@ -103,6 +108,20 @@ struct ServerArgs {
     /// Server address host:port; repeat for fail-over, in priority order.
     #[arg(long = "server", env = "TESSERA_SERVER", value_delimiter = ',', default_value = DEFAULT_SERVER)]
     servers: Vec<String>,
+}
+
+#[derive(Subcommand)]
+enum AdminCommand {
+    /// Install a pool file with a higher sequence number on every server of
+    /// the pool (servers added or removed change the pool's membership).
+    UpdatePoolFile {
+        file: PathBuf,
+        #[command(flatten)]
+        servers: ServerArgs,
+        /// The pool's peer_secret, if its servers set one.
+        #[arg(long, env = "TESSERA_PEER_SECRET")]
+        secret: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -236,6 +255,14 @@ fn run(cli: Cli) -> Result<()> {
             client_id,
             servers,
         } => runtime()?.block_on(client_cmd::checkin(servers.servers, grant_id, client_id)),
+        Command::Admin {
+            command:
+                AdminCommand::UpdatePoolFile {
+                    file,
+                    servers,
+                    secret,
+                },
+        } => runtime()?.block_on(client_cmd::update_pool_file(servers.servers, file, secret)),
         Command::Hostid => {
             match tessera_server::hostid::machine_hostid() {
                 Some(hostid) => println!("{hostid}"),

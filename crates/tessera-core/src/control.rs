@@ -155,7 +155,10 @@ impl ControlState {
     /// - a feature already in the pool keeps every present server's
     ///   allocation, since moving seats away from a live server needs its
     ///   consent; seats added by new codes go to the free pool, and seats
-    ///   removed must come from the free pool;
+    ///   removed must come from the free pool; a server the file's
+    ///   distribution gives more seats than it has gets them from the free
+    ///   pool (a smaller number is kept as is: shrinking is a distribution
+    ///   change with the server's consent);
     /// - the allocation of a server that leaves the pool is parked.
     fn next_allocations(
         &self,
@@ -169,9 +172,10 @@ impl ControlState {
         for feature in features {
             let nominal = u32::try_from(next.nominal_seats(feature))
                 .map_err(|_| format!("feature `{feature}` has more than {} seats", u32::MAX))?;
+            let requested = next.distribution.get(feature);
             let allocation = match self.allocations.get(feature) {
-                None => initial(feature, nominal, &servers, next.distribution.get(feature))?,
-                Some(current) => carried_over(feature, current, nominal, &servers)?,
+                None => initial(feature, nominal, &servers, requested)?,
+                Some(current) => carried_over(feature, current, nominal, &servers, requested)?,
             };
             allocation.check_invariants(feature)?;
             result.insert(feature.to_string(), allocation);
@@ -204,6 +208,7 @@ fn carried_over(
     current: &FeatureAllocation,
     nominal: u32,
     servers: &[String],
+    requested: Option<&BTreeMap<String, u32>>,
 ) -> Result<FeatureAllocation, String> {
     let mut next = FeatureAllocation {
         nominal_seats: nominal,
@@ -232,6 +237,24 @@ fn carried_over(
             ));
         }
         next.free_pool -= removed;
+    }
+    for (server, &wanted) in requested.into_iter().flatten() {
+        let Some(allocation) = next.servers.get_mut(server) else {
+            return Err(format!(
+                "the distribution of feature `{feature}` names server `{server}`, which is not in the pool"
+            ));
+        };
+        if wanted > *allocation {
+            let more = wanted - *allocation;
+            if more > next.free_pool {
+                return Err(format!(
+                    "the distribution of feature `{feature}` gives server `{server}` {more} more seats, but the free pool holds only {}",
+                    next.free_pool
+                ));
+            }
+            next.free_pool -= more;
+            *allocation = wanted;
+        }
     }
     Ok(next)
 }
@@ -360,27 +383,44 @@ mod tests {
             alloc(&state, "new"),
             (pairs(&[("A", 3), ("B", 3), ("D", 3)]), 0, vec![])
         );
-        // Removing the additive code needs its 20 seats in the free pool: they are.
-        let shrink = pool_text(
+        // A distribution that grows D takes from the free pool; too much is refused.
+        let both = [("c1", "app", 100), ("c2", "app", 20), ("n1", "new", 9)];
+        let grow = pool_text(
             3,
+            &["A", "B", "D"],
+            &both,
+            "[distribution.app]\nA = 1\nD = 15\n",
+        );
+        let outcome = state.apply(&ControlCommand::InstallPoolFile { text: grow });
+        assert!(
+            matches!(outcome, ControlOutcome::Installed { .. }),
+            "{outcome:?}"
+        );
+        assert_eq!(
+            alloc(&state, "app"),
+            (
+                pairs(&[("A", 40), ("B", 30), ("D", 15)]),
+                5,
+                pairs(&[("C", 30)])
+            )
+        );
+        let greedy = pool_text(4, &["A", "B", "D"], &both, "[distribution.app]\nD = 21\n");
+        let outcome = state.apply(&ControlCommand::InstallPoolFile { text: greedy });
+        assert!(
+            matches!(&outcome, ControlOutcome::Refused { reason } if reason.contains("6 more seats, but the free pool holds only 5")),
+            "{outcome:?}"
+        );
+        // Removing the additive code needs its 20 seats in the free pool: only 5 are.
+        let shrink = pool_text(
+            5,
             &["A", "B", "D"],
             &[("c1", "app", 100), ("n1", "new", 9)],
             "",
         );
-        assert!(matches!(
-            state.apply(&ControlCommand::InstallPoolFile { text: shrink }),
-            ControlOutcome::Installed { .. }
-        ));
-        // Removing 50 more is refused: the free pool is empty.
-        let too_far = pool_text(
-            4,
-            &["A", "B", "D"],
-            &[("c1", "app", 50), ("n1", "new", 9)],
-            "",
-        );
-        let outcome = state.apply(&ControlCommand::InstallPoolFile { text: too_far });
+        let outcome = state.apply(&ControlCommand::InstallPoolFile { text: shrink });
         assert!(
-            matches!(outcome, ControlOutcome::Refused { reason } if reason.contains("50 fewer seats"))
+            matches!(&outcome, ControlOutcome::Refused { reason } if reason.contains("20 fewer seats")),
+            "{outcome:?}"
         );
     }
 
