@@ -61,6 +61,17 @@ pub struct Pool {
     seen: Mutex<HashMap<String, Seen>>,
     /// Follower: the servers as the leader last described them, and when.
     view: Mutex<Option<(u64, Vec<PeerStatus>)>>,
+    /// The test fault switch: when set, no peer message leaves or enters.
+    partitioned: Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// Environment variable that enables the test-only fault switch
+/// (`POST /v1/test/partition`). Never set it in production.
+pub const TEST_FAULTS_ENV: &str = "TESSERA_TEST_FAULTS";
+
+/// Whether this process was started with the fault switch enabled.
+pub fn test_faults_enabled() -> bool {
+    std::env::var(TEST_FAULTS_ENV).is_ok_and(|v| v == "1")
 }
 
 fn refused(code: ErrorCode, message: impl Into<String>) -> IssueError {
@@ -99,6 +110,7 @@ impl Pool {
         let log_store = log_store::LogStore::open(data_dir)?;
         let (state_machine, applied) = state_machine::StateMachine::new();
         let peers = PeerClient::new(bootstrap.pool_id.clone(), server_id.clone(), peer_secret);
+        let partitioned = peers.partitioned();
         let node_id = node_id(&server_id);
         let raft = Raft::new(
             node_id,
@@ -125,7 +137,17 @@ impl Pool {
             clock,
             seen: Mutex::new(HashMap::new()),
             view: Mutex::new(None),
+            partitioned,
         })
+    }
+
+    /// Test-only: cut (or heal) every peer link of this server, both ways.
+    pub fn set_partitioned(&self, on: bool) {
+        self.partitioned.store(on, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    pub fn is_partitioned(&self) -> bool {
+        self.partitioned.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// The installed pool file, or the one this server started with.

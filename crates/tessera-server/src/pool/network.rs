@@ -2,6 +2,8 @@
 //! every request naming the pool (and carrying the pool's secret, if set).
 //! It also carries openraft's RPCs.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use openraft::error::{
@@ -41,6 +43,8 @@ pub enum PeerError {
 #[derive(Clone)]
 pub struct PeerClient {
     http: reqwest::Client,
+    /// The test fault switch ([`super::Pool::set_partitioned`]).
+    partitioned: Arc<AtomicBool>,
     pool_id: String,
     server_id: String,
     secret: Option<String>,
@@ -58,10 +62,15 @@ impl PeerClient {
             .expect("a plain HTTP client always builds");
         PeerClient {
             http,
+            partitioned: Arc::new(AtomicBool::new(false)),
             pool_id,
             server_id,
             secret,
         }
+    }
+
+    pub fn partitioned(&self) -> Arc<AtomicBool> {
+        self.partitioned.clone()
     }
 
     fn request(&self, builder: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
@@ -101,6 +110,12 @@ impl PeerClient {
         address: &str,
         builder: reqwest::RequestBuilder,
     ) -> Result<Resp, PeerError> {
+        if self.partitioned.load(Ordering::SeqCst) {
+            return Err(PeerError::Unreachable {
+                address: address.to_string(),
+                message: "cut off by the test fault switch".into(),
+            });
+        }
         let response = builder.send().await.map_err(|err| {
             let message = err.to_string();
             if err.is_connect() || err.is_timeout() {

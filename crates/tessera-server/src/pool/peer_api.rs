@@ -22,7 +22,13 @@ use crate::App;
 pub const PEER_BODY_BYTES_MAX: usize = 32 * 1024 * 1024;
 
 pub fn routes(app: Arc<App>) -> Router<Arc<App>> {
-    Router::new()
+    let router = if super::test_faults_enabled() {
+        tracing::warn!("{} is set: the test fault switch is on", super::TEST_FAULTS_ENV);
+        Router::new().route("/v1/test/partition", post(partition))
+    } else {
+        Router::new()
+    };
+    router
         .route("/v1/peer/raft/append", post(append))
         .route("/v1/peer/raft/vote", post(vote))
         .route("/v1/peer/raft/snapshot", post(snapshot))
@@ -34,6 +40,10 @@ pub fn routes(app: Arc<App>) -> Router<Arc<App>> {
 }
 
 async fn check_pool(State(app): State<Arc<App>>, request: Request, next: Next) -> Response {
+    if app.pool.is_partitioned() && request.uri().path().starts_with("/v1/peer/") {
+        let message = "cut off by the test fault switch";
+        return ApiError(IssueError::new(ErrorCode::Internal, message)).into_response();
+    }
     let pool_id = &app.pool.pool_id;
     let named = request
         .headers()
@@ -103,4 +113,19 @@ async fn update_pool_file(
     JsonBody(update): JsonBody<PoolFileUpdate>,
 ) -> Result<Json<tessera_proto::PoolFileInstalled>, ApiError> {
     Ok(Json(app.pool.update_pool_file(update.text).await?))
+}
+
+/// Test-only: `{"on": true}` cuts every peer link of this server, both ways.
+#[derive(serde::Deserialize)]
+struct PartitionSwitch {
+    on: bool,
+}
+
+async fn partition(
+    State(app): State<Arc<App>>,
+    JsonBody(switch): JsonBody<PartitionSwitch>,
+) -> Json<bool> {
+    app.pool.set_partitioned(switch.on);
+    tracing::warn!("test fault switch: partitioned = {}", switch.on);
+    Json(switch.on)
 }

@@ -1,0 +1,368 @@
+//! A pool of real `tessera server` processes on loopback, set up through the
+//! CLI the way an administrator would.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use tessera_proto::{StatusResponse, POOL_HEADER};
+
+pub const TESSERA: &str = env!("CARGO_BIN_EXE_tessera");
+/// Longest wait for any condition in these tests.
+pub const PATIENCE: Duration = Duration::from_secs(20);
+
+pub struct Server {
+    pub id: String,
+    pub address: String,
+    config: PathBuf,
+    log: PathBuf,
+    child: Option<Child>,
+}
+
+pub struct Pool {
+    pub dir: tempfile::TempDir,
+    pub servers: Vec<Server>,
+    pub pool_id: String,
+    http: reqwest::Client,
+}
+
+fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind loopback");
+    listener.local_addr().expect("local addr").port()
+}
+
+fn run(args: &[&str], dir: &Path) -> String {
+    let out = Command::new(TESSERA)
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("run tessera");
+    assert!(
+        out.status.success(),
+        "tessera {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// How a test pool is made.
+pub struct PoolSpec<'a> {
+    pub servers: usize,
+    pub seats: u32,
+    /// `[distribution.app]` lines, e.g. "A = 40\nB = 30\nC = 30\n".
+    pub distribution: &'a str,
+    pub lease_s: u32,
+    pub heartbeat_s: u32,
+}
+
+impl Default for PoolSpec<'_> {
+    fn default() -> Self {
+        PoolSpec {
+            servers: 3,
+            seats: 100,
+            distribution: "",
+            lease_s: 4,
+            heartbeat_s: 1,
+        }
+    }
+}
+
+pub const IDS: [&str; 7] = ["A", "B", "C", "D", "E", "F", "G"];
+
+impl Pool {
+    /// Keys, a signed code for feature `app`, a pool file and one config per server.
+    pub fn new(spec: PoolSpec) -> Pool {
+        let dir = tempfile::Builder::new()
+            .prefix("tessera-pool-test-")
+            .tempdir()
+            .expect("tempdir");
+        let path = dir.path();
+        run(
+            &["vendor", "keygen", "--vendor", "acme", "--out", "."],
+            path,
+        );
+        run(
+            &[
+                "license",
+                "sign",
+                "--key",
+                "acme.key",
+                "--feature",
+                "app",
+                "--id",
+                "app-1",
+                "--seats",
+                &spec.seats.to_string(),
+                "--lease-s",
+                &spec.lease_s.to_string(),
+                "--heartbeat-interval-s",
+                &spec.heartbeat_s.to_string(),
+                "--out",
+                "codes.lic",
+            ],
+            path,
+        );
+        let public = std::fs::read_to_string(path.join("acme.pub")).expect("acme.pub");
+        let public_key = public
+            .lines()
+            .find_map(|l| l.strip_prefix("public_key = "))
+            .expect("public_key line")
+            .trim_matches('"')
+            .to_string();
+        let pool_id = "test".to_string();
+        let mut servers = Vec::new();
+        let mut servers_toml = String::new();
+        for id in &IDS[..spec.servers] {
+            let address = format!("127.0.0.1:{}", free_port());
+            servers_toml.push_str(&format!(
+                "[[servers]]\nid = \"{id}\"\naddress = \"{address}\"\n\n"
+            ));
+            let config = path.join(format!("{id}.toml"));
+            std::fs::write(
+                &config,
+                format!(
+                    "server_id = \"{id}\"\npool_file = \"pool.toml\"\ndata_dir = \"data-{id}\"\n\
+                     [[vendors]]\nname = \"acme\"\npublic_key = \"{public_key}\"\n"
+                ),
+            )
+            .expect("write config");
+            servers.push(Server {
+                id: id.to_string(),
+                address,
+                config,
+                log: path.join(format!("{id}.log")),
+                child: None,
+            });
+        }
+        let distribution = if spec.distribution.is_empty() {
+            String::new()
+        } else {
+            format!("[distribution.app]\n{}\n", spec.distribution)
+        };
+        let codes = std::fs::read_to_string(path.join("codes.lic")).expect("codes");
+        std::fs::write(
+            path.join("pool.toml"),
+            format!("pool_id = \"{pool_id}\"\nsequence = 1\n\n{servers_toml}{distribution}{codes}"),
+        )
+        .expect("write pool file");
+        let http = reqwest::Client::builder()
+            .no_proxy()
+            .timeout(Duration::from_secs(3))
+            .build()
+            .expect("http client");
+        Pool {
+            dir,
+            servers,
+            pool_id,
+            http,
+        }
+    }
+
+    /// Adds a server config with a fresh address, reading `pool_file`.
+    pub fn add_server(&mut self, id: &str, pool_file: &str) -> usize {
+        let address = format!("127.0.0.1:{}", free_port());
+        let first = std::fs::read_to_string(&self.servers[0].config).expect("config");
+        let config = self.path().join(format!("{id}.toml"));
+        let text = first
+            .replacen(
+                &format!("server_id = \"{}\"", self.servers[0].id),
+                &format!("server_id = \"{id}\""),
+                1,
+            )
+            .replacen(
+                &format!("data-{}", self.servers[0].id),
+                &format!("data-{id}"),
+                1,
+            )
+            .replacen(
+                "pool_file = \"pool.toml\"",
+                &format!("pool_file = \"{pool_file}\""),
+                1,
+            );
+        std::fs::write(&config, text).expect("write config");
+        self.servers.push(Server {
+            id: id.to_string(),
+            address,
+            config,
+            log: self.path().join(format!("{id}.log")),
+            child: None,
+        });
+        self.servers.len() - 1
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn addresses(&self) -> Vec<String> {
+        self.servers.iter().map(|s| s.address.clone()).collect()
+    }
+
+    /// Starts server `i` (with `--new-pool`: a fresh pool, no grace period).
+    pub fn spawn(&mut self, i: usize) {
+        let server = &mut self.servers[i];
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&server.log)
+            .expect("log");
+        let child = Command::new(TESSERA)
+            .args(["server", "--config"])
+            .arg(&server.config)
+            .arg("--new-pool")
+            .env("TESSERA_TEST_FAULTS", "1")
+            .env("TESSERA_LOG", "info,openraft=error")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn tessera server");
+        server.child = Some(child);
+    }
+
+    pub fn spawn_all(&mut self) {
+        for i in 0..self.servers.len() {
+            self.spawn(i);
+        }
+    }
+
+    /// `kill -9`.
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut child) = self.servers[i].child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub async fn status(&self, i: usize) -> Option<StatusResponse> {
+        let url = format!("http://{}/v1/status", self.servers[i].address);
+        let response = self.http.get(url).send().await.ok()?;
+        response.json().await.ok()
+    }
+
+    /// Polls until `check` holds for server `i`'s status, or panics with the last one.
+    pub async fn wait_status(
+        &self,
+        i: usize,
+        what: &str,
+        check: impl Fn(&StatusResponse) -> bool,
+    ) -> StatusResponse {
+        let deadline = Instant::now() + PATIENCE;
+        let mut last = None;
+        while Instant::now() < deadline {
+            if let Some(status) = self.status(i).await {
+                if check(&status) {
+                    return status;
+                }
+                last = Some(status);
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!(
+            "server {} never reached: {what}; last status: {last:#?}\nlog:\n{}",
+            self.servers[i].id,
+            self.log(i)
+        );
+    }
+
+    pub async fn wait_serving(&self, i: usize) -> StatusResponse {
+        self.wait_status(i, "serving", |s| s.server.state == "serving")
+            .await
+    }
+
+    /// The index of the server every live server agrees leads, once it serves.
+    pub async fn wait_leader(&self, live: &[usize]) -> usize {
+        let deadline = Instant::now() + PATIENCE;
+        while Instant::now() < deadline {
+            for &i in live {
+                if let Some(status) = self.status(i).await {
+                    if status.server.role == "leader" && status.server.state == "serving" {
+                        return i;
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("no leader among {live:?}");
+    }
+
+    /// Flips the test fault switch of server `i`.
+    pub async fn partition(&self, i: usize, on: bool) {
+        let url = format!("http://{}/v1/test/partition", self.servers[i].address);
+        let response = self
+            .http
+            .post(url)
+            .header(POOL_HEADER, &self.pool_id)
+            .json(&serde_json::json!({ "on": on }))
+            .send()
+            .await
+            .expect("fault switch");
+        assert!(response.status().is_success(), "fault switch refused");
+    }
+
+    /// A raw checkout on server `i`: the HTTP status and the JSON body.
+    pub async fn checkout(&self, i: usize, client: &str, count: u32) -> (u16, serde_json::Value) {
+        let url = format!("http://{}/v1/checkout", self.servers[i].address);
+        let body = serde_json::json!({
+            "client_id": client, "user": "u", "host": "h", "feature": "app", "version": "1.0", "count": count
+        });
+        let response = self
+            .http
+            .post(url)
+            .json(&body)
+            .send()
+            .await
+            .expect("checkout");
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or_default())
+    }
+
+    pub fn log(&self, i: usize) -> String {
+        std::fs::read_to_string(&self.servers[i].log).unwrap_or_default()
+    }
+
+    /// Runs `tessera admin update-pool-file` against server `i`.
+    pub fn update_pool_file(&self, i: usize, file: &Path) -> std::process::Output {
+        Command::new(TESSERA)
+            .args(["admin", "update-pool-file"])
+            .arg(file)
+            .args(["--server", &self.servers[i].address])
+            .output()
+            .expect("run tessera admin")
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        for server in &mut self.servers {
+            if let Some(mut child) = server.child.take() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+}
+
+/// The leader's view of one server's row: (allocation, in use, available).
+pub fn row(status: &StatusResponse, server: &str) -> (u32, Option<u32>, Option<u32>) {
+    let feature = status
+        .features
+        .iter()
+        .find(|f| f.feature == "app")
+        .expect("feature app");
+    let row = feature
+        .servers
+        .iter()
+        .find(|r| r.server_id == server)
+        .expect("row");
+    (row.allocation, row.in_use, row.available)
+}
+
+pub fn pool_available(status: &StatusResponse) -> u32 {
+    status
+        .features
+        .iter()
+        .find(|f| f.feature == "app")
+        .expect("feature app")
+        .pool_available
+}

@@ -1,0 +1,449 @@
+//! End-to-end tests of the redundant pool: real `tessera server` processes on
+//! loopback, killed with SIGKILL and cut off with the test fault switch.
+
+mod fixture;
+
+use std::time::{Duration, Instant};
+
+use fixture::{pool_available, row, Pool, PoolSpec, PATIENCE, TESSERA};
+use tessera_client::{Client, ClientConfig, SeatGuard, SeatState};
+
+/// A client that asks server `first` first, then the others in pool order.
+fn client(pool: &Pool, first: usize, name: &str) -> Client {
+    let mut order = pool.addresses();
+    order.rotate_left(first);
+    let mut config = ClientConfig::new(order);
+    config.client_id = name.to_string();
+    config.user = name.to_string();
+    Client::new(config).expect("client config")
+}
+
+/// Pools run one at a time: several pools of real processes on two cores
+/// would starve each other's heartbeats and test the machine, not the pool.
+static ONE_POOL_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+async fn start_pool(spec: PoolSpec<'_>) -> Pool {
+    let mut pool = Pool::new(spec);
+    pool.spawn_all();
+    for i in 0..pool.servers.len() {
+        pool.wait_serving(i).await;
+    }
+    pool
+}
+
+async fn wait_until(what: &str, check: impl Fn() -> bool) {
+    let deadline = Instant::now() + PATIENCE;
+    while !check() {
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Seed 001, FIG. 5-11: 100 seats, A:40 B:30 C:30, one client on each
+/// server, the leader lost, its client failing over, the leader returning.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seed_worked_example_fig_5_to_11() {
+    let _serial = ONE_POOL_AT_A_TIME.lock().await;
+    let mut pool = start_pool(PoolSpec {
+        distribution: "A = 40\nB = 30\nC = 30\n",
+        ..PoolSpec::default()
+    })
+    .await;
+    let (a, b, c) = (0, 1, 2);
+    assert_eq!(
+        pool.wait_leader(&[a, b, c]).await,
+        a,
+        "priority: A leads a new pool"
+    );
+    let fig = |rows: [(u32, u32); 3], available: u32| {
+        move |s: &tessera_proto::StatusResponse| {
+            ["A", "B", "C"]
+                .iter()
+                .zip(rows)
+                .all(|(id, (allocation, in_use))| {
+                    row(s, id) == (allocation, Some(in_use), Some(allocation - in_use))
+                })
+                && pool_available(s) == available
+        }
+    };
+    // FIG. 5
+    pool.wait_status(a, "FIG. 5", fig([(40, 0), (30, 0), (30, 0)], 100))
+        .await;
+    // FIG. 6-8: a client on B, then C, then A.
+    let on_b = client(&pool, b, "client-b")
+        .checkout("app", "1.0", 1)
+        .await
+        .expect("B grants");
+    assert_eq!(on_b.server_id(), "B");
+    pool.wait_status(a, "FIG. 6", fig([(40, 0), (30, 1), (30, 0)], 99))
+        .await;
+    let on_c = client(&pool, c, "client-c")
+        .checkout("app", "1.0", 1)
+        .await
+        .expect("C grants");
+    pool.wait_status(a, "FIG. 7", fig([(40, 0), (30, 1), (30, 1)], 98))
+        .await;
+    let on_a = client(&pool, a, "client-a")
+        .checkout("app", "1.0", 1)
+        .await
+        .expect("A grants");
+    pool.wait_status(a, "FIG. 8", fig([(40, 1), (30, 1), (30, 1)], 97))
+        .await;
+
+    // FIG. 9: A goes down; B, first in priority among the survivors, leads
+    // and gathers the picture from the followers' reports.
+    pool.kill(a);
+    assert_eq!(pool.wait_leader(&[b, c]).await, b);
+    // (client-a may already have failed over to B, which is FIG. 10.)
+    pool.wait_status(b, "FIG. 9", |s| {
+        let b_row = row(s, "B");
+        (b_row == (30, Some(1), Some(29)) || b_row == (30, Some(2), Some(28)))
+            && row(s, "C") == (30, Some(1), Some(29))
+            && row(s, "A").0 == 40
+    })
+    .await;
+    // FIG. 10: the client of A heartbeats to B, which converts it into a grant.
+    wait_until("client-a renews on B", || on_a.server_id() == "B").await;
+    assert!(on_a.is_valid(), "the seat never lapsed on the way");
+    assert!(on_a.grant().converted);
+    pool.wait_status(b, "FIG. 10", |s| row(s, "B") == (30, Some(2), Some(28)))
+        .await;
+
+    // FIG. 11: A returns as a follower with its allocation from the
+    // replicated table; its old grant lapses since the client moved.
+    pool.spawn(a);
+    let back = pool.wait_serving(a).await;
+    assert_eq!(back.server.role, "follower");
+    assert_eq!(back.server.leader_id.as_deref(), Some("B"));
+    pool.wait_status(b, "FIG. 11", |s| {
+        row(s, "A") == (40, Some(0), Some(40))
+            && row(s, "B") == (30, Some(2), Some(28))
+            && row(s, "C") == (30, Some(1), Some(29))
+            && pool_available(s) == 97
+    })
+    .await;
+    for seat in [&on_a, &on_b, &on_c] {
+        assert!(seat.is_valid());
+    }
+}
+
+/// `kill -9` of the leader while 200 clients hold seats: a new leader, every
+/// client renewed elsewhere before its seat expired, never more seats held
+/// than the hard limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leader_killed_under_200_clients() {
+    let _serial = ONE_POOL_AT_A_TIME.lock().await;
+    const CLIENTS: usize = 200;
+    const SEATS: u32 = 300;
+    let mut pool = start_pool(PoolSpec {
+        seats: SEATS,
+        lease_s: 4,
+        heartbeat_s: 1,
+        ..PoolSpec::default()
+    })
+    .await;
+    let leader = pool.wait_leader(&[0, 1, 2]).await;
+    let mut seats: Vec<SeatGuard> = Vec::new();
+    for n in 0..CLIENTS {
+        let seat = client(&pool, n % 3, &format!("c{n}"))
+            .checkout("app", "1.0", 1)
+            .await
+            .expect("every client gets a seat");
+        seats.push(seat);
+    }
+    let killed = pool.servers[leader].id.clone();
+    let on_killed: Vec<usize> = (0..CLIENTS)
+        .filter(|&n| seats[n].server_id() == killed)
+        .collect();
+    assert!(!on_killed.is_empty());
+
+    let killed_at = Instant::now();
+    pool.kill(leader);
+    let survivors: Vec<usize> = (0..3).filter(|&i| i != leader).collect();
+    let new_leader = pool.wait_leader(&survivors).await;
+    let takeover = killed_at.elapsed();
+
+    let mut regrant: Vec<Duration> = Vec::new();
+    let deadline = Instant::now() + PATIENCE;
+    let mut pending = on_killed.clone();
+    while !pending.is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "clients never moved: {pending:?}"
+        );
+        pending.retain(|&n| {
+            if seats[n].server_id() != killed {
+                regrant.push(killed_at.elapsed());
+                false
+            } else {
+                true
+            }
+        });
+        let held: usize = seats
+            .iter()
+            .filter(|s| s.is_valid())
+            .map(|s| s.count() as usize)
+            .sum();
+        assert!(
+            held <= SEATS as usize,
+            "{held} seats held, above the hard limit"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    for seat in &seats {
+        assert!(
+            matches!(seat.state(), SeatState::Held { .. }),
+            "a seat was lost: {:?}",
+            seat.state()
+        );
+    }
+    let status = pool
+        .wait_status(new_leader, "all clients counted", |s| {
+            survivors
+                .iter()
+                .map(|&i| row(s, &pool.servers[i].id).1.unwrap_or(0))
+                .sum::<u32>()
+                == CLIENTS as u32
+        })
+        .await;
+    let in_use: u32 = survivors
+        .iter()
+        .map(|&i| row(&status, &pool.servers[i].id).1.unwrap_or(0))
+        .sum();
+    assert!(in_use <= SEATS);
+    regrant.sort();
+    println!(
+        "takeover {} ms; {} clients re-granted: median {} ms, max {} ms",
+        takeover.as_millis(),
+        regrant.len(),
+        regrant[regrant.len() / 2].as_millis(),
+        regrant[regrant.len() - 1].as_millis()
+    );
+    assert!(
+        takeover < Duration::from_secs(5),
+        "takeover took {takeover:?}"
+    );
+}
+
+/// A server cut off from the majority stops issuing by itself within one
+/// quota lease while the majority keeps serving; healed, it serves again.
+/// Then the same for the leader.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partitioned_servers_stop_and_rejoin() {
+    let _serial = ONE_POOL_AT_A_TIME.lock().await;
+    let pool = start_pool(PoolSpec::default()).await;
+    let leader = pool.wait_leader(&[0, 1, 2]).await;
+    let follower = (leader + 1) % 3;
+    let other = (leader + 2) % 3;
+
+    pool.partition(follower, true).await;
+    let cut_at = Instant::now();
+    pool.wait_status(follower, "no quorum", |s| s.server.state == "no_quorum")
+        .await;
+    let stopped_after = cut_at.elapsed();
+    let (code, body) = pool.checkout(follower, "cut", 1).await;
+    assert_eq!(
+        (code, body["error"]["code"].as_str()),
+        (503, Some("no_quorum")),
+        "{body}"
+    );
+    let (code, _) = pool.checkout(other, "majority", 1).await;
+    assert_eq!(code, 200, "the majority keeps serving");
+    pool.partition(follower, false).await;
+    pool.wait_serving(follower).await;
+    let (code, _) = pool.checkout(follower, "healed", 1).await;
+    assert_eq!(code, 200);
+    println!(
+        "follower stopped {} ms after the cut",
+        stopped_after.as_millis()
+    );
+    assert!(
+        stopped_after < Duration::from_millis(1_500 + 1_000),
+        "{stopped_after:?}"
+    );
+
+    // The leader, cut off with nobody, stops; the others elect a new one.
+    pool.partition(leader, true).await;
+    pool.wait_status(leader, "old leader stops", |s| {
+        s.server.state == "no_quorum"
+    })
+    .await;
+    let new_leader = pool.wait_leader(&[follower, other]).await;
+    assert_ne!(new_leader, leader);
+    let (code, _) = pool.checkout(new_leader, "after", 1).await;
+    assert_eq!(code, 200);
+    pool.partition(leader, false).await;
+    let back = pool
+        .wait_status(leader, "rejoins", |s| s.server.state == "serving")
+        .await;
+    // It rejoins under the pool's leader (a new election after the heal may
+    // pick it again by priority; it never leads two pools at once).
+    let agreed = pool.wait_leader(&[0, 1, 2]).await;
+    let agreed_id = pool.servers[agreed].id.clone();
+    for i in 0..3 {
+        pool.wait_status(i, "one leader for all", |s| {
+            s.server.leader_id.as_deref() == Some(agreed_id.as_str())
+        })
+        .await;
+    }
+    assert!(back.server.leader_id.is_some());
+}
+
+/// Majority rule in a pool of five: two down, it serves; three down, it stops.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pool_of_five_serves_with_two_down_and_stops_with_three() {
+    let _serial = ONE_POOL_AT_A_TIME.lock().await;
+    let mut pool = start_pool(PoolSpec {
+        servers: 5,
+        ..PoolSpec::default()
+    })
+    .await;
+    pool.kill(0);
+    pool.kill(1);
+    let leader = pool.wait_leader(&[2, 3, 4]).await;
+    for i in [2, 3, 4] {
+        pool.wait_serving(i).await;
+        let (code, _) = pool.checkout(i, &format!("five-{i}"), 1).await;
+        assert_eq!(code, 200, "server {i} serves with two of five down");
+    }
+    pool.kill(leader);
+    for i in [2, 3, 4].into_iter().filter(|&i| i != leader) {
+        pool.wait_status(i, "no quorum with three down", |s| {
+            s.server.state == "no_quorum"
+        })
+        .await;
+        let (code, body) = pool.checkout(i, "too-few", 1).await;
+        assert_eq!(code, 503, "{body}");
+    }
+}
+
+/// A pool file update sent to a follower reaches every server; a fourth
+/// server added by it joins live and issues its seats; a stale file is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pool_file_update_adds_a_server_live() {
+    let _serial = ONE_POOL_AT_A_TIME.lock().await;
+    let mut pool = start_pool(PoolSpec {
+        distribution: "A = 40\nB = 30\nC = 30\n",
+        ..PoolSpec::default()
+    })
+    .await;
+    let leader = pool.wait_leader(&[0, 1, 2]).await;
+    let follower = (leader + 1) % 3;
+
+    // The vendor adds 10 seats for the new server.
+    let out = std::process::Command::new(TESSERA)
+        .args([
+            "license",
+            "sign",
+            "--key",
+            "acme.key",
+            "--feature",
+            "app",
+            "--id",
+            "app-2",
+        ])
+        .args([
+            "--seats",
+            "10",
+            "--lease-s",
+            "4",
+            "--heartbeat-interval-s",
+            "1",
+            "--out",
+            "more.lic",
+        ])
+        .current_dir(pool.path())
+        .output()
+        .expect("sign");
+    assert!(out.status.success());
+    let d = pool.add_server("D", "pool2.toml");
+    let text = std::fs::read_to_string(pool.path().join("pool.toml")).expect("pool file");
+    let more = std::fs::read_to_string(pool.path().join("more.lic")).expect("codes");
+    let d_entry = format!(
+        "[[servers]]\nid = \"D\"\naddress = \"{}\"\n\n[distribution.app]",
+        pool.servers[d].address
+    );
+    let updated = text
+        .replace("sequence = 1", "sequence = 2")
+        .replace("[distribution.app]", &d_entry)
+        .replace("C = 30\n", "C = 30\nD = 10\n")
+        + &more;
+    std::fs::write(pool.path().join("pool2.toml"), &updated).expect("write");
+
+    let out = pool.update_pool_file(follower, &pool.path().join("pool2.toml"));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for i in 0..3 {
+        pool.wait_status(i, "sequence 2", |s| s.pool_sequence == 2)
+            .await;
+        let installed = pool
+            .path()
+            .join(format!("data-{}/installed-pool.toml", pool.servers[i].id));
+        let copy = std::fs::read_to_string(&installed).expect("installed copy on disk");
+        assert!(copy.contains("sequence = 2"));
+    }
+    // D starts with the new file, as its administrator copied it: it joins the formed pool.
+    pool.spawn(d);
+    let joined = pool.wait_serving(d).await;
+    assert_eq!(joined.pool_sequence, 2);
+    assert_eq!(joined.server.role, "follower");
+    let (code, body) = pool.checkout(d, "on-d", 10).await;
+    assert_eq!(code, 200, "{body}");
+    pool.wait_status(leader, "D in the picture", |s| {
+        row(s, "D") == (10, Some(10), Some(0))
+    })
+    .await;
+
+    let stale = pool.update_pool_file(leader, &pool.path().join("pool.toml"));
+    assert!(!stale.status.success());
+    let message = String::from_utf8_lossy(&stale.stderr);
+    assert!(
+        message.contains("not above the installed sequence 2"),
+        "{message}"
+    );
+}
+
+/// Peers of another pool are refused before they reach Raft.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peers_of_another_pool_are_refused() {
+    let _serial = ONE_POOL_AT_A_TIME.lock().await;
+    let pool = start_pool(PoolSpec {
+        servers: 1,
+        ..PoolSpec::default()
+    })
+    .await;
+    let http = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .expect("client");
+    let address = &pool.servers[0].address;
+    for (pool_header, expected) in [(Some("other"), 403), (None, 403), (Some("test"), 200)] {
+        let mut request = http.get(format!("http://{address}/v1/peer/hello"));
+        if let Some(header) = pool_header {
+            request = request.header(tessera_proto::POOL_HEADER, header);
+        }
+        let response = request.send().await.expect("hello");
+        assert_eq!(
+            response.status().as_u16(),
+            expected,
+            "pool header {pool_header:?}"
+        );
+        if expected == 403 {
+            let body: serde_json::Value = response.json().await.expect("json");
+            assert_eq!(body["error"]["code"], "wrong_pool");
+        }
+    }
+    let vote = http
+        .post(format!("http://{address}/v1/peer/raft/vote"))
+        .header(tessera_proto::POOL_HEADER, "other")
+        .body("{}")
+        .send()
+        .await
+        .expect("vote");
+    assert_eq!(vote.status().as_u16(), 403);
+    let (code, _) = pool.checkout(0, "still-serving", 1).await;
+    assert_eq!(code, 200);
+}
