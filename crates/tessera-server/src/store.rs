@@ -247,6 +247,20 @@ fn commit(db: &Database, batch: &[Job]) -> Result<(), String> {
 mod tests {
     use super::*;
 
+    /// Opens the store again once the previous writer thread has let go of
+    /// the file (it does when its queue closes); bounded.
+    fn reopen(dir: &Path, server: &str) -> Result<(Store, Opened), StoreError> {
+        for _ in 0..200 {
+            match Store::open(dir, "p", server, 16) {
+                Err(StoreError::Open { message, .. }) if message.contains("already open") => {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                other => return other,
+            }
+        }
+        Store::open(dir, "p", server, 16)
+    }
+
     fn grant(feature: &str) -> StoredGrant {
         StoredGrant {
             feature: feature.into(),
@@ -271,9 +285,7 @@ mod tests {
             // A put after the delete is committed after it: wait on it.
             store.put("g3".into(), grant("cad")).await.unwrap();
         }
-        // The writer thread holds the database until its queue closes.
-        std::thread::sleep(std::time::Duration::from_millis(100));
-        let (_store, opened) = Store::open(dir.path(), "p", "A", 16).unwrap();
+        let (_store, opened) = reopen(dir.path(), "A").unwrap();
         assert!(opened.existed);
         let mut ids: Vec<String> = opened.grants.iter().map(|(id, _)| id.clone()).collect();
         ids.sort();
@@ -285,8 +297,7 @@ mod tests {
     async fn a_store_of_another_server_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         drop(Store::open(dir.path(), "p", "A", 16).unwrap());
-        std::thread::sleep(std::time::Duration::from_millis(100));
-        let err = Store::open(dir.path(), "p", "B", 16).err().unwrap();
+        let err = reopen(dir.path(), "B").err().unwrap();
         assert!(
             err.to_string().contains("belongs to pool `p` server `A`"),
             "{err}"
