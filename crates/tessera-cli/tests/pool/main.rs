@@ -1,11 +1,11 @@
 //! End-to-end tests of the redundant pool: real `tessera server` processes on
 //! loopback, killed with SIGKILL and cut off with the test fault switch.
 
-mod fixture;
-
 use std::time::{Duration, Instant};
 
-use fixture::{pool_available, row, Pool, PoolSpec, PATIENCE, TESSERA};
+use tessera_testkit::{pool_available, row, Pool, PoolSpec, PATIENCE};
+
+const TESSERA: &str = env!("CARGO_BIN_EXE_tessera");
 use tessera_client::{Client, ClientConfig, SeatGuard, SeatState};
 
 /// A client that asks server `first` first, then the others in pool order.
@@ -23,7 +23,7 @@ fn client(pool: &Pool, first: usize, name: &str) -> Client {
 static ONE_POOL_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 async fn start_pool(spec: PoolSpec<'_>) -> Pool {
-    let mut pool = Pool::new(spec);
+    let mut pool = Pool::new(std::path::Path::new(TESSERA), spec);
     pool.spawn_all();
     for i in 0..pool.servers.len() {
         pool.wait_serving(i).await;

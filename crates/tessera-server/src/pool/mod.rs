@@ -143,7 +143,8 @@ impl Pool {
 
     /// Test-only: cut (or heal) every peer link of this server, both ways.
     pub fn set_partitioned(&self, on: bool) {
-        self.partitioned.store(on, std::sync::atomic::Ordering::SeqCst);
+        self.partitioned
+            .store(on, std::sync::atomic::Ordering::SeqCst);
     }
 
     pub fn is_partitioned(&self) -> bool {

@@ -23,7 +23,10 @@ pub const PEER_BODY_BYTES_MAX: usize = 32 * 1024 * 1024;
 
 pub fn routes(app: Arc<App>) -> Router<Arc<App>> {
     let router = if super::test_faults_enabled() {
-        tracing::warn!("{} is set: the test fault switch is on", super::TEST_FAULTS_ENV);
+        tracing::warn!(
+            "{} is set: the test fault switch is on",
+            super::TEST_FAULTS_ENV
+        );
         Router::new().route("/v1/test/partition", post(partition))
     } else {
         Router::new()

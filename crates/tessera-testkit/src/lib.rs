@@ -1,5 +1,6 @@
 //! A pool of real `tessera server` processes on loopback, set up through the
-//! CLI the way an administrator would.
+//! CLI the way an administrator would. Used by the end-to-end tests and the
+//! benchmarks; everything stays on 127.0.0.1 and every wait is bounded.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -7,7 +8,6 @@ use std::time::{Duration, Instant};
 
 use tessera_proto::{StatusResponse, POOL_HEADER};
 
-pub const TESSERA: &str = env!("CARGO_BIN_EXE_tessera");
 /// Longest wait for any condition in these tests.
 pub const PATIENCE: Duration = Duration::from_secs(20);
 
@@ -20,6 +20,8 @@ pub struct Server {
 }
 
 pub struct Pool {
+    /// The `tessera` binary every command runs.
+    pub tessera: PathBuf,
     pub dir: tempfile::TempDir,
     pub servers: Vec<Server>,
     pub pool_id: String,
@@ -31,8 +33,8 @@ fn free_port() -> u16 {
     listener.local_addr().expect("local addr").port()
 }
 
-fn run(args: &[&str], dir: &Path) -> String {
-    let out = Command::new(TESSERA)
+fn run(tessera: &Path, args: &[&str], dir: &Path) -> String {
+    let out = Command::new(tessera)
         .args(args)
         .current_dir(dir)
         .output()
@@ -71,17 +73,19 @@ pub const IDS: [&str; 7] = ["A", "B", "C", "D", "E", "F", "G"];
 
 impl Pool {
     /// Keys, a signed code for feature `app`, a pool file and one config per server.
-    pub fn new(spec: PoolSpec) -> Pool {
+    pub fn new(tessera: &Path, spec: PoolSpec) -> Pool {
         let dir = tempfile::Builder::new()
             .prefix("tessera-pool-test-")
             .tempdir()
             .expect("tempdir");
         let path = dir.path();
         run(
+            tessera,
             &["vendor", "keygen", "--vendor", "acme", "--out", "."],
             path,
         );
         run(
+            tessera,
             &[
                 "license",
                 "sign",
@@ -151,6 +155,7 @@ impl Pool {
             .build()
             .expect("http client");
         Pool {
+            tessera: tessera.to_path_buf(),
             dir,
             servers,
             pool_id,
@@ -199,6 +204,15 @@ impl Pool {
     }
 
     /// Starts server `i` (with `--new-pool`: a fresh pool, no grace period).
+    /// Starts every server that is not running.
+    pub fn spawn_missing(&mut self) {
+        for i in 0..self.servers.len() {
+            if self.servers[i].child.is_none() {
+                self.spawn(i);
+            }
+        }
+    }
+
     pub fn spawn(&mut self, i: usize) {
         let server = &mut self.servers[i];
         let log = std::fs::OpenOptions::new()
@@ -206,7 +220,7 @@ impl Pool {
             .append(true)
             .open(&server.log)
             .expect("log");
-        let child = Command::new(TESSERA)
+        let child = Command::new(&self.tessera)
             .args(["server", "--config"])
             .arg(&server.config)
             .arg("--new-pool")
@@ -323,7 +337,7 @@ impl Pool {
 
     /// Runs `tessera admin update-pool-file` against server `i`.
     pub fn update_pool_file(&self, i: usize, file: &Path) -> std::process::Output {
-        Command::new(TESSERA)
+        Command::new(&self.tessera)
             .args(["admin", "update-pool-file"])
             .arg(file)
             .args(["--server", &self.servers[i].address])
