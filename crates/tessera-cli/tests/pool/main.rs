@@ -447,3 +447,51 @@ async fn peers_of_another_pool_are_refused() {
     let (code, _) = pool.checkout(0, "still-serving", 1).await;
     assert_eq!(code, 200);
 }
+
+/// A server restarted with a newer pool file installs it on every server; a
+/// server that file leaves out leaves the membership and stops issuing, while
+/// the others keep serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_with_a_newer_pool_file_removes_a_server() {
+    let _serial = ONE_POOL_AT_A_TIME.lock().await;
+    let mut pool = start_pool(PoolSpec::default()).await;
+    pool.wait_leader(&[0, 1, 2]).await;
+    let (b, c) = (1, 2);
+    let (code, _) = pool.checkout(c, "on-c", 1).await;
+    assert_eq!(code, 200);
+
+    // The administrator drops C from the pool file and restarts B with it.
+    let path = pool.path().join("pool.toml");
+    let text = std::fs::read_to_string(&path).expect("pool file");
+    let c_entry = format!(
+        "[[servers]]\nid = \"C\"\naddress = \"{}\"\n\n",
+        pool.servers[c].address
+    );
+    assert!(text.contains(&c_entry));
+    std::fs::write(
+        &path,
+        text.replace("sequence = 1", "sequence = 2")
+            .replace(&c_entry, ""),
+    )
+    .expect("write pool file");
+    pool.kill(b);
+    pool.spawn(b);
+    for i in [0, b] {
+        let status = pool
+            .wait_status(i, "sequence 2 without C", |s| {
+                s.pool_sequence == 2 && s.servers.iter().all(|p| p.id != "C")
+            })
+            .await;
+        assert_eq!(status.servers.len(), 2);
+    }
+    // C is no longer a member: its reports are refused and its quota lapses.
+    pool.wait_status(c, "removed server stops", |s| s.server.state == "no_quorum")
+        .await;
+    let (code, body) = pool.checkout(c, "late", 1).await;
+    assert_eq!(code, 503, "{body}");
+    for i in [0, b] {
+        pool.wait_serving(i).await;
+        let (code, body) = pool.checkout(i, &format!("after-{i}"), 1).await;
+        assert_eq!(code, 200, "{body}");
+    }
+}
