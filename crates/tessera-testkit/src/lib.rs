@@ -28,9 +28,29 @@ pub struct Pool {
     http: reqwest::Client,
 }
 
-fn free_port() -> u16 {
+/// Lowest port [`free_port`] picks.
+const TEST_PORT_MIN: u16 = 10_000;
+
+/// A loopback port nothing listens on: picked at random below the kernel's
+/// range for outgoing ports, so another test's outgoing connection cannot
+/// take it between this check and the server's bind.
+pub fn free_port() -> u16 {
+    use rand::Rng;
+    let ephemeral_min = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|text| text.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32_768);
+    if ephemeral_min > TEST_PORT_MIN + 1_000 {
+        let mut rng = rand::thread_rng();
+        for _ in 0..100 {
+            let port = rng.gen_range(TEST_PORT_MIN..ephemeral_min);
+            if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+                return port;
+            }
+        }
+    }
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind loopback");
-    listener.local_addr().expect("local addr").port()
+    listener.local_addr().expect("local address").port()
 }
 
 fn run(tessera: &Path, args: &[&str], dir: &Path) -> String {

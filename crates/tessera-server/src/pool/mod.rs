@@ -243,7 +243,18 @@ impl Pool {
                 break;
             }
             if self.leader().is_some() {
-                match self.update_pool_file(self.bootstrap_text.clone()).await {
+                // The first pool file is installed even if some of its codes
+                // do not verify: each server then refuses those codes and
+                // says why in its status. Later updates must verify.
+                let check = if installed.is_none() {
+                    SignatureCheck::Skip
+                } else {
+                    SignatureCheck::Require
+                };
+                match self
+                    .submit_pool_file(self.bootstrap_text.clone(), check)
+                    .await
+                {
                     Ok(done) => {
                         tracing::info!("pool file sequence {} installed", done.sequence);
                         break;
@@ -298,6 +309,24 @@ impl Pool {
     /// Installs a pool file: forwarded to the leader, validated there
     /// (sequence, pool id, sums, signatures), committed, applied by all.
     pub async fn update_pool_file(&self, text: String) -> Result<PoolFileInstalled, IssueError> {
+        self.submit_pool_file(text, SignatureCheck::Require).await
+    }
+
+    /// The first pool file of a new pool, forwarded by a peer: installed only
+    /// while no pool file is; codes that do not verify are kept and refused
+    /// by every server at issue time, with their reason in the status.
+    pub async fn install_first_pool_file(
+        &self,
+        text: String,
+    ) -> Result<PoolFileInstalled, IssueError> {
+        self.submit_pool_file(text, SignatureCheck::Skip).await
+    }
+
+    async fn submit_pool_file(
+        &self,
+        text: String,
+        check: SignatureCheck,
+    ) -> Result<PoolFileInstalled, IssueError> {
         let Some((leader_id, leader_address)) = self.leader() else {
             return Err(refused(
                 ErrorCode::NoLeader,
@@ -305,11 +334,15 @@ impl Pool {
             ));
         };
         if leader_id != self.server_id {
+            let path = match check {
+                SignatureCheck::Require => "/v1/admin/pool-file",
+                SignatureCheck::Skip => "/v1/peer/first-pool-file",
+            };
             return self
                 .peers
                 .post(
                     &leader_address,
-                    "/v1/admin/pool-file",
+                    path,
                     &PoolFileUpdate { text },
                     PEER_TIMEOUT * 5,
                 )
@@ -337,9 +370,11 @@ impl Pool {
                 ),
             ));
         }
-        for code in &next.codes {
-            code.verify(&self.vendors)
-                .map_err(|err| refused(ErrorCode::PoolFileRefused, err.to_string()))?;
+        if self.applied.borrow().state.pool().is_some() || check == SignatureCheck::Require {
+            for code in &next.codes {
+                code.verify(&self.vendors)
+                    .map_err(|err| refused(ErrorCode::PoolFileRefused, err.to_string()))?;
+            }
         }
         let response = self
             .raft
@@ -550,6 +585,14 @@ impl Pool {
         seen.get(server)
             .map(|s| s.in_use.get(feature).copied().unwrap_or(0))
     }
+}
+
+/// Whether the leader checks every code's signature before installing a pool file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SignatureCheck {
+    Require,
+    /// Only for the first pool file of a new pool.
+    Skip,
 }
 
 enum Survey {

@@ -37,6 +37,7 @@ pub fn routes(app: Arc<App>) -> Router<Arc<App>> {
         .route("/v1/peer/raft/snapshot", post(snapshot))
         .route("/v1/peer/hello", get(hello))
         .route("/v1/peer/report", post(report))
+        .route("/v1/peer/first-pool-file", post(first_pool_file))
         .route("/v1/admin/pool-file", post(update_pool_file))
         .layer(axum::extract::DefaultBodyLimit::max(PEER_BODY_BYTES_MAX))
         .layer(axum::middleware::from_fn_with_state(app, check_pool))
@@ -109,6 +110,13 @@ async fn report(
     JsonBody(report): JsonBody<PeerReport>,
 ) -> Result<Json<tessera_proto::PeerReportAck>, ApiError> {
     Ok(Json(app.pool.handle_report(report).await?))
+}
+
+async fn first_pool_file(
+    State(app): State<Arc<App>>,
+    JsonBody(update): JsonBody<PoolFileUpdate>,
+) -> Result<Json<tessera_proto::PoolFileInstalled>, ApiError> {
+    Ok(Json(app.pool.install_first_pool_file(update.text).await?))
 }
 
 async fn update_pool_file(

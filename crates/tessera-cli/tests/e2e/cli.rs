@@ -1,0 +1,85 @@
+//! The commands a user runs first: `tessera demo` and `tessera status`.
+
+use tessera_proto::StatusResponse;
+
+use crate::fixture::{free_port, tessera, Fixture, ServerSpec, StartMode};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_runs_to_completion() {
+    let output = tessera(["demo"]).await.success();
+    assert!(output.stdout.contains("Demo done."), "{output}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_prints_json_and_a_table_naming_the_feature_and_the_server() {
+    let fixture = Fixture::new().await;
+    let licenses = fixture
+        .sign_flags(&[
+            "--feature",
+            "cad",
+            "--seats",
+            "7",
+            "--lease-s",
+            "60",
+            "--heartbeat-interval-s",
+            "10",
+        ])
+        .await;
+    let mut spec = ServerSpec::new(licenses);
+    spec.server_id = "lic-east-1".into();
+    let mut server = fixture.server(spec);
+    server.start(StartMode::NewPool).await;
+    server.wait_state("serving").await;
+    let checkout = tessera([
+        "checkout",
+        "cad",
+        "--count",
+        "2",
+        "--detach",
+        "--server",
+        &server.address,
+    ])
+    .await
+    .success();
+    assert!(
+        checkout
+            .stdout
+            .contains("checked out 2 seats of `cad` from server lic-east-1"),
+        "{checkout}"
+    );
+
+    let json = tessera(["status", "--json", "--server", &server.address])
+        .await
+        .success();
+    let status: StatusResponse = serde_json::from_str(&json.stdout)
+        .unwrap_or_else(|err| panic!("status --json is not a StatusResponse ({err}): {json}"));
+    assert_eq!(status.pool_id, "e2e");
+    assert_eq!(status.server.id, "lic-east-1");
+    assert_eq!(status.server.state, "serving");
+    assert_eq!(status.grants.len(), 1, "{status:#?}");
+    let grant = &status.grants[0];
+    assert_eq!((grant.feature.as_str(), grant.count), ("cad", 2));
+    let feature = crate::fixture::feature_of(&status, "cad");
+    assert_eq!(feature.hard_limit, 7);
+
+    let table = tessera(["status", "--server", &server.address])
+        .await
+        .success();
+    for expected in [
+        "Feature `cad`",
+        "lic-east-1",
+        &server.address,
+        &grant.grant_id,
+        "2 of 7 seats in use",
+    ] {
+        assert!(
+            table.stdout.contains(expected),
+            "no {expected:?} in {table}"
+        );
+    }
+
+    // Nobody listening: a failure that says what to check.
+    let nowhere = format!("127.0.0.1:{}", free_port());
+    let down = tessera(["status", "--server", &nowhere]).await.failure();
+    assert!(down.text().contains(&nowhere), "{down}");
+}

@@ -1,0 +1,562 @@
+//! The end-to-end fixture: a temporary directory, a vendor key made with the
+//! real `tessera vendor keygen`, license codes signed with `tessera license
+//! sign`, and `tessera server` processes on loopback, set up exactly as a user
+//! would. Every wait is a bounded poll; every server process is killed when
+//! its [`Server`] is dropped, panic or not, and its log is printed when the
+//! test failed.
+
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use serde_json::Value;
+use tessera_proto::StatusResponse;
+use tokio::time::Instant;
+
+/// How long a server may take to answer `/v1/status` after it starts.
+pub const SERVER_READY_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long one command of the CLI may run (the demo is the slowest, ~10 s).
+pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a server may take to exit after SIGTERM.
+pub const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+/// Time limit of one HTTP request of a test.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// Pause between two polls of a condition.
+pub const POLL_INTERVAL: Duration = Duration::from_millis(50);
+
+/// The vendor of every test's codes.
+pub const VENDOR: &str = "acme";
+
+/// Short lease terms, for tests that wait for a seat to lapse: the shortest
+/// lease a code may set, and a heartbeat at half of it.
+pub const SHORT_POLICY: &str = "lease_s = 2\nheartbeat_interval_s = 1\n";
+/// Long lease terms, for tests whose seats must not lapse while they run,
+/// however slow the machine.
+pub const LONG_POLICY: &str = "lease_s = 60\nheartbeat_interval_s = 10\n";
+
+pub fn tessera_exe() -> &'static str {
+    env!("CARGO_BIN_EXE_tessera")
+}
+
+/// What one run of the CLI printed and how it ended.
+pub struct Output {
+    pub args: String,
+    pub status: ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Output {
+    /// Both streams, for matching messages wherever the command put them.
+    pub fn text(&self) -> String {
+        format!("{}{}", self.stdout, self.stderr)
+    }
+
+    /// Panics, showing everything the command printed, unless it succeeded.
+    pub fn success(self) -> Output {
+        assert!(self.status.success(), "{self}");
+        self
+    }
+
+    /// Panics unless the command failed.
+    pub fn failure(self) -> Output {
+        assert!(!self.status.success(), "expected a failure: {self}");
+        self
+    }
+}
+
+impl std::fmt::Display for Output {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "`tessera {}` exited with {}\n--- stdout\n{}\n--- stderr\n{}",
+            self.args, self.status, self.stdout, self.stderr
+        )
+    }
+}
+
+/// Runs `tessera ARGS` to completion (bounded by [`COMMAND_TIMEOUT`]).
+pub async fn tessera<I, S>(args: I) -> Output
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    tessera_within(COMMAND_TIMEOUT, args).await
+}
+
+/// Runs `tessera ARGS` to completion; panics if it runs longer than `timeout`.
+pub async fn tessera_within<I, S>(timeout: Duration, args: I) -> Output
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    let args: Vec<_> = args.into_iter().map(|a| a.as_ref().to_owned()).collect();
+    let shown = args
+        .iter()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect::<Vec<_>>()
+        .join(" ");
+    let run = tokio::process::Command::new(tessera_exe())
+        .args(&args)
+        .env_remove("TESSERA_SERVER")
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    let output = match tokio::time::timeout(timeout, run).await {
+        Ok(output) => output.unwrap_or_else(|err| panic!("cannot run `tessera {shown}`: {err}")),
+        Err(_) => panic!("`tessera {shown}` did not finish within {timeout:?}"),
+    };
+    Output {
+        args: shown,
+        status: output.status,
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}
+
+/// Ports come from the testkit, which avoids the kernel's outgoing range.
+pub use tessera_testkit::free_port;
+
+/// A test's own directory and vendor key pair.
+pub struct Fixture {
+    dir: tempfile::TempDir,
+    files_written: AtomicU32,
+}
+
+impl Fixture {
+    /// A new directory with a vendor key pair made by `tessera vendor keygen`.
+    pub async fn new() -> Fixture {
+        let dir = tempfile::Builder::new()
+            .prefix("tessera-e2e-")
+            .tempdir()
+            .expect("temporary directory");
+        let fixture = Fixture {
+            dir,
+            files_written: AtomicU32::new(0),
+        };
+        let keys = fixture.keys_dir();
+        tessera([
+            OsStr::new("vendor"),
+            OsStr::new("keygen"),
+            OsStr::new("--vendor"),
+            OsStr::new(VENDOR),
+            OsStr::new("--out"),
+            keys.as_os_str(),
+        ])
+        .await
+        .success();
+        fixture
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn keys_dir(&self) -> PathBuf {
+        self.path().join("keys")
+    }
+
+    /// The vendor's secret key file.
+    pub fn secret_key(&self) -> PathBuf {
+        self.keys_dir().join(format!("{VENDOR}.key"))
+    }
+
+    /// The vendor's public key file.
+    pub fn public_key(&self) -> PathBuf {
+        self.keys_dir().join(format!("{VENDOR}.pub"))
+    }
+
+    /// The base64 public key, read from the public key file.
+    pub fn public_key_base64(&self) -> String {
+        let text = std::fs::read_to_string(self.public_key()).expect("read the public key file");
+        let file: toml::Table = toml::from_str(&text).expect("the public key file is TOML");
+        assert_eq!(file["vendor"].as_str(), Some(VENDOR), "{text}");
+        assert!(file["key_id"].is_str(), "{text}");
+        file["public_key"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no public_key in {text}"))
+            .to_string()
+    }
+
+    fn next_name(&self, stem: &str) -> PathBuf {
+        let n = self.files_written.fetch_add(1, Ordering::Relaxed) + 1;
+        self.path().join(format!("{stem}-{n}.toml"))
+    }
+
+    /// Signs a file of unsigned `[[license]]` tables with `tessera license
+    /// sign`; returns the signed text.
+    pub async fn sign(&self, unsigned: &str) -> String {
+        let unsigned_path = self.next_name("unsigned");
+        std::fs::write(&unsigned_path, unsigned).expect("write the unsigned codes");
+        let signed_path = self.next_name("signed");
+        let key = self.secret_key();
+        tessera([
+            OsStr::new("license"),
+            OsStr::new("sign"),
+            OsStr::new("--key"),
+            key.as_os_str(),
+            OsStr::new("--out"),
+            signed_path.as_os_str(),
+            unsigned_path.as_os_str(),
+        ])
+        .await
+        .success();
+        std::fs::read_to_string(&signed_path).expect("read the signed codes")
+    }
+
+    /// Signs one code described by `tessera license sign` flags; returns the signed text.
+    pub async fn sign_flags(&self, flags: &[&str]) -> String {
+        let key = self.secret_key();
+        let mut args = vec![
+            OsStr::new("license"),
+            OsStr::new("sign"),
+            OsStr::new("--key"),
+            key.as_os_str(),
+        ];
+        args.extend(flags.iter().map(OsStr::new));
+        tessera(args).await.success().stdout
+    }
+
+    /// Writes a pool file and a server config for one server, as an
+    /// administrator would; the server is not started.
+    pub fn server(&self, spec: ServerSpec) -> Server {
+        let dir = self.path().join(format!("server-{}", spec.server_id));
+        std::fs::create_dir_all(&dir).expect("create the server directory");
+        let address = format!("127.0.0.1:{}", free_port());
+        let mut pool = format!(
+            "pool_id = \"e2e\"\nsequence = 1\n\n[[servers]]\nid = \"{}\"\naddress = \"{address}\"\n\n",
+            spec.server_id
+        );
+        pool.push_str(&spec.licenses);
+        std::fs::write(dir.join("pool.toml"), pool).expect("write the pool file");
+        let config = format!(
+            "server_id = \"{}\"\npool_file = \"pool.toml\"\ndata_dir = \"data\"\n{}\n\
+             [[vendors]]\nname = \"{VENDOR}\"\npublic_key = \"{}\"\n\n{}",
+            spec.server_id,
+            spec.config_top,
+            self.public_key_base64(),
+            spec.config_tables,
+        );
+        let config_path = dir.join("tessera.toml");
+        std::fs::write(&config_path, config).expect("write the server config");
+        Server {
+            address,
+            config: config_path,
+            data_dir: dir.join("data"),
+            pool_file: dir.join("pool.toml"),
+            log: dir.join("server.log"),
+            child: None,
+            http: http_client(),
+        }
+    }
+
+    /// Signs `unsigned`, writes a pool of one, starts it with `--new-pool`
+    /// and waits until it serves.
+    pub async fn serve(&self, unsigned: &str) -> Server {
+        let licenses = self.sign(unsigned).await;
+        let mut server = self.server(ServerSpec::new(licenses));
+        server.start(StartMode::NewPool).await;
+        server.wait_state("serving").await;
+        server
+    }
+}
+
+/// What goes into a server's pool file and config.
+pub struct ServerSpec {
+    pub server_id: String,
+    /// Signed `[[license]]` tables, appended to the pool file (no
+    /// distribution: a pool of one gets every seat).
+    pub licenses: String,
+    /// Top-level keys of the config (`hostid = "..."`).
+    pub config_top: String,
+    /// Tables of the config after `[[vendors]]` (`[timing]`).
+    pub config_tables: String,
+}
+
+impl ServerSpec {
+    pub fn new(licenses: String) -> ServerSpec {
+        ServerSpec {
+            server_id: "A".into(),
+            licenses,
+            config_top: String::new(),
+            config_tables: String::new(),
+        }
+    }
+}
+
+/// How `tessera server` is started.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StartMode {
+    /// `--new-pool`: issue at once although the store is new.
+    NewPool,
+    /// No flag: a server without its store waits out a grace period.
+    Plain,
+}
+
+/// An answer of the HTTP API.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: u16,
+    pub body: Value,
+}
+
+impl Answer {
+    /// The `error.code` of an error answer, or "" when there is none.
+    pub fn code(&self) -> &str {
+        self.body["error"]["code"].as_str().unwrap_or("")
+    }
+
+    pub fn message(&self) -> &str {
+        self.body["error"]["message"].as_str().unwrap_or("")
+    }
+
+    /// Panics unless the answer is 200; returns the body.
+    pub fn ok(self) -> Value {
+        assert_eq!(self.status, 200, "expected 200, got {self:?}");
+        self.body
+    }
+
+    /// Panics unless the answer is an error with this HTTP status and code.
+    pub fn refused(&self, status: u16, code: &str) {
+        assert_eq!(
+            (self.status, self.code()),
+            (status, code),
+            "unexpected answer {self:?}"
+        );
+        assert!(!self.message().is_empty(), "no message in {self:?}");
+    }
+}
+
+pub fn http_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .timeout(REQUEST_TIMEOUT)
+        .build()
+        .expect("HTTP client")
+}
+
+/// A `tessera server` process (or the files for one).
+pub struct Server {
+    /// `127.0.0.1:PORT`, as in the pool file.
+    pub address: String,
+    pub config: PathBuf,
+    pub data_dir: PathBuf,
+    pub pool_file: PathBuf,
+    log: PathBuf,
+    child: Option<Child>,
+    http: reqwest::Client,
+}
+
+impl Server {
+    /// Starts `tessera server --config F [--new-pool]` and waits (bounded)
+    /// until `/v1/status` answers.
+    pub async fn start(&mut self, mode: StartMode) {
+        assert!(self.child.is_none(), "the server is running already");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("open the server log");
+        let mut command = std::process::Command::new(tessera_exe());
+        command.arg("server").arg("--config").arg(&self.config);
+        if mode == StartMode::NewPool {
+            command.arg("--new-pool");
+        }
+        let child = command
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("clone the log handle"))
+            .stderr(log)
+            .spawn()
+            .expect("start `tessera server`");
+        self.child = Some(child);
+        // Pooled connections to the last process are dead.
+        self.http = http_client();
+        self.poll("/v1/status to answer", SERVER_READY_TIMEOUT, |_| true)
+            .await;
+    }
+
+    /// Kills the process with SIGKILL (`kill -9`) and reaps it.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Sends SIGTERM and waits (bounded) for the process to exit.
+    pub async fn terminate(&mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("the server is running");
+        // SAFETY: a signal to our own child, which has not been reaped yet.
+        unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+        let deadline = Instant::now() + STOP_TIMEOUT;
+        loop {
+            if let Some(status) = child.try_wait().expect("wait for the server") {
+                return status;
+            }
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "the server did not exit within {STOP_TIMEOUT:?} of SIGTERM; its log:\n{}",
+                    self.log()
+                );
+            }
+            tokio::time::sleep(POLL_INTERVAL).await;
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_else(|err| format!("(no log: {err})"))
+    }
+
+    pub async fn get(&self, path: &str) -> Answer {
+        let request = self.http.get(format!("http://{}{path}", self.address));
+        self.send(request).await
+    }
+
+    pub async fn post(&self, path: &str, body: &Value) -> Answer {
+        let request = self
+            .http
+            .post(format!("http://{}{path}", self.address))
+            .json(body);
+        self.send(request).await
+    }
+
+    pub async fn send(&self, request: reqwest::RequestBuilder) -> Answer {
+        let response = request.send().await.unwrap_or_else(|err| {
+            panic!("no answer from the server: {err}; its log:\n{}", self.log())
+        });
+        let status = response.status().as_u16();
+        let bytes = response.bytes().await.expect("read the answer");
+        let body = serde_json::from_slice(&bytes).unwrap_or_else(|err| {
+            panic!(
+                "answer {status} is not JSON ({err}): {}",
+                String::from_utf8_lossy(&bytes)
+            )
+        });
+        Answer { status, body }
+    }
+
+    pub async fn status(&self) -> StatusResponse {
+        let body = self.get("/v1/status").await.ok();
+        serde_json::from_value(body).expect("/v1/status answers a StatusResponse")
+    }
+
+    /// Polls `/v1/status` until `done` holds; panics with the server's log
+    /// if that takes longer than `timeout` or the process exits.
+    pub async fn poll(
+        &mut self,
+        what: &str,
+        timeout: Duration,
+        mut done: impl FnMut(&StatusResponse) -> bool,
+    ) -> StatusResponse {
+        let deadline = Instant::now() + timeout;
+        let mut last;
+        loop {
+            if let Some(child) = self.child.as_mut() {
+                if let Ok(Some(exit)) = child.try_wait() {
+                    self.child = None;
+                    panic!(
+                        "the server exited ({exit}) while waiting for {what}; its log:\n{}",
+                        self.log()
+                    );
+                }
+            }
+            match self
+                .http
+                .get(format!("http://{}/v1/status", self.address))
+                .send()
+                .await
+            {
+                Ok(response) if response.status().is_success() => {
+                    match response.json::<StatusResponse>().await {
+                        Ok(status) if done(&status) => return status,
+                        Ok(status) => last = format!("{status:?}"),
+                        Err(err) => last = err.to_string(),
+                    }
+                }
+                Ok(response) => last = format!("HTTP {}", response.status()),
+                Err(err) => last = err.to_string(),
+            }
+            if Instant::now() >= deadline {
+                panic!(
+                    "waited {timeout:?} for {what}; last: {last}\nserver log:\n{}",
+                    self.log()
+                );
+            }
+            tokio::time::sleep(POLL_INTERVAL).await;
+        }
+    }
+
+    /// Waits (bounded) until the server's state is `state`.
+    pub async fn wait_state(&mut self, state: &str) -> StatusResponse {
+        self.poll(&format!("state `{state}`"), SERVER_READY_TIMEOUT, |s| {
+            s.server.state == state
+        })
+        .await
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill();
+        if std::thread::panicking() {
+            eprintln!("--- log of the server at {}:\n{}", self.address, self.log());
+        }
+    }
+}
+
+/// A checkout request body.
+pub fn checkout_body(client_id: &str, feature: &str, count: u32) -> Value {
+    serde_json::json!({
+        "client_id": client_id,
+        "user": "e2e",
+        "host": "loopback",
+        "feature": feature,
+        "version": "1.0",
+        "count": count,
+    })
+}
+
+/// The heartbeat that renews (or converts) `grant_id` held by `client_id`.
+pub fn heartbeat_body(grant_id: &str, client_id: &str, feature: &str, count: u32) -> Value {
+    let mut body = checkout_body(client_id, feature, count);
+    body["grant_id"] = grant_id.into();
+    body
+}
+
+/// Seats in use of `feature` on every row of the answering server's table.
+pub fn in_use(status: &StatusResponse, feature: &str) -> u32 {
+    feature_of(status, feature)
+        .servers
+        .iter()
+        .map(|row| row.in_use.unwrap_or(0))
+        .sum()
+}
+
+pub fn feature_of<'a>(
+    status: &'a StatusResponse,
+    feature: &str,
+) -> &'a tessera_proto::FeatureStatus {
+    status
+        .features
+        .iter()
+        .find(|f| f.feature == feature)
+        .unwrap_or_else(|| panic!("no feature `{feature}` in {status:#?}"))
+}
+
+/// An unsigned `[[license]]` table whose seats do not lapse during a test.
+pub fn code(feature: &str, seats: u32) -> String {
+    code_with(feature, seats, LONG_POLICY)
+}
+
+/// An unsigned `[[license]]` table with these lease terms.
+pub fn code_with(feature: &str, seats: u32, policy: &str) -> String {
+    format!(
+        "[[license]]\nid = \"{VENDOR}-{feature}\"\nfeature = \"{feature}\"\nseats = {seats}\n\
+         expiry = \"permanent\"\n{policy}\n"
+    )
+}

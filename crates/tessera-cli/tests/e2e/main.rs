@@ -1,0 +1,22 @@
+//! End-to-end tests: the real `tessera` binary, set up through its own
+//! commands and served on loopback, driven over HTTP, through the SDK and
+//! through the CLI (STYLE.md, "Tests"; Garage `src/garage/tests/`).
+//!
+//! Every test has its own directory and its own server on a free loopback
+//! port, so the tests run in parallel. Nothing here asserts how fast anything
+//! happens: waits are bounded polls, and the only time bound checked is the
+//! safety one (a seat is never freed before its lease ran).
+//!
+//! Areas, one module each:
+//! - [`seats`]: checkout to the hard limit, check-in, lapse, grace period.
+//! - [`restart`]: `kill -9` under load and restart, a damaged store.
+//! - [`codes`]: tampered, expired and host-bound license codes.
+//! - [`api`]: bad requests, each with its stable error code.
+//! - [`cli`]: `tessera demo` and `tessera status`.
+
+mod api;
+mod cli;
+mod codes;
+mod fixture;
+mod restart;
+mod seats;

@@ -1,0 +1,245 @@
+//! Seats: checkout up to the hard limit, the next one denied, check-in frees
+//! one; a seat whose heartbeats stop lapses after its lease and not before;
+//! a server that lost its store issues only renewals until its grace ends.
+
+use std::time::Duration;
+
+use serde_json::Value;
+use tessera_client::{Client, ClientConfig, ClientError};
+use tokio::time::Instant;
+
+use crate::fixture::{
+    checkout_body, code, code_with, feature_of, heartbeat_body, in_use, tessera, Fixture, Server,
+    ServerSpec, StartMode, POLL_INTERVAL, SHORT_POLICY,
+};
+
+/// Longest wait for a lapsed seat to be freed, or for a grace period to end.
+const LAPSE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The answering server counts `expected` seats of `feature` in use, in its
+/// distribution table and in its list of grants alike.
+async fn check(server: &Server, feature: &str, expected: u32, step: &str) {
+    let status = server.status().await;
+    let listed: u32 = status
+        .grants
+        .iter()
+        .filter(|g| g.feature == feature)
+        .map(|g| g.count)
+        .sum();
+    assert_eq!(
+        (in_use(&status, feature), listed),
+        (expected, expected),
+        "{step}: seats of `{feature}` in use (table, grants); status: {status:#?}"
+    );
+}
+
+/// `tessera checkout FEATURE --detach --json`: the grant it printed.
+async fn cli_checkout(server: &Server, feature: &str) -> Value {
+    let output = tessera([
+        "checkout",
+        feature,
+        "--detach",
+        "--json",
+        "--server",
+        &server.address,
+    ])
+    .await
+    .success();
+    serde_json::from_str(output.stdout.trim())
+        .unwrap_or_else(|err| panic!("checkout --json printed no JSON ({err}): {output}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checkout_to_the_hard_limit_then_denied_and_checkin_frees_a_seat() {
+    let fixture = Fixture::new().await;
+    let server = fixture.serve(&code("cad", 5)).await;
+    check(&server, "cad", 0, "fresh server").await;
+
+    // Two seats through the HTTP API.
+    let by_http = server
+        .post("/v1/checkout", &checkout_body("http-client", "cad", 2))
+        .await
+        .ok();
+    assert_eq!(
+        (by_http["count"].as_u64(), by_http["converted"].as_bool()),
+        (Some(2), Some(false)),
+        "{by_http}"
+    );
+    assert_eq!(by_http["lease_ms"].as_u64(), Some(60_000), "{by_http}");
+    check(&server, "cad", 2, "after the HTTP checkout").await;
+
+    // One seat through the command, detached: it lapses unless checked in.
+    let by_cli = cli_checkout(&server, "cad").await;
+    let cli_grant_id = by_cli["grant_id"].as_str().expect("grant_id").to_string();
+    let cli_client_id = by_cli["client_id"].as_str().expect("client_id").to_string();
+    assert_eq!(by_cli["server_id"].as_str(), Some("A"), "{by_cli}");
+    check(&server, "cad", 3, "after the CLI checkout").await;
+
+    // Two seats through the SDK, which heartbeats them in the background.
+    let sdk = Client::new(ClientConfig::new([server.address.as_str()])).expect("SDK client");
+    let seat = sdk.checkout("cad", "1.0", 2).await.expect("SDK checkout");
+    assert!(seat.is_valid());
+    check(&server, "cad", 5, "at the hard limit").await;
+
+    // Full: every way of asking is denied with `no_seats_available`.
+    server
+        .post("/v1/checkout", &checkout_body("http-client", "cad", 1))
+        .await
+        .refused(409, "no_seats_available");
+    match sdk.checkout("cad", "1.0", 1).await {
+        Err(ClientError::NoSeatsAvailable { .. }) => {}
+        other => panic!("the SDK got {other:?} at the hard limit"),
+    }
+    let denied = tessera(["checkout", "cad", "--detach", "--server", &server.address])
+        .await
+        .failure();
+    assert!(denied.text().contains("no_seats_available"), "{denied}");
+    check(&server, "cad", 5, "after the denials").await;
+
+    // Check-in through the API frees the grant's two seats...
+    let released = server
+        .post(
+            "/v1/checkin",
+            &serde_json::json!({"grant_id": by_http["grant_id"], "client_id": "http-client"}),
+        )
+        .await
+        .ok();
+    assert_eq!(released["released_seats"].as_u64(), Some(2), "{released}");
+    check(&server, "cad", 3, "after the HTTP check-in").await;
+
+    // ...and `tessera checkin` frees the detached one.
+    let checked_in = tessera([
+        "checkin",
+        &cli_grant_id,
+        "--client-id",
+        &cli_client_id,
+        "--server",
+        &server.address,
+    ])
+    .await
+    .success();
+    assert!(
+        checked_in.stdout.contains("1 seats returned"),
+        "{checked_in}"
+    );
+    check(&server, "cad", 2, "after the CLI check-in").await;
+
+    // The freed seats can be taken again, and no more.
+    server
+        .post("/v1/checkout", &checkout_body("http-client", "cad", 3))
+        .await
+        .ok();
+    server
+        .post("/v1/checkout", &checkout_body("http-client", "cad", 1))
+        .await
+        .refused(409, "no_seats_available");
+    seat.release().await.expect("SDK check-in");
+    check(&server, "cad", 3, "after the SDK check-in").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_seat_without_heartbeats_is_freed_after_its_lease_and_not_before() {
+    let fixture = Fixture::new().await;
+    let mut server = fixture.serve(&code_with("cad", 2, SHORT_POLICY)).await;
+    // A seat the SDK keeps renewing, next to the one left to lapse.
+    let sdk = Client::new(ClientConfig::new([server.address.as_str()])).expect("SDK client");
+    let kept = sdk.checkout("cad", "1.0", 1).await.expect("SDK checkout");
+
+    let asked_at = Instant::now();
+    let detached = cli_checkout(&server, "cad").await;
+    let grant_id = detached["grant_id"].as_str().expect("grant_id").to_string();
+    let lease = Duration::from_millis(detached["lease_ms"].as_u64().expect("lease_ms"));
+    assert_eq!(lease, Duration::from_secs(2), "{detached}");
+
+    let status = server.status().await;
+    let held = status
+        .grants
+        .iter()
+        .find(|g| g.grant_id == grant_id)
+        .unwrap_or_else(|| panic!("grant {grant_id} not held right after checkout: {status:#?}"));
+    assert!(held.expires_in_ms > 0, "{held:?}");
+    assert_eq!(in_use(&status, "cad"), 2, "{status:#?}");
+
+    let freed = server
+        .poll("the detached seat to lapse", LAPSE_TIMEOUT, |s| {
+            in_use(s, "cad") == 1 && s.grants.iter().all(|g| g.grant_id != grant_id)
+        })
+        .await;
+    // One-sided, so it cannot flake: the server's lease began after `asked_at`.
+    assert!(
+        asked_at.elapsed() >= lease,
+        "the seat was freed {:?} after the checkout was sent, before its {lease:?} lease ran",
+        asked_at.elapsed()
+    );
+    assert!(
+        freed.grants.iter().any(|g| g.grant_id == kept.grant_id()),
+        "the heartbeated seat lapsed too: {freed:#?}"
+    );
+    assert!(kept.is_valid());
+    kept.release().await.expect("SDK check-in");
+    check(&server, "cad", 0, "after the SDK check-in").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_without_its_store_accepts_only_renewals_until_its_grace_ends() {
+    let fixture = Fixture::new().await;
+    // A lease longer than the grace, so that the converted grant is still
+    // held when the grace ends.
+    let mut spec = ServerSpec::new(fixture.sign(&code("cad", 3)).await);
+    spec.config_tables = "[timing]\ngrace_ms = 2500\n".into();
+    let mut server = fixture.server(spec);
+    // No --new-pool and a fresh data directory: the store is "lost".
+    server.start(StartMode::Plain).await;
+    let status = server
+        .poll(
+            "the pool to form",
+            crate::fixture::SERVER_READY_TIMEOUT,
+            |s| s.server.state != "no_quorum",
+        )
+        .await;
+    assert_eq!(status.server.state, "grace", "{status:#?}");
+    assert!(
+        status.server.grace_remaining_ms.is_some_and(|ms| ms > 0),
+        "{status:#?}"
+    );
+
+    server
+        .post("/v1/checkout", &checkout_body("new-client", "cad", 1))
+        .await
+        .refused(503, "grace_period");
+    // A holder from before the restart renews: the server converts it.
+    let renewed = server
+        .post(
+            "/v1/heartbeat",
+            &heartbeat_body("held-before-restart", "old-client", "cad", 1),
+        )
+        .await
+        .ok();
+    assert_eq!(
+        (renewed["grant_id"].as_str(), renewed["converted"].as_bool()),
+        (Some("held-before-restart"), Some(true)),
+        "{renewed}"
+    );
+    check(&server, "cad", 1, "after the converted heartbeat").await;
+
+    // Once the grace ends, new checkouts are served.
+    let deadline = Instant::now() + LAPSE_TIMEOUT;
+    loop {
+        let answer = server
+            .post("/v1/checkout", &checkout_body("new-client", "cad", 1))
+            .await;
+        if answer.status == 200 {
+            break;
+        }
+        answer.refused(503, "grace_period");
+        assert!(
+            Instant::now() < deadline,
+            "still in grace after {LAPSE_TIMEOUT:?}"
+        );
+        tokio::time::sleep(POLL_INTERVAL).await;
+    }
+    let status = server.status().await;
+    assert_eq!(status.server.state, "serving", "{status:#?}");
+    assert_eq!(feature_of(&status, "cad").hard_limit, 3);
+    check(&server, "cad", 2, "after the grace").await;
+}
