@@ -110,14 +110,7 @@ async fn checkout(
     State(app): State<Arc<App>>,
     JsonBody(body): JsonBody<CheckoutRequest>,
 ) -> Result<Json<proto::Grant>, ApiError> {
-    let request = seat_request(
-        body.client_id,
-        body.user,
-        body.host,
-        body.feature,
-        body.version,
-        body.count,
-    )?;
+    let request = seat_request(body)?;
     let grant_id = uuid::Uuid::new_v4().simple().to_string();
     let issued = {
         let mut issuer = app.issuer();
@@ -137,14 +130,7 @@ async fn heartbeat(
     JsonBody(body): JsonBody<HeartbeatRequest>,
 ) -> Result<Json<proto::Grant>, ApiError> {
     check_field("grant_id", &body.grant_id)?;
-    let request = seat_request(
-        body.client_id,
-        body.user,
-        body.host,
-        body.feature,
-        body.version,
-        body.count,
-    )?;
+    let request = seat_request(body.as_checkout())?;
     let issued = {
         let mut issuer = app.issuer();
         issuer.heartbeat(
@@ -189,14 +175,15 @@ impl App {
     }
 }
 
-fn seat_request(
-    client_id: String,
-    user: String,
-    host: String,
-    feature: String,
-    version: String,
-    count: u32,
-) -> Result<SeatRequest, ApiError> {
+fn seat_request(body: CheckoutRequest) -> Result<SeatRequest, ApiError> {
+    let CheckoutRequest {
+        client_id,
+        user,
+        host,
+        feature,
+        version,
+        count,
+    } = body;
     check_field("client_id", &client_id)?;
     check_field("user", &user)?;
     check_field("host", &host)?;

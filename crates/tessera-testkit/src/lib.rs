@@ -53,6 +53,40 @@ pub fn free_port() -> u16 {
     listener.local_addr().expect("local address").port()
 }
 
+/// Signs a code of feature `app` with the pool's vendor key into `out`, as a vendor would.
+pub fn sign_code(
+    tessera: &Path,
+    dir: &Path,
+    id: &str,
+    seats: u32,
+    lease_s: u32,
+    heartbeat_s: u32,
+    out: &str,
+) {
+    run(
+        tessera,
+        &[
+            "license",
+            "sign",
+            "--key",
+            "acme.key",
+            "--feature",
+            "app",
+            "--id",
+            id,
+            "--seats",
+            &seats.to_string(),
+            "--lease-s",
+            &lease_s.to_string(),
+            "--heartbeat-interval-s",
+            &heartbeat_s.to_string(),
+            "--out",
+            out,
+        ],
+        dir,
+    );
+}
+
 fn run(tessera: &Path, args: &[&str], dir: &Path) -> String {
     let out = Command::new(tessera)
         .args(args)
@@ -104,27 +138,14 @@ impl Pool {
             &["vendor", "keygen", "--vendor", "acme", "--out", "."],
             path,
         );
-        run(
+        sign_code(
             tessera,
-            &[
-                "license",
-                "sign",
-                "--key",
-                "acme.key",
-                "--feature",
-                "app",
-                "--id",
-                "app-1",
-                "--seats",
-                &spec.seats.to_string(),
-                "--lease-s",
-                &spec.lease_s.to_string(),
-                "--heartbeat-interval-s",
-                &spec.heartbeat_s.to_string(),
-                "--out",
-                "codes.lic",
-            ],
             path,
+            "app-1",
+            spec.seats,
+            spec.lease_s,
+            spec.heartbeat_s,
+            "codes.lic",
         );
         let public = std::fs::read_to_string(path.join("acme.pub")).expect("acme.pub");
         let public_key = public

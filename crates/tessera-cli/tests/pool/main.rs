@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use tessera_testkit::{pool_available, row, Pool, PoolSpec, PATIENCE};
+use tessera_testkit::{pool_available, row, sign_code, Pool, PoolSpec, PATIENCE};
 
 const TESSERA: &str = env!("CARGO_BIN_EXE_tessera");
 use tessera_client::{Client, ClientConfig, SeatGuard, SeatState};
@@ -331,31 +331,15 @@ async fn pool_file_update_adds_a_server_live() {
     let follower = (leader + 1) % 3;
 
     // The vendor adds 10 seats for the new server.
-    let out = std::process::Command::new(TESSERA)
-        .args([
-            "license",
-            "sign",
-            "--key",
-            "acme.key",
-            "--feature",
-            "app",
-            "--id",
-            "app-2",
-        ])
-        .args([
-            "--seats",
-            "10",
-            "--lease-s",
-            "4",
-            "--heartbeat-interval-s",
-            "1",
-            "--out",
-            "more.lic",
-        ])
-        .current_dir(pool.path())
-        .output()
-        .expect("sign");
-    assert!(out.status.success());
+    sign_code(
+        std::path::Path::new(TESSERA),
+        pool.path(),
+        "app-2",
+        10,
+        4,
+        1,
+        "more.lic",
+    );
     let d = pool.add_server("D", "pool2.toml");
     let text = std::fs::read_to_string(pool.path().join("pool.toml")).expect("pool file");
     let more = std::fs::read_to_string(pool.path().join("more.lic")).expect("codes");
