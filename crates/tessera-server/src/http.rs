@@ -83,6 +83,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route(&format!("{prefix}/heartbeat"), post(heartbeat))
         .route(&format!("{prefix}/checkin"), post(checkin))
         .route(&format!("{prefix}/status"), get(status))
+        .route("/metrics", get(metrics))
         .merge(crate::pool::peer_api::routes(app.clone()))
         .fallback(|| async {
             api_error(
@@ -112,17 +113,19 @@ async fn checkout(
 ) -> Result<Json<proto::Grant>, ApiError> {
     let request = seat_request(body)?;
     let grant_id = uuid::Uuid::new_v4().simple().to_string();
-    let issued = {
-        let mut issuer = app.issuer();
-        issuer.checkout(
-            grant_id,
-            request,
-            app.clock.now_ms(),
-            app.clock.unix_ms(),
-            false,
-        )?
+    let issued = app.issuer().checkout(
+        grant_id,
+        request,
+        app.clock.now_ms(),
+        app.clock.unix_ms(),
+        false,
+    );
+    let result = match issued {
+        Ok(issued) => app.persist(issued).await,
+        Err(err) => Err(ApiError(err)),
     };
-    app.persist(issued).await.map(Json)
+    app.count("checkout", &result);
+    result.map(Json)
 }
 
 async fn heartbeat(
@@ -131,16 +134,18 @@ async fn heartbeat(
 ) -> Result<Json<proto::Grant>, ApiError> {
     check_field("grant_id", &body.grant_id)?;
     let request = seat_request(body.as_checkout())?;
-    let issued = {
-        let mut issuer = app.issuer();
-        issuer.heartbeat(
-            body.grant_id,
-            request,
-            app.clock.now_ms(),
-            app.clock.unix_ms(),
-        )?
+    let issued = app.issuer().heartbeat(
+        body.grant_id,
+        request,
+        app.clock.now_ms(),
+        app.clock.unix_ms(),
+    );
+    let result = match issued {
+        Ok(issued) => app.persist(issued).await,
+        Err(err) => Err(ApiError(err)),
     };
-    app.persist(issued).await.map(Json)
+    app.count("heartbeat", &result);
+    result.map(Json)
 }
 
 async fn checkin(
@@ -149,9 +154,24 @@ async fn checkin(
 ) -> Result<Json<CheckinResponse>, ApiError> {
     check_field("grant_id", &body.grant_id)?;
     check_field("client_id", &body.client_id)?;
-    let released_seats = app.issuer().checkin(&body.grant_id, &body.client_id)?;
+    let result = app
+        .issuer()
+        .checkin(&body.grant_id, &body.client_id)
+        .map_err(ApiError);
+    app.count("checkin", &result);
+    let released_seats = result?;
     app.store.delete(body.grant_id).await;
     Ok(Json(CheckinResponse { released_seats }))
+}
+
+async fn metrics(State(app): State<Arc<App>>) -> impl IntoResponse {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
+        app.metrics(),
+    )
 }
 
 async fn status(State(app): State<Arc<App>>) -> Json<proto::StatusResponse> {
@@ -159,6 +179,16 @@ async fn status(State(app): State<Arc<App>>) -> Json<proto::StatusResponse> {
 }
 
 impl App {
+    /// Counts a request by endpoint and outcome (`ok` or the error code).
+    fn count<T>(&self, endpoint: &'static str, result: &Result<T, ApiError>) {
+        let outcome = match result {
+            Ok(_) => "ok",
+            Err(ApiError(err)) => err.code.as_str(),
+        };
+        let mut counts = self.requests.lock().unwrap_or_else(|p| p.into_inner());
+        *counts.entry((endpoint, outcome)).or_default() += 1;
+    }
+
     /// Makes a new grant durable before it is answered; undoes it if that fails.
     async fn persist(&self, issued: Issued) -> Result<proto::Grant, ApiError> {
         let Some(stored) = issued.to_store else {

@@ -57,6 +57,8 @@ pub struct App {
     peer_secret: Option<String>,
     vendors: Vec<tessera_core::VendorPublicKey>,
     data_dir: PathBuf,
+    /// Requests answered, by endpoint and outcome, for `/metrics`.
+    requests: Mutex<std::collections::BTreeMap<(&'static str, &'static str), u64>>,
 }
 
 impl App {
@@ -135,6 +137,73 @@ impl App {
             grants,
             grants_total: (issuer.grants_total() + issuer.restored_pending()) as u64,
         }
+    }
+
+    /// Prometheus text exposition of this server's state.
+    fn metrics(&self) -> String {
+        use std::fmt::Write as _;
+        let status = self.status();
+        let server = &status.server;
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "# TYPE tessera_leader gauge\ntessera_leader {}",
+            u8::from(server.role == "leader")
+        );
+        let _ = writeln!(
+            out,
+            "# TYPE tessera_serving gauge\ntessera_serving {}",
+            u8::from(server.state == "serving")
+        );
+        let _ = writeln!(
+            out,
+            "# TYPE tessera_pool_sequence gauge\ntessera_pool_sequence {}",
+            status.pool_sequence
+        );
+        let _ = writeln!(
+            out,
+            "# TYPE tessera_grants gauge\ntessera_grants {}",
+            status.grants_total
+        );
+        let _ = writeln!(
+            out,
+            "# TYPE tessera_servers_up gauge\ntessera_servers_up {}",
+            status.servers.iter().filter(|p| p.up).count()
+        );
+        let _ = writeln!(out, "# TYPE tessera_hard_limit gauge");
+        for f in &status.features {
+            let _ = writeln!(
+                out,
+                "tessera_hard_limit{{feature=\"{}\"}} {}",
+                f.feature, f.hard_limit
+            );
+        }
+        let _ = writeln!(out, "# TYPE tessera_seats_allocated gauge");
+        let _ = writeln!(out, "# TYPE tessera_seats_in_use gauge");
+        for f in &status.features {
+            for row in f.servers.iter().filter(|r| r.in_use.is_some()) {
+                let labels = format!("feature=\"{}\",server=\"{}\"", f.feature, row.server_id);
+                let _ = writeln!(
+                    out,
+                    "tessera_seats_allocated{{{labels}}} {}",
+                    row.allocation
+                );
+                let _ = writeln!(
+                    out,
+                    "tessera_seats_in_use{{{labels}}} {}",
+                    row.in_use.unwrap_or(0)
+                );
+            }
+        }
+        let _ = writeln!(out, "# TYPE tessera_requests_total counter");
+        let counts = self.requests.lock().unwrap_or_else(|p| p.into_inner());
+        for ((endpoint, outcome), count) in counts.iter() {
+            let _ = writeln!(
+                out,
+                "tessera_requests_total{{endpoint=\"{endpoint}\",outcome=\"{outcome}\"}} {count}"
+            );
+        }
+        out
     }
 
     /// One feature's row set: this server's own row from its table; on the
@@ -309,6 +378,7 @@ pub async fn start(
         peer_secret: config.peer_secret.clone(),
         vendors: config.vendors.clone(),
         data_dir: config.data_dir.clone(),
+        requests: Mutex::new(Default::default()),
     });
     follow_control(
         &app,

@@ -430,6 +430,31 @@ async fn peers_of_another_pool_are_refused() {
     assert_eq!(vote.status().as_u16(), 403);
     let (code, _) = pool.checkout(0, "still-serving", 1).await;
     assert_eq!(code, 200);
+    let (code, _) = pool.checkout(0, "too-many", 1_000).await;
+    assert_eq!(code, 400);
+
+    // The same server in Prometheus text.
+    let metrics = http
+        .get(format!("http://{address}/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    for line in [
+        "tessera_leader 1",
+        "tessera_serving 1",
+        "tessera_hard_limit{feature=\"app\"} 100",
+        "tessera_seats_in_use{feature=\"app\",server=\"A\"} 1",
+        "tessera_requests_total{endpoint=\"checkout\",outcome=\"ok\"} 1",
+        "tessera_requests_total{endpoint=\"checkout\",outcome=\"count_above_limit\"} 1",
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "missing `{line}` in:\n{metrics}"
+        );
+    }
 }
 
 /// A server restarted with a newer pool file installs it on every server; a
