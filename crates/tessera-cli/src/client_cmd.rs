@@ -5,13 +5,23 @@ use tessera_client::{Client, ClientConfig, SeatState};
 
 use crate::view;
 
-pub async fn status(servers: Vec<String>, json: bool) -> Result<()> {
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum StatusFormat {
+    Table,
+    Json,
+    Lmstat,
+}
+
+pub async fn status(servers: Vec<String>, format: StatusFormat) -> Result<()> {
     let client = Client::new(ClientConfig::new(servers))?;
     let status = client.status().await?;
-    if json {
-        println!("{}", serde_json::to_string_pretty(&status)?);
-    } else {
-        print!("{}", view::render(&status));
+    match format {
+        StatusFormat::Json => println!("{}", serde_json::to_string_pretty(&status)?),
+        StatusFormat::Table => print!("{}", view::render(&status)),
+        StatusFormat::Lmstat => print!(
+            "{}",
+            view::render_lmstat(&status, time::OffsetDateTime::now_utc())
+        ),
     }
     Ok(())
 }

@@ -53,8 +53,12 @@ enum Command {
     Status {
         #[command(flatten)]
         servers: ServerArgs,
+        /// Shorthand for `--format json`.
         #[arg(long)]
         json: bool,
+        /// `table` (default), `json`, or `lmstat` (FlexNet `lmstat -a` style, for existing monitoring).
+        #[arg(long, value_enum, default_value_t = client_cmd::StatusFormat::Table)]
+        format: client_cmd::StatusFormat,
     },
     /// Check seats out; hold them (heartbeating) until --hold runs out or Ctrl-C.
     Checkout {
@@ -229,8 +233,17 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Demo { keep, dir } => runtime()?.block_on(demo::run(keep, dir)),
-        Command::Status { servers, json } => {
-            runtime()?.block_on(client_cmd::status(servers.servers, json))
+        Command::Status {
+            servers,
+            json,
+            format,
+        } => {
+            let format = if json {
+                client_cmd::StatusFormat::Json
+            } else {
+                format
+            };
+            runtime()?.block_on(client_cmd::status(servers.servers, format))
         }
         Command::Checkout {
             feature,

@@ -154,3 +154,183 @@ pub fn render(status: &StatusResponse) -> String {
     }
     out
 }
+
+/// `lmstat -a` style text (FlexNet), for monitoring scripts that parse it.
+pub fn render_lmstat(status: &StatusResponse, now: time::OffsetDateTime) -> String {
+    let mut out = String::new();
+    let s = &status.server;
+    let _ = writeln!(
+        out,
+        "License server status: {}",
+        status
+            .servers
+            .iter()
+            .map(|p| p.address.as_str())
+            .collect::<Vec<_>>()
+            .join(",")
+    );
+    let _ = writeln!(
+        out,
+        "    License file(s) on {}: pool `{}` sequence {}:\n",
+        s.id, status.pool_id, status.pool_sequence
+    );
+    for peer in &status.servers {
+        let state = if peer.up { "UP" } else { "DOWN" };
+        let master = if peer.role == "leader" {
+            " (MASTER)"
+        } else {
+            ""
+        };
+        let _ = writeln!(
+            out,
+            "{:>10}: license server {state}{master} v{}",
+            peer.address, s.software_version
+        );
+    }
+    let _ = writeln!(out, "\nFeature usage info:\n");
+    for feature in &status.features {
+        let in_use: u32 = feature.servers.iter().filter_map(|r| r.in_use).sum();
+        let plural = |n: u32| if n == 1 { "license" } else { "licenses" };
+        let _ = writeln!(
+            out,
+            "Users of {}:  (Total of {} {} issued;  Total of {} {} in use)\n",
+            feature.feature,
+            feature.hard_limit,
+            plural(feature.hard_limit),
+            in_use,
+            plural(in_use)
+        );
+        let expiry = feature
+            .codes
+            .iter()
+            .filter(|c| c.served)
+            .map(|c| c.expiry.as_str())
+            .next()
+            .unwrap_or("-");
+        let _ = writeln!(
+            out,
+            "  \"{}\" v{}, vendor: {}, expiry: {expiry}",
+            feature.feature,
+            feature
+                .codes
+                .first()
+                .map_or("0", |c| c.version_max.as_str()),
+            feature.vendor
+        );
+        let _ = writeln!(out, "  floating license\n");
+        for grant in status
+            .grants
+            .iter()
+            .filter(|g| g.feature == feature.feature)
+        {
+            let start = now - time::Duration::milliseconds(grant.age_ms as i64);
+            let start = format!(
+                "{} {}/{} {}:{:02}",
+                &start.weekday().to_string()[..3],
+                u8::from(start.month()),
+                start.day(),
+                start.hour(),
+                start.minute()
+            );
+            let seats = if grant.count == 1 {
+                String::new()
+            } else {
+                format!(", {} licenses", grant.count)
+            };
+            let _ = writeln!(
+                out,
+                "    {} {} {} (v{}) ({} {}), start {start}{seats}",
+                grant.user, grant.host, grant.client_id, grant.version, s.address, grant.grant_id
+            );
+        }
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tessera_proto::*;
+
+    fn status() -> StatusResponse {
+        StatusResponse {
+            pool_id: "eng".into(),
+            pool_sequence: 3,
+            server: ServerStatus {
+                id: "A".into(),
+                address: "10.0.0.5:27000".into(),
+                role: "leader".into(),
+                leader_id: Some("A".into()),
+                state: "serving".into(),
+                software_version: "0.1.0".into(),
+                uptime_ms: 1,
+                grace_remaining_ms: None,
+                hostid: "mid-1".into(),
+            },
+            servers: vec![PeerStatus {
+                id: "A".into(),
+                address: "10.0.0.5:27000".into(),
+                role: "leader".into(),
+                up: true,
+                last_contact_ms: Some(0),
+            }],
+            features: vec![FeatureStatus {
+                feature: "cad".into(),
+                vendor: "acme".into(),
+                hard_limit: 10,
+                free_pool: 0,
+                pool_available: 8,
+                lease_ms: 30_000,
+                heartbeat_interval_ms: 10_000,
+                borrow_threshold_percent: 80,
+                servers: vec![DistributionRow {
+                    server_id: "A".into(),
+                    allocation: 10,
+                    in_use: Some(2),
+                    available: Some(8),
+                }],
+                codes: vec![CodeStatus {
+                    id: "c1".into(),
+                    vendor: "acme".into(),
+                    seats: 10,
+                    version_min: "1.0".into(),
+                    version_max: "2.0".into(),
+                    expiry: "permanent".into(),
+                    hostid: "any".into(),
+                    served: true,
+                    reason: None,
+                }],
+            }],
+            grants: vec![GrantStatus {
+                grant_id: "g1".into(),
+                feature: "cad".into(),
+                count: 2,
+                client_id: "c-1".into(),
+                user: "alice".into(),
+                host: "ws12".into(),
+                version: "2.0".into(),
+                age_ms: 60_000,
+                expires_in_ms: 20_000,
+            }],
+            grants_total: 1,
+        }
+    }
+
+    #[test]
+    fn lmstat_lines_that_monitoring_parses() {
+        let now = time::macros::datetime!(2026-11-22 10:03 UTC);
+        let text = render_lmstat(&status(), now);
+        for line in [
+            "10.0.0.5:27000: license server UP (MASTER) v0.1.0",
+            "Users of cad:  (Total of 10 licenses issued;  Total of 2 licenses in use)",
+            "  \"cad\" v2.0, vendor: acme, expiry: permanent",
+            "    alice ws12 c-1 (v2.0) (10.0.0.5:27000 g1), start Sun 11/22 10:02, 2 licenses",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "missing `{line}` in:\n{text}"
+            );
+        }
+    }
+}
