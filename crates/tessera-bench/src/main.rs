@@ -1,1 +1,150 @@
-fn main() {}
+//! `tessera-bench`: checkout throughput and latency of real Tessera servers.
+//!
+//! ```text
+//! cargo build --release -p tessera-cli -p tessera-bench
+//! ./target/release/tessera-bench single --clients 32 --seconds 10
+//! ```
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use tessera_bench::{LoadConfig, Mode, SingleConfig};
+
+/// Longest measured part of a run.
+const SECONDS_MAX: u64 = 3_600;
+
+#[derive(Parser)]
+#[command(
+    name = "tessera-bench",
+    about = "Benchmarks of Tessera: checkout throughput and latency on loopback"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// One Tessera server (a pool of one, durable store) under closed-loop load.
+    Single(SingleArgs),
+}
+
+#[derive(clap::Args)]
+struct SingleArgs {
+    /// Concurrent clients, each with its own keep-alive connection.
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u64).range(1..=tessera_bench::load::CLIENTS_MAX as u64))]
+    clients: u64,
+    /// Length of the measured part, after the warm-up.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=SECONDS_MAX))]
+    seconds: u64,
+    /// Warm-up before measuring: requests are sent but not counted.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(0..=60))]
+    warmup_s: u64,
+    /// Stop after this many measured checkouts, even before --seconds.
+    #[arg(long, default_value_t = 1_000_000)]
+    max_requests: u64,
+    /// Hard limit of the benchmark feature; the default never denies.
+    #[arg(long = "seats", default_value_t = 1_000_000)]
+    hard_limit: u32,
+    /// `cycle`: check out then check in; `hold`: check out and keep the
+    /// seat, to show the cost of a checkout as active seats grow.
+    #[arg(long, value_enum, default_value_t = Mode::Cycle)]
+    mode: Mode,
+    /// Tiny run to check that everything works: 2 clients, 1 s, no warm-up.
+    #[arg(long, conflicts_with_all = ["clients", "seconds", "warmup_s"])]
+    smoke: bool,
+    /// Print the results as JSON instead of a Markdown table.
+    #[arg(long)]
+    json: bool,
+    /// Do not redraw a progress line on stderr.
+    #[arg(long)]
+    no_progress: bool,
+    /// Threads of the load generator's runtime. The server and the load
+    /// generator share the machine's cores; fewer threads here leave more to
+    /// the server.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=64))]
+    client_threads: u64,
+    /// The tessera binary (default: the one next to this executable).
+    #[arg(long)]
+    tessera: Option<PathBuf>,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(true) => {}
+        Ok(false) => std::process::exit(1),
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            std::process::exit(1);
+        }
+    }
+}
+
+/// Returns false when the run saw failed requests.
+fn run(cli: Cli) -> Result<bool> {
+    match cli.command {
+        Command::Single(args) => single(args),
+    }
+}
+
+fn single(args: SingleArgs) -> Result<bool> {
+    let tessera = match args.tessera {
+        Some(path) => path,
+        None => tessera_bench::tessera::binary_next_to_this_exe()?,
+    };
+    let lease_s = u64::from(tessera_bench::tessera::HOLD_LEASE_S);
+    if args.mode == Mode::Hold && args.warmup_s + args.seconds >= lease_s {
+        bail!(
+            "--mode hold runs must be shorter than the {lease_s} s lease of the benchmark code, \
+             or held seats lapse during the run"
+        );
+    }
+    let config = if args.smoke {
+        let mut config = SingleConfig::smoke(tessera);
+        config.seats = args.hard_limit;
+        config.load.mode = args.mode;
+        config.load.progress = !args.no_progress;
+        config
+    } else {
+        SingleConfig {
+            tessera,
+            seats: args.hard_limit,
+            load: LoadConfig {
+                clients: args.clients as usize,
+                mode: args.mode,
+                warmup: Duration::from_secs(args.warmup_s),
+                measure: Duration::from_secs(args.seconds),
+                checkouts_max: args.max_requests,
+                progress: !args.no_progress,
+            },
+        }
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(args.client_threads as usize)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let report = runtime.block_on(async {
+        tokio::select! {
+            report = tessera_bench::single(&config) => report,
+            // Dropping the run kills the server.
+            _ = tokio::signal::ctrl_c() => bail!("interrupted"),
+        }
+    })?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report.to_json())?);
+    } else {
+        print!("{}", report.markdown());
+    }
+    let errors = report.errors_total();
+    if errors > 0 {
+        eprintln!(
+            "{errors} requests failed; first: {}",
+            report.first_error.as_deref().unwrap_or("?")
+        );
+    }
+    Ok(errors == 0)
+}

@@ -223,7 +223,16 @@ fn write_loop(db: Arc<Database>, mut receiver: mpsc::Receiver<Job>, batch_max: u
 
 fn commit(db: &Database, batch: &[Job]) -> Result<(), String> {
     let mut txn = db.begin_write().map_err(|e| e.to_string())?;
-    txn.set_durability(Durability::Immediate);
+    // Only new grants must be on disk before they are answered; a batch of
+    // check-ins and expiries alone is written without an fsync (a lost one
+    // keeps a seat reserved one lease longer after a crash, which is safe).
+    // A later durable commit makes it durable too.
+    let has_grant = batch.iter().any(|job| matches!(job.op, StoreOp::Put(..)));
+    txn.set_durability(if has_grant {
+        Durability::Immediate
+    } else {
+        Durability::None
+    });
     {
         let mut grants = txn.open_table(GRANTS).map_err(|e| e.to_string())?;
         for job in batch {

@@ -1,0 +1,97 @@
+//! Tessera's benchmarks: checkout throughput and latency of real servers on
+//! loopback, measured by a closed-loop load generator.
+//!
+//! - [`target`]: what a benchmarked system offers (checkout, check-in); one
+//!   implementation per system, so that `compare` can add Redis and etcd.
+//! - [`load`]: the load generator, generic over the target.
+//! - [`tessera`]: a real `tessera server`, set up through the real CLI.
+//! - [`http1`]: the load generator's lean HTTP/1.1 client.
+//! - [`report`]: percentiles, the Markdown table and the JSON.
+//! - [`cpu`]: CPU time of the server and of the load generator.
+//!
+//! The goals these numbers are held against are in DESIGN.md, "Goals to
+//! design for".
+//!
+//! Reading the numbers: the load generator runs on the same cores as the
+//! server, so it is kept cheap (one runtime thread by default, no `reqwest`)
+//! and the report gives the CPU each side spent per checkout. On a shared or
+//! virtual machine, checkouts per second vary by a fifth or more from run to
+//! run, and fsync latency dominates runs with few clients: compare runs made
+//! back to back, and compare CPU per checkout as well as rates.
+
+pub mod cpu;
+pub mod http1;
+pub mod load;
+pub mod report;
+pub mod target;
+pub mod tessera;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Result;
+
+pub use crate::load::{LoadConfig, Mode};
+pub use crate::report::Report;
+use crate::target::Target;
+use crate::tessera::{Setup, TesseraServer, TesseraTarget};
+
+/// `single`: one Tessera server under load.
+#[derive(Clone, Debug)]
+pub struct SingleConfig {
+    /// The `tessera` binary to run.
+    pub tessera: PathBuf,
+    /// Hard limit of the benchmark feature.
+    pub seats: u32,
+    pub load: LoadConfig,
+}
+
+impl SingleConfig {
+    /// The smallest run that exercises every part: two clients for one second.
+    pub fn smoke(tessera: PathBuf) -> SingleConfig {
+        SingleConfig {
+            tessera,
+            seats: 1_000_000,
+            load: LoadConfig {
+                clients: 2,
+                mode: Mode::Cycle,
+                warmup: Duration::ZERO,
+                measure: Duration::from_secs(1),
+                checkouts_max: 1_000_000,
+                progress: false,
+            },
+        }
+    }
+}
+
+/// Starts a server, runs the load against it, stops it.
+pub async fn single(config: &SingleConfig) -> Result<Report> {
+    let setup = Setup {
+        seats: config.seats,
+        mode: config.load.mode,
+    };
+    let server = TesseraServer::start(&config.tessera, setup).await?;
+    let resident_bytes_before = server.resident_bytes();
+    let target = Arc::new(TesseraTarget { server });
+    let cpu_before = (target.server.cpu_time(), cpu::own_cpu_time());
+    let result = load::run(target.clone(), &config.load).await?;
+    let cpu_after = (target.server.cpu_time(), cpu::own_cpu_time());
+    let mut report = Report::new(target.name(), config.load.mode, config.load.clients, result);
+    report.resident_bytes_before = resident_bytes_before;
+    report.server_cpu = cpu_after
+        .0
+        .zip(cpu_before.0)
+        .map(|(a, b)| a.saturating_sub(b));
+    report.load_cpu = cpu_after
+        .1
+        .zip(cpu_before.1)
+        .map(|(a, b)| a.saturating_sub(b));
+    report.resident_bytes_after = target.server.resident_bytes();
+    report.system_grants_end = Some(target.server.grants_total().await?);
+    let Ok(target) = Arc::try_unwrap(target) else {
+        anyhow::bail!("the load generator still holds the target");
+    };
+    target.server.stop().await?;
+    Ok(report)
+}

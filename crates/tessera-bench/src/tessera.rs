@@ -1,0 +1,457 @@
+//! Tessera as a [`Target`]: one real `tessera server` process on loopback,
+//! set up through the real CLI (vendor key, signed license code, pool file,
+//! config), and driven over its HTTP/JSON API.
+
+use std::path::{Path, PathBuf};
+use std::process::{Output, Stdio};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use serde::Deserialize;
+use tessera_client::{Client, ClientConfig};
+use tessera_proto::{self as proto, CheckinRequest, CheckoutRequest, ErrorBody, ErrorCode};
+use tokio::process::{Child, Command};
+
+use crate::http1::Connection;
+use crate::target::{Checkout, OpError, Session, Target};
+use crate::Mode;
+
+/// What a misplaced binary is told to do.
+pub const BUILD_HINT: &str = "build it first: cargo build --release -p tessera-cli";
+/// Longest a setup command (`tessera vendor keygen`, `license sign`) may run.
+const CLI_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest wait for the server to answer `serving` after it starts.
+const SERVER_READY_TIMEOUT: Duration = Duration::from_secs(15);
+/// Pause between two readiness polls.
+const READY_POLL_INTERVAL: Duration = Duration::from_millis(50);
+/// Timeout of one benchmark request (connection included); far above any
+/// latency worth measuring.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Lines of the server log shown when it fails.
+const LOG_TAIL_LINES: usize = 30;
+/// The feature every benchmark checkout asks for.
+const FEATURE: &str = "bench";
+/// Heartbeat interval and leases of the benchmark code. No client heartbeats
+/// during a run, so a seat held in [`Mode::Hold`] lapses after its lease:
+/// that mode gets one long enough to fill a million seats at a few thousand
+/// per second.
+const HEARTBEAT_INTERVAL_S: u32 = 20;
+const CYCLE_LEASE_S: u32 = 60;
+pub const HOLD_LEASE_S: u32 = 3_600;
+
+/// What the server is set up with.
+#[derive(Clone, Copy, Debug)]
+pub struct Setup {
+    /// Hard limit of the benchmark feature.
+    pub seats: u32,
+    pub mode: Mode,
+}
+
+impl Setup {
+    fn lease_s(self) -> u32 {
+        match self.mode {
+            Mode::Cycle => CYCLE_LEASE_S,
+            Mode::Hold => HOLD_LEASE_S,
+        }
+    }
+}
+
+/// The `tessera` binary next to this executable: `target/release/tessera`
+/// for `target/release/tessera-bench`.
+pub fn binary_next_to_this_exe() -> Result<PathBuf> {
+    let exe = std::env::current_exe().context("cannot find this executable's path")?;
+    let dir = exe
+        .parent()
+        .context("this executable's path has no directory")?;
+    let path = dir.join("tessera");
+    if !path.is_file() {
+        let hint = if dir.ends_with("debug") {
+            "build it first: cargo build -p tessera-cli"
+        } else {
+            BUILD_HINT
+        };
+        bail!("there is no tessera binary at {}; {hint}", path.display());
+    }
+    Ok(path)
+}
+
+/// `bench.pub` as written by `tessera vendor keygen` (it also holds `key_id`,
+/// which the config does not need).
+#[derive(Deserialize)]
+struct PublicKeyFile {
+    vendor: String,
+    public_key: String,
+}
+
+/// A running `tessera server` in a temporary directory. Dropping it kills
+/// the process; on Linux the process also dies when the thread that started
+/// it ends, so that Ctrl-C or a crash of the benchmark leaves no server behind.
+pub struct TesseraServer {
+    /// HTTP address, `127.0.0.1:PORT`.
+    pub address: String,
+    pid: u32,
+    log: PathBuf,
+    child: Mutex<Child>,
+    /// Declared last so that it is removed after the child is killed.
+    _dir: tempfile::TempDir,
+}
+
+impl TesseraServer {
+    /// Sets up a pool of one server with `seats` seats of feature `bench`
+    /// and starts it; returns once it answers `serving`.
+    pub async fn start(tessera: &Path, setup: Setup) -> Result<TesseraServer> {
+        // Absolute, since the server runs in the temporary directory.
+        let tessera = &std::fs::canonicalize(tessera).with_context(|| {
+            format!(
+                "there is no tessera binary at {}; {BUILD_HINT}",
+                tessera.display()
+            )
+        })?;
+        let dir = tempfile::Builder::new()
+            .prefix("tessera-bench-")
+            .tempdir()
+            .context("cannot make a temporary directory")?;
+        let root = dir.path();
+        let address = write_setup(tessera, root, setup).await?;
+        let log = root.join("server.log");
+        let log_file = std::fs::File::create(&log)
+            .with_context(|| format!("cannot create {}", log.display()))?;
+        let mut command = Command::new(tessera);
+        command
+            .arg("server")
+            .arg("--config")
+            .arg(root.join("tessera.toml"))
+            .arg("--new-pool")
+            .current_dir(root)
+            .env("TESSERA_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(log_file.try_clone()?)
+            .stderr(log_file)
+            .kill_on_drop(true);
+        die_with_parent(&mut command);
+        let child = command
+            .spawn()
+            .with_context(|| format!("cannot start {} server", tessera.display()))?;
+        let pid = child.id().context("the server exited at once")?;
+        let server = TesseraServer {
+            address,
+            pid,
+            log,
+            child: Mutex::new(child),
+            _dir: dir,
+        };
+        server.wait_serving().await?;
+        Ok(server)
+    }
+
+    /// Polls `/v1/status` (bounded) until the server says it is serving.
+    async fn wait_serving(&self) -> Result<()> {
+        let client = Client::new(ClientConfig::new([self.address.as_str()]))?;
+        let deadline = tokio::time::Instant::now() + SERVER_READY_TIMEOUT;
+        let mut last = String::from("no answer yet");
+        while tokio::time::Instant::now() < deadline {
+            self.check_running()?;
+            match client.status().await {
+                Ok(status) if status.server.state == "serving" => return Ok(()),
+                Ok(status) => last = format!("state `{}`", status.server.state),
+                Err(err) => last = err.to_string(),
+            }
+            tokio::time::sleep(READY_POLL_INTERVAL).await;
+        }
+        bail!(
+            "the server at {} did not serve within {SERVER_READY_TIMEOUT:?} ({last}); its log:\n{}",
+            self.address,
+            self.log_tail()
+        )
+    }
+
+    /// How many grants the server holds now.
+    pub async fn grants_total(&self) -> Result<u64> {
+        let client = Client::new(ClientConfig::new([self.address.as_str()]))?;
+        Ok(client
+            .status()
+            .await
+            .context("the server did not answer /v1/status")?
+            .grants_total)
+    }
+
+    /// Resident memory of the server process, in bytes (Linux `/proc`).
+    pub fn resident_bytes(&self) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid)).ok()?;
+        let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+        let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+        Some(kib * 1024)
+    }
+
+    /// CPU time (user and system) the server process has used so far (Linux `/proc`).
+    pub fn cpu_time(&self) -> Option<Duration> {
+        crate::cpu::process_cpu_time(self.pid)
+    }
+
+    fn check_running(&self) -> Result<()> {
+        let exited = {
+            let mut child = self.child.lock().unwrap_or_else(|p| p.into_inner());
+            child
+                .try_wait()
+                .context("cannot check the server process")?
+        };
+        if let Some(status) = exited {
+            bail!(
+                "the tessera server exited ({status}); its log:\n{}",
+                self.log_tail()
+            );
+        }
+        Ok(())
+    }
+
+    fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(LOG_TAIL_LINES)..].join("\n")
+    }
+
+    /// Kills the server and waits for it to be gone.
+    pub async fn stop(self) -> Result<()> {
+        let mut child = self.child.into_inner().unwrap_or_else(|p| p.into_inner());
+        child.kill().await.context("cannot kill the server")
+    }
+}
+
+/// On Linux, the server gets SIGKILL when the thread that started it ends,
+/// so that a benchmark stopped by Ctrl-C or a crash leaves no server behind.
+#[cfg(target_os = "linux")]
+fn die_with_parent(command: &mut Command) {
+    // SAFETY: prctl is async-signal-safe and touches only the new process.
+    unsafe {
+        command.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn die_with_parent(_command: &mut Command) {}
+
+/// Makes the vendor key, the license code, the pool file and the config in
+/// `dir` with the CLI; returns the server's address.
+async fn write_setup(tessera: &Path, dir: &Path, setup: Setup) -> Result<String> {
+    run_cli(
+        tessera,
+        &[
+            "vendor".as_ref(),
+            "keygen".as_ref(),
+            "--vendor".as_ref(),
+            "bench".as_ref(),
+            "--out".as_ref(),
+            dir.as_os_str(),
+        ],
+    )
+    .await?;
+    let codes_path = dir.join("codes.lic");
+    run_cli(
+        tessera,
+        &[
+            "license".as_ref(),
+            "sign".as_ref(),
+            "--key".as_ref(),
+            dir.join("bench.key").as_os_str(),
+            "--feature".as_ref(),
+            FEATURE.as_ref(),
+            "--seats".as_ref(),
+            setup.seats.to_string().as_ref(),
+            "--lease-s".as_ref(),
+            setup.lease_s().to_string().as_ref(),
+            "--heartbeat-interval-s".as_ref(),
+            HEARTBEAT_INTERVAL_S.to_string().as_ref(),
+            "--out".as_ref(),
+            codes_path.as_os_str(),
+        ],
+    )
+    .await?;
+    let codes = read(&codes_path)?;
+    let public_path = dir.join("bench.pub");
+    let public: PublicKeyFile = toml::from_str(&read(&public_path)?)
+        .with_context(|| format!("{} is not a vendor public key file", public_path.display()))?;
+
+    let address = format!("127.0.0.1:{}", free_port()?);
+    let pool = format!(
+        "pool_id = \"bench\"\nsequence = 1\n\n[[servers]]\nid = \"A\"\naddress = \"{address}\"\n\n{codes}"
+    );
+    write(&dir.join("pool.toml"), &pool)?;
+    let config = format!(
+        "server_id = \"A\"\npool_file = \"pool.toml\"\ndata_dir = \"data\"\n\n\
+         [[vendors]]\nname = \"{}\"\npublic_key = \"{}\"\n",
+        public.vendor, public.public_key
+    );
+    write(&dir.join("tessera.toml"), &config)?;
+    Ok(address)
+}
+
+async fn run_cli(tessera: &Path, args: &[&std::ffi::OsStr]) -> Result<Output> {
+    let shown = || {
+        let args: Vec<_> = args.iter().map(|a| a.to_string_lossy()).collect();
+        format!("tessera {}", args.join(" "))
+    };
+    let output = tokio::time::timeout(
+        CLI_TIMEOUT,
+        Command::new(tessera)
+            .args(args)
+            .stdin(Stdio::null())
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .with_context(|| format!("`{}` did not finish within {CLI_TIMEOUT:?}", shown()))?
+    .with_context(|| format!("cannot run `{}`", shown()))?;
+    if !output.status.success() {
+        bail!(
+            "`{}` failed ({}): {}",
+            shown(),
+            output.status,
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+    Ok(output)
+}
+
+fn read(path: &Path) -> Result<String> {
+    std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))
+}
+
+fn write(path: &Path, text: &str) -> Result<()> {
+    std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// A loopback port nothing listens on right now.
+fn free_port() -> Result<u16> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").context("cannot bind loopback")?;
+    Ok(listener.local_addr()?.port())
+}
+
+/// The benchmark's view of a Tessera server.
+pub struct TesseraTarget {
+    pub server: TesseraServer,
+}
+
+impl Target for TesseraTarget {
+    type Session = TesseraSession;
+
+    fn name(&self) -> &str {
+        "tessera"
+    }
+
+    fn session(&self, _client_index: usize) -> Result<TesseraSession> {
+        // Each simulated client has its own keep-alive connection, as a
+        // program would, so none queues behind another's request.
+        Ok(TesseraSession {
+            connection: Connection::new(&self.server.address, CONNECT_TIMEOUT, REQUEST_TIMEOUT),
+        })
+    }
+
+    fn check_alive(&self) -> Result<()> {
+        self.server.check_running()
+    }
+}
+
+pub struct TesseraSession {
+    connection: Connection,
+}
+
+/// A granted seat: what its check-in needs.
+pub struct TesseraHold {
+    grant_id: String,
+    client_id: String,
+}
+
+/// Endpoints, below [`proto::API_PREFIX`].
+const CHECKOUT_PATH: &str = "/checkout";
+const CHECKIN_PATH: &str = "/checkin";
+
+impl TesseraSession {
+    async fn post<Req: serde::Serialize, Resp: serde::de::DeserializeOwned>(
+        &mut self,
+        endpoint: &str,
+        body: &Req,
+    ) -> Result<Resp, Refusal> {
+        let other = |kind: &str, message: String| Refusal::Other(OpError::new(kind, message));
+        let path = format!("{}{endpoint}", proto::API_PREFIX);
+        let body = serde_json::to_vec(body).map_err(|err| other("encode", err.to_string()))?;
+        let response = self
+            .connection
+            .post_json(&path, &body)
+            .await
+            .map_err(|message| other("transport", message))?;
+        let status = response.status;
+        if (200..300).contains(&status) {
+            return serde_json::from_slice(&response.body)
+                .map_err(|err| other("bad_answer", format!("{path}: {status}: {err}")));
+        }
+        match serde_json::from_slice::<ErrorBody>(&response.body) {
+            Ok(body) => Err(Refusal::Code(body.error.code, body.error.message)),
+            Err(_) => Err(other(
+                "bad_answer",
+                format!(
+                    "{path}: {status}: {}",
+                    String::from_utf8_lossy(&response.body)
+                ),
+            )),
+        }
+    }
+}
+
+impl Session for TesseraSession {
+    type Hold = TesseraHold;
+
+    async fn checkout(&mut self, holder: u64) -> Result<Checkout<TesseraHold>, OpError> {
+        let client_id = format!("bench-{holder}");
+        let body = CheckoutRequest {
+            client_id: client_id.clone(),
+            user: "bench".into(),
+            host: "localhost".into(),
+            feature: FEATURE.into(),
+            version: "1.0".into(),
+            count: 1,
+        };
+        match self.post::<_, proto::Grant>(CHECKOUT_PATH, &body).await {
+            Ok(grant) => Ok(Checkout::Granted(TesseraHold {
+                grant_id: grant.grant_id,
+                client_id,
+            })),
+            Err(Refusal::Code(ErrorCode::NoSeatsAvailable, _)) => Ok(Checkout::Denied),
+            Err(refusal) => Err(refusal.into()),
+        }
+    }
+
+    async fn checkin(&mut self, hold: TesseraHold) -> Result<(), OpError> {
+        let body = CheckinRequest {
+            grant_id: hold.grant_id,
+            client_id: hold.client_id,
+        };
+        self.post::<_, proto::CheckinResponse>(CHECKIN_PATH, &body)
+            .await
+            .map(|_| ())
+            .map_err(OpError::from)
+    }
+}
+
+/// Why a request did not get the expected answer.
+enum Refusal {
+    /// The server answered with an error code.
+    Code(ErrorCode, String),
+    /// No answer, or one that is not the protocol's.
+    Other(OpError),
+}
+
+impl From<Refusal> for OpError {
+    fn from(refusal: Refusal) -> OpError {
+        match refusal {
+            Refusal::Code(code, message) => OpError::new(code.as_str(), message),
+            Refusal::Other(err) => err,
+        }
+    }
+}

@@ -1,0 +1,59 @@
+//! The smoke benchmark end to end: a real `tessera` server set up through the
+//! real CLI, two clients for one second. It checks that the benchmark
+//! measures something and that every request succeeded, not how fast.
+//!
+//! It needs the `tessera` binary of the same build: run `cargo build
+//! --workspace` (as CI does) before `cargo test`.
+
+use std::path::PathBuf;
+
+use tessera_bench::SingleConfig;
+
+/// `target/<profile>/tessera`: next to this test's `deps` directory, or
+/// under the workspace's default target directory.
+fn tessera_binary() -> PathBuf {
+    let next_to_test = std::env::current_exe()
+        .ok()
+        .and_then(|exe| Some(exe.parent()?.parent()?.join("tessera")));
+    let in_workspace = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/debug/tessera");
+    let candidates: Vec<PathBuf> = next_to_test.into_iter().chain([in_workspace]).collect();
+    match candidates.iter().find(|path| path.is_file()) {
+        Some(path) => path.clone(),
+        None => panic!(
+            "the smoke benchmark needs the tessera binary, and there is none at {}; \
+             build it first: cargo build --workspace (or cargo build -p tessera-cli)",
+            candidates
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(" or ")
+        ),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_smoke_benchmark_checks_seats_out_and_in_against_a_real_server() {
+    let config = SingleConfig::smoke(tessera_binary());
+    let report = tessera_bench::single(&config)
+        .await
+        .expect("the smoke benchmark runs");
+    let table = report.markdown();
+
+    assert_eq!(report.errors_total(), 0, "{table}");
+    assert_eq!(report.denied, 0, "{table}");
+    assert!(report.checkout.count > 0, "no checkout measured:\n{table}");
+    let checkins = report.checkin.as_ref().map_or(0, |c| c.count);
+    assert_eq!(
+        checkins, report.checkout.count,
+        "every seat is checked in:\n{table}"
+    );
+    assert!(report.checkout.p50_us > 0 && report.checkout.p50_us <= report.checkout.max_us);
+    assert_eq!(
+        report.system_grants_end,
+        Some(0),
+        "the server holds no grant at the end:\n{table}"
+    );
+    assert!(table.contains("| tessera | cycle | 2 |"), "{table}");
+    let json = report.to_json();
+    assert_eq!(json["checkout"]["count"], report.checkout.count);
+}
