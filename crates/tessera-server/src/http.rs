@@ -83,6 +83,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route(&format!("{prefix}/heartbeat"), post(heartbeat))
         .route(&format!("{prefix}/checkin"), post(checkin))
         .route(&format!("{prefix}/status"), get(status))
+        .route(&format!("{prefix}/noop"), post(noop))
         .route("/metrics", get(metrics))
         .merge(crate::pool::peer_api::routes(app.clone()))
         .fallback(|| async {
@@ -105,6 +106,22 @@ pub fn router(app: Arc<App>) -> Router {
             app.limits.requests_in_flight_max,
         ))
         .with_state(app)
+}
+
+/// The protocol's ceiling, for benchmarks: parses a checkout request with
+/// the same extractor and answers a grant-shaped body of the same size class,
+/// without the issuer, the store or the clock. Nothing is issued.
+async fn noop(JsonBody(body): JsonBody<CheckoutRequest>) -> Json<proto::Grant> {
+    Json(proto::Grant {
+        grant_id: "00000000000000000000000000000000".to_string(),
+        feature: body.feature,
+        count: body.count,
+        server_id: "noop".to_string(),
+        lease_ms: 0,
+        heartbeat_interval_ms: 0,
+        servers: Vec::new(),
+        converted: false,
+    })
 }
 
 async fn checkout(
@@ -159,9 +176,13 @@ async fn checkin(
         .checkin(&body.grant_id, &body.client_id)
         .map_err(ApiError);
     app.count("checkin", &result);
-    let released_seats = result?;
-    app.store.delete(body.grant_id).await;
-    Ok(Json(CheckinResponse { released_seats }))
+    let released = result?;
+    app.store
+        .delete(released.grant_id, released.issued_unix_ms)
+        .await;
+    Ok(Json(CheckinResponse {
+        released_seats: released.seats,
+    }))
 }
 
 async fn metrics(State(app): State<Arc<App>>) -> impl IntoResponse {

@@ -73,6 +73,26 @@ impl LiveGrant {
     }
 }
 
+/// A grant that left the key table (checked in or lapsed): what the store
+/// must delete. `issued_unix_ms` tells this grant from a later one with the
+/// same id (a fail-over heartbeat converted after it lapsed).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Released {
+    pub grant_id: String,
+    pub seats: u32,
+    pub issued_unix_ms: i64,
+}
+
+impl Released {
+    fn of(grant_id: String, grant: &LiveGrant) -> Released {
+        Released {
+            grant_id,
+            seats: grant.request.count,
+            issued_unix_ms: grant.issued_unix_ms,
+        }
+    }
+}
+
 /// Lease lengths of a feature, as granted to clients and as held by the server.
 #[derive(Clone, Copy, Debug)]
 pub struct LeaseTerms {
@@ -420,7 +440,7 @@ impl Issuer {
         self.remove_grant(grant_id);
     }
 
-    pub fn checkin(&mut self, grant_id: &str, client_id: &str) -> Result<u32, IssueError> {
+    pub fn checkin(&mut self, grant_id: &str, client_id: &str) -> Result<Released, IssueError> {
         let grant = self.grants.get(grant_id).ok_or_else(|| {
             IssueError::new(
                 ErrorCode::UnknownGrant,
@@ -440,18 +460,20 @@ impl Issuer {
                 ),
             ));
         }
-        Ok(self.remove_grant(grant_id).map_or(0, |g| g.request.count))
+        let grant = self.remove_grant(grant_id).expect("found above");
+        Ok(Released::of(grant_id.to_string(), &grant))
     }
 
-    /// Removes every grant whose hold ended by `now_ms`; returns their ids.
-    pub fn expire(&mut self, now_ms: u64) -> Vec<String> {
+    /// Removes every grant whose hold ended by `now_ms`.
+    pub fn expire(&mut self, now_ms: u64) -> Vec<Released> {
         let mut expired = Vec::new();
         while let Some((expires_at_ms, grant_id)) = self.expiry_queue.first().cloned() {
             if expires_at_ms > now_ms {
                 break;
             }
-            self.remove_grant(&grant_id);
-            expired.push(grant_id);
+            if let Some(grant) = self.remove_grant(&grant_id) {
+                expired.push(Released::of(grant_id, &grant));
+            }
         }
         expired
     }
@@ -774,7 +796,7 @@ mod tests {
             .unwrap();
         let denied = issuer.checkout("g3".into(), request("c", 1), 0, 0, false);
         assert_eq!(code_of(denied), ErrorCode::NoSeatsAvailable);
-        assert_eq!(issuer.checkin("g1", "c").unwrap(), 2);
+        assert_eq!(issuer.checkin("g1", "c").unwrap().seats, 2);
         issuer
             .checkout("g3".into(), request("c", 2), 0, 0, false)
             .unwrap();
@@ -828,9 +850,12 @@ mod tests {
             .unwrap();
         assert!(renewed.to_store.is_none() && !renewed.grant.converted);
         assert!(issuer.expire(9_999).is_empty());
-        assert_eq!(issuer.expire(10_000), vec!["g1".to_string()]);
+        let ids = |released: Vec<Released>| -> Vec<String> {
+            released.into_iter().map(|r| r.grant_id).collect()
+        };
+        assert_eq!(ids(issuer.expire(10_000)), vec!["g1".to_string()]);
         assert_eq!(issuer.table("cad").unwrap().row("A").unwrap().in_use, 1);
-        assert_eq!(issuer.expire(19_000), vec!["g2".to_string()]);
+        assert_eq!(ids(issuer.expire(19_000)), vec!["g2".to_string()]);
         issuer.check_invariants().unwrap();
     }
 

@@ -545,9 +545,11 @@ fn spawn_sweeps(app: Arc<App>, config: ServerConfig) -> tokio::task::JoinHandle<
             ticker.tick().await;
             let now_ms = app.clock.now_ms();
             let expired = app.issuer().expire(now_ms);
-            for grant_id in expired {
-                tracing::debug!("grant {grant_id} lapsed");
-                app.store.delete(grant_id).await;
+            for released in expired {
+                tracing::debug!("grant {} lapsed", released.grant_id);
+                app.store
+                    .delete(released.grant_id, released.issued_unix_ms)
+                    .await;
             }
             if now_ms - last_license_check_ms >= license_check_every {
                 last_license_check_ms = now_ms;

@@ -61,7 +61,10 @@ pub struct StoredGrant {
 
 enum StoreOp {
     Put(String, StoredGrant),
-    Delete(String),
+    /// Deletes the grant only if the stored record is the one that was
+    /// released: a grant converted later under the same id (and queued
+    /// before this delete reached the writer) must stay.
+    Delete(String, i64),
 }
 
 struct Job {
@@ -128,9 +131,9 @@ impl Store {
     }
 
     /// Queues the removal of a grant; does not wait for it to be durable.
-    pub async fn delete(&self, grant_id: String) {
+    pub async fn delete(&self, grant_id: String, issued_unix_ms: i64) {
         let job = Job {
-            op: StoreOp::Delete(grant_id),
+            op: StoreOp::Delete(grant_id, issued_unix_ms),
             done: None,
         };
         // A stopped writer means the server is going down; the grant is then
@@ -243,8 +246,14 @@ fn commit(db: &Database, batch: &[Job]) -> Result<(), String> {
                         .insert(id.as_str(), bytes.as_slice())
                         .map_err(|e| e.to_string())?;
                 }
-                StoreOp::Delete(id) => {
-                    grants.remove(id.as_str()).map_err(|e| e.to_string())?;
+                StoreOp::Delete(id, issued_unix_ms) => {
+                    let stored = grants
+                        .get(id.as_str())
+                        .map_err(|e| e.to_string())?
+                        .and_then(|v| serde_json::from_slice::<StoredGrant>(v.value()).ok());
+                    if stored.is_some_and(|g| g.issued_unix_ms == *issued_unix_ms) {
+                        grants.remove(id.as_str()).map_err(|e| e.to_string())?;
+                    }
                 }
             }
         }
@@ -290,7 +299,10 @@ mod tests {
             assert!(!opened.existed);
             store.put("g1".into(), grant("cad")).await.unwrap();
             store.put("g2".into(), grant("sim")).await.unwrap();
-            store.delete("g1".into()).await;
+            store.delete("g1".into(), 5).await;
+            // A delete of an older grant with the same id leaves the newer one.
+            store.put("g9".into(), grant("sim")).await.unwrap();
+            store.delete("g9".into(), 4).await;
             // A put after the delete is committed after it: wait on it.
             store.put("g3".into(), grant("cad")).await.unwrap();
         }
@@ -298,7 +310,7 @@ mod tests {
         assert!(opened.existed);
         let mut ids: Vec<String> = opened.grants.iter().map(|(id, _)| id.clone()).collect();
         ids.sort();
-        assert_eq!(ids, vec!["g2", "g3"]);
+        assert_eq!(ids, vec!["g2", "g3", "g9"]);
         assert_eq!(opened.grants[0].1.count, 2);
     }
 

@@ -289,6 +289,23 @@ impl Pool {
         }
     }
 
+    /// The process id of server `i` while it runs (killed servers have none).
+    pub fn pid(&self, i: usize) -> Option<u32> {
+        self.servers[i].child.as_ref().map(Child::id)
+    }
+
+    /// Sends `signal` (`libc::SIGSTOP`, `libc::SIGCONT`, …) to server `i`;
+    /// false if it is not running. The child is reaped only by [`Pool::kill`],
+    /// so its pid cannot have been reused by another process.
+    pub fn signal(&self, i: usize, signal: libc::c_int) -> bool {
+        let Some(pid) = self.pid(i) else {
+            return false;
+        };
+        let pid = libc::pid_t::try_from(pid).expect("a pid fits pid_t");
+        // SAFETY: kill(2) only sends a signal; it touches no memory of ours.
+        unsafe { libc::kill(pid, signal) == 0 }
+    }
+
     pub async fn status(&self, i: usize) -> Option<StatusResponse> {
         let url = format!("http://{}/v1/status", self.servers[i].address);
         let response = self.http.get(url).send().await.ok()?;
