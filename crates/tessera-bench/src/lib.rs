@@ -5,7 +5,10 @@
 //!   implementation per system, so that `compare` can add Redis and etcd.
 //! - [`load`]: the load generator, generic over the target.
 //! - [`tessera`]: a real `tessera server`, set up through the real CLI.
-//! - [`http1`]: the load generator's lean HTTP/1.1 client.
+//! - [`peers`]: Redis (Lua semaphore) and etcd (lease and transaction
+//!   semaphore) as targets, each started and stopped by the benchmark.
+//! - [`compare`]: every system in one run, and BENCHMARKS.md.
+//! - [`http1`]: the load generator's HTTP/1.1 client (hyper's connection API).
 //! - [`report`]: percentiles, the Markdown table and the JSON.
 //! - [`cpu`]: CPU time of the server and of the load generator.
 //!
@@ -13,15 +16,17 @@
 //! design for".
 //!
 //! Reading the numbers: the load generator runs on the same cores as the
-//! server, so it is kept cheap (one runtime thread by default, no `reqwest`)
+//! server, so it is kept cheap (one runtime thread by default, no `reqwest` pool)
 //! and the report gives the CPU each side spent per checkout. On a shared or
 //! virtual machine, checkouts per second vary by a fifth or more from run to
 //! run, and fsync latency dominates runs with few clients: compare runs made
 //! back to back, and compare CPU per checkout as well as rates.
 
+pub mod compare;
 pub mod cpu;
 pub mod http1;
 pub mod load;
+pub mod peers;
 pub mod report;
 pub mod target;
 pub mod tessera;

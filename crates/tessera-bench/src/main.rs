@@ -3,6 +3,8 @@
 //! ```text
 //! cargo build --release -p tessera-cli -p tessera-bench
 //! ./target/release/tessera-bench single --clients 32 --seconds 10
+//! bash scripts/install-bench-peers.sh   # redis-server, etcd
+//! ./target/release/tessera-bench compare --clients 32 --seconds 10
 //! ```
 
 use std::path::PathBuf;
@@ -10,6 +12,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
+use tessera_bench::compare::CompareConfig;
 use tessera_bench::{LoadConfig, Mode, SingleConfig};
 
 /// Longest measured part of a run.
@@ -29,6 +32,42 @@ struct Cli {
 enum Command {
     /// One Tessera server (a pool of one, durable store) under closed-loop load.
     Single(SingleArgs),
+    /// Tessera against its peers in one run: Tessera, Tessera's no-op
+    /// endpoint, Redis (Lua semaphore, appendfsync always and everysec) and a
+    /// 3-node etcd semaphore; writes BENCHMARKS.md. Needs `redis-server` and
+    /// `etcd`: bash scripts/install-bench-peers.sh
+    Compare(CompareArgs),
+}
+
+#[derive(clap::Args)]
+struct CompareArgs {
+    /// Concurrent clients of every system, each with its own connection.
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u64).range(1..=tessera_bench::load::CLIENTS_MAX as u64))]
+    clients: u64,
+    /// Length of each system's measured part, after the warm-up.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=SECONDS_MAX))]
+    seconds: u64,
+    /// Warm-up of each system before measuring.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(0..=60))]
+    warmup_s: u64,
+    /// Stop each system after this many measured checkouts, even before --seconds.
+    #[arg(long, default_value_t = 10_000_000)]
+    max_requests: u64,
+    /// Tiny run to check that everything works: 2 clients, 1 s each, no warm-up.
+    #[arg(long, conflicts_with_all = ["clients", "seconds", "warmup_s"])]
+    smoke: bool,
+    /// Where to write the Markdown (default: BENCHMARKS.md in the current directory).
+    #[arg(long, default_value = "BENCHMARKS.md")]
+    out: PathBuf,
+    /// Do not redraw a progress line on stderr.
+    #[arg(long)]
+    no_progress: bool,
+    /// Threads of the load generator's runtime.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=64))]
+    client_threads: u64,
+    /// The tessera binary (default: the one next to this executable).
+    #[arg(long)]
+    tessera: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -87,7 +126,59 @@ fn main() {
 fn run(cli: Cli) -> Result<bool> {
     match cli.command {
         Command::Single(args) => single(args),
+        Command::Compare(args) => compare(args),
     }
+}
+
+fn compare(args: CompareArgs) -> Result<bool> {
+    let tessera = match args.tessera {
+        Some(path) => path,
+        None => tessera_bench::tessera::binary_next_to_this_exe()?,
+    };
+    let mut config = if args.smoke {
+        CompareConfig::smoke(tessera)
+    } else {
+        CompareConfig {
+            tessera,
+            seats: 1_000_000,
+            load: LoadConfig {
+                clients: args.clients as usize,
+                mode: Mode::Cycle,
+                warmup: Duration::from_secs(args.warmup_s),
+                measure: Duration::from_secs(args.seconds),
+                checkouts_max: args.max_requests,
+                progress: true,
+            },
+        }
+    };
+    config.load.progress = !args.no_progress;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(args.client_threads as usize)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let comparison = runtime.block_on(async {
+        tokio::select! {
+            comparison = tessera_bench::compare::compare(&config) => comparison,
+            // Dropping the run kills every process it started.
+            _ = tokio::signal::ctrl_c() => bail!("interrupted"),
+        }
+    })?;
+    let date = time::OffsetDateTime::now_utc()
+        .format(time::macros::format_description!(
+            "[year]-[month]-[day] [hour]:[minute]:[second] UTC"
+        ))
+        .context("cannot format the date")?;
+    let markdown = comparison.markdown(&date)?;
+    std::fs::write(&args.out, &markdown)
+        .with_context(|| format!("cannot write {}", args.out.display()))?;
+    print!("{markdown}");
+    eprintln!("written to {}", args.out.display());
+    let errors = comparison.errors_total();
+    if errors > 0 {
+        eprintln!("{errors} requests failed");
+    }
+    Ok(errors == 0)
 }
 
 fn single(args: SingleArgs) -> Result<bool> {

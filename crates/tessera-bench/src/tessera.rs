@@ -222,7 +222,7 @@ impl TesseraServer {
 /// On Linux, the server gets SIGKILL when the thread that started it ends,
 /// so that a benchmark stopped by Ctrl-C or a crash leaves no server behind.
 #[cfg(target_os = "linux")]
-fn die_with_parent(command: &mut Command) {
+pub(crate) fn die_with_parent(command: &mut Command) {
     // SAFETY: prctl is async-signal-safe and touches only the new process.
     unsafe {
         command.pre_exec(|| {
@@ -235,7 +235,7 @@ fn die_with_parent(command: &mut Command) {
 }
 
 #[cfg(not(target_os = "linux"))]
-fn die_with_parent(_command: &mut Command) {}
+pub(crate) fn die_with_parent(_command: &mut Command) {}
 
 /// Makes the vendor key, the license code, the pool file and the config in
 /// `dir` with the CLI; returns the server's address.
@@ -328,7 +328,7 @@ fn write(path: &Path, text: &str) -> Result<()> {
 }
 
 /// A loopback port nothing listens on right now.
-fn free_port() -> Result<u16> {
+pub(crate) fn free_port() -> Result<u16> {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").context("cannot bind loopback")?;
     Ok(listener.local_addr()?.port())
 }
@@ -350,6 +350,7 @@ impl Target for TesseraTarget {
         // program would, so none queues behind another's request.
         Ok(TesseraSession {
             connection: Connection::new(&self.server.address, CONNECT_TIMEOUT, REQUEST_TIMEOUT),
+            feature: FEATURE,
         })
     }
 
@@ -360,6 +361,8 @@ impl Target for TesseraTarget {
 
 pub struct TesseraSession {
     connection: Connection,
+    /// The feature every checkout asks for.
+    feature: &'static str,
 }
 
 /// A granted seat: what its check-in needs.
@@ -413,7 +416,7 @@ impl Session for TesseraSession {
             client_id: client_id.clone(),
             user: "bench".into(),
             host: "localhost".into(),
-            feature: FEATURE.into(),
+            feature: self.feature.into(),
             version: "1.0".into(),
             count: 1,
         };
@@ -453,5 +456,143 @@ impl From<Refusal> for OpError {
             Refusal::Code(code, message) => OpError::new(code.as_str(), message),
             Refusal::Other(err) => err,
         }
+    }
+}
+
+/// Tessera's HTTP stack without the issuer: `POST /v1/noop` parses a
+/// checkout request and answers a grant-shaped body. The protocol's ceiling:
+/// both halves of a cycle (checkout, check-in) go to it, so that a noop cycle
+/// makes the same two round trips as a real one.
+pub struct NoopTarget {
+    pub server: TesseraServer,
+}
+
+const NOOP_PATH: &str = "/noop";
+
+impl Target for NoopTarget {
+    type Session = NoopSession;
+
+    fn name(&self) -> &str {
+        "tessera noop endpoint"
+    }
+
+    fn session(&self, _client_index: usize) -> Result<NoopSession> {
+        Ok(NoopSession(TesseraSession {
+            connection: Connection::new(&self.server.address, CONNECT_TIMEOUT, REQUEST_TIMEOUT),
+            feature: FEATURE,
+        }))
+    }
+
+    fn check_alive(&self) -> Result<()> {
+        self.server.check_running()
+    }
+}
+
+pub struct NoopSession(TesseraSession);
+
+impl NoopSession {
+    async fn noop(&mut self, holder: u64) -> Result<(), OpError> {
+        let body = CheckoutRequest {
+            client_id: format!("bench-{holder}"),
+            user: "bench".into(),
+            host: "localhost".into(),
+            feature: FEATURE.into(),
+            version: "1.0".into(),
+            count: 1,
+        };
+        self.0
+            .post::<_, proto::Grant>(NOOP_PATH, &body)
+            .await
+            .map(|_| ())
+            .map_err(OpError::from)
+    }
+}
+
+impl Session for NoopSession {
+    type Hold = u64;
+
+    async fn checkout(&mut self, holder: u64) -> Result<Checkout<u64>, OpError> {
+        self.noop(holder).await.map(|()| Checkout::Granted(holder))
+    }
+
+    async fn checkin(&mut self, holder: u64) -> Result<(), OpError> {
+        self.noop(holder).await
+    }
+}
+
+/// Feature of the test kit's pools.
+const POOL_FEATURE: &str = "app";
+/// Servers of the benchmarked pool.
+pub const POOL_SERVERS: usize = 3;
+
+/// A pool of three Tessera servers (the test kit's [`tessera_testkit::Pool`]:
+/// durable stores, Raft control plane), clients spread over the servers, each
+/// server issuing from its own third of the seats.
+pub struct PoolTarget {
+    pub pool: tessera_testkit::Pool,
+}
+
+impl PoolTarget {
+    /// Starts the pool and returns once every server serves and a leader leads.
+    pub async fn start(tessera: &Path, seats: u32) -> Result<PoolTarget> {
+        let tessera = std::fs::canonicalize(tessera).with_context(|| {
+            format!(
+                "there is no tessera binary at {}; {BUILD_HINT}",
+                tessera.display()
+            )
+        })?;
+        let mut pool = tessera_testkit::Pool::new(
+            &tessera,
+            tessera_testkit::PoolSpec {
+                servers: POOL_SERVERS,
+                seats,
+                distribution: "",
+                lease_s: CYCLE_LEASE_S,
+                heartbeat_s: HEARTBEAT_INTERVAL_S,
+            },
+        );
+        pool.spawn_all();
+        for index in 0..POOL_SERVERS {
+            pool.wait_serving(index).await;
+        }
+        let all: Vec<usize> = (0..POOL_SERVERS).collect();
+        pool.wait_leader(&all).await;
+        Ok(PoolTarget { pool })
+    }
+
+    /// CPU time of all the pool's servers.
+    pub fn cpu_time(&self) -> Option<Duration> {
+        (0..POOL_SERVERS)
+            .map(|index| crate::cpu::process_cpu_time(self.pool.pid(index)?))
+            .sum()
+    }
+}
+
+impl Target for PoolTarget {
+    type Session = TesseraSession;
+
+    fn name(&self) -> &str {
+        "tessera pool (3 servers)"
+    }
+
+    fn session(&self, client_index: usize) -> Result<TesseraSession> {
+        let addresses = self.pool.addresses();
+        Ok(TesseraSession {
+            connection: Connection::new(
+                &addresses[client_index % addresses.len()],
+                CONNECT_TIMEOUT,
+                REQUEST_TIMEOUT,
+            ),
+            feature: POOL_FEATURE,
+        })
+    }
+
+    fn check_alive(&self) -> Result<()> {
+        for index in 0..POOL_SERVERS {
+            if self.pool.pid(index).is_none() {
+                bail!("server {index} of the pool is not running");
+            }
+        }
+        Ok(())
     }
 }

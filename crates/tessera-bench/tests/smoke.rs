@@ -57,3 +57,45 @@ async fn the_smoke_benchmark_checks_seats_out_and_in_against_a_real_server() {
     let json = report.to_json();
     assert_eq!(json["checkout"]["count"], report.checkout.count);
 }
+
+/// Set to `1` to skip the peers' smoke run on a machine without
+/// `redis-server` and `etcd` (local runs only: CI installs them with
+/// `scripts/install-bench-peers.sh`).
+const SKIP_PEERS_ENV: &str = "TESSERA_BENCH_SKIP_PEERS";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_smoke_comparison_runs_every_system_without_errors() {
+    let peers_present = ["redis-server", "etcd"]
+        .iter()
+        .all(|name| tessera_bench::peers::find_binary(name).is_ok());
+    if !peers_present && std::env::var(SKIP_PEERS_ENV).as_deref() == Ok("1") {
+        eprintln!("skipped: {SKIP_PEERS_ENV}=1 and the peers are not installed");
+        return;
+    }
+    let config = tessera_bench::compare::CompareConfig::smoke(tessera_binary());
+    let comparison = match tessera_bench::compare::compare(&config).await {
+        Ok(comparison) => comparison,
+        Err(err) => panic!(
+            "the smoke comparison failed: {err:#}\n(on a machine without the peers: \
+             bash scripts/install-bench-peers.sh, or {SKIP_PEERS_ENV}=1 to skip locally)"
+        ),
+    };
+    let markdown = comparison.markdown("today").unwrap();
+    assert_eq!(comparison.reports.len(), 6, "{markdown}");
+    for report in &comparison.reports {
+        assert_eq!(report.errors_total(), 0, "{}: {markdown}", report.system);
+        assert_eq!(report.denied, 0, "{}: {markdown}", report.system);
+        assert!(
+            report.checkout.count > 0,
+            "{} measured no checkout:\n{markdown}",
+            report.system
+        );
+    }
+    for system in [
+        "| tessera |",
+        "| redis (appendfsync always) |",
+        "| etcd (3 nodes) |",
+    ] {
+        assert!(markdown.contains(system), "{system} missing:\n{markdown}");
+    }
+}

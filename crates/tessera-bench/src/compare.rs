@@ -1,0 +1,306 @@
+//! `compare`: Tessera and its peers, one after another in one run, with the
+//! same load generator, the same clients and the same length, and the
+//! Markdown for BENCHMARKS.md.
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+
+use crate::load::LoadConfig;
+use crate::peers::{EtcdTarget, Fsync, RedisTarget};
+use crate::report::Report;
+use crate::tessera::{NoopTarget, PoolTarget, Setup, TesseraServer};
+use crate::{Mode, SingleConfig};
+
+/// Longest a peer's `--version` may take.
+const VERSION_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Clone, Debug)]
+pub struct CompareConfig {
+    /// The `tessera` binary to run.
+    pub tessera: PathBuf,
+    /// Hard limit of every system's semaphore; the default never denies.
+    pub seats: u32,
+    /// The same for every system; always [`Mode::Cycle`].
+    pub load: LoadConfig,
+}
+
+impl CompareConfig {
+    /// Every system for one second with two clients.
+    pub fn smoke(tessera: PathBuf) -> CompareConfig {
+        let single = SingleConfig::smoke(tessera);
+        CompareConfig {
+            tessera: single.tessera,
+            seats: single.seats,
+            load: single.load,
+        }
+    }
+}
+
+/// The systems in the order they run, and so in the table.
+const SYSTEMS: [&str; 6] = [
+    "tessera",
+    "tessera pool (3 servers)",
+    "tessera noop endpoint",
+    "redis (appendfsync always)",
+    "redis (appendfsync everysec)",
+    "etcd (3 nodes)",
+];
+
+/// Every system's report, in [`SYSTEMS`] order.
+pub struct Comparison {
+    pub reports: Vec<Report>,
+    pub clients: usize,
+    pub warmup: Duration,
+    pub measure: Duration,
+    pub versions: Vec<(String, String)>,
+}
+
+impl Comparison {
+    pub fn errors_total(&self) -> u64 {
+        self.reports.iter().map(Report::errors_total).sum()
+    }
+}
+
+/// Runs every system; a system that cannot start fails the whole run (with
+/// the install hint when a peer's binary is missing).
+pub async fn compare(config: &CompareConfig) -> Result<Comparison> {
+    let mut load = config.load.clone();
+    load.mode = Mode::Cycle;
+    let announce = |index: usize| {
+        if load.progress {
+            eprintln!("[{}/{}] {}", index + 1, SYSTEMS.len(), SYSTEMS[index]);
+        }
+    };
+    // Missing peers fail before anything runs.
+    crate::peers::find_binary("redis-server")?;
+    crate::peers::find_binary("etcd")?;
+    let mut reports = Vec::new();
+
+    announce(0);
+    let single = SingleConfig {
+        tessera: config.tessera.clone(),
+        seats: config.seats,
+        load: load.clone(),
+    };
+    reports.push(crate::single(&single).await?);
+
+    announce(1);
+    let pool = Arc::new(PoolTarget::start(&config.tessera, config.seats).await?);
+    reports.push(crate::peers::measure(pool, &load, PoolTarget::cpu_time).await?);
+
+    announce(2);
+    let setup = Setup {
+        seats: config.seats,
+        mode: Mode::Cycle,
+    };
+    let server = TesseraServer::start(&config.tessera, setup).await?;
+    let noop = Arc::new(NoopTarget { server });
+    reports.push(crate::peers::measure(noop.clone(), &load, |t| t.server.cpu_time()).await?);
+    if let Ok(noop) = Arc::try_unwrap(noop) {
+        noop.server.stop().await?;
+    }
+
+    for (index, fsync) in [(3, Fsync::Always), (4, Fsync::Everysec)] {
+        announce(index);
+        let redis = Arc::new(RedisTarget::start(fsync, config.seats).await?);
+        reports.push(crate::peers::measure(redis, &load, RedisTarget::cpu_time).await?);
+    }
+
+    announce(5);
+    let etcd = Arc::new(EtcdTarget::start(config.seats).await?);
+    reports.push(crate::peers::measure(etcd, &load, EtcdTarget::cpu_time).await?);
+
+    let versions = vec![
+        ("redis-server".to_string(), version("redis-server").await),
+        ("etcd".to_string(), version("etcd").await),
+    ];
+    Ok(Comparison {
+        reports,
+        clients: load.clients,
+        warmup: load.warmup,
+        measure: load.measure,
+        versions,
+    })
+}
+
+/// The first line `binary --version` prints, or why there is none.
+async fn version(binary: &str) -> String {
+    let output = tokio::time::timeout(
+        VERSION_TIMEOUT,
+        tokio::process::Command::new(binary)
+            .arg("--version")
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await;
+    match output {
+        Ok(Ok(output)) => String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .next()
+            .unwrap_or("?")
+            .trim()
+            .to_string(),
+        _ => "unknown".to_string(),
+    }
+}
+
+fn ms(us: u32) -> String {
+    format!("{:.3}", f64::from(us) / 1_000.0)
+}
+
+/// The machine: cores, CPU model, kernel.
+fn machine() -> String {
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find_map(|line| line.strip_prefix("model name")?.split_once(':'))
+        .map_or("unknown CPU", |(_, model)| model.trim());
+    format!("{cores} cores ({model}), Linux {}", kernel.trim())
+}
+
+/// A goal's verdict from a ratio and its threshold.
+fn verdict(met: bool) -> &'static str {
+    if met {
+        "met"
+    } else {
+        "missed"
+    }
+}
+
+impl Comparison {
+    /// BENCHMARKS.md: the table, the ratios, the goals, how it was measured.
+    pub fn markdown(&self, date: &str) -> Result<String> {
+        let tessera = self
+            .reports
+            .first()
+            .context("the comparison has no Tessera result")?;
+        let rate = |report: &Report| report.checkout.per_s;
+        let mut out = String::new();
+        let _ = writeln!(out, "# Benchmarks\n");
+        let _ = writeln!(
+            out,
+            "Written by `tessera-bench compare` on {date}; machine: {}. \
+             Closed loop, {} clients for every system, {} s measured after {} s of warm-up, \
+             each client with its own connection; a cycle is one checkout and one check-in \
+             (or release), so checkouts/s counts cycles. All traffic on loopback; every \
+             system runs on the same cores as the load generator.\n",
+            machine(),
+            self.clients,
+            self.measure.as_secs(),
+            self.warmup.as_secs(),
+        );
+        let _ = writeln!(
+            out,
+            "| system | checkouts/s | p50 ms | p99 ms | p99.9 ms | errors | server CPU µs/cycle | tessera ÷ system |"
+        );
+        let _ = writeln!(out, "|---|--:|--:|--:|--:|--:|--:|--:|");
+        for report in &self.reports {
+            let c = &report.checkout;
+            let ratio = if rate(report) > 0.0 {
+                format!("{:.2}x", rate(tessera) / rate(report))
+            } else {
+                "-".to_string()
+            };
+            let cpu = report
+                .server_cpu
+                .filter(|_| report.granted_total > 0)
+                .map_or("-".to_string(), |cpu| {
+                    format!(
+                        "{:.0}",
+                        cpu.as_secs_f64() * 1e6 / report.granted_total as f64
+                    )
+                });
+            let _ = writeln!(
+                out,
+                "| {} | {:.0} | {} | {} | {} | {} | {cpu} | {ratio} |",
+                report.system,
+                c.per_s,
+                ms(c.p50_us),
+                ms(c.p99_us),
+                ms(c.p999_us),
+                report.errors_total(),
+            );
+        }
+        let find = |name: &str| self.reports.iter().find(|r| r.system == name).map(rate);
+        let ratio_to = |name: &str| {
+            find(name)
+                .filter(|peer| *peer > 0.0)
+                .map(|peer| rate(tessera) / peer)
+        };
+        let _ = writeln!(out, "\n## Goals (DESIGN.md), from this run\n");
+        let _ = writeln!(out, "| goal | figure | verdict |");
+        let _ = writeln!(out, "|---|--:|---|");
+        if let Some(ratio) = ratio_to("etcd (3 nodes)") {
+            let _ = writeln!(
+                out,
+                "| at least 10x the 3-node etcd semaphore | {ratio:.2}x | {} |",
+                verdict(ratio >= 10.0)
+            );
+        }
+        if let Some(ratio) = ratio_to("redis (appendfsync always)") {
+            let _ = writeln!(
+                out,
+                "| at least Redis at appendfsync always | {ratio:.2}x | {} |",
+                verdict(ratio >= 1.0)
+            );
+        }
+        if let Some(ratio) = ratio_to("tessera noop endpoint") {
+            let _ = writeln!(
+                out,
+                "| within 2x of the no-op endpoint | noop ÷ tessera = {:.2}x | {} |",
+                1.0 / ratio,
+                verdict(ratio >= 0.5)
+            );
+        }
+        let _ = writeln!(
+            out,
+            "| p99 under 2 ms at half of peak load | not measured by `compare` (closed loop at full load only) | - |"
+        );
+        let _ = writeln!(out, "\n## Systems\n");
+        let _ = writeln!(
+            out,
+            "- **tessera**: one `tessera server` (a pool of one, durable `redb` store), \
+             `POST /v1/checkout` then `POST /v1/checkin`.\n\
+             - **tessera pool (3 servers)**: three servers of one pool (Raft control plane, \
+             each with its durable store and a third of the seats), client n on server n mod 3.\n\
+             - **tessera noop endpoint**: the same server's `POST /v1/noop`, which parses a \
+             checkout request and answers a grant-shaped body without the issuer or the store; \
+             called twice per cycle. The ceiling of Tessera's HTTP stack.\n\
+             - **redis**: `redis-server` started by the benchmark with `--appendonly yes \
+             --appendfsync always|everysec --save \"\"`. Checkout: `EVALSHA` of a Lua script \
+             (loaded with `SCRIPT LOAD`) on a sorted set of holder -> expiry: drop expired \
+             holders (`ZREMRANGEBYSCORE`), renew a present holder, else `ZADD` with now + lease \
+             while `ZCARD` is below the limit. Check-in: `ZREM`. Client: the `redis` crate, \
+             one multiplexed connection per client.\n\
+             - **etcd (3 nodes)**: three `etcd` members on loopback, clients spread over them, \
+             through the v3 JSON gateway. Checkout: `/v3/lease/grant` (TTL = the lease), then \
+             one `/v3/kv/txn` that puts the holder's key under the semaphore prefix with the \
+             lease and counts the keys under the prefix (`count_only`); at most the limit: \
+             granted, else `/v3/lease/revoke` and denied. Check-in: `/v3/lease/revoke` (deletes \
+             the key; expiry does the same). Safe because the newest granted key's transaction \
+             counted every other granted key.\n"
+        );
+        let _ = writeln!(out, "Versions:");
+        for (name, version) in &self.versions {
+            let _ = writeln!(out, "- {name}: {version}");
+        }
+        let _ = writeln!(
+            out,
+            "\nOn a shared or virtual machine rates vary by a fifth or more between runs; \
+             compare figures from the same run. Reproduce:\n\n```text\n\
+             bash scripts/install-bench-peers.sh\n\
+             cargo build --release -p tessera-cli -p tessera-bench\n\
+             ./target/release/tessera-bench compare --clients {} --seconds {} --warmup-s {}\n```",
+            self.clients,
+            self.measure.as_secs(),
+            self.warmup.as_secs()
+        );
+        Ok(out)
+    }
+}
