@@ -137,12 +137,7 @@ async fn checkout(
         app.clock.unix_ms(),
         false,
     );
-    let result = match issued {
-        Ok(issued) => app.persist(issued).await,
-        Err(err) => Err(ApiError(err)),
-    };
-    app.count("checkout", &result);
-    result.map(Json)
+    app.answer("checkout", issued).await
 }
 
 async fn heartbeat(
@@ -157,12 +152,7 @@ async fn heartbeat(
         app.clock.now_ms(),
         app.clock.unix_ms(),
     );
-    let result = match issued {
-        Ok(issued) => app.persist(issued).await,
-        Err(err) => Err(ApiError(err)),
-    };
-    app.count("heartbeat", &result);
-    result.map(Json)
+    app.answer("heartbeat", issued).await
 }
 
 async fn checkin(
@@ -208,6 +198,20 @@ impl App {
         };
         let mut counts = self.requests.lock().unwrap_or_else(|p| p.into_inner());
         *counts.entry((endpoint, outcome)).or_default() += 1;
+    }
+
+    /// Persists an issued grant (if new), counts the outcome, answers.
+    async fn answer(
+        &self,
+        endpoint: &'static str,
+        issued: Result<Issued, IssueError>,
+    ) -> Result<Json<proto::Grant>, ApiError> {
+        let result = match issued {
+            Ok(issued) => self.persist(issued).await,
+            Err(err) => Err(ApiError(err)),
+        };
+        self.count(endpoint, &result);
+        result.map(Json)
     }
 
     /// Makes a new grant durable before it is answered; undoes it if that fails.
