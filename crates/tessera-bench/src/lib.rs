@@ -39,7 +39,6 @@ use anyhow::Result;
 
 pub use crate::load::{LoadConfig, Mode};
 pub use crate::report::Report;
-use crate::target::Target;
 use crate::tessera::{Setup, TesseraServer, TesseraTarget};
 
 /// `single`: one Tessera server under load.
@@ -79,19 +78,11 @@ pub async fn single(config: &SingleConfig) -> Result<Report> {
     let server = TesseraServer::start(&config.tessera, setup).await?;
     let resident_bytes_before = server.resident_bytes();
     let target = Arc::new(TesseraTarget { server });
-    let cpu_before = (target.server.cpu_time(), cpu::own_cpu_time());
-    let result = load::run(target.clone(), &config.load).await?;
-    let cpu_after = (target.server.cpu_time(), cpu::own_cpu_time());
-    let mut report = Report::new(target.name(), config.load.mode, config.load.clients, result);
+    let mut report = peers::measure(target.clone(), &config.load, |t: &TesseraTarget| {
+        t.server.cpu_time()
+    })
+    .await?;
     report.resident_bytes_before = resident_bytes_before;
-    report.server_cpu = cpu_after
-        .0
-        .zip(cpu_before.0)
-        .map(|(a, b)| a.saturating_sub(b));
-    report.load_cpu = cpu_after
-        .1
-        .zip(cpu_before.1)
-        .map(|(a, b)| a.saturating_sub(b));
     report.resident_bytes_after = target.server.resident_bytes();
     report.system_grants_end = Some(target.server.grants_total().await?);
     let Ok(target) = Arc::try_unwrap(target) else {
@@ -99,4 +90,11 @@ pub async fn single(config: &SingleConfig) -> Result<Report> {
     };
     target.server.stop().await?;
     Ok(report)
+}
+
+/// The last `lines` lines of a process's log file, for an error message.
+pub(crate) fn log_tail(log: &std::path::Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
 }

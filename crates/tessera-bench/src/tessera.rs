@@ -207,9 +207,7 @@ impl TesseraServer {
     }
 
     fn log_tail(&self) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(LOG_TAIL_LINES)..].join("\n")
+        crate::log_tail(&self.log, LOG_TAIL_LINES)
     }
 
     /// Kills the server and waits for it to be gone.
