@@ -14,14 +14,17 @@ pub mod names;
 pub mod pool_file;
 pub mod version;
 
-pub use control::{ControlCommand, ControlOutcome, ControlState, FeatureAllocation};
+pub use control::{
+    BorrowSource, ControlCommand, ControlOutcome, ControlState, FeatureAllocation, MoveCounts,
+    ReleaseRequest,
+};
 pub use date::{CivilDate, Expiry};
 pub use distribution::{DistributionError, DistributionTable, Row, Shortfall};
 pub use license::{
     HostBinding, LicenseCode, LicenseError, Policy, VendorKeyId, VendorPublicKey, VendorSecretKey,
 };
 pub use license_table::{CodeVerdict, FeatureLicense, LicenseTable, NotServedReason};
-pub use pool_file::{PoolFile, PoolFileError, ServerEntry};
+pub use pool_file::{BorrowPolicy, PoolFile, PoolFileError, ServerEntry};
 pub use version::Version;
 
 /// Most servers a pool may have.

@@ -13,6 +13,10 @@
 //! [distribution.cad]   # optional; none given: even split
 //! A = 40
 //!
+//! [borrowing.cad]      # optional; the license code's threshold otherwise
+//! threshold_percent = 80
+//! batch = 5
+//!
 //! [[license]]          # as `tessera license sign` writes them
 //! id = "..."
 //! ```
@@ -62,7 +66,46 @@ pub struct PoolFile {
     pub servers: Vec<ServerEntry>,
     /// Per feature, per server: the initial allocation.
     pub distribution: BTreeMap<String, BTreeMap<String, u32>>,
+    /// Per feature: when and how much a server borrows.
+    pub borrowing: BTreeMap<String, BorrowPolicy>,
     pub codes: Vec<LicenseCode>,
+}
+
+/// When a server asks the leader for more seats of a feature, and how many.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BorrowPolicy {
+    /// Borrow once in-use / allocation exceeds this percentage (1 to 100);
+    /// unset: the license code's `borrow_threshold_percent`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub threshold_percent: Option<u32>,
+    /// Seats asked for at once beyond what a request needs; unset: 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch: Option<u32>,
+}
+
+impl BorrowPolicy {
+    pub fn validate(&self, what: &str) -> Result<(), String> {
+        if let Some(t) = self.threshold_percent {
+            if !(1..=100).contains(&t) {
+                return Err(format!("{what}: threshold_percent is {t}; it must be 1 to 100"));
+            }
+        }
+        if let Some(b) = self.batch {
+            if !(1..=100_000).contains(&b) {
+                return Err(format!("{what}: batch is {b}; it must be 1 to 100000"));
+            }
+        }
+        Ok(())
+    }
+
+    /// `self`, with unset fields taken from `fallback`.
+    pub fn or(self, fallback: BorrowPolicy) -> BorrowPolicy {
+        BorrowPolicy {
+            threshold_percent: self.threshold_percent.or(fallback.threshold_percent),
+            batch: self.batch.or(fallback.batch),
+        }
+    }
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -73,6 +116,8 @@ struct PoolFileText {
     servers: Vec<ServerEntry>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     distribution: BTreeMap<String, BTreeMap<String, u32>>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    borrowing: BTreeMap<String, BorrowPolicy>,
     #[serde(default)]
     license: Vec<LicenseCodeText>,
 }
@@ -94,6 +139,7 @@ impl PoolFile {
             sequence: raw.sequence,
             servers: raw.servers,
             distribution: raw.distribution,
+            borrowing: raw.borrowing,
             codes,
         };
         pool.validate()?;
@@ -106,6 +152,7 @@ impl PoolFile {
             sequence: self.sequence,
             servers: self.servers.clone(),
             distribution: self.distribution.clone(),
+            borrowing: self.borrowing.clone(),
             license: self.codes.iter().map(LicenseCode::to_text).collect(),
         };
         toml::to_string(&raw).expect("a pool file always serializes")
@@ -198,6 +245,16 @@ impl PoolFile {
             let hard_limit = u32::try_from(nominal).unwrap_or(u32::MAX);
             DistributionTable::initial(feature, hard_limit, &server_ids, Some(requested))?;
         }
+        for (feature, policy) in &self.borrowing {
+            if !vendor_of.contains_key(feature.as_str()) {
+                return Err(invalid(format!(
+                    "the borrowing section names feature `{feature}`, which no license code in this file names"
+                )));
+            }
+            policy
+                .validate(&format!("borrowing of feature `{feature}`"))
+                .map_err(invalid)?;
+        }
         Ok(())
     }
 }
@@ -235,8 +292,11 @@ mod tests {
 
     #[test]
     fn parses_and_round_trips() {
-        let pool =
-            PoolFile::parse(&pool_text("[distribution.cad]\nA = 40\nB = 30\nC = 30\n")).unwrap();
+        let pool = PoolFile::parse(&pool_text(
+            "[distribution.cad]\nA = 40\nB = 30\nC = 30\n[borrowing.cad]\nthreshold_percent = 90\nbatch = 4\n",
+        ))
+        .unwrap();
+        assert_eq!(pool.borrowing["cad"].threshold_percent, Some(90));
         assert_eq!(pool.sequence, 3);
         assert_eq!(pool.server_ids(), vec!["A", "B", "C"]);
         assert_eq!(
@@ -259,6 +319,11 @@ mod tests {
                 "feature `cam`, which no license code",
             ),
             ("[distribution.cad]\nD = 1\n", "server `D`"),
+            (
+                "[borrowing.cad]\nthreshold_percent = 0\n",
+                "threshold_percent is 0",
+            ),
+            ("[borrowing.cam]\nbatch = 2\n", "borrowing section names feature `cam`"),
             ("bogus = 1\n", "unknown field `bogus`"),
         ];
         for (extra, expected) in cases {
