@@ -116,16 +116,109 @@ pub async fn update_pool_file(
         .with_context(|| format!("cannot read {}", file.display()))?;
     let pool = tessera_core::PoolFile::parse(&text)
         .with_context(|| format!("{} is not a valid pool file", file.display()))?;
+    let body = tessera_proto::PoolFileUpdate { text };
+    admin_post(&servers, Some(pool.pool_id), "/v1/admin/pool-file", &body, secret).await
+}
+
+/// `tessera admin set-distribution FEATURE A=40,B=30,C=30`.
+pub async fn set_distribution(
+    servers: Vec<String>,
+    feature: String,
+    spec: String,
+    expected_sequence: Option<u64>,
+    secret: Option<String>,
+) -> Result<()> {
+    let mut given = std::collections::BTreeMap::new();
+    for part in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (server, seats) = part
+            .split_once('=')
+            .with_context(|| format!("`{part}` is not SERVER=SEATS"))?;
+        let seats: u32 = seats
+            .trim()
+            .parse()
+            .with_context(|| format!("`{part}`: the seats are not a whole number"))?;
+        if given.insert(server.trim().to_string(), seats).is_some() {
+            anyhow::bail!("server `{}` is named twice", server.trim());
+        }
+    }
+    let body = tessera_proto::SetDistribution {
+        feature,
+        servers: given,
+        expected_sequence,
+    };
+    admin_post(&servers, None, "/v1/admin/distribution", &body, secret).await
+}
+
+/// `tessera admin add-license FILE [--to SERVER]`.
+pub async fn add_license(
+    servers: Vec<String>,
+    file: std::path::PathBuf,
+    to: Option<String>,
+    expected_sequence: Option<u64>,
+    secret: Option<String>,
+) -> Result<()> {
+    let text = std::fs::read_to_string(&file)
+        .with_context(|| format!("cannot read {}", file.display()))?;
+    tessera_core::LicenseCode::parse_file(&text)
+        .with_context(|| format!("{} does not hold license codes", file.display()))?;
+    let body = tessera_proto::AddLicense {
+        text,
+        server: to,
+        expected_sequence,
+    };
+    admin_post(&servers, None, "/v1/admin/license", &body, secret).await
+}
+
+/// `tessera admin remove-license ID`.
+pub async fn remove_license(
+    servers: Vec<String>,
+    id: String,
+    expected_sequence: Option<u64>,
+    secret: Option<String>,
+) -> Result<()> {
+    let body = tessera_proto::RemoveLicense {
+        id,
+        expected_sequence,
+    };
+    admin_post(&servers, None, "/v1/admin/license/remove", &body, secret).await
+}
+
+/// Sends an admin change to the first server that takes it; any server
+/// forwards it to the leader. Without a pool id, asks the server's status.
+async fn admin_post<B: serde::Serialize>(
+    servers: &[String],
+    pool_id: Option<String>,
+    path: &str,
+    body: &B,
+    secret: Option<String>,
+) -> Result<()> {
     let http = reqwest::Client::builder()
         .no_proxy()
         .timeout(std::time::Duration::from_secs(10))
         .build()?;
     let mut last_error = String::new();
-    for server in &servers {
+    for server in servers {
+        let pool_id = match &pool_id {
+            Some(id) => id.clone(),
+            None => {
+                let status = http
+                    .get(format!("http://{server}/v1/status"))
+                    .send()
+                    .await
+                    .and_then(|r| r.error_for_status());
+                match status {
+                    Ok(r) => r.json::<tessera_proto::StatusResponse>().await?.pool_id,
+                    Err(err) => {
+                        last_error = format!("{server}: {err}");
+                        continue;
+                    }
+                }
+            }
+        };
         let mut request = http
-            .post(format!("http://{server}/v1/admin/pool-file"))
-            .header(tessera_proto::POOL_HEADER, &pool.pool_id)
-            .json(&tessera_proto::PoolFileUpdate { text: text.clone() });
+            .post(format!("http://{server}{path}"))
+            .header(tessera_proto::POOL_HEADER, &pool_id)
+            .json(body);
         if let Some(secret) = &secret {
             request = request.bearer_auth(secret);
         }
@@ -155,5 +248,5 @@ pub async fn update_pool_file(
             code => anyhow::bail!("refused ({code}): {}", body.error.message),
         }
     }
-    anyhow::bail!("no server installed the pool file; last error: {last_error}")
+    anyhow::bail!("no server made the change; last error: {last_error}")
 }

@@ -126,6 +126,44 @@ enum AdminCommand {
         #[arg(long, env = "TESSERA_PEER_SECRET")]
         secret: Option<String>,
     },
+    /// Set a feature's distribution live, e.g. `cad A=40,B=30,C=30`. Servers
+    /// not named get none; seats not given go to the free pool. A server
+    /// holding more than its share gives the excess back as its seats return.
+    SetDistribution {
+        feature: String,
+        /// SERVER=SEATS pairs, comma separated.
+        distribution: String,
+        #[command(flatten)]
+        change: ChangeArgs,
+    },
+    /// Add license codes (a file of `[[license]]` tables, as `tessera
+    /// license sign` writes them): a new feature, or more seats for one.
+    AddLicense {
+        file: PathBuf,
+        /// Give the new seats to this server instead of the free pool.
+        #[arg(long)]
+        to: Option<String>,
+        #[command(flatten)]
+        change: ChangeArgs,
+    },
+    /// Take a license code out of the pool (its seats must be free).
+    RemoveLicense {
+        id: String,
+        #[command(flatten)]
+        change: ChangeArgs,
+    },
+}
+
+#[derive(clap::Args)]
+struct ChangeArgs {
+    #[command(flatten)]
+    servers: ServerArgs,
+    /// Refuse the change unless the pool runs this pool file sequence.
+    #[arg(long)]
+    sequence: Option<u64>,
+    /// The pool's peer_secret, if its servers set one.
+    #[arg(long, env = "TESSERA_PEER_SECRET")]
+    secret: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -277,6 +315,37 @@ fn run(cli: Cli) -> Result<()> {
                     secret,
                 },
         } => runtime()?.block_on(client_cmd::update_pool_file(servers.servers, file, secret)),
+        Command::Admin {
+            command:
+                AdminCommand::SetDistribution {
+                    feature,
+                    distribution,
+                    change,
+                },
+        } => runtime()?.block_on(client_cmd::set_distribution(
+            change.servers.servers,
+            feature,
+            distribution,
+            change.sequence,
+            change.secret,
+        )),
+        Command::Admin {
+            command: AdminCommand::AddLicense { file, to, change },
+        } => runtime()?.block_on(client_cmd::add_license(
+            change.servers.servers,
+            file,
+            to,
+            change.sequence,
+            change.secret,
+        )),
+        Command::Admin {
+            command: AdminCommand::RemoveLicense { id, change },
+        } => runtime()?.block_on(client_cmd::remove_license(
+            change.servers.servers,
+            id,
+            change.sequence,
+            change.secret,
+        )),
         Command::Hostid => {
             match tessera_server::hostid::machine_hostid() {
                 Some(hostid) => println!("{hostid}"),

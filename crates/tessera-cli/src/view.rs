@@ -89,19 +89,41 @@ pub fn render(status: &StatusResponse) -> String {
             duration(feature.heartbeat_interval_ms),
             feature.borrow_threshold_percent
         );
-        let mut rows = vec![cells(&[&"SERVER", &"ALLOCATION", &"IN USE", &"AVAILABLE"])];
+        let mut rows = vec![cells(&[
+            &"SERVER",
+            &"ALLOCATION",
+            &"IN USE",
+            &"AVAILABLE",
+            &"HELD BACK",
+            &"TARGET",
+            &"BORROWS",
+            &"MOVED IN/OUT",
+        ])];
         for row in &feature.servers {
             let unknown = || "-".to_string();
             let in_use = row.in_use.map_or_else(unknown, |n| n.to_string());
             let available = row.available.map_or_else(unknown, |n| n.to_string());
+            let target = row.target.map_or_else(unknown, |n| n.to_string());
+            let moved = format!("{}/{}", row.seats_in, row.seats_out);
             rows.push(cells(&[
                 &row.server_id,
                 &row.allocation,
                 &in_use,
                 &available,
+                &row.reserved,
+                &target,
+                &row.borrows,
+                &moved,
             ]));
         }
         out.push_str(&table(&rows));
+        if feature.pending_requests > 0 {
+            let _ = writeln!(
+                out,
+                "  {} request(s) for seats wait for their donor's consent",
+                feature.pending_requests
+            );
+        }
         for code in &feature.codes {
             let verdict = match &code.reason {
                 None => "served".to_string(),
@@ -284,11 +306,17 @@ mod tests {
                 lease_ms: 30_000,
                 heartbeat_interval_ms: 10_000,
                 borrow_threshold_percent: 80,
+                pending_requests: 0,
                 servers: vec![DistributionRow {
                     server_id: "A".into(),
                     allocation: 10,
                     in_use: Some(2),
                     available: Some(8),
+                    reserved: 0,
+                    target: None,
+                    borrows: 0,
+                    seats_in: 0,
+                    seats_out: 0,
                 }],
                 codes: vec![CodeStatus {
                     id: "c1".into(),

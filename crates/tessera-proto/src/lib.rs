@@ -284,6 +284,9 @@ pub struct FeatureStatus {
     pub lease_ms: u64,
     pub heartbeat_interval_ms: u64,
     pub borrow_threshold_percent: u32,
+    /// Requests for seats that wait for their donor's consent.
+    #[serde(default)]
+    pub pending_requests: u32,
     /// Rows of the distribution table, in leader-priority order.
     pub servers: Vec<DistributionRow>,
     /// Every code naming this feature, served or not, and why not.
@@ -297,6 +300,20 @@ pub struct DistributionRow {
     /// `None` where the answering server does not know (a follower knows only its own row).
     pub in_use: Option<u32>,
     pub available: Option<u32>,
+    /// Seats held back from new checkouts: asked for by another server, or
+    /// above a distribution target the administrator set.
+    #[serde(default)]
+    pub reserved: u32,
+    /// The administrator's distribution for this server, while not reached.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<u32>,
+    /// Borrows this server received, and seats moved in and out of it.
+    #[serde(default)]
+    pub borrows: u64,
+    #[serde(default)]
+    pub seats_in: u64,
+    #[serde(default)]
+    pub seats_out: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -396,6 +413,52 @@ pub const PEER_HEADER: &str = "x-tessera-peer";
 #[serde(deny_unknown_fields)]
 pub struct PoolFileUpdate {
     pub text: String,
+}
+
+/// `POST /v1/peer/borrow` (to the leader): a server asks for seats.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BorrowAsk {
+    pub server_id: String,
+    pub feature: String,
+    pub seats: u32,
+}
+
+/// The leader's answer: seats moved at once, and seats asked of live servers.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BorrowAnswer {
+    pub moved: u32,
+    pub requested: u32,
+}
+
+/// `POST /v1/admin/distribution`: a new distribution of one feature.
+/// Servers not named get none; the rest of the seats go to the free pool.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SetDistribution {
+    pub feature: String,
+    pub servers: std::collections::BTreeMap<String, u32>,
+    /// Refuse unless this is the installed pool file's sequence.
+    #[serde(default)]
+    pub expected_sequence: Option<u64>,
+}
+
+/// `POST /v1/admin/license`: license codes to add, as `tessera license sign`
+/// writes them (`[[license]]` tables).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AddLicense {
+    pub text: String,
+    /// Give the new seats to this server rather than the free pool.
+    #[serde(default)]
+    pub server: Option<String>,
+    #[serde(default)]
+    pub expected_sequence: Option<u64>,
+}
+
+/// `POST /v1/admin/license/remove`: the id of a code to take out of the pool.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RemoveLicense {
+    pub id: String,
+    #[serde(default)]
+    pub expected_sequence: Option<u64>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

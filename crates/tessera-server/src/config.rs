@@ -16,12 +16,15 @@
 //!
 //! [timing]                    # all optional
 //! clock_drift_percent = 1
+//!
+//! [borrowing.cad]             # optional; overrides the pool file's
+//! threshold_percent = 90
 //! ```
 
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
-use tessera_core::VendorPublicKey;
+use tessera_core::{BorrowPolicy, VendorPublicKey};
 
 use crate::StartError;
 
@@ -42,6 +45,8 @@ struct ConfigText {
     #[serde(default = "default_true")]
     grace_on_missing_store: bool,
     peer_secret: Option<String>,
+    #[serde(default)]
+    borrowing: std::collections::BTreeMap<String, BorrowPolicy>,
 }
 
 fn default_true() -> bool {
@@ -111,6 +116,12 @@ pub struct Timing {
     /// How long a server may issue after sending a report the leader
     /// acknowledged. A server cut off from the majority stops within this.
     pub quota_lease_ms: u64,
+    /// Longest a checkout waits for seats borrowed from the pool before it
+    /// is denied.
+    pub borrow_wait_ms: u64,
+    /// Leader: a request for a live server's seats that its donor has not
+    /// answered within this is cancelled (the donor keeps its seats).
+    pub release_request_timeout_ms: u64,
 }
 
 impl Default for Timing {
@@ -127,6 +138,8 @@ impl Default for Timing {
             election_jitter_ms: 80,
             quota_report_interval_ms: 300,
             quota_lease_ms: 1_500,
+            borrow_wait_ms: 2_000,
+            release_request_timeout_ms: 3_000,
         }
     }
 }
@@ -147,6 +160,9 @@ pub struct ServerConfig {
     pub grace_on_missing_store: bool,
     /// When set, peers and administrators must present it as a bearer token.
     pub peer_secret: Option<String>,
+    /// Per feature: this server's own borrowing threshold and batch, over
+    /// the pool file's.
+    pub borrowing: std::collections::BTreeMap<String, BorrowPolicy>,
 }
 
 impl ServerConfig {
@@ -174,6 +190,9 @@ impl ServerConfig {
         if raw.timing.clock_drift_percent > 50 {
             return Err("timing.clock_drift_percent must be at most 50".into());
         }
+        for (feature, policy) in &raw.borrowing {
+            policy.validate(&format!("borrowing.{feature}"))?;
+        }
         if raw.timing.store_batch_max == 0 || raw.timing.expiry_sweep_interval_ms == 0 {
             return Err(
                 "timing.store_batch_max and expiry_sweep_interval_ms must be above 0".into(),
@@ -190,6 +209,7 @@ impl ServerConfig {
             timing: raw.timing,
             grace_on_missing_store: raw.grace_on_missing_store,
             peer_secret: raw.peer_secret,
+            borrowing: raw.borrowing,
         })
     }
 }

@@ -130,13 +130,18 @@ async fn checkout(
 ) -> Result<Json<proto::Grant>, ApiError> {
     let request = seat_request(body)?;
     let grant_id = uuid::Uuid::new_v4().simple().to_string();
-    let issued = app.issuer().checkout(
-        grant_id,
-        request,
-        app.clock.now_ms(),
-        app.clock.unix_ms(),
-        false,
-    );
+    let (feature, count) = (request.feature.clone(), request.count);
+    let issued = app
+        .with_borrowing(&feature, count, |app| {
+            app.issuer().checkout(
+                grant_id.clone(),
+                request.clone(),
+                app.clock.now_ms(),
+                app.clock.unix_ms(),
+                false,
+            )
+        })
+        .await;
     app.answer("checkout", issued).await
 }
 
@@ -146,12 +151,17 @@ async fn heartbeat(
 ) -> Result<Json<proto::Grant>, ApiError> {
     check_field("grant_id", &body.grant_id)?;
     let request = seat_request(body.as_checkout())?;
-    let issued = app.issuer().heartbeat(
-        body.grant_id,
-        request,
-        app.clock.now_ms(),
-        app.clock.unix_ms(),
-    );
+    let (feature, count) = (request.feature.clone(), request.count);
+    let issued = app
+        .with_borrowing(&feature, count, |app| {
+            app.issuer().heartbeat(
+                body.grant_id.clone(),
+                request.clone(),
+                app.clock.now_ms(),
+                app.clock.unix_ms(),
+            )
+        })
+        .await;
     app.answer("heartbeat", issued).await
 }
 

@@ -335,13 +335,12 @@ impl Issuer {
             IssuingState::Grace { .. } => {}
         }
         self.check_limits(&request.client_id)?;
-        let held_aside = self.held_aside.get(&request.feature).copied().unwrap_or(0);
+        let available = self.available(&request.feature);
         let table = self
             .tables
             .get_mut(&request.feature)
             .expect("check_servable found the feature's table");
         let row = table.row(&self.server_id).unwrap_or_default();
-        let available = row.available().saturating_sub(held_aside);
         if available < request.count {
             return Err(IssueError::new(
                 ErrorCode::NoSeatsAvailable,
@@ -653,6 +652,36 @@ impl Issuer {
 
     pub fn grants(&self) -> impl Iterator<Item = (&String, &LiveGrant)> {
         self.grants.iter()
+    }
+
+    /// Seats of `feature` a new checkout may take here: the allocation less
+    /// the seats in use, those held aside, and those the pool asked this
+    /// server to give up (held back from the moment the request is applied).
+    pub fn available(&self, feature: &str) -> u32 {
+        let Some(row) = self
+            .tables
+            .get(feature)
+            .and_then(|t| t.row(&self.server_id))
+        else {
+            return 0;
+        };
+        let held_aside = self.held_aside.get(feature).copied().unwrap_or(0);
+        let reserved = self
+            .control
+            .as_ref()
+            .and_then(|c| c.allocation(feature))
+            .map_or(0, |a| a.reserved(&self.server_id));
+        row.available()
+            .saturating_sub(held_aside)
+            .saturating_sub(reserved)
+    }
+
+    /// This server's allocation of `feature` as it issues it, and the seats
+    /// its clients hold (counted or held aside).
+    pub fn usage(&self, feature: &str) -> Option<(u32, u32)> {
+        let row = self.tables.get(feature)?.row(&self.server_id)?;
+        let held_aside = self.held_aside.get(feature).copied().unwrap_or(0);
+        Some((row.allocation, row.in_use + held_aside))
     }
 
     /// Seats in use per feature, as reported to the leader.

@@ -5,6 +5,7 @@
 //! under one mutex); [`store`] makes new grants durable; [`clock`] is the
 //! time seam. See ARCHITECTURE.md.
 
+pub mod balance;
 pub mod clock;
 pub mod config;
 pub mod hostid;
@@ -59,6 +60,10 @@ pub struct App {
     data_dir: PathBuf,
     /// Requests answered, by endpoint and outcome, for `/metrics`.
     requests: Mutex<std::collections::BTreeMap<(&'static str, &'static str), u64>>,
+    timing: config::Timing,
+    borrowing: std::collections::BTreeMap<String, tessera_core::BorrowPolicy>,
+    /// One borrower per feature at a time.
+    borrow_locks: Mutex<std::collections::HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl App {
@@ -195,6 +200,23 @@ impl App {
                 );
             }
         }
+        let _ = writeln!(out, "# TYPE tessera_seats_reserved gauge");
+        let _ = writeln!(out, "# TYPE tessera_borrows_total counter");
+        let _ = writeln!(out, "# TYPE tessera_seats_moved_in_total counter");
+        let _ = writeln!(out, "# TYPE tessera_seats_moved_out_total counter");
+        for f in &status.features {
+            for row in &f.servers {
+                let labels = format!("feature=\"{}\",server=\"{}\"", f.feature, row.server_id);
+                let _ = writeln!(out, "tessera_seats_reserved{{{labels}}} {}", row.reserved);
+                let _ = writeln!(out, "tessera_borrows_total{{{labels}}} {}", row.borrows);
+                let _ = writeln!(out, "tessera_seats_moved_in_total{{{labels}}} {}", row.seats_in);
+                let _ = writeln!(
+                    out,
+                    "tessera_seats_moved_out_total{{{labels}}} {}",
+                    row.seats_out
+                );
+            }
+        }
         let _ = writeln!(out, "# TYPE tessera_requests_total counter");
         let counts = self.requests.lock().unwrap_or_else(|p| p.into_inner());
         for ((endpoint, outcome), count) in counts.iter() {
@@ -228,11 +250,23 @@ impl App {
                         } else {
                             self.pool.reported_in_use(server_id, &feature.feature)
                         };
+                        let moved = allocation
+                            .and_then(|a| a.moved.get(server_id))
+                            .copied()
+                            .unwrap_or_default();
+                        let reserved = allocation.map_or(0, |a| a.reserved(server_id));
                         proto::DistributionRow {
                             server_id: server_id.to_string(),
                             allocation: row.allocation,
                             in_use,
-                            available: in_use.map(|n| row.allocation.saturating_sub(n)),
+                            available: in_use.map(|n| {
+                                row.allocation.saturating_sub(n).saturating_sub(reserved)
+                            }),
+                            reserved,
+                            target: allocation.and_then(|a| a.targets.get(server_id).copied()),
+                            borrows: moved.borrows,
+                            seats_in: moved.seats_in,
+                            seats_out: moved.seats_out,
                         }
                     })
                     .collect()
@@ -250,7 +284,8 @@ impl App {
             pool_available,
             lease_ms: terms.map_or(0, |t| t.lease_ms),
             heartbeat_interval_ms: terms.map_or(0, |t| t.heartbeat_interval_ms),
-            borrow_threshold_percent: feature.policy.borrow_threshold_percent,
+            borrow_threshold_percent: self.borrow_policy_in(issuer, &feature.feature).0,
+            pending_requests: allocation.map_or(0, |a| a.requests.len() as u32),
             servers: rows,
             codes: feature
                 .codes
@@ -379,6 +414,9 @@ pub async fn start(
         vendors: config.vendors.clone(),
         data_dir: config.data_dir.clone(),
         requests: Mutex::new(Default::default()),
+        timing: config.timing,
+        borrowing: config.borrowing.clone(),
+        borrow_locks: Mutex::new(Default::default()),
     });
     follow_control(
         &app,
@@ -390,6 +428,7 @@ pub async fn start(
         tokio::spawn(pool.clone().bootstrap()),
         spawn_quota_loop(app.clone(), config.timing),
         spawn_membership_loop(pool.clone()),
+        balance::spawn_answer_loop(app.clone()),
     ];
     let router = http::router(app.clone());
     let done = tokio::spawn(async move {

@@ -13,6 +13,7 @@
 //!   index the sender must have applied. The sender then issues until its own
 //!   send time of that report plus `quota_lease_ms`.
 
+pub mod admin;
 pub mod log_store;
 pub mod network;
 pub mod peer_api;
@@ -63,6 +64,12 @@ pub struct Pool {
     view: Mutex<Option<(u64, Vec<PeerStatus>)>>,
     /// The test fault switch: when set, no peer message leaves or enters.
     partitioned: Arc<std::sync::atomic::AtomicBool>,
+    /// Leader: held while deciding and committing a move of allocation, and
+    /// while recording a report, so that a server the leader judged silent
+    /// cannot be acknowledged on its old allocation (see [`Pool::handle_report`]).
+    pub(crate) moves: tokio::sync::Mutex<()>,
+    /// Leader: the term it leads and when it noticed it leads it.
+    term: Mutex<Option<(u64, u64)>>,
 }
 
 /// Environment variable that enables the test-only fault switch
@@ -138,6 +145,8 @@ impl Pool {
             seen: Mutex::new(HashMap::new()),
             view: Mutex::new(None),
             partitioned,
+            moves: tokio::sync::Mutex::new(()),
+            term: Mutex::new(None),
         })
     }
 
@@ -389,6 +398,12 @@ impl Pool {
             ControlOutcome::Refused { reason } => {
                 return Err(refused(ErrorCode::PoolFileRefused, reason))
             }
+            other => {
+                return Err(refused(
+                    ErrorCode::Internal,
+                    format!("a pool file install answered {other:?}"),
+                ))
+            }
         };
         self.reconcile_membership().await;
         Ok(installed)
@@ -456,6 +471,21 @@ impl Pool {
                 format!("server `{}` is not the leader", self.server_id),
             ));
         }
+        // Recorded before leadership is confirmed, and under the lock that
+        // moves allocation: a borrow that judged this server silent has
+        // either not been decided yet (and now will not be), or is committed
+        // already, and then the index named below includes it.
+        {
+            let _moves = self.moves.lock().await;
+            self.observe_term();
+            self.seen.lock().unwrap_or_else(|p| p.into_inner()).insert(
+                report.server_id.clone(),
+                Seen {
+                    at_ms: self.clock.now_ms(),
+                    in_use: report.in_use,
+                },
+            );
+        }
         let confirmed = tokio::time::timeout(PEER_TIMEOUT, self.raft.ensure_linearizable())
             .await
             .map_err(|_| {
@@ -471,16 +501,10 @@ impl Pool {
                 )
             })?;
         let now_ms = self.clock.now_ms();
-        self.seen.lock().unwrap_or_else(|p| p.into_inner()).insert(
-            report.server_id.clone(),
-            Seen {
-                at_ms: now_ms,
-                in_use: report.in_use,
-            },
-        );
+        let last_log = self.raft.metrics().borrow().last_log_index.unwrap_or(0);
         Ok(PeerReportAck {
             leader_id: self.server_id.clone(),
-            applied_index_required: confirmed.map_or(0, |id| id.index),
+            applied_index_required: confirmed.map_or(0, |id| id.index).max(last_log),
             servers: self.leader_view(&pool, now_ms),
         })
     }
@@ -508,6 +532,73 @@ impl Pool {
         *self.view.lock().unwrap_or_else(|p| p.into_inner()) =
             Some((self.clock.now_ms(), ack.servers.clone()));
         Ok(ack)
+    }
+
+    /// Leader: notices a new term of its own leadership, and then forgets
+    /// what it heard from servers under earlier terms: a new leader measures
+    /// a server's silence from its own election at the earliest.
+    pub(crate) fn observe_term(&self) -> Option<u64> {
+        let (state, term) = {
+            let metrics = self.raft.metrics();
+            let metrics = metrics.borrow();
+            (metrics.state, metrics.current_term)
+        };
+        let mut led = self.term.lock().unwrap_or_else(|p| p.into_inner());
+        if state != ServerState::Leader {
+            *led = None;
+            return None;
+        }
+        match *led {
+            Some((t, since)) if t == term => Some(since),
+            _ => {
+                let now_ms = self.clock.now_ms();
+                *led = Some((term, now_ms));
+                self.seen.lock().unwrap_or_else(|p| p.into_inner()).clear();
+                Some(now_ms)
+            }
+        }
+    }
+
+    /// Leader: how long `server` has been silent, measured from its last
+    /// report under this leadership, or from this leadership's start.
+    pub(crate) fn silent_for_ms(&self, server: &str) -> Option<u64> {
+        let since = self.observe_term()?;
+        let now_ms = self.clock.now_ms();
+        let seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        let last = seen.get(server).map_or(since, |s| s.at_ms.max(since));
+        Some(now_ms.saturating_sub(last))
+    }
+
+    /// Commits `command` through the leader: here if this server leads,
+    /// else forwarded. Returns what applying it did.
+    pub async fn propose(&self, command: ControlCommand) -> Result<ControlOutcome, IssueError> {
+        let Some((leader_id, address)) = self.leader() else {
+            return Err(refused(ErrorCode::NoLeader, "no leader known"));
+        };
+        if leader_id != self.server_id {
+            let ask = PeerCommand {
+                server_id: self.server_id.clone(),
+                command,
+            };
+            return self
+                .peers
+                .post(&address, "/v1/peer/command", &ask, PEER_TIMEOUT)
+                .await
+                .map_err(|err| match err {
+                    PeerError::Refused { code, message } => refused(code, message),
+                    other => refused(ErrorCode::NoLeader, other.to_string()),
+                });
+        }
+        self.commit(command).await
+    }
+
+    /// Leader: commits `command` and returns what applying it did.
+    pub(crate) async fn commit(&self, command: ControlCommand) -> Result<ControlOutcome, IssueError> {
+        self.raft
+            .client_write(command)
+            .await
+            .map(|response| response.data)
+            .map_err(|err| refused(ErrorCode::NoLeader, format!("not committed: {err}")))
     }
 
     /// Waits (bounded) until this server has applied the log to `index`.
@@ -585,6 +676,14 @@ impl Pool {
         seen.get(server)
             .map(|s| s.in_use.get(feature).copied().unwrap_or(0))
     }
+}
+
+/// `POST /v1/peer/command`: a command a server proposes (a donor's release
+/// or drain); the leader commits it.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct PeerCommand {
+    pub server_id: String,
+    pub command: ControlCommand,
 }
 
 /// Whether the leader checks every code's signature before installing a pool file.

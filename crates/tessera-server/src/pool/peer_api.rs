@@ -38,7 +38,12 @@ pub fn routes(app: Arc<App>) -> Router<Arc<App>> {
         .route("/v1/peer/hello", get(hello))
         .route("/v1/peer/report", post(report))
         .route("/v1/peer/first-pool-file", post(first_pool_file))
+        .route("/v1/peer/borrow", post(borrow))
+        .route("/v1/peer/command", post(command))
         .route("/v1/admin/pool-file", post(update_pool_file))
+        .route("/v1/admin/distribution", post(set_distribution))
+        .route("/v1/admin/license", post(add_license))
+        .route("/v1/admin/license/remove", post(remove_license))
         .layer(axum::extract::DefaultBodyLimit::max(PEER_BODY_BYTES_MAX))
         .layer(axum::middleware::from_fn_with_state(app, check_pool))
 }
@@ -124,6 +129,87 @@ async fn update_pool_file(
     JsonBody(update): JsonBody<PoolFileUpdate>,
 ) -> Result<Json<tessera_proto::PoolFileInstalled>, ApiError> {
     Ok(Json(app.pool.update_pool_file(update.text).await?))
+}
+
+async fn borrow(
+    State(app): State<Arc<App>>,
+    JsonBody(ask): JsonBody<tessera_proto::BorrowAsk>,
+) -> Result<Json<tessera_proto::BorrowAnswer>, ApiError> {
+    Ok(Json(app.lead_borrow(ask).await?))
+}
+
+/// A server's answer to a request for its seats, or its drain; only the
+/// commands a server may propose for itself are taken.
+async fn command(
+    State(app): State<Arc<App>>,
+    JsonBody(ask): JsonBody<super::PeerCommand>,
+) -> Result<Json<tessera_core::ControlOutcome>, ApiError> {
+    use tessera_core::ControlCommand;
+    let own = match &ask.command {
+        ControlCommand::Release {
+            feature,
+            request_id,
+            ..
+        } => app
+            .pool
+            .applied
+            .borrow()
+            .state
+            .allocation(feature)
+            .and_then(|a| a.requests.get(request_id))
+            .is_none_or(|r| r.donor == ask.server_id),
+        ControlCommand::Drain { server, .. } => server == &ask.server_id,
+        _ => false,
+    };
+    if !own {
+        return Err(ApiError(IssueError::new(
+            ErrorCode::MalformedRequest,
+            format!(
+                "server `{}` may propose only its own releases and drains",
+                ask.server_id
+            ),
+        )));
+    }
+    if !app.pool.is_leader() {
+        return Err(ApiError(IssueError::new(
+            ErrorCode::NoLeader,
+            format!("server `{}` is not the leader", app.pool.server_id),
+        )));
+    }
+    Ok(Json(app.pool.commit(ask.command).await?))
+}
+
+async fn set_distribution(
+    State(app): State<Arc<App>>,
+    JsonBody(change): JsonBody<tessera_proto::SetDistribution>,
+) -> Result<Json<tessera_proto::PoolFileInstalled>, ApiError> {
+    Ok(Json(
+        app.pool
+            .admin_change(super::admin::AdminChange::Distribution(change))
+            .await?,
+    ))
+}
+
+async fn add_license(
+    State(app): State<Arc<App>>,
+    JsonBody(change): JsonBody<tessera_proto::AddLicense>,
+) -> Result<Json<tessera_proto::PoolFileInstalled>, ApiError> {
+    Ok(Json(
+        app.pool
+            .admin_change(super::admin::AdminChange::AddLicense(change))
+            .await?,
+    ))
+}
+
+async fn remove_license(
+    State(app): State<Arc<App>>,
+    JsonBody(change): JsonBody<tessera_proto::RemoveLicense>,
+) -> Result<Json<tessera_proto::PoolFileInstalled>, ApiError> {
+    Ok(Json(
+        app.pool
+            .admin_change(super::admin::AdminChange::RemoveLicense(change))
+            .await?,
+    ))
 }
 
 /// Test-only: `{"on": true}` cuts every peer link of this server, both ways.

@@ -1,0 +1,390 @@
+//! License balancing (seed 002): a server short of seats borrows through the
+//! leader, and a server asked for seats gives only what no client holds.
+//!
+//! - A checkout (or fail-over conversion) that finds too few seats asks the
+//!   leader for them and waits, bounded by `borrow_wait_ms`, before it is
+//!   denied. A grant that lifts in-use / allocation above the borrowing
+//!   threshold asks for a batch in the background.
+//! - The leader searches, in order: the free pool; the parked seats of
+//!   removed servers and the allocations of servers silent for longer than
+//!   [`App::reassign_after_ms`]; its own spare; the live followers' spare.
+//!   The first two move at once. The last two are requests: the donor holds
+//!   the seats back as soon as it applies the request, then answers with
+//!   what it can spare ([`tessera_core::FeatureAllocation::answers`]).
+//! - Every server answers the requests and targets addressed to it after
+//!   each applied change and on a timer; the leader cancels requests left
+//!   unanswered.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tessera_core::{BorrowSource, ControlCommand, ControlOutcome};
+use tessera_proto::{BorrowAnswer, BorrowAsk, ErrorCode};
+
+use crate::issuer::{IssueError, Issuer};
+use crate::pool::network::{PeerError, PEER_TIMEOUT};
+use crate::App;
+
+/// How often every server looks at the requests and targets addressed to it.
+const ANSWER_INTERVAL: Duration = Duration::from_millis(200);
+/// An answer not applied within this is sent again.
+const ANSWER_RESEND_MS: u64 = 1_000;
+
+impl App {
+    /// The borrowing threshold (percent) and batch of `feature` on this
+    /// server: its config, else the pool file, else the license code.
+    pub(crate) fn borrow_policy(&self, feature: &str) -> (u32, u32) {
+        let issuer = self.issuer();
+        self.borrow_policy_in(&issuer, feature)
+    }
+
+    pub(crate) fn borrow_policy_in(&self, issuer: &Issuer, feature: &str) -> (u32, u32) {
+        let own = self.borrowing.get(feature).copied().unwrap_or_default();
+        let pool = issuer
+            .control()
+            .and_then(|c| c.pool())
+            .and_then(|p| p.borrowing.get(feature))
+            .copied()
+            .unwrap_or_default();
+        let policy = own.or(pool);
+        let code = issuer
+            .licenses()
+            .feature(feature)
+            .map_or(80, |f| f.policy.borrow_threshold_percent);
+        (
+            policy.threshold_percent.unwrap_or(code),
+            policy.batch.unwrap_or(1),
+        )
+    }
+
+    /// How long a server must have been silent before the leader may give
+    /// its allocation to others: its quota lease plus the longest client
+    /// hold (already stretched by the drift bound), stretched once more for
+    /// the leader's own clock, plus one report interval.
+    pub(crate) fn reassign_after_ms(&self) -> u64 {
+        let hold_ms = self.issuer().longest_hold_ms();
+        let drift = u64::from(self.timing.clock_drift_percent);
+        let quota = self.timing.quota_lease_ms;
+        let base = quota + quota * drift / 100 + hold_ms;
+        base + base * drift / 100 + self.timing.quota_report_interval_ms
+    }
+
+    /// After a checkout or conversion: when the issuer was short of seats,
+    /// borrow and try once more; when the grant lifted use above the
+    /// threshold, borrow a batch in the background.
+    pub(crate) async fn with_borrowing<T>(
+        self: &Arc<Self>,
+        feature: &str,
+        count: u32,
+        mut attempt: impl FnMut(&App) -> Result<T, IssueError>,
+    ) -> Result<T, IssueError> {
+        match attempt(self) {
+            Err(err) if err.code == ErrorCode::NoSeatsAvailable && self.could_borrow(feature) => {
+                if self.borrow_for(feature, count).await {
+                    attempt(self)
+                } else {
+                    Err(err)
+                }
+            }
+            Ok(done) => {
+                self.borrow_ahead(feature);
+                Ok(done)
+            }
+            Err(err) => Err(err),
+        }
+    }
+
+    fn could_borrow(&self, feature: &str) -> bool {
+        self.issuer().usage(feature).is_some()
+    }
+
+    /// Asks for enough seats for `count`, then waits (bounded) until this
+    /// server can issue them. One borrower per feature at a time; the others
+    /// wait for its seats.
+    async fn borrow_for(self: &Arc<Self>, feature: &str, count: u32) -> bool {
+        let wait = Duration::from_millis(self.timing.borrow_wait_ms);
+        let deadline = tokio::time::Instant::now() + wait;
+        let lock = self.borrow_lock(feature);
+        let Ok(_turn) = tokio::time::timeout_at(deadline, lock.lock()).await else {
+            return false;
+        };
+        let (_, batch) = self.borrow_policy(feature);
+        let available = self.issuer().available(feature);
+        if available >= count {
+            return true;
+        }
+        let ask = (count - available).max(batch);
+        match tokio::time::timeout_at(deadline, self.borrow(feature, ask)).await {
+            Ok(Ok(answer)) if answer.moved + answer.requested > 0 => {}
+            Ok(Ok(_)) => return false,
+            Ok(Err(err)) => {
+                tracing::debug!("borrowing {ask} seats of `{feature}`: {err}");
+                return false;
+            }
+            Err(_) => return false,
+        }
+        let mut applied = self.pool.applied.clone();
+        loop {
+            if self.issuer().available(feature) >= count {
+                return true;
+            }
+            let changed = tokio::time::timeout_at(deadline, applied.changed()).await;
+            if !matches!(changed, Ok(Ok(()))) {
+                return self.issuer().available(feature) >= count;
+            }
+            // The issuer takes the new state right after it is applied.
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+
+    fn borrow_lock(&self, feature: &str) -> Arc<tokio::sync::Mutex<()>> {
+        self.borrow_locks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(feature.to_string())
+            .or_default()
+            .clone()
+    }
+
+    /// Above the threshold: ask for a batch in the background, unless a
+    /// borrow of the feature is already under way.
+    fn borrow_ahead(self: &Arc<Self>, feature: &str) {
+        let Some((allocation, in_use)) = self.issuer().usage(feature) else {
+            return;
+        };
+        let (threshold, batch) = self.borrow_policy(feature);
+        if u64::from(in_use) * 100 <= u64::from(allocation) * u64::from(threshold) {
+            return;
+        }
+        let lock = self.borrow_lock(feature);
+        let Ok(turn) = lock.try_lock_owned() else {
+            return;
+        };
+        let app = self.clone();
+        let feature = feature.to_string();
+        tokio::spawn(async move {
+            let _turn = turn;
+            if let Err(err) = app.borrow(&feature, batch).await {
+                tracing::debug!("borrowing ahead for `{feature}`: {err}");
+            }
+        });
+    }
+
+    /// Asks the leader for `seats` of `feature` for this server.
+    pub async fn borrow(&self, feature: &str, seats: u32) -> Result<BorrowAnswer, IssueError> {
+        let ask = BorrowAsk {
+            server_id: self.pool.server_id.clone(),
+            feature: feature.to_string(),
+            seats,
+        };
+        let Some((leader_id, address)) = self.pool.leader() else {
+            return Err(IssueError::new(ErrorCode::NoLeader, "no leader known"));
+        };
+        if leader_id == self.pool.server_id {
+            return self.lead_borrow(ask).await;
+        }
+        self.pool
+            .peers
+            .post(&address, "/v1/peer/borrow", &ask, PEER_TIMEOUT * 2)
+            .await
+            .map_err(|err| match err {
+                PeerError::Refused { code, message } => IssueError::new(code, message),
+                other => IssueError::new(ErrorCode::NoLeader, other.to_string()),
+            })
+    }
+
+    /// Leader: finds seats for `ask` in the order of seed 002 and commits
+    /// the moves (or the requests, for live donors).
+    pub async fn lead_borrow(&self, ask: BorrowAsk) -> Result<BorrowAnswer, IssueError> {
+        let pool = &self.pool;
+        let _moves = pool.moves.lock().await;
+        if pool.observe_term().is_none() {
+            return Err(IssueError::new(
+                ErrorCode::NoLeader,
+                format!("server `{}` is not the leader", pool.server_id),
+            ));
+        }
+        let state = pool.applied.borrow().state.clone();
+        let Some(allocation) = state.allocation(&ask.feature).cloned() else {
+            return Err(IssueError::new(
+                ErrorCode::UnknownFeature,
+                format!("feature `{}` is not in the pool", ask.feature),
+            ));
+        };
+        if !allocation.servers.contains_key(&ask.server_id) {
+            return Err(IssueError::new(
+                ErrorCode::WrongPool,
+                format!("server `{}` is not in the pool", ask.server_id),
+            ));
+        }
+        let order = pool.pool_file().server_ids();
+        let reassign_after = self.reassign_after_ms();
+        let silent = |server: &str| pool.silent_for_ms(server).unwrap_or(0) >= reassign_after;
+        let mut wanted = ask.seats;
+        let mut answer = BorrowAnswer {
+            moved: 0,
+            requested: 0,
+        };
+        let mut sources: Vec<(BorrowSource, u32)> = Vec::new();
+        sources.push((BorrowSource::FreePool, allocation.free_pool));
+        for (server, &seats) in &allocation.parked {
+            if silent(server) {
+                sources.push((BorrowSource::Parked(server.clone()), seats));
+            }
+        }
+        for server in &order {
+            let seats = allocation.allocation_of(server);
+            if server != &ask.server_id && server != &pool.server_id && seats > 0 && silent(server)
+            {
+                sources.push((BorrowSource::DownServer(server.clone()), seats));
+            }
+        }
+        for (source, seats) in sources {
+            if wanted == 0 {
+                break;
+            }
+            if seats == 0 {
+                continue;
+            }
+            let command = ControlCommand::Borrow {
+                feature: ask.feature.clone(),
+                recipient: ask.server_id.clone(),
+                source: source.clone(),
+                seats: wanted.min(seats),
+            };
+            if let ControlOutcome::Moved { seats } = pool.commit(command).await? {
+                tracing::info!(
+                    "`{}` borrowed {seats} seats of `{}` from {source:?}",
+                    ask.server_id,
+                    ask.feature
+                );
+                wanted -= seats.min(wanted);
+                answer.moved += seats;
+            }
+        }
+        // Live donors: the leader first, then the followers with the most spare.
+        let mut donors: Vec<(u32, String)> = Vec::new();
+        for server in &order {
+            if server == &ask.server_id || silent(server) {
+                continue;
+            }
+            let spare = if server == &pool.server_id {
+                self.issuer().available(&ask.feature)
+            } else {
+                let Some(in_use) = pool.reported_in_use(server, &ask.feature) else {
+                    continue;
+                };
+                allocation
+                    .allocation_of(server)
+                    .saturating_sub(in_use)
+                    .saturating_sub(allocation.reserved(server))
+            };
+            if spare > 0 {
+                let rank = if server == &pool.server_id { u32::MAX } else { spare };
+                donors.push((rank, server.clone()));
+            }
+        }
+        donors.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+        for (rank, donor) in donors {
+            if wanted == 0 {
+                break;
+            }
+            let spare = if donor == pool.server_id {
+                self.issuer().available(&ask.feature)
+            } else {
+                rank
+            };
+            let seats = wanted.min(spare);
+            if seats == 0 {
+                continue;
+            }
+            let command = ControlCommand::RequestRelease {
+                feature: ask.feature.clone(),
+                donor: donor.clone(),
+                recipient: ask.server_id.clone(),
+                seats,
+            };
+            if let ControlOutcome::Requested { request_id } = pool.commit(command).await? {
+                tracing::info!(
+                    "asked `{donor}` for {seats} seats of `{}` for `{}` (request {request_id})",
+                    ask.feature,
+                    ask.server_id
+                );
+                wanted -= seats;
+                answer.requested += seats;
+            }
+        }
+        Ok(answer)
+    }
+}
+
+/// Every server: answers the requests and targets addressed to it; the
+/// leader also cancels requests nobody answered in time.
+pub(crate) fn spawn_answer_loop(app: Arc<App>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut applied = app.pool.applied.clone();
+        // Answers sent and not yet applied, with when they were sent.
+        let mut sent: HashMap<String, u64> = HashMap::new();
+        // Leader: when it first saw each pending request.
+        let mut first_seen: BTreeMap<(String, u64), u64> = BTreeMap::new();
+        loop {
+            let _ = tokio::time::timeout(ANSWER_INTERVAL, applied.changed()).await;
+            // Let the issuer take the new state first.
+            tokio::time::sleep(Duration::from_millis(2)).await;
+            let state = app.pool.applied.borrow().state.clone();
+            let now_ms = app.clock.now_ms();
+            let me = app.pool.server_id.clone();
+            let mut answers = Vec::new();
+            for (feature, allocation) in state.allocations() {
+                let addressed = allocation.requests.values().any(|r| r.donor == me)
+                    || allocation.targets.contains_key(&me);
+                if !addressed {
+                    continue;
+                }
+                let in_use = app.issuer().usage(feature).map_or(0, |(_, n)| n);
+                answers.extend(allocation.answers(feature, &me, in_use));
+            }
+            sent.retain(|_, at| now_ms.saturating_sub(*at) < ANSWER_RESEND_MS);
+            for answer in answers {
+                let key = format!("{answer:?}");
+                if sent.contains_key(&key) {
+                    continue;
+                }
+                sent.insert(key, now_ms);
+                match app.pool.propose(answer.clone()).await {
+                    Ok(ControlOutcome::Moved { seats }) if seats > 0 => {
+                        tracing::info!("gave up {seats} seats: {answer:?}")
+                    }
+                    Ok(_) => {}
+                    Err(err) => tracing::debug!("answer not committed: {err}"),
+                }
+            }
+            if app.pool.observe_term().is_none() {
+                first_seen.clear();
+                continue;
+            }
+            let timeout_ms = app.timing.release_request_timeout_ms;
+            let mut pending = Vec::new();
+            for (feature, allocation) in state.allocations() {
+                for &id in allocation.requests.keys() {
+                    pending.push((feature.clone(), id));
+                }
+            }
+            first_seen.retain(|key, _| pending.contains(key));
+            for key in pending {
+                let seen_at = *first_seen.entry(key.clone()).or_insert(now_ms);
+                if now_ms.saturating_sub(seen_at) >= timeout_ms {
+                    let (feature, request_id) = key;
+                    let cancel = ControlCommand::CancelRelease {
+                        feature,
+                        request_id,
+                    };
+                    if let Err(err) = app.pool.commit(cancel).await {
+                        tracing::debug!("cancel not committed: {err}");
+                    }
+                }
+            }
+        }
+    })
+}
