@@ -117,7 +117,14 @@ pub async fn update_pool_file(
     let pool = tessera_core::PoolFile::parse(&text)
         .with_context(|| format!("{} is not a valid pool file", file.display()))?;
     let body = tessera_proto::PoolFileUpdate { text };
-    admin_post(&servers, Some(pool.pool_id), "/v1/admin/pool-file", &body, secret).await
+    admin_post(
+        &servers,
+        Some(pool.pool_id),
+        "/v1/admin/pool-file",
+        &body,
+        secret,
+    )
+    .await
 }
 
 /// `tessera admin set-distribution FEATURE A=40,B=30,C=30`.

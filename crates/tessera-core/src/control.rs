@@ -340,9 +340,9 @@ impl ControlState {
     pub fn apply(&mut self, command: &ControlCommand) -> ControlOutcome {
         let before = self.allocations.clone();
         let result = match command {
-            ControlCommand::InstallPoolFile { text } => {
-                self.install(text).map(|sequence| ControlOutcome::Installed { sequence })
-            }
+            ControlCommand::InstallPoolFile { text } => self
+                .install(text)
+                .map(|sequence| ControlOutcome::Installed { sequence }),
             ControlCommand::Borrow {
                 feature,
                 recipient,
@@ -388,7 +388,10 @@ impl ControlState {
     }
 
     fn servers_in_order(&self) -> Vec<String> {
-        self.pool.as_ref().map(PoolFile::server_ids).unwrap_or_default()
+        self.pool
+            .as_ref()
+            .map(PoolFile::server_ids)
+            .unwrap_or_default()
     }
 
     fn feature_mut(&mut self, feature: &str) -> Result<&mut FeatureAllocation, String> {
@@ -454,7 +457,9 @@ impl ControlState {
     ) -> Result<ControlOutcome, String> {
         let id = self.next_request_id;
         let a = self.feature_mut(feature)?;
-        if donor == recipient || !a.servers.contains_key(donor) || !a.servers.contains_key(recipient)
+        if donor == recipient
+            || !a.servers.contains_key(donor)
+            || !a.servers.contains_key(recipient)
         {
             return Err(format!(
                 "server `{donor}` cannot be asked to lend to `{recipient}`"
@@ -961,7 +966,10 @@ mod tests {
             borrow("app", "A", BorrowSource::Parked("C".into()), 1),
         ] {
             let before = state.clone();
-            assert!(matches!(state.apply(&refused), ControlOutcome::Refused { .. }));
+            assert!(matches!(
+                state.apply(&refused),
+                ControlOutcome::Refused { .. }
+            ));
             assert_eq!(state, before);
         }
         // C leaves: its 25 seats are parked until the leader reassigns them.
@@ -991,7 +999,11 @@ mod tests {
             panic!("{outcome:?}")
         };
         let app = state.allocation("app").unwrap();
-        assert_eq!(app.reserved("B"), 10, "B holds the asked seats back at once");
+        assert_eq!(
+            app.reserved("B"),
+            10,
+            "B holds the asked seats back at once"
+        );
         assert_eq!(app.reserved("A"), 0);
         // B has 26 in use: it can spare 4.
         let answers = app.answers("app", "B", 26);
@@ -1010,14 +1022,20 @@ mod tests {
             seats: 11,
             allocation_before: 30,
         };
-        assert!(matches!(state.apply(&too_many), ControlOutcome::Refused { .. }));
+        assert!(matches!(
+            state.apply(&too_many),
+            ControlOutcome::Refused { .. }
+        ));
         let stale = ControlCommand::Release {
             feature: "app".into(),
             request_id,
             seats: 4,
             allocation_before: 31,
         };
-        assert!(matches!(state.apply(&stale), ControlOutcome::Refused { .. }));
+        assert!(matches!(
+            state.apply(&stale),
+            ControlOutcome::Refused { .. }
+        ));
         assert_eq!(state.apply(&answers[0]), ControlOutcome::Moved { seats: 4 });
         assert!(
             matches!(state.apply(&answers[0]), ControlOutcome::Refused { .. }),
@@ -1030,12 +1048,14 @@ mod tests {
             (pairs(&[("A", 44), ("B", 26), ("C", 30)]), 0, vec![])
         );
         // An unanswered request can be cancelled.
-        let ControlOutcome::Requested { request_id } = state.apply(&ControlCommand::RequestRelease {
-            feature: "app".into(),
-            donor: "C".into(),
-            recipient: "A".into(),
-            seats: 3,
-        }) else {
+        let ControlOutcome::Requested { request_id } =
+            state.apply(&ControlCommand::RequestRelease {
+                feature: "app".into(),
+                donor: "C".into(),
+                recipient: "A".into(),
+                seats: 3,
+            })
+        else {
             panic!()
         };
         let cancel = ControlCommand::CancelRelease {
@@ -1043,7 +1063,10 @@ mod tests {
             request_id,
         };
         assert_eq!(state.apply(&cancel), ControlOutcome::Cancelled);
-        assert!(matches!(state.apply(&cancel), ControlOutcome::Refused { .. }));
+        assert!(matches!(
+            state.apply(&cancel),
+            ControlOutcome::Refused { .. }
+        ));
         assert_eq!(state.allocation("app").unwrap().reserved("C"), 0);
     }
 
@@ -1061,7 +1084,11 @@ mod tests {
         assert!(matches!(outcome, ControlOutcome::Installed { .. }));
         let app = state.allocation("app").unwrap().clone();
         assert_eq!(app.reserved("A"), 20, "A stops issuing above its target");
-        assert_eq!(app.allocation_of("A"), 40, "but keeps its seats until it gives them");
+        assert_eq!(
+            app.allocation_of("A"),
+            40,
+            "but keeps its seats until it gives them"
+        );
         // A has 35 in use: it drains 5 now.
         let answers = app.answers("app", "A", 35);
         assert_eq!(answers.len(), 1);
@@ -1072,7 +1099,10 @@ mod tests {
         );
         // Then the rest as its seats return.
         let answers = state.allocation("app").unwrap().answers("app", "A", 10);
-        assert_eq!(state.apply(&answers[0]), ControlOutcome::Moved { seats: 15 });
+        assert_eq!(
+            state.apply(&answers[0]),
+            ControlOutcome::Moved { seats: 15 }
+        );
         let app = state.allocation("app").unwrap();
         assert_eq!(
             alloc(&state, "app"),
@@ -1081,7 +1111,12 @@ mod tests {
         assert!(app.targets.is_empty(), "reached targets are cleared");
         assert_eq!(app.moved["B"].seats_in, 20);
         // Reinstalling the same distribution later sets no targets again.
-        state.apply(&borrow("app", "C", BorrowSource::DownServer("B".into()), 10));
+        state.apply(&borrow(
+            "app",
+            "C",
+            BorrowSource::DownServer("B".into()),
+            10,
+        ));
         state.apply(&ControlCommand::InstallPoolFile {
             text: pool_text(
                 3,

@@ -88,7 +88,9 @@ impl BorrowPolicy {
     pub fn validate(&self, what: &str) -> Result<(), String> {
         if let Some(t) = self.threshold_percent {
             if !(1..=100).contains(&t) {
-                return Err(format!("{what}: threshold_percent is {t}; it must be 1 to 100"));
+                return Err(format!(
+                    "{what}: threshold_percent is {t}; it must be 1 to 100"
+                ));
             }
         }
         if let Some(b) = self.batch {
@@ -323,7 +325,10 @@ mod tests {
                 "[borrowing.cad]\nthreshold_percent = 0\n",
                 "threshold_percent is 0",
             ),
-            ("[borrowing.cam]\nbatch = 2\n", "borrowing section names feature `cam`"),
+            (
+                "[borrowing.cam]\nbatch = 2\n",
+                "borrowing section names feature `cam`",
+            ),
             ("bogus = 1\n", "unknown field `bogus`"),
         ];
         for (extra, expected) in cases {

@@ -421,6 +421,10 @@ pub struct BorrowAsk {
     pub server_id: String,
     pub feature: String,
     pub seats: u32,
+    /// Asked ahead of need (above the threshold): live servers then give
+    /// only seats beyond what keeps them under their own threshold.
+    #[serde(default)]
+    pub ahead: bool,
 }
 
 /// The leader's answer: seats moved at once, and seats asked of live servers.

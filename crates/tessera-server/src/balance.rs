@@ -95,8 +95,15 @@ impl App {
         }
     }
 
+    /// A server borrows a feature it serves, unless the administrator set
+    /// it a distribution it has not reached: borrowing would work against it.
     fn could_borrow(&self, feature: &str) -> bool {
-        self.issuer().usage(feature).is_some()
+        let issuer = self.issuer();
+        let has_target = issuer
+            .control()
+            .and_then(|c| c.allocation(feature))
+            .is_some_and(|a| a.targets.contains_key(&self.pool.server_id));
+        issuer.usage(feature).is_some() && !has_target
     }
 
     /// Asks for enough seats for `count`, then waits (bounded) until this
@@ -115,7 +122,7 @@ impl App {
             return true;
         }
         let ask = (count - available).max(batch);
-        match tokio::time::timeout_at(deadline, self.borrow(feature, ask)).await {
+        match tokio::time::timeout_at(deadline, self.borrow(feature, ask, false)).await {
             Ok(Ok(answer)) if answer.moved + answer.requested > 0 => {}
             Ok(Ok(_)) => return false,
             Ok(Err(err)) => {
@@ -153,6 +160,9 @@ impl App {
         let Some((allocation, in_use)) = self.issuer().usage(feature) else {
             return;
         };
+        if !self.could_borrow(feature) {
+            return;
+        }
         let (threshold, batch) = self.borrow_policy(feature);
         if u64::from(in_use) * 100 <= u64::from(allocation) * u64::from(threshold) {
             return;
@@ -165,18 +175,24 @@ impl App {
         let feature = feature.to_string();
         tokio::spawn(async move {
             let _turn = turn;
-            if let Err(err) = app.borrow(&feature, batch).await {
+            if let Err(err) = app.borrow(&feature, batch, true).await {
                 tracing::debug!("borrowing ahead for `{feature}`: {err}");
             }
         });
     }
 
     /// Asks the leader for `seats` of `feature` for this server.
-    pub async fn borrow(&self, feature: &str, seats: u32) -> Result<BorrowAnswer, IssueError> {
+    pub async fn borrow(
+        &self,
+        feature: &str,
+        seats: u32,
+        ahead: bool,
+    ) -> Result<BorrowAnswer, IssueError> {
         let ask = BorrowAsk {
             server_id: self.pool.server_id.clone(),
             feature: feature.to_string(),
             seats,
+            ahead,
         };
         let Some((leader_id, address)) = self.pool.leader() else {
             return Err(IssueError::new(ErrorCode::NoLeader, "no leader known"));
@@ -265,23 +281,47 @@ impl App {
         }
         // Live donors: the leader first, then the followers with the most spare.
         let mut donors: Vec<(u32, String)> = Vec::new();
+        let (threshold, _) = self.borrow_policy(&ask.feature);
+        let mut leader_spare = 0;
+        // A server that missed its last reports cannot answer in time.
+        let up_within = 3 * self.timing.quota_report_interval_ms;
         for server in &order {
-            if server == &ask.server_id || silent(server) {
+            if server == &ask.server_id || pool.silent_for_ms(server).unwrap_or(0) > up_within {
                 continue;
             }
-            let spare = if server == &pool.server_id {
-                self.issuer().available(&ask.feature)
+            let (spare, in_use) = if server == &pool.server_id {
+                let in_use = self.issuer().usage(&ask.feature).map_or(0, |(_, n)| n);
+                (self.issuer().available(&ask.feature), in_use)
             } else {
                 let Some(in_use) = pool.reported_in_use(server, &ask.feature) else {
                     continue;
                 };
-                allocation
+                let spare = allocation
                     .allocation_of(server)
                     .saturating_sub(in_use)
-                    .saturating_sub(allocation.reserved(server))
+                    .saturating_sub(allocation.reserved(server));
+                (spare, in_use)
+            };
+            // Ahead of need, a donor keeps enough to stay under its threshold.
+            let spare = if ask.ahead {
+                let keep = (u64::from(in_use) * 100).div_ceil(u64::from(threshold.max(1)));
+                let keep = u32::try_from(keep).unwrap_or(u32::MAX);
+                spare.min(
+                    allocation
+                        .allocation_of(server)
+                        .saturating_sub(allocation.reserved(server))
+                        .saturating_sub(keep),
+                )
+            } else {
+                spare
             };
             if spare > 0 {
-                let rank = if server == &pool.server_id { u32::MAX } else { spare };
+                let rank = if server == &pool.server_id {
+                    leader_spare = spare;
+                    u32::MAX
+                } else {
+                    spare
+                };
                 donors.push((rank, server.clone()));
             }
         }
@@ -291,7 +331,7 @@ impl App {
                 break;
             }
             let spare = if donor == pool.server_id {
-                self.issuer().available(&ask.feature)
+                leader_spare
             } else {
                 rank
             };

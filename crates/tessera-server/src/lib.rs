@@ -209,7 +209,11 @@ impl App {
                 let labels = format!("feature=\"{}\",server=\"{}\"", f.feature, row.server_id);
                 let _ = writeln!(out, "tessera_seats_reserved{{{labels}}} {}", row.reserved);
                 let _ = writeln!(out, "tessera_borrows_total{{{labels}}} {}", row.borrows);
-                let _ = writeln!(out, "tessera_seats_moved_in_total{{{labels}}} {}", row.seats_in);
+                let _ = writeln!(
+                    out,
+                    "tessera_seats_moved_in_total{{{labels}}} {}",
+                    row.seats_in
+                );
                 let _ = writeln!(
                     out,
                     "tessera_seats_moved_out_total{{{labels}}} {}",
@@ -259,9 +263,8 @@ impl App {
                             server_id: server_id.to_string(),
                             allocation: row.allocation,
                             in_use,
-                            available: in_use.map(|n| {
-                                row.allocation.saturating_sub(n).saturating_sub(reserved)
-                            }),
+                            available: in_use
+                                .map(|n| row.allocation.saturating_sub(n).saturating_sub(reserved)),
                             reserved,
                             target: allocation.and_then(|a| a.targets.get(server_id).copied()),
                             borrows: moved.borrows,

@@ -109,6 +109,8 @@ pub struct PoolSpec<'a> {
     pub distribution: &'a str,
     pub lease_s: u32,
     pub heartbeat_s: u32,
+    /// More pool file text, e.g. a `[borrowing.app]` section.
+    pub extra: &'a str,
 }
 
 impl Default for PoolSpec<'_> {
@@ -119,6 +121,7 @@ impl Default for PoolSpec<'_> {
             distribution: "",
             lease_s: 4,
             heartbeat_s: 1,
+            extra: "",
         }
     }
 }
@@ -187,7 +190,10 @@ impl Pool {
         let codes = std::fs::read_to_string(path.join("codes.lic")).expect("codes");
         std::fs::write(
             path.join("pool.toml"),
-            format!("pool_id = \"{pool_id}\"\nsequence = 1\n\n{servers_toml}{distribution}{codes}"),
+            format!(
+                "pool_id = \"{pool_id}\"\nsequence = 1\n\n{servers_toml}{distribution}{}\n{codes}",
+                spec.extra
+            ),
         )
         .expect("write pool file");
         let http = reqwest::Client::builder()
@@ -391,6 +397,17 @@ impl Pool {
 
     pub fn log(&self, i: usize) -> String {
         std::fs::read_to_string(&self.servers[i].log).unwrap_or_default()
+    }
+
+    /// Runs `tessera admin ARGS --server ADDRESS-OF-i`.
+    pub fn admin(&self, i: usize, args: &[&str]) -> std::process::Output {
+        Command::new(&self.tessera)
+            .arg("admin")
+            .args(args)
+            .args(["--server", &self.servers[i].address])
+            .current_dir(self.path())
+            .output()
+            .expect("run tessera admin")
     }
 
     /// Runs `tessera admin update-pool-file` against server `i`.

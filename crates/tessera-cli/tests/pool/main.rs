@@ -376,8 +376,10 @@ async fn pool_file_update_adds_a_server_live() {
     assert_eq!(joined.server.role, "follower");
     let (code, body) = pool.checkout(d, "on-d", 10).await;
     assert_eq!(code, 200, "{body}");
-    pool.wait_status(leader, "D in the picture", |s| {
-        row(s, "D") == (10, Some(10), Some(0))
+    // At 10 of 10, above the 80% threshold, D borrows ahead of need.
+    pool.wait_status(leader, "D in the picture, borrowing ahead", |s| {
+        let (allocation, in_use, _) = row(s, "D");
+        in_use == Some(10) && allocation > 10
     })
     .await;
 

@@ -80,7 +80,10 @@ impl Pool {
         }
         let state = self.applied.borrow().state.clone();
         let Some(current) = state.pool().cloned() else {
-            return Err(refused(ErrorCode::NoLeader, "no pool file is installed yet"));
+            return Err(refused(
+                ErrorCode::NoLeader,
+                "no pool file is installed yet",
+            ));
         };
         if let Some(expected) = change.expected_sequence() {
             if expected != current.sequence {
@@ -149,11 +152,11 @@ fn next_pool_file(
             for code in codes {
                 if let Some(server) = &change.server {
                     let feature = code.feature().to_string();
-                    let distribution = given.entry(feature.clone()).or_insert_with(|| {
-                        match state.allocation(&feature) {
-                            Some(a) => a.servers.clone(),
-                            None => current.server_ids().into_iter().map(|s| (s, 0)).collect(),
-                        }
+                    let distribution = given.entry(feature.clone()).or_insert_with(|| match state
+                        .allocation(&feature)
+                    {
+                        Some(a) => a.servers.clone(),
+                        None => current.server_ids().into_iter().map(|s| (s, 0)).collect(),
                     });
                     *distribution.entry(server.clone()).or_default() += code.seats();
                 }
@@ -162,16 +165,20 @@ fn next_pool_file(
             next.distribution.extend(given);
         }
         AdminChange::RemoveLicense(change) => {
-            let before = next.codes.len();
-            next.codes.retain(|c| c.id() != change.id);
-            if next.codes.len() == before {
+            let Some(removed) = next.codes.iter().find(|c| c.id() == change.id).cloned() else {
                 return Err(refused(
                     ErrorCode::NotFound,
                     format!("the pool has no license code `{}`", change.id),
                 ));
-            }
+            };
+            next.codes.retain(|c| c.id() != change.id);
+            // The distribution last set for the feature counted the removed
+            // seats; the servers keep what they hold, and the seats must be
+            // free (see ControlState) for the removal to go through.
+            next.distribution.remove(removed.feature());
             // A feature whose last code goes drops its distribution and borrowing sections.
-            let features: Vec<String> = next.codes.iter().map(|c| c.feature().to_string()).collect();
+            let features: Vec<String> =
+                next.codes.iter().map(|c| c.feature().to_string()).collect();
             next.distribution.retain(|f, _| features.contains(f));
             next.borrowing.retain(|f, _| features.contains(f));
         }

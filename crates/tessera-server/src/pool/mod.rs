@@ -593,7 +593,10 @@ impl Pool {
     }
 
     /// Leader: commits `command` and returns what applying it did.
-    pub(crate) async fn commit(&self, command: ControlCommand) -> Result<ControlOutcome, IssueError> {
+    pub(crate) async fn commit(
+        &self,
+        command: ControlCommand,
+    ) -> Result<ControlOutcome, IssueError> {
         self.raft
             .client_write(command)
             .await

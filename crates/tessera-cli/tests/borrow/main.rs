@@ -1,0 +1,414 @@
+//! License balancing and live admin changes (seed 002), end to end: real
+//! `tessera server` processes on loopback, driven over HTTP and through the
+//! `tessera admin` command.
+
+use std::time::{Duration, Instant};
+
+use tessera_proto::{DistributionRow, StatusResponse};
+use tessera_testkit::{sign_code, Pool, PoolSpec, PATIENCE};
+
+const TESSERA: &str = env!("CARGO_BIN_EXE_tessera");
+
+/// Pools run one at a time, as in the pool tests.
+static ONE_POOL_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+async fn start_pool(spec: PoolSpec<'_>) -> Pool {
+    let mut pool = Pool::new(std::path::Path::new(TESSERA), spec);
+    pool.spawn_all();
+    for i in 0..pool.servers.len() {
+        pool.wait_serving(i).await;
+    }
+    pool
+}
+
+fn rows(status: &StatusResponse) -> Vec<DistributionRow> {
+    status
+        .features
+        .iter()
+        .find(|f| f.feature == "app")
+        .expect("feature app")
+        .servers
+        .clone()
+}
+
+fn own_row(status: &StatusResponse) -> DistributionRow {
+    rows(status)
+        .into_iter()
+        .find(|r| r.server_id == status.server.id)
+        .expect("own row")
+}
+
+fn allocations(status: &StatusResponse) -> Vec<u32> {
+    rows(status).iter().map(|r| r.allocation).collect()
+}
+
+fn free_pool(status: &StatusResponse) -> u32 {
+    status
+        .features
+        .iter()
+        .find(|f| f.feature == "app")
+        .expect("feature app")
+        .free_pool
+}
+
+/// Checks out `n` single seats on server `i`, each by its own client.
+async fn fill(pool: &Pool, i: usize, n: u32, tag: &str) {
+    for k in 0..n {
+        let (code, body) = pool.checkout(i, &format!("{tag}-{k}"), 1).await;
+        assert_eq!(code, 200, "seat {k} on {}: {body}", pool.servers[i].id);
+    }
+}
+
+/// Seed 002 claim 2: B at 25 of 30 is above its 80% threshold and borrows a
+/// batch from the free pool, so it never runs out on the way to 30.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_above_its_threshold_borrows_before_it_runs_out() {
+    let _serial = ONE_POOL_AT_A_TIME.lock().await;
+    let pool = start_pool(PoolSpec {
+        distribution: "A = 30\nB = 30\nC = 30\n",
+        extra: "[borrowing.app]\nbatch = 5\n",
+        lease_s: 30,
+        heartbeat_s: 10,
+        ..PoolSpec::default()
+    })
+    .await;
+    fill(&pool, 1, 24, "b").await;
+    let status = pool.status(1).await.expect("status");
+    assert_eq!(
+        own_row(&status).allocation,
+        30,
+        "at 24 of 30 (80%) no borrow yet"
+    );
+    fill(&pool, 1, 1, "b25").await;
+    let status = pool
+        .wait_status(1, "B borrowed a batch at 25 of 30", |s| {
+            own_row(s).allocation == 35
+        })
+        .await;
+    assert_eq!(free_pool(&status), 5, "the batch came from the free pool");
+    fill(&pool, 1, 4, "b26").await;
+    let status = pool.status(1).await.expect("status");
+    let b = own_row(&status);
+    assert_eq!(b.in_use, Some(29));
+    assert!(b.allocation >= 35, "B at 29 holds {} seats", b.allocation);
+    assert!(b.borrows >= 1 && b.seats_in >= 5, "{b:?}");
+    let leader = pool.wait_leader(&[0, 1, 2]).await;
+    let status = pool.status(leader).await.expect("status");
+    let total = allocations(&status).iter().sum::<u32>() + free_pool(&status);
+    assert_eq!(total, 100, "no seat created or destroyed");
+}
+
+/// Every client on one server: all 100 seats are usable through it, taken
+/// from the leader's and the other follower's spare with their consent, none
+/// stranded; the 101st is denied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn skewed_load_uses_every_seat_through_one_server() {
+    let _serial = ONE_POOL_AT_A_TIME.lock().await;
+    let pool = start_pool(PoolSpec {
+        extra: "[borrowing.app]\nbatch = 10\n",
+        lease_s: 30,
+        heartbeat_s: 10,
+        ..PoolSpec::default()
+    })
+    .await;
+    let started = Instant::now();
+    fill(&pool, 2, 100, "c").await;
+    let took = started.elapsed();
+    let (code, body) = pool.checkout(2, "c-101", 1).await;
+    assert_eq!(code, 409, "the 101st seat: {body}");
+    assert_eq!(body["error"]["code"], "no_seats_available");
+    for i in 0..3 {
+        pool.wait_status(i, "C holds all 100 seats", |s| {
+            allocations(s) == vec![0, 0, 100]
+        })
+        .await;
+    }
+    let status = pool.status(2).await.expect("status");
+    let lent: u64 = rows(&status).iter().map(|r| r.seats_out).sum();
+    assert_eq!(lent, 66, "A and B gave all their seats");
+    println!("100 seats through one server in {took:?}");
+}
+
+/// A donor gives only seats no client holds: B full, C asks; nothing moves
+/// from B, the request is cancelled, and C is denied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_follower_gives_seats_only_with_its_consent() {
+    let _serial = ONE_POOL_AT_A_TIME.lock().await;
+    let pool = start_pool(PoolSpec {
+        distribution: "A = 0\nB = 50\nC = 50\n",
+        lease_s: 30,
+        heartbeat_s: 10,
+        ..PoolSpec::default()
+    })
+    .await;
+    let leader = pool.wait_leader(&[0, 1, 2]).await;
+    // Whether or not B's report shows it full when C asks, B gives nothing
+    // its clients hold.
+    fill(&pool, 1, 50, "b").await;
+    fill(&pool, 2, 50, "c").await;
+    let (code, body) = pool.checkout(2, "c-51", 1).await;
+    assert_eq!(code, 409, "{body}");
+    let status = pool
+        .wait_status(leader, "no request left pending", |s| {
+            s.features[0].pending_requests == 0
+        })
+        .await;
+    assert_eq!(allocations(&status), vec![0, 50, 50]);
+    // B checks one seat in: now it can consent, and C gets it.
+    let grant = {
+        let (code, body) = pool.checkout(1, "b-extra", 1).await;
+        assert_eq!(code, 409, "B is full: {body}");
+        pool.status(1).await.expect("status").grants[0].clone()
+    };
+    let url = format!("http://{}/v1/checkin", pool.servers[1].address);
+    let response = reqwest::Client::new()
+        .post(url)
+        .json(&serde_json::json!({"grant_id": grant.grant_id, "client_id": grant.client_id}))
+        .send()
+        .await
+        .expect("checkin");
+    assert!(response.status().is_success());
+    pool.wait_status(leader, "B reported its free seat", |s| {
+        rows(s)[1].in_use == Some(49)
+    })
+    .await;
+    let (code, body) = pool.checkout(2, "c-51", 1).await;
+    assert_eq!(code, 200, "B consented to one seat: {body}");
+    let status = pool
+        .wait_status(leader, "one seat moved from B to C", |s| {
+            allocations(s) == vec![0, 49, 51]
+        })
+        .await;
+    assert!(rows(&status)[1].seats_out >= 1);
+}
+
+/// A silent server's allocation moves only once every grant it issued must
+/// have lapsed: its quota lease plus the longest lease, from its last report.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_down_servers_seats_move_only_after_the_safe_wait() {
+    let _serial = ONE_POOL_AT_A_TIME.lock().await;
+    let mut pool = start_pool(PoolSpec {
+        distribution: "A = 40\nB = 30\nC = 30\n",
+        lease_s: 4,
+        heartbeat_s: 1,
+        // No borrowing ahead: B takes C's seats only when it runs out.
+        extra: "[borrowing.app]\nthreshold_percent = 100\n",
+        ..PoolSpec::default()
+    })
+    .await;
+    let leader = pool.wait_leader(&[0, 1, 2]).await;
+    assert_eq!(leader, 0, "A leads by priority");
+    // A and B full: the only seats left are C's.
+    let mut held = Vec::new();
+    for (i, n) in [(0usize, 40u32), (1, 30)] {
+        for k in 0..n {
+            let mut config =
+                tessera_client::ClientConfig::new(vec![pool.servers[i].address.clone()]);
+            config.client_id = format!("{i}-{k}");
+            let client = tessera_client::Client::new(config).expect("client");
+            held.push(client.checkout("app", "1.0", 1).await.expect("seat"));
+        }
+    }
+    pool.wait_status(leader, "B reported full", |s| {
+        rows(s)[1].in_use == Some(30) && allocations(s) == vec![40, 30, 30]
+    })
+    .await;
+    pool.kill(2);
+    let killed = Instant::now();
+    // Quota lease 1.5 s + lease 4 s, each stretched by the 1% drift bound.
+    let safe_wait = Duration::from_millis(1_515 + 4_040);
+    let mut first_grant = None;
+    while killed.elapsed() < PATIENCE {
+        let (code, body) = pool.checkout(1, "b-more", 1).await;
+        match code {
+            200 => {
+                first_grant = Some(killed.elapsed());
+                break;
+            }
+            409 => assert_eq!(body["error"]["code"], "no_seats_available", "{body}"),
+            other => panic!("unexpected {other}: {body}"),
+        }
+    }
+    let first_grant = first_grant.expect("B borrowed C's seats in the end");
+    println!("C's seats moved {first_grant:?} after it was killed (safe wait {safe_wait:?})");
+    assert!(
+        first_grant >= safe_wait,
+        "C's seats moved after {first_grant:?}, before the safe wait {safe_wait:?}"
+    );
+    let status = pool.status(leader).await.expect("status");
+    assert_eq!(
+        rows(&status)[2].allocation + rows(&status)[1].allocation,
+        60
+    );
+    assert!(rows(&status)[2].seats_out >= 1);
+    drop(held);
+}
+
+/// An admin change sent to a follower reaches every server within a second;
+/// bad changes are refused with their reason and change nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_changes_reach_every_server_and_bad_ones_change_nothing() {
+    let _serial = ONE_POOL_AT_A_TIME.lock().await;
+    let pool = start_pool(PoolSpec {
+        distribution: "A = 40\nB = 30\nC = 30\n",
+        lease_s: 30,
+        heartbeat_s: 10,
+        ..PoolSpec::default()
+    })
+    .await;
+    let leader = pool.wait_leader(&[0, 1, 2]).await;
+    let follower = (leader + 1) % 3;
+    fill(&pool, 0, 30, "a").await;
+
+    let sent = Instant::now();
+    let out = pool.admin(
+        follower,
+        &[
+            "set-distribution",
+            "app",
+            "A=20,B=40,C=40",
+            "--sequence",
+            "1",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut seen = Vec::new();
+    for i in 0..3 {
+        pool.wait_status(i, "sequence 2", |s| s.pool_sequence == 2)
+            .await;
+        seen.push(sent.elapsed());
+    }
+    println!("set-distribution visible on all servers after {seen:?}");
+    assert!(seen[2] <= Duration::from_secs(1), "{seen:?}");
+    // A holds 30: it keeps them and gives the other 10 at once.
+    let status = pool
+        .wait_status(leader, "A down to its in-use count", |s| {
+            allocations(s) == vec![30, 40, 30]
+        })
+        .await;
+    assert_eq!(rows(&status)[0].target, Some(20));
+    let (code, _) = pool.checkout(0, "a-over", 1).await;
+    assert_eq!(code, 409, "A issues nothing above its target");
+
+    let refusals: [(&[&str], &str); 4] = [
+        (
+            &["set-distribution", "app", "A=60,B=30,C=30"],
+            "hard limit is 100",
+        ),
+        (&["set-distribution", "app", "A=10,Z=10"], "server `Z`"),
+        (
+            &[
+                "set-distribution",
+                "app",
+                "A=20,B=40,C=40",
+                "--sequence",
+                "1",
+            ],
+            "sequence 1, but sequence 2",
+        ),
+        (&["remove-license", "app-9"], "no license code `app-9`"),
+    ];
+    for (args, reason) in refusals {
+        let out = pool.admin(follower, args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} was accepted");
+        assert!(stderr.contains(reason), "{args:?}: {stderr}");
+    }
+    // A tampered code is refused for its signature.
+    sign_code(
+        std::path::Path::new(TESSERA),
+        pool.path(),
+        "app-2",
+        20,
+        30,
+        10,
+        "more.lic",
+    );
+    let good = std::fs::read_to_string(pool.path().join("more.lic")).expect("codes");
+    let tampered = good.replace("seats = 20", "seats = 21");
+    std::fs::write(pool.path().join("tampered.lic"), tampered).expect("write");
+    let out = pool.admin(follower, &["add-license", "tampered.lic"]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("signature"), "{stderr}");
+    let status = pool.status(leader).await.expect("status");
+    assert_eq!(status.pool_sequence, 2, "refused changes change nothing");
+
+    // The real code, its seats to C.
+    let out = pool.admin(follower, &["add-license", "more.lic", "--to", "C"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for i in 0..3 {
+        pool.wait_status(i, "C got the 20 new seats", |s| {
+            s.features[0].hard_limit == 120 && allocations(s) == vec![30, 40, 50]
+        })
+        .await;
+    }
+    // Its seats are C's now, not free: the code cannot be taken out yet.
+    let out = pool.admin(follower, &["remove-license", "app-2"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("20 fewer seats"), "{stderr}");
+}
+
+/// The leader killed right after an admin change is sent: the change is
+/// applied once (the retry with the same expected sequence is refused as
+/// stale, or takes effect if the first never committed), nothing is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_killed_mid_change_applies_it_once() {
+    let _serial = ONE_POOL_AT_A_TIME.lock().await;
+    let mut pool = start_pool(PoolSpec {
+        distribution: "A = 40\nB = 30\nC = 30\n",
+        lease_s: 30,
+        heartbeat_s: 10,
+        ..PoolSpec::default()
+    })
+    .await;
+    let leader = pool.wait_leader(&[0, 1, 2]).await;
+    let follower = (leader + 1) % 3;
+    let args = [
+        "set-distribution",
+        "app",
+        "A=30,B=30,C=40",
+        "--sequence",
+        "1",
+    ];
+    let mut command = std::process::Command::new(TESSERA);
+    command
+        .arg("admin")
+        .args(args)
+        .args(["--server", &pool.servers[follower].address]);
+    let child = command.spawn().expect("tessera admin");
+    tokio::time::sleep(Duration::from_millis(15)).await;
+    pool.kill(leader);
+    let first = child.wait_with_output().expect("admin");
+    let live: Vec<usize> = (0..3).filter(|&i| i != leader).collect();
+    let new_leader = pool.wait_leader(&live).await;
+    let retry = pool.admin(new_leader, &args);
+    let stderr = String::from_utf8_lossy(&retry.stderr);
+    assert!(
+        retry.status.success() || stderr.contains("sequence 1, but sequence 2"),
+        "first: {:?}, retry: {stderr}",
+        first.status
+    );
+    for &i in &live {
+        pool.wait_status(i, "the change applied once", |s| s.pool_sequence == 2)
+            .await;
+    }
+    // The old leader returns and gives its excess back.
+    pool.spawn(leader);
+    for i in 0..3 {
+        let status = pool
+            .wait_status(i, "the distribution reached", |s| {
+                s.pool_sequence == 2 && allocations(s) == vec![30, 30, 40]
+            })
+            .await;
+        assert_eq!(free_pool(&status), 0);
+    }
+}
