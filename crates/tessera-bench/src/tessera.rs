@@ -547,6 +547,7 @@ impl PoolTarget {
                 distribution: "",
                 lease_s: CYCLE_LEASE_S,
                 heartbeat_s: HEARTBEAT_INTERVAL_S,
+                extra: "",
             },
         );
         pool.spawn_all();

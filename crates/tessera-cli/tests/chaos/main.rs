@@ -280,6 +280,7 @@ async fn start_pool(settings: &Settings) -> Pool {
             distribution: "",
             lease_s: settings.lease_s,
             heartbeat_s: HEARTBEAT_S,
+            extra: "",
         },
     );
     pool.spawn_all();
