@@ -378,6 +378,17 @@ impl ControlState {
                 target_before,
             } => self.drain(feature, server, *seats, *allocation_before, *target_before),
         };
+        // Every committed state keeps each feature's seats; a command that
+        // would not is refused whole (a bug, caught in debug builds).
+        let result = result.and_then(|outcome| {
+            for (feature, allocation) in &self.allocations {
+                if let Err(reason) = allocation.check_invariants(feature) {
+                    debug_assert!(false, "{command:?}: {reason}");
+                    return Err(reason);
+                }
+            }
+            Ok(outcome)
+        });
         match result {
             Ok(outcome) => outcome,
             Err(reason) => {

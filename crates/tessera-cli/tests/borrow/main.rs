@@ -127,6 +127,69 @@ async fn skewed_load_uses_every_seat_through_one_server() {
     let lent: u64 = rows(&status).iter().map(|r| r.seats_out).sum();
     assert_eq!(lent, 66, "A and B gave all their seats");
     println!("100 seats through one server in {took:?}");
+    let metrics = reqwest::get(format!("http://{}/metrics", pool.servers[2].address))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("metrics text");
+    let moved_in = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("tessera_seats_moved_in_total{feature=\"app\",server=\"C\"} "))
+        .expect("moved-in metric for C");
+    assert_eq!(moved_in, "67", "{metrics}");
+}
+
+/// Clients on every server at once ask for more than the pool has: servers
+/// borrow from each other concurrently, exactly the hard limit is granted,
+/// and every server ends with allocations + free pool = the hard limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_borrows_neither_create_nor_destroy_seats() {
+    let _serial = ONE_POOL_AT_A_TIME.lock().await;
+    let pool = std::sync::Arc::new(
+        start_pool(PoolSpec {
+            distribution: "A = 20\nB = 30\nC = 40\n",
+            extra: "[borrowing.app]\nbatch = 3\n",
+            lease_s: 30,
+            heartbeat_s: 10,
+            ..PoolSpec::default()
+        })
+        .await,
+    );
+    let mut tasks = Vec::new();
+    for server in 0..3 {
+        for worker in 0..4 {
+            let pool = pool.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut granted = 0u32;
+                for k in 0..10 {
+                    let (code, body) = pool
+                        .checkout(server, &format!("{server}-{worker}-{k}"), 1)
+                        .await;
+                    match code {
+                        200 => granted += 1,
+                        409 => assert_eq!(body["error"]["code"], "no_seats_available"),
+                        other => panic!("unexpected {other}: {body}"),
+                    }
+                }
+                granted
+            }));
+        }
+    }
+    let mut granted = 0;
+    for task in tasks {
+        granted += task.await.expect("worker");
+    }
+    assert_eq!(granted, 100, "120 asked, the hard limit granted");
+    for i in 0..3 {
+        let status = pool
+            .wait_status(i, "no request pending", |s| {
+                s.features[0].pending_requests == 0
+            })
+            .await;
+        let total = allocations(&status).iter().sum::<u32>() + free_pool(&status);
+        assert_eq!(total, 100, "server {i}: {status:#?}");
+    }
 }
 
 /// A donor gives only seats no client holds: B full, C asks; nothing moves
