@@ -391,13 +391,17 @@ pub(crate) fn spawn_answer_loop(app: Arc<App>) -> tokio::task::JoinHandle<()> {
                 if sent.contains_key(&key) {
                     continue;
                 }
-                sent.insert(key, now_ms);
                 match app.pool.propose(answer.clone()).await {
                     Ok(ControlOutcome::Moved { seats }) if seats > 0 => {
+                        sent.insert(key, now_ms);
                         tracing::info!("gave up {seats} seats: {answer:?}")
                     }
-                    Ok(_) => {}
-                    Err(err) => tracing::debug!("answer not committed: {err}"),
+                    Ok(outcome) => {
+                        sent.insert(key, now_ms);
+                        tracing::debug!("answer {answer:?}: {outcome:?}");
+                    }
+                    // Not committed: answered again at the next tick.
+                    Err(err) => tracing::info!("answer {answer:?} not committed: {err}"),
                 }
             }
             if app.pool.observe_term().is_none() {
