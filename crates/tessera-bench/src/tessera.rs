@@ -548,6 +548,7 @@ impl PoolTarget {
                 lease_s: CYCLE_LEASE_S,
                 heartbeat_s: HEARTBEAT_INTERVAL_S,
                 extra: "",
+                config_extra: "",
             },
         );
         pool.spawn_all();

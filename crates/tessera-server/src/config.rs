@@ -122,6 +122,10 @@ pub struct Timing {
     /// Leader: a request for a live server's seats that its donor has not
     /// answered within this is cancelled (the donor keeps its seats).
     pub release_request_timeout_ms: u64,
+    /// A snapshot of the control state is taken after this many log entries,
+    /// and the log before it purged but for `log_kept_after_snapshot`.
+    pub snapshot_every_entries: u64,
+    pub log_kept_after_snapshot: u64,
 }
 
 impl Default for Timing {
@@ -140,6 +144,8 @@ impl Default for Timing {
             quota_lease_ms: 1_500,
             borrow_wait_ms: 2_000,
             release_request_timeout_ms: 3_000,
+            snapshot_every_entries: 1_000,
+            log_kept_after_snapshot: 100,
         }
     }
 }
@@ -192,6 +198,9 @@ impl ServerConfig {
         }
         for (feature, policy) in &raw.borrowing {
             policy.validate(&format!("borrowing.{feature}"))?;
+        }
+        if raw.timing.snapshot_every_entries == 0 {
+            return Err("timing.snapshot_every_entries must be above 0".into());
         }
         if raw.timing.store_batch_max == 0 || raw.timing.expiry_sweep_interval_ms == 0 {
             return Err(

@@ -111,6 +111,8 @@ pub struct PoolSpec<'a> {
     pub heartbeat_s: u32,
     /// More pool file text, e.g. a `[borrowing.app]` section.
     pub extra: &'a str,
+    /// More server config text, e.g. a `[timing]` section.
+    pub config_extra: &'a str,
 }
 
 impl Default for PoolSpec<'_> {
@@ -122,6 +124,7 @@ impl Default for PoolSpec<'_> {
             lease_s: 4,
             heartbeat_s: 1,
             extra: "",
+            config_extra: "",
         }
     }
 }
@@ -170,7 +173,8 @@ impl Pool {
                 &config,
                 format!(
                     "server_id = \"{id}\"\npool_file = \"pool.toml\"\ndata_dir = \"data-{id}\"\n\
-                     [[vendors]]\nname = \"acme\"\npublic_key = \"{public_key}\"\n"
+                     [[vendors]]\nname = \"acme\"\npublic_key = \"{public_key}\"\n{}",
+                    spec.config_extra
                 ),
             )
             .expect("write config");

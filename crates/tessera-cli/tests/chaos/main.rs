@@ -281,6 +281,7 @@ async fn start_pool(settings: &Settings) -> Pool {
             lease_s: settings.lease_s,
             heartbeat_s: HEARTBEAT_S,
             extra: "",
+            config_extra: "",
         },
     );
     pool.spawn_all();

@@ -506,3 +506,111 @@ async fn restart_with_a_newer_pool_file_removes_a_server() {
         assert_eq!(code, 200, "{body}");
     }
 }
+
+/// The log is purged behind snapshots: a server that was down while the
+/// pool moved on catches up from the leader's snapshot, and a restarted
+/// leader rebuilds its state from its own snapshot and log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshots_bring_back_servers_that_missed_purged_log() {
+    let _serial = ONE_POOL_AT_A_TIME.lock().await;
+    let mut pool = start_pool(PoolSpec {
+        distribution: "A = 40\nB = 30\nC = 30\n",
+        config_extra: "[timing]\nsnapshot_every_entries = 5\nlog_kept_after_snapshot = 0\n",
+        ..PoolSpec::default()
+    })
+    .await;
+    let leader = pool.wait_leader(&[0, 1, 2]).await;
+    let live = (leader + 1) % 3;
+    let lagging = (leader + 2) % 3;
+    pool.kill(lagging);
+    let ids: Vec<String> = pool.servers.iter().map(|s| s.id.clone()).collect();
+    let mut expected = [0u32; 3];
+    for n in 0..12u64 {
+        let mut seats = [0u32; 3];
+        seats[leader] = if n % 2 == 0 { 35 } else { 40 };
+        seats[live] = 70 - seats[leader];
+        seats[lagging] = 30;
+        let spec: Vec<String> = (0..3).map(|i| format!("{}={}", ids[i], seats[i])).collect();
+        let sequence = (n + 1).to_string();
+        let out = pool.admin(
+            leader,
+            &[
+                "set-distribution",
+                "app",
+                &spec.join(","),
+                "--sequence",
+                &sequence,
+            ],
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        pool.wait_status(leader, "the distribution reached", |s| {
+            s.features[0]
+                .servers
+                .iter()
+                .map(|r| r.allocation)
+                .collect::<Vec<_>>()
+                == seats
+        })
+        .await;
+        expected = seats;
+    }
+    let snapshot = pool
+        .path()
+        .join(format!("data-{}", ids[leader]))
+        .join("control-snapshot.json");
+    assert!(snapshot.exists(), "the leader keeps a snapshot");
+    let allocations = |s: &tessera_proto::StatusResponse| -> Vec<u32> {
+        s.features[0].servers.iter().map(|r| r.allocation).collect()
+    };
+    pool.spawn(lagging);
+    let back = pool
+        .wait_status(lagging, "the lagging server caught up", |s| {
+            s.pool_sequence == 13 && allocations(s) == expected
+        })
+        .await;
+    assert_eq!(back.server.state, "serving");
+    pool.kill(leader);
+    pool.spawn(leader);
+    pool.wait_status(leader, "the restarted leader has the state", |s| {
+        s.pool_sequence == 13 && allocations(s) == expected
+    })
+    .await;
+    let log = pool.log(lagging);
+    assert!(
+        log.contains("installed the leader's snapshot"),
+        "the lagging server caught up by snapshot: {log}"
+    );
+}
+
+/// A damaged snapshot file stops the server with advice and is left alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_snapshot_stops_the_server_with_advice() {
+    let _serial = ONE_POOL_AT_A_TIME.lock().await;
+    let mut pool = Pool::new(
+        std::path::Path::new(TESSERA),
+        PoolSpec {
+            servers: 1,
+            ..PoolSpec::default()
+        },
+    );
+    let data = pool.path().join("data-A");
+    std::fs::create_dir_all(&data).expect("data dir");
+    let snapshot = data.join("control-snapshot.json");
+    std::fs::write(&snapshot, "{\"meta\": 1").expect("write");
+    pool.spawn(0);
+    wait_until("the server to refuse its snapshot", || {
+        pool.log(0).contains("is damaged")
+    })
+    .await;
+    let log = pool.log(0);
+    assert!(log.contains("move it away"), "{log}");
+    assert_eq!(
+        std::fs::read_to_string(&snapshot).expect("still there"),
+        "{\"meta\": 1"
+    );
+    assert!(pool.status(0).await.is_none(), "the server did not start");
+}

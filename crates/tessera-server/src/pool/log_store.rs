@@ -1,9 +1,10 @@
 //! The Raft log, vote and commit index in `redb` (`raft.redb` in the data
 //! directory), each write committed durably before openraft is told.
 //!
-//! The state machine is not stored: it is rebuilt by applying the log again
-//! at start. The log is never purged (snapshots are off): control commands
-//! are rare, and a full log lets any member rebuild the state.
+//! The state machine is rebuilt at start from its last snapshot
+//! (`control-snapshot.json`, see `state_machine.rs`) and the log after it.
+//! openraft purges the log a snapshot covers, keeping the last
+//! `log_kept_after_snapshot` entries for followers that lag a little.
 
 use std::fmt::Debug;
 use std::ops::RangeBounds;

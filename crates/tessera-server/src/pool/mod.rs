@@ -109,13 +109,14 @@ impl Pool {
             heartbeat_interval: timing.raft_heartbeat_interval_ms,
             election_timeout_min,
             election_timeout_max: election_timeout_min + timing.election_jitter_ms,
-            snapshot_policy: openraft::SnapshotPolicy::Never,
+            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(timing.snapshot_every_entries),
+            max_in_snapshot_log_to_keep: timing.log_kept_after_snapshot,
             ..Default::default()
         }
         .validate()
         .map_err(|err| format!("pool timing: {err}"))?;
         let log_store = log_store::LogStore::open(data_dir)?;
-        let (state_machine, applied) = state_machine::StateMachine::new();
+        let (state_machine, applied) = state_machine::StateMachine::open(data_dir)?;
         let peers = PeerClient::new(bootstrap.pool_id.clone(), server_id.clone(), peer_secret);
         let partitioned = peers.partitioned();
         let node_id = node_id(&server_id);

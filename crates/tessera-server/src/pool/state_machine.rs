@@ -2,10 +2,14 @@
 //! [`ControlState`] and publishes every new state on a watch channel, which
 //! the issuer and the quota loop follow.
 //!
-//! It lives in memory and is rebuilt from the log at start (the log is never
-//! purged); snapshots are JSON of the state, for openraft's use.
+//! It lives in memory. A snapshot (JSON of the state) is written to
+//! `control-snapshot.json` in the data directory, durably, before openraft
+//! purges the log it covers; at start the state machine loads it and the log
+//! after it is applied again. A server that missed purged entries receives
+//! the leader's snapshot.
 
-use std::io::Cursor;
+use std::io::{Cursor, Write};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use openraft::storage::{RaftStateMachine, Snapshot};
@@ -39,26 +43,92 @@ struct Inner {
 pub struct StateMachine {
     inner: Arc<RwLock<Inner>>,
     published: Arc<watch::Sender<Applied>>,
+    /// Where the latest snapshot is kept.
+    snapshot_path: PathBuf,
 }
+
+/// The snapshot file: openraft's metadata and the state's JSON.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct SnapshotFile {
+    meta: SnapshotMeta<NodeId, Node>,
+    state: String,
+}
+
+/// The snapshot file's name in the data directory.
+pub const SNAPSHOT_FILE: &str = "control-snapshot.json";
 
 fn sm_error(err: impl ToString) -> StorageError<NodeId> {
     StorageIOError::write_state_machine(AnyError::error(err.to_string())).into()
 }
 
 impl StateMachine {
-    pub fn new() -> (StateMachine, watch::Receiver<Applied>) {
+    /// The state machine of the server whose data directory is `data_dir`:
+    /// empty, or as of the snapshot kept there.
+    pub fn open(data_dir: &Path) -> Result<(StateMachine, watch::Receiver<Applied>), String> {
+        let snapshot_path = data_dir.join(SNAPSHOT_FILE);
+        let mut inner = Inner {
+            last_applied: None,
+            membership: StoredMembership::default(),
+            state: ControlState::default(),
+            snapshot: None,
+            snapshots_built: 0,
+        };
+        match std::fs::read(&snapshot_path) {
+            Ok(bytes) => {
+                let damaged = |err: String| {
+                    format!(
+                        "{} is damaged ({err}); move it away to let this server take the                          pool's state from its peers",
+                        snapshot_path.display()
+                    )
+                };
+                let file: SnapshotFile =
+                    serde_json::from_slice(&bytes).map_err(|e| damaged(e.to_string()))?;
+                let mut state: ControlState =
+                    serde_json::from_str(&file.state).map_err(|e| damaged(e.to_string()))?;
+                state.restore_parsed().map_err(damaged)?;
+                inner.state = state;
+                inner.last_applied = file.meta.last_log_id;
+                inner.membership = file.meta.last_membership.clone();
+                inner.snapshot = Some((file.meta, file.state.into_bytes()));
+            }
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+            Err(err) => return Err(format!("cannot read {}: {err}", snapshot_path.display())),
+        }
         let (sender, receiver) = watch::channel(Applied::default());
         let machine = StateMachine {
-            inner: Arc::new(RwLock::new(Inner {
-                last_applied: None,
-                membership: StoredMembership::default(),
-                state: ControlState::default(),
-                snapshot: None,
-                snapshots_built: 0,
-            })),
+            inner: Arc::new(RwLock::new(inner)),
             published: Arc::new(sender),
+            snapshot_path,
         };
-        (machine, receiver)
+        if let Ok(inner) = machine.inner.try_read() {
+            machine.publish(&inner);
+        }
+        Ok((machine, receiver))
+    }
+
+    /// Writes a snapshot durably: a temporary file, synced, renamed over
+    /// the old one, and the directory synced.
+    fn persist(
+        &self,
+        meta: &SnapshotMeta<NodeId, Node>,
+        data: &[u8],
+    ) -> Result<(), StorageError<NodeId>> {
+        let file = SnapshotFile {
+            meta: meta.clone(),
+            state: String::from_utf8(data.to_vec()).map_err(sm_error)?,
+        };
+        let bytes = serde_json::to_vec(&file).map_err(sm_error)?;
+        let temporary = self.snapshot_path.with_extension("json.tmp");
+        let mut out = std::fs::File::create(&temporary).map_err(sm_error)?;
+        out.write_all(&bytes).map_err(sm_error)?;
+        out.sync_all().map_err(sm_error)?;
+        std::fs::rename(&temporary, &self.snapshot_path).map_err(sm_error)?;
+        if let Some(dir) = self.snapshot_path.parent() {
+            std::fs::File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(sm_error)?;
+        }
+        Ok(())
     }
 
     fn publish(&self, inner: &Inner) {
@@ -84,6 +154,8 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
             last_membership: inner.membership.clone(),
             snapshot_id,
         };
+        // Durable before openraft may purge the log it covers.
+        self.persist(&meta, &data)?;
         inner.snapshot = Some((meta.clone(), data.clone()));
         Ok(Snapshot {
             meta,
@@ -153,6 +225,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let data = snapshot.into_inner();
         let mut state: ControlState = serde_json::from_slice(&data).map_err(sm_error)?;
         state.restore_parsed().map_err(sm_error)?;
+        self.persist(meta, &data)?;
+        tracing::info!(
+            "installed the leader's snapshot up to log index {}",
+            meta.last_log_id.map_or(0, |id| id.index)
+        );
         let mut inner = self.inner.write().await;
         inner.state = state;
         inner.last_applied = meta.last_log_id;
