@@ -108,25 +108,20 @@ impl StateMachine {
 
     /// Writes a snapshot durably: a temporary file, synced, renamed over
     /// the old one, and the directory synced.
-    fn persist(
-        &self,
-        meta: &SnapshotMeta<NodeId, Node>,
-        data: &[u8],
-    ) -> Result<(), StorageError<NodeId>> {
+    fn persist(&self, meta: &SnapshotMeta<NodeId, Node>, data: &[u8]) -> std::io::Result<()> {
         let file = SnapshotFile {
             meta: meta.clone(),
-            state: String::from_utf8(data.to_vec()).map_err(sm_error)?,
+            state: String::from_utf8(data.to_vec())
+                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?,
         };
-        let bytes = serde_json::to_vec(&file).map_err(sm_error)?;
+        let bytes = serde_json::to_vec(&file)?;
         let temporary = self.snapshot_path.with_extension("json.tmp");
-        let mut out = std::fs::File::create(&temporary).map_err(sm_error)?;
-        out.write_all(&bytes).map_err(sm_error)?;
-        out.sync_all().map_err(sm_error)?;
-        std::fs::rename(&temporary, &self.snapshot_path).map_err(sm_error)?;
+        let mut out = std::fs::File::create(&temporary)?;
+        out.write_all(&bytes)?;
+        out.sync_all()?;
+        std::fs::rename(&temporary, &self.snapshot_path)?;
         if let Some(dir) = self.snapshot_path.parent() {
-            std::fs::File::open(dir)
-                .and_then(|d| d.sync_all())
-                .map_err(sm_error)?;
+            std::fs::File::open(dir)?.sync_all()?;
         }
         Ok(())
     }
@@ -155,7 +150,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
             snapshot_id,
         };
         // Durable before openraft may purge the log it covers.
-        self.persist(&meta, &data)?;
+        self.persist(&meta, &data).map_err(sm_error)?;
         inner.snapshot = Some((meta.clone(), data.clone()));
         Ok(Snapshot {
             meta,
@@ -225,7 +220,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let data = snapshot.into_inner();
         let mut state: ControlState = serde_json::from_slice(&data).map_err(sm_error)?;
         state.restore_parsed().map_err(sm_error)?;
-        self.persist(meta, &data)?;
+        self.persist(meta, &data).map_err(sm_error)?;
         tracing::info!(
             "installed the leader's snapshot up to log index {}",
             meta.last_log_id.map_or(0, |id| id.index)
