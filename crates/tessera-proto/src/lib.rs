@@ -432,6 +432,10 @@ pub struct BorrowAsk {
 pub struct BorrowAnswer {
     pub moved: u32,
     pub requested: u32,
+    /// Seats already asked of live servers for this server, still pending:
+    /// worth waiting for.
+    #[serde(default)]
+    pub pending: u32,
 }
 
 /// `POST /v1/admin/distribution`: a new distribution of one feature.

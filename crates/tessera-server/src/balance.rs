@@ -123,10 +123,11 @@ impl App {
         }
         let ask = (count - available).max(batch);
         match tokio::time::timeout_at(deadline, self.borrow(feature, ask, false)).await {
-            Ok(Ok(answer)) if answer.moved + answer.requested > 0 => {}
+            // Seats moved, asked for, or already on their way: wait for them.
+            Ok(Ok(answer)) if answer.moved + answer.requested + answer.pending > 0 => {}
             Ok(Ok(_)) => return false,
             Ok(Err(err)) => {
-                tracing::debug!("borrowing {ask} seats of `{feature}`: {err}");
+                tracing::info!("borrowing {ask} seats of `{feature}`: {err}");
                 return false;
             }
             Err(_) => return false,
@@ -238,9 +239,16 @@ impl App {
         let reassign_after = self.reassign_after_ms();
         let silent = |server: &str| pool.silent_for_ms(server).unwrap_or(0) >= reassign_after;
         let mut wanted = ask.seats;
+        let pending: u64 = allocation
+            .requests
+            .values()
+            .filter(|r| r.recipient == ask.server_id)
+            .map(|r| u64::from(r.seats))
+            .sum();
         let mut answer = BorrowAnswer {
             moved: 0,
             requested: 0,
+            pending: u32::try_from(pending).unwrap_or(u32::MAX),
         };
         let mut sources: Vec<(BorrowSource, u32)> = Vec::new();
         sources.push((BorrowSource::FreePool, allocation.free_pool));
@@ -398,7 +406,7 @@ pub(crate) fn spawn_answer_loop(app: Arc<App>) -> tokio::task::JoinHandle<()> {
                     }
                     Ok(outcome) => {
                         sent.insert(key, now_ms);
-                        tracing::debug!("answer {answer:?}: {outcome:?}");
+                        tracing::info!("answer {answer:?}: {outcome:?}");
                     }
                     // Not committed: answered again at the next tick.
                     Err(err) => tracing::info!("answer {answer:?} not committed: {err}"),

@@ -56,8 +56,12 @@ async fn fill(pool: &Pool, i: usize, n: u32, tag: &str) {
     for k in 0..n {
         let (code, body) = pool.checkout(i, &format!("{tag}-{k}"), 1).await;
         if code != 200 {
+            tokio::time::sleep(Duration::from_millis(500)).await;
             for j in 0..pool.servers.len() {
                 eprintln!("--- log of {}:\n{}", pool.servers[j].id, pool.log(j));
+                if let Some(s) = pool.status(j).await {
+                    eprintln!("--- status of {}: {:?}", pool.servers[j].id, s.features[0]);
+                }
             }
         }
         assert_eq!(code, 200, "seat {k} on {}: {body}", pool.servers[i].id);
@@ -204,8 +208,6 @@ async fn a_live_follower_gives_seats_only_with_its_consent() {
     let _serial = ONE_POOL_AT_A_TIME.lock().await;
     let pool = start_pool(PoolSpec {
         distribution: "A = 0\nB = 50\nC = 50\n",
-        // Only borrows for need: nothing moves while B and C fill up.
-        extra: "[borrowing.app]\nthreshold_percent = 100\n",
         lease_s: 30,
         heartbeat_s: 10,
         ..PoolSpec::default()
