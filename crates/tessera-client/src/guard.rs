@@ -271,6 +271,9 @@ impl Seat {
     }
 }
 
+/// The shortest time a heartbeat attempt is given before the next server is asked.
+const ATTEMPT_MIN: std::time::Duration = std::time::Duration::from_millis(50);
+
 /// The background task of a guard: renew on time, fail over when the holder
 /// does not renew, give up only when the seat has expired.
 async fn keep_alive(client: Client, seat: Arc<Seat>, mut stop: watch::Receiver<bool>) {
@@ -359,7 +362,8 @@ async fn renew_round(
         (addresses, heartbeat_request(&seat.request, &holding.grant))
     };
     let mut failures = Vec::new();
-    for address in addresses {
+    let servers = addresses.len();
+    for (tried, address) in addresses.into_iter().enumerate() {
         if *stop.borrow() || stop.has_changed().is_err() {
             return Round::Stopped;
         }
@@ -367,12 +371,25 @@ async fn renew_round(
         if send_instant >= valid_until {
             return Round::Expired(failures);
         }
+        // A server that does not answer (stopped, overloaded) may take only
+        // its share of the seat's remaining time, so that the servers after
+        // it are still asked before the seat expires.
+        let share = (valid_until - send_instant) / (servers - tried) as u32;
+        let give_up_at = (send_instant + share.max(ATTEMPT_MIN)).min(valid_until);
         let answer: Result<Grant, Failure> = tokio::select! {
             biased;
             answer = http::post_json(client.http(), &address, "/heartbeat", &request) => answer,
             // A renewal that arrives after expiry would come too late: the
             // program must already have been told that the seat is gone.
-            () = sleep_until(valid_until) => return Round::Expired(failures),
+            () = sleep_until(give_up_at) => {
+                if give_up_at >= valid_until {
+                    return Round::Expired(failures);
+                }
+                Err(Failure::no_answer(
+                    &address,
+                    format!("no answer within {} ms", share.as_millis()),
+                ))
+            }
         };
         match answer {
             Ok(grant) => match check_grant(&grant, &request.feature, request.count) {

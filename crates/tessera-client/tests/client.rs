@@ -195,6 +195,25 @@ async fn the_guard_fails_over_in_priority_order_after_its_server() {
     assert!(seat.is_valid());
 }
 
+/// A server that takes the request and never answers (stopped with
+/// SIGSTOP) gets only its share of the seat's remaining time: the next server
+/// renews the seat before it expires, though the request timeout is longer.
+#[tokio::test]
+async fn a_server_that_hangs_does_not_cost_the_seat() {
+    let pool = pool(&["a", "b"]).await;
+    let mut config = config(&[pool.address("a"), pool.address("b")]);
+    config.request_timeout = Duration::from_secs(10);
+    let client = Client::new(config).expect("valid configuration");
+    let seat = client.checkout("cad", "2.1", 1).await.expect("a seat");
+    assert_eq!(seat.server_id(), "a");
+
+    pool.server("a").set_answer_delay(Duration::from_secs(10));
+    eventually("the seat moved to b", || seat.server_id() == "b").await;
+    assert!(seat.is_valid());
+    tokio::time::sleep(Duration::from_millis(3 * LEASE_MS)).await;
+    assert!(seat.is_valid(), "{:?}", seat.state());
+}
+
 #[tokio::test]
 async fn the_seat_is_lost_only_when_every_server_refuses_until_it_expires() {
     let pool = pool(&["a", "b"]).await;
