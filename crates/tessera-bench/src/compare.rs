@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 
+use crate::extras::{Extras, ExtrasConfig};
 use crate::load::LoadConfig;
 use crate::peers::{EtcdTarget, Fsync, RedisTarget};
 use crate::report::Report;
@@ -26,6 +27,8 @@ pub struct CompareConfig {
     pub seats: u32,
     /// The same for every system; always [`Mode::Cycle`].
     pub load: LoadConfig,
+    /// The parts beyond the main table; `None` runs the table only.
+    pub extras: Option<ExtrasConfig>,
 }
 
 impl CompareConfig {
@@ -36,6 +39,7 @@ impl CompareConfig {
             tessera: single.tessera,
             seats: single.seats,
             load: single.load,
+            extras: Some(ExtrasConfig::smoke()),
         }
     }
 }
@@ -57,11 +61,13 @@ pub struct Comparison {
     pub warmup: Duration,
     pub measure: Duration,
     pub versions: Vec<(String, String)>,
+    pub extras: Option<Extras>,
 }
 
 impl Comparison {
     pub fn errors_total(&self) -> u64 {
-        self.reports.iter().map(Report::errors_total).sum()
+        self.reports.iter().map(Report::errors_total).sum::<u64>()
+            + self.extras.as_ref().map_or(0, Extras::errors_total)
     }
 }
 
@@ -114,6 +120,13 @@ pub async fn compare(config: &CompareConfig) -> Result<Comparison> {
     let etcd = Arc::new(EtcdTarget::start(config.seats).await?);
     reports.push(crate::peers::measure(etcd, &load, EtcdTarget::cpu_time).await?);
 
+    let extras = match &config.extras {
+        Some(extras) => {
+            let peak = reports.first().map_or(0.0, |r| r.checkout.per_s);
+            Some(crate::extras::run(&config.tessera, extras, &load, peak).await?)
+        }
+        None => None,
+    };
     let versions = vec![
         ("redis-server".to_string(), version("redis-server").await),
         ("etcd".to_string(), version("etcd").await),
@@ -124,6 +137,7 @@ pub async fn compare(config: &CompareConfig) -> Result<Comparison> {
         warmup: load.warmup,
         measure: load.measure,
         versions,
+        extras,
     })
 }
 
@@ -227,6 +241,31 @@ impl Comparison {
                 report.errors_total(),
             );
         }
+        let _ = writeln!(
+            out,
+            "\nEvery system's checkouts/s against every other's, from this run (row ÷ column). \
+             Plot of the latency distributions: `bench-results/latency-cdf.svg`.\n"
+        );
+        let _ = write!(out, "| row ÷ column |");
+        for report in &self.reports {
+            let _ = write!(out, " {} |", report.system);
+        }
+        let _ = write!(out, "\n|---|");
+        for _ in &self.reports {
+            let _ = write!(out, "--:|");
+        }
+        out.push('\n');
+        for row in &self.reports {
+            let _ = write!(out, "| {} |", row.system);
+            for column in &self.reports {
+                if rate(column) > 0.0 {
+                    let _ = write!(out, " {:.2} |", rate(row) / rate(column));
+                } else {
+                    out.push_str(" - |");
+                }
+            }
+            out.push('\n');
+        }
         let find = |name: &str| self.reports.iter().find(|r| r.system == name).map(rate);
         let ratio_to = |name: &str| {
             find(name)
@@ -258,10 +297,15 @@ impl Comparison {
                 verdict(ratio >= 0.5)
             );
         }
-        let _ = writeln!(
-            out,
-            "| p99 under 2 ms at half of peak load | not measured by `compare` (closed loop at full load only) | - |"
-        );
+        if self.extras.is_none() {
+            let _ = writeln!(
+                out,
+                "| p99 under 2 ms at half of peak load | not measured (run without the extra parts) | - |"
+            );
+        }
+        if let Some(extras) = &self.extras {
+            out.push_str(&extras.markdown());
+        }
         let _ = writeln!(out, "\n## Systems\n");
         let _ = writeln!(
             out,

@@ -24,10 +24,13 @@
 
 pub mod compare;
 pub mod cpu;
+pub mod extras;
+pub mod failover;
 pub mod http1;
 pub mod load;
 pub mod peers;
 pub mod report;
+pub mod svg;
 pub mod target;
 pub mod tessera;
 
@@ -63,6 +66,7 @@ impl SingleConfig {
                 warmup: Duration::ZERO,
                 measure: Duration::from_secs(1),
                 checkouts_max: 1_000_000,
+                active_seats_max: u64::MAX,
                 progress: false,
             },
         }

@@ -58,6 +58,8 @@ pub struct LoadConfig {
     pub measure: Duration,
     /// Most measured checkouts.
     pub checkouts_max: u64,
+    /// The run ends once this many seats are held ([`Mode::Hold`]).
+    pub active_seats_max: u64,
     /// Redraw a progress line on stderr.
     pub progress: bool,
 }
@@ -88,6 +90,9 @@ pub struct LoadResult {
     pub active_seats: u64,
     /// Checkouts granted, warm-up included.
     pub granted_total: u64,
+    /// The target's resident memory against the seats held, sampled at
+    /// every progress tick (targets that can tell).
+    pub memory: Vec<(u64, u64)>,
 }
 
 impl LoadResult {
@@ -109,6 +114,8 @@ struct Shared {
     active_seats: AtomicU64,
     /// Next holder number in [`Mode::Hold`].
     next_holder: AtomicU64,
+    /// The run ends once this many seats are held.
+    active_seats_max: u64,
     stop: AtomicBool,
 }
 
@@ -163,6 +170,7 @@ pub async fn run<T: Target>(target: Arc<T>, config: &LoadConfig) -> Result<LoadR
         active_seats: AtomicU64::new(0),
         // Client numbers come first; held seats get numbers above them.
         next_holder: AtomicU64::new(config.clients as u64),
+        active_seats_max: config.active_seats_max,
         stop: AtomicBool::new(false),
     });
     let clients: Vec<_> = sessions
@@ -178,7 +186,8 @@ pub async fn run<T: Target>(target: Arc<T>, config: &LoadConfig) -> Result<LoadR
         })
         .collect();
 
-    let watched = watch(&*target, &shared, config.progress).await;
+    let mut memory = Vec::new();
+    let watched = watch(&*target, &shared, config.progress, &mut memory).await;
     shared.stop.store(true, Ordering::Relaxed);
     if let Err(err) = watched {
         for client in &clients {
@@ -209,18 +218,27 @@ pub async fn run<T: Target>(target: Arc<T>, config: &LoadConfig) -> Result<LoadR
     result.measured = last_answer.saturating_duration_since(shared.measure_from);
     result.active_seats = shared.active_seats.load(Ordering::Relaxed);
     result.granted_total = shared.granted.load(Ordering::Relaxed);
+    result.memory = memory;
     Ok(result)
 }
 
 /// Redraws the progress line and checks the target until the clients are
 /// done (deadline or request count) or the target dies.
-async fn watch<T: Target>(target: &T, shared: &Shared, progress: bool) -> Result<()> {
+async fn watch<T: Target>(
+    target: &T,
+    shared: &Shared,
+    progress: bool,
+    memory: &mut Vec<(u64, u64)>,
+) -> Result<()> {
     let terminal = std::io::stderr().is_terminal();
     let mut last = (Instant::now(), 0u64);
     let outcome = loop {
         let wake = shared.deadline.min(Instant::now() + PROGRESS_INTERVAL);
         tokio::time::sleep_until(wake.into()).await;
         let now = Instant::now();
+        if let Some(bytes) = target.resident_bytes() {
+            memory.push((shared.active_seats.load(Ordering::Relaxed), bytes));
+        }
         if progress {
             let granted = shared.granted.load(Ordering::Relaxed);
             let rate = (granted - last.1) as f64 / now.duration_since(last.0).as_secs_f64();
@@ -246,7 +264,8 @@ async fn watch<T: Target>(target: &T, shared: &Shared, progress: bool) -> Result
         if let Err(err) = target.check_alive() {
             break Err(err);
         }
-        let counted_out = shared.measured_started.load(Ordering::Relaxed) >= shared.checkouts_max;
+        let counted_out = shared.measured_started.load(Ordering::Relaxed) >= shared.checkouts_max
+            || shared.active_seats.load(Ordering::Relaxed) >= shared.active_seats_max;
         if now >= shared.deadline || counted_out {
             break Ok(());
         }
@@ -266,7 +285,10 @@ async fn client_loop<S: Session>(
     let mut result = ClientResult::default();
     loop {
         let now = Instant::now();
-        if shared.stop.load(Ordering::Relaxed) || now >= shared.deadline {
+        if shared.stop.load(Ordering::Relaxed)
+            || now >= shared.deadline
+            || shared.active_seats.load(Ordering::Relaxed) >= shared.active_seats_max
+        {
             break;
         }
         let measured = now >= shared.measure_from;
@@ -341,4 +363,169 @@ async fn client_loop<S: Session>(
 
 fn micros(duration: Duration) -> u32 {
     u32::try_from(duration.as_micros()).unwrap_or(u32::MAX)
+}
+
+/// What an open-loop or heartbeat run measured.
+#[derive(Debug, Default)]
+pub struct FixedResult {
+    /// Latencies of the measured operations, in microseconds; in an open
+    /// loop, from the moment each request was due to be sent.
+    pub latencies_us: Vec<u32>,
+    pub measured: Duration,
+    pub errors: BTreeMap<String, u64>,
+    pub first_error: Option<String>,
+}
+
+impl FixedResult {
+    fn merge(&mut self, other: ClientResult) {
+        for (kind, count) in other.errors {
+            *self.errors.entry(kind).or_default() += count;
+        }
+        if self.first_error.is_none() {
+            self.first_error = other.first_error;
+        }
+    }
+}
+
+/// Open loop: checkouts (each followed by its check-in, not measured) due at
+/// a fixed `rate` per second, whoever is free sends the next one. A
+/// checkout's latency counts from when it was due, so a stall is paid by
+/// every request that waited behind it (no coordinated omission). `clients`
+/// bounds the requests in flight.
+pub async fn open_loop<T: Target>(
+    target: Arc<T>,
+    clients: usize,
+    rate: f64,
+    warmup: Duration,
+    measure: Duration,
+) -> Result<FixedResult> {
+    if clients == 0 || clients > CLIENTS_MAX || rate.is_nan() || rate <= 0.0 {
+        bail!("open loop: {clients} clients at {rate}/s is not a load");
+    }
+    let start = Instant::now() + Duration::from_millis(50);
+    let measure_from = start + warmup;
+    let deadline = measure_from + measure;
+    let next = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for index in 0..clients {
+        let mut session = target.session(index)?;
+        let next = next.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            let mut result = ClientResult::default();
+            loop {
+                let n = next.fetch_add(1, Ordering::Relaxed);
+                let due = start + Duration::from_secs_f64(n as f64 / rate);
+                if due >= deadline {
+                    break;
+                }
+                tokio::time::sleep_until(due.into()).await;
+                let answer = session.checkout(index as u64).await;
+                let latency = micros(due.elapsed());
+                let measured = due >= measure_from;
+                match answer {
+                    Ok(Checkout::Granted(hold)) => {
+                        if measured {
+                            latencies.push(latency);
+                        }
+                        if let Err(err) = session.checkin(hold).await {
+                            result.error("checkin", &err.kind, err.message);
+                        }
+                    }
+                    Ok(Checkout::Denied) => result.error("checkout", "denied", "no seat".into()),
+                    Err(err) => result.error("checkout", &err.kind, err.message),
+                }
+            }
+            (latencies, result)
+        }));
+    }
+    let mut out = FixedResult {
+        measured: measure,
+        ..FixedResult::default()
+    };
+    for task in tasks {
+        let (latencies, result) = tokio::time::timeout(measure + warmup + DRAIN_TIMEOUT, task)
+            .await
+            .context("an open-loop client did not finish")?
+            .context("an open-loop client failed")?;
+        out.latencies_us.extend(latencies);
+        out.merge(result);
+    }
+    Ok(out)
+}
+
+/// Heartbeats: the clients first check out `held` seats between them (not
+/// measured), then each renews its own seats in turn, in a closed loop.
+pub async fn heartbeats<T: Target>(
+    target: Arc<T>,
+    clients: usize,
+    held: u64,
+    warmup: Duration,
+    measure: Duration,
+) -> Result<FixedResult> {
+    if clients == 0 || clients > CLIENTS_MAX || held < clients as u64 {
+        bail!("heartbeats: {held} seats over {clients} clients is not a load");
+    }
+    let mut tasks = Vec::new();
+    let next_holder = Arc::new(AtomicU64::new(0));
+    let ready = Arc::new(tokio::sync::Barrier::new(clients));
+    let timing: Arc<std::sync::Mutex<Option<(Instant, Instant)>>> = Default::default();
+    for index in 0..clients {
+        let mut session = target.session(index)?;
+        let (next_holder, ready, timing) = (next_holder.clone(), ready.clone(), timing.clone());
+        let share = held / clients as u64 + u64::from((index as u64) < held % clients as u64);
+        tasks.push(tokio::spawn(async move {
+            let mut result = ClientResult::default();
+            let mut holds = Vec::new();
+            let fill_until = Instant::now() + DRAIN_TIMEOUT * 20;
+            while (holds.len() as u64) < share && Instant::now() < fill_until {
+                let holder = next_holder.fetch_add(1, Ordering::Relaxed);
+                match session.checkout(holder).await {
+                    Ok(Checkout::Granted(hold)) => holds.push(hold),
+                    Ok(Checkout::Denied) => {
+                        result.error("checkout", "denied", "no seat".into());
+                        break;
+                    }
+                    Err(err) => {
+                        result.error("checkout", &err.kind, err.message);
+                        tokio::time::sleep(ERROR_PAUSE).await;
+                    }
+                }
+            }
+            ready.wait().await;
+            let (measure_from, deadline) = {
+                let mut timing = timing.lock().expect("timing");
+                *timing.get_or_insert_with(|| {
+                    let now = Instant::now();
+                    (now + warmup, now + warmup + measure)
+                })
+            };
+            let mut latencies = Vec::new();
+            let mut turn = 0;
+            while !holds.is_empty() && Instant::now() < deadline {
+                let sent = Instant::now();
+                let answer = session.heartbeat(&holds[turn % holds.len()]).await;
+                turn += 1;
+                match answer {
+                    Ok(()) if sent >= measure_from => latencies.push(micros(sent.elapsed())),
+                    Ok(()) => {}
+                    Err(err) => {
+                        result.error("heartbeat", &err.kind, err.message);
+                        tokio::time::sleep(ERROR_PAUSE).await;
+                    }
+                }
+            }
+            (latencies, result)
+        }));
+    }
+    let mut out = FixedResult {
+        measured: measure,
+        ..FixedResult::default()
+    };
+    for task in tasks {
+        let (latencies, result) = task.await.context("a heartbeat client failed")?;
+        out.latencies_us.extend(latencies);
+        out.merge(result);
+    }
+    Ok(out)
 }

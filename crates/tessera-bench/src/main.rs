@@ -56,9 +56,20 @@ struct CompareArgs {
     /// Tiny run to check that everything works: 2 clients, 1 s each, no warm-up.
     #[arg(long, conflicts_with_all = ["clients", "seconds", "warmup_s"])]
     smoke: bool,
-    /// Where to write the Markdown (default: BENCHMARKS.md in the current directory).
+    /// Where to write the Markdown (default: BENCHMARKS.md in the current
+    /// directory); the plots go to `bench-results/` beside it.
     #[arg(long, default_value = "BENCHMARKS.md")]
     out: PathBuf,
+    /// Only the main table: no client sweep, heartbeats, scaling to a
+    /// million seats, open loop or fail-over.
+    #[arg(long)]
+    main_only: bool,
+    /// Fail-over runs of the extra parts.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=100))]
+    failover_runs: u64,
+    /// Seats held at the end of the scaling run.
+    #[arg(long, default_value_t = 1_000_000, value_parser = clap::value_parser!(u64).range(100..=2_000_000))]
+    scaling_seats: u64,
     /// Do not redraw a progress line on stderr.
     #[arg(long)]
     no_progress: bool,
@@ -132,7 +143,9 @@ fn run(cli: Cli) -> Result<bool> {
 
 fn compare(args: CompareArgs) -> Result<bool> {
     let tessera = match args.tessera {
-        Some(path) => path,
+        // Absolute: pools of servers run it from their own directories.
+        Some(path) => std::fs::canonicalize(&path)
+            .with_context(|| format!("no tessera binary at {}", path.display()))?,
         None => tessera_bench::tessera::binary_next_to_this_exe()?,
     };
     let mut config = if args.smoke {
@@ -147,10 +160,19 @@ fn compare(args: CompareArgs) -> Result<bool> {
                 warmup: Duration::from_secs(args.warmup_s),
                 measure: Duration::from_secs(args.seconds),
                 checkouts_max: args.max_requests,
+                active_seats_max: u64::MAX,
                 progress: true,
             },
+            extras: Some(tessera_bench::extras::ExtrasConfig {
+                failover_runs: args.failover_runs as usize,
+                scaling_seats: args.scaling_seats,
+                ..tessera_bench::extras::ExtrasConfig::full()
+            }),
         }
     };
+    if args.main_only {
+        config.extras = None;
+    }
     config.load.progress = !args.no_progress;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(args.client_threads as usize)
@@ -174,6 +196,16 @@ fn compare(args: CompareArgs) -> Result<bool> {
         .with_context(|| format!("cannot write {}", args.out.display()))?;
     print!("{markdown}");
     eprintln!("written to {}", args.out.display());
+    if let Some(extras) = &comparison.extras {
+        let dir = args
+            .out
+            .parent()
+            .unwrap_or(std::path::Path::new("."))
+            .join("bench-results");
+        for path in extras.write_plots(&dir, &comparison.reports)? {
+            eprintln!("plot: {}", path.display());
+        }
+    }
     let errors = comparison.errors_total();
     if errors > 0 {
         eprintln!("{errors} requests failed");
@@ -183,7 +215,9 @@ fn compare(args: CompareArgs) -> Result<bool> {
 
 fn single(args: SingleArgs) -> Result<bool> {
     let tessera = match args.tessera {
-        Some(path) => path,
+        // Absolute: pools of servers run it from their own directories.
+        Some(path) => std::fs::canonicalize(&path)
+            .with_context(|| format!("no tessera binary at {}", path.display()))?,
         None => tessera_bench::tessera::binary_next_to_this_exe()?,
     };
     let lease_s = u64::from(tessera_bench::tessera::HOLD_LEASE_S);
@@ -209,6 +243,7 @@ fn single(args: SingleArgs) -> Result<bool> {
                 warmup: Duration::from_secs(args.warmup_s),
                 measure: Duration::from_secs(args.seconds),
                 checkouts_max: args.max_requests,
+                active_seats_max: u64::MAX,
                 progress: !args.no_progress,
             },
         }

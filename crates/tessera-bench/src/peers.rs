@@ -307,6 +307,17 @@ impl Session for RedisSession {
         let _removed: i64 = self.query(&command).await?;
         Ok(())
     }
+
+    /// The checkout script renews a present holder's expiry.
+    async fn heartbeat(&mut self, holder: &u64) -> Result<(), OpError> {
+        match self.checkout(*holder).await? {
+            Checkout::Granted(_) => Ok(()),
+            Checkout::Denied => Err(OpError::new(
+                "lost",
+                format!("holder {holder} was not renewed"),
+            )),
+        }
+    }
 }
 
 /// Members of the etcd cluster.
@@ -550,6 +561,27 @@ impl Session for EtcdSession {
 
     async fn checkin(&mut self, hold: EtcdHold) -> Result<(), OpError> {
         self.revoke(&hold.lease_id).await
+    }
+
+    /// One keep-alive of the seat's lease (the gateway answers one message
+    /// per message sent).
+    async fn heartbeat(&mut self, hold: &EtcdHold) -> Result<(), OpError> {
+        let response = self
+            .connection
+            .post_json(
+                "/v3/lease/keepalive",
+                json!({ "ID": hold.lease_id }).to_string().as_bytes(),
+            )
+            .await
+            .map_err(|message| OpError::new("transport", message))?;
+        let text = String::from_utf8_lossy(&response.body);
+        if response.status != 200 || !text.contains("\"TTL\"") {
+            return Err(OpError::new(
+                "refused",
+                format!("/v3/lease/keepalive: {}: {text}", response.status),
+            ));
+        }
+        Ok(())
     }
 }
 

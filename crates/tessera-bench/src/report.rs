@@ -102,6 +102,33 @@ pub struct Report {
     /// Resident memory of the server before and after the load.
     pub resident_bytes_before: Option<u64>,
     pub resident_bytes_after: Option<u64>,
+    /// The checkout latency distribution: (latency in ms, fraction of
+    /// checkouts at most that slow), for plots.
+    pub cdf: Vec<(f64, f64)>,
+    /// The server's resident memory against the seats held, sampled during the run.
+    pub memory: Vec<(u64, u64)>,
+}
+
+/// Points of a latency distribution: (ms, fraction at or below), at
+/// percentiles spread densely towards the tail.
+pub fn cdf(latencies_us: &[u32]) -> Vec<(f64, f64)> {
+    let mut sorted = latencies_us.to_vec();
+    sorted.sort_unstable();
+    if sorted.is_empty() {
+        return Vec::new();
+    }
+    let mut ppms: Vec<u64> = (1..=19).map(|i| i * 50_000).collect();
+    ppms.extend([
+        960_000, 970_000, 980_000, 990_000, 995_000, 999_000, 999_900, 1_000_000,
+    ]);
+    ppms.into_iter()
+        .map(|ppm| {
+            (
+                f64::from(percentile(&sorted, ppm)) / 1_000.0,
+                ppm as f64 / 1_000_000.0,
+            )
+        })
+        .collect()
 }
 
 impl Report {
@@ -111,7 +138,8 @@ impl Report {
             Mode::Hold => by_active_seats(&result.checkouts, elapsed),
             Mode::Cycle => Vec::new(),
         };
-        let checkout_us = result.checkouts.iter().map(|s| s.latency_us).collect();
+        let checkout_us: Vec<u32> = result.checkouts.iter().map(|s| s.latency_us).collect();
+        let cdf = cdf(&checkout_us);
         Report {
             system: system.to_string(),
             mode,
@@ -130,6 +158,8 @@ impl Report {
             load_cpu: None,
             resident_bytes_before: None,
             resident_bytes_after: None,
+            cdf,
+            memory: result.memory,
         }
     }
 

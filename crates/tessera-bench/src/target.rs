@@ -21,6 +21,11 @@ pub trait Target: Send + Sync + 'static {
     fn check_alive(&self) -> anyhow::Result<()> {
         Ok(())
     }
+
+    /// Resident memory of the system's processes, where it can be read.
+    fn resident_bytes(&self) -> Option<u64> {
+        None
+    }
 }
 
 /// One client's connection to a [`Target`].
@@ -38,6 +43,9 @@ pub trait Session: Send + 'static {
 
     /// Gives a seat back.
     fn checkin(&mut self, hold: Self::Hold) -> impl Future<Output = Result<(), OpError>> + Send;
+
+    /// Renews a held seat (a heartbeat, a lease refresh).
+    fn heartbeat(&mut self, hold: &Self::Hold) -> impl Future<Output = Result<(), OpError>> + Send;
 }
 
 /// The answer to a checkout that the system gave on purpose.

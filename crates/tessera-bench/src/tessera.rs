@@ -10,7 +10,9 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use serde::Deserialize;
 use tessera_client::{Client, ClientConfig};
-use tessera_proto::{self as proto, CheckinRequest, CheckoutRequest, ErrorBody, ErrorCode};
+use tessera_proto::{
+    self as proto, CheckinRequest, CheckoutRequest, ErrorBody, ErrorCode, HeartbeatRequest,
+};
 use tokio::process::{Child, Command};
 
 use crate::http1::Connection;
@@ -355,6 +357,10 @@ impl Target for TesseraTarget {
     fn check_alive(&self) -> Result<()> {
         self.server.check_running()
     }
+
+    fn resident_bytes(&self) -> Option<u64> {
+        self.server.resident_bytes()
+    }
 }
 
 pub struct TesseraSession {
@@ -372,6 +378,7 @@ pub struct TesseraHold {
 /// Endpoints, below [`proto::API_PREFIX`].
 const CHECKOUT_PATH: &str = "/checkout";
 const CHECKIN_PATH: &str = "/checkin";
+const HEARTBEAT_PATH: &str = "/heartbeat";
 
 impl TesseraSession {
     async fn post<Req: serde::Serialize, Resp: serde::de::DeserializeOwned>(
@@ -434,6 +441,22 @@ impl Session for TesseraSession {
             client_id: hold.client_id,
         };
         self.post::<_, proto::CheckinResponse>(CHECKIN_PATH, &body)
+            .await
+            .map(|_| ())
+            .map_err(OpError::from)
+    }
+
+    async fn heartbeat(&mut self, hold: &TesseraHold) -> Result<(), OpError> {
+        let body = HeartbeatRequest {
+            grant_id: hold.grant_id.clone(),
+            client_id: hold.client_id.clone(),
+            user: "bench".into(),
+            host: "localhost".into(),
+            feature: self.feature.into(),
+            version: "1.0".into(),
+            count: 1,
+        };
+        self.post::<_, proto::Grant>(HEARTBEAT_PATH, &body)
             .await
             .map(|_| ())
             .map_err(OpError::from)
@@ -515,6 +538,10 @@ impl Session for NoopSession {
 
     async fn checkin(&mut self, holder: u64) -> Result<(), OpError> {
         self.noop(holder).await
+    }
+
+    async fn heartbeat(&mut self, holder: &u64) -> Result<(), OpError> {
+        self.noop(*holder).await
     }
 }
 

@@ -98,4 +98,41 @@ async fn the_smoke_comparison_runs_every_system_without_errors() {
     ] {
         assert!(markdown.contains(system), "{system} missing:\n{markdown}");
     }
+    let extras = comparison
+        .extras
+        .as_ref()
+        .expect("the smoke run has every part");
+    assert_eq!(extras.errors_total(), 0, "{markdown}");
+    for section in [
+        "| row ÷ column |",
+        "## Throughput against clients",
+        "## Heartbeats with seats held",
+        "## Cost against active seats",
+        "## Open loop at half of the peak",
+        "## Fail-over",
+        "| p99 under 2 ms at half of peak load (open loop) |",
+    ] {
+        assert!(markdown.contains(section), "{section} missing:\n{markdown}");
+    }
+    assert_eq!(extras.sweep.len(), 5 * 2, "five systems, two client counts");
+    assert!(
+        extras.heartbeats.iter().all(|h| h.stats.count > 0),
+        "{markdown}"
+    );
+    assert!(extras.scaling.active_seats_end >= 300, "{markdown}");
+    assert!(extras.open_loop.stats.count > 0, "{markdown}");
+    assert_eq!(extras.failover.takeovers.len(), 1);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let plots = extras
+        .write_plots(dir.path(), &comparison.reports)
+        .expect("plots");
+    assert_eq!(plots.len(), 4);
+    for plot in plots {
+        let svg = std::fs::read_to_string(&plot).expect("plot");
+        assert!(
+            svg.starts_with("<svg") && svg.contains("<circle"),
+            "{}",
+            plot.display()
+        );
+    }
 }

@@ -1,0 +1,709 @@
+//! The parts of `compare` beyond the main table: throughput against
+//! clients, heartbeats with many seats held, cost against active seats up to
+//! a million, the open-loop latency at half of Tessera's peak, and fail-over.
+//! Each has a Markdown section and, where a picture says more, an SVG plot.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+
+use crate::failover::{FailoverConfig, FailoverResult};
+use crate::load::{FixedResult, LoadConfig};
+use crate::peers::{EtcdTarget, Fsync, RedisTarget};
+use crate::report::{Report, Stats};
+use crate::svg::{Chart, Scale, Series};
+use crate::target::Target;
+use crate::tessera::{NoopTarget, Setup, TesseraServer, TesseraTarget};
+use crate::Mode;
+
+/// Most seats the etcd semaphore is asked to hold: it grants about 300 a
+/// second here, so more would take minutes.
+const ETCD_HELD_MAX: u64 = 1_000;
+/// Clients of the open-loop run: enough that the requests in flight never
+/// run out at half of the peak rate.
+const OPEN_LOOP_CLIENTS: usize = 64;
+/// Clients of the heartbeat and scaling runs.
+const HELD_CLIENTS: usize = 32;
+
+#[derive(Clone, Debug)]
+pub struct ExtrasConfig {
+    /// Client counts of the throughput sweep.
+    pub sweep_clients: Vec<usize>,
+    pub sweep_measure: Duration,
+    /// Seats held during the heartbeat runs.
+    pub heartbeat_held: Vec<u64>,
+    pub heartbeat_measure: Duration,
+    /// The scaling run ends at this many seats held, or after `scaling_max`.
+    pub scaling_seats: u64,
+    pub scaling_max: Duration,
+    pub open_loop_measure: Duration,
+    pub failover_runs: usize,
+}
+
+impl ExtrasConfig {
+    /// The full run: about five minutes on two cores.
+    pub fn full() -> ExtrasConfig {
+        ExtrasConfig {
+            sweep_clients: vec![1, 8, 32, 64],
+            sweep_measure: Duration::from_secs(3),
+            heartbeat_held: vec![1_000, 10_000, 100_000],
+            heartbeat_measure: Duration::from_secs(5),
+            scaling_seats: 1_000_000,
+            scaling_max: Duration::from_secs(400),
+            open_loop_measure: Duration::from_secs(10),
+            failover_runs: 5,
+        }
+    }
+
+    /// Seconds in all.
+    pub fn smoke() -> ExtrasConfig {
+        ExtrasConfig {
+            sweep_clients: vec![1, 2],
+            sweep_measure: Duration::from_millis(500),
+            heartbeat_held: vec![40],
+            heartbeat_measure: Duration::from_millis(500),
+            scaling_seats: 300,
+            scaling_max: Duration::from_secs(20),
+            open_loop_measure: Duration::from_secs(1),
+            failover_runs: 1,
+        }
+    }
+}
+
+/// One point of the throughput sweep.
+#[derive(Clone, Debug)]
+pub struct SweepPoint {
+    pub system: String,
+    pub clients: usize,
+    pub per_s: f64,
+    pub p99_us: u32,
+    pub errors: u64,
+}
+
+#[derive(Clone, Debug)]
+pub struct HeartbeatRow {
+    pub system: String,
+    pub held: u64,
+    pub stats: Stats,
+    pub errors: u64,
+    pub first_error: Option<String>,
+}
+
+#[derive(Clone, Debug)]
+pub struct OpenLoop {
+    pub rate: f64,
+    pub peak: f64,
+    pub clients: usize,
+    pub stats: Stats,
+    pub errors: u64,
+    pub first_error: Option<String>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Extras {
+    pub sweep_measure: Duration,
+    pub sweep: Vec<SweepPoint>,
+    pub heartbeats: Vec<HeartbeatRow>,
+    pub scaling: Report,
+    pub open_loop: OpenLoop,
+    pub failover: FailoverResult,
+}
+
+fn announce(progress: bool, what: &str) {
+    if progress {
+        eprintln!("[extra] {what}");
+    }
+}
+
+/// Runs every extra part; `peak` is Tessera's rate in the main table.
+pub async fn run(
+    tessera: &Path,
+    config: &ExtrasConfig,
+    main: &LoadConfig,
+    peak: f64,
+) -> Result<Extras> {
+    let progress = main.progress;
+    let quiet = LoadConfig {
+        progress: false,
+        ..main.clone()
+    };
+
+    announce(progress, "throughput against clients");
+    let mut sweep = Vec::new();
+    let sweep_load = |clients: usize| LoadConfig {
+        clients,
+        mode: Mode::Cycle,
+        warmup: Duration::from_millis(300),
+        measure: config.sweep_measure,
+        ..quiet.clone()
+    };
+    let seats = 1_000_000;
+    {
+        let server = TesseraServer::start(
+            tessera,
+            Setup {
+                seats,
+                mode: Mode::Cycle,
+            },
+        )
+        .await?;
+        let target = Arc::new(TesseraTarget { server });
+        for &clients in &config.sweep_clients {
+            let report = crate::peers::measure(target.clone(), &sweep_load(clients), |t| {
+                t.server.cpu_time()
+            })
+            .await?;
+            sweep.push(point("tessera", clients, &report));
+        }
+        if let Ok(target) = Arc::try_unwrap(target) {
+            target.server.stop().await?;
+        }
+        let server = TesseraServer::start(
+            tessera,
+            Setup {
+                seats,
+                mode: Mode::Cycle,
+            },
+        )
+        .await?;
+        let noop = Arc::new(NoopTarget { server });
+        for &clients in &config.sweep_clients {
+            let report =
+                crate::peers::measure(noop.clone(), &sweep_load(clients), |t| t.server.cpu_time())
+                    .await?;
+            sweep.push(point("tessera noop endpoint", clients, &report));
+        }
+        if let Ok(noop) = Arc::try_unwrap(noop) {
+            noop.server.stop().await?;
+        }
+        for fsync in [Fsync::Always, Fsync::Everysec] {
+            let redis = Arc::new(RedisTarget::start(fsync, seats).await?);
+            let name = redis.name().to_string();
+            for &clients in &config.sweep_clients {
+                let report = crate::peers::measure(
+                    redis.clone(),
+                    &sweep_load(clients),
+                    RedisTarget::cpu_time,
+                )
+                .await?;
+                sweep.push(point(&name, clients, &report));
+            }
+        }
+        let etcd = Arc::new(EtcdTarget::start(seats).await?);
+        for &clients in &config.sweep_clients {
+            let report =
+                crate::peers::measure(etcd.clone(), &sweep_load(clients), EtcdTarget::cpu_time)
+                    .await?;
+            sweep.push(point("etcd (3 nodes)", clients, &report));
+        }
+    }
+
+    announce(progress, "heartbeats with seats held");
+    let mut heartbeats = Vec::new();
+    for &held in &config.heartbeat_held {
+        let seats = u32::try_from(held * 2).unwrap_or(u32::MAX);
+        let server = TesseraServer::start(
+            tessera,
+            Setup {
+                seats,
+                mode: Mode::Hold,
+            },
+        )
+        .await?;
+        let target = Arc::new(TesseraTarget { server });
+        let result = crate::load::heartbeats(
+            target.clone(),
+            HELD_CLIENTS,
+            held,
+            Duration::from_millis(300),
+            config.heartbeat_measure,
+        )
+        .await?;
+        heartbeats.push(row("tessera", held, result));
+        if let Ok(target) = Arc::try_unwrap(target) {
+            target.server.stop().await?;
+        }
+        let redis = Arc::new(RedisTarget::start(Fsync::Always, seats).await?);
+        let result = crate::load::heartbeats(
+            redis.clone(),
+            HELD_CLIENTS,
+            held,
+            Duration::from_millis(300),
+            config.heartbeat_measure,
+        )
+        .await?;
+        heartbeats.push(row(redis.name(), held, result));
+        drop(redis);
+        if held <= ETCD_HELD_MAX {
+            let etcd = Arc::new(EtcdTarget::start(seats).await?);
+            let result = crate::load::heartbeats(
+                etcd.clone(),
+                HELD_CLIENTS,
+                held,
+                Duration::from_millis(300),
+                config.heartbeat_measure,
+            )
+            .await?;
+            heartbeats.push(row("etcd (3 nodes)", held, result));
+        }
+    }
+
+    announce(
+        progress,
+        &format!(
+            "cost per checkout up to {} seats held",
+            config.scaling_seats
+        ),
+    );
+    let scaling = crate::single(&crate::SingleConfig {
+        tessera: tessera.to_path_buf(),
+        seats: u32::try_from(config.scaling_seats + 1_000).unwrap_or(u32::MAX),
+        load: LoadConfig {
+            clients: HELD_CLIENTS,
+            mode: Mode::Hold,
+            warmup: Duration::ZERO,
+            measure: config.scaling_max,
+            checkouts_max: u64::MAX,
+            active_seats_max: config.scaling_seats,
+            progress,
+        },
+    })
+    .await?;
+
+    let rate = (peak / 2.0).max(1.0);
+    announce(
+        progress,
+        &format!("open loop at {rate:.0} checkouts/s (half of {peak:.0})"),
+    );
+    let server = TesseraServer::start(
+        tessera,
+        Setup {
+            seats,
+            mode: Mode::Cycle,
+        },
+    )
+    .await?;
+    let target = Arc::new(TesseraTarget { server });
+    let result = crate::load::open_loop(
+        target.clone(),
+        OPEN_LOOP_CLIENTS,
+        rate,
+        Duration::from_secs(1).min(config.open_loop_measure),
+        config.open_loop_measure,
+    )
+    .await?;
+    if let Ok(target) = Arc::try_unwrap(target) {
+        target.server.stop().await?;
+    }
+    let open_loop = OpenLoop {
+        rate,
+        peak,
+        clients: OPEN_LOOP_CLIENTS,
+        errors: result.errors.values().sum(),
+        first_error: result.first_error.clone(),
+        stats: Stats::of(result.latencies_us, result.measured),
+    };
+
+    announce(progress, "fail-over after kill -9 of the leader");
+    let failover = crate::failover::run(
+        tessera,
+        &FailoverConfig {
+            runs: config.failover_runs,
+            clients: 30,
+            heartbeat_s: 1,
+            progress,
+        },
+    )
+    .await?;
+
+    Ok(Extras {
+        sweep_measure: config.sweep_measure,
+        sweep,
+        heartbeats,
+        scaling,
+        open_loop,
+        failover,
+    })
+}
+
+fn point(system: &str, clients: usize, report: &Report) -> SweepPoint {
+    SweepPoint {
+        system: system.to_string(),
+        clients,
+        per_s: report.checkout.per_s,
+        p99_us: report.checkout.p99_us,
+        errors: report.errors_total(),
+    }
+}
+
+fn row(system: &str, held: u64, result: FixedResult) -> HeartbeatRow {
+    HeartbeatRow {
+        system: system.to_string(),
+        held,
+        errors: result.errors.values().sum(),
+        first_error: result.first_error.clone(),
+        stats: Stats::of(result.latencies_us, result.measured),
+    }
+}
+
+fn ms(us: u32) -> String {
+    format!("{:.3}", f64::from(us) / 1_000.0)
+}
+
+impl Extras {
+    pub fn errors_total(&self) -> u64 {
+        self.sweep.iter().map(|p| p.errors).sum::<u64>()
+            + self.heartbeats.iter().map(|h| h.errors).sum::<u64>()
+            + self.scaling.errors_total()
+            + self.open_loop.errors
+    }
+
+    /// Resident bytes per held seat at each decade of seats held, from the
+    /// memory samples of the scaling run: growth since the start ÷ seats.
+    pub fn bytes_per_seat(&self) -> Vec<(u64, f64)> {
+        let base = self
+            .scaling
+            .resident_bytes_before
+            .or_else(|| self.scaling.memory.first().map(|m| m.1))
+            .unwrap_or(0);
+        let mut out = Vec::new();
+        let mut decade = 1_000u64;
+        while decade <= self.scaling.active_seats_end.max(1) {
+            if let Some(&(seats, bytes)) = self.scaling.memory.iter().find(|m| m.0 >= decade) {
+                out.push((seats, bytes.saturating_sub(base) as f64 / seats as f64));
+            }
+            decade *= 10;
+        }
+        if let Some(per_seat) = self.scaling.resident_bytes_per_active_seat() {
+            out.push((self.scaling.active_seats_end, per_seat));
+        }
+        out
+    }
+
+    pub fn markdown(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(out, "\n## Throughput against clients\n");
+        let _ = writeln!(
+            out,
+            "Closed loop, {:.1} s measured per point after 0.3 s of warm-up. Plot: \
+             `bench-results/throughput-vs-clients.svg`.\n",
+            self.sweep_measure.as_secs_f64()
+        );
+        let mut clients: Vec<usize> = self.sweep.iter().map(|p| p.clients).collect();
+        clients.sort_unstable();
+        clients.dedup();
+        let mut systems: Vec<&str> = self.sweep.iter().map(|p| p.system.as_str()).collect();
+        systems.dedup();
+        let _ = write!(out, "| system |");
+        for c in &clients {
+            let _ = write!(out, " {c} clients/s (p99 ms) |");
+        }
+        let _ = write!(out, "\n|---|");
+        for _ in &clients {
+            let _ = write!(out, "--:|");
+        }
+        out.push('\n');
+        for system in &systems {
+            let _ = write!(out, "| {system} |");
+            for c in &clients {
+                match self
+                    .sweep
+                    .iter()
+                    .find(|p| p.system == *system && p.clients == *c)
+                {
+                    Some(p) => {
+                        let _ = write!(out, " {:.0} ({}) |", p.per_s, ms(p.p99_us));
+                    }
+                    None => out.push_str(" - |"),
+                }
+            }
+            out.push('\n');
+        }
+
+        let _ = writeln!(out, "\n## Heartbeats with seats held\n");
+        let _ = writeln!(
+            out,
+            "{HELD_CLIENTS} clients check out the seats between them, then renew their own \
+             seats in turn, closed loop. Tessera: `POST /v1/heartbeat`; Redis: the checkout \
+             script, which renews a present holder; etcd: `/v3/lease/keepalive` (held seats up \
+             to {ETCD_HELD_MAX} only: etcd grants about 300 a second).\n"
+        );
+        let _ = writeln!(
+            out,
+            "| system | seats held | heartbeats/s | p50 ms | p99 ms | p99.9 ms | errors | tessera ÷ system |"
+        );
+        let _ = writeln!(out, "|---|--:|--:|--:|--:|--:|--:|--:|");
+        for h in &self.heartbeats {
+            let tessera = self
+                .heartbeats
+                .iter()
+                .find(|t| t.system == "tessera" && t.held == h.held)
+                .map_or(0.0, |t| t.stats.per_s);
+            let ratio = if h.stats.per_s > 0.0 {
+                format!("{:.2}x", tessera / h.stats.per_s)
+            } else {
+                "-".into()
+            };
+            let _ = writeln!(
+                out,
+                "| {} | {} | {:.0} | {} | {} | {} | {} | {ratio} |",
+                h.system,
+                h.held,
+                h.stats.per_s,
+                ms(h.stats.p50_us),
+                ms(h.stats.p99_us),
+                ms(h.stats.p999_us),
+                h.errors
+            );
+        }
+
+        let _ = writeln!(out, "\n## Cost against active seats\n");
+        let _ = writeln!(
+            out,
+            "One Tessera server, {HELD_CLIENTS} clients checking out seats and keeping them \
+             (lease one hour) until {} are held. Checkout latency by the seats held when it \
+             was sent, and resident memory per held seat (growth since start ÷ seats). \
+             Plots: `bench-results/cost-vs-seats.svg`, `bench-results/memory-per-seat.svg`.\n",
+            self.scaling.active_seats_end
+        );
+        let _ = writeln!(
+            out,
+            "| seats held | checkouts | p50 ms | p99 ms | p99.9 ms |"
+        );
+        let _ = writeln!(out, "|---|--:|--:|--:|--:|");
+        for range in &self.scaling.by_active_seats {
+            let c = &range.checkout;
+            let _ = writeln!(
+                out,
+                "| {} to {} | {} | {} | {} | {} |",
+                range.active_seats_from,
+                if range.active_seats_below == u64::MAX {
+                    "more".to_string()
+                } else {
+                    (range.active_seats_below - 1).to_string()
+                },
+                c.count,
+                ms(c.p50_us),
+                ms(c.p99_us),
+                ms(c.p999_us)
+            );
+        }
+        let _ = writeln!(out, "\n| seats held | resident bytes per seat |");
+        let _ = writeln!(out, "|--:|--:|");
+        for (seats, per_seat) in self.bytes_per_seat() {
+            let _ = writeln!(out, "| {seats} | {per_seat:.0} |");
+        }
+        let first = self
+            .scaling
+            .by_active_seats
+            .iter()
+            .find(|r| r.checkout.count > 100);
+        let last = self
+            .scaling
+            .by_active_seats
+            .iter()
+            .rev()
+            .find(|r| r.checkout.count > 100);
+        let flat = match (first, last) {
+            (Some(a), Some(b)) if a.checkout.p50_us > 0 => {
+                format!(
+                    "{:.2}x",
+                    f64::from(b.checkout.p50_us) / f64::from(a.checkout.p50_us)
+                )
+            }
+            _ => "-".into(),
+        };
+        let per_seat_end = self.scaling.resident_bytes_per_active_seat();
+
+        let o = &self.open_loop;
+        let _ = writeln!(out, "\n## Open loop at half of the peak\n");
+        let _ = writeln!(
+            out,
+            "Checkouts (each followed by its check-in) due at {:.0}/s, half of Tessera's \
+             closed-loop {:.0}/s above, sent by whichever of {} clients is free; latency counts \
+             from when each checkout was due, so stalls are not hidden.\n",
+            o.rate, o.peak, o.clients
+        );
+        let _ = writeln!(
+            out,
+            "| checkouts | p50 ms | p99 ms | p99.9 ms | max ms | errors |"
+        );
+        let _ = writeln!(out, "|--:|--:|--:|--:|--:|--:|");
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} | {} | {} |",
+            o.stats.count,
+            ms(o.stats.p50_us),
+            ms(o.stats.p99_us),
+            ms(o.stats.p999_us),
+            ms(o.stats.max_us),
+            o.errors
+        );
+
+        let _ = writeln!(out, "\n## Fail-over\n");
+        let _ = writeln!(
+            out,
+            "A 3-server pool, 30 clients holding a seat each, the leader killed with kill -9; \
+             each run on a fresh pool.\n"
+        );
+        out.push_str(&self.failover.markdown());
+
+        let _ = writeln!(out, "\n## More goals, from this run\n");
+        let _ = writeln!(out, "| goal | figure | verdict |");
+        let _ = writeln!(out, "|---|--:|---|");
+        let _ = writeln!(
+            out,
+            "| p99 under 2 ms at half of peak load (open loop) | {} ms | {} |",
+            ms(o.stats.p99_us),
+            if o.stats.p99_us < 2_000 {
+                "met"
+            } else {
+                "missed"
+            }
+        );
+        let _ = writeln!(
+            out,
+            "| flat cost per checkout up to 10^6 seats (p50, last decade ÷ first) | {flat} | {} |",
+            match (first, last) {
+                (Some(a), Some(b)) if b.checkout.p50_us <= a.checkout.p50_us * 2 => "met",
+                (Some(_), Some(_)) => "missed",
+                _ => "-",
+            }
+        );
+        let _ = writeln!(
+            out,
+            "| under 1 KiB per active seat | {} | {} |",
+            per_seat_end.map_or("-".into(), |b| format!("{b:.0} bytes")),
+            match per_seat_end {
+                Some(b) if b < 1024.0 => "met",
+                Some(_) => "missed",
+                None => "-",
+            }
+        );
+        let median = |d: &[Duration]| {
+            d.get(d.len().saturating_sub(1) / 2)
+                .map_or(0, |d| d.as_millis())
+        };
+        let _ = writeln!(
+            out,
+            "| new leader within a second (median takeover) | {} ms | {} |",
+            median(&self.failover.takeovers),
+            if median(&self.failover.takeovers) < 1_000 {
+                "met"
+            } else {
+                "missed"
+            }
+        );
+        out
+    }
+
+    /// Writes the SVG plots into `dir`; returns their paths.
+    pub fn write_plots(&self, dir: &Path, main: &[Report]) -> Result<Vec<PathBuf>> {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        let mut written = Vec::new();
+        let mut write = |name: &str, chart: Chart| -> Result<()> {
+            let path = dir.join(name);
+            std::fs::write(&path, chart.to_svg())
+                .with_context(|| format!("cannot write {}", path.display()))?;
+            written.push(path);
+            Ok(())
+        };
+        write(
+            "latency-cdf.svg",
+            Chart {
+                title: "Checkout latency distribution (closed loop)".into(),
+                x_label: "latency, ms".into(),
+                y_label: "fraction of checkouts".into(),
+                x_scale: Scale::Log,
+                y_scale: Scale::Linear,
+                series: main
+                    .iter()
+                    .map(|r| Series {
+                        name: r.system.clone(),
+                        points: r.cdf.clone(),
+                    })
+                    .collect(),
+            },
+        )?;
+        let mut systems: Vec<&str> = self.sweep.iter().map(|p| p.system.as_str()).collect();
+        systems.dedup();
+        write(
+            "throughput-vs-clients.svg",
+            Chart {
+                title: "Checkouts per second against clients".into(),
+                x_label: "concurrent clients".into(),
+                y_label: "checkouts/s".into(),
+                x_scale: Scale::Log,
+                y_scale: Scale::Linear,
+                series: systems
+                    .iter()
+                    .map(|system| Series {
+                        name: system.to_string(),
+                        points: self
+                            .sweep
+                            .iter()
+                            .filter(|p| p.system == *system)
+                            .map(|p| (p.clients as f64, p.per_s))
+                            .collect(),
+                    })
+                    .collect(),
+            },
+        )?;
+        let ranges = &self.scaling.by_active_seats;
+        let middle = |r: &crate::report::ActiveSeatsRange| {
+            if r.active_seats_below == u64::MAX {
+                r.active_seats_from as f64
+            } else {
+                ((r.active_seats_from.max(1) as f64) * (r.active_seats_below as f64)).sqrt()
+            }
+        };
+        write(
+            "cost-vs-seats.svg",
+            Chart {
+                title: "Checkout latency against seats held".into(),
+                x_label: "seats held".into(),
+                y_label: "checkout latency, ms".into(),
+                x_scale: Scale::Log,
+                y_scale: Scale::Linear,
+                series: vec![
+                    Series {
+                        name: "p50".into(),
+                        points: ranges
+                            .iter()
+                            .map(|r| (middle(r), f64::from(r.checkout.p50_us) / 1000.0))
+                            .collect(),
+                    },
+                    Series {
+                        name: "p99".into(),
+                        points: ranges
+                            .iter()
+                            .map(|r| (middle(r), f64::from(r.checkout.p99_us) / 1000.0))
+                            .collect(),
+                    },
+                ],
+            },
+        )?;
+        write(
+            "memory-per-seat.svg",
+            Chart {
+                title: "Server resident memory per held seat".into(),
+                x_label: "seats held".into(),
+                y_label: "bytes per seat".into(),
+                x_scale: Scale::Log,
+                y_scale: Scale::Linear,
+                series: vec![Series {
+                    name: "tessera".into(),
+                    points: self
+                        .bytes_per_seat()
+                        .into_iter()
+                        .map(|(s, b)| (s as f64, b))
+                        .collect(),
+                }],
+            },
+        )?;
+        Ok(written)
+    }
+}
