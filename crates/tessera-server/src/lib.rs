@@ -99,8 +99,19 @@ impl App {
             .features()
             .map(|feature| self.feature_status(&issuer, feature))
             .collect();
-        let mut grants: Vec<proto::GrantStatus> = issuer
-            .grants()
+        // The oldest grants, chosen before any is described: a server may
+        // hold a million, and the status lists at most STATUS_GRANTS_MAX.
+        let mut oldest: Vec<(&String, &issuer::LiveGrant)> = issuer.grants().collect();
+        if oldest.len() > proto::STATUS_GRANTS_MAX {
+            oldest.select_nth_unstable_by(proto::STATUS_GRANTS_MAX, |a, b| {
+                a.1.issued_at_ms
+                    .cmp(&b.1.issued_at_ms)
+                    .then_with(|| a.0.cmp(b.0))
+            });
+            oldest.truncate(proto::STATUS_GRANTS_MAX);
+        }
+        let mut grants: Vec<proto::GrantStatus> = oldest
+            .into_iter()
             .map(|(grant_id, grant)| proto::GrantStatus {
                 grant_id: grant_id.clone(),
                 feature: grant.request.feature.clone(),
