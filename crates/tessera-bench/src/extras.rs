@@ -378,7 +378,9 @@ impl Extras {
             decade *= 10;
         }
         if let Some(per_seat) = self.scaling.resident_bytes_per_active_seat() {
-            out.push((self.scaling.active_seats_end, per_seat));
+            if out.last().map(|l| l.0) != Some(self.scaling.active_seats_end) {
+                out.push((self.scaling.active_seats_end, per_seat));
+            }
         }
         out
     }
@@ -421,6 +423,13 @@ impl Extras {
                 }
             }
             out.push('\n');
+        }
+        for p in self.sweep.iter().filter(|p| p.errors > 0) {
+            let _ = writeln!(
+                out,
+                "\n{}, {} clients: {} requests failed.",
+                p.system, p.clients, p.errors
+            );
         }
 
         let _ = writeln!(out, "\n## Heartbeats with seats held\n");
@@ -491,6 +500,15 @@ impl Extras {
                 ms(c.p999_us)
             );
         }
+        let _ = writeln!(
+            out,
+            "\n{} checkouts failed{}.",
+            self.scaling.errors_total(),
+            self.scaling
+                .first_error
+                .as_ref()
+                .map_or(String::new(), |e| format!("; first: {e}"))
+        );
         let _ = writeln!(out, "\n| seats held | resident bytes per seat |");
         let _ = writeln!(out, "|--:|--:|");
         for (seats, per_seat) in self.bytes_per_seat() {

@@ -84,6 +84,12 @@ pub struct Store {
     queue: mpsc::Sender<Job>,
 }
 
+/// redb's page cache for the grant store. Its default (1 GiB) would keep
+/// most of a large store resident; the upper levels of the B-tree, all a
+/// checkout needs, fit in far less, and the kernel's page cache keeps the
+/// rest close.
+const CACHE_BYTES: usize = 64 * 1024 * 1024;
+
 impl Store {
     /// Opens (or creates) the store in `data_dir` and starts its writer thread.
     pub fn open(
@@ -100,12 +106,15 @@ impl Store {
         std::fs::create_dir_all(data_dir)
             .map_err(|err| open_error(format!("cannot create the data directory: {err}")))?;
         let existed = path.exists();
-        let db = Database::create(&path).map_err(|err| {
-            open_error(format!(
+        let db = redb::Builder::new()
+            .set_cache_size(CACHE_BYTES)
+            .create(&path)
+            .map_err(|err| {
+                open_error(format!(
                 "cannot open it ({err}); if the file is damaged, move it away: the server then \
                  starts empty and waits out one lease before issuing"
             ))
-        })?;
+            })?;
         let grants = check_owner_and_load(&db, &path, pool_id, server_id)?;
         let (queue, receiver) = mpsc::channel(QUEUE_CAPACITY);
         let db = Arc::new(db);
