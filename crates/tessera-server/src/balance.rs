@@ -28,6 +28,8 @@ use crate::App;
 
 /// How often every server looks at the requests and targets addressed to it.
 const ANSWER_INTERVAL: Duration = Duration::from_millis(200);
+/// After a borrow ahead of need found nothing, the next one waits this long.
+const BORROW_AHEAD_PAUSE: Duration = Duration::from_secs(1);
 /// An answer not applied within this is sent again.
 const ANSWER_RESEND_MS: u64 = 1_000;
 
@@ -168,6 +170,13 @@ impl App {
         if u64::from(in_use) * 100 <= u64::from(allocation) * u64::from(threshold) {
             return;
         }
+        let now = tokio::time::Instant::now();
+        {
+            let quiet = self.borrow_quiet.lock().unwrap_or_else(|p| p.into_inner());
+            if quiet.get(feature).is_some_and(|until| now < *until) {
+                return;
+            }
+        }
         let lock = self.borrow_lock(feature);
         let Ok(turn) = lock.try_lock_owned() else {
             return;
@@ -176,8 +185,20 @@ impl App {
         let feature = feature.to_string();
         tokio::spawn(async move {
             let _turn = turn;
-            if let Err(err) = app.borrow(&feature, batch, true).await {
-                tracing::debug!("borrowing ahead for `{feature}`: {err}");
+            let found = match app.borrow(&feature, batch, true).await {
+                Ok(answer) => answer.moved + answer.requested > 0,
+                Err(err) => {
+                    tracing::debug!("borrowing ahead for `{feature}`: {err}");
+                    false
+                }
+            };
+            // Nothing to be had: ask again only after a pause, not after
+            // every checkout of a full pool.
+            if !found {
+                app.borrow_quiet
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(feature, tokio::time::Instant::now() + BORROW_AHEAD_PAUSE);
             }
         });
     }

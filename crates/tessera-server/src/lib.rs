@@ -64,6 +64,8 @@ pub struct App {
     borrowing: std::collections::BTreeMap<String, tessera_core::BorrowPolicy>,
     /// One borrower per feature at a time.
     borrow_locks: Mutex<std::collections::HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Per feature: no borrow ahead of need before this (the last found nothing).
+    borrow_quiet: Mutex<std::collections::HashMap<String, tokio::time::Instant>>,
 }
 
 impl App {
@@ -431,6 +433,7 @@ pub async fn start(
         timing: config.timing,
         borrowing: config.borrowing.clone(),
         borrow_locks: Mutex::new(Default::default()),
+        borrow_quiet: Mutex::new(Default::default()),
     });
     follow_control(
         &app,
