@@ -6,6 +6,7 @@ use tessera_proto::{
     CheckinRequest, CheckinResponse, CheckoutRequest, ErrorCode, Grant, HeartbeatRequest,
     StatusResponse, MAX_SEATS_PER_REQUEST,
 };
+use tessera_transport::{HttpTransport, ReqwestOptions, ReqwestTransport};
 use tokio::time::Instant;
 
 use crate::config::{check_field, ClientConfig};
@@ -17,7 +18,8 @@ use crate::http::{self, STATUS_ANSWER_BYTES_MAX};
 /// or a few grants, so a handful covers it.
 const IDLE_CONNECTIONS_PER_SERVER_MAX: usize = 4;
 
-/// A handle to the pool. Cheap to clone: clones share one connection pool.
+/// A handle to the pool. Cheap to clone: clones share one transport (and so
+/// one connection pool).
 #[derive(Clone, Debug)]
 pub struct Client {
     inner: Arc<Inner>,
@@ -26,30 +28,36 @@ pub struct Client {
 #[derive(Debug)]
 struct Inner {
     config: ClientConfig,
-    http: reqwest::Client,
+    transport: Arc<dyn HttpTransport>,
 }
 
 impl Client {
-    /// A client for this configuration. Fails only on a configuration that
-    /// cannot work (no servers, an address that is not `host:port`, an empty
-    /// or oversized field).
+    /// A client for this configuration, over HTTP/1.1 on TCP
+    /// ([`ReqwestTransport`]). Fails only on a configuration that cannot work
+    /// (no servers, an address that is not `host:port`, an empty or oversized
+    /// field).
     pub fn new(config: ClientConfig) -> Result<Client, ClientError> {
         config.validate()?;
-        let http = reqwest::Client::builder()
-            .timeout(config.request_timeout)
-            .connect_timeout(config.connect_timeout)
-            .pool_max_idle_per_host(IDLE_CONNECTIONS_PER_SERVER_MAX)
-            .tcp_nodelay(true)
-            // License servers sit on the customer's own network: sending
-            // heartbeats through an HTTP proxy picked up from the environment
-            // would add a hop that can fail on its own and hide the servers.
-            .no_proxy()
-            .build()
-            .map_err(|error| ClientError::InvalidConfig {
-                message: format!("cannot create the HTTP client: {error}"),
-            })?;
+        let transport = ReqwestTransport::new(ReqwestOptions {
+            connect_timeout: config.connect_timeout,
+            idle_connections_per_server_max: IDLE_CONNECTIONS_PER_SERVER_MAX,
+        })
+        .map_err(|message| ClientError::InvalidConfig { message })?;
+        Client::with_transport(config, Arc::new(transport))
+    }
+
+    /// A client for this configuration whose requests all go through
+    /// `transport` (the deterministic simulator's network, a test double).
+    /// Validates the configuration as [`Client::new`] does. Each request
+    /// carries [`ClientConfig::request_timeout`]; `connect_timeout` is the
+    /// transport's own business.
+    pub fn with_transport(
+        config: ClientConfig,
+        transport: Arc<dyn HttpTransport>,
+    ) -> Result<Client, ClientError> {
+        config.validate()?;
         Ok(Client {
-            inner: Arc::new(Inner { config, http }),
+            inner: Arc::new(Inner { config, transport }),
         })
     }
 
@@ -57,8 +65,8 @@ impl Client {
         &self.inner.config
     }
 
-    pub(crate) fn http(&self) -> &reqwest::Client {
-        &self.inner.http
+    pub(crate) fn transport(&self) -> &dyn HttpTransport {
+        &*self.inner.transport
     }
 
     /// Checks out `count` seats of `feature` for this program's `version`.
@@ -93,7 +101,7 @@ impl Client {
             // server's own lease started no earlier than this instant.
             let send_instant = Instant::now();
             let answer: Result<Grant, Failure> =
-                http::post_json(self.http(), address, "/checkout", &request).await;
+                http::post_json(self, address, "/checkout", &request).await;
             match answer {
                 Ok(grant) => match usable_grant(&grant, &request, send_instant) {
                     Ok(()) => {
@@ -127,7 +135,7 @@ impl Client {
     pub async fn status(&self) -> Result<StatusResponse, ClientError> {
         let mut failures = Vec::new();
         for address in &self.config().servers {
-            match http::get_json(self.http(), address, "/status", STATUS_ANSWER_BYTES_MAX).await {
+            match http::get_json(self, address, "/status", STATUS_ANSWER_BYTES_MAX).await {
                 Ok(status) => return Ok(status),
                 Err(failure) => failures.push(failure),
             }
@@ -159,7 +167,7 @@ impl Client {
         address: &str,
         request: &HeartbeatRequest,
     ) -> Result<Grant, ClientError> {
-        http::post_json(self.http(), address, "/heartbeat", request)
+        http::post_json(self, address, "/heartbeat", request)
             .await
             .map_err(|failure| into_error(&request.feature, failure))
     }
@@ -176,7 +184,7 @@ impl Client {
         let mut failures = Vec::new();
         for address in addresses {
             let answer: Result<CheckinResponse, Failure> =
-                http::post_json(self.http(), address, "/checkin", &request).await;
+                http::post_json(self, address, "/checkin", &request).await;
             match answer {
                 Ok(released) => return Ok(released.released_seats),
                 Err(failure) => failures.push(failure),

@@ -378,7 +378,7 @@ async fn renew_round(
         let give_up_at = (send_instant + share.max(ATTEMPT_MIN)).min(valid_until);
         let answer: Result<Grant, Failure> = tokio::select! {
             biased;
-            answer = http::post_json(client.http(), &address, "/heartbeat", &request) => answer,
+            answer = http::post_json(client, &address, "/heartbeat", &request) => answer,
             // A renewal that arrives after expiry would come too late: the
             // program must already have been told that the seat is gone.
             () = sleep_until(give_up_at) => {

@@ -1,12 +1,13 @@
-//! One request to one server: URL, body limits, and turning the answer into
-//! either the expected type or a [`Failure`].
-
-use std::error::Error as _;
+//! One request to one server: address check, body limits, and turning the
+//! answer into either the expected type or a [`Failure`]. The request itself
+//! goes through the client's [`HttpTransport`](tessera_transport::HttpTransport).
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tessera_proto::{ErrorBody, API_PREFIX};
+use tessera_transport::{HttpAnswer, HttpRequest, Method, TransportError};
 
+use crate::client::Client;
 use crate::error::{Failure, FailureKind};
 
 /// Largest answer to a checkout, heartbeat or check-in, in bytes: a grant
@@ -39,19 +40,40 @@ pub(crate) fn check_address(address: &str) -> Result<(), String> {
     Ok(())
 }
 
-fn endpoint(address: &str, path: &str) -> Result<reqwest::Url, Failure> {
+/// The request's path, after checking that `address` is a bare `host:port`
+/// whose port is a number.
+fn endpoint(address: &str, path: &str) -> Result<String, Failure> {
     check_address(address).map_err(|text| Failure::no_answer(address, text))?;
-    reqwest::Url::parse(&format!("http://{address}{API_PREFIX}{path}")).map_err(|error| {
+    check_host_port(address).map_err(|reason| {
         Failure::no_answer(
             address,
-            format!("`{address}` is not a valid host:port: {error}"),
+            format!("`{address}` is not a valid host:port: {reason}"),
         )
-    })
+    })?;
+    Ok(format!("{API_PREFIX}{path}"))
+}
+
+/// What a URL parser would refuse in a `host:port` that [`check_address`]
+/// lets through: an empty host, a colon outside IPv6 brackets, a port that is
+/// not a number from 0 to 65535.
+fn check_host_port(address: &str) -> Result<(), &'static str> {
+    let (host, port) = address.rsplit_once(':').ok_or("no port")?;
+    if host.is_empty() {
+        return Err("empty host");
+    }
+    let bracketed = host.starts_with('[') && host.ends_with(']') && host.len() > 2;
+    if !bracketed && (host.contains(['[', ']', ':'])) {
+        return Err("invalid host (write an IPv6 address in brackets)");
+    }
+    if port.parse::<u16>().is_err() {
+        return Err("invalid port number");
+    }
+    Ok(())
 }
 
 /// `POST {API_PREFIX}{path}` with a JSON body.
 pub(crate) async fn post_json<Req, Resp>(
-    http: &reqwest::Client,
+    client: &Client,
     address: &str,
     path: &str,
     body: &Req,
@@ -60,14 +82,25 @@ where
     Req: Serialize + ?Sized,
     Resp: DeserializeOwned,
 {
-    let url = endpoint(address, path)?;
-    let sent = http.post(url).json(body).send().await;
-    decode(address, sent, ANSWER_BYTES_MAX).await
+    let path = endpoint(address, path)?;
+    let body = serde_json::to_vec(body).map_err(|error| {
+        Failure::no_answer(address, format!("cannot encode the request: {error}"))
+    })?;
+    let request = HttpRequest {
+        method: Method::Post,
+        address: address.to_string(),
+        path,
+        headers: vec![("content-type".to_string(), "application/json".to_string())],
+        body,
+        timeout: client.config().request_timeout,
+        answer_bytes_max: ANSWER_BYTES_MAX,
+    };
+    decode(address, client.transport().send(request).await)
 }
 
 /// `GET {API_PREFIX}{path}`.
 pub(crate) async fn get_json<Resp>(
-    http: &reqwest::Client,
+    client: &Client,
     address: &str,
     path: &str,
     answer_bytes_max: usize,
@@ -75,30 +108,38 @@ pub(crate) async fn get_json<Resp>(
 where
     Resp: DeserializeOwned,
 {
-    let url = endpoint(address, path)?;
-    let sent = http.get(url).send().await;
-    decode(address, sent, answer_bytes_max).await
+    let path = endpoint(address, path)?;
+    let request = HttpRequest {
+        method: Method::Get,
+        address: address.to_string(),
+        path,
+        headers: Vec::new(),
+        body: Vec::new(),
+        timeout: client.config().request_timeout,
+        answer_bytes_max,
+    };
+    decode(address, client.transport().send(request).await)
 }
 
-async fn decode<Resp: DeserializeOwned>(
+/// The transport already bounds the body to the request's `answer_bytes_max`,
+/// so that a broken or hostile server cannot make the client allocate without
+/// bound; its errors ("could not connect: …", "no answer within the request
+/// timeout", "answered with a body larger than N bytes") are the failure's text.
+fn decode<Resp: DeserializeOwned>(
     address: &str,
-    sent: reqwest::Result<reqwest::Response>,
-    answer_bytes_max: usize,
+    sent: Result<HttpAnswer, TransportError>,
 ) -> Result<Resp, Failure> {
-    let response = sent.map_err(|error| Failure::no_answer(address, describe_error(&error)))?;
-    let status = response.status();
-    let body = read_bounded(response, answer_bytes_max)
-        .await
-        .map_err(|text| Failure::no_answer(address, text))?;
-    if status.is_success() {
-        return serde_json::from_slice(&body).map_err(|error| {
+    let answer = sent.map_err(|error| Failure::no_answer(address, error.to_string()))?;
+    let status = answer.status;
+    if answer.is_success() {
+        return serde_json::from_slice(&answer.body).map_err(|error| {
             Failure::no_answer(
                 address,
                 format!("answered HTTP {status} with a body this client cannot read: {error}"),
             )
         });
     }
-    match serde_json::from_slice::<ErrorBody>(&body) {
+    match serde_json::from_slice::<ErrorBody>(&answer.body) {
         Ok(ErrorBody { error }) => Err(Failure {
             address: address.to_string(),
             kind: FailureKind::Refused {
@@ -111,51 +152,6 @@ async fn decode<Resp: DeserializeOwned>(
             format!("answered HTTP {status} without a Tessera error body; is a Tessera server listening there?"),
         )),
     }
-}
-
-/// Reads the body but never more than `bytes_max`, so that a broken or hostile
-/// server cannot make the client allocate without bound.
-async fn read_bounded(
-    mut response: reqwest::Response,
-    bytes_max: usize,
-) -> Result<Vec<u8>, String> {
-    let too_large = || format!("answered with a body larger than {bytes_max} bytes");
-    let declared = response.content_length().unwrap_or(0);
-    if declared > bytes_max as u64 {
-        return Err(too_large());
-    }
-    let mut body = Vec::with_capacity(declared as usize);
-    while let Some(chunk) = response
-        .chunk()
-        .await
-        .map_err(|error| describe_error(&error))?
-    {
-        if body.len() + chunk.len() > bytes_max {
-            return Err(too_large());
-        }
-        body.extend_from_slice(&chunk);
-    }
-    Ok(body)
-}
-
-/// reqwest's own message says only "error sending request"; the cause is in
-/// the source chain ("connection refused", "operation timed out").
-fn describe_error(error: &reqwest::Error) -> String {
-    let summary = if error.is_timeout() {
-        "no answer within the request timeout"
-    } else if error.is_connect() {
-        "could not connect"
-    } else {
-        "request failed"
-    };
-    let mut text = summary.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 #[cfg(test)]
@@ -179,6 +175,18 @@ mod tests {
         ] {
             assert!(check_address(bad).is_err(), "{bad:?} accepted");
         }
-        assert!(endpoint("127.0.0.1:notaport", "/checkout").is_err());
+        for bad in [
+            "127.0.0.1:notaport",
+            "127.0.0.1:70000",
+            ":7001",
+            "a:b:7001",
+            "[::1:7001",
+        ] {
+            assert!(endpoint(bad, "/checkout").is_err(), "{bad:?} accepted");
+        }
+        assert_eq!(
+            endpoint("127.0.0.1:7001", "/checkout").ok().as_deref(),
+            Some("/v1/checkout")
+        );
     }
 }

@@ -57,6 +57,9 @@ pub use guard::{
     SeatGuard, SeatState, HEARTBEAT_INTERVAL_MS_MIN, LEASE_MS_MAX, RETRY_PAUSE_MS_MAX,
 };
 pub use tessera_proto::{ErrorCode, Grant, HeartbeatRequest, StatusResponse};
+/// The seam every request goes through: name [`transport::HttpTransport`] to
+/// give [`Client::with_transport`] a transport of your own.
+pub use tessera_transport as transport;
 /// The clock of [`SeatGuard::valid_until`]: tokio's monotonic instant
 /// (`into_std()` converts it).
 pub use tokio::time::Instant;

@@ -65,6 +65,10 @@ impl App {
     /// hold (already stretched by the drift bound), stretched once more for
     /// the leader's own clock, plus one report interval.
     pub(crate) fn reassign_after_ms(&self) -> u64 {
+        if self.mutations.reassign_without_wait {
+            // The deliberate bug of `Mutations::reassign_without_wait`.
+            return self.timing.quota_report_interval_ms * 3;
+        }
         let hold_ms = self.issuer().longest_hold_ms();
         let drift = u64::from(self.timing.clock_drift_percent);
         let quota = self.timing.quota_lease_ms;

@@ -129,7 +129,7 @@ async fn checkout(
     JsonBody(body): JsonBody<CheckoutRequest>,
 ) -> Result<Json<proto::Grant>, ApiError> {
     let request = seat_request(body)?;
-    let grant_id = uuid::Uuid::new_v4().simple().to_string();
+    let grant_id = (app.grant_ids)();
     let (feature, count) = (request.feature.clone(), request.count);
     let issued = app
         .with_borrowing(&feature, count, |app| {

@@ -12,6 +12,7 @@ pub mod hostid;
 pub mod http;
 pub mod issuer;
 pub mod pool;
+pub mod seams;
 pub mod store;
 
 use std::future::Future;
@@ -23,11 +24,12 @@ use tessera_core::{CivilDate, ControlState, LicenseTable, PoolFile};
 use tessera_proto as proto;
 use tokio::net::TcpListener;
 
-use crate::clock::{Clock, SystemClock};
+use crate::clock::Clock;
 use crate::config::Limits;
 pub use crate::config::ServerConfig;
 use crate::issuer::{Issuer, IssuingState};
 use crate::pool::Pool;
+pub use crate::seams::Seams;
 use crate::store::Store;
 
 /// Why a server could not start. Each message names the file and what to do.
@@ -66,6 +68,8 @@ pub struct App {
     borrow_locks: Mutex<std::collections::HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Per feature: no borrow ahead of need before this (the last found nothing).
     borrow_quiet: Mutex<std::collections::HashMap<String, tokio::time::Instant>>,
+    grant_ids: seams::IdSource,
+    mutations: seams::Mutations,
 }
 
 impl App {
@@ -341,7 +345,33 @@ pub async fn start(
     config: ServerConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<Running, StartError> {
-    let clock: Arc<dyn Clock> = Arc::new(SystemClock::new());
+    let bind = |address: String| async move {
+        let listener = TcpListener::bind(&address).await?;
+        let local = listener.local_addr()?;
+        use axum::serve::ListenerExt;
+        let listener = listener.tap_io(|tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
+        Ok((listener, local))
+    };
+    start_with(config, Seams::production(), bind, shutdown).await
+}
+
+/// [`start`] on the given seams, listening with `bind` (which gets the
+/// address to listen on and returns the listener and its local address).
+pub async fn start_with<L, B, F>(
+    config: ServerConfig,
+    seams: Seams,
+    bind: B,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<Running, StartError>
+where
+    L: axum::serve::Listener,
+    L::Addr: std::fmt::Debug,
+    B: FnOnce(String) -> F,
+    F: Future<Output = std::io::Result<(L, SocketAddr)>>,
+{
+    let clock = seams.clock.clone();
     let (pool_file, pool_text) = load_pool_file(&config)?;
     let Some(own_entry) = pool_file.server(&config.server_id).cloned() else {
         return Err(StartError::PoolFile {
@@ -358,7 +388,8 @@ pub async fn start(
         .clone()
         .or_else(hostid::machine_hostid)
         .unwrap_or_else(|| "unknown".to_string());
-    let (store, opened) = Store::open(
+    let (store, opened) = Store::open_on(
+        &seams.disk,
         &config.data_dir,
         &pool_file.pool_id,
         &config.server_id,
@@ -370,6 +401,10 @@ pub async fn start(
         opened.grants.len(),
         config.data_dir.display()
     );
+    if let Some(observer) = &seams.observer {
+        let ids: Vec<String> = opened.grants.iter().map(|(id, _)| id.clone()).collect();
+        observer.restored(&config.server_id, &ids);
+    }
     let mut issuer = Issuer::new(
         config.server_id.clone(),
         config.limits,
@@ -385,7 +420,7 @@ pub async fn start(
         config.timing,
         config.peer_secret.clone(),
         &config.data_dir,
-        clock.clone(),
+        &seams,
     )
     .await
     .map_err(StartError::Pool)?;
@@ -407,16 +442,12 @@ pub async fn start(
     }
 
     let listen = config.listen.clone().unwrap_or(own_entry.address.clone());
-    let listener = TcpListener::bind(&listen)
+    let (listener, address) = bind(listen.clone())
         .await
         .map_err(|err| StartError::Listen {
             address: listen.clone(),
             message: err.to_string(),
         })?;
-    let address = listener.local_addr().map_err(|err| StartError::Listen {
-        address: listen.clone(),
-        message: err.to_string(),
-    })?;
     let app = Arc::new(App {
         issuer: Mutex::new(issuer),
         store,
@@ -434,6 +465,8 @@ pub async fn start(
         borrowing: config.borrowing.clone(),
         borrow_locks: Mutex::new(Default::default()),
         borrow_quiet: Mutex::new(Default::default()),
+        grant_ids: seams.grant_ids.clone(),
+        mutations: seams.mutations,
     });
     follow_control(
         &app,
@@ -449,10 +482,6 @@ pub async fn start(
     ];
     let router = http::router(app.clone());
     let done = tokio::spawn(async move {
-        use axum::serve::ListenerExt;
-        let listener = listener.tap_io(|tcp| {
-            let _ = tcp.set_nodelay(true);
-        });
         if let Err(err) = axum::serve(listener, router)
             .with_graceful_shutdown(shutdown)
             .await
@@ -558,6 +587,10 @@ fn spawn_quota_loop(app: Arc<App>, timing: config::Timing) -> tokio::task::JoinH
         let interval = std::time::Duration::from_millis(timing.quota_report_interval_ms);
         let mut ticker = tokio::time::interval(interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        if app.mutations.issue_without_quorum {
+            // The deliberate bug of `Mutations::issue_without_quorum`.
+            app.issuer().set_quota(u64::MAX);
+        }
         loop {
             ticker.tick().await;
             let sent_ms = app.clock.now_ms();
@@ -568,6 +601,7 @@ fn spawn_quota_loop(app: Arc<App>, timing: config::Timing) -> tokio::task::JoinH
                         .pool
                         .wait_applied(ack.applied_index_required, interval)
                         .await
+                        && !app.mutations.issue_without_quorum
                     {
                         app.issuer().set_quota(sent_ms + timing.quota_lease_ms);
                     }

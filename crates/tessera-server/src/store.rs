@@ -16,6 +16,8 @@ use redb::{Database, Durability, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::seams::{Disk, FileDisk};
+
 const GRANTS: TableDefinition<&str, &[u8]> = TableDefinition::new("grants");
 const META: TableDefinition<&str, &str> = TableDefinition::new("meta");
 
@@ -91,8 +93,21 @@ pub struct Store {
 const CACHE_BYTES: usize = 64 * 1024 * 1024;
 
 impl Store {
-    /// Opens (or creates) the store in `data_dir` and starts its writer thread.
+    /// Opens (or creates) the store in `data_dir` on the machine's disk.
     pub fn open(
+        data_dir: &Path,
+        pool_id: &str,
+        server_id: &str,
+        batch_max: usize,
+    ) -> Result<(Store, Opened), StoreError> {
+        let disk: Arc<dyn Disk> = Arc::new(FileDisk);
+        Store::open_on(&disk, data_dir, pool_id, server_id, batch_max)
+    }
+
+    /// Opens (or creates) the store in `data_dir` on `disk` and starts its
+    /// writer: a thread of its own on a real disk, a task on a simulated one.
+    pub fn open_on(
+        disk: &Arc<dyn Disk>,
         data_dir: &Path,
         pool_id: &str,
         server_id: &str,
@@ -105,11 +120,8 @@ impl Store {
         };
         std::fs::create_dir_all(data_dir)
             .map_err(|err| open_error(format!("cannot create the data directory: {err}")))?;
-        let existed = path.exists();
-        let db = redb::Builder::new()
-            .set_cache_size(CACHE_BYTES)
-            .create(&path)
-            .map_err(|err| {
+        let existed = disk.exists(&path);
+        let db = disk.open_database(&path, CACHE_BYTES).map_err(|err| {
                 open_error(format!(
                 "cannot open it ({err}); if the file is damaged, move it away: the server then \
                  starts empty and waits out one lease before issuing"
@@ -118,10 +130,14 @@ impl Store {
         let grants = check_owner_and_load(&db, &path, pool_id, server_id)?;
         let (queue, receiver) = mpsc::channel(QUEUE_CAPACITY);
         let db = Arc::new(db);
-        std::thread::Builder::new()
-            .name("tessera-store".into())
-            .spawn(move || write_loop(db, receiver, batch_max))
-            .map_err(|err| open_error(format!("cannot start the writer thread: {err}")))?;
+        if disk.commit_on_threads() {
+            std::thread::Builder::new()
+                .name("tessera-store".into())
+                .spawn(move || write_loop(db, receiver, batch_max))
+                .map_err(|err| open_error(format!("cannot start the writer thread: {err}")))?;
+        } else {
+            tokio::spawn(write_loop_inline(db, receiver, batch_max, disk.clone()));
+        }
         Ok((Store { queue }, Opened { existed, grants }))
     }
 
@@ -214,22 +230,50 @@ fn check_owner_and_load(
 
 fn write_loop(db: Arc<Database>, mut receiver: mpsc::Receiver<Job>, batch_max: usize) {
     while let Some(first) = receiver.blocking_recv() {
-        let mut batch = vec![first];
-        while batch.len() < batch_max {
-            match receiver.try_recv() {
-                Ok(job) => batch.push(job),
-                Err(_) => break,
-            }
+        commit_queued(&db, first, &mut receiver, batch_max);
+    }
+}
+
+/// Commits `first` and whatever else is queued (up to `batch_max`) in one
+/// transaction, then answers every waiter.
+fn commit_queued(
+    db: &Database,
+    first: Job,
+    receiver: &mut mpsc::Receiver<Job>,
+    batch_max: usize,
+) {
+    let mut batch = vec![first];
+    while batch.len() < batch_max {
+        match receiver.try_recv() {
+            Ok(job) => batch.push(job),
+            Err(_) => break,
         }
-        let result = commit(&db, &batch).map_err(StoreError::Write);
-        if let Err(err) = &result {
-            tracing::error!("{err}");
+    }
+    let result = commit(db, &batch).map_err(StoreError::Write);
+    if let Err(err) = &result {
+        tracing::error!("{err}");
+    }
+    for job in batch {
+        if let Some(done) = job.done {
+            let _ = done.send(result.clone());
         }
-        for job in batch {
-            if let Some(done) = job.done {
-                let _ = done.send(result.clone());
-            }
+    }
+}
+
+/// The writer as a task on the caller's runtime, committing inline: on a
+/// simulated disk every step is the simulator's to schedule.
+async fn write_loop_inline(
+    db: Arc<Database>,
+    mut receiver: mpsc::Receiver<Job>,
+    batch_max: usize,
+    disk: Arc<dyn Disk>,
+) {
+    while let Some(first) = receiver.recv().await {
+        let delay = disk.commit_delay();
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
         }
+        commit_queued(&db, first, &mut receiver, batch_max);
     }
 }
 

@@ -18,15 +18,19 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use super::types::{NodeId, TypeConfig};
+use crate::seams::Disk;
 
 const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 
 pub const RAFT_FILE: &str = "raft.redb";
+/// redb's page cache for the log: it holds a few thousand entries at most.
+const LOG_CACHE_BYTES: usize = 16 * 1024 * 1024;
 
 #[derive(Clone)]
 pub struct LogStore {
     db: Arc<Database>,
+    disk: Arc<dyn Disk>,
 }
 
 fn write_error(err: impl ToString) -> StorageError<NodeId> {
@@ -38,9 +42,9 @@ fn read_error(err: impl ToString) -> StorageError<NodeId> {
 }
 
 impl LogStore {
-    pub fn open(data_dir: &Path) -> Result<LogStore, String> {
+    pub fn open(data_dir: &Path, disk: Arc<dyn Disk>) -> Result<LogStore, String> {
         let path = data_dir.join(RAFT_FILE);
-        let db = Database::create(&path).map_err(|err| {
+        let db = disk.open_database(&path, LOG_CACHE_BYTES).map_err(|err| {
             format!(
                 "pool log {}: cannot open it ({err}); if it is damaged, move it away and the \
                  server rejoins the pool from its peers",
@@ -51,7 +55,10 @@ impl LogStore {
         txn.open_table(LOG).map_err(|e| e.to_string())?;
         txn.open_table(META).map_err(|e| e.to_string())?;
         txn.commit().map_err(|e| e.to_string())?;
-        Ok(LogStore { db: Arc::new(db) })
+        Ok(LogStore {
+            db: Arc::new(db),
+            disk,
+        })
     }
 
     /// True if this server has ever been part of a formed pool.
@@ -81,21 +88,30 @@ impl LogStore {
             .map_err(|e| e.to_string())
     }
 
-    /// Runs one durable write transaction on a blocking thread.
+    /// Runs one durable write transaction: on a blocking thread on a real
+    /// disk, inline on a simulated one.
     async fn write<F>(&self, f: F) -> Result<(), StorageError<NodeId>>
     where
         F: FnOnce(&redb::WriteTransaction) -> Result<(), String> + Send + 'static,
     {
         let db = self.db.clone();
-        tokio::task::spawn_blocking(move || {
+        let transaction = move || {
             let mut txn = db.begin_write().map_err(|e| e.to_string())?;
             txn.set_durability(Durability::Immediate);
             f(&txn)?;
             txn.commit().map_err(|e| e.to_string())
-        })
-        .await
-        .map_err(write_error)?
-        .map_err(write_error)
+        };
+        if !self.disk.commit_on_threads() {
+            let delay = self.disk.commit_delay();
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
+            return transaction().map_err(write_error);
+        }
+        tokio::task::spawn_blocking(transaction)
+            .await
+            .map_err(write_error)?
+            .map_err(write_error)
     }
 
     async fn write_meta<T: Serialize>(

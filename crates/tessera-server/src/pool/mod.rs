@@ -95,8 +95,9 @@ impl Pool {
         timing: Timing,
         peer_secret: Option<String>,
         data_dir: &std::path::Path,
-        clock: Arc<dyn Clock>,
+        seams: &crate::seams::Seams,
     ) -> Result<Pool, String> {
+        let clock = seams.clock.clone();
         let rank = bootstrap
             .servers
             .iter()
@@ -115,9 +116,18 @@ impl Pool {
         }
         .validate()
         .map_err(|err| format!("pool timing: {err}"))?;
-        let log_store = log_store::LogStore::open(data_dir)?;
-        let (state_machine, applied) = state_machine::StateMachine::open(data_dir)?;
-        let peers = PeerClient::new(bootstrap.pool_id.clone(), server_id.clone(), peer_secret);
+        let log_store = log_store::LogStore::open(data_dir, seams.disk.clone())?;
+        let observer = seams
+            .observer
+            .clone()
+            .map(|observer| (server_id.clone(), observer));
+        let (state_machine, applied) = state_machine::StateMachine::open(data_dir, observer)?;
+        let peers = PeerClient::new(
+            bootstrap.pool_id.clone(),
+            server_id.clone(),
+            peer_secret,
+            seams.transport.clone(),
+        );
         let partitioned = peers.partitioned();
         let node_id = node_id(&server_id);
         let raft = Raft::new(

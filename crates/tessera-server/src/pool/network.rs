@@ -1,6 +1,8 @@
 //! Peer transport: HTTP/JSON to other servers of the pool under `/v1/peer`,
 //! every request naming the pool (and carrying the pool's secret, if set).
-//! It also carries openraft's RPCs.
+//! It also carries openraft's RPCs. Every request goes through an
+//! [`HttpTransport`]: [`default_transport`] in programs, the simulator's own
+//! network in `tessera-sim`.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -18,6 +20,9 @@ use openraft::AnyError;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tessera_proto::{ErrorBody, PEER_HEADER, POOL_HEADER};
+use tessera_transport::{
+    HttpRequest, HttpTransport, Method, ReqwestOptions, ReqwestTransport, TransportError,
+};
 
 use super::types::{Node, NodeId, TypeConfig};
 
@@ -40,9 +45,20 @@ pub enum PeerError {
     },
 }
 
+/// The production peer transport: HTTP/1.1 over TCP, connecting within
+/// [`PEER_TIMEOUT`], a few idle connections kept per peer.
+pub fn default_transport() -> Arc<dyn HttpTransport> {
+    let transport = ReqwestTransport::new(ReqwestOptions {
+        connect_timeout: PEER_TIMEOUT,
+        idle_connections_per_server_max: 4,
+    })
+    .unwrap_or_else(|message| panic!("a plain HTTP client always builds, yet: {message}"));
+    Arc::new(transport)
+}
+
 #[derive(Clone)]
 pub struct PeerClient {
-    http: reqwest::Client,
+    transport: Arc<dyn HttpTransport>,
     /// The test fault switch ([`super::Pool::set_partitioned`]).
     partitioned: Arc<AtomicBool>,
     pool_id: String,
@@ -51,17 +67,14 @@ pub struct PeerClient {
 }
 
 impl PeerClient {
-    pub fn new(pool_id: String, server_id: String, secret: Option<String>) -> PeerClient {
-        let http = reqwest::Client::builder()
-            .no_proxy()
-            .connect_timeout(PEER_TIMEOUT)
-            .timeout(PEER_TIMEOUT)
-            .pool_max_idle_per_host(4)
-            .tcp_nodelay(true)
-            .build()
-            .expect("a plain HTTP client always builds");
+    pub fn new(
+        pool_id: String,
+        server_id: String,
+        secret: Option<String>,
+        transport: Arc<dyn HttpTransport>,
+    ) -> PeerClient {
         PeerClient {
-            http,
+            transport,
             partitioned: Arc::new(AtomicBool::new(false)),
             pool_id,
             server_id,
@@ -73,14 +86,17 @@ impl PeerClient {
         self.partitioned.clone()
     }
 
-    fn request(&self, builder: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
-        let builder = builder
-            .header(POOL_HEADER, &self.pool_id)
-            .header(PEER_HEADER, &self.server_id);
-        match &self.secret {
-            Some(secret) => builder.bearer_auth(secret),
-            None => builder,
+    /// The headers every peer request carries: the pool, this server, and
+    /// the pool's secret if it has one.
+    fn headers(&self) -> Vec<(String, String)> {
+        let mut headers = vec![
+            (POOL_HEADER.to_string(), self.pool_id.clone()),
+            (PEER_HEADER.to_string(), self.server_id.clone()),
+        ];
+        if let Some(secret) = &self.secret {
+            headers.push(("authorization".to_string(), format!("Bearer {secret}")));
         }
+        headers
     }
 
     pub async fn post<Req: Serialize, Resp: DeserializeOwned>(
@@ -90,9 +106,22 @@ impl PeerClient {
         body: &Req,
         timeout: Duration,
     ) -> Result<Resp, PeerError> {
-        let url = format!("http://{address}{path}");
-        let builder = self.request(self.http.post(url).json(body).timeout(timeout));
-        self.finish(address, builder).await
+        let body = serde_json::to_vec(body).map_err(|err| PeerError::Failed {
+            address: address.to_string(),
+            message: format!("cannot encode the request: {err}"),
+        })?;
+        let mut headers = self.headers();
+        headers.push(("content-type".to_string(), "application/json".to_string()));
+        let request = HttpRequest {
+            method: Method::Post,
+            address: address.to_string(),
+            path: path.to_string(),
+            headers,
+            body,
+            timeout,
+            answer_bytes_max: PEER_ANSWER_BYTES_MAX,
+        };
+        self.finish(request).await
     }
 
     pub async fn get<Resp: DeserializeOwned>(
@@ -100,61 +129,56 @@ impl PeerClient {
         address: &str,
         path: &str,
     ) -> Result<Resp, PeerError> {
-        let url = format!("http://{address}{path}");
-        let builder = self.request(self.http.get(url));
-        self.finish(address, builder).await
+        let request = HttpRequest {
+            method: Method::Get,
+            address: address.to_string(),
+            path: path.to_string(),
+            headers: self.headers(),
+            body: Vec::new(),
+            timeout: PEER_TIMEOUT,
+            answer_bytes_max: PEER_ANSWER_BYTES_MAX,
+        };
+        self.finish(request).await
     }
 
     async fn finish<Resp: DeserializeOwned>(
         &self,
-        address: &str,
-        builder: reqwest::RequestBuilder,
+        request: HttpRequest,
     ) -> Result<Resp, PeerError> {
+        let address = request.address.clone();
         if self.partitioned.load(Ordering::SeqCst) {
             return Err(PeerError::Unreachable {
-                address: address.to_string(),
+                address,
                 message: "cut off by the test fault switch".into(),
             });
         }
-        let response = builder.send().await.map_err(|err| {
+        let answer = self.transport.send(request).await.map_err(|err| {
             let message = err.to_string();
-            if err.is_connect() || err.is_timeout() {
-                PeerError::Unreachable {
-                    address: address.to_string(),
+            match err {
+                TransportError::Connect(_) | TransportError::Timeout(_) => PeerError::Unreachable {
+                    address: address.clone(),
                     message,
-                }
-            } else {
-                PeerError::Failed {
-                    address: address.to_string(),
+                },
+                TransportError::TooLarge { .. } | TransportError::Failed(_) => PeerError::Failed {
+                    address: address.clone(),
                     message,
-                }
+                },
             }
         })?;
-        let status = response.status();
-        let bytes = response.bytes().await.map_err(|err| PeerError::Failed {
-            address: address.to_string(),
-            message: err.to_string(),
-        })?;
-        if bytes.len() > PEER_ANSWER_BYTES_MAX {
-            return Err(PeerError::Failed {
-                address: address.to_string(),
-                message: format!("answer of {} bytes is too large", bytes.len()),
-            });
-        }
-        if !status.is_success() {
-            return Err(match serde_json::from_slice::<ErrorBody>(&bytes) {
+        if !answer.is_success() {
+            return Err(match serde_json::from_slice::<ErrorBody>(&answer.body) {
                 Ok(body) => PeerError::Refused {
                     code: body.error.code,
                     message: body.error.message,
                 },
                 Err(_) => PeerError::Failed {
-                    address: address.to_string(),
-                    message: format!("HTTP {status}"),
+                    address,
+                    message: format!("HTTP {}", answer.status),
                 },
             });
         }
-        serde_json::from_slice(&bytes).map_err(|err| PeerError::Failed {
-            address: address.to_string(),
+        serde_json::from_slice(&answer.body).map_err(|err| PeerError::Failed {
+            address,
             message: format!("unreadable answer: {err}"),
         })
     }

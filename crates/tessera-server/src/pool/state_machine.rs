@@ -21,6 +21,7 @@ use tessera_core::{ControlOutcome, ControlState};
 use tokio::sync::{watch, RwLock};
 
 use super::types::{Node, NodeId, TypeConfig};
+use crate::seams::Observer;
 
 /// What the state machine publishes after each batch it applies.
 #[derive(Clone, Debug, Default)]
@@ -45,6 +46,8 @@ pub struct StateMachine {
     published: Arc<watch::Sender<Applied>>,
     /// Where the latest snapshot is kept.
     snapshot_path: PathBuf,
+    /// A simulator's checker, told of every state reached, and whose.
+    observer: Option<(String, Arc<dyn Observer>)>,
 }
 
 /// The snapshot file: openraft's metadata and the state's JSON.
@@ -64,7 +67,10 @@ fn sm_error(err: impl ToString) -> StorageError<NodeId> {
 impl StateMachine {
     /// The state machine of the server whose data directory is `data_dir`:
     /// empty, or as of the snapshot kept there.
-    pub fn open(data_dir: &Path) -> Result<(StateMachine, watch::Receiver<Applied>), String> {
+    pub fn open(
+        data_dir: &Path,
+        observer: Option<(String, Arc<dyn Observer>)>,
+    ) -> Result<(StateMachine, watch::Receiver<Applied>), String> {
         let snapshot_path = data_dir.join(SNAPSHOT_FILE);
         let mut inner = Inner {
             last_applied: None,
@@ -99,6 +105,7 @@ impl StateMachine {
             inner: Arc::new(RwLock::new(inner)),
             published: Arc::new(sender),
             snapshot_path,
+            observer,
         };
         if let Ok(inner) = machine.inner.try_read() {
             machine.publish(&inner);
@@ -124,6 +131,13 @@ impl StateMachine {
             std::fs::File::open(dir)?.sync_all()?;
         }
         Ok(())
+    }
+
+    fn observe(&self, inner: &Inner) {
+        if let Some((server, observer)) = &self.observer {
+            let index = inner.last_applied.map_or(0, |id| id.index);
+            observer.applied(server, index, &inner.state);
+        }
     }
 
     fn publish(&self, inner: &Inner) {
@@ -178,6 +192,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let mut outcomes = Vec::new();
         for entry in entries {
             inner.last_applied = Some(entry.log_id);
+            let observed = matches!(entry.payload, EntryPayload::Normal(_));
             let outcome = match &entry.payload {
                 EntryPayload::Blank => ControlOutcome::Refused {
                     reason: "blank entry".into(),
@@ -200,6 +215,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     }
                 }
             };
+            if observed {
+                self.observe(&inner);
+            }
             outcomes.push(outcome);
         }
         self.publish(&inner);
@@ -230,6 +248,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         inner.last_applied = meta.last_log_id;
         inner.membership = meta.last_membership.clone();
         inner.snapshot = Some((meta.clone(), data));
+        self.observe(&inner);
         self.publish(&inner);
         Ok(())
     }

@@ -1,0 +1,105 @@
+//! What a simulator replaces: the server's clock, network, disk and id
+//! source, behind narrow seams (the pattern of tokio's `loom` seam). A
+//! program uses [`Seams::production`]; `tessera-sim` passes its own, so the
+//! very same server code runs on a simulated network, clock and disk.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tessera_core::ControlState;
+use tessera_transport::HttpTransport;
+
+use crate::clock::{Clock, SystemClock};
+
+/// Where the server's embedded stores (`grants.redb`, `raft.redb`) live.
+pub trait Disk: Send + Sync + 'static {
+    /// Opens or creates the database at `path`.
+    fn open_database(
+        &self,
+        path: &Path,
+        cache_bytes: usize,
+    ) -> Result<redb::Database, redb::DatabaseError>;
+    /// Whether a database exists at `path`.
+    fn exists(&self, path: &Path) -> bool;
+    /// True for a real disk: blocking commits run on threads of their own.
+    /// False: they run inline on the calling task, after [`Disk::commit_delay`],
+    /// so that a simulator decides every step.
+    fn commit_on_threads(&self) -> bool;
+    /// Extra time each commit takes (a slow disk), for inline commits.
+    fn commit_delay(&self) -> Duration {
+        Duration::ZERO
+    }
+}
+
+/// The machine's file system.
+#[derive(Debug, Default)]
+pub struct FileDisk;
+
+impl Disk for FileDisk {
+    fn open_database(
+        &self,
+        path: &Path,
+        cache_bytes: usize,
+    ) -> Result<redb::Database, redb::DatabaseError> {
+        redb::Builder::new()
+            .set_cache_size(cache_bytes)
+            .create(path)
+    }
+
+    fn exists(&self, path: &Path) -> bool {
+        path.exists()
+    }
+
+    fn commit_on_threads(&self) -> bool {
+        true
+    }
+}
+
+/// Sees what a server does, for a simulator's checkers. Never consulted.
+pub trait Observer: Send + Sync + 'static {
+    /// `server` applied the control log up to `index`, reaching `state`.
+    fn applied(&self, server: &str, index: u64, state: &ControlState);
+    /// `server` started and read these grants from its store.
+    fn restored(&self, server: &str, grant_ids: &[String]);
+}
+
+/// Deliberate bugs, so that a simulator can show its checkers catch them.
+/// Only reachable through the library API; no config file can set them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Mutations {
+    /// Issue and renew without a quota lease from a majority's leader.
+    pub issue_without_quorum: bool,
+    /// Reassign a silent server's allocation as soon as it looks down
+    /// (three report intervals), without waiting for its quota lease and
+    /// its clients' leases to lapse.
+    pub reassign_without_wait: bool,
+}
+
+/// Makes grant ids.
+pub type IdSource = Arc<dyn Fn() -> String + Send + Sync>;
+
+/// Everything a server takes from its environment.
+#[derive(Clone)]
+pub struct Seams {
+    pub clock: Arc<dyn Clock>,
+    pub transport: Arc<dyn HttpTransport>,
+    pub disk: Arc<dyn Disk>,
+    pub grant_ids: IdSource,
+    pub observer: Option<Arc<dyn Observer>>,
+    pub mutations: Mutations,
+}
+
+impl Seams {
+    /// The real clock, TCP, file system and random ids.
+    pub fn production() -> Seams {
+        Seams {
+            clock: Arc::new(SystemClock::new()),
+            transport: crate::pool::network::default_transport(),
+            disk: Arc::new(FileDisk),
+            grant_ids: Arc::new(|| uuid::Uuid::new_v4().simple().to_string()),
+            observer: None,
+            mutations: Mutations::default(),
+        }
+    }
+}

@@ -1,0 +1,485 @@
+//! Deterministic simulation of a Tessera pool under faults.
+//!
+//! One seed fixes everything: the pool (3 to 7 servers, their clock rates,
+//! the seats and their distribution), the programs' behaviour, and the fault
+//! schedule. [`run`] builds it on [turmoil](https://docs.rs/turmoil)'s
+//! simulated network and clock, runs the real server (`tessera-server`,
+//! openraft and redb included) and the real SDK (`tessera-client`) on it,
+//! injects the faults, and judges the run with the checkers of
+//! [`trace`]. The same seed replays the same run: its digest says so.
+//!
+//! What is simulated, and how:
+//! - **network**: turmoil's TCP; partitions (symmetric and one-way), flapping
+//!   links, held (late) messages and latency are turmoil's; lost and
+//!   duplicated requests are made by the transport seam ([`net`]);
+//! - **clocks**: every server's clock runs at its own rate within the drift
+//!   bound ([`clock`]); programs run at the slowest rate the bound allows,
+//!   so their beliefs last longest;
+//! - **disks**: redb runs on a simulated disk that loses unsynced writes in a
+//!   crash and can be slow or replaced ([`disk`]).
+
+pub mod clock;
+pub mod disk;
+pub mod net;
+pub mod plan;
+pub mod programs;
+pub mod scenario;
+pub mod trace;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::ops::RangeInclusive;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+use tessera_server::seams::Mutations;
+
+use crate::disk::SimDisk;
+use crate::net::NetKnobs;
+use crate::plan::{Episode, Fault, Names, Shown};
+use crate::programs::{Ctx, Phase};
+use crate::scenario::{Scenario, EPOCH_UNIX_MS};
+use crate::trace::{Counts, Shared, Violation};
+
+/// How a run is shaped; the seed decides the rest.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Servers in the pool, drawn from this range.
+    pub servers: RangeInclusive<usize>,
+    /// Programs using the SDK; by default about twice the hard limit.
+    pub programs: Option<usize>,
+    /// Machines the programs run on.
+    pub client_hosts: usize,
+    /// How long faults are injected.
+    pub fault_span: Duration,
+    /// Mean time between the starts of two faults.
+    pub fault_gap: Duration,
+    pub faults: bool,
+    /// The administrator changes the pool during the run.
+    pub admin: bool,
+    /// Deliberate bugs, to show the checkers catch them.
+    pub mutations: Mutations,
+}
+
+impl Default for Options {
+    fn default() -> Options {
+        Options {
+            servers: 3..=5,
+            programs: None,
+            client_hosts: 4,
+            fault_span: Duration::from_secs(12),
+            fault_gap: Duration::from_millis(1_200),
+            faults: true,
+            admin: true,
+            mutations: Mutations::default(),
+        }
+    }
+}
+
+/// What a run did and found.
+#[derive(Clone, Debug)]
+pub struct Report {
+    pub seed: u64,
+    pub servers: usize,
+    pub hard_limit: u32,
+    pub programs: usize,
+    /// The fault schedule, one line an episode.
+    pub schedule: Vec<String>,
+    pub counts: Counts,
+    /// Most seats the programs believed valid at once.
+    pub peak_seats: u32,
+    pub violations: Vec<Violation>,
+    /// Hash of the run's whole story: equal for two runs of one seed.
+    pub digest: String,
+    pub simulated: Duration,
+    /// The last lines of the story, for a failure report.
+    pub tail: String,
+}
+
+impl Report {
+    pub fn passed(&self) -> bool {
+        self.violations.is_empty()
+    }
+
+    /// A failure report: the seed, how to replay it, the schedule, what broke.
+    pub fn explain(&self) -> String {
+        let mut out = format!(
+            "seed {} ({} servers, hard limit {}, {} programs): {} violation(s)\n\
+             replay: cargo run --release -p tessera-sim -- --seed {} --verbose\n\
+             fault schedule:\n",
+            self.seed,
+            self.servers,
+            self.hard_limit,
+            self.programs,
+            self.violations.len(),
+            self.seed
+        );
+        for line in &self.schedule {
+            out.push_str("  ");
+            out.push_str(line);
+            out.push('\n');
+        }
+        out.push_str("violations:\n");
+        for v in &self.violations {
+            out.push_str(&format!(
+                "  [{}] at {:.3} s: {}\n",
+                v.checker,
+                v.at.as_secs_f64(),
+                v.what
+            ));
+        }
+        out
+    }
+}
+
+/// Shortens `text` to about `bytes_max` bytes, on a character boundary.
+pub fn short(text: &str, bytes_max: usize) -> &str {
+    if text.len() <= bytes_max {
+        return text;
+    }
+    let mut end = bytes_max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
+/// Simulated time per step: every machine runs this long, then the network delivers.
+const TICK: Duration = Duration::from_millis(1);
+/// Faults begin once the pool has formed and programs hold seats.
+const FAULTS_FROM: Duration = Duration::from_secs(3);
+/// After the last fault heals, programs keep working this long before they
+/// stop: the safe wait for a silent server (about 3.9 s with the scenario's
+/// lease) plus two leases (grants a restarted server holds for the full
+/// lease, fail-overs counted on two servers) plus a margin for elections.
+const SETTLE: Duration = Duration::from_secs(10);
+/// Time the programs get to give their seats back.
+const STOP_WAIT: Duration = Duration::from_secs(3);
+/// Normal latency of every link.
+const LATENCY_MAX: Duration = Duration::from_millis(2);
+/// A run that has not finished by then is cut short (the probe reports it).
+const RUN_MAX: Duration = Duration::from_secs(600);
+
+/// What the runner has applied to the simulated world.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct World {
+    down: BTreeSet<usize>,
+    /// Ordered pairs whose messages are dropped.
+    cut: BTreeSet<(usize, usize)>,
+    /// Unordered pairs (a < b) whose messages are held.
+    held: BTreeSet<(usize, usize)>,
+    latency: BTreeMap<(usize, usize), Duration>,
+    loss: BTreeMap<usize, u32>,
+    duplicate: BTreeMap<usize, u32>,
+    slow: BTreeMap<usize, Duration>,
+}
+
+fn pair(a: usize, b: usize) -> (usize, usize) {
+    (a.min(b), a.max(b))
+}
+
+/// The world the active episodes call for at `now`.
+fn desired(episodes: &[Episode], hosts: usize, now: Duration) -> World {
+    let mut world = World::default();
+    for episode in episodes.iter().filter(|e| e.start <= now && now < e.end()) {
+        match &episode.fault {
+            Fault::Crash { server, .. } => {
+                world.down.insert(*server);
+            }
+            Fault::ClientCrash { host } => {
+                world.down.insert(*host);
+            }
+            Fault::Partition { side } => {
+                for a in 0..hosts {
+                    for b in 0..hosts {
+                        if side.contains(&a) != side.contains(&b) {
+                            world.cut.insert((a, b));
+                        }
+                    }
+                }
+            }
+            Fault::OneWay { from, to } => {
+                world.cut.insert((*from, *to));
+            }
+            Fault::Flap { a, b, period } => {
+                let phase = (now - episode.start).as_millis() / period.as_millis().max(1);
+                if phase % 2 == 0 {
+                    world.cut.insert((*a, *b));
+                    world.cut.insert((*b, *a));
+                }
+            }
+            Fault::Hold { a, b } => {
+                world.held.insert(pair(*a, *b));
+            }
+            Fault::Latency { a, b, max } => {
+                let entry = world.latency.entry(pair(*a, *b)).or_default();
+                *entry = (*entry).max(*max);
+            }
+            Fault::Loss { host, per_mille } => {
+                let entry = world.loss.entry(*host).or_default();
+                *entry = (*entry).max(*per_mille);
+            }
+            Fault::Duplicate { host, per_mille } => {
+                let entry = world.duplicate.entry(*host).or_default();
+                *entry = (*entry).max(*per_mille);
+            }
+            Fault::SlowDisk { server, delay } => {
+                let entry = world.slow.entry(*server).or_default();
+                *entry = (*entry).max(*delay);
+            }
+        }
+    }
+    world
+}
+
+/// Runs seed `seed` to the end and judges it.
+pub fn run(seed: u64, options: &Options) -> Report {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let scenario = Scenario::new(&mut rng, options);
+    let servers = scenario.servers.len();
+    let client_hosts: Vec<String> = (1..=options.client_hosts)
+        .map(|i| format!("client-{i}"))
+        .collect();
+    let hosts = servers + client_hosts.len();
+    let episodes = if options.faults {
+        plan::draw(
+            &mut rng,
+            servers,
+            client_hosts.len(),
+            FAULTS_FROM,
+            options.fault_span,
+            options.fault_gap,
+        )
+    } else {
+        Vec::new()
+    };
+    let server_ids: Vec<String> = scenario.servers.iter().map(|s| s.id.clone()).collect();
+    let names = Names {
+        servers: &server_ids,
+        clients: &client_hosts,
+    };
+    let schedule: Vec<String> = episodes.iter().map(|e| Shown(e, &names).to_string()).collect();
+
+    let dir = tempfile::Builder::new()
+        .prefix("tessera-sim-")
+        .tempdir()
+        .expect("a temporary directory");
+    std::fs::write(dir.path().join("pool.toml"), &scenario.pool_text).expect("write the pool file");
+    let trace = Shared::default();
+    trace.lock().set_initial_limit(scenario.hard_limit);
+    let host_names: Vec<String> = scenario
+        .servers
+        .iter()
+        .map(|s| s.host.clone())
+        .chain(client_hosts.iter().cloned())
+        .collect();
+    let knobs: BTreeMap<String, Arc<NetKnobs>> = host_names
+        .iter()
+        .chain(std::iter::once(&"admin".to_string()))
+        .map(|h| (h.clone(), Arc::new(NetKnobs::default())))
+        .collect();
+    let ctx = Arc::new(Ctx {
+        seed,
+        scenario: scenario.clone(),
+        trace: trace.clone(),
+        phase: AtomicU64::new(Phase::Work as u64),
+        mutations: options.mutations,
+        dir: dir.path().to_path_buf(),
+        knobs: knobs.clone(),
+        client_hosts: client_hosts.clone(),
+        admin: options.admin,
+    });
+
+    let mut sim = turmoil::Builder::new()
+        .simulation_duration(RUN_MAX + Duration::from_secs(60))
+        .tick_duration(TICK)
+        .rng_seed(seed)
+        .min_message_latency(Duration::ZERO)
+        .max_message_latency(LATENCY_MAX)
+        .epoch(UNIX_EPOCH + Duration::from_millis(EPOCH_UNIX_MS as u64))
+        .build();
+    let disks: Vec<Arc<SimDisk>> = (0..servers).map(|_| SimDisk::new()).collect();
+    for (index, spec) in scenario.servers.iter().enumerate() {
+        let (ctx, disk) = (ctx.clone(), disks[index].clone());
+        let boots = Arc::new(AtomicU64::new(0));
+        sim.host(spec.host.as_str(), move || {
+            programs::server(ctx.clone(), index, disk.clone(), boots.clone())
+        });
+    }
+    for (index, host) in client_hosts.iter().enumerate() {
+        let ctx = ctx.clone();
+        let boots = Arc::new(AtomicU64::new(0));
+        sim.host(host.as_str(), move || {
+            programs::client_machine(ctx.clone(), index, boots.clone())
+        });
+    }
+    {
+        let ctx = ctx.clone();
+        let boots = Arc::new(AtomicU64::new(0));
+        sim.host("admin", move || programs::admin(ctx.clone(), boots.clone()));
+    }
+
+    let healed_at = episodes
+        .iter()
+        .map(Episode::end)
+        .max()
+        .unwrap_or(FAULTS_FROM)
+        .max(FAULTS_FROM);
+    let mut applied = World::default();
+    let mut previous = Duration::ZERO;
+    loop {
+        let now = sim.elapsed();
+        clock::set_between_steps(now);
+        // Wipes happen at the start of their crash.
+        for episode in &episodes {
+            if let Fault::Crash { server, wipe: true } = episode.fault {
+                if previous < episode.start && episode.start <= now {
+                    if !applied.down.contains(&server) {
+                        trace.lock().server_crashed(&server_ids[server], true);
+                        sim.crash(host_names[server].as_str());
+                        applied.down.insert(server);
+                    }
+                    disks[server].wipe();
+                    let data = dir.path().join(format!("data-{}", server_ids[server]));
+                    let _ = std::fs::remove_dir_all(data);
+                    trace.lock().note("runner", &format!("{}'s disk replaced", server_ids[server]));
+                }
+            }
+        }
+        let want = desired(&episodes, hosts, now);
+        apply(&mut sim, &trace, &host_names, &server_ids, &disks, &knobs, &mut applied, &want, servers);
+        previous = now;
+        match ctx.phase() {
+            Phase::Work if now >= healed_at + SETTLE => {
+                trace.lock().note("runner", "programs stop");
+                ctx.set_phase(Phase::Stop);
+            }
+            Phase::Stop if now >= healed_at + SETTLE + STOP_WAIT => {
+                trace.lock().note("runner", "probe");
+                ctx.set_phase(Phase::Probe);
+            }
+            Phase::Done => break,
+            _ => {}
+        }
+        if now >= RUN_MAX {
+            trace
+                .lock()
+                .violate("liveness", format!("the run did not finish within {} s", RUN_MAX.as_secs()));
+            break;
+        }
+        if let Err(err) = sim.step() {
+            trace.lock().violate("host", format!("a simulated machine failed: {err}"));
+            break;
+        }
+    }
+    let simulated = sim.elapsed();
+    clock::set_between_steps(simulated);
+    drop(sim);
+    let mut trace = trace.lock();
+    let peak_seats = trace.over_issue(simulated);
+    Report {
+        seed,
+        servers,
+        hard_limit: scenario.hard_limit,
+        programs: scenario.programs,
+        schedule,
+        counts: trace.counts.clone(),
+        peak_seats,
+        violations: trace.violations.clone(),
+        digest: trace.digest(),
+        simulated,
+        tail: trace.tail(trace::TAIL_LINES),
+    }
+}
+
+/// Brings the simulated world from `applied` to `want`.
+#[allow(clippy::too_many_arguments)]
+fn apply(
+    sim: &mut turmoil::Sim<'_>,
+    trace: &Shared,
+    host_names: &[String],
+    server_ids: &[String],
+    disks: &[Arc<SimDisk>],
+    knobs: &BTreeMap<String, Arc<NetKnobs>>,
+    applied: &mut World,
+    want: &World,
+    servers: usize,
+) {
+    if applied == want {
+        return;
+    }
+    let name = |host: usize| host_names[host].as_str();
+    for &host in want.down.difference(&applied.down.clone()) {
+        if host < servers {
+            trace.lock().server_crashed(&server_ids[host], false);
+            disks[host].crash();
+        } else {
+            trace.lock().host_crashed(name(host));
+        }
+        trace.lock().note("runner", &format!("crash {}", name(host)));
+        sim.crash(name(host));
+    }
+    for &host in applied.down.difference(&want.down.clone()) {
+        trace.lock().note("runner", &format!("restart {}", name(host)));
+        sim.bounce(name(host));
+    }
+    // Links: every unordered pair whose wanted state changed.
+    let hosts = host_names.len();
+    for a in 0..hosts {
+        for b in a + 1..hosts {
+            let state = |world: &World| {
+                (
+                    world.cut.contains(&(a, b)),
+                    world.cut.contains(&(b, a)),
+                    world.held.contains(&(a, b)),
+                )
+            };
+            let (was, now) = (state(applied), state(want));
+            if was == now {
+                continue;
+            }
+            let (cut_ab, cut_ba, hold) = now;
+            if cut_ab || cut_ba {
+                for (from, to, cut) in [(a, b, cut_ab), (b, a, cut_ba)] {
+                    if cut {
+                        sim.partition_oneway(name(from), name(to));
+                    } else {
+                        sim.repair_oneway(name(from), name(to));
+                    }
+                }
+            } else if hold {
+                sim.hold(name(a), name(b));
+            } else if was.2 {
+                sim.release(name(a), name(b));
+            } else {
+                sim.repair(name(a), name(b));
+            }
+        }
+    }
+    for key in applied.latency.keys().chain(want.latency.keys()) {
+        let value = want.latency.get(key).copied().unwrap_or(LATENCY_MAX);
+        if applied.latency.get(key) != want.latency.get(key) {
+            sim.set_link_max_message_latency(name(key.0), name(key.1), value);
+        }
+    }
+    for host in 0..hosts {
+        let knob = &knobs[&host_names[host]];
+        knob.loss_per_mille
+            .store(want.loss.get(&host).copied().unwrap_or(0), Ordering::SeqCst);
+        knob.duplicate_per_mille
+            .store(want.duplicate.get(&host).copied().unwrap_or(0), Ordering::SeqCst);
+    }
+    for (server, disk) in disks.iter().enumerate() {
+        disk.set_commit_delay(want.slow.get(&server).copied().unwrap_or_default());
+    }
+    *applied = want.clone();
+}
+
+/// Wall-clock seconds since the Unix epoch, for reports.
+pub fn wall_seconds() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}

@@ -1,0 +1,242 @@
+//! `tessera-sim`: run seeds of the deterministic pool simulation.
+//!
+//! ```sh
+//! tessera-sim --seed 42 --verbose          # one run, its story and verdict
+//! tessera-sim --seeds 100000 --jobs 2      # a soak: progress, then a summary
+//! tessera-sim --seeds 200 --mutation issue-without-quorum   # the checkers must object
+//! ```
+
+use std::io::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+use tessera_server::seams::Mutations;
+use tessera_sim::{run, Options, Report};
+
+#[derive(Parser, Debug)]
+#[command(name = "tessera-sim", about = "Deterministic simulation of a Tessera pool under faults")]
+struct Args {
+    /// Run this one seed.
+    #[arg(long, conflicts_with = "seeds")]
+    seed: Option<u64>,
+    /// Run this many seeds, starting at --from.
+    #[arg(long)]
+    seeds: Option<u64>,
+    #[arg(long, default_value_t = 1)]
+    from: u64,
+    /// Seeds run at once, one thread each.
+    #[arg(long, default_value_t = 1)]
+    jobs: usize,
+    /// Fewest and most servers of a pool.
+    #[arg(long, default_value_t = 3)]
+    servers_min: usize,
+    #[arg(long, default_value_t = 7)]
+    servers_max: usize,
+    /// Programs using the SDK (default: about twice the hard limit).
+    #[arg(long)]
+    programs: Option<usize>,
+    /// Seconds of faults per run.
+    #[arg(long, default_value_t = 12)]
+    fault_seconds: u64,
+    /// Run without faults.
+    #[arg(long)]
+    no_faults: bool,
+    /// Deliberately break the server: issue-without-quorum or reassign-without-wait.
+    #[arg(long)]
+    mutation: Option<String>,
+    /// Stop at the first failing seed.
+    #[arg(long)]
+    stop_on_failure: bool,
+    /// Print the run's story (with --seed).
+    #[arg(long)]
+    verbose: bool,
+    /// Log the servers' own tracing output (TESSERA_LOG filter syntax).
+    #[arg(long)]
+    log: Option<String>,
+}
+
+fn main() {
+    match real_main() {
+        Ok(code) => std::process::exit(code),
+        Err(err) => {
+            eprintln!("tessera-sim: {err:#}");
+            std::process::exit(2);
+        }
+    }
+}
+
+fn real_main() -> Result<i32> {
+    let args = Args::parse();
+    if let Some(filter) = &args.log {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_writer(std::io::stderr)
+            .init();
+    }
+    if args.servers_min < 1 || args.servers_min > args.servers_max || args.servers_max > 7 {
+        bail!("servers must satisfy 1 <= --servers-min <= --servers-max <= 7");
+    }
+    let options = Options {
+        servers: args.servers_min..=args.servers_max,
+        programs: args.programs,
+        fault_span: Duration::from_secs(args.fault_seconds),
+        faults: !args.no_faults,
+        mutations: mutations(args.mutation.as_deref())?,
+        ..Options::default()
+    };
+    if let Some(seed) = args.seed {
+        let report = run(seed, &options);
+        if args.verbose {
+            print!("{}", report.tail);
+        }
+        print_one(&report);
+        return Ok(if report.passed() { 0 } else { 1 });
+    }
+    let seeds = args.seeds.context("give --seed N or --seeds N")?;
+    soak(&args, &options, seeds)
+}
+
+fn mutations(name: Option<&str>) -> Result<Mutations> {
+    Ok(match name {
+        None => Mutations::default(),
+        Some("issue-without-quorum") => Mutations {
+            issue_without_quorum: true,
+            ..Mutations::default()
+        },
+        Some("reassign-without-wait") => Mutations {
+            reassign_without_wait: true,
+            ..Mutations::default()
+        },
+        Some(other) => bail!(
+            "unknown mutation `{other}`; the mutations are issue-without-quorum and \
+             reassign-without-wait"
+        ),
+    })
+}
+
+fn print_one(report: &Report) {
+    println!(
+        "seed {}: {} servers, hard limit {}, {} programs, {:.1} s simulated; {} faults; \
+         {} grants, {} renewals, {} fail-overs, {} refusals, {} admin changes, \
+         {} restores checked, {} states applied; peak {} of {} seats; digest {}",
+        report.seed,
+        report.servers,
+        report.hard_limit,
+        report.programs,
+        report.simulated.as_secs_f64(),
+        report.schedule.len(),
+        report.counts.grants,
+        report.counts.renewals,
+        report.counts.fail_overs,
+        report.counts.refusals,
+        report.counts.admin_changes,
+        report.counts.restores_checked,
+        report.counts.states_applied,
+        report.peak_seats,
+        report.hard_limit,
+        &report.digest[..16],
+    );
+    if report.passed() {
+        println!("no violations");
+    } else {
+        print!("{}", report.explain());
+    }
+}
+
+#[derive(Default)]
+struct Totals {
+    runs: u64,
+    faults: u64,
+    grants: u64,
+    fail_overs: u64,
+    failed: Vec<u64>,
+    violations: u64,
+}
+
+fn soak(args: &Args, options: &Options, seeds: u64) -> Result<i32> {
+    let next = Arc::new(AtomicU64::new(args.from));
+    let end = args.from + seeds;
+    let totals = Arc::new(Mutex::new(Totals::default()));
+    let started = Instant::now();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let workers: Vec<_> = (0..args.jobs.max(1))
+        .map(|_| {
+            let (next, totals, stop, options) =
+                (next.clone(), totals.clone(), stop.clone(), options.clone());
+            let stop_on_failure = args.stop_on_failure;
+            std::thread::spawn(move || loop {
+                if stop.load(Ordering::SeqCst) {
+                    return;
+                }
+                let seed = next.fetch_add(1, Ordering::SeqCst);
+                if seed >= end {
+                    return;
+                }
+                let report = run(seed, &options);
+                let mut totals = totals.lock().unwrap_or_else(|p| p.into_inner());
+                totals.runs += 1;
+                totals.faults += report.schedule.len() as u64;
+                totals.grants += report.counts.grants;
+                totals.fail_overs += report.counts.fail_overs;
+                if !report.passed() {
+                    totals.failed.push(seed);
+                    totals.violations += report.violations.len() as u64;
+                    eprintln!("\n{}", report.explain());
+                    if stop_on_failure {
+                        stop.store(true, Ordering::SeqCst);
+                    }
+                }
+                progress(&totals, seeds, started);
+            })
+        })
+        .collect();
+    for worker in workers {
+        let _ = worker.join();
+    }
+    let totals = totals.lock().unwrap_or_else(|p| p.into_inner());
+    eprintln!();
+    println!(
+        "{} seeds ({}..{}) in {:.0} s: {} faults injected, {} grants issued, {} fail-overs, \
+         {} violations in {} seeds{}",
+        totals.runs,
+        args.from,
+        args.from + totals.runs,
+        started.elapsed().as_secs_f64(),
+        totals.faults,
+        totals.grants,
+        totals.fail_overs,
+        totals.violations,
+        totals.failed.len(),
+        if totals.failed.is_empty() {
+            String::new()
+        } else {
+            format!(": {:?}", totals.failed)
+        }
+    );
+    Ok(if totals.failed.is_empty() { 0 } else { 1 })
+}
+
+fn progress(totals: &Totals, seeds: u64, started: Instant) {
+    const WIDTH: u64 = 30;
+    let done = totals.runs.min(seeds);
+    let filled = (done * WIDTH / seeds.max(1)) as usize;
+    let elapsed = started.elapsed().as_secs_f64();
+    let left = if done > 0 {
+        elapsed / done as f64 * (seeds - done) as f64
+    } else {
+        0.0
+    };
+    eprint!(
+        "\r[{}{}] {done}/{seeds} seeds, {} faults, {} grants, {} failing, {:.0} s left   ",
+        "#".repeat(filled),
+        "-".repeat(WIDTH as usize - filled),
+        totals.faults,
+        totals.grants,
+        totals.failed.len(),
+        left
+    );
+    let _ = std::io::stderr().flush();
+}

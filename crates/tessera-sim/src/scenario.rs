@@ -1,0 +1,190 @@
+//! What one seed builds: the pool (servers, seats, clocks), its license
+//! codes and pool file, and the server configs.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use rand::rngs::StdRng;
+use rand::Rng;
+use tessera_core::license::UnsignedCode;
+use tessera_core::{
+    CivilDate, Expiry, HostBinding, LicenseCode, Policy, VendorPublicKey, VendorSecretKey, Version,
+};
+use tessera_server::ServerConfig;
+
+use crate::Options;
+
+pub const VENDOR: &str = "acme";
+pub const FEATURE: &str = "app";
+pub const VERSION: &str = "1.0";
+pub const POOL_ID: &str = "sim";
+pub const PORT: u16 = 27000;
+/// The code's lease and heartbeat: the shortest a code may set, so that the
+/// safe wait for a silent server (quota lease + lease, stretched) is short.
+pub const LEASE_S: u32 = 2;
+pub const HEARTBEAT_S: u32 = 1;
+/// Drift bound of the pool's config: the ratio of any two clocks' rates is
+/// at most 1 + this.
+pub const DRIFT_PERCENT: u32 = 1;
+/// Wall-clock start of every run: codes are issued before and expire after.
+pub const EPOCH_UNIX_MS: i64 = 1_780_000_000_000; // 2026-05-28
+pub const CODES_ISSUED: &str = "2026-01-01";
+pub const CODES_EXPIRE: &str = "2099-12-31";
+
+/// One server of the simulated pool.
+#[derive(Clone, Debug)]
+pub struct ServerSpec {
+    pub id: String,
+    /// Turmoil host name, also the name in its address.
+    pub host: String,
+    /// Its clock runs this many parts per million fast, within the bound.
+    pub rate_ppm: i64,
+}
+
+impl ServerSpec {
+    pub fn address(&self) -> String {
+        format!("{}:{PORT}", self.host)
+    }
+}
+
+/// Everything fixed before the run starts.
+#[derive(Clone, Debug)]
+pub struct Scenario {
+    pub servers: Vec<ServerSpec>,
+    pub hard_limit: u32,
+    pub programs: usize,
+    pub client_hosts: usize,
+    pub key: VendorSecretKey,
+    pub pool_text: String,
+    pub codes: Vec<LicenseCode>,
+}
+
+pub const SERVER_IDS: [&str; 7] = ["A", "B", "C", "D", "E", "F", "G"];
+
+impl Scenario {
+    pub fn new(rng: &mut StdRng, options: &Options) -> Scenario {
+        let count = rng.gen_range(options.servers.clone());
+        let servers: Vec<ServerSpec> = SERVER_IDS[..count]
+            .iter()
+            .map(|id| ServerSpec {
+                id: id.to_string(),
+                host: format!("server-{}", id.to_lowercase()),
+                // Spread over the whole band, its edges often: a pair at the
+                // two edges differs by exactly the bound.
+                rate_ppm: match rng.gen_range(0..4) {
+                    0 => 0,
+                    1 => i64::from(DRIFT_PERCENT) * 10_000,
+                    _ => rng.gen_range(0..=i64::from(DRIFT_PERCENT) * 10_000),
+                },
+            })
+            .collect();
+        let hard_limit = (count as u32) * rng.gen_range(3..=5) + rng.gen_range(0..count as u32);
+        // More programs than seats, so every server's allocation is contended.
+        let programs = options
+            .programs
+            .unwrap_or_else(|| (hard_limit as usize) * 2 + rng.gen_range(0..8));
+        let key = VendorSecretKey::from_seed(VENDOR, rng.gen()).expect("a valid vendor name");
+        let codes = vec![sign(&key, "app-1", hard_limit)];
+        let distribution = random_distribution(rng, &servers, hard_limit);
+        let pool_text = pool_text(1, &servers, &distribution, &codes);
+        Scenario {
+            servers,
+            hard_limit,
+            programs,
+            client_hosts: options.client_hosts,
+            key,
+            pool_text,
+            codes,
+        }
+    }
+
+    pub fn vendor(&self) -> VendorPublicKey {
+        self.key.public()
+    }
+
+    pub fn server_config(&self, server: &ServerSpec, dir: &Path) -> ServerConfig {
+        let vendor = self.vendor();
+        let text = format!(
+            "server_id = \"{id}\"\npool_file = \"pool.toml\"\ndata_dir = \"data-{id}\"\n\
+             listen = \"0.0.0.0:{PORT}\"\nhostid = \"sim-{host}\"\n\
+             grace_on_missing_store = true\n\n\
+             [[vendors]]\nname = \"{VENDOR}\"\npublic_key = \"{key}\"\n\n\
+             [timing]\nclock_drift_percent = {DRIFT_PERCENT}\nelection_jitter_ms = 1\n",
+            id = server.id,
+            host = server.host,
+            key = vendor.to_base64(),
+        );
+        ServerConfig::parse(&text, dir).expect("the simulator writes a valid config")
+    }
+}
+
+/// A code for `seats` seats of the feature, signed by the vendor.
+pub fn sign(key: &VendorSecretKey, id: &str, seats: u32) -> LicenseCode {
+    key.sign(UnsignedCode {
+        id: id.to_string(),
+        vendor: VENDOR.to_string(),
+        feature: FEATURE.to_string(),
+        version_min: Version::parse("1.0").expect("a version"),
+        version_max: Version::parse("1.99").expect("a version"),
+        seats,
+        issued: CivilDate::parse(CODES_ISSUED).expect("a date"),
+        expiry: Expiry::parse(CODES_EXPIRE).expect("a date"),
+        hostid: HostBinding::Any,
+        policy: Policy {
+            borrow_threshold_percent: 80,
+            heartbeat_interval_s: HEARTBEAT_S,
+            lease_s: LEASE_S,
+        },
+    })
+    .expect("a valid code")
+}
+
+/// Seats per server summing to at most `hard_limit` (the rest in the free
+/// pool), or none: the pool file then splits them evenly.
+pub fn random_distribution(
+    rng: &mut StdRng,
+    servers: &[ServerSpec],
+    hard_limit: u32,
+) -> Option<BTreeMap<String, u32>> {
+    if rng.gen_bool(0.3) {
+        return None;
+    }
+    let mut left = hard_limit - rng.gen_range(0..=hard_limit / 4);
+    let mut split = BTreeMap::new();
+    for (i, server) in servers.iter().enumerate() {
+        let seats = if i + 1 == servers.len() {
+            left
+        } else {
+            rng.gen_range(0..=left)
+        };
+        left -= seats;
+        split.insert(server.id.clone(), seats);
+    }
+    Some(split)
+}
+
+/// The pool file: servers in priority order, the distribution, the codes.
+pub fn pool_text(
+    sequence: u64,
+    servers: &[ServerSpec],
+    distribution: &Option<BTreeMap<String, u32>>,
+    codes: &[LicenseCode],
+) -> String {
+    let mut text = format!("pool_id = \"{POOL_ID}\"\nsequence = {sequence}\n\n");
+    for server in servers {
+        text.push_str(&format!(
+            "[[servers]]\nid = \"{}\"\naddress = \"{}\"\n\n",
+            server.id,
+            server.address()
+        ));
+    }
+    if let Some(split) = distribution {
+        text.push_str(&format!("[distribution.{FEATURE}]\n"));
+        for (id, seats) in split {
+            text.push_str(&format!("{id} = {seats}\n"));
+        }
+        text.push('\n');
+    }
+    text.push_str(&LicenseCode::write_file(codes));
+    text
+}

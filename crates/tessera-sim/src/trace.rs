@@ -1,0 +1,402 @@
+//! What happened in a run, as the programs and servers saw it, and the
+//! checkers that judge it.
+//!
+//! - **No over-issue** ([`Trace::over_issue`]): the seats the programs
+//!   themselves believed valid, by their own clocks, never exceed the hard
+//!   limit at any instant. Only the programs' records count here, never a
+//!   server's opinion.
+//! - **Committed states add up** ([`Trace::applied`]): in every control state
+//!   any server applied, each feature's allocations + parked seats + free pool
+//!   equal the seats of its codes, and no two servers applied different
+//!   states at the same log index.
+//! - **No acknowledged grant is lost** ([`Trace::server_crashed`],
+//!   [`Trace::restored`]): a server that crashed while a grant it answered was
+//!   still believed by its program reads that grant back from its store.
+//! - **Liveness** is judged by the probe (see `programs.rs`) and recorded here.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+use tessera_core::ControlState;
+use tessera_server::seams::Observer;
+
+use crate::clock::true_now;
+use crate::scenario::FEATURE;
+
+/// One broken rule, with when it was seen.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Violation {
+    pub at: Duration,
+    pub checker: &'static str,
+    pub what: String,
+}
+
+/// A grant as its program believed in it.
+#[derive(Clone, Debug)]
+struct Belief {
+    program: String,
+    count: u32,
+    /// When the program got the answer.
+    start: Duration,
+    /// The latest validity the program saw (send time + lease).
+    until: Duration,
+    /// When the program stopped believing (released, dropped, lost, crashed).
+    end: Option<Duration>,
+}
+
+impl Belief {
+    fn stop(&self) -> Duration {
+        self.end.map_or(self.until, |end| end.min(self.until))
+    }
+}
+
+/// Totals for the report.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Counts {
+    pub grants: u64,
+    pub refusals: u64,
+    pub renewals: u64,
+    pub fail_overs: u64,
+    pub lost_seats: u64,
+    pub states_applied: u64,
+    pub admin_changes: u64,
+    pub restores_checked: u64,
+}
+
+#[derive(Default)]
+pub struct Trace {
+    lines: Vec<String>,
+    digest: Sha256,
+    beliefs: BTreeMap<String, Belief>,
+    /// Per grant, the server that last answered for it.
+    holder: BTreeMap<String, String>,
+    /// Per (grant, server): the latest validity that server's answers gave.
+    acks: BTreeMap<(String, String), Duration>,
+    /// Per server: grants it must read back at its next start.
+    expected_restore: BTreeMap<String, (Duration, BTreeSet<String>)>,
+    /// Per log index: the digest of the state and the first server to apply it.
+    states: BTreeMap<u64, ([u8; 32], String)>,
+    /// When the hard limit grew, as committed states show.
+    limits: Vec<(Duration, u32)>,
+    pub violations: Vec<Violation>,
+    pub counts: Counts,
+}
+
+/// The trace, shared by every host of a run (they all run on one thread).
+#[derive(Clone, Default)]
+pub struct Shared(Arc<Mutex<Trace>>);
+
+impl Shared {
+    pub fn lock(&self) -> MutexGuard<'_, Trace> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Lines kept for a failure report are the last this many.
+pub const TAIL_LINES: usize = 400;
+
+fn ms(t: Duration) -> String {
+    format!("{:>9.3}", t.as_secs_f64())
+}
+
+impl Trace {
+    /// Records a line of the run's story; every line goes into the digest
+    /// that shows two runs of one seed were the same.
+    pub fn note(&mut self, who: &str, what: &str) {
+        let line = format!("{} {who:<10} {what}", ms(true_now()));
+        self.digest.update(line.as_bytes());
+        self.digest.update(b"\n");
+        self.lines.push(line);
+    }
+
+    pub fn digest(&self) -> String {
+        hex::encode(self.digest.clone().finalize())
+    }
+
+    pub fn tail(&self, lines: usize) -> String {
+        let start = self.lines.len().saturating_sub(lines);
+        let mut out = String::new();
+        for line in &self.lines[start..] {
+            let _ = writeln!(out, "{line}");
+        }
+        out
+    }
+
+    pub fn violate(&mut self, checker: &'static str, what: String) {
+        self.note("CHECKER", &format!("VIOLATION {checker}: {what}"));
+        self.violations.push(Violation {
+            at: true_now(),
+            checker,
+            what,
+        });
+    }
+
+    pub fn set_initial_limit(&mut self, seats: u32) {
+        self.limits = vec![(Duration::ZERO, seats)];
+    }
+
+    pub fn hard_limit_now(&self) -> u32 {
+        self.limits.last().map_or(0, |(_, seats)| *seats)
+    }
+
+    // ----- what programs report -----
+
+    pub fn granted(&mut self, program: &str, grant: &str, count: u32, server: &str, until: Duration) {
+        self.counts.grants += 1;
+        self.note(program, &format!("granted {grant} x{count} by {server}"));
+        self.beliefs.insert(
+            grant.to_string(),
+            Belief {
+                program: program.to_string(),
+                count,
+                start: true_now(),
+                until,
+                end: None,
+            },
+        );
+        self.holder.insert(grant.to_string(), server.to_string());
+        self.ack(grant, server, until);
+    }
+
+    pub fn refused(&mut self, program: &str, why: &str) {
+        self.counts.refusals += 1;
+        self.note(program, &format!("refused: {why}"));
+    }
+
+    /// The program saw its seat renewed (or moved to another server).
+    pub fn held(&mut self, grant: &str, server: &str, until: Duration) {
+        let Some(belief) = self.beliefs.get_mut(grant) else {
+            return;
+        };
+        if until > belief.until {
+            belief.until = until;
+            self.counts.renewals += 1;
+        }
+        if self.holder.get(grant).is_some_and(|s| s != server) {
+            self.counts.fail_overs += 1;
+            let program = belief.program.clone();
+            self.note(&program, &format!("{grant} now held by {server}"));
+        }
+        self.holder.insert(grant.to_string(), server.to_string());
+        self.ack(grant, server, until);
+    }
+
+    fn ack(&mut self, grant: &str, server: &str, until: Duration) {
+        let entry = self
+            .acks
+            .entry((grant.to_string(), server.to_string()))
+            .or_default();
+        *entry = (*entry).max(until);
+    }
+
+    /// The program stopped believing in the grant (`how`: released, dropped, lost).
+    pub fn ended(&mut self, grant: &str, until: Duration, how: &str) {
+        let Some(belief) = self.beliefs.get_mut(grant) else {
+            return;
+        };
+        belief.until = belief.until.max(until);
+        belief.end = Some(true_now());
+        if how.starts_with("lost") {
+            self.counts.lost_seats += 1;
+        }
+        let program = belief.program.clone();
+        self.note(&program, &format!("{how} {grant}"));
+    }
+
+    /// Every program of `host` died with it.
+    pub fn host_crashed(&mut self, host: &str) {
+        let now = true_now();
+        let prefix = format!("{host}/");
+        for belief in self.beliefs.values_mut() {
+            if belief.end.is_none() && belief.program.starts_with(&prefix) {
+                belief.end = Some(now);
+            }
+        }
+    }
+
+    // ----- what servers report -----
+
+    /// The server crashed (its disk kept, unless `wiped`): every grant it
+    /// answered that a program still believed must come back at its restart.
+    pub fn server_crashed(&mut self, server: &str, wiped: bool) {
+        let now = true_now();
+        if wiped {
+            self.expected_restore.remove(server);
+            return;
+        }
+        let expected: BTreeSet<String> = self
+            .acks
+            .iter()
+            .filter(|((grant, at), until)| {
+                at == server
+                    && **until > now
+                    && self
+                        .beliefs
+                        .get(grant)
+                        .is_some_and(|b| b.end.is_none_or(|end| end > now))
+            })
+            .map(|((grant, _), _)| grant.clone())
+            .collect();
+        self.expected_restore
+            .insert(server.to_string(), (now, expected));
+    }
+
+    pub fn restored(&mut self, server: &str, grants: &[String]) {
+        self.note(server, &format!("started with {} grants from its store", grants.len()));
+        let Some((crashed_at, expected)) = self.expected_restore.remove(server) else {
+            return;
+        };
+        self.counts.restores_checked += 1;
+        let found: BTreeSet<&String> = grants.iter().collect();
+        let missing: Vec<&String> = expected.iter().filter(|g| !found.contains(g)).collect();
+        if !missing.is_empty() {
+            self.violate(
+                "grant-durability",
+                format!(
+                    "server {server} crashed at {} s while programs held {} grants it had \
+                     answered; after the restart it lacks {missing:?}",
+                    crashed_at.as_secs_f64(),
+                    expected.len()
+                ),
+            );
+        }
+    }
+
+    pub fn applied(&mut self, server: &str, index: u64, state: &ControlState) {
+        self.counts.states_applied += 1;
+        for (feature, allocation) in state.allocations() {
+            let code_seats: u64 = state
+                .pool()
+                .map(|pool| {
+                    pool.codes
+                        .iter()
+                        .filter(|code| code.feature() == feature.as_str())
+                        .map(|code| u64::from(code.seats()))
+                        .sum()
+                })
+                .unwrap_or(0);
+            let allocated: u64 = allocation.servers.values().map(|&n| u64::from(n)).sum();
+            let parked: u64 = allocation.parked.values().map(|&n| u64::from(n)).sum();
+            let total = allocated + parked + u64::from(allocation.free_pool);
+            if total != code_seats {
+                self.violate(
+                    "committed-state",
+                    format!(
+                        "server {server} at log index {index}: feature {feature} has \
+                         allocations {allocated} + parked {parked} + free pool {} = {total}, \
+                         but its codes carry {code_seats} seats",
+                        allocation.free_pool
+                    ),
+                );
+            }
+            if feature == FEATURE {
+                let seats = code_seats as u32;
+                if seats > self.hard_limit_now() {
+                    self.limits.push((true_now(), seats));
+                    self.note(server, &format!("hard limit now {seats}"));
+                }
+            }
+        }
+        let bytes = serde_json::to_vec(state).unwrap_or_default();
+        let digest: [u8; 32] = Sha256::digest(&bytes).into();
+        match self.states.get(&index) {
+            Some((seen, first)) if *seen != digest => {
+                let first = first.clone();
+                self.violate(
+                    "committed-state",
+                    format!(
+                        "servers {first} and {server} applied different states at log index {index}"
+                    ),
+                );
+            }
+            Some(_) => {}
+            None => {
+                self.states.insert(index, (digest, server.to_string()));
+            }
+        }
+    }
+
+    // ----- the over-issue checker -----
+
+    /// Sweeps every program's belief over time; returns the peak seats
+    /// believed at once, and records a violation for every instant the hard
+    /// limit (as committed so far) was exceeded.
+    pub fn over_issue(&mut self, until: Duration) -> u32 {
+        let mut changes: BTreeMap<Duration, i64> = BTreeMap::new();
+        for belief in self.beliefs.values() {
+            let stop = belief.stop().min(until);
+            if stop <= belief.start {
+                continue;
+            }
+            *changes.entry(belief.start).or_default() += i64::from(belief.count);
+            *changes.entry(stop).or_default() -= i64::from(belief.count);
+        }
+        let mut held: i64 = 0;
+        let mut peak: i64 = 0;
+        let mut reported = 0;
+        let mut found = Vec::new();
+        for (at, change) in changes {
+            held += change;
+            peak = peak.max(held);
+            let limit = self.limit_at(at);
+            if held > i64::from(limit) && reported < 5 {
+                reported += 1;
+                found.push((at, held, limit));
+            }
+        }
+        for (at, held, limit) in found {
+            let holders = self.holders_at(at);
+            self.violations.push(Violation {
+                at,
+                checker: "over-issue",
+                what: format!(
+                    "at {} s programs believed {held} seats valid, hard limit {limit}: {holders}",
+                    at.as_secs_f64()
+                ),
+            });
+        }
+        peak as u32
+    }
+
+    fn limit_at(&self, at: Duration) -> u32 {
+        self.limits
+            .iter()
+            .filter(|(since, _)| *since <= at)
+            .map(|(_, seats)| *seats)
+            .max()
+            .unwrap_or(0)
+    }
+
+    fn holders_at(&self, at: Duration) -> String {
+        let mut out = String::new();
+        for (grant, belief) in &self.beliefs {
+            if belief.start <= at && at < belief.stop() {
+                let server = self.holder.get(grant).map_or("?", String::as_str);
+                let _ = write!(
+                    out,
+                    "{grant} x{} ({}, last by {server}, until {:.3} s); ",
+                    belief.count,
+                    belief.program,
+                    belief.until.as_secs_f64()
+                );
+            }
+        }
+        out
+    }
+}
+
+/// The servers' view into the trace.
+pub struct TraceObserver(pub Shared);
+
+impl Observer for TraceObserver {
+    fn applied(&self, server: &str, index: u64, state: &ControlState) {
+        self.0.lock().applied(server, index, state);
+    }
+
+    fn restored(&self, server: &str, grant_ids: &[String]) {
+        self.0.lock().restored(server, grant_ids);
+    }
+}

@@ -1,0 +1,182 @@
+//! The seam between Tessera's HTTP/JSON requests and the network that
+//! carries them.
+//!
+//! The SDK ([`tessera-client`]) and the server's peer client send every
+//! request through an [`HttpTransport`]. Programs use [`ReqwestTransport`]
+//! (HTTP/1.1 over TCP); the deterministic simulator (`tessera-sim`) plugs in
+//! its own, which carries the same bytes over a simulated network. Nothing
+//! here knows what the requests mean.
+
+use std::error::Error as _;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+
+/// HTTP method of a request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Method {
+    Get,
+    Post,
+}
+
+/// One request to one server.
+#[derive(Clone, Debug)]
+pub struct HttpRequest {
+    pub method: Method,
+    /// `host:port`, already checked by the caller.
+    pub address: String,
+    /// Path and query, starting with `/`.
+    pub path: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+    /// Longest the whole exchange may take, connecting included.
+    pub timeout: Duration,
+    /// Largest answer body read; a larger one fails with [`TransportError::TooLarge`].
+    pub answer_bytes_max: usize,
+}
+
+/// The server's answer: any status, with its body.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HttpAnswer {
+    pub status: u16,
+    pub body: Vec<u8>,
+}
+
+impl HttpAnswer {
+    pub fn is_success(&self) -> bool {
+        (200..300).contains(&self.status)
+    }
+}
+
+/// Why no answer came back.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TransportError {
+    /// No connection could be made (refused, unreachable, connect timeout).
+    Connect(String),
+    /// Connected, but no whole answer within the request's timeout.
+    Timeout(String),
+    /// The answer was larger than the request allows.
+    TooLarge { bytes_max: usize },
+    /// Anything else (connection reset, malformed HTTP).
+    Failed(String),
+}
+
+impl TransportError {
+    /// True when the server may never have seen the request.
+    pub fn is_unreachable(&self) -> bool {
+        matches!(
+            self,
+            TransportError::Connect(_) | TransportError::Timeout(_)
+        )
+    }
+}
+
+impl fmt::Display for TransportError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TransportError::Connect(text)
+            | TransportError::Timeout(text)
+            | TransportError::Failed(text) => f.write_str(text),
+            TransportError::TooLarge { bytes_max } => {
+                write!(f, "answered with a body larger than {bytes_max} bytes")
+            }
+        }
+    }
+}
+
+impl std::error::Error for TransportError {}
+
+/// The future an [`HttpTransport`] returns.
+pub type Exchange = Pin<Box<dyn Future<Output = Result<HttpAnswer, TransportError>> + Send>>;
+
+/// Carries one request and brings back its answer.
+pub trait HttpTransport: Send + Sync + fmt::Debug + 'static {
+    fn send(&self, request: HttpRequest) -> Exchange;
+}
+
+/// HTTP/1.1 over TCP, with a small pool of idle connections per server.
+#[derive(Clone, Debug)]
+pub struct ReqwestTransport {
+    http: reqwest::Client,
+}
+
+/// How a [`ReqwestTransport`] connects.
+#[derive(Clone, Copy, Debug)]
+pub struct ReqwestOptions {
+    pub connect_timeout: Duration,
+    pub idle_connections_per_server_max: usize,
+}
+
+impl ReqwestTransport {
+    pub fn new(options: ReqwestOptions) -> Result<ReqwestTransport, String> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(options.connect_timeout)
+            .pool_max_idle_per_host(options.idle_connections_per_server_max)
+            .tcp_nodelay(true)
+            // License servers sit on the customer's own network: sending
+            // requests through an HTTP proxy picked up from the environment
+            // would add a hop that can fail on its own and hide the servers.
+            .no_proxy()
+            .build()
+            .map_err(|error| format!("cannot create the HTTP client: {error}"))?;
+        Ok(ReqwestTransport { http })
+    }
+}
+
+impl HttpTransport for ReqwestTransport {
+    fn send(&self, request: HttpRequest) -> Exchange {
+        let http = self.http.clone();
+        Box::pin(async move {
+            let url = format!("http://{}{}", request.address, request.path);
+            let mut builder = match request.method {
+                Method::Get => http.get(url),
+                Method::Post => http.post(url).body(request.body),
+            }
+            .timeout(request.timeout);
+            for (name, value) in &request.headers {
+                builder = builder.header(name.as_str(), value.as_str());
+            }
+            let mut response = builder.send().await.map_err(classify)?;
+            let status = response.status().as_u16();
+            let bytes_max = request.answer_bytes_max;
+            if response.content_length().unwrap_or(0) > bytes_max as u64 {
+                return Err(TransportError::TooLarge { bytes_max });
+            }
+            let mut body = Vec::new();
+            while let Some(chunk) = response.chunk().await.map_err(classify)? {
+                if body.len() + chunk.len() > bytes_max {
+                    return Err(TransportError::TooLarge { bytes_max });
+                }
+                body.extend_from_slice(&chunk);
+            }
+            Ok(HttpAnswer { status, body })
+        })
+    }
+}
+
+/// reqwest's own message says only "error sending request"; the cause is in
+/// the source chain ("connection refused", "operation timed out").
+fn classify(error: reqwest::Error) -> TransportError {
+    let summary = if error.is_timeout() {
+        "no answer within the request timeout"
+    } else if error.is_connect() {
+        "could not connect"
+    } else {
+        "request failed"
+    };
+    let mut text = summary.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    if error.is_timeout() {
+        TransportError::Timeout(text)
+    } else if error.is_connect() {
+        TransportError::Connect(text)
+    } else {
+        TransportError::Failed(text)
+    }
+}
