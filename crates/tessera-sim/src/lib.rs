@@ -96,6 +96,8 @@ pub struct Report {
     pub simulated: Duration,
     /// The last lines of the story, for a failure report.
     pub tail: String,
+    /// The whole story, a line an event.
+    pub story: Vec<String>,
 }
 
 impl Report {
@@ -146,6 +148,8 @@ pub fn short(text: &str, bytes_max: usize) -> &str {
     &text[..end]
 }
 
+/// The administrator's machine.
+pub const ADMIN_HOST: &str = "admin";
 /// Simulated time per step: every machine runs this long, then the network delivers.
 const TICK: Duration = Duration::from_millis(1);
 /// Faults begin once the pool has formed and programs hold seats.
@@ -157,6 +161,8 @@ const FAULTS_FROM: Duration = Duration::from_secs(3);
 const SETTLE: Duration = Duration::from_secs(10);
 /// Time the programs get to give their seats back.
 const STOP_WAIT: Duration = Duration::from_secs(3);
+/// Connections a simulated socket queues (turmoil's default is 64).
+const TCP_BACKLOG: usize = 16_384;
 /// Normal latency of every link.
 const LATENCY_MAX: Duration = Duration::from_millis(2);
 /// A run that has not finished by then is cut short (the probe reports it).
@@ -236,13 +242,22 @@ fn desired(episodes: &[Episode], hosts: usize, now: Duration) -> World {
 
 /// Runs seed `seed` to the end and judges it.
 pub fn run(seed: u64, options: &Options) -> Report {
+    let options = options.clone();
+    std::thread::Builder::new()
+        .name(format!("sim-{seed}"))
+        .spawn(move || run_here(seed, &options))
+        .expect("a thread for the run")
+        .join()
+        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+}
+
+fn run_here(seed: u64, options: &Options) -> Report {
     let mut rng = StdRng::seed_from_u64(seed);
     let scenario = Scenario::new(&mut rng, options);
     let servers = scenario.servers.len();
     let client_hosts: Vec<String> = (1..=options.client_hosts)
         .map(|i| format!("client-{i}"))
         .collect();
-    let hosts = servers + client_hosts.len();
     let episodes = if options.faults {
         plan::draw(
             &mut rng,
@@ -269,15 +284,17 @@ pub fn run(seed: u64, options: &Options) -> Report {
     std::fs::write(dir.path().join("pool.toml"), &scenario.pool_text).expect("write the pool file");
     let trace = Shared::default();
     trace.lock().set_initial_limit(scenario.hard_limit);
+    // Servers, then client machines, then the administrator's machine
+    // (which faults never aim at, but partitions leave on the larger side).
     let host_names: Vec<String> = scenario
         .servers
         .iter()
         .map(|s| s.host.clone())
         .chain(client_hosts.iter().cloned())
+        .chain(std::iter::once(ADMIN_HOST.to_string()))
         .collect();
     let knobs: BTreeMap<String, Arc<NetKnobs>> = host_names
         .iter()
-        .chain(std::iter::once(&"admin".to_string()))
         .map(|h| (h.clone(), Arc::new(NetKnobs::default())))
         .collect();
     let ctx = Arc::new(Ctx {
@@ -295,6 +312,8 @@ pub fn run(seed: u64, options: &Options) -> Report {
     let mut sim = turmoil::Builder::new()
         .simulation_duration(RUN_MAX + Duration::from_secs(60))
         .tick_duration(TICK)
+        // Held connection attempts arrive all at once when a link is released.
+        .tcp_capacity(TCP_BACKLOG)
         .rng_seed(seed)
         .min_message_latency(Duration::ZERO)
         .max_message_latency(LATENCY_MAX)
@@ -318,7 +337,7 @@ pub fn run(seed: u64, options: &Options) -> Report {
     {
         let ctx = ctx.clone();
         let boots = Arc::new(AtomicU64::new(0));
-        sim.host("admin", move || programs::admin(ctx.clone(), boots.clone()));
+        sim.host(ADMIN_HOST, move || programs::admin(ctx.clone(), boots.clone()));
     }
 
     let healed_at = episodes
@@ -336,9 +355,10 @@ pub fn run(seed: u64, options: &Options) -> Report {
         for episode in &episodes {
             if let Fault::Crash { server, wipe: true } = episode.fault {
                 if previous < episode.start && episode.start <= now {
+                    // Grants on a lost disk cannot come back: nothing to check.
+                    trace.lock().server_crashed(&server_ids[server], true);
                     if !applied.down.contains(&server) {
-                        trace.lock().server_crashed(&server_ids[server], true);
-                        sim.crash(host_names[server].as_str());
+                        crash_silently(&mut sim, &host_names, server, &applied);
                         applied.down.insert(server);
                     }
                     disks[server].wipe();
@@ -348,7 +368,7 @@ pub fn run(seed: u64, options: &Options) -> Report {
                 }
             }
         }
-        let want = desired(&episodes, hosts, now);
+        let want = desired(&episodes, host_names.len(), now);
         apply(&mut sim, &trace, &host_names, &server_ids, &disks, &knobs, &mut applied, &want, servers);
         previous = now;
         match ctx.phase() {
@@ -391,6 +411,7 @@ pub fn run(seed: u64, options: &Options) -> Report {
         digest: trace.digest(),
         simulated,
         tail: trace.tail(trace::TAIL_LINES),
+        story: trace.story(),
     }
 }
 
@@ -419,7 +440,7 @@ fn apply(
             trace.lock().host_crashed(name(host));
         }
         trace.lock().note("runner", &format!("crash {}", name(host)));
-        sim.crash(name(host));
+        crash_silently(sim, host_names, host, applied);
     }
     for &host in applied.down.difference(&want.down.clone()) {
         trace.lock().note("runner", &format!("restart {}", name(host)));
@@ -429,32 +450,9 @@ fn apply(
     let hosts = host_names.len();
     for a in 0..hosts {
         for b in a + 1..hosts {
-            let state = |world: &World| {
-                (
-                    world.cut.contains(&(a, b)),
-                    world.cut.contains(&(b, a)),
-                    world.held.contains(&(a, b)),
-                )
-            };
-            let (was, now) = (state(applied), state(want));
-            if was == now {
-                continue;
-            }
-            let (cut_ab, cut_ba, hold) = now;
-            if cut_ab || cut_ba {
-                for (from, to, cut) in [(a, b, cut_ab), (b, a, cut_ba)] {
-                    if cut {
-                        sim.partition_oneway(name(from), name(to));
-                    } else {
-                        sim.repair_oneway(name(from), name(to));
-                    }
-                }
-            } else if hold {
-                sim.hold(name(a), name(b));
-            } else if was.2 {
-                sim.release(name(a), name(b));
-            } else {
-                sim.repair(name(a), name(b));
+            let (was, now) = (link(applied, a, b), link(want, a, b));
+            if was != now {
+                set_link(sim, host_names, a, b, was, now);
             }
         }
     }
@@ -464,8 +462,8 @@ fn apply(
             sim.set_link_max_message_latency(name(key.0), name(key.1), value);
         }
     }
-    for host in 0..hosts {
-        let knob = &knobs[&host_names[host]];
+    for (host, name) in host_names.iter().enumerate() {
+        let knob = &knobs[name];
         knob.loss_per_mille
             .store(want.loss.get(&host).copied().unwrap_or(0), Ordering::SeqCst);
         knob.duplicate_per_mille
@@ -475,6 +473,55 @@ fn apply(
         disk.set_commit_delay(want.slow.get(&server).copied().unwrap_or_default());
     }
     *applied = want.clone();
+}
+
+/// A link's state: (a -> b cut, b -> a cut, held).
+type Link = (bool, bool, bool);
+
+fn link(world: &World, a: usize, b: usize) -> Link {
+    (
+        world.cut.contains(&(a, b)),
+        world.cut.contains(&(b, a)),
+        world.held.contains(&pair(a, b)),
+    )
+}
+
+fn set_link(sim: &mut turmoil::Sim<'_>, names: &[String], a: usize, b: usize, was: Link, now: Link) {
+    let name = |host: usize| names[host].as_str();
+    let (cut_ab, cut_ba, hold) = now;
+    if cut_ab || cut_ba {
+        for (from, to, cut) in [(a, b, cut_ab), (b, a, cut_ba)] {
+            if cut {
+                sim.partition_oneway(name(from), name(to));
+            } else {
+                sim.repair_oneway(name(from), name(to));
+            }
+        }
+    } else if hold {
+        sim.hold(name(a), name(b));
+    } else if was.2 {
+        sim.release(name(a), name(b));
+    } else {
+        sim.repair(name(a), name(b));
+    }
+}
+
+/// The machine stops at once, as in a power cut: every link to it is cut
+/// while its software is torn down, so no goodbye (FIN, RST) leaves it; its
+/// peers find out by their timeouts. (It also keeps the run deterministic:
+/// the order in which tokio drops a runtime's tasks depends on task ids,
+/// which are global to the process.) Then the links are as they were.
+fn crash_silently(sim: &mut turmoil::Sim<'_>, names: &[String], host: usize, world: &World) {
+    let cut = (true, true, false);
+    for other in (0..names.len()).filter(|&o| o != host) {
+        let (a, b) = pair(host, other);
+        set_link(sim, names, a, b, link(world, a, b), cut);
+    }
+    sim.crash(names[host].as_str());
+    for other in (0..names.len()).filter(|&o| o != host) {
+        let (a, b) = pair(host, other);
+        set_link(sim, names, a, b, cut, link(world, a, b));
+    }
 }
 
 /// Wall-clock seconds since the Unix epoch, for reports.

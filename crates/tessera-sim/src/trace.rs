@@ -116,6 +116,10 @@ impl Trace {
         hex::encode(self.digest.clone().finalize())
     }
 
+    pub fn story(&self) -> Vec<String> {
+        self.lines.clone()
+    }
+
     pub fn tail(&self, lines: usize) -> String {
         let start = self.lines.len().saturating_sub(lines);
         let mut out = String::new();
@@ -353,7 +357,7 @@ impl Trace {
                 at,
                 checker: "over-issue",
                 what: format!(
-                    "at {} s programs believed {held} seats valid, hard limit {limit}: {holders}",
+                    "at {:.3} s programs believed {held} seats valid, hard limit {limit}: {holders}",
                     at.as_secs_f64()
                 ),
             });
@@ -371,9 +375,18 @@ impl Trace {
     }
 
     fn holders_at(&self, at: Duration) -> String {
+        const LISTED_MAX: usize = 12;
         let mut out = String::new();
-        for (grant, belief) in &self.beliefs {
-            if belief.start <= at && at < belief.stop() {
+        let holding = self
+            .beliefs
+            .iter()
+            .filter(|(_, belief)| belief.start <= at && at < belief.stop());
+        for (listed, (grant, belief)) in holding.enumerate() {
+            if listed == LISTED_MAX {
+                out.push_str("…");
+                break;
+            }
+            {
                 let server = self.holder.get(grant).map_or("?", String::as_str);
                 let _ = write!(
                     out,

@@ -70,6 +70,25 @@ pub struct Pool {
     pub(crate) moves: tokio::sync::Mutex<()>,
     /// Leader: the term it leads and when it noticed it leads it.
     term: Mutex<Option<(u64, u64)>>,
+    /// Whether this server may vote (see [`CatchUp`]).
+    catch_up: Mutex<CatchUp>,
+}
+
+/// A server that starts without its Raft log (a new disk, or a server added
+/// to a running pool) must not vote until it holds every committed entry
+/// again: its empty log would let a candidate that lacks a committed entry
+/// win, and the entry would be lost (openraft's FAQ, "Can I wipe out the
+/// data of ONE node"). It follows the leader meanwhile.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CatchUp {
+    /// The log survived, or the pool is new: vote as Raft says.
+    Voting,
+    /// The log is empty and the peers have not said yet whether the pool
+    /// has a history.
+    Unknown,
+    /// The pool has a history: no votes until the log is applied as far as
+    /// the leader's commit index (once the leader has named it).
+    Behind { target: Option<u64> },
 }
 
 /// Environment variable that enables the test-only fault switch
@@ -117,6 +136,11 @@ impl Pool {
         .validate()
         .map_err(|err| format!("pool timing: {err}"))?;
         let log_store = log_store::LogStore::open(data_dir, seams.disk.clone())?;
+        let catch_up = if log_store.is_empty() {
+            CatchUp::Unknown
+        } else {
+            CatchUp::Voting
+        };
         let observer = seams
             .observer
             .clone()
@@ -158,7 +182,59 @@ impl Pool {
             partitioned,
             moves: tokio::sync::Mutex::new(()),
             term: Mutex::new(None),
+            catch_up: Mutex::new(catch_up),
         })
+    }
+
+    /// Whether this server refuses to vote for now (see [`CatchUp`]).
+    pub fn refuses_votes(&self) -> bool {
+        let mut catch_up = self.catch_up.lock().unwrap_or_else(|p| p.into_inner());
+        match *catch_up {
+            CatchUp::Voting => false,
+            CatchUp::Unknown | CatchUp::Behind { target: None } => true,
+            CatchUp::Behind {
+                target: Some(target),
+            } => {
+                if self.applied.borrow().index < target {
+                    return true;
+                }
+                tracing::info!("caught up with the pool's log to index {target}; voting again");
+                *catch_up = CatchUp::Voting;
+                false
+            }
+        }
+    }
+
+    /// The leader's commit index, as an append request names it: the
+    /// target of a server that is catching up.
+    pub fn leader_committed(&self, index: u64) {
+        let mut catch_up = self.catch_up.lock().unwrap_or_else(|p| p.into_inner());
+        match *catch_up {
+            CatchUp::Voting => {}
+            // A leader exists, so the pool does: catch up before voting.
+            CatchUp::Unknown => *catch_up = CatchUp::Behind { target: Some(index) },
+            CatchUp::Behind { target } => {
+                *catch_up = CatchUp::Behind {
+                    target: Some(target.map_or(index, |t| t.max(index))),
+                }
+            }
+        }
+    }
+
+    /// What the survey of peers says about the pool's history.
+    fn surveyed(&self, pool_has_history: bool) {
+        let mut catch_up = self.catch_up.lock().unwrap_or_else(|p| p.into_inner());
+        if *catch_up == CatchUp::Unknown {
+            *catch_up = if pool_has_history {
+                tracing::warn!(
+                    "this server has no pool log but the pool has a history: it follows the \
+                     leader and votes again once it has caught up"
+                );
+                CatchUp::Behind { target: None }
+            } else {
+                CatchUp::Voting
+            };
+        }
     }
 
     /// Test-only: cut (or heal) every peer link of this server, both ways.
@@ -298,9 +374,21 @@ impl Pool {
     /// in leader priority forms it (and campaigns first), so priority settles
     /// who leads a new pool.
     async fn survey_peers(&self) -> Survey {
+        let survey = self.survey_answers().await;
+        if let Some(history) = survey.1 {
+            self.surveyed(history);
+        }
+        survey.0
+    }
+
+    /// The survey, and whether any peer answered that the pool has
+    /// installed a pool file (has a history), if any peer answered.
+    async fn survey_answers(&self) -> (Survey, Option<bool>) {
         let mut fresh = 1;
         let mut higher_priority_fresh = false;
         let mut before_me = true;
+        let mut history: Option<bool> = None;
+        let mut formed = false;
         for server in &self.bootstrap.servers {
             if server.id == self.server_id {
                 before_me = false;
@@ -311,19 +399,26 @@ impl Pool {
                 .get::<PeerHello>(&server.address, "/v1/peer/hello")
                 .await
             {
-                Ok(hello) if hello.initialized => return Survey::SomeoneFormed,
-                Ok(_) => {
-                    fresh += 1;
-                    higher_priority_fresh |= before_me;
+                Ok(hello) => {
+                    *history.get_or_insert(false) |= hello.installed_sequence.is_some();
+                    if hello.initialized {
+                        formed = true;
+                    } else {
+                        fresh += 1;
+                        higher_priority_fresh |= before_me;
+                    }
                 }
                 Err(_) => {}
             }
         }
-        if fresh * 2 > self.bootstrap.servers.len() && !higher_priority_fresh {
+        let survey = if formed {
+            Survey::SomeoneFormed
+        } else if fresh * 2 > self.bootstrap.servers.len() && !higher_priority_fresh {
             Survey::MajorityNew
         } else {
             Survey::Wait
-        }
+        };
+        (survey, history)
     }
 
     /// Installs a pool file: forwarded to the leader, validated there

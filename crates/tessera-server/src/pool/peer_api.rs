@@ -89,14 +89,28 @@ async fn append(
     State(app): State<Arc<App>>,
     JsonBody(request): JsonBody<AppendEntriesRequest<TypeConfig>>,
 ) -> impl IntoResponse {
-    Json(app.pool.raft.append_entries(request).await)
+    let committed = request.leader_commit.map_or(0, |id| id.index);
+    let answer = app.pool.raft.append_entries(request).await;
+    if answer.is_ok() {
+        app.pool.leader_committed(committed);
+    }
+    Json(answer)
 }
 
 async fn vote(
     State(app): State<Arc<App>>,
     JsonBody(request): JsonBody<VoteRequest<NodeId>>,
-) -> impl IntoResponse {
-    Json(app.pool.raft.vote(request).await)
+) -> Result<Response, ApiError> {
+    if app.pool.refuses_votes() {
+        return Err(ApiError(IssueError::new(
+            ErrorCode::NoQuorum,
+            format!(
+                "server `{}` lost its pool log and does not vote until it has caught up",
+                app.pool.server_id
+            ),
+        )));
+    }
+    Ok(Json(app.pool.raft.vote(request).await).into_response())
 }
 
 async fn snapshot(

@@ -1,0 +1,100 @@
+//! The simulation in the default test suite: a bounded batch of seeds with
+//! every checker on, the replay guarantee, and the two deliberate bugs the
+//! checkers must catch. The long soak is `tessera-sim --seeds N` (README).
+
+use tessera_server::seams::Mutations;
+use tessera_sim::{run, Options, Report};
+
+/// Seeds per batch test; two batch tests run side by side.
+const BATCH_SEEDS: u64 = 100;
+/// A mutation must be caught within this many seeds.
+const MUTATION_SEEDS_MAX: u64 = 60;
+
+fn options() -> Options {
+    Options {
+        servers: 3..=7,
+        ..Options::default()
+    }
+}
+
+fn check_batch(first: u64) {
+    let mut failed: Vec<Report> = Vec::new();
+    let (mut faults, mut grants) = (0, 0);
+    for seed in first..first + BATCH_SEEDS {
+        let report = run(seed, &options());
+        faults += report.schedule.len();
+        grants += report.counts.grants;
+        if !report.passed() {
+            failed.push(report);
+        }
+    }
+    println!(
+        "seeds {first}..{}: {faults} faults injected, {grants} grants, {} failing",
+        first + BATCH_SEEDS,
+        failed.len()
+    );
+    if let Some(report) = failed.first() {
+        panic!(
+            "{} of {BATCH_SEEDS} seeds broke a checker; the first:\n{}\nits last lines:\n{}",
+            failed.len(),
+            report.explain(),
+            report.tail
+        );
+    }
+}
+
+#[test]
+fn a_batch_of_seeds_breaks_no_checker() {
+    check_batch(1);
+}
+
+#[test]
+fn another_batch_of_seeds_breaks_no_checker() {
+    check_batch(1 + BATCH_SEEDS);
+}
+
+#[test]
+fn a_seed_replays_exactly() {
+    let first = run(7, &options());
+    let again = run(7, &options());
+    assert_eq!(first.digest, again.digest, "seed 7 ran differently twice");
+    assert_eq!(first.counts, again.counts);
+    assert_eq!(first.schedule, again.schedule);
+    let other = run(8, &options());
+    assert_ne!(first.digest, other.digest, "two seeds told the same story");
+}
+
+/// Runs seeds from 1 until one reports over-issue; returns how many it took.
+fn seeds_to_catch(mutations: Mutations) -> u64 {
+    let options = Options {
+        mutations,
+        ..options()
+    };
+    for seed in 1..=MUTATION_SEEDS_MAX {
+        let report = run(seed, &options);
+        if report.violations.iter().any(|v| v.checker == "over-issue") {
+            println!("caught at seed {seed}:\n{}", report.explain());
+            return seed;
+        }
+    }
+    panic!("{MUTATION_SEEDS_MAX} seeds ran with {mutations:?} and no over-issue was reported");
+}
+
+#[test]
+fn issuing_without_a_quorum_is_caught() {
+    let seeds = seeds_to_catch(Mutations {
+        issue_without_quorum: true,
+        ..Mutations::default()
+    });
+    println!("issue_without_quorum caught after {seeds} seeds");
+}
+
+#[test]
+fn reassigning_without_the_safe_wait_is_caught() {
+    let seeds = seeds_to_catch(Mutations {
+        reassign_without_wait: true,
+        ..Mutations::default()
+    });
+    println!("reassign_without_wait caught after {seeds} seeds");
+}
+
