@@ -48,6 +48,8 @@ use crate::trace::{Counts, Shared, Violation};
 pub struct Options {
     /// Servers in the pool, drawn from this range.
     pub servers: RangeInclusive<usize>,
+    /// Seats per server of the pool's hard limit, drawn from this range.
+    pub seats_per_server: RangeInclusive<u32>,
     /// Programs using the SDK; by default about twice the hard limit.
     pub programs: Option<usize>,
     /// Machines the programs run on.
@@ -67,6 +69,7 @@ impl Default for Options {
     fn default() -> Options {
         Options {
             servers: 3..=5,
+            seats_per_server: 3..=5,
             programs: None,
             client_hosts: 4,
             fault_span: Duration::from_secs(12),
@@ -84,6 +87,8 @@ pub struct Report {
     pub seed: u64,
     pub servers: usize,
     pub hard_limit: u32,
+    /// The hard limit at the end (added codes raise it).
+    pub hard_limit_final: u32,
     pub programs: usize,
     /// The fault schedule, one line an episode.
     pub schedule: Vec<String>,
@@ -403,6 +408,7 @@ fn run_here(seed: u64, options: &Options) -> Report {
         seed,
         servers,
         hard_limit: scenario.hard_limit,
+        hard_limit_final: trace.hard_limit_now(),
         programs: scenario.programs,
         schedule,
         counts: trace.counts.clone(),

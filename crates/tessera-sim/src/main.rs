@@ -35,6 +35,10 @@ struct Args {
     servers_min: usize,
     #[arg(long, default_value_t = 7)]
     servers_max: usize,
+    /// Most seats per server of the hard limit (at least 3 are drawn): 25
+    /// makes pools of up to 180 seats and 450 programs.
+    #[arg(long, default_value_t = 25)]
+    seats_per_server_max: u32,
     /// Programs using the SDK (default: about twice the hard limit).
     #[arg(long)]
     programs: Option<usize>,
@@ -47,6 +51,9 @@ struct Args {
     /// Deliberately break the server: issue-without-quorum or reassign-without-wait.
     #[arg(long)]
     mutation: Option<String>,
+    /// Start no new seed after this many minutes (a soak with a time budget).
+    #[arg(long)]
+    minutes: Option<u64>,
     /// Stop at the first failing seed.
     #[arg(long)]
     stop_on_failure: bool,
@@ -81,6 +88,7 @@ fn real_main() -> Result<i32> {
     }
     let options = Options {
         servers: args.servers_min..=args.servers_max,
+        seats_per_server: 3..=args.seats_per_server_max.max(3),
         programs: args.programs,
         fault_span: Duration::from_secs(args.fault_seconds),
         faults: !args.no_faults,
@@ -136,7 +144,7 @@ fn print_one(report: &Report) {
         report.counts.restores_checked,
         report.counts.states_applied,
         report.peak_seats,
-        report.hard_limit,
+        report.hard_limit_final,
         &report.digest[..16],
     );
     if report.passed() {
@@ -162,13 +170,14 @@ fn soak(args: &Args, options: &Options, seeds: u64) -> Result<i32> {
     let totals = Arc::new(Mutex::new(Totals::default()));
     let started = Instant::now();
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let budget = args.minutes.map(|m| Duration::from_secs(m * 60));
     let workers: Vec<_> = (0..args.jobs.max(1))
         .map(|_| {
             let (next, totals, stop, options) =
                 (next.clone(), totals.clone(), stop.clone(), options.clone());
             let stop_on_failure = args.stop_on_failure;
             std::thread::spawn(move || loop {
-                if stop.load(Ordering::SeqCst) {
+                if stop.load(Ordering::SeqCst) || budget.is_some_and(|b| started.elapsed() >= b) {
                     return;
                 }
                 let seed = next.fetch_add(1, Ordering::SeqCst);

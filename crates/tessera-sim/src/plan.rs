@@ -121,6 +121,12 @@ pub fn draw(
     let end = from + span;
     let mut at = from + jitter(rng, mean_gap);
     let hosts = servers + client_hosts;
+    // A pool can lose the disks of fewer than half its servers and go on:
+    // the others hold every committed entry. More lost disks stop it for
+    // good (a server with a new disk votes only once it has caught up), so
+    // a run loses at most that many.
+    let wipes_max = (servers - 1) / 2;
+    let mut wipes = 0;
     while at < end {
         let left = end - at;
         let length = Duration::from_millis(rng.gen_range(300..=8_000)).min(left);
@@ -132,10 +138,11 @@ pub fn draw(
             }
         };
         let fault = match rng.gen_range(0..100) {
-            0..=21 => Fault::Crash {
-                server,
-                wipe: rng.gen_bool(0.1),
-            },
+            0..=21 => {
+                let wipe = rng.gen_bool(0.1) && wipes < wipes_max;
+                wipes += usize::from(wipe);
+                Fault::Crash { server, wipe }
+            }
             22..=27 => Fault::ClientCrash {
                 host: servers + rng.gen_range(0..client_hosts),
             },

@@ -78,11 +78,12 @@ impl Scenario {
                 },
             })
             .collect();
-        let hard_limit = (count as u32) * rng.gen_range(3..=5) + rng.gen_range(0..count as u32);
+        let hard_limit = (count as u32) * rng.gen_range(options.seats_per_server.clone())
+            + rng.gen_range(0..count as u32);
         // More programs than seats, so every server's allocation is contended.
-        let programs = options
-            .programs
-            .unwrap_or_else(|| (hard_limit as usize) * 2 + rng.gen_range(0..8));
+        let programs = options.programs.unwrap_or_else(|| {
+            (hard_limit as usize) * rng.gen_range(15..=25) / 10 + rng.gen_range(0..8)
+        });
         let key = VendorSecretKey::from_seed(VENDOR, rng.gen()).expect("a valid vendor name");
         let codes = vec![sign(&key, "app-1", hard_limit)];
         let distribution = random_distribution(rng, &servers, hard_limit);

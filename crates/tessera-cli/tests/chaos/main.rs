@@ -15,7 +15,7 @@
 //! - `TESSERA_CHAOS_SERVERS=<3..=5>`: servers in the pool (default 3);
 //! - `TESSERA_CHAOS_FAULTED_MAX=<n>`: servers faulted at once (default 1, so
 //!   that a majority of three stays up);
-//! - `TESSERA_CHAOS_CLIENTS=<n>`: programs (default 150; below the hard limit
+//! - `TESSERA_CHAOS_CLIENTS=<n>`: programs (default 200; below the hard limit
 //!   of 60 there is no contention and fail-overs find free seats);
 //! - `TESSERA_CHAOS_LEASE_S=<n>`: the code's lease (default 4; heartbeat 1 s).
 //!
@@ -47,7 +47,7 @@ const TESSERA: &str = env!("CARGO_BIN_EXE_tessera");
 
 /// Programs competing for seats: more than the hard limit, so that every
 /// server's allocation is contended and fail-overs find full servers.
-const CLIENTS_DEFAULT: usize = 150;
+const CLIENTS_DEFAULT: usize = 200;
 const CLIENTS_MAX: usize = 1_000;
 /// Seats of feature `app` in the pool (20 per server with three servers).
 const HARD_LIMIT: u32 = 60;
