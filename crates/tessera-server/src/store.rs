@@ -122,11 +122,11 @@ impl Store {
             .map_err(|err| open_error(format!("cannot create the data directory: {err}")))?;
         let existed = disk.exists(&path);
         let db = disk.open_database(&path, CACHE_BYTES).map_err(|err| {
-                open_error(format!(
+            open_error(format!(
                 "cannot open it ({err}); if the file is damaged, move it away: the server then \
                  starts empty and waits out one lease before issuing"
             ))
-            })?;
+        })?;
         let grants = check_owner_and_load(&db, &path, pool_id, server_id)?;
         let (queue, receiver) = mpsc::channel(QUEUE_CAPACITY);
         let db = Arc::new(db);
@@ -236,12 +236,7 @@ fn write_loop(db: Arc<Database>, mut receiver: mpsc::Receiver<Job>, batch_max: u
 
 /// Commits `first` and whatever else is queued (up to `batch_max`) in one
 /// transaction, then answers every waiter.
-fn commit_queued(
-    db: &Database,
-    first: Job,
-    receiver: &mut mpsc::Receiver<Job>,
-    batch_max: usize,
-) {
+fn commit_queued(db: &Database, first: Job, receiver: &mut mpsc::Receiver<Job>, batch_max: usize) {
     let mut batch = vec![first];
     while batch.len() < batch_max {
         match receiver.try_recv() {

@@ -61,7 +61,9 @@ impl Clock for SimClock {
     fn now_ms(&self) -> u64 {
         let reading = self.reading_at(true_now());
         // Monotonic even if asked outside a host's turn.
-        self.last_ms.fetch_max(reading, Ordering::SeqCst).max(reading)
+        self.last_ms
+            .fetch_max(reading, Ordering::SeqCst)
+            .max(reading)
     }
 
     fn unix_ms(&self) -> i64 {

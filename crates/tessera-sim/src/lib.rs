@@ -245,15 +245,42 @@ fn desired(episodes: &[Episode], hosts: usize, now: Duration) -> World {
     world
 }
 
-/// Runs seed `seed` to the end and judges it.
+/// Runs seed `seed` to the end and judges it, on a thread of its own. A
+/// panic of the simulation itself (turmoil, or code it drives outside any
+/// task) is reported as a violation of checker `simulator`.
 pub fn run(seed: u64, options: &Options) -> Report {
     let options = options.clone();
-    std::thread::Builder::new()
+    let outcome = std::thread::Builder::new()
         .name(format!("sim-{seed}"))
         .spawn(move || run_here(seed, &options))
         .expect("a thread for the run")
-        .join()
-        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+        .join();
+    outcome.unwrap_or_else(|panic| {
+        let what = panic
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_else(|| "a panic without a message".into());
+        Report {
+            seed,
+            servers: 0,
+            hard_limit: 0,
+            hard_limit_final: 0,
+            programs: 0,
+            schedule: Vec::new(),
+            counts: Counts::default(),
+            peak_seats: 0,
+            violations: vec![Violation {
+                at: Duration::ZERO,
+                checker: "simulator",
+                what: format!("the simulation panicked: {what}"),
+            }],
+            digest: String::new(),
+            simulated: Duration::ZERO,
+            tail: String::new(),
+            story: Vec::new(),
+        }
+    })
 }
 
 fn run_here(seed: u64, options: &Options) -> Report {
@@ -280,7 +307,10 @@ fn run_here(seed: u64, options: &Options) -> Report {
         servers: &server_ids,
         clients: &client_hosts,
     };
-    let schedule: Vec<String> = episodes.iter().map(|e| Shown(e, &names).to_string()).collect();
+    let schedule: Vec<String> = episodes
+        .iter()
+        .map(|e| Shown(e, &names).to_string())
+        .collect();
 
     let dir = tempfile::Builder::new()
         .prefix("tessera-sim-")
@@ -319,6 +349,7 @@ fn run_here(seed: u64, options: &Options) -> Report {
         .tick_duration(TICK)
         // Held connection attempts arrive all at once when a link is released.
         .tcp_capacity(TCP_BACKLOG)
+        .ephemeral_ports(1024..=65535)
         .rng_seed(seed)
         .min_message_latency(Duration::ZERO)
         .max_message_latency(LATENCY_MAX)
@@ -342,7 +373,9 @@ fn run_here(seed: u64, options: &Options) -> Report {
     {
         let ctx = ctx.clone();
         let boots = Arc::new(AtomicU64::new(0));
-        sim.host(ADMIN_HOST, move || programs::admin(ctx.clone(), boots.clone()));
+        sim.host(ADMIN_HOST, move || {
+            programs::admin(ctx.clone(), boots.clone())
+        });
     }
 
     let healed_at = episodes
@@ -369,12 +402,24 @@ fn run_here(seed: u64, options: &Options) -> Report {
                     disks[server].wipe();
                     let data = dir.path().join(format!("data-{}", server_ids[server]));
                     let _ = std::fs::remove_dir_all(data);
-                    trace.lock().note("runner", &format!("{}'s disk replaced", server_ids[server]));
+                    trace
+                        .lock()
+                        .note("runner", &format!("{}'s disk replaced", server_ids[server]));
                 }
             }
         }
         let want = desired(&episodes, host_names.len(), now);
-        apply(&mut sim, &trace, &host_names, &server_ids, &disks, &knobs, &mut applied, &want, servers);
+        apply(
+            &mut sim,
+            &trace,
+            &host_names,
+            &server_ids,
+            &disks,
+            &knobs,
+            &mut applied,
+            &want,
+            servers,
+        );
         previous = now;
         match ctx.phase() {
             Phase::Work if now >= healed_at + SETTLE => {
@@ -389,13 +434,16 @@ fn run_here(seed: u64, options: &Options) -> Report {
             _ => {}
         }
         if now >= RUN_MAX {
-            trace
-                .lock()
-                .violate("liveness", format!("the run did not finish within {} s", RUN_MAX.as_secs()));
+            trace.lock().violate(
+                "liveness",
+                format!("the run did not finish within {} s", RUN_MAX.as_secs()),
+            );
             break;
         }
         if let Err(err) = sim.step() {
-            trace.lock().violate("host", format!("a simulated machine failed: {err}"));
+            trace
+                .lock()
+                .violate("host", format!("a simulated machine failed: {err}"));
             break;
         }
     }
@@ -445,11 +493,15 @@ fn apply(
         } else {
             trace.lock().host_crashed(name(host));
         }
-        trace.lock().note("runner", &format!("crash {}", name(host)));
+        trace
+            .lock()
+            .note("runner", &format!("crash {}", name(host)));
         crash_silently(sim, host_names, host, applied);
     }
     for &host in applied.down.difference(&want.down.clone()) {
-        trace.lock().note("runner", &format!("restart {}", name(host)));
+        trace
+            .lock()
+            .note("runner", &format!("restart {}", name(host)));
         sim.bounce(name(host));
     }
     // Links: every unordered pair whose wanted state changed.
@@ -472,8 +524,10 @@ fn apply(
         let knob = &knobs[name];
         knob.loss_per_mille
             .store(want.loss.get(&host).copied().unwrap_or(0), Ordering::SeqCst);
-        knob.duplicate_per_mille
-            .store(want.duplicate.get(&host).copied().unwrap_or(0), Ordering::SeqCst);
+        knob.duplicate_per_mille.store(
+            want.duplicate.get(&host).copied().unwrap_or(0),
+            Ordering::SeqCst,
+        );
     }
     for (server, disk) in disks.iter().enumerate() {
         disk.set_commit_delay(want.slow.get(&server).copied().unwrap_or_default());
@@ -492,7 +546,14 @@ fn link(world: &World, a: usize, b: usize) -> Link {
     )
 }
 
-fn set_link(sim: &mut turmoil::Sim<'_>, names: &[String], a: usize, b: usize, was: Link, now: Link) {
+fn set_link(
+    sim: &mut turmoil::Sim<'_>,
+    names: &[String],
+    a: usize,
+    b: usize,
+    was: Link,
+    now: Link,
+) {
     let name = |host: usize| names[host].as_str();
     let (cut_ab, cut_ba, hold) = now;
     if cut_ab || cut_ba {

@@ -17,7 +17,10 @@ use tessera_server::seams::Mutations;
 use tessera_sim::{run, Options, Report};
 
 #[derive(Parser, Debug)]
-#[command(name = "tessera-sim", about = "Deterministic simulation of a Tessera pool under faults")]
+#[command(
+    name = "tessera-sim",
+    about = "Deterministic simulation of a Tessera pool under faults"
+)]
 struct Args {
     /// Run this one seed.
     #[arg(long, conflicts_with = "seeds")]

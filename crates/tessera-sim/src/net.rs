@@ -7,6 +7,7 @@
 //! probability a request is sent a second time after its answer, as a
 //! retransmission or a retrying proxy would.
 
+use std::collections::BTreeMap;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -17,9 +18,7 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::rt::TokioIo;
 use rand::rngs::StdRng;
 use rand::Rng;
-use tessera_transport::{
-    Exchange, HttpAnswer, HttpRequest, HttpTransport, Method, TransportError,
-};
+use tessera_transport::{Exchange, HttpAnswer, HttpRequest, HttpTransport, Method, TransportError};
 
 /// Knobs the fault schedule turns while a run goes on, per sending machine.
 #[derive(Debug, Default)]
@@ -39,11 +38,23 @@ enum Fate {
     AnswerLost,
 }
 
+type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
+/// Idle connections per server address, reused as reqwest reuses them.
+type Idle = Arc<Mutex<BTreeMap<String, Vec<Sender>>>>;
+/// Idle connections kept per server (the production transport keeps 4).
+const IDLE_PER_SERVER_MAX: usize = 4;
+
 /// One machine's outgoing requests.
-#[derive(Debug)]
 pub struct SimTransport {
     rng: Mutex<StdRng>,
     knobs: Arc<NetKnobs>,
+    idle: Idle,
+}
+
+impl std::fmt::Debug for SimTransport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SimTransport").finish_non_exhaustive()
+    }
 }
 
 impl SimTransport {
@@ -51,6 +62,7 @@ impl SimTransport {
         SimTransport {
             rng: Mutex::new(rng),
             knobs,
+            idle: Idle::default(),
         }
     }
 
@@ -77,6 +89,7 @@ impl SimTransport {
 impl HttpTransport for SimTransport {
     fn send(&self, request: HttpRequest) -> Exchange {
         let fate = self.fate();
+        let idle = self.idle.clone();
         Box::pin(async move {
             let timeout = request.timeout;
             let timed_out = || {
@@ -85,16 +98,16 @@ impl HttpTransport for SimTransport {
                 ))
             };
             match fate {
-                Fate::Delivered => tokio::time::timeout(timeout, exchange(request))
+                Fate::Delivered => tokio::time::timeout(timeout, exchange(&idle, request))
                     .await
                     .unwrap_or_else(|_| timed_out()),
                 Fate::Duplicated => {
                     let copy = request.clone();
-                    let answer = tokio::time::timeout(timeout, exchange(request))
+                    let answer = tokio::time::timeout(timeout, exchange(&idle, request))
                         .await
                         .unwrap_or_else(|_| timed_out());
                     tokio::spawn(async move {
-                        let _ = tokio::time::timeout(timeout, exchange(copy)).await;
+                        let _ = tokio::time::timeout(timeout, exchange(&idle, copy)).await;
                     });
                     answer
                 }
@@ -104,7 +117,7 @@ impl HttpTransport for SimTransport {
                 }
                 Fate::AnswerLost => {
                     let deadline = tokio::time::Instant::now() + timeout;
-                    let _ = tokio::time::timeout(timeout, exchange(request)).await;
+                    let _ = tokio::time::timeout(timeout, exchange(&idle, request)).await;
                     tokio::time::sleep_until(deadline).await;
                     timed_out()
                 }
@@ -113,16 +126,47 @@ impl HttpTransport for SimTransport {
     }
 }
 
-async fn exchange(request: HttpRequest) -> Result<HttpAnswer, TransportError> {
-    let stream = turmoil::net::TcpStream::connect(request.address.as_str())
+/// An idle connection to `address` that is still open, if any.
+fn take_idle(idle: &Idle, address: &str) -> Option<Sender> {
+    let mut idle = idle.lock().unwrap_or_else(|p| p.into_inner());
+    let senders = idle.get_mut(address)?;
+    while let Some(sender) = senders.pop() {
+        if !sender.is_closed() && sender.is_ready() {
+            return Some(sender);
+        }
+    }
+    None
+}
+
+fn put_idle(idle: &Idle, address: &str, sender: Sender) {
+    if sender.is_closed() {
+        return;
+    }
+    let mut idle = idle.lock().unwrap_or_else(|p| p.into_inner());
+    let senders = idle.entry(address.to_string()).or_default();
+    if senders.len() < IDLE_PER_SERVER_MAX {
+        senders.push(sender);
+    }
+}
+
+async fn connect(address: &str) -> Result<Sender, TransportError> {
+    let stream = turmoil::net::TcpStream::connect(address)
         .await
         .map_err(|err| TransportError::Connect(format!("could not connect: {err}")))?;
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+    let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .map_err(|err| TransportError::Failed(format!("request failed: {err}")))?;
     tokio::spawn(async move {
         let _ = connection.await;
     });
+    Ok(sender)
+}
+
+async fn exchange(idle: &Idle, request: HttpRequest) -> Result<HttpAnswer, TransportError> {
+    let mut sender = match take_idle(idle, &request.address) {
+        Some(sender) => sender,
+        None => connect(&request.address).await?,
+    };
     let mut builder = hyper::Request::builder()
         .method(match request.method {
             Method::Get => hyper::Method::GET,
@@ -141,6 +185,7 @@ async fn exchange(request: HttpRequest) -> Result<HttpAnswer, TransportError> {
         .await
         .map_err(|err| TransportError::Failed(format!("request failed: {err}")))?;
     let status = response.status().as_u16();
+    put_idle(idle, &request.address, sender);
     let bytes_max = request.answer_bytes_max;
     let body = Limited::new(response.into_body(), bytes_max)
         .collect()

@@ -23,7 +23,11 @@ pub enum Fault {
     /// Messages from `from` to `to` are dropped; the other way works.
     OneWay { from: usize, to: usize },
     /// The link between `a` and `b` goes down and up every `period`.
-    Flap { a: usize, b: usize, period: Duration },
+    Flap {
+        a: usize,
+        b: usize,
+        period: Duration,
+    },
     /// Messages between `a` and `b` are held, then all delivered late.
     Hold { a: usize, b: usize },
     /// Messages between `a` and `b` take up to `max` each.
@@ -79,7 +83,12 @@ impl fmt::Display for Shown<'_> {
         )?;
         match &episode.fault {
             Fault::Crash { server, wipe } => {
-                write!(f, "crash {}{}", n(server), if *wipe { ", disk lost" } else { "" })
+                write!(
+                    f,
+                    "crash {}{}",
+                    n(server),
+                    if *wipe { ", disk lost" } else { "" }
+                )
             }
             Fault::ClientCrash { host } => write!(f, "crash client machine {}", n(host)),
             Fault::Partition { side } => {
@@ -88,20 +97,41 @@ impl fmt::Display for Shown<'_> {
             }
             Fault::OneWay { from, to } => write!(f, "drop {} -> {}", n(from), n(to)),
             Fault::Flap { a, b, period } => {
-                write!(f, "flap {} <-> {} every {} ms", n(a), n(b), period.as_millis())
+                write!(
+                    f,
+                    "flap {} <-> {} every {} ms",
+                    n(a),
+                    n(b),
+                    period.as_millis()
+                )
             }
             Fault::Hold { a, b } => write!(f, "hold {} <-> {}, then deliver late", n(a), n(b)),
             Fault::Latency { a, b, max } => {
-                write!(f, "latency {} <-> {} up to {} ms", n(a), n(b), max.as_millis())
+                write!(
+                    f,
+                    "latency {} <-> {} up to {} ms",
+                    n(a),
+                    n(b),
+                    max.as_millis()
+                )
             }
             Fault::Loss { host, per_mille } => {
-                write!(f, "lose {per_mille}/1000 of {}'s requests or answers", n(host))
+                write!(
+                    f,
+                    "lose {per_mille}/1000 of {}'s requests or answers",
+                    n(host)
+                )
             }
             Fault::Duplicate { host, per_mille } => {
                 write!(f, "duplicate {per_mille}/1000 of {}'s requests", n(host))
             }
             Fault::SlowDisk { server, delay } => {
-                write!(f, "slow disk on {}: +{} ms a commit", n(server), delay.as_millis())
+                write!(
+                    f,
+                    "slow disk on {}: +{} ms a commit",
+                    n(server),
+                    delay.as_millis()
+                )
             }
         }
     }

@@ -123,9 +123,10 @@ pub async fn server(
         observer: Some(Arc::new(TraceObserver(ctx.trace.clone()))),
         mutations: ctx.mutations,
     };
-    ctx.trace
-        .lock()
-        .note(&spec.id, &format!("boot {boot}, clock rate +{} ppm", spec.rate_ppm));
+    ctx.trace.lock().note(
+        &spec.id,
+        &format!("boot {boot}, clock rate +{} ppm", spec.rate_ppm),
+    );
     let started = tessera_server::start_with(
         config,
         seams,
@@ -148,7 +149,11 @@ pub async fn server(
 // ----- programs -----
 
 /// A client machine: its share of the programs, all started at boot.
-pub async fn client_machine(ctx: Arc<Ctx>, host_index: usize, boots: Arc<AtomicU64>) -> turmoil::Result {
+pub async fn client_machine(
+    ctx: Arc<Ctx>,
+    host_index: usize,
+    boots: Arc<AtomicU64>,
+) -> turmoil::Result {
     let boot = boots.fetch_add(1, Ordering::SeqCst);
     let host = ctx.client_hosts[host_index].clone();
     let mut programs = JoinSet::new();
@@ -166,8 +171,9 @@ pub async fn client_machine(ctx: Arc<Ctx>, host_index: usize, boots: Arc<AtomicU
         config.client_id = name.replace(['/', '.'], "-");
         config.user = config.client_id.clone();
         config.host = host.clone();
-        let client = Client::with_transport(config, ctx.transport(&host, 1 + index as u64 * 100 + boot))
-            .expect("a valid client configuration");
+        let client =
+            Client::with_transport(config, ctx.transport(&host, 1 + index as u64 * 100 + boot))
+                .expect("a valid client configuration");
         programs.spawn(program(ctx.clone(), name, client, rng));
     }
     while programs.join_next().await.is_some() {}
@@ -214,10 +220,19 @@ async fn program(ctx: Arc<Ctx>, name: String, client: Client, mut rng: StdRng) {
         } else {
             Ending::Drop
         };
-        let lost = hold(&ctx, &grant, &seat, Instant::now() + Duration::from_millis(hold_ms)).await;
+        let lost = hold(
+            &ctx,
+            &grant,
+            &seat,
+            Instant::now() + Duration::from_millis(hold_ms),
+        )
+        .await;
         let until = to_true(seat.valid_until());
         match (lost, ending) {
-            (Some(reason), _) => ctx.trace.lock().ended(&grant, until, &format!("lost ({reason})")),
+            (Some(reason), _) => ctx
+                .trace
+                .lock()
+                .ended(&grant, until, &format!("lost ({reason})")),
             (None, Ending::Release) => {
                 ctx.trace.lock().ended(&grant, until, "released");
                 let _ = seat.release().await;
@@ -414,8 +429,11 @@ async fn probe(ctx: &Ctx, boot: u64) {
         config.client_id = format!("probe-{index}");
         config.user = config.client_id.clone();
         config.host = "admin".into();
-        Client::with_transport(config, ctx.transport("admin", 10_000 + u64::from(index) + boot))
-            .expect("a valid client configuration")
+        Client::with_transport(
+            config,
+            ctx.transport("admin", 10_000 + u64::from(index) + boot),
+        )
+        .expect("a valid client configuration")
     };
     let mut index = 0;
     while index < limit && Instant::now() < deadline {
@@ -456,16 +474,28 @@ async fn probe(ctx: &Ctx, boot: u64) {
             Err(err) if err.code() == Some(ErrorCode::NoSeatsAvailable) => {
                 trace.note(
                     "probe",
-                    &format!("all {limit} seats checked out in {:.3} s, one more refused", took.as_secs_f64()),
+                    &format!(
+                        "all {limit} seats checked out in {:.3} s, one more refused",
+                        took.as_secs_f64()
+                    ),
                 );
             }
             Err(err) => trace.note("probe", &format!("one more than the limit refused: {err}")),
             Ok(seat) => {
                 let grant = seat.grant_id();
-                trace.granted("probe/extra", &grant, 1, &seat.server_id(), to_true(seat.valid_until()));
+                trace.granted(
+                    "probe/extra",
+                    &grant,
+                    1,
+                    &seat.server_id(),
+                    to_true(seat.valid_until()),
+                );
                 trace.violate(
                     "liveness",
-                    format!("the probe got seat {} of a hard limit of {limit}", limit + 1),
+                    format!(
+                        "the probe got seat {} of a hard limit of {limit}",
+                        limit + 1
+                    ),
                 );
                 seats.push(seat);
             }
@@ -473,7 +503,9 @@ async fn probe(ctx: &Ctx, boot: u64) {
     }
     for seat in seats {
         let grant = seat.grant_id();
-        ctx.trace.lock().ended(&grant, to_true(seat.valid_until()), "released");
+        ctx.trace
+            .lock()
+            .ended(&grant, to_true(seat.valid_until()), "released");
         let _ = seat.release().await;
     }
 }

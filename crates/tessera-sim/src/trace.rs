@@ -148,7 +148,14 @@ impl Trace {
 
     // ----- what programs report -----
 
-    pub fn granted(&mut self, program: &str, grant: &str, count: u32, server: &str, until: Duration) {
+    pub fn granted(
+        &mut self,
+        program: &str,
+        grant: &str,
+        count: u32,
+        server: &str,
+        until: Duration,
+    ) {
         self.counts.grants += 1;
         self.note(program, &format!("granted {grant} x{count} by {server}"));
         self.beliefs.insert(
@@ -249,7 +256,10 @@ impl Trace {
     }
 
     pub fn restored(&mut self, server: &str, grants: &[String]) {
-        self.note(server, &format!("started with {} grants from its store", grants.len()));
+        self.note(
+            server,
+            &format!("started with {} grants from its store", grants.len()),
+        );
         let Some((crashed_at, expected)) = self.expected_restore.remove(server) else {
             return;
         };

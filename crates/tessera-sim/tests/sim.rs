@@ -97,4 +97,3 @@ fn reassigning_without_the_safe_wait_is_caught() {
     });
     println!("reassign_without_wait caught after {seeds} seeds");
 }
-

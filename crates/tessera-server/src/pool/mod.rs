@@ -212,7 +212,11 @@ impl Pool {
         match *catch_up {
             CatchUp::Voting => {}
             // A leader exists, so the pool does: catch up before voting.
-            CatchUp::Unknown => *catch_up = CatchUp::Behind { target: Some(index) },
+            CatchUp::Unknown => {
+                *catch_up = CatchUp::Behind {
+                    target: Some(index),
+                }
+            }
             CatchUp::Behind { target } => {
                 *catch_up = CatchUp::Behind {
                     target: Some(target.map_or(index, |t| t.max(index))),
