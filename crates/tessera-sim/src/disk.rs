@@ -257,11 +257,13 @@ mod tests {
         assert_eq!(keys(&db), ["synced", "unsynced"]);
         disk.crash();
         // The dead process can no longer make anything durable.
-        let late = (|| -> Result<(), redb::Error> {
-            let txn = db.begin_write()?;
-            txn.open_table(T)?.insert("late", 1)?;
-            txn.commit()?;
-            Ok(())
+        let late = (|| -> Result<(), String> {
+            let txn = db.begin_write().map_err(|e| e.to_string())?;
+            txn.open_table(T)
+                .map_err(|e| e.to_string())?
+                .insert("late", 1)
+                .map_err(|e| e.to_string())?;
+            txn.commit().map_err(|e| e.to_string())
         })();
         assert!(late.is_err(), "a crashed process committed");
         drop(db);

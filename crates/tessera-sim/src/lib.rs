@@ -216,7 +216,7 @@ fn desired(episodes: &[Episode], hosts: usize, now: Duration) -> World {
             }
             Fault::Flap { a, b, period } => {
                 let phase = (now - episode.start).as_millis() / period.as_millis().max(1);
-                if phase % 2 == 0 {
+                if phase.is_multiple_of(2) {
                     world.cut.insert((*a, *b));
                     world.cut.insert((*b, *a));
                 }

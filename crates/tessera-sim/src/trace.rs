@@ -393,7 +393,7 @@ impl Trace {
             .filter(|(_, belief)| belief.start <= at && at < belief.stop());
         for (listed, (grant, belief)) in holding.enumerate() {
             if listed == LISTED_MAX {
-                out.push_str("…");
+                out.push('…');
                 break;
             }
             {

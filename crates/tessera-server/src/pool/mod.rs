@@ -398,21 +398,18 @@ impl Pool {
                 before_me = false;
                 continue;
             }
-            match self
+            if let Ok(hello) = self
                 .peers
                 .get::<PeerHello>(&server.address, "/v1/peer/hello")
                 .await
             {
-                Ok(hello) => {
-                    *history.get_or_insert(false) |= hello.installed_sequence.is_some();
-                    if hello.initialized {
-                        formed = true;
-                    } else {
-                        fresh += 1;
-                        higher_priority_fresh |= before_me;
-                    }
+                *history.get_or_insert(false) |= hello.installed_sequence.is_some();
+                if hello.initialized {
+                    formed = true;
+                } else {
+                    fresh += 1;
+                    higher_priority_fresh |= before_me;
                 }
-                Err(_) => {}
             }
         }
         let survey = if formed {
