@@ -74,6 +74,8 @@ pub struct Mutations {
     /// (three report intervals), without waiting for its quota lease and
     /// its clients' leases to lapse.
     pub reassign_without_wait: bool,
+    /// Let a server that lost its Raft log vote before it has caught up.
+    pub vote_while_catching_up: bool,
 }
 
 /// Makes grant ids.

@@ -63,6 +63,8 @@ pub struct Options {
     pub admin: bool,
     /// Deliberate bugs, to show the checkers catch them.
     pub mutations: Mutations,
+    /// A fault schedule to run instead of the seed's own.
+    pub plan: Option<Vec<Episode>>,
 }
 
 impl Default for Options {
@@ -77,6 +79,7 @@ impl Default for Options {
             faults: true,
             admin: true,
             mutations: Mutations::default(),
+            plan: None,
         }
     }
 }
@@ -290,7 +293,9 @@ fn run_here(seed: u64, options: &Options) -> Report {
     let client_hosts: Vec<String> = (1..=options.client_hosts)
         .map(|i| format!("client-{i}"))
         .collect();
-    let episodes = if options.faults {
+    let episodes = if let Some(plan) = &options.plan {
+        plan.clone()
+    } else if options.faults {
         plan::draw(
             &mut rng,
             servers,

@@ -51,7 +51,8 @@ struct Args {
     /// Run without faults.
     #[arg(long)]
     no_faults: bool,
-    /// Deliberately break the server: issue-without-quorum or reassign-without-wait.
+    /// Deliberately break the server: issue-without-quorum, reassign-without-wait
+    /// or vote-while-catching-up.
     #[arg(long)]
     mutation: Option<String>,
     /// Start no new seed after this many minutes (a soak with a time budget).
@@ -121,9 +122,13 @@ fn mutations(name: Option<&str>) -> Result<Mutations> {
             reassign_without_wait: true,
             ..Mutations::default()
         },
+        Some("vote-while-catching-up") => Mutations {
+            vote_while_catching_up: true,
+            ..Mutations::default()
+        },
         Some(other) => bail!(
-            "unknown mutation `{other}`; the mutations are issue-without-quorum and \
-             reassign-without-wait"
+            "unknown mutation `{other}`; the mutations are issue-without-quorum, \
+             reassign-without-wait and vote-while-catching-up"
         ),
     })
 }

@@ -2,7 +2,10 @@
 //! every checker on, the replay guarantee, and the two deliberate bugs the
 //! checkers must catch. The long soak is `tessera-sim --seeds N` (README).
 
+use std::time::Duration;
+
 use tessera_server::seams::Mutations;
+use tessera_sim::plan::{Episode, Fault};
 use tessera_sim::{run, Options, Report};
 
 /// Seeds per batch test; two batch tests run side by side.
@@ -96,4 +99,74 @@ fn reassigning_without_the_safe_wait_is_caught() {
         ..Mutations::default()
     });
     println!("reassign_without_wait caught after {seeds} seeds");
+}
+
+/// ARCHITECTURE.md, timeline 5: C falls behind while A (the leader) and B
+/// commit; then B loses its disk and A crashes; C and the new B are alone.
+/// Only B's vote could make C leader, and C lacks entries A and B committed.
+fn lost_disk_plan() -> Vec<Episode> {
+    let at = Duration::from_millis;
+    vec![
+        Episode {
+            start: at(3_000),
+            length: at(4_000),
+            fault: Fault::Partition { side: vec![2] },
+        },
+        Episode {
+            start: at(6_000),
+            length: at(6_000),
+            fault: Fault::Crash {
+                server: 0,
+                wipe: false,
+            },
+        },
+        Episode {
+            start: at(6_000),
+            length: at(1_000),
+            fault: Fault::Crash {
+                server: 1,
+                wipe: true,
+            },
+        },
+    ]
+}
+
+fn lost_disk_options(mutations: Mutations) -> Options {
+    Options {
+        servers: 3..=3,
+        plan: Some(lost_disk_plan()),
+        mutations,
+        ..Options::default()
+    }
+}
+
+#[test]
+fn a_server_with_a_new_disk_waits_to_vote_until_it_has_caught_up() {
+    let report = run(11, &lost_disk_options(Mutations::default()));
+    assert!(
+        report.passed(),
+        "{}\nits last lines:\n{}",
+        report.explain(),
+        report.tail
+    );
+}
+
+#[test]
+fn voting_with_an_empty_log_is_caught() {
+    let report = run(
+        11,
+        &lost_disk_options(Mutations {
+            vote_while_catching_up: true,
+            ..Mutations::default()
+        }),
+    );
+    assert!(
+        report
+            .violations
+            .iter()
+            .any(|v| v.checker == "committed-state" || v.checker == "over-issue"),
+        "a server that lost its disk voted at once, and no checker noticed:\n{}",
+        report.explain()
+    );
+    println!("{}", report.explain());
 }

@@ -136,7 +136,7 @@ impl Pool {
         .validate()
         .map_err(|err| format!("pool timing: {err}"))?;
         let log_store = log_store::LogStore::open(data_dir, seams.disk.clone())?;
-        let catch_up = if log_store.is_empty() {
+        let catch_up = if log_store.is_empty() && !seams.mutations.vote_while_catching_up {
             CatchUp::Unknown
         } else {
             CatchUp::Voting
