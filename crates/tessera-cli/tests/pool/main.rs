@@ -134,7 +134,13 @@ async fn seed_worked_example_fig_5_to_11() {
 async fn leader_killed_under_200_clients() {
     let _serial = ONE_POOL_AT_A_TIME.lock().await;
     const CLIENTS: usize = 200;
-    const SEATS: u32 = 300;
+    // The killed leader's third of the seats stays with it for the safe wait
+    // (longer than the lease), so the survivors' two thirds must cover every
+    // client with some slack: a conversion the SDK gave up on while its
+    // server waited for borrowed seats still takes a seat until it lapses.
+    // With exactly 200 the last client to fail over was lost about one run
+    // in four.
+    const SEATS: u32 = 330;
     let mut pool = start_pool(PoolSpec {
         seats: SEATS,
         lease_s: 4,
@@ -169,7 +175,11 @@ async fn leader_killed_under_200_clients() {
     while !pending.is_empty() {
         assert!(
             Instant::now() < deadline,
-            "clients never moved: {pending:?}"
+            "clients never moved: {:?}",
+            pending
+                .iter()
+                .map(|&n| (n, seats[n].state()))
+                .collect::<Vec<_>>()
         );
         pending.retain(|&n| {
             if seats[n].server_id() != killed {
