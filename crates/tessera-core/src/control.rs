@@ -67,9 +67,40 @@ pub struct FeatureAllocation {
     pub requests: BTreeMap<u64, ReleaseRequest>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub moved: BTreeMap<String, MoveCounts>,
+    /// Per server: how many committed commands let it issue more than before
+    /// (its allocation less what it holds back grew). A donor's answer names
+    /// this count and applies only while it is unchanged: between the answer
+    /// and its commit the donor may have issued into the larger room, even if
+    /// allocation and target are back where they were (target 3, then 4,
+    /// then 3 again).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub loosened: BTreeMap<String, u64>,
 }
 
 impl FeatureAllocation {
+    /// Seats `server` may issue: its allocation less what it holds back.
+    pub fn room(&self, server: &str) -> u32 {
+        self.allocation_of(server)
+            .saturating_sub(self.reserved(server))
+    }
+
+    pub fn loosened_count(&self, server: &str) -> u64 {
+        self.loosened.get(server).copied().unwrap_or(0)
+    }
+
+    /// Counts, for every server whose room grew from `before`, one loosening.
+    fn count_loosenings(&mut self, before: &FeatureAllocation) {
+        let grown: Vec<String> = self
+            .servers
+            .keys()
+            .filter(|s| self.room(s) > before.room(s))
+            .cloned()
+            .collect();
+        for server in grown {
+            *self.loosened.entry(server).or_default() += 1;
+        }
+    }
+
     pub fn check_invariants(&self, feature: &str) -> Result<(), String> {
         let total: u64 = self.servers.values().map(|&n| u64::from(n)).sum::<u64>()
             + self.parked.values().map(|&n| u64::from(n)).sum::<u64>()
@@ -150,6 +181,7 @@ impl FeatureAllocation {
                 request_id,
                 seats,
                 allocation_before: allocation,
+                loosened_before: self.loosened_count(server),
             });
         }
         if let Some(&target) = self.targets.get(server) {
@@ -161,6 +193,7 @@ impl FeatureAllocation {
                     seats,
                     allocation_before: allocation,
                     target_before: target,
+                    loosened_before: self.loosened_count(server),
                 });
             }
         }
@@ -266,17 +299,23 @@ pub enum ControlCommand {
         request_id: u64,
         seats: u32,
         allocation_before: u32,
+        /// [`FeatureAllocation::loosened_count`] of the donor when it answered.
+        #[serde(default)]
+        loosened_before: u64,
     },
     /// Close a request nobody answered.
     CancelRelease { feature: String, request_id: u64 },
     /// A server above its target gives `seats` back to the free pool.
-    /// Applied only while its allocation and target are unchanged.
+    /// Applied only while its allocation, target and loosening count are
+    /// unchanged.
     Drain {
         feature: String,
         server: String,
         seats: u32,
         allocation_before: u32,
         target_before: u32,
+        #[serde(default)]
+        loosened_before: u64,
     },
 }
 
@@ -360,7 +399,13 @@ impl ControlState {
                 request_id,
                 seats,
                 allocation_before,
-            } => self.release(feature, *request_id, *seats, *allocation_before),
+                loosened_before,
+            } => self.release(
+                feature,
+                *request_id,
+                *seats,
+                (*allocation_before, *loosened_before),
+            ),
             ControlCommand::CancelRelease {
                 feature,
                 request_id,
@@ -376,7 +421,13 @@ impl ControlState {
                 seats,
                 allocation_before,
                 target_before,
-            } => self.drain(feature, server, *seats, *allocation_before, *target_before),
+                loosened_before,
+            } => self.drain(
+                feature,
+                server,
+                *seats,
+                (*allocation_before, *target_before, *loosened_before),
+            ),
         };
         // Every committed state keeps each feature's seats; a command that
         // would not is refused whole (a bug, caught in debug builds).
@@ -389,6 +440,13 @@ impl ControlState {
             }
             Ok(outcome)
         });
+        if result.is_ok() {
+            for (feature, allocation) in self.allocations.iter_mut() {
+                if let Some(previous) = before.get(feature) {
+                    allocation.count_loosenings(previous);
+                }
+            }
+        }
         match result {
             Ok(outcome) => outcome,
             Err(reason) => {
@@ -496,7 +554,7 @@ impl ControlState {
         feature: &str,
         request_id: u64,
         seats: u32,
-        allocation_before: u32,
+        (allocation_before, loosened_before): (u32, u64),
     ) -> Result<ControlOutcome, String> {
         let order = self.servers_in_order();
         let a = self.feature_mut(feature)?;
@@ -508,6 +566,12 @@ impl ControlState {
             return Err(format!(
                 "the allocation of `{}` changed from {allocation_before} to {allocation}; \
                  answer again",
+                request.donor
+            ));
+        }
+        if a.loosened_count(&request.donor) != loosened_before {
+            return Err(format!(
+                "`{}` may have issued more seats since it answered; answer again",
                 request.donor
             ));
         }
@@ -530,8 +594,7 @@ impl ControlState {
         feature: &str,
         server: &str,
         seats: u32,
-        allocation_before: u32,
-        target_before: u32,
+        (allocation_before, target_before, loosened_before): (u32, u32, u64),
     ) -> Result<ControlOutcome, String> {
         let order = self.servers_in_order();
         let a = self.feature_mut(feature)?;
@@ -539,9 +602,13 @@ impl ControlState {
         let Some(&target) = a.targets.get(server) else {
             return Err(format!("server `{server}` has no target for `{feature}`"));
         };
-        if allocation != allocation_before || target != target_before {
+        if allocation != allocation_before
+            || target != target_before
+            || a.loosened_count(server) != loosened_before
+        {
             return Err(format!(
-                "the allocation or target of `{server}` changed; drain again"
+                "the allocation or target of `{server}` changed, or it may have issued more \
+                 seats since it answered; drain again"
             ));
         }
         if seats == 0 || seats > allocation.saturating_sub(target) {
@@ -669,6 +736,7 @@ fn carried_over(
             .map(|(&id, r)| (id, r.clone()))
             .collect(),
         moved: current.moved.clone(),
+        loosened: current.loosened.clone(),
     };
     for server in servers {
         let kept = current.servers.get(server).copied().unwrap_or(0);
@@ -1024,7 +1092,8 @@ mod tests {
                 feature: "app".into(),
                 request_id,
                 seats: 4,
-                allocation_before: 30
+                allocation_before: 30,
+                loosened_before: 0,
             }]
         );
         let too_many = ControlCommand::Release {
@@ -1032,6 +1101,7 @@ mod tests {
             request_id,
             seats: 11,
             allocation_before: 30,
+            loosened_before: 0,
         };
         assert!(matches!(
             state.apply(&too_many),
@@ -1042,6 +1112,7 @@ mod tests {
             request_id,
             seats: 4,
             allocation_before: 31,
+            loosened_before: 0,
         };
         assert!(matches!(
             state.apply(&stale),
@@ -1141,6 +1212,42 @@ mod tests {
             alloc(&state, "app"),
             (pairs(&[("A", 20), ("B", 40), ("C", 40)]), 0, vec![])
         );
+    }
+
+    #[test]
+    fn a_drain_is_refused_once_the_target_rose_and_fell_again_since_the_answer() {
+        // The proptest case that found it: B answers with 2 in use against a
+        // target of 3; the target rises to 4 (B issues 2 more), then falls to
+        // 3. Allocation and target are as they were, but B holds 4.
+        let mut state = three_servers("[distribution.app]\nA = 30\nB = 30\nC = 30\n");
+        let distribute = |state: &mut ControlState, sequence: u64, b: u32| {
+            state.apply(&ControlCommand::InstallPoolFile {
+                text: pool_text(
+                    sequence,
+                    &["A", "B", "C"],
+                    &[("c1", "app", 100)],
+                    &format!("[distribution.app]\nA = 0\nB = {b}\n"),
+                ),
+            })
+        };
+        assert!(matches!(
+            distribute(&mut state, 2, 3),
+            ControlOutcome::Installed { .. }
+        ));
+        let stale = state.allocation("app").unwrap().answers("app", "B", 2);
+        assert_eq!(stale.len(), 1);
+        distribute(&mut state, 3, 4);
+        distribute(&mut state, 4, 3);
+        let app = state.allocation("app").unwrap();
+        assert_eq!((app.allocation_of("B"), app.targets["B"]), (30, 3));
+        assert!(
+            matches!(state.apply(&stale[0]), ControlOutcome::Refused { .. }),
+            "a drain computed before the target rose applied"
+        );
+        // Answered again, with the 4 seats B now holds, it gives 26.
+        let fresh = state.allocation("app").unwrap().answers("app", "B", 4);
+        assert_eq!(state.apply(&fresh[0]), ControlOutcome::Moved { seats: 26 });
+        assert_eq!(state.allocation("app").unwrap().allocation_of("B"), 4);
     }
 
     mod model {
