@@ -249,41 +249,62 @@ fn desired(episodes: &[Episode], hosts: usize, now: Duration) -> World {
 }
 
 /// Runs seed `seed` to the end and judges it, on a thread of its own. A
-/// panic of the simulation itself (turmoil, or code it drives outside any
-/// task) is reported as a violation of checker `simulator`.
+/// panic anywhere in the run (an assertion of the server, of openraft, or
+/// of the simulator) ends it and is reported as a violation of checker
+/// `panic`, with the first panic's message and place.
 pub fn run(seed: u64, options: &Options) -> Report {
+    static HOOK: std::sync::Once = std::sync::Once::new();
+    HOOK.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            FIRST_PANIC.with(|first| {
+                first.borrow_mut().get_or_insert_with(|| info.to_string());
+            });
+            previous(info);
+        }));
+    });
     let options = options.clone();
-    let outcome = std::thread::Builder::new()
+    std::thread::Builder::new()
         .name(format!("sim-{seed}"))
-        .spawn(move || run_here(seed, &options))
+        .spawn(move || {
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run_here(seed, &options)))
+                .unwrap_or_else(|_| {
+                    let what = FIRST_PANIC
+                        .with(|first| first.borrow_mut().take())
+                        .unwrap_or_else(|| "a panic without a message".into());
+                    panicked(seed, what)
+                })
+        })
         .expect("a thread for the run")
-        .join();
-    outcome.unwrap_or_else(|panic| {
-        let what = panic
-            .downcast_ref::<String>()
-            .cloned()
-            .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-            .unwrap_or_else(|| "a panic without a message".into());
-        Report {
-            seed,
-            servers: 0,
-            hard_limit: 0,
-            hard_limit_final: 0,
-            programs: 0,
-            schedule: Vec::new(),
-            counts: Counts::default(),
-            peak_seats: 0,
-            violations: vec![Violation {
-                at: Duration::ZERO,
-                checker: "simulator",
-                what: format!("the simulation panicked: {what}"),
-            }],
-            digest: String::new(),
-            simulated: Duration::ZERO,
-            tail: String::new(),
-            story: Vec::new(),
-        }
-    })
+        .join()
+        .unwrap_or_else(|_| panicked(seed, "the run's thread died".into()))
+}
+
+thread_local! {
+    /// The first panic on this thread: later ones are its consequences.
+    static FIRST_PANIC: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
+}
+
+fn panicked(seed: u64, what: String) -> Report {
+    Report {
+        seed,
+        servers: 0,
+        hard_limit: 0,
+        hard_limit_final: 0,
+        programs: 0,
+        schedule: Vec::new(),
+        counts: Counts::default(),
+        peak_seats: 0,
+        violations: vec![Violation {
+            at: Duration::ZERO,
+            checker: "panic",
+            what: format!("the run stopped on a panic: {what}"),
+        }],
+        digest: String::new(),
+        simulated: Duration::ZERO,
+        tail: String::new(),
+        story: Vec::new(),
+    }
 }
 
 fn run_here(seed: u64, options: &Options) -> Report {
