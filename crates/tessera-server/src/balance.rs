@@ -22,7 +22,7 @@ use std::time::Duration;
 use tessera_core::{BorrowSource, ControlCommand, ControlOutcome};
 use tessera_proto::{BorrowAnswer, BorrowAsk, ErrorCode};
 
-use crate::issuer::{IssueError, Issuer};
+use crate::issuer::{IssueError, Issuer, IssuingState};
 use crate::pool::network::{PeerError, PEER_TIMEOUT};
 use crate::App;
 
@@ -415,7 +415,20 @@ pub(crate) fn spawn_answer_loop(app: Arc<App>) -> tokio::task::JoinHandle<()> {
                 if !addressed {
                     continue;
                 }
-                let in_use = app.issuer().usage(feature).map_or(0, |(_, n)| n);
+                let (in_use, grace) = {
+                    let issuer = app.issuer();
+                    let in_use = issuer.usage(feature).map_or(0, |(_, n)| n);
+                    let grace = matches!(issuer.state(now_ms), IssuingState::Grace { .. });
+                    (in_use, grace)
+                };
+                // In its grace period a server does not know the seats its
+                // clients hold from before it lost its store: every seat of
+                // its allocation may be held, so it gives none away.
+                let in_use = if grace {
+                    allocation.allocation_of(&me).max(in_use)
+                } else {
+                    in_use
+                };
                 answers.extend(allocation.answers(feature, &me, in_use));
             }
             sent.retain(|_, at| now_ms.saturating_sub(*at) < ANSWER_RESEND_MS);

@@ -61,7 +61,7 @@ struct Args {
     /// Stop at the first failing seed.
     #[arg(long)]
     stop_on_failure: bool,
-    /// Print the run's story (with --seed).
+    /// Print the run's whole story (with --seed).
     #[arg(long)]
     verbose: bool,
     /// Log the servers' own tracing output (TESSERA_LOG filter syntax).
@@ -102,7 +102,9 @@ fn real_main() -> Result<i32> {
     if let Some(seed) = args.seed {
         let report = run(seed, &options);
         if args.verbose {
-            print!("{}", report.tail);
+            for line in &report.story {
+                println!("{line}");
+            }
         }
         print_one(&report);
         return Ok(if report.passed() { 0 } else { 1 });

@@ -235,7 +235,9 @@ impl Trace {
     pub fn server_crashed(&mut self, server: &str, wiped: bool) {
         let now = true_now();
         if wiped {
+            // What it answered before is gone with the disk, by design.
             self.expected_restore.remove(server);
+            self.acks.retain(|(_, at), _| at != server);
             return;
         }
         let expected: BTreeSet<String> = self
@@ -386,7 +388,14 @@ impl Trace {
 
     fn holders_at(&self, at: Duration) -> String {
         const LISTED_MAX: usize = 12;
-        let mut out = String::new();
+        let mut per_server: BTreeMap<&str, u32> = BTreeMap::new();
+        for (grant, belief) in &self.beliefs {
+            if belief.start <= at && at < belief.stop() {
+                let server = self.holder.get(grant).map_or("?", String::as_str);
+                *per_server.entry(server).or_default() += belief.count;
+            }
+        }
+        let mut out = format!("seats by the server that last answered: {per_server:?}; ");
         let holding = self
             .beliefs
             .iter()

@@ -174,3 +174,23 @@ fn voting_with_an_empty_log_is_caught() {
     );
     println!("{}", report.explain());
 }
+
+/// Seed 1806 of the first soak: B loses its disk while three of its clients
+/// still hold seats; back in its grace period it knew of no grant and gave
+/// its whole allocation away by consent, and A issued those seats again
+/// (31 to 33 believed against 30). A server in grace now gives none away.
+#[test]
+fn a_server_in_its_grace_period_gives_no_seats_away() {
+    let options = Options {
+        servers: 3..=7,
+        seats_per_server: 3..=25,
+        ..Options::default()
+    };
+    let report = run(1806, &options);
+    assert!(
+        report.passed(),
+        "{}\nits last lines:\n{}",
+        report.explain(),
+        report.tail
+    );
+}
