@@ -22,7 +22,7 @@ use std::time::Duration;
 use tessera_core::{BorrowSource, ControlCommand, ControlOutcome};
 use tessera_proto::{BorrowAnswer, BorrowAsk, ErrorCode};
 
-use crate::issuer::{IssueError, Issuer, IssuingState};
+use crate::issuer::{IssueError, Issuer};
 use crate::pool::network::{PeerError, PEER_TIMEOUT};
 use crate::App;
 
@@ -418,7 +418,7 @@ pub(crate) fn spawn_answer_loop(app: Arc<App>) -> tokio::task::JoinHandle<()> {
                 let (in_use, grace) = {
                     let issuer = app.issuer();
                     let in_use = issuer.usage(feature).map_or(0, |(_, n)| n);
-                    let grace = matches!(issuer.state(now_ms), IssuingState::Grace { .. });
+                    let grace = issuer.in_grace(now_ms);
                     (in_use, grace)
                 };
                 // In its grace period a server does not know the seats its

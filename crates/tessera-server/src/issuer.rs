@@ -728,6 +728,14 @@ impl Issuer {
     }
 
     /// Starts the grace period of a server that lost its store.
+    /// Whether the grace period of a server that lost its store still runs,
+    /// whatever the quota says: until it ends, the seats clients hold from
+    /// before are unknown.
+    pub fn in_grace(&self, now_ms: u64) -> bool {
+        self.grace_until_ms
+            .is_some_and(|until_ms| now_ms < until_ms)
+    }
+
     pub fn set_grace_until(&mut self, until_ms: Option<u64>) {
         self.grace_until_ms = until_ms;
     }
