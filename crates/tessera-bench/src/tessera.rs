@@ -424,6 +424,7 @@ impl Session for TesseraSession {
             feature: self.feature.into(),
             version: "1.0".into(),
             count: 1,
+            answer_within_ms: None,
         };
         match self.post::<_, proto::Grant>(CHECKOUT_PATH, &body).await {
             Ok(grant) => Ok(Checkout::Granted(TesseraHold {
@@ -455,6 +456,8 @@ impl Session for TesseraSession {
             feature: self.feature.into(),
             version: "1.0".into(),
             count: 1,
+            answer_within_ms: None,
+            renewal: 0,
         };
         self.post::<_, proto::Grant>(HEARTBEAT_PATH, &body)
             .await
@@ -520,6 +523,7 @@ impl NoopSession {
             feature: FEATURE.into(),
             version: "1.0".into(),
             count: 1,
+            answer_within_ms: None,
         };
         self.0
             .post::<_, proto::Grant>(NOOP_PATH, &body)

@@ -94,6 +94,8 @@ impl Client {
             feature: feature.to_string(),
             version: version.to_string(),
             count,
+            // The server answers within our wait, a denial included.
+            answer_within_ms: Some(crate::guard::wait_ms(config.request_timeout)),
         };
         let mut failures = Vec::new();
         for address in &config.servers {

@@ -66,6 +66,9 @@ struct Seat {
     request: CheckoutRequest,
     holding: Mutex<Holding>,
     events: watch::Sender<SeatState>,
+    /// Heartbeats sent so far, on any server: each carries the next number,
+    /// so the pool can tell the newest copy of the grant from stale ones.
+    renewals: std::sync::atomic::AtomicU64,
 }
 
 struct Holding {
@@ -101,6 +104,7 @@ impl SeatGuard {
             request,
             holding: Mutex::new(holding),
             events,
+            renewals: std::sync::atomic::AtomicU64::new(0),
         });
         let (stop, stop_receiver) = watch::channel(false);
         let heartbeat_task = tokio::spawn(keep_alive(client.clone(), seat.clone(), stop_receiver));
@@ -264,6 +268,12 @@ impl Seat {
         });
     }
 
+    fn next_renewal(&self) -> u64 {
+        self.renewals
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            + 1
+    }
+
     fn lose(&self, reason: String) {
         tracing::warn!(feature = %self.request.feature, %reason, "seat lost");
         self.lock().lost_reason = Some(reason.clone());
@@ -376,6 +386,13 @@ async fn renew_round(
         // it are still asked before the seat expires.
         let share = (valid_until - send_instant) / (servers - tried) as u32;
         let give_up_at = (send_instant + share.max(ATTEMPT_MIN)).min(valid_until);
+        let request = HeartbeatRequest {
+            renewal: seat.next_renewal(),
+            answer_within_ms: Some(wait_ms(
+                (give_up_at - send_instant).min(client.config().request_timeout),
+            )),
+            ..request.clone()
+        };
         let answer: Result<Grant, Failure> = tokio::select! {
             biased;
             answer = http::post_json(client, &address, "/heartbeat", &request) => answer,
@@ -422,7 +439,14 @@ fn heartbeat_request(checkout: &CheckoutRequest, grant: &Grant) -> HeartbeatRequ
         feature: checkout.feature.clone(),
         version: checkout.version.clone(),
         count: checkout.count,
+        answer_within_ms: None,
+        renewal: 0,
     }
+}
+
+/// A wait as the protocol's `answer_within_ms`.
+pub(crate) fn wait_ms(wait: Duration) -> u32 {
+    u32::try_from(wait.as_millis()).unwrap_or(u32::MAX)
 }
 
 /// The expiry may cut a round short: the servers it did not reach answered

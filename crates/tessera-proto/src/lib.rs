@@ -29,6 +29,12 @@ pub struct CheckoutRequest {
     /// Version of the program asking; must fall inside a served code's range.
     pub version: String,
     pub count: u32,
+    /// How long the client waits for this answer, in ms. The server answers
+    /// well inside it: a wait for borrowed seats ends early enough to deny in
+    /// time, and a grant that could only be made after it is not made.
+    /// Absent: the server's own `borrow_wait_ms` bounds the wait.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub answer_within_ms: Option<u32>,
 }
 
 /// `POST /v1/heartbeat`: renew a grant. It carries everything a checkout does,
@@ -44,6 +50,19 @@ pub struct HeartbeatRequest {
     pub feature: String,
     pub version: String,
     pub count: u32,
+    /// As in [`CheckoutRequest::answer_within_ms`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub answer_within_ms: Option<u32>,
+    /// The SDK's count of heartbeats sent for this seat, rising with every
+    /// attempt on any server. The server holding the newest renewal of a
+    /// grant tells the pool, and every other server drops its older copy
+    /// (see [`SupersededGrant`]). 0: not counted (an older SDK).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub renewal: u64,
+}
+
+fn is_zero(value: &u64) -> bool {
+    *value == 0
 }
 
 impl HeartbeatRequest {
@@ -56,6 +75,7 @@ impl HeartbeatRequest {
             feature: self.feature.clone(),
             version: self.version.clone(),
             count: self.count,
+            answer_within_ms: self.answer_within_ms,
         }
     }
 }
@@ -425,6 +445,11 @@ pub struct BorrowAsk {
     /// only seats beyond what keeps them under their own threshold.
     #[serde(default)]
     pub ahead: bool,
+    /// Seats without which the request that asks fails (at most `seats`;
+    /// `seats` may add a batch). When the pool cannot give this many now,
+    /// the leader moves nothing and answers at once. 0: `seats`.
+    #[serde(default)]
+    pub needed: u32,
 }
 
 /// The leader's answer: seats moved at once, and seats asked of live servers.
@@ -436,6 +461,12 @@ pub struct BorrowAnswer {
     /// worth waiting for.
     #[serde(default)]
     pub pending: u32,
+    /// Seats the leader sees free across the pool for this server now: its
+    /// own spare as last reported, the free pool, the seats of silent
+    /// servers it may reassign and the spare of the live ones. A borrower
+    /// that cannot be helped is told this number instead of waiting.
+    #[serde(default)]
+    pub pool_available: Option<u32>,
 }
 
 /// `POST /v1/admin/distribution`: a new distribution of one feature.
@@ -493,6 +524,31 @@ pub struct PeerReport {
     pub server_id: String,
     /// Seats in use per feature.
     pub in_use: std::collections::BTreeMap<String, u32>,
+    /// Grants this server checked in, or renewed after another server had
+    /// (a fail-over conversion, a fail-back): the leader passes them to
+    /// every other server, which drops its stale copy. At most
+    /// [`SUPERSEDED_PER_MESSAGE_MAX`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub superseded: Vec<SupersededGrant>,
+}
+
+/// Most [`SupersededGrant`]s in one report or acknowledgement; the rest wait
+/// for the next one, keeping both well under [`MAX_BODY_BYTES`].
+pub const SUPERSEDED_PER_MESSAGE_MAX: usize = 400;
+
+/// A grant whose copies on other servers are stale: a copy renewed for the
+/// last time before heartbeat `renewal` is dropped; [`SupersededGrant::CHECKED_IN`]
+/// drops every copy.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SupersededGrant {
+    pub grant_id: String,
+    pub renewal: u64,
+}
+
+impl SupersededGrant {
+    /// The grant was checked in: no copy of it is needed anywhere.
+    pub const CHECKED_IN: u64 = u64::MAX;
 }
 
 /// The leader's acknowledgement of a report.
@@ -503,4 +559,8 @@ pub struct PeerReportAck {
     pub applied_index_required: u64,
     /// Every server of the pool as the leader sees it.
     pub servers: Vec<PeerStatus>,
+    /// Stale copies to drop: what other servers reported superseded since
+    /// this server's last report.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub superseded: Vec<SupersededGrant>,
 }

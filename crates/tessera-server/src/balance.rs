@@ -32,6 +32,39 @@ const ANSWER_INTERVAL: Duration = Duration::from_millis(200);
 const BORROW_AHEAD_PAUSE: Duration = Duration::from_secs(1);
 /// An answer not applied within this is sent again.
 const ANSWER_RESEND_MS: u64 = 1_000;
+/// The least time kept between the end of a wait for seats and the moment
+/// the client stops waiting: for the store's write and the way back.
+const ANSWER_MARGIN_MS_MIN: u64 = 50;
+
+/// How a wait for borrowed seats ended.
+enum Wait {
+    /// This server can issue the seats now.
+    Ready,
+    /// It cannot, within the wait; `pool_available` is what the pool could
+    /// give now (this server's spare included), where the leader said.
+    Short { pool_available: Option<u32> },
+}
+
+/// The issuer's denial, told with what the pool as a whole could give.
+fn short_of_seats(
+    denial: IssueError,
+    feature: &str,
+    count: u32,
+    pool_available: Option<u32>,
+    here: u32,
+) -> IssueError {
+    let message = match pool_available {
+        Some(seats) if seats < count => format!(
+            "{count} seats of `{feature}` requested; the pool can give {seats} now, {here} of \
+             them on this server"
+        ),
+        _ => format!(
+            "{}; the other servers could not free enough in time",
+            denial.message
+        ),
+    };
+    IssueError::new(denial.code, message)
+}
 
 impl App {
     /// The borrowing threshold (percent) and batch of `feature` on this
@@ -76,22 +109,50 @@ impl App {
         base + base * drift / 100 + self.timing.quota_report_interval_ms
     }
 
+    /// How long a checkout or conversion may wait for borrowed seats: at
+    /// most `borrow_wait_ms`, and short enough that the answer, a grant or a
+    /// denial, reaches the client well before it stops waiting
+    /// (`answer_within_ms` of the request).
+    pub(crate) fn seat_wait(&self, answer_within_ms: Option<u32>) -> Duration {
+        let configured_ms = self.timing.borrow_wait_ms;
+        let wait_ms = match answer_within_ms {
+            None => configured_ms,
+            Some(within_ms) => {
+                let within_ms = u64::from(within_ms);
+                let margin_ms = (within_ms / 4).max(ANSWER_MARGIN_MS_MIN);
+                configured_ms.min(within_ms.saturating_sub(margin_ms))
+            }
+        };
+        Duration::from_millis(wait_ms)
+    }
+
     /// After a checkout or conversion: when the issuer was short of seats,
-    /// borrow and try once more; when the grant lifted use above the
-    /// threshold, borrow a batch in the background.
+    /// borrow (waiting at most `wait`) and try once more; when the grant
+    /// lifted use above the threshold, borrow a batch in the background.
     pub(crate) async fn with_borrowing<T>(
         self: &Arc<Self>,
         feature: &str,
         count: u32,
+        wait: Duration,
         mut attempt: impl FnMut(&App) -> Result<T, IssueError>,
     ) -> Result<T, IssueError> {
         match attempt(self) {
             Err(err) if err.code == ErrorCode::NoSeatsAvailable && self.could_borrow(feature) => {
-                if self.borrow_for(feature, count).await {
-                    attempt(self)
-                } else {
-                    Err(err)
-                }
+                let wait = self.borrow_for(feature, count, wait).await;
+                // Once more either way: seats may have come at the last moment,
+                // and a denial should tell the seats as they are now.
+                attempt(self).map_err(|err| match wait {
+                    Wait::Short { pool_available } if err.code == ErrorCode::NoSeatsAvailable => {
+                        short_of_seats(
+                            err,
+                            feature,
+                            count,
+                            pool_available,
+                            self.issuer().available(feature),
+                        )
+                    }
+                    _ => err,
+                })
             }
             Ok(done) => {
                 self.borrow_ahead(feature);
@@ -112,43 +173,59 @@ impl App {
         issuer.usage(feature).is_some() && !has_target
     }
 
-    /// Asks for enough seats for `count`, then waits (bounded) until this
-    /// server can issue them. One borrower per feature at a time; the others
-    /// wait for its seats.
-    async fn borrow_for(self: &Arc<Self>, feature: &str, count: u32) -> bool {
-        let wait = Duration::from_millis(self.timing.borrow_wait_ms);
+    /// Asks for enough seats for `count`, then waits, at most `wait`, until
+    /// this server can issue them: woken by every change of its seats (a
+    /// control state taken, a check-in, a lapse), not by polling. One
+    /// borrower per feature at a time; the others wait for its seats. When
+    /// the leader says the pool cannot give them now, it stops at once.
+    async fn borrow_for(self: &Arc<Self>, feature: &str, count: u32, wait: Duration) -> Wait {
         let deadline = tokio::time::Instant::now() + wait;
+        let unknown = Wait::Short {
+            pool_available: None,
+        };
+        // Subscribed before any look at the seats, so no change is missed.
+        let mut seats_changed = self.seats_changed.subscribe();
         let lock = self.borrow_lock(feature);
         let Ok(_turn) = tokio::time::timeout_at(deadline, lock.lock()).await else {
-            return false;
+            return unknown;
         };
         let (_, batch) = self.borrow_policy(feature);
         let available = self.issuer().available(feature);
         if available >= count {
-            return true;
+            return Wait::Ready;
         }
-        let ask = (count - available).max(batch);
-        match tokio::time::timeout_at(deadline, self.borrow(feature, ask, false)).await {
-            // Seats moved, asked for, or already on their way: wait for them.
-            Ok(Ok(answer)) if answer.moved + answer.requested + answer.pending > 0 => {}
-            Ok(Ok(_)) => return false,
+        let needed = count - available;
+        let ask = needed.max(batch);
+        match tokio::time::timeout_at(deadline, self.borrow(feature, ask, needed, false)).await {
+            Ok(Ok(answer)) => {
+                let coming = answer.moved + answer.requested + answer.pending;
+                // Nothing on its way, or not enough anywhere: deny now, not
+                // at the end of the wait.
+                let pool_short = answer.pool_available.is_some_and(|seats| seats < needed);
+                if coming == 0 || pool_short {
+                    return Wait::Short {
+                        pool_available: answer.pool_available.map(|seats| seats + available),
+                    };
+                }
+            }
             Ok(Err(err)) => {
                 tracing::info!("borrowing {ask} seats of `{feature}`: {err}");
-                return false;
+                return unknown;
             }
-            Err(_) => return false,
+            Err(_) => return unknown,
         }
-        let mut applied = self.pool.applied.clone();
         loop {
             if self.issuer().available(feature) >= count {
-                return true;
+                return Wait::Ready;
             }
-            let changed = tokio::time::timeout_at(deadline, applied.changed()).await;
+            let changed = tokio::time::timeout_at(deadline, seats_changed.changed()).await;
             if !matches!(changed, Ok(Ok(()))) {
-                return self.issuer().available(feature) >= count;
+                return if self.issuer().available(feature) >= count {
+                    Wait::Ready
+                } else {
+                    unknown
+                };
             }
-            // The issuer takes the new state right after it is applied.
-            tokio::time::sleep(Duration::from_millis(2)).await;
         }
     }
 
@@ -189,7 +266,7 @@ impl App {
         let feature = feature.to_string();
         tokio::spawn(async move {
             let _turn = turn;
-            let found = match app.borrow(&feature, batch, true).await {
+            let found = match app.borrow(&feature, batch, batch, true).await {
                 Ok(answer) => answer.moved + answer.requested > 0,
                 Err(err) => {
                     tracing::debug!("borrowing ahead for `{feature}`: {err}");
@@ -207,11 +284,13 @@ impl App {
         });
     }
 
-    /// Asks the leader for `seats` of `feature` for this server.
+    /// Asks the leader for `seats` of `feature` for this server, of which
+    /// `needed` are needed now.
     pub async fn borrow(
         &self,
         feature: &str,
         seats: u32,
+        needed: u32,
         ahead: bool,
     ) -> Result<BorrowAnswer, IssueError> {
         let ask = BorrowAsk {
@@ -219,6 +298,7 @@ impl App {
             feature: feature.to_string(),
             seats,
             ahead,
+            needed,
         };
         let Some((leader_id, address)) = self.pool.leader() else {
             return Err(IssueError::new(ErrorCode::NoLeader, "no leader known"));
@@ -274,6 +354,7 @@ impl App {
             moved: 0,
             requested: 0,
             pending: u32::try_from(pending).unwrap_or(u32::MAX),
+            pool_available: None,
         };
         let mut sources: Vec<(BorrowSource, u32)> = Vec::new();
         sources.push((BorrowSource::FreePool, allocation.free_pool));
@@ -287,29 +368,6 @@ impl App {
             if server != &ask.server_id && server != &pool.server_id && seats > 0 && silent(server)
             {
                 sources.push((BorrowSource::DownServer(server.clone()), seats));
-            }
-        }
-        for (source, seats) in sources {
-            if wanted == 0 {
-                break;
-            }
-            if seats == 0 {
-                continue;
-            }
-            let command = ControlCommand::Borrow {
-                feature: ask.feature.clone(),
-                recipient: ask.server_id.clone(),
-                source: source.clone(),
-                seats: wanted.min(seats),
-            };
-            if let ControlOutcome::Moved { seats } = pool.commit(command).await? {
-                tracing::info!(
-                    "`{}` borrowed {seats} seats of `{}` from {source:?}",
-                    ask.server_id,
-                    ask.feature
-                );
-                wanted -= seats.min(wanted);
-                answer.moved += seats;
             }
         }
         // Live donors: the leader first, then the followers with the most spare.
@@ -359,16 +417,62 @@ impl App {
             }
         }
         donors.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+        let donor_spare = |rank: u32, donor: &str| {
+            if donor == pool.server_id {
+                leader_spare
+            } else {
+                rank
+            }
+        };
+        let obtainable = u64::from(answer.pending)
+            + sources
+                .iter()
+                .map(|(_, seats)| u64::from(*seats))
+                .sum::<u64>()
+            + donors
+                .iter()
+                .map(|(rank, donor)| u64::from(donor_spare(*rank, donor)))
+                .sum::<u64>();
+        let obtainable = u32::try_from(obtainable).unwrap_or(u32::MAX);
+        answer.pool_available = Some(obtainable);
+        let needed = if ask.needed == 0 {
+            ask.seats
+        } else {
+            ask.needed.min(ask.seats)
+        };
+        if !ask.ahead && obtainable < needed {
+            // The pool cannot meet the request now: moving part of it would
+            // only disturb other servers, and the asker denies at once.
+            return Ok(answer);
+        }
+        for (source, seats) in sources {
+            if wanted == 0 {
+                break;
+            }
+            if seats == 0 {
+                continue;
+            }
+            let command = ControlCommand::Borrow {
+                feature: ask.feature.clone(),
+                recipient: ask.server_id.clone(),
+                source: source.clone(),
+                seats: wanted.min(seats),
+            };
+            if let ControlOutcome::Moved { seats } = pool.commit(command).await? {
+                tracing::info!(
+                    "`{}` borrowed {seats} seats of `{}` from {source:?}",
+                    ask.server_id,
+                    ask.feature
+                );
+                wanted -= seats.min(wanted);
+                answer.moved += seats;
+            }
+        }
         for (rank, donor) in donors {
             if wanted == 0 {
                 break;
             }
-            let spare = if donor == pool.server_id {
-                leader_spare
-            } else {
-                rank
-            };
-            let seats = wanted.min(spare);
+            let seats = wanted.min(donor_spare(rank, &donor));
             if seats == 0 {
                 continue;
             }

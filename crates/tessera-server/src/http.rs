@@ -128,11 +128,13 @@ async fn checkout(
     State(app): State<Arc<App>>,
     JsonBody(body): JsonBody<CheckoutRequest>,
 ) -> Result<Json<proto::Grant>, ApiError> {
-    let request = seat_request(body)?;
+    let deadline = Deadline::from(&app, body.answer_within_ms);
+    let request = seat_request(body, 0)?;
     let grant_id = (app.grant_ids)();
     let (feature, count) = (request.feature.clone(), request.count);
+    let wait = app.seat_wait(deadline.answer_within_ms);
     let issued = app
-        .with_borrowing(&feature, count, |app| {
+        .with_borrowing(&feature, count, wait, |app| {
             app.issuer().checkout(
                 grant_id.clone(),
                 request.clone(),
@@ -142,7 +144,7 @@ async fn checkout(
             )
         })
         .await;
-    app.answer("checkout", issued).await
+    app.answer("checkout", issued, deadline).await
 }
 
 async fn heartbeat(
@@ -150,10 +152,12 @@ async fn heartbeat(
     JsonBody(body): JsonBody<HeartbeatRequest>,
 ) -> Result<Json<proto::Grant>, ApiError> {
     check_field("grant_id", &body.grant_id)?;
-    let request = seat_request(body.as_checkout())?;
+    let deadline = Deadline::from(&app, body.answer_within_ms);
+    let request = seat_request(body.as_checkout(), body.renewal)?;
     let (feature, count) = (request.feature.clone(), request.count);
+    let wait = app.seat_wait(deadline.answer_within_ms);
     let issued = app
-        .with_borrowing(&feature, count, |app| {
+        .with_borrowing(&feature, count, wait, |app| {
             app.issuer().heartbeat(
                 body.grant_id.clone(),
                 request.clone(),
@@ -162,7 +166,7 @@ async fn heartbeat(
             )
         })
         .await;
-    app.answer("heartbeat", issued).await
+    app.answer("heartbeat", issued, deadline).await
 }
 
 async fn checkin(
@@ -177,6 +181,9 @@ async fn checkin(
         .map_err(ApiError);
     app.count("checkin", &result);
     let released = result?;
+    app.seats_freed();
+    // Copies on other servers (from before a fail-over) go too.
+    app.supersede(&released.grant_id, proto::SupersededGrant::CHECKED_IN);
     app.store
         .delete(released.grant_id, released.issued_unix_ms)
         .await;
@@ -215,32 +222,77 @@ impl App {
         &self,
         endpoint: &'static str,
         issued: Result<Issued, IssueError>,
+        deadline: Deadline,
     ) -> Result<Json<proto::Grant>, ApiError> {
         let result = match issued {
-            Ok(issued) => self.persist(issued).await,
+            Ok(issued) => self.persist(issued, deadline).await,
             Err(err) => Err(ApiError(err)),
         };
         self.count(endpoint, &result);
         result.map(Json)
     }
 
-    /// Makes a new grant durable before it is answered; undoes it if that fails.
-    async fn persist(&self, issued: Issued) -> Result<proto::Grant, ApiError> {
-        let Some(stored) = issued.to_store else {
-            return Ok(issued.grant);
-        };
-        if let Err(err) = self.store.put(issued.grant_id.clone(), stored).await {
-            self.issuer().rollback(&issued.grant_id);
-            return Err(api_error(
-                ErrorCode::Internal,
-                format!("the grant could not be stored durably, so it was not issued: {err}"),
-            ));
+    /// Makes a new grant durable before it is answered; undoes it if that
+    /// fails, or if the client has stopped waiting by then. Once the grant
+    /// stands, the pool is told of the copies it makes stale.
+    async fn persist(&self, issued: Issued, deadline: Deadline) -> Result<proto::Grant, ApiError> {
+        if let Some(stored) = issued.to_store {
+            let issued_unix_ms = stored.issued_unix_ms;
+            if let Err(err) = self.store.put(issued.grant_id.clone(), stored).await {
+                self.issuer().rollback(&issued.grant_id);
+                return Err(api_error(
+                    ErrorCode::Internal,
+                    format!("the grant could not be stored durably, so it was not issued: {err}"),
+                ));
+            }
+            if let Some(late_ms) = deadline.passed_by_ms(self.clock.now_ms()) {
+                // No seat for a client that has given up: it would hold
+                // seats nobody uses for a whole lease.
+                self.issuer().rollback(&issued.grant_id);
+                self.seats_freed();
+                self.store.delete(issued.grant_id, issued_unix_ms).await;
+                return Err(api_error(
+                    ErrorCode::NoSeatsAvailable,
+                    format!(
+                        "the seats were found {late_ms} ms after the client stopped waiting; \
+                         they were given back"
+                    ),
+                ));
+            }
+        }
+        if let Some(renewal) = issued.supersedes_renewal {
+            self.supersede(&issued.grant_id, renewal);
         }
         Ok(issued.grant)
     }
 }
 
-fn seat_request(body: CheckoutRequest) -> Result<SeatRequest, ApiError> {
+/// When a request arrived and how long its client waits for the answer.
+#[derive(Clone, Copy, Debug)]
+struct Deadline {
+    received_ms: u64,
+    answer_within_ms: Option<u32>,
+}
+
+impl Deadline {
+    fn from(app: &App, answer_within_ms: Option<u32>) -> Deadline {
+        Deadline {
+            received_ms: app.clock.now_ms(),
+            answer_within_ms,
+        }
+    }
+
+    /// By how much the client's wait has run out at `now_ms`, if it has. The
+    /// client started waiting before the request arrived, so this is never
+    /// early.
+    fn passed_by_ms(&self, now_ms: u64) -> Option<u64> {
+        let elapsed_ms = now_ms.saturating_sub(self.received_ms);
+        let within_ms = u64::from(self.answer_within_ms?);
+        (elapsed_ms > within_ms).then(|| elapsed_ms - within_ms)
+    }
+}
+
+fn seat_request(body: CheckoutRequest, renewal: u64) -> Result<SeatRequest, ApiError> {
     let CheckoutRequest {
         client_id,
         user,
@@ -248,6 +300,7 @@ fn seat_request(body: CheckoutRequest) -> Result<SeatRequest, ApiError> {
         feature,
         version,
         count,
+        answer_within_ms: _,
     } = body;
     check_field("client_id", &client_id)?;
     check_field("user", &user)?;
@@ -267,6 +320,7 @@ fn seat_request(body: CheckoutRequest) -> Result<SeatRequest, ApiError> {
         feature,
         version,
         count,
+        renewal,
     })
 }
 

@@ -44,6 +44,9 @@ pub struct SeatRequest {
     pub feature: String,
     pub version: String,
     pub count: u32,
+    /// The SDK's heartbeat number (0 for a checkout, or a client that does
+    /// not count): for a held grant, the highest renewal seen.
+    pub renewal: u64,
 }
 
 /// A grant this server holds.
@@ -143,6 +146,10 @@ pub struct Issued {
     pub grant: proto::Grant,
     /// Set when a new grant was made (checkout or conversion); renewals write nothing.
     pub to_store: Option<StoredGrant>,
+    /// Set when copies of this grant on other servers are now stale: it was
+    /// converted here, or renewed here after heartbeats went elsewhere. The
+    /// pool is told once the grant is durable (`SupersededGrant`).
+    pub supersedes_renewal: Option<u64>,
 }
 
 impl Issuer {
@@ -188,6 +195,8 @@ impl Issuer {
                 feature: stored.feature,
                 version: stored.version,
                 count: stored.count,
+                // Unknown: any renewal elsewhere is newer than a restored copy.
+                renewal: 0,
             },
             issued_at_ms: now_ms,
             issued_unix_ms: stored.issued_unix_ms,
@@ -368,11 +377,14 @@ impl Issuer {
         };
         let stored = grant.stored();
         let answer = self.answer(&grant_id, &grant, terms, converted);
+        let supersedes_renewal =
+            (converted && grant.request.renewal > 0).then_some(grant.request.renewal);
         self.insert_grant(grant_id.clone(), grant);
         Ok(Issued {
             grant_id,
             grant: answer,
             to_store: Some(stored),
+            supersedes_renewal,
         })
     }
 
@@ -422,15 +434,20 @@ impl Issuer {
         }
         let old_expiry = grant.expires_at_ms;
         let new_expiry = now_ms + terms.hold_ms;
+        // Heartbeats this server did not see went elsewhere: another server
+        // may hold a copy renewed since this one, now stale.
+        let went_elsewhere = request.renewal > grant.request.renewal.saturating_add(1);
         self.expiry_queue.remove(&(old_expiry, grant_id.clone()));
         self.expiry_queue.insert((new_expiry, grant_id.clone()));
         let grant = self.grants.get_mut(&grant_id).expect("found above");
         grant.expires_at_ms = new_expiry;
+        grant.request.renewal = grant.request.renewal.max(request.renewal);
         let grant = grant.clone();
         Ok(Issued {
             grant: self.answer(&grant_id, &grant, terms, false),
             grant_id,
             to_store: None,
+            supersedes_renewal: went_elsewhere.then_some(request.renewal),
         })
     }
 
@@ -461,6 +478,19 @@ impl Issuer {
         }
         let grant = self.remove_grant(grant_id).expect("found above");
         Ok(Released::of(grant_id.to_string(), &grant))
+    }
+
+    /// Drops this server's copy of a grant that another server renewed at
+    /// heartbeat `renewal` or later, or that was checked in
+    /// (`SupersededGrant::CHECKED_IN`). A copy renewed here at `renewal` or
+    /// later is the newest and stays. Dropping only frees seats: the client
+    /// believes in its newest renewal, which the other server holds.
+    pub fn drop_superseded(&mut self, grant_id: &str, renewal: u64) -> Option<Released> {
+        if self.grants.get(grant_id)?.request.renewal >= renewal {
+            return None;
+        }
+        let grant = self.remove_grant(grant_id)?;
+        Some(Released::of(grant_id.to_string(), &grant))
     }
 
     /// Removes every grant whose hold ended by `now_ms`.
@@ -812,6 +842,7 @@ mod tests {
             feature: "cad".into(),
             version: "1.5".into(),
             count,
+            renewal: 0,
         }
     }
 

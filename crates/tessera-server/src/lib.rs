@@ -8,6 +8,7 @@
 pub mod balance;
 pub mod clock;
 pub mod config;
+pub mod copies;
 pub mod hostid;
 pub mod http;
 pub mod issuer;
@@ -70,9 +71,21 @@ pub struct App {
     borrow_quiet: Mutex<std::collections::HashMap<String, tokio::time::Instant>>,
     grant_ids: seams::IdSource,
     mutations: seams::Mutations,
+    /// Stale copies of grants to tell the pool about with the next report.
+    superseded: Mutex<copies::Outbox>,
+    /// Bumped whenever seats may have come free here (a control state taken,
+    /// a check-in, a lapse, a stale copy dropped): checkouts waiting for
+    /// seats wait on it.
+    seats_changed: tokio::sync::watch::Sender<u64>,
 }
 
 impl App {
+    /// Wakes the checkouts waiting for seats of this server.
+    fn seats_freed(&self) {
+        self.seats_changed
+            .send_modify(|generation| *generation += 1);
+    }
+
     /// The issuer, locked. Never held across an `.await`.
     fn issuer(&self) -> MutexGuard<'_, Issuer> {
         // A panic while holding the lock would be a bug; the state is still
@@ -467,6 +480,8 @@ where
         borrow_quiet: Mutex::new(Default::default()),
         grant_ids: seams.grant_ids.clone(),
         mutations: seams.mutations,
+        superseded: Mutex::new(copies::Outbox::default()),
+        seats_changed: tokio::sync::watch::Sender::new(0),
     });
     follow_control(
         &app,
@@ -552,6 +567,7 @@ fn follow_control(app: &Arc<App>, grace: bool, config: &ServerConfig) {
                         grace_fitted = true;
                     }
                 }
+                app.seats_freed();
                 if sequence != written_sequence {
                     if let Some(text) = control.pool_text() {
                         let path = app.data_dir.join(INSTALLED_POOL_FILE);
@@ -595,8 +611,14 @@ fn spawn_quota_loop(app: Arc<App>, timing: config::Timing) -> tokio::task::JoinH
             ticker.tick().await;
             let sent_ms = app.clock.now_ms();
             let in_use = app.issuer().in_use_counts();
-            match app.pool.report(in_use).await {
+            let superseded = app
+                .superseded
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take();
+            match app.pool.report(in_use, superseded.clone()).await {
                 Ok(ack) => {
+                    app.drop_superseded(&ack.superseded).await;
                     if app
                         .pool
                         .wait_applied(ack.applied_index_required, interval)
@@ -606,7 +628,13 @@ fn spawn_quota_loop(app: Arc<App>, timing: config::Timing) -> tokio::task::JoinH
                         app.issuer().set_quota(sent_ms + timing.quota_lease_ms);
                     }
                 }
-                Err(err) => tracing::debug!("quota not renewed: {err}"),
+                Err(err) => {
+                    tracing::debug!("quota not renewed: {err}");
+                    app.superseded
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .put_back(superseded);
+                }
             }
         }
     })
@@ -635,6 +663,9 @@ fn spawn_sweeps(app: Arc<App>, config: ServerConfig) -> tokio::task::JoinHandle<
             ticker.tick().await;
             let now_ms = app.clock.now_ms();
             let expired = app.issuer().expire(now_ms);
+            if !expired.is_empty() {
+                app.seats_freed();
+            }
             for released in expired {
                 tracing::debug!("grant {} lapsed", released.grant_id);
                 app.store

@@ -28,6 +28,7 @@ use openraft::ServerState;
 use tessera_core::{ControlCommand, ControlOutcome, PoolFile, VendorPublicKey};
 use tessera_proto::{
     ErrorCode, PeerHello, PeerReport, PeerReportAck, PeerStatus, PoolFileInstalled, PoolFileUpdate,
+    SupersededGrant,
 };
 use tokio::sync::watch;
 
@@ -72,6 +73,9 @@ pub struct Pool {
     term: Mutex<Option<(u64, u64)>>,
     /// Whether this server may vote (see [`CatchUp`]).
     catch_up: Mutex<CatchUp>,
+    /// Leader: stale grant copies each server must still be told of
+    /// (`crate::copies`).
+    relay: Mutex<crate::copies::Relay>,
 }
 
 /// A server that starts without its Raft log (a new disk, or a server added
@@ -183,6 +187,7 @@ impl Pool {
             moves: tokio::sync::Mutex::new(()),
             term: Mutex::new(None),
             catch_up: Mutex::new(catch_up),
+            relay: Mutex::new(crate::copies::Relay::default()),
         })
     }
 
@@ -592,6 +597,10 @@ impl Pool {
                     in_use: report.in_use,
                 },
             );
+            self.relay
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .forward(&report.server_id, &pool.server_ids(), &report.superseded);
         }
         let confirmed = tokio::time::timeout(PEER_TIMEOUT, self.raft.ensure_linearizable())
             .await
@@ -613,17 +622,27 @@ impl Pool {
             leader_id: self.server_id.clone(),
             applied_index_required: confirmed.map_or(0, |id| id.index).max(last_log),
             servers: self.leader_view(&pool, now_ms),
+            superseded: self
+                .relay
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take(&report.server_id),
         })
     }
 
     /// Sends this server's report to the leader (itself, if it leads).
-    pub async fn report(&self, in_use: BTreeMap<String, u32>) -> Result<PeerReportAck, IssueError> {
+    pub async fn report(
+        &self,
+        in_use: BTreeMap<String, u32>,
+        superseded: Vec<SupersededGrant>,
+    ) -> Result<PeerReportAck, IssueError> {
         let Some((leader_id, address)) = self.leader() else {
             return Err(refused(ErrorCode::NoLeader, "no leader known"));
         };
         let report = PeerReport {
             server_id: self.server_id.clone(),
             in_use,
+            superseded,
         };
         let ack = if leader_id == self.server_id {
             self.handle_report(report).await?
