@@ -940,6 +940,46 @@ mod tests {
         assert_eq!(code_of(full), ErrorCode::NoSeatsAvailable);
     }
 
+    /// Which heartbeats tell the pool that copies elsewhere are stale, and
+    /// which stale copies a server drops.
+    #[test]
+    fn the_newest_copy_of_a_grant_stays_and_stale_ones_go() {
+        let renewal = |n: u64| SeatRequest {
+            renewal: n,
+            ..request("c", 1)
+        };
+        let mut issuer = issuer_with(2, Limits::default(), vec![]);
+        // A conversion at heartbeat 5 supersedes copies renewed before it.
+        let converted = issuer.heartbeat("g".into(), renewal(5), 0, 0).unwrap();
+        assert_eq!(converted.supersedes_renewal, Some(5));
+        // The next heartbeat, here: nothing went elsewhere.
+        let next = issuer.heartbeat("g".into(), renewal(6), 0, 0).unwrap();
+        assert_eq!(next.supersedes_renewal, None);
+        // Heartbeats 7 and 8 went to another server: 9 here supersedes it.
+        let back = issuer.heartbeat("g".into(), renewal(9), 0, 0).unwrap();
+        assert_eq!(back.supersedes_renewal, Some(9));
+        // A conversion elsewhere at 8 is older than this copy: it stays.
+        assert_eq!(issuer.drop_superseded("g", 8), None);
+        assert_eq!(issuer.drop_superseded("g", 9), None);
+        // One at 10 is newer: this copy goes, and its seat is free.
+        let dropped = issuer.drop_superseded("g", 10).expect("stale copy dropped");
+        assert_eq!(dropped.seats, 1);
+        assert_eq!(issuer.available("cad"), 2);
+        issuer.check_invariants().unwrap();
+        // A checkout counts no renewal: a check-in elsewhere drops it; a
+        // client that does not count its heartbeats supersedes nothing.
+        issuer
+            .checkout("h".into(), request("d", 1), 0, 0, false)
+            .unwrap();
+        let uncounted = issuer.heartbeat("u".into(), request("e", 1), 0, 0).unwrap();
+        assert_eq!(uncounted.supersedes_renewal, None);
+        assert!(issuer
+            .drop_superseded("h", proto::SupersededGrant::CHECKED_IN)
+            .is_some());
+        assert_eq!(issuer.drop_superseded("unknown", 1), None);
+        issuer.check_invariants().unwrap();
+    }
+
     #[test]
     fn grace_accepts_only_renewals_and_no_quota_stops_everything() {
         let mut issuer = issuer_with(2, Limits::default(), vec![]);
