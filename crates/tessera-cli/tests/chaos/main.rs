@@ -157,7 +157,9 @@ async fn seats_believed_never_exceed_the_hard_limit_under_faults() {
     let run = run(&settings).await;
     let peak = checker::peak(&checker::beliefs(&run.records, run.ended_at));
     let tally = Tally::of(&run.records);
+    let losses = Losses::of(&run, settings.lease_s);
     println!("{}", summary(&settings, &run, &tally, &peak));
+    println!("{losses}");
     let problems = problems(&run, &tally, &peak);
     if !problems.is_empty() {
         let pool = run.pool.read().await;
@@ -168,6 +170,76 @@ async fn seats_believed_never_exceed_the_hard_limit_under_faults() {
             kept.display(),
             problems.join("\n- ")
         );
+    }
+}
+
+/// Lost seats by whether the server holding them was faulted: a client of a
+/// server killed, stopped or cut off within one lease before the loss may
+/// lose its seat when every other server is full; a client of a live server
+/// should not.
+#[derive(Debug, Default)]
+struct Losses {
+    of_faulted_server: usize,
+    of_live_server: Vec<String>,
+}
+
+impl Losses {
+    fn of(run: &Run, lease_s: u32) -> Losses {
+        let lease = Duration::from_secs(lease_s.into());
+        let mut holder: BTreeMap<&str, &str> = BTreeMap::new();
+        let mut losses = Losses::default();
+        for record in &run.records {
+            match &record.what {
+                What::Granted {
+                    grant_id,
+                    server_id,
+                    ..
+                } => {
+                    holder.insert(grant_id, server_id);
+                }
+                What::FailedOver { grant_id, to, .. } => {
+                    holder.insert(grant_id, to);
+                }
+                What::Ended {
+                    grant_id,
+                    how: End::Lost { reason },
+                    ..
+                } => {
+                    let server = holder.get(grant_id.as_str()).copied().unwrap_or("?");
+                    let since = record.at.checked_sub(lease).unwrap_or(run.epoch);
+                    let faulted = run.episodes.iter().any(|episode| {
+                        IDS[episode.server] == server
+                            && episode.started <= record.at
+                            && episode.serving_again.unwrap_or(run.ended_at) >= since
+                    });
+                    if faulted {
+                        losses.of_faulted_server += 1;
+                    } else {
+                        losses.of_live_server.push(format!(
+                            "{} on {server}: {reason}",
+                            stamp(run.epoch, record.at)
+                        ));
+                    }
+                }
+                _ => {}
+            }
+        }
+        losses
+    }
+}
+
+impl std::fmt::Display for Losses {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(
+            f,
+            "  seats lost by clients of a faulted server: {}; of a live server: {}",
+            self.of_faulted_server,
+            self.of_live_server.len()
+        )?;
+        for loss in self.of_live_server.iter().take(5) {
+            writeln!(f, "    {loss}")?;
+        }
+        Ok(())
     }
 }
 
