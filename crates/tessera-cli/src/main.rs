@@ -38,6 +38,15 @@ enum Command {
         /// though the grant store is new, instead of waiting out one lease.
         #[arg(long)]
         new_pool: bool,
+        /// Re-form a pool that lost a majority of its servers for good, from
+        /// the survivors: start every survivor once with the same pool file
+        /// FILE, which lists only the survivors and has a higher sequence.
+        /// Each sets its pool log aside; no seat is issued beyond what the
+        /// survivors' own clients hold until the lost servers' grants have
+        /// lapsed. Only when the lost servers can never come back with their
+        /// disks (see README).
+        #[arg(long, value_name = "FILE", conflicts_with = "new_pool")]
+        recover_pool: Option<PathBuf>,
     },
     /// Start a local pool on loopback with a demo license, check seats out,
     /// kill and restart a server, show the status.
@@ -262,10 +271,18 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Server { config, new_pool } => {
+        Command::Server {
+            config,
+            new_pool,
+            recover_pool,
+        } => {
             let mut config = tessera_server::ServerConfig::load(&config)?;
             if new_pool {
                 config.grace_on_missing_store = false;
+            }
+            if let Some(file) = recover_pool {
+                config.pool_file = file;
+                config.recover_pool = true;
             }
             runtime()?.block_on(tessera_server::run(config, shutdown_signal()))?;
             Ok(())

@@ -271,11 +271,23 @@ pub enum BorrowSource {
     Parked(String),
 }
 
+/// The key under which a pool re-formed from a lost majority parks every
+/// seat at first (`ControlCommand::RecoverPool`). Not a valid server id, so
+/// no server can be named so.
+pub const LOST_MAJORITY: &str = "(lost majority)";
+
 /// A command of the replicated log.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ControlCommand {
     /// Install a pool file with a higher sequence number than the installed one.
     InstallPoolFile { text: String },
+    /// The first command of a pool re-formed from the survivors of a lost
+    /// majority: installs the pool file into an empty state with every seat
+    /// parked under [`LOST_MAJORITY`], since the lost servers may have
+    /// issued any of them. The leader gives each survivor back the seats its
+    /// own grants hold, and the rest once every grant the lost servers could
+    /// have made has lapsed (the wait for a silent server).
+    RecoverPool { text: String },
     /// Give up to `seats` to `recipient` from a source that needs no consent.
     Borrow {
         feature: String,
@@ -381,6 +393,9 @@ impl ControlState {
         let result = match command {
             ControlCommand::InstallPoolFile { text } => self
                 .install(text)
+                .map(|sequence| ControlOutcome::Installed { sequence }),
+            ControlCommand::RecoverPool { text } => self
+                .recover(text)
                 .map(|sequence| ControlOutcome::Installed { sequence }),
             ControlCommand::Borrow {
                 feature,
@@ -645,6 +660,29 @@ impl ControlState {
         Ok(next)
     }
 
+    fn recover(&mut self, text: &str) -> Result<u64, String> {
+        if self.pool.is_some() {
+            return Err(
+                "a pool is re-formed from a lost majority only as its first command".into(),
+            );
+        }
+        let next = self.check_install(text)?;
+        let mut allocations = self.next_allocations(&next)?;
+        for allocation in allocations.values_mut() {
+            allocation.free_pool = 0;
+            allocation.servers.values_mut().for_each(|seats| *seats = 0);
+            allocation.targets.clear();
+            allocation
+                .parked
+                .insert(LOST_MAJORITY.to_string(), allocation.nominal_seats);
+        }
+        self.allocations = allocations;
+        let sequence = next.sequence;
+        self.pool = Some(next);
+        self.pool_text = Some(text.to_string());
+        Ok(sequence)
+    }
+
     fn install(&mut self, text: &str) -> Result<u64, String> {
         let next = self.check_install(text)?;
         self.allocations = self.next_allocations(&next)?;
@@ -837,6 +875,58 @@ mod tests {
 
     fn pairs(items: &[(&str, u32)]) -> Vec<(String, u32)> {
         items.iter().map(|(s, n)| (s.to_string(), *n)).collect()
+    }
+
+    /// A pool re-formed from the survivors of a lost majority parks every
+    /// seat; holders get theirs back by borrowing the parked seats.
+    #[test]
+    fn a_recovered_pool_starts_with_every_seat_parked() {
+        let text = pool_text(
+            2,
+            &["A", "B"],
+            &[("c1", "cad", 10)],
+            "[distribution.cad]\nA = 6\nB = 4\n",
+        );
+        let mut state = ControlState::default();
+        let outcome = state.apply(&ControlCommand::RecoverPool { text: text.clone() });
+        assert_eq!(outcome, ControlOutcome::Installed { sequence: 2 });
+        assert_eq!(
+            alloc(&state, "cad"),
+            (
+                pairs(&[("A", 0), ("B", 0)]),
+                0,
+                pairs(&[(LOST_MAJORITY, 10)])
+            )
+        );
+        // Only as the first command.
+        let again = state.apply(&ControlCommand::RecoverPool { text });
+        assert!(matches!(again, ControlOutcome::Refused { .. }), "{again:?}");
+        let moved = state.apply(&ControlCommand::Borrow {
+            feature: "cad".into(),
+            recipient: "B".into(),
+            source: BorrowSource::Parked(LOST_MAJORITY.into()),
+            seats: 3,
+        });
+        assert_eq!(moved, ControlOutcome::Moved { seats: 3 });
+        assert_eq!(
+            alloc(&state, "cad"),
+            (
+                pairs(&[("A", 0), ("B", 3)]),
+                0,
+                pairs(&[(LOST_MAJORITY, 7)])
+            )
+        );
+        // A later pool file keeps the parked seats parked.
+        let next = pool_text(3, &["A", "B"], &[("c1", "cad", 10)], "");
+        state.apply(&ControlCommand::InstallPoolFile { text: next });
+        assert_eq!(
+            alloc(&state, "cad"),
+            (
+                pairs(&[("A", 0), ("B", 3)]),
+                0,
+                pairs(&[(LOST_MAJORITY, 7)])
+            )
+        );
     }
 
     #[test]

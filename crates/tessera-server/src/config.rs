@@ -169,6 +169,11 @@ pub struct ServerConfig {
     /// Per feature: this server's own borrowing threshold and batch, over
     /// the pool file's.
     pub borrowing: std::collections::BTreeMap<String, BorrowPolicy>,
+    /// Re-form the pool from the survivors of a lost majority
+    /// (`tessera server --recover-pool FILE`): the pool log is set aside and
+    /// `pool_file` (the survivors' pool file) starts a new pool whose seats
+    /// wait out the lost servers' grants.
+    pub recover_pool: bool,
 }
 
 impl ServerConfig {
@@ -219,6 +224,7 @@ impl ServerConfig {
             grace_on_missing_store: raw.grace_on_missing_store,
             peer_secret: raw.peer_secret,
             borrowing: raw.borrowing,
+            recover_pool: false,
         })
     }
 }

@@ -385,6 +385,14 @@ where
     F: Future<Output = std::io::Result<(L, SocketAddr)>>,
 {
     let clock = seams.clock.clone();
+    if config.recover_pool {
+        pool::recovery::set_log_aside(&config.data_dir, clock.unix_ms()).map_err(|message| {
+            StartError::Pool(format!(
+                "cannot re-form the pool from {}: {message}",
+                config.data_dir.display()
+            ))
+        })?;
+    }
     let (pool_file, pool_text) = load_pool_file(&config)?;
     let Some(own_entry) = pool_file.server(&config.server_id).cloned() else {
         return Err(StartError::PoolFile {
@@ -434,6 +442,7 @@ where
         config.peer_secret.clone(),
         &config.data_dir,
         &seams,
+        config.recover_pool,
     )
     .await
     .map_err(StartError::Pool)?;

@@ -265,6 +265,11 @@ impl Pool {
     }
 
     pub fn spawn(&mut self, i: usize) {
+        self.spawn_with(i, &["--new-pool"]);
+    }
+
+    /// Starts server `i` with these arguments after `server --config FILE`.
+    pub fn spawn_with(&mut self, i: usize, args: &[&str]) {
         let server = &mut self.servers[i];
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -274,7 +279,7 @@ impl Pool {
         let child = Command::new(&self.tessera)
             .args(["server", "--config"])
             .arg(&server.config)
-            .arg("--new-pool")
+            .args(args)
             .env("TESSERA_TEST_FAULTS", "1")
             .env("TESSERA_LOG", "info,openraft=error")
             .stdin(Stdio::null())

@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 
 use tessera_testkit::{pool_available, row, sign_code, Pool, PoolSpec, PATIENCE};
 
+mod recovery;
 mod reliability;
 
 const TESSERA: &str = env!("CARGO_BIN_EXE_tessera");

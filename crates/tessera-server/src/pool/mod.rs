@@ -17,6 +17,7 @@ pub mod admin;
 pub mod log_store;
 pub mod network;
 pub mod peer_api;
+pub mod recovery;
 pub mod state_machine;
 pub mod types;
 
@@ -76,6 +77,9 @@ pub struct Pool {
     /// Leader: stale grant copies each server must still be told of
     /// (`crate::copies`).
     relay: Mutex<crate::copies::Relay>,
+    /// Started with `--recover-pool`: as leader of an empty pool, it installs
+    /// the first pool file with every seat parked (`recovery.rs`).
+    recovering: bool,
 }
 
 /// A server that starts without its Raft log (a new disk, or a server added
@@ -119,6 +123,7 @@ impl Pool {
         peer_secret: Option<String>,
         data_dir: &std::path::Path,
         seams: &crate::seams::Seams,
+        recovering: bool,
     ) -> Result<Pool, String> {
         let clock = seams.clock.clone();
         let rank = bootstrap
@@ -188,6 +193,7 @@ impl Pool {
             term: Mutex::new(None),
             catch_up: Mutex::new(catch_up),
             relay: Mutex::new(crate::copies::Relay::default()),
+            recovering,
         })
     }
 
@@ -497,9 +503,18 @@ impl Pool {
                     .map_err(|err| refused(ErrorCode::PoolFileRefused, err.to_string()))?;
             }
         }
+        let command = if self.recovering && self.applied.borrow().state.pool().is_none() {
+            tracing::warn!(
+                "re-forming the pool from the survivors of a lost majority: every seat waits \
+                 until the lost servers' grants have lapsed, but those the survivors' clients hold"
+            );
+            ControlCommand::RecoverPool { text }
+        } else {
+            ControlCommand::InstallPoolFile { text }
+        };
         let response = self
             .raft
-            .client_write(ControlCommand::InstallPoolFile { text })
+            .client_write(command)
             .await
             .map_err(|err| refused(ErrorCode::NoLeader, format!("not committed: {err}")))?;
         let installed = match response.data {
@@ -594,7 +609,7 @@ impl Pool {
                 report.server_id.clone(),
                 Seen {
                     at_ms: self.clock.now_ms(),
-                    in_use: report.in_use,
+                    in_use: report.in_use.clone(),
                 },
             );
             self.relay
@@ -616,6 +631,8 @@ impl Pool {
                     format!("leadership not confirmed: {err}"),
                 )
             })?;
+        self.restore_holders(&report.server_id, &report.in_use)
+            .await;
         let now_ms = self.clock.now_ms();
         let last_log = self.raft.metrics().borrow().last_log_index.unwrap_or(0);
         Ok(PeerReportAck {
