@@ -77,6 +77,27 @@ pub struct App {
     /// a check-in, a lapse, a stale copy dropped): checkouts waiting for
     /// seats wait on it.
     seats_changed: tokio::sync::watch::Sender<u64>,
+    /// How regularly the quota lease was renewed, for `/metrics`.
+    quota_renewals: Mutex<QuotaRenewals>,
+}
+
+/// The quota loop's record: renewals, and the longest time between two
+/// (a gap near `quota_lease_ms` means the lease nearly lapsed).
+#[derive(Clone, Copy, Debug, Default)]
+struct QuotaRenewals {
+    count: u64,
+    last_ms: Option<u64>,
+    gap_max_ms: u64,
+}
+
+impl QuotaRenewals {
+    fn renewed(&mut self, now_ms: u64) {
+        if let Some(last_ms) = self.last_ms {
+            self.gap_max_ms = self.gap_max_ms.max(now_ms.saturating_sub(last_ms));
+        }
+        self.last_ms = Some(now_ms);
+        self.count += 1;
+    }
 }
 
 impl App {
@@ -251,6 +272,20 @@ impl App {
                 );
             }
         }
+        let renewals = *self
+            .quota_renewals
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let _ = writeln!(
+            out,
+            "# TYPE tessera_quota_renewals_total counter\ntessera_quota_renewals_total {}",
+            renewals.count
+        );
+        let _ = writeln!(
+            out,
+            "# TYPE tessera_quota_renewal_gap_max_ms gauge\ntessera_quota_renewal_gap_max_ms {}",
+            renewals.gap_max_ms
+        );
         let _ = writeln!(out, "# TYPE tessera_requests_total counter");
         let counts = self.requests.lock().unwrap_or_else(|p| p.into_inner());
         for ((endpoint, outcome), count) in counts.iter() {
@@ -491,6 +526,7 @@ where
         mutations: seams.mutations,
         superseded: Mutex::new(copies::Outbox::default()),
         seats_changed: tokio::sync::watch::Sender::new(0),
+        quota_renewals: Mutex::new(QuotaRenewals::default()),
     });
     follow_control(
         &app,
@@ -635,6 +671,10 @@ fn spawn_quota_loop(app: Arc<App>, timing: config::Timing) -> tokio::task::JoinH
                         && !app.mutations.issue_without_quorum
                     {
                         app.issuer().set_quota(sent_ms + timing.quota_lease_ms);
+                        app.quota_renewals
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .renewed(app.clock.now_ms());
                     }
                 }
                 Err(err) => {
