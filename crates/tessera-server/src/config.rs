@@ -141,7 +141,7 @@ impl Default for Timing {
             election_timeout_step_ms: 100,
             election_jitter_ms: 80,
             quota_report_interval_ms: 300,
-            quota_lease_ms: 1_500,
+            quota_lease_ms: 2_500,
             borrow_wait_ms: 2_000,
             release_request_timeout_ms: 3_000,
             snapshot_every_entries: 1_000,

@@ -652,8 +652,19 @@ fn spawn_quota_loop(app: Arc<App>, timing: config::Timing) -> tokio::task::JoinH
             // The deliberate bug of `Mutations::issue_without_quorum`.
             app.issuer().set_quota(u64::MAX);
         }
+        let mut report_now = false;
         loop {
-            ticker.tick().await;
+            // A new leader is reported to at once, not at the next tick: the
+            // quota lease must outlast the leader change.
+            let leader = app.pool.leader_node();
+            if !report_now {
+                tokio::select! {
+                    _ = ticker.tick() => {}
+                    () = app.pool.leader_changed_from(leader) => ticker.reset(),
+                }
+            }
+            report_now = false;
+            let leader = app.pool.leader_node();
             let sent_ms = app.clock.now_ms();
             let in_use = app.issuer().in_use_counts();
             let superseded = app
@@ -661,9 +672,21 @@ fn spawn_quota_loop(app: Arc<App>, timing: config::Timing) -> tokio::task::JoinH
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .take();
-            match app.pool.report(in_use, superseded.clone()).await {
+            // A report to a leader that stopped answering (SIGSTOP, a cut
+            // link) is given up as soon as another leader is known.
+            let answer = tokio::select! {
+                answer = app.pool.report(in_use, superseded.clone()) => Some(answer),
+                () = app.pool.leader_changed_from(leader) => None,
+            };
+            let answer = answer.unwrap_or_else(|| {
+                report_now = true;
+                Err(issuer::IssueError::new(
+                    proto::ErrorCode::NoLeader,
+                    "the leader changed while the report was on its way",
+                ))
+            });
+            match answer {
                 Ok(ack) => {
-                    app.drop_superseded(&ack.superseded).await;
                     if app
                         .pool
                         .wait_applied(ack.applied_index_required, interval)
@@ -676,6 +699,7 @@ fn spawn_quota_loop(app: Arc<App>, timing: config::Timing) -> tokio::task::JoinH
                             .unwrap_or_else(|p| p.into_inner())
                             .renewed(app.clock.now_ms());
                     }
+                    app.drop_superseded(&ack.superseded).await;
                 }
                 Err(err) => {
                     tracing::debug!("quota not renewed: {err}");

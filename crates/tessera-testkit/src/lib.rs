@@ -327,6 +327,15 @@ impl Pool {
         response.json().await.ok()
     }
 
+    /// Server `i`'s `/metrics` text (empty if it does not answer).
+    pub async fn metrics(&self, i: usize) -> String {
+        let url = format!("http://{}/metrics", self.servers[i].address);
+        match self.http.get(url).send().await {
+            Ok(response) => response.text().await.unwrap_or_default(),
+            Err(_) => String::new(),
+        }
+    }
+
     /// Polls until `check` holds for server `i`'s status, or panics with the last one.
     pub async fn wait_status(
         &self,

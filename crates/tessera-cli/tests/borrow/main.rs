@@ -289,8 +289,8 @@ async fn a_down_servers_seats_move_only_after_the_safe_wait() {
     .await;
     pool.kill(victim);
     let killed = Instant::now();
-    // Quota lease 1.5 s + lease 4 s, each stretched by the 1% drift bound.
-    let safe_wait = Duration::from_millis(1_515 + 4_040);
+    // Quota lease 2.5 s + lease 4 s, each stretched by the 1% drift bound.
+    let safe_wait = Duration::from_millis(2_525 + 4_040);
     let mut first_grant = None;
     while killed.elapsed() < PATIENCE {
         let (code, body) = pool.checkout(borrower, "more", 1).await;

@@ -322,3 +322,55 @@ async fn a_check_in_wakes_a_checkout_waiting_for_seats() {
         "granted after {took:?}: woken by the wait's end, not by the check-in"
     );
 }
+
+/// The surviving follower's quota lease outlasts a leader change with
+/// margin: the longest gap between two of its renewals, through two leader
+/// kills and then a leader stopped with SIGSTOP, stays below half of
+/// `quota_lease_ms` (2.5 s), so it never refuses a renewal for lack of
+/// quorum and its clients keep their seats. A follower reports to the new
+/// leader as soon as it knows it, giving up a report the stopped leader
+/// will never answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_change_costs_no_quota_on_a_live_follower() {
+    let _serial = ONE_POOL_AT_A_TIME.lock().await;
+    let mut pool = start_pool(PoolSpec::default()).await;
+    let all = [0, 1, 2];
+    let mut gaps = Vec::new();
+    for round in 0..3 {
+        let leader = pool.wait_leader(&all).await;
+        let watched = (leader + 1) % 3;
+        // The last time the leader hangs (SIGSTOP): reports to it get no
+        // answer at all. (Last, because a stopped server's own longest gap
+        // includes its stop; a killed one starts its count again.)
+        let stopped = round == 2;
+        if stopped {
+            assert!(pool.signal(leader, libc::SIGSTOP), "SIGSTOP");
+        } else {
+            pool.kill(leader);
+        }
+        let survivors: Vec<usize> = all.iter().copied().filter(|&i| i != leader).collect();
+        pool.wait_leader(&survivors).await;
+        // Two more renewals under the new leader.
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        let metrics = pool.metrics(watched).await;
+        let gap: u64 = metrics
+            .lines()
+            .find_map(|line| line.strip_prefix("tessera_quota_renewal_gap_max_ms "))
+            .and_then(|value| value.parse().ok())
+            .expect("the gap metric");
+        gaps.push((pool.servers[watched].id.clone(), gap));
+        if stopped {
+            assert!(pool.signal(leader, libc::SIGCONT), "SIGCONT");
+        } else {
+            pool.spawn(leader);
+        }
+        pool.wait_serving(leader).await;
+    }
+    println!("longest quota renewal gaps through a leader kill: {gaps:?}");
+    for (server, gap) in gaps {
+        assert!(
+            gap < 1_250,
+            "server {server} went {gap} ms without a quota renewal, over half its 2.5 s quota lease"
+        );
+    }
+}

@@ -297,6 +297,24 @@ impl Pool {
         }
     }
 
+    /// The leader's Raft node id, if one is known.
+    pub fn leader_node(&self) -> Option<NodeId> {
+        self.raft.metrics().borrow().current_leader
+    }
+
+    /// Resolves once the known leader is no longer `known` (a new leader, or
+    /// none during an election); never, once Raft has stopped.
+    pub async fn leader_changed_from(&self, known: Option<NodeId>) {
+        let mut metrics = self.raft.metrics();
+        if metrics
+            .wait_for(|m| m.current_leader != known)
+            .await
+            .is_err()
+        {
+            std::future::pending::<()>().await;
+        }
+    }
+
     /// The leader's server id and address, if one is known.
     pub fn leader(&self) -> Option<(String, String)> {
         let metrics = self.raft.metrics();
