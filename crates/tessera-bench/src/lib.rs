@@ -89,6 +89,7 @@ pub async fn single(config: &SingleConfig) -> Result<Report> {
     report.resident_bytes_before = resident_bytes_before;
     report.resident_bytes_after = target.server.resident_bytes();
     report.system_grants_end = Some(target.server.grants_total().await?);
+    report.quota_renewal_gap_max_ms = target.server.quota_renewal_gap_max_ms().await;
     let Ok(target) = Arc::try_unwrap(target) else {
         anyhow::bail!("the load generator still holds the target");
     };

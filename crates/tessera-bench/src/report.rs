@@ -102,6 +102,10 @@ pub struct Report {
     /// Resident memory of the server before and after the load.
     pub resident_bytes_before: Option<u64>,
     pub resident_bytes_after: Option<u64>,
+    /// Tessera: the longest time between two quota renewals of the server
+    /// during the run (`/metrics`); near `quota_lease_ms` it would refuse
+    /// with `no_quorum`.
+    pub quota_renewal_gap_max_ms: Option<u64>,
     /// The checkout latency distribution: (latency in ms, fraction of
     /// checkouts at most that slow), for plots.
     pub cdf: Vec<(f64, f64)>,
@@ -158,6 +162,7 @@ impl Report {
             load_cpu: None,
             resident_bytes_before: None,
             resident_bytes_after: None,
+            quota_renewal_gap_max_ms: None,
             cdf,
             memory: result.memory,
         }
@@ -251,6 +256,12 @@ impl Report {
                 None => String::new(),
             }
         );
+        if let Some(gap_ms) = self.quota_renewal_gap_max_ms {
+            let _ = writeln!(
+                out,
+                "quota lease renewals: at most {gap_ms} ms between two (the lease is 2,500 ms)"
+            );
+        }
         if let (Some(server), Some(load)) = (
             self.cpu_us_per_checkout(self.server_cpu),
             self.cpu_us_per_checkout(self.load_cpu),
@@ -310,6 +321,7 @@ impl Report {
             "load_cpu_us_per_checkout": self.cpu_us_per_checkout(self.load_cpu).map(f64::round),
             "resident_bytes_before": self.resident_bytes_before,
             "resident_bytes_after": self.resident_bytes_after,
+            "quota_renewal_gap_max_ms": self.quota_renewal_gap_max_ms,
         })
     }
 }

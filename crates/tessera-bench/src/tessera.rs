@@ -179,6 +179,17 @@ impl TesseraServer {
             .grants_total)
     }
 
+    /// The longest time between two quota renewals so far, from `/metrics`.
+    pub async fn quota_renewal_gap_max_ms(&self) -> Option<u64> {
+        let url = format!("http://{}/metrics", self.address);
+        let text = reqwest::get(url).await.ok()?.text().await.ok()?;
+        text.lines()
+            .find_map(|line| line.strip_prefix("tessera_quota_renewal_gap_max_ms "))?
+            .trim()
+            .parse()
+            .ok()
+    }
+
     /// Resident memory of the server process, in bytes (Linux `/proc`).
     pub fn resident_bytes(&self) -> Option<u64> {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid)).ok()?;
