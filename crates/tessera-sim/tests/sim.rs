@@ -198,3 +198,28 @@ fn a_server_in_its_grace_period_gives_no_seats_away() {
         );
     }
 }
+
+/// Seeds 70203 and 70481 of the soaks: B loses its disk and, with it, its
+/// vote; back with an empty log it answers a stale leader (A, cut off or
+/// restarted in an old term), which counts it in a majority and commits
+/// entries over those B and C had committed in a later term. Servers then
+/// applied different states at one index, and openraft stopped on the
+/// committed index going back. A server that lost its log now answers no
+/// leader of a term below what half its peers report.
+#[test]
+fn a_server_with_a_new_disk_answers_no_stale_leader() {
+    let options = Options {
+        servers: 3..=7,
+        seats_per_server: 3..=25,
+        ..Options::default()
+    };
+    for seed in [70203, 70481] {
+        let report = run(seed, &options);
+        assert!(
+            report.passed(),
+            "{}\nits last lines:\n{}",
+            report.explain(),
+            report.tail
+        );
+    }
+}

@@ -72,13 +72,24 @@ pub struct Pool {
     term: Mutex<Option<(u64, u64)>>,
     /// Whether this server may vote (see [`CatchUp`]).
     catch_up: Mutex<CatchUp>,
+    /// While catching up: the highest term enough peers reported (see
+    /// [`Pool::learn_pool_term`]); a leader of a lower term is stale.
+    term_floor: Mutex<Option<u64>>,
+    /// The log, to record durably whether this server is catching up.
+    log_store: log_store::LogStore,
 }
 
 /// A server that starts without its Raft log (a new disk, or a server added
 /// to a running pool) must not vote until it holds every committed entry
 /// again: its empty log would let a candidate that lacks a committed entry
 /// win, and the entry would be lost (openraft's FAQ, "Can I wipe out the
-/// data of ONE node"). It follows the leader meanwhile.
+/// data of ONE node"). It follows the leader meanwhile, but only a leader
+/// of a term at least the one its peers report: with its vote it also lost
+/// the term it had promised, and a stale leader it answered could count it
+/// in a majority and commit over entries the pool committed in a later
+/// term (soak seeds 70203 and 70481). The state is kept durably
+/// ([`log_store::LogStore::must_catch_up`]) until it has caught up, so a
+/// crash halfway does not make its partial log a voter.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CatchUp {
     /// The log survived, or the pool is new: vote as Raft says.
@@ -136,7 +147,12 @@ impl Pool {
         .validate()
         .map_err(|err| format!("pool timing: {err}"))?;
         let log_store = log_store::LogStore::open(data_dir, seams.disk.clone())?;
-        let catch_up = if log_store.is_empty() && !seams.mutations.vote_while_catching_up {
+        let catch_up = if log_store.must_catch_up() && !seams.mutations.vote_while_catching_up {
+            // Durable before openraft writes its first entry or vote.
+            log_store
+                .set_catching_up(true)
+                .await
+                .map_err(|err| format!("pool log: {err}"))?;
             CatchUp::Unknown
         } else {
             CatchUp::Voting
@@ -160,7 +176,7 @@ impl Pool {
             network::Network {
                 peers: peers.clone(),
             },
-            log_store,
+            log_store.clone(),
             state_machine,
         )
         .await
@@ -183,25 +199,116 @@ impl Pool {
             moves: tokio::sync::Mutex::new(()),
             term: Mutex::new(None),
             catch_up: Mutex::new(catch_up),
+            term_floor: Mutex::new(None),
+            log_store,
         })
     }
 
+    fn catch_up(&self) -> CatchUp {
+        *self.catch_up.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Whether this server refuses to vote for now (see [`CatchUp`]).
-    pub fn refuses_votes(&self) -> bool {
-        let mut catch_up = self.catch_up.lock().unwrap_or_else(|p| p.into_inner());
-        match *catch_up {
-            CatchUp::Voting => false,
-            CatchUp::Unknown | CatchUp::Behind { target: None } => true,
-            CatchUp::Behind {
-                target: Some(target),
-            } => {
-                if self.applied.borrow().index < target {
-                    return true;
+    pub async fn refuses_votes(&self) -> bool {
+        self.check_caught_up().await;
+        self.catch_up() != CatchUp::Voting
+    }
+
+    /// Votes again once the log is applied as far as the target.
+    pub async fn check_caught_up(&self) {
+        let caught_up = {
+            let mut catch_up = self.catch_up.lock().unwrap_or_else(|p| p.into_inner());
+            match *catch_up {
+                CatchUp::Behind {
+                    target: Some(target),
+                } if self.applied.borrow().index >= target => {
+                    tracing::info!("caught up with the pool's log to index {target}; voting again");
+                    *catch_up = CatchUp::Voting;
+                    true
                 }
-                tracing::info!("caught up with the pool's log to index {target}; voting again");
-                *catch_up = CatchUp::Voting;
-                false
+                _ => false,
             }
+        };
+        if caught_up {
+            self.record_voting().await;
+        }
+    }
+
+    async fn record_voting(&self) {
+        if let Err(err) = self.log_store.set_catching_up(false).await {
+            tracing::warn!(
+                "cannot record in the pool log that this server caught up ({err}); it catches \
+                 up again at its next start"
+            );
+        }
+    }
+
+    /// Whether this server answers a leader of `term` (an append or a
+    /// snapshot): always once it votes; while it catches up, only once it
+    /// knows the pool's term and `term` is not below it.
+    pub fn answers_leader(&self, term: u64) -> Result<(), String> {
+        if self.catch_up() == CatchUp::Voting {
+            return Ok(());
+        }
+        let floor = *self.term_floor.lock().unwrap_or_else(|p| p.into_inner());
+        match floor {
+            None => Err(format!(
+                "server `{}` lost its pool log and answers no leader until its peers have told \
+                 it the pool's term",
+                self.server_id
+            )),
+            Some(floor) if term < floor => Err(format!(
+                "server `{}` is catching up and its peers are at term {floor}: a leader of \
+                 term {term} is stale",
+                self.server_id
+            )),
+            Some(_) => Ok(()),
+        }
+    }
+
+    /// Until this server votes: asks its peers for their terms until at
+    /// least half the pool's servers other than itself (rounded up) have
+    /// answered, and keeps the highest as the term below which a leader is
+    /// stale ([`Pool::answers_leader`]). Any majority that elected a leader,
+    /// with or without this server's lost vote, includes one of them, so no
+    /// leader elected before now has a higher term; leaders elected later
+    /// were elected without this server.
+    pub async fn learn_pool_term(self: Arc<Self>) {
+        let retry = Duration::from_millis(300);
+        loop {
+            if self.catch_up() == CatchUp::Voting {
+                return;
+            }
+            let pool = self.pool_file();
+            let others: Vec<_> = pool
+                .servers
+                .iter()
+                .filter(|s| s.id != self.server_id)
+                .collect();
+            let needed = pool.servers.len().div_ceil(2).min(others.len());
+            let mut answered = 0;
+            let mut highest = 0;
+            for server in others {
+                if let Ok(hello) = self
+                    .peers
+                    .get::<PeerHello>(&server.address, "/v1/peer/hello")
+                    .await
+                {
+                    if let Some(term) = hello.term {
+                        answered += 1;
+                        highest = highest.max(term);
+                    }
+                }
+            }
+            if answered >= needed {
+                tracing::info!(
+                    "{answered} peers report the pool at term {highest} or below: this server \
+                     follows no leader of an earlier term while it catches up"
+                );
+                *self.term_floor.lock().unwrap_or_else(|p| p.into_inner()) = Some(highest);
+                return;
+            }
+            tokio::time::sleep(retry).await;
         }
     }
 
@@ -226,9 +333,12 @@ impl Pool {
     }
 
     /// What the survey of peers says about the pool's history.
-    fn surveyed(&self, pool_has_history: bool) {
-        let mut catch_up = self.catch_up.lock().unwrap_or_else(|p| p.into_inner());
-        if *catch_up == CatchUp::Unknown {
+    async fn surveyed(&self, pool_has_history: bool) {
+        let voting = {
+            let mut catch_up = self.catch_up.lock().unwrap_or_else(|p| p.into_inner());
+            if *catch_up != CatchUp::Unknown {
+                return;
+            }
             *catch_up = if pool_has_history {
                 tracing::warn!(
                     "this server has no pool log but the pool has a history: it follows the \
@@ -238,6 +348,10 @@ impl Pool {
             } else {
                 CatchUp::Voting
             };
+            *catch_up == CatchUp::Voting
+        };
+        if voting {
+            self.record_voting().await;
         }
     }
 
@@ -306,11 +420,14 @@ impl Pool {
             let metrics = metrics.borrow();
             metrics.last_log_index.is_some() || metrics.current_term > 0
         };
+        let term =
+            (self.catch_up() == CatchUp::Voting).then(|| self.raft.metrics().borrow().current_term);
         PeerHello {
             pool_id: self.pool_id.clone(),
             server_id: self.server_id.clone(),
             initialized,
             installed_sequence: self.applied.borrow().state.pool().map(|p| p.sequence),
+            term,
         }
     }
 
@@ -380,7 +497,7 @@ impl Pool {
     async fn survey_peers(&self) -> Survey {
         let survey = self.survey_answers().await;
         if let Some(history) = survey.1 {
-            self.surveyed(history);
+            self.surveyed(history).await;
         }
         survey.0
     }
@@ -391,7 +508,8 @@ impl Pool {
         let mut fresh = 1;
         let mut higher_priority_fresh = false;
         let mut before_me = true;
-        let mut history: Option<bool> = None;
+        // A pool of one has nobody to catch up from.
+        let mut history: Option<bool> = (self.bootstrap.servers.len() == 1).then_some(false);
         let mut formed = false;
         for server in &self.bootstrap.servers {
             if server.id == self.server_id {
