@@ -102,6 +102,15 @@ pub enum CatchUp {
     Behind { target: Option<u64> },
 }
 
+/// Longest a Raft write is awaited. A commit takes a round trip and a disk
+/// sync, a leader change about a second; but a write begun by a leader that
+/// loses its leadership before the entry commits may never be answered by
+/// openraft, and the loops that wait on writes must go on: a donor's answers
+/// and the leader's cancels (soak seed 50469: the leader's answer loop waited
+/// forever on a cancel, so it never answered or drained again), and the
+/// leader's moves, made under the lock that reports also take.
+pub const COMMIT_TIMEOUT: Duration = Duration::from_millis(2_000);
+
 /// Environment variable that enables the test-only fault switch
 /// (`POST /v1/test/partition`). Never set it in production.
 pub const TEST_FAULTS_ENV: &str = "TESSERA_TEST_FAULTS";
@@ -610,12 +619,7 @@ impl Pool {
                     .map_err(|err| refused(ErrorCode::PoolFileRefused, err.to_string()))?;
             }
         }
-        let response = self
-            .raft
-            .client_write(ControlCommand::InstallPoolFile { text })
-            .await
-            .map_err(|err| refused(ErrorCode::NoLeader, format!("not committed: {err}")))?;
-        let installed = match response.data {
+        let installed = match self.write(ControlCommand::InstallPoolFile { text }).await? {
             ControlOutcome::Installed { sequence } => PoolFileInstalled {
                 pool_id: self.pool_id.clone(),
                 sequence,
@@ -822,11 +826,25 @@ impl Pool {
         &self,
         command: ControlCommand,
     ) -> Result<ControlOutcome, IssueError> {
-        self.raft
-            .client_write(command)
-            .await
-            .map(|response| response.data)
-            .map_err(|err| refused(ErrorCode::NoLeader, format!("not committed: {err}")))
+        self.write(command).await
+    }
+
+    /// Writes `command` to the Raft log and waits, at most
+    /// [`COMMIT_TIMEOUT`], for what applying it did.
+    async fn write(&self, command: ControlCommand) -> Result<ControlOutcome, IssueError> {
+        match tokio::time::timeout(COMMIT_TIMEOUT, self.raft.client_write(command)).await {
+            Ok(written) => written
+                .map(|response| response.data)
+                .map_err(|err| refused(ErrorCode::NoLeader, format!("not committed: {err}"))),
+            Err(_) => Err(refused(
+                ErrorCode::NoLeader,
+                format!(
+                    "not committed within {} ms; the leader may have changed (the command may \
+                     still apply); retry",
+                    COMMIT_TIMEOUT.as_millis()
+                ),
+            )),
+        }
     }
 
     /// Waits (bounded) until this server has applied the log to `index`.
