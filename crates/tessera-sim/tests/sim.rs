@@ -223,3 +223,28 @@ fn a_server_with_a_new_disk_answers_no_stale_leader() {
         );
     }
 }
+
+/// Seed 50469 of the soaks (7 servers, distribution targets pending, a slow
+/// disk): leader A began committing a cancel, was cut off in a minority and
+/// received the new leader's snapshot over the entry; openraft never
+/// answered the write, and A's answer loop waited on it for the rest of the
+/// run, never answering a request or draining its excess again: the probe
+/// got 87 of 124 seats. Every Raft write is now bounded. (Since the servers
+/// also exchange terms at start, this seed no longer reaches that state
+/// without the bound; `pool::tests` in tessera-server holds the bound's own
+/// test.)
+#[test]
+fn a_leader_whose_write_was_never_answered_still_answers_and_drains() {
+    let options = Options {
+        servers: 3..=7,
+        seats_per_server: 3..=25,
+        ..Options::default()
+    };
+    let report = run(50469, &options);
+    assert!(
+        report.passed(),
+        "{}\nits last lines:\n{}",
+        report.explain(),
+        report.tail
+    );
+}

@@ -945,3 +945,81 @@ enum Survey {
     MajorityNew,
     Wait,
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    use super::*;
+    use crate::seams::{Disk, FileDisk, Seams};
+
+    /// A disk whose commits can be made to take as long as the test likes.
+    #[derive(Default)]
+    struct StallingDisk {
+        commit_delay_ms: AtomicU64,
+    }
+
+    impl Disk for StallingDisk {
+        fn open_database(
+            &self,
+            path: &std::path::Path,
+            cache_bytes: usize,
+        ) -> Result<redb::Database, redb::DatabaseError> {
+            FileDisk.open_database(path, cache_bytes)
+        }
+
+        fn exists(&self, path: &std::path::Path) -> bool {
+            path.exists()
+        }
+
+        fn commit_on_threads(&self) -> bool {
+            false
+        }
+
+        fn commit_delay(&self) -> Duration {
+            Duration::from_millis(self.commit_delay_ms.load(Ordering::SeqCst))
+        }
+    }
+
+    /// Soak seed 50469: a write openraft does not answer (there, one begun
+    /// by a leader that then lost its leadership; here, one stuck on the
+    /// disk) must not hold up its caller beyond [`COMMIT_TIMEOUT`].
+    #[tokio::test(start_paused = true)]
+    async fn a_write_that_is_never_answered_is_given_up_after_the_commit_timeout() {
+        let dir = tempfile::tempdir().unwrap();
+        let text =
+            "pool_id = \"t\"\nsequence = 1\n\n[[servers]]\nid = \"A\"\naddress = \"127.0.0.1:9\"\n";
+        let disk = Arc::new(StallingDisk::default());
+        let seams = Seams {
+            disk: disk.clone(),
+            ..Seams::production()
+        };
+        let pool = Arc::new(
+            Pool::start(
+                "A".into(),
+                PoolFile::parse(text).unwrap(),
+                text.into(),
+                Vec::new(),
+                Timing::default(),
+                None,
+                dir.path(),
+                &seams,
+            )
+            .await
+            .unwrap(),
+        );
+        tokio::time::timeout(Duration::from_secs(30), pool.clone().bootstrap())
+            .await
+            .expect("a pool of one forms and installs its pool file");
+
+        disk.commit_delay_ms.store(3_600_000, Ordering::SeqCst);
+        let next = text.replace("sequence = 1", "sequence = 2");
+        let started = tokio::time::Instant::now();
+        let written = pool
+            .commit(ControlCommand::InstallPoolFile { text: next })
+            .await;
+        let waited = started.elapsed();
+        assert!(written.is_err(), "{written:?}");
+        assert!(waited <= COMMIT_TIMEOUT, "waited {waited:?}");
+    }
+}
