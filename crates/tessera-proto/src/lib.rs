@@ -514,6 +514,12 @@ pub struct PeerHello {
     /// True once the server belongs to a formed pool (its Raft log is not empty).
     pub initialized: bool,
     pub installed_sequence: Option<u64>,
+    /// The Raft term of the server's vote, if it may vote (it holds its
+    /// pool log). A server that lost its log learns from these answers the
+    /// term below which a leader is stale. Older servers leave it out and
+    /// count as not answering.
+    #[serde(default)]
+    pub term: Option<u64>,
 }
 
 /// `POST /v1/peer/report`: a server's in-use counts, sent to the leader

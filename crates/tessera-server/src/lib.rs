@@ -536,6 +536,7 @@ where
     let background = vec![
         spawn_sweeps(app.clone(), config.clone()),
         tokio::spawn(pool.clone().bootstrap()),
+        tokio::spawn(pool.clone().learn_pool_term()),
         spawn_quota_loop(app.clone(), config.timing),
         spawn_membership_loop(pool.clone()),
         balance::spawn_answer_loop(app.clone()),

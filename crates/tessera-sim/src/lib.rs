@@ -283,10 +283,22 @@ pub fn run(seed: u64, options: &Options) -> Report {
 thread_local! {
     /// The first panic on this thread: later ones are its consequences.
     static FIRST_PANIC: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
+    /// The run on this thread, so a run stopped by a panic still tells its story.
+    static RUNNING: std::cell::RefCell<Option<Running>> = const { std::cell::RefCell::new(None) };
+}
+
+/// What a report needs of a run that may stop on a panic.
+struct Running {
+    servers: usize,
+    hard_limit: u32,
+    programs: usize,
+    schedule: Vec<String>,
+    trace: Shared,
 }
 
 fn panicked(seed: u64, what: String) -> Report {
-    Report {
+    let running = RUNNING.with(|running| running.borrow_mut().take());
+    let mut report = Report {
         seed,
         servers: 0,
         hard_limit: 0,
@@ -295,16 +307,32 @@ fn panicked(seed: u64, what: String) -> Report {
         schedule: Vec::new(),
         counts: Counts::default(),
         peak_seats: 0,
-        violations: vec![Violation {
-            at: Duration::ZERO,
-            checker: "panic",
-            what: format!("the run stopped on a panic: {what}"),
-        }],
+        violations: Vec::new(),
         digest: String::new(),
         simulated: Duration::ZERO,
         tail: String::new(),
         story: Vec::new(),
+    };
+    if let Some(running) = running {
+        let trace = running.trace.lock();
+        report.servers = running.servers;
+        report.hard_limit = running.hard_limit;
+        report.hard_limit_final = trace.hard_limit_now();
+        report.programs = running.programs;
+        report.schedule = running.schedule;
+        report.counts = trace.counts.clone();
+        report.violations = trace.violations.clone();
+        report.digest = trace.digest();
+        report.simulated = clock::true_now();
+        report.tail = trace.tail(trace::TAIL_LINES);
+        report.story = trace.story();
     }
+    report.violations.push(Violation {
+        at: report.simulated,
+        checker: "panic",
+        what: format!("the run stopped on a panic: {what}"),
+    });
+    report
 }
 
 fn run_here(seed: u64, options: &Options) -> Report {
@@ -345,6 +373,15 @@ fn run_here(seed: u64, options: &Options) -> Report {
     std::fs::write(dir.path().join("pool.toml"), &scenario.pool_text).expect("write the pool file");
     let trace = Shared::default();
     trace.lock().set_initial_limit(scenario.hard_limit);
+    RUNNING.with(|running| {
+        *running.borrow_mut() = Some(Running {
+            servers,
+            hard_limit: scenario.hard_limit,
+            programs: scenario.programs,
+            schedule: schedule.clone(),
+            trace: trace.clone(),
+        });
+    });
     // Servers, then client machines, then the administrator's machine
     // (which faults never aim at, but partitions leave on the larger side).
     let host_names: Vec<String> = scenario
@@ -476,6 +513,7 @@ fn run_here(seed: u64, options: &Options) -> Report {
     let simulated = sim.elapsed();
     clock::set_between_steps(simulated);
     drop(sim);
+    RUNNING.with(|running| running.borrow_mut().take());
     let mut trace = trace.lock();
     let peak_seats = trace.over_issue(simulated);
     Report {

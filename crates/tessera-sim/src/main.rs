@@ -155,7 +155,7 @@ fn print_one(report: &Report) {
         report.counts.states_applied,
         report.peak_seats,
         report.hard_limit_final,
-        &report.digest[..16],
+        report.digest.get(..16).unwrap_or("-"),
     );
     if report.passed() {
         println!("no violations");

@@ -24,6 +24,8 @@ const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 
 pub const RAFT_FILE: &str = "raft.redb";
+/// Meta key: set while the server catches up after losing its log.
+const CATCHING_UP: &str = "catching_up";
 /// redb's page cache for the log: it holds a few thousand entries at most.
 const LOG_CACHE_BYTES: usize = 16 * 1024 * 1024;
 
@@ -61,8 +63,27 @@ impl LogStore {
         })
     }
 
+    /// True if this server must catch up with the pool before it votes or
+    /// answers a leader: its log is empty, or it was catching up when it
+    /// stopped (a partial log, written by a leader it followed before it
+    /// could vote, may lack entries its lost log had helped commit).
+    pub fn must_catch_up(&self) -> bool {
+        self.is_empty()
+            || self
+                .read_meta::<bool>(CATCHING_UP)
+                .ok()
+                .flatten()
+                .unwrap_or(false)
+    }
+
+    /// Records durably whether this server is catching up (see
+    /// [`LogStore::must_catch_up`]); set before openraft writes anything.
+    pub async fn set_catching_up(&self, on: bool) -> Result<(), StorageError<NodeId>> {
+        self.write_meta(CATCHING_UP, &on).await
+    }
+
     /// True if this server has ever been part of a formed pool.
-    pub fn is_empty(&self) -> bool {
+    fn is_empty(&self) -> bool {
         self.read_meta::<Vote<NodeId>>("vote")
             .ok()
             .flatten()
@@ -253,5 +274,47 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 .map_err(|e| e.to_string())
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::seams::FileDisk;
+
+    fn open(dir: &Path) -> LogStore {
+        LogStore::open(dir, Arc::new(FileDisk)).unwrap()
+    }
+
+    /// A server that lost its log, followed a leader for a while and
+    /// stopped holds a vote and a partial log: it must still catch up, not
+    /// vote with that log at its next start.
+    #[tokio::test]
+    async fn a_server_that_stopped_while_catching_up_catches_up_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = open(dir.path());
+        assert!(store.must_catch_up(), "an empty log must catch up");
+        store.set_catching_up(true).await.unwrap();
+        store.save_vote(&Vote::new_committed(7, 1)).await.unwrap();
+        drop(store);
+
+        let store = open(dir.path());
+        assert!(
+            store.must_catch_up(),
+            "a partial log left while catching up"
+        );
+        store.set_catching_up(false).await.unwrap();
+        drop(store);
+
+        assert!(!open(dir.path()).must_catch_up(), "caught up, it votes");
+    }
+
+    #[tokio::test]
+    async fn a_log_that_never_lost_anything_votes() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = open(dir.path());
+        store.save_vote(&Vote::new(3, 2)).await.unwrap();
+        drop(store);
+        assert!(!open(dir.path()).must_catch_up());
     }
 }

@@ -80,13 +80,24 @@ pub struct Pool {
     /// Started with `--recover-pool`: as leader of an empty pool, it installs
     /// the first pool file with every seat parked (`recovery.rs`).
     recovering: bool,
+    /// While catching up: the highest term enough peers reported (see
+    /// [`Pool::learn_pool_term`]); a leader of a lower term is stale.
+    term_floor: Mutex<Option<u64>>,
+    /// The log, to record durably whether this server is catching up.
+    log_store: log_store::LogStore,
 }
 
 /// A server that starts without its Raft log (a new disk, or a server added
 /// to a running pool) must not vote until it holds every committed entry
 /// again: its empty log would let a candidate that lacks a committed entry
 /// win, and the entry would be lost (openraft's FAQ, "Can I wipe out the
-/// data of ONE node"). It follows the leader meanwhile.
+/// data of ONE node"). It follows the leader meanwhile, but only a leader
+/// of a term at least the one its peers report: with its vote it also lost
+/// the term it had promised, and a stale leader it answered could count it
+/// in a majority and commit over entries the pool committed in a later
+/// term (soak seeds 70203 and 70481). The state is kept durably
+/// ([`log_store::LogStore::must_catch_up`]) until it has caught up, so a
+/// crash halfway does not make its partial log a voter.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CatchUp {
     /// The log survived, or the pool is new: vote as Raft says.
@@ -98,6 +109,15 @@ pub enum CatchUp {
     /// the leader's commit index (once the leader has named it).
     Behind { target: Option<u64> },
 }
+
+/// Longest a Raft write is awaited. A commit takes a round trip and a disk
+/// sync, a leader change about a second; but a write begun by a leader that
+/// loses its leadership before the entry commits may never be answered by
+/// openraft, and the loops that wait on writes must go on: a donor's answers
+/// and the leader's cancels (soak seed 50469: the leader's answer loop waited
+/// forever on a cancel, so it never answered or drained again), and the
+/// leader's moves, made under the lock that reports also take.
+pub const COMMIT_TIMEOUT: Duration = Duration::from_millis(2_000);
 
 /// Environment variable that enables the test-only fault switch
 /// (`POST /v1/test/partition`). Never set it in production.
@@ -145,7 +165,12 @@ impl Pool {
         .validate()
         .map_err(|err| format!("pool timing: {err}"))?;
         let log_store = log_store::LogStore::open(data_dir, seams.disk.clone())?;
-        let catch_up = if log_store.is_empty() && !seams.mutations.vote_while_catching_up {
+        let catch_up = if log_store.must_catch_up() && !seams.mutations.vote_while_catching_up {
+            // Durable before openraft writes its first entry or vote.
+            log_store
+                .set_catching_up(true)
+                .await
+                .map_err(|err| format!("pool log: {err}"))?;
             CatchUp::Unknown
         } else {
             CatchUp::Voting
@@ -169,7 +194,7 @@ impl Pool {
             network::Network {
                 peers: peers.clone(),
             },
-            log_store,
+            log_store.clone(),
             state_machine,
         )
         .await
@@ -194,25 +219,116 @@ impl Pool {
             catch_up: Mutex::new(catch_up),
             relay: Mutex::new(crate::copies::Relay::default()),
             recovering,
+            term_floor: Mutex::new(None),
+            log_store,
         })
     }
 
+    fn catch_up(&self) -> CatchUp {
+        *self.catch_up.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Whether this server refuses to vote for now (see [`CatchUp`]).
-    pub fn refuses_votes(&self) -> bool {
-        let mut catch_up = self.catch_up.lock().unwrap_or_else(|p| p.into_inner());
-        match *catch_up {
-            CatchUp::Voting => false,
-            CatchUp::Unknown | CatchUp::Behind { target: None } => true,
-            CatchUp::Behind {
-                target: Some(target),
-            } => {
-                if self.applied.borrow().index < target {
-                    return true;
+    pub async fn refuses_votes(&self) -> bool {
+        self.check_caught_up().await;
+        self.catch_up() != CatchUp::Voting
+    }
+
+    /// Votes again once the log is applied as far as the target.
+    pub async fn check_caught_up(&self) {
+        let caught_up = {
+            let mut catch_up = self.catch_up.lock().unwrap_or_else(|p| p.into_inner());
+            match *catch_up {
+                CatchUp::Behind {
+                    target: Some(target),
+                } if self.applied.borrow().index >= target => {
+                    tracing::info!("caught up with the pool's log to index {target}; voting again");
+                    *catch_up = CatchUp::Voting;
+                    true
                 }
-                tracing::info!("caught up with the pool's log to index {target}; voting again");
-                *catch_up = CatchUp::Voting;
-                false
+                _ => false,
             }
+        };
+        if caught_up {
+            self.record_voting().await;
+        }
+    }
+
+    async fn record_voting(&self) {
+        if let Err(err) = self.log_store.set_catching_up(false).await {
+            tracing::warn!(
+                "cannot record in the pool log that this server caught up ({err}); it catches \
+                 up again at its next start"
+            );
+        }
+    }
+
+    /// Whether this server answers a leader of `term` (an append or a
+    /// snapshot): always once it votes; while it catches up, only once it
+    /// knows the pool's term and `term` is not below it.
+    pub fn answers_leader(&self, term: u64) -> Result<(), String> {
+        if self.catch_up() == CatchUp::Voting {
+            return Ok(());
+        }
+        let floor = *self.term_floor.lock().unwrap_or_else(|p| p.into_inner());
+        match floor {
+            None => Err(format!(
+                "server `{}` lost its pool log and answers no leader until its peers have told \
+                 it the pool's term",
+                self.server_id
+            )),
+            Some(floor) if term < floor => Err(format!(
+                "server `{}` is catching up and its peers are at term {floor}: a leader of \
+                 term {term} is stale",
+                self.server_id
+            )),
+            Some(_) => Ok(()),
+        }
+    }
+
+    /// Until this server votes: asks its peers for their terms until at
+    /// least half the pool's servers other than itself (rounded up) have
+    /// answered, and keeps the highest as the term below which a leader is
+    /// stale ([`Pool::answers_leader`]). Any majority that elected a leader,
+    /// with or without this server's lost vote, includes one of them, so no
+    /// leader elected before now has a higher term; leaders elected later
+    /// were elected without this server.
+    pub async fn learn_pool_term(self: Arc<Self>) {
+        let retry = Duration::from_millis(300);
+        loop {
+            if self.catch_up() == CatchUp::Voting {
+                return;
+            }
+            let pool = self.pool_file();
+            let others: Vec<_> = pool
+                .servers
+                .iter()
+                .filter(|s| s.id != self.server_id)
+                .collect();
+            let needed = pool.servers.len().div_ceil(2).min(others.len());
+            let mut answered = 0;
+            let mut highest = 0;
+            for server in others {
+                if let Ok(hello) = self
+                    .peers
+                    .get::<PeerHello>(&server.address, "/v1/peer/hello")
+                    .await
+                {
+                    if let Some(term) = hello.term {
+                        answered += 1;
+                        highest = highest.max(term);
+                    }
+                }
+            }
+            if answered >= needed {
+                tracing::info!(
+                    "{answered} peers report the pool at term {highest} or below: this server \
+                     follows no leader of an earlier term while it catches up"
+                );
+                *self.term_floor.lock().unwrap_or_else(|p| p.into_inner()) = Some(highest);
+                return;
+            }
+            tokio::time::sleep(retry).await;
         }
     }
 
@@ -237,9 +353,12 @@ impl Pool {
     }
 
     /// What the survey of peers says about the pool's history.
-    fn surveyed(&self, pool_has_history: bool) {
-        let mut catch_up = self.catch_up.lock().unwrap_or_else(|p| p.into_inner());
-        if *catch_up == CatchUp::Unknown {
+    async fn surveyed(&self, pool_has_history: bool) {
+        let voting = {
+            let mut catch_up = self.catch_up.lock().unwrap_or_else(|p| p.into_inner());
+            if *catch_up != CatchUp::Unknown {
+                return;
+            }
             *catch_up = if pool_has_history {
                 tracing::warn!(
                     "this server has no pool log but the pool has a history: it follows the \
@@ -249,6 +368,10 @@ impl Pool {
             } else {
                 CatchUp::Voting
             };
+            *catch_up == CatchUp::Voting
+        };
+        if voting {
+            self.record_voting().await;
         }
     }
 
@@ -335,11 +458,14 @@ impl Pool {
             let metrics = metrics.borrow();
             metrics.last_log_index.is_some() || metrics.current_term > 0
         };
+        let term =
+            (self.catch_up() == CatchUp::Voting).then(|| self.raft.metrics().borrow().current_term);
         PeerHello {
             pool_id: self.pool_id.clone(),
             server_id: self.server_id.clone(),
             initialized,
             installed_sequence: self.applied.borrow().state.pool().map(|p| p.sequence),
+            term,
         }
     }
 
@@ -409,7 +535,7 @@ impl Pool {
     async fn survey_peers(&self) -> Survey {
         let survey = self.survey_answers().await;
         if let Some(history) = survey.1 {
-            self.surveyed(history);
+            self.surveyed(history).await;
         }
         survey.0
     }
@@ -420,7 +546,8 @@ impl Pool {
         let mut fresh = 1;
         let mut higher_priority_fresh = false;
         let mut before_me = true;
-        let mut history: Option<bool> = None;
+        // A pool of one has nobody to catch up from.
+        let mut history: Option<bool> = (self.bootstrap.servers.len() == 1).then_some(false);
         let mut formed = false;
         for server in &self.bootstrap.servers {
             if server.id == self.server_id {
@@ -530,12 +657,7 @@ impl Pool {
         } else {
             ControlCommand::InstallPoolFile { text }
         };
-        let response = self
-            .raft
-            .client_write(command)
-            .await
-            .map_err(|err| refused(ErrorCode::NoLeader, format!("not committed: {err}")))?;
-        let installed = match response.data {
+        let installed = match self.write(command).await? {
             ControlOutcome::Installed { sequence } => PoolFileInstalled {
                 pool_id: self.pool_id.clone(),
                 sequence,
@@ -758,11 +880,25 @@ impl Pool {
         &self,
         command: ControlCommand,
     ) -> Result<ControlOutcome, IssueError> {
-        self.raft
-            .client_write(command)
-            .await
-            .map(|response| response.data)
-            .map_err(|err| refused(ErrorCode::NoLeader, format!("not committed: {err}")))
+        self.write(command).await
+    }
+
+    /// Writes `command` to the Raft log and waits, at most
+    /// [`COMMIT_TIMEOUT`], for what applying it did.
+    async fn write(&self, command: ControlCommand) -> Result<ControlOutcome, IssueError> {
+        match tokio::time::timeout(COMMIT_TIMEOUT, self.raft.client_write(command)).await {
+            Ok(written) => written
+                .map(|response| response.data)
+                .map_err(|err| refused(ErrorCode::NoLeader, format!("not committed: {err}"))),
+            Err(_) => Err(refused(
+                ErrorCode::NoLeader,
+                format!(
+                    "not committed within {} ms; the leader may have changed (the command may \
+                     still apply); retry",
+                    COMMIT_TIMEOUT.as_millis()
+                ),
+            )),
+        }
     }
 
     /// Waits (bounded) until this server has applied the log to `index`.
@@ -862,4 +998,83 @@ enum Survey {
     SomeoneFormed,
     MajorityNew,
     Wait,
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    use super::*;
+    use crate::seams::{Disk, FileDisk, Seams};
+
+    /// A disk whose commits can be made to take as long as the test likes.
+    #[derive(Default)]
+    struct StallingDisk {
+        commit_delay_ms: AtomicU64,
+    }
+
+    impl Disk for StallingDisk {
+        fn open_database(
+            &self,
+            path: &std::path::Path,
+            cache_bytes: usize,
+        ) -> Result<redb::Database, redb::DatabaseError> {
+            FileDisk.open_database(path, cache_bytes)
+        }
+
+        fn exists(&self, path: &std::path::Path) -> bool {
+            path.exists()
+        }
+
+        fn commit_on_threads(&self) -> bool {
+            false
+        }
+
+        fn commit_delay(&self) -> Duration {
+            Duration::from_millis(self.commit_delay_ms.load(Ordering::SeqCst))
+        }
+    }
+
+    /// Soak seed 50469: a write openraft does not answer (there, one begun
+    /// by a leader that then lost its leadership; here, one stuck on the
+    /// disk) must not hold up its caller beyond [`COMMIT_TIMEOUT`].
+    #[tokio::test(start_paused = true)]
+    async fn a_write_that_is_never_answered_is_given_up_after_the_commit_timeout() {
+        let dir = tempfile::tempdir().unwrap();
+        let text =
+            "pool_id = \"t\"\nsequence = 1\n\n[[servers]]\nid = \"A\"\naddress = \"127.0.0.1:9\"\n";
+        let disk = Arc::new(StallingDisk::default());
+        let seams = Seams {
+            disk: disk.clone(),
+            ..Seams::production()
+        };
+        let pool = Arc::new(
+            Pool::start(
+                "A".into(),
+                PoolFile::parse(text).unwrap(),
+                text.into(),
+                Vec::new(),
+                Timing::default(),
+                None,
+                dir.path(),
+                &seams,
+                false,
+            )
+            .await
+            .unwrap(),
+        );
+        tokio::time::timeout(Duration::from_secs(30), pool.clone().bootstrap())
+            .await
+            .expect("a pool of one forms and installs its pool file");
+
+        disk.commit_delay_ms.store(3_600_000, Ordering::SeqCst);
+        let next = text.replace("sequence = 1", "sequence = 2");
+        let started = tokio::time::Instant::now();
+        let written = pool
+            .commit(ControlCommand::InstallPoolFile { text: next })
+            .await;
+        let waited = started.elapsed();
+        assert!(written.is_err(), "{written:?}");
+        assert!(waited <= COMMIT_TIMEOUT, "waited {waited:?}");
+    }
 }

@@ -10,7 +10,9 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, VoteRequest,
+};
 use tessera_proto::{ErrorCode, PeerReport, PoolFileUpdate, POOL_HEADER};
 
 use super::types::{NodeId, TypeConfig};
@@ -88,20 +90,30 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 async fn append(
     State(app): State<Arc<App>>,
     JsonBody(request): JsonBody<AppendEntriesRequest<TypeConfig>>,
-) -> impl IntoResponse {
-    let committed = request.leader_commit.map_or(0, |id| id.index);
+) -> Result<Response, ApiError> {
+    let term = request.vote.leader_id().term;
+    app.pool
+        .answers_leader(term)
+        .map_err(|message| ApiError(IssueError::new(ErrorCode::NoQuorum, message)))?;
+    // Only an index committed in the leader's own term covers every entry
+    // committed before it: the target of a server catching up.
+    let committed = request
+        .leader_commit
+        .filter(|id| id.leader_id.term == term)
+        .map(|id| id.index);
     let answer = app.pool.raft.append_entries(request).await;
-    if answer.is_ok() {
+    if let (Ok(AppendEntriesResponse::Success), Some(committed)) = (&answer, committed) {
         app.pool.leader_committed(committed);
     }
-    Json(answer)
+    app.pool.check_caught_up().await;
+    Ok(Json(answer).into_response())
 }
 
 async fn vote(
     State(app): State<Arc<App>>,
     JsonBody(request): JsonBody<VoteRequest<NodeId>>,
 ) -> Result<Response, ApiError> {
-    if app.pool.refuses_votes() {
+    if app.pool.refuses_votes().await {
         return Err(ApiError(IssueError::new(
             ErrorCode::NoQuorum,
             format!(
@@ -116,8 +128,11 @@ async fn vote(
 async fn snapshot(
     State(app): State<Arc<App>>,
     JsonBody(request): JsonBody<InstallSnapshotRequest<TypeConfig>>,
-) -> impl IntoResponse {
-    Json(app.pool.raft.install_snapshot(request).await)
+) -> Result<Response, ApiError> {
+    app.pool
+        .answers_leader(request.vote.leader_id().term)
+        .map_err(|message| ApiError(IssueError::new(ErrorCode::NoQuorum, message)))?;
+    Ok(Json(app.pool.raft.install_snapshot(request).await).into_response())
 }
 
 async fn hello(State(app): State<Arc<App>>) -> impl IntoResponse {
