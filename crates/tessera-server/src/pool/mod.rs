@@ -123,6 +123,10 @@ pub const COMMIT_TIMEOUT: Duration = Duration::from_millis(2_000);
 /// (`POST /v1/test/partition`). Never set it in production.
 pub const TEST_FAULTS_ENV: &str = "TESSERA_TEST_FAULTS";
 
+/// How often the quota loop looks whether the leader changed: a small part
+/// of a leader change (about a second).
+pub const LEADER_LOOK_INTERVAL: Duration = Duration::from_millis(25);
+
 /// Whether this process was started with the fault switch enabled.
 pub fn test_faults_enabled() -> bool {
     std::env::var(TEST_FAULTS_ENV).is_ok_and(|v| v == "1")
@@ -426,15 +430,13 @@ impl Pool {
     }
 
     /// Resolves once the known leader is no longer `known` (a new leader, or
-    /// none during an election); never, once Raft has stopped.
+    /// none during an election), looking every [`LEADER_LOOK_INTERVAL`]. It
+    /// looks rather than waits on openraft's metrics channel: when openraft
+    /// panics in the simulator, a task woken by its teardown cannot be
+    /// scheduled on the runtime being dropped, and the process aborts.
     pub async fn leader_changed_from(&self, known: Option<NodeId>) {
-        let mut metrics = self.raft.metrics();
-        if metrics
-            .wait_for(|m| m.current_leader != known)
-            .await
-            .is_err()
-        {
-            std::future::pending::<()>().await;
+        while self.leader_node() == known {
+            tokio::time::sleep(LEADER_LOOK_INTERVAL).await;
         }
     }
 
