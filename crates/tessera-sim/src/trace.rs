@@ -196,6 +196,19 @@ impl Trace {
     }
 
     fn ack(&mut self, grant: &str, server: &str, until: Duration) {
+        // The program now believes this server's answer; copies of the grant
+        // on other servers are stale, and the pool drops them
+        // (`tessera_server::copies`): they need not survive a crash.
+        let stale: Vec<(String, String)> = self
+            .acks
+            .range((grant.to_string(), String::new())..)
+            .take_while(|((g, _), _)| g == grant)
+            .filter(|((_, at), _)| at != server)
+            .map(|(key, _)| key.clone())
+            .collect();
+        for key in stale {
+            self.acks.remove(&key);
+        }
         let entry = self
             .acks
             .entry((grant.to_string(), server.to_string()))
