@@ -182,7 +182,12 @@ impl TesseraServer {
     /// The longest time between two quota renewals so far, from `/metrics`.
     pub async fn quota_renewal_gap_max_ms(&self) -> Option<u64> {
         let url = format!("http://{}/metrics", self.address);
-        let text = reqwest::get(url).await.ok()?.text().await.ok()?;
+        let http = reqwest::Client::builder()
+            .no_proxy()
+            .timeout(Duration::from_secs(5))
+            .build()
+            .ok()?;
+        let text = http.get(url).send().await.ok()?.text().await.ok()?;
         text.lines()
             .find_map(|line| line.strip_prefix("tessera_quota_renewal_gap_max_ms "))?
             .trim()
