@@ -869,20 +869,40 @@ mod tests {
         (PoolFile::parse(&text).unwrap(), key)
     }
 
-    fn issuer_with(seats: u32, limits: Limits, restored: Vec<(String, StoredGrant)>) -> Issuer {
-        let (pool, key) = pool_and_key(seats);
-        let licenses = LicenseTable::evaluate(
+    fn licenses_of(pool: &PoolFile, key: &VendorSecretKey) -> LicenseTable {
+        LicenseTable::evaluate(
             &pool.codes,
             &[key.public()],
             "h",
             CivilDate::parse(DAY).unwrap(),
-        );
+        )
+    }
+
+    fn control_of(pool: &PoolFile) -> ControlState {
         let mut control = ControlState::default();
         control.apply(&tessera_core::ControlCommand::InstallPoolFile {
             text: pool.to_toml(),
         });
+        control
+    }
+
+    /// A grant as the store keeps it.
+    fn stored(client: &str, count: u32) -> StoredGrant {
+        StoredGrant {
+            feature: "cad".into(),
+            count,
+            client_id: client.into(),
+            user: "u".into(),
+            host: "h".into(),
+            version: "1".into(),
+            issued_unix_ms: 0,
+        }
+    }
+
+    fn issuer_with(seats: u32, limits: Limits, restored: Vec<(String, StoredGrant)>) -> Issuer {
+        let (pool, key) = pool_and_key(seats);
         let mut issuer = Issuer::new("A".into(), limits, 0, restored, 0);
-        issuer.set_control(Arc::new(control), licenses);
+        issuer.set_control(Arc::new(control_of(&pool)), licenses_of(&pool, &key));
         issuer.set_quota(u64::MAX);
         issuer
     }
@@ -1006,30 +1026,11 @@ mod tests {
                 "[distribution.cad]\nA = 2\nB = 0\n\n[[servers]]\nid = \"B\"\naddress = \"127.0.0.1:2\"\n\n[[servers]]",
             );
         let pool = PoolFile::parse(&text).expect("two servers");
-        let licenses = || {
-            LicenseTable::evaluate(
-                &pool.codes,
-                &[key.public()],
-                "h",
-                CivilDate::parse(DAY).unwrap(),
-            )
-        };
-        let mut control = ControlState::default();
-        control.apply(&tessera_core::ControlCommand::InstallPoolFile {
-            text: pool.to_toml(),
-        });
-        let stored = |client: &str| StoredGrant {
-            feature: "cad".into(),
-            count: 1,
-            client_id: client.into(),
-            user: "u".into(),
-            host: "h".into(),
-            version: "1.5".into(),
-            issued_unix_ms: 0,
-        };
+        let licenses = || licenses_of(&pool, &key);
+        let mut control = control_of(&pool);
         // Three grants come back from the store; A may issue two.
         let restored = ["r1", "r2", "r3"]
-            .map(|c| (c.to_string(), stored(c)))
+            .map(|c| (c.to_string(), stored(c, 1)))
             .to_vec();
         let mut issuer = Issuer::new("A".into(), Limits::default(), 0, restored, 0);
         issuer.set_control(Arc::new(control.clone()), licenses());
@@ -1120,15 +1121,6 @@ mod tests {
 
     #[test]
     fn restored_grants_count_and_the_excess_is_held_aside_until_it_lapses() {
-        let stored = |client: &str, count| StoredGrant {
-            feature: "cad".into(),
-            count,
-            client_id: client.into(),
-            user: "u".into(),
-            host: "h".into(),
-            version: "1".into(),
-            issued_unix_ms: 0,
-        };
         // Three seats held before the restart, but the limit is now two.
         let restored = vec![("a".into(), stored("c", 2)), ("b".into(), stored("d", 1))];
         let mut issuer = issuer_with(2, Limits::default(), restored);
