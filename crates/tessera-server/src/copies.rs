@@ -127,20 +127,14 @@ impl App {
                 .filter_map(|s| issuer.drop_superseded(&s.grant_id, s.renewal))
                 .collect()
         };
-        if dropped.is_empty() {
-            return;
-        }
-        self.seats_freed();
-        for released in dropped {
+        for released in &dropped {
             tracing::debug!(
                 "dropped the stale copy of grant {} ({} seats): renewed or checked in on another server",
                 released.grant_id,
                 released.seats
             );
-            self.store
-                .delete(released.grant_id, released.issued_unix_ms)
-                .await;
         }
+        self.released(dropped).await;
     }
 }
 

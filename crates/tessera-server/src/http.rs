@@ -181,15 +181,11 @@ async fn checkin(
         .map_err(ApiError);
     app.count("checkin", &result);
     let released = result?;
-    app.seats_freed();
+    let released_seats = released.seats;
     // Copies on other servers (from before a fail-over) go too.
     app.supersede(&released.grant_id, proto::SupersededGrant::CHECKED_IN);
-    app.store
-        .delete(released.grant_id, released.issued_unix_ms)
-        .await;
-    Ok(Json(CheckinResponse {
-        released_seats: released.seats,
-    }))
+    app.released(vec![released]).await;
+    Ok(Json(CheckinResponse { released_seats }))
 }
 
 async fn metrics(State(app): State<Arc<App>>) -> impl IntoResponse {
@@ -237,7 +233,6 @@ impl App {
     /// stands, the pool is told of the copies it makes stale.
     async fn persist(&self, issued: Issued, deadline: Deadline) -> Result<proto::Grant, ApiError> {
         if let Some(stored) = issued.to_store {
-            let issued_unix_ms = stored.issued_unix_ms;
             if let Err(err) = self.store.put(issued.grant_id.clone(), stored).await {
                 self.issuer().rollback(&issued.grant_id);
                 return Err(api_error(
@@ -248,9 +243,8 @@ impl App {
             if let Some(late_ms) = deadline.passed_by_ms(self.clock.now_ms()) {
                 // No seat for a client that has given up: it would hold
                 // seats nobody uses for a whole lease.
-                self.issuer().rollback(&issued.grant_id);
-                self.seats_freed();
-                self.store.delete(issued.grant_id, issued_unix_ms).await;
+                let undone = self.issuer().rollback(&issued.grant_id);
+                self.released(undone.into_iter().collect()).await;
                 return Err(api_error(
                     ErrorCode::NoSeatsAvailable,
                     format!(

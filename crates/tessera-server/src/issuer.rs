@@ -505,8 +505,9 @@ impl Issuer {
     }
 
     /// Undoes a checkout whose grant could not be made durable.
-    pub fn rollback(&mut self, grant_id: &str) {
-        self.remove_grant(grant_id);
+    pub fn rollback(&mut self, grant_id: &str) -> Option<Released> {
+        let grant = self.remove_grant(grant_id)?;
+        Some(Released::of(grant_id.to_string(), &grant))
     }
 
     pub fn checkin(&mut self, grant_id: &str, client_id: &str) -> Result<Released, IssueError> {

@@ -107,6 +107,21 @@ impl App {
             .send_modify(|generation| *generation += 1);
     }
 
+    /// Grants that left the key table (checked in, lapsed, dropped as stale,
+    /// undone): wakes the checkouts waiting for their seats, then deletes
+    /// them from the store.
+    async fn released(&self, released: Vec<issuer::Released>) {
+        if released.is_empty() {
+            return;
+        }
+        self.seats_freed();
+        for grant in released {
+            self.store
+                .delete(grant.grant_id, grant.issued_unix_ms)
+                .await;
+        }
+    }
+
     /// The issuer, locked. Never held across an `.await`.
     fn issuer(&self) -> MutexGuard<'_, Issuer> {
         // A panic while holding the lock would be a bug; the state is still
@@ -674,18 +689,18 @@ fn spawn_quota_loop(app: Arc<App>, timing: config::Timing) -> tokio::task::JoinH
                 .unwrap_or_else(|p| p.into_inner())
                 .take();
             // A report to a leader that stopped answering (SIGSTOP, a cut
-            // link) is given up as soon as another leader is known.
+            // link) is given up as soon as another leader is known, and the
+            // new one is reported to at once.
             let answer = tokio::select! {
-                answer = app.pool.report(in_use, superseded.clone()) => Some(answer),
-                () = app.pool.leader_changed_from(leader) => None,
+                answer = app.pool.report(in_use, superseded.clone()) => answer,
+                () = app.pool.leader_changed_from(leader) => {
+                    report_now = true;
+                    Err(issuer::IssueError::new(
+                        proto::ErrorCode::NoLeader,
+                        "the leader changed while the report was on its way",
+                    ))
+                }
             };
-            let answer = answer.unwrap_or_else(|| {
-                report_now = true;
-                Err(issuer::IssueError::new(
-                    proto::ErrorCode::NoLeader,
-                    "the leader changed while the report was on its way",
-                ))
-            });
             match answer {
                 Ok(ack) => {
                     if app
@@ -737,15 +752,10 @@ fn spawn_sweeps(app: Arc<App>, config: ServerConfig) -> tokio::task::JoinHandle<
             ticker.tick().await;
             let now_ms = app.clock.now_ms();
             let expired = app.issuer().expire(now_ms);
-            if !expired.is_empty() {
-                app.seats_freed();
-            }
-            for released in expired {
+            for released in &expired {
                 tracing::debug!("grant {} lapsed", released.grant_id);
-                app.store
-                    .delete(released.grant_id, released.issued_unix_ms)
-                    .await;
             }
+            app.released(expired).await;
             if now_ms - last_license_check_ms >= license_check_every {
                 last_license_check_ms = now_ms;
                 let today = CivilDate::from_unix_ms(app.clock.unix_ms());
