@@ -22,8 +22,9 @@ use std::time::Duration;
 use tessera_core::{BorrowSource, ControlCommand, ControlOutcome};
 use tessera_proto::{BorrowAnswer, BorrowAsk, ErrorCode};
 
-use crate::issuer::{IssueError, Issuer};
+use crate::issuer::Issuer;
 use crate::pool::network::{PeerError, PEER_TIMEOUT};
+use crate::refusal::Refusal;
 use crate::App;
 
 /// How often every server looks at the requests and targets addressed to it.
@@ -47,12 +48,12 @@ enum Wait {
 
 /// The issuer's denial, told with what the pool as a whole could give.
 fn short_of_seats(
-    denial: IssueError,
+    denial: Refusal,
     feature: &str,
     count: u32,
     pool_available: Option<u32>,
     here: u32,
-) -> IssueError {
+) -> Refusal {
     let message = match pool_available {
         Some(seats) if seats < count => format!(
             "{count} seats of `{feature}` requested; the pool can give {seats} now, {here} of \
@@ -63,7 +64,7 @@ fn short_of_seats(
             denial.message
         ),
     };
-    IssueError::new(denial.code, message)
+    Refusal::new(denial.code, message)
 }
 
 impl App {
@@ -134,8 +135,8 @@ impl App {
         feature: &str,
         count: u32,
         wait: Duration,
-        mut attempt: impl FnMut(&App) -> Result<T, IssueError>,
-    ) -> Result<T, IssueError> {
+        mut attempt: impl FnMut(&App) -> Result<T, Refusal>,
+    ) -> Result<T, Refusal> {
         match attempt(self) {
             Err(err) if err.code == ErrorCode::NoSeatsAvailable && self.could_borrow(feature) => {
                 let wait = self.borrow_for(feature, count, wait).await;
@@ -292,7 +293,7 @@ impl App {
         seats: u32,
         needed: u32,
         ahead: bool,
-    ) -> Result<BorrowAnswer, IssueError> {
+    ) -> Result<BorrowAnswer, Refusal> {
         let ask = BorrowAsk {
             server_id: self.pool.server_id.clone(),
             feature: feature.to_string(),
@@ -301,7 +302,7 @@ impl App {
             needed,
         };
         let Some((leader_id, address)) = self.pool.leader() else {
-            return Err(IssueError::new(ErrorCode::NoLeader, "no leader known"));
+            return Err(Refusal::new(ErrorCode::NoLeader, "no leader known"));
         };
         if leader_id == self.pool.server_id {
             return self.lead_borrow(ask).await;
@@ -311,31 +312,31 @@ impl App {
             .post(&address, "/v1/peer/borrow", &ask, PEER_TIMEOUT * 2)
             .await
             .map_err(|err| match err {
-                PeerError::Refused { code, message } => IssueError::new(code, message),
-                other => IssueError::new(ErrorCode::NoLeader, other.to_string()),
+                PeerError::Refused { code, message } => Refusal::new(code, message),
+                other => Refusal::new(ErrorCode::NoLeader, other.to_string()),
             })
     }
 
     /// Leader: finds seats for `ask` in the order of seed 002 and commits
     /// the moves (or the requests, for live donors).
-    pub async fn lead_borrow(&self, ask: BorrowAsk) -> Result<BorrowAnswer, IssueError> {
+    pub async fn lead_borrow(&self, ask: BorrowAsk) -> Result<BorrowAnswer, Refusal> {
         let pool = &self.pool;
         let _moves = pool.moves.lock().await;
         if pool.observe_term().is_none() {
-            return Err(IssueError::new(
+            return Err(Refusal::new(
                 ErrorCode::NoLeader,
                 format!("server `{}` is not the leader", pool.server_id),
             ));
         }
         let state = pool.applied.borrow().state.clone();
         let Some(allocation) = state.allocation(&ask.feature).cloned() else {
-            return Err(IssueError::new(
+            return Err(Refusal::new(
                 ErrorCode::UnknownFeature,
                 format!("feature `{}` is not in the pool", ask.feature),
             ));
         };
         if !allocation.servers.contains_key(&ask.server_id) {
-            return Err(IssueError::new(
+            return Err(Refusal::new(
                 ErrorCode::WrongPool,
                 format!("server `{}` is not in the pool", ask.server_id),
             ));

@@ -18,14 +18,15 @@ use tessera_proto::{
     MAX_BODY_BYTES, MAX_FIELD_BYTES, MAX_SEATS_PER_REQUEST,
 };
 
-use crate::issuer::{IssueError, Issued, SeatRequest};
+use crate::issuer::{Issued, SeatRequest};
+use crate::refusal::Refusal;
 use crate::App;
 
 /// An error answer.
-pub struct ApiError(pub IssueError);
+pub struct ApiError(pub Refusal);
 
-impl From<IssueError> for ApiError {
-    fn from(err: IssueError) -> ApiError {
+impl From<Refusal> for ApiError {
+    fn from(err: Refusal) -> ApiError {
         ApiError(err)
     }
 }
@@ -45,7 +46,7 @@ impl IntoResponse for ApiError {
 }
 
 fn api_error(code: ErrorCode, message: impl Into<String>) -> ApiError {
-    ApiError(IssueError::new(code, message))
+    ApiError(Refusal::new(code, message))
 }
 
 /// A JSON body parsed by us, so that every failure gets a stable code.
@@ -217,7 +218,7 @@ impl App {
     async fn answer(
         &self,
         endpoint: &'static str,
-        issued: Result<Issued, IssueError>,
+        issued: Result<Issued, Refusal>,
         deadline: Deadline,
     ) -> Result<Json<proto::Grant>, ApiError> {
         let result = match issued {

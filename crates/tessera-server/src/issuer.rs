@@ -16,24 +16,8 @@ use tessera_core::{
 use tessera_proto::{self as proto, ErrorCode};
 
 use crate::config::Limits;
+use crate::refusal::Refusal;
 use crate::store::StoredGrant;
-
-/// A refused request: a stable code and a sentence.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("{message}")]
-pub struct IssueError {
-    pub code: ErrorCode,
-    pub message: String,
-}
-
-impl IssueError {
-    pub fn new(code: ErrorCode, message: impl Into<String>) -> IssueError {
-        IssueError {
-            code,
-            message: message.into(),
-        }
-    }
-}
 
 /// A request's identity and wants, checked.
 #[derive(Clone, Debug)]
@@ -378,13 +362,13 @@ impl Issuer {
         now_ms: u64,
         now_unix_ms: i64,
         converted: bool,
-    ) -> Result<Issued, IssueError> {
+    ) -> Result<Issued, Refusal> {
         let terms = self.check_servable(&request)?;
         match self.state(now_ms) {
             IssuingState::Serving => {}
             IssuingState::NoQuorum => return Err(no_quorum(&self.server_id)),
             IssuingState::Grace { until_ms } if !converted => {
-                return Err(IssueError::new(
+                return Err(Refusal::new(
                     ErrorCode::GracePeriod,
                     format!(
                         "server `{}` started without its grant store and accepts only renewals \
@@ -404,7 +388,7 @@ impl Issuer {
             .expect("check_servable found the feature's table");
         let row = table.row(&self.server_id).unwrap_or_default();
         if available < request.count {
-            return Err(IssueError::new(
+            return Err(Refusal::new(
                 ErrorCode::NoSeatsAvailable,
                 format!(
                     "no seats of `{}` free on server `{}`: {} requested, {} available of {} \
@@ -448,7 +432,7 @@ impl Issuer {
         request: SeatRequest,
         now_ms: u64,
         now_unix_ms: i64,
-    ) -> Result<Issued, IssueError> {
+    ) -> Result<Issued, Refusal> {
         let Some(grant) = self.grants.get(&grant_id) else {
             return self.checkout(grant_id, request, now_ms, now_unix_ms, true);
         };
@@ -457,7 +441,7 @@ impl Issuer {
             || held.feature != request.feature
             || held.count != request.count
         {
-            return Err(IssueError::new(
+            return Err(Refusal::new(
                 ErrorCode::GrantMismatch,
                 format!(
                     "grant {grant_id} is held by client `{}` for {} seats of `{}`; the heartbeat \
@@ -476,7 +460,7 @@ impl Issuer {
             return Err(no_quorum(&self.server_id));
         }
         if !grant.counted {
-            return Err(IssueError::new(
+            return Err(Refusal::new(
                 ErrorCode::NoSeatsAvailable,
                 format!(
                     "grant {grant_id} no longer fits the seats of `{}` on server `{}` (the hard \
@@ -510,9 +494,9 @@ impl Issuer {
         Some(Released::of(grant_id.to_string(), &grant))
     }
 
-    pub fn checkin(&mut self, grant_id: &str, client_id: &str) -> Result<Released, IssueError> {
+    pub fn checkin(&mut self, grant_id: &str, client_id: &str) -> Result<Released, Refusal> {
         let grant = self.grants.get(grant_id).ok_or_else(|| {
-            IssueError::new(
+            Refusal::new(
                 ErrorCode::UnknownGrant,
                 format!(
                     "server `{}` holds no grant {grant_id}; it may have lapsed or been issued \
@@ -522,7 +506,7 @@ impl Issuer {
             )
         })?;
         if grant.request.client_id != client_id {
-            return Err(IssueError::new(
+            return Err(Refusal::new(
                 ErrorCode::GrantMismatch,
                 format!(
                     "grant {grant_id} belongs to client `{}`, not `{client_id}`",
@@ -595,9 +579,9 @@ impl Issuer {
         Some(grant)
     }
 
-    fn check_servable(&self, request: &SeatRequest) -> Result<LeaseTerms, IssueError> {
+    fn check_servable(&self, request: &SeatRequest) -> Result<LeaseTerms, Refusal> {
         if self.control.is_none() {
-            return Err(IssueError::new(
+            return Err(Refusal::new(
                 ErrorCode::NoQuorum,
                 format!(
                     "server `{}` has not joined a formed pool yet; retry shortly or try another server",
@@ -606,7 +590,7 @@ impl Issuer {
             ));
         }
         let feature = self.licenses.feature(&request.feature).ok_or_else(|| {
-            IssueError::new(
+            Refusal::new(
                 ErrorCode::UnknownFeature,
                 format!(
                     "no license code in pool `{}` names feature `{}`",
@@ -616,7 +600,7 @@ impl Issuer {
             )
         })?;
         if feature.hard_limit == 0 {
-            return Err(IssueError::new(
+            return Err(Refusal::new(
                 ErrorCode::LicenseNotServed,
                 format!(
                     "feature `{}` is not served: {}",
@@ -626,9 +610,9 @@ impl Issuer {
             ));
         }
         let version = Version::parse(&request.version)
-            .map_err(|err| IssueError::new(ErrorCode::InvalidField, err))?;
+            .map_err(|err| Refusal::new(ErrorCode::InvalidField, err))?;
         if !feature.covers(&version) {
-            return Err(IssueError::new(
+            return Err(Refusal::new(
                 ErrorCode::VersionNotLicensed,
                 format!(
                     "no served code of `{}` covers version {version}",
@@ -637,7 +621,7 @@ impl Issuer {
             ));
         }
         if request.count > feature.hard_limit {
-            return Err(IssueError::new(
+            return Err(Refusal::new(
                 ErrorCode::CountAboveLimit,
                 format!(
                     "{} seats of `{}` requested; the hard limit is {}",
@@ -646,7 +630,7 @@ impl Issuer {
             ));
         }
         if !self.tables.contains_key(&request.feature) {
-            return Err(IssueError::new(
+            return Err(Refusal::new(
                 ErrorCode::Internal,
                 format!("feature `{}` has no distribution table", request.feature),
             ));
@@ -654,9 +638,9 @@ impl Issuer {
         Ok(self.terms(&request.feature).expect("feature exists"))
     }
 
-    fn check_limits(&self, client_id: &str) -> Result<(), IssueError> {
+    fn check_limits(&self, client_id: &str) -> Result<(), Refusal> {
         if self.grants.len() >= self.limits.grants_max {
-            return Err(IssueError::new(
+            return Err(Refusal::new(
                 ErrorCode::TooManyGrants,
                 format!(
                     "server `{}` holds {} grants, its limit (limits.grants_max)",
@@ -666,23 +650,21 @@ impl Issuer {
             ));
         }
         match self.grants_per_client.get(client_id) {
-            Some(&held) if held >= self.limits.grants_per_client_max => Err(IssueError::new(
+            Some(&held) if held >= self.limits.grants_per_client_max => Err(Refusal::new(
                 ErrorCode::TooManyGrants,
                 format!(
                     "client `{client_id}` holds {held} grants, the limit per client \
                      (limits.grants_per_client_max)"
                 ),
             )),
-            None if self.grants_per_client.len() >= self.limits.clients_max => {
-                Err(IssueError::new(
-                    ErrorCode::TooManyGrants,
-                    format!(
-                        "server `{}` serves {} clients, its limit (limits.clients_max)",
-                        self.server_id,
-                        self.grants_per_client.len()
-                    ),
-                ))
-            }
+            None if self.grants_per_client.len() >= self.limits.clients_max => Err(Refusal::new(
+                ErrorCode::TooManyGrants,
+                format!(
+                    "server `{}` serves {} clients, its limit (limits.clients_max)",
+                    self.server_id,
+                    self.grants_per_client.len()
+                ),
+            )),
             _ => Ok(()),
         }
     }
@@ -825,8 +807,8 @@ impl Issuer {
     }
 }
 
-fn no_quorum(server_id: &str) -> IssueError {
-    IssueError::new(
+fn no_quorum(server_id: &str) -> Refusal {
+    Refusal::new(
         ErrorCode::NoQuorum,
         format!(
             "server `{server_id}` cannot reach a majority of its pool and does not issue or renew \
@@ -920,7 +902,7 @@ mod tests {
         }
     }
 
-    fn code_of<T>(result: Result<T, IssueError>) -> ErrorCode {
+    fn code_of<T>(result: Result<T, Refusal>) -> ErrorCode {
         match result {
             Ok(_) => panic!("expected an error"),
             Err(err) => err.code,

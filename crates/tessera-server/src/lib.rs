@@ -13,6 +13,7 @@ pub mod hostid;
 pub mod http;
 pub mod issuer;
 pub mod pool;
+pub mod refusal;
 pub mod seams;
 pub mod store;
 
@@ -695,7 +696,7 @@ fn spawn_quota_loop(app: Arc<App>, timing: config::Timing) -> tokio::task::JoinH
                 answer = app.pool.report(in_use, superseded.clone()) => answer,
                 () = app.pool.leader_changed_from(leader) => {
                     report_now = true;
-                    Err(issuer::IssueError::new(
+                    Err(refusal::Refusal::new(
                         proto::ErrorCode::NoLeader,
                         "the leader changed while the report was on its way",
                     ))

@@ -11,7 +11,7 @@ use tessera_proto::{AddLicense, ErrorCode, PoolFileInstalled, RemoveLicense, Set
 
 use super::network::{PeerError, PEER_TIMEOUT};
 use super::{refused, Pool, SignatureCheck};
-use crate::issuer::IssueError;
+use crate::refusal::Refusal;
 
 /// One administrator change, as received.
 #[derive(Clone, Debug)]
@@ -40,12 +40,12 @@ impl AdminChange {
     }
 }
 
-fn refuse(message: impl Into<String>) -> IssueError {
+fn refuse(message: impl Into<String>) -> Refusal {
     refused(ErrorCode::PoolFileRefused, message)
 }
 
 impl Pool {
-    pub async fn admin_change(&self, change: AdminChange) -> Result<PoolFileInstalled, IssueError> {
+    pub async fn admin_change(&self, change: AdminChange) -> Result<PoolFileInstalled, Refusal> {
         let Some((leader_id, address)) = self.leader() else {
             return Err(refused(
                 ErrorCode::NoLeader,
@@ -106,7 +106,7 @@ fn next_pool_file(
     current: &PoolFile,
     state: &tessera_core::ControlState,
     change: AdminChange,
-) -> Result<PoolFile, IssueError> {
+) -> Result<PoolFile, Refusal> {
     let mut next = current.clone();
     next.sequence = current.sequence + 1;
     match change {

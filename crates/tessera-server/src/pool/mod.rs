@@ -35,7 +35,7 @@ use tokio::sync::watch;
 
 use crate::clock::Clock;
 use crate::config::Timing;
-use crate::issuer::IssueError;
+use crate::refusal::Refusal;
 use network::{PeerClient, PeerError, PEER_TIMEOUT};
 use state_machine::Applied;
 use types::{node_id, Node, NodeId, Raft};
@@ -132,8 +132,8 @@ pub fn test_faults_enabled() -> bool {
     std::env::var(TEST_FAULTS_ENV).is_ok_and(|v| v == "1")
 }
 
-fn refused(code: ErrorCode, message: impl Into<String>) -> IssueError {
-    IssueError::new(code, message)
+fn refused(code: ErrorCode, message: impl Into<String>) -> Refusal {
+    Refusal::new(code, message)
 }
 
 impl Pool {
@@ -582,7 +582,7 @@ impl Pool {
 
     /// Installs a pool file: forwarded to the leader, validated there
     /// (sequence, pool id, sums, signatures), committed, applied by all.
-    pub async fn update_pool_file(&self, text: String) -> Result<PoolFileInstalled, IssueError> {
+    pub async fn update_pool_file(&self, text: String) -> Result<PoolFileInstalled, Refusal> {
         self.submit_pool_file(text, SignatureCheck::Require).await
     }
 
@@ -592,7 +592,7 @@ impl Pool {
     pub async fn install_first_pool_file(
         &self,
         text: String,
-    ) -> Result<PoolFileInstalled, IssueError> {
+    ) -> Result<PoolFileInstalled, Refusal> {
         self.submit_pool_file(text, SignatureCheck::Skip).await
     }
 
@@ -600,7 +600,7 @@ impl Pool {
         &self,
         text: String,
         check: SignatureCheck,
-    ) -> Result<PoolFileInstalled, IssueError> {
+    ) -> Result<PoolFileInstalled, Refusal> {
         let Some((leader_id, leader_address)) = self.leader() else {
             return Err(refused(
                 ErrorCode::NoLeader,
@@ -723,7 +723,7 @@ impl Pool {
 
     /// Leader: a server's report. Acknowledged only after a quorum confirms
     /// this leadership, so no other leader can exist at the time of the ack.
-    pub async fn handle_report(&self, report: PeerReport) -> Result<PeerReportAck, IssueError> {
+    pub async fn handle_report(&self, report: PeerReport) -> Result<PeerReportAck, Refusal> {
         let pool = self.pool_file();
         if pool.server(&report.server_id).is_none() {
             return Err(refused(
@@ -794,7 +794,7 @@ impl Pool {
         &self,
         in_use: BTreeMap<String, u32>,
         superseded: Vec<SupersededGrant>,
-    ) -> Result<PeerReportAck, IssueError> {
+    ) -> Result<PeerReportAck, Refusal> {
         let Some((leader_id, address)) = self.leader() else {
             return Err(refused(ErrorCode::NoLeader, "no leader known"));
         };
@@ -856,7 +856,7 @@ impl Pool {
 
     /// Commits `command` through the leader: here if this server leads,
     /// else forwarded. Returns what applying it did.
-    pub async fn propose(&self, command: ControlCommand) -> Result<ControlOutcome, IssueError> {
+    pub async fn propose(&self, command: ControlCommand) -> Result<ControlOutcome, Refusal> {
         let Some((leader_id, address)) = self.leader() else {
             return Err(refused(ErrorCode::NoLeader, "no leader known"));
         };
@@ -878,16 +878,13 @@ impl Pool {
     }
 
     /// Leader: commits `command` and returns what applying it did.
-    pub(crate) async fn commit(
-        &self,
-        command: ControlCommand,
-    ) -> Result<ControlOutcome, IssueError> {
+    pub(crate) async fn commit(&self, command: ControlCommand) -> Result<ControlOutcome, Refusal> {
         self.write(command).await
     }
 
     /// Writes `command` to the Raft log and waits, at most
     /// [`COMMIT_TIMEOUT`], for what applying it did.
-    async fn write(&self, command: ControlCommand) -> Result<ControlOutcome, IssueError> {
+    async fn write(&self, command: ControlCommand) -> Result<ControlOutcome, Refusal> {
         match tokio::time::timeout(COMMIT_TIMEOUT, self.raft.client_write(command)).await {
             Ok(written) => written
                 .map(|response| response.data)

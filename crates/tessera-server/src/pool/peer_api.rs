@@ -17,7 +17,7 @@ use tessera_proto::{ErrorCode, PeerReport, PoolFileUpdate, POOL_HEADER};
 
 use super::types::{NodeId, TypeConfig};
 use crate::http::{ApiError, JsonBody};
-use crate::issuer::IssueError;
+use crate::refusal::Refusal;
 use crate::App;
 
 /// Largest peer request body (a pool file with many codes, a batch of log entries).
@@ -53,7 +53,7 @@ pub fn routes(app: Arc<App>) -> Router<Arc<App>> {
 async fn check_pool(State(app): State<Arc<App>>, request: Request, next: Next) -> Response {
     if app.pool.is_partitioned() && request.uri().path().starts_with("/v1/peer/") {
         let message = "cut off by the test fault switch";
-        return ApiError(IssueError::new(ErrorCode::Internal, message)).into_response();
+        return ApiError(Refusal::new(ErrorCode::Internal, message)).into_response();
     }
     let pool_id = &app.pool.pool_id;
     let named = request
@@ -66,7 +66,7 @@ async fn check_pool(State(app): State<Arc<App>>, request: Request, next: Next) -
             "this server belongs to pool `{pool_id}`; the request names pool `{named}` \
              (header {POOL_HEADER})"
         );
-        return ApiError(IssueError::new(ErrorCode::WrongPool, message)).into_response();
+        return ApiError(Refusal::new(ErrorCode::WrongPool, message)).into_response();
     }
     if let Some(secret) = &app.peer_secret {
         let given = request
@@ -77,7 +77,7 @@ async fn check_pool(State(app): State<Arc<App>>, request: Request, next: Next) -
             .unwrap_or("");
         if !constant_time_eq(given.as_bytes(), secret.as_bytes()) {
             let message = "the request does not carry this pool's peer_secret";
-            return ApiError(IssueError::new(ErrorCode::WrongPool, message)).into_response();
+            return ApiError(Refusal::new(ErrorCode::WrongPool, message)).into_response();
         }
     }
     next.run(request).await
@@ -94,7 +94,7 @@ async fn append(
     let term = request.vote.leader_id().term;
     app.pool
         .answers_leader(term)
-        .map_err(|message| ApiError(IssueError::new(ErrorCode::NoQuorum, message)))?;
+        .map_err(|message| ApiError(Refusal::new(ErrorCode::NoQuorum, message)))?;
     // Only an index committed in the leader's own term covers every entry
     // committed before it: the target of a server catching up.
     let committed = request
@@ -114,7 +114,7 @@ async fn vote(
     JsonBody(request): JsonBody<VoteRequest<NodeId>>,
 ) -> Result<Response, ApiError> {
     if app.pool.refuses_votes().await {
-        return Err(ApiError(IssueError::new(
+        return Err(ApiError(Refusal::new(
             ErrorCode::NoQuorum,
             format!(
                 "server `{}` lost its pool log and does not vote until it has caught up",
@@ -131,7 +131,7 @@ async fn snapshot(
 ) -> Result<Response, ApiError> {
     app.pool
         .answers_leader(request.vote.leader_id().term)
-        .map_err(|message| ApiError(IssueError::new(ErrorCode::NoQuorum, message)))?;
+        .map_err(|message| ApiError(Refusal::new(ErrorCode::NoQuorum, message)))?;
     Ok(Json(app.pool.raft.install_snapshot(request).await).into_response())
 }
 
@@ -191,7 +191,7 @@ async fn command(
         _ => false,
     };
     if !own {
-        return Err(ApiError(IssueError::new(
+        return Err(ApiError(Refusal::new(
             ErrorCode::MalformedRequest,
             format!(
                 "server `{}` may propose only its own releases and drains",
@@ -200,7 +200,7 @@ async fn command(
         )));
     }
     if !app.pool.is_leader() {
-        return Err(ApiError(IssueError::new(
+        return Err(ApiError(Refusal::new(
             ErrorCode::NoLeader,
             format!("server `{}` is not the leader", app.pool.server_id),
         )));

@@ -1,0 +1,22 @@
+//! The server-wide refusal: a stable [`ErrorCode`] and a sentence a person
+//! can act on. Every layer returns it (the issuer, the pool, the request
+//! service); only `api` turns it into an HTTP answer.
+
+use tessera_proto::ErrorCode;
+
+/// A refused request or operation.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct Refusal {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl Refusal {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Refusal {
+        Refusal {
+            code,
+            message: message.into(),
+        }
+    }
+}
