@@ -11,9 +11,10 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use tessera_core::{
-    ControlState, DistributionError, DistributionTable, LicenseTable, PoolFile, Version,
+    ControlState, DistributionError, DistributionTable, LicenseTable, PoolFile, ServerEntry,
+    Version,
 };
-use tessera_proto::{self as proto, ErrorCode};
+use tessera_proto::ErrorCode;
 
 use crate::config::Limits;
 use crate::refusal::Refusal;
@@ -123,11 +124,27 @@ pub struct Issuer {
     quota_valid_until_ms: u64,
 }
 
+/// How a grant came to be on this server.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Origin {
+    /// A checkout, or the renewal of a grant this server issued.
+    Checkout,
+    /// A heartbeat for a grant this server did not hold (fail-over, or a
+    /// lapse), converted into a new grant with the same id.
+    Conversion,
+}
+
 /// Outcome of a checkout or heartbeat that the store must make durable
 /// before the answer is sent.
+#[derive(Clone, Debug)]
 pub struct Issued {
     pub grant_id: String,
-    pub grant: proto::Grant,
+    pub feature: String,
+    pub count: u32,
+    pub terms: LeaseTerms,
+    pub origin: Origin,
+    /// The pool's servers, in priority order: where the client fails over.
+    pub servers: Vec<ServerEntry>,
     /// Set when a new grant was made (checkout or conversion); renewals write nothing.
     pub to_store: Option<StoredGrant>,
     /// Set when copies of this grant on other servers are now stale: it was
@@ -361,13 +378,23 @@ impl Issuer {
         request: SeatRequest,
         now_ms: u64,
         now_unix_ms: i64,
-        converted: bool,
+    ) -> Result<Issued, Refusal> {
+        self.issue(grant_id, request, now_ms, now_unix_ms, Origin::Checkout)
+    }
+
+    fn issue(
+        &mut self,
+        grant_id: String,
+        request: SeatRequest,
+        now_ms: u64,
+        now_unix_ms: i64,
+        origin: Origin,
     ) -> Result<Issued, Refusal> {
         let terms = self.check_servable(&request)?;
         match self.state(now_ms) {
             IssuingState::Serving => {}
             IssuingState::NoQuorum => return Err(no_quorum(&self.server_id)),
-            IssuingState::Grace { until_ms } if !converted => {
+            IssuingState::Grace { until_ms } if origin == Origin::Checkout => {
                 return Err(Refusal::new(
                     ErrorCode::GracePeriod,
                     format!(
@@ -413,16 +440,20 @@ impl Issuer {
             counted: true,
         };
         let stored = grant.stored();
-        let answer = self.answer(&grant_id, &grant, terms, converted);
-        let supersedes_renewal =
-            (converted && grant.request.renewal > 0).then_some(grant.request.renewal);
-        self.insert_grant(grant_id.clone(), grant);
-        Ok(Issued {
-            grant_id,
-            grant: answer,
+        let supersedes_renewal = (origin == Origin::Conversion && grant.request.renewal > 0)
+            .then_some(grant.request.renewal);
+        let issued = Issued {
+            grant_id: grant_id.clone(),
+            feature: grant.request.feature.clone(),
+            count: grant.request.count,
+            terms,
+            origin,
+            servers: self.servers(),
             to_store: Some(stored),
             supersedes_renewal,
-        })
+        };
+        self.insert_grant(grant_id, grant);
+        Ok(issued)
     }
 
     /// Renews a held grant, or converts an unknown one into a checkout with the same id.
@@ -434,7 +465,7 @@ impl Issuer {
         now_unix_ms: i64,
     ) -> Result<Issued, Refusal> {
         let Some(grant) = self.grants.get(&grant_id) else {
-            return self.checkout(grant_id, request, now_ms, now_unix_ms, true);
+            return self.issue(grant_id, request, now_ms, now_unix_ms, Origin::Conversion);
         };
         let held = &grant.request;
         if held.client_id != request.client_id
@@ -479,10 +510,13 @@ impl Issuer {
         let grant = self.grants.get_mut(&grant_id).expect("found above");
         grant.expires_at_ms = new_expiry;
         grant.request.renewal = grant.request.renewal.max(request.renewal);
-        let grant = grant.clone();
         Ok(Issued {
-            grant: self.answer(&grant_id, &grant, terms, false),
             grant_id,
+            feature: request.feature,
+            count: request.count,
+            terms,
+            origin: Origin::Checkout,
+            servers: self.servers(),
             to_store: None,
             supersedes_renewal: went_elsewhere.then_some(request.renewal),
         })
@@ -669,35 +703,11 @@ impl Issuer {
         }
     }
 
-    fn answer(
-        &self,
-        grant_id: &str,
-        grant: &LiveGrant,
-        terms: LeaseTerms,
-        converted: bool,
-    ) -> proto::Grant {
-        proto::Grant {
-            grant_id: grant_id.to_string(),
-            feature: grant.request.feature.clone(),
-            count: grant.request.count,
-            server_id: self.server_id.clone(),
-            lease_ms: terms.lease_ms,
-            heartbeat_interval_ms: terms.heartbeat_interval_ms,
-            servers: self.servers(),
-            converted,
-        }
-    }
-
-    pub fn servers(&self) -> Vec<proto::ServerInfo> {
+    /// The pool's servers, in priority order.
+    pub fn servers(&self) -> Vec<ServerEntry> {
         self.pool()
-            .map(|pool| pool.servers.as_slice())
+            .map(|pool| pool.servers.clone())
             .unwrap_or_default()
-            .iter()
-            .map(|s| proto::ServerInfo {
-                id: s.id.clone(),
-                address: s.address.clone(),
-            })
-            .collect()
     }
 
     pub fn pool(&self) -> Option<&PoolFile> {
@@ -912,18 +922,12 @@ mod tests {
     #[test]
     fn checkout_to_the_limit_then_denied_then_checkin_frees() {
         let mut issuer = issuer_with(3, Limits::default(), vec![]);
-        issuer
-            .checkout("g1".into(), request("c", 2), 0, 0, false)
-            .unwrap();
-        issuer
-            .checkout("g2".into(), request("c", 1), 0, 0, false)
-            .unwrap();
-        let denied = issuer.checkout("g3".into(), request("c", 1), 0, 0, false);
+        issuer.checkout("g1".into(), request("c", 2), 0, 0).unwrap();
+        issuer.checkout("g2".into(), request("c", 1), 0, 0).unwrap();
+        let denied = issuer.checkout("g3".into(), request("c", 1), 0, 0);
         assert_eq!(code_of(denied), ErrorCode::NoSeatsAvailable);
         assert_eq!(issuer.checkin("g1", "c").unwrap().seats, 2);
-        issuer
-            .checkout("g3".into(), request("c", 2), 0, 0, false)
-            .unwrap();
+        issuer.checkout("g3".into(), request("c", 2), 0, 0).unwrap();
         issuer.check_invariants().unwrap();
     }
 
@@ -940,15 +944,13 @@ mod tests {
         for (edit, code) in cases {
             let mut r = request("c", 1);
             edit(&mut r);
-            assert_eq!(code_of(issuer.checkout("g".into(), r, 0, 0, false)), code);
+            assert_eq!(code_of(issuer.checkout("g".into(), r, 0, 0)), code);
         }
         assert_eq!(
             code_of(issuer.checkin("nope", "c")),
             ErrorCode::UnknownGrant
         );
-        issuer
-            .checkout("g1".into(), request("c", 1), 0, 0, false)
-            .unwrap();
+        issuer.checkout("g1".into(), request("c", 1), 0, 0).unwrap();
         assert_eq!(
             code_of(issuer.checkin("g1", "other")),
             ErrorCode::GrantMismatch
@@ -963,16 +965,12 @@ mod tests {
     #[test]
     fn lapsed_grants_free_their_seats_and_heartbeats_extend_them() {
         let mut issuer = issuer_with(2, Limits::default(), vec![]);
-        issuer
-            .checkout("g1".into(), request("c", 1), 0, 0, false)
-            .unwrap();
-        issuer
-            .checkout("g2".into(), request("c", 1), 0, 0, false)
-            .unwrap();
+        issuer.checkout("g1".into(), request("c", 1), 0, 0).unwrap();
+        issuer.checkout("g2".into(), request("c", 1), 0, 0).unwrap();
         let renewed = issuer
             .heartbeat("g2".into(), request("c", 1), 9_000, 0)
             .unwrap();
-        assert!(renewed.to_store.is_none() && !renewed.grant.converted);
+        assert!(renewed.to_store.is_none() && renewed.origin == Origin::Checkout);
         assert!(issuer.expire(9_999).is_empty());
         let ids = |released: Vec<Released>| -> Vec<String> {
             released.into_iter().map(|r| r.grant_id).collect()
@@ -989,7 +987,7 @@ mod tests {
         let issued = issuer
             .heartbeat("from-B".into(), request("c", 1), 0, 0)
             .unwrap();
-        assert!(issued.grant.converted);
+        assert!(issued.origin == Origin::Conversion);
         assert_eq!(issued.grant_id, "from-B");
         assert!(issued.to_store.is_some());
         let full = issuer.heartbeat("other".into(), request("d", 1), 0, 0);
@@ -1036,9 +1034,7 @@ mod tests {
                 "the held-aside grant counts first"
             );
         }
-        issuer
-            .checkout("g".into(), request("c", 1), 0, 0, false)
-            .unwrap();
+        issuer.checkout("g".into(), request("c", 1), 0, 0).unwrap();
         assert_eq!(issuer.available("cad"), 0);
         issuer.check_invariants().unwrap();
     }
@@ -1071,13 +1067,11 @@ mod tests {
         issuer.check_invariants().unwrap();
         // A checkout counts no renewal: a check-in elsewhere drops it; a
         // client that does not count its heartbeats supersedes nothing.
-        issuer
-            .checkout("h".into(), request("d", 1), 0, 0, false)
-            .unwrap();
+        issuer.checkout("h".into(), request("d", 1), 0, 0).unwrap();
         let uncounted = issuer.heartbeat("u".into(), request("e", 1), 0, 0).unwrap();
         assert_eq!(uncounted.supersedes_renewal, None);
         assert!(issuer
-            .drop_superseded("h", proto::SupersededGrant::CHECKED_IN)
+            .drop_superseded("h", tessera_proto::SupersededGrant::CHECKED_IN)
             .is_some());
         assert_eq!(issuer.drop_superseded("unknown", 1), None);
         issuer.check_invariants().unwrap();
@@ -1087,13 +1081,13 @@ mod tests {
     fn grace_accepts_only_renewals_and_no_quota_stops_everything() {
         let mut issuer = issuer_with(2, Limits::default(), vec![]);
         issuer.set_grace_until(Some(5_000));
-        let fresh = issuer.checkout("g1".into(), request("c", 1), 0, 0, false);
+        let fresh = issuer.checkout("g1".into(), request("c", 1), 0, 0);
         assert_eq!(code_of(fresh), ErrorCode::GracePeriod);
         issuer
             .heartbeat("held".into(), request("c", 1), 0, 0)
             .unwrap();
         issuer
-            .checkout("g1".into(), request("c", 1), 5_000, 0, false)
+            .checkout("g1".into(), request("c", 1), 5_000, 0)
             .unwrap();
         issuer.set_quota(6_000);
         assert_eq!(
@@ -1108,7 +1102,7 @@ mod tests {
         let restored = vec![("a".into(), stored("c", 2)), ("b".into(), stored("d", 1))];
         let mut issuer = issuer_with(2, Limits::default(), restored);
         issuer.check_invariants().unwrap();
-        let none_left = issuer.checkout("n".into(), request("e", 1), 0, 0, false);
+        let none_left = issuer.checkout("n".into(), request("e", 1), 0, 0);
         assert_eq!(code_of(none_left), ErrorCode::NoSeatsAvailable);
         let total_held: u32 = issuer.grants().map(|(_, g)| g.request.count).sum();
         assert_eq!(
@@ -1119,7 +1113,7 @@ mod tests {
         assert!(issuer.expire(9_999).is_empty());
         assert_eq!(issuer.expire(10_000).len(), 2);
         issuer
-            .checkout("n".into(), request("e", 2), 10_000, 0, false)
+            .checkout("n".into(), request("e", 2), 10_000, 0)
             .unwrap();
     }
 
@@ -1132,25 +1126,17 @@ mod tests {
             ..Limits::default()
         };
         let mut issuer = issuer_with(10, limits, vec![]);
-        issuer
-            .checkout("1".into(), request("a", 1), 0, 0, false)
-            .unwrap();
-        issuer
-            .checkout("2".into(), request("a", 1), 0, 0, false)
-            .unwrap();
-        let per_client = issuer.checkout("3".into(), request("a", 1), 0, 0, false);
+        issuer.checkout("1".into(), request("a", 1), 0, 0).unwrap();
+        issuer.checkout("2".into(), request("a", 1), 0, 0).unwrap();
+        let per_client = issuer.checkout("3".into(), request("a", 1), 0, 0);
         assert_eq!(code_of(per_client), ErrorCode::TooManyGrants);
-        issuer
-            .checkout("3".into(), request("b", 1), 0, 0, false)
-            .unwrap();
-        let total = issuer.checkout("4".into(), request("b", 1), 0, 0, false);
+        issuer.checkout("3".into(), request("b", 1), 0, 0).unwrap();
+        let total = issuer.checkout("4".into(), request("b", 1), 0, 0);
         assert_eq!(code_of(total), ErrorCode::TooManyGrants);
         issuer.checkin("3", "b").unwrap();
-        issuer
-            .checkout("4".into(), request("c2", 1), 0, 0, false)
-            .unwrap();
+        issuer.checkout("4".into(), request("c2", 1), 0, 0).unwrap();
         issuer.checkin("1", "a").unwrap();
-        let third_client = issuer.checkout("5".into(), request("d", 1), 0, 0, false);
+        let third_client = issuer.checkout("5".into(), request("d", 1), 0, 0);
         assert_eq!(code_of(third_client), ErrorCode::TooManyGrants);
     }
 }

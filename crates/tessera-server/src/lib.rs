@@ -5,16 +5,17 @@
 //! under one mutex); [`store`] makes new grants durable; [`clock`] is the
 //! time seam. See ARCHITECTURE.md.
 
+pub mod api;
 pub mod balance;
 pub mod clock;
 pub mod config;
 pub mod copies;
 pub mod hostid;
-pub mod http;
 pub mod issuer;
 pub mod pool;
 pub mod refusal;
 pub mod seams;
+pub mod service;
 pub mod store;
 
 use std::future::Future;
@@ -557,7 +558,7 @@ where
         spawn_membership_loop(pool.clone()),
         balance::spawn_answer_loop(app.clone()),
     ];
-    let router = http::router(app.clone());
+    let router = api::router(app.clone());
     let done = tokio::spawn(async move {
         if let Err(err) = axum::serve(listener, router)
             .with_graceful_shutdown(shutdown)

@@ -9,12 +9,14 @@ use std::collections::BTreeMap;
 use tessera_core::{LicenseCode, PoolFile};
 use tessera_proto::{AddLicense, ErrorCode, PoolFileInstalled, RemoveLicense, SetDistribution};
 
-use super::network::{PeerError, PEER_TIMEOUT};
-use super::{refused, Pool, SignatureCheck};
+use super::network::PEER_TIMEOUT;
+use super::{refused, Forward, Pool, SignatureCheck};
 use crate::refusal::Refusal;
 
-/// One administrator change, as received.
-#[derive(Clone, Debug)]
+/// One administrator change, as received; sent on to the leader as the
+/// body it came in.
+#[derive(Clone, Debug, serde::Serialize)]
+#[serde(untagged)]
 pub enum AdminChange {
     Distribution(SetDistribution),
     AddLicense(AddLicense),
@@ -46,38 +48,17 @@ fn refuse(message: impl Into<String>) -> Refusal {
 
 impl Pool {
     pub async fn admin_change(&self, change: AdminChange) -> Result<PoolFileInstalled, Refusal> {
-        let Some((leader_id, address)) = self.leader() else {
-            return Err(refused(
-                ErrorCode::NoLeader,
-                "the pool has no leader right now; retry shortly",
-            ));
+        let forward = Forward {
+            path: change.path(),
+            timeout: PEER_TIMEOUT * 5,
+            unanswered: ErrorCode::NoLeader,
         };
-        if leader_id != self.server_id {
-            let sent = match &change {
-                AdminChange::Distribution(c) => {
-                    self.peers
-                        .post(&address, change.path(), c, PEER_TIMEOUT * 5)
-                        .await
-                }
-                AdminChange::AddLicense(c) => {
-                    self.peers
-                        .post(&address, change.path(), c, PEER_TIMEOUT * 5)
-                        .await
-                }
-                AdminChange::RemoveLicense(c) => {
-                    self.peers
-                        .post(&address, change.path(), c, PEER_TIMEOUT * 5)
-                        .await
-                }
-            };
-            return sent.map_err(|err| match err {
-                PeerError::Refused { code, message } => refused(code, message),
-                other => refused(
-                    ErrorCode::NoLeader,
-                    format!("the leader {leader_id} did not answer: {other}"),
-                ),
-            });
-        }
+        self.at_leader(forward, change, |change| self.lead_admin_change(change))
+            .await
+    }
+
+    /// Leader: makes the pool file `change` asks for, and commits it.
+    async fn lead_admin_change(&self, change: AdminChange) -> Result<PoolFileInstalled, Refusal> {
         let state = self.applied.borrow().state.clone();
         let Some(current) = state.pool().cloned() else {
             return Err(refused(

@@ -16,16 +16,18 @@
 pub mod admin;
 pub mod log_store;
 pub mod network;
-pub mod peer_api;
 pub mod recovery;
 pub mod state_machine;
 pub mod types;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use openraft::ServerState;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
 use tessera_core::{ControlCommand, ControlOutcome, PoolFile, VendorPublicKey};
 use tessera_proto::{
     ErrorCode, PeerHello, PeerReport, PeerReportAck, PeerStatus, PoolFileInstalled, PoolFileUpdate,
@@ -270,21 +272,27 @@ impl Pool {
     /// Whether this server answers a leader of `term` (an append or a
     /// snapshot): always once it votes; while it catches up, only once it
     /// knows the pool's term and `term` is not below it.
-    pub fn answers_leader(&self, term: u64) -> Result<(), String> {
+    pub fn answers_leader(&self, term: u64) -> Result<(), Refusal> {
         if self.catch_up() == CatchUp::Voting {
             return Ok(());
         }
         let floor = *self.term_floor.lock().unwrap_or_else(|p| p.into_inner());
         match floor {
-            None => Err(format!(
-                "server `{}` lost its pool log and answers no leader until its peers have told \
-                 it the pool's term",
-                self.server_id
+            None => Err(refused(
+                ErrorCode::NoQuorum,
+                format!(
+                    "server `{}` lost its pool log and answers no leader until its peers have \
+                     told it the pool's term",
+                    self.server_id
+                ),
             )),
-            Some(floor) if term < floor => Err(format!(
-                "server `{}` is catching up and its peers are at term {floor}: a leader of \
-                 term {term} is stale",
-                self.server_id
+            Some(floor) if term < floor => Err(refused(
+                ErrorCode::NoQuorum,
+                format!(
+                    "server `{}` is catching up and its peers are at term {floor}: a leader of \
+                     term {term} is stale",
+                    self.server_id
+                ),
             )),
             Some(_) => Ok(()),
         }
@@ -601,34 +609,27 @@ impl Pool {
         text: String,
         check: SignatureCheck,
     ) -> Result<PoolFileInstalled, Refusal> {
-        let Some((leader_id, leader_address)) = self.leader() else {
-            return Err(refused(
-                ErrorCode::NoLeader,
-                "the pool has no leader right now; retry shortly",
-            ));
+        let path = match check {
+            SignatureCheck::Require => "/v1/admin/pool-file",
+            SignatureCheck::Skip => "/v1/peer/first-pool-file",
         };
-        if leader_id != self.server_id {
-            let path = match check {
-                SignatureCheck::Require => "/v1/admin/pool-file",
-                SignatureCheck::Skip => "/v1/peer/first-pool-file",
-            };
-            return self
-                .peers
-                .post(
-                    &leader_address,
-                    path,
-                    &PoolFileUpdate { text },
-                    PEER_TIMEOUT * 5,
-                )
-                .await
-                .map_err(|err| match err {
-                    PeerError::Refused { code, message } => refused(code, message),
-                    other => refused(
-                        ErrorCode::NoLeader,
-                        format!("the leader {leader_id} did not answer: {other}"),
-                    ),
-                });
-        }
+        let forward = Forward {
+            path,
+            timeout: PEER_TIMEOUT * 5,
+            unanswered: ErrorCode::NoLeader,
+        };
+        self.at_leader(forward, PoolFileUpdate { text }, |update| {
+            self.lead_pool_file(update.text, check)
+        })
+        .await
+    }
+
+    /// Leader: checks and commits a new pool file.
+    async fn lead_pool_file(
+        &self,
+        text: String,
+        check: SignatureCheck,
+    ) -> Result<PoolFileInstalled, Refusal> {
         let next = self
             .applied
             .borrow()
@@ -795,25 +796,19 @@ impl Pool {
         in_use: BTreeMap<String, u32>,
         superseded: Vec<SupersededGrant>,
     ) -> Result<PeerReportAck, Refusal> {
-        let Some((leader_id, address)) = self.leader() else {
-            return Err(refused(ErrorCode::NoLeader, "no leader known"));
-        };
         let report = PeerReport {
             server_id: self.server_id.clone(),
             in_use,
             superseded,
         };
-        let ack = if leader_id == self.server_id {
-            self.handle_report(report).await?
-        } else {
-            self.peers
-                .post(&address, "/v1/peer/report", &report, PEER_TIMEOUT)
-                .await
-                .map_err(|err| match err {
-                    PeerError::Refused { code, message } => refused(code, message),
-                    other => refused(ErrorCode::NoQuorum, other.to_string()),
-                })?
+        let forward = Forward {
+            path: "/v1/peer/report",
+            timeout: PEER_TIMEOUT,
+            unanswered: ErrorCode::NoQuorum,
         };
+        let ack = self
+            .at_leader(forward, report, |report| self.handle_report(report))
+            .await?;
         *self.view.lock().unwrap_or_else(|p| p.into_inner()) =
             Some((self.clock.now_ms(), ack.servers.clone()));
         Ok(ack)
@@ -857,24 +852,53 @@ impl Pool {
     /// Commits `command` through the leader: here if this server leads,
     /// else forwarded. Returns what applying it did.
     pub async fn propose(&self, command: ControlCommand) -> Result<ControlOutcome, Refusal> {
-        let Some((leader_id, address)) = self.leader() else {
-            return Err(refused(ErrorCode::NoLeader, "no leader known"));
+        let ask = PeerCommand {
+            server_id: self.server_id.clone(),
+            command,
         };
-        if leader_id != self.server_id {
-            let ask = PeerCommand {
-                server_id: self.server_id.clone(),
-                command,
-            };
-            return self
-                .peers
-                .post(&address, "/v1/peer/command", &ask, PEER_TIMEOUT)
-                .await
-                .map_err(|err| match err {
-                    PeerError::Refused { code, message } => refused(code, message),
-                    other => refused(ErrorCode::NoLeader, other.to_string()),
-                });
+        let forward = Forward {
+            path: "/v1/peer/command",
+            timeout: PEER_TIMEOUT,
+            unanswered: ErrorCode::NoLeader,
+        };
+        self.at_leader(forward, ask, |ask| self.commit(ask.command))
+            .await
+    }
+
+    /// Answers `body` with `here` when this server leads; else sends it to
+    /// the leader at `forward.path` and returns the leader's answer. The one
+    /// way a request reaches the leader.
+    pub async fn at_leader<B, T, Here, Answer>(
+        &self,
+        forward: Forward,
+        body: B,
+        here: Here,
+    ) -> Result<T, Refusal>
+    where
+        B: Serialize,
+        T: DeserializeOwned,
+        Here: FnOnce(B) -> Answer,
+        Answer: Future<Output = Result<T, Refusal>>,
+    {
+        let Some((leader_id, address)) = self.leader() else {
+            return Err(refused(
+                ErrorCode::NoLeader,
+                "the pool has no leader right now; retry shortly",
+            ));
+        };
+        if leader_id == self.server_id {
+            return here(body).await;
         }
-        self.commit(command).await
+        self.peers
+            .post(&address, forward.path, &body, forward.timeout)
+            .await
+            .map_err(|err| match err {
+                PeerError::Refused { code, message } => refused(code, message),
+                other => refused(
+                    forward.unanswered,
+                    format!("the leader {leader_id} did not answer: {other}"),
+                ),
+            })
     }
 
     /// Leader: commits `command` and returns what applying it did.
@@ -975,6 +999,15 @@ impl Pool {
         seen.get(server)
             .map(|s| s.in_use.get(feature).copied().unwrap_or(0))
     }
+}
+
+/// A request only the leader answers: where it goes and how long it may take.
+#[derive(Clone, Copy, Debug)]
+pub struct Forward {
+    pub path: &'static str,
+    pub timeout: Duration,
+    /// The refusal's code when the leader does not answer.
+    pub unanswered: ErrorCode,
 }
 
 /// `POST /v1/peer/command`: a command a server proposes (a donor's release

@@ -1,0 +1,162 @@
+//! Client routes: a program's checkout, heartbeat and check-in, the status
+//! and the metrics. Parses and checks the request, hands it to the request
+//! service ([`crate::service`]), and writes the answer.
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use tessera_proto::{
+    self as proto, CheckinRequest, CheckinResponse, CheckoutRequest, ErrorCode, HeartbeatRequest,
+    MAX_FIELD_BYTES, MAX_SEATS_PER_REQUEST,
+};
+
+use super::{api_error, ApiError, JsonBody};
+use crate::issuer::SeatRequest;
+use crate::service::{Deadline, Granted};
+use crate::App;
+
+pub(super) fn routes() -> Router<Arc<App>> {
+    let prefix = proto::API_PREFIX;
+    Router::new()
+        .route(&format!("{prefix}/checkout"), post(checkout))
+        .route(&format!("{prefix}/heartbeat"), post(heartbeat))
+        .route(&format!("{prefix}/checkin"), post(checkin))
+        .route(&format!("{prefix}/status"), get(status))
+        .route(&format!("{prefix}/noop"), post(noop))
+        .route("/metrics", get(metrics))
+}
+
+/// The protocol's ceiling, for benchmarks: parses a checkout request with
+/// the same extractor and answers a grant-shaped body of the same size class,
+/// without the issuer, the store or the clock. Nothing is issued.
+async fn noop(JsonBody(body): JsonBody<CheckoutRequest>) -> Json<proto::Grant> {
+    Json(proto::Grant {
+        grant_id: "00000000000000000000000000000000".to_string(),
+        feature: body.feature,
+        count: body.count,
+        server_id: "noop".to_string(),
+        lease_ms: 0,
+        heartbeat_interval_ms: 0,
+        servers: Vec::new(),
+        converted: false,
+    })
+}
+
+async fn checkout(
+    State(app): State<Arc<App>>,
+    JsonBody(body): JsonBody<CheckoutRequest>,
+) -> Result<Json<proto::Grant>, ApiError> {
+    let deadline = Deadline::from(&app, body.answer_within_ms);
+    let request = seat_request(body, 0)?;
+    let granted = app.checkout(request, deadline).await?;
+    Ok(Json(wire_grant(granted)))
+}
+
+async fn heartbeat(
+    State(app): State<Arc<App>>,
+    JsonBody(body): JsonBody<HeartbeatRequest>,
+) -> Result<Json<proto::Grant>, ApiError> {
+    check_field("grant_id", &body.grant_id)?;
+    let deadline = Deadline::from(&app, body.answer_within_ms);
+    let request = seat_request(body.as_checkout(), body.renewal)?;
+    let granted = app.heartbeat(body.grant_id, request, deadline).await?;
+    Ok(Json(wire_grant(granted)))
+}
+
+async fn checkin(
+    State(app): State<Arc<App>>,
+    JsonBody(body): JsonBody<CheckinRequest>,
+) -> Result<Json<CheckinResponse>, ApiError> {
+    check_field("grant_id", &body.grant_id)?;
+    check_field("client_id", &body.client_id)?;
+    let released_seats = app.checkin(&body.grant_id, &body.client_id).await?;
+    Ok(Json(CheckinResponse { released_seats }))
+}
+
+async fn metrics(State(app): State<Arc<App>>) -> impl IntoResponse {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
+        app.metrics(),
+    )
+}
+
+async fn status(State(app): State<Arc<App>>) -> Json<proto::StatusResponse> {
+    Json(app.status())
+}
+
+fn wire_grant(granted: Granted) -> proto::Grant {
+    proto::Grant {
+        grant_id: granted.grant_id,
+        feature: granted.feature,
+        count: granted.count,
+        server_id: granted.server_id,
+        lease_ms: granted.terms.lease_ms,
+        heartbeat_interval_ms: granted.terms.heartbeat_interval_ms,
+        servers: granted
+            .servers
+            .into_iter()
+            .map(|server| proto::ServerInfo {
+                id: server.id,
+                address: server.address,
+            })
+            .collect(),
+        converted: granted.converted,
+    }
+}
+
+fn seat_request(body: CheckoutRequest, renewal: u64) -> Result<SeatRequest, ApiError> {
+    let CheckoutRequest {
+        client_id,
+        user,
+        host,
+        feature,
+        version,
+        count,
+        answer_within_ms: _,
+    } = body;
+    check_field("client_id", &client_id)?;
+    check_field("user", &user)?;
+    check_field("host", &host)?;
+    check_field("feature", &feature)?;
+    check_field("version", &version)?;
+    if count == 0 || count > MAX_SEATS_PER_REQUEST {
+        return Err(api_error(
+            ErrorCode::InvalidCount,
+            format!("count is {count}; it must be 1 to {MAX_SEATS_PER_REQUEST}"),
+        ));
+    }
+    Ok(SeatRequest {
+        client_id,
+        user,
+        host,
+        feature,
+        version,
+        count,
+        renewal,
+    })
+}
+
+fn check_field(name: &str, value: &str) -> Result<(), ApiError> {
+    if value.is_empty() || value.len() > MAX_FIELD_BYTES {
+        return Err(api_error(
+            ErrorCode::InvalidField,
+            format!(
+                "{name} must be 1 to {MAX_FIELD_BYTES} bytes; it is {}",
+                value.len()
+            ),
+        ));
+    }
+    if value.chars().any(char::is_control) {
+        return Err(api_error(
+            ErrorCode::InvalidField,
+            format!("{name} contains control characters"),
+        ));
+    }
+    Ok(())
+}

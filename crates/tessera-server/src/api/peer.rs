@@ -1,0 +1,168 @@
+//! Peer routes, `/v1/peer/*`: Raft's messages, quota reports, the first pool
+//! file, borrowing, the commands a server proposes for itself, and hello.
+//! With `TESSERA_TEST_FAULTS=1`, also the test fault switch.
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, VoteRequest,
+};
+use tessera_core::{ControlCommand, ControlOutcome};
+use tessera_proto::{
+    BorrowAnswer, BorrowAsk, ErrorCode, PeerReport, PeerReportAck, PoolFileInstalled,
+    PoolFileUpdate,
+};
+
+use super::{api_error, ApiError, JsonBody};
+use crate::pool::types::{NodeId, TypeConfig};
+use crate::pool::{self, PeerCommand};
+use crate::App;
+
+pub(super) fn routes() -> Router<Arc<App>> {
+    let router = if pool::test_faults_enabled() {
+        tracing::warn!(
+            "{} is set: the test fault switch is on",
+            pool::TEST_FAULTS_ENV
+        );
+        Router::new().route("/v1/test/partition", post(partition))
+    } else {
+        Router::new()
+    };
+    router
+        .route("/v1/peer/raft/append", post(append))
+        .route("/v1/peer/raft/vote", post(vote))
+        .route("/v1/peer/raft/snapshot", post(snapshot))
+        .route("/v1/peer/hello", get(hello))
+        .route("/v1/peer/report", post(report))
+        .route("/v1/peer/first-pool-file", post(first_pool_file))
+        .route("/v1/peer/borrow", post(borrow))
+        .route("/v1/peer/command", post(command))
+}
+
+async fn append(
+    State(app): State<Arc<App>>,
+    JsonBody(request): JsonBody<AppendEntriesRequest<TypeConfig>>,
+) -> Result<Response, ApiError> {
+    let term = request.vote.leader_id().term;
+    app.pool.answers_leader(term)?;
+    // Only an index committed in the leader's own term covers every entry
+    // committed before it: the target of a server catching up.
+    let committed = request
+        .leader_commit
+        .filter(|id| id.leader_id.term == term)
+        .map(|id| id.index);
+    let answer = app.pool.raft.append_entries(request).await;
+    if let (Ok(AppendEntriesResponse::Success), Some(committed)) = (&answer, committed) {
+        app.pool.leader_committed(committed);
+    }
+    app.pool.check_caught_up().await;
+    Ok(Json(answer).into_response())
+}
+
+async fn vote(
+    State(app): State<Arc<App>>,
+    JsonBody(request): JsonBody<VoteRequest<NodeId>>,
+) -> Result<Response, ApiError> {
+    if app.pool.refuses_votes().await {
+        return Err(api_error(
+            ErrorCode::NoQuorum,
+            format!(
+                "server `{}` lost its pool log and does not vote until it has caught up",
+                app.pool.server_id
+            ),
+        ));
+    }
+    Ok(Json(app.pool.raft.vote(request).await).into_response())
+}
+
+async fn snapshot(
+    State(app): State<Arc<App>>,
+    JsonBody(request): JsonBody<InstallSnapshotRequest<TypeConfig>>,
+) -> Result<Response, ApiError> {
+    app.pool.answers_leader(request.vote.leader_id().term)?;
+    Ok(Json(app.pool.raft.install_snapshot(request).await).into_response())
+}
+
+async fn hello(State(app): State<Arc<App>>) -> impl IntoResponse {
+    Json(app.pool.hello())
+}
+
+async fn report(
+    State(app): State<Arc<App>>,
+    JsonBody(report): JsonBody<PeerReport>,
+) -> Result<Json<PeerReportAck>, ApiError> {
+    Ok(Json(app.pool.handle_report(report).await?))
+}
+
+async fn first_pool_file(
+    State(app): State<Arc<App>>,
+    JsonBody(update): JsonBody<PoolFileUpdate>,
+) -> Result<Json<PoolFileInstalled>, ApiError> {
+    Ok(Json(app.pool.install_first_pool_file(update.text).await?))
+}
+
+async fn borrow(
+    State(app): State<Arc<App>>,
+    JsonBody(ask): JsonBody<BorrowAsk>,
+) -> Result<Json<BorrowAnswer>, ApiError> {
+    Ok(Json(app.lead_borrow(ask).await?))
+}
+
+/// A server's answer to a request for its seats, or its drain; only the
+/// commands a server may propose for itself are taken.
+async fn command(
+    State(app): State<Arc<App>>,
+    JsonBody(ask): JsonBody<PeerCommand>,
+) -> Result<Json<ControlOutcome>, ApiError> {
+    let own = match &ask.command {
+        ControlCommand::Release {
+            feature,
+            request_id,
+            ..
+        } => app
+            .pool
+            .applied
+            .borrow()
+            .state
+            .allocation(feature)
+            .and_then(|a| a.requests.get(request_id))
+            .is_none_or(|r| r.donor == ask.server_id),
+        ControlCommand::Drain { server, .. } => server == &ask.server_id,
+        _ => false,
+    };
+    if !own {
+        return Err(api_error(
+            ErrorCode::MalformedRequest,
+            format!(
+                "server `{}` may propose only its own releases and drains",
+                ask.server_id
+            ),
+        ));
+    }
+    if !app.pool.is_leader() {
+        return Err(api_error(
+            ErrorCode::NoLeader,
+            format!("server `{}` is not the leader", app.pool.server_id),
+        ));
+    }
+    Ok(Json(app.pool.commit(ask.command).await?))
+}
+
+/// Test-only: `{"on": true}` cuts every peer link of this server, both ways.
+#[derive(serde::Deserialize)]
+struct PartitionSwitch {
+    on: bool,
+}
+
+async fn partition(
+    State(app): State<Arc<App>>,
+    JsonBody(switch): JsonBody<PartitionSwitch>,
+) -> Json<bool> {
+    app.pool.set_partitioned(switch.on);
+    tracing::warn!("test fault switch: partitioned = {}", switch.on);
+    Json(switch.on)
+}

@@ -1,0 +1,270 @@
+//! The borrower's side of license balancing (seed 002): a checkout or
+//! conversion short of seats asks the leader for them and waits, bounded by
+//! `borrow_wait_ms` and by the client's own deadline, before it is denied. A
+//! grant that lifts in-use / allocation above the borrowing threshold asks
+//! for a batch in the background. The leader's side is [`crate::balance`].
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tessera_proto::{BorrowAnswer, BorrowAsk, ErrorCode};
+
+use super::Deadline;
+use crate::issuer::SeatRequest;
+use crate::pool::network::PEER_TIMEOUT;
+use crate::pool::Forward;
+use crate::refusal::Refusal;
+use crate::App;
+
+/// After a borrow ahead of need found nothing, the next one waits this long.
+const BORROW_AHEAD_PAUSE: Duration = Duration::from_secs(1);
+/// The least time kept between the end of a wait for seats and the moment
+/// the client stops waiting: for the store's write and the way back.
+const ANSWER_MARGIN_MS_MIN: u64 = 50;
+
+/// What a borrow is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Need {
+    /// A request waits for this many of the seats asked.
+    Now { needed: u32 },
+    /// A batch ahead of need, above the borrowing threshold.
+    Ahead,
+}
+
+/// How a wait for borrowed seats ended.
+enum Wait {
+    /// This server can issue the seats now.
+    Ready,
+    /// It cannot, within the wait; `pool_available` is what the pool could
+    /// give now (this server's spare included), where the leader said.
+    Short { pool_available: Option<u32> },
+}
+
+/// The issuer's denial, told with what the pool as a whole could give.
+fn short_of_seats(
+    denial: Refusal,
+    feature: &str,
+    count: u32,
+    pool_available: Option<u32>,
+    here: u32,
+) -> Refusal {
+    let message = match pool_available {
+        Some(seats) if seats < count => format!(
+            "{count} seats of `{feature}` requested; the pool can give {seats} now, {here} of \
+             them on this server"
+        ),
+        _ => format!(
+            "{}; the other servers could not free enough in time",
+            denial.message
+        ),
+    };
+    Refusal::new(denial.code, message)
+}
+
+impl App {
+    /// How long a checkout or conversion may wait for borrowed seats: at
+    /// most `borrow_wait_ms`, and short enough that the answer, a grant or a
+    /// denial, reaches the client well before it stops waiting
+    /// (`answer_within_ms` of the request).
+    fn seat_wait(&self, answer_within_ms: Option<u32>) -> Duration {
+        let configured_ms = self.timing.borrow_wait_ms;
+        let wait_ms = match answer_within_ms {
+            None => configured_ms,
+            Some(within_ms) => {
+                let within_ms = u64::from(within_ms);
+                let margin_ms = (within_ms / 4).max(ANSWER_MARGIN_MS_MIN);
+                configured_ms.min(within_ms.saturating_sub(margin_ms))
+            }
+        };
+        Duration::from_millis(wait_ms)
+    }
+
+    /// Issues with `attempt`; when the issuer was short of seats, borrows
+    /// (waiting at most [`App::seat_wait`] of the deadline) and tries once
+    /// more; when the grant lifted use above the threshold, borrows a batch
+    /// in the background.
+    pub(super) async fn issue_with_borrowing<T>(
+        self: &Arc<Self>,
+        request: &SeatRequest,
+        deadline: Deadline,
+        mut attempt: impl FnMut(&App) -> Result<T, Refusal>,
+    ) -> Result<T, Refusal> {
+        let (feature, count) = (request.feature.as_str(), request.count);
+        match attempt(self) {
+            Err(err) if err.code == ErrorCode::NoSeatsAvailable && self.could_borrow(feature) => {
+                let wait = self.seat_wait(deadline.answer_within_ms);
+                let wait = self.borrow_for(feature, count, wait).await;
+                // Once more either way: seats may have come at the last moment,
+                // and a denial should tell the seats as they are now.
+                attempt(self).map_err(|err| match wait {
+                    Wait::Short { pool_available } if err.code == ErrorCode::NoSeatsAvailable => {
+                        short_of_seats(
+                            err,
+                            feature,
+                            count,
+                            pool_available,
+                            self.issuer().available(feature),
+                        )
+                    }
+                    _ => err,
+                })
+            }
+            Ok(done) => {
+                self.borrow_ahead(feature);
+                Ok(done)
+            }
+            Err(err) => Err(err),
+        }
+    }
+
+    /// A server borrows a feature it serves, unless the administrator set
+    /// it a distribution it has not reached: borrowing would work against it.
+    fn could_borrow(&self, feature: &str) -> bool {
+        let issuer = self.issuer();
+        let has_target = issuer
+            .control()
+            .and_then(|c| c.allocation(feature))
+            .is_some_and(|a| a.targets.contains_key(&self.pool.server_id));
+        issuer.usage(feature).is_some() && !has_target
+    }
+
+    /// Asks for enough seats for `count`, then waits, at most `wait`, until
+    /// this server can issue them: woken by every change of its seats (a
+    /// control state taken, a check-in, a lapse), not by polling. One
+    /// borrower per feature at a time; the others wait for its seats. When
+    /// the leader says the pool cannot give them now, it stops at once.
+    async fn borrow_for(self: &Arc<Self>, feature: &str, count: u32, wait: Duration) -> Wait {
+        let deadline = tokio::time::Instant::now() + wait;
+        let unknown = Wait::Short {
+            pool_available: None,
+        };
+        // Subscribed before any look at the seats, so no change is missed.
+        let mut seats_changed = self.seats_changed.subscribe();
+        let lock = self.borrow_lock(feature);
+        let Ok(_turn) = tokio::time::timeout_at(deadline, lock.lock()).await else {
+            return unknown;
+        };
+        let (_, batch) = self.borrow_policy(feature);
+        let available = self.issuer().available(feature);
+        if available >= count {
+            return Wait::Ready;
+        }
+        let needed = count - available;
+        let ask = needed.max(batch);
+        match tokio::time::timeout_at(deadline, self.borrow(feature, ask, Need::Now { needed }))
+            .await
+        {
+            Ok(Ok(answer)) => {
+                let coming = answer.moved + answer.requested + answer.pending;
+                // Nothing on its way, or not enough anywhere: deny now, not
+                // at the end of the wait.
+                let pool_short = answer.pool_available.is_some_and(|seats| seats < needed);
+                if coming == 0 || pool_short {
+                    return Wait::Short {
+                        pool_available: answer.pool_available.map(|seats| seats + available),
+                    };
+                }
+            }
+            Ok(Err(err)) => {
+                tracing::info!("borrowing {ask} seats of `{feature}`: {err}");
+                return unknown;
+            }
+            Err(_) => return unknown,
+        }
+        loop {
+            if self.issuer().available(feature) >= count {
+                return Wait::Ready;
+            }
+            let changed = tokio::time::timeout_at(deadline, seats_changed.changed()).await;
+            if !matches!(changed, Ok(Ok(()))) {
+                return if self.issuer().available(feature) >= count {
+                    Wait::Ready
+                } else {
+                    unknown
+                };
+            }
+        }
+    }
+
+    fn borrow_lock(&self, feature: &str) -> Arc<tokio::sync::Mutex<()>> {
+        self.borrow_locks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(feature.to_string())
+            .or_default()
+            .clone()
+    }
+
+    /// Above the threshold: ask for a batch in the background, unless a
+    /// borrow of the feature is already under way.
+    fn borrow_ahead(self: &Arc<Self>, feature: &str) {
+        let Some((allocation, in_use)) = self.issuer().usage(feature) else {
+            return;
+        };
+        if !self.could_borrow(feature) {
+            return;
+        }
+        let (threshold, batch) = self.borrow_policy(feature);
+        if u64::from(in_use) * 100 <= u64::from(allocation) * u64::from(threshold) {
+            return;
+        }
+        let now = tokio::time::Instant::now();
+        {
+            let quiet = self.borrow_quiet.lock().unwrap_or_else(|p| p.into_inner());
+            if quiet.get(feature).is_some_and(|until| now < *until) {
+                return;
+            }
+        }
+        let lock = self.borrow_lock(feature);
+        let Ok(turn) = lock.try_lock_owned() else {
+            return;
+        };
+        let app = self.clone();
+        let feature = feature.to_string();
+        tokio::spawn(async move {
+            let _turn = turn;
+            let found = match app.borrow(&feature, batch, Need::Ahead).await {
+                Ok(answer) => answer.moved + answer.requested > 0,
+                Err(err) => {
+                    tracing::debug!("borrowing ahead for `{feature}`: {err}");
+                    false
+                }
+            };
+            // Nothing to be had: ask again only after a pause, not after
+            // every checkout of a full pool.
+            if !found {
+                app.borrow_quiet
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(feature, tokio::time::Instant::now() + BORROW_AHEAD_PAUSE);
+            }
+        });
+    }
+
+    /// Asks the leader for `seats` of `feature` for this server.
+    pub async fn borrow(
+        &self,
+        feature: &str,
+        seats: u32,
+        need: Need,
+    ) -> Result<BorrowAnswer, Refusal> {
+        let ask = BorrowAsk {
+            server_id: self.pool.server_id.clone(),
+            feature: feature.to_string(),
+            seats,
+            ahead: need == Need::Ahead,
+            needed: match need {
+                Need::Now { needed } => needed,
+                Need::Ahead => seats,
+            },
+        };
+        let forward = Forward {
+            path: "/v1/peer/borrow",
+            timeout: PEER_TIMEOUT * 2,
+            unanswered: ErrorCode::NoLeader,
+        };
+        self.pool
+            .at_leader(forward, ask, |ask| self.lead_borrow(ask))
+            .await
+    }
+}
