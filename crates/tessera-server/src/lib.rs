@@ -46,8 +46,8 @@ pub enum StartError {
     Store(#[from] store::StoreError),
     #[error("cannot listen on {address}: {message}")]
     Listen { address: String, message: String },
-    #[error("{0}")]
-    Pool(String),
+    #[error(transparent)]
+    Pool(#[from] pool::PoolStartError),
 }
 
 /// Shared state of a running server.
@@ -438,12 +438,7 @@ where
 {
     let clock = seams.clock.clone();
     if config.recover_pool {
-        pool::recovery::set_log_aside(&config.data_dir, clock.unix_ms()).map_err(|message| {
-            StartError::Pool(format!(
-                "cannot re-form the pool from {}: {message}",
-                config.data_dir.display()
-            ))
-        })?;
+        pool::recovery::set_log_aside(&config.data_dir, clock.unix_ms())?;
     }
     let (pool_file, pool_text) = load_pool_file(&config)?;
     let Some(own_entry) = pool_file.server(&config.server_id).cloned() else {
@@ -496,8 +491,7 @@ where
         &seams,
         config.recover_pool,
     )
-    .await
-    .map_err(StartError::Pool)?;
+    .await?;
     let pool = Arc::new(pool);
     // A returning server applies its own log before it serves, so that its
     // allocation and its restored grants are in place (seed FIG. 11).

@@ -6,6 +6,7 @@
 //! openraft purges the log a snapshot covers, keeping the last
 //! `log_kept_after_snapshot` entries for followers that lag a little.
 
+use super::error::PoolStartError;
 use std::fmt::Debug;
 use std::ops::RangeBounds;
 use std::path::Path;
@@ -44,19 +45,22 @@ fn read_error(err: impl ToString) -> StorageError<NodeId> {
 }
 
 impl LogStore {
-    pub fn open(data_dir: &Path, disk: Arc<dyn Disk>) -> Result<LogStore, String> {
+    pub fn open(data_dir: &Path, disk: Arc<dyn Disk>) -> Result<LogStore, PoolStartError> {
         let path = data_dir.join(RAFT_FILE);
-        let db = disk.open_database(&path, LOG_CACHE_BYTES).map_err(|err| {
-            format!(
-                "pool log {}: cannot open it ({err}); if it is damaged, move it away and the \
-                 server rejoins the pool from its peers",
-                path.display()
-            )
-        })?;
-        let txn = db.begin_write().map_err(|e| e.to_string())?;
-        txn.open_table(LOG).map_err(|e| e.to_string())?;
-        txn.open_table(META).map_err(|e| e.to_string())?;
-        txn.commit().map_err(|e| e.to_string())?;
+        let db =
+            disk.open_database(&path, LOG_CACHE_BYTES)
+                .map_err(|err| PoolStartError::LogOpen {
+                    path: path.clone(),
+                    message: err.to_string(),
+                })?;
+        let failed = |err: &dyn std::fmt::Display| PoolStartError::LogWrite {
+            path: path.clone(),
+            message: err.to_string(),
+        };
+        let txn = db.begin_write().map_err(|e| failed(&e))?;
+        txn.open_table(LOG).map_err(|e| failed(&e))?;
+        txn.open_table(META).map_err(|e| failed(&e))?;
+        txn.commit().map_err(|e| failed(&e))?;
         Ok(LogStore {
             db: Arc::new(db),
             disk,

@@ -41,6 +41,7 @@ use std::path::Path;
 use tessera_core::control::LOST_MAJORITY;
 use tessera_core::{BorrowSource, ControlCommand, ControlOutcome};
 
+use super::error::PoolStartError;
 use super::log_store::RAFT_FILE;
 use super::state_machine::SNAPSHOT_FILE;
 use super::Pool;
@@ -48,20 +49,20 @@ use super::Pool;
 /// Renames the pool log and the control snapshot in `data_dir` to
 /// `<name>.before-recovery-<unix_ms>`, so the server starts without a pool
 /// history; the grant store stays. Files that are not there are skipped.
-pub fn set_log_aside(data_dir: &Path, unix_ms: i64) -> Result<(), String> {
+pub fn set_log_aside(data_dir: &Path, unix_ms: i64) -> Result<(), PoolStartError> {
     for name in [RAFT_FILE, SNAPSHOT_FILE] {
         let path = data_dir.join(name);
         if !path.exists() {
             continue;
         }
         let aside = data_dir.join(format!("{name}.before-recovery-{unix_ms}"));
-        std::fs::rename(&path, &aside).map_err(|err| {
-            format!(
-                "cannot set {} aside as {}: {err}",
-                path.display(),
-                aside.display()
-            )
-        })?;
+        if let Err(source) = std::fs::rename(&path, &aside) {
+            return Err(PoolStartError::SetAside {
+                path,
+                aside,
+                source,
+            });
+        }
         tracing::warn!(
             "the pool log is set aside as {} to re-form the pool",
             aside.display()

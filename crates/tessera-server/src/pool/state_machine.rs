@@ -8,6 +8,7 @@
 //! after it is applied again. A server that missed purged entries receives
 //! the leader's snapshot.
 
+use super::error::PoolStartError;
 use std::io::{Cursor, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -70,7 +71,7 @@ impl StateMachine {
     pub fn open(
         data_dir: &Path,
         observer: Option<(String, Arc<dyn Observer>)>,
-    ) -> Result<(StateMachine, watch::Receiver<Applied>), String> {
+    ) -> Result<(StateMachine, watch::Receiver<Applied>), PoolStartError> {
         let snapshot_path = data_dir.join(SNAPSHOT_FILE);
         let mut inner = Inner {
             last_applied: None,
@@ -81,11 +82,9 @@ impl StateMachine {
         };
         match std::fs::read(&snapshot_path) {
             Ok(bytes) => {
-                let damaged = |err: String| {
-                    format!(
-                        "{} is damaged ({err}); move it away to let this server take the                          pool's state from its peers",
-                        snapshot_path.display()
-                    )
+                let damaged = |message: String| PoolStartError::SnapshotDamaged {
+                    path: snapshot_path.clone(),
+                    message,
                 };
                 let file: SnapshotFile =
                     serde_json::from_slice(&bytes).map_err(|e| damaged(e.to_string()))?;
@@ -98,7 +97,12 @@ impl StateMachine {
                 inner.snapshot = Some((file.meta, file.state.into_bytes()));
             }
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
-            Err(err) => return Err(format!("cannot read {}: {err}", snapshot_path.display())),
+            Err(source) => {
+                return Err(PoolStartError::SnapshotRead {
+                    path: snapshot_path,
+                    source,
+                })
+            }
         }
         let (sender, receiver) = watch::channel(Applied::default());
         let machine = StateMachine {

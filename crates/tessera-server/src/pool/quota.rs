@@ -1,0 +1,211 @@
+//! Quota and the leader's picture: every server reports its in-use counts
+//! to the leader, whose acknowledgement renews the reporter's quota lease;
+//! the leader keeps what it last heard from each, and followers keep the
+//! leader's description of the pool.
+
+use std::collections::BTreeMap;
+
+use openraft::ServerState;
+use tessera_core::PoolFile;
+use tessera_proto::{ErrorCode, PeerReport, PeerReportAck, PeerStatus, SupersededGrant};
+
+use super::network::PEER_TIMEOUT;
+use super::*;
+use crate::refusal::Refusal;
+
+impl Pool {
+    /// Leader: a server's report. Acknowledged only after a quorum confirms
+    /// this leadership, so no other leader can exist at the time of the ack.
+    pub async fn handle_report(&self, report: PeerReport) -> Result<PeerReportAck, Refusal> {
+        let pool = self.pool_file();
+        if pool.server(&report.server_id).is_none() {
+            return Err(refused(
+                ErrorCode::WrongPool,
+                format!(
+                    "server `{}` is not in pool `{}`",
+                    report.server_id, self.pool_id
+                ),
+            ));
+        }
+        if !self.is_leader() {
+            return Err(refused(
+                ErrorCode::NoLeader,
+                format!("server `{}` is not the leader", self.server_id),
+            ));
+        }
+        // Recorded before leadership is confirmed, and under the lock that
+        // moves allocation: a borrow that judged this server silent has
+        // either not been decided yet (and now will not be), or is committed
+        // already, and then the index named below includes it.
+        {
+            let _moves = self.moves.lock().await;
+            self.observe_term();
+            self.seen.lock().unwrap_or_else(|p| p.into_inner()).insert(
+                report.server_id.clone(),
+                Seen {
+                    at_ms: self.clock.now_ms(),
+                    in_use: report.in_use.clone(),
+                },
+            );
+            self.relay
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .forward(&report.server_id, &pool.server_ids(), &report.superseded);
+        }
+        let confirmed = tokio::time::timeout(PEER_TIMEOUT, self.raft.ensure_linearizable())
+            .await
+            .map_err(|_| {
+                refused(
+                    ErrorCode::NoQuorum,
+                    "leadership not confirmed by a majority in time",
+                )
+            })?
+            .map_err(|err| {
+                refused(
+                    ErrorCode::NoQuorum,
+                    format!("leadership not confirmed: {err}"),
+                )
+            })?;
+        self.restore_holders(&report.server_id, &report.in_use)
+            .await;
+        let now_ms = self.clock.now_ms();
+        let last_log = self.raft.metrics().borrow().last_log_index.unwrap_or(0);
+        Ok(PeerReportAck {
+            leader_id: self.server_id.clone(),
+            applied_index_required: confirmed.map_or(0, |id| id.index).max(last_log),
+            servers: self.leader_view(&pool, now_ms),
+            superseded: self
+                .relay
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take(&report.server_id),
+        })
+    }
+
+    /// Sends this server's report to the leader (itself, if it leads).
+    pub async fn report(
+        &self,
+        in_use: BTreeMap<String, u32>,
+        superseded: Vec<SupersededGrant>,
+    ) -> Result<PeerReportAck, Refusal> {
+        let report = PeerReport {
+            server_id: self.server_id.clone(),
+            in_use,
+            superseded,
+        };
+        let forward = Forward {
+            path: "/v1/peer/report",
+            timeout: PEER_TIMEOUT,
+            unanswered: ErrorCode::NoQuorum,
+        };
+        let ack = self
+            .at_leader(forward, report, |report| self.handle_report(report))
+            .await?;
+        *self.view.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some((self.clock.now_ms(), ack.servers.clone()));
+        Ok(ack)
+    }
+
+    /// Leader: notices a new term of its own leadership, and then forgets
+    /// what it heard from servers under earlier terms: a new leader measures
+    /// a server's silence from its own election at the earliest.
+    pub(crate) fn observe_term(&self) -> Option<u64> {
+        let (state, term) = {
+            let metrics = self.raft.metrics();
+            let metrics = metrics.borrow();
+            (metrics.state, metrics.current_term)
+        };
+        let mut led = self.term.lock().unwrap_or_else(|p| p.into_inner());
+        if state != ServerState::Leader {
+            *led = None;
+            return None;
+        }
+        match *led {
+            Some((t, since)) if t == term => Some(since),
+            _ => {
+                let now_ms = self.clock.now_ms();
+                *led = Some((term, now_ms));
+                self.seen.lock().unwrap_or_else(|p| p.into_inner()).clear();
+                Some(now_ms)
+            }
+        }
+    }
+
+    /// Leader: how long `server` has been silent, measured from its last
+    /// report under this leadership, or from this leadership's start.
+    pub(crate) fn silent_for_ms(&self, server: &str) -> Option<u64> {
+        let since = self.observe_term()?;
+        let now_ms = self.clock.now_ms();
+        let seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        let last = seen.get(server).map_or(since, |s| s.at_ms.max(since));
+        Some(now_ms.saturating_sub(last))
+    }
+
+    /// Is `server` up, as the leader judges from its reports?
+    pub(super) fn leader_view(&self, pool: &PoolFile, now_ms: u64) -> Vec<PeerStatus> {
+        let seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        let up_within_ms = self.timing.quota_report_interval_ms * 3;
+        pool.servers
+            .iter()
+            .map(|s| {
+                let last = seen
+                    .get(&s.id)
+                    .map(|seen| now_ms.saturating_sub(seen.at_ms));
+                let me = s.id == self.server_id;
+                PeerStatus {
+                    id: s.id.clone(),
+                    address: s.address.clone(),
+                    role: if me { "leader" } else { "follower" }.into(),
+                    up: me || last.is_some_and(|ms| ms <= up_within_ms),
+                    last_contact_ms: if me { Some(0) } else { last },
+                }
+            })
+            .collect()
+    }
+
+    /// Every server of the pool as this server knows it.
+    pub fn peer_statuses(&self) -> Vec<PeerStatus> {
+        let pool = self.pool_file();
+        let now_ms = self.clock.now_ms();
+        if self.is_leader() {
+            return self.leader_view(&pool, now_ms);
+        }
+        let view = self.view.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let leader = self.leader().map(|(id, _)| id);
+        pool.servers
+            .iter()
+            .map(|s| {
+                let reported = view.as_ref().and_then(|(at_ms, servers)| {
+                    servers.iter().find(|p| p.id == s.id).map(|p| (at_ms, p))
+                });
+                let age = |at_ms: &u64| now_ms.saturating_sub(*at_ms);
+                PeerStatus {
+                    id: s.id.clone(),
+                    address: s.address.clone(),
+                    role: if Some(&s.id) == leader.as_ref() {
+                        "leader"
+                    } else {
+                        "follower"
+                    }
+                    .into(),
+                    up: s.id == self.server_id || reported.is_some_and(|(_, p)| p.up),
+                    last_contact_ms: if s.id == self.server_id {
+                        Some(0)
+                    } else {
+                        reported.and_then(|(at_ms, p)| p.last_contact_ms.map(|ms| ms + age(at_ms)))
+                    },
+                }
+            })
+            .collect()
+    }
+
+    /// Leader: the in-use counts last reported by `server`.
+    pub fn reported_in_use(&self, server: &str, feature: &str) -> Option<u32> {
+        if !self.is_leader() {
+            return None;
+        }
+        let seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        seen.get(server)
+            .map(|s| s.in_use.get(feature).copied().unwrap_or(0))
+    }
+}
