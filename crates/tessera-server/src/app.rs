@@ -1,0 +1,109 @@
+//! The shared state of a running server ([`App`]) and the few things every
+//! part of it does with that state: lock the issuer, free seats, evaluate
+//! the license codes.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use tessera_core::{CivilDate, ControlState, LicenseTable};
+
+use crate::clock::Clock;
+use crate::config::{self, Limits};
+use crate::copies;
+use crate::issuer::{self, Issuer};
+use crate::pool::Pool;
+use crate::seams::{self};
+use crate::store::Store;
+
+/// Shared state of a running server.
+pub struct App {
+    pub(crate) issuer: Mutex<Issuer>,
+    pub(crate) store: Store,
+    pub(crate) pool: Arc<Pool>,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) limits: Limits,
+    pub(crate) hostid: String,
+    pub(crate) address: String,
+    pub(crate) started_ms: u64,
+    pub(crate) peer_secret: Option<String>,
+    pub(crate) vendors: Vec<tessera_core::VendorPublicKey>,
+    pub(crate) data_dir: PathBuf,
+    /// Requests answered, by endpoint and outcome, for `/metrics`.
+    pub(crate) requests: Mutex<std::collections::BTreeMap<(&'static str, &'static str), u64>>,
+    pub(crate) timing: config::Timing,
+    pub(crate) borrowing: std::collections::BTreeMap<String, tessera_core::BorrowPolicy>,
+    /// One borrower per feature at a time.
+    pub(crate) borrow_locks: Mutex<std::collections::HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Per feature: no borrow ahead of need before this (the last found nothing).
+    pub(crate) borrow_quiet: Mutex<std::collections::HashMap<String, tokio::time::Instant>>,
+    pub(crate) grant_ids: seams::IdSource,
+    pub(crate) mutations: seams::Mutations,
+    /// Stale copies of grants to tell the pool about with the next report.
+    pub(crate) superseded: Mutex<copies::Outbox>,
+    /// Bumped whenever seats may have come free here (a control state taken,
+    /// a check-in, a lapse, a stale copy dropped): checkouts waiting for
+    /// seats wait on it.
+    pub(crate) seats_changed: tokio::sync::watch::Sender<u64>,
+    /// How regularly the quota lease was renewed, for `/metrics`.
+    pub(crate) quota_renewals: Mutex<QuotaRenewals>,
+}
+
+/// The quota loop's record: renewals, and the longest time between two
+/// (a gap near `quota_lease_ms` means the lease nearly lapsed).
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct QuotaRenewals {
+    pub(crate) count: u64,
+    last_ms: Option<u64>,
+    pub(crate) gap_max_ms: u64,
+}
+
+impl QuotaRenewals {
+    pub(crate) fn renewed(&mut self, now_ms: u64) {
+        if let Some(last_ms) = self.last_ms {
+            self.gap_max_ms = self.gap_max_ms.max(now_ms.saturating_sub(last_ms));
+        }
+        self.last_ms = Some(now_ms);
+        self.count += 1;
+    }
+}
+
+impl App {
+    /// Wakes the checkouts waiting for seats of this server.
+    pub(crate) fn seats_freed(&self) {
+        self.seats_changed
+            .send_modify(|generation| *generation += 1);
+    }
+
+    /// Grants that left the key table (checked in, lapsed, dropped as stale,
+    /// undone): wakes the checkouts waiting for their seats, then deletes
+    /// them from the store.
+    pub(crate) async fn released(&self, released: Vec<issuer::Released>) {
+        if released.is_empty() {
+            return;
+        }
+        self.seats_freed();
+        for grant in released {
+            self.store
+                .delete(grant.grant_id, grant.issued_unix_ms)
+                .await;
+        }
+    }
+
+    /// The issuer, locked. Never held across an `.await`.
+    pub(crate) fn issuer(&self) -> MutexGuard<'_, Issuer> {
+        // A panic while holding the lock would be a bug; the state is still
+        // the last consistent one, since every method applies all or nothing.
+        self.issuer
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    pub(crate) fn licenses_for(&self, control: &ControlState) -> LicenseTable {
+        let today = CivilDate::from_unix_ms(self.clock.unix_ms());
+        let codes = control
+            .pool()
+            .map(|p| p.codes.as_slice())
+            .unwrap_or_default();
+        LicenseTable::evaluate(codes, &self.vendors, &self.hostid, today)
+    }
+}

@@ -1,0 +1,185 @@
+//! The background loops of a running server: following the control state,
+//! reporting to the leader for quota, reconciling membership, and the
+//! expiry sweep with the daily license check.
+
+use std::sync::Arc;
+
+use tessera_core::{CivilDate, LicenseTable};
+use tessera_proto as proto;
+
+use crate::config::{self, ServerConfig};
+use crate::pool::Pool;
+
+use crate::start::{grace_ms, INSTALLED_POOL_FILE};
+use crate::App;
+
+/// Applies every new control state to the issuer, and writes a newly
+/// installed pool file to the data directory.
+pub(crate) fn follow_control(app: &Arc<App>, grace: bool, config: &ServerConfig) {
+    let app = app.clone();
+    let mut applied = app.pool.applied.clone();
+    let timing = config.timing;
+    tokio::spawn(async move {
+        let mut written_sequence = None;
+        let mut grace_fitted = !grace;
+        loop {
+            let control = applied.borrow_and_update().state.clone();
+            if control.pool().is_some() {
+                let licenses = app.licenses_for(&control);
+                log_unserved(&licenses);
+                let sequence = control.pool().map(|p| p.sequence);
+                {
+                    let mut issuer = app.issuer();
+                    issuer.set_control(control.clone(), licenses);
+                    if !grace_fitted {
+                        // Now that the codes are known, the grace period is one longest hold.
+                        let grace_ms = grace_ms(&timing, Some(issuer.longest_hold_ms()));
+                        issuer.set_grace_until(Some(app.started_ms + grace_ms));
+                        grace_fitted = true;
+                    }
+                }
+                app.seats_freed();
+                if sequence != written_sequence {
+                    if let Some(text) = control.pool_text() {
+                        let path = app.data_dir.join(INSTALLED_POOL_FILE);
+                        if let Err(err) = std::fs::write(&path, text) {
+                            tracing::error!("cannot write {}: {err}", path.display());
+                        }
+                    }
+                    written_sequence = sequence;
+                }
+            }
+            if applied.changed().await.is_err() {
+                return;
+            }
+        }
+    });
+}
+
+fn log_unserved(licenses: &LicenseTable) {
+    for feature in licenses.features() {
+        for verdict in &feature.codes {
+            if let Some(reason) = &verdict.not_served {
+                tracing::warn!("license code {} is not served: {reason}", verdict.code.id());
+            }
+        }
+    }
+}
+
+/// Every server: report in-use counts to the leader; an acknowledged report
+/// renews the quota lease from its send time, once the log is applied as far
+/// as the leader says.
+pub(crate) fn spawn_quota_loop(
+    app: Arc<App>,
+    timing: config::Timing,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let interval = std::time::Duration::from_millis(timing.quota_report_interval_ms);
+        let mut ticker = tokio::time::interval(interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        if app.mutations.issue_without_quorum {
+            // The deliberate bug of `Mutations::issue_without_quorum`.
+            app.issuer().set_quota(u64::MAX);
+        }
+        let mut report_now = false;
+        loop {
+            // A new leader is reported to at once, not at the next tick: the
+            // quota lease must outlast the leader change.
+            let leader = app.pool.leader_node();
+            if !report_now {
+                tokio::select! {
+                    _ = ticker.tick() => {}
+                    () = app.pool.leader_changed_from(leader) => ticker.reset(),
+                }
+            }
+            report_now = false;
+            let leader = app.pool.leader_node();
+            let sent_ms = app.clock.now_ms();
+            let in_use = app.issuer().in_use_counts();
+            let superseded = app
+                .superseded
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take();
+            // A report to a leader that stopped answering (SIGSTOP, a cut
+            // link) is given up as soon as another leader is known, and the
+            // new one is reported to at once.
+            let answer = tokio::select! {
+                answer = app.pool.report(in_use, superseded.clone()) => answer,
+                () = app.pool.leader_changed_from(leader) => {
+                    report_now = true;
+                    Err(crate::refusal::Refusal::new(
+                        proto::ErrorCode::NoLeader,
+                        "the leader changed while the report was on its way",
+                    ))
+                }
+            };
+            match answer {
+                Ok(ack) => {
+                    if app
+                        .pool
+                        .wait_applied(ack.applied_index_required, interval)
+                        .await
+                        && !app.mutations.issue_without_quorum
+                    {
+                        app.issuer().set_quota(sent_ms + timing.quota_lease_ms);
+                        app.quota_renewals
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .renewed(app.clock.now_ms());
+                    }
+                    app.drop_superseded(&ack.superseded).await;
+                }
+                Err(err) => {
+                    tracing::debug!("quota not renewed: {err}");
+                    app.superseded
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .put_back(superseded);
+                }
+            }
+        }
+    })
+}
+
+pub(crate) fn spawn_membership_loop(pool: Arc<Pool>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut ticker = tokio::time::interval(std::time::Duration::from_secs(1));
+        loop {
+            ticker.tick().await;
+            pool.reconcile_membership().await;
+        }
+    })
+}
+
+/// The expiry sweep and the daily license check.
+pub(crate) fn spawn_sweeps(app: Arc<App>, config: ServerConfig) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let sweep = std::time::Duration::from_millis(config.timing.expiry_sweep_interval_ms);
+        let license_check_every = config.timing.license_check_interval_ms;
+        let mut last_license_check_ms = app.clock.now_ms();
+        let mut last_day = CivilDate::from_unix_ms(app.clock.unix_ms());
+        let mut ticker = tokio::time::interval(sweep);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticker.tick().await;
+            let now_ms = app.clock.now_ms();
+            let expired = app.issuer().expire(now_ms);
+            for released in &expired {
+                tracing::debug!("grant {} lapsed", released.grant_id);
+            }
+            app.released(expired).await;
+            if now_ms - last_license_check_ms >= license_check_every {
+                last_license_check_ms = now_ms;
+                let today = CivilDate::from_unix_ms(app.clock.unix_ms());
+                if today != last_day {
+                    last_day = today;
+                    let control = app.pool.applied.borrow().state.clone();
+                    let licenses = app.licenses_for(&control);
+                    app.issuer().reload_licenses(licenses);
+                    tracing::info!("license table evaluated again for {today}");
+                }
+            }
+        }
+    })
+}

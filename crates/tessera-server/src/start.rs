@@ -1,0 +1,247 @@
+//! Start-up: read the config's pool file, open the grant store and the
+//! pool, build the [`App`], start the background loops and serve.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use tessera_core::PoolFile;
+use tokio::net::TcpListener;
+
+use crate::config::ServerConfig;
+use crate::issuer::Issuer;
+use crate::pool::{self, Pool};
+use crate::seams::Seams;
+use crate::store::{self, Store};
+use crate::{api, balance, copies, hostid};
+
+use crate::app::QuotaRenewals;
+use crate::background;
+use crate::App;
+
+/// Why a server could not start. Each message names the file and what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("config {path}: {message}")]
+    Config { path: PathBuf, message: String },
+    #[error("pool file {path}: {message}")]
+    PoolFile { path: PathBuf, message: String },
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
+    #[error("cannot listen on {address}: {message}")]
+    Listen { address: String, message: String },
+    #[error(transparent)]
+    Pool(#[from] pool::PoolStartError),
+}
+
+/// A started server: its address, and the task serving it.
+pub struct Running {
+    pub address: SocketAddr,
+    pub done: tokio::task::JoinHandle<()>,
+}
+
+/// The installed copy of the pool file in the data directory.
+pub(crate) const INSTALLED_POOL_FILE: &str = "installed-pool.toml";
+/// Longest wait at start for the local pool log to be applied again.
+const REPLAY_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Starts a server and returns once it listens; it serves until `shutdown` resolves.
+pub async fn start(
+    config: ServerConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<Running, StartError> {
+    let bind = |address: String| async move {
+        let listener = TcpListener::bind(&address).await?;
+        let local = listener.local_addr()?;
+        use axum::serve::ListenerExt;
+        let listener = listener.tap_io(|tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
+        Ok((listener, local))
+    };
+    start_with(config, Seams::production(), bind, shutdown).await
+}
+
+/// [`start`] on the given seams, listening with `bind` (which gets the
+/// address to listen on and returns the listener and its local address).
+pub async fn start_with<L, B, F>(
+    config: ServerConfig,
+    seams: Seams,
+    bind: B,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<Running, StartError>
+where
+    L: axum::serve::Listener,
+    L::Addr: std::fmt::Debug,
+    B: FnOnce(String) -> F,
+    F: Future<Output = std::io::Result<(L, SocketAddr)>>,
+{
+    let clock = seams.clock.clone();
+    if config.recover_pool {
+        pool::recovery::set_log_aside(&config.data_dir, clock.unix_ms())?;
+    }
+    let (pool_file, pool_text) = load_pool_file(&config)?;
+    let Some(own_entry) = pool_file.server(&config.server_id).cloned() else {
+        return Err(StartError::PoolFile {
+            path: config.pool_file.clone(),
+            message: format!(
+                "server_id `{}` of the config is not among the pool's servers ({})",
+                config.server_id,
+                pool_file.server_ids().join(", ")
+            ),
+        });
+    };
+    let hostid = config
+        .hostid
+        .clone()
+        .or_else(hostid::machine_hostid)
+        .unwrap_or_else(|| "unknown".to_string());
+    let (store, opened) = Store::open_on(
+        &seams.disk,
+        &config.data_dir,
+        &pool_file.pool_id,
+        &config.server_id,
+        config.timing.store_batch_max,
+    )?;
+    let now_ms = clock.now_ms();
+    tracing::info!(
+        "read {} grants from {}",
+        opened.grants.len(),
+        config.data_dir.display()
+    );
+    if let Some(observer) = &seams.observer {
+        let ids: Vec<String> = opened.grants.iter().map(|(id, _)| id.clone()).collect();
+        observer.restored(&config.server_id, &ids);
+    }
+    let mut issuer = Issuer::new(
+        config.server_id.clone(),
+        config.limits,
+        config.timing.clock_drift_percent,
+        opened.grants,
+        now_ms,
+    );
+    let pool = Pool::start(
+        config.server_id.clone(),
+        pool_file.clone(),
+        pool_text,
+        config.vendors.clone(),
+        config.timing,
+        config.peer_secret.clone(),
+        &config.data_dir,
+        &seams,
+        config.recover_pool,
+    )
+    .await?;
+    let pool = Arc::new(pool);
+    // A returning server applies its own log before it serves, so that its
+    // allocation and its restored grants are in place (seed FIG. 11).
+    let committed = pool.raft.metrics().borrow().last_log_index.unwrap_or(0);
+    if committed > 0 && !pool.wait_applied(committed, REPLAY_WAIT).await {
+        tracing::warn!("the pool log was not applied again within {REPLAY_WAIT:?}");
+    }
+    if !opened.existed && config.grace_on_missing_store {
+        issuer.set_grace_until(Some(now_ms + grace_ms(&config.timing, None)));
+    }
+
+    let listen = config.listen.clone().unwrap_or(own_entry.address.clone());
+    let (listener, address) = bind(listen.clone())
+        .await
+        .map_err(|err| StartError::Listen {
+            address: listen.clone(),
+            message: err.to_string(),
+        })?;
+    let app = Arc::new(App {
+        issuer: Mutex::new(issuer),
+        store,
+        pool: pool.clone(),
+        clock: clock.clone(),
+        limits: config.limits,
+        hostid: hostid.clone(),
+        address: own_entry.address.clone(),
+        started_ms: now_ms,
+        peer_secret: config.peer_secret.clone(),
+        vendors: config.vendors.clone(),
+        data_dir: config.data_dir.clone(),
+        requests: Mutex::new(Default::default()),
+        timing: config.timing,
+        borrowing: config.borrowing.clone(),
+        borrow_locks: Mutex::new(Default::default()),
+        borrow_quiet: Mutex::new(Default::default()),
+        grant_ids: seams.grant_ids.clone(),
+        mutations: seams.mutations,
+        superseded: Mutex::new(copies::Outbox::default()),
+        seats_changed: tokio::sync::watch::Sender::new(0),
+        quota_renewals: Mutex::new(QuotaRenewals::default()),
+    });
+    background::follow_control(
+        &app,
+        !opened.existed && config.grace_on_missing_store,
+        &config,
+    );
+    let background = vec![
+        background::spawn_sweeps(app.clone(), config.clone()),
+        tokio::spawn(pool.clone().bootstrap()),
+        tokio::spawn(pool.clone().learn_pool_term()),
+        background::spawn_quota_loop(app.clone(), config.timing),
+        background::spawn_membership_loop(pool.clone()),
+        balance::spawn_answer_loop(app.clone()),
+    ];
+    let router = api::router(app.clone());
+    let done = tokio::spawn(async move {
+        if let Err(err) = axum::serve(listener, router)
+            .with_graceful_shutdown(shutdown)
+            .await
+        {
+            tracing::error!("server stopped: {err}");
+        }
+        for task in background {
+            task.abort();
+        }
+        let _ = app.pool.raft.shutdown().await;
+    });
+    tracing::info!("listening on {address}");
+    Ok(Running { address, done })
+}
+
+/// The grace period of a server that started without its grant store:
+/// long enough for every grant it may have lost to lapse or be renewed. The
+/// configured `grace_ms`, else the longest hold of the codes it serves,
+/// else (while the codes are not known yet) the longest lease any code may
+/// set.
+pub(crate) fn grace_ms(timing: &crate::config::Timing, longest_hold_ms: Option<u64>) -> u64 {
+    let longest_lease_ms = u64::from(tessera_core::license::LEASE_S_MAX) * 1000;
+    timing
+        .grace_ms
+        .unwrap_or(longest_hold_ms.unwrap_or(longest_lease_ms))
+}
+
+/// Runs a server until `shutdown` resolves.
+pub async fn run(
+    config: ServerConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), StartError> {
+    let running = start(config, shutdown).await?;
+    let _ = running.done.await;
+    Ok(())
+}
+
+fn load_pool_file(config: &ServerConfig) -> Result<(PoolFile, String), StartError> {
+    let pool_error = |message: String| StartError::PoolFile {
+        path: config.pool_file.clone(),
+        message,
+    };
+    let text = std::fs::read_to_string(&config.pool_file)
+        .map_err(|err| pool_error(format!("cannot read it: {err}")))?;
+    let pool = PoolFile::parse(&text).map_err(|err| pool_error(err.to_string()))?;
+    // A copy installed by the pool earlier, if newer, is what this server last agreed to.
+    let installed_path = config.data_dir.join(INSTALLED_POOL_FILE);
+    if let Ok(installed_text) = std::fs::read_to_string(&installed_path) {
+        if let Ok(installed) = PoolFile::parse(&installed_text) {
+            if installed.pool_id == pool.pool_id && installed.sequence > pool.sequence {
+                return Ok((installed, installed_text));
+            }
+        }
+    }
+    Ok((pool, text))
+}

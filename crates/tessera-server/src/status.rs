@@ -1,0 +1,262 @@
+//! What a server tells about itself: `/v1/status` (its state, the pool's
+//! servers, each feature's distribution, the oldest grants) and `/metrics`
+//! (the same, as Prometheus text, plus request and quota counters).
+
+use tessera_proto as proto;
+
+use crate::issuer::{self, Issuer, IssuingState};
+
+use crate::App;
+
+impl App {
+    pub(crate) fn status(&self) -> proto::StatusResponse {
+        let now_ms = self.clock.now_ms();
+        let pool_file = self.pool.pool_file();
+        let leader_id = self.pool.leader().map(|(id, _)| id);
+        let role = self.pool.role();
+        let peers = self.pool.peer_statuses();
+        let issuer = self.issuer();
+        let state = issuer.state(now_ms);
+        let server_id = self.pool.server_id.clone();
+        let features = issuer
+            .licenses()
+            .features()
+            .map(|feature| self.feature_status(&issuer, feature))
+            .collect();
+        // The oldest grants, chosen before any is described: a server may
+        // hold a million, and the status lists at most STATUS_GRANTS_MAX.
+        let mut oldest: Vec<(&String, &issuer::LiveGrant)> = issuer.grants().collect();
+        if oldest.len() > proto::STATUS_GRANTS_MAX {
+            oldest.select_nth_unstable_by(proto::STATUS_GRANTS_MAX, |a, b| {
+                a.1.issued_at_ms
+                    .cmp(&b.1.issued_at_ms)
+                    .then_with(|| a.0.cmp(b.0))
+            });
+            oldest.truncate(proto::STATUS_GRANTS_MAX);
+        }
+        let mut grants: Vec<proto::GrantStatus> = oldest
+            .into_iter()
+            .map(|(grant_id, grant)| proto::GrantStatus {
+                grant_id: grant_id.clone(),
+                feature: grant.request.feature.clone(),
+                count: grant.request.count,
+                client_id: grant.request.client_id.clone(),
+                user: grant.request.user.clone(),
+                host: grant.request.host.clone(),
+                version: grant.request.version.clone(),
+                age_ms: now_ms.saturating_sub(grant.issued_at_ms),
+                expires_in_ms: grant.expires_at_ms.saturating_sub(now_ms),
+            })
+            .collect();
+        grants.sort_by(|a, b| b.age_ms.cmp(&a.age_ms).then(a.grant_id.cmp(&b.grant_id)));
+        grants.truncate(proto::STATUS_GRANTS_MAX);
+        proto::StatusResponse {
+            pool_id: pool_file.pool_id.clone(),
+            pool_sequence: issuer.pool().map_or(0, |p| p.sequence),
+            server: proto::ServerStatus {
+                id: server_id,
+                address: self.address.clone(),
+                role: role.into(),
+                leader_id,
+                state: match state {
+                    IssuingState::Serving => "serving",
+                    IssuingState::Grace { .. } => "grace",
+                    IssuingState::NoQuorum => "no_quorum",
+                }
+                .into(),
+                software_version: env!("CARGO_PKG_VERSION").into(),
+                uptime_ms: now_ms.saturating_sub(self.started_ms),
+                grace_remaining_ms: match state {
+                    IssuingState::Grace { until_ms } => Some(until_ms - now_ms),
+                    _ => None,
+                },
+                hostid: self.hostid.clone(),
+            },
+            servers: peers,
+            features,
+            grants,
+            grants_total: (issuer.grants_total() + issuer.restored_pending()) as u64,
+        }
+    }
+
+    /// Prometheus text exposition of this server's state.
+    pub(crate) fn metrics(&self) -> String {
+        use std::fmt::Write as _;
+        let status = self.status();
+        let server = &status.server;
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "# TYPE tessera_leader gauge\ntessera_leader {}",
+            u8::from(server.role == "leader")
+        );
+        let _ = writeln!(
+            out,
+            "# TYPE tessera_serving gauge\ntessera_serving {}",
+            u8::from(server.state == "serving")
+        );
+        let _ = writeln!(
+            out,
+            "# TYPE tessera_pool_sequence gauge\ntessera_pool_sequence {}",
+            status.pool_sequence
+        );
+        let _ = writeln!(
+            out,
+            "# TYPE tessera_grants gauge\ntessera_grants {}",
+            status.grants_total
+        );
+        let _ = writeln!(
+            out,
+            "# TYPE tessera_servers_up gauge\ntessera_servers_up {}",
+            status.servers.iter().filter(|p| p.up).count()
+        );
+        let _ = writeln!(out, "# TYPE tessera_hard_limit gauge");
+        for f in &status.features {
+            let _ = writeln!(
+                out,
+                "tessera_hard_limit{{feature=\"{}\"}} {}",
+                f.feature, f.hard_limit
+            );
+        }
+        let _ = writeln!(out, "# TYPE tessera_seats_allocated gauge");
+        let _ = writeln!(out, "# TYPE tessera_seats_in_use gauge");
+        for f in &status.features {
+            for row in f.servers.iter().filter(|r| r.in_use.is_some()) {
+                let labels = format!("feature=\"{}\",server=\"{}\"", f.feature, row.server_id);
+                let _ = writeln!(
+                    out,
+                    "tessera_seats_allocated{{{labels}}} {}",
+                    row.allocation
+                );
+                let _ = writeln!(
+                    out,
+                    "tessera_seats_in_use{{{labels}}} {}",
+                    row.in_use.unwrap_or(0)
+                );
+            }
+        }
+        let _ = writeln!(out, "# TYPE tessera_seats_reserved gauge");
+        let _ = writeln!(out, "# TYPE tessera_borrows_total counter");
+        let _ = writeln!(out, "# TYPE tessera_seats_moved_in_total counter");
+        let _ = writeln!(out, "# TYPE tessera_seats_moved_out_total counter");
+        for f in &status.features {
+            for row in &f.servers {
+                let labels = format!("feature=\"{}\",server=\"{}\"", f.feature, row.server_id);
+                let _ = writeln!(out, "tessera_seats_reserved{{{labels}}} {}", row.reserved);
+                let _ = writeln!(out, "tessera_borrows_total{{{labels}}} {}", row.borrows);
+                let _ = writeln!(
+                    out,
+                    "tessera_seats_moved_in_total{{{labels}}} {}",
+                    row.seats_in
+                );
+                let _ = writeln!(
+                    out,
+                    "tessera_seats_moved_out_total{{{labels}}} {}",
+                    row.seats_out
+                );
+            }
+        }
+        let renewals = *self
+            .quota_renewals
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let _ = writeln!(
+            out,
+            "# TYPE tessera_quota_renewals_total counter\ntessera_quota_renewals_total {}",
+            renewals.count
+        );
+        let _ = writeln!(
+            out,
+            "# TYPE tessera_quota_renewal_gap_max_ms gauge\ntessera_quota_renewal_gap_max_ms {}",
+            renewals.gap_max_ms
+        );
+        let _ = writeln!(out, "# TYPE tessera_requests_total counter");
+        let counts = self.requests.lock().unwrap_or_else(|p| p.into_inner());
+        for ((endpoint, outcome), count) in counts.iter() {
+            let _ = writeln!(
+                out,
+                "tessera_requests_total{{endpoint=\"{endpoint}\",outcome=\"{outcome}\"}} {count}"
+            );
+        }
+        out
+    }
+
+    /// One feature's row set: this server's own row from its table; on the
+    /// leader, every other server's in-use from its last report.
+    fn feature_status(
+        &self,
+        issuer: &Issuer,
+        feature: &tessera_core::FeatureLicense,
+    ) -> proto::FeatureStatus {
+        let terms = issuer.terms(&feature.feature);
+        let table = issuer.table(&feature.feature);
+        let allocation = issuer
+            .control()
+            .and_then(|c| c.allocation(&feature.feature));
+        let own_id = &self.pool.server_id;
+        let rows: Vec<proto::DistributionRow> = table
+            .map(|t| {
+                t.rows()
+                    .map(|(server_id, row)| {
+                        let in_use = if server_id == own_id {
+                            Some(row.in_use)
+                        } else {
+                            self.pool.reported_in_use(server_id, &feature.feature)
+                        };
+                        let moved = allocation
+                            .and_then(|a| a.moved.get(server_id))
+                            .copied()
+                            .unwrap_or_default();
+                        let reserved = allocation.map_or(0, |a| a.reserved(server_id));
+                        proto::DistributionRow {
+                            server_id: server_id.to_string(),
+                            allocation: row.allocation,
+                            in_use,
+                            available: in_use
+                                .map(|n| row.allocation.saturating_sub(n).saturating_sub(reserved)),
+                            reserved,
+                            target: allocation.and_then(|a| a.targets.get(server_id).copied()),
+                            borrows: moved.borrows,
+                            seats_in: moved.seats_in,
+                            seats_out: moved.seats_out,
+                        }
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let free_pool = table.map_or(0, |t| t.free_pool());
+        let pool_available = free_pool + rows.iter().map(|r| r.available.unwrap_or(0)).sum::<u32>();
+        proto::FeatureStatus {
+            feature: feature.feature.clone(),
+            vendor: feature.vendor.clone(),
+            hard_limit: feature.hard_limit,
+            free_pool: allocation.map_or(free_pool, |a| {
+                free_pool.min(a.free_pool + a.parked.values().sum::<u32>())
+            }),
+            pool_available,
+            lease_ms: terms.map_or(0, |t| t.lease_ms),
+            heartbeat_interval_ms: terms.map_or(0, |t| t.heartbeat_interval_ms),
+            borrow_threshold_percent: self.borrow_policy_in(issuer, &feature.feature).0,
+            pending_requests: allocation.map_or(0, |a| a.requests.len() as u32),
+            servers: rows,
+            codes: feature
+                .codes
+                .iter()
+                .map(|verdict| {
+                    let fields = verdict.code.fields();
+                    proto::CodeStatus {
+                        id: fields.id.clone(),
+                        vendor: fields.vendor.clone(),
+                        seats: fields.seats,
+                        version_min: fields.version_min.to_string(),
+                        version_max: fields.version_max.to_string(),
+                        expiry: fields.expiry.to_string(),
+                        hostid: fields.hostid.to_string(),
+                        served: verdict.not_served.is_none(),
+                        reason: verdict.not_served.as_ref().map(|r| r.to_string()),
+                    }
+                })
+                .collect(),
+        }
+    }
+}
