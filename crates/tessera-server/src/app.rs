@@ -28,6 +28,8 @@ pub struct App {
     pub(crate) peer_secret: Option<String>,
     pub(crate) vendors: Vec<tessera_core::VendorPublicKey>,
     pub(crate) data_dir: PathBuf,
+    /// Where the installed pool file is written.
+    pub(crate) disk: Arc<dyn seams::Disk>,
     /// Requests answered, by endpoint and outcome, for `/metrics`.
     pub(crate) requests: Mutex<std::collections::BTreeMap<(&'static str, &'static str), u64>>,
     pub(crate) timing: config::Timing,

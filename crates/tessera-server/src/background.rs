@@ -42,7 +42,7 @@ pub(crate) fn follow_control(app: &Arc<App>, grace: bool, config: &ServerConfig)
                 if sequence != written_sequence {
                     if let Some(text) = control.pool_text() {
                         let path = app.data_dir.join(INSTALLED_POOL_FILE);
-                        if let Err(err) = std::fs::write(&path, text) {
+                        if let Err(err) = app.disk.replace_file(&path, text.as_bytes()) {
                             tracing::error!("cannot write {}: {err}", path.display());
                         }
                     }

@@ -3,6 +3,7 @@
 //! program uses [`Seams::production`]; `tessera-sim` passes its own, so the
 //! very same server code runs on a simulated network, clock and disk.
 
+use std::io::{self, Write};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,7 +13,9 @@ use tessera_transport::HttpTransport;
 
 use crate::clock::{Clock, SystemClock};
 
-/// Where the server's embedded stores (`grants.redb`, `raft.redb`) live.
+/// Where everything a server keeps lives: its embedded stores
+/// (`grants.redb`, `raft.redb`), the control snapshot and the installed
+/// pool file.
 pub trait Disk: Send + Sync + 'static {
     /// Opens or creates the database at `path`.
     fn open_database(
@@ -30,6 +33,13 @@ pub trait Disk: Send + Sync + 'static {
     fn commit_delay(&self) -> Duration {
         Duration::ZERO
     }
+    /// The whole file at `path`, or `None` where there is none.
+    fn read_file(&self, path: &Path) -> io::Result<Option<Vec<u8>>>;
+    /// Replaces the file at `path` with `bytes`, all or nothing, durably:
+    /// after a crash it holds either the old bytes or the new.
+    fn replace_file(&self, path: &Path, bytes: &[u8]) -> io::Result<()>;
+    /// Renames a file or database; `Ok(false)` when there is none at `from`.
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<bool>;
 }
 
 /// The machine's file system.
@@ -53,6 +63,38 @@ impl Disk for FileDisk {
 
     fn commit_on_threads(&self) -> bool {
         true
+    }
+
+    fn read_file(&self, path: &Path) -> io::Result<Option<Vec<u8>>> {
+        match std::fs::read(path) {
+            Ok(bytes) => Ok(Some(bytes)),
+            Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(err) => Err(err),
+        }
+    }
+
+    /// A temporary file, synced, renamed over the old one, and the folder
+    /// synced.
+    fn replace_file(&self, path: &Path, bytes: &[u8]) -> io::Result<()> {
+        let mut temporary = path.as_os_str().to_owned();
+        temporary.push(".tmp");
+        let temporary = std::path::PathBuf::from(temporary);
+        let mut out = std::fs::File::create(&temporary)?;
+        out.write_all(bytes)?;
+        out.sync_all()?;
+        std::fs::rename(&temporary, path)?;
+        if let Some(dir) = path.parent().filter(|dir| !dir.as_os_str().is_empty()) {
+            std::fs::File::open(dir)?.sync_all()?;
+        }
+        Ok(())
+    }
+
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<bool> {
+        match std::fs::rename(from, to) {
+            Ok(()) => Ok(true),
+            Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(err) => Err(err),
+        }
     }
 }
 

@@ -79,9 +79,9 @@ where
 {
     let clock = seams.clock.clone();
     if config.recover_pool {
-        pool::recovery::set_log_aside(&config.data_dir, clock.unix_ms())?;
+        pool::recovery::set_log_aside(seams.disk.as_ref(), &config.data_dir, clock.unix_ms())?;
     }
-    let (pool_file, pool_text) = load_pool_file(&config)?;
+    let (pool_file, pool_text) = load_pool_file(&config, seams.disk.as_ref())?;
     let Some(own_entry) = pool_file.server(&config.server_id).cloned() else {
         return Err(StartError::PoolFile {
             path: config.pool_file.clone(),
@@ -163,6 +163,7 @@ where
         peer_secret: config.peer_secret.clone(),
         vendors: config.vendors.clone(),
         data_dir: config.data_dir.clone(),
+        disk: seams.disk.clone(),
         requests: Mutex::new(Default::default()),
         timing: config.timing,
         borrowing: config.borrowing.clone(),
@@ -226,7 +227,10 @@ pub async fn run(
     Ok(())
 }
 
-fn load_pool_file(config: &ServerConfig) -> Result<(PoolFile, String), StartError> {
+fn load_pool_file(
+    config: &ServerConfig,
+    disk: &dyn crate::seams::Disk,
+) -> Result<(PoolFile, String), StartError> {
     let pool_error = |message: String| StartError::PoolFile {
         path: config.pool_file.clone(),
         message,
@@ -236,7 +240,8 @@ fn load_pool_file(config: &ServerConfig) -> Result<(PoolFile, String), StartErro
     let pool = PoolFile::parse(&text).map_err(|err| pool_error(err.to_string()))?;
     // A copy installed by the pool earlier, if newer, is what this server last agreed to.
     let installed_path = config.data_dir.join(INSTALLED_POOL_FILE);
-    if let Ok(installed_text) = std::fs::read_to_string(&installed_path) {
+    let installed = disk.read_file(&installed_path).ok().flatten();
+    if let Some(installed_text) = installed.and_then(|bytes| String::from_utf8(bytes).ok()) {
         if let Ok(installed) = PoolFile::parse(&installed_text) {
             if installed.pool_id == pool.pool_id && installed.sequence > pool.sequence {
                 return Ok((installed, installed_text));

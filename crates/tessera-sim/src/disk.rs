@@ -1,4 +1,5 @@
-//! A simulated disk for the server's `redb` stores that loses unsynced
+//! A simulated disk for everything a server keeps (its `redb` stores, the
+//! control snapshot, the installed pool file) that loses unsynced
 //! writes in a crash.
 //!
 //! Each file keeps two images: what the process sees (`current`) and what
@@ -144,6 +145,32 @@ impl Disk for SimDiskSeam {
     fn commit_delay(&self) -> Duration {
         Duration::from_millis(self.0.commit_delay_ms.load(Ordering::SeqCst))
     }
+
+    fn read_file(&self, path: &Path) -> io::Result<Option<Vec<u8>>> {
+        let file = lock(&self.0.files).get(path).cloned();
+        Ok(file.map(|file| lock(&file).current.clone()))
+    }
+
+    /// All or nothing and synced at once, like a rename over a synced file.
+    fn replace_file(&self, path: &Path, bytes: &[u8]) -> io::Result<()> {
+        let file = File {
+            current: bytes.to_vec(),
+            durable: bytes.to_vec(),
+            dirty: BTreeSet::new(),
+        };
+        lock(&self.0.files).insert(path.to_path_buf(), Arc::new(Mutex::new(file)));
+        self.0.syncs.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<bool> {
+        let mut files = lock(&self.0.files);
+        let Some(file) = files.remove(from) else {
+            return Ok(false);
+        };
+        files.insert(to.to_path_buf(), file);
+        Ok(true)
+    }
 }
 
 #[derive(Debug)]
@@ -275,5 +302,23 @@ mod tests {
         assert!(!seam.exists(path));
         let db = seam.open_database(path, 1 << 20).unwrap();
         assert!(keys(&db).is_empty());
+    }
+
+    #[test]
+    fn a_replaced_file_survives_a_crash_and_not_a_lost_disk() {
+        let disk = SimDisk::new();
+        let seam = SimDiskSeam(disk.clone());
+        let path = Path::new("/sim/a/control-snapshot.json");
+        assert_eq!(seam.read_file(path).unwrap(), None);
+        seam.replace_file(path, b"one").unwrap();
+        seam.replace_file(path, b"two").unwrap();
+        disk.crash();
+        assert_eq!(seam.read_file(path).unwrap().as_deref(), Some(&b"two"[..]));
+        let aside = Path::new("/sim/a/control-snapshot.json.aside");
+        assert!(seam.rename(path, aside).unwrap());
+        assert!(!seam.rename(path, aside).unwrap());
+        assert_eq!(seam.read_file(path).unwrap(), None);
+        disk.wipe();
+        assert_eq!(seam.read_file(aside).unwrap(), None);
     }
 }

@@ -157,6 +157,18 @@ mod tests {
         fn commit_delay(&self) -> Duration {
             Duration::from_millis(self.commit_delay_ms.load(Ordering::SeqCst))
         }
+
+        fn read_file(&self, path: &std::path::Path) -> std::io::Result<Option<Vec<u8>>> {
+            FileDisk.read_file(path)
+        }
+
+        fn replace_file(&self, path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+            FileDisk.replace_file(path, bytes)
+        }
+
+        fn rename(&self, from: &std::path::Path, to: &std::path::Path) -> std::io::Result<bool> {
+            FileDisk.rename(from, to)
+        }
     }
 
     /// Soak seed 50469: a write openraft does not answer (there, one begun

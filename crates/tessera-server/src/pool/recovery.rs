@@ -45,23 +45,25 @@ use super::error::PoolStartError;
 use super::log_store::RAFT_FILE;
 use super::state_machine::SNAPSHOT_FILE;
 use super::Pool;
+use crate::seams::Disk;
 
 /// Renames the pool log and the control snapshot in `data_dir` to
 /// `<name>.before-recovery-<unix_ms>`, so the server starts without a pool
 /// history; the grant store stays. Files that are not there are skipped.
-pub fn set_log_aside(data_dir: &Path, unix_ms: i64) -> Result<(), PoolStartError> {
+pub fn set_log_aside(disk: &dyn Disk, data_dir: &Path, unix_ms: i64) -> Result<(), PoolStartError> {
     for name in [RAFT_FILE, SNAPSHOT_FILE] {
         let path = data_dir.join(name);
-        if !path.exists() {
-            continue;
-        }
         let aside = data_dir.join(format!("{name}.before-recovery-{unix_ms}"));
-        if let Err(source) = std::fs::rename(&path, &aside) {
-            return Err(PoolStartError::SetAside {
-                path,
-                aside,
-                source,
-            });
+        match disk.rename(&path, &aside) {
+            Ok(true) => {}
+            Ok(false) => continue,
+            Err(source) => {
+                return Err(PoolStartError::SetAside {
+                    path,
+                    aside,
+                    source,
+                })
+            }
         }
         tracing::warn!(
             "the pool log is set aside as {} to re-form the pool",
@@ -126,7 +128,7 @@ mod tests {
         for name in [RAFT_FILE, SNAPSHOT_FILE, "grants.redb"] {
             std::fs::write(dir.path().join(name), name).expect("write");
         }
-        set_log_aside(dir.path(), 42).expect("set aside");
+        set_log_aside(&crate::seams::FileDisk, dir.path(), 42).expect("set aside");
         assert!(!dir.path().join(RAFT_FILE).exists());
         assert!(!dir.path().join(SNAPSHOT_FILE).exists());
         assert!(dir.path().join("grants.redb").exists());
@@ -135,6 +137,6 @@ mod tests {
                 .expect("kept");
         assert_eq!(aside, RAFT_FILE);
         // Nothing to set aside: no error.
-        set_log_aside(dir.path(), 43).expect("nothing to do");
+        set_log_aside(&crate::seams::FileDisk, dir.path(), 43).expect("nothing to do");
     }
 }

@@ -61,7 +61,8 @@ impl Pool {
             .observer
             .clone()
             .map(|observer| (server_id.clone(), observer));
-        let (state_machine, applied) = state_machine::StateMachine::open(data_dir, observer)?;
+        let (state_machine, applied) =
+            state_machine::StateMachine::open(data_dir, seams.disk.clone(), observer)?;
         let peers = PeerClient::new(
             bootstrap.pool_id.clone(),
             server_id.clone(),

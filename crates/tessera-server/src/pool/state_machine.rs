@@ -8,8 +8,7 @@
 //! after it is applied again. A server that missed purged entries receives
 //! the leader's snapshot.
 
-use super::error::PoolStartError;
-use std::io::{Cursor, Write};
+use std::io::Cursor;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -21,8 +20,9 @@ use openraft::{
 use tessera_core::{ControlOutcome, ControlState};
 use tokio::sync::{watch, RwLock};
 
+use super::error::PoolStartError;
 use super::types::{Node, NodeId, TypeConfig};
-use crate::seams::Observer;
+use crate::seams::{Disk, Observer};
 
 /// What the state machine publishes after each batch it applies.
 #[derive(Clone, Debug, Default)]
@@ -47,6 +47,7 @@ pub struct StateMachine {
     published: Arc<watch::Sender<Applied>>,
     /// Where the latest snapshot is kept.
     snapshot_path: PathBuf,
+    disk: Arc<dyn Disk>,
     /// A simulator's checker, told of every state reached, and whose.
     observer: Option<(String, Arc<dyn Observer>)>,
 }
@@ -70,6 +71,7 @@ impl StateMachine {
     /// empty, or as of the snapshot kept there.
     pub fn open(
         data_dir: &Path,
+        disk: Arc<dyn Disk>,
         observer: Option<(String, Arc<dyn Observer>)>,
     ) -> Result<(StateMachine, watch::Receiver<Applied>), PoolStartError> {
         let snapshot_path = data_dir.join(SNAPSHOT_FILE);
@@ -80,8 +82,8 @@ impl StateMachine {
             snapshot: None,
             snapshots_built: 0,
         };
-        match std::fs::read(&snapshot_path) {
-            Ok(bytes) => {
+        match disk.read_file(&snapshot_path) {
+            Ok(Some(bytes)) => {
                 let damaged = |message: String| PoolStartError::SnapshotDamaged {
                     path: snapshot_path.clone(),
                     message,
@@ -96,7 +98,7 @@ impl StateMachine {
                 inner.membership = file.meta.last_membership.clone();
                 inner.snapshot = Some((file.meta, file.state.into_bytes()));
             }
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+            Ok(None) => {}
             Err(source) => {
                 return Err(PoolStartError::SnapshotRead {
                     path: snapshot_path,
@@ -109,6 +111,7 @@ impl StateMachine {
             inner: Arc::new(RwLock::new(inner)),
             published: Arc::new(sender),
             snapshot_path,
+            disk,
             observer,
         };
         if let Ok(inner) = machine.inner.try_read() {
@@ -117,8 +120,7 @@ impl StateMachine {
         Ok((machine, receiver))
     }
 
-    /// Writes a snapshot durably: a temporary file, synced, renamed over
-    /// the old one, and the directory synced.
+    /// Writes a snapshot durably, replacing the last one all or nothing.
     fn persist(&self, meta: &SnapshotMeta<NodeId, Node>, data: &[u8]) -> std::io::Result<()> {
         let file = SnapshotFile {
             meta: meta.clone(),
@@ -126,15 +128,7 @@ impl StateMachine {
                 .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?,
         };
         let bytes = serde_json::to_vec(&file)?;
-        let temporary = self.snapshot_path.with_extension("json.tmp");
-        let mut out = std::fs::File::create(&temporary)?;
-        out.write_all(&bytes)?;
-        out.sync_all()?;
-        std::fs::rename(&temporary, &self.snapshot_path)?;
-        if let Some(dir) = self.snapshot_path.parent() {
-            std::fs::File::open(dir)?.sync_all()?;
-        }
-        Ok(())
+        self.disk.replace_file(&self.snapshot_path, &bytes)
     }
 
     fn observe(&self, inner: &Inner) {
