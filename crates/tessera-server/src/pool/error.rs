@@ -6,7 +6,7 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum PoolStartError {
     #[error("pool timing: {0}")]
-    Timing(#[from] openraft::ConfigError),
+    Timing(Box<openraft::ConfigError>),
     #[error(
         "pool log {path}: cannot open it ({message}); if it is damaged, move it away and the \
          server rejoins the pool from its peers"

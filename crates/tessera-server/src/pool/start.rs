@@ -42,7 +42,8 @@ impl Pool {
             max_in_snapshot_log_to_keep: timing.log_kept_after_snapshot,
             ..Default::default()
         }
-        .validate()?;
+        .validate()
+        .map_err(|err| PoolStartError::Timing(Box::new(err)))?;
         let log_store = log_store::LogStore::open(data_dir, seams.disk.clone())?;
         let catch_up = if log_store.must_catch_up() && !seams.mutations.vote_while_catching_up {
             // Durable before openraft writes its first entry or vote.
