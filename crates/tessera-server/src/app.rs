@@ -30,6 +30,8 @@ pub struct App {
     pub(crate) data_dir: PathBuf,
     /// Where the installed pool file is written.
     pub(crate) disk: Arc<dyn seams::Disk>,
+    /// A simulator's checker, told of broken invariants.
+    pub(crate) observer: Option<Arc<dyn seams::Observer>>,
     /// Requests answered, by endpoint and outcome, for `/metrics`.
     pub(crate) requests: Mutex<std::collections::BTreeMap<(&'static str, &'static str), u64>>,
     pub(crate) timing: config::Timing,
@@ -91,13 +93,20 @@ impl App {
         }
     }
 
-    /// The issuer, locked. Never held across an `.await`.
-    pub(crate) fn issuer(&self) -> MutexGuard<'_, Issuer> {
+    /// The issuer, locked. Never held across an `.await`. A change made
+    /// through it is checked when the lock is let go (see [`IssuerLock`]).
+    pub(crate) fn issuer(&self) -> IssuerLock<'_> {
         // A panic while holding the lock would be a bug; the state is still
         // the last consistent one, since every method applies all or nothing.
-        self.issuer
+        let guard = self
+            .issuer
             .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        IssuerLock {
+            guard,
+            changed: false,
+            app: self,
+        }
     }
 
     pub(crate) fn licenses_for(&self, control: &ControlState) -> LicenseTable {
@@ -107,5 +116,55 @@ impl App {
             .map(|p| p.codes.as_slice())
             .unwrap_or_default();
         LicenseTable::evaluate(codes, &self.vendors, &self.hostid, today)
+    }
+}
+
+/// Grants above which the per-change check counts only the tables, not
+/// every grant: a debug build must stay usable with many grants.
+const INVARIANT_GRANTS_MAX: usize = 10_000;
+
+/// The locked issuer. After a change (any `&mut` use), when let go, it
+/// checks the issuer's invariants ([`Issuer::check_invariants`]) in debug
+/// builds and under a simulator; a broken one is a bug: a debug build stops
+/// on it, a simulator's observer records it as a violation.
+pub(crate) struct IssuerLock<'a> {
+    guard: MutexGuard<'a, Issuer>,
+    changed: bool,
+    app: &'a App,
+}
+
+impl std::ops::Deref for IssuerLock<'_> {
+    type Target = Issuer;
+
+    fn deref(&self) -> &Issuer {
+        &self.guard
+    }
+}
+
+impl std::ops::DerefMut for IssuerLock<'_> {
+    fn deref_mut(&mut self) -> &mut Issuer {
+        self.changed = true;
+        &mut self.guard
+    }
+}
+
+impl Drop for IssuerLock<'_> {
+    fn drop(&mut self) {
+        let observer = self.app.observer.as_ref();
+        if !self.changed || !(cfg!(debug_assertions) || observer.is_some()) {
+            return;
+        }
+        let every_grant = self.guard.grants_total() <= INVARIANT_GRANTS_MAX;
+        let Err(broken) = self.guard.check_invariants(every_grant) else {
+            return;
+        };
+        let server = &self.app.pool.server_id;
+        match observer {
+            Some(observer) => observer.invariant_broken(server, &broken),
+            None if !std::thread::panicking() => {
+                panic!("server `{server}`: issuer invariant broken: {broken}")
+            }
+            None => {}
+        }
     }
 }

@@ -104,6 +104,9 @@ pub trait Observer: Send + Sync + 'static {
     fn applied(&self, server: &str, index: u64, state: &ControlState);
     /// `server` started and read these grants from its store.
     fn restored(&self, server: &str, grant_ids: &[String]);
+    /// `server`'s issuer broke one of its invariants, checked after every
+    /// change ([`crate::issuer::Issuer::check_invariants`]).
+    fn invariant_broken(&self, server: &str, broken: &str);
 }
 
 /// Deliberate bugs, so that a simulator can show its checkers catch them.

@@ -164,6 +164,7 @@ where
         vendors: config.vendors.clone(),
         data_dir: config.data_dir.clone(),
         disk: seams.disk.clone(),
+        observer: seams.observer.clone(),
         requests: Mutex::new(Default::default()),
         timing: config.timing,
         borrowing: config.borrowing.clone(),

@@ -12,6 +12,9 @@
 //! - **No acknowledged grant is lost** ([`Trace::server_crashed`],
 //!   [`Trace::restored`]): a server that crashed while a grant it answered was
 //!   still believed by its program reads that grant back from its store.
+//! - **Issuer invariants** ([`TraceObserver::invariant_broken`]): after every
+//!   change, each server's tables add up and its counted grants hold exactly
+//!   the seats its table says are in use.
 //! - **Liveness** is judged by the probe (see `programs.rs`) and recorded here.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -443,5 +446,11 @@ impl Observer for TraceObserver {
 
     fn restored(&self, server: &str, grant_ids: &[String]) {
         self.0.lock().restored(server, grant_ids);
+    }
+
+    fn invariant_broken(&self, server: &str, broken: &str) {
+        self.0
+            .lock()
+            .violate("issuer-invariants", format!("server {server}: {broken}"));
     }
 }
