@@ -77,9 +77,9 @@ where
     B: FnOnce(String) -> F,
     F: Future<Output = std::io::Result<(L, SocketAddr)>>,
 {
-    let clock = seams.clock.clone();
     if config.recover_pool {
-        pool::recovery::set_log_aside(seams.disk.as_ref(), &config.data_dir, clock.unix_ms())?;
+        let unix_ms = seams.clock.unix_ms();
+        pool::recovery::set_log_aside(seams.disk.as_ref(), &config.data_dir, unix_ms)?;
     }
     let (pool_file, pool_text) = load_pool_file(&config, seams.disk.as_ref())?;
     let Some(own_entry) = pool_file.server(&config.server_id).cloned() else {
@@ -92,19 +92,50 @@ where
             ),
         });
     };
-    let hostid = config
-        .hostid
-        .clone()
-        .or_else(hostid::machine_hostid)
-        .unwrap_or_else(|| "unknown".to_string());
+    let (issuer, store, lost_store) = open_issuer(&config, &seams, &pool_file.pool_id)?;
+    let settings = pool::PoolSettings::of(&config);
+    let pool = Arc::new(Pool::start(settings, pool_file, pool_text, &seams).await?);
+    // A returning server applies its own log before it serves, so that its
+    // allocation and its restored grants are in place (seed FIG. 11).
+    let committed = pool.raft.metrics().borrow().last_log_index.unwrap_or(0);
+    if committed > 0 && !pool.wait_applied(committed, REPLAY_WAIT).await {
+        tracing::warn!("the pool log was not applied again within {REPLAY_WAIT:?}");
+    }
+    let listen = config.listen.clone().unwrap_or(own_entry.address.clone());
+    let (listener, address) = bind(listen.clone())
+        .await
+        .map_err(|err| StartError::Listen {
+            address: listen.clone(),
+            message: err.to_string(),
+        })?;
+    let app = Arc::new(App::new(
+        &config,
+        &seams,
+        issuer,
+        store,
+        pool,
+        own_entry.address,
+    ));
+    background::follow_control(&app, lost_store, &config);
+    let done = tokio::spawn(serve(app, listener, config, shutdown));
+    tracing::info!("listening on {address}");
+    Ok(Running { address, done })
+}
+
+/// Opens the grant store and builds the issuer from the grants in it.
+/// Also says whether the store was missing and the grace period began.
+fn open_issuer(
+    config: &ServerConfig,
+    seams: &Seams,
+    pool_id: &str,
+) -> Result<(Issuer, Store, bool), StartError> {
     let (store, opened) = Store::open_on(
         &seams.disk,
         &config.data_dir,
-        &pool_file.pool_id,
+        pool_id,
         &config.server_id,
         config.timing.store_batch_max,
     )?;
-    let now_ms = clock.now_ms();
     tracing::info!(
         "read {} grants from {}",
         opened.grants.len(),
@@ -114,6 +145,7 @@ where
         let ids: Vec<String> = opened.grants.iter().map(|(id, _)| id.clone()).collect();
         observer.restored(&config.server_id, &ids);
     }
+    let now_ms = seams.clock.now_ms();
     let mut issuer = Issuer::new(
         config.server_id.clone(),
         config.limits,
@@ -121,67 +153,67 @@ where
         opened.grants,
         now_ms,
     );
-    let pool = Pool::start(
-        config.server_id.clone(),
-        pool_file.clone(),
-        pool_text,
-        config.vendors.clone(),
-        config.timing,
-        config.peer_secret.clone(),
-        &config.data_dir,
-        &seams,
-        config.recover_pool,
-    )
-    .await?;
-    let pool = Arc::new(pool);
-    // A returning server applies its own log before it serves, so that its
-    // allocation and its restored grants are in place (seed FIG. 11).
-    let committed = pool.raft.metrics().borrow().last_log_index.unwrap_or(0);
-    if committed > 0 && !pool.wait_applied(committed, REPLAY_WAIT).await {
-        tracing::warn!("the pool log was not applied again within {REPLAY_WAIT:?}");
-    }
-    if !opened.existed && config.grace_on_missing_store {
+    let lost_store = !opened.existed && config.grace_on_missing_store;
+    if lost_store {
         issuer.set_grace_until(Some(now_ms + grace_ms(&config.timing, None)));
     }
+    Ok((issuer, store, lost_store))
+}
 
-    let listen = config.listen.clone().unwrap_or(own_entry.address.clone());
-    let (listener, address) = bind(listen.clone())
-        .await
-        .map_err(|err| StartError::Listen {
-            address: listen.clone(),
-            message: err.to_string(),
-        })?;
-    let app = Arc::new(App {
-        issuer: Mutex::new(issuer),
-        store,
-        pool: pool.clone(),
-        clock: clock.clone(),
-        limits: config.limits,
-        hostid: hostid.clone(),
-        address: own_entry.address.clone(),
-        started_ms: now_ms,
-        peer_secret: config.peer_secret.clone(),
-        vendors: config.vendors.clone(),
-        data_dir: config.data_dir.clone(),
-        disk: seams.disk.clone(),
-        observer: seams.observer.clone(),
-        requests: Mutex::new(Default::default()),
-        timing: config.timing,
-        borrowing: config.borrowing.clone(),
-        borrow_locks: Mutex::new(Default::default()),
-        borrow_quiet: Mutex::new(Default::default()),
-        grant_ids: seams.grant_ids.clone(),
-        mutations: seams.mutations,
-        superseded: Mutex::new(copies::Outbox::default()),
-        seats_changed: tokio::sync::watch::Sender::new(0),
-        quota_renewals: Mutex::new(QuotaRenewals::default()),
-    });
-    background::follow_control(
-        &app,
-        !opened.existed && config.grace_on_missing_store,
-        &config,
-    );
-    let background = vec![
+impl App {
+    fn new(
+        config: &ServerConfig,
+        seams: &Seams,
+        issuer: Issuer,
+        store: Store,
+        pool: Arc<Pool>,
+        address: String,
+    ) -> App {
+        App {
+            issuer: Mutex::new(issuer),
+            store,
+            pool,
+            clock: seams.clock.clone(),
+            limits: config.limits,
+            hostid: config
+                .hostid
+                .clone()
+                .or_else(hostid::machine_hostid)
+                .unwrap_or_else(|| "unknown".to_string()),
+            address,
+            started_ms: seams.clock.now_ms(),
+            peer_secret: config.peer_secret.clone(),
+            vendors: config.vendors.clone(),
+            data_dir: config.data_dir.clone(),
+            disk: seams.disk.clone(),
+            observer: seams.observer.clone(),
+            requests: Mutex::new(Default::default()),
+            timing: config.timing,
+            borrowing: config.borrowing.clone(),
+            borrow_locks: Mutex::new(Default::default()),
+            borrow_quiet: Mutex::new(Default::default()),
+            grant_ids: seams.grant_ids.clone(),
+            mutations: seams.mutations,
+            superseded: Mutex::new(copies::Outbox::default()),
+            seats_changed: tokio::sync::watch::Sender::new(0),
+            quota_renewals: Mutex::new(QuotaRenewals::default()),
+        }
+    }
+}
+
+/// Serves `app` on `listener` until `shutdown` resolves, with the
+/// background loops running meanwhile.
+async fn serve<L>(
+    app: Arc<App>,
+    listener: L,
+    config: ServerConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) where
+    L: axum::serve::Listener,
+    L::Addr: std::fmt::Debug,
+{
+    let pool = app.pool.clone();
+    let background = [
         background::spawn_sweeps(app.clone(), config.clone()),
         tokio::spawn(pool.clone().bootstrap()),
         tokio::spawn(pool.clone().learn_pool_term()),
@@ -190,20 +222,16 @@ where
         balance::spawn_answer_loop(app.clone()),
     ];
     let router = api::router(app.clone());
-    let done = tokio::spawn(async move {
-        if let Err(err) = axum::serve(listener, router)
-            .with_graceful_shutdown(shutdown)
-            .await
-        {
-            tracing::error!("server stopped: {err}");
-        }
-        for task in background {
-            task.abort();
-        }
-        let _ = app.pool.raft.shutdown().await;
-    });
-    tracing::info!("listening on {address}");
-    Ok(Running { address, done })
+    if let Err(err) = axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown)
+        .await
+    {
+        tracing::error!("server stopped: {err}");
+    }
+    for task in background {
+        task.abort();
+    }
+    let _ = pool.raft.shutdown().await;
 }
 
 /// The grace period of a server that started without its grant store:

@@ -110,6 +110,7 @@ fn refused(code: ErrorCode, message: impl Into<String>) -> Refusal {
 pub use catch_up::CatchUp;
 pub use error::PoolStartError;
 pub use propose::{Forward, PeerCommand, COMMIT_TIMEOUT};
+pub use start::PoolSettings;
 
 impl Pool {
     /// Test-only: cut (or heal) every peer link of this server, both ways.

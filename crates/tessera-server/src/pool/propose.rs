@@ -186,15 +186,17 @@ mod tests {
         };
         let pool = Arc::new(
             Pool::start(
-                "A".into(),
+                PoolSettings {
+                    server_id: "A".into(),
+                    vendors: Vec::new(),
+                    timing: Timing::default(),
+                    peer_secret: None,
+                    data_dir: dir.path().to_path_buf(),
+                    recovering: false,
+                },
                 PoolFile::parse(text).unwrap(),
                 text.into(),
-                Vec::new(),
-                Timing::default(),
-                None,
-                dir.path(),
                 &seams,
-                false,
             )
             .await
             .unwrap(),

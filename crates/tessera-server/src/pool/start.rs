@@ -2,6 +2,7 @@
 //! timing, the log and state machine opened on the disk seam.
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use tessera_core::{PoolFile, VendorPublicKey};
@@ -10,30 +11,44 @@ use super::error::PoolStartError;
 use super::network::PeerClient;
 use super::types::{node_id, Raft};
 use super::*;
-use crate::config::Timing;
+use crate::config::{ServerConfig, Timing};
 
-impl Pool {
-    #[allow(clippy::too_many_arguments)]
-    pub async fn start(
-        server_id: String,
-        bootstrap: PoolFile,
-        bootstrap_text: String,
-        vendors: Vec<VendorPublicKey>,
-        timing: Timing,
-        peer_secret: Option<String>,
-        data_dir: &std::path::Path,
-        seams: &crate::seams::Seams,
-        recovering: bool,
-    ) -> Result<Pool, PoolStartError> {
-        let clock = seams.clock.clone();
+/// What a server's part of the pool is started with, from its config.
+#[derive(Clone, Debug)]
+pub struct PoolSettings {
+    pub server_id: String,
+    pub vendors: Vec<VendorPublicKey>,
+    pub timing: Timing,
+    pub peer_secret: Option<String>,
+    pub data_dir: PathBuf,
+    /// Started with `--recover-pool` (see `recovery.rs`).
+    pub recovering: bool,
+}
+
+impl PoolSettings {
+    pub fn of(config: &ServerConfig) -> PoolSettings {
+        PoolSettings {
+            server_id: config.server_id.clone(),
+            vendors: config.vendors.clone(),
+            timing: config.timing,
+            peer_secret: config.peer_secret.clone(),
+            data_dir: config.data_dir.clone(),
+            recovering: config.recover_pool,
+        }
+    }
+
+    /// Raft's configuration: elections staggered by the server's rank in
+    /// the pool file, so the first in priority usually leads.
+    fn raft_config(&self, bootstrap: &PoolFile) -> Result<openraft::Config, PoolStartError> {
+        let timing = &self.timing;
         let rank = bootstrap
             .servers
             .iter()
-            .position(|s| s.id == server_id)
+            .position(|s| s.id == self.server_id)
             .unwrap_or(bootstrap.servers.len()) as u64;
         let election_timeout_min =
             timing.election_timeout_ms + rank * timing.election_timeout_step_ms;
-        let config = openraft::Config {
+        openraft::Config {
             cluster_name: bootstrap.pool_id.clone(),
             heartbeat_interval: timing.raft_heartbeat_interval_ms,
             election_timeout_min,
@@ -43,7 +58,27 @@ impl Pool {
             ..Default::default()
         }
         .validate()
-        .map_err(|err| PoolStartError::Timing(Box::new(err)))?;
+        .map_err(|err| PoolStartError::Timing(Box::new(err)))
+    }
+}
+
+impl Pool {
+    pub async fn start(
+        settings: PoolSettings,
+        bootstrap: PoolFile,
+        bootstrap_text: String,
+        seams: &crate::seams::Seams,
+    ) -> Result<Pool, PoolStartError> {
+        let config = settings.raft_config(&bootstrap)?;
+        let PoolSettings {
+            server_id,
+            vendors,
+            timing,
+            peer_secret,
+            data_dir,
+            recovering,
+        } = settings;
+        let data_dir = data_dir.as_path();
         let log_store = log_store::LogStore::open(data_dir, seams.disk.clone())?;
         let catch_up = if log_store.must_catch_up() && !seams.mutations.vote_while_catching_up {
             // Durable before openraft writes its first entry or vote.
@@ -94,7 +129,7 @@ impl Pool {
             bootstrap_text,
             vendors,
             timing,
-            clock,
+            clock: seams.clock.clone(),
             seen: Mutex::new(HashMap::new()),
             view: Mutex::new(None),
             partitioned,
