@@ -2,6 +2,8 @@
 //! servers, each feature's distribution, the oldest grants) and `/metrics`
 //! (the same, as Prometheus text, plus request and quota counters).
 
+use std::fmt::Write as _;
+
 use tessera_proto as proto;
 
 use crate::issuer::{self, Issuer, IssuingState};
@@ -81,104 +83,51 @@ impl App {
 
     /// Prometheus text exposition of this server's state.
     pub(crate) fn metrics(&self) -> String {
-        use std::fmt::Write as _;
         let status = self.status();
         let server = &status.server;
-        let mut out = String::new();
-        let _ = writeln!(
-            out,
-            "# TYPE tessera_leader gauge\ntessera_leader {}",
-            u8::from(server.role == "leader")
-        );
-        let _ = writeln!(
-            out,
-            "# TYPE tessera_serving gauge\ntessera_serving {}",
-            u8::from(server.state == "serving")
-        );
-        let _ = writeln!(
-            out,
-            "# TYPE tessera_pool_sequence gauge\ntessera_pool_sequence {}",
-            status.pool_sequence
-        );
-        let _ = writeln!(
-            out,
-            "# TYPE tessera_grants gauge\ntessera_grants {}",
-            status.grants_total
-        );
-        let _ = writeln!(
-            out,
-            "# TYPE tessera_servers_up gauge\ntessera_servers_up {}",
-            status.servers.iter().filter(|p| p.up).count()
-        );
-        let _ = writeln!(out, "# TYPE tessera_hard_limit gauge");
+        let mut out = Exposition::default();
+        out.gauge("tessera_leader", u64::from(server.role == "leader"));
+        out.gauge("tessera_serving", u64::from(server.state == "serving"));
+        out.gauge("tessera_pool_sequence", status.pool_sequence);
+        out.gauge("tessera_grants", status.grants_total);
+        let up = status.servers.iter().filter(|p| p.up).count();
+        out.gauge("tessera_servers_up", up as u64);
+        out.family("tessera_hard_limit", "gauge");
         for f in &status.features {
-            let _ = writeln!(
-                out,
-                "tessera_hard_limit{{feature=\"{}\"}} {}",
-                f.feature, f.hard_limit
-            );
+            let labels = format!("feature=\"{}\"", f.feature);
+            out.sample("tessera_hard_limit", &labels, f.hard_limit);
         }
-        let _ = writeln!(out, "# TYPE tessera_seats_allocated gauge");
-        let _ = writeln!(out, "# TYPE tessera_seats_in_use gauge");
-        for f in &status.features {
-            for row in f.servers.iter().filter(|r| r.in_use.is_some()) {
-                let labels = format!("feature=\"{}\",server=\"{}\"", f.feature, row.server_id);
-                let _ = writeln!(
-                    out,
-                    "tessera_seats_allocated{{{labels}}} {}",
-                    row.allocation
-                );
-                let _ = writeln!(
-                    out,
-                    "tessera_seats_in_use{{{labels}}} {}",
-                    row.in_use.unwrap_or(0)
-                );
-            }
+        out.family("tessera_seats_allocated", "gauge");
+        out.family("tessera_seats_in_use", "gauge");
+        for (f, row) in rows(&status.features).filter(|(_, r)| r.in_use.is_some()) {
+            let labels = row_labels(f, row);
+            out.sample("tessera_seats_allocated", &labels, row.allocation);
+            out.sample("tessera_seats_in_use", &labels, row.in_use.unwrap_or(0));
         }
-        let _ = writeln!(out, "# TYPE tessera_seats_reserved gauge");
-        let _ = writeln!(out, "# TYPE tessera_borrows_total counter");
-        let _ = writeln!(out, "# TYPE tessera_seats_moved_in_total counter");
-        let _ = writeln!(out, "# TYPE tessera_seats_moved_out_total counter");
-        for f in &status.features {
-            for row in &f.servers {
-                let labels = format!("feature=\"{}\",server=\"{}\"", f.feature, row.server_id);
-                let _ = writeln!(out, "tessera_seats_reserved{{{labels}}} {}", row.reserved);
-                let _ = writeln!(out, "tessera_borrows_total{{{labels}}} {}", row.borrows);
-                let _ = writeln!(
-                    out,
-                    "tessera_seats_moved_in_total{{{labels}}} {}",
-                    row.seats_in
-                );
-                let _ = writeln!(
-                    out,
-                    "tessera_seats_moved_out_total{{{labels}}} {}",
-                    row.seats_out
-                );
-            }
+        out.family("tessera_seats_reserved", "gauge");
+        out.family("tessera_borrows_total", "counter");
+        out.family("tessera_seats_moved_in_total", "counter");
+        out.family("tessera_seats_moved_out_total", "counter");
+        for (f, row) in rows(&status.features) {
+            let labels = row_labels(f, row);
+            out.sample("tessera_seats_reserved", &labels, row.reserved);
+            out.sample("tessera_borrows_total", &labels, row.borrows);
+            out.sample("tessera_seats_moved_in_total", &labels, row.seats_in);
+            out.sample("tessera_seats_moved_out_total", &labels, row.seats_out);
         }
         let renewals = *self
             .quota_renewals
             .lock()
             .unwrap_or_else(|p| p.into_inner());
-        let _ = writeln!(
-            out,
-            "# TYPE tessera_quota_renewals_total counter\ntessera_quota_renewals_total {}",
-            renewals.count
-        );
-        let _ = writeln!(
-            out,
-            "# TYPE tessera_quota_renewal_gap_max_ms gauge\ntessera_quota_renewal_gap_max_ms {}",
-            renewals.gap_max_ms
-        );
-        let _ = writeln!(out, "# TYPE tessera_requests_total counter");
+        out.counter("tessera_quota_renewals_total", renewals.count);
+        out.gauge("tessera_quota_renewal_gap_max_ms", renewals.gap_max_ms);
+        out.family("tessera_requests_total", "counter");
         let counts = self.requests.lock().unwrap_or_else(|p| p.into_inner());
         for ((endpoint, outcome), count) in counts.iter() {
-            let _ = writeln!(
-                out,
-                "tessera_requests_total{{endpoint=\"{endpoint}\",outcome=\"{outcome}\"}} {count}"
-            );
+            let labels = format!("endpoint=\"{endpoint}\",outcome=\"{outcome}\"");
+            out.sample("tessera_requests_total", &labels, *count);
         }
-        out
+        out.0
     }
 
     /// One feature's row set: this server's own row from its table; on the
@@ -258,5 +207,45 @@ impl App {
                 })
                 .collect(),
         }
+    }
+}
+
+/// Every distribution row of every feature, with its feature.
+fn rows(
+    features: &[proto::FeatureStatus],
+) -> impl Iterator<Item = (&proto::FeatureStatus, &proto::DistributionRow)> {
+    features
+        .iter()
+        .flat_map(|f| f.servers.iter().map(move |row| (f, row)))
+}
+
+fn row_labels(feature: &proto::FeatureStatus, row: &proto::DistributionRow) -> String {
+    format!(
+        "feature=\"{}\",server=\"{}\"",
+        feature.feature, row.server_id
+    )
+}
+
+/// Prometheus text exposition, written line by line.
+#[derive(Default)]
+struct Exposition(String);
+
+impl Exposition {
+    fn family(&mut self, name: &str, kind: &str) {
+        let _ = writeln!(self.0, "# TYPE {name} {kind}");
+    }
+
+    fn sample(&mut self, name: &str, labels: &str, value: impl std::fmt::Display) {
+        let _ = writeln!(self.0, "{name}{{{labels}}} {value}");
+    }
+
+    fn gauge(&mut self, name: &str, value: u64) {
+        self.family(name, "gauge");
+        let _ = writeln!(self.0, "{name} {value}");
+    }
+
+    fn counter(&mut self, name: &str, value: u64) {
+        self.family(name, "counter");
+        let _ = writeln!(self.0, "{name} {value}");
     }
 }
