@@ -49,26 +49,7 @@ pub struct App {
     /// seats wait on it.
     pub(crate) seats_changed: tokio::sync::watch::Sender<u64>,
     /// How regularly the quota lease was renewed, for `/metrics`.
-    pub(crate) quota_renewals: Mutex<QuotaRenewals>,
-}
-
-/// The quota loop's record: renewals, and the longest time between two
-/// (a gap near `quota_lease_ms` means the lease nearly lapsed).
-#[derive(Clone, Copy, Debug, Default)]
-pub(crate) struct QuotaRenewals {
-    pub(crate) count: u64,
-    last_ms: Option<u64>,
-    pub(crate) gap_max_ms: u64,
-}
-
-impl QuotaRenewals {
-    pub(crate) fn renewed(&mut self, now_ms: u64) {
-        if let Some(last_ms) = self.last_ms {
-            self.gap_max_ms = self.gap_max_ms.max(now_ms.saturating_sub(last_ms));
-        }
-        self.last_ms = Some(now_ms);
-        self.count += 1;
-    }
+    pub(crate) quota_renewals: Mutex<crate::quota::QuotaRenewals>,
 }
 
 impl App {

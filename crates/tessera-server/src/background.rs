@@ -5,9 +5,8 @@
 use std::sync::Arc;
 
 use tessera_core::{CivilDate, LicenseTable};
-use tessera_proto as proto;
 
-use crate::config::{self, ServerConfig};
+use crate::config::ServerConfig;
 use crate::pool::Pool;
 
 use crate::start::{grace_ms, INSTALLED_POOL_FILE};
@@ -64,82 +63,6 @@ fn log_unserved(licenses: &LicenseTable) {
             }
         }
     }
-}
-
-/// Every server: report in-use counts to the leader; an acknowledged report
-/// renews the quota lease from its send time, once the log is applied as far
-/// as the leader says.
-pub(crate) fn spawn_quota_loop(
-    app: Arc<App>,
-    timing: config::Timing,
-) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let interval = std::time::Duration::from_millis(timing.quota_report_interval_ms);
-        let mut ticker = tokio::time::interval(interval);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        if app.mutations.issue_without_quorum {
-            // The deliberate bug of `Mutations::issue_without_quorum`.
-            app.issuer().set_quota(u64::MAX);
-        }
-        let mut report_now = false;
-        loop {
-            // A new leader is reported to at once, not at the next tick: the
-            // quota lease must outlast the leader change.
-            let leader = app.pool.leader_node();
-            if !report_now {
-                tokio::select! {
-                    _ = ticker.tick() => {}
-                    () = app.pool.leader_changed_from(leader) => ticker.reset(),
-                }
-            }
-            report_now = false;
-            let leader = app.pool.leader_node();
-            let sent_ms = app.clock.now_ms();
-            let in_use = app.issuer().in_use_counts();
-            let superseded = app
-                .superseded
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .take();
-            // A report to a leader that stopped answering (SIGSTOP, a cut
-            // link) is given up as soon as another leader is known, and the
-            // new one is reported to at once.
-            let answer = tokio::select! {
-                answer = app.pool.report(in_use, superseded.clone()) => answer,
-                () = app.pool.leader_changed_from(leader) => {
-                    report_now = true;
-                    Err(crate::refusal::Refusal::new(
-                        proto::ErrorCode::NoLeader,
-                        "the leader changed while the report was on its way",
-                    ))
-                }
-            };
-            match answer {
-                Ok(ack) => {
-                    if app
-                        .pool
-                        .wait_applied(ack.applied_index_required, interval)
-                        .await
-                        && !app.mutations.issue_without_quorum
-                    {
-                        app.issuer().set_quota(sent_ms + timing.quota_lease_ms);
-                        app.quota_renewals
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .renewed(app.clock.now_ms());
-                    }
-                    app.drop_superseded(&ack.superseded).await;
-                }
-                Err(err) => {
-                    tracing::debug!("quota not renewed: {err}");
-                    app.superseded
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .put_back(superseded);
-                }
-            }
-        }
-    })
 }
 
 pub(crate) fn spawn_membership_loop(pool: Arc<Pool>) -> tokio::task::JoinHandle<()> {

@@ -17,6 +17,7 @@ pub mod copies;
 pub mod hostid;
 pub mod issuer;
 pub mod pool;
+mod quota;
 pub mod refusal;
 pub mod seams;
 pub mod service;

@@ -16,9 +16,8 @@ use crate::seams::Seams;
 use crate::store::{self, Store};
 use crate::{api, balance, copies, hostid};
 
-use crate::app::QuotaRenewals;
-use crate::background;
 use crate::App;
+use crate::{background, quota};
 
 /// Why a server could not start. Each message names the file and what to do.
 #[derive(Debug, thiserror::Error)]
@@ -196,7 +195,7 @@ impl App {
             mutations: seams.mutations,
             superseded: Mutex::new(copies::Outbox::default()),
             seats_changed: tokio::sync::watch::Sender::new(0),
-            quota_renewals: Mutex::new(QuotaRenewals::default()),
+            quota_renewals: Mutex::new(Default::default()),
         }
     }
 }
@@ -217,7 +216,7 @@ async fn serve<L>(
         background::spawn_sweeps(app.clone(), config.clone()),
         tokio::spawn(pool.clone().bootstrap()),
         tokio::spawn(pool.clone().learn_pool_term()),
-        background::spawn_quota_loop(app.clone(), config.timing),
+        quota::spawn_quota_loop(app.clone()),
         background::spawn_membership_loop(pool.clone()),
         balance::spawn_answer_loop(app.clone()),
     ];
