@@ -12,6 +12,7 @@ pub mod license;
 pub mod license_table;
 pub mod names;
 pub mod pool_file;
+pub mod unsigned;
 pub mod version;
 
 pub use control::{
@@ -25,6 +26,7 @@ pub use license::{
 };
 pub use license_table::{CodeVerdict, FeatureLicense, LicenseTable, NotServedReason};
 pub use pool_file::{BorrowPolicy, PoolFile, PoolFileError, ServerEntry};
+pub use unsigned::{parse_unsigned_file, UnsignedError, UnsignedText};
 pub use version::Version;
 
 /// Most servers a pool may have.
