@@ -11,6 +11,7 @@ pub mod distribution;
 pub mod license;
 pub mod license_table;
 pub mod names;
+pub mod pool_change;
 pub mod pool_file;
 pub mod unsigned;
 pub mod version;
