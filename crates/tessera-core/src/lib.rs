@@ -8,6 +8,7 @@
 pub mod control;
 pub mod date;
 pub mod distribution;
+pub mod lease;
 pub mod license;
 pub mod license_table;
 pub mod names;
@@ -22,6 +23,7 @@ pub use control::{
 };
 pub use date::{CivilDate, Expiry};
 pub use distribution::{DistributionError, DistributionTable, Row, Shortfall};
+pub use lease::LeaseTiming;
 pub use license::{
     HostBinding, LicenseCode, LicenseError, Policy, VendorKeyId, VendorPublicKey, VendorSecretKey,
 };
