@@ -2,62 +2,14 @@
 
 use std::path::Path;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use rand::RngCore;
-use serde::Deserialize;
-use tessera_core::license::{HostBinding, Policy, UnsignedCode};
+use tessera_core::unsigned::GENERATED_ID_RANDOM_BYTES;
+pub use tessera_core::UnsignedText;
 use tessera_core::{
-    CivilDate, Expiry, LicenseCode, LicenseTable, PoolFile, VendorPublicKey, VendorSecretKey,
-    Version,
+    parse_unsigned_file, CivilDate, LicenseCode, LicenseTable, PoolFile, VendorPublicKey,
+    VendorSecretKey,
 };
-
-/// One `[[license]]` table of an unsigned code file; omitted fields take defaults.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct UnsignedText {
-    pub id: Option<String>,
-    pub feature: String,
-    pub seats: u32,
-    #[serde(default = "default_version_min")]
-    pub version_min: String,
-    #[serde(default = "default_version_max")]
-    pub version_max: String,
-    pub issued: Option<String>,
-    pub expiry: String,
-    #[serde(default = "default_hostid")]
-    pub hostid: String,
-    #[serde(default = "default_threshold")]
-    pub borrow_threshold_percent: u32,
-    #[serde(default = "default_heartbeat")]
-    pub heartbeat_interval_s: u32,
-    #[serde(default = "default_lease")]
-    pub lease_s: u32,
-}
-
-fn default_version_min() -> String {
-    "0".into()
-}
-fn default_version_max() -> String {
-    "999999".into()
-}
-fn default_hostid() -> String {
-    "any".into()
-}
-fn default_threshold() -> u32 {
-    Policy::DEFAULT.borrow_threshold_percent
-}
-fn default_heartbeat() -> u32 {
-    Policy::DEFAULT.heartbeat_interval_s
-}
-fn default_lease() -> u32 {
-    Policy::DEFAULT.lease_s
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct UnsignedFile {
-    license: Vec<UnsignedText>,
-}
 
 pub fn today() -> CivilDate {
     let unix_ms = std::time::SystemTime::now()
@@ -68,34 +20,9 @@ pub fn today() -> CivilDate {
 }
 
 pub fn sign_one(key: &VendorSecretKey, text: UnsignedText) -> Result<LicenseCode> {
-    let id = match text.id {
-        Some(id) => id,
-        None => {
-            let mut bytes = [0u8; 4];
-            rand::rngs::OsRng.fill_bytes(&mut bytes);
-            format!("{}-{}-{}", key.vendor, text.feature, hex::encode(bytes))
-        }
-    };
-    let bad = |what: &str, err: String| anyhow::anyhow!("code {id}: {what}: {err}");
-    let unsigned = UnsignedCode {
-        vendor: key.vendor.clone(),
-        feature: text.feature,
-        version_min: Version::parse(&text.version_min).map_err(|e| bad("version_min", e))?,
-        version_max: Version::parse(&text.version_max).map_err(|e| bad("version_max", e))?,
-        seats: text.seats,
-        issued: match text.issued {
-            Some(day) => CivilDate::parse(&day).map_err(|e| bad("issued", e))?,
-            None => today(),
-        },
-        expiry: Expiry::parse(&text.expiry).map_err(|e| bad("expiry", e))?,
-        hostid: HostBinding::parse(&text.hostid).map_err(|e| bad("hostid", e))?,
-        policy: Policy {
-            borrow_threshold_percent: text.borrow_threshold_percent,
-            heartbeat_interval_s: text.heartbeat_interval_s,
-            lease_s: text.lease_s,
-        },
-        id: id.clone(),
-    };
+    let mut random = [0u8; GENERATED_ID_RANDOM_BYTES];
+    rand::rngs::OsRng.fill_bytes(&mut random);
+    let unsigned = text.into_unsigned(&key.vendor, today(), random)?;
     Ok(key.sign(unsigned)?)
 }
 
@@ -103,16 +30,9 @@ pub fn sign_one(key: &VendorSecretKey, text: UnsignedText) -> Result<LicenseCode
 pub fn sign_file(key: &VendorSecretKey, path: &Path) -> Result<Vec<LicenseCode>> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let file: UnsignedFile = toml::from_str(&text).with_context(|| {
-        format!(
-            "{} is not a file of unsigned [[license]] tables",
-            path.display()
-        )
-    })?;
-    if file.license.is_empty() {
-        bail!("{} holds no [[license]] tables", path.display());
-    }
-    file.license.into_iter().map(|t| sign_one(key, t)).collect()
+    let tables =
+        parse_unsigned_file(&text).map_err(|err| anyhow::anyhow!("{}: {err}", path.display()))?;
+    tables.into_iter().map(|t| sign_one(key, t)).collect()
 }
 
 /// Reads the codes of a license file or of a pool file.

@@ -1,6 +1,14 @@
 //! The distribution table of one feature: hard limit, free pool, and per
 //! server allocation and in-use count (seed 001, FIG. 4-11).
 //!
+//! The pool's one model of a feature's allocation is the committed
+//! [`crate::FeatureAllocation`]; a table is a view of it: the initial split
+//! of a pool file ([`DistributionTable::initial`], which also checks a
+//! distribution), and on a server, each server's allocation capped to the
+//! seats served there, with that server's own seats in use taken and given
+//! back as its grants come and go. Allocations move only through control
+//! commands, never in a table.
+//!
 //! Invariants, checked after every change in debug builds and by
 //! [`DistributionTable::check_invariants`] in tests and the simulator:
 //!
@@ -63,8 +71,6 @@ pub enum DistributionError {
     SeatsInUse { server: String, in_use: u32 },
     #[error("{0}")]
     Shortfall(#[from] Shortfall),
-    #[error("the free pool has {free_pool} seats, {requested} requested")]
-    FreePoolShort { free_pool: u32, requested: u32 },
     #[error("server `{server}` would go below zero seats in use")]
     Underflow { server: String },
 }
@@ -136,32 +142,6 @@ impl DistributionTable {
         Ok(table)
     }
 
-    /// Like [`DistributionTable::initial`], but when the requested
-    /// distribution exceeds `hard_limit` (a code expired, or is not served on
-    /// this host) the excess is cut: first from the free pool, then from the
-    /// servers last in priority order. Used at run time, where a smaller
-    /// hard limit must shrink the table rather than stop the server.
-    pub fn fitted(
-        feature: &str,
-        hard_limit: u32,
-        servers: &[String],
-        requested: Option<&BTreeMap<String, u32>>,
-    ) -> Result<DistributionTable, DistributionError> {
-        match DistributionTable::initial(feature, hard_limit, servers, requested) {
-            Err(DistributionError::AboveHardLimit { .. }) => {}
-            other => return other,
-        }
-        let mut remaining = hard_limit;
-        let mut fitted = BTreeMap::new();
-        for server in servers {
-            let want = requested.and_then(|r| r.get(server)).copied().unwrap_or(0);
-            let give = want.min(remaining);
-            remaining -= give;
-            fitted.insert(server.clone(), give);
-        }
-        DistributionTable::initial(feature, hard_limit, servers, Some(&fitted))
-    }
-
     pub fn hard_limit(&self) -> u32 {
         self.hard_limit
     }
@@ -180,16 +160,6 @@ impl DistributionTable {
     /// Rows in leader-priority order.
     pub fn rows(&self) -> impl Iterator<Item = (&str, Row)> {
         self.rows.iter().map(|(name, row)| (name.as_str(), *row))
-    }
-
-    /// Seats free anywhere: the free pool plus every server's available seats.
-    pub fn pool_available(&self) -> u32 {
-        self.free_pool
-            + self
-                .rows
-                .iter()
-                .map(|(_, row)| row.available())
-                .sum::<u32>()
     }
 
     /// Issues `count` seats from `server`'s allocation, or changes nothing.
@@ -218,56 +188,6 @@ impl DistributionTable {
         row.in_use -= count;
         self.debug_check();
         Ok(())
-    }
-
-    /// Moves `count` seats from the free pool into `server`'s allocation.
-    pub fn allocate_from_free_pool(
-        &mut self,
-        server: &str,
-        count: u32,
-    ) -> Result<(), DistributionError> {
-        if self.free_pool < count {
-            return Err(DistributionError::FreePoolShort {
-                free_pool: self.free_pool,
-                requested: count,
-            });
-        }
-        self.row_mut(server)?.allocation += count;
-        self.free_pool -= count;
-        self.debug_check();
-        Ok(())
-    }
-
-    /// Moves `count` of `server`'s unused seats back to the free pool.
-    pub fn release_to_free_pool(
-        &mut self,
-        server: &str,
-        count: u32,
-    ) -> Result<(), DistributionError> {
-        let row = self.row_mut(server)?;
-        if row.available() < count {
-            return Err(Shortfall {
-                requested: count,
-                available: row.available(),
-            }
-            .into());
-        }
-        row.allocation -= count;
-        self.free_pool += count;
-        self.debug_check();
-        Ok(())
-    }
-
-    /// Moves `count` unused seats from `donor`'s allocation to `recipient`'s.
-    pub fn move_allocation(
-        &mut self,
-        donor: &str,
-        recipient: &str,
-        count: u32,
-    ) -> Result<(), DistributionError> {
-        self.row_mut(recipient)?;
-        self.release_to_free_pool(donor, count)?;
-        self.allocate_from_free_pool(recipient, count)
     }
 
     /// Checks both invariants; returns a sentence naming the broken one.
@@ -335,10 +255,7 @@ mod tests {
             Some(&dist(&[("A", 40), ("B", 30), ("C", 30)])),
         )
         .unwrap();
-        assert_eq!(
-            (allocations(&t), t.free_pool(), t.pool_available()),
-            (vec![40, 30, 30], 0, 100)
-        );
+        assert_eq!((allocations(&t), t.free_pool()), (vec![40, 30, 30], 0));
         // No distribution: 33 each, one in the free pool.
         let t = DistributionTable::initial("app", 100, &abc, None).unwrap();
         assert_eq!((allocations(&t), t.free_pool()), (vec![33, 33, 33], 1));
@@ -356,16 +273,6 @@ mod tests {
         let err =
             DistributionTable::initial("app", 100, &abc, Some(&dist(&[("D", 1)]))).unwrap_err();
         assert!(err.to_string().contains("server `D`"));
-    }
-
-    #[test]
-    fn fitted_cuts_from_the_lowest_priority_servers() {
-        let abc = servers(&["A", "B", "C"]);
-        let requested = dist(&[("A", 40), ("B", 30), ("C", 30)]);
-        let t = DistributionTable::fitted("app", 60, &abc, Some(&requested)).unwrap();
-        assert_eq!((allocations(&t), t.free_pool()), (vec![40, 20, 0], 0));
-        let t = DistributionTable::fitted("app", 100, &abc, Some(&requested)).unwrap();
-        assert_eq!(allocations(&t), vec![40, 30, 30]);
     }
 
     #[test]
@@ -389,7 +296,6 @@ mod tests {
             }
         );
         assert_eq!(t.row("B").unwrap().available(), 29);
-        assert_eq!(t.pool_available(), 97);
         let err = t.take("B", 30).unwrap_err();
         assert_eq!(err.to_string(), "30 seats requested, 29 available");
         assert_eq!(
@@ -406,9 +312,6 @@ mod tests {
     enum Op {
         Take(usize, u32),
         GiveBack(usize, u32),
-        FromFree(usize, u32),
-        ToFree(usize, u32),
-        Move(usize, usize, u32),
     }
 
     fn op() -> impl Strategy<Value = Op> {
@@ -416,10 +319,7 @@ mod tests {
         let count = 0..40u32;
         prop_oneof![
             (server.clone(), count.clone()).prop_map(|(s, n)| Op::Take(s, n)),
-            (server.clone(), count.clone()).prop_map(|(s, n)| Op::GiveBack(s, n)),
-            (server.clone(), count.clone()).prop_map(|(s, n)| Op::FromFree(s, n)),
-            (server.clone(), count.clone()).prop_map(|(s, n)| Op::ToFree(s, n)),
-            (server.clone(), server, count).prop_map(|(a, b, n)| Op::Move(a, b, n)),
+            (server, count).prop_map(|(s, n)| Op::GiveBack(s, n)),
         ]
     }
 
@@ -443,7 +343,7 @@ mod tests {
                 Ok(table) => { prop_assert!(even || sum <= hard_limit); table }
                 Err(DistributionError::AboveHardLimit { .. }) => {
                     prop_assert!(!even && sum > hard_limit);
-                    DistributionTable::fitted("f", hard_limit, &names, Some(&requested)).unwrap()
+                    return Ok(());
                 }
                 Err(other) => { prop_assert!(false, "unexpected {other}"); unreachable!() }
             };
@@ -456,9 +356,6 @@ mod tests {
                 let result = match op {
                     Op::Take(s, n) => table.take(name(s), n).map(|_| issued += u64::from(n)),
                     Op::GiveBack(s, n) => table.give_back(name(s), n).map(|_| issued -= u64::from(n)),
-                    Op::FromFree(s, n) => table.allocate_from_free_pool(name(s), n),
-                    Op::ToFree(s, n) => table.release_to_free_pool(name(s), n),
-                    Op::Move(a, b, n) => table.move_allocation(name(a), name(b), n),
                 };
                 if result.is_err() {
                     prop_assert_eq!(&table, &before);
@@ -467,8 +364,9 @@ mod tests {
                 let in_use: u64 = table.rows().map(|(_, r)| u64::from(r.in_use)).sum();
                 prop_assert_eq!(in_use, issued);
                 prop_assert!(in_use <= u64::from(table.hard_limit()));
+                let available: u64 = table.rows().map(|(_, r)| u64::from(r.available())).sum();
                 prop_assert_eq!(
-                    u64::from(table.pool_available()) + in_use,
+                    u64::from(table.free_pool()) + available + in_use,
                     u64::from(table.hard_limit())
                 );
             }

@@ -5,13 +5,17 @@
 //! ([`CivilDate`], milliseconds), files come in as strings. Every function
 //! that can fail does so only on bad input, and says which in its error type.
 
+pub mod borrow_plan;
 pub mod control;
 pub mod date;
 pub mod distribution;
+pub mod lease;
 pub mod license;
 pub mod license_table;
 pub mod names;
+pub mod pool_change;
 pub mod pool_file;
+pub mod unsigned;
 pub mod version;
 
 pub use control::{
@@ -20,11 +24,13 @@ pub use control::{
 };
 pub use date::{CivilDate, Expiry};
 pub use distribution::{DistributionError, DistributionTable, Row, Shortfall};
+pub use lease::LeaseTiming;
 pub use license::{
     HostBinding, LicenseCode, LicenseError, Policy, VendorKeyId, VendorPublicKey, VendorSecretKey,
 };
 pub use license_table::{CodeVerdict, FeatureLicense, LicenseTable, NotServedReason};
 pub use pool_file::{BorrowPolicy, PoolFile, PoolFileError, ServerEntry};
+pub use unsigned::{parse_unsigned_file, UnsignedError, UnsignedText};
 pub use version::Version;
 
 /// Most servers a pool may have.

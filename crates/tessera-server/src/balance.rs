@@ -17,7 +17,10 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tessera_core::{BorrowSource, ControlCommand, ControlOutcome};
+use tessera_core::borrow_plan::{
+    plan_borrow, BorrowKind, BorrowPlan, BorrowRequest, LeaderSeats, Offer, PoolView,
+};
+use tessera_core::{ControlCommand, ControlOutcome, FeatureAllocation};
 use tessera_proto::{BorrowAnswer, BorrowAsk, ErrorCode};
 
 use crate::issuer::Issuer;
@@ -72,8 +75,9 @@ impl App {
         base + base * drift / 100 + self.timing.quota_report_interval_ms
     }
 
-    /// Leader: finds seats for `ask` in the order of seed 002 and commits
-    /// the moves (or the requests, for live donors).
+    /// Leader: finds seats for `ask` in the order of seed 002
+    /// ([`tessera_core::borrow_plan`]) and commits the moves (or the
+    /// requests, for live donors).
     pub async fn lead_borrow(&self, ask: BorrowAsk) -> Result<BorrowAnswer, Refusal> {
         let pool = &self.pool;
         let _moves = pool.moves.lock().await;
@@ -96,117 +100,43 @@ impl App {
                 format!("server `{}` is not in the pool", ask.server_id),
             ));
         }
-        let order = pool.pool_file().server_ids();
-        let reassign_after = self.reassign_after_ms();
-        let silent = |server: &str| pool.silent_for_ms(server).unwrap_or(0) >= reassign_after;
-        let mut wanted = ask.seats;
-        let pending: u64 = allocation
-            .requests
-            .values()
-            .filter(|r| r.recipient == ask.server_id)
-            .map(|r| u64::from(r.seats))
-            .sum();
+        let view = self.borrow_view(&ask.feature, &allocation);
+        let request = BorrowRequest {
+            asker: ask.server_id.clone(),
+            seats: ask.seats,
+            needed: ask.needed,
+            kind: if ask.ahead {
+                BorrowKind::AheadOfNeed
+            } else {
+                BorrowKind::ForWaitingCheckout
+            },
+        };
+        let plan = plan_borrow(&allocation, &view, &request);
         let mut answer = BorrowAnswer {
             moved: 0,
             requested: 0,
-            pending: u32::try_from(pending).unwrap_or(u32::MAX),
-            pool_available: None,
+            pending: plan.pending(),
+            pool_available: Some(plan.pool_available()),
         };
-        let mut sources: Vec<(BorrowSource, u32)> = Vec::new();
-        sources.push((BorrowSource::FreePool, allocation.free_pool));
-        for (server, &seats) in &allocation.parked {
-            if silent(server) {
-                sources.push((BorrowSource::Parked(server.clone()), seats));
-            }
-        }
-        for server in &order {
-            let seats = allocation.allocation_of(server);
-            if server != &ask.server_id && server != &pool.server_id && seats > 0 && silent(server)
-            {
-                sources.push((BorrowSource::DownServer(server.clone()), seats));
-            }
-        }
-        // Live donors: the leader first, then the followers with the most spare.
-        let mut donors: Vec<(u32, String)> = Vec::new();
-        let (threshold, _) = self.borrow_policy(&ask.feature);
-        let mut leader_spare = 0;
-        // A server that missed its last reports cannot answer in time.
-        let up_within = 3 * self.timing.quota_report_interval_ms;
-        for server in &order {
-            if server == &ask.server_id || pool.silent_for_ms(server).unwrap_or(0) > up_within {
-                continue;
-            }
-            let (spare, in_use) = if server == &pool.server_id {
-                let in_use = self.issuer().usage(&ask.feature).map_or(0, |(_, n)| n);
-                (self.issuer().available(&ask.feature), in_use)
-            } else {
-                let Some(in_use) = pool.reported_in_use(server, &ask.feature) else {
-                    continue;
-                };
-                let spare = allocation
-                    .allocation_of(server)
-                    .saturating_sub(in_use)
-                    .saturating_sub(allocation.reserved(server));
-                (spare, in_use)
-            };
-            // Ahead of need, a donor keeps enough to stay under its threshold.
-            let spare = if ask.ahead {
-                let keep = (u64::from(in_use) * 100).div_ceil(u64::from(threshold.max(1)));
-                let keep = u32::try_from(keep).unwrap_or(u32::MAX);
-                spare.min(
-                    allocation
-                        .allocation_of(server)
-                        .saturating_sub(allocation.reserved(server))
-                        .saturating_sub(keep),
-                )
-            } else {
-                spare
-            };
-            if spare > 0 {
-                let rank = if server == &pool.server_id {
-                    leader_spare = spare;
-                    u32::MAX
-                } else {
-                    spare
-                };
-                donors.push((rank, server.clone()));
-            }
-        }
-        donors.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
-        let donor_spare = |rank: u32, donor: &str| {
-            if donor == pool.server_id {
-                leader_spare
-            } else {
-                rank
-            }
-        };
-        let obtainable = u64::from(answer.pending)
-            + sources
-                .iter()
-                .map(|(_, seats)| u64::from(*seats))
-                .sum::<u64>()
-            + donors
-                .iter()
-                .map(|(rank, donor)| u64::from(donor_spare(*rank, donor)))
-                .sum::<u64>();
-        let obtainable = u32::try_from(obtainable).unwrap_or(u32::MAX);
-        answer.pool_available = Some(obtainable);
-        let needed = if ask.needed == 0 {
-            ask.seats
-        } else {
-            ask.needed.min(ask.seats)
-        };
-        if !ask.ahead && obtainable < needed {
-            // The pool cannot meet the request now: moving part of it would
-            // only disturb other servers, and the asker denies at once.
+        let BorrowPlan::Give {
+            mut wanted,
+            without_consent,
+            with_consent,
+            ..
+        } = plan
+        else {
+            // The pool cannot meet the request now: the asker denies at once.
             return Ok(answer);
-        }
-        for (source, seats) in sources {
+        };
+        // Each step takes what is still wanted, counting what the committed
+        // steps before it really did.
+        for Offer {
+            from: source,
+            seats,
+        } in without_consent
+        {
             if wanted == 0 {
                 break;
-            }
-            if seats == 0 {
-                continue;
             }
             let command = ControlCommand::Borrow {
                 feature: ask.feature.clone(),
@@ -224,14 +154,11 @@ impl App {
                 answer.moved += seats;
             }
         }
-        for (rank, donor) in donors {
+        for Offer { from: donor, seats } in with_consent {
             if wanted == 0 {
                 break;
             }
-            let seats = wanted.min(donor_spare(rank, &donor));
-            if seats == 0 {
-                continue;
-            }
+            let seats = wanted.min(seats);
             let command = ControlCommand::RequestRelease {
                 feature: ask.feature.clone(),
                 donor: donor.clone(),
@@ -249,6 +176,48 @@ impl App {
             }
         }
         Ok(answer)
+    }
+
+    /// What the leader knows of the pool for a borrow of `feature`: who has
+    /// been silent how long, the followers' reports, its own seats.
+    fn borrow_view(&self, feature: &str, allocation: &FeatureAllocation) -> PoolView {
+        let pool = &self.pool;
+        let servers = pool.pool_file().server_ids();
+        let silent_for_ms = servers
+            .iter()
+            .chain(allocation.parked.keys())
+            .map(|server| {
+                let silent_ms = pool.silent_for_ms(server).unwrap_or(0);
+                (server.clone(), silent_ms)
+            })
+            .collect();
+        let reported_in_use = servers
+            .iter()
+            .filter(|server| **server != pool.server_id)
+            .filter_map(|server| {
+                let in_use = pool.reported_in_use(server, feature)?;
+                Some((server.clone(), in_use))
+            })
+            .collect();
+        let leader_seats = {
+            let issuer = self.issuer();
+            LeaderSeats {
+                in_use: issuer.usage(feature).map_or(0, |(_, n)| n),
+                available: issuer.available(feature),
+            }
+        };
+        let (threshold_percent, _) = self.borrow_policy(feature);
+        PoolView {
+            leader: pool.server_id.clone(),
+            servers,
+            silent_for_ms,
+            reported_in_use,
+            leader_seats,
+            reassign_after_ms: self.reassign_after_ms(),
+            // A server that missed its last reports cannot answer in time.
+            answers_within_ms: 3 * self.timing.quota_report_interval_ms,
+            threshold_percent,
+        }
     }
 }
 

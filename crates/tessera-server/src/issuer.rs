@@ -207,48 +207,52 @@ impl Issuer {
         self.insert_grant(grant_id, grant);
     }
 
-    /// Builds the distribution tables from the pool file and the license
-    /// table, then counts every live grant in them. Grants that no longer
-    /// fit (the hard limit dropped) are held aside until they lapse.
+    /// Brings every feature's table to the control state and the license
+    /// table. The committed [`tessera_core::FeatureAllocation`] is the one
+    /// model of a feature's seats; a table is this server's view of it (each
+    /// server's allocation capped to the seats served here) plus its own
+    /// in-use count, kept as grants come and go. A feature whose view did not
+    /// change keeps its table; one whose allocation here still holds every
+    /// counted seat takes them in one step. Only a feature with grants held
+    /// aside, or whose allocation here fell below its seats in use, counts
+    /// its grants again. So applying a command costs a look at each feature,
+    /// not a walk over the key table.
     fn rebuild_tables(&mut self) {
-        let previous = std::mem::take(&mut self.tables);
+        let mut previous = std::mem::take(&mut self.tables);
         self.build_tables();
-        if !self.recount_at_once(&previous) {
-            self.recount_grants();
+        let features: BTreeSet<String> =
+            previous.keys().chain(self.tables.keys()).cloned().collect();
+        for feature in features {
+            let before = previous.remove(&feature);
+            self.carry_over(&feature, before);
         }
     }
 
-    /// When every grant was counted and still fits its feature's new
-    /// allocation here, the new tables take the same seats in one step per
-    /// feature: no grant changes its side. A server holding a million grants
-    /// then takes a control change (a borrow, a move) in microseconds, not
-    /// by walking its key table under the issuer's lock.
-    fn recount_at_once(&mut self, previous: &BTreeMap<String, DistributionTable>) -> bool {
-        if self.held_aside.values().any(|&seats| seats > 0) {
-            return false;
-        }
+    /// Moves the seats in use of `feature` from its previous table into the
+    /// new one (see [`Issuer::rebuild_tables`]).
+    fn carry_over(&mut self, feature: &str, before: Option<DistributionTable>) {
+        let held_aside = self.held_aside.get(feature).copied().unwrap_or(0);
         let own = |table: &DistributionTable| table.row(&self.server_id).unwrap_or_default();
-        let fits = previous.iter().all(|(feature, before)| {
-            let in_use = own(before).in_use;
-            in_use == 0
-                || self
-                    .tables
-                    .get(feature)
-                    .is_some_and(|after| own(after).allocation >= in_use)
-        });
-        if !fits {
-            return false;
-        }
-        for (feature, before) in previous {
-            let in_use = own(before).in_use;
-            if in_use > 0 {
-                let table = self.tables.get_mut(feature).expect("checked above");
-                table
-                    .take(&self.server_id, in_use)
-                    .expect("the allocation was checked above");
+        let in_use = before.as_ref().map_or(0, |t| own(t).in_use);
+        if held_aside == 0 {
+            match (before, self.tables.get_mut(feature)) {
+                (Some(before), Some(after)) if same_view(&before, after) => {
+                    *after = before;
+                    return;
+                }
+                (_, Some(after)) if own(after).allocation >= in_use => {
+                    if in_use > 0 {
+                        after
+                            .take(&self.server_id, in_use)
+                            .expect("the allocation was checked above");
+                    }
+                    return;
+                }
+                (_, None) if in_use == 0 => return,
+                _ => {}
             }
         }
-        true
+        self.recount_grants(feature);
     }
 
     fn build_tables(&mut self) {
@@ -277,20 +281,21 @@ impl Issuer {
         }
     }
 
-    /// Counts every grant in the tables, oldest first; grants that no longer
-    /// fit (the hard limit dropped) are held aside until they lapse.
-    fn recount_grants(&mut self) {
-        self.held_aside.clear();
+    /// Counts every grant of `feature` in its table, oldest first; grants
+    /// that no longer fit (the hard limit dropped) are held aside until they
+    /// lapse.
+    fn recount_grants(&mut self, feature: &str) {
+        self.held_aside.remove(feature);
         // Oldest grants first, so that the ones that lose their seats are the newest.
         let mut order: Vec<(u64, String)> = self
             .grants
             .iter()
+            .filter(|(_, g)| g.request.feature == feature)
             .map(|(id, g)| (g.issued_at_ms, id.clone()))
             .collect();
         order.sort();
         for (_, grant_id) in order {
             let grant = self.grants.get_mut(&grant_id).expect("listed above");
-            let feature = &grant.request.feature;
             let fits = self
                 .tables
                 .get_mut(feature)
@@ -298,8 +303,22 @@ impl Issuer {
                 .unwrap_or(false);
             grant.counted = fits;
             if !fits {
-                *self.held_aside.entry(feature.clone()).or_default() += grant.request.count;
+                *self.held_aside.entry(feature.to_string()).or_default() += grant.request.count;
             }
+        }
+    }
+
+    /// Counts every grant of every feature again (restored grants come in uncounted).
+    fn recount_all_grants(&mut self) {
+        let features: BTreeSet<String> = self
+            .grants
+            .values()
+            .map(|g| g.request.feature.clone())
+            .chain(self.held_aside.keys().cloned())
+            .collect();
+        self.held_aside.clear();
+        for feature in features {
+            self.recount_grants(&feature);
         }
     }
 
@@ -315,8 +334,9 @@ impl Issuer {
         }
         if any_restored {
             // Restored grants are not counted yet: every grant is counted again.
+            self.tables.clear();
             self.build_tables();
-            self.recount_grants();
+            self.recount_all_grants();
         } else {
             self.rebuild_tables();
         }
@@ -824,6 +844,16 @@ impl Issuer {
     }
 }
 
+/// Whether two tables of a feature give every server the same allocation
+/// and have the same hard limit (in-use counts aside).
+fn same_view(a: &DistributionTable, b: &DistributionTable) -> bool {
+    a.hard_limit() == b.hard_limit()
+        && a.free_pool() == b.free_pool()
+        && a.rows()
+            .map(|(s, r)| (s, r.allocation))
+            .eq(b.rows().map(|(s, r)| (s, r.allocation)))
+}
+
 fn no_quorum(server_id: &str) -> Refusal {
     Refusal::new(
         ErrorCode::NoQuorum,
@@ -924,6 +954,40 @@ mod tests {
             Ok(_) => panic!("expected an error"),
             Err(err) => err.code,
         }
+    }
+
+    /// Control changes keep the seats in use without walking the key table
+    /// when the allocation here still holds them; a feature whose seats here
+    /// fall below them holds its newest grants aside, and counts them again
+    /// once they fit.
+    #[test]
+    fn control_changes_carry_the_seats_in_use_over() {
+        let (pool, key) = pool_and_key(5);
+        let served = licenses_of(&pool, &key);
+        let control = Arc::new(control_of(&pool));
+        let mut issuer = Issuer::new("A".into(), Limits::default(), 0, vec![], 0);
+        issuer.set_control(control.clone(), served.clone());
+        issuer.set_quota(u64::MAX);
+        issuer.checkout("g1".into(), request("c", 2), 0, 0).unwrap();
+        issuer.checkout("g2".into(), request("d", 2), 1, 0).unwrap();
+        issuer.set_control(control.clone(), served.clone());
+        assert_eq!(issuer.usage("cad"), Some((5, 4)));
+        issuer.check_invariants(true).unwrap();
+        // The code is no longer served here (no trusted key): nothing is counted.
+        let unserved =
+            LicenseTable::evaluate(&pool.codes, &[], "h", CivilDate::parse(DAY).unwrap());
+        issuer.reload_licenses(unserved);
+        assert_eq!(issuer.in_use_counts().get("cad").copied().unwrap_or(0), 4);
+        assert_eq!(issuer.available("cad"), 0);
+        issuer.check_invariants(true).unwrap();
+        // Served again: both grants count again, and a renewal goes through.
+        issuer.set_control(control, served);
+        assert_eq!(issuer.usage("cad"), Some((5, 4)));
+        assert_eq!(issuer.available("cad"), 1);
+        issuer
+            .heartbeat("g2".into(), request("d", 2), 2, 0)
+            .unwrap();
+        issuer.check_invariants(true).unwrap();
     }
 
     #[test]

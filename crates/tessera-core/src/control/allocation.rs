@@ -1,0 +1,241 @@
+//! The committed allocation of one feature across the pool, and what a
+//! donor answers to the requests and the target addressed to it.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::ControlCommand;
+
+/// A live server asked to give seats to another (its consent is pending).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReleaseRequest {
+    pub donor: String,
+    pub recipient: String,
+    pub seats: u32,
+}
+
+/// Seats moved to and from one server since the feature was installed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MoveCounts {
+    /// Borrows this server received.
+    pub borrows: u64,
+    /// Seats it received (borrows and distribution changes).
+    pub seats_in: u64,
+    /// Seats it gave (lent, drained, or reassigned while it was down).
+    pub seats_out: u64,
+}
+
+/// Allocations of one feature across the pool.
+///
+/// Invariant: the servers' allocations + `parked` + `free_pool` equal `nominal_seats`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FeatureAllocation {
+    /// Seats of every code of the feature in the installed pool file.
+    pub nominal_seats: u32,
+    pub free_pool: u32,
+    /// Allocation per server of the pool.
+    pub servers: BTreeMap<String, u32>,
+    /// Allocation of servers removed from the pool: nobody issues it, and it
+    /// stays here until the leader judges the removed server's grants lapsed.
+    pub parked: BTreeMap<String, u32>,
+    /// A distribution the administrator set that is not reached yet, per server.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub targets: BTreeMap<String, u32>,
+    /// Consent requests by id.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub requests: BTreeMap<u64, ReleaseRequest>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub moved: BTreeMap<String, MoveCounts>,
+    /// Per server: how many committed commands let it issue more than before
+    /// (its allocation less what it holds back grew). A donor's answer names
+    /// this count and applies only while it is unchanged: between the answer
+    /// and its commit the donor may have issued into the larger room, even if
+    /// allocation and target are back where they were (target 3, then 4,
+    /// then 3 again).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub loosened: BTreeMap<String, u64>,
+}
+
+impl FeatureAllocation {
+    /// Seats `server` may issue: its allocation less what it holds back.
+    pub fn room(&self, server: &str) -> u32 {
+        self.allocation_of(server)
+            .saturating_sub(self.reserved(server))
+    }
+
+    pub fn loosened_count(&self, server: &str) -> u64 {
+        self.loosened.get(server).copied().unwrap_or(0)
+    }
+
+    /// Counts, for every server whose room grew from `before`, one loosening.
+    pub(super) fn count_loosenings(&mut self, before: &FeatureAllocation) {
+        let grown: Vec<String> = self
+            .servers
+            .keys()
+            .filter(|s| self.room(s) > before.room(s))
+            .cloned()
+            .collect();
+        for server in grown {
+            *self.loosened.entry(server).or_default() += 1;
+        }
+    }
+
+    pub fn check_invariants(&self, feature: &str) -> Result<(), String> {
+        let total: u64 = self.servers.values().map(|&n| u64::from(n)).sum::<u64>()
+            + self.parked.values().map(|&n| u64::from(n)).sum::<u64>()
+            + u64::from(self.free_pool);
+        if total != u64::from(self.nominal_seats) {
+            return Err(format!(
+                "feature `{feature}`: allocations, parked seats and free pool add to {total}, \
+                 not {}",
+                self.nominal_seats
+            ));
+        }
+        for server in self.targets.keys() {
+            if !self.servers.contains_key(server) {
+                return Err(format!(
+                    "feature `{feature}`: a target names server `{server}`, not in the pool"
+                ));
+            }
+        }
+        for (id, request) in &self.requests {
+            if !self.servers.contains_key(&request.donor)
+                || !self.servers.contains_key(&request.recipient)
+            {
+                return Err(format!(
+                    "feature `{feature}`: request {id} names a server not in the pool"
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn allocation_of(&self, server: &str) -> u32 {
+        self.servers.get(server).copied().unwrap_or(0)
+    }
+
+    /// Seats `server` holds back from new checkouts: those asked of it by
+    /// pending requests, and its allocation above its target.
+    pub fn reserved(&self, server: &str) -> u32 {
+        let requested: u64 = self
+            .requests
+            .values()
+            .filter(|r| r.donor == server)
+            .map(|r| u64::from(r.seats))
+            .sum();
+        let excess = self
+            .targets
+            .get(server)
+            .map_or(0, |&t| self.allocation_of(server).saturating_sub(t));
+        u32::try_from(requested + u64::from(excess)).unwrap_or(u32::MAX)
+    }
+
+    /// The seats `server` may issue when `served_seats` of the nominal seats
+    /// are served on it: its allocation scaled down in proportion, rounded
+    /// down. The sum over servers never exceeds `served_seats`, whatever
+    /// subset of codes a server judges unserved.
+    pub fn cap(&self, server: &str, served_seats: u32) -> u32 {
+        let allocation = self.allocation_of(server);
+        if served_seats >= self.nominal_seats || self.nominal_seats == 0 {
+            return allocation.min(served_seats);
+        }
+        (u64::from(allocation) * u64::from(served_seats) / u64::from(self.nominal_seats)) as u32
+    }
+
+    /// What `server`, with `in_use` seats held by clients (counted or held
+    /// aside), answers to the requests and the target it has: one
+    /// [`ControlCommand::Release`] per request and a [`ControlCommand::Drain`]
+    /// of its excess, each giving only seats no client holds. All name the
+    /// same allocation, so at most one of them applies; the server answers
+    /// again from the state that follows.
+    pub fn answers(&self, feature: &str, server: &str, in_use: u32) -> Vec<ControlCommand> {
+        let allocation = self.allocation_of(server);
+        let mut unused = allocation.saturating_sub(in_use);
+        let mut out = Vec::new();
+        for (&request_id, request) in self.requests.iter().filter(|(_, r)| r.donor == server) {
+            let seats = request.seats.min(unused);
+            unused -= seats;
+            out.push(ControlCommand::Release {
+                feature: feature.to_string(),
+                request_id,
+                seats,
+                allocation_before: allocation,
+                loosened_before: self.loosened_count(server),
+            });
+        }
+        if let Some(&target) = self.targets.get(server) {
+            let seats = allocation.saturating_sub(target).min(unused);
+            if seats > 0 {
+                out.push(ControlCommand::Drain {
+                    feature: feature.to_string(),
+                    server: server.to_string(),
+                    seats,
+                    allocation_before: allocation,
+                    target_before: target,
+                    loosened_before: self.loosened_count(server),
+                });
+            }
+        }
+        out
+    }
+
+    pub(super) fn count_in(&mut self, server: &str, seats: u32, borrow: bool) {
+        let counts = self.moved.entry(server.to_string()).or_default();
+        counts.seats_in += u64::from(seats);
+        counts.borrows += u64::from(borrow);
+    }
+
+    pub(super) fn count_out(&mut self, server: &str, seats: u32) {
+        self.moved.entry(server.to_string()).or_default().seats_out += u64::from(seats);
+    }
+
+    /// Moves `seats` of allocation from `from` to `to` (both servers of the
+    /// pool) as a borrow. Pending targets follow: the seats come first out of
+    /// the donor's excess over its target, and go first to the recipient's
+    /// shortfall; beyond those, the targets move with the seats.
+    pub(super) fn move_between(&mut self, from: &str, to: &str, seats: u32) {
+        let from_allocation = self.allocation_of(from);
+        if let Some(t) = self.targets.get_mut(from) {
+            let excess = from_allocation.saturating_sub(*t);
+            *t = t.saturating_sub(seats.saturating_sub(excess));
+        }
+        self.take_into(to, seats, true);
+        *self.servers.get_mut(from).expect("checked by the caller") -= seats;
+        self.count_out(from, seats);
+    }
+
+    /// Adds `seats` to `to`'s allocation (taken from elsewhere by the caller).
+    pub(super) fn take_into(&mut self, to: &str, seats: u32, borrow: bool) {
+        let to_allocation = self.allocation_of(to);
+        if let Some(t) = self.targets.get_mut(to) {
+            let shortfall = t.saturating_sub(to_allocation);
+            *t += seats.saturating_sub(shortfall);
+        }
+        *self.servers.get_mut(to).expect("checked by the caller") += seats;
+        self.count_in(to, seats, borrow);
+    }
+
+    /// Servers below their target take from the free pool, in `order`.
+    pub(super) fn fill(&mut self, order: &[String]) {
+        for server in order {
+            let Some(&target) = self.targets.get(server) else {
+                continue;
+            };
+            let allocation = self.allocation_of(server);
+            let more = target.saturating_sub(allocation).min(self.free_pool);
+            if more > 0 {
+                self.free_pool -= more;
+                *self.servers.get_mut(server).expect("targets name servers") += more;
+                self.count_in(server, more, false);
+            }
+        }
+        let reached = self
+            .targets
+            .iter()
+            .all(|(server, &t)| self.allocation_of(server) == t);
+        if reached {
+            self.targets.clear();
+        }
+    }
+}

@@ -1,0 +1,84 @@
+//! The commands of the replicated log and what applying one did.
+
+use serde::{Deserialize, Serialize};
+
+/// Where a borrow takes its seats from, as the leader judged it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum BorrowSource {
+    FreePool,
+    /// A server of the pool that has been silent long enough for every grant
+    /// it issued to have lapsed.
+    DownServer(String),
+    /// The parked allocation of a removed server, once its grants lapsed.
+    Parked(String),
+}
+
+/// The key under which a pool re-formed from a lost majority parks every
+/// seat at first (`ControlCommand::RecoverPool`). Not a valid server id, so
+/// no server can be named so.
+pub const LOST_MAJORITY: &str = "(lost majority)";
+
+/// A command of the replicated log.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ControlCommand {
+    /// Install a pool file with a higher sequence number than the installed one.
+    InstallPoolFile { text: String },
+    /// The first command of a pool re-formed from the survivors of a lost
+    /// majority: installs the pool file into an empty state with every seat
+    /// parked under [`LOST_MAJORITY`], since the lost servers may have
+    /// issued any of them. The leader gives each survivor back the seats its
+    /// own grants hold, and the rest once every grant the lost servers could
+    /// have made has lapsed (the wait for a silent server).
+    RecoverPool { text: String },
+    /// Give up to `seats` to `recipient` from a source that needs no consent.
+    Borrow {
+        feature: String,
+        recipient: String,
+        source: BorrowSource,
+        seats: u32,
+    },
+    /// Ask live server `donor` for up to `seats` for `recipient`.
+    RequestRelease {
+        feature: String,
+        donor: String,
+        recipient: String,
+        seats: u32,
+    },
+    /// The donor's consent: move `seats` (at most the request's) to the
+    /// request's recipient and close it. Applied only while the donor's
+    /// allocation is still `allocation_before`, so a stale or repeated
+    /// answer changes nothing.
+    Release {
+        feature: String,
+        request_id: u64,
+        seats: u32,
+        allocation_before: u32,
+        /// [`FeatureAllocation::loosened_count`] of the donor when it answered.
+        #[serde(default)]
+        loosened_before: u64,
+    },
+    /// Close a request nobody answered.
+    CancelRelease { feature: String, request_id: u64 },
+    /// A server above its target gives `seats` back to the free pool.
+    /// Applied only while its allocation, target and loosening count are
+    /// unchanged.
+    Drain {
+        feature: String,
+        server: String,
+        seats: u32,
+        allocation_before: u32,
+        target_before: u32,
+        #[serde(default)]
+        loosened_before: u64,
+    },
+}
+
+/// What applying a command did.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ControlOutcome {
+    Installed { sequence: u64 },
+    Moved { seats: u32 },
+    Requested { request_id: u64 },
+    Cancelled,
+    Refused { reason: String },
+}

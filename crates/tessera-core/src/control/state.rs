@@ -1,0 +1,500 @@
+//! The state every server applies alike, and how each command changes it
+//! (all or nothing, keeping every feature's seats).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::{
+    BorrowSource, ControlCommand, ControlOutcome, FeatureAllocation, ReleaseRequest, LOST_MAJORITY,
+};
+use crate::distribution::DistributionTable;
+use crate::pool_file::PoolFile;
+
+/// The state every server of the pool holds alike.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct ControlState {
+    pool_text: Option<String>,
+    #[serde(skip)]
+    pool: Option<PoolFile>,
+    allocations: BTreeMap<String, FeatureAllocation>,
+    #[serde(default)]
+    next_request_id: u64,
+}
+
+impl PartialEq for ControlState {
+    fn eq(&self, other: &Self) -> bool {
+        self.pool_text == other.pool_text
+            && self.allocations == other.allocations
+            && self.next_request_id == other.next_request_id
+    }
+}
+
+impl ControlState {
+    /// The installed pool file, if any.
+    pub fn pool(&self) -> Option<&PoolFile> {
+        self.pool.as_ref()
+    }
+
+    pub fn pool_text(&self) -> Option<&str> {
+        self.pool_text.as_deref()
+    }
+
+    pub fn allocations(&self) -> &BTreeMap<String, FeatureAllocation> {
+        &self.allocations
+    }
+
+    pub fn allocation(&self, feature: &str) -> Option<&FeatureAllocation> {
+        self.allocations.get(feature)
+    }
+
+    /// Parses the pool file again after loading a snapshot (it is not serialized twice).
+    pub fn restore_parsed(&mut self) -> Result<(), String> {
+        self.pool = match &self.pool_text {
+            Some(text) => Some(PoolFile::parse(text).map_err(|err| err.to_string())?),
+            None => None,
+        };
+        Ok(())
+    }
+
+    /// Applies `command` all or nothing: a refused command changes nothing.
+    pub fn apply(&mut self, command: &ControlCommand) -> ControlOutcome {
+        let before = self.allocations.clone();
+        let result = match command {
+            ControlCommand::InstallPoolFile { text } => self
+                .install(text)
+                .map(|sequence| ControlOutcome::Installed { sequence }),
+            ControlCommand::RecoverPool { text } => self
+                .recover(text)
+                .map(|sequence| ControlOutcome::Installed { sequence }),
+            ControlCommand::Borrow {
+                feature,
+                recipient,
+                source,
+                seats,
+            } => self.borrow(feature, recipient, source, *seats),
+            ControlCommand::RequestRelease {
+                feature,
+                donor,
+                recipient,
+                seats,
+            } => self.request_release(feature, donor, recipient, *seats),
+            ControlCommand::Release {
+                feature,
+                request_id,
+                seats,
+                allocation_before,
+                loosened_before,
+            } => self.release(
+                feature,
+                *request_id,
+                *seats,
+                (*allocation_before, *loosened_before),
+            ),
+            ControlCommand::CancelRelease {
+                feature,
+                request_id,
+            } => self.feature_mut(feature).and_then(|a| {
+                a.requests
+                    .remove(request_id)
+                    .map(|_| ControlOutcome::Cancelled)
+                    .ok_or_else(|| format!("request {request_id} is not pending"))
+            }),
+            ControlCommand::Drain {
+                feature,
+                server,
+                seats,
+                allocation_before,
+                target_before,
+                loosened_before,
+            } => self.drain(
+                feature,
+                server,
+                *seats,
+                (*allocation_before, *target_before, *loosened_before),
+            ),
+        };
+        // Every committed state keeps each feature's seats; a command that
+        // would not is refused whole (a bug, caught in debug builds).
+        let result = result.and_then(|outcome| {
+            for (feature, allocation) in &self.allocations {
+                if let Err(reason) = allocation.check_invariants(feature) {
+                    debug_assert!(false, "{command:?}: {reason}");
+                    return Err(reason);
+                }
+            }
+            Ok(outcome)
+        });
+        if result.is_ok() {
+            for (feature, allocation) in self.allocations.iter_mut() {
+                if let Some(previous) = before.get(feature) {
+                    allocation.count_loosenings(previous);
+                }
+            }
+        }
+        match result {
+            Ok(outcome) => outcome,
+            Err(reason) => {
+                self.allocations = before;
+                ControlOutcome::Refused { reason }
+            }
+        }
+    }
+
+    fn servers_in_order(&self) -> Vec<String> {
+        self.pool
+            .as_ref()
+            .map(PoolFile::server_ids)
+            .unwrap_or_default()
+    }
+
+    fn feature_mut(&mut self, feature: &str) -> Result<&mut FeatureAllocation, String> {
+        self.allocations
+            .get_mut(feature)
+            .ok_or_else(|| format!("feature `{feature}` is not in the pool"))
+    }
+
+    fn borrow(
+        &mut self,
+        feature: &str,
+        recipient: &str,
+        source: &BorrowSource,
+        seats: u32,
+    ) -> Result<ControlOutcome, String> {
+        let order = self.servers_in_order();
+        let a = self.feature_mut(feature)?;
+        if !a.servers.contains_key(recipient) {
+            return Err(format!("server `{recipient}` is not in the pool"));
+        }
+        let moved = match source {
+            BorrowSource::FreePool => {
+                let n = seats.min(a.free_pool);
+                a.free_pool -= n;
+                a.take_into(recipient, n, true);
+                n
+            }
+            BorrowSource::DownServer(donor) => {
+                if donor == recipient || !a.servers.contains_key(donor) {
+                    return Err(format!("server `{donor}` cannot lend to `{recipient}`"));
+                }
+                // Its requests are void: it may not answer them any more.
+                a.requests.retain(|_, r| &r.donor != donor);
+                let n = seats.min(a.allocation_of(donor));
+                a.move_between(donor, recipient, n);
+                n
+            }
+            BorrowSource::Parked(donor) => {
+                let parked = a.parked.get(donor).copied().unwrap_or(0);
+                let n = seats.min(parked);
+                if parked == n {
+                    a.parked.remove(donor);
+                } else {
+                    a.parked.insert(donor.clone(), parked - n);
+                }
+                a.take_into(recipient, n, true);
+                n
+            }
+        };
+        a.fill(&order);
+        if moved == 0 {
+            return Err(format!("no seats of `{feature}` to take from {source:?}"));
+        }
+        Ok(ControlOutcome::Moved { seats: moved })
+    }
+
+    fn request_release(
+        &mut self,
+        feature: &str,
+        donor: &str,
+        recipient: &str,
+        seats: u32,
+    ) -> Result<ControlOutcome, String> {
+        let id = self.next_request_id;
+        let a = self.feature_mut(feature)?;
+        if donor == recipient
+            || !a.servers.contains_key(donor)
+            || !a.servers.contains_key(recipient)
+        {
+            return Err(format!(
+                "server `{donor}` cannot be asked to lend to `{recipient}`"
+            ));
+        }
+        if seats == 0 {
+            return Err("a request asks for at least one seat".into());
+        }
+        a.requests.insert(
+            id,
+            ReleaseRequest {
+                donor: donor.to_string(),
+                recipient: recipient.to_string(),
+                seats,
+            },
+        );
+        self.next_request_id += 1;
+        Ok(ControlOutcome::Requested { request_id: id })
+    }
+
+    fn release(
+        &mut self,
+        feature: &str,
+        request_id: u64,
+        seats: u32,
+        (allocation_before, loosened_before): (u32, u64),
+    ) -> Result<ControlOutcome, String> {
+        let order = self.servers_in_order();
+        let a = self.feature_mut(feature)?;
+        let Some(request) = a.requests.get(&request_id).cloned() else {
+            return Err(format!("request {request_id} is not pending"));
+        };
+        let allocation = a.allocation_of(&request.donor);
+        if allocation != allocation_before {
+            return Err(format!(
+                "the allocation of `{}` changed from {allocation_before} to {allocation}; \
+                 answer again",
+                request.donor
+            ));
+        }
+        if a.loosened_count(&request.donor) != loosened_before {
+            return Err(format!(
+                "`{}` may have issued more seats since it answered; answer again",
+                request.donor
+            ));
+        }
+        if seats > request.seats || seats > allocation {
+            return Err(format!(
+                "request {request_id} asked for {} seats; {seats} cannot be given",
+                request.seats
+            ));
+        }
+        a.requests.remove(&request_id);
+        if seats > 0 {
+            a.move_between(&request.donor, &request.recipient, seats);
+        }
+        a.fill(&order);
+        Ok(ControlOutcome::Moved { seats })
+    }
+
+    fn drain(
+        &mut self,
+        feature: &str,
+        server: &str,
+        seats: u32,
+        (allocation_before, target_before, loosened_before): (u32, u32, u64),
+    ) -> Result<ControlOutcome, String> {
+        let order = self.servers_in_order();
+        let a = self.feature_mut(feature)?;
+        let allocation = a.allocation_of(server);
+        let Some(&target) = a.targets.get(server) else {
+            return Err(format!("server `{server}` has no target for `{feature}`"));
+        };
+        if allocation != allocation_before
+            || target != target_before
+            || a.loosened_count(server) != loosened_before
+        {
+            return Err(format!(
+                "the allocation or target of `{server}` changed, or it may have issued more \
+                 seats since it answered; drain again"
+            ));
+        }
+        if seats == 0 || seats > allocation.saturating_sub(target) {
+            return Err(format!(
+                "server `{server}` holds {allocation} against a target of {target}; \
+                 {seats} cannot be drained"
+            ));
+        }
+        *a.servers.get_mut(server).expect("has a target") -= seats;
+        a.free_pool += seats;
+        a.count_out(server, seats);
+        a.fill(&order);
+        Ok(ControlOutcome::Moved { seats })
+    }
+
+    /// Checks whether `text` would be installed, without installing it.
+    pub fn check_install(&self, text: &str) -> Result<PoolFile, String> {
+        let next = PoolFile::parse(text).map_err(|err| err.to_string())?;
+        if let Some(current) = &self.pool {
+            if next.pool_id != current.pool_id {
+                return Err(format!(
+                    "the pool file is for pool `{}`, but this is pool `{}`",
+                    next.pool_id, current.pool_id
+                ));
+            }
+            if next.sequence <= current.sequence {
+                return Err(format!(
+                    "the pool file has sequence {}, not above the installed sequence {}",
+                    next.sequence, current.sequence
+                ));
+            }
+        }
+        self.next_allocations(&next)?;
+        Ok(next)
+    }
+
+    fn recover(&mut self, text: &str) -> Result<u64, String> {
+        if self.pool.is_some() {
+            return Err(
+                "a pool is re-formed from a lost majority only as its first command".into(),
+            );
+        }
+        let next = self.check_install(text)?;
+        let mut allocations = self.next_allocations(&next)?;
+        for allocation in allocations.values_mut() {
+            allocation.free_pool = 0;
+            allocation.servers.values_mut().for_each(|seats| *seats = 0);
+            allocation.targets.clear();
+            allocation
+                .parked
+                .insert(LOST_MAJORITY.to_string(), allocation.nominal_seats);
+        }
+        self.allocations = allocations;
+        let sequence = next.sequence;
+        self.pool = Some(next);
+        self.pool_text = Some(text.to_string());
+        Ok(sequence)
+    }
+
+    fn install(&mut self, text: &str) -> Result<u64, String> {
+        let next = self.check_install(text)?;
+        self.allocations = self.next_allocations(&next)?;
+        let sequence = next.sequence;
+        self.pool = Some(next);
+        self.pool_text = Some(text.to_string());
+        Ok(sequence)
+    }
+
+    /// The allocations after installing `next`:
+    /// - a feature new to the pool gets the file's initial distribution;
+    /// - a feature already in the pool keeps every present server's
+    ///   allocation, since moving seats away from a live server needs its
+    ///   consent; seats added by new codes go to the free pool, and seats
+    ///   removed must come from the free pool;
+    /// - a distribution that differs from the installed file's becomes the
+    ///   feature's targets: a server below fills from the free pool now, a
+    ///   server above drains as its seats return;
+    /// - the allocation of a server that leaves the pool is parked.
+    fn next_allocations(
+        &self,
+        next: &PoolFile,
+    ) -> Result<BTreeMap<String, FeatureAllocation>, String> {
+        let servers = next.server_ids();
+        let mut features: Vec<&str> = next.codes.iter().map(|c| c.feature()).collect();
+        features.sort();
+        features.dedup();
+        let mut result = BTreeMap::new();
+        for feature in features {
+            let nominal = u32::try_from(next.nominal_seats(feature))
+                .map_err(|_| format!("feature `{feature}` has more than {} seats", u32::MAX))?;
+            let requested = next.distribution.get(feature);
+            let allocation = match self.allocations.get(feature) {
+                None => initial(feature, nominal, &servers, requested)?,
+                Some(current) => {
+                    let installed = self.pool.as_ref().and_then(|p| p.distribution.get(feature));
+                    let changed = requested.filter(|r| Some(*r) != installed);
+                    carried_over(feature, current, nominal, &servers, changed)?
+                }
+            };
+            allocation.check_invariants(feature)?;
+            result.insert(feature.to_string(), allocation);
+        }
+        Ok(result)
+    }
+}
+
+fn initial(
+    feature: &str,
+    nominal: u32,
+    servers: &[String],
+    requested: Option<&BTreeMap<String, u32>>,
+) -> Result<FeatureAllocation, String> {
+    let table = DistributionTable::initial(feature, nominal, servers, requested)
+        .map_err(|err| err.to_string())?;
+    Ok(FeatureAllocation {
+        nominal_seats: nominal,
+        free_pool: table.free_pool(),
+        servers: table
+            .rows()
+            .map(|(server, row)| (server.to_string(), row.allocation))
+            .collect(),
+        ..FeatureAllocation::default()
+    })
+}
+
+fn carried_over(
+    feature: &str,
+    current: &FeatureAllocation,
+    nominal: u32,
+    servers: &[String],
+    changed_distribution: Option<&BTreeMap<String, u32>>,
+) -> Result<FeatureAllocation, String> {
+    let mut next = FeatureAllocation {
+        nominal_seats: nominal,
+        free_pool: current.free_pool,
+        servers: BTreeMap::new(),
+        parked: current.parked.clone(),
+        targets: current
+            .targets
+            .iter()
+            .filter(|(s, _)| servers.contains(s))
+            .map(|(s, &t)| (s.clone(), t))
+            .collect(),
+        requests: current
+            .requests
+            .iter()
+            .filter(|(_, r)| servers.contains(&r.donor) && servers.contains(&r.recipient))
+            .map(|(&id, r)| (id, r.clone()))
+            .collect(),
+        moved: current.moved.clone(),
+        loosened: current.loosened.clone(),
+    };
+    for server in servers {
+        let kept = current.servers.get(server).copied().unwrap_or(0);
+        next.servers.insert(server.clone(), kept);
+    }
+    for (server, &allocation) in &current.servers {
+        if !servers.contains(server) && allocation > 0 {
+            *next.parked.entry(server.clone()).or_default() += allocation;
+        }
+    }
+    if nominal >= current.nominal_seats {
+        next.free_pool += nominal - current.nominal_seats;
+    } else {
+        let removed = current.nominal_seats - nominal;
+        if removed > next.free_pool {
+            return Err(format!(
+                "the new codes of feature `{feature}` have {removed} fewer seats, but its free \
+                 pool holds only {}; set a distribution that leaves them free first",
+                next.free_pool
+            ));
+        }
+        next.free_pool -= removed;
+    }
+    if let Some(requested) = changed_distribution {
+        for server in requested.keys() {
+            if !next.servers.contains_key(server) {
+                return Err(format!(
+                    "the distribution of feature `{feature}` names server `{server}`, which is not in the pool"
+                ));
+            }
+        }
+        // What the targets need can never exceed the seats: servers without
+        // a target keep what they hold, and parked seats are not free yet.
+        let untouched: u64 = next
+            .servers
+            .iter()
+            .filter(|(s, _)| !requested.contains_key(*s))
+            .map(|(_, &n)| u64::from(n))
+            .sum::<u64>()
+            + next.parked.values().map(|&n| u64::from(n)).sum::<u64>();
+        let wanted: u64 = requested.values().map(|&n| u64::from(n)).sum();
+        if wanted + untouched > u64::from(nominal) {
+            return Err(format!(
+                "the distribution of feature `{feature}` asks for {wanted} seats, but only {} \
+                 are not held by servers it leaves alone or parked",
+                u64::from(nominal).saturating_sub(untouched)
+            ));
+        }
+        next.targets = requested.clone();
+    }
+    next.fill(servers);
+    Ok(next)
+}

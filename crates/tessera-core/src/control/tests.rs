@@ -1,0 +1,597 @@
+use super::*;
+use crate::license::tests::{test_key, unsigned};
+use crate::LicenseCode;
+
+fn pool_text(sequence: u64, servers: &[&str], codes: &[(&str, &str, u32)], dist: &str) -> String {
+    let key = test_key("acme", 1);
+    let signed: Vec<LicenseCode> = codes
+        .iter()
+        .map(|(id, feature, seats)| key.sign(unsigned(id, feature, *seats)).unwrap())
+        .collect();
+    let servers: String = servers
+        .iter()
+        .enumerate()
+        .map(|(i, id)| {
+            format!(
+                "[[servers]]\nid = \"{id}\"\naddress = \"127.0.0.1:{}\"\n",
+                27001 + i
+            )
+        })
+        .collect();
+    format!(
+        "pool_id = \"p\"\nsequence = {sequence}\n{servers}{dist}\n{}",
+        LicenseCode::write_file(&signed)
+    )
+}
+
+type Seats = Vec<(String, u32)>;
+
+fn alloc(state: &ControlState, feature: &str) -> (Seats, u32, Seats) {
+    let a = state.allocation(feature).unwrap();
+    (
+        a.servers.iter().map(|(s, n)| (s.clone(), *n)).collect(),
+        a.free_pool,
+        a.parked.iter().map(|(s, n)| (s.clone(), *n)).collect(),
+    )
+}
+
+fn pairs(items: &[(&str, u32)]) -> Vec<(String, u32)> {
+    items.iter().map(|(s, n)| (s.to_string(), *n)).collect()
+}
+
+/// A pool re-formed from the survivors of a lost majority parks every
+/// seat; holders get theirs back by borrowing the parked seats.
+#[test]
+fn a_recovered_pool_starts_with_every_seat_parked() {
+    let text = pool_text(
+        2,
+        &["A", "B"],
+        &[("c1", "cad", 10)],
+        "[distribution.cad]\nA = 6\nB = 4\n",
+    );
+    let mut state = ControlState::default();
+    let outcome = state.apply(&ControlCommand::RecoverPool { text: text.clone() });
+    assert_eq!(outcome, ControlOutcome::Installed { sequence: 2 });
+    assert_eq!(
+        alloc(&state, "cad"),
+        (
+            pairs(&[("A", 0), ("B", 0)]),
+            0,
+            pairs(&[(LOST_MAJORITY, 10)])
+        )
+    );
+    // Only as the first command.
+    let again = state.apply(&ControlCommand::RecoverPool { text });
+    assert!(matches!(again, ControlOutcome::Refused { .. }), "{again:?}");
+    let moved = state.apply(&ControlCommand::Borrow {
+        feature: "cad".into(),
+        recipient: "B".into(),
+        source: BorrowSource::Parked(LOST_MAJORITY.into()),
+        seats: 3,
+    });
+    assert_eq!(moved, ControlOutcome::Moved { seats: 3 });
+    assert_eq!(
+        alloc(&state, "cad"),
+        (
+            pairs(&[("A", 0), ("B", 3)]),
+            0,
+            pairs(&[(LOST_MAJORITY, 7)])
+        )
+    );
+    // A later pool file keeps the parked seats parked.
+    let next = pool_text(3, &["A", "B"], &[("c1", "cad", 10)], "");
+    state.apply(&ControlCommand::InstallPoolFile { text: next });
+    assert_eq!(
+        alloc(&state, "cad"),
+        (
+            pairs(&[("A", 0), ("B", 3)]),
+            0,
+            pairs(&[(LOST_MAJORITY, 7)])
+        )
+    );
+}
+
+#[test]
+fn first_install_uses_the_initial_distribution_of_fig_4() {
+    let mut state = ControlState::default();
+    let text = pool_text(
+        1,
+        &["A", "B", "C"],
+        &[("c1", "app", 100)],
+        "[distribution.app]\nA = 40\nB = 30\nC = 30\n",
+    );
+    assert_eq!(
+        state.apply(&ControlCommand::InstallPoolFile { text }),
+        ControlOutcome::Installed { sequence: 1 }
+    );
+    assert_eq!(
+        alloc(&state, "app"),
+        (pairs(&[("A", 40), ("B", 30), ("C", 30)]), 0, vec![])
+    );
+}
+
+#[test]
+fn updates_need_a_higher_sequence_and_the_same_pool() {
+    let mut state = ControlState::default();
+    let one = pool_text(2, &["A"], &[("c1", "app", 10)], "");
+    state.apply(&ControlCommand::InstallPoolFile { text: one.clone() });
+    let before = state.clone();
+    let outcome = state.apply(&ControlCommand::InstallPoolFile { text: one });
+    assert!(
+        matches!(outcome, ControlOutcome::Refused { reason } if reason.contains("not above the installed sequence 2"))
+    );
+    let other_pool = pool_text(3, &["A"], &[("c1", "app", 10)], "")
+        .replace("pool_id = \"p\"", "pool_id = \"q\"");
+    let outcome = state.apply(&ControlCommand::InstallPoolFile { text: other_pool });
+    assert!(matches!(outcome, ControlOutcome::Refused { reason } if reason.contains("pool `q`")));
+    let garbage = state.apply(&ControlCommand::InstallPoolFile {
+        text: "sequence = ".into(),
+    });
+    assert!(matches!(garbage, ControlOutcome::Refused { .. }));
+    assert_eq!(state, before, "a refused command changes nothing");
+}
+
+#[test]
+fn live_allocations_are_kept_added_seats_go_to_the_free_pool_removed_servers_are_parked() {
+    let mut state = ControlState::default();
+    state.apply(&ControlCommand::InstallPoolFile {
+        text: pool_text(
+            1,
+            &["A", "B", "C"],
+            &[("c1", "app", 100)],
+            "[distribution.app]\nA = 40\nB = 30\nC = 30\n",
+        ),
+    });
+    // D joins, C leaves, an additive code brings 20 seats; no distribution keeps what servers hold.
+    let update = pool_text(
+        2,
+        &["A", "B", "D"],
+        &[("c1", "app", 100), ("c2", "app", 20), ("n1", "new", 9)],
+        "",
+    );
+    assert_eq!(
+        state.apply(&ControlCommand::InstallPoolFile { text: update }),
+        ControlOutcome::Installed { sequence: 2 }
+    );
+    assert_eq!(
+        alloc(&state, "app"),
+        (
+            pairs(&[("A", 40), ("B", 30), ("D", 0)]),
+            20,
+            pairs(&[("C", 30)])
+        )
+    );
+    assert_eq!(
+        alloc(&state, "new"),
+        (pairs(&[("A", 3), ("B", 3), ("D", 3)]), 0, vec![])
+    );
+    // A distribution that grows D takes from the free pool; too much is refused.
+    let both = [("c1", "app", 100), ("c2", "app", 20), ("n1", "new", 9)];
+    let grow = pool_text(
+        3,
+        &["A", "B", "D"],
+        &both,
+        "[distribution.app]\nA = 40\nD = 15\n",
+    );
+    let outcome = state.apply(&ControlCommand::InstallPoolFile { text: grow });
+    assert!(
+        matches!(outcome, ControlOutcome::Installed { .. }),
+        "{outcome:?}"
+    );
+    assert_eq!(
+        alloc(&state, "app"),
+        (
+            pairs(&[("A", 40), ("B", 30), ("D", 15)]),
+            5,
+            pairs(&[("C", 30)])
+        )
+    );
+    let greedy = pool_text(
+        4,
+        &["A", "B", "D"],
+        &both,
+        "[distribution.app]\nA = 40\nD = 21\n",
+    );
+    let outcome = state.apply(&ControlCommand::InstallPoolFile { text: greedy });
+    assert!(
+        matches!(&outcome, ControlOutcome::Refused { reason } if reason.contains("asks for 61 seats, but only 60")),
+        "{outcome:?}"
+    );
+    // Removing the additive code needs its 20 seats in the free pool: only 5 are.
+    let shrink = pool_text(
+        5,
+        &["A", "B", "D"],
+        &[("c1", "app", 100), ("n1", "new", 9)],
+        "",
+    );
+    let outcome = state.apply(&ControlCommand::InstallPoolFile { text: shrink });
+    assert!(
+        matches!(&outcome, ControlOutcome::Refused { reason } if reason.contains("20 fewer seats")),
+        "{outcome:?}"
+    );
+}
+
+#[test]
+fn caps_never_add_up_above_the_served_seats() {
+    let allocation = FeatureAllocation {
+        nominal_seats: 100,
+        free_pool: 0,
+        servers: [
+            ("A".to_string(), 40),
+            ("B".to_string(), 30),
+            ("C".to_string(), 30),
+        ]
+        .into(),
+        ..FeatureAllocation::default()
+    };
+    for served in 0..=100 {
+        let total: u32 = ["A", "B", "C"]
+            .iter()
+            .map(|s| allocation.cap(s, served))
+            .sum();
+        assert!(total <= served, "{total} > {served}");
+    }
+    assert_eq!(allocation.cap("A", 100), 40);
+    assert_eq!(allocation.cap("A", 50), 20);
+    assert_eq!(allocation.cap("Z", 100), 0);
+}
+
+#[test]
+fn snapshots_round_trip() {
+    let mut state = ControlState::default();
+    state.apply(&ControlCommand::InstallPoolFile {
+        text: pool_text(1, &["A"], &[("c1", "app", 10)], ""),
+    });
+    let json = serde_json::to_string(&state).unwrap();
+    let mut back: ControlState = serde_json::from_str(&json).unwrap();
+    back.restore_parsed().unwrap();
+    assert_eq!(back, state);
+    assert_eq!(back.pool().unwrap().sequence, 1);
+}
+
+fn three_servers(dist: &str) -> ControlState {
+    let mut state = ControlState::default();
+    let outcome = state.apply(&ControlCommand::InstallPoolFile {
+        text: pool_text(1, &["A", "B", "C"], &[("c1", "app", 100)], dist),
+    });
+    assert!(matches!(outcome, ControlOutcome::Installed { .. }));
+    state
+}
+
+fn borrow(feature: &str, to: &str, source: BorrowSource, seats: u32) -> ControlCommand {
+    ControlCommand::Borrow {
+        feature: feature.into(),
+        recipient: to.into(),
+        source,
+        seats,
+    }
+}
+
+#[test]
+fn borrows_take_from_the_free_pool_a_down_server_or_parked_seats() {
+    let mut state = three_servers("[distribution.app]\nA = 30\nB = 30\nC = 30\n");
+    assert_eq!(
+        state.apply(&borrow("app", "A", BorrowSource::FreePool, 15)),
+        ControlOutcome::Moved { seats: 10 },
+        "only what the free pool holds"
+    );
+    assert_eq!(
+        state.apply(&borrow("app", "A", BorrowSource::DownServer("C".into()), 5)),
+        ControlOutcome::Moved { seats: 5 }
+    );
+    assert_eq!(
+        alloc(&state, "app"),
+        (pairs(&[("A", 45), ("B", 30), ("C", 25)]), 0, vec![])
+    );
+    let moved = &state.allocation("app").unwrap().moved;
+    assert_eq!(moved["A"].borrows, 2);
+    assert_eq!(moved["A"].seats_in, 15);
+    assert_eq!(moved["C"].seats_out, 5);
+    for refused in [
+        borrow("app", "A", BorrowSource::FreePool, 1),
+        borrow("app", "A", BorrowSource::DownServer("A".into()), 1),
+        borrow("app", "Z", BorrowSource::FreePool, 1),
+        borrow("nope", "A", BorrowSource::FreePool, 1),
+        borrow("app", "A", BorrowSource::Parked("C".into()), 1),
+    ] {
+        let before = state.clone();
+        assert!(matches!(
+            state.apply(&refused),
+            ControlOutcome::Refused { .. }
+        ));
+        assert_eq!(state, before);
+    }
+    // C leaves: its 25 seats are parked until the leader reassigns them.
+    state.apply(&ControlCommand::InstallPoolFile {
+        text: pool_text(2, &["A", "B"], &[("c1", "app", 100)], ""),
+    });
+    assert_eq!(
+        state.apply(&borrow("app", "B", BorrowSource::Parked("C".into()), 100)),
+        ControlOutcome::Moved { seats: 25 }
+    );
+    assert_eq!(
+        alloc(&state, "app"),
+        (pairs(&[("A", 45), ("B", 55)]), 0, vec![])
+    );
+}
+
+#[test]
+fn a_live_server_gives_seats_only_by_its_own_release() {
+    let mut state = three_servers("[distribution.app]\nA = 40\nB = 30\nC = 30\n");
+    let outcome = state.apply(&ControlCommand::RequestRelease {
+        feature: "app".into(),
+        donor: "B".into(),
+        recipient: "A".into(),
+        seats: 10,
+    });
+    let ControlOutcome::Requested { request_id } = outcome else {
+        panic!("{outcome:?}")
+    };
+    let app = state.allocation("app").unwrap();
+    assert_eq!(
+        app.reserved("B"),
+        10,
+        "B holds the asked seats back at once"
+    );
+    assert_eq!(app.reserved("A"), 0);
+    // B has 26 in use: it can spare 4.
+    let answers = app.answers("app", "B", 26);
+    assert_eq!(
+        answers,
+        vec![ControlCommand::Release {
+            feature: "app".into(),
+            request_id,
+            seats: 4,
+            allocation_before: 30,
+            loosened_before: 0,
+        }]
+    );
+    let too_many = ControlCommand::Release {
+        feature: "app".into(),
+        request_id,
+        seats: 11,
+        allocation_before: 30,
+        loosened_before: 0,
+    };
+    assert!(matches!(
+        state.apply(&too_many),
+        ControlOutcome::Refused { .. }
+    ));
+    let stale = ControlCommand::Release {
+        feature: "app".into(),
+        request_id,
+        seats: 4,
+        allocation_before: 31,
+        loosened_before: 0,
+    };
+    assert!(matches!(
+        state.apply(&stale),
+        ControlOutcome::Refused { .. }
+    ));
+    assert_eq!(state.apply(&answers[0]), ControlOutcome::Moved { seats: 4 });
+    assert!(
+        matches!(state.apply(&answers[0]), ControlOutcome::Refused { .. }),
+        "a repeated answer changes nothing"
+    );
+    let app = state.allocation("app").unwrap();
+    assert_eq!(app.reserved("B"), 0, "the request closed with the move");
+    assert_eq!(
+        alloc(&state, "app"),
+        (pairs(&[("A", 44), ("B", 26), ("C", 30)]), 0, vec![])
+    );
+    // An unanswered request can be cancelled.
+    let ControlOutcome::Requested { request_id } = state.apply(&ControlCommand::RequestRelease {
+        feature: "app".into(),
+        donor: "C".into(),
+        recipient: "A".into(),
+        seats: 3,
+    }) else {
+        panic!()
+    };
+    let cancel = ControlCommand::CancelRelease {
+        feature: "app".into(),
+        request_id,
+    };
+    assert_eq!(state.apply(&cancel), ControlOutcome::Cancelled);
+    assert!(matches!(
+        state.apply(&cancel),
+        ControlOutcome::Refused { .. }
+    ));
+    assert_eq!(state.allocation("app").unwrap().reserved("C"), 0);
+}
+
+#[test]
+fn a_new_distribution_fills_from_the_free_pool_and_drains_as_seats_return() {
+    let mut state = three_servers("[distribution.app]\nA = 40\nB = 30\nC = 30\n");
+    let outcome = state.apply(&ControlCommand::InstallPoolFile {
+        text: pool_text(
+            2,
+            &["A", "B", "C"],
+            &[("c1", "app", 100)],
+            "[distribution.app]\nA = 20\nB = 50\nC = 30\n",
+        ),
+    });
+    assert!(matches!(outcome, ControlOutcome::Installed { .. }));
+    let app = state.allocation("app").unwrap().clone();
+    assert_eq!(app.reserved("A"), 20, "A stops issuing above its target");
+    assert_eq!(
+        app.allocation_of("A"),
+        40,
+        "but keeps its seats until it gives them"
+    );
+    // A has 35 in use: it drains 5 now.
+    let answers = app.answers("app", "A", 35);
+    assert_eq!(answers.len(), 1);
+    assert_eq!(state.apply(&answers[0]), ControlOutcome::Moved { seats: 5 });
+    assert_eq!(
+        alloc(&state, "app"),
+        (pairs(&[("A", 35), ("B", 35), ("C", 30)]), 0, vec![])
+    );
+    // Then the rest as its seats return.
+    let answers = state.allocation("app").unwrap().answers("app", "A", 10);
+    assert_eq!(
+        state.apply(&answers[0]),
+        ControlOutcome::Moved { seats: 15 }
+    );
+    let app = state.allocation("app").unwrap();
+    assert_eq!(
+        alloc(&state, "app"),
+        (pairs(&[("A", 20), ("B", 50), ("C", 30)]), 0, vec![])
+    );
+    assert!(app.targets.is_empty(), "reached targets are cleared");
+    assert_eq!(app.moved["B"].seats_in, 20);
+    // Reinstalling the same distribution later sets no targets again.
+    state.apply(&borrow(
+        "app",
+        "C",
+        BorrowSource::DownServer("B".into()),
+        10,
+    ));
+    state.apply(&ControlCommand::InstallPoolFile {
+        text: pool_text(
+            3,
+            &["A", "B", "C"],
+            &[("c1", "app", 100)],
+            "[distribution.app]\nA = 20\nB = 50\nC = 30\n",
+        ),
+    });
+    assert!(state.allocation("app").unwrap().targets.is_empty());
+    assert_eq!(
+        alloc(&state, "app"),
+        (pairs(&[("A", 20), ("B", 40), ("C", 40)]), 0, vec![])
+    );
+}
+
+#[test]
+fn a_drain_is_refused_once_the_target_rose_and_fell_again_since_the_answer() {
+    // The proptest case that found it: B answers with 2 in use against a
+    // target of 3; the target rises to 4 (B issues 2 more), then falls to
+    // 3. Allocation and target are as they were, but B holds 4.
+    let mut state = three_servers("[distribution.app]\nA = 30\nB = 30\nC = 30\n");
+    let distribute = |state: &mut ControlState, sequence: u64, b: u32| {
+        state.apply(&ControlCommand::InstallPoolFile {
+            text: pool_text(
+                sequence,
+                &["A", "B", "C"],
+                &[("c1", "app", 100)],
+                &format!("[distribution.app]\nA = 0\nB = {b}\n"),
+            ),
+        })
+    };
+    assert!(matches!(
+        distribute(&mut state, 2, 3),
+        ControlOutcome::Installed { .. }
+    ));
+    let stale = state.allocation("app").unwrap().answers("app", "B", 2);
+    assert_eq!(stale.len(), 1);
+    distribute(&mut state, 3, 4);
+    distribute(&mut state, 4, 3);
+    let app = state.allocation("app").unwrap();
+    assert_eq!((app.allocation_of("B"), app.targets["B"]), (30, 3));
+    assert!(
+        matches!(state.apply(&stale[0]), ControlOutcome::Refused { .. }),
+        "a drain computed before the target rose applied"
+    );
+    // Answered again, with the 4 seats B now holds, it gives 26.
+    let fresh = state.allocation("app").unwrap().answers("app", "B", 4);
+    assert_eq!(state.apply(&fresh[0]), ControlOutcome::Moved { seats: 26 });
+    assert_eq!(state.allocation("app").unwrap().allocation_of("B"), 4);
+}
+
+mod model {
+    //! The consent rules against a model of clients: whatever order the
+    //! commands commit in, stale or repeated, no server's allocation ever
+    //! drops below the seats its clients hold, and no seat is created or
+    //! destroyed.
+    use super::*;
+    use proptest::prelude::*;
+
+    const SERVERS: [&str; 3] = ["A", "B", "C"];
+
+    #[derive(Clone, Debug)]
+    enum Op {
+        Issue(usize),
+        Return(usize),
+        Answer(usize),
+        Commit(usize),
+        Request(usize, usize, u32),
+        FromFreePool(usize, u32),
+        Distribute(u32, u32),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            4 => (0..3usize).prop_map(Op::Issue),
+            2 => (0..3usize).prop_map(Op::Return),
+            2 => (0..3usize).prop_map(Op::Answer),
+            3 => (0..16usize).prop_map(Op::Commit),
+            1 => (0..3usize, 0..3usize, 1..20u32).prop_map(|(a, b, n)| Op::Request(a, b, n)),
+            1 => (0..3usize, 1..10u32).prop_map(|(a, n)| Op::FromFreePool(a, n)),
+            1 => (0..40u32, 0..40u32).prop_map(|(a, b)| Op::Distribute(a, b)),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn allocation_never_drops_below_what_clients_hold(ops in proptest::collection::vec(op(), 1..120)) {
+            let mut state = three_servers("[distribution.app]\nA = 30\nB = 30\nC = 30\n");
+            let mut in_use = [0u32; 3];
+            let mut queue: Vec<ControlCommand> = Vec::new();
+            let mut sequence = 1;
+            for op in ops {
+                let app = state.allocation("app").unwrap().clone();
+                match op {
+                    Op::Issue(s) => {
+                        let server = SERVERS[s];
+                        let free = app.allocation_of(server).saturating_sub(app.reserved(server));
+                        if in_use[s] < free {
+                            in_use[s] += 1;
+                        }
+                    }
+                    Op::Return(s) => in_use[s] = in_use[s].saturating_sub(1),
+                    Op::Answer(s) => queue.extend(app.answers("app", SERVERS[s], in_use[s])),
+                    Op::Commit(k) => {
+                        if !queue.is_empty() {
+                            // Commands may commit late, out of order, or twice.
+                            let command = queue[k % queue.len()].clone();
+                            if k % 3 != 0 {
+                                queue.remove(k % queue.len());
+                            }
+                            state.apply(&command);
+                        }
+                    }
+                    Op::Request(a, b, n) => {
+                        state.apply(&ControlCommand::RequestRelease {
+                            feature: "app".into(),
+                            donor: SERVERS[a].into(),
+                            recipient: SERVERS[b].into(),
+                            seats: n,
+                        });
+                    }
+                    Op::FromFreePool(s, n) => {
+                        state.apply(&borrow("app", SERVERS[s], BorrowSource::FreePool, n));
+                    }
+                    Op::Distribute(a, b) => {
+                        sequence += 1;
+                        state.apply(&ControlCommand::InstallPoolFile {
+                            text: pool_text(
+                                sequence,
+                                &SERVERS,
+                                &[("c1", "app", 100)],
+                                &format!("[distribution.app]\nA = {a}\nB = {b}\n"),
+                            ),
+                        });
+                    }
+                }
+                let app = state.allocation("app").unwrap();
+                prop_assert!(app.check_invariants("app").is_ok(), "{:?}", app.check_invariants("app"));
+                for (s, server) in SERVERS.iter().enumerate() {
+                    prop_assert!(
+                        in_use[s] <= app.allocation_of(server),
+                        "server {server}: {} in use, allocation {}", in_use[s], app.allocation_of(server)
+                    );
+                }
+            }
+        }
+    }
+}
