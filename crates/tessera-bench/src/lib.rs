@@ -98,6 +98,21 @@ pub async fn single(config: &SingleConfig) -> Result<Report> {
 }
 
 /// The last `lines` lines of a process's log file, for an error message.
+/// An error with the last `lines` of its log unless `process` still runs.
+pub(crate) fn check_running(
+    name: &str,
+    process: &tessera_testkit::Process,
+    lines: usize,
+) -> anyhow::Result<()> {
+    match process.exited() {
+        None => Ok(()),
+        Some(status) => anyhow::bail!(
+            "{name} exited ({status}); its log:\n{}",
+            log_tail(process.log_path(), lines)
+        ),
+    }
+}
+
 pub(crate) fn log_tail(log: &std::path::Path, lines: usize) -> String {
     let text = std::fs::read_to_string(log).unwrap_or_default();
     let all: Vec<&str> = text.lines().collect();

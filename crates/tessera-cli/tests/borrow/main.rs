@@ -2,6 +2,7 @@
 //! `tessera server` processes on loopback, driven over HTTP and through the
 //! `tessera admin` command.
 
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use tessera_proto::{DistributionRow, StatusResponse};
@@ -9,16 +10,8 @@ use tessera_testkit::{sign_code, Pool, PoolSpec, PATIENCE};
 
 const TESSERA: &str = env!("CARGO_BIN_EXE_tessera");
 
-/// Pools run one at a time, as in the pool tests.
-static ONE_POOL_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
 async fn start_pool(spec: PoolSpec<'_>) -> Pool {
-    let mut pool = Pool::new(std::path::Path::new(TESSERA), spec);
-    pool.spawn_all();
-    for i in 0..pool.servers.len() {
-        pool.wait_serving(i).await;
-    }
-    pool
+    Pool::start(Path::new(TESSERA), spec).await
 }
 
 fn rows(status: &StatusResponse) -> Vec<DistributionRow> {
@@ -72,7 +65,6 @@ async fn fill(pool: &Pool, i: usize, n: u32, tag: &str) {
 /// batch from the free pool, so it never runs out on the way to 30.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_above_its_threshold_borrows_before_it_runs_out() {
-    let _serial = ONE_POOL_AT_A_TIME.lock().await;
     let pool = start_pool(PoolSpec {
         distribution: "A = 30\nB = 30\nC = 30\n",
         extra: "[borrowing.app]\nbatch = 5\n",
@@ -112,7 +104,6 @@ async fn a_server_above_its_threshold_borrows_before_it_runs_out() {
 /// stranded; the 101st is denied.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn skewed_load_uses_every_seat_through_one_server() {
-    let _serial = ONE_POOL_AT_A_TIME.lock().await;
     let pool = start_pool(PoolSpec {
         extra: "[borrowing.app]\nbatch = 10\n",
         lease_s: 30,
@@ -154,7 +145,6 @@ async fn skewed_load_uses_every_seat_through_one_server() {
 /// and every server ends with allocations + free pool = the hard limit.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_borrows_neither_create_nor_destroy_seats() {
-    let _serial = ONE_POOL_AT_A_TIME.lock().await;
     let pool = std::sync::Arc::new(
         start_pool(PoolSpec {
             distribution: "A = 20\nB = 30\nC = 40\n",
@@ -205,7 +195,6 @@ async fn concurrent_borrows_neither_create_nor_destroy_seats() {
 /// from B, the request is cancelled, and C is denied.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_live_follower_gives_seats_only_with_its_consent() {
-    let _serial = ONE_POOL_AT_A_TIME.lock().await;
     let pool = start_pool(PoolSpec {
         distribution: "A = 0\nB = 50\nC = 50\n",
         lease_s: 30,
@@ -258,7 +247,6 @@ async fn a_live_follower_gives_seats_only_with_its_consent() {
 /// have lapsed: its quota lease plus the longest lease, from its last report.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_down_servers_seats_move_only_after_the_safe_wait() {
-    let _serial = ONE_POOL_AT_A_TIME.lock().await;
     let mut pool = start_pool(PoolSpec {
         distribution: "A = 40\nB = 30\nC = 30\n",
         lease_s: 4,
@@ -325,7 +313,6 @@ async fn a_down_servers_seats_move_only_after_the_safe_wait() {
 /// bad changes are refused with their reason and change nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_changes_reach_every_server_and_bad_ones_change_nothing() {
-    let _serial = ONE_POOL_AT_A_TIME.lock().await;
     let pool = start_pool(PoolSpec {
         distribution: "A = 40\nB = 30\nC = 30\n",
         lease_s: 30,
@@ -397,7 +384,7 @@ async fn admin_changes_reach_every_server_and_bad_ones_change_nothing() {
     }
     // A tampered code is refused for its signature.
     sign_code(
-        std::path::Path::new(TESSERA),
+        Path::new(TESSERA),
         pool.path(),
         "app-2",
         20,
@@ -439,7 +426,6 @@ async fn admin_changes_reach_every_server_and_bad_ones_change_nothing() {
 /// stale, or takes effect if the first never committed), nothing is lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leader_killed_mid_change_applies_it_once() {
-    let _serial = ONE_POOL_AT_A_TIME.lock().await;
     let mut pool = start_pool(PoolSpec {
         distribution: "A = 40\nB = 30\nC = 30\n",
         lease_s: 30,
