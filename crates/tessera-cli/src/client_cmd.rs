@@ -1,7 +1,7 @@
 //! `tessera status|checkout|checkin`: the SDK driven from the command line.
 
 use anyhow::{Context, Result};
-use tessera_client::{Client, ClientConfig, SeatState};
+use tessera_client::{Admin, AdminChange, Client, ClientConfig, SeatState};
 
 use crate::view;
 
@@ -112,19 +112,14 @@ pub async fn update_pool_file(
     file: std::path::PathBuf,
     secret: Option<String>,
 ) -> Result<()> {
-    let text = std::fs::read_to_string(&file)
-        .with_context(|| format!("cannot read {}", file.display()))?;
+    let text = read(&file)?;
     let pool = tessera_core::PoolFile::parse(&text)
         .with_context(|| format!("{} is not a valid pool file", file.display()))?;
-    let body = tessera_proto::PoolFileUpdate { text };
-    admin_post(
-        &servers,
-        Some(pool.pool_id),
-        "/v1/admin/pool-file",
-        &body,
-        secret,
-    )
-    .await
+    let change = AdminChange::PoolFile {
+        pool_id: pool.pool_id,
+        update: tessera_proto::PoolFileUpdate { text },
+    };
+    admin(servers, secret, change).await
 }
 
 /// `tessera admin set-distribution FEATURE A=40,B=30,C=30`.
@@ -148,12 +143,12 @@ pub async fn set_distribution(
             anyhow::bail!("server `{}` is named twice", server.trim());
         }
     }
-    let body = tessera_proto::SetDistribution {
+    let change = AdminChange::Distribution(tessera_proto::SetDistribution {
         feature,
         servers: given,
         expected_sequence,
-    };
-    admin_post(&servers, None, "/v1/admin/distribution", &body, secret).await
+    });
+    admin(servers, secret, change).await
 }
 
 /// `tessera admin add-license FILE [--to SERVER]`.
@@ -164,16 +159,15 @@ pub async fn add_license(
     expected_sequence: Option<u64>,
     secret: Option<String>,
 ) -> Result<()> {
-    let text = std::fs::read_to_string(&file)
-        .with_context(|| format!("cannot read {}", file.display()))?;
+    let text = read(&file)?;
     tessera_core::LicenseCode::parse_file(&text)
         .with_context(|| format!("{} does not hold license codes", file.display()))?;
-    let body = tessera_proto::AddLicense {
+    let change = AdminChange::AddLicense(tessera_proto::AddLicense {
         text,
         server: to,
         expected_sequence,
-    };
-    admin_post(&servers, None, "/v1/admin/license", &body, secret).await
+    });
+    admin(servers, secret, change).await
 }
 
 /// `tessera admin remove-license ID`.
@@ -183,77 +177,32 @@ pub async fn remove_license(
     expected_sequence: Option<u64>,
     secret: Option<String>,
 ) -> Result<()> {
-    let body = tessera_proto::RemoveLicense {
+    let change = AdminChange::RemoveLicense(tessera_proto::RemoveLicense {
         id,
         expected_sequence,
-    };
-    admin_post(&servers, None, "/v1/admin/license/remove", &body, secret).await
+    });
+    admin(servers, secret, change).await
 }
 
-/// Sends an admin change to the first server that takes it; any server
-/// forwards it to the leader. Without a pool id, asks the server's status.
-async fn admin_post<B: serde::Serialize>(
-    servers: &[String],
-    pool_id: Option<String>,
-    path: &str,
-    body: &B,
-    secret: Option<String>,
-) -> Result<()> {
-    let http = reqwest::Client::builder()
-        .no_proxy()
-        .timeout(std::time::Duration::from_secs(10))
-        .build()?;
-    let mut last_error = String::new();
-    for server in servers {
-        let pool_id = match &pool_id {
-            Some(id) => id.clone(),
-            None => {
-                let status = http
-                    .get(format!("http://{server}/v1/status"))
-                    .send()
-                    .await
-                    .and_then(|r| r.error_for_status());
-                match status {
-                    Ok(r) => r.json::<tessera_proto::StatusResponse>().await?.pool_id,
-                    Err(err) => {
-                        last_error = format!("{server}: {err}");
-                        continue;
-                    }
-                }
-            }
-        };
-        let mut request = http
-            .post(format!("http://{server}{path}"))
-            .header(tessera_proto::POOL_HEADER, &pool_id)
-            .json(body);
-        if let Some(secret) = &secret {
-            request = request.bearer_auth(secret);
-        }
-        let response = match request.send().await {
-            Ok(response) => response,
-            Err(err) => {
-                last_error = format!("{server}: {err}");
-                continue;
-            }
-        };
-        if response.status().is_success() {
-            let installed: tessera_proto::PoolFileInstalled = response.json().await?;
-            println!(
-                "pool `{}` now runs pool file sequence {}",
-                installed.pool_id, installed.sequence
-            );
-            return Ok(());
-        }
-        let body: tessera_proto::ErrorBody = response
-            .json()
-            .await
-            .with_context(|| format!("{server} answered an error without a body"))?;
-        match body.error.code {
-            tessera_proto::ErrorCode::NoLeader | tessera_proto::ErrorCode::Internal => {
-                last_error = format!("{server}: {}", body.error.message);
-            }
-            code => anyhow::bail!("refused ({code}): {}", body.error.message),
-        }
-    }
-    anyhow::bail!("no server made the change; last error: {last_error}")
+fn read(file: &std::path::Path) -> Result<String> {
+    std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))
+}
+
+/// Longest wait for one server to take an admin change (it waits for the
+/// leader to commit it).
+const ADMIN_REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Sends an admin change to the first server that takes it (see
+/// [`tessera_client::Admin::change`]) and says what the pool runs now.
+async fn admin(servers: Vec<String>, secret: Option<String>, change: AdminChange) -> Result<()> {
+    let mut config = ClientConfig::new(servers);
+    config.request_timeout = ADMIN_REQUEST_TIMEOUT;
+    let installed = Admin::new(config, secret)?
+        .change(&change)
+        .await?;
+    println!(
+        "pool `{}` now runs pool file sequence {}",
+        installed.pool_id, installed.sequence
+    );
+    Ok(())
 }

@@ -82,7 +82,23 @@ where
     Req: Serialize + ?Sized,
     Resp: DeserializeOwned,
 {
+    post_json_with_headers(client, address, path, Vec::new(), body).await
+}
+
+/// `POST {API_PREFIX}{path}` with a JSON body and these headers besides its content type.
+pub(crate) async fn post_json_with_headers<Req, Resp>(
+    client: &Client,
+    address: &str,
+    path: &str,
+    mut headers: Vec<(String, String)>,
+    body: &Req,
+) -> Result<Resp, Failure>
+where
+    Req: Serialize + ?Sized,
+    Resp: DeserializeOwned,
+{
     let path = endpoint(address, path)?;
+    headers.push(("content-type".to_string(), "application/json".to_string()));
     let body = serde_json::to_vec(body).map_err(|error| {
         Failure::no_answer(address, format!("cannot encode the request: {error}"))
     })?;
@@ -90,7 +106,7 @@ where
         method: Method::Post,
         address: address.to_string(),
         path,
-        headers: vec![("content-type".to_string(), "application/json".to_string())],
+        headers,
         body,
         timeout: client.config().request_timeout,
         answer_bytes_max: ANSWER_BYTES_MAX,
