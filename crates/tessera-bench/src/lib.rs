@@ -98,6 +98,11 @@ pub async fn single(config: &SingleConfig) -> Result<Report> {
 }
 
 /// The last `lines` lines of a process's log file, for an error message.
+/// Timeout of one benchmark request to any system (connection included);
+/// far above any latency worth measuring.
+pub(crate) const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+pub(crate) const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// An error with the last `lines` of its log unless `process` still runs.
 pub(crate) fn check_running(
     name: &str,

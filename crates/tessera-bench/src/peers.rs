@@ -15,14 +15,13 @@ use tessera_testkit::{die_with_parent, free_port, Process};
 
 use crate::http1::Connection;
 use crate::target::{Checkout, OpError, Session, Target};
+use crate::{CONNECT_TIMEOUT, REQUEST_TIMEOUT};
 
 /// What to run when a peer's binary is missing.
 pub const INSTALL_HINT: &str = "install the peers first: bash scripts/install-bench-peers.sh";
 /// Longest wait for a peer to answer after it starts.
 const READY_TIMEOUT: Duration = Duration::from_secs(20);
 const READY_POLL_INTERVAL: Duration = Duration::from_millis(50);
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// Lease of a seat in the peers' semaphores, as in Tessera's cycle runs.
 const LEASE_S: u64 = 60;
 /// Lines of a peer's log shown when it fails.

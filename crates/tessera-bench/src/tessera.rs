@@ -16,6 +16,7 @@ use tokio::process::Command;
 use crate::http1::Connection;
 use crate::target::{Checkout, OpError, Session, Target};
 use crate::Mode;
+use crate::{CONNECT_TIMEOUT, REQUEST_TIMEOUT};
 
 /// What a misplaced binary is told to do.
 pub const BUILD_HINT: &str = "build it first: cargo build --release -p tessera-cli";
@@ -23,10 +24,6 @@ pub const BUILD_HINT: &str = "build it first: cargo build --release -p tessera-c
 const CLI_TIMEOUT: Duration = Duration::from_secs(30);
 /// Longest wait for the server to answer `serving` after it starts.
 const SERVER_READY_TIMEOUT: Duration = Duration::from_secs(15);
-/// Timeout of one benchmark request (connection included); far above any
-/// latency worth measuring.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Lines of the server log shown when it fails.
 const LOG_TAIL_LINES: usize = 30;
 /// The feature every benchmark checkout asks for.
@@ -48,6 +45,20 @@ pub struct Setup {
 }
 
 impl Setup {
+    pub fn cycle(seats: u32) -> Setup {
+        Setup {
+            seats,
+            mode: Mode::Cycle,
+        }
+    }
+
+    pub fn hold(seats: u32) -> Setup {
+        Setup {
+            seats,
+            mode: Mode::Hold,
+        }
+    }
+
     fn lease_s(self) -> u32 {
         match self.mode {
             Mode::Cycle => CYCLE_LEASE_S,
@@ -106,11 +117,10 @@ impl TesseraServer {
         let mut command = server_command(tessera, &root.join("tessera.toml"), &["--new-pool"]);
         command.env("TESSERA_LOG", "warn");
         die_with_parent(&mut command);
-        let process = Process::start(command, &root.join("server.log"))
-            .with_context(|| format!("cannot start {} server", tessera.display()))?;
         let server = TesseraServer {
             address,
-            process,
+            process: Process::start(command, &root.join("server.log"))
+                .with_context(|| format!("cannot start {} server", tessera.display()))?,
             _dir: dir,
         };
         server.wait_serving().await?;
@@ -161,7 +171,8 @@ impl TesseraServer {
 
     /// Resident memory of the server process, in bytes (Linux `/proc`).
     pub fn resident_bytes(&self) -> Option<u64> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.process.pid())).ok()?;
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.process.pid())).ok()?;
         let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
         let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
         Some(kib * 1024)
@@ -364,16 +375,8 @@ impl Session for TesseraSession {
     type Hold = TesseraHold;
 
     async fn checkout(&mut self, holder: u64) -> Result<Checkout<TesseraHold>, OpError> {
-        let client_id = format!("bench-{holder}");
-        let body = CheckoutRequest {
-            client_id: client_id.clone(),
-            user: "bench".into(),
-            host: "localhost".into(),
-            feature: self.feature.into(),
-            version: "1.0".into(),
-            count: 1,
-            answer_within_ms: None,
-        };
+        let body = checkout_request(holder, self.feature);
+        let client_id = body.client_id.clone();
         match self.post::<_, proto::Grant>(CHECKOUT_PATH, &body).await {
             Ok(grant) => Ok(Checkout::Granted(TesseraHold {
                 grant_id: grant.grant_id,
@@ -411,6 +414,19 @@ impl Session for TesseraSession {
             .await
             .map(|_| ())
             .map_err(OpError::from)
+    }
+}
+
+/// One seat of `feature` for the benchmark's client number `holder`.
+fn checkout_request(holder: u64, feature: &str) -> CheckoutRequest {
+    CheckoutRequest {
+        client_id: format!("bench-{holder}"),
+        user: "bench".into(),
+        host: "localhost".into(),
+        feature: feature.into(),
+        version: "1.0".into(),
+        count: 1,
+        answer_within_ms: None,
     }
 }
 
@@ -464,15 +480,7 @@ pub struct NoopSession(TesseraSession);
 
 impl NoopSession {
     async fn noop(&mut self, holder: u64) -> Result<(), OpError> {
-        let body = CheckoutRequest {
-            client_id: format!("bench-{holder}"),
-            user: "bench".into(),
-            host: "localhost".into(),
-            feature: FEATURE.into(),
-            version: "1.0".into(),
-            count: 1,
-            answer_within_ms: None,
-        };
+        let body = checkout_request(holder, FEATURE);
         self.0
             .post::<_, proto::Grant>(NOOP_PATH, &body)
             .await
