@@ -8,7 +8,7 @@ use tessera_proto::{ErrorBody, API_PREFIX};
 use tessera_transport::{HttpAnswer, HttpRequest, Method, TransportError};
 
 use crate::client::Client;
-use crate::error::{Failure, FailureKind};
+use crate::error::Failure;
 
 /// Largest answer to a checkout, heartbeat or check-in, in bytes: a grant
 /// lists at most a pool's servers, so this is generous.
@@ -156,13 +156,7 @@ fn decode<Resp: DeserializeOwned>(
         });
     }
     match serde_json::from_slice::<ErrorBody>(&answer.body) {
-        Ok(ErrorBody { error }) => Err(Failure {
-            address: address.to_string(),
-            kind: FailureKind::Refused {
-                code: error.code,
-                message: error.message,
-            },
-        }),
+        Ok(ErrorBody { error }) => Err(Failure::refused(address, error.code, error.message)),
         Err(_) => Err(Failure::no_answer(
             address,
             format!("answered HTTP {status} without a Tessera error body; is a Tessera server listening there?"),
