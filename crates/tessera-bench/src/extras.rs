@@ -495,13 +495,9 @@ impl Extras {
             "| checkouts | p50 ms | p99 ms | p99.9 ms | max ms | errors |",
             "|--:|--:|--:|--:|--:|--:|",
         );
-        let _ = writeln!(
-            out,
-            "| {} | {} | {} |",
-            o.stats.count,
-            o.stats.latency_ms_cells(),
-            o.errors
-        );
+        let (stats, errors) = (&o.stats, o.errors);
+        let cells = stats.latency_ms_cells();
+        let _ = writeln!(out, "| {} | {cells} | {errors} |", stats.count);
 
         let _ = writeln!(out, "\n## Fail-over\n");
         let _ = writeln!(

@@ -1,5 +1,7 @@
 //! `tessera status|checkout|checkin`: the SDK driven from the command line.
 
+use std::path::Path;
+
 use anyhow::{Context, Result};
 use tessera_client::{Admin, AdminChange, Client, ClientConfig, SeatState};
 
@@ -106,30 +108,23 @@ pub async fn checkin(servers: Vec<String>, grant_id: String, client_id: String) 
     Ok(())
 }
 
-/// Sends a pool file to the first server that answers; it forwards it to the leader.
-pub async fn update_pool_file(
-    servers: Vec<String>,
-    file: std::path::PathBuf,
-    secret: Option<String>,
-) -> Result<()> {
-    let text = read(&file)?;
+/// `tessera admin update-pool-file FILE`: the pool file, checked as the servers will.
+pub fn pool_file_change(file: &Path) -> Result<AdminChange> {
+    let text = read(file)?;
     let pool = tessera_core::PoolFile::parse(&text)
         .with_context(|| format!("{} is not a valid pool file", file.display()))?;
-    let change = AdminChange::PoolFile {
+    Ok(AdminChange::PoolFile {
         pool_id: pool.pool_id,
         update: tessera_proto::PoolFileUpdate { text },
-    };
-    admin(servers, secret, change).await
+    })
 }
 
 /// `tessera admin set-distribution FEATURE A=40,B=30,C=30`.
-pub async fn set_distribution(
-    servers: Vec<String>,
+pub fn distribution_change(
     feature: String,
-    spec: String,
+    spec: &str,
     expected_sequence: Option<u64>,
-    secret: Option<String>,
-) -> Result<()> {
+) -> Result<AdminChange> {
     let mut given = std::collections::BTreeMap::new();
     for part in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
         let (server, seats) = part
@@ -143,48 +138,38 @@ pub async fn set_distribution(
             anyhow::bail!("server `{}` is named twice", server.trim());
         }
     }
-    let change = AdminChange::Distribution(tessera_proto::SetDistribution {
+    Ok(AdminChange::Distribution(tessera_proto::SetDistribution {
         feature,
         servers: given,
         expected_sequence,
-    });
-    admin(servers, secret, change).await
+    }))
 }
 
-/// `tessera admin add-license FILE [--to SERVER]`.
-pub async fn add_license(
-    servers: Vec<String>,
-    file: std::path::PathBuf,
+/// `tessera admin add-license FILE [--to SERVER]`: the codes, checked to be codes.
+pub fn add_license_change(
+    file: &Path,
     to: Option<String>,
     expected_sequence: Option<u64>,
-    secret: Option<String>,
-) -> Result<()> {
-    let text = read(&file)?;
+) -> Result<AdminChange> {
+    let text = read(file)?;
     tessera_core::LicenseCode::parse_file(&text)
         .with_context(|| format!("{} does not hold license codes", file.display()))?;
-    let change = AdminChange::AddLicense(tessera_proto::AddLicense {
+    Ok(AdminChange::AddLicense(tessera_proto::AddLicense {
         text,
         server: to,
         expected_sequence,
-    });
-    admin(servers, secret, change).await
+    }))
 }
 
 /// `tessera admin remove-license ID`.
-pub async fn remove_license(
-    servers: Vec<String>,
-    id: String,
-    expected_sequence: Option<u64>,
-    secret: Option<String>,
-) -> Result<()> {
-    let change = AdminChange::RemoveLicense(tessera_proto::RemoveLicense {
+pub fn remove_license_change(id: String, expected_sequence: Option<u64>) -> AdminChange {
+    AdminChange::RemoveLicense(tessera_proto::RemoveLicense {
         id,
         expected_sequence,
-    });
-    admin(servers, secret, change).await
+    })
 }
 
-fn read(file: &std::path::Path) -> Result<String> {
+fn read(file: &Path) -> Result<String> {
     std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))
 }
 
@@ -194,12 +179,14 @@ const ADMIN_REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_sec
 
 /// Sends an admin change to the first server that takes it (see
 /// [`tessera_client::Admin::change`]) and says what the pool runs now.
-async fn admin(servers: Vec<String>, secret: Option<String>, change: AdminChange) -> Result<()> {
+pub async fn admin(
+    servers: Vec<String>,
+    secret: Option<String>,
+    change: AdminChange,
+) -> Result<()> {
     let mut config = ClientConfig::new(servers);
     config.request_timeout = ADMIN_REQUEST_TIMEOUT;
-    let installed = Admin::new(config, secret)?
-        .change(&change)
-        .await?;
+    let installed = Admin::new(config, secret)?.change(&change).await?;
     println!(
         "pool `{}` now runs pool file sequence {}",
         installed.pool_id, installed.sequence

@@ -16,11 +16,6 @@ use crate::view;
 /// How long the demo waits for a server to answer after starting it.
 const SERVER_READY_TIMEOUT: Duration = Duration::from_secs(15);
 
-/// Longest a server may take to exit after SIGTERM.
-const STOP_TIMEOUT: Duration = Duration::from_secs(10);
-/// Time limit of one status request.
-const STATUS_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
-
 struct DemoServer {
     id: String,
     address: String,
@@ -30,6 +25,9 @@ struct DemoServer {
 }
 
 impl DemoServer {
+    /// Longest a server may take to exit after SIGTERM.
+    const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+
     async fn start(&mut self) -> Result<()> {
         self.spawn()?;
         self.wait_ready().await
@@ -46,7 +44,7 @@ impl DemoServer {
 
     async fn wait_ready(&self) -> Result<()> {
         let process = self.process.as_ref().context("the server is not running")?;
-        let http = tessera_testkit::http_client(STATUS_REQUEST_TIMEOUT);
+        let http = tessera_testkit::http_client(tessera_testkit::LOOPBACK_REQUEST_TIMEOUT);
         match process
             .wait_status(&http, &self.address, SERVER_READY_TIMEOUT, |status| {
                 status.server.state == "serving"
@@ -72,7 +70,7 @@ impl DemoServer {
     /// SIGTERM, then wait for the exit (killed if it does not come).
     async fn stop(&mut self) {
         if let Some(process) = self.process.take() {
-            process.terminate(STOP_TIMEOUT).await;
+            process.terminate(Self::STOP_TIMEOUT).await;
         }
     }
 }
@@ -255,7 +253,7 @@ pub async fn run(keep: bool, dir: Option<PathBuf>) -> Result<()> {
 /// The index in `addresses` of the server that says it leads and serves
 /// (a bounded wait).
 async fn leader_of(addresses: &[String]) -> Result<usize> {
-    let http = tessera_testkit::http_client(STATUS_REQUEST_TIMEOUT);
+    let http = tessera_testkit::http_client(tessera_testkit::LOOPBACK_REQUEST_TIMEOUT);
     tessera_testkit::wait_for_leader(&http, addresses, SERVER_READY_TIMEOUT)
         .await
         .with_context(|| {

@@ -21,7 +21,7 @@ use tessera_proto::{StatusResponse, POOL_HEADER};
 pub use files::{pool_file_head, public_key_of, server_entry, ServerConfig};
 pub use port::{free_address, free_port};
 pub use process::{die_with_parent, server_command, Process};
-pub use status::{http_client, status, wait_for_leader, NotReady};
+pub use status::{http_client, status, wait_for_leader, NotReady, LOOPBACK_REQUEST_TIMEOUT};
 
 /// Longest wait for any condition in these tests.
 pub const PATIENCE: Duration = Duration::from_secs(20);
@@ -155,7 +155,7 @@ impl Pool {
             pool_id: "test".to_string(),
             public_key: public_key_of(&public).expect("public_key line"),
             config_extra: spec.config_extra.to_string(),
-            http: http_client(Duration::from_secs(3)),
+            http: http_client(LOOPBACK_REQUEST_TIMEOUT),
             _one_at_a_time: None,
         };
         let mut pool_file = pool_file_head(&pool.pool_id);

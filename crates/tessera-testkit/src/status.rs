@@ -10,6 +10,9 @@ use tokio::time::Instant;
 
 use crate::Process;
 
+/// Time limit of one request to a server on loopback: far above any answer
+/// of a live server, so that a stopped one is noticed.
+pub const LOOPBACK_REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
 /// Pause between two status polls of one server.
 const STATUS_POLL_INTERVAL: Duration = Duration::from_millis(25);
 /// Pause between two rounds over the servers of a pool, waiting for a leader.

@@ -60,6 +60,12 @@ impl Output {
         self
     }
 
+    /// Panics unless the command printed every one of `parts`, on either stream.
+    pub fn mentions(&self, parts: &[&str]) {
+        let text = self.text();
+        assert!(parts.iter().all(|part| text.contains(part)), "{self}");
+    }
+
     /// Panics unless the command failed.
     pub fn failure(self) -> Output {
         assert!(!self.status.success(), "expected a failure: {self}");

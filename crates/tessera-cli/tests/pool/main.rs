@@ -28,24 +28,64 @@ async fn start_pool(spec: PoolSpec<'_>) -> Pool {
     Pool::start(Path::new(TESSERA), spec).await
 }
 
-/// `clients` programs `c0`, `c1`, … holding one seat each, asking the
-/// servers in turn first.
-async fn one_seat_each(pool: &Pool, clients: usize) -> Vec<SeatGuard> {
+/// The pool of seed 001: 100 seats, A:40 B:30 C:30.
+fn seed_001() -> PoolSpec<'static> {
+    PoolSpec {
+        distribution: "A = 40\nB = 30\nC = 30\n",
+        ..PoolSpec::default()
+    }
+}
+
+/// A started pool with a leader, and programs holding one seat each.
+struct HeldPool {
+    pool: Pool,
+    leader: usize,
+    seats: Vec<SeatGuard>,
+}
+
+/// Starts a pool, waits for its leader, then has `clients` programs `c0`,
+/// `c1`, … check out one seat each, asking the servers in turn first.
+async fn held_pool(spec: PoolSpec<'_>, clients: usize) -> HeldPool {
+    let pool = start_pool(spec).await;
+    let leader = pool.wait_leader(&pool.all()).await;
     let mut seats = Vec::new();
     for n in 0..clients {
-        let seat = client(pool, n % pool.servers.len(), &format!("c{n}"))
-            .checkout("app", "1.0", 1)
-            .await
-            .expect("every client gets a seat");
-        seats.push(seat);
+        seats.push(seat_on(&pool, n % pool.servers.len(), &format!("c{n}")).await);
     }
-    seats
+    HeldPool {
+        pool,
+        leader,
+        seats,
+    }
+}
+
+/// Every seat is still held, wherever its guard renewed it last.
+fn assert_all_held(seats: &[SeatGuard]) {
+    for seat in seats {
+        assert!(
+            matches!(seat.state(), SeatState::Held { .. }),
+            "a seat was lost: {:?}",
+            seat.state()
+        );
+    }
+}
+
+/// One seat for a program named `name` that asks server `first` first.
+async fn seat_on(pool: &Pool, first: usize, name: &str) -> SeatGuard {
+    client(pool, first, name)
+        .checkout("app", "1.0", 1)
+        .await
+        .unwrap_or_else(|err| panic!("no seat for {name}: {err}"))
 }
 
 /// Server `i` grants a seat to a client named `name`.
 async fn assert_grants(pool: &Pool, i: usize, name: &str) {
     let (code, body) = pool.checkout(i, name, 1).await;
-    assert_eq!(code, 200, "server {} refused {name}: {body}", pool.servers[i].id);
+    assert_eq!(
+        code, 200,
+        "server {} refused {name}: {body}",
+        pool.servers[i].id
+    );
 }
 
 /// Server `i` stops issuing for lack of quorum, and refuses a client named `name`.
@@ -68,11 +108,7 @@ async fn wait_until(what: &str, check: impl Fn() -> bool) {
 /// server, the leader lost, its client failing over, the leader returning.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn seed_worked_example_fig_5_to_11() {
-    let mut pool = start_pool(PoolSpec {
-        distribution: "A = 40\nB = 30\nC = 30\n",
-        ..PoolSpec::default()
-    })
-    .await;
+    let mut pool = start_pool(seed_001()).await;
     let (a, b, c) = (0, 1, 2);
     assert_eq!(
         pool.wait_leader(&[a, b, c]).await,
@@ -94,23 +130,14 @@ async fn seed_worked_example_fig_5_to_11() {
     pool.wait_status(a, "FIG. 5", fig([(40, 0), (30, 0), (30, 0)], 100))
         .await;
     // FIG. 6-8: a client on B, then C, then A.
-    let on_b = client(&pool, b, "client-b")
-        .checkout("app", "1.0", 1)
-        .await
-        .expect("B grants");
+    let on_b = seat_on(&pool, b, "client-b").await;
     assert_eq!(on_b.server_id(), "B");
     pool.wait_status(a, "FIG. 6", fig([(40, 0), (30, 1), (30, 0)], 99))
         .await;
-    let on_c = client(&pool, c, "client-c")
-        .checkout("app", "1.0", 1)
-        .await
-        .expect("C grants");
+    let on_c = seat_on(&pool, c, "client-c").await;
     pool.wait_status(a, "FIG. 7", fig([(40, 0), (30, 1), (30, 1)], 98))
         .await;
-    let on_a = client(&pool, a, "client-a")
-        .checkout("app", "1.0", 1)
-        .await
-        .expect("A grants");
+    let on_a = seat_on(&pool, a, "client-a").await;
     pool.wait_status(a, "FIG. 8", fig([(40, 1), (30, 1), (30, 1)], 97))
         .await;
 
@@ -164,15 +191,16 @@ async fn leader_killed_under_200_clients() {
     // With exactly 200 the last client to fail over was lost about one run
     // in four.
     const SEATS: u32 = 330;
-    let mut pool = start_pool(PoolSpec {
+    // The default lease (4 s, heartbeat 1 s).
+    let spec = PoolSpec {
         seats: SEATS,
-        lease_s: 4,
-        heartbeat_s: 1,
         ..PoolSpec::default()
-    })
-    .await;
-    let leader = pool.wait_leader(&[0, 1, 2]).await;
-    let seats = one_seat_each(&pool, CLIENTS).await;
+    };
+    let HeldPool {
+        mut pool,
+        leader,
+        seats,
+    } = held_pool(spec, CLIENTS).await;
     let killed = pool.servers[leader].id.clone();
     let on_killed: Vec<usize> = (0..CLIENTS)
         .filter(|&n| seats[n].server_id() == killed)
@@ -197,14 +225,11 @@ async fn leader_killed_under_200_clients() {
                 .map(|&n| (n, seats[n].state()))
                 .collect::<Vec<_>>()
         );
-        pending.retain(|&n| {
-            if seats[n].server_id() != killed {
-                regrant.push(killed_at.elapsed());
-                false
-            } else {
-                true
-            }
-        });
+        let (moved, still): (Vec<usize>, Vec<usize>) = pending
+            .iter()
+            .partition(|&&n| seats[n].server_id() != killed);
+        regrant.extend(moved.iter().map(|_| killed_at.elapsed()));
+        pending = still;
         let held: usize = seats
             .iter()
             .filter(|s| s.is_valid())
@@ -216,13 +241,7 @@ async fn leader_killed_under_200_clients() {
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    for seat in &seats {
-        assert!(
-            matches!(seat.state(), SeatState::Held { .. }),
-            "a seat was lost: {:?}",
-            seat.state()
-        );
-    }
+    assert_all_held(&seats);
     let status = pool
         .wait_status(new_leader, "all clients counted", |s| {
             survivors
@@ -340,11 +359,7 @@ async fn pool_of_five_serves_with_two_down_and_stops_with_three() {
 /// server added by it joins live and issues its seats; a stale file is refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pool_file_update_adds_a_server_live() {
-    let mut pool = start_pool(PoolSpec {
-        distribution: "A = 40\nB = 30\nC = 30\n",
-        ..PoolSpec::default()
-    })
-    .await;
+    let mut pool = start_pool(seed_001()).await;
     let leader = pool.wait_leader(&[0, 1, 2]).await;
     let follower = (leader + 1) % 3;
 
@@ -457,6 +472,7 @@ async fn peers_of_another_pool_are_refused() {
         .text()
         .await
         .expect("text");
+    let lines: Vec<&str> = metrics.lines().collect();
     for line in [
         "tessera_leader 1",
         "tessera_serving 1",
@@ -465,10 +481,7 @@ async fn peers_of_another_pool_are_refused() {
         "tessera_requests_total{endpoint=\"checkout\",outcome=\"ok\"} 1",
         "tessera_requests_total{endpoint=\"checkout\",outcome=\"count_above_limit\"} 1",
     ] {
-        assert!(
-            metrics.lines().any(|l| l == line),
-            "missing `{line}` in:\n{metrics}"
-        );
+        assert!(lines.contains(&line), "missing `{line}` in:\n{metrics}");
     }
 }
 
@@ -517,9 +530,8 @@ async fn restart_with_a_newer_pool_file_removes_a_server() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn snapshots_bring_back_servers_that_missed_purged_log() {
     let mut pool = start_pool(PoolSpec {
-        distribution: "A = 40\nB = 30\nC = 30\n",
         config_extra: "[timing]\nsnapshot_every_entries = 5\nlog_kept_after_snapshot = 0\n",
-        ..PoolSpec::default()
+        ..seed_001()
     })
     .await;
     let leader = pool.wait_leader(&[0, 1, 2]).await;

@@ -3,10 +3,10 @@
 
 use std::time::{Duration, Instant};
 
-use tessera_client::{ClientError, SeatGuard, SeatState};
+use tessera_client::{ClientError, SeatGuard};
 use tessera_testkit::{row, PoolSpec};
 
-use super::{client, one_seat_each, start_pool};
+use super::{assert_all_held, client, held_pool, start_pool, HeldPool};
 
 /// Seats in use over the whole pool, each server counting its own grants.
 async fn in_use_everywhere(pool: &tessera_testkit::Pool, live: &[usize]) -> Option<u32> {
@@ -29,15 +29,19 @@ async fn in_use_everywhere(pool: &tessera_testkit::Pool, live: &[usize]) -> Opti
 async fn no_ghost_seats_after_three_leader_kills() {
     const CLIENTS: usize = 100;
     const SEATS: u32 = 300;
-    let mut pool = start_pool(PoolSpec {
-        seats: SEATS,
-        lease_s: 30,
-        heartbeat_s: 1,
-        ..PoolSpec::default()
-    })
+    let HeldPool {
+        mut pool, seats, ..
+    } = held_pool(
+        PoolSpec {
+            seats: SEATS,
+            lease_s: 30,
+            heartbeat_s: 1,
+            ..PoolSpec::default()
+        },
+        CLIENTS,
+    )
     .await;
     let all = [0, 1, 2];
-    let seats = one_seat_each(&pool, CLIENTS).await;
     for round in 0..3 {
         let leader = pool.wait_leader(&all).await;
         let killed = pool.servers[leader].id.clone();
@@ -58,13 +62,7 @@ async fn no_ghost_seats_after_three_leader_kills() {
         // A few heartbeats with the old copies back on the returning server.
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
-    for seat in &seats {
-        assert!(
-            matches!(seat.state(), SeatState::Held { .. }),
-            "a seat was lost: {:?}",
-            seat.state()
-        );
-    }
+    assert_all_held(&seats);
     for seat in seats {
         seat.release().await.expect("check in");
     }
