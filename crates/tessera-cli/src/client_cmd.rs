@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use anyhow::{Context, Result};
-use tessera_client::{Admin, AdminChange, Client, ClientConfig, SeatState};
+use tessera_client::{Admin, AdminChange, Client, ClientConfig, ClientError, SeatState};
 
 use crate::view;
 
@@ -186,7 +186,17 @@ pub async fn admin(
 ) -> Result<()> {
     let mut config = ClientConfig::new(servers);
     config.request_timeout = ADMIN_REQUEST_TIMEOUT;
-    let installed = Admin::new(config, secret)?.change(&change).await?;
+    // In the administrator's terms, not the SDK's advice to a program.
+    let installed = match Admin::new(config, secret)?.change(&change).await {
+        Ok(installed) => installed,
+        Err(ClientError::Rejected { code, message }) => {
+            anyhow::bail!("refused ({code}): {message}")
+        }
+        Err(ClientError::NoServerReachable { last_error, .. }) => {
+            anyhow::bail!("no server made the change; last error: {last_error}")
+        }
+        Err(err) => return Err(err.into()),
+    };
     println!(
         "pool `{}` now runs pool file sequence {}",
         installed.pool_id, installed.sequence
