@@ -47,16 +47,18 @@ pub struct Pool {
     _one_at_a_time: Option<tokio::sync::MutexGuard<'static, ()>>,
 }
 
-/// Signs a code of feature `app` with the pool's vendor key into `out`, as a vendor would.
-pub fn sign_code(
-    tessera: &Path,
-    dir: &Path,
-    id: &str,
-    seats: u32,
-    lease_s: u32,
-    heartbeat_s: u32,
-    out: &str,
-) {
+/// A license code of feature `app`, signed with the pool's vendor key.
+pub struct CodeSpec<'a> {
+    pub id: &'a str,
+    pub seats: u32,
+    pub lease_s: u32,
+    pub heartbeat_s: u32,
+    /// The signed file, in the pool's directory.
+    pub out: &'a str,
+}
+
+/// Signs `code` with the vendor key in `dir`, as a vendor would.
+fn sign_code(tessera: &Path, dir: &Path, code: &CodeSpec) {
     run(
         tessera,
         &[
@@ -67,15 +69,15 @@ pub fn sign_code(
             "--feature",
             "app",
             "--id",
-            id,
+            code.id,
             "--seats",
-            &seats.to_string(),
+            &code.seats.to_string(),
             "--lease-s",
-            &lease_s.to_string(),
+            &code.lease_s.to_string(),
             "--heartbeat-interval-s",
-            &heartbeat_s.to_string(),
+            &code.heartbeat_s.to_string(),
             "--out",
-            out,
+            code.out,
         ],
         dir,
     );
@@ -138,15 +140,14 @@ impl Pool {
             &["vendor", "keygen", "--vendor", "acme", "--out", "."],
             path,
         );
-        sign_code(
-            tessera,
-            path,
-            "app-1",
-            spec.seats,
-            spec.lease_s,
-            spec.heartbeat_s,
-            "codes.lic",
-        );
+        let code = CodeSpec {
+            id: "app-1",
+            seats: spec.seats,
+            lease_s: spec.lease_s,
+            heartbeat_s: spec.heartbeat_s,
+            out: "codes.lic",
+        };
+        sign_code(tessera, path, &code);
         let public = std::fs::read_to_string(path.join("acme.pub")).expect("acme.pub");
         let mut pool = Pool {
             tessera: tessera.to_path_buf(),
@@ -214,6 +215,11 @@ impl Pool {
     /// Every server's index.
     pub fn all(&self) -> Vec<usize> {
         (0..self.servers.len()).collect()
+    }
+
+    /// Signs another code with the pool's vendor key.
+    pub fn sign_code(&self, code: CodeSpec) {
+        sign_code(&self.tessera, self.path(), &code);
     }
 
     pub fn path(&self) -> &Path {

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use tessera_proto::{DistributionRow, StatusResponse};
-use tessera_testkit::{sign_code, Pool, PoolSpec, PATIENCE};
+use tessera_testkit::{CodeSpec, Pool, PoolSpec, PATIENCE};
 
 const TESSERA: &str = env!("CARGO_BIN_EXE_tessera");
 
@@ -365,15 +365,13 @@ async fn admin_changes_reach_every_server_and_bad_ones_change_nothing() {
         assert!(stderr.contains(reason), "{args:?}: {stderr}");
     }
     // A tampered code is refused for its signature.
-    sign_code(
-        Path::new(TESSERA),
-        pool.path(),
-        "app-2",
-        20,
-        30,
-        10,
-        "more.lic",
-    );
+    pool.sign_code(CodeSpec {
+        id: "app-2",
+        seats: 20,
+        lease_s: 30,
+        heartbeat_s: 10,
+        out: "more.lic",
+    });
     let good = std::fs::read_to_string(pool.path().join("more.lic")).expect("codes");
     let tampered = good.replace("seats = 20", "seats = 21");
     std::fs::write(pool.path().join("tampered.lic"), tampered).expect("write");

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use tessera_client::{Client, ClientConfig, SeatGuard, SeatState};
 use tessera_testkit::{
-    one_pool_at_a_time, pool_available, row, server_entry, sign_code, Pool, PoolSpec, PATIENCE,
+    one_pool_at_a_time, pool_available, row, server_entry, CodeSpec, Pool, PoolSpec, PATIENCE,
 };
 
 mod recovery;
@@ -364,15 +364,13 @@ async fn pool_file_update_adds_a_server_live() {
     let follower = (leader + 1) % 3;
 
     // The vendor adds 10 seats for the new server.
-    sign_code(
-        Path::new(TESSERA),
-        pool.path(),
-        "app-2",
-        10,
-        4,
-        1,
-        "more.lic",
-    );
+    pool.sign_code(CodeSpec {
+        id: "app-2",
+        seats: 10,
+        lease_s: 4,
+        heartbeat_s: 1,
+        out: "more.lic",
+    });
     let d = pool.add_server("D", "pool2.toml");
     let text = std::fs::read_to_string(pool.path().join("pool.toml")).expect("pool file");
     let more = std::fs::read_to_string(pool.path().join("more.lic")).expect("codes");
