@@ -12,7 +12,7 @@ use anyhow::{Context, Result};
 use crate::extras::{Extras, ExtrasConfig};
 use crate::load::LoadConfig;
 use crate::peers::{EtcdTarget, Fsync, RedisTarget};
-use crate::report::Report;
+use crate::report::{table_head, Report};
 use crate::tessera::{NoopTarget, PoolTarget, Setup, TesseraServer};
 use crate::{Mode, SingleConfig};
 
@@ -99,16 +99,10 @@ pub async fn compare(config: &CompareConfig) -> Result<Comparison> {
     reports.push(crate::peers::measure(pool, &load, PoolTarget::cpu_time).await?);
 
     announce(2);
-    let setup = Setup {
-        seats: config.seats,
-        mode: Mode::Cycle,
-    };
-    let server = TesseraServer::start(&config.tessera, setup).await?;
+    let server = TesseraServer::start(&config.tessera, Setup::cycle(config.seats)).await?;
     let noop = Arc::new(NoopTarget { server });
     reports.push(crate::peers::measure(noop.clone(), &load, |t| t.server.cpu_time()).await?);
-    if let Ok(noop) = Arc::try_unwrap(noop) {
-        noop.server.stop().await?;
-    }
+    drop(noop);
 
     for (index, fsync) in [(3, Fsync::Always), (4, Fsync::Everysec)] {
         announce(index);
@@ -162,10 +156,6 @@ async fn version(binary: &str) -> String {
     }
 }
 
-fn ms(us: u32) -> String {
-    format!("{:.3}", f64::from(us) / 1_000.0)
-}
-
 /// The machine: cores, CPU model, kernel.
 fn machine() -> String {
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
@@ -209,11 +199,7 @@ impl Comparison {
             self.measure.as_secs(),
             self.warmup.as_secs(),
         );
-        let _ = writeln!(
-            out,
-            "| system | checkouts/s | p50 ms | p99 ms | p99.9 ms | errors | server CPU µs/cycle | tessera ÷ system |"
-        );
-        let _ = writeln!(out, "|---|--:|--:|--:|--:|--:|--:|--:|");
+        table_head(&mut out, "| system | checkouts/s | p50 ms | p99 ms | p99.9 ms | errors | server CPU µs/cycle | tessera ÷ system |", "|---|--:|--:|--:|--:|--:|--:|--:|");
         for report in &self.reports {
             let c = &report.checkout;
             let ratio = if rate(report) > 0.0 {
@@ -232,12 +218,10 @@ impl Comparison {
                 });
             let _ = writeln!(
                 out,
-                "| {} | {:.0} | {} | {} | {} | {} | {cpu} | {ratio} |",
+                "| {} | {:.0} | {} | {} | {cpu} | {ratio} |",
                 report.system,
                 c.per_s,
-                ms(c.p50_us),
-                ms(c.p99_us),
-                ms(c.p999_us),
+                c.tail_ms_cells(),
                 report.errors_total(),
             );
         }
@@ -273,8 +257,7 @@ impl Comparison {
                 .map(|peer| rate(tessera) / peer)
         };
         let _ = writeln!(out, "\n## Goals (DESIGN.md), from this run\n");
-        let _ = writeln!(out, "| goal | figure | verdict |");
-        let _ = writeln!(out, "|---|--:|---|");
+        table_head(&mut out, "| goal | figure | verdict |", "|---|--:|---|");
         if let Some(ratio) = ratio_to("etcd (3 nodes)") {
             let _ = writeln!(
                 out,

@@ -13,7 +13,7 @@ use anyhow::{Context, Result};
 use crate::failover::{FailoverConfig, FailoverResult};
 use crate::load::{FixedResult, LoadConfig};
 use crate::peers::{EtcdTarget, Fsync, RedisTarget};
-use crate::report::{Report, Stats};
+use crate::report::{ms, table_head, Report, Stats};
 use crate::svg::{Chart, Scale, Series};
 use crate::target::Target;
 use crate::tessera::{NoopTarget, Setup, TesseraServer, TesseraTarget};
@@ -142,14 +142,7 @@ pub async fn run(
     };
     let seats = 1_000_000;
     {
-        let server = TesseraServer::start(
-            tessera,
-            Setup {
-                seats,
-                mode: Mode::Cycle,
-            },
-        )
-        .await?;
+        let server = TesseraServer::start(tessera, Setup::cycle(seats)).await?;
         let target = Arc::new(TesseraTarget { server });
         for &clients in &config.sweep_clients {
             let report = crate::peers::measure(target.clone(), &sweep_load(clients), |t| {
@@ -158,17 +151,8 @@ pub async fn run(
             .await?;
             sweep.push(point("tessera", clients, &report));
         }
-        if let Ok(target) = Arc::try_unwrap(target) {
-            target.server.stop().await?;
-        }
-        let server = TesseraServer::start(
-            tessera,
-            Setup {
-                seats,
-                mode: Mode::Cycle,
-            },
-        )
-        .await?;
+        drop(target);
+        let server = TesseraServer::start(tessera, Setup::cycle(seats)).await?;
         let noop = Arc::new(NoopTarget { server });
         for &clients in &config.sweep_clients {
             let report =
@@ -176,9 +160,7 @@ pub async fn run(
                     .await?;
             sweep.push(point("tessera noop endpoint", clients, &report));
         }
-        if let Ok(noop) = Arc::try_unwrap(noop) {
-            noop.server.stop().await?;
-        }
+        drop(noop);
         for fsync in [Fsync::Always, Fsync::Everysec] {
             let redis = Arc::new(RedisTarget::start(fsync, seats).await?);
             let name = redis.name().to_string();
@@ -205,49 +187,16 @@ pub async fn run(
     let mut heartbeats = Vec::new();
     for &held in &config.heartbeat_held {
         let seats = u32::try_from(held * 2).unwrap_or(u32::MAX);
-        let server = TesseraServer::start(
-            tessera,
-            Setup {
-                seats,
-                mode: Mode::Hold,
-            },
-        )
-        .await?;
-        let target = Arc::new(TesseraTarget { server });
-        let result = crate::load::heartbeats(
-            target.clone(),
-            HELD_CLIENTS,
-            held,
-            Duration::from_millis(300),
-            config.heartbeat_measure,
-        )
-        .await?;
-        heartbeats.push(row("tessera", held, result));
-        if let Ok(target) = Arc::try_unwrap(target) {
-            target.server.stop().await?;
-        }
-        let redis = Arc::new(RedisTarget::start(Fsync::Always, seats).await?);
-        let result = crate::load::heartbeats(
-            redis.clone(),
-            HELD_CLIENTS,
-            held,
-            Duration::from_millis(300),
-            config.heartbeat_measure,
-        )
-        .await?;
-        heartbeats.push(row(redis.name(), held, result));
-        drop(redis);
+        let server = TesseraServer::start(tessera, Setup::hold(seats)).await?;
+        let measure = config.heartbeat_measure;
+        let tessera = TesseraTarget { server };
+        heartbeats.push(heartbeat_row("tessera", tessera, held, measure).await?);
+        let redis = RedisTarget::start(Fsync::Always, seats).await?;
+        let name = redis.name().to_string();
+        heartbeats.push(heartbeat_row(&name, redis, held, measure).await?);
         if held <= ETCD_HELD_MAX {
-            let etcd = Arc::new(EtcdTarget::start(seats).await?);
-            let result = crate::load::heartbeats(
-                etcd.clone(),
-                HELD_CLIENTS,
-                held,
-                Duration::from_millis(300),
-                config.heartbeat_measure,
-            )
-            .await?;
-            heartbeats.push(row("etcd (3 nodes)", held, result));
+            let etcd = EtcdTarget::start(seats).await?;
+            heartbeats.push(heartbeat_row("etcd (3 nodes)", etcd, held, measure).await?);
         }
     }
 
@@ -278,14 +227,7 @@ pub async fn run(
         progress,
         &format!("open loop at {rate:.0} checkouts/s (half of {peak:.0})"),
     );
-    let server = TesseraServer::start(
-        tessera,
-        Setup {
-            seats,
-            mode: Mode::Cycle,
-        },
-    )
-    .await?;
+    let server = TesseraServer::start(tessera, Setup::cycle(seats)).await?;
     let target = Arc::new(TesseraTarget { server });
     let result = crate::load::open_loop(
         target.clone(),
@@ -295,9 +237,7 @@ pub async fn run(
         config.open_loop_measure,
     )
     .await?;
-    if let Ok(target) = Arc::try_unwrap(target) {
-        target.server.stop().await?;
-    }
+    drop(target);
     let open_loop = OpenLoop {
         rate,
         peak,
@@ -339,6 +279,20 @@ fn point(system: &str, clients: usize, report: &Report) -> SweepPoint {
     }
 }
 
+/// `held` seats renewed by [`HELD_CLIENTS`] clients of `target`, which is
+/// stopped after.
+async fn heartbeat_row<T: Target>(
+    system: &str,
+    target: T,
+    held: u64,
+    measure: Duration,
+) -> Result<HeartbeatRow> {
+    let warmup = Duration::from_millis(300);
+    let result =
+        crate::load::heartbeats(Arc::new(target), HELD_CLIENTS, held, warmup, measure).await?;
+    Ok(row(system, held, result))
+}
+
 fn row(system: &str, held: u64, result: FixedResult) -> HeartbeatRow {
     HeartbeatRow {
         system: system.to_string(),
@@ -347,10 +301,6 @@ fn row(system: &str, held: u64, result: FixedResult) -> HeartbeatRow {
         first_error: result.first_error.clone(),
         stats: Stats::of(result.latencies_us, result.measured),
     }
-}
-
-fn ms(us: u32) -> String {
-    format!("{:.3}", f64::from(us) / 1_000.0)
 }
 
 impl Extras {
@@ -440,11 +390,7 @@ impl Extras {
              script, which renews a present holder; etcd: `/v3/lease/keepalive` (held seats up \
              to {ETCD_HELD_MAX} only: etcd grants about 300 a second).\n"
         );
-        let _ = writeln!(
-            out,
-            "| system | seats held | heartbeats/s | p50 ms | p99 ms | p99.9 ms | errors | tessera ÷ system |"
-        );
-        let _ = writeln!(out, "|---|--:|--:|--:|--:|--:|--:|--:|");
+        table_head(&mut out, "| system | seats held | heartbeats/s | p50 ms | p99 ms | p99.9 ms | errors | tessera ÷ system |", "|---|--:|--:|--:|--:|--:|--:|--:|");
         for h in &self.heartbeats {
             let tessera = self
                 .heartbeats
@@ -458,13 +404,11 @@ impl Extras {
             };
             let _ = writeln!(
                 out,
-                "| {} | {} | {:.0} | {} | {} | {} | {} | {ratio} |",
+                "| {} | {} | {:.0} | {} | {} | {ratio} |",
                 h.system,
                 h.held,
                 h.stats.per_s,
-                ms(h.stats.p50_us),
-                ms(h.stats.p99_us),
-                ms(h.stats.p999_us),
+                h.stats.tail_ms_cells(),
                 h.errors
             );
         }
@@ -478,16 +422,16 @@ impl Extras {
              Plots: `bench-results/cost-vs-seats.svg`, `bench-results/memory-per-seat.svg`.\n",
             self.scaling.active_seats_end
         );
-        let _ = writeln!(
-            out,
-            "| seats held | checkouts | p50 ms | p99 ms | p99.9 ms |"
+        table_head(
+            &mut out,
+            "| seats held | checkouts | p50 ms | p99 ms | p99.9 ms |",
+            "|---|--:|--:|--:|--:|",
         );
-        let _ = writeln!(out, "|---|--:|--:|--:|--:|");
         for range in &self.scaling.by_active_seats {
             let c = &range.checkout;
             let _ = writeln!(
                 out,
-                "| {} to {} | {} | {} | {} | {} |",
+                "| {} to {} | {} | {} |",
                 range.active_seats_from,
                 if range.active_seats_below == u64::MAX {
                     "more".to_string()
@@ -495,9 +439,7 @@ impl Extras {
                     (range.active_seats_below - 1).to_string()
                 },
                 c.count,
-                ms(c.p50_us),
-                ms(c.p99_us),
-                ms(c.p999_us)
+                c.tail_ms_cells()
             );
         }
         let _ = writeln!(
@@ -509,8 +451,11 @@ impl Extras {
                 .as_ref()
                 .map_or(String::new(), |e| format!("; first: {e}"))
         );
-        let _ = writeln!(out, "\n| seats held | resident bytes per seat |");
-        let _ = writeln!(out, "|--:|--:|");
+        table_head(
+            &mut out,
+            "\n| seats held | resident bytes per seat |",
+            "|--:|--:|",
+        );
         for (seats, per_seat) in self.bytes_per_seat() {
             let _ = writeln!(out, "| {seats} | {per_seat:.0} |");
         }
@@ -545,21 +490,14 @@ impl Extras {
              from when each checkout was due, so stalls are not hidden.\n",
             o.rate, o.peak, o.clients
         );
-        let _ = writeln!(
-            out,
-            "| checkouts | p50 ms | p99 ms | p99.9 ms | max ms | errors |"
+        table_head(
+            &mut out,
+            "| checkouts | p50 ms | p99 ms | p99.9 ms | max ms | errors |",
+            "|--:|--:|--:|--:|--:|--:|",
         );
-        let _ = writeln!(out, "|--:|--:|--:|--:|--:|--:|");
-        let _ = writeln!(
-            out,
-            "| {} | {} | {} | {} | {} | {} |",
-            o.stats.count,
-            ms(o.stats.p50_us),
-            ms(o.stats.p99_us),
-            ms(o.stats.p999_us),
-            ms(o.stats.max_us),
-            o.errors
-        );
+        let (stats, errors) = (&o.stats, o.errors);
+        let cells = stats.latency_ms_cells();
+        let _ = writeln!(out, "| {} | {cells} | {errors} |", stats.count);
 
         let _ = writeln!(out, "\n## Fail-over\n");
         let _ = writeln!(
@@ -570,8 +508,7 @@ impl Extras {
         out.push_str(&self.failover.markdown());
 
         let _ = writeln!(out, "\n## More goals, from this run\n");
-        let _ = writeln!(out, "| goal | figure | verdict |");
-        let _ = writeln!(out, "|---|--:|---|");
+        table_head(&mut out, "| goal | figure | verdict |", "|---|--:|---|");
         let _ = writeln!(
             out,
             "| p99 under 2 ms at half of peak load (open loop) | {} ms | {} |",

@@ -93,20 +93,14 @@ struct RunResult {
 }
 
 async fn one_run(tessera: &std::path::Path, args: &FailoverConfig) -> Result<RunResult> {
-    let mut pool = Pool::new(
-        tessera,
-        PoolSpec {
-            servers: 3,
-            seats: (args.clients as u32) * 3,
-            lease_s: args.heartbeat_s * 4,
-            heartbeat_s: args.heartbeat_s,
-            ..PoolSpec::default()
-        },
-    );
-    pool.spawn_all();
-    for i in 0..3 {
-        pool.wait_serving(i).await;
-    }
+    let spec = PoolSpec {
+        servers: 3,
+        seats: (args.clients as u32) * 3,
+        lease_s: args.heartbeat_s * 4,
+        heartbeat_s: args.heartbeat_s,
+        ..PoolSpec::default()
+    };
+    let mut pool = Pool::start(tessera, spec).await;
     let leader = pool.wait_leader(&[0, 1, 2]).await;
     let mut seats = Vec::new();
     for n in 0..args.clients {

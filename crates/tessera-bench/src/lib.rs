@@ -98,6 +98,26 @@ pub async fn single(config: &SingleConfig) -> Result<Report> {
 }
 
 /// The last `lines` lines of a process's log file, for an error message.
+/// Timeout of one benchmark request to any system (connection included);
+/// far above any latency worth measuring.
+pub(crate) const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+pub(crate) const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// An error with the last `lines` of its log unless `process` still runs.
+pub(crate) fn check_running(
+    name: &str,
+    process: &tessera_testkit::Process,
+    lines: usize,
+) -> anyhow::Result<()> {
+    match process.exited() {
+        None => Ok(()),
+        Some(status) => anyhow::bail!(
+            "{name} exited ({status}); its log:\n{}",
+            log_tail(process.log_path(), lines)
+        ),
+    }
+}
+
 pub(crate) fn log_tail(log: &std::path::Path, lines: usize) -> String {
     let text = std::fs::read_to_string(log).unwrap_or_default();
     let all: Vec<&str> = text.lines().collect();

@@ -39,17 +39,38 @@ enum Command {
     Compare(CompareArgs),
 }
 
+/// The closed-loop load, for each system measured.
 #[derive(clap::Args)]
-struct CompareArgs {
-    /// Concurrent clients of every system, each with its own connection.
+struct LoadArgs {
+    /// Concurrent clients, each with its own keep-alive connection.
     #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u64).range(1..=tessera_bench::load::CLIENTS_MAX as u64))]
     clients: u64,
-    /// Length of each system's measured part, after the warm-up.
+    /// Length of the measured part, after the warm-up.
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=SECONDS_MAX))]
     seconds: u64,
-    /// Warm-up of each system before measuring.
+    /// Warm-up before measuring: requests are sent but not counted.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(0..=60))]
     warmup_s: u64,
+}
+
+impl LoadArgs {
+    fn config(&self, mode: Mode, checkouts_max: u64, progress: bool) -> LoadConfig {
+        LoadConfig {
+            clients: self.clients as usize,
+            mode,
+            warmup: Duration::from_secs(self.warmup_s),
+            measure: Duration::from_secs(self.seconds),
+            checkouts_max,
+            active_seats_max: u64::MAX,
+            progress,
+        }
+    }
+}
+
+#[derive(clap::Args)]
+struct CompareArgs {
+    #[command(flatten)]
+    load: LoadArgs,
     /// Stop each system after this many measured checkouts, even before --seconds.
     #[arg(long, default_value_t = 10_000_000)]
     max_requests: u64,
@@ -70,28 +91,14 @@ struct CompareArgs {
     /// Seats held at the end of the scaling run.
     #[arg(long, default_value_t = 1_000_000, value_parser = clap::value_parser!(u64).range(100..=2_000_000))]
     scaling_seats: u64,
-    /// Do not redraw a progress line on stderr.
-    #[arg(long)]
-    no_progress: bool,
-    /// Threads of the load generator's runtime.
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=64))]
-    client_threads: u64,
-    /// The tessera binary (default: the one next to this executable).
-    #[arg(long)]
-    tessera: Option<PathBuf>,
+    #[command(flatten)]
+    run: RunArgs,
 }
 
 #[derive(clap::Args)]
 struct SingleArgs {
-    /// Concurrent clients, each with its own keep-alive connection.
-    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u64).range(1..=tessera_bench::load::CLIENTS_MAX as u64))]
-    clients: u64,
-    /// Length of the measured part, after the warm-up.
-    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=SECONDS_MAX))]
-    seconds: u64,
-    /// Warm-up before measuring: requests are sent but not counted.
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(0..=60))]
-    warmup_s: u64,
+    #[command(flatten)]
+    load: LoadArgs,
     /// Stop after this many measured checkouts, even before --seconds.
     #[arg(long, default_value_t = 1_000_000)]
     max_requests: u64,
@@ -108,12 +115,19 @@ struct SingleArgs {
     /// Print the results as JSON instead of a Markdown table.
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+/// How the benchmark itself runs.
+#[derive(clap::Args)]
+struct RunArgs {
     /// Do not redraw a progress line on stderr.
     #[arg(long)]
     no_progress: bool,
-    /// Threads of the load generator's runtime. The server and the load
+    /// Threads of the load generator's runtime. The servers and the load
     /// generator share the machine's cores; fewer threads here leave more to
-    /// the server.
+    /// the servers.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=64))]
     client_threads: u64,
     /// The tessera binary (default: the one next to this executable).
@@ -141,28 +155,34 @@ fn run(cli: Cli) -> Result<bool> {
     }
 }
 
-fn compare(args: CompareArgs) -> Result<bool> {
-    let tessera = match args.tessera {
-        // Absolute: pools of servers run it from their own directories.
+/// The tessera binary given, made absolute (pools of servers run it from
+/// their own directories), or the one next to this executable.
+fn tessera_binary(given: Option<PathBuf>) -> Result<PathBuf> {
+    match given {
         Some(path) => std::fs::canonicalize(&path)
-            .with_context(|| format!("no tessera binary at {}", path.display()))?,
-        None => tessera_bench::tessera::binary_next_to_this_exe()?,
-    };
+            .with_context(|| format!("no tessera binary at {}", path.display())),
+        None => tessera_bench::tessera::binary_next_to_this_exe(),
+    }
+}
+
+/// The load generator's runtime.
+fn runtime(threads: u64) -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads as usize)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+fn compare(args: CompareArgs) -> Result<bool> {
+    let tessera = tessera_binary(args.run.tessera)?;
     let mut config = if args.smoke {
         CompareConfig::smoke(tessera)
     } else {
         CompareConfig {
             tessera,
             seats: 1_000_000,
-            load: LoadConfig {
-                clients: args.clients as usize,
-                mode: Mode::Cycle,
-                warmup: Duration::from_secs(args.warmup_s),
-                measure: Duration::from_secs(args.seconds),
-                checkouts_max: args.max_requests,
-                active_seats_max: u64::MAX,
-                progress: true,
-            },
+            load: args.load.config(Mode::Cycle, args.max_requests, true),
             extras: Some(tessera_bench::extras::ExtrasConfig {
                 failover_runs: args.failover_runs as usize,
                 scaling_seats: args.scaling_seats,
@@ -173,12 +193,8 @@ fn compare(args: CompareArgs) -> Result<bool> {
     if args.main_only {
         config.extras = None;
     }
-    config.load.progress = !args.no_progress;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(args.client_threads as usize)
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
+    config.load.progress = !args.run.no_progress;
+    let runtime = runtime(args.run.client_threads)?;
     let comparison = runtime.block_on(async {
         tokio::select! {
             comparison = tessera_bench::compare::compare(&config) => comparison,
@@ -214,14 +230,9 @@ fn compare(args: CompareArgs) -> Result<bool> {
 }
 
 fn single(args: SingleArgs) -> Result<bool> {
-    let tessera = match args.tessera {
-        // Absolute: pools of servers run it from their own directories.
-        Some(path) => std::fs::canonicalize(&path)
-            .with_context(|| format!("no tessera binary at {}", path.display()))?,
-        None => tessera_bench::tessera::binary_next_to_this_exe()?,
-    };
+    let tessera = tessera_binary(args.run.tessera)?;
     let lease_s = u64::from(tessera_bench::tessera::HOLD_LEASE_S);
-    if args.mode == Mode::Hold && args.warmup_s + args.seconds >= lease_s {
+    if args.mode == Mode::Hold && args.load.warmup_s + args.load.seconds >= lease_s {
         bail!(
             "--mode hold runs must be shorter than the {lease_s} s lease of the benchmark code, \
              or held seats lapse during the run"
@@ -231,28 +242,18 @@ fn single(args: SingleArgs) -> Result<bool> {
         let mut config = SingleConfig::smoke(tessera);
         config.seats = args.hard_limit;
         config.load.mode = args.mode;
-        config.load.progress = !args.no_progress;
+        config.load.progress = !args.run.no_progress;
         config
     } else {
         SingleConfig {
             tessera,
             seats: args.hard_limit,
-            load: LoadConfig {
-                clients: args.clients as usize,
-                mode: args.mode,
-                warmup: Duration::from_secs(args.warmup_s),
-                measure: Duration::from_secs(args.seconds),
-                checkouts_max: args.max_requests,
-                active_seats_max: u64::MAX,
-                progress: !args.no_progress,
-            },
+            load: args
+                .load
+                .config(args.mode, args.max_requests, !args.run.no_progress),
         }
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(args.client_threads as usize)
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
+    let runtime = runtime(args.run.client_threads)?;
     let report = runtime.block_on(async {
         tokio::select! {
             report = tessera_bench::single(&config) => report,

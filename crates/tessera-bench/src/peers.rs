@@ -4,27 +4,24 @@
 //! when done (on drop, and on Linux when the benchmark dies).
 
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
 use serde_json::{json, Value};
-use tokio::process::{Child, Command};
+use tessera_testkit::{die_with_parent, free_port, Process};
 
 use crate::http1::Connection;
 use crate::target::{Checkout, OpError, Session, Target};
-use crate::tessera::{die_with_parent, free_port};
+use crate::{CONNECT_TIMEOUT, REQUEST_TIMEOUT};
 
 /// What to run when a peer's binary is missing.
 pub const INSTALL_HINT: &str = "install the peers first: bash scripts/install-bench-peers.sh";
 /// Longest wait for a peer to answer after it starts.
 const READY_TIMEOUT: Duration = Duration::from_secs(20);
 const READY_POLL_INTERVAL: Duration = Duration::from_millis(50);
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// Lease of a seat in the peers' semaphores, as in Tessera's cycle runs.
 const LEASE_S: u64 = 60;
 /// Lines of a peer's log shown when it fails.
@@ -40,64 +37,30 @@ pub fn find_binary(name: &str) -> Result<PathBuf> {
 }
 
 /// One peer process with its log file.
-struct Process {
+struct Peer {
     name: String,
-    pid: u32,
-    log: PathBuf,
-    child: Mutex<Child>,
+    process: Process,
 }
 
-impl Process {
-    fn start(name: &str, binary: &Path, args: &[String], dir: &Path) -> Result<Process> {
-        let log = dir.join(format!("{name}.log"));
-        let log_file = std::fs::File::create(&log)
-            .with_context(|| format!("cannot create {}", log.display()))?;
-        let mut command = Command::new(binary);
-        command
-            .args(args)
-            .current_dir(dir)
-            .stdin(Stdio::null())
-            .stdout(log_file.try_clone()?)
-            .stderr(log_file)
-            .kill_on_drop(true);
+impl Peer {
+    fn start(name: &str, binary: &Path, args: &[String], dir: &Path) -> Result<Peer> {
+        let mut command = std::process::Command::new(binary);
+        command.args(args).current_dir(dir);
         die_with_parent(&mut command);
-        let child = command
-            .spawn()
+        let process = Process::start(command, &dir.join(format!("{name}.log")))
             .with_context(|| format!("cannot start {}", binary.display()))?;
-        let pid = child
-            .id()
-            .with_context(|| format!("{name} exited at once"))?;
-        Ok(Process {
+        Ok(Peer {
             name: name.to_string(),
-            pid,
-            log,
-            child: Mutex::new(child),
+            process,
         })
     }
 
     fn check_running(&self) -> Result<()> {
-        let exited = {
-            let mut child = self.child.lock().unwrap_or_else(|p| p.into_inner());
-            child
-                .try_wait()
-                .with_context(|| format!("cannot check {}", self.name))?
-        };
-        if let Some(status) = exited {
-            bail!(
-                "{} exited ({status}); its log:\n{}",
-                self.name,
-                self.log_tail()
-            );
-        }
-        Ok(())
-    }
-
-    fn log_tail(&self) -> String {
-        crate::log_tail(&self.log, LOG_TAIL_LINES)
+        crate::check_running(&self.name, &self.process, LOG_TAIL_LINES)
     }
 
     fn cpu_time(&self) -> Option<Duration> {
-        crate::cpu::process_cpu_time(self.pid)
+        crate::cpu::process_cpu_time(self.process.pid())
     }
 }
 
@@ -155,7 +118,7 @@ pub struct RedisTarget {
     url: String,
     seats: u32,
     script_sha: String,
-    process: Process,
+    process: Peer,
     _dir: tempfile::TempDir,
 }
 
@@ -163,7 +126,7 @@ impl RedisTarget {
     pub async fn start(fsync: Fsync, seats: u32) -> Result<RedisTarget> {
         let binary = find_binary("redis-server")?;
         let dir = temp_dir("tessera-bench-redis-")?;
-        let port = free_port()?;
+        let port = free_port().context("cannot bind loopback")?;
         let args: Vec<String> = [
             "--port",
             &port.to_string(),
@@ -185,7 +148,7 @@ impl RedisTarget {
         .iter()
         .map(|arg| arg.to_string())
         .collect();
-        let process = Process::start("redis-server", &binary, &args, dir.path())?;
+        let process = Peer::start("redis-server", &binary, &args, dir.path())?;
         let url = format!("redis://127.0.0.1:{port}/");
         let client = redis::Client::open(url.as_str()).context("bad Redis URL")?;
         let deadline = tokio::time::Instant::now() + READY_TIMEOUT;
@@ -340,7 +303,7 @@ const ETCD_PREFIX: &str = "tessera-bench/semaphore/";
 pub struct EtcdTarget {
     client_addresses: Vec<String>,
     seats: u32,
-    members: Vec<Process>,
+    members: Vec<Peer>,
     _dir: tempfile::TempDir,
 }
 
@@ -351,8 +314,8 @@ impl EtcdTarget {
         let mut client_ports = Vec::new();
         let mut peer_ports = Vec::new();
         for _ in 0..ETCD_MEMBERS {
-            client_ports.push(free_port()?);
-            peer_ports.push(free_port()?);
+            client_ports.push(free_port().context("cannot bind loopback")?);
+            peer_ports.push(free_port().context("cannot bind loopback")?);
         }
         let initial_cluster = peer_ports
             .iter()
@@ -388,7 +351,7 @@ impl EtcdTarget {
                 "--log-level".into(),
                 "warn".into(),
             ];
-            members.push(Process::start(
+            members.push(Peer::start(
                 &format!("etcd-{name}"),
                 &binary,
                 &args,
@@ -432,7 +395,7 @@ impl EtcdTarget {
     pub fn cpu_time(&self) -> Option<Duration> {
         self.members
             .iter()
-            .map(Process::cpu_time)
+            .map(Peer::cpu_time)
             .sum::<Option<Duration>>()
     }
 }
@@ -456,7 +419,7 @@ impl Target for EtcdTarget {
     }
 
     fn check_alive(&self) -> Result<()> {
-        self.members.iter().try_for_each(Process::check_running)
+        self.members.iter().try_for_each(Peer::check_running)
     }
 }
 

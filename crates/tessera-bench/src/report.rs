@@ -43,6 +43,21 @@ impl Stats {
         }
     }
 
+    /// The p50, p99 and p99.9 latencies in ms, as cells of a Markdown row.
+    pub(crate) fn tail_ms_cells(&self) -> String {
+        format!(
+            "{} | {} | {}",
+            ms(self.p50_us),
+            ms(self.p99_us),
+            ms(self.p999_us)
+        )
+    }
+
+    /// [`Stats::tail_ms_cells`] and the maximum.
+    pub(crate) fn latency_ms_cells(&self) -> String {
+        format!("{} | {}", self.tail_ms_cells(), ms(self.max_us))
+    }
+
     fn to_json(&self) -> serde_json::Value {
         json!({
             "count": self.count,
@@ -187,61 +202,48 @@ impl Report {
 
     pub fn markdown(&self) -> String {
         let mut out = String::new();
-        let _ = writeln!(
-            out,
-            "| system | mode | clients | checkouts/s | p50 ms | p99 ms | p99.9 ms | max ms | denied | errors |"
-        );
-        let _ = writeln!(out, "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|");
+        table_head(&mut out, "| system | mode | clients | checkouts/s | p50 ms | p99 ms | p99.9 ms | max ms | denied | errors |", "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|");
         let c = &self.checkout;
         let _ = writeln!(
             out,
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} |",
             self.system,
             self.mode.as_str(),
             self.clients,
             thousands(c.per_s.round() as u64),
-            ms(c.p50_us),
-            ms(c.p99_us),
-            ms(c.p999_us),
-            ms(c.max_us),
+            c.latency_ms_cells(),
             self.denied,
             self.errors_total()
         );
         if let Some(c) = &self.checkin {
-            let _ = writeln!(
-                out,
-                "\n| system | clients | checkins/s | p50 ms | p99 ms | p99.9 ms | max ms |"
+            table_head(
+                &mut out,
+                "\n| system | clients | checkins/s | p50 ms | p99 ms | p99.9 ms | max ms |",
+                "|---|--:|--:|--:|--:|--:|--:|",
             );
-            let _ = writeln!(out, "|---|--:|--:|--:|--:|--:|--:|");
             let _ = writeln!(
                 out,
-                "| {} | {} | {} | {} | {} | {} | {} |",
+                "| {} | {} | {} | {} |",
                 self.system,
                 self.clients,
                 thousands(c.per_s.round() as u64),
-                ms(c.p50_us),
-                ms(c.p99_us),
-                ms(c.p999_us),
-                ms(c.max_us),
+                c.latency_ms_cells(),
             );
         }
         if !self.by_active_seats.is_empty() {
-            let _ = writeln!(
-                out,
-                "\n| active seats | checkouts | p50 ms | p99 ms | p99.9 ms | max ms |"
+            table_head(
+                &mut out,
+                "\n| active seats | checkouts | p50 ms | p99 ms | p99.9 ms | max ms |",
+                "|---|--:|--:|--:|--:|--:|",
             );
-            let _ = writeln!(out, "|---|--:|--:|--:|--:|--:|");
             for range in &self.by_active_seats {
                 let c = &range.checkout;
                 let _ = writeln!(
                     out,
-                    "| {} | {} | {} | {} | {} | {} |",
+                    "| {} | {} | {} |",
                     range_label(range),
                     thousands(c.count),
-                    ms(c.p50_us),
-                    ms(c.p99_us),
-                    ms(c.p999_us),
-                    ms(c.max_us),
+                    c.latency_ms_cells(),
                 );
             }
         }
@@ -360,8 +362,16 @@ fn range_label(range: &ActiveSeatsRange) -> String {
     }
 }
 
+/// A Markdown table's header and alignment rows.
+pub(crate) fn table_head(out: &mut String, header: &str, alignment: &str) {
+    out.push_str(header);
+    out.push('\n');
+    out.push_str(alignment);
+    out.push('\n');
+}
+
 /// Microseconds as milliseconds with three decimals.
-fn ms(us: u32) -> String {
+pub(crate) fn ms(us: u32) -> String {
     format!("{}.{:03}", us / 1000, us % 1000)
 }
 

@@ -4,20 +4,19 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Output, Stdio};
-use std::sync::Mutex;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use serde::Deserialize;
-use tessera_client::{Client, ClientConfig};
 use tessera_proto::{
     self as proto, CheckinRequest, CheckoutRequest, ErrorBody, ErrorCode, HeartbeatRequest,
 };
-use tokio::process::{Child, Command};
+use tessera_testkit::{die_with_parent, server_command, NotReady, Process, ServerConfig};
+use tokio::process::Command;
 
 use crate::http1::Connection;
 use crate::target::{Checkout, OpError, Session, Target};
 use crate::Mode;
+use crate::{CONNECT_TIMEOUT, REQUEST_TIMEOUT};
 
 /// What a misplaced binary is told to do.
 pub const BUILD_HINT: &str = "build it first: cargo build --release -p tessera-cli";
@@ -25,12 +24,6 @@ pub const BUILD_HINT: &str = "build it first: cargo build --release -p tessera-c
 const CLI_TIMEOUT: Duration = Duration::from_secs(30);
 /// Longest wait for the server to answer `serving` after it starts.
 const SERVER_READY_TIMEOUT: Duration = Duration::from_secs(15);
-/// Pause between two readiness polls.
-const READY_POLL_INTERVAL: Duration = Duration::from_millis(50);
-/// Timeout of one benchmark request (connection included); far above any
-/// latency worth measuring.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Lines of the server log shown when it fails.
 const LOG_TAIL_LINES: usize = 30;
 /// The feature every benchmark checkout asks for.
@@ -52,6 +45,20 @@ pub struct Setup {
 }
 
 impl Setup {
+    pub fn cycle(seats: u32) -> Setup {
+        Setup {
+            seats,
+            mode: Mode::Cycle,
+        }
+    }
+
+    pub fn hold(seats: u32) -> Setup {
+        Setup {
+            seats,
+            mode: Mode::Hold,
+        }
+    }
+
     fn lease_s(self) -> u32 {
         match self.mode {
             Mode::Cycle => CYCLE_LEASE_S,
@@ -79,23 +86,13 @@ pub fn binary_next_to_this_exe() -> Result<PathBuf> {
     Ok(path)
 }
 
-/// `bench.pub` as written by `tessera vendor keygen` (it also holds `key_id`,
-/// which the config does not need).
-#[derive(Deserialize)]
-struct PublicKeyFile {
-    vendor: String,
-    public_key: String,
-}
-
 /// A running `tessera server` in a temporary directory. Dropping it kills
 /// the process; on Linux the process also dies when the thread that started
 /// it ends, so that Ctrl-C or a crash of the benchmark leaves no server behind.
 pub struct TesseraServer {
     /// HTTP address, `127.0.0.1:PORT`.
     pub address: String,
-    pid: u32,
-    log: PathBuf,
-    child: Mutex<Child>,
+    process: Process,
     /// Declared last so that it is removed after the child is killed.
     _dir: tempfile::TempDir,
 }
@@ -117,31 +114,13 @@ impl TesseraServer {
             .context("cannot make a temporary directory")?;
         let root = dir.path();
         let address = write_setup(tessera, root, setup).await?;
-        let log = root.join("server.log");
-        let log_file = std::fs::File::create(&log)
-            .with_context(|| format!("cannot create {}", log.display()))?;
-        let mut command = Command::new(tessera);
-        command
-            .arg("server")
-            .arg("--config")
-            .arg(root.join("tessera.toml"))
-            .arg("--new-pool")
-            .current_dir(root)
-            .env("TESSERA_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(log_file.try_clone()?)
-            .stderr(log_file)
-            .kill_on_drop(true);
+        let mut command = server_command(tessera, &root.join("tessera.toml"), &["--new-pool"]);
+        command.env("TESSERA_LOG", "warn");
         die_with_parent(&mut command);
-        let child = command
-            .spawn()
-            .with_context(|| format!("cannot start {} server", tessera.display()))?;
-        let pid = child.id().context("the server exited at once")?;
         let server = TesseraServer {
             address,
-            pid,
-            log,
-            child: Mutex::new(child),
+            process: Process::start(command, &root.join("server.log"))
+                .with_context(|| format!("cannot start {} server", tessera.display()))?,
             _dir: dir,
         };
         server.wait_serving().await?;
@@ -150,43 +129,38 @@ impl TesseraServer {
 
     /// Polls `/v1/status` (bounded) until the server says it is serving.
     async fn wait_serving(&self) -> Result<()> {
-        let client = Client::new(ClientConfig::new([self.address.as_str()]))?;
-        let deadline = tokio::time::Instant::now() + SERVER_READY_TIMEOUT;
-        let mut last = String::from("no answer yet");
-        while tokio::time::Instant::now() < deadline {
-            self.check_running()?;
-            match client.status().await {
-                Ok(status) if status.server.state == "serving" => return Ok(()),
-                Ok(status) => last = format!("state `{}`", status.server.state),
-                Err(err) => last = err.to_string(),
-            }
-            tokio::time::sleep(READY_POLL_INTERVAL).await;
+        let http = tessera_testkit::http_client(REQUEST_TIMEOUT);
+        let serving = self
+            .process
+            .wait_status(&http, &self.address, SERVER_READY_TIMEOUT, |status| {
+                status.server.state == "serving"
+            })
+            .await;
+        match serving {
+            Ok(_) => Ok(()),
+            Err(NotReady::Exited(_)) => self.check_running(),
+            Err(NotReady::TimedOut { last }) => bail!(
+                "the server at {} did not serve within {SERVER_READY_TIMEOUT:?} ({last}); its log:\n{}",
+                self.address,
+                self.log_tail()
+            ),
         }
-        bail!(
-            "the server at {} did not serve within {SERVER_READY_TIMEOUT:?} ({last}); its log:\n{}",
-            self.address,
-            self.log_tail()
-        )
     }
 
     /// How many grants the server holds now.
     pub async fn grants_total(&self) -> Result<u64> {
-        let client = Client::new(ClientConfig::new([self.address.as_str()]))?;
-        Ok(client
-            .status()
+        let http = tessera_testkit::http_client(REQUEST_TIMEOUT);
+        let status = tessera_testkit::status(&http, &self.address)
             .await
-            .context("the server did not answer /v1/status")?
-            .grants_total)
+            .map_err(anyhow::Error::msg)
+            .context("the server did not answer /v1/status")?;
+        Ok(status.grants_total)
     }
 
     /// The longest time between two quota renewals so far, from `/metrics`.
     pub async fn quota_renewal_gap_max_ms(&self) -> Option<u64> {
         let url = format!("http://{}/metrics", self.address);
-        let http = reqwest::Client::builder()
-            .no_proxy()
-            .timeout(Duration::from_secs(5))
-            .build()
-            .ok()?;
+        let http = tessera_testkit::http_client(Duration::from_secs(5));
         let text = http.get(url).send().await.ok()?.text().await.ok()?;
         text.lines()
             .find_map(|line| line.strip_prefix("tessera_quota_renewal_gap_max_ms "))?
@@ -197,7 +171,8 @@ impl TesseraServer {
 
     /// Resident memory of the server process, in bytes (Linux `/proc`).
     pub fn resident_bytes(&self) -> Option<u64> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid)).ok()?;
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.process.pid())).ok()?;
         let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
         let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
         Some(kib * 1024)
@@ -205,53 +180,23 @@ impl TesseraServer {
 
     /// CPU time (user and system) the server process has used so far (Linux `/proc`).
     pub fn cpu_time(&self) -> Option<Duration> {
-        crate::cpu::process_cpu_time(self.pid)
+        crate::cpu::process_cpu_time(self.process.pid())
     }
 
     fn check_running(&self) -> Result<()> {
-        let exited = {
-            let mut child = self.child.lock().unwrap_or_else(|p| p.into_inner());
-            child
-                .try_wait()
-                .context("cannot check the server process")?
-        };
-        if let Some(status) = exited {
-            bail!(
-                "the tessera server exited ({status}); its log:\n{}",
-                self.log_tail()
-            );
-        }
-        Ok(())
+        crate::check_running("the tessera server", &self.process, LOG_TAIL_LINES)
     }
 
     fn log_tail(&self) -> String {
-        crate::log_tail(&self.log, LOG_TAIL_LINES)
+        crate::log_tail(self.process.log_path(), LOG_TAIL_LINES)
     }
 
     /// Kills the server and waits for it to be gone.
     pub async fn stop(self) -> Result<()> {
-        let mut child = self.child.into_inner().unwrap_or_else(|p| p.into_inner());
-        child.kill().await.context("cannot kill the server")
+        self.process.kill();
+        Ok(())
     }
 }
-
-/// On Linux, the server gets SIGKILL when the thread that started it ends,
-/// so that a benchmark stopped by Ctrl-C or a crash leaves no server behind.
-#[cfg(target_os = "linux")]
-pub(crate) fn die_with_parent(command: &mut Command) {
-    // SAFETY: prctl is async-signal-safe and touches only the new process.
-    unsafe {
-        command.pre_exec(|| {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-}
-
-#[cfg(not(target_os = "linux"))]
-pub(crate) fn die_with_parent(_command: &mut Command) {}
 
 /// Makes the vendor key, the license code, the pool file and the config in
 /// `dir` with the CLI; returns the server's address.
@@ -291,20 +236,24 @@ async fn write_setup(tessera: &Path, dir: &Path, setup: Setup) -> Result<String>
     .await?;
     let codes = read(&codes_path)?;
     let public_path = dir.join("bench.pub");
-    let public: PublicKeyFile = toml::from_str(&read(&public_path)?)
+    let public_key = tessera_testkit::public_key_of(&read(&public_path)?)
         .with_context(|| format!("{} is not a vendor public key file", public_path.display()))?;
 
-    let address = format!("127.0.0.1:{}", free_port()?);
-    let pool = format!(
-        "pool_id = \"bench\"\nsequence = 1\n\n[[servers]]\nid = \"A\"\naddress = \"{address}\"\n\n{codes}"
-    );
+    let address = tessera_testkit::free_address().context("cannot bind loopback")?;
+    let pool = tessera_testkit::pool_file_head("bench")
+        + &tessera_testkit::server_entry("A", &address)
+        + &codes;
     write(&dir.join("pool.toml"), &pool)?;
-    let config = format!(
-        "server_id = \"A\"\npool_file = \"pool.toml\"\ndata_dir = \"data\"\n\n\
-         [[vendors]]\nname = \"{}\"\npublic_key = \"{}\"\n",
-        public.vendor, public.public_key
-    );
-    write(&dir.join("tessera.toml"), &config)?;
+    let config = ServerConfig {
+        server_id: "A",
+        pool_file: "pool.toml",
+        data_dir: "data",
+        top: "",
+        vendor: "bench",
+        public_key: &public_key,
+        tables: "",
+    };
+    write(&dir.join("tessera.toml"), &config.text())?;
     Ok(address)
 }
 
@@ -341,12 +290,6 @@ fn read(path: &Path) -> Result<String> {
 
 fn write(path: &Path, text: &str) -> Result<()> {
     std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))
-}
-
-/// A loopback port nothing listens on right now.
-pub(crate) fn free_port() -> Result<u16> {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").context("cannot bind loopback")?;
-    Ok(listener.local_addr()?.port())
 }
 
 /// The benchmark's view of a Tessera server.
@@ -432,16 +375,8 @@ impl Session for TesseraSession {
     type Hold = TesseraHold;
 
     async fn checkout(&mut self, holder: u64) -> Result<Checkout<TesseraHold>, OpError> {
-        let client_id = format!("bench-{holder}");
-        let body = CheckoutRequest {
-            client_id: client_id.clone(),
-            user: "bench".into(),
-            host: "localhost".into(),
-            feature: self.feature.into(),
-            version: "1.0".into(),
-            count: 1,
-            answer_within_ms: None,
-        };
+        let body = checkout_request(holder, self.feature);
+        let client_id = body.client_id.clone();
         match self.post::<_, proto::Grant>(CHECKOUT_PATH, &body).await {
             Ok(grant) => Ok(Checkout::Granted(TesseraHold {
                 grant_id: grant.grant_id,
@@ -479,6 +414,19 @@ impl Session for TesseraSession {
             .await
             .map(|_| ())
             .map_err(OpError::from)
+    }
+}
+
+/// One seat of `feature` for the benchmark's client number `holder`.
+fn checkout_request(holder: u64, feature: &str) -> CheckoutRequest {
+    CheckoutRequest {
+        client_id: format!("bench-{holder}"),
+        user: "bench".into(),
+        host: "localhost".into(),
+        feature: feature.into(),
+        version: "1.0".into(),
+        count: 1,
+        answer_within_ms: None,
     }
 }
 
@@ -532,15 +480,7 @@ pub struct NoopSession(TesseraSession);
 
 impl NoopSession {
     async fn noop(&mut self, holder: u64) -> Result<(), OpError> {
-        let body = CheckoutRequest {
-            client_id: format!("bench-{holder}"),
-            user: "bench".into(),
-            host: "localhost".into(),
-            feature: FEATURE.into(),
-            version: "1.0".into(),
-            count: 1,
-            answer_within_ms: None,
-        };
+        let body = checkout_request(holder, FEATURE);
         self.0
             .post::<_, proto::Grant>(NOOP_PATH, &body)
             .await
@@ -586,24 +526,15 @@ impl PoolTarget {
                 tessera.display()
             )
         })?;
-        let mut pool = tessera_testkit::Pool::new(
-            &tessera,
-            tessera_testkit::PoolSpec {
-                servers: POOL_SERVERS,
-                seats,
-                distribution: "",
-                lease_s: CYCLE_LEASE_S,
-                heartbeat_s: HEARTBEAT_INTERVAL_S,
-                extra: "",
-                config_extra: "",
-            },
-        );
-        pool.spawn_all();
-        for index in 0..POOL_SERVERS {
-            pool.wait_serving(index).await;
-        }
-        let all: Vec<usize> = (0..POOL_SERVERS).collect();
-        pool.wait_leader(&all).await;
+        let spec = tessera_testkit::PoolSpec {
+            servers: POOL_SERVERS,
+            seats,
+            lease_s: CYCLE_LEASE_S,
+            heartbeat_s: HEARTBEAT_INTERVAL_S,
+            ..tessera_testkit::PoolSpec::default()
+        };
+        let pool = tessera_testkit::Pool::start(&tessera, spec).await;
+        pool.wait_leader(&pool.all()).await;
         Ok(PoolTarget { pool })
     }
 

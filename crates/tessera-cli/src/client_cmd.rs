@@ -1,7 +1,9 @@
 //! `tessera status|checkout|checkin`: the SDK driven from the command line.
 
+use std::path::Path;
+
 use anyhow::{Context, Result};
-use tessera_client::{Client, ClientConfig, SeatState};
+use tessera_client::{Admin, AdminChange, Client, ClientConfig, ClientError, SeatState};
 
 use crate::view;
 
@@ -106,35 +108,23 @@ pub async fn checkin(servers: Vec<String>, grant_id: String, client_id: String) 
     Ok(())
 }
 
-/// Sends a pool file to the first server that answers; it forwards it to the leader.
-pub async fn update_pool_file(
-    servers: Vec<String>,
-    file: std::path::PathBuf,
-    secret: Option<String>,
-) -> Result<()> {
-    let text = std::fs::read_to_string(&file)
-        .with_context(|| format!("cannot read {}", file.display()))?;
+/// `tessera admin update-pool-file FILE`: the pool file, checked as the servers will.
+pub fn pool_file_change(file: &Path) -> Result<AdminChange> {
+    let text = read(file)?;
     let pool = tessera_core::PoolFile::parse(&text)
         .with_context(|| format!("{} is not a valid pool file", file.display()))?;
-    let body = tessera_proto::PoolFileUpdate { text };
-    admin_post(
-        &servers,
-        Some(pool.pool_id),
-        "/v1/admin/pool-file",
-        &body,
-        secret,
-    )
-    .await
+    Ok(AdminChange::PoolFile {
+        pool_id: pool.pool_id,
+        update: tessera_proto::PoolFileUpdate { text },
+    })
 }
 
 /// `tessera admin set-distribution FEATURE A=40,B=30,C=30`.
-pub async fn set_distribution(
-    servers: Vec<String>,
+pub fn distribution_change(
     feature: String,
-    spec: String,
+    spec: &str,
     expected_sequence: Option<u64>,
-    secret: Option<String>,
-) -> Result<()> {
+) -> Result<AdminChange> {
     let mut given = std::collections::BTreeMap::new();
     for part in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
         let (server, seats) = part
@@ -148,112 +138,68 @@ pub async fn set_distribution(
             anyhow::bail!("server `{}` is named twice", server.trim());
         }
     }
-    let body = tessera_proto::SetDistribution {
+    Ok(AdminChange::Distribution(tessera_proto::SetDistribution {
         feature,
         servers: given,
         expected_sequence,
-    };
-    admin_post(&servers, None, "/v1/admin/distribution", &body, secret).await
+    }))
 }
 
-/// `tessera admin add-license FILE [--to SERVER]`.
-pub async fn add_license(
-    servers: Vec<String>,
-    file: std::path::PathBuf,
+/// `tessera admin add-license FILE [--to SERVER]`: the codes, checked to be codes.
+pub fn add_license_change(
+    file: &Path,
     to: Option<String>,
     expected_sequence: Option<u64>,
-    secret: Option<String>,
-) -> Result<()> {
-    let text = std::fs::read_to_string(&file)
-        .with_context(|| format!("cannot read {}", file.display()))?;
+) -> Result<AdminChange> {
+    let text = read(file)?;
     tessera_core::LicenseCode::parse_file(&text)
         .with_context(|| format!("{} does not hold license codes", file.display()))?;
-    let body = tessera_proto::AddLicense {
+    Ok(AdminChange::AddLicense(tessera_proto::AddLicense {
         text,
         server: to,
         expected_sequence,
-    };
-    admin_post(&servers, None, "/v1/admin/license", &body, secret).await
+    }))
 }
 
 /// `tessera admin remove-license ID`.
-pub async fn remove_license(
-    servers: Vec<String>,
-    id: String,
-    expected_sequence: Option<u64>,
-    secret: Option<String>,
-) -> Result<()> {
-    let body = tessera_proto::RemoveLicense {
+pub fn remove_license_change(id: String, expected_sequence: Option<u64>) -> AdminChange {
+    AdminChange::RemoveLicense(tessera_proto::RemoveLicense {
         id,
         expected_sequence,
-    };
-    admin_post(&servers, None, "/v1/admin/license/remove", &body, secret).await
+    })
 }
 
-/// Sends an admin change to the first server that takes it; any server
-/// forwards it to the leader. Without a pool id, asks the server's status.
-async fn admin_post<B: serde::Serialize>(
-    servers: &[String],
-    pool_id: Option<String>,
-    path: &str,
-    body: &B,
+fn read(file: &Path) -> Result<String> {
+    std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))
+}
+
+/// Longest wait for one server to take an admin change (it waits for the
+/// leader to commit it).
+const ADMIN_REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Sends an admin change to the first server that takes it (see
+/// [`tessera_client::Admin::change`]) and says what the pool runs now.
+pub async fn admin(
+    servers: Vec<String>,
     secret: Option<String>,
+    change: AdminChange,
 ) -> Result<()> {
-    let http = reqwest::Client::builder()
-        .no_proxy()
-        .timeout(std::time::Duration::from_secs(10))
-        .build()?;
-    let mut last_error = String::new();
-    for server in servers {
-        let pool_id = match &pool_id {
-            Some(id) => id.clone(),
-            None => {
-                let status = http
-                    .get(format!("http://{server}/v1/status"))
-                    .send()
-                    .await
-                    .and_then(|r| r.error_for_status());
-                match status {
-                    Ok(r) => r.json::<tessera_proto::StatusResponse>().await?.pool_id,
-                    Err(err) => {
-                        last_error = format!("{server}: {err}");
-                        continue;
-                    }
-                }
-            }
-        };
-        let mut request = http
-            .post(format!("http://{server}{path}"))
-            .header(tessera_proto::POOL_HEADER, &pool_id)
-            .json(body);
-        if let Some(secret) = &secret {
-            request = request.bearer_auth(secret);
+    let mut config = ClientConfig::new(servers);
+    config.request_timeout = ADMIN_REQUEST_TIMEOUT;
+    // In the administrator's terms, not the SDK's advice to a program.
+    let installed = match Admin::new(config, secret)?.change(&change).await {
+        Ok(installed) => installed,
+        Err(ClientError::Rejected { code, message }) => {
+            anyhow::bail!("refused ({code}): {message}")
         }
-        let response = match request.send().await {
-            Ok(response) => response,
-            Err(err) => {
-                last_error = format!("{server}: {err}");
-                continue;
-            }
-        };
-        if response.status().is_success() {
-            let installed: tessera_proto::PoolFileInstalled = response.json().await?;
-            println!(
-                "pool `{}` now runs pool file sequence {}",
-                installed.pool_id, installed.sequence
-            );
-            return Ok(());
+        Err(ClientError::NoServerReachable { last_error, .. }) => {
+            anyhow::bail!("no server made the change; last error: {last_error}")
         }
-        let body: tessera_proto::ErrorBody = response
-            .json()
-            .await
-            .with_context(|| format!("{server} answered an error without a body"))?;
-        match body.error.code {
-            tessera_proto::ErrorCode::NoLeader | tessera_proto::ErrorCode::Internal => {
-                last_error = format!("{server}: {}", body.error.message);
-            }
-            code => anyhow::bail!("refused ({code}): {}", body.error.message),
-        }
-    }
-    anyhow::bail!("no server made the change; last error: {last_error}")
+        Err(err) => return Err(err.into()),
+    };
+    println!(
+        "pool `{}` now runs pool file sequence {}",
+        installed.pool_id, installed.sequence
+    );
+    Ok(())
 }

@@ -3,12 +3,11 @@
 //! intact, and the status after each step.
 
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use tessera_client::{Client, ClientConfig, ClientError, SeatGuard, SeatState};
-use tokio::process::{Child, Command};
+use tessera_testkit::Process;
 
 use crate::keys;
 use crate::license_cmd::{self, UnsignedText};
@@ -22,82 +21,58 @@ struct DemoServer {
     address: String,
     config: PathBuf,
     log: PathBuf,
-    child: Option<Child>,
+    process: Option<Process>,
 }
 
 impl DemoServer {
+    /// Longest a server may take to exit after SIGTERM.
+    const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+
     async fn start(&mut self) -> Result<()> {
         self.spawn()?;
-        wait_ready(&self.address, &self.log).await
+        self.wait_ready().await
     }
 
     fn spawn(&mut self) -> Result<()> {
         let exe = std::env::current_exe().context("cannot find the tessera binary")?;
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .with_context(|| format!("cannot open {}", self.log.display()))?;
-        let child = Command::new(exe)
-            .arg("server")
-            .arg("--config")
-            .arg(&self.config)
-            .arg("--new-pool")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .kill_on_drop(true)
-            .spawn()
-            .context("cannot start `tessera server`")?;
-        self.child = Some(child);
+        let command = tessera_testkit::server_command(&exe, &self.config, &["--new-pool"]);
+        let process =
+            Process::start(command, &self.log).context("cannot start `tessera server`")?;
+        self.process = Some(process);
         Ok(())
+    }
+
+    async fn wait_ready(&self) -> Result<()> {
+        let process = self.process.as_ref().context("the server is not running")?;
+        let http = tessera_testkit::http_client(tessera_testkit::LOOPBACK_REQUEST_TIMEOUT);
+        match process
+            .wait_status(&http, &self.address, SERVER_READY_TIMEOUT, |status| {
+                status.server.state == "serving"
+            })
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(not_ready) => bail!(
+                "server at {} did not answer within {SERVER_READY_TIMEOUT:?} ({not_ready}); its log:\n{}",
+                self.address,
+                process.log()
+            ),
+        }
     }
 
     /// `kill -9`: no clean shutdown, no flush.
-    async fn kill(&mut self) -> Result<()> {
-        if let Some(mut child) = self.child.take() {
-            child.kill().await.context("cannot kill the server")?;
+    fn kill(&mut self) {
+        if let Some(process) = self.process.take() {
+            process.kill();
         }
-        Ok(())
     }
 
-    /// SIGTERM, then wait for the exit.
-    async fn stop(&mut self) -> Result<()> {
-        if let Some(mut child) = self.child.take() {
-            if let Some(pid) = child.id() {
-                // SAFETY: sending a signal to our own child process.
-                unsafe { libc::kill(pid as i32, libc::SIGTERM) };
-            }
-            if tokio::time::timeout(Duration::from_secs(10), child.wait())
-                .await
-                .is_err()
-            {
-                child.kill().await?;
-            }
+    /// SIGTERM, then wait for the exit (killed if it does not come).
+    async fn stop(&mut self) {
+        if let Some(process) = self.process.take() {
+            process.terminate(Self::STOP_TIMEOUT).await;
         }
-        Ok(())
     }
-}
-
-async fn wait_ready(address: &str, log: &Path) -> Result<()> {
-    let client = Client::new(ClientConfig::new([address]))?;
-    let deadline = tokio::time::Instant::now() + SERVER_READY_TIMEOUT;
-    while tokio::time::Instant::now() < deadline {
-        if let Ok(status) = client.status().await {
-            if status.server.state == "serving" {
-                return Ok(());
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let tail = std::fs::read_to_string(log).unwrap_or_default();
-    bail!("server at {address} did not answer within {SERVER_READY_TIMEOUT:?}; its log:\n{tail}")
-}
-
-/// A port on loopback that nothing listens on right now.
-pub fn free_port() -> Result<u16> {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").context("cannot bind loopback")?;
-    Ok(listener.local_addr()?.port())
 }
 
 fn step(text: &str) {
@@ -154,7 +129,7 @@ pub async fn run(keep: bool, dir: Option<PathBuf>) -> Result<()> {
         server.spawn()?;
     }
     for server in &servers {
-        wait_ready(&server.address, &server.log).await?;
+        server.wait_ready().await?;
         println!("  server {} serving on {}", server.id, server.address);
     }
     let addresses: Vec<String> = servers.iter().map(|s| s.address.clone()).collect();
@@ -209,13 +184,13 @@ pub async fn run(keep: bool, dir: Option<PathBuf>) -> Result<()> {
         .map(|(_, seat)| seat.server_id() == killed)
         .collect();
     let killed_at = tokio::time::Instant::now();
-    servers[leader].kill().await?;
+    servers[leader].kill();
     let others: Vec<String> = servers
         .iter()
         .filter(|s| s.id != killed)
         .map(|s| s.address.clone())
         .collect();
-    let new_leader = wait_for_leader(&others).await?;
+    let new_leader = others[leader_of(&others).await?].clone();
     println!(
         "  server {} leads after {} ms",
         servers
@@ -269,35 +244,21 @@ pub async fn run(keep: bool, dir: Option<PathBuf>) -> Result<()> {
     wait_in_use(&servers[leader].address, 0).await;
     print_status(&servers[leader].address).await?;
     for server in &mut servers {
-        server.stop().await?;
+        server.stop().await;
     }
     println!("\nDemo done.");
     Ok(())
 }
 
-/// The index of the server that says it leads.
+/// The index in `addresses` of the server that says it leads and serves
+/// (a bounded wait).
 async fn leader_of(addresses: &[String]) -> Result<usize> {
-    let leader = wait_for_leader(addresses).await?;
-    Ok(addresses.iter().position(|a| *a == leader).unwrap_or(0))
-}
-
-/// Polls `addresses` (bounded) until one answers that it leads and serves.
-async fn wait_for_leader(addresses: &[String]) -> Result<String> {
-    let deadline = tokio::time::Instant::now() + SERVER_READY_TIMEOUT;
-    while tokio::time::Instant::now() < deadline {
-        for address in addresses {
-            if let Ok(status) = Client::new(ClientConfig::new([address.as_str()]))?
-                .status()
-                .await
-            {
-                if status.server.role == "leader" && status.server.state == "serving" {
-                    return Ok(address.clone());
-                }
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    bail!("no server of the pool became leader within {SERVER_READY_TIMEOUT:?}")
+    let http = tessera_testkit::http_client(tessera_testkit::LOOPBACK_REQUEST_TIMEOUT);
+    tessera_testkit::wait_for_leader(&http, addresses, SERVER_READY_TIMEOUT)
+        .await
+        .with_context(|| {
+            format!("no server of the pool became leader within {SERVER_READY_TIMEOUT:?}")
+        })
 }
 
 /// Waits (bounded) until the status of the server at `address` shows
@@ -356,14 +317,18 @@ fn write_pool(
     let mut servers_toml = String::new();
     let mut servers = Vec::new();
     for id in ids {
-        let address = format!("127.0.0.1:{}", free_port()?);
-        servers_toml.push_str(&format!(
-            "[[servers]]\nid = \"{id}\"\naddress = \"{address}\"\n\n"
-        ));
-        let config = format!(
-            "server_id = \"{id}\"\npool_file = \"pool.toml\"\ndata_dir = \"data-{id}\"\n\n{}",
-            keys::config_snippet(vendor)
-        );
+        let address = tessera_testkit::free_address().context("cannot bind loopback")?;
+        servers_toml.push_str(&tessera_testkit::server_entry(id, &address));
+        let config = tessera_testkit::ServerConfig {
+            server_id: id,
+            pool_file: "pool.toml",
+            data_dir: &format!("data-{id}"),
+            top: "",
+            vendor: &vendor.vendor,
+            public_key: &vendor.to_base64(),
+            tables: "",
+        }
+        .text();
         let config_path = dir.join(format!("tessera-{id}.toml"));
         std::fs::write(&config_path, config)?;
         servers.push(DemoServer {
@@ -371,11 +336,12 @@ fn write_pool(
             address,
             config: config_path,
             log: dir.join(format!("server-{id}.log")),
-            child: None,
+            process: None,
         });
     }
     let pool = format!(
-        "pool_id = \"demo\"\nsequence = 1\n\n{servers_toml}[distribution.cad]\nA = 4\nB = 3\nC = 3\n\n{}",
+        "{}{servers_toml}[distribution.cad]\nA = 4\nB = 3\nC = 3\n\n{}",
+        tessera_testkit::pool_file_head("demo"),
         tessera_core::LicenseCode::write_file(codes)
     );
     // Check it the way the servers will.

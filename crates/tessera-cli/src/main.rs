@@ -324,45 +324,35 @@ fn run(cli: Cli) -> Result<()> {
             client_id,
             servers,
         } => runtime()?.block_on(client_cmd::checkin(servers.servers, grant_id, client_id)),
-        Command::Admin {
-            command:
+        Command::Admin { command } => {
+            let (servers, secret, change) = match command {
                 AdminCommand::UpdatePoolFile {
                     file,
                     servers,
                     secret,
-                },
-        } => runtime()?.block_on(client_cmd::update_pool_file(servers.servers, file, secret)),
-        Command::Admin {
-            command:
+                } => (servers, secret, client_cmd::pool_file_change(&file)?),
                 AdminCommand::SetDistribution {
                     feature,
                     distribution,
                     change,
-                },
-        } => runtime()?.block_on(client_cmd::set_distribution(
-            change.servers.servers,
-            feature,
-            distribution,
-            change.sequence,
-            change.secret,
-        )),
-        Command::Admin {
-            command: AdminCommand::AddLicense { file, to, change },
-        } => runtime()?.block_on(client_cmd::add_license(
-            change.servers.servers,
-            file,
-            to,
-            change.sequence,
-            change.secret,
-        )),
-        Command::Admin {
-            command: AdminCommand::RemoveLicense { id, change },
-        } => runtime()?.block_on(client_cmd::remove_license(
-            change.servers.servers,
-            id,
-            change.sequence,
-            change.secret,
-        )),
+                } => (
+                    change.servers,
+                    change.secret,
+                    client_cmd::distribution_change(feature, &distribution, change.sequence)?,
+                ),
+                AdminCommand::AddLicense { file, to, change } => (
+                    change.servers,
+                    change.secret,
+                    client_cmd::add_license_change(&file, to, change.sequence)?,
+                ),
+                AdminCommand::RemoveLicense { id, change } => (
+                    change.servers,
+                    change.secret,
+                    client_cmd::remove_license_change(id, change.sequence),
+                ),
+            };
+            runtime()?.block_on(client_cmd::admin(servers.servers, secret, change))
+        }
         Command::Hostid => {
             match tessera_server::hostid::machine_hostid() {
                 Some(hostid) => println!("{hostid}"),

@@ -287,13 +287,7 @@ mod tests {
     use super::*;
 
     fn refused(address: &str, code: ErrorCode) -> Failure {
-        Failure {
-            address: address.to_string(),
-            kind: FailureKind::Refused {
-                code,
-                message: "no".to_string(),
-            },
-        }
+        Failure::refused(address, code, "no")
     }
 
     #[test]

@@ -93,14 +93,14 @@ impl ClientConfig {
 
 /// The server's rule for every identifier a client sends: present and bounded.
 pub(crate) fn check_field(name: &str, value: &str) -> Result<(), String> {
-    if value.is_empty() {
-        return Err(format!("`{name}` is empty; give it a value"));
-    }
-    if value.len() > MAX_FIELD_BYTES {
-        return Err(format!(
-            "`{name}` is {} bytes long, more than the {MAX_FIELD_BYTES} bytes a server accepts",
-            value.len()
-        ));
+    match value.len() {
+        0 => return Err(format!("`{name}` is empty; give it a value")),
+        bytes if bytes > MAX_FIELD_BYTES => {
+            return Err(format!(
+                "`{name}` is {bytes} bytes long, more than the {MAX_FIELD_BYTES} bytes a server accepts"
+            ))
+        }
+        _ => {}
     }
     Ok(())
 }

@@ -152,6 +152,17 @@ impl Failure {
         }
     }
 
+    /// The server at `address` answered with this error.
+    pub fn refused(address: &str, code: ErrorCode, message: impl Into<String>) -> Failure {
+        Failure {
+            address: address.to_string(),
+            kind: FailureKind::Refused {
+                code,
+                message: message.into(),
+            },
+        }
+    }
+
     pub fn disposition(&self) -> Disposition {
         match &self.kind {
             FailureKind::NoAnswer(_) => Disposition::TryNext,
@@ -218,13 +229,7 @@ mod tests {
     use super::*;
 
     fn refused(address: &str, code: ErrorCode) -> Failure {
-        Failure {
-            address: address.to_string(),
-            kind: FailureKind::Refused {
-                code,
-                message: format!("{address} says {code}"),
-            },
-        }
+        Failure::refused(address, code, format!("{address} says {code}"))
     }
 
     #[test]

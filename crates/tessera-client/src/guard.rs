@@ -80,6 +80,13 @@ struct Holding {
     lost_reason: Option<String>,
 }
 
+impl Holding {
+    /// The servers to send the next heartbeat to, in order ([`failover_order`]).
+    fn failover_order(&self, configured: &[String]) -> Vec<String> {
+        failover_order(&self.grant, &self.holder_address, configured)
+    }
+}
+
 impl SeatGuard {
     pub(crate) fn start(
         client: Client,
@@ -220,11 +227,7 @@ async fn stop_and_check_in(
     }
     let (addresses, grant_id) = {
         let holding = seat.lock();
-        let addresses = failover_order(
-            &holding.grant,
-            &holding.holder_address,
-            &client.config().servers,
-        );
+        let addresses = holding.failover_order(&client.config().servers);
         (addresses, holding.grant.grant_id.clone())
     };
     match client.checkin_on(&addresses, &grant_id).await {
@@ -364,11 +367,7 @@ async fn renew_round(
 ) -> Round {
     let (addresses, request) = {
         let holding = seat.lock();
-        let addresses = failover_order(
-            &holding.grant,
-            &holding.holder_address,
-            &client.config().servers,
-        );
+        let addresses = holding.failover_order(&client.config().servers);
         (addresses, heartbeat_request(&seat.request, &holding.grant))
     };
     let mut failures = Vec::new();

@@ -8,7 +8,7 @@ use tessera_proto::{ErrorBody, API_PREFIX};
 use tessera_transport::{HttpAnswer, HttpRequest, Method, TransportError};
 
 use crate::client::Client;
-use crate::error::{Failure, FailureKind};
+use crate::error::Failure;
 
 /// Largest answer to a checkout, heartbeat or check-in, in bytes: a grant
 /// lists at most a pool's servers, so this is generous.
@@ -82,7 +82,23 @@ where
     Req: Serialize + ?Sized,
     Resp: DeserializeOwned,
 {
+    post_json_with_headers(client, address, path, Vec::new(), body).await
+}
+
+/// `POST {API_PREFIX}{path}` with a JSON body and these headers besides its content type.
+pub(crate) async fn post_json_with_headers<Req, Resp>(
+    client: &Client,
+    address: &str,
+    path: &str,
+    mut headers: Vec<(String, String)>,
+    body: &Req,
+) -> Result<Resp, Failure>
+where
+    Req: Serialize + ?Sized,
+    Resp: DeserializeOwned,
+{
     let path = endpoint(address, path)?;
+    headers.push(("content-type".to_string(), "application/json".to_string()));
     let body = serde_json::to_vec(body).map_err(|error| {
         Failure::no_answer(address, format!("cannot encode the request: {error}"))
     })?;
@@ -90,7 +106,7 @@ where
         method: Method::Post,
         address: address.to_string(),
         path,
-        headers: vec![("content-type".to_string(), "application/json".to_string())],
+        headers,
         body,
         timeout: client.config().request_timeout,
         answer_bytes_max: ANSWER_BYTES_MAX,
@@ -140,13 +156,7 @@ fn decode<Resp: DeserializeOwned>(
         });
     }
     match serde_json::from_slice::<ErrorBody>(&answer.body) {
-        Ok(ErrorBody { error }) => Err(Failure {
-            address: address.to_string(),
-            kind: FailureKind::Refused {
-                code: error.code,
-                message: error.message,
-            },
-        }),
+        Ok(ErrorBody { error }) => Err(Failure::refused(address, error.code, error.message)),
         Err(_) => Err(Failure::no_answer(
             address,
             format!("answered HTTP {status} without a Tessera error body; is a Tessera server listening there?"),

@@ -44,12 +44,14 @@
 //! Every request has a timeout ([`ClientConfig::request_timeout`]); answers are
 //! size-bounded; the SDK never retries without a bound.
 
+pub mod admin;
 mod client;
 mod config;
 mod error;
 mod guard;
 mod http;
 
+pub use admin::{Admin, AdminChange};
 pub use client::Client;
 pub use config::{ClientConfig, CONNECT_TIMEOUT_DEFAULT, REQUEST_TIMEOUT_DEFAULT, SERVERS_MAX};
 pub use error::ClientError;

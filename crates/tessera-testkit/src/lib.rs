@@ -1,12 +1,27 @@
-//! A pool of real `tessera server` processes on loopback, set up through the
-//! CLI the way an administrator would. Used by the end-to-end tests and the
-//! benchmarks; everything stays on 127.0.0.1 and every wait is bounded.
+//! The one harness for real `tessera server` processes on loopback: the
+//! files an administrator writes ([`ServerConfig`], [`server_entry`]), a free
+//! port ([`free_port`]), starting and stopping a server ([`server_command`],
+//! [`Process`]), waiting until it is ready ([`Process::wait_status`],
+//! [`wait_for_leader`]), and a whole pool set up through the CLI ([`Pool`]).
+//! Used by the end-to-end, pool, borrow and chaos tests, the benchmark and
+//! `tessera demo`; everything stays on 127.0.0.1 and every wait is bounded.
+//! It starts the `tessera` binary it is given and links no server code.
+
+mod files;
+mod port;
+mod process;
+mod status;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 use tessera_proto::{StatusResponse, POOL_HEADER};
+
+pub use files::{pool_file_head, public_key_of, server_entry, ServerConfig};
+pub use port::{free_address, free_port};
+pub use process::{die_with_parent, server_command, Process};
+pub use status::{http_client, status, wait_for_leader, NotReady, LOOPBACK_REQUEST_TIMEOUT};
 
 /// Longest wait for any condition in these tests.
 pub const PATIENCE: Duration = Duration::from_secs(20);
@@ -16,7 +31,7 @@ pub struct Server {
     pub address: String,
     config: PathBuf,
     log: PathBuf,
-    child: Option<Child>,
+    process: Option<Process>,
 }
 
 pub struct Pool {
@@ -25,44 +40,25 @@ pub struct Pool {
     pub dir: tempfile::TempDir,
     pub servers: Vec<Server>,
     pub pool_id: String,
+    public_key: String,
+    config_extra: String,
     http: reqwest::Client,
+    /// Held by a pool made with [`Pool::start`]: see [`one_pool_at_a_time`].
+    _one_at_a_time: Option<tokio::sync::MutexGuard<'static, ()>>,
 }
 
-/// Lowest port [`free_port`] picks.
-const TEST_PORT_MIN: u16 = 10_000;
-
-/// A loopback port nothing listens on: picked at random below the kernel's
-/// range for outgoing ports, so another test's outgoing connection cannot
-/// take it between this check and the server's bind.
-pub fn free_port() -> u16 {
-    use rand::Rng;
-    let ephemeral_min = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-        .ok()
-        .and_then(|text| text.split_whitespace().next()?.parse::<u16>().ok())
-        .unwrap_or(32_768);
-    if ephemeral_min > TEST_PORT_MIN + 1_000 {
-        let mut rng = rand::thread_rng();
-        for _ in 0..100 {
-            let port = rng.gen_range(TEST_PORT_MIN..ephemeral_min);
-            if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
-                return port;
-            }
-        }
-    }
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind loopback");
-    listener.local_addr().expect("local address").port()
+/// A license code of feature `app`, signed with the pool's vendor key.
+pub struct CodeSpec<'a> {
+    pub id: &'a str,
+    pub seats: u32,
+    pub lease_s: u32,
+    pub heartbeat_s: u32,
+    /// The signed file, in the pool's directory.
+    pub out: &'a str,
 }
 
-/// Signs a code of feature `app` with the pool's vendor key into `out`, as a vendor would.
-pub fn sign_code(
-    tessera: &Path,
-    dir: &Path,
-    id: &str,
-    seats: u32,
-    lease_s: u32,
-    heartbeat_s: u32,
-    out: &str,
-) {
+/// Signs `code` with the vendor key in `dir`, as a vendor would.
+fn sign_code(tessera: &Path, dir: &Path, code: &CodeSpec) {
     run(
         tessera,
         &[
@@ -73,15 +69,15 @@ pub fn sign_code(
             "--feature",
             "app",
             "--id",
-            id,
+            code.id,
             "--seats",
-            &seats.to_string(),
+            &code.seats.to_string(),
             "--lease-s",
-            &lease_s.to_string(),
+            &code.lease_s.to_string(),
             "--heartbeat-interval-s",
-            &heartbeat_s.to_string(),
+            &code.heartbeat_s.to_string(),
             "--out",
-            out,
+            code.out,
         ],
         dir,
     );
@@ -144,106 +140,86 @@ impl Pool {
             &["vendor", "keygen", "--vendor", "acme", "--out", "."],
             path,
         );
-        sign_code(
-            tessera,
-            path,
-            "app-1",
-            spec.seats,
-            spec.lease_s,
-            spec.heartbeat_s,
-            "codes.lic",
-        );
-        let public = std::fs::read_to_string(path.join("acme.pub")).expect("acme.pub");
-        let public_key = public
-            .lines()
-            .find_map(|l| l.strip_prefix("public_key = "))
-            .expect("public_key line")
-            .trim_matches('"')
-            .to_string();
-        let pool_id = "test".to_string();
-        let mut servers = Vec::new();
-        let mut servers_toml = String::new();
-        for id in &IDS[..spec.servers] {
-            let address = format!("127.0.0.1:{}", free_port());
-            servers_toml.push_str(&format!(
-                "[[servers]]\nid = \"{id}\"\naddress = \"{address}\"\n\n"
-            ));
-            let config = path.join(format!("{id}.toml"));
-            std::fs::write(
-                &config,
-                format!(
-                    "server_id = \"{id}\"\npool_file = \"pool.toml\"\ndata_dir = \"data-{id}\"\n\
-                     [[vendors]]\nname = \"acme\"\npublic_key = \"{public_key}\"\n{}",
-                    spec.config_extra
-                ),
-            )
-            .expect("write config");
-            servers.push(Server {
-                id: id.to_string(),
-                address,
-                config,
-                log: path.join(format!("{id}.log")),
-                child: None,
-            });
-        }
-        let distribution = if spec.distribution.is_empty() {
-            String::new()
-        } else {
-            format!("[distribution.app]\n{}\n", spec.distribution)
+        let code = CodeSpec {
+            id: "app-1",
+            seats: spec.seats,
+            lease_s: spec.lease_s,
+            heartbeat_s: spec.heartbeat_s,
+            out: "codes.lic",
         };
-        let codes = std::fs::read_to_string(path.join("codes.lic")).expect("codes");
-        std::fs::write(
-            path.join("pool.toml"),
-            format!(
-                "pool_id = \"{pool_id}\"\nsequence = 1\n\n{servers_toml}{distribution}{}\n{codes}",
-                spec.extra
-            ),
-        )
-        .expect("write pool file");
-        let http = reqwest::Client::builder()
-            .no_proxy()
-            .timeout(Duration::from_secs(3))
-            .build()
-            .expect("http client");
-        Pool {
+        sign_code(tessera, path, &code);
+        let public = std::fs::read_to_string(path.join("acme.pub")).expect("acme.pub");
+        let mut pool = Pool {
             tessera: tessera.to_path_buf(),
             dir,
-            servers,
-            pool_id,
-            http,
+            servers: Vec::new(),
+            pool_id: "test".to_string(),
+            public_key: public_key_of(&public).expect("public_key line"),
+            config_extra: spec.config_extra.to_string(),
+            http: http_client(LOOPBACK_REQUEST_TIMEOUT),
+            _one_at_a_time: None,
+        };
+        let mut pool_file = pool_file_head(&pool.pool_id);
+        for id in &IDS[..spec.servers] {
+            let i = pool.add_server(id, "pool.toml");
+            pool_file.push_str(&server_entry(id, &pool.servers[i].address));
         }
+        if !spec.distribution.is_empty() {
+            pool_file.push_str(&format!("[distribution.app]\n{}\n", spec.distribution));
+        }
+        let codes = std::fs::read_to_string(pool.path().join("codes.lic")).expect("codes");
+        pool_file.push_str(&format!("{}\n{codes}", spec.extra));
+        std::fs::write(pool.path().join("pool.toml"), pool_file).expect("write pool file");
+        pool
     }
 
     /// Adds a server config with a fresh address, reading `pool_file`.
     pub fn add_server(&mut self, id: &str, pool_file: &str) -> usize {
-        let address = format!("127.0.0.1:{}", free_port());
-        let first = std::fs::read_to_string(&self.servers[0].config).expect("config");
+        let address = free_address().expect("a free loopback port");
         let config = self.path().join(format!("{id}.toml"));
-        let text = first
-            .replacen(
-                &format!("server_id = \"{}\"", self.servers[0].id),
-                &format!("server_id = \"{id}\""),
-                1,
-            )
-            .replacen(
-                &format!("data-{}", self.servers[0].id),
-                &format!("data-{id}"),
-                1,
-            )
-            .replacen(
-                "pool_file = \"pool.toml\"",
-                &format!("pool_file = \"{pool_file}\""),
-                1,
-            );
+        let text = ServerConfig {
+            server_id: id,
+            pool_file,
+            data_dir: &format!("data-{id}"),
+            top: "",
+            vendor: "acme",
+            public_key: &self.public_key,
+            tables: &self.config_extra,
+        }
+        .text();
         std::fs::write(&config, text).expect("write config");
         self.servers.push(Server {
             id: id.to_string(),
             address,
             config,
             log: self.path().join(format!("{id}.log")),
-            child: None,
+            process: None,
         });
         self.servers.len() - 1
+    }
+
+    /// A pool made by [`Pool::new`], every server started and serving. It
+    /// waits for the pool before it, if any, to be dropped
+    /// ([`one_pool_at_a_time`]).
+    pub async fn start(tessera: &Path, spec: PoolSpec<'_>) -> Pool {
+        let one_at_a_time = one_pool_at_a_time().await;
+        let mut pool = Pool::new(tessera, spec);
+        pool._one_at_a_time = Some(one_at_a_time);
+        pool.spawn_all();
+        for i in 0..pool.servers.len() {
+            pool.wait_serving(i).await;
+        }
+        pool
+    }
+
+    /// Every server's index.
+    pub fn all(&self) -> Vec<usize> {
+        (0..self.servers.len()).collect()
+    }
+
+    /// Signs another code with the pool's vendor key.
+    pub fn sign_code(&self, code: CodeSpec) {
+        sign_code(&self.tessera, self.path(), &code);
     }
 
     pub fn path(&self) -> &Path {
@@ -258,7 +234,7 @@ impl Pool {
     /// Starts every server that is not running.
     pub fn spawn_missing(&mut self) {
         for i in 0..self.servers.len() {
-            if self.servers[i].child.is_none() {
+            if self.servers[i].process.is_none() {
                 self.spawn(i);
             }
         }
@@ -271,23 +247,12 @@ impl Pool {
     /// Starts server `i` with these arguments after `server --config FILE`.
     pub fn spawn_with(&mut self, i: usize, args: &[&str]) {
         let server = &mut self.servers[i];
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&server.log)
-            .expect("log");
-        let child = Command::new(&self.tessera)
-            .args(["server", "--config"])
-            .arg(&server.config)
-            .args(args)
+        let mut command = server_command(&self.tessera, &server.config, args);
+        command
             .env("TESSERA_TEST_FAULTS", "1")
-            .env("TESSERA_LOG", "info,openraft=error")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log"))
-            .stderr(log)
-            .spawn()
-            .expect("spawn tessera server");
-        server.child = Some(child);
+            .env("TESSERA_LOG", "info,openraft=error");
+        let process = Process::start(command, &server.log).expect("spawn tessera server");
+        server.process = Some(process);
     }
 
     pub fn spawn_all(&mut self) {
@@ -298,33 +263,27 @@ impl Pool {
 
     /// `kill -9`.
     pub fn kill(&mut self, i: usize) {
-        if let Some(mut child) = self.servers[i].child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
+        if let Some(process) = self.servers[i].process.take() {
+            process.kill();
         }
     }
 
     /// The process id of server `i` while it runs (killed servers have none).
     pub fn pid(&self, i: usize) -> Option<u32> {
-        self.servers[i].child.as_ref().map(Child::id)
+        self.servers[i].process.as_ref().map(Process::pid)
     }
 
     /// Sends `signal` (`libc::SIGSTOP`, `libc::SIGCONT`, …) to server `i`;
-    /// false if it is not running. The child is reaped only by [`Pool::kill`],
-    /// so its pid cannot have been reused by another process.
+    /// false if it is not running.
     pub fn signal(&self, i: usize, signal: libc::c_int) -> bool {
-        let Some(pid) = self.pid(i) else {
-            return false;
-        };
-        let pid = libc::pid_t::try_from(pid).expect("a pid fits pid_t");
-        // SAFETY: kill(2) only sends a signal; it touches no memory of ours.
-        unsafe { libc::kill(pid, signal) == 0 }
+        self.servers[i]
+            .process
+            .as_ref()
+            .is_some_and(|process| process.signal(signal))
     }
 
     pub async fn status(&self, i: usize) -> Option<StatusResponse> {
-        let url = format!("http://{}/v1/status", self.servers[i].address);
-        let response = self.http.get(url).send().await.ok()?;
-        response.json().await.ok()
+        status(&self.http, &self.servers[i].address).await.ok()
     }
 
     /// Server `i`'s `/metrics` text (empty if it does not answer).
@@ -336,29 +295,29 @@ impl Pool {
         }
     }
 
-    /// Polls until `check` holds for server `i`'s status, or panics with the last one.
+    /// Polls until `check` holds for server `i`'s status, or panics with the
+    /// last one (at once if the server is not running or exits).
     pub async fn wait_status(
         &self,
         i: usize,
         what: &str,
         check: impl Fn(&StatusResponse) -> bool,
     ) -> StatusResponse {
-        let deadline = Instant::now() + PATIENCE;
-        let mut last = None;
-        while Instant::now() < deadline {
-            if let Some(status) = self.status(i).await {
-                if check(&status) {
-                    return status;
-                }
-                last = Some(status);
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
+        let server = &self.servers[i];
+        let Some(process) = &server.process else {
+            panic!("server {} is not running; waited for: {what}", server.id);
+        };
+        match process
+            .wait_status(&self.http, &server.address, PATIENCE, check)
+            .await
+        {
+            Ok(status) => status,
+            Err(not_ready) => panic!(
+                "server {} never reached: {what}; {not_ready}\nlog:\n{}",
+                server.id,
+                self.log(i)
+            ),
         }
-        panic!(
-            "server {} never reached: {what}; last status: {last:#?}\nlog:\n{}",
-            self.servers[i].id,
-            self.log(i)
-        );
     }
 
     pub async fn wait_serving(&self, i: usize) -> StatusResponse {
@@ -366,20 +325,16 @@ impl Pool {
             .await
     }
 
-    /// The index of the server every live server agrees leads, once it serves.
+    /// The index of the first of `live` that says it leads and serves.
     pub async fn wait_leader(&self, live: &[usize]) -> usize {
-        let deadline = Instant::now() + PATIENCE;
-        while Instant::now() < deadline {
-            for &i in live {
-                if let Some(status) = self.status(i).await {
-                    if status.server.role == "leader" && status.server.state == "serving" {
-                        return i;
-                    }
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
+        let addresses: Vec<String> = live
+            .iter()
+            .map(|&i| self.servers[i].address.clone())
+            .collect();
+        match wait_for_leader(&self.http, &addresses, PATIENCE).await {
+            Some(index) => live[index],
+            None => panic!("no leader among {live:?}"),
         }
-        panic!("no leader among {live:?}");
     }
 
     /// Flips the test fault switch of server `i`.
@@ -440,13 +395,10 @@ impl Pool {
 }
 
 impl Drop for Pool {
+    /// Kills the servers before their directory goes, and lets the next pool
+    /// start only then.
     fn drop(&mut self) {
-        for server in &mut self.servers {
-            if let Some(mut child) = server.child.take() {
-                let _ = child.kill();
-                let _ = child.wait();
-            }
-        }
+        self.servers.clear();
     }
 }
 
@@ -472,4 +424,13 @@ pub fn pool_available(status: &StatusResponse) -> u32 {
         .find(|f| f.feature == "app")
         .expect("feature app")
         .pool_available
+}
+
+/// Pools of real processes run one at a time within a test binary: several
+/// on two cores would starve each other's heartbeats and test the machine,
+/// not the pool. [`Pool::start`] holds it while its pool lives; a test that
+/// starts its servers itself holds it for its length.
+pub async fn one_pool_at_a_time() -> tokio::sync::MutexGuard<'static, ()> {
+    static ONE_POOL_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    ONE_POOL_AT_A_TIME.lock().await
 }

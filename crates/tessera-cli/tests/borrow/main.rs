@@ -2,23 +2,30 @@
 //! `tessera server` processes on loopback, driven over HTTP and through the
 //! `tessera admin` command.
 
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use tessera_proto::{DistributionRow, StatusResponse};
-use tessera_testkit::{sign_code, Pool, PoolSpec, PATIENCE};
+use tessera_testkit::{CodeSpec, Pool, PoolSpec, PATIENCE};
 
 const TESSERA: &str = env!("CARGO_BIN_EXE_tessera");
 
-/// Pools run one at a time, as in the pool tests.
-static ONE_POOL_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
 async fn start_pool(spec: PoolSpec<'_>) -> Pool {
-    let mut pool = Pool::new(std::path::Path::new(TESSERA), spec);
-    pool.spawn_all();
-    for i in 0..pool.servers.len() {
-        pool.wait_serving(i).await;
-    }
-    pool
+    Pool::start(Path::new(TESSERA), spec).await
+}
+
+/// A pool of three whose seats no test here outlasts (lease 30 s, heartbeat
+/// 10 s), with this `[distribution.app]` (empty: even thirds) and more pool
+/// file text, such as a `[borrowing.app]` section.
+async fn long_lease_pool(distribution: &str, extra: &str) -> Pool {
+    start_pool(PoolSpec {
+        distribution,
+        extra,
+        lease_s: 30,
+        heartbeat_s: 10,
+        ..PoolSpec::default()
+    })
+    .await
 }
 
 fn rows(status: &StatusResponse) -> Vec<DistributionRow> {
@@ -72,15 +79,7 @@ async fn fill(pool: &Pool, i: usize, n: u32, tag: &str) {
 /// batch from the free pool, so it never runs out on the way to 30.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_above_its_threshold_borrows_before_it_runs_out() {
-    let _serial = ONE_POOL_AT_A_TIME.lock().await;
-    let pool = start_pool(PoolSpec {
-        distribution: "A = 30\nB = 30\nC = 30\n",
-        extra: "[borrowing.app]\nbatch = 5\n",
-        lease_s: 30,
-        heartbeat_s: 10,
-        ..PoolSpec::default()
-    })
-    .await;
+    let pool = long_lease_pool("A = 30\nB = 30\nC = 30\n", "[borrowing.app]\nbatch = 5\n").await;
     fill(&pool, 1, 24, "b").await;
     let status = pool.status(1).await.expect("status");
     assert_eq!(
@@ -112,14 +111,7 @@ async fn a_server_above_its_threshold_borrows_before_it_runs_out() {
 /// stranded; the 101st is denied.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn skewed_load_uses_every_seat_through_one_server() {
-    let _serial = ONE_POOL_AT_A_TIME.lock().await;
-    let pool = start_pool(PoolSpec {
-        extra: "[borrowing.app]\nbatch = 10\n",
-        lease_s: 30,
-        heartbeat_s: 10,
-        ..PoolSpec::default()
-    })
-    .await;
+    let pool = long_lease_pool("", "[borrowing.app]\nbatch = 10\n").await;
     let started = Instant::now();
     fill(&pool, 2, 100, "c").await;
     let took = started.elapsed();
@@ -154,16 +146,8 @@ async fn skewed_load_uses_every_seat_through_one_server() {
 /// and every server ends with allocations + free pool = the hard limit.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_borrows_neither_create_nor_destroy_seats() {
-    let _serial = ONE_POOL_AT_A_TIME.lock().await;
     let pool = std::sync::Arc::new(
-        start_pool(PoolSpec {
-            distribution: "A = 20\nB = 30\nC = 40\n",
-            extra: "[borrowing.app]\nbatch = 3\n",
-            lease_s: 30,
-            heartbeat_s: 10,
-            ..PoolSpec::default()
-        })
-        .await,
+        long_lease_pool("A = 20\nB = 30\nC = 40\n", "[borrowing.app]\nbatch = 3\n").await,
     );
     let mut tasks = Vec::new();
     for server in 0..3 {
@@ -205,14 +189,7 @@ async fn concurrent_borrows_neither_create_nor_destroy_seats() {
 /// from B, the request is cancelled, and C is denied.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_live_follower_gives_seats_only_with_its_consent() {
-    let _serial = ONE_POOL_AT_A_TIME.lock().await;
-    let pool = start_pool(PoolSpec {
-        distribution: "A = 0\nB = 50\nC = 50\n",
-        lease_s: 30,
-        heartbeat_s: 10,
-        ..PoolSpec::default()
-    })
-    .await;
+    let pool = long_lease_pool("A = 0\nB = 50\nC = 50\n", "").await;
     let leader = pool.wait_leader(&[0, 1, 2]).await;
     // Whether or not B's report shows it full when C asks, B gives nothing
     // its clients hold.
@@ -258,16 +235,15 @@ async fn a_live_follower_gives_seats_only_with_its_consent() {
 /// have lapsed: its quota lease plus the longest lease, from its last report.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_down_servers_seats_move_only_after_the_safe_wait() {
-    let _serial = ONE_POOL_AT_A_TIME.lock().await;
-    let mut pool = start_pool(PoolSpec {
+    let spec = PoolSpec {
         distribution: "A = 40\nB = 30\nC = 30\n",
         lease_s: 4,
         heartbeat_s: 1,
         // No borrowing ahead: B takes C's seats only when it runs out.
         extra: "[borrowing.app]\nthreshold_percent = 100\n",
         ..PoolSpec::default()
-    })
-    .await;
+    };
+    let mut pool = start_pool(spec).await;
     let leader = pool.wait_leader(&[0, 1, 2]).await;
     let borrower = (leader + 1) % 3;
     let victim = (leader + 2) % 3;
@@ -325,14 +301,7 @@ async fn a_down_servers_seats_move_only_after_the_safe_wait() {
 /// bad changes are refused with their reason and change nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_changes_reach_every_server_and_bad_ones_change_nothing() {
-    let _serial = ONE_POOL_AT_A_TIME.lock().await;
-    let pool = start_pool(PoolSpec {
-        distribution: "A = 40\nB = 30\nC = 30\n",
-        lease_s: 30,
-        heartbeat_s: 10,
-        ..PoolSpec::default()
-    })
-    .await;
+    let pool = long_lease_pool("A = 40\nB = 30\nC = 30\n", "").await;
     let leader = pool.wait_leader(&[0, 1, 2]).await;
     let follower = (leader + 1) % 3;
     fill(&pool, 0, 30, "a").await;
@@ -396,15 +365,13 @@ async fn admin_changes_reach_every_server_and_bad_ones_change_nothing() {
         assert!(stderr.contains(reason), "{args:?}: {stderr}");
     }
     // A tampered code is refused for its signature.
-    sign_code(
-        std::path::Path::new(TESSERA),
-        pool.path(),
-        "app-2",
-        20,
-        30,
-        10,
-        "more.lic",
-    );
+    pool.sign_code(CodeSpec {
+        id: "app-2",
+        seats: 20,
+        lease_s: 30,
+        heartbeat_s: 10,
+        out: "more.lic",
+    });
     let good = std::fs::read_to_string(pool.path().join("more.lic")).expect("codes");
     let tampered = good.replace("seats = 20", "seats = 21");
     std::fs::write(pool.path().join("tampered.lic"), tampered).expect("write");
@@ -439,14 +406,7 @@ async fn admin_changes_reach_every_server_and_bad_ones_change_nothing() {
 /// stale, or takes effect if the first never committed), nothing is lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leader_killed_mid_change_applies_it_once() {
-    let _serial = ONE_POOL_AT_A_TIME.lock().await;
-    let mut pool = start_pool(PoolSpec {
-        distribution: "A = 40\nB = 30\nC = 30\n",
-        lease_s: 30,
-        heartbeat_s: 10,
-        ..PoolSpec::default()
-    })
-    .await;
+    let mut pool = long_lease_pool("A = 40\nB = 30\nC = 30\n", "").await;
     let leader = pool.wait_leader(&[0, 1, 2]).await;
     let follower = (leader + 1) % 3;
     let args = [

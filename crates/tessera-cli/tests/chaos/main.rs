@@ -343,25 +343,15 @@ fn problems(run: &Run, tally: &Tally, peak: &Peak) -> Vec<String> {
 }
 
 async fn start_pool(settings: &Settings) -> Pool {
-    let servers = settings.servers;
-    let mut pool = Pool::new(
-        std::path::Path::new(TESSERA),
-        PoolSpec {
-            servers,
-            seats: HARD_LIMIT,
-            distribution: "",
-            lease_s: settings.lease_s,
-            heartbeat_s: HEARTBEAT_S,
-            extra: "",
-            config_extra: "",
-        },
-    );
-    pool.spawn_all();
-    for i in 0..servers {
-        pool.wait_serving(i).await;
-    }
-    let all: Vec<usize> = (0..servers).collect();
-    pool.wait_leader(&all).await;
+    let spec = PoolSpec {
+        servers: settings.servers,
+        seats: HARD_LIMIT,
+        lease_s: settings.lease_s,
+        heartbeat_s: HEARTBEAT_S,
+        ..PoolSpec::default()
+    };
+    let pool = Pool::start(std::path::Path::new(TESSERA), spec).await;
+    pool.wait_leader(&pool.all()).await;
     pool
 }
 

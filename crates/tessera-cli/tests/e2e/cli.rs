@@ -2,7 +2,7 @@
 
 use tessera_proto::StatusResponse;
 
-use crate::fixture::{free_port, tessera, Fixture, ServerSpec, StartMode};
+use crate::fixture::{free_address, tessera, Fixture, ServerSpec, StartMode};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_demo_runs_to_completion() {
@@ -79,7 +79,7 @@ async fn status_prints_json_and_a_table_naming_the_feature_and_the_server() {
     }
 
     // Nobody listening: a failure that says what to check.
-    let nowhere = format!("127.0.0.1:{}", free_port());
+    let nowhere = free_address().expect("a free loopback port");
     let down = tessera(["status", "--server", &nowhere]).await.failure();
     assert!(down.text().contains(&nowhere), "{down}");
 }

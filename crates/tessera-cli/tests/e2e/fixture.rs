@@ -7,13 +7,13 @@
 
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, ExitStatus, Stdio};
+use std::process::{ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use serde_json::Value;
 use tessera_proto::StatusResponse;
-use tokio::time::Instant;
+use tessera_testkit::{server_command, NotReady, Process, ServerConfig};
 
 /// How long a server may take to answer `/v1/status` after it starts.
 pub const SERVER_READY_TIMEOUT: Duration = Duration::from_secs(15);
@@ -58,6 +58,12 @@ impl Output {
     pub fn success(self) -> Output {
         assert!(self.status.success(), "{self}");
         self
+    }
+
+    /// Panics unless the command printed every one of `parts`, on either stream.
+    pub fn mentions(&self, parts: &[&str]) {
+        let text = self.text();
+        assert!(parts.iter().all(|part| text.contains(part)), "{self}");
     }
 
     /// Panics unless the command failed.
@@ -117,7 +123,7 @@ where
 }
 
 /// Ports come from the testkit, which avoids the kernel's outgoing range.
-pub use tessera_testkit::free_port;
+pub use tessera_testkit::free_address;
 
 /// A test's own directory and vendor key pair.
 pub struct Fixture {
@@ -224,21 +230,21 @@ impl Fixture {
     pub fn server(&self, spec: ServerSpec) -> Server {
         let dir = self.path().join(format!("server-{}", spec.server_id));
         std::fs::create_dir_all(&dir).expect("create the server directory");
-        let address = format!("127.0.0.1:{}", free_port());
-        let mut pool = format!(
-            "pool_id = \"e2e\"\nsequence = 1\n\n[[servers]]\nid = \"{}\"\naddress = \"{address}\"\n\n",
-            spec.server_id
-        );
-        pool.push_str(&spec.licenses);
+        let address = tessera_testkit::free_address().expect("a free loopback port");
+        let pool = tessera_testkit::pool_file_head("e2e")
+            + &tessera_testkit::server_entry(&spec.server_id, &address)
+            + &spec.licenses;
         std::fs::write(dir.join("pool.toml"), pool).expect("write the pool file");
-        let config = format!(
-            "server_id = \"{}\"\npool_file = \"pool.toml\"\ndata_dir = \"data\"\n{}\n\
-             [[vendors]]\nname = \"{VENDOR}\"\npublic_key = \"{}\"\n\n{}",
-            spec.server_id,
-            spec.config_top,
-            self.public_key_base64(),
-            spec.config_tables,
-        );
+        let config = ServerConfig {
+            server_id: &spec.server_id,
+            pool_file: "pool.toml",
+            data_dir: "data",
+            top: &spec.config_top,
+            vendor: VENDOR,
+            public_key: &self.public_key_base64(),
+            tables: &spec.config_tables,
+        }
+        .text();
         let config_path = dir.join("tessera.toml");
         std::fs::write(&config_path, config).expect("write the server config");
         Server {
@@ -247,7 +253,7 @@ impl Fixture {
             data_dir: dir.join("data"),
             pool_file: dir.join("pool.toml"),
             log: dir.join("server.log"),
-            child: None,
+            process: None,
             http: http_client(),
         }
     }
@@ -330,11 +336,7 @@ impl Answer {
 }
 
 pub fn http_client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .no_proxy()
-        .timeout(REQUEST_TIMEOUT)
-        .build()
-        .expect("HTTP client")
+    tessera_testkit::http_client(REQUEST_TIMEOUT)
 }
 
 /// A `tessera server` process (or the files for one).
@@ -345,7 +347,7 @@ pub struct Server {
     pub data_dir: PathBuf,
     pub pool_file: PathBuf,
     log: PathBuf,
-    child: Option<Child>,
+    process: Option<Process>,
     http: reqwest::Client,
 }
 
@@ -353,25 +355,15 @@ impl Server {
     /// Starts `tessera server --config F [--new-pool]` and waits (bounded)
     /// until `/v1/status` answers.
     pub async fn start(&mut self, mode: StartMode) {
-        assert!(self.child.is_none(), "the server is running already");
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .expect("open the server log");
-        let mut command = std::process::Command::new(tessera_exe());
-        command.arg("server").arg("--config").arg(&self.config);
-        if mode == StartMode::NewPool {
-            command.arg("--new-pool");
-        }
-        let child = command
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("clone the log handle"))
-            .stderr(log)
-            .spawn()
-            .expect("start `tessera server`");
-        self.child = Some(child);
+        assert!(self.process.is_none(), "the server is running already");
+        let args: &[&str] = match mode {
+            StartMode::NewPool => &["--new-pool"],
+            StartMode::Plain => &[],
+        };
+        let mut command = server_command(Path::new(tessera_exe()), &self.config, args);
+        command.env("NO_COLOR", "1");
+        let process = Process::start(command, &self.log).expect("start `tessera server`");
+        self.process = Some(process);
         // Pooled connections to the last process are dead.
         self.http = http_client();
         self.poll("/v1/status to answer", SERVER_READY_TIMEOUT, |_| true)
@@ -380,31 +372,23 @@ impl Server {
 
     /// Kills the process with SIGKILL (`kill -9`) and reaps it.
     pub fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
+        if let Some(process) = self.process.take() {
+            process.kill();
         }
     }
 
     /// Sends SIGTERM and waits (bounded) for the process to exit.
     pub async fn terminate(&mut self) -> ExitStatus {
-        let mut child = self.child.take().expect("the server is running");
-        // SAFETY: a signal to our own child, which has not been reaped yet.
-        unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
-        let deadline = Instant::now() + STOP_TIMEOUT;
-        loop {
-            if let Some(status) = child.try_wait().expect("wait for the server") {
-                return status;
-            }
-            if Instant::now() >= deadline {
-                let _ = child.kill();
-                let _ = child.wait();
+        let process = self.process.take().expect("the server is running");
+        match process.terminate(STOP_TIMEOUT).await {
+            Some(status) => status,
+            None => {
+                process.kill();
                 panic!(
                     "the server did not exit within {STOP_TIMEOUT:?} of SIGTERM; its log:\n{}",
                     self.log()
                 );
             }
-            tokio::time::sleep(POLL_INTERVAL).await;
         }
     }
 
@@ -451,43 +435,25 @@ impl Server {
         &mut self,
         what: &str,
         timeout: Duration,
-        mut done: impl FnMut(&StatusResponse) -> bool,
+        done: impl FnMut(&StatusResponse) -> bool,
     ) -> StatusResponse {
-        let deadline = Instant::now() + timeout;
-        let mut last;
-        loop {
-            if let Some(child) = self.child.as_mut() {
-                if let Ok(Some(exit)) = child.try_wait() {
-                    self.child = None;
-                    panic!(
-                        "the server exited ({exit}) while waiting for {what}; its log:\n{}",
-                        self.log()
-                    );
-                }
-            }
-            match self
-                .http
-                .get(format!("http://{}/v1/status", self.address))
-                .send()
-                .await
-            {
-                Ok(response) if response.status().is_success() => {
-                    match response.json::<StatusResponse>().await {
-                        Ok(status) if done(&status) => return status,
-                        Ok(status) => last = format!("{status:?}"),
-                        Err(err) => last = err.to_string(),
-                    }
-                }
-                Ok(response) => last = format!("HTTP {}", response.status()),
-                Err(err) => last = err.to_string(),
-            }
-            if Instant::now() >= deadline {
+        let process = self.process.as_ref().expect("the server is running");
+        match process
+            .wait_status(&self.http, &self.address, timeout, done)
+            .await
+        {
+            Ok(status) => status,
+            Err(NotReady::Exited(exit)) => {
+                self.process = None;
                 panic!(
-                    "waited {timeout:?} for {what}; last: {last}\nserver log:\n{}",
+                    "the server exited ({exit}) while waiting for {what}; its log:\n{}",
                     self.log()
                 );
             }
-            tokio::time::sleep(POLL_INTERVAL).await;
+            Err(NotReady::TimedOut { last }) => panic!(
+                "waited {timeout:?} for {what}; last: {last}\nserver log:\n{}",
+                self.log()
+            ),
         }
     }
 

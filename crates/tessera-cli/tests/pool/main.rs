@@ -1,15 +1,18 @@
 //! End-to-end tests of the redundant pool: real `tessera server` processes on
 //! loopback, killed with SIGKILL and cut off with the test fault switch.
 
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-use tessera_testkit::{pool_available, row, sign_code, Pool, PoolSpec, PATIENCE};
+use tessera_client::{Client, ClientConfig, SeatGuard, SeatState};
+use tessera_testkit::{
+    one_pool_at_a_time, pool_available, row, server_entry, CodeSpec, Pool, PoolSpec, PATIENCE,
+};
 
 mod recovery;
 mod reliability;
 
 const TESSERA: &str = env!("CARGO_BIN_EXE_tessera");
-use tessera_client::{Client, ClientConfig, SeatGuard, SeatState};
 
 /// A client that asks server `first` first, then the others in pool order.
 fn client(pool: &Pool, first: usize, name: &str) -> Client {
@@ -21,17 +24,76 @@ fn client(pool: &Pool, first: usize, name: &str) -> Client {
     Client::new(config).expect("client config")
 }
 
-/// Pools run one at a time: several pools of real processes on two cores
-/// would starve each other's heartbeats and test the machine, not the pool.
-static ONE_POOL_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
 async fn start_pool(spec: PoolSpec<'_>) -> Pool {
-    let mut pool = Pool::new(std::path::Path::new(TESSERA), spec);
-    pool.spawn_all();
-    for i in 0..pool.servers.len() {
-        pool.wait_serving(i).await;
+    Pool::start(Path::new(TESSERA), spec).await
+}
+
+/// The pool of seed 001: 100 seats, A:40 B:30 C:30.
+fn seed_001() -> PoolSpec<'static> {
+    PoolSpec {
+        distribution: "A = 40\nB = 30\nC = 30\n",
+        ..PoolSpec::default()
     }
-    pool
+}
+
+/// A started pool with a leader, and programs holding one seat each.
+struct HeldPool {
+    pool: Pool,
+    leader: usize,
+    seats: Vec<SeatGuard>,
+}
+
+/// Starts a pool, waits for its leader, then has `clients` programs `c0`,
+/// `c1`, … check out one seat each, asking the servers in turn first.
+async fn held_pool(spec: PoolSpec<'_>, clients: usize) -> HeldPool {
+    let pool = start_pool(spec).await;
+    let leader = pool.wait_leader(&pool.all()).await;
+    let mut seats = Vec::new();
+    for n in 0..clients {
+        seats.push(seat_on(&pool, n % pool.servers.len(), &format!("c{n}")).await);
+    }
+    HeldPool {
+        pool,
+        leader,
+        seats,
+    }
+}
+
+/// Every seat is still held, wherever its guard renewed it last.
+fn assert_all_held(seats: &[SeatGuard]) {
+    for seat in seats {
+        assert!(
+            matches!(seat.state(), SeatState::Held { .. }),
+            "a seat was lost: {:?}",
+            seat.state()
+        );
+    }
+}
+
+/// One seat for a program named `name` that asks server `first` first.
+async fn seat_on(pool: &Pool, first: usize, name: &str) -> SeatGuard {
+    client(pool, first, name)
+        .checkout("app", "1.0", 1)
+        .await
+        .unwrap_or_else(|err| panic!("no seat for {name}: {err}"))
+}
+
+/// Server `i` grants a seat to a client named `name`.
+async fn assert_grants(pool: &Pool, i: usize, name: &str) {
+    let (code, body) = pool.checkout(i, name, 1).await;
+    assert_eq!(
+        code, 200,
+        "server {} refused {name}: {body}",
+        pool.servers[i].id
+    );
+}
+
+/// Server `i` stops issuing for lack of quorum, and refuses a client named `name`.
+async fn assert_stops(pool: &Pool, i: usize, what: &str, name: &str) {
+    pool.wait_status(i, what, |s| s.server.state == "no_quorum")
+        .await;
+    let (code, body) = pool.checkout(i, name, 1).await;
+    assert_eq!(code, 503, "{body}");
 }
 
 async fn wait_until(what: &str, check: impl Fn() -> bool) {
@@ -46,12 +108,7 @@ async fn wait_until(what: &str, check: impl Fn() -> bool) {
 /// server, the leader lost, its client failing over, the leader returning.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn seed_worked_example_fig_5_to_11() {
-    let _serial = ONE_POOL_AT_A_TIME.lock().await;
-    let mut pool = start_pool(PoolSpec {
-        distribution: "A = 40\nB = 30\nC = 30\n",
-        ..PoolSpec::default()
-    })
-    .await;
+    let mut pool = start_pool(seed_001()).await;
     let (a, b, c) = (0, 1, 2);
     assert_eq!(
         pool.wait_leader(&[a, b, c]).await,
@@ -73,23 +130,14 @@ async fn seed_worked_example_fig_5_to_11() {
     pool.wait_status(a, "FIG. 5", fig([(40, 0), (30, 0), (30, 0)], 100))
         .await;
     // FIG. 6-8: a client on B, then C, then A.
-    let on_b = client(&pool, b, "client-b")
-        .checkout("app", "1.0", 1)
-        .await
-        .expect("B grants");
+    let on_b = seat_on(&pool, b, "client-b").await;
     assert_eq!(on_b.server_id(), "B");
     pool.wait_status(a, "FIG. 6", fig([(40, 0), (30, 1), (30, 0)], 99))
         .await;
-    let on_c = client(&pool, c, "client-c")
-        .checkout("app", "1.0", 1)
-        .await
-        .expect("C grants");
+    let on_c = seat_on(&pool, c, "client-c").await;
     pool.wait_status(a, "FIG. 7", fig([(40, 0), (30, 1), (30, 1)], 98))
         .await;
-    let on_a = client(&pool, a, "client-a")
-        .checkout("app", "1.0", 1)
-        .await
-        .expect("A grants");
+    let on_a = seat_on(&pool, a, "client-a").await;
     pool.wait_status(a, "FIG. 8", fig([(40, 1), (30, 1), (30, 1)], 97))
         .await;
 
@@ -135,7 +183,6 @@ async fn seed_worked_example_fig_5_to_11() {
 /// than the hard limit.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leader_killed_under_200_clients() {
-    let _serial = ONE_POOL_AT_A_TIME.lock().await;
     const CLIENTS: usize = 200;
     // The killed leader's third of the seats stays with it for the safe wait
     // (longer than the lease), so the survivors' two thirds must cover every
@@ -144,22 +191,16 @@ async fn leader_killed_under_200_clients() {
     // With exactly 200 the last client to fail over was lost about one run
     // in four.
     const SEATS: u32 = 330;
-    let mut pool = start_pool(PoolSpec {
+    // The default lease (4 s, heartbeat 1 s).
+    let spec = PoolSpec {
         seats: SEATS,
-        lease_s: 4,
-        heartbeat_s: 1,
         ..PoolSpec::default()
-    })
-    .await;
-    let leader = pool.wait_leader(&[0, 1, 2]).await;
-    let mut seats: Vec<SeatGuard> = Vec::new();
-    for n in 0..CLIENTS {
-        let seat = client(&pool, n % 3, &format!("c{n}"))
-            .checkout("app", "1.0", 1)
-            .await
-            .expect("every client gets a seat");
-        seats.push(seat);
-    }
+    };
+    let HeldPool {
+        mut pool,
+        leader,
+        seats,
+    } = held_pool(spec, CLIENTS).await;
     let killed = pool.servers[leader].id.clone();
     let on_killed: Vec<usize> = (0..CLIENTS)
         .filter(|&n| seats[n].server_id() == killed)
@@ -184,14 +225,11 @@ async fn leader_killed_under_200_clients() {
                 .map(|&n| (n, seats[n].state()))
                 .collect::<Vec<_>>()
         );
-        pending.retain(|&n| {
-            if seats[n].server_id() != killed {
-                regrant.push(killed_at.elapsed());
-                false
-            } else {
-                true
-            }
-        });
+        let (moved, still): (Vec<usize>, Vec<usize>) = pending
+            .iter()
+            .partition(|&&n| seats[n].server_id() != killed);
+        regrant.extend(moved.iter().map(|_| killed_at.elapsed()));
+        pending = still;
         let held: usize = seats
             .iter()
             .filter(|s| s.is_valid())
@@ -203,13 +241,7 @@ async fn leader_killed_under_200_clients() {
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    for seat in &seats {
-        assert!(
-            matches!(seat.state(), SeatState::Held { .. }),
-            "a seat was lost: {:?}",
-            seat.state()
-        );
-    }
+    assert_all_held(&seats);
     let status = pool
         .wait_status(new_leader, "all clients counted", |s| {
             survivors
@@ -243,7 +275,6 @@ async fn leader_killed_under_200_clients() {
 /// Then the same for the leader.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn partitioned_servers_stop_and_rejoin() {
-    let _serial = ONE_POOL_AT_A_TIME.lock().await;
     let pool = start_pool(PoolSpec::default()).await;
     let leader = pool.wait_leader(&[0, 1, 2]).await;
     let follower = (leader + 1) % 3;
@@ -260,12 +291,10 @@ async fn partitioned_servers_stop_and_rejoin() {
         (503, Some("no_quorum")),
         "{body}"
     );
-    let (code, _) = pool.checkout(other, "majority", 1).await;
-    assert_eq!(code, 200, "the majority keeps serving");
+    assert_grants(&pool, other, "majority").await;
     pool.partition(follower, false).await;
     pool.wait_serving(follower).await;
-    let (code, _) = pool.checkout(follower, "healed", 1).await;
-    assert_eq!(code, 200);
+    assert_grants(&pool, follower, "healed").await;
     println!(
         "follower stopped {} ms after the cut",
         stopped_after.as_millis()
@@ -287,8 +316,7 @@ async fn partitioned_servers_stop_and_rejoin() {
     .await;
     let new_leader = pool.wait_leader(&[follower, other]).await;
     assert_ne!(new_leader, leader);
-    let (code, _) = pool.checkout(new_leader, "after", 1).await;
-    assert_eq!(code, 200);
+    assert_grants(&pool, new_leader, "after").await;
     pool.partition(leader, false).await;
     let back = pool
         .wait_status(leader, "rejoins", |s| s.server.state == "serving")
@@ -309,7 +337,6 @@ async fn partitioned_servers_stop_and_rejoin() {
 /// Majority rule in a pool of five: two down, it serves; three down, it stops.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pool_of_five_serves_with_two_down_and_stops_with_three() {
-    let _serial = ONE_POOL_AT_A_TIME.lock().await;
     let mut pool = start_pool(PoolSpec {
         servers: 5,
         ..PoolSpec::default()
@@ -320,17 +347,11 @@ async fn pool_of_five_serves_with_two_down_and_stops_with_three() {
     let leader = pool.wait_leader(&[2, 3, 4]).await;
     for i in [2, 3, 4] {
         pool.wait_serving(i).await;
-        let (code, _) = pool.checkout(i, &format!("five-{i}"), 1).await;
-        assert_eq!(code, 200, "server {i} serves with two of five down");
+        assert_grants(&pool, i, &format!("five-{i}")).await;
     }
     pool.kill(leader);
     for i in [2, 3, 4].into_iter().filter(|&i| i != leader) {
-        pool.wait_status(i, "no quorum with three down", |s| {
-            s.server.state == "no_quorum"
-        })
-        .await;
-        let (code, body) = pool.checkout(i, "too-few", 1).await;
-        assert_eq!(code, 503, "{body}");
+        assert_stops(&pool, i, "no quorum with three down", "too-few").await;
     }
 }
 
@@ -338,32 +359,22 @@ async fn pool_of_five_serves_with_two_down_and_stops_with_three() {
 /// server added by it joins live and issues its seats; a stale file is refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pool_file_update_adds_a_server_live() {
-    let _serial = ONE_POOL_AT_A_TIME.lock().await;
-    let mut pool = start_pool(PoolSpec {
-        distribution: "A = 40\nB = 30\nC = 30\n",
-        ..PoolSpec::default()
-    })
-    .await;
+    let mut pool = start_pool(seed_001()).await;
     let leader = pool.wait_leader(&[0, 1, 2]).await;
     let follower = (leader + 1) % 3;
 
     // The vendor adds 10 seats for the new server.
-    sign_code(
-        std::path::Path::new(TESSERA),
-        pool.path(),
-        "app-2",
-        10,
-        4,
-        1,
-        "more.lic",
-    );
+    pool.sign_code(CodeSpec {
+        id: "app-2",
+        seats: 10,
+        lease_s: 4,
+        heartbeat_s: 1,
+        out: "more.lic",
+    });
     let d = pool.add_server("D", "pool2.toml");
     let text = std::fs::read_to_string(pool.path().join("pool.toml")).expect("pool file");
     let more = std::fs::read_to_string(pool.path().join("more.lic")).expect("codes");
-    let d_entry = format!(
-        "[[servers]]\nid = \"D\"\naddress = \"{}\"\n\n[distribution.app]",
-        pool.servers[d].address
-    );
+    let d_entry = server_entry("D", &pool.servers[d].address) + "[distribution.app]";
     let updated = text
         .replace("sequence = 1", "sequence = 2")
         .replace("[distribution.app]", &d_entry)
@@ -412,7 +423,6 @@ async fn pool_file_update_adds_a_server_live() {
 /// Peers of another pool are refused before they reach Raft.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn peers_of_another_pool_are_refused() {
-    let _serial = ONE_POOL_AT_A_TIME.lock().await;
     let pool = start_pool(PoolSpec {
         servers: 1,
         ..PoolSpec::default()
@@ -447,8 +457,7 @@ async fn peers_of_another_pool_are_refused() {
         .await
         .expect("vote");
     assert_eq!(vote.status().as_u16(), 403);
-    let (code, _) = pool.checkout(0, "still-serving", 1).await;
-    assert_eq!(code, 200);
+    assert_grants(&pool, 0, "still-serving").await;
     let (code, _) = pool.checkout(0, "too-many", 1_000).await;
     assert_eq!(code, 400);
 
@@ -461,6 +470,7 @@ async fn peers_of_another_pool_are_refused() {
         .text()
         .await
         .expect("text");
+    let lines: Vec<&str> = metrics.lines().collect();
     for line in [
         "tessera_leader 1",
         "tessera_serving 1",
@@ -469,10 +479,7 @@ async fn peers_of_another_pool_are_refused() {
         "tessera_requests_total{endpoint=\"checkout\",outcome=\"ok\"} 1",
         "tessera_requests_total{endpoint=\"checkout\",outcome=\"count_above_limit\"} 1",
     ] {
-        assert!(
-            metrics.lines().any(|l| l == line),
-            "missing `{line}` in:\n{metrics}"
-        );
+        assert!(lines.contains(&line), "missing `{line}` in:\n{metrics}");
     }
 }
 
@@ -481,20 +488,15 @@ async fn peers_of_another_pool_are_refused() {
 /// the others keep serving.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restart_with_a_newer_pool_file_removes_a_server() {
-    let _serial = ONE_POOL_AT_A_TIME.lock().await;
     let mut pool = start_pool(PoolSpec::default()).await;
     pool.wait_leader(&[0, 1, 2]).await;
     let (b, c) = (1, 2);
-    let (code, _) = pool.checkout(c, "on-c", 1).await;
-    assert_eq!(code, 200);
+    assert_grants(&pool, c, "on-c").await;
 
     // The administrator drops C from the pool file and restarts B with it.
     let path = pool.path().join("pool.toml");
     let text = std::fs::read_to_string(&path).expect("pool file");
-    let c_entry = format!(
-        "[[servers]]\nid = \"C\"\naddress = \"{}\"\n\n",
-        pool.servers[c].address
-    );
+    let c_entry = server_entry("C", &pool.servers[c].address);
     assert!(text.contains(&c_entry));
     std::fs::write(
         &path,
@@ -513,14 +515,10 @@ async fn restart_with_a_newer_pool_file_removes_a_server() {
         assert_eq!(status.servers.len(), 2);
     }
     // C is no longer a member: its reports are refused and its quota lapses.
-    pool.wait_status(c, "removed server stops", |s| s.server.state == "no_quorum")
-        .await;
-    let (code, body) = pool.checkout(c, "late", 1).await;
-    assert_eq!(code, 503, "{body}");
+    assert_stops(&pool, c, "removed server stops", "late").await;
     for i in [0, b] {
         pool.wait_serving(i).await;
-        let (code, body) = pool.checkout(i, &format!("after-{i}"), 1).await;
-        assert_eq!(code, 200, "{body}");
+        assert_grants(&pool, i, &format!("after-{i}")).await;
     }
 }
 
@@ -529,11 +527,9 @@ async fn restart_with_a_newer_pool_file_removes_a_server() {
 /// leader rebuilds its state from its own snapshot and log.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn snapshots_bring_back_servers_that_missed_purged_log() {
-    let _serial = ONE_POOL_AT_A_TIME.lock().await;
     let mut pool = start_pool(PoolSpec {
-        distribution: "A = 40\nB = 30\nC = 30\n",
         config_extra: "[timing]\nsnapshot_every_entries = 5\nlog_kept_after_snapshot = 0\n",
-        ..PoolSpec::default()
+        ..seed_001()
     })
     .await;
     let leader = pool.wait_leader(&[0, 1, 2]).await;
@@ -606,9 +602,9 @@ async fn snapshots_bring_back_servers_that_missed_purged_log() {
 /// A damaged snapshot file stops the server with advice and is left alone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_damaged_snapshot_stops_the_server_with_advice() {
-    let _serial = ONE_POOL_AT_A_TIME.lock().await;
+    let _serial = one_pool_at_a_time().await;
     let mut pool = Pool::new(
-        std::path::Path::new(TESSERA),
+        Path::new(TESSERA),
         PoolSpec {
             servers: 1,
             ..PoolSpec::default()

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use tessera_client::SeatGuard;
 use tessera_testkit::PoolSpec;
 
-use super::{client, start_pool, ONE_POOL_AT_A_TIME};
+use super::{client, held_pool, HeldPool};
 
 const SEATS: u32 = 50;
 const LEASE_S: u32 = 10;
@@ -25,25 +25,18 @@ fn believed(guards: &Mutex<Vec<SeatGuard>>) -> u32 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pool_that_lost_its_majority_is_re_formed_from_the_survivors() {
-    let _serial = ONE_POOL_AT_A_TIME.lock().await;
-    let mut pool = start_pool(PoolSpec {
+    let spec = PoolSpec {
         servers: 5,
         seats: SEATS,
         lease_s: LEASE_S,
         heartbeat_s: 1,
         ..PoolSpec::default()
-    })
-    .await;
-    pool.wait_leader(&[0, 1, 2, 3, 4]).await;
+    };
     // A full pool: every seat held, ten on each server.
-    let guards: Arc<Mutex<Vec<SeatGuard>>> = Arc::default();
-    for n in 0..SEATS as usize {
-        let seat = client(&pool, n % 5, &format!("c{n}"))
-            .checkout("app", "1.0", 1)
-            .await
-            .expect("a seat for every client");
-        guards.lock().unwrap().push(seat);
-    }
+    let HeldPool {
+        mut pool, seats, ..
+    } = held_pool(spec, SEATS as usize).await;
+    let guards = Arc::new(Mutex::new(seats));
     let on_survivors = guards
         .lock()
         .unwrap()

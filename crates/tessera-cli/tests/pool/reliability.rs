@@ -3,10 +3,10 @@
 
 use std::time::{Duration, Instant};
 
-use tessera_client::{ClientError, SeatGuard, SeatState};
+use tessera_client::{ClientError, SeatGuard};
 use tessera_testkit::{row, PoolSpec};
 
-use super::{client, start_pool, ONE_POOL_AT_A_TIME};
+use super::{assert_all_held, client, held_pool, start_pool, HeldPool};
 
 /// Seats in use over the whole pool, each server counting its own grants.
 async fn in_use_everywhere(pool: &tessera_testkit::Pool, live: &[usize]) -> Option<u32> {
@@ -27,25 +27,21 @@ async fn in_use_everywhere(pool: &tessera_testkit::Pool, live: &[usize]) -> Opti
 /// out again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_ghost_seats_after_three_leader_kills() {
-    let _serial = ONE_POOL_AT_A_TIME.lock().await;
     const CLIENTS: usize = 100;
     const SEATS: u32 = 300;
-    let mut pool = start_pool(PoolSpec {
-        seats: SEATS,
-        lease_s: 30,
-        heartbeat_s: 1,
-        ..PoolSpec::default()
-    })
+    let HeldPool {
+        mut pool, seats, ..
+    } = held_pool(
+        PoolSpec {
+            seats: SEATS,
+            lease_s: 30,
+            heartbeat_s: 1,
+            ..PoolSpec::default()
+        },
+        CLIENTS,
+    )
     .await;
     let all = [0, 1, 2];
-    let mut seats: Vec<SeatGuard> = Vec::new();
-    for n in 0..CLIENTS {
-        let seat = client(&pool, n % 3, &format!("c{n}"))
-            .checkout("app", "1.0", 1)
-            .await
-            .expect("every client gets a seat");
-        seats.push(seat);
-    }
     for round in 0..3 {
         let leader = pool.wait_leader(&all).await;
         let killed = pool.servers[leader].id.clone();
@@ -66,13 +62,7 @@ async fn no_ghost_seats_after_three_leader_kills() {
         // A few heartbeats with the old copies back on the returning server.
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
-    for seat in &seats {
-        assert!(
-            matches!(seat.state(), SeatState::Held { .. }),
-            "a seat was lost: {:?}",
-            seat.state()
-        );
-    }
+    assert_all_held(&seats);
     for seat in seats {
         seat.release().await.expect("check in");
     }
@@ -126,7 +116,6 @@ async fn no_ghost_seats_after_three_leader_kills() {
 /// `no_seats_available` denial, never "no answer in time".
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_request_size_gets_a_grant_or_a_denial_in_time() {
-    let _serial = ONE_POOL_AT_A_TIME.lock().await;
     const SEATS: u32 = 12;
     let pool = start_pool(PoolSpec {
         seats: SEATS,
@@ -262,7 +251,6 @@ async fn short_pool() -> ShortPool {
 /// come ends inside it, with a denial, and B keeps no grant for the client.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wait_for_seats_ends_inside_the_clients_wait() {
-    let _serial = ONE_POOL_AT_A_TIME.lock().await;
     let short = short_pool().await;
     let asked = Instant::now();
     let answer = client_of(&short.pool, short.short, "z", Duration::from_secs(1))
@@ -288,7 +276,6 @@ async fn a_wait_for_seats_ends_inside_the_clients_wait() {
 /// of 20 s, it is granted as soon as the seat comes back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_check_in_wakes_a_checkout_waiting_for_seats() {
-    let _serial = ONE_POOL_AT_A_TIME.lock().await;
     let ShortPool {
         pool,
         short,
@@ -333,7 +320,6 @@ async fn a_check_in_wakes_a_checkout_waiting_for_seats() {
 /// will never answer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leader_change_costs_no_quota_on_a_live_follower() {
-    let _serial = ONE_POOL_AT_A_TIME.lock().await;
     let mut pool = start_pool(PoolSpec::default()).await;
     let all = [0, 1, 2];
     let mut gaps = Vec::new();

@@ -197,38 +197,44 @@ fn refusal(code: ErrorCode, server: &FakeServer) -> Response {
     (status, Json(body)).into_response()
 }
 
+/// Counts a request in `count`, waits the server's delay, and answers the
+/// refusal `mode` asks for, if any.
+async fn arrive(
+    server: &FakeServer,
+    count: &AtomicU32,
+    mode: &Mutex<Mode>,
+) -> Result<(), Response> {
+    count.fetch_add(1, Ordering::SeqCst);
+    server.delay().await;
+    let mode = *mode.lock().unwrap();
+    match mode {
+        Mode::Refuse(code) => Err(refusal(code, server)),
+        Mode::Serve => Ok(()),
+    }
+}
+
 async fn checkout(
     State(server): State<Arc<FakeServer>>,
     Json(request): Json<CheckoutRequest>,
-) -> Response {
-    server.checkouts.fetch_add(1, Ordering::SeqCst);
-    server.delay().await;
-    let mode = *server.checkout_mode.lock().unwrap();
-    match mode {
-        Mode::Refuse(code) => refusal(code, &server),
-        Mode::Serve => {
-            let number = server.grants_issued.fetch_add(1, Ordering::SeqCst);
-            let grant_id = format!("{}-g{number}", server.id);
-            Json(server.grant(grant_id, request.count, request.feature, false)).into_response()
-        }
-    }
+) -> Result<Response, Response> {
+    arrive(&server, &server.checkouts, &server.checkout_mode).await?;
+    let number = server.grants_issued.fetch_add(1, Ordering::SeqCst);
+    let grant_id = format!("{}-g{number}", server.id);
+    Ok(Json(server.grant(grant_id, request.count, request.feature, false)).into_response())
 }
 
 async fn heartbeat(
     State(server): State<Arc<FakeServer>>,
     Json(request): Json<HeartbeatRequest>,
-) -> Response {
-    server.heartbeats.fetch_add(1, Ordering::SeqCst);
-    server.delay().await;
-    let mode = *server.heartbeat_mode.lock().unwrap();
-    match mode {
-        Mode::Refuse(code) => refusal(code, &server),
-        Mode::Serve => {
-            let converted = !server.holds(&request.grant_id);
-            let grant = server.grant(request.grant_id, request.count, request.feature, converted);
-            Json(grant).into_response()
-        }
-    }
+) -> Result<Json<Grant>, Response> {
+    arrive(&server, &server.heartbeats, &server.heartbeat_mode).await?;
+    let converted = !server.holds(&request.grant_id);
+    Ok(Json(server.grant(
+        request.grant_id,
+        request.count,
+        request.feature,
+        converted,
+    )))
 }
 
 async fn checkin(

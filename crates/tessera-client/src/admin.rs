@@ -1,0 +1,119 @@
+//! Changes an administrator makes to a running pool (`tessera admin …`):
+//! sent to the first server that takes them; any server forwards a change
+//! to the leader, so a server that is down or between leaders passes the
+//! change to the next one.
+
+use tessera_proto::{
+    AddLicense, ErrorCode, PoolFileInstalled, PoolFileUpdate, RemoveLicense, SetDistribution,
+    POOL_HEADER,
+};
+
+use crate::error::{describe, Failure, FailureKind};
+use crate::http::{self, STATUS_ANSWER_BYTES_MAX};
+use crate::{Client, ClientConfig, ClientError, StatusResponse};
+
+/// One change to the pool's replicated state.
+#[derive(Clone, Debug)]
+pub enum AdminChange {
+    /// A pool file with a higher sequence, and the pool id it names.
+    PoolFile {
+        pool_id: String,
+        update: PoolFileUpdate,
+    },
+    Distribution(SetDistribution),
+    AddLicense(AddLicense),
+    RemoveLicense(RemoveLicense),
+}
+
+impl AdminChange {
+    /// The endpoint, below [`tessera_proto::API_PREFIX`].
+    fn path(&self) -> &'static str {
+        match self {
+            AdminChange::PoolFile { .. } => "/admin/pool-file",
+            AdminChange::Distribution(_) => "/admin/distribution",
+            AdminChange::AddLicense(_) => "/admin/license",
+            AdminChange::RemoveLicense(_) => "/admin/license/remove",
+        }
+    }
+
+    fn body(&self) -> serde_json::Result<serde_json::Value> {
+        match self {
+            AdminChange::PoolFile { update, .. } => serde_json::to_value(update),
+            AdminChange::Distribution(change) => serde_json::to_value(change),
+            AdminChange::AddLicense(change) => serde_json::to_value(change),
+            AdminChange::RemoveLicense(change) => serde_json::to_value(change),
+        }
+    }
+}
+
+/// A pool's administrator: the servers to try in order and the pool's admin
+/// secret, if it has one.
+#[derive(Clone, Debug)]
+pub struct Admin {
+    client: Client,
+    secret: Option<String>,
+}
+
+impl Admin {
+    pub fn new(config: ClientConfig, secret: Option<String>) -> Result<Admin, ClientError> {
+        Ok(Admin {
+            client: Client::new(config)?,
+            secret,
+        })
+    }
+
+    /// Sends `change` to the configured servers in order until one takes it;
+    /// returns the pool file the pool runs then. A server that does not
+    /// answer, has no leader or fails passes the change to the next; any
+    /// other refusal is the pool's answer and returns at once.
+    pub async fn change(&self, change: &AdminChange) -> Result<PoolFileInstalled, ClientError> {
+        let body = change.body().map_err(|error| ClientError::InvalidConfig {
+            message: format!("cannot encode the admin change: {error}"),
+        })?;
+        let mut failures = Vec::new();
+        for address in &self.client.config().servers {
+            match self.change_on(address, change, &body).await {
+                Ok(installed) => return Ok(installed),
+                Err(failure) => match &failure.kind {
+                    FailureKind::Refused { code, message }
+                        if !matches!(code, ErrorCode::NoLeader | ErrorCode::Internal) =>
+                    {
+                        return Err(ClientError::Rejected {
+                            code: *code,
+                            message: message.clone(),
+                        })
+                    }
+                    _ => failures.push(failure),
+                },
+            }
+        }
+        Err(ClientError::NoServerReachable {
+            last_error: describe(&failures),
+            tried: failures.into_iter().map(|f| f.address).collect(),
+        })
+    }
+
+    /// The change sent to one server, named with the pool's id: the change's
+    /// own, or the one the server's status gives.
+    async fn change_on(
+        &self,
+        address: &str,
+        change: &AdminChange,
+        body: &serde_json::Value,
+    ) -> Result<PoolFileInstalled, Failure> {
+        let pool_id = match change {
+            AdminChange::PoolFile { pool_id, .. } => pool_id.clone(),
+            _ => {
+                let status: StatusResponse =
+                    http::get_json(&self.client, address, "/status", STATUS_ANSWER_BYTES_MAX)
+                        .await?;
+                status.pool_id
+            }
+        };
+        let mut headers = vec![(POOL_HEADER.to_string(), pool_id)];
+        if let Some(secret) = &self.secret {
+            headers.push(("authorization".to_string(), format!("Bearer {secret}")));
+        }
+        http::post_json_with_headers(&self.client, address, change.path(), headers, body).await
+    }
+}
