@@ -59,20 +59,16 @@ impl App {
         )
     }
 
-    /// How long a server must have been silent before the leader may give
-    /// its allocation to others: its quota lease plus the longest client
-    /// hold (already stretched by the drift bound), stretched once more for
-    /// the leader's own clock, plus one report interval.
+    /// `W`: how long a server must have been silent before the leader may
+    /// give its allocation to others
+    /// ([`tessera_core::lease::LeaseTiming::reassign_after_ms`]).
     pub(crate) fn reassign_after_ms(&self) -> u64 {
         if self.mutations.reassign_without_wait {
             // The deliberate bug of `Mutations::reassign_without_wait`.
             return self.timing.quota_report_interval_ms * 3;
         }
-        let hold_ms = self.issuer().longest_hold_ms();
-        let drift = u64::from(self.timing.clock_drift_percent);
-        let quota = self.timing.quota_lease_ms;
-        let base = quota + quota * drift / 100 + hold_ms;
-        base + base * drift / 100 + self.timing.quota_report_interval_ms
+        let longest_hold_ms = self.issuer().longest_hold_ms();
+        self.timing.lease().reassign_after_ms(longest_hold_ms)
     }
 
     /// Leader: finds seats for `ask` in the order of seed 002

@@ -128,6 +128,17 @@ pub struct Timing {
     pub log_kept_after_snapshot: u64,
 }
 
+impl Timing {
+    /// The settings the pool's lease arithmetic is made of.
+    pub fn lease(&self) -> tessera_core::lease::LeaseTiming {
+        tessera_core::lease::LeaseTiming {
+            quota_lease_ms: self.quota_lease_ms,
+            quota_report_interval_ms: self.quota_report_interval_ms,
+            clock_drift_percent: self.clock_drift_percent,
+        }
+    }
+}
+
 impl Default for Timing {
     fn default() -> Timing {
         Timing {

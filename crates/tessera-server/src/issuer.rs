@@ -378,7 +378,7 @@ impl Issuer {
         Some(LeaseTerms {
             lease_ms,
             heartbeat_interval_ms: u64::from(policy.heartbeat_interval_s) * 1000,
-            hold_ms: lease_ms + lease_ms * u64::from(self.clock_drift_percent) / 100,
+            hold_ms: tessera_core::lease::hold_ms(lease_ms, self.clock_drift_percent),
         })
     }
 

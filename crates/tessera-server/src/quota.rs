@@ -105,8 +105,8 @@ impl App {
             .wait_applied(ack.applied_index_required, interval)
             .await;
         if applied && !self.mutations.issue_without_quorum {
-            self.issuer()
-                .set_quota(sent_ms + self.timing.quota_lease_ms);
+            let valid_until_ms = self.timing.lease().quota_valid_until_ms(sent_ms);
+            self.issuer().set_quota(valid_until_ms);
             self.quota_renewals
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())

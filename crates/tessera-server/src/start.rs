@@ -240,9 +240,7 @@ async fn serve<L>(
 /// set.
 pub(crate) fn grace_ms(timing: &crate::config::Timing, longest_hold_ms: Option<u64>) -> u64 {
     let longest_lease_ms = u64::from(tessera_core::license::LEASE_S_MAX) * 1000;
-    timing
-        .grace_ms
-        .unwrap_or(longest_hold_ms.unwrap_or(longest_lease_ms))
+    tessera_core::lease::grace_ms(timing.grace_ms, longest_hold_ms.unwrap_or(longest_lease_ms))
 }
 
 /// Runs a server until `shutdown` resolves.
