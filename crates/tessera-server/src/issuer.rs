@@ -139,6 +139,8 @@ pub enum Origin {
 #[derive(Clone, Debug)]
 pub struct Issued {
     pub grant_id: String,
+    /// The server that issued it (this one).
+    pub server_id: String,
     pub feature: String,
     pub count: u32,
     pub terms: LeaseTerms,
@@ -464,6 +466,7 @@ impl Issuer {
             .then_some(grant.request.renewal);
         let issued = Issued {
             grant_id: grant_id.clone(),
+            server_id: self.server_id.clone(),
             feature: grant.request.feature.clone(),
             count: grant.request.count,
             terms,
@@ -532,6 +535,7 @@ impl Issuer {
         grant.request.renewal = grant.request.renewal.max(request.renewal);
         Ok(Issued {
             grant_id,
+            server_id: self.server_id.clone(),
             feature: request.feature,
             count: request.count,
             terms,

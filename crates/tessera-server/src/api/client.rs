@@ -14,8 +14,8 @@ use tessera_proto::{
 };
 
 use super::{api_error, ApiError, JsonBody};
-use crate::issuer::SeatRequest;
-use crate::service::{Deadline, Granted};
+use crate::issuer::{Issued, Origin, SeatRequest};
+use crate::service::Deadline;
 use crate::App;
 
 pub(super) fn routes() -> Router<Arc<App>> {
@@ -90,7 +90,7 @@ async fn status(State(app): State<Arc<App>>) -> Json<proto::StatusResponse> {
     Json(app.status())
 }
 
-fn wire_grant(granted: Granted) -> proto::Grant {
+fn wire_grant(granted: Issued) -> proto::Grant {
     proto::Grant {
         grant_id: granted.grant_id,
         feature: granted.feature,
@@ -106,25 +106,22 @@ fn wire_grant(granted: Granted) -> proto::Grant {
                 address: server.address,
             })
             .collect(),
-        converted: granted.converted,
+        converted: granted.origin == Origin::Conversion,
     }
 }
 
 fn seat_request(body: CheckoutRequest, renewal: u64) -> Result<SeatRequest, ApiError> {
-    let CheckoutRequest {
-        client_id,
-        user,
-        host,
-        feature,
-        version,
-        count,
-        answer_within_ms: _,
-    } = body;
-    check_field("client_id", &client_id)?;
-    check_field("user", &user)?;
-    check_field("host", &host)?;
-    check_field("feature", &feature)?;
-    check_field("version", &version)?;
+    let fields = [
+        ("client_id", &body.client_id),
+        ("user", &body.user),
+        ("host", &body.host),
+        ("feature", &body.feature),
+        ("version", &body.version),
+    ];
+    for (name, value) in fields {
+        check_field(name, value)?;
+    }
+    let count = body.count;
     if count == 0 || count > MAX_SEATS_PER_REQUEST {
         return Err(api_error(
             ErrorCode::InvalidCount,
@@ -132,11 +129,11 @@ fn seat_request(body: CheckoutRequest, renewal: u64) -> Result<SeatRequest, ApiE
         ));
     }
     Ok(SeatRequest {
-        client_id,
-        user,
-        host,
-        feature,
-        version,
+        client_id: body.client_id,
+        user: body.user,
+        host: body.host,
+        feature: body.feature,
+        version: body.version,
         count,
         renewal,
     })

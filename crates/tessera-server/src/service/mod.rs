@@ -14,24 +14,27 @@ pub use borrow::Need;
 
 use std::sync::Arc;
 
-use tessera_core::ServerEntry;
 use tessera_proto::{self as proto, ErrorCode};
 
-use crate::issuer::{Issued, LeaseTerms, Origin, SeatRequest};
+use crate::issuer::{Issued, SeatRequest};
 use crate::refusal::Refusal;
 use crate::App;
 
-/// A grant as the client is told of it.
-#[derive(Clone, Debug)]
-pub struct Granted {
-    pub grant_id: String,
-    pub feature: String,
-    pub count: u32,
-    pub server_id: String,
-    pub terms: LeaseTerms,
-    /// The pool's servers, in priority order: where to fail over.
-    pub servers: Vec<ServerEntry>,
-    pub converted: bool,
+/// What a client asks for seats with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Ask {
+    Checkout,
+    Heartbeat,
+}
+
+impl Ask {
+    /// The endpoint, as `/metrics` counts requests.
+    fn endpoint(self) -> &'static str {
+        match self {
+            Ask::Checkout => "checkout",
+            Ask::Heartbeat => "heartbeat",
+        }
+    }
 }
 
 /// When a request arrived and how long its client waits for the answer.
@@ -65,19 +68,9 @@ impl App {
         self: &Arc<Self>,
         request: SeatRequest,
         deadline: Deadline,
-    ) -> Result<Granted, Refusal> {
+    ) -> Result<Issued, Refusal> {
         let grant_id = (self.grant_ids)();
-        let issued = self
-            .issue_with_borrowing(&request, deadline, |app| {
-                app.issuer().checkout(
-                    grant_id.clone(),
-                    request.clone(),
-                    app.clock.now_ms(),
-                    app.clock.unix_ms(),
-                )
-            })
-            .await;
-        self.answer("checkout", issued, deadline).await
+        self.seats(Ask::Checkout, grant_id, request, deadline).await
     }
 
     /// A heartbeat: renews a grant held here, or converts one held elsewhere
@@ -87,18 +80,31 @@ impl App {
         grant_id: String,
         request: SeatRequest,
         deadline: Deadline,
-    ) -> Result<Granted, Refusal> {
+    ) -> Result<Issued, Refusal> {
+        self.seats(Ask::Heartbeat, grant_id, request, deadline)
+            .await
+    }
+
+    /// Issues (borrowing when short), persists and answers.
+    async fn seats(
+        self: &Arc<Self>,
+        ask: Ask,
+        grant_id: String,
+        request: SeatRequest,
+        deadline: Deadline,
+    ) -> Result<Issued, Refusal> {
         let issued = self
             .issue_with_borrowing(&request, deadline, |app| {
-                app.issuer().heartbeat(
-                    grant_id.clone(),
-                    request.clone(),
-                    app.clock.now_ms(),
-                    app.clock.unix_ms(),
-                )
+                let (now_ms, now_unix_ms) = (app.clock.now_ms(), app.clock.unix_ms());
+                let (grant_id, request) = (grant_id.clone(), request.clone());
+                let mut issuer = app.issuer();
+                match ask {
+                    Ask::Checkout => issuer.checkout(grant_id, request, now_ms, now_unix_ms),
+                    Ask::Heartbeat => issuer.heartbeat(grant_id, request, now_ms, now_unix_ms),
+                }
             })
             .await;
-        self.answer("heartbeat", issued, deadline).await
+        self.answer(ask.endpoint(), issued, deadline).await
     }
 
     /// A check-in: frees the grant's seats here and, through the pool, any
@@ -130,7 +136,7 @@ impl App {
         endpoint: &'static str,
         issued: Result<Issued, Refusal>,
         deadline: Deadline,
-    ) -> Result<Granted, Refusal> {
+    ) -> Result<Issued, Refusal> {
         let result = match issued {
             Ok(issued) => self.persist(issued, deadline).await,
             Err(refusal) => Err(refusal),
@@ -142,7 +148,7 @@ impl App {
     /// Makes a new grant durable before it is answered; undoes it if that
     /// fails, or if the client has stopped waiting by then. Once the grant
     /// stands, the pool is told of the copies it makes stale.
-    async fn persist(&self, issued: Issued, deadline: Deadline) -> Result<Granted, Refusal> {
+    async fn persist(&self, issued: Issued, deadline: Deadline) -> Result<Issued, Refusal> {
         if let Some(stored) = issued.to_store.clone() {
             if let Err(err) = self.store.put(issued.grant_id.clone(), stored).await {
                 self.issuer().rollback(&issued.grant_id);
@@ -168,18 +174,6 @@ impl App {
         if let Some(renewal) = issued.supersedes_renewal {
             self.supersede(&issued.grant_id, renewal);
         }
-        Ok(self.granted(issued))
-    }
-
-    fn granted(&self, issued: Issued) -> Granted {
-        Granted {
-            grant_id: issued.grant_id,
-            feature: issued.feature,
-            count: issued.count,
-            server_id: self.pool.server_id.clone(),
-            terms: issued.terms,
-            servers: issued.servers,
-            converted: issued.origin == Origin::Conversion,
-        }
+        Ok(issued)
     }
 }
