@@ -119,6 +119,22 @@ pub enum BorrowStep {
     Ask { donor: String, seats: u32 },
 }
 
+/// Takes from each offer in turn what is still `wanted`, as `step` says.
+fn walk<S: Clone>(
+    offers: &[Offer<S>],
+    wanted: &mut u32,
+    step: impl Fn(S, u32) -> BorrowStep,
+    steps: &mut Vec<BorrowStep>,
+) {
+    for offer in offers {
+        let seats = (*wanted).min(offer.seats);
+        if seats > 0 {
+            steps.push(step(offer.from.clone(), seats));
+            *wanted -= seats;
+        }
+    }
+}
+
 impl BorrowPlan {
     /// Seats already asked of donors for the asker (its pending requests).
     pub fn pending(&self) -> u32 {
@@ -151,26 +167,10 @@ impl BorrowPlan {
         };
         let mut wanted = *wanted;
         let mut steps = Vec::new();
-        for offer in without_consent {
-            let seats = wanted.min(offer.seats);
-            if seats > 0 {
-                steps.push(BorrowStep::Take {
-                    source: offer.from.clone(),
-                    seats,
-                });
-                wanted -= seats;
-            }
-        }
-        for offer in with_consent {
-            let seats = wanted.min(offer.seats);
-            if seats > 0 {
-                steps.push(BorrowStep::Ask {
-                    donor: offer.from.clone(),
-                    seats,
-                });
-                wanted -= seats;
-            }
-        }
+        let take = |source, seats| BorrowStep::Take { source, seats };
+        walk(without_consent, &mut wanted, take, &mut steps);
+        let ask = |donor, seats| BorrowStep::Ask { donor, seats };
+        walk(with_consent, &mut wanted, ask, &mut steps);
         steps
     }
 }
