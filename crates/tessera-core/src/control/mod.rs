@@ -22,10 +22,12 @@
 
 mod allocation;
 mod commands;
+mod refusal;
 mod state;
 #[cfg(test)]
 mod tests;
 
 pub use allocation::{FeatureAllocation, MoveCounts, ReleaseRequest};
 pub use commands::{BorrowSource, ControlCommand, ControlOutcome, LOST_MAJORITY};
+pub use refusal::ControlRefusal;
 pub use state::ControlState;

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use super::refusal::ControlRefusal;
 use super::{
     BorrowSource, ControlCommand, ControlOutcome, FeatureAllocation, ReleaseRequest, LOST_MAJORITY,
 };
@@ -49,9 +50,9 @@ impl ControlState {
     }
 
     /// Parses the pool file again after loading a snapshot (it is not serialized twice).
-    pub fn restore_parsed(&mut self) -> Result<(), String> {
+    pub fn restore_parsed(&mut self) -> Result<(), ControlRefusal> {
         self.pool = match &self.pool_text {
-            Some(text) => Some(PoolFile::parse(text).map_err(|err| err.to_string())?),
+            Some(text) => Some(PoolFile::parse(text)?),
             None => None,
         };
         Ok(())
@@ -98,7 +99,9 @@ impl ControlState {
                 a.requests
                     .remove(request_id)
                     .map(|_| ControlOutcome::Cancelled)
-                    .ok_or_else(|| format!("request {request_id} is not pending"))
+                    .ok_or(ControlRefusal::NotPending {
+                        request_id: *request_id,
+                    })
             }),
             ControlCommand::Drain {
                 feature,
@@ -120,7 +123,7 @@ impl ControlState {
             for (feature, allocation) in &self.allocations {
                 if let Err(reason) = allocation.check_invariants(feature) {
                     debug_assert!(false, "{command:?}: {reason}");
-                    return Err(reason);
+                    return Err(ControlRefusal::Broken(reason));
                 }
             }
             Ok(outcome)
@@ -134,9 +137,11 @@ impl ControlState {
         }
         match result {
             Ok(outcome) => outcome,
-            Err(reason) => {
+            Err(refusal) => {
                 self.allocations = before;
-                ControlOutcome::Refused { reason }
+                ControlOutcome::Refused {
+                    reason: refusal.to_string(),
+                }
             }
         }
     }
@@ -148,10 +153,12 @@ impl ControlState {
             .unwrap_or_default()
     }
 
-    fn feature_mut(&mut self, feature: &str) -> Result<&mut FeatureAllocation, String> {
+    fn feature_mut(&mut self, feature: &str) -> Result<&mut FeatureAllocation, ControlRefusal> {
         self.allocations
             .get_mut(feature)
-            .ok_or_else(|| format!("feature `{feature}` is not in the pool"))
+            .ok_or_else(|| ControlRefusal::UnknownFeature {
+                feature: feature.to_string(),
+            })
     }
 
     fn borrow(
@@ -160,11 +167,13 @@ impl ControlState {
         recipient: &str,
         source: &BorrowSource,
         seats: u32,
-    ) -> Result<ControlOutcome, String> {
+    ) -> Result<ControlOutcome, ControlRefusal> {
         let order = self.servers_in_order();
         let a = self.feature_mut(feature)?;
         if !a.servers.contains_key(recipient) {
-            return Err(format!("server `{recipient}` is not in the pool"));
+            return Err(ControlRefusal::UnknownServer {
+                server: recipient.to_string(),
+            });
         }
         let moved = match source {
             BorrowSource::FreePool => {
@@ -175,7 +184,10 @@ impl ControlState {
             }
             BorrowSource::DownServer(donor) => {
                 if donor == recipient || !a.servers.contains_key(donor) {
-                    return Err(format!("server `{donor}` cannot lend to `{recipient}`"));
+                    return Err(ControlRefusal::CannotLend {
+                        donor: donor.clone(),
+                        recipient: recipient.to_string(),
+                    });
                 }
                 // Its requests are void: it may not answer them any more.
                 a.requests.retain(|_, r| &r.donor != donor);
@@ -197,7 +209,10 @@ impl ControlState {
         };
         a.fill(&order);
         if moved == 0 {
-            return Err(format!("no seats of `{feature}` to take from {source:?}"));
+            return Err(ControlRefusal::NothingToTake {
+                feature: feature.to_string(),
+                source_name: format!("{source:?}"),
+            });
         }
         Ok(ControlOutcome::Moved { seats: moved })
     }
@@ -208,19 +223,20 @@ impl ControlState {
         donor: &str,
         recipient: &str,
         seats: u32,
-    ) -> Result<ControlOutcome, String> {
+    ) -> Result<ControlOutcome, ControlRefusal> {
         let id = self.next_request_id;
         let a = self.feature_mut(feature)?;
         if donor == recipient
             || !a.servers.contains_key(donor)
             || !a.servers.contains_key(recipient)
         {
-            return Err(format!(
-                "server `{donor}` cannot be asked to lend to `{recipient}`"
-            ));
+            return Err(ControlRefusal::CannotAsk {
+                donor: donor.to_string(),
+                recipient: recipient.to_string(),
+            });
         }
         if seats == 0 {
-            return Err("a request asks for at least one seat".into());
+            return Err(ControlRefusal::EmptyRequest);
         }
         a.requests.insert(
             id,
@@ -240,31 +256,31 @@ impl ControlState {
         request_id: u64,
         seats: u32,
         (allocation_before, loosened_before): (u32, u64),
-    ) -> Result<ControlOutcome, String> {
+    ) -> Result<ControlOutcome, ControlRefusal> {
         let order = self.servers_in_order();
         let a = self.feature_mut(feature)?;
         let Some(request) = a.requests.get(&request_id).cloned() else {
-            return Err(format!("request {request_id} is not pending"));
+            return Err(ControlRefusal::NotPending { request_id });
         };
         let allocation = a.allocation_of(&request.donor);
         if allocation != allocation_before {
-            return Err(format!(
-                "the allocation of `{}` changed from {allocation_before} to {allocation}; \
-                 answer again",
-                request.donor
-            ));
+            return Err(ControlRefusal::AllocationChanged {
+                server: request.donor,
+                allocation_before,
+                allocation,
+            });
         }
         if a.loosened_count(&request.donor) != loosened_before {
-            return Err(format!(
-                "`{}` may have issued more seats since it answered; answer again",
-                request.donor
-            ));
+            return Err(ControlRefusal::IssuedSinceAnswer {
+                server: request.donor,
+            });
         }
         if seats > request.seats || seats > allocation {
-            return Err(format!(
-                "request {request_id} asked for {} seats; {seats} cannot be given",
-                request.seats
-            ));
+            return Err(ControlRefusal::CannotGive {
+                request_id,
+                asked: request.seats,
+                seats,
+            });
         }
         a.requests.remove(&request_id);
         if seats > 0 {
@@ -280,27 +296,31 @@ impl ControlState {
         server: &str,
         seats: u32,
         (allocation_before, target_before, loosened_before): (u32, u32, u64),
-    ) -> Result<ControlOutcome, String> {
+    ) -> Result<ControlOutcome, ControlRefusal> {
         let order = self.servers_in_order();
         let a = self.feature_mut(feature)?;
         let allocation = a.allocation_of(server);
         let Some(&target) = a.targets.get(server) else {
-            return Err(format!("server `{server}` has no target for `{feature}`"));
+            return Err(ControlRefusal::NoTarget {
+                server: server.to_string(),
+                feature: feature.to_string(),
+            });
         };
         if allocation != allocation_before
             || target != target_before
             || a.loosened_count(server) != loosened_before
         {
-            return Err(format!(
-                "the allocation or target of `{server}` changed, or it may have issued more \
-                 seats since it answered; drain again"
-            ));
+            return Err(ControlRefusal::DrainOutdated {
+                server: server.to_string(),
+            });
         }
         if seats == 0 || seats > allocation.saturating_sub(target) {
-            return Err(format!(
-                "server `{server}` holds {allocation} against a target of {target}; \
-                 {seats} cannot be drained"
-            ));
+            return Err(ControlRefusal::CannotDrain {
+                server: server.to_string(),
+                allocation,
+                target,
+                seats,
+            });
         }
         *a.servers.get_mut(server).expect("has a target") -= seats;
         a.free_pool += seats;
@@ -310,31 +330,29 @@ impl ControlState {
     }
 
     /// Checks whether `text` would be installed, without installing it.
-    pub fn check_install(&self, text: &str) -> Result<PoolFile, String> {
-        let next = PoolFile::parse(text).map_err(|err| err.to_string())?;
+    pub fn check_install(&self, text: &str) -> Result<PoolFile, ControlRefusal> {
+        let next = PoolFile::parse(text)?;
         if let Some(current) = &self.pool {
             if next.pool_id != current.pool_id {
-                return Err(format!(
-                    "the pool file is for pool `{}`, but this is pool `{}`",
-                    next.pool_id, current.pool_id
-                ));
+                return Err(ControlRefusal::WrongPool {
+                    file_pool: next.pool_id,
+                    pool: current.pool_id.clone(),
+                });
             }
             if next.sequence <= current.sequence {
-                return Err(format!(
-                    "the pool file has sequence {}, not above the installed sequence {}",
-                    next.sequence, current.sequence
-                ));
+                return Err(ControlRefusal::NotNewer {
+                    sequence: next.sequence,
+                    installed: current.sequence,
+                });
             }
         }
         self.next_allocations(&next)?;
         Ok(next)
     }
 
-    fn recover(&mut self, text: &str) -> Result<u64, String> {
+    fn recover(&mut self, text: &str) -> Result<u64, ControlRefusal> {
         if self.pool.is_some() {
-            return Err(
-                "a pool is re-formed from a lost majority only as its first command".into(),
-            );
+            return Err(ControlRefusal::RecoverNotFirst);
         }
         let next = self.check_install(text)?;
         let mut allocations = self.next_allocations(&next)?;
@@ -353,7 +371,7 @@ impl ControlState {
         Ok(sequence)
     }
 
-    fn install(&mut self, text: &str) -> Result<u64, String> {
+    fn install(&mut self, text: &str) -> Result<u64, ControlRefusal> {
         let next = self.check_install(text)?;
         self.allocations = self.next_allocations(&next)?;
         let sequence = next.sequence;
@@ -375,15 +393,18 @@ impl ControlState {
     fn next_allocations(
         &self,
         next: &PoolFile,
-    ) -> Result<BTreeMap<String, FeatureAllocation>, String> {
+    ) -> Result<BTreeMap<String, FeatureAllocation>, ControlRefusal> {
         let servers = next.server_ids();
         let mut features: Vec<&str> = next.codes.iter().map(|c| c.feature()).collect();
         features.sort();
         features.dedup();
         let mut result = BTreeMap::new();
         for feature in features {
-            let nominal = u32::try_from(next.nominal_seats(feature))
-                .map_err(|_| format!("feature `{feature}` has more than {} seats", u32::MAX))?;
+            let nominal = u32::try_from(next.nominal_seats(feature)).map_err(|_| {
+                ControlRefusal::TooManySeats {
+                    feature: feature.to_string(),
+                }
+            })?;
             let requested = next.distribution.get(feature);
             let allocation = match self.allocations.get(feature) {
                 None => initial(feature, nominal, &servers, requested)?,
@@ -393,7 +414,9 @@ impl ControlState {
                     carried_over(feature, current, nominal, &servers, changed)?
                 }
             };
-            allocation.check_invariants(feature)?;
+            allocation
+                .check_invariants(feature)
+                .map_err(ControlRefusal::Broken)?;
             result.insert(feature.to_string(), allocation);
         }
         Ok(result)
@@ -405,9 +428,8 @@ fn initial(
     nominal: u32,
     servers: &[String],
     requested: Option<&BTreeMap<String, u32>>,
-) -> Result<FeatureAllocation, String> {
-    let table = DistributionTable::initial(feature, nominal, servers, requested)
-        .map_err(|err| err.to_string())?;
+) -> Result<FeatureAllocation, ControlRefusal> {
+    let table = DistributionTable::initial(feature, nominal, servers, requested)?;
     Ok(FeatureAllocation {
         nominal_seats: nominal,
         free_pool: table.free_pool(),
@@ -425,7 +447,7 @@ fn carried_over(
     nominal: u32,
     servers: &[String],
     changed_distribution: Option<&BTreeMap<String, u32>>,
-) -> Result<FeatureAllocation, String> {
+) -> Result<FeatureAllocation, ControlRefusal> {
     let mut next = FeatureAllocation {
         nominal_seats: nominal,
         free_pool: current.free_pool,
@@ -460,20 +482,21 @@ fn carried_over(
     } else {
         let removed = current.nominal_seats - nominal;
         if removed > next.free_pool {
-            return Err(format!(
-                "the new codes of feature `{feature}` have {removed} fewer seats, but its free \
-                 pool holds only {}; set a distribution that leaves them free first",
-                next.free_pool
-            ));
+            return Err(ControlRefusal::FewerSeats {
+                feature: feature.to_string(),
+                removed,
+                free_pool: next.free_pool,
+            });
         }
         next.free_pool -= removed;
     }
     if let Some(requested) = changed_distribution {
         for server in requested.keys() {
             if !next.servers.contains_key(server) {
-                return Err(format!(
-                    "the distribution of feature `{feature}` names server `{server}`, which is not in the pool"
-                ));
+                return Err(ControlRefusal::DistributionNamesUnknown {
+                    feature: feature.to_string(),
+                    server: server.clone(),
+                });
             }
         }
         // What the targets need can never exceed the seats: servers without
@@ -487,11 +510,11 @@ fn carried_over(
             + next.parked.values().map(|&n| u64::from(n)).sum::<u64>();
         let wanted: u64 = requested.values().map(|&n| u64::from(n)).sum();
         if wanted + untouched > u64::from(nominal) {
-            return Err(format!(
-                "the distribution of feature `{feature}` asks for {wanted} seats, but only {} \
-                 are not held by servers it leaves alone or parked",
-                u64::from(nominal).saturating_sub(untouched)
-            ));
+            return Err(ControlRefusal::DistributionTooLarge {
+                feature: feature.to_string(),
+                wanted,
+                available: u64::from(nominal).saturating_sub(untouched),
+            });
         }
         next.targets = requested.clone();
     }

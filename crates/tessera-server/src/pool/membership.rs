@@ -59,7 +59,7 @@ impl Pool {
             .borrow()
             .state
             .check_install(&text)
-            .map_err(|reason| refused(ErrorCode::PoolFileRefused, reason))?;
+            .map_err(|reason| refused(ErrorCode::PoolFileRefused, reason.to_string()))?;
         if next.pool_id != self.pool_id {
             return Err(refused(
                 ErrorCode::PoolFileRefused,

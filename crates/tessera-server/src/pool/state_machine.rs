@@ -92,7 +92,7 @@ impl StateMachine {
                     serde_json::from_slice(&bytes).map_err(|e| damaged(e.to_string()))?;
                 let mut state: ControlState =
                     serde_json::from_str(&file.state).map_err(|e| damaged(e.to_string()))?;
-                state.restore_parsed().map_err(damaged)?;
+                state.restore_parsed().map_err(|e| damaged(e.to_string()))?;
                 inner.state = state;
                 inner.last_applied = file.meta.last_log_id;
                 inner.membership = file.meta.last_membership.clone();
