@@ -20,7 +20,7 @@ use std::time::Duration;
 use tessera_core::borrow_plan::{
     plan_borrow, BorrowKind, BorrowPlan, BorrowRequest, LeaderSeats, Offer, PoolView,
 };
-use tessera_core::{ControlCommand, ControlOutcome, FeatureAllocation};
+use tessera_core::{BorrowSource, ControlCommand, ControlOutcome, ControlState, FeatureAllocation};
 use tessera_proto::{BorrowAnswer, BorrowAsk, ErrorCode};
 
 use crate::issuer::Issuer;
@@ -75,27 +75,8 @@ impl App {
     /// ([`tessera_core::borrow_plan`]) and commits the moves (or the
     /// requests, for live donors).
     pub async fn lead_borrow(&self, ask: BorrowAsk) -> Result<BorrowAnswer, Refusal> {
-        let pool = &self.pool;
-        let _moves = pool.moves.lock().await;
-        if pool.observe_term().is_none() {
-            return Err(Refusal::new(
-                ErrorCode::NoLeader,
-                format!("server `{}` is not the leader", pool.server_id),
-            ));
-        }
-        let state = pool.applied.borrow().state.clone();
-        let Some(allocation) = state.allocation(&ask.feature).cloned() else {
-            return Err(Refusal::new(
-                ErrorCode::UnknownFeature,
-                format!("feature `{}` is not in the pool", ask.feature),
-            ));
-        };
-        if !allocation.servers.contains_key(&ask.server_id) {
-            return Err(Refusal::new(
-                ErrorCode::WrongPool,
-                format!("server `{}` is not in the pool", ask.server_id),
-            ));
-        }
+        let _moves = self.pool.moves.lock().await;
+        let allocation = self.allocation_to_borrow_from(&ask)?;
         let view = self.borrow_view(&ask.feature, &allocation);
         let request = BorrowRequest {
             asker: ask.server_id.clone(),
@@ -126,52 +107,105 @@ impl App {
         };
         // Each step takes what is still wanted, counting what the committed
         // steps before it really did.
+        answer.moved = self.take(&ask, without_consent, &mut wanted).await?;
+        answer.requested = self.ask_donors(&ask, with_consent, &mut wanted).await?;
+        Ok(answer)
+    }
+
+    /// Leader: the committed allocation of the feature `ask` names, once
+    /// this server is sure it leads and the asker is in the pool.
+    fn allocation_to_borrow_from(&self, ask: &BorrowAsk) -> Result<FeatureAllocation, Refusal> {
+        let pool = &self.pool;
+        if pool.observe_term().is_none() {
+            return Err(Refusal::new(
+                ErrorCode::NoLeader,
+                format!("server `{}` is not the leader", pool.server_id),
+            ));
+        }
+        let state = pool.applied.borrow().state.clone();
+        let Some(allocation) = state.allocation(&ask.feature).cloned() else {
+            return Err(Refusal::new(
+                ErrorCode::UnknownFeature,
+                format!("feature `{}` is not in the pool", ask.feature),
+            ));
+        };
+        if !allocation.servers.contains_key(&ask.server_id) {
+            return Err(Refusal::new(
+                ErrorCode::WrongPool,
+                format!("server `{}` is not in the pool", ask.server_id),
+            ));
+        }
+        Ok(allocation)
+    }
+
+    /// Leader: moves seats that need no consent (the free pool, parked
+    /// seats, silent servers' allocations) to the asker. Returns the seats
+    /// moved.
+    async fn take(
+        &self,
+        ask: &BorrowAsk,
+        offers: Vec<Offer<BorrowSource>>,
+        wanted: &mut u32,
+    ) -> Result<u32, Refusal> {
+        let mut moved = 0;
         for Offer {
             from: source,
             seats,
-        } in without_consent
+        } in offers
         {
-            if wanted == 0 {
+            if *wanted == 0 {
                 break;
             }
             let command = ControlCommand::Borrow {
                 feature: ask.feature.clone(),
                 recipient: ask.server_id.clone(),
                 source: source.clone(),
-                seats: wanted.min(seats),
+                seats: (*wanted).min(seats),
             };
-            if let ControlOutcome::Moved { seats } = pool.commit(command).await? {
+            if let ControlOutcome::Moved { seats } = self.pool.commit(command).await? {
                 tracing::info!(
                     "`{}` borrowed {seats} seats of `{}` from {source:?}",
                     ask.server_id,
                     ask.feature
                 );
-                wanted -= seats.min(wanted);
-                answer.moved += seats;
+                *wanted -= seats.min(*wanted);
+                moved += seats;
             }
         }
-        for Offer { from: donor, seats } in with_consent {
-            if wanted == 0 {
+        Ok(moved)
+    }
+
+    /// Leader: asks live donors for their spare seats for the asker.
+    /// Returns the seats requested.
+    async fn ask_donors(
+        &self,
+        ask: &BorrowAsk,
+        offers: Vec<Offer<String>>,
+        wanted: &mut u32,
+    ) -> Result<u32, Refusal> {
+        let mut requested = 0;
+        for Offer { from: donor, seats } in offers {
+            if *wanted == 0 {
                 break;
             }
-            let seats = wanted.min(seats);
+            let seats = (*wanted).min(seats);
             let command = ControlCommand::RequestRelease {
                 feature: ask.feature.clone(),
                 donor: donor.clone(),
                 recipient: ask.server_id.clone(),
                 seats,
             };
-            if let ControlOutcome::Requested { request_id } = pool.commit(command).await? {
+            if let ControlOutcome::Requested { request_id } = self.pool.commit(command).await? {
                 tracing::info!(
                     "asked `{donor}` for {seats} seats of `{}` for `{}` (request {request_id})",
                     ask.feature,
                     ask.server_id
                 );
-                wanted -= seats;
-                answer.requested += seats;
+                *wanted -= seats;
+                requested += seats;
             }
         }
-        Ok(answer)
+        Ok(requested)
     }
 
     /// What the leader knows of the pool for a borrow of `feature`: who has
@@ -232,74 +266,102 @@ pub(crate) fn spawn_answer_loop(app: Arc<App>) -> tokio::task::JoinHandle<()> {
             tokio::time::sleep(Duration::from_millis(2)).await;
             let state = app.pool.applied.borrow().state.clone();
             let now_ms = app.clock.now_ms();
-            let me = app.pool.server_id.clone();
-            let mut answers = Vec::new();
-            for (feature, allocation) in state.allocations() {
-                let addressed = allocation.requests.values().any(|r| r.donor == me)
-                    || allocation.targets.contains_key(&me);
-                if !addressed {
-                    continue;
-                }
-                let (in_use, grace) = {
-                    let issuer = app.issuer();
-                    let in_use = issuer.usage(feature).map_or(0, |(_, n)| n);
-                    let grace = issuer.in_grace(now_ms);
-                    (in_use, grace)
-                };
-                // In its grace period a server does not know the seats its
-                // clients hold from before it lost its store: every seat of
-                // its allocation may be held, so it gives none away.
-                let in_use = if grace {
-                    allocation.allocation_of(&me).max(in_use)
-                } else {
-                    in_use
-                };
-                answers.extend(allocation.answers(feature, &me, in_use));
-            }
+            let answers = app.answers_due(&state, now_ms);
             sent.retain(|_, at| now_ms.saturating_sub(*at) < ANSWER_RESEND_MS);
-            for answer in answers {
-                let key = format!("{answer:?}");
-                if sent.contains_key(&key) {
-                    continue;
-                }
-                match app.pool.propose(answer.clone()).await {
-                    Ok(ControlOutcome::Moved { seats }) if seats > 0 => {
-                        sent.insert(key, now_ms);
-                        tracing::info!("gave up {seats} seats: {answer:?}")
-                    }
-                    Ok(outcome) => {
-                        sent.insert(key, now_ms);
-                        tracing::info!("answer {answer:?}: {outcome:?}");
-                    }
-                    // Not committed: answered again at the next tick.
-                    Err(err) => tracing::info!("answer {answer:?} not committed: {err}"),
-                }
-            }
+            app.send_answers(answers, &mut sent, now_ms).await;
             if app.pool.observe_term().is_none() {
                 first_seen.clear();
                 continue;
             }
-            let timeout_ms = app.timing.release_request_timeout_ms;
-            let mut pending = Vec::new();
-            for (feature, allocation) in state.allocations() {
-                for &id in allocation.requests.keys() {
-                    pending.push((feature.clone(), id));
-                }
-            }
-            first_seen.retain(|key, _| pending.contains(key));
-            for key in pending {
-                let seen_at = *first_seen.entry(key.clone()).or_insert(now_ms);
-                if now_ms.saturating_sub(seen_at) >= timeout_ms {
-                    let (feature, request_id) = key;
-                    let cancel = ControlCommand::CancelRelease {
-                        feature,
-                        request_id,
-                    };
-                    if let Err(err) = app.pool.commit(cancel).await {
-                        tracing::debug!("cancel not committed: {err}");
-                    }
-                }
-            }
+            app.cancel_unanswered(&state, &mut first_seen, now_ms).await;
         }
     })
+}
+
+impl App {
+    /// This server's answers to the requests and targets addressed to it.
+    fn answers_due(&self, state: &ControlState, now_ms: u64) -> Vec<ControlCommand> {
+        let me = &self.pool.server_id;
+        let mut answers = Vec::new();
+        for (feature, allocation) in state.allocations() {
+            let addressed = allocation.requests.values().any(|r| &r.donor == me)
+                || allocation.targets.contains_key(me);
+            if !addressed {
+                continue;
+            }
+            let (in_use, grace) = {
+                let issuer = self.issuer();
+                let in_use = issuer.usage(feature).map_or(0, |(_, n)| n);
+                (in_use, issuer.in_grace(now_ms))
+            };
+            // In its grace period a server does not know the seats its
+            // clients hold from before it lost its store: every seat of its
+            // allocation may be held, so it gives none away.
+            let in_use = if grace {
+                allocation.allocation_of(me).max(in_use)
+            } else {
+                in_use
+            };
+            answers.extend(allocation.answers(feature, me, in_use));
+        }
+        answers
+    }
+
+    /// Proposes each answer not sent within the last `ANSWER_RESEND_MS`.
+    async fn send_answers(
+        &self,
+        answers: Vec<ControlCommand>,
+        sent: &mut HashMap<String, u64>,
+        now_ms: u64,
+    ) {
+        for answer in answers {
+            let key = format!("{answer:?}");
+            if sent.contains_key(&key) {
+                continue;
+            }
+            match self.pool.propose(answer.clone()).await {
+                Ok(ControlOutcome::Moved { seats }) if seats > 0 => {
+                    sent.insert(key, now_ms);
+                    tracing::info!("gave up {seats} seats: {answer:?}")
+                }
+                Ok(outcome) => {
+                    sent.insert(key, now_ms);
+                    tracing::info!("answer {answer:?}: {outcome:?}");
+                }
+                // Not committed: answered again at the next tick.
+                Err(err) => tracing::info!("answer {answer:?} not committed: {err}"),
+            }
+        }
+    }
+
+    /// Leader: cancels the requests pending for longer than
+    /// `release_request_timeout_ms` since it first saw them.
+    async fn cancel_unanswered(
+        &self,
+        state: &ControlState,
+        first_seen: &mut BTreeMap<(String, u64), u64>,
+        now_ms: u64,
+    ) {
+        let timeout_ms = self.timing.release_request_timeout_ms;
+        let pending: Vec<(String, u64)> = state
+            .allocations()
+            .iter()
+            .flat_map(|(feature, a)| a.requests.keys().map(|&id| (feature.clone(), id)))
+            .collect();
+        first_seen.retain(|key, _| pending.contains(key));
+        for key in pending {
+            let seen_at = *first_seen.entry(key.clone()).or_insert(now_ms);
+            if now_ms.saturating_sub(seen_at) < timeout_ms {
+                continue;
+            }
+            let (feature, request_id) = key;
+            let cancel = ControlCommand::CancelRelease {
+                feature,
+                request_id,
+            };
+            if let Err(err) = self.pool.commit(cancel).await {
+                tracing::debug!("cancel not committed: {err}");
+            }
+        }
+    }
 }
