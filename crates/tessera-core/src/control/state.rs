@@ -61,7 +61,42 @@ impl ControlState {
     /// Applies `command` all or nothing: a refused command changes nothing.
     pub fn apply(&mut self, command: &ControlCommand) -> ControlOutcome {
         let before = self.allocations.clone();
-        let result = match command {
+        let result = self.apply_command(command);
+        // Every committed state keeps each feature's seats; a command that
+        // would not is refused whole (a bug, caught in debug builds).
+        let result = result.and_then(|outcome| {
+            for (feature, allocation) in &self.allocations {
+                if let Err(reason) = allocation.check_invariants(feature) {
+                    debug_assert!(false, "{command:?}: {reason}");
+                    return Err(ControlRefusal::Broken(reason));
+                }
+            }
+            Ok(outcome)
+        });
+        if result.is_ok() {
+            for (feature, allocation) in self.allocations.iter_mut() {
+                if let Some(previous) = before.get(feature) {
+                    allocation.count_loosenings(previous);
+                }
+            }
+        }
+        match result {
+            Ok(outcome) => outcome,
+            Err(refusal) => {
+                self.allocations = before;
+                ControlOutcome::Refused {
+                    reason: refusal.to_string(),
+                }
+            }
+        }
+    }
+
+    /// What `command` does, before the sums are checked.
+    fn apply_command(
+        &mut self,
+        command: &ControlCommand,
+    ) -> Result<ControlOutcome, ControlRefusal> {
+        match command {
             ControlCommand::InstallPoolFile { text } => self
                 .install(text)
                 .map(|sequence| ControlOutcome::Installed { sequence }),
@@ -116,33 +151,6 @@ impl ControlState {
                 *seats,
                 (*allocation_before, *target_before, *loosened_before),
             ),
-        };
-        // Every committed state keeps each feature's seats; a command that
-        // would not is refused whole (a bug, caught in debug builds).
-        let result = result.and_then(|outcome| {
-            for (feature, allocation) in &self.allocations {
-                if let Err(reason) = allocation.check_invariants(feature) {
-                    debug_assert!(false, "{command:?}: {reason}");
-                    return Err(ControlRefusal::Broken(reason));
-                }
-            }
-            Ok(outcome)
-        });
-        if result.is_ok() {
-            for (feature, allocation) in self.allocations.iter_mut() {
-                if let Some(previous) = before.get(feature) {
-                    allocation.count_loosenings(previous);
-                }
-            }
-        }
-        match result {
-            Ok(outcome) => outcome,
-            Err(refusal) => {
-                self.allocations = before;
-                ControlOutcome::Refused {
-                    reason: refusal.to_string(),
-                }
-            }
         }
     }
 
@@ -491,33 +499,44 @@ fn carried_over(
         next.free_pool -= removed;
     }
     if let Some(requested) = changed_distribution {
-        for server in requested.keys() {
-            if !next.servers.contains_key(server) {
-                return Err(ControlRefusal::DistributionNamesUnknown {
-                    feature: feature.to_string(),
-                    server: server.clone(),
-                });
-            }
-        }
-        // What the targets need can never exceed the seats: servers without
-        // a target keep what they hold, and parked seats are not free yet.
-        let untouched: u64 = next
-            .servers
-            .iter()
-            .filter(|(s, _)| !requested.contains_key(*s))
-            .map(|(_, &n)| u64::from(n))
-            .sum::<u64>()
-            + next.parked.values().map(|&n| u64::from(n)).sum::<u64>();
-        let wanted: u64 = requested.values().map(|&n| u64::from(n)).sum();
-        if wanted + untouched > u64::from(nominal) {
-            return Err(ControlRefusal::DistributionTooLarge {
-                feature: feature.to_string(),
-                wanted,
-                available: u64::from(nominal).saturating_sub(untouched),
-            });
-        }
-        next.targets = requested.clone();
+        set_targets(&mut next, feature, nominal, requested)?;
     }
     next.fill(servers);
     Ok(next)
+}
+
+/// Makes `requested` the feature's targets, if the seats can ever meet them.
+fn set_targets(
+    next: &mut FeatureAllocation,
+    feature: &str,
+    nominal: u32,
+    requested: &BTreeMap<String, u32>,
+) -> Result<(), ControlRefusal> {
+    for server in requested.keys() {
+        if !next.servers.contains_key(server) {
+            return Err(ControlRefusal::DistributionNamesUnknown {
+                feature: feature.to_string(),
+                server: server.clone(),
+            });
+        }
+    }
+    // What the targets need can never exceed the seats: servers without
+    // a target keep what they hold, and parked seats are not free yet.
+    let untouched: u64 = next
+        .servers
+        .iter()
+        .filter(|(s, _)| !requested.contains_key(*s))
+        .map(|(_, &n)| u64::from(n))
+        .sum::<u64>()
+        + next.parked.values().map(|&n| u64::from(n)).sum::<u64>();
+    let wanted: u64 = requested.values().map(|&n| u64::from(n)).sum();
+    if wanted + untouched > u64::from(nominal) {
+        return Err(ControlRefusal::DistributionTooLarge {
+            feature: feature.to_string(),
+            wanted,
+            available: u64::from(nominal).saturating_sub(untouched),
+        });
+    }
+    next.targets = requested.clone();
+    Ok(())
 }
