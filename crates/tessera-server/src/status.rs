@@ -188,25 +188,25 @@ impl App {
             borrow_threshold_percent: self.borrow_policy_in(issuer, &feature.feature).0,
             pending_requests: allocation.map_or(0, |a| a.requests.len() as u32),
             servers: rows,
-            codes: feature
-                .codes
-                .iter()
-                .map(|verdict| {
-                    let fields = verdict.code.fields();
-                    proto::CodeStatus {
-                        id: fields.id.clone(),
-                        vendor: fields.vendor.clone(),
-                        seats: fields.seats,
-                        version_min: fields.version_min.to_string(),
-                        version_max: fields.version_max.to_string(),
-                        expiry: fields.expiry.to_string(),
-                        hostid: fields.hostid.to_string(),
-                        served: verdict.not_served.is_none(),
-                        reason: verdict.not_served.as_ref().map(|r| r.to_string()),
-                    }
-                })
-                .collect(),
+            codes: feature.codes.iter().map(code_status).collect(),
         }
+    }
+}
+
+/// A license code as the status shows it: its fields, and whether it is
+/// served (and why not).
+fn code_status(verdict: &tessera_core::CodeVerdict) -> proto::CodeStatus {
+    let fields = verdict.code.fields();
+    proto::CodeStatus {
+        id: fields.id.clone(),
+        vendor: fields.vendor.clone(),
+        seats: fields.seats,
+        version_min: fields.version_min.to_string(),
+        version_max: fields.version_max.to_string(),
+        expiry: fields.expiry.to_string(),
+        hostid: fields.hostid.to_string(),
+        served: verdict.not_served.is_none(),
+        reason: verdict.not_served.as_ref().map(|r| r.to_string()),
     }
 }
 

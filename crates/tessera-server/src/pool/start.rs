@@ -79,20 +79,7 @@ impl Pool {
             recovering,
         } = settings;
         let data_dir = data_dir.as_path();
-        let log_store = log_store::LogStore::open(data_dir, seams.disk.clone())?;
-        let catch_up = if log_store.must_catch_up() && !seams.mutations.vote_while_catching_up {
-            // Durable before openraft writes its first entry or vote.
-            log_store
-                .set_catching_up(true)
-                .await
-                .map_err(|err| PoolStartError::LogWrite {
-                    path: data_dir.join(log_store::RAFT_FILE),
-                    message: err.to_string(),
-                })?;
-            CatchUp::Unknown
-        } else {
-            CatchUp::Voting
-        };
+        let (log_store, catch_up) = open_log(data_dir, seams).await?;
         let observer = seams
             .observer
             .clone()
@@ -142,4 +129,25 @@ impl Pool {
             log_store,
         })
     }
+}
+
+/// Opens the Raft log and decides whether this server must catch up
+/// before it votes ([`CatchUp`]); that decision is durable before openraft
+/// writes its first entry or vote.
+async fn open_log(
+    data_dir: &std::path::Path,
+    seams: &crate::seams::Seams,
+) -> Result<(log_store::LogStore, CatchUp), PoolStartError> {
+    let log_store = log_store::LogStore::open(data_dir, seams.disk.clone())?;
+    if !log_store.must_catch_up() || seams.mutations.vote_while_catching_up {
+        return Ok((log_store, CatchUp::Voting));
+    }
+    log_store
+        .set_catching_up(true)
+        .await
+        .map_err(|err| PoolStartError::LogWrite {
+            path: data_dir.join(log_store::RAFT_FILE),
+            message: err.to_string(),
+        })?;
+    Ok((log_store, CatchUp::Unknown))
 }
