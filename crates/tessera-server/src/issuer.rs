@@ -413,22 +413,7 @@ impl Issuer {
         origin: Origin,
     ) -> Result<Issued, Refusal> {
         let terms = self.check_servable(&request)?;
-        match self.state(now_ms) {
-            IssuingState::Serving => {}
-            IssuingState::NoQuorum => return Err(no_quorum(&self.server_id)),
-            IssuingState::Grace { until_ms } if origin == Origin::Checkout => {
-                return Err(Refusal::new(
-                    ErrorCode::GracePeriod,
-                    format!(
-                        "server `{}` started without its grant store and accepts only renewals \
-                         for {} more ms",
-                        self.server_id,
-                        until_ms - now_ms
-                    ),
-                ))
-            }
-            IssuingState::Grace { .. } => {}
-        }
+        self.check_issuing(origin, now_ms)?;
         self.check_limits(&request.client_id)?;
         let available = self.available(&request.feature);
         let table = self
@@ -477,6 +462,26 @@ impl Issuer {
         };
         self.insert_grant(grant_id, grant);
         Ok(issued)
+    }
+
+    /// Whether this server may issue new seats now: only with a quota, and
+    /// in its grace period only to a conversion (a client it may have
+    /// served before it lost its store).
+    fn check_issuing(&self, origin: Origin, now_ms: u64) -> Result<(), Refusal> {
+        match self.state(now_ms) {
+            IssuingState::Serving => Ok(()),
+            IssuingState::NoQuorum => Err(no_quorum(&self.server_id)),
+            IssuingState::Grace { until_ms } if origin == Origin::Checkout => Err(Refusal::new(
+                ErrorCode::GracePeriod,
+                format!(
+                    "server `{}` started without its grant store and accepts only renewals for \
+                     {} more ms",
+                    self.server_id,
+                    until_ms - now_ms
+                ),
+            )),
+            IssuingState::Grace { .. } => Ok(()),
+        }
     }
 
     /// Renews a held grant, or converts an unknown one into a checkout with the same id.
