@@ -53,6 +53,7 @@ impl Pool {
 
     /// Leader: makes the pool file `change` asks for, and commits it.
     async fn lead_admin_change(&self, change: AdminChange) -> Result<PoolFileInstalled, Refusal> {
+        self.read_committed().await?;
         let state = self.applied.borrow().state.clone();
         let Some(current) = state.pool().cloned() else {
             return Err(refused(

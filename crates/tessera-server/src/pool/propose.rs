@@ -115,6 +115,32 @@ impl Pool {
         }
     }
 
+    /// Leader: waits, bounded by [`COMMIT_TIMEOUT`], until a majority has
+    /// confirmed this leadership and this server has applied every entry
+    /// committed before now. A decision made on the applied state then sees
+    /// every earlier command: a new leader may not yet have applied the last
+    /// entries of its predecessor (an admin change retried after a leader
+    /// was killed would otherwise be built on the sequence before it).
+    pub(crate) async fn read_committed(&self) -> Result<(), Refusal> {
+        let confirmed = tokio::time::timeout(COMMIT_TIMEOUT, self.raft.ensure_linearizable())
+            .await
+            .map_err(|_| {
+                refused(
+                    ErrorCode::NoLeader,
+                    "leadership not confirmed by a majority in time; retry",
+                )
+            })?
+            .map_err(|err| refused(ErrorCode::NoLeader, format!("not the leader: {err}")))?;
+        let index = confirmed.map_or(0, |id| id.index);
+        if !self.wait_applied(index, COMMIT_TIMEOUT).await {
+            return Err(refused(
+                ErrorCode::NoLeader,
+                format!("the pool log was not applied to index {index} in time; retry"),
+            ));
+        }
+        Ok(())
+    }
+
     /// Waits (bounded) until this server has applied the log to `index`.
     pub async fn wait_applied(&self, index: u64, timeout: Duration) -> bool {
         let mut applied = self.applied.clone();
