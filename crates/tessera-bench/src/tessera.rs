@@ -244,6 +244,13 @@ async fn write_setup(tessera: &Path, dir: &Path, setup: Setup) -> Result<String>
         + &tessera_testkit::server_entry("A", &address)
         + &codes;
     write(&dir.join("pool.toml"), &pool)?;
+    // Every held seat is a client of its own: the server must take as many
+    // clients as there are seats, or the last checkouts of a scaling run
+    // are refused by the default `limits.clients_max`, not by the seats.
+    let limits = match setup.mode {
+        Mode::Hold => format!("[limits]\nclients_max = {}\n", setup.seats),
+        Mode::Cycle => String::new(),
+    };
     let config = ServerConfig {
         server_id: "A",
         pool_file: "pool.toml",
@@ -251,7 +258,7 @@ async fn write_setup(tessera: &Path, dir: &Path, setup: Setup) -> Result<String>
         top: "",
         vendor: "bench",
         public_key: &public_key,
-        tables: "",
+        tables: &limits,
     };
     write(&dir.join("tessera.toml"), &config.text())?;
     Ok(address)
