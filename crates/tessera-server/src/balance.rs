@@ -147,32 +147,21 @@ impl App {
         offers: Vec<Offer<BorrowSource>>,
         wanted: &mut u32,
     ) -> Result<u32, Refusal> {
-        let mut moved = 0;
-        for Offer {
-            from: source,
+        let command = |source: &BorrowSource, seats| ControlCommand::Borrow {
+            feature: ask.feature.clone(),
+            recipient: ask.server_id.clone(),
+            source: source.clone(),
             seats,
-        } in offers
-        {
-            if *wanted == 0 {
-                break;
-            }
-            let command = ControlCommand::Borrow {
-                feature: ask.feature.clone(),
-                recipient: ask.server_id.clone(),
-                source: source.clone(),
-                seats: (*wanted).min(seats),
+        };
+        let moved = |source: &BorrowSource, _, outcome| {
+            let ControlOutcome::Moved { seats } = outcome else {
+                return None;
             };
-            if let ControlOutcome::Moved { seats } = self.pool.commit(command).await? {
-                tracing::info!(
-                    "`{}` borrowed {seats} seats of `{}` from {source:?}",
-                    ask.server_id,
-                    ask.feature
-                );
-                *wanted -= seats.min(*wanted);
-                moved += seats;
-            }
-        }
-        Ok(moved)
+            let (asker, feature) = (&ask.server_id, &ask.feature);
+            tracing::info!("`{asker}` borrowed {seats} seats of `{feature}` from {source:?}");
+            Some(seats)
+        };
+        self.commit_offers(offers, wanted, command, moved).await
     }
 
     /// Leader: asks live donors for their spare seats for the asker.
@@ -183,29 +172,50 @@ impl App {
         offers: Vec<Offer<String>>,
         wanted: &mut u32,
     ) -> Result<u32, Refusal> {
-        let mut requested = 0;
-        for Offer { from: donor, seats } in offers {
+        let command = |donor: &String, seats| ControlCommand::RequestRelease {
+            feature: ask.feature.clone(),
+            donor: donor.clone(),
+            recipient: ask.server_id.clone(),
+            seats,
+        };
+        let requested = |donor: &String, seats, outcome| {
+            let ControlOutcome::Requested { request_id } = outcome else {
+                return None;
+            };
+            let (asker, feature) = (&ask.server_id, &ask.feature);
+            tracing::info!(
+                "asked `{donor}` for {seats} seats of `{feature}` for `{asker}` (request \
+                 {request_id})"
+            );
+            Some(seats)
+        };
+        self.commit_offers(offers, wanted, command, requested).await
+    }
+
+    /// Leader: commits one command per offer while seats are still wanted.
+    /// `command` makes an offer's command for the seats still wanted (at
+    /// most the offer); `given` reads from its outcome the seats it gave.
+    /// Returns the seats given.
+    async fn commit_offers<S>(
+        &self,
+        offers: Vec<Offer<S>>,
+        wanted: &mut u32,
+        command: impl Fn(&S, u32) -> ControlCommand,
+        given: impl Fn(&S, u32, ControlOutcome) -> Option<u32>,
+    ) -> Result<u32, Refusal> {
+        let mut total = 0;
+        for offer in offers {
             if *wanted == 0 {
                 break;
             }
-            let seats = (*wanted).min(seats);
-            let command = ControlCommand::RequestRelease {
-                feature: ask.feature.clone(),
-                donor: donor.clone(),
-                recipient: ask.server_id.clone(),
-                seats,
-            };
-            if let ControlOutcome::Requested { request_id } = self.pool.commit(command).await? {
-                tracing::info!(
-                    "asked `{donor}` for {seats} seats of `{}` for `{}` (request {request_id})",
-                    ask.feature,
-                    ask.server_id
-                );
-                *wanted -= seats;
-                requested += seats;
+            let seats = (*wanted).min(offer.seats);
+            let outcome = self.pool.commit(command(&offer.from, seats)).await?;
+            if let Some(seats) = given(&offer.from, seats, outcome) {
+                *wanted -= seats.min(*wanted);
+                total += seats;
             }
         }
-        Ok(requested)
+        Ok(total)
     }
 
     /// What the leader knows of the pool for a borrow of `feature`: who has

@@ -124,6 +124,18 @@ pub struct Issuer {
     quota_valid_until_ms: u64,
 }
 
+/// The time of a request: the monotonic clock for leases, the wall clock
+/// for the record of when a grant was issued.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Now {
+    pub ms: u64,
+    pub unix_ms: i64,
+}
+
+/// What a checkout or heartbeat gives: a grant to make durable and answer,
+/// or a refusal.
+pub type IssueResult = Result<Issued, Refusal>;
+
 /// How a grant came to be on this server.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Origin {
@@ -138,21 +150,19 @@ pub enum Origin {
 /// before the answer is sent.
 #[derive(Clone, Debug)]
 pub struct Issued {
-    pub grant_id: String,
-    /// The server that issued it (this one).
-    pub server_id: String,
-    pub feature: String,
-    pub count: u32,
-    pub terms: LeaseTerms,
-    pub origin: Origin,
+    pub(crate) grant_id: String,
+    pub(crate) feature: String,
+    pub(crate) count: u32,
+    pub(crate) terms: LeaseTerms,
+    pub(crate) origin: Origin,
     /// The pool's servers, in priority order: where the client fails over.
-    pub servers: Vec<ServerEntry>,
+    pub(crate) servers: Vec<ServerEntry>,
     /// Set when a new grant was made (checkout or conversion); renewals write nothing.
-    pub to_store: Option<StoredGrant>,
+    pub(crate) to_store: Option<StoredGrant>,
     /// Set when copies of this grant on other servers are now stale: it was
     /// converted here, or renewed here after heartbeats went elsewhere. The
     /// pool is told once the grant is durable (`SupersededGrant`).
-    pub supersedes_renewal: Option<u64>,
+    pub(crate) supersedes_renewal: Option<u64>,
 }
 
 impl Issuer {
@@ -394,24 +404,20 @@ impl Issuer {
             .unwrap_or(0)
     }
 
-    pub fn checkout(
-        &mut self,
-        grant_id: String,
-        request: SeatRequest,
-        now_ms: u64,
-        now_unix_ms: i64,
-    ) -> Result<Issued, Refusal> {
-        self.issue(grant_id, request, now_ms, now_unix_ms, Origin::Checkout)
+    pub fn checkout(&mut self, grant_id: String, request: SeatRequest, now: Now) -> IssueResult {
+        self.issue(grant_id, request, now, Origin::Checkout)
     }
 
     fn issue(
         &mut self,
         grant_id: String,
         request: SeatRequest,
-        now_ms: u64,
-        now_unix_ms: i64,
+        Now {
+            ms: now_ms,
+            unix_ms: now_unix_ms,
+        }: Now,
         origin: Origin,
-    ) -> Result<Issued, Refusal> {
+    ) -> IssueResult {
         let terms = self.check_servable(&request)?;
         self.check_issuing(origin, now_ms)?;
         self.check_limits(&request.client_id)?;
@@ -451,7 +457,6 @@ impl Issuer {
             .then_some(grant.request.renewal);
         let issued = Issued {
             grant_id: grant_id.clone(),
-            server_id: self.server_id.clone(),
             feature: grant.request.feature.clone(),
             count: grant.request.count,
             terms,
@@ -485,15 +490,10 @@ impl Issuer {
     }
 
     /// Renews a held grant, or converts an unknown one into a checkout with the same id.
-    pub fn heartbeat(
-        &mut self,
-        grant_id: String,
-        request: SeatRequest,
-        now_ms: u64,
-        now_unix_ms: i64,
-    ) -> Result<Issued, Refusal> {
+    pub fn heartbeat(&mut self, grant_id: String, request: SeatRequest, now: Now) -> IssueResult {
+        let now_ms = now.ms;
         let Some(grant) = self.grants.get(&grant_id) else {
-            return self.issue(grant_id, request, now_ms, now_unix_ms, Origin::Conversion);
+            return self.issue(grant_id, request, now, Origin::Conversion);
         };
         let held = &grant.request;
         if held.client_id != request.client_id
@@ -540,7 +540,6 @@ impl Issuer {
         grant.request.renewal = grant.request.renewal.max(request.renewal);
         Ok(Issued {
             grant_id,
-            server_id: self.server_id.clone(),
             feature: request.feature,
             count: request.count,
             terms,
@@ -946,6 +945,22 @@ mod tests {
         issuer
     }
 
+    fn at(ms: u64) -> Now {
+        Now { ms, unix_ms: 0 }
+    }
+
+    /// An issuer of `seats` seats with grants checked out by client `c` at 0.
+    fn issuer_holding(seats: u32, grants: &[(&str, u32)]) -> Issuer {
+        let mut issuer = issuer_with(seats, Limits::default(), vec![]);
+        for (grant_id, count) in grants {
+            let request = request("c", *count);
+            issuer
+                .checkout(grant_id.to_string(), request, at(0))
+                .unwrap();
+        }
+        issuer
+    }
+
     fn request(client: &str, count: u32) -> SeatRequest {
         SeatRequest {
             client_id: client.into(),
@@ -977,8 +992,12 @@ mod tests {
         let mut issuer = Issuer::new("A".into(), Limits::default(), 0, vec![], 0);
         issuer.set_control(control.clone(), served.clone());
         issuer.set_quota(u64::MAX);
-        issuer.checkout("g1".into(), request("c", 2), 0, 0).unwrap();
-        issuer.checkout("g2".into(), request("d", 2), 1, 0).unwrap();
+        issuer
+            .checkout("g1".into(), request("c", 2), at(0))
+            .unwrap();
+        issuer
+            .checkout("g2".into(), request("d", 2), at(1))
+            .unwrap();
         issuer.set_control(control.clone(), served.clone());
         assert_eq!(issuer.usage("cad"), Some((5, 4)));
         issuer.check_invariants(true).unwrap();
@@ -994,20 +1013,19 @@ mod tests {
         assert_eq!(issuer.usage("cad"), Some((5, 4)));
         assert_eq!(issuer.available("cad"), 1);
         issuer
-            .heartbeat("g2".into(), request("d", 2), 2, 0)
+            .heartbeat("g2".into(), request("d", 2), at(2))
             .unwrap();
         issuer.check_invariants(true).unwrap();
     }
 
     #[test]
     fn checkout_to_the_limit_then_denied_then_checkin_frees() {
-        let mut issuer = issuer_with(3, Limits::default(), vec![]);
-        issuer.checkout("g1".into(), request("c", 2), 0, 0).unwrap();
-        issuer.checkout("g2".into(), request("c", 1), 0, 0).unwrap();
-        let denied = issuer.checkout("g3".into(), request("c", 1), 0, 0);
+        let mut issuer = issuer_holding(3, &[("g1", 2), ("g2", 1)]);
+        let denied = issuer.checkout("g3".into(), request("c", 1), at(0));
         assert_eq!(code_of(denied), ErrorCode::NoSeatsAvailable);
         assert_eq!(issuer.checkin("g1", "c").unwrap().seats, 2);
-        issuer.checkout("g3".into(), request("c", 2), 0, 0).unwrap();
+        let freed = issuer.checkout("g3".into(), request("c", 2), at(0));
+        assert!(freed.is_ok(), "the seats checked in are free: {freed:?}");
         issuer.check_invariants(true).unwrap();
     }
 
@@ -1024,19 +1042,21 @@ mod tests {
         for (edit, code) in cases {
             let mut r = request("c", 1);
             edit(&mut r);
-            assert_eq!(code_of(issuer.checkout("g".into(), r, 0, 0)), code);
+            assert_eq!(code_of(issuer.checkout("g".into(), r, at(0))), code);
         }
         assert_eq!(
             code_of(issuer.checkin("nope", "c")),
             ErrorCode::UnknownGrant
         );
-        issuer.checkout("g1".into(), request("c", 1), 0, 0).unwrap();
+        issuer
+            .checkout("g1".into(), request("c", 1), at(0))
+            .unwrap();
         assert_eq!(
             code_of(issuer.checkin("g1", "other")),
             ErrorCode::GrantMismatch
         );
         assert_eq!(
-            code_of(issuer.heartbeat("g1".into(), request("other", 1), 0, 0)),
+            code_of(issuer.heartbeat("g1".into(), request("other", 1), at(0))),
             ErrorCode::GrantMismatch
         );
         issuer.check_invariants(true).unwrap();
@@ -1044,11 +1064,9 @@ mod tests {
 
     #[test]
     fn lapsed_grants_free_their_seats_and_heartbeats_extend_them() {
-        let mut issuer = issuer_with(2, Limits::default(), vec![]);
-        issuer.checkout("g1".into(), request("c", 1), 0, 0).unwrap();
-        issuer.checkout("g2".into(), request("c", 1), 0, 0).unwrap();
+        let mut issuer = issuer_holding(2, &[("g1", 1), ("g2", 1)]);
         let renewed = issuer
-            .heartbeat("g2".into(), request("c", 1), 9_000, 0)
+            .heartbeat("g2".into(), request("c", 1), at(9_000))
             .unwrap();
         assert!(renewed.to_store.is_none() && renewed.origin == Origin::Checkout);
         assert!(issuer.expire(9_999).is_empty());
@@ -1065,12 +1083,12 @@ mod tests {
     fn unknown_heartbeat_converts_into_a_checkout_with_the_same_id() {
         let mut issuer = issuer_with(1, Limits::default(), vec![]);
         let issued = issuer
-            .heartbeat("from-B".into(), request("c", 1), 0, 0)
+            .heartbeat("from-B".into(), request("c", 1), at(0))
             .unwrap();
         assert!(issued.origin == Origin::Conversion);
         assert_eq!(issued.grant_id, "from-B");
         assert!(issued.to_store.is_some());
-        let full = issuer.heartbeat("other".into(), request("d", 1), 0, 0);
+        let full = issuer.heartbeat("other".into(), request("d", 1), at(0));
         assert_eq!(code_of(full), ErrorCode::NoSeatsAvailable);
     }
 
@@ -1114,7 +1132,7 @@ mod tests {
                 "the held-aside grant counts first"
             );
         }
-        issuer.checkout("g".into(), request("c", 1), 0, 0).unwrap();
+        issuer.checkout("g".into(), request("c", 1), at(0)).unwrap();
         assert_eq!(issuer.available("cad"), 0);
         issuer.check_invariants(true).unwrap();
     }
@@ -1129,13 +1147,13 @@ mod tests {
         };
         let mut issuer = issuer_with(2, Limits::default(), vec![]);
         // A conversion at heartbeat 5 supersedes copies renewed before it.
-        let converted = issuer.heartbeat("g".into(), renewal(5), 0, 0).unwrap();
+        let converted = issuer.heartbeat("g".into(), renewal(5), at(0)).unwrap();
         assert_eq!(converted.supersedes_renewal, Some(5));
         // The next heartbeat, here: nothing went elsewhere.
-        let next = issuer.heartbeat("g".into(), renewal(6), 0, 0).unwrap();
+        let next = issuer.heartbeat("g".into(), renewal(6), at(0)).unwrap();
         assert_eq!(next.supersedes_renewal, None);
         // Heartbeats 7 and 8 went to another server: 9 here supersedes it.
-        let back = issuer.heartbeat("g".into(), renewal(9), 0, 0).unwrap();
+        let back = issuer.heartbeat("g".into(), renewal(9), at(0)).unwrap();
         assert_eq!(back.supersedes_renewal, Some(9));
         // A conversion elsewhere at 8 is older than this copy: it stays.
         assert_eq!(issuer.drop_superseded("g", 8), None);
@@ -1147,8 +1165,10 @@ mod tests {
         issuer.check_invariants(true).unwrap();
         // A checkout counts no renewal: a check-in elsewhere drops it; a
         // client that does not count its heartbeats supersedes nothing.
-        issuer.checkout("h".into(), request("d", 1), 0, 0).unwrap();
-        let uncounted = issuer.heartbeat("u".into(), request("e", 1), 0, 0).unwrap();
+        issuer.checkout("h".into(), request("d", 1), at(0)).unwrap();
+        let uncounted = issuer
+            .heartbeat("u".into(), request("e", 1), at(0))
+            .unwrap();
         assert_eq!(uncounted.supersedes_renewal, None);
         assert!(issuer
             .drop_superseded("h", tessera_proto::SupersededGrant::CHECKED_IN)
@@ -1161,17 +1181,17 @@ mod tests {
     fn grace_accepts_only_renewals_and_no_quota_stops_everything() {
         let mut issuer = issuer_with(2, Limits::default(), vec![]);
         issuer.set_grace_until(Some(5_000));
-        let fresh = issuer.checkout("g1".into(), request("c", 1), 0, 0);
+        let fresh = issuer.checkout("g1".into(), request("c", 1), at(0));
         assert_eq!(code_of(fresh), ErrorCode::GracePeriod);
         issuer
-            .heartbeat("held".into(), request("c", 1), 0, 0)
+            .heartbeat("held".into(), request("c", 1), at(0))
             .unwrap();
         issuer
-            .checkout("g1".into(), request("c", 1), 5_000, 0)
+            .checkout("g1".into(), request("c", 1), at(5_000))
             .unwrap();
         issuer.set_quota(6_000);
         assert_eq!(
-            code_of(issuer.heartbeat("g1".into(), request("c", 1), 6_000, 0)),
+            code_of(issuer.heartbeat("g1".into(), request("c", 1), at(6_000))),
             ErrorCode::NoQuorum
         );
     }
@@ -1182,7 +1202,7 @@ mod tests {
         let restored = vec![("a".into(), stored("c", 2)), ("b".into(), stored("d", 1))];
         let mut issuer = issuer_with(2, Limits::default(), restored);
         issuer.check_invariants(true).unwrap();
-        let none_left = issuer.checkout("n".into(), request("e", 1), 0, 0);
+        let none_left = issuer.checkout("n".into(), request("e", 1), at(0));
         assert_eq!(code_of(none_left), ErrorCode::NoSeatsAvailable);
         let total_held: u32 = issuer.grants().map(|(_, g)| g.request.count).sum();
         assert_eq!(
@@ -1193,7 +1213,7 @@ mod tests {
         assert!(issuer.expire(9_999).is_empty());
         assert_eq!(issuer.expire(10_000).len(), 2);
         issuer
-            .checkout("n".into(), request("e", 2), 10_000, 0)
+            .checkout("n".into(), request("e", 2), at(10_000))
             .unwrap();
     }
 
@@ -1206,17 +1226,19 @@ mod tests {
             ..Limits::default()
         };
         let mut issuer = issuer_with(10, limits, vec![]);
-        issuer.checkout("1".into(), request("a", 1), 0, 0).unwrap();
-        issuer.checkout("2".into(), request("a", 1), 0, 0).unwrap();
-        let per_client = issuer.checkout("3".into(), request("a", 1), 0, 0);
+        issuer.checkout("1".into(), request("a", 1), at(0)).unwrap();
+        issuer.checkout("2".into(), request("a", 1), at(0)).unwrap();
+        let per_client = issuer.checkout("3".into(), request("a", 1), at(0));
         assert_eq!(code_of(per_client), ErrorCode::TooManyGrants);
-        issuer.checkout("3".into(), request("b", 1), 0, 0).unwrap();
-        let total = issuer.checkout("4".into(), request("b", 1), 0, 0);
+        issuer.checkout("3".into(), request("b", 1), at(0)).unwrap();
+        let total = issuer.checkout("4".into(), request("b", 1), at(0));
         assert_eq!(code_of(total), ErrorCode::TooManyGrants);
         issuer.checkin("3", "b").unwrap();
-        issuer.checkout("4".into(), request("c2", 1), 0, 0).unwrap();
+        issuer
+            .checkout("4".into(), request("c2", 1), at(0))
+            .unwrap();
         issuer.checkin("1", "a").unwrap();
-        let third_client = issuer.checkout("5".into(), request("d", 1), 0, 0);
+        let third_client = issuer.checkout("5".into(), request("d", 1), at(0));
         assert_eq!(code_of(third_client), ErrorCode::TooManyGrants);
     }
 }

@@ -52,7 +52,7 @@ async fn checkout(
     let deadline = Deadline::from(&app, body.answer_within_ms);
     let request = seat_request(body, 0)?;
     let granted = app.checkout(request, deadline).await?;
-    Ok(Json(wire_grant(granted)))
+    Ok(Json(wire_grant(&app, granted)))
 }
 
 async fn heartbeat(
@@ -63,7 +63,7 @@ async fn heartbeat(
     let deadline = Deadline::from(&app, body.answer_within_ms);
     let request = seat_request(body.as_checkout(), body.renewal)?;
     let granted = app.heartbeat(body.grant_id, request, deadline).await?;
-    Ok(Json(wire_grant(granted)))
+    Ok(Json(wire_grant(&app, granted)))
 }
 
 async fn checkin(
@@ -90,12 +90,13 @@ async fn status(State(app): State<Arc<App>>) -> Json<proto::StatusResponse> {
     Json(app.status())
 }
 
-fn wire_grant(granted: Issued) -> proto::Grant {
+/// The grant as the client is told of it; `app` is the server that issued it.
+fn wire_grant(app: &App, granted: Issued) -> proto::Grant {
     proto::Grant {
         grant_id: granted.grant_id,
         feature: granted.feature,
         count: granted.count,
-        server_id: granted.server_id,
+        server_id: app.pool.server_id.clone(),
         lease_ms: granted.terms.lease_ms,
         heartbeat_interval_ms: granted.terms.heartbeat_interval_ms,
         servers: granted

@@ -115,6 +115,21 @@ impl Pool {
         }
     }
 
+    /// Leader: has a majority confirm this leadership within `timeout`
+    /// (refusing with `code` otherwise). Returns the log index a read must
+    /// see applied to see everything committed before now.
+    pub(crate) async fn confirm_leadership(
+        &self,
+        timeout: Duration,
+        code: ErrorCode,
+    ) -> Result<u64, Refusal> {
+        let confirmed = tokio::time::timeout(timeout, self.raft.ensure_linearizable())
+            .await
+            .map_err(|_| refused(code, "leadership not confirmed by a majority in time"))?
+            .map_err(|err| refused(code, format!("leadership not confirmed: {err}")))?;
+        Ok(confirmed.map_or(0, |id| id.index))
+    }
+
     /// Leader: waits, bounded by [`COMMIT_TIMEOUT`], until a majority has
     /// confirmed this leadership and this server has applied every entry
     /// committed before now. A decision made on the applied state then sees
@@ -122,16 +137,9 @@ impl Pool {
     /// entries of its predecessor (an admin change retried after a leader
     /// was killed would otherwise be built on the sequence before it).
     pub(crate) async fn read_committed(&self) -> Result<(), Refusal> {
-        let confirmed = tokio::time::timeout(COMMIT_TIMEOUT, self.raft.ensure_linearizable())
-            .await
-            .map_err(|_| {
-                refused(
-                    ErrorCode::NoLeader,
-                    "leadership not confirmed by a majority in time; retry",
-                )
-            })?
-            .map_err(|err| refused(ErrorCode::NoLeader, format!("not the leader: {err}")))?;
-        let index = confirmed.map_or(0, |id| id.index);
+        let index = self
+            .confirm_leadership(COMMIT_TIMEOUT, ErrorCode::NoLeader)
+            .await?;
         if !self.wait_applied(index, COMMIT_TIMEOUT).await {
             return Err(refused(
                 ErrorCode::NoLeader,

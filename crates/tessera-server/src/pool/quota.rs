@@ -52,27 +52,16 @@ impl Pool {
                 .unwrap_or_else(|p| p.into_inner())
                 .forward(&report.server_id, &pool.server_ids(), &report.superseded);
         }
-        let confirmed = tokio::time::timeout(PEER_TIMEOUT, self.raft.ensure_linearizable())
-            .await
-            .map_err(|_| {
-                refused(
-                    ErrorCode::NoQuorum,
-                    "leadership not confirmed by a majority in time",
-                )
-            })?
-            .map_err(|err| {
-                refused(
-                    ErrorCode::NoQuorum,
-                    format!("leadership not confirmed: {err}"),
-                )
-            })?;
+        let confirmed = self
+            .confirm_leadership(PEER_TIMEOUT, ErrorCode::NoQuorum)
+            .await?;
         self.restore_holders(&report.server_id, &report.in_use)
             .await;
         let now_ms = self.clock.now_ms();
         let last_log = self.raft.metrics().borrow().last_log_index.unwrap_or(0);
         Ok(PeerReportAck {
             leader_id: self.server_id.clone(),
-            applied_index_required: confirmed.map_or(0, |id| id.index).max(last_log),
+            applied_index_required: confirmed.max(last_log),
             servers: self.leader_view(&pool, now_ms),
             superseded: self
                 .relay

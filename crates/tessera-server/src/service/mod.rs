@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use tessera_proto::{self as proto, ErrorCode};
 
-use crate::issuer::{Issued, SeatRequest};
+use crate::issuer::{Issued, Now, SeatRequest};
 use crate::refusal::Refusal;
 use crate::App;
 
@@ -95,12 +95,15 @@ impl App {
     ) -> Result<Issued, Refusal> {
         let issued = self
             .issue_with_borrowing(&request, deadline, |app| {
-                let (now_ms, now_unix_ms) = (app.clock.now_ms(), app.clock.unix_ms());
+                let now = Now {
+                    ms: app.clock.now_ms(),
+                    unix_ms: app.clock.unix_ms(),
+                };
                 let (grant_id, request) = (grant_id.clone(), request.clone());
                 let mut issuer = app.issuer();
                 match ask {
-                    Ask::Checkout => issuer.checkout(grant_id, request, now_ms, now_unix_ms),
-                    Ask::Heartbeat => issuer.heartbeat(grant_id, request, now_ms, now_unix_ms),
+                    Ask::Checkout => issuer.checkout(grant_id, request, now),
+                    Ask::Heartbeat => issuer.heartbeat(grant_id, request, now),
                 }
             })
             .await;
