@@ -105,13 +105,15 @@ impl App {
     /// Tells the pool, with the next report, that other copies of
     /// `grant_id` renewed before heartbeat `renewal` are stale.
     pub(crate) fn supersede(&self, grant_id: &str, renewal: u64) {
-        self.superseded
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(SupersededGrant {
-                grant_id: grant_id.to_string(),
-                renewal,
-            });
+        self.superseded_outbox().push(SupersededGrant {
+            grant_id: grant_id.to_string(),
+            renewal,
+        });
+    }
+
+    /// The stale copies waiting for the next report, locked.
+    pub(crate) fn superseded_outbox(&self) -> std::sync::MutexGuard<'_, Outbox> {
+        self.superseded.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Drops this server's stale copies, deletes them from the store and

@@ -114,8 +114,4 @@ impl App {
         }
         self.drop_superseded(&ack.superseded).await;
     }
-
-    fn superseded_outbox(&self) -> std::sync::MutexGuard<'_, crate::copies::Outbox> {
-        self.superseded.lock().unwrap_or_else(|p| p.into_inner())
-    }
 }

@@ -151,8 +151,8 @@ impl App {
     /// Makes a new grant durable before it is answered; undoes it if that
     /// fails, or if the client has stopped waiting by then. Once the grant
     /// stands, the pool is told of the copies it makes stale.
-    async fn persist(&self, issued: Issued, deadline: Deadline) -> Result<Issued, Refusal> {
-        if let Some(stored) = issued.to_store.clone() {
+    async fn persist(&self, mut issued: Issued, deadline: Deadline) -> Result<Issued, Refusal> {
+        if let Some(stored) = issued.to_store.take() {
             if let Err(err) = self.store.put(issued.grant_id.clone(), stored).await {
                 self.issuer().rollback(&issued.grant_id);
                 return Err(Refusal::new(
