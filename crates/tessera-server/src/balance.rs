@@ -284,6 +284,7 @@ pub(crate) fn spawn_answer_loop(app: Arc<App>) -> tokio::task::JoinHandle<()> {
                 continue;
             }
             app.cancel_unanswered(&state, &mut first_seen, now_ms).await;
+            app.drain_silent(&state).await;
         }
     })
 }
@@ -340,6 +341,42 @@ impl App {
                 }
                 // Not committed: answered again at the next tick.
                 Err(err) => tracing::info!("answer {answer:?} not committed: {err}"),
+            }
+        }
+    }
+
+    /// Leader: gives back, for a server silent for longer than
+    /// [`App::reassign_after_ms`], its allocation above its target, so an
+    /// administrator's distribution is reached while that server is down.
+    /// Its quota has run out by then, so none of those seats can be in use,
+    /// as when a borrow takes from it. The server learns of it from the log
+    /// before it serves again.
+    async fn drain_silent(&self, state: &ControlState) {
+        let wait_ms = self.reassign_after_ms();
+        for (feature, allocation) in state.allocations() {
+            for server in allocation.targets.keys() {
+                if *server == self.pool.server_id
+                    || self
+                        .pool
+                        .silent_for_ms(server)
+                        .is_none_or(|ms| ms < wait_ms)
+                {
+                    continue;
+                }
+                let drains = allocation
+                    .answers(feature, server, 0)
+                    .into_iter()
+                    .filter(|c| matches!(c, ControlCommand::Drain { .. }));
+                for drain in drains {
+                    match self.pool.commit(drain).await {
+                        Ok(ControlOutcome::Moved { seats }) if seats > 0 => tracing::info!(
+                            "gave back {seats} seats of `{feature}` above the target of \
+                             `{server}`, silent for longer than {wait_ms} ms"
+                        ),
+                        Ok(_) => {}
+                        Err(err) => tracing::debug!("drain of `{server}` not committed: {err}"),
+                    }
+                }
             }
         }
     }

@@ -599,6 +599,58 @@ async fn snapshots_bring_back_servers_that_missed_purged_log() {
     );
 }
 
+/// An administrator's distribution that takes seats from a server that is
+/// down is reached once that server has been silent for W: the leader gives
+/// back its excess, the others fill up, and it comes back with its target.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_distribution_is_reached_while_a_server_is_down() {
+    let mut pool = start_pool(seed_001()).await;
+    let leader = pool.wait_leader(&pool.all()).await;
+    let down = (leader + 1) % 3;
+    let live = (leader + 2) % 3;
+    pool.kill(down);
+    let ids: Vec<String> = pool.servers.iter().map(|s| s.id.clone()).collect();
+    let mut seats = [0u32; 3];
+    seats[down] = 10;
+    seats[leader] = 45;
+    seats[live] = 45;
+    let spec: Vec<String> = (0..3).map(|i| format!("{}={}", ids[i], seats[i])).collect();
+    let out = pool.admin(
+        leader,
+        &[
+            "set-distribution",
+            "app",
+            &spec.join(","),
+            "--sequence",
+            "1",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let allocations = |s: &tessera_proto::StatusResponse| -> Vec<u32> {
+        s.features[0].servers.iter().map(|r| r.allocation).collect()
+    };
+    pool.wait_status(leader, "the distribution reached", |s| {
+        allocations(s) == seats
+    })
+    .await;
+    assert!(
+        pool.log(leader)
+            .contains(&format!("above the target of `{}`", ids[down])),
+        "the leader gave back the silent server's excess"
+    );
+    pool.spawn(down);
+    let back = pool
+        .wait_status(down, "the server that was down is back", |s| {
+            s.server.state == "serving" && allocations(s) == seats
+        })
+        .await;
+    assert_eq!(back.features[0].hard_limit, 100);
+}
+
 /// A damaged snapshot file stops the server with advice and is left alone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_damaged_snapshot_stops_the_server_with_advice() {
