@@ -14,9 +14,17 @@ pub enum StatusFormat {
     Lmstat,
 }
 
-pub async fn status(servers: Vec<String>, format: StatusFormat) -> Result<()> {
-    let client = Client::new(ClientConfig::new(servers))?;
-    let status = client.status().await?;
+/// The status: in full with a token (role `read` or `admin`), else what the
+/// servers show anyone.
+pub async fn status(
+    config: ClientConfig,
+    token: Option<String>,
+    format: StatusFormat,
+) -> Result<()> {
+    let status = match token {
+        Some(token) => Admin::new(config, token)?.status().await?,
+        None => Client::new(config)?.status().await?,
+    };
     match format {
         StatusFormat::Json => println!("{}", serde_json::to_string_pretty(&status)?),
         StatusFormat::Table => print!("{}", view::render(&status)),
@@ -37,8 +45,8 @@ pub struct CheckoutArgs {
     pub json: bool,
 }
 
-pub async fn checkout(servers: Vec<String>, args: CheckoutArgs) -> Result<()> {
-    let client = Client::new(ClientConfig::new(servers))?;
+pub async fn checkout(config: ClientConfig, args: CheckoutArgs) -> Result<()> {
+    let client = Client::new(config)?;
     let seat = client
         .checkout(&args.feature, &args.version, args.count)
         .await
@@ -99,8 +107,7 @@ pub async fn checkout(servers: Vec<String>, args: CheckoutArgs) -> Result<()> {
     }
 }
 
-pub async fn checkin(servers: Vec<String>, grant_id: String, client_id: String) -> Result<()> {
-    let mut config = ClientConfig::new(servers);
+pub async fn checkin(mut config: ClientConfig, grant_id: String, client_id: String) -> Result<()> {
     config.client_id = client_id;
     let client = Client::new(config)?;
     let released = client.checkin(&grant_id).await?;
@@ -179,15 +186,10 @@ const ADMIN_REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_sec
 
 /// Sends an admin change to the first server that takes it (see
 /// [`tessera_client::Admin::change`]) and says what the pool runs now.
-pub async fn admin(
-    servers: Vec<String>,
-    secret: Option<String>,
-    change: AdminChange,
-) -> Result<()> {
-    let mut config = ClientConfig::new(servers);
+pub async fn admin(mut config: ClientConfig, token: String, change: AdminChange) -> Result<()> {
     config.request_timeout = ADMIN_REQUEST_TIMEOUT;
     // In the administrator's terms, not the SDK's advice to a program.
-    let installed = match Admin::new(config, secret)?.change(&change).await {
+    let installed = match Admin::new(config, token)?.change(&change).await {
         Ok(installed) => installed,
         Err(ClientError::Rejected { code, message }) => {
             anyhow::bail!("refused ({code}): {message}")

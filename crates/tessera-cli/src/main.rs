@@ -6,6 +6,7 @@ mod client_cmd;
 mod demo;
 mod keys;
 mod license_cmd;
+mod pool_cmd;
 mod view;
 
 use std::path::PathBuf;
@@ -68,6 +69,9 @@ enum Command {
         /// `table` (default), `json`, or `lmstat` (FlexNet `lmstat -a` style, for existing monitoring).
         #[arg(long, value_enum, default_value_t = client_cmd::StatusFormat::Table)]
         format: client_cmd::StatusFormat,
+        /// With a token (role `read` or `admin`): grants, users and hosts too.
+        #[command(flatten)]
+        token: TokenArgs,
     },
     /// Check seats out; hold them (heartbeating) until --hold runs out or Ctrl-C.
     Checkout {
@@ -114,6 +118,43 @@ enum Command {
         #[command(subcommand)]
         command: LicenseCommand,
     },
+    /// Set up a secure pool: its CA, server certificates, credentials and tokens.
+    Pool {
+        #[command(subcommand)]
+        command: PoolCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum PoolCommand {
+    /// Make a pool CA, each server's certificate and peer credential, the
+    /// administrators' tokens, the pool file and each server's config.
+    Init {
+        /// The pool's id (letters, digits, `-`, `_`, `.`).
+        #[arg(long)]
+        pool_id: String,
+        /// A server as ID=host:port; repeat, in leader-priority order.
+        #[arg(long = "server", required = true)]
+        servers: Vec<pool_cmd::ServerSpec>,
+        /// A vendor's public key file (VENDOR.pub) the servers trust; repeat.
+        #[arg(long = "vendor-key")]
+        vendor_keys: Vec<PathBuf>,
+        /// Where to write it all (must not hold a pool already).
+        #[arg(long, default_value = "pool")]
+        out: PathBuf,
+    },
+    /// Make the certificate and credential of a server joining a pool made
+    /// by `init` (needs its ca.key), and print its pool file entry.
+    AddServer {
+        /// The directory `init` wrote.
+        #[arg(long, default_value = "pool")]
+        dir: PathBuf,
+        #[arg(long)]
+        pool_id: String,
+        /// The new server as ID=host:port.
+        #[arg(long)]
+        server: pool_cmd::ServerSpec,
+    },
 }
 
 #[derive(clap::Args)]
@@ -121,6 +162,62 @@ struct ServerArgs {
     /// Server address host:port; repeat for fail-over, in priority order.
     #[arg(long = "server", env = "TESSERA_SERVER", value_delimiter = ',', default_value = DEFAULT_SERVER)]
     servers: Vec<String>,
+    /// The pool CA the servers are checked against (ca.pem of `tessera pool init`).
+    #[arg(long = "ca", env = tessera_client::CA_FILE_ENV)]
+    ca: Option<PathBuf>,
+    /// Plain HTTP without TLS: only for a pool on loopback whose servers set
+    /// `plain_http` (`tessera demo`).
+    #[arg(long, env = "TESSERA_PLAIN_HTTP", conflicts_with = "ca")]
+    plain_http: bool,
+}
+
+impl ServerArgs {
+    fn client_config(&self) -> Result<tessera_client::ClientConfig> {
+        let mut config = tessera_client::ClientConfig::new(self.servers.clone());
+        config.tls = if self.plain_http {
+            tessera_client::ClientTls::Plain
+        } else {
+            let Some(ca) = &self.ca else {
+                bail!(
+                    "no pool CA to check the servers with: pass --ca ca.pem (from `tessera pool \
+                     init`) or set {}",
+                    tessera_client::CA_FILE_ENV
+                );
+            };
+            let pem = std::fs::read(ca)
+                .with_context(|| format!("cannot read the pool CA {}", ca.display()))?;
+            tessera_client::ClientTls::PoolCa(pem)
+        };
+        Ok(config)
+    }
+}
+
+#[derive(clap::Args)]
+struct TokenArgs {
+    /// The file holding an administrator's token (admin.token of `tessera pool init`).
+    #[arg(long, env = "TESSERA_TOKEN_FILE")]
+    token_file: Option<PathBuf>,
+}
+
+impl TokenArgs {
+    fn token(&self) -> Result<Option<String>> {
+        let Some(path) = &self.token_file else {
+            return Ok(None);
+        };
+        let token = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read the token {}", path.display()))?;
+        Ok(Some(token.trim().to_string()))
+    }
+
+    fn required(&self) -> Result<String> {
+        match self.token()? {
+            Some(token) => Ok(token),
+            None => bail!(
+                "changes to the pool need an administrator's token: pass --token-file \
+                 admin.token (from `tessera pool init`) or set TESSERA_TOKEN_FILE"
+            ),
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -131,9 +228,8 @@ enum AdminCommand {
         file: PathBuf,
         #[command(flatten)]
         servers: ServerArgs,
-        /// The pool's peer_secret, if its servers set one.
-        #[arg(long, env = "TESSERA_PEER_SECRET")]
-        secret: Option<String>,
+        #[command(flatten)]
+        token: TokenArgs,
     },
     /// Set a feature's distribution live, e.g. `cad A=40,B=30,C=30`. Servers
     /// not named get none; seats not given go to the free pool. A server
@@ -170,9 +266,8 @@ struct ChangeArgs {
     /// Refuse the change unless the pool runs this pool file sequence.
     #[arg(long)]
     sequence: Option<u64>,
-    /// The pool's peer_secret, if its servers set one.
-    #[arg(long, env = "TESSERA_PEER_SECRET")]
-    secret: Option<String>,
+    #[command(flatten)]
+    token: TokenArgs,
 }
 
 #[derive(Subcommand)]
@@ -292,13 +387,15 @@ fn run(cli: Cli) -> Result<()> {
             servers,
             json,
             format,
+            token,
         } => {
             let format = if json {
                 client_cmd::StatusFormat::Json
             } else {
                 format
             };
-            runtime()?.block_on(client_cmd::status(servers.servers, format))
+            let config = servers.client_config()?;
+            runtime()?.block_on(client_cmd::status(config, token.token()?, format))
         }
         Command::Checkout {
             feature,
@@ -309,7 +406,7 @@ fn run(cli: Cli) -> Result<()> {
             servers,
             json,
         } => runtime()?.block_on(client_cmd::checkout(
-            servers.servers,
+            servers.client_config()?,
             client_cmd::CheckoutArgs {
                 feature,
                 count,
@@ -323,35 +420,40 @@ fn run(cli: Cli) -> Result<()> {
             grant_id,
             client_id,
             servers,
-        } => runtime()?.block_on(client_cmd::checkin(servers.servers, grant_id, client_id)),
+        } => runtime()?.block_on(client_cmd::checkin(
+            servers.client_config()?,
+            grant_id,
+            client_id,
+        )),
         Command::Admin { command } => {
-            let (servers, secret, change) = match command {
+            let (servers, token, change) = match command {
                 AdminCommand::UpdatePoolFile {
                     file,
                     servers,
-                    secret,
-                } => (servers, secret, client_cmd::pool_file_change(&file)?),
+                    token,
+                } => (servers, token, client_cmd::pool_file_change(&file)?),
                 AdminCommand::SetDistribution {
                     feature,
                     distribution,
                     change,
                 } => (
                     change.servers,
-                    change.secret,
+                    change.token,
                     client_cmd::distribution_change(feature, &distribution, change.sequence)?,
                 ),
                 AdminCommand::AddLicense { file, to, change } => (
                     change.servers,
-                    change.secret,
+                    change.token,
                     client_cmd::add_license_change(&file, to, change.sequence)?,
                 ),
                 AdminCommand::RemoveLicense { id, change } => (
                     change.servers,
-                    change.secret,
+                    change.token,
                     client_cmd::remove_license_change(id, change.sequence),
                 ),
             };
-            runtime()?.block_on(client_cmd::admin(servers.servers, secret, change))
+            let config = servers.client_config()?;
+            runtime()?.block_on(client_cmd::admin(config, token.required()?, change))
         }
         Command::Hostid => {
             match tessera_server::hostid::machine_hostid() {
@@ -380,6 +482,28 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::License { command } => license(command),
+        Command::Pool {
+            command:
+                PoolCommand::Init {
+                    pool_id,
+                    servers,
+                    vendor_keys,
+                    out,
+                },
+        } => pool_cmd::init(pool_cmd::InitArgs {
+            pool_id,
+            servers,
+            vendor_keys,
+            out,
+        }),
+        Command::Pool {
+            command:
+                PoolCommand::AddServer {
+                    dir,
+                    pool_id,
+                    server,
+                },
+        } => pool_cmd::add_server(&dir, &pool_id, &server),
     }
 }
 

@@ -46,19 +46,59 @@ impl AdminChange {
     }
 }
 
-/// A pool's administrator: the servers to try in order and the pool's admin
-/// secret, if it has one.
+/// A pool's administrator: the servers to try in order and an
+/// administrator's token (of the pool file's `[[admins]]`).
 #[derive(Clone, Debug)]
 pub struct Admin {
     client: Client,
-    secret: Option<String>,
+    token: String,
 }
 
 impl Admin {
-    pub fn new(config: ClientConfig, secret: Option<String>) -> Result<Admin, ClientError> {
+    pub fn new(config: ClientConfig, token: String) -> Result<Admin, ClientError> {
         Ok(Admin {
             client: Client::new(config)?,
-            secret,
+            token: token.trim().to_string(),
+        })
+    }
+
+    fn authorization(&self) -> (String, String) {
+        (
+            "authorization".to_string(),
+            format!("Bearer {}", self.token),
+        )
+    }
+
+    /// The full status (grants, users, hosts) of the first server that
+    /// answers; the token needs role `read` or `admin`.
+    pub async fn status(&self) -> Result<StatusResponse, ClientError> {
+        let mut failures = Vec::new();
+        for address in &self.client.config().servers {
+            let headers = vec![self.authorization()];
+            let answer = http::get_json(
+                &self.client,
+                address,
+                "/status",
+                headers,
+                STATUS_ANSWER_BYTES_MAX,
+            )
+            .await;
+            match answer {
+                Ok(status) => return Ok(status),
+                Err(failure) => match &failure.kind {
+                    FailureKind::Refused { code, message } => {
+                        return Err(ClientError::Rejected {
+                            code: *code,
+                            message: message.clone(),
+                        })
+                    }
+                    _ => failures.push(failure),
+                },
+            }
+        }
+        Err(ClientError::NoServerReachable {
+            last_error: describe(&failures),
+            tried: failures.into_iter().map(|f| f.address).collect(),
         })
     }
 
@@ -104,16 +144,18 @@ impl Admin {
         let pool_id = match change {
             AdminChange::PoolFile { pool_id, .. } => pool_id.clone(),
             _ => {
-                let status: StatusResponse =
-                    http::get_json(&self.client, address, "/status", STATUS_ANSWER_BYTES_MAX)
-                        .await?;
+                let status: StatusResponse = http::get_json(
+                    &self.client,
+                    address,
+                    "/status",
+                    Vec::new(),
+                    STATUS_ANSWER_BYTES_MAX,
+                )
+                .await?;
                 status.pool_id
             }
         };
-        let mut headers = vec![(POOL_HEADER.to_string(), pool_id)];
-        if let Some(secret) = &self.secret {
-            headers.push(("authorization".to_string(), format!("Bearer {secret}")));
-        }
+        let headers = vec![(POOL_HEADER.to_string(), pool_id), self.authorization()];
         http::post_json_with_headers(&self.client, address, change.path(), headers, body).await
     }
 }

@@ -32,8 +32,9 @@ struct Inner {
 }
 
 impl Client {
-    /// A client for this configuration, over HTTP/1.1 on TCP
-    /// ([`ReqwestTransport`]). Fails only on a configuration that cannot work
+    /// A client for this configuration, over HTTP/1.1 on TLS
+    /// ([`ReqwestTransport`], checking the servers as [`ClientConfig::tls`]
+    /// says). Fails only on a configuration that cannot work
     /// (no servers, an address that is not `host:port`, an empty or oversized
     /// field).
     pub fn new(config: ClientConfig) -> Result<Client, ClientError> {
@@ -41,6 +42,7 @@ impl Client {
         let transport = ReqwestTransport::new(ReqwestOptions {
             connect_timeout: config.connect_timeout,
             idle_connections_per_server_max: IDLE_CONNECTIONS_PER_SERVER_MAX,
+            tls: config.tls.resolve()?,
         })
         .map_err(|message| ClientError::InvalidConfig { message })?;
         Client::with_transport(config, Arc::new(transport))
@@ -137,7 +139,15 @@ impl Client {
     pub async fn status(&self) -> Result<StatusResponse, ClientError> {
         let mut failures = Vec::new();
         for address in &self.config().servers {
-            match http::get_json(self, address, "/status", STATUS_ANSWER_BYTES_MAX).await {
+            match http::get_json(
+                self,
+                address,
+                "/status",
+                Vec::new(),
+                STATUS_ANSWER_BYTES_MAX,
+            )
+            .await
+            {
                 Ok(status) => return Ok(status),
                 Err(failure) => failures.push(failure),
             }

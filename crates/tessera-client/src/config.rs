@@ -32,6 +32,49 @@ pub struct ClientConfig {
     pub request_timeout: Duration,
     /// Time limit of opening a connection to one server.
     pub connect_timeout: Duration,
+    /// How the servers are checked: by default, against the pool CA in the
+    /// file that `TESSERA_CA_FILE` names.
+    pub tls: ClientTls,
+}
+
+/// The environment variable naming the pool CA file (`ca.pem` of `tessera
+/// pool init`) when [`ClientConfig::tls`] is [`ClientTls::FromEnvironment`].
+pub const CA_FILE_ENV: &str = "TESSERA_CA_FILE";
+
+/// How a client checks that it talks to the pool's servers.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum ClientTls {
+    /// TLS, trusting the pool CA in the file named by `TESSERA_CA_FILE`
+    /// (read when the [`Client`](crate::Client) is made).
+    #[default]
+    FromEnvironment,
+    /// TLS, trusting this pool CA (PEM): for programs that ship or fetch it.
+    PoolCa(Vec<u8>),
+    /// Plain HTTP: anyone on the network path reads and rewrites the
+    /// traffic. Only for loopback demos and tests.
+    Plain,
+}
+
+impl ClientTls {
+    /// The transport's TLS setting, the pool CA read if from the environment.
+    pub(crate) fn resolve(&self) -> Result<tessera_transport::TransportTls, ClientError> {
+        use tessera_transport::TransportTls;
+        match self {
+            ClientTls::PoolCa(ca_pem) => Ok(TransportTls::Verify {
+                ca_pem: ca_pem.clone(),
+            }),
+            ClientTls::Plain => Ok(TransportTls::Plain),
+            ClientTls::FromEnvironment => {
+                let Some(path) = std::env::var_os(CA_FILE_ENV) else {
+                    return Err(invalid(format!(
+                        "no pool CA to check the servers with: set {CA_FILE_ENV} to the pool's \
+                         ca.pem (from `tessera pool init`), or set ClientConfig::tls"
+                    )));
+                };
+                TransportTls::from_ca_file(std::path::Path::new(&path)).map_err(invalid)
+            }
+        }
+    }
 }
 
 impl ClientConfig {
@@ -55,6 +98,7 @@ impl ClientConfig {
             host,
             request_timeout: REQUEST_TIMEOUT_DEFAULT,
             connect_timeout: CONNECT_TIMEOUT_DEFAULT,
+            tls: ClientTls::default(),
         }
     }
 

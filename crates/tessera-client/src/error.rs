@@ -124,6 +124,9 @@ pub(crate) fn disposition(code: ErrorCode) -> Disposition {
         | ErrorCode::MethodNotAllowed
         | ErrorCode::WrongPool
         | ErrorCode::PoolFileRefused
+        | ErrorCode::Unauthenticated
+        | ErrorCode::Forbidden
+        | ErrorCode::TooManyRequests
         | ErrorCode::Internal
         | ErrorCode::Unknown => Disposition::TryNext,
     }

@@ -119,6 +119,7 @@ pub(crate) async fn get_json<Resp>(
     client: &Client,
     address: &str,
     path: &str,
+    headers: Vec<(String, String)>,
     answer_bytes_max: usize,
 ) -> Result<Resp, Failure>
 where
@@ -129,7 +130,7 @@ where
         method: Method::Get,
         address: address.to_string(),
         path,
-        headers: Vec::new(),
+        headers,
         body: Vec::new(),
         timeout: client.config().request_timeout,
         answer_bytes_max,

@@ -53,7 +53,10 @@ mod http;
 
 pub use admin::{Admin, AdminChange};
 pub use client::Client;
-pub use config::{ClientConfig, CONNECT_TIMEOUT_DEFAULT, REQUEST_TIMEOUT_DEFAULT, SERVERS_MAX};
+pub use config::{
+    ClientConfig, ClientTls, CA_FILE_ENV, CONNECT_TIMEOUT_DEFAULT, REQUEST_TIMEOUT_DEFAULT,
+    SERVERS_MAX,
+};
 pub use error::ClientError;
 pub use guard::{
     SeatGuard, SeatState, HEARTBEAT_INTERVAL_MS_MIN, LEASE_MS_MAX, RETRY_PAUSE_MS_MAX,

@@ -29,7 +29,9 @@ pub use license::{
     HostBinding, LicenseCode, LicenseError, Policy, VendorKeyId, VendorPublicKey, VendorSecretKey,
 };
 pub use license_table::{CodeVerdict, FeatureLicense, LicenseTable, NotServedReason};
-pub use pool_file::{BorrowPolicy, PoolFile, PoolFileError, ServerEntry};
+pub use pool_file::{
+    credential_sha256, AdminEntry, AdminRole, BorrowPolicy, PoolFile, PoolFileError, ServerEntry,
+};
 pub use unsigned::{parse_unsigned_file, UnsignedError, UnsignedText};
 pub use version::Version;
 

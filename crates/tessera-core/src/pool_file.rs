@@ -9,6 +9,12 @@
 //! [[servers]]
 //! id = "A"
 //! address = "10.0.0.1:27000"
+//! credential_sha256 = "…"  # SHA-256 (hex) of A's peer credential
+//!
+//! [[admins]]           # who may read the status in full, or change the pool
+//! name = "admin"
+//! role = "admin"       # or "read"
+//! token_sha256 = "…"   # SHA-256 (hex) of the administrator's token
 //!
 //! [distribution.cad]   # optional; none given: even split
 //! A = 40
@@ -54,7 +60,34 @@ pub struct ServerEntry {
     pub id: String,
     /// `host:port` of the server's HTTP API, as clients and peers reach it.
     pub address: String,
+    /// SHA-256 (hex) of the secret this server proves itself with to its
+    /// peers. A server without one cannot take part in the pool.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential_sha256: Option<String>,
 }
+
+/// What an administrator's token allows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AdminRole {
+    /// The full status: grants, users, hosts.
+    Read,
+    /// Everything `Read` allows, and changes to the pool.
+    Admin,
+}
+
+/// One administrator's credential.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminEntry {
+    pub name: String,
+    pub role: AdminRole,
+    /// SHA-256 (hex) of the administrator's bearer token.
+    pub token_sha256: String,
+}
+
+/// Most administrator entries in a pool file.
+pub const ADMINS_MAX: usize = 64;
 
 /// A parsed, self-consistent pool file.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -68,6 +101,9 @@ pub struct PoolFile {
     pub distribution: BTreeMap<String, BTreeMap<String, u32>>,
     /// Per feature: when and how much a server borrows.
     pub borrowing: BTreeMap<String, BorrowPolicy>,
+    /// Administrators' credentials; none: nobody may change the pool or
+    /// read its grants.
+    pub admins: Vec<AdminEntry>,
     pub codes: Vec<LicenseCode>,
 }
 
@@ -116,6 +152,8 @@ struct PoolFileText {
     pool_id: String,
     sequence: u64,
     servers: Vec<ServerEntry>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    admins: Vec<AdminEntry>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     distribution: BTreeMap<String, BTreeMap<String, u32>>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -142,6 +180,7 @@ impl PoolFile {
             servers: raw.servers,
             distribution: raw.distribution,
             borrowing: raw.borrowing,
+            admins: raw.admins,
             codes,
         };
         pool.validate()?;
@@ -155,6 +194,7 @@ impl PoolFile {
             servers: self.servers.clone(),
             distribution: self.distribution.clone(),
             borrowing: self.borrowing.clone(),
+            admins: self.admins.clone(),
             license: self.codes.iter().map(LicenseCode::to_text).collect(),
         };
         toml::to_string(&raw).expect("a pool file always serializes")
@@ -175,6 +215,34 @@ impl PoolFile {
             .filter(|c| c.feature() == feature)
             .map(|c| u64::from(c.seats()))
             .sum()
+    }
+
+    /// The administrator whose token hashes to `token_sha256`, if any.
+    pub fn admin_with_token(&self, token_sha256: &str) -> Option<&AdminEntry> {
+        self.admins.iter().find(|a| a.token_sha256 == token_sha256)
+    }
+
+    fn validate_admins(&self) -> Result<(), PoolFileError> {
+        let invalid = PoolFileError::Invalid;
+        if self.admins.len() > ADMINS_MAX {
+            return Err(invalid(format!(
+                "{} admins; the limit is {ADMINS_MAX}",
+                self.admins.len()
+            )));
+        }
+        let mut names = BTreeSet::new();
+        for admin in &self.admins {
+            check_name("admin name", &admin.name).map_err(invalid)?;
+            check_sha256(
+                &format!("token_sha256 of admin `{}`", admin.name),
+                &admin.token_sha256,
+            )
+            .map_err(invalid)?;
+            if !names.insert(admin.name.as_str()) {
+                return Err(invalid(format!("admin `{}` is listed twice", admin.name)));
+            }
+        }
+        Ok(())
     }
 
     fn validate(&self) -> Result<(), PoolFileError> {
@@ -203,7 +271,15 @@ impl PoolFile {
                     server.address
                 )));
             }
+            if let Some(hash) = &server.credential_sha256 {
+                check_sha256(
+                    &format!("credential_sha256 of server `{}`", server.id),
+                    hash,
+                )
+                .map_err(invalid)?;
+            }
         }
+        self.validate_admins()?;
         if self.codes.len() > LICENSE_CODES_MAX {
             return Err(invalid(format!(
                 "{} license codes; the limit is {LICENSE_CODES_MAX}",
@@ -259,6 +335,27 @@ impl PoolFile {
         }
         Ok(())
     }
+}
+
+/// `hash` is a SHA-256 in lowercase hex.
+fn check_sha256(what: &str, hash: &str) -> Result<(), String> {
+    let hex = hash.len() == 64
+        && hash
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    if hex {
+        Ok(())
+    } else {
+        Err(format!(
+            "{what} must be 64 lowercase hex digits (a SHA-256)"
+        ))
+    }
+}
+
+/// SHA-256 of a secret, in lowercase hex: how a pool file names a credential.
+pub fn credential_sha256(secret: &str) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(secret.trim().as_bytes()))
 }
 
 fn check_address(address: &str) -> Result<(), String> {

@@ -173,8 +173,16 @@ pub enum ErrorCode {
     NotFound,
     /// The method is not allowed on this endpoint.
     MethodNotAllowed,
-    /// A peer or admin request for another pool, or without the pool's secret.
+    /// A peer or admin request for another pool.
     WrongPool,
+    /// The request needs a credential (a server's peer credential, an
+    /// administrator's token) and carries none, or one the pool does not know.
+    Unauthenticated,
+    /// The caller is known but may not do this (a read-only token asking for
+    /// a change, a server speaking for another server).
+    Forbidden,
+    /// One source address has as many requests in flight as it may; retry shortly.
+    TooManyRequests,
     /// A pool file update that is refused (stale sequence, bad signature,
     /// sums above the hard limit, unknown pool); the message says why.
     PoolFileRefused,
@@ -198,13 +206,14 @@ impl ErrorCode {
             | ErrorCode::VersionNotLicensed => 400,
             ErrorCode::UnknownFeature | ErrorCode::UnknownGrant | ErrorCode::NotFound => 404,
             ErrorCode::MethodNotAllowed => 405,
-            ErrorCode::WrongPool => 403,
+            ErrorCode::WrongPool | ErrorCode::Forbidden => 403,
+            ErrorCode::Unauthenticated => 401,
             ErrorCode::PoolFileRefused => 422,
             ErrorCode::NoLeader => 503,
             ErrorCode::NoSeatsAvailable | ErrorCode::GrantMismatch => 409,
             ErrorCode::BodyTooLarge => 413,
             ErrorCode::LicenseNotServed => 403,
-            ErrorCode::TooManyGrants => 429,
+            ErrorCode::TooManyGrants | ErrorCode::TooManyRequests => 429,
             ErrorCode::GracePeriod | ErrorCode::NoQuorum => 503,
             ErrorCode::Internal | ErrorCode::Unknown => 500,
         }
@@ -230,6 +239,9 @@ impl ErrorCode {
             ErrorCode::NotFound => "not_found",
             ErrorCode::MethodNotAllowed => "method_not_allowed",
             ErrorCode::WrongPool => "wrong_pool",
+            ErrorCode::Unauthenticated => "unauthenticated",
+            ErrorCode::Forbidden => "forbidden",
+            ErrorCode::TooManyRequests => "too_many_requests",
             ErrorCode::PoolFileRefused => "pool_file_refused",
             ErrorCode::NoLeader => "no_leader",
             ErrorCode::Internal => "internal",

@@ -25,7 +25,10 @@ pub struct App {
     pub(crate) hostid: String,
     pub(crate) address: String,
     pub(crate) started_ms: u64,
-    pub(crate) peer_secret: Option<String>,
+    /// What `/v1/status` shows a caller without a credential.
+    pub(crate) public_status: config::PublicStatus,
+    /// Requests in flight per source address.
+    pub(crate) in_flight: crate::api::per_address::InFlight,
     pub(crate) vendors: Vec<tessera_core::VendorPublicKey>,
     pub(crate) data_dir: PathBuf,
     /// Where the installed pool file is written.

@@ -19,6 +19,14 @@
 //!
 //! [borrowing.cad]             # optional; overrides the pool file's
 //! threshold_percent = 90
+//!
+//! [security]                  # all optional; these are the defaults
+//! cert_file = "server.pem"    # this server's certificate, issued by the pool CA
+//! key_file = "server.key"
+//! ca_file = "ca.pem"          # the pool CA: what peers' certificates are checked against
+//! peer_credential_file = "peer.credential" # its SHA-256 is in the pool file
+//! public_status = "summary"   # or "full": grants with users and hosts for anyone
+//! # plain_http = true         # no TLS: loopback demos and tests only
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -44,9 +52,65 @@ struct ConfigText {
     timing: Timing,
     #[serde(default = "default_true")]
     grace_on_missing_store: bool,
-    peer_secret: Option<String>,
     #[serde(default)]
     borrowing: std::collections::BTreeMap<String, BorrowPolicy>,
+    #[serde(default)]
+    security: SecurityText,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct SecurityText {
+    cert_file: PathBuf,
+    key_file: PathBuf,
+    ca_file: PathBuf,
+    peer_credential_file: PathBuf,
+    public_status: PublicStatus,
+    plain_http: bool,
+}
+
+impl Default for SecurityText {
+    fn default() -> SecurityText {
+        SecurityText {
+            cert_file: "server.pem".into(),
+            key_file: "server.key".into(),
+            ca_file: "ca.pem".into(),
+            peer_credential_file: "peer.credential".into(),
+            public_status: PublicStatus::Summary,
+            plain_http: false,
+        }
+    }
+}
+
+/// What `/v1/status` shows a caller without a read credential.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum PublicStatus {
+    /// Servers, features and seat counts; no grant, user or host.
+    #[default]
+    Summary,
+    /// Everything, grants with their users and hosts included.
+    Full,
+}
+
+/// How the server proves itself and checks who calls it.
+#[derive(Clone, Debug)]
+pub struct Security {
+    /// TLS on the listener and on every connection to peers; `None` only
+    /// when the config says `plain_http = true`.
+    pub tls: Option<TlsFiles>,
+    /// This server's peer credential: the secret whose SHA-256 the pool file
+    /// names for it.
+    pub peer_credential: String,
+    pub public_status: PublicStatus,
+}
+
+/// The PEM files of a server's TLS identity.
+#[derive(Clone, Debug)]
+pub struct TlsFiles {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    pub ca_file: PathBuf,
 }
 
 fn default_true() -> bool {
@@ -70,8 +134,17 @@ pub struct Limits {
     pub grants_per_client_max: usize,
     /// Distinct client ids holding grants at once.
     pub clients_max: usize,
-    /// Requests in flight at once; more wait in the accept queue.
+    /// Client requests in flight at once; more wait in the accept queue.
     pub requests_in_flight_max: usize,
+    /// Peer and admin requests in flight at once, counted apart from the
+    /// clients' so that clients cannot starve the pool's own traffic.
+    pub peer_requests_in_flight_max: usize,
+    /// Requests in flight at once from one source address.
+    pub requests_in_flight_per_address_max: usize,
+    /// Open connections from one source address.
+    pub connections_per_address_max: usize,
+    /// Open connections in all.
+    pub connections_max: usize,
 }
 
 impl Default for Limits {
@@ -81,6 +154,10 @@ impl Default for Limits {
             grants_per_client_max: 10_000,
             clients_max: 1_000_000,
             requests_in_flight_max: 4_096,
+            peer_requests_in_flight_max: 512,
+            requests_in_flight_per_address_max: 2_048,
+            connections_per_address_max: 4_096,
+            connections_max: 16_384,
         }
     }
 }
@@ -175,8 +252,7 @@ pub struct ServerConfig {
     /// When false, a server without a store issues at once. Only right for a
     /// pool that has never issued a seat (`tessera server --new-pool`).
     pub grace_on_missing_store: bool,
-    /// When set, peers and administrators must present it as a bearer token.
-    pub peer_secret: Option<String>,
+    pub security: Security,
     /// Per feature: this server's own borrowing threshold and batch, over
     /// the pool file's.
     pub borrowing: std::collections::BTreeMap<String, BorrowPolicy>,
@@ -233,11 +309,45 @@ impl ServerConfig {
             limits: raw.limits,
             timing: raw.timing,
             grace_on_missing_store: raw.grace_on_missing_store,
-            peer_secret: raw.peer_secret,
+            security: load_security(&raw.security, base)?,
             borrowing: raw.borrowing,
             recover_pool: false,
         })
     }
+}
+
+/// Shortest peer credential accepted, in bytes.
+pub const PEER_CREDENTIAL_BYTES_MIN: usize = 32;
+
+fn load_security(text: &SecurityText, base: &Path) -> Result<Security, String> {
+    let credential_path = base.join(&text.peer_credential_file);
+    let peer_credential = std::fs::read_to_string(&credential_path)
+        .map_err(|err| {
+            format!(
+                "cannot read this server's peer credential {}: {err}; `tessera pool init` \
+                 makes one per server",
+                credential_path.display()
+            )
+        })?
+        .trim()
+        .to_string();
+    if peer_credential.len() < PEER_CREDENTIAL_BYTES_MIN {
+        return Err(format!(
+            "the peer credential {} is shorter than {PEER_CREDENTIAL_BYTES_MIN} characters; \
+             `tessera pool init` makes one per server",
+            credential_path.display()
+        ));
+    }
+    let tls = (!text.plain_http).then(|| TlsFiles {
+        cert_file: base.join(&text.cert_file),
+        key_file: base.join(&text.key_file),
+        ca_file: base.join(&text.ca_file),
+    });
+    Ok(Security {
+        tls,
+        peer_credential,
+        public_status: text.public_status,
+    })
 }
 
 #[cfg(test)]

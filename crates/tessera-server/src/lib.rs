@@ -16,6 +16,7 @@ pub mod config;
 pub mod copies;
 pub mod hostid;
 pub mod issuer;
+pub mod listener;
 pub mod pool;
 mod quota;
 pub mod refusal;

@@ -142,7 +142,7 @@ impl Seams {
     pub fn production() -> Seams {
         Seams {
             clock: Arc::new(SystemClock::new()),
-            transport: crate::pool::network::default_transport(),
+            transport: crate::pool::network::plain_transport(),
             disk: Arc::new(FileDisk),
             grant_ids: Arc::new(|| uuid::Uuid::new_v4().simple().to_string()),
             observer: None,

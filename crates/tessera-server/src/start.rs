@@ -7,10 +7,10 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use tessera_core::PoolFile;
-use tokio::net::TcpListener;
 
 use crate::config::ServerConfig;
 use crate::issuer::Issuer;
+use crate::listener::{self, ConnectionLimits, SecureListener};
 use crate::pool::{self, Pool};
 use crate::seams::Seams;
 use crate::store::{self, Store};
@@ -32,6 +32,8 @@ pub enum StartError {
     Listen { address: String, message: String },
     #[error(transparent)]
     Pool(#[from] pool::PoolStartError),
+    #[error("{0}")]
+    Security(String),
 }
 
 /// A started server: its address, and the task serving it.
@@ -50,16 +52,31 @@ pub async fn start(
     config: ServerConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<Running, StartError> {
-    let bind = |address: String| async move {
-        let listener = TcpListener::bind(&address).await?;
-        let local = listener.local_addr()?;
-        use axum::serve::ListenerExt;
-        let listener = listener.tap_io(|tcp| {
-            let _ = tcp.set_nodelay(true);
-        });
+    let tls = match &config.security.tls {
+        Some(files) => Some(listener::server_tls_config(files).map_err(StartError::Security)?),
+        None => None,
+    };
+    let seams = Seams {
+        transport: pool::network::peer_transport(&config.security).map_err(StartError::Security)?,
+        ..Seams::production()
+    };
+    let limits = ConnectionLimits {
+        per_address_max: config.limits.connections_per_address_max,
+        total_max: config.limits.connections_max,
+    };
+    let bind = move |address: String| async move {
+        let plain = tls.is_none();
+        let listener = SecureListener::bind(&address, tls, limits).await?;
+        let local = axum::serve::Listener::local_addr(&listener)?;
+        if plain && !local.ip().is_loopback() {
+            return Err(std::io::Error::other(
+                "plain_http (no TLS) serves only on a loopback address; give the server a \
+                 certificate (`tessera pool init`) to serve on the network",
+            ));
+        }
         Ok((listener, local))
     };
-    start_with(config, Seams::production(), bind, shutdown).await
+    start_with(config, seams, bind, shutdown).await
 }
 
 /// [`start`] on the given seams, listening with `bind` (which gets the
@@ -71,8 +88,7 @@ pub async fn start_with<L, B, F>(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<Running, StartError>
 where
-    L: axum::serve::Listener,
-    L::Addr: std::fmt::Debug,
+    L: axum::serve::Listener<Addr = SocketAddr>,
     B: FnOnce(String) -> F,
     F: Future<Output = std::io::Result<(L, SocketAddr)>>,
 {
@@ -181,7 +197,8 @@ impl App {
                 .unwrap_or_else(|| "unknown".to_string()),
             address,
             started_ms: seams.clock.now_ms(),
-            peer_secret: config.peer_secret.clone(),
+            public_status: config.security.public_status,
+            in_flight: Default::default(),
             vendors: config.vendors.clone(),
             data_dir: config.data_dir.clone(),
             disk: seams.disk.clone(),
@@ -208,8 +225,7 @@ async fn serve<L>(
     config: ServerConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) where
-    L: axum::serve::Listener,
-    L::Addr: std::fmt::Debug,
+    L: axum::serve::Listener<Addr = SocketAddr>,
 {
     let pool = app.pool.clone();
     let background = [
@@ -221,7 +237,9 @@ async fn serve<L>(
         balance::spawn_answer_loop(app.clone()),
     ];
     let router = api::router(app.clone());
-    if let Err(err) = axum::serve(listener, router)
+    let service = router.into_make_service_with_connect_info::<api::per_address::SourceAddress>();
+    let listener = api::per_address::Addressed(listener);
+    if let Err(err) = axum::serve(listener, service)
         .with_graceful_shutdown(shutdown)
         .await
     {

@@ -3,9 +3,10 @@
 //!
 //! The SDK ([`tessera-client`]) and the server's peer client send every
 //! request through an [`HttpTransport`]. Programs use [`ReqwestTransport`]
-//! (HTTP/1.1 over TCP); the deterministic simulator (`tessera-sim`) plugs in
-//! its own, which carries the same bytes over a simulated network. Nothing
-//! here knows what the requests mean.
+//! (HTTP/1.1 over TLS, or over plain TCP by explicit choice); the
+//! deterministic simulator (`tessera-sim`) plugs in its own, which carries
+//! the same bytes over a simulated network. Nothing here knows what the
+//! requests mean.
 
 use std::error::Error as _;
 use std::fmt;
@@ -95,22 +96,76 @@ pub trait HttpTransport: Send + Sync + fmt::Debug + 'static {
     fn send(&self, request: HttpRequest) -> Exchange;
 }
 
-/// HTTP/1.1 over TCP, with a small pool of idle connections per server.
+/// HTTP/1.1 over TLS (or plain TCP), with a small pool of idle connections
+/// per server.
 #[derive(Clone, Debug)]
 pub struct ReqwestTransport {
     http: reqwest::Client,
+    scheme: &'static str,
 }
 
 /// How a [`ReqwestTransport`] connects.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct ReqwestOptions {
     pub connect_timeout: Duration,
     pub idle_connections_per_server_max: usize,
+    pub tls: TransportTls,
+}
+
+/// Whether, and how, a transport checks who answers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TransportTls {
+    /// TLS 1.2 or 1.3; a server is trusted only with a certificate issued by
+    /// one of these CA certificates (PEM): the pool's CA.
+    Verify { ca_pem: Vec<u8> },
+    /// Plain HTTP: anyone on the path reads and rewrites every request.
+    /// Only for loopback demos and tests, by explicit choice.
+    Plain,
+}
+
+impl TransportTls {
+    /// The pool CA in the PEM file at `path`.
+    pub fn from_ca_file(path: &std::path::Path) -> Result<TransportTls, String> {
+        let ca_pem = std::fs::read(path)
+            .map_err(|err| format!("cannot read the pool CA {}: {err}", path.display()))?;
+        Ok(TransportTls::Verify { ca_pem })
+    }
+}
+
+/// A rustls client configuration that trusts exactly the CA certificates
+/// in `ca_pem`.
+pub fn client_tls_config(ca_pem: &[u8]) -> Result<rustls::ClientConfig, String> {
+    use rustls_pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pki_types::CertificateDer::pem_slice_iter(ca_pem) {
+        let cert = cert.map_err(|err| format!("the pool CA is not a PEM certificate: {err}"))?;
+        roots
+            .add(cert)
+            .map_err(|err| format!("the pool CA certificate is not usable: {err}"))?;
+    }
+    if roots.is_empty() {
+        return Err("the pool CA file holds no certificate".to_string());
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|err| format!("cannot set up TLS: {err}"))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(config)
 }
 
 impl ReqwestTransport {
     pub fn new(options: ReqwestOptions) -> Result<ReqwestTransport, String> {
-        let http = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder();
+        let scheme = match &options.tls {
+            TransportTls::Verify { ca_pem } => {
+                builder = builder.use_preconfigured_tls(client_tls_config(ca_pem)?);
+                "https"
+            }
+            TransportTls::Plain => "http",
+        };
+        let http = builder
             .connect_timeout(options.connect_timeout)
             .pool_max_idle_per_host(options.idle_connections_per_server_max)
             .tcp_nodelay(true)
@@ -120,15 +175,16 @@ impl ReqwestTransport {
             .no_proxy()
             .build()
             .map_err(|error| format!("cannot create the HTTP client: {error}"))?;
-        Ok(ReqwestTransport { http })
+        Ok(ReqwestTransport { http, scheme })
     }
 }
 
 impl HttpTransport for ReqwestTransport {
     fn send(&self, request: HttpRequest) -> Exchange {
         let http = self.http.clone();
+        let scheme = self.scheme;
         Box::pin(async move {
-            let url = format!("http://{}{}", request.address, request.path);
+            let url = format!("{scheme}://{}{}", request.address, request.path);
             let mut builder = match request.method {
                 Method::Get => http.get(url),
                 Method::Post => http.post(url).body(request.body),

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use axum::extract::State;
+use axum::extract::{Extension, State};
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -13,7 +13,9 @@ use tessera_proto::{
     MAX_FIELD_BYTES, MAX_SEATS_PER_REQUEST,
 };
 
+use super::auth::Caller;
 use super::{api_error, ApiError, JsonBody};
+use crate::config::PublicStatus;
 use crate::issuer::{Issued, Origin, SeatRequest};
 use crate::service::Deadline;
 use crate::App;
@@ -86,8 +88,17 @@ async fn metrics(State(app): State<Arc<App>>) -> impl IntoResponse {
     )
 }
 
-async fn status(State(app): State<Arc<App>>) -> Json<proto::StatusResponse> {
-    Json(app.status())
+/// The status; grants (with their users and hosts) only for a caller with a
+/// credential, unless the config makes them public.
+async fn status(
+    State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
+) -> Json<proto::StatusResponse> {
+    let mut status = app.status();
+    if !caller.reads_all() && app.public_status == PublicStatus::Summary {
+        status.grants.clear();
+    }
+    Json(status)
 }
 
 /// The grant as the client is told of it; `app` is the server that issued it.

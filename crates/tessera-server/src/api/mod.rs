@@ -10,22 +10,25 @@
 //! - [`peer`]: `/v1/peer/*`, what servers of one pool say to each other;
 //! - [`admin`]: `/v1/admin/*`, the administrator's changes.
 //!
-//! Peer and admin routes pass [`pool_guard`] first.
+//! Every request passes [`auth::identify`] (who is calling, and may they
+//! call this route), then [`per_address::limit`] (requests in flight from
+//! one source address, servers of the pool apart) first.
 
 pub mod admin;
+pub mod auth;
 pub mod client;
 pub mod peer;
+pub mod per_address;
 
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::{FromRequest, Request, State};
+use axum::extract::{FromRequest, Request};
 use axum::http::StatusCode;
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::{Json, Router};
 use serde::de::DeserializeOwned;
-use tessera_proto::{self as proto, ErrorCode, MAX_BODY_BYTES, POOL_HEADER};
+use tessera_proto::{self as proto, ErrorCode, MAX_BODY_BYTES};
 
 use crate::refusal::Refusal;
 use crate::App;
@@ -90,15 +93,20 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
 }
 
 pub fn router(app: Arc<App>) -> Router {
+    // Peer and admin requests have their own capacity: no number of client
+    // requests can starve the pool's own traffic.
     let pool_routes = peer::routes()
         .merge(admin::routes())
         .layer(axum::extract::DefaultBodyLimit::max(PEER_BODY_BYTES_MAX))
-        .layer(axum::middleware::from_fn_with_state(
-            app.clone(),
-            pool_guard,
+        .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
+            app.limits.peer_requests_in_flight_max,
         ));
-    client::routes()
+    let client_routes = client::routes()
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
+            app.limits.requests_in_flight_max,
+        ));
+    client_routes
         .merge(pool_routes)
         .fallback(|| async {
             api_error(
@@ -115,48 +123,13 @@ pub fn router(app: Arc<App>) -> Router {
                 "this endpoint does not take that method",
             )
         })
-        .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
-            app.limits.requests_in_flight_max,
+        .layer(axum::middleware::from_fn_with_state(
+            app.clone(),
+            per_address::limit,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            app.clone(),
+            auth::identify,
         ))
         .with_state(app)
-}
-
-/// Peer and admin requests must name this pool in the `x-tessera-pool`
-/// header and, when the config sets `peer_secret`, carry it as a bearer
-/// token; others are refused with `wrong_pool` before they reach Raft.
-async fn pool_guard(State(app): State<Arc<App>>, request: Request, next: Next) -> Response {
-    if app.pool.is_partitioned() && request.uri().path().starts_with("/v1/peer/") {
-        let message = "cut off by the test fault switch";
-        return api_error(ErrorCode::Internal, message).into_response();
-    }
-    let pool_id = &app.pool.pool_id;
-    let named = request
-        .headers()
-        .get(POOL_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    if named != pool_id {
-        let message = format!(
-            "this server belongs to pool `{pool_id}`; the request names pool `{named}` \
-             (header {POOL_HEADER})"
-        );
-        return api_error(ErrorCode::WrongPool, message).into_response();
-    }
-    if let Some(secret) = &app.peer_secret {
-        let given = request
-            .headers()
-            .get(axum::http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .unwrap_or("");
-        if !constant_time_eq(given.as_bytes(), secret.as_bytes()) {
-            let message = "the request does not carry this pool's peer_secret";
-            return api_error(ErrorCode::WrongPool, message).into_response();
-        }
-    }
-    next.run(request).await
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use axum::extract::State;
+use axum::extract::{Extension, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -17,8 +17,9 @@ use tessera_proto::{
     PoolFileUpdate,
 };
 
+use super::auth::Caller;
 use super::{api_error, ApiError, JsonBody};
-use crate::pool::types::{NodeId, TypeConfig};
+use crate::pool::types::{node_id, NodeId, TypeConfig};
 use crate::pool::{self, PeerCommand};
 use crate::App;
 
@@ -43,10 +44,27 @@ pub(super) fn routes() -> Router<Arc<App>> {
         .route("/v1/peer/command", post(command))
 }
 
+/// Refuses a Raft message whose sender (the leader or candidate it names)
+/// is not the server that sent it.
+fn require_node(caller: &Caller, node: Option<NodeId>) -> Result<(), ApiError> {
+    let Caller::Server(sender) = caller else {
+        return caller.require_server("");
+    };
+    if node == Some(node_id(sender)) {
+        return Ok(());
+    }
+    Err(api_error(
+        ErrorCode::Forbidden,
+        format!("server `{sender}` may send Raft messages only in its own name"),
+    ))
+}
+
 async fn append(
     State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
     JsonBody(request): JsonBody<AppendEntriesRequest<TypeConfig>>,
 ) -> Result<Response, ApiError> {
+    require_node(&caller, request.vote.leader_id().voted_for())?;
     let term = request.vote.leader_id().term;
     app.pool.answers_leader(term)?;
     // Only an index committed in the leader's own term covers every entry
@@ -65,8 +83,10 @@ async fn append(
 
 async fn vote(
     State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
     JsonBody(request): JsonBody<VoteRequest<NodeId>>,
 ) -> Result<Response, ApiError> {
+    require_node(&caller, request.vote.leader_id().voted_for())?;
     if app.pool.refuses_votes().await {
         return Err(api_error(
             ErrorCode::NoQuorum,
@@ -81,8 +101,10 @@ async fn vote(
 
 async fn snapshot(
     State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
     JsonBody(request): JsonBody<InstallSnapshotRequest<TypeConfig>>,
 ) -> Result<Response, ApiError> {
+    require_node(&caller, request.vote.leader_id().voted_for())?;
     app.pool.answers_leader(request.vote.leader_id().term)?;
     Ok(Json(app.pool.raft.install_snapshot(request).await).into_response())
 }
@@ -93,8 +115,10 @@ async fn hello(State(app): State<Arc<App>>) -> impl IntoResponse {
 
 async fn report(
     State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
     JsonBody(report): JsonBody<PeerReport>,
 ) -> Result<Json<PeerReportAck>, ApiError> {
+    caller.require_server(&report.server_id)?;
     Ok(Json(app.pool.handle_report(report).await?))
 }
 
@@ -107,8 +131,10 @@ async fn first_pool_file(
 
 async fn borrow(
     State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
     JsonBody(ask): JsonBody<BorrowAsk>,
 ) -> Result<Json<BorrowAnswer>, ApiError> {
+    caller.require_server(&ask.server_id)?;
     Ok(Json(app.lead_borrow(ask).await?))
 }
 
@@ -116,8 +142,10 @@ async fn borrow(
 /// commands a server may propose for itself are taken.
 async fn command(
     State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
     JsonBody(ask): JsonBody<PeerCommand>,
 ) -> Result<Json<ControlOutcome>, ApiError> {
+    caller.require_server(&ask.server_id)?;
     let own = match &ask.command {
         ControlCommand::Release {
             feature,

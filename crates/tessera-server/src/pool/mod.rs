@@ -133,6 +133,13 @@ impl Pool {
             .unwrap_or_else(|| self.bootstrap.clone())
     }
 
+    /// Reads the installed pool file (or the one this server started with)
+    /// without copying it.
+    pub fn with_pool_file<T>(&self, read: impl FnOnce(&PoolFile) -> T) -> T {
+        let applied = self.applied.borrow();
+        read(applied.state.pool().unwrap_or(&self.bootstrap))
+    }
+
     fn server_of(&self, node: NodeId) -> Option<String> {
         let pool = self.pool_file();
         pool.servers

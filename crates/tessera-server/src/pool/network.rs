@@ -1,7 +1,8 @@
-//! Peer transport: HTTP/JSON to other servers of the pool under `/v1/peer`,
-//! every request naming the pool (and carrying the pool's secret, if set).
+//! Peer transport: HTTP/JSON over TLS to other servers of the pool under
+//! `/v1/peer`, every request naming the pool and this server, and carrying
+//! this server's peer credential.
 //! It also carries openraft's RPCs. Every request goes through an
-//! [`HttpTransport`]: [`default_transport`] in programs, the simulator's own
+//! [`HttpTransport`]: [`peer_transport`] in programs, the simulator's own
 //! network in `tessera-sim`.
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -22,7 +23,10 @@ use serde::Serialize;
 use tessera_proto::{ErrorBody, PEER_HEADER, POOL_HEADER};
 use tessera_transport::{
     HttpRequest, HttpTransport, Method, ReqwestOptions, ReqwestTransport, TransportError,
+    TransportTls,
 };
+
+use crate::config::Security;
 
 use super::types::{Node, NodeId, TypeConfig};
 
@@ -45,12 +49,29 @@ pub enum PeerError {
     },
 }
 
-/// The production peer transport: HTTP/1.1 over TCP, connecting within
-/// [`PEER_TIMEOUT`], a few idle connections kept per peer.
-pub fn default_transport() -> Arc<dyn HttpTransport> {
+/// The production peer transport: HTTP/1.1 over TLS (peers' certificates
+/// checked against the pool CA), or plain TCP when the config says
+/// `plain_http`; connecting within [`PEER_TIMEOUT`], a few idle connections
+/// kept per peer.
+pub fn peer_transport(security: &Security) -> Result<Arc<dyn HttpTransport>, String> {
+    let tls = match &security.tls {
+        Some(files) => TransportTls::from_ca_file(&files.ca_file)?,
+        None => TransportTls::Plain,
+    };
     let transport = ReqwestTransport::new(ReqwestOptions {
         connect_timeout: PEER_TIMEOUT,
         idle_connections_per_server_max: 4,
+        tls,
+    })?;
+    Ok(Arc::new(transport))
+}
+
+/// A plain peer transport, for seams that are replaced before use.
+pub fn plain_transport() -> Arc<dyn HttpTransport> {
+    let transport = ReqwestTransport::new(ReqwestOptions {
+        connect_timeout: PEER_TIMEOUT,
+        idle_connections_per_server_max: 4,
+        tls: TransportTls::Plain,
     })
     .unwrap_or_else(|message| panic!("a plain HTTP client always builds, yet: {message}"));
     Arc::new(transport)
@@ -63,14 +84,14 @@ pub struct PeerClient {
     partitioned: Arc<AtomicBool>,
     pool_id: String,
     server_id: String,
-    secret: Option<String>,
+    credential: String,
 }
 
 impl PeerClient {
     pub fn new(
         pool_id: String,
         server_id: String,
-        secret: Option<String>,
+        credential: String,
         transport: Arc<dyn HttpTransport>,
     ) -> PeerClient {
         PeerClient {
@@ -78,7 +99,7 @@ impl PeerClient {
             partitioned: Arc::new(AtomicBool::new(false)),
             pool_id,
             server_id,
-            secret,
+            credential,
         }
     }
 
@@ -87,16 +108,16 @@ impl PeerClient {
     }
 
     /// The headers every peer request carries: the pool, this server, and
-    /// the pool's secret if it has one.
+    /// its credential.
     fn headers(&self) -> Vec<(String, String)> {
-        let mut headers = vec![
+        vec![
             (POOL_HEADER.to_string(), self.pool_id.clone()),
             (PEER_HEADER.to_string(), self.server_id.clone()),
-        ];
-        if let Some(secret) = &self.secret {
-            headers.push(("authorization".to_string(), format!("Bearer {secret}")));
-        }
-        headers
+            (
+                "authorization".to_string(),
+                format!("Bearer {}", self.credential),
+            ),
+        ]
     }
 
     pub async fn post<Req: Serialize, Resp: DeserializeOwned>(

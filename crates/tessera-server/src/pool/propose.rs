@@ -224,7 +224,7 @@ mod tests {
                     server_id: "A".into(),
                     vendors: Vec::new(),
                     timing: Timing::default(),
-                    peer_secret: None,
+                    peer_credential: "x".repeat(32),
                     data_dir: dir.path().to_path_buf(),
                     recovering: false,
                 },

@@ -19,7 +19,8 @@ pub struct PoolSettings {
     pub server_id: String,
     pub vendors: Vec<VendorPublicKey>,
     pub timing: Timing,
-    pub peer_secret: Option<String>,
+    /// This server's peer credential (see `config::Security`).
+    pub peer_credential: String,
     pub data_dir: PathBuf,
     /// Started with `--recover-pool` (see `recovery.rs`).
     pub recovering: bool,
@@ -31,7 +32,7 @@ impl PoolSettings {
             server_id: config.server_id.clone(),
             vendors: config.vendors.clone(),
             timing: config.timing,
-            peer_secret: config.peer_secret.clone(),
+            peer_credential: config.security.peer_credential.clone(),
             data_dir: config.data_dir.clone(),
             recovering: config.recover_pool,
         }
@@ -74,7 +75,7 @@ impl Pool {
             server_id,
             vendors,
             timing,
-            peer_secret,
+            peer_credential,
             data_dir,
             recovering,
         } = settings;
@@ -89,7 +90,7 @@ impl Pool {
         let peers = PeerClient::new(
             bootstrap.pool_id.clone(),
             server_id.clone(),
-            peer_secret,
+            peer_credential,
             seams.transport.clone(),
         );
         let partitioned = peers.partitioned();
