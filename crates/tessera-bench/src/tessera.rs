@@ -129,7 +129,7 @@ impl TesseraServer {
 
     /// Polls `/v1/status` (bounded) until the server says it is serving.
     async fn wait_serving(&self) -> Result<()> {
-        let http = tessera_testkit::http_client(REQUEST_TIMEOUT);
+        let http = tessera_testkit::Http::plain(REQUEST_TIMEOUT);
         let serving = self
             .process
             .wait_status(&http, &self.address, SERVER_READY_TIMEOUT, |status| {
@@ -149,7 +149,7 @@ impl TesseraServer {
 
     /// How many grants the server holds now.
     pub async fn grants_total(&self) -> Result<u64> {
-        let http = tessera_testkit::http_client(REQUEST_TIMEOUT);
+        let http = tessera_testkit::Http::plain(REQUEST_TIMEOUT);
         let status = tessera_testkit::status(&http, &self.address)
             .await
             .map_err(anyhow::Error::msg)
@@ -159,9 +159,15 @@ impl TesseraServer {
 
     /// The longest time between two quota renewals so far, from `/metrics`.
     pub async fn quota_renewal_gap_max_ms(&self) -> Option<u64> {
-        let url = format!("http://{}/metrics", self.address);
-        let http = tessera_testkit::http_client(Duration::from_secs(5));
-        let text = http.get(url).send().await.ok()?.text().await.ok()?;
+        let http = tessera_testkit::Http::plain(Duration::from_secs(5));
+        let text = http
+            .get(&self.address, "/metrics")
+            .send()
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
         text.lines()
             .find_map(|line| line.strip_prefix("tessera_quota_renewal_gap_max_ms "))?
             .trim()
@@ -240,8 +246,9 @@ async fn write_setup(tessera: &Path, dir: &Path, setup: Setup) -> Result<String>
         .with_context(|| format!("{} is not a vendor public key file", public_path.display()))?;
 
     let address = tessera_testkit::free_address().context("cannot bind loopback")?;
+    let credentials = tessera_testkit::Credentials::init(tessera, dir, "bench", &[("A", &address)]);
     let pool = tessera_testkit::pool_file_head("bench")
-        + &tessera_testkit::server_entry("A", &address)
+        + &credentials.server_entry("A", &address)
         + &codes;
     write(&dir.join("pool.toml"), &pool)?;
     // Every held seat is a client of its own: the server must take as many
@@ -251,6 +258,7 @@ async fn write_setup(tessera: &Path, dir: &Path, setup: Setup) -> Result<String>
         Mode::Hold => format!("[limits]\nclients_max = {}\n", setup.seats),
         Mode::Cycle => String::new(),
     };
+    let tables = credentials.plain_security_table("A") + &limits;
     let config = ServerConfig {
         server_id: "A",
         pool_file: "pool.toml",
@@ -258,7 +266,7 @@ async fn write_setup(tessera: &Path, dir: &Path, setup: Setup) -> Result<String>
         top: "",
         vendor: "bench",
         public_key: &public_key,
-        tables: &limits,
+        tables: &tables,
     };
     write(&dir.join("tessera.toml"), &config.text())?;
     Ok(address)

@@ -6,11 +6,12 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use tessera_client::{Client, ClientConfig, ClientError, SeatGuard, SeatState};
-use tessera_testkit::Process;
+use tessera_client::{Admin, Client, ClientConfig, ClientError, ClientTls, SeatGuard, SeatState};
+use tessera_testkit::{Http, Process, LOOPBACK_REQUEST_TIMEOUT};
 
 use crate::keys;
 use crate::license_cmd::{self, UnsignedText};
+use crate::pool_cmd::{self, ServerSpec};
 use crate::view;
 
 /// How long the demo waits for a server to answer after starting it.
@@ -22,6 +23,27 @@ struct DemoServer {
     config: PathBuf,
     log: PathBuf,
     process: Option<Process>,
+    /// Trusts the pool CA.
+    http: Http,
+}
+
+/// What the demo's clients and administrator hold: the pool CA and the
+/// read token.
+struct Trust {
+    ca_pem: Vec<u8>,
+    read_token: String,
+}
+
+impl Trust {
+    fn config(&self, addresses: Vec<String>) -> ClientConfig {
+        let mut config = ClientConfig::new(addresses);
+        config.tls = ClientTls::PoolCa(self.ca_pem.clone());
+        config
+    }
+
+    fn http(&self) -> Http {
+        Http::tls(&self.ca_pem, None, LOOPBACK_REQUEST_TIMEOUT)
+    }
 }
 
 impl DemoServer {
@@ -44,9 +66,8 @@ impl DemoServer {
 
     async fn wait_ready(&self) -> Result<()> {
         let process = self.process.as_ref().context("the server is not running")?;
-        let http = tessera_testkit::http_client(tessera_testkit::LOOPBACK_REQUEST_TIMEOUT);
         match process
-            .wait_status(&http, &self.address, SERVER_READY_TIMEOUT, |status| {
+            .wait_status(&self.http, &self.address, SERVER_READY_TIMEOUT, |status| {
                 status.server.state == "serving"
             })
             .await
@@ -123,14 +144,16 @@ pub async fn run(keep: bool, dir: Option<PathBuf>) -> Result<()> {
         key.public().key_id()
     );
 
-    step("The administrator writes the pool file and starts a pool of three servers");
-    let mut servers = write_pool(&dir, &key.public(), &codes)?;
+    step(
+        "The administrator makes the pool's CA, certificates and tokens, and starts three servers",
+    );
+    let (mut servers, trust) = write_pool(&dir, &codes)?;
     for server in &mut servers {
         server.spawn()?;
     }
     for server in &servers {
         server.wait_ready().await?;
-        println!("  server {} serving on {}", server.id, server.address);
+        println!("  server {} serving on {} (TLS)", server.id, server.address);
     }
     let addresses: Vec<String> = servers.iter().map(|s| s.address.clone()).collect();
 
@@ -142,7 +165,7 @@ pub async fn run(keep: bool, dir: Option<PathBuf>) -> Result<()> {
         (2, "carol", "cad", 2),
         (0, "dave", "sim", 1),
     ] {
-        let seat = client_for(&addresses, first, user)?
+        let seat = client_for(&trust, &addresses, first, user)?
             .checkout(feature, "2.0", count)
             .await
             .with_context(|| format!("{user} could not check out `{feature}`"))?;
@@ -155,10 +178,10 @@ pub async fn run(keep: bool, dir: Option<PathBuf>) -> Result<()> {
     }
     // The leader learns what each server holds from its reports, one
     // interval behind: erin asks once they are in.
-    let leader = leader_of(&addresses).await?;
-    wait_in_use(&servers[leader].address, 6).await;
+    let leader = leader_of(&trust, &addresses).await?;
+    wait_in_use(&trust, &servers[leader].address, 6).await;
     let asked_at = tokio::time::Instant::now();
-    match client_for(&addresses[leader..=leader], 0, "erin")?
+    match client_for(&trust, &addresses[leader..=leader], 0, "erin")?
         .checkout("cad", "2.0", 6)
         .await
     {
@@ -173,7 +196,7 @@ pub async fn run(keep: bool, dir: Option<PathBuf>) -> Result<()> {
         ),
         Err(err) => bail!("erin was not denied as expected: {err}"),
     }
-    print_status(&servers[leader].address).await?;
+    print_status(&trust, &servers[leader].address).await?;
 
     let killed = servers[leader].id.clone();
     step(&format!(
@@ -190,7 +213,7 @@ pub async fn run(keep: bool, dir: Option<PathBuf>) -> Result<()> {
         .filter(|s| s.id != killed)
         .map(|s| s.address.clone())
         .collect();
-    let new_leader = others[leader_of(&others).await?].clone();
+    let new_leader = others[leader_of(&trust, &others).await?].clone();
     println!(
         "  server {} leads after {} ms",
         servers
@@ -212,22 +235,31 @@ pub async fn run(keep: bool, dir: Option<PathBuf>) -> Result<()> {
             }
         }
     }
-    print_status(&new_leader).await?;
+    print_status(&trust, &new_leader).await?;
 
     step(&format!(
         "Server {killed} comes back and rejoins as a follower"
     ));
     servers[leader].start().await?;
-    print_status(&servers[leader].address).await?;
+    print_status(&trust, &servers[leader].address).await?;
 
     if keep {
         step("The pool keeps serving (Ctrl-C stops it)");
-        println!("  tessera status --server {}", addresses.join(","));
+        let pool_dir = dir.join("pool");
+        println!(
+            "  export TESSERA_CA_FILE={}",
+            pool_dir.join("ca.pem").display()
+        );
+        println!(
+            "  tessera status --server {} --token-file {}",
+            addresses.join(","),
+            pool_dir.join("read.token").display()
+        );
         println!(
             "  tessera checkout cad --server {} --hold 30",
             addresses.join(",")
         );
-        println!("  config and keys: {}", dir.display());
+        println!("  configs, keys and tokens: {}", dir.display());
         let _ = tokio::signal::ctrl_c().await;
     }
 
@@ -240,9 +272,9 @@ pub async fn run(keep: bool, dir: Option<PathBuf>) -> Result<()> {
     // The leader's picture follows the servers' reports, one interval
     // behind; copies left on a server the clients failed over from go
     // within two.
-    let leader = leader_of(&addresses).await?;
-    wait_in_use(&servers[leader].address, 0).await;
-    print_status(&servers[leader].address).await?;
+    let leader = leader_of(&trust, &addresses).await?;
+    wait_in_use(&trust, &servers[leader].address, 0).await;
+    print_status(&trust, &servers[leader].address).await?;
     for server in &mut servers {
         server.stop().await;
     }
@@ -252,9 +284,8 @@ pub async fn run(keep: bool, dir: Option<PathBuf>) -> Result<()> {
 
 /// The index in `addresses` of the server that says it leads and serves
 /// (a bounded wait).
-async fn leader_of(addresses: &[String]) -> Result<usize> {
-    let http = tessera_testkit::http_client(tessera_testkit::LOOPBACK_REQUEST_TIMEOUT);
-    tessera_testkit::wait_for_leader(&http, addresses, SERVER_READY_TIMEOUT)
+async fn leader_of(trust: &Trust, addresses: &[String]) -> Result<usize> {
+    tessera_testkit::wait_for_leader(&trust.http(), addresses, SERVER_READY_TIMEOUT)
         .await
         .with_context(|| {
             format!("no server of the pool became leader within {SERVER_READY_TIMEOUT:?}")
@@ -263,10 +294,10 @@ async fn leader_of(addresses: &[String]) -> Result<usize> {
 
 /// Waits (bounded) until the status of the server at `address` shows
 /// `seats` in use over the whole pool.
-async fn wait_in_use(address: &str, seats: u32) {
+async fn wait_in_use(trust: &Trust, address: &str, seats: u32) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
     while tokio::time::Instant::now() < deadline {
-        if let Ok(client) = Client::new(ClientConfig::new([address])) {
+        if let Ok(client) = Client::new(trust.config(vec![address.to_string()])) {
             if let Ok(status) = client.status().await {
                 let in_use: u32 = status
                     .features
@@ -292,61 +323,73 @@ async fn wait_moved(seat: &SeatGuard, from: &str) {
 }
 
 /// A client that asks server `first` first, then the others in order.
-fn client_for(addresses: &[String], first: usize, user: &str) -> Result<Client> {
+fn client_for(trust: &Trust, addresses: &[String], first: usize, user: &str) -> Result<Client> {
     let mut order = addresses.to_vec();
     order.rotate_left(first);
-    let mut config = ClientConfig::new(order);
+    let mut config = trust.config(order);
     config.user = user.to_string();
     config.client_id = format!("{user}-{}", std::process::id());
     Ok(Client::new(config)?)
 }
 
-async fn print_status(address: &str) -> Result<()> {
-    let status = Client::new(ClientConfig::new([address]))?.status().await?;
+/// The status as the administrator sees it, with the read token.
+async fn print_status(trust: &Trust, address: &str) -> Result<()> {
+    let config = trust.config(vec![address.to_string()]);
+    let status = Admin::new(config, trust.read_token.clone())?
+        .status()
+        .await?;
     println!();
     print!("{}", view::render(&status));
     Ok(())
 }
 
-fn write_pool(
-    dir: &Path,
-    vendor: &tessera_core::VendorPublicKey,
-    codes: &[tessera_core::LicenseCode],
-) -> Result<Vec<DemoServer>> {
+/// `tessera pool init` for three servers on loopback, the vendor's codes
+/// pasted into each server's pool file, as an administrator would.
+fn write_pool(dir: &Path, codes: &[tessera_core::LicenseCode]) -> Result<(Vec<DemoServer>, Trust)> {
     let ids = ["A", "B", "C"];
-    let mut servers_toml = String::new();
-    let mut servers = Vec::new();
+    let mut specs = Vec::new();
     for id in ids {
         let address = tessera_testkit::free_address().context("cannot bind loopback")?;
-        servers_toml.push_str(&tessera_testkit::server_entry(id, &address));
-        let config = tessera_testkit::ServerConfig {
-            server_id: id,
-            pool_file: "pool.toml",
-            data_dir: &format!("data-{id}"),
-            top: "",
-            vendor: &vendor.vendor,
-            public_key: &vendor.to_base64(),
-            tables: "",
-        }
-        .text();
-        let config_path = dir.join(format!("tessera-{id}.toml"));
-        std::fs::write(&config_path, config)?;
-        servers.push(DemoServer {
-            id: id.into(),
+        specs.push(ServerSpec {
+            id: id.to_string(),
             address,
-            config: config_path,
-            log: dir.join(format!("server-{id}.log")),
-            process: None,
         });
     }
-    let pool = format!(
-        "{}{servers_toml}[distribution.cad]\nA = 4\nB = 3\nC = 3\n\n{}",
-        tessera_testkit::pool_file_head("demo"),
+    let out = dir.join("pool");
+    pool_cmd::write_pool(&pool_cmd::InitArgs {
+        pool_id: "demo".into(),
+        servers: specs.clone(),
+        vendor_keys: vec![dir.join("acme.pub")],
+        out: out.clone(),
+    })?;
+    let trust = Trust {
+        ca_pem: std::fs::read(out.join("ca.pem"))?,
+        read_token: std::fs::read_to_string(out.join("read.token"))?,
+    };
+    let licenses = format!(
+        "[distribution.cad]\nA = 4\nB = 3\nC = 3\n\n{}",
         tessera_core::LicenseCode::write_file(codes)
     );
-    // Check it the way the servers will.
-    tessera_core::PoolFile::parse(&pool).context("the demo pool file is invalid")?;
-    std::fs::write(dir.join("pool.toml"), pool)?;
-    println!("  pool file {}", dir.join("pool.toml").display());
-    Ok(servers)
+    let mut servers = Vec::new();
+    for spec in specs {
+        let server_dir = out.join(&spec.id);
+        let pool_path = server_dir.join("pool.toml");
+        let pool = std::fs::read_to_string(&pool_path)? + &licenses;
+        // Check it the way the servers will.
+        tessera_core::PoolFile::parse(&pool).context("the demo pool file is invalid")?;
+        std::fs::write(&pool_path, pool)?;
+        servers.push(DemoServer {
+            id: spec.id,
+            address: spec.address,
+            config: server_dir.join("tessera.toml"),
+            log: server_dir.join("server.log"),
+            process: None,
+            http: trust.http(),
+        });
+    }
+    println!(
+        "  tessera pool init: CA, server certificates and tokens in {}",
+        out.display()
+    );
+    Ok((servers, trust))
 }

@@ -67,6 +67,13 @@ pub struct InitArgs {
 
 /// `tessera pool init`.
 pub fn init(args: InitArgs) -> Result<()> {
+    write_pool(&args)?;
+    print_summary(&args.out, &args.servers);
+    Ok(())
+}
+
+/// Writes everything `tessera pool init` makes, saying nothing.
+pub fn write_pool(args: &InitArgs) -> Result<()> {
     if args.servers.is_empty() {
         bail!("name the pool's servers with --server ID=host:port, in leader-priority order");
     }
@@ -109,7 +116,6 @@ pub fn init(args: InitArgs) -> Result<()> {
         let config = server_config(&server.id, &vendors);
         write_new(&dir.join("tessera.toml"), config.as_bytes(), false)?;
     }
-    print_summary(out, &args.servers);
     Ok(())
 }
 

@@ -380,6 +380,7 @@ async fn post<T: Serialize>(
         headers: vec![
             ("content-type".into(), "application/json".into()),
             (tessera_proto::POOL_HEADER.into(), scenario::POOL_ID.into()),
+            scenario::admin_authorization(),
         ],
         body: serde_json::to_vec(body).expect("admin requests serialize"),
         timeout: ADMIN_TIMEOUT,
@@ -399,7 +400,10 @@ async fn get_status(transport: &dyn HttpTransport, address: &str) -> Option<Stat
         method: Method::Get,
         address: address.to_string(),
         path: "/v1/status".into(),
-        headers: vec![(tessera_proto::POOL_HEADER.into(), scenario::POOL_ID.into())],
+        headers: vec![
+            (tessera_proto::POOL_HEADER.into(), scenario::POOL_ID.into()),
+            scenario::admin_authorization(),
+        ],
         body: Vec::new(),
         timeout: ADMIN_TIMEOUT,
         answer_bytes_max: 16 << 20,

@@ -105,12 +105,18 @@ impl Scenario {
 
     pub fn server_config(&self, server: &ServerSpec, dir: &Path) -> ServerConfig {
         let vendor = self.vendor();
+        // The simulated network carries plain HTTP, but every peer request
+        // proves its sender with its credential, as on a real network.
+        let credential_file = format!("peer-{}.credential", server.id);
+        std::fs::write(dir.join(&credential_file), peer_credential(&server.id))
+            .expect("write the peer credential");
         let text = format!(
             "server_id = \"{id}\"\npool_file = \"pool.toml\"\ndata_dir = \"data-{id}\"\n\
              listen = \"0.0.0.0:{PORT}\"\nhostid = \"sim-{host}\"\n\
              grace_on_missing_store = true\n\n\
              [[vendors]]\nname = \"{VENDOR}\"\npublic_key = \"{key}\"\n\n\
-             [timing]\nclock_drift_percent = {DRIFT_PERCENT}\nelection_jitter_ms = 1\n",
+             [timing]\nclock_drift_percent = {DRIFT_PERCENT}\nelection_jitter_ms = 1\n\n\
+             [security]\nplain_http = true\npeer_credential_file = \"{credential_file}\"\n",
             id = server.id,
             host = server.host,
             key = vendor.to_base64(),
@@ -164,6 +170,19 @@ pub fn random_distribution(
     Some(split)
 }
 
+/// The simulated administrator's token (role `admin`).
+const ADMIN_TOKEN: &str = "simulated-administrator-token-of-the-pool";
+
+/// The header that carries the administrator's token.
+pub fn admin_authorization() -> (String, String) {
+    ("authorization".into(), format!("Bearer {ADMIN_TOKEN}"))
+}
+
+/// Server `id`'s peer credential: fixed, so that a run replays exactly.
+pub fn peer_credential(id: &str) -> String {
+    format!("simulated-peer-credential-of-server-{id}")
+}
+
 /// The pool file: servers in priority order, the distribution, the codes.
 pub fn pool_text(
     sequence: u64,
@@ -174,11 +193,16 @@ pub fn pool_text(
     let mut text = format!("pool_id = \"{POOL_ID}\"\nsequence = {sequence}\n\n");
     for server in servers {
         text.push_str(&format!(
-            "[[servers]]\nid = \"{}\"\naddress = \"{}\"\n\n",
+            "[[servers]]\nid = \"{}\"\naddress = \"{}\"\ncredential_sha256 = \"{}\"\n\n",
             server.id,
-            server.address()
+            server.address(),
+            tessera_core::credential_sha256(&peer_credential(&server.id))
         ));
     }
+    text.push_str(&format!(
+        "[[admins]]\nname = \"admin\"\nrole = \"admin\"\ntoken_sha256 = \"{}\"\n\n",
+        tessera_core::credential_sha256(ADMIN_TOKEN)
+    ));
     if let Some(split) = distribution {
         text.push_str(&format!("[distribution.{FEATURE}]\n"));
         for (id, seats) in split {

@@ -6,11 +6,6 @@ pub fn pool_file_head(pool_id: &str) -> String {
     format!("pool_id = \"{pool_id}\"\nsequence = 1\n\n")
 }
 
-/// One `[[servers]]` entry of a pool file.
-pub fn server_entry(id: &str, address: &str) -> String {
-    format!("[[servers]]\nid = \"{id}\"\naddress = \"{address}\"\n\n")
-}
-
 /// What goes into one server's config file.
 pub struct ServerConfig<'a> {
     pub server_id: &'a str,

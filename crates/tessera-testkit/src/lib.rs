@@ -1,5 +1,5 @@
 //! The one harness for real `tessera server` processes on loopback: the
-//! files an administrator writes ([`ServerConfig`], [`server_entry`]), a free
+//! files an administrator writes ([`ServerConfig`], [`Credentials`]), a free
 //! port ([`free_port`]), starting and stopping a server ([`server_command`],
 //! [`Process`]), waiting until it is ready ([`Process::wait_status`],
 //! [`wait_for_leader`]), and a whole pool set up through the CLI ([`Pool`]).
@@ -10,6 +10,7 @@
 mod files;
 mod port;
 mod process;
+mod secure;
 mod status;
 
 use std::path::{Path, PathBuf};
@@ -18,10 +19,11 @@ use std::time::Duration;
 
 use tessera_proto::{StatusResponse, POOL_HEADER};
 
-pub use files::{pool_file_head, public_key_of, server_entry, ServerConfig};
+pub use files::{pool_file_head, public_key_of, ServerConfig};
 pub use port::{free_address, free_port};
 pub use process::{die_with_parent, server_command, Process};
-pub use status::{http_client, status, wait_for_leader, NotReady, LOOPBACK_REQUEST_TIMEOUT};
+pub use secure::Credentials;
+pub use status::{status, wait_for_leader, Http, NotReady, LOOPBACK_REQUEST_TIMEOUT};
 
 /// Longest wait for any condition in these tests.
 pub const PATIENCE: Duration = Duration::from_secs(20);
@@ -42,7 +44,10 @@ pub struct Pool {
     pub pool_id: String,
     public_key: String,
     config_extra: String,
-    http: reqwest::Client,
+    /// The pool CA, the servers' credentials, the administrators' tokens.
+    pub credentials: Credentials,
+    /// Trusts the pool CA and carries the admin token.
+    pub http: Http,
     /// Held by a pool made with [`Pool::start`]: see [`one_pool_at_a_time`].
     _one_at_a_time: Option<tokio::sync::MutexGuard<'static, ()>>,
 }
@@ -83,7 +88,7 @@ fn sign_code(tessera: &Path, dir: &Path, code: &CodeSpec) {
     );
 }
 
-fn run(tessera: &Path, args: &[&str], dir: &Path) -> String {
+pub(crate) fn run(tessera: &Path, args: &[&str], dir: &Path) -> String {
     let out = Command::new(tessera)
         .args(args)
         .current_dir(dir)
@@ -149,21 +154,33 @@ impl Pool {
         };
         sign_code(tessera, path, &code);
         let public = std::fs::read_to_string(path.join("acme.pub")).expect("acme.pub");
+        let pool_id = "test";
+        let addresses: Vec<String> = (0..spec.servers)
+            .map(|_| free_address().expect("a free loopback port"))
+            .collect();
+        let servers: Vec<(&str, &str)> = IDS[..spec.servers]
+            .iter()
+            .zip(&addresses)
+            .map(|(id, address)| (*id, address.as_str()))
+            .collect();
+        let credentials = Credentials::init(tessera, path, pool_id, &servers);
         let mut pool = Pool {
             tessera: tessera.to_path_buf(),
             dir,
             servers: Vec::new(),
-            pool_id: "test".to_string(),
+            pool_id: pool_id.to_string(),
             public_key: public_key_of(&public).expect("public_key line"),
             config_extra: spec.config_extra.to_string(),
-            http: http_client(LOOPBACK_REQUEST_TIMEOUT),
+            http: credentials.http(LOOPBACK_REQUEST_TIMEOUT),
+            credentials,
             _one_at_a_time: None,
         };
         let mut pool_file = pool_file_head(&pool.pool_id);
-        for id in &IDS[..spec.servers] {
-            let i = pool.add_server(id, "pool.toml");
-            pool_file.push_str(&server_entry(id, &pool.servers[i].address));
+        for (id, address) in &servers {
+            pool.add_server_at(id, address, "pool.toml");
+            pool_file.push_str(&pool.credentials.server_entry(id, address));
         }
+        pool_file.push_str(&pool.credentials.admins());
         if !spec.distribution.is_empty() {
             pool_file.push_str(&format!("[distribution.app]\n{}\n", spec.distribution));
         }
@@ -173,10 +190,31 @@ impl Pool {
         pool
     }
 
-    /// Adds a server config with a fresh address, reading `pool_file`.
+    /// Adds a server joining later: its credentials (`tessera pool
+    /// add-server`) and its config, with a fresh address, reading
+    /// `pool_file`. Its pool file entry is [`Pool::server_entry`].
     pub fn add_server(&mut self, id: &str, pool_file: &str) -> usize {
         let address = free_address().expect("a free loopback port");
+        self.credentials
+            .add(&self.tessera, &self.pool_id, id, &address);
+        self.add_server_at(id, &address, pool_file)
+    }
+
+    /// Server `i`'s `[[servers]]` entry for a pool file.
+    pub fn server_entry(&self, i: usize) -> String {
+        let server = &self.servers[i];
+        self.credentials.server_entry(&server.id, &server.address)
+    }
+
+    /// The pool CA (PEM), for clients.
+    pub fn ca_pem(&self) -> Vec<u8> {
+        self.credentials.ca_pem()
+    }
+
+    fn add_server_at(&mut self, id: &str, address: &str, pool_file: &str) -> usize {
+        let address = address.to_string();
         let config = self.path().join(format!("{id}.toml"));
+        let tables = self.credentials.security_table(id) + &self.config_extra;
         let text = ServerConfig {
             server_id: id,
             pool_file,
@@ -184,7 +222,7 @@ impl Pool {
             top: "",
             vendor: "acme",
             public_key: &self.public_key,
-            tables: &self.config_extra,
+            tables: &tables,
         }
         .text();
         std::fs::write(&config, text).expect("write config");
@@ -288,8 +326,12 @@ impl Pool {
 
     /// Server `i`'s `/metrics` text (empty if it does not answer).
     pub async fn metrics(&self, i: usize) -> String {
-        let url = format!("http://{}/metrics", self.servers[i].address);
-        match self.http.get(url).send().await {
+        match self
+            .http
+            .get(&self.servers[i].address, "/metrics")
+            .send()
+            .await
+        {
             Ok(response) => response.text().await.unwrap_or_default(),
             Err(_) => String::new(),
         }
@@ -339,10 +381,9 @@ impl Pool {
 
     /// Flips the test fault switch of server `i`.
     pub async fn partition(&self, i: usize, on: bool) {
-        let url = format!("http://{}/v1/test/partition", self.servers[i].address);
         let response = self
             .http
-            .post(url)
+            .post(&self.servers[i].address, "/v1/test/partition")
             .header(POOL_HEADER, &self.pool_id)
             .json(&serde_json::json!({ "on": on }))
             .send()
@@ -353,13 +394,12 @@ impl Pool {
 
     /// A raw checkout on server `i`: the HTTP status and the JSON body.
     pub async fn checkout(&self, i: usize, client: &str, count: u32) -> (u16, serde_json::Value) {
-        let url = format!("http://{}/v1/checkout", self.servers[i].address);
         let body = serde_json::json!({
             "client_id": client, "user": "u", "host": "h", "feature": "app", "version": "1.0", "count": count
         });
         let response = self
             .http
-            .post(url)
+            .post(&self.servers[i].address, "/v1/checkout")
             .json(&body)
             .send()
             .await
@@ -372,25 +412,32 @@ impl Pool {
         std::fs::read_to_string(&self.servers[i].log).unwrap_or_default()
     }
 
-    /// Runs `tessera admin ARGS --server ADDRESS-OF-i`.
+    /// Runs `tessera admin ARGS --server ADDRESS-OF-i`, with the pool CA and
+    /// the admin token.
     pub fn admin(&self, i: usize, args: &[&str]) -> std::process::Output {
+        self.tessera_command(i, "admin", args)
+    }
+
+    /// Runs `tessera COMMAND ARGS --server ADDRESS-OF-i --ca CA
+    /// --token-file ADMIN-TOKEN` in the pool's directory.
+    pub fn tessera_command(&self, i: usize, command: &str, args: &[&str]) -> std::process::Output {
         Command::new(&self.tessera)
-            .arg("admin")
+            .arg(command)
             .args(args)
             .args(["--server", &self.servers[i].address])
+            .arg("--ca")
+            .arg(self.credentials.ca_file())
+            .arg("--token-file")
+            .arg(self.credentials.admin_token_file())
             .current_dir(self.path())
             .output()
-            .expect("run tessera admin")
+            .expect("run tessera")
     }
 
     /// Runs `tessera admin update-pool-file` against server `i`.
     pub fn update_pool_file(&self, i: usize, file: &Path) -> std::process::Output {
-        Command::new(&self.tessera)
-            .args(["admin", "update-pool-file"])
-            .arg(file)
-            .args(["--server", &self.servers[i].address])
-            .output()
-            .expect("run tessera admin")
+        let file = file.to_string_lossy();
+        self.admin(i, &["update-pool-file", &file])
     }
 }
 

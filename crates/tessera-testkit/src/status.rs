@@ -18,19 +18,81 @@ const STATUS_POLL_INTERVAL: Duration = Duration::from_millis(25);
 /// Pause between two rounds over the servers of a pool, waiting for a leader.
 const LEADER_POLL_INTERVAL: Duration = Duration::from_millis(10);
 
-/// An HTTP client for loopback servers: no proxy, every request bounded by `timeout`.
-pub fn http_client(timeout: Duration) -> reqwest::Client {
-    reqwest::Client::builder()
-        .no_proxy()
-        .timeout(timeout)
-        .build()
-        .expect("an HTTP client without TLS or proxy always builds")
+/// An HTTP client for loopback servers: TLS trusting a pool CA (or plain
+/// HTTP for servers that set `plain_http`), no proxy, every request bounded
+/// by its timeout, and a token sent with every request if it has one.
+#[derive(Clone, Debug)]
+pub struct Http {
+    client: reqwest::Client,
+    scheme: &'static str,
+    token: Option<String>,
+}
+
+impl Http {
+    /// TLS, trusting the CA certificate `ca_pem` only.
+    pub fn tls(ca_pem: &[u8], token: Option<String>, timeout: Duration) -> Http {
+        let ca = reqwest::Certificate::from_pem(ca_pem).expect("the pool CA is a PEM certificate");
+        let client = reqwest::Client::builder()
+            .no_proxy()
+            .timeout(timeout)
+            .tls_built_in_root_certs(false)
+            .add_root_certificate(ca)
+            .build()
+            .expect("an HTTPS client with one root always builds");
+        Http {
+            client,
+            scheme: "https",
+            token,
+        }
+    }
+
+    /// Plain HTTP.
+    pub fn plain(timeout: Duration) -> Http {
+        let client = reqwest::Client::builder()
+            .no_proxy()
+            .timeout(timeout)
+            .build()
+            .expect("an HTTP client without TLS or proxy always builds");
+        Http {
+            client,
+            scheme: "http",
+            token: None,
+        }
+    }
+
+    pub fn url(&self, address: &str, path: &str) -> String {
+        format!("{}://{address}{path}", self.scheme)
+    }
+
+    pub fn request(
+        &self,
+        method: reqwest::Method,
+        address: &str,
+        path: &str,
+    ) -> reqwest::RequestBuilder {
+        self.authorized(self.client.request(method, self.url(address, path)))
+    }
+
+    pub fn get(&self, address: &str, path: &str) -> reqwest::RequestBuilder {
+        self.authorized(self.client.get(self.url(address, path)))
+    }
+
+    pub fn post(&self, address: &str, path: &str) -> reqwest::RequestBuilder {
+        self.authorized(self.client.post(self.url(address, path)))
+    }
+
+    fn authorized(&self, request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match &self.token {
+            Some(token) => request.bearer_auth(token),
+            None => request,
+        }
+    }
 }
 
 /// The server's `/v1/status`, or what went wrong, in words.
-pub async fn status(http: &reqwest::Client, address: &str) -> Result<StatusResponse, String> {
+pub async fn status(http: &Http, address: &str) -> Result<StatusResponse, String> {
     let response = http
-        .get(format!("http://{address}/v1/status"))
+        .get(address, "/v1/status")
         .send()
         .await
         .map_err(|err| err.to_string())?;
@@ -63,7 +125,7 @@ impl Process {
     /// ends, or `timeout` passes.
     pub async fn wait_status(
         &self,
-        http: &reqwest::Client,
+        http: &Http,
         address: &str,
         timeout: Duration,
         mut done: impl FnMut(&StatusResponse) -> bool,
@@ -89,7 +151,7 @@ impl Process {
 /// The index in `addresses` of the first server that says it leads and
 /// serves, polling them all until `timeout` passes.
 pub async fn wait_for_leader(
-    http: &reqwest::Client,
+    http: &Http,
     addresses: &[String],
     timeout: Duration,
 ) -> Option<usize> {

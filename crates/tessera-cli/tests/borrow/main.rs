@@ -128,7 +128,10 @@ async fn skewed_load_uses_every_seat_through_one_server() {
     let lent: u64 = rows(&status).iter().map(|r| r.seats_out).sum();
     assert_eq!(lent, 66, "A and B gave all their seats");
     println!("100 seats through one server in {took:?}");
-    let metrics = reqwest::get(format!("http://{}/metrics", pool.servers[2].address))
+    let metrics = pool
+        .http
+        .get(&pool.servers[2].address, "/metrics")
+        .send()
         .await
         .expect("metrics")
         .text()
@@ -209,9 +212,9 @@ async fn a_live_follower_gives_seats_only_with_its_consent() {
         assert_eq!(code, 409, "B is full: {body}");
         pool.status(1).await.expect("status").grants[0].clone()
     };
-    let url = format!("http://{}/v1/checkin", pool.servers[1].address);
-    let response = reqwest::Client::new()
-        .post(url)
+    let response = pool
+        .http
+        .post(&pool.servers[1].address, "/v1/checkin")
         .json(&serde_json::json!({"grant_id": grant.grant_id, "client_id": grant.client_id}))
         .send()
         .await
@@ -255,6 +258,7 @@ async fn a_down_servers_seats_move_only_after_the_safe_wait() {
             let mut config =
                 tessera_client::ClientConfig::new(vec![pool.servers[i].address.clone()]);
             config.client_id = format!("{i}-{k}");
+            config.tls = tessera_client::ClientTls::PoolCa(pool.ca_pem());
             let client = tessera_client::Client::new(config).expect("client");
             held.push(client.checkout("app", "1.0", 1).await.expect("seat"));
         }
@@ -420,7 +424,11 @@ async fn a_leader_killed_mid_change_applies_it_once() {
     command
         .arg("admin")
         .args(args)
-        .args(["--server", &pool.servers[follower].address]);
+        .args(["--server", &pool.servers[follower].address])
+        .arg("--ca")
+        .arg(pool.credentials.ca_file())
+        .arg("--token-file")
+        .arg(pool.credentials.admin_token_file());
     let child = command.spawn().expect("tessera admin");
     tokio::time::sleep(Duration::from_millis(15)).await;
     pool.kill(leader);

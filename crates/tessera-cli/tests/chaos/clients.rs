@@ -39,6 +39,7 @@ enum Ending {
 /// Starts `clients` programs against `addresses`; they run until `stop` is set.
 pub fn start(
     addresses: &[String],
+    ca_pem: &[u8],
     clients: usize,
     seed: u64,
     log: &Log,
@@ -51,6 +52,7 @@ pub fn start(
         let mut config = ClientConfig::new(order);
         config.client_id = format!("chaos-{index}");
         config.user = config.client_id.clone();
+        config.tls = tessera_client::ClientTls::PoolCa(ca_pem.to_vec());
         let client = Client::new(config).expect("a valid client configuration");
         let rng = StdRng::seed_from_u64(seed.wrapping_add(1 + index as u64));
         programs.spawn(run(index, client, rng, log.clone(), stop.clone()));

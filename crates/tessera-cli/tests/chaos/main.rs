@@ -263,12 +263,14 @@ struct Run {
 async fn run(settings: &Settings) -> Run {
     let pool = start_pool(settings).await;
     let addresses = pool.addresses();
+    let ca_pem = pool.ca_pem();
     let pool = Arc::new(RwLock::new(pool));
     let epoch = Instant::now();
     let log = Log::new();
     let (stop, stop_receiver) = watch::channel(false);
     let programs = clients::start(
         &addresses,
+        &ca_pem,
         settings.clients,
         settings.seed,
         &log,

@@ -22,9 +22,8 @@ struct Case {
     code: &'static str,
 }
 
-async fn check(server: &Server, http: &reqwest::Client, case: Case) {
-    let url = format!("http://{}{}", server.address, case.path);
-    let mut request = http.request(case.method.clone(), url);
+async fn check(server: &Server, http: &tessera_testkit::Http, case: Case) {
+    let mut request = http.request(case.method.clone(), &server.address, case.path);
     request = match case.body {
         Body::None => request,
         Body::Json(value) => request.json(&value),
@@ -58,7 +57,7 @@ fn checkout_with(edit: impl FnOnce(&mut Value)) -> Body {
 async fn bad_requests_get_stable_codes_and_the_server_keeps_serving() {
     let fixture = Fixture::new().await;
     let server = fixture.serve(&code("cad", HARD_LIMIT)).await;
-    let http = crate::fixture::http_client();
+    let http = server.http.clone();
     let held = server
         .post("/v1/checkout", &checkout_body("api-client", "cad", 1))
         .await

@@ -30,17 +30,9 @@ async fn status_prints_json_and_a_table_naming_the_feature_and_the_server() {
     let mut server = fixture.server(spec);
     server.start(StartMode::NewPool).await;
     server.wait_state("serving").await;
-    let checkout = tessera([
-        "checkout",
-        "cad",
-        "--count",
-        "2",
-        "--detach",
-        "--server",
-        &server.address,
-    ])
-    .await
-    .success();
+    let checkout = tessera(server.cli(&["checkout", "cad", "--count", "2", "--detach"]))
+        .await
+        .success();
     assert!(
         checkout
             .stdout
@@ -48,9 +40,7 @@ async fn status_prints_json_and_a_table_naming_the_feature_and_the_server() {
         "{checkout}"
     );
 
-    let json = tessera(["status", "--json", "--server", &server.address])
-        .await
-        .success();
+    let json = tessera(server.cli(&["status", "--json"])).await.success();
     let status: StatusResponse = serde_json::from_str(&json.stdout)
         .unwrap_or_else(|err| panic!("status --json is not a StatusResponse ({err}): {json}"));
     assert_eq!(status.pool_id, "e2e");
@@ -62,9 +52,7 @@ async fn status_prints_json_and_a_table_naming_the_feature_and_the_server() {
     let feature = crate::fixture::feature_of(&status, "cad");
     assert_eq!(feature.hard_limit, 7);
 
-    let table = tessera(["status", "--server", &server.address])
-        .await
-        .success();
+    let table = tessera(server.cli(&["status"])).await.success();
     for expected in [
         "Feature `cad`",
         "lic-east-1",
@@ -80,6 +68,8 @@ async fn status_prints_json_and_a_table_naming_the_feature_and_the_server() {
 
     // Nobody listening: a failure that says what to check.
     let nowhere = free_address().expect("a free loopback port");
-    let down = tessera(["status", "--server", &nowhere]).await.failure();
+    let down = tessera(["status", "--plain-http", "--server", &nowhere])
+        .await
+        .failure();
     assert!(down.text().contains(&nowhere), "{down}");
 }

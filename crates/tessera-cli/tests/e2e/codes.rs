@@ -187,16 +187,10 @@ async fn a_pool_file_update_with_a_changed_code_is_refused_and_the_pool_keeps_se
     std::fs::write(&update_path, update).unwrap();
 
     let update = update_path.to_str().unwrap();
-    tessera([
-        "admin",
-        "update-pool-file",
-        update,
-        "--server",
-        &server.address,
-    ])
-    .await
-    .failure()
-    .mentions(&["pool_file_refused", "bad signature"]);
+    tessera(server.cli(&["admin", "update-pool-file", update]))
+        .await
+        .failure()
+        .mentions(&["pool_file_refused", "bad signature"]);
     let status = server.status().await;
     assert_eq!(status.pool_sequence, 1, "{status:#?}");
     check(

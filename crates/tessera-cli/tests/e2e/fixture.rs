@@ -231,8 +231,15 @@ impl Fixture {
         let dir = self.path().join(format!("server-{}", spec.server_id));
         std::fs::create_dir_all(&dir).expect("create the server directory");
         let address = tessera_testkit::free_address().expect("a free loopback port");
+        let credentials = tessera_testkit::Credentials::init(
+            Path::new(tessera_exe()),
+            &dir,
+            "e2e",
+            &[(&spec.server_id, &address)],
+        );
         let pool = tessera_testkit::pool_file_head("e2e")
-            + &tessera_testkit::server_entry(&spec.server_id, &address)
+            + &credentials.server_entry(&spec.server_id, &address)
+            + &credentials.admins()
             + &spec.licenses;
         std::fs::write(dir.join("pool.toml"), pool).expect("write the pool file");
         let config = ServerConfig {
@@ -242,7 +249,7 @@ impl Fixture {
             top: &spec.config_top,
             vendor: VENDOR,
             public_key: &self.public_key_base64(),
-            tables: &spec.config_tables,
+            tables: &(credentials.security_table(&spec.server_id) + &spec.config_tables),
         }
         .text();
         let config_path = dir.join("tessera.toml");
@@ -254,7 +261,8 @@ impl Fixture {
             pool_file: dir.join("pool.toml"),
             log: dir.join("server.log"),
             process: None,
-            http: http_client(),
+            http: credentials.http(REQUEST_TIMEOUT),
+            credentials,
         }
     }
 
@@ -335,10 +343,6 @@ impl Answer {
     }
 }
 
-pub fn http_client() -> reqwest::Client {
-    tessera_testkit::http_client(REQUEST_TIMEOUT)
-}
-
 /// A `tessera server` process (or the files for one).
 pub struct Server {
     /// `127.0.0.1:PORT`, as in the pool file.
@@ -348,7 +352,9 @@ pub struct Server {
     pub pool_file: PathBuf,
     log: PathBuf,
     process: Option<Process>,
-    http: reqwest::Client,
+    /// Trusts the server's pool CA and carries its admin token.
+    pub http: tessera_testkit::Http,
+    pub credentials: tessera_testkit::Credentials,
 }
 
 impl Server {
@@ -365,7 +371,7 @@ impl Server {
         let process = Process::start(command, &self.log).expect("start `tessera server`");
         self.process = Some(process);
         // Pooled connections to the last process are dead.
-        self.http = http_client();
+        self.http = self.credentials.http(REQUEST_TIMEOUT);
         self.poll("/v1/status to answer", SERVER_READY_TIMEOUT, |_| true)
             .await;
     }
@@ -397,16 +403,25 @@ impl Server {
     }
 
     pub async fn get(&self, path: &str) -> Answer {
-        let request = self.http.get(format!("http://{}{path}", self.address));
+        let request = self.http.get(&self.address, path);
         self.send(request).await
     }
 
     pub async fn post(&self, path: &str, body: &Value) -> Answer {
-        let request = self
-            .http
-            .post(format!("http://{}{path}", self.address))
-            .json(body);
+        let request = self.http.post(&self.address, path).json(body);
         self.send(request).await
+    }
+
+    /// `ARGS --server ADDRESS --ca CA --token-file ADMIN-TOKEN`: a command
+    /// line of `tessera` aimed at this server, as its administrator.
+    pub fn cli(&self, args: &[&str]) -> Vec<String> {
+        let mut line: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        line.extend(["--server".to_string(), self.address.clone()]);
+        line.push("--ca".into());
+        line.push(self.credentials.ca_file().display().to_string());
+        line.push("--token-file".into());
+        line.push(self.credentials.admin_token_file().display().to_string());
+        line
     }
 
     pub async fn send(&self, request: reqwest::RequestBuilder) -> Answer {

@@ -11,8 +11,7 @@ use serde_json::Value;
 use tokio::time::Instant;
 
 use crate::fixture::{
-    checkout_body, heartbeat_body, http_client, in_use, tessera_within, Fixture, Server,
-    ServerSpec, StartMode,
+    checkout_body, heartbeat_body, in_use, tessera_within, Fixture, Server, ServerSpec, StartMode,
 };
 
 const HARD_LIMIT: u32 = 50;
@@ -75,16 +74,12 @@ impl Ledger {
 }
 
 async fn post(
-    http: &reqwest::Client,
+    http: &tessera_testkit::Http,
     address: &str,
     path: &str,
     body: &Value,
 ) -> Result<(u16, Value), reqwest::Error> {
-    let response = http
-        .post(format!("http://{address}{path}"))
-        .json(body)
-        .send()
-        .await?;
+    let response = http.post(address, path).json(body).send().await?;
     let status = response.status().as_u16();
     Ok((status, response.json().await?))
 }
@@ -92,8 +87,12 @@ async fn post(
 /// One client: checks out 1 to 3 seats at a time, holds up to
 /// [`HELD_PER_TASK_MAX`] grants, checks the oldest in when it holds that many
 /// or is denied. Stops at the first request the killed server drops.
-async fn load_client(address: String, ledger: Arc<Ledger>, task: usize) {
-    let http = http_client();
+async fn load_client(
+    http: tessera_testkit::Http,
+    address: String,
+    ledger: Arc<Ledger>,
+    task: usize,
+) {
     let client_id = format!("load-{task}");
     let mut mine: VecDeque<(String, u32)> = VecDeque::new();
     let mut check_in_next = false;
@@ -165,7 +164,15 @@ async fn kill_9_under_load_then_restart_keeps_every_grant_and_the_hard_limit() {
 
     let ledger = Arc::new(Ledger::default());
     let tasks: Vec<_> = (0..LOAD_TASKS)
-        .map(|task| tokio::spawn(load_client(server.address.clone(), ledger.clone(), task)))
+        .map(|task| {
+            let http = server.http.clone();
+            tokio::spawn(load_client(
+                http,
+                server.address.clone(),
+                ledger.clone(),
+                task,
+            ))
+        })
         .collect();
     let started = Instant::now();
     while ledger.checkouts.load(Ordering::SeqCst) < CHECKOUTS_BEFORE_KILL

@@ -35,16 +35,9 @@ async fn check(server: &Server, feature: &str, expected: u32, step: &str) {
 
 /// `tessera checkout FEATURE --detach --json`: the grant it printed.
 async fn cli_checkout(server: &Server, feature: &str) -> Value {
-    let output = tessera([
-        "checkout",
-        feature,
-        "--detach",
-        "--json",
-        "--server",
-        &server.address,
-    ])
-    .await
-    .success();
+    let output = tessera(server.cli(&["checkout", feature, "--detach", "--json"]))
+        .await
+        .success();
     serde_json::from_str(output.stdout.trim())
         .unwrap_or_else(|err| panic!("checkout --json printed no JSON ({err}): {output}"))
 }
@@ -76,7 +69,7 @@ async fn checkout_to_the_hard_limit_then_denied_and_checkin_frees_a_seat() {
     check(&server, "cad", 3, "after the CLI checkout").await;
 
     // Two seats through the SDK, which heartbeats them in the background.
-    let sdk = Client::new(ClientConfig::new([server.address.as_str()])).expect("SDK client");
+    let sdk = Client::new(sdk_config(&server)).expect("SDK client");
     let seat = sdk.checkout("cad", "1.0", 2).await.expect("SDK checkout");
     assert!(seat.is_valid());
     check(&server, "cad", 5, "at the hard limit").await;
@@ -90,7 +83,7 @@ async fn checkout_to_the_hard_limit_then_denied_and_checkin_frees_a_seat() {
         Err(ClientError::NoSeatsAvailable { .. }) => {}
         other => panic!("the SDK got {other:?} at the hard limit"),
     }
-    let denied = tessera(["checkout", "cad", "--detach", "--server", &server.address])
+    let denied = tessera(server.cli(&["checkout", "cad", "--detach"]))
         .await
         .failure();
     assert!(denied.text().contains("no_seats_available"), "{denied}");
@@ -108,16 +101,10 @@ async fn checkout_to_the_hard_limit_then_denied_and_checkin_frees_a_seat() {
     check(&server, "cad", 3, "after the HTTP check-in").await;
 
     // ...and `tessera checkin` frees the detached one.
-    let checked_in = tessera([
-        "checkin",
-        &cli_grant_id,
-        "--client-id",
-        &cli_client_id,
-        "--server",
-        &server.address,
-    ])
-    .await
-    .success();
+    let checked_in =
+        tessera(server.cli(&["checkin", &cli_grant_id, "--client-id", &cli_client_id]))
+            .await
+            .success();
     assert!(
         checked_in.stdout.contains("1 seats returned"),
         "{checked_in}"
@@ -142,7 +129,7 @@ async fn a_seat_without_heartbeats_is_freed_after_its_lease_and_not_before() {
     let fixture = Fixture::new().await;
     let mut server = fixture.serve(&code_with("cad", 2, SHORT_POLICY)).await;
     // A seat the SDK keeps renewing, next to the one left to lapse.
-    let sdk = Client::new(ClientConfig::new([server.address.as_str()])).expect("SDK client");
+    let sdk = Client::new(sdk_config(&server)).expect("SDK client");
     let kept = sdk.checkout("cad", "1.0", 1).await.expect("SDK checkout");
 
     let asked_at = Instant::now();
@@ -242,4 +229,11 @@ async fn a_server_without_its_store_accepts_only_renewals_until_its_grace_ends()
     assert_eq!(status.server.state, "serving", "{status:#?}");
     assert_eq!(feature_of(&status, "cad").hard_limit, 3);
     check(&server, "cad", 2, "after the grace").await;
+}
+
+/// The SDK's configuration for `server`, trusting its pool CA.
+fn sdk_config(server: &Server) -> ClientConfig {
+    let mut config = ClientConfig::new([server.address.as_str()]);
+    config.tls = tessera_client::ClientTls::PoolCa(server.credentials.ca_pem());
+    config
 }

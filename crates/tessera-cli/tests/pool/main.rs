@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use tessera_client::{Client, ClientConfig, SeatGuard, SeatState};
 use tessera_testkit::{
-    one_pool_at_a_time, pool_available, row, server_entry, CodeSpec, Pool, PoolSpec, PATIENCE,
+    one_pool_at_a_time, pool_available, row, CodeSpec, Pool, PoolSpec, PATIENCE,
 };
 
 mod recovery;
@@ -21,6 +21,7 @@ fn client(pool: &Pool, first: usize, name: &str) -> Client {
     let mut config = ClientConfig::new(order);
     config.client_id = name.to_string();
     config.user = name.to_string();
+    config.tls = tessera_client::ClientTls::PoolCa(pool.ca_pem());
     Client::new(config).expect("client config")
 }
 
@@ -374,7 +375,7 @@ async fn pool_file_update_adds_a_server_live() {
     let d = pool.add_server("D", "pool2.toml");
     let text = std::fs::read_to_string(pool.path().join("pool.toml")).expect("pool file");
     let more = std::fs::read_to_string(pool.path().join("more.lic")).expect("codes");
-    let d_entry = server_entry("D", &pool.servers[d].address) + "[distribution.app]";
+    let d_entry = pool.server_entry(d) + "[distribution.app]";
     let updated = text
         .replace("sequence = 1", "sequence = 2")
         .replace("[distribution.app]", &d_entry)
@@ -496,7 +497,7 @@ async fn restart_with_a_newer_pool_file_removes_a_server() {
     // The administrator drops C from the pool file and restarts B with it.
     let path = pool.path().join("pool.toml");
     let text = std::fs::read_to_string(&path).expect("pool file");
-    let c_entry = server_entry("C", &pool.servers[c].address);
+    let c_entry = pool.server_entry(c);
     assert!(text.contains(&c_entry));
     std::fs::write(
         &path,

@@ -95,6 +95,7 @@ async fn no_ghost_seats_after_three_leader_kills() {
         }
         let mut config = tessera_client::ClientConfig::new([pool.servers[i].address.clone()]);
         config.client_id = format!("all-{i}");
+        config.tls = tessera_client::ClientTls::PoolCa(pool.ca_pem());
         let seat = tessera_client::Client::new(config)
             .expect("config")
             .checkout("app", "1.0", allocation)
@@ -148,6 +149,7 @@ async fn every_request_size_gets_a_grant_or_a_denial_in_time() {
             let mut config = tessera_client::ClientConfig::new(pool.addresses());
             config.servers.rotate_left(first);
             config.client_id = format!("ask{count}-{first}");
+            config.tls = tessera_client::ClientTls::PoolCa(pool.ca_pem());
             config.request_timeout = Duration::from_secs(1);
             let asked = Instant::now();
             let answer = tessera_client::Client::new(config)
@@ -202,6 +204,7 @@ fn client_of(
     let mut config = tessera_client::ClientConfig::new([pool.servers[i].address.clone()]);
     config.client_id = name.to_string();
     config.request_timeout = wait;
+    config.tls = tessera_client::ClientTls::PoolCa(pool.ca_pem());
     tessera_client::Client::new(config).expect("config")
 }
 

@@ -171,6 +171,8 @@ pub fn config(addresses: &[String]) -> ClientConfig {
     let mut config = ClientConfig::new(addresses.iter().cloned());
     config.request_timeout = Duration::from_millis(500);
     config.connect_timeout = Duration::from_millis(200);
+    // The mock servers speak plain HTTP on loopback.
+    config.tls = tessera_client::ClientTls::Plain;
     config
 }
 

@@ -72,7 +72,8 @@ pub(super) async fn identify(
 ) -> Response {
     let path = request.uri().path();
     let peer_route = path.starts_with("/v1/peer/");
-    let admin_route = path.starts_with("/v1/admin/");
+    // The test fault switch (only with TESSERA_TEST_FAULTS) is an admin route.
+    let admin_route = path.starts_with("/v1/admin/") || path.starts_with("/v1/test/");
     if peer_route && app.pool.is_partitioned() {
         let message = "cut off by the test fault switch";
         return api_error(ErrorCode::Internal, message).into_response();
