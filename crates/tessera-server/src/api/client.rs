@@ -26,8 +26,15 @@ pub(super) fn routes() -> Router<Arc<App>> {
         .route(&format!("{prefix}/checkout"), post(checkout))
         .route(&format!("{prefix}/heartbeat"), post(heartbeat))
         .route(&format!("{prefix}/checkin"), post(checkin))
-        .route(&format!("{prefix}/status"), get(status))
         .route(&format!("{prefix}/noop"), post(noop))
+}
+
+/// The status and the metrics: read-only, answered from memory, with a
+/// capacity of their own so that an administrator can always look.
+pub(super) fn monitoring_routes() -> Router<Arc<App>> {
+    let prefix = proto::API_PREFIX;
+    Router::new()
+        .route(&format!("{prefix}/status"), get(status))
         .route("/metrics", get(metrics))
 }
 

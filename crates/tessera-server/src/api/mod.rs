@@ -37,6 +37,9 @@ use crate::App;
 /// of log entries).
 pub const PEER_BODY_BYTES_MAX: usize = 32 * 1024 * 1024;
 
+/// Status and metrics requests in flight at once, apart from the clients'.
+pub const MONITORING_REQUESTS_IN_FLIGHT_MAX: usize = 64;
+
 /// An error answer.
 pub struct ApiError(pub Refusal);
 
@@ -106,7 +109,11 @@ pub fn router(app: Arc<App>) -> Router {
         .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
             app.limits.requests_in_flight_max,
         ));
+    let monitoring_routes = client::monitoring_routes().layer(
+        tower::limit::GlobalConcurrencyLimitLayer::new(MONITORING_REQUESTS_IN_FLIGHT_MAX),
+    );
     client_routes
+        .merge(monitoring_routes)
         .merge(pool_routes)
         .fallback(|| async {
             api_error(
