@@ -142,6 +142,15 @@ pub fn render(status: &StatusResponse) -> String {
             );
         }
     }
+    if status.grants.is_empty() && status.grants_total > 0 {
+        let _ = writeln!(
+            out,
+            "\nGrants on server {}: {} (who holds them is shown with a read token: \
+             --token-file)",
+            s.id, status.grants_total
+        );
+        return out;
+    }
     let _ = writeln!(
         out,
         "\nGrants on server {} ({} of {} shown):",
