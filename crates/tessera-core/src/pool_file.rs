@@ -407,6 +407,33 @@ mod tests {
     }
 
     #[test]
+    fn admins_and_credentials_are_checked_and_kept() {
+        let token_hash = credential_sha256("a token");
+        let admins = format!(
+            "[[admins]]\nname = \"ops\"\nrole = \"read\"\ntoken_sha256 = \"{token_hash}\"\n"
+        );
+        let pool = PoolFile::parse(&pool_text(&admins)).unwrap();
+        assert_eq!(pool.admins[0].role, AdminRole::Read);
+        assert_eq!(pool.admin_with_token(&token_hash).unwrap().name, "ops");
+        assert_eq!(PoolFile::parse(&pool.to_toml()).unwrap(), pool, "kept");
+        assert!(AdminRole::Read < AdminRole::Admin);
+        for (bad, expected) in [
+            (admins.replace(&token_hash, "ABC"), "64 lowercase hex"),
+            (admins.replace("\"read\"", "\"root\""), "role"),
+            (format!("{admins}{admins}"), "listed twice"),
+        ] {
+            let err = PoolFile::parse(&pool_text(&bad)).unwrap_err().to_string();
+            assert!(err.contains(expected), "{bad}: {err}");
+        }
+        let credential = pool_text("").replace(
+            "address = \"127.0.0.1:27001\"\n",
+            "address = \"127.0.0.1:27001\"\ncredential_sha256 = \"short\"\n",
+        );
+        let err = PoolFile::parse(&credential).unwrap_err().to_string();
+        assert!(err.contains("credential_sha256 of server `A`"), "{err}");
+    }
+
+    #[test]
     fn inconsistent_files_are_refused_with_the_reason() {
         let cases = [
             (

@@ -357,4 +357,34 @@ mod tests {
             "a closed connection frees its slot"
         );
     }
+
+    /// A connection that says nothing is closed after the idle timeout; one
+    /// that keeps talking is not.
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_connection_is_closed() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let mut peer = TcpStream::connect(address).await.unwrap();
+        let (tcp, from) = listener.accept().await.unwrap();
+        let slots = Slots::new(ConnectionLimits {
+            per_address_max: 1,
+            total_max: 1,
+        });
+        let mut connection = Connection::new(Io::Plain(tcp), slots.take(from.ip()).unwrap());
+        let mut buffer = [0u8; 8];
+        // Talking: a byte every half timeout keeps it open.
+        for _ in 0..3 {
+            tokio::time::sleep(IDLE_TIMEOUT / 2).await;
+            peer.write_all(b"x").await.unwrap();
+            assert_eq!(connection.read(&mut buffer).await.unwrap(), 1);
+        }
+        // Silent: the read fails once the timeout passes.
+        let started = Instant::now();
+        let err = connection.read(&mut buffer).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        assert!(started.elapsed() >= IDLE_TIMEOUT);
+        drop(connection);
+        assert!(slots.take(from.ip()).is_some(), "its slot is free again");
+    }
 }
