@@ -107,6 +107,7 @@ where
             ),
         });
     };
+    check_own_credential(&config, &own_entry)?;
     let (issuer, store, lost_store) = open_issuer(&config, &seams, &pool_file.pool_id)?;
     let settings = pool::PoolSettings::of(&config);
     let pool = Arc::new(Pool::start(settings, pool_file, pool_text, &seams).await?);
@@ -135,6 +136,32 @@ where
     let done = tokio::spawn(serve(app, listener, config, shutdown));
     tracing::info!("listening on {address}");
     Ok(Running { address, done })
+}
+
+/// This server's peer credential must be the one its pool file entry names,
+/// or its peers would refuse everything it says.
+fn check_own_credential(
+    config: &ServerConfig,
+    entry: &tessera_core::ServerEntry,
+) -> Result<(), StartError> {
+    let pool_error = |message: String| StartError::PoolFile {
+        path: config.pool_file.clone(),
+        message,
+    };
+    let own = tessera_core::credential_sha256(&config.security.peer_credential);
+    match &entry.credential_sha256 {
+        None => Err(pool_error(format!(
+            "server `{}` has no credential_sha256; `tessera pool init` (or `tessera pool \
+             add-server`) makes its credential and entry",
+            entry.id
+        ))),
+        Some(listed) if *listed != own => Err(pool_error(format!(
+            "the credential_sha256 of server `{}` is not the SHA-256 of this server's peer \
+             credential ({own}); the pool file or the credential file is another server's",
+            entry.id
+        ))),
+        Some(_) => Ok(()),
+    }
 }
 
 /// Opens the grant store and builds the issuer from the grants in it.

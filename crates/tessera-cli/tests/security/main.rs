@@ -411,6 +411,18 @@ fn a_server_without_its_credentials_says_how_to_make_them() {
         );
         std::fs::write(server.join(file), kept).unwrap();
     }
+    // Another server's credential (or a pool file of another pool).
+    std::fs::write(server.join("peer.credential"), "f".repeat(64)).unwrap();
+    let out = std::process::Command::new(TESSERA)
+        .args(["server", "--new-pool", "--config"])
+        .arg(server.join("tessera.toml"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("is not the SHA-256 of this server's peer"),
+        "{stderr}"
+    );
     // A credential too short to be a secret.
     std::fs::write(server.join("peer.credential"), "short\n").unwrap();
     let out = std::process::Command::new(TESSERA)

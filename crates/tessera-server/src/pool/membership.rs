@@ -69,6 +69,16 @@ impl Pool {
                 ),
             ));
         }
+        if let Some(server) = next.servers.iter().find(|s| s.credential_sha256.is_none()) {
+            return Err(refused(
+                ErrorCode::PoolFileRefused,
+                format!(
+                    "server `{}` has no credential_sha256: it could not prove itself to its peers; \
+                     `tessera pool add-server` makes its credential and prints its entry",
+                    server.id
+                ),
+            ));
+        }
         if self.applied.borrow().state.pool().is_some() || check == SignatureCheck::Require {
             for code in &next.codes {
                 code.verify(&self.vendors)

@@ -211,8 +211,12 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_write_that_is_never_answered_is_given_up_after_the_commit_timeout() {
         let dir = tempfile::tempdir().unwrap();
-        let text =
-            "pool_id = \"t\"\nsequence = 1\n\n[[servers]]\nid = \"A\"\naddress = \"127.0.0.1:9\"\n";
+        let credential = "x".repeat(32);
+        let text = format!(
+            "pool_id = \"t\"\nsequence = 1\n\n[[servers]]\nid = \"A\"\naddress = \"127.0.0.1:9\"\n\
+             credential_sha256 = \"{}\"\n",
+            tessera_core::credential_sha256(&credential)
+        );
         let disk = Arc::new(StallingDisk::default());
         let seams = Seams {
             disk: disk.clone(),
@@ -224,12 +228,12 @@ mod tests {
                     server_id: "A".into(),
                     vendors: Vec::new(),
                     timing: Timing::default(),
-                    peer_credential: "x".repeat(32),
+                    peer_credential: credential,
                     data_dir: dir.path().to_path_buf(),
                     recovering: false,
                 },
-                PoolFile::parse(text).unwrap(),
-                text.into(),
+                PoolFile::parse(&text).unwrap(),
+                text.clone(),
                 &seams,
             )
             .await
