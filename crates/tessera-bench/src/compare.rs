@@ -14,7 +14,7 @@ use crate::load::LoadConfig;
 use crate::peers::{EtcdTarget, Fsync, RedisTarget};
 use crate::report::{table_head, Report};
 use crate::tessera::{NoopTarget, PoolTarget, Setup, TesseraServer};
-use crate::{Mode, SingleConfig};
+use crate::{Mode, SingleConfig, Transport};
 
 /// Longest a peer's `--version` may take.
 const VERSION_TIMEOUT: Duration = Duration::from_secs(10);
@@ -45,8 +45,9 @@ impl CompareConfig {
 }
 
 /// The systems in the order they run, and so in the table.
-const SYSTEMS: [&str; 6] = [
+const SYSTEMS: [&str; 7] = [
     "tessera",
+    "tessera, plain HTTP",
     "tessera pool (3 servers)",
     "tessera noop endpoint",
     "redis (appendfsync always)",
@@ -91,26 +92,34 @@ pub async fn compare(config: &CompareConfig) -> Result<Comparison> {
         tessera: config.tessera.clone(),
         seats: config.seats,
         load: load.clone(),
+        transport: Transport::Tls,
     };
     reports.push(crate::single(&single).await?);
 
     announce(1);
+    let plain = SingleConfig {
+        transport: Transport::Plain,
+        ..single
+    };
+    reports.push(crate::single(&plain).await?);
+
+    announce(2);
     let pool = Arc::new(PoolTarget::start(&config.tessera, config.seats).await?);
     reports.push(crate::peers::measure(pool, &load, PoolTarget::cpu_time).await?);
 
-    announce(2);
+    announce(3);
     let server = TesseraServer::start(&config.tessera, Setup::cycle(config.seats)).await?;
     let noop = Arc::new(NoopTarget { server });
     reports.push(crate::peers::measure(noop.clone(), &load, |t| t.server.cpu_time()).await?);
     drop(noop);
 
-    for (index, fsync) in [(3, Fsync::Always), (4, Fsync::Everysec)] {
+    for (index, fsync) in [(4, Fsync::Always), (5, Fsync::Everysec)] {
         announce(index);
         let redis = Arc::new(RedisTarget::start(fsync, config.seats).await?);
         reports.push(crate::peers::measure(redis, &load, RedisTarget::cpu_time).await?);
     }
 
-    announce(5);
+    announce(6);
     let etcd = Arc::new(EtcdTarget::start(config.seats).await?);
     reports.push(crate::peers::measure(etcd, &load, EtcdTarget::cpu_time).await?);
 
@@ -280,6 +289,13 @@ impl Comparison {
                 verdict(ratio >= 0.5)
             );
         }
+        if let Some(plain) = find("tessera, plain HTTP").filter(|plain| *plain > 0.0) {
+            let _ = writeln!(
+                out,
+                "| what TLS costs (plain HTTP ÷ TLS, checkouts/s) | {:.2}x | - |",
+                plain / rate(tessera)
+            );
+        }
         if self.extras.is_none() {
             let _ = writeln!(
                 out,
@@ -293,7 +309,10 @@ impl Comparison {
         let _ = writeln!(
             out,
             "- **tessera**: one `tessera server` (a pool of one, durable `redb` store), \
-             `POST /v1/checkout` then `POST /v1/checkin`.\n\
+             `POST /v1/checkout` then `POST /v1/checkin`, over TLS 1.3 (rustls, the \
+             default), each client keeping its connection.\n\
+             - **tessera, plain HTTP**: the same over plain HTTP (`plain_http`, loopback \
+             only): what TLS costs.\n\
              - **tessera pool (3 servers)**: three servers of one pool (Raft control plane, \
              each with its durable store and a third of the seats), client n on server n mod 3.\n\
              - **tessera noop endpoint**: the same server's `POST /v1/noop`, which parses a \

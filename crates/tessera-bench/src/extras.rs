@@ -219,6 +219,7 @@ pub async fn run(
             active_seats_max: config.scaling_seats,
             progress,
         },
+        transport: crate::Transport::Tls,
     })
     .await?;
 

@@ -8,9 +8,12 @@
 //! checkout, URL handling, header maps, body streams). hyper's
 //! `client::conn::http1` is the same parser and writer without the pool: one
 //! connection per load client, which is what the benchmark wants anyway.
+//! Over TLS (rustls, as the SDK) or plain TCP, as the server is set up.
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -19,7 +22,54 @@ use hyper::client::conn::http1::{Builder, SendRequest};
 use hyper::header::{CONTENT_LENGTH, CONTENT_TYPE, HOST};
 use hyper::Request;
 use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
+
+/// A connection's bytes: TLS or plain TCP.
+pub enum Stream {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(tcp) => Pin::new(tcp).poll_read(cx, buf),
+            Stream::Tls(tls) => Pin::new(tls.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(tcp) => Pin::new(tcp).poll_write(cx, data),
+            Stream::Tls(tls) => Pin::new(tls.as_mut()).poll_write(cx, data),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(tcp) => Pin::new(tcp).poll_flush(cx),
+            Stream::Tls(tls) => Pin::new(tls.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(tcp) => Pin::new(tcp).poll_shutdown(cx),
+            Stream::Tls(tls) => Pin::new(tls.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
 
 /// Longest response head (status line and headers), in bytes: hyper's read
 /// buffer, which it refuses to grow past this while looking for a head end.
@@ -34,7 +84,7 @@ pub struct Response {
     pub body: Vec<u8>,
 }
 
-type Driver = hyper::client::conn::http1::Connection<TokioIo<TcpStream>, Full<Bytes>>;
+type Driver = hyper::client::conn::http1::Connection<TokioIo<Stream>, Full<Bytes>>;
 
 /// An open connection: requests go through `sender`; `driver` reads and
 /// writes the socket. The driver is polled by the client's own task while it
@@ -71,6 +121,8 @@ pub struct Connection {
     address: String,
     connect_timeout: Duration,
     request_timeout: Duration,
+    /// TLS with this configuration; `None`: plain TCP.
+    tls: Option<Arc<rustls::ClientConfig>>,
     open: Option<Open>,
 }
 
@@ -80,8 +132,15 @@ impl Connection {
             address: address.to_string(),
             connect_timeout,
             request_timeout,
+            tls: None,
             open: None,
         }
+    }
+
+    /// The same connection over TLS with `tls` (none: plain TCP).
+    pub fn with_tls(mut self, tls: Option<Arc<rustls::ClientConfig>>) -> Connection {
+        self.tls = tls;
+        self
     }
 
     /// `POST path` with a JSON body; the whole exchange within the request timeout.
@@ -115,6 +174,21 @@ impl Connection {
         stream
             .set_nodelay(true)
             .map_err(|err| format!("cannot set TCP_NODELAY: {err}"))?;
+        let stream = match &self.tls {
+            None => Stream::Plain(stream),
+            Some(tls) => {
+                let host = address
+                    .rsplit_once(':')
+                    .map_or(address.as_str(), |(h, _)| h);
+                let name = rustls_pki_types::ServerName::try_from(host.to_string())
+                    .map_err(|err| format!("`{host}` cannot name a TLS server: {err}"))?;
+                let tls = tokio_rustls::TlsConnector::from(tls.clone())
+                    .connect(name, stream)
+                    .await
+                    .map_err(|err| format!("TLS with {address} failed: {err}"))?;
+                Stream::Tls(Box::new(tls))
+            }
+        };
         let (sender, connection) = Builder::new()
             .max_buf_size(HEAD_BYTES_MAX)
             .handshake(TokioIo::new(stream))

@@ -42,6 +42,7 @@ use anyhow::Result;
 
 pub use crate::load::{LoadConfig, Mode};
 pub use crate::report::Report;
+pub use crate::tessera::Transport;
 use crate::tessera::{Setup, TesseraServer, TesseraTarget};
 
 /// `single`: one Tessera server under load.
@@ -52,6 +53,8 @@ pub struct SingleConfig {
     /// Hard limit of the benchmark feature.
     pub seats: u32,
     pub load: LoadConfig,
+    /// TLS (the product's default) or plain HTTP.
+    pub transport: Transport,
 }
 
 impl SingleConfig {
@@ -69,6 +72,7 @@ impl SingleConfig {
                 active_seats_max: u64::MAX,
                 progress: false,
             },
+            transport: Transport::Tls,
         }
     }
 }
@@ -78,6 +82,7 @@ pub async fn single(config: &SingleConfig) -> Result<Report> {
     let setup = Setup {
         seats: config.seats,
         mode: config.load.mode,
+        transport: config.transport,
     };
     let server = TesseraServer::start(&config.tessera, setup).await?;
     let resident_bytes_before = server.resident_bytes();

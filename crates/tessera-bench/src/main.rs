@@ -13,7 +13,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use tessera_bench::compare::CompareConfig;
-use tessera_bench::{LoadConfig, Mode, SingleConfig};
+use tessera_bench::{LoadConfig, Mode, SingleConfig, Transport};
 
 /// Longest measured part of a run.
 const SECONDS_MAX: u64 = 3_600;
@@ -115,6 +115,9 @@ struct SingleArgs {
     /// Print the results as JSON instead of a Markdown table.
     #[arg(long)]
     json: bool,
+    /// Plain HTTP instead of TLS, to see what TLS costs.
+    #[arg(long)]
+    plain_http: bool,
     #[command(flatten)]
     run: RunArgs,
 }
@@ -238,8 +241,14 @@ fn single(args: SingleArgs) -> Result<bool> {
              or held seats lapse during the run"
         );
     }
+    let transport = if args.plain_http {
+        Transport::Plain
+    } else {
+        Transport::Tls
+    };
     let config = if args.smoke {
         let mut config = SingleConfig::smoke(tessera);
+        config.transport = transport;
         config.seats = args.hard_limit;
         config.load.mode = args.mode;
         config.load.progress = !args.run.no_progress;
@@ -251,6 +260,7 @@ fn single(args: SingleArgs) -> Result<bool> {
             load: args
                 .load
                 .config(args.mode, args.max_requests, !args.run.no_progress),
+            transport,
         }
     };
     let runtime = runtime(args.run.client_threads)?;

@@ -4,13 +4,16 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Output, Stdio};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use tessera_proto::{
     self as proto, CheckinRequest, CheckoutRequest, ErrorBody, ErrorCode, HeartbeatRequest,
 };
-use tessera_testkit::{die_with_parent, server_command, NotReady, Process, ServerConfig};
+use tessera_testkit::{
+    die_with_parent, server_command, Credentials, Http, NotReady, Process, ServerConfig,
+};
 use tokio::process::Command;
 
 use crate::http1::Connection;
@@ -42,6 +45,16 @@ pub struct Setup {
     /// Hard limit of the benchmark feature.
     pub seats: u32,
     pub mode: Mode,
+    pub transport: Transport,
+}
+
+/// How clients reach the server.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transport {
+    /// TLS, as the product runs by default.
+    Tls,
+    /// Plain HTTP (`plain_http`), to show what TLS costs.
+    Plain,
 }
 
 impl Setup {
@@ -49,6 +62,7 @@ impl Setup {
         Setup {
             seats,
             mode: Mode::Cycle,
+            transport: Transport::Tls,
         }
     }
 
@@ -56,6 +70,15 @@ impl Setup {
         Setup {
             seats,
             mode: Mode::Hold,
+            transport: Transport::Tls,
+        }
+    }
+
+    /// The same setup over plain HTTP.
+    pub fn plain(self) -> Setup {
+        Setup {
+            transport: Transport::Plain,
+            ..self
         }
     }
 
@@ -92,6 +115,10 @@ pub fn binary_next_to_this_exe() -> Result<PathBuf> {
 pub struct TesseraServer {
     /// HTTP address, `127.0.0.1:PORT`.
     pub address: String,
+    /// The load clients' TLS (trusting the server's pool CA); `None`: plain.
+    pub tls: Option<Arc<rustls::ClientConfig>>,
+    /// For the status and the metrics, with the admin token.
+    http: Http,
     process: Process,
     /// Declared last so that it is removed after the child is killed.
     _dir: tempfile::TempDir,
@@ -113,12 +140,22 @@ impl TesseraServer {
             .tempdir()
             .context("cannot make a temporary directory")?;
         let root = dir.path();
-        let address = write_setup(tessera, root, setup).await?;
+        let (address, credentials) = write_setup(tessera, root, setup).await?;
+        let (tls, http) = match setup.transport {
+            Transport::Tls => {
+                let config = tessera_transport::client_tls_config(&credentials.ca_pem())
+                    .map_err(anyhow::Error::msg)?;
+                (Some(Arc::new(config)), credentials.http(REQUEST_TIMEOUT))
+            }
+            Transport::Plain => (None, Http::plain(REQUEST_TIMEOUT)),
+        };
         let mut command = server_command(tessera, &root.join("tessera.toml"), &["--new-pool"]);
         command.env("TESSERA_LOG", "warn");
         die_with_parent(&mut command);
         let server = TesseraServer {
             address,
+            tls,
+            http,
             process: Process::start(command, &root.join("server.log"))
                 .with_context(|| format!("cannot start {} server", tessera.display()))?,
             _dir: dir,
@@ -129,10 +166,9 @@ impl TesseraServer {
 
     /// Polls `/v1/status` (bounded) until the server says it is serving.
     async fn wait_serving(&self) -> Result<()> {
-        let http = tessera_testkit::Http::plain(REQUEST_TIMEOUT);
         let serving = self
             .process
-            .wait_status(&http, &self.address, SERVER_READY_TIMEOUT, |status| {
+            .wait_status(&self.http, &self.address, SERVER_READY_TIMEOUT, |status| {
                 status.server.state == "serving"
             })
             .await;
@@ -149,8 +185,7 @@ impl TesseraServer {
 
     /// How many grants the server holds now.
     pub async fn grants_total(&self) -> Result<u64> {
-        let http = tessera_testkit::Http::plain(REQUEST_TIMEOUT);
-        let status = tessera_testkit::status(&http, &self.address)
+        let status = tessera_testkit::status(&self.http, &self.address)
             .await
             .map_err(anyhow::Error::msg)
             .context("the server did not answer /v1/status")?;
@@ -159,8 +194,8 @@ impl TesseraServer {
 
     /// The longest time between two quota renewals so far, from `/metrics`.
     pub async fn quota_renewal_gap_max_ms(&self) -> Option<u64> {
-        let http = tessera_testkit::Http::plain(Duration::from_secs(5));
-        let text = http
+        let text = self
+            .http
             .get(&self.address, "/metrics")
             .send()
             .await
@@ -204,9 +239,10 @@ impl TesseraServer {
     }
 }
 
-/// Makes the vendor key, the license code, the pool file and the config in
-/// `dir` with the CLI; returns the server's address.
-async fn write_setup(tessera: &Path, dir: &Path, setup: Setup) -> Result<String> {
+/// Makes the vendor key, the license code, the pool's credentials, the pool
+/// file and the config in `dir` with the CLI; returns the server's address
+/// and the credentials.
+async fn write_setup(tessera: &Path, dir: &Path, setup: Setup) -> Result<(String, Credentials)> {
     run_cli(
         tessera,
         &[
@@ -246,9 +282,10 @@ async fn write_setup(tessera: &Path, dir: &Path, setup: Setup) -> Result<String>
         .with_context(|| format!("{} is not a vendor public key file", public_path.display()))?;
 
     let address = tessera_testkit::free_address().context("cannot bind loopback")?;
-    let credentials = tessera_testkit::Credentials::init(tessera, dir, "bench", &[("A", &address)]);
+    let credentials = Credentials::init(tessera, dir, "bench", &[("A", &address)]);
     let pool = tessera_testkit::pool_file_head("bench")
         + &credentials.server_entry("A", &address)
+        + &credentials.admins()
         + &codes;
     write(&dir.join("pool.toml"), &pool)?;
     // Every held seat is a client of its own: the server must take as many
@@ -258,7 +295,11 @@ async fn write_setup(tessera: &Path, dir: &Path, setup: Setup) -> Result<String>
         Mode::Hold => format!("[limits]\nclients_max = {}\n", setup.seats),
         Mode::Cycle => String::new(),
     };
-    let tables = credentials.plain_security_table("A") + &limits;
+    let security = match setup.transport {
+        Transport::Tls => credentials.security_table("A"),
+        Transport::Plain => credentials.plain_security_table("A"),
+    };
+    let tables = security + &limits;
     let config = ServerConfig {
         server_id: "A",
         pool_file: "pool.toml",
@@ -269,7 +310,7 @@ async fn write_setup(tessera: &Path, dir: &Path, setup: Setup) -> Result<String>
         tables: &tables,
     };
     write(&dir.join("tessera.toml"), &config.text())?;
-    Ok(address)
+    Ok((address, credentials))
 }
 
 async fn run_cli(tessera: &Path, args: &[&std::ffi::OsStr]) -> Result<Output> {
@@ -316,14 +357,18 @@ impl Target for TesseraTarget {
     type Session = TesseraSession;
 
     fn name(&self) -> &str {
-        "tessera"
+        match self.server.tls {
+            Some(_) => "tessera",
+            None => "tessera, plain HTTP",
+        }
     }
 
     fn session(&self, _client_index: usize) -> Result<TesseraSession> {
         // Each simulated client has its own keep-alive connection, as a
         // program would, so none queues behind another's request.
         Ok(TesseraSession {
-            connection: Connection::new(&self.server.address, CONNECT_TIMEOUT, REQUEST_TIMEOUT),
+            connection: Connection::new(&self.server.address, CONNECT_TIMEOUT, REQUEST_TIMEOUT)
+                .with_tls(self.server.tls.clone()),
             feature: FEATURE,
         })
     }
@@ -481,7 +526,8 @@ impl Target for NoopTarget {
 
     fn session(&self, _client_index: usize) -> Result<NoopSession> {
         Ok(NoopSession(TesseraSession {
-            connection: Connection::new(&self.server.address, CONNECT_TIMEOUT, REQUEST_TIMEOUT),
+            connection: Connection::new(&self.server.address, CONNECT_TIMEOUT, REQUEST_TIMEOUT)
+                .with_tls(self.server.tls.clone()),
             feature: FEATURE,
         }))
     }
@@ -530,6 +576,8 @@ pub const POOL_SERVERS: usize = 3;
 /// server issuing from its own third of the seats.
 pub struct PoolTarget {
     pub pool: tessera_testkit::Pool,
+    /// The load clients' TLS, trusting the pool CA.
+    tls: Arc<rustls::ClientConfig>,
 }
 
 impl PoolTarget {
@@ -550,7 +598,12 @@ impl PoolTarget {
         };
         let pool = tessera_testkit::Pool::start(&tessera, spec).await;
         pool.wait_leader(&pool.all()).await;
-        Ok(PoolTarget { pool })
+        let tls =
+            tessera_transport::client_tls_config(&pool.ca_pem()).map_err(anyhow::Error::msg)?;
+        Ok(PoolTarget {
+            pool,
+            tls: Arc::new(tls),
+        })
     }
 
     /// CPU time of all the pool's servers.
@@ -575,7 +628,8 @@ impl Target for PoolTarget {
                 &addresses[client_index % addresses.len()],
                 CONNECT_TIMEOUT,
                 REQUEST_TIMEOUT,
-            ),
+            )
+            .with_tls(Some(self.tls.clone())),
             feature: POOL_FEATURE,
         })
     }
