@@ -356,21 +356,39 @@ mod tests {
 
     #[test]
     fn parses_with_defaults_and_refuses_bad_keys() {
-        let config = ServerConfig::parse(
-            "server_id = \"A\"\npool_file = \"pool.toml\"\ndata_dir = \"d\"\n",
-            Path::new("/etc/tessera"),
-        )
-        .unwrap();
-        assert_eq!(config.pool_file, Path::new("/etc/tessera/pool.toml"));
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("peer.credential"), "c".repeat(64)).unwrap();
+        let base = "server_id = \"A\"\npool_file = \"pool.toml\"\ndata_dir = \"d\"\n";
+        let config = ServerConfig::parse(base, dir.path()).unwrap();
+        assert_eq!(config.pool_file, dir.path().join("pool.toml"));
         assert_eq!(config.limits, Limits::default());
         assert!(config.grace_on_missing_store);
+        let tls = config.security.tls.expect("TLS by default");
+        assert_eq!(tls.cert_file, dir.path().join("server.pem"));
+        assert_eq!(config.security.peer_credential, "c".repeat(64));
+        assert_eq!(config.security.public_status, PublicStatus::Summary);
+        let plain = format!("{base}[security]\nplain_http = true\npublic_status = \"full\"\n");
+        let config = ServerConfig::parse(&plain, dir.path()).unwrap();
+        assert!(config.security.tls.is_none());
+        assert_eq!(config.security.public_status, PublicStatus::Full);
         let err = ServerConfig::parse(
             "server_id = \"A\"\npool_file = \"p\"\ndata_dir = \"d\"\n[[vendors]]\nname = \"acme\"\npublic_key = \"nope\"\n",
-            Path::new("."),
+            dir.path(),
         )
         .unwrap_err();
         assert!(err.contains("public key of `acme`"), "{err}");
-        let err = ServerConfig::parse("server_id = 1", Path::new(".")).unwrap_err();
+        let err = ServerConfig::parse("server_id = 1", dir.path()).unwrap_err();
         assert!(err.contains("server_id"), "{err}");
+        // The shared secret of old is no credential any more.
+        let err =
+            ServerConfig::parse(&format!("{base}peer_secret = \"\"\n"), dir.path()).unwrap_err();
+        assert!(err.contains("peer_secret"), "{err}");
+        // A credential too short, or missing.
+        std::fs::write(dir.path().join("peer.credential"), "short\n").unwrap();
+        let err = ServerConfig::parse(base, dir.path()).unwrap_err();
+        assert!(err.contains("shorter than 32"), "{err}");
+        std::fs::remove_file(dir.path().join("peer.credential")).unwrap();
+        let err = ServerConfig::parse(base, dir.path()).unwrap_err();
+        assert!(err.contains("tessera pool init"), "{err}");
     }
 }

@@ -412,15 +412,18 @@ impl Server {
         self.send(request).await
     }
 
-    /// `ARGS --server ADDRESS --ca CA --token-file ADMIN-TOKEN`: a command
-    /// line of `tessera` aimed at this server, as its administrator.
+    /// `ARGS --server ADDRESS --ca CA` (and `--token-file ADMIN-TOKEN` for
+    /// `admin` and `status`): a command line of `tessera` aimed at this
+    /// server, as its administrator.
     pub fn cli(&self, args: &[&str]) -> Vec<String> {
         let mut line: Vec<String> = args.iter().map(|a| a.to_string()).collect();
         line.extend(["--server".to_string(), self.address.clone()]);
         line.push("--ca".into());
         line.push(self.credentials.ca_file().display().to_string());
-        line.push("--token-file".into());
-        line.push(self.credentials.admin_token_file().display().to_string());
+        if matches!(args.first(), Some(&"admin") | Some(&"status")) {
+            line.push("--token-file".into());
+            line.push(self.credentials.admin_token_file().display().to_string());
+        }
         line
     }
 

@@ -429,29 +429,33 @@ async fn peers_of_another_pool_are_refused() {
         ..PoolSpec::default()
     })
     .await;
-    let http = reqwest::Client::builder()
-        .no_proxy()
-        .build()
-        .expect("client");
+    // Trusts the pool CA, holds no credential.
+    let http = tessera_testkit::Http::tls(
+        &pool.ca_pem(),
+        None,
+        tessera_testkit::LOOPBACK_REQUEST_TIMEOUT,
+    );
     let address = &pool.servers[0].address;
-    for (pool_header, expected) in [(Some("other"), 403), (None, 403), (Some("test"), 200)] {
-        let mut request = http.get(format!("http://{address}/v1/peer/hello"));
+    for (pool_header, expected) in [
+        (Some("other"), (403, "wrong_pool")),
+        (None, (403, "wrong_pool")),
+        (Some("test"), (401, "unauthenticated")),
+    ] {
+        let mut request = http.get(address, "/v1/peer/hello");
         if let Some(header) = pool_header {
             request = request.header(tessera_proto::POOL_HEADER, header);
         }
         let response = request.send().await.expect("hello");
+        let status = response.status().as_u16();
+        let body: serde_json::Value = response.json().await.expect("json");
         assert_eq!(
-            response.status().as_u16(),
+            (status, body["error"]["code"].as_str().unwrap_or("")),
             expected,
             "pool header {pool_header:?}"
         );
-        if expected == 403 {
-            let body: serde_json::Value = response.json().await.expect("json");
-            assert_eq!(body["error"]["code"], "wrong_pool");
-        }
     }
     let vote = http
-        .post(format!("http://{address}/v1/peer/raft/vote"))
+        .post(address, "/v1/peer/raft/vote")
         .header(tessera_proto::POOL_HEADER, "other")
         .body("{}")
         .send()
@@ -464,7 +468,7 @@ async fn peers_of_another_pool_are_refused() {
 
     // The same server in Prometheus text.
     let metrics = http
-        .get(format!("http://{address}/metrics"))
+        .get(address, "/metrics")
         .send()
         .await
         .expect("metrics")
