@@ -198,8 +198,8 @@ impl TesseraServer {
     }
 }
 
-/// Makes the vendor key, the license code, the pool file and the config in
-/// `dir` with the CLI; returns the server's address.
+/// Makes the vendor key, the license code, the pool key, the pool file and
+/// the config in `dir` with the CLI; returns the server's address.
 async fn write_setup(tessera: &Path, dir: &Path, setup: Setup) -> Result<String> {
     run_cli(
         tessera,
@@ -234,6 +234,16 @@ async fn write_setup(tessera: &Path, dir: &Path, setup: Setup) -> Result<String>
         ],
     )
     .await?;
+    run_cli(
+        tessera,
+        &[
+            "pool".as_ref(),
+            "key".as_ref(),
+            "--out".as_ref(),
+            dir.join("pool.key").as_os_str(),
+        ],
+    )
+    .await?;
     let codes = read(&codes_path)?;
     let public_path = dir.join("bench.pub");
     let public_key = tessera_testkit::public_key_of(&read(&public_path)?)
@@ -255,6 +265,7 @@ async fn write_setup(tessera: &Path, dir: &Path, setup: Setup) -> Result<String>
         server_id: "A",
         pool_file: "pool.toml",
         data_dir: "data",
+        pool_key_file: "pool.key",
         top: "",
         vendor: "bench",
         public_key: &public_key,
@@ -339,6 +350,7 @@ pub struct TesseraSession {
 pub struct TesseraHold {
     grant_id: String,
     client_id: String,
+    proof: proto::Proof,
 }
 
 /// Endpoints, below [`proto::API_PREFIX`].
@@ -388,6 +400,7 @@ impl Session for TesseraSession {
             Ok(grant) => Ok(Checkout::Granted(TesseraHold {
                 grant_id: grant.grant_id,
                 client_id,
+                proof: grant.proof,
             })),
             Err(Refusal::Code(ErrorCode::NoSeatsAvailable, _)) => Ok(Checkout::Denied),
             Err(refusal) => Err(refusal.into()),
@@ -398,6 +411,7 @@ impl Session for TesseraSession {
         let body = CheckinRequest {
             grant_id: hold.grant_id,
             client_id: hold.client_id,
+            proof: hold.proof,
         };
         self.post::<_, proto::CheckinResponse>(CHECKIN_PATH, &body)
             .await
@@ -416,6 +430,7 @@ impl Session for TesseraSession {
             count: 1,
             answer_within_ms: None,
             renewal: 0,
+            proof: hold.proof.clone(),
         };
         self.post::<_, proto::Grant>(HEARTBEAT_PATH, &body)
             .await

@@ -55,12 +55,13 @@ pub async fn checkout(servers: Vec<String>, args: CheckoutArgs) -> Result<()> {
         println!("{}", serde_json::to_string(&value)?);
     } else {
         println!(
-            "checked out {} seats of `{}` from server {}: grant {} (client {})",
+            "checked out {} seats of `{}` from server {}: grant {} (client {}, proof {})",
             grant.count,
             grant.feature,
             grant.server_id,
             grant.grant_id,
-            client.config().client_id
+            client.config().client_id,
+            grant.proof.as_str()
         );
     }
     if args.detach {
@@ -99,12 +100,21 @@ pub async fn checkout(servers: Vec<String>, args: CheckoutArgs) -> Result<()> {
     }
 }
 
-pub async fn checkin(servers: Vec<String>, grant_id: String, client_id: String) -> Result<()> {
+pub struct CheckinArgs {
+    pub grant_id: String,
+    pub client_id: String,
+    pub proof: String,
+}
+
+pub async fn checkin(servers: Vec<String>, args: CheckinArgs) -> Result<()> {
     let mut config = ClientConfig::new(servers);
-    config.client_id = client_id;
+    config.client_id = args.client_id;
     let client = Client::new(config)?;
-    let released = client.checkin(&grant_id).await?;
-    println!("checked in grant {grant_id}: {released} seats returned");
+    let released = client.checkin(&args.grant_id, &args.proof).await?;
+    println!(
+        "checked in grant {}: {released} seats returned",
+        args.grant_id
+    );
     Ok(())
 }
 

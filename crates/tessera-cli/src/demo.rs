@@ -314,6 +314,8 @@ fn write_pool(
     codes: &[tessera_core::LicenseCode],
 ) -> Result<Vec<DemoServer>> {
     let ids = ["A", "B", "C"];
+    // One key for the pool, shared by its servers: it proves their grants.
+    crate::keys::write_pool_key(&dir.join("pool.key"))?;
     let mut servers_toml = String::new();
     let mut servers = Vec::new();
     for id in ids {
@@ -323,6 +325,7 @@ fn write_pool(
             server_id: id,
             pool_file: "pool.toml",
             data_dir: &format!("data-{id}"),
+            pool_key_file: "pool.key",
             top: "",
             vendor: &vendor.vendor,
             public_key: &vendor.to_base64(),

@@ -94,6 +94,9 @@ enum Command {
         /// The client id the grant was issued to.
         #[arg(long)]
         client_id: String,
+        /// The grant's proof, as printed by `tessera checkout`.
+        #[arg(long)]
+        proof: String,
         #[command(flatten)]
         servers: ServerArgs,
     },
@@ -108,6 +111,11 @@ enum Command {
     Vendor {
         #[command(subcommand)]
         command: VendorCommand,
+    },
+    /// Pool administration files.
+    Pool {
+        #[command(subcommand)]
+        command: PoolCommand,
     },
     /// Sign, verify and show license codes.
     License {
@@ -184,6 +192,17 @@ enum VendorCommand {
         vendor: String,
         /// Directory to write the key files to.
         #[arg(long, default_value = ".")]
+        out: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum PoolCommand {
+    /// Make the pool's shared key (64 hex characters, mode 0600): copy the
+    /// file to every server of the pool and name it in `pool_key_file`.
+    Key {
+        /// The key file to write; an existing file is never overwritten.
+        #[arg(long)]
         out: PathBuf,
     },
 }
@@ -322,8 +341,16 @@ fn run(cli: Cli) -> Result<()> {
         Command::Checkin {
             grant_id,
             client_id,
+            proof,
             servers,
-        } => runtime()?.block_on(client_cmd::checkin(servers.servers, grant_id, client_id)),
+        } => runtime()?.block_on(client_cmd::checkin(
+            servers.servers,
+            client_cmd::CheckinArgs {
+                grant_id,
+                client_id,
+                proof,
+            },
+        )),
         Command::Admin { command } => {
             let (servers, secret, change) = match command {
                 AdminCommand::UpdatePoolFile {
@@ -380,6 +407,20 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::License { command } => license(command),
+        Command::Pool {
+            command: PoolCommand::Key { out },
+        } => {
+            keys::write_pool_key(&out)?;
+            let name = out.file_name().map_or(out.display().to_string(), |name| {
+                name.to_string_lossy().into_owned()
+            });
+            println!("pool key: {} (mode 0600; keep it secret)", out.display());
+            println!(
+                "\nCopy it to every server of the pool, readable only by the server's user, \
+                 and set in each tessera.toml:\n\npool_key_file = \"{name}\""
+            );
+            Ok(())
+        }
     }
 }
 
