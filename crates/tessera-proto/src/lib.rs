@@ -471,9 +471,10 @@ mod tests {
 
     #[test]
     fn unknown_fields_are_refused() {
-        let err =
-            serde_json::from_str::<CheckinRequest>(r#"{"grant_id":"g","client_id":"c","proof":"p","extra":1}"#)
-                .unwrap_err();
+        let err = serde_json::from_str::<CheckinRequest>(
+            r#"{"grant_id":"g","client_id":"c","proof":"p","extra":1}"#,
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("unknown field"));
     }
 }

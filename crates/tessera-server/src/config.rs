@@ -332,7 +332,10 @@ mod tests {
         let cases = [
             (None, "cannot read it"),
             (Some("abc\n".to_string()), "this one has 3 characters"),
-            (Some(format!("{}zz\n", &key_hex[..62])), "character 63 of the pool key"),
+            (
+                Some(format!("{}zz\n", &key_hex[..62])),
+                "character 63 of the pool key",
+            ),
             (Some(format!("{key_hex}\n")), ""),
             (Some(key_hex.clone()), ""),
         ];

@@ -50,7 +50,10 @@ async fn a_status_reader_cannot_check_in_or_renew_another_clients_grant() {
     config.user = "victim-user".into();
     config.host = "victim-host".into();
     let victim = Client::new(config).expect("SDK client");
-    let seat = victim.checkout("cad", "1.0", 1).await.expect("the victim's seat");
+    let seat = victim
+        .checkout("cad", "1.0", 1)
+        .await
+        .expect("the victim's seat");
     let victim_proof = seat.grant().proof.as_str().to_string();
 
     // The attacker's own seat gives it a valid proof, of another grant.
@@ -79,11 +82,31 @@ async fn a_status_reader_cannot_check_in_or_renew_another_clients_grant() {
     };
     let forged = forged_proof();
     let attempts: [(&str, &str, Value); 7] = [
-        ("check-in, no proof", "/v1/checkin", checkin(&seen.client_id, None)),
-        ("check-in, empty proof", "/v1/checkin", checkin(&seen.client_id, Some(""))),
-        ("check-in, forged proof", "/v1/checkin", checkin(&seen.client_id, Some(&forged))),
-        ("check-in, own grant's proof", "/v1/checkin", checkin(&seen.client_id, Some(&own_proof))),
-        ("check-in, wrong client id", "/v1/checkin", checkin("attacker", None)),
+        (
+            "check-in, no proof",
+            "/v1/checkin",
+            checkin(&seen.client_id, None),
+        ),
+        (
+            "check-in, empty proof",
+            "/v1/checkin",
+            checkin(&seen.client_id, Some("")),
+        ),
+        (
+            "check-in, forged proof",
+            "/v1/checkin",
+            checkin(&seen.client_id, Some(&forged)),
+        ),
+        (
+            "check-in, own grant's proof",
+            "/v1/checkin",
+            checkin(&seen.client_id, Some(&own_proof)),
+        ),
+        (
+            "check-in, wrong client id",
+            "/v1/checkin",
+            checkin("attacker", None),
+        ),
         (
             "heartbeat, no proof",
             "/v1/heartbeat",
@@ -122,7 +145,10 @@ async fn a_status_reader_cannot_check_in_or_renew_another_clients_grant() {
         .expect("/metrics text");
     assert!(metrics.contains("grant_proof_invalid"), "{metrics}");
     for proof in [&victim_proof, &own_proof] {
-        assert!(!status_text.contains(proof.as_str()), "the status shows a proof");
+        assert!(
+            !status_text.contains(proof.as_str()),
+            "the status shows a proof"
+        );
         assert!(!metrics.contains(proof.as_str()), "/metrics shows a proof");
     }
 
@@ -242,7 +268,11 @@ async fn pool_keys_are_made_by_the_cli_and_required_by_the_server() {
     assert_eq!(mode, 0o600, "mode {mode:o}");
     let again = tessera(["pool", "key", "--out", key_arg]).await.failure();
     again.mentions(&["exists"]);
-    assert_eq!(std::fs::read_to_string(&key_path).unwrap(), text, "overwritten");
+    assert_eq!(
+        std::fs::read_to_string(&key_path).unwrap(),
+        text,
+        "overwritten"
+    );
 
     let server = fixture.server(ServerSpec::new(fixture.sign(&code("cad", 1)).await));
     let config_text = std::fs::read_to_string(&server.config).unwrap();

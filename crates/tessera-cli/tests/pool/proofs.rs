@@ -56,7 +56,10 @@ async fn a_heartbeat_to_another_server_converts_only_with_the_grants_proof() {
     .await;
     let (code, grant) = pool.checkout(0, "victim-ws12", 1).await;
     assert_eq!(code, 200, "{grant}");
-    let proof = grant["proof"].as_str().expect("the grant's proof").to_string();
+    let proof = grant["proof"]
+        .as_str()
+        .expect("the grant's proof")
+        .to_string();
 
     // What the attacker sees: A's grants, with their holders, and no proof.
     let status = pool.status(0).await.expect("A's status");
@@ -64,13 +67,25 @@ async fn a_heartbeat_to_another_server_converts_only_with_the_grants_proof() {
     assert_eq!(seen.client_id, "victim-ws12");
     let status_text = serde_json::to_string(&status).unwrap();
     assert!(!status_text.contains(&proof), "the status shows a proof");
-    assert!(!pool.metrics(0).await.contains(&proof), "/metrics shows a proof");
+    assert!(
+        !pool.metrics(0).await.contains(&proof),
+        "/metrics shows a proof"
+    );
 
     let forged = "A".repeat(43);
     let attacks = [
-        ("a made-up grant, a made-up proof", heartbeat_body("squat-1", "attacker", Some(&forged))),
-        ("a made-up grant, no proof", heartbeat_body("squat-2", "attacker", None)),
-        ("A's grant without its proof", heartbeat_body(&seen.grant_id, &seen.client_id, None)),
+        (
+            "a made-up grant, a made-up proof",
+            heartbeat_body("squat-1", "attacker", Some(&forged)),
+        ),
+        (
+            "a made-up grant, no proof",
+            heartbeat_body("squat-2", "attacker", None),
+        ),
+        (
+            "A's grant without its proof",
+            heartbeat_body(&seen.grant_id, &seen.client_id, None),
+        ),
         (
             "A's grant with a made-up proof",
             heartbeat_body(&seen.grant_id, &seen.client_id, Some(&forged)),
@@ -98,7 +113,10 @@ async fn a_heartbeat_to_another_server_converts_only_with_the_grants_proof() {
     let (code, converted) = heartbeat(&pool, 1, &body).await;
     assert_eq!(code, 200, "{converted}");
     assert_eq!(
-        (converted["grant_id"].as_str(), converted["converted"].as_bool()),
+        (
+            converted["grant_id"].as_str(),
+            converted["converted"].as_bool()
+        ),
         (Some(seen.grant_id.as_str()), Some(true)),
         "{converted}"
     );

@@ -81,13 +81,13 @@ impl FakeServer {
         self.proofs_refused.load(Ordering::SeqCst)
     }
 
-    /// Refuses a request whose proof is not the grant's.
-    fn check_proof(&self, grant_id: &str, proof: &Proof) -> Result<(), Response> {
+    /// The refusal of a request whose proof is not the grant's, if it is not.
+    fn proof_refusal(&self, grant_id: &str, proof: &Proof) -> Option<Response> {
         if *proof == proof_of(grant_id) {
-            return Ok(());
+            return None;
         }
         self.proofs_refused.fetch_add(1, Ordering::SeqCst);
-        Err(refusal(ErrorCode::GrantProofInvalid, self))
+        Some(refusal(ErrorCode::GrantProofInvalid, self))
     }
 
     pub fn holds(&self, grant_id: &str) -> bool {
@@ -254,7 +254,9 @@ async fn heartbeat(
     Json(request): Json<HeartbeatRequest>,
 ) -> Result<Json<Grant>, Response> {
     arrive(&server, &server.heartbeats, &server.heartbeat_mode).await?;
-    server.check_proof(&request.grant_id, &request.proof)?;
+    if let Some(refused) = server.proof_refusal(&request.grant_id, &request.proof) {
+        return Err(refused);
+    }
     let converted = !server.holds(&request.grant_id);
     Ok(Json(server.grant(
         request.grant_id,
@@ -269,7 +271,7 @@ async fn checkin(
     Json(request): Json<CheckinRequest>,
 ) -> Response {
     server.checkins.fetch_add(1, Ordering::SeqCst);
-    if let Err(refused) = server.check_proof(&request.grant_id, &request.proof) {
+    if let Some(refused) = server.proof_refusal(&request.grant_id, &request.proof) {
         return refused;
     }
     let released = server.held.lock().unwrap().remove(&request.grant_id);

@@ -96,7 +96,13 @@ async fn status(State(app): State<Arc<App>>) -> Json<proto::StatusResponse> {
 }
 
 /// The grant as the client is told of it; `app` is the server that issued it.
-fn wire_grant(app: &App, Granted { issued: granted, proof }: Granted) -> proto::Grant {
+fn wire_grant(
+    app: &App,
+    Granted {
+        issued: granted,
+        proof,
+    }: Granted,
+) -> proto::Grant {
     proto::Grant {
         proof: proto::Proof(proof.to_string()),
         grant_id: granted.grant_id,

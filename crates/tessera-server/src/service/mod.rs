@@ -264,16 +264,13 @@ fn check_checkin_proof(
 
 /// Checks a request's proof; the refusal names the grant id the request
 /// gave and why, never the grant's holder.
-fn verify_proof(
-    what: &str,
-    key: &PoolKey,
-    claim: &GrantClaim,
-    proof: &str,
-) -> Result<(), Refusal> {
+fn verify_proof(what: &str, key: &PoolKey, claim: &GrantClaim, proof: &str) -> Result<(), Refusal> {
     grant_proof::verify(key, claim, proof).map_err(|reason| {
         let advice = match reason {
-            ProofRefused::Missing => "send the `proof` the checkout answered (an SDK older than \
-                                      this server sends none: update it)",
+            ProofRefused::Missing => {
+                "send the `proof` the checkout answered (an SDK older than this server sends \
+                 none: update it)"
+            }
             ProofRefused::Malformed | ProofRefused::Mismatch => {
                 "only the client the grant was issued to holds its proof, from the checkout's \
                  answer; check out a seat of your own"
