@@ -276,6 +276,16 @@ async fn write_setup(tessera: &Path, dir: &Path, setup: Setup) -> Result<(String
         ],
     )
     .await?;
+    run_cli(
+        tessera,
+        &[
+            "pool".as_ref(),
+            "key".as_ref(),
+            "--out".as_ref(),
+            dir.join("pool.key").as_os_str(),
+        ],
+    )
+    .await?;
     let codes = read(&codes_path)?;
     let public_path = dir.join("bench.pub");
     let public_key = tessera_testkit::public_key_of(&read(&public_path)?)
@@ -304,6 +314,7 @@ async fn write_setup(tessera: &Path, dir: &Path, setup: Setup) -> Result<(String
         server_id: "A",
         pool_file: "pool.toml",
         data_dir: "data",
+        pool_key_file: "pool.key",
         top: "",
         vendor: "bench",
         public_key: &public_key,
@@ -392,6 +403,7 @@ pub struct TesseraSession {
 pub struct TesseraHold {
     grant_id: String,
     client_id: String,
+    proof: proto::Proof,
 }
 
 /// Endpoints, below [`proto::API_PREFIX`].
@@ -441,6 +453,7 @@ impl Session for TesseraSession {
             Ok(grant) => Ok(Checkout::Granted(TesseraHold {
                 grant_id: grant.grant_id,
                 client_id,
+                proof: grant.proof,
             })),
             Err(Refusal::Code(ErrorCode::NoSeatsAvailable, _)) => Ok(Checkout::Denied),
             Err(refusal) => Err(refusal.into()),
@@ -451,6 +464,7 @@ impl Session for TesseraSession {
         let body = CheckinRequest {
             grant_id: hold.grant_id,
             client_id: hold.client_id,
+            proof: hold.proof,
         };
         self.post::<_, proto::CheckinResponse>(CHECKIN_PATH, &body)
             .await
@@ -469,6 +483,7 @@ impl Session for TesseraSession {
             count: 1,
             answer_within_ms: None,
             renewal: 0,
+            proof: hold.proof.clone(),
         };
         self.post::<_, proto::Grant>(HEARTBEAT_PATH, &body)
             .await

@@ -63,12 +63,13 @@ pub async fn checkout(config: ClientConfig, args: CheckoutArgs) -> Result<()> {
         println!("{}", serde_json::to_string(&value)?);
     } else {
         println!(
-            "checked out {} seats of `{}` from server {}: grant {} (client {})",
+            "checked out {} seats of `{}` from server {}: grant {} (client {}, proof {})",
             grant.count,
             grant.feature,
             grant.server_id,
             grant.grant_id,
-            client.config().client_id
+            client.config().client_id,
+            grant.proof.as_str()
         );
     }
     if args.detach {
@@ -107,11 +108,20 @@ pub async fn checkout(config: ClientConfig, args: CheckoutArgs) -> Result<()> {
     }
 }
 
-pub async fn checkin(mut config: ClientConfig, grant_id: String, client_id: String) -> Result<()> {
-    config.client_id = client_id;
+pub struct CheckinArgs {
+    pub grant_id: String,
+    pub client_id: String,
+    pub proof: String,
+}
+
+pub async fn checkin(mut config: ClientConfig, args: CheckinArgs) -> Result<()> {
+    config.client_id = args.client_id;
     let client = Client::new(config)?;
-    let released = client.checkin(&grant_id).await?;
-    println!("checked in grant {grant_id}: {released} seats returned");
+    let released = client.checkin(&args.grant_id, &args.proof).await?;
+    println!(
+        "checked in grant {}: {released} seats returned",
+        args.grant_id
+    );
     Ok(())
 }
 

@@ -1,11 +1,12 @@
-//! Vendor key files: `NAME.key` (secret, keep it safe) and `NAME.pub`.
+//! Vendor key files: `NAME.key` (secret, keep it safe) and `NAME.pub`; the
+//! pool key file every server of a pool shares (`tessera pool key`).
 
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
-use tessera_core::{VendorPublicKey, VendorSecretKey};
+use tessera_core::{PoolKey, VendorPublicKey, VendorSecretKey};
 
 #[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -59,6 +60,22 @@ pub fn write_pair(
     std::fs::write(&public_path, toml::to_string(&public_file)?)
         .with_context(|| format!("cannot write {}", public_path.display()))?;
     Ok((secret_path, public_path))
+}
+
+/// Writes a fresh random pool key to `path` (mode 0600); refuses to
+/// overwrite, since the servers of a pool holding that key would stop
+/// taking their clients' proofs.
+pub fn write_pool_key(path: &Path) -> Result<()> {
+    if path.exists() {
+        bail!(
+            "{} exists; a pool has one key, shared by all its servers: keep it, or move it away \
+             to make a new one (every server then needs the new file)",
+            path.display()
+        );
+    }
+    let mut bytes = [0u8; tessera_core::grant_proof::POOL_KEY_BYTES];
+    rand::rngs::OsRng.fill_bytes(&mut bytes);
+    write_private(path, &PoolKey::from_bytes(bytes).to_file_text())
 }
 
 fn write_private(path: &Path, text: &str) -> Result<()> {

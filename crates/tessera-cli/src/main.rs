@@ -98,6 +98,9 @@ enum Command {
         /// The client id the grant was issued to.
         #[arg(long)]
         client_id: String,
+        /// The grant's proof, as printed by `tessera checkout`.
+        #[arg(long)]
+        proof: String,
         #[command(flatten)]
         servers: ServerArgs,
     },
@@ -127,6 +130,14 @@ enum Command {
 
 #[derive(Subcommand)]
 enum PoolCommand {
+    /// Make the pool's shared key (64 hex characters, mode 0600) alone:
+    /// `init` makes one too. Copy the file to every server of the pool and
+    /// name it in `pool_key_file`.
+    Key {
+        /// The key file to write; an existing file is never overwritten.
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Make a pool CA, each server's certificate and peer credential, the
     /// administrators' tokens, the pool file and each server's config.
     Init {
@@ -419,11 +430,15 @@ fn run(cli: Cli) -> Result<()> {
         Command::Checkin {
             grant_id,
             client_id,
+            proof,
             servers,
         } => runtime()?.block_on(client_cmd::checkin(
             servers.client_config()?,
-            grant_id,
-            client_id,
+            client_cmd::CheckinArgs {
+                grant_id,
+                client_id,
+                proof,
+            },
         )),
         Command::Admin { command } => {
             let (servers, token, change) = match command {
@@ -504,6 +519,20 @@ fn run(cli: Cli) -> Result<()> {
                     server,
                 },
         } => pool_cmd::add_server(&dir, &pool_id, &server),
+        Command::Pool {
+            command: PoolCommand::Key { out },
+        } => {
+            keys::write_pool_key(&out)?;
+            let name = out.file_name().map_or(out.display().to_string(), |name| {
+                name.to_string_lossy().into_owned()
+            });
+            println!("pool key: {} (mode 0600; keep it secret)", out.display());
+            println!(
+                "\nCopy it to every server of the pool, readable only by the server's user, \
+                 and set in each tessera.toml:\n\npool_key_file = \"{name}\""
+            );
+            Ok(())
+        }
     }
 }
 

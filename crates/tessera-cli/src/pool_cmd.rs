@@ -7,12 +7,13 @@
 //!   (the pool CA's secret: keep it offline; it signs the certificates of
 //!   servers added later);
 //! - `admin.token` and `read.token`: the administrators' bearer tokens;
+//! - `pool.key`: the pool's shared key, which proves its grants;
 //! - `pool.toml`: the pool file's head, servers (each with the SHA-256 of
 //!   its peer credential) and admins (the tokens' SHA-256);
 //! - per server, `ID/`: `server.pem` and `server.key` (its TLS identity,
 //!   issued by the pool CA for the host of its address), `peer.credential`
-//!   (what it proves itself with to its peers), `ca.pem`, a copy of
-//!   `pool.toml` and a `tessera.toml` that uses them all.
+//!   (what it proves itself with to its peers), `ca.pem`, `pool.key`, a
+//!   copy of `pool.toml` and a `tessera.toml` that uses them all.
 //!
 //! Secrets are written with mode 0600 and never overwritten.
 
@@ -91,6 +92,8 @@ pub fn write_pool(args: &InitArgs) -> Result<()> {
         .context("cannot make the pool CA's certificate")?;
     write_new(&out.join("ca.pem"), ca_cert.pem().as_bytes(), false)?;
     write_new(&out.join("ca.key"), ca_key.serialize_pem().as_bytes(), true)?;
+    keys::write_pool_key(&out.join("pool.key"))?;
+    let pool_key = read(&out.join("pool.key"))?;
     let issuer = Issuer::new(ca_params, ca_key);
     let mut pool_file = format!("pool_id = \"{}\"\nsequence = 1\n\n", args.pool_id);
     for server in &args.servers {
@@ -113,6 +116,7 @@ pub fn write_pool(args: &InitArgs) -> Result<()> {
         let dir = out.join(&server.id);
         write_new(&dir.join("pool.toml"), pool_file.as_bytes(), false)?;
         write_new(&dir.join("ca.pem"), ca_cert.pem().as_bytes(), false)?;
+        write_new(&dir.join("pool.key"), pool_key.as_bytes(), true)?;
         let config = server_config(&server.id, &vendors);
         write_new(&dir.join("tessera.toml"), config.as_bytes(), false)?;
     }
@@ -130,6 +134,8 @@ pub fn add_server(dir: &Path, pool_id: &str, server: &ServerSpec) -> Result<()> 
     let credential = make_server(dir, &issuer, pool_id, server)?;
     let server_dir = dir.join(&server.id);
     write_new(&server_dir.join("ca.pem"), ca_pem.as_bytes(), false)?;
+    let pool_key = read(&dir.join("pool.key"))?;
+    write_new(&server_dir.join("pool.key"), pool_key.as_bytes(), true)?;
     write_new(
         &server_dir.join("tessera.toml"),
         server_config(&server.id, &[]).as_bytes(),
@@ -211,7 +217,8 @@ fn server_entry(server: &ServerSpec, credential: &str) -> String {
 
 fn server_config(id: &str, vendors: &[VendorPublicKey]) -> String {
     let mut text = format!(
-        "server_id = \"{id}\"\npool_file = \"pool.toml\"\ndata_dir = \"data\"\n\n\
+        "server_id = \"{id}\"\npool_file = \"pool.toml\"\ndata_dir = \"data\"\n\
+         pool_key_file = \"pool.key\"\n\n\
          # server.pem, server.key, ca.pem and peer.credential sit beside this file\n\
          # (see [security] in the README to name other files).\n\n"
     );
@@ -236,6 +243,7 @@ fn print_summary(out: &Path, servers: &[ServerSpec]) {
     );
     println!("  admin.token   changes the pool (tessera admin --token-file)");
     println!("  read.token    reads the full status, grants and users included");
+    println!("  pool.key      the pool's shared key: it proves every grant");
     println!("  pool.toml     the pool file; paste the vendor's license codes into it");
     for server in servers {
         println!(

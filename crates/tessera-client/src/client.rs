@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use tessera_proto::{
-    CheckinRequest, CheckinResponse, CheckoutRequest, ErrorCode, Grant, HeartbeatRequest,
+    CheckinRequest, CheckinResponse, CheckoutRequest, ErrorCode, Grant, HeartbeatRequest, Proof,
     StatusResponse, MAX_SEATS_PER_REQUEST,
 };
 use tessera_transport::{HttpTransport, ReqwestOptions, ReqwestTransport};
@@ -119,7 +119,7 @@ impl Client {
                         ));
                     }
                     Err(text) => {
-                        self.forget(address, &grant.grant_id);
+                        self.forget(address, &grant.grant_id, &grant.proof);
                         failures.push(Failure::no_answer(address, text));
                     }
                 },
@@ -158,18 +158,23 @@ impl Client {
         })
     }
 
-    /// Checks in the grant `grant_id` held by this client's id, trying the
+    /// Checks in the grant `grant_id` held by this client's id, with the
+    /// `proof` its checkout answered ([`Grant::proof`]), trying the
     /// configured servers in order until one releases it. Returns the number
     /// of seats released. A [`SeatGuard`] checks itself in; this is for grants
     /// known only by id (a command-line `tessera checkin`). Checking in a grant
     /// that a live guard still heartbeats does not end it: the guard's next
     /// heartbeat makes a server convert it into a new grant.
-    pub async fn checkin(&self, grant_id: &str) -> Result<u32, ClientError> {
-        check_field("grant_id", grant_id).map_err(|message| ClientError::Rejected {
+    pub async fn checkin(&self, grant_id: &str, proof: &str) -> Result<u32, ClientError> {
+        let invalid_field = |message| ClientError::Rejected {
             code: ErrorCode::InvalidField,
             message,
-        })?;
-        self.checkin_on(&self.config().servers, grant_id).await
+        };
+        check_field("grant_id", grant_id).map_err(invalid_field)?;
+        check_field("proof", proof).map_err(invalid_field)?;
+        let proof = Proof(proof.to_string());
+        self.checkin_on(&self.config().servers, grant_id, &proof)
+            .await
     }
 
     /// One heartbeat to one server, without fail-over: what [`SeatGuard`]
@@ -188,10 +193,12 @@ impl Client {
         &self,
         addresses: &[String],
         grant_id: &str,
+        proof: &Proof,
     ) -> Result<u32, ClientError> {
         let request = CheckinRequest {
             grant_id: grant_id.to_string(),
             client_id: self.config().client_id.clone(),
+            proof: proof.clone(),
         };
         let mut failures = Vec::new();
         for address in addresses {
@@ -207,12 +214,12 @@ impl Client {
 
     /// Gives back a grant this client will not use, without waiting: left
     /// alone it would hold its seats until its lease ran out.
-    fn forget(&self, address: &str, grant_id: &str) {
+    fn forget(&self, address: &str, grant_id: &str, proof: &Proof) {
         let client = self.clone();
         let addresses = [address.to_string()];
-        let grant_id = grant_id.to_string();
+        let (grant_id, proof) = (grant_id.to_string(), proof.clone());
         tokio::spawn(async move {
-            if let Err(error) = client.checkin_on(&addresses, &grant_id).await {
+            if let Err(error) = client.checkin_on(&addresses, &grant_id, &proof).await {
                 tracing::debug!(%error, "could not check in an unusable grant");
             }
         });

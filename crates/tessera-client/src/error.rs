@@ -116,9 +116,11 @@ pub(crate) fn disposition(code: ErrorCode) -> Disposition {
         ErrorCode::NoQuorum | ErrorCode::GracePeriod | ErrorCode::NoLeader => Disposition::NoQuorum,
         // A grant this server does not know or holds for someone else is what
         // fail-over exists for; the other codes are one server's trouble or a
-        // server newer than this client.
+        // server newer than this client. A refused proof too: a server given
+        // another pool key by mistake refuses what the rest of the pool takes.
         ErrorCode::UnknownGrant
         | ErrorCode::GrantMismatch
+        | ErrorCode::GrantProofInvalid
         | ErrorCode::TooManyGrants
         | ErrorCode::NotFound
         | ErrorCode::MethodNotAllowed

@@ -11,7 +11,7 @@ use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use tessera_proto::{CheckoutRequest, Grant, HeartbeatRequest, MAX_FIELD_BYTES};
+use tessera_proto::{CheckoutRequest, Grant, HeartbeatRequest, Proof, MAX_FIELD_BYTES};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::{sleep_until, Instant};
@@ -64,6 +64,10 @@ struct Seat {
     /// The original checkout: every heartbeat repeats it, so that a server
     /// that does not hold the grant can convert the heartbeat into a checkout.
     request: CheckoutRequest,
+    /// The grant's proof from the checkout's answer: every heartbeat, on
+    /// any server, and the check-in carry it. It binds the grant id to this
+    /// client, feature and count, so it never changes while the seat lives.
+    proof: Proof,
     holding: Mutex<Holding>,
     events: watch::Sender<SeatState>,
     /// Heartbeats sent so far, on any server: each carries the next number,
@@ -100,6 +104,7 @@ impl SeatGuard {
             server_id: grant.server_id.clone(),
             valid_until,
         });
+        let proof = grant.proof.clone();
         let holding = Holding {
             next_heartbeat_at: send_instant + heartbeat_interval(&grant),
             grant,
@@ -108,6 +113,7 @@ impl SeatGuard {
             lost_reason: None,
         };
         let seat = Arc::new(Seat {
+            proof,
             request,
             holding: Mutex::new(holding),
             events,
@@ -230,7 +236,7 @@ async fn stop_and_check_in(
         let addresses = holding.failover_order(&client.config().servers);
         (addresses, holding.grant.grant_id.clone())
     };
-    match client.checkin_on(&addresses, &grant_id).await {
+    match client.checkin_on(&addresses, &grant_id, &seat.proof).await {
         Ok(released_seats) => {
             tracing::debug!(%grant_id, released_seats, "checked in");
             Ok(())
@@ -368,7 +374,10 @@ async fn renew_round(
     let (addresses, request) = {
         let holding = seat.lock();
         let addresses = holding.failover_order(&client.config().servers);
-        (addresses, heartbeat_request(&seat.request, &holding.grant))
+        (
+            addresses,
+            heartbeat_request(&seat.request, &holding.grant, &seat.proof),
+        )
     };
     let mut failures = Vec::new();
     let servers = addresses.len();
@@ -429,8 +438,9 @@ async fn renew_round(
     Round::Failed(failures)
 }
 
-fn heartbeat_request(checkout: &CheckoutRequest, grant: &Grant) -> HeartbeatRequest {
+fn heartbeat_request(checkout: &CheckoutRequest, grant: &Grant, proof: &Proof) -> HeartbeatRequest {
     HeartbeatRequest {
+        proof: proof.clone(),
         grant_id: grant.grant_id.clone(),
         client_id: checkout.client_id.clone(),
         user: checkout.user.clone(),
@@ -515,6 +525,12 @@ pub(crate) fn check_grant(grant: &Grant, feature: &str, count: u32) -> Result<()
     if grant.grant_id.is_empty() || grant.grant_id.len() > MAX_FIELD_BYTES {
         return Err("answered with a grant whose id is empty or too long".to_string());
     }
+    let proof = grant.proof.as_str();
+    if proof.is_empty() || proof.len() > MAX_FIELD_BYTES {
+        return Err(
+            "answered with a grant without a proof: the server is older than this SDK".to_string(),
+        );
+    }
     if grant.lease_ms == 0 {
         return Err("answered with a grant whose lease is zero".to_string());
     }
@@ -563,6 +579,7 @@ mod tests {
                 })
                 .collect(),
             converted: false,
+            proof: Proof("proof-of-g-1".to_string()),
         }
     }
 
@@ -621,8 +638,11 @@ mod tests {
         let mut no_lease = good.clone();
         no_lease.lease_ms = 0;
         assert!(check_grant(&no_lease, "cad", 1).is_err());
-        let mut no_id = good;
+        let mut no_id = good.clone();
         no_id.grant_id.clear();
         assert!(check_grant(&no_id, "cad", 1).is_err());
+        let mut no_proof = good;
+        no_proof.proof = Proof::default();
+        assert!(check_grant(&no_proof, "cad", 1).is_err());
     }
 }

@@ -61,7 +61,7 @@ pub use error::ClientError;
 pub use guard::{
     SeatGuard, SeatState, HEARTBEAT_INTERVAL_MS_MIN, LEASE_MS_MAX, RETRY_PAUSE_MS_MAX,
 };
-pub use tessera_proto::{ErrorCode, Grant, HeartbeatRequest, StatusResponse};
+pub use tessera_proto::{ErrorCode, Grant, HeartbeatRequest, Proof, StatusResponse};
 /// The seam every request goes through: name [`transport::HttpTransport`] to
 /// give [`Client::with_transport`] a transport of your own.
 pub use tessera_transport as transport;

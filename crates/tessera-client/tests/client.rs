@@ -172,6 +172,8 @@ async fn the_guard_fails_over_in_priority_order_after_its_server() {
     let client = client(&[pool.address("b")]);
     let seat = client.checkout("cad", "2.1", 1).await.expect("a seat");
     assert_eq!(seat.server_id(), "b");
+    let grant_id = seat.grant_id();
+    assert_eq!(seat.grant().proof, support::proof_of(&grant_id));
     let mut events = seat.subscribe();
 
     pool.server("b")
@@ -193,6 +195,14 @@ async fn the_guard_fails_over_in_priority_order_after_its_server() {
         .set_heartbeat(Mode::Refuse(ErrorCode::NoSeatsAvailable));
     eventually("the seat wrapped around to a", || seat.server_id() == "a").await;
     assert!(seat.is_valid());
+
+    // Every heartbeat, renewal and conversion alike, and the check-in
+    // carried the proof the checkout answered.
+    seat.release().await.expect("checked in");
+    assert!(!pool.server("a").holds(&grant_id));
+    for id in ["a", "b", "c"] {
+        assert_eq!(pool.server(id).proofs_refused(), 0, "server {id}");
+    }
 }
 
 /// A server that takes the request and never answers (stopped with
@@ -303,15 +313,21 @@ async fn checkin_by_id_releases_seats_or_says_nobody_holds_them() {
     let client = client(&[pool.address("a"), pool.address("b")]);
     let seat = client.checkout("cad", "2.1", 4).await.expect("a seat");
 
-    assert_eq!(client.checkin(&seat.grant_id()).await, Ok(4));
+    let (grant_id, proof) = (seat.grant_id(), seat.grant().proof);
+    let refused = client.checkin(&grant_id, "not-the-proof").await;
     assert_eq!(
-        client.checkin(&seat.grant_id()).await,
+        refused.map_err(|e| e.code()),
+        Err(Some(ErrorCode::GrantProofInvalid))
+    );
+    assert_eq!(client.checkin(&grant_id, proof.as_str()).await, Ok(4));
+    assert_eq!(
+        client.checkin(&grant_id, proof.as_str()).await,
         Err(ClientError::UnknownGrant)
     );
     assert_eq!(
         pool.server("b").checkins(),
-        1,
-        "b was asked after a said unknown"
+        2,
+        "b was asked after a refused the wrong proof and after a said unknown"
     );
 }
 

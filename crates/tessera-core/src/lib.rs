@@ -9,6 +9,7 @@ pub mod borrow_plan;
 pub mod control;
 pub mod date;
 pub mod distribution;
+pub mod grant_proof;
 pub mod lease;
 pub mod license;
 pub mod license_table;
@@ -24,6 +25,7 @@ pub use control::{
 };
 pub use date::{CivilDate, Expiry};
 pub use distribution::{DistributionError, DistributionTable, Row, Shortfall};
+pub use grant_proof::{GrantClaim, GrantProof, PoolKey, PoolKeyError, ProofRefused};
 pub use lease::LeaseTiming;
 pub use license::{
     HostBinding, LicenseCode, LicenseError, Policy, VendorKeyId, VendorPublicKey, VendorSecretKey,

@@ -59,6 +59,12 @@ pub struct HeartbeatRequest {
     /// (see [`SupersededGrant`]). 0: not counted (an older SDK).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub renewal: u64,
+    /// The grant's proof, as the checkout answered it ([`Grant::proof`]).
+    /// Required: a heartbeat without the proof of its grant id, client id,
+    /// feature and count is refused ([`ErrorCode::GrantProofInvalid`]),
+    /// renewal and fail-over conversion alike.
+    #[serde(default)]
+    pub proof: Proof,
 }
 
 fn is_zero(value: &u64) -> bool {
@@ -86,6 +92,9 @@ impl HeartbeatRequest {
 pub struct CheckinRequest {
     pub grant_id: String,
     pub client_id: String,
+    /// The grant's proof ([`Grant::proof`]); required, as for a heartbeat.
+    #[serde(default)]
+    pub proof: Proof,
 }
 
 /// A server of the pool, as clients see it.
@@ -114,6 +123,31 @@ pub struct Grant {
     /// True when this server did not hold the grant and issued it anew
     /// (a heartbeat converted into a checkout).
     pub converted: bool,
+    /// Proof that the pool issued this grant to this client: every
+    /// heartbeat and the check-in carry it back. A secret of the holder,
+    /// never shown in a status. PROTOCOL.md says what it covers.
+    pub proof: Proof,
+}
+
+/// A grant's proof as it travels: base64url text. It is the holder's
+/// secret, so its `Debug` hides it and no log shows it.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Proof(pub String);
+
+impl Proof {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Proof {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0.is_empty() {
+            true => f.write_str("Proof(none)"),
+            false => f.write_str("Proof(…)"),
+        }
+    }
 }
 
 /// Answer to a check-in.
@@ -167,6 +201,9 @@ pub enum ErrorCode {
     UnknownGrant,
     /// The grant exists but belongs to another client or has another shape.
     GrantMismatch,
+    /// A heartbeat or check-in without the grant's proof, or with one that
+    /// does not match the grant id, client id, feature and count.
+    GrantProofInvalid,
     /// The server holds as many grants or clients as its limits allow.
     TooManyGrants,
     /// No such endpoint.
@@ -206,7 +243,7 @@ impl ErrorCode {
             | ErrorCode::VersionNotLicensed => 400,
             ErrorCode::UnknownFeature | ErrorCode::UnknownGrant | ErrorCode::NotFound => 404,
             ErrorCode::MethodNotAllowed => 405,
-            ErrorCode::WrongPool | ErrorCode::Forbidden => 403,
+            ErrorCode::WrongPool | ErrorCode::Forbidden | ErrorCode::GrantProofInvalid => 403,
             ErrorCode::Unauthenticated => 401,
             ErrorCode::PoolFileRefused => 422,
             ErrorCode::NoLeader => 503,
@@ -235,6 +272,7 @@ impl ErrorCode {
             ErrorCode::NoQuorum => "no_quorum",
             ErrorCode::UnknownGrant => "unknown_grant",
             ErrorCode::GrantMismatch => "grant_mismatch",
+            ErrorCode::GrantProofInvalid => "grant_proof_invalid",
             ErrorCode::TooManyGrants => "too_many_grants",
             ErrorCode::NotFound => "not_found",
             ErrorCode::MethodNotAllowed => "method_not_allowed",
@@ -412,6 +450,7 @@ mod tests {
             ErrorCode::NoQuorum,
             ErrorCode::UnknownGrant,
             ErrorCode::GrantMismatch,
+            ErrorCode::GrantProofInvalid,
             ErrorCode::TooManyGrants,
             ErrorCode::NotFound,
             ErrorCode::MethodNotAllowed,
@@ -426,11 +465,28 @@ mod tests {
         }
     }
 
+    /// A request without a proof parses, so that the server refuses it
+    /// with `grant_proof_invalid` rather than `malformed_request`; a proof
+    /// never shows in `Debug`.
+    #[test]
+    fn proofs_are_optional_on_parse_and_hidden_from_debug() {
+        let checkin: CheckinRequest =
+            serde_json::from_str(r#"{"grant_id":"g","client_id":"c"}"#).unwrap();
+        assert_eq!(checkin.proof, Proof::default());
+        let checkin: CheckinRequest =
+            serde_json::from_str(r#"{"grant_id":"g","client_id":"c","proof":"s3cr3t"}"#).unwrap();
+        assert_eq!(checkin.proof.as_str(), "s3cr3t");
+        assert!(!format!("{checkin:?}").contains("s3cr3t"));
+        let text = serde_json::to_string(&checkin).unwrap();
+        assert!(text.contains(r#""proof":"s3cr3t""#), "{text}");
+    }
+
     #[test]
     fn unknown_fields_are_refused() {
-        let err =
-            serde_json::from_str::<CheckinRequest>(r#"{"grant_id":"g","client_id":"c","extra":1}"#)
-                .unwrap_err();
+        let err = serde_json::from_str::<CheckinRequest>(
+            r#"{"grant_id":"g","client_id":"c","proof":"p","extra":1}"#,
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("unknown field"));
     }
 }

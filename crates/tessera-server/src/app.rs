@@ -53,6 +53,8 @@ pub struct App {
     pub(crate) seats_changed: tokio::sync::watch::Sender<u64>,
     /// How regularly the quota lease was renewed, for `/metrics`.
     pub(crate) quota_renewals: Mutex<crate::quota::QuotaRenewals>,
+    /// The pool's shared key: proves grants to their holders (`service`).
+    pub(crate) pool_key: tessera_core::PoolKey,
 }
 
 impl App {

@@ -4,6 +4,7 @@
 //! server_id = "A"
 //! pool_file = "pool.toml"     # relative to this file
 //! data_dir = "data"           # relative to this file; holds the grant store
+//! pool_key_file = "pool.key"  # relative to this file; the pool's shared key
 //! # listen = "0.0.0.0:27000"  # default: this server's address in the pool file
 //! # hostid = "mid-..."        # default: derived from /etc/machine-id
 //!
@@ -32,7 +33,7 @@
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
-use tessera_core::{BorrowPolicy, VendorPublicKey};
+use tessera_core::{BorrowPolicy, PoolKey, VendorPublicKey};
 
 use crate::StartError;
 
@@ -56,6 +57,7 @@ struct ConfigText {
     borrowing: std::collections::BTreeMap<String, BorrowPolicy>,
     #[serde(default)]
     security: SecurityText,
+    pool_key_file: Option<PathBuf>,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -261,7 +263,16 @@ pub struct ServerConfig {
     /// `pool_file` (the survivors' pool file) starts a new pool whose seats
     /// wait out the lost servers' grants.
     pub recover_pool: bool,
+    /// The pool's shared key, which proves grants to their holders: the same
+    /// file on every server of the pool ([`ServerConfig::read_pool_key`]).
+    pub pool_key_file: PathBuf,
 }
+
+/// What a config without `pool_key_file` is told.
+const NO_POOL_KEY: &str = "`pool_key_file` is missing: every server of a pool needs the pool's \
+     shared key, which proves each grant to its holder. Create it once per pool with `tessera pool \
+     key --out pool.key`, copy that file to every server of the pool (readable only by the \
+     server's user), and add `pool_key_file = \"pool.key\"` to this config";
 
 impl ServerConfig {
     pub fn load(path: &Path) -> Result<ServerConfig, StartError> {
@@ -299,7 +310,9 @@ impl ServerConfig {
                 "timing.store_batch_max and expiry_sweep_interval_ms must be above 0".into(),
             );
         }
+        let pool_key_file = raw.pool_key_file.ok_or(NO_POOL_KEY)?;
         Ok(ServerConfig {
+            pool_key_file: base.join(pool_key_file),
             server_id: raw.server_id,
             pool_file: base.join(raw.pool_file),
             data_dir: base.join(raw.data_dir),
@@ -313,6 +326,44 @@ impl ServerConfig {
             borrowing: raw.borrowing,
             recover_pool: false,
         })
+    }
+
+    /// Reads the pool key file: 64 hex characters, the same on every server
+    /// of the pool.
+    pub fn read_pool_key(&self) -> Result<PoolKey, StartError> {
+        let path = &self.pool_key_file;
+        let error = |message: String| StartError::PoolKey {
+            path: path.clone(),
+            message,
+        };
+        let text = std::fs::read_to_string(path).map_err(|err| {
+            error(format!(
+                "cannot read it: {err}; create it once per pool with `tessera pool key --out \
+                 FILE` and copy it to every server of the pool"
+            ))
+        })?;
+        warn_if_others_may_read(path);
+        PoolKey::parse(&text).map_err(|err| {
+            error(format!(
+                "{err}; write one with `tessera pool key --out FILE`, the same file on every \
+                 server of the pool"
+            ))
+        })
+    }
+}
+
+/// A pool key readable by other users of the host lets them forge proofs.
+fn warn_if_others_may_read(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Ok(metadata) = std::fs::metadata(path) {
+        let mode = metadata.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            tracing::warn!(
+                "pool key file {} has mode {mode:o}: other users of this host can read it; \
+                 `chmod 600` it",
+                path.display()
+            );
+        }
     }
 }
 
@@ -354,13 +405,17 @@ fn load_security(text: &SecurityText, base: &Path) -> Result<Security, String> {
 mod tests {
     use super::*;
 
+    const MINIMAL: &str =
+        "server_id = \"A\"\npool_file = \"pool.toml\"\ndata_dir = \"d\"\npool_key_file = \"pool.key\"\n";
+
     #[test]
     fn parses_with_defaults_and_refuses_bad_keys() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("peer.credential"), "c".repeat(64)).unwrap();
-        let base = "server_id = \"A\"\npool_file = \"pool.toml\"\ndata_dir = \"d\"\n";
+        let base = MINIMAL;
         let config = ServerConfig::parse(base, dir.path()).unwrap();
         assert_eq!(config.pool_file, dir.path().join("pool.toml"));
+        assert_eq!(config.pool_key_file, dir.path().join("pool.key"));
         assert_eq!(config.limits, Limits::default());
         assert!(config.grace_on_missing_store);
         let tls = config.security.tls.expect("TLS by default");
@@ -372,7 +427,7 @@ mod tests {
         assert!(config.security.tls.is_none());
         assert_eq!(config.security.public_status, PublicStatus::Full);
         let err = ServerConfig::parse(
-            "server_id = \"A\"\npool_file = \"p\"\ndata_dir = \"d\"\n[[vendors]]\nname = \"acme\"\npublic_key = \"nope\"\n",
+            &format!("{MINIMAL}[[vendors]]\nname = \"acme\"\npublic_key = \"nope\"\n"),
             dir.path(),
         )
         .unwrap_err();
@@ -390,5 +445,51 @@ mod tests {
         std::fs::remove_file(dir.path().join("peer.credential")).unwrap();
         let err = ServerConfig::parse(base, dir.path()).unwrap_err();
         assert!(err.contains("tessera pool init"), "{err}");
+    }
+
+    /// A config without `pool_key_file`, or whose key file is missing or
+    /// not a key, does not start, and the message says how to make one.
+    #[test]
+    fn the_pool_key_file_is_required_and_checked() {
+        let without = MINIMAL.replace("pool_key_file = \"pool.key\"\n", "");
+        let err = ServerConfig::parse(&without, Path::new(".")).unwrap_err();
+        assert!(
+            err.contains("`pool_key_file` is missing") && err.contains("tessera pool key --out"),
+            "{err}"
+        );
+
+        let dir = tempfile::tempdir().unwrap();
+        let config = ServerConfig::parse(MINIMAL, dir.path()).unwrap();
+        let key_hex = "ab".repeat(32);
+        let cases = [
+            (None, "cannot read it"),
+            (Some("abc\n".to_string()), "this one has 3 characters"),
+            (
+                Some(format!("{}zz\n", &key_hex[..62])),
+                "character 63 of the pool key",
+            ),
+            (Some(format!("{key_hex}\n")), ""),
+            (Some(key_hex.clone()), ""),
+        ];
+        for (text, expected) in cases {
+            let path = dir.path().join("pool.key");
+            let _ = std::fs::remove_file(&path);
+            if let Some(text) = &text {
+                std::fs::write(&path, text).unwrap();
+            }
+            match config.read_pool_key() {
+                Ok(_) => assert_eq!(expected, "", "{text:?} was taken"),
+                Err(err) => {
+                    let err = err.to_string();
+                    assert!(
+                        !expected.is_empty()
+                            && err.contains(expected)
+                            && err.contains("pool.key")
+                            && err.contains("tessera pool key --out"),
+                        "{text:?}: {err}"
+                    );
+                }
+            }
+        }
     }
 }

@@ -500,17 +500,13 @@ impl Issuer {
             || held.feature != request.feature
             || held.count != request.count
         {
+            // Nothing about the holder: the message goes to whoever asked.
             return Err(Refusal::new(
                 ErrorCode::GrantMismatch,
                 format!(
-                    "grant {grant_id} is held by client `{}` for {} seats of `{}`; the heartbeat \
-                     names client `{}`, {} seats of `{}`",
-                    held.client_id,
-                    held.count,
-                    held.feature,
-                    request.client_id,
-                    request.count,
-                    request.feature
+                    "grant {grant_id} on server `{}` is held for another client, feature or \
+                     count than the heartbeat names",
+                    self.server_id
                 ),
             ));
         }
@@ -570,10 +566,7 @@ impl Issuer {
         if grant.request.client_id != client_id {
             return Err(Refusal::new(
                 ErrorCode::GrantMismatch,
-                format!(
-                    "grant {grant_id} belongs to client `{}`, not `{client_id}`",
-                    grant.request.client_id
-                ),
+                format!("grant {grant_id} is not held by client `{client_id}`"),
             ));
         }
         let grant = self.remove_grant(grant_id).expect("found above");
@@ -754,6 +747,11 @@ impl Issuer {
         self.tables.get(feature)
     }
 
+    /// The grant held here under `grant_id`, if any.
+    pub fn grant(&self, grant_id: &str) -> Option<&LiveGrant> {
+        self.grants.get(grant_id)
+    }
+
     pub fn grants(&self) -> impl Iterator<Item = (&String, &LiveGrant)> {
         self.grants.iter()
     }
@@ -873,7 +871,7 @@ fn no_quorum(server_id: &str) -> Refusal {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use tessera_core::license::{HostBinding, Policy, UnsignedCode};
     use tessera_core::{CivilDate, Expiry, LicenseCode, VendorSecretKey};
@@ -950,7 +948,7 @@ mod tests {
     }
 
     /// An issuer of `seats` seats with grants checked out by client `c` at 0.
-    fn issuer_holding(seats: u32, grants: &[(&str, u32)]) -> Issuer {
+    pub(crate) fn issuer_holding(seats: u32, grants: &[(&str, u32)]) -> Issuer {
         let mut issuer = issuer_with(seats, Limits::default(), vec![]);
         for (grant_id, count) in grants {
             let request = request("c", *count);
@@ -961,7 +959,7 @@ mod tests {
         issuer
     }
 
-    fn request(client: &str, count: u32) -> SeatRequest {
+    pub(crate) fn request(client: &str, count: u32) -> SeatRequest {
         SeatRequest {
             client_id: client.into(),
             user: "u".into(),
@@ -1060,6 +1058,35 @@ mod tests {
             ErrorCode::GrantMismatch
         );
         issuer.check_invariants(true).unwrap();
+    }
+
+    /// A heartbeat or check-in naming another client, feature or count
+    /// than the grant's is refused without naming the grant's holder.
+    #[test]
+    fn mismatches_do_not_name_the_holder() {
+        let mut issuer = issuer_with(3, Limits::default(), vec![]);
+        let held = SeatRequest {
+            user: "holder-user".into(),
+            host: "holder-host".into(),
+            ..request("holder-7f3a", 1)
+        };
+        issuer.checkout("g1".into(), held, at(0)).unwrap();
+        let refusals = [
+            issuer.checkin("g1", "attacker").unwrap_err(),
+            issuer
+                .heartbeat("g1".into(), request("attacker", 1), at(0))
+                .unwrap_err(),
+            issuer
+                .heartbeat("g1".into(), request("holder-7f3a", 2), at(0))
+                .unwrap_err(),
+        ];
+        for refusal in refusals {
+            assert_eq!(refusal.code, ErrorCode::GrantMismatch);
+            for secret in ["holder-7f3a", "holder-user", "holder-host"] {
+                assert!(!refusal.message.contains(secret), "{}", refusal.message);
+            }
+        }
+        assert_eq!(issuer.checkin("g1", "holder-7f3a").unwrap().seats, 1);
     }
 
     #[test]

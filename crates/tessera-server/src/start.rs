@@ -24,6 +24,8 @@ use crate::{background, quota};
 pub enum StartError {
     #[error("config {path}: {message}")]
     Config { path: PathBuf, message: String },
+    #[error("pool key file {path}: {message}")]
+    PoolKey { path: PathBuf, message: String },
     #[error("pool file {path}: {message}")]
     PoolFile { path: PathBuf, message: String },
     #[error(transparent)]
@@ -92,6 +94,7 @@ where
     B: FnOnce(String) -> F,
     F: Future<Output = std::io::Result<(L, SocketAddr)>>,
 {
+    let pool_key = config.read_pool_key()?;
     if config.recover_pool {
         let unix_ms = seams.clock.unix_ms();
         pool::recovery::set_log_aside(seams.disk.as_ref(), &config.data_dir, unix_ms)?;
@@ -127,9 +130,12 @@ where
     let app = Arc::new(App::new(
         &config,
         &seams,
-        issuer,
-        store,
-        pool,
+        Parts {
+            issuer,
+            store,
+            pool,
+            pool_key,
+        },
         own_entry.address,
     ));
     background::follow_control(&app, lost_store, &config);
@@ -202,15 +208,22 @@ fn open_issuer(
     Ok((issuer, store, lost_store))
 }
 
+/// What start-up made for the [`App`].
+struct Parts {
+    issuer: Issuer,
+    store: Store,
+    pool: Arc<Pool>,
+    pool_key: tessera_core::PoolKey,
+}
+
 impl App {
-    fn new(
-        config: &ServerConfig,
-        seams: &Seams,
-        issuer: Issuer,
-        store: Store,
-        pool: Arc<Pool>,
-        address: String,
-    ) -> App {
+    fn new(config: &ServerConfig, seams: &Seams, parts: Parts, address: String) -> App {
+        let Parts {
+            issuer,
+            store,
+            pool,
+            pool_key,
+        } = parts;
         App {
             issuer: Mutex::new(issuer),
             store,
@@ -240,6 +253,7 @@ impl App {
             superseded: Mutex::new(copies::Outbox::default()),
             seats_changed: tokio::sync::watch::Sender::new(0),
             quota_renewals: Mutex::new(Default::default()),
+            pool_key,
         }
     }
 }

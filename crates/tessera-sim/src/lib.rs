@@ -371,6 +371,11 @@ fn run_here(seed: u64, options: &Options) -> Report {
         .tempdir()
         .expect("a temporary directory");
     std::fs::write(dir.path().join("pool.toml"), &scenario.pool_text).expect("write the pool file");
+    std::fs::write(
+        dir.path().join(scenario::POOL_KEY_FILE),
+        scenario::pool_key_text(),
+    )
+    .expect("write the pool key file");
     let trace = Shared::default();
     trace.lock().set_initial_limit(scenario.hard_limit);
     RUNNING.with(|running| {

@@ -30,6 +30,15 @@ pub const DRIFT_PERCENT: u32 = 1;
 pub const EPOCH_UNIX_MS: i64 = 1_780_000_000_000; // 2026-05-28
 pub const CODES_ISSUED: &str = "2026-01-01";
 pub const CODES_EXPIRE: &str = "2099-12-31";
+/// The pool key file every server's config names. The same key for every
+/// seed: it is drawn from no generator, so a seed's run is what it was
+/// before servers had keys.
+pub const POOL_KEY_FILE: &str = "pool.key";
+
+/// The text of the pool's key file.
+pub fn pool_key_text() -> String {
+    tessera_core::PoolKey::from_bytes([0x5e; 32]).to_file_text()
+}
 
 /// One server of the simulated pool.
 #[derive(Clone, Debug)]
@@ -112,6 +121,7 @@ impl Scenario {
             .expect("write the peer credential");
         let text = format!(
             "server_id = \"{id}\"\npool_file = \"pool.toml\"\ndata_dir = \"data-{id}\"\n\
+             pool_key_file = \"{POOL_KEY_FILE}\"\n\
              listen = \"0.0.0.0:{PORT}\"\nhostid = \"sim-{host}\"\n\
              grace_on_missing_store = true\n\n\
              [[vendors]]\nname = \"{VENDOR}\"\npublic_key = \"{key}\"\n\n\

@@ -12,6 +12,9 @@ pub struct ServerConfig<'a> {
     /// Relative to the config's directory, as every path in it.
     pub pool_file: &'a str,
     pub data_dir: &'a str,
+    /// The pool's shared key file (`tessera pool key --out FILE`), the same
+    /// for every server of a pool.
+    pub pool_key_file: &'a str,
     /// Top-level keys after those above (`hostid = "..."`).
     pub top: &'a str,
     pub vendor: &'a str,
@@ -24,11 +27,12 @@ pub struct ServerConfig<'a> {
 impl ServerConfig<'_> {
     pub fn text(&self) -> String {
         format!(
-            "server_id = \"{}\"\npool_file = \"{}\"\ndata_dir = \"{}\"\n{}\n\
+            "server_id = \"{}\"\npool_file = \"{}\"\ndata_dir = \"{}\"\npool_key_file = \"{}\"\n{}\n\
              [[vendors]]\nname = \"{}\"\npublic_key = \"{}\"\n\n{}",
             self.server_id,
             self.pool_file,
             self.data_dir,
+            self.pool_key_file,
             self.top,
             self.vendor,
             self.public_key,

@@ -132,6 +132,9 @@ impl Default for PoolSpec<'_> {
 
 pub const IDS: [&str; 7] = ["A", "B", "C", "D", "E", "F", "G"];
 
+/// The pool key file of a [`Pool`], in its directory, shared by its servers.
+pub const POOL_KEY_FILE: &str = "pool.key";
+
 impl Pool {
     /// Keys, a signed code for feature `app`, a pool file and one config per server.
     pub fn new(tessera: &Path, spec: PoolSpec) -> Pool {
@@ -145,6 +148,7 @@ impl Pool {
             &["vendor", "keygen", "--vendor", "acme", "--out", "."],
             path,
         );
+        run(tessera, &["pool", "key", "--out", POOL_KEY_FILE], path);
         let code = CodeSpec {
             id: "app-1",
             seats: spec.seats,
@@ -219,6 +223,7 @@ impl Pool {
             server_id: id,
             pool_file,
             data_dir: &format!("data-{id}"),
+            pool_key_file: POOL_KEY_FILE,
             top: "",
             vendor: "acme",
             public_key: &self.public_key,

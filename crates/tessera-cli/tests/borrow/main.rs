@@ -59,7 +59,10 @@ fn free_pool(status: &StatusResponse) -> u32 {
 }
 
 /// Checks out `n` single seats on server `i`, each by its own client.
-async fn fill(pool: &Pool, i: usize, n: u32, tag: &str) {
+/// Checks out `n` seats on server `i`, one per client `TAG-k`; returns
+/// the grants as answered (with their proofs).
+async fn fill(pool: &Pool, i: usize, n: u32, tag: &str) -> Vec<serde_json::Value> {
+    let mut grants = Vec::new();
     for k in 0..n {
         let (code, body) = pool.checkout(i, &format!("{tag}-{k}"), 1).await;
         if code != 200 {
@@ -72,7 +75,9 @@ async fn fill(pool: &Pool, i: usize, n: u32, tag: &str) {
             }
         }
         assert_eq!(code, 200, "seat {k} on {}: {body}", pool.servers[i].id);
+        grants.push(body);
     }
+    grants
 }
 
 /// Seed 002 claim 2: B at 25 of 30 is above its 80% threshold and borrows a
@@ -196,7 +201,7 @@ async fn a_live_follower_gives_seats_only_with_its_consent() {
     let leader = pool.wait_leader(&[0, 1, 2]).await;
     // Whether or not B's report shows it full when C asks, B gives nothing
     // its clients hold.
-    fill(&pool, 1, 50, "b").await;
+    let b_grants = fill(&pool, 1, 50, "b").await;
     fill(&pool, 2, 50, "c").await;
     let (code, body) = pool.checkout(2, "c-51", 1).await;
     assert_eq!(code, 409, "{body}");
@@ -207,15 +212,15 @@ async fn a_live_follower_gives_seats_only_with_its_consent() {
         .await;
     assert_eq!(allocations(&status), vec![0, 50, 50]);
     // B checks one seat in: now it can consent, and C gets it.
-    let grant = {
-        let (code, body) = pool.checkout(1, "b-extra", 1).await;
-        assert_eq!(code, 409, "B is full: {body}");
-        pool.status(1).await.expect("status").grants[0].clone()
-    };
+    let (code, body) = pool.checkout(1, "b-extra", 1).await;
+    assert_eq!(code, 409, "B is full: {body}");
+    let grant = &b_grants[0];
     let response = pool
         .http
         .post(&pool.servers[1].address, "/v1/checkin")
-        .json(&serde_json::json!({"grant_id": grant.grant_id, "client_id": grant.client_id}))
+        .json(&serde_json::json!({
+            "grant_id": grant["grant_id"], "client_id": "b-0", "proof": grant["proof"],
+        }))
         .send()
         .await
         .expect("checkin");

@@ -153,7 +153,36 @@ impl Fixture {
         ])
         .await
         .success();
+        let pool_key = fixture.pool_key_file();
+        tessera([
+            OsStr::new("pool"),
+            OsStr::new("key"),
+            OsStr::new("--out"),
+            pool_key.as_os_str(),
+        ])
+        .await
+        .success();
         fixture
+    }
+
+    /// The pool key every server of this fixture shares, made by `tessera
+    /// pool key`.
+    pub fn pool_key_file(&self) -> PathBuf {
+        self.path().join("pool.key")
+    }
+
+    /// The proof a server of this fixture answers for a grant: what its
+    /// holder keeps, and what an attacker does not have.
+    pub fn proof(&self, grant_id: &str, client_id: &str, feature: &str, count: u32) -> String {
+        let text = std::fs::read_to_string(self.pool_key_file()).expect("read the pool key");
+        let key = tessera_core::PoolKey::parse(&text).expect("a pool key");
+        let claim = tessera_core::GrantClaim {
+            grant_id,
+            client_id,
+            feature,
+            count,
+        };
+        tessera_core::grant_proof::prove(&key, &claim).to_string()
     }
 
     pub fn path(&self) -> &Path {
@@ -246,6 +275,8 @@ impl Fixture {
             server_id: &spec.server_id,
             pool_file: "pool.toml",
             data_dir: "data",
+            // Beside the server directories: one key for the fixture.
+            pool_key_file: "../pool.key",
             top: &spec.config_top,
             vendor: VENDOR,
             public_key: &self.public_key_base64(),
@@ -505,10 +536,18 @@ pub fn checkout_body(client_id: &str, feature: &str, count: u32) -> Value {
     })
 }
 
-/// The heartbeat that renews (or converts) `grant_id` held by `client_id`.
-pub fn heartbeat_body(grant_id: &str, client_id: &str, feature: &str, count: u32) -> Value {
+/// The heartbeat that renews (or converts) `grant_id` held by `client_id`,
+/// with the grant's `proof`.
+pub fn heartbeat_body(
+    grant_id: &str,
+    client_id: &str,
+    feature: &str,
+    count: u32,
+    proof: &str,
+) -> Value {
     let mut body = checkout_body(client_id, feature, count);
     body["grant_id"] = grant_id.into();
+    body["proof"] = proof.into();
     body
 }
 

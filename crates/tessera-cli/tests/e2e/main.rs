@@ -12,11 +12,14 @@
 //! - [`restart`]: `kill -9` under load and restart, a damaged store.
 //! - [`codes`]: tampered, expired and host-bound license codes.
 //! - [`api`]: bad requests, each with its stable error code.
+//! - [`proofs`]: grants bound to their holders, against a status reader
+//!   who tries to release, renew or squat seats; the pool key.
 //! - [`cli`]: `tessera demo` and `tessera status`.
 
 mod api;
 mod cli;
 mod codes;
 mod fixture;
+mod proofs;
 mod restart;
 mod seats;

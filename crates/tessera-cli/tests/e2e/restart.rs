@@ -30,8 +30,8 @@ const REQUESTS_PER_TASK_MAX: u32 = 20_000;
 #[derive(Default)]
 struct Ledger {
     /// Grants the server acknowledged and no check-in was sent for: grant id
-    /// to (client id, seats). Each must survive the kill.
-    held: Mutex<HashMap<String, (String, u32)>>,
+    /// to (client id, seats, proof). Each must survive the kill.
+    held: Mutex<HashMap<String, (String, u32, String)>>,
     /// Seats of `held`, which the clients hold at once.
     seats_held: AtomicU32,
     checkouts: AtomicU32,
@@ -43,7 +43,7 @@ struct Ledger {
 }
 
 impl Ledger {
-    fn acquired(&self, grant_id: String, client_id: &str, count: u32) {
+    fn acquired(&self, grant_id: String, client_id: &str, count: u32, proof: String) {
         let before = self.seats_held.fetch_add(count, Ordering::SeqCst);
         if before + count > HARD_LIMIT {
             self.fault(format!(
@@ -55,7 +55,7 @@ impl Ledger {
         self.held
             .lock()
             .unwrap()
-            .insert(grant_id, (client_id.to_string(), count));
+            .insert(grant_id, (client_id.to_string(), count, proof));
     }
 
     /// Called before the check-in is sent: from then on the grant may be gone.
@@ -94,7 +94,7 @@ async fn load_client(
     task: usize,
 ) {
     let client_id = format!("load-{task}");
-    let mut mine: VecDeque<(String, u32)> = VecDeque::new();
+    let mut mine: VecDeque<(String, u32, String)> = VecDeque::new();
     let mut check_in_next = false;
     for round in 0..REQUESTS_PER_TASK_MAX {
         if ledger.killed.load(Ordering::SeqCst) {
@@ -102,11 +102,12 @@ async fn load_client(
         }
         if check_in_next || mine.len() >= HELD_PER_TASK_MAX {
             check_in_next = false;
-            let Some((grant_id, count)) = mine.pop_front() else {
+            let Some((grant_id, count, proof)) = mine.pop_front() else {
                 continue;
             };
             ledger.releasing(&grant_id, count);
-            let body = serde_json::json!({"grant_id": grant_id, "client_id": client_id});
+            let body =
+                serde_json::json!({"grant_id": grant_id, "client_id": client_id, "proof": proof});
             match post(&http, &address, "/v1/checkin", &body).await {
                 Ok((200, answer)) if answer["released_seats"].as_u64() == Some(count.into()) => {}
                 Ok(other) => ledger.fault(format!("check-in of {grant_id}: {other:?}")),
@@ -120,8 +121,9 @@ async fn load_client(
         match post(&http, &address, "/v1/checkout", &body).await {
             Ok((200, grant)) => {
                 let grant_id = grant["grant_id"].as_str().unwrap_or_default().to_string();
-                ledger.acquired(grant_id.clone(), &client_id, count);
-                mine.push_back((grant_id, count));
+                let proof = grant["proof"].as_str().unwrap_or_default().to_string();
+                ledger.acquired(grant_id.clone(), &client_id, count, proof.clone());
+                mine.push_back((grant_id, count, proof));
             }
             Ok((409, answer)) if answer["error"]["code"] == "no_seats_available" => {
                 ledger.denials.fetch_add(1, Ordering::SeqCst);
@@ -223,7 +225,7 @@ async fn kill_9_under_load_then_restart_keeps_every_grant_and_the_hard_limit() {
         lost.len(),
         held.len()
     );
-    for (grant_id, (_, count)) in &held {
+    for (grant_id, (_, count, _)) in &held {
         assert_eq!(restored[grant_id.as_str()], *count, "grant {grant_id}");
     }
     // Grants checked in or unanswered just before the kill may be back too,
@@ -233,11 +235,11 @@ async fn kill_9_under_load_then_restart_keeps_every_grant_and_the_hard_limit() {
     assert!(in_use(&status, "cad") <= HARD_LIMIT, "{status:#?}");
 
     // A restored grant is renewed by its holder, not converted.
-    let (grant_id, (client_id, count)) = held.iter().next().expect("checked above");
+    let (grant_id, (client_id, count, proof)) = held.iter().next().expect("checked above");
     let renewed = server
         .post(
             "/v1/heartbeat",
-            &heartbeat_body(grant_id, client_id, "cad", *count),
+            &heartbeat_body(grant_id, client_id, "cad", *count, proof),
         )
         .await
         .ok();

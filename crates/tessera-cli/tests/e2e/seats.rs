@@ -65,6 +65,7 @@ async fn checkout_to_the_hard_limit_then_denied_and_checkin_frees_a_seat() {
     let by_cli = cli_checkout(&server, "cad").await;
     let cli_grant_id = by_cli["grant_id"].as_str().expect("grant_id").to_string();
     let cli_client_id = by_cli["client_id"].as_str().expect("client_id").to_string();
+    let cli_proof = by_cli["proof"].as_str().expect("proof").to_string();
     assert_eq!(by_cli["server_id"].as_str(), Some("A"), "{by_cli}");
     check(&server, "cad", 3, "after the CLI checkout").await;
 
@@ -93,7 +94,11 @@ async fn checkout_to_the_hard_limit_then_denied_and_checkin_frees_a_seat() {
     let released = server
         .post(
             "/v1/checkin",
-            &serde_json::json!({"grant_id": by_http["grant_id"], "client_id": "http-client"}),
+            &serde_json::json!({
+                "grant_id": by_http["grant_id"],
+                "client_id": "http-client",
+                "proof": by_http["proof"],
+            }),
         )
         .await
         .ok();
@@ -101,10 +106,16 @@ async fn checkout_to_the_hard_limit_then_denied_and_checkin_frees_a_seat() {
     check(&server, "cad", 3, "after the HTTP check-in").await;
 
     // ...and `tessera checkin` frees the detached one.
-    let checked_in =
-        tessera(server.cli(&["checkin", &cli_grant_id, "--client-id", &cli_client_id]))
-            .await
-            .success();
+    let checked_in = tessera(server.cli(&[
+        "checkin",
+        &cli_grant_id,
+        "--client-id",
+        &cli_client_id,
+        "--proof",
+        &cli_proof,
+    ]))
+    .await
+    .success();
     assert!(
         checked_in.stdout.contains("1 seats returned"),
         "{checked_in}"
@@ -194,11 +205,13 @@ async fn a_server_without_its_store_accepts_only_renewals_until_its_grace_ends()
         .post("/v1/checkout", &checkout_body("new-client", "cad", 1))
         .await
         .refused(503, "grace_period");
-    // A holder from before the restart renews: the server converts it.
+    // A holder from before the restart renews with its grant's proof: the
+    // server converts it.
+    let proof = fixture.proof("held-before-restart", "old-client", "cad", 1);
     let renewed = server
         .post(
             "/v1/heartbeat",
-            &heartbeat_body("held-before-restart", "old-client", "cad", 1),
+            &heartbeat_body("held-before-restart", "old-client", "cad", 1, &proof),
         )
         .await
         .ok();

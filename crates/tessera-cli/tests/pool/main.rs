@@ -9,6 +9,7 @@ use tessera_testkit::{
     one_pool_at_a_time, pool_available, row, CodeSpec, Pool, PoolSpec, PATIENCE,
 };
 
+mod proofs;
 mod recovery;
 mod reliability;
 

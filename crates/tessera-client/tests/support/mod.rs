@@ -1,5 +1,7 @@
 //! A fake pool of Tessera servers on loopback: each answers checkouts,
 //! heartbeats and check-ins from a mode the test sets, and counts what it saw.
+//! Like a real pool, it answers every grant with a proof ([`proof_of`]) and
+//! refuses a heartbeat or check-in without it (`grant_proof_invalid`).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -14,7 +16,7 @@ use axum::{Json, Router};
 use tessera_client::ClientConfig;
 use tessera_proto::{
     CheckinRequest, CheckinResponse, CheckoutRequest, ErrorBody, ErrorCode, ErrorDetail, Grant,
-    HeartbeatRequest, ServerInfo, ServerStatus, StatusResponse,
+    HeartbeatRequest, Proof, ServerInfo, ServerStatus, StatusResponse,
 };
 use tokio::task::JoinHandle;
 
@@ -40,6 +42,14 @@ pub struct FakeServer {
     heartbeats: AtomicU32,
     checkins: AtomicU32,
     grants_issued: AtomicU32,
+    /// Heartbeats and check-ins refused for a missing or wrong proof.
+    proofs_refused: AtomicU32,
+}
+
+/// The proof every server of the fake pool answers for `grant_id` (a real
+/// pool's is an HMAC under the pool key; any server can check it).
+pub fn proof_of(grant_id: &str) -> Proof {
+    Proof(format!("proof-of-{grant_id}"))
 }
 
 impl FakeServer {
@@ -67,12 +77,26 @@ impl FakeServer {
         self.checkins.load(Ordering::SeqCst)
     }
 
+    pub fn proofs_refused(&self) -> u32 {
+        self.proofs_refused.load(Ordering::SeqCst)
+    }
+
+    /// The refusal of a request whose proof is not the grant's, if it is not.
+    fn proof_refusal(&self, grant_id: &str, proof: &Proof) -> Option<Response> {
+        if *proof == proof_of(grant_id) {
+            return None;
+        }
+        self.proofs_refused.fetch_add(1, Ordering::SeqCst);
+        Some(refusal(ErrorCode::GrantProofInvalid, self))
+    }
+
     pub fn holds(&self, grant_id: &str) -> bool {
         self.held.lock().unwrap().contains_key(grant_id)
     }
 
     fn grant(&self, grant_id: String, count: u32, feature: String, converted: bool) -> Grant {
         self.held.lock().unwrap().insert(grant_id.clone(), count);
+        let proof = proof_of(&grant_id);
         Grant {
             grant_id,
             feature,
@@ -82,6 +106,7 @@ impl FakeServer {
             heartbeat_interval_ms: self.heartbeat_interval_ms,
             servers: self.servers.clone(),
             converted,
+            proof,
         }
     }
 
@@ -127,6 +152,7 @@ impl Pool {
                 heartbeats: AtomicU32::new(0),
                 checkins: AtomicU32::new(0),
                 grants_issued: AtomicU32::new(0),
+                proofs_refused: AtomicU32::new(0),
             });
             let router = Router::new()
                 .route("/v1/checkout", post(checkout))
@@ -230,6 +256,9 @@ async fn heartbeat(
     Json(request): Json<HeartbeatRequest>,
 ) -> Result<Json<Grant>, Response> {
     arrive(&server, &server.heartbeats, &server.heartbeat_mode).await?;
+    if let Some(refused) = server.proof_refusal(&request.grant_id, &request.proof) {
+        return Err(refused);
+    }
     let converted = !server.holds(&request.grant_id);
     Ok(Json(server.grant(
         request.grant_id,
@@ -244,6 +273,9 @@ async fn checkin(
     Json(request): Json<CheckinRequest>,
 ) -> Response {
     server.checkins.fetch_add(1, Ordering::SeqCst);
+    if let Some(refused) = server.proof_refusal(&request.grant_id, &request.proof) {
+        return refused;
+    }
     let released = server.held.lock().unwrap().remove(&request.grant_id);
     match released {
         Some(released_seats) => Json(CheckinResponse { released_seats }).into_response(),

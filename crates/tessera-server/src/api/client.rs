@@ -16,8 +16,8 @@ use tessera_proto::{
 use super::auth::Caller;
 use super::{api_error, ApiError, JsonBody};
 use crate::config::PublicStatus;
-use crate::issuer::{Issued, Origin, SeatRequest};
-use crate::service::Deadline;
+use crate::issuer::{Origin, SeatRequest};
+use crate::service::{Deadline, Granted};
 use crate::App;
 
 pub(super) fn routes() -> Router<Arc<App>> {
@@ -51,6 +51,7 @@ async fn noop(JsonBody(body): JsonBody<CheckoutRequest>) -> Json<proto::Grant> {
         heartbeat_interval_ms: 0,
         servers: Vec::new(),
         converted: false,
+        proof: proto::Proof("0000000000000000000000000000000000000000000".to_string()),
     })
 }
 
@@ -71,7 +72,9 @@ async fn heartbeat(
     check_field("grant_id", &body.grant_id)?;
     let deadline = Deadline::from(&app, body.answer_within_ms);
     let request = seat_request(body.as_checkout(), body.renewal)?;
-    let granted = app.heartbeat(body.grant_id, request, deadline).await?;
+    let granted = app
+        .heartbeat(body.grant_id, request, body.proof.as_str(), deadline)
+        .await?;
     Ok(Json(wire_grant(&app, granted)))
 }
 
@@ -81,7 +84,9 @@ async fn checkin(
 ) -> Result<Json<CheckinResponse>, ApiError> {
     check_field("grant_id", &body.grant_id)?;
     check_field("client_id", &body.client_id)?;
-    let released_seats = app.checkin(&body.grant_id, &body.client_id).await?;
+    let released_seats = app
+        .checkin(&body.grant_id, &body.client_id, body.proof.as_str())
+        .await?;
     Ok(Json(CheckinResponse { released_seats }))
 }
 
@@ -109,8 +114,15 @@ async fn status(
 }
 
 /// The grant as the client is told of it; `app` is the server that issued it.
-fn wire_grant(app: &App, granted: Issued) -> proto::Grant {
+fn wire_grant(
+    app: &App,
+    Granted {
+        issued: granted,
+        proof,
+    }: Granted,
+) -> proto::Grant {
     proto::Grant {
+        proof: proto::Proof(proof.to_string()),
         grant_id: granted.grant_id,
         feature: granted.feature,
         count: granted.count,

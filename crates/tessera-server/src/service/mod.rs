@@ -7,6 +7,12 @@
 //! roll back when the store failed or the client stopped waiting. Once a
 //! grant stands, the pool is told of the copies it made stale
 //! ([`crate::copies`]).
+//!
+//! Every grant is bound to its holder by a proof under the pool's key
+//! ([`tessera_core::grant_proof`]): answered with the grant, checked here
+//! before a heartbeat reaches the issuer (a renewal, or a fail-over
+//! conversion, grace period or not) and before a check-in releases
+//! anything. A refusal says nothing of the grant's real holder.
 
 mod borrow;
 
@@ -14,9 +20,11 @@ pub use borrow::Need;
 
 use std::sync::Arc;
 
+use tessera_core::grant_proof::{self, GrantClaim, GrantProof, ProofRefused};
+use tessera_core::PoolKey;
 use tessera_proto::{self as proto, ErrorCode};
 
-use crate::issuer::{Issued, Now, SeatRequest};
+use crate::issuer::{Issued, Issuer, Now, SeatRequest};
 use crate::refusal::Refusal;
 use crate::App;
 
@@ -35,6 +43,14 @@ impl Ask {
             Ask::Heartbeat => "heartbeat",
         }
     }
+}
+
+/// A grant as answered: what the issuer made, and the proof its client
+/// sends back with every heartbeat and the check-in.
+#[derive(Debug)]
+pub struct Granted {
+    pub issued: Issued,
+    pub proof: GrantProof,
 }
 
 /// When a request arrived and how long its client waits for the answer.
@@ -68,31 +84,40 @@ impl App {
         self: &Arc<Self>,
         request: SeatRequest,
         deadline: Deadline,
-    ) -> Result<Issued, Refusal> {
+    ) -> Result<Granted, Refusal> {
         let grant_id = (self.grant_ids)();
         self.seats(Ask::Checkout, grant_id, request, deadline).await
     }
 
     /// A heartbeat: renews a grant held here, or converts one held elsewhere
-    /// (fail-over) into a grant of this server with the same id.
+    /// (fail-over) into a grant of this server with the same id. Either
+    /// only with the grant's proof: a made-up grant id takes no seat.
     pub async fn heartbeat(
         self: &Arc<Self>,
         grant_id: String,
         request: SeatRequest,
+        proof: &str,
         deadline: Deadline,
-    ) -> Result<Issued, Refusal> {
+    ) -> Result<Granted, Refusal> {
+        let claim = GrantClaim {
+            grant_id: &grant_id,
+            client_id: &request.client_id,
+            feature: &request.feature,
+            count: request.count,
+        };
+        self.check_proof("heartbeat", &claim, proof)?;
         self.seats(Ask::Heartbeat, grant_id, request, deadline)
             .await
     }
 
-    /// Issues (borrowing when short), persists and answers.
+    /// Issues (borrowing when short), persists and answers with the proof.
     async fn seats(
         self: &Arc<Self>,
         ask: Ask,
         grant_id: String,
         request: SeatRequest,
         deadline: Deadline,
-    ) -> Result<Issued, Refusal> {
+    ) -> Result<Granted, Refusal> {
         let issued = self
             .issue_with_borrowing(&request, deadline, |app| {
                 let now = Now {
@@ -107,20 +132,54 @@ impl App {
                 }
             })
             .await;
-        self.answer(ask.endpoint(), issued, deadline).await
+        let issued = self.answer(ask.endpoint(), issued, deadline).await?;
+        let proof = grant_proof::prove(
+            &self.pool_key,
+            &GrantClaim {
+                grant_id: &issued.grant_id,
+                client_id: &request.client_id,
+                feature: &issued.feature,
+                count: issued.count,
+            },
+        );
+        Ok(Granted { issued, proof })
     }
 
     /// A check-in: frees the grant's seats here and, through the pool, any
     /// copy of it on another server (from before a fail-over). Returns the
-    /// seats freed.
-    pub async fn checkin(&self, grant_id: &str, client_id: &str) -> Result<u32, Refusal> {
-        let result = self.issuer().checkin(grant_id, client_id);
+    /// seats freed. Only with the grant's proof, checked against the grant
+    /// as this server holds it.
+    pub async fn checkin(
+        &self,
+        grant_id: &str,
+        client_id: &str,
+        proof: &str,
+    ) -> Result<u32, Refusal> {
+        let result = {
+            let mut issuer = self.issuer();
+            check_checkin_proof(&issuer, &self.pool_key, grant_id, client_id, proof)
+                .and_then(|()| issuer.checkin(grant_id, client_id))
+        };
         self.count("checkin", &result);
         let released = result?;
         let released_seats = released.seats;
         self.supersede(&released.grant_id, proto::SupersededGrant::CHECKED_IN);
         self.released(vec![released]).await;
         Ok(released_seats)
+    }
+
+    /// Refuses, and counts, a request whose proof does not prove `claim`.
+    fn check_proof(
+        &self,
+        endpoint: &'static str,
+        claim: &GrantClaim,
+        proof: &str,
+    ) -> Result<(), Refusal> {
+        let result = verify_proof(endpoint, &self.pool_key, claim, proof);
+        if result.is_err() {
+            self.count(endpoint, &result);
+        }
+        result
     }
 
     /// Counts a request by endpoint and outcome (`ok` or the error code).
@@ -178,5 +237,152 @@ impl App {
             self.supersede(&issued.grant_id, renewal);
         }
         Ok(issued)
+    }
+}
+
+/// A check-in's proof, against the grant as `issuer` holds it under the
+/// client id the check-in names. A grant not held here is left to the
+/// issuer (`unknown_grant`).
+fn check_checkin_proof(
+    issuer: &Issuer,
+    key: &PoolKey,
+    grant_id: &str,
+    client_id: &str,
+    proof: &str,
+) -> Result<(), Refusal> {
+    let Some(grant) = issuer.grant(grant_id) else {
+        return Ok(());
+    };
+    let claim = GrantClaim {
+        grant_id,
+        client_id,
+        feature: &grant.request.feature,
+        count: grant.request.count,
+    };
+    verify_proof("check-in", key, &claim, proof)
+}
+
+/// Checks a request's proof; the refusal names the grant id the request
+/// gave and why, never the grant's holder.
+fn verify_proof(what: &str, key: &PoolKey, claim: &GrantClaim, proof: &str) -> Result<(), Refusal> {
+    grant_proof::verify(key, claim, proof).map_err(|reason| {
+        let advice = match reason {
+            ProofRefused::Missing => {
+                "send the `proof` the checkout answered (an SDK older than this server sends \
+                 none: update it)"
+            }
+            ProofRefused::Malformed | ProofRefused::Mismatch => {
+                "only the client the grant was issued to holds its proof, from the checkout's \
+                 answer; check out a seat of your own"
+            }
+        };
+        Refusal::new(
+            ErrorCode::GrantProofInvalid,
+            format!(
+                "{what} of grant {} refused: {reason}; {advice}",
+                claim.grant_id
+            ),
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::issuer::tests::{issuer_holding, request};
+
+    const HOLDER: &str = "holder-7f3a";
+
+    fn key() -> PoolKey {
+        PoolKey::from_bytes([9; 32])
+    }
+
+    /// The proof the checkout of `grant_id` by [`HOLDER`] answered (1 seat of `cad`).
+    fn holders_proof(grant_id: &str) -> String {
+        let claim = GrantClaim {
+            grant_id,
+            client_id: HOLDER,
+            feature: "cad",
+            count: 1,
+        };
+        grant_proof::prove(&key(), &claim).to_string()
+    }
+
+    /// Heartbeats and check-ins pass only with the holder's own proof; every
+    /// refusal is `grant_proof_invalid` and names neither the holder nor its
+    /// user or host. A grant not held here is the issuer's to answer.
+    #[test]
+    fn heartbeats_and_checkins_need_the_grants_proof() {
+        let issuer = {
+            let mut issuer = issuer_holding(3, &[]);
+            let held = SeatRequest {
+                client_id: HOLDER.into(),
+                user: "holder-user".into(),
+                host: "holder-host".into(),
+                ..request("c", 1)
+            };
+            issuer
+                .checkout("g1".into(), held, Now { ms: 0, unix_ms: 0 })
+                .unwrap();
+            issuer
+        };
+        let good = holders_proof("g1");
+        let other_key = grant_proof::prove(
+            &PoolKey::from_bytes([8; 32]),
+            &GrantClaim {
+                grant_id: "g1",
+                client_id: HOLDER,
+                feature: "cad",
+                count: 1,
+            },
+        )
+        .to_string();
+        let made_up = holders_proof("made-up");
+        // (client id, grant id, proof, count, passes)
+        let cases = [
+            (HOLDER, "g1", good.as_str(), 1, true),
+            (HOLDER, "g1", "", 1, false),
+            (HOLDER, "g1", "not-a-proof", 1, false),
+            (HOLDER, "g1", other_key.as_str(), 1, false),
+            (HOLDER, "g1", made_up.as_str(), 1, false),
+            (HOLDER, "g1", good.as_str(), 2, false),
+            ("attacker", "g1", good.as_str(), 1, false),
+            ("attacker", "g1", "", 1, false),
+        ];
+        for (client_id, grant_id, proof, count, passes) in cases {
+            let claim = GrantClaim {
+                grant_id,
+                client_id,
+                feature: "cad",
+                count,
+            };
+            let heartbeat = verify_proof("heartbeat", &key(), &claim, proof);
+            let checkin = if count == 1 {
+                check_checkin_proof(&issuer, &key(), grant_id, client_id, proof)
+            } else {
+                heartbeat.clone()
+            };
+            for (what, result) in [("heartbeat", heartbeat), ("check-in", checkin)] {
+                match result {
+                    Ok(()) => assert!(passes, "{what} by {client_id} with {proof:?} passed"),
+                    Err(refusal) => {
+                        assert!(!passes, "{what} by {client_id} refused: {refusal}");
+                        assert_eq!(refusal.code, ErrorCode::GrantProofInvalid);
+                        for secret in [HOLDER, "holder-user", "holder-host", good.as_str()] {
+                            assert!(
+                                !refusal.message.contains(secret),
+                                "{what}: the refusal shows `{secret}`: {}",
+                                refusal.message
+                            );
+                        }
+                    }
+                }
+            }
+        }
+        // A made-up grant id on check-in: not held here, `unknown_grant` follows.
+        assert_eq!(
+            check_checkin_proof(&issuer, &key(), "made-up", "attacker", ""),
+            Ok(())
+        );
     }
 }
