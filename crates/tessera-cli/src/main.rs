@@ -99,7 +99,7 @@ enum Command {
         #[arg(long)]
         client_id: String,
         /// The grant's proof, as printed by `tessera checkout`.
-        #[arg(long)]
+        #[arg(long, allow_hyphen_values = true)]
         proof: String,
         #[command(flatten)]
         servers: ServerArgs,
@@ -633,4 +633,29 @@ async fn shutdown_signal() {
         _ = terminate.recv() => {}
     }
     tracing::info!("shutting down");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A proof is base64url: one in 64 starts with `-`, which must not be
+    /// taken for a flag.
+    #[test]
+    fn a_proof_that_starts_with_a_dash_is_a_value() {
+        let cli = Cli::try_parse_from([
+            "tessera",
+            "checkin",
+            "g1",
+            "--client-id",
+            "c1",
+            "--proof",
+            "-8mFSXq1GGRP7jrGJzHbQUThIQx1zM1IX5lm7fmVEyA",
+        ])
+        .expect("parses");
+        let Command::Checkin { proof, .. } = cli.command else {
+            panic!("not a checkin");
+        };
+        assert!(proof.starts_with("-8m"));
+    }
 }
