@@ -459,6 +459,7 @@ mod tests {
         );
 
         let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("peer.credential"), "c".repeat(64)).unwrap();
         let config = ServerConfig::parse(MINIMAL, dir.path()).unwrap();
         let key_hex = "ab".repeat(32);
         let cases = [
