@@ -241,8 +241,14 @@ enum Io {
 
 /// An accepted connection: closed with an error once idle for
 /// [`IDLE_TIMEOUT`].
+///
+/// A read or write only notes the time; the timer is moved when it fires
+/// early, not on every byte, so that a busy connection costs no timer work.
 pub struct Connection {
     io: Io,
+    /// When a byte last went either way.
+    last_busy: Instant,
+    /// Fires at or before `last_busy + IDLE_TIMEOUT`.
     idle: Pin<Box<Sleep>>,
     _slot: Slot,
 }
@@ -251,23 +257,31 @@ impl Connection {
     fn new(io: Io, slot: Slot) -> Connection {
         Connection {
             io,
+            last_busy: Instant::now(),
             idle: Box::pin(tokio::time::sleep(IDLE_TIMEOUT)),
             _slot: slot,
         }
     }
 
     fn busy(&mut self) {
-        self.idle.as_mut().reset(Instant::now() + IDLE_TIMEOUT);
+        self.last_busy = Instant::now();
     }
 
     /// On a pending read or write: the idle deadline's error, once passed.
     fn idle_out(&mut self, cx: &mut Context<'_>) -> Poll<io::Error> {
-        match self.idle.as_mut().poll(cx) {
-            Poll::Ready(()) => Poll::Ready(io::Error::new(
-                io::ErrorKind::TimedOut,
-                "the connection was idle too long",
-            )),
-            Poll::Pending => Poll::Pending,
+        loop {
+            if self.idle.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            let deadline = self.last_busy + IDLE_TIMEOUT;
+            if Instant::now() >= deadline {
+                return Poll::Ready(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "the connection was idle too long",
+                ));
+            }
+            // Busy since the timer was set: wait until the new deadline.
+            self.idle.as_mut().reset(deadline);
         }
     }
 }
@@ -313,6 +327,32 @@ impl AsyncWrite for Connection {
                 Poll::Ready(result)
             }
             Poll::Pending => this.idle_out(cx).map(Err),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buffers: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let written = match &mut this.io {
+            Io::Plain(tcp) => Pin::new(tcp).poll_write_vectored(cx, buffers),
+            Io::Tls(tls) => Pin::new(tls.as_mut()).poll_write_vectored(cx, buffers),
+        };
+        match written {
+            Poll::Ready(result) => {
+                this.busy();
+                Poll::Ready(result)
+            }
+            Poll::Pending => this.idle_out(cx).map(Err),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match &self.io {
+            Io::Plain(tcp) => tcp.is_write_vectored(),
+            Io::Tls(tls) => tls.is_write_vectored(),
         }
     }
 
