@@ -155,9 +155,14 @@ enum AdminCommand {
         #[command(flatten)]
         change: ChangeArgs,
     },
-    /// Take a license code out of the pool (its seats must be free).
+    /// Take a license code out of the pool. Refused while clients hold
+    /// seats of its feature, unless `--force`.
     RemoveLicense {
         id: String,
+        /// Remove the code even while clients hold seats of its feature
+        /// (they keep them only until their leases run out).
+        #[arg(long)]
+        force: bool,
         #[command(flatten)]
         change: ChangeArgs,
     },
@@ -345,10 +350,10 @@ fn run(cli: Cli) -> Result<()> {
                     change.secret,
                     client_cmd::add_license_change(&file, to, change.sequence)?,
                 ),
-                AdminCommand::RemoveLicense { id, change } => (
+                AdminCommand::RemoveLicense { id, force, change } => (
                     change.servers,
                     change.secret,
-                    client_cmd::remove_license_change(id, change.sequence),
+                    client_cmd::remove_license_change(id, change.sequence, force),
                 ),
             };
             runtime()?.block_on(client_cmd::admin(servers.servers, secret, change))

@@ -124,6 +124,10 @@ pub(crate) fn disposition(code: ErrorCode) -> Disposition {
         | ErrorCode::MethodNotAllowed
         | ErrorCode::WrongPool
         | ErrorCode::PoolFileRefused
+        | ErrorCode::SeatsInUse
+        | ErrorCode::RaftOutOfRange
+        | ErrorCode::SnapshotRefused
+        | ErrorCode::BodyTimeout
         | ErrorCode::Internal
         | ErrorCode::Unknown => Disposition::TryNext,
     }
