@@ -218,6 +218,9 @@ impl ServerConfig {
         if raw.timing.snapshot_every_entries == 0 {
             return Err("timing.snapshot_every_entries must be above 0".into());
         }
+        if let Some(secret) = &raw.peer_secret {
+            check_peer_secret(secret)?;
+        }
         if raw.timing.store_batch_max == 0 || raw.timing.expiry_sweep_interval_ms == 0 {
             return Err(
                 "timing.store_batch_max and expiry_sweep_interval_ms must be above 0".into(),
@@ -238,6 +241,27 @@ impl ServerConfig {
             recover_pool: false,
         })
     }
+}
+
+/// Shortest `peer_secret` taken, in bytes. An empty one once let requests
+/// without any `Authorization` header in; a short one is guessed.
+pub const PEER_SECRET_BYTES_MIN: usize = 16;
+
+fn check_peer_secret(secret: &str) -> Result<(), String> {
+    if secret.trim().len() < PEER_SECRET_BYTES_MIN {
+        return Err(format!(
+            "peer_secret is {} bytes{}; it must be at least {PEER_SECRET_BYTES_MIN} bytes other \
+             than spaces (for example 32 random characters: `openssl rand -hex 16`), or left \
+             out",
+            secret.len(),
+            if secret.trim().is_empty() && !secret.is_empty() {
+                " of spaces"
+            } else {
+                ""
+            }
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -262,5 +286,25 @@ mod tests {
         assert!(err.contains("public key of `acme`"), "{err}");
         let err = ServerConfig::parse("server_id = 1", Path::new(".")).unwrap_err();
         assert!(err.contains("server_id"), "{err}");
+    }
+
+    /// `peer_secret = ""` once let peer and admin requests in without any
+    /// `Authorization` header: an empty, blank or short secret is refused.
+    #[test]
+    fn weak_peer_secrets_are_refused() {
+        let with = |secret: &str| {
+            ServerConfig::parse(
+                &format!(
+                    "server_id = \"A\"\npool_file = \"p\"\ndata_dir = \"d\"\npeer_secret = \"{secret}\"\n"
+                ),
+                Path::new("."),
+            )
+        };
+        for weak in ["", "   ", "\\t\\n", "short", "fifteen-bytes!!", "   padded-to-16  "] {
+            let err = with(weak).unwrap_err();
+            assert!(err.contains("at least 16 bytes"), "{weak:?}: {err}");
+        }
+        let strong = "0123456789abcdef";
+        assert_eq!(with(strong).unwrap().peer_secret.as_deref(), Some(strong));
     }
 }

@@ -52,5 +52,6 @@ async fn remove_license(
 }
 
 async fn change_pool(app: &App, change: AdminChange) -> Result<Json<PoolFileInstalled>, ApiError> {
-    Ok(Json(app.pool.admin_change(change).await?))
+    let own_in_use = app.issuer().in_use_counts();
+    Ok(Json(app.pool.admin_change(change, own_in_use).await?))
 }

@@ -18,6 +18,7 @@ use tessera_proto::{
 };
 
 use super::{api_error, ApiError, JsonBody};
+use crate::pool::bounds::Bounded;
 use crate::pool::types::{NodeId, TypeConfig};
 use crate::pool::{self, PeerCommand};
 use crate::App;
@@ -47,6 +48,7 @@ async fn append(
     State(app): State<Arc<App>>,
     JsonBody(request): JsonBody<AppendEntriesRequest<TypeConfig>>,
 ) -> Result<Response, ApiError> {
+    request.check_bounds()?;
     let term = request.vote.leader_id().term;
     app.pool.answers_leader(term)?;
     // Only an index committed in the leader's own term covers every entry
@@ -67,6 +69,7 @@ async fn vote(
     State(app): State<Arc<App>>,
     JsonBody(request): JsonBody<VoteRequest<NodeId>>,
 ) -> Result<Response, ApiError> {
+    request.check_bounds()?;
     if app.pool.refuses_votes().await {
         return Err(api_error(
             ErrorCode::NoQuorum,
@@ -83,8 +86,9 @@ async fn snapshot(
     State(app): State<Arc<App>>,
     JsonBody(request): JsonBody<InstallSnapshotRequest<TypeConfig>>,
 ) -> Result<Response, ApiError> {
+    request.check_bounds()?;
     app.pool.answers_leader(request.vote.leader_id().term)?;
-    Ok(Json(app.pool.raft.install_snapshot(request).await).into_response())
+    Ok(Json(app.pool.receive_snapshot(request).await?).into_response())
 }
 
 async fn hello(State(app): State<Arc<App>>) -> impl IntoResponse {
@@ -154,6 +158,7 @@ async fn command(
 
 /// Test-only: `{"on": true}` cuts every peer link of this server, both ways.
 #[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 struct PartitionSwitch {
     on: bool,
 }

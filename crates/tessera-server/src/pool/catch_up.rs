@@ -129,7 +129,12 @@ impl Pool {
                     .get::<PeerHello>(&server.address, "/v1/peer/hello")
                     .await
                 {
-                    if let Some(term) = hello.term {
+                    // A term above the limit is a broken or hostile
+                    // peer's: it would make every leader look stale.
+                    let term = hello
+                        .term
+                        .filter(|&term| term <= tessera_proto::RAFT_TERM_MAX);
+                    if let Some(term) = term {
                         answered += 1;
                         highest = highest.max(term);
                     }

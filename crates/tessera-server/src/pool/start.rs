@@ -127,6 +127,7 @@ impl Pool {
             recovering,
             term_floor: Mutex::new(None),
             log_store,
+            receiving: tokio::sync::Mutex::new(None),
         })
     }
 }
