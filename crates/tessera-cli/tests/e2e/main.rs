@@ -13,10 +13,12 @@
 //! - [`codes`]: tampered, expired and host-bound license codes.
 //! - [`api`]: bad requests, each with its stable error code.
 //! - [`cli`]: `tessera demo` and `tessera status`.
+//! - [`hostile`]: remove-license while seats are held, a weak peer secret.
 
 mod api;
 mod cli;
 mod codes;
 mod fixture;
+mod hostile;
 mod restart;
 mod seats;
