@@ -79,12 +79,11 @@ pub fn next_pool_file(
         }
     }
     let mut next = current.clone();
-    next.sequence =
-        current
-            .next_sequence()
-            .ok_or(PoolFileChangeError::SequenceExhausted {
-                sequence: current.sequence,
-            })?;
+    next.sequence = current
+        .next_sequence()
+        .ok_or(PoolFileChangeError::SequenceExhausted {
+            sequence: current.sequence,
+        })?;
     match change {
         PoolFileChange::Distribution { feature, servers } => {
             set_distribution(current, &mut next, feature, servers)?

@@ -61,26 +61,75 @@ pub fn extreme_strings() -> Vec<String> {
 
 /// Tokens spliced into text: bits of JSON and TOML syntax.
 const TOKENS: &[&str] = &[
-    "{", "}", "[", "]", ",", ":", "\"", "null", "true", "[[license]]", "[[servers]]", "=", "\n",
-    "#", "'''", "\"\"\"", "[distribution.cad]", "{\"a\":", "\\u", "\u{0}",
+    "{",
+    "}",
+    "[",
+    "]",
+    ",",
+    ":",
+    "\"",
+    "null",
+    "true",
+    "[[license]]",
+    "[[servers]]",
+    "=",
+    "\n",
+    "#",
+    "'''",
+    "\"\"\"",
+    "[distribution.cad]",
+    "{\"a\":",
+    "\\u",
+    "\u{0}",
 ];
 
 /// One change to a byte string.
 #[derive(Clone, Debug)]
 pub enum Mutation {
-    FlipBit { at: Index, bit: u8 },
-    SetByte { at: Index, byte: u8 },
-    Insert { at: Index, bytes: Vec<u8> },
-    InsertToken { at: Index, token: Index },
-    Remove { at: Index, len: usize },
-    Truncate { at: Index },
-    Duplicate { at: Index, len: usize },
+    FlipBit {
+        at: Index,
+        bit: u8,
+    },
+    SetByte {
+        at: Index,
+        byte: u8,
+    },
+    Insert {
+        at: Index,
+        bytes: Vec<u8>,
+    },
+    InsertToken {
+        at: Index,
+        token: Index,
+    },
+    Remove {
+        at: Index,
+        len: usize,
+    },
+    Truncate {
+        at: Index,
+    },
+    Duplicate {
+        at: Index,
+        len: usize,
+    },
     /// A piece of another seed put in.
-    Splice { seed: Index, from: Index, len: usize, at: Index },
+    Splice {
+        seed: Index,
+        from: Index,
+        len: usize,
+        at: Index,
+    },
     /// The n-th number in the text replaced by an extreme one.
-    Number { which: Index, value: Index },
+    Number {
+        which: Index,
+        value: Index,
+    },
     /// The n-th quoted string's content replaced by an odd one.
-    Text { which: Index, value: Index },
+    Text {
+        which: Index,
+        value: Index,
+    },
 }
 
 fn mutation() -> impl Strategy<Value = Mutation> {
@@ -106,7 +155,11 @@ fn number_spans(bytes: &[u8]) -> Vec<(usize, usize)> {
     let mut i = 0;
     while i < bytes.len() {
         if bytes[i].is_ascii_digit() {
-            let start = if i > 0 && bytes[i - 1] == b'-' { i - 1 } else { i };
+            let start = if i > 0 && bytes[i - 1] == b'-' {
+                i - 1
+            } else {
+                i
+            };
             let mut end = i;
             while end < bytes.len() && bytes[end].is_ascii_digit() {
                 end += 1;
@@ -190,7 +243,12 @@ impl Mutation {
                 let piece: Vec<u8> = bytes[i..end].to_vec();
                 bytes.splice(end..end, piece);
             }
-            Mutation::Splice { seed, from, len, at } => {
+            Mutation::Splice {
+                seed,
+                from,
+                len,
+                at,
+            } => {
                 if let Some(other) = pick(seeds, seed) {
                     let start = position(other, from);
                     let end = (start + len).min(other.len());
@@ -209,8 +267,8 @@ impl Mutation {
                     let strings = extreme_strings();
                     // Escaped as JSON would, so the result stays a string
                     // of the document more often than not.
-                    let escaped = serde_json::to_string(value.get(&strings))
-                        .expect("a string serializes");
+                    let escaped =
+                        serde_json::to_string(value.get(&strings)).expect("a string serializes");
                     let inner = escaped.as_bytes()[1..escaped.len() - 1].to_vec();
                     bytes.splice(start..end, inner);
                 }
@@ -220,10 +278,7 @@ impl Mutation {
 }
 
 /// A seed from `seeds`, changed by up to `max_mutations` mutations.
-pub fn mutated_bytes(
-    seeds: Vec<Vec<u8>>,
-    max_mutations: usize,
-) -> impl Strategy<Value = Vec<u8>> {
+pub fn mutated_bytes(seeds: Vec<Vec<u8>>, max_mutations: usize) -> impl Strategy<Value = Vec<u8>> {
     assert!(!seeds.is_empty(), "a fuzz target needs a seed");
     (
         any::<Index>(),
@@ -250,7 +305,11 @@ pub fn mutated_text(seeds: Vec<String>, max_mutations: usize) -> impl Strategy<V
 #[derive(Clone, Debug)]
 pub enum JsonMutation {
     /// An object gains a field it does not know.
-    AddField { node: Index, name: Index, value: Index },
+    AddField {
+        node: Index,
+        name: Index,
+        value: Index,
+    },
     /// A field or element goes.
     Remove { node: Index },
     /// A value becomes one of another type, or an extreme of its own.
@@ -260,7 +319,15 @@ pub enum JsonMutation {
 }
 
 const FIELD_NAMES: &[&str] = &[
-    "sneaky", "force", "term", "index", "seats", "count", "server_id", "", "__proto__",
+    "sneaky",
+    "force",
+    "term",
+    "index",
+    "seats",
+    "count",
+    "server_id",
+    "",
+    "__proto__",
 ];
 
 /// Values put in place of others.
@@ -327,7 +394,10 @@ impl JsonMutation {
                     let pointer = (*pointer).clone();
                     let values = replacement_values();
                     if let Some(Value::Object(map)) = document.pointer_mut(&pointer) {
-                        map.insert(name.get(FIELD_NAMES).to_string(), value.get(&values).clone());
+                        map.insert(
+                            name.get(FIELD_NAMES).to_string(),
+                            value.get(&values).clone(),
+                        );
                     }
                 }
             }

@@ -121,16 +121,33 @@ impl Answer {
         if (200..300).contains(&self.status) {
             return serde_json::from_slice::<serde_json::Value>(&self.body)
                 .map(|_| ())
-                .map_err(|err| format!("{} answer is not JSON ({err}): {}", self.status, self.text()));
+                .map_err(|err| {
+                    format!(
+                        "{} answer is not JSON ({err}): {}",
+                        self.status,
+                        self.text()
+                    )
+                });
         }
         let Some(error) = self.error() else {
-            return Err(format!("{} answer is not an error body: {}", self.status, self.text()));
+            return Err(format!(
+                "{} answer is not an error body: {}",
+                self.status,
+                self.text()
+            ));
         };
         if error.error.code == ErrorCode::Unknown || error.error.message.is_empty() {
-            return Err(format!("{} answer without a stable code and a sentence: {}", self.status, self.text()));
+            return Err(format!(
+                "{} answer without a stable code and a sentence: {}",
+                self.status,
+                self.text()
+            ));
         }
         if error.error.code.http_status() != self.status {
-            return Err(format!("code {} answered with status {}", error.error.code, self.status));
+            return Err(format!(
+                "code {} answered with status {}",
+                error.error.code, self.status
+            ));
         }
         if self.status == 500 {
             return Err(format!("the server failed: {}", self.text()));
@@ -205,7 +222,9 @@ impl InProcess {
             .expect("a runtime");
         let shm = std::path::Path::new("/dev/shm");
         let dir = if shm.is_dir() {
-            tempfile::Builder::new().prefix("tessera-fuzz-").tempdir_in(shm)
+            tempfile::Builder::new()
+                .prefix("tessera-fuzz-")
+                .tempdir_in(shm)
         } else {
             tempfile::Builder::new().prefix("tessera-fuzz-").tempdir()
         }
@@ -223,7 +242,11 @@ impl InProcess {
             None => "127.0.0.1:9".parse().expect("an address"),
         };
         let key = vendor_key();
-        let pool = pool_text(1, &address, &license_text(&key, &[(CODE_ID, FEATURE, SEATS)]));
+        let pool = pool_text(
+            1,
+            &address,
+            &license_text(&key, &[(CODE_ID, FEATURE, SEATS)]),
+        );
         std::fs::write(dir.path().join("pool.toml"), &pool).expect("write the pool file");
         let config = format!(
             "server_id = \"{SERVER_ID}\"\npool_file = \"pool.toml\"\ndata_dir = \"data\"\n\
@@ -231,7 +254,8 @@ impl InProcess {
              [[vendors]]\nname = \"acme\"\npublic_key = \"{}\"\n",
             key.public().to_base64()
         );
-        let config = tessera_server::ServerConfig::parse(&config, dir.path()).expect("a valid config");
+        let config =
+            tessera_server::ServerConfig::parse(&config, dir.path()).expect("a valid config");
         let (shutdown, stopped) = tokio::sync::oneshot::channel::<()>();
         let stopped = async move {
             let _ = stopped.await;
@@ -281,6 +305,15 @@ impl InProcess {
 
     fn runtime(&self) -> &tokio::runtime::Runtime {
         self.runtime.as_ref().expect("running")
+    }
+
+    /// Spawns `future` on the server's runtime.
+    pub fn spawn<F>(&self, future: F) -> tokio::task::JoinHandle<F::Output>
+    where
+        F: std::future::Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        self.runtime().spawn(future)
     }
 
     /// Runs `future` on the server's runtime (from a test's thread).
@@ -399,7 +432,10 @@ impl InProcess {
     pub fn assert_whole(&self) {
         assert_eq!(self.panics(), Vec::<String>::new(), "the server panicked");
         let status = self.status();
-        assert_ne!(status.server.role, "stopped", "its Raft stopped: {status:#?}");
+        assert_ne!(
+            status.server.role, "stopped",
+            "its Raft stopped: {status:#?}"
+        );
     }
 
     /// Asserts the server is whole after hostile input: nothing panicked,

@@ -532,7 +532,10 @@ mod tests {
             ..plain
         };
         let text = serde_json::to_string(&forced).unwrap();
-        assert_eq!(serde_json::from_str::<RemoveLicense>(&text).unwrap(), forced);
+        assert_eq!(
+            serde_json::from_str::<RemoveLicense>(&text).unwrap(),
+            forced
+        );
     }
 }
 

@@ -300,7 +300,14 @@ mod tests {
                 Path::new("."),
             )
         };
-        for weak in ["", "   ", "\\t\\n", "short", "fifteen-bytes!!", "   padded-to-16  "] {
+        for weak in [
+            "",
+            "   ",
+            "\\t\\n",
+            "short",
+            "fifteen-bytes!!",
+            "   padded-to-16  ",
+        ] {
             let err = with(weak).unwrap_err();
             assert!(err.contains("at least 16 bytes"), "{weak:?}: {err}");
         }

@@ -110,7 +110,12 @@ impl ControlState {
                 return Err(format!(
                     "feature `{feature}`: allocations of servers [{}], but the pool's servers \
                      are [{}]",
-                    allocation.servers.keys().cloned().collect::<Vec<_>>().join(", "),
+                    allocation
+                        .servers
+                        .keys()
+                        .cloned()
+                        .collect::<Vec<_>>()
+                        .join(", "),
                     servers.join(", ")
                 ));
             }

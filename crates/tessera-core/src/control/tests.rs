@@ -520,30 +520,72 @@ fn snapshots_that_break_the_invariants_are_refused() {
     assert_eq!(from_snapshot(&empty).unwrap(), ControlState::default());
     type Edit = fn(&mut serde_json::Value);
     let cases: [(&str, Edit, &str); 9] = [
-        ("a seat made", |s| s["allocations"]["app"]["free_pool"] = 11.into(), "add to 101, not 100"),
-        ("a seat lost", |s| s["allocations"]["app"]["servers"]["A"] = 29.into(), "add to 99, not 100"),
-        ("more seats than the codes", |s| {
-            s["allocations"]["app"]["nominal_seats"] = 101.into();
-            s["allocations"]["app"]["free_pool"] = 11.into();
-        }, "counts 101 seats but its codes carry 100"),
-        ("a feature without codes", |s| {
-            s["allocations"]["cam"] = s["allocations"]["app"].clone();
-        }, "features [app, cam]"),
-        ("a feature without allocation", |s| {
-            s["allocations"] = serde_json::json!({});
-        }, "the pool file's codes name [app]"),
-        ("a server not in the pool", |s| {
-            s["allocations"]["app"]["servers"]["D"] = 0.into();
-        }, "allocations of servers [A, B, C, D]"),
-        ("a request id not yet given", |s| s["next_request_id"] = 0.into(), "request 0 is not below"),
-        ("allocations without a pool file", |s| s["pool_text"] = serde_json::Value::Null, "without an installed pool file"),
-        ("a pool file that does not parse", |s| s["pool_text"] = "pool_id = ".into(), "not valid TOML"),
+        (
+            "a seat made",
+            |s| s["allocations"]["app"]["free_pool"] = 11.into(),
+            "add to 101, not 100",
+        ),
+        (
+            "a seat lost",
+            |s| s["allocations"]["app"]["servers"]["A"] = 29.into(),
+            "add to 99, not 100",
+        ),
+        (
+            "more seats than the codes",
+            |s| {
+                s["allocations"]["app"]["nominal_seats"] = 101.into();
+                s["allocations"]["app"]["free_pool"] = 11.into();
+            },
+            "counts 101 seats but its codes carry 100",
+        ),
+        (
+            "a feature without codes",
+            |s| {
+                s["allocations"]["cam"] = s["allocations"]["app"].clone();
+            },
+            "features [app, cam]",
+        ),
+        (
+            "a feature without allocation",
+            |s| {
+                s["allocations"] = serde_json::json!({});
+            },
+            "the pool file's codes name [app]",
+        ),
+        (
+            "a server not in the pool",
+            |s| {
+                s["allocations"]["app"]["servers"]["D"] = 0.into();
+            },
+            "allocations of servers [A, B, C, D]",
+        ),
+        (
+            "a request id not yet given",
+            |s| s["next_request_id"] = 0.into(),
+            "request 0 is not below",
+        ),
+        (
+            "allocations without a pool file",
+            |s| s["pool_text"] = serde_json::Value::Null,
+            "without an installed pool file",
+        ),
+        (
+            "a pool file that does not parse",
+            |s| s["pool_text"] = "pool_id = ".into(),
+            "not valid TOML",
+        ),
     ];
     for (name, edit, expected) in cases {
         let mut tampered = good.clone();
         edit(&mut tampered);
-        let err = from_snapshot(&tampered).map(|_| ()).unwrap_err().to_string();
-        assert!(err.contains(expected), "{name}: `{err}` should contain `{expected}`");
+        let err = from_snapshot(&tampered)
+            .map(|_| ())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(expected),
+            "{name}: `{err}` should contain `{expected}`"
+        );
     }
 }
 
@@ -556,9 +598,14 @@ fn commands_with_unknown_fields_are_refused() {
         request_id: 3,
     };
     let mut json = serde_json::to_value(&command).unwrap();
-    assert_eq!(serde_json::from_value::<ControlCommand>(json.clone()).unwrap(), command);
+    assert_eq!(
+        serde_json::from_value::<ControlCommand>(json.clone()).unwrap(),
+        command
+    );
     json["CancelRelease"]["seats"] = 1.into();
-    let err = serde_json::from_value::<ControlCommand>(json).unwrap_err().to_string();
+    let err = serde_json::from_value::<ControlCommand>(json)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("unknown field `seats`"), "{err}");
 }
 

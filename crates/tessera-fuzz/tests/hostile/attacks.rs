@@ -11,9 +11,13 @@ use tessera_proto::{ErrorCode, BODY_READ_TIMEOUT_MS, RAFT_INDEX_MAX, RAFT_TERM_M
 use crate::seeds;
 
 fn refused(answer: &tessera_fuzz::server::Answer, code: ErrorCode, words: &str) {
-    let error = answer
-        .error()
-        .unwrap_or_else(|| panic!("expected a refusal, got {} {}", answer.status, answer.text()));
+    let error = answer.error().unwrap_or_else(|| {
+        panic!(
+            "expected a refusal, got {} {}",
+            answer.status,
+            answer.text()
+        )
+    });
     assert_eq!(
         (answer.status, error.error.code),
         (code.http_status(), code),
@@ -54,8 +58,16 @@ fn raft_terms_and_indexes_beyond_the_limit_are_refused_and_the_server_still_lead
     let attacks = [
         ("/v1/peer/raft/append", append, "term 18446744073709551615"),
         ("/v1/peer/raft/vote", vote, "term 4611686018427387905"),
-        ("/v1/peer/raft/append", index, "log index 18446744073709551615"),
-        ("/v1/peer/raft/snapshot", snapshot, "log index 4611686018427387905"),
+        (
+            "/v1/peer/raft/append",
+            index,
+            "log index 18446744073709551615",
+        ),
+        (
+            "/v1/peer/raft/snapshot",
+            snapshot,
+            "log index 4611686018427387905",
+        ),
     ];
     for (path, body, words) in attacks {
         let answer = server.post_json(path, &body);
@@ -126,9 +138,15 @@ fn a_snapshot_that_breaks_the_invariants_is_refused_and_a_sound_one_installs() {
         let result: Value = serde_json::from_slice(&answer.body).unwrap();
         assert!(result.get("Ok").is_some(), "{result}");
     }
-    let gap = server.post_json("/v1/peer/raft/snapshot", &chunk(3 * third, data.len(), true));
+    let gap = server.post_json(
+        "/v1/peer/raft/snapshot",
+        &chunk(3 * third, data.len(), true),
+    );
     assert!(gap.text().contains("SnapshotMismatch"), "{}", gap.text());
-    let last = server.post_json("/v1/peer/raft/snapshot", &chunk(2 * third, data.len(), true));
+    let last = server.post_json(
+        "/v1/peer/raft/snapshot",
+        &chunk(2 * third, data.len(), true),
+    );
     assert_eq!(last.status, 200, "{}", last.text());
     server.wait_until("the snapshot's pool file", |s| s.pool_sequence == 9);
     assert_eq!(server.panics(), Vec::<String>::new());
@@ -160,25 +178,56 @@ fn unknown_fields_are_refused_on_every_request() {
     let cases = [
         ("/v1/checkout", with_sneaky(seeds::checkouts()[0].clone())),
         ("/v1/noop", with_sneaky(seeds::checkouts()[0].clone())),
-        ("/v1/heartbeat", with_sneaky(seeds::heartbeats(grant_id)[0].clone())),
-        ("/v1/checkin", with_sneaky(seeds::checkins(grant_id)[0].clone())),
-        ("/v1/admin/pool-file", with_sneaky(json!({"text": server.pool_text}))),
-        ("/v1/admin/distribution", with_sneaky(seeds::distributions()[0].clone())),
-        ("/v1/admin/license", with_sneaky(seeds::add_licenses()[0].clone())),
-        ("/v1/admin/license/remove", with_sneaky(seeds::remove_licenses()[0].clone())),
+        (
+            "/v1/heartbeat",
+            with_sneaky(seeds::heartbeats(grant_id)[0].clone()),
+        ),
+        (
+            "/v1/checkin",
+            with_sneaky(seeds::checkins(grant_id)[0].clone()),
+        ),
+        (
+            "/v1/admin/pool-file",
+            with_sneaky(json!({"text": server.pool_text})),
+        ),
+        (
+            "/v1/admin/distribution",
+            with_sneaky(seeds::distributions()[0].clone()),
+        ),
+        (
+            "/v1/admin/license",
+            with_sneaky(seeds::add_licenses()[0].clone()),
+        ),
+        (
+            "/v1/admin/license/remove",
+            with_sneaky(seeds::remove_licenses()[0].clone()),
+        ),
         ("/v1/peer/report", with_sneaky(seeds::reports()[0].clone())),
         ("/v1/peer/borrow", with_sneaky(seeds::borrows()[0].clone())),
-        ("/v1/peer/first-pool-file", with_sneaky(json!({"text": server.pool_text}))),
-        ("/v1/peer/command", with_sneaky(seeds::peer_commands()[0].clone())),
+        (
+            "/v1/peer/first-pool-file",
+            with_sneaky(json!({"text": server.pool_text})),
+        ),
+        (
+            "/v1/peer/command",
+            with_sneaky(seeds::peer_commands()[0].clone()),
+        ),
         ("/v1/peer/command", command),
         ("/v1/peer/raft/append", append),
     ];
     for (path, body) in cases {
         let answer = server.post_json(path, &body);
-        refused(&answer, ErrorCode::MalformedRequest, "unknown field `sneaky`");
+        refused(
+            &answer,
+            ErrorCode::MalformedRequest,
+            "unknown field `sneaky`",
+        );
     }
     let status = server.status();
-    assert_eq!((status.pool_sequence, status.server.role.as_str()), (1, "leader"));
+    assert_eq!(
+        (status.pool_sequence, status.server.role.as_str()),
+        (1, "leader")
+    );
 }
 
 /// A pool file at sequence 2^63 - 1 (the largest TOML integer) was
@@ -188,11 +237,13 @@ fn unknown_fields_are_refused_on_every_request() {
 #[test]
 fn a_pool_file_sequence_beyond_the_limit_is_refused_and_changes_go_on() {
     let server = InProcess::start(Listen::Memory);
-    let at = |sequence: u64| {
-        json!({"text": server.pool_text.replace("sequence = 1", &format!("sequence = {sequence}"))})
-    };
+    let at = |sequence: u64| json!({"text": server.pool_text.replace("sequence = 1", &format!("sequence = {sequence}"))});
     let answer = server.post_json("/v1/admin/pool-file", &at(i64::MAX as u64));
-    refused(&answer, ErrorCode::PoolFileRefused, "above the limit 9007199254740992");
+    refused(
+        &answer,
+        ErrorCode::PoolFileRefused,
+        "above the limit 9007199254740992",
+    );
     leads_and_commits(&server, 4);
     let last = tessera_core::pool_file::SEQUENCE_MAX;
     let answer = server.post_json("/v1/admin/pool-file", &at(last));
@@ -201,7 +252,10 @@ fn a_pool_file_sequence_beyond_the_limit_is_refused_and_changes_go_on() {
     let answer = server.post_json("/v1/admin/distribution", &change);
     refused(&answer, ErrorCode::PoolFileRefused, "no change can follow");
     let status = server.status();
-    assert_eq!((status.pool_sequence, status.server.state.as_str()), (last, "serving"));
+    assert_eq!(
+        (status.pool_sequence, status.server.state.as_str()),
+        (last, "serving")
+    );
     assert_eq!(server.panics(), Vec::<String>::new());
 }
 
@@ -217,7 +271,9 @@ fn a_trickled_body_is_cut_off_and_other_requests_are_served_meanwhile() {
     let server = InProcess::start(Listen::Tcp);
     let limit = Duration::from_millis(BODY_READ_TIMEOUT_MS);
     let started = Instant::now();
-    let mut stream = server.block_on(tokio::net::TcpStream::connect(server.address)).unwrap();
+    let mut stream = server
+        .block_on(tokio::net::TcpStream::connect(server.address))
+        .unwrap();
     let head = format!(
         "POST /v1/checkout HTTP/1.1\r\nhost: {}\r\ncontent-type: application/json\r\n\
          content-length: 1000\r\n\r\n{{",
@@ -225,13 +281,11 @@ fn a_trickled_body_is_cut_off_and_other_requests_are_served_meanwhile() {
     );
     server.block_on(stream.write_all(head.as_bytes())).unwrap();
     let (mut reader, mut writer) = stream.into_split();
-    let trickle = server.block_on(async {
-        tokio::spawn(async move {
-            // One byte every half second: it would take 8 minutes.
-            while writer.write_all(b" ").await.is_ok() {
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
-        })
+    let trickle = server.spawn(async move {
+        // One byte every half second: it would take 8 minutes.
+        while writer.write_all(b" ").await.is_ok() {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
     });
     // Meanwhile, the server serves.
     let status = server.status();
@@ -240,9 +294,8 @@ fn a_trickled_body_is_cut_off_and_other_requests_are_served_meanwhile() {
     assert_eq!(checkout.status, 200, "{}", checkout.text());
 
     let mut answer = Vec::new();
-    let read = server.block_on(async {
-        tokio::time::timeout(limit * 3, reader.read_to_end(&mut answer)).await
-    });
+    let read = server
+        .block_on(async { tokio::time::timeout(limit * 3, reader.read_to_end(&mut answer)).await });
     let waited = started.elapsed();
     trickle.abort();
     assert!(
@@ -254,8 +307,14 @@ fn a_trickled_body_is_cut_off_and_other_requests_are_served_meanwhile() {
     let answer = String::from_utf8_lossy(&answer);
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
     assert!(answer.contains("\"body_timeout\""), "{answer}");
-    assert!(answer.to_ascii_lowercase().contains("connection: close"), "{answer}");
-    assert!(waited >= limit, "cut off after {waited:?}, before the limit");
+    assert!(
+        answer.to_ascii_lowercase().contains("connection: close"),
+        "{answer}"
+    );
+    assert!(
+        waited >= limit,
+        "cut off after {waited:?}, before the limit"
+    );
     assert_eq!(server.panics(), Vec::<String>::new());
 }
 
@@ -275,15 +334,27 @@ fn an_append_in_the_servers_own_name_is_refused() {
         append["vote"]["leader_id"]["term"] = term.into();
         append["vote"]["leader_id"]["node_id"] = own.into();
         let answer = server.post_json("/v1/peer/raft/append", &append);
-        refused(&answer, ErrorCode::MalformedRequest, "names this server itself");
+        refused(
+            &answer,
+            ErrorCode::MalformedRequest,
+            "names this server itself",
+        );
         let mut snapshot = seeds::snapshot(term, &ControlState::default());
         snapshot["vote"]["leader_id"]["node_id"] = own.into();
         let answer = server.post_json("/v1/peer/raft/snapshot", &snapshot);
-        refused(&answer, ErrorCode::MalformedRequest, "names this server itself");
+        refused(
+            &answer,
+            ErrorCode::MalformedRequest,
+            "names this server itself",
+        );
         let mut vote = seeds::votes()[1].clone();
         vote["vote"]["leader_id"]["term"] = (term + 1).into();
         let answer = server.post_json("/v1/peer/raft/vote", &vote);
-        refused(&answer, ErrorCode::MalformedRequest, "names this server itself");
+        refused(
+            &answer,
+            ErrorCode::MalformedRequest,
+            "names this server itself",
+        );
     }
     assert_eq!(server.panics(), Vec::<String>::new());
     leads_and_commits(&server, 4);
@@ -296,11 +367,14 @@ fn an_append_in_the_servers_own_name_is_refused() {
 #[test]
 fn a_pool_file_adding_a_server_that_is_not_up_is_answered() {
     let server = InProcess::start(Listen::Memory);
-    let added = server.pool_text.replacen("sequence = 1", "sequence = 2", 1).replacen(
-        "\n[[license]]",
-        "\n[[servers]]\nid = \"B\"\naddress = \"127.0.0.1:10\"\n\n[[license]]",
-        1,
-    );
+    let added = server
+        .pool_text
+        .replacen("sequence = 1", "sequence = 2", 1)
+        .replacen(
+            "\n[[license]]",
+            "\n[[servers]]\nid = \"B\"\naddress = \"127.0.0.1:10\"\n\n[[license]]",
+            1,
+        );
     for path in ["/v1/admin/pool-file", "/v1/peer/first-pool-file"] {
         let started = Instant::now();
         let answer = server.post_json(path, &json!({"text": added}));

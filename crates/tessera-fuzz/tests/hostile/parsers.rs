@@ -146,7 +146,9 @@ fn fuzz_admin_and_peer_request_types() {
         round_trips::<tessera_core::ControlCommand>(&bytes)?;
         if let Ok(command) = serde_json::from_slice::<tessera_server::pool::PeerCommand>(&bytes) {
             let written = serde_json::to_vec(&command).unwrap();
-            prop_assert!(serde_json::from_slice::<tessera_server::pool::PeerCommand>(&written).is_ok());
+            prop_assert!(
+                serde_json::from_slice::<tessera_server::pool::PeerCommand>(&written).is_ok()
+            );
         }
         Ok(())
     });

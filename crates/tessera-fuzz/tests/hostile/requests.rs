@@ -16,8 +16,11 @@ use crate::seeds;
 /// Cases of each target (each is one request to the server).
 const CASES: u32 = 2_000;
 
-fn run<S>(server: &InProcess, strategy: S, check: impl Fn(&InProcess, &S::Value) -> Result<(), TestCaseError>)
-where
+fn run<S>(
+    server: &InProcess,
+    strategy: S,
+    check: impl Fn(&InProcess, &S::Value) -> Result<(), TestCaseError>,
+) where
     S: Strategy,
     S::Value: std::fmt::Debug,
 {
@@ -36,7 +39,10 @@ fn post_checked(server: &InProcess, path: &str, body: &[u8]) -> Result<(), TestC
         .check_well_formed()
         .map_err(|err| TestCaseError::fail(format!("POST {path}: {err}")))?;
     let panics = server.panics();
-    prop_assert!(panics.is_empty(), "POST {path}: the server panicked: {panics:#?}");
+    prop_assert!(
+        panics.is_empty(),
+        "POST {path}: the server panicked: {panics:#?}"
+    );
     Ok(())
 }
 
@@ -74,7 +80,10 @@ fn fuzz_client_endpoints() {
         vec![
             ("/v1/checkout", mutated_json(seeds::checkouts()).boxed()),
             ("/v1/noop", mutated_json(seeds::checkouts()).boxed()),
-            ("/v1/heartbeat", mutated_json(seeds::heartbeats(&grant)).boxed()),
+            (
+                "/v1/heartbeat",
+                mutated_json(seeds::heartbeats(&grant)).boxed(),
+            ),
             ("/v1/checkin", mutated_json(seeds::checkins(&grant)).boxed()),
         ],
     );
@@ -95,13 +104,19 @@ fn fuzz_admin_endpoints() {
                 mutated_json_with_text(seeds::pool_file_updates(), "text", pool_files_and_more)
                     .boxed(),
             ),
-            ("/v1/admin/distribution", mutated_json(seeds::distributions()).boxed()),
+            (
+                "/v1/admin/distribution",
+                mutated_json(seeds::distributions()).boxed(),
+            ),
             (
                 "/v1/admin/license",
                 mutated_json_with_text(seeds::add_licenses(), "text", seeds::license_files())
                     .boxed(),
             ),
-            ("/v1/admin/license/remove", mutated_json(seeds::remove_licenses()).boxed()),
+            (
+                "/v1/admin/license/remove",
+                mutated_json(seeds::remove_licenses()).boxed(),
+            ),
         ],
     );
     // An administrator's changes may have left the pool as they asked (a
@@ -123,7 +138,10 @@ fn fuzz_peer_endpoints() {
                 mutated_json_with_text(seeds::pool_file_updates(), "text", seeds::pool_files())
                     .boxed(),
             ),
-            ("/v1/peer/command", mutated_json(seeds::peer_commands()).boxed()),
+            (
+                "/v1/peer/command",
+                mutated_json(seeds::peer_commands()).boxed(),
+            ),
         ],
     );
     server.assert_healthy();
@@ -134,7 +152,10 @@ fn fuzz_raft_append() {
     let server = InProcess::start(Listen::Memory);
     fuzz_endpoints(
         &server,
-        vec![("/v1/peer/raft/append", mutated_json(seeds::appends()).boxed())],
+        vec![(
+            "/v1/peer/raft/append",
+            mutated_json(seeds::appends()).boxed(),
+        )],
     );
     // A peer that really leads may replace this server's log: Raft trusts
     // its authenticated peers. The server answers, nothing panicked, and
@@ -173,7 +194,10 @@ fn snapshots() -> impl Strategy<Value = Vec<u8>> {
 #[test]
 fn fuzz_raft_snapshot() {
     let server = InProcess::start(Listen::Memory);
-    fuzz_endpoints(&server, vec![("/v1/peer/raft/snapshot", snapshots().boxed())]);
+    fuzz_endpoints(
+        &server,
+        vec![("/v1/peer/raft/snapshot", snapshots().boxed())],
+    );
     server.assert_whole();
 }
 
@@ -193,26 +217,30 @@ fn fuzz_any_endpoint_with_arbitrary_bytes() {
         0u8..4,
         mutated_bytes(bytes, 16),
     );
-    run(&server, strategy, |server, (route, post_instead, headers, body)| {
-        let (method, path) = route.get(ROUTES);
-        let method = if *post_instead { "POST" } else { method };
-        let mut sent = Vec::new();
-        if headers & 1 == 1 {
-            sent.push(("content-type", "application/json"));
-        }
-        if headers & 2 == 2 {
-            sent.extend(peer_headers());
-        }
-        let answer = server
-            .request(method, path, &sent, body.clone())
-            .map_err(|err| TestCaseError::fail(format!("{method} {path}: {err}")))?;
-        if *path == "/metrics" && answer.status == 200 {
-            return Ok(()); // Prometheus text, not JSON
-        }
-        answer
-            .check_well_formed()
-            .map_err(|err| TestCaseError::fail(format!("{method} {path}: {err}")))?;
-        Ok(())
-    });
+    run(
+        &server,
+        strategy,
+        |server, (route, post_instead, headers, body)| {
+            let (method, path) = route.get(ROUTES);
+            let method = if *post_instead { "POST" } else { method };
+            let mut sent = Vec::new();
+            if headers & 1 == 1 {
+                sent.push(("content-type", "application/json"));
+            }
+            if headers & 2 == 2 {
+                sent.extend(peer_headers());
+            }
+            let answer = server
+                .request(method, path, &sent, body.clone())
+                .map_err(|err| TestCaseError::fail(format!("{method} {path}: {err}")))?;
+            if *path == "/metrics" && answer.status == 200 {
+                return Ok(()); // Prometheus text, not JSON
+            }
+            answer
+                .check_well_formed()
+                .map_err(|err| TestCaseError::fail(format!("{method} {path}: {err}")))?;
+            Ok(())
+        },
+    );
     server.assert_healthy();
 }

@@ -38,7 +38,10 @@ pub fn license_files() -> Vec<String> {
     let key = server::vendor_key();
     vec![
         server::license_text(&key, &[("acme-cad-2", FEATURE, 3)]),
-        server::license_text(&key, &[("acme-cam", "cam", 2), ("acme-cam-2", "cam", 1_000)]),
+        server::license_text(
+            &key,
+            &[("acme-cam", "cam", 2), ("acme-cam-2", "cam", 1_000)],
+        ),
     ]
 }
 
@@ -74,7 +77,10 @@ pub fn control_states() -> Vec<ControlState> {
     for text in pool_files() {
         let mut state = ControlState::default();
         let outcome = state.apply(&ControlCommand::InstallPoolFile { text });
-        assert!(matches!(outcome, ControlOutcome::Installed { .. }), "{outcome:?}");
+        assert!(
+            matches!(outcome, ControlOutcome::Installed { .. }),
+            "{outcome:?}"
+        );
         states.push(state);
     }
     let mut asked = states[2].clone();

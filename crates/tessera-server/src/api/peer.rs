@@ -49,7 +49,8 @@ async fn append(
     JsonBody(request): JsonBody<AppendEntriesRequest<TypeConfig>>,
 ) -> Result<Response, ApiError> {
     request.check_bounds()?;
-    app.pool.from_another_leader(request.vote.leader_id().node_id)?;
+    app.pool
+        .from_another_leader(request.vote.leader_id().node_id)?;
     let term = request.vote.leader_id().term;
     app.pool.answers_leader(term)?;
     // Only an index committed in the leader's own term covers every entry
@@ -71,7 +72,8 @@ async fn vote(
     JsonBody(request): JsonBody<VoteRequest<NodeId>>,
 ) -> Result<Response, ApiError> {
     request.check_bounds()?;
-    app.pool.from_another_leader(request.vote.leader_id().node_id)?;
+    app.pool
+        .from_another_leader(request.vote.leader_id().node_id)?;
     if app.pool.refuses_votes().await {
         return Err(api_error(
             ErrorCode::NoQuorum,
@@ -89,7 +91,8 @@ async fn snapshot(
     JsonBody(request): JsonBody<InstallSnapshotRequest<TypeConfig>>,
 ) -> Result<Response, ApiError> {
     request.check_bounds()?;
-    app.pool.from_another_leader(request.vote.leader_id().node_id)?;
+    app.pool
+        .from_another_leader(request.vote.leader_id().node_id)?;
     app.pool.answers_leader(request.vote.leader_id().term)?;
     Ok(Json(app.pool.receive_snapshot(request).await?).into_response())
 }

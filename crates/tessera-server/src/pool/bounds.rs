@@ -182,7 +182,11 @@ mod tests {
             vote: vote_of(u64::MAX),
             last_log_id: None,
         };
-        assert!(vote.check_bounds().unwrap_err().message.contains("vote request"));
+        assert!(vote
+            .check_bounds()
+            .unwrap_err()
+            .message
+            .contains("vote request"));
         let higher: Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>> =
             Ok(AppendEntriesResponse::HigherVote(vote_of(u64::MAX)));
         assert!(higher.check_bounds().is_err());

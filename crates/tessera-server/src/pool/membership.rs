@@ -105,7 +105,10 @@ impl Pool {
         // by the fuzz target `fuzz_peer_endpoints`). The membership loop
         // goes on with it.
         let membership = self.reconcile_membership();
-        if tokio::time::timeout(COMMIT_TIMEOUT, membership).await.is_err() {
+        if tokio::time::timeout(COMMIT_TIMEOUT, membership)
+            .await
+            .is_err()
+        {
             tracing::info!(
                 "pool file sequence {} is installed; its membership change waits for the \
                  servers it adds",

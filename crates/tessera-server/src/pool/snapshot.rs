@@ -102,10 +102,16 @@ impl Pool {
             meta: request.meta,
             snapshot: Box::new(Cursor::new(data)),
         };
-        Ok(match self.raft.install_full_snapshot(request.vote, snapshot).await {
-            Ok(answer) => Ok(answer.into()),
-            Err(fatal) => Err(RaftError::Fatal(fatal)),
-        })
+        Ok(
+            match self
+                .raft
+                .install_full_snapshot(request.vote, snapshot)
+                .await
+            {
+                Ok(answer) => Ok(answer.into()),
+                Err(fatal) => Err(RaftError::Fatal(fatal)),
+            },
+        )
     }
 
     fn snapshot_refused(&self, id: &str, reason: String) -> Refusal {
