@@ -95,7 +95,7 @@ fn fuzz_admin_endpoints() {
     let server = InProcess::start(Listen::Memory);
     let pool_files = vec![server.pool_text.replace("sequence = 1", "sequence = 2")];
     let mut pool_files_and_more = pool_files.clone();
-    pool_files_and_more.extend(seeds::pool_files());
+    pool_files_and_more.extend(seeds::pool_files_of_one());
     fuzz_endpoints(
         &server,
         vec![
@@ -135,8 +135,12 @@ fn fuzz_peer_endpoints() {
             ("/v1/peer/borrow", mutated_json(seeds::borrows()).boxed()),
             (
                 "/v1/peer/first-pool-file",
-                mutated_json_with_text(seeds::pool_file_updates(), "text", seeds::pool_files())
-                    .boxed(),
+                mutated_json_with_text(
+                    seeds::pool_file_updates(),
+                    "text",
+                    seeds::pool_files_of_one(),
+                )
+                .boxed(),
             ),
             (
                 "/v1/peer/command",

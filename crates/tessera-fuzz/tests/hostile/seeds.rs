@@ -33,6 +33,16 @@ pub fn pool_files() -> Vec<String> {
     vec![plain, sections, two]
 }
 
+/// The pool files of [`pool_files`] that keep the pool of one: a file
+/// adding a server commits, and then every later commit waits for that
+/// server, which never comes; a fuzz target would spend its time waiting.
+pub fn pool_files_of_one() -> Vec<String> {
+    pool_files()
+        .into_iter()
+        .filter(|text| text.matches("[[servers]]").count() == 1)
+        .collect()
+}
+
 /// Files of signed `[[license]]` tables.
 pub fn license_files() -> Vec<String> {
     let key = server::vendor_key();
