@@ -50,6 +50,10 @@ use types::{node_id, NodeId, Raft};
 struct Seen {
     at_ms: u64,
     in_use: BTreeMap<String, u32>,
+    /// When the report before this one arrived. A server sends its next
+    /// report only once the last is answered, so this report was sent after
+    /// that moment.
+    previous_at_ms: Option<u64>,
 }
 
 pub struct Pool {
