@@ -178,11 +178,16 @@ pub fn add_license_change(
     }))
 }
 
-/// `tessera admin remove-license ID`.
-pub fn remove_license_change(id: String, expected_sequence: Option<u64>) -> AdminChange {
+/// `tessera admin remove-license ID [--force]`.
+pub fn remove_license_change(
+    id: String,
+    expected_sequence: Option<u64>,
+    force: bool,
+) -> AdminChange {
     AdminChange::RemoveLicense(tessera_proto::RemoveLicense {
         id,
         expected_sequence,
+        force,
     })
 }
 

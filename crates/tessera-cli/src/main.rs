@@ -262,9 +262,14 @@ enum AdminCommand {
         #[command(flatten)]
         change: ChangeArgs,
     },
-    /// Take a license code out of the pool (its seats must be free).
+    /// Take a license code out of the pool. Refused while clients hold
+    /// seats of its feature, unless `--force`.
     RemoveLicense {
         id: String,
+        /// Remove the code even while clients hold seats of its feature
+        /// (they keep them only until their leases run out).
+        #[arg(long)]
+        force: bool,
         #[command(flatten)]
         change: ChangeArgs,
     },
@@ -461,10 +466,10 @@ fn run(cli: Cli) -> Result<()> {
                     change.token,
                     client_cmd::add_license_change(&file, to, change.sequence)?,
                 ),
-                AdminCommand::RemoveLicense { id, change } => (
+                AdminCommand::RemoveLicense { id, force, change } => (
                     change.servers,
                     change.token,
-                    client_cmd::remove_license_change(id, change.sequence),
+                    client_cmd::remove_license_change(id, change.sequence, force),
                 ),
             };
             let config = servers.client_config()?;

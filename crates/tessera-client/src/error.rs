@@ -129,6 +129,10 @@ pub(crate) fn disposition(code: ErrorCode) -> Disposition {
         | ErrorCode::Unauthenticated
         | ErrorCode::Forbidden
         | ErrorCode::TooManyRequests
+        | ErrorCode::SeatsInUse
+        | ErrorCode::RaftOutOfRange
+        | ErrorCode::SnapshotRefused
+        | ErrorCode::BodyTimeout
         | ErrorCode::Internal
         | ErrorCode::Unknown => Disposition::TryNext,
     }

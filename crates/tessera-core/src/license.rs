@@ -248,7 +248,10 @@ impl Policy {
             ));
         }
         // At least two heartbeats per lease, so that one lost heartbeat never costs the seat.
-        if self.heartbeat_interval_s == 0 || self.heartbeat_interval_s * 2 > self.lease_s {
+        // (In u64: twice an interval of 2^31 s or more does not fit a u32.)
+        if self.heartbeat_interval_s == 0
+            || u64::from(self.heartbeat_interval_s) * 2 > u64::from(self.lease_s)
+        {
             return Err(format!(
                 "heartbeat_interval_s is {}; it must be at least 1 and at most half of lease_s ({})",
                 self.heartbeat_interval_s, self.lease_s
@@ -637,6 +640,17 @@ pub(crate) mod tests {
             (|c| c.policy.lease_s = 1, "lease_s is 1"),
             (
                 |c| c.policy.heartbeat_interval_s = 20,
+                "at most half of lease_s",
+            ),
+            // Found by the fuzz target `fuzz_license_code_files`: twice
+            // this overflowed a u32 (a panic in debug builds; in release,
+            // 2^31 doubled wrapped to 0 and passed).
+            (
+                |c| c.policy.heartbeat_interval_s = u32::MAX,
+                "at most half of lease_s",
+            ),
+            (
+                |c| c.policy.heartbeat_interval_s = 1 << 31,
                 "at most half of lease_s",
             ),
             (

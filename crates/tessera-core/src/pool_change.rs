@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 
 use crate::control::FeatureAllocation;
 use crate::license::{LicenseCode, LicenseError};
-use crate::pool_file::{PoolFile, PoolFileError};
+use crate::pool_file::{PoolFile, PoolFileError, SEQUENCE_MAX};
 
 /// One administrator change to the installed pool file.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -49,6 +49,12 @@ pub enum PoolFileChangeError {
     NoCodes,
     #[error("the pool has no license code `{id}`")]
     UnknownCode { id: String },
+    #[error(
+        "the installed pool file has sequence {sequence}, the highest there is \
+         ({SEQUENCE_MAX}); no change can follow it. Install a pool file with a lower sequence \
+         by re-forming the pool (`tessera server --recover-pool`)"
+    )]
+    SequenceExhausted { sequence: u64 },
     /// The next file is not a valid pool file (a distribution above the
     /// hard limit, a code twice, ...).
     #[error(transparent)]
@@ -73,7 +79,11 @@ pub fn next_pool_file(
         }
     }
     let mut next = current.clone();
-    next.sequence = current.sequence + 1;
+    next.sequence = current
+        .next_sequence()
+        .ok_or(PoolFileChangeError::SequenceExhausted {
+            sequence: current.sequence,
+        })?;
     match change {
         PoolFileChange::Distribution { feature, servers } => {
             set_distribution(current, &mut next, feature, servers)?
@@ -83,7 +93,8 @@ pub fn next_pool_file(
         }
         PoolFileChange::RemoveCode { id } => remove_code(&mut next, &id)?,
     }
-    let parsed = PoolFile::parse(&next.to_toml()).map_err(PoolFileChangeError::Invalid)?;
+    let text = next.to_toml().map_err(PoolFileChangeError::Invalid)?;
+    let parsed = PoolFile::parse(&text).map_err(PoolFileChangeError::Invalid)?;
     debug_assert_eq!(parsed, next, "a pool file reads back as it was written");
     Ok(next)
 }
@@ -209,7 +220,7 @@ mod tests {
     fn state_of(pool: &PoolFile) -> ControlState {
         let mut state = ControlState::default();
         let outcome = state.apply(&ControlCommand::InstallPoolFile {
-            text: pool.to_toml(),
+            text: pool.to_toml().unwrap(),
         });
         assert!(
             matches!(outcome, ControlOutcome::Installed { .. }),
@@ -314,6 +325,42 @@ mod tests {
         );
     }
 
+    /// A pool file at the highest sequence takes no change, and says so;
+    /// nothing overflows making the next file.
+    #[test]
+    fn no_change_follows_the_highest_sequence() {
+        let mut current = pool(2, &[(0, 10)]);
+        current.sequence = crate::pool_file::SEQUENCE_MAX;
+        let state = state_of(&pool(2, &[(0, 10)]));
+        let err = next_pool_file(
+            &current,
+            state.allocations(),
+            PoolFileChange::Distribution {
+                feature: "cad".into(),
+                servers: seats(&[("S0", 1)]),
+            },
+            None,
+        )
+        .unwrap_err();
+        assert_eq!(
+            err,
+            PoolFileChangeError::SequenceExhausted {
+                sequence: crate::pool_file::SEQUENCE_MAX
+            }
+        );
+        assert!(err.to_string().contains("no change can follow"), "{err}");
+        current.sequence = crate::pool_file::SEQUENCE_MAX - 1;
+        let next = change(
+            &current,
+            PoolFileChange::Distribution {
+                feature: "cad".into(),
+                servers: seats(&[("S0", 1)]),
+            },
+        )
+        .unwrap();
+        assert_eq!(next.sequence, crate::pool_file::SEQUENCE_MAX);
+    }
+
     fn arb_pool() -> impl Strategy<Value = PoolFile> {
         (
             1usize..=4,
@@ -409,7 +456,7 @@ mod tests {
                 let result = next_pool_file(&current, state.allocations(), change.clone(), Some(current.sequence));
                 prop_assert_eq!(result.is_ok(), accepted_expected, "{:?} gave {:?}", op, result);
                 let Ok(next) = result else { continue };
-                let reread = PoolFile::parse(&next.to_toml());
+                let reread = PoolFile::parse(&next.to_toml().unwrap());
                 prop_assert_eq!(reread.as_ref(), Ok(&next));
                 prop_assert_eq!(next.sequence, current.sequence + 1);
                 prop_assert_eq!(&next.pool_id, &current.pool_id);

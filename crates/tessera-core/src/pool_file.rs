@@ -39,6 +39,13 @@ use crate::license::{LicenseCode, LicenseCodeText, LicenseError};
 use crate::names::check_name;
 use crate::{FEATURES_MAX, LICENSE_CODES_MAX, POOL_FILE_BYTES_MAX, POOL_SERVERS_MAX};
 
+/// Highest pool file sequence number: 2^53, the largest integer every JSON
+/// reader carries exactly, and far below what TOML holds (2^63 - 1). An
+/// administrator raising it by one a second would need 285 million years;
+/// a file at the limit takes no further change, so the next sequence is
+/// always representable.
+pub const SEQUENCE_MAX: u64 = 1 << 53;
+
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum PoolFileError {
     #[error("pool file is not valid TOML: {0}")]
@@ -51,6 +58,11 @@ pub enum PoolFileError {
     License(#[from] LicenseError),
     #[error("pool file: {0}")]
     Distribution(#[from] DistributionError),
+    #[error(
+        "pool file: sequence {sequence} is above the limit {SEQUENCE_MAX}; number pool files \
+         from 1 upwards"
+    )]
+    SequenceTooLarge { sequence: u64 },
 }
 
 /// One server of the pool.
@@ -187,7 +199,15 @@ impl PoolFile {
         Ok(pool)
     }
 
-    pub fn to_toml(&self) -> String {
+    /// The file as TOML text, which parses back to `self` when `self` is
+    /// valid. Fails only on a sequence above [`SEQUENCE_MAX`] (TOML holds no
+    /// integer above 2^63 - 1).
+    pub fn to_toml(&self) -> Result<String, PoolFileError> {
+        if self.sequence > SEQUENCE_MAX {
+            return Err(PoolFileError::SequenceTooLarge {
+                sequence: self.sequence,
+            });
+        }
         let raw = PoolFileText {
             pool_id: self.pool_id.clone(),
             sequence: self.sequence,
@@ -197,7 +217,14 @@ impl PoolFile {
             admins: self.admins.clone(),
             license: self.codes.iter().map(LicenseCode::to_text).collect(),
         };
-        toml::to_string(&raw).expect("a pool file always serializes")
+        toml::to_string(&raw).map_err(|err| PoolFileError::Invalid(err.to_string()))
+    }
+
+    /// The sequence of the file that follows this one, or `None` at [`SEQUENCE_MAX`].
+    pub fn next_sequence(&self) -> Option<u64> {
+        self.sequence
+            .checked_add(1)
+            .filter(|&next| next <= SEQUENCE_MAX)
     }
 
     pub fn server_ids(&self) -> Vec<String> {
@@ -248,6 +275,11 @@ impl PoolFile {
     fn validate(&self) -> Result<(), PoolFileError> {
         let invalid = PoolFileError::Invalid;
         check_name("pool_id", &self.pool_id).map_err(invalid)?;
+        if self.sequence > SEQUENCE_MAX {
+            return Err(PoolFileError::SequenceTooLarge {
+                sequence: self.sequence,
+            });
+        }
         if self.servers.is_empty() || self.servers.len() > POOL_SERVERS_MAX {
             return Err(invalid(format!(
                 "a pool has 1 to {POOL_SERVERS_MAX} servers; this file lists {}",
@@ -403,7 +435,44 @@ mod tests {
             100,
             "codes of one feature add up"
         );
-        assert_eq!(PoolFile::parse(&pool.to_toml()).unwrap(), pool);
+        assert_eq!(PoolFile::parse(&pool.to_toml().unwrap()).unwrap(), pool);
+    }
+
+    /// A sequence of i64::MAX (the largest TOML integer) once froze the pool:
+    /// every later change overflowed making the next file. Sequences are
+    /// bounded well below it, and the file at the bound has no next.
+    #[test]
+    fn sequences_stop_at_the_limit() {
+        let at = |sequence: &str| pool_text("").replace("sequence = 3", sequence);
+        for too_large in [
+            format!("sequence = {}", SEQUENCE_MAX + 1),
+            format!("sequence = {}", i64::MAX),
+        ] {
+            let err = PoolFile::parse(&at(&too_large)).unwrap_err();
+            assert!(
+                matches!(err, PoolFileError::SequenceTooLarge { .. }),
+                "{too_large}: {err}"
+            );
+            assert!(err.to_string().contains("above the limit"), "{err}");
+        }
+        for not_a_sequence in ["sequence = -1", "sequence = 18446744073709551615"] {
+            assert!(
+                matches!(
+                    PoolFile::parse(&at(not_a_sequence)),
+                    Err(PoolFileError::Syntax(_))
+                ),
+                "{not_a_sequence}"
+            );
+        }
+        let last = PoolFile::parse(&at(&format!("sequence = {SEQUENCE_MAX}"))).unwrap();
+        assert_eq!(last.next_sequence(), None);
+        assert_eq!(PoolFile::parse(&last.to_toml().unwrap()).unwrap(), last);
+        let mut beyond = last.clone();
+        beyond.sequence = u64::MAX;
+        assert!(matches!(
+            beyond.to_toml(),
+            Err(PoolFileError::SequenceTooLarge { .. })
+        ));
     }
 
     #[test]
@@ -415,7 +484,11 @@ mod tests {
         let pool = PoolFile::parse(&pool_text(&admins)).unwrap();
         assert_eq!(pool.admins[0].role, AdminRole::Read);
         assert_eq!(pool.admin_with_token(&token_hash).unwrap().name, "ops");
-        assert_eq!(PoolFile::parse(&pool.to_toml()).unwrap(), pool, "kept");
+        assert_eq!(
+            PoolFile::parse(&pool.to_toml().unwrap()).unwrap(),
+            pool,
+            "kept"
+        );
         assert!(AdminRole::Read < AdminRole::Admin);
         for (bad, expected) in [
             (admins.replace(&token_hash, "ABC"), "64 lowercase hex"),

@@ -16,6 +16,17 @@ pub const MAX_BODY_BYTES: usize = 64 * 1024;
 pub const MAX_FIELD_BYTES: usize = 256;
 /// Largest seat count one request may ask for.
 pub const MAX_SEATS_PER_REQUEST: u32 = 1_000_000;
+/// Longest a server waits for a request's whole body, in ms. A body still
+/// arriving after this is answered [`ErrorCode::BodyTimeout`] and the
+/// connection closed, so a slow upload cannot hold a server's capacity.
+pub const BODY_READ_TIMEOUT_MS: u64 = 10_000;
+/// Highest Raft term a server takes from the network: 2^62. A pool's own
+/// terms grow by one per election and never come near it; a message naming
+/// more is refused ([`ErrorCode::RaftOutOfRange`]) before Raft sees it, so
+/// no term or index arithmetic can overflow.
+pub const RAFT_TERM_MAX: u64 = 1 << 62;
+/// Highest Raft log index a server takes from the network: 2^62.
+pub const RAFT_INDEX_MAX: u64 = 1 << 62;
 
 /// `POST /v1/checkout`: ask for `count` seats of `feature`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -225,6 +236,16 @@ pub enum ErrorCode {
     PoolFileRefused,
     /// The pool has no leader right now; retry shortly.
     NoLeader,
+    /// A license code is not removed while seats of its feature are held;
+    /// the message says how many (`tessera admin remove-license --force`).
+    SeatsInUse,
+    /// A Raft term or log index above [`RAFT_TERM_MAX`] / [`RAFT_INDEX_MAX`].
+    RaftOutOfRange,
+    /// A leader's snapshot that breaks the control state's invariants, or
+    /// whose chunks do not fit together; nothing of it is installed.
+    SnapshotRefused,
+    /// The request body did not arrive within [`BODY_READ_TIMEOUT_MS`].
+    BodyTimeout,
     /// The server failed; the request may be retried.
     Internal,
     /// A code this client version does not know.
@@ -240,14 +261,16 @@ impl ErrorCode {
             | ErrorCode::InvalidField
             | ErrorCode::InvalidCount
             | ErrorCode::CountAboveLimit
-            | ErrorCode::VersionNotLicensed => 400,
+            | ErrorCode::VersionNotLicensed
+            | ErrorCode::RaftOutOfRange => 400,
             ErrorCode::UnknownFeature | ErrorCode::UnknownGrant | ErrorCode::NotFound => 404,
             ErrorCode::MethodNotAllowed => 405,
             ErrorCode::WrongPool | ErrorCode::Forbidden | ErrorCode::GrantProofInvalid => 403,
             ErrorCode::Unauthenticated => 401,
-            ErrorCode::PoolFileRefused => 422,
+            ErrorCode::PoolFileRefused | ErrorCode::SnapshotRefused => 422,
+            ErrorCode::BodyTimeout => 408,
             ErrorCode::NoLeader => 503,
-            ErrorCode::NoSeatsAvailable | ErrorCode::GrantMismatch => 409,
+            ErrorCode::NoSeatsAvailable | ErrorCode::GrantMismatch | ErrorCode::SeatsInUse => 409,
             ErrorCode::BodyTooLarge => 413,
             ErrorCode::LicenseNotServed => 403,
             ErrorCode::TooManyGrants | ErrorCode::TooManyRequests => 429,
@@ -282,6 +305,10 @@ impl ErrorCode {
             ErrorCode::TooManyRequests => "too_many_requests",
             ErrorCode::PoolFileRefused => "pool_file_refused",
             ErrorCode::NoLeader => "no_leader",
+            ErrorCode::SeatsInUse => "seats_in_use",
+            ErrorCode::RaftOutOfRange => "raft_out_of_range",
+            ErrorCode::SnapshotRefused => "snapshot_refused",
+            ErrorCode::BodyTimeout => "body_timeout",
             ErrorCode::Internal => "internal",
             ErrorCode::Unknown => "unknown",
         }
@@ -457,6 +484,10 @@ mod tests {
             ErrorCode::WrongPool,
             ErrorCode::PoolFileRefused,
             ErrorCode::NoLeader,
+            ErrorCode::SeatsInUse,
+            ErrorCode::RaftOutOfRange,
+            ErrorCode::SnapshotRefused,
+            ErrorCode::BodyTimeout,
             ErrorCode::Internal,
         ] {
             let json = serde_json::to_string(&code).unwrap();
@@ -489,6 +520,91 @@ mod tests {
         .unwrap_err();
         assert!(err.to_string().contains("unknown field"));
     }
+
+    /// Every request type a server reads, client, admin or peer: its
+    /// smallest valid body reads, and the same body with one more field is
+    /// refused naming the field.
+    #[test]
+    fn every_request_type_refuses_unknown_fields() {
+        fn check<T: serde::de::DeserializeOwned>(name: &str, valid: serde_json::Value) {
+            serde_json::from_value::<T>(valid.clone())
+                .unwrap_or_else(|err| panic!("{name}: {valid} does not read: {err}"));
+            let mut extended = valid;
+            extended["sneaky"] = true.into();
+            let err = serde_json::from_value::<T>(extended)
+                .map(|_| ())
+                .expect_err(name)
+                .to_string();
+            assert!(err.contains("unknown field `sneaky`"), "{name}: {err}");
+        }
+        let checkout = serde_json::json!({"client_id": "c", "user": "u", "host": "h",
+            "feature": "f", "version": "1", "count": 1});
+        let mut heartbeat = checkout.clone();
+        heartbeat["grant_id"] = "g".into();
+        check::<CheckoutRequest>("CheckoutRequest", checkout);
+        check::<HeartbeatRequest>("HeartbeatRequest", heartbeat);
+        check::<CheckinRequest>(
+            "CheckinRequest",
+            serde_json::json!({"grant_id": "g", "client_id": "c"}),
+        );
+        check::<PoolFileUpdate>("PoolFileUpdate", serde_json::json!({"text": ""}));
+        check::<SetDistribution>(
+            "SetDistribution",
+            serde_json::json!({"feature": "f", "servers": {}}),
+        );
+        check::<AddLicense>("AddLicense", serde_json::json!({"text": ""}));
+        check::<RemoveLicense>("RemoveLicense", serde_json::json!({"id": "x"}));
+        check::<BorrowAsk>(
+            "BorrowAsk",
+            serde_json::json!({"server_id": "A", "feature": "f", "seats": 1}),
+        );
+        check::<PeerReport>(
+            "PeerReport",
+            serde_json::json!({"server_id": "A", "in_use": {}}),
+        );
+        check::<SupersededGrant>(
+            "SupersededGrant",
+            serde_json::json!({"grant_id": "g", "renewal": 1}),
+        );
+    }
+
+    /// Answers a server reads from its peers stay tolerant: a newer peer may
+    /// add a field.
+    #[test]
+    fn answers_from_peers_take_fields_they_do_not_know() {
+        let ack: PeerReportAck = serde_json::from_value(serde_json::json!({
+            "leader_id": "A", "applied_index_required": 3, "servers": [], "later": 1}))
+        .unwrap();
+        assert_eq!(ack.applied_index_required, 3);
+        let hello: PeerHello = serde_json::from_value(serde_json::json!({
+            "pool_id": "p", "server_id": "A", "initialized": true,
+            "installed_sequence": null, "later": 1}))
+        .unwrap();
+        assert!(hello.initialized);
+        let answer: BorrowAnswer = serde_json::from_value(serde_json::json!({
+            "moved": 1, "requested": 0, "later": 1}))
+        .unwrap();
+        assert_eq!(answer.moved, 1);
+    }
+
+    #[test]
+    fn remove_license_sends_force_only_when_set() {
+        let plain = RemoveLicense {
+            id: "x".into(),
+            expected_sequence: None,
+            force: false,
+        };
+        assert!(!serde_json::to_string(&plain).unwrap().contains("force"));
+        let forced = RemoveLicense {
+            force: true,
+            ..plain
+        };
+        let text = serde_json::to_string(&forced).unwrap();
+        assert_eq!(
+            serde_json::from_str::<RemoveLicense>(&text).unwrap(),
+            forced
+        );
+    }
 }
 
 /// Header that names the pool on every peer and admin request.
@@ -505,6 +621,7 @@ pub struct PoolFileUpdate {
 
 /// `POST /v1/peer/borrow` (to the leader): a server asks for seats.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct BorrowAsk {
     pub server_id: String,
     pub feature: String,
@@ -540,6 +657,7 @@ pub struct BorrowAnswer {
 /// `POST /v1/admin/distribution`: a new distribution of one feature.
 /// Servers not named get none; the rest of the seats go to the free pool.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct SetDistribution {
     pub feature: String,
     pub servers: std::collections::BTreeMap<String, u32>,
@@ -551,6 +669,7 @@ pub struct SetDistribution {
 /// `POST /v1/admin/license`: license codes to add, as `tessera license sign`
 /// writes them (`[[license]]` tables).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct AddLicense {
     pub text: String,
     /// Give the new seats to this server rather than the free pool.
@@ -561,11 +680,21 @@ pub struct AddLicense {
 }
 
 /// `POST /v1/admin/license/remove`: the id of a code to take out of the pool.
+/// The leader refuses it ([`ErrorCode::SeatsInUse`]) while seats of the
+/// code's feature are held, unless `force` is set.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct RemoveLicense {
     pub id: String,
     #[serde(default)]
     pub expected_sequence: Option<u64>,
+    /// Remove the code even while clients hold seats of its feature.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub force: bool,
+}
+
+fn is_false(value: &bool) -> bool {
+    !*value
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

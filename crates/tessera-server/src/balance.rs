@@ -24,6 +24,7 @@ use tessera_core::{BorrowSource, ControlCommand, ControlOutcome, ControlState, F
 use tessera_proto::{BorrowAnswer, BorrowAsk, ErrorCode};
 
 use crate::issuer::Issuer;
+use crate::pool::admin::SeatsHeld;
 use crate::refusal::Refusal;
 use crate::App;
 
@@ -69,6 +70,41 @@ impl App {
         }
         let longest_hold_ms = self.issuer().longest_hold_ms();
         self.timing.lease().reassign_after_ms(longest_hold_ms)
+    }
+
+    /// Leader: the seats of `feature` clients may hold, per server (and per
+    /// removed server whose allocation is parked): its own now; another's as
+    /// a report it sent after `since_ms` says; one not heard from since,
+    /// up to its allocation, unless it has been silent for `W`, when every
+    /// grant it made has lapsed.
+    pub(crate) fn seats_held(&self, feature: &str, since_ms: u64) -> BTreeMap<String, SeatsHeld> {
+        let pool = &self.pool;
+        let allocation = pool.applied.borrow().state.allocation(feature).cloned();
+        let Some(allocation) = allocation else {
+            return BTreeMap::new();
+        };
+        let own = self.issuer().usage(feature).map_or(0, |(_, n)| n);
+        let wait_ms = self.reassign_after_ms();
+        let mut holders = allocation.servers.clone();
+        for (server, &parked) in &allocation.parked {
+            *holders.entry(server.clone()).or_default() += parked;
+        }
+        holders
+            .into_iter()
+            .map(|(server, seats)| {
+                let held = if server == pool.server_id {
+                    SeatsHeld::Counted(own)
+                } else if let Some(in_use) = pool.reported_in_use_since(&server, feature, since_ms)
+                {
+                    SeatsHeld::Counted(in_use)
+                } else if pool.silent_for_ms(&server).is_some_and(|ms| ms >= wait_ms) {
+                    SeatsHeld::Counted(0)
+                } else {
+                    SeatsHeld::Unheard { allocation: seats }
+                };
+                (server, held)
+            })
+            .collect()
     }
 
     /// Leader: finds seats for `ask` in the order of seed 002

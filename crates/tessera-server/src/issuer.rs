@@ -917,7 +917,7 @@ pub(crate) mod tests {
     fn control_of(pool: &PoolFile) -> ControlState {
         let mut control = ControlState::default();
         control.apply(&tessera_core::ControlCommand::InstallPoolFile {
-            text: pool.to_toml(),
+            text: pool.to_toml().unwrap(),
         });
         control
     }
@@ -1127,6 +1127,7 @@ pub(crate) mod tests {
         let (pool, key) = pool_and_key(5);
         let text = pool
             .to_toml()
+            .unwrap()
             .replace(
                 "[[servers]]",
                 "[distribution.cad]\nA = 2\nB = 0\n\n[[servers]]\nid = \"B\"\naddress = \"127.0.0.1:2\"\n\n[[servers]]",

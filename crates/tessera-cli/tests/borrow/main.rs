@@ -404,8 +404,15 @@ async fn admin_changes_reach_every_server_and_bad_ones_change_nothing() {
         })
         .await;
     }
-    // Its seats are C's now, not free: the code cannot be taken out yet.
+    // Clients hold seats of `app`: the code is not taken out.
     let out = pool.admin(follower, &["remove-license", "app-2"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("seats_in_use") && stderr.contains("--force"),
+        "{stderr}"
+    );
+    // Forced, neither: its seats are C's now, not free.
+    let out = pool.admin(follower, &["remove-license", "app-2", "--force"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("20 fewer seats"), "{stderr}");
 }

@@ -15,11 +15,13 @@
 //! - [`proofs`]: grants bound to their holders, against a status reader
 //!   who tries to release, renew or squat seats; the pool key.
 //! - [`cli`]: `tessera demo` and `tessera status`.
+//! - [`hostile`]: remove-license while seats are held, a weak peer secret.
 
 mod api;
 mod cli;
 mod codes;
 mod fixture;
+mod hostile;
 mod proofs;
 mod restart;
 mod seats;

@@ -18,8 +18,10 @@ pub enum BorrowSource {
 /// no server can be named so.
 pub const LOST_MAJORITY: &str = "(lost majority)";
 
-/// A command of the replicated log.
+/// A command of the replicated log. Commands arrive from peers, so an
+/// unknown field is refused rather than ignored.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub enum ControlCommand {
     /// Install a pool file with a higher sequence number than the installed one.
     InstallPoolFile { text: String },

@@ -92,7 +92,8 @@ pub enum ControlRefusal {
         wanted: u64,
         available: u64,
     },
-    /// A command that would break a feature's seat sums (a bug).
+    /// A command that would break a feature's seat sums (a bug), or a
+    /// snapshot that breaks them.
     #[error("{0}")]
     Broken(String),
 }

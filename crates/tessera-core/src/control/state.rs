@@ -58,6 +58,81 @@ impl ControlState {
         Ok(())
     }
 
+    /// A state read from a snapshot (a leader's, or this server's own
+    /// file), made whole: its pool file parsed again, and every invariant an
+    /// applied state keeps checked ([`ControlState::check_invariants`]). A
+    /// snapshot that breaks one is refused whole.
+    pub fn restored(mut self) -> Result<ControlState, ControlRefusal> {
+        self.restore_parsed()?;
+        self.check_invariants().map_err(ControlRefusal::Broken)?;
+        Ok(self)
+    }
+
+    /// What every state reached by applying commands keeps: per feature of
+    /// the installed codes, one allocation whose servers are the pool's and
+    /// whose allocations + parked + free pool equal the codes' seats
+    /// ([`FeatureAllocation::check_invariants`]), and request ids below the
+    /// next one. No pool file installed: no allocation.
+    pub fn check_invariants(&self) -> Result<(), String> {
+        let Some(pool) = &self.pool else {
+            if self.pool_text.is_some() {
+                return Err("the pool file was not parsed".into());
+            }
+            if !self.allocations.is_empty() {
+                return Err("allocations without an installed pool file".into());
+            }
+            return Ok(());
+        };
+        let mut features: Vec<&str> = pool.codes.iter().map(|c| c.feature()).collect();
+        features.sort();
+        features.dedup();
+        let allocated: Vec<&str> = self.allocations.keys().map(String::as_str).collect();
+        if features != allocated {
+            return Err(format!(
+                "the allocations are of features [{}] but the pool file's codes name [{}]",
+                allocated.join(", "),
+                features.join(", ")
+            ));
+        }
+        let servers = pool.server_ids();
+        let pool_servers: std::collections::BTreeSet<&String> = servers.iter().collect();
+        for (feature, allocation) in &self.allocations {
+            let nominal = pool.nominal_seats(feature);
+            if u64::from(allocation.nominal_seats) != nominal {
+                return Err(format!(
+                    "feature `{feature}`: the allocation counts {} seats but its codes carry \
+                     {nominal}",
+                    allocation.nominal_seats
+                ));
+            }
+            allocation.check_invariants(feature)?;
+            if !allocation.servers.keys().eq(pool_servers.iter().copied()) {
+                return Err(format!(
+                    "feature `{feature}`: allocations of servers [{}], but the pool's servers \
+                     are [{}]",
+                    allocation
+                        .servers
+                        .keys()
+                        .cloned()
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    servers.join(", ")
+                ));
+            }
+            if let Some(id) = allocation
+                .requests
+                .keys()
+                .find(|&&id| id >= self.next_request_id)
+            {
+                return Err(format!(
+                    "feature `{feature}`: request {id} is not below the next request id {}",
+                    self.next_request_id
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// Applies `command` all or nothing: a refused command changes nothing.
     pub fn apply(&mut self, command: &ControlCommand) -> ControlOutcome {
         let before = self.allocations.clone();

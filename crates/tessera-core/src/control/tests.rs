@@ -498,6 +498,117 @@ fn a_drain_is_refused_once_the_target_rose_and_fell_again_since_the_answer() {
     assert_eq!(state.allocation("app").unwrap().allocation_of("B"), 4);
 }
 
+/// A snapshot is taken whole only if it keeps every invariant an applied
+/// state keeps; a leader (or a disk) that sends one breaking them is refused.
+#[test]
+fn snapshots_that_break_the_invariants_are_refused() {
+    let mut state = three_servers("[distribution.app]\nA = 30\nB = 30\nC = 30\n");
+    state.apply(&ControlCommand::RequestRelease {
+        feature: "app".into(),
+        donor: "A".into(),
+        recipient: "B".into(),
+        seats: 2,
+    });
+    let from_snapshot = |json: &serde_json::Value| {
+        serde_json::from_value::<ControlState>(json.clone())
+            .unwrap()
+            .restored()
+    };
+    let good = serde_json::to_value(&state).unwrap();
+    assert_eq!(from_snapshot(&good).unwrap(), state);
+    let empty = serde_json::to_value(ControlState::default()).unwrap();
+    assert_eq!(from_snapshot(&empty).unwrap(), ControlState::default());
+    type Edit = fn(&mut serde_json::Value);
+    let cases: [(&str, Edit, &str); 9] = [
+        (
+            "a seat made",
+            |s| s["allocations"]["app"]["free_pool"] = 11.into(),
+            "add to 101, not 100",
+        ),
+        (
+            "a seat lost",
+            |s| s["allocations"]["app"]["servers"]["A"] = 29.into(),
+            "add to 99, not 100",
+        ),
+        (
+            "more seats than the codes",
+            |s| {
+                s["allocations"]["app"]["nominal_seats"] = 101.into();
+                s["allocations"]["app"]["free_pool"] = 11.into();
+            },
+            "counts 101 seats but its codes carry 100",
+        ),
+        (
+            "a feature without codes",
+            |s| {
+                s["allocations"]["cam"] = s["allocations"]["app"].clone();
+            },
+            "features [app, cam]",
+        ),
+        (
+            "a feature without allocation",
+            |s| {
+                s["allocations"] = serde_json::json!({});
+            },
+            "the pool file's codes name [app]",
+        ),
+        (
+            "a server not in the pool",
+            |s| {
+                s["allocations"]["app"]["servers"]["D"] = 0.into();
+            },
+            "allocations of servers [A, B, C, D]",
+        ),
+        (
+            "a request id not yet given",
+            |s| s["next_request_id"] = 0.into(),
+            "request 0 is not below",
+        ),
+        (
+            "allocations without a pool file",
+            |s| s["pool_text"] = serde_json::Value::Null,
+            "without an installed pool file",
+        ),
+        (
+            "a pool file that does not parse",
+            |s| s["pool_text"] = "pool_id = ".into(),
+            "not valid TOML",
+        ),
+    ];
+    for (name, edit, expected) in cases {
+        let mut tampered = good.clone();
+        edit(&mut tampered);
+        let err = from_snapshot(&tampered)
+            .map(|_| ())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(expected),
+            "{name}: `{err}` should contain `{expected}`"
+        );
+    }
+}
+
+/// Commands arrive from peers (in appends and in `/v1/peer/command`): an
+/// unknown field is refused, not ignored.
+#[test]
+fn commands_with_unknown_fields_are_refused() {
+    let command = ControlCommand::CancelRelease {
+        feature: "app".into(),
+        request_id: 3,
+    };
+    let mut json = serde_json::to_value(&command).unwrap();
+    assert_eq!(
+        serde_json::from_value::<ControlCommand>(json.clone()).unwrap(),
+        command
+    );
+    json["CancelRelease"]["seats"] = 1.into();
+    let err = serde_json::from_value::<ControlCommand>(json)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("unknown field `seats`"), "{err}");
+}
+
 mod model {
     //! The consent rules against a model of clients: whatever order the
     //! commands commit in, stale or repeated, no server's allocation ever
@@ -585,6 +696,7 @@ mod model {
                 }
                 let app = state.allocation("app").unwrap();
                 prop_assert!(app.check_invariants("app").is_ok(), "{:?}", app.check_invariants("app"));
+                prop_assert!(state.check_invariants().is_ok(), "{:?}", state.check_invariants());
                 for (s, server) in SERVERS.iter().enumerate() {
                     prop_assert!(
                         in_use[s] <= app.allocation_of(server),

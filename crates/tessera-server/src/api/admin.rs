@@ -52,5 +52,6 @@ async fn remove_license(
 }
 
 async fn change_pool(app: &App, change: AdminChange) -> Result<Json<PoolFileInstalled>, ApiError> {
-    Ok(Json(app.pool.admin_change(change).await?))
+    let seats_held = |feature: &str, since_ms| app.seats_held(feature, since_ms);
+    Ok(Json(app.pool.admin_change(change, seats_held).await?))
 }

@@ -21,6 +21,7 @@ pub mod peer;
 pub mod per_address;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::{FromRequest, Request};
@@ -39,6 +40,10 @@ pub const PEER_BODY_BYTES_MAX: usize = 32 * 1024 * 1024;
 
 /// Status and metrics requests in flight at once, apart from the clients'.
 pub const MONITORING_REQUESTS_IN_FLIGHT_MAX: usize = 64;
+
+/// Longest a request body may take to arrive
+/// ([`tessera_proto::BODY_READ_TIMEOUT_MS`]).
+pub const BODY_READ_TIMEOUT: Duration = Duration::from_millis(proto::BODY_READ_TIMEOUT_MS);
 
 /// An error answer.
 pub struct ApiError(pub Refusal);
@@ -59,7 +64,16 @@ impl IntoResponse for ApiError {
                 message: self.0.message,
             },
         };
-        (status, Json(body)).into_response()
+        let mut response = (status, Json(body)).into_response();
+        if self.0.code == ErrorCode::BodyTimeout {
+            // The rest of the body may still be on its way: the connection
+            // cannot carry another request.
+            response.headers_mut().insert(
+                axum::http::header::CONNECTION,
+                axum::http::HeaderValue::from_static("close"),
+            );
+        }
+        response
     }
 }
 
@@ -67,15 +81,26 @@ pub(crate) fn api_error(code: ErrorCode, message: impl Into<String>) -> ApiError
     ApiError(Refusal::new(code, message))
 }
 
-/// A JSON body parsed by us, so that every failure gets a stable code.
+/// A JSON body parsed by us, so that every failure gets a stable code. The
+/// whole body must arrive within [`BODY_READ_TIMEOUT`].
 pub struct JsonBody<T>(pub T);
 
 impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
     type Rejection = ApiError;
 
     async fn from_request(request: Request, state: &S) -> Result<Self, ApiError> {
-        let bytes = Bytes::from_request(request, state)
+        let read = tokio::time::timeout(BODY_READ_TIMEOUT, Bytes::from_request(request, state));
+        let bytes = read
             .await
+            .map_err(|_| {
+                api_error(
+                    ErrorCode::BodyTimeout,
+                    format!(
+                        "the request body did not arrive within {} ms",
+                        BODY_READ_TIMEOUT.as_millis()
+                    ),
+                )
+            })?
             .map_err(|rejection| {
                 if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
                     api_error(

@@ -19,6 +19,7 @@ use tessera_proto::{
 
 use super::auth::Caller;
 use super::{api_error, ApiError, JsonBody};
+use crate::pool::bounds::Bounded;
 use crate::pool::types::{node_id, NodeId, TypeConfig};
 use crate::pool::{self, PeerCommand};
 use crate::App;
@@ -65,6 +66,9 @@ async fn append(
     JsonBody(request): JsonBody<AppendEntriesRequest<TypeConfig>>,
 ) -> Result<Response, ApiError> {
     require_node(&caller, request.vote.leader_id().voted_for())?;
+    request.check_bounds()?;
+    app.pool
+        .from_another_leader(request.vote.leader_id().node_id)?;
     let term = request.vote.leader_id().term;
     app.pool.answers_leader(term)?;
     // Only an index committed in the leader's own term covers every entry
@@ -87,6 +91,9 @@ async fn vote(
     JsonBody(request): JsonBody<VoteRequest<NodeId>>,
 ) -> Result<Response, ApiError> {
     require_node(&caller, request.vote.leader_id().voted_for())?;
+    request.check_bounds()?;
+    app.pool
+        .from_another_leader(request.vote.leader_id().node_id)?;
     if app.pool.refuses_votes().await {
         return Err(api_error(
             ErrorCode::NoQuorum,
@@ -105,8 +112,11 @@ async fn snapshot(
     JsonBody(request): JsonBody<InstallSnapshotRequest<TypeConfig>>,
 ) -> Result<Response, ApiError> {
     require_node(&caller, request.vote.leader_id().voted_for())?;
+    request.check_bounds()?;
+    app.pool
+        .from_another_leader(request.vote.leader_id().node_id)?;
     app.pool.answers_leader(request.vote.leader_id().term)?;
-    Ok(Json(app.pool.raft.install_snapshot(request).await).into_response())
+    Ok(Json(app.pool.receive_snapshot(request).await?).into_response())
 }
 
 async fn hello(State(app): State<Arc<App>>) -> impl IntoResponse {
@@ -182,6 +192,7 @@ async fn command(
 
 /// Test-only: `{"on": true}` cuts every peer link of this server, both ways.
 #[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 struct PartitionSwitch {
     on: bool,
 }

@@ -72,6 +72,24 @@ impl Pool {
         }
     }
 
+    /// A leader's or a candidate's message (an append, a snapshot, a vote
+    /// request) comes from another server: none sends one in this server's
+    /// own name, and openraft, leading, panics taking an append in its own
+    /// name as a follower would (found by the fuzz target `fuzz_raft_append`).
+    pub fn from_another_leader(&self, leader: NodeId) -> Result<(), Refusal> {
+        if leader == self.node_id {
+            return Err(refused(
+                ErrorCode::MalformedRequest,
+                format!(
+                    "the message names this server itself (`{}`, Raft node {leader}) as its \
+                     leader",
+                    self.server_id
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     /// Whether this server answers a leader of `term` (an append or a
     /// snapshot): always once it votes; while it catches up, only once it
     /// knows the pool's term and `term` is not below it.
@@ -129,7 +147,12 @@ impl Pool {
                     .get::<PeerHello>(&server.address, "/v1/peer/hello")
                     .await
                 {
-                    if let Some(term) = hello.term {
+                    // A term above the limit is a broken or hostile
+                    // peer's: it would make every leader look stale.
+                    let term = hello
+                        .term
+                        .filter(|&term| term <= tessera_proto::RAFT_TERM_MAX);
+                    if let Some(term) = term {
                         answered += 1;
                         highest = highest.max(term);
                     }

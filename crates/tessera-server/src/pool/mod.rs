@@ -14,6 +14,7 @@
 //!   send time of that report plus `quota_lease_ms`.
 
 pub mod admin;
+pub mod bounds;
 mod catch_up;
 mod error;
 mod forming;
@@ -23,6 +24,7 @@ pub mod network;
 mod propose;
 mod quota;
 pub mod recovery;
+pub mod snapshot;
 mod start;
 pub mod state_machine;
 pub mod types;
@@ -48,6 +50,10 @@ use types::{node_id, NodeId, Raft};
 struct Seen {
     at_ms: u64,
     in_use: BTreeMap<String, u32>,
+    /// When the report before this one arrived. A server sends its next
+    /// report only once the last is answered, so this report was sent after
+    /// that moment.
+    previous_at_ms: Option<u64>,
 }
 
 pub struct Pool {
@@ -88,6 +94,8 @@ pub struct Pool {
     term_floor: Mutex<Option<u64>>,
     /// The log, to record durably whether this server is catching up.
     log_store: log_store::LogStore,
+    /// The leader's snapshot being received, chunk by chunk (`snapshot.rs`).
+    receiving: tokio::sync::Mutex<Option<snapshot::Receiving>>,
 }
 
 /// Environment variable that enables the test-only fault switch

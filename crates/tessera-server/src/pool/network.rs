@@ -26,6 +26,7 @@ use tessera_transport::{
     TransportTls,
 };
 
+use super::bounds::Bounded;
 use crate::config::Security;
 
 use super::types::{Node, NodeId, TypeConfig};
@@ -237,7 +238,7 @@ impl Connection {
     ) -> Result<Resp, RPCError<NodeId, Node, RaftError<NodeId, Err>>>
     where
         Req: Serialize,
-        Resp: DeserializeOwned,
+        Resp: DeserializeOwned + Bounded,
         Err: std::error::Error + DeserializeOwned,
     {
         let timeout = option.hard_ttl().min(PEER_TIMEOUT);
@@ -251,6 +252,14 @@ impl Connection {
                 }
                 _ => RPCError::Network(NetworkError::new(&AnyError::error(err.to_string()))),
             })?;
+        // A term or index above the limits from a peer is a broken answer,
+        // never adopted (see `bounds.rs`).
+        answer.check_bounds().map_err(|refusal| {
+            RPCError::Network(NetworkError::new(&AnyError::error(format!(
+                "{} answered out of range: {refusal}",
+                self.address
+            ))))
+        })?;
         answer.map_err(|err| RPCError::RemoteError(RemoteError::new(self.target, err)))
     }
 }

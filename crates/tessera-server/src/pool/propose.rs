@@ -34,6 +34,7 @@ pub struct Forward {
 /// `POST /v1/peer/command`: a command a server proposes (a donor's release
 /// or drain); the leader commits it.
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct PeerCommand {
     pub server_id: String,
     pub command: ControlCommand,

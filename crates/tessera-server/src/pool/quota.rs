@@ -4,6 +4,7 @@
 //! leader's description of the pool.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use openraft::ServerState;
 use tessera_core::PoolFile;
@@ -40,13 +41,17 @@ impl Pool {
         {
             let _moves = self.moves.lock().await;
             self.observe_term();
-            self.seen.lock().unwrap_or_else(|p| p.into_inner()).insert(
+            let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+            let previous_at_ms = seen.get(&report.server_id).map(|s| s.at_ms);
+            seen.insert(
                 report.server_id.clone(),
                 Seen {
                     at_ms: self.clock.now_ms(),
                     in_use: report.in_use.clone(),
+                    previous_at_ms,
                 },
             );
+            drop(seen);
             self.relay
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
@@ -188,6 +193,41 @@ impl Pool {
             .collect()
     }
 
+    /// Leader: waits, at most four report intervals, until every other
+    /// server of the pool has sent a report after `since_ms` (this server's
+    /// clock; see [`Seen::previous_at_ms`]); a server down or cut off is
+    /// waited for in vain.
+    pub(crate) async fn await_reports_since(&self, since_ms: u64) {
+        let waited_ms = self.timing.quota_report_interval_ms * 4;
+        let others: Vec<String> = self
+            .pool_file()
+            .server_ids()
+            .into_iter()
+            .filter(|s| *s != self.server_id)
+            .collect();
+        let all_reported = || {
+            let seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+            others
+                .iter()
+                .all(|s| seen.get(s).is_some_and(|seen| seen.sent_since(since_ms)))
+        };
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(waited_ms);
+        while !all_reported() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(LEADER_LOOK_INTERVAL).await;
+        }
+    }
+
+    /// Leader: the in-use counts of a report `server` sent after `since_ms`.
+    pub fn reported_in_use_since(&self, server: &str, feature: &str, since_ms: u64) -> Option<u32> {
+        if !self.is_leader() {
+            return None;
+        }
+        let seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        seen.get(server)
+            .filter(|s| s.sent_since(since_ms))
+            .map(|s| s.in_use.get(feature).copied().unwrap_or(0))
+    }
+
     /// Leader: the in-use counts last reported by `server`.
     pub fn reported_in_use(&self, server: &str, feature: &str) -> Option<u32> {
         if !self.is_leader() {
@@ -196,5 +236,13 @@ impl Pool {
         let seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
         seen.get(server)
             .map(|s| s.in_use.get(feature).copied().unwrap_or(0))
+    }
+}
+
+impl Seen {
+    /// Whether this report was sent after `since_ms` (the leader's clock):
+    /// the one before it arrived after then.
+    fn sent_since(&self, since_ms: u64) -> bool {
+        self.previous_at_ms.is_some_and(|at_ms| at_ms >= since_ms)
     }
 }

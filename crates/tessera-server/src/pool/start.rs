@@ -128,6 +128,7 @@ impl Pool {
             recovering,
             term_floor: Mutex::new(None),
             log_store,
+            receiving: tokio::sync::Mutex::new(None),
         })
     }
 }

@@ -90,10 +90,9 @@ impl StateMachine {
                 };
                 let file: SnapshotFile =
                     serde_json::from_slice(&bytes).map_err(|e| damaged(e.to_string()))?;
-                let mut state: ControlState =
+                let state: ControlState =
                     serde_json::from_str(&file.state).map_err(|e| damaged(e.to_string()))?;
-                state.restore_parsed().map_err(|e| damaged(e.to_string()))?;
-                inner.state = state;
+                inner.state = state.restored().map_err(|e| damaged(e.to_string()))?;
                 inner.last_applied = file.meta.last_log_id;
                 inner.membership = file.meta.last_membership.clone();
                 inner.snapshot = Some((file.meta, file.state.into_bytes()));
@@ -234,8 +233,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> Result<(), StorageError<NodeId>> {
         let data = snapshot.into_inner();
-        let mut state: ControlState = serde_json::from_slice(&data).map_err(sm_error)?;
-        state.restore_parsed().map_err(sm_error)?;
+        // Checked already by the peer handler (`snapshot.rs`): a refusal
+        // here would stop openraft.
+        let state: ControlState = serde_json::from_slice(&data).map_err(sm_error)?;
+        let state = state.restored().map_err(sm_error)?;
         self.persist(meta, &data).map_err(sm_error)?;
         tracing::info!(
             "installed the leader's snapshot up to log index {}",
