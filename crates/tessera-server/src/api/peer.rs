@@ -65,8 +65,9 @@ async fn append(
     Extension(caller): Extension<Caller>,
     JsonBody(request): JsonBody<AppendEntriesRequest<TypeConfig>>,
 ) -> Result<Response, ApiError> {
-    require_node(&caller, request.vote.leader_id().voted_for())?;
+    // Bounds first: a pure check that keeps nothing.
     request.check_bounds()?;
+    require_node(&caller, request.vote.leader_id().voted_for())?;
     app.pool
         .from_another_leader(request.vote.leader_id().node_id)?;
     let term = request.vote.leader_id().term;
@@ -90,8 +91,9 @@ async fn vote(
     Extension(caller): Extension<Caller>,
     JsonBody(request): JsonBody<VoteRequest<NodeId>>,
 ) -> Result<Response, ApiError> {
-    require_node(&caller, request.vote.leader_id().voted_for())?;
+    // Bounds first: a pure check that keeps nothing.
     request.check_bounds()?;
+    require_node(&caller, request.vote.leader_id().voted_for())?;
     app.pool
         .from_another_leader(request.vote.leader_id().node_id)?;
     if app.pool.refuses_votes().await {
@@ -111,8 +113,9 @@ async fn snapshot(
     Extension(caller): Extension<Caller>,
     JsonBody(request): JsonBody<InstallSnapshotRequest<TypeConfig>>,
 ) -> Result<Response, ApiError> {
-    require_node(&caller, request.vote.leader_id().voted_for())?;
+    // Bounds first: a pure check that keeps nothing.
     request.check_bounds()?;
+    require_node(&caller, request.vote.leader_id().voted_for())?;
     app.pool
         .from_another_leader(request.vote.leader_id().node_id)?;
     app.pool.answers_leader(request.vote.leader_id().term)?;
