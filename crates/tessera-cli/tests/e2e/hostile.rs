@@ -1,6 +1,6 @@
 //! What an administrator's slip or a hostile config must not do, with the
 //! real binary: remove a license code whose seats clients hold, or run a
-//! pool whose peer secret is empty.
+//! server with the shared peer secret of old.
 
 use std::ffi::OsStr;
 use std::time::Duration;
@@ -21,11 +21,11 @@ async fn remove_license_is_refused_while_seats_are_held_unless_forced() {
         .await
         .ok();
     let remove = |id: &'static str, force: bool| {
-        let mut args = vec!["admin", "remove-license", id, "--server", &server.address];
+        let mut args = vec!["admin", "remove-license", id];
         if force {
             args.push("--force");
         }
-        tessera(args.into_iter().map(OsStr::new).collect::<Vec<_>>())
+        tessera(server.cli(&args))
     };
 
     let refused = remove("acme-cad", false).await.failure();
