@@ -211,9 +211,43 @@ pub fn pool_text(sequence: u64, address: &SocketAddr, licenses: &str) -> String 
     )
 }
 
+/// The second server of [`Members::WithSilentPeer`]: listed in the pool
+/// file with its credential, never started. Tests speak in its name.
+pub const SILENT_PEER_ID: &str = "Z";
+pub const SILENT_PEER_CREDENTIAL: &str = "fuzz-peer-credential-of-server-z-0123456789";
+
+/// The headers of a peer request sent by [`SILENT_PEER_ID`].
+pub fn silent_peer_headers() -> Vec<(&'static str, &'static str)> {
+    vec![
+        (POOL_HEADER, POOL_ID),
+        (tessera_proto::PEER_HEADER, SILENT_PEER_ID),
+        (
+            "authorization",
+            "Bearer fuzz-peer-credential-of-server-z-0123456789",
+        ),
+    ]
+}
+
+/// Who the pool file lists.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Members {
+    /// Server `A` alone: it leads.
+    Alone,
+    /// `A` and a silent `Z`: `A` cannot lead, and takes a leader's messages
+    /// from `Z` as a follower would.
+    WithSilentPeer,
+}
+
 impl InProcess {
     /// Starts the server and waits (bounded) until it leads and serves.
     pub fn start(listen: Listen) -> InProcess {
+        InProcess::start_with(listen, Members::Alone)
+    }
+
+    /// Starts the server of a pool of `members`; waits (bounded) until it
+    /// leads and serves (and, beside a silent peer, has installed the pool
+    /// file that adds it).
+    pub fn start_with(listen: Listen, members: Members) -> InProcess {
         watch_panics();
         let name = format!("fuzz-server-{}-", SERVERS.fetch_add(1, Ordering::SeqCst));
         let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -307,10 +341,32 @@ impl InProcess {
             address,
             _dir: dir,
         };
+        let mut server = server;
         server.wait_until("it leads and serves", |s| {
             s.server.role == "leader" && s.server.state == "serving" && s.pool_sequence >= 1
         });
+        if members == Members::WithSilentPeer {
+            server.add_silent_peer();
+        }
         server
+    }
+
+    /// Installs the pool file (sequence 2) that adds [`SILENT_PEER_ID`];
+    /// the server keeps leading, the membership change waiting for `Z`.
+    fn add_silent_peer(&mut self) {
+        let entry = format!(
+            "[[servers]]\nid = \"{SILENT_PEER_ID}\"\naddress = \"127.0.0.1:10\"\n\
+             credential_sha256 = \"{}\"\n\n[[license]]",
+            tessera_core::credential_sha256(SILENT_PEER_CREDENTIAL)
+        );
+        let text = self
+            .pool_text
+            .replacen("sequence = 1", "sequence = 2", 1)
+            .replacen("[[license]]", &entry, 1);
+        let answer = self.post_json("/v1/admin/pool-file", &serde_json::json!({ "text": text }));
+        assert_eq!(answer.status, 200, "{}", answer.text());
+        self.wait_until("the pool file that adds Z", |s| s.pool_sequence == 2);
+        self.pool_text = text;
     }
 
     fn runtime(&self) -> &tokio::runtime::Runtime {
