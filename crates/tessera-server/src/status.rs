@@ -10,8 +10,16 @@ use crate::issuer::{self, Issuer, IssuingState};
 
 use crate::App;
 
+/// Whether a status lists grants (with their users and hosts) or only
+/// counts them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Grants {
+    Listed,
+    Counted,
+}
+
 impl App {
-    pub(crate) fn status(&self) -> proto::StatusResponse {
+    pub(crate) fn status(&self, grants: Grants) -> proto::StatusResponse {
         let now_ms = self.clock.now_ms();
         let pool_file = self.pool.pool_file();
         let leader_id = self.pool.leader().map(|(id, _)| id);
@@ -25,33 +33,10 @@ impl App {
             .features()
             .map(|feature| self.feature_status(&issuer, feature))
             .collect();
-        // The oldest grants, chosen before any is described: a server may
-        // hold a million, and the status lists at most STATUS_GRANTS_MAX.
-        let mut oldest: Vec<(&String, &issuer::LiveGrant)> = issuer.grants().collect();
-        if oldest.len() > proto::STATUS_GRANTS_MAX {
-            oldest.select_nth_unstable_by(proto::STATUS_GRANTS_MAX, |a, b| {
-                a.1.issued_at_ms
-                    .cmp(&b.1.issued_at_ms)
-                    .then_with(|| a.0.cmp(b.0))
-            });
-            oldest.truncate(proto::STATUS_GRANTS_MAX);
-        }
-        let mut grants: Vec<proto::GrantStatus> = oldest
-            .into_iter()
-            .map(|(grant_id, grant)| proto::GrantStatus {
-                grant_id: grant_id.clone(),
-                feature: grant.request.feature.clone(),
-                count: grant.request.count,
-                client_id: grant.request.client_id.clone(),
-                user: grant.request.user.clone(),
-                host: grant.request.host.clone(),
-                version: grant.request.version.clone(),
-                age_ms: now_ms.saturating_sub(grant.issued_at_ms),
-                expires_in_ms: grant.expires_at_ms.saturating_sub(now_ms),
-            })
-            .collect();
-        grants.sort_by(|a, b| b.age_ms.cmp(&a.age_ms).then(a.grant_id.cmp(&b.grant_id)));
-        grants.truncate(proto::STATUS_GRANTS_MAX);
+        let grants = match grants {
+            Grants::Listed => oldest_grants(&issuer, now_ms),
+            Grants::Counted => Vec::new(),
+        };
         proto::StatusResponse {
             pool_id: pool_file.pool_id.clone(),
             pool_sequence: issuer.pool().map_or(0, |p| p.sequence),
@@ -83,7 +68,7 @@ impl App {
 
     /// Prometheus text exposition of this server's state.
     pub(crate) fn metrics(&self) -> String {
-        let status = self.status();
+        let status = self.status(Grants::Counted);
         let server = &status.server;
         let mut out = Exposition::default();
         out.gauge("tessera_leader", u64::from(server.role == "leader"));
@@ -248,4 +233,36 @@ impl Exposition {
         self.family(name, "counter");
         let _ = writeln!(self.0, "{name} {value}");
     }
+}
+
+/// The oldest grants, at most [`proto::STATUS_GRANTS_MAX`], oldest first.
+fn oldest_grants(issuer: &Issuer, now_ms: u64) -> Vec<proto::GrantStatus> {
+    // The oldest grants, chosen before any is described: a server may
+    // hold a million, and the status lists at most STATUS_GRANTS_MAX.
+    let mut oldest: Vec<(&String, &issuer::LiveGrant)> = issuer.grants().collect();
+    if oldest.len() > proto::STATUS_GRANTS_MAX {
+        oldest.select_nth_unstable_by(proto::STATUS_GRANTS_MAX, |a, b| {
+            a.1.issued_at_ms
+                .cmp(&b.1.issued_at_ms)
+                .then_with(|| a.0.cmp(b.0))
+        });
+        oldest.truncate(proto::STATUS_GRANTS_MAX);
+    }
+    let mut grants: Vec<proto::GrantStatus> = oldest
+        .into_iter()
+        .map(|(grant_id, grant)| proto::GrantStatus {
+            grant_id: grant_id.clone(),
+            feature: grant.request.feature.clone(),
+            count: grant.request.count,
+            client_id: grant.request.client_id.clone(),
+            user: grant.request.user.clone(),
+            host: grant.request.host.clone(),
+            version: grant.request.version.clone(),
+            age_ms: now_ms.saturating_sub(grant.issued_at_ms),
+            expires_in_ms: grant.expires_at_ms.saturating_sub(now_ms),
+        })
+        .collect();
+    grants.sort_by(|a, b| b.age_ms.cmp(&a.age_ms).then(a.grant_id.cmp(&b.grant_id)));
+    grants.truncate(proto::STATUS_GRANTS_MAX);
+    grants
 }

@@ -18,6 +18,7 @@ use super::{api_error, ApiError, JsonBody};
 use crate::config::PublicStatus;
 use crate::issuer::{Origin, SeatRequest};
 use crate::service::{Deadline, Granted};
+use crate::status::Grants;
 use crate::App;
 
 pub(super) fn routes() -> Router<Arc<App>> {
@@ -106,11 +107,14 @@ async fn status(
     State(app): State<Arc<App>>,
     Extension(caller): Extension<Caller>,
 ) -> Json<proto::StatusResponse> {
-    let mut status = app.status();
-    if !caller.reads_all() && app.public_status == PublicStatus::Summary {
-        status.grants.clear();
-    }
-    Json(status)
+    // Grants are not even listed for a caller who may not see them: a
+    // server may hold a million, and anyone may ask.
+    let grants = if caller.reads_all() || app.public_status == PublicStatus::Full {
+        Grants::Listed
+    } else {
+        Grants::Counted
+    };
+    Json(app.status(grants))
 }
 
 /// The grant as the client is told of it; `app` is the server that issued it.
