@@ -70,36 +70,23 @@ impl Admin {
     }
 
     /// The full status (grants, users, hosts) of the first server that
-    /// answers; the token needs role `read` or `admin`.
+    /// answers; the token needs role `read` or `admin`. Any refusal is the
+    /// pool's answer.
     pub async fn status(&self) -> Result<StatusResponse, ClientError> {
-        let mut failures = Vec::new();
-        for address in &self.client.config().servers {
-            let headers = vec![self.authorization()];
-            let answer = http::get_json(
-                &self.client,
-                address,
-                "/status",
-                headers,
-                STATUS_ANSWER_BYTES_MAX,
-            )
-            .await;
-            match answer {
-                Ok(status) => return Ok(status),
-                Err(failure) => match &failure.kind {
-                    FailureKind::Refused { code, message } => {
-                        return Err(ClientError::Rejected {
-                            code: *code,
-                            message: message.clone(),
-                        })
-                    }
-                    _ => failures.push(failure),
-                },
-            }
-        }
-        Err(ClientError::NoServerReachable {
-            last_error: describe(&failures),
-            tried: failures.into_iter().map(|f| f.address).collect(),
-        })
+        self.first_answer(
+            |address| {
+                let headers = vec![self.authorization()];
+                http::get_json(
+                    &self.client,
+                    address,
+                    "/status",
+                    headers,
+                    STATUS_ANSWER_BYTES_MAX,
+                )
+            },
+            |_| false,
+        )
+        .await
     }
 
     /// Sends `change` to the configured servers in order until one takes it;
@@ -110,14 +97,30 @@ impl Admin {
         let body = change.body().map_err(|error| ClientError::InvalidConfig {
             message: format!("cannot encode the admin change: {error}"),
         })?;
+        self.first_answer(
+            |address| self.change_on(address, change, &body),
+            |code| matches!(code, ErrorCode::NoLeader | ErrorCode::Internal),
+        )
+        .await
+    }
+
+    /// `ask` of the configured servers in order: the first answer, or the
+    /// first refusal whose code `passes_on` does not hand to the next server.
+    async fn first_answer<'a, T, F, Fut>(
+        &'a self,
+        ask: F,
+        passes_on: impl Fn(ErrorCode) -> bool,
+    ) -> Result<T, ClientError>
+    where
+        F: Fn(&'a str) -> Fut,
+        Fut: std::future::Future<Output = Result<T, Failure>>,
+    {
         let mut failures = Vec::new();
         for address in &self.client.config().servers {
-            match self.change_on(address, change, &body).await {
-                Ok(installed) => return Ok(installed),
+            match ask(address).await {
+                Ok(answer) => return Ok(answer),
                 Err(failure) => match &failure.kind {
-                    FailureKind::Refused { code, message }
-                        if !matches!(code, ErrorCode::NoLeader | ErrorCode::Internal) =>
-                    {
+                    FailureKind::Refused { code, message } if !passes_on(*code) => {
                         return Err(ClientError::Rejected {
                             code: *code,
                             message: message.clone(),

@@ -528,6 +528,40 @@ async fn restart_with_a_newer_pool_file_removes_a_server() {
     }
 }
 
+/// Every server's allocation of `app`, in pool order.
+fn allocations(status: &tessera_proto::StatusResponse) -> Vec<u32> {
+    status.features[0]
+        .servers
+        .iter()
+        .map(|r| r.allocation)
+        .collect()
+}
+
+/// `tessera admin set-distribution app` through server `via`: `seats` per
+/// server in pool order, made against pool file `sequence`; it must succeed.
+fn set_distribution(pool: &Pool, via: usize, seats: &[u32], sequence: u64) {
+    let spec: Vec<String> = pool
+        .servers
+        .iter()
+        .zip(seats)
+        .map(|(server, seats)| format!("{}={seats}", server.id))
+        .collect();
+    let sequence = sequence.to_string();
+    let args = [
+        "set-distribution",
+        "app",
+        &spec.join(","),
+        "--sequence",
+        &sequence,
+    ];
+    let out = pool.admin(via, &args);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// The log is purged behind snapshots: a server that was down while the
 /// pool moved on catches up from the leader's snapshot, and a restarted
 /// leader rebuilds its state from its own snapshot and log.
@@ -542,49 +576,24 @@ async fn snapshots_bring_back_servers_that_missed_purged_log() {
     let live = (leader + 1) % 3;
     let lagging = (leader + 2) % 3;
     pool.kill(lagging);
-    let ids: Vec<String> = pool.servers.iter().map(|s| s.id.clone()).collect();
     let mut expected = [0u32; 3];
     for n in 0..12u64 {
         let mut seats = [0u32; 3];
         seats[leader] = if n % 2 == 0 { 35 } else { 40 };
         seats[live] = 70 - seats[leader];
         seats[lagging] = 30;
-        let spec: Vec<String> = (0..3).map(|i| format!("{}={}", ids[i], seats[i])).collect();
-        let sequence = (n + 1).to_string();
-        let out = pool.admin(
-            leader,
-            &[
-                "set-distribution",
-                "app",
-                &spec.join(","),
-                "--sequence",
-                &sequence,
-            ],
-        );
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        set_distribution(&pool, leader, &seats, n + 1);
         pool.wait_status(leader, "the distribution reached", |s| {
-            s.features[0]
-                .servers
-                .iter()
-                .map(|r| r.allocation)
-                .collect::<Vec<_>>()
-                == seats
+            allocations(s) == seats
         })
         .await;
         expected = seats;
     }
     let snapshot = pool
         .path()
-        .join(format!("data-{}", ids[leader]))
+        .join(format!("data-{}", pool.servers[leader].id))
         .join("control-snapshot.json");
     assert!(snapshot.exists(), "the leader keeps a snapshot");
-    let allocations = |s: &tessera_proto::StatusResponse| -> Vec<u32> {
-        s.features[0].servers.iter().map(|r| r.allocation).collect()
-    };
     pool.spawn(lagging);
     let back = pool
         .wait_status(lagging, "the lagging server caught up", |s| {
@@ -615,37 +624,18 @@ async fn a_distribution_is_reached_while_a_server_is_down() {
     let down = (leader + 1) % 3;
     let live = (leader + 2) % 3;
     pool.kill(down);
-    let ids: Vec<String> = pool.servers.iter().map(|s| s.id.clone()).collect();
     let mut seats = [0u32; 3];
     seats[down] = 10;
     seats[leader] = 45;
     seats[live] = 45;
-    let spec: Vec<String> = (0..3).map(|i| format!("{}={}", ids[i], seats[i])).collect();
-    let out = pool.admin(
-        leader,
-        &[
-            "set-distribution",
-            "app",
-            &spec.join(","),
-            "--sequence",
-            "1",
-        ],
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let allocations = |s: &tessera_proto::StatusResponse| -> Vec<u32> {
-        s.features[0].servers.iter().map(|r| r.allocation).collect()
-    };
+    set_distribution(&pool, leader, &seats, 1);
     pool.wait_status(leader, "the distribution reached", |s| {
         allocations(s) == seats
     })
     .await;
     assert!(
         pool.log(leader)
-            .contains(&format!("above the target of `{}`", ids[down])),
+            .contains(&format!("above the target of `{}`", pool.servers[down].id)),
         "the leader gave back the silent server's excess"
     );
     pool.spawn(down);

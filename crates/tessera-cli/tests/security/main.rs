@@ -333,11 +333,8 @@ async fn a_man_in_the_middle_cannot_forge_or_rewrite_answers() {
     assert!(pool.status(leader).await.is_some());
 }
 
-/// `plain_http` is for loopback only: a server asked to listen on every
-/// address without TLS refuses to start, and says what to do.
-#[test]
-fn plain_http_is_refused_off_loopback() {
-    let dir = tempfile::tempdir().unwrap();
+/// `tessera pool init` for a pool of one in `dir`; returns server A's folder.
+fn init_pool_of_one(dir: &Path) -> std::path::PathBuf {
     let init = std::process::Command::new(TESSERA)
         .args([
             "pool",
@@ -347,7 +344,7 @@ fn plain_http_is_refused_off_loopback() {
             "--server",
             "A=127.0.0.1:1",
         ])
-        .current_dir(dir.path())
+        .current_dir(dir)
         .output()
         .unwrap();
     assert!(
@@ -355,7 +352,28 @@ fn plain_http_is_refused_off_loopback() {
         "{}",
         String::from_utf8_lossy(&init.stderr)
     );
-    let config = dir.path().join("pool").join("A").join("tessera.toml");
+    dir.join("pool").join("A")
+}
+
+/// Starts `tessera server` with `config`, which must refuse to start;
+/// returns what it said.
+fn refused_start(config: &Path) -> String {
+    let out = std::process::Command::new(TESSERA)
+        .args(["server", "--new-pool", "--config"])
+        .arg(config)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "{stderr}");
+    stderr
+}
+
+/// `plain_http` is for loopback only: a server asked to listen on every
+/// address without TLS refuses to start, and says what to do.
+#[test]
+fn plain_http_is_refused_off_loopback() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = init_pool_of_one(dir.path()).join("tessera.toml");
     let mut text = std::fs::read_to_string(&config).unwrap();
     text = text.replace(
         "data_dir = \"data\"\n",
@@ -363,13 +381,7 @@ fn plain_http_is_refused_off_loopback() {
     );
     text.push_str("\n[security]\nplain_http = true\n");
     std::fs::write(&config, text).unwrap();
-    let out = std::process::Command::new(TESSERA)
-        .args(["server", "--new-pool", "--config"])
-        .arg(&config)
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{stderr}");
+    let stderr = refused_start(&config);
     assert!(stderr.contains("only on a loopback address"), "{stderr}");
 }
 
@@ -378,33 +390,15 @@ fn plain_http_is_refused_off_loopback() {
 #[test]
 fn a_server_without_its_credentials_says_how_to_make_them() {
     let dir = tempfile::tempdir().unwrap();
-    let init = std::process::Command::new(TESSERA)
-        .args([
-            "pool",
-            "init",
-            "--pool-id",
-            "p",
-            "--server",
-            "A=127.0.0.1:1",
-        ])
-        .current_dir(dir.path())
-        .output()
-        .unwrap();
-    assert!(init.status.success());
-    let server = dir.path().join("pool").join("A");
+    let server = init_pool_of_one(dir.path());
+    let config = server.join("tessera.toml");
     for (file, expected) in [
         ("server.pem", "server.pem"),
         ("peer.credential", "peer.credential"),
     ] {
         let kept = std::fs::read(server.join(file)).unwrap();
         std::fs::remove_file(server.join(file)).unwrap();
-        let out = std::process::Command::new(TESSERA)
-            .args(["server", "--new-pool", "--config"])
-            .arg(server.join("tessera.toml"))
-            .output()
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success());
+        let stderr = refused_start(&config);
         assert!(
             stderr.contains(expected) && stderr.contains("tessera pool init"),
             "{stderr}"
@@ -413,22 +407,12 @@ fn a_server_without_its_credentials_says_how_to_make_them() {
     }
     // Another server's credential (or a pool file of another pool).
     std::fs::write(server.join("peer.credential"), "f".repeat(64)).unwrap();
-    let out = std::process::Command::new(TESSERA)
-        .args(["server", "--new-pool", "--config"])
-        .arg(server.join("tessera.toml"))
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = refused_start(&config);
     assert!(
         stderr.contains("is not the SHA-256 of this server's peer"),
         "{stderr}"
     );
     // A credential too short to be a secret.
     std::fs::write(server.join("peer.credential"), "short\n").unwrap();
-    let out = std::process::Command::new(TESSERA)
-        .args(["server", "--new-pool", "--config"])
-        .arg(server.join("tessera.toml"))
-        .output()
-        .unwrap();
-    assert!(String::from_utf8_lossy(&out.stderr).contains("shorter than 32"));
+    assert!(refused_start(&config).contains("shorter than 32"));
 }
