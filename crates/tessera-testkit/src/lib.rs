@@ -245,13 +245,20 @@ impl Pool {
     /// waits for the pool before it, if any, to be dropped
     /// ([`one_pool_at_a_time`]).
     pub async fn start(tessera: &Path, spec: PoolSpec<'_>) -> Pool {
-        let one_at_a_time = one_pool_at_a_time().await;
-        let mut pool = Pool::new(tessera, spec);
-        pool._one_at_a_time = Some(one_at_a_time);
+        let mut pool = Pool::prepared(tessera, spec).await;
         pool.spawn_all();
         for i in 0..pool.servers.len() {
             pool.wait_serving(i).await;
         }
+        pool
+    }
+
+    /// A pool made by [`Pool::new`] with no server started yet, once the
+    /// pool before it, if any, has been dropped ([`one_pool_at_a_time`]).
+    pub async fn prepared(tessera: &Path, spec: PoolSpec<'_>) -> Pool {
+        let one_at_a_time = one_pool_at_a_time().await;
+        let mut pool = Pool::new(tessera, spec);
+        pool._one_at_a_time = Some(one_at_a_time);
         pool
     }
 

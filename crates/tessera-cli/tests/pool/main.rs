@@ -106,6 +106,22 @@ async fn wait_until(what: &str, check: impl Fn() -> bool) {
     }
 }
 
+/// Servers started together leave the forming of a new pool to the first
+/// in priority, even when it is the last to listen: B and C, a majority of
+/// fresh servers, wait for A instead of forming without it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_first_in_priority_leads_a_new_pool_though_it_starts_last() {
+    let mut pool = Pool::prepared(Path::new(TESSERA), seed_001()).await;
+    let (a, b, c) = (0, 1, 2);
+    pool.spawn(b);
+    pool.spawn(c);
+    pool.wait_status(b, "B answers", |_| true).await;
+    pool.wait_status(c, "C answers", |_| true).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    pool.spawn(a);
+    assert_eq!(pool.wait_leader(&[a, b, c]).await, a);
+}
+
 /// Seed 001, FIG. 5-11: 100 seats, A:40 B:30 C:30, one client on each
 /// server, the leader lost, its client failing over, the leader returning.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -10,6 +10,12 @@ use tessera_proto::{ErrorCode, PeerHello};
 use super::types::{node_id, Node, NodeId};
 use super::*;
 
+/// How long a fresh server waits, per server before it in leader
+/// priority, for those servers to answer before it forms the pool without
+/// them. Servers started together then leave the forming to the first in
+/// priority even when it is a little slower to listen.
+pub(super) const FORMING_PATIENCE_PER_RANK: Duration = Duration::from_secs(2);
+
 pub(super) enum Survey {
     SomeoneFormed,
     MajorityNew,
@@ -21,8 +27,9 @@ impl Pool {
     /// this server started with is installed if it is newer. Runs until done.
     pub async fn bootstrap(self: Arc<Self>) {
         let retry = Duration::from_millis(300);
+        let surveying_since = tokio::time::Instant::now();
         while !self.raft.is_initialized().await.unwrap_or(true) {
-            match self.survey_peers().await {
+            match self.survey_peers(surveying_since.elapsed()).await {
                 Survey::SomeoneFormed => break,
                 Survey::MajorityNew => {
                     let members: BTreeMap<NodeId, Node> = self
@@ -79,9 +86,11 @@ impl Pool {
     /// have never formed one, and none has: a server added to a running pool
     /// must never start a pool of its own. Of the fresh servers, the one first
     /// in leader priority forms it (and campaigns first), so priority settles
-    /// who leads a new pool.
-    pub(super) async fn survey_peers(&self) -> Survey {
-        let survey = self.survey_answers().await;
+    /// who leads a new pool. A server forms a pool without the servers
+    /// before it only after it has waited [`FORMING_PATIENCE_PER_RANK`] for
+    /// each of them (`surveying` is how long it has been surveying).
+    pub(super) async fn survey_peers(&self, surveying: Duration) -> Survey {
+        let survey = self.survey_answers(surveying).await;
         if let Some(history) = survey.1 {
             self.surveyed(history).await;
         }
@@ -90,8 +99,9 @@ impl Pool {
 
     /// The survey, and whether any peer answered that the pool has
     /// installed a pool file (has a history), if any peer answered.
-    pub(super) async fn survey_answers(&self) -> (Survey, Option<bool>) {
+    pub(super) async fn survey_answers(&self, surveying: Duration) -> (Survey, Option<bool>) {
         let mut fresh = 1;
+        let mut rank = 0u32;
         let mut higher_priority_fresh = false;
         let mut before_me = true;
         // A pool of one has nobody to catch up from.
@@ -101,6 +111,9 @@ impl Pool {
             if server.id == self.server_id {
                 before_me = false;
                 continue;
+            }
+            if before_me {
+                rank += 1;
             }
             if let Ok(hello) = self
                 .peers
@@ -118,7 +131,10 @@ impl Pool {
         }
         let survey = if formed {
             Survey::SomeoneFormed
-        } else if fresh * 2 > self.bootstrap.servers.len() && !higher_priority_fresh {
+        } else if fresh * 2 > self.bootstrap.servers.len()
+            && !higher_priority_fresh
+            && surveying >= FORMING_PATIENCE_PER_RANK * rank
+        {
             Survey::MajorityNew
         } else {
             Survey::Wait
