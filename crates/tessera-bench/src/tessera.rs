@@ -484,6 +484,7 @@ impl Session for TesseraSession {
             answer_within_ms: None,
             renewal: 0,
             proof: hold.proof.clone(),
+            holding: None,
         };
         self.post::<_, proto::Grant>(HEARTBEAT_PATH, &body)
             .await

@@ -316,7 +316,7 @@ async fn keep_alive(client: Client, seat: Arc<Seat>, mut stop: watch::Receiver<b
         }
         match renew_round(&client, &seat, &stop, valid_until).await {
             Round::Renewed(renewal) => {
-                seat.renewed(renewal);
+                seat.renewed(*renewal);
                 retry_at = None;
                 last_failures.clear();
             }
@@ -348,7 +348,7 @@ async fn keep_alive(client: Client, seat: Arc<Seat>, mut stop: watch::Receiver<b
 }
 
 enum Round {
-    Renewed(Renewal),
+    Renewed(Box<Renewal>),
     /// Every server failed in a way that may pass; the seat is still valid.
     Failed(Vec<Failure>),
     /// The seat expired before any server renewed it.
@@ -419,11 +419,11 @@ async fn renew_round(
         match answer {
             Ok(grant) => match check_grant(&grant, &request.feature, request.count) {
                 Ok(()) => {
-                    return Round::Renewed(Renewal {
+                    return Round::Renewed(Box::new(Renewal {
                         grant,
                         address,
                         send_instant,
-                    })
+                    }))
                 }
                 // Not checked in: it may carry our own grant id, and checking
                 // that in could release the seats the program is using.
@@ -450,6 +450,9 @@ fn heartbeat_request(checkout: &CheckoutRequest, grant: &Grant, proof: &Proof) -
         count: checkout.count,
         answer_within_ms: None,
         renewal: 0,
+        // Where the seat was held last: a server the heartbeat fails over
+        // to may have the seat handed over from there.
+        holding: grant.holding.clone(),
     }
 }
 
@@ -580,6 +583,7 @@ mod tests {
                 .collect(),
             converted: false,
             proof: Proof("proof-of-g-1".to_string()),
+            holding: None,
         }
     }
 

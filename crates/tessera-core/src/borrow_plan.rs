@@ -570,6 +570,10 @@ mod tests {
                                 prop_assert!(*server != request.asker && *server != view.leader);
                                 after.servers.get_mut(server).unwrap()
                             }
+                            BorrowSource::HandOver { .. } => {
+                                prop_assert!(false, "a plan never hands over: {:?}", source);
+                                unreachable!()
+                            }
                         };
                         prop_assert!(*from >= *seats, "{:?} gives more than it has", source);
                         *from -= seats;

@@ -138,14 +138,15 @@ pub enum ProofRefused {
     Mismatch,
 }
 
-fn keyed_mac(key: &PoolKey, claim: &GrantClaim) -> HmacSha256 {
+/// The MAC of `domain` and `claim`, keyed, ready for more fields.
+fn keyed_mac(key: &PoolKey, domain: &[u8], claim: &GrantClaim) -> HmacSha256 {
     let mut mac = key.keyed.clone();
     let mut field = |bytes: &[u8]| {
         let len = u32::try_from(bytes.len()).expect("fields are bounded far below 4 GiB");
         mac.update(&len.to_be_bytes());
         mac.update(bytes);
     };
-    field(GRANT_PROOF_DOMAIN);
+    field(domain);
     field(claim.grant_id.as_bytes());
     field(claim.client_id.as_bytes());
     field(claim.feature.as_bytes());
@@ -155,11 +156,20 @@ fn keyed_mac(key: &PoolKey, claim: &GrantClaim) -> HmacSha256 {
 
 /// The proof of `claim` under `key`.
 pub fn prove(key: &PoolKey, claim: &GrantClaim) -> GrantProof {
-    GrantProof(keyed_mac(key, claim).finalize().into_bytes().into())
+    GrantProof(
+        keyed_mac(key, GRANT_PROOF_DOMAIN, claim)
+            .finalize()
+            .into_bytes()
+            .into(),
+    )
 }
 
 /// Checks the wire form of a proof against `claim`, in constant time.
 pub fn verify(key: &PoolKey, claim: &GrantClaim, proof: &str) -> Result<(), ProofRefused> {
+    check_mac(keyed_mac(key, GRANT_PROOF_DOMAIN, claim), proof)
+}
+
+fn check_mac(mac: HmacSha256, proof: &str) -> Result<(), ProofRefused> {
     if proof.is_empty() {
         return Err(ProofRefused::Missing);
     }
@@ -169,9 +179,57 @@ pub fn verify(key: &PoolKey, claim: &GrantClaim, proof: &str) -> Result<(), Proo
     let bytes = BASE64URL
         .decode(proof)
         .map_err(|_| ProofRefused::Malformed)?;
-    keyed_mac(key, claim)
-        .verify_slice(&bytes)
-        .map_err(|_| ProofRefused::Mismatch)
+    mac.verify_slice(&bytes).map_err(|_| ProofRefused::Mismatch)
+}
+
+/// First bytes of every holding proof.
+pub const HOLDING_PROOF_DOMAIN: &[u8] = b"tessera-holding-proof-v1";
+
+/// Where a grant was held when its server last answered for it: what a
+/// client of a server that died shows the next server, so that the pool can
+/// hand that very seat over (ARCHITECTURE.md, "Fail-over in a full pool").
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HoldingClaim<'a> {
+    pub grant: GrantClaim<'a>,
+    /// The server that answered.
+    pub server_id: &'a str,
+    /// That server's run: a random number drawn at every start.
+    pub boot: u64,
+    /// The number of the next quota report that server was to send.
+    pub report: u64,
+    /// The copy's heartbeat number ([`crate::grant_proof`]'s renewal).
+    pub renewal: u64,
+    /// When the copy lapses on that server, on its monotonic clock.
+    pub expires_ms: u64,
+}
+
+/// A holding proof: the MAC under the pool key of [`HOLDING_PROOF_DOMAIN`],
+/// the grant claim as for [`prove`], then the server id (length-prefixed)
+/// and boot, report, renewal and expiry (8 bytes each, big-endian).
+fn holding_mac(key: &PoolKey, claim: &HoldingClaim) -> HmacSha256 {
+    let mut mac = keyed_mac(key, HOLDING_PROOF_DOMAIN, &claim.grant);
+    let id = claim.server_id.as_bytes();
+    let len = u32::try_from(id.len()).expect("server ids are short");
+    mac.update(&len.to_be_bytes());
+    mac.update(id);
+    for number in [claim.boot, claim.report, claim.renewal, claim.expires_ms] {
+        mac.update(&number.to_be_bytes());
+    }
+    mac
+}
+
+/// The holding proof of `claim` under `key`.
+pub fn prove_holding(key: &PoolKey, claim: &HoldingClaim) -> GrantProof {
+    GrantProof(holding_mac(key, claim).finalize().into_bytes().into())
+}
+
+/// Checks a holding proof's wire form against `claim`, in constant time.
+pub fn verify_holding(
+    key: &PoolKey,
+    claim: &HoldingClaim,
+    proof: &str,
+) -> Result<(), ProofRefused> {
+    check_mac(holding_mac(key, claim), proof)
 }
 
 #[cfg(test)]
@@ -199,6 +257,62 @@ mod tests {
         assert_eq!(proof, "nGsPKtgjUOo6dSZpB-J8S87b0xSuZPMKF3VxAwmKSUE");
         assert_eq!(proof.len(), GRANT_PROOF_CHARS);
         assert_eq!(verify(&key, &claim(), &proof), Ok(()));
+    }
+
+    /// The holding proof's encoding, pinned as PROTOCOL.md gives it; each
+    /// field counts, and a grant proof is no holding proof.
+    #[test]
+    fn holding_proofs_bind_every_field() {
+        let key = PoolKey::parse(KEY_HEX).unwrap();
+        let holding = HoldingClaim {
+            grant: claim(),
+            server_id: "A",
+            boot: 7,
+            report: 42,
+            renewal: 3,
+            expires_ms: 120_000,
+        };
+        let proof = prove_holding(&key, &holding).to_string();
+        assert_eq!(proof, "xlEZHRCq7xxU_a-PZH3rnIe_LKidA0PciIcvQkC7pGo");
+        assert_eq!(verify_holding(&key, &holding, &proof), Ok(()));
+        let changed = [
+            HoldingClaim {
+                server_id: "B",
+                ..holding
+            },
+            HoldingClaim { boot: 8, ..holding },
+            HoldingClaim {
+                report: 43,
+                ..holding
+            },
+            HoldingClaim {
+                renewal: 4,
+                ..holding
+            },
+            HoldingClaim {
+                expires_ms: 120_001,
+                ..holding
+            },
+            HoldingClaim {
+                grant: GrantClaim {
+                    count: 2,
+                    ..claim()
+                },
+                ..holding
+            },
+        ];
+        for other in changed {
+            assert_eq!(
+                verify_holding(&key, &other, &proof),
+                Err(ProofRefused::Mismatch),
+                "{other:?}"
+            );
+        }
+        let grant_proof = prove(&key, &claim()).to_string();
+        assert_eq!(
+            verify_holding(&key, &holding, &grant_proof),
+            Err(ProofRefused::Mismatch)
+        );
     }
 
     #[test]

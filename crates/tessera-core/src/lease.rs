@@ -57,6 +57,13 @@ impl LeaseTiming {
         let base = stretched_ms(self.quota_lease_ms, drift).saturating_add(longest_hold_ms);
         stretched_ms(base, drift).saturating_add(self.quota_report_interval_ms)
     }
+
+    /// How long (on the leader's clock) a server must have been silent
+    /// before its quota has surely ended: `W` without the hold, for a seat
+    /// handed over with its grant, whose client still holds it.
+    pub fn quota_over_after_ms(&self) -> u64 {
+        self.reassign_after_ms(0)
+    }
 }
 
 /// How long a server that started without its grant store waits before it
@@ -145,6 +152,25 @@ mod tests {
                 + u128::from(lease_ms) * u128::from(server))
                 * u128::from(leader);
             prop_assert!(wait_true >= believed_true, "W = {} ms", wait);
+        }
+
+        /// The wait before a hand-over outlasts the silent server's quota,
+        /// in true time, for every rate in the drift band: the leader last
+        /// hears it at 0, the report was sent no later, and the server
+        /// issues until `Q` on its own clock after that send.
+        #[test]
+        fn the_wait_before_a_hand_over_outlasts_the_quota(
+            timing in timing(),
+            rates in (rate(10), rate(10)),
+        ) {
+            let band = 1000 + 10 * u64::from(timing.clock_drift_percent);
+            let (server, leader) = (rates.0.min(band), rates.1.min(band));
+            let wait = timing.quota_over_after_ms();
+            prop_assert!(
+                u128::from(wait) * u128::from(server)
+                    > u128::from(timing.quota_lease_ms) * u128::from(leader),
+                "wait = {} ms", wait
+            );
         }
 
         /// W exceeds the quota lease plus its drift margin, the longest hold,

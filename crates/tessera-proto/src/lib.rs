@@ -76,6 +76,12 @@ pub struct HeartbeatRequest {
     /// renewal and fail-over conversion alike.
     #[serde(default)]
     pub proof: Proof,
+    /// Where the grant was held last ([`Grant::holding`]), sent when the
+    /// heartbeat goes to another server: if that server and the pool are
+    /// short of seats, the seat is handed over from the holding server once
+    /// its quota has ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub holding: Option<Holding>,
 }
 
 fn is_zero(value: &u64) -> bool {
@@ -137,6 +143,27 @@ pub struct Grant {
     /// Proof that the pool issued this grant to this client: every
     /// heartbeat and the check-in carry it back. A secret of the holder,
     /// never shown in a status. PROTOCOL.md says what it covers.
+    pub proof: Proof,
+    /// Where this copy is held, proven: what the client shows the next
+    /// server if this one dies, so the pool can hand the very seat over when
+    /// it has no other. Absent from servers that do not hand over.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub holding: Option<Holding>,
+}
+
+/// Where a grant's copy is held, as its server answered it: the server,
+/// its run (`boot`, random at every start), the number of its next quota
+/// report, the copy's heartbeat number and when the copy lapses there (on
+/// that server's monotonic clock), with the holding proof over all of them
+/// and the grant (PROTOCOL.md, "Fail-over in a full pool").
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Holding {
+    pub server_id: String,
+    pub boot: u64,
+    pub report: u64,
+    pub renewal: u64,
+    pub expires_ms: u64,
     pub proof: Proof,
 }
 
@@ -635,6 +662,21 @@ pub struct BorrowAsk {
     /// the leader moves nothing and answers at once. 0: `seats`.
     #[serde(default)]
     pub needed: u32,
+    /// The seats are for a client of a silent server that failed over to
+    /// the asker: hand that grant's seats over if nothing else can be had.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hand_over: Option<HandOverClaim>,
+}
+
+/// A grant held on a silent server, claimed by the server its client
+/// failed over to, with the holding proof the client showed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HandOverClaim {
+    pub grant_id: String,
+    pub client_id: String,
+    pub count: u32,
+    pub holding: Holding,
 }
 
 /// The leader's answer: seats moved at once, and seats asked of live servers.
@@ -652,6 +694,10 @@ pub struct BorrowAnswer {
     /// that cannot be helped is told this number instead of waiting.
     #[serde(default)]
     pub pool_available: Option<u32>,
+    /// A hand-over that may be decided in this many ms (the silent server's
+    /// quota has not surely ended yet): worth asking again then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hand_over_in_ms: Option<u64>,
 }
 
 /// `POST /v1/admin/distribution`: a new distribution of one feature.
@@ -733,6 +779,16 @@ pub struct PeerReport {
     /// [`SUPERSEDED_PER_MESSAGE_MAX`].
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub superseded: Vec<SupersededGrant>,
+    /// The sender's run: a random number drawn at every start.
+    #[serde(default)]
+    pub boot: u64,
+    /// The report's number in this run, from 1.
+    #[serde(default)]
+    pub report: u64,
+    /// When it was sent, on the sender's monotonic clock: its quota runs
+    /// `quota_lease_ms` from here if acknowledged.
+    #[serde(default)]
+    pub sent_ms: u64,
 }
 
 /// Most [`SupersededGrant`]s in one report or acknowledgement; the rest wait

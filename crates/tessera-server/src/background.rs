@@ -87,6 +87,9 @@ pub(crate) fn spawn_sweeps(app: Arc<App>, config: ServerConfig) -> tokio::task::
         loop {
             ticker.tick().await;
             let now_ms = app.clock.now_ms();
+            if app.issuer().cooling_lapsed(now_ms) {
+                app.seats_freed();
+            }
             let expired = app.issuer().expire(now_ms);
             for released in &expired {
                 tracing::debug!("grant {} lapsed", released.grant_id);

@@ -23,6 +23,7 @@ use tessera_core::borrow_plan::{
 use tessera_core::{BorrowSource, ControlCommand, ControlOutcome, ControlState, FeatureAllocation};
 use tessera_proto::{BorrowAnswer, BorrowAsk, ErrorCode};
 
+use crate::hand_over::LeadHandOver;
 use crate::issuer::Issuer;
 use crate::pool::admin::SeatsHeld;
 use crate::refusal::Refusal;
@@ -113,6 +114,22 @@ impl App {
     pub async fn lead_borrow(&self, ask: BorrowAsk) -> Result<BorrowAnswer, Refusal> {
         let _moves = self.pool.moves.lock().await;
         let allocation = self.allocation_to_borrow_from(&ask)?;
+        let mut hand_over_in_ms = None;
+        if let Some(claim) = &ask.hand_over {
+            match self.lead_hand_over(&ask, claim).await? {
+                LeadHandOver::Moved(seats) => {
+                    return Ok(BorrowAnswer {
+                        moved: seats,
+                        requested: 0,
+                        pending: 0,
+                        pool_available: None,
+                        hand_over_in_ms: None,
+                    })
+                }
+                LeadHandOver::In(ms) => hand_over_in_ms = Some(ms),
+                LeadHandOver::Not => {}
+            }
+        }
         let view = self.borrow_view(&ask.feature, &allocation);
         let request = BorrowRequest {
             asker: ask.server_id.clone(),
@@ -130,6 +147,7 @@ impl App {
             requested: 0,
             pending: plan.pending(),
             pool_available: Some(plan.pool_available()),
+            hand_over_in_ms,
         };
         let BorrowPlan::Give {
             mut wanted,

@@ -17,6 +17,7 @@ use tessera_core::{
 use tessera_proto::ErrorCode;
 
 use crate::config::Limits;
+use crate::cooling::Cooling;
 use crate::refusal::Refusal;
 use crate::store::StoredGrant;
 
@@ -122,6 +123,8 @@ pub struct Issuer {
     restored_at_ms: u64,
     /// Issue and renew only while the monotonic clock is below this.
     quota_valid_until_ms: u64,
+    /// Seats of grants checked in, not yet issued again (`crate::cooling`).
+    cooling: Cooling,
 }
 
 /// The time of a request: the monotonic clock for leases, the wall clock
@@ -163,6 +166,10 @@ pub struct Issued {
     /// converted here, or renewed here after heartbeats went elsewhere. The
     /// pool is told once the grant is durable (`SupersededGrant`).
     pub(crate) supersedes_renewal: Option<u64>,
+    /// The copy's heartbeat number and when it lapses here, as held now:
+    /// what the holding proof binds (`crate::hand_over`).
+    pub(crate) renewal: u64,
+    pub(crate) expires_at_ms: u64,
 }
 
 impl Issuer {
@@ -188,6 +195,7 @@ impl Issuer {
             pending_restore: restored,
             restored_at_ms: now_ms,
             quota_valid_until_ms: 0,
+            cooling: Cooling::default(),
         };
         issuer.rebuild_tables();
         issuer
@@ -455,6 +463,7 @@ impl Issuer {
         let stored = grant.stored();
         let supersedes_renewal = (origin == Origin::Conversion && grant.request.renewal > 0)
             .then_some(grant.request.renewal);
+        let (renewal, expires_at_ms) = (grant.request.renewal, grant.expires_at_ms);
         let issued = Issued {
             grant_id: grant_id.clone(),
             feature: grant.request.feature.clone(),
@@ -464,6 +473,8 @@ impl Issuer {
             servers: self.servers(),
             to_store: Some(stored),
             supersedes_renewal,
+            renewal,
+            expires_at_ms,
         };
         self.insert_grant(grant_id, grant);
         Ok(issued)
@@ -534,6 +545,7 @@ impl Issuer {
         let grant = self.grants.get_mut(&grant_id).expect("found above");
         grant.expires_at_ms = new_expiry;
         grant.request.renewal = grant.request.renewal.max(request.renewal);
+        let renewal = grant.request.renewal;
         Ok(Issued {
             grant_id,
             feature: request.feature,
@@ -543,6 +555,8 @@ impl Issuer {
             servers: self.servers(),
             to_store: None,
             supersedes_renewal: went_elsewhere.then_some(request.renewal),
+            renewal,
+            expires_at_ms: new_expiry,
         })
     }
 
@@ -570,7 +584,34 @@ impl Issuer {
             ));
         }
         let grant = self.remove_grant(grant_id).expect("found above");
+        if self.cools_check_ins() {
+            let r = &grant.request;
+            self.cooling
+                .cool(grant_id, &r.feature, r.count, grant.expires_at_ms);
+        }
         Ok(Released::of(grant_id.to_string(), &grant))
+    }
+
+    /// In a pool of several servers a check-in's seats cool until the
+    /// leader has heard of it (`crate::cooling`); a pool of one hands
+    /// nothing over.
+    fn cools_check_ins(&self) -> bool {
+        self.pool().is_some_and(|pool| pool.servers.len() > 1)
+    }
+
+    /// The leader acknowledged a report carrying these check-ins. Whether
+    /// any seats may be issued again.
+    pub fn check_ins_acknowledged<'a>(
+        &mut self,
+        grant_ids: impl IntoIterator<Item = &'a str>,
+    ) -> bool {
+        self.cooling.acknowledged(grant_ids)
+    }
+
+    /// Ends the cooling of checked-in copies that would have lapsed by
+    /// `now_ms`. Whether any seats may be issued again.
+    pub fn cooling_lapsed(&mut self, now_ms: u64) -> bool {
+        self.cooling.lapse(now_ms)
     }
 
     /// Drops this server's copy of a grant that another server renewed at
@@ -775,6 +816,7 @@ impl Issuer {
             .map_or(0, |a| a.reserved(&self.server_id));
         row.available()
             .saturating_sub(held_aside)
+            .saturating_sub(self.cooling.seats(feature))
             .saturating_sub(reserved)
     }
 
@@ -783,7 +825,8 @@ impl Issuer {
     pub fn usage(&self, feature: &str) -> Option<(u32, u32)> {
         let row = self.tables.get(feature)?.row(&self.server_id)?;
         let held_aside = self.held_aside.get(feature).copied().unwrap_or(0);
-        Some((row.allocation, row.in_use + held_aside))
+        let cooling = self.cooling.seats(feature);
+        Some((row.allocation, row.in_use + held_aside + cooling))
     }
 
     /// Seats in use per feature, as reported to the leader.
@@ -798,8 +841,8 @@ impl Issuer {
                 )
             })
             .collect();
-        for (feature, aside) in &self.held_aside {
-            *counts.entry(feature.clone()).or_default() += aside;
+        for (feature, seats) in self.held_aside.iter().chain(self.cooling.per_feature()) {
+            *counts.entry(feature.clone()).or_default() += seats;
         }
         counts
     }

@@ -8,7 +8,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tessera_proto::{ErrorCode, PeerReportAck};
+use tessera_proto::{ErrorCode, PeerReportAck, SupersededGrant};
 
 use crate::refusal::Refusal;
 use crate::App;
@@ -77,7 +77,7 @@ impl App {
         // is given up as soon as another leader is known, and the new one is
         // reported to at once.
         let (answer, next) = tokio::select! {
-            answer = self.pool.report(in_use, superseded.clone()) => (answer, Next::OnTick),
+            answer = self.pool.report(in_use, superseded.clone(), sent_ms) => (answer, Next::OnTick),
             () = self.pool.leader_changed_from(leader) => {
                 let changed = Refusal::new(
                     ErrorCode::NoLeader,
@@ -87,7 +87,18 @@ impl App {
             }
         };
         match answer {
-            Ok(ack) => self.acknowledged(ack, sent_ms, interval).await,
+            Ok(ack) => {
+                // The leader has heard of these check-ins: their seats may
+                // be issued again (`crate::cooling`).
+                let checked_in = superseded
+                    .iter()
+                    .filter(|s| s.renewal == SupersededGrant::CHECKED_IN)
+                    .map(|s| s.grant_id.as_str());
+                if self.issuer().check_ins_acknowledged(checked_in) {
+                    self.seats_freed();
+                }
+                self.acknowledged(ack, sent_ms, interval).await
+            }
             Err(err) => {
                 tracing::debug!("quota not renewed: {err}");
                 self.superseded_outbox().put_back(superseded);

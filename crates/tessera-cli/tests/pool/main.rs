@@ -106,6 +106,58 @@ async fn wait_until(what: &str, check: impl Fn() -> bool) {
     }
 }
 
+/// Seed 001, FIG. 10, in a full pool: the clients of a killed follower keep
+/// their seats on the next servers. Nothing is free anywhere, and the dead
+/// server's allocation waits `W`, longer than the 4 s lease; but each of its
+/// clients' seats is handed over with its grant once the dead server's
+/// quota has surely ended. Nothing is added: a new program still finds the
+/// pool full, and the dead server's allocation shrank by the seats moved.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_a_full_pool_the_clients_of_a_dead_server_keep_their_seats() {
+    let spec = PoolSpec {
+        seats: 6,
+        distribution: "A = 2\nB = 2\nC = 2\n",
+        // No borrowing ahead: every seat stays where it was checked out.
+        extra: "[borrowing.app]\nthreshold_percent = 100\n",
+        ..PoolSpec::default()
+    };
+    let HeldPool {
+        mut pool,
+        leader,
+        seats,
+    } = held_pool(spec, 6).await;
+    let victim = (leader + 1) % 3;
+    let victim_id = pool.servers[victim].id.clone();
+    let on_victim = seats.iter().filter(|s| s.server_id() == victim_id).count();
+    assert!(on_victim > 0, "no seat on the follower to kill");
+    let allocation_before = row(&pool.status(leader).await.unwrap(), &victim_id).0;
+    pool.kill(victim);
+    // Two and a half leases: every seat stays held all along.
+    let until = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < until {
+        assert_all_held(&seats);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for seat in &seats {
+        assert_ne!(
+            seat.server_id(),
+            victim_id,
+            "a seat still on the dead server"
+        );
+    }
+    let status = pool.status(leader).await.unwrap();
+    let allocation_after = row(&status, &victim_id).0;
+    assert!(
+        allocation_after + on_victim as u32 <= allocation_before,
+        "the dead server kept {allocation_after} of {allocation_before} seats though \
+         {on_victim} were handed over"
+    );
+    let late = client(&pool, leader, "late")
+        .checkout("app", "1.0", 1)
+        .await;
+    assert!(late.is_err(), "a seventh seat of six was granted");
+}
+
 /// Servers started together leave the forming of a new pool to the first
 /// in priority, even when it is the last to listen: B and C, a majority of
 /// fresh servers, wait for A instead of forming without it.

@@ -9,17 +9,23 @@ use super::start_pool;
 
 /// A heartbeat to server `i`: the HTTP status and the JSON body.
 async fn heartbeat(pool: &Pool, i: usize, body: &Value) -> (u16, Value) {
-    // Trusts the pool CA (every client has it), holds no credential.
+    post(pool, i, "/v1/heartbeat", body).await
+}
+
+/// A client's request to server `i`, as a program of the attacker's own
+/// sends it: it trusts the pool CA (every client has it) and holds no
+/// credential.
+async fn post(pool: &Pool, i: usize, path: &str, body: &Value) -> (u16, Value) {
     let response = tessera_testkit::Http::tls(
         &pool.ca_pem(),
         None,
         tessera_testkit::LOOPBACK_REQUEST_TIMEOUT,
     )
-    .post(&pool.servers[i].address, "/v1/heartbeat")
+    .post(&pool.servers[i].address, path)
     .json(body)
     .send()
     .await
-    .expect("an answer to the heartbeat");
+    .unwrap_or_else(|err| panic!("an answer to {path}: {err}"));
     let status = response.status().as_u16();
     (status, response.json().await.unwrap_or_default())
 }
@@ -126,4 +132,85 @@ async fn a_heartbeat_to_another_server_converts_only_with_the_grants_proof() {
     );
     assert_eq!(converted["proof"].as_str(), Some(proof.as_str()));
     assert_eq!(in_use(&pool, 1).await, 1);
+}
+
+/// The customer's attack on the hand-over (seed 001, FIG. 10): a program
+/// of its own checks a seat out on a follower and in again, keeping the
+/// answer's holding proof; the follower gives the seat to another program
+/// and is killed. The holding proof of the checked-in grant then claims
+/// the seat on the other servers, long past the dead server's quota: the
+/// leader heard of the check-in and hands nothing over, so the pool stays
+/// at its three seats. A holding proof changed in any field is refused
+/// outright.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_holding_proof_of_a_checked_in_grant_hands_nothing_over() {
+    let spec = PoolSpec {
+        seats: 3,
+        distribution: "A = 1\nB = 1\nC = 1\n",
+        // No borrowing ahead: every seat stays where it was checked out.
+        extra: "[borrowing.app]\nthreshold_percent = 100\n",
+        ..PoolSpec::default()
+    };
+    let mut pool = start_pool(spec).await;
+    let leader = pool.wait_leader(&pool.all()).await;
+    let victim = (leader + 1) % 3;
+    let others = [leader, (leader + 2) % 3];
+    let held: Vec<_> = {
+        let mut held = Vec::new();
+        for (n, &i) in others.iter().enumerate() {
+            held.push(super::seat_on(&pool, i, &format!("held-{n}")).await);
+        }
+        held
+    };
+    let (code, grant) = pool.checkout(victim, "attacker", 1).await;
+    assert_eq!(code, 200, "{grant}");
+    let grant_id = grant["grant_id"].as_str().unwrap().to_string();
+    let proof = grant["proof"].as_str().unwrap().to_string();
+    let holding = grant["holding"].clone();
+    assert!(
+        holding.is_object(),
+        "a pool of three answers where a grant is held: {grant}"
+    );
+
+    let mut tampered = heartbeat_body(&grant_id, "attacker", Some(&proof));
+    tampered["holding"] = holding.clone();
+    tampered["holding"]["expires_ms"] = (holding["expires_ms"].as_u64().unwrap() + 60_000).into();
+    let (code, answer) = heartbeat(&pool, others[0], &tampered).await;
+    assert_eq!(
+        (code, answer["error"]["code"].as_str()),
+        (403, Some("grant_proof_invalid")),
+        "{answer}"
+    );
+
+    let checkin = json!({ "grant_id": grant_id, "client_id": "attacker", "proof": proof });
+    let (code, answer) = post(&pool, victim, "/v1/checkin", &checkin).await;
+    assert_eq!(code, 200, "{answer}");
+    // The follower issues the seat again once the leader heard of the check-in.
+    let deadline = std::time::Instant::now() + tessera_testkit::PATIENCE;
+    loop {
+        let (code, answer) = pool.checkout(victim, "another", 1).await;
+        if code == 200 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the seat never came back: {answer}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    pool.kill(victim);
+
+    let mut replay = heartbeat_body(&grant_id, "attacker", Some(&proof));
+    replay["holding"] = holding;
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(6);
+    while std::time::Instant::now() < until {
+        for &i in &others {
+            let (code, answer) = heartbeat(&pool, i, &replay).await;
+            assert_ne!(code, 200, "a checked-in grant was handed over: {answer}");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    }
+    for seat in &held {
+        assert!(seat.is_valid(), "a seat of a live server was lost");
+    }
 }

@@ -107,6 +107,7 @@ impl FakeServer {
             servers: self.servers.clone(),
             converted,
             proof,
+            holding: None,
         }
     }
 

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::ControlCommand;
+use super::{ControlCommand, ControlRefusal};
 
 /// A live server asked to give seats to another (its consent is pending).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -203,6 +203,25 @@ impl FeatureAllocation {
         self.take_into(to, seats, true);
         *self.servers.get_mut(from).expect("checked by the caller") -= seats;
         self.count_out(from, seats);
+    }
+
+    /// Readies taking seats from `donor`, a server the leader judged
+    /// silent, for `recipient`: both must be distinct servers of the
+    /// feature, and the donor's pending requests are void, since it may not
+    /// answer them any more.
+    pub(super) fn take_from_silent(
+        &mut self,
+        donor: &str,
+        recipient: &str,
+    ) -> Result<(), ControlRefusal> {
+        if donor == recipient || !self.servers.contains_key(donor) {
+            return Err(ControlRefusal::CannotLend {
+                donor: donor.to_string(),
+                recipient: recipient.to_string(),
+            });
+        }
+        self.requests.retain(|_, r| r.donor != donor);
+        Ok(())
     }
 
     /// Adds `seats` to `to`'s allocation (taken from elsewhere by the caller).

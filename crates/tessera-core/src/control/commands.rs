@@ -11,6 +11,14 @@ pub enum BorrowSource {
     DownServer(String),
     /// The parked allocation of a removed server, once its grants lapsed.
     Parked(String),
+    /// Exactly the seats of one grant of a server whose quota has ended,
+    /// moved with that grant to the server its client failed over to (seed
+    /// 001, FIG. 10): the seats stay held by the same client, so nothing is
+    /// added to what is held. All the grant's seats or none.
+    HandOver {
+        server: String,
+        grant_id: String,
+    },
 }
 
 /// The key under which a pool re-formed from a lost majority parks every

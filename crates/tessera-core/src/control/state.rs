@@ -266,17 +266,21 @@ impl ControlState {
                 n
             }
             BorrowSource::DownServer(donor) => {
-                if donor == recipient || !a.servers.contains_key(donor) {
-                    return Err(ControlRefusal::CannotLend {
-                        donor: donor.clone(),
-                        recipient: recipient.to_string(),
-                    });
-                }
-                // Its requests are void: it may not answer them any more.
-                a.requests.retain(|_, r| &r.donor != donor);
+                a.take_from_silent(donor, recipient)?;
                 let n = seats.min(a.allocation_of(donor));
                 a.move_between(donor, recipient, n);
                 n
+            }
+            BorrowSource::HandOver { server, .. } => {
+                if a.allocation_of(server) < seats {
+                    return Err(ControlRefusal::NothingToTake {
+                        feature: feature.to_string(),
+                        source_name: format!("{source:?}"),
+                    });
+                }
+                a.take_from_silent(server, recipient)?;
+                a.move_between(server, recipient, seats);
+                seats
             }
             BorrowSource::Parked(donor) => {
                 let parked = a.parked.get(donor).copied().unwrap_or(0);

@@ -315,6 +315,48 @@ fn borrows_take_from_the_free_pool_a_down_server_or_parked_seats() {
     );
 }
 
+/// A hand-over moves exactly one grant's seats from the silent server to
+/// the one its client failed over to, voids the silent server's pending
+/// requests, and moves nothing when that server has fewer seats left.
+#[test]
+fn a_hand_over_moves_exactly_the_grants_seats_or_nothing() {
+    let mut state = three_servers("[distribution.app]\nA = 30\nB = 30\nC = 30\n");
+    let hand_over = |from: &str, to: &str, seats: u32| {
+        let source = BorrowSource::HandOver {
+            server: from.into(),
+            grant_id: "g1".into(),
+        };
+        borrow("app", to, source, seats)
+    };
+    state.apply(&ControlCommand::RequestRelease {
+        feature: "app".into(),
+        donor: "C".into(),
+        recipient: "A".into(),
+        seats: 3,
+    });
+    assert_eq!(
+        state.apply(&hand_over("C", "B", 2)),
+        ControlOutcome::Moved { seats: 2 }
+    );
+    assert_eq!(
+        alloc(&state, "app"),
+        (pairs(&[("A", 30), ("B", 32), ("C", 28)]), 10, vec![])
+    );
+    assert!(state.allocation("app").unwrap().requests.is_empty());
+    for refused in [
+        hand_over("C", "B", 29),
+        hand_over("B", "B", 1),
+        hand_over("Z", "B", 1),
+    ] {
+        let before = state.clone();
+        assert!(matches!(
+            state.apply(&refused),
+            ControlOutcome::Refused { .. }
+        ));
+        assert_eq!(state, before);
+    }
+}
+
 #[test]
 fn a_live_server_gives_seats_only_by_its_own_release() {
     let mut state = three_servers("[distribution.app]\nA = 40\nB = 30\nC = 30\n");

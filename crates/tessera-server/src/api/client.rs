@@ -53,6 +53,7 @@ async fn noop(JsonBody(body): JsonBody<CheckoutRequest>) -> Json<proto::Grant> {
         servers: Vec::new(),
         converted: false,
         proof: proto::Proof("0000000000000000000000000000000000000000000".to_string()),
+        holding: None,
     })
 }
 
@@ -74,7 +75,13 @@ async fn heartbeat(
     let deadline = Deadline::from(&app, body.answer_within_ms);
     let request = seat_request(body.as_checkout(), body.renewal)?;
     let granted = app
-        .heartbeat(body.grant_id, request, body.proof.as_str(), deadline)
+        .heartbeat(
+            body.grant_id,
+            request,
+            body.proof.as_str(),
+            body.holding,
+            deadline,
+        )
         .await?;
     Ok(Json(wire_grant(&app, granted)))
 }
@@ -123,10 +130,12 @@ fn wire_grant(
     Granted {
         issued: granted,
         proof,
+        holding,
     }: Granted,
 ) -> proto::Grant {
     proto::Grant {
         proof: proto::Proof(proof.to_string()),
+        holding,
         grant_id: granted.grant_id,
         feature: granted.feature,
         count: granted.count,

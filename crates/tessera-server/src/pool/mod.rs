@@ -96,6 +96,14 @@ pub struct Pool {
     log_store: log_store::LogStore,
     /// The leader's snapshot being received, chunk by chunk (`snapshot.rs`).
     receiving: tokio::sync::Mutex<Option<snapshot::Receiving>>,
+    /// This run of the server: a number drawn at start, named in its
+    /// reports and holding proofs (`crate::hand_over`).
+    pub boot: u64,
+    /// The number of the next quota report this run sends, from 1.
+    next_report: std::sync::atomic::AtomicU64,
+    /// Leader: what each server reported and was told in this term, to
+    /// judge hand-overs (`crate::hand_over`).
+    pub(crate) hand_overs: Mutex<crate::hand_over::HandOverWatch>,
 }
 
 /// Environment variable that enables the test-only fault switch
@@ -121,6 +129,13 @@ pub use propose::{Forward, PeerCommand, COMMIT_TIMEOUT};
 pub use start::PoolSettings;
 
 impl Pool {
+    /// The number the next quota report will carry. Read before a grant is
+    /// issued or renewed, so that a check-in after it is reported under
+    /// that number or a later one.
+    pub fn next_report(&self) -> u64 {
+        self.next_report.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
     /// Test-only: cut (or heal) every peer link of this server, both ways.
     pub fn set_partitioned(&self, on: bool) {
         self.partitioned

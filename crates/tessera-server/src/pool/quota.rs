@@ -56,6 +56,14 @@ impl Pool {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .forward(&report.server_id, &pool.server_ids(), &report.superseded);
+            self.hand_overs
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .reported(
+                    &report.server_id,
+                    (report.boot, report.report, report.sent_ms),
+                    &report.superseded,
+                );
         }
         let confirmed = self
             .confirm_leadership(PEER_TIMEOUT, ErrorCode::NoQuorum)
@@ -64,15 +72,21 @@ impl Pool {
             .await;
         let now_ms = self.clock.now_ms();
         let last_log = self.raft.metrics().borrow().last_log_index.unwrap_or(0);
+        let superseded = self
+            .relay
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take(&report.server_id);
+        // What it is told may make it drop copies: recorded before it is sent.
+        self.hand_overs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .told(&report.server_id, report.report, &superseded);
         Ok(PeerReportAck {
             leader_id: self.server_id.clone(),
             applied_index_required: confirmed.max(last_log),
             servers: self.leader_view(&pool, now_ms),
-            superseded: self
-                .relay
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .take(&report.server_id),
+            superseded,
         })
     }
 
@@ -81,11 +95,17 @@ impl Pool {
         &self,
         in_use: BTreeMap<String, u32>,
         superseded: Vec<SupersededGrant>,
+        sent_ms: u64,
     ) -> Result<PeerReportAck, Refusal> {
         let report = PeerReport {
             server_id: self.server_id.clone(),
             in_use,
             superseded,
+            boot: self.boot,
+            report: self
+                .next_report
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst),
+            sent_ms,
         };
         let forward = Forward {
             path: "/v1/peer/report",
@@ -120,6 +140,10 @@ impl Pool {
                 let now_ms = self.clock.now_ms();
                 *led = Some((term, now_ms));
                 self.seen.lock().unwrap_or_else(|p| p.into_inner()).clear();
+                self.hand_overs
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .clear();
                 Some(now_ms)
             }
         }

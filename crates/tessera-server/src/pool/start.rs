@@ -129,6 +129,9 @@ impl Pool {
             term_floor: Mutex::new(None),
             log_store,
             receiving: tokio::sync::Mutex::new(None),
+            boot: boot_number(&(seams.grant_ids)()),
+            next_report: std::sync::atomic::AtomicU64::new(1),
+            hand_overs: Mutex::new(crate::hand_over::HandOverWatch::default()),
         })
     }
 }
@@ -152,4 +155,13 @@ async fn open_log(
             message: err.to_string(),
         })?;
     Ok((log_store, CatchUp::Unknown))
+}
+
+/// A run's number, from a fresh id of the server's id source (random in
+/// production, seeded in the simulation).
+fn boot_number(fresh_id: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    fresh_id.hash(&mut hasher);
+    hasher.finish()
 }

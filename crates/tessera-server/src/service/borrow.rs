@@ -7,7 +7,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tessera_proto::{BorrowAnswer, BorrowAsk, ErrorCode};
+use tessera_proto::{BorrowAnswer, BorrowAsk, ErrorCode, HandOverClaim};
 
 use super::Deadline;
 use crate::issuer::SeatRequest;
@@ -18,6 +18,9 @@ use crate::App;
 
 /// After a borrow ahead of need found nothing, the next one waits this long.
 const BORROW_AHEAD_PAUSE: Duration = Duration::from_secs(1);
+/// The least pause before asking again for a hand-over the leader may
+/// decide later.
+const HAND_OVER_RETRY_MS_MIN: u64 = 20;
 /// The least time kept between the end of a wait for seats and the moment
 /// the client stops waiting: for the store's write and the way back.
 const ANSWER_MARGIN_MS_MIN: u64 = 50;
@@ -87,13 +90,17 @@ impl App {
         self: &Arc<Self>,
         request: &SeatRequest,
         deadline: Deadline,
+        hand_over: Option<HandOverClaim>,
         mut attempt: impl FnMut(&App) -> Result<T, Refusal>,
     ) -> Result<T, Refusal> {
         let (feature, count) = (request.feature.as_str(), request.count);
         match attempt(self) {
-            Err(err) if err.code == ErrorCode::NoSeatsAvailable && self.could_borrow(feature) => {
+            Err(err)
+                if err.code == ErrorCode::NoSeatsAvailable
+                    && (hand_over.is_some() || self.could_borrow(feature)) =>
+            {
                 let wait = self.seat_wait(deadline.answer_within_ms);
-                let wait = self.borrow_for(feature, count, wait).await;
+                let wait = self.borrow_for(feature, count, wait, hand_over).await;
                 // Once more either way: seats may have come at the last moment,
                 // and a denial should tell the seats as they are now.
                 attempt(self).map_err(|err| match wait {
@@ -133,16 +140,29 @@ impl App {
     /// control state taken, a check-in, a lapse), not by polling. One
     /// borrower per feature at a time; the others wait for its seats. When
     /// the leader says the pool cannot give them now, it stops at once.
-    async fn borrow_for(self: &Arc<Self>, feature: &str, count: u32, wait: Duration) -> Wait {
+    /// A conversion's `hand_over` claim goes with the ask, and is asked again
+    /// when the leader says when it may decide it.
+    async fn borrow_for(
+        self: &Arc<Self>,
+        feature: &str,
+        count: u32,
+        wait: Duration,
+        hand_over: Option<HandOverClaim>,
+    ) -> Wait {
         let deadline = tokio::time::Instant::now() + wait;
         let unknown = Wait::Short {
             pool_available: None,
         };
         // Subscribed before any look at the seats, so no change is missed.
         let mut seats_changed = self.seats_changed.subscribe();
+        // A hand-over is for one grant's seats: it waits for no other borrower.
         let lock = self.borrow_lock(feature);
-        let Ok(_turn) = tokio::time::timeout_at(deadline, lock.lock()).await else {
-            return unknown;
+        let _turn = match hand_over {
+            Some(_) => None,
+            None => match tokio::time::timeout_at(deadline, lock.lock()).await {
+                Ok(turn) => Some(turn),
+                Err(_) => return unknown,
+            },
         };
         let (_, batch) = self.borrow_policy(feature);
         let available = self.issuer().available(feature);
@@ -151,9 +171,13 @@ impl App {
         }
         let needed = count - available;
         let ask = needed.max(batch);
-        match tokio::time::timeout_at(deadline, self.borrow(feature, ask, Need::Now { needed }))
-            .await
-        {
+        let need = Need::Now { needed };
+        let asked = tokio::time::timeout_at(
+            deadline,
+            self.ask_until_decided(feature, ask, need, hand_over),
+        )
+        .await;
+        match asked {
             Ok(Ok(answer)) => {
                 let coming = answer.moved + answer.requested + answer.pending;
                 // Nothing on its way, or not enough anywhere: deny now, not
@@ -223,7 +247,7 @@ impl App {
         let feature = feature.to_string();
         tokio::spawn(async move {
             let _turn = turn;
-            let found = match app.borrow(&feature, batch, Need::Ahead).await {
+            let found = match app.borrow(&feature, batch, Need::Ahead, None).await {
                 Ok(answer) => answer.moved + answer.requested > 0,
                 Err(err) => {
                     tracing::debug!("borrowing ahead for `{feature}`: {err}");
@@ -241,14 +265,39 @@ impl App {
         });
     }
 
-    /// Asks the leader for `seats` of `feature` for this server.
+    /// Asks the leader as [`App::borrow`] does; while the leader says a
+    /// hand-over may be decided later and nothing else is coming, asks
+    /// again then (the caller bounds the wait).
+    async fn ask_until_decided(
+        &self,
+        feature: &str,
+        seats: u32,
+        need: Need,
+        hand_over: Option<HandOverClaim>,
+    ) -> Result<BorrowAnswer, Refusal> {
+        loop {
+            let answer = self.borrow(feature, seats, need, hand_over.clone()).await?;
+            let coming = answer.moved + answer.requested + answer.pending;
+            match answer.hand_over_in_ms {
+                Some(ms) if coming == 0 => {
+                    tokio::time::sleep(Duration::from_millis(ms.max(HAND_OVER_RETRY_MS_MIN))).await;
+                }
+                _ => return Ok(answer),
+            }
+        }
+    }
+
+    /// Asks the leader for `seats` of `feature` for this server; for a
+    /// conversion, with the claim to the grant's seat on its silent server.
     pub async fn borrow(
         &self,
         feature: &str,
         seats: u32,
         need: Need,
+        hand_over: Option<HandOverClaim>,
     ) -> Result<BorrowAnswer, Refusal> {
         let ask = BorrowAsk {
+            hand_over,
             server_id: self.pool.server_id.clone(),
             feature: feature.to_string(),
             seats,

@@ -20,7 +20,7 @@ pub use borrow::Need;
 
 use std::sync::Arc;
 
-use tessera_core::grant_proof::{self, GrantClaim, GrantProof, ProofRefused};
+use tessera_core::grant_proof::{self, GrantClaim, GrantProof, HoldingClaim, ProofRefused};
 use tessera_core::PoolKey;
 use tessera_proto::{self as proto, ErrorCode};
 
@@ -45,12 +45,14 @@ impl Ask {
     }
 }
 
-/// A grant as answered: what the issuer made, and the proof its client
-/// sends back with every heartbeat and the check-in.
+/// A grant as answered: what the issuer made, the proof its client sends
+/// back with every heartbeat and the check-in, and where it is held (in a
+/// pool of several servers), proven.
 #[derive(Debug)]
 pub struct Granted {
     pub issued: Issued,
     pub proof: GrantProof,
+    pub holding: Option<proto::Holding>,
 }
 
 /// When a request arrived and how long its client waits for the answer.
@@ -86,17 +88,22 @@ impl App {
         deadline: Deadline,
     ) -> Result<Granted, Refusal> {
         let grant_id = (self.grant_ids)();
-        self.seats(Ask::Checkout, grant_id, request, deadline).await
+        self.seats(Ask::Checkout, grant_id, request, None, deadline)
+            .await
     }
 
     /// A heartbeat: renews a grant held here, or converts one held elsewhere
     /// (fail-over) into a grant of this server with the same id. Either
-    /// only with the grant's proof: a made-up grant id takes no seat.
+    /// only with the grant's proof: a made-up grant id takes no seat. Where
+    /// the grant was held on another server (`holding`, proven), a
+    /// conversion short of seats may have that very seat handed over
+    /// (`crate::hand_over`).
     pub async fn heartbeat(
         self: &Arc<Self>,
         grant_id: String,
         request: SeatRequest,
         proof: &str,
+        holding: Option<proto::Holding>,
         deadline: Deadline,
     ) -> Result<Granted, Refusal> {
         let claim = GrantClaim {
@@ -106,43 +113,98 @@ impl App {
             count: request.count,
         };
         self.check_proof("heartbeat", &claim, proof)?;
-        self.seats(Ask::Heartbeat, grant_id, request, deadline)
+        let hand_over = match holding {
+            Some(holding) if holding.server_id != self.pool.server_id => {
+                let holding_claim = holding_claim(&claim, &holding);
+                let checked = grant_proof::verify_holding(
+                    &self.pool_key,
+                    &holding_claim,
+                    holding.proof.as_str(),
+                );
+                if let Err(reason) = checked {
+                    let refused: Result<(), Refusal> = Err(Refusal::new(
+                        ErrorCode::GrantProofInvalid,
+                        format!(
+                            "heartbeat of grant {grant_id} refused: its holding proof: {reason}; \
+                             send the `holding` the last answer gave, unchanged"
+                        ),
+                    ));
+                    self.count("heartbeat", &refused);
+                    refused?;
+                }
+                Some(proto::HandOverClaim {
+                    grant_id: grant_id.clone(),
+                    client_id: request.client_id.clone(),
+                    count: request.count,
+                    holding,
+                })
+            }
+            _ => None,
+        };
+        self.seats(Ask::Heartbeat, grant_id, request, hand_over, deadline)
             .await
     }
 
-    /// Issues (borrowing when short), persists and answers with the proof.
+    /// Issues (borrowing when short), persists and answers with the proofs.
     async fn seats(
         self: &Arc<Self>,
         ask: Ask,
         grant_id: String,
         request: SeatRequest,
+        hand_over: Option<proto::HandOverClaim>,
         deadline: Deadline,
     ) -> Result<Granted, Refusal> {
         let issued = self
-            .issue_with_borrowing(&request, deadline, |app| {
+            .issue_with_borrowing(&request, deadline, hand_over, |app| {
+                // Read before the grant is issued or renewed: a check-in
+                // after it is reported under this number or a later one.
+                let report = app.pool.next_report();
                 let now = Now {
                     ms: app.clock.now_ms(),
                     unix_ms: app.clock.unix_ms(),
                 };
                 let (grant_id, request) = (grant_id.clone(), request.clone());
                 let mut issuer = app.issuer();
-                match ask {
+                let issued = match ask {
                     Ask::Checkout => issuer.checkout(grant_id, request, now),
                     Ask::Heartbeat => issuer.heartbeat(grant_id, request, now),
-                }
+                };
+                issued.map(|issued| (issued, report))
             })
             .await;
+        let (issued, report) = match issued {
+            Ok((issued, report)) => (Ok(issued), report),
+            Err(refusal) => (Err(refusal), 0),
+        };
         let issued = self.answer(ask.endpoint(), issued, deadline).await?;
-        let proof = grant_proof::prove(
-            &self.pool_key,
-            &GrantClaim {
-                grant_id: &issued.grant_id,
-                client_id: &request.client_id,
-                feature: &issued.feature,
-                count: issued.count,
-            },
-        );
-        Ok(Granted { issued, proof })
+        let claim = GrantClaim {
+            grant_id: &issued.grant_id,
+            client_id: &request.client_id,
+            feature: &issued.feature,
+            count: issued.count,
+        };
+        let proof = grant_proof::prove(&self.pool_key, &claim);
+        let holding = (issued.servers.len() > 1).then(|| self.holding(&claim, &issued, report));
+        Ok(Granted {
+            issued,
+            proof,
+            holding,
+        })
+    }
+
+    /// Where `issued` is held, as of report number `report`, proven.
+    fn holding(&self, claim: &GrantClaim, issued: &Issued, report: u64) -> proto::Holding {
+        let mut holding = proto::Holding {
+            server_id: self.pool.server_id.clone(),
+            boot: self.pool.boot,
+            report,
+            renewal: issued.renewal,
+            expires_ms: issued.expires_at_ms,
+            proof: proto::Proof::default(),
+        };
+        let proof = grant_proof::prove_holding(&self.pool_key, &holding_claim(claim, &holding));
+        holding.proof = proto::Proof(proof.to_string());
+        holding
     }
 
     /// A check-in: frees the grant's seats here and, through the pool, any
@@ -237,6 +299,18 @@ impl App {
             self.supersede(&issued.grant_id, renewal);
         }
         Ok(issued)
+    }
+}
+
+/// What a holding proves, for `grant`.
+fn holding_claim<'a>(grant: &GrantClaim<'a>, holding: &'a proto::Holding) -> HoldingClaim<'a> {
+    HoldingClaim {
+        grant: *grant,
+        server_id: &holding.server_id,
+        boot: holding.boot,
+        report: holding.report,
+        renewal: holding.renewal,
+        expires_ms: holding.expires_ms,
     }
 }
 
