@@ -130,6 +130,9 @@ impl App {
                 .collect()
         };
         for released in &dropped {
+            if let Some(observer) = &self.observer {
+                observer.dropped_stale_copy(&self.pool.server_id, &released.grant_id);
+            }
             tracing::debug!(
                 "dropped the stale copy of grant {} ({} seats): renewed or checked in on another server",
                 released.grant_id,

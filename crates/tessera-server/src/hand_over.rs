@@ -287,7 +287,16 @@ impl App {
                 .hand_overs
                 .lock()
                 .unwrap_or_else(|p| p.into_inner());
-            let judgement = watch.judge(&watched, silence);
+            let judgement = match watch.judge(&watched, silence) {
+                // The deliberate bug of `Mutations::hand_over_without_wait`.
+                Judgement::In { .. } if self.mutations.hand_over_without_wait => Judgement::Now,
+                Judgement::Refused(reason)
+                    if self.mutations.hand_over_without_wait && reason.contains("lapses") =>
+                {
+                    Judgement::Now
+                }
+                judgement => judgement,
+            };
             if judgement == Judgement::Now {
                 // Recorded before the commit: whatever becomes of it, this
                 // grant is never handed over twice.

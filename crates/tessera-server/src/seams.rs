@@ -107,6 +107,10 @@ pub trait Observer: Send + Sync + 'static {
     /// `server`'s issuer broke one of its invariants, checked after every
     /// change ([`crate::issuer::Issuer::check_invariants`]).
     fn invariant_broken(&self, server: &str, broken: &str);
+    /// `server` dropped its copy of `grant_id` on the pool's word: another
+    /// server made a newer copy durable, or the grant was checked in
+    /// (`crate::copies`).
+    fn dropped_stale_copy(&self, _server: &str, _grant_id: &str) {}
 }
 
 /// Deliberate bugs, so that a simulator can show its checkers catch them.
@@ -121,6 +125,9 @@ pub struct Mutations {
     pub reassign_without_wait: bool,
     /// Let a server that lost its Raft log vote before it has caught up.
     pub vote_while_catching_up: bool,
+    /// Hand a silent server's grant over at once, without waiting for its
+    /// quota to end and without checking the copy outlives that quota.
+    pub hand_over_without_wait: bool,
 }
 
 /// Makes grant ids.

@@ -50,6 +50,11 @@ pub struct Options {
     pub servers: RangeInclusive<usize>,
     /// Seats per server of the pool's hard limit, drawn from this range.
     pub seats_per_server: RangeInclusive<u32>,
+    /// The codes' lease in seconds, drawn from this range. Leases longer
+    /// than the wait for a silent server's quota (about 3 s) let its
+    /// clients' seats be handed over (ARCHITECTURE.md, timeline 8). The
+    /// default, one value, draws nothing, so every seed keeps its story.
+    pub lease_s: RangeInclusive<u32>,
     /// Programs using the SDK; by default about twice the hard limit.
     pub programs: Option<usize>,
     /// Machines the programs run on.
@@ -72,6 +77,7 @@ impl Default for Options {
         Options {
             servers: 3..=5,
             seats_per_server: 3..=5,
+            lease_s: scenario::LEASE_S..=scenario::LEASE_S,
             programs: None,
             client_hosts: 4,
             fault_span: Duration::from_secs(12),
@@ -163,10 +169,13 @@ const TICK: Duration = Duration::from_millis(1);
 /// Faults begin once the pool has formed and programs hold seats.
 const FAULTS_FROM: Duration = Duration::from_secs(3);
 /// After the last fault heals, programs keep working this long before they
-/// stop: the safe wait for a silent server (about 3.9 s with the scenario's
-/// lease) plus two leases (grants a restarted server holds for the full
-/// lease, fail-overs counted on two servers) plus a margin for elections.
-const SETTLE: Duration = Duration::from_secs(10);
+/// stop: the safe wait for a silent server (about 3.9 s with a 2 s lease)
+/// plus two leases (grants a restarted server holds for the full lease,
+/// fail-overs counted on two servers) plus a margin for elections: 10 s for
+/// a 2 s lease.
+fn settle(lease_s: u32) -> Duration {
+    Duration::from_secs(6 + 2 * u64::from(lease_s))
+}
 /// Time the programs get to give their seats back.
 const STOP_WAIT: Duration = Duration::from_secs(3);
 /// Connections a simulated socket queues (turmoil's default is 64).
@@ -446,6 +455,7 @@ fn run_here(seed: u64, options: &Options) -> Report {
         });
     }
 
+    let settle = settle(scenario.lease_s);
     let healed_at = episodes
         .iter()
         .map(Episode::end)
@@ -490,11 +500,11 @@ fn run_here(seed: u64, options: &Options) -> Report {
         );
         previous = now;
         match ctx.phase() {
-            Phase::Work if now >= healed_at + SETTLE => {
+            Phase::Work if now >= healed_at + settle => {
                 trace.lock().note("runner", "programs stop");
                 ctx.set_phase(Phase::Stop);
             }
-            Phase::Stop if now >= healed_at + SETTLE + STOP_WAIT => {
+            Phase::Stop if now >= healed_at + settle + STOP_WAIT => {
                 trace.lock().note("runner", "probe");
                 ctx.set_phase(Phase::Probe);
             }

@@ -42,6 +42,12 @@ struct Args {
     /// makes pools of up to 180 seats and 450 programs.
     #[arg(long, default_value_t = 25)]
     seats_per_server_max: u32,
+    /// Longest lease of the codes, in seconds: each seed draws its lease
+    /// from 2 to this. Leases above about 3 s let the seats of a dead
+    /// server's clients be handed over (default 2: no draw, every seed as
+    /// before).
+    #[arg(long, default_value_t = 2)]
+    lease_s_max: u32,
     /// Programs using the SDK (default: about twice the hard limit).
     #[arg(long)]
     programs: Option<usize>,
@@ -51,8 +57,8 @@ struct Args {
     /// Run without faults.
     #[arg(long)]
     no_faults: bool,
-    /// Deliberately break the server: issue-without-quorum, reassign-without-wait
-    /// or vote-while-catching-up.
+    /// Deliberately break the server: issue-without-quorum, reassign-without-wait,
+    /// vote-while-catching-up or hand-over-without-wait.
     #[arg(long)]
     mutation: Option<String>,
     /// Start no new seed after this many minutes (a soak with a time budget).
@@ -93,6 +99,7 @@ fn real_main() -> Result<i32> {
     let options = Options {
         servers: args.servers_min..=args.servers_max,
         seats_per_server: 3..=args.seats_per_server_max.max(3),
+        lease_s: 2..=args.lease_s_max.clamp(2, 60),
         programs: args.programs,
         fault_span: Duration::from_secs(args.fault_seconds),
         faults: !args.no_faults,
@@ -128,9 +135,13 @@ fn mutations(name: Option<&str>) -> Result<Mutations> {
             vote_while_catching_up: true,
             ..Mutations::default()
         },
+        Some("hand-over-without-wait") => Mutations {
+            hand_over_without_wait: true,
+            ..Mutations::default()
+        },
         Some(other) => bail!(
             "unknown mutation `{other}`; the mutations are issue-without-quorum, \
-             reassign-without-wait and vote-while-catching-up"
+             reassign-without-wait, vote-while-catching-up and hand-over-without-wait"
         ),
     })
 }
@@ -138,7 +149,7 @@ fn mutations(name: Option<&str>) -> Result<Mutations> {
 fn print_one(report: &Report) {
     println!(
         "seed {}: {} servers, hard limit {}, {} programs, {:.1} s simulated; {} faults; \
-         {} grants, {} renewals, {} fail-overs, {} refusals, {} admin changes, \
+         {} grants, {} renewals, {} fail-overs, {} hand-overs, {} refusals, {} admin changes, \
          {} restores checked, {} states applied; peak {} of {} seats; digest {}",
         report.seed,
         report.servers,
@@ -149,6 +160,7 @@ fn print_one(report: &Report) {
         report.counts.grants,
         report.counts.renewals,
         report.counts.fail_overs,
+        report.counts.hand_overs,
         report.counts.refusals,
         report.counts.admin_changes,
         report.counts.restores_checked,
@@ -170,6 +182,7 @@ struct Totals {
     faults: u64,
     grants: u64,
     fail_overs: u64,
+    hand_overs: u64,
     failed: Vec<u64>,
     violations: u64,
 }
@@ -200,6 +213,7 @@ fn soak(args: &Args, options: &Options, seeds: u64) -> Result<i32> {
                 totals.faults += report.schedule.len() as u64;
                 totals.grants += report.counts.grants;
                 totals.fail_overs += report.counts.fail_overs;
+                totals.hand_overs += report.counts.hand_overs;
                 if !report.passed() {
                     totals.failed.push(seed);
                     totals.violations += report.violations.len() as u64;
@@ -219,7 +233,7 @@ fn soak(args: &Args, options: &Options, seeds: u64) -> Result<i32> {
     eprintln!();
     println!(
         "{} seeds ({}..{}) in {:.0} s: {} faults injected, {} grants issued, {} fail-overs, \
-         {} violations in {} seeds{}",
+         {} hand-overs, {} violations in {} seeds{}",
         totals.runs,
         args.from,
         args.from + totals.runs,
@@ -227,6 +241,7 @@ fn soak(args: &Args, options: &Options, seeds: u64) -> Result<i32> {
         totals.faults,
         totals.grants,
         totals.fail_overs,
+        totals.hand_overs,
         totals.violations,
         totals.failed.len(),
         if totals.failed.is_empty() {

@@ -328,7 +328,8 @@ async fn change_pool(
         }
         1 if extra_codes.len() < EXTRA_CODES_MAX => {
             let id = format!("app-extra-{}", extra_codes.len() + 1);
-            let code = scenario::sign(&ctx.scenario.key, &id, rng.gen_range(1..=3));
+            let seats = rng.gen_range(1..=3);
+            let code = scenario::sign(&ctx.scenario.key, &id, seats, ctx.scenario.lease_s);
             extra_codes.push(code.clone());
             let to = rng
                 .gen_bool(0.5)

@@ -61,6 +61,8 @@ impl ServerSpec {
 pub struct Scenario {
     pub servers: Vec<ServerSpec>,
     pub hard_limit: u32,
+    /// The codes' lease, in seconds.
+    pub lease_s: u32,
     pub programs: usize,
     pub client_hosts: usize,
     pub key: VendorSecretKey,
@@ -94,12 +96,18 @@ impl Scenario {
             (hard_limit as usize) * rng.gen_range(15..=25) / 10 + rng.gen_range(0..8)
         });
         let key = VendorSecretKey::from_seed(VENDOR, rng.gen()).expect("a valid vendor name");
-        let codes = vec![sign(&key, "app-1", hard_limit)];
+        let lease_s = if options.lease_s.start() == options.lease_s.end() {
+            *options.lease_s.start()
+        } else {
+            rng.gen_range(options.lease_s.clone())
+        };
+        let codes = vec![sign(&key, "app-1", hard_limit, lease_s)];
         let distribution = random_distribution(rng, &servers, hard_limit);
         let pool_text = pool_text(1, &servers, &distribution, &codes);
         Scenario {
             servers,
             hard_limit,
+            lease_s,
             programs,
             client_hosts: options.client_hosts,
             key,
@@ -135,8 +143,9 @@ impl Scenario {
     }
 }
 
-/// A code for `seats` seats of the feature, signed by the vendor.
-pub fn sign(key: &VendorSecretKey, id: &str, seats: u32) -> LicenseCode {
+/// A code for `seats` seats of the feature with a lease of `lease_s`,
+/// signed by the vendor.
+pub fn sign(key: &VendorSecretKey, id: &str, seats: u32, lease_s: u32) -> LicenseCode {
     key.sign(UnsignedCode {
         id: id.to_string(),
         vendor: VENDOR.to_string(),
@@ -150,7 +159,7 @@ pub fn sign(key: &VendorSecretKey, id: &str, seats: u32) -> LicenseCode {
         policy: Policy {
             borrow_threshold_percent: 80,
             heartbeat_interval_s: HEARTBEAT_S,
-            lease_s: LEASE_S,
+            lease_s,
         },
     })
     .expect("a valid code")

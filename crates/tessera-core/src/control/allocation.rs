@@ -24,6 +24,9 @@ pub struct MoveCounts {
     pub seats_in: u64,
     /// Seats it gave (lent, drained, or reassigned while it was down).
     pub seats_out: u64,
+    /// Grants of silent servers handed over to it with their seats.
+    #[serde(default)]
+    pub hand_overs: u64,
 }
 
 /// Allocations of one feature across the pool.

@@ -280,6 +280,7 @@ impl ControlState {
                 }
                 a.take_from_silent(server, recipient)?;
                 a.move_between(server, recipient, seats);
+                a.moved.entry(recipient.to_string()).or_default().hand_overs += 1;
                 seats
             }
             BorrowSource::Parked(donor) => {

@@ -343,6 +343,7 @@ fn a_hand_over_moves_exactly_the_grants_seats_or_nothing() {
         (pairs(&[("A", 30), ("B", 32), ("C", 28)]), 10, vec![])
     );
     assert!(state.allocation("app").unwrap().requests.is_empty());
+    assert_eq!(state.allocation("app").unwrap().moved["B"].hand_overs, 1);
     for refused in [
         hand_over("C", "B", 29),
         hand_over("B", "B", 1),
