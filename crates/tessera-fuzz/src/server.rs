@@ -67,6 +67,27 @@ fn watch_panics() {
 }
 
 /// The in-memory listener the server accepts from.
+/// Starts the server in `runtime` on `listener`, which answers as
+/// `address`, until `shutdown` completes.
+fn serve_on<L>(
+    runtime: &tokio::runtime::Runtime,
+    config: tessera_server::ServerConfig,
+    listener: L,
+    address: SocketAddr,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) where
+    L: axum::serve::Listener<Addr = SocketAddr>,
+{
+    runtime
+        .block_on(tessera_server::start_with(
+            config,
+            tessera_server::Seams::production(),
+            move |_| async move { Ok((listener, address)) },
+            shutdown,
+        ))
+        .expect("the server starts");
+}
+
 struct MemoryListener {
     incoming: mpsc::Receiver<DuplexStream>,
     address: SocketAddr,
@@ -304,30 +325,15 @@ impl InProcess {
         let stopped = async move {
             let _ = stopped.await;
         };
-        let seams = tessera_server::Seams::production();
         let connect = match tcp {
             Some(listener) => {
-                runtime
-                    .block_on(tessera_server::start_with(
-                        config,
-                        seams,
-                        move |_| async move { Ok((listener, address)) },
-                        stopped,
-                    ))
-                    .expect("the server starts");
+                serve_on(&runtime, config, listener, address, stopped);
                 Connect::Tcp(address)
             }
             None => {
                 let (sender, incoming) = mpsc::channel(64);
                 let listener = MemoryListener { incoming, address };
-                runtime
-                    .block_on(tessera_server::start_with(
-                        config,
-                        seams,
-                        move |_| async move { Ok((listener, address)) },
-                        stopped,
-                    ))
-                    .expect("the server starts");
+                serve_on(&runtime, config, listener, address, stopped);
                 Connect::Memory(sender)
             }
         };
