@@ -393,9 +393,10 @@ impl InProcess {
         self.runtime().block_on(future)
     }
 
-    /// Sends one request on a connection of its own; `Err` if the connection
-    /// ended without an answer (a handler that panicked) or none came in time.
-    pub async fn send(
+    /// Sends one request on a connection of its own, from a test's thread;
+    /// `Err` if the connection ended without an answer (a handler that
+    /// panicked) or none came in time.
+    pub fn request(
         &self,
         method: &str,
         path: &str,
@@ -432,20 +433,8 @@ impl InProcess {
                 }
             }
         };
-        tokio::time::timeout(ANSWER_TIMEOUT, exchange)
-            .await
+        self.block_on(async { tokio::time::timeout(ANSWER_TIMEOUT, exchange).await })
             .map_err(|_| format!("no answer to {method} {path} within {ANSWER_TIMEOUT:?}"))?
-    }
-
-    /// [`InProcess::send`] from a test's thread.
-    pub fn request(
-        &self,
-        method: &str,
-        path: &str,
-        headers: &[(&str, &str)],
-        body: Vec<u8>,
-    ) -> Result<Answer, String> {
-        self.block_on(self.send(method, path, headers, body))
     }
 
     /// A POST of `body` as JSON, with the pool's headers and secret when the

@@ -328,38 +328,22 @@ fn a_live_server_gives_seats_only_by_its_own_release() {
     assert_eq!(app.reserved("A"), 0);
     // B has 26 in use: it can spare 4.
     let answers = app.answers("app", "B", 26);
-    assert_eq!(
-        answers,
-        vec![ControlCommand::Release {
-            feature: "app".into(),
-            request_id,
-            seats: 4,
-            allocation_before: 30,
-            loosened_before: 0,
-        }]
-    );
-    let too_many = ControlCommand::Release {
+    let release = |seats, allocation_before| ControlCommand::Release {
         feature: "app".into(),
         request_id,
-        seats: 11,
-        allocation_before: 30,
+        seats,
+        allocation_before,
         loosened_before: 0,
     };
-    assert!(matches!(
-        state.apply(&too_many),
-        ControlOutcome::Refused { .. }
-    ));
-    let stale = ControlCommand::Release {
-        feature: "app".into(),
-        request_id,
-        seats: 4,
-        allocation_before: 31,
-        loosened_before: 0,
-    };
-    assert!(matches!(
-        state.apply(&stale),
-        ControlOutcome::Refused { .. }
-    ));
+    assert_eq!(answers, vec![release(4, 30)]);
+    // More seats than were asked for, and an answer for an allocation B
+    // no longer has.
+    for (what, command) in [("too many", release(11, 30)), ("stale", release(4, 31))] {
+        assert!(
+            matches!(state.apply(&command), ControlOutcome::Refused { .. }),
+            "{what}: {command:?}"
+        );
+    }
     assert_eq!(state.apply(&answers[0]), ControlOutcome::Moved { seats: 4 });
     assert!(
         matches!(state.apply(&answers[0]), ControlOutcome::Refused { .. }),
