@@ -394,6 +394,22 @@ fn draw_episodes(
     }
 }
 
+/// A temporary directory with the pool file and the pool key every server
+/// starts from.
+fn write_start_files(scenario: &Scenario) -> tempfile::TempDir {
+    let dir = tempfile::Builder::new()
+        .prefix("tessera-sim-")
+        .tempdir()
+        .expect("a temporary directory");
+    std::fs::write(dir.path().join("pool.toml"), &scenario.pool_text).expect("write the pool file");
+    std::fs::write(
+        dir.path().join(scenario::POOL_KEY_FILE),
+        scenario::pool_key_text(),
+    )
+    .expect("write the pool key file");
+    dir
+}
+
 /// One run's world: what the seed drew, the files the servers start from,
 /// and what the programs and the runner share.
 struct Runner {
@@ -434,17 +450,7 @@ impl Runner {
             .map(|e| Shown(e, &names).to_string())
             .collect();
 
-        let dir = tempfile::Builder::new()
-            .prefix("tessera-sim-")
-            .tempdir()
-            .expect("a temporary directory");
-        std::fs::write(dir.path().join("pool.toml"), &scenario.pool_text)
-            .expect("write the pool file");
-        std::fs::write(
-            dir.path().join(scenario::POOL_KEY_FILE),
-            scenario::pool_key_text(),
-        )
-        .expect("write the pool key file");
+        let dir = write_start_files(scenario);
         let trace = Shared::default();
         trace.lock().set_initial_limit(scenario.hard_limit);
         RUNNING.with(|running| {
