@@ -118,23 +118,53 @@ fn demo_code(feature: &str, seats: u32) -> UnsignedText {
 }
 
 pub async fn run(keep: bool, dir: Option<PathBuf>) -> Result<()> {
-    let temp;
-    let dir = match dir {
+    let (dir, _temp) = demo_dir(dir)?;
+    println!("Tessera demo in {}", dir.display());
+    let codes = sign_codes(&dir)?;
+    let (mut servers, trust) = start_pool(&dir, &codes).await?;
+    let addresses: Vec<String> = servers.iter().map(|s| s.address.clone()).collect();
+    let seats = check_out(&trust, &addresses).await?;
+    let leader = deny_past_the_limit(&trust, &servers, &addresses).await?;
+    kill_leader(&trust, &mut servers, leader, &seats).await?;
+
+    step(&format!(
+        "Server {} comes back and rejoins as a follower",
+        servers[leader].id
+    ));
+    servers[leader].start().await?;
+    print_status(&trust, &servers[leader].address).await?;
+
+    if keep {
+        keep_serving(&dir, &addresses).await;
+    }
+    check_in(&trust, &servers, &addresses, seats).await?;
+    for server in &mut servers {
+        server.stop().await;
+    }
+    println!("\nDemo done.");
+    Ok(())
+}
+
+/// The demo's directory: `dir`, made if missing, or a temporary one that
+/// lives as long as the returned guard.
+fn demo_dir(dir: Option<PathBuf>) -> Result<(PathBuf, Option<tempfile::TempDir>)> {
+    match dir {
         Some(dir) => {
             std::fs::create_dir_all(&dir)
                 .with_context(|| format!("cannot create {}", dir.display()))?;
-            dir
+            Ok((dir, None))
         }
         None => {
-            temp = tempfile::Builder::new().prefix("tessera-demo-").tempdir()?;
-            temp.path().to_path_buf()
+            let temp = tempfile::Builder::new().prefix("tessera-demo-").tempdir()?;
+            Ok((temp.path().to_path_buf(), Some(temp)))
         }
-    };
-    println!("Tessera demo in {}", dir.display());
+    }
+}
 
+fn sign_codes(dir: &Path) -> Result<Vec<tessera_core::LicenseCode>> {
     step("A vendor makes a key pair and signs license codes");
     let key = keys::generate("acme")?;
-    keys::write_pair(&key, &dir)?;
+    keys::write_pair(&key, dir)?;
     let codes = vec![
         license_cmd::sign_one(&key, demo_code("cad", 10))?,
         license_cmd::sign_one(&key, demo_code("sim", 3))?,
@@ -143,11 +173,17 @@ pub async fn run(keep: bool, dir: Option<PathBuf>) -> Result<()> {
         "  vendor `acme`, key {}: `cad` 10 seats, `sim` 3 seats, versions 1.0-2.99",
         key.public().key_id()
     );
+    Ok(codes)
+}
 
+async fn start_pool(
+    dir: &Path,
+    codes: &[tessera_core::LicenseCode],
+) -> Result<(Vec<DemoServer>, Trust)> {
     step(
         "The administrator makes the pool's CA, certificates and tokens, and starts three servers",
     );
-    let (mut servers, trust) = write_pool(&dir, &codes)?;
+    let (mut servers, trust) = write_pool(dir, codes)?;
     for server in &mut servers {
         server.spawn()?;
     }
@@ -155,8 +191,11 @@ pub async fn run(keep: bool, dir: Option<PathBuf>) -> Result<()> {
         server.wait_ready().await?;
         println!("  server {} serving on {} (TLS)", server.id, server.address);
     }
-    let addresses: Vec<String> = servers.iter().map(|s| s.address.clone()).collect();
+    Ok((servers, trust))
+}
 
+/// Each user's seats, checked out from the user's nearest server.
+async fn check_out(trust: &Trust, addresses: &[String]) -> Result<Vec<(String, SeatGuard)>> {
     step("Clients check seats out, each from its nearest server");
     let mut seats: Vec<(String, SeatGuard)> = Vec::new();
     for (first, user, feature, count) in [
@@ -165,7 +204,7 @@ pub async fn run(keep: bool, dir: Option<PathBuf>) -> Result<()> {
         (2, "carol", "cad", 2),
         (0, "dave", "sim", 1),
     ] {
-        let seat = client_for(&trust, &addresses, first, user)?
+        let seat = client_for(trust, addresses, first, user)?
             .checkout(feature, "2.0", count)
             .await
             .with_context(|| format!("{user} could not check out `{feature}`"))?;
@@ -176,12 +215,22 @@ pub async fn run(keep: bool, dir: Option<PathBuf>) -> Result<()> {
         );
         seats.push((user.to_string(), seat));
     }
+    Ok(seats)
+}
+
+/// Erin asks the leader for more seats than are left and is denied;
+/// returns the leader's index.
+async fn deny_past_the_limit(
+    trust: &Trust,
+    servers: &[DemoServer],
+    addresses: &[String],
+) -> Result<usize> {
     // The leader learns what each server holds from its reports, one
     // interval behind: erin asks once they are in.
-    let leader = leader_of(&trust, &addresses).await?;
-    wait_in_use(&trust, &servers[leader].address, 6).await;
+    let leader = leader_of(trust, addresses).await?;
+    wait_in_use(trust, &servers[leader].address, 6).await;
     let asked_at = tokio::time::Instant::now();
-    match client_for(&trust, &addresses[leader..=leader], 0, "erin")?
+    match client_for(trust, &addresses[leader..=leader], 0, "erin")?
         .checkout("cad", "2.0", 6)
         .await
     {
@@ -196,8 +245,18 @@ pub async fn run(keep: bool, dir: Option<PathBuf>) -> Result<()> {
         ),
         Err(err) => bail!("erin was not denied as expected: {err}"),
     }
-    print_status(&trust, &servers[leader].address).await?;
+    print_status(trust, &servers[leader].address).await?;
+    Ok(leader)
+}
 
+/// `kill -9` of the leader: another server leads, and the seats it held
+/// move to the others without their clients noticing.
+async fn kill_leader(
+    trust: &Trust,
+    servers: &mut [DemoServer],
+    leader: usize,
+    seats: &[(String, SeatGuard)],
+) -> Result<()> {
     let killed = servers[leader].id.clone();
     step(&format!(
         "kill -9 the leader, server {killed}, while the clients hold their seats"
@@ -213,7 +272,7 @@ pub async fn run(keep: bool, dir: Option<PathBuf>) -> Result<()> {
         .filter(|s| s.id != killed)
         .map(|s| s.address.clone())
         .collect();
-    let new_leader = others[leader_of(&trust, &others).await?].clone();
+    let new_leader = others[leader_of(trust, &others).await?].clone();
     println!(
         "  server {} leads after {} ms",
         servers
@@ -235,34 +294,36 @@ pub async fn run(keep: bool, dir: Option<PathBuf>) -> Result<()> {
             }
         }
     }
-    print_status(&trust, &new_leader).await?;
+    print_status(trust, &new_leader).await
+}
 
-    step(&format!(
-        "Server {killed} comes back and rejoins as a follower"
-    ));
-    servers[leader].start().await?;
-    print_status(&trust, &servers[leader].address).await?;
+/// Leaves the pool serving, with the commands to try on it, until Ctrl-C.
+async fn keep_serving(dir: &Path, addresses: &[String]) {
+    step("The pool keeps serving (Ctrl-C stops it)");
+    let pool_dir = dir.join("pool");
+    println!(
+        "  export TESSERA_CA_FILE={}",
+        pool_dir.join("ca.pem").display()
+    );
+    println!(
+        "  tessera status --server {} --token-file {}",
+        addresses.join(","),
+        pool_dir.join("read.token").display()
+    );
+    println!(
+        "  tessera checkout cad --server {} --hold 30",
+        addresses.join(",")
+    );
+    println!("  configs, keys and tokens: {}", dir.display());
+    let _ = tokio::signal::ctrl_c().await;
+}
 
-    if keep {
-        step("The pool keeps serving (Ctrl-C stops it)");
-        let pool_dir = dir.join("pool");
-        println!(
-            "  export TESSERA_CA_FILE={}",
-            pool_dir.join("ca.pem").display()
-        );
-        println!(
-            "  tessera status --server {} --token-file {}",
-            addresses.join(","),
-            pool_dir.join("read.token").display()
-        );
-        println!(
-            "  tessera checkout cad --server {} --hold 30",
-            addresses.join(",")
-        );
-        println!("  configs, keys and tokens: {}", dir.display());
-        let _ = tokio::signal::ctrl_c().await;
-    }
-
+async fn check_in(
+    trust: &Trust,
+    servers: &[DemoServer],
+    addresses: &[String],
+    seats: Vec<(String, SeatGuard)>,
+) -> Result<()> {
     step("The clients check their seats in");
     for (user, seat) in seats {
         seat.release()
@@ -272,14 +333,9 @@ pub async fn run(keep: bool, dir: Option<PathBuf>) -> Result<()> {
     // The leader's picture follows the servers' reports, one interval
     // behind; copies left on a server the clients failed over from go
     // within two.
-    let leader = leader_of(&trust, &addresses).await?;
-    wait_in_use(&trust, &servers[leader].address, 0).await;
-    print_status(&trust, &servers[leader].address).await?;
-    for server in &mut servers {
-        server.stop().await;
-    }
-    println!("\nDemo done.");
-    Ok(())
+    let leader = leader_of(trust, addresses).await?;
+    wait_in_use(trust, &servers[leader].address, 0).await;
+    print_status(trust, &servers[leader].address).await
 }
 
 /// The index in `addresses` of the server that says it leads and serves

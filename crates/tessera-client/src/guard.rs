@@ -8,6 +8,8 @@
 //! a seat the server may already have given to someone else.
 
 use std::fmt;
+use std::future::Future;
+use std::ops::ControlFlow;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -178,6 +180,47 @@ impl SeatGuard {
     /// lost waits on [`watch::Receiver::changed`].
     pub fn subscribe(&self) -> watch::Receiver<SeatState> {
         self.events.clone()
+    }
+
+    /// Holds the seat while the program works: follows its state, calling
+    /// `on_held` with the holding server and the validity of every renewal
+    /// or fail-over, until the seat is lost or a `work()` future breaks.
+    /// `work` makes a fresh future each time round, after each state.
+    /// Returns the reason if the seat was lost, also just as the hold ended.
+    pub async fn hold_while<W, F>(
+        &self,
+        mut work: W,
+        mut on_held: impl FnMut(&str, Instant),
+    ) -> Option<String>
+    where
+        W: FnMut() -> F,
+        F: Future<Output = ControlFlow<()>>,
+    {
+        let mut events = self.subscribe();
+        loop {
+            tokio::select! {
+                biased;
+                changed = events.changed() => {
+                    if changed.is_err() {
+                        break;
+                    }
+                    let state = events.borrow_and_update().clone();
+                    match state {
+                        SeatState::Held { server_id, valid_until } => on_held(&server_id, valid_until),
+                        SeatState::Lost { reason } => return Some(reason),
+                    }
+                }
+                flow = work() => {
+                    if flow.is_break() {
+                        break;
+                    }
+                }
+            }
+        }
+        match self.state() {
+            SeatState::Lost { reason } => Some(reason),
+            SeatState::Held { .. } => None,
+        }
     }
 
     /// Stops heartbeating and checks the seats in, on the holding server first.

@@ -67,6 +67,27 @@ fn watch_panics() {
 }
 
 /// The in-memory listener the server accepts from.
+/// Starts the server in `runtime` on `listener`, which answers as
+/// `address`, until `shutdown` completes.
+fn serve_on<L>(
+    runtime: &tokio::runtime::Runtime,
+    config: tessera_server::ServerConfig,
+    listener: L,
+    address: SocketAddr,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) where
+    L: axum::serve::Listener<Addr = SocketAddr>,
+{
+    runtime
+        .block_on(tessera_server::start_with(
+            config,
+            tessera_server::Seams::production(),
+            move |_| async move { Ok((listener, address)) },
+            shutdown,
+        ))
+        .expect("the server starts");
+}
+
 struct MemoryListener {
     incoming: mpsc::Receiver<DuplexStream>,
     address: SocketAddr,
@@ -304,30 +325,15 @@ impl InProcess {
         let stopped = async move {
             let _ = stopped.await;
         };
-        let seams = tessera_server::Seams::production();
         let connect = match tcp {
             Some(listener) => {
-                runtime
-                    .block_on(tessera_server::start_with(
-                        config,
-                        seams,
-                        move |_| async move { Ok((listener, address)) },
-                        stopped,
-                    ))
-                    .expect("the server starts");
+                serve_on(&runtime, config, listener, address, stopped);
                 Connect::Tcp(address)
             }
             None => {
                 let (sender, incoming) = mpsc::channel(64);
                 let listener = MemoryListener { incoming, address };
-                runtime
-                    .block_on(tessera_server::start_with(
-                        config,
-                        seams,
-                        move |_| async move { Ok((listener, address)) },
-                        stopped,
-                    ))
-                    .expect("the server starts");
+                serve_on(&runtime, config, listener, address, stopped);
                 Connect::Memory(sender)
             }
         };
@@ -387,9 +393,10 @@ impl InProcess {
         self.runtime().block_on(future)
     }
 
-    /// Sends one request on a connection of its own; `Err` if the connection
-    /// ended without an answer (a handler that panicked) or none came in time.
-    pub async fn send(
+    /// Sends one request on a connection of its own, from a test's thread;
+    /// `Err` if the connection ended without an answer (a handler that
+    /// panicked) or none came in time.
+    pub fn request(
         &self,
         method: &str,
         path: &str,
@@ -426,20 +433,8 @@ impl InProcess {
                 }
             }
         };
-        tokio::time::timeout(ANSWER_TIMEOUT, exchange)
-            .await
+        self.block_on(async { tokio::time::timeout(ANSWER_TIMEOUT, exchange).await })
             .map_err(|_| format!("no answer to {method} {path} within {ANSWER_TIMEOUT:?}"))?
-    }
-
-    /// [`InProcess::send`] from a test's thread.
-    pub fn request(
-        &self,
-        method: &str,
-        path: &str,
-        headers: &[(&str, &str)],
-        body: Vec<u8>,
-    ) -> Result<Answer, String> {
-        self.block_on(self.send(method, path, headers, body))
     }
 
     /// A POST of `body` as JSON, with the pool's headers and secret when the

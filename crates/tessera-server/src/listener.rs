@@ -239,6 +239,20 @@ enum Io {
     Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
 }
 
+/// What a connection reads and writes through, plain or TLS.
+trait Stream: AsyncRead + AsyncWrite + Unpin {}
+
+impl<T: AsyncRead + AsyncWrite + Unpin> Stream for T {}
+
+impl Io {
+    fn stream(&mut self) -> Pin<&mut dyn Stream> {
+        match self {
+            Io::Plain(tcp) => Pin::new(tcp),
+            Io::Tls(tls) => Pin::new(tls.as_mut()),
+        }
+    }
+}
+
 /// An accepted connection: closed with an error once idle for
 /// [`IDLE_TIMEOUT`].
 ///
@@ -265,6 +279,22 @@ impl Connection {
 
     fn busy(&mut self) {
         self.last_busy = Instant::now();
+    }
+
+    /// After a write: a finished one marks the connection busy, a pending
+    /// one waits for the idle deadline.
+    fn after_write(
+        &mut self,
+        cx: &mut Context<'_>,
+        written: Poll<io::Result<usize>>,
+    ) -> Poll<io::Result<usize>> {
+        match written {
+            Poll::Ready(result) => {
+                self.busy();
+                Poll::Ready(result)
+            }
+            Poll::Pending => self.idle_out(cx).map(Err),
+        }
     }
 
     /// On a pending read or write: the idle deadline's error, once passed.
@@ -294,10 +324,7 @@ impl AsyncRead for Connection {
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         let before = buf.filled().len();
-        let read = match &mut this.io {
-            Io::Plain(tcp) => Pin::new(tcp).poll_read(cx, buf),
-            Io::Tls(tls) => Pin::new(tls.as_mut()).poll_read(cx, buf),
-        };
+        let read = this.io.stream().poll_read(cx, buf);
         match read {
             Poll::Ready(result) => {
                 if buf.filled().len() > before {
@@ -317,17 +344,8 @@ impl AsyncWrite for Connection {
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        let written = match &mut this.io {
-            Io::Plain(tcp) => Pin::new(tcp).poll_write(cx, data),
-            Io::Tls(tls) => Pin::new(tls.as_mut()).poll_write(cx, data),
-        };
-        match written {
-            Poll::Ready(result) => {
-                this.busy();
-                Poll::Ready(result)
-            }
-            Poll::Pending => this.idle_out(cx).map(Err),
-        }
+        let written = this.io.stream().poll_write(cx, data);
+        this.after_write(cx, written)
     }
 
     fn poll_write_vectored(
@@ -336,17 +354,8 @@ impl AsyncWrite for Connection {
         buffers: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        let written = match &mut this.io {
-            Io::Plain(tcp) => Pin::new(tcp).poll_write_vectored(cx, buffers),
-            Io::Tls(tls) => Pin::new(tls.as_mut()).poll_write_vectored(cx, buffers),
-        };
-        match written {
-            Poll::Ready(result) => {
-                this.busy();
-                Poll::Ready(result)
-            }
-            Poll::Pending => this.idle_out(cx).map(Err),
-        }
+        let written = this.io.stream().poll_write_vectored(cx, buffers);
+        this.after_write(cx, written)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -357,17 +366,11 @@ impl AsyncWrite for Connection {
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match &mut self.get_mut().io {
-            Io::Plain(tcp) => Pin::new(tcp).poll_flush(cx),
-            Io::Tls(tls) => Pin::new(tls.as_mut()).poll_flush(cx),
-        }
+        self.get_mut().io.stream().poll_flush(cx)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match &mut self.get_mut().io {
-            Io::Plain(tcp) => Pin::new(tcp).poll_shutdown(cx),
-            Io::Tls(tls) => Pin::new(tls.as_mut()).poll_shutdown(cx),
-        }
+        self.get_mut().io.stream().poll_shutdown(cx)
     }
 }
 

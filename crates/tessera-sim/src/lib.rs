@@ -27,7 +27,7 @@ pub mod scenario;
 pub mod trace;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::ops::RangeInclusive;
+use std::ops::{ControlFlow, RangeInclusive};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -347,34 +347,65 @@ fn panicked(seed: u64, what: String) -> Report {
 fn run_here(seed: u64, options: &Options) -> Report {
     let mut rng = StdRng::seed_from_u64(seed);
     let scenario = Scenario::new(&mut rng, options);
-    let servers = scenario.servers.len();
     let client_hosts: Vec<String> = (1..=options.client_hosts)
         .map(|i| format!("client-{i}"))
         .collect();
-    let episodes = if let Some(plan) = &options.plan {
+    let episodes = draw_episodes(
+        &mut rng,
+        options,
+        scenario.servers.len(),
+        client_hosts.len(),
+    );
+    let runner = Runner::new(seed, options, &scenario, client_hosts, episodes);
+    let mut sim = runner.build_sim(seed);
+    let simulated = runner.drive(&mut sim);
+    drop(sim);
+    RUNNING.with(|running| running.borrow_mut().take());
+    let mut trace = runner.trace.lock();
+    let peak_seats = trace.over_issue(simulated);
+    Report {
+        seed,
+        servers: scenario.servers.len(),
+        hard_limit: scenario.hard_limit,
+        hard_limit_final: trace.hard_limit_now(),
+        programs: scenario.programs,
+        schedule: runner.schedule.clone(),
+        counts: trace.counts.clone(),
+        peak_seats,
+        violations: trace.violations.clone(),
+        digest: trace.digest(),
+        simulated,
+        tail: trace.tail(trace::TAIL_LINES),
+        story: trace.story(),
+    }
+}
+
+/// The run's fault episodes: the options' own plan, or the seed's.
+fn draw_episodes(
+    rng: &mut StdRng,
+    options: &Options,
+    servers: usize,
+    client_hosts: usize,
+) -> Vec<Episode> {
+    if let Some(plan) = &options.plan {
         plan.clone()
     } else if options.faults {
         plan::draw(
-            &mut rng,
+            rng,
             servers,
-            client_hosts.len(),
+            client_hosts,
             FAULTS_FROM,
             options.fault_span,
             options.fault_gap,
         )
     } else {
         Vec::new()
-    };
-    let server_ids: Vec<String> = scenario.servers.iter().map(|s| s.id.clone()).collect();
-    let names = Names {
-        servers: &server_ids,
-        clients: &client_hosts,
-    };
-    let schedule: Vec<String> = episodes
-        .iter()
-        .map(|e| Shown(e, &names).to_string())
-        .collect();
+    }
+}
 
+/// A temporary directory with the pool file and the pool key every server
+/// starts from.
+fn write_start_files(scenario: &Scenario) -> tempfile::TempDir {
     let dir = tempfile::Builder::new()
         .prefix("tessera-sim-")
         .tempdir()
@@ -385,166 +416,231 @@ fn run_here(seed: u64, options: &Options) -> Report {
         scenario::pool_key_text(),
     )
     .expect("write the pool key file");
-    let trace = Shared::default();
-    trace.lock().set_initial_limit(scenario.hard_limit);
-    RUNNING.with(|running| {
-        *running.borrow_mut() = Some(Running {
-            servers,
-            hard_limit: scenario.hard_limit,
-            programs: scenario.programs,
-            schedule: schedule.clone(),
-            trace: trace.clone(),
-        });
-    });
-    // Servers, then client machines, then the administrator's machine
-    // (which faults never aim at, but partitions leave on the larger side).
-    let host_names: Vec<String> = scenario
-        .servers
-        .iter()
-        .map(|s| s.host.clone())
-        .chain(client_hosts.iter().cloned())
-        .chain(std::iter::once(ADMIN_HOST.to_string()))
-        .collect();
-    let knobs: BTreeMap<String, Arc<NetKnobs>> = host_names
-        .iter()
-        .map(|h| (h.clone(), Arc::new(NetKnobs::default())))
-        .collect();
-    let ctx = Arc::new(Ctx {
-        seed,
-        scenario: scenario.clone(),
-        trace: trace.clone(),
-        phase: AtomicU64::new(Phase::Work as u64),
-        mutations: options.mutations,
-        dir: dir.path().to_path_buf(),
-        knobs: knobs.clone(),
-        client_hosts: client_hosts.clone(),
-        admin: options.admin,
-    });
+    dir
+}
 
-    let mut sim = turmoil::Builder::new()
-        .simulation_duration(RUN_MAX + Duration::from_secs(60))
-        .tick_duration(TICK)
-        // Held connection attempts arrive all at once when a link is released.
-        .tcp_capacity(TCP_BACKLOG)
-        .ephemeral_ports(1024..=65535)
-        .rng_seed(seed)
-        .min_message_latency(Duration::ZERO)
-        .max_message_latency(LATENCY_MAX)
-        .epoch(UNIX_EPOCH + Duration::from_millis(EPOCH_UNIX_MS as u64))
-        .build();
-    let disks: Vec<Arc<SimDisk>> = (0..servers).map(|_| SimDisk::new()).collect();
-    for (index, spec) in scenario.servers.iter().enumerate() {
-        let (ctx, disk) = (ctx.clone(), disks[index].clone());
-        let boots = Arc::new(AtomicU64::new(0));
-        sim.host(spec.host.as_str(), move || {
-            programs::server(ctx.clone(), index, disk.clone(), boots.clone())
+/// One run's world: what the seed drew, the files the servers start from,
+/// and what the programs and the runner share.
+struct Runner {
+    episodes: Vec<Episode>,
+    /// The fault schedule, one line an episode.
+    schedule: Vec<String>,
+    server_ids: Vec<String>,
+    client_hosts: Vec<String>,
+    /// Servers, then client machines, then the administrator's machine
+    /// (which faults never aim at, but partitions leave on the larger side).
+    host_names: Vec<String>,
+    knobs: BTreeMap<String, Arc<NetKnobs>>,
+    disks: Vec<Arc<SimDisk>>,
+    trace: Shared,
+    ctx: Arc<Ctx>,
+    /// The pool file, the pool key and the servers' data; removed with the runner.
+    dir: tempfile::TempDir,
+}
+
+impl Runner {
+    /// Writes the files the servers start from and notes the run as
+    /// [`RUNNING`], so a panic still tells its story.
+    fn new(
+        seed: u64,
+        options: &Options,
+        scenario: &Scenario,
+        client_hosts: Vec<String>,
+        episodes: Vec<Episode>,
+    ) -> Runner {
+        let servers = scenario.servers.len();
+        let server_ids: Vec<String> = scenario.servers.iter().map(|s| s.id.clone()).collect();
+        let names = Names {
+            servers: &server_ids,
+            clients: &client_hosts,
+        };
+        let schedule: Vec<String> = episodes
+            .iter()
+            .map(|e| Shown(e, &names).to_string())
+            .collect();
+
+        let dir = write_start_files(scenario);
+        let trace = Shared::default();
+        trace.lock().set_initial_limit(scenario.hard_limit);
+        RUNNING.with(|running| {
+            *running.borrow_mut() = Some(Running {
+                servers,
+                hard_limit: scenario.hard_limit,
+                programs: scenario.programs,
+                schedule: schedule.clone(),
+                trace: trace.clone(),
+            });
         });
-    }
-    for (index, host) in client_hosts.iter().enumerate() {
-        let ctx = ctx.clone();
-        let boots = Arc::new(AtomicU64::new(0));
-        sim.host(host.as_str(), move || {
-            programs::client_machine(ctx.clone(), index, boots.clone())
+        let host_names: Vec<String> = scenario
+            .servers
+            .iter()
+            .map(|s| s.host.clone())
+            .chain(client_hosts.iter().cloned())
+            .chain(std::iter::once(ADMIN_HOST.to_string()))
+            .collect();
+        let knobs: BTreeMap<String, Arc<NetKnobs>> = host_names
+            .iter()
+            .map(|h| (h.clone(), Arc::new(NetKnobs::default())))
+            .collect();
+        let ctx = Arc::new(Ctx {
+            seed,
+            scenario: scenario.clone(),
+            trace: trace.clone(),
+            phase: AtomicU64::new(Phase::Work as u64),
+            mutations: options.mutations,
+            dir: dir.path().to_path_buf(),
+            knobs: knobs.clone(),
+            client_hosts: client_hosts.clone(),
+            admin: options.admin,
         });
+        Runner {
+            episodes,
+            schedule,
+            server_ids,
+            client_hosts,
+            host_names,
+            knobs,
+            disks: (0..servers).map(|_| SimDisk::new()).collect(),
+            trace,
+            ctx,
+            dir,
+        }
     }
-    {
-        let ctx = ctx.clone();
+
+    /// The simulation, with the servers, the client machines and the
+    /// administrator's machine on it.
+    fn build_sim(&self, seed: u64) -> turmoil::Sim<'static> {
+        let mut sim = turmoil::Builder::new()
+            .simulation_duration(RUN_MAX + Duration::from_secs(60))
+            .tick_duration(TICK)
+            // Held connection attempts arrive all at once when a link is released.
+            .tcp_capacity(TCP_BACKLOG)
+            .ephemeral_ports(1024..=65535)
+            .rng_seed(seed)
+            .min_message_latency(Duration::ZERO)
+            .max_message_latency(LATENCY_MAX)
+            .epoch(UNIX_EPOCH + Duration::from_millis(EPOCH_UNIX_MS as u64))
+            .build();
+        for (index, spec) in self.ctx.scenario.servers.iter().enumerate() {
+            let (ctx, disk) = (self.ctx.clone(), self.disks[index].clone());
+            let boots = Arc::new(AtomicU64::new(0));
+            sim.host(spec.host.as_str(), move || {
+                programs::server(ctx.clone(), index, disk.clone(), boots.clone())
+            });
+        }
+        for (index, host) in self.client_hosts.iter().enumerate() {
+            let ctx = self.ctx.clone();
+            let boots = Arc::new(AtomicU64::new(0));
+            sim.host(host.as_str(), move || {
+                programs::client_machine(ctx.clone(), index, boots.clone())
+            });
+        }
+        let ctx = self.ctx.clone();
         let boots = Arc::new(AtomicU64::new(0));
         sim.host(ADMIN_HOST, move || {
             programs::admin(ctx.clone(), boots.clone())
         });
+        sim
     }
 
-    let settle = settle(scenario.lease_s);
-    let healed_at = episodes
-        .iter()
-        .map(Episode::end)
-        .max()
-        .unwrap_or(FAULTS_FROM)
-        .max(FAULTS_FROM);
-    let mut applied = World::default();
-    let mut previous = Duration::ZERO;
-    loop {
-        let now = sim.elapsed();
-        clock::set_between_steps(now);
-        // Wipes happen at the start of their crash.
-        for episode in &episodes {
+    /// Steps the simulation to its end, applying the episodes' faults as
+    /// they come and go; returns the simulated time it took.
+    fn drive(&self, sim: &mut turmoil::Sim<'_>) -> Duration {
+        let healed_at = self
+            .episodes
+            .iter()
+            .map(Episode::end)
+            .max()
+            .unwrap_or(FAULTS_FROM)
+            .max(FAULTS_FROM);
+        let mut applied = World::default();
+        let mut previous = Duration::ZERO;
+        loop {
+            let now = sim.elapsed();
+            clock::set_between_steps(now);
+            self.replace_disks(sim, &mut applied, previous, now);
+            let want = desired(&self.episodes, self.host_names.len(), now);
+            apply(
+                sim,
+                &self.trace,
+                &self.host_names,
+                &self.server_ids,
+                &self.disks,
+                &self.knobs,
+                &mut applied,
+                &want,
+                self.server_ids.len(),
+            );
+            previous = now;
+            if self.steer(now, healed_at).is_break() {
+                break;
+            }
+            if let Err(err) = sim.step() {
+                self.trace
+                    .lock()
+                    .violate("host", format!("a simulated machine failed: {err}"));
+                break;
+            }
+        }
+        let simulated = sim.elapsed();
+        clock::set_between_steps(simulated);
+        simulated
+    }
+
+    /// Wipes happen at the start of their crash: the disks of the crashes
+    /// that began after `previous`, up to `now`.
+    fn replace_disks(
+        &self,
+        sim: &mut turmoil::Sim<'_>,
+        applied: &mut World,
+        previous: Duration,
+        now: Duration,
+    ) {
+        for episode in &self.episodes {
             if let Fault::Crash { server, wipe: true } = episode.fault {
                 if previous < episode.start && episode.start <= now {
+                    let server_id = &self.server_ids[server];
                     // Grants on a lost disk cannot come back: nothing to check.
-                    trace.lock().server_crashed(&server_ids[server], true);
+                    self.trace.lock().server_crashed(server_id, true);
                     if !applied.down.contains(&server) {
-                        crash_silently(&mut sim, &host_names, server, &applied);
+                        crash_silently(sim, &self.host_names, server, applied);
                         applied.down.insert(server);
                     }
-                    disks[server].wipe();
-                    let data = dir.path().join(format!("data-{}", server_ids[server]));
+                    self.disks[server].wipe();
+                    let data = self.dir.path().join(format!("data-{server_id}"));
                     let _ = std::fs::remove_dir_all(data);
-                    trace
+                    self.trace
                         .lock()
-                        .note("runner", &format!("{}'s disk replaced", server_ids[server]));
+                        .note("runner", &format!("{server_id}'s disk replaced"));
                 }
             }
         }
-        let want = desired(&episodes, host_names.len(), now);
-        apply(
-            &mut sim,
-            &trace,
-            &host_names,
-            &server_ids,
-            &disks,
-            &knobs,
-            &mut applied,
-            &want,
-            servers,
-        );
-        previous = now;
-        match ctx.phase() {
+    }
+
+    /// Moves the programs on once the faults have healed and settled; breaks
+    /// when the probe is done or the run took too long.
+    fn steer(&self, now: Duration, healed_at: Duration) -> ControlFlow<()> {
+        let settle = settle(self.ctx.scenario.lease_s);
+        match self.ctx.phase() {
             Phase::Work if now >= healed_at + settle => {
-                trace.lock().note("runner", "programs stop");
-                ctx.set_phase(Phase::Stop);
+                self.trace.lock().note("runner", "programs stop");
+                self.ctx.set_phase(Phase::Stop);
             }
             Phase::Stop if now >= healed_at + settle + STOP_WAIT => {
-                trace.lock().note("runner", "probe");
-                ctx.set_phase(Phase::Probe);
+                self.trace.lock().note("runner", "probe");
+                self.ctx.set_phase(Phase::Probe);
             }
-            Phase::Done => break,
+            Phase::Done => return ControlFlow::Break(()),
             _ => {}
         }
         if now >= RUN_MAX {
-            trace.lock().violate(
+            self.trace.lock().violate(
                 "liveness",
                 format!("the run did not finish within {} s", RUN_MAX.as_secs()),
             );
-            break;
+            return ControlFlow::Break(());
         }
-        if let Err(err) = sim.step() {
-            trace
-                .lock()
-                .violate("host", format!("a simulated machine failed: {err}"));
-            break;
-        }
-    }
-    let simulated = sim.elapsed();
-    clock::set_between_steps(simulated);
-    drop(sim);
-    RUNNING.with(|running| running.borrow_mut().take());
-    let mut trace = trace.lock();
-    let peak_seats = trace.over_issue(simulated);
-    Report {
-        seed,
-        servers,
-        hard_limit: scenario.hard_limit,
-        hard_limit_final: trace.hard_limit_now(),
-        programs: scenario.programs,
-        schedule,
-        counts: trace.counts.clone(),
-        peak_seats,
-        violations: trace.violations.clone(),
-        digest: trace.digest(),
-        simulated,
-        tail: trace.tail(trace::TAIL_LINES),
-        story: trace.story(),
+        ControlFlow::Continue(())
     }
 }
 

@@ -2,6 +2,7 @@
 //! the SDK, and an administrator who changes the pool while it runs and, at
 //! the end, probes that every seat can be had again.
 
+use std::ops::ControlFlow;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,7 +10,7 @@ use std::time::Duration;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
-use tessera_client::{Client, ClientConfig, SeatGuard, SeatState};
+use tessera_client::{Client, ClientConfig, SeatGuard};
 use tessera_core::LicenseCode;
 use tessera_proto::{AddLicense, ErrorCode, PoolFileUpdate, SetDistribution, StatusResponse};
 use tessera_server::seams::{Mutations, Seams};
@@ -249,34 +250,25 @@ async fn program(ctx: Arc<Ctx>, name: String, client: Client, mut rng: StdRng) {
 /// Holds until `until`, the stop, or the seat's loss; records every renewal
 /// and fail-over the program sees. Returns the reason if the seat was lost.
 async fn hold(ctx: &Ctx, grant: &str, seat: &SeatGuard, until: Instant) -> Option<String> {
-    let mut events = seat.subscribe();
-    loop {
+    let work = || async move {
         tokio::select! {
             biased;
-            changed = events.changed() => {
-                if changed.is_err() {
-                    break;
-                }
-                let state = events.borrow_and_update().clone();
-                match state {
-                    SeatState::Held { server_id, valid_until } => {
-                        ctx.trace.lock().held(grant, &server_id, to_true(valid_until));
-                    }
-                    SeatState::Lost { reason } => return Some(reason),
-                }
-            }
-            () = sleep_until(until) => break,
+            () = sleep_until(until) => ControlFlow::Break(()),
             () = sleep(Duration::from_millis(100)) => {
                 if ctx.phase() != Phase::Work {
-                    break;
+                    ControlFlow::Break(())
+                } else {
+                    ControlFlow::Continue(())
                 }
             }
         }
-    }
-    match seat.state() {
-        SeatState::Lost { reason } => Some(reason),
-        SeatState::Held { .. } => None,
-    }
+    };
+    seat.hold_while(work, |server_id, valid_until| {
+        ctx.trace
+            .lock()
+            .held(grant, server_id, to_true(valid_until));
+    })
+    .await
 }
 
 // ----- the administrator -----

@@ -13,6 +13,16 @@ const BATCH_SEEDS: u64 = 100;
 /// A mutation must be caught within this many seeds.
 const MUTATION_SEEDS_MAX: u64 = 60;
 
+/// Fails with the report's explanation and its last lines unless it passed.
+fn assert_passed(report: &Report) {
+    assert!(
+        report.passed(),
+        "{}\nits last lines:\n{}",
+        report.explain(),
+        report.tail
+    );
+}
+
 fn options() -> Options {
     Options {
         servers: 3..=7,
@@ -67,8 +77,9 @@ fn a_seed_replays_exactly() {
     assert_ne!(first.digest, other.digest, "two seeds told the same story");
 }
 
-/// Runs seeds from 1 until one reports over-issue; returns how many it took.
-fn seeds_to_catch(mutations: Mutations) -> u64 {
+/// Runs seeds from 1 until one reports over-issue, and says how many it
+/// took; fails if none does within [`MUTATION_SEEDS_MAX`].
+fn check_caught(mutations: Mutations) {
     let options = Options {
         mutations,
         ..options()
@@ -77,7 +88,8 @@ fn seeds_to_catch(mutations: Mutations) -> u64 {
         let report = run(seed, &options);
         if report.violations.iter().any(|v| v.checker == "over-issue") {
             println!("caught at seed {seed}:\n{}", report.explain());
-            return seed;
+            println!("{mutations:?} caught after {seed} seeds");
+            return;
         }
     }
     panic!("{MUTATION_SEEDS_MAX} seeds ran with {mutations:?} and no over-issue was reported");
@@ -85,20 +97,18 @@ fn seeds_to_catch(mutations: Mutations) -> u64 {
 
 #[test]
 fn issuing_without_a_quorum_is_caught() {
-    let seeds = seeds_to_catch(Mutations {
+    check_caught(Mutations {
         issue_without_quorum: true,
         ..Mutations::default()
     });
-    println!("issue_without_quorum caught after {seeds} seeds");
 }
 
 #[test]
 fn reassigning_without_the_safe_wait_is_caught() {
-    let seeds = seeds_to_catch(Mutations {
+    check_caught(Mutations {
         reassign_without_wait: true,
         ..Mutations::default()
     });
-    println!("reassign_without_wait caught after {seeds} seeds");
 }
 
 /// ARCHITECTURE.md, timeline 5: C falls behind while A (the leader) and B
@@ -143,12 +153,7 @@ fn lost_disk_options(mutations: Mutations) -> Options {
 #[test]
 fn a_server_with_a_new_disk_waits_to_vote_until_it_has_caught_up() {
     let report = run(11, &lost_disk_options(Mutations::default()));
-    assert!(
-        report.passed(),
-        "{}\nits last lines:\n{}",
-        report.explain(),
-        report.tail
-    );
+    assert_passed(&report);
 }
 
 #[test]
@@ -195,12 +200,7 @@ fn check_soak_seeds(seeds: &[u64]) {
     };
     for &seed in seeds {
         let report = run(seed, &options);
-        assert!(
-            report.passed(),
-            "{}\nits last lines:\n{}",
-            report.explain(),
-            report.tail
-        );
+        assert_passed(&report);
     }
 }
 

@@ -430,6 +430,17 @@ impl Pool {
         self.tessera_command(i, "admin", args)
     }
 
+    /// [`Pool::admin`], which must succeed: a failure panics with its
+    /// standard error.
+    pub fn admin_ok(&self, i: usize, args: &[&str]) {
+        let out = self.admin(i, args);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     /// Runs `tessera COMMAND ARGS --server ADDRESS-OF-i --ca CA
     /// --token-file ADMIN-TOKEN` in the pool's directory.
     pub fn tessera_command(&self, i: usize, command: &str, args: &[&str]) -> std::process::Output {

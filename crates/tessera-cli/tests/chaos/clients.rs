@@ -2,12 +2,12 @@
 //! rotated), checking out one seat, holding it a while, giving it back, and
 //! again, until the run stops. Each logs what it believes, by its own clock.
 
-use std::ops::Range;
+use std::ops::{ControlFlow, Range};
 use std::time::Duration;
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use tessera_client::{Client, ClientConfig, SeatGuard, SeatState};
+use tessera_client::{Client, ClientConfig, SeatGuard};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio::time::{sleep_until, Instant};
@@ -90,7 +90,7 @@ async fn run(
             _ => (LONG_HOLD_MS, Ending::Release),
         };
         let hold_until = at + Duration::from_millis(rng.gen_range(hold_ms));
-        let lost = hold(index, &seat, hold_until, &log, &mut stop).await;
+        let lost = hold(index, &seat, hold_until, &log, &stop).await;
         let ended_at = Instant::now();
         match (lost, ending) {
             (Some(reason), _) => {
@@ -120,36 +120,27 @@ async fn hold(
     seat: &SeatGuard,
     until: Instant,
     log: &Log,
-    stop: &mut watch::Receiver<bool>,
+    stop: &watch::Receiver<bool>,
 ) -> Option<String> {
-    let mut events = seat.subscribe();
     let mut server_id = seat.server_id();
-    loop {
-        tokio::select! {
-            biased;
-            changed = events.changed() => {
-                if changed.is_err() {
-                    break;
-                }
-                let state = events.borrow_and_update().clone();
-                match state {
-                    SeatState::Held { server_id: holder, .. } if holder != server_id => {
-                        log.failed_over(index, seat.grant_id(), server_id, holder.clone());
-                        server_id = holder;
-                    }
-                    SeatState::Held { .. } => {}
-                    SeatState::Lost { reason } => return Some(reason),
-                }
+    let work = || {
+        let mut stop = stop.clone();
+        async move {
+            tokio::select! {
+                biased;
+                _ = stop.changed() => {}
+                () = sleep_until(until) => {}
             }
-            _ = stop.changed() => break,
-            () = sleep_until(until) => break,
+            ControlFlow::Break(())
         }
-    }
-    // Lost just as the hold ended.
-    match seat.state() {
-        SeatState::Lost { reason } => Some(reason),
-        SeatState::Held { .. } => None,
-    }
+    };
+    seat.hold_while(work, |holder, _| {
+        if holder != server_id {
+            let from = std::mem::replace(&mut server_id, holder.to_string());
+            log.failed_over(index, seat.grant_id(), from, holder.to_string());
+        }
+    })
+    .await
 }
 
 /// Sleeps a random time from `range_ms`; false if the run stopped meanwhile.

@@ -63,6 +63,18 @@ async fn bad_requests_get_stable_codes_and_the_server_keeps_serving() {
         .await
         .ok();
 
+    // The held grant's heartbeat, for `count` seats with `proof`.
+    let heartbeat_of_held = |count: u32, proof: &str| {
+        let grant_id = held["grant_id"].as_str().unwrap();
+        Body::Json(crate::fixture::heartbeat_body(
+            grant_id,
+            "api-client",
+            "cad",
+            count,
+            proof,
+        ))
+    };
+
     // Valid JSON padded past the limit, so only its size is wrong.
     let mut oversized = serde_json::to_vec(&checkout_body("api-client", "cad", 1)).unwrap();
     oversized.resize(64 * 1024 + 1, b' ');
@@ -188,13 +200,7 @@ async fn bad_requests_get_stable_codes_and_the_server_keeps_serving() {
             name: "heartbeat with another count",
             method: post.clone(),
             path: "/v1/heartbeat",
-            body: Body::Json(crate::fixture::heartbeat_body(
-                held["grant_id"].as_str().unwrap(),
-                "api-client",
-                "cad",
-                2,
-                held["proof"].as_str().unwrap(),
-            )),
+            body: heartbeat_of_held(2, held["proof"].as_str().unwrap()),
             status: 403,
             code: "grant_proof_invalid",
         },
@@ -202,13 +208,7 @@ async fn bad_requests_get_stable_codes_and_the_server_keeps_serving() {
             name: "heartbeat with a proof that is not base64url",
             method: post.clone(),
             path: "/v1/heartbeat",
-            body: Body::Json(crate::fixture::heartbeat_body(
-                held["grant_id"].as_str().unwrap(),
-                "api-client",
-                "cad",
-                1,
-                "not a proof",
-            )),
+            body: heartbeat_of_held(1, "not a proof"),
             status: 403,
             code: "grant_proof_invalid",
         },

@@ -226,32 +226,31 @@ impl Fixture {
         let unsigned_path = self.next_name("unsigned");
         std::fs::write(&unsigned_path, unsigned).expect("write the unsigned codes");
         let signed_path = self.next_name("signed");
-        let key = self.secret_key();
-        tessera([
-            OsStr::new("license"),
-            OsStr::new("sign"),
-            OsStr::new("--key"),
-            key.as_os_str(),
+        self.license_sign([
             OsStr::new("--out"),
             signed_path.as_os_str(),
             unsigned_path.as_os_str(),
         ])
-        .await
-        .success();
+        .await;
         std::fs::read_to_string(&signed_path).expect("read the signed codes")
     }
 
     /// Signs one code described by `tessera license sign` flags; returns the signed text.
     pub async fn sign_flags(&self, flags: &[&str]) -> String {
-        let key = self.secret_key();
-        let mut args = vec![
-            OsStr::new("license"),
-            OsStr::new("sign"),
-            OsStr::new("--key"),
-            key.as_os_str(),
+        self.license_sign(flags.iter().map(OsStr::new)).await.stdout
+    }
+
+    /// Runs `tessera license sign --key VENDOR-SECRET-KEY ARGS`, which must
+    /// succeed.
+    async fn license_sign<'a>(&self, args: impl IntoIterator<Item = &'a OsStr>) -> Output {
+        let mut all = vec![
+            "license".into(),
+            "sign".into(),
+            "--key".into(),
+            self.secret_key().into_os_string(),
         ];
-        args.extend(flags.iter().map(OsStr::new));
-        tessera(args).await.success().stdout
+        all.extend(args.into_iter().map(OsStr::to_os_string));
+        tessera(all).await.success()
     }
 
     /// Writes a pool file and a server config for one server, as an
@@ -295,6 +294,14 @@ impl Fixture {
             http: credentials.http(REQUEST_TIMEOUT),
             credentials,
         }
+    }
+
+    /// A server (not started) of the codes in `unsigned`, signed, whose
+    /// grace period, when it starts without its store, lasts `grace_ms`.
+    pub async fn server_with_grace(&self, unsigned: &str, grace_ms: u64) -> Server {
+        let mut spec = ServerSpec::new(self.sign(unsigned).await);
+        spec.config_tables = format!("[timing]\ngrace_ms = {grace_ms}\n");
+        self.server(spec)
     }
 
     /// Signs `unsigned`, writes a pool of one, starts it with `--new-pool`
@@ -506,6 +513,33 @@ impl Server {
         }
     }
 
+    /// Waits (bounded) until a server started without its store has formed
+    /// its pool; asserts that it is in its grace period.
+    pub async fn wait_grace(&mut self) -> StatusResponse {
+        let status = self
+            .poll("the pool to form", SERVER_READY_TIMEOUT, |s| {
+                s.server.state != "no_quorum"
+            })
+            .await;
+        assert_eq!(status.server.state, "grace", "{status:#?}");
+        status
+    }
+
+    /// Sends the heartbeat `body` and asserts that the server took its
+    /// grant as `renewal` says: answered for the same grant id, converted or
+    /// not.
+    pub async fn renews(&self, body: &Value, renewal: Renewal) {
+        let renewed = self.post("/v1/heartbeat", body).await.ok();
+        assert_eq!(
+            (renewed["grant_id"].as_str(), renewed["converted"].as_bool()),
+            (
+                body["grant_id"].as_str(),
+                Some(renewal == Renewal::Converted)
+            ),
+            "{renewed}"
+        );
+    }
+
     /// Waits (bounded) until the server's state is `state`.
     pub async fn wait_state(&mut self, state: &str) -> StatusResponse {
         self.poll(&format!("state `{state}`"), SERVER_READY_TIMEOUT, |s| {
@@ -522,6 +556,15 @@ impl Drop for Server {
             eprintln!("--- log of the server at {}:\n{}", self.address, self.log());
         }
     }
+}
+
+/// How a server takes a holder's heartbeat.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Renewal {
+    /// A grant it holds: renewed.
+    Renewed,
+    /// A grant it does not know (its store was lost): converted.
+    Converted,
 }
 
 /// A checkout request body.

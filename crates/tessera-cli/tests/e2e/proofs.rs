@@ -11,7 +11,8 @@ use serde_json::{json, Value};
 use tessera_client::{Client, ClientConfig};
 
 use crate::fixture::{
-    checkout_body, code, heartbeat_body, in_use, tessera, Answer, Fixture, ServerSpec, StartMode,
+    checkout_body, code, heartbeat_body, in_use, tessera, Answer, Fixture, Renewal, ServerSpec,
+    StartMode,
 };
 
 /// A proof of the right shape that no pool made.
@@ -175,10 +176,9 @@ async fn a_status_reader_cannot_check_in_or_renew_another_clients_grant() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn made_up_grants_take_no_seat_during_the_grace_period() {
     let fixture = Fixture::new().await;
-    let mut spec = ServerSpec::new(fixture.sign(&code("cad", 3)).await);
-    // Far longer than the test: it must not end while the attacker tries.
-    spec.config_tables = "[timing]\ngrace_ms = 120000\n".into();
-    let mut server = fixture.server(spec);
+    // A grace far longer than the test: it must not end while the attacker
+    // tries.
+    let mut server = fixture.server_with_grace(&code("cad", 3), 120_000).await;
     server.start(StartMode::NewPool).await;
     server.wait_state("serving").await;
     let held = server
@@ -192,14 +192,7 @@ async fn made_up_grants_take_no_seat_during_the_grace_period() {
     server.kill();
     std::fs::remove_dir_all(&server.data_dir).expect("remove the data directory");
     server.start(StartMode::Plain).await;
-    let status = server
-        .poll(
-            "the pool to form",
-            crate::fixture::SERVER_READY_TIMEOUT,
-            |s| s.server.state != "no_quorum",
-        )
-        .await;
-    assert_eq!(status.server.state, "grace", "{status:#?}");
+    let status = server.wait_grace().await;
     assert_eq!(status.grants_total, 0, "{status:#?}");
 
     let forged = forged_proof();
@@ -238,18 +231,12 @@ async fn made_up_grants_take_no_seat_during_the_grace_period() {
     assert_eq!(status.server.state, "grace");
 
     // The real holder renews with its proof: converted, one seat.
-    let renewed = server
-        .post(
-            "/v1/heartbeat",
+    server
+        .renews(
             &heartbeat_body(&grant_id, "holder-ws7", "cad", 1, &proof),
+            Renewal::Converted,
         )
-        .await
-        .ok();
-    assert_eq!(
-        (renewed["grant_id"].as_str(), renewed["converted"].as_bool()),
-        (Some(grant_id.as_str()), Some(true)),
-        "{renewed}"
-    );
+        .await;
     assert_eq!(in_use(&server.status().await, "cad"), 1);
 }
 

@@ -9,8 +9,8 @@ use tessera_client::{Client, ClientConfig, ClientError};
 use tokio::time::Instant;
 
 use crate::fixture::{
-    checkout_body, code, code_with, feature_of, heartbeat_body, in_use, tessera, Fixture, Server,
-    ServerSpec, StartMode, POLL_INTERVAL, SHORT_POLICY,
+    checkout_body, code, code_with, feature_of, heartbeat_body, in_use, tessera, Fixture, Renewal,
+    Server, StartMode, POLL_INTERVAL, SHORT_POLICY,
 };
 
 /// Longest wait for a lapsed seat to be freed, or for a grace period to end.
@@ -183,19 +183,10 @@ async fn a_server_without_its_store_accepts_only_renewals_until_its_grace_ends()
     let fixture = Fixture::new().await;
     // A lease longer than the grace, so that the converted grant is still
     // held when the grace ends.
-    let mut spec = ServerSpec::new(fixture.sign(&code("cad", 3)).await);
-    spec.config_tables = "[timing]\ngrace_ms = 2500\n".into();
-    let mut server = fixture.server(spec);
+    let mut server = fixture.server_with_grace(&code("cad", 3), 2_500).await;
     // No --new-pool and a fresh data directory: the store is "lost".
     server.start(StartMode::Plain).await;
-    let status = server
-        .poll(
-            "the pool to form",
-            crate::fixture::SERVER_READY_TIMEOUT,
-            |s| s.server.state != "no_quorum",
-        )
-        .await;
-    assert_eq!(status.server.state, "grace", "{status:#?}");
+    let status = server.wait_grace().await;
     assert!(
         status.server.grace_remaining_ms.is_some_and(|ms| ms > 0),
         "{status:#?}"
@@ -208,18 +199,12 @@ async fn a_server_without_its_store_accepts_only_renewals_until_its_grace_ends()
     // A holder from before the restart renews with its grant's proof: the
     // server converts it.
     let proof = fixture.proof("held-before-restart", "old-client", "cad", 1);
-    let renewed = server
-        .post(
-            "/v1/heartbeat",
+    server
+        .renews(
             &heartbeat_body("held-before-restart", "old-client", "cad", 1, &proof),
+            Renewal::Converted,
         )
-        .await
-        .ok();
-    assert_eq!(
-        (renewed["grant_id"].as_str(), renewed["converted"].as_bool()),
-        (Some("held-before-restart"), Some(true)),
-        "{renewed}"
-    );
+        .await;
     check(&server, "cad", 1, "after the converted heartbeat").await;
 
     // Once the grace ends, new checkouts are served.

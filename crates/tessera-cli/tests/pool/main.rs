@@ -622,12 +622,7 @@ fn set_distribution(pool: &Pool, via: usize, seats: &[u32], sequence: u64) {
         "--sequence",
         &sequence,
     ];
-    let out = pool.admin(via, &args);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    pool.admin_ok(via, &args);
 }
 
 /// The log is purged behind snapshots: a server that was down while the

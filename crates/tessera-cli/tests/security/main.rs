@@ -17,13 +17,21 @@ const TESSERA: &str = env!("CARGO_BIN_EXE_tessera");
 
 /// Two servers, 10 seats split 5 and 5.
 async fn start_pool() -> Pool {
+    start_pool_with(PoolSpec {
+        distribution: "A = 5\nB = 5\n",
+        ..PoolSpec::default()
+    })
+    .await
+}
+
+/// Two servers of 10 seats, shaped further by `spec`.
+async fn start_pool_with(spec: PoolSpec<'_>) -> Pool {
     Pool::start(
         Path::new(TESSERA),
         PoolSpec {
             servers: 2,
             seats: 10,
-            distribution: "A = 5\nB = 5\n",
-            ..PoolSpec::default()
+            ..spec
         },
     )
     .await
@@ -50,6 +58,13 @@ async fn answer(request: reqwest::RequestBuilder) -> (u16, Value) {
     (status, response.json().await.unwrap_or_default())
 }
 
+/// Sends `request` in the pool's name and asserts that it is refused with
+/// `refusal`: its HTTP status and error code.
+async fn refused(request: reqwest::RequestBuilder, refusal: (u16, &str)) {
+    let (status, body) = answer(request.header(POOL_HEADER, "test")).await;
+    assert_eq!((status, code(&body)), refusal, "{body}");
+}
+
 fn code(body: &Value) -> &str {
     body["error"]["code"].as_str().unwrap_or("")
 }
@@ -69,33 +84,30 @@ async fn admin_changes_need_an_admin_token_not_the_pool_id() {
     let address = &pool.servers[leader].address;
     let change = json!({"feature": "app", "servers": {"A": 10, "B": 0}});
     // The pool id, which anyone reads from /v1/status, is no credential.
-    let (status, body) = answer(
+    refused(
         outsider(&pool)
             .post(address, "/v1/admin/distribution")
-            .header(POOL_HEADER, "test")
             .json(&change),
+        (401, "unauthenticated"),
     )
     .await;
-    assert_eq!((status, code(&body)), (401, "unauthenticated"), "{body}");
     // A made-up token.
-    let (status, body) = answer(
+    refused(
         with_token(&pool, "not-a-token")
             .post(address, "/v1/admin/license/remove")
-            .header(POOL_HEADER, "test")
             .json(&json!({"id": "app-1"})),
+        (401, "unauthenticated"),
     )
     .await;
-    assert_eq!((status, code(&body)), (401, "unauthenticated"), "{body}");
     // A read token reads, and changes nothing.
     let read = std::fs::read_to_string(pool.credentials.read_token_file()).unwrap();
-    let (status, body) = answer(
+    refused(
         with_token(&pool, read.trim())
             .post(address, "/v1/admin/distribution")
-            .header(POOL_HEADER, "test")
             .json(&change),
+        (403, "forbidden"),
     )
     .await;
-    assert_eq!((status, code(&body)), (403, "forbidden"), "{body}");
     // The CLI without a token says what to pass.
     let out = std::process::Command::new(TESSERA)
         .args([
@@ -119,12 +131,7 @@ async fn admin_changes_need_an_admin_token_not_the_pool_id() {
     assert_eq!(allocations(&status), vec![5, 5], "nothing changed");
     assert_eq!(status.pool_sequence, 1);
     // The administrator's token does change it.
-    let out = pool.admin(leader, &["set-distribution", "app", "A=6,B=4"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    pool.admin_ok(leader, &["set-distribution", "app", "A=6,B=4"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -153,15 +160,14 @@ async fn peer_routes_take_only_a_pool_member_speaking_for_itself() {
         },
     });
     // An outsider naming the follower, with the pool id and its server id.
-    let (status, body) = answer(
+    refused(
         outsider(&pool)
             .post(leader_address, "/v1/peer/command")
-            .header(POOL_HEADER, "test")
             .header(PEER_HEADER, &follower_id)
             .json(&drain),
+        (401, "unauthenticated"),
     )
     .await;
-    assert_eq!((status, code(&body)), (401, "unauthenticated"), "{body}");
     // The leader's own credential, presented by someone speaking for the
     // follower: a member may speak only for itself.
     let leader_id = pool.servers[leader].id.clone();
@@ -172,28 +178,26 @@ async fn peer_routes_take_only_a_pool_member_speaking_for_itself() {
             .join("peer.credential"),
     )
     .unwrap();
-    let (status, body) = answer(
+    refused(
         with_token(&pool, credential.trim())
             .post(leader_address, "/v1/peer/command")
-            .header(POOL_HEADER, "test")
             .header(PEER_HEADER, &leader_id)
             .json(&drain),
+        (403, "forbidden"),
     )
     .await;
-    assert_eq!((status, code(&body)), (403, "forbidden"), "{body}");
     // A Raft append with a term past any real one, from an outsider.
     let append = json!({
         "vote": {"leader_id": {"term": u64::MAX, "node_id": 1}, "committed": true},
         "prev_log_id": null, "entries": [], "leader_commit": null
     });
-    let (status, body) = answer(
+    refused(
         outsider(&pool)
             .post(leader_address, "/v1/peer/raft/append")
-            .header(POOL_HEADER, "test")
             .json(&append),
+        (401, "unauthenticated"),
     )
     .await;
-    assert_eq!((status, code(&body)), (401, "unauthenticated"), "{body}");
     // The victim's seats stay held on the follower, the pool still counts
     // 10 seats in all, and its leader still leads and serves.
     let status = pool.status(leader).await.expect("status");
@@ -258,15 +262,10 @@ async fn plain_http_to_a_secure_server_gets_no_answer() {
 /// status and the pool's elections go on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_uploads_do_not_starve_the_pool() {
-    let pool = Pool::start(
-        Path::new(TESSERA),
-        PoolSpec {
-            servers: 2,
-            seats: 10,
-            config_extra: "[limits]\nrequests_in_flight_max = 4\n",
-            ..PoolSpec::default()
-        },
-    )
+    let pool = start_pool_with(PoolSpec {
+        config_extra: "[limits]\nrequests_in_flight_max = 4\n",
+        ..PoolSpec::default()
+    })
     .await;
     let leader = pool.wait_leader(&pool.all()).await;
     let address = pool.servers[leader].address.clone();

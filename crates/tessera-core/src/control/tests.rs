@@ -24,6 +24,19 @@ fn pool_text(sequence: u64, servers: &[&str], codes: &[(&str, &str, u32)], dist:
     )
 }
 
+/// Installs the pool file of `servers` and `codes` at `sequence`.
+fn install(
+    state: &mut ControlState,
+    sequence: u64,
+    servers: &[&str],
+    codes: &[(&str, &str, u32)],
+    dist: &str,
+) -> ControlOutcome {
+    state.apply(&ControlCommand::InstallPoolFile {
+        text: pool_text(sequence, servers, codes, dist),
+    })
+}
+
 type Seats = Vec<(String, u32)>;
 
 fn alloc(state: &ControlState, feature: &str) -> (Seats, u32, Seats) {
@@ -134,23 +147,18 @@ fn updates_need_a_higher_sequence_and_the_same_pool() {
 #[test]
 fn live_allocations_are_kept_added_seats_go_to_the_free_pool_removed_servers_are_parked() {
     let mut state = ControlState::default();
-    state.apply(&ControlCommand::InstallPoolFile {
-        text: pool_text(
-            1,
-            &["A", "B", "C"],
-            &[("c1", "app", 100)],
-            "[distribution.app]\nA = 40\nB = 30\nC = 30\n",
-        ),
-    });
-    // D joins, C leaves, an additive code brings 20 seats; no distribution keeps what servers hold.
-    let update = pool_text(
-        2,
-        &["A", "B", "D"],
-        &[("c1", "app", 100), ("c2", "app", 20), ("n1", "new", 9)],
-        "",
+    install(
+        &mut state,
+        1,
+        &["A", "B", "C"],
+        &[("c1", "app", 100)],
+        "[distribution.app]\nA = 40\nB = 30\nC = 30\n",
     );
+    // D joins, C leaves, an additive code brings 20 seats; no distribution keeps what servers hold.
+    let abd = ["A", "B", "D"];
+    let both = [("c1", "app", 100), ("c2", "app", 20), ("n1", "new", 9)];
     assert_eq!(
-        state.apply(&ControlCommand::InstallPoolFile { text: update }),
+        install(&mut state, 2, &abd, &both, ""),
         ControlOutcome::Installed { sequence: 2 }
     );
     assert_eq!(
@@ -166,14 +174,8 @@ fn live_allocations_are_kept_added_seats_go_to_the_free_pool_removed_servers_are
         (pairs(&[("A", 3), ("B", 3), ("D", 3)]), 0, vec![])
     );
     // A distribution that grows D takes from the free pool; too much is refused.
-    let both = [("c1", "app", 100), ("c2", "app", 20), ("n1", "new", 9)];
-    let grow = pool_text(
-        3,
-        &["A", "B", "D"],
-        &both,
-        "[distribution.app]\nA = 40\nD = 15\n",
-    );
-    let outcome = state.apply(&ControlCommand::InstallPoolFile { text: grow });
+    let grow = "[distribution.app]\nA = 40\nD = 15\n";
+    let outcome = install(&mut state, 3, &abd, &both, grow);
     assert!(
         matches!(outcome, ControlOutcome::Installed { .. }),
         "{outcome:?}"
@@ -186,25 +188,15 @@ fn live_allocations_are_kept_added_seats_go_to_the_free_pool_removed_servers_are
             pairs(&[("C", 30)])
         )
     );
-    let greedy = pool_text(
-        4,
-        &["A", "B", "D"],
-        &both,
-        "[distribution.app]\nA = 40\nD = 21\n",
-    );
-    let outcome = state.apply(&ControlCommand::InstallPoolFile { text: greedy });
+    let greedy = "[distribution.app]\nA = 40\nD = 21\n";
+    let outcome = install(&mut state, 4, &abd, &both, greedy);
     assert!(
         matches!(&outcome, ControlOutcome::Refused { reason } if reason.contains("asks for 61 seats, but only 60")),
         "{outcome:?}"
     );
     // Removing the additive code needs its 20 seats in the free pool: only 5 are.
-    let shrink = pool_text(
-        5,
-        &["A", "B", "D"],
-        &[("c1", "app", 100), ("n1", "new", 9)],
-        "",
-    );
-    let outcome = state.apply(&ControlCommand::InstallPoolFile { text: shrink });
+    let shrink = [("c1", "app", 100), ("n1", "new", 9)];
+    let outcome = install(&mut state, 5, &abd, &shrink, "");
     assert!(
         matches!(&outcome, ControlOutcome::Refused { reason } if reason.contains("20 fewer seats")),
         "{outcome:?}"
@@ -379,38 +371,22 @@ fn a_live_server_gives_seats_only_by_its_own_release() {
     assert_eq!(app.reserved("A"), 0);
     // B has 26 in use: it can spare 4.
     let answers = app.answers("app", "B", 26);
-    assert_eq!(
-        answers,
-        vec![ControlCommand::Release {
-            feature: "app".into(),
-            request_id,
-            seats: 4,
-            allocation_before: 30,
-            loosened_before: 0,
-        }]
-    );
-    let too_many = ControlCommand::Release {
+    let release = |seats, allocation_before| ControlCommand::Release {
         feature: "app".into(),
         request_id,
-        seats: 11,
-        allocation_before: 30,
+        seats,
+        allocation_before,
         loosened_before: 0,
     };
-    assert!(matches!(
-        state.apply(&too_many),
-        ControlOutcome::Refused { .. }
-    ));
-    let stale = ControlCommand::Release {
-        feature: "app".into(),
-        request_id,
-        seats: 4,
-        allocation_before: 31,
-        loosened_before: 0,
-    };
-    assert!(matches!(
-        state.apply(&stale),
-        ControlOutcome::Refused { .. }
-    ));
+    assert_eq!(answers, vec![release(4, 30)]);
+    // More seats than were asked for, and an answer for an allocation B
+    // no longer has.
+    for (what, command) in [("too many", release(11, 30)), ("stale", release(4, 31))] {
+        assert!(
+            matches!(state.apply(&command), ControlOutcome::Refused { .. }),
+            "{what}: {command:?}"
+        );
+    }
     assert_eq!(state.apply(&answers[0]), ControlOutcome::Moved { seats: 4 });
     assert!(
         matches!(state.apply(&answers[0]), ControlOutcome::Refused { .. }),

@@ -343,28 +343,21 @@ fn an_append_in_the_servers_own_name_is_refused() {
         let mut append = seeds::appends()[1].clone();
         append["vote"]["leader_id"]["term"] = term.into();
         append["vote"]["leader_id"]["node_id"] = own.into();
-        let answer = server.post_json("/v1/peer/raft/append", &append);
-        refused(
-            &answer,
-            ErrorCode::MalformedRequest,
-            "names this server itself",
-        );
         let mut snapshot = seeds::snapshot(term, &ControlState::default());
         snapshot["vote"]["leader_id"]["node_id"] = own.into();
-        let answer = server.post_json("/v1/peer/raft/snapshot", &snapshot);
-        refused(
-            &answer,
-            ErrorCode::MalformedRequest,
-            "names this server itself",
-        );
         let mut vote = seeds::votes()[1].clone();
         vote["vote"]["leader_id"]["term"] = (term + 1).into();
-        let answer = server.post_json("/v1/peer/raft/vote", &vote);
-        refused(
-            &answer,
-            ErrorCode::MalformedRequest,
-            "names this server itself",
-        );
+        for (path, message) in [
+            ("/v1/peer/raft/append", &append),
+            ("/v1/peer/raft/snapshot", &snapshot),
+            ("/v1/peer/raft/vote", &vote),
+        ] {
+            refused(
+                &server.post_json(path, message),
+                ErrorCode::MalformedRequest,
+                "names this server itself",
+            );
+        }
     }
     assert_eq!(server.panics(), Vec::<String>::new());
     leads_and_commits(&server, 4);

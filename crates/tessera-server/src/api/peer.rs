@@ -11,6 +11,7 @@ use axum::{Json, Router};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, VoteRequest,
 };
+use openraft::Vote;
 use tessera_core::{ControlCommand, ControlOutcome};
 use tessera_proto::{
     BorrowAnswer, BorrowAsk, ErrorCode, PeerReport, PeerReportAck, PoolFileInstalled,
@@ -60,16 +61,27 @@ fn require_node(caller: &Caller, node: Option<NodeId>) -> Result<(), ApiError> {
     ))
 }
 
+/// Admits a leader's or a candidate's Raft message: its terms and indexes
+/// bounded first (a pure check that keeps nothing), then its sender speaking
+/// in its own name, and never in this server's.
+fn admit_raft(
+    app: &App,
+    caller: &Caller,
+    request: &impl Bounded,
+    vote: &Vote<NodeId>,
+) -> Result<(), ApiError> {
+    request.check_bounds()?;
+    require_node(caller, vote.leader_id().voted_for())?;
+    app.pool.from_another_leader(vote.leader_id().node_id)?;
+    Ok(())
+}
+
 async fn append(
     State(app): State<Arc<App>>,
     Extension(caller): Extension<Caller>,
     JsonBody(request): JsonBody<AppendEntriesRequest<TypeConfig>>,
 ) -> Result<Response, ApiError> {
-    // Bounds first: a pure check that keeps nothing.
-    request.check_bounds()?;
-    require_node(&caller, request.vote.leader_id().voted_for())?;
-    app.pool
-        .from_another_leader(request.vote.leader_id().node_id)?;
+    admit_raft(&app, &caller, &request, &request.vote)?;
     let term = request.vote.leader_id().term;
     app.pool.answers_leader(term)?;
     // Only an index committed in the leader's own term covers every entry
@@ -91,11 +103,7 @@ async fn vote(
     Extension(caller): Extension<Caller>,
     JsonBody(request): JsonBody<VoteRequest<NodeId>>,
 ) -> Result<Response, ApiError> {
-    // Bounds first: a pure check that keeps nothing.
-    request.check_bounds()?;
-    require_node(&caller, request.vote.leader_id().voted_for())?;
-    app.pool
-        .from_another_leader(request.vote.leader_id().node_id)?;
+    admit_raft(&app, &caller, &request, &request.vote)?;
     if app.pool.refuses_votes().await {
         return Err(api_error(
             ErrorCode::NoQuorum,
@@ -113,11 +121,7 @@ async fn snapshot(
     Extension(caller): Extension<Caller>,
     JsonBody(request): JsonBody<InstallSnapshotRequest<TypeConfig>>,
 ) -> Result<Response, ApiError> {
-    // Bounds first: a pure check that keeps nothing.
-    request.check_bounds()?;
-    require_node(&caller, request.vote.leader_id().voted_for())?;
-    app.pool
-        .from_another_leader(request.vote.leader_id().node_id)?;
+    admit_raft(&app, &caller, &request, &request.vote)?;
     app.pool.answers_leader(request.vote.leader_id().term)?;
     Ok(Json(app.pool.receive_snapshot(request).await?).into_response())
 }

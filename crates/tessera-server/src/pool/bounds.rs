@@ -57,6 +57,16 @@ fn log_id(what: &str, log_id: Option<&LogId<NodeId>>) -> Result<(), Refusal> {
     Ok(())
 }
 
+/// A vote request or answer: its vote and the last log id it names.
+fn vote_and_last_log_id(
+    what: &str,
+    vote_given: &Vote<NodeId>,
+    last_log_id: Option<&LogId<NodeId>>,
+) -> Result<(), Refusal> {
+    vote(what, vote_given)?;
+    log_id(&format!("{what}'s last log id"), last_log_id)
+}
+
 fn snapshot_meta(what: &str, meta: &SnapshotMeta<NodeId, Node>) -> Result<(), Refusal> {
     log_id(&format!("{what}'s last log id"), meta.last_log_id.as_ref())?;
     log_id(
@@ -79,8 +89,7 @@ impl Bounded for AppendEntriesRequest<TypeConfig> {
 
 impl Bounded for VoteRequest<NodeId> {
     fn check_bounds(&self) -> Result<(), Refusal> {
-        vote("the vote request", &self.vote)?;
-        log_id("the vote request's last log id", self.last_log_id.as_ref())
+        vote_and_last_log_id("the vote request", &self.vote, self.last_log_id.as_ref())
     }
 }
 
@@ -93,8 +102,7 @@ impl Bounded for InstallSnapshotRequest<TypeConfig> {
 
 impl Bounded for VoteResponse<NodeId> {
     fn check_bounds(&self) -> Result<(), Refusal> {
-        vote("the vote answer", &self.vote)?;
-        log_id("the vote answer's last log id", self.last_log_id.as_ref())
+        vote_and_last_log_id("the vote answer", &self.vote, self.last_log_id.as_ref())
     }
 }
 

@@ -54,11 +54,21 @@ impl Pool {
         text: String,
         check: SignatureCheck,
     ) -> Result<PoolFileInstalled, Refusal> {
+        self.check_pool_file(&text, check)?;
+        let installed = self.commit_pool_file(text).await?;
+        self.follow_membership_briefly(&installed).await;
+        Ok(installed)
+    }
+
+    /// Refuses a pool file that does not follow the installed one, is for
+    /// another pool, names a server without a credential, or (but for a new
+    /// pool's first file) holds a code that does not verify.
+    fn check_pool_file(&self, text: &str, check: SignatureCheck) -> Result<(), Refusal> {
         let next = self
             .applied
             .borrow()
             .state
-            .check_install(&text)
+            .check_install(text)
             .map_err(|reason| refused(ErrorCode::PoolFileRefused, reason.to_string()))?;
         if next.pool_id != self.pool_id {
             return Err(refused(
@@ -85,6 +95,12 @@ impl Pool {
                     .map_err(|err| refused(ErrorCode::PoolFileRefused, err.to_string()))?;
             }
         }
+        Ok(())
+    }
+
+    /// Commits a checked pool file: installed, or the pool re-formed from
+    /// the survivors of a lost majority.
+    async fn commit_pool_file(&self, text: String) -> Result<PoolFileInstalled, Refusal> {
         let command = if self.recovering && self.applied.borrow().state.pool().is_none() {
             tracing::warn!(
                 "re-forming the pool from the survivors of a lost majority: every seat waits \
@@ -94,26 +110,25 @@ impl Pool {
         } else {
             ControlCommand::InstallPoolFile { text }
         };
-        let installed = match self.write(command).await? {
-            ControlOutcome::Installed { sequence } => PoolFileInstalled {
+        match self.write(command).await? {
+            ControlOutcome::Installed { sequence } => Ok(PoolFileInstalled {
                 pool_id: self.pool_id.clone(),
                 sequence,
-            },
-            ControlOutcome::Refused { reason } => {
-                return Err(refused(ErrorCode::PoolFileRefused, reason))
-            }
-            other => {
-                return Err(refused(
-                    ErrorCode::Internal,
-                    format!("a pool file install answered {other:?}"),
-                ))
-            }
-        };
-        // The file is committed; the answer does not wait long for a
-        // membership change that needs a new server's vote: that server may
-        // not be up yet (the request used to wait for it without end; found
-        // by the fuzz target `fuzz_peer_endpoints`). The membership loop
-        // goes on with it.
+            }),
+            ControlOutcome::Refused { reason } => Err(refused(ErrorCode::PoolFileRefused, reason)),
+            other => Err(refused(
+                ErrorCode::Internal,
+                format!("a pool file install answered {other:?}"),
+            )),
+        }
+    }
+
+    /// The file is committed; the answer does not wait long for a
+    /// membership change that needs a new server's vote: that server may
+    /// not be up yet (the request used to wait for it without end; found by
+    /// the fuzz target `fuzz_peer_endpoints`). The membership loop goes on
+    /// with it.
+    async fn follow_membership_briefly(&self, installed: &PoolFileInstalled) {
         let membership = self.reconcile_membership();
         if tokio::time::timeout(COMMIT_TIMEOUT, membership)
             .await
@@ -125,7 +140,6 @@ impl Pool {
                 installed.sequence
             );
         }
-        Ok(installed)
     }
 
     /// Leader: makes the Raft voters equal the installed pool file's servers.

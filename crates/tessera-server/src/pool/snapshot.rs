@@ -32,6 +32,17 @@ pub struct Receiving {
     data: Vec<u8>,
 }
 
+/// What one chunk of a snapshot leaves.
+enum Chunk {
+    /// It does not follow the chunks received: the leader is told where to
+    /// go on from.
+    Mismatch(SnapshotMismatch),
+    /// More chunks are to come.
+    Partial,
+    /// The last chunk: the whole snapshot's bytes.
+    Whole(Vec<u8>),
+}
+
 /// What a Raft peer answers to one chunk, as openraft's own would.
 pub type SnapshotAnswer =
     Result<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>>;
@@ -48,56 +59,16 @@ impl Pool {
             // A stale leader: nothing to take (openraft answers the same).
             return Ok(Ok(InstallSnapshotResponse { vote: my_vote }));
         }
-        let data = {
-            let mut receiving = self.receiving.lock().await;
-            let offset = request.offset;
-            let id = request.meta.snapshot_id.clone();
-            let current = receiving
-                .as_ref()
-                .filter(|r| r.snapshot_id == id)
-                .map(|r| r.data.len() as u64);
-            let expected = current.unwrap_or(0);
-            // A chunk again (a retry) or the next one; nothing skipped.
-            if offset > expected {
+        let data = match self.receive_chunk(&request).await? {
+            Chunk::Mismatch(mismatch) => {
                 return Ok(Err(RaftError::APIError(
-                    InstallSnapshotError::SnapshotMismatch(SnapshotMismatch {
-                        expect: SnapshotSegmentId {
-                            id: id.clone(),
-                            offset: expected,
-                        },
-                        got: SnapshotSegmentId { id, offset },
-                    }),
-                )));
+                    InstallSnapshotError::SnapshotMismatch(mismatch),
+                )))
             }
-            let end = (offset as usize).saturating_add(request.data.len());
-            if end > SNAPSHOT_BYTES_MAX {
-                *receiving = None;
-                return Err(self.snapshot_refused(
-                    &id,
-                    format!("it is larger than {SNAPSHOT_BYTES_MAX} bytes"),
-                ));
-            }
-            let into = receiving.get_or_insert_with(Receiving::default);
-            if current.is_none() {
-                *into = Receiving {
-                    snapshot_id: id,
-                    data: Vec::new(),
-                };
-            }
-            into.data.truncate(offset as usize);
-            into.data.extend_from_slice(&request.data);
-            if !request.done {
-                return Ok(Ok(InstallSnapshotResponse { vote: my_vote }));
-            }
-            receiving.take().map(|r| r.data).unwrap_or_default()
+            Chunk::Partial => return Ok(Ok(InstallSnapshotResponse { vote: my_vote })),
+            Chunk::Whole(data) => data,
         };
-        let id = &request.meta.snapshot_id;
-        let state: ControlState = serde_json::from_slice(&data).map_err(|err| {
-            self.snapshot_refused(id, format!("it is not a control state: {err}"))
-        })?;
-        state
-            .restored()
-            .map_err(|reason| self.snapshot_refused(id, reason.to_string()))?;
+        self.check_snapshot(&request.meta.snapshot_id, &data)?;
         let snapshot = Snapshot {
             meta: request.meta,
             snapshot: Box::new(Cursor::new(data)),
@@ -112,6 +83,66 @@ impl Pool {
                 Err(fatal) => Err(RaftError::Fatal(fatal)),
             },
         )
+    }
+
+    /// Adds a chunk to the snapshot being received: a chunk again (a retry)
+    /// or the next one, nothing skipped, and never more than
+    /// [`SNAPSHOT_BYTES_MAX`] in all.
+    async fn receive_chunk(
+        &self,
+        request: &InstallSnapshotRequest<TypeConfig>,
+    ) -> Result<Chunk, Refusal> {
+        let mut receiving = self.receiving.lock().await;
+        let offset = request.offset;
+        let id = request.meta.snapshot_id.clone();
+        let current = receiving
+            .as_ref()
+            .filter(|r| r.snapshot_id == id)
+            .map(|r| r.data.len() as u64);
+        let expected = current.unwrap_or(0);
+        if offset > expected {
+            return Ok(Chunk::Mismatch(SnapshotMismatch {
+                expect: SnapshotSegmentId {
+                    id: id.clone(),
+                    offset: expected,
+                },
+                got: SnapshotSegmentId { id, offset },
+            }));
+        }
+        let end = (offset as usize).saturating_add(request.data.len());
+        if end > SNAPSHOT_BYTES_MAX {
+            *receiving = None;
+            return Err(
+                self.snapshot_refused(&id, format!("it is larger than {SNAPSHOT_BYTES_MAX} bytes"))
+            );
+        }
+        let into = receiving.get_or_insert_with(Receiving::default);
+        if current.is_none() {
+            *into = Receiving {
+                snapshot_id: id,
+                data: Vec::new(),
+            };
+        }
+        into.data.truncate(offset as usize);
+        into.data.extend_from_slice(&request.data);
+        if !request.done {
+            return Ok(Chunk::Partial);
+        }
+        Ok(Chunk::Whole(
+            receiving.take().map(|r| r.data).unwrap_or_default(),
+        ))
+    }
+
+    /// Refuses a whole snapshot that does not read as a control state or
+    /// breaks one of its invariants.
+    fn check_snapshot(&self, id: &str, data: &[u8]) -> Result<(), Refusal> {
+        let state: ControlState = serde_json::from_slice(data).map_err(|err| {
+            self.snapshot_refused(id, format!("it is not a control state: {err}"))
+        })?;
+        state
+            .restored()
+            .map_err(|reason| self.snapshot_refused(id, reason.to_string()))?;
+        Ok(())
     }
 
     fn snapshot_refused(&self, id: &str, reason: String) -> Refusal {
