@@ -121,29 +121,21 @@ fn real_main() -> Result<i32> {
 }
 
 fn mutations(name: Option<&str>) -> Result<Mutations> {
-    Ok(match name {
-        None => Mutations::default(),
-        Some("issue-without-quorum") => Mutations {
-            issue_without_quorum: true,
-            ..Mutations::default()
-        },
-        Some("reassign-without-wait") => Mutations {
-            reassign_without_wait: true,
-            ..Mutations::default()
-        },
-        Some("vote-while-catching-up") => Mutations {
-            vote_while_catching_up: true,
-            ..Mutations::default()
-        },
-        Some("hand-over-without-wait") => Mutations {
-            hand_over_without_wait: true,
-            ..Mutations::default()
-        },
-        Some(other) => bail!(
+    let mut mutations = Mutations::default();
+    let Some(name) = name else {
+        return Ok(mutations);
+    };
+    *match name {
+        "issue-without-quorum" => &mut mutations.issue_without_quorum,
+        "reassign-without-wait" => &mut mutations.reassign_without_wait,
+        "vote-while-catching-up" => &mut mutations.vote_while_catching_up,
+        "hand-over-without-wait" => &mut mutations.hand_over_without_wait,
+        other => bail!(
             "unknown mutation `{other}`; the mutations are issue-without-quorum, \
              reassign-without-wait, vote-while-catching-up and hand-over-without-wait"
         ),
-    })
+    } = true;
+    Ok(mutations)
 }
 
 fn print_one(report: &Report) {

@@ -38,6 +38,17 @@ fn seed_001() -> PoolSpec<'static> {
     }
 }
 
+/// A pool of `seats` split by `distribution`, without borrowing ahead:
+/// every seat stays where it was checked out.
+fn evenly(seats: u32, distribution: &'static str) -> PoolSpec<'static> {
+    PoolSpec {
+        seats,
+        distribution,
+        extra: "[borrowing.app]\nthreshold_percent = 100\n",
+        ..PoolSpec::default()
+    }
+}
+
 /// A started pool with a leader, and programs holding one seat each.
 struct HeldPool {
     pool: Pool,
@@ -114,13 +125,7 @@ async fn wait_until(what: &str, check: impl Fn() -> bool) {
 /// pool full, and the dead server's allocation shrank by the seats moved.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn in_a_full_pool_the_clients_of_a_dead_server_keep_their_seats() {
-    let spec = PoolSpec {
-        seats: 6,
-        distribution: "A = 2\nB = 2\nC = 2\n",
-        // No borrowing ahead: every seat stays where it was checked out.
-        extra: "[borrowing.app]\nthreshold_percent = 100\n",
-        ..PoolSpec::default()
-    };
+    let spec = evenly(6, "A = 2\nB = 2\nC = 2\n");
     let HeldPool {
         mut pool,
         leader,

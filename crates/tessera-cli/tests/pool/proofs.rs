@@ -144,14 +144,7 @@ async fn a_heartbeat_to_another_server_converts_only_with_the_grants_proof() {
 /// outright.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_holding_proof_of_a_checked_in_grant_hands_nothing_over() {
-    let spec = PoolSpec {
-        seats: 3,
-        distribution: "A = 1\nB = 1\nC = 1\n",
-        // No borrowing ahead: every seat stays where it was checked out.
-        extra: "[borrowing.app]\nthreshold_percent = 100\n",
-        ..PoolSpec::default()
-    };
-    let mut pool = start_pool(spec).await;
+    let mut pool = start_pool(super::evenly(3, "A = 1\nB = 1\nC = 1\n")).await;
     let leader = pool.wait_leader(&pool.all()).await;
     let victim = (leader + 1) % 3;
     let others = [leader, (leader + 2) % 3];

@@ -172,11 +172,8 @@ impl App {
         let needed = count - available;
         let ask = needed.max(batch);
         let need = Need::Now { needed };
-        let asked = tokio::time::timeout_at(
-            deadline,
-            self.ask_until_decided(feature, ask, need, hand_over),
-        )
-        .await;
+        let asked =
+            tokio::time::timeout_at(deadline, self.borrow(feature, ask, need, hand_over)).await;
         match asked {
             Ok(Ok(answer)) => {
                 let coming = answer.moved + answer.requested + answer.pending;
@@ -265,10 +262,11 @@ impl App {
         });
     }
 
-    /// Asks the leader as [`App::borrow`] does; while the leader says a
-    /// hand-over may be decided later and nothing else is coming, asks
-    /// again then (the caller bounds the wait).
-    async fn ask_until_decided(
+    /// Asks the leader for `seats` of `feature` for this server; for a
+    /// conversion, with the claim to the grant's seat on its silent server.
+    /// While the leader says that hand-over may be decided later and nothing
+    /// else is coming, asks again then (the caller bounds the wait).
+    pub async fn borrow(
         &self,
         feature: &str,
         seats: u32,
@@ -276,7 +274,9 @@ impl App {
         hand_over: Option<HandOverClaim>,
     ) -> Result<BorrowAnswer, Refusal> {
         loop {
-            let answer = self.borrow(feature, seats, need, hand_over.clone()).await?;
+            let answer = self
+                .ask_leader(feature, seats, need, hand_over.clone())
+                .await?;
             let coming = answer.moved + answer.requested + answer.pending;
             match answer.hand_over_in_ms {
                 Some(ms) if coming == 0 => {
@@ -287,9 +287,7 @@ impl App {
         }
     }
 
-    /// Asks the leader for `seats` of `feature` for this server; for a
-    /// conversion, with the claim to the grant's seat on its silent server.
-    pub async fn borrow(
+    async fn ask_leader(
         &self,
         feature: &str,
         seats: u32,
