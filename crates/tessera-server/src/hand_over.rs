@@ -246,23 +246,7 @@ impl App {
         claim: &HandOverClaim,
     ) -> Result<LeadHandOver, Refusal> {
         let holding = &claim.holding;
-        let grant = GrantClaim {
-            grant_id: &claim.grant_id,
-            client_id: &claim.client_id,
-            feature: &ask.feature,
-            count: claim.count,
-        };
-        let proven = HoldingClaim {
-            grant,
-            server_id: &holding.server_id,
-            boot: holding.boot,
-            report: holding.report,
-            renewal: holding.renewal,
-            expires_ms: holding.expires_ms,
-        };
-        if holding.server_id == ask.server_id
-            || grant_proof::verify_holding(&self.pool_key, &proven, holding.proof.as_str()).is_err()
-        {
+        if holding.server_id == ask.server_id || !self.holding_proven(ask, claim) {
             return Ok(LeadHandOver::Not);
         }
         let Some(silent_for_ms) = self.pool.silent_for_ms(&holding.server_id) else {
@@ -273,6 +257,44 @@ impl App {
             quota_over_after_ms: self.timing.lease().quota_over_after_ms(),
             quota_lease_ms: self.timing.quota_lease_ms,
         };
+        match self.judge_hand_over(claim, silence) {
+            Judgement::Now => self.commit_hand_over(ask, claim).await,
+            Judgement::In { ms } => Ok(LeadHandOver::In(ms)),
+            Judgement::Refused(reason) => {
+                tracing::debug!(
+                    "grant {} of `{}` is not handed over: {reason}",
+                    claim.grant_id,
+                    holding.server_id
+                );
+                Ok(LeadHandOver::Not)
+            }
+        }
+    }
+
+    /// Whether the claim's holding proof proves it, for the ask's feature.
+    fn holding_proven(&self, ask: &BorrowAsk, claim: &HandOverClaim) -> bool {
+        let holding = &claim.holding;
+        let proven = HoldingClaim {
+            grant: GrantClaim {
+                grant_id: &claim.grant_id,
+                client_id: &claim.client_id,
+                feature: &ask.feature,
+                count: claim.count,
+            },
+            server_id: &holding.server_id,
+            boot: holding.boot,
+            report: holding.report,
+            renewal: holding.renewal,
+            expires_ms: holding.expires_ms,
+        };
+        grant_proof::verify_holding(&self.pool_key, &proven, holding.proof.as_str()).is_ok()
+    }
+
+    /// The watch's judgement; a grant judged `Now` is recorded as handed
+    /// over before the commit, so whatever becomes of that, it is never
+    /// handed over twice.
+    fn judge_hand_over(&self, claim: &HandOverClaim, silence: Silence) -> Judgement {
+        let holding = &claim.holding;
         let watched = Claim {
             grant_id: &claim.grant_id,
             server_id: &holding.server_id,
@@ -281,46 +303,39 @@ impl App {
             renewal: holding.renewal,
             expires_ms: holding.expires_ms,
         };
-        let judgement = {
-            let mut watch = self
-                .pool
-                .hand_overs
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
-            let judgement = match watch.judge(&watched, silence) {
-                // The deliberate bug of `Mutations::hand_over_without_wait`.
-                Judgement::In { .. } if self.mutations.hand_over_without_wait => Judgement::Now,
-                Judgement::Refused(reason)
-                    if self.mutations.hand_over_without_wait && reason.contains("lapses") =>
-                {
-                    Judgement::Now
-                }
-                judgement => judgement,
-            };
-            if judgement == Judgement::Now {
-                // Recorded before the commit: whatever becomes of it, this
-                // grant is never handed over twice.
-                watch.handed_over(&holding.server_id, &claim.grant_id);
+        let mut watch = self
+            .pool
+            .hand_overs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let judgement = match watch.judge(&watched, silence) {
+            // The deliberate bug of `Mutations::hand_over_without_wait`.
+            Judgement::In { .. } if self.mutations.hand_over_without_wait => Judgement::Now,
+            Judgement::Refused(reason)
+                if self.mutations.hand_over_without_wait && reason.contains("lapses") =>
+            {
+                Judgement::Now
             }
-            judgement
+            judgement => judgement,
         };
-        match judgement {
-            Judgement::Now => {}
-            Judgement::In { ms } => return Ok(LeadHandOver::In(ms)),
-            Judgement::Refused(reason) => {
-                tracing::debug!(
-                    "grant {} of `{}` is not handed over: {reason}",
-                    claim.grant_id,
-                    holding.server_id
-                );
-                return Ok(LeadHandOver::Not);
-            }
+        if judgement == Judgement::Now {
+            watch.handed_over(&holding.server_id, &claim.grant_id);
         }
+        judgement
+    }
+
+    /// Commits the move of the grant's seats from its silent server to the asker.
+    async fn commit_hand_over(
+        &self,
+        ask: &BorrowAsk,
+        claim: &HandOverClaim,
+    ) -> Result<LeadHandOver, Refusal> {
+        let from = &claim.holding.server_id;
         let command = ControlCommand::Borrow {
             feature: ask.feature.clone(),
             recipient: ask.server_id.clone(),
             source: BorrowSource::HandOver {
-                server: holding.server_id.clone(),
+                server: from.clone(),
                 grant_id: claim.grant_id.clone(),
             },
             seats: claim.count,
@@ -328,10 +343,9 @@ impl App {
         match self.pool.commit(command).await? {
             ControlOutcome::Moved { seats } => {
                 tracing::info!(
-                    "grant {} of `{}` handed over from `{}` to `{}` with its {seats} seats",
+                    "grant {} of `{}` handed over from `{from}` to `{}` with its {seats} seats",
                     claim.grant_id,
                     ask.feature,
-                    holding.server_id,
                     ask.server_id
                 );
                 Ok(LeadHandOver::Moved(seats))

@@ -34,37 +34,7 @@ impl Pool {
                 format!("server `{}` is not the leader", self.server_id),
             ));
         }
-        // Recorded before leadership is confirmed, and under the lock that
-        // moves allocation: a borrow that judged this server silent has
-        // either not been decided yet (and now will not be), or is committed
-        // already, and then the index named below includes it.
-        {
-            let _moves = self.moves.lock().await;
-            self.observe_term();
-            let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
-            let previous_at_ms = seen.get(&report.server_id).map(|s| s.at_ms);
-            seen.insert(
-                report.server_id.clone(),
-                Seen {
-                    at_ms: self.clock.now_ms(),
-                    in_use: report.in_use.clone(),
-                    previous_at_ms,
-                },
-            );
-            drop(seen);
-            self.relay
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .forward(&report.server_id, &pool.server_ids(), &report.superseded);
-            self.hand_overs
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .reported(
-                    &report.server_id,
-                    (report.boot, report.report, report.sent_ms),
-                    &report.superseded,
-                );
-        }
+        self.record_report(&report, &pool).await;
         let confirmed = self
             .confirm_leadership(PEER_TIMEOUT, ErrorCode::NoQuorum)
             .await?;
@@ -88,6 +58,40 @@ impl Pool {
             servers: self.leader_view(&pool, now_ms),
             superseded,
         })
+    }
+
+    /// Leader: records a report: the sender's in-use counts, the stale
+    /// copies it names (for the others, and for hand-overs).
+    async fn record_report(&self, report: &PeerReport, pool: &PoolFile) {
+        // Recorded before leadership is confirmed, and under the lock that
+        // moves allocation: a borrow that judged this server silent has
+        // either not been decided yet (and now will not be), or is committed
+        // already, and then the index named below includes it.
+        let _moves = self.moves.lock().await;
+        self.observe_term();
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        let previous_at_ms = seen.get(&report.server_id).map(|s| s.at_ms);
+        seen.insert(
+            report.server_id.clone(),
+            Seen {
+                at_ms: self.clock.now_ms(),
+                in_use: report.in_use.clone(),
+                previous_at_ms,
+            },
+        );
+        drop(seen);
+        self.relay
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .forward(&report.server_id, &pool.server_ids(), &report.superseded);
+        self.hand_overs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .reported(
+                &report.server_id,
+                (report.boot, report.report, report.sent_ms),
+                &report.superseded,
+            );
     }
 
     /// Sends this server's report to the leader (itself, if it leads).
