@@ -80,10 +80,14 @@ fn a_seed_replays_exactly() {
 /// Runs seeds from 1 until one reports over-issue, and says how many it
 /// took; fails if none does within [`MUTATION_SEEDS_MAX`].
 fn check_caught(mutations: Mutations) {
-    let options = Options {
+    check_caught_with(Options {
         mutations,
         ..options()
-    };
+    });
+}
+
+fn check_caught_with(options: Options) {
+    let mutations = options.mutations;
     for seed in 1..=MUTATION_SEEDS_MAX {
         let report = run(seed, &options);
         if report.violations.iter().any(|v| v.checker == "over-issue") {
@@ -109,6 +113,70 @@ fn reassigning_without_the_safe_wait_is_caught() {
         reassign_without_wait: true,
         ..Mutations::default()
     });
+}
+
+/// ARCHITECTURE.md, timeline 8: server C (host 2) is cut off from the
+/// other servers and from the programs of client-1 (host 3), not from the
+/// rest. Client-1's programs on C fail over, and C keeps issuing on its
+/// quota for up to `Q`.
+fn cut_off_plan() -> Vec<Episode> {
+    let (a, b, c, client_1) = (0, 1, 2, 3);
+    let cut = |from, to| Episode {
+        start: Duration::from_secs(6),
+        length: Duration::from_secs(6),
+        fault: Fault::OneWay { from, to },
+    };
+    vec![
+        cut(c, a),
+        cut(a, c),
+        cut(c, b),
+        cut(b, c),
+        cut(c, client_1),
+        cut(client_1, c),
+    ]
+}
+
+/// The cut-off plan with codes of a `lease_s` lease.
+fn cut_off_options(lease_s: u32, mutations: Mutations) -> Options {
+    Options {
+        servers: 3..=3,
+        plan: Some(cut_off_plan()),
+        lease_s: lease_s..=lease_s,
+        mutations,
+        ..Options::default()
+    }
+}
+
+/// The cut-off plan, with the server as it is, breaks no checker: with a
+/// 2 s lease (the seeds the mutation below is caught on, 6 when written),
+/// and with a 5 s lease, long enough for client-1's programs to have their
+/// seats handed over.
+#[test]
+fn a_server_cut_off_from_the_pool_and_some_programs_breaks_no_checker() {
+    let mut hand_overs = 0;
+    for (lease_s, seed) in (1..=6)
+        .map(|seed| (2, seed))
+        .chain((1..=6).map(|seed| (5, seed)))
+    {
+        let report = run(seed, &cut_off_options(lease_s, Mutations::default()));
+        assert_passed(&report);
+        hand_overs += report.counts.hand_overs;
+    }
+    assert!(hand_overs > 0, "no seat was handed over");
+}
+
+/// With the cut-off plan, handing a grant over before C's quota has ended
+/// lets C issue the seat again when its copy lapses: the over-issue
+/// checker must see it.
+#[test]
+fn handing_over_without_the_wait_is_caught() {
+    check_caught_with(cut_off_options(
+        2,
+        Mutations {
+            hand_over_without_wait: true,
+            ..Mutations::default()
+        },
+    ));
 }
 
 /// ARCHITECTURE.md, timeline 5: C falls behind while A (the leader) and B
