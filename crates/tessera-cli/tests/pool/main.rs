@@ -39,11 +39,15 @@ fn seed_001() -> PoolSpec<'static> {
 }
 
 /// A pool of `seats` split by `distribution`, without borrowing ahead:
-/// every seat stays where it was checked out.
+/// every seat stays where it was checked out. The 6 s lease leaves a
+/// failing-over client 3 s of margin after a hand-over becomes possible
+/// (about 2.9 s after its server died), and is still shorter than the wait
+/// `W` before a dead server's whole allocation moves (about 9 s).
 fn evenly(seats: u32, distribution: &'static str) -> PoolSpec<'static> {
     PoolSpec {
         seats,
         distribution,
+        lease_s: 6,
         extra: "[borrowing.app]\nthreshold_percent = 100\n",
         ..PoolSpec::default()
     }
@@ -119,7 +123,7 @@ async fn wait_until(what: &str, check: impl Fn() -> bool) {
 
 /// Seed 001, FIG. 10, in a full pool: the clients of a killed follower keep
 /// their seats on the next servers. Nothing is free anywhere, and the dead
-/// server's allocation waits `W`, longer than the 4 s lease; but each of its
+/// server's allocation waits `W`, longer than the 6 s lease; but each of its
 /// clients' seats is handed over with its grant once the dead server's
 /// quota has surely ended. Nothing is added: a new program still finds the
 /// pool full, and the dead server's allocation shrank by the seats moved.
@@ -137,7 +141,7 @@ async fn in_a_full_pool_the_clients_of_a_dead_server_keep_their_seats() {
     assert!(on_victim > 0, "no seat on the follower to kill");
     let allocation_before = row(&pool.status(leader).await.unwrap(), &victim_id).0;
     pool.kill(victim);
-    // Two and a half leases: every seat stays held all along.
+    // Past `W`: every seat stays held all along.
     let until = Instant::now() + Duration::from_secs(10);
     while Instant::now() < until {
         assert_all_held(&seats);
