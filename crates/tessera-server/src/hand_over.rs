@@ -74,7 +74,22 @@ pub enum Judgement {
     /// Not before the silent server's quota has surely ended: in this many ms.
     In { ms: u64 },
     /// Never, and why (for the log; the client is told only of seats).
-    Refused(String),
+    Refused(Unvouched),
+}
+
+/// Why the leader cannot vouch for a claim.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Unvouched {
+    #[error("the leader has not heard from that server in its term")]
+    NotHeard,
+    #[error("the server restarted since it answered for the grant")]
+    Restarted,
+    #[error("the leader's record of that server starts after the claim")]
+    RecordTooShort,
+    #[error("the copy was checked in, handed over or superseded since")]
+    Freed,
+    #[error("the copy lapses on that server before its quota ends")]
+    LapsesInQuota,
 }
 
 /// What the leader knows of the server's silence and its quota.
@@ -108,22 +123,15 @@ impl HandOverWatch {
         (boot, number, sent_ms): (u64, u64, u64),
         superseded: &[SupersededGrant],
     ) {
-        let record = self
-            .servers
-            .entry(server.to_string())
-            .or_insert_with(|| ServerRecord {
-                boot,
-                last_sent_ms: 0,
-                reports: VecDeque::new(),
-                entries: 0,
-            });
+        let fresh = || ServerRecord {
+            boot,
+            last_sent_ms: 0,
+            reports: VecDeque::new(),
+            entries: 0,
+        };
+        let record = self.servers.entry(server.to_string()).or_insert_with(fresh);
         if record.boot != boot {
-            *record = ServerRecord {
-                boot,
-                last_sent_ms: 0,
-                reports: VecDeque::new(),
-                entries: 0,
-            };
+            *record = fresh();
         }
         record.last_sent_ms = record.last_sent_ms.max(sent_ms);
         record.reports.push_back(ReportRecord {
@@ -157,16 +165,16 @@ impl HandOverWatch {
     /// Judges a claim by what this leader heard in its term.
     pub fn judge(&self, claim: &Claim, silence: Silence) -> Judgement {
         let Some(record) = self.servers.get(claim.server_id) else {
-            return refused("the leader has not heard from that server in its term");
+            return Judgement::Refused(Unvouched::NotHeard);
         };
         if record.boot != claim.boot {
-            return refused("the server restarted since it answered for the grant");
+            return Judgement::Refused(Unvouched::Restarted);
         }
         // Every report from the one before the claim's on must be known:
         // a copy freed after the answer is reported in one of them.
         let first = record.reports.front().map_or(u64::MAX, |r| r.number);
         if first >= claim.report {
-            return refused("the leader's record of that server starts after the claim");
+            return Judgement::Refused(Unvouched::RecordTooShort);
         }
         let freed = record
             .reports
@@ -174,13 +182,13 @@ impl HandOverWatch {
             .flat_map(|r| &r.entries)
             .any(|(grant_id, renewal)| grant_id == claim.grant_id && *renewal > claim.renewal);
         if freed {
-            return refused("the copy was checked in, handed over or superseded since");
+            return Judgement::Refused(Unvouched::Freed);
         }
         // Its quota ends Q after its last report's send time; a copy lapsing
         // no later could have been issued again before it ended.
         let quota_until_ms = record.last_sent_ms.saturating_add(silence.quota_lease_ms);
         if claim.expires_ms <= quota_until_ms {
-            return refused("the copy lapses on that server before its quota ends");
+            return Judgement::Refused(Unvouched::LapsesInQuota);
         }
         match silence
             .quota_over_after_ms
@@ -218,10 +226,6 @@ impl ServerRecord {
             self.entries -= oldest.entries.len();
         }
     }
-}
-
-fn refused(reason: &str) -> Judgement {
-    Judgement::Refused(reason.to_string())
 }
 
 /// What the leader did with a hand-over claim.
@@ -311,8 +315,8 @@ impl App {
         let judgement = match watch.judge(&watched, silence) {
             // The deliberate bug of `Mutations::hand_over_without_wait`.
             Judgement::In { .. } if self.mutations.hand_over_without_wait => Judgement::Now,
-            Judgement::Refused(reason)
-                if self.mutations.hand_over_without_wait && reason.contains("lapses") =>
+            Judgement::Refused(Unvouched::LapsesInQuota)
+                if self.mutations.hand_over_without_wait =>
             {
                 Judgement::Now
             }
@@ -417,23 +421,24 @@ mod tests {
                     server_id: "B",
                     ..claim(5, 3, 6_000)
                 },
-                "not heard",
+                Unvouched::NotHeard,
             ),
             (
                 Claim {
                     boot: 8,
                     ..claim(5, 3, 6_000)
                 },
-                "restarted",
+                Unvouched::Restarted,
             ),
-            (claim(1, 3, 6_000), "starts after"),
-            (claim(5, 3, 4_700), "lapses"),
+            (claim(1, 3, 6_000), Unvouched::RecordTooShort),
+            (claim(5, 3, 4_700), Unvouched::LapsesInQuota),
         ];
         for (claim, why) in cases {
-            match watch.judge(&claim, silence(5_000)) {
-                Judgement::Refused(reason) => assert!(reason.contains(why), "{reason}"),
-                other => panic!("{claim:?}: {other:?}"),
-            }
+            assert_eq!(
+                watch.judge(&claim, silence(5_000)),
+                Judgement::Refused(why),
+                "{claim:?}"
+            );
         }
         // Checked in on A (reported with report 5), or superseded by a later
         // heartbeat elsewhere that the leader passed on to A: refused.
