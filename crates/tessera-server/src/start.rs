@@ -273,6 +273,7 @@ async fn serve<L>(
         background::spawn_sweeps(app.clone(), config.clone()),
         tokio::spawn(pool.clone().bootstrap()),
         tokio::spawn(pool.clone().learn_pool_term()),
+        tokio::spawn(pool.clone().stand_down_when_behind()),
         quota::spawn_quota_loop(app.clone()),
         background::spawn_membership_loop(pool.clone()),
         balance::spawn_answer_loop(app.clone()),

@@ -25,6 +25,7 @@ mod propose;
 mod quota;
 pub mod recovery;
 pub mod snapshot;
+mod stand_down;
 mod start;
 pub mod state_machine;
 pub mod types;
@@ -104,6 +105,9 @@ pub struct Pool {
     /// Leader: what each server reported and was told in this term, to
     /// judge hand-overs (`crate::hand_over`).
     pub(crate) hand_overs: Mutex<crate::hand_over::HandOverWatch>,
+    /// Told by the network when a peer refused this server's vote request
+    /// because the peer's log is longer (`stand_down.rs`).
+    behind: Arc<tokio::sync::Notify>,
 }
 
 /// Environment variable that enables the test-only fault switch

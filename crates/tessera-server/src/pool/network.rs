@@ -209,12 +209,16 @@ impl PeerClient {
 /// openraft's view of the peer transport.
 pub struct Network {
     pub peers: PeerClient,
+    /// Told when a peer refuses this server's vote request because the
+    /// peer's log is longer (`stand_down.rs`).
+    pub behind: Arc<tokio::sync::Notify>,
 }
 
 pub struct Connection {
     peers: PeerClient,
     target: NodeId,
     address: String,
+    behind: Arc<tokio::sync::Notify>,
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
@@ -225,6 +229,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             peers: self.peers.clone(),
             target,
             address: node.addr.clone(),
+            behind: self.behind.clone(),
         }
     }
 }
@@ -289,6 +294,11 @@ impl RaftNetwork<TypeConfig> for Connection {
         request: VoteRequest<NodeId>,
         option: RPCOption,
     ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, Node, RaftError<NodeId>>> {
-        self.rpc("/v1/peer/raft/vote", &request, &option).await
+        let answer: VoteResponse<NodeId> =
+            self.rpc("/v1/peer/raft/vote", &request, &option).await?;
+        if !answer.vote_granted && answer.last_log_id > request.last_log_id {
+            self.behind.notify_one();
+        }
+        Ok(answer)
     }
 }

@@ -95,11 +95,13 @@ impl Pool {
         );
         let partitioned = peers.partitioned();
         let node_id = node_id(&server_id);
+        let behind = Arc::new(tokio::sync::Notify::new());
         let raft = Raft::new(
             node_id,
             Arc::new(config),
             network::Network {
                 peers: peers.clone(),
+                behind: behind.clone(),
             },
             log_store.clone(),
             state_machine,
@@ -132,6 +134,7 @@ impl Pool {
             boot: boot_number(&(seams.grant_ids)()),
             next_report: std::sync::atomic::AtomicU64::new(1),
             hand_overs: Mutex::new(crate::hand_over::HandOverWatch::default()),
+            behind,
         })
     }
 }
