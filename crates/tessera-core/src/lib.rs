@@ -13,6 +13,7 @@ pub mod grant_proof;
 pub mod lease;
 pub mod license;
 pub mod license_table;
+pub mod master;
 pub mod names;
 pub mod pool_change;
 pub mod pool_file;

@@ -70,6 +70,10 @@ impl VendorKeyId {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+    /// A key id as written in a signed document (checked as a name by the caller).
+    pub(crate) fn from_text(text: &str) -> VendorKeyId {
+        VendorKeyId(text.to_string())
+    }
 }
 
 impl fmt::Display for VendorKeyId {
@@ -155,6 +159,11 @@ impl VendorSecretKey {
     }
 
     /// Signs `unsigned` (its `vendor` and `key_id` are set from this key).
+    /// Signs a canonical form of another signed document (`master.rs`).
+    pub(crate) fn sign_bytes(&self, canonical: &[u8]) -> Signature {
+        self.key.sign(canonical)
+    }
+
     pub fn sign(&self, unsigned: UnsignedCode) -> Result<LicenseCode, LicenseError> {
         let mut code = LicenseCode {
             fields: unsigned,
