@@ -6,6 +6,7 @@ mod client_cmd;
 mod demo;
 mod keys;
 mod license_cmd;
+mod master_cmd;
 mod pool_cmd;
 mod view;
 
@@ -104,8 +105,18 @@ enum Command {
         #[command(flatten)]
         servers: ServerArgs,
     },
-    /// Print this machine's hostid, for binding license codes to it.
-    Hostid,
+    /// Print this machine's hostid, for binding license codes to it, and
+    /// say what it is derived from; refuses containers and virtual machines.
+    Hostid {
+        #[arg(long)]
+        json: bool,
+    },
+    /// The master server of a virtual identifier (VID), for pools on
+    /// virtual machines and containers.
+    Master {
+        #[command(subcommand)]
+        command: MasterCommand,
+    },
     /// Administer a running pool.
     Admin {
         #[command(subcommand)]
@@ -300,6 +311,17 @@ enum VendorCommand {
 }
 
 #[derive(Subcommand)]
+enum MasterCommand {
+    /// Make the master's key on this physical host, and print its public
+    /// key and hostid for the vendor to sign a master license.
+    Init {
+        /// The master's data directory.
+        #[arg(long, default_value = "master-data")]
+        data_dir: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
 enum LicenseCommand {
     /// Sign a file of unsigned [[license]] tables, or one code given by flags.
     Sign {
@@ -307,11 +329,29 @@ enum LicenseCommand {
         #[arg(long)]
         key: PathBuf,
         /// File of unsigned [[license]] tables; without it, the flags describe one code.
+        #[arg(conflicts_with = "master")]
         file: Option<PathBuf>,
-        #[arg(long, required_unless_present = "file")]
+        #[arg(long, required_unless_present_any = ["file", "master"])]
         feature: Option<String>,
-        #[arg(long, required_unless_present = "file")]
+        #[arg(long, required_unless_present_any = ["file", "master"])]
         seats: Option<u32>,
+        /// Sign a master license instead: a VID lent to at most --servers
+        /// production servers by the master on host --hostid with key
+        /// --master-key (both printed by `tessera master init`).
+        #[arg(long, requires_all = ["vid", "servers", "master_key"])]
+        master: bool,
+        /// The virtual identifier codes will bind to as `vid:VID`.
+        #[arg(long, requires = "master")]
+        vid: Option<String>,
+        /// How many production servers may hold the VID at once.
+        #[arg(long, requires = "master")]
+        servers: Option<u32>,
+        /// The master's public key, as `tessera master init` printed it.
+        #[arg(long, requires = "master", allow_hyphen_values = true)]
+        master_key: Option<String>,
+        /// How long a VID certificate lives without renewal.
+        #[arg(long, default_value_t = 3_600, requires = "master")]
+        certificate_lifetime_s: u32,
         /// Last day served (YYYY-MM-DD) or `permanent`.
         #[arg(long, default_value = "permanent")]
         expiry: String,
@@ -321,7 +361,8 @@ enum LicenseCommand {
         version_min: String,
         #[arg(long, default_value = "999999")]
         version_max: String,
-        /// `any`, or a hostid printed by `tessera hostid`.
+        /// `any`, a hostid printed by `tessera hostid`, or `vid:VID`; with
+        /// --master, the hostid of the master's physical host.
         #[arg(long, default_value = "any")]
         hostid: String,
         #[arg(long, default_value_t = 80)]
@@ -475,15 +516,10 @@ fn run(cli: Cli) -> Result<()> {
             let config = servers.client_config()?;
             runtime()?.block_on(client_cmd::admin(config, token.required()?, change))
         }
-        Command::Hostid => {
-            match tessera_server::hostid::machine_hostid() {
-                Some(hostid) => println!("{hostid}"),
-                None => {
-                    bail!("this machine has no /etc/machine-id; set `hostid` in the server config")
-                }
-            }
-            Ok(())
-        }
+        Command::Hostid { json } => master_cmd::hostid(json),
+        Command::Master {
+            command: MasterCommand::Init { data_dir },
+        } => master_cmd::init(&data_dir),
         Command::Vendor {
             command: VendorCommand::Keygen { vendor, out },
         } => {
@@ -556,9 +592,29 @@ fn license(command: LicenseCommand) -> Result<()> {
             borrow_threshold_percent,
             heartbeat_interval_s,
             lease_s,
+            master,
+            vid,
+            servers,
+            master_key,
+            certificate_lifetime_s,
             out,
         } => {
             let key = keys::read_secret(&key)?;
+            if master {
+                let license = master_cmd::sign(
+                    &key,
+                    master_cmd::MasterArgs {
+                        id,
+                        vid: vid.context("--vid is required")?,
+                        servers: servers.context("--servers is required")?,
+                        master_hostid: hostid,
+                        master_key: master_key.context("--master-key is required")?,
+                        expiry,
+                        certificate_lifetime_s,
+                    },
+                )?;
+                return write_out(out.as_deref(), &license.write_file());
+            }
             let codes = match file {
                 Some(file) => license_cmd::sign_file(&key, &file)?,
                 None => vec![license_cmd::sign_one(
@@ -578,13 +634,10 @@ fn license(command: LicenseCommand) -> Result<()> {
                     },
                 )?],
             };
-            let text = tessera_core::LicenseCode::write_file(&codes);
-            match out {
-                Some(path) => std::fs::write(&path, text)
-                    .with_context(|| format!("cannot write {}", path.display()))?,
-                None => print!("{text}"),
-            }
-            Ok(())
+            write_out(
+                out.as_deref(),
+                &tessera_core::LicenseCode::write_file(&codes),
+            )
         }
         LicenseCommand::Verify {
             file,
@@ -605,7 +658,11 @@ fn license(command: LicenseCommand) -> Result<()> {
             }
             let hostid = hostid
                 .or_else(tessera_server::hostid::machine_hostid)
-                .unwrap_or_else(|| "unknown".into());
+                .unwrap_or_else(|| tessera_server::hostid::NO_HOSTID.into());
+            if let Some(license) = master_cmd::parse(&file, &read_text(&file)?) {
+                let today = license_cmd::today();
+                return master_cmd::verify(&license?, &trusted, &hostid, today, json);
+            }
             let codes = license_cmd::read_codes(&file)?;
             let failed = license_cmd::verify(&codes, &trusted, &hostid, json);
             if failed > 0 {
@@ -617,7 +674,28 @@ fn license(command: LicenseCommand) -> Result<()> {
             Ok(())
         }
         LicenseCommand::Show { file, json } => {
+            if let Some(license) = master_cmd::parse(&file, &read_text(&file)?) {
+                master_cmd::show(&license?, json);
+                return Ok(());
+            }
             license_cmd::show(&license_cmd::read_codes(&file)?, json);
+            Ok(())
+        }
+    }
+}
+
+fn read_text(path: &std::path::Path) -> Result<String> {
+    std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))
+}
+
+/// Writes `text` to `out`, or to standard output.
+fn write_out(out: Option<&std::path::Path>, text: &str) -> Result<()> {
+    match out {
+        Some(path) => {
+            std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))
+        }
+        None => {
+            print!("{text}");
             Ok(())
         }
     }

@@ -6,7 +6,7 @@
 //! data_dir = "data"           # relative to this file; holds the grant store
 //! pool_key_file = "pool.key"  # relative to this file; the pool's shared key
 //! # listen = "0.0.0.0:27000"  # default: this server's address in the pool file
-//! # hostid = "mid-..."        # default: derived from /etc/machine-id
+//! # (no `hostid`: a server's hostid is always its machine's own, `tessera hostid`)
 //!
 //! [[vendors]]
 //! name = "acme"
@@ -247,7 +247,6 @@ pub struct ServerConfig {
     pub pool_file: PathBuf,
     pub data_dir: PathBuf,
     pub listen: Option<String>,
-    pub hostid: Option<String>,
     pub vendors: Vec<VendorPublicKey>,
     pub limits: Limits,
     pub timing: Timing,
@@ -310,6 +309,15 @@ impl ServerConfig {
                 "timing.store_batch_max and expiry_sweep_interval_ms must be above 0".into(),
             );
         }
+        if let Some(hostid) = &raw.hostid {
+            return Err(format!(
+                "`hostid = \"{hostid}\"`: a server's hostid can no longer be set in its config, \
+                 since that let any machine serve codes bound to another; it is always the \
+                 machine's own (`tessera hostid`). Remove the line; on a virtual machine or in a \
+                 container, {}",
+                crate::hostid::VID_ROUTE
+            ));
+        }
         let pool_key_file = raw.pool_key_file.ok_or(NO_POOL_KEY)?;
         Ok(ServerConfig {
             pool_key_file: base.join(pool_key_file),
@@ -317,7 +325,6 @@ impl ServerConfig {
             pool_file: base.join(raw.pool_file),
             data_dir: base.join(raw.data_dir),
             listen: raw.listen,
-            hostid: raw.hostid,
             vendors,
             limits: raw.limits,
             timing: raw.timing,
@@ -445,6 +452,19 @@ mod tests {
         std::fs::remove_file(dir.path().join("peer.credential")).unwrap();
         let err = ServerConfig::parse(base, dir.path()).unwrap_err();
         assert!(err.contains("tessera pool init"), "{err}");
+    }
+
+    /// The customer's attack on host binding: a config that claims another
+    /// machine's hostid, to serve codes bound to it, does not start.
+    #[test]
+    fn a_config_cannot_claim_a_hostid() {
+        let claimed = format!("hostid = \"mid-0123456789abcdef\"\n{MINIMAL}");
+        let err = ServerConfig::parse(&claimed, Path::new(".")).unwrap_err();
+        assert!(
+            err.contains("can no longer be set in its config")
+                && err.contains("tessera master init"),
+            "{err}"
+        );
     }
 
     /// A config without `pool_key_file`, or whose key file is missing or

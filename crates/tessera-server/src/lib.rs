@@ -19,6 +19,7 @@ pub mod hand_over;
 pub mod hostid;
 pub mod issuer;
 pub mod listener;
+pub mod master;
 pub mod pool;
 mod quota;
 pub mod refusal;

@@ -230,11 +230,7 @@ impl App {
             pool,
             clock: seams.clock.clone(),
             limits: config.limits,
-            hostid: config
-                .hostid
-                .clone()
-                .or_else(hostid::machine_hostid)
-                .unwrap_or_else(|| "unknown".to_string()),
+            hostid: this_hostid(),
             address,
             started_ms: seams.clock.now_ms(),
             public_status: config.security.public_status,
@@ -254,6 +250,24 @@ impl App {
             seats_changed: tokio::sync::watch::Sender::new(0),
             quota_renewals: Mutex::new(Default::default()),
             pool_key,
+        }
+    }
+}
+
+/// This machine's hostid, or `(none)` (which no code can name) with the
+/// reason in the log: codes bound to a hostid are then not served.
+fn this_hostid() -> String {
+    match hostid::inspect() {
+        hostid::Hostid::Stable { hostid, source } => {
+            tracing::info!("hostid {hostid}, from {source}");
+            hostid
+        }
+        hostid::Hostid::Refused { reason } => {
+            tracing::warn!(
+                "no hostid: {reason}; codes bound to a hostid are not served here; {}",
+                hostid::VID_ROUTE
+            );
+            hostid::NO_HOSTID.to_string()
         }
     }
 }

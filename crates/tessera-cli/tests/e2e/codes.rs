@@ -147,7 +147,12 @@ async fn expired_and_other_host_codes_are_not_served_and_status_says_why() {
          [[license]]\nfeature = \"here\"\nseats = 5\nexpiry = \"permanent\"\nhostid = \"{THIS_HOST}\"\n"
     );
     let mut spec = ServerSpec::new(fixture.sign(&unsigned).await);
-    spec.config_top = format!("hostid = \"{THIS_HOST}\"\n");
+    // This machine's hostid, for the test: honoured only with the test
+    // fault switch, never from the config (see the test below).
+    spec.env = vec![
+        ("TESSERA_TEST_FAULTS".into(), "1".into()),
+        ("TESSERA_TEST_HOSTID".into(), THIS_HOST.into()),
+    ];
     let mut server = fixture.server(spec);
     server.start(StartMode::NewPool).await;
     let status = server.wait_state("serving").await;

@@ -98,6 +98,23 @@ where
     I: IntoIterator<Item = S>,
     S: AsRef<OsStr>,
 {
+    tessera_env_within(timeout, &[], args).await
+}
+
+/// Runs `tessera ARGS` with these extra environment variables.
+pub async fn tessera_env<I, S>(env: &[(&str, &str)], args: I) -> Output
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    tessera_env_within(COMMAND_TIMEOUT, env, args).await
+}
+
+async fn tessera_env_within<I, S>(timeout: Duration, env: &[(&str, &str)], args: I) -> Output
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
     let args: Vec<_> = args.into_iter().map(|a| a.as_ref().to_owned()).collect();
     let shown = args
         .iter()
@@ -107,6 +124,7 @@ where
     let run = tokio::process::Command::new(tessera_exe())
         .args(&args)
         .env_remove("TESSERA_SERVER")
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .kill_on_drop(true)
         .output();
@@ -293,6 +311,7 @@ impl Fixture {
             process: None,
             http: credentials.http(REQUEST_TIMEOUT),
             credentials,
+            env: spec.env,
         }
     }
 
@@ -321,10 +340,12 @@ pub struct ServerSpec {
     /// Signed `[[license]]` tables, appended to the pool file (no
     /// distribution: a pool of one gets every seat).
     pub licenses: String,
-    /// Top-level keys of the config (`hostid = "..."`).
+    /// Top-level keys of the config (`peer_secret = "..."`).
     pub config_top: String,
     /// Tables of the config after `[[vendors]]` (`[timing]`).
     pub config_tables: String,
+    /// Extra environment of the server process.
+    pub env: Vec<(String, String)>,
 }
 
 impl ServerSpec {
@@ -334,6 +355,7 @@ impl ServerSpec {
             licenses,
             config_top: String::new(),
             config_tables: String::new(),
+            env: Vec::new(),
         }
     }
 }
@@ -393,6 +415,7 @@ pub struct Server {
     /// Trusts the server's pool CA and carries its admin token.
     pub http: tessera_testkit::Http,
     pub credentials: tessera_testkit::Credentials,
+    env: Vec<(String, String)>,
 }
 
 impl Server {
@@ -406,6 +429,7 @@ impl Server {
         };
         let mut command = server_command(Path::new(tessera_exe()), &self.config, args);
         command.env("NO_COLOR", "1");
+        command.envs(self.env.iter().map(|(k, v)| (k, v)));
         let process = Process::start(command, &self.log).expect("start `tessera server`");
         self.process = Some(process);
         // Pooled connections to the last process are dead.

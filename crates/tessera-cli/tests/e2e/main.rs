@@ -16,12 +16,15 @@
 //!   who tries to release, renew or squat seats; the pool key.
 //! - [`cli`]: `tessera demo` and `tessera status`.
 //! - [`hostile`]: remove-license while seats are held, a weak peer secret.
+//! - [`master`]: `tessera hostid`, `tessera master init` and the master
+//!   license the vendor signs for it; a config that claims a hostid.
 
 mod api;
 mod cli;
 mod codes;
 mod fixture;
 mod hostile;
+mod master;
 mod proofs;
 mod restart;
 mod seats;

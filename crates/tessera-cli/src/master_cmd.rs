@@ -1,0 +1,177 @@
+//! Seed 003 from the command line: `tessera hostid`, `tessera master init`,
+//! and master licenses in `tessera license sign --master|verify|show`.
+
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use tessera_core::master::{MasterLicense, MasterLicenseFields, MasterPublicKey};
+use tessera_core::{CivilDate, Expiry, VendorPublicKey, VendorSecretKey};
+use tessera_server::hostid::{self, Hostid};
+use tessera_server::master::key;
+
+use crate::license_cmd::today;
+
+/// `tessera hostid`: the hostid on standard output, where it comes from on
+/// standard error; a machine without a stable one fails with the reason.
+pub fn hostid(json: bool) -> Result<()> {
+    match hostid::inspect() {
+        Hostid::Stable { hostid, source } => {
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({ "hostid": hostid, "source": source })
+                );
+            } else {
+                println!("{hostid}");
+                eprintln!("derived from {source}");
+            }
+            Ok(())
+        }
+        Hostid::Refused { reason } => bail!(
+            "no hostid to bind license codes to: {reason}.\nOn this machine, {}",
+            hostid::VID_ROUTE
+        ),
+    }
+}
+
+/// `tessera master init`: the master's key in `data_dir` (made once), and
+/// what the vendor needs to sign the master license.
+pub fn init(data_dir: &Path) -> Result<()> {
+    let hostid = match hostid::inspect() {
+        Hostid::Stable { hostid, source } => (hostid, source),
+        Hostid::Refused { reason } => bail!(
+            "a master server must run on a physical host with a stable hostid, and here {reason}"
+        ),
+    };
+    let (secret, made) = key::init(data_dir)?;
+    let public = secret.public();
+    let key_path = data_dir.join(key::MASTER_KEY_FILE);
+    if made {
+        println!(
+            "master key: {} (mode 0600; it signs VID certificates; it stays on this host)",
+            key_path.display()
+        );
+    } else {
+        println!("master key: {} (made earlier; kept)", key_path.display());
+    }
+    println!("public key: {}", key::public_text(&public));
+    println!("key id:     {}", public.key_id());
+    println!("hostid:     {} (from {})", hostid.0, hostid.1);
+    println!(
+        "\nSend the vendor the public key and the hostid. The vendor signs a master license \
+         for them:\n\n  tessera license sign --master --key VENDOR.key --vid VID --servers N \\\n      \
+         --hostid {} --master-key {} \\\n      --expiry YYYY-MM-DD --out master.toml",
+        hostid.0,
+        key::public_text(&public)
+    );
+    Ok(())
+}
+
+/// What `tessera license sign --master` takes.
+pub struct MasterArgs {
+    pub id: Option<String>,
+    pub vid: String,
+    pub servers: u32,
+    pub master_hostid: String,
+    pub master_key: String,
+    pub expiry: String,
+    pub certificate_lifetime_s: u32,
+}
+
+pub fn sign(key: &VendorSecretKey, args: MasterArgs) -> Result<MasterLicense> {
+    let issued = today();
+    let master_key = MasterPublicKey::from_base64(&args.master_key)
+        .context("--master-key is the public key `tessera master init` printed")?;
+    let id = args
+        .id
+        .unwrap_or_else(|| format!("master-{}-{}", args.vid, master_key.key_id()));
+    let expiry = Expiry::parse(&args.expiry).map_err(|err| anyhow::anyhow!("--expiry: {err}"))?;
+    Ok(MasterLicense::sign(
+        key,
+        MasterLicenseFields {
+            id,
+            vendor: key.vendor.clone(),
+            vid: args.vid,
+            servers: args.servers,
+            master_hostid: args.master_hostid,
+            master_key,
+            issued,
+            expiry,
+            certificate_lifetime_s: args.certificate_lifetime_s,
+        },
+    )?)
+}
+
+/// The master license in `text`, if it is a master license file.
+pub fn parse(path: &Path, text: &str) -> Option<Result<MasterLicense>> {
+    text.contains("[master_license]").then(|| {
+        MasterLicense::parse_file(text).map_err(|err| anyhow::anyhow!("{}: {err}", path.display()))
+    })
+}
+
+/// `tessera license verify` of a master license: the vendor's signature,
+/// the host it is bound to, and its dates. Fails with the first reason.
+pub fn verify(
+    license: &MasterLicense,
+    trusted: &[VendorPublicKey],
+    hostid: &str,
+    today: CivilDate,
+    json: bool,
+) -> Result<()> {
+    let f = license.fields();
+    let verdict = license.verify(trusted).and_then(|()| {
+        if f.master_hostid != hostid {
+            return Err(tessera_core::master::MasterError::WrongHost {
+                id: f.id.clone(),
+                bound: f.master_hostid.clone(),
+                actual: hostid.to_string(),
+            });
+        }
+        license.check_date(today)
+    });
+    let reason = verdict.as_ref().err().map(ToString::to_string);
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "id": f.id, "vid": f.vid, "servers": f.servers,
+                "serves": reason.is_none(), "reason": reason,
+            })
+        );
+    } else {
+        match &reason {
+            None => println!(
+                "ok    master license {}: VID {} for {} production servers, on this host",
+                f.id, f.vid, f.servers
+            ),
+            Some(reason) => println!("FAIL  {reason}"),
+        }
+    }
+    verdict.map_err(|err| anyhow::anyhow!("the master would not serve: {err}"))
+}
+
+pub fn show(license: &MasterLicense, json: bool) {
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&license.to_text()).unwrap_or_default()
+        );
+        return;
+    }
+    let f = license.fields();
+    println!("master license {}", f.id);
+    println!("  vendor          {} (key {})", f.vendor, license.key_id());
+    println!(
+        "  vid             {} (codes bind to hostid = \"vid:{}\")",
+        f.vid, f.vid
+    );
+    println!("  servers         {} production servers at once", f.servers);
+    println!("  master host     {}", f.master_hostid);
+    println!("  master key      {}", f.master_key.key_id());
+    println!("  issued          {}", f.issued);
+    println!("  expiry          {}", f.expiry);
+    println!(
+        "  certificates    valid {} s without renewal",
+        f.certificate_lifetime_s
+    );
+}
