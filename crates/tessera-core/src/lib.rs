@@ -31,7 +31,7 @@ pub use lease::LeaseTiming;
 pub use license::{
     HostBinding, LicenseCode, LicenseError, Policy, VendorKeyId, VendorPublicKey, VendorSecretKey,
 };
-pub use license_table::{CodeVerdict, FeatureLicense, LicenseTable, NotServedReason};
+pub use license_table::{CodeVerdict, FeatureLicense, Identity, LicenseTable, NotServedReason};
 pub use pool_file::{
     credential_sha256, AdminEntry, AdminRole, BorrowPolicy, PoolFile, PoolFileError, ServerEntry,
 };

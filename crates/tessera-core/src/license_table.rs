@@ -3,7 +3,8 @@
 //! It is never modified; when the day changes or the codes change, the server
 //! evaluates a new one. A code is *served* only if its signature checks
 //! against a trusted vendor key, it has not expired, and it is bound to any
-//! host or to this server's hostid. Each code not served carries the reason,
+//! host, to this server's hostid, or to a VID this server holds a valid
+//! certificate for (seed 003). Each code not served carries the reason,
 //! which `tessera status` shows.
 
 use std::collections::BTreeMap;
@@ -16,9 +17,20 @@ use crate::version::Version;
 /// Why a code is not served.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum NotServedReason {
-    Expired { last_day: CivilDate },
-    NotYetValid { issued: CivilDate },
-    WrongHost { bound_to: String, this_host: String },
+    Expired {
+        last_day: CivilDate,
+    },
+    NotYetValid {
+        issued: CivilDate,
+    },
+    WrongHost {
+        bound_to: String,
+        this_host: String,
+    },
+    /// Bound to `vid:<vid>`, and this server holds no valid certificate for it.
+    NoVidCertificate {
+        vid: String,
+    },
     Signature(LicenseError),
 }
 
@@ -35,6 +47,11 @@ impl fmt::Display for NotServedReason {
             } => write!(
                 f,
                 "bound to hostid {bound_to}, but this server's hostid is {this_host}"
+            ),
+            NotServedReason::NoVidCertificate { vid } => write!(
+                f,
+                "bound to VID {vid}, and this server holds no valid certificate for it from a \
+                 master server"
             ),
             NotServedReason::Signature(err) => err.fmt(f),
         }
@@ -99,18 +116,36 @@ pub struct LicenseTable {
     features: BTreeMap<String, FeatureLicense>,
 }
 
+/// What a server is, for host binding: its machine's hostid and the VIDs
+/// it holds a valid certificate for.
+#[derive(Clone, Copy, Debug)]
+pub struct Identity<'a> {
+    pub hostid: &'a str,
+    pub vids: &'a [String],
+}
+
 impl LicenseTable {
+    /// The table of a server that holds no VID certificate.
     pub fn evaluate(
         codes: &[LicenseCode],
         trusted: &[VendorPublicKey],
         hostid: &str,
         today: CivilDate,
     ) -> LicenseTable {
+        LicenseTable::evaluate_for(codes, trusted, Identity { hostid, vids: &[] }, today)
+    }
+
+    pub fn evaluate_for(
+        codes: &[LicenseCode],
+        trusted: &[VendorPublicKey],
+        identity: Identity<'_>,
+        today: CivilDate,
+    ) -> LicenseTable {
         let mut features: BTreeMap<String, FeatureLicense> = BTreeMap::new();
         for code in codes {
             let verdict = CodeVerdict {
                 code: code.clone(),
-                not_served: judge(code, trusted, hostid, today),
+                not_served: judge(code, trusted, identity, today),
             };
             let entry = features
                 .entry(code.feature().to_string())
@@ -150,7 +185,7 @@ impl LicenseTable {
 fn judge(
     code: &LicenseCode,
     trusted: &[VendorPublicKey],
-    hostid: &str,
+    identity: Identity<'_>,
     today: CivilDate,
 ) -> Option<NotServedReason> {
     if let Err(err) = code.verify(trusted) {
@@ -168,10 +203,19 @@ fn judge(
             issued: fields.issued,
         });
     }
-    if !fields.hostid.allows(hostid) {
+    let bound_to = fields.hostid.to_string();
+    if let Some(vid) = crate::master::vid_of_binding(&bound_to) {
+        if !identity.vids.iter().any(|held| held == vid) {
+            return Some(NotServedReason::NoVidCertificate {
+                vid: vid.to_string(),
+            });
+        }
+        return None;
+    }
+    if !fields.hostid.allows(identity.hostid) {
         return Some(NotServedReason::WrongHost {
-            bound_to: fields.hostid.to_string(),
-            this_host: hostid.to_string(),
+            bound_to,
+            this_host: identity.hostid.to_string(),
         });
     }
     None
@@ -233,5 +277,54 @@ mod tests {
         assert_eq!(cad.hard_limit, 0);
         assert!(!cad.covers(&Version::parse("1.0").unwrap()));
         assert!(cad.why_not_served().contains("not trusted"));
+    }
+
+    /// A code bound to a VID is served only by a server holding a valid
+    /// certificate for that VID; a hostid spelled like the VID serves nothing.
+    #[test]
+    fn a_vid_bound_code_needs_a_certificate_for_its_vid() {
+        let acme = test_key("acme", 1);
+        let mut bound = unsigned("vid-bound", "cad", 12);
+        bound.hostid = HostBinding::parse("vid:acme-vid-1").unwrap();
+        let codes = vec![acme.sign(bound).unwrap()];
+        let trusted = [acme.public()];
+        let today = day("2026-11-22");
+
+        let without = LicenseTable::evaluate(&codes, &trusted, "mid-this", today);
+        let cad = without.feature("cad").unwrap();
+        assert_eq!(cad.hard_limit, 0);
+        assert!(
+            cad.why_not_served()
+                .contains("bound to VID acme-vid-1, and this server holds no valid certificate"),
+            "{}",
+            cad.why_not_served()
+        );
+        // A machine whose hostid were the binding's text still gets nothing.
+        let spoofed = LicenseTable::evaluate(&codes, &trusted, "vid:acme-vid-1", today);
+        assert_eq!(spoofed.feature("cad").unwrap().hard_limit, 0);
+
+        let other = ["acme-vid-2".to_string()];
+        let wrong = LicenseTable::evaluate_for(
+            &codes,
+            &trusted,
+            Identity {
+                hostid: "mid-this",
+                vids: &other,
+            },
+            today,
+        );
+        assert_eq!(wrong.feature("cad").unwrap().hard_limit, 0);
+
+        let held = ["acme-vid-1".to_string()];
+        let with = LicenseTable::evaluate_for(
+            &codes,
+            &trusted,
+            Identity {
+                hostid: "mid-this",
+                vids: &held,
+            },
+            today,
+        );
+        assert_eq!(with.feature("cad").unwrap().hard_limit, 12);
     }
 }
