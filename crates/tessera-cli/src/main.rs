@@ -613,7 +613,7 @@ fn license(command: LicenseCommand) -> Result<()> {
                         certificate_lifetime_s,
                     },
                 )?;
-                return write_out(out.as_deref(), &license.write_file());
+                return write_out(out.as_deref(), &license.write());
             }
             let codes = match file {
                 Some(file) => license_cmd::sign_file(&key, &file)?,

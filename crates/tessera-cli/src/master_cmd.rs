@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
-use tessera_core::master::{MasterLicense, MasterLicenseFields, MasterPublicKey};
+use tessera_core::master::{MasterLicenseFields, MasterLicenseFile, MasterPublicKey};
 use tessera_core::{CivilDate, Expiry, VendorPublicKey, VendorSecretKey};
 use tessera_server::hostid::{self, Hostid};
 use tessera_server::master::key;
@@ -78,7 +78,8 @@ pub struct MasterArgs {
     pub certificate_lifetime_s: u32,
 }
 
-pub fn sign(key: &VendorSecretKey, args: MasterArgs) -> Result<MasterLicense> {
+/// Signs a master license and its slot code (one file, both tables).
+pub fn sign(key: &VendorSecretKey, args: MasterArgs) -> Result<MasterLicenseFile> {
     let issued = today();
     let master_key = MasterPublicKey::from_base64(&args.master_key)
         .context("--master-key is the public key `tessera master init` printed")?;
@@ -86,7 +87,7 @@ pub fn sign(key: &VendorSecretKey, args: MasterArgs) -> Result<MasterLicense> {
         .id
         .unwrap_or_else(|| format!("master-{}-{}", args.vid, master_key.key_id()));
     let expiry = Expiry::parse(&args.expiry).map_err(|err| anyhow::anyhow!("--expiry: {err}"))?;
-    Ok(MasterLicense::sign(
+    Ok(MasterLicenseFile::sign(
         key,
         MasterLicenseFields {
             id,
@@ -102,24 +103,27 @@ pub fn sign(key: &VendorSecretKey, args: MasterArgs) -> Result<MasterLicense> {
     )?)
 }
 
-/// The master license in `text`, if it is a master license file.
-pub fn parse(path: &Path, text: &str) -> Option<Result<MasterLicense>> {
+/// The master license file in `text`, if it is one.
+pub fn parse(path: &Path, text: &str) -> Option<Result<MasterLicenseFile>> {
     text.contains("[master_license]").then(|| {
-        MasterLicense::parse_file(text).map_err(|err| anyhow::anyhow!("{}: {err}", path.display()))
+        MasterLicenseFile::parse(text).map_err(|err| anyhow::anyhow!("{}: {err}", path.display()))
     })
 }
 
-/// `tessera license verify` of a master license: the vendor's signature,
-/// the host it is bound to, and its dates. Fails with the first reason.
+/// `tessera license verify` of a master license file: the vendor's
+/// signature, the host it is bound to, its dates and its slot code. Fails
+/// with the first reason.
 pub fn verify(
-    license: &MasterLicense,
+    file: &MasterLicenseFile,
     trusted: &[VendorPublicKey],
     hostid: &str,
     today: CivilDate,
     json: bool,
 ) -> Result<()> {
+    let license = &file.license;
     let f = license.fields();
     let verdict = license.verify(trusted).and_then(|()| {
+        file.slot_code(trusted)?;
         if f.master_hostid != hostid {
             return Err(tessera_core::master::MasterError::WrongHost {
                 id: f.id.clone(),
@@ -147,14 +151,18 @@ pub fn verify(
             Some(reason) => println!("FAIL  {reason}"),
         }
     }
-    verdict.map_err(|err| anyhow::anyhow!("the master would not serve: {err}"))
+    verdict.map_err(|_| anyhow::anyhow!("master license {} would not be served", f.id))
 }
 
-pub fn show(license: &MasterLicense, json: bool) {
+pub fn show(file: &MasterLicenseFile, json: bool) {
+    let license = &file.license;
     if json {
         println!(
             "{}",
-            serde_json::to_string_pretty(&license.to_text()).unwrap_or_default()
+            serde_json::json!({
+                "master_license": license.to_text(),
+                "license": file.slot_codes.iter().map(|c| c.to_text()).collect::<Vec<_>>(),
+            })
         );
         return;
     }
@@ -174,4 +182,13 @@ pub fn show(license: &MasterLicense, json: bool) {
         "  certificates    valid {} s without renewal",
         f.certificate_lifetime_s
     );
+    for code in &file.slot_codes {
+        println!(
+            "  slot code       {}: feature {}, {} seats, bound to {}",
+            code.id(),
+            code.feature(),
+            code.seats(),
+            code.fields().hostid
+        );
+    }
 }

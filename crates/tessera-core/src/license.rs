@@ -359,6 +359,10 @@ pub struct LicenseCodeText {
 struct LicenseFileText {
     #[serde(default)]
     license: Vec<LicenseCodeText>,
+    /// A master license file is also a license file of its slot code
+    /// (`master.rs`); the master license itself is read there.
+    #[serde(default, rename = "master_license", skip_serializing)]
+    _master_license: Option<toml::Table>,
 }
 
 impl LicenseCode {
@@ -524,6 +528,7 @@ impl LicenseCode {
     pub fn write_file(codes: &[LicenseCode]) -> String {
         let file = LicenseFileText {
             license: codes.iter().map(LicenseCode::to_text).collect(),
+            _master_license: None,
         };
         toml::to_string(&file).expect("license codes always serialize")
     }

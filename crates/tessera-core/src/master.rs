@@ -24,8 +24,12 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::date::{CivilDate, Expiry};
-use crate::license::{VendorKeyId, VendorPublicKey, VendorSecretKey};
+use crate::license::{
+    HostBinding, LicenseCode, LicenseCodeText, Policy, UnsignedCode, VendorKeyId, VendorPublicKey,
+    VendorSecretKey,
+};
 use crate::names::check_name;
+use crate::version::Version;
 
 /// Header of a master license's canonical form.
 pub const MASTER_LICENSE_HEADER: &str = "tessera-master-license-v1";
@@ -37,7 +41,7 @@ pub const VID_BINDING_PREFIX: &str = "vid:";
 pub const MASTER_SERVERS_MAX: u32 = 1_000;
 /// Shortest and longest certificate lifetime a master license may set.
 pub const CERTIFICATE_LIFETIME_S_MIN: u32 = 2;
-pub const CERTIFICATE_LIFETIME_S_MAX: u32 = 7 * 86_400;
+pub const CERTIFICATE_LIFETIME_S_MAX: u32 = crate::license::LEASE_S_MAX;
 
 #[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
 pub enum MasterError {
@@ -89,6 +93,11 @@ pub enum MasterError {
     },
     #[error("master key: {0}")]
     BadKey(String),
+    #[error(
+        "master license {id}: {message}; the file must hold the slot code the vendor signed \
+         with it (`tessera license sign --master` writes both)"
+    )]
+    SlotCode { id: String, message: String },
     #[error("VID certificate: {0}")]
     Certificate(#[from] CertificateError),
 }
@@ -308,10 +317,102 @@ pub struct MasterLicenseText {
     pub signature: String,
 }
 
+/// A master license file: the `[master_license]` table and the slot code
+/// signed with it, one `[[license]]` table for feature `vid:<VID>` with N
+/// seats bound to the master's host. The master's pool serves that code like
+/// any other, so the pool counts the slots: its seats are the VID's lendings.
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct MasterLicenseFile {
+struct MasterLicenseFileText {
     master_license: MasterLicenseText,
+    #[serde(default)]
+    license: Vec<LicenseCodeText>,
+}
+
+/// A parsed master license file; nothing in it is verified yet.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MasterLicenseFile {
+    pub license: MasterLicense,
+    pub slot_codes: Vec<LicenseCode>,
+}
+
+impl MasterLicenseFile {
+    pub fn parse(text: &str) -> Result<MasterLicenseFile, MasterError> {
+        let file: MasterLicenseFileText =
+            toml::from_str(text).map_err(|err| MasterError::Syntax(err.to_string()))?;
+        let license = MasterLicense::from_text(&file.master_license)?;
+        let slot_codes = file
+            .license
+            .iter()
+            .map(LicenseCode::from_text)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|err| MasterError::SlotCode {
+                id: license.id().to_string(),
+                message: err.to_string(),
+            })?;
+        Ok(MasterLicenseFile {
+            license,
+            slot_codes,
+        })
+    }
+
+    pub fn write(&self) -> String {
+        toml::to_string(&MasterLicenseFileText {
+            master_license: self.license.to_text(),
+            license: self.slot_codes.iter().map(LicenseCode::to_text).collect(),
+        })
+        .expect("a master license file always serializes")
+    }
+
+    /// Signs a master license and its slot code.
+    pub fn sign(
+        vendor: &VendorSecretKey,
+        fields: MasterLicenseFields,
+    ) -> Result<MasterLicenseFile, MasterError> {
+        let license = MasterLicense::sign(vendor, fields)?;
+        let slots =
+            vendor
+                .sign(license.slot_code_fields())
+                .map_err(|err| MasterError::SlotCode {
+                    id: license.id().to_string(),
+                    message: err.to_string(),
+                })?;
+        Ok(MasterLicenseFile {
+            license,
+            slot_codes: vec![slots],
+        })
+    }
+
+    /// The slot code, checked: signed by a trusted vendor key and exactly
+    /// the one the master license implies.
+    pub fn slot_code(&self, trusted: &[VendorPublicKey]) -> Result<&LicenseCode, MasterError> {
+        let id = self.license.id().to_string();
+        let [code] = self.slot_codes.as_slice() else {
+            return Err(MasterError::SlotCode {
+                id,
+                message: format!("it holds {} slot codes, not one", self.slot_codes.len()),
+            });
+        };
+        code.verify(trusted).map_err(|err| MasterError::SlotCode {
+            id: id.clone(),
+            message: err.to_string(),
+        })?;
+        if code.fields() != &self.license.slot_code_fields()
+            || code.key_id() != self.license.key_id()
+        {
+            return Err(MasterError::SlotCode {
+                id,
+                message: format!(
+                    "slot code {} does not match it (feature vid:{}, {} seats, bound to {})",
+                    code.id(),
+                    self.license.vid(),
+                    self.license.fields.servers,
+                    self.license.fields.master_hostid
+                ),
+            });
+        }
+        Ok(code)
+    }
 }
 
 impl MasterLicense {
@@ -342,6 +443,29 @@ impl MasterLicense {
     }
     pub fn key_id(&self) -> &VendorKeyId {
         &self.key_id
+    }
+
+    /// The fields of the slot code this license implies: feature
+    /// `vid:<VID>`, N seats, bound to the master's host, any version, a
+    /// lease of the certificate lifetime with a heartbeat a quarter of it.
+    pub fn slot_code_fields(&self) -> UnsignedCode {
+        let f = &self.fields;
+        UnsignedCode {
+            id: format!("{}.slots", f.id),
+            vendor: f.vendor.clone(),
+            feature: format!("{VID_BINDING_PREFIX}{}", f.vid),
+            version_min: Version::parse("0").expect("0 is a version"),
+            version_max: Version::parse("999999").expect("999999 is a version"),
+            seats: f.servers,
+            issued: f.issued,
+            expiry: f.expiry,
+            hostid: HostBinding::Host(f.master_hostid.clone()),
+            policy: Policy {
+                borrow_threshold_percent: Policy::DEFAULT.borrow_threshold_percent,
+                heartbeat_interval_s: (f.certificate_lifetime_s / 4).max(1),
+                lease_s: f.certificate_lifetime_s,
+            },
+        }
     }
 
     /// The exact bytes the vendor's signature covers.
@@ -475,21 +599,6 @@ impl MasterLicense {
             key_id: VendorKeyId::from_text(&text.key_id),
             signature: decode_signature(&text.signature).map_err(invalid)?,
         })
-    }
-
-    /// Parses a master license file (one `[master_license]` table); the
-    /// signature is not checked.
-    pub fn parse_file(text: &str) -> Result<MasterLicense, MasterError> {
-        let file: MasterLicenseFile =
-            toml::from_str(text).map_err(|err| MasterError::Syntax(err.to_string()))?;
-        MasterLicense::from_text(&file.master_license)
-    }
-
-    pub fn write_file(&self) -> String {
-        toml::to_string(&MasterLicenseFile {
-            master_license: self.to_text(),
-        })
-        .expect("a master license always serializes")
     }
 }
 
@@ -737,8 +846,11 @@ mod tests {
 
     #[test]
     fn a_signed_license_checks_and_round_trips_through_its_file() {
-        let license = license();
-        let again = MasterLicense::parse_file(&license.write_file()).unwrap();
+        let file = MasterLicenseFile::sign(&vendor(), fields()).unwrap();
+        let license = file.license.clone();
+        let again = MasterLicenseFile::parse(&file.write()).unwrap();
+        assert_eq!(again, file);
+        let again = again.license;
         assert_eq!(again, license);
         again.verify(&[vendor().public()]).unwrap();
         again
@@ -838,7 +950,7 @@ mod tests {
                 .to_string();
             assert!(err.contains(needle), "{err} lacks {needle}");
         }
-        let err = MasterLicense::parse_file("[master_license]\nid = 3\n").unwrap_err();
+        let err = MasterLicenseFile::parse("[master_license]\nid = 3\n").unwrap_err();
         assert!(matches!(err, MasterError::Syntax(_)), "{err}");
     }
 
@@ -899,5 +1011,48 @@ mod tests {
         assert_eq!(vid_of_binding("vid:acme-vid-1"), Some("acme-vid-1"));
         assert_eq!(vid_of_binding("mid-0011223344556677"), None);
         assert_eq!(vid_of_binding("any"), None);
+    }
+
+    /// The slot code a vendor signs with the master license is what the
+    /// master's pool serves: feature `vid:<VID>`, N seats, the master's host.
+    #[test]
+    fn the_slot_code_is_the_licenses_n_seats_bound_to_the_master_host() {
+        let file = MasterLicenseFile::sign(&vendor(), fields()).unwrap();
+        let trusted = [vendor().public()];
+        let code = file.slot_code(&trusted).unwrap();
+        assert_eq!(code.feature(), "vid:acme-vid-1");
+        assert_eq!(code.seats(), 3);
+        assert_eq!(code.fields().hostid.to_string(), "mid-0011223344556677");
+        assert_eq!(code.fields().policy.lease_s, 3_600);
+        assert_eq!(code.fields().policy.heartbeat_interval_s, 900);
+        // The same text read as a license file gives the slot code alone.
+        let codes = LicenseCode::parse_file(&file.write()).unwrap();
+        assert_eq!(codes, vec![code.clone()]);
+
+        // The customer signs nothing: a slot code with more seats fails its
+        // signature; a genuine code of another master license does not match.
+        let mut text = code.to_text();
+        text.seats = 30;
+        let more = MasterLicenseFile {
+            license: file.license.clone(),
+            slot_codes: vec![LicenseCode::from_text(&text).unwrap()],
+        };
+        let err = more.slot_code(&trusted).unwrap_err().to_string();
+        assert!(err.contains("bad signature"), "{err}");
+        let mut bigger = fields();
+        bigger.servers = 30;
+        let other = MasterLicenseFile::sign(&vendor(), bigger).unwrap();
+        let swapped = MasterLicenseFile {
+            license: file.license.clone(),
+            slot_codes: other.slot_codes.clone(),
+        };
+        let err = swapped.slot_code(&trusted).unwrap_err().to_string();
+        assert!(err.contains("does not match it"), "{err}");
+        let none = MasterLicenseFile {
+            license: file.license,
+            slot_codes: Vec::new(),
+        };
+        let err = none.slot_code(&trusted).unwrap_err().to_string();
+        assert!(err.contains("0 slot codes"), "{err}");
     }
 }

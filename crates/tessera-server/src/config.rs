@@ -5,6 +5,7 @@
 //! pool_file = "pool.toml"     # relative to this file
 //! data_dir = "data"           # relative to this file; holds the grant store
 //! pool_key_file = "pool.key"  # relative to this file; the pool's shared key
+//! # master_license_file = "master.toml" # a master server's license (seed 003)
 //! # listen = "0.0.0.0:27000"  # default: this server's address in the pool file
 //! # (no `hostid`: a server's hostid is always its machine's own, `tessera hostid`)
 //!
@@ -58,6 +59,7 @@ struct ConfigText {
     #[serde(default)]
     security: SecurityText,
     pool_key_file: Option<PathBuf>,
+    master_license_file: Option<PathBuf>,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -265,6 +267,9 @@ pub struct ServerConfig {
     /// The pool's shared key, which proves grants to their holders: the same
     /// file on every server of the pool ([`ServerConfig::read_pool_key`]).
     pub pool_key_file: PathBuf,
+    /// Set on a master server (seed 003): its master license file, checked
+    /// at start (`crate::master::check_at_start`).
+    pub master_license_file: Option<PathBuf>,
 }
 
 /// What a config without `pool_key_file` is told.
@@ -321,6 +326,7 @@ impl ServerConfig {
         let pool_key_file = raw.pool_key_file.ok_or(NO_POOL_KEY)?;
         Ok(ServerConfig {
             pool_key_file: base.join(pool_key_file),
+            master_license_file: raw.master_license_file.map(|path| base.join(path)),
             server_id: raw.server_id,
             pool_file: base.join(raw.pool_file),
             data_dir: base.join(raw.data_dir),

@@ -36,6 +36,8 @@ pub enum StartError {
     Pool(#[from] pool::PoolStartError),
     #[error("{0}")]
     Security(String),
+    #[error(transparent)]
+    Master(#[from] crate::master::MasterStartError),
 }
 
 /// A started server: its address, and the task serving it.
@@ -95,6 +97,8 @@ where
     F: Future<Output = std::io::Result<(L, SocketAddr)>>,
 {
     let pool_key = config.read_pool_key()?;
+    let today = tessera_core::CivilDate::from_unix_ms(seams.clock.unix_ms());
+    crate::master::check_at_start(&config, today)?;
     if config.recover_pool {
         let unix_ms = seams.clock.unix_ms();
         pool::recovery::set_log_aside(seams.disk.as_ref(), &config.data_dir, unix_ms)?;

@@ -210,3 +210,142 @@ async fn hostid_says_whence_and_a_server_config_cannot_claim_one() {
     .failure()
     .mentions(&["can no longer be set in its config", "tessera master init"]);
 }
+
+/// Enrols a master for server `M` of `fixture` on `MASTER_HOST` with N = 3
+/// and certificates (slot leases) of a minute, longer than any wait here: its key made by `tessera master init`
+/// in the server's data directory, the vendor's master license file beside
+/// it. Returns the file's path and the slot code's text (`[[license]]`).
+async fn enrol_master(fixture: &Fixture) -> (std::path::PathBuf, String) {
+    let data = fixture.path().join("server-M").join("data");
+    let init = tessera_env(
+        &on_host(MASTER_HOST),
+        [
+            "master".as_ref(),
+            "init".as_ref(),
+            "--data-dir".as_ref(),
+            data.as_os_str(),
+        ],
+    )
+    .await
+    .success();
+    let public_key = field(&init.stdout, "public key: ");
+    let license = fixture.path().join("master.toml");
+    let secret = fixture.secret_key();
+    tessera([
+        "license",
+        "sign",
+        "--master",
+        "--key",
+        secret.to_str().unwrap(),
+        "--vid",
+        "acme-vid-1",
+        "--servers",
+        "3",
+        "--hostid",
+        MASTER_HOST,
+        "--master-key",
+        &public_key,
+        "--certificate-lifetime-s",
+        "4",
+        "--expiry",
+        "2099-12-31",
+        "--out",
+        license.to_str().unwrap(),
+    ])
+    .await
+    .success();
+    let text = std::fs::read_to_string(&license).unwrap();
+    let slots = text[text.find("[[license]]").expect("a slot code")..].to_string();
+    (license, slots)
+}
+
+fn master_spec(slots: String, host: &str) -> ServerSpec {
+    let mut spec = ServerSpec::new(slots);
+    spec.server_id = "M".into();
+    spec.config_top = "master_license_file = \"../master.toml\"\n".into();
+    spec.env = on_host(host)
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    spec
+}
+
+/// The master's pool counts the lendings: N slots of `vid:<VID>`, the
+/// (N+1)th refused, a clean check-in frees one at once, and a restart of
+/// the master forgets none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_master_lends_its_vid_to_at_most_n_and_a_restart_forgets_none() {
+    let fixture = Fixture::new().await;
+    let (_, slots) = enrol_master(&fixture).await;
+    let mut master = fixture.server(master_spec(slots, MASTER_HOST));
+    master.start(StartMode::NewPool).await;
+    master.wait_state("serving").await;
+
+    let mut grants = Vec::new();
+    for n in 1..=3 {
+        let body = checkout_body(&format!("production-{n}"), "vid:acme-vid-1", 1);
+        grants.push(master.post("/v1/checkout", &body).await.ok());
+    }
+    let fourth = checkout_body("production-4", "vid:acme-vid-1", 1);
+    master
+        .post("/v1/checkout", &fourth)
+        .await
+        .refused(409, "no_seats_available");
+
+    // Production server 1 stops cleanly: its slot is free at once.
+    let first = &grants[0];
+    let checkin = serde_json::json!({
+        "grant_id": first["grant_id"], "client_id": "production-1", "proof": first["proof"],
+    });
+    master.post("/v1/checkin", &checkin).await.ok();
+    master.post("/v1/checkout", &fourth).await.ok();
+
+    // The master dies and comes back: the three lendings are still held.
+    master.kill();
+    master.start(StartMode::Plain).await;
+    let status = master.wait_state("serving").await;
+    assert_eq!(in_use(&status, "vid:acme-vid-1"), 3, "{status:#?}");
+    let fifth = checkout_body("production-5", "vid:acme-vid-1", 1);
+    master
+        .post("/v1/checkout", &fifth)
+        .await
+        .refused(409, "no_seats_available");
+}
+
+/// The master refuses to start on another host (its data directory copied
+/// there), and with a license whose N the customer raised.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_master_does_not_start_on_another_host_or_with_a_changed_license() {
+    let fixture = Fixture::new().await;
+    let (license, slots) = enrol_master(&fixture).await;
+    let elsewhere = fixture.server(master_spec(slots, OTHER_HOST));
+    let config = elsewhere.config.clone();
+    tessera_env(
+        &on_host(OTHER_HOST),
+        [
+            "server".as_ref(),
+            "--config".as_ref(),
+            config.as_os_str(),
+            "--new-pool".as_ref(),
+        ],
+    )
+    .await
+    .failure()
+    .mentions(&[&format!("bound to host {MASTER_HOST}"), OTHER_HOST]);
+
+    let text = std::fs::read_to_string(&license).unwrap();
+    std::fs::write(&license, text.replacen("servers = 3", "servers = 30", 1)).unwrap();
+    // On the licensed host itself now (the config is the same server's).
+    tessera_env(
+        &on_host(MASTER_HOST),
+        [
+            "server".as_ref(),
+            "--config".as_ref(),
+            config.as_os_str(),
+            "--new-pool".as_ref(),
+        ],
+    )
+    .await
+    .failure()
+    .mentions(&["bad signature"]);
+}
