@@ -246,7 +246,7 @@ async fn enrol_master(fixture: &Fixture) -> (std::path::PathBuf, String) {
         "--master-key",
         &public_key,
         "--certificate-lifetime-s",
-        "4",
+        "60",
         "--expiry",
         "2099-12-31",
         "--out",
