@@ -298,6 +298,7 @@ mod tests {
                 uptime_ms: 1,
                 grace_remaining_ms: None,
                 hostid: "mid-1".into(),
+                vid: None,
             },
             servers: vec![PeerStatus {
                 id: "A".into(),

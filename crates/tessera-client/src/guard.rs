@@ -627,6 +627,7 @@ mod tests {
             converted: false,
             proof: Proof("proof-of-g-1".to_string()),
             holding: None,
+            certificate: None,
         }
     }
 

@@ -149,6 +149,27 @@ pub struct Grant {
     /// it has no other. Absent from servers that do not hand over.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub holding: Option<Holding>,
+    /// From a master server (seed 003), on a grant of its VID's slots: the
+    /// VID certificate that lends the VID to the holder for `lease_ms`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate: Option<VidCertificate>,
+}
+
+/// A VID certificate as a master sends it: the fields and the master key's
+/// signature over their canonical form (PROTOCOL.md, "Master licenses and
+/// VID certificates"). The holder checks it against the master license.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VidCertificate {
+    pub vid: String,
+    pub master_license: String,
+    pub server_id: String,
+    pub instance: String,
+    pub serial: u64,
+    pub issued_unix_ms: i64,
+    pub lifetime_ms: u64,
+    pub master_key_id: String,
+    pub signature: String,
 }
 
 /// Where a grant's copy is held, as its server answered it: the server,
@@ -384,6 +405,24 @@ pub struct ServerStatus {
     /// Milliseconds left in the grace period, when `state` is `grace`.
     pub grace_remaining_ms: Option<u64>,
     pub hostid: String,
+    /// On a production server bound to a VID (seed 003): whether it holds
+    /// a valid certificate, and why not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vid: Option<VidStatus>,
+}
+
+/// A production server's hold on its VID.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VidStatus {
+    pub vid: String,
+    /// True while a certificate checked and has not lapsed.
+    pub held: bool,
+    /// Milliseconds the certificate stays valid without renewal.
+    pub valid_for_ms: u64,
+    /// The master server that renewed it last.
+    pub master: Option<String>,
+    /// Why the VID is not held (or what last went wrong).
+    pub reason: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -55,6 +55,13 @@ pub struct App {
     pub(crate) quota_renewals: Mutex<crate::quota::QuotaRenewals>,
     /// The pool's shared key: proves grants to their holders (`service`).
     pub(crate) pool_key: tessera_core::PoolKey,
+    /// On a master server (seed 003): signs the certificates of its VID.
+    pub(crate) master: Option<crate::master::MasterSigner>,
+    /// On a production server bound to a VID: where its certificate stands.
+    pub(crate) vid: Mutex<Option<crate::vid::VidHold>>,
+    /// Told when the VIDs this server may serve change, so the license
+    /// table is evaluated again (`background::follow_control`).
+    pub(crate) identity_changed: tokio::sync::Notify,
 }
 
 impl App {
@@ -101,7 +108,53 @@ impl App {
             .pool()
             .map(|p| p.codes.as_slice())
             .unwrap_or_default();
-        LicenseTable::evaluate(codes, &self.vendors, &self.hostid, today)
+        let vids: Vec<String> = self
+            .vid
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter(|hold| hold.held())
+            .map(|hold| hold.vid.clone())
+            .collect();
+        let identity = tessera_core::Identity {
+            hostid: &self.hostid,
+            vids: &vids,
+        };
+        LicenseTable::evaluate_for(codes, &self.vendors, identity, today)
+    }
+
+    /// Records where the VID stands; the license table follows.
+    pub(crate) fn set_vid(
+        &self,
+        valid_until: Option<tokio::time::Instant>,
+        master: Option<String>,
+        reason: Option<String>,
+    ) {
+        let changed = {
+            let mut vid = self.vid.lock().unwrap_or_else(|p| p.into_inner());
+            let Some(hold) = vid.as_mut() else {
+                return;
+            };
+            let was_held = hold.held();
+            if let Some(reason) = &reason {
+                if hold.reason.as_ref() != Some(reason) {
+                    tracing::warn!("VID {}: {reason}", hold.vid);
+                }
+            } else if !was_held {
+                tracing::info!(
+                    "VID {}: certificate from {}",
+                    hold.vid,
+                    master.as_deref().unwrap_or("a master")
+                );
+            }
+            hold.valid_until = valid_until;
+            hold.master = master.or(hold.master.take());
+            hold.reason = reason;
+            was_held != hold.held()
+        };
+        if changed {
+            self.identity_changed.notify_one();
+        }
     }
 }
 

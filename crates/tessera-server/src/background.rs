@@ -48,8 +48,14 @@ pub(crate) fn follow_control(app: &Arc<App>, grace: bool, config: &ServerConfig)
                     written_sequence = sequence;
                 }
             }
-            if applied.changed().await.is_err() {
-                return;
+            tokio::select! {
+                changed = applied.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                }
+                // The VIDs this server may serve changed (`crate::vid`).
+                () = app.identity_changed.notified() => {}
             }
         }
     });

@@ -6,6 +6,11 @@
 //! data_dir = "data"           # relative to this file; holds the grant store
 //! pool_key_file = "pool.key"  # relative to this file; the pool's shared key
 //! # master_license_file = "master.toml" # a master server's license (seed 003)
+//!
+//! [vid]                       # optional: a production server bound to a VID (seed 003)
+//! masters = ["master.example:27000"]
+//! license_files = ["master.toml"]  # the masters' licenses, to check certificates
+//! ca_file = "master-ca.pem"   # the masters' pool CA
 //! # listen = "0.0.0.0:27000"  # default: this server's address in the pool file
 //! # (no `hostid`: a server's hostid is always its machine's own, `tessera hostid`)
 //!
@@ -60,6 +65,33 @@ struct ConfigText {
     security: SecurityText,
     pool_key_file: Option<PathBuf>,
     master_license_file: Option<PathBuf>,
+    vid: Option<VidText>,
+}
+
+/// `[vid]`: a production server bound to a VID (seed 003).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct VidText {
+    masters: Vec<String>,
+    license_files: Vec<PathBuf>,
+    #[serde(default)]
+    ca_file: Option<PathBuf>,
+    #[serde(default)]
+    plain_http: bool,
+}
+
+/// A production server's VID: where its masters are and what they are.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VidConfig {
+    /// `host:port` of the master servers (one master, or a master pool).
+    pub masters: Vec<String>,
+    /// The master licenses the certificates are checked against (one per
+    /// master), all for the same VID.
+    pub license_files: Vec<PathBuf>,
+    /// The CA of the masters' TLS certificates (their pool's `ca.pem`).
+    pub ca_file: Option<PathBuf>,
+    /// Plain HTTP to the masters: loopback demos and tests only.
+    pub plain_http: bool,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -270,6 +302,8 @@ pub struct ServerConfig {
     /// Set on a master server (seed 003): its master license file, checked
     /// at start (`crate::master::check_at_start`).
     pub master_license_file: Option<PathBuf>,
+    /// Set on a production server bound to a VID (`crate::vid`).
+    pub vid: Option<VidConfig>,
 }
 
 /// What a config without `pool_key_file` is told.
@@ -327,6 +361,12 @@ impl ServerConfig {
         Ok(ServerConfig {
             pool_key_file: base.join(pool_key_file),
             master_license_file: raw.master_license_file.map(|path| base.join(path)),
+            vid: raw.vid.map(|vid| VidConfig {
+                masters: vid.masters,
+                license_files: vid.license_files.iter().map(|p| base.join(p)).collect(),
+                ca_file: vid.ca_file.map(|p| base.join(p)),
+                plain_http: vid.plain_http,
+            }),
             server_id: raw.server_id,
             pool_file: base.join(raw.pool_file),
             data_dir: base.join(raw.data_dir),

@@ -28,6 +28,7 @@ pub mod service;
 mod start;
 mod status;
 pub mod store;
+pub mod vid;
 
 pub use crate::app::App;
 pub use crate::config::ServerConfig;

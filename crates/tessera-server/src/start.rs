@@ -38,6 +38,8 @@ pub enum StartError {
     Security(String),
     #[error(transparent)]
     Master(#[from] crate::master::MasterStartError),
+    #[error(transparent)]
+    Vid(#[from] crate::vid::VidStartError),
 }
 
 /// A started server: its address, and the task serving it.
@@ -48,6 +50,8 @@ pub struct Running {
 
 /// The installed copy of the pool file in the data directory.
 pub(crate) const INSTALLED_POOL_FILE: &str = "installed-pool.toml";
+/// Longest wait at a clean stop for the VID's slot to be checked in.
+const VID_RELEASE_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
 /// Longest wait at start for the local pool log to be applied again.
 const REPLAY_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
@@ -98,7 +102,11 @@ where
 {
     let pool_key = config.read_pool_key()?;
     let today = tessera_core::CivilDate::from_unix_ms(seams.clock.unix_ms());
-    crate::master::check_at_start(&config, today)?;
+    let master = crate::master::check_at_start(&config, today, seams.clock.unix_ms())?;
+    let vid = match &config.vid {
+        Some(vid) => Some(crate::vid::setup(vid, &config.server_id, &config.vendors)?),
+        None => None,
+    };
     if config.recover_pool {
         let unix_ms = seams.clock.unix_ms();
         pool::recovery::set_log_aside(seams.disk.as_ref(), &config.data_dir, unix_ms)?;
@@ -139,11 +147,12 @@ where
             store,
             pool,
             pool_key,
+            master,
         },
         own_entry.address,
     ));
     background::follow_control(&app, lost_store, &config);
-    let done = tokio::spawn(serve(app, listener, config, shutdown));
+    let done = tokio::spawn(serve(app, listener, config, vid, shutdown));
     tracing::info!("listening on {address}");
     Ok(Running { address, done })
 }
@@ -218,6 +227,7 @@ struct Parts {
     store: Store,
     pool: Arc<Pool>,
     pool_key: tessera_core::PoolKey,
+    master: Option<crate::master::MasterSigner>,
 }
 
 impl App {
@@ -227,6 +237,7 @@ impl App {
             store,
             pool,
             pool_key,
+            master,
         } = parts;
         App {
             issuer: Mutex::new(issuer),
@@ -254,6 +265,9 @@ impl App {
             seats_changed: tokio::sync::watch::Sender::new(0),
             quota_renewals: Mutex::new(Default::default()),
             pool_key,
+            vid: std::sync::Mutex::new(None),
+            identity_changed: tokio::sync::Notify::new(),
+            master,
         }
     }
 }
@@ -282,11 +296,22 @@ async fn serve<L>(
     app: Arc<App>,
     listener: L,
     config: ServerConfig,
+    vid: Option<crate::vid::VidSetup>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) where
     L: axum::serve::Listener<Addr = SocketAddr>,
 {
     let pool = app.pool.clone();
+    let vid_stop = Arc::new(tokio::sync::Notify::new());
+    let vid_holder = vid.map(|setup| {
+        *app.vid.lock().unwrap_or_else(|p| p.into_inner()) = Some(crate::vid::VidHold {
+            vid: setup.vid.clone(),
+            valid_until: None,
+            master: None,
+            reason: Some("asking the masters for a certificate".into()),
+        });
+        tokio::spawn(crate::vid::hold(app.clone(), setup, vid_stop.clone()))
+    });
     let background = [
         background::spawn_sweeps(app.clone(), config.clone()),
         tokio::spawn(pool.clone().bootstrap()),
@@ -304,6 +329,11 @@ async fn serve<L>(
         .await
     {
         tracing::error!("server stopped: {err}");
+    }
+    if let Some(holder) = vid_holder {
+        // A clean stop gives the VID's slot back at once.
+        vid_stop.notify_one();
+        let _ = tokio::time::timeout(VID_RELEASE_WAIT, holder).await;
     }
     for task in background {
         task.abort();

@@ -58,6 +58,12 @@ impl App {
                     _ => None,
                 },
                 hostid: self.hostid.clone(),
+                vid: self
+                    .vid
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .as_ref()
+                    .map(crate::vid::VidHold::status),
             },
             servers: peers,
             features,

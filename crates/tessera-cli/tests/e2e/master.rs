@@ -349,3 +349,107 @@ async fn a_master_does_not_start_on_another_host_or_with_a_changed_license() {
     .failure()
     .mentions(&["bad signature"]);
 }
+
+fn vid_held(status: &tessera_proto::StatusResponse) -> bool {
+    status.server.vid.as_ref().is_some_and(|vid| vid.held)
+}
+
+fn cad_limit(status: &tessera_proto::StatusResponse) -> u32 {
+    status
+        .features
+        .iter()
+        .find(|f| f.feature == "cad")
+        .map_or(0, |f| f.hard_limit)
+}
+
+/// Seed 003 end to end: a master with N = 3, four production servers whose
+/// `cad` code is bound to the VID. Three get certificates and serve `cad`;
+/// the fourth is refused and serves nothing; one stops cleanly and the
+/// fourth takes its slot at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_production_servers_hold_the_vid_and_a_fourth_waits_for_a_slot() {
+    let fixture = Fixture::new().await;
+    let (license, slots) = enrol_master(&fixture).await;
+    let mut master = fixture.server(master_spec(slots, MASTER_HOST));
+    master.start(StartMode::NewPool).await;
+    master.wait_state("serving").await;
+
+    let cad = fixture
+        .sign("[[license]]\nfeature = \"cad\"\nseats = 5\nexpiry = \"permanent\"\nhostid = \"vid:acme-vid-1\"\n")
+        .await;
+    let mut production = Vec::new();
+    for id in ["P1", "P2", "P3", "P4"] {
+        let mut spec = ServerSpec::new(cad.clone());
+        spec.server_id = id.into();
+        spec.config_tables = format!(
+            "[vid]\nmasters = [\"{}\"]\nlicense_files = [\"{}\"]\nca_file = \"{}\"\n",
+            master.address,
+            license.display(),
+            master.credentials.ca_file().display()
+        );
+        let mut server = fixture.server(spec);
+        server.start(StartMode::NewPool).await;
+        production.push(server);
+    }
+    // Every one has asked: three hold the VID, one was refused.
+    let mut statuses = Vec::new();
+    for server in &mut production {
+        statuses.push(
+            server
+                .poll("an answer from the master", SERVER_READY_TIMEOUT, |s| {
+                    s.server.vid.as_ref().is_some_and(|vid| {
+                        vid.held
+                            || vid
+                                .reason
+                                .as_deref()
+                                .is_some_and(|r| r.contains("no certificate"))
+                    })
+                })
+                .await,
+        );
+    }
+    let holders: Vec<usize> = (0..4).filter(|&i| vid_held(&statuses[i])).collect();
+    assert_eq!(holders.len(), 3, "{statuses:#?}");
+    let waiting = (0..4).find(|i| !holders.contains(i)).unwrap();
+    let refusal = statuses[waiting].server.vid.clone().unwrap();
+    assert!(
+        refusal
+            .reason
+            .as_deref()
+            .unwrap_or("")
+            .contains("no_seats_available"),
+        "{refusal:?}"
+    );
+    assert_eq!(in_use(&master.status().await, "vid:acme-vid-1"), 3);
+
+    // The holders serve the VID's code; the one without a certificate does not.
+    let holder = holders[0];
+    let status = production[holder]
+        .poll("cad served", SERVER_READY_TIMEOUT, |s| cad_limit(s) == 5)
+        .await;
+    assert_eq!(cad_limit(&status), 5);
+    production[holder]
+        .post("/v1/checkout", &checkout_body("program-1", "cad", 1))
+        .await
+        .ok();
+    assert_eq!(cad_limit(&production[waiting].status().await), 0);
+    let answer = production[waiting]
+        .post("/v1/checkout", &checkout_body("program-2", "cad", 1))
+        .await;
+    assert_ne!(answer.status, 200, "{answer:?}");
+
+    // A holder stops cleanly: its slot is free at once, and the fourth,
+    // asking again every second, holds the VID and serves `cad`.
+    let stopped = holders[1];
+    assert!(production[stopped].terminate().await.success());
+    production[waiting]
+        .poll("the freed slot", SERVER_READY_TIMEOUT, |s| {
+            vid_held(s) && cad_limit(s) == 5
+        })
+        .await;
+    production[waiting]
+        .post("/v1/checkout", &checkout_body("program-2", "cad", 1))
+        .await
+        .ok();
+    assert_eq!(in_use(&master.status().await, "vid:acme-vid-1"), 3);
+}

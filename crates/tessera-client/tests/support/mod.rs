@@ -108,6 +108,7 @@ impl FakeServer {
             converted,
             proof,
             holding: None,
+            certificate: None,
         }
     }
 
@@ -298,6 +299,7 @@ async fn status(State(server): State<Arc<FakeServer>>) -> Json<StatusResponse> {
             uptime_ms: 0,
             grace_remaining_ms: None,
             hostid: "test".to_string(),
+            vid: None,
         },
         servers: Vec::new(),
         features: Vec::new(),

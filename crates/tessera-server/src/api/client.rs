@@ -54,6 +54,7 @@ async fn noop(JsonBody(body): JsonBody<CheckoutRequest>) -> Json<proto::Grant> {
         converted: false,
         proof: proto::Proof("0000000000000000000000000000000000000000000".to_string()),
         holding: None,
+        certificate: None,
     })
 }
 
@@ -62,9 +63,10 @@ async fn checkout(
     JsonBody(body): JsonBody<CheckoutRequest>,
 ) -> Result<Json<proto::Grant>, ApiError> {
     let deadline = Deadline::from(&app, body.answer_within_ms);
+    let holder = Holder::of(&body);
     let request = seat_request(body, 0)?;
     let granted = app.checkout(request, deadline).await?;
-    Ok(Json(wire_grant(&app, granted)))
+    Ok(Json(wire_grant(&app, granted, &holder)))
 }
 
 async fn heartbeat(
@@ -73,6 +75,7 @@ async fn heartbeat(
 ) -> Result<Json<proto::Grant>, ApiError> {
     check_field("grant_id", &body.grant_id)?;
     let deadline = Deadline::from(&app, body.answer_within_ms);
+    let holder = Holder::of(&body.as_checkout());
     let request = seat_request(body.as_checkout(), body.renewal)?;
     let granted = app
         .heartbeat(
@@ -83,7 +86,23 @@ async fn heartbeat(
             deadline,
         )
         .await?;
-    Ok(Json(wire_grant(&app, granted)))
+    Ok(Json(wire_grant(&app, granted, &holder)))
+}
+
+/// Who holds a grant, as a master names them in a VID certificate: the
+/// production server (the request's `user`) and its run (`client_id`).
+struct Holder {
+    server_id: String,
+    instance: String,
+}
+
+impl Holder {
+    fn of(request: &CheckoutRequest) -> Holder {
+        Holder {
+            server_id: request.user.clone(),
+            instance: request.client_id.clone(),
+        }
+    }
 }
 
 async fn checkin(
@@ -124,7 +143,8 @@ async fn status(
     Json(app.status(grants))
 }
 
-/// The grant as the client is told of it; `app` is the server that issued it.
+/// The grant as the client is told of it; `app` is the server that issued
+/// it. A master adds the certificate of its VID to a grant of its slots.
 fn wire_grant(
     app: &App,
     Granted {
@@ -132,8 +152,19 @@ fn wire_grant(
         proof,
         holding,
     }: Granted,
+    holder: &Holder,
 ) -> proto::Grant {
+    let certificate = app.master.as_ref().and_then(|master| {
+        master.certify(
+            &granted.feature,
+            &holder.server_id,
+            &holder.instance,
+            granted.terms.lease_ms,
+            app.clock.unix_ms(),
+        )
+    });
     proto::Grant {
+        certificate,
         proof: proto::Proof(proof.to_string()),
         holding,
         grant_id: granted.grant_id,

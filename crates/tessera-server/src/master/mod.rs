@@ -15,9 +15,14 @@
 pub mod key;
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 
-use tessera_core::master::{MasterError, MasterLicense, MasterLicenseFile};
+use tessera_core::master::{
+    CertificateFields, MasterError, MasterLicense, MasterLicenseFile, MasterSecretKey,
+    VidCertificate, VID_BINDING_PREFIX,
+};
 use tessera_core::CivilDate;
+use tessera_proto as proto;
 
 use crate::config::ServerConfig;
 use crate::hostid::{self, Hostid};
@@ -30,13 +35,97 @@ pub struct MasterStartError {
     pub message: String,
 }
 
+/// What a master signs certificates with: its license and its key.
+pub struct MasterSigner {
+    license: MasterLicense,
+    key: MasterSecretKey,
+    /// The next certificate's serial: from the clock at start, so a restart
+    /// does not repeat serials, then one more per certificate.
+    next_serial: AtomicU64,
+}
+
+impl MasterSigner {
+    /// The feature of the VID's slots, `vid:<VID>`.
+    pub fn slot_feature(&self) -> String {
+        format!("{VID_BINDING_PREFIX}{}", self.license.vid())
+    }
+
+    /// The certificate for a grant of `feature` to `instance` of production
+    /// server `server_id`, valid for the grant's lease; `None` unless
+    /// `feature` is this master's VID.
+    pub fn certify(
+        &self,
+        feature: &str,
+        server_id: &str,
+        instance: &str,
+        lease_ms: u64,
+        unix_ms: i64,
+    ) -> Option<proto::VidCertificate> {
+        if feature != self.slot_feature() {
+            return None;
+        }
+        let fields = CertificateFields {
+            vid: self.license.vid().to_string(),
+            master_license: self.license.id().to_string(),
+            server_id: server_id.to_string(),
+            instance: instance.to_string(),
+            serial: self.next_serial.fetch_add(1, Ordering::Relaxed),
+            issued_unix_ms: unix_ms,
+            lifetime_ms: lease_ms,
+        };
+        match self.key.certify(fields) {
+            Ok(certificate) => Some(wire_certificate(&certificate)),
+            Err(err) => {
+                tracing::warn!("no certificate for `{server_id}` ({instance}): {err}");
+                None
+            }
+        }
+    }
+}
+
+pub fn wire_certificate(certificate: &VidCertificate) -> proto::VidCertificate {
+    let text = certificate.to_text();
+    let f = text.fields;
+    proto::VidCertificate {
+        vid: f.vid,
+        master_license: f.master_license,
+        server_id: f.server_id,
+        instance: f.instance,
+        serial: f.serial,
+        issued_unix_ms: f.issued_unix_ms,
+        lifetime_ms: f.lifetime_ms,
+        master_key_id: text.master_key_id,
+        signature: text.signature,
+    }
+}
+
+pub fn domain_certificate(
+    wire: &proto::VidCertificate,
+) -> Result<VidCertificate, tessera_core::master::CertificateError> {
+    VidCertificate::from_text(&tessera_core::master::VidCertificateText {
+        fields: CertificateFields {
+            vid: wire.vid.clone(),
+            master_license: wire.master_license.clone(),
+            server_id: wire.server_id.clone(),
+            instance: wire.instance.clone(),
+            serial: wire.serial,
+            issued_unix_ms: wire.issued_unix_ms,
+            lifetime_ms: wire.lifetime_ms,
+        },
+        master_key_id: wire.master_key_id.clone(),
+        signature: wire.signature.clone(),
+    })
+}
+
 /// For a server whose config names a master license file: the license,
 /// checked whole (vendor signature, this machine's hostid, expiry, the key
-/// in the data directory, the slot code). `None` for any other server.
+/// in the data directory, the slot code), and the key to sign with. `None`
+/// for any other server.
 pub fn check_at_start(
     config: &ServerConfig,
     today: CivilDate,
-) -> Result<Option<MasterLicense>, MasterStartError> {
+    unix_ms: i64,
+) -> Result<Option<MasterSigner>, MasterStartError> {
     let Some(path) = &config.master_license_file else {
         return Ok(None);
     };
@@ -55,14 +144,13 @@ pub fn check_at_start(
             )))
         }
     };
-    let own_key = key::read(&config.data_dir)
-        .map_err(|err| {
-            refuse(format!(
-                "{err}; run `tessera master init --data-dir {}` on this host first",
-                config.data_dir.display()
-            ))
-        })?
-        .public();
+    let secret = key::read(&config.data_dir).map_err(|err| {
+        refuse(format!(
+            "{err}; run `tessera master init --data-dir {}` on this host first",
+            config.data_dir.display()
+        ))
+    })?;
+    let own_key = secret.public();
     let check = |file: &MasterLicenseFile| -> Result<(), MasterError> {
         file.license
             .check_for_master(&config.vendors, &hostid, today, &own_key)?;
@@ -76,5 +164,9 @@ pub fn check_at_start(
         file.license.fields().servers,
         file.license.id()
     );
-    Ok(Some(file.license))
+    Ok(Some(MasterSigner {
+        license: file.license,
+        key: secret,
+        next_serial: AtomicU64::new(u64::try_from(unix_ms).unwrap_or(0).max(1)),
+    }))
 }

@@ -1,0 +1,253 @@
+//! A production server bound to a VID (seed 003): it holds one slot of its
+//! VID at a master, through the SDK like any program holds a seat, and
+//! serves codes bound to `vid:<VID>` only while the certificate that came
+//! with the slot checks and has not lapsed.
+//!
+//! The certificate is valid for the slot's lease, measured from when this
+//! server sent the request that got it (the SDK's `valid_until`). The
+//! master's pool frees a silent holder's slot only after that lease has
+//! certainly run out on the holder's clock, so the master never lends more
+//! slots than its license's N that are valid at one instant. A clean stop
+//! checks the slot in, which frees it at once.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tessera_client::{Client, ClientConfig, ClientTls, SeatGuard, SeatState};
+use tessera_core::master::{MasterLicense, MasterLicenseFile};
+use tessera_proto as proto;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use crate::config::VidConfig;
+use crate::App;
+
+/// Pause before asking the masters again after a refusal or a lost slot.
+const RETRY_PAUSE: Duration = Duration::from_secs(1);
+
+/// Why a production server does not start.
+#[derive(Debug, thiserror::Error)]
+#[error("[vid]: {0}")]
+pub struct VidStartError(String);
+
+/// What the holder needs: the VID, the licenses its certificates chain to,
+/// and a client of the masters.
+pub struct VidSetup {
+    pub vid: String,
+    licenses: Vec<MasterLicense>,
+    client: Client,
+    instance: String,
+}
+
+/// Where the VID stands, for the license table and the status.
+#[derive(Clone, Debug)]
+pub struct VidHold {
+    pub vid: String,
+    /// Until when the certificate is valid; `None` when none checks.
+    pub valid_until: Option<Instant>,
+    pub master: Option<String>,
+    pub reason: Option<String>,
+}
+
+impl VidHold {
+    pub fn held(&self) -> bool {
+        self.valid_until.is_some_and(|until| Instant::now() < until)
+    }
+
+    pub fn status(&self) -> proto::VidStatus {
+        let now = Instant::now();
+        proto::VidStatus {
+            vid: self.vid.clone(),
+            held: self.held(),
+            valid_for_ms: self.valid_until.map_or(0, |until| {
+                until.saturating_duration_since(now).as_millis() as u64
+            }),
+            master: self.master.clone(),
+            reason: self.reason.clone(),
+        }
+    }
+}
+
+/// Reads and checks the master licenses of `[vid]` against the trusted
+/// vendor keys: all must check and name one VID.
+pub fn setup(
+    config: &VidConfig,
+    server_id: &str,
+    vendors: &[tessera_core::VendorPublicKey],
+) -> Result<VidSetup, VidStartError> {
+    let refuse = |message: String| VidStartError(message);
+    if config.masters.is_empty() || config.license_files.is_empty() {
+        return Err(refuse(
+            "`masters` and `license_files` each need at least one entry".into(),
+        ));
+    }
+    let mut licenses = Vec::new();
+    for path in &config.license_files {
+        let text = std::fs::read_to_string(path)
+            .map_err(|err| refuse(format!("cannot read {}: {err}", path.display())))?;
+        let file = MasterLicenseFile::parse(&text)
+            .map_err(|err| refuse(format!("{}: {err}", path.display())))?;
+        file.license
+            .verify(vendors)
+            .map_err(|err| refuse(format!("{}: {err}", path.display())))?;
+        licenses.push(file.license);
+    }
+    let vid = licenses[0].vid().to_string();
+    if let Some(other) = licenses.iter().find(|l| l.vid() != vid) {
+        return Err(refuse(format!(
+            "the master licenses name two VIDs, `{vid}` and `{}`; a server holds one",
+            other.vid()
+        )));
+    }
+    let tls = if config.plain_http {
+        ClientTls::Plain
+    } else {
+        let Some(ca_file) = &config.ca_file else {
+            return Err(refuse(
+                "`ca_file` (the masters' pool CA) is missing; set it, or `plain_http = true` on \
+                 loopback"
+                    .into(),
+            ));
+        };
+        let pem = std::fs::read(ca_file)
+            .map_err(|err| refuse(format!("cannot read {}: {err}", ca_file.display())))?;
+        ClientTls::PoolCa(pem)
+    };
+    let instance = format!(
+        "{server_id}.{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..12]
+    );
+    let mut client_config = ClientConfig::new(config.masters.clone());
+    client_config.client_id = instance.clone();
+    client_config.user = server_id.to_string();
+    client_config.tls = tls;
+    let client = Client::new(client_config).map_err(|err| refuse(err.to_string()))?;
+    Ok(VidSetup {
+        vid,
+        licenses,
+        client,
+        instance,
+    })
+}
+
+impl VidSetup {
+    /// The certificate that came with `grant`, checked: from a master whose
+    /// license this server has, for its VID, lent to this very run.
+    fn check(&self, grant: &proto::Grant, server_id: &str) -> Result<(), String> {
+        let Some(wire) = &grant.certificate else {
+            return Err(format!(
+                "master `{}` lent a slot with no certificate; is it a master of VID {}?",
+                grant.server_id, self.vid
+            ));
+        };
+        let certificate = crate::master::domain_certificate(wire)
+            .map_err(|err| format!("the master's certificate is malformed: {err}"))?;
+        let fields = certificate.fields();
+        let license = self
+            .licenses
+            .iter()
+            .find(|license| license.id() == fields.master_license)
+            .ok_or_else(|| {
+                format!(
+                    "the certificate names master license {}, which is not among `license_files`",
+                    fields.master_license
+                )
+            })?;
+        certificate
+            .verify(license)
+            .map_err(|err| format!("the master's certificate does not check: {err}"))?;
+        if fields.vid != self.vid {
+            return Err(format!(
+                "the certificate is for VID {}, not {}",
+                fields.vid, self.vid
+            ));
+        }
+        if fields.server_id != server_id || fields.instance != self.instance {
+            return Err(format!(
+                "the certificate lends the VID to {} ({}), not to this server",
+                fields.server_id, fields.instance
+            ));
+        }
+        if fields.lifetime_ms != grant.lease_ms {
+            return Err("the certificate's lifetime is not its slot's lease".into());
+        }
+        Ok(())
+    }
+}
+
+/// Holds the VID for the server's life; checks the slot in when `stop` is
+/// notified.
+pub(crate) async fn hold(app: Arc<App>, setup: VidSetup, stop: Arc<Notify>) {
+    let feature = format!("{}{}", tessera_core::master::VID_BINDING_PREFIX, setup.vid);
+    loop {
+        let checkout = tokio::select! {
+            answer = setup.client.checkout(&feature, "1.0", 1) => answer,
+            () = stop.notified() => return,
+        };
+        match checkout {
+            Ok(guard) => {
+                if hold_slot(&app, &setup, guard, &stop).await {
+                    return;
+                }
+            }
+            Err(err) => app.set_vid(None, None, Some(format!("no certificate: {err}"))),
+        }
+        tokio::select! {
+            () = tokio::time::sleep(RETRY_PAUSE) => {}
+            () = stop.notified() => return,
+        }
+    }
+}
+
+/// Follows one slot until it is lost; true if told to stop (and checked in).
+async fn hold_slot(app: &App, setup: &VidSetup, guard: SeatGuard, stop: &Notify) -> bool {
+    let mut states = guard.subscribe();
+    loop {
+        let state = states.borrow_and_update().clone();
+        let valid_until = match state {
+            SeatState::Held {
+                server_id,
+                valid_until,
+            } => match setup.check(&guard.grant(), &app.pool.server_id) {
+                Ok(()) => {
+                    app.set_vid(Some(valid_until), Some(server_id), None);
+                    valid_until
+                }
+                Err(reason) => {
+                    app.set_vid(None, Some(server_id), Some(reason));
+                    let _ = guard.release().await;
+                    return false;
+                }
+            },
+            SeatState::Lost { reason } => {
+                app.set_vid(
+                    None,
+                    None,
+                    Some(format!("the certificate was not renewed: {reason}")),
+                );
+                return false;
+            }
+        };
+        let lapse = async {
+            if valid_until > Instant::now() {
+                tokio::time::sleep_until(valid_until).await;
+                // Not renewed in time: the table drops the VID's codes now.
+                app.identity_changed.notify_one();
+            }
+            std::future::pending::<()>().await
+        };
+        tokio::select! {
+            changed = states.changed() => {
+                if changed.is_err() {
+                    return false;
+                }
+            }
+            () = lapse => {}
+            () = stop.notified() => {
+                let _ = guard.release().await;
+                app.set_vid(None, None, Some("the server stopped".into()));
+                return true;
+            }
+        }
+    }
+}
