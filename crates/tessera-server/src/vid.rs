@@ -131,48 +131,59 @@ pub fn setup(
 }
 
 impl VidSetup {
-    /// The certificate that came with `grant`, checked: from a master whose
-    /// license this server has, for its VID, lent to this very run.
     fn check(&self, grant: &proto::Grant, server_id: &str) -> Result<(), String> {
-        let Some(wire) = &grant.certificate else {
-            return Err(format!(
-                "master `{}` lent a slot with no certificate; is it a master of VID {}?",
-                grant.server_id, self.vid
-            ));
-        };
-        let certificate = crate::master::domain_certificate(wire)
-            .map_err(|err| format!("the master's certificate is malformed: {err}"))?;
-        let fields = certificate.fields();
-        let license = self
-            .licenses
-            .iter()
-            .find(|license| license.id() == fields.master_license)
-            .ok_or_else(|| {
-                format!(
-                    "the certificate names master license {}, which is not among `license_files`",
-                    fields.master_license
-                )
-            })?;
-        certificate
-            .verify(license)
-            .map_err(|err| format!("the master's certificate does not check: {err}"))?;
-        if fields.vid != self.vid {
-            return Err(format!(
-                "the certificate is for VID {}, not {}",
-                fields.vid, self.vid
-            ));
-        }
-        if fields.server_id != server_id || fields.instance != self.instance {
-            return Err(format!(
-                "the certificate lends the VID to {} ({}), not to this server",
-                fields.server_id, fields.instance
-            ));
-        }
-        if fields.lifetime_ms != grant.lease_ms {
-            return Err("the certificate's lifetime is not its slot's lease".into());
-        }
-        Ok(())
+        check_certificate(&self.licenses, &self.vid, server_id, &self.instance, grant)
     }
+}
+
+/// The certificate that came with `grant`, checked: from a master whose
+/// license this server has (already checked against the vendor's key), for
+/// its VID, lent to this very run (`server_id`, `instance`), for the
+/// slot's lease.
+fn check_certificate(
+    licenses: &[MasterLicense],
+    vid: &str,
+    server_id: &str,
+    instance: &str,
+    grant: &proto::Grant,
+) -> Result<(), String> {
+    let Some(wire) = &grant.certificate else {
+        return Err(format!(
+            "master `{}` lent a slot with no certificate; is it a master of VID {vid}?",
+            grant.server_id
+        ));
+    };
+    let certificate = crate::master::domain_certificate(wire)
+        .map_err(|err| format!("the master's certificate is malformed: {err}"))?;
+    let fields = certificate.fields();
+    let license = licenses
+        .iter()
+        .find(|license| license.id() == fields.master_license)
+        .ok_or_else(|| {
+            format!(
+                "the certificate names master license {}, which is not among `license_files`",
+                fields.master_license
+            )
+        })?;
+    certificate
+        .verify(license)
+        .map_err(|err| format!("the master's certificate does not check: {err}"))?;
+    if fields.vid != vid {
+        return Err(format!(
+            "the certificate is for VID {}, not {vid}",
+            fields.vid
+        ));
+    }
+    if fields.server_id != server_id || fields.instance != instance {
+        return Err(format!(
+            "the certificate lends the VID to {} ({}), not to this server",
+            fields.server_id, fields.instance
+        ));
+    }
+    if fields.lifetime_ms != grant.lease_ms {
+        return Err("the certificate's lifetime is not its slot's lease".into());
+    }
+    Ok(())
 }
 
 /// Holds the VID for the server's life; checks the slot in when `stop` is
@@ -249,5 +260,120 @@ async fn hold_slot(app: &App, setup: &VidSetup, guard: SeatGuard, stop: &Notify)
                 return true;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tessera_core::master::{
+        CertificateFields, MasterLicenseFields, MasterSecretKey, VidCertificate,
+    };
+    use tessera_core::{CivilDate, Expiry, VendorSecretKey};
+
+    fn master() -> MasterSecretKey {
+        MasterSecretKey::from_seed([9; 32])
+    }
+
+    fn license(vid: &str, key: &MasterSecretKey) -> MasterLicense {
+        let vendor = VendorSecretKey::from_seed("acme", [7; 32]).unwrap();
+        MasterLicense::sign(
+            &vendor,
+            MasterLicenseFields {
+                id: format!("master-{vid}"),
+                vendor: String::new(),
+                vid: vid.into(),
+                servers: 3,
+                master_hostid: "mid-0011223344556677".into(),
+                master_key: key.public(),
+                issued: CivilDate::parse("2026-12-01").unwrap(),
+                expiry: Expiry::parse("permanent").unwrap(),
+                certificate_lifetime_s: 60,
+            },
+        )
+        .unwrap()
+    }
+
+    fn certificate(key: &MasterSecretKey, vid: &str, instance: &str) -> VidCertificate {
+        key.certify(CertificateFields {
+            vid: vid.into(),
+            master_license: "master-v1".into(),
+            server_id: "P1".into(),
+            instance: instance.into(),
+            serial: 7,
+            issued_unix_ms: 1_796_083_200_000,
+            lifetime_ms: 60_000,
+        })
+        .unwrap()
+    }
+
+    fn grant(certificate: Option<proto::VidCertificate>) -> proto::Grant {
+        proto::Grant {
+            grant_id: "g".into(),
+            feature: "vid:v1".into(),
+            count: 1,
+            server_id: "M".into(),
+            lease_ms: 60_000,
+            heartbeat_interval_ms: 15_000,
+            servers: Vec::new(),
+            converted: false,
+            proof: proto::Proof("p".into()),
+            holding: None,
+            certificate,
+        }
+    }
+
+    fn check(grant: &proto::Grant) -> Result<(), String> {
+        check_certificate(&[license("v1", &master())], "v1", "P1", "P1.run", grant)
+    }
+
+    #[test]
+    fn a_certificate_for_this_run_from_a_licensed_master_checks() {
+        let wire = crate::master::wire_certificate(&certificate(&master(), "v1", "P1.run"));
+        check(&grant(Some(wire))).unwrap();
+    }
+
+    /// What a fake or careless master could send: each is refused with its reason.
+    #[test]
+    fn a_forged_misdirected_or_missing_certificate_is_refused() {
+        let mut longer = crate::master::wire_certificate(&certificate(&master(), "v1", "P1.run"));
+        longer.lifetime_ms *= 10;
+        let mut bigger_lease = grant(Some(longer.clone()));
+        bigger_lease.lease_ms = longer.lifetime_ms;
+        let stranger = MasterSecretKey::from_seed([10; 32]);
+        let cases = [
+            (grant(None), "no certificate"),
+            (bigger_lease, "does not check"),
+            (
+                grant(Some(crate::master::wire_certificate(&certificate(
+                    &stranger, "v1", "P1.run",
+                )))),
+                "does not check",
+            ),
+            (
+                grant(Some(crate::master::wire_certificate(&certificate(
+                    &master(),
+                    "v2",
+                    "P1.run",
+                )))),
+                "VID",
+            ),
+            (
+                grant(Some(crate::master::wire_certificate(&certificate(
+                    &master(),
+                    "v1",
+                    "P1.other-run",
+                )))),
+                "not to this server",
+            ),
+        ];
+        for (grant, needle) in cases {
+            let err = check(&grant).unwrap_err();
+            assert!(err.contains(needle), "{err} lacks {needle}");
+        }
+        let mut unknown = crate::master::wire_certificate(&certificate(&master(), "v1", "P1.run"));
+        unknown.master_license = "master-elsewhere".into();
+        let err = check(&grant(Some(unknown))).unwrap_err();
+        assert!(err.contains("not among `license_files`"), "{err}");
     }
 }
