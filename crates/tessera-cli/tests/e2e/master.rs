@@ -5,6 +5,8 @@
 //! test-only override (only honoured with the test fault switch), so the
 //! tests stand for two hosts on one machine.
 
+use std::time::Duration;
+
 use crate::fixture::*;
 
 const MASTER_HOST: &str = "mid-5eed003000000001";
@@ -216,6 +218,11 @@ async fn hostid_says_whence_and_a_server_config_cannot_claim_one() {
 /// in the server's data directory, the vendor's master license file beside
 /// it. Returns the file's path and the slot code's text (`[[license]]`).
 async fn enrol_master(fixture: &Fixture) -> (std::path::PathBuf, String) {
+    enrol_master_for(fixture, 60).await
+}
+
+/// [`enrol_master`] with certificates of `lifetime_s`.
+async fn enrol_master_for(fixture: &Fixture, lifetime_s: u32) -> (std::path::PathBuf, String) {
     let data = fixture.path().join("server-M").join("data");
     let init = tessera_env(
         &on_host(MASTER_HOST),
@@ -246,7 +253,7 @@ async fn enrol_master(fixture: &Fixture) -> (std::path::PathBuf, String) {
         "--master-key",
         &public_key,
         "--certificate-lifetime-s",
-        "60",
+        &lifetime_s.to_string(),
         "--expiry",
         "2099-12-31",
         "--out",
@@ -350,6 +357,34 @@ async fn a_master_does_not_start_on_another_host_or_with_a_changed_license() {
     .mentions(&["bad signature"]);
 }
 
+/// Production servers `ids`, each a pool of one whose `cad` code (5 seats)
+/// is bound to the VID of `master`, started.
+async fn start_production(
+    fixture: &Fixture,
+    master: &Server,
+    license: &std::path::Path,
+    ids: &[&str],
+) -> Vec<Server> {
+    let cad = fixture
+        .sign("[[license]]\nfeature = \"cad\"\nseats = 5\nexpiry = \"permanent\"\nhostid = \"vid:acme-vid-1\"\n")
+        .await;
+    let mut production = Vec::new();
+    for id in ids {
+        let mut spec = ServerSpec::new(cad.clone());
+        spec.server_id = id.to_string();
+        spec.config_tables = format!(
+            "[vid]\nmasters = [\"{}\"]\nlicense_files = [\"{}\"]\nca_file = \"{}\"\n",
+            master.address,
+            license.display(),
+            master.credentials.ca_file().display()
+        );
+        let mut server = fixture.server(spec);
+        server.start(StartMode::NewPool).await;
+        production.push(server);
+    }
+    production
+}
+
 fn vid_held(status: &tessera_proto::StatusResponse) -> bool {
     status.server.vid.as_ref().is_some_and(|vid| vid.held)
 }
@@ -374,23 +409,8 @@ async fn three_production_servers_hold_the_vid_and_a_fourth_waits_for_a_slot() {
     master.start(StartMode::NewPool).await;
     master.wait_state("serving").await;
 
-    let cad = fixture
-        .sign("[[license]]\nfeature = \"cad\"\nseats = 5\nexpiry = \"permanent\"\nhostid = \"vid:acme-vid-1\"\n")
-        .await;
-    let mut production = Vec::new();
-    for id in ["P1", "P2", "P3", "P4"] {
-        let mut spec = ServerSpec::new(cad.clone());
-        spec.server_id = id.into();
-        spec.config_tables = format!(
-            "[vid]\nmasters = [\"{}\"]\nlicense_files = [\"{}\"]\nca_file = \"{}\"\n",
-            master.address,
-            license.display(),
-            master.credentials.ca_file().display()
-        );
-        let mut server = fixture.server(spec);
-        server.start(StartMode::NewPool).await;
-        production.push(server);
-    }
+    let mut production =
+        start_production(&fixture, &master, &license, &["P1", "P2", "P3", "P4"]).await;
     // Every one has asked: three hold the VID, one was refused.
     let mut statuses = Vec::new();
     for server in &mut production {
@@ -452,4 +472,103 @@ async fn three_production_servers_hold_the_vid_and_a_fourth_waits_for_a_slot() {
         .await
         .ok();
     assert_eq!(in_use(&master.status().await, "vid:acme-vid-1"), 3);
+}
+
+/// A holder killed with `kill -9` cannot give its slot back: the master
+/// lends it again only once the dead server's certificate has lapsed (4 s
+/// from its last renewal, at most a heartbeat before the kill), never
+/// while it might still be valid.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_holders_slot_is_lent_again_only_after_its_certificate_lapsed() {
+    let fixture = Fixture::new().await;
+    let (license, slots) = enrol_master_for(&fixture, 4).await;
+    let mut master = fixture.server(master_spec(slots, MASTER_HOST));
+    master.start(StartMode::NewPool).await;
+    master.wait_state("serving").await;
+    let mut production =
+        start_production(&fixture, &master, &license, &["P1", "P2", "P3", "P4"]).await;
+    let mut held = Vec::new();
+    for server in &mut production {
+        let status = server
+            .poll("an answer from the master", SERVER_READY_TIMEOUT, |s| {
+                s.server.vid.as_ref().is_some_and(|vid| {
+                    vid.held
+                        || vid
+                            .reason
+                            .as_deref()
+                            .is_some_and(|r| r.contains("no certificate"))
+                })
+            })
+            .await;
+        held.push(vid_held(&status));
+    }
+    let waiting = held.iter().position(|h| !h).expect("one server waits");
+    let victim = held.iter().position(|h| *h).expect("a holder");
+
+    production[victim].kill();
+    let killed = std::time::Instant::now();
+    // The dead server's certificate was renewed at most a heartbeat (1 s)
+    // before the kill, so it is valid for 3 s more at least.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let early = production[waiting].status().await;
+    assert!(
+        !vid_held(&early),
+        "lent again 1 s after the kill: {early:#?}"
+    );
+    production[waiting]
+        .poll("the dead holder's slot", SERVER_READY_TIMEOUT, vid_held)
+        .await;
+    let after = killed.elapsed();
+    println!("the slot was lent again {after:?} after the kill");
+    assert!(after >= Duration::from_secs(3), "{after:?}");
+}
+
+/// With the master gone for longer than a certificate's life, production
+/// servers stop serving the VID's codes and say why; back, it lends again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_the_master_past_a_certificates_life_the_vids_codes_stop_and_status_says_why() {
+    let fixture = Fixture::new().await;
+    let (license, slots) = enrol_master_for(&fixture, 4).await;
+    let mut master = fixture.server(master_spec(slots, MASTER_HOST));
+    master.start(StartMode::NewPool).await;
+    master.wait_state("serving").await;
+    let mut production = start_production(&fixture, &master, &license, &["P1"]).await;
+    let server = &mut production[0];
+    server
+        .poll("the VID held and cad served", SERVER_READY_TIMEOUT, |s| {
+            vid_held(s) && cad_limit(s) == 5
+        })
+        .await;
+
+    master.kill();
+    let status = server
+        .poll("the certificate to lapse", SERVER_READY_TIMEOUT, |s| {
+            !vid_held(s) && cad_limit(s) == 0
+        })
+        .await;
+    let vid = status.server.vid.clone().unwrap();
+    assert!(
+        vid.reason.as_deref().unwrap_or("").contains("not renewed")
+            || vid
+                .reason
+                .as_deref()
+                .unwrap_or("")
+                .contains("no certificate"),
+        "{vid:?}"
+    );
+    let cad = status.features.iter().find(|f| f.feature == "cad").unwrap();
+    let why = serde_json::to_string(cad).unwrap();
+    assert!(why.contains("holds no valid certificate"), "{why}");
+    let refused = server
+        .post("/v1/checkout", &checkout_body("program-1", "cad", 1))
+        .await;
+    assert_eq!(refused.code(), "license_not_served", "{refused:?}");
+    assert!(refused.message().contains("VID acme-vid-1"), "{refused:?}");
+
+    master.start(StartMode::Plain).await;
+    server
+        .poll("the VID held again", SERVER_READY_TIMEOUT, |s| {
+            vid_held(s) && cad_limit(s) == 5
+        })
+        .await;
 }
