@@ -123,14 +123,15 @@ impl App {
         LicenseTable::evaluate_for(codes, &self.vendors, identity, today)
     }
 
-    /// Records where the VID stands; the license table follows.
+    /// Records where the VID stands; the license table is evaluated again
+    /// (a renewal too: cheap at a renewal every quarter lease).
     pub(crate) fn set_vid(
         &self,
         valid_until: Option<tokio::time::Instant>,
         master: Option<String>,
         reason: Option<String>,
     ) {
-        let changed = {
+        {
             let mut vid = self.vid.lock().unwrap_or_else(|p| p.into_inner());
             let Some(hold) = vid.as_mut() else {
                 return;
@@ -150,11 +151,8 @@ impl App {
             hold.valid_until = valid_until;
             hold.master = master.or(hold.master.take());
             hold.reason = reason;
-            was_held != hold.held()
-        };
-        if changed {
-            self.identity_changed.notify_one();
         }
+        self.identity_changed.notify_one();
     }
 }
 

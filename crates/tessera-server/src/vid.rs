@@ -242,8 +242,13 @@ async fn hold_slot(app: &App, setup: &VidSetup, guard: SeatGuard, stop: &Notify)
         let lapse = async {
             if valid_until > Instant::now() {
                 tokio::time::sleep_until(valid_until).await;
-                // Not renewed in time: the table drops the VID's codes now.
-                app.identity_changed.notify_one();
+                // Not renewed in time: the table drops the VID's codes now,
+                // whatever the SDK says later.
+                app.set_vid(
+                    None,
+                    None,
+                    Some("the certificate lapsed: no master renewed it in time".into()),
+                );
             }
             std::future::pending::<()>().await
         };
