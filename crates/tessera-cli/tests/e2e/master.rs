@@ -294,10 +294,13 @@ async fn a_master_lends_its_vid_to_at_most_n_and_a_restart_forgets_none() {
         grants.push(master.post("/v1/checkout", &body).await.ok());
     }
     let fourth = checkout_body("production-4", "vid:acme-vid-1", 1);
-    master
-        .post("/v1/checkout", &fourth)
-        .await
-        .refused(409, "no_seats_available");
+    let refused = master.post("/v1/checkout", &fourth).await;
+    refused.refused(409, "no_seats_available");
+    // The refusal names the holders, for the administrator to act on.
+    for n in 1..=3 {
+        let holder = format!("e2e (production-{n})");
+        assert!(refused.message().contains(&holder), "{refused:?}");
+    }
 
     // Production server 1 stops cleanly: its slot is free at once.
     let first = &grants[0];
@@ -432,14 +435,12 @@ async fn three_production_servers_hold_the_vid_and_a_fourth_waits_for_a_slot() {
     assert_eq!(holders.len(), 3, "{statuses:#?}");
     let waiting = (0..4).find(|i| !holders.contains(i)).unwrap();
     let refusal = statuses[waiting].server.vid.clone().unwrap();
-    assert!(
-        refusal
-            .reason
-            .as_deref()
-            .unwrap_or("")
-            .contains("no_seats_available"),
-        "{refusal:?}"
-    );
+    let reason = refusal.reason.as_deref().unwrap_or("");
+    assert!(reason.contains("no_seats_available"), "{refusal:?}");
+    for &i in &holders {
+        let id = format!("P{} (P{}.", i + 1, i + 1);
+        assert!(reason.contains(&id), "{id} not in {reason}");
+    }
     assert_eq!(in_use(&master.status().await, "vid:acme-vid-1"), 3);
 
     // The holders serve the VID's code; the one without a certificate does not.

@@ -64,9 +64,41 @@ async fn checkout(
 ) -> Result<Json<proto::Grant>, ApiError> {
     let deadline = Deadline::from(&app, body.answer_within_ms);
     let holder = Holder::of(&body);
+    let feature = body.feature.clone();
     let request = seat_request(body, 0)?;
-    let granted = app.checkout(request, deadline).await?;
+    let granted = app
+        .checkout(request, deadline)
+        .await
+        .map_err(|err| with_slot_holders(&app, &feature, err.into()))?;
     Ok(Json(wire_grant(&app, granted, &holder)))
+}
+
+/// A master's refusal of one of its VID's slots names who holds them (the
+/// production servers and their runs), so the administrator knows which to
+/// stop or revoke.
+fn with_slot_holders(app: &App, feature: &str, err: ApiError) -> ApiError {
+    let Some(master) = &app.master else {
+        return err;
+    };
+    if err.0.code != proto::ErrorCode::NoSeatsAvailable || feature != master.slot_feature() {
+        return err;
+    }
+    let mut holders: Vec<String> = app
+        .issuer()
+        .grants()
+        .filter(|(_, grant)| grant.request.feature == feature)
+        .map(|(_, grant)| format!("{} ({})", grant.request.user, grant.request.client_id))
+        .collect();
+    holders.sort();
+    ApiError(crate::refusal::Refusal::new(
+        err.0.code,
+        format!(
+            "{}; the slots of VID {} are held by {}",
+            err.0.message,
+            feature.trim_start_matches(tessera_core::master::VID_BINDING_PREFIX),
+            holders.join(", ")
+        ),
+    ))
 }
 
 async fn heartbeat(
