@@ -319,6 +319,27 @@ enum MasterCommand {
         #[arg(long, default_value = "master-data")]
         data_dir: PathBuf,
     },
+    /// List a master's slots and the production servers holding them.
+    Status {
+        #[command(flatten)]
+        servers: ServerArgs,
+        /// A token of role `read` or `admin` (the holders are in the grants).
+        #[command(flatten)]
+        token: TokenArgs,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop renewing one production server run's certificates: it stops
+    /// serving the VID's codes at its next renewal (at the latest when its
+    /// certificate lapses), and its slot goes to the next server that asks.
+    Revoke {
+        /// The run, as `tessera master status` names it.
+        instance: String,
+        #[command(flatten)]
+        servers: ServerArgs,
+        #[command(flatten)]
+        token: TokenArgs,
+    },
 }
 
 #[derive(Subcommand)]
@@ -520,6 +541,28 @@ fn run(cli: Cli) -> Result<()> {
         Command::Master {
             command: MasterCommand::Init { data_dir },
         } => master_cmd::init(&data_dir),
+        Command::Master {
+            command:
+                MasterCommand::Status {
+                    servers,
+                    token,
+                    json,
+                },
+        } => {
+            let config = servers.client_config()?;
+            runtime()?.block_on(master_cmd::status(config, token.required()?, json))
+        }
+        Command::Master {
+            command:
+                MasterCommand::Revoke {
+                    instance,
+                    servers,
+                    token,
+                },
+        } => {
+            let config = servers.client_config()?;
+            runtime()?.block_on(master_cmd::revoke(config, token.required()?, &instance))
+        }
         Command::Vendor {
             command: VendorCommand::Keygen { vendor, out },
         } => {

@@ -10,6 +10,7 @@ use tessera_server::hostid::{self, Hostid};
 use tessera_server::master::key;
 
 use crate::license_cmd::today;
+use tessera_client::{Admin, ClientConfig, ClientError};
 
 /// `tessera hostid`: the hostid on standard output, where it comes from on
 /// standard error; a machine without a stable one fails with the reason.
@@ -191,4 +192,94 @@ pub fn show(file: &MasterLicenseFile, json: bool) {
             code.fields().hostid
         );
     }
+}
+
+/// `tessera master status`: the slots of the master's VID and who holds
+/// them (from the master's full status).
+pub async fn status(config: ClientConfig, token: String, json: bool) -> Result<()> {
+    let status = Admin::new(config, token)?.status().await?;
+    let prefix = tessera_core::master::VID_BINDING_PREFIX;
+    let slots: Vec<_> = status
+        .features
+        .iter()
+        .filter(|feature| feature.feature.starts_with(prefix))
+        .collect();
+    if slots.is_empty() {
+        bail!(
+            "server `{}` lends no VID: it is not a master, or its pool file lacks the slot code \
+             of its master license",
+            status.server.id
+        );
+    }
+    let holders: Vec<_> = status
+        .grants
+        .iter()
+        .filter(|grant| grant.feature.starts_with(prefix))
+        .collect();
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "slots": slots.iter().map(|f| serde_json::json!({
+                    "vid": f.feature.trim_start_matches(prefix),
+                    "servers": f.hard_limit,
+                    "in_use": f.hard_limit.saturating_sub(f.pool_available),
+                })).collect::<Vec<_>>(),
+                "holders": holders.iter().map(|g| serde_json::json!({
+                    "vid": g.feature.trim_start_matches(prefix),
+                    "server_id": g.user, "instance": g.client_id, "host": g.host,
+                    "lapses_in_ms": g.expires_in_ms,
+                })).collect::<Vec<_>>(),
+            })
+        );
+        return Ok(());
+    }
+    for feature in &slots {
+        let vid = feature.feature.trim_start_matches(prefix);
+        let held: Vec<_> = holders
+            .iter()
+            .filter(|g| g.feature == feature.feature)
+            .collect();
+        println!(
+            "VID {vid}: {} of {} production servers hold it",
+            held.len(),
+            feature.hard_limit
+        );
+        for grant in held {
+            println!(
+                "  {:<12} run {:<28} lapses in {:.1} s unless renewed",
+                grant.user,
+                grant.client_id,
+                grant.expires_in_ms as f64 / 1000.0
+            );
+        }
+    }
+    Ok(())
+}
+
+/// `tessera master revoke INSTANCE`.
+pub async fn revoke(config: ClientConfig, token: String, instance: &str) -> Result<()> {
+    let revoked = match Admin::new(config, token)?.revoke_instance(instance).await {
+        Ok(revoked) => revoked,
+        Err(ClientError::Rejected { code, message }) => bail!("refused ({code}): {message}"),
+        Err(err) => return Err(err.into()),
+    };
+    let already = if revoked.newly {
+        ""
+    } else {
+        " (it was already)"
+    };
+    match revoked.slot_free_in_ms {
+        Some(ms) => println!(
+            "run {} revoked{already}: its certificate is not renewed, so it stops serving the \
+             VID's codes at its next renewal; its slot comes free in {:.1} s at the latest",
+            revoked.instance,
+            ms as f64 / 1000.0
+        ),
+        None => println!(
+            "run {} revoked{already}: it holds no slot now, and will get none",
+            revoked.instance
+        ),
+    }
+    Ok(())
 }

@@ -4,8 +4,8 @@
 //! change to the next one.
 
 use tessera_proto::{
-    AddLicense, ErrorCode, PoolFileInstalled, PoolFileUpdate, RemoveLicense, SetDistribution,
-    POOL_HEADER,
+    AddLicense, ErrorCode, InstanceRevoked, PoolFileInstalled, PoolFileUpdate, RemoveLicense,
+    RevokeInstance, SetDistribution, POOL_HEADER,
 };
 
 use crate::error::{describe, Failure, FailureKind};
@@ -134,6 +134,40 @@ impl Admin {
             last_error: describe(&failures),
             tried: failures.into_iter().map(|f| f.address).collect(),
         })
+    }
+
+    /// On a master server (seed 003): stops renewing the certificates of
+    /// production server run `instance`.
+    pub async fn revoke_instance(&self, instance: &str) -> Result<InstanceRevoked, ClientError> {
+        let body = RevokeInstance {
+            instance: instance.to_string(),
+        };
+        self.first_answer(
+            |address| self.revoke_on(address, &body),
+            |code| matches!(code, ErrorCode::Internal),
+        )
+        .await
+    }
+
+    async fn revoke_on(
+        &self,
+        address: &str,
+        body: &RevokeInstance,
+    ) -> Result<InstanceRevoked, Failure> {
+        let status: StatusResponse = http::get_json(
+            &self.client,
+            address,
+            "/status",
+            Vec::new(),
+            STATUS_ANSWER_BYTES_MAX,
+        )
+        .await?;
+        let headers = vec![
+            (POOL_HEADER.to_string(), status.pool_id),
+            self.authorization(),
+        ];
+        http::post_json_with_headers(&self.client, address, "/admin/master/revoke", headers, body)
+            .await
     }
 
     /// The change sent to one server, named with the pool's id: the change's

@@ -862,3 +862,23 @@ pub struct PeerReportAck {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub superseded: Vec<SupersededGrant>,
 }
+
+/// `POST /v1/admin/master/revoke` (a master server, seed 003): stop
+/// renewing the certificates of one production server run.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RevokeInstance {
+    /// The run, as a VID certificate and `tessera master status` name it.
+    pub instance: String,
+}
+
+/// The answer to [`RevokeInstance`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstanceRevoked {
+    pub instance: String,
+    /// False when the run had been revoked already.
+    pub newly: bool,
+    /// When its slot comes free: its last certificate's lease still running
+    /// here, in milliseconds; `None` if it holds no slot now.
+    pub slot_free_in_ms: Option<u64>,
+}

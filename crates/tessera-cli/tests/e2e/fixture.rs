@@ -482,7 +482,10 @@ impl Server {
         line.extend(["--server".to_string(), self.address.clone()]);
         line.push("--ca".into());
         line.push(self.credentials.ca_file().display().to_string());
-        if matches!(args.first(), Some(&"admin") | Some(&"status")) {
+        if matches!(
+            args.first(),
+            Some(&"admin") | Some(&"status") | Some(&"master")
+        ) {
             line.push("--token-file".into());
             line.push(self.credentials.admin_token_file().display().to_string());
         }

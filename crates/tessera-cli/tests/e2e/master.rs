@@ -571,3 +571,92 @@ async fn without_the_master_past_a_certificates_life_the_vids_codes_stop_and_sta
         })
         .await;
 }
+
+/// The administrator revokes a run: the master names it in `tessera master
+/// status`, stops renewing its certificate (a restart does not forget), the
+/// run stops serving the VID's codes at its next renewal (at the latest when
+/// its certificate lapses) and says why, and the server that was waiting
+/// takes the slot (hand-over).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_run_stops_at_its_certificates_lapse_and_the_next_takes_the_slot() {
+    let fixture = Fixture::new().await;
+    let (license, slots) = enrol_master_for(&fixture, 4).await;
+    let mut master = fixture.server(master_spec(slots, MASTER_HOST));
+    master.start(StartMode::NewPool).await;
+    master.wait_state("serving").await;
+    let mut production =
+        start_production(&fixture, &master, &license, &["P1", "P2", "P3", "P4"]).await;
+    let mut held = Vec::new();
+    for server in &mut production {
+        let status = server
+            .poll("an answer from the master", SERVER_READY_TIMEOUT, |s| {
+                s.server.vid.as_ref().is_some_and(|vid| {
+                    vid.held
+                        || vid
+                            .reason
+                            .as_deref()
+                            .is_some_and(|r| r.contains("no certificate"))
+                })
+            })
+            .await;
+        held.push(vid_held(&status));
+    }
+    let waiting = held.iter().position(|h| !h).expect("one server waits");
+    let victim = held.iter().position(|h| *h).expect("a holder");
+    let victim_id = format!("P{}", victim + 1);
+
+    let listed = tessera(master.cli(&["master", "status"])).await.success();
+    listed.mentions(&[
+        "VID acme-vid-1: 3 of 3 production servers hold it",
+        &victim_id,
+    ]);
+    let json = tessera(master.cli(&["master", "status", "--json"]))
+        .await
+        .success();
+    let slots: serde_json::Value = serde_json::from_str(&json.stdout).unwrap();
+    let instance = slots["holders"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|h| h["server_id"] == victim_id.as_str())
+        .and_then(|h| h["instance"].as_str())
+        .unwrap_or_else(|| panic!("{victim_id} not among {slots}"))
+        .to_string();
+
+    // A master restart between the revocation and the lapse forgets nothing.
+    tessera(master.cli(&["master", "revoke", &instance]))
+        .await
+        .success()
+        .mentions(&["revoked", "slot comes free in"]);
+    master.kill();
+    master.start(StartMode::Plain).await;
+
+    let status = production[victim]
+        .poll(
+            "the revoked certificate to lapse",
+            SERVER_READY_TIMEOUT,
+            |s| !vid_held(s) && cad_limit(s) == 0,
+        )
+        .await;
+    let reason = status.server.vid.unwrap().reason.unwrap_or_default();
+    assert!(
+        reason.contains("revoked") || reason.contains("lapsed"),
+        "{reason}"
+    );
+    production[waiting]
+        .poll("the revoked run's slot", SERVER_READY_TIMEOUT, |s| {
+            vid_held(s) && cad_limit(s) == 5
+        })
+        .await;
+    // The revoked run asks again, and is refused for good.
+    let status = production[victim]
+        .poll("the master's refusal", SERVER_READY_TIMEOUT, |s| {
+            s.server
+                .vid
+                .as_ref()
+                .and_then(|vid| vid.reason.as_deref())
+                .is_some_and(|r| r.contains("revoked"))
+        })
+        .await;
+    assert!(!vid_held(&status));
+}

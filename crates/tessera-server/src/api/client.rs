@@ -65,12 +65,21 @@ async fn checkout(
     let deadline = Deadline::from(&app, body.answer_within_ms);
     let holder = Holder::of(&body);
     let feature = body.feature.clone();
+    check_not_revoked(&app, &feature, &holder)?;
     let request = seat_request(body, 0)?;
     let granted = app
         .checkout(request, deadline)
         .await
         .map_err(|err| with_slot_holders(&app, &feature, err.into()))?;
     Ok(Json(wire_grant(&app, granted, &holder)))
+}
+
+/// A master lends no slot to, and renews none of, a revoked run.
+fn check_not_revoked(app: &App, feature: &str, holder: &Holder) -> Result<(), ApiError> {
+    match &app.master {
+        Some(master) => Ok(master.check_not_revoked(feature, &holder.instance)?),
+        None => Ok(()),
+    }
 }
 
 /// A master's refusal of one of its VID's slots names who holds them (the
@@ -108,6 +117,7 @@ async fn heartbeat(
     check_field("grant_id", &body.grant_id)?;
     let deadline = Deadline::from(&app, body.answer_within_ms);
     let holder = Holder::of(&body.as_checkout());
+    check_not_revoked(&app, &body.feature, &holder)?;
     let request = seat_request(body.as_checkout(), body.renewal)?;
     let granted = app
         .heartbeat(
@@ -246,7 +256,7 @@ fn seat_request(body: CheckoutRequest, renewal: u64) -> Result<SeatRequest, ApiE
     })
 }
 
-fn check_field(name: &str, value: &str) -> Result<(), ApiError> {
+pub(super) fn check_field(name: &str, value: &str) -> Result<(), ApiError> {
     if value.is_empty() || value.len() > MAX_FIELD_BYTES {
         return Err(api_error(
             ErrorCode::InvalidField,

@@ -13,6 +13,7 @@
 //! license that checks against a trusted vendor key and has not expired.
 
 pub mod key;
+pub mod revoked;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -39,6 +40,8 @@ pub struct MasterStartError {
 pub struct MasterSigner {
     license: MasterLicense,
     key: MasterSecretKey,
+    /// Runs whose certificates are no longer renewed.
+    pub revoked: revoked::Revocations,
     /// The next certificate's serial: from the clock at start, so a restart
     /// does not repeat serials, then one more per certificate.
     next_serial: AtomicU64,
@@ -48,6 +51,25 @@ impl MasterSigner {
     /// The feature of the VID's slots, `vid:<VID>`.
     pub fn slot_feature(&self) -> String {
         format!("{VID_BINDING_PREFIX}{}", self.license.vid())
+    }
+
+    /// Refuses a checkout or renewal of a slot by a revoked run.
+    pub fn check_not_revoked(
+        &self,
+        feature: &str,
+        instance: &str,
+    ) -> Result<(), crate::refusal::Refusal> {
+        if feature == self.slot_feature() && self.revoked.contains(instance) {
+            return Err(crate::refusal::Refusal::new(
+                proto::ErrorCode::LicenseNotServed,
+                format!(
+                    "run `{instance}` was revoked by the master's administrator: its certificate \
+                     for VID {} is not renewed",
+                    self.license.vid()
+                ),
+            ));
+        }
+        Ok(())
     }
 
     /// The certificate for a grant of `feature` to `instance` of production
@@ -123,6 +145,7 @@ pub fn domain_certificate(
 /// for any other server.
 pub fn check_at_start(
     config: &ServerConfig,
+    disk: &dyn crate::seams::Disk,
     today: CivilDate,
     unix_ms: i64,
 ) -> Result<Option<MasterSigner>, MasterStartError> {
@@ -164,9 +187,11 @@ pub fn check_at_start(
         file.license.fields().servers,
         file.license.id()
     );
+    let revoked = revoked::Revocations::load(disk, &config.data_dir).map_err(refuse)?;
     Ok(Some(MasterSigner {
         license: file.license,
         key: secret,
+        revoked,
         next_serial: AtomicU64::new(u64::try_from(unix_ms).unwrap_or(0).max(1)),
     }))
 }
