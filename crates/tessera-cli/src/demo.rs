@@ -17,14 +17,16 @@ use crate::view;
 /// How long the demo waits for a server to answer after starting it.
 const SERVER_READY_TIMEOUT: Duration = Duration::from_secs(15);
 
-struct DemoServer {
-    id: String,
-    address: String,
-    config: PathBuf,
-    log: PathBuf,
-    process: Option<Process>,
+pub(crate) struct DemoServer {
+    pub(crate) id: String,
+    pub(crate) address: String,
+    pub(crate) config: PathBuf,
+    pub(crate) log: PathBuf,
+    pub(crate) process: Option<Process>,
     /// Trusts the pool CA.
-    http: Http,
+    pub(crate) http: Http,
+    /// Extra environment of the server process.
+    pub(crate) env: Vec<(String, String)>,
 }
 
 /// What the demo's clients and administrator hold: the pool CA and the
@@ -55,16 +57,17 @@ impl DemoServer {
         self.wait_ready().await
     }
 
-    fn spawn(&mut self) -> Result<()> {
+    pub(crate) fn spawn(&mut self) -> Result<()> {
         let exe = std::env::current_exe().context("cannot find the tessera binary")?;
-        let command = tessera_testkit::server_command(&exe, &self.config, &["--new-pool"]);
+        let mut command = tessera_testkit::server_command(&exe, &self.config, &["--new-pool"]);
+        command.envs(self.env.iter().map(|(k, v)| (k, v)));
         let process =
             Process::start(command, &self.log).context("cannot start `tessera server`")?;
         self.process = Some(process);
         Ok(())
     }
 
-    async fn wait_ready(&self) -> Result<()> {
+    pub(crate) async fn wait_ready(&self) -> Result<()> {
         let process = self.process.as_ref().context("the server is not running")?;
         match process
             .wait_status(&self.http, &self.address, SERVER_READY_TIMEOUT, |status| {
@@ -89,14 +92,14 @@ impl DemoServer {
     }
 
     /// SIGTERM, then wait for the exit (killed if it does not come).
-    async fn stop(&mut self) {
+    pub(crate) async fn stop(&mut self) {
         if let Some(process) = self.process.take() {
             process.terminate(Self::STOP_TIMEOUT).await;
         }
     }
 }
 
-fn step(text: &str) {
+pub(crate) fn step(text: &str) {
     println!("\n==> {text}");
 }
 
@@ -147,7 +150,7 @@ pub async fn run(keep: bool, dir: Option<PathBuf>) -> Result<()> {
 
 /// The demo's directory: `dir`, made if missing, or a temporary one that
 /// lives as long as the returned guard.
-fn demo_dir(dir: Option<PathBuf>) -> Result<(PathBuf, Option<tempfile::TempDir>)> {
+pub(crate) fn demo_dir(dir: Option<PathBuf>) -> Result<(PathBuf, Option<tempfile::TempDir>)> {
     match dir {
         Some(dir) => {
             std::fs::create_dir_all(&dir)
@@ -441,6 +444,7 @@ fn write_pool(dir: &Path, codes: &[tessera_core::LicenseCode]) -> Result<(Vec<De
             log: server_dir.join("server.log"),
             process: None,
             http: trust.http(),
+            env: Vec::new(),
         });
     }
     println!(

@@ -4,6 +4,7 @@
 
 mod client_cmd;
 mod demo;
+mod demo_master;
 mod keys;
 mod license_cmd;
 mod master_cmd;
@@ -54,8 +55,12 @@ enum Command {
     /// kill and restart a server, show the status.
     Demo {
         /// Keep serving after the demo and print how to use the pool.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "master")]
         keep: bool,
+        /// Show seed 003 instead: a master server lending a VID to three
+        /// production servers, refusing a fourth, handing over on a stop.
+        #[arg(long)]
+        master: bool,
         /// Directory for keys, licenses and data (default: a temporary one).
         #[arg(long)]
         dir: Option<PathBuf>,
@@ -460,7 +465,10 @@ fn run(cli: Cli) -> Result<()> {
             runtime()?.block_on(tessera_server::run(config, shutdown_signal()))?;
             Ok(())
         }
-        Command::Demo { keep, dir } => runtime()?.block_on(demo::run(keep, dir)),
+        Command::Demo {
+            master: true, dir, ..
+        } => runtime()?.block_on(demo_master::run(dir)),
+        Command::Demo { keep, dir, .. } => runtime()?.block_on(demo::run(keep, dir)),
         Command::Status {
             servers,
             json,

@@ -10,6 +10,32 @@ async fn the_demo_runs_to_completion() {
     assert!(output.stdout.contains("Demo done."), "{output}");
 }
 
+/// Seed 003's demo: three production servers hold the VID, the fourth is
+/// refused with the holders named, and takes a slot when one stops.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_master_demo_lends_three_refuses_a_fourth_and_hands_over() {
+    let output = tessera(["demo", "--master"]).await.success();
+    let text = &output.stdout;
+    assert_eq!(
+        text.matches(": holds VID acme-demo-vid").count(),
+        4,
+        "three holders, then the fourth after the hand-over:\n{output}"
+    );
+    assert_eq!(
+        text.matches(": refused, serves no `cad`").count(),
+        1,
+        "{output}"
+    );
+    for needle in [
+        "the slots of VID acme-demo-vid are held by",
+        "VID acme-demo-vid: 3 of 3 production servers hold it",
+        "stops cleanly and gives its slot back",
+        "Demo done.",
+    ] {
+        assert!(text.contains(needle), "{needle} missing:\n{output}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_prints_json_and_a_table_naming_the_feature_and_the_server() {
     let fixture = Fixture::new().await;
