@@ -154,6 +154,15 @@ impl Admin {
         address: &str,
         body: &RevokeInstance,
     ) -> Result<InstanceRevoked, Failure> {
+        let pool_id = self.pool_id_of(address).await?;
+        let headers = vec![(POOL_HEADER.to_string(), pool_id), self.authorization()];
+        http::post_json_with_headers(&self.client, address, "/admin/master/revoke", headers, body)
+            .await
+    }
+
+    /// The pool `address` belongs to, as its status says: what an admin
+    /// request must name.
+    async fn pool_id_of(&self, address: &str) -> Result<String, Failure> {
         let status: StatusResponse = http::get_json(
             &self.client,
             address,
@@ -162,12 +171,7 @@ impl Admin {
             STATUS_ANSWER_BYTES_MAX,
         )
         .await?;
-        let headers = vec![
-            (POOL_HEADER.to_string(), status.pool_id),
-            self.authorization(),
-        ];
-        http::post_json_with_headers(&self.client, address, "/admin/master/revoke", headers, body)
-            .await
+        Ok(status.pool_id)
     }
 
     /// The change sent to one server, named with the pool's id: the change's
@@ -180,17 +184,7 @@ impl Admin {
     ) -> Result<PoolFileInstalled, Failure> {
         let pool_id = match change {
             AdminChange::PoolFile { pool_id, .. } => pool_id.clone(),
-            _ => {
-                let status: StatusResponse = http::get_json(
-                    &self.client,
-                    address,
-                    "/status",
-                    Vec::new(),
-                    STATUS_ANSWER_BYTES_MAX,
-                )
-                .await?;
-                status.pool_id
-            }
+            _ => self.pool_id_of(address).await?,
         };
         let headers = vec![(POOL_HEADER.to_string(), pool_id), self.authorization()];
         http::post_json_with_headers(&self.client, address, change.path(), headers, body).await

@@ -388,6 +388,47 @@ async fn start_production(
     production
 }
 
+/// A master with N = 3 and four production servers, each of which has
+/// heard from the master: it holds the VID or was refused.
+struct Crowd {
+    master: Server,
+    production: Vec<Server>,
+    statuses: Vec<tessera_proto::StatusResponse>,
+}
+
+impl Crowd {
+    async fn start(fixture: &Fixture, lifetime_s: u32) -> Crowd {
+        let (license, slots) = enrol_master_for(fixture, lifetime_s).await;
+        let mut master = fixture.server(master_spec(slots, MASTER_HOST));
+        master.start(StartMode::NewPool).await;
+        master.wait_state("serving").await;
+        let mut production =
+            start_production(fixture, &master, &license, &["P1", "P2", "P3", "P4"]).await;
+        let mut statuses = Vec::new();
+        for server in &mut production {
+            let answered = |s: &tessera_proto::StatusResponse| {
+                s.server.vid.as_ref().is_some_and(|vid| {
+                    vid.held
+                        || vid
+                            .reason
+                            .as_deref()
+                            .is_some_and(|r| r.contains("no certificate"))
+                })
+            };
+            statuses.push(
+                server
+                    .poll("an answer from the master", SERVER_READY_TIMEOUT, answered)
+                    .await,
+            );
+        }
+        Crowd {
+            master,
+            production,
+            statuses,
+        }
+    }
+}
+
 fn vid_held(status: &tessera_proto::StatusResponse) -> bool {
     status.server.vid.as_ref().is_some_and(|vid| vid.held)
 }
@@ -407,30 +448,12 @@ fn cad_limit(status: &tessera_proto::StatusResponse) -> u32 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_production_servers_hold_the_vid_and_a_fourth_waits_for_a_slot() {
     let fixture = Fixture::new().await;
-    let (license, slots) = enrol_master(&fixture).await;
-    let mut master = fixture.server(master_spec(slots, MASTER_HOST));
-    master.start(StartMode::NewPool).await;
-    master.wait_state("serving").await;
-
-    let mut production =
-        start_production(&fixture, &master, &license, &["P1", "P2", "P3", "P4"]).await;
+    let Crowd {
+        master,
+        mut production,
+        statuses,
+    } = Crowd::start(&fixture, 60).await;
     // Every one has asked: three hold the VID, one was refused.
-    let mut statuses = Vec::new();
-    for server in &mut production {
-        statuses.push(
-            server
-                .poll("an answer from the master", SERVER_READY_TIMEOUT, |s| {
-                    s.server.vid.as_ref().is_some_and(|vid| {
-                        vid.held
-                            || vid
-                                .reason
-                                .as_deref()
-                                .is_some_and(|r| r.contains("no certificate"))
-                    })
-                })
-                .await,
-        );
-    }
     let holders: Vec<usize> = (0..4).filter(|&i| vid_held(&statuses[i])).collect();
     assert_eq!(holders.len(), 3, "{statuses:#?}");
     let waiting = (0..4).find(|i| !holders.contains(i)).unwrap();
@@ -482,27 +505,12 @@ async fn three_production_servers_hold_the_vid_and_a_fourth_waits_for_a_slot() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_holders_slot_is_lent_again_only_after_its_certificate_lapsed() {
     let fixture = Fixture::new().await;
-    let (license, slots) = enrol_master_for(&fixture, 4).await;
-    let mut master = fixture.server(master_spec(slots, MASTER_HOST));
-    master.start(StartMode::NewPool).await;
-    master.wait_state("serving").await;
-    let mut production =
-        start_production(&fixture, &master, &license, &["P1", "P2", "P3", "P4"]).await;
-    let mut held = Vec::new();
-    for server in &mut production {
-        let status = server
-            .poll("an answer from the master", SERVER_READY_TIMEOUT, |s| {
-                s.server.vid.as_ref().is_some_and(|vid| {
-                    vid.held
-                        || vid
-                            .reason
-                            .as_deref()
-                            .is_some_and(|r| r.contains("no certificate"))
-                })
-            })
-            .await;
-        held.push(vid_held(&status));
-    }
+    let Crowd {
+        master: _master,
+        mut production,
+        statuses,
+    } = Crowd::start(&fixture, 4).await;
+    let held: Vec<bool> = statuses.iter().map(vid_held).collect();
     let waiting = held.iter().position(|h| !h).expect("one server waits");
     let victim = held.iter().position(|h| *h).expect("a holder");
 
@@ -580,27 +588,12 @@ async fn without_the_master_past_a_certificates_life_the_vids_codes_stop_and_sta
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_revoked_run_stops_at_its_certificates_lapse_and_the_next_takes_the_slot() {
     let fixture = Fixture::new().await;
-    let (license, slots) = enrol_master_for(&fixture, 4).await;
-    let mut master = fixture.server(master_spec(slots, MASTER_HOST));
-    master.start(StartMode::NewPool).await;
-    master.wait_state("serving").await;
-    let mut production =
-        start_production(&fixture, &master, &license, &["P1", "P2", "P3", "P4"]).await;
-    let mut held = Vec::new();
-    for server in &mut production {
-        let status = server
-            .poll("an answer from the master", SERVER_READY_TIMEOUT, |s| {
-                s.server.vid.as_ref().is_some_and(|vid| {
-                    vid.held
-                        || vid
-                            .reason
-                            .as_deref()
-                            .is_some_and(|r| r.contains("no certificate"))
-                })
-            })
-            .await;
-        held.push(vid_held(&status));
-    }
+    let Crowd {
+        mut master,
+        mut production,
+        statuses,
+    } = Crowd::start(&fixture, 4).await;
+    let held: Vec<bool> = statuses.iter().map(vid_held).collect();
     let waiting = held.iter().position(|h| !h).expect("one server waits");
     let victim = held.iter().position(|h| *h).expect("a holder");
     let victim_id = format!("P{}", victim + 1);
