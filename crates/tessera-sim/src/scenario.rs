@@ -130,13 +130,12 @@ impl Scenario {
         let text = format!(
             "server_id = \"{id}\"\npool_file = \"pool.toml\"\ndata_dir = \"data-{id}\"\n\
              pool_key_file = \"{POOL_KEY_FILE}\"\n\
-             listen = \"0.0.0.0:{PORT}\"\nhostid = \"sim-{host}\"\n\
+             listen = \"0.0.0.0:{PORT}\"\n\
              grace_on_missing_store = true\n\n\
              [[vendors]]\nname = \"{VENDOR}\"\npublic_key = \"{key}\"\n\n\
              [timing]\nclock_drift_percent = {DRIFT_PERCENT}\nelection_jitter_ms = 1\n\n\
              [security]\nplain_http = true\npeer_credential_file = \"{credential_file}\"\n",
             id = server.id,
-            host = server.host,
             key = vendor.to_base64(),
         );
         ServerConfig::parse(&text, dir).expect("the simulator writes a valid config")
