@@ -212,7 +212,8 @@ async fn check_out(trust: &Trust, addresses: &[String]) -> Result<Vec<(String, S
             .await
             .with_context(|| format!("{user} could not check out `{feature}`"))?;
         println!(
-            "  {user:<6} {count} seats of `{feature}` from server {} -> grant {}",
+            "  {user:<6} {count} {} of `{feature}` from server {} -> grant {}",
+            if count == 1 { "seat " } else { "seats" },
             seat.server_id(),
             seat.grant_id()
         );

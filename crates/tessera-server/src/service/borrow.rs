@@ -53,8 +53,9 @@ fn short_of_seats(
 ) -> Refusal {
     let message = match pool_available {
         Some(seats) if seats < count => format!(
-            "{count} seats of `{feature}` requested; the pool can give {seats} now, {here} of \
-             them on this server"
+            "{count} {} of `{feature}` requested; the pool can give {seats} now, {here} of \
+             them on this server",
+            if count == 1 { "seat" } else { "seats" }
         ),
         _ => format!(
             "{}; the other servers could not free enough in time",
