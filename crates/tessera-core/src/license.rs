@@ -64,8 +64,7 @@ pub struct VendorKeyId(String);
 
 impl VendorKeyId {
     pub fn of(key: &VerifyingKey) -> VendorKeyId {
-        let digest = Sha256::digest(key.as_bytes());
-        VendorKeyId(hex::encode(&digest[..8]))
+        VendorKeyId(key_id_hex(key))
     }
     pub fn as_str(&self) -> &str {
         &self.0
@@ -177,7 +176,60 @@ impl VendorSecretKey {
     }
 }
 
-fn decode_32(text: &str) -> Result<[u8; 32], String> {
+/// The first 8 bytes of SHA-256 of a public key, in hex: how a vendor key
+/// and a master key are named.
+pub(crate) fn key_id_hex(key: &VerifyingKey) -> String {
+    let digest = Sha256::digest(key.as_bytes());
+    hex::encode(&digest[..8])
+}
+
+/// Why a signed document's vendor key is not among the trusted ones.
+pub(crate) enum KeyLookup {
+    Unknown,
+    /// The key is trusted, but as another vendor's (named).
+    OtherVendor(String),
+}
+
+/// The trusted key `key_id` names, if it is `vendor`'s.
+pub(crate) fn trusted_key<'a>(
+    trusted: &'a [VendorPublicKey],
+    key_id: &VendorKeyId,
+    vendor: &str,
+) -> Result<&'a VendorPublicKey, KeyLookup> {
+    let key = trusted
+        .iter()
+        .find(|key| key.key_id() == *key_id)
+        .ok_or(KeyLookup::Unknown)?;
+    if key.vendor != vendor {
+        return Err(KeyLookup::OtherVendor(key.vendor.clone()));
+    }
+    Ok(key)
+}
+
+/// A signed document's canonical form: `header`, then `name=value` lines.
+pub(crate) fn canonical(header: &str, lines: &[(&str, String)]) -> String {
+    let mut text = String::with_capacity(512);
+    text.push_str(header);
+    text.push('\n');
+    for (name, value) in lines {
+        text.push_str(name);
+        text.push('=');
+        text.push_str(value);
+        text.push('\n');
+    }
+    text
+}
+
+pub(crate) fn decode_signature(text: &str) -> Result<Signature, String> {
+    let bytes: [u8; 64] = BASE64
+        .decode(text.trim())
+        .map_err(|err| format!("signature is not base64 ({err})"))?
+        .try_into()
+        .map_err(|bytes: Vec<u8>| format!("signature is {} bytes, expected 64", bytes.len()))?;
+    Ok(Signature::from_bytes(&bytes))
+}
+
+pub(crate) fn decode_32(text: &str) -> Result<[u8; 32], String> {
     let bytes = BASE64
         .decode(text.trim())
         .map_err(|err| format!("not base64 ({err})"))?;
@@ -409,37 +461,28 @@ impl LicenseCode {
             ),
             ("lease_s", f.policy.lease_s.to_string()),
         ];
-        let mut text = String::with_capacity(512);
-        text.push_str(CANONICAL_HEADER);
-        text.push('\n');
-        for (name, value) in lines {
-            text.push_str(name);
-            text.push('=');
-            text.push_str(&value);
-            text.push('\n');
-        }
-        text
+        canonical(CANONICAL_HEADER, &lines)
     }
 
     /// Checks the signature against the trusted keys.
     pub fn verify(&self, trusted: &[VendorPublicKey]) -> Result<(), LicenseError> {
-        let key = trusted
-            .iter()
-            .find(|key| key.key_id() == self.key_id)
-            .ok_or_else(|| LicenseError::UnknownVendorKey {
-                id: self.fields.id.clone(),
-                feature: self.fields.feature.clone(),
-                vendor: self.fields.vendor.clone(),
-                key_id: self.key_id.to_string(),
-            })?;
-        if key.vendor != self.fields.vendor {
-            return Err(LicenseError::VendorMismatch {
-                id: self.fields.id.clone(),
-                vendor: self.fields.vendor.clone(),
-                key_id: self.key_id.to_string(),
-                key_vendor: key.vendor.clone(),
-            });
-        }
+        let key =
+            trusted_key(trusted, &self.key_id, &self.fields.vendor).map_err(
+                |lookup| match lookup {
+                    KeyLookup::Unknown => LicenseError::UnknownVendorKey {
+                        id: self.fields.id.clone(),
+                        feature: self.fields.feature.clone(),
+                        vendor: self.fields.vendor.clone(),
+                        key_id: self.key_id.to_string(),
+                    },
+                    KeyLookup::OtherVendor(key_vendor) => LicenseError::VendorMismatch {
+                        id: self.fields.id.clone(),
+                        vendor: self.fields.vendor.clone(),
+                        key_id: self.key_id.to_string(),
+                        key_vendor,
+                    },
+                },
+            )?;
         key.key
             .verify(self.canonical_form().as_bytes(), &self.signature)
             .map_err(|_| LicenseError::BadSignature {
@@ -493,17 +536,11 @@ impl LicenseCode {
         };
         fields.validate()?;
         check_name("key_id", &text.key_id).map_err(invalid)?;
-        let signature_bytes: [u8; 64] = BASE64
-            .decode(text.signature.trim())
-            .map_err(|err| invalid(format!("signature is not base64 ({err})")))?
-            .try_into()
-            .map_err(|bytes: Vec<u8>| {
-                invalid(format!("signature is {} bytes, expected 64", bytes.len()))
-            })?;
+        let signature = decode_signature(&text.signature).map_err(invalid)?;
         let code = LicenseCode {
             fields,
             key_id: VendorKeyId(text.key_id.clone()),
-            signature: Signature::from_bytes(&signature_bytes),
+            signature,
         };
         // Values written differently from their canonical spelling (`1.00` for
         // `1.0`) would sign one text and show another; refuse them.

@@ -21,11 +21,11 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
 use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 use crate::date::{CivilDate, Expiry};
 use crate::license::{
-    HostBinding, LicenseCode, LicenseCodeText, Policy, UnsignedCode, VendorKeyId, VendorPublicKey,
+    canonical, decode_32, decode_signature, key_id_hex, trusted_key, HostBinding, KeyLookup,
+    LicenseCode, LicenseCodeText, Policy, UnsignedCode, VendorKeyId, VendorPublicKey,
     VendorSecretKey,
 };
 use crate::names::check_name;
@@ -148,8 +148,7 @@ pub struct MasterKeyId(String);
 
 impl MasterKeyId {
     pub fn of(key: &VerifyingKey) -> MasterKeyId {
-        let digest = Sha256::digest(key.as_bytes());
-        MasterKeyId(hex::encode(&digest[..8]))
+        MasterKeyId(key_id_hex(key))
     }
     pub fn as_str(&self) -> &str {
         &self.0
@@ -494,22 +493,22 @@ impl MasterLicense {
     /// Checks the vendor's signature against the trusted vendor keys.
     pub fn verify(&self, trusted: &[VendorPublicKey]) -> Result<(), MasterError> {
         let id = self.fields.id.clone();
-        let key = trusted
-            .iter()
-            .find(|key| key.key_id() == self.key_id)
-            .ok_or_else(|| MasterError::UnknownVendorKey {
-                id: id.clone(),
-                vendor: self.fields.vendor.clone(),
-                key_id: self.key_id.to_string(),
-            })?;
-        if key.vendor != self.fields.vendor {
-            return Err(MasterError::VendorMismatch {
-                id,
-                vendor: self.fields.vendor.clone(),
-                key_id: self.key_id.to_string(),
-                key_vendor: key.vendor.clone(),
-            });
-        }
+        let key =
+            trusted_key(trusted, &self.key_id, &self.fields.vendor).map_err(
+                |lookup| match lookup {
+                    KeyLookup::Unknown => MasterError::UnknownVendorKey {
+                        id: id.clone(),
+                        vendor: self.fields.vendor.clone(),
+                        key_id: self.key_id.to_string(),
+                    },
+                    KeyLookup::OtherVendor(key_vendor) => MasterError::VendorMismatch {
+                        id: id.clone(),
+                        vendor: self.fields.vendor.clone(),
+                        key_id: self.key_id.to_string(),
+                        key_vendor,
+                    },
+                },
+            )?;
         key.key
             .verify(self.canonical_form().as_bytes(), &self.signature)
             .map_err(|_| MasterError::BadSignature { id })
@@ -754,37 +753,6 @@ impl VidCertificate {
 /// The VID a code's `hostid` binds it to, if it is `vid:<VID>`.
 pub fn vid_of_binding(hostid: &str) -> Option<&str> {
     hostid.strip_prefix(VID_BINDING_PREFIX)
-}
-
-fn canonical(header: &str, lines: &[(&str, String)]) -> String {
-    let mut text = String::with_capacity(512);
-    text.push_str(header);
-    text.push('\n');
-    for (name, value) in lines {
-        text.push_str(name);
-        text.push('=');
-        text.push_str(value);
-        text.push('\n');
-    }
-    text
-}
-
-fn decode_32(text: &str) -> Result<[u8; 32], String> {
-    let bytes = BASE64
-        .decode(text.trim())
-        .map_err(|err| format!("not base64 ({err})"))?;
-    bytes
-        .try_into()
-        .map_err(|bytes: Vec<u8>| format!("{} bytes, expected 32", bytes.len()))
-}
-
-fn decode_signature(text: &str) -> Result<Signature, String> {
-    let bytes: [u8; 64] = BASE64
-        .decode(text.trim())
-        .map_err(|err| format!("signature is not base64 ({err})"))?
-        .try_into()
-        .map_err(|bytes: Vec<u8>| format!("signature is {} bytes, expected 64", bytes.len()))?;
-    Ok(Signature::from_bytes(&bytes))
 }
 
 #[cfg(test)]
