@@ -149,6 +149,7 @@ where
             pool,
             pool_key,
             master,
+            vid: vid.as_ref().map(crate::vid::VidHold::asking),
         },
         own_entry.address,
     ));
@@ -229,6 +230,8 @@ struct Parts {
     pool: Arc<Pool>,
     pool_key: tessera_core::PoolKey,
     master: Option<crate::master::MasterSigner>,
+    /// A production server's VID, before any master answered.
+    vid: Option<crate::vid::VidHold>,
 }
 
 impl App {
@@ -239,6 +242,7 @@ impl App {
             pool,
             pool_key,
             master,
+            vid,
         } = parts;
         App {
             issuer: Mutex::new(issuer),
@@ -266,7 +270,7 @@ impl App {
             seats_changed: tokio::sync::watch::Sender::new(0),
             quota_renewals: Mutex::new(Default::default()),
             pool_key,
-            vid: std::sync::Mutex::new(None),
+            vid: std::sync::Mutex::new(vid),
             identity_changed: tokio::sync::Notify::new(),
             master,
         }
@@ -304,15 +308,8 @@ async fn serve<L>(
 {
     let pool = app.pool.clone();
     let vid_stop = Arc::new(tokio::sync::Notify::new());
-    let vid_holder = vid.map(|setup| {
-        *app.vid.lock().unwrap_or_else(|p| p.into_inner()) = Some(crate::vid::VidHold {
-            vid: setup.vid.clone(),
-            valid_until: None,
-            master: None,
-            reason: Some("asking the masters for a certificate".into()),
-        });
-        tokio::spawn(crate::vid::hold(app.clone(), setup, vid_stop.clone()))
-    });
+    let vid_holder =
+        vid.map(|setup| tokio::spawn(crate::vid::hold(app.clone(), setup, vid_stop.clone())));
     let background = [
         background::spawn_sweeps(app.clone(), config.clone()),
         tokio::spawn(pool.clone().bootstrap()),

@@ -50,6 +50,16 @@ pub struct VidHold {
 }
 
 impl VidHold {
+    /// The VID of `setup`, not held yet: the masters are being asked.
+    pub fn asking(setup: &VidSetup) -> VidHold {
+        VidHold {
+            vid: setup.vid.clone(),
+            valid_until: None,
+            master: None,
+            reason: Some("asking the masters for a certificate".into()),
+        }
+    }
+
     pub fn held(&self) -> bool {
         self.valid_until.is_some_and(|until| Instant::now() < until)
     }

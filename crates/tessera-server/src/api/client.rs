@@ -116,9 +116,10 @@ async fn heartbeat(
 ) -> Result<Json<proto::Grant>, ApiError> {
     check_field("grant_id", &body.grant_id)?;
     let deadline = Deadline::from(&app, body.answer_within_ms);
-    let holder = Holder::of(&body.as_checkout());
-    check_not_revoked(&app, &body.feature, &holder)?;
-    let request = seat_request(body.as_checkout(), body.renewal)?;
+    let checkout = body.as_checkout();
+    let holder = Holder::of(&checkout);
+    check_not_revoked(&app, &checkout.feature, &holder)?;
+    let request = seat_request(checkout, body.renewal)?;
     let granted = app
         .heartbeat(
             body.grant_id,

@@ -42,6 +42,8 @@ pub struct MasterSigner {
     key: MasterSecretKey,
     /// Runs whose certificates are no longer renewed.
     pub revoked: revoked::Revocations,
+    /// The feature of the VID's slots, `vid:<VID>`.
+    slot_feature: String,
     /// The next certificate's serial: from the clock at start, so a restart
     /// does not repeat serials, then one more per certificate.
     next_serial: AtomicU64,
@@ -49,8 +51,8 @@ pub struct MasterSigner {
 
 impl MasterSigner {
     /// The feature of the VID's slots, `vid:<VID>`.
-    pub fn slot_feature(&self) -> String {
-        format!("{VID_BINDING_PREFIX}{}", self.license.vid())
+    pub fn slot_feature(&self) -> &str {
+        &self.slot_feature
     }
 
     /// Refuses a checkout or renewal of a slot by a revoked run.
@@ -189,6 +191,7 @@ pub fn check_at_start(
     );
     let revoked = revoked::Revocations::load(disk, &config.data_dir).map_err(refuse)?;
     Ok(Some(MasterSigner {
+        slot_feature: format!("{VID_BINDING_PREFIX}{}", file.license.vid()),
         license: file.license,
         key: secret,
         revoked,
