@@ -19,51 +19,28 @@ fn on_host(hostid: &str) -> [(&str, &str); 2] {
     ]
 }
 
-/// The value after `label` on the line that starts with it.
-fn field(text: &str, label: &str) -> String {
-    text.lines()
-        .find_map(|line| line.strip_prefix(label))
-        .map(|rest| rest.split_whitespace().next().unwrap_or("").to_string())
-        .unwrap_or_else(|| panic!("no `{label}` line in:\n{text}"))
+/// `tessera master init --data-dir DATA` on the master's host.
+async fn master_init(data: &std::path::Path) -> Output {
+    tessera_env(
+        &on_host(MASTER_HOST),
+        [
+            "master".as_ref(),
+            "init".as_ref(),
+            "--data-dir".as_ref(),
+            data.as_os_str(),
+        ],
+    )
+    .await
+    .success()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_vendor_signs_a_master_license_for_what_master_init_printed() {
-    let fixture = Fixture::new().await;
-    let data = fixture.path().join("master-data");
-    let init = tessera_env(
-        &on_host(MASTER_HOST),
-        [
-            "master".as_ref(),
-            "init".as_ref(),
-            "--data-dir".as_ref(),
-            data.as_os_str(),
-        ],
-    )
-    .await
-    .success();
-    init.mentions(&["mode 0600", "tessera license sign --master"]);
-    let public_key = field(&init.stdout, "public key: ");
-    assert_eq!(field(&init.stdout, "hostid:     "), MASTER_HOST);
-
-    // Run again, the master keeps its key: a new one would void the license.
-    let again = tessera_env(
-        &on_host(MASTER_HOST),
-        [
-            "master".as_ref(),
-            "init".as_ref(),
-            "--data-dir".as_ref(),
-            data.as_os_str(),
-        ],
-    )
-    .await
-    .success();
-    again.mentions(&["made earlier; kept"]);
-    assert_eq!(field(&again.stdout, "public key: "), public_key);
-
+/// The vendor signs `master.toml` in the fixture's directory: VID
+/// `acme-vid-1` for 3 servers on the master's host, with `public_key`, and
+/// `flags` besides. Returns its path.
+async fn sign_master(fixture: &Fixture, public_key: &str, flags: &[&str]) -> std::path::PathBuf {
     let license = fixture.path().join("master.toml");
     let secret = fixture.secret_key();
-    tessera([
+    let mut args = vec![
         "license",
         "sign",
         "--master",
@@ -76,14 +53,40 @@ async fn the_vendor_signs_a_master_license_for_what_master_init_printed() {
         "--hostid",
         MASTER_HOST,
         "--master-key",
-        &public_key,
+        public_key,
         "--expiry",
         "2099-12-31",
         "--out",
         license.to_str().unwrap(),
-    ])
-    .await
-    .success();
+    ];
+    args.extend_from_slice(flags);
+    tessera(args).await.success();
+    license
+}
+
+/// The value after `label` on the line that starts with it.
+fn field(text: &str, label: &str) -> String {
+    text.lines()
+        .find_map(|line| line.strip_prefix(label))
+        .map(|rest| rest.split_whitespace().next().unwrap_or("").to_string())
+        .unwrap_or_else(|| panic!("no `{label}` line in:\n{text}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_vendor_signs_a_master_license_for_what_master_init_printed() {
+    let fixture = Fixture::new().await;
+    let data = fixture.path().join("master-data");
+    let init = master_init(&data).await;
+    init.mentions(&["mode 0600", "tessera license sign --master"]);
+    let public_key = field(&init.stdout, "public key: ");
+    assert_eq!(field(&init.stdout, "hostid:     "), MASTER_HOST);
+
+    // Run again, the master keeps its key: a new one would void the license.
+    let again = master_init(&data).await;
+    again.mentions(&["made earlier; kept"]);
+    assert_eq!(field(&again.stdout, "public key: "), public_key);
+
+    let license = sign_master(&fixture, &public_key, &[]).await;
     tessera(["license", "show", license.to_str().unwrap()])
         .await
         .success()
@@ -214,9 +217,10 @@ async fn hostid_says_whence_and_a_server_config_cannot_claim_one() {
 }
 
 /// Enrols a master for server `M` of `fixture` on `MASTER_HOST` with N = 3
-/// and certificates (slot leases) of a minute, longer than any wait here: its key made by `tessera master init`
-/// in the server's data directory, the vendor's master license file beside
-/// it. Returns the file's path and the slot code's text (`[[license]]`).
+/// and certificates (slot leases) of a minute, longer than any wait here:
+/// its key made by `tessera master init` in the server's data directory,
+/// the vendor's master license file beside it. Returns the file's path and
+/// the slot code's text (`[[license]]`).
 async fn enrol_master(fixture: &Fixture) -> (std::path::PathBuf, String) {
     enrol_master_for(fixture, 60).await
 }
@@ -224,43 +228,14 @@ async fn enrol_master(fixture: &Fixture) -> (std::path::PathBuf, String) {
 /// [`enrol_master`] with certificates of `lifetime_s`.
 async fn enrol_master_for(fixture: &Fixture, lifetime_s: u32) -> (std::path::PathBuf, String) {
     let data = fixture.path().join("server-M").join("data");
-    let init = tessera_env(
-        &on_host(MASTER_HOST),
-        [
-            "master".as_ref(),
-            "init".as_ref(),
-            "--data-dir".as_ref(),
-            data.as_os_str(),
-        ],
-    )
-    .await
-    .success();
+    let init = master_init(&data).await;
     let public_key = field(&init.stdout, "public key: ");
-    let license = fixture.path().join("master.toml");
-    let secret = fixture.secret_key();
-    tessera([
-        "license",
-        "sign",
-        "--master",
-        "--key",
-        secret.to_str().unwrap(),
-        "--vid",
-        "acme-vid-1",
-        "--servers",
-        "3",
-        "--hostid",
-        MASTER_HOST,
-        "--master-key",
+    let license = sign_master(
+        fixture,
         &public_key,
-        "--certificate-lifetime-s",
-        &lifetime_s.to_string(),
-        "--expiry",
-        "2099-12-31",
-        "--out",
-        license.to_str().unwrap(),
-    ])
-    .await
-    .success();
+        &["--certificate-lifetime-s", &lifetime_s.to_string()],
+    )
+    .await;
     let text = std::fs::read_to_string(&license).unwrap();
     let slots = text[text.find("[[license]]").expect("a slot code")..].to_string();
     (license, slots)
