@@ -138,58 +138,40 @@ async fn a_master_license_must_name_one_physical_host_and_a_master_key() {
     let secret = fixture.secret_key();
     let key = secret.to_str().unwrap();
     let master_key = "07ONa1LseQgvhk2vISwAH9fqegLD584VTddWqaYp6Bk=";
-    tessera([
-        "license",
-        "sign",
-        "--master",
-        "--key",
-        key,
-        "--vid",
-        "v1",
-        "--servers",
-        "3",
-        "--master-key",
-        master_key,
-    ])
-    .await
-    .failure()
-    .mentions(&["master_hostid is `any`", "one physical host"]);
-    tessera([
-        "license",
-        "sign",
-        "--master",
-        "--key",
-        key,
-        "--vid",
-        "v1",
-        "--servers",
-        "3",
-        "--hostid",
-        MASTER_HOST,
-        "--master-key",
-        "not-a-key",
-    ])
-    .await
-    .failure()
-    .mentions(&["--master-key is the public key `tessera master init` printed"]);
-    tessera([
-        "license",
-        "sign",
-        "--master",
-        "--key",
-        key,
-        "--vid",
-        "v1",
-        "--servers",
-        "0",
-        "--hostid",
-        MASTER_HOST,
-        "--master-key",
-        master_key,
-    ])
-    .await
-    .failure()
-    .mentions(&["servers is 0"]);
+    // Each case: the flags that differ from a good license, and the reason.
+    let cases: [(&[&str], &[&str]); 3] = [
+        (
+            &["--servers", "3", "--master-key", master_key],
+            &["master_hostid is `any`", "one physical host"],
+        ),
+        (
+            &[
+                "--servers",
+                "3",
+                "--hostid",
+                MASTER_HOST,
+                "--master-key",
+                "not-a-key",
+            ],
+            &["--master-key is the public key `tessera master init` printed"],
+        ),
+        (
+            &[
+                "--servers",
+                "0",
+                "--hostid",
+                MASTER_HOST,
+                "--master-key",
+                master_key,
+            ],
+            &["servers is 0"],
+        ),
+    ];
+    for (flags, reasons) in cases {
+        let mut args = vec!["license", "sign", "--master", "--key", key, "--vid", "v1"];
+        args.extend_from_slice(flags);
+        tessera(args).await.failure().mentions(reasons);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
