@@ -77,7 +77,9 @@ pub async fn run(dir: Option<PathBuf>) -> Result<()> {
             master_hostid: master_host.clone(),
             master_key: master_key.public(),
             issued: license_cmd::today(),
-            expiry: Expiry::EndOf(CivilDate::from_unix_ms(unix_ms() + 365 * 24 * 3600 * 1000)),
+            expiry: Expiry::EndOf(CivilDate::from_unix_ms(
+                license_cmd::unix_ms_now() + 365 * 24 * 3600 * 1000,
+            )),
             certificate_lifetime_s: LIFETIME_S,
         },
     )?;
@@ -325,11 +327,4 @@ fn prepend(path: &Path, text: &str) -> Result<()> {
         std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     std::fs::write(path, text.to_string() + &before)
         .with_context(|| format!("cannot write {}", path.display()))
-}
-
-fn unix_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }

@@ -12,11 +12,15 @@ use tessera_core::{
 };
 
 pub fn today() -> CivilDate {
-    let unix_ms = std::time::SystemTime::now()
+    CivilDate::from_unix_ms(unix_ms_now())
+}
+
+/// The machine's clock, in Unix milliseconds (0 before 1970).
+pub fn unix_ms_now() -> i64 {
+    std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
-        .unwrap_or(0);
-    CivilDate::from_unix_ms(unix_ms)
+        .unwrap_or(0)
 }
 
 pub fn sign_one(key: &VendorSecretKey, text: UnsignedText) -> Result<LicenseCode> {
