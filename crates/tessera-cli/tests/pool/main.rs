@@ -667,12 +667,12 @@ async fn snapshots_bring_back_servers_that_missed_purged_log() {
         .join("control-snapshot.json");
     assert!(snapshot.exists(), "the leader keeps a snapshot");
     pool.spawn(lagging);
-    let back = pool
-        .wait_status(lagging, "the lagging server caught up", |s| {
-            s.pool_sequence == 13 && allocations(s) == expected
-        })
-        .await;
-    assert_eq!(back.server.state, "serving");
+    // Caught up first, then serving once its first quota lease is granted.
+    pool.wait_status(lagging, "the lagging server caught up", |s| {
+        s.pool_sequence == 13 && allocations(s) == expected
+    })
+    .await;
+    pool.wait_serving(lagging).await;
     pool.kill(leader);
     pool.spawn(leader);
     pool.wait_status(leader, "the restarted leader has the state", |s| {
