@@ -812,6 +812,12 @@ pub struct PeerReport {
     pub server_id: String,
     /// Seats in use per feature.
     pub in_use: std::collections::BTreeMap<String, u32>,
+    /// Per feature the sender serves only part of the codes of (a pool of
+    /// masters, each serving its own host's slot code): the allocation its
+    /// seats in use require, more than `in_use`. The leader counts this
+    /// instead of `in_use` for what the sender may give away.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub held: std::collections::BTreeMap<String, u32>,
     /// Grants this server checked in, or renewed after another server had
     /// (a fail-over conversion, a fail-back): the leader passes them to
     /// every other server, which drops its stale copy. At most

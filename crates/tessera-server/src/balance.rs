@@ -95,8 +95,7 @@ impl App {
             .map(|(server, seats)| {
                 let held = if server == pool.server_id {
                     SeatsHeld::Counted(own)
-                } else if let Some(in_use) = pool.reported_in_use_since(&server, feature, since_ms)
-                {
+                } else if let Some(in_use) = pool.reported_held_since(&server, feature, since_ms) {
                     SeatsHeld::Counted(in_use)
                 } else if pool.silent_for_ms(&server).is_some_and(|ms| ms >= wait_ms) {
                     SeatsHeld::Counted(0)
@@ -289,15 +288,27 @@ impl App {
             .iter()
             .filter(|server| **server != pool.server_id)
             .filter_map(|server| {
-                let in_use = pool.reported_in_use(server, feature)?;
-                Some((server.clone(), in_use))
+                let held = pool.reported_held(server, feature)?;
+                Some((server.clone(), held))
             })
             .collect();
         let leader_seats = {
             let issuer = self.issuer();
+            let in_use = issuer.usage(feature).map_or(0, |(_, n)| n);
+            let held = issuer.held_allocation(feature, in_use);
+            // Where it serves only part of the codes, what it may give is
+            // its allocation less what its seats in use require.
+            let available = if held == in_use {
+                issuer.available(feature)
+            } else {
+                allocation
+                    .allocation_of(&pool.server_id)
+                    .saturating_sub(held)
+                    .saturating_sub(allocation.reserved(&pool.server_id))
+            };
             LeaderSeats {
-                in_use: issuer.usage(feature).map_or(0, |(_, n)| n),
-                available: issuer.available(feature),
+                in_use: held,
+                available,
             }
         };
         let (threshold_percent, _) = self.borrow_policy(feature);
@@ -357,7 +368,10 @@ impl App {
             let (in_use, grace) = {
                 let issuer = self.issuer();
                 let in_use = issuer.usage(feature).map_or(0, |(_, n)| n);
-                (in_use, issuer.in_grace(now_ms))
+                (
+                    issuer.held_allocation(feature, in_use),
+                    issuer.in_grace(now_ms),
+                )
             };
             // In its grace period a server does not know the seats its
             // clients hold from before it lost its store: every seat of its

@@ -829,6 +829,29 @@ impl Issuer {
         Some((row.allocation, row.in_use + held_aside + cooling))
     }
 
+    /// The allocation of `feature` this server must keep while its clients
+    /// hold `in_use` seats ([`FeatureAllocation::nominal_in_use`]): more
+    /// than `in_use` where it serves only part of the feature's codes.
+    pub fn held_allocation(&self, feature: &str, in_use: u32) -> u32 {
+        let Some(allocation) = self.control.as_ref().and_then(|c| c.allocation(feature)) else {
+            return in_use;
+        };
+        let served = self.licenses.feature(feature).map_or(0, |f| f.hard_limit);
+        allocation.nominal_in_use(&self.server_id, in_use, served)
+    }
+
+    /// For the report: the allocation each feature's seats in use require,
+    /// where it is more than the seats themselves.
+    pub fn held_allocations(&self, in_use: &BTreeMap<String, u32>) -> BTreeMap<String, u32> {
+        in_use
+            .iter()
+            .filter_map(|(feature, &seats)| {
+                let held = self.held_allocation(feature, seats);
+                (held != seats).then(|| (feature.clone(), held))
+            })
+            .collect()
+    }
+
     /// Seats in use per feature, as reported to the leader.
     pub fn in_use_counts(&self) -> BTreeMap<String, u32> {
         let mut counts: BTreeMap<String, u32> = self

@@ -71,13 +71,18 @@ impl App {
     async fn report_for_quota(&self, interval: Duration) -> Next {
         let leader = self.pool.leader_node();
         let sent_ms = self.clock.now_ms();
-        let in_use = self.issuer().in_use_counts();
+        let (in_use, held) = {
+            let issuer = self.issuer();
+            let in_use = issuer.in_use_counts();
+            let held = issuer.held_allocations(&in_use);
+            (in_use, held)
+        };
         let superseded = self.superseded_outbox().take();
         // A report to a leader that stopped answering (SIGSTOP, a cut link)
         // is given up as soon as another leader is known, and the new one is
         // reported to at once.
         let (answer, next) = tokio::select! {
-            answer = self.pool.report(in_use, superseded.clone(), sent_ms) => (answer, Next::OnTick),
+            answer = self.pool.report(in_use, held, superseded.clone(), sent_ms) => (answer, Next::OnTick),
             () = self.pool.leader_changed_from(leader) => {
                 let changed = Refusal::new(
                     ErrorCode::NoLeader,

@@ -146,8 +146,30 @@ impl FeatureAllocation {
         (u64::from(allocation) * u64::from(served_seats) / u64::from(self.nominal_seats)) as u32
     }
 
+    /// The allocation `server` must keep while its clients hold `in_use`
+    /// seats and `served_seats` of the nominal seats are served on it: the
+    /// least allocation whose [`cap`](Self::cap) still covers them. Every
+    /// question of what a server may give away asks this, never `in_use`
+    /// itself: a server that serves only part of the nominal seats (a pool
+    /// of masters, each serving its own host's slot code) issues one seat
+    /// per several seats of allocation, and a donor that gave all but
+    /// `in_use` would hold more than its cap while the recipient's cap grew,
+    /// so the pool could hold more than `served_seats`. A server that serves
+    /// none of them keeps its whole allocation while any seat is held.
+    pub fn nominal_in_use(&self, server: &str, in_use: u32, served_seats: u32) -> u32 {
+        let nominal = self.nominal_seats;
+        if in_use == 0 || served_seats >= nominal || nominal == 0 {
+            return in_use;
+        }
+        if served_seats == 0 {
+            return self.allocation_of(server).max(in_use);
+        }
+        let needed = (u64::from(in_use) * u64::from(nominal)).div_ceil(u64::from(served_seats));
+        u32::try_from(needed).unwrap_or(u32::MAX)
+    }
+
     /// What `server`, with `in_use` seats held by clients (counted or held
-    /// aside), answers to the requests and the target it has: one
+    /// aside, in [nominal](Self::nominal_in_use) seats), answers to the requests and the target it has: one
     /// [`ControlCommand::Release`] per request and a [`ControlCommand::Drain`]
     /// of its excess, each giving only seats no client holds. All name the
     /// same allocation, so at most one of them applies; the server answers

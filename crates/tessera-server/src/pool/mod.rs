@@ -51,6 +51,8 @@ use types::{node_id, NodeId, Raft};
 struct Seen {
     at_ms: u64,
     in_use: BTreeMap<String, u32>,
+    /// The allocation those seats require (`PeerReport::held` over `in_use`).
+    held: BTreeMap<String, u32>,
     /// When the report before this one arrived. A server sends its next
     /// report only once the last is answered, so this report was sent after
     /// that moment.

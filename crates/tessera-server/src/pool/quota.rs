@@ -38,7 +38,7 @@ impl Pool {
         let confirmed = self
             .confirm_leadership(PEER_TIMEOUT, ErrorCode::NoQuorum)
             .await?;
-        self.restore_holders(&report.server_id, &report.in_use)
+        self.restore_holders(&report.server_id, &held_allocations(&report))
             .await;
         let now_ms = self.clock.now_ms();
         let last_log = self.raft.metrics().borrow().last_log_index.unwrap_or(0);
@@ -76,6 +76,7 @@ impl Pool {
             Seen {
                 at_ms: self.clock.now_ms(),
                 in_use: report.in_use.clone(),
+                held: held_allocations(report),
                 previous_at_ms,
             },
         );
@@ -98,12 +99,14 @@ impl Pool {
     pub async fn report(
         &self,
         in_use: BTreeMap<String, u32>,
+        held: BTreeMap<String, u32>,
         superseded: Vec<SupersededGrant>,
         sent_ms: u64,
     ) -> Result<PeerReportAck, Refusal> {
         let report = PeerReport {
             server_id: self.server_id.clone(),
             in_use,
+            held,
             superseded,
             boot: self.boot,
             report: self
@@ -245,15 +248,27 @@ impl Pool {
         }
     }
 
-    /// Leader: the in-use counts of a report `server` sent after `since_ms`.
-    pub fn reported_in_use_since(&self, server: &str, feature: &str, since_ms: u64) -> Option<u32> {
+    /// Leader: the allocation `server`'s seats in use of `feature` require,
+    /// by a report it sent after `since_ms`.
+    pub fn reported_held_since(&self, server: &str, feature: &str, since_ms: u64) -> Option<u32> {
         if !self.is_leader() {
             return None;
         }
         let seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
         seen.get(server)
             .filter(|s| s.sent_since(since_ms))
-            .map(|s| s.in_use.get(feature).copied().unwrap_or(0))
+            .map(|s| s.held.get(feature).copied().unwrap_or(0))
+    }
+
+    /// Leader: the allocation `server`'s seats in use of `feature` require,
+    /// by its last report: what it may not give away.
+    pub fn reported_held(&self, server: &str, feature: &str) -> Option<u32> {
+        if !self.is_leader() {
+            return None;
+        }
+        let seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        seen.get(server)
+            .map(|s| s.held.get(feature).copied().unwrap_or(0))
     }
 
     /// Leader: the in-use counts last reported by `server`.
@@ -273,4 +288,15 @@ impl Seen {
     fn sent_since(&self, since_ms: u64) -> bool {
         self.previous_at_ms.is_some_and(|at_ms| at_ms >= since_ms)
     }
+}
+
+/// A report's seats in use per feature, as the allocation they require:
+/// `held` where the sender named it, `in_use` elsewhere.
+fn held_allocations(report: &PeerReport) -> BTreeMap<String, u32> {
+    let mut held = report.in_use.clone();
+    for (feature, &seats) in &report.held {
+        let entry = held.entry(feature.clone()).or_default();
+        *entry = (*entry).max(seats);
+    }
+    held
 }
