@@ -102,8 +102,7 @@ where
 {
     let pool_key = config.read_pool_key()?;
     let today = tessera_core::CivilDate::from_unix_ms(seams.clock.unix_ms());
-    let master =
-        crate::master::check_at_start(&config, seams.disk.as_ref(), today, seams.clock.unix_ms())?;
+    let master = crate::master::check_at_start(&config, today, seams.clock.unix_ms())?;
     let vid = match &config.vid {
         Some(vid) => Some(crate::vid::setup(vid, &config.server_id, &config.vendors)?),
         None => None,

@@ -81,14 +81,29 @@ pub enum ControlCommand {
         #[serde(default)]
         loosened_before: u64,
     },
+    /// A master's administrator revoked run `instance` of a production
+    /// server (seed 003): no master of the pool renews its certificates.
+    RevokeRun { instance: String },
 }
 
 /// What applying a command did.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ControlOutcome {
-    Installed { sequence: u64 },
-    Moved { seats: u32 },
-    Requested { request_id: u64 },
+    Installed {
+        sequence: u64,
+    },
+    Moved {
+        seats: u32,
+    },
+    Requested {
+        request_id: u64,
+    },
     Cancelled,
-    Refused { reason: String },
+    /// `newly`: the run was not revoked before.
+    Revoked {
+        newly: bool,
+    },
+    Refused {
+        reason: String,
+    },
 }

@@ -30,4 +30,4 @@ mod tests;
 pub use allocation::{FeatureAllocation, MoveCounts, ReleaseRequest};
 pub use commands::{BorrowSource, ControlCommand, ControlOutcome, LOST_MAJORITY};
 pub use refusal::ControlRefusal;
-pub use state::ControlState;
+pub use state::{ControlState, REVOKED_RUNS_MAX};

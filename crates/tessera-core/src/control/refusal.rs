@@ -7,6 +7,8 @@ use crate::pool_file::PoolFileError;
 
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum ControlRefusal {
+    #[error("{max} runs are revoked already, the most a pool records")]
+    TooManyRevoked { max: usize },
     #[error("feature `{feature}` is not in the pool")]
     UnknownFeature { feature: String },
     #[error("server `{server}` is not in the pool")]

@@ -1,7 +1,7 @@
 //! The state every server applies alike, and how each command changes it
 //! (all or nothing, keeping every feature's seats).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
@@ -12,6 +12,9 @@ use super::{
 use crate::distribution::DistributionTable;
 use crate::pool_file::PoolFile;
 
+/// The most runs a pool records as revoked, keeping its snapshots small.
+pub const REVOKED_RUNS_MAX: usize = 10_000;
+
 /// The state every server of the pool holds alike.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct ControlState {
@@ -21,6 +24,10 @@ pub struct ControlState {
     allocations: BTreeMap<String, FeatureAllocation>,
     #[serde(default)]
     next_request_id: u64,
+    /// Runs of production servers whose VID certificates no master of the
+    /// pool renews ([`ControlCommand::RevokeRun`]).
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    revoked_runs: BTreeSet<String>,
 }
 
 impl PartialEq for ControlState {
@@ -28,6 +35,7 @@ impl PartialEq for ControlState {
         self.pool_text == other.pool_text
             && self.allocations == other.allocations
             && self.next_request_id == other.next_request_id
+            && self.revoked_runs == other.revoked_runs
     }
 }
 
@@ -39,6 +47,11 @@ impl ControlState {
 
     pub fn pool_text(&self) -> Option<&str> {
         self.pool_text.as_deref()
+    }
+
+    /// True if run `instance` was revoked (seed 003).
+    pub fn is_revoked(&self, instance: &str) -> bool {
+        self.revoked_runs.contains(instance)
     }
 
     pub fn allocations(&self) -> &BTreeMap<String, FeatureAllocation> {
@@ -226,7 +239,21 @@ impl ControlState {
                 *seats,
                 (*allocation_before, *target_before, *loosened_before),
             ),
+            ControlCommand::RevokeRun { instance } => self.revoke_run(instance),
         }
+    }
+
+    fn revoke_run(&mut self, instance: &str) -> Result<ControlOutcome, ControlRefusal> {
+        if self.revoked_runs.contains(instance) {
+            return Ok(ControlOutcome::Revoked { newly: false });
+        }
+        if self.revoked_runs.len() >= REVOKED_RUNS_MAX {
+            return Err(ControlRefusal::TooManyRevoked {
+                max: REVOKED_RUNS_MAX,
+            });
+        }
+        self.revoked_runs.insert(instance.to_string());
+        Ok(ControlOutcome::Revoked { newly: true })
     }
 
     fn servers_in_order(&self) -> Vec<String> {

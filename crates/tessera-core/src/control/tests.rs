@@ -628,6 +628,40 @@ fn commands_with_unknown_fields_are_refused() {
     assert!(err.contains("unknown field `seats`"), "{err}");
 }
 
+#[test]
+fn a_revoked_run_is_recorded_once_kept_in_snapshots_and_bounded() {
+    let mut state = three_servers("");
+    let revoke = |instance: &str| ControlCommand::RevokeRun {
+        instance: instance.into(),
+    };
+    assert_eq!(
+        state.apply(&revoke("p1.abc")),
+        ControlOutcome::Revoked { newly: true }
+    );
+    assert_eq!(
+        state.apply(&revoke("p1.abc")),
+        ControlOutcome::Revoked { newly: false }
+    );
+    assert!(state.is_revoked("p1.abc") && !state.is_revoked("p2.def"));
+    // A server that catches up from a snapshot knows the revocation too.
+    let mut restored: ControlState =
+        serde_json::from_str(&serde_json::to_string(&state).unwrap()).unwrap();
+    restored.restore_parsed().unwrap();
+    assert!(restored.is_revoked("p1.abc"));
+    assert_eq!(restored, state);
+    for n in 1..REVOKED_RUNS_MAX {
+        state.apply(&revoke(&format!("run{n}")));
+    }
+    let ControlOutcome::Refused { reason } = state.apply(&revoke("one-too-many")) else {
+        panic!("the 10,001st revocation is refused");
+    };
+    assert!(
+        reason.contains("10000 runs are revoked already"),
+        "{reason}"
+    );
+    assert!(!state.is_revoked("one-too-many"));
+}
+
 mod model {
     //! The consent rules against a model of clients: whatever order the
     //! commands commit in, stale or repeated, no server's allocation ever

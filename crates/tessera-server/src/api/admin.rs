@@ -12,8 +12,13 @@ use tessera_proto::{
     RevokeInstance, SetDistribution,
 };
 
+use tessera_core::control::{ControlCommand, ControlOutcome};
+
 use super::{ApiError, JsonBody};
 use crate::pool::admin::AdminChange;
+use crate::pool::network::PEER_TIMEOUT;
+use crate::pool::Forward;
+use crate::refusal::Refusal;
 use crate::App;
 
 pub(super) fn routes() -> Router<Arc<App>> {
@@ -25,14 +30,15 @@ pub(super) fn routes() -> Router<Arc<App>> {
         .route("/v1/admin/master/revoke", post(revoke_instance))
 }
 
-/// A master stops renewing one run's certificates; its slot comes free when
-/// the last one lapses.
+/// The masters of the pool stop renewing one run's certificates; its slot
+/// comes free when the last one lapses. Committed through the pool log, so
+/// every master of a pool refuses the run, and a restart forgets nothing.
 async fn revoke_instance(
     State(app): State<Arc<App>>,
     JsonBody(request): JsonBody<RevokeInstance>,
 ) -> Result<Json<InstanceRevoked>, ApiError> {
-    let Some(master) = &app.master else {
-        return Err(crate::refusal::Refusal::new(
+    if app.master.is_none() {
+        return Err(Refusal::new(
             ErrorCode::NotFound,
             format!(
                 "server `{}` is not a master server (its config names no master_license_file)",
@@ -40,39 +46,69 @@ async fn revoke_instance(
             ),
         )
         .into());
-    };
+    }
     super::client::check_field("instance", &request.instance)?;
-    let newly = master
-        .revoked
-        .revoke(app.disk.as_ref(), &request.instance)
-        .map_err(|err| {
-            crate::refusal::Refusal::new(
+    let forward = Forward {
+        path: "/v1/admin/master/revoke",
+        timeout: PEER_TIMEOUT * 5,
+        unanswered: ErrorCode::NoLeader,
+    };
+    let mut answer = app
+        .pool
+        .at_leader(forward, request, |request| lead_revocation(&app, request))
+        .await?;
+    // The run's slot may be lent by this master rather than the leader.
+    answer.slot_free_in_ms = answer
+        .slot_free_in_ms
+        .max(slot_free_in_ms(&app, &answer.instance));
+    Ok(Json(answer))
+}
+
+/// Leader: commits the revocation.
+async fn lead_revocation(app: &App, request: RevokeInstance) -> Result<InstanceRevoked, Refusal> {
+    let command = ControlCommand::RevokeRun {
+        instance: request.instance.clone(),
+    };
+    let newly = match app.pool.commit(command).await? {
+        ControlOutcome::Revoked { newly } => newly,
+        ControlOutcome::Refused { reason } => {
+            return Err(Refusal::new(ErrorCode::MalformedRequest, reason))
+        }
+        other => {
+            return Err(Refusal::new(
                 ErrorCode::Internal,
-                format!("cannot record the revocation: {err}"),
-            )
-        })?;
-    let feature = master.slot_feature();
-    let now_ms = app.clock.now_ms();
-    let slot_free_in_ms = app
-        .issuer()
-        .grants()
-        .filter(|(_, grant)| {
-            grant.request.feature == feature && grant.request.client_id == request.instance
-        })
-        .map(|(_, grant)| grant.expires_at_ms.saturating_sub(now_ms))
-        .max();
+                format!("the revocation applied as {other:?}"),
+            ))
+        }
+    };
+    let slot_free_in_ms = slot_free_in_ms(app, &request.instance);
     tracing::warn!(
-        "run `{}` revoked: its certificates are not renewed{}",
+        "run `{}` revoked: no master of the pool renews its certificates{}",
         request.instance,
         slot_free_in_ms.map_or(String::new(), |ms| format!(
-            "; its slot comes free in {ms} ms"
+            "; its slot here comes free in {ms} ms"
         ))
     );
-    Ok(Json(InstanceRevoked {
+    Ok(InstanceRevoked {
         instance: request.instance,
         newly,
         slot_free_in_ms,
-    }))
+    })
+}
+
+/// How long the lease of `instance`'s slot still runs on this master, if
+/// it lends it one.
+fn slot_free_in_ms(app: &App, instance: &str) -> Option<u64> {
+    let master = app.master.as_ref()?;
+    let feature = master.slot_feature();
+    let now_ms = app.clock.now_ms();
+    app.issuer()
+        .grants()
+        .filter(|(_, grant)| {
+            grant.request.feature == feature && grant.request.client_id == instance
+        })
+        .map(|(_, grant)| grant.expires_at_ms.saturating_sub(now_ms))
+        .max()
 }
 
 async fn update_pool_file(

@@ -77,7 +77,10 @@ async fn checkout(
 /// A master lends no slot to, and renews none of, a revoked run.
 fn check_not_revoked(app: &App, feature: &str, holder: &Holder) -> Result<(), ApiError> {
     match &app.master {
-        Some(master) => Ok(master.check_not_revoked(feature, &holder.instance)?),
+        Some(master) => {
+            let applied = app.pool.applied.borrow();
+            Ok(master.check_not_revoked(feature, &holder.instance, &applied.state)?)
+        }
         None => Ok(()),
     }
 }

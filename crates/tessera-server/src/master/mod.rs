@@ -13,7 +13,6 @@
 //! license that checks against a trusted vendor key and has not expired.
 
 pub mod key;
-pub mod revoked;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -40,8 +39,6 @@ pub struct MasterStartError {
 pub struct MasterSigner {
     license: MasterLicense,
     key: MasterSecretKey,
-    /// Runs whose certificates are no longer renewed.
-    pub revoked: revoked::Revocations,
     /// The feature of the VID's slots, `vid:<VID>`.
     slot_feature: String,
     /// The next certificate's serial: from the clock at start, so a restart
@@ -55,13 +52,15 @@ impl MasterSigner {
         &self.slot_feature
     }
 
-    /// Refuses a checkout or renewal of a slot by a revoked run.
+    /// Refuses a checkout or renewal of a slot by a run the pool's state
+    /// `control` records as revoked.
     pub fn check_not_revoked(
         &self,
         feature: &str,
         instance: &str,
+        control: &tessera_core::control::ControlState,
     ) -> Result<(), crate::refusal::Refusal> {
-        if feature == self.slot_feature() && self.revoked.contains(instance) {
+        if feature == self.slot_feature() && control.is_revoked(instance) {
             return Err(crate::refusal::Refusal::new(
                 proto::ErrorCode::LicenseNotServed,
                 format!(
@@ -147,7 +146,6 @@ pub fn domain_certificate(
 /// for any other server.
 pub fn check_at_start(
     config: &ServerConfig,
-    disk: &dyn crate::seams::Disk,
     today: CivilDate,
     unix_ms: i64,
 ) -> Result<Option<MasterSigner>, MasterStartError> {
@@ -189,12 +187,10 @@ pub fn check_at_start(
         file.license.fields().servers,
         file.license.id()
     );
-    let revoked = revoked::Revocations::load(disk, &config.data_dir).map_err(refuse)?;
     Ok(Some(MasterSigner {
         slot_feature: format!("{VID_BINDING_PREFIX}{}", file.license.vid()),
         license: file.license,
         key: secret,
-        revoked,
         next_serial: AtomicU64::new(u64::try_from(unix_ms).unwrap_or(0).max(1)),
     }))
 }
