@@ -421,6 +421,7 @@ fn write_pool(dir: &Path, codes: &[tessera_core::LicenseCode]) -> Result<(Vec<De
         servers: specs.clone(),
         vendor_keys: vec![dir.join("acme.pub")],
         out: out.clone(),
+        production_token: false,
     })?;
     let trust = Trust {
         ca_pem: std::fs::read(out.join("ca.pem"))?,

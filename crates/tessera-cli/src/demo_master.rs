@@ -128,10 +128,12 @@ pub async fn run(dir: Option<PathBuf>) -> Result<()> {
         append(
             &pool.server.config,
             &format!(
-                "\n[vid]\nmasters = [\"{}\"]\nlicense_files = [\"{}\"]\nca_file = \"{}\"\n",
+                "\n[vid]\nmasters = [\"{}\"]\nlicense_files = [\"{}\"]\nca_file = \"{}\"\n\
+                 token_file = \"{}\"\n",
                 master.server.address,
                 license_path.display(),
-                master.out.join("ca.pem").display()
+                master.out.join("ca.pem").display(),
+                master.out.join("production.token").display()
             ),
         )?;
         pool.server.spawn()?;
@@ -205,6 +207,8 @@ fn write_pool(dir: &Path, id: &str, vendor_key: &Path) -> Result<DemoPool> {
         }],
         vendor_keys: vec![vendor_key.to_path_buf()],
         out: out.clone(),
+        // The master's production servers hold its VID's slots with it.
+        production_token: id == "M",
     })?;
     let ca_pem = std::fs::read(out.join("ca.pem"))?;
     let server_dir = out.join(id);

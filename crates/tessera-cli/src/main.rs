@@ -169,6 +169,11 @@ enum PoolCommand {
         /// Where to write it all (must not hold a pool already).
         #[arg(long, default_value = "pool")]
         out: PathBuf,
+        /// Also make `production.token` (role `production`): for a pool of
+        /// master servers, the token its production servers hold VID slots
+        /// with (`token_file` of their [vid]).
+        #[arg(long)]
+        production_token: bool,
     },
     /// Make the certificate and credential of a server joining a pool made
     /// by `init` (needs its ca.key), and print its pool file entry.
@@ -596,12 +601,14 @@ fn run(cli: Cli) -> Result<()> {
                     servers,
                     vendor_keys,
                     out,
+                    production_token,
                 },
         } => pool_cmd::init(pool_cmd::InitArgs {
             pool_id,
             servers,
             vendor_keys,
             out,
+            production_token,
         }),
         Command::Pool {
             command:

@@ -7,6 +7,8 @@
 //!   (the pool CA's secret: keep it offline; it signs the certificates of
 //!   servers added later);
 //! - `admin.token` and `read.token`: the administrators' bearer tokens;
+//!   with `--production-token`, `production.token` too: a master pool's
+//!   production servers hold the VID's slots with it;
 //! - `pool.key`: the pool's shared key, which proves its grants;
 //! - `pool.toml`: the pool file's head, servers (each with the SHA-256 of
 //!   its peer credential) and admins (the tokens' SHA-256);
@@ -64,12 +66,14 @@ pub struct InitArgs {
     pub servers: Vec<ServerSpec>,
     pub vendor_keys: Vec<PathBuf>,
     pub out: PathBuf,
+    /// Also a token of role `production` (a pool of master servers).
+    pub production_token: bool,
 }
 
 /// `tessera pool init`.
 pub fn init(args: InitArgs) -> Result<()> {
     write_pool(&args)?;
-    print_summary(&args.out, &args.servers);
+    print_summary(&args);
     Ok(())
 }
 
@@ -100,7 +104,13 @@ pub fn write_pool(args: &InitArgs) -> Result<()> {
         let credential = make_server(out, &issuer, &args.pool_id, server)?;
         pool_file.push_str(&server_entry(server, &credential));
     }
-    for (name, role) in [("admin", "admin"), ("read", "read")] {
+    let production = args
+        .production_token
+        .then_some(("production", "production"));
+    for (name, role) in [("admin", "admin"), ("read", "read")]
+        .into_iter()
+        .chain(production)
+    {
         let token = secret();
         write_new(&out.join(format!("{name}.token")), token.as_bytes(), true)?;
         pool_file.push_str(&format!(
@@ -234,8 +244,8 @@ fn server_config(id: &str, vendors: &[VendorPublicKey]) -> String {
     text
 }
 
-fn print_summary(out: &Path, servers: &[ServerSpec]) {
-    let out = out.display();
+fn print_summary(args: &InitArgs) {
+    let (out, servers) = (args.out.display(), &args.servers);
     println!("made a secure pool in {out}/:");
     println!("  ca.pem        the pool CA: clients check the servers with it (TESSERA_CA_FILE)");
     println!(
@@ -243,6 +253,9 @@ fn print_summary(out: &Path, servers: &[ServerSpec]) {
     );
     println!("  admin.token   changes the pool (tessera admin --token-file)");
     println!("  read.token    reads the full status, grants and users included");
+    if args.production_token {
+        println!("  production.token  the production servers' token for the VID's slots");
+    }
     println!("  pool.key      the pool's shared key: it proves every grant");
     println!("  pool.toml     the pool file; paste the vendor's license codes into it");
     for server in servers {

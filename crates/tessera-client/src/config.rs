@@ -35,6 +35,10 @@ pub struct ClientConfig {
     /// How the servers are checked: by default, against the pool CA in the
     /// file that `TESSERA_CA_FILE` names.
     pub tls: ClientTls,
+    /// A bearer token of the pool file's `[[admins]]`, sent with every
+    /// checkout, heartbeat and check-in: a master's VID slots are lent only
+    /// to callers with a token of role `production`. `None` for programs.
+    pub token: Option<BearerToken>,
 }
 
 /// The environment variable naming the pool CA file (`ca.pem` of `tessera
@@ -99,6 +103,7 @@ impl ClientConfig {
             request_timeout: REQUEST_TIMEOUT_DEFAULT,
             connect_timeout: CONNECT_TIMEOUT_DEFAULT,
             tls: ClientTls::default(),
+            token: None,
         }
     }
 
@@ -126,12 +131,45 @@ impl ClientConfig {
         ] {
             check_field(name, value).map_err(invalid)?;
         }
+        if let Some(token) = &self.token {
+            if token.0.is_empty()
+                || token.0.len() > MAX_FIELD_BYTES
+                || token.0.contains(char::is_control)
+            {
+                return Err(invalid(
+                    "the bearer token is empty, too long or holds control characters",
+                ));
+            }
+        }
         if self.request_timeout.is_zero() || self.connect_timeout.is_zero() {
             return Err(invalid(
                 "request_timeout and connect_timeout must be longer than zero",
             ));
         }
         Ok(())
+    }
+}
+
+/// A bearer token; its `Debug` form hides it, so a logged configuration
+/// does not leak it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct BearerToken(String);
+
+impl BearerToken {
+    /// The token as read from its file, surrounding whitespace removed.
+    pub fn new(token: &str) -> BearerToken {
+        BearerToken(token.trim().to_string())
+    }
+
+    /// The `Authorization` header that carries it.
+    pub(crate) fn header(&self) -> (String, String) {
+        ("authorization".to_string(), format!("Bearer {}", self.0))
+    }
+}
+
+impl std::fmt::Debug for BearerToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BearerToken(..)")
     }
 }
 
@@ -195,6 +233,24 @@ pub(crate) fn prefix(text: &str, bytes_max: usize) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_token_is_never_printed_and_must_be_one_clean_line() {
+        let mut config = ClientConfig::new(["127.0.0.1:7001"]);
+        config.token = Some(BearerToken::new("  s3cret-token\n"));
+        config.validate().expect("a trimmed token is valid");
+        let printed = format!("{config:?}");
+        assert!(!printed.contains("s3cret"), "{printed}");
+        assert_eq!(
+            config.token.as_ref().unwrap().header().1,
+            "Bearer s3cret-token"
+        );
+        for bad in ["", "two\nlines", &"x".repeat(MAX_FIELD_BYTES + 1)] {
+            config.token = Some(BearerToken::new(&format!("a{bad}")[1..]));
+            let err = config.validate().unwrap_err().to_string();
+            assert!(err.contains("bearer token"), "{bad:?}: {err}");
+        }
+    }
 
     #[test]
     fn defaults_are_valid_and_client_ids_differ() {

@@ -82,7 +82,13 @@ where
     Req: Serialize + ?Sized,
     Resp: DeserializeOwned,
 {
-    post_json_with_headers(client, address, path, Vec::new(), body).await
+    let headers = client
+        .config()
+        .token
+        .iter()
+        .map(crate::config::BearerToken::header)
+        .collect();
+    post_json_with_headers(client, address, path, headers, body).await
 }
 
 /// `POST {API_PREFIX}{path}` with a JSON body and these headers besides its content type.

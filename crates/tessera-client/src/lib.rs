@@ -54,8 +54,8 @@ mod http;
 pub use admin::{Admin, AdminChange};
 pub use client::Client;
 pub use config::{
-    ClientConfig, ClientTls, CA_FILE_ENV, CONNECT_TIMEOUT_DEFAULT, REQUEST_TIMEOUT_DEFAULT,
-    SERVERS_MAX,
+    BearerToken, ClientConfig, ClientTls, CA_FILE_ENV, CONNECT_TIMEOUT_DEFAULT,
+    REQUEST_TIMEOUT_DEFAULT, SERVERS_MAX,
 };
 pub use error::ClientError;
 pub use guard::{

@@ -13,7 +13,7 @@
 //!
 //! [[admins]]           # who may read the status in full, or change the pool
 //! name = "admin"
-//! role = "admin"       # or "read"
+//! role = "admin"       # or "read", or "production" (a master's production servers)
 //! token_sha256 = "…"   # SHA-256 (hex) of the administrator's token
 //!
 //! [distribution.cad]   # optional; none given: even split
@@ -82,10 +82,24 @@ pub struct ServerEntry {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum AdminRole {
+    /// A production server of a master pool (seed 003): may hold a slot of
+    /// the master's VID, and nothing more.
+    Production,
     /// The full status: grants, users, hosts.
     Read,
     /// Everything `Read` allows, and changes to the pool.
     Admin,
+}
+
+impl AdminRole {
+    /// The role as the pool file writes it.
+    pub fn name(self) -> &'static str {
+        match self {
+            AdminRole::Production => "production",
+            AdminRole::Read => "read",
+            AdminRole::Admin => "admin",
+        }
+    }
 }
 
 /// One administrator's credential.

@@ -11,6 +11,7 @@
 //! masters = ["master.example:27000"]
 //! license_files = ["master.toml"]  # the masters' licenses, to check certificates
 //! ca_file = "master-ca.pem"   # the masters' pool CA
+//! token_file = "production.token" # a token of role `production` of the masters' pool
 //! # listen = "0.0.0.0:27000"  # default: this server's address in the pool file
 //! # (no `hostid`: a server's hostid is always its machine's own, `tessera hostid`)
 //!
@@ -77,6 +78,8 @@ struct VidText {
     #[serde(default)]
     ca_file: Option<PathBuf>,
     #[serde(default)]
+    token_file: Option<PathBuf>,
+    #[serde(default)]
     plain_http: bool,
 }
 
@@ -90,6 +93,9 @@ pub struct VidConfig {
     pub license_files: Vec<PathBuf>,
     /// The CA of the masters' TLS certificates (their pool's `ca.pem`).
     pub ca_file: Option<PathBuf>,
+    /// A token of role `production` of the masters' pool: they lend slots
+    /// only to its holders.
+    pub token_file: Option<PathBuf>,
     /// Plain HTTP to the masters: loopback demos and tests only.
     pub plain_http: bool,
 }
@@ -365,6 +371,7 @@ impl ServerConfig {
                 masters: vid.masters,
                 license_files: vid.license_files.iter().map(|p| base.join(p)).collect(),
                 ca_file: vid.ca_file.map(|p| base.join(p)),
+                token_file: vid.token_file.map(|p| base.join(p)),
                 plain_http: vid.plain_http,
             }),
             server_id: raw.server_id,

@@ -123,6 +123,16 @@ pub fn setup(
             .map_err(|err| refuse(format!("cannot read {}: {err}", ca_file.display())))?;
         ClientTls::PoolCa(pem)
     };
+    let Some(token_file) = &config.token_file else {
+        return Err(refuse(
+            "`token_file` is missing: the masters lend slots only to a token of role \
+             `production` of their pool (`production.token` of `tessera pool init \
+             --production-token`)"
+                .into(),
+        ));
+    };
+    let token = std::fs::read_to_string(token_file)
+        .map_err(|err| refuse(format!("cannot read {}: {err}", token_file.display())))?;
     let instance = format!(
         "{server_id}.{}",
         &uuid::Uuid::new_v4().simple().to_string()[..12]
@@ -131,6 +141,7 @@ pub fn setup(
     client_config.client_id = instance.clone();
     client_config.user = server_id.to_string();
     client_config.tls = tls;
+    client_config.token = Some(tessera_client::BearerToken::new(&token));
     let client = Client::new(client_config).map_err(|err| refuse(err.to_string()))?;
     Ok(VidSetup {
         vid,

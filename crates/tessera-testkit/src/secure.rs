@@ -22,7 +22,16 @@ impl Credentials {
         pool_id: &str,
         servers: &[(&str, &str)],
     ) -> Credentials {
-        let mut args = vec!["pool", "init", "--pool-id", pool_id, "--out", "secure"];
+        // Every test pool may serve as a master pool.
+        let mut args = vec![
+            "pool",
+            "init",
+            "--pool-id",
+            pool_id,
+            "--out",
+            "secure",
+            "--production-token",
+        ];
         let specs: Vec<String> = servers
             .iter()
             .map(|(id, address)| format!("{id}={address}"))
@@ -113,6 +122,11 @@ impl Credentials {
             .expect("secure/admin.token")
             .trim()
             .to_string()
+    }
+
+    /// The token file of role `production`.
+    pub fn production_token_file(&self) -> PathBuf {
+        self.dir.join("production.token")
     }
 
     /// The token file of role `read`.

@@ -279,6 +279,92 @@ async fn a_master_lends_its_vid_to_at_most_n_and_a_restart_forgets_none() {
         .refused(409, "no_seats_available");
 }
 
+/// Anyone on the network could hold every slot of the VID and starve the
+/// production servers: a master lends them only to a token of role
+/// `production` (or `admin`) of its pool. Anonymous callers and a `read`
+/// token are refused, the checkout and the renewal alike; other features
+/// stay open to programs. A production server without the token does not
+/// start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_production_servers_hold_the_vids_slots() {
+    let fixture = Fixture::new().await;
+    let (license, slots) = enrol_master(&fixture).await;
+    let app = fixture.sign(&code("app", 2)).await;
+    let mut master = fixture.server(master_spec(slots + &app, MASTER_HOST));
+    master.start(StartMode::NewPool).await;
+    master.wait_state("serving").await;
+    let as_caller = |token: Option<String>| {
+        tessera_testkit::Http::tls(&master.credentials.ca_pem(), token, Duration::from_secs(5))
+    };
+    let read_token = std::fs::read_to_string(master.credentials.read_token_file()).unwrap();
+    let production_token =
+        std::fs::read_to_string(master.credentials.production_token_file()).unwrap();
+    let slot = checkout_body("squatter", "vid:acme-vid-1", 1);
+    for (caller, status, code) in [
+        (None, 401, "unauthenticated"),
+        (Some(read_token.trim().to_string()), 403, "forbidden"),
+    ] {
+        let http = as_caller(caller);
+        let answer = master
+            .send(http.post(&master.address, "/v1/checkout").json(&slot))
+            .await;
+        answer.refused(status, code);
+        assert!(answer.message().contains("role `production`"), "{answer:?}");
+        // A program's feature is still anyone's.
+        let program = checkout_body("program", "app", 1);
+        let answer = master
+            .send(http.post(&master.address, "/v1/checkout").json(&program))
+            .await;
+        assert_eq!(answer.status, 200, "{answer:?}");
+    }
+    let production = as_caller(Some(production_token.trim().to_string()));
+    let grant = master
+        .send(production.post(&master.address, "/v1/checkout").json(&slot))
+        .await
+        .ok();
+    assert!(grant["certificate"].is_object(), "{grant}");
+    // The renewal of a slot needs the token as much as the checkout.
+    let renewal = heartbeat_body(
+        grant["grant_id"].as_str().unwrap(),
+        "squatter",
+        "vid:acme-vid-1",
+        1,
+        grant["proof"].as_str().unwrap(),
+    );
+    master
+        .send(
+            as_caller(None)
+                .post(&master.address, "/v1/heartbeat")
+                .json(&renewal),
+        )
+        .await
+        .refused(401, "unauthenticated");
+    assert_eq!(in_use(&master.status().await, "vid:acme-vid-1"), 1);
+
+    // A production server without the token refuses to start.
+    let cad = fixture
+        .sign("[[license]]\nfeature = \"cad\"\nseats = 5\nexpiry = \"permanent\"\nhostid = \"vid:acme-vid-1\"\n")
+        .await;
+    let mut spec = ServerSpec::new(cad);
+    spec.server_id = "P1".into();
+    spec.config_tables = format!(
+        "[vid]\nmasters = [\"{}\"]\nlicense_files = [\"{}\"]\nca_file = \"{}\"\n",
+        master.address,
+        license.display(),
+        master.credentials.ca_file().display(),
+    );
+    let server = fixture.server(spec);
+    tessera([
+        "server".as_ref(),
+        "--config".as_ref(),
+        server.config.as_os_str(),
+        "--new-pool".as_ref(),
+    ])
+    .await
+    .failure()
+    .mentions(&["token_file", "production"]);
+}
+
 /// The master refuses to start on another host (its data directory copied
 /// there), and with a license whose N the customer raised.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -333,10 +419,12 @@ async fn start_production(
         let mut spec = ServerSpec::new(cad.clone());
         spec.server_id = id.to_string();
         spec.config_tables = format!(
-            "[vid]\nmasters = [\"{}\"]\nlicense_files = [\"{}\"]\nca_file = \"{}\"\n",
+            "[vid]\nmasters = [\"{}\"]\nlicense_files = [\"{}\"]\nca_file = \"{}\"\n\
+             token_file = \"{}\"\n",
             master.address,
             license.display(),
-            master.credentials.ca_file().display()
+            master.credentials.ca_file().display(),
+            master.credentials.production_token_file().display()
         );
         let mut server = fixture.server(spec);
         server.start(StartMode::NewPool).await;

@@ -9,7 +9,9 @@
 //!   the pool forwarding a change it took to the leader;
 //! - `/v1/status` in full: a token of role `read` or `admin`, or a server;
 //!   others see the summary unless the config's `public_status` is `full`;
-//! - the client routes: anyone; a grant is guarded by its proof.
+//! - the client routes: anyone; a grant is guarded by its proof. On a
+//!   master, the slots of its VID only a token of role `production` (or
+//!   `admin`): anyone else could hold them all.
 //!
 //! The pool id is no credential: it names the pool, which `/v1/status` shows
 //! to anyone.
@@ -52,7 +54,23 @@ impl Caller {
 
     /// May see grants, users and hosts.
     pub fn reads_all(&self) -> bool {
-        !matches!(self, Caller::Anonymous)
+        match self {
+            Caller::Anonymous => false,
+            Caller::Server(_) => true,
+            Caller::Admin { role, .. } => *role >= AdminRole::Read,
+        }
+    }
+
+    /// May hold a slot of a master's VID: a production server's token, or
+    /// an administrator's.
+    pub fn may_hold_vid_slots(&self) -> bool {
+        matches!(
+            self,
+            Caller::Admin {
+                role: AdminRole::Production | AdminRole::Admin,
+                ..
+            }
+        )
     }
 }
 
@@ -92,8 +110,10 @@ pub(super) async fn identify(
         (_, true, _) => Err(not_a_server()),
         (Caller::Admin { role, .. }, _, true) if *role < AdminRole::Admin => Err(api_error(
             ErrorCode::Forbidden,
-            "this token may read the pool's status, not change the pool; use a token of \
-             role `admin`",
+            format!(
+                "a token of role `{}` may not change the pool; use a token of role `admin`",
+                role.name()
+            ),
         )),
         (Caller::Anonymous, _, true) => Err(api_error(
             ErrorCode::Unauthenticated,

@@ -60,12 +60,13 @@ async fn noop(JsonBody(body): JsonBody<CheckoutRequest>) -> Json<proto::Grant> {
 
 async fn checkout(
     State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
     JsonBody(body): JsonBody<CheckoutRequest>,
 ) -> Result<Json<proto::Grant>, ApiError> {
     let deadline = Deadline::from(&app, body.answer_within_ms);
     let holder = Holder::of(&body);
     let feature = body.feature.clone();
-    check_not_revoked(&app, &feature, &holder)?;
+    check_slot_holder(&app, &caller, &feature, &holder)?;
     let request = seat_request(body, 0)?;
     let granted = app
         .checkout(request, deadline)
@@ -74,15 +75,34 @@ async fn checkout(
     Ok(Json(wire_grant(&app, granted, &holder)))
 }
 
-/// A master lends no slot to, and renews none of, a revoked run.
-fn check_not_revoked(app: &App, feature: &str, holder: &Holder) -> Result<(), ApiError> {
-    match &app.master {
-        Some(master) => {
-            let applied = app.pool.applied.borrow();
-            Ok(master.check_not_revoked(feature, &holder.instance, &applied.state)?)
-        }
-        None => Ok(()),
+/// A master lends its VID's slots, and renews them, only to production
+/// servers (a token of role `production`), and never to a revoked run.
+fn check_slot_holder(
+    app: &App,
+    caller: &Caller,
+    feature: &str,
+    holder: &Holder,
+) -> Result<(), ApiError> {
+    let Some(master) = &app.master else {
+        return Ok(());
+    };
+    if feature == master.slot_feature() && !caller.may_hold_vid_slots() {
+        let code = match caller {
+            Caller::Anonymous => proto::ErrorCode::Unauthenticated,
+            _ => proto::ErrorCode::Forbidden,
+        };
+        return Err(crate::refusal::Refusal::new(
+            code,
+            format!(
+                "the slots of `{feature}` are lent only to production servers: set `token_file` \
+                 in the production server's [vid] to a token of role `production` of this \
+                 master's pool"
+            ),
+        )
+        .into());
     }
+    let applied = app.pool.applied.borrow();
+    Ok(master.check_not_revoked(feature, &holder.instance, &applied.state)?)
 }
 
 /// A master's refusal of one of its VID's slots names who holds them (the
@@ -115,13 +135,14 @@ fn with_slot_holders(app: &App, feature: &str, err: ApiError) -> ApiError {
 
 async fn heartbeat(
     State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
     JsonBody(body): JsonBody<HeartbeatRequest>,
 ) -> Result<Json<proto::Grant>, ApiError> {
     check_field("grant_id", &body.grant_id)?;
     let deadline = Deadline::from(&app, body.answer_within_ms);
     let checkout = body.as_checkout();
     let holder = Holder::of(&checkout);
-    check_not_revoked(&app, &checkout.feature, &holder)?;
+    check_slot_holder(&app, &caller, &checkout.feature, &holder)?;
     let request = seat_request(checkout, body.renewal)?;
     let granted = app
         .heartbeat(
