@@ -81,6 +81,7 @@ pub async fn run(dir: Option<PathBuf>) -> Result<()> {
                 license_cmd::unix_ms_now() + 365 * 24 * 3600 * 1000,
             )),
             certificate_lifetime_s: LIFETIME_S,
+            masters: 1,
         },
     )?;
     let license_path = dir.join("master.toml");

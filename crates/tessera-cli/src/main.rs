@@ -352,6 +352,8 @@ enum MasterCommand {
     },
 }
 
+// Parsed once per run: the size of the `sign` variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum LicenseCommand {
     /// Sign a file of unsigned [[license]] tables, or one code given by flags.
@@ -383,6 +385,11 @@ enum LicenseCommand {
         /// How long a VID certificate lives without renewal.
         #[arg(long, default_value_t = 3_600, requires = "master")]
         certificate_lifetime_s: u32,
+        /// How many masters, each on its own host with its own license,
+        /// share the VID's N; a certificate needs a majority of their
+        /// signatures. Sign one license per master, all alike but host and key.
+        #[arg(long, default_value_t = 1, requires = "master")]
+        masters: u32,
         /// Last day served (YYYY-MM-DD) or `permanent`.
         #[arg(long, default_value = "permanent")]
         expiry: String,
@@ -655,6 +662,7 @@ fn license(command: LicenseCommand) -> Result<()> {
             servers,
             master_key,
             certificate_lifetime_s,
+            masters,
             out,
         } => {
             let key = keys::read_secret(&key)?;
@@ -669,6 +677,7 @@ fn license(command: LicenseCommand) -> Result<()> {
                         master_key: master_key.context("--master-key is required")?,
                         expiry,
                         certificate_lifetime_s,
+                        masters,
                     },
                 )?;
                 return write_out(out.as_deref(), &license.write());

@@ -77,6 +77,7 @@ pub struct MasterArgs {
     pub master_key: String,
     pub expiry: String,
     pub certificate_lifetime_s: u32,
+    pub masters: u32,
 }
 
 /// Signs a master license and its slot code (one file, both tables).
@@ -100,6 +101,7 @@ pub fn sign(key: &VendorSecretKey, args: MasterArgs) -> Result<MasterLicenseFile
             issued,
             expiry,
             certificate_lifetime_s: args.certificate_lifetime_s,
+            masters: args.masters,
         },
     )?)
 }
@@ -176,6 +178,13 @@ pub fn show(file: &MasterLicenseFile, json: bool) {
     );
     println!("  servers         {} production servers at once", f.servers);
     println!("  master host     {}", f.master_hostid);
+    if f.masters > 1 {
+        println!(
+            "  masters         one of {} sharing the VID; a certificate needs {} signatures",
+            f.masters,
+            f.masters / 2 + 1
+        );
+    }
     println!("  master key      {}", f.master_key.key_id());
     println!("  issued          {}", f.issued);
     println!("  expiry          {}", f.expiry);

@@ -39,6 +39,8 @@ pub const VID_CERTIFICATE_HEADER: &str = "tessera-vid-certificate-v1";
 pub const VID_BINDING_PREFIX: &str = "vid:";
 /// Most production servers one master license may admit at once.
 pub const MASTER_SERVERS_MAX: u32 = 1_000;
+/// Most masters that may share one VID's N (a pool has at most 11 servers).
+pub const MASTERS_MAX: u32 = 11;
 /// Shortest and longest certificate lifetime a master license may set.
 pub const CERTIFICATE_LIFETIME_S_MIN: u32 = 2;
 pub const CERTIFICATE_LIFETIME_S_MAX: u32 = crate::license::LEASE_S_MAX;
@@ -140,6 +142,16 @@ pub enum CertificateError {
          it, or not signed by the master its license names"
     )]
     BadSignature,
+    #[error(
+        "the certificate is signed by {signed} of the {masters} masters that share VID `{vid}`; \
+         it needs {needed}: a majority of them, in one pool"
+    )]
+    TooFewMasters {
+        vid: String,
+        signed: usize,
+        needed: usize,
+        masters: u32,
+    },
 }
 
 /// The short id of a master's public key: the first 8 bytes of its SHA-256, in hex.
@@ -219,9 +231,20 @@ impl MasterSecretKey {
             fields,
             master_key_id: self.public().key_id(),
             signature: Signature::from_bytes(&[0; 64]),
+            cosignatures: Vec::new(),
         };
         certificate.signature = self.0.sign(certificate.canonical_form().as_bytes());
         Ok(certificate)
+    }
+
+    /// Co-signs another master's certificate under this master's license
+    /// `license_id`.
+    pub fn cosign(&self, certificate: &VidCertificate, license_id: &str) -> Cosignature {
+        Cosignature {
+            master_license: license_id.to_string(),
+            master_key_id: self.public().key_id(),
+            signature: self.0.sign(certificate.canonical_form().as_bytes()),
+        }
     }
 }
 
@@ -245,6 +268,10 @@ pub struct MasterLicenseFields {
     /// servers ride out an absent master, and how long a silent server's
     /// slot stays taken.
     pub certificate_lifetime_s: u32,
+    /// How many masters share the VID's N, each on its own host with its
+    /// own license (1 to [`MASTERS_MAX`]): a certificate needs the
+    /// signatures of a majority of them.
+    pub masters: u32,
 }
 
 impl MasterLicenseFields {
@@ -267,6 +294,12 @@ impl MasterLicenseFields {
             return Err(invalid(format!(
                 "servers is {}; it must be 1 to {MASTER_SERVERS_MAX}",
                 self.servers
+            )));
+        }
+        if self.masters == 0 || self.masters > MASTERS_MAX {
+            return Err(invalid(format!(
+                "masters is {}; it must be 1 to {MASTERS_MAX}",
+                self.masters
             )));
         }
         if !(CERTIFICATE_LIFETIME_S_MIN..=CERTIFICATE_LIFETIME_S_MAX)
@@ -312,8 +345,19 @@ pub struct MasterLicenseText {
     pub issued: String,
     pub expiry: String,
     pub certificate_lifetime_s: u32,
+    /// Omitted when 1: a master that shares its VID with no other.
+    #[serde(default = "one", skip_serializing_if = "is_one")]
+    pub masters: u32,
     pub key_id: String,
     pub signature: String,
+}
+
+fn one() -> u32 {
+    1
+}
+
+fn is_one(n: &u32) -> bool {
+    *n == 1
 }
 
 /// A master license file: the `[master_license]` table and the slot code
@@ -486,7 +530,11 @@ impl MasterLicense {
                     "certificate_lifetime_s",
                     f.certificate_lifetime_s.to_string(),
                 ),
-            ],
+            ]
+            .into_iter()
+            // A license of one master signs the form it always had.
+            .chain((f.masters > 1).then(|| ("masters", f.masters.to_string())))
+            .collect::<Vec<_>>(),
         )
     }
 
@@ -567,6 +615,7 @@ impl MasterLicense {
             issued: f.issued.to_string(),
             expiry: f.expiry.to_string(),
             certificate_lifetime_s: f.certificate_lifetime_s,
+            masters: f.masters,
             key_id: self.key_id.to_string(),
             signature: BASE64.encode(self.signature.to_bytes()),
         }
@@ -590,6 +639,7 @@ impl MasterLicense {
                 .map_err(|err| invalid(format!("issued: {err}")))?,
             expiry: Expiry::parse(&text.expiry).map_err(|err| invalid(format!("expiry: {err}")))?,
             certificate_lifetime_s: text.certificate_lifetime_s,
+            masters: text.masters,
         };
         fields.validate()?;
         check_name("key_id", &text.key_id).map_err(invalid)?;
@@ -645,12 +695,59 @@ impl CertificateFields {
     }
 }
 
-/// A VID certificate, signed by a master key.
+/// A VID certificate, signed by a master key, and by other masters of the
+/// VID where several share it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct VidCertificate {
     fields: CertificateFields,
     master_key_id: MasterKeyId,
     signature: Signature,
+    cosignatures: Vec<Cosignature>,
+}
+
+/// Another master's signature of a certificate's canonical form, under its
+/// own license of the same VID.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Cosignature {
+    pub master_license: String,
+    pub master_key_id: MasterKeyId,
+    signature: Signature,
+}
+
+/// The JSON shape of a [`Cosignature`].
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct CosignatureText {
+    pub master_license: String,
+    pub master_key_id: String,
+    pub signature: String,
+}
+
+impl Cosignature {
+    pub fn to_text(&self) -> CosignatureText {
+        CosignatureText {
+            master_license: self.master_license.clone(),
+            master_key_id: self.master_key_id.to_string(),
+            signature: BASE64.encode(self.signature.to_bytes()),
+        }
+    }
+
+    /// Parses a co-signature; does not check it.
+    pub fn from_text(text: &CosignatureText) -> Result<Cosignature, CertificateError> {
+        let invalid = |field: &'static str, message: String| CertificateError::InvalidField {
+            field,
+            message,
+        };
+        check_name("cosignature master_license", &text.master_license)
+            .map_err(|m| invalid("cosignatures", m))?;
+        check_name("cosignature master_key_id", &text.master_key_id)
+            .map_err(|m| invalid("cosignatures", m))?;
+        Ok(Cosignature {
+            master_license: text.master_license.clone(),
+            master_key_id: MasterKeyId(text.master_key_id.clone()),
+            signature: decode_signature(&text.signature).map_err(|m| invalid("cosignatures", m))?,
+        })
+    }
 }
 
 /// The JSON shape of a VID certificate on the wire.
@@ -661,6 +758,8 @@ pub struct VidCertificateText {
     pub fields: CertificateFields,
     pub master_key_id: String,
     pub signature: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cosignatures: Vec<CosignatureText>,
 }
 
 impl VidCertificate {
@@ -669,6 +768,74 @@ impl VidCertificate {
     }
     pub fn master_key_id(&self) -> &MasterKeyId {
         &self.master_key_id
+    }
+    pub fn cosignatures(&self) -> &[Cosignature] {
+        &self.cosignatures
+    }
+
+    /// Adds another master's co-signature (unchecked; [`Self::check_group`]
+    /// checks them).
+    pub fn add_cosignature(&mut self, cosignature: Cosignature) {
+        self.cosignatures.push(cosignature);
+    }
+
+    /// Checks the certificate against the master licenses of its VID that
+    /// have each been verified against the vendor's key: the license it
+    /// names and its master's signature ([`Self::verify`]), then, where
+    /// several masters share the VID, that a majority of them signed it.
+    /// A co-signature counts once per license, only under a license of the
+    /// same VID, N and number of masters, and only if it checks.
+    pub fn check_group(&self, licenses: &[MasterLicense]) -> Result<(), CertificateError> {
+        let license = licenses
+            .iter()
+            .find(|l| l.id() == self.fields.master_license)
+            .ok_or_else(|| CertificateError::OtherLicense {
+                certificate: self.fields.master_license.clone(),
+                license: licenses
+                    .iter()
+                    .map(|l| l.id().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            })?;
+        self.verify(license)?;
+        let lf = license.fields();
+        if lf.masters == 1 {
+            return Ok(());
+        }
+        let canonical = self.canonical_form();
+        let mut signed = std::collections::BTreeSet::from([lf.id.as_str()]);
+        for cosignature in &self.cosignatures {
+            let Some(other) = licenses
+                .iter()
+                .find(|l| l.id() == cosignature.master_license)
+            else {
+                continue;
+            };
+            let of = other.fields();
+            let same_group =
+                of.vid == lf.vid && of.servers == lf.servers && of.masters == lf.masters;
+            if !same_group || of.master_key.key_id() != cosignature.master_key_id {
+                continue;
+            }
+            if of
+                .master_key
+                .0
+                .verify(canonical.as_bytes(), &cosignature.signature)
+                .is_ok()
+            {
+                signed.insert(of.id.as_str());
+            }
+        }
+        let needed = lf.masters as usize / 2 + 1;
+        if signed.len() < needed {
+            return Err(CertificateError::TooFewMasters {
+                vid: lf.vid.clone(),
+                signed: signed.len(),
+                needed,
+                masters: lf.masters,
+            });
+        }
+        Ok(())
     }
 
     /// The exact bytes the master's signature covers.
@@ -725,6 +892,7 @@ impl VidCertificate {
             fields: self.fields.clone(),
             master_key_id: self.master_key_id.to_string(),
             signature: BASE64.encode(self.signature.to_bytes()),
+            cosignatures: self.cosignatures.iter().map(Cosignature::to_text).collect(),
         }
     }
 
@@ -746,6 +914,20 @@ impl VidCertificate {
                     message,
                 }
             })?,
+            cosignatures: if text.cosignatures.len() > MASTERS_MAX as usize {
+                return Err(CertificateError::InvalidField {
+                    field: "cosignatures",
+                    message: format!(
+                        "{} co-signatures; a VID has at most {MASTERS_MAX} masters",
+                        text.cosignatures.len()
+                    ),
+                });
+            } else {
+                text.cosignatures
+                    .iter()
+                    .map(Cosignature::from_text)
+                    .collect::<Result<_, _>>()?
+            },
         })
     }
 }
@@ -778,6 +960,7 @@ mod tests {
             issued: CivilDate::parse("2026-12-01").unwrap(),
             expiry: Expiry::parse("2027-12-31").unwrap(),
             certificate_lifetime_s: 3_600,
+            masters: 1,
         }
     }
 
@@ -972,6 +1155,96 @@ mod tests {
             .verify(&license)
             .unwrap_err();
         assert_eq!(err, CertificateError::BadSignature);
+    }
+
+    /// Three masters share a VID: master `i` from seed [10 + i; 32], its
+    /// license `master-i` on host `mid-…0i`, all for N = 3.
+    fn group() -> (Vec<MasterSecretKey>, Vec<MasterLicense>) {
+        let keys: Vec<MasterSecretKey> = (1..=3u8)
+            .map(|i| MasterSecretKey::from_seed([10 + i; 32]))
+            .collect();
+        let licenses = keys
+            .iter()
+            .enumerate()
+            .map(|(i, key)| {
+                let fields = MasterLicenseFields {
+                    id: format!("master-{}", i + 1),
+                    master_hostid: format!("mid-00112233445566{:02}", i + 1),
+                    master_key: key.public(),
+                    masters: 3,
+                    ..fields()
+                };
+                MasterLicense::sign(&vendor(), fields).unwrap()
+            })
+            .collect();
+        (keys, licenses)
+    }
+
+    #[test]
+    fn a_shared_vids_certificate_needs_a_majority_of_its_masters() {
+        let (keys, licenses) = group();
+        // A license of one master signs the form it always had; of three, it says so.
+        assert!(!license().canonical_form().contains("masters="));
+        assert!(licenses[0].canonical_form().ends_with("masters=3\n"));
+        let text = MasterLicenseFile::sign(&vendor(), licenses[0].fields().clone())
+            .unwrap()
+            .write();
+        assert!(text.contains("masters = 3"), "{text}");
+        assert!(!MasterLicenseFile::sign(&vendor(), fields())
+            .unwrap()
+            .write()
+            .contains("masters"));
+
+        let mut certificate = keys[0].certify(certificate_fields()).unwrap();
+        let alone = certificate.check_group(&licenses).unwrap_err();
+        assert_eq!(
+            alone.to_string(),
+            "the certificate is signed by 1 of the 3 masters that share VID `acme-vid-1`; it \
+             needs 2: a majority of them, in one pool"
+        );
+        // The same master twice, or a forged co-signature, adds nobody.
+        certificate.add_cosignature(keys[0].cosign(&certificate, "master-1"));
+        let mut forged = keys[0].cosign(&certificate, "master-2");
+        forged.master_key_id = keys[1].public().key_id();
+        certificate.add_cosignature(forged);
+        assert!(matches!(
+            certificate.check_group(&licenses),
+            Err(CertificateError::TooFewMasters { signed: 1, .. })
+        ));
+        // A co-signature under a license the holder does not list adds nobody.
+        certificate.add_cosignature(keys[2].cosign(&certificate, "master-3"));
+        assert!(certificate.check_group(&licenses[..2]).is_err());
+        // Under the license it lists, it makes the majority; through the wire form too.
+        certificate.check_group(&licenses).unwrap();
+        let again = VidCertificate::from_text(&certificate.to_text()).unwrap();
+        again.check_group(&licenses).unwrap();
+        // Any change to the fields breaks every signature.
+        let mut text = certificate.to_text();
+        text.fields.lifetime_ms += 1;
+        let changed = VidCertificate::from_text(&text).unwrap();
+        assert_eq!(
+            changed.check_group(&licenses),
+            Err(CertificateError::BadSignature)
+        );
+        // A license of another group (another N) does not count.
+        let other = MasterLicense::sign(
+            &vendor(),
+            MasterLicenseFields {
+                servers: 30,
+                ..licenses[2].fields().clone()
+            },
+        )
+        .unwrap();
+        assert!(certificate
+            .check_group(&[licenses[0].clone(), licenses[1].clone(), other])
+            .is_err());
+        // More co-signatures than masters can exist are refused as malformed.
+        let mut text = certificate.to_text();
+        text.cosignatures = vec![text.cosignatures[0].clone(); 12];
+        assert!(VidCertificate::from_text(&text)
+            .unwrap_err()
+            .to_string()
+            .contains("12 co-signatures"));
     }
 
     #[test]

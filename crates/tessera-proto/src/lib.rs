@@ -170,6 +170,28 @@ pub struct VidCertificate {
     pub lifetime_ms: u64,
     pub master_key_id: String,
     pub signature: String,
+    /// Where several masters share the VID: the other masters' signatures
+    /// of the same canonical form; a majority of them must have signed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cosignatures: Vec<Cosignature>,
+}
+
+/// Another master's signature of a [`VidCertificate`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Cosignature {
+    pub master_license: String,
+    pub master_key_id: String,
+    pub signature: String,
+}
+
+/// `POST /v1/peer/cosign`: a master asks another master of its pool to
+/// co-sign a certificate it issued.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CosignRequest {
+    pub server_id: String,
+    pub certificate: VidCertificate,
 }
 
 /// Where a grant's copy is held, as its server answered it: the server,

@@ -840,6 +840,29 @@ impl Issuer {
         allocation.nominal_in_use(&self.server_id, in_use, served)
     }
 
+    /// How much allocation of `feature` to borrow so that `count` more
+    /// seats fit here, when `short` of them do not fit now: `short` itself
+    /// where this server serves every code of the feature, and where it
+    /// serves only part of them, the allocation those seats require
+    /// ([`FeatureAllocation::nominal_in_use`]) less what it holds.
+    pub fn allocation_short(&self, feature: &str, count: u32, short: u32) -> u32 {
+        let (Some((_, in_use)), Some(allocation)) = (
+            self.usage(feature),
+            self.control.as_ref().and_then(|c| c.allocation(feature)),
+        ) else {
+            return short;
+        };
+        let wanted = in_use.saturating_add(count);
+        let held = self.held_allocation(feature, wanted);
+        if held == wanted {
+            return short;
+        }
+        let me = &self.server_id;
+        held.saturating_add(allocation.reserved(me))
+            .saturating_sub(allocation.allocation_of(me))
+            .max(short)
+    }
+
     /// For the report: the allocation each feature's seats in use require,
     /// where it is more than the seats themselves.
     pub fn held_allocations(&self, in_use: &BTreeMap<String, u32>) -> BTreeMap<String, u32> {

@@ -109,6 +109,26 @@ pub fn setup(
             other.vid()
         )));
     }
+    let first = licenses[0].fields();
+    let (servers, masters) = (first.servers, first.masters);
+    if let Some(other) = licenses
+        .iter()
+        .find(|l| l.fields().servers != servers || l.fields().masters != masters)
+    {
+        return Err(refuse(format!(
+            "master licenses {} and {} of VID `{vid}` differ in N or in how many masters \
+             share it; the vendor signs one group alike",
+            licenses[0].id(),
+            other.id()
+        )));
+    }
+    let needed = masters as usize / 2 + 1;
+    if licenses.len() < needed {
+        return Err(refuse(format!(
+            "{masters} masters share VID `{vid}` and a certificate needs {needed} of their \
+             signatures: list at least {needed} of their master licenses in `license_files`"
+        )));
+    }
     let tls = if config.plain_http {
         ClientTls::Plain
     } else {
@@ -177,17 +197,14 @@ fn check_certificate(
     let certificate = crate::master::domain_certificate(wire)
         .map_err(|err| format!("the master's certificate is malformed: {err}"))?;
     let fields = certificate.fields();
-    let license = licenses
-        .iter()
-        .find(|license| license.id() == fields.master_license)
-        .ok_or_else(|| {
-            format!(
-                "the certificate names master license {}, which is not among `license_files`",
-                fields.master_license
-            )
-        })?;
+    if !licenses.iter().any(|l| l.id() == fields.master_license) {
+        return Err(format!(
+            "the certificate names master license {}, which is not among `license_files`",
+            fields.master_license
+        ));
+    }
     certificate
-        .verify(license)
+        .check_group(licenses)
         .map_err(|err| format!("the master's certificate does not check: {err}"))?;
     if fields.vid != vid {
         return Err(format!(
@@ -315,6 +332,7 @@ mod tests {
                 issued: CivilDate::parse("2026-12-01").unwrap(),
                 expiry: Expiry::parse("permanent").unwrap(),
                 certificate_lifetime_s: 60,
+                masters: 1,
             },
         )
         .unwrap()

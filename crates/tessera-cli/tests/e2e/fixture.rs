@@ -274,45 +274,74 @@ impl Fixture {
     /// Writes a pool file and a server config for one server, as an
     /// administrator would; the server is not started.
     pub fn server(&self, spec: ServerSpec) -> Server {
-        let dir = self.path().join(format!("server-{}", spec.server_id));
-        std::fs::create_dir_all(&dir).expect("create the server directory");
-        let address = tessera_testkit::free_address().expect("a free loopback port");
-        let credentials = tessera_testkit::Credentials::init(
-            Path::new(tessera_exe()),
-            &dir,
-            "e2e",
-            &[(&spec.server_id, &address)],
-        );
-        let pool = tessera_testkit::pool_file_head("e2e")
-            + &credentials.server_entry(&spec.server_id, &address)
-            + &credentials.admins()
-            + &spec.licenses;
-        std::fs::write(dir.join("pool.toml"), pool).expect("write the pool file");
-        let config = ServerConfig {
-            server_id: &spec.server_id,
-            pool_file: "pool.toml",
-            data_dir: "data",
-            // Beside the server directories: one key for the fixture.
-            pool_key_file: "../pool.key",
-            top: &spec.config_top,
-            vendor: VENDOR,
-            public_key: &self.public_key_base64(),
-            tables: &(credentials.security_table(&spec.server_id) + &spec.config_tables),
+        self.pool(vec![spec]).remove(0)
+    }
+
+    /// Writes the pool file and configs of a pool of these servers, in
+    /// leader-priority order, as an administrator would (`tessera pool
+    /// init` in the first server's directory): each server's directory gets
+    /// the same pool file, all the specs' licenses in it. None is started.
+    pub fn pool(&self, specs: Vec<ServerSpec>) -> Vec<Server> {
+        let dirs: Vec<PathBuf> = specs
+            .iter()
+            .map(|spec| self.path().join(format!("server-{}", spec.server_id)))
+            .collect();
+        for dir in &dirs {
+            std::fs::create_dir_all(dir).expect("create the server directory");
         }
-        .text();
-        let config_path = dir.join("tessera.toml");
-        std::fs::write(&config_path, config).expect("write the server config");
-        Server {
-            address,
-            config: config_path,
-            data_dir: dir.join("data"),
-            pool_file: dir.join("pool.toml"),
-            log: dir.join("server.log"),
-            process: None,
-            http: credentials.http(REQUEST_TIMEOUT),
-            credentials,
-            env: spec.env,
+        let addresses: Vec<String> = specs
+            .iter()
+            .map(|_| tessera_testkit::free_address().expect("a free loopback port"))
+            .collect();
+        let members: Vec<(&str, &str)> = specs
+            .iter()
+            .zip(&addresses)
+            .map(|(spec, address)| (spec.server_id.as_str(), address.as_str()))
+            .collect();
+        let credentials =
+            tessera_testkit::Credentials::init(Path::new(tessera_exe()), &dirs[0], "e2e", &members);
+        let mut pool = tessera_testkit::pool_file_head("e2e");
+        for (id, address) in &members {
+            pool.push_str(&credentials.server_entry(id, address));
         }
+        pool.push_str(&credentials.admins());
+        for spec in &specs {
+            pool.push_str(&spec.licenses);
+        }
+        let public_key = self.public_key_base64();
+        specs
+            .into_iter()
+            .zip(dirs)
+            .zip(addresses)
+            .map(|((spec, dir), address)| {
+                std::fs::write(dir.join("pool.toml"), &pool).expect("write the pool file");
+                let config = ServerConfig {
+                    server_id: &spec.server_id,
+                    pool_file: "pool.toml",
+                    data_dir: "data",
+                    // Beside the server directories: one key for the fixture.
+                    pool_key_file: "../pool.key",
+                    top: &spec.config_top,
+                    vendor: VENDOR,
+                    public_key: &public_key,
+                    tables: &(credentials.security_table(&spec.server_id) + &spec.config_tables),
+                }
+                .text();
+                let config_path = dir.join("tessera.toml");
+                std::fs::write(&config_path, config).expect("write the server config");
+                Server {
+                    address,
+                    config: config_path,
+                    data_dir: dir.join("data"),
+                    pool_file: dir.join("pool.toml"),
+                    log: dir.join("server.log"),
+                    process: None,
+                    http: credentials.http(REQUEST_TIMEOUT),
+                    credentials: credentials.clone(),
+                    env: spec.env,
+                }
+            })
+            .collect()
     }
 
     /// A server (not started) of the codes in `unsigned`, signed, whose

@@ -21,8 +21,13 @@ fn on_host(hostid: &str) -> [(&str, &str); 2] {
 
 /// `tessera master init --data-dir DATA` on the master's host.
 async fn master_init(data: &std::path::Path) -> Output {
+    master_init_on(data, MASTER_HOST).await
+}
+
+/// `tessera master init --data-dir DATA` on host `hostid`.
+async fn master_init_on(data: &std::path::Path, hostid: &str) -> Output {
     tessera_env(
-        &on_host(MASTER_HOST),
+        &on_host(hostid),
         [
             "master".as_ref(),
             "init".as_ref(),
@@ -38,7 +43,21 @@ async fn master_init(data: &std::path::Path) -> Output {
 /// `acme-vid-1` for 3 servers on the master's host, with `public_key`, and
 /// `flags` besides. Returns its path.
 async fn sign_master(fixture: &Fixture, public_key: &str, flags: &[&str]) -> std::path::PathBuf {
-    let license = fixture.path().join("master.toml");
+    sign_master_as(fixture, "master.toml", MASTER_HOST, "3", public_key, flags).await
+}
+
+/// The vendor signs `name` in the fixture's directory: VID `acme-vid-1`
+/// for `servers` servers on host `hostid`, with `public_key`, and `flags`
+/// besides. Returns its path.
+async fn sign_master_as(
+    fixture: &Fixture,
+    name: &str,
+    hostid: &str,
+    servers: &str,
+    public_key: &str,
+    flags: &[&str],
+) -> std::path::PathBuf {
+    let license = fixture.path().join(name);
     let secret = fixture.secret_key();
     let mut args = vec![
         "license",
@@ -49,9 +68,9 @@ async fn sign_master(fixture: &Fixture, public_key: &str, flags: &[&str]) -> std
         "--vid",
         "acme-vid-1",
         "--servers",
-        "3",
+        servers,
         "--hostid",
-        MASTER_HOST,
+        hostid,
         "--master-key",
         public_key,
         "--expiry",
@@ -411,6 +430,26 @@ async fn start_production(
     license: &std::path::Path,
     ids: &[&str],
 ) -> Vec<Server> {
+    start_production_of(fixture, &[master], &[license.to_path_buf()], ids).await
+}
+
+/// [`start_production`] with several masters of one pool, and their licenses.
+async fn start_production_of(
+    fixture: &Fixture,
+    masters: &[&Server],
+    licenses: &[std::path::PathBuf],
+    ids: &[&str],
+) -> Vec<Server> {
+    let quoted = |items: Vec<String>| {
+        items
+            .iter()
+            .map(|item| format!("\"{item}\""))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let addresses = quoted(masters.iter().map(|m| m.address.clone()).collect());
+    let license_files = quoted(licenses.iter().map(|l| l.display().to_string()).collect());
+    let credentials = &masters[0].credentials;
     let cad = fixture
         .sign("[[license]]\nfeature = \"cad\"\nseats = 5\nexpiry = \"permanent\"\nhostid = \"vid:acme-vid-1\"\n")
         .await;
@@ -419,12 +458,10 @@ async fn start_production(
         let mut spec = ServerSpec::new(cad.clone());
         spec.server_id = id.to_string();
         spec.config_tables = format!(
-            "[vid]\nmasters = [\"{}\"]\nlicense_files = [\"{}\"]\nca_file = \"{}\"\n\
-             token_file = \"{}\"\n",
-            master.address,
-            license.display(),
-            master.credentials.ca_file().display(),
-            master.credentials.production_token_file().display()
+            "[vid]\nmasters = [{addresses}]\nlicense_files = [{license_files}]\n\
+             ca_file = \"{}\"\ntoken_file = \"{}\"\n",
+            credentials.ca_file().display(),
+            credentials.production_token_file().display()
         );
         let mut server = fixture.server(spec);
         server.start(StartMode::NewPool).await;
@@ -712,4 +749,191 @@ async fn a_revoked_run_stops_at_its_certificates_lapse_and_the_next_takes_the_sl
         })
         .await;
     assert!(!vid_held(&status));
+}
+
+/// Master `M{i}` of a group of three sharing VID `acme-vid-1` with N = 2:
+/// its host, its key made by `tessera master init` on that host, its own
+/// master license (`--masters 3`, certificates of `lifetime_s`) and slot
+/// code. Returns the license's path and the master's spec.
+async fn enrol_group_master(
+    fixture: &Fixture,
+    i: usize,
+    lifetime_s: u32,
+) -> (std::path::PathBuf, ServerSpec) {
+    let host = format!("mid-5eed00300000010{i}");
+    let id = format!("M{i}");
+    let data = fixture.path().join(format!("server-{id}")).join("data");
+    let init = master_init_on(&data, &host).await;
+    let public_key = field(&init.stdout, "public key: ");
+    let name = format!("master-{id}.toml");
+    let lifetime = lifetime_s.to_string();
+    let license = sign_master_as(
+        fixture,
+        &name,
+        &host,
+        "2",
+        &public_key,
+        &[
+            "--masters",
+            "3",
+            "--certificate-lifetime-s",
+            &lifetime,
+            "--id",
+            &format!("master-{id}"),
+        ],
+    )
+    .await;
+    let text = std::fs::read_to_string(&license).unwrap();
+    let mut spec = master_spec(text[text.find("[[license]]").unwrap()..].to_string(), &host);
+    spec.server_id = id;
+    spec.config_top = format!("master_license_file = \"../{name}\"\n");
+    (license, spec)
+}
+
+fn vid_master(status: &tessera_proto::StatusResponse) -> Option<String> {
+    status
+        .server
+        .vid
+        .as_ref()
+        .and_then(|vid| vid.master.clone())
+}
+
+/// Backup masters (seed 003): three masters on three hosts, each with its
+/// own license for VID acme-vid-1 (N = 2, three masters), in one pool. A
+/// certificate needs two of their signatures. Three production servers
+/// ask: two hold the VID, the third is refused. A master that lent a slot
+/// is killed: two production servers hold the VID again under the
+/// survivors' certificates (still a majority of signatures), never three. Then the attack: a copy of
+/// a master's data directory run as a pool of its own lends slots, but its
+/// certificates carry one signature of three, and no production server
+/// takes them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_masters_share_one_n_and_a_master_alone_lends_nothing() {
+    let fixture = Fixture::new().await;
+    let mut licenses = Vec::new();
+    let mut specs = Vec::new();
+    for i in 1..=3 {
+        let (license, spec) = enrol_group_master(&fixture, i, 4).await;
+        licenses.push(license);
+        specs.push(spec);
+    }
+    let mut masters = fixture.pool(specs);
+    for master in &mut masters {
+        master.start(StartMode::NewPool).await;
+    }
+    for master in &mut masters {
+        master.wait_state("serving").await;
+    }
+    let mut production = {
+        let group: Vec<&Server> = masters.iter().collect();
+        start_production_of(&fixture, &group, &licenses, &["P1", "P2", "P3"]).await
+    };
+    let answered = |s: &tessera_proto::StatusResponse| {
+        s.server.vid.as_ref().is_some_and(|vid| {
+            vid.held
+                || vid
+                    .reason
+                    .as_deref()
+                    .is_some_and(|r| r.contains("no certificate"))
+        })
+    };
+    let mut statuses = Vec::new();
+    for server in &mut production {
+        statuses.push(
+            server
+                .poll("an answer from the masters", SERVER_READY_TIMEOUT, answered)
+                .await,
+        );
+    }
+    let holders: Vec<usize> = (0..3).filter(|&i| vid_held(&statuses[i])).collect();
+    assert_eq!(
+        holders.len(),
+        2,
+        "N = 2 across the three masters: {statuses:#?}"
+    );
+    let waiting = (0..3).find(|i| !holders.contains(i)).unwrap();
+    assert!(!vid_held(&statuses[waiting]));
+    for &i in &holders {
+        production[i]
+            .poll("cad served", SERVER_READY_TIMEOUT, |s| cad_limit(s) == 5)
+            .await;
+    }
+
+    // The master the first holder's certificate came from dies. Its
+    // certificates lapse before the survivors may lend its share (it may
+    // have lent them all), so any two of the three production servers then
+    // hold the VID, under certificates of the survivors, and never three.
+    let lender = vid_master(&statuses[holders[0]]).expect("a holder names its master");
+    let index = masters
+        .iter()
+        .position(|m| {
+            m.config
+                .parent()
+                .unwrap()
+                .ends_with(format!("server-{lender}"))
+        })
+        .unwrap_or_else(|| panic!("no master {lender}"));
+    masters[index].kill();
+    let deadline = std::time::Instant::now() + SERVER_READY_TIMEOUT * 2;
+    loop {
+        let mut held = Vec::new();
+        for server in &production {
+            held.push(server.status().await);
+        }
+        let holding: Vec<&tessera_proto::StatusResponse> =
+            held.iter().filter(|s| vid_held(s)).collect();
+        assert!(
+            holding.len() <= 2,
+            "more than N = 2 hold the VID: {held:#?}"
+        );
+        if holding.len() == 2
+            && holding
+                .iter()
+                .all(|s| vid_master(s).is_some_and(|m| m != lender))
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "two production servers never held the VID from the survivors: {held:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // The attack: master M{index+1}'s key and license in a pool of its own.
+    let alone_id = format!("S{}", index + 1);
+    let mut spec = ServerSpec::new(String::new());
+    let (license, group_spec) = (&licenses[index], &masters[index]);
+    let text = std::fs::read_to_string(license).unwrap();
+    spec.licenses = text[text.find("[[license]]").unwrap()..].to_string();
+    spec.server_id = alone_id.clone();
+    spec.config_top = format!("master_license_file = \"{}\"\n", license.display());
+    spec.env = on_host(&format!("mid-5eed00300000010{}", index + 1))
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let mut alone = fixture.server(spec);
+    std::fs::create_dir_all(&alone.data_dir).unwrap();
+    std::fs::copy(
+        group_spec.data_dir.join("master.key"),
+        alone.data_dir.join("master.key"),
+    )
+    .unwrap();
+    alone.start(StartMode::NewPool).await;
+    alone.wait_state("serving").await;
+    let mut cheat = start_production_of(&fixture, &[&alone], &licenses, &["P9"]).await;
+    let status = cheat[0]
+        .poll(
+            "the lone master's certificate refused",
+            SERVER_READY_TIMEOUT,
+            |s| {
+                s.server
+                    .vid
+                    .as_ref()
+                    .and_then(|vid| vid.reason.as_deref())
+                    .is_some_and(|r| r.contains("signed by 1 of the 3 masters"))
+            },
+        )
+        .await;
+    assert!(!vid_held(&status) && cad_limit(&status) == 0, "{status:#?}");
 }

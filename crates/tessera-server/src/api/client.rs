@@ -72,7 +72,9 @@ async fn checkout(
         .checkout(request, deadline)
         .await
         .map_err(|err| with_slot_holders(&app, &feature, err.into()))?;
-    Ok(Json(wire_grant(&app, granted, &holder)))
+    let mut grant = wire_grant(&app, granted, &holder);
+    crate::master::cosign::gather(&app, &mut grant).await;
+    Ok(Json(grant))
 }
 
 /// A master lends its VID's slots, and renews them, only to production
@@ -153,7 +155,9 @@ async fn heartbeat(
             deadline,
         )
         .await?;
-    Ok(Json(wire_grant(&app, granted, &holder)))
+    let mut grant = wire_grant(&app, granted, &holder);
+    crate::master::cosign::gather(&app, &mut grant).await;
+    Ok(Json(grant))
 }
 
 /// Who holds a grant, as a master names them in a VID certificate: the

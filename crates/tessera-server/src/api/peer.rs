@@ -44,6 +44,7 @@ pub(super) fn routes() -> Router<Arc<App>> {
         .route("/v1/peer/first-pool-file", post(first_pool_file))
         .route("/v1/peer/borrow", post(borrow))
         .route("/v1/peer/command", post(command))
+        .route("/v1/peer/cosign", post(cosign))
 }
 
 /// Refuses a Raft message whose sender (the leader or candidate it names)
@@ -153,6 +154,22 @@ async fn borrow(
 ) -> Result<Json<BorrowAnswer>, ApiError> {
     caller.require_server(&ask.server_id)?;
     Ok(Json(app.lead_borrow(ask).await?))
+}
+
+/// Another master of the pool asks this one to co-sign a VID certificate.
+async fn cosign(
+    State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
+    JsonBody(ask): JsonBody<tessera_proto::CosignRequest>,
+) -> Result<Json<tessera_proto::Cosignature>, ApiError> {
+    caller.require_server(&ask.server_id)?;
+    let Some(master) = &app.master else {
+        return Err(api_error(
+            ErrorCode::NotFound,
+            format!("server `{}` is not a master server", app.pool.server_id),
+        ));
+    };
+    Ok(Json(master.cosign(&ask.certificate)?))
 }
 
 /// A server's answer to a request for its seats, or its drain; only the

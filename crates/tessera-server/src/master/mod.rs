@@ -12,6 +12,7 @@
 //! below: it serves only on the licensed host, with the licensed key, a
 //! license that checks against a trusted vendor key and has not expired.
 
+pub mod cosign;
 pub mod key;
 
 use std::path::PathBuf;
@@ -73,6 +74,51 @@ impl MasterSigner {
         Ok(())
     }
 
+    /// How many other masters of its VID must co-sign each certificate it
+    /// signs: a majority of the VID's masters, less itself.
+    pub fn cosignatures_needed(&self) -> usize {
+        self.license.fields().masters as usize / 2
+    }
+
+    /// Co-signs `wire`, a certificate another master of this pool signed
+    /// under its own license of the same VID (`POST /v1/peer/cosign`).
+    pub fn cosign(
+        &self,
+        wire: &proto::VidCertificate,
+    ) -> Result<proto::Cosignature, crate::refusal::Refusal> {
+        let refuse = |message: String| {
+            crate::refusal::Refusal::new(proto::ErrorCode::MalformedRequest, message)
+        };
+        let own = self.license.fields();
+        if own.masters < 2 {
+            return Err(refuse(format!(
+                "master license {} shares VID {} with no other master",
+                own.id, own.vid
+            )));
+        }
+        if wire.vid != own.vid || wire.master_license == own.id {
+            return Err(refuse(format!(
+                "this master co-signs only the certificates of VID {} that another master of \
+                 its pool signed",
+                own.vid
+            )));
+        }
+        let longest_ms = u64::from(own.certificate_lifetime_s) * 1_000;
+        if wire.lifetime_ms > longest_ms {
+            return Err(refuse(format!(
+                "the certificate lives {} ms, longer than the VID's {longest_ms}",
+                wire.lifetime_ms
+            )));
+        }
+        let certificate = domain_certificate(wire).map_err(|err| refuse(err.to_string()))?;
+        let text = self.key.cosign(&certificate, &own.id).to_text();
+        Ok(proto::Cosignature {
+            master_license: text.master_license,
+            master_key_id: text.master_key_id,
+            signature: text.signature,
+        })
+    }
+
     /// The certificate for a grant of `feature` to `instance` of production
     /// server `server_id`, valid for the grant's lease; `None` unless
     /// `feature` is this master's VID.
@@ -110,6 +156,15 @@ pub fn wire_certificate(certificate: &VidCertificate) -> proto::VidCertificate {
     let text = certificate.to_text();
     let f = text.fields;
     proto::VidCertificate {
+        cosignatures: text
+            .cosignatures
+            .into_iter()
+            .map(|c| proto::Cosignature {
+                master_license: c.master_license,
+                master_key_id: c.master_key_id,
+                signature: c.signature,
+            })
+            .collect(),
         vid: f.vid,
         master_license: f.master_license,
         server_id: f.server_id,
@@ -137,6 +192,15 @@ pub fn domain_certificate(
         },
         master_key_id: wire.master_key_id.clone(),
         signature: wire.signature.clone(),
+        cosignatures: wire
+            .cosignatures
+            .iter()
+            .map(|c| tessera_core::master::CosignatureText {
+                master_license: c.master_license.clone(),
+                master_key_id: c.master_key_id.clone(),
+                signature: c.signature.clone(),
+            })
+            .collect(),
     })
 }
 
@@ -181,11 +245,20 @@ pub fn check_at_start(
         Ok(())
     };
     check(&file).map_err(|err| refuse(err.to_string()))?;
+    let masters = file.license.fields().masters;
     tracing::info!(
-        "master of VID {} for {} production servers (license {})",
+        "master of VID {} for {} production servers (license {}{})",
         file.license.vid(),
         file.license.fields().servers,
-        file.license.id()
+        file.license.id(),
+        if masters > 1 {
+            format!(
+                "; one of {masters} masters, each certificate co-signed by {} more",
+                masters / 2
+            )
+        } else {
+            String::new()
+        }
     );
     Ok(Some(MasterSigner {
         slot_feature: format!("{VID_BINDING_PREFIX}{}", file.license.vid()),

@@ -170,7 +170,9 @@ impl App {
         if available >= count {
             return Wait::Ready;
         }
-        let needed = count - available;
+        let needed = self
+            .issuer()
+            .allocation_short(feature, count, count - available);
         let ask = needed.max(batch);
         let need = Need::Now { needed };
         let asked =
