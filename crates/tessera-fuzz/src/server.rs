@@ -578,6 +578,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/v1/admin/distribution"),
     ("POST", "/v1/admin/license"),
     ("POST", "/v1/admin/license/remove"),
+    ("POST", "/v1/admin/master/revoke"),
     ("POST", "/v1/peer/raft/append"),
     ("POST", "/v1/peer/raft/vote"),
     ("POST", "/v1/peer/raft/snapshot"),
@@ -586,4 +587,5 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/v1/peer/first-pool-file"),
     ("POST", "/v1/peer/borrow"),
     ("POST", "/v1/peer/command"),
+    ("POST", "/v1/peer/cosign"),
 ];
