@@ -142,6 +142,10 @@ pub struct Seams {
     pub grant_ids: IdSource,
     pub observer: Option<Arc<dyn Observer>>,
     pub mutations: Mutations,
+    /// The machine's hostid as the simulator gives each of its servers;
+    /// `None`, always outside the simulator: read it from the machine
+    /// (`hostid::inspect`).
+    pub hostid: Option<String>,
 }
 
 impl Seams {
@@ -154,6 +158,7 @@ impl Seams {
             grant_ids: Arc::new(|| uuid::Uuid::new_v4().simple().to_string()),
             observer: None,
             mutations: Mutations::default(),
+            hostid: None,
         }
     }
 }

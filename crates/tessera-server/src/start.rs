@@ -249,7 +249,7 @@ impl App {
             pool,
             clock: seams.clock.clone(),
             limits: config.limits,
-            hostid: this_hostid(),
+            hostid: seams.hostid.clone().unwrap_or_else(this_hostid),
             address,
             started_ms: seams.clock.now_ms(),
             public_status: config.security.public_status,

@@ -66,6 +66,10 @@ pub struct Options {
     pub faults: bool,
     /// The administrator changes the pool during the run.
     pub admin: bool,
+    /// One code per server, bound to its host: each server serves only its
+    /// own, as in a pool of masters; the hard limit is one code's seats.
+    /// The administrator then only changes distributions.
+    pub host_codes: bool,
     /// Deliberate bugs, to show the checkers catch them.
     pub mutations: Mutations,
     /// A fault schedule to run instead of the seed's own.
@@ -84,6 +88,7 @@ impl Default for Options {
             fault_gap: Duration::from_millis(1_200),
             faults: true,
             admin: true,
+            host_codes: false,
             mutations: Mutations::default(),
             plan: None,
         }
@@ -462,6 +467,13 @@ impl Runner {
         let dir = write_start_files(scenario);
         let trace = Shared::default();
         trace.lock().set_initial_limit(scenario.hard_limit);
+        trace.lock().set_hostids(
+            scenario
+                .servers
+                .iter()
+                .filter_map(|s| s.hostid.clone())
+                .collect(),
+        );
         RUNNING.with(|running| {
             *running.borrow_mut() = Some(Running {
                 servers,

@@ -57,6 +57,11 @@ struct Args {
     /// Run without faults.
     #[arg(long)]
     no_faults: bool,
+    /// One code per server, bound to its host, as in a pool of masters:
+    /// each server serves only its own, and the pool may hold one code's
+    /// seats.
+    #[arg(long)]
+    host_codes: bool,
     /// Deliberately break the server: issue-without-quorum, reassign-without-wait,
     /// vote-while-catching-up or hand-over-without-wait.
     #[arg(long)]
@@ -103,6 +108,7 @@ fn real_main() -> Result<i32> {
         programs: args.programs,
         fault_span: Duration::from_secs(args.fault_seconds),
         faults: !args.no_faults,
+        host_codes: args.host_codes,
         mutations: mutations(args.mutation.as_deref())?,
         ..Options::default()
     };

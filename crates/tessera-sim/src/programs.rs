@@ -123,6 +123,7 @@ pub async fn server(
         grant_ids: Arc::new(move || format!("{id_prefix}-{}", ids.fetch_add(1, Ordering::SeqCst))),
         observer: Some(Arc::new(TraceObserver(ctx.trace.clone()))),
         mutations: ctx.mutations,
+        hostid: spec.hostid.clone(),
     };
     ctx.trace.lock().note(
         &spec.id,
@@ -307,9 +308,15 @@ async fn change_pool(
     let servers = &ctx.scenario.servers;
     let address = servers[rng.gen_range(0..servers.len())].address();
     let limit = ctx.trace.lock().hard_limit_now();
-    let (what, outcome) = match rng.gen_range(0..3) {
+    // With host-bound codes the administrator only moves the codes' seats.
+    let (choice, nominal) = if ctx.scenario.host_codes {
+        (0, limit * ctx.scenario.codes.len() as u32)
+    } else {
+        (rng.gen_range(0..3), limit)
+    };
+    let (what, outcome) = match choice {
         0 => {
-            let split = scenario::random_distribution(rng, servers, limit).unwrap_or_default();
+            let split = scenario::random_distribution(rng, servers, nominal).unwrap_or_default();
             let body = SetDistribution {
                 feature: FEATURE.into(),
                 servers: split.clone(),

@@ -48,6 +48,8 @@ pub struct ServerSpec {
     pub host: String,
     /// Its clock runs this many parts per million fast, within the bound.
     pub rate_ppm: i64,
+    /// Its machine's hostid, with host-bound codes ([`Options::host_codes`]).
+    pub hostid: Option<String>,
 }
 
 impl ServerSpec {
@@ -68,6 +70,8 @@ pub struct Scenario {
     pub key: VendorSecretKey,
     pub pool_text: String,
     pub codes: Vec<LicenseCode>,
+    /// Each server serves only its own host's code ([`Options::host_codes`]).
+    pub host_codes: bool,
 }
 
 pub const SERVER_IDS: [&str; 7] = ["A", "B", "C", "D", "E", "F", "G"];
@@ -87,6 +91,7 @@ impl Scenario {
                     1 => i64::from(DRIFT_PERCENT) * 10_000,
                     _ => rng.gen_range(0..=i64::from(DRIFT_PERCENT) * 10_000),
                 },
+                hostid: options.host_codes.then(|| host_of(id)),
             })
             .collect();
         let hard_limit = (count as u32) * rng.gen_range(options.seats_per_server.clone())
@@ -101,8 +106,28 @@ impl Scenario {
         } else {
             rng.gen_range(options.lease_s.clone())
         };
-        let codes = vec![sign(&key, "app-1", hard_limit, lease_s)];
-        let distribution = random_distribution(rng, &servers, hard_limit);
+        let codes = if options.host_codes {
+            // One code per server, each of the hard limit and bound to that
+            // server's host: each server serves one of them, a pool of
+            // masters' shape, and the pool holds at most one code's seats.
+            servers
+                .iter()
+                .map(|s| {
+                    let id = format!("app-{}", s.id);
+                    sign_for(
+                        &key,
+                        &id,
+                        hard_limit,
+                        lease_s,
+                        HostBinding::Host(host_of(&s.id)),
+                    )
+                })
+                .collect()
+        } else {
+            vec![sign(&key, "app-1", hard_limit, lease_s)]
+        };
+        let nominal = hard_limit * codes.len() as u32;
+        let distribution = random_distribution(rng, &servers, nominal);
         let pool_text = pool_text(1, &servers, &distribution, &codes);
         Scenario {
             servers,
@@ -113,6 +138,7 @@ impl Scenario {
             key,
             pool_text,
             codes,
+            host_codes: options.host_codes,
         }
     }
 
@@ -145,6 +171,22 @@ impl Scenario {
 /// A code for `seats` seats of the feature with a lease of `lease_s`,
 /// signed by the vendor.
 pub fn sign(key: &VendorSecretKey, id: &str, seats: u32, lease_s: u32) -> LicenseCode {
+    sign_for(key, id, seats, lease_s, HostBinding::Any)
+}
+
+/// Server `id`'s hostid with host-bound codes.
+pub fn host_of(id: &str) -> String {
+    format!("mid-51{:014x}", u64::from(id.as_bytes()[0]))
+}
+
+/// [`sign`], bound to `hostid`.
+pub fn sign_for(
+    key: &VendorSecretKey,
+    id: &str,
+    seats: u32,
+    lease_s: u32,
+    hostid: HostBinding,
+) -> LicenseCode {
     key.sign(UnsignedCode {
         id: id.to_string(),
         vendor: VENDOR.to_string(),
@@ -154,7 +196,7 @@ pub fn sign(key: &VendorSecretKey, id: &str, seats: u32, lease_s: u32) -> Licens
         seats,
         issued: CivilDate::parse(CODES_ISSUED).expect("a date"),
         expiry: Expiry::parse(CODES_EXPIRE).expect("a date"),
-        hostid: HostBinding::Any,
+        hostid,
         policy: Policy {
             borrow_threshold_percent: 80,
             heartbeat_interval_s: HEARTBEAT_S,

@@ -92,6 +92,10 @@ pub struct Trace {
     states: BTreeMap<u64, ([u8; 32], String)>,
     /// When the hard limit grew, as committed states show.
     limits: Vec<(Duration, u32)>,
+    /// The servers' hostids, with host-bound codes: the hard limit is then
+    /// the most seats one server serves (codes for any host, and its own),
+    /// not the seats of every code.
+    hostids: Vec<String>,
     pub violations: Vec<Violation>,
     pub counts: Counts,
 }
@@ -147,6 +151,11 @@ impl Trace {
             checker,
             what,
         });
+    }
+
+    /// The servers' hostids, with host-bound codes.
+    pub fn set_hostids(&mut self, hostids: Vec<String>) {
+        self.hostids = hostids;
     }
 
     pub fn set_initial_limit(&mut self, seats: u32) {
@@ -310,6 +319,29 @@ impl Trace {
         }
     }
 
+    /// With host-bound codes: the most seats of the feature one server
+    /// serves, its own host's codes and those for any host.
+    fn served_limit(&self, state: &ControlState) -> Option<u64> {
+        if self.hostids.is_empty() {
+            return None;
+        }
+        let codes = &state.pool()?.codes;
+        self.hostids
+            .iter()
+            .map(|hostid| {
+                codes
+                    .iter()
+                    .filter(|code| code.feature() == FEATURE)
+                    .filter(|code| match &code.fields().hostid {
+                        tessera_core::HostBinding::Host(bound) => bound == hostid,
+                        _ => true,
+                    })
+                    .map(|code| u64::from(code.seats()))
+                    .sum()
+            })
+            .max()
+    }
+
     pub fn applied(&mut self, server: &str, index: u64, state: &ControlState) {
         self.counts.states_applied += 1;
         let hand_overs = state
@@ -345,7 +377,7 @@ impl Trace {
                 );
             }
             if feature == FEATURE {
-                let seats = code_seats as u32;
+                let seats = self.served_limit(state).unwrap_or(code_seats) as u32;
                 if seats > self.hard_limit_now() {
                     self.limits.push((true_now(), seats));
                     self.note(server, &format!("hard limit now {seats}"));
