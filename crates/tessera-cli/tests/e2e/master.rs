@@ -937,3 +937,196 @@ async fn three_masters_share_one_n_and_a_master_alone_lends_nothing() {
         .await;
     assert!(!vid_held(&status) && cad_limit(&status) == 0, "{status:#?}");
 }
+
+/// What a fake master answers a production server's checkout with.
+#[derive(Clone, Copy, Debug)]
+enum Forgery {
+    /// A certificate the licensed master signed for this very run, then
+    /// changed: its lifetime raised.
+    Tampered,
+    /// A certificate properly signed, for another run of the same server
+    /// (a copy taken from elsewhere).
+    OtherRun,
+    /// A certificate for another VID, under a master license the production
+    /// server does not list.
+    OtherVid,
+}
+
+/// A fake master on loopback, plain HTTP: it answers every checkout and
+/// heartbeat with a grant of the asker's slot whose certificate is forged
+/// as `forgery` says, signed with `key` (the licensed master's key, copied).
+async fn fake_master(
+    key: tessera_core::master::MasterSecretKey,
+    license_id: String,
+    forgery: Forgery,
+) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap().to_string();
+    let own = address.clone();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let (key, license_id, own) = (key.clone(), license_id.clone(), own.clone());
+            tokio::spawn(async move {
+                let mut request = Vec::new();
+                let mut buffer = [0u8; 4096];
+                // The head, then as many body bytes as it announces.
+                let body = loop {
+                    let Ok(n) = stream.read(&mut buffer).await else {
+                        return;
+                    };
+                    if n == 0 {
+                        return;
+                    }
+                    request.extend_from_slice(&buffer[..n]);
+                    let text = String::from_utf8_lossy(&request).to_string();
+                    let Some(end) = text.find("\r\n\r\n") else {
+                        continue;
+                    };
+                    let length = text[..end]
+                        .lines()
+                        .find_map(|l| {
+                            l.to_ascii_lowercase()
+                                .strip_prefix("content-length:")
+                                .map(|v| v.trim().parse::<usize>().unwrap_or(0))
+                        })
+                        .unwrap_or(0);
+                    if request.len() >= end + 4 + length {
+                        break request[end + 4..end + 4 + length].to_vec();
+                    }
+                };
+                let asked: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+                let instance = asked["client_id"].as_str().unwrap_or("").to_string();
+                let server_id = asked["user"].as_str().unwrap_or("P1").to_string();
+                let lifetime_ms = 60_000;
+                let fields = |vid: &str, license: &str, instance: &str| {
+                    tessera_core::master::CertificateFields {
+                        vid: vid.into(),
+                        master_license: license.into(),
+                        server_id: server_id.clone(),
+                        instance: instance.into(),
+                        serial: 1,
+                        issued_unix_ms: 1_796_083_200_000,
+                        lifetime_ms,
+                    }
+                };
+                let certificate = match forgery {
+                    Forgery::Tampered => {
+                        let signed = key
+                            .certify(fields("acme-vid-1", &license_id, &instance))
+                            .unwrap();
+                        let mut wire = tessera_server::master::wire_certificate(&signed);
+                        wire.lifetime_ms *= 10;
+                        wire
+                    }
+                    Forgery::OtherRun => tessera_server::master::wire_certificate(
+                        &key.certify(fields("acme-vid-1", &license_id, "P1.000000000000"))
+                            .unwrap(),
+                    ),
+                    Forgery::OtherVid => tessera_server::master::wire_certificate(
+                        &key.certify(fields("acme-vid-2", "master-of-vid-2", &instance))
+                            .unwrap(),
+                    ),
+                };
+                let lease_ms = if matches!(forgery, Forgery::Tampered) {
+                    certificate.lifetime_ms
+                } else {
+                    lifetime_ms
+                };
+                let grant = tessera_proto::Grant {
+                    grant_id: "forged-grant".into(),
+                    feature: "vid:acme-vid-1".into(),
+                    count: 1,
+                    server_id: "M".into(),
+                    lease_ms,
+                    heartbeat_interval_ms: 15_000,
+                    servers: vec![tessera_proto::ServerInfo {
+                        id: "M".into(),
+                        address: own,
+                    }],
+                    converted: false,
+                    proof: tessera_proto::Proof("forged".into()),
+                    holding: None,
+                    certificate: Some(certificate),
+                };
+                let json = serde_json::to_vec(&grant).unwrap();
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
+                     connection: close\r\n\r\n",
+                    json.len()
+                );
+                let _ = stream.write_all(head.as_bytes()).await;
+                let _ = stream.write_all(&json).await;
+            });
+        }
+    });
+    address
+}
+
+/// A production server asks a fake master that answers with a forged
+/// certificate: one changed after signing, one for another run, one for
+/// another VID. Each is refused with its reason, and the VID's code is not
+/// served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_certificate_from_a_fake_master_is_refused_with_its_reason() {
+    let fixture = Fixture::new().await;
+    let (license, _) = enrol_master(&fixture).await;
+    let master_data = fixture.path().join("server-M").join("data");
+    let key = tessera_server::master::key::read(&master_data).unwrap();
+    let license_id =
+        tessera_core::master::MasterLicenseFile::parse(&std::fs::read_to_string(&license).unwrap())
+            .unwrap()
+            .license
+            .id()
+            .to_string();
+    let cad = fixture
+        .sign("[[license]]\nfeature = \"cad\"\nseats = 5\nexpiry = \"permanent\"\nhostid = \"vid:acme-vid-1\"\n")
+        .await;
+    let token = fixture.path().join("production.token");
+    std::fs::write(&token, "a-token-the-fake-master-takes").unwrap();
+    for (n, (forgery, reason)) in [
+        (Forgery::Tampered, "signature does not check"),
+        (Forgery::OtherRun, "not to this server"),
+        (Forgery::OtherVid, "not among `license_files`"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let fake = fake_master(key.clone(), license_id.clone(), forgery).await;
+        let mut spec = ServerSpec::new(cad.clone());
+        spec.server_id = format!("P{}", n + 1);
+        spec.config_tables = format!(
+            "[vid]\nmasters = [\"{fake}\"]\nlicense_files = [\"{}\"]\nplain_http = true\n\
+             token_file = \"{}\"\n",
+            license.display(),
+            token.display()
+        );
+        let mut server = fixture.server(spec);
+        server.start(StartMode::NewPool).await;
+        let status = server
+            .poll(
+                "the forged certificate refused",
+                SERVER_READY_TIMEOUT,
+                |s| {
+                    s.server
+                        .vid
+                        .as_ref()
+                        .and_then(|vid| vid.reason.as_deref())
+                        .is_some_and(|r| r.contains(reason))
+                },
+            )
+            .await;
+        println!(
+            "{forgery:?}: {}",
+            status
+                .server
+                .vid
+                .as_ref()
+                .and_then(|v| v.reason.clone())
+                .unwrap_or_default()
+        );
+        assert!(!vid_held(&status), "{forgery:?}: {status:#?}");
+        assert_eq!(cad_limit(&status), 0, "{forgery:?}");
+        server.kill();
+    }
+}
