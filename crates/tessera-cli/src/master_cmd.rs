@@ -204,9 +204,27 @@ pub fn show(file: &MasterLicenseFile, json: bool) {
 }
 
 /// `tessera master status`: the slots of the master's VID and who holds
-/// them (from the master's full status).
+/// them, from the full status of the first master that answers and of
+/// every other server of its pool (each lists the slots it lends).
 pub async fn status(config: ClientConfig, token: String, json: bool) -> Result<()> {
-    let status = Admin::new(config, token)?.status().await?;
+    let status = Admin::new(config.clone(), token.clone())?.status().await?;
+    let mut grants = status.grants.clone();
+    let mut silent = Vec::new();
+    for peer in status.servers.iter().filter(|p| p.id != status.server.id) {
+        let mut one = config.clone();
+        one.servers = vec![peer.address.clone()];
+        match Admin::new(one, token.clone())?.status().await {
+            Ok(other) => grants.extend(other.grants),
+            Err(_) => silent.push(peer.id.clone()),
+        }
+    }
+    // A run's slot may have copies on two masters after a fail-over: the
+    // one that lapses last is the one it renews.
+    grants.sort_by(|a, b| {
+        (&a.client_id, std::cmp::Reverse(a.expires_in_ms))
+            .cmp(&(&b.client_id, std::cmp::Reverse(b.expires_in_ms)))
+    });
+    grants.dedup_by(|later, first| later.client_id == first.client_id);
     let prefix = tessera_core::master::VID_BINDING_PREFIX;
     let slots: Vec<_> = status
         .features
@@ -220,8 +238,7 @@ pub async fn status(config: ClientConfig, token: String, json: bool) -> Result<(
             status.server.id
         );
     }
-    let holders: Vec<_> = status
-        .grants
+    let holders: Vec<_> = grants
         .iter()
         .filter(|grant| grant.feature.starts_with(prefix))
         .collect();
@@ -239,6 +256,7 @@ pub async fn status(config: ClientConfig, token: String, json: bool) -> Result<(
                     "server_id": g.user, "instance": g.client_id, "host": g.host,
                     "lapses_in_ms": g.expires_in_ms,
                 })).collect::<Vec<_>>(),
+                "masters_not_answering": silent,
             })
         );
         return Ok(());
@@ -262,6 +280,12 @@ pub async fn status(config: ClientConfig, token: String, json: bool) -> Result<(
                 grant.expires_in_ms as f64 / 1000.0
             );
         }
+    }
+    if !silent.is_empty() {
+        println!(
+            "(not listed: the slots lent by {}, which did not answer)",
+            silent.join(", ")
+        );
     }
     Ok(())
 }

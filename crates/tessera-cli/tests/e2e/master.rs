@@ -900,6 +900,24 @@ async fn three_masters_share_one_n_and_a_master_alone_lends_nothing() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
+    // Any surviving master lists both holders, whichever master lends them,
+    // and says which master did not answer.
+    let survivor = &masters[(index + 1) % 3];
+    let mut held_by = Vec::new();
+    for server in &production {
+        let status = server.status().await;
+        if vid_held(&status) {
+            held_by.push(status.server.id.clone());
+        }
+    }
+    let listed = tessera(survivor.cli(&["master", "status"])).await.success();
+    let mut expected = vec![
+        "VID acme-vid-1: 2 of 2 production servers hold it".to_string(),
+        format!("not listed: the slots lent by {lender}"),
+    ];
+    expected.extend(held_by);
+    listed.mentions(&expected.iter().map(String::as_str).collect::<Vec<_>>());
+
     // The attack: master M{index+1}'s key and license in a pool of its own.
     let alone_id = format!("S{}", index + 1);
     let mut spec = ServerSpec::new(String::new());
