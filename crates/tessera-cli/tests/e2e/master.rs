@@ -489,13 +489,7 @@ impl Crowd {
         let mut statuses = Vec::new();
         for server in &mut production {
             let answered = |s: &tessera_proto::StatusResponse| {
-                s.server.vid.as_ref().is_some_and(|vid| {
-                    vid.held
-                        || vid
-                            .reason
-                            .as_deref()
-                            .is_some_and(|r| r.contains("no certificate"))
-                })
+                vid_held(s) || vid_reason_has(s, "no certificate")
             };
             statuses.push(
                 server
@@ -741,11 +735,7 @@ async fn a_revoked_run_stops_at_its_certificates_lapse_and_the_next_takes_the_sl
     // The revoked run asks again, and is refused for good.
     let status = production[victim]
         .poll("the master's refusal", SERVER_READY_TIMEOUT, |s| {
-            s.server
-                .vid
-                .as_ref()
-                .and_then(|vid| vid.reason.as_deref())
-                .is_some_and(|r| r.contains("revoked"))
+            vid_reason_has(s, "revoked")
         })
         .await;
     assert!(!vid_held(&status));
@@ -790,6 +780,16 @@ async fn enrol_group_master(
     (license, spec)
 }
 
+/// True if the production server's VID status gives a reason naming `part`.
+fn vid_reason_has(status: &tessera_proto::StatusResponse, part: &str) -> bool {
+    status
+        .server
+        .vid
+        .as_ref()
+        .and_then(|vid| vid.reason.as_deref())
+        .is_some_and(|reason| reason.contains(part))
+}
+
 fn vid_master(status: &tessera_proto::StatusResponse) -> Option<String> {
     status
         .server
@@ -828,15 +828,8 @@ async fn three_masters_share_one_n_and_a_master_alone_lends_nothing() {
         let group: Vec<&Server> = masters.iter().collect();
         start_production_of(&fixture, &group, &licenses, &["P1", "P2", "P3"]).await
     };
-    let answered = |s: &tessera_proto::StatusResponse| {
-        s.server.vid.as_ref().is_some_and(|vid| {
-            vid.held
-                || vid
-                    .reason
-                    .as_deref()
-                    .is_some_and(|r| r.contains("no certificate"))
-        })
-    };
+    let answered =
+        |s: &tessera_proto::StatusResponse| vid_held(s) || vid_reason_has(s, "no certificate");
     let mut statuses = Vec::new();
     for server in &mut production {
         statuses.push(
@@ -944,13 +937,7 @@ async fn three_masters_share_one_n_and_a_master_alone_lends_nothing() {
         .poll(
             "the lone master's certificate refused",
             SERVER_READY_TIMEOUT,
-            |s| {
-                s.server
-                    .vid
-                    .as_ref()
-                    .and_then(|vid| vid.reason.as_deref())
-                    .is_some_and(|r| r.contains("signed by 1 of the 3 masters"))
-            },
+            |s| vid_reason_has(s, "signed by 1 of the 3 masters"),
         )
         .await;
     assert!(!vid_held(&status) && cad_limit(&status) == 0, "{status:#?}");
@@ -1125,13 +1112,7 @@ async fn a_forged_certificate_from_a_fake_master_is_refused_with_its_reason() {
             .poll(
                 "the forged certificate refused",
                 SERVER_READY_TIMEOUT,
-                |s| {
-                    s.server
-                        .vid
-                        .as_ref()
-                        .and_then(|vid| vid.reason.as_deref())
-                        .is_some_and(|r| r.contains(reason))
-                },
+                |s| vid_reason_has(s, reason),
             )
             .await;
         println!(
