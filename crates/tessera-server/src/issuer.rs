@@ -111,6 +111,12 @@ pub struct Issuer {
     tables: BTreeMap<String, DistributionTable>,
     /// Seats of uncounted grants, per feature, held aside until they lapse.
     held_aside: HashMap<String, u32>,
+    /// Conversions waiting for their grant's seats to be handed over here
+    /// (FIG. 10), by grant id: the feature and the seats. From the moment
+    /// the hand-over is asked for, no other checkout may take those seats
+    /// when they arrive, nor may this server lend them on; only that
+    /// grant's conversion does.
+    hand_overs_expected: HashMap<String, (String, u32)>,
     grants: HashMap<String, LiveGrant>,
     expiry_queue: BTreeSet<(u64, String)>,
     grants_per_client: HashMap<String, usize>,
@@ -186,6 +192,7 @@ impl Issuer {
             licenses: LicenseTable::default(),
             tables: BTreeMap::new(),
             held_aside: HashMap::new(),
+            hand_overs_expected: HashMap::new(),
             grants: HashMap::new(),
             expiry_queue: BTreeSet::new(),
             grants_per_client: HashMap::new(),
@@ -429,7 +436,8 @@ impl Issuer {
         let terms = self.check_servable(&request)?;
         self.check_issuing(origin, now_ms)?;
         self.check_limits(&request.client_id)?;
-        let available = self.available(&request.feature);
+        // A conversion may take the seats held back for its own hand-over.
+        let available = self.available_to(&request.feature, Some(&grant_id));
         let table = self
             .tables
             .get_mut(&request.feature)
@@ -801,6 +809,12 @@ impl Issuer {
     /// the seats in use, those held aside, and those the pool asked this
     /// server to give up (held back from the moment the request is applied).
     pub fn available(&self, feature: &str) -> u32 {
+        self.available_to(feature, None)
+    }
+
+    /// [`Self::available`] to the conversion of `grant_id`, which may take
+    /// the seats held back for its own hand-over.
+    fn available_to(&self, feature: &str, grant_id: Option<&str>) -> u32 {
         let Some(row) = self
             .tables
             .get(feature)
@@ -808,7 +822,13 @@ impl Issuer {
         else {
             return 0;
         };
-        let held_aside = self.held_aside.get(feature).copied().unwrap_or(0);
+        let own = grant_id
+            .and_then(|id| self.hand_overs_expected.get(id))
+            .filter(|(f, _)| f == feature)
+            .map_or(0, |(_, seats)| *seats);
+        let held_aside = self.held_aside.get(feature).copied().unwrap_or(0)
+            + self.hand_overs_expected_of(feature)
+            - own;
         let reserved = self
             .control
             .as_ref()
@@ -824,7 +844,8 @@ impl Issuer {
     /// its clients hold (counted or held aside).
     pub fn usage(&self, feature: &str) -> Option<(u32, u32)> {
         let row = self.tables.get(feature)?.row(&self.server_id)?;
-        let held_aside = self.held_aside.get(feature).copied().unwrap_or(0);
+        let held_aside = self.held_aside.get(feature).copied().unwrap_or(0)
+            + self.hand_overs_expected_of(feature);
         let cooling = self.cooling.seats(feature);
         Some((row.allocation, row.in_use + held_aside + cooling))
     }
@@ -875,6 +896,27 @@ impl Issuer {
             .collect()
     }
 
+    /// Holds back `seats` of `feature` for the conversion of `grant_id`,
+    /// whose hand-over is about to be asked for (see `hand_overs_expected`).
+    pub fn expect_hand_over(&mut self, grant_id: &str, feature: &str, seats: u32) {
+        self.hand_overs_expected
+            .insert(grant_id.to_string(), (feature.to_string(), seats));
+    }
+
+    /// The conversion of `grant_id` is done, or gave up: its seats, if they
+    /// came, are either its grant's now or free again.
+    pub fn end_hand_over(&mut self, grant_id: &str) {
+        self.hand_overs_expected.remove(grant_id);
+    }
+
+    fn hand_overs_expected_of(&self, feature: &str) -> u32 {
+        self.hand_overs_expected
+            .values()
+            .filter(|(f, _)| f == feature)
+            .map(|(_, seats)| *seats)
+            .sum()
+    }
+
     /// Seats in use per feature, as reported to the leader.
     pub fn in_use_counts(&self) -> BTreeMap<String, u32> {
         let mut counts: BTreeMap<String, u32> = self
@@ -887,7 +929,13 @@ impl Issuer {
                 )
             })
             .collect();
-        for (feature, seats) in self.held_aside.iter().chain(self.cooling.per_feature()) {
+        let expected = self.hand_overs_expected.values().map(|(f, n)| (f, n));
+        for (feature, seats) in self
+            .held_aside
+            .iter()
+            .chain(self.cooling.per_feature())
+            .chain(expected)
+        {
             *counts.entry(feature.clone()).or_default() += seats;
         }
         counts
@@ -1332,6 +1380,29 @@ pub(crate) mod tests {
         issuer
             .checkout("n".into(), request("e", 2), at(10_000))
             .unwrap();
+    }
+
+    /// Seats a conversion waits to have handed over are its own: no other
+    /// checkout takes them, the server does not count them spare, and the
+    /// conversion of that very grant does take them.
+    #[test]
+    fn seats_expected_by_a_hand_over_are_kept_for_their_grant() {
+        let mut issuer = issuer_with(3, Limits::default(), vec![]);
+        issuer.checkout("a".into(), request("x", 1), at(0)).unwrap();
+        issuer.expect_hand_over("g", "cad", 2);
+        assert_eq!(issuer.available("cad"), 0);
+        assert_eq!(issuer.in_use_counts()["cad"], 3, "reported as held");
+        let other = issuer.checkout("b".into(), request("y", 1), at(0));
+        assert_eq!(code_of(other), ErrorCode::NoSeatsAvailable);
+        // Another grant's conversion does not take them either.
+        let stranger = issuer.heartbeat("h".into(), request("z", 1), at(0));
+        assert_eq!(code_of(stranger), ErrorCode::NoSeatsAvailable);
+        issuer
+            .heartbeat("g".into(), request("w", 2), at(0))
+            .unwrap();
+        issuer.end_hand_over("g");
+        assert_eq!(issuer.in_use_counts()["cad"], 3);
+        issuer.check_invariants(true).unwrap();
     }
 
     #[test]

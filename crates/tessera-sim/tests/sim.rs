@@ -298,6 +298,17 @@ fn check_soak_seeds_with(seeds: &[u64], lease_s: std::ops::RangeInclusive<u32>) 
     }
 }
 
+/// Seed 2000038 of the soaks (7 servers, leases up to 6 s): G's two grants
+/// were handed over to A while A also issued fresh seats. A's checkouts took
+/// the seats the first hand-over had moved, and the second conversion found
+/// none, so one live grant was left with no seats behind it: 36 held
+/// against 34. A conversion now holds its seats back from the moment it
+/// asks for the hand-over.
+#[test]
+fn seats_handed_over_are_kept_for_their_grant() {
+    check_soak_seeds_with(&[2000038], 2..=6);
+}
+
 /// Seeds 70203 and 70481 of the soaks: B loses its disk and, with it, its
 /// vote; back with an empty log it answers a stale leader (A, cut off or
 /// restarted in an old term), which counts it in a majority and commits

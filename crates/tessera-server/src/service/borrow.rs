@@ -101,10 +101,21 @@ impl App {
                     && (hand_over.is_some() || self.could_borrow(feature)) =>
             {
                 let wait = self.seat_wait(deadline.answer_within_ms);
+                // Seats handed over with the grant are its own: held back
+                // from every other checkout from before they are asked for
+                // until this conversion has taken them or given up.
+                let expected = hand_over.as_ref().map(|claim| claim.grant_id.clone());
+                if let Some(grant_id) = &expected {
+                    self.issuer().expect_hand_over(grant_id, feature, count);
+                }
                 let wait = self.borrow_for(feature, count, wait, hand_over).await;
                 // Once more either way: seats may have come at the last moment,
                 // and a denial should tell the seats as they are now.
-                attempt(self).map_err(|err| match wait {
+                let last = attempt(self);
+                if let Some(grant_id) = &expected {
+                    self.issuer().end_hand_over(grant_id);
+                }
+                last.map_err(|err| match wait {
                     Wait::Short { pool_available } if err.code == ErrorCode::NoSeatsAvailable => {
                         short_of_seats(
                             err,
