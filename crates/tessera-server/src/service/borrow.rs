@@ -104,17 +104,21 @@ impl App {
                 // Seats handed over with the grant are its own: held back
                 // from every other checkout from before they are asked for
                 // until this conversion has taken them or given up.
-                let expected = hand_over.as_ref().map(|claim| claim.grant_id.clone());
-                if let Some(grant_id) = &expected {
-                    self.issuer().expect_hand_over(grant_id, feature, count);
-                }
+                // Ended when dropped: also when the request is abandoned
+                // while it waits.
+                let expected = hand_over.as_ref().map(|claim| {
+                    self.issuer()
+                        .expect_hand_over(&claim.grant_id, feature, count);
+                    ExpectedHandOver {
+                        app: self,
+                        grant_id: claim.grant_id.clone(),
+                    }
+                });
                 let wait = self.borrow_for(feature, count, wait, hand_over).await;
                 // Once more either way: seats may have come at the last moment,
                 // and a denial should tell the seats as they are now.
                 let last = attempt(self);
-                if let Some(grant_id) = &expected {
-                    self.issuer().end_hand_over(grant_id);
-                }
+                drop(expected);
                 last.map_err(|err| match wait {
                     Wait::Short { pool_available } if err.code == ErrorCode::NoSeatsAvailable => {
                         short_of_seats(
@@ -327,5 +331,19 @@ impl App {
         self.pool
             .at_leader(forward, ask, |ask| self.lead_borrow(ask))
             .await
+    }
+}
+
+/// The seats held back for one conversion's hand-over, given back when
+/// dropped: once the conversion has taken them or given up, or when its
+/// request is abandoned while it waits.
+struct ExpectedHandOver<'a> {
+    app: &'a App,
+    grant_id: String,
+}
+
+impl Drop for ExpectedHandOver<'_> {
+    fn drop(&mut self) {
+        self.app.issuer().end_hand_over(&self.grant_id);
     }
 }
