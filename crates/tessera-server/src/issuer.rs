@@ -826,9 +826,7 @@ impl Issuer {
             .and_then(|id| self.hand_overs_expected.get(id))
             .filter(|(f, _)| f == feature)
             .map_or(0, |(_, seats)| *seats);
-        let held_aside = self.held_aside.get(feature).copied().unwrap_or(0)
-            + self.hand_overs_expected_of(feature)
-            - own;
+        let held_aside = self.held_aside_of(feature) - own;
         let reserved = self
             .control
             .as_ref()
@@ -844,8 +842,7 @@ impl Issuer {
     /// its clients hold (counted or held aside).
     pub fn usage(&self, feature: &str) -> Option<(u32, u32)> {
         let row = self.tables.get(feature)?.row(&self.server_id)?;
-        let held_aside = self.held_aside.get(feature).copied().unwrap_or(0)
-            + self.hand_overs_expected_of(feature);
+        let held_aside = self.held_aside_of(feature);
         let cooling = self.cooling.seats(feature);
         Some((row.allocation, row.in_use + held_aside + cooling))
     }
@@ -909,12 +906,17 @@ impl Issuer {
         self.hand_overs_expected.remove(grant_id);
     }
 
-    fn hand_overs_expected_of(&self, feature: &str) -> u32 {
-        self.hand_overs_expected
+    /// Seats of `feature` no new checkout may take though no grant here
+    /// counts them: those of uncounted grants, and those expected by
+    /// hand-overs.
+    fn held_aside_of(&self, feature: &str) -> u32 {
+        let expected: u32 = self
+            .hand_overs_expected
             .values()
             .filter(|(f, _)| f == feature)
             .map(|(_, seats)| *seats)
-            .sum()
+            .sum();
+        self.held_aside.get(feature).copied().unwrap_or(0) + expected
     }
 
     /// Seats in use per feature, as reported to the leader.

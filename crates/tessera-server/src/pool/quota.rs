@@ -251,34 +251,30 @@ impl Pool {
     /// Leader: the allocation `server`'s seats in use of `feature` require,
     /// by a report it sent after `since_ms`.
     pub fn reported_held_since(&self, server: &str, feature: &str, since_ms: u64) -> Option<u32> {
-        if !self.is_leader() {
-            return None;
-        }
-        let seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
-        seen.get(server)
-            .filter(|s| s.sent_since(since_ms))
-            .map(|s| s.held.get(feature).copied().unwrap_or(0))
+        self.last_report(server, |s| {
+            s.sent_since(since_ms).then(|| count_of(&s.held, feature))
+        })
     }
 
     /// Leader: the allocation `server`'s seats in use of `feature` require,
     /// by its last report: what it may not give away.
     pub fn reported_held(&self, server: &str, feature: &str) -> Option<u32> {
-        if !self.is_leader() {
-            return None;
-        }
-        let seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
-        seen.get(server)
-            .map(|s| s.held.get(feature).copied().unwrap_or(0))
+        self.last_report(server, |s| Some(count_of(&s.held, feature)))
     }
 
     /// Leader: the in-use counts last reported by `server`.
     pub fn reported_in_use(&self, server: &str, feature: &str) -> Option<u32> {
+        self.last_report(server, |s| Some(count_of(&s.in_use, feature)))
+    }
+
+    /// Leader: `read` of what `server` last reported; `None` on a follower
+    /// or before its first report to this leader.
+    fn last_report<T>(&self, server: &str, read: impl FnOnce(&Seen) -> Option<T>) -> Option<T> {
         if !self.is_leader() {
             return None;
         }
         let seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
-        seen.get(server)
-            .map(|s| s.in_use.get(feature).copied().unwrap_or(0))
+        seen.get(server).and_then(read)
     }
 }
 
@@ -288,6 +284,11 @@ impl Seen {
     fn sent_since(&self, since_ms: u64) -> bool {
         self.previous_at_ms.is_some_and(|at_ms| at_ms >= since_ms)
     }
+}
+
+/// `counts`' entry for `feature`; none is 0.
+fn count_of(counts: &BTreeMap<String, u32>, feature: &str) -> u32 {
+    counts.get(feature).copied().unwrap_or(0)
 }
 
 /// A report's seats in use per feature, as the allocation they require:
