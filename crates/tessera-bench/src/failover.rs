@@ -109,6 +109,7 @@ async fn one_run(tessera: &std::path::Path, args: &FailoverConfig) -> Result<Run
         let mut config = ClientConfig::new(order);
         config.client_id = format!("failover-{n}");
         config.tls = tessera_client::ClientTls::PoolCa(pool.ca_pem());
+        config.trust = tessera_client::Trust::AnyServer;
         let seat = Client::new(config)?.checkout("app", "1.0", 1).await?;
         seats.push(seat);
     }

@@ -482,6 +482,8 @@ impl Session for TesseraSession {
             version: "1.0".into(),
             count: 1,
             answer_within_ms: None,
+            nonce: None,
+            server_key: None,
             renewal: 0,
             proof: hold.proof.clone(),
             holding: None,
@@ -503,6 +505,8 @@ fn checkout_request(holder: u64, feature: &str) -> CheckoutRequest {
         version: "1.0".into(),
         count: 1,
         answer_within_ms: None,
+        nonce: None,
+        server_key: None,
     }
 }
 

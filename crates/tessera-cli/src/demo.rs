@@ -29,17 +29,19 @@ pub(crate) struct DemoServer {
     pub(crate) env: Vec<(String, String)>,
 }
 
-/// What the demo's clients and administrator hold: the pool CA and the
-/// read token.
+/// What the demo's clients and administrator hold: the pool CA, the read
+/// token, and (built into the program) the vendor's public key.
 struct Trust {
     ca_pem: Vec<u8>,
     read_token: String,
+    vendor: tessera_core::VendorPublicKey,
 }
 
 impl Trust {
     fn config(&self, addresses: Vec<String>) -> ClientConfig {
         let mut config = ClientConfig::new(addresses);
         config.tls = ClientTls::PoolCa(self.ca_pem.clone());
+        config.trust = tessera_client::Trust::Vendor(vec![self.vendor.clone()]);
         config
     }
 
@@ -123,8 +125,8 @@ fn demo_code(feature: &str, seats: u32) -> UnsignedText {
 pub async fn run(keep: bool, dir: Option<PathBuf>) -> Result<()> {
     let (dir, _temp) = demo_dir(dir)?;
     println!("Tessera demo in {}", dir.display());
-    let codes = sign_codes(&dir)?;
-    let (mut servers, trust) = start_pool(&dir, &codes).await?;
+    let (vendor, codes) = sign_codes(&dir)?;
+    let (mut servers, trust) = start_pool(&dir, vendor, &codes).await?;
     let addresses: Vec<String> = servers.iter().map(|s| s.address.clone()).collect();
     let seats = check_out(&trust, &addresses).await?;
     let leader = deny_past_the_limit(&trust, &servers, &addresses).await?;
@@ -164,7 +166,12 @@ pub(crate) fn demo_dir(dir: Option<PathBuf>) -> Result<(PathBuf, Option<tempfile
     }
 }
 
-fn sign_codes(dir: &Path) -> Result<Vec<tessera_core::LicenseCode>> {
+fn sign_codes(
+    dir: &Path,
+) -> Result<(
+    tessera_core::VendorPublicKey,
+    Vec<tessera_core::LicenseCode>,
+)> {
     step("A vendor makes a key pair and signs license codes");
     let key = keys::generate("acme")?;
     keys::write_pair(&key, dir)?;
@@ -176,17 +183,18 @@ fn sign_codes(dir: &Path) -> Result<Vec<tessera_core::LicenseCode>> {
         "  vendor `acme`, key {}: `cad` 10 seats, `sim` 3 seats, versions 1.0-2.99",
         key.public().key_id()
     );
-    Ok(codes)
+    Ok((key.public(), codes))
 }
 
 async fn start_pool(
     dir: &Path,
+    vendor: tessera_core::VendorPublicKey,
     codes: &[tessera_core::LicenseCode],
 ) -> Result<(Vec<DemoServer>, Trust)> {
     step(
         "The administrator makes the pool's CA, certificates and tokens, and starts three servers",
     );
-    let (mut servers, trust) = write_pool(dir, codes)?;
+    let (mut servers, trust) = write_pool(dir, vendor, codes)?;
     for server in &mut servers {
         server.spawn()?;
     }
@@ -200,6 +208,11 @@ async fn start_pool(
 /// Each user's seats, checked out from the user's nearest server.
 async fn check_out(trust: &Trust, addresses: &[String]) -> Result<Vec<(String, SeatGuard)>> {
     step("Clients check seats out, each from its nearest server");
+    println!(
+        "  each program holds vendor `acme`'s public key {} and accepts a grant only if its \
+         server signed it for this request and every code behind it is acme's",
+        trust.vendor.key_id()
+    );
     let mut seats: Vec<(String, SeatGuard)> = Vec::new();
     for (first, user, feature, count) in [
         (0, "alice", "cad", 2),
@@ -405,7 +418,11 @@ async fn print_status(trust: &Trust, address: &str) -> Result<()> {
 
 /// `tessera pool init` for three servers on loopback, the vendor's codes
 /// pasted into each server's pool file, as an administrator would.
-fn write_pool(dir: &Path, codes: &[tessera_core::LicenseCode]) -> Result<(Vec<DemoServer>, Trust)> {
+fn write_pool(
+    dir: &Path,
+    vendor: tessera_core::VendorPublicKey,
+    codes: &[tessera_core::LicenseCode],
+) -> Result<(Vec<DemoServer>, Trust)> {
     let ids = ["A", "B", "C"];
     let mut specs = Vec::new();
     for id in ids {
@@ -426,6 +443,7 @@ fn write_pool(dir: &Path, codes: &[tessera_core::LicenseCode]) -> Result<(Vec<De
     let trust = Trust {
         ca_pem: std::fs::read(out.join("ca.pem"))?,
         read_token: std::fs::read_to_string(out.join("read.token"))?,
+        vendor,
     };
     let licenses = format!(
         "[distribution.cad]\nA = 4\nB = 3\nC = 3\n\n{}",

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use tessera_client::{Admin, Client, ClientConfig, ClientTls, StatusResponse};
+use tessera_client::{Admin, Client, ClientConfig, ClientTls, StatusResponse, Trust};
 use tessera_core::master::{MasterLicenseFields, MasterLicenseFile};
 use tessera_core::{CivilDate, Expiry};
 use tessera_server::hostid::{self, Hostid};
@@ -33,14 +33,15 @@ struct DemoPool {
 }
 
 impl DemoPool {
-    fn client(&self) -> Result<Client> {
+    fn client(&self, trust: Trust) -> Result<Client> {
         let mut config = ClientConfig::new([self.server.address.clone()]);
         config.tls = ClientTls::PoolCa(self.ca_pem.clone());
+        config.trust = trust;
         Ok(Client::new(config)?)
     }
 
     async fn status(&self) -> Result<StatusResponse> {
-        Ok(self.client()?.status().await?)
+        Ok(self.client(Trust::AnyServer)?.status().await?)
     }
 }
 
@@ -150,6 +151,22 @@ pub async fn run(dir: Option<PathBuf>) -> Result<()> {
 
     step("The master's view: `tessera master status`");
     print_master_status(&master).await?;
+
+    step("A program holding vendor `acme`'s key checks out `cad` on each production server");
+    for pool in &production {
+        let client = pool.client(Trust::Vendor(vec![vendor.public()]))?;
+        match client.checkout("cad", "1.0", 1).await {
+            Ok(seat) => {
+                println!(
+                    "  {}: granted, and checked offline: vendor key -> master license -> \
+                     certificate -> {}'s answer key",
+                    pool.server.id, pool.server.id
+                );
+                seat.release().await?;
+            }
+            Err(err) => println!("  {}: {}", pool.server.id, first_sentence(&err.to_string())),
+        }
+    }
 
     let stopping = statuses
         .iter()
@@ -298,6 +315,11 @@ fn describe(id: &str, status: &StatusResponse) -> String {
             vid.reason.as_deref().unwrap_or("no certificate")
         )
     }
+}
+
+/// The start of an error, up to the server's detail, for one line of output.
+fn first_sentence(text: &str) -> &str {
+    text.split_once("; ").map_or(text, |(first, _)| first)
 }
 
 async fn print_master_status(master: &DemoPool) -> Result<()> {

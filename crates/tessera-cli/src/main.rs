@@ -93,6 +93,11 @@ enum Command {
         /// Program version to ask for.
         #[arg(long, default_value = "1.0")]
         version: String,
+        /// A vendor's public key file (`<vendor>.pub` of `tessera vendor
+        /// keygen`): check the grant as that vendor's program would (signed
+        /// answer, every code the vendor's). Repeat for several vendors.
+        #[arg(long = "vendor-key")]
+        vendor_keys: Vec<PathBuf>,
         #[command(flatten)]
         servers: ServerArgs,
         #[arg(long)]
@@ -220,6 +225,22 @@ impl ServerArgs {
                 .with_context(|| format!("cannot read the pool CA {}", ca.display()))?;
             tessera_client::ClientTls::PoolCa(pem)
         };
+        // The command-line tool is the administrator's, not a vendor's
+        // program: it checks vendor keys only when given them.
+        config.trust = tessera_client::Trust::AnyServer;
+        Ok(config)
+    }
+
+    /// A checkout's configuration: checked against `vendor_keys` (files) when given.
+    fn checkout_config(&self, vendor_keys: &[PathBuf]) -> Result<tessera_client::ClientConfig> {
+        let mut config = self.client_config()?;
+        if !vendor_keys.is_empty() {
+            let keys = vendor_keys
+                .iter()
+                .map(|path| keys::read_public(path))
+                .collect::<Result<Vec<_>>>()?;
+            config.trust = tessera_client::Trust::Vendor(keys);
+        }
         Ok(config)
     }
 }
@@ -501,10 +522,11 @@ fn run(cli: Cli) -> Result<()> {
             hold,
             detach,
             version,
+            vendor_keys,
             servers,
             json,
         } => runtime()?.block_on(client_cmd::checkout(
-            servers.client_config()?,
+            servers.checkout_config(&vendor_keys)?,
             client_cmd::CheckoutArgs {
                 feature,
                 count,

@@ -13,6 +13,7 @@ use crate::config::{check_field, ClientConfig};
 use crate::error::{describe, pool_error, ClientError, Disposition, Failure, FailureKind};
 use crate::guard::{check_grant, lease_duration, SeatGuard};
 use crate::http::{self, STATUS_ANSWER_BYTES_MAX};
+use crate::trust::Checker;
 
 /// Connections kept open per server between requests: a program heartbeats one
 /// or a few grants, so a handful covers it.
@@ -29,6 +30,7 @@ pub struct Client {
 struct Inner {
     config: ClientConfig,
     transport: Arc<dyn HttpTransport>,
+    checker: Checker,
 }
 
 impl Client {
@@ -58,8 +60,13 @@ impl Client {
         transport: Arc<dyn HttpTransport>,
     ) -> Result<Client, ClientError> {
         config.validate()?;
+        let checker = Checker::new(&config);
         Ok(Client {
-            inner: Arc::new(Inner { config, transport }),
+            inner: Arc::new(Inner {
+                config,
+                transport,
+                checker,
+            }),
         })
     }
 
@@ -69,6 +76,10 @@ impl Client {
 
     pub(crate) fn transport(&self) -> &dyn HttpTransport {
         &*self.inner.transport
+    }
+
+    pub(crate) fn checker(&self) -> &Checker {
+        &self.inner.checker
     }
 
     /// Checks out `count` seats of `feature` for this program's `version`.
@@ -88,8 +99,9 @@ impl Client {
         count: u32,
     ) -> Result<SeatGuard, ClientError> {
         check_checkout(feature, version, count)?;
+        self.checker().check_clock()?;
         let config = self.config();
-        let request = CheckoutRequest {
+        let mut request = CheckoutRequest {
             client_id: config.client_id.clone(),
             user: config.user.clone(),
             host: config.host.clone(),
@@ -98,14 +110,20 @@ impl Client {
             count,
             // The server answers within our wait, a denial included.
             answer_within_ms: Some(crate::guard::wait_ms(config.request_timeout)),
+            nonce: None,
+            server_key: config.server_key.clone(),
         };
         let mut failures = Vec::new();
         for address in &config.servers {
+            // A fresh nonce per server: one server's answer does not check
+            // as another request's.
+            request.nonce = self.checker().nonce();
             // The lease runs from the send time, not the answer's arrival: the
             // server's own lease started no earlier than this instant.
             let send_instant = Instant::now();
             let answer: Result<Grant, Failure> =
                 http::post_json(self, address, "/checkout", &request).await;
+            let answer = self.checker().screen(address, &request, answer);
             match answer {
                 Ok(grant) => match usable_grant(&grant, &request, send_instant) {
                     Ok(()) => {
@@ -184,8 +202,9 @@ impl Client {
         address: &str,
         request: &HeartbeatRequest,
     ) -> Result<Grant, ClientError> {
-        http::post_json(self, address, "/heartbeat", request)
-            .await
+        let answer = http::post_json(self, address, "/heartbeat", request).await;
+        self.checker()
+            .screen(address, &request.as_checkout(), answer)
             .map_err(|failure| into_error(&request.feature, failure))
     }
 
@@ -265,6 +284,9 @@ fn into_error(feature: &str, failure: Failure) -> ClientError {
         FailureKind::NoAnswer(text) => ClientError::NoServerReachable {
             last_error: format!("{}: {text}", failure.address),
             tried: vec![failure.address],
+        },
+        FailureKind::Untrusted(text) => ClientError::UntrustedAnswer {
+            message: format!("{}: {text}", failure.address),
         },
         FailureKind::Refused { code, message } => {
             ClientError::from_server(feature, code, format!("{}: {message}", failure.address))

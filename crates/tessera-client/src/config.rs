@@ -5,6 +5,7 @@ use std::time::Duration;
 use tessera_proto::MAX_FIELD_BYTES;
 
 use crate::error::ClientError;
+use crate::trust::Trust;
 
 /// How long one request may take from connect to the last byte of the answer.
 pub const REQUEST_TIMEOUT_DEFAULT: Duration = Duration::from_secs(2);
@@ -39,6 +40,17 @@ pub struct ClientConfig {
     /// checkout, heartbeat and check-in: a master's VID slots are lent only
     /// to callers with a token of role `production`. `None` for programs.
     pub token: Option<BearerToken>,
+    /// Whose word makes a seat valid: the vendor's public keys, set by the
+    /// vendor's code (never read from a file its user edits). The default,
+    /// no keys, is refused by [`Client::new`](crate::Client::new).
+    pub trust: Trust,
+    /// Where the latest time this program trusted is kept, so a clock set
+    /// back is noticed (`$XDG_CACHE_HOME/tessera/clock`, or
+    /// `~/.cache/tessera/clock`); `None`: kept in memory only.
+    pub clock_file: Option<std::path::PathBuf>,
+    /// A production server asking a master for its VID: its answer key
+    /// (base64), which the VID certificate will name. `None` for programs.
+    pub server_key: Option<String>,
 }
 
 /// The environment variable naming the pool CA file (`ca.pem` of `tessera
@@ -104,6 +116,9 @@ impl ClientConfig {
             connect_timeout: CONNECT_TIMEOUT_DEFAULT,
             tls: ClientTls::default(),
             token: None,
+            trust: Trust::default(),
+            clock_file: crate::trust::default_clock_file(),
+            server_key: None,
         }
     }
 
@@ -140,6 +155,13 @@ impl ClientConfig {
                     "the bearer token is empty, too long or holds control characters",
                 ));
             }
+        }
+        if self.trust == Trust::Vendor(Vec::new()) {
+            return Err(invalid(
+                "no vendor key to check the servers' answers with: set ClientConfig::trust to \
+                 Trust::Vendor with your vendor public key(s) (`tessera vendor keygen` prints \
+                 them), built into the program; Trust::AnyServer only for tools and tests",
+            ));
         }
         if self.request_timeout.is_zero() || self.connect_timeout.is_zero() {
             return Err(invalid(
@@ -237,6 +259,7 @@ mod tests {
     #[test]
     fn a_token_is_never_printed_and_must_be_one_clean_line() {
         let mut config = ClientConfig::new(["127.0.0.1:7001"]);
+        config.trust = Trust::AnyServer;
         config.token = Some(BearerToken::new("  s3cret-token\n"));
         config.validate().expect("a trimmed token is valid");
         let printed = format!("{config:?}");
@@ -254,9 +277,14 @@ mod tests {
 
     #[test]
     fn defaults_are_valid_and_client_ids_differ() {
-        let first = ClientConfig::new(["127.0.0.1:7001"]);
+        let mut first = ClientConfig::new(["127.0.0.1:7001"]);
         let second = ClientConfig::new(["127.0.0.1:7001"]);
-        first.validate().expect("defaults must be valid");
+        let refused = first.validate().unwrap_err().to_string();
+        assert!(refused.contains("no vendor key"), "{refused}");
+        first.trust = Trust::AnyServer;
+        first
+            .validate()
+            .expect("defaults with a trust must be valid");
         assert_ne!(first.client_id, second.client_id);
         assert_eq!(first.request_timeout, REQUEST_TIMEOUT_DEFAULT);
     }
@@ -265,6 +293,7 @@ mod tests {
     fn invalid_configurations_name_the_field() {
         let check = |change: fn(&mut ClientConfig), expected: &str| {
             let mut config = ClientConfig::new(["127.0.0.1:7001"]);
+            config.trust = Trust::AnyServer;
             change(&mut config);
             let message = config.validate().expect_err("must be refused").to_string();
             assert!(message.contains(expected), "{message:?} lacks {expected:?}");

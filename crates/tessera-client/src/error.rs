@@ -43,6 +43,18 @@ pub enum ClientError {
     #[error("the seat was lost: {message}")]
     SeatLost { message: String },
 
+    /// Servers answered, but no answer showed a seat of this program's
+    /// vendor: unsigned, signed over another request (a replay), or backed
+    /// by a license code the vendor's keys did not sign. The message says
+    /// which, server by server.
+    #[error("no license server gave an answer this program can trust: {message}")]
+    UntrustedAnswer { message: String },
+
+    /// This machine's clock reads earlier than the latest time this program
+    /// trusted: it was set back. Nothing is checked out until it is right.
+    #[error("the clock was set back: {message}")]
+    ClockSetBack { message: String },
+
     /// The [`ClientConfig`](crate::ClientConfig) cannot work; the message names the field.
     #[error("invalid client configuration: {message}")]
     InvalidConfig { message: String },
@@ -57,8 +69,10 @@ impl ClientError {
             ClientError::NoQuorum { .. } => Some(ErrorCode::NoQuorum),
             ClientError::Rejected { code, .. } => Some(*code),
             ClientError::UnknownGrant => Some(ErrorCode::UnknownGrant),
+            ClientError::ClockSetBack { .. } => Some(ErrorCode::ClockSetBack),
             ClientError::NoServerReachable { .. }
             | ClientError::SeatLost { .. }
+            | ClientError::UntrustedAnswer { .. }
             | ClientError::InvalidConfig { .. } => None,
         }
     }
@@ -114,6 +128,8 @@ pub(crate) fn disposition(code: ErrorCode) -> Disposition {
         | ErrorCode::LicenseNotServed => Disposition::Definitive,
         ErrorCode::NoSeatsAvailable => Disposition::NoSeats,
         ErrorCode::NoQuorum | ErrorCode::GracePeriod | ErrorCode::NoLeader => Disposition::NoQuorum,
+        // That server's clock was set back; another's may be right.
+        ErrorCode::ClockSetBack => Disposition::TryNext,
         // A grant this server does not know or holds for someone else is what
         // fail-over exists for; the other codes are one server's trouble or a
         // server newer than this client. A refused proof too: a server given
@@ -143,6 +159,8 @@ pub(crate) fn disposition(code: ErrorCode) -> Disposition {
 pub(crate) struct Failure {
     pub address: String,
     pub kind: FailureKind,
+    /// The server's signature of its refusal, where it sent one.
+    pub signed: Option<Box<tessera_proto::SignedAnswer>>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -151,6 +169,9 @@ pub(crate) enum FailureKind {
     NoAnswer(String),
     /// The server answered with an error body.
     Refused { code: ErrorCode, message: String },
+    /// The server answered, but not in a way this program may trust
+    /// ([`crate::Trust`]); the text says why.
+    Untrusted(String),
 }
 
 impl Failure {
@@ -158,6 +179,7 @@ impl Failure {
         Failure {
             address: address.to_string(),
             kind: FailureKind::NoAnswer(text.into()),
+            signed: None,
         }
     }
 
@@ -169,12 +191,13 @@ impl Failure {
                 code,
                 message: message.into(),
             },
+            signed: None,
         }
     }
 
     pub fn disposition(&self) -> Disposition {
         match &self.kind {
-            FailureKind::NoAnswer(_) => Disposition::TryNext,
+            FailureKind::NoAnswer(_) | FailureKind::Untrusted(_) => Disposition::TryNext,
             FailureKind::Refused { code, .. } => disposition(*code),
         }
     }
@@ -184,6 +207,7 @@ impl fmt::Display for Failure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.kind {
             FailureKind::NoAnswer(text) => write!(f, "{}: {text}", self.address),
+            FailureKind::Untrusted(text) => write!(f, "{}: untrusted answer: {text}", self.address),
             FailureKind::Refused { code, message } => {
                 write!(f, "{}: {message} ({code})", self.address)
             }
@@ -221,6 +245,12 @@ pub(crate) fn pool_error(feature: &str, failures: Vec<Failure>) -> ClientError {
         if let FailureKind::Refused { code, message } = &definitive.kind {
             return ClientError::from_server(feature, *code, message.clone());
         }
+    }
+    if failures
+        .iter()
+        .any(|f| matches!(f.kind, FailureKind::Untrusted(_)))
+    {
+        return ClientError::UntrustedAnswer { message };
     }
     let last_error = if failures.is_empty() {
         "no server was tried".to_string()

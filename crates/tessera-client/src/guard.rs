@@ -439,6 +439,7 @@ async fn renew_round(
         let give_up_at = (send_instant + share.max(ATTEMPT_MIN)).min(valid_until);
         let request = HeartbeatRequest {
             renewal: seat.next_renewal(),
+            nonce: client.checker().nonce(),
             answer_within_ms: Some(wait_ms(
                 (give_up_at - send_instant).min(client.config().request_timeout),
             )),
@@ -446,7 +447,9 @@ async fn renew_round(
         };
         let answer: Result<Grant, Failure> = tokio::select! {
             biased;
-            answer = http::post_json(client, &address, "/heartbeat", &request) => answer,
+            answer = http::post_json(client, &address, "/heartbeat", &request) => {
+                client.checker().screen(&address, &request.as_checkout(), answer)
+            }
             // A renewal that arrives after expiry would come too late: the
             // program must already have been told that the seat is gone.
             () = sleep_until(give_up_at) => {
@@ -492,6 +495,8 @@ fn heartbeat_request(checkout: &CheckoutRequest, grant: &Grant, proof: &Proof) -
         version: checkout.version.clone(),
         count: checkout.count,
         answer_within_ms: None,
+        nonce: None,
+        server_key: checkout.server_key.clone(),
         renewal: 0,
         // Where the seat was held last: a server the heartbeat fails over
         // to may have the seat handed over from there.
@@ -628,6 +633,7 @@ mod tests {
             proof: Proof("proof-of-g-1".to_string()),
             holding: None,
             certificate: None,
+            answer: None,
         }
     }
 

@@ -163,7 +163,10 @@ fn decode<Resp: DeserializeOwned>(
         });
     }
     match serde_json::from_slice::<ErrorBody>(&answer.body) {
-        Ok(ErrorBody { error }) => Err(Failure::refused(address, error.code, error.message)),
+        Ok(ErrorBody { error, answer }) => Err(Failure {
+            signed: answer.map(Box::new),
+            ..Failure::refused(address, error.code, error.message)
+        }),
         Err(_) => Err(Failure::no_answer(
             address,
             format!("answered HTTP {status} without a Tessera error body; is a Tessera server listening there?"),

@@ -3,10 +3,15 @@
 //! servers, and give them back when done.
 //!
 //! ```no_run
-//! use tessera_client::{Client, ClientConfig, ClientError, SeatState};
+//! use tessera_client::{Client, ClientConfig, ClientError, SeatState, Trust, VendorPublicKey};
 //!
 //! # async fn run() -> Result<(), ClientError> {
-//! let client = Client::new(ClientConfig::new(["10.0.0.1:7001", "10.0.0.2:7001"]))?;
+//! // The vendor's public key, built into the program (`tessera vendor keygen` prints it).
+//! let acme = VendorPublicKey::from_base64("acme", "tQ2nYq6e8Nk1M0oVYp9mV1s1X1f6Vf5yqYx0y7QGq9E=")
+//!     .expect("a vendor key");
+//! let mut config = ClientConfig::new(["10.0.0.1:7001", "10.0.0.2:7001"]);
+//! config.trust = Trust::Vendor(vec![acme]);
+//! let client = Client::new(config)?;
 //! let seat = match client.checkout("cad", "2.1", 1).await {
 //!     Ok(seat) => seat,
 //!     Err(error @ ClientError::NoSeatsAvailable { .. }) => {
@@ -50,6 +55,7 @@ mod config;
 mod error;
 mod guard;
 mod http;
+mod trust;
 
 pub use admin::{Admin, AdminChange};
 pub use client::Client;
@@ -61,6 +67,7 @@ pub use error::ClientError;
 pub use guard::{
     SeatGuard, SeatState, HEARTBEAT_INTERVAL_MS_MIN, LEASE_MS_MAX, RETRY_PAUSE_MS_MAX,
 };
+pub use tessera_core::VendorPublicKey;
 pub use tessera_proto::{ErrorCode, Grant, HeartbeatRequest, Proof, StatusResponse};
 /// The seam every request goes through: name [`transport::HttpTransport`] to
 /// give [`Client::with_transport`] a transport of your own.
@@ -68,3 +75,4 @@ pub use tessera_transport as transport;
 /// The clock of [`SeatGuard::valid_until`]: tokio's monotonic instant
 /// (`into_std()` converts it).
 pub use tokio::time::Instant;
+pub use trust::Trust;

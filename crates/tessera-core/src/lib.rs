@@ -5,6 +5,7 @@
 //! ([`CivilDate`], milliseconds), files come in as strings. Every function
 //! that can fail does so only on bad input, and says which in its error type.
 
+pub mod answer;
 pub mod borrow_plan;
 pub mod control;
 pub mod date;

@@ -436,6 +436,10 @@ impl LicenseCode {
     pub fn key_id(&self) -> &VendorKeyId {
         &self.key_id
     }
+    /// The vendor's signature, as bytes.
+    pub fn signature_bytes(&self) -> [u8; 64] {
+        self.signature.to_bytes()
+    }
 
     /// The exact bytes the signature covers.
     pub fn canonical_form(&self) -> String {

@@ -9,9 +9,10 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::Arc;
 
 use crate::date::{CivilDate, Expiry};
-use crate::license::{LicenseCode, LicenseError, Policy, VendorPublicKey};
+use crate::license::{LicenseCode, LicenseCodeText, LicenseError, Policy, VendorPublicKey};
 use crate::version::Version;
 
 /// Why a code is not served.
@@ -76,6 +77,10 @@ pub struct FeatureLicense {
     /// vendor's newer code sets the terms.
     pub policy: Policy,
     pub codes: Vec<CodeVerdict>,
+    /// The served codes as a signed answer carries them, and their digest
+    /// ([`crate::answer::codes_sha256`]): made once per table, not per answer.
+    pub served_texts: Arc<Vec<LicenseCodeText>>,
+    pub served_sha256: String,
 }
 
 impl FeatureLicense {
@@ -155,6 +160,8 @@ impl LicenseTable {
                     hard_limit: 0,
                     policy: code.fields().policy,
                     codes: Vec::new(),
+                    served_texts: Arc::default(),
+                    served_sha256: String::new(),
                 });
             if verdict.not_served.is_none() {
                 entry.hard_limit = entry.hard_limit.saturating_add(code.seats());
@@ -169,6 +176,8 @@ impl LicenseTable {
             if let Some(policy) = newest {
                 feature.policy = policy;
             }
+            feature.served_texts = Arc::new(feature.served().map(LicenseCode::to_text).collect());
+            feature.served_sha256 = crate::answer::codes_sha256(feature.served());
         }
         LicenseTable { features }
     }

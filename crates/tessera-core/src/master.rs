@@ -668,6 +668,12 @@ pub struct CertificateFields {
     /// How long the certificate is valid, measured by the holder from the
     /// moment it sent the request this certificate answers.
     pub lifetime_ms: u64,
+    /// The holder's answer key (base64 Ed25519 public key), which signs what
+    /// it answers programs ([`crate::answer`]): the link that lets a program
+    /// check a production server's answers back to the vendor. Absent (and
+    /// left out of the canonical form) where the holder named none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_key: Option<String>,
 }
 
 impl CertificateFields {
@@ -690,6 +696,10 @@ impl CertificateFields {
                 "lifetime_ms",
                 format!("{} is not 1 to {longest}", self.lifetime_ms),
             ));
+        }
+        if let Some(key) = &self.server_key {
+            crate::answer::ServerPublicKey::from_base64(key)
+                .map_err(|err| invalid("server_key", err.to_string()))?;
         }
         Ok(())
     }
@@ -841,19 +851,22 @@ impl VidCertificate {
     /// The exact bytes the master's signature covers.
     pub fn canonical_form(&self) -> String {
         let f = &self.fields;
-        canonical(
-            VID_CERTIFICATE_HEADER,
-            &[
-                ("vid", f.vid.clone()),
-                ("master_license", f.master_license.clone()),
-                ("master_key_id", self.master_key_id.to_string()),
-                ("server_id", f.server_id.clone()),
-                ("instance", f.instance.clone()),
-                ("serial", f.serial.to_string()),
-                ("issued_unix_ms", f.issued_unix_ms.to_string()),
-                ("lifetime_ms", f.lifetime_ms.to_string()),
-            ],
-        )
+        let mut lines = vec![
+            ("vid", f.vid.clone()),
+            ("master_license", f.master_license.clone()),
+            ("master_key_id", self.master_key_id.to_string()),
+            ("server_id", f.server_id.clone()),
+            ("instance", f.instance.clone()),
+            ("serial", f.serial.to_string()),
+            ("issued_unix_ms", f.issued_unix_ms.to_string()),
+            ("lifetime_ms", f.lifetime_ms.to_string()),
+        ];
+        // Absent, the line is left out, so certificates without it (and
+        // their test vector) keep their canonical form.
+        if let Some(key) = &f.server_key {
+            lines.push(("server_key", key.clone()));
+        }
+        canonical(VID_CERTIFICATE_HEADER, &lines)
     }
 
     /// Checks the certificate against a master license that has itself been
@@ -977,6 +990,7 @@ mod tests {
             serial: 1,
             issued_unix_ms: 1_796_083_200_000,
             lifetime_ms: 3_600_000,
+            server_key: None,
         }
     }
 

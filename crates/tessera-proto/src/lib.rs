@@ -7,6 +7,10 @@
 //! stable [`ErrorCode`]. PROTOCOL.md documents each endpoint.
 
 use serde::{Deserialize, Serialize};
+/// The shapes of signed documents that travel inside answers: a license
+/// code and a master license, as their files hold them.
+pub use tessera_core::license::LicenseCodeText;
+pub use tessera_core::master::MasterLicenseText;
 
 /// Path prefix of every endpoint of this protocol version.
 pub const API_PREFIX: &str = "/v1";
@@ -46,6 +50,15 @@ pub struct CheckoutRequest {
     /// Absent: the server's own `borrow_wait_ms` bounds the wait.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub answer_within_ms: Option<u32>,
+    /// Fresh random text (base64url, 22 to 128 characters) that the signed
+    /// answer repeats ([`SignedAnswer`]): an answer to another request does
+    /// not check.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nonce: Option<String>,
+    /// A production server asking a master for its VID: its answer key
+    /// (base64 Ed25519 public key), which the VID certificate names.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_key: Option<String>,
 }
 
 /// `POST /v1/heartbeat`: renew a grant. It carries everything a checkout does,
@@ -64,6 +77,12 @@ pub struct HeartbeatRequest {
     /// As in [`CheckoutRequest::answer_within_ms`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub answer_within_ms: Option<u32>,
+    /// As in [`CheckoutRequest::nonce`]: fresh for every heartbeat.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nonce: Option<String>,
+    /// As in [`CheckoutRequest::server_key`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_key: Option<String>,
     /// The SDK's count of heartbeats sent for this seat, rising with every
     /// attempt on any server. The server holding the newest renewal of a
     /// grant tells the pool, and every other server drops its older copy
@@ -99,6 +118,8 @@ impl HeartbeatRequest {
             version: self.version.clone(),
             count: self.count,
             answer_within_ms: self.answer_within_ms,
+            nonce: self.nonce.clone(),
+            server_key: self.server_key.clone(),
         }
     }
 }
@@ -153,6 +174,45 @@ pub struct Grant {
     /// VID certificate that lends the VID to the holder for `lease_ms`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub certificate: Option<VidCertificate>,
+    /// The answering server's signature over this grant and the request's
+    /// nonce, with the license codes behind it (PROTOCOL.md, "Signed
+    /// answers"). A program built with its vendor's keys accepts no grant
+    /// without one that checks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub answer: Option<SignedAnswer>,
+}
+
+/// A server's signature of one answer, and what a program needs to check
+/// it offline against its vendor's keys.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SignedAnswer {
+    /// The server's answer key: base64 of the Ed25519 public key.
+    pub server_key: String,
+    pub pool_id: String,
+    pub server_id: String,
+    /// The answering server's hostid.
+    pub hostid: String,
+    /// The answering server's wall clock, Unix ms.
+    pub server_unix_ms: i64,
+    /// Base64 Ed25519 signature of the canonical form.
+    pub signature: String,
+    /// On a grant: every license code the answering server serves for the
+    /// feature (the hard limit), vendor-signed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub codes: Vec<LicenseCodeText>,
+    /// On a grant from a server bound to a VID: its chain to the vendor.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chain: Option<AnswerChain>,
+}
+
+/// A production server's chain to its vendor: the master licenses of its
+/// VID (vendor-signed) and its current certificate, which names its answer key.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AnswerChain {
+    pub master_licenses: Vec<MasterLicenseText>,
+    pub certificate: VidCertificate,
 }
 
 /// A VID certificate as a master sends it: the fields and the master key's
@@ -168,12 +228,74 @@ pub struct VidCertificate {
     pub serial: u64,
     pub issued_unix_ms: i64,
     pub lifetime_ms: u64,
+    /// The holder's answer key, where it named one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_key: Option<String>,
     pub master_key_id: String,
     pub signature: String,
     /// Where several masters share the VID: the other masters' signatures
     /// of the same canonical form; a majority of them must have signed.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub cosignatures: Vec<Cosignature>,
+}
+
+impl VidCertificate {
+    /// A signed certificate as it travels.
+    pub fn from_core(certificate: &tessera_core::master::VidCertificate) -> VidCertificate {
+        let text = certificate.to_text();
+        let f = text.fields;
+        VidCertificate {
+            cosignatures: text
+                .cosignatures
+                .into_iter()
+                .map(|c| Cosignature {
+                    master_license: c.master_license,
+                    master_key_id: c.master_key_id,
+                    signature: c.signature,
+                })
+                .collect(),
+            vid: f.vid,
+            master_license: f.master_license,
+            server_id: f.server_id,
+            instance: f.instance,
+            serial: f.serial,
+            issued_unix_ms: f.issued_unix_ms,
+            lifetime_ms: f.lifetime_ms,
+            server_key: f.server_key,
+            master_key_id: text.master_key_id,
+            signature: text.signature,
+        }
+    }
+
+    /// The certificate's fields parsed; its signatures are not checked.
+    pub fn to_core(
+        &self,
+    ) -> Result<tessera_core::master::VidCertificate, tessera_core::master::CertificateError> {
+        use tessera_core::master::{CertificateFields, CosignatureText, VidCertificateText};
+        tessera_core::master::VidCertificate::from_text(&VidCertificateText {
+            fields: CertificateFields {
+                vid: self.vid.clone(),
+                master_license: self.master_license.clone(),
+                server_id: self.server_id.clone(),
+                instance: self.instance.clone(),
+                serial: self.serial,
+                issued_unix_ms: self.issued_unix_ms,
+                lifetime_ms: self.lifetime_ms,
+                server_key: self.server_key.clone(),
+            },
+            master_key_id: self.master_key_id.clone(),
+            signature: self.signature.clone(),
+            cosignatures: self
+                .cosignatures
+                .iter()
+                .map(|c| CosignatureText {
+                    master_license: c.master_license.clone(),
+                    master_key_id: c.master_key_id.clone(),
+                    signature: c.signature.clone(),
+                })
+                .collect(),
+        })
+    }
 }
 
 /// Another master's signature of a [`VidCertificate`].
@@ -241,6 +363,10 @@ pub struct CheckinResponse {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorBody {
     pub error: ErrorDetail,
+    /// On a denial of a checkout or heartbeat that carried a nonce: the
+    /// server's signature over the refusal (its `outcome` is the code).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub answer: Option<SignedAnswer>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -316,6 +442,10 @@ pub enum ErrorCode {
     SnapshotRefused,
     /// The request body did not arrive within [`BODY_READ_TIMEOUT_MS`].
     BodyTimeout,
+    /// The server's clock reads earlier than the latest time it trusted
+    /// (kept on disk) by more than the tolerance: it was set back. The
+    /// server issues and renews nothing until the clock is right again.
+    ClockSetBack,
     /// The server failed; the request may be retried.
     Internal,
     /// A code this client version does not know.
@@ -344,7 +474,7 @@ impl ErrorCode {
             ErrorCode::BodyTooLarge => 413,
             ErrorCode::LicenseNotServed => 403,
             ErrorCode::TooManyGrants | ErrorCode::TooManyRequests => 429,
-            ErrorCode::GracePeriod | ErrorCode::NoQuorum => 503,
+            ErrorCode::GracePeriod | ErrorCode::NoQuorum | ErrorCode::ClockSetBack => 503,
             ErrorCode::Internal | ErrorCode::Unknown => 500,
         }
     }
@@ -379,6 +509,7 @@ impl ErrorCode {
             ErrorCode::RaftOutOfRange => "raft_out_of_range",
             ErrorCode::SnapshotRefused => "snapshot_refused",
             ErrorCode::BodyTimeout => "body_timeout",
+            ErrorCode::ClockSetBack => "clock_set_back",
             ErrorCode::Internal => "internal",
             ErrorCode::Unknown => "unknown",
         }
@@ -540,6 +671,7 @@ mod tests {
                 code: ErrorCode::NoSeatsAvailable,
                 message: "all 5 seats taken".into(),
             },
+            answer: None,
         };
         let text = serde_json::to_string(&body).unwrap();
         assert!(text.contains("\"no_seats_available\""));
@@ -576,6 +708,7 @@ mod tests {
             ErrorCode::RaftOutOfRange,
             ErrorCode::SnapshotRefused,
             ErrorCode::BodyTimeout,
+            ErrorCode::ClockSetBack,
             ErrorCode::Internal,
         ] {
             let json = serde_json::to_string(&code).unwrap();

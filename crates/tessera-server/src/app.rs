@@ -55,6 +55,10 @@ pub struct App {
     pub(crate) quota_renewals: Mutex<crate::quota::QuotaRenewals>,
     /// The pool's shared key: proves grants to their holders (`service`).
     pub(crate) pool_key: tessera_core::PoolKey,
+    /// Signs what this server answers programs (`answer`), and its public
+    /// half in base64 as answers carry it.
+    pub(crate) answer_key: tessera_core::answer::ServerSecretKey,
+    pub(crate) answer_key_public: String,
     /// On a master server (seed 003): signs the certificates of its VID.
     pub(crate) master: Option<crate::master::MasterSigner>,
     /// On a production server bound to a VID: where its certificate stands.
@@ -123,6 +127,15 @@ impl App {
         LicenseTable::evaluate_for(codes, &self.vendors, identity, today)
     }
 
+    /// Records the chain a new certificate gives this server's answers
+    /// (master licenses, certificate); [`Self::set_vid`] follows.
+    pub(crate) fn set_vid_chain(&self, chain: tessera_proto::AnswerChain) {
+        let mut vid = self.vid.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(hold) = vid.as_mut() {
+            hold.chain = Some(chain);
+        }
+    }
+
     /// Records where the VID stands; the license table is evaluated again
     /// (a renewal too: cheap at a renewal every quarter lease).
     pub(crate) fn set_vid(
@@ -147,6 +160,9 @@ impl App {
                     hold.vid,
                     master.as_deref().unwrap_or("a master")
                 );
+            }
+            if valid_until.is_none() {
+                hold.chain = None;
             }
             hold.valid_until = valid_until;
             hold.master = master.or(hold.master.take());

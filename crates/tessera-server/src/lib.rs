@@ -7,6 +7,7 @@
 //! control plane and [`balance`] the leader's side of borrowing; [`seams`]
 //! holds every source of nondeterminism. See ARCHITECTURE.md.
 
+pub mod answer;
 pub mod api;
 mod app;
 mod background;

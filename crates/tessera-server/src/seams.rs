@@ -40,6 +40,11 @@ pub trait Disk: Send + Sync + 'static {
     fn replace_file(&self, path: &Path, bytes: &[u8]) -> io::Result<()>;
     /// Renames a file or database; `Ok(false)` when there is none at `from`.
     fn rename(&self, from: &Path, to: &Path) -> io::Result<bool>;
+    /// Writes a new file only its owner may read (a key), durably; fails if
+    /// one exists.
+    fn create_secret_file(&self, path: &Path, bytes: &[u8]) -> io::Result<()> {
+        self.replace_file(path, bytes)
+    }
 }
 
 /// The machine's file system.
@@ -83,6 +88,28 @@ impl Disk for FileDisk {
         out.write_all(bytes)?;
         out.sync_all()?;
         std::fs::rename(&temporary, path)?;
+        if let Some(dir) = path.parent().filter(|dir| !dir.as_os_str().is_empty()) {
+            std::fs::File::open(dir)?.sync_all()?;
+        }
+        Ok(())
+    }
+
+    /// Mode 0600 from the start, in a folder made 0700 if there is none.
+    fn create_secret_file(&self, path: &Path, bytes: &[u8]) -> io::Result<()> {
+        use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+        if let Some(dir) = path.parent().filter(|dir| !dir.as_os_str().is_empty()) {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)?;
+        }
+        let mut out = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)?;
+        out.write_all(bytes)?;
+        out.sync_all()?;
         if let Some(dir) = path.parent().filter(|dir| !dir.as_os_str().is_empty()) {
             std::fs::File::open(dir)?.sync_all()?;
         }
@@ -146,6 +173,9 @@ pub struct Seams {
     /// `None`, always outside the simulator: read it from the machine
     /// (`hostid::inspect`).
     pub hostid: Option<String>,
+    /// The bytes of this server's answer key if its data directory has
+    /// none yet (`answer.key`): random, or the simulator's.
+    pub answer_key_seed: [u8; 32],
 }
 
 impl Seams {
@@ -159,6 +189,12 @@ impl Seams {
             observer: None,
             mutations: Mutations::default(),
             hostid: None,
+            answer_key_seed: {
+                use rand::RngCore;
+                let mut seed = [0u8; 32];
+                rand::rngs::OsRng.fill_bytes(&mut seed);
+                seed
+            },
         }
     }
 }

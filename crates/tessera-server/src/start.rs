@@ -40,6 +40,8 @@ pub enum StartError {
     Master(#[from] crate::master::MasterStartError),
     #[error(transparent)]
     Vid(#[from] crate::vid::VidStartError),
+    #[error("answer key: {0}")]
+    AnswerKey(String),
 }
 
 /// A started server: its address, and the task serving it.
@@ -101,10 +103,18 @@ where
     F: Future<Output = std::io::Result<(L, SocketAddr)>>,
 {
     let pool_key = config.read_pool_key()?;
+    let answer_key =
+        crate::answer::load_key(seams.disk.as_ref(), &config.data_dir, seams.answer_key_seed)
+            .map_err(StartError::AnswerKey)?;
     let today = tessera_core::CivilDate::from_unix_ms(seams.clock.unix_ms());
     let master = crate::master::check_at_start(&config, today, seams.clock.unix_ms())?;
     let vid = match &config.vid {
-        Some(vid) => Some(crate::vid::setup(vid, &config.server_id, &config.vendors)?),
+        Some(vid) => Some(crate::vid::setup(
+            vid,
+            &config.server_id,
+            &config.vendors,
+            &answer_key.public(),
+        )?),
         None => None,
     };
     if config.recover_pool {
@@ -147,6 +157,7 @@ where
             store,
             pool,
             pool_key,
+            answer_key,
             master,
             vid: vid.as_ref().map(crate::vid::VidHold::asking),
         },
@@ -228,6 +239,7 @@ struct Parts {
     store: Store,
     pool: Arc<Pool>,
     pool_key: tessera_core::PoolKey,
+    answer_key: tessera_core::answer::ServerSecretKey,
     master: Option<crate::master::MasterSigner>,
     /// A production server's VID, before any master answered.
     vid: Option<crate::vid::VidHold>,
@@ -240,6 +252,7 @@ impl App {
             store,
             pool,
             pool_key,
+            answer_key,
             master,
             vid,
         } = parts;
@@ -269,6 +282,8 @@ impl App {
             seats_changed: tokio::sync::watch::Sender::new(0),
             quota_renewals: Mutex::new(Default::default()),
             pool_key,
+            answer_key_public: answer_key.public().to_base64(),
+            answer_key,
             vid: std::sync::Mutex::new(vid),
             identity_changed: tokio::sync::Notify::new(),
             master,

@@ -35,8 +35,12 @@ pub struct VidStartError(String);
 pub struct VidSetup {
     pub vid: String,
     licenses: Vec<MasterLicense>,
+    /// The licenses as this server's answers carry them in their chain.
+    license_texts: Vec<proto::MasterLicenseText>,
     client: Client,
     instance: String,
+    /// This server's answer key (base64), which its certificates must name.
+    server_key: String,
 }
 
 /// Where the VID stands, for the license table and the status.
@@ -47,6 +51,9 @@ pub struct VidHold {
     pub valid_until: Option<Instant>,
     pub master: Option<String>,
     pub reason: Option<String>,
+    /// While a certificate checks: this server's chain to the vendor, which
+    /// its signed answers carry (`crate::answer`).
+    pub chain: Option<proto::AnswerChain>,
 }
 
 impl VidHold {
@@ -57,6 +64,7 @@ impl VidHold {
             valid_until: None,
             master: None,
             reason: Some("asking the masters for a certificate".into()),
+            chain: None,
         }
     }
 
@@ -84,6 +92,7 @@ pub fn setup(
     config: &VidConfig,
     server_id: &str,
     vendors: &[tessera_core::VendorPublicKey],
+    answer_key: &tessera_core::answer::ServerPublicKey,
 ) -> Result<VidSetup, VidStartError> {
     let refuse = |message: String| VidStartError(message);
     if config.masters.is_empty() || config.license_files.is_empty() {
@@ -162,18 +171,35 @@ pub fn setup(
     client_config.user = server_id.to_string();
     client_config.tls = tls;
     client_config.token = Some(tessera_client::BearerToken::new(&token));
+    // The certificate itself is checked against the master licenses (`check`).
+    client_config.trust = tessera_client::Trust::AnyServer;
+    client_config.server_key = Some(answer_key.to_base64());
     let client = Client::new(client_config).map_err(|err| refuse(err.to_string()))?;
     Ok(VidSetup {
         vid,
+        license_texts: licenses.iter().map(MasterLicense::to_text).collect(),
         licenses,
         client,
         instance,
+        server_key: answer_key.to_base64(),
     })
 }
 
 impl VidSetup {
     fn check(&self, grant: &proto::Grant, server_id: &str) -> Result<(), String> {
-        check_certificate(&self.licenses, &self.vid, server_id, &self.instance, grant)
+        check_certificate(&self.licenses, &self.vid, server_id, &self.instance, grant)?;
+        let named = grant
+            .certificate
+            .as_ref()
+            .and_then(|c| c.server_key.as_deref());
+        if named != Some(self.server_key.as_str()) {
+            return Err(
+                "the certificate does not name this server's answer key, so programs could \
+                 not check this server's answers back to the vendor"
+                    .into(),
+            );
+        }
+        Ok(())
     }
 }
 
@@ -259,6 +285,12 @@ async fn hold_slot(app: &App, setup: &VidSetup, guard: SeatGuard, stop: &Notify)
                 valid_until,
             } => match setup.check(&guard.grant(), &app.pool.server_id) {
                 Ok(()) => {
+                    if let Some(certificate) = guard.grant().certificate {
+                        app.set_vid_chain(proto::AnswerChain {
+                            master_licenses: setup.license_texts.clone(),
+                            certificate,
+                        });
+                    }
                     app.set_vid(Some(valid_until), Some(server_id), None);
                     valid_until
                 }
@@ -347,6 +379,7 @@ mod tests {
             serial: 7,
             issued_unix_ms: 1_796_083_200_000,
             lifetime_ms: 60_000,
+            server_key: None,
         })
         .unwrap()
     }
@@ -364,6 +397,7 @@ mod tests {
             proof: proto::Proof("p".into()),
             holding: None,
             certificate,
+            answer: None,
         }
     }
 

@@ -10,7 +10,7 @@ use std::time::Duration;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
-use tessera_client::{Client, ClientConfig, SeatGuard};
+use tessera_client::{Client, ClientConfig, SeatGuard, Trust};
 use tessera_core::LicenseCode;
 use tessera_proto::{AddLicense, ErrorCode, PoolFileUpdate, SetDistribution, StatusResponse};
 use tessera_server::seams::{Mutations, Seams};
@@ -124,6 +124,7 @@ pub async fn server(
         observer: Some(Arc::new(TraceObserver(ctx.trace.clone()))),
         mutations: ctx.mutations,
         hostid: spec.hostid.clone(),
+        answer_key_seed: clock_rng.gen(),
     };
     ctx.trace.lock().note(
         &spec.id,
@@ -173,6 +174,9 @@ pub async fn client_machine(
         config.client_id = name.replace(['/', '.'], "-");
         config.user = config.client_id.clone();
         config.host = host.clone();
+        // Programs check every answer against the vendor's key, as shipped programs do.
+        config.trust = Trust::Vendor(vec![ctx.scenario.vendor()]);
+        config.clock_file = None;
         let client =
             Client::with_transport(config, ctx.transport(&host, 1 + index as u64 * 100 + boot))
                 .expect("a valid client configuration");
@@ -433,6 +437,8 @@ async fn probe(ctx: &Ctx, boot: u64) {
         config.client_id = format!("probe-{index}");
         config.user = config.client_id.clone();
         config.host = "admin".into();
+        config.trust = Trust::Vendor(vec![ctx.scenario.vendor()]);
+        config.clock_file = None;
         Client::with_transport(
             config,
             ctx.transport("admin", 10_000 + u64::from(index) + boot),

@@ -211,6 +211,12 @@ impl Pool {
     }
 
     /// The pool CA (PEM), for clients.
+    /// The pool's vendor (`acme`) public key in base64: what a program of
+    /// that vendor has built in.
+    pub fn vendor_public_key(&self) -> &str {
+        &self.public_key
+    }
+
     pub fn ca_pem(&self) -> Vec<u8> {
         self.credentials.ca_pem()
     }

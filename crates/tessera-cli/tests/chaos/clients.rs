@@ -40,6 +40,7 @@ enum Ending {
 pub fn start(
     addresses: &[String],
     ca_pem: &[u8],
+    vendor: &tessera_client::VendorPublicKey,
     clients: usize,
     seed: u64,
     log: &Log,
@@ -53,6 +54,7 @@ pub fn start(
         config.client_id = format!("chaos-{index}");
         config.user = config.client_id.clone();
         config.tls = tessera_client::ClientTls::PoolCa(ca_pem.to_vec());
+        config.trust = tessera_client::Trust::Vendor(vec![vendor.clone()]);
         let client = Client::new(config).expect("a valid client configuration");
         let rng = StdRng::seed_from_u64(seed.wrapping_add(1 + index as u64));
         programs.spawn(run(index, client, rng, log.clone(), stop.clone()));

@@ -264,6 +264,8 @@ async fn run(settings: &Settings) -> Run {
     let pool = start_pool(settings).await;
     let addresses = pool.addresses();
     let ca_pem = pool.ca_pem();
+    let vendor = tessera_client::VendorPublicKey::from_base64("acme", pool.vendor_public_key())
+        .expect("the pool's vendor key");
     let pool = Arc::new(RwLock::new(pool));
     let epoch = Instant::now();
     let log = Log::new();
@@ -271,6 +273,7 @@ async fn run(settings: &Settings) -> Run {
     let programs = clients::start(
         &addresses,
         &ca_pem,
+        &vendor,
         settings.clients,
         settings.seed,
         &log,

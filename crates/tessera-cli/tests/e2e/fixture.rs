@@ -339,6 +339,7 @@ impl Fixture {
                     http: credentials.http(REQUEST_TIMEOUT),
                     credentials: credentials.clone(),
                     env: spec.env,
+                    vendor_key: public_key.clone(),
                 }
             })
             .collect()
@@ -445,9 +446,20 @@ pub struct Server {
     pub http: tessera_testkit::Http,
     pub credentials: tessera_testkit::Credentials,
     env: Vec<(String, String)>,
+    /// The vendor's public key (base64), as its programs have it built in.
+    vendor_key: String,
 }
 
 impl Server {
+    /// What a program of the fixture's vendor trusts: its public key.
+    pub fn vendor_trust(&self) -> tessera_client::Trust {
+        tessera_client::Trust::Vendor(vec![tessera_client::VendorPublicKey::from_base64(
+            VENDOR,
+            &self.vendor_key,
+        )
+        .expect("the fixture's vendor key")])
+    }
+
     /// Starts `tessera server --config F [--new-pool]` and waits (bounded)
     /// until `/v1/status` answers.
     pub async fn start(&mut self, mode: StartMode) {

@@ -1008,6 +1008,7 @@ async fn fake_master(
                 let asked: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
                 let instance = asked["client_id"].as_str().unwrap_or("").to_string();
                 let server_id = asked["user"].as_str().unwrap_or("P1").to_string();
+                let server_key = asked["server_key"].as_str().map(str::to_string);
                 let lifetime_ms = 60_000;
                 let fields = |vid: &str, license: &str, instance: &str| {
                     tessera_core::master::CertificateFields {
@@ -1018,6 +1019,7 @@ async fn fake_master(
                         serial: 1,
                         issued_unix_ms: 1_796_083_200_000,
                         lifetime_ms,
+                        server_key: server_key.clone(),
                     }
                 };
                 let certificate = match forgery {
@@ -1058,6 +1060,7 @@ async fn fake_master(
                     proof: tessera_proto::Proof("forged".into()),
                     holding: None,
                     certificate: Some(certificate),
+                    answer: None,
                 };
                 let json = serde_json::to_vec(&grant).unwrap();
                 let head = format!(

@@ -51,6 +51,7 @@ async fn a_status_reader_cannot_check_in_or_renew_another_clients_grant() {
     config.user = "victim-user".into();
     config.host = "victim-host".into();
     config.tls = tessera_client::ClientTls::PoolCa(server.credentials.ca_pem());
+    config.trust = server.vendor_trust();
     let victim = Client::new(config).expect("SDK client");
     let seat = victim
         .checkout("cad", "1.0", 1)

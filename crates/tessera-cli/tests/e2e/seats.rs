@@ -233,5 +233,6 @@ async fn a_server_without_its_store_accepts_only_renewals_until_its_grace_ends()
 fn sdk_config(server: &Server) -> ClientConfig {
     let mut config = ClientConfig::new([server.address.as_str()]);
     config.tls = tessera_client::ClientTls::PoolCa(server.credentials.ca_pem());
+    config.trust = server.vendor_trust();
     config
 }

@@ -307,6 +307,12 @@ async fn a_man_in_the_middle_cannot_forge_or_rewrite_answers() {
     let impostor = mitm::Impostor::start().await;
     let mut config = tessera_client::ClientConfig::new([impostor.address.clone()]);
     config.tls = tessera_client::ClientTls::PoolCa(pool.ca_pem());
+    config.trust =
+        tessera_client::Trust::Vendor(vec![tessera_client::VendorPublicKey::from_base64(
+            "acme",
+            pool.vendor_public_key(),
+        )
+        .expect("the pool's vendor key")]);
     let client = tessera_client::Client::new(config).unwrap();
     let refused = client.checkout("app", "1.0", 1).await;
     assert!(
@@ -321,6 +327,12 @@ async fn a_man_in_the_middle_cannot_forge_or_rewrite_answers() {
     let relay = mitm::Relay::start(real.clone()).await;
     let mut config = tessera_client::ClientConfig::new([relay.address.clone()]);
     config.tls = tessera_client::ClientTls::PoolCa(pool.ca_pem());
+    config.trust =
+        tessera_client::Trust::Vendor(vec![tessera_client::VendorPublicKey::from_base64(
+            "acme",
+            pool.vendor_public_key(),
+        )
+        .expect("the pool's vendor key")]);
     config.request_timeout = Duration::from_secs(2);
     let client = tessera_client::Client::new(config).unwrap();
     let rewritten = client.checkout("app", "1.0", 1).await;

@@ -109,6 +109,7 @@ impl FakeServer {
             proof,
             holding: None,
             certificate: None,
+            answer: None,
         }
     }
 
@@ -201,6 +202,10 @@ pub fn config(addresses: &[String]) -> ClientConfig {
     config.connect_timeout = Duration::from_millis(200);
     // The mock servers speak plain HTTP on loopback.
     config.tls = tessera_client::ClientTls::Plain;
+    // The mock servers sign nothing; the SDK's checks of signed answers
+    // have tests of their own (`trust`).
+    config.trust = tessera_client::Trust::AnyServer;
+    config.clock_file = None;
     config
 }
 
@@ -223,6 +228,7 @@ fn refusal(code: ErrorCode, server: &FakeServer) -> Response {
             code,
             message: format!("{} refuses: {code}", server.id),
         },
+        answer: None,
     };
     (status, Json(body)).into_response()
 }

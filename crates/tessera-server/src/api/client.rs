@@ -14,7 +14,8 @@ use tessera_proto::{
 };
 
 use super::auth::Caller;
-use super::{api_error, ApiError, JsonBody};
+use super::{api_error, ApiError, JsonBody, SignedDenial};
+use crate::answer::Asked;
 use crate::config::PublicStatus;
 use crate::issuer::{Origin, SeatRequest};
 use crate::service::{Deadline, Granted};
@@ -55,6 +56,7 @@ async fn noop(JsonBody(body): JsonBody<CheckoutRequest>) -> Json<proto::Grant> {
         proof: proto::Proof("0000000000000000000000000000000000000000000".to_string()),
         holding: None,
         certificate: None,
+        answer: None,
     })
 }
 
@@ -62,19 +64,49 @@ async fn checkout(
     State(app): State<Arc<App>>,
     Extension(caller): Extension<Caller>,
     JsonBody(body): JsonBody<CheckoutRequest>,
-) -> Result<Json<proto::Grant>, ApiError> {
-    let deadline = Deadline::from(&app, body.answer_within_ms);
+) -> Result<Json<proto::Grant>, SignedDenial> {
+    let asked = Asked::of(&body);
+    let answer = checkout_grant(&app, &caller, body).await;
+    signed(&app, asked, answer).await
+}
+
+async fn checkout_grant(
+    app: &Arc<App>,
+    caller: &Caller,
+    body: CheckoutRequest,
+) -> Result<proto::Grant, ApiError> {
+    let deadline = Deadline::from(app, body.answer_within_ms);
     let holder = Holder::of(&body);
     let feature = body.feature.clone();
-    check_slot_holder(&app, &caller, &feature, &holder)?;
+    check_slot_holder(app, caller, &feature, &holder)?;
     let request = seat_request(body, 0)?;
     let granted = app
         .checkout(request, deadline)
         .await
-        .map_err(|err| with_slot_holders(&app, &feature, err.into()))?;
-    let mut grant = wire_grant(&app, granted, &holder);
-    crate::master::cosign::gather(&app, &mut grant).await;
-    Ok(Json(grant))
+        .map_err(|err| with_slot_holders(app, &feature, err.into()))?;
+    Ok(wire_grant(app, granted, &holder))
+}
+
+/// The answer as the program gets it: a master's co-signatures gathered,
+/// and signed over the request's nonce where it sent one (`answer`).
+async fn signed(
+    app: &App,
+    asked: Option<Asked>,
+    answer: Result<proto::Grant, ApiError>,
+) -> Result<Json<proto::Grant>, SignedDenial> {
+    match answer {
+        Ok(mut grant) => {
+            crate::master::cosign::gather(app, &mut grant).await;
+            if let Some(asked) = &asked {
+                grant.answer = Some(app.sign_grant(asked, &grant));
+            }
+            Ok(Json(grant))
+        }
+        Err(err) => {
+            let answer = asked.map(|asked| Box::new(app.sign_denial(&asked, err.0.code)));
+            Err(SignedDenial { err, answer })
+        }
+    }
 }
 
 /// A master lends its VID's slots, and renews them, only to production
@@ -139,12 +171,23 @@ async fn heartbeat(
     State(app): State<Arc<App>>,
     Extension(caller): Extension<Caller>,
     JsonBody(body): JsonBody<HeartbeatRequest>,
-) -> Result<Json<proto::Grant>, ApiError> {
-    check_field("grant_id", &body.grant_id)?;
-    let deadline = Deadline::from(&app, body.answer_within_ms);
+) -> Result<Json<proto::Grant>, SignedDenial> {
     let checkout = body.as_checkout();
+    let asked = Asked::of(&checkout);
+    let answer = renewal(&app, &caller, body, checkout).await;
+    signed(&app, asked, answer).await
+}
+
+async fn renewal(
+    app: &Arc<App>,
+    caller: &Caller,
+    body: HeartbeatRequest,
+    checkout: CheckoutRequest,
+) -> Result<proto::Grant, ApiError> {
+    check_field("grant_id", &body.grant_id)?;
+    let deadline = Deadline::from(app, body.answer_within_ms);
     let holder = Holder::of(&checkout);
-    check_slot_holder(&app, &caller, &checkout.feature, &holder)?;
+    check_slot_holder(app, caller, &checkout.feature, &holder)?;
     let request = seat_request(checkout, body.renewal)?;
     let granted = app
         .heartbeat(
@@ -155,16 +198,16 @@ async fn heartbeat(
             deadline,
         )
         .await?;
-    let mut grant = wire_grant(&app, granted, &holder);
-    crate::master::cosign::gather(&app, &mut grant).await;
-    Ok(Json(grant))
+    Ok(wire_grant(app, granted, &holder))
 }
 
 /// Who holds a grant, as a master names them in a VID certificate: the
-/// production server (the request's `user`) and its run (`client_id`).
+/// production server (the request's `user`), its run (`client_id`) and
+/// its answer key.
 struct Holder {
     server_id: String,
     instance: String,
+    server_key: Option<String>,
 }
 
 impl Holder {
@@ -172,6 +215,7 @@ impl Holder {
         Holder {
             server_id: request.user.clone(),
             instance: request.client_id.clone(),
+            server_key: request.server_key.clone(),
         }
     }
 }
@@ -232,6 +276,7 @@ fn wire_grant(
             &holder.instance,
             granted.terms.lease_ms,
             app.clock.unix_ms(),
+            holder.server_key.as_deref(),
         )
     });
     proto::Grant {
@@ -253,6 +298,7 @@ fn wire_grant(
             })
             .collect(),
         converted: granted.origin == Origin::Conversion,
+        answer: None,
     }
 }
 
@@ -266,6 +312,15 @@ fn seat_request(body: CheckoutRequest, renewal: u64) -> Result<SeatRequest, ApiE
     ];
     for (name, value) in fields {
         check_field(name, value)?;
+    }
+    for (name, value) in [("nonce", &body.nonce), ("server_key", &body.server_key)] {
+        if let Some(value) = value {
+            check_field(name, value)?;
+        }
+    }
+    if let Some(nonce) = &body.nonce {
+        tessera_core::answer::check_nonce(nonce)
+            .map_err(|message| api_error(ErrorCode::InvalidField, message))?;
     }
     let count = body.count;
     if count == 0 || count > MAX_SEATS_PER_REQUEST {

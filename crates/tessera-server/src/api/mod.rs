@@ -56,16 +56,42 @@ impl From<Refusal> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let status = StatusCode::from_u16(self.0.code.http_status())
+        SignedDenial {
+            err: self,
+            answer: None,
+        }
+        .into_response()
+    }
+}
+
+/// A refusal of a program's checkout or heartbeat, signed over its nonce
+/// where it sent one (`crate::answer`).
+pub struct SignedDenial {
+    pub err: ApiError,
+    pub answer: Option<Box<proto::SignedAnswer>>,
+}
+
+impl From<ApiError> for SignedDenial {
+    fn from(err: ApiError) -> SignedDenial {
+        SignedDenial { err, answer: None }
+    }
+}
+
+impl IntoResponse for SignedDenial {
+    fn into_response(self) -> Response {
+        let refusal = self.err.0;
+        let status = StatusCode::from_u16(refusal.code.http_status())
             .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let code = refusal.code;
         let body = proto::ErrorBody {
             error: proto::ErrorDetail {
-                code: self.0.code,
-                message: self.0.message,
+                code,
+                message: refusal.message,
             },
+            answer: self.answer.map(|answer| *answer),
         };
         let mut response = (status, Json(body)).into_response();
-        if self.0.code == ErrorCode::BodyTimeout {
+        if code == ErrorCode::BodyTimeout {
             // The rest of the body may still be on its way: the connection
             // cannot carry another request.
             response.headers_mut().insert(

@@ -129,6 +129,7 @@ impl MasterSigner {
         instance: &str,
         lease_ms: u64,
         unix_ms: i64,
+        server_key: Option<&str>,
     ) -> Option<proto::VidCertificate> {
         if feature != self.slot_feature() {
             return None;
@@ -141,6 +142,7 @@ impl MasterSigner {
             serial: self.next_serial.fetch_add(1, Ordering::Relaxed),
             issued_unix_ms: unix_ms,
             lifetime_ms: lease_ms,
+            server_key: server_key.map(str::to_string),
         };
         match self.key.certify(fields) {
             Ok(certificate) => Some(wire_certificate(&certificate)),
@@ -153,55 +155,13 @@ impl MasterSigner {
 }
 
 pub fn wire_certificate(certificate: &VidCertificate) -> proto::VidCertificate {
-    let text = certificate.to_text();
-    let f = text.fields;
-    proto::VidCertificate {
-        cosignatures: text
-            .cosignatures
-            .into_iter()
-            .map(|c| proto::Cosignature {
-                master_license: c.master_license,
-                master_key_id: c.master_key_id,
-                signature: c.signature,
-            })
-            .collect(),
-        vid: f.vid,
-        master_license: f.master_license,
-        server_id: f.server_id,
-        instance: f.instance,
-        serial: f.serial,
-        issued_unix_ms: f.issued_unix_ms,
-        lifetime_ms: f.lifetime_ms,
-        master_key_id: text.master_key_id,
-        signature: text.signature,
-    }
+    proto::VidCertificate::from_core(certificate)
 }
 
 pub fn domain_certificate(
     wire: &proto::VidCertificate,
 ) -> Result<VidCertificate, tessera_core::master::CertificateError> {
-    VidCertificate::from_text(&tessera_core::master::VidCertificateText {
-        fields: CertificateFields {
-            vid: wire.vid.clone(),
-            master_license: wire.master_license.clone(),
-            server_id: wire.server_id.clone(),
-            instance: wire.instance.clone(),
-            serial: wire.serial,
-            issued_unix_ms: wire.issued_unix_ms,
-            lifetime_ms: wire.lifetime_ms,
-        },
-        master_key_id: wire.master_key_id.clone(),
-        signature: wire.signature.clone(),
-        cosignatures: wire
-            .cosignatures
-            .iter()
-            .map(|c| tessera_core::master::CosignatureText {
-                master_license: c.master_license.clone(),
-                master_key_id: c.master_key_id.clone(),
-                signature: c.signature.clone(),
-            })
-            .collect(),
-    })
+    wire.to_core()
 }
 
 /// For a server whose config names a master license file: the license,

@@ -1,0 +1,331 @@
+//! What makes an answer count: the vendor's keys built into the program
+//! ([`Trust::Vendor`]), never a key a server or a config file names.
+//!
+//! With vendor keys, every checkout and heartbeat carries a fresh nonce, and
+//! a grant counts only if the answering server signed it over that nonce
+//! and everything the program asked (`tessera_core::answer`), and every
+//! license code behind it checks against the vendor's keys: in date by
+//! this machine's clock, for this feature, one covering this version, bound
+//! to the answering server's host or to a VID whose chain to the vendor
+//! checks. A refusal counts only if signed too; one that is not is treated
+//! as no answer, and the next server is asked.
+//!
+//! The clock: the latest time this program trusted is kept in a small file
+//! ([`ClientConfig::clock_file`]); a clock that reads earlier than that by
+//! more than the tolerance was set back, and no grant is accepted until it
+//! is right again.
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use tessera_core::answer::{
+    check_backing, codes_sha256, AnswerFields, Backing, Chain, ServerPublicKey, CLOCK_TOLERANCE_MS,
+    OUTCOME_GRANTED,
+};
+use tessera_core::master::MasterLicense;
+use tessera_core::{LicenseCode, VendorPublicKey, Version};
+use tessera_proto::{CheckoutRequest, Grant, SignedAnswer};
+
+use crate::config::ClientConfig;
+use crate::error::{ClientError, Failure, FailureKind};
+
+/// Whose word makes a seat valid for this program.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Trust {
+    /// The vendor's public keys, built into the program by its vendor:
+    /// a grant counts only if it proves a code one of them signed. An empty
+    /// list is refused when the client is made.
+    Vendor(Vec<VendorPublicKey>),
+    /// Any answer from a server the TLS settings accept. For tools that are
+    /// not the vendor's program (`tessera checkout`), a production server
+    /// asking its masters (it checks its certificate itself) and tests;
+    /// never for a program whose licensing matters.
+    AnyServer,
+}
+
+impl Default for Trust {
+    fn default() -> Trust {
+        Trust::Vendor(Vec::new())
+    }
+}
+
+/// Least time between two writes of the clock file: the mark only has to
+/// keep a set-back clock from gaining more than this.
+const CLOCK_WRITE_INTERVAL_MS: i64 = 60_000;
+
+/// Checks answers as [`Trust`] says, and keeps the clock's mark.
+#[derive(Debug)]
+pub(crate) struct Checker {
+    vendor_keys: Option<Vec<VendorPublicKey>>,
+    clock: ClockMark,
+}
+
+impl Checker {
+    pub(crate) fn new(config: &ClientConfig) -> Checker {
+        let vendor_keys = match &config.trust {
+            Trust::Vendor(keys) => Some(keys.clone()),
+            Trust::AnyServer => None,
+        };
+        Checker {
+            clock: ClockMark::load(config.clock_file.as_deref()),
+            vendor_keys,
+        }
+    }
+
+    /// A fresh nonce for a request, when answers are checked.
+    pub(crate) fn nonce(&self) -> Option<String> {
+        self.vendor_keys.as_ref().map(|_| {
+            let (a, b) = (uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
+            format!("{}{}", a.simple(), b.simple())
+        })
+    }
+
+    /// This machine's time, unless its clock was set back.
+    pub(crate) fn check_clock(&self) -> Result<i64, ClientError> {
+        match self.vendor_keys {
+            Some(_) => self.clock.now(),
+            None => Ok(unix_now_ms()),
+        }
+    }
+
+    /// One server's answer to `request`, as this program may act on it: a
+    /// grant that does not check, or a refusal that is not signed, becomes
+    /// [`FailureKind::Untrusted`].
+    pub(crate) fn screen(
+        &self,
+        address: &str,
+        request: &CheckoutRequest,
+        answer: Result<Grant, Failure>,
+    ) -> Result<Grant, Failure> {
+        let Some(vendor_keys) = &self.vendor_keys else {
+            return answer;
+        };
+        let untrusted = |text: String| Failure {
+            address: address.to_string(),
+            kind: FailureKind::Untrusted(text),
+            signed: None,
+        };
+        match answer {
+            Ok(grant) => {
+                let now = self.clock.now().map_err(|err| untrusted(err.to_string()))?;
+                check_grant(vendor_keys, request, &grant, now).map_err(untrusted)?;
+                self.clock.advance(now);
+                Ok(grant)
+            }
+            Err(failure) => match &failure.kind {
+                FailureKind::Refused { code, message } => {
+                    match check_denial(request, code.as_str(), failure.signed.as_deref()) {
+                        Ok(()) => Err(failure),
+                        Err(why) => Err(untrusted(format!(
+                            "refused ({code}: {message}) with {why}, so this program does not \
+                             act on it"
+                        ))),
+                    }
+                }
+                _ => Err(failure),
+            },
+        }
+    }
+}
+
+fn nonce_of(request: &CheckoutRequest) -> &str {
+    request.nonce.as_deref().unwrap_or_default()
+}
+
+fn asked_fields(request: &CheckoutRequest, answer: &SignedAnswer, outcome: &str) -> AnswerFields {
+    AnswerFields {
+        outcome: outcome.to_string(),
+        pool_id: answer.pool_id.clone(),
+        server_id: answer.server_id.clone(),
+        hostid: answer.hostid.clone(),
+        server_unix_ms: answer.server_unix_ms,
+        nonce: nonce_of(request).to_string(),
+        client_id: request.client_id.clone(),
+        feature: request.feature.clone(),
+        version: request.version.clone(),
+        count: request.count,
+        ..AnswerFields::default()
+    }
+}
+
+/// A grant this program may count: signed over its request by the server
+/// that holds it, backed by the vendor's codes.
+fn check_grant(
+    vendor_keys: &[VendorPublicKey],
+    request: &CheckoutRequest,
+    grant: &Grant,
+    now_unix_ms: i64,
+) -> Result<(), String> {
+    let Some(answer) = &grant.answer else {
+        return Err(
+            "a grant without a signed answer: a Tessera server signs every grant to a \
+                    program that sends a nonce, so this is not a Tessera server, or an old one"
+                .into(),
+        );
+    };
+    if answer.server_id != grant.server_id {
+        return Err(format!(
+            "a grant held by server {} signed as server {}",
+            grant.server_id, answer.server_id
+        ));
+    }
+    let key = ServerPublicKey::from_base64(&answer.server_key).map_err(|err| err.to_string())?;
+    let codes = answer
+        .codes
+        .iter()
+        .map(LicenseCode::from_text)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|err| format!("a license code in the answer is malformed: {err}"))?;
+    let fields = AnswerFields {
+        grant_id: grant.grant_id.clone(),
+        lease_ms: grant.lease_ms,
+        heartbeat_interval_ms: grant.heartbeat_interval_ms,
+        codes_sha256: codes_sha256(&codes),
+        ..asked_fields(request, answer, OUTCOME_GRANTED)
+    };
+    key.verify(&fields, &answer.signature)
+        .map_err(|err| err.to_string())?;
+    let (licenses, certificate) = match &answer.chain {
+        Some(chain) => {
+            let licenses = chain
+                .master_licenses
+                .iter()
+                .map(MasterLicense::from_text)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|err| format!("a master license in the chain is malformed: {err}"))?;
+            let certificate = chain
+                .certificate
+                .to_core()
+                .map_err(|err| format!("the chain's certificate is malformed: {err}"))?;
+            (licenses, Some(certificate))
+        }
+        None => (Vec::new(), None),
+    };
+    let version = Version::parse(&request.version).map_err(|err| format!("version: {err}"))?;
+    check_backing(
+        vendor_keys,
+        Backing {
+            codes: &codes,
+            feature: &request.feature,
+            version: &version,
+            server_id: &grant.server_id,
+            hostid: &answer.hostid,
+            server_key: &key,
+            chain: certificate.as_ref().map(|certificate| Chain {
+                master_licenses: &licenses,
+                certificate,
+            }),
+            now_unix_ms,
+        },
+    )
+    .map_err(|err| err.to_string())
+}
+
+/// A refusal this program may act on: signed over its request.
+fn check_denial(
+    request: &CheckoutRequest,
+    code: &str,
+    answer: Option<&SignedAnswer>,
+) -> Result<(), String> {
+    let Some(answer) = answer else {
+        return Err("no signature".into());
+    };
+    let key = ServerPublicKey::from_base64(&answer.server_key).map_err(|err| err.to_string())?;
+    key.verify(&asked_fields(request, answer, code), &answer.signature)
+        .map_err(|_| "a signature that does not check".to_string())
+}
+
+fn unix_now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_millis() as i64)
+}
+
+/// The latest time this program trusted, kept in a file.
+#[derive(Debug)]
+struct ClockMark {
+    path: Option<PathBuf>,
+    state: Mutex<MarkState>,
+}
+
+#[derive(Debug)]
+struct MarkState {
+    mark_ms: i64,
+    written_ms: i64,
+}
+
+impl ClockMark {
+    fn load(path: Option<&Path>) -> ClockMark {
+        let mark_ms = path
+            .and_then(|path| std::fs::read_to_string(path).ok())
+            .and_then(|text| text.trim().parse::<i64>().ok())
+            .unwrap_or(0);
+        ClockMark {
+            path: path.map(Path::to_path_buf),
+            state: Mutex::new(MarkState {
+                mark_ms,
+                written_ms: mark_ms,
+            }),
+        }
+    }
+
+    fn now(&self) -> Result<i64, ClientError> {
+        let now = unix_now_ms();
+        let mark_ms = self.lock().mark_ms;
+        if now.saturating_add(CLOCK_TOLERANCE_MS) < mark_ms {
+            let behind_s = (mark_ms - now) / 1_000;
+            return Err(ClientError::ClockSetBack {
+                message: format!(
+                    "this machine's clock reads {behind_s} s earlier than the latest time this \
+                     program trusted (kept in {}); set the clock right",
+                    self.path
+                        .as_deref()
+                        .map_or("memory".into(), |p| p.display().to_string())
+                ),
+            });
+        }
+        Ok(now)
+    }
+
+    /// Raises the mark to `now`; writes it at most once a minute.
+    fn advance(&self, now: i64) {
+        let write = {
+            let mut state = self.lock();
+            state.mark_ms = state.mark_ms.max(now);
+            let due = now - state.written_ms >= CLOCK_WRITE_INTERVAL_MS;
+            if due {
+                state.written_ms = now;
+            }
+            due
+        };
+        if let (true, Some(path)) = (write, &self.path) {
+            if let Err(err) = write_mark(path, now) {
+                tracing::debug!(path = %path.display(), %err, "could not keep the clock mark");
+            }
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, MarkState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+fn write_mark(path: &Path, now: i64) -> std::io::Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let mut temporary = path.as_os_str().to_owned();
+    temporary.push(format!(".{}", std::process::id()));
+    std::fs::write(&temporary, now.to_string())?;
+    std::fs::rename(&temporary, path)
+}
+
+/// Where the clock mark is kept by default: the user's cache folder.
+pub(crate) fn default_clock_file() -> Option<PathBuf> {
+    let cache = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .filter(|dir| dir.is_absolute())
+        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache")))?;
+    Some(cache.join("tessera").join("clock"))
+}

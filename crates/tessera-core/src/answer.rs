@@ -1,0 +1,461 @@
+//! Signed answers: what lets a program trust a seat because its vendor's
+//! key says so, not because a server (or a config file) says so.
+//!
+//! Every server has an **answer key** (Ed25519, `answer.key` in its data
+//! directory). It signs each grant, renewal and denial it answers a program,
+//! over the canonical form of [`AnswerFields`]: the program's own nonce (so
+//! an old answer replayed does not renew anything), the request (client,
+//! feature, version, count), the grant (id, lease, heartbeat interval), who
+//! answered (pool, server, its hostid, its clock) and a digest of the
+//! license codes that make up the feature's hard limit on that server
+//! ([`codes_sha256`]).
+//!
+//! The answer carries those codes, so the program checks them itself
+//! ([`check_backing`]) against the vendor keys built into it: every code
+//! signed by its vendor, for this feature, in date, one covering its version,
+//! and bound to the host the server names, or to a VID whose certificate
+//! chain (vendor key → master license → VID certificate naming this
+//! server's answer key) checks offline. A key a customer adds to a server's
+//! config makes the server serve a code; the program still refuses the
+//! seat, because the pool's hard limit includes a code its vendor did not
+//! sign.
+//!
+//! The canonical form is a header line and `name=value` lines, as for
+//! license codes (`license.rs`); PROTOCOL.md, "Signed answers", has the
+//! layout and a test vector.
+
+use std::fmt;
+
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine as _;
+use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
+use sha2::{Digest, Sha256};
+
+use crate::date::{CivilDate, Expiry};
+use crate::license::{canonical, decode_32, decode_signature, key_id_hex, LicenseCode};
+use crate::license::{LicenseError, VendorPublicKey};
+use crate::master::{vid_of_binding, MasterLicense, VidCertificate};
+use crate::version::Version;
+
+/// Header of an answer's canonical form.
+pub const ANSWER_HEADER: &str = "tessera-answer-v1";
+/// What a grant's or renewal's `outcome` line says; a denial's names its error code.
+pub const OUTCOME_GRANTED: &str = "granted";
+/// Shortest and longest nonce a program may send: at least 128 bits in
+/// base64url, at most a bounded field.
+pub const NONCE_CHARS_MIN: usize = 22;
+pub const NONCE_CHARS_MAX: usize = 128;
+/// How far apart a program's clock and a server's (or a master's) may be
+/// before dates disagree: a code that expired, or a certificate that lapsed,
+/// less than this long ago by one clock is still in date by the other.
+pub const CLOCK_TOLERANCE_MS: i64 = 10 * 60 * 1_000;
+
+/// Why a key, a signature or an answer's backing does not check. Each
+/// message names what to fix, or what the server did wrong.
+#[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
+pub enum AnswerError {
+    #[error("answer key: {0}")]
+    BadKey(String),
+    #[error("the answer's signature is malformed: {0}")]
+    MalformedSignature(String),
+    #[error(
+        "the answer's signature does not check under the server's key {key_id}: it was changed \
+         in transit, answers another request (a replay), or was made by something that is not \
+         a Tessera server"
+    )]
+    BadSignature { key_id: String },
+    #[error("the answer carries no license code for `{feature}`, so nothing shows the seat is the vendor's")]
+    NoCodes { feature: String },
+    #[error(
+        "the pool serves license code {id}, which no vendor key built into this program signed \
+         ({reason}); the seats it adds are not the vendor's, so this program accepts none of \
+         the pool's seats of `{feature}`"
+    )]
+    NotTheVendors {
+        id: String,
+        feature: String,
+        reason: String,
+    },
+    #[error("license code {id} is for feature `{code_feature}`, not `{feature}`")]
+    OtherFeature {
+        id: String,
+        code_feature: String,
+        feature: String,
+    },
+    #[error(
+        "license code {id} expired at the end of {last_day}, and this machine's clock says \
+         {today}: the server's clock is behind (set back?)"
+    )]
+    Expired {
+        id: String,
+        last_day: CivilDate,
+        today: CivilDate,
+    },
+    #[error("license code {id} is issued {issued}, after today ({today}) on this machine")]
+    NotYetValid {
+        id: String,
+        issued: CivilDate,
+        today: CivilDate,
+    },
+    #[error("no license code the pool serves covers version {version} of `{feature}`")]
+    VersionNotCovered { feature: String, version: String },
+    #[error(
+        "license code {id} is bound to hostid {bound}, and the server that answered says its \
+         hostid is {hostid}"
+    )]
+    WrongHost {
+        id: String,
+        bound: String,
+        hostid: String,
+    },
+    #[error(
+        "license code {id} is bound to VID {vid}, and the answer carries no certificate chain \
+         for it from a master server"
+    )]
+    NoChain { id: String, vid: String },
+    #[error("license code {id} is bound to VID {vid}: {reason}")]
+    BadChain {
+        id: String,
+        vid: String,
+        reason: String,
+    },
+}
+
+/// A server's answer key. Its `Debug` never shows the secret.
+#[derive(Clone)]
+pub struct ServerSecretKey(SigningKey);
+
+impl fmt::Debug for ServerSecretKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ServerSecretKey({})", self.public().key_id())
+    }
+}
+
+impl ServerSecretKey {
+    /// From 32 random bytes (the core has no randomness source).
+    pub fn from_seed(seed: [u8; 32]) -> ServerSecretKey {
+        ServerSecretKey(SigningKey::from_bytes(&seed))
+    }
+
+    pub fn from_base64(text: &str) -> Result<ServerSecretKey, AnswerError> {
+        decode_32(text)
+            .map(ServerSecretKey::from_seed)
+            .map_err(|err| AnswerError::BadKey(format!("secret key: {err}")))
+    }
+
+    pub fn to_base64(&self) -> String {
+        BASE64.encode(self.0.to_bytes())
+    }
+
+    pub fn public(&self) -> ServerPublicKey {
+        ServerPublicKey(self.0.verifying_key())
+    }
+
+    /// Signs `fields`; the signature in base64, as it travels.
+    pub fn sign(&self, fields: &AnswerFields) -> String {
+        let canonical = fields.canonical_form(&self.public().key_id());
+        BASE64.encode(self.0.sign(canonical.as_bytes()).to_bytes())
+    }
+}
+
+/// A server's public answer key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ServerPublicKey(VerifyingKey);
+
+impl ServerPublicKey {
+    pub fn from_base64(text: &str) -> Result<ServerPublicKey, AnswerError> {
+        let bytes =
+            decode_32(text).map_err(|err| AnswerError::BadKey(format!("public key: {err}")))?;
+        VerifyingKey::from_bytes(&bytes)
+            .map(ServerPublicKey)
+            .map_err(|err| AnswerError::BadKey(format!("not an Ed25519 point: {err}")))
+    }
+
+    pub fn to_base64(&self) -> String {
+        BASE64.encode(self.0.as_bytes())
+    }
+
+    /// The first 8 bytes of SHA-256 of the key, in hex.
+    pub fn key_id(&self) -> String {
+        key_id_hex(&self.0)
+    }
+
+    /// Checks `signature` (base64) over `fields`.
+    pub fn verify(&self, fields: &AnswerFields, signature: &str) -> Result<(), AnswerError> {
+        let signature: Signature =
+            decode_signature(signature).map_err(AnswerError::MalformedSignature)?;
+        let canonical = fields.canonical_form(&self.key_id());
+        self.0
+            .verify(canonical.as_bytes(), &signature)
+            .map_err(|_| AnswerError::BadSignature {
+                key_id: self.key_id(),
+            })
+    }
+}
+
+/// Everything an answer's signature covers.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AnswerFields {
+    /// [`OUTCOME_GRANTED`], or the error code of a denial (`no_seats_available`).
+    pub outcome: String,
+    pub pool_id: String,
+    pub server_id: String,
+    /// The answering server's hostid, as `tessera hostid` reads it.
+    pub hostid: String,
+    /// The answering server's wall clock, Unix ms.
+    pub server_unix_ms: i64,
+    /// The program's nonce, fresh for every request.
+    pub nonce: String,
+    pub client_id: String,
+    pub feature: String,
+    pub version: String,
+    pub count: u32,
+    /// Empty on a denial.
+    pub grant_id: String,
+    pub lease_ms: u64,
+    pub heartbeat_interval_ms: u64,
+    /// [`codes_sha256`] of the codes the answer carries; empty on a denial.
+    pub codes_sha256: String,
+}
+
+impl AnswerFields {
+    /// The exact bytes the signature covers; `key_id` is the signing key's.
+    pub fn canonical_form(&self, key_id: &str) -> String {
+        canonical(
+            ANSWER_HEADER,
+            &[
+                ("key_id", key_id.to_string()),
+                ("outcome", self.outcome.clone()),
+                ("pool_id", self.pool_id.clone()),
+                ("server_id", self.server_id.clone()),
+                ("hostid", self.hostid.clone()),
+                ("server_unix_ms", self.server_unix_ms.to_string()),
+                ("nonce", self.nonce.clone()),
+                ("client_id", self.client_id.clone()),
+                ("feature", self.feature.clone()),
+                ("version", self.version.clone()),
+                ("count", self.count.to_string()),
+                ("grant_id", self.grant_id.clone()),
+                ("lease_ms", self.lease_ms.to_string()),
+                (
+                    "heartbeat_interval_ms",
+                    self.heartbeat_interval_ms.to_string(),
+                ),
+                ("codes_sha256", self.codes_sha256.clone()),
+            ],
+        )
+    }
+}
+
+/// SHA-256 (hex) over the codes in order: each code's canonical form and
+/// its 64 signature bytes, each part preceded by its length (4 bytes,
+/// big-endian), so no two lists of codes share a digest.
+pub fn codes_sha256<'a>(codes: impl IntoIterator<Item = &'a LicenseCode>) -> String {
+    let mut digest = Sha256::new();
+    for code in codes {
+        let canonical = code.canonical_form();
+        let signature = code.signature_bytes();
+        for part in [canonical.as_bytes(), &signature[..]] {
+            digest.update((part.len() as u32).to_be_bytes());
+            digest.update(part);
+        }
+    }
+    hex::encode(digest.finalize())
+}
+
+/// A production server's chain to its vendor: the master licenses of its
+/// VID and the certificate a master signed for it.
+#[derive(Clone, Copy, Debug)]
+pub struct Chain<'a> {
+    pub master_licenses: &'a [MasterLicense],
+    pub certificate: &'a VidCertificate,
+}
+
+/// What a program checks a grant against, besides the answer's signature.
+#[derive(Clone, Copy, Debug)]
+pub struct Backing<'a> {
+    /// The codes the answer carries: the feature's hard limit on that server.
+    pub codes: &'a [LicenseCode],
+    pub feature: &'a str,
+    pub version: &'a Version,
+    /// Who answered: its id, hostid and answer key.
+    pub server_id: &'a str,
+    pub hostid: &'a str,
+    pub server_key: &'a ServerPublicKey,
+    pub chain: Option<Chain<'a>>,
+    /// The program's trusted time, Unix ms.
+    pub now_unix_ms: i64,
+}
+
+/// Checks that every code behind a grant is the vendor's, in date, for this
+/// feature, bound where the answering server is, and that one covers the
+/// program's version. `vendor_keys` are the program's own, never a server's.
+pub fn check_backing(
+    vendor_keys: &[VendorPublicKey],
+    backing: Backing<'_>,
+) -> Result<(), AnswerError> {
+    let feature = backing.feature;
+    if backing.codes.is_empty() {
+        return Err(AnswerError::NoCodes {
+            feature: feature.to_string(),
+        });
+    }
+    // Dates are judged with the tolerance on the lenient side: a code is
+    // refused only when both clocks, as far apart as they may be, agree.
+    let today = CivilDate::from_unix_ms(backing.now_unix_ms - CLOCK_TOLERANCE_MS);
+    let tomorrow = CivilDate::from_unix_ms(backing.now_unix_ms + CLOCK_TOLERANCE_MS);
+    let mut covered = false;
+    for code in backing.codes {
+        let id = code.id().to_string();
+        code.verify(vendor_keys)
+            .map_err(|err| AnswerError::NotTheVendors {
+                id: id.clone(),
+                feature: feature.to_string(),
+                reason: vendor_reason(err),
+            })?;
+        let fields = code.fields();
+        if code.feature() != feature {
+            return Err(AnswerError::OtherFeature {
+                id,
+                code_feature: code.feature().to_string(),
+                feature: feature.to_string(),
+            });
+        }
+        if let Expiry::EndOf(last_day) = fields.expiry {
+            if fields.expiry.has_expired(today) {
+                return Err(AnswerError::Expired {
+                    id,
+                    last_day,
+                    today,
+                });
+            }
+        }
+        if fields.issued.days_since_epoch() > tomorrow.days_since_epoch() + 1 {
+            return Err(AnswerError::NotYetValid {
+                id,
+                issued: fields.issued,
+                today,
+            });
+        }
+        check_binding(vendor_keys, code, &backing)?;
+        covered |= &fields.version_min <= backing.version && backing.version <= &fields.version_max;
+    }
+    if !covered {
+        return Err(AnswerError::VersionNotCovered {
+            feature: feature.to_string(),
+            version: backing.version.to_string(),
+        });
+    }
+    Ok(())
+}
+
+fn vendor_reason(err: LicenseError) -> String {
+    match err {
+        LicenseError::UnknownVendorKey { key_id, vendor, .. } => {
+            format!(
+                "it is signed by key {key_id} of a vendor `{vendor}` this program does not know"
+            )
+        }
+        LicenseError::VendorMismatch {
+            key_id, key_vendor, ..
+        } => format!("it is signed by key {key_id}, which is vendor `{key_vendor}`'s"),
+        LicenseError::BadSignature { .. } => {
+            "its signature does not check: it was changed after the vendor signed it".into()
+        }
+        other => other.to_string(),
+    }
+}
+
+fn check_binding(
+    vendor_keys: &[VendorPublicKey],
+    code: &LicenseCode,
+    backing: &Backing<'_>,
+) -> Result<(), AnswerError> {
+    let bound = code.fields().hostid.to_string();
+    let Some(vid) = vid_of_binding(&bound) else {
+        if code.fields().hostid.allows(backing.hostid) {
+            return Ok(());
+        }
+        return Err(AnswerError::WrongHost {
+            id: code.id().to_string(),
+            bound,
+            hostid: backing.hostid.to_string(),
+        });
+    };
+    let bad = |reason: String| AnswerError::BadChain {
+        id: code.id().to_string(),
+        vid: vid.to_string(),
+        reason,
+    };
+    let Some(chain) = backing.chain else {
+        return Err(AnswerError::NoChain {
+            id: code.id().to_string(),
+            vid: vid.to_string(),
+        });
+    };
+    let certificate = chain.certificate;
+    let fields = certificate.fields();
+    if fields.vid != vid {
+        return Err(bad(format!("the certificate is for VID {}", fields.vid)));
+    }
+    check_master_licenses(vendor_keys, chain.master_licenses, backing.now_unix_ms)
+        .map_err(|err| bad(format!("a master license does not check: {err}")))?;
+    certificate
+        .check_group(chain.master_licenses)
+        .map_err(|err| bad(format!("the certificate does not check: {err}")))?;
+    if fields.server_id != backing.server_id {
+        return Err(bad(format!(
+            "the certificate lends the VID to server {}, not to {}, which answered",
+            fields.server_id, backing.server_id
+        )));
+    }
+    if fields.server_key.as_deref() != Some(backing.server_key.to_base64().as_str()) {
+        return Err(bad(
+            "the certificate does not name the answer key that signed this answer".into(),
+        ));
+    }
+    let lapsed_at = fields
+        .issued_unix_ms
+        .saturating_add(fields.lifetime_ms as i64)
+        .saturating_add(CLOCK_TOLERANCE_MS);
+    if lapsed_at < backing.now_unix_ms {
+        return Err(bad(format!(
+            "the certificate (serial {}) lapsed {} s ago",
+            fields.serial,
+            (backing.now_unix_ms - lapsed_at) / 1_000
+        )));
+    }
+    Ok(())
+}
+
+/// Checks the master licenses an answer carries against the program's
+/// vendor keys and its date.
+fn check_master_licenses(
+    vendor_keys: &[VendorPublicKey],
+    licenses: &[MasterLicense],
+    now_unix_ms: i64,
+) -> Result<(), String> {
+    let today = CivilDate::from_unix_ms(now_unix_ms - CLOCK_TOLERANCE_MS);
+    for license in licenses {
+        license.verify(vendor_keys).map_err(|err| err.to_string())?;
+        license.check_date(today).map_err(|err| err.to_string())?;
+    }
+    Ok(())
+}
+
+/// Checks a nonce's shape: base64url, [`NONCE_CHARS_MIN`] to [`NONCE_CHARS_MAX`] characters.
+pub fn check_nonce(nonce: &str) -> Result<(), String> {
+    let chars = nonce.len();
+    if !(NONCE_CHARS_MIN..=NONCE_CHARS_MAX).contains(&chars) {
+        return Err(format!(
+            "nonce is {chars} characters; it must be {NONCE_CHARS_MIN} to {NONCE_CHARS_MAX}"
+        ));
+    }
+    if !nonce
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
+        return Err("nonce must be base64url (A-Z, a-z, 0-9, - and _)".into());
+    }
+    Ok(())
+}
