@@ -48,6 +48,9 @@ pub fn render(status: &StatusResponse) -> String {
         "Pool `{}` (pool file sequence {}), answered by server {} at {}: {}, {}",
         status.pool_id, status.pool_sequence, s.id, s.address, s.role, s.state
     );
+    if let Some(reason) = &s.state_reason {
+        let _ = writeln!(out, "  not serving: {reason}");
+    }
     if let Some(grace_ms) = s.grace_remaining_ms {
         let _ = writeln!(
             out,
@@ -297,6 +300,7 @@ mod tests {
                 software_version: "0.1.0".into(),
                 uptime_ms: 1,
                 grace_remaining_ms: None,
+                state_reason: None,
                 hostid: "mid-1".into(),
                 vid: None,
             },

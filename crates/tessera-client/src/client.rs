@@ -123,9 +123,18 @@ impl Client {
             let send_instant = Instant::now();
             let answer: Result<Grant, Failure> =
                 http::post_json(self, address, "/checkout", &request).await;
-            let answer = self.checker().screen(address, &request, answer);
+            let answer = answer.map_err(|failure| self.checker().screen_refusal(&request, failure));
             match answer {
-                Ok(grant) => match usable_grant(&grant, &request, send_instant) {
+                Ok(grant) => match usable_grant(&grant, &request, send_instant)
+                    .map_err(|text| Failure::no_answer(address, text))
+                    .and_then(|()| {
+                        self.checker()
+                            .check(&request, &grant)
+                            .map_err(|text| Failure {
+                                kind: FailureKind::Untrusted(text),
+                                ..Failure::no_answer(address, "")
+                            })
+                    }) {
                     Ok(()) => {
                         tracing::debug!(%address, grant_id = %grant.grant_id, "checked out");
                         return Ok(SeatGuard::start(
@@ -136,9 +145,11 @@ impl Client {
                             send_instant,
                         ));
                     }
-                    Err(text) => {
-                        self.forget(address, &grant.grant_id, &grant.proof);
-                        failures.push(Failure::no_answer(address, text));
+                    Err(failure) => {
+                        // Given back: a grant this program does not use
+                        // would hold its seats until its lease ran out.
+                        self.forget(address, &grant.grant_id, &grant.proof).await;
+                        failures.push(failure);
                     }
                 },
                 Err(failure) if failure.disposition() == Disposition::Definitive => {
@@ -231,17 +242,15 @@ impl Client {
         Err(checkin_error(failures))
     }
 
-    /// Gives back a grant this client will not use, without waiting: left
-    /// alone it would hold its seats until its lease ran out.
-    fn forget(&self, address: &str, grant_id: &str, proof: &Proof) {
-        let client = self.clone();
+    /// Gives back a grant this client will not use: left alone it would
+    /// hold its seats until its lease ran out. Waited for (one request,
+    /// bounded by the timeout), so that a program that exits next has
+    /// given it back.
+    async fn forget(&self, address: &str, grant_id: &str, proof: &Proof) {
         let addresses = [address.to_string()];
-        let (grant_id, proof) = (grant_id.to_string(), proof.clone());
-        tokio::spawn(async move {
-            if let Err(error) = client.checkin_on(&addresses, &grant_id, &proof).await {
-                tracing::debug!(%error, "could not check in an unusable grant");
-            }
-        });
+        if let Err(error) = self.checkin_on(&addresses, grant_id, proof).await {
+            tracing::debug!(%error, "could not check in an unusable grant");
+        }
     }
 }
 

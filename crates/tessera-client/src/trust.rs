@@ -98,32 +98,44 @@ impl Checker {
         request: &CheckoutRequest,
         answer: Result<Grant, Failure>,
     ) -> Result<Grant, Failure> {
-        let Some(vendor_keys) = &self.vendor_keys else {
-            return answer;
-        };
-        let untrusted = |text: String| Failure {
-            address: address.to_string(),
-            kind: FailureKind::Untrusted(text),
-            signed: None,
-        };
         match answer {
-            Ok(grant) => {
-                let now = self.clock.now().map_err(|err| untrusted(err.to_string()))?;
-                check_grant(vendor_keys, request, &grant, now).map_err(untrusted)?;
-                self.clock.advance(now);
-                Ok(grant)
-            }
-            Err(failure) => match &failure.kind {
-                FailureKind::Refused { code, message } => {
-                    match check_denial(request, code.as_str(), failure.signed.as_deref()) {
-                        Ok(()) => Err(failure),
-                        Err(why) => Err(untrusted(format!(
-                            "refused ({code}: {message}) with {why}, so this program does not \
-                             act on it"
-                        ))),
-                    }
-                }
-                _ => Err(failure),
+            Ok(grant) => self
+                .check(request, &grant)
+                .map(|()| grant)
+                .map_err(|text| Failure {
+                    address: address.to_string(),
+                    kind: FailureKind::Untrusted(text),
+                    signed: None,
+                }),
+            Err(failure) => Err(self.screen_refusal(request, failure)),
+        }
+    }
+
+    /// Whether this program may count `grant`, the answer to `request`.
+    pub(crate) fn check(&self, request: &CheckoutRequest, grant: &Grant) -> Result<(), String> {
+        let Some(vendor_keys) = &self.vendor_keys else {
+            return Ok(());
+        };
+        let now = self.clock.now().map_err(|err| err.to_string())?;
+        check_grant(vendor_keys, request, grant, now)?;
+        self.clock.advance(now);
+        Ok(())
+    }
+
+    /// A refusal this program acts on only if it is signed over `request`.
+    pub(crate) fn screen_refusal(&self, request: &CheckoutRequest, failure: Failure) -> Failure {
+        let (Some(_), FailureKind::Refused { code, message }) = (&self.vendor_keys, &failure.kind)
+        else {
+            return failure;
+        };
+        match check_denial(request, code.as_str(), failure.signed.as_deref()) {
+            Ok(()) => failure,
+            Err(why) => Failure {
+                kind: FailureKind::Untrusted(format!(
+                    "refused ({code}: {message}) with {why}, so this program does not act on it"
+                )),
+                signed: None,
+                address: failure.address,
             },
         }
     }
@@ -328,4 +340,180 @@ pub(crate) fn default_clock_file() -> Option<PathBuf> {
         .filter(|dir| dir.is_absolute())
         .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache")))?;
     Some(cache.join("tessera").join("clock"))
+}
+
+#[cfg(test)]
+mod tests {
+    use tessera_core::answer::ServerSecretKey;
+    use tessera_core::{CivilDate, Expiry, HostBinding, Policy, VendorSecretKey};
+    use tessera_proto::{ErrorCode, Proof};
+
+    use super::*;
+
+    fn vendor() -> VendorSecretKey {
+        VendorSecretKey::from_seed("acme", [7; 32]).unwrap()
+    }
+
+    fn code(key: &VendorSecretKey, id: &str) -> LicenseCode {
+        key.sign(tessera_core::license::UnsignedCode {
+            id: id.into(),
+            vendor: String::new(),
+            feature: "cad".into(),
+            version_min: Version::parse("1.0").unwrap(),
+            version_max: Version::parse("2.99").unwrap(),
+            seats: 10,
+            issued: CivilDate::parse("2026-01-01").unwrap(),
+            expiry: Expiry::Permanent,
+            hostid: HostBinding::Any,
+            policy: Policy::DEFAULT,
+        })
+        .unwrap()
+    }
+
+    fn request() -> CheckoutRequest {
+        CheckoutRequest {
+            client_id: "ws12-1".into(),
+            user: "alice".into(),
+            host: "ws12".into(),
+            feature: "cad".into(),
+            version: "2.0".into(),
+            count: 1,
+            answer_within_ms: None,
+            nonce: Some("6f1c0d2a9b8e4f3aa1b2c3d4e5f60718".into()),
+            server_key: None,
+        }
+    }
+
+    /// A grant as a Tessera server signs it, over `request` and `codes`.
+    fn signed_grant(request: &CheckoutRequest, codes: &[LicenseCode]) -> Grant {
+        let key = ServerSecretKey::from_seed([5; 32]);
+        let mut grant = Grant {
+            grant_id: "g-1".into(),
+            feature: "cad".into(),
+            count: 1,
+            server_id: "A".into(),
+            lease_ms: 60_000,
+            heartbeat_interval_ms: 15_000,
+            servers: Vec::new(),
+            converted: false,
+            proof: Proof("p".into()),
+            holding: None,
+            certificate: None,
+            answer: None,
+        };
+        let mut answer = SignedAnswer {
+            server_key: key.public().to_base64(),
+            pool_id: "acme-eng".into(),
+            server_id: "A".into(),
+            hostid: "mid-0011223344556677".into(),
+            server_unix_ms: unix_now_ms(),
+            signature: String::new(),
+            codes: codes.iter().map(LicenseCode::to_text).collect(),
+            chain: None,
+        };
+        let fields = AnswerFields {
+            grant_id: grant.grant_id.clone(),
+            lease_ms: grant.lease_ms,
+            heartbeat_interval_ms: grant.heartbeat_interval_ms,
+            codes_sha256: codes_sha256(codes),
+            ..asked_fields(request, &answer, OUTCOME_GRANTED)
+        };
+        answer.signature = key.sign(&fields);
+        grant.answer = Some(answer);
+        grant
+    }
+
+    fn checker(dir: &Path) -> Checker {
+        let mut config = ClientConfig::new(["127.0.0.1:7001"]);
+        config.trust = Trust::Vendor(vec![vendor().public()]);
+        config.clock_file = Some(dir.join("clock"));
+        Checker::new(&config)
+    }
+
+    #[test]
+    fn a_grant_signed_for_this_request_and_backed_by_the_vendors_code_counts() {
+        let dir = tempfile::tempdir().unwrap();
+        let checker = checker(dir.path());
+        let grant = signed_grant(&request(), &[code(&vendor(), "cad-1")]);
+        assert_eq!(checker.check(&request(), &grant), Ok(()));
+        // The trusted time is kept for the next run.
+        assert!(std::fs::read_to_string(dir.path().join("clock")).is_ok());
+    }
+
+    #[test]
+    fn unsigned_replayed_tampered_or_foreign_grants_do_not_count() {
+        let dir = tempfile::tempdir().unwrap();
+        let checker = checker(dir.path());
+        let genuine = code(&vendor(), "cad-1");
+        let mut unsigned = signed_grant(&request(), &[genuine.clone()]);
+        unsigned.answer = None;
+        let mut other_request = request();
+        other_request.nonce = Some("an-earlier-request-of-this-program".into());
+        let replayed = signed_grant(&other_request, &[genuine.clone()]);
+        let mut longer = signed_grant(&request(), &[genuine.clone()]);
+        longer.lease_ms *= 100;
+        let customer = VendorSecretKey::from_seed("acme", [9; 32]).unwrap();
+        let foreign = signed_grant(&request(), &[genuine, code(&customer, "cad-more")]);
+        for (grant, expected) in [
+            (unsigned, "without a signed answer"),
+            (replayed, "a replay"),
+            (longer, "changed in transit"),
+            (
+                foreign,
+                "cad-more, which no vendor key built into this program signed",
+            ),
+        ] {
+            let refused = checker.check(&request(), &grant).unwrap_err();
+            assert!(refused.contains(expected), "{expected}: {refused}");
+        }
+    }
+
+    #[test]
+    fn an_unsigned_refusal_is_not_acted_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let checker = checker(dir.path());
+        let refusal = Failure::refused("a:1", ErrorCode::UnknownFeature, "no such feature");
+        let screened = checker.screen_refusal(&request(), refusal.clone());
+        assert!(
+            matches!(&screened.kind, FailureKind::Untrusted(text) if text.contains("no signature")),
+            "{screened:?}"
+        );
+        assert_eq!(
+            screened.disposition(),
+            crate::error::Disposition::TryNext,
+            "an unsigned refusal does not stop the program asking the other servers"
+        );
+        let any = Checker::new(&{
+            let mut config = ClientConfig::new(["127.0.0.1:7001"]);
+            config.trust = Trust::AnyServer;
+            config
+        });
+        assert_eq!(any.screen_refusal(&request(), refusal.clone()), refusal);
+    }
+
+    #[test]
+    fn a_clock_behind_the_kept_time_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let day_ahead = unix_now_ms() + 86_400_000;
+        std::fs::write(dir.path().join("clock"), day_ahead.to_string()).unwrap();
+        let checker = checker(dir.path());
+        let error = checker.check_clock().unwrap_err();
+        assert!(
+            matches!(&error, ClientError::ClockSetBack { message } if message.contains("set the clock right")),
+            "{error}"
+        );
+        let grant = signed_grant(&request(), &[code(&vendor(), "cad-1")]);
+        assert!(checker.check(&request(), &grant).is_err());
+        // Within the tolerance (a clock corrected by NTP), nothing is refused.
+        let close = unix_now_ms() + CLOCK_TOLERANCE_MS / 2;
+        std::fs::write(dir.path().join("clock"), close.to_string()).unwrap();
+        assert!(super::Checker::new(&{
+            let mut config = ClientConfig::new(["127.0.0.1:7001"]);
+            config.trust = Trust::Vendor(vec![vendor().public()]);
+            config.clock_file = Some(dir.path().join("clock"));
+            config
+        })
+        .check_clock()
+        .is_ok());
+    }
 }

@@ -459,3 +459,255 @@ pub fn check_nonce(nonce: &str) -> Result<(), String> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::license::tests::{test_key, unsigned};
+    use crate::license::HostBinding;
+    use crate::master::{CertificateFields, MasterLicenseFields, MasterSecretKey};
+
+    /// 2026-12-01T00:00:00Z.
+    const NOW: i64 = 1_796_083_200_000;
+
+    fn server_key() -> ServerSecretKey {
+        ServerSecretKey::from_seed([5; 32])
+    }
+
+    fn fields() -> AnswerFields {
+        AnswerFields {
+            outcome: OUTCOME_GRANTED.into(),
+            pool_id: "acme-eng".into(),
+            server_id: "A".into(),
+            hostid: "mid-0011223344556677".into(),
+            server_unix_ms: NOW,
+            nonce: "6f1c0d2a9b8e4f3aa1b2c3d4e5f60718".into(),
+            client_id: "ws12-4411-1f2e3d4c".into(),
+            feature: "cad".into(),
+            version: "2.0".into(),
+            count: 1,
+            grant_id: "0c5a7d2e9f1b4c3a8e6d5f4b3a2c1d0e".into(),
+            lease_ms: 60_000,
+            heartbeat_interval_ms: 15_000,
+            codes_sha256: codes_sha256(&[code()]),
+        }
+    }
+
+    fn code() -> LicenseCode {
+        test_key("acme", 7)
+            .sign(unsigned("cad-1", "cad", 10))
+            .unwrap()
+    }
+
+    /// The vector PROTOCOL.md quotes: the answer key of seed 5, the fields
+    /// above, one code (the license code vector's key, seed 7).
+    #[test]
+    fn test_vector() {
+        let key = server_key();
+        assert_eq!(
+            key.public().to_base64(),
+            "bnoc3Smwt4/ROvTFWY/v9O8qlxZuPKby5Pv8zYBQW/E="
+        );
+        let canonical = fields().canonical_form(&key.public().key_id());
+        assert_eq!(
+            canonical,
+            format!(
+                "tessera-answer-v1\nkey_id={}\noutcome=granted\npool_id=acme-eng\nserver_id=A\n\
+                 hostid=mid-0011223344556677\nserver_unix_ms=1796083200000\n\
+                 nonce=6f1c0d2a9b8e4f3aa1b2c3d4e5f60718\nclient_id=ws12-4411-1f2e3d4c\n\
+                 feature=cad\nversion=2.0\ncount=1\ngrant_id=0c5a7d2e9f1b4c3a8e6d5f4b3a2c1d0e\n\
+                 lease_ms=60000\nheartbeat_interval_ms=15000\ncodes_sha256={}\n",
+                key.public().key_id(),
+                fields().codes_sha256
+            )
+        );
+        let signature = key.sign(&fields());
+        assert_eq!(
+            signature,
+            "Rqb1dFFjuyD5VF0OrGWL/QmcIYuVIdh7h0EqhiLRg2ddooy/7loozcyZ7/vuQUp2sDKbupGEtgfvEeWCjnyiCA=="
+        );
+        key.public().verify(&fields(), &signature).unwrap();
+    }
+
+    #[test]
+    fn an_answer_to_another_request_or_changed_in_transit_does_not_check() {
+        let key = server_key();
+        let signature = key.sign(&fields());
+        let changes: [fn(&mut AnswerFields); 5] = [
+            |f| f.nonce = "another-nonce-of-another-request".into(),
+            |f| f.lease_ms = 3_600_000,
+            |f| f.count = 100,
+            |f| f.codes_sha256 = codes_sha256([]),
+            |f| f.outcome = "no_seats_available".into(),
+        ];
+        for change in changes {
+            let mut changed = fields();
+            change(&mut changed);
+            let err = key.public().verify(&changed, &signature).unwrap_err();
+            assert!(err.to_string().contains("a replay"), "{err}");
+        }
+        let other = ServerSecretKey::from_seed([6; 32]).public();
+        assert!(other.verify(&fields(), &signature).is_err());
+        assert_ne!(codes_sha256(&[code()]), codes_sha256(&[code(), code()]));
+    }
+
+    struct Case {
+        codes: Vec<LicenseCode>,
+        hostid: &'static str,
+        version: Version,
+        chain: Option<(Vec<MasterLicense>, VidCertificate)>,
+        now: i64,
+    }
+
+    impl Case {
+        fn of(codes: Vec<LicenseCode>) -> Case {
+            Case {
+                codes,
+                hostid: "mid-0011223344556677",
+                version: Version::parse("2.0").unwrap(),
+                chain: None,
+                now: NOW,
+            }
+        }
+
+        fn check(&self) -> Result<(), AnswerError> {
+            let key = server_key().public();
+            check_backing(
+                &[test_key("acme", 7).public()],
+                Backing {
+                    codes: &self.codes,
+                    feature: "cad",
+                    version: &self.version,
+                    server_id: "P1",
+                    hostid: self.hostid,
+                    server_key: &key,
+                    chain: self.chain.as_ref().map(|(licenses, certificate)| Chain {
+                        master_licenses: licenses,
+                        certificate,
+                    }),
+                    now_unix_ms: self.now,
+                },
+            )
+        }
+    }
+
+    fn signed(change: impl FnOnce(&mut crate::license::UnsignedCode)) -> LicenseCode {
+        let mut fields = unsigned("cad-1", "cad", 10);
+        change(&mut fields);
+        test_key("acme", 7).sign(fields).unwrap()
+    }
+
+    fn error_of(case: &Case) -> String {
+        case.check().expect_err("must be refused").to_string()
+    }
+
+    #[test]
+    fn every_code_behind_a_grant_must_be_the_vendors_in_date_and_for_this_version() {
+        assert_eq!(Case::of(vec![code()]).check(), Ok(()));
+        let mut forged = unsigned("acme-cad-more", "cad", 1000);
+        forged.vendor = "acme".into();
+        let forged = test_key("acme", 9).sign(forged).unwrap();
+        let err = error_of(&Case::of(vec![code(), forged]));
+        assert!(
+            err.contains("acme-cad-more") && err.contains("no vendor key built into this program"),
+            "{err}"
+        );
+        assert!(error_of(&Case::of(Vec::new())).contains("no license code"));
+        let expired = signed(|c| c.expiry = Expiry::parse("2026-11-30").unwrap());
+        let mut case = Case::of(vec![expired]);
+        case.now = NOW + CLOCK_TOLERANCE_MS + 1;
+        assert!(error_of(&case).contains("expired at the end of 2026-11-30"));
+        // Within the tolerance of midnight, the server's clock may be behind.
+        case.now = NOW + CLOCK_TOLERANCE_MS - 1;
+        assert_eq!(case.check(), Ok(()));
+        let mut old_version = Case::of(vec![code()]);
+        old_version.version = Version::parse("3.0").unwrap();
+        assert!(error_of(&old_version).contains("covers version 3.0"));
+        let other_feature = test_key("acme", 7)
+            .sign(unsigned("sim-1", "sim", 1))
+            .unwrap();
+        assert!(error_of(&Case::of(vec![other_feature])).contains("not `cad`"));
+    }
+
+    #[test]
+    fn a_host_bound_code_must_be_bound_to_the_answering_server() {
+        let bound = signed(|c| c.hostid = HostBinding::Host("mid-0011223344556677".into()));
+        assert_eq!(Case::of(vec![bound.clone()]).check(), Ok(()));
+        let mut elsewhere = Case::of(vec![bound]);
+        elsewhere.hostid = "mid-ffeeddccbbaa9988";
+        assert!(error_of(&elsewhere).contains("says its hostid is mid-ffeeddccbbaa9988"));
+    }
+
+    fn master_license(vendor_seed: u8) -> MasterLicense {
+        MasterLicense::sign(
+            &test_key("acme", vendor_seed),
+            MasterLicenseFields {
+                id: "master-1".into(),
+                vendor: String::new(),
+                vid: "acme-vid-1".into(),
+                servers: 3,
+                master_hostid: "mid-0011223344556677".into(),
+                master_key: MasterSecretKey::from_seed([9; 32]).public(),
+                issued: CivilDate::parse("2026-11-01").unwrap(),
+                expiry: Expiry::parse("2027-12-31").unwrap(),
+                certificate_lifetime_s: 3_600,
+                masters: 1,
+            },
+        )
+        .unwrap()
+    }
+
+    fn certificate(server_key: Option<String>, issued_unix_ms: i64) -> VidCertificate {
+        MasterSecretKey::from_seed([9; 32])
+            .certify(CertificateFields {
+                vid: "acme-vid-1".into(),
+                master_license: "master-1".into(),
+                server_id: "P1".into(),
+                instance: "P1.1f2e3d4c".into(),
+                serial: 7,
+                issued_unix_ms,
+                lifetime_ms: 3_600_000,
+                server_key,
+            })
+            .unwrap()
+    }
+
+    /// Vendor key -> master license -> certificate naming the answer key:
+    /// each link that is missing or another's is refused, offline.
+    #[test]
+    fn a_vid_bound_code_needs_the_whole_chain_to_the_answer_key() {
+        let bound = signed(|c| c.hostid = HostBinding::parse("vid:acme-vid-1").unwrap());
+        let own_key = Some(server_key().public().to_base64());
+        let mut case = Case::of(vec![bound]);
+        assert!(error_of(&case).contains("carries no certificate chain"));
+        case.chain = Some((vec![master_license(7)], certificate(own_key.clone(), NOW)));
+        assert_eq!(case.check(), Ok(()));
+
+        let other_key = Some(ServerSecretKey::from_seed([6; 32]).public().to_base64());
+        case.chain = Some((vec![master_license(7)], certificate(other_key, NOW)));
+        assert!(error_of(&case).contains("does not name the answer key"));
+        case.chain = Some((vec![master_license(7)], certificate(None, NOW)));
+        assert!(error_of(&case).contains("does not name the answer key"));
+        case.chain = Some((vec![master_license(9)], certificate(own_key.clone(), NOW)));
+        assert!(error_of(&case).contains("a master license does not check"));
+        let long_ago = NOW - 3_600_000 - CLOCK_TOLERANCE_MS - 1_000;
+        case.chain = Some((vec![master_license(7)], certificate(own_key, long_ago)));
+        assert!(
+            error_of(&case).contains("lapsed 1 s ago"),
+            "{}",
+            error_of(&case)
+        );
+    }
+
+    #[test]
+    fn nonces_are_bounded_base64url() {
+        assert_eq!(check_nonce("6f1c0d2a9b8e4f3aa1b2c3d4e5f60718"), Ok(()));
+        for bad in [
+            "short",
+            &"x".repeat(NONCE_CHARS_MAX + 1),
+            "6f1c0d2a9b8e4f3aa1b2c3d4e5f6071/",
+        ] {
+            assert!(check_nonce(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -557,6 +557,9 @@ pub struct ServerStatus {
     pub uptime_ms: u64,
     /// Milliseconds left in the grace period, when `state` is `grace`.
     pub grace_remaining_ms: Option<u64>,
+    /// Why the server does not serve, when `state` is `clock_set_back`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state_reason: Option<String>,
     pub hostid: String,
     /// On a production server bound to a VID (seed 003): whether it holds
     /// a valid certificate, and why not.

@@ -59,6 +59,8 @@ pub struct App {
     /// half in base64 as answers carry it.
     pub(crate) answer_key: tessera_core::answer::ServerSecretKey,
     pub(crate) answer_key_public: String,
+    /// The latest time this server trusted (`crate::clock_mark`).
+    pub(crate) clock_mark: Mutex<crate::clock_mark::ClockMark>,
     /// On a master server (seed 003): signs the certificates of its VID.
     pub(crate) master: Option<crate::master::MasterSigner>,
     /// On a production server bound to a VID: where its certificate stands.
@@ -125,6 +127,20 @@ impl App {
             vids: &vids,
         };
         LicenseTable::evaluate_for(codes, &self.vendors, identity, today)
+    }
+
+    /// Looks at the wall clock against the mark: a clock set back stops
+    /// the issuer until it is right again.
+    pub(crate) fn watch_clock(&self) {
+        let now = self.clock.unix_ms();
+        let verdict = {
+            let mut mark = self.clock_mark.lock().unwrap_or_else(|p| p.into_inner());
+            mark.observe(self.disk.as_ref(), now).map(str::to_string)
+        };
+        let mut issuer = self.issuer();
+        if issuer.clock_set_back() != verdict.as_deref() {
+            issuer.set_clock_set_back(verdict);
+        }
     }
 
     /// Records the chain a new certificate gives this server's answers

@@ -92,6 +92,7 @@ pub(crate) fn spawn_sweeps(app: Arc<App>, config: ServerConfig) -> tokio::task::
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             ticker.tick().await;
+            app.watch_clock();
             let now_ms = app.clock.now_ms();
             if app.issuer().cooling_lapsed(now_ms) {
                 app.seats_freed();

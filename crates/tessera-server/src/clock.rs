@@ -11,12 +11,15 @@ pub trait Clock: Send + Sync + 'static {
 
 pub struct SystemClock {
     start: Instant,
+    /// Added to the wall clock: only a test's ([`crate::clock_mark::test_offset_ms`]).
+    offset_ms: i64,
 }
 
 impl SystemClock {
     pub fn new() -> SystemClock {
         SystemClock {
             start: Instant::now(),
+            offset_ms: crate::clock_mark::test_offset_ms().unwrap_or(0),
         }
     }
 }
@@ -37,5 +40,6 @@ impl Clock for SystemClock {
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_millis() as i64)
             .unwrap_or(0)
+            .saturating_add(self.offset_ms)
     }
 }

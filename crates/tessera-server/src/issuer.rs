@@ -101,6 +101,8 @@ pub enum IssuingState {
     },
     /// The quota lease lapsed.
     NoQuorum,
+    /// The wall clock was set back (`crate::clock_mark`).
+    ClockSetBack,
 }
 
 pub struct Issuer {
@@ -123,6 +125,8 @@ pub struct Issuer {
     limits: Limits,
     clock_drift_percent: u32,
     grace_until_ms: Option<u64>,
+    /// Why the wall clock is not trusted, while it is not (`crate::clock_mark`).
+    clock_set_back: Option<String>,
     /// Grants read from the store at start, waiting for the first control
     /// state (their lease terms come from its codes), and when they were read.
     pending_restore: Vec<(String, StoredGrant)>,
@@ -199,6 +203,7 @@ impl Issuer {
             limits,
             clock_drift_percent,
             grace_until_ms: None,
+            clock_set_back: None,
             pending_restore: restored,
             restored_at_ms: now_ms,
             quota_valid_until_ms: 0,
@@ -390,6 +395,9 @@ impl Issuer {
     }
 
     pub fn state(&self, now_ms: u64) -> IssuingState {
+        if self.clock_set_back.is_some() {
+            return IssuingState::ClockSetBack;
+        }
         if now_ms >= self.quota_valid_until_ms || self.control.is_none() {
             return IssuingState::NoQuorum;
         }
@@ -505,7 +513,30 @@ impl Issuer {
                 ),
             )),
             IssuingState::Grace { .. } => Ok(()),
+            IssuingState::ClockSetBack => Err(self.clock_refusal()),
         }
+    }
+
+    fn clock_refusal(&self) -> Refusal {
+        Refusal::new(
+            ErrorCode::ClockSetBack,
+            format!(
+                "server `{}`: {}; try another server",
+                self.server_id,
+                self.clock_set_back
+                    .as_deref()
+                    .unwrap_or("the clock was set back")
+            ),
+        )
+    }
+
+    /// Why the wall clock is not trusted (`None`: it is).
+    pub fn set_clock_set_back(&mut self, reason: Option<String>) {
+        self.clock_set_back = reason;
+    }
+
+    pub fn clock_set_back(&self) -> Option<&str> {
+        self.clock_set_back.as_deref()
     }
 
     /// Renews a held grant, or converts an unknown one into a checkout with the same id.
@@ -530,8 +561,10 @@ impl Issuer {
             ));
         }
         let terms = self.check_servable(&request)?;
-        if self.state(now_ms) == IssuingState::NoQuorum {
-            return Err(no_quorum(&self.server_id));
+        match self.state(now_ms) {
+            IssuingState::NoQuorum => return Err(no_quorum(&self.server_id)),
+            IssuingState::ClockSetBack => return Err(self.clock_refusal()),
+            IssuingState::Serving | IssuingState::Grace { .. } => {}
         }
         if !grant.counted {
             return Err(Refusal::new(

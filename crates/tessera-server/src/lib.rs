@@ -13,6 +13,7 @@ mod app;
 mod background;
 pub mod balance;
 pub mod clock;
+pub mod clock_mark;
 pub mod config;
 pub mod cooling;
 pub mod copies;

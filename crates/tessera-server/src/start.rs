@@ -42,6 +42,8 @@ pub enum StartError {
     Vid(#[from] crate::vid::VidStartError),
     #[error("answer key: {0}")]
     AnswerKey(String),
+    #[error("clock mark: {0}")]
+    ClockMark(String),
 }
 
 /// A started server: its address, and the task serving it.
@@ -106,6 +108,8 @@ where
     let answer_key =
         crate::answer::load_key(seams.disk.as_ref(), &config.data_dir, seams.answer_key_seed)
             .map_err(StartError::AnswerKey)?;
+    let clock_mark = crate::clock_mark::ClockMark::read(seams.disk.as_ref(), &config.data_dir)
+        .map_err(StartError::ClockMark)?;
     let today = tessera_core::CivilDate::from_unix_ms(seams.clock.unix_ms());
     let master = crate::master::check_at_start(&config, today, seams.clock.unix_ms())?;
     let vid = match &config.vid {
@@ -158,11 +162,13 @@ where
             pool,
             pool_key,
             answer_key,
+            clock_mark,
             master,
             vid: vid.as_ref().map(crate::vid::VidHold::asking),
         },
         own_entry.address,
     ));
+    app.watch_clock();
     background::follow_control(&app, lost_store, &config);
     let done = tokio::spawn(serve(app, listener, config, vid, shutdown));
     tracing::info!("listening on {address}");
@@ -240,6 +246,7 @@ struct Parts {
     pool: Arc<Pool>,
     pool_key: tessera_core::PoolKey,
     answer_key: tessera_core::answer::ServerSecretKey,
+    clock_mark: crate::clock_mark::ClockMark,
     master: Option<crate::master::MasterSigner>,
     /// A production server's VID, before any master answered.
     vid: Option<crate::vid::VidHold>,
@@ -253,6 +260,7 @@ impl App {
             pool,
             pool_key,
             answer_key,
+            clock_mark,
             master,
             vid,
         } = parts;
@@ -283,6 +291,7 @@ impl App {
             quota_renewals: Mutex::new(Default::default()),
             pool_key,
             answer_key_public: answer_key.public().to_base64(),
+            clock_mark: Mutex::new(clock_mark),
             answer_key,
             vid: std::sync::Mutex::new(vid),
             identity_changed: tokio::sync::Notify::new(),

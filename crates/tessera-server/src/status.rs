@@ -49,6 +49,7 @@ impl App {
                     IssuingState::Serving => "serving",
                     IssuingState::Grace { .. } => "grace",
                     IssuingState::NoQuorum => "no_quorum",
+                    IssuingState::ClockSetBack => "clock_set_back",
                 }
                 .into(),
                 software_version: env!("CARGO_PKG_VERSION").into(),
@@ -57,6 +58,7 @@ impl App {
                     IssuingState::Grace { until_ms } => Some(until_ms - now_ms),
                     _ => None,
                 },
+                state_reason: issuer.clock_set_back().map(str::to_string),
                 hostid: self.hostid.clone(),
                 vid: self
                     .vid

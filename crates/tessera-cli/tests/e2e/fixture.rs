@@ -451,6 +451,12 @@ pub struct Server {
 }
 
 impl Server {
+    /// Sets a variable of the server process's environment, for its next start.
+    pub fn set_env(&mut self, key: &str, value: &str) {
+        self.env.retain(|(k, _)| k != key);
+        self.env.push((key.to_string(), value.to_string()));
+    }
+
     /// What a program of the fixture's vendor trusts: its public key.
     pub fn vendor_trust(&self) -> tessera_client::Trust {
         tessera_client::Trust::Vendor(vec![tessera_client::VendorPublicKey::from_base64(
@@ -633,6 +639,66 @@ pub enum Renewal {
     Renewed,
     /// A grant it does not know (its store was lost): converted.
     Converted,
+}
+
+/// A fake server on loopback, plain HTTP: answers every request with
+/// `answer(its own address, the request's JSON body)`, an HTTP status and
+/// a JSON body; returns its address. It stands for anything a customer
+/// could run in place of a Tessera server.
+pub async fn fake_server<F>(answer: F) -> String
+where
+    F: Fn(&str, Value) -> (u16, Value) + Send + Sync + 'static,
+{
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap().to_string();
+    let own = address.clone();
+    let answer = std::sync::Arc::new(answer);
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let (answer, own) = (answer.clone(), own.clone());
+            tokio::spawn(async move {
+                let mut request = Vec::new();
+                let mut buffer = [0u8; 4096];
+                // The head, then as many body bytes as it announces.
+                let body = loop {
+                    let Ok(n) = stream.read(&mut buffer).await else {
+                        return;
+                    };
+                    if n == 0 {
+                        return;
+                    }
+                    request.extend_from_slice(&buffer[..n]);
+                    let text = String::from_utf8_lossy(&request).to_string();
+                    let Some(end) = text.find("\r\n\r\n") else {
+                        continue;
+                    };
+                    let length = text[..end]
+                        .lines()
+                        .find_map(|l| {
+                            l.to_ascii_lowercase()
+                                .strip_prefix("content-length:")
+                                .map(|v| v.trim().parse::<usize>().unwrap_or(0))
+                        })
+                        .unwrap_or(0);
+                    if request.len() >= end + 4 + length {
+                        break request[end + 4..end + 4 + length].to_vec();
+                    }
+                };
+                let asked: Value = serde_json::from_slice(&body).unwrap_or_default();
+                let (status, reply) = answer(&own, asked);
+                let json = serde_json::to_vec(&reply).unwrap();
+                let head = format!(
+                    "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
+                     connection: close\r\n\r\n",
+                    json.len()
+                );
+                let _ = stream.write_all(head.as_bytes()).await;
+                let _ = stream.write_all(&json).await;
+            });
+        }
+    });
+    address
 }
 
 /// A checkout request body.

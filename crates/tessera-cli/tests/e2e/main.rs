@@ -18,6 +18,8 @@
 //! - [`hostile`]: remove-license while seats are held, a weak peer secret.
 //! - [`master`]: `tessera hostid`, `tessera master init` and the master
 //!   license the vendor signs for it; a config that claims a hostid.
+//! - [`trust`]: a program trusts its vendor's key, not the server: a key
+//!   the customer adds, a fake server, a replayed answer, a clock set back.
 
 mod api;
 mod cli;
@@ -28,3 +30,4 @@ mod master;
 mod proofs;
 mod restart;
 mod seats;
+mod trust;

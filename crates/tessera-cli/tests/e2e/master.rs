@@ -970,110 +970,65 @@ async fn fake_master(
     license_id: String,
     forgery: Forgery,
 ) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let address = listener.local_addr().unwrap().to_string();
-    let own = address.clone();
-    tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            let (key, license_id, own) = (key.clone(), license_id.clone(), own.clone());
-            tokio::spawn(async move {
-                let mut request = Vec::new();
-                let mut buffer = [0u8; 4096];
-                // The head, then as many body bytes as it announces.
-                let body = loop {
-                    let Ok(n) = stream.read(&mut buffer).await else {
-                        return;
-                    };
-                    if n == 0 {
-                        return;
-                    }
-                    request.extend_from_slice(&buffer[..n]);
-                    let text = String::from_utf8_lossy(&request).to_string();
-                    let Some(end) = text.find("\r\n\r\n") else {
-                        continue;
-                    };
-                    let length = text[..end]
-                        .lines()
-                        .find_map(|l| {
-                            l.to_ascii_lowercase()
-                                .strip_prefix("content-length:")
-                                .map(|v| v.trim().parse::<usize>().unwrap_or(0))
-                        })
-                        .unwrap_or(0);
-                    if request.len() >= end + 4 + length {
-                        break request[end + 4..end + 4 + length].to_vec();
-                    }
-                };
-                let asked: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
-                let instance = asked["client_id"].as_str().unwrap_or("").to_string();
-                let server_id = asked["user"].as_str().unwrap_or("P1").to_string();
-                let server_key = asked["server_key"].as_str().map(str::to_string);
-                let lifetime_ms = 60_000;
-                let fields = |vid: &str, license: &str, instance: &str| {
-                    tessera_core::master::CertificateFields {
-                        vid: vid.into(),
-                        master_license: license.into(),
-                        server_id: server_id.clone(),
-                        instance: instance.into(),
-                        serial: 1,
-                        issued_unix_ms: 1_796_083_200_000,
-                        lifetime_ms,
-                        server_key: server_key.clone(),
-                    }
-                };
-                let certificate = match forgery {
-                    Forgery::Tampered => {
-                        let signed = key
-                            .certify(fields("acme-vid-1", &license_id, &instance))
-                            .unwrap();
-                        let mut wire = tessera_server::master::wire_certificate(&signed);
-                        wire.lifetime_ms *= 10;
-                        wire
-                    }
-                    Forgery::OtherRun => tessera_server::master::wire_certificate(
-                        &key.certify(fields("acme-vid-1", &license_id, "P1.000000000000"))
-                            .unwrap(),
-                    ),
-                    Forgery::OtherVid => tessera_server::master::wire_certificate(
-                        &key.certify(fields("acme-vid-2", "master-of-vid-2", &instance))
-                            .unwrap(),
-                    ),
-                };
-                let lease_ms = if matches!(forgery, Forgery::Tampered) {
-                    certificate.lifetime_ms
-                } else {
-                    lifetime_ms
-                };
-                let grant = tessera_proto::Grant {
-                    grant_id: "forged-grant".into(),
-                    feature: "vid:acme-vid-1".into(),
-                    count: 1,
-                    server_id: "M".into(),
-                    lease_ms,
-                    heartbeat_interval_ms: 15_000,
-                    servers: vec![tessera_proto::ServerInfo {
-                        id: "M".into(),
-                        address: own,
-                    }],
-                    converted: false,
-                    proof: tessera_proto::Proof("forged".into()),
-                    holding: None,
-                    certificate: Some(certificate),
-                    answer: None,
-                };
-                let json = serde_json::to_vec(&grant).unwrap();
-                let head = format!(
-                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
-                     connection: close\r\n\r\n",
-                    json.len()
-                );
-                let _ = stream.write_all(head.as_bytes()).await;
-                let _ = stream.write_all(&json).await;
-            });
-        }
-    });
-    address
+    crate::fixture::fake_server(move |own, asked| {
+        let instance = asked["client_id"].as_str().unwrap_or("").to_string();
+        let server_id = asked["user"].as_str().unwrap_or("P1").to_string();
+        let server_key = asked["server_key"].as_str().map(str::to_string);
+        let lifetime_ms = 60_000;
+        let fields =
+            |vid: &str, license: &str, instance: &str| tessera_core::master::CertificateFields {
+                vid: vid.into(),
+                master_license: license.into(),
+                server_id: server_id.clone(),
+                instance: instance.into(),
+                serial: 1,
+                issued_unix_ms: 1_796_083_200_000,
+                lifetime_ms,
+                server_key: server_key.clone(),
+            };
+        let certificate = match forgery {
+            Forgery::Tampered => {
+                let signed = key
+                    .certify(fields("acme-vid-1", &license_id, &instance))
+                    .unwrap();
+                let mut wire = tessera_server::master::wire_certificate(&signed);
+                wire.lifetime_ms *= 10;
+                wire
+            }
+            Forgery::OtherRun => tessera_server::master::wire_certificate(
+                &key.certify(fields("acme-vid-1", &license_id, "P1.000000000000"))
+                    .unwrap(),
+            ),
+            Forgery::OtherVid => tessera_server::master::wire_certificate(
+                &key.certify(fields("acme-vid-2", "master-of-vid-2", &instance))
+                    .unwrap(),
+            ),
+        };
+        let lease_ms = if matches!(forgery, Forgery::Tampered) {
+            certificate.lifetime_ms
+        } else {
+            lifetime_ms
+        };
+        let grant = tessera_proto::Grant {
+            grant_id: "forged-grant".into(),
+            feature: "vid:acme-vid-1".into(),
+            count: 1,
+            server_id: "M".into(),
+            lease_ms,
+            heartbeat_interval_ms: 15_000,
+            servers: vec![tessera_proto::ServerInfo {
+                id: "M".into(),
+                address: own.to_string(),
+            }],
+            converted: false,
+            proof: tessera_proto::Proof("forged".into()),
+            holding: None,
+            certificate: Some(certificate),
+            answer: None,
+        };
+        (200, serde_json::to_value(&grant).unwrap())
+    })
+    .await
 }
 
 /// A production server asks a fake master that answers with a forged

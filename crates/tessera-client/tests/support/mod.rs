@@ -304,6 +304,7 @@ async fn status(State(server): State<Arc<FakeServer>>) -> Json<StatusResponse> {
             software_version: "test".to_string(),
             uptime_ms: 0,
             grace_remaining_ms: None,
+            state_reason: None,
             hostid: "test".to_string(),
             vid: None,
         },
