@@ -445,12 +445,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let checker = checker(dir.path());
         let genuine = code(&vendor(), "cad-1");
-        let mut unsigned = signed_grant(&request(), &[genuine.clone()]);
+        let mut unsigned = signed_grant(&request(), std::slice::from_ref(&genuine));
         unsigned.answer = None;
         let mut other_request = request();
         other_request.nonce = Some("an-earlier-request-of-this-program".into());
-        let replayed = signed_grant(&other_request, &[genuine.clone()]);
-        let mut longer = signed_grant(&request(), &[genuine.clone()]);
+        let replayed = signed_grant(&other_request, std::slice::from_ref(&genuine));
+        let mut longer = signed_grant(&request(), std::slice::from_ref(&genuine));
         longer.lease_ms *= 100;
         let customer = VendorSecretKey::from_seed("acme", [9; 32]).unwrap();
         let foreign = signed_grant(&request(), &[genuine, code(&customer, "cad-more")]);
