@@ -45,8 +45,9 @@ impl CompareConfig {
 }
 
 /// The systems in the order they run, and so in the table.
-const SYSTEMS: [&str; 7] = [
+const SYSTEMS: [&str; 8] = [
     "tessera",
+    "tessera, signed answers",
     "tessera, plain HTTP",
     "tessera pool (3 servers)",
     "tessera noop endpoint",
@@ -93,33 +94,41 @@ pub async fn compare(config: &CompareConfig) -> Result<Comparison> {
         seats: config.seats,
         load: load.clone(),
         transport: Transport::Tls,
+        signed: false,
     };
     reports.push(crate::single(&single).await?);
 
     announce(1);
+    let signed = SingleConfig {
+        signed: true,
+        ..single.clone()
+    };
+    reports.push(crate::single(&signed).await?);
+
+    announce(2);
     let plain = SingleConfig {
         transport: Transport::Plain,
         ..single
     };
     reports.push(crate::single(&plain).await?);
 
-    announce(2);
+    announce(3);
     let pool = Arc::new(PoolTarget::start(&config.tessera, config.seats).await?);
     reports.push(crate::peers::measure(pool, &load, PoolTarget::cpu_time).await?);
 
-    announce(3);
+    announce(4);
     let server = TesseraServer::start(&config.tessera, Setup::cycle(config.seats)).await?;
     let noop = Arc::new(NoopTarget { server });
     reports.push(crate::peers::measure(noop.clone(), &load, |t| t.server.cpu_time()).await?);
     drop(noop);
 
-    for (index, fsync) in [(4, Fsync::Always), (5, Fsync::Everysec)] {
+    for (index, fsync) in [(5, Fsync::Always), (6, Fsync::Everysec)] {
         announce(index);
         let redis = Arc::new(RedisTarget::start(fsync, config.seats).await?);
         reports.push(crate::peers::measure(redis, &load, RedisTarget::cpu_time).await?);
     }
 
-    announce(6);
+    announce(7);
     let etcd = Arc::new(EtcdTarget::start(config.seats).await?);
     reports.push(crate::peers::measure(etcd, &load, EtcdTarget::cpu_time).await?);
 
@@ -289,6 +298,13 @@ impl Comparison {
                 verdict(ratio >= 0.5)
             );
         }
+        if let Some(signed) = find("tessera, signed answers").filter(|signed| *signed > 0.0) {
+            let _ = writeln!(
+                out,
+                "| what signing answers costs (unsigned ÷ signed, checkouts/s) | {:.2}x | - |",
+                rate(tessera) / signed
+            );
+        }
         if let Some(plain) = find("tessera, plain HTTP").filter(|plain| *plain > 0.0) {
             let _ = writeln!(
                 out,
@@ -311,6 +327,9 @@ impl Comparison {
             "- **tessera**: one `tessera server` (a pool of one, durable `redb` store), \
              `POST /v1/checkout` then `POST /v1/checkin`, over TLS 1.3 (rustls, the \
              default), each client keeping its connection.\n\
+             - **tessera, signed answers**: the same, each checkout with a nonce, as a program \
+             with its vendor's keys sends it: the server signs every answer (Ed25519) and \
+             sends the license code behind the feature with it.\n\
              - **tessera, plain HTTP**: the same over plain HTTP (`plain_http`, loopback \
              only): what TLS costs.\n\
              - **tessera pool (3 servers)**: three servers of one pool (Raft control plane, \

@@ -143,7 +143,10 @@ pub async fn run(
     let seats = 1_000_000;
     {
         let server = TesseraServer::start(tessera, Setup::cycle(seats)).await?;
-        let target = Arc::new(TesseraTarget { server });
+        let target = Arc::new(TesseraTarget {
+            server,
+            signed: false,
+        });
         for &clients in &config.sweep_clients {
             let report = crate::peers::measure(target.clone(), &sweep_load(clients), |t| {
                 t.server.cpu_time()
@@ -189,7 +192,10 @@ pub async fn run(
         let seats = u32::try_from(held * 2).unwrap_or(u32::MAX);
         let server = TesseraServer::start(tessera, Setup::hold(seats)).await?;
         let measure = config.heartbeat_measure;
-        let tessera = TesseraTarget { server };
+        let tessera = TesseraTarget {
+            server,
+            signed: false,
+        };
         heartbeats.push(heartbeat_row("tessera", tessera, held, measure).await?);
         let redis = RedisTarget::start(Fsync::Always, seats).await?;
         let name = redis.name().to_string();
@@ -220,6 +226,7 @@ pub async fn run(
             progress,
         },
         transport: crate::Transport::Tls,
+        signed: false,
     })
     .await?;
 
@@ -229,7 +236,10 @@ pub async fn run(
         &format!("open loop at {rate:.0} checkouts/s (half of {peak:.0})"),
     );
     let server = TesseraServer::start(tessera, Setup::cycle(seats)).await?;
-    let target = Arc::new(TesseraTarget { server });
+    let target = Arc::new(TesseraTarget {
+        server,
+        signed: false,
+    });
     let result = crate::load::open_loop(
         target.clone(),
         OPEN_LOOP_CLIENTS,

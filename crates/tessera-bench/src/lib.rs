@@ -55,6 +55,9 @@ pub struct SingleConfig {
     pub load: LoadConfig,
     /// TLS (the product's default) or plain HTTP.
     pub transport: Transport,
+    /// Every checkout carries a nonce, so the server signs its answer and
+    /// sends the codes behind it, as to a program with its vendor's keys.
+    pub signed: bool,
 }
 
 impl SingleConfig {
@@ -73,6 +76,7 @@ impl SingleConfig {
                 progress: false,
             },
             transport: Transport::Tls,
+            signed: false,
         }
     }
 }
@@ -86,7 +90,10 @@ pub async fn single(config: &SingleConfig) -> Result<Report> {
     };
     let server = TesseraServer::start(&config.tessera, setup).await?;
     let resident_bytes_before = server.resident_bytes();
-    let target = Arc::new(TesseraTarget { server });
+    let target = Arc::new(TesseraTarget {
+        server,
+        signed: config.signed,
+    });
     let mut report = peers::measure(target.clone(), &config.load, |t: &TesseraTarget| {
         t.server.cpu_time()
     })

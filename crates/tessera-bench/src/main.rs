@@ -118,6 +118,10 @@ struct SingleArgs {
     /// Plain HTTP instead of TLS, to see what TLS costs.
     #[arg(long)]
     plain_http: bool,
+    /// Checkouts carry a nonce, so the server signs every answer (what a
+    /// program with its vendor's keys asks for), to see what signing costs.
+    #[arg(long)]
+    signed: bool,
     #[command(flatten)]
     run: RunArgs,
 }
@@ -249,6 +253,7 @@ fn single(args: SingleArgs) -> Result<bool> {
     let config = if args.smoke {
         let mut config = SingleConfig::smoke(tessera);
         config.transport = transport;
+        config.signed = args.signed;
         config.seats = args.hard_limit;
         config.load.mode = args.mode;
         config.load.progress = !args.run.no_progress;
@@ -261,6 +266,7 @@ fn single(args: SingleArgs) -> Result<bool> {
                 .load
                 .config(args.mode, args.max_requests, !args.run.no_progress),
             transport,
+            signed: args.signed,
         }
     };
     let runtime = runtime(args.run.client_threads)?;

@@ -362,25 +362,29 @@ fn write(path: &Path, text: &str) -> Result<()> {
 /// The benchmark's view of a Tessera server.
 pub struct TesseraTarget {
     pub server: TesseraServer,
+    /// Checkouts carry a nonce: the server signs every answer.
+    pub signed: bool,
 }
 
 impl Target for TesseraTarget {
     type Session = TesseraSession;
 
     fn name(&self) -> &str {
-        match self.server.tls {
-            Some(_) => "tessera",
-            None => "tessera, plain HTTP",
+        match (&self.server.tls, self.signed) {
+            (Some(_), true) => "tessera, signed answers",
+            (Some(_), false) => "tessera",
+            (None, _) => "tessera, plain HTTP",
         }
     }
 
-    fn session(&self, _client_index: usize) -> Result<TesseraSession> {
+    fn session(&self, client_index: usize) -> Result<TesseraSession> {
         // Each simulated client has its own keep-alive connection, as a
         // program would, so none queues behind another's request.
         Ok(TesseraSession {
             connection: Connection::new(&self.server.address, CONNECT_TIMEOUT, REQUEST_TIMEOUT)
                 .with_tls(self.server.tls.clone()),
             feature: FEATURE,
+            nonces: self.signed.then_some((client_index as u64, 0)),
         })
     }
 
@@ -397,6 +401,9 @@ pub struct TesseraSession {
     connection: Connection,
     /// The feature every checkout asks for.
     feature: &'static str,
+    /// With signed answers: this client's number and its requests so far,
+    /// which make each request's nonce unique.
+    nonces: Option<(u64, u64)>,
 }
 
 /// A granted seat: what its check-in needs.
@@ -447,7 +454,11 @@ impl Session for TesseraSession {
     type Hold = TesseraHold;
 
     async fn checkout(&mut self, holder: u64) -> Result<Checkout<TesseraHold>, OpError> {
-        let body = checkout_request(holder, self.feature);
+        let mut body = checkout_request(holder, self.feature);
+        if let Some((client, sent)) = &mut self.nonces {
+            *sent += 1;
+            body.nonce = Some(format!("{client:016x}{sent:016x}"));
+        }
         let client_id = body.client_id.clone();
         match self.post::<_, proto::Grant>(CHECKOUT_PATH, &body).await {
             Ok(grant) => Ok(Checkout::Granted(TesseraHold {
@@ -546,6 +557,7 @@ impl Target for NoopTarget {
 
     fn session(&self, _client_index: usize) -> Result<NoopSession> {
         Ok(NoopSession(TesseraSession {
+            nonces: None,
             connection: Connection::new(&self.server.address, CONNECT_TIMEOUT, REQUEST_TIMEOUT)
                 .with_tls(self.server.tls.clone()),
             feature: FEATURE,
@@ -651,6 +663,7 @@ impl Target for PoolTarget {
             )
             .with_tls(Some(self.tls.clone())),
             feature: POOL_FEATURE,
+            nonces: None,
         })
     }
 
