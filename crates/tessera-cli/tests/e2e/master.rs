@@ -552,6 +552,7 @@ async fn three_production_servers_hold_the_vid_and_a_fourth_waits_for_a_slot() {
         .post("/v1/checkout", &checkout_body("program-1", "cad", 1))
         .await
         .ok();
+    program_checks_the_chain(&production[holder]).await;
     assert_eq!(cad_limit(&production[waiting].status().await), 0);
     let answer = production[waiting]
         .post("/v1/checkout", &checkout_body("program-2", "cad", 1))
@@ -572,6 +573,83 @@ async fn three_production_servers_hold_the_vid_and_a_fourth_waits_for_a_slot() {
         .await
         .ok();
     assert_eq!(in_use(&master.status().await, "vid:acme-vid-1"), 3);
+}
+
+/// A program with the vendor's key, on `holder`: the grant's chain (vendor
+/// key, master license, certificate naming the holder's answer key) checks
+/// offline. A fake server that copies the
+/// holder's chain and codes but signs with a key of its own satisfies no
+/// program: the certificate names another key.
+async fn program_checks_the_chain(holder: &Server) {
+    let program = |server: &Server, address: &str, tls: tessera_client::ClientTls| {
+        let mut config = tessera_client::ClientConfig::new([address]);
+        config.tls = tls;
+        config.trust = server.vendor_trust();
+        config.clock_file = None;
+        tessera_client::Client::new(config).unwrap()
+    };
+    let tls = |server: &Server| tessera_client::ClientTls::PoolCa(server.credentials.ca_pem());
+    let seat = program(holder, &holder.address, tls(holder))
+        .checkout("cad", "1.0", 1)
+        .await
+        .expect("a grant whose chain checks");
+    let answer = seat.grant().answer.expect("a signed answer");
+    let chain = answer.chain.clone().expect("the VID chain");
+    assert_eq!(
+        chain.certificate.server_key.as_deref(),
+        Some(answer.server_key.as_str())
+    );
+    seat.release().await.unwrap();
+
+    let fake = fake_server(move |own, asked| {
+        use tessera_core::answer::{codes_sha256, AnswerFields, ServerSecretKey};
+        let key = ServerSecretKey::from_seed([3; 32]);
+        let codes: Vec<tessera_core::LicenseCode> = answer
+            .codes
+            .iter()
+            .map(|text| tessera_core::LicenseCode::from_text(text).unwrap())
+            .collect();
+        let text = |name: &str| asked[name].as_str().unwrap_or("").to_string();
+        let fields = AnswerFields {
+            outcome: "granted".into(),
+            pool_id: answer.pool_id.clone(),
+            server_id: answer.server_id.clone(),
+            hostid: answer.hostid.clone(),
+            server_unix_ms: answer.server_unix_ms,
+            nonce: text("nonce"),
+            client_id: text("client_id"),
+            feature: text("feature"),
+            version: text("version"),
+            count: 1,
+            grant_id: "fake-grant".into(),
+            lease_ms: 60_000,
+            heartbeat_interval_ms: 15_000,
+            codes_sha256: codes_sha256(&codes),
+        };
+        let signed = tessera_proto::SignedAnswer {
+            server_key: key.public().to_base64(),
+            signature: key.sign(&fields),
+            ..answer.clone()
+        };
+        let grant = serde_json::json!({
+            "grant_id": "fake-grant", "feature": "cad", "count": 1,
+            "server_id": answer.server_id, "lease_ms": 60_000, "heartbeat_interval_ms": 15_000,
+            "servers": [{"id": answer.server_id, "address": own}], "converted": false,
+            "proof": "fake", "answer": signed,
+        });
+        (200, grant)
+    })
+    .await;
+    match program(holder, &fake, tessera_client::ClientTls::Plain)
+        .checkout("cad", "1.0", 1)
+        .await
+    {
+        Err(tessera_client::ClientError::UntrustedAnswer { message }) => assert!(
+            message.contains("does not name the answer key that signed this answer"),
+            "{message}"
+        ),
+        other => panic!("a fake server with a copied chain satisfied a program: {other:?}"),
+    }
 }
 
 /// A holder killed with `kill -9` cannot give its slot back: the master
