@@ -119,6 +119,7 @@ fn demo_code(feature: &str, seats: u32) -> UnsignedText {
         // Short terms, so that the demo's restart shows renewals quickly.
         heartbeat_interval_s: 2,
         lease_s: 8,
+        ..Default::default()
     }
 }
 

@@ -101,6 +101,7 @@ pub async fn run(dir: Option<PathBuf>) -> Result<()> {
             borrow_threshold_percent: 80,
             heartbeat_interval_s: 2,
             lease_s: 8,
+            ..Default::default()
         },
     )?;
     println!("  and a code for the production pools: `cad` 5 seats, bound to vid:{VID}");

@@ -430,6 +430,19 @@ enum LicenseCommand {
         heartbeat_interval_s: u32,
         #[arg(long, default_value_t = 30)]
         lease_s: u32,
+        /// Allow temporary licenses (seed 004) with the seed's terms: 8 h,
+        /// extended after 4 h, returned on close, at most 3 devices.
+        #[arg(long)]
+        temporary: bool,
+        /// Length of one temporary license, in seconds (implies --temporary).
+        #[arg(long)]
+        temporary_period_s: Option<u32>,
+        /// Devices one user may hold a temporary license on at once (implies --temporary).
+        #[arg(long)]
+        temporary_devices_max: Option<u32>,
+        /// Longest offline borrow a user may ask for, in days (implies --temporary).
+        #[arg(long)]
+        temporary_offline_days_max: Option<u32>,
         /// Write here instead of standard output.
         #[arg(long)]
         out: Option<PathBuf>,
@@ -679,6 +692,10 @@ fn license(command: LicenseCommand) -> Result<()> {
             borrow_threshold_percent,
             heartbeat_interval_s,
             lease_s,
+            temporary,
+            temporary_period_s,
+            temporary_devices_max,
+            temporary_offline_days_max,
             master,
             vid,
             servers,
@@ -720,6 +737,11 @@ fn license(command: LicenseCommand) -> Result<()> {
                         borrow_threshold_percent,
                         heartbeat_interval_s,
                         lease_s,
+                        temporary_period_s: temporary_period_s.or(temporary
+                            .then_some(tessera_core::temporary::TemporaryPolicy::DEFAULT.period_s)),
+                        temporary_devices_max,
+                        temporary_offline_days_max,
+                        ..Default::default()
                     },
                 )?],
             };

@@ -366,6 +366,7 @@ mod tests {
             expiry: Expiry::Permanent,
             hostid: HostBinding::Any,
             policy: Policy::DEFAULT,
+            temporary: None,
         })
         .unwrap()
     }

@@ -18,6 +18,7 @@ pub mod master;
 pub mod names;
 pub mod pool_change;
 pub mod pool_file;
+pub mod temporary;
 pub mod unsigned;
 pub mod version;
 

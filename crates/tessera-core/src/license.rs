@@ -17,6 +17,7 @@ use std::fmt;
 
 use crate::date::{CivilDate, Expiry};
 use crate::names::check_name;
+use crate::temporary::{TemporaryPolicy, TemporaryText};
 use crate::version::Version;
 
 /// First line of the canonical form; a later format gets a new marker.
@@ -338,6 +339,9 @@ pub struct UnsignedCode {
     pub expiry: Expiry,
     pub hostid: HostBinding,
     pub policy: Policy,
+    /// Whether, and how, its seats may be taken as temporary licenses
+    /// (seed 004); `None`: not at all.
+    pub temporary: Option<TemporaryPolicy>,
 }
 
 /// Most seats one code may carry.
@@ -372,7 +376,11 @@ impl UnsignedCode {
                 )));
             }
         }
-        self.policy.validate().map_err(invalid)
+        self.policy.validate().map_err(invalid)?;
+        if let Some(temporary) = &self.temporary {
+            temporary.validate().map_err(invalid)?;
+        }
+        Ok(())
     }
 }
 
@@ -401,8 +409,31 @@ pub struct LicenseCodeText {
     pub borrow_threshold_percent: u32,
     pub heartbeat_interval_s: u32,
     pub lease_s: u32,
+    /// Temporary licenses (seed 004): all five present, or none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub temporary_period_s: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub temporary_extend_after_s: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub temporary_return_on_close: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub temporary_devices_max: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub temporary_offline_days_max: Option<u32>,
     pub key_id: String,
     pub signature: String,
+}
+
+impl LicenseCodeText {
+    fn temporary_text(&self) -> TemporaryText {
+        TemporaryText {
+            temporary_period_s: self.temporary_period_s,
+            temporary_extend_after_s: self.temporary_extend_after_s,
+            temporary_return_on_close: self.temporary_return_on_close,
+            temporary_devices_max: self.temporary_devices_max,
+            temporary_offline_days_max: self.temporary_offline_days_max,
+        }
+    }
 }
 
 /// A file of `[[license]]` tables, as `tessera license sign` writes it.
@@ -465,7 +496,16 @@ impl LicenseCode {
             ),
             ("lease_s", f.policy.lease_s.to_string()),
         ];
-        canonical(CANONICAL_HEADER, &lines)
+        match &f.temporary {
+            // Absent, no line: codes without temporary licenses (and their
+            // test vector) keep their canonical form.
+            None => canonical(CANONICAL_HEADER, &lines),
+            Some(temporary) => {
+                let mut all = lines.to_vec();
+                all.extend(temporary.canonical_lines());
+                canonical(CANONICAL_HEADER, &all)
+            }
+        }
     }
 
     /// Checks the signature against the trusted keys.
@@ -510,6 +550,11 @@ impl LicenseCode {
             borrow_threshold_percent: f.policy.borrow_threshold_percent,
             heartbeat_interval_s: f.policy.heartbeat_interval_s,
             lease_s: f.policy.lease_s,
+            temporary_period_s: f.temporary.map(|t| t.period_s),
+            temporary_extend_after_s: f.temporary.map(|t| t.extend_after_s),
+            temporary_return_on_close: f.temporary.map(|t| t.return_on_close),
+            temporary_devices_max: f.temporary.map(|t| t.devices_max),
+            temporary_offline_days_max: f.temporary.map(|t| t.offline_days_max),
             key_id: self.key_id.to_string(),
             signature: BASE64.encode(self.signature.to_bytes()),
         }
@@ -537,8 +582,18 @@ impl LicenseCode {
                 heartbeat_interval_s: text.heartbeat_interval_s,
                 lease_s: text.lease_s,
             },
+            temporary: text.temporary_text().policy(),
         };
         fields.validate()?;
+        // A signed code writes all five terms: one that leaves some to
+        // defaults would show terms its signature does not cover as written.
+        if fields.temporary.is_some()
+            && TemporaryText::of(fields.temporary) != text.temporary_text()
+        {
+            return Err(invalid(
+                "a code allowing temporary licenses writes all five temporary_* fields".into(),
+            ));
+        }
         check_name("key_id", &text.key_id).map_err(invalid)?;
         let signature = decode_signature(&text.signature).map_err(invalid)?;
         let code = LicenseCode {
@@ -595,6 +650,7 @@ pub(crate) mod tests {
             expiry: Expiry::parse("2027-12-31").unwrap(),
             hostid: HostBinding::Any,
             policy: Policy::DEFAULT,
+            temporary: None,
         }
     }
 

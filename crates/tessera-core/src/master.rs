@@ -508,6 +508,7 @@ impl MasterLicense {
                 heartbeat_interval_s: (f.certificate_lifetime_s / 4).max(1),
                 lease_s: f.certificate_lifetime_s,
             },
+            temporary: None,
         }
     }
 

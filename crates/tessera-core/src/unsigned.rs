@@ -31,7 +31,7 @@ pub enum UnsignedError {
 }
 
 /// One `[[license]]` table of an unsigned code file; omitted fields take defaults.
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UnsignedText {
     /// Generated from vendor, feature and random bytes when absent.
@@ -53,6 +53,19 @@ pub struct UnsignedText {
     pub heartbeat_interval_s: u32,
     #[serde(default = "default_lease")]
     pub lease_s: u32,
+    /// Temporary licenses (seed 004): any of these allows them, the seed's
+    /// defaults fill the rest (8 h, extended after half, returned on close,
+    /// 3 devices, no longer offline borrow).
+    #[serde(default)]
+    pub temporary_period_s: Option<u32>,
+    #[serde(default)]
+    pub temporary_extend_after_s: Option<u32>,
+    #[serde(default)]
+    pub temporary_return_on_close: Option<bool>,
+    #[serde(default)]
+    pub temporary_devices_max: Option<u32>,
+    #[serde(default)]
+    pub temporary_offline_days_max: Option<u32>,
 }
 
 /// `version_min` of a table that gives none: every version.
@@ -133,6 +146,14 @@ impl UnsignedText {
                 heartbeat_interval_s: self.heartbeat_interval_s,
                 lease_s: self.lease_s,
             },
+            temporary: crate::temporary::TemporaryText {
+                temporary_period_s: self.temporary_period_s,
+                temporary_extend_after_s: self.temporary_extend_after_s,
+                temporary_return_on_close: self.temporary_return_on_close,
+                temporary_devices_max: self.temporary_devices_max,
+                temporary_offline_days_max: self.temporary_offline_days_max,
+            }
+            .policy(),
             id,
         })
     }

@@ -1068,6 +1068,7 @@ pub(crate) mod tests {
                     heartbeat_interval_s: 1,
                     lease_s: 10,
                 },
+                temporary: None,
             })
             .unwrap();
         let text = format!(

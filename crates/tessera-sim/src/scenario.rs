@@ -202,6 +202,7 @@ pub fn sign_for(
             heartbeat_interval_s: HEARTBEAT_S,
             lease_s,
         },
+        temporary: None,
     })
     .expect("a valid code")
 }
