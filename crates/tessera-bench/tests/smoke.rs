@@ -93,7 +93,7 @@ async fn the_smoke_comparison_runs_every_system_without_errors() {
         ),
     };
     let markdown = comparison.markdown("today").unwrap();
-    assert_eq!(comparison.reports.len(), 7, "{markdown}");
+    assert_eq!(comparison.reports.len(), 8, "{markdown}");
     for report in &comparison.reports {
         assert_eq!(report.errors_total(), 0, "{}: {markdown}", report.system);
         assert_eq!(report.denied, 0, "{}: {markdown}", report.system);
@@ -105,6 +105,7 @@ async fn the_smoke_comparison_runs_every_system_without_errors() {
     }
     for system in [
         "| tessera |",
+        "| tessera, signed answers |",
         "| tessera, plain HTTP |",
         "| redis (appendfsync always) |",
         "| etcd (3 nodes) |",

@@ -29,9 +29,26 @@ pub struct MoveCounts {
     pub hand_overs: u64,
 }
 
+/// A temporary license the pool recorded (seed 004): seats of the feature
+/// that no server holds, out until returned or expired.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TemporaryLicense {
+    /// The user whose ticket it is.
+    pub ticket: String,
+    pub device: String,
+    pub seats: u32,
+    /// When it lapses, by the wall clock of the server that activated or
+    /// last extended it.
+    pub expires_unix_ms: i64,
+    /// Activation order within the feature: a ticket's newest device is
+    /// the one with the highest; only it may extend.
+    pub serial: u64,
+}
+
 /// Allocations of one feature across the pool.
 ///
-/// Invariant: the servers' allocations + `parked` + `free_pool` equal `nominal_seats`.
+/// Invariant: the servers' allocations + `parked` + `free_pool` + the
+/// seats of `temporaries` equal `nominal_seats`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FeatureAllocation {
     /// Seats of every code of the feature in the installed pool file.
@@ -58,6 +75,16 @@ pub struct FeatureAllocation {
     /// then 3 again).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub loosened: BTreeMap<String, u64>,
+    /// Temporary licenses out, by license id.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub temporaries: BTreeMap<String, TemporaryLicense>,
+    /// The last [`TemporaryLicense::serial`] given.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub temporary_serial: u64,
+}
+
+fn is_zero(value: &u64) -> bool {
+    *value == 0
 }
 
 impl FeatureAllocation {
@@ -87,12 +114,22 @@ impl FeatureAllocation {
     pub fn check_invariants(&self, feature: &str) -> Result<(), String> {
         let total: u64 = self.servers.values().map(|&n| u64::from(n)).sum::<u64>()
             + self.parked.values().map(|&n| u64::from(n)).sum::<u64>()
-            + u64::from(self.free_pool);
+            + u64::from(self.free_pool)
+            + self.temporary_seats();
         if total != u64::from(self.nominal_seats) {
             return Err(format!(
-                "feature `{feature}`: allocations, parked seats and free pool add to {total}, \
-                 not {}",
+                "feature `{feature}`: allocations, parked seats, free pool and temporary \
+                 licenses add to {total}, not {}",
                 self.nominal_seats
+            ));
+        }
+        if let Some((id, _)) = self
+            .temporaries
+            .iter()
+            .find(|(_, t)| t.serial == 0 || t.serial > self.temporary_serial)
+        {
+            return Err(format!(
+                "feature `{feature}`: temporary license {id} has a serial not given"
             ));
         }
         for server in self.targets.keys() {
@@ -112,6 +149,21 @@ impl FeatureAllocation {
             }
         }
         Ok(())
+    }
+
+    /// Seats out as temporary licenses.
+    pub fn temporary_seats(&self) -> u64 {
+        self.temporaries.values().map(|t| u64::from(t.seats)).sum()
+    }
+
+    /// The temporary licenses of `ticket`, by license id.
+    pub fn temporaries_of<'a>(
+        &'a self,
+        ticket: &'a str,
+    ) -> impl Iterator<Item = (&'a String, &'a TemporaryLicense)> + 'a {
+        self.temporaries
+            .iter()
+            .filter(move |(_, t)| t.ticket == ticket)
     }
 
     pub fn allocation_of(&self, server: &str) -> u32 {
@@ -281,5 +333,113 @@ impl FeatureAllocation {
         if reached {
             self.targets.clear();
         }
+    }
+
+    /// [`ControlCommand::Activate`]: `license` (its serial given here) out
+    /// of `from`'s allocation.
+    pub(super) fn activate(
+        &mut self,
+        feature: &str,
+        license_id: &str,
+        mut license: TemporaryLicense,
+        from: &str,
+        devices_max: u32,
+    ) -> Result<super::ControlOutcome, ControlRefusal> {
+        let on_device = self
+            .temporaries_of(&license.ticket)
+            .any(|(_, t)| t.device == license.device);
+        if on_device || self.temporaries.contains_key(license_id) {
+            return Err(ControlRefusal::AlreadyOnDevice {
+                ticket: license.ticket,
+                feature: feature.to_string(),
+                device: license.device,
+            });
+        }
+        let devices = self.temporaries_of(&license.ticket).count() as u32;
+        if devices >= devices_max {
+            return Err(ControlRefusal::TooManyDevices {
+                ticket: license.ticket,
+                feature: feature.to_string(),
+                devices,
+            });
+        }
+        let allocation = self.allocation_of(from);
+        if !self.servers.contains_key(from) || license.seats == 0 || allocation < license.seats {
+            return Err(ControlRefusal::TooFewSeats {
+                server: from.to_string(),
+                feature: feature.to_string(),
+                allocation,
+                seats: license.seats,
+            });
+        }
+        // Out of `from`'s allocation as a lend would take it: its target,
+        // if any, keeps what it still wants.
+        if let Some(t) = self.targets.get_mut(from) {
+            let excess = allocation.saturating_sub(*t);
+            *t = t.saturating_sub(license.seats.saturating_sub(excess));
+        }
+        *self.servers.get_mut(from).expect("checked above") -= license.seats;
+        self.count_out(from, license.seats);
+        self.temporary_serial += 1;
+        license.serial = self.temporary_serial;
+        self.temporaries.insert(license_id.to_string(), license);
+        Ok(super::ControlOutcome::Temporary {
+            serial: self.temporary_serial,
+        })
+    }
+
+    /// [`ControlCommand::Extend`].
+    pub(super) fn extend(
+        &mut self,
+        feature: &str,
+        license_id: &str,
+        device: &str,
+        expires_unix_ms: i64,
+    ) -> Result<super::ControlOutcome, ControlRefusal> {
+        let Some(license) = self.temporaries.get(license_id) else {
+            return Err(ControlRefusal::NotOut {
+                feature: feature.to_string(),
+                license_id: license_id.to_string(),
+            });
+        };
+        if license.device != device {
+            return Err(ControlRefusal::OtherDevice {
+                license_id: license_id.to_string(),
+            });
+        }
+        let newest = self
+            .temporaries_of(&license.ticket)
+            .map(|(_, t)| t.serial)
+            .max()
+            .unwrap_or(0);
+        if license.serial != newest {
+            return Err(ControlRefusal::Withdrawn {
+                license_id: license_id.to_string(),
+                ticket: license.ticket.clone(),
+            });
+        }
+        let license = self.temporaries.get_mut(license_id).expect("found above");
+        license.expires_unix_ms = license.expires_unix_ms.max(expires_unix_ms);
+        Ok(super::ControlOutcome::Temporary {
+            serial: license.serial,
+        })
+    }
+
+    /// The seats of these licenses (those still out) back to the free
+    /// pool, and on to servers below their targets.
+    pub(super) fn give_back(
+        &mut self,
+        license_ids: &[String],
+        servers: &[String],
+    ) -> super::ControlOutcome {
+        let mut seats = 0;
+        for id in license_ids {
+            if let Some(license) = self.temporaries.remove(id) {
+                seats += license.seats;
+            }
+        }
+        self.free_pool += seats;
+        self.fill(servers);
+        super::ControlOutcome::Moved { seats }
     }
 }

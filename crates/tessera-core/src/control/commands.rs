@@ -84,6 +84,39 @@ pub enum ControlCommand {
     /// A master's administrator revoked run `instance` of a production
     /// server (seed 003): no master of the pool renews its certificates.
     RevokeRun { instance: String },
+    /// A temporary license (seed 004): `seats` of `from`'s allocation (held
+    /// back there from new checkouts since it asked) become license
+    /// `license_id` of `ticket` on `device`. Refused when the ticket holds
+    /// licenses on `devices_max` other devices already, or on this device.
+    Activate {
+        feature: String,
+        license_id: String,
+        ticket: String,
+        device: String,
+        seats: u32,
+        from: String,
+        expires_unix_ms: i64,
+        devices_max: u32,
+    },
+    /// Extends license `license_id` to `expires_unix_ms`: only from its own
+    /// device, and only while it is its ticket's newest.
+    Extend {
+        feature: String,
+        license_id: String,
+        device: String,
+        expires_unix_ms: i64,
+    },
+    /// The license's seats go back to the free pool: returned by its
+    /// device, or expired by the leader's clock.
+    Return {
+        feature: String,
+        license_id: String,
+        device: String,
+    },
+    Expire {
+        feature: String,
+        license_ids: Vec<String>,
+    },
 }
 
 /// What applying a command did.
@@ -102,6 +135,10 @@ pub enum ControlOutcome {
     /// `newly`: the run was not revoked before.
     Revoked {
         newly: bool,
+    },
+    /// A temporary license activated or extended; `serial` its activation's.
+    Temporary {
+        serial: u64,
     },
     Refused {
         reason: String,

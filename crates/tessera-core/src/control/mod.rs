@@ -27,7 +27,7 @@ mod state;
 #[cfg(test)]
 mod tests;
 
-pub use allocation::{FeatureAllocation, MoveCounts, ReleaseRequest};
+pub use allocation::{FeatureAllocation, MoveCounts, ReleaseRequest, TemporaryLicense};
 pub use commands::{BorrowSource, ControlCommand, ControlOutcome, LOST_MAJORITY};
 pub use refusal::ControlRefusal;
 pub use state::{ControlState, REVOKED_RUNS_MAX};

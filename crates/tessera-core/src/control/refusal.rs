@@ -7,6 +7,40 @@ use crate::pool_file::PoolFileError;
 
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum ControlRefusal {
+    #[error(
+        "ticket `{ticket}` holds temporary licenses of `{feature}` on {devices} devices, the \
+         most its license allows; return one (closing the program on it does) or wait for one \
+         to expire"
+    )]
+    TooManyDevices {
+        ticket: String,
+        feature: String,
+        devices: u32,
+    },
+    #[error("ticket `{ticket}` holds a temporary license of `{feature}` on device `{device}` already; extend it")]
+    AlreadyOnDevice {
+        ticket: String,
+        feature: String,
+        device: String,
+    },
+    #[error(
+        "server `{server}` holds {allocation} seats of `{feature}`, fewer than the {seats} asked"
+    )]
+    TooFewSeats {
+        server: String,
+        feature: String,
+        allocation: u32,
+        seats: u32,
+    },
+    #[error("no temporary license `{license_id}` of `{feature}` is out (returned or expired)")]
+    NotOut { feature: String, license_id: String },
+    #[error(
+        "temporary license `{license_id}` was withdrawn: ticket `{ticket}` was activated on a \
+         newer device since, so this device may not extend it"
+    )]
+    Withdrawn { license_id: String, ticket: String },
+    #[error("temporary license `{license_id}` belongs to another device")]
+    OtherDevice { license_id: String },
     #[error("{max} runs are revoked already, the most a pool records")]
     TooManyRevoked { max: usize },
     #[error("feature `{feature}` is not in the pool")]

@@ -7,7 +7,8 @@ use serde::{Deserialize, Serialize};
 
 use super::refusal::ControlRefusal;
 use super::{
-    BorrowSource, ControlCommand, ControlOutcome, FeatureAllocation, ReleaseRequest, LOST_MAJORITY,
+    BorrowSource, ControlCommand, ControlOutcome, FeatureAllocation, ReleaseRequest,
+    TemporaryLicense, LOST_MAJORITY,
 };
 use crate::distribution::DistributionTable;
 use crate::pool_file::PoolFile;
@@ -240,6 +241,66 @@ impl ControlState {
                 (*allocation_before, *target_before, *loosened_before),
             ),
             ControlCommand::RevokeRun { instance } => self.revoke_run(instance),
+            ControlCommand::Activate {
+                feature,
+                license_id,
+                ticket,
+                device,
+                seats,
+                from,
+                expires_unix_ms,
+                devices_max,
+            } => {
+                let a = self.feature_mut(feature)?;
+                a.activate(
+                    feature,
+                    license_id,
+                    TemporaryLicense {
+                        ticket: ticket.clone(),
+                        device: device.clone(),
+                        seats: *seats,
+                        expires_unix_ms: *expires_unix_ms,
+                        serial: 0,
+                    },
+                    from,
+                    *devices_max,
+                )
+            }
+            ControlCommand::Extend {
+                feature,
+                license_id,
+                device,
+                expires_unix_ms,
+            } => self
+                .feature_mut(feature)?
+                .extend(feature, license_id, device, *expires_unix_ms),
+            ControlCommand::Return {
+                feature,
+                license_id,
+                device,
+            } => {
+                let servers = self.servers_in_order();
+                let a = self.feature_mut(feature)?;
+                match a.temporaries.get(license_id) {
+                    Some(license) if license.device != *device => {
+                        Err(ControlRefusal::OtherDevice {
+                            license_id: license_id.clone(),
+                        })
+                    }
+                    Some(_) => Ok(a.give_back(&[license_id.clone()], &servers)),
+                    None => Err(ControlRefusal::NotOut {
+                        feature: feature.clone(),
+                        license_id: license_id.clone(),
+                    }),
+                }
+            }
+            ControlCommand::Expire {
+                feature,
+                license_ids,
+            } => {
+                let servers = self.servers_in_order();
+                Ok(self.feature_mut(feature)?.give_back(license_ids, &servers))
+            }
         }
     }
 
@@ -582,6 +643,9 @@ fn carried_over(
             .collect(),
         moved: current.moved.clone(),
         loosened: current.loosened.clone(),
+        // Out on devices, perhaps offline: they stay until returned or expired.
+        temporaries: current.temporaries.clone(),
+        temporary_serial: current.temporary_serial,
     };
     for server in servers {
         let kept = current.servers.get(server).copied().unwrap_or(0);

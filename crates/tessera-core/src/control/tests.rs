@@ -803,3 +803,118 @@ mod model {
         }
     }
 }
+
+fn activate(license_id: &str, ticket: &str, device: &str, from: &str) -> ControlCommand {
+    ControlCommand::Activate {
+        feature: "cad".into(),
+        license_id: license_id.into(),
+        ticket: ticket.into(),
+        device: device.into(),
+        seats: 1,
+        from: from.into(),
+        expires_unix_ms: 1_000,
+        devices_max: 3,
+    }
+}
+
+fn refused_because(outcome: ControlOutcome, part: &str) {
+    match outcome {
+        ControlOutcome::Refused { reason } => assert!(reason.contains(part), "{reason}"),
+        other => panic!("expected a refusal naming {part:?}, got {other:?}"),
+    }
+}
+
+/// Seed 004: a temporary license takes seats out of the asking server's
+/// allocation into no server's; three devices per ticket, not a fourth
+/// nor the same twice; only the newest device extends (the others are
+/// withdrawn); a return or an expiry gives the seats to the free pool,
+/// and on to a server below its target. Every state keeps the seats.
+#[test]
+fn temporary_licenses_leave_every_allocation_and_come_back_to_the_free_pool() {
+    let mut state = ControlState::default();
+    install(&mut state, 1, &["A", "B"], &[("c1", "cad", 10)], "");
+    assert_eq!(
+        alloc(&state, "cad"),
+        (pairs(&[("A", 5), ("B", 5)]), 0, vec![])
+    );
+    for (i, device) in ["pc1", "pc2", "pc3"].iter().enumerate() {
+        let outcome = state.apply(&activate(&format!("t{i}"), "alice", device, "A"));
+        assert_eq!(
+            outcome,
+            ControlOutcome::Temporary {
+                serial: i as u64 + 1
+            }
+        );
+    }
+    assert_eq!(
+        alloc(&state, "cad"),
+        (pairs(&[("A", 2), ("B", 5)]), 0, vec![])
+    );
+    refused_because(
+        state.apply(&activate("t9", "alice", "pc4", "B")),
+        "on 3 devices",
+    );
+    refused_because(
+        state.apply(&activate("t9", "alice", "pc2", "B")),
+        "extend it",
+    );
+    refused_because(
+        state.apply(&ControlCommand::Activate {
+            feature: "cad".into(),
+            license_id: "t9".into(),
+            ticket: "bob".into(),
+            device: "pc1".into(),
+            seats: 6,
+            from: "B".into(),
+            expires_unix_ms: 1_000,
+            devices_max: 3,
+        }),
+        "fewer than the 6 asked",
+    );
+    let extend = |license: &str, device: &str| ControlCommand::Extend {
+        feature: "cad".into(),
+        license_id: license.into(),
+        device: device.into(),
+        expires_unix_ms: 2_000,
+    };
+    refused_because(state.apply(&extend("t0", "pc1")), "withdrawn");
+    refused_because(state.apply(&extend("t2", "pc1")), "another device");
+    assert_eq!(
+        state.apply(&extend("t2", "pc3")),
+        ControlOutcome::Temporary { serial: 3 }
+    );
+    let a = state.allocation("cad").unwrap();
+    assert_eq!(a.temporaries["t2"].expires_unix_ms, 2_000);
+    assert_eq!(a.temporary_seats(), 3);
+
+    // A pool file with more servers carries the licenses over.
+    install(&mut state, 2, &["A", "B", "C"], &[("c1", "cad", 10)], "");
+    assert_eq!(state.allocation("cad").unwrap().temporaries.len(), 3);
+    let give = |license: &str, device: &str| ControlCommand::Return {
+        feature: "cad".into(),
+        license_id: license.into(),
+        device: device.into(),
+    };
+    refused_because(state.apply(&give("t0", "pc2")), "another device");
+    assert_eq!(
+        state.apply(&give("t0", "pc1")),
+        ControlOutcome::Moved { seats: 1 }
+    );
+    refused_because(state.apply(&give("t0", "pc1")), "returned or expired");
+    assert_eq!(
+        state.apply(&ControlCommand::Expire {
+            feature: "cad".into(),
+            license_ids: vec!["t1".into(), "t2".into(), "gone".into()],
+        }),
+        ControlOutcome::Moved { seats: 2 }
+    );
+    assert_eq!(
+        alloc(&state, "cad"),
+        (pairs(&[("A", 2), ("B", 5), ("C", 0)]), 3, vec![])
+    );
+    state.check_invariants().unwrap();
+    // The state travels (snapshots) with its licenses.
+    let json = serde_json::to_string(&state).unwrap();
+    let back: ControlState = serde_json::from_str(&json).unwrap();
+    assert_eq!(back.allocation("cad"), state.allocation("cad"));
+}
