@@ -125,7 +125,10 @@ pub(crate) fn disposition(code: ErrorCode) -> Disposition {
         | ErrorCode::InvalidCount
         | ErrorCode::CountAboveLimit
         | ErrorCode::VersionNotLicensed
-        | ErrorCode::LicenseNotServed => Disposition::Definitive,
+        | ErrorCode::LicenseNotServed
+        | ErrorCode::TemporaryNotAllowed
+        | ErrorCode::TooManyDevices
+        | ErrorCode::LicenseWithdrawn => Disposition::Definitive,
         ErrorCode::NoSeatsAvailable => Disposition::NoSeats,
         ErrorCode::NoQuorum | ErrorCode::GracePeriod | ErrorCode::NoLeader => Disposition::NoQuorum,
         // That server's clock was set back; another's may be right.

@@ -153,7 +153,11 @@ impl ServerSecretKey {
 
     /// Signs `fields`; the signature in base64, as it travels.
     pub fn sign(&self, fields: &AnswerFields) -> String {
-        let canonical = fields.canonical_form(&self.public().key_id());
+        self.sign_text(&fields.canonical_form(&self.public().key_id()))
+    }
+
+    /// Signs a canonical form (an answer's, a temporary license's).
+    pub fn sign_text(&self, canonical: &str) -> String {
         BASE64.encode(self.0.sign(canonical.as_bytes()).to_bytes())
     }
 }
@@ -182,9 +186,13 @@ impl ServerPublicKey {
 
     /// Checks `signature` (base64) over `fields`.
     pub fn verify(&self, fields: &AnswerFields, signature: &str) -> Result<(), AnswerError> {
+        self.verify_text(&fields.canonical_form(&self.key_id()), signature)
+    }
+
+    /// Checks `signature` (base64) over a canonical form.
+    pub fn verify_text(&self, canonical: &str, signature: &str) -> Result<(), AnswerError> {
         let signature: Signature =
             decode_signature(signature).map_err(AnswerError::MalformedSignature)?;
-        let canonical = fields.canonical_form(&self.key_id());
         self.0
             .verify(canonical.as_bytes(), &signature)
             .map_err(|_| AnswerError::BadSignature {

@@ -164,6 +164,59 @@ impl TemporaryText {
     }
 }
 
+/// Header of a temporary license token's canonical form.
+pub const TOKEN_HEADER: &str = "tessera-temporary-v1";
+
+/// What a temporary license token's signature covers (PROTOCOL.md,
+/// "Temporary licenses"). Signed by the activating or extending server's
+/// answer key, over the codes behind the feature, so a program checks it
+/// against its vendor's keys with no network.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TokenFields {
+    pub license_id: String,
+    pub pool_id: String,
+    pub server_id: String,
+    pub hostid: String,
+    pub feature: String,
+    pub ticket: String,
+    pub device: String,
+    pub seats: u32,
+    pub issued_unix_ms: i64,
+    pub expires_unix_ms: i64,
+    pub extend_after_unix_ms: i64,
+    pub return_on_close: bool,
+    /// [`crate::answer::codes_sha256`] of the codes the token carries.
+    pub codes_sha256: String,
+}
+
+impl TokenFields {
+    /// The exact bytes the signature covers; `key_id` is the signing key's.
+    pub fn canonical_form(&self, key_id: &str) -> String {
+        crate::license::canonical(
+            TOKEN_HEADER,
+            &[
+                ("key_id", key_id.to_string()),
+                ("license_id", self.license_id.clone()),
+                ("pool_id", self.pool_id.clone()),
+                ("server_id", self.server_id.clone()),
+                ("hostid", self.hostid.clone()),
+                ("feature", self.feature.clone()),
+                ("ticket", self.ticket.clone()),
+                ("device", self.device.clone()),
+                ("seats", self.seats.to_string()),
+                ("issued_unix_ms", self.issued_unix_ms.to_string()),
+                ("expires_unix_ms", self.expires_unix_ms.to_string()),
+                (
+                    "extend_after_unix_ms",
+                    self.extend_after_unix_ms.to_string(),
+                ),
+                ("return_on_close", self.return_on_close.to_string()),
+                ("codes_sha256", self.codes_sha256.clone()),
+            ],
+        )
+    }
+}
+
 /// A device id as the SDK derives it: a name, bounded.
 pub fn check_device(device: &str) -> Result<(), String> {
     check_name("device", device)

@@ -353,6 +353,68 @@ impl std::fmt::Debug for Proof {
     }
 }
 
+/// `POST /v1/temporary/activate`: a temporary license (seed 004) of
+/// `feature` for the user's ticket on this device.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ActivateRequest {
+    pub client_id: String,
+    /// The ticket: temporary licenses are counted per user.
+    pub user: String,
+    pub host: String,
+    pub feature: String,
+    pub version: String,
+    /// The device, as the SDK derives it.
+    pub device: String,
+    /// An offline borrow of this many days, within the vendor's
+    /// `temporary_offline_days_max`; absent: the vendor's period.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub days: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub answer_within_ms: Option<u32>,
+}
+
+/// `POST /v1/temporary/extend` and `POST /v1/temporary/return`: the
+/// license, its device, and the proof its activation answered.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TemporaryRequest {
+    pub feature: String,
+    pub license_id: String,
+    pub device: String,
+    pub proof: Proof,
+}
+
+/// A temporary license as the pool signs it: what the SDK keeps in its
+/// cache and checks with no network (PROTOCOL.md, "Temporary licenses").
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TemporaryToken {
+    pub license_id: String,
+    pub pool_id: String,
+    pub server_id: String,
+    pub feature: String,
+    pub ticket: String,
+    pub device: String,
+    pub seats: u32,
+    pub issued_unix_ms: i64,
+    pub expires_unix_ms: i64,
+    /// When the SDK should extend it (the vendor's `temporary_extend_after_s`
+    /// after the issue), and whether closing the program returns it.
+    pub extend_after_unix_ms: i64,
+    pub return_on_close: bool,
+    /// Proves the license to the pool for its extensions and its return.
+    pub proof: Proof,
+    /// The signing server's answer key (base64) and its signature of the
+    /// token's canonical form, with the codes behind the feature.
+    pub server_key: String,
+    pub hostid: String,
+    pub signature: String,
+    pub codes: Vec<LicenseCodeText>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chain: Option<AnswerChain>,
+}
+
 /// Answer to a check-in.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CheckinResponse {
@@ -446,6 +508,15 @@ pub enum ErrorCode {
     /// (kept on disk) by more than the tolerance: it was set back. The
     /// server issues and renews nothing until the clock is right again.
     ClockSetBack,
+    /// The feature's codes do not allow temporary licenses, or not for as
+    /// many days as asked.
+    TemporaryNotAllowed,
+    /// The user's ticket holds temporary licenses on as many devices as the
+    /// vendor allows.
+    TooManyDevices,
+    /// The temporary license was withdrawn (a newer device holds the
+    /// ticket) or is no longer out; the program should say so and close.
+    LicenseWithdrawn,
     /// The server failed; the request may be retried.
     Internal,
     /// A code this client version does not know.
@@ -470,7 +541,12 @@ impl ErrorCode {
             ErrorCode::PoolFileRefused | ErrorCode::SnapshotRefused => 422,
             ErrorCode::BodyTimeout => 408,
             ErrorCode::NoLeader => 503,
-            ErrorCode::NoSeatsAvailable | ErrorCode::GrantMismatch | ErrorCode::SeatsInUse => 409,
+            ErrorCode::NoSeatsAvailable
+            | ErrorCode::GrantMismatch
+            | ErrorCode::SeatsInUse
+            | ErrorCode::TooManyDevices
+            | ErrorCode::LicenseWithdrawn => 409,
+            ErrorCode::TemporaryNotAllowed => 403,
             ErrorCode::BodyTooLarge => 413,
             ErrorCode::LicenseNotServed => 403,
             ErrorCode::TooManyGrants | ErrorCode::TooManyRequests => 429,
@@ -510,6 +586,9 @@ impl ErrorCode {
             ErrorCode::SnapshotRefused => "snapshot_refused",
             ErrorCode::BodyTimeout => "body_timeout",
             ErrorCode::ClockSetBack => "clock_set_back",
+            ErrorCode::TemporaryNotAllowed => "temporary_not_allowed",
+            ErrorCode::TooManyDevices => "too_many_devices",
+            ErrorCode::LicenseWithdrawn => "license_withdrawn",
             ErrorCode::Internal => "internal",
             ErrorCode::Unknown => "unknown",
         }
@@ -712,6 +791,9 @@ mod tests {
             ErrorCode::SnapshotRefused,
             ErrorCode::BodyTimeout,
             ErrorCode::ClockSetBack,
+            ErrorCode::TemporaryNotAllowed,
+            ErrorCode::TooManyDevices,
+            ErrorCode::LicenseWithdrawn,
             ErrorCode::Internal,
         ] {
             let json = serde_json::to_string(&code).unwrap();

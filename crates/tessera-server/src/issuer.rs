@@ -105,6 +105,26 @@ pub enum IssuingState {
     ClockSetBack,
 }
 
+/// Seats held back for a temporary license being activated.
+#[derive(Clone, Debug)]
+struct ReservedTemporary {
+    feature: String,
+    seats: u32,
+    /// The activation's serial, once committed.
+    serial: Option<u64>,
+}
+
+impl ReservedTemporary {
+    /// Whether `control` has taken the seats from this server's allocation.
+    fn applied_in(&self, control: &ControlState) -> bool {
+        self.serial.is_some_and(|serial| {
+            control
+                .allocation(&self.feature)
+                .is_some_and(|a| a.temporary_serial >= serial)
+        })
+    }
+}
+
 pub struct Issuer {
     server_id: String,
     /// The replicated control state; `None` until the pool has formed.
@@ -119,6 +139,12 @@ pub struct Issuer {
     /// when they arrive, nor may this server lend them on; only that
     /// grant's conversion does.
     hand_overs_expected: HashMap<String, (String, u32)>,
+    /// Seats held back for temporary licenses this server asked the pool to
+    /// activate out of its allocation (seed 004), by license id: until the
+    /// control state that took them from the allocation is applied here
+    /// (its feature's `temporary_serial` reached the activation's), or the
+    /// activation failed.
+    temporaries_reserved: HashMap<String, ReservedTemporary>,
     grants: HashMap<String, LiveGrant>,
     expiry_queue: BTreeSet<(u64, String)>,
     grants_per_client: HashMap<String, usize>,
@@ -197,6 +223,7 @@ impl Issuer {
             tables: BTreeMap::new(),
             held_aside: HashMap::new(),
             hand_overs_expected: HashMap::new(),
+            temporaries_reserved: HashMap::new(),
             grants: HashMap::new(),
             expiry_queue: BTreeSet::new(),
             grants_per_client: HashMap::new(),
@@ -357,6 +384,10 @@ impl Issuer {
     /// Takes a new control state (a pool file installed, allocations moved)
     /// and the license table evaluated from its codes on this server.
     pub fn set_control(&mut self, control: Arc<ControlState>, licenses: LicenseTable) {
+        // Seats of a temporary license leave the reservation exactly when
+        // they leave the allocation.
+        self.temporaries_reserved
+            .retain(|_, reserved| !reserved.applied_in(&control));
         self.control = Some(control);
         self.licenses = licenses;
         let restored = std::mem::take(&mut self.pending_restore);
@@ -939,9 +970,59 @@ impl Issuer {
         self.hand_overs_expected.remove(grant_id);
     }
 
+    /// Holds back `seats` of `feature` for temporary license `license_id`,
+    /// which this server is about to ask the pool to activate out of its
+    /// allocation: only while it issues, and only seats a checkout could take.
+    pub fn reserve_temporary(
+        &mut self,
+        license_id: &str,
+        feature: &str,
+        seats: u32,
+        now_ms: u64,
+    ) -> Result<(), Refusal> {
+        self.check_issuing(Origin::Checkout, now_ms)?;
+        let available = self.available(feature);
+        if available < seats {
+            return Err(Refusal::new(
+                ErrorCode::NoSeatsAvailable,
+                format!(
+                    "{seats} seats of `{feature}` asked for a temporary license; server `{}` has \
+                     {available} free",
+                    self.server_id
+                ),
+            ));
+        }
+        self.temporaries_reserved.insert(
+            license_id.to_string(),
+            ReservedTemporary {
+                feature: feature.to_string(),
+                seats,
+                serial: None,
+            },
+        );
+        Ok(())
+    }
+
+    /// The pool activated `license_id` as its feature's `serial`th: its
+    /// seats stay held back until that state is applied here.
+    pub fn temporary_committed(&mut self, license_id: &str, serial: u64) {
+        let control = self.control.clone();
+        if let Some(reserved) = self.temporaries_reserved.get_mut(license_id) {
+            reserved.serial = Some(serial);
+            if control.is_some_and(|c| reserved.applied_in(&c)) {
+                self.temporaries_reserved.remove(license_id);
+            }
+        }
+    }
+
+    /// The activation of `license_id` failed: its seats are free again.
+    pub fn end_temporary(&mut self, license_id: &str) {
+        self.temporaries_reserved.remove(license_id);
+    }
+
     /// Seats of `feature` no new checkout may take though no grant here
-    /// counts them: those of uncounted grants, and those expected by
-    /// hand-overs.
+    /// counts them: those of uncounted grants, those expected by
+    /// hand-overs, and those held back for temporary licenses.
     fn held_aside_of(&self, feature: &str) -> u32 {
         let expected: u32 = self
             .hand_overs_expected
@@ -949,7 +1030,13 @@ impl Issuer {
             .filter(|(f, _)| f == feature)
             .map(|(_, seats)| *seats)
             .sum();
-        self.held_aside.get(feature).copied().unwrap_or(0) + expected
+        let temporary: u32 = self
+            .temporaries_reserved
+            .values()
+            .filter(|t| t.feature == feature)
+            .map(|t| t.seats)
+            .sum();
+        self.held_aside.get(feature).copied().unwrap_or(0) + expected + temporary
     }
 
     /// Seats in use per feature, as reported to the leader.
@@ -965,11 +1052,16 @@ impl Issuer {
             })
             .collect();
         let expected = self.hand_overs_expected.values().map(|(f, n)| (f, n));
+        let temporary = self
+            .temporaries_reserved
+            .values()
+            .map(|t| (&t.feature, &t.seats));
         for (feature, seats) in self
             .held_aside
             .iter()
             .chain(self.cooling.per_feature())
             .chain(expected)
+            .chain(temporary)
         {
             *counts.entry(feature.clone()).or_default() += seats;
         }

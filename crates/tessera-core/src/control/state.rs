@@ -287,7 +287,7 @@ impl ControlState {
                             license_id: license_id.clone(),
                         })
                     }
-                    Some(_) => Ok(a.give_back(&[license_id.clone()], &servers)),
+                    Some(_) => Ok(a.give_back(std::slice::from_ref(license_id), &servers)),
                     None => Err(ControlRefusal::NotOut {
                         feature: feature.clone(),
                         license_id: license_id.clone(),

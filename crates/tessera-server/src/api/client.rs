@@ -28,6 +28,15 @@ pub(super) fn routes() -> Router<Arc<App>> {
         .route(&format!("{prefix}/checkout"), post(checkout))
         .route(&format!("{prefix}/heartbeat"), post(heartbeat))
         .route(&format!("{prefix}/checkin"), post(checkin))
+        .route(&format!("{prefix}/temporary/activate"), post(activate))
+        .route(
+            &format!("{prefix}/temporary/extend"),
+            post(extend_temporary),
+        )
+        .route(
+            &format!("{prefix}/temporary/return"),
+            post(return_temporary),
+        )
         .route(&format!("{prefix}/noop"), post(noop))
 }
 
@@ -229,6 +238,54 @@ async fn checkin(
     let released_seats = app
         .checkin(&body.grant_id, &body.client_id, body.proof.as_str())
         .await?;
+    Ok(Json(CheckinResponse { released_seats }))
+}
+
+/// A temporary license (seed 004) for the user's ticket on a device.
+async fn activate(
+    State(app): State<Arc<App>>,
+    JsonBody(body): JsonBody<proto::ActivateRequest>,
+) -> Result<Json<proto::TemporaryToken>, ApiError> {
+    for (name, value) in [
+        ("client_id", &body.client_id),
+        ("user", &body.user),
+        ("host", &body.host),
+        ("feature", &body.feature),
+        ("version", &body.version),
+    ] {
+        check_field(name, value)?;
+    }
+    tessera_core::temporary::check_device(&body.device)
+        .map_err(|message| api_error(ErrorCode::InvalidField, message))?;
+    let deadline = Deadline::from(&app, body.answer_within_ms);
+    Ok(Json(app.activate(body, deadline).await?))
+}
+
+fn check_temporary(body: &proto::TemporaryRequest) -> Result<(), ApiError> {
+    for (name, value) in [
+        ("feature", &body.feature),
+        ("license_id", &body.license_id),
+        ("device", &body.device),
+    ] {
+        check_field(name, value)?;
+    }
+    Ok(())
+}
+
+async fn extend_temporary(
+    State(app): State<Arc<App>>,
+    JsonBody(body): JsonBody<proto::TemporaryRequest>,
+) -> Result<Json<proto::TemporaryToken>, ApiError> {
+    check_temporary(&body)?;
+    Ok(Json(app.extend_temporary(body).await?))
+}
+
+async fn return_temporary(
+    State(app): State<Arc<App>>,
+    JsonBody(body): JsonBody<proto::TemporaryRequest>,
+) -> Result<Json<CheckinResponse>, ApiError> {
+    check_temporary(&body)?;
+    let released_seats = app.return_temporary(body).await?;
     Ok(Json(CheckinResponse { released_seats }))
 }
 

@@ -194,13 +194,18 @@ async fn command(
             .and_then(|a| a.requests.get(request_id))
             .is_none_or(|r| r.donor == ask.server_id),
         ControlCommand::Drain { server, .. } => server == &ask.server_id,
+        // A temporary license out of the asker's own allocation, and the
+        // extensions and returns it relays for the licenses' devices.
+        ControlCommand::Activate { from, .. } => from == &ask.server_id,
+        ControlCommand::Extend { .. } | ControlCommand::Return { .. } => true,
         _ => false,
     };
     if !own {
         return Err(api_error(
             ErrorCode::MalformedRequest,
             format!(
-                "server `{}` may propose only its own releases and drains",
+                "server `{}` may propose only its own releases, drains and activations, and \
+                 extensions and returns",
                 ask.server_id
             ),
         ));

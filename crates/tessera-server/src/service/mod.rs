@@ -15,6 +15,7 @@
 //! anything. A refusal says nothing of the grant's real holder.
 
 mod borrow;
+mod temporary;
 
 pub use borrow::Need;
 

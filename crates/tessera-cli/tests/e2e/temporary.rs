@@ -1,0 +1,205 @@
+//! Temporary licenses (seed 004) through the HTTP API of a real server:
+//! activation per device up to the vendor's limit, seats counted against
+//! the hard limit with ordinary checkouts, extension by the newest device
+//! only, return, and expiry by the leader's clock after a restart.
+
+use serde_json::{json, Value};
+use tessera_core::answer::ServerPublicKey;
+use tessera_core::temporary::TokenFields;
+
+use crate::fixture::{
+    checkout_body, code_with, feature_of, Fixture, Server, StartMode, LONG_POLICY,
+};
+
+fn activate_body(user: &str, device: &str) -> Value {
+    json!({
+        "client_id": format!("{user}-{device}"),
+        "user": user,
+        "host": device,
+        "feature": "cad",
+        "version": "1.0",
+        "device": device,
+    })
+}
+
+fn allocation_of_a(status: &tessera_proto::StatusResponse) -> u32 {
+    feature_of(status, "cad").servers[0].allocation
+}
+
+/// The token's signature checks under the key it names.
+fn check_token(token: &Value) {
+    let field = |name: &str| token[name].as_str().unwrap().to_string();
+    let number = |name: &str| token[name].as_i64().unwrap();
+    let codes: Vec<tessera_core::LicenseCode> = serde_json::from_value::<
+        Vec<tessera_core::license::LicenseCodeText>,
+    >(token["codes"].clone())
+    .unwrap()
+    .iter()
+    .map(|text| tessera_core::LicenseCode::from_text(text).unwrap())
+    .collect();
+    let fields = TokenFields {
+        license_id: field("license_id"),
+        pool_id: field("pool_id"),
+        server_id: field("server_id"),
+        hostid: field("hostid"),
+        feature: field("feature"),
+        ticket: field("ticket"),
+        device: field("device"),
+        seats: number("seats") as u32,
+        issued_unix_ms: number("issued_unix_ms"),
+        expires_unix_ms: number("expires_unix_ms"),
+        extend_after_unix_ms: number("extend_after_unix_ms"),
+        return_on_close: token["return_on_close"].as_bool().unwrap(),
+        codes_sha256: tessera_core::answer::codes_sha256(&codes),
+    };
+    let key = ServerPublicKey::from_base64(&field("server_key")).unwrap();
+    key.verify_text(&fields.canonical_form(&key.key_id()), &field("signature"))
+        .expect("the token's signature checks");
+}
+
+async fn serve_temporary(fixture: &Fixture, terms: &str) -> Server {
+    let policy = format!("{LONG_POLICY}{terms}");
+    fixture.serve(&code_with("cad", 5, &policy)).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn temporary_licenses_count_against_the_hard_limit_three_devices_a_ticket() {
+    let fixture = Fixture::new().await;
+    let mut server = serve_temporary(&fixture, "temporary_period_s = 28800\n").await;
+    let mut tokens = Vec::new();
+    for device in ["pc1", "pc2", "pc3"] {
+        let token = server
+            .post("/v1/temporary/activate", &activate_body("alice", device))
+            .await
+            .ok();
+        check_token(&token);
+        assert_eq!(token["ticket"], "alice");
+        assert_eq!(
+            token["expires_unix_ms"].as_i64().unwrap() - token["issued_unix_ms"].as_i64().unwrap(),
+            28_800_000
+        );
+        tokens.push(token);
+    }
+    server
+        .post("/v1/temporary/activate", &activate_body("alice", "pc4"))
+        .await
+        .refused(409, "too_many_devices");
+    // Three seats are out on devices: two are left for checkouts.
+    assert_eq!(allocation_of_a(&server.status().await), 2);
+    for n in 0..2 {
+        server
+            .post("/v1/checkout", &checkout_body(&format!("c{n}"), "cad", 1))
+            .await
+            .ok();
+    }
+    server
+        .post("/v1/checkout", &checkout_body("c9", "cad", 1))
+        .await
+        .refused(409, "no_seats_available");
+
+    let request = |token: &Value| {
+        json!({
+            "feature": "cad",
+            "license_id": token["license_id"],
+            "device": token["device"],
+            "proof": token["proof"],
+        })
+    };
+    // The oldest device is withdrawn at its extension; the newest extends.
+    server
+        .post("/v1/temporary/extend", &request(&tokens[0]))
+        .await
+        .refused(409, "license_withdrawn");
+    let extended = server
+        .post("/v1/temporary/extend", &request(&tokens[2]))
+        .await
+        .ok();
+    check_token(&extended);
+    // A proof of another license does not return this one.
+    let mut forged = request(&tokens[1]);
+    forged["proof"] = tokens[0]["proof"].clone();
+    server
+        .post("/v1/temporary/return", &forged)
+        .await
+        .refused(403, "grant_proof_invalid");
+    // Returned: the seat is the pool's again.
+    let returned = server
+        .post("/v1/temporary/return", &request(&tokens[1]))
+        .await
+        .ok();
+    assert_eq!(returned["released_seats"], 1);
+    server
+        .post("/v1/temporary/return", &request(&tokens[1]))
+        .await
+        .refused(409, "license_withdrawn");
+    server
+        .poll(
+            "the returned seat",
+            std::time::Duration::from_secs(10),
+            |s| feature_of(s, "cad").free_pool == 1,
+        )
+        .await;
+    server
+        .post("/v1/checkout", &checkout_body("c9", "cad", 1))
+        .await
+        .ok();
+}
+
+/// Licenses are in the pool's log: a restart keeps them, and the leader
+/// expires them by its clock once their time and the clock tolerance have
+/// passed (here the server restarts an hour later by its clock).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_keeps_temporary_licenses_until_the_leader_expires_them() {
+    let fixture = Fixture::new().await;
+    let mut server = serve_temporary(&fixture, "temporary_period_s = 60\n").await;
+    server
+        .post("/v1/temporary/activate", &activate_body("bob", "laptop"))
+        .await
+        .ok();
+    server
+        .post("/v1/temporary/activate", &activate_body("bob", "laptop"))
+        .await
+        .refused(403, "temporary_not_allowed");
+    assert_eq!(allocation_of_a(&server.status().await), 4);
+    server.terminate().await;
+    server.start(StartMode::Plain).await;
+    let status = server.wait_state("serving").await;
+    assert_eq!(allocation_of_a(&status), 4, "kept across the restart");
+    server.terminate().await;
+    server.set_env("TESSERA_TEST_FAULTS", "1");
+    server.set_env("TESSERA_TEST_CLOCK_OFFSET_MS", "3600000");
+    server.start(StartMode::Plain).await;
+    server
+        .poll(
+            "the expired license's seat back",
+            std::time::Duration::from_secs(20),
+            |s| feature_of(s, "cad").free_pool == 1,
+        )
+        .await;
+}
+
+/// A code that does not allow temporary licenses refuses them, and an
+/// offline borrow beyond the vendor's days is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn temporary_licenses_only_as_the_vendor_allows() {
+    let fixture = Fixture::new().await;
+    let plain = fixture.serve(&code_with("cad", 5, LONG_POLICY)).await;
+    plain
+        .post("/v1/temporary/activate", &activate_body("alice", "pc1"))
+        .await
+        .refused(403, "temporary_not_allowed");
+    let fixture = Fixture::new().await;
+    let server = serve_temporary(&fixture, "temporary_offline_days_max = 3\n").await;
+    let mut borrow = activate_body("alice", "pc1");
+    borrow["days"] = 4.into();
+    server
+        .post("/v1/temporary/activate", &borrow)
+        .await
+        .refused(403, "temporary_not_allowed");
+    borrow["days"] = 3.into();
+    let token = server.post("/v1/temporary/activate", &borrow).await.ok();
+    assert_eq!(
+        token["expires_unix_ms"].as_i64().unwrap() - token["issued_unix_ms"].as_i64().unwrap(),
+        3 * 86_400_000
+    );
+}
