@@ -45,6 +45,46 @@ pub struct CheckoutArgs {
     pub json: bool,
 }
 
+/// `tessera checkout FEATURE --temporary [--days N]`: a temporary license
+/// of this device, kept in the user's cache until returned or expired.
+pub async fn activate(
+    config: ClientConfig,
+    feature: &str,
+    version: &str,
+    days: Option<u32>,
+    json: bool,
+) -> Result<()> {
+    let client = Client::new(config)?;
+    let license = client
+        .activate(feature, version, days)
+        .await
+        .with_context(|| format!("cannot take a temporary license of `{feature}`"))?;
+    let token = license.token();
+    if json {
+        println!("{}", serde_json::to_string(&token)?);
+    } else {
+        println!(
+            "temporary license {} of `{feature}` on device {} for {}, until {} (Unix ms); \
+             kept in the cache; `tessera return {feature}` gives it back",
+            token.license_id, token.device, token.ticket, token.expires_unix_ms
+        );
+    }
+    // Kept, not returned: the license outlives this command.
+    std::mem::forget(license);
+    Ok(())
+}
+
+/// `tessera return FEATURE`: gives back this device's temporary license.
+pub async fn give_back(config: ClientConfig, feature: &str, version: &str) -> Result<()> {
+    let client = Client::new(config)?;
+    let license = client
+        .cached_temporary(feature, version)
+        .with_context(|| format!("no temporary license of `{feature}` to return"))?;
+    let seats = license.return_license().await?;
+    println!("returned the temporary license of `{feature}` ({seats} seat)");
+    Ok(())
+}
+
 pub async fn checkout(config: ClientConfig, args: CheckoutArgs) -> Result<()> {
     let client = Client::new(config)?;
     let seat = client

@@ -98,10 +98,26 @@ enum Command {
         /// answer, every code the vendor's). Repeat for several vendors.
         #[arg(long = "vendor-key")]
         vendor_keys: Vec<PathBuf>,
+        /// A temporary license of this device (seed 004) instead of a seat:
+        /// kept in the user's cache until `tessera return` or its expiry.
+        #[arg(long, conflicts_with_all = ["hold", "detach"])]
+        temporary: bool,
+        /// With --temporary: an offline borrow of this many days, within the
+        /// vendor's limit.
+        #[arg(long, requires = "temporary")]
+        days: Option<u32>,
         #[command(flatten)]
         servers: ServerArgs,
         #[arg(long)]
         json: bool,
+    },
+    /// Give back this device's temporary license of a feature.
+    Return {
+        feature: String,
+        #[arg(long, default_value = "1.0")]
+        version: String,
+        #[command(flatten)]
+        servers: ServerArgs,
     },
     /// Check a grant in by id (as printed by `tessera checkout`).
     Checkin {
@@ -531,6 +547,31 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Checkout {
             feature,
+            version,
+            vendor_keys,
+            temporary: true,
+            days,
+            servers,
+            json,
+            ..
+        } => runtime()?.block_on(client_cmd::activate(
+            servers.checkout_config(&vendor_keys)?,
+            &feature,
+            &version,
+            days,
+            json,
+        )),
+        Command::Return {
+            feature,
+            version,
+            servers,
+        } => runtime()?.block_on(client_cmd::give_back(
+            servers.client_config()?,
+            &feature,
+            &version,
+        )),
+        Command::Checkout {
+            feature,
             count,
             hold,
             detach,
@@ -538,6 +579,7 @@ fn run(cli: Cli) -> Result<()> {
             vendor_keys,
             servers,
             json,
+            ..
         } => runtime()?.block_on(client_cmd::checkout(
             servers.checkout_config(&vendor_keys)?,
             client_cmd::CheckoutArgs {

@@ -51,6 +51,13 @@ pub struct ClientConfig {
     /// A production server asking a master for its VID: its answer key
     /// (base64), which the VID certificate will name. `None` for programs.
     pub server_key: Option<String>,
+    /// This device, as temporary licenses name it: by default derived from
+    /// the machine's id and the user (`dev-` and 16 hex digits), so a token
+    /// copied to another machine does not count there.
+    pub device: String,
+    /// Where temporary licenses are kept between runs
+    /// (`$XDG_CACHE_HOME/tessera/temporary`, or `~/.cache/tessera/temporary`).
+    pub temporary_dir: Option<std::path::PathBuf>,
 }
 
 /// The environment variable naming the pool CA file (`ca.pem` of `tessera
@@ -102,6 +109,7 @@ impl ClientConfig {
         S: Into<String>,
     {
         let host = local_host_name();
+        let device = local_device(&host);
         let client_id = format!(
             "{host}-{pid}-{random}",
             pid = std::process::id(),
@@ -119,6 +127,9 @@ impl ClientConfig {
             trust: Trust::default(),
             clock_file: crate::trust::default_clock_file(),
             server_key: None,
+            device,
+            temporary_dir: crate::trust::default_clock_file()
+                .and_then(|clock| clock.parent().map(|dir| dir.join("temporary"))),
         }
     }
 
@@ -223,6 +234,20 @@ fn local_host_name() -> String {
             .ok()
     };
     first_usable(from_kernel.or_else(from_env))
+}
+
+/// This machine and user as a device id: SHA-256 of the machine id (or the
+/// host name where there is none) and the user name.
+fn local_device(host: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let machine = std::fs::read_to_string("/etc/machine-id")
+        .or_else(|_| std::fs::read_to_string("/var/lib/dbus/machine-id"))
+        .unwrap_or_else(|_| host.to_string());
+    let mut digest = Sha256::new();
+    digest.update(machine.trim().as_bytes());
+    digest.update([0]);
+    digest.update(local_user_name().as_bytes());
+    format!("dev-{}", hex::encode(&digest.finalize()[..8]))
 }
 
 fn local_user_name() -> String {

@@ -55,6 +55,7 @@ mod config;
 mod error;
 mod guard;
 mod http;
+mod temporary;
 mod trust;
 
 pub use admin::{Admin, AdminChange};
@@ -67,7 +68,9 @@ pub use error::ClientError;
 pub use guard::{
     SeatGuard, SeatState, HEARTBEAT_INTERVAL_MS_MIN, LEASE_MS_MAX, RETRY_PAUSE_MS_MAX,
 };
+pub use temporary::{TemporaryLicense, TemporaryState};
 pub use tessera_core::VendorPublicKey;
+pub use tessera_proto::TemporaryToken;
 pub use tessera_proto::{ErrorCode, Grant, HeartbeatRequest, Proof, StatusResponse};
 /// The seam every request goes through: name [`transport::HttpTransport`] to
 /// give [`Client::with_transport`] a transport of your own.

@@ -203,3 +203,82 @@ async fn temporary_licenses_only_as_the_vendor_allows() {
         3 * 86_400_000
     );
 }
+
+/// Seed 004 as a user lives it: a program takes a temporary license and
+/// ends without returning it; the whole pool stops; the program starts
+/// again with no network and runs on the cached token (a token copied to
+/// another device does not count); the pool comes back and `tessera
+/// return` gives the license back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_program_runs_offline_on_its_temporary_license_and_returns_it_later() {
+    let fixture = Fixture::new().await;
+    let mut server = serve_temporary(&fixture, "temporary_period_s = 28800\n").await;
+    let cache = fixture.path().join("cache");
+    let program = |server: &Server, device: Option<&str>| {
+        let mut config = tessera_client::ClientConfig::new([server.address.as_str()]);
+        config.tls = tessera_client::ClientTls::PoolCa(server.credentials.ca_pem());
+        config.trust = server.vendor_trust();
+        config.clock_file = None;
+        config.temporary_dir = Some(cache.join("tessera").join("temporary"));
+        if let Some(device) = device {
+            config.device = device.to_string();
+        }
+        tessera_client::Client::new(config).unwrap()
+    };
+    // Closing the program returns a license whose terms say so.
+    let closed = program(&server, Some("dev-closed"))
+        .activate("cad", "1.0", None)
+        .await
+        .unwrap();
+    assert!(closed.token().return_on_close);
+    drop(closed);
+    server
+        .poll(
+            "the closed program's seat",
+            std::time::Duration::from_secs(10),
+            |s| feature_of(s, "cad").free_pool == 1,
+        )
+        .await;
+    let license = program(&server, None)
+        .activate("cad", "1.0", None)
+        .await
+        .unwrap();
+    assert!(license.is_valid());
+    let license_id = license.token().license_id;
+    // The program is killed: nothing returns the license.
+    std::mem::forget(license);
+    assert_eq!(allocation_of_a(&server.status().await), 3);
+
+    server.terminate().await;
+    let offline = program(&server, None)
+        .cached_temporary("cad", "1.0")
+        .expect("the cached license counts with no server up");
+    assert!(offline.is_valid());
+    assert_eq!(offline.token().license_id, license_id);
+    std::mem::forget(offline);
+    match program(&server, Some("dev-another-machine")).cached_temporary("cad", "1.0") {
+        Err(error) => assert!(
+            error.to_string().contains("copied from another device"),
+            "{error}"
+        ),
+        Ok(_) => panic!("a token counted on another device"),
+    }
+
+    server.start(StartMode::Plain).await;
+    server.wait_state("serving").await;
+    let cache_env = cache.display().to_string();
+    crate::fixture::tessera_env(
+        &[("XDG_CACHE_HOME", cache_env.as_str())],
+        server.cli(&["return", "cad"]),
+    )
+    .await
+    .success()
+    .mentions(&["returned the temporary license of `cad`"]);
+    server
+        .poll(
+            "the returned seat",
+            std::time::Duration::from_secs(10),
+            |s| feature_of(s, "cad").free_pool == 2,
+        )
+        .await;
+}
