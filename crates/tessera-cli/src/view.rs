@@ -144,6 +144,26 @@ pub fn render(status: &StatusResponse) -> String {
                 verdict
             );
         }
+        if feature.temporary_seats > 0 {
+            let _ = writeln!(
+                out,
+                "  temporary licenses: {} seats out on devices",
+                feature.temporary_seats
+            );
+            for license in &feature.temporaries {
+                let _ = writeln!(
+                    out,
+                    "    {} ticket {} device {}: {} seat, until {} ({} Unix ms)",
+                    license.license_id,
+                    license.ticket.as_deref().unwrap_or("-"),
+                    license.device.as_deref().unwrap_or("-"),
+                    license.seats,
+                    time::OffsetDateTime::from_unix_timestamp(license.expires_unix_ms / 1_000)
+                        .map_or_else(|_| "?".to_string(), |t| t.to_string()),
+                    license.expires_unix_ms
+                );
+            }
+        }
     }
     if status.grants.is_empty() && status.grants_total > 0 {
         let _ = writeln!(
@@ -343,6 +363,8 @@ mod tests {
                     served: true,
                     reason: None,
                 }],
+                temporary_seats: 0,
+                temporaries: Vec::new(),
             }],
             grants: vec![GrantStatus {
                 grant_id: "g1".into(),

@@ -601,6 +601,16 @@ impl std::fmt::Display for ErrorCode {
     }
 }
 
+/// A temporary license as the status shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TemporaryStatus {
+    pub license_id: String,
+    pub ticket: Option<String>,
+    pub device: Option<String>,
+    pub seats: u32,
+    pub expires_unix_ms: i64,
+}
+
 /// `GET /v1/status`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct StatusResponse {
@@ -689,6 +699,13 @@ pub struct FeatureStatus {
     pub servers: Vec<DistributionRow>,
     /// Every code naming this feature, served or not, and why not.
     pub codes: Vec<CodeStatus>,
+    /// Seats out as temporary licenses (seed 004), in no server's allocation.
+    #[serde(default)]
+    pub temporary_seats: u32,
+    /// The temporary licenses out; ticket and device only for a caller
+    /// with a credential, as grants.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub temporaries: Vec<TemporaryStatus>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -31,7 +31,7 @@ impl App {
         let features = issuer
             .licenses()
             .features()
-            .map(|feature| self.feature_status(&issuer, feature))
+            .map(|feature| self.feature_status(&issuer, feature, grants == Grants::Listed))
             .collect();
         let grants = match grants {
             Grants::Listed => oldest_grants(&issuer, now_ms),
@@ -90,6 +90,11 @@ impl App {
             let labels = format!("feature=\"{}\"", f.feature);
             out.sample("tessera_hard_limit", &labels, f.hard_limit);
         }
+        out.family("tessera_temporary_seats", "gauge");
+        for f in &status.features {
+            let labels = format!("feature=\"{}\"", f.feature);
+            out.sample("tessera_temporary_seats", &labels, f.temporary_seats);
+        }
         out.family("tessera_seats_allocated", "gauge");
         out.family("tessera_seats_in_use", "gauge");
         for (f, row) in rows(&status.features).filter(|(_, r)| r.in_use.is_some()) {
@@ -129,6 +134,7 @@ impl App {
         &self,
         issuer: &Issuer,
         feature: &tessera_core::FeatureLicense,
+        listed: bool,
     ) -> proto::FeatureStatus {
         let terms = issuer.terms(&feature.feature);
         let table = issuer.table(&feature.feature);
@@ -166,16 +172,33 @@ impl App {
                     .collect()
             })
             .unwrap_or_default();
+        // The table's free pool is what no server is allocated, temporary
+        // licenses included; the control state's says what is free.
         let free_pool = table.map_or(0, |t| t.free_pool());
+        let free_pool = allocation.map_or(free_pool, |a| {
+            free_pool.min(a.free_pool + a.parked.values().sum::<u32>())
+        });
         let pool_available = free_pool + rows.iter().map(|r| r.available.unwrap_or(0)).sum::<u32>();
+        let temporaries = allocation.map_or(Vec::new(), |a| {
+            a.temporaries
+                .iter()
+                .map(|(license_id, t)| proto::TemporaryStatus {
+                    license_id: license_id.clone(),
+                    ticket: listed.then(|| t.ticket.clone()),
+                    device: listed.then(|| t.device.clone()),
+                    seats: t.seats,
+                    expires_unix_ms: t.expires_unix_ms,
+                })
+                .collect()
+        });
         proto::FeatureStatus {
             feature: feature.feature.clone(),
             vendor: feature.vendor.clone(),
             hard_limit: feature.hard_limit,
-            free_pool: allocation.map_or(free_pool, |a| {
-                free_pool.min(a.free_pool + a.parked.values().sum::<u32>())
-            }),
+            free_pool,
             pool_available,
+            temporary_seats: allocation.map_or(0, |a| a.temporary_seats() as u32),
+            temporaries,
             lease_ms: terms.map_or(0, |t| t.lease_ms),
             heartbeat_interval_ms: terms.map_or(0, |t| t.heartbeat_interval_ms),
             borrow_threshold_percent: self.borrow_policy_in(issuer, &feature.feature).0,

@@ -84,8 +84,35 @@ async fn temporary_licenses_count_against_the_hard_limit_three_devices_a_ticket(
         .post("/v1/temporary/activate", &activate_body("alice", "pc4"))
         .await
         .refused(409, "too_many_devices");
-    // Three seats are out on devices: two are left for checkouts.
-    assert_eq!(allocation_of_a(&server.status().await), 2);
+    // Three seats are out on devices: two are left for checkouts. The
+    // status lists them, the metrics count them.
+    let status = server.status().await;
+    assert_eq!(allocation_of_a(&status), 2);
+    let cad = feature_of(&status, "cad");
+    assert_eq!((cad.temporary_seats, cad.temporaries.len()), (3, 3));
+    assert_eq!(cad.temporaries[0].ticket.as_deref(), Some("alice"));
+    let text = crate::fixture::tessera(server.cli(&["status"]))
+        .await
+        .success()
+        .stdout;
+    assert!(
+        text.contains("temporary licenses: 3 seats out on devices"),
+        "{text}"
+    );
+    assert!(text.contains("ticket alice device pc"), "{text}");
+    let metrics = server
+        .http
+        .get(&server.address, "/metrics")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("tessera_temporary_seats{feature=\"cad\"} 3"),
+        "{metrics}"
+    );
     for n in 0..2 {
         server
             .post("/v1/checkout", &checkout_body(&format!("c{n}"), "cad", 1))
