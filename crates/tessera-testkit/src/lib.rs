@@ -62,7 +62,9 @@ pub struct CodeSpec<'a> {
     pub out: &'a str,
 }
 
-/// Signs `code` with the vendor key in `dir`, as a vendor would.
+/// Signs `code` with the vendor key in `dir`, as a vendor would; the code
+/// allows temporary licenses with the seed's terms, so pool tests may
+/// take them.
 fn sign_code(tessera: &Path, dir: &Path, code: &CodeSpec) {
     run(
         tessera,
@@ -81,6 +83,7 @@ fn sign_code(tessera: &Path, dir: &Path, code: &CodeSpec) {
             &code.lease_s.to_string(),
             "--heartbeat-interval-s",
             &code.heartbeat_s.to_string(),
+            "--temporary",
             "--out",
             code.out,
         ],

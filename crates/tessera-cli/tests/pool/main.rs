@@ -12,6 +12,7 @@ use tessera_testkit::{
 mod proofs;
 mod recovery;
 mod reliability;
+mod temporary;
 
 const TESSERA: &str = env!("CARGO_BIN_EXE_tessera");
 
