@@ -287,3 +287,48 @@ mod tests {
         assert_eq!(TemporaryText::default().policy(), None);
     }
 }
+
+#[cfg(test)]
+mod token_tests {
+    use super::*;
+    use crate::answer::ServerSecretKey;
+
+    /// The vector PROTOCOL.md quotes: the answer key of seed 5, these fields.
+    #[test]
+    fn token_vector() {
+        let key = ServerSecretKey::from_seed([5; 32]);
+        let fields = TokenFields {
+            license_id: "t0c5a7d2e9f1b4c3a".into(),
+            pool_id: "acme-eng".into(),
+            server_id: "A".into(),
+            hostid: "mid-0011223344556677".into(),
+            feature: "cad".into(),
+            ticket: "alice".into(),
+            device: "dev-1f2e3d4c5b6a7988".into(),
+            seats: 1,
+            issued_unix_ms: 1_796_083_200_000,
+            expires_unix_ms: 1_796_112_000_000,
+            extend_after_unix_ms: 1_796_097_600_000,
+            return_on_close: true,
+            codes_sha256: "0".repeat(64),
+        };
+        let canonical = fields.canonical_form(&key.public().key_id());
+        assert!(canonical.starts_with("tessera-temporary-v1\nkey_id="));
+        assert!(canonical.ends_with(&format!(
+            "return_on_close=true\ncodes_sha256={}\n",
+            "0".repeat(64)
+        )));
+        let signature = key.sign_text(&canonical);
+        assert_eq!(
+            signature,
+            "RR6dIQpzN22jbtEEHaF+zupo8Vs62WxY1CCAXgcIF/b4y52dboOzRzb0AHB48+vKcQJH/qNqf9yjG0K2u8e1Ag=="
+        );
+        key.public().verify_text(&canonical, &signature).unwrap();
+        let mut moved = fields.clone();
+        moved.device = "dev-another-machine".into();
+        assert!(key
+            .public()
+            .verify_text(&moved.canonical_form(&key.public().key_id()), &signature)
+            .is_err());
+    }
+}
