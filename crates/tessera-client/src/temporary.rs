@@ -278,11 +278,11 @@ async fn give_back(client: &Client, token: &TemporaryToken) -> Result<u32, Clien
             http::post_json(client, address, "/temporary/return", &request).await;
         match answer {
             Ok(returned) => {
-                forget(client.config(), &token.feature);
+                forget(client.config(), token);
                 return Ok(returned.released_seats);
             }
             Err(failure) if failure.disposition() == Disposition::Definitive => {
-                forget(client.config(), &token.feature);
+                forget(client.config(), token);
                 return Err(refusal(&token.feature, failure));
             }
             Err(failure) => failures.push(failure),
@@ -378,21 +378,21 @@ fn check_token(
     .map_err(|err| err.to_string())
 }
 
+/// This device's license of `feature`: `<feature>.<device>.json`.
 fn cache_file(config: &ClientConfig, feature: &str) -> Option<PathBuf> {
-    let name: String = feature
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    config
-        .temporary_dir
-        .as_ref()
-        .map(|dir| dir.join(format!("{name}.json")))
+    let safe = |text: &str| -> String {
+        text.chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect()
+    };
+    let name = format!("{}.{}.json", safe(feature), safe(&config.device));
+    config.temporary_dir.as_ref().map(|dir| dir.join(name))
 }
 
 fn save(config: &ClientConfig, token: &TemporaryToken) {
@@ -414,8 +414,15 @@ fn save(config: &ClientConfig, token: &TemporaryToken) {
     }
 }
 
-fn forget(config: &ClientConfig, feature: &str) {
-    if let Some(path) = cache_file(config, feature) {
+/// Removes the cached token if it is still this license's.
+fn forget(config: &ClientConfig, token: &TemporaryToken) {
+    let Some(path) = cache_file(config, &token.feature) else {
+        return;
+    };
+    let cached = std::fs::read(&path)
+        .ok()
+        .and_then(|bytes| serde_json::from_slice::<TemporaryToken>(&bytes).ok());
+    if cached.is_some_and(|cached| cached.license_id == token.license_id) {
         let _ = std::fs::remove_file(path);
     }
 }

@@ -271,10 +271,26 @@ async fn a_program_runs_offline_on_its_temporary_license_and_returns_it_later() 
         .await
         .unwrap();
     assert!(license.is_valid());
-    let license_id = license.token().license_id;
+    let (license_id, device) = (license.token().license_id, license.token().device);
+    // A second device of the same user takes the ticket: the first is
+    // withdrawn at its next extension, with its own error and state.
+    let newer = program(&server, Some("dev-newer"))
+        .activate("cad", "1.0", None)
+        .await
+        .unwrap();
+    match license.extend().await {
+        Err(error) => assert_eq!(
+            error.code(),
+            Some(tessera_proto::ErrorCode::LicenseWithdrawn),
+            "{error}"
+        ),
+        Ok(()) => panic!("an older device extended its license"),
+    }
+    newer.extend().await.expect("the newest device extends");
+    newer.return_license().await.unwrap();
     // The program is killed: nothing returns the license.
     std::mem::forget(license);
-    assert_eq!(allocation_of_a(&server.status().await), 3);
+    assert_eq!(allocation_of_a(&server.status().await), 2);
 
     server.terminate().await;
     let offline = program(&server, None)
@@ -283,6 +299,13 @@ async fn a_program_runs_offline_on_its_temporary_license_and_returns_it_later() 
     assert!(offline.is_valid());
     assert_eq!(offline.token().license_id, license_id);
     std::mem::forget(offline);
+    // Copied to another machine (and renamed for its device), it does not count.
+    let dir = cache.join("tessera").join("temporary");
+    std::fs::copy(
+        dir.join(format!("cad.{device}.json")),
+        dir.join("cad.dev-another-machine.json"),
+    )
+    .unwrap();
     match program(&server, Some("dev-another-machine")).cached_temporary("cad", "1.0") {
         Err(error) => assert!(
             error.to_string().contains("copied from another device"),
@@ -305,7 +328,7 @@ async fn a_program_runs_offline_on_its_temporary_license_and_returns_it_later() 
         .poll(
             "the returned seat",
             std::time::Duration::from_secs(10),
-            |s| feature_of(s, "cad").free_pool == 2,
+            |s| feature_of(s, "cad").free_pool == 3,
         )
         .await;
 }
