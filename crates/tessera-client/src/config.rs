@@ -58,7 +58,51 @@ pub struct ClientConfig {
     /// Where temporary licenses are kept between runs
     /// (`$XDG_CACHE_HOME/tessera/temporary`, or `~/.cache/tessera/temporary`).
     pub temporary_dir: Option<std::path::PathBuf>,
+    /// The wall clock the SDK judges dates by: the machine's, or a
+    /// simulator's.
+    pub wall_clock: WallClock,
 }
+
+/// Where the SDK reads the time of day (Unix ms): the system clock by
+/// default; a simulator gives its own.
+#[derive(Clone, Default)]
+pub struct WallClock(Option<std::sync::Arc<dyn Fn() -> i64 + Send + Sync>>);
+
+impl WallClock {
+    pub fn new(now_unix_ms: impl Fn() -> i64 + Send + Sync + 'static) -> WallClock {
+        WallClock(Some(std::sync::Arc::new(now_unix_ms)))
+    }
+
+    pub fn now_unix_ms(&self) -> i64 {
+        match &self.0 {
+            Some(now) => now(),
+            None => std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |elapsed| elapsed.as_millis() as i64),
+        }
+    }
+}
+
+impl std::fmt::Debug for WallClock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self.0 {
+            Some(_) => "WallClock(given)",
+            None => "WallClock(system)",
+        })
+    }
+}
+
+impl PartialEq for WallClock {
+    fn eq(&self, other: &WallClock) -> bool {
+        match (&self.0, &other.0) {
+            (None, None) => true,
+            (Some(a), Some(b)) => std::sync::Arc::ptr_eq(a, b),
+            _ => false,
+        }
+    }
+}
+
+impl Eq for WallClock {}
 
 /// The environment variable naming the pool CA file (`ca.pem` of `tessera
 /// pool init`) when [`ClientConfig::tls`] is [`ClientTls::FromEnvironment`].
@@ -128,6 +172,7 @@ impl ClientConfig {
             clock_file: crate::trust::default_clock_file(),
             server_key: None,
             device,
+            wall_clock: WallClock::default(),
             temporary_dir: crate::trust::default_clock_file()
                 .and_then(|clock| clock.parent().map(|dir| dir.join("temporary"))),
         }

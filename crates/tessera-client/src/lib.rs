@@ -61,7 +61,7 @@ mod trust;
 pub use admin::{Admin, AdminChange};
 pub use client::Client;
 pub use config::{
-    BearerToken, ClientConfig, ClientTls, CA_FILE_ENV, CONNECT_TIMEOUT_DEFAULT,
+    BearerToken, ClientConfig, ClientTls, WallClock, CA_FILE_ENV, CONNECT_TIMEOUT_DEFAULT,
     REQUEST_TIMEOUT_DEFAULT, SERVERS_MAX,
 };
 pub use error::ClientError;

@@ -17,7 +17,6 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use tessera_core::answer::{
     check_backing, codes_sha256, AnswerFields, Backing, Chain, ServerPublicKey, CLOCK_TOLERANCE_MS,
@@ -68,7 +67,7 @@ impl Checker {
             Trust::AnyServer => None,
         };
         Checker {
-            clock: ClockMark::load(config.clock_file.as_deref()),
+            clock: ClockMark::load(config.clock_file.as_deref(), config.wall_clock.clone()),
             vendor_keys,
         }
     }
@@ -85,7 +84,7 @@ impl Checker {
     pub(crate) fn check_clock(&self) -> Result<i64, ClientError> {
         match self.vendor_keys {
             Some(_) => self.clock.now(),
-            None => Ok(unix_now_ms()),
+            None => Ok(self.clock.wall.now_unix_ms()),
         }
     }
 
@@ -248,10 +247,9 @@ fn check_denial(
         .map_err(|_| "a signature that does not check".to_string())
 }
 
+#[cfg(test)]
 fn unix_now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |elapsed| elapsed.as_millis() as i64)
+    crate::config::WallClock::default().now_unix_ms()
 }
 
 /// The latest time this program trusted, kept in a file.
@@ -259,6 +257,7 @@ fn unix_now_ms() -> i64 {
 struct ClockMark {
     path: Option<PathBuf>,
     state: Mutex<MarkState>,
+    wall: crate::config::WallClock,
 }
 
 #[derive(Debug)]
@@ -268,7 +267,7 @@ struct MarkState {
 }
 
 impl ClockMark {
-    fn load(path: Option<&Path>) -> ClockMark {
+    fn load(path: Option<&Path>, wall: crate::config::WallClock) -> ClockMark {
         let mark_ms = path
             .and_then(|path| std::fs::read_to_string(path).ok())
             .and_then(|text| text.trim().parse::<i64>().ok())
@@ -279,11 +278,12 @@ impl ClockMark {
                 mark_ms,
                 written_ms: mark_ms,
             }),
+            wall,
         }
     }
 
     fn now(&self) -> Result<i64, ClientError> {
-        let now = unix_now_ms();
+        let now = self.wall.now_unix_ms();
         let mark_ms = self.lock().mark_ms;
         if now.saturating_add(CLOCK_TOLERANCE_MS) < mark_ms {
             let behind_s = (mark_ms - now) / 1_000;

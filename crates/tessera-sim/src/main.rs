@@ -147,8 +147,9 @@ fn mutations(name: Option<&str>) -> Result<Mutations> {
 fn print_one(report: &Report) {
     println!(
         "seed {}: {} servers, hard limit {}, {} programs, {:.1} s simulated; {} faults; \
-         {} grants, {} renewals, {} fail-overs, {} hand-overs, {} refusals, {} admin changes, \
-         {} restores checked, {} states applied; peak {} of {} seats; digest {}",
+         {} grants ({} temporary licenses), {} renewals, {} fail-overs, {} hand-overs, \
+         {} refusals, {} admin changes, {} restores checked, {} states applied; peak {} of {} \
+         seats; digest {}",
         report.seed,
         report.servers,
         report.hard_limit,
@@ -156,6 +157,7 @@ fn print_one(report: &Report) {
         report.simulated.as_secs_f64(),
         report.schedule.len(),
         report.counts.grants,
+        report.counts.temporaries,
         report.counts.renewals,
         report.counts.fail_overs,
         report.counts.hand_overs,
@@ -179,6 +181,7 @@ struct Totals {
     runs: u64,
     faults: u64,
     grants: u64,
+    temporaries: u64,
     fail_overs: u64,
     hand_overs: u64,
     failed: Vec<u64>,
@@ -210,6 +213,7 @@ fn soak(args: &Args, options: &Options, seeds: u64) -> Result<i32> {
                 totals.runs += 1;
                 totals.faults += report.schedule.len() as u64;
                 totals.grants += report.counts.grants;
+                totals.temporaries += report.counts.temporaries;
                 totals.fail_overs += report.counts.fail_overs;
                 totals.hand_overs += report.counts.hand_overs;
                 if !report.passed() {
@@ -230,14 +234,15 @@ fn soak(args: &Args, options: &Options, seeds: u64) -> Result<i32> {
     let totals = totals.lock().unwrap_or_else(|p| p.into_inner());
     eprintln!();
     println!(
-        "{} seeds ({}..{}) in {:.0} s: {} faults injected, {} grants issued, {} fail-overs, \
-         {} hand-overs, {} violations in {} seeds{}",
+        "{} seeds ({}..{}) in {:.0} s: {} faults injected, {} grants issued ({} temporary \
+         licenses), {} fail-overs, {} hand-overs, {} violations in {} seeds{}",
         totals.runs,
         args.from,
         args.from + totals.runs,
         started.elapsed().as_secs_f64(),
         totals.faults,
         totals.grants,
+        totals.temporaries,
         totals.fail_overs,
         totals.hand_overs,
         totals.violations,

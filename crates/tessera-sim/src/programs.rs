@@ -177,6 +177,8 @@ pub async fn client_machine(
         // Programs check every answer against the vendor's key, as shipped programs do.
         config.trust = Trust::Vendor(vec![ctx.scenario.vendor()]);
         config.clock_file = None;
+        config.temporary_dir = None;
+        config.wall_clock = sim_wall_clock();
         let client =
             Client::with_transport(config, ctx.transport(&host, 1 + index as u64 * 100 + boot))
                 .expect("a valid client configuration");
@@ -193,11 +195,55 @@ enum Ending {
 }
 
 /// Checks a seat out, holds it a while, gives it back; again, until told to stop.
+/// The programs' wall clock: the simulation's true time from its epoch
+/// (servers' clocks drift from it by parts per million).
+fn sim_wall_clock() -> tessera_client::WallClock {
+    tessera_client::WallClock::new(|| EPOCH_UNIX_MS + true_now().as_millis() as i64)
+}
+
+/// A temporary license (seed 004) instead of a seat: believed from its
+/// answer until it is returned (or dropped, which returns it), never past
+/// its expiry.
+async fn temporary(ctx: &Ctx, name: &str, client: &Client, rng: &mut StdRng) {
+    let license = match client.activate(FEATURE, VERSION, None).await {
+        Ok(license) => license,
+        Err(err) => {
+            ctx.trace.lock().refused(name, &err.to_string());
+            sleep(Duration::from_millis(rng.gen_range(100..700))).await;
+            return;
+        }
+    };
+    let token = license.token();
+    let until = Duration::from_millis((token.expires_unix_ms - EPOCH_UNIX_MS).max(0) as u64);
+    ctx.trace.lock().temporary(
+        name,
+        &token.license_id,
+        token.seats,
+        &token.server_id,
+        until,
+    );
+    let hold_until = Instant::now() + Duration::from_millis(rng.gen_range(200..4_000));
+    while Instant::now() < hold_until && ctx.phase() == Phase::Work {
+        sleep(Duration::from_millis(100)).await;
+    }
+    if rng.gen_bool(0.75) {
+        ctx.trace.lock().ended(&token.license_id, until, "returned");
+        let _ = license.return_license().await;
+    } else {
+        ctx.trace.lock().ended(&token.license_id, until, "dropped");
+        drop(license);
+    }
+}
+
 async fn program(ctx: Arc<Ctx>, name: String, client: Client, mut rng: StdRng) {
     const CHECKOUTS_MAX: usize = 10_000;
     for _ in 0..CHECKOUTS_MAX {
         if ctx.phase() != Phase::Work {
             return;
+        }
+        if rng.gen_bool(0.08) {
+            temporary(&ctx, &name, &client, &mut rng).await;
+            continue;
         }
         let count = if rng.gen_bool(0.15) { 2 } else { 1 };
         let seat = match client.checkout(FEATURE, VERSION, count).await {
@@ -439,12 +485,28 @@ async fn probe(ctx: &Ctx, boot: u64) {
         config.host = "admin".into();
         config.trust = Trust::Vendor(vec![ctx.scenario.vendor()]);
         config.clock_file = None;
+        config.wall_clock = sim_wall_clock();
         Client::with_transport(
             config,
             ctx.transport("admin", 10_000 + u64::from(index) + boot),
         )
         .expect("a valid client configuration")
     };
+    // Seats out as temporary licenses (seed 004) are the pool's until
+    // returned or expired; they are not free, and the probe must not get them.
+    let temporary_out = || async {
+        match client_for(0).status().await {
+            Ok(status) => status
+                .features
+                .iter()
+                .find(|f| f.feature == FEATURE)
+                .map_or(0, |f| f.temporary_seats),
+            Err(_) => 0,
+        }
+    };
+    let out = temporary_out().await;
+    let full_limit = limit;
+    let limit = limit.saturating_sub(out);
     let mut index = 0;
     while index < limit && Instant::now() < deadline {
         let client = client_for(index);
@@ -472,10 +534,16 @@ async fn probe(ctx: &Ctx, boot: u64) {
         ctx.trace.lock().violate(
             "liveness",
             format!(
-                "after the faults healed, only {index} of {limit} free seats were checked out \
-                 within {} s; the last refusal: {last_error}",
+                "after the faults healed, only {index} of {limit} free seats ({out} of \
+                 {full_limit} out as temporary licenses) were checked out within {} s; the last \
+                 refusal: {last_error}",
                 PROBE_BOUND.as_secs()
             ),
+        );
+    } else if temporary_out().await != out {
+        ctx.trace.lock().note(
+            "probe",
+            &format!("all {limit} free seats checked out; temporary licenses came back meanwhile"),
         );
     } else {
         let extra = client_for(limit).checkout(FEATURE, VERSION, 1).await;

@@ -202,7 +202,12 @@ pub fn sign_for(
             heartbeat_interval_s: HEARTBEAT_S,
             lease_s,
         },
-        temporary: None,
+        // Temporary licenses of the shortest period: programs take some.
+        temporary: Some(tessera_core::temporary::TemporaryPolicy {
+            period_s: tessera_core::temporary::PERIOD_S_MIN,
+            extend_after_s: tessera_core::temporary::PERIOD_S_MIN / 2,
+            ..tessera_core::temporary::TemporaryPolicy::DEFAULT
+        }),
     })
     .expect("a valid code")
 }

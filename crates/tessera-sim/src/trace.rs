@@ -60,6 +60,8 @@ impl Belief {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Counts {
     pub grants: u64,
+    /// Temporary licenses taken (seed 004).
+    pub temporaries: u64,
     pub refusals: u64,
     pub renewals: u64,
     pub fail_overs: u64,
@@ -190,6 +192,35 @@ impl Trace {
         );
         self.holder.insert(grant.to_string(), server.to_string());
         self.ack(grant, server, until);
+    }
+
+    /// A program took a temporary license (seed 004): believed like a seat
+    /// until its expiry or return, but kept by the pool's log, not by a
+    /// server's store, so no restore is expected of it.
+    pub fn temporary(
+        &mut self,
+        program: &str,
+        license: &str,
+        seats: u32,
+        server: &str,
+        until: Duration,
+    ) {
+        self.counts.grants += 1;
+        self.counts.temporaries += 1;
+        self.note(
+            program,
+            &format!("temporary {license} x{seats} by {server}"),
+        );
+        self.beliefs.insert(
+            license.to_string(),
+            Belief {
+                program: program.to_string(),
+                count: seats,
+                start: true_now(),
+                until,
+                end: None,
+            },
+        );
     }
 
     pub fn refused(&mut self, program: &str, why: &str) {
@@ -364,14 +395,20 @@ impl Trace {
                 .unwrap_or(0);
             let allocated: u64 = allocation.servers.values().map(|&n| u64::from(n)).sum();
             let parked: u64 = allocation.parked.values().map(|&n| u64::from(n)).sum();
-            let total = allocated + parked + u64::from(allocation.free_pool);
+            // Temporary licenses (seed 004) are seats of no server.
+            let temporary: u64 = allocation
+                .temporaries
+                .values()
+                .map(|t| u64::from(t.seats))
+                .sum();
+            let total = allocated + parked + u64::from(allocation.free_pool) + temporary;
             if total != code_seats {
                 self.violate(
                     "committed-state",
                     format!(
                         "server {server} at log index {index}: feature {feature} has \
-                         allocations {allocated} + parked {parked} + free pool {} = {total}, \
-                         but its codes carry {code_seats} seats",
+                         allocations {allocated} + parked {parked} + temporary {temporary} + \
+                         free pool {} = {total}, but its codes carry {code_seats} seats",
                         allocation.free_pool
                     ),
                 );
