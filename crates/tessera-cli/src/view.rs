@@ -364,6 +364,7 @@ mod tests {
                     reason: None,
                 }],
                 temporary_seats: 0,
+                temporary_allocation: 0,
                 temporaries: Vec::new(),
             }],
             grants: vec![GrantStatus {

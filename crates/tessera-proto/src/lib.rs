@@ -702,6 +702,10 @@ pub struct FeatureStatus {
     /// Seats out as temporary licenses (seed 004), in no server's allocation.
     #[serde(default)]
     pub temporary_seats: u32,
+    /// The allocation those licenses took: `temporary_seats`, or more where
+    /// they came from servers that serve part of the feature's codes.
+    #[serde(default)]
+    pub temporary_allocation: u32,
     /// The temporary licenses out; ticket and device only for a caller
     /// with a credential, as grants.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

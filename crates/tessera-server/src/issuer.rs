@@ -972,17 +972,33 @@ impl Issuer {
 
     /// Holds back `seats` of `feature` for temporary license `license_id`,
     /// which this server is about to ask the pool to activate out of its
-    /// allocation: only while it issues, and only seats a checkout could take.
+    /// allocation: only while it issues, and only seats a checkout could
+    /// take. Returns the allocation the license must take with it: what
+    /// those seats require here ([`Issuer::held_allocation`]), so that what
+    /// stays still covers every seat in use.
     pub fn reserve_temporary(
         &mut self,
         license_id: &str,
         feature: &str,
         seats: u32,
         now_ms: u64,
-    ) -> Result<(), Refusal> {
+    ) -> Result<u32, Refusal> {
         self.check_issuing(Origin::Checkout, now_ms)?;
         let available = self.available(feature);
-        if available < seats {
+        let in_use = self.usage(feature).map_or(0, |(_, in_use)| in_use);
+        let before = self.held_allocation(feature, in_use);
+        let after = self.held_allocation(feature, in_use.saturating_add(seats));
+        let (allocation, reserved) = self
+            .control
+            .as_ref()
+            .and_then(|c| c.allocation(feature))
+            .map_or((0, 0), |a| {
+                (
+                    a.allocation_of(&self.server_id),
+                    a.reserved(&self.server_id),
+                )
+            });
+        if available < seats || after.saturating_add(reserved) > allocation {
             return Err(Refusal::new(
                 ErrorCode::NoSeatsAvailable,
                 format!(
@@ -1000,7 +1016,7 @@ impl Issuer {
                 serial: None,
             },
         );
-        Ok(())
+        Ok(after - before)
     }
 
     /// The pool activated `license_id` as its feature's `serial`th: its

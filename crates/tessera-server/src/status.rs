@@ -198,6 +198,7 @@ impl App {
             free_pool,
             pool_available,
             temporary_seats: allocation.map_or(0, |a| a.temporary_seats() as u32),
+            temporary_allocation: allocation.map_or(0, |a| a.temporary_allocation() as u32),
             temporaries,
             lease_ms: terms.map_or(0, |t| t.lease_ms),
             heartbeat_interval_ms: terms.map_or(0, |t| t.heartbeat_interval_ms),

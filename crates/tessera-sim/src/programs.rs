@@ -494,19 +494,26 @@ async fn probe(ctx: &Ctx, boot: u64) {
     };
     // Seats out as temporary licenses (seed 004) are the pool's until
     // returned or expired; they are not free, and the probe must not get them.
+    // Where servers serve part of the codes, a license took more allocation
+    // than its seats, and each seat of allocation out costs at most one
+    // servable seat: the probe then asks for what is certainly left, and
+    // the over-issue checker judges the rest.
     let temporary_out = || async {
         match client_for(0).status().await {
             Ok(status) => status
                 .features
                 .iter()
                 .find(|f| f.feature == FEATURE)
-                .map_or(0, |f| f.temporary_seats),
-            Err(_) => 0,
+                .map_or((0, 0), |f| (f.temporary_seats, f.temporary_allocation)),
+            Err(_) => (0, 0),
         }
     };
     let out = temporary_out().await;
+    let (out_seats, out_allocation) = out;
+    let exact = out_allocation <= out_seats;
     let full_limit = limit;
-    let limit = limit.saturating_sub(out);
+    let limit = limit.saturating_sub(out_allocation.max(out_seats));
+    let out = out_seats;
     let mut index = 0;
     while index < limit && Instant::now() < deadline {
         let client = client_for(index);
@@ -540,7 +547,7 @@ async fn probe(ctx: &Ctx, boot: u64) {
                 PROBE_BOUND.as_secs()
             ),
         );
-    } else if temporary_out().await != out {
+    } else if temporary_out().await.0 != out || !exact {
         ctx.trace.lock().note(
             "probe",
             &format!("all {limit} free seats checked out; temporary licenses came back meanwhile"),

@@ -396,11 +396,7 @@ impl Trace {
             let allocated: u64 = allocation.servers.values().map(|&n| u64::from(n)).sum();
             let parked: u64 = allocation.parked.values().map(|&n| u64::from(n)).sum();
             // Temporary licenses (seed 004) are seats of no server.
-            let temporary: u64 = allocation
-                .temporaries
-                .values()
-                .map(|t| u64::from(t.seats))
-                .sum();
+            let temporary: u64 = allocation.temporary_allocation();
             let total = allocated + parked + u64::from(allocation.free_pool) + temporary;
             if total != code_seats {
                 self.violate(

@@ -37,12 +37,25 @@ pub struct TemporaryLicense {
     pub ticket: String,
     pub device: String,
     pub seats: u32,
+    /// The allocation it took out of its server: `seats` where that server
+    /// serves every code of the feature, more where it serves part of them
+    /// ([`FeatureAllocation::nominal_in_use`]); what `Return` and `Expire`
+    /// give back. 0 in states from before: `seats`.
+    #[serde(default)]
+    pub allocation: u32,
     /// When it lapses, by the wall clock of the server that activated or
     /// last extended it.
     pub expires_unix_ms: i64,
     /// Activation order within the feature: a ticket's newest device is
     /// the one with the highest; only it may extend.
     pub serial: u64,
+}
+
+impl TemporaryLicense {
+    /// The allocation it holds ([`TemporaryLicense::allocation`]).
+    pub fn allocation(&self) -> u32 {
+        self.allocation.max(self.seats)
+    }
 }
 
 /// Allocations of one feature across the pool.
@@ -115,7 +128,7 @@ impl FeatureAllocation {
         let total: u64 = self.servers.values().map(|&n| u64::from(n)).sum::<u64>()
             + self.parked.values().map(|&n| u64::from(n)).sum::<u64>()
             + u64::from(self.free_pool)
-            + self.temporary_seats();
+            + self.temporary_allocation();
         if total != u64::from(self.nominal_seats) {
             return Err(format!(
                 "feature `{feature}`: allocations, parked seats, free pool and temporary \
@@ -154,6 +167,15 @@ impl FeatureAllocation {
     /// Seats out as temporary licenses.
     pub fn temporary_seats(&self) -> u64 {
         self.temporaries.values().map(|t| u64::from(t.seats)).sum()
+    }
+
+    /// Allocation out as temporary licenses: what they took from servers.
+    pub fn temporary_allocation(&self) -> u64 {
+        self.temporaries
+            .values()
+            .map(TemporaryLicense::allocation)
+            .map(u64::from)
+            .sum()
     }
 
     /// The temporary licenses of `ticket`, by license id.
@@ -364,22 +386,28 @@ impl FeatureAllocation {
             });
         }
         let allocation = self.allocation_of(from);
-        if !self.servers.contains_key(from) || license.seats == 0 || allocation < license.seats {
+        let taken = license.allocation();
+        if !self.servers.contains_key(from)
+            || license.seats == 0
+            || taken < license.seats
+            || allocation < taken
+        {
             return Err(ControlRefusal::TooFewSeats {
                 server: from.to_string(),
                 feature: feature.to_string(),
                 allocation,
-                seats: license.seats,
+                seats: taken,
             });
         }
+        license.allocation = taken;
         // Out of `from`'s allocation as a lend would take it: its target,
         // if any, keeps what it still wants.
         if let Some(t) = self.targets.get_mut(from) {
             let excess = allocation.saturating_sub(*t);
-            *t = t.saturating_sub(license.seats.saturating_sub(excess));
+            *t = t.saturating_sub(taken.saturating_sub(excess));
         }
-        *self.servers.get_mut(from).expect("checked above") -= license.seats;
-        self.count_out(from, license.seats);
+        *self.servers.get_mut(from).expect("checked above") -= taken;
+        self.count_out(from, taken);
         self.temporary_serial += 1;
         license.serial = self.temporary_serial;
         self.temporaries.insert(license_id.to_string(), license);
@@ -435,7 +463,7 @@ impl FeatureAllocation {
         let mut seats = 0;
         for id in license_ids {
             if let Some(license) = self.temporaries.remove(id) {
-                seats += license.seats;
+                seats += license.allocation();
             }
         }
         self.free_pool += seats;

@@ -97,6 +97,10 @@ pub enum ControlCommand {
         from: String,
         expires_unix_ms: i64,
         devices_max: u32,
+        /// The allocation taken from `from` for those seats (at least
+        /// `seats`; more where `from` serves part of the feature's codes).
+        #[serde(default)]
+        allocation: u32,
     },
     /// Extends license `license_id` to `expires_unix_ms`: only from its own
     /// device, and only while it is its ticket's newest.

@@ -250,6 +250,7 @@ impl ControlState {
                 from,
                 expires_unix_ms,
                 devices_max,
+                allocation,
             } => {
                 let a = self.feature_mut(feature)?;
                 a.activate(
@@ -259,6 +260,7 @@ impl ControlState {
                         ticket: ticket.clone(),
                         device: device.clone(),
                         seats: *seats,
+                        allocation: *allocation,
                         expires_unix_ms: *expires_unix_ms,
                         serial: 0,
                     },

@@ -814,6 +814,7 @@ fn activate(license_id: &str, ticket: &str, device: &str, from: &str) -> Control
         from: from.into(),
         expires_unix_ms: 1_000,
         devices_max: 3,
+        allocation: 0,
     }
 }
 
@@ -868,6 +869,7 @@ fn temporary_licenses_leave_every_allocation_and_come_back_to_the_free_pool() {
             from: "B".into(),
             expires_unix_ms: 1_000,
             devices_max: 3,
+            allocation: 0,
         }),
         "fewer than the 6 asked",
     );

@@ -77,12 +77,13 @@ impl App {
             count: seats,
             renewal: 0,
         };
-        self.issue_with_borrowing(&seat_request, deadline, None, |app| {
-            let now_ms = app.clock.now_ms();
-            app.issuer()
-                .reserve_temporary(&license_id, &request.feature, seats, now_ms)
-        })
-        .await?;
+        let allocation = self
+            .issue_with_borrowing(&seat_request, deadline, None, |app| {
+                let now_ms = app.clock.now_ms();
+                app.issuer()
+                    .reserve_temporary(&license_id, &request.feature, seats, now_ms)
+            })
+            .await?;
         let mut reservation = Reservation {
             app: self,
             license_id: license_id.clone(),
@@ -101,6 +102,7 @@ impl App {
                 from: self.pool.server_id.clone(),
                 expires_unix_ms,
                 devices_max: policy.devices_max,
+                allocation,
             })
             .await?;
         let serial = committed(outcome)?;
