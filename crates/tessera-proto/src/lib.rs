@@ -1079,6 +1079,13 @@ pub struct PeerReport {
     /// instead of `in_use` for what the sender may give away.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub held: std::collections::BTreeMap<String, u32>,
+    /// The allocation the seats its clients hold require, per feature: the
+    /// seats counted in `in_use` less those only held back for a grant
+    /// about to be handed over here or a temporary license being activated.
+    /// A pool re-formed from a lost majority gives a survivor back this,
+    /// never more. Absent from older servers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clients_hold: Option<std::collections::BTreeMap<String, u32>>,
     /// Grants this server checked in, or renewed after another server had
     /// (a fail-over conversion, a fail-back): the leader passes them to
     /// every other server, which drops its stale copy. At most

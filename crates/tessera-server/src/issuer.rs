@@ -1055,6 +1055,31 @@ impl Issuer {
         self.held_aside.get(feature).copied().unwrap_or(0) + expected + temporary
     }
 
+    /// The allocation the seats this server's clients hold require, per
+    /// feature of `in_use` ([`Issuer::in_use_counts`]): less the seats only
+    /// held back for hand-overs and temporary licenses being activated.
+    pub fn clients_hold(&self, in_use: &BTreeMap<String, u32>) -> BTreeMap<String, u32> {
+        in_use
+            .iter()
+            .map(|(feature, &seats)| {
+                let expected: u32 = self
+                    .hand_overs_expected
+                    .values()
+                    .filter(|(f, _)| f == feature)
+                    .map(|(_, n)| *n)
+                    .chain(
+                        self.temporaries_reserved
+                            .values()
+                            .filter(|t| &t.feature == feature)
+                            .map(|t| t.seats),
+                    )
+                    .sum();
+                let held = seats.saturating_sub(expected);
+                (feature.clone(), self.held_allocation(feature, held))
+            })
+            .collect()
+    }
+
     /// Seats in use per feature, as reported to the leader.
     pub fn in_use_counts(&self) -> BTreeMap<String, u32> {
         let mut counts: BTreeMap<String, u32> = self
@@ -1536,6 +1561,10 @@ pub(crate) mod tests {
         issuer.expect_hand_over("g", "cad", 2);
         assert_eq!(issuer.available("cad"), 0);
         assert_eq!(issuer.in_use_counts()["cad"], 3, "reported as held");
+        // ... but not as held by this server's clients: a pool re-formed
+        // from a lost majority gives back only those (recovery.rs).
+        let counts = issuer.in_use_counts();
+        assert_eq!(issuer.clients_hold(&counts)["cad"], 1);
         let other = issuer.checkout("b".into(), request("y", 1), at(0));
         assert_eq!(code_of(other), ErrorCode::NoSeatsAvailable);
         // Another grant's conversion does not take them either.
@@ -1546,6 +1575,12 @@ pub(crate) mod tests {
             .unwrap();
         issuer.end_hand_over("g");
         assert_eq!(issuer.in_use_counts()["cad"], 3);
+        let counts = issuer.in_use_counts();
+        assert_eq!(
+            issuer.clients_hold(&counts)["cad"],
+            3,
+            "the grant holds them now"
+        );
         issuer.check_invariants(true).unwrap();
     }
 

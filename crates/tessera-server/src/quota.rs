@@ -75,7 +75,8 @@ impl App {
             let issuer = self.issuer();
             let in_use = issuer.in_use_counts();
             let held = issuer.held_allocations(&in_use);
-            (in_use, held)
+            let clients_hold = issuer.clients_hold(&in_use);
+            (in_use, (held, clients_hold))
         };
         let superseded = self.superseded_outbox().take();
         // A report to a leader that stopped answering (SIGSTOP, a cut link)

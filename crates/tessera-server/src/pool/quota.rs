@@ -38,8 +38,14 @@ impl Pool {
         let confirmed = self
             .confirm_leadership(PEER_TIMEOUT, ErrorCode::NoQuorum)
             .await?;
-        self.restore_holders(&report.server_id, &held_allocations(&report))
-            .await;
+        // Only seats its clients hold: a seat held back for a hand-over
+        // that is then given up would otherwise come free on a survivor
+        // while the lost server's client still holds it.
+        let holding = report
+            .clients_hold
+            .clone()
+            .unwrap_or_else(|| held_allocations(&report));
+        self.restore_holders(&report.server_id, &holding).await;
         let now_ms = self.clock.now_ms();
         let last_log = self.raft.metrics().borrow().last_log_index.unwrap_or(0);
         let superseded = self
@@ -99,7 +105,7 @@ impl Pool {
     pub async fn report(
         &self,
         in_use: BTreeMap<String, u32>,
-        held: BTreeMap<String, u32>,
+        (held, clients_hold): (BTreeMap<String, u32>, BTreeMap<String, u32>),
         superseded: Vec<SupersededGrant>,
         sent_ms: u64,
     ) -> Result<PeerReportAck, Refusal> {
@@ -107,6 +113,7 @@ impl Pool {
             server_id: self.server_id.clone(),
             in_use,
             held,
+            clients_hold: Some(clients_hold),
             superseded,
             boot: self.boot,
             report: self

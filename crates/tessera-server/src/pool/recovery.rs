@@ -17,7 +17,11 @@
 //! 3. A survivor's restored grants do not fit its empty allocation, so they
 //!    are held aside and counted in its reports. The leader gives it back
 //!    exactly that many parked seats ([`Pool::restore_holders`]): seats its
-//!    own clients already hold, so the seats held do not grow.
+//!    own clients already hold, so the seats held do not grow. Seats a
+//!    survivor only holds back (a lost server's grant it expects handed
+//!    over, a temporary license being activated) are not its clients' and
+//!    are not given back (`PeerReport::clients_hold`): given up, they would
+//!    be free while the lost server's client still held its seat.
 //! 4. The rest stays parked until the leader has led for the wait for a
 //!    silent server (`App::reassign_after_ms`: quota lease plus the longest
 //!    client lease, stretched by the drift bound), measured from its own
