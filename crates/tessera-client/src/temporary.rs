@@ -426,3 +426,148 @@ fn forget(config: &ClientConfig, token: &TemporaryToken) {
         let _ = std::fs::remove_file(path);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicI64, Ordering};
+
+    use tessera_core::answer::ServerSecretKey;
+    use tessera_core::{CivilDate, Expiry, HostBinding, Policy, VendorSecretKey};
+    use tessera_proto::Proof;
+
+    use super::*;
+    use crate::config::WallClock;
+
+    const ISSUED: i64 = 1_796_083_200_000;
+    const HOUR: i64 = 3_600_000;
+
+    /// A token the pool would sign: 8 h from `ISSUED`, on `device`.
+    fn token(device: &str) -> TemporaryToken {
+        let vendor = VendorSecretKey::from_seed("acme", [7; 32]).unwrap();
+        let code = vendor
+            .sign(tessera_core::license::UnsignedCode {
+                id: "cad-1".into(),
+                vendor: String::new(),
+                feature: "cad".into(),
+                version_min: Version::parse("1.0").unwrap(),
+                version_max: Version::parse("2.99").unwrap(),
+                seats: 10,
+                issued: CivilDate::parse("2026-01-01").unwrap(),
+                expiry: Expiry::Permanent,
+                hostid: HostBinding::Any,
+                policy: Policy::DEFAULT,
+                temporary: Some(tessera_core::temporary::TemporaryPolicy::DEFAULT),
+            })
+            .unwrap();
+        let key = ServerSecretKey::from_seed([5; 32]);
+        let fields = TokenFields {
+            license_id: "t1".into(),
+            pool_id: "acme-eng".into(),
+            server_id: "A".into(),
+            hostid: "mid-0011223344556677".into(),
+            feature: "cad".into(),
+            ticket: "alice".into(),
+            device: device.into(),
+            seats: 1,
+            issued_unix_ms: ISSUED,
+            expires_unix_ms: ISSUED + 8 * HOUR,
+            extend_after_unix_ms: ISSUED + 4 * HOUR,
+            return_on_close: true,
+            codes_sha256: codes_sha256([&code]),
+        };
+        TemporaryToken {
+            signature: key.sign_text(&fields.canonical_form(&key.public().key_id())),
+            license_id: fields.license_id,
+            pool_id: fields.pool_id,
+            server_id: fields.server_id,
+            feature: fields.feature,
+            ticket: fields.ticket,
+            device: fields.device,
+            seats: 1,
+            issued_unix_ms: ISSUED,
+            expires_unix_ms: fields.expires_unix_ms,
+            extend_after_unix_ms: fields.extend_after_unix_ms,
+            return_on_close: true,
+            proof: Proof("p".into()),
+            server_key: key.public().to_base64(),
+            hostid: fields.hostid,
+            codes: vec![code.to_text()],
+            chain: None,
+        }
+    }
+
+    /// A program on `device` whose clock reads `now`, with the cache in `dir`.
+    fn program(dir: &std::path::Path, device: &str, now: Arc<AtomicI64>) -> Client {
+        let mut config = ClientConfig::new(["127.0.0.1:9"]);
+        config.trust = Trust::Vendor(vec![VendorSecretKey::from_seed("acme", [7; 32])
+            .unwrap()
+            .public()]);
+        config.device = device.into();
+        config.tls = crate::ClientTls::Plain;
+        config.clock_file = Some(dir.join("clock"));
+        config.temporary_dir = Some(dir.join("temporary"));
+        config.wall_clock = WallClock::new(move || now.load(Ordering::SeqCst));
+        Client::new(config).unwrap()
+    }
+
+    /// Offline on its cached token: valid until its expiry by the clock and
+    /// not a millisecond after; a token of another device, or a changed
+    /// one, does not count; a clock set back past the kept time stops it.
+    #[tokio::test]
+    async fn a_cached_license_counts_offline_until_its_expiry_and_only_here() {
+        let dir = tempfile::tempdir().unwrap();
+        let now = Arc::new(AtomicI64::new(ISSUED + HOUR));
+        let client = program(dir.path(), "dev-here", now.clone());
+        save(client.config(), &token("dev-here"));
+
+        let license = client
+            .cached_temporary("cad", "2.0")
+            .expect("counts offline");
+        assert!(license.is_valid());
+        std::mem::forget(license);
+        now.store(ISSUED + 8 * HOUR - 1, Ordering::SeqCst);
+        assert!(client
+            .cached_temporary("cad", "2.0")
+            .map(std::mem::forget)
+            .is_ok());
+        now.store(ISSUED + 8 * HOUR, Ordering::SeqCst);
+        let expired = client.cached_temporary("cad", "2.0").map(std::mem::forget);
+        assert!(
+            matches!(&expired, Err(ClientError::SeatLost { message }) if message.contains("expired 0 s ago")),
+            "{expired:?}"
+        );
+
+        // Another device: the token names this one.
+        let there = program(dir.path(), "dev-there", now.clone());
+        save(there.config(), &token("dev-here"));
+        let copied = there.cached_temporary("cad", "2.0").map(std::mem::forget);
+        assert!(
+            matches!(&copied, Err(ClientError::SeatLost { message }) if message.contains("copied from another device")),
+            "{copied:?}"
+        );
+        // A token whose expiry was moved does not check.
+        let mut moved = token("dev-here");
+        moved.expires_unix_ms += 24 * HOUR;
+        now.store(ISSUED + HOUR, Ordering::SeqCst);
+        save(client.config(), &moved);
+        let forged = client.cached_temporary("cad", "2.0").map(std::mem::forget);
+        assert!(
+            matches!(&forged, Err(ClientError::SeatLost { message }) if message.contains("signature")),
+            "{forged:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_clock_set_back_past_the_kept_time_refuses_the_cached_license() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("clock"), (ISSUED + 2 * HOUR).to_string()).unwrap();
+        let now = Arc::new(AtomicI64::new(ISSUED + HOUR));
+        let client = program(dir.path(), "dev-here", now);
+        save(client.config(), &token("dev-here"));
+        let refused = client.cached_temporary("cad", "2.0").map(std::mem::forget);
+        assert!(
+            matches!(&refused, Err(ClientError::SeatLost { message }) if message.contains("clock was set back")),
+            "{refused:?}"
+        );
+    }
+}
