@@ -13,7 +13,6 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use tessera_core::answer::{check_backing, codes_sha256, Backing, ServerPublicKey};
-use tessera_core::temporary::TokenFields;
 use tessera_core::{LicenseCode, Version};
 use tessera_proto::{
     ActivateRequest, CheckinResponse, ErrorCode, TemporaryRequest, TemporaryToken,
@@ -336,21 +335,7 @@ fn check_token(
         .collect::<Result<Vec<_>, _>>()
         .map_err(|err| format!("a license code in the token is malformed: {err}"))?;
     let key = ServerPublicKey::from_base64(&token.server_key).map_err(|err| err.to_string())?;
-    let fields = TokenFields {
-        license_id: token.license_id.clone(),
-        pool_id: token.pool_id.clone(),
-        server_id: token.server_id.clone(),
-        hostid: token.hostid.clone(),
-        feature: token.feature.clone(),
-        ticket: token.ticket.clone(),
-        device: token.device.clone(),
-        seats: token.seats,
-        issued_unix_ms: token.issued_unix_ms,
-        expires_unix_ms: token.expires_unix_ms,
-        extend_after_unix_ms: token.extend_after_unix_ms,
-        return_on_close: token.return_on_close,
-        codes_sha256: codes_sha256(&codes),
-    };
+    let fields = token.fields(codes_sha256(&codes));
     key.verify_text(&fields.canonical_form(&key.key_id()), &token.signature)
         .map_err(|err| format!("the temporary license's {err}"))?;
     // The token's codes must be the vendor's, as a grant's are; the
@@ -432,6 +417,7 @@ mod tests {
     use std::sync::atomic::{AtomicI64, Ordering};
 
     use tessera_core::answer::ServerSecretKey;
+    use tessera_core::temporary::TokenFields;
     use tessera_core::{CivilDate, Expiry, HostBinding, Policy, VendorSecretKey};
     use tessera_proto::Proof;
 
@@ -459,7 +445,6 @@ mod tests {
                 temporary: Some(tessera_core::temporary::TemporaryPolicy::DEFAULT),
             })
             .unwrap();
-        let key = ServerSecretKey::from_seed([5; 32]);
         let fields = TokenFields {
             license_id: "t1".into(),
             pool_id: "acme-eng".into(),
@@ -475,25 +460,8 @@ mod tests {
             return_on_close: true,
             codes_sha256: codes_sha256([&code]),
         };
-        TemporaryToken {
-            signature: key.sign_text(&fields.canonical_form(&key.public().key_id())),
-            license_id: fields.license_id,
-            pool_id: fields.pool_id,
-            server_id: fields.server_id,
-            feature: fields.feature,
-            ticket: fields.ticket,
-            device: fields.device,
-            seats: 1,
-            issued_unix_ms: ISSUED,
-            expires_unix_ms: fields.expires_unix_ms,
-            extend_after_unix_ms: fields.extend_after_unix_ms,
-            return_on_close: true,
-            proof: Proof("p".into()),
-            server_key: key.public().to_base64(),
-            hostid: fields.hostid,
-            codes: vec![code.to_text()],
-            chain: None,
-        }
+        let key = ServerSecretKey::from_seed([5; 32]);
+        TemporaryToken::signed(fields, &key, Proof("p".into()), vec![code.to_text()])
     }
 
     /// A program on `device` whose clock reads `now`, with the cache in `dir`.

@@ -415,6 +415,57 @@ pub struct TemporaryToken {
     pub chain: Option<AnswerChain>,
 }
 
+impl TemporaryToken {
+    /// The token of `fields`, signed by `key` (a server's answer key), with
+    /// the codes behind them and the license's proof.
+    pub fn signed(
+        fields: tessera_core::temporary::TokenFields,
+        key: &tessera_core::answer::ServerSecretKey,
+        proof: Proof,
+        codes: Vec<LicenseCodeText>,
+    ) -> TemporaryToken {
+        let public = key.public();
+        TemporaryToken {
+            signature: key.sign_text(&fields.canonical_form(&public.key_id())),
+            server_key: public.to_base64(),
+            license_id: fields.license_id,
+            pool_id: fields.pool_id,
+            server_id: fields.server_id,
+            feature: fields.feature,
+            ticket: fields.ticket,
+            device: fields.device,
+            seats: fields.seats,
+            issued_unix_ms: fields.issued_unix_ms,
+            expires_unix_ms: fields.expires_unix_ms,
+            extend_after_unix_ms: fields.extend_after_unix_ms,
+            return_on_close: fields.return_on_close,
+            proof,
+            hostid: fields.hostid,
+            codes,
+            chain: None,
+        }
+    }
+
+    /// What the signature covers, given the digest of the token's codes.
+    pub fn fields(&self, codes_sha256: String) -> tessera_core::temporary::TokenFields {
+        tessera_core::temporary::TokenFields {
+            license_id: self.license_id.clone(),
+            pool_id: self.pool_id.clone(),
+            server_id: self.server_id.clone(),
+            hostid: self.hostid.clone(),
+            feature: self.feature.clone(),
+            ticket: self.ticket.clone(),
+            device: self.device.clone(),
+            seats: self.seats,
+            issued_unix_ms: self.issued_unix_ms,
+            expires_unix_ms: self.expires_unix_ms,
+            extend_after_unix_ms: self.extend_after_unix_ms,
+            return_on_close: self.return_on_close,
+            codes_sha256,
+        }
+    }
+}
+
 /// Answer to a check-in.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CheckinResponse {

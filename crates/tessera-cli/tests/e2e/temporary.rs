@@ -5,7 +5,6 @@
 
 use serde_json::{json, Value};
 use tessera_core::answer::ServerPublicKey;
-use tessera_core::temporary::TokenFields;
 
 use crate::fixture::{
     checkout_body, code_with, feature_of, Fixture, Server, StartMode, LONG_POLICY,
@@ -28,32 +27,16 @@ fn allocation_of_a(status: &tessera_proto::StatusResponse) -> u32 {
 
 /// The token's signature checks under the key it names.
 fn check_token(token: &Value) {
-    let field = |name: &str| token[name].as_str().unwrap().to_string();
-    let number = |name: &str| token[name].as_i64().unwrap();
-    let codes: Vec<tessera_core::LicenseCode> = serde_json::from_value::<
-        Vec<tessera_core::license::LicenseCodeText>,
-    >(token["codes"].clone())
-    .unwrap()
-    .iter()
-    .map(|text| tessera_core::LicenseCode::from_text(text).unwrap())
-    .collect();
-    let fields = TokenFields {
-        license_id: field("license_id"),
-        pool_id: field("pool_id"),
-        server_id: field("server_id"),
-        hostid: field("hostid"),
-        feature: field("feature"),
-        ticket: field("ticket"),
-        device: field("device"),
-        seats: number("seats") as u32,
-        issued_unix_ms: number("issued_unix_ms"),
-        expires_unix_ms: number("expires_unix_ms"),
-        extend_after_unix_ms: number("extend_after_unix_ms"),
-        return_on_close: token["return_on_close"].as_bool().unwrap(),
-        codes_sha256: tessera_core::answer::codes_sha256(&codes),
-    };
-    let key = ServerPublicKey::from_base64(&field("server_key")).unwrap();
-    key.verify_text(&fields.canonical_form(&key.key_id()), &field("signature"))
+    let token: tessera_proto::TemporaryToken =
+        serde_json::from_value(token.clone()).expect("a temporary license token");
+    let codes: Vec<tessera_core::LicenseCode> = token
+        .codes
+        .iter()
+        .map(|text| tessera_core::LicenseCode::from_text(text).unwrap())
+        .collect();
+    let fields = token.fields(tessera_core::answer::codes_sha256(&codes));
+    let key = ServerPublicKey::from_base64(&token.server_key).unwrap();
+    key.verify_text(&fields.canonical_form(&key.key_id()), &token.signature)
         .expect("the token's signature checks");
 }
 

@@ -13,7 +13,7 @@
 
 use std::sync::Arc;
 
-use tessera_core::answer::{ServerPublicKey, CLOCK_TOLERANCE_MS};
+use tessera_core::answer::CLOCK_TOLERANCE_MS;
 use tessera_core::control::{ControlCommand, ControlOutcome};
 use tessera_core::grant_proof::{self, GrantClaim};
 use tessera_core::temporary::{TemporaryPolicy, TokenFields};
@@ -329,32 +329,16 @@ impl App {
             return_on_close: policy.return_on_close,
             codes_sha256,
         };
-        let key_id = ServerPublicKey::from_base64(&self.answer_key_public)
-            .map(|key| key.key_id())
-            .unwrap_or_default();
         let proof = grant_proof::prove(
             &self.pool_key,
             &license_claim(license_id, device, feature, seats),
         );
-        proto::TemporaryToken {
-            signature: self.answer_key.sign_text(&fields.canonical_form(&key_id)),
-            license_id: fields.license_id,
-            pool_id: fields.pool_id,
-            server_id: fields.server_id,
-            feature: fields.feature,
-            ticket: fields.ticket,
-            device: fields.device,
-            seats,
-            issued_unix_ms,
-            expires_unix_ms,
-            extend_after_unix_ms: fields.extend_after_unix_ms,
-            return_on_close: fields.return_on_close,
-            proof: proto::Proof(proof.to_string()),
-            server_key: self.answer_key_public.clone(),
-            hostid: fields.hostid,
+        proto::TemporaryToken::signed(
+            fields,
+            &self.answer_key,
+            proto::Proof(proof.to_string()),
             codes,
-            chain: None,
-        }
+        )
     }
 }
 
