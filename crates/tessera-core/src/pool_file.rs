@@ -23,6 +23,10 @@
 //! threshold_percent = 80
 //! batch = 5
 //!
+//! [temporary.cad]      # optional; tightens the vendor's temporary terms
+//! devices_max = 2
+//! period_s = 14400
+//!
 //! [[license]]          # as `tessera license sign` writes them
 //! id = "..."
 //! ```
@@ -37,6 +41,7 @@ use serde::{Deserialize, Serialize};
 use crate::distribution::{DistributionError, DistributionTable};
 use crate::license::{LicenseCode, LicenseCodeText, LicenseError};
 use crate::names::check_name;
+use crate::temporary::{TemporaryLimits, TemporaryPolicy};
 use crate::{FEATURES_MAX, LICENSE_CODES_MAX, POOL_FILE_BYTES_MAX, POOL_SERVERS_MAX};
 
 /// Highest pool file sequence number: 2^53, the largest integer every JSON
@@ -127,6 +132,9 @@ pub struct PoolFile {
     pub distribution: BTreeMap<String, BTreeMap<String, u32>>,
     /// Per feature: when and how much a server borrows.
     pub borrowing: BTreeMap<String, BorrowPolicy>,
+    /// Per feature: the administrator's tightening of the vendor's terms
+    /// for temporary licenses.
+    pub temporary: BTreeMap<String, TemporaryLimits>,
     /// Administrators' credentials; none: nobody may change the pool or
     /// read its grants.
     pub admins: Vec<AdminEntry>,
@@ -184,6 +192,8 @@ struct PoolFileText {
     distribution: BTreeMap<String, BTreeMap<String, u32>>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     borrowing: BTreeMap<String, BorrowPolicy>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    temporary: BTreeMap<String, TemporaryLimits>,
     #[serde(default)]
     license: Vec<LicenseCodeText>,
 }
@@ -206,6 +216,7 @@ impl PoolFile {
             servers: raw.servers,
             distribution: raw.distribution,
             borrowing: raw.borrowing,
+            temporary: raw.temporary,
             admins: raw.admins,
             codes,
         };
@@ -228,6 +239,7 @@ impl PoolFile {
             servers: self.servers.clone(),
             distribution: self.distribution.clone(),
             borrowing: self.borrowing.clone(),
+            temporary: self.temporary.clone(),
             admins: self.admins.clone(),
             license: self.codes.iter().map(LicenseCode::to_text).collect(),
         };
@@ -379,7 +391,40 @@ impl PoolFile {
                 .validate(&format!("borrowing of feature `{feature}`"))
                 .map_err(invalid)?;
         }
+        for (feature, limits) in &self.temporary {
+            let what = format!("temporary licenses of feature `{feature}`");
+            if !vendor_of.contains_key(feature.as_str()) {
+                return Err(invalid(format!(
+                    "the temporary section names feature `{feature}`, which no license code in \
+                     this file names"
+                )));
+            }
+            if limits.allowed == Some(false) {
+                continue;
+            }
+            let vendor = self.vendor_temporary_terms(feature).ok_or_else(|| {
+                invalid(format!(
+                    "{what}: the vendor's codes do not all allow them; only `allowed = false` \
+                     may be set"
+                ))
+            })?;
+            limits
+                .check(&vendor)
+                .map_err(|reason| invalid(format!("{what}: {reason}")))?;
+        }
         Ok(())
+    }
+
+    /// The vendor's terms for temporary licenses of `feature`: the
+    /// strictest of its codes', if every one allows them.
+    pub fn vendor_temporary_terms(&self, feature: &str) -> Option<TemporaryPolicy> {
+        let policies: Option<Vec<TemporaryPolicy>> = self
+            .codes
+            .iter()
+            .filter(|c| c.feature() == feature)
+            .map(|c| c.fields().temporary)
+            .collect();
+        TemporaryPolicy::strictest(&policies?)
     }
 }
 
@@ -427,6 +472,10 @@ mod tests {
             key.sign(unsigned("c1", "cad", 60)).unwrap(),
             key.sign(unsigned("c2", "cad", 40)).unwrap(),
         ]);
+        pool_text_with(extra, &codes)
+    }
+
+    fn pool_text_with(extra: &str, codes: &str) -> String {
         format!(
             "pool_id = \"eng\"\nsequence = 3\n\
              [[servers]]\nid = \"A\"\naddress = \"127.0.0.1:27001\"\n\
@@ -518,6 +567,77 @@ mod tests {
         );
         let err = PoolFile::parse(&credential).unwrap_err().to_string();
         assert!(err.contains("credential_sha256 of server `A`"), "{err}");
+    }
+
+    #[test]
+    fn the_pool_tightens_the_vendors_temporary_terms_and_never_loosens_them() {
+        let key = test_key("acme", 1);
+        let mut strict = unsigned("c1", "cad", 60);
+        strict.temporary = Some(TemporaryPolicy {
+            devices_max: 2,
+            ..TemporaryPolicy::DEFAULT
+        });
+        let mut loose = unsigned("c2", "cad", 40);
+        loose.temporary = Some(TemporaryPolicy {
+            offline_days_max: 7,
+            ..TemporaryPolicy::DEFAULT
+        });
+        let codes = LicenseCode::write_file(&[key.sign(strict).unwrap(), key.sign(loose).unwrap()]);
+        let text = |terms: &str| pool_text_with(&format!("[temporary.cad]\n{terms}"), &codes);
+        let pool = PoolFile::parse(&text(
+            "devices_max = 1\nperiod_s = 3600\nextend_after_s = 600\n",
+        ))
+        .unwrap();
+        let vendor = pool.vendor_temporary_terms("cad").unwrap();
+        // The strictest of the two codes: 2 devices, no offline days.
+        assert_eq!((vendor.devices_max, vendor.offline_days_max), (2, 0));
+        let terms = pool.temporary["cad"].apply(vendor).unwrap();
+        assert_eq!(
+            (terms.devices_max, terms.period_s, terms.extend_after_s),
+            (1, 3600, 600)
+        );
+        assert_eq!(
+            PoolFile::parse(&pool.to_toml().unwrap()).unwrap(),
+            pool,
+            "kept"
+        );
+        let off = PoolFile::parse(&text("allowed = false\n")).unwrap();
+        assert_eq!(off.temporary["cad"].apply(vendor), None);
+        for (terms, expected) in [
+            (
+                "devices_max = 3\n",
+                "devices_max is 3, looser than the vendor's 2",
+            ),
+            (
+                "period_s = 28801\n",
+                "period_s is 28801, looser than the vendor's 28800",
+            ),
+            (
+                "offline_days_max = 1\n",
+                "offline_days_max is 1, looser than the vendor's 0",
+            ),
+            ("return_on_close = false\n", "return_on_close is false"),
+            (
+                "period_s = 3600\n",
+                "extend_after_s is 14400; it must be at least 1 and below",
+            ),
+            ("period_s = 10\n", "period_s is 10; it must be at least 60"),
+            ("devices_max = 0\n", "devices_max is 0"),
+            ("seats = 1\n", "unknown field `seats`"),
+        ] {
+            let err = PoolFile::parse(&text(terms)).unwrap_err().to_string();
+            assert!(err.contains(expected), "{terms}: {err}");
+        }
+        // Codes that allow no temporary licenses take only `allowed = false`.
+        let err = PoolFile::parse(&pool_text("[temporary.cad]\ndevices_max = 1\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("do not all allow them"), "{err}");
+        PoolFile::parse(&pool_text("[temporary.cad]\nallowed = false\n")).unwrap();
+        let err = PoolFile::parse(&pool_text("[temporary.cam]\nallowed = false\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("names feature `cam`"), "{err}");
     }
 
     #[test]

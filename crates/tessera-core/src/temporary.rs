@@ -108,6 +108,116 @@ impl TemporaryPolicy {
     }
 }
 
+/// `[temporary.FEATURE]` of a pool file: the administrator's terms for
+/// temporary licenses of a feature, which may tighten the vendor's and
+/// never loosen them. Unset fields keep the vendor's terms.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TemporaryLimits {
+    /// `false`: no temporary licenses of the feature in this pool.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allowed: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub period_s: Option<u32>,
+    /// When the SDK extends; below the period.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub extend_after_s: Option<u32>,
+    /// `true` where the vendor's terms say `false`; never the other way.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub return_on_close: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub devices_max: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offline_days_max: Option<u32>,
+}
+
+impl TemporaryLimits {
+    /// Checks these terms against the vendor's `policy` (the strictest of
+    /// the feature's codes): each may only be tighter.
+    pub fn check(&self, vendor: &TemporaryPolicy) -> Result<(), String> {
+        let looser = |term: &str, pool: String, theirs: String| {
+            Err(format!(
+                "{term} is {pool}, looser than the vendor's {theirs}; a pool may only tighten \
+                 the vendor's terms"
+            ))
+        };
+        if let Some(p) = self.period_s {
+            if p < PERIOD_S_MIN {
+                return Err(format!(
+                    "period_s is {p}; it must be at least {PERIOD_S_MIN}"
+                ));
+            }
+            if p > vendor.period_s {
+                return looser("period_s", p.to_string(), vendor.period_s.to_string());
+            }
+        }
+        if let Some(d) = self.devices_max {
+            if d == 0 {
+                return Err(
+                    "devices_max is 0; it must be at least 1 (or set allowed = false)".into(),
+                );
+            }
+            if d > vendor.devices_max {
+                return looser("devices_max", d.to_string(), vendor.devices_max.to_string());
+            }
+        }
+        if let Some(d) = self.offline_days_max {
+            if d > vendor.offline_days_max {
+                return looser(
+                    "offline_days_max",
+                    d.to_string(),
+                    vendor.offline_days_max.to_string(),
+                );
+            }
+        }
+        if self.return_on_close == Some(false) && vendor.return_on_close {
+            return looser("return_on_close", "false".into(), "true".into());
+        }
+        let period_s = self.period_s.unwrap_or(vendor.period_s);
+        let extend_after_s = self.extend_after_s.unwrap_or(vendor.extend_after_s);
+        if extend_after_s == 0 || extend_after_s >= period_s {
+            return Err(format!(
+                "extend_after_s is {extend_after_s}; it must be at least 1 and below the period \
+                 ({period_s} s){}",
+                if self.extend_after_s.is_none() {
+                    " (the vendor's; set extend_after_s with a shorter period_s)"
+                } else {
+                    ""
+                }
+            ));
+        }
+        Ok(())
+    }
+
+    /// The terms in force: the vendor's `policy` tightened by these;
+    /// `None` when the pool allows no temporary licenses.
+    pub fn apply(&self, vendor: TemporaryPolicy) -> Option<TemporaryPolicy> {
+        if self.allowed == Some(false) {
+            return None;
+        }
+        let period_s = self
+            .period_s
+            .map_or(vendor.period_s, |p| p.min(vendor.period_s));
+        let extend_after_s = self.extend_after_s.unwrap_or(vendor.extend_after_s);
+        Some(TemporaryPolicy {
+            period_s,
+            // Below the period whatever the codes served say.
+            extend_after_s: if extend_after_s < period_s {
+                extend_after_s
+            } else {
+                period_s / 2
+            },
+            return_on_close: vendor.return_on_close || self.return_on_close == Some(true),
+            devices_max: self
+                .devices_max
+                .map_or(vendor.devices_max, |d| d.min(vendor.devices_max)),
+            offline_days_max: self
+                .offline_days_max
+                .map_or(vendor.offline_days_max, |d| d.min(vendor.offline_days_max)),
+        })
+    }
+}
+
 /// The optional fields of a `[[license]]` table that allow temporary
 /// licenses; any one present allows them, and the seed's defaults fill the
 /// rest.

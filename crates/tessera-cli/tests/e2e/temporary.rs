@@ -315,3 +315,59 @@ async fn a_program_runs_offline_on_its_temporary_license_and_returns_it_later() 
         )
         .await;
 }
+
+/// The administrator tightens the vendor's terms in the pool file, live:
+/// one device a ticket and one hour a license; a loosening is refused with
+/// the term named, and `allowed = false` stops new licenses.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pool_file_tightens_the_vendors_terms_and_never_loosens_them() {
+    let fixture = Fixture::new().await;
+    let server = serve_temporary(&fixture, "temporary_period_s = 28800\n").await;
+    let installed = std::fs::read_to_string(&server.pool_file).unwrap();
+    let update = |sequence: u32, terms: &str| {
+        let text = format!(
+            "{}\n[temporary.cad]\n{terms}",
+            installed.replacen("sequence = 1\n", &format!("sequence = {sequence}\n"), 1)
+        );
+        let path = fixture.path().join(format!("pool-{sequence}.toml"));
+        std::fs::write(&path, text).unwrap();
+        path.to_str().unwrap().to_string()
+    };
+    let looser = update(2, "devices_max = 5\n");
+    crate::fixture::tessera(server.cli(&["admin", "update-pool-file", &looser]))
+        .await
+        .failure()
+        .mentions(&["devices_max is 5, looser than the vendor's 3"]);
+    let tighter = update(
+        2,
+        "devices_max = 1\nperiod_s = 3600\nextend_after_s = 1800\n",
+    );
+    crate::fixture::tessera(server.cli(&["admin", "update-pool-file", &tighter]))
+        .await
+        .success();
+    let token = server
+        .post("/v1/temporary/activate", &activate_body("alice", "pc1"))
+        .await
+        .ok();
+    let issued = token["issued_unix_ms"].as_i64().unwrap();
+    assert_eq!(
+        token["expires_unix_ms"].as_i64().unwrap() - issued,
+        3_600_000
+    );
+    assert_eq!(
+        token["extend_after_unix_ms"].as_i64().unwrap() - issued,
+        1_800_000
+    );
+    server
+        .post("/v1/temporary/activate", &activate_body("alice", "pc2"))
+        .await
+        .refused(409, "too_many_devices");
+    let closed = update(3, "allowed = false\n");
+    crate::fixture::tessera(server.cli(&["admin", "update-pool-file", &closed]))
+        .await
+        .success();
+    server
+        .post("/v1/temporary/activate", &activate_body("bob", "pc1"))
+        .await
+        .refused(403, "temporary_not_allowed");
+}

@@ -216,7 +216,8 @@ impl App {
     }
 
     /// The terms of temporary licenses of `feature` on this server: every
-    /// served code must allow them, and the strictest terms hold.
+    /// served code must allow them, the strictest terms hold, and the pool
+    /// file may tighten them further.
     fn temporary_policy(
         &self,
         feature: &str,
@@ -243,7 +244,7 @@ impl App {
             .served()
             .map(|code| code.fields().temporary)
             .collect();
-        policies
+        let vendor = policies
             .and_then(|p| TemporaryPolicy::strictest(&p))
             .ok_or_else(|| {
                 Refusal::new(
@@ -253,7 +254,22 @@ impl App {
                          licenses"
                     ),
                 )
-            })
+            })?;
+        drop(issuer);
+        // The pool's `[temporary.FEATURE]` may tighten the vendor's terms.
+        let limits = self.pool.pool_file().temporary.get(feature).copied();
+        match limits {
+            None => Ok(vendor),
+            Some(limits) => limits.apply(vendor).ok_or_else(|| {
+                Refusal::new(
+                    ErrorCode::TemporaryNotAllowed,
+                    format!(
+                        "the pool file allows no temporary licenses of `{feature}` \
+                         ([temporary.{feature}] allowed = false)"
+                    ),
+                )
+            }),
+        }
     }
 
     /// The license `request` names, if its proof checks and it is out.
