@@ -20,6 +20,7 @@ use std::time::Duration;
 use tessera_core::borrow_plan::{
     plan_borrow, BorrowKind, BorrowPlan, BorrowRequest, LeaderSeats, Offer, PoolView,
 };
+use tessera_core::control::LOST_MAJORITY;
 use tessera_core::{BorrowSource, ControlCommand, ControlOutcome, ControlState, FeatureAllocation};
 use tessera_proto::{BorrowAnswer, BorrowAsk, ErrorCode};
 
@@ -73,6 +74,46 @@ impl App {
         self.timing.lease().reassign_after_ms(longest_hold_ms)
     }
 
+    /// How long, for a borrow of `feature`, the seats parked under `key`
+    /// count as silent: as long as `key` has been. Seats a re-formed pool
+    /// parked ([`LOST_MAJORITY`]) may also be held by temporary licenses
+    /// the lost servers activated, which no survivor need know of and
+    /// which run for hours or days: for a feature whose codes allow them,
+    /// those seats also wait out the longest such license
+    /// ([`App::lost_temporaries_ms`]).
+    pub(crate) fn parked_silent_ms(&self, key: &str, feature: &str) -> Option<u64> {
+        let silent_ms = self.pool.silent_for_ms(key)?;
+        if key != LOST_MAJORITY {
+            return Some(silent_ms);
+        }
+        Some(silent_ms.saturating_sub(self.lost_temporaries_ms(feature)))
+    }
+
+    /// The longest a temporary license of `feature` issued before a pool
+    /// was re-formed may still run, on the leader's clock: the longest
+    /// period or offline borrow any of its codes allows, plus the clock
+    /// tolerance, stretched by the drift bound. 0 if no code allows them.
+    pub(crate) fn lost_temporaries_ms(&self, feature: &str) -> u64 {
+        let issuer = self.issuer();
+        let Some(pool) = issuer.control().and_then(|c| c.pool()) else {
+            return 0;
+        };
+        let longest_ms = pool
+            .codes
+            .iter()
+            .filter(|code| code.feature() == feature)
+            .filter_map(|code| code.fields().temporary)
+            .map(|terms| {
+                let period_ms = u64::from(terms.period_s) * 1_000;
+                period_ms.max(u64::from(terms.offline_days_max) * 86_400_000)
+            })
+            .max();
+        longest_ms.map_or(0, |ms| {
+            let tolerance_ms = tessera_core::answer::CLOCK_TOLERANCE_MS.unsigned_abs();
+            tessera_core::lease::stretched_ms(ms + tolerance_ms, self.timing.clock_drift_percent)
+        })
+    }
+
     /// Leader: the seats of `feature` clients may hold, per server (and per
     /// removed server whose allocation is parked): its own now; another's as
     /// a report it sent after `since_ms` says; one not heard from since,
@@ -97,7 +138,10 @@ impl App {
                     SeatsHeld::Counted(own)
                 } else if let Some(in_use) = pool.reported_held_since(&server, feature, since_ms) {
                     SeatsHeld::Counted(in_use)
-                } else if pool.silent_for_ms(&server).is_some_and(|ms| ms >= wait_ms) {
+                } else if self
+                    .parked_silent_ms(&server, feature)
+                    .is_some_and(|ms| ms >= wait_ms)
+                {
                     SeatsHeld::Counted(0)
                 } else {
                     SeatsHeld::Unheard { allocation: seats }
@@ -280,7 +324,7 @@ impl App {
             .iter()
             .chain(allocation.parked.keys())
             .map(|server| {
-                let silent_ms = pool.silent_for_ms(server).unwrap_or(0);
+                let silent_ms = self.parked_silent_ms(server, feature).unwrap_or(0);
                 (server.clone(), silent_ms)
             })
             .collect();

@@ -60,11 +60,11 @@ pub struct CodeSpec<'a> {
     pub heartbeat_s: u32,
     /// The signed file, in the pool's directory.
     pub out: &'a str,
+    /// Allow temporary licenses with the seed's terms.
+    pub temporary: bool,
 }
 
-/// Signs `code` with the vendor key in `dir`, as a vendor would; the code
-/// allows temporary licenses with the seed's terms, so pool tests may
-/// take them.
+/// Signs `code` with the vendor key in `dir`, as a vendor would.
 fn sign_code(tessera: &Path, dir: &Path, code: &CodeSpec) {
     run(
         tessera,
@@ -83,10 +83,12 @@ fn sign_code(tessera: &Path, dir: &Path, code: &CodeSpec) {
             &code.lease_s.to_string(),
             "--heartbeat-interval-s",
             &code.heartbeat_s.to_string(),
-            "--temporary",
             "--out",
             code.out,
-        ],
+        ]
+        .into_iter()
+        .chain(code.temporary.then_some("--temporary"))
+        .collect::<Vec<_>>(),
         dir,
     );
 }
@@ -117,6 +119,8 @@ pub struct PoolSpec<'a> {
     pub extra: &'a str,
     /// More server config text, e.g. a `[timing]` section.
     pub config_extra: &'a str,
+    /// Whether the code allows temporary licenses (seed 004's terms).
+    pub temporary: bool,
 }
 
 impl Default for PoolSpec<'_> {
@@ -129,6 +133,7 @@ impl Default for PoolSpec<'_> {
             heartbeat_s: 1,
             extra: "",
             config_extra: "",
+            temporary: true,
         }
     }
 }
@@ -158,6 +163,7 @@ impl Pool {
             lease_s: spec.lease_s,
             heartbeat_s: spec.heartbeat_s,
             out: "codes.lic",
+            temporary: spec.temporary,
         };
         sign_code(tessera, path, &code);
         let public = std::fs::read_to_string(path.join("acme.pub")).expect("acme.pub");

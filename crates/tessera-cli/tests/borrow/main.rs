@@ -386,6 +386,7 @@ async fn admin_changes_reach_every_server_and_bad_ones_change_nothing() {
         lease_s: 30,
         heartbeat_s: 10,
         out: "more.lic",
+        temporary: true,
     });
     let good = std::fs::read_to_string(pool.path().join("more.lic")).expect("codes");
     let tampered = good.replace("seats = 20", "seats = 21");

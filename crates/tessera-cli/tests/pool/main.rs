@@ -456,6 +456,7 @@ async fn pool_file_update_adds_a_server_live() {
         lease_s: 4,
         heartbeat_s: 1,
         out: "more.lic",
+        temporary: true,
     });
     let d = pool.add_server("D", "pool2.toml");
     let text = std::fs::read_to_string(pool.path().join("pool.toml")).expect("pool file");

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use tessera_client::SeatGuard;
 use tessera_testkit::PoolSpec;
 
-use super::{client, held_pool, HeldPool};
+use super::{client, held_pool, start_pool, HeldPool};
 
 const SEATS: u32 = 50;
 const LEASE_S: u32 = 10;
@@ -30,6 +30,9 @@ async fn a_pool_that_lost_its_majority_is_re_formed_from_the_survivors() {
         seats: SEATS,
         lease_s: LEASE_S,
         heartbeat_s: 1,
+        // Codes that allow temporary licenses keep the lost majority's
+        // seats for hours (the test below): these wait only for leases.
+        temporary: false,
         ..PoolSpec::default()
     };
     // A full pool: every seat held, ten on each server.
@@ -133,6 +136,77 @@ async fn a_pool_that_lost_its_majority_is_re_formed_from_the_survivors() {
     assert!(
         peak <= SEATS,
         "{peak} seats believed at once, above the hard limit of {SEATS}"
+    );
+}
+
+/// A lost server may have activated temporary licenses no survivor knows
+/// of, and they run for hours: a re-formed pool keeps the lost majority's
+/// seats back until those could have expired, long after every ordinary
+/// lease has lapsed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_re_formed_pool_keeps_back_the_seats_of_temporary_licenses_it_cannot_see() {
+    const LEASE_S: u32 = 4;
+    let spec = PoolSpec {
+        servers: 3,
+        seats: 6,
+        lease_s: LEASE_S,
+        heartbeat_s: 1,
+        ..PoolSpec::default()
+    };
+    let mut pool = start_pool(spec).await;
+    pool.wait_leader(&pool.all()).await;
+    // Two licenses on C's devices; B and C are then lost with their disks.
+    for user in ["alice", "bob"] {
+        let response = pool
+            .http
+            .post(&pool.servers[2].address, "/v1/temporary/activate")
+            .json(
+                &serde_json::json!({"client_id": user, "user": user, "host": "pc",
+                    "feature": "app", "version": "1.0", "device": format!("{user}-pc")}),
+            )
+            .send()
+            .await
+            .expect("an answer");
+        assert_eq!(
+            response.status().as_u16(),
+            200,
+            "{}",
+            response.text().await.unwrap()
+        );
+    }
+    for i in [1, 2] {
+        pool.kill(i);
+        let data = pool.path().join(format!("data-{}", pool.servers[i].id));
+        std::fs::remove_dir_all(&data).expect("destroy the disk");
+    }
+    let text = std::fs::read_to_string(pool.path().join("pool.toml")).expect("pool file");
+    let survivors_file = pool.path().join("survivors.toml");
+    std::fs::write(&survivors_file, survivors_pool_file(&text, &["B", "C"])).expect("write");
+    pool.kill(0);
+    pool.spawn_with(
+        0,
+        &["--recover-pool", survivors_file.to_str().expect("path")],
+    );
+    pool.wait_leader(&[0]).await;
+    let re_formed = Instant::now();
+    // W is under 7 s here; the seats stay back three times as long (and,
+    // by the codes' terms, 8 h and the clock tolerance).
+    let mut asked = 0;
+    while re_formed.elapsed() < Duration::from_secs(5 * u64::from(LEASE_S)) {
+        asked += 1;
+        let answer = client(&pool, 0, &format!("new{asked}"))
+            .checkout("app", "1.0", 1)
+            .await;
+        assert!(
+            answer.is_err(),
+            "a seat the lost servers' temporary licenses may hold was issued after {} ms",
+            re_formed.elapsed().as_millis()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    println!(
+        "{asked} checkouts refused in the {} s after the pool was re-formed",
+        re_formed.elapsed().as_secs()
     );
 }
 

@@ -104,7 +104,9 @@ impl Pool {
         let command = if self.recovering && self.applied.borrow().state.pool().is_none() {
             tracing::warn!(
                 "re-forming the pool from the survivors of a lost majority: every seat waits \
-                 until the lost servers' grants have lapsed, but those the survivors' clients hold"
+                 until the lost servers' grants have lapsed (and, for a feature whose codes allow \
+                 temporary licenses, until those they may have activated have expired), but \
+                 those the survivors' clients hold"
             );
             ControlCommand::RecoverPool { text }
         } else {
