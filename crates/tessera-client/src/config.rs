@@ -64,17 +64,48 @@ pub struct ClientConfig {
 }
 
 /// Where the SDK reads the time of day (Unix ms): the system clock by
-/// default; a simulator gives its own.
-#[derive(Clone, Default)]
-pub struct WallClock(Option<std::sync::Arc<dyn Fn() -> i64 + Send + Sync>>);
+/// default; a simulator or a test gives its own. The SDK reads it again at
+/// least every [`WallClock::recheck`] while it waits for a date (a
+/// temporary license's extension), since a wall clock may jump (a laptop
+/// waking up, a test moving days on).
+#[derive(Clone)]
+pub struct WallClock {
+    now: Option<std::sync::Arc<dyn Fn() -> i64 + Send + Sync>>,
+    recheck: std::time::Duration,
+}
+
+impl Default for WallClock {
+    fn default() -> Self {
+        WallClock {
+            now: None,
+            recheck: WallClock::RECHECK,
+        }
+    }
+}
 
 impl WallClock {
+    /// How often a wait for a date reads the clock again, by default.
+    pub const RECHECK: std::time::Duration = std::time::Duration::from_secs(60);
+
     pub fn new(now_unix_ms: impl Fn() -> i64 + Send + Sync + 'static) -> WallClock {
-        WallClock(Some(std::sync::Arc::new(now_unix_ms)))
+        WallClock {
+            now: Some(std::sync::Arc::new(now_unix_ms)),
+            recheck: WallClock::RECHECK,
+        }
+    }
+
+    /// This clock, read again at least every `recheck` while waiting.
+    pub fn rechecked_every(mut self, recheck: std::time::Duration) -> WallClock {
+        self.recheck = recheck.max(std::time::Duration::from_millis(1));
+        self
+    }
+
+    pub fn recheck(&self) -> std::time::Duration {
+        self.recheck
     }
 
     pub fn now_unix_ms(&self) -> i64 {
-        match &self.0 {
+        match &self.now {
             Some(now) => now(),
             None => std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
@@ -85,7 +116,7 @@ impl WallClock {
 
 impl std::fmt::Debug for WallClock {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self.0 {
+        f.write_str(match self.now {
             Some(_) => "WallClock(given)",
             None => "WallClock(system)",
         })
@@ -94,11 +125,12 @@ impl std::fmt::Debug for WallClock {
 
 impl PartialEq for WallClock {
     fn eq(&self, other: &WallClock) -> bool {
-        match (&self.0, &other.0) {
+        let same = match (&self.now, &other.now) {
             (None, None) => true,
             (Some(a), Some(b)) => std::sync::Arc::ptr_eq(a, b),
             _ => false,
-        }
+        };
+        same && self.recheck == other.recheck
     }
 }
 

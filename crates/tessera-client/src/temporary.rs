@@ -195,7 +195,8 @@ impl Drop for TemporaryLicense {
     }
 }
 
-/// Extends in the background once due; retries every minute on no answer.
+/// Extends in the background once due; retries on no answer as often as
+/// it reads the wall clock again ([`crate::WallClock::recheck`], a minute).
 async fn keep_extending(
     client: Client,
     token: Arc<Mutex<TemporaryToken>>,
@@ -205,7 +206,8 @@ async fn keep_extending(
     loop {
         let current = token.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let now = client.checker().check_clock().unwrap_or(i64::MAX);
-        let wait_ms = (current.extend_after_unix_ms - now).clamp(0, 60_000) as u64;
+        let recheck_ms = client.config().wall_clock.recheck().as_millis() as i64;
+        let wait_ms = (current.extend_after_unix_ms - now).clamp(0, recheck_ms) as u64;
         tokio::select! {
             _ = stop.changed() => return,
             () = tokio::time::sleep(std::time::Duration::from_millis(wait_ms)) => {}
@@ -231,7 +233,7 @@ async fn keep_extending(
                 tracing::debug!(%error, "temporary license not extended; retrying");
                 tokio::select! {
                     _ = stop.changed() => return,
-                    () = tokio::time::sleep(std::time::Duration::from_secs(60)) => {}
+                    () = tokio::time::sleep(client.config().wall_clock.recheck()) => {}
                 }
             }
         }

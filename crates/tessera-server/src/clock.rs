@@ -1,5 +1,6 @@
 //! The server's clocks, behind a seam so a simulator can drive time.
 
+use std::path::PathBuf;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 pub trait Clock: Send + Sync + 'static {
@@ -13,6 +14,9 @@ pub struct SystemClock {
     start: Instant,
     /// Added to the wall clock: only a test's ([`crate::clock_mark::test_offset_ms`]).
     offset_ms: i64,
+    /// A file whose offset is added as well, read at every reading: only a
+    /// test's ([`crate::clock_mark::test_offset_file`]).
+    offset_file: Option<PathBuf>,
 }
 
 impl SystemClock {
@@ -20,7 +24,17 @@ impl SystemClock {
         SystemClock {
             start: Instant::now(),
             offset_ms: crate::clock_mark::test_offset_ms().unwrap_or(0),
+            offset_file: crate::clock_mark::test_offset_file(),
         }
+    }
+
+    fn file_offset_ms(&self) -> i64 {
+        self.offset_file.as_ref().map_or(0, |path| {
+            std::fs::read_to_string(path)
+                .ok()
+                .and_then(|text| text.trim().parse().ok())
+                .unwrap_or(0)
+        })
     }
 }
 
@@ -41,5 +55,6 @@ impl Clock for SystemClock {
             .map(|d| d.as_millis() as i64)
             .unwrap_or(0)
             .saturating_add(self.offset_ms)
+            .saturating_add(self.file_offset_ms())
     }
 }

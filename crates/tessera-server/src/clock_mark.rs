@@ -21,6 +21,10 @@ pub const CLOCK_MARK_WRITE_INTERVAL_MS: i64 = 60_000;
 /// Test-only: milliseconds added to the wall clock, honoured only with the
 /// test fault switch on (`TESSERA_TEST_FAULTS=1`); negative sets it back.
 pub const TEST_CLOCK_OFFSET_ENV: &str = "TESSERA_TEST_CLOCK_OFFSET_MS";
+/// Test-only, as [`TEST_CLOCK_OFFSET_ENV`]: a file holding the offset,
+/// read at every reading of the wall clock, so a test moves a running
+/// server's clock (days in seconds).
+pub const TEST_CLOCK_FILE_ENV: &str = "TESSERA_TEST_CLOCK_FILE";
 
 /// The mark as read at start, and kept up to date.
 #[derive(Debug)]
@@ -99,6 +103,14 @@ pub fn test_offset_ms() -> Option<i64> {
         return None;
     }
     std::env::var(TEST_CLOCK_OFFSET_ENV).ok()?.parse().ok()
+}
+
+/// The clock offset file a test named, with the fault switch on.
+pub fn test_offset_file() -> Option<PathBuf> {
+    if !crate::pool::test_faults_enabled() {
+        return None;
+    }
+    std::env::var_os(TEST_CLOCK_FILE_ENV).map(PathBuf::from)
 }
 
 #[cfg(test)]

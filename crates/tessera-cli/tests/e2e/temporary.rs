@@ -7,7 +7,7 @@ use serde_json::{json, Value};
 use tessera_core::answer::ServerPublicKey;
 
 use crate::fixture::{
-    checkout_body, code_with, feature_of, Fixture, Server, StartMode, LONG_POLICY,
+    checkout_body, code_with, feature_of, Fixture, Server, ServerSpec, StartMode, LONG_POLICY,
 };
 
 fn activate_body(user: &str, device: &str) -> Value {
@@ -370,4 +370,113 @@ async fn the_pool_file_tightens_the_vendors_terms_and_never_loosens_them() {
         .post("/v1/temporary/activate", &activate_body("bob", "pc1"))
         .await
         .refused(403, "temporary_not_allowed");
+}
+
+/// The seed's cycle over three days, the wall clocks of the server and the
+/// program moved together (days in seconds): the SDK extends the 8 h
+/// license once 4 h have passed and not before, from the same device, for a
+/// full period each time; a license nobody extends expires once 8 h and the
+/// clock tolerance have passed; closing the program returns its license.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_8_hour_license_extends_itself_every_4_hours_for_three_days() {
+    use std::sync::atomic::{AtomicI64, Ordering};
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+    use tessera_client::{TemporaryState, WallClock};
+    const HOUR_MS: i64 = 3_600_000;
+
+    let fixture = Fixture::new().await;
+    let clock_file = fixture.path().join("clock-offset-ms");
+    std::fs::write(&clock_file, "0").unwrap();
+    let policy = format!("{LONG_POLICY}temporary_period_s = 28800\n");
+    let mut spec = ServerSpec::new(fixture.sign(&code_with("cad", 5, &policy)).await);
+    spec.env = vec![
+        ("TESSERA_TEST_FAULTS".into(), "1".into()),
+        (
+            "TESSERA_TEST_CLOCK_FILE".into(),
+            clock_file.display().to_string(),
+        ),
+    ];
+    let mut server = fixture.server(spec);
+    server.start(StartMode::NewPool).await;
+    server.wait_state("serving").await;
+
+    let offset = Arc::new(AtomicI64::new(0));
+    let move_clocks = |by_ms: i64| {
+        let now = offset.fetch_add(by_ms, Ordering::SeqCst) + by_ms;
+        std::fs::write(&clock_file, now.to_string()).unwrap();
+    };
+    let mut config = tessera_client::ClientConfig::new([server.address.as_str()]);
+    config.tls = tessera_client::ClientTls::PoolCa(server.credentials.ca_pem());
+    config.trust = server.vendor_trust();
+    config.clock_file = None;
+    config.temporary_dir = Some(fixture.path().join("cache"));
+    config.device = "dev-laptop".into();
+    config.wall_clock = {
+        let offset = offset.clone();
+        WallClock::new(move || WallClock::default().now_unix_ms() + offset.load(Ordering::SeqCst))
+            .rechecked_every(Duration::from_millis(50))
+    };
+    let program = tessera_client::Client::new(config).unwrap();
+    let license = program.activate("cad", "1.0", None).await.unwrap();
+    // Another user's license, which nothing extends.
+    server
+        .post("/v1/temporary/activate", &activate_body("bob", "pc1"))
+        .await
+        .ok();
+
+    let first = license.token();
+    let mut last = first.clone();
+    for step in 1..=18 {
+        move_clocks(4 * HOUR_MS - 60_000);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(license.token(), last, "extended before 4 h, step {step}");
+        move_clocks(2 * 60_000);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while license.token().issued_unix_ms == last.issued_unix_ms {
+            assert!(
+                Instant::now() < deadline,
+                "not extended after 4 h, step {step}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let token = license.token();
+        assert_eq!(
+            (token.license_id.as_str(), token.device.as_str()),
+            (first.license_id.as_str(), "dev-laptop")
+        );
+        assert_eq!(token.expires_unix_ms - token.issued_unix_ms, 8 * HOUR_MS);
+        assert_eq!(
+            token.extend_after_unix_ms - token.issued_unix_ms,
+            4 * HOUR_MS
+        );
+        assert!(token.issued_unix_ms >= last.issued_unix_ms + 4 * HOUR_MS);
+        assert!(license.is_valid(), "step {step}");
+        assert_eq!(
+            *license.subscribe().borrow(),
+            TemporaryState::Valid {
+                expires_unix_ms: token.expires_unix_ms
+            }
+        );
+        last = token;
+        // Bob's license ran out 8 h 10 min after it began: by 12 h the
+        // leader has expired it, and only the laptop's is out.
+        if step == 3 {
+            server
+                .poll("bob's expired license", Duration::from_secs(10), |s| {
+                    feature_of(s, "cad").temporary_seats == 1
+                })
+                .await;
+        }
+    }
+    let days = (last.issued_unix_ms - first.issued_unix_ms) as f64 / (24 * HOUR_MS) as f64;
+    println!("18 extensions over {days:.2} days of the license's clock");
+    assert!(days > 3.0);
+    // Closing the program returns its license at once.
+    drop(license);
+    server
+        .poll("the closed program's seat", Duration::from_secs(10), |s| {
+            feature_of(s, "cad").temporary_seats == 0
+        })
+        .await;
 }
