@@ -55,6 +55,13 @@ pub enum ClientError {
     #[error("the clock was set back: {message}")]
     ClockSetBack { message: String },
 
+    /// The caller's deadline passed before any server gave a final answer
+    /// ([`crate::blocking`]). Retry later, or with a longer deadline.
+    #[error(
+        "no final answer within the deadline of {deadline_ms} ms; retry later or allow longer"
+    )]
+    DeadlineExceeded { deadline_ms: u64 },
+
     /// The [`ClientConfig`](crate::ClientConfig) cannot work; the message names the field.
     #[error("invalid client configuration: {message}")]
     InvalidConfig { message: String },
@@ -73,6 +80,7 @@ impl ClientError {
             ClientError::NoServerReachable { .. }
             | ClientError::SeatLost { .. }
             | ClientError::UntrustedAnswer { .. }
+            | ClientError::DeadlineExceeded { .. }
             | ClientError::InvalidConfig { .. } => None,
         }
     }
@@ -85,6 +93,7 @@ impl ClientError {
             ClientError::NoSeatsAvailable { .. }
                 | ClientError::NoQuorum { .. }
                 | ClientError::NoServerReachable { .. }
+                | ClientError::DeadlineExceeded { .. }
         )
     }
 

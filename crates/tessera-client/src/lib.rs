@@ -50,6 +50,7 @@
 //! size-bounded; the SDK never retries without a bound.
 
 pub mod admin;
+pub mod blocking;
 mod client;
 mod config;
 mod error;

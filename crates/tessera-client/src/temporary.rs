@@ -42,6 +42,8 @@ pub struct TemporaryLicense {
     client: Client,
     token: Arc<Mutex<TemporaryToken>>,
     events: watch::Receiver<TemporaryState>,
+    /// Shared with the background extension: a manual extension publishes too.
+    publish: Arc<watch::Sender<TemporaryState>>,
     stop: watch::Sender<bool>,
     returned: bool,
 }
@@ -123,16 +125,18 @@ impl TemporaryLicense {
         });
         let (stop, stop_receiver) = watch::channel(false);
         let token = Arc::new(Mutex::new(token));
+        let publish = Arc::new(events_sender);
         tokio::spawn(keep_extending(
             client.clone(),
             token.clone(),
-            events_sender,
+            publish.clone(),
             stop_receiver,
         ));
         TemporaryLicense {
             client,
             token,
             events,
+            publish,
             stop,
             returned: false,
         }
@@ -166,9 +170,23 @@ impl TemporaryLicense {
     /// `extend_after_unix_ms` has passed).
     pub async fn extend(&self) -> Result<(), ClientError> {
         let token = self.token();
-        let extended = extend(&self.client, &token).await?;
-        *self.token.lock().unwrap_or_else(|p| p.into_inner()) = extended;
-        Ok(())
+        match extend(&self.client, &token).await {
+            Ok(extended) => {
+                self.publish.send_replace(TemporaryState::Valid {
+                    expires_unix_ms: extended.expires_unix_ms,
+                });
+                *self.token.lock().unwrap_or_else(|p| p.into_inner()) = extended;
+                Ok(())
+            }
+            Err(error) => {
+                if error.code() == Some(ErrorCode::LicenseWithdrawn) {
+                    self.publish.send_replace(TemporaryState::Withdrawn {
+                        reason: error.to_string(),
+                    });
+                }
+                Err(error)
+            }
+        }
     }
 
     /// Returns the license: its seat is the pool's again at once.
@@ -200,7 +218,7 @@ impl Drop for TemporaryLicense {
 async fn keep_extending(
     client: Client,
     token: Arc<Mutex<TemporaryToken>>,
-    events: watch::Sender<TemporaryState>,
+    events: Arc<watch::Sender<TemporaryState>>,
     mut stop: watch::Receiver<bool>,
 ) {
     loop {

@@ -7,6 +7,7 @@
 //! `tessera demo`; everything stays on 127.0.0.1 and every wait is bounded.
 //! It starts the `tessera` binary it is given and links no server code.
 
+pub mod cargo;
 mod files;
 mod port;
 mod process;
@@ -219,13 +220,13 @@ impl Pool {
         self.credentials.server_entry(&server.id, &server.address)
     }
 
-    /// The pool CA (PEM), for clients.
     /// The pool's vendor (`acme`) public key in base64: what a program of
     /// that vendor has built in.
     pub fn vendor_public_key(&self) -> &str {
         &self.public_key
     }
 
+    /// The pool CA (PEM), for clients.
     pub fn ca_pem(&self) -> Vec<u8> {
         self.credentials.ca_pem()
     }

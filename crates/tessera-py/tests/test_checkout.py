@@ -1,0 +1,64 @@
+"""Checkout, check-in and denial against the real pool."""
+
+import pytest
+
+import tessera
+
+
+def test_a_checkout_holds_every_seat_until_the_with_block_ends(pool, make_client, checkout_all):
+    with checkout_all() as seat:
+        assert seat.is_valid()
+        assert seat.state == "held"
+        assert seat.lost_reason is None
+        assert (seat.feature, seat.count) == ("app", pool.seats)
+        assert seat.grant_id
+        assert seat.server_id in {"A", "B", "C"}
+        assert "held" in repr(seat)
+        with pytest.raises(tessera.NoSeatsAvailable):
+            make_client().checkout("app", "1.0")
+    assert seat.state == "checked_in"
+    assert not seat.is_valid()
+    # Every seat is free again: all of them can be checked out at once.
+    checkout_all().checkin()
+
+
+def test_a_full_pool_denies_with_no_seats_available(make_client, checkout_all):
+    with checkout_all():
+        with pytest.raises(tessera.NoSeatsAvailable) as denied:
+            make_client().checkout("app", "1.0")
+    error = denied.value
+    assert isinstance(error, tessera.TesseraError)
+    assert error.code == "no_seats_available"
+    assert error.server_code == "no_seats_available"
+    assert "`app`" in str(error)
+
+
+def test_the_with_block_checks_in_on_an_exception(checkout_all):
+    with pytest.raises(ZeroDivisionError):
+        with checkout_all() as seat:
+            assert seat.is_valid()
+            1 / 0
+    assert seat.state == "checked_in"
+    checkout_all().checkin()
+
+
+def test_checkin_frees_the_seats_and_a_second_checkin_is_a_clear_error(checkout_all):
+    seat = checkout_all()
+    server_id = seat.server_id
+    seat.checkin()
+    assert seat.state == "checked_in"
+    assert seat.server_id == server_id
+    with pytest.raises(RuntimeError, match="already checked in"):
+        seat.checkin()
+    with pytest.raises(RuntimeError, match="already checked in"):
+        seat.on_change(lambda state, detail: None)
+    with seat:  # leaving the block does nothing more
+        pass
+    checkout_all().checkin()
+
+
+def test_on_change_needs_a_callable(make_client, eventually):
+    client = make_client()
+    with eventually(lambda: client.checkout("app", "1.0")) as seat:
+        with pytest.raises(TypeError):
+            seat.on_change("not callable")
