@@ -327,11 +327,43 @@ fn local_device(host: &str) -> String {
     format!("dev-{}", hex::encode(&digest.finalize()[..8]))
 }
 
+/// The account this process runs as: the operating system's name for it
+/// (what a pool's policy names), else `$USER` or `%USERNAME%`.
 fn local_user_name() -> String {
-    let name = std::env::var("USER")
-        .or_else(|_| std::env::var("USERNAME"))
-        .ok();
+    let name = os_account_name()
+        .or_else(|| std::env::var("USER").ok())
+        .or_else(|| std::env::var("USERNAME").ok());
     first_usable(name)
+}
+
+/// The name of the process's effective user in the account database.
+#[cfg(unix)]
+fn os_account_name() -> Option<String> {
+    let mut entry: libc::passwd = unsafe { std::mem::zeroed() };
+    let mut buffer = vec![0u8; 16 * 1024];
+    let mut found: *mut libc::passwd = std::ptr::null_mut();
+    // SAFETY: getpwuid_r writes into `entry` and `buffer` (of the length
+    // given) and sets `found` to `&entry` or NULL; nothing is kept after.
+    let rc = unsafe {
+        libc::getpwuid_r(
+            libc::geteuid(),
+            &mut entry,
+            buffer.as_mut_ptr().cast(),
+            buffer.len(),
+            &mut found,
+        )
+    };
+    if rc != 0 || found.is_null() || entry.pw_name.is_null() {
+        return None;
+    }
+    // SAFETY: a NUL-terminated name inside `buffer`, which is still alive.
+    let name = unsafe { std::ffi::CStr::from_ptr(entry.pw_name) };
+    name.to_str().ok().map(str::to_string)
+}
+
+#[cfg(not(unix))]
+fn os_account_name() -> Option<String> {
+    None
 }
 
 /// Trims and bounds a name from the environment so that a default never makes
@@ -375,6 +407,19 @@ mod tests {
             let err = config.validate().unwrap_err().to_string();
             assert!(err.contains("bearer token"), "{bad:?}: {err}");
         }
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn the_user_is_the_accounts_name_whatever_the_environment_says() {
+        let id = std::process::Command::new("id")
+            .arg("-un")
+            .output()
+            .unwrap();
+        let account = String::from_utf8(id.stdout).unwrap().trim().to_string();
+        assert_eq!(os_account_name().as_deref(), Some(account.as_str()));
+        // `$USER` is not read while the account has a name.
+        assert_eq!(local_user_name(), account);
     }
 
     #[test]

@@ -137,7 +137,8 @@ pub(crate) fn disposition(code: ErrorCode) -> Disposition {
         | ErrorCode::LicenseNotServed
         | ErrorCode::TemporaryNotAllowed
         | ErrorCode::TooManyDevices
-        | ErrorCode::LicenseWithdrawn => Disposition::Definitive,
+        | ErrorCode::LicenseWithdrawn
+        | ErrorCode::PolicyDenied => Disposition::Definitive,
         ErrorCode::NoSeatsAvailable => Disposition::NoSeats,
         ErrorCode::NoQuorum | ErrorCode::GracePeriod | ErrorCode::NoLeader => Disposition::NoQuorum,
         // That server's clock was set back; another's may be right.

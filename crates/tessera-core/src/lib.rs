@@ -16,6 +16,7 @@ pub mod license;
 pub mod license_table;
 pub mod master;
 pub mod names;
+pub mod policy;
 pub mod pool_change;
 pub mod pool_file;
 pub mod temporary;

@@ -23,6 +23,11 @@
 //! threshold_percent = 80
 //! batch = 5
 //!
+//! [policy.groups]      # optional: who may use what (`crate::policy`)
+//! design = ["alice", "bob"]
+//! [policy.features.cad]
+//! include = ["group:design"]
+//!
 //! [temporary.cad]      # optional; tightens the vendor's temporary terms
 //! devices_max = 2
 //! period_s = 14400
@@ -41,6 +46,7 @@ use serde::{Deserialize, Serialize};
 use crate::distribution::{DistributionError, DistributionTable};
 use crate::license::{LicenseCode, LicenseCodeText, LicenseError};
 use crate::names::check_name;
+use crate::policy::{Policy, PolicyText};
 use crate::temporary::{TemporaryLimits, TemporaryPolicy};
 use crate::{FEATURES_MAX, LICENSE_CODES_MAX, POOL_FILE_BYTES_MAX, POOL_SERVERS_MAX};
 
@@ -135,6 +141,8 @@ pub struct PoolFile {
     /// Per feature: the administrator's tightening of the vendor's terms
     /// for temporary licenses.
     pub temporary: BTreeMap<String, TemporaryLimits>,
+    /// The administrator's usage policy (`[policy]`).
+    pub policy: Policy,
     /// Administrators' credentials; none: nobody may change the pool or
     /// read its grants.
     pub admins: Vec<AdminEntry>,
@@ -194,6 +202,8 @@ struct PoolFileText {
     borrowing: BTreeMap<String, BorrowPolicy>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     temporary: BTreeMap<String, TemporaryLimits>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    policy: Option<PolicyText>,
     #[serde(default)]
     license: Vec<LicenseCodeText>,
 }
@@ -217,6 +227,8 @@ impl PoolFile {
             distribution: raw.distribution,
             borrowing: raw.borrowing,
             temporary: raw.temporary,
+            policy: Policy::from_text(&raw.policy.unwrap_or_default(), text)
+                .map_err(|reason| PoolFileError::Invalid(format!("policy: {reason}")))?,
             admins: raw.admins,
             codes,
         };
@@ -240,6 +252,7 @@ impl PoolFile {
             distribution: self.distribution.clone(),
             borrowing: self.borrowing.clone(),
             temporary: self.temporary.clone(),
+            policy: (!self.policy.is_empty()).then(|| self.policy.to_text()),
             admins: self.admins.clone(),
             license: self.codes.iter().map(LicenseCode::to_text).collect(),
         };
@@ -390,6 +403,14 @@ impl PoolFile {
             policy
                 .validate(&format!("borrowing of feature `{feature}`"))
                 .map_err(invalid)?;
+        }
+        for feature in self.policy.features.keys() {
+            if !vendor_of.contains_key(feature.as_str()) {
+                return Err(invalid(format!(
+                    "policy: the rules name feature `{feature}`, which no license code in this \
+                     file names"
+                )));
+            }
         }
         for (feature, limits) in &self.temporary {
             let what = format!("temporary licenses of feature `{feature}`");
@@ -638,6 +659,35 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("names feature `cam`"), "{err}");
+    }
+
+    #[test]
+    fn the_policy_is_kept_with_the_pool_file_and_refused_with_its_line() {
+        let rules = "[policy.groups]\ndesign = [\"alice\"]\n[policy.features.cad]\n\
+                     include = [\"group:design\"]\nexclude = [\"address:10.0.0.0/8\"]\n";
+        let pool = PoolFile::parse(&pool_text(rules)).unwrap();
+        let asker = crate::policy::Asker {
+            user: "bob",
+            host: "pc",
+            address: None,
+        };
+        assert!(pool.policy.admits("cad", &asker).is_err());
+        assert_eq!(
+            PoolFile::parse(&pool.to_toml().unwrap()).unwrap(),
+            pool,
+            "kept"
+        );
+        let err = PoolFile::parse(&pool_text(&rules.replace("group:design", "group:ops")))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("pool file: policy: line 15: include rule \"group:ops\": no group `ops`"),
+            "{err}"
+        );
+        let err = PoolFile::parse(&pool_text(&rules.replace("features.cad", "features.cam")))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("name feature `cam`"), "{err}");
     }
 
     #[test]

@@ -568,6 +568,9 @@ pub enum ErrorCode {
     /// The temporary license was withdrawn (a newer device holds the
     /// ticket) or is no longer out; the program should say so and close.
     LicenseWithdrawn,
+    /// The pool's policy (`[policy]` of the pool file) does not let this
+    /// user, host or address use the feature; the message names the rule.
+    PolicyDenied,
     /// The server failed; the request may be retried.
     Internal,
     /// A code this client version does not know.
@@ -598,6 +601,7 @@ impl ErrorCode {
             | ErrorCode::TooManyDevices
             | ErrorCode::LicenseWithdrawn => 409,
             ErrorCode::TemporaryNotAllowed => 403,
+            ErrorCode::PolicyDenied => 403,
             ErrorCode::BodyTooLarge => 413,
             ErrorCode::LicenseNotServed => 403,
             ErrorCode::TooManyGrants | ErrorCode::TooManyRequests => 429,
@@ -638,6 +642,7 @@ impl ErrorCode {
             ErrorCode::BodyTimeout => "body_timeout",
             ErrorCode::ClockSetBack => "clock_set_back",
             ErrorCode::TemporaryNotAllowed => "temporary_not_allowed",
+            ErrorCode::PolicyDenied => "policy_denied",
             ErrorCode::TooManyDevices => "too_many_devices",
             ErrorCode::LicenseWithdrawn => "license_withdrawn",
             ErrorCode::Internal => "internal",
@@ -866,6 +871,7 @@ mod tests {
             ErrorCode::TemporaryNotAllowed,
             ErrorCode::TooManyDevices,
             ErrorCode::LicenseWithdrawn,
+            ErrorCode::PolicyDenied,
             ErrorCode::Internal,
         ] {
             let json = serde_json::to_string(&code).unwrap();

@@ -28,6 +28,7 @@ mod codes;
 mod fixture;
 mod hostile;
 mod master;
+mod policy;
 mod proofs;
 mod restart;
 mod seats;

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Extension, State};
+use axum::extract::{ConnectInfo, Extension, State};
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -14,6 +14,7 @@ use tessera_proto::{
 };
 
 use super::auth::Caller;
+use super::per_address::SourceAddress;
 use super::{api_error, ApiError, JsonBody, SignedDenial};
 use crate::answer::Asked;
 use crate::config::PublicStatus;
@@ -69,13 +70,40 @@ async fn noop(JsonBody(body): JsonBody<CheckoutRequest>) -> Json<proto::Grant> {
     })
 }
 
+/// Where a request came from, when the listener says (a real socket).
+type Source = Option<Extension<ConnectInfo<SourceAddress>>>;
+
+/// Whether the pool's policy lets this user, host and address use `feature`.
+fn admitted(
+    app: &App,
+    feature: &str,
+    (user, host): (&str, &str),
+    source: &Source,
+) -> Result<(), ApiError> {
+    let address = source
+        .as_ref()
+        .map(|Extension(ConnectInfo(SourceAddress(address)))| address.ip());
+    let asker = tessera_core::policy::Asker {
+        user,
+        host,
+        address,
+    };
+    app.pool
+        .with_pool_file(|pool| pool.policy.admits(feature, &asker))
+        .map_err(|message| api_error(ErrorCode::PolicyDenied, message))
+}
+
 async fn checkout(
     State(app): State<Arc<App>>,
     Extension(caller): Extension<Caller>,
+    source: Source,
     JsonBody(body): JsonBody<CheckoutRequest>,
 ) -> Result<Json<proto::Grant>, SignedDenial> {
     let asked = Asked::of(&body);
-    let answer = checkout_grant(&app, &caller, body).await;
+    let answer = match admitted(&app, &body.feature, (&body.user, &body.host), &source) {
+        Ok(()) => checkout_grant(&app, &caller, body).await,
+        Err(denied) => Err(denied),
+    };
     signed(&app, asked, answer).await
 }
 
@@ -244,6 +272,7 @@ async fn checkin(
 /// A temporary license (seed 004) for the user's ticket on a device.
 async fn activate(
     State(app): State<Arc<App>>,
+    source: Source,
     JsonBody(body): JsonBody<proto::ActivateRequest>,
 ) -> Result<Json<proto::TemporaryToken>, ApiError> {
     for (name, value) in [
@@ -257,6 +286,7 @@ async fn activate(
     }
     tessera_core::temporary::check_device(&body.device)
         .map_err(|message| api_error(ErrorCode::InvalidField, message))?;
+    admitted(&app, &body.feature, (&body.user, &body.host), &source)?;
     let deadline = Deadline::from(&app, body.answer_within_ms);
     Ok(Json(app.activate(body, deadline).await?))
 }

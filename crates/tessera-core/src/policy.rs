@@ -1,0 +1,423 @@
+//! The administrator's usage policy (FlexNet's options file): groups of
+//! users and of hosts, and per feature who may use it (`include`) and who
+//! may not (`exclude`). It lives in the pool file's `[policy]` tables, so it
+//! is replicated, versioned and changed live with the pool file, and an
+//! invalid one is refused with the rule's line and the reason.
+//!
+//! ```toml
+//! [policy.groups]                 # GROUP
+//! design = ["alice", "bob"]
+//! [policy.host_groups]            # HOST_GROUP
+//! lab = ["ws1", "ws2"]
+//! [policy.features.cad]
+//! include = ["group:design", "address:10.1.0.0/16"]   # INCLUDE
+//! exclude = ["user:mallory", "host_group:lab"]        # EXCLUDE
+//! ```
+//!
+//! An exclusion wins over an inclusion; a feature with any `include` rule
+//! admits only those it names.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::names::check_name;
+
+/// Most names in one group, and most rules of one feature.
+pub const GROUP_MEMBERS_MAX: usize = 10_000;
+pub const RULES_MAX: usize = 1_000;
+
+/// The `[policy]` tables as written.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyText {
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub groups: BTreeMap<String, Vec<String>>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub host_groups: BTreeMap<String, Vec<String>>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub features: BTreeMap<String, FeaturePolicyText>,
+}
+
+/// `[policy.features.FEATURE]` as written; each rule keeps its place in
+/// the file for the messages that name it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FeaturePolicyText {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub include: Vec<toml::Spanned<String>>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub exclude: Vec<toml::Spanned<String>>,
+}
+
+/// Whom a rule names.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Who {
+    User(String),
+    Group(String),
+    Host(String),
+    HostGroup(String),
+    /// An address range: the address and the length of its prefix.
+    Address(IpAddr, u8),
+}
+
+/// One rule: whom it names, as written, and its line in the pool file
+/// (0 when not known).
+#[derive(Clone, Debug)]
+pub struct Rule {
+    pub who: Who,
+    pub text: String,
+    pub line: usize,
+}
+
+impl PartialEq for Rule {
+    /// The same rule wherever it stands in the file.
+    fn eq(&self, other: &Rule) -> bool {
+        self.who == other.who && self.text == other.text
+    }
+}
+
+impl Eq for Rule {}
+
+/// The rules of one feature.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FeaturePolicy {
+    pub include: Vec<Rule>,
+    pub exclude: Vec<Rule>,
+}
+
+/// The parsed policy.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Policy {
+    pub groups: BTreeMap<String, Vec<String>>,
+    pub host_groups: BTreeMap<String, Vec<String>>,
+    pub features: BTreeMap<String, FeaturePolicy>,
+}
+
+/// Who asks for a seat: the request's user and host, and the address the
+/// request came from (none where the transport gives none).
+#[derive(Clone, Copy, Debug)]
+pub struct Asker<'a> {
+    pub user: &'a str,
+    pub host: &'a str,
+    pub address: Option<IpAddr>,
+}
+
+impl Policy {
+    /// Parses and checks `text` (the `[policy]` tables) of the pool file
+    /// `file`, whose text gives the rules their line numbers.
+    pub fn from_text(text: &PolicyText, file: &str) -> Result<Policy, String> {
+        for (what, groups) in [("group", &text.groups), ("host group", &text.host_groups)] {
+            for (name, members) in groups {
+                check_name(what, name)?;
+                if members.len() > GROUP_MEMBERS_MAX {
+                    return Err(format!(
+                        "{what} `{name}` has {} members; the limit is {GROUP_MEMBERS_MAX}",
+                        members.len()
+                    ));
+                }
+                for member in members {
+                    check_name(&format!("a member of {what} `{name}`"), member)?;
+                }
+            }
+        }
+        let mut features = BTreeMap::new();
+        for (feature, rules) in &text.features {
+            let parse = |list: &[toml::Spanned<String>], kind: &str| {
+                if list.len() > RULES_MAX {
+                    return Err(format!(
+                        "feature `{feature}` has {} {kind} rules; the limit is {RULES_MAX}",
+                        list.len()
+                    ));
+                }
+                list.iter()
+                    .map(|rule| {
+                        let line = line_of(file, rule.span().start);
+                        parse_rule(rule.get_ref(), text)
+                            .map(|who| Rule {
+                                who,
+                                text: rule.get_ref().clone(),
+                                line,
+                            })
+                            .map_err(|reason| {
+                                format!("line {line}: {kind} rule \"{}\": {reason}", rule.get_ref())
+                            })
+                    })
+                    .collect::<Result<Vec<_>, _>>()
+            };
+            features.insert(
+                feature.clone(),
+                FeaturePolicy {
+                    include: parse(&rules.include, "include")?,
+                    exclude: parse(&rules.exclude, "exclude")?,
+                },
+            );
+        }
+        Ok(Policy {
+            groups: text.groups.clone(),
+            host_groups: text.host_groups.clone(),
+            features,
+        })
+    }
+
+    /// The policy as the pool file writes it.
+    pub fn to_text(&self) -> PolicyText {
+        let spanned = |rules: &[Rule]| {
+            rules
+                .iter()
+                .map(|r| toml::Spanned::new(0..0, r.text.clone()))
+                .collect()
+        };
+        PolicyText {
+            groups: self.groups.clone(),
+            host_groups: self.host_groups.clone(),
+            features: self
+                .features
+                .iter()
+                .map(|(feature, p)| {
+                    let text = FeaturePolicyText {
+                        include: spanned(&p.include),
+                        exclude: spanned(&p.exclude),
+                    };
+                    (feature.clone(), text)
+                })
+                .collect(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.groups.is_empty() && self.host_groups.is_empty() && self.features.is_empty()
+    }
+
+    /// Whether `asker` may use `feature`; if not, which rule says so.
+    pub fn admits(&self, feature: &str, asker: &Asker) -> Result<(), String> {
+        let Some(rules) = self.features.get(feature) else {
+            return Ok(());
+        };
+        if let Some(rule) = rules.exclude.iter().find(|r| self.names(&r.who, asker)) {
+            return Err(format!(
+                "{} is excluded from `{feature}` by the pool's policy (exclude \"{}\"{})",
+                describe(asker),
+                rule.text,
+                at_line(rule.line)
+            ));
+        }
+        if !rules.include.is_empty() && !rules.include.iter().any(|r| self.names(&r.who, asker)) {
+            return Err(format!(
+                "{} is not among those the pool's policy includes for `{feature}` ({})",
+                describe(asker),
+                rules
+                    .include
+                    .iter()
+                    .map(|r| format!("\"{}\"", r.text))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+        Ok(())
+    }
+
+    fn names(&self, who: &Who, asker: &Asker) -> bool {
+        let member = |groups: &BTreeMap<String, Vec<String>>, group: &str, name: &str| {
+            groups
+                .get(group)
+                .is_some_and(|members| members.iter().any(|m| m == name))
+        };
+        match who {
+            Who::User(user) => user == asker.user,
+            Who::Host(host) => host == asker.host,
+            Who::Group(group) => member(&self.groups, group, asker.user),
+            Who::HostGroup(group) => member(&self.host_groups, group, asker.host),
+            Who::Address(range, prefix) => asker
+                .address
+                .is_some_and(|address| in_range(address, *range, *prefix)),
+        }
+    }
+}
+
+fn describe(asker: &Asker) -> String {
+    match asker.address {
+        Some(address) => format!("user `{}` on host `{}` ({address})", asker.user, asker.host),
+        None => format!("user `{}` on host `{}`", asker.user, asker.host),
+    }
+}
+
+fn at_line(line: usize) -> String {
+    if line == 0 {
+        String::new()
+    } else {
+        format!(", line {line} of the pool file")
+    }
+}
+
+/// The 1-based line of byte `offset` in `text`.
+fn line_of(text: &str, offset: usize) -> usize {
+    let offset = offset.min(text.len());
+    text.as_bytes()[..offset]
+        .iter()
+        .filter(|b| **b == b'\n')
+        .count()
+        + 1
+}
+
+fn parse_rule(rule: &str, policy: &PolicyText) -> Result<Who, String> {
+    let (kind, name) = rule.split_once(':').ok_or_else(|| {
+        "a rule is `user:NAME`, `group:NAME`, `host:NAME`, `host_group:NAME` or \
+         `address:ADDRESS/PREFIX`"
+            .to_string()
+    })?;
+    match kind {
+        "user" => check_name("user", name).map(|()| Who::User(name.to_string())),
+        "host" => check_name("host", name).map(|()| Who::Host(name.to_string())),
+        "group" if policy.groups.contains_key(name) => Ok(Who::Group(name.to_string())),
+        "group" => Err(format!("no group `{name}` in [policy.groups]")),
+        "host_group" if policy.host_groups.contains_key(name) => {
+            Ok(Who::HostGroup(name.to_string()))
+        }
+        "host_group" => Err(format!("no host group `{name}` in [policy.host_groups]")),
+        "address" => parse_range(name),
+        _ => Err(format!(
+            "`{kind}` is not a kind of rule; the kinds are user, group, host, host_group, address"
+        )),
+    }
+}
+
+/// `ADDRESS/PREFIX` (or one address), IPv4 or IPv6.
+fn parse_range(text: &str) -> Result<Who, String> {
+    let (address, prefix) = match text.split_once('/') {
+        Some((address, prefix)) => (address, Some(prefix)),
+        None => (text, None),
+    };
+    let address: IpAddr = address
+        .parse()
+        .map_err(|_| format!("`{address}` is not an IP address"))?;
+    let bits = if address.is_ipv4() { 32 } else { 128 };
+    let prefix = match prefix {
+        None => bits,
+        Some(prefix) => prefix
+            .parse::<u8>()
+            .ok()
+            .filter(|p| *p <= bits)
+            .ok_or_else(|| format!("the prefix `/{prefix}` is not 0 to {bits}"))?,
+    };
+    Ok(Who::Address(address, prefix))
+}
+
+fn in_range(address: IpAddr, range: IpAddr, prefix: u8) -> bool {
+    // An IPv4 client seen through an IPv6 socket is the IPv4 address.
+    let address = match address {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(address, IpAddr::V4),
+        v4 => v4,
+    };
+    let bits = |a: IpAddr| -> (u128, u8) {
+        match a {
+            IpAddr::V4(v4) => (u128::from(u32::from(v4)), 32),
+            IpAddr::V6(v6) => (u128::from(v6), 128),
+        }
+    };
+    let ((a, a_len), (r, r_len)) = (bits(address), bits(range));
+    if a_len != r_len {
+        return false;
+    }
+    let shift = u32::from(a_len - prefix.min(a_len));
+    let mask = if shift >= 128 { 0 } else { u128::MAX << shift };
+    (a & mask) == (r & mask)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(text: &str) -> Result<Policy, String> {
+        #[derive(Deserialize)]
+        struct File {
+            policy: PolicyText,
+        }
+        let file: File = toml::from_str(text).map_err(|e| e.to_string())?;
+        Policy::from_text(&file.policy, text)
+    }
+
+    const POLICY: &str = "\
+[policy.groups]
+design = [\"alice\", \"bob\"]
+[policy.host_groups]
+lab = [\"ws1\", \"ws2\"]
+[policy.features.cad]
+include = [\"group:design\", \"address:10.1.0.0/16\"]
+exclude = [\"user:bob\", \"host_group:lab\"]
+";
+
+    fn asker<'a>(user: &'a str, host: &'a str, address: &str) -> Asker<'a> {
+        Asker {
+            user,
+            host,
+            address: address.parse().ok(),
+        }
+    }
+
+    #[test]
+    fn exclusions_win_and_inclusions_admit_only_those_named() {
+        let p = policy(POLICY).unwrap();
+        assert_eq!(
+            p.admits("cad", &asker("alice", "pc", "192.168.0.1")),
+            Ok(())
+        );
+        assert_eq!(p.admits("cad", &asker("carol", "pc", "10.1.200.3")), Ok(()));
+        assert_eq!(
+            p.admits("cad", &asker("carol", "pc", "::ffff:10.1.0.9")),
+            Ok(()),
+            "an IPv4 client on an IPv6 socket"
+        );
+        let bob = p
+            .admits("cad", &asker("bob", "pc", "10.1.0.1"))
+            .unwrap_err();
+        assert!(bob.contains("exclude \"user:bob\", line 7"), "{bob}");
+        let lab = p.admits("cad", &asker("alice", "ws2", "")).unwrap_err();
+        assert!(lab.contains("host_group:lab"), "{lab}");
+        let carol = p
+            .admits("cad", &asker("carol", "pc", "10.2.0.1"))
+            .unwrap_err();
+        assert!(
+            carol.contains("not among those the pool's policy includes for `cad`"),
+            "{carol}"
+        );
+        assert_eq!(
+            p.admits("cam", &asker("bob", "ws1", "")),
+            Ok(()),
+            "no rules"
+        );
+    }
+
+    #[test]
+    fn invalid_rules_are_refused_with_their_line_and_reason() {
+        for (rule, expected) in [
+            (
+                "\"group:ops\"",
+                "line 6: include rule \"group:ops\": no group `ops`",
+            ),
+            ("\"person:x\"", "`person` is not a kind of rule"),
+            ("\"alice\"", "a rule is `user:NAME`"),
+            ("\"address:10.1.0.0/33\"", "the prefix `/33` is not 0 to 32"),
+            ("\"address:10.1.0\"", "`10.1.0` is not an IP address"),
+            ("\"host_group:nope\"", "no host group `nope`"),
+        ] {
+            let text = POLICY.replace("\"group:design\"", rule);
+            let err = policy(&text).unwrap_err();
+            assert!(err.contains(expected), "{rule}: {err}");
+        }
+        let err = policy(&POLICY.replace("exclude", "forbid")).unwrap_err();
+        assert!(err.contains("unknown field `forbid`"), "{err}");
+    }
+
+    #[test]
+    fn ranges_match_by_prefix() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert!(in_range(ip("10.1.2.3"), ip("10.1.0.0"), 16));
+        assert!(!in_range(ip("10.2.2.3"), ip("10.1.0.0"), 16));
+        assert!(in_range(ip("10.2.2.3"), ip("0.0.0.0"), 0));
+        assert!(in_range(ip("fd00::1"), ip("fd00::"), 8));
+        assert!(!in_range(ip("fd00::1"), ip("10.0.0.0"), 8));
+        assert!(in_range(ip("127.0.0.1"), ip("127.0.0.1"), 32));
+    }
+}
