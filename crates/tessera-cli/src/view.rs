@@ -144,6 +144,13 @@ pub fn render(status: &StatusResponse) -> String {
                 verdict
             );
         }
+        if feature.lingering_seats > 0 {
+            let _ = writeln!(
+                out,
+                "  lingering: {} seats checked in and held for the policy's linger",
+                feature.lingering_seats
+            );
+        }
         if feature.temporary_seats > 0 {
             let _ = writeln!(
                 out,
@@ -366,6 +373,7 @@ mod tests {
                 temporary_seats: 0,
                 temporary_allocation: 0,
                 temporaries: Vec::new(),
+                lingering_seats: 0,
             }],
             grants: vec![GrantStatus {
                 grant_id: "g1".into(),

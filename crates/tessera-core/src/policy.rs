@@ -27,6 +27,8 @@ use crate::names::check_name;
 /// Most names in one group, and most rules of one feature.
 pub const GROUP_MEMBERS_MAX: usize = 10_000;
 pub const RULES_MAX: usize = 1_000;
+/// Longest linger: a day.
+pub const LINGER_S_MAX: u32 = 86_400;
 
 /// The `[policy]` tables as written.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -49,6 +51,9 @@ pub struct FeaturePolicyText {
     pub include: Vec<toml::Spanned<String>>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub exclude: Vec<toml::Spanned<String>>,
+    /// Seconds a seat stays held after its check-in (FlexNet's LINGER).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub linger_s: Option<u32>,
 }
 
 /// Whom a rule names.
@@ -85,6 +90,9 @@ impl Eq for Rule {}
 pub struct FeaturePolicy {
     pub include: Vec<Rule>,
     pub exclude: Vec<Rule>,
+    /// Seconds a seat stays held after its check-in, for programs that
+    /// start and stop often; 0: none.
+    pub linger_s: u32,
 }
 
 /// The parsed policy.
@@ -146,11 +154,19 @@ impl Policy {
                     })
                     .collect::<Result<Vec<_>, _>>()
             };
+            let linger_s = rules.linger_s.unwrap_or(0);
+            if linger_s > LINGER_S_MAX {
+                return Err(format!(
+                    "feature `{feature}`: linger_s is {linger_s}; it must be at most \
+                     {LINGER_S_MAX}"
+                ));
+            }
             features.insert(
                 feature.clone(),
                 FeaturePolicy {
                     include: parse(&rules.include, "include")?,
                     exclude: parse(&rules.exclude, "exclude")?,
+                    linger_s,
                 },
             );
         }
@@ -179,6 +195,7 @@ impl Policy {
                     let text = FeaturePolicyText {
                         include: spanned(&p.include),
                         exclude: spanned(&p.exclude),
+                        linger_s: (p.linger_s > 0).then_some(p.linger_s),
                     };
                     (feature.clone(), text)
                 })
@@ -188,6 +205,13 @@ impl Policy {
 
     pub fn is_empty(&self) -> bool {
         self.groups.is_empty() && self.host_groups.is_empty() && self.features.is_empty()
+    }
+
+    /// How long a seat of `feature` stays held after its check-in, in ms.
+    pub fn linger_ms(&self, feature: &str) -> u64 {
+        self.features
+            .get(feature)
+            .map_or(0, |p| u64::from(p.linger_s) * 1_000)
     }
 
     /// Whether `asker` may use `feature`; if not, which rule says so.
@@ -406,6 +430,17 @@ exclude = [\"user:bob\", \"host_group:lab\"]
             let err = policy(&text).unwrap_err();
             assert!(err.contains(expected), "{rule}: {err}");
         }
+        let err = policy(&format!("{POLICY}linger_s = 86401\n")).unwrap_err();
+        assert!(
+            err.contains("linger_s is 86401; it must be at most 86400"),
+            "{err}"
+        );
+        assert_eq!(
+            policy(&format!("{POLICY}linger_s = 30\n"))
+                .unwrap()
+                .linger_ms("cad"),
+            30_000
+        );
         let err = policy(&POLICY.replace("exclude", "forbid")).unwrap_err();
         assert!(err.contains("unknown field `forbid`"), "{err}");
     }

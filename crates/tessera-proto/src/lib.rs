@@ -766,6 +766,10 @@ pub struct FeatureStatus {
     /// with a credential, as grants.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub temporaries: Vec<TemporaryStatus>,
+    /// Seats checked in on the answering server and still held for the
+    /// policy's `linger_s`.
+    #[serde(default)]
+    pub lingering_seats: u32,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

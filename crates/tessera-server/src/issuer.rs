@@ -45,6 +45,9 @@ pub struct LiveGrant {
     /// False for a grant restored or kept after the table shrank below it:
     /// its seats are held aside until it lapses and it is never renewed.
     pub counted: bool,
+    /// Checked in, and held until its expiry all the same (the policy's
+    /// `linger_s`).
+    pub lingering: bool,
 }
 
 impl LiveGrant {
@@ -262,6 +265,7 @@ impl Issuer {
             issued_unix_ms: stored.issued_unix_ms,
             expires_at_ms: now_ms + hold_ms,
             counted: false,
+            lingering: false,
         };
         self.insert_grant(grant_id, grant);
     }
@@ -506,6 +510,7 @@ impl Issuer {
             issued_unix_ms: now_unix_ms,
             expires_at_ms: now_ms + terms.hold_ms,
             counted: true,
+            lingering: false,
         };
         let stored = grant.stored();
         let supersedes_renewal = (origin == Origin::Conversion && grant.request.renewal > 0)
@@ -616,6 +621,8 @@ impl Issuer {
         self.expiry_queue.insert((new_expiry, grant_id.clone()));
         let grant = self.grants.get_mut(&grant_id).expect("found above");
         grant.expires_at_ms = new_expiry;
+        // A heartbeat that crossed its own check-in: held again.
+        grant.lingering = false;
         grant.request.renewal = grant.request.renewal.max(request.renewal);
         let renewal = grant.request.renewal;
         Ok(Issued {
@@ -636,6 +643,46 @@ impl Issuer {
     pub fn rollback(&mut self, grant_id: &str) -> Option<Released> {
         let grant = self.remove_grant(grant_id)?;
         Some(Released::of(grant_id.to_string(), &grant))
+    }
+
+    /// A check-in of a feature whose policy makes seats linger: the grant
+    /// stays held, never renewed, until `now_ms` plus the linger, and then
+    /// lapses as any grant does. `Some(until_ms)` if it lingers now; `None`
+    /// when it does not (no linger, or not this client's grant: the check-in
+    /// says why).
+    pub fn linger(&mut self, grant_id: &str, client_id: &str, now_ms: u64) -> Option<u64> {
+        let grant = self.grants.get(grant_id)?;
+        if grant.request.client_id != client_id || !grant.counted {
+            return None;
+        }
+        if grant.lingering {
+            // Checked in again: it lingers as it did.
+            return Some(grant.expires_at_ms);
+        }
+        let linger_ms = self
+            .pool()
+            .map_or(0, |pool| pool.policy.linger_ms(&grant.request.feature));
+        if linger_ms == 0 {
+            return None;
+        }
+        let until_ms = now_ms + linger_ms;
+        let old_expiry = grant.expires_at_ms;
+        self.expiry_queue
+            .remove(&(old_expiry, grant_id.to_string()));
+        self.expiry_queue.insert((until_ms, grant_id.to_string()));
+        let grant = self.grants.get_mut(grant_id).expect("found above");
+        grant.expires_at_ms = until_ms;
+        grant.lingering = true;
+        Some(until_ms)
+    }
+
+    /// Seats of `feature` checked in and lingering here.
+    pub fn lingering_seats(&self, feature: &str) -> u32 {
+        self.grants
+            .values()
+            .filter(|g| g.lingering && g.request.feature == feature)
+            .map(|g| g.request.count)
+            .sum()
     }
 
     pub fn checkin(&mut self, grant_id: &str, client_id: &str) -> Result<Released, Refusal> {

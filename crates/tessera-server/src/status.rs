@@ -200,6 +200,7 @@ impl App {
             temporary_seats: allocation.map_or(0, |a| a.temporary_seats() as u32),
             temporary_allocation: allocation.map_or(0, |a| a.temporary_allocation() as u32),
             temporaries,
+            lingering_seats: issuer.lingering_seats(&feature.feature),
             lease_ms: terms.map_or(0, |t| t.lease_ms),
             heartbeat_interval_ms: terms.map_or(0, |t| t.heartbeat_interval_ms),
             borrow_threshold_percent: self.borrow_policy_in(issuer, &feature.feature).0,

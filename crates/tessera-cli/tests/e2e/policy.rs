@@ -124,3 +124,57 @@ async fn the_policy_admits_and_denies_by_rule_and_changes_live() {
         .ok();
     assert_eq!(server.status().await.pool_sequence, 2);
 }
+
+/// `linger_s`: a checked-in seat stays held that long (nobody else gets
+/// it), the status says so, and then it is free.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_checked_in_seat_lingers_for_the_policys_seconds_and_then_frees() {
+    let fixture = Fixture::new().await;
+    let codes = fixture.sign(&code("cad", 1)).await;
+    let policy = "\n[policy.features.cad]\nlinger_s = 3\n";
+    let mut server = fixture.server(ServerSpec::new(format!("{codes}{policy}")));
+    server.start(StartMode::NewPool).await;
+    server.wait_state("serving").await;
+
+    let grant = server
+        .post("/v1/checkout", &as_user("alice", "pc1", "cad"))
+        .await
+        .ok();
+    let checked_in_at = std::time::Instant::now();
+    let checkin = serde_json::json!({
+        "grant_id": grant["grant_id"],
+        "client_id": "alice-pc1",
+        "proof": grant["proof"],
+    });
+    let answer = server.post("/v1/checkin", &checkin).await.ok();
+    assert_eq!(answer["released_seats"], 0, "the seat lingers");
+    server
+        .post("/v1/checkout", &as_user("bob", "pc2", "cad"))
+        .await
+        .refused(409, "no_seats_available");
+    let status = server.status().await;
+    assert_eq!(
+        crate::fixture::feature_of(&status, "cad").lingering_seats,
+        1
+    );
+    let text = tessera(server.cli(&["status"])).await.success().stdout;
+    assert!(text.contains("lingering: 1 seats"), "{text}");
+    // A second check-in of the lingering grant changes nothing.
+    server.post("/v1/checkin", &checkin).await.ok();
+    server
+        .poll(
+            "the lingering seat free",
+            std::time::Duration::from_secs(10),
+            |s| crate::fixture::feature_of(s, "cad").lingering_seats == 0,
+        )
+        .await;
+    let lingered = checked_in_at.elapsed();
+    assert!(
+        lingered >= std::time::Duration::from_millis(2_900),
+        "freed after {lingered:?}, before the 3 s linger"
+    );
+    server
+        .post("/v1/checkout", &as_user("bob", "pc2", "cad"))
+        .await
+        .ok();
+}

@@ -218,13 +218,21 @@ impl App {
         client_id: &str,
         proof: &str,
     ) -> Result<u32, Refusal> {
+        let now_ms = self.clock.now_ms();
         let result = {
             let mut issuer = self.issuer();
-            check_checkin_proof(&issuer, &self.pool_key, grant_id, client_id, proof)
-                .and_then(|()| issuer.checkin(grant_id, client_id))
+            check_checkin_proof(&issuer, &self.pool_key, grant_id, client_id, proof).and_then(
+                |()| match issuer.linger(grant_id, client_id, now_ms) {
+                    // Held until the linger ends, then it lapses as any grant.
+                    Some(_) => Ok(None),
+                    None => issuer.checkin(grant_id, client_id).map(Some),
+                },
+            )
         };
         self.count("checkin", &result);
-        let released = result?;
+        let Some(released) = result? else {
+            return Ok(0);
+        };
         let released_seats = released.seats;
         self.supersede(&released.grant_id, proto::SupersededGrant::CHECKED_IN);
         self.released(vec![released]).await;
