@@ -19,6 +19,7 @@ pub mod names;
 pub mod policy;
 pub mod pool_change;
 pub mod pool_file;
+pub mod report;
 pub mod temporary;
 pub mod unsigned;
 pub mod version;

@@ -166,6 +166,48 @@ impl Drop for Subscription {
     }
 }
 
+/// A callback of the C caller: a state, a detail, its own pointer back.
+type CallerCallback<C> = Option<unsafe extern "C" fn(C, *const c_char, *mut c_void)>;
+
+/// Subscribes the caller's `callback` (with `user_data`) to what `watch`
+/// watches, each change told as a state and a detail (`tell`).
+fn subscription<S: 'static, C: 'static>(
+    callback: CallerCallback<C>,
+    user_data: *mut c_void,
+    tell: fn(S) -> (C, String),
+    watch: impl FnOnce(Box<dyn Fn(S) + Send>) -> Watching,
+) -> Option<Subscription> {
+    let callback = callback?;
+    let user_data = UserData(user_data);
+    Some(Subscription::new(|live| {
+        watch(Box::new(move |change| {
+            let user_data = &user_data;
+            let (state, detail) = tell(change);
+            let detail = c_string(&detail);
+            Subscription::call_if_live(&live, || {
+                // SAFETY: the caller's callback, with its own pointer back.
+                unsafe { callback(state, detail.as_ptr(), user_data.0) }
+            });
+        }))
+    }))
+}
+
+fn seat_change(state: SeatState) -> (TesseraSeatState, String) {
+    match state {
+        SeatState::Held { server_id, .. } => (TesseraSeatState::Held, server_id),
+        SeatState::Lost { reason } => (TesseraSeatState::Lost, reason),
+    }
+}
+
+fn temporary_change(state: TemporaryState) -> (TesseraTemporaryState, String) {
+    match state {
+        TemporaryState::Valid { expires_unix_ms } => {
+            (TesseraTemporaryState::Valid, expires_unix_ms.to_string())
+        }
+        TemporaryState::Withdrawn { reason } => (TesseraTemporaryState::Withdrawn, reason),
+    }
+}
+
 /// Replaces the subscription in `slot`.
 fn subscribe(slot: &Mutex<Option<Subscription>>, subscription: Option<Subscription>) {
     let old = std::mem::replace(
@@ -576,22 +618,8 @@ pub unsafe extern "C" fn tessera_seat_on_change(
 ) -> TesseraStatus {
     call(|| {
         let seat = unsafe { object_arg("seat", seat) }?;
-        let subscription = callback.map(|callback| {
-            let user_data = UserData(user_data);
-            Subscription::new(|live| {
-                seat.seat.on_change(move |state| {
-                    let user_data = &user_data;
-                    let (state, detail) = match state {
-                        SeatState::Held { server_id, .. } => (TesseraSeatState::Held, server_id),
-                        SeatState::Lost { reason } => (TesseraSeatState::Lost, reason),
-                    };
-                    let detail = c_string(&detail);
-                    Subscription::call_if_live(&live, || {
-                        // SAFETY: the caller's callback, with its own pointer back.
-                        unsafe { callback(state, detail.as_ptr(), user_data.0) }
-                    });
-                })
-            })
+        let subscription = subscription(callback, user_data, seat_change, |call| {
+            seat.seat.on_change(call)
         });
         subscribe(&seat.callback, subscription);
         Ok(())
@@ -738,26 +766,8 @@ pub unsafe extern "C" fn tessera_temporary_on_change(
 ) -> TesseraStatus {
     call(|| {
         let license = unsafe { object_arg("license", license) }?;
-        let subscription = callback.map(|callback| {
-            let user_data = UserData(user_data);
-            Subscription::new(|live| {
-                license.license.on_change(move |state| {
-                    let user_data = &user_data;
-                    let (state, detail) = match state {
-                        TemporaryState::Valid { expires_unix_ms } => {
-                            (TesseraTemporaryState::Valid, expires_unix_ms.to_string())
-                        }
-                        TemporaryState::Withdrawn { reason } => {
-                            (TesseraTemporaryState::Withdrawn, reason)
-                        }
-                    };
-                    let detail = c_string(&detail);
-                    Subscription::call_if_live(&live, || {
-                        // SAFETY: the caller's callback, with its own pointer back.
-                        unsafe { callback(state, detail.as_ptr(), user_data.0) }
-                    });
-                })
-            })
+        let subscription = subscription(callback, user_data, temporary_change, |call| {
+            license.license.on_change(call)
         });
         subscribe(&license.callback, subscription);
         Ok(())
