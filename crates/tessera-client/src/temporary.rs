@@ -438,7 +438,7 @@ mod tests {
 
     use tessera_core::answer::ServerSecretKey;
     use tessera_core::temporary::TokenFields;
-    use tessera_core::{CivilDate, Expiry, HostBinding, Policy, VendorSecretKey};
+    use tessera_core::VendorSecretKey;
     use tessera_proto::Proof;
 
     use super::*;
@@ -450,21 +450,11 @@ mod tests {
     /// A token the pool would sign: 8 h from `ISSUED`, on `device`.
     fn token(device: &str) -> TemporaryToken {
         let vendor = VendorSecretKey::from_seed("acme", [7; 32]).unwrap();
-        let code = vendor
-            .sign(tessera_core::license::UnsignedCode {
-                id: "cad-1".into(),
-                vendor: String::new(),
-                feature: "cad".into(),
-                version_min: Version::parse("1.0").unwrap(),
-                version_max: Version::parse("2.99").unwrap(),
-                seats: 10,
-                issued: CivilDate::parse("2026-01-01").unwrap(),
-                expiry: Expiry::Permanent,
-                hostid: HostBinding::Any,
-                policy: Policy::DEFAULT,
-                temporary: Some(tessera_core::temporary::TemporaryPolicy::DEFAULT),
-            })
-            .unwrap();
+        let code = crate::trust::tests::code_with(
+            &vendor,
+            "cad-1",
+            Some(tessera_core::temporary::TemporaryPolicy::DEFAULT),
+        );
         let fields = TokenFields {
             license_id: "t1".into(),
             pool_id: "acme-eng".into(),

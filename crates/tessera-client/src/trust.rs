@@ -343,7 +343,7 @@ pub(crate) fn default_clock_file() -> Option<PathBuf> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use tessera_core::answer::ServerSecretKey;
     use tessera_core::{CivilDate, Expiry, HostBinding, Policy, VendorSecretKey};
     use tessera_proto::{ErrorCode, Proof};
@@ -355,6 +355,15 @@ mod tests {
     }
 
     fn code(key: &VendorSecretKey, id: &str) -> LicenseCode {
+        code_with(key, id, None)
+    }
+
+    /// 10 seats of `cad`, versions 1.0 to 2.99, any host, these temporary terms.
+    pub(crate) fn code_with(
+        key: &VendorSecretKey,
+        id: &str,
+        temporary: Option<tessera_core::temporary::TemporaryPolicy>,
+    ) -> LicenseCode {
         key.sign(tessera_core::license::UnsignedCode {
             id: id.into(),
             vendor: String::new(),
@@ -366,7 +375,7 @@ mod tests {
             expiry: Expiry::Permanent,
             hostid: HostBinding::Any,
             policy: Policy::DEFAULT,
-            temporary: None,
+            temporary,
         })
         .unwrap()
     }

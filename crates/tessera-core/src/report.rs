@@ -187,14 +187,12 @@ pub fn usage(
                 let Some((began, count, user, name)) = open.remove(event.grant_id.as_str()) else {
                     continue;
                 };
-                let seat_hours = f64::from(count) * hours(began, event.at_unix_ms);
-                let feature = out.entry(name.to_string()).or_default();
-                feature.seat_hours += seat_hours;
-                feature
-                    .users
-                    .entry(user.to_string())
-                    .or_default()
-                    .seat_hours += seat_hours;
+                add_seat_hours(
+                    &mut out,
+                    name,
+                    user,
+                    f64::from(count) * hours(began, event.at_unix_ms),
+                );
                 if let Some(now) = held.get_mut(name) {
                     *now = now.saturating_sub(u64::from(count));
                 }
@@ -208,16 +206,26 @@ pub fn usage(
         }
     }
     for (began, count, user, name) in open.into_values() {
-        let seat_hours = f64::from(count) * hours(began, to_unix_ms);
-        let feature = out.entry(name.to_string()).or_default();
-        feature.seat_hours += seat_hours;
-        feature
-            .users
-            .entry(user.to_string())
-            .or_default()
-            .seat_hours += seat_hours;
+        add_seat_hours(
+            &mut out,
+            name,
+            user,
+            f64::from(count) * hours(began, to_unix_ms),
+        );
     }
     out
+}
+
+/// Counts a grant's `seat_hours` to its feature and its user.
+fn add_seat_hours(
+    out: &mut BTreeMap<String, FeatureUsage>,
+    feature: &str,
+    user: &str,
+    seat_hours: f64,
+) {
+    let usage = out.entry(feature.to_string()).or_default();
+    usage.seat_hours += seat_hours;
+    usage.users.entry(user.to_string()).or_default().seat_hours += seat_hours;
 }
 
 #[cfg(test)]

@@ -95,17 +95,7 @@ fn sign_code(tessera: &Path, dir: &Path, code: &CodeSpec) {
 }
 
 pub(crate) fn run(tessera: &Path, args: &[&str], dir: &Path) -> String {
-    let out = Command::new(tessera)
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("run tessera");
-    assert!(
-        out.status.success(),
-        "tessera {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    cargo::run_checked(Command::new(tessera).args(args).current_dir(dir))
 }
 
 /// How a test pool is made.

@@ -257,7 +257,9 @@ impl App {
             })?;
         drop(issuer);
         // The pool's `[temporary.FEATURE]` may tighten the vendor's terms.
-        let limits = self.pool.pool_file().temporary.get(feature).copied();
+        let limits = self
+            .pool
+            .with_pool_file(|pool| pool.temporary.get(feature).copied());
         match limits {
             None => Ok(vendor),
             Some(limits) => limits.apply(vendor).ok_or_else(|| {
