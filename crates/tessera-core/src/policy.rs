@@ -12,10 +12,21 @@
 //! [policy.features.cad]
 //! include = ["group:design", "address:10.1.0.0/16"]   # INCLUDE
 //! exclude = ["user:mallory", "host_group:lab"]        # EXCLUDE
+//! reserve = ["2 group:design"]                         # RESERVE
+//! max = ["1 user:bob", "3 host_group:lab"]             # MAX
+//! linger_s = 30                                        # LINGER
 //! ```
 //!
 //! An exclusion wins over an inclusion; a feature with any `include` rule
 //! admits only those it names.
+//!
+//! `reserve` and `max` hold across the pool, not per server: every grant of
+//! a feature with either is recorded in the pool's log as a [`Claim`] before
+//! it is issued, and [`Policy::check_claim`] judges the claims alike on
+//! every server. A reserve keeps its seats from everyone it does not name
+//! (each asker counts against the first reserve that names them, and takes
+//! from the unreserved seats once that reserve is used up); a max bounds
+//! what all those its rule names hold together.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -54,6 +65,12 @@ pub struct FeaturePolicyText {
     /// Seconds a seat stays held after its check-in (FlexNet's LINGER).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub linger_s: Option<u32>,
+    /// `"N RULE"`: N seats kept for those RULE names (FlexNet's RESERVE).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub reserve: Vec<toml::Spanned<String>>,
+    /// `"N RULE"`: those RULE names hold at most N seats together (MAX).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub max: Vec<toml::Spanned<String>>,
 }
 
 /// Whom a rule names.
@@ -85,6 +102,13 @@ impl PartialEq for Rule {
 
 impl Eq for Rule {}
 
+/// A `reserve` or `max` rule: a number of seats and whom they concern.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Limit {
+    pub seats: u32,
+    pub rule: Rule,
+}
+
 /// The rules of one feature.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct FeaturePolicy {
@@ -93,6 +117,40 @@ pub struct FeaturePolicy {
     /// Seconds a seat stays held after its check-in, for programs that
     /// start and stop often; 0: none.
     pub linger_s: u32,
+    pub reserve: Vec<Limit>,
+    pub max: Vec<Limit>,
+}
+
+/// Why a claim is refused: a `max` reached, or the free seats reserved.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ClaimRefused {
+    Max(String),
+    Reserved(String),
+}
+
+/// Seats held under one grant of a feature with `reserve` or `max` rules,
+/// as the pool's log records them: whose they are, so that every server
+/// judges the rules alike.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Claim {
+    pub user: String,
+    pub host: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<IpAddr>,
+    pub seats: u32,
+    /// The server that holds the grant.
+    pub server: String,
+}
+
+impl Claim {
+    pub fn asker(&self) -> Asker<'_> {
+        Asker {
+            user: &self.user,
+            host: &self.host,
+            address: self.address,
+        }
+    }
 }
 
 /// The parsed policy.
@@ -161,12 +219,39 @@ impl Policy {
                      {LINGER_S_MAX}"
                 ));
             }
+            let limits = |list: &[toml::Spanned<String>], kind: &str| {
+                if list.len() > RULES_MAX {
+                    return Err(format!(
+                        "feature `{feature}` has {} {kind} rules; the limit is {RULES_MAX}",
+                        list.len()
+                    ));
+                }
+                list.iter()
+                    .map(|rule| {
+                        let line = line_of(file, rule.span().start);
+                        parse_limit(rule.get_ref(), text)
+                            .map(|(seats, who, rule_text)| Limit {
+                                seats,
+                                rule: Rule {
+                                    who,
+                                    text: rule_text,
+                                    line,
+                                },
+                            })
+                            .map_err(|reason| {
+                                format!("line {line}: {kind} rule \"{}\": {reason}", rule.get_ref())
+                            })
+                    })
+                    .collect::<Result<Vec<_>, _>>()
+            };
             features.insert(
                 feature.clone(),
                 FeaturePolicy {
                     include: parse(&rules.include, "include")?,
                     exclude: parse(&rules.exclude, "exclude")?,
                     linger_s,
+                    reserve: limits(&rules.reserve, "reserve")?,
+                    max: limits(&rules.max, "max")?,
                 },
             );
         }
@@ -192,10 +277,20 @@ impl Policy {
                 .features
                 .iter()
                 .map(|(feature, p)| {
+                    let limits = |limits: &[Limit]| {
+                        limits
+                            .iter()
+                            .map(|l| {
+                                toml::Spanned::new(0..0, format!("{} {}", l.seats, l.rule.text))
+                            })
+                            .collect()
+                    };
                     let text = FeaturePolicyText {
                         include: spanned(&p.include),
                         exclude: spanned(&p.exclude),
                         linger_s: (p.linger_s > 0).then_some(p.linger_s),
+                        reserve: limits(&p.reserve),
+                        max: limits(&p.max),
                     };
                     (feature.clone(), text)
                 })
@@ -212,6 +307,112 @@ impl Policy {
         self.features
             .get(feature)
             .map_or(0, |p| u64::from(p.linger_s) * 1_000)
+    }
+
+    /// True if `feature` has `reserve` or `max` rules: its grants are
+    /// claimed through the pool's log ([`Claim`]).
+    pub fn counts(&self, feature: &str) -> bool {
+        self.features
+            .get(feature)
+            .is_some_and(|p| !p.reserve.is_empty() || !p.max.is_empty())
+    }
+
+    /// Seats the `reserve` rules of `feature` keep, together.
+    pub fn reserved_seats(&self, feature: &str) -> u64 {
+        self.features
+            .get(feature)
+            .map_or(0, |p| p.reserve.iter().map(|l| u64::from(l.seats)).sum())
+    }
+
+    /// Whether `new` may hold its seats of `feature` besides `held` (the
+    /// claims and temporary licenses recorded, never `new` itself), out of
+    /// `total` seats. A `max` bounds what those its rule names hold
+    /// together. A `reserve` keeps its seats from everyone else: each
+    /// holder counts against the first reserve that names them, and what a
+    /// reserve's holders hold beyond it comes out of the unreserved seats,
+    /// so the held seats, with each reserve's unused part counted as held,
+    /// stay within `total`. Refused: why, naming the rule and its line.
+    pub fn check_claim<'a>(
+        &self,
+        feature: &str,
+        total: u32,
+        held: impl Iterator<Item = (Asker<'a>, u32)> + Clone,
+        new: (Asker<'a>, u32),
+    ) -> Result<(), ClaimRefused> {
+        let Some(rules) = self.features.get(feature) else {
+            return Ok(());
+        };
+        let (asker, seats) = new;
+        for limit in &rules.max {
+            if !self.names(&limit.rule.who, &asker) {
+                continue;
+            }
+            let holding: u64 = held
+                .clone()
+                .filter(|(a, _)| self.names(&limit.rule.who, a))
+                .map(|(_, n)| u64::from(n))
+                .sum();
+            if holding + u64::from(seats) > u64::from(limit.seats) {
+                return Err(ClaimRefused::Max(format!(
+                    "{} may not take {seats} more seats of `{feature}`: those \"{}\" names hold                      {holding}, and the pool's policy allows them {} (max \"{} {}\"{})",
+                    describe(&asker),
+                    limit.rule.text,
+                    limit.seats,
+                    limit.seats,
+                    limit.rule.text,
+                    at_line(limit.rule.line)
+                )));
+            }
+        }
+        if rules.reserve.is_empty() {
+            return Ok(());
+        }
+        let cover = |a: &Asker| {
+            rules
+                .reserve
+                .iter()
+                .position(|l| self.names(&l.rule.who, a))
+        };
+        let mut per_reserve = vec![0u64; rules.reserve.len()];
+        let mut others = 0u64;
+        for (a, n) in held.chain(std::iter::once((asker, seats))) {
+            match cover(&a) {
+                Some(r) => per_reserve[r] += u64::from(n),
+                None => others += u64::from(n),
+            }
+        }
+        let counted: u64 = others
+            + rules
+                .reserve
+                .iter()
+                .zip(&per_reserve)
+                .map(|(l, &h)| h.max(u64::from(l.seats)))
+                .sum::<u64>();
+        if counted > u64::from(total) {
+            let kept: Vec<String> = rules
+                .reserve
+                .iter()
+                .zip(&per_reserve)
+                .filter(|(l, &h)| h < u64::from(l.seats))
+                .map(|(l, &h)| {
+                    format!(
+                        "{} for \"{}\" (reserve \"{} {}\"{})",
+                        u64::from(l.seats) - h,
+                        l.rule.text,
+                        l.seats,
+                        l.rule.text,
+                        at_line(l.rule.line)
+                    )
+                })
+                .collect();
+            return Err(ClaimRefused::Reserved(format!(
+                "no seats of `{feature}` free for {}: of its {total} seats, those not held are \
+                 kept by the pool's policy, {}",
+                describe(&asker),
+                kept.join(" and ")
+            )));
+        }
+        Ok(())
     }
 
     /// Whether `asker` may use `feature`; if not, which rule says so.
@@ -305,6 +506,22 @@ fn parse_rule(rule: &str, policy: &PolicyText) -> Result<Who, String> {
             "`{kind}` is not a kind of rule; the kinds are user, group, host, host_group, address"
         )),
     }
+}
+
+/// `"N RULE"` of a `reserve` or `max`: the seats, whom, and the rule as written.
+fn parse_limit(text: &str, policy: &PolicyText) -> Result<(u32, Who, String), String> {
+    let shape = "a reserve or max rule is `N RULE`, such as \"2 group:design\"";
+    let (seats, rule) = text
+        .trim()
+        .split_once(' ')
+        .ok_or_else(|| shape.to_string())?;
+    let seats: u32 = seats
+        .parse()
+        .ok()
+        .filter(|n| *n > 0)
+        .ok_or_else(|| format!("`{seats}` is not a number of seats above 0; {shape}"))?;
+    let rule = rule.trim();
+    parse_rule(rule, policy).map(|who| (seats, who, rule.to_string()))
 }
 
 /// `ADDRESS/PREFIX` (or one address), IPv4 or IPv6.
@@ -443,6 +660,95 @@ exclude = [\"user:bob\", \"host_group:lab\"]
         );
         let err = policy(&POLICY.replace("exclude", "forbid")).unwrap_err();
         assert!(err.contains("unknown field `forbid`"), "{err}");
+    }
+
+    /// Seats `held` by (user, seats), and whether `new` may take `seats` more.
+    fn claim(
+        p: &Policy,
+        total: u32,
+        held: &[(&str, u32)],
+        new: (&str, u32),
+    ) -> Result<(), ClaimRefused> {
+        let held: Vec<(Asker, u32)> = held.iter().map(|&(u, n)| (asker(u, "pc", ""), n)).collect();
+        p.check_claim(
+            "cad",
+            total,
+            held.iter().copied(),
+            (asker(new.0, "pc", ""), new.1),
+        )
+    }
+
+    #[test]
+    fn reserves_keep_their_seats_from_others_and_maxima_bound_those_they_name() {
+        let text = "\
+[policy.groups]
+design = [\"alice\", \"bob\"]
+ops = [\"olga\"]
+[policy.features.cad]
+reserve = [\"2 group:design\", \"1 group:ops\"]
+max = [\"1 user:bob\", \"3 group:design\"]
+";
+        let p = policy(text).unwrap();
+        assert!(p.counts("cad") && !p.counts("cam"));
+        assert_eq!(p.reserved_seats("cad"), 3);
+        // 5 seats: 2 for design, 1 for ops, 2 for everyone.
+        assert_eq!(claim(&p, 5, &[("carol", 1)], ("dave", 1)), Ok(()));
+        let third = claim(&p, 5, &[("carol", 1), ("dave", 1)], ("erin", 1)).unwrap_err();
+        let ClaimRefused::Reserved(reason) = third else {
+            panic!("{third:?}")
+        };
+        assert!(
+            reason.contains("kept by the pool's policy, 2 for \"group:design\" (reserve \"2 group:design\", line 5 of the pool file) and 1 for \"group:ops\""),
+            "{reason}"
+        );
+        // The reserve's own members still get theirs, then the general seats.
+        assert_eq!(
+            claim(&p, 5, &[("carol", 1), ("dave", 1)], ("alice", 1)),
+            Ok(())
+        );
+        assert_eq!(
+            claim(&p, 5, &[("carol", 1), ("dave", 1)], ("olga", 1)),
+            Ok(())
+        );
+        assert_eq!(claim(&p, 5, &[("carol", 1)], ("alice", 2)), Ok(()));
+        // Design beyond its reserve takes a general seat, then no more.
+        assert_eq!(claim(&p, 5, &[("alice", 2)], ("alice", 1)), Ok(()));
+        assert!(matches!(
+            claim(&p, 5, &[("alice", 2), ("carol", 2)], ("alice", 1)),
+            Err(ClaimRefused::Max(_)) | Err(ClaimRefused::Reserved(_))
+        ));
+        // Maxima: bob alone, design together.
+        let bob = claim(&p, 10, &[("bob", 1)], ("bob", 1)).unwrap_err();
+        let ClaimRefused::Max(reason) = bob else {
+            panic!("{bob:?}")
+        };
+        assert!(
+            reason.contains("user `bob` on host `pc`")
+                && reason.contains("(max \"1 user:bob\", line 6 of the pool file)"),
+            "{reason}"
+        );
+        assert_eq!(claim(&p, 10, &[("bob", 1)], ("alice", 2)), Ok(()));
+        assert!(matches!(
+            claim(&p, 10, &[("bob", 1), ("alice", 2)], ("alice", 1)),
+            Err(ClaimRefused::Max(_))
+        ));
+        assert_eq!(
+            claim(&p, 10, &[("bob", 1), ("alice", 2)], ("carol", 5)),
+            Ok(())
+        );
+        // Written back as read.
+        assert_eq!(Policy::from_text(&p.to_text(), "").unwrap(), p);
+        for (rule, expected) in [
+            ("\"0 group:design\"", "`0` is not a number of seats above 0"),
+            ("\"group:design\"", "a reserve or max rule is `N RULE`"),
+            ("\"2 group:nope\"", "no group `nope`"),
+        ] {
+            let err = policy(&text.replace("\"2 group:design\"", rule)).unwrap_err();
+            assert!(
+                err.contains(&format!("line 5: reserve rule {rule}: {expected}")),
+                "{err}"
+            );
+        }
     }
 
     #[test]

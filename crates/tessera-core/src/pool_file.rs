@@ -411,6 +411,16 @@ impl PoolFile {
                      file names"
                 )));
             }
+            let (reserved, seats) = (
+                self.policy.reserved_seats(feature),
+                self.nominal_seats(feature),
+            );
+            if reserved > seats {
+                return Err(invalid(format!(
+                    "policy: the reserve rules of feature `{feature}` keep {reserved} seats, but \
+                     its codes have {seats}"
+                )));
+            }
         }
         for (feature, limits) in &self.temporary {
             let what = format!("temporary licenses of feature `{feature}`");

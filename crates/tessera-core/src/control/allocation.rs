@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use super::{ControlCommand, ControlRefusal};
+use crate::policy::{Asker, Claim};
 
 /// A live server asked to give seats to another (its consent is pending).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -94,6 +95,10 @@ pub struct FeatureAllocation {
     /// The last [`TemporaryLicense::serial`] given.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub temporary_serial: u64,
+    /// The grants of a feature with `reserve` or `max` rules, by grant id
+    /// ([`crate::policy::Claim`]).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub claims: BTreeMap<String, Claim>,
 }
 
 fn is_zero(value: &u64) -> bool {
@@ -101,6 +106,21 @@ fn is_zero(value: &u64) -> bool {
 }
 
 impl FeatureAllocation {
+    /// Who holds the seats the policy's `reserve` and `max` rules count:
+    /// the claims, and the temporary licenses (by ticket and device).
+    pub fn holders(&self) -> impl Iterator<Item = (Asker<'_>, u32)> + Clone {
+        let claims = self.claims.values().map(|c| (c.asker(), c.seats));
+        let temporaries = self.temporaries.values().map(|t| {
+            let asker = Asker {
+                user: &t.ticket,
+                host: &t.device,
+                address: None,
+            };
+            (asker, t.seats)
+        });
+        claims.chain(temporaries)
+    }
+
     /// Seats `server` may issue: its allocation less what it holds back.
     pub fn room(&self, server: &str) -> u32 {
         self.allocation_of(server)

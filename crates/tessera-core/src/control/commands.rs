@@ -2,6 +2,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::policy::Claim;
+
 /// Where a borrow takes its seats from, as the leader judged it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum BorrowSource {
@@ -121,6 +123,26 @@ pub enum ControlCommand {
         feature: String,
         license_ids: Vec<String>,
     },
+    /// Records grant `grant_id` of a feature with `reserve` or `max` rules
+    /// before its server issues it; refused when the rules forbid it. A
+    /// grant claimed already moves to the claim's server (a fail-over
+    /// conversion). `force`: recorded whatever the rules say (seats a
+    /// program held already, found unrecorded). A feature without such
+    /// rules records nothing.
+    Claim {
+        feature: String,
+        grant_id: String,
+        claim: Claim,
+        #[serde(default)]
+        force: bool,
+    },
+    /// Forgets the claims of `grant_ids` still held by `server` (checked
+    /// in, lapsed, or never issued).
+    Unclaim {
+        feature: String,
+        server: String,
+        grant_ids: Vec<String>,
+    },
 }
 
 /// What applying a command did.
@@ -143,6 +165,10 @@ pub enum ControlOutcome {
     /// A temporary license activated or extended; `serial` its activation's.
     Temporary {
         serial: u64,
+    },
+    /// Grants claimed, or forgotten.
+    Claims {
+        count: u32,
     },
     Refused {
         reason: String,

@@ -128,6 +128,12 @@ pub enum ControlRefusal {
         wanted: u64,
         available: u64,
     },
+    /// The pool's `max` rules forbid the claim.
+    #[error("{0}")]
+    MaxReached(String),
+    /// The free seats are kept by the pool's `reserve` rules.
+    #[error("{0}")]
+    Reserved(String),
     /// A command that would break a feature's seat sums (a bug), or a
     /// snapshot that breaks them.
     #[error("{0}")]

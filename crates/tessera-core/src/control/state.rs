@@ -11,6 +11,7 @@ use super::{
     TemporaryLicense, LOST_MAJORITY,
 };
 use crate::distribution::DistributionTable;
+use crate::policy::{Claim, ClaimRefused};
 use crate::pool_file::PoolFile;
 
 /// The most runs a pool records as revoked, keeping its snapshots small.
@@ -252,6 +253,16 @@ impl ControlState {
                 devices_max,
                 allocation,
             } => {
+                self.check_claim(
+                    feature,
+                    &Claim {
+                        user: ticket.clone(),
+                        host: device.clone(),
+                        address: None,
+                        seats: *seats,
+                        server: from.clone(),
+                    },
+                )?;
                 let a = self.feature_mut(feature)?;
                 a.activate(
                     feature,
@@ -303,7 +314,72 @@ impl ControlState {
                 let servers = self.servers_in_order();
                 Ok(self.feature_mut(feature)?.give_back(license_ids, &servers))
             }
+            ControlCommand::Claim {
+                feature,
+                grant_id,
+                claim,
+                force,
+            } => self.claim(feature, grant_id, claim, *force),
+            ControlCommand::Unclaim {
+                feature,
+                server,
+                grant_ids,
+            } => {
+                let a = self.feature_mut(feature)?;
+                let mut count = 0;
+                for grant_id in grant_ids {
+                    if a.claims.get(grant_id).is_some_and(|c| c.server == *server) {
+                        a.claims.remove(grant_id);
+                        count += 1;
+                    }
+                }
+                Ok(ControlOutcome::Claims { count })
+            }
         }
+    }
+
+    /// Whether the policy's `reserve` and `max` rules let `claim` hold its
+    /// seats of `feature` besides those recorded.
+    fn check_claim(&self, feature: &str, claim: &Claim) -> Result<(), ControlRefusal> {
+        let (Some(pool), Some(a)) = (&self.pool, self.allocations.get(feature)) else {
+            return Ok(());
+        };
+        pool.policy
+            .check_claim(
+                feature,
+                a.nominal_seats,
+                a.holders(),
+                (claim.asker(), claim.seats),
+            )
+            .map_err(|refused| match refused {
+                ClaimRefused::Max(reason) => ControlRefusal::MaxReached(reason),
+                ClaimRefused::Reserved(reason) => ControlRefusal::Reserved(reason),
+            })
+    }
+
+    fn claim(
+        &mut self,
+        feature: &str,
+        grant_id: &str,
+        claim: &Claim,
+        force: bool,
+    ) -> Result<ControlOutcome, ControlRefusal> {
+        let counts = self.pool.as_ref().is_some_and(|p| p.policy.counts(feature));
+        if !counts {
+            self.feature_mut(feature)?;
+            return Ok(ControlOutcome::Claims { count: 0 });
+        }
+        if let Some(existing) = self.feature_mut(feature)?.claims.get_mut(grant_id) {
+            existing.server = claim.server.clone();
+            return Ok(ControlOutcome::Claims { count: 1 });
+        }
+        if !force {
+            self.check_claim(feature, claim)?;
+        }
+        self.feature_mut(feature)?
+            .claims
+            .insert(grant_id.to_string(), claim.clone());
+        Ok(ControlOutcome::Claims { count: 1 })
     }
 
     fn revoke_run(&mut self, instance: &str) -> Result<ControlOutcome, ControlRefusal> {
@@ -552,6 +628,12 @@ impl ControlState {
     fn install(&mut self, text: &str) -> Result<u64, ControlRefusal> {
         let next = self.check_install(text)?;
         self.allocations = self.next_allocations(&next)?;
+        // A feature whose `reserve` and `max` rules are gone records no claims.
+        for (feature, allocation) in self.allocations.iter_mut() {
+            if !next.policy.counts(feature) {
+                allocation.claims.clear();
+            }
+        }
         let sequence = next.sequence;
         self.pool = Some(next);
         self.pool_text = Some(text.to_string());
@@ -648,6 +730,7 @@ fn carried_over(
         // Out on devices, perhaps offline: they stay until returned or expired.
         temporaries: current.temporaries.clone(),
         temporary_serial: current.temporary_serial,
+        claims: current.claims.clone(),
     };
     for server in servers {
         let kept = current.servers.get(server).copied().unwrap_or(0);

@@ -920,3 +920,83 @@ fn temporary_licenses_leave_every_allocation_and_come_back_to_the_free_pool() {
     let back: ControlState = serde_json::from_str(&json).unwrap();
     assert_eq!(back.allocation("cad"), state.allocation("cad"));
 }
+
+fn claim_of(grant_id: &str, user: &str, server: &str, force: bool) -> ControlCommand {
+    ControlCommand::Claim {
+        feature: "cad".into(),
+        grant_id: grant_id.into(),
+        claim: crate::policy::Claim {
+            user: user.into(),
+            host: "pc".into(),
+            address: None,
+            seats: 1,
+            server: server.into(),
+        },
+        force,
+    }
+}
+
+/// The claims of a feature with `reserve` and `max` rules: judged alike
+/// by every server from the log, moved (not doubled) by a fail-over,
+/// forgotten only for the server that holds them, and gone with the rules.
+#[test]
+fn claims_keep_reserves_and_maxima_across_the_pool() {
+    let policy = "[policy.groups]\ndesign = [\"alice\"]\n[policy.features.cad]\n\
+                  reserve = [\"1 group:design\"]\nmax = [\"1 user:bob\"]\n";
+    let codes = [("c1", "cad", 3)];
+    let mut state = ControlState::default();
+    install(&mut state, 1, &["A", "B"], &codes, policy);
+    let claims = |state: &ControlState| -> Vec<(String, String)> {
+        let a = state.allocation("cad").unwrap();
+        a.claims
+            .iter()
+            .map(|(id, c)| (id.clone(), c.server.clone()))
+            .collect()
+    };
+    let counted =
+        |outcome: ControlOutcome| assert_eq!(outcome, ControlOutcome::Claims { count: 1 });
+    counted(state.apply(&claim_of("g1", "bob", "A", false)));
+    refused_because(
+        state.apply(&claim_of("g2", "bob", "B", false)),
+        "the pool's policy allows them 1 (max \"1 user:bob\"",
+    );
+    counted(state.apply(&claim_of("g3", "carol", "B", false)));
+    refused_because(
+        state.apply(&claim_of("g4", "dave", "A", false)),
+        "1 for \"group:design\" (reserve \"1 group:design\"",
+    );
+    // A temporary license counts too.
+    refused_because(
+        state.apply(&activate("t1", "dave", "laptop", "A")),
+        "kept by the pool's policy",
+    );
+    counted(state.apply(&claim_of("g5", "alice", "A", false)));
+    // Bob's grant fails over to B: moved, not counted twice.
+    counted(state.apply(&claim_of("g1", "bob", "B", false)));
+    // A stale forget from A leaves it; B's forgets it.
+    assert_eq!(
+        state.apply(&ControlCommand::Unclaim {
+            feature: "cad".into(),
+            server: "A".into(),
+            grant_ids: vec!["g1".into(), "g5".into()],
+        }),
+        ControlOutcome::Claims { count: 1 }
+    );
+    assert_eq!(
+        claims(&state),
+        vec![("g1".into(), "B".into()), ("g3".into(), "B".into())]
+    );
+    // Seats a program held already are recorded whatever the rules say.
+    counted(state.apply(&claim_of("g6", "bob", "A", true)));
+    let snapshot = serde_json::to_string(&state).unwrap();
+    let restored: ControlState = serde_json::from_str(&snapshot).unwrap();
+    assert_eq!(restored.restored().unwrap(), state);
+    // Rules gone: no claims.
+    install(&mut state, 2, &["A", "B"], &codes, "");
+    assert!(claims(&state).is_empty());
+    assert_eq!(
+        state.apply(&claim_of("g7", "bob", "A", false)),
+        ControlOutcome::Claims { count: 0 }
+    );
+    assert!(claims(&state).is_empty());
+}
