@@ -144,6 +144,15 @@ pub fn render(status: &StatusResponse) -> String {
                 verdict
             );
         }
+        for (kind, limits) in [("reserve", &feature.reserves), ("max", &feature.maxima)] {
+            for limit in limits {
+                let _ = writeln!(
+                    out,
+                    "  {kind} {} for \"{}\": {} held pool-wide",
+                    limit.seats, limit.rule, limit.held
+                );
+            }
+        }
         if feature.lingering_seats > 0 {
             let _ = writeln!(
                 out,
@@ -374,6 +383,8 @@ mod tests {
                 temporary_allocation: 0,
                 temporaries: Vec::new(),
                 lingering_seats: 0,
+                reserves: Vec::new(),
+                maxima: Vec::new(),
             }],
             grants: vec![GrantStatus {
                 grant_id: "g1".into(),

@@ -354,7 +354,8 @@ impl Policy {
                 .sum();
             if holding + u64::from(seats) > u64::from(limit.seats) {
                 return Err(ClaimRefused::Max(format!(
-                    "{} may not take {seats} more seats of `{feature}`: those \"{}\" names hold                      {holding}, and the pool's policy allows them {} (max \"{} {}\"{})",
+                    "{} is refused {seats} seat(s) of `{feature}`: those \"{}\" names hold {holding} \
+                     already, and the pool's policy allows them {} (max \"{} {}\"{})",
                     describe(&asker),
                     limit.rule.text,
                     limit.seats,
@@ -413,6 +414,51 @@ impl Policy {
             )));
         }
         Ok(())
+    }
+
+    /// Per `reserve` and per `max` rule of `feature`: its seats and those
+    /// held by whom it counts (a reserve: those it is the first to name).
+    pub fn limits_held<'a>(
+        &self,
+        feature: &str,
+        held: impl Iterator<Item = (Asker<'a>, u32)> + Clone,
+    ) -> (Vec<(&Limit, u64)>, Vec<(&Limit, u64)>) {
+        let Some(rules) = self.features.get(feature) else {
+            return (Vec::new(), Vec::new());
+        };
+        let reserves = rules
+            .reserve
+            .iter()
+            .enumerate()
+            .map(|(i, limit)| {
+                let first = |a: &Asker| {
+                    rules
+                        .reserve
+                        .iter()
+                        .position(|l| self.names(&l.rule.who, a))
+                        == Some(i)
+                };
+                let sum = held
+                    .clone()
+                    .filter(|(a, _)| first(a))
+                    .map(|(_, n)| u64::from(n))
+                    .sum();
+                (limit, sum)
+            })
+            .collect();
+        let maxima = rules
+            .max
+            .iter()
+            .map(|limit| {
+                let sum = held
+                    .clone()
+                    .filter(|(a, _)| self.names(&limit.rule.who, a))
+                    .map(|(_, n)| u64::from(n))
+                    .sum();
+                (limit, sum)
+            })
+            .collect();
+        (reserves, maxima)
     }
 
     /// Whether `asker` may use `feature`; if not, which rule says so.

@@ -770,6 +770,24 @@ pub struct FeatureStatus {
     /// policy's `linger_s`.
     #[serde(default)]
     pub lingering_seats: u32,
+    /// The policy's `reserve` rules, with the seats held pool-wide by those
+    /// each keeps seats for.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub reserves: Vec<LimitStatus>,
+    /// The policy's `max` rules, with the seats held pool-wide by those
+    /// each names.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub maxima: Vec<LimitStatus>,
+}
+
+/// A `reserve` or `max` rule of the policy at work.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LimitStatus {
+    /// Whom it names, as written (`group:design`).
+    pub rule: String,
+    pub seats: u32,
+    /// Seats held pool-wide by those it counts.
+    pub held: u32,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

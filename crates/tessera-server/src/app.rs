@@ -68,6 +68,9 @@ pub struct App {
     /// Told when the VIDs this server may serve change, so the license
     /// table is evaluated again (`background::follow_control`).
     pub(crate) identity_changed: tokio::sync::Notify,
+    /// Grants claimed in the pool's log and not yet issued or given up
+    /// (`crate::claims`): not claims to forget.
+    pub(crate) claiming: Mutex<std::collections::HashSet<String>>,
 }
 
 impl App {
@@ -85,6 +88,7 @@ impl App {
             return;
         }
         self.seats_freed();
+        self.unclaim(&released);
         for grant in released {
             self.store
                 .delete(grant.grant_id, grant.issued_unix_ms)

@@ -71,6 +71,9 @@ impl LiveGrant {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Released {
     pub grant_id: String,
+    pub feature: String,
+    pub user: String,
+    pub host: String,
     pub seats: u32,
     pub issued_unix_ms: i64,
 }
@@ -79,6 +82,9 @@ impl Released {
     fn of(grant_id: String, grant: &LiveGrant) -> Released {
         Released {
             grant_id,
+            feature: grant.request.feature.clone(),
+            user: grant.request.user.clone(),
+            host: grant.request.host.clone(),
             seats: grant.request.count,
             issued_unix_ms: grant.issued_unix_ms,
         }

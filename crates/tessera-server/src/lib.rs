@@ -12,6 +12,7 @@ pub mod api;
 mod app;
 mod background;
 pub mod balance;
+mod claims;
 pub mod clock;
 pub mod clock_mark;
 pub mod config;

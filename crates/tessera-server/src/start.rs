@@ -284,6 +284,7 @@ impl App {
             borrowing: config.borrowing.clone(),
             borrow_locks: Mutex::new(Default::default()),
             borrow_quiet: Mutex::new(Default::default()),
+            claiming: Mutex::new(Default::default()),
             grant_ids: seams.grant_ids.clone(),
             mutations: seams.mutations,
             superseded: Mutex::new(copies::Outbox::default()),
@@ -341,6 +342,7 @@ async fn serve<L>(
         quota::spawn_quota_loop(app.clone()),
         background::spawn_membership_loop(pool.clone()),
         balance::spawn_answer_loop(app.clone()),
+        crate::claims::spawn_claims_loop(app.clone()),
     ];
     let router = api::router(app.clone());
     let service = router.into_make_service_with_connect_info::<api::per_address::SourceAddress>();

@@ -191,7 +191,26 @@ impl App {
                 })
                 .collect()
         });
+        let (reserves, maxima) = match (issuer.control().and_then(|c| c.pool()), allocation) {
+            (Some(pool), Some(a)) => {
+                let (reserves, maxima) = pool.policy.limits_held(&feature.feature, a.holders());
+                let status = |limits: Vec<(&tessera_core::policy::Limit, u64)>| {
+                    limits
+                        .into_iter()
+                        .map(|(limit, held)| proto::LimitStatus {
+                            rule: limit.rule.text.clone(),
+                            seats: limit.seats,
+                            held: u32::try_from(held).unwrap_or(u32::MAX),
+                        })
+                        .collect()
+                };
+                (status(reserves), status(maxima))
+            }
+            _ => (Vec::new(), Vec::new()),
+        };
         proto::FeatureStatus {
+            reserves,
+            maxima,
             feature: feature.feature.clone(),
             vendor: feature.vendor.clone(),
             hard_limit: feature.hard_limit,

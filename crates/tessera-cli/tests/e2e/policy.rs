@@ -5,7 +5,7 @@
 
 use serde_json::Value;
 
-use crate::fixture::{checkout_body, code, tessera, Fixture, ServerSpec, StartMode};
+use crate::fixture::{checkout_body, code, tessera, Fixture, Server, ServerSpec, StartMode};
 
 fn as_user(user: &str, host: &str, feature: &str) -> Value {
     let mut body = checkout_body(&format!("{user}-{host}"), feature, 1);
@@ -177,4 +177,128 @@ async fn a_checked_in_seat_lingers_for_the_policys_seconds_and_then_frees() {
         .post("/v1/checkout", &as_user("bob", "pc2", "cad"))
         .await
         .ok();
+}
+
+/// Checks out one seat of `feature` for `user` on `server`, retrying a
+/// refusal for up to 10 s (a check-in elsewhere reaches the pool's log
+/// within a second or so).
+async fn checkout_within(server: &Server, user: &str, host: &str, feature: &str) -> Value {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let answer = server
+            .post("/v1/checkout", &as_user(user, host, feature))
+            .await;
+        if answer.code().is_empty() || std::time::Instant::now() > deadline {
+            return answer.ok();
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+/// `reserve` and `max` hold across a pool of three servers, not per
+/// server: bob's `max 2` is reached with one seat on A and one on B, so C
+/// refuses him; the seat kept for group `design` stays free while others
+/// are refused, and a member of the group gets it; a check-in frees a
+/// place under the max on another server; a live change of the rules
+/// reaches every server within a second; the status shows the rules at
+/// work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reserves_and_maxima_hold_across_the_pool() {
+    let fixture = Fixture::new().await;
+    let policy = "
+[policy.groups]
+design = [\"alice\", \"dan\"]
+[policy.features.cad]
+reserve = [\"1 group:design\"]
+max = [\"2 user:bob\"]
+";
+    let codes = fixture.sign(&code("cad", 4)).await;
+    let specs = ["A", "B", "C"]
+        .into_iter()
+        .map(|id| {
+            let mut spec = ServerSpec::new(if id == "A" {
+                format!("{codes}{policy}")
+            } else {
+                String::new()
+            });
+            spec.server_id = id.into();
+            spec
+        })
+        .collect();
+    let mut servers = fixture.pool(specs);
+    for server in &mut servers {
+        server.start(StartMode::NewPool).await;
+    }
+    for server in &mut servers {
+        server.wait_state("serving").await;
+    }
+    let [a, b, c] = [&servers[0], &servers[1], &servers[2]];
+
+    let bobs_first = checkout_within(a, "bob", "pc1", "cad").await;
+    checkout_within(b, "bob", "pc2", "cad").await;
+    let bob = c.post("/v1/checkout", &as_user("bob", "pc3", "cad")).await;
+    bob.refused(403, "policy_denied");
+    assert!(
+        bob.message().contains(
+            "those \"user:bob\" names hold 2 already, and the pool's policy allows them 2 (max \"2 user:bob\", line"
+        ),
+        "{}",
+        bob.message()
+    );
+    checkout_within(c, "carol", "pc4", "cad").await;
+    // Three of four seats held; the fourth is design's.
+    for server in [a, b, c] {
+        let erin = server
+            .post("/v1/checkout", &as_user("erin", "pc5", "cad"))
+            .await;
+        erin.refused(409, "no_seats_available");
+        assert!(
+            erin.message()
+                .contains("kept by the pool's policy, 1 for \"group:design\" (reserve \"1 group:design\", line"),
+            "{}",
+            erin.message()
+        );
+    }
+    let status = tessera(a.cli(&["status"])).await.success().stdout;
+    assert!(
+        status.contains("reserve 1 for \"group:design\": 0 held pool-wide")
+            && status.contains("max 2 for \"user:bob\": 2 held pool-wide"),
+        "{status}"
+    );
+    checkout_within(b, "alice", "pc6", "cad").await;
+
+    // Bob checks in on A: C takes him now.
+    let checkin = serde_json::json!({
+        "grant_id": bobs_first["grant_id"],
+        "client_id": "bob-pc1",
+        "proof": bobs_first["proof"],
+    });
+    a.post("/v1/checkin", &checkin).await.ok();
+    checkout_within(c, "bob", "pc3", "cad").await;
+
+    // A live change: bob may hold 3. Every server has it within a second.
+    let installed = std::fs::read_to_string(&a.pool_file).unwrap();
+    let next = installed
+        .replacen("sequence = 1\n", "sequence = 2\n", 1)
+        .replace("\"2 user:bob\"", "\"3 user:bob\"");
+    let path = fixture.path().join("pool-2.toml");
+    std::fs::write(&path, next).unwrap();
+    tessera(a.cli(&["admin", "update-pool-file", path.to_str().unwrap()]))
+        .await
+        .success();
+    let changed = std::time::Instant::now();
+    for server in &mut servers {
+        server
+            .poll("the new policy", std::time::Duration::from_secs(1), |s| {
+                s.pool_sequence == 2
+            })
+            .await;
+    }
+    let reached = changed.elapsed();
+    assert!(reached < std::time::Duration::from_secs(1), "{reached:?}");
+    let status = servers[2].status().await;
+    let cad = crate::fixture::feature_of(&status, "cad");
+    assert_eq!(cad.maxima[0].rule, "user:bob");
+    assert_eq!((cad.maxima[0].seats, cad.maxima[0].held), (3, 2));
+    assert_eq!((cad.reserves[0].seats, cad.reserves[0].held), (1, 1));
 }

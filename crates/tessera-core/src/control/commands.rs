@@ -173,4 +173,10 @@ pub enum ControlOutcome {
     Refused {
         reason: String,
     },
+    /// Refused by the policy's rules: its `reserve` rules (`reserve`) or a
+    /// `max`.
+    Limited {
+        reserve: bool,
+        reason: String,
+    },
 }

@@ -174,8 +174,18 @@ impl ControlState {
             Ok(outcome) => outcome,
             Err(refusal) => {
                 self.allocations = before;
-                ControlOutcome::Refused {
-                    reason: refusal.to_string(),
+                match refusal {
+                    ControlRefusal::MaxReached(reason) => ControlOutcome::Limited {
+                        reserve: false,
+                        reason,
+                    },
+                    ControlRefusal::Reserved(reason) => ControlOutcome::Limited {
+                        reserve: true,
+                        reason,
+                    },
+                    refusal => ControlOutcome::Refused {
+                        reason: refusal.to_string(),
+                    },
                 }
             }
         }

@@ -820,7 +820,9 @@ fn activate(license_id: &str, ticket: &str, device: &str, from: &str) -> Control
 
 fn refused_because(outcome: ControlOutcome, part: &str) {
     match outcome {
-        ControlOutcome::Refused { reason } => assert!(reason.contains(part), "{reason}"),
+        ControlOutcome::Refused { reason } | ControlOutcome::Limited { reason, .. } => {
+            assert!(reason.contains(part), "{reason}")
+        }
         other => panic!("expected a refusal naming {part:?}, got {other:?}"),
     }
 }

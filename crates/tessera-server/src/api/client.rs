@@ -73,6 +73,13 @@ async fn noop(JsonBody(body): JsonBody<CheckoutRequest>) -> Json<proto::Grant> {
 /// Where a request came from, when the listener says (a real socket).
 type Source = Option<Extension<ConnectInfo<SourceAddress>>>;
 
+/// The request's source address, as the socket saw it.
+fn source_ip(source: &Source) -> Option<std::net::IpAddr> {
+    source
+        .as_ref()
+        .map(|Extension(ConnectInfo(SourceAddress(address)))| address.ip())
+}
+
 /// Whether the pool's policy lets this user, host and address use `feature`.
 fn admitted(
     app: &App,
@@ -80,9 +87,7 @@ fn admitted(
     (user, host): (&str, &str),
     source: &Source,
 ) -> Result<(), ApiError> {
-    let address = source
-        .as_ref()
-        .map(|Extension(ConnectInfo(SourceAddress(address)))| address.ip());
+    let address = source_ip(source);
     let asker = tessera_core::policy::Asker {
         user,
         host,
@@ -101,7 +106,7 @@ async fn checkout(
 ) -> Result<Json<proto::Grant>, SignedDenial> {
     let asked = Asked::of(&body);
     let answer = match admitted(&app, &body.feature, (&body.user, &body.host), &source) {
-        Ok(()) => checkout_grant(&app, &caller, body).await,
+        Ok(()) => checkout_grant(&app, &caller, body, source_ip(&source)).await,
         Err(denied) => Err(denied),
     };
     signed(&app, asked, answer).await
@@ -111,6 +116,7 @@ async fn checkout_grant(
     app: &Arc<App>,
     caller: &Caller,
     body: CheckoutRequest,
+    address: Option<std::net::IpAddr>,
 ) -> Result<proto::Grant, ApiError> {
     let deadline = Deadline::from(app, body.answer_within_ms);
     let holder = Holder::of(&body);
@@ -118,7 +124,7 @@ async fn checkout_grant(
     check_slot_holder(app, caller, &feature, &holder)?;
     let request = seat_request(body, 0)?;
     let granted = app
-        .checkout(request, deadline)
+        .checkout(request, deadline, address)
         .await
         .map_err(|err| with_slot_holders(app, &feature, err.into()))?;
     Ok(wire_grant(app, granted, &holder))

@@ -198,14 +198,17 @@ async fn command(
         // extensions and returns it relays for the licenses' devices.
         ControlCommand::Activate { from, .. } => from == &ask.server_id,
         ControlCommand::Extend { .. } | ControlCommand::Return { .. } => true,
+        // Claims of its own grants (`crate::claims`).
+        ControlCommand::Claim { claim, .. } => claim.server == ask.server_id,
+        ControlCommand::Unclaim { server, .. } => server == &ask.server_id,
         _ => false,
     };
     if !own {
         return Err(api_error(
             ErrorCode::MalformedRequest,
             format!(
-                "server `{}` may propose only its own releases, drains and activations, and \
-                 extensions and returns",
+                "server `{}` may propose only its own releases, drains, activations and claims, \
+                 and extensions and returns",
                 ask.server_id
             ),
         ));

@@ -25,7 +25,7 @@ use tessera_core::grant_proof::{self, GrantClaim, GrantProof, HoldingClaim, Proo
 use tessera_core::PoolKey;
 use tessera_proto::{self as proto, ErrorCode};
 
-use crate::issuer::{Issued, Issuer, Now, SeatRequest};
+use crate::issuer::{Issued, Issuer, Now, Origin, SeatRequest};
 use crate::refusal::Refusal;
 use crate::App;
 
@@ -83,14 +83,36 @@ impl Deadline {
 
 impl App {
     /// A checkout: new seats under a new grant id.
+    ///
+    /// For a feature with the policy's `reserve` or `max` rules, the grant
+    /// is claimed in the pool's log first (`crate::claims`), from
+    /// `address`, the request's source; a checkout that fails after forgets
+    /// its claim.
     pub async fn checkout(
         self: &Arc<Self>,
         request: SeatRequest,
         deadline: Deadline,
+        address: Option<std::net::IpAddr>,
     ) -> Result<Granted, Refusal> {
         let grant_id = (self.grant_ids)();
-        self.seats(Ask::Checkout, grant_id, request, None, deadline)
-            .await
+        if !self.counts(&request.feature) {
+            return self
+                .seats(Ask::Checkout, grant_id, request, None, deadline)
+                .await;
+        }
+        let claimed = self.claim(&grant_id, &request, address).await;
+        if let Err(refusal) = &claimed {
+            self.count(Ask::Checkout.endpoint(), &Err::<(), _>(refusal.clone()));
+        }
+        let _claiming = claimed?;
+        let feature = request.feature.clone();
+        let granted = self
+            .seats(Ask::Checkout, grant_id.clone(), request, None, deadline)
+            .await;
+        if granted.is_err() {
+            self.forget_claim(&feature, grant_id);
+        }
+        granted
     }
 
     /// A heartbeat: renews a grant held here, or converts one held elsewhere
@@ -178,6 +200,9 @@ impl App {
             Err(refusal) => (Err(refusal), 0),
         };
         let issued = self.answer(ask.endpoint(), issued, deadline).await?;
+        if issued.origin == Origin::Conversion {
+            self.claim_converted(&issued.grant_id, &request);
+        }
         let claim = GrantClaim {
             grant_id: &issued.grant_id,
             client_id: &request.client_id,

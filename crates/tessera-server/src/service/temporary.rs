@@ -381,6 +381,7 @@ fn committed(outcome: ControlOutcome) -> Result<u64, Refusal> {
     match outcome {
         ControlOutcome::Temporary { serial } => Ok(serial),
         ControlOutcome::Moved { .. } => Ok(0),
+        ControlOutcome::Limited { .. } => Err(crate::claims::limited(outcome)),
         ControlOutcome::Refused { reason } => {
             let code = if reason.contains("the most its license allows") {
                 ErrorCode::TooManyDevices
