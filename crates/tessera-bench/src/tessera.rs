@@ -518,6 +518,7 @@ fn checkout_request(holder: u64, feature: &str) -> CheckoutRequest {
         answer_within_ms: None,
         nonce: None,
         server_key: None,
+        queue: None,
     }
 }
 

@@ -43,6 +43,8 @@ pub struct CheckoutArgs {
     pub detach: bool,
     pub version: String,
     pub json: bool,
+    /// Wait this long in the pool's queue when no seat is free.
+    pub wait_s: Option<u64>,
 }
 
 /// `tessera checkout FEATURE --temporary [--days N]`: a temporary license
@@ -87,15 +89,38 @@ pub async fn give_back(config: ClientConfig, feature: &str, version: &str) -> Re
 
 pub async fn checkout(config: ClientConfig, args: CheckoutArgs) -> Result<()> {
     let client = Client::new(config)?;
-    let seat = client
-        .checkout(&args.feature, &args.version, args.count)
-        .await
-        .with_context(|| {
-            format!(
-                "cannot check out {} seats of `{}`",
-                args.count, args.feature
-            )
-        })?;
+    let seat = match args.wait_s {
+        None => {
+            client
+                .checkout(&args.feature, &args.version, args.count)
+                .await
+        }
+        Some(seconds) => {
+            let feature = args.feature.clone();
+            let on_place = move |place: &tessera_proto::QueuePlace| {
+                // On stderr: with --json, stdout carries only the grant.
+                eprintln!(
+                    "waiting for `{feature}`: {} of {} in the pool's queue",
+                    place.position, place.waiting
+                );
+            };
+            client
+                .checkout_waiting(
+                    &args.feature,
+                    &args.version,
+                    args.count,
+                    std::time::Duration::from_secs(seconds),
+                    on_place,
+                )
+                .await
+        }
+    };
+    let seat = seat.with_context(|| {
+        format!(
+            "cannot check out {} seats of `{}`",
+            args.count, args.feature
+        )
+    })?;
     let grant = seat.grant();
     if args.json {
         let mut value = serde_json::to_value(&grant)?;

@@ -106,6 +106,10 @@ enum Command {
         /// vendor's limit.
         #[arg(long, requires = "temporary")]
         days: Option<u32>,
+        /// When no seat is free, wait up to this many seconds in the pool's
+        /// queue (first come, first served, pool-wide), printing the place.
+        #[arg(long, value_name = "SECONDS", conflicts_with = "temporary")]
+        wait: Option<u64>,
         #[command(flatten)]
         servers: ServerArgs,
         #[arg(long)]
@@ -579,6 +583,7 @@ fn run(cli: Cli) -> Result<()> {
             vendor_keys,
             servers,
             json,
+            wait,
             ..
         } => runtime()?.block_on(client_cmd::checkout(
             servers.checkout_config(&vendor_keys)?,
@@ -589,6 +594,7 @@ fn run(cli: Cli) -> Result<()> {
                 detach,
                 version,
                 json,
+                wait_s: wait,
             },
         )),
         Command::Checkin {

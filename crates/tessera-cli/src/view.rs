@@ -153,6 +153,16 @@ pub fn render(status: &StatusResponse) -> String {
                 );
             }
         }
+        if !feature.waiters.is_empty() {
+            let _ = writeln!(out, "  queue: {} programs waiting", feature.waiters.len());
+            for waiter in &feature.waiters {
+                let who = match (&waiter.user, &waiter.host) {
+                    (Some(user), Some(host)) => format!("{user} on {host}, "),
+                    _ => String::new(),
+                };
+                let _ = writeln!(out, "    {}. {who}{} seats", waiter.position, waiter.seats);
+            }
+        }
         if feature.lingering_seats > 0 {
             let _ = writeln!(
                 out,
@@ -385,6 +395,7 @@ mod tests {
                 lingering_seats: 0,
                 reserves: Vec::new(),
                 maxima: Vec::new(),
+                waiters: Vec::new(),
             }],
             grants: vec![GrantStatus {
                 grant_id: "g1".into(),

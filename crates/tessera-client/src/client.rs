@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use tessera_proto::{
     CheckinRequest, CheckinResponse, CheckoutRequest, ErrorCode, Grant, HeartbeatRequest, Proof,
-    StatusResponse, MAX_SEATS_PER_REQUEST,
+    QueueAsk, QueuePlace, StatusResponse, MAX_SEATS_PER_REQUEST,
 };
 use tessera_transport::{HttpTransport, ReqwestOptions, ReqwestTransport};
 use tokio::time::Instant;
@@ -18,6 +18,9 @@ use crate::trust::Checker;
 /// Connections kept open per server between requests: a program heartbeats one
 /// or a few grants, so a handful covers it.
 const IDLE_CONNECTIONS_PER_SERVER_MAX: usize = 4;
+/// How often a program waiting in the queue asks again (well inside the
+/// servers' hold of a place, `PLACE_HOLD_MS`, 10 s).
+const QUEUE_POLL: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// A handle to the pool. Cheap to clone: clones share one transport (and so
 /// one connection pool).
@@ -98,6 +101,74 @@ impl Client {
         version: &str,
         count: u32,
     ) -> Result<SeatGuard, ClientError> {
+        match self.ask_seats(feature, version, count, None).await? {
+            Ok(guard) => Ok(guard),
+            Err(place) => Err(ClientError::Rejected {
+                code: ErrorCode::Queued,
+                message: format!("queued unasked, {} of {}", place.position, place.waiting),
+            }),
+        }
+    }
+
+    /// Checks out as [`Client::checkout`] does, but when no seat is free
+    /// waits in the pool's queue for up to `wait`: seats go to waiting
+    /// programs first come first served, pool-wide, and a program keeps its
+    /// place when the server it asked dies (it asks the next with its
+    /// ticket). `on_place` is told the program's place whenever it changes.
+    /// After `wait`, [`ClientError::NoSeatsAvailable`]; the place lapses
+    /// on the servers soon after.
+    pub async fn checkout_waiting(
+        &self,
+        feature: &str,
+        version: &str,
+        count: u32,
+        wait: std::time::Duration,
+        mut on_place: impl FnMut(&QueuePlace) + Send,
+    ) -> Result<SeatGuard, ClientError> {
+        let until = Instant::now() + wait;
+        let mut ticket: Option<String> = None;
+        let mut last: Option<(u32, u32)> = None;
+        loop {
+            let ask = QueueAsk {
+                ticket: ticket.clone(),
+            };
+            let waited = match self.ask_seats(feature, version, count, Some(ask)).await {
+                Ok(Ok(guard)) => return Ok(guard),
+                Ok(Err(place)) => {
+                    if last != Some((place.position, place.waiting)) {
+                        last = Some((place.position, place.waiting));
+                        on_place(&place);
+                    }
+                    ticket = Some(place.ticket);
+                    None
+                }
+                Err(err) if err.is_retryable() => Some(err),
+                Err(err) => return Err(err),
+            };
+            let now = Instant::now();
+            if now >= until {
+                return Err(waited.unwrap_or_else(|| ClientError::NoSeatsAvailable {
+                    feature: feature.to_string(),
+                    message: format!(
+                        "no seat was free within {} ms; the program was {} in the queue",
+                        wait.as_millis(),
+                        last.map_or("nowhere".to_string(), |(p, n)| format!("{p} of {n}"))
+                    ),
+                }));
+            }
+            tokio::time::sleep(QUEUE_POLL.min(until - now)).await;
+        }
+    }
+
+    /// One round of the servers for a checkout: the seats, or, where it
+    /// asked to wait, its place in the queue.
+    async fn ask_seats(
+        &self,
+        feature: &str,
+        version: &str,
+        count: u32,
+        queue: Option<QueueAsk>,
+    ) -> Result<Result<SeatGuard, QueuePlace>, ClientError> {
         check_checkout(feature, version, count)?;
         self.checker().check_clock()?;
         let config = self.config();
@@ -112,6 +183,7 @@ impl Client {
             answer_within_ms: Some(crate::guard::wait_ms(config.request_timeout)),
             nonce: None,
             server_key: config.server_key.clone(),
+            queue,
         };
         let mut failures = Vec::new();
         for address in &config.servers {
@@ -137,13 +209,13 @@ impl Client {
                     }) {
                     Ok(()) => {
                         tracing::debug!(%address, grant_id = %grant.grant_id, "checked out");
-                        return Ok(SeatGuard::start(
+                        return Ok(Ok(SeatGuard::start(
                             self.clone(),
                             request,
                             grant,
                             address.clone(),
                             send_instant,
-                        ));
+                        )));
                     }
                     Err(failure) => {
                         // Given back: a grant this program does not use
@@ -152,6 +224,15 @@ impl Client {
                         failures.push(failure);
                     }
                 },
+                Err(Failure {
+                    queue: Some(place),
+                    kind:
+                        FailureKind::Refused {
+                            code: ErrorCode::Queued,
+                            ..
+                        },
+                    ..
+                }) if request.queue.is_some() => return Ok(Err(place)),
                 Err(failure) if failure.disposition() == Disposition::Definitive => {
                     return Err(into_error(feature, failure));
                 }

@@ -138,7 +138,9 @@ pub(crate) fn disposition(code: ErrorCode) -> Disposition {
         | ErrorCode::TemporaryNotAllowed
         | ErrorCode::TooManyDevices
         | ErrorCode::LicenseWithdrawn
-        | ErrorCode::PolicyDenied => Disposition::Definitive,
+        | ErrorCode::PolicyDenied
+        // The queue is the pool's: every server gives the same place.
+        | ErrorCode::Queued => Disposition::Definitive,
         ErrorCode::NoSeatsAvailable => Disposition::NoSeats,
         ErrorCode::NoQuorum | ErrorCode::GracePeriod | ErrorCode::NoLeader => Disposition::NoQuorum,
         // That server's clock was set back; another's may be right.
@@ -174,6 +176,8 @@ pub(crate) struct Failure {
     pub kind: FailureKind,
     /// The server's signature of its refusal, where it sent one.
     pub signed: Option<Box<tessera_proto::SignedAnswer>>,
+    /// With `queued`: the program's place in the pool's queue.
+    pub queue: Option<tessera_proto::QueuePlace>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -193,6 +197,7 @@ impl Failure {
             address: address.to_string(),
             kind: FailureKind::NoAnswer(text.into()),
             signed: None,
+            queue: None,
         }
     }
 
@@ -205,6 +210,7 @@ impl Failure {
                 message: message.into(),
             },
             signed: None,
+            queue: None,
         }
     }
 

@@ -165,6 +165,7 @@ fn decode<Resp: DeserializeOwned>(
     match serde_json::from_slice::<ErrorBody>(&answer.body) {
         Ok(ErrorBody { error, answer }) => Err(Failure {
             signed: answer.map(Box::new),
+            queue: error.queue,
             ..Failure::refused(address, error.code, error.message)
         }),
         Err(_) => Err(Failure::no_answer(

@@ -105,6 +105,7 @@ impl Checker {
                     address: address.to_string(),
                     kind: FailureKind::Untrusted(text),
                     signed: None,
+                    queue: None,
                 }),
             Err(failure) => Err(self.screen_refusal(request, failure)),
         }
@@ -134,6 +135,7 @@ impl Checker {
                     "refused ({code}: {message}) with {why}, so this program does not act on it"
                 )),
                 signed: None,
+                queue: None,
                 address: failure.address,
             },
         }
@@ -391,6 +393,7 @@ pub(crate) mod tests {
             answer_within_ms: None,
             nonce: Some("6f1c0d2a9b8e4f3aa1b2c3d4e5f60718".into()),
             server_key: None,
+            queue: None,
         }
     }
 

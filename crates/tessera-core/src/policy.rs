@@ -121,6 +121,9 @@ pub struct FeaturePolicy {
     pub max: Vec<Limit>,
 }
 
+/// A `reserve` or `max` rule and the seats held by whom it counts.
+pub type LimitHeld<'a> = (&'a Limit, u64);
+
 /// Why a claim is refused: a `max` reached, or the free seats reserved.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ClaimRefused {
@@ -422,7 +425,7 @@ impl Policy {
         &self,
         feature: &str,
         held: impl Iterator<Item = (Asker<'a>, u32)> + Clone,
-    ) -> (Vec<(&Limit, u64)>, Vec<(&Limit, u64)>) {
+    ) -> (Vec<LimitHeld<'_>>, Vec<LimitHeld<'_>>) {
         let Some(rules) = self.features.get(feature) else {
             return (Vec::new(), Vec::new());
         };

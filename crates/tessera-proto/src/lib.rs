@@ -59,6 +59,33 @@ pub struct CheckoutRequest {
     /// (base64 Ed25519 public key), which the VID certificate names.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub server_key: Option<String>,
+    /// Wait in the pool's queue when no seat is free (FIFO, pool-wide),
+    /// rather than be refused: answered `queued` with a place, kept by
+    /// asking again with its ticket, on any server of the pool.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue: Option<QueueAsk>,
+}
+
+/// A checkout's wish to wait ([`CheckoutRequest::queue`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueueAsk {
+    /// The ticket of an earlier `queued` answer; none to join the queue.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ticket: Option<String>,
+}
+
+/// A place in a feature's queue, as a `queued` answer gives it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueuePlace {
+    pub ticket: String,
+    /// 1: next to be served.
+    pub position: u32,
+    /// Programs in the queue.
+    pub waiting: u32,
+    /// Until when the place holds unless the program asks again (Unix ms,
+    /// the server's clock).
+    pub until_unix_ms: i64,
 }
 
 /// `POST /v1/heartbeat`: renew a grant. It carries everything a checkout does,
@@ -120,6 +147,7 @@ impl HeartbeatRequest {
             answer_within_ms: self.answer_within_ms,
             nonce: self.nonce.clone(),
             server_key: self.server_key.clone(),
+            queue: None,
         }
     }
 }
@@ -487,6 +515,9 @@ pub struct ErrorDetail {
     pub code: ErrorCode,
     /// A sentence a person can act on.
     pub message: String,
+    /// With `queued`: the program's place in the queue.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue: Option<QueuePlace>,
 }
 
 /// Stable machine-readable error codes. Never renamed; new ones may be added,
@@ -571,6 +602,9 @@ pub enum ErrorCode {
     /// The pool's policy (`[policy]` of the pool file) does not let this
     /// user, host or address use the feature; the message names the rule.
     PolicyDenied,
+    /// No seat is free and the checkout waits in the pool's queue
+    /// ([`ErrorDetail::queue`] says where); ask again with the ticket.
+    Queued,
     /// The server failed; the request may be retried.
     Internal,
     /// A code this client version does not know.
@@ -596,6 +630,7 @@ impl ErrorCode {
             ErrorCode::BodyTimeout => 408,
             ErrorCode::NoLeader => 503,
             ErrorCode::NoSeatsAvailable
+            | ErrorCode::Queued
             | ErrorCode::GrantMismatch
             | ErrorCode::SeatsInUse
             | ErrorCode::TooManyDevices
@@ -643,6 +678,7 @@ impl ErrorCode {
             ErrorCode::ClockSetBack => "clock_set_back",
             ErrorCode::TemporaryNotAllowed => "temporary_not_allowed",
             ErrorCode::PolicyDenied => "policy_denied",
+            ErrorCode::Queued => "queued",
             ErrorCode::TooManyDevices => "too_many_devices",
             ErrorCode::LicenseWithdrawn => "license_withdrawn",
             ErrorCode::Internal => "internal",
@@ -778,6 +814,22 @@ pub struct FeatureStatus {
     /// each names.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub maxima: Vec<LimitStatus>,
+    /// Programs waiting for seats, first first; user and host only for a
+    /// caller with a credential, as grants.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub waiters: Vec<WaiterStatus>,
+}
+
+/// A program in a feature's queue.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WaiterStatus {
+    pub position: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    pub seats: u32,
+    pub since_unix_ms: i64,
 }
 
 /// A `reserve` or `max` rule of the policy at work.
@@ -851,6 +903,7 @@ mod tests {
             error: ErrorDetail {
                 code: ErrorCode::NoSeatsAvailable,
                 message: "all 5 seats taken".into(),
+                queue: None,
             },
             answer: None,
         };
@@ -894,6 +947,7 @@ mod tests {
             ErrorCode::TooManyDevices,
             ErrorCode::LicenseWithdrawn,
             ErrorCode::PolicyDenied,
+            ErrorCode::Queued,
             ErrorCode::Internal,
         ] {
             let json = serde_json::to_string(&code).unwrap();

@@ -94,6 +94,7 @@ pub(crate) fn spawn_sweeps(app: Arc<App>, config: ServerConfig) -> tokio::task::
             ticker.tick().await;
             app.watch_clock();
             app.expire_temporaries().await;
+            app.expire_waiters().await;
             let now_ms = app.clock.now_ms();
             if app.issuer().cooling_lapsed(now_ms) {
                 app.seats_freed();

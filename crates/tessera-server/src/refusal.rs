@@ -10,6 +10,8 @@ use tessera_proto::ErrorCode;
 pub struct Refusal {
     pub code: ErrorCode,
     pub message: String,
+    /// With [`ErrorCode::Queued`]: where the program waits.
+    pub queue: Option<tessera_proto::QueuePlace>,
 }
 
 impl Refusal {
@@ -17,6 +19,7 @@ impl Refusal {
         Refusal {
             code,
             message: message.into(),
+            queue: None,
         }
     }
 }

@@ -208,9 +208,23 @@ impl App {
             }
             _ => (Vec::new(), Vec::new()),
         };
+        let waiters = allocation.map_or(Vec::new(), |a| {
+            a.waiters
+                .iter()
+                .enumerate()
+                .map(|(i, w)| proto::WaiterStatus {
+                    position: i as u32 + 1,
+                    user: listed.then(|| w.user.clone()),
+                    host: listed.then(|| w.host.clone()),
+                    seats: w.seats,
+                    since_unix_ms: w.since_unix_ms,
+                })
+                .collect()
+        });
         proto::FeatureStatus {
             reserves,
             maxima,
+            waiters,
             feature: feature.feature.clone(),
             vendor: feature.vendor.clone(),
             hard_limit: feature.hard_limit,

@@ -18,6 +18,7 @@
 //! - [`hostile`]: remove-license while seats are held, a weak peer secret.
 //! - [`master`]: `tessera hostid`, `tessera master init` and the master
 //!   license the vendor signs for it; a config that claims a hostid.
+//! - [`queue`]: programs waiting for seats, in order, through a leader kill.
 //! - [`temporary`]: temporary licenses (seed 004) through the HTTP API.
 //! - [`trust`]: a program trusts its vendor's key, not the server: a key
 //!   the customer adds, a fake server, a replayed answer, a clock set back.
@@ -30,6 +31,7 @@ mod hostile;
 mod master;
 mod policy;
 mod proofs;
+mod queue;
 mod restart;
 mod seats;
 mod temporary;

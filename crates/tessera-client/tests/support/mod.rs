@@ -227,6 +227,7 @@ fn refusal(code: ErrorCode, server: &FakeServer) -> Response {
         error: ErrorDetail {
             code,
             message: format!("{} refuses: {code}", server.id),
+            queue: None,
         },
         answer: None,
     };

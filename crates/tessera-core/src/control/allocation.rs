@@ -99,6 +99,26 @@ pub struct FeatureAllocation {
     /// ([`crate::policy::Claim`]).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub claims: BTreeMap<String, Claim>,
+    /// Programs waiting for seats, first come first served, pool-wide.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub waiters: Vec<Waiter>,
+}
+
+/// A program in a feature's queue ([`ControlCommand::Wait`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Waiter {
+    /// What the program shows to keep its place, on any server.
+    pub ticket: String,
+    /// The program; only it may use the ticket.
+    pub client_id: String,
+    pub user: String,
+    pub host: String,
+    pub seats: u32,
+    /// When it joined, and until when its place holds unless it asks
+    /// again, by the wall clock of the server it asked.
+    pub since_unix_ms: i64,
+    pub until_unix_ms: i64,
 }
 
 fn is_zero(value: &u64) -> bool {

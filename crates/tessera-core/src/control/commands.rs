@@ -2,6 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::Waiter;
 use crate::policy::Claim;
 
 /// Where a borrow takes its seats from, as the leader judged it.
@@ -143,6 +144,15 @@ pub enum ControlCommand {
         server: String,
         grant_ids: Vec<String>,
     },
+    /// Puts a program at the back of the feature's queue, or, if its ticket
+    /// is there already (same program), keeps its place until the new
+    /// `until_unix_ms`.
+    Wait { feature: String, waiter: Waiter },
+    /// Takes `tickets` out of the queue: served, or their time ran out.
+    LeaveQueue {
+        feature: String,
+        tickets: Vec<String>,
+    },
 }
 
 /// What applying a command did.
@@ -169,6 +179,11 @@ pub enum ControlOutcome {
     /// Grants claimed, or forgotten.
     Claims {
         count: u32,
+    },
+    /// A waiter's place in the queue (1: first), or for `LeaveQueue` how
+    /// many left.
+    Queue {
+        position: u32,
     },
     Refused {
         reason: String,

@@ -27,7 +27,8 @@ mod state;
 #[cfg(test)]
 mod tests;
 
-pub use allocation::{FeatureAllocation, MoveCounts, ReleaseRequest, TemporaryLicense};
+pub use allocation::{FeatureAllocation, MoveCounts, ReleaseRequest, TemporaryLicense, Waiter};
 pub use commands::{BorrowSource, ControlCommand, ControlOutcome, LOST_MAJORITY};
 pub use refusal::ControlRefusal;
+pub use state::WAITERS_MAX;
 pub use state::{ControlState, REVOKED_RUNS_MAX};

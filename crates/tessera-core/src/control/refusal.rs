@@ -134,6 +134,10 @@ pub enum ControlRefusal {
     /// The free seats are kept by the pool's `reserve` rules.
     #[error("{0}")]
     Reserved(String),
+    #[error("the queue ticket belongs to another program")]
+    NotYourTicket,
+    #[error("{max} programs wait for seats of `{feature}` already, the most a queue holds")]
+    QueueFull { feature: String, max: usize },
     /// A command that would break a feature's seat sums (a bug), or a
     /// snapshot that breaks them.
     #[error("{0}")]

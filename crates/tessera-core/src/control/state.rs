@@ -14,6 +14,9 @@ use crate::distribution::DistributionTable;
 use crate::policy::{Claim, ClaimRefused};
 use crate::pool_file::PoolFile;
 
+/// The most programs one feature's queue holds.
+pub const WAITERS_MAX: usize = 10_000;
+
 /// The most runs a pool records as revoked, keeping its snapshots small.
 pub const REVOKED_RUNS_MAX: usize = 10_000;
 
@@ -330,6 +333,41 @@ impl ControlState {
                 claim,
                 force,
             } => self.claim(feature, grant_id, claim, *force),
+            ControlCommand::Wait { feature, waiter } => {
+                let a = self.feature_mut(feature)?;
+                let place = a.waiters.iter().position(|w| w.ticket == waiter.ticket);
+                let position = match place {
+                    Some(i) if a.waiters[i].client_id != waiter.client_id => {
+                        return Err(ControlRefusal::NotYourTicket);
+                    }
+                    Some(i) => {
+                        let held = &mut a.waiters[i];
+                        held.until_unix_ms = held.until_unix_ms.max(waiter.until_unix_ms);
+                        i + 1
+                    }
+                    None if a.waiters.len() >= WAITERS_MAX => {
+                        return Err(ControlRefusal::QueueFull {
+                            feature: feature.clone(),
+                            max: WAITERS_MAX,
+                        });
+                    }
+                    None => {
+                        a.waiters.push(waiter.clone());
+                        a.waiters.len()
+                    }
+                };
+                Ok(ControlOutcome::Queue {
+                    position: position as u32,
+                })
+            }
+            ControlCommand::LeaveQueue { feature, tickets } => {
+                let a = self.feature_mut(feature)?;
+                let before = a.waiters.len();
+                a.waiters.retain(|w| !tickets.contains(&w.ticket));
+                Ok(ControlOutcome::Queue {
+                    position: (before - a.waiters.len()) as u32,
+                })
+            }
             ControlCommand::Unclaim {
                 feature,
                 server,
@@ -741,6 +779,7 @@ fn carried_over(
         temporaries: current.temporaries.clone(),
         temporary_serial: current.temporary_serial,
         claims: current.claims.clone(),
+        waiters: current.waiters.clone(),
     };
     for server in servers {
         let kept = current.servers.get(server).copied().unwrap_or(0);

@@ -1002,3 +1002,62 @@ fn claims_keep_reserves_and_maxima_across_the_pool() {
     );
     assert!(claims(&state).is_empty());
 }
+
+fn wait(ticket: &str, client: &str, until: i64) -> ControlCommand {
+    ControlCommand::Wait {
+        feature: "cad".into(),
+        waiter: Waiter {
+            ticket: ticket.into(),
+            client_id: client.into(),
+            user: "u".into(),
+            host: "h".into(),
+            seats: 1,
+            since_unix_ms: 0,
+            until_unix_ms: until,
+        },
+    }
+}
+
+/// The queue: first come first served, a program asking again keeps its
+/// place (and only that program), leavers go, and snapshots keep it.
+#[test]
+fn the_queue_keeps_its_order_and_each_programs_place() {
+    let mut state = ControlState::default();
+    install(&mut state, 1, &["A", "B"], &[("c1", "cad", 1)], "");
+    let position = |outcome: ControlOutcome| match outcome {
+        ControlOutcome::Queue { position } => position,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(position(state.apply(&wait("t1", "p1", 10))), 1);
+    assert_eq!(position(state.apply(&wait("t2", "p2", 10))), 2);
+    assert_eq!(position(state.apply(&wait("t3", "p3", 10))), 3);
+    // Asking again keeps the place and the later time, never an earlier one.
+    assert_eq!(position(state.apply(&wait("t2", "p2", 30))), 2);
+    assert_eq!(position(state.apply(&wait("t2", "p2", 20))), 2);
+    assert_eq!(
+        state.allocation("cad").unwrap().waiters[1].until_unix_ms,
+        30
+    );
+    refused_because(state.apply(&wait("t2", "intruder", 99)), "another program");
+    assert_eq!(
+        position(state.apply(&ControlCommand::LeaveQueue {
+            feature: "cad".into(),
+            tickets: vec!["t1".into(), "gone".into()],
+        })),
+        1
+    );
+    let order: Vec<&str> = state
+        .allocation("cad")
+        .unwrap()
+        .waiters
+        .iter()
+        .map(|w| w.ticket.as_str())
+        .collect();
+    assert_eq!(order, ["t2", "t3"]);
+    let restored: ControlState =
+        serde_json::from_str(&serde_json::to_string(&state).unwrap()).unwrap();
+    assert_eq!(restored.restored().unwrap(), state);
+    // A new pool file keeps the queue.
+    install(&mut state, 2, &["A", "B"], &[("c1", "cad", 2)], "");
+    assert_eq!(state.allocation("cad").unwrap().waiters.len(), 2);
+}

@@ -122,9 +122,10 @@ async fn checkout_grant(
     let holder = Holder::of(&body);
     let feature = body.feature.clone();
     check_slot_holder(app, caller, &feature, &holder)?;
+    let queue = body.queue.clone();
     let request = seat_request(body, 0)?;
     let granted = app
-        .checkout(request, deadline, address)
+        .checkout_in_turn(request, deadline, address, queue)
         .await
         .map_err(|err| with_slot_holders(app, &feature, err.into()))?;
     Ok(wire_grant(app, granted, &holder))

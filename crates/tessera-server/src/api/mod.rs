@@ -87,6 +87,7 @@ impl IntoResponse for SignedDenial {
             error: proto::ErrorDetail {
                 code,
                 message: refusal.message,
+                queue: refusal.queue,
             },
             answer: self.answer.map(|answer| *answer),
         };

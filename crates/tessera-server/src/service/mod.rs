@@ -15,9 +15,11 @@
 //! anything. A refusal says nothing of the grant's real holder.
 
 mod borrow;
+mod queue;
 mod temporary;
 
 pub use borrow::Need;
+pub use queue::PLACE_HOLD_MS;
 
 use std::sync::Arc;
 

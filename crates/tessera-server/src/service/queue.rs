@@ -1,0 +1,225 @@
+//! The pool's queue of programs waiting for seats (FlexNet's and RLM's
+//! queueing, but pool-wide): a checkout that asks to wait and finds no seat
+//! joins the back of its feature's queue in the pool's log
+//! ([`ControlCommand::Wait`]) and is answered `queued` with a ticket and its
+//! place. The program asks again with the ticket, on any server; only the
+//! first in the queue is served, so seats go first come first served
+//! across the pool, and, the queue being in the log, a place survives the
+//! death of the server or the leader it was taken on. A checkout that does
+//! not wait is refused while others wait. A place lapses unless its
+//! program asks again within [`PLACE_HOLD_MS`]; the leader takes lapsed
+//! places out, and a served program leaves the queue.
+
+use std::sync::Arc;
+
+use tessera_core::control::{ControlCommand, ControlOutcome, Waiter};
+use tessera_proto::{self as proto, ErrorCode};
+
+use super::{Deadline, Granted};
+use crate::issuer::SeatRequest;
+use crate::refusal::Refusal;
+use crate::App;
+
+/// How long a place holds after its program last asked.
+pub const PLACE_HOLD_MS: i64 = 10_000;
+
+impl App {
+    /// A checkout that may wait in the queue (`queue`), or that may not
+    /// jump it (none).
+    pub async fn checkout_in_turn(
+        self: &Arc<Self>,
+        request: SeatRequest,
+        deadline: Deadline,
+        address: Option<std::net::IpAddr>,
+        queue: Option<proto::QueueAsk>,
+    ) -> Result<Granted, Refusal> {
+        let feature = request.feature.clone();
+        let (place, waiting) = self.place(&feature, &request.client_id, queue.as_ref());
+        let Some(_) = queue else {
+            if waiting > 0 {
+                return Err(Refusal::new(
+                    ErrorCode::NoSeatsAvailable,
+                    format!(
+                        "{waiting} programs wait for seats of `{feature}` before this one; ask \
+                         to wait in the queue (`tessera checkout --wait`) to be served in turn"
+                    ),
+                ));
+            }
+            return self.checkout(request, deadline, address).await;
+        };
+        let first = match &place {
+            Some(held) => held.position == 1,
+            None => waiting == 0,
+        };
+        if first {
+            match self.checkout(request.clone(), deadline, address).await {
+                Ok(granted) => {
+                    if let Some(held) = place {
+                        self.leave_queue(&feature, held.ticket);
+                    }
+                    return Ok(granted);
+                }
+                Err(refusal) if refusal.code == ErrorCode::NoSeatsAvailable => {}
+                Err(refusal) => return Err(refusal),
+            }
+        }
+        let place = self.keep_place(&request, place).await?;
+        Err(Refusal {
+            queue: Some(place.clone()),
+            ..Refusal::new(
+                ErrorCode::Queued,
+                format!(
+                    "no seat of `{feature}` is free for this program yet; it waits in the pool's \
+                     queue, {} of {}",
+                    place.position, place.waiting
+                ),
+            )
+        })
+    }
+
+    /// The place of `ask`'s ticket in the queue of `feature`, if it is
+    /// there for `client_id`, and how many wait.
+    fn place(
+        &self,
+        feature: &str,
+        client_id: &str,
+        ask: Option<&proto::QueueAsk>,
+    ) -> (Option<proto::QueuePlace>, u32) {
+        let applied = self.pool.applied.borrow();
+        let Some(allocation) = applied.state.allocation(feature) else {
+            return (None, 0);
+        };
+        let waiting = allocation.waiters.len() as u32;
+        let ticket = ask.and_then(|a| a.ticket.as_deref());
+        let place = allocation
+            .waiters
+            .iter()
+            .position(|w| Some(w.ticket.as_str()) == ticket && w.client_id == client_id)
+            .map(|i| proto::QueuePlace {
+                ticket: allocation.waiters[i].ticket.clone(),
+                position: i as u32 + 1,
+                waiting,
+                until_unix_ms: allocation.waiters[i].until_unix_ms,
+            });
+        (place, waiting)
+    }
+
+    /// Joins the queue, or keeps the place held, for another
+    /// [`PLACE_HOLD_MS`] (written to the log only once half of it ran).
+    async fn keep_place(
+        &self,
+        request: &SeatRequest,
+        place: Option<proto::QueuePlace>,
+    ) -> Result<proto::QueuePlace, Refusal> {
+        let now = self.clock.unix_ms();
+        if let Some(held) = &place {
+            if held.until_unix_ms - now > PLACE_HOLD_MS / 2 {
+                return Ok(held.clone());
+            }
+        }
+        let ticket = match &place {
+            Some(held) => held.ticket.clone(),
+            None => format!("q{}", (self.grant_ids)()),
+        };
+        let waiter = Waiter {
+            ticket: ticket.clone(),
+            client_id: request.client_id.clone(),
+            user: request.user.clone(),
+            host: request.host.clone(),
+            seats: request.count,
+            since_unix_ms: now,
+            until_unix_ms: now + PLACE_HOLD_MS,
+        };
+        let command = ControlCommand::Wait {
+            feature: request.feature.clone(),
+            waiter,
+        };
+        match self.pool.propose(command).await? {
+            ControlOutcome::Queue { position } => {
+                let waiting = self
+                    .pool
+                    .applied
+                    .borrow()
+                    .state
+                    .allocation(&request.feature)
+                    .map_or(position, |a| (a.waiters.len() as u32).max(position));
+                if place.is_none() {
+                    tracing::info!(
+                        "`{}` on `{}` waits for {} seats of `{}`, {position} of {waiting}",
+                        request.user,
+                        request.host,
+                        request.count,
+                        request.feature
+                    );
+                }
+                Ok(proto::QueuePlace {
+                    ticket,
+                    position,
+                    waiting,
+                    until_unix_ms: now + PLACE_HOLD_MS,
+                })
+            }
+            ControlOutcome::Refused { reason } => {
+                Err(Refusal::new(ErrorCode::NoSeatsAvailable, reason))
+            }
+            other => Err(Refusal::new(
+                ErrorCode::Internal,
+                format!("joining the queue applied as {other:?}"),
+            )),
+        }
+    }
+
+    /// A served program leaves the queue.
+    fn leave_queue(&self, feature: &str, ticket: String) {
+        let pool = self.pool.clone();
+        let command = ControlCommand::LeaveQueue {
+            feature: feature.to_string(),
+            tickets: vec![ticket],
+        };
+        tokio::spawn(async move {
+            if let Err(err) = pool.propose(command).await {
+                tracing::debug!("leaving the queue not committed: {err}");
+            }
+        });
+    }
+
+    /// Leader: takes out of the queues the places whose programs stopped
+    /// asking.
+    pub(crate) async fn expire_waiters(&self) {
+        if !self.pool.is_leader() {
+            return;
+        }
+        let now = self.clock.unix_ms();
+        let due: Vec<(String, Vec<String>)> = {
+            let applied = self.pool.applied.borrow();
+            applied
+                .state
+                .allocations()
+                .iter()
+                .map(|(feature, a)| {
+                    let tickets = a
+                        .waiters
+                        .iter()
+                        .filter(|w| w.until_unix_ms < now)
+                        .map(|w| w.ticket.clone())
+                        .collect::<Vec<_>>();
+                    (feature.clone(), tickets)
+                })
+                .filter(|(_, tickets)| !tickets.is_empty())
+                .collect()
+        };
+        for (feature, tickets) in due {
+            let count = tickets.len();
+            let command = ControlCommand::LeaveQueue {
+                feature: feature.clone(),
+                tickets,
+            };
+            match self.pool.propose(command).await {
+                Ok(_) => tracing::info!(
+                    "{count} programs stopped waiting for `{feature}`; their places lapsed"
+                ),
+                Err(err) => tracing::debug!("lapsed places of `{feature}` not taken out: {err}"),
+            }
+        }
+    }
+}
