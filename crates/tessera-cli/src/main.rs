@@ -9,6 +9,7 @@ mod keys;
 mod license_cmd;
 mod master_cmd;
 mod pool_cmd;
+mod report_cmd;
 mod view;
 
 use std::path::PathBuf;
@@ -78,6 +79,22 @@ enum Command {
         /// With a token (role `read` or `admin`): grants, users and hosts too.
         #[command(flatten)]
         token: TokenArgs,
+    },
+    /// Usage per feature and user from the servers' report logs (their
+    /// `[report] dir`): seat-hours, peak seats, denials, queue waits.
+    Report {
+        /// Report files, or directories of them; give every server's.
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        /// Start of the period: 2026-12-01, 2026-12-01T08:00:00Z or Unix ms
+        /// (default: the first event).
+        #[arg(long)]
+        from: Option<String>,
+        /// End of the period (default: the last event).
+        #[arg(long)]
+        to: Option<String>,
+        #[arg(long, value_enum, default_value_t = report_cmd::ReportFormat::Table)]
+        format: report_cmd::ReportFormat,
     },
     /// Check seats out; hold them (heartbeating) until --hold runs out or Ctrl-C.
     Checkout {
@@ -641,6 +658,12 @@ fn run(cli: Cli) -> Result<()> {
             runtime()?.block_on(client_cmd::admin(config, token.required()?, change))
         }
         Command::Hostid { json } => master_cmd::hostid(json),
+        Command::Report {
+            paths,
+            from,
+            to,
+            format,
+        } => report_cmd::report(&paths, from.as_deref(), to.as_deref(), format),
         Command::Master {
             command: MasterCommand::Init { data_dir },
         } => master_cmd::init(&data_dir),

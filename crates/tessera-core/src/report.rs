@@ -24,6 +24,13 @@ pub enum EventKind {
     Expired,
     /// A checkout refused; `detail` is the error code.
     Denied,
+    /// A checkout joined the pool's queue to wait for seats.
+    Queued,
+    /// Seats moved between servers' allocations; `detail` says from where
+    /// to where, `user` is empty.
+    Moved,
+    /// An administrator changed the pool: `user` is who, `detail` what.
+    Admin,
 }
 
 /// One usage event of one server.
@@ -40,6 +47,13 @@ pub struct UsageEvent {
     pub count: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
+    /// A checkout served from the queue: how long it waited, in ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waited_ms: Option<u64>,
+    /// The server that wrote it: not in the line, taken from its file's
+    /// header when read.
+    #[serde(default, skip_serializing)]
+    pub server: String,
 }
 
 /// The first line of a report file.
@@ -111,7 +125,10 @@ pub fn read_report(text: &str) -> Result<ReportFile, String> {
             ));
         }
         prev = line_hash(line);
-        events.push(parsed.event);
+        events.push(UsageEvent {
+            server: header.server.clone(),
+            ..parsed.event
+        });
     }
     Ok(ReportFile { header, events })
 }
@@ -123,6 +140,9 @@ pub struct UserUsage {
     pub seat_hours: f64,
     pub checkouts: u64,
     pub denials: u64,
+    /// Checkouts served after waiting in the queue, and their waits.
+    pub queue_waits: u64,
+    pub queue_wait_s: f64,
 }
 
 /// Usage of one feature over a period.
@@ -133,24 +153,33 @@ pub struct FeatureUsage {
     pub peak_seats: u64,
     pub checkouts: u64,
     pub denials: u64,
+    pub queue_waits: u64,
+    pub queue_wait_s: f64,
     pub users: BTreeMap<String, UserUsage>,
 }
 
 /// Sums the events of every server between `from_unix_ms` and
-/// `to_unix_ms`. A grant counts from its checkout to its check-in or
-/// expiry on the server that held it last; one still held at the end of
-/// the period counts to the end.
+/// `to_unix_ms`. A grant counts from its checkout to its check-in, or to
+/// its expiry on the server that held it last (a fail-over's checkout of
+/// the same grant elsewhere moves it there, and the copy left behind
+/// lapsing ends nothing); one still held at the end of the period counts
+/// to the end.
 pub fn usage(
     events: &[UsageEvent],
     from_unix_ms: i64,
     to_unix_ms: i64,
 ) -> BTreeMap<String, FeatureUsage> {
+    struct Open<'a> {
+        began: i64,
+        count: u32,
+        user: &'a str,
+        feature: &'a str,
+        server: &'a str,
+    }
     let mut sorted: Vec<&UsageEvent> = events.iter().collect();
     sorted.sort_by_key(|e| e.at_unix_ms);
     let mut out: BTreeMap<String, FeatureUsage> = BTreeMap::new();
-    // Per grant: when it began, its seats and user; a fail-over's checkout
-    // on another server of the same grant does not begin it again.
-    let mut open: BTreeMap<&str, (i64, u32, &str, &str)> = BTreeMap::new();
+    let mut open: BTreeMap<&str, Open> = BTreeMap::new();
     let mut held: BTreeMap<&str, u64> = BTreeMap::new();
     let hours = |from: i64, to: i64| {
         let (from, to) = (from.max(from_unix_ms), to.min(to_unix_ms));
@@ -160,41 +189,61 @@ pub fn usage(
         if event.at_unix_ms > to_unix_ms {
             break;
         }
+        if matches!(event.kind, EventKind::Moved | EventKind::Admin) {
+            continue;
+        }
         let feature = out.entry(event.feature.clone()).or_default();
         let in_period = event.at_unix_ms >= from_unix_ms;
         match event.kind {
             EventKind::Checkout => {
-                if open.contains_key(event.grant_id.as_str()) {
+                if let Some(grant) = open.get_mut(event.grant_id.as_str()) {
+                    grant.server = &event.server;
                     continue;
                 }
                 open.insert(
                     &event.grant_id,
-                    (event.at_unix_ms, event.count, &event.user, &event.feature),
+                    Open {
+                        began: event.at_unix_ms,
+                        count: event.count,
+                        user: &event.user,
+                        feature: &event.feature,
+                        server: &event.server,
+                    },
                 );
                 let now = held.entry(&event.feature).or_default();
                 *now += u64::from(event.count);
                 if in_period {
                     feature.peak_seats = feature.peak_seats.max(*now);
                     feature.checkouts += 1;
-                    feature
-                        .users
-                        .entry(event.user.clone())
-                        .or_default()
-                        .checkouts += 1;
+                    let user = feature.users.entry(event.user.clone()).or_default();
+                    user.checkouts += 1;
+                    if let Some(waited_ms) = event.waited_ms {
+                        let waited_s = waited_ms as f64 / 1_000.0;
+                        user.queue_waits += 1;
+                        user.queue_wait_s += waited_s;
+                        feature.queue_waits += 1;
+                        feature.queue_wait_s += waited_s;
+                    }
                 }
             }
             EventKind::Checkin | EventKind::Expired => {
-                let Some((began, count, user, name)) = open.remove(event.grant_id.as_str()) else {
+                let ends = open.get(event.grant_id.as_str()).is_some_and(|grant| {
+                    event.kind == EventKind::Checkin || grant.server == event.server
+                });
+                if !ends {
                     continue;
-                };
+                }
+                let grant = open
+                    .remove(event.grant_id.as_str())
+                    .expect("found just above");
                 add_seat_hours(
                     &mut out,
-                    name,
-                    user,
-                    f64::from(count) * hours(began, event.at_unix_ms),
+                    grant.feature,
+                    grant.user,
+                    f64::from(grant.count) * hours(grant.began, event.at_unix_ms),
                 );
-                if let Some(now) = held.get_mut(name) {
-                    *now = now.saturating_sub(u64::from(count));
+                if let Some(now) = held.get_mut(grant.feature) {
+                    *now = now.saturating_sub(u64::from(grant.count));
                 }
             }
             EventKind::Denied => {
@@ -203,17 +252,34 @@ pub fn usage(
                     feature.users.entry(event.user.clone()).or_default().denials += 1;
                 }
             }
+            EventKind::Queued | EventKind::Moved | EventKind::Admin => {}
         }
     }
-    for (began, count, user, name) in open.into_values() {
+    for grant in open.into_values() {
         add_seat_hours(
             &mut out,
-            name,
-            user,
-            f64::from(count) * hours(began, to_unix_ms),
+            grant.feature,
+            grant.user,
+            f64::from(grant.count) * hours(grant.began, to_unix_ms),
         );
     }
     out
+}
+
+/// An instant as `tessera report` takes it: `YYYY-MM-DD` (the start of
+/// that UTC day), RFC 3339 (`2026-12-01T08:00:00Z`), or Unix ms.
+pub fn parse_instant(text: &str) -> Result<i64, String> {
+    if let Ok(unix_ms) = text.parse::<i64>() {
+        return Ok(unix_ms);
+    }
+    if let Ok(date) = crate::date::CivilDate::parse(text) {
+        return Ok(i64::from(date.days_since_epoch()) * 86_400_000);
+    }
+    let at = time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
+        .map_err(|_| {
+            format!("`{text}` is not a date (2026-12-01), a time (2026-12-01T08:00:00Z) or Unix ms")
+        })?;
+    Ok((at.unix_timestamp_nanos() / 1_000_000) as i64)
 }
 
 /// Counts a grant's `seat_hours` to its feature and its user.
@@ -244,6 +310,8 @@ mod tests {
             grant_id: grant.into(),
             count,
             detail: None,
+            waited_ms: None,
+            server: "A".into(),
         }
     }
 
@@ -290,21 +358,45 @@ mod tests {
         let events = vec![
             event(0, EventKind::Checkout, "alice", "g1", 2),
             event(H, EventKind::Checkout, "bob", "g2", 1),
-            // g1 fails over to another server: the same grant, not a new one.
-            event(H + 5, EventKind::Checkout, "alice", "g1", 2),
+            // g1 fails over to B: the same grant, not a new one; the copy
+            // left on A lapsing ends nothing.
+            UsageEvent {
+                server: "B".into(),
+                ..event(H + 5, EventKind::Checkout, "alice", "g1", 2)
+            },
+            event(H + 10, EventKind::Expired, "alice", "g1", 2),
             event(2 * H, EventKind::Checkin, "bob", "g2", 1),
             event(2 * H, EventKind::Denied, "carol", "", 1),
-            event(3 * H, EventKind::Expired, "alice", "g1", 2),
+            UsageEvent {
+                waited_ms: Some(90_000),
+                ..event(2 * H + 1, EventKind::Checkout, "carol", "g3", 1)
+            },
+            UsageEvent {
+                server: "B".into(),
+                ..event(3 * H, EventKind::Expired, "alice", "g1", 2)
+            },
         ];
         let usage = usage(&events, 0, 4 * H);
         let cad = &usage["cad"];
         assert_eq!(cad.peak_seats, 3);
-        assert_eq!((cad.checkouts, cad.denials), (2, 1));
+        assert_eq!((cad.checkouts, cad.denials), (3, 1));
         assert!((cad.users["alice"].seat_hours - 6.0).abs() < 1e-9);
         assert!((cad.users["bob"].seat_hours - 1.0).abs() < 1e-9);
-        assert!((cad.seat_hours - 7.0).abs() < 1e-9);
+        // Carol's grant is still held at the end: 2 h to the period's end.
+        assert!((cad.users["carol"].seat_hours - (2.0 * H as f64 - 1.0) / H as f64).abs() < 1e-9);
+        assert_eq!((cad.queue_waits, cad.users["carol"].queue_waits), (1, 1));
+        assert!((cad.queue_wait_s - 90.0).abs() < 1e-9);
         // A period of the second hour only.
         let usage = super::usage(&events, H, 2 * H);
         assert!((usage["cad"].seat_hours - 3.0).abs() < 1e-9);
+        assert_eq!(parse_instant("2026-12-01"), Ok(1_796_083_200_000));
+        assert_eq!(
+            parse_instant("2026-12-01T01:00:00Z"),
+            Ok(1_796_083_200_000 + H)
+        );
+        assert_eq!(parse_instant("5"), Ok(5));
+        assert!(parse_instant("yesterday")
+            .unwrap_err()
+            .contains("is not a date"));
     }
 }

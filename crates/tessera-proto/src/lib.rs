@@ -83,6 +83,8 @@ pub struct QueuePlace {
     pub position: u32,
     /// Programs in the queue.
     pub waiting: u32,
+    /// When the program joined the queue (Unix ms, the server's clock).
+    pub since_unix_ms: i64,
     /// Until when the place holds unless the program asks again (Unix ms,
     /// the server's clock).
     pub until_unix_ms: i64,

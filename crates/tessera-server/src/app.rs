@@ -71,6 +71,8 @@ pub struct App {
     /// Grants claimed in the pool's log and not yet issued or given up
     /// (`crate::claims`): not claims to forget.
     pub(crate) claiming: Mutex<std::collections::HashSet<String>>,
+    /// Usage events, for `tessera report` (`crate::report_log`).
+    pub(crate) report: crate::report_log::ReportLog,
 }
 
 impl App {

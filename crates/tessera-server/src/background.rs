@@ -103,6 +103,7 @@ pub(crate) fn spawn_sweeps(app: Arc<App>, config: ServerConfig) -> tokio::task::
             for released in &expired {
                 tracing::debug!("grant {} lapsed", released.grant_id);
             }
+            app.report_released(tessera_core::report::EventKind::Expired, &expired);
             app.released(expired).await;
             if now_ms - last_license_check_ms >= license_check_every {
                 last_license_check_ms = now_ms;

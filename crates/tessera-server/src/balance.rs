@@ -256,6 +256,13 @@ impl App {
             };
             let (asker, feature) = (&ask.server_id, &ask.feature);
             tracing::info!("`{asker}` borrowed {seats} seats of `{feature}` from {source:?}");
+            self.report_other(
+                tessera_core::report::EventKind::Moved,
+                feature,
+                "",
+                seats,
+                format!("borrowed by `{asker}` from {}", source_name(source)),
+            );
             Some(seats)
         };
         self.commit_offers(offers, wanted, command, moved).await
@@ -366,6 +373,18 @@ impl App {
             // A server that missed its last reports cannot answer in time.
             answers_within_ms: 3 * self.timing.quota_report_interval_ms,
             threshold_percent,
+        }
+    }
+}
+
+/// Where borrowed seats came from, in words.
+fn source_name(source: &BorrowSource) -> String {
+    match source {
+        BorrowSource::FreePool => "the free pool".into(),
+        BorrowSource::DownServer(server) => format!("silent server `{server}`"),
+        BorrowSource::Parked(server) => format!("the parked seats of `{server}`"),
+        BorrowSource::HandOver { server, grant_id } => {
+            format!("`{server}`, handed over with grant {grant_id}")
         }
     }
 }

@@ -67,6 +67,40 @@ struct ConfigText {
     pool_key_file: Option<PathBuf>,
     master_license_file: Option<PathBuf>,
     vid: Option<VidText>,
+    #[serde(default)]
+    report: ReportText,
+}
+
+/// `[report]`: the report log (`crate::report_log`).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct ReportText {
+    enabled: bool,
+    dir: Option<PathBuf>,
+    rotate_mb: u64,
+    rotate_hours: u64,
+}
+
+impl Default for ReportText {
+    fn default() -> ReportText {
+        ReportText {
+            enabled: true,
+            dir: None,
+            rotate_mb: 64,
+            rotate_hours: 24,
+        }
+    }
+}
+
+/// Where and how the report log is written.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReportConfig {
+    pub enabled: bool,
+    /// Default: `report` in the data directory.
+    pub dir: PathBuf,
+    /// A file is closed (and checksummed) at this size or age.
+    pub rotate_bytes: u64,
+    pub rotate_ms: u64,
 }
 
 /// `[vid]`: a production server bound to a VID (seed 003).
@@ -310,6 +344,7 @@ pub struct ServerConfig {
     pub master_license_file: Option<PathBuf>,
     /// Set on a production server bound to a VID (`crate::vid`).
     pub vid: Option<VidConfig>,
+    pub report: ReportConfig,
 }
 
 /// What a config without `pool_key_file` is told.
@@ -364,7 +399,21 @@ impl ServerConfig {
             ));
         }
         let pool_key_file = raw.pool_key_file.ok_or(NO_POOL_KEY)?;
+        if raw.report.rotate_mb == 0 || raw.report.rotate_hours == 0 {
+            return Err("report.rotate_mb and report.rotate_hours must be above 0".into());
+        }
+        let data_dir = base.join(&raw.data_dir);
+        let report = ReportConfig {
+            enabled: raw.report.enabled,
+            dir: raw
+                .report
+                .dir
+                .map_or_else(|| data_dir.join("report"), |dir| base.join(dir)),
+            rotate_bytes: raw.report.rotate_mb.saturating_mul(1 << 20),
+            rotate_ms: raw.report.rotate_hours.saturating_mul(3_600_000),
+        };
         Ok(ServerConfig {
+            report,
             pool_key_file: base.join(pool_key_file),
             master_license_file: raw.master_license_file.map(|path| base.join(path)),
             vid: raw.vid.map(|vid| VidConfig {

@@ -26,6 +26,7 @@ pub mod master;
 pub mod pool;
 mod quota;
 pub mod refusal;
+mod report_log;
 pub mod seams;
 pub mod service;
 mod start;

@@ -44,6 +44,11 @@ pub enum StartError {
     AnswerKey(String),
     #[error("clock mark: {0}")]
     ClockMark(String),
+    #[error(
+        "cannot open the report log in {dir}: {message}; set `[report] dir` to a directory \
+         the server may write, or `[report] enabled = false`"
+    )]
+    ReportLog { dir: PathBuf, message: String },
 }
 
 /// A started server: its address, and the task serving it.
@@ -138,6 +143,21 @@ where
     };
     check_own_credential(&config, &own_entry)?;
     let (issuer, store, lost_store) = open_issuer(&config, &seams, &pool_file.pool_id)?;
+    // Real files only: a simulated disk keeps none.
+    let report = if config.report.enabled && seams.disk.commit_on_threads() {
+        crate::report_log::ReportLog::start(
+            &config.report,
+            &pool_file.pool_id,
+            &config.server_id,
+            seams.clock.unix_ms(),
+        )
+        .map_err(|err| StartError::ReportLog {
+            dir: config.report.dir.clone(),
+            message: err.to_string(),
+        })?
+    } else {
+        crate::report_log::ReportLog::disabled()
+    };
     let settings = pool::PoolSettings::of(&config);
     let pool = Arc::new(Pool::start(settings, pool_file, pool_text, &seams).await?);
     // A returning server applies its own log before it serves, so that its
@@ -165,6 +185,7 @@ where
             clock_mark,
             master,
             vid: vid.as_ref().map(crate::vid::VidHold::asking),
+            report,
         },
         own_entry.address,
     ));
@@ -250,6 +271,7 @@ struct Parts {
     master: Option<crate::master::MasterSigner>,
     /// A production server's VID, before any master answered.
     vid: Option<crate::vid::VidHold>,
+    report: crate::report_log::ReportLog,
 }
 
 impl App {
@@ -263,6 +285,7 @@ impl App {
             clock_mark,
             master,
             vid,
+            report,
         } = parts;
         App {
             issuer: Mutex::new(issuer),
@@ -285,6 +308,7 @@ impl App {
             borrow_locks: Mutex::new(Default::default()),
             borrow_quiet: Mutex::new(Default::default()),
             claiming: Mutex::new(Default::default()),
+            report,
             grant_ids: seams.grant_ids.clone(),
             mutations: seams.mutations,
             superseded: Mutex::new(copies::Outbox::default()),
@@ -362,6 +386,9 @@ async fn serve<L>(
         task.abort();
     }
     let _ = pool.raft.shutdown().await;
+    // The report file closed with its checksum.
+    let report_app = app.clone();
+    let _ = tokio::task::spawn_blocking(move || report_app.report.close()).await;
 }
 
 /// The grace period of a server that started without its grant store:

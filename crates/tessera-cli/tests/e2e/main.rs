@@ -19,6 +19,7 @@
 //! - [`master`]: `tessera hostid`, `tessera master init` and the master
 //!   license the vendor signs for it; a config that claims a hostid.
 //! - [`queue`]: programs waiting for seats, in order, through a leader kill.
+//! - [`report`]: the report log over a scripted day, and `tessera report`.
 //! - [`temporary`]: temporary licenses (seed 004) through the HTTP API.
 //! - [`trust`]: a program trusts its vendor's key, not the server: a key
 //!   the customer adds, a fake server, a replayed answer, a clock set back.
@@ -32,6 +33,7 @@ mod master;
 mod policy;
 mod proofs;
 mod queue;
+mod report;
 mod restart;
 mod seats;
 mod temporary;

@@ -6,13 +6,15 @@ use std::sync::Arc;
 
 use axum::extract::State;
 use axum::routing::post;
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use tessera_proto::{
     AddLicense, ErrorCode, InstanceRevoked, PoolFileInstalled, PoolFileUpdate, RemoveLicense,
     RevokeInstance, SetDistribution,
 };
 
 use tessera_core::control::{ControlCommand, ControlOutcome};
+
+use crate::api::auth::Caller;
 
 use super::{ApiError, JsonBody};
 use crate::pool::admin::AdminChange;
@@ -113,33 +115,69 @@ fn slot_free_in_ms(app: &App, instance: &str) -> Option<u64> {
 
 async fn update_pool_file(
     State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
     JsonBody(update): JsonBody<PoolFileUpdate>,
 ) -> Result<Json<PoolFileInstalled>, ApiError> {
-    Ok(Json(app.pool.update_pool_file(update.text).await?))
+    let installed = app.pool.update_pool_file(update.text).await?;
+    report_admin(&app, &caller, "update-pool-file", &installed);
+    Ok(Json(installed))
+}
+
+/// Records an administrator's change in the report log, with who made it.
+fn report_admin(app: &App, caller: &Caller, what: &str, installed: &PoolFileInstalled) {
+    let who = match caller {
+        Caller::Admin { name, .. } => name.as_str(),
+        Caller::Server(server) => server.as_str(),
+        Caller::Anonymous => "",
+    };
+    app.report_other(
+        tessera_core::report::EventKind::Admin,
+        "",
+        who,
+        0,
+        format!(
+            "{what}: pool file sequence {} installed",
+            installed.sequence
+        ),
+    );
 }
 
 async fn set_distribution(
     State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
     JsonBody(change): JsonBody<SetDistribution>,
 ) -> Result<Json<PoolFileInstalled>, ApiError> {
-    change_pool(&app, AdminChange::Distribution(change)).await
+    change_pool(&app, &caller, AdminChange::Distribution(change)).await
 }
 
 async fn add_license(
     State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
     JsonBody(change): JsonBody<AddLicense>,
 ) -> Result<Json<PoolFileInstalled>, ApiError> {
-    change_pool(&app, AdminChange::AddLicense(change)).await
+    change_pool(&app, &caller, AdminChange::AddLicense(change)).await
 }
 
 async fn remove_license(
     State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
     JsonBody(change): JsonBody<RemoveLicense>,
 ) -> Result<Json<PoolFileInstalled>, ApiError> {
-    change_pool(&app, AdminChange::RemoveLicense(change)).await
+    change_pool(&app, &caller, AdminChange::RemoveLicense(change)).await
 }
 
-async fn change_pool(app: &App, change: AdminChange) -> Result<Json<PoolFileInstalled>, ApiError> {
+async fn change_pool(
+    app: &App,
+    caller: &Caller,
+    change: AdminChange,
+) -> Result<Json<PoolFileInstalled>, ApiError> {
+    let what = match &change {
+        AdminChange::Distribution(_) => "set-distribution",
+        AdminChange::AddLicense(_) => "add-license",
+        AdminChange::RemoveLicense(_) => "remove-license",
+    };
     let seats_held = |feature: &str, since_ms| app.seats_held(feature, since_ms);
-    Ok(Json(app.pool.admin_change(change, seats_held).await?))
+    let installed = app.pool.admin_change(change, seats_held).await?;
+    report_admin(app, caller, what, &installed);
+    Ok(Json(installed))
 }

@@ -107,7 +107,15 @@ async fn checkout(
     let asked = Asked::of(&body);
     let answer = match admitted(&app, &body.feature, (&body.user, &body.host), &source) {
         Ok(()) => checkout_grant(&app, &caller, body, source_ip(&source)).await,
-        Err(denied) => Err(denied),
+        Err(denied) => {
+            let who = (
+                body.feature.as_str(),
+                body.user.as_str(),
+                body.host.as_str(),
+            );
+            app.report_denied(who, body.count, denied.0.code.as_str());
+            Err(denied)
+        }
     };
     signed(&app, asked, answer).await
 }

@@ -204,6 +204,13 @@ impl App {
         let issued = self.answer(ask.endpoint(), issued, deadline).await?;
         if issued.origin == Origin::Conversion {
             self.claim_converted(&issued.grant_id, &request);
+            let event = self.report_seats(
+                tessera_core::report::EventKind::Checkout,
+                &request,
+                &issued.grant_id,
+                Some("fail-over".into()),
+            );
+            self.report.record(event);
         }
         let claim = GrantClaim {
             grant_id: &issued.grant_id,
@@ -261,6 +268,10 @@ impl App {
             return Ok(0);
         };
         let released_seats = released.seats;
+        self.report_released(
+            tessera_core::report::EventKind::Checkin,
+            std::slice::from_ref(&released),
+        );
         self.supersede(&released.grant_id, proto::SupersededGrant::CHECKED_IN);
         self.released(vec![released]).await;
         Ok(released_seats)

@@ -13,6 +13,7 @@
 use std::sync::Arc;
 
 use tessera_core::control::{ControlCommand, ControlOutcome, Waiter};
+use tessera_core::report::{EventKind, UsageEvent};
 use tessera_proto::{self as proto, ErrorCode};
 
 use super::{Deadline, Granted};
@@ -26,6 +27,9 @@ pub const PLACE_HOLD_MS: i64 = 10_000;
 impl App {
     /// A checkout that may wait in the queue (`queue`), or that may not
     /// jump it (none).
+    ///
+    /// Every outcome goes to the report log: the checkout (with how long
+    /// it waited), a denial with its code, joining the queue.
     pub async fn checkout_in_turn(
         self: &Arc<Self>,
         request: SeatRequest,
@@ -33,6 +37,49 @@ impl App {
         address: Option<std::net::IpAddr>,
         queue: Option<proto::QueueAsk>,
     ) -> Result<Granted, Refusal> {
+        let mut waited_ms = None;
+        let result = self
+            .served_in_turn(&request, deadline, address, queue, &mut waited_ms)
+            .await;
+        let event = match &result {
+            Ok(granted) => UsageEvent {
+                waited_ms,
+                ..self.report_seats(
+                    EventKind::Checkout,
+                    &request,
+                    &granted.issued.grant_id,
+                    None,
+                )
+            },
+            Err(refusal) if refusal.code == ErrorCode::Queued => {
+                let place = refusal.queue.as_ref();
+                if place.is_some_and(|p| p.since_unix_ms < self.clock.unix_ms() - 1_000) {
+                    // Asked again: already recorded when it joined.
+                    return result;
+                }
+                let ticket = place.map_or("", |p| p.ticket.as_str());
+                self.report_seats(EventKind::Queued, &request, ticket, None)
+            }
+            Err(refusal) => self.report_seats(
+                EventKind::Denied,
+                &request,
+                "",
+                Some(refusal.code.as_str().to_string()),
+            ),
+        };
+        self.report.record(event);
+        result
+    }
+
+    async fn served_in_turn(
+        self: &Arc<Self>,
+        request: &SeatRequest,
+        deadline: Deadline,
+        address: Option<std::net::IpAddr>,
+        queue: Option<proto::QueueAsk>,
+        waited_ms: &mut Option<u64>,
+    ) -> Result<Granted, Refusal> {
+        let request = request.clone();
         let feature = request.feature.clone();
         let (place, waiting) = self.place(&feature, &request.client_id, queue.as_ref());
         let Some(_) = queue else {
@@ -55,6 +102,8 @@ impl App {
             match self.checkout(request.clone(), deadline, address).await {
                 Ok(granted) => {
                     if let Some(held) = place {
+                        let now = self.clock.unix_ms();
+                        *waited_ms = Some(u64::try_from(now - held.since_unix_ms).unwrap_or(0));
                         self.leave_queue(&feature, held.ticket);
                     }
                     return Ok(granted);
@@ -99,6 +148,7 @@ impl App {
                 ticket: allocation.waiters[i].ticket.clone(),
                 position: i as u32 + 1,
                 waiting,
+                since_unix_ms: allocation.waiters[i].since_unix_ms,
                 until_unix_ms: allocation.waiters[i].until_unix_ms,
             });
         (place, waiting)
@@ -127,7 +177,7 @@ impl App {
             user: request.user.clone(),
             host: request.host.clone(),
             seats: request.count,
-            since_unix_ms: now,
+            since_unix_ms: place.as_ref().map_or(now, |p| p.since_unix_ms),
             until_unix_ms: now + PLACE_HOLD_MS,
         };
         let command = ControlCommand::Wait {
@@ -156,6 +206,7 @@ impl App {
                     ticket,
                     position,
                     waiting,
+                    since_unix_ms: place.as_ref().map_or(now, |p| p.since_unix_ms),
                     until_unix_ms: now + PLACE_HOLD_MS,
                 })
             }

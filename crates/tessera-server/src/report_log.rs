@@ -1,0 +1,329 @@
+//! The report log (FlexNet's report log): every usage event of this server
+//! (checkouts, fail-over conversions, check-ins, lapses, denials, queue
+//! waits, seats moved, administrators' changes) appended to files of JSON
+//! lines in `[report] dir`, each line chained to the one before by its
+//! SHA-256 (`tessera_core::report`), so an edited, inserted or removed line
+//! shows. A file is closed at `rotate_mb` or `rotate_hours`, or when the
+//! server stops, and a closed file gets `FILE.sha256` (`sha256sum`'s
+//! format), so a file cut short shows too. `tessera report` merges the
+//! files of every server.
+//!
+//! Events go to a writer thread through a bounded channel: a checkout never
+//! waits for the disk. The thread writes what arrived and syncs it once
+//! per batch. A full channel (a disk far slower than the requests) drops
+//! events, counted and logged, rather than slow the serving.
+
+use std::fs::File;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{self, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+use tessera_core::report::{
+    event_line, header_line, line_hash, EventKind, ReportHeader, UsageEvent,
+};
+
+use crate::config::ReportConfig;
+use crate::issuer::SeatRequest;
+
+/// Events waiting for the writer, at most.
+const QUEUED_EVENTS_MAX: usize = 65_536;
+
+/// The server's handle on its report log; disabled, it records nothing.
+pub struct ReportLog {
+    sender: Mutex<Option<SyncSender<UsageEvent>>>,
+    writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+    dropped: AtomicU64,
+}
+
+impl std::fmt::Debug for ReportLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReportLog")
+            .field("dropped", &self.dropped())
+            .finish()
+    }
+}
+
+impl ReportLog {
+    pub fn disabled() -> ReportLog {
+        ReportLog {
+            sender: Mutex::new(None),
+            writer: Mutex::new(None),
+            dropped: AtomicU64::new(0),
+        }
+    }
+
+    /// Starts the writer thread on a new file of `config.dir`.
+    pub fn start(
+        config: &ReportConfig,
+        pool_id: &str,
+        server: &str,
+        started_unix_ms: i64,
+    ) -> io::Result<ReportLog> {
+        std::fs::create_dir_all(&config.dir)?;
+        let header = ReportHeader {
+            tessera_report: 1,
+            pool_id: pool_id.to_string(),
+            server: server.to_string(),
+            started_unix_ms,
+        };
+        let mut file = Some(ReportFile::create(&config.dir, &header)?);
+        let (sender, receiver) = mpsc::sync_channel::<UsageEvent>(QUEUED_EVENTS_MAX);
+        let config = config.clone();
+        let writer = std::thread::Builder::new()
+            .name(format!("report-log-{server}"))
+            .spawn(move || {
+                if let Err(err) = write_events(&config, &mut file, &header, receiver) {
+                    tracing::error!(
+                        "the report log stopped: {err}; usage events are no longer recorded"
+                    );
+                }
+            })?;
+        Ok(ReportLog {
+            sender: Mutex::new(Some(sender)),
+            writer: Mutex::new(Some(writer)),
+            dropped: AtomicU64::new(0),
+        })
+    }
+
+    /// Writes what is queued, closes the file with its checksum, and
+    /// records nothing more (the server stops).
+    pub fn close(&self) {
+        self.sender.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let writer = self.writer.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(writer) = writer {
+            let _ = writer.join();
+        }
+    }
+
+    /// Records `event`, without waiting.
+    pub fn record(&self, event: UsageEvent) {
+        let sender = self.sender.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(sender) = sender.as_ref() else {
+            return;
+        };
+        match sender.try_send(event) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => {
+                let dropped = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+                if dropped.is_power_of_two() {
+                    tracing::warn!(
+                        "the report log's disk is behind: {dropped} usage events dropped so far"
+                    );
+                }
+            }
+            Err(TrySendError::Disconnected(_)) => {}
+        }
+    }
+
+    /// Events dropped because the writer was behind.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+}
+
+/// The open file: its path, where the chain stands, and its size and age.
+struct ReportFile {
+    path: PathBuf,
+    file: File,
+    prev: String,
+    bytes: u64,
+    opened: Instant,
+}
+
+impl ReportFile {
+    /// A new file named after the server and the time, starting with the
+    /// header; never an existing one.
+    fn create(dir: &Path, header: &ReportHeader) -> io::Result<ReportFile> {
+        let mut n = 0;
+        let (path, mut file) = loop {
+            let name = format!(
+                "report-{}-{}-{n}.jsonl",
+                header.server, header.started_unix_ms
+            );
+            let path = dir.join(name);
+            match File::options().write(true).create_new(true).open(&path) {
+                Ok(file) => break (path, file),
+                Err(err) if err.kind() == io::ErrorKind::AlreadyExists && n < 1_000 => n += 1,
+                Err(err) => return Err(err),
+            }
+        };
+        let line = header_line(header);
+        writeln!(file, "{line}")?;
+        file.sync_data()?;
+        if let Some(parent) = path.parent() {
+            // The new name itself durable.
+            File::open(parent).and_then(|d| d.sync_all()).ok();
+        }
+        Ok(ReportFile {
+            prev: line_hash(&line),
+            bytes: line.len() as u64 + 1,
+            file,
+            path,
+            opened: Instant::now(),
+        })
+    }
+
+    fn append(&mut self, event: &UsageEvent) -> io::Result<()> {
+        let line = event_line(&self.prev, event);
+        writeln!(self.file, "{line}")?;
+        self.prev = line_hash(&line);
+        self.bytes += line.len() as u64 + 1;
+        Ok(())
+    }
+
+    /// Syncs the file and writes its checksum beside it.
+    fn close(self) -> io::Result<()> {
+        self.file.sync_all()?;
+        drop(self.file);
+        let bytes = std::fs::read(&self.path)?;
+        let name = self
+            .path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let sum = format!("{}  {name}\n", hex::encode(Sha256::digest(&bytes)));
+        let mut sum_path = self.path.clone().into_os_string();
+        sum_path.push(".sha256");
+        let mut file = File::options()
+            .write(true)
+            .create_new(true)
+            .open(PathBuf::from(sum_path))?;
+        file.write_all(sum.as_bytes())?;
+        file.sync_all()
+    }
+}
+
+/// The writer thread: batches of events, one sync each; a new file at the
+/// size or age limit; the file closed when the server's handle goes.
+fn write_events(
+    config: &ReportConfig,
+    file: &mut Option<ReportFile>,
+    header: &ReportHeader,
+    receiver: mpsc::Receiver<UsageEvent>,
+) -> io::Result<()> {
+    let rotate_after = Duration::from_millis(config.rotate_ms);
+    let mut rotations = 0u64;
+    loop {
+        let first = match receiver.recv_timeout(Duration::from_secs(1)) {
+            Ok(event) => Some(event),
+            Err(RecvTimeoutError::Timeout) => None,
+            Err(RecvTimeoutError::Disconnected) => break,
+        };
+        let open = file.as_mut().expect("a file is open while the thread runs");
+        if let Some(event) = first {
+            open.append(&event)?;
+            for event in receiver.try_iter().take(4_096) {
+                open.append(&event)?;
+            }
+            open.file.sync_data()?;
+        }
+        if open.bytes >= config.rotate_bytes || open.opened.elapsed() >= rotate_after {
+            rotations += 1;
+            let next_header = ReportHeader {
+                started_unix_ms: header.started_unix_ms + rotations as i64,
+                ..header.clone()
+            };
+            let next = ReportFile::create(&config.dir, &next_header)?;
+            file.replace(next)
+                .expect("a file is open while the thread runs")
+                .close()?;
+        }
+    }
+    match file.take() {
+        Some(open) => open.close(),
+        None => Ok(()),
+    }
+}
+
+impl crate::App {
+    /// Records a usage event of `kind` for `request`'s seats, now.
+    pub(crate) fn report_seats(
+        &self,
+        kind: EventKind,
+        request: &SeatRequest,
+        grant_id: &str,
+        detail: Option<String>,
+    ) -> UsageEvent {
+        UsageEvent {
+            at_unix_ms: self.clock.unix_ms(),
+            kind,
+            feature: request.feature.clone(),
+            user: request.user.clone(),
+            host: request.host.clone(),
+            grant_id: grant_id.to_string(),
+            count: request.count,
+            detail,
+            waited_ms: None,
+            server: String::new(),
+        }
+    }
+
+    /// Records a checkout refused before it reached the issuer (the
+    /// policy's include and exclude rules).
+    pub(crate) fn report_denied(
+        &self,
+        (feature, user, host): (&str, &str, &str),
+        count: u32,
+        code: &str,
+    ) {
+        self.report.record(UsageEvent {
+            at_unix_ms: self.clock.unix_ms(),
+            kind: EventKind::Denied,
+            feature: feature.to_string(),
+            user: user.to_string(),
+            host: host.to_string(),
+            grant_id: String::new(),
+            count,
+            detail: Some(code.to_string()),
+            waited_ms: None,
+            server: String::new(),
+        });
+    }
+
+    /// Records grants that left this server: checked in, or lapsed.
+    pub(crate) fn report_released(&self, kind: EventKind, released: &[crate::issuer::Released]) {
+        let at_unix_ms = self.clock.unix_ms();
+        for grant in released {
+            self.report.record(UsageEvent {
+                at_unix_ms,
+                kind,
+                feature: grant.feature.clone(),
+                user: grant.user.clone(),
+                host: grant.host.clone(),
+                grant_id: grant.grant_id.clone(),
+                count: grant.seats,
+                detail: None,
+                waited_ms: None,
+                server: String::new(),
+            });
+        }
+    }
+
+    /// Records an event that concerns no seat of a program: seats moved,
+    /// an administrator's change.
+    pub(crate) fn report_other(
+        &self,
+        kind: EventKind,
+        feature: &str,
+        user: &str,
+        count: u32,
+        detail: String,
+    ) {
+        self.report.record(UsageEvent {
+            at_unix_ms: self.clock.unix_ms(),
+            kind,
+            feature: feature.to_string(),
+            user: user.to_string(),
+            host: String::new(),
+            grant_id: String::new(),
+            count,
+            detail: Some(detail),
+            waited_ms: None,
+            server: String::new(),
+        });
+    }
+}
