@@ -103,6 +103,29 @@ impl BlockingClient {
         Ok(BlockingSeat { guard: Some(guard) })
     }
 
+    /// [`Client::checkout_waiting`]: when no seat is free, waits in the
+    /// pool's queue for up to `wait`; `on_place` is told the program's
+    /// place (position, programs waiting) whenever it changes, on the
+    /// calling thread's behalf but from the SDK's runtime: it must not
+    /// block.
+    pub fn checkout_waiting(
+        &self,
+        feature: &str,
+        version: &str,
+        count: u32,
+        wait: Duration,
+        on_place: impl FnMut(u32, u32) + Send,
+    ) -> Result<BlockingSeat, ClientError> {
+        let mut on_place = on_place;
+        let waiting = self
+            .client
+            .checkout_waiting(feature, version, count, wait, |place| {
+                on_place(place.position, place.waiting)
+            });
+        let guard = run(None, waiting)?;
+        Ok(BlockingSeat { guard: Some(guard) })
+    }
+
     /// [`Client::activate`]: a temporary license of this device.
     pub fn activate(
         &self,

@@ -131,6 +131,7 @@ impl Client {
         loop {
             let ask = QueueAsk {
                 ticket: ticket.clone(),
+                leave: false,
             };
             let waited = match self.ask_seats(feature, version, count, Some(ask)).await {
                 Ok(Ok(guard)) => return Ok(guard),
@@ -147,6 +148,15 @@ impl Client {
             };
             let now = Instant::now();
             if now >= until {
+                if ticket.is_some() {
+                    // Out of the queue at once, rather than keep those
+                    // behind waiting until the place lapses.
+                    let leave = QueueAsk {
+                        ticket: ticket.clone(),
+                        leave: true,
+                    };
+                    let _ = self.ask_seats(feature, version, count, Some(leave)).await;
+                }
                 return Err(waited.unwrap_or_else(|| ClientError::NoSeatsAvailable {
                     feature: feature.to_string(),
                     message: format!(

@@ -139,6 +139,16 @@ enum TesseraStatus tessera_checkout(const struct TesseraClient *client,
                                     uint32_t deadline_ms,
                                     struct TesseraSeat **seat);
 
+// As `tessera_checkout`, but when no seat is free waits in the pool's
+// queue (first come, first served, pool-wide; the place survives the
+// death of a server) for up to `wait_ms`, then `TESSERA_STATUS_NO_SEATS_AVAILABLE`.
+enum TesseraStatus tessera_checkout_wait(const struct TesseraClient *client,
+                                         const char *feature,
+                                         const char *version,
+                                         uint32_t count,
+                                         uint32_t wait_ms,
+                                         struct TesseraSeat **seat);
+
 // True while the seat is valid by this machine's clock. False for NULL.
 bool tessera_seat_is_valid(const struct TesseraSeat *seat);
 

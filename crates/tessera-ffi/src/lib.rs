@@ -569,6 +569,43 @@ pub unsafe extern "C" fn tessera_checkout(
     })
 }
 
+/// As `tessera_checkout`, but when no seat is free waits in the pool's
+/// queue (first come, first served, pool-wide; the place survives the
+/// death of a server) for up to `wait_ms`, then `TESSERA_STATUS_NO_SEATS_AVAILABLE`.
+#[no_mangle]
+pub unsafe extern "C" fn tessera_checkout_wait(
+    client: *const TesseraClient,
+    feature: *const c_char,
+    version: *const c_char,
+    count: u32,
+    wait_ms: u32,
+    seat: *mut *mut TesseraSeat,
+) -> TesseraStatus {
+    call(|| {
+        let client = unsafe { object_arg("client", client) }?;
+        let feature = unsafe { text_arg("feature", feature) }?;
+        let version = unsafe { text_arg("version", version) }?;
+        if seat.is_null() {
+            return Err(Failure::argument("seat is NULL"));
+        }
+        let wait = std::time::Duration::from_millis(u64::from(wait_ms));
+        let checked_out =
+            client
+                .client
+                .checkout_waiting(feature, version, count, wait, |_, _| {})?;
+        unsafe {
+            put(
+                "seat",
+                seat,
+                TesseraSeat {
+                    seat: checked_out,
+                    callback: Mutex::new(None),
+                },
+            )
+        }
+    })
+}
+
 /// True while the seat is valid by this machine's clock. False for NULL.
 #[no_mangle]
 pub unsafe extern "C" fn tessera_seat_is_valid(seat: *const TesseraSeat) -> bool {

@@ -73,6 +73,10 @@ pub struct QueueAsk {
     /// The ticket of an earlier `queued` answer; none to join the queue.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ticket: Option<String>,
+    /// Leave the queue (the program stopped waiting): answered
+    /// `no_seats_available`, and nothing is checked out.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub leave: bool,
 }
 
 /// A place in a feature's queue, as a `queued` answer gives it.

@@ -318,15 +318,18 @@ impl Client {
         Ok(Client { inner })
     }
 
-    /// checkout(feature, version, count=1, *, deadline=None) -> Seat
+    /// checkout(feature, version, count=1, *, deadline=None, wait=None) -> Seat
     ///
     /// Checks out `count` seats of `feature` at `version`, trying the
     /// servers in order. The seats are heartbeated in the background until
     /// checked in (`Seat.checkin()`, the end of a `with` block, or the
     /// Seat's garbage collection). `deadline`: seconds to wait at most for
     /// a final answer (DeadlineExceeded after); None waits as long as the
-    /// SDK's own bounded tries take. Raises a TesseraError subclass.
-    #[pyo3(signature = (feature, version, count=1, *, deadline=None))]
+    /// SDK's own bounded tries take. `wait`: when no seat is free, seconds
+    /// to wait in the pool's queue (first come, first served, pool-wide;
+    /// NoSeatsAvailable after); it replaces `deadline`. Raises a
+    /// TesseraError subclass.
+    #[pyo3(signature = (feature, version, count=1, *, deadline=None, wait=None))]
     fn checkout(
         &self,
         py: Python<'_>,
@@ -334,12 +337,17 @@ impl Client {
         version: String,
         count: u32,
         deadline: Option<f64>,
+        wait: Option<f64>,
     ) -> PyResult<Seat> {
         refuse_in_callback()?;
         let deadline = deadline_of(deadline)?;
+        let wait = deadline_of(wait)?;
         let client = &self.inner;
         let seat = py
-            .detach(|| client.checkout(&feature, &version, count, deadline))
+            .detach(|| match wait {
+                Some(wait) => client.checkout_waiting(&feature, &version, count, wait, |_, _| {}),
+                None => client.checkout(&feature, &version, count, deadline),
+            })
             .map_err(|err| client_error(py, err))?;
         Ok(Seat::new(seat))
     }

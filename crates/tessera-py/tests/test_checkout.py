@@ -62,3 +62,37 @@ def test_on_change_needs_a_callable(make_client, eventually):
     with eventually(lambda: client.checkout("app", "1.0")) as seat:
         with pytest.raises(TypeError):
             seat.on_change("not callable")
+
+
+def test_a_waiting_checkout_gets_the_seats_once_they_are_checked_in(pool, make_client, checkout_all):
+    import threading
+
+    holder = checkout_all()
+    got = {}
+
+    def wait_for_seats():
+        try:
+            got["seat"] = make_client().checkout("app", "1.0", count=pool.seats, wait=30.0)
+        except tessera.TesseraError as error:  # reported below
+            got["error"] = error
+
+    waiter = threading.Thread(target=wait_for_seats)
+    waiter.start()
+    # Not free yet: the waiter waits in the pool's queue, and a checkout
+    # that does not wait may not jump it.
+    waiter.join(timeout=1.5)
+    assert waiter.is_alive(), got
+    with pytest.raises(tessera.NoSeatsAvailable):
+        make_client().checkout("app", "1.0")
+    holder.checkin()
+    waiter.join(timeout=30.0)
+    assert "seat" in got, got
+    with got["seat"] as seat:
+        assert seat.is_valid() and seat.count == pool.seats
+
+
+def test_a_waiting_checkout_gives_up_after_its_wait(make_client, checkout_all):
+    with checkout_all():
+        with pytest.raises(tessera.NoSeatsAvailable) as denied:
+            make_client().checkout("app", "1.0", wait=1.0)
+    assert "in the queue" in str(denied.value)

@@ -800,6 +800,12 @@ impl Issuer {
         Some(grant)
     }
 
+    /// Whether `request` names a feature, version and count this server
+    /// serves, seats aside.
+    pub fn servable(&self, request: &SeatRequest) -> Result<(), Refusal> {
+        self.check_servable(request).map(|_| ())
+    }
+
     fn check_servable(&self, request: &SeatRequest) -> Result<LeaseTerms, Refusal> {
         if self.control.is_none() {
             return Err(Refusal::new(

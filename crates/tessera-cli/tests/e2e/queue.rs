@@ -133,6 +133,16 @@ async fn waiters_are_served_in_order_through_a_leader_kill() {
         waiters.push(waiting);
         assert_eq!(waiters.len(), i + 1);
     }
+    // Every server has the queue once it applied the log.
+    let three = |s: &tessera_proto::StatusResponse| {
+        let cad = crate::fixture::feature_of(s, "cad");
+        cad.waiters.iter().map(|w| w.position).collect::<Vec<_>>() == [1, 2, 3]
+    };
+    for i in [f1, f2] {
+        servers[i]
+            .poll("the three waiters", Duration::from_secs(5), three)
+            .await;
+    }
     // Not waiting: no jumping the queue, on any server.
     let jumper = servers[f2]
         .post("/v1/checkout", &checkout_body("jumper", "cad", 1))
@@ -144,12 +154,6 @@ async fn waiters_are_served_in_order_through_a_leader_kill() {
             .contains("3 programs wait for seats of `cad` before this one"),
         "{}",
         jumper.message()
-    );
-    let status = servers[f1].status().await;
-    let cad = crate::fixture::feature_of(&status, "cad");
-    assert_eq!(
-        cad.waiters.iter().map(|w| w.position).collect::<Vec<_>>(),
-        [1, 2, 3]
     );
 
     servers[l].kill();

@@ -100,8 +100,10 @@ class Client:
         count: int = 1,
         *,
         deadline: Optional[float] = None,
+        wait: Optional[float] = None,
     ) -> "Seat":
-        """Checks out ``count`` seats; heartbeated until checked in."""
+        """Checks out ``count`` seats; heartbeated until checked in.
+        ``wait``: seconds to wait in the pool's queue when none is free."""
     def activate(
         self,
         feature: str,

@@ -81,7 +81,18 @@ impl App {
     ) -> Result<Granted, Refusal> {
         let request = request.clone();
         let feature = request.feature.clone();
+        // A request no queue could serve is refused as such first.
+        self.issuer().servable(&request)?;
         let (place, waiting) = self.place(&feature, &request.client_id, queue.as_ref());
+        if queue.as_ref().is_some_and(|ask| ask.leave) {
+            if let Some(held) = place {
+                self.leave_queue(&feature, held.ticket);
+            }
+            return Err(Refusal::new(
+                ErrorCode::NoSeatsAvailable,
+                format!("the program stopped waiting for `{feature}` and left the pool's queue"),
+            ));
+        }
         let Some(_) = queue else {
             if waiting > 0 {
                 return Err(Refusal::new(
