@@ -38,9 +38,20 @@ impl App {
         queue: Option<proto::QueueAsk>,
     ) -> Result<Granted, Refusal> {
         let mut waited_ms = None;
+        let mut reached = false;
         let result = self
-            .served_in_turn(&request, deadline, address, queue, &mut waited_ms)
+            .served_in_turn(
+                &request,
+                deadline,
+                address,
+                queue,
+                (&mut waited_ms, &mut reached),
+            )
             .await;
+        if !reached {
+            // App::checkout counts what it answers; the rest is counted here.
+            self.count(super::Ask::Checkout.endpoint(), &result);
+        }
         let event = match &result {
             Ok(granted) => UsageEvent {
                 waited_ms,
@@ -77,13 +88,15 @@ impl App {
         deadline: Deadline,
         address: Option<std::net::IpAddr>,
         queue: Option<proto::QueueAsk>,
-        waited_ms: &mut Option<u64>,
+        (waited_ms, reached): (&mut Option<u64>, &mut bool),
     ) -> Result<Granted, Refusal> {
         let request = request.clone();
         let feature = request.feature.clone();
-        // A request no queue could serve is refused as such first.
-        self.issuer().servable(&request)?;
         let (place, waiting) = self.place(&feature, &request.client_id, queue.as_ref());
+        if waiting > 0 || queue.is_some() {
+            // A request no queue could serve is refused as such first.
+            self.issuer().servable(&request)?;
+        }
         if queue.as_ref().is_some_and(|ask| ask.leave) {
             if let Some(held) = place {
                 self.leave_queue(&feature, held.ticket);
@@ -103,6 +116,7 @@ impl App {
                     ),
                 ));
             }
+            *reached = true;
             return self.checkout(request, deadline, address).await;
         };
         let first = match &place {
@@ -110,6 +124,7 @@ impl App {
             None => waiting == 0,
         };
         if first {
+            *reached = true;
             match self.checkout(request.clone(), deadline, address).await {
                 Ok(granted) => {
                     if let Some(held) = place {
