@@ -546,6 +546,26 @@ pub unsafe extern "C" fn tessera_checkout(
     deadline_ms: u32,
     seat: *mut *mut TesseraSeat,
 ) -> TesseraStatus {
+    unsafe {
+        checkout_with(
+            client,
+            (feature, version),
+            seat,
+            |client, feature, version| {
+                client.checkout(feature, version, count, deadline(deadline_ms))
+            },
+        )
+    }
+}
+
+/// Checks the arguments of a checkout, makes it with `checkout`, and puts
+/// the seat in `*seat`.
+unsafe fn checkout_with(
+    client: *const TesseraClient,
+    (feature, version): (*const c_char, *const c_char),
+    seat: *mut *mut TesseraSeat,
+    checkout: impl FnOnce(&BlockingClient, &str, &str) -> Result<BlockingSeat, ClientError>,
+) -> TesseraStatus {
     call(|| {
         let client = unsafe { object_arg("client", client) }?;
         let feature = unsafe { text_arg("feature", feature) }?;
@@ -553,9 +573,7 @@ pub unsafe extern "C" fn tessera_checkout(
         if seat.is_null() {
             return Err(Failure::argument("seat is NULL"));
         }
-        let checked_out = client
-            .client
-            .checkout(feature, version, count, deadline(deadline_ms))?;
+        let checked_out = checkout(&client.client, feature, version)?;
         unsafe {
             put(
                 "seat",
@@ -581,29 +599,17 @@ pub unsafe extern "C" fn tessera_checkout_wait(
     wait_ms: u32,
     seat: *mut *mut TesseraSeat,
 ) -> TesseraStatus {
-    call(|| {
-        let client = unsafe { object_arg("client", client) }?;
-        let feature = unsafe { text_arg("feature", feature) }?;
-        let version = unsafe { text_arg("version", version) }?;
-        if seat.is_null() {
-            return Err(Failure::argument("seat is NULL"));
-        }
-        let wait = std::time::Duration::from_millis(u64::from(wait_ms));
-        let checked_out =
-            client
-                .client
-                .checkout_waiting(feature, version, count, wait, |_, _| {})?;
-        unsafe {
-            put(
-                "seat",
-                seat,
-                TesseraSeat {
-                    seat: checked_out,
-                    callback: Mutex::new(None),
-                },
-            )
-        }
-    })
+    let wait = std::time::Duration::from_millis(u64::from(wait_ms));
+    unsafe {
+        checkout_with(
+            client,
+            (feature, version),
+            seat,
+            |client, feature, version| {
+                client.checkout_waiting(feature, version, count, wait, |_, _| {})
+            },
+        )
+    }
 }
 
 /// True while the seat is valid by this machine's clock. False for NULL.

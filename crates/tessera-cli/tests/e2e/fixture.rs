@@ -345,6 +345,42 @@ impl Fixture {
             .collect()
     }
 
+    /// A pool of the servers `ids`, the first one's spec carrying
+    /// `licenses` (codes and pool file tables), every one with `env`:
+    /// started as a new pool and serving.
+    pub async fn start_pool(
+        &self,
+        ids: &[&str],
+        licenses: &str,
+        env: &[(&str, &str)],
+    ) -> Vec<Server> {
+        let specs = ids
+            .iter()
+            .enumerate()
+            .map(|(i, id)| {
+                let mut spec = ServerSpec::new(if i == 0 {
+                    licenses.to_string()
+                } else {
+                    String::new()
+                });
+                spec.server_id = id.to_string();
+                spec.env = env
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect();
+                spec
+            })
+            .collect();
+        let mut servers = self.pool(specs);
+        for server in &mut servers {
+            server.start(StartMode::NewPool).await;
+        }
+        for server in &mut servers {
+            server.wait_state("serving").await;
+        }
+        servers
+    }
+
     /// A server (not started) of the codes in `unsigned`, signed, whose
     /// grace period, when it starts without its store, lasts `grace_ms`.
     pub async fn server_with_grace(&self, unsigned: &str, grace_ms: u64) -> Server {

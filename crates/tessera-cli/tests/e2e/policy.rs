@@ -213,25 +213,8 @@ reserve = [\"1 group:design\"]
 max = [\"2 user:bob\"]
 ";
     let codes = fixture.sign(&code("cad", 4)).await;
-    let specs = ["A", "B", "C"]
-        .into_iter()
-        .map(|id| {
-            let mut spec = ServerSpec::new(if id == "A" {
-                format!("{codes}{policy}")
-            } else {
-                String::new()
-            });
-            spec.server_id = id.into();
-            spec
-        })
-        .collect();
-    let mut servers = fixture.pool(specs);
-    for server in &mut servers {
-        server.start(StartMode::NewPool).await;
-    }
-    for server in &mut servers {
-        server.wait_state("serving").await;
-    }
+    let licenses = format!("{codes}{policy}");
+    let mut servers = fixture.start_pool(&["A", "B", "C"], &licenses, &[]).await;
     let [a, b, c] = [&servers[0], &servers[1], &servers[2]];
 
     let bobs_first = checkout_within(a, "bob", "pc1", "cad").await;

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::mpsc;
 
-use crate::fixture::{checkout_body, code, tessera_exe, Fixture, Server, ServerSpec, StartMode};
+use crate::fixture::{checkout_body, code, tessera_exe, Fixture, Server};
 
 /// A waiting `tessera checkout` process, and the lines it printed, each with
 /// when it was printed.
@@ -82,25 +82,7 @@ impl Waiting {
 async fn waiters_are_served_in_order_through_a_leader_kill() {
     let fixture = Fixture::new().await;
     let codes = fixture.sign(&code("cad", 1)).await;
-    let specs = ["A", "B", "C"]
-        .into_iter()
-        .map(|id| {
-            let mut spec = ServerSpec::new(if id == "A" {
-                codes.clone()
-            } else {
-                String::new()
-            });
-            spec.server_id = id.into();
-            spec
-        })
-        .collect();
-    let mut servers = fixture.pool(specs);
-    for server in &mut servers {
-        server.start(StartMode::NewPool).await;
-    }
-    for server in &mut servers {
-        server.wait_state("serving").await;
-    }
+    let mut servers = fixture.start_pool(&["A", "B", "C"], &codes, &[]).await;
     let leader = servers[1]
         .poll("a leader", Duration::from_secs(15), |s| {
             s.server.leader_id.is_some()

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 
 use serde_json::Value;
 
-use crate::fixture::{checkout_body, code, tessera, Fixture, Server, ServerSpec, StartMode};
+use crate::fixture::{checkout_body, code, tessera, Fixture, Server};
 
 const HOUR_MS: i64 = 3_600_000;
 
@@ -30,32 +30,12 @@ async fn a_scripted_day_is_reported_as_the_programs_saw_it() {
         "{}\n[policy.features.cad]\nexclude = [\"user:mallory\"]\n",
         fixture.sign(&code("cad", 3)).await
     );
-    let specs = ["A", "B"]
-        .into_iter()
-        .map(|id| {
-            let mut spec = ServerSpec::new(if id == "A" {
-                codes.clone()
-            } else {
-                String::new()
-            });
-            spec.server_id = id.into();
-            spec.env = vec![
-                ("TESSERA_TEST_FAULTS".into(), "1".into()),
-                (
-                    "TESSERA_TEST_CLOCK_FILE".into(),
-                    clock_file.display().to_string(),
-                ),
-            ];
-            spec
-        })
-        .collect();
-    let mut servers = fixture.pool(specs);
-    for server in &mut servers {
-        server.start(StartMode::NewPool).await;
-    }
-    for server in &mut servers {
-        server.wait_state("serving").await;
-    }
+    let clock = clock_file.display().to_string();
+    let env = [
+        ("TESSERA_TEST_FAULTS", "1"),
+        ("TESSERA_TEST_CLOCK_FILE", clock.as_str()),
+    ];
+    let mut servers = fixture.start_pool(&["A", "B"], &codes, &env).await;
 
     // The day starts at 08:00 UTC tomorrow; the clocks only move forward.
     let real_now = || {
