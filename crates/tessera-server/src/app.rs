@@ -90,7 +90,6 @@ impl App {
             return;
         }
         self.seats_freed();
-        self.unclaim(&released);
         for grant in released {
             self.store
                 .delete(grant.grant_id, grant.issued_unix_ms)

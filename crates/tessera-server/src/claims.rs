@@ -5,13 +5,16 @@
 //! judges the rules against every claim of the pool, so two servers cannot
 //! each give away the last seat a reserve or a max allows. Renewals touch
 //! nothing; a fail-over conversion moves its grant's claim to the new
-//! server. Claims are forgotten ([`ControlCommand::Unclaim`]) when their
-//! grant is checked in or lapses, and kept true by a loop: every server
-//! claims, forced, the grants it holds that no claim records (a feature
-//! whose rules are new, a lost notice), and forgets its claims that no
-//! grant of its backs (a checkout refused after its claim, a crash between
-//! the two); the leader forgets the claims of a server silent for the wait
-//! W, by when every grant it made has lapsed by its clients' clocks.
+//! server. A claim is forgotten ([`ControlCommand::Unclaim`]) at once only
+//! when its grant is checked in or its checkout did not issue: a lapse is
+//! no proof, since the program may have failed over to a server cut off
+//! from the leader that converted the grant and renews it on its quota
+//! without being able to move the claim (simulation seed 147). The rest is
+//! kept true by a loop: every server claims, forced, the grants it holds
+//! that no claim records (a feature whose rules are new, a lost notice),
+//! and forgets its claims that no grant of its has backed for the wait W,
+//! by when any such conversion has lapsed by its program's clock; the
+//! leader forgets the claims of a server silent for W.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
@@ -166,7 +169,11 @@ impl App {
 
     /// One round of the loop: what this server's grants and claims differ
     /// by, and, on the leader, the claims of silent servers.
-    fn reconcile(&self, state: &ControlState, unbacked_before: &mut BTreeSet<(String, String)>) {
+    fn reconcile(
+        &self,
+        state: &ControlState,
+        unbacked_since: &mut BTreeMap<(String, String), u64>,
+    ) {
         let Some(pool) = state.pool() else {
             return;
         };
@@ -191,7 +198,8 @@ impl App {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone();
-        let mut unbacked = BTreeSet::new();
+        let mut unbacked = BTreeMap::new();
+        let wait_ms = self.reassign_after_ms();
         for (feature, allocation) in state.allocations() {
             if !pool.policy.counts(feature) {
                 continue;
@@ -203,18 +211,19 @@ impl App {
                     continue;
                 }
                 let key = (feature.clone(), grant_id.clone());
-                // Seen unbacked twice, a round apart; never in a grace
-                // period, when clients may hold grants this server forgot.
-                if unbacked_before.contains(&key) && !in_grace {
+                // Unbacked for the wait W; never in a grace period, when
+                // clients may hold grants this server forgot.
+                let since = *unbacked_since.get(&key).unwrap_or(&now_ms);
+                if now_ms.saturating_sub(since) >= wait_ms && !in_grace {
                     forget.push(grant_id.clone());
                 }
-                unbacked.insert(key);
+                unbacked.insert(key, since);
             }
             if !forget.is_empty() {
                 self.forget(feature, &me, forget);
             }
         }
-        *unbacked_before = unbacked;
+        *unbacked_since = unbacked;
         for (grant_id, (feature, request, issued_at_ms)) in held {
             // Claimed by another server: a copy left behind by a fail-over,
             // dropped soon; the claim stays with the newer copy.
@@ -278,7 +287,7 @@ impl App {
 /// Every server: keeps the claims true to the grants (module docs).
 pub(crate) fn spawn_claims_loop(app: Arc<App>) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        let mut unbacked = BTreeSet::new();
+        let mut unbacked = BTreeMap::new();
         let mut gone_since = BTreeMap::new();
         let mut ticker = tokio::time::interval(RECONCILE_INTERVAL);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -272,6 +272,9 @@ impl App {
             tessera_core::report::EventKind::Checkin,
             std::slice::from_ref(&released),
         );
+        // A check-in ends every copy the program believed in: its claim
+        // goes now. A lapse does not (`crate::claims`).
+        self.unclaim(std::slice::from_ref(&released));
         self.supersede(&released.grant_id, proto::SupersededGrant::CHECKED_IN);
         self.released(vec![released]).await;
         Ok(released_seats)
