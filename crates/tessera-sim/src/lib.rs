@@ -584,7 +584,7 @@ impl Runner {
                 self.server_ids.len(),
             );
             previous = now;
-            if self.steer(now, healed_at).is_break() {
+            if self.steer(now, healed_at).is_break() || self.raft_broken() {
                 break;
             }
             if let Err(err) = sim.step() {
@@ -597,6 +597,22 @@ impl Runner {
         let simulated = sim.elapsed();
         clock::set_between_steps(simulated);
         simulated
+    }
+
+    /// True once two servers applied different states at one log index:
+    /// Raft is broken (only a deliberate bug does it), the run has found
+    /// what it can, and openraft, whose every assumption no longer holds,
+    /// may panic on the states that follow. The run ends there.
+    fn raft_broken(&self) -> bool {
+        let mut trace = self.trace.lock();
+        let broken = trace
+            .violations
+            .iter()
+            .any(|v| v.checker == trace::COMMITTED_STATE);
+        if broken {
+            trace.note("runner", "the run ends: servers applied different states");
+        }
+        broken
     }
 
     /// Wipes happen at the start of their crash: the disks of the crashes

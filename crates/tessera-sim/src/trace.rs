@@ -29,6 +29,9 @@ use tessera_server::seams::Observer;
 use crate::clock::true_now;
 use crate::scenario::FEATURE;
 
+/// The checker of the states servers applied at each log index.
+pub const COMMITTED_STATE: &str = "committed-state";
+
 /// One broken rule, with when it was seen.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Violation {
@@ -400,7 +403,7 @@ impl Trace {
             let total = allocated + parked + u64::from(allocation.free_pool) + temporary;
             if total != code_seats {
                 self.violate(
-                    "committed-state",
+                    COMMITTED_STATE,
                     format!(
                         "server {server} at log index {index}: feature {feature} has \
                          allocations {allocated} + parked {parked} + temporary {temporary} + \
@@ -423,7 +426,7 @@ impl Trace {
             Some((seen, first)) if *seen != digest => {
                 let first = first.clone();
                 self.violate(
-                    "committed-state",
+                    COMMITTED_STATE,
                     format!(
                         "servers {first} and {server} applied different states at log index {index}"
                     ),

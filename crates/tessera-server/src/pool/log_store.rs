@@ -8,7 +8,7 @@
 
 use super::error::PoolStartError;
 use std::fmt::Debug;
-use std::ops::RangeBounds;
+use std::ops::{Bound, RangeBounds};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -161,6 +161,20 @@ impl RaftLogReader<TypeConfig> for LogStore {
         &mut self,
         range: RB,
     ) -> Result<Vec<Entry<TypeConfig>>, StorageError<NodeId>> {
+        if let Some((first, end)) = reversed(&range) {
+            // openraft asks for `last applied + 1 .. committed + 1` to
+            // apply; a range running backwards means the committed index
+            // went back below what this server applied, which Raft never
+            // does and only a log that lost committed entries can cause.
+            // An empty answer would make openraft index an empty list and
+            // panic; an error stops Raft on this server with the reason.
+            return Err(read_error(format!(
+                "entries {first}..{end} asked for: the committed index went back below \
+                 the last applied entry ({}); this server's log no longer matches what \
+                 it applied",
+                first.saturating_sub(1)
+            )));
+        }
         let txn = self.db.begin_read().map_err(read_error)?;
         let table = txn.open_table(LOG).map_err(read_error)?;
         let mut entries = Vec::new();
@@ -170,6 +184,22 @@ impl RaftLogReader<TypeConfig> for LogStore {
         }
         Ok(entries)
     }
+}
+
+/// The first index and the end (exclusive) of `range` when it runs
+/// backwards: its first index is past its end, not merely equal to it.
+fn reversed(range: &impl RangeBounds<u64>) -> Option<(u64, u64)> {
+    let first = match range.start_bound() {
+        Bound::Included(i) => *i,
+        Bound::Excluded(i) => i.checked_add(1)?,
+        Bound::Unbounded => return None,
+    };
+    let end = match range.end_bound() {
+        Bound::Included(i) => i.checked_add(1)?,
+        Bound::Excluded(i) => *i,
+        Bound::Unbounded => return None,
+    };
+    (first > end).then_some((first, end))
 }
 
 impl RaftLogStorage<TypeConfig> for LogStore {
@@ -320,5 +350,32 @@ mod tests {
         store.save_vote(&Vote::new(3, 2)).await.unwrap();
         drop(store);
         assert!(!open(dir.path()).must_catch_up());
+    }
+
+    /// openraft applies `last applied + 1 .. committed + 1`; with a
+    /// committed index gone back below the last applied entry the range
+    /// runs backwards, and an empty answer would make openraft panic on
+    /// the empty list. The reader answers with an error instead.
+    #[tokio::test]
+    async fn a_range_running_backwards_is_an_error_and_an_empty_one_is_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = open(dir.path());
+        // Applied up to 11, committed back at 9, as openraft would ask.
+        let (applied, committed) = (11, 9);
+        let backwards = std::ops::Range {
+            start: applied + 1,
+            end: committed + 1,
+        };
+        let err = store.try_get_log_entries(backwards).await.unwrap_err();
+        assert!(
+            err.to_string().contains("the committed index went back"),
+            "{err}"
+        );
+        assert!(store.try_get_log_entries(10..10).await.unwrap().is_empty());
+        let empty = std::ops::RangeInclusive::new(3, 2);
+        assert!(store.try_get_log_entries(empty).await.unwrap().is_empty());
+        assert!(store.try_get_log_entries(5..).await.unwrap().is_empty());
+        assert_eq!(reversed(&std::ops::RangeInclusive::new(4, 2)), Some((4, 3)));
+        assert_eq!(reversed(&(0..u64::MAX)), None);
     }
 }
