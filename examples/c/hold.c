@@ -58,6 +58,7 @@ static int expect_refusals(TesseraClient *client) {
     }
     printf("unknown feature: %s, server code %s\n", tessera_status_name(status),
            tessera_last_error_server_code());
+    tessera_seat_set_idle(NULL, true, 0); /* does nothing */
     if (tessera_seat_is_valid(NULL) || tessera_checkin(NULL) != TESSERA_STATUS_INVALID_ARGUMENT) {
         printf("NULL seat not refused\n");
         return 1;
@@ -118,9 +119,13 @@ int main(int argc, char **argv) {
     printf("ready\n");
     fflush(stdout);
 
-    /* The program's work: it checks the seat where it matters. */
+    /* The program's work: it checks the seat where it matters, and says
+       whether its user is there (idle for as long as the system says
+       since the last key press; in use here), for a pool whose policy frees
+       the seats of idle programs. */
     int lost = 0;
     for (int tick = 0; tick < hold_s * 10; tick++) {
+        tessera_seat_set_idle(seat, false, 0);
         if (!tessera_seat_is_valid(seat)) {
             lost = 1;
             break;

@@ -22,8 +22,8 @@ pub async fn status(
     format: StatusFormat,
 ) -> Result<()> {
     let status = match token {
-        Some(token) => Admin::new(config, token)?.status().await?,
-        None => Client::new(config)?.status().await?,
+        Some(token) => Admin::new(config, token)?.pool_status().await?,
+        None => Client::new(config)?.pool_status().await?,
     };
     match format {
         StatusFormat::Json => println!("{}", serde_json::to_string_pretty(&status)?),

@@ -66,7 +66,9 @@ enum Command {
         #[arg(long)]
         dir: Option<PathBuf>,
     },
-    /// Show a server's pool, distribution table and grants.
+    /// Show the pool, its distribution table and grants: the server asked
+    /// answers, then every other server for its own seats in use and
+    /// grants; a server that does not answer is named (PARTIAL).
     Status {
         #[command(flatten)]
         servers: ServerArgs,

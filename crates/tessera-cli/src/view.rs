@@ -51,6 +51,9 @@ pub fn render(status: &StatusResponse) -> String {
     if let Some(reason) = &s.state_reason {
         let _ = writeln!(out, "  not serving: {reason}");
     }
+    if let Some(partial) = partial(status) {
+        let _ = writeln!(out, "  PARTIAL: {partial}");
+    }
     if let Some(grace_ms) = s.grace_remaining_ms {
         let _ = writeln!(
             out,
@@ -75,9 +78,17 @@ pub fn render(status: &StatusResponse) -> String {
     out.push_str(&table(&rows));
     for feature in &status.features {
         let in_use: u32 = feature.servers.iter().filter_map(|r| r.in_use).sum();
+        let scope = if !status.pool_wide {
+            format!(" on server {} (the other servers' not counted)", s.id)
+        } else if !status.unanswered.is_empty() {
+            " on the servers that answered".to_string()
+        } else {
+            String::new()
+        };
         let _ = writeln!(
             out,
-            "\nFeature `{}` (vendor {}): {} of {} seats in use, {} available, {} in the free pool",
+            "\nFeature `{}` (vendor {}): {} of {} seats in use{scope}, {} available, {} in the \
+             free pool",
             feature.feature,
             feature.vendor,
             in_use,
@@ -191,19 +202,23 @@ pub fn render(status: &StatusResponse) -> String {
             }
         }
     }
+    let whose = if status.pool_wide {
+        "the pool".to_string()
+    } else {
+        format!("server {}", s.id)
+    };
     if status.grants.is_empty() && status.grants_total > 0 {
         let _ = writeln!(
             out,
-            "\nGrants on server {}: {} (who holds them is shown with a read token: \
+            "\nGrants on {whose}: {} (who holds them is shown with a read token: \
              --token-file)",
-            s.id, status.grants_total
+            status.grants_total
         );
         return out;
     }
     let _ = writeln!(
         out,
-        "\nGrants on server {} ({} of {} shown):",
-        s.id,
+        "\nGrants on {whose} ({} of {} shown):",
         status.grants.len(),
         status.grants_total
     );
@@ -214,7 +229,8 @@ pub fn render(status: &StatusResponse) -> String {
             &"SEATS",
             &"USER",
             &"HOST",
-            &"CLIENT",
+            &"DISPLAY",
+            &"SERVER",
             &"AGE",
             &"EXPIRES IN",
         ])];
@@ -225,7 +241,12 @@ pub fn render(status: &StatusResponse) -> String {
                 &g.count,
                 &g.user,
                 &g.host,
-                &g.client_id,
+                &g.display.as_deref().unwrap_or("-"),
+                &if g.server_id.is_empty() {
+                    &s.id
+                } else {
+                    &g.server_id
+                },
                 &duration(g.age_ms),
                 &duration(g.expires_in_ms),
             ]));
@@ -235,7 +256,56 @@ pub fn render(status: &StatusResponse) -> String {
     out
 }
 
-/// `lmstat -a` style text (FlexNet), for monitoring scripts that parse it.
+/// Why a status is not the whole pool's, if it is not.
+fn partial(status: &StatusResponse) -> Option<String> {
+    if !status.pool_wide {
+        return Some(format!(
+            "server {}'s own figures only; the other servers' seats in use and grants are not \
+             shown",
+            status.server.id
+        ));
+    }
+    if status.unanswered.is_empty() {
+        return None;
+    }
+    let missing: Vec<String> = status
+        .unanswered
+        .iter()
+        .map(|u| format!("{} ({}): {}", u.id, u.address, u.error))
+        .collect();
+    Some(format!(
+        "{} did not answer; their seats in use and grants are not counted",
+        missing.join("; ")
+    ))
+}
+
+/// `host` and `port` of a `host:port` address.
+fn host_and_port(address: &str) -> (&str, &str) {
+    address.rsplit_once(':').unwrap_or((address, "0"))
+}
+
+/// A grant's handle in `lmstat` lines: a number derived from its id, the
+/// same on every server and for the grant's whole life (FNV-1a, 32 bits).
+pub fn lmstat_handle(grant_id: &str) -> u32 {
+    grant_id.bytes().fold(0x811c_9dc5_u32, |hash, byte| {
+        (hash ^ u32::from(byte)).wrapping_mul(0x0100_0193)
+    })
+}
+
+/// `N license` or `N licenses`, as FlexNet writes them.
+fn licenses(n: u32) -> String {
+    if n == 1 {
+        "1 license".to_string()
+    } else {
+        format!("{n} licenses")
+    }
+}
+
+/// `lmstat -a` text (FlexNet), line for line where monitoring parses it:
+/// the server lines, `Users of FEATURE:  (Total of N licenses issued;
+/// Total of M licenses in use)`, the feature line, and one line per grant,
+/// `user host display (vVERSION) (server/port handle), start Www M/D
+/// H:MM[, N licenses]`.
 pub fn render_lmstat(status: &StatusResponse, now: time::OffsetDateTime) -> String {
     let mut out = String::new();
     let s = &status.server;
@@ -245,14 +315,18 @@ pub fn render_lmstat(status: &StatusResponse, now: time::OffsetDateTime) -> Stri
         status
             .servers
             .iter()
-            .map(|p| p.address.as_str())
+            .map(|p| {
+                let (host, port) = host_and_port(&p.address);
+                format!("{port}@{host}")
+            })
             .collect::<Vec<_>>()
             .join(",")
     );
+    let (own_host, _) = host_and_port(&s.address);
     let _ = writeln!(
         out,
-        "    License file(s) on {}: pool `{}` sequence {}:\n",
-        s.id, status.pool_id, status.pool_sequence
+        "    License file(s) on {own_host}: pool {} sequence {}:\n",
+        status.pool_id, status.pool_sequence
     );
     for peer in &status.servers {
         let state = if peer.up { "UP" } else { "DOWN" };
@@ -261,24 +335,29 @@ pub fn render_lmstat(status: &StatusResponse, now: time::OffsetDateTime) -> Stri
         } else {
             ""
         };
+        let (host, _) = host_and_port(&peer.address);
         let _ = writeln!(
             out,
-            "{:>10}: license server {state}{master} v{}",
-            peer.address, s.software_version
+            "{host:>10}: license server {state}{master} v{}",
+            s.software_version
         );
+    }
+    let mut vendors: Vec<&str> = status.features.iter().map(|f| f.vendor.as_str()).collect();
+    vendors.sort_unstable();
+    vendors.dedup();
+    let _ = writeln!(out, "\nVendor daemon status (on {own_host}):\n");
+    for vendor in vendors {
+        let _ = writeln!(out, "{vendor:>10}: UP v{}", s.software_version);
     }
     let _ = writeln!(out, "\nFeature usage info:\n");
     for feature in &status.features {
         let in_use: u32 = feature.servers.iter().filter_map(|r| r.in_use).sum();
-        let plural = |n: u32| if n == 1 { "license" } else { "licenses" };
         let _ = writeln!(
             out,
-            "Users of {}:  (Total of {} {} issued;  Total of {} {} in use)\n",
+            "Users of {}:  (Total of {} issued;  Total of {} in use)\n",
             feature.feature,
-            feature.hard_limit,
-            plural(feature.hard_limit),
-            in_use,
-            plural(in_use)
+            licenses(feature.hard_limit),
+            licenses(in_use)
         );
         let expiry = feature
             .codes
@@ -315,15 +394,28 @@ pub fn render_lmstat(status: &StatusResponse, now: time::OffsetDateTime) -> Stri
             let seats = if grant.count == 1 {
                 String::new()
             } else {
-                format!(", {} licenses", grant.count)
+                format!(", {}", licenses(grant.count))
             };
+            let holder = status
+                .servers
+                .iter()
+                .find(|p| p.id == grant.server_id)
+                .map_or(s.address.as_str(), |p| p.address.as_str());
+            let (server_host, port) = host_and_port(holder);
             let _ = writeln!(
                 out,
-                "    {} {} {} (v{}) ({} {}), start {start}{seats}",
-                grant.user, grant.host, grant.client_id, grant.version, s.address, grant.grant_id
+                "    {} {} {} (v{}) ({server_host}/{port} {}), start {start}{seats}",
+                grant.user,
+                grant.host,
+                grant.display.as_deref().unwrap_or(&grant.host),
+                grant.version,
+                lmstat_handle(&grant.grant_id)
             );
         }
         out.push('\n');
+    }
+    if let Some(partial) = partial(status) {
+        let _ = writeln!(out, "NOTE: PARTIAL: {partial}");
     }
     out
 }
@@ -333,13 +425,82 @@ mod tests {
     use super::*;
     use tessera_proto::*;
 
+    fn feature(name: &str, seats: u32, in_use: [u32; 2]) -> FeatureStatus {
+        let row = |server_id: &str, in_use: u32| DistributionRow {
+            server_id: server_id.into(),
+            allocation: seats / 2,
+            in_use: Some(in_use),
+            available: Some(seats / 2 - in_use),
+            reserved: 0,
+            target: None,
+            borrows: 0,
+            seats_in: 0,
+            seats_out: 0,
+        };
+        FeatureStatus {
+            feature: name.into(),
+            vendor: "acme".into(),
+            hard_limit: seats,
+            free_pool: 0,
+            pool_available: seats - in_use[0] - in_use[1],
+            lease_ms: 30_000,
+            heartbeat_interval_ms: 10_000,
+            borrow_threshold_percent: 80,
+            pending_requests: 0,
+            servers: vec![row("A", in_use[0]), row("B", in_use[1])],
+            codes: vec![CodeStatus {
+                id: format!("acme-{name}"),
+                vendor: "acme".into(),
+                seats,
+                version_min: "1.0".into(),
+                version_max: "2.0".into(),
+                expiry: "permanent".into(),
+                hostid: "any".into(),
+                served: true,
+                reason: None,
+            }],
+            temporary_seats: 0,
+            temporary_allocation: 0,
+            temporaries: Vec::new(),
+            lingering_seats: 0,
+            reserves: Vec::new(),
+            maxima: Vec::new(),
+            waiters: Vec::new(),
+        }
+    }
+
+    fn grant(id: &str, feature: &str, count: u32, user: &str, server: &str) -> GrantStatus {
+        GrantStatus {
+            grant_id: id.into(),
+            feature: feature.into(),
+            count,
+            client_id: format!("{user}-1"),
+            user: user.into(),
+            host: format!("ws-{user}"),
+            display: (user == "alice").then(|| "/dev/pts/3".to_string()),
+            server_id: server.into(),
+            version: "2.0".into(),
+            age_ms: 60_000,
+            expires_in_ms: 20_000,
+        }
+    }
+
+    /// A pool of two servers, A (leader, answering) and B; `cad` of 10
+    /// seats with 3 in use, `cam` of 2 with 1 in use.
     fn status() -> StatusResponse {
+        let peer = |id: &str, address: &str, role: &str| PeerStatus {
+            id: id.into(),
+            address: address.into(),
+            role: role.into(),
+            up: true,
+            last_contact_ms: Some(0),
+        };
         StatusResponse {
             pool_id: "eng".into(),
             pool_sequence: 3,
             server: ServerStatus {
                 id: "A".into(),
-                address: "10.0.0.5:27000".into(),
+                address: "lic1:27000".into(),
                 role: "leader".into(),
                 leader_id: Some("A".into()),
                 state: "serving".into(),
@@ -350,82 +511,260 @@ mod tests {
                 hostid: "mid-1".into(),
                 vid: None,
             },
-            servers: vec![PeerStatus {
-                id: "A".into(),
-                address: "10.0.0.5:27000".into(),
-                role: "leader".into(),
-                up: true,
-                last_contact_ms: Some(0),
-            }],
-            features: vec![FeatureStatus {
-                feature: "cad".into(),
-                vendor: "acme".into(),
-                hard_limit: 10,
-                free_pool: 0,
-                pool_available: 8,
-                lease_ms: 30_000,
-                heartbeat_interval_ms: 10_000,
-                borrow_threshold_percent: 80,
-                pending_requests: 0,
-                servers: vec![DistributionRow {
-                    server_id: "A".into(),
-                    allocation: 10,
-                    in_use: Some(2),
-                    available: Some(8),
-                    reserved: 0,
-                    target: None,
-                    borrows: 0,
-                    seats_in: 0,
-                    seats_out: 0,
-                }],
-                codes: vec![CodeStatus {
-                    id: "c1".into(),
-                    vendor: "acme".into(),
-                    seats: 10,
-                    version_min: "1.0".into(),
-                    version_max: "2.0".into(),
-                    expiry: "permanent".into(),
-                    hostid: "any".into(),
-                    served: true,
-                    reason: None,
-                }],
-                temporary_seats: 0,
-                temporary_allocation: 0,
-                temporaries: Vec::new(),
-                lingering_seats: 0,
-                reserves: Vec::new(),
-                maxima: Vec::new(),
-                waiters: Vec::new(),
-            }],
-            grants: vec![GrantStatus {
-                grant_id: "g1".into(),
-                feature: "cad".into(),
-                count: 2,
-                client_id: "c-1".into(),
-                user: "alice".into(),
-                host: "ws12".into(),
-                version: "2.0".into(),
-                age_ms: 60_000,
-                expires_in_ms: 20_000,
-            }],
-            grants_total: 1,
+            servers: vec![
+                peer("A", "lic1:27000", "leader"),
+                peer("B", "lic2.example.com:27001", "follower"),
+            ],
+            features: vec![feature("cad", 10, [2, 1]), feature("cam", 2, [0, 1])],
+            grants: vec![
+                grant("6039d9bf67bf4103b23d468ff879fd50", "cad", 2, "alice", "A"),
+                grant("9f1c", "cad", 1, "bob.smith", "B"),
+                grant("c0ffee", "cam", 1, "carol", "B"),
+            ],
+            grants_total: 3,
+            pool_wide: true,
+            unanswered: Vec::new(),
         }
     }
 
-    #[test]
-    fn lmstat_lines_that_monitoring_parses() {
-        let now = time::macros::datetime!(2026-11-22 10:03 UTC);
-        let text = render_lmstat(&status(), now);
-        for line in [
-            "10.0.0.5:27000: license server UP (MASTER) v0.1.0",
-            "Users of cad:  (Total of 10 licenses issued;  Total of 2 licenses in use)",
-            "  \"cad\" v2.0, vendor: acme, expiry: permanent",
-            "    alice ws12 c-1 (v2.0) (10.0.0.5:27000 g1), start Sun 11/22 10:02, 2 licenses",
-        ] {
-            assert!(
-                text.lines().any(|l| l == line),
-                "missing `{line}` in:\n{text}"
-            );
+    fn regex(pattern: &str) -> regex_automata::meta::Regex {
+        regex_automata::meta::Regex::new(pattern).expect("a valid expression")
+    }
+
+    /// The named groups of `pattern` in `line`, or `None` if it does not match.
+    fn groups(pattern: &regex_automata::meta::Regex, line: &str) -> Option<Vec<String>> {
+        let mut captures = pattern.create_captures();
+        pattern.captures(line, &mut captures);
+        if !captures.is_match() {
+            return None;
         }
+        Some(
+            (1..captures.group_len())
+                .map(|i| {
+                    captures
+                        .get_group(i)
+                        .map_or("", |span| &line[span.range()])
+                        .to_string()
+                })
+                .collect(),
+        )
+    }
+
+    /// What a parser reads of one `lmstat -a` text: per feature, the
+    /// licenses issued and in use; per user line, user, host, display,
+    /// version, server, port, handle and licenses.
+    #[derive(Debug, Default, PartialEq)]
+    struct Read {
+        totals: Vec<(String, u32, u32)>,
+        users: Vec<UserLine>,
+    }
+
+    /// One user line as a parser reads it.
+    #[derive(Clone, Debug, PartialEq)]
+    struct UserLine {
+        user: String,
+        host: String,
+        display: String,
+        version: String,
+        server: String,
+        port: String,
+        handle: u32,
+        licenses: u32,
+    }
+
+    impl UserLine {
+        fn from_groups(g: &[String], licenses: u32) -> Option<Self> {
+            Some(Self {
+                user: g[0].clone(),
+                host: g[1].clone(),
+                display: g[2].clone(),
+                version: g[3].clone(),
+                server: g[4].clone(),
+                port: g[5].clone(),
+                handle: g[6].parse().ok()?,
+                licenses,
+            })
+        }
+    }
+
+    /// The expressions of the Prometheus `flexlm_exporter`
+    /// (mjtrangoni/flexlm_exporter, `collector/regexp.go`), as documented there.
+    fn read_as_flexlm_exporter(text: &str) -> Read {
+        let feature = regex(
+            r"^Users of (?P<name>.*):\s+\(Total of (?P<issued>\d+) \w+ issued;\s+Total of (?P<used>\d+) \w+ in use\)$",
+        );
+        let user = regex(
+            r"^\s+(?P<user>[\w[:print:]]+) (?P<host>[\w\-\.]+) (?P<display>[[:print:]]+) \(v(?P<ver>[\w\.]+)\) \((?P<server>[\w\-\.]+)/(?P<port>\d+) (?P<handle>\d+)\), start (?P<since>\w+ \d+/\d+ \d+:\d+)(?:, (?P<licenses>\d+) \w+)?$",
+        );
+        let server = regex(
+            r"(?P<fqdn>[\w\.\-]+): license server (?P<status>\w+)(?P<master>\s\(MASTER\))? (?P<version>v[\d\.]+)$",
+        );
+        let servers = regex(r"^License server status: (?P<servers>[\w,.@\-]+)");
+        let vendor = regex(r"^\s+(?P<vendor>\w+): (?P<status>UP|DOWN) (?P<version>v[\d\.]+)$");
+        assert!(
+            text.lines().any(|l| groups(&servers, l).is_some()),
+            "{text}"
+        );
+        let up: Vec<Vec<String>> = text.lines().filter_map(|l| groups(&server, l)).collect();
+        assert_eq!(up.len(), 2, "{text}");
+        assert_eq!(
+            (up[0][0].as_str(), up[0][2].as_str()),
+            ("lic1", " (MASTER)")
+        );
+        assert_eq!(up[1][0], "lic2.example.com");
+        assert!(text
+            .lines()
+            .any(|l| groups(&vendor, l).is_some_and(|g| g[0] == "acme")));
+        read(text, &feature, |line| {
+            let g = groups(&user, line)?;
+            let licenses = if g[8].is_empty() {
+                1
+            } else {
+                g[8].parse().ok()?
+            };
+            UserLine::from_groups(&g, licenses)
+        })
+    }
+
+    /// The expressions of the `FlexLM-License-Usage-Logger`
+    /// (tvapdx/FlexLM-License-Usage-Logger, `logLicenseUsage.py`).
+    fn read_as_usage_logger(text: &str) -> Read {
+        let feature = regex(
+            r"^Users of (.+):  \(Total of (\d+?) license[s]* issued;  Total of (\d+?) license[s]* in use\)",
+        );
+        let user = regex(
+            r"^\s+(.+) (.+) (.+) \(v(.+)\) \((.+)/(.+) (.+)\), start (.+) (\d+)/(\d+) (\d*):(\d*)",
+        );
+        read(text, &feature, |line| {
+            let g = groups(&user, line)?;
+            // The logger counts one license per line and reads no count.
+            UserLine::from_groups(&g, 0)
+        })
+    }
+
+    fn read(
+        text: &str,
+        feature: &regex_automata::meta::Regex,
+        user: impl Fn(&str) -> Option<UserLine>,
+    ) -> Read {
+        let mut out = Read::default();
+        for line in text.lines() {
+            if let Some(g) = groups(feature, line) {
+                out.totals
+                    .push((g[0].clone(), g[1].parse().unwrap(), g[2].parse().unwrap()));
+            } else if let Some(read) = user(line) {
+                out.users.push(read);
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn two_public_lmstat_parsers_read_back_every_user_and_total() {
+        let now = time::macros::datetime!(2026-11-22 10:03 UTC);
+        let status = status();
+        let text = render_lmstat(&status, now);
+        assert!(
+            text.contains(
+                "Users of cam:  (Total of 2 licenses issued;  Total of 1 license in use)"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.starts_with("License server status: 27000@lic1,27001@lic2.example.com\n"),
+            "{text}"
+        );
+        let want_totals = vec![("cad".to_string(), 10, 3), ("cam".to_string(), 2, 1)];
+        let want_users: Vec<_> = status
+            .grants
+            .iter()
+            .map(|g| {
+                let (host, port) = if g.server_id == "A" {
+                    ("lic1", "27000")
+                } else {
+                    ("lic2.example.com", "27001")
+                };
+                UserLine {
+                    user: g.user.clone(),
+                    host: g.host.clone(),
+                    display: g.display.clone().unwrap_or_else(|| g.host.clone()),
+                    version: g.version.clone(),
+                    server: host.to_string(),
+                    port: port.to_string(),
+                    handle: lmstat_handle(&g.grant_id),
+                    licenses: g.count,
+                }
+            })
+            .collect();
+        let exporter = read_as_flexlm_exporter(&text);
+        assert_eq!(exporter.totals, want_totals, "{text}");
+        assert_eq!(exporter.users, want_users, "{text}");
+        let logger = read_as_usage_logger(&text);
+        assert_eq!(logger.totals, want_totals, "{text}");
+        let without_counts: Vec<_> = want_users
+            .iter()
+            .map(|u| UserLine {
+                licenses: 0,
+                ..u.clone()
+            })
+            .collect();
+        assert_eq!(logger.users, without_counts, "{text}");
+        assert!(
+            text.lines().any(|l| l
+                == "    alice ws-alice /dev/pts/3 (v2.0) (lic1/27000 3085957935), start Sun 11/22 10:02, 2 licenses"),
+            "{text}"
+        );
+        assert!(!text.contains("PARTIAL"), "{text}");
+    }
+
+    #[test]
+    fn a_handle_is_a_number_stable_for_its_grant() {
+        let id = "6039d9bf67bf4103b23d468ff879fd50";
+        assert_eq!(lmstat_handle(id), lmstat_handle(id));
+        assert_ne!(lmstat_handle(id), lmstat_handle("9f1c"));
+    }
+
+    /// A server's own answer, or a pool-wide one some server did not
+    /// answer, says so rather than passing for the pool's figures.
+    #[test]
+    fn a_partial_status_says_so_in_every_format() {
+        let mut own = status();
+        own.pool_wide = false;
+        let table = render(&own);
+        assert!(
+            table.contains("3 of 10 seats in use on server A (the other servers' not counted)"),
+            "{table}"
+        );
+        assert!(
+            table.contains("PARTIAL: server A's own figures only"),
+            "{table}"
+        );
+        let mut partial = status();
+        partial.unanswered.push(UnansweredServer {
+            id: "B".into(),
+            address: "lic2.example.com:27001".into(),
+            error: "connection refused".into(),
+        });
+        let table = render(&partial);
+        assert!(
+            table.contains("seats in use on the servers that answered"),
+            "{table}"
+        );
+        assert!(
+            table
+                .contains("PARTIAL: B (lic2.example.com:27001): connection refused did not answer"),
+            "{table}"
+        );
+        let text = render_lmstat(&partial, time::OffsetDateTime::UNIX_EPOCH);
+        assert!(
+            text.lines().last().unwrap().starts_with("NOTE: PARTIAL: B"),
+            "{text}"
+        );
+        let whole = render(&status());
+        assert!(
+            whole.contains("3 of 10 seats in use, 7 available"),
+            "{whole}"
+        );
+        assert!(!whole.contains("PARTIAL"), "{whole}");
     }
 }

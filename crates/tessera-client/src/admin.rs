@@ -93,6 +93,13 @@ impl Admin {
         .await
     }
 
+    /// The whole pool's status, grants listed: see [`Client::pool_status`].
+    pub async fn pool_status(&self) -> Result<StatusResponse, ClientError> {
+        let first = self.status().await?;
+        let headers = vec![self.authorization()];
+        Ok(crate::pool_status::gather(&self.client, first, headers).await)
+    }
+
     /// Sends `change` to the configured servers in order until one takes it;
     /// returns the pool file the pool runs then. A server that does not
     /// answer, has no leader or fails passes the change to the next; any

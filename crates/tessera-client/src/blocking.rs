@@ -211,6 +211,16 @@ impl BlockingSeat {
         self.guard().count()
     }
 
+    /// Whether the program is idle: see [`SeatGuard::set_idle`].
+    pub fn set_idle(&self, idle: bool) {
+        self.guard().set_idle(idle)
+    }
+
+    /// Idle for `idle` already: see [`SeatGuard::set_idle_for`].
+    pub fn set_idle_for(&self, idle: std::time::Duration) {
+        self.guard().set_idle_for(idle)
+    }
+
     pub fn feature(&self) -> &str {
         self.guard().feature()
     }

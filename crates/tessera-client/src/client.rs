@@ -186,6 +186,7 @@ impl Client {
             client_id: config.client_id.clone(),
             user: config.user.clone(),
             host: config.host.clone(),
+            display: config.display.clone(),
             feature: feature.to_string(),
             version: version.to_string(),
             count,
@@ -276,6 +277,15 @@ impl Client {
             last_error: describe(&failures),
             tried: failures.into_iter().map(|f| f.address).collect(),
         })
+    }
+
+    /// The whole pool's status: [`Client::status`] from the first server
+    /// that answers, with every other server's own seats in use and grants
+    /// merged in (`pool_wide`); servers that do not answer are listed in
+    /// `unanswered`, and their figures are missing.
+    pub async fn pool_status(&self) -> Result<StatusResponse, ClientError> {
+        let first = self.status().await?;
+        Ok(crate::pool_status::gather(self, first, Vec::new()).await)
     }
 
     /// Checks in the grant `grant_id` held by this client's id, with the

@@ -29,6 +29,10 @@ pub struct ClientConfig {
     pub user: String,
     /// The machine running the program, as shown by `tessera status`.
     pub host: String,
+    /// The program's display, as FlexNet's DISPLAY: `$DISPLAY`, else the
+    /// terminal of its standard input (`/dev/pts/3`); `None` where it has
+    /// neither. The pool's `display:` rules name it.
+    pub display: Option<String>,
     /// Time limit of one request to one server.
     pub request_timeout: Duration,
     /// Time limit of opening a connection to one server.
@@ -196,6 +200,7 @@ impl ClientConfig {
             client_id,
             user: local_user_name(),
             host,
+            display: local_display(),
             request_timeout: REQUEST_TIMEOUT_DEFAULT,
             connect_timeout: CONNECT_TIMEOUT_DEFAULT,
             tls: ClientTls::default(),
@@ -233,6 +238,9 @@ impl ClientConfig {
             ("host", &self.host),
         ] {
             check_field(name, value).map_err(invalid)?;
+        }
+        if let Some(display) = &self.display {
+            check_field("display", display).map_err(invalid)?;
         }
         if let Some(token) = &self.token {
             if token.0.is_empty()
@@ -301,6 +309,34 @@ fn invalid(message: impl Into<String>) -> ClientError {
     ClientError::InvalidConfig {
         message: message.into(),
     }
+}
+
+/// `$DISPLAY`, else the terminal of standard input, where usable as a
+/// field of a request.
+fn local_display() -> Option<String> {
+    let usable = |name: String| check_field("display", &name).is_ok().then_some(name);
+    std::env::var("DISPLAY")
+        .ok()
+        .and_then(usable)
+        .or_else(|| terminal_name().and_then(usable))
+}
+
+/// The terminal of standard input (`/dev/pts/3`), if it is one.
+#[cfg(unix)]
+fn terminal_name() -> Option<String> {
+    use std::io::IsTerminal;
+    if !std::io::stdin().is_terminal() {
+        return None;
+    }
+    std::fs::read_link("/proc/self/fd/0")
+        .ok()
+        .and_then(|path| path.to_str().map(str::to_string))
+        .filter(|path| path.starts_with("/dev/"))
+}
+
+#[cfg(not(unix))]
+fn terminal_name() -> Option<String> {
+    None
 }
 
 fn local_host_name() -> String {

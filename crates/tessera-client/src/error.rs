@@ -139,6 +139,8 @@ pub(crate) fn disposition(code: ErrorCode) -> Disposition {
         | ErrorCode::TooManyDevices
         | ErrorCode::LicenseWithdrawn
         | ErrorCode::PolicyDenied
+        // Every server judges the same idle time by the same policy.
+        | ErrorCode::IdleTimeout
         // The queue is the pool's: every server gives the same place.
         | ErrorCode::Queued => Disposition::Definitive,
         ErrorCode::NoSeatsAvailable => Disposition::NoSeats,

@@ -84,9 +84,17 @@ struct Holding {
     valid_until: Instant,
     next_heartbeat_at: Instant,
     lost_reason: Option<String>,
+    /// When the program said it was idle, and how long it had been idle
+    /// then ([`SeatGuard::set_idle_for`]).
+    idle_since: Option<(Instant, Duration)>,
 }
 
 impl Holding {
+    fn idle_for(&self) -> Option<Duration> {
+        self.idle_since
+            .map(|(said, before)| before.saturating_add(said.elapsed()))
+    }
+
     /// The servers to send the next heartbeat to, in order ([`failover_order`]).
     fn failover_order(&self, configured: &[String]) -> Vec<String> {
         failover_order(&self.grant, &self.holder_address, configured)
@@ -113,6 +121,7 @@ impl SeatGuard {
             holder_address,
             valid_until,
             lost_reason: None,
+            idle_since: None,
         };
         let seat = Arc::new(Seat {
             proof,
@@ -223,6 +232,34 @@ impl SeatGuard {
         }
     }
 
+    /// Tells the pool whether the program is idle (no user input, nothing
+    /// running), as FlexNet's TIMEOUT needs: from the first `set_idle(true)`
+    /// until `set_idle(false)`, every heartbeat says how long it has been.
+    /// Where the pool's policy gives the feature an `idle_timeout_s`, a
+    /// program idle that long loses its seat to someone who needs it: the
+    /// state turns [`SeatState::Lost`] with the code `idle_timeout` in the
+    /// reason, and the program checks out again when it is used again.
+    pub fn set_idle(&self, idle: bool) {
+        let mut holding = self.seat.lock();
+        match (idle, holding.idle_since) {
+            (true, None) => holding.idle_since = Some((Instant::now(), Duration::ZERO)),
+            (false, _) => holding.idle_since = None,
+            (true, Some(_)) => {}
+        }
+    }
+
+    /// The program has been idle for `idle` already, as the system tells
+    /// it (the time since the last key press or mouse move): as
+    /// [`SeatGuard::set_idle`]`(true)`, counted from then.
+    pub fn set_idle_for(&self, idle: Duration) {
+        self.seat.lock().idle_since = Some((Instant::now(), idle));
+    }
+
+    /// How long the program has been idle, as it said; `None` while in use.
+    pub fn idle_for(&self) -> Option<Duration> {
+        self.seat.lock().idle_for()
+    }
+
     /// Stops heartbeating and checks the seats in, on the holding server first.
     /// A seat no server holds any more (lost, expired) counts as released.
     pub async fn release(mut self) -> Result<(), ClientError> {
@@ -279,12 +316,20 @@ async fn stop_and_check_in(
         let addresses = holding.failover_order(&client.config().servers);
         (addresses, holding.grant.grant_id.clone())
     };
+    let lost = matches!(*seat.events.borrow(), SeatState::Lost { .. });
     match client.checkin_on(&addresses, &grant_id, &seat.proof).await {
         Ok(released_seats) => {
             tracing::debug!(%grant_id, released_seats, "checked in");
             Ok(())
         }
         Err(ClientError::UnknownGrant) => Ok(()),
+        // A lost seat was already given up: its grant was refused or ran
+        // out, so a server that cannot be reached holds nothing the program
+        // could still return.
+        Err(error) if lost => {
+            tracing::debug!(%grant_id, %error, "a lost seat's check-in went unanswered");
+            Ok(())
+        }
         Err(error) => Err(error),
     }
 }
@@ -437,8 +482,13 @@ async fn renew_round(
         // it are still asked before the seat expires.
         let share = (valid_until - send_instant) / (servers - tried) as u32;
         let give_up_at = (send_instant + share.max(ATTEMPT_MIN)).min(valid_until);
+        let idle_ms = seat
+            .lock()
+            .idle_for()
+            .map(|idle| u64::try_from(idle.as_millis()).unwrap_or(u64::MAX));
         let request = HeartbeatRequest {
             renewal: seat.next_renewal(),
+            idle_ms,
             nonce: client.checker().nonce(),
             answer_within_ms: Some(wait_ms(
                 (give_up_at - send_instant).min(client.config().request_timeout),
@@ -491,6 +541,8 @@ fn heartbeat_request(checkout: &CheckoutRequest, grant: &Grant, proof: &Proof) -
         client_id: checkout.client_id.clone(),
         user: checkout.user.clone(),
         host: checkout.host.clone(),
+        display: checkout.display.clone(),
+        idle_ms: None,
         feature: checkout.feature.clone(),
         version: checkout.version.clone(),
         count: checkout.count,

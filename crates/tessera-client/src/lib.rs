@@ -56,6 +56,7 @@ mod config;
 mod error;
 mod guard;
 mod http;
+pub mod pool_status;
 mod temporary;
 mod trust;
 

@@ -387,6 +387,7 @@ pub(crate) mod tests {
             client_id: "ws12-1".into(),
             user: "alice".into(),
             host: "ws12".into(),
+            display: None,
             feature: "cad".into(),
             version: "2.0".into(),
             count: 1,

@@ -15,10 +15,13 @@
 //! reserve = ["2 group:design"]                         # RESERVE
 //! max = ["1 user:bob", "3 host_group:lab"]             # MAX
 //! linger_s = 30                                        # LINGER
+//! idle_timeout_s = 3600                                # TIMEOUT
 //! ```
 //!
 //! An exclusion wins over an inclusion; a feature with any `include` rule
-//! admits only those it names.
+//! admits only those it names. `include` and `exclude` may also name a
+//! program's display (`display::0`, `display:/dev/pts/3`), as FlexNet's
+//! DISPLAY does.
 //!
 //! `reserve` and `max` hold across the pool, not per server: every grant of
 //! a feature with either is recorded in the pool's log as a [`Claim`] before
@@ -40,6 +43,12 @@ pub const GROUP_MEMBERS_MAX: usize = 10_000;
 pub const RULES_MAX: usize = 1_000;
 /// Longest linger: a day.
 pub const LINGER_S_MAX: u32 = 86_400;
+/// Shortest and longest idle timeout. FlexNet's TIMEOUT takes no less than
+/// 15 minutes; Tessera leaves the choice to the administrator, down to a
+/// minute, since the seat is only freed on a heartbeat that reports the
+/// idle time anyway.
+pub const IDLE_TIMEOUT_S_MIN: u32 = 60;
+pub const IDLE_TIMEOUT_S_MAX: u32 = 30 * 86_400;
 
 /// The `[policy]` tables as written.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -65,6 +74,10 @@ pub struct FeaturePolicyText {
     /// Seconds a seat stays held after its check-in (FlexNet's LINGER).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub linger_s: Option<u32>,
+    /// Seconds a program may be idle, as its SDK reports, before its seat
+    /// is freed (FlexNet's TIMEOUT).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_timeout_s: Option<u32>,
     /// `"N RULE"`: N seats kept for those RULE names (FlexNet's RESERVE).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub reserve: Vec<toml::Spanned<String>>,
@@ -82,6 +95,8 @@ pub enum Who {
     HostGroup(String),
     /// An address range: the address and the length of its prefix.
     Address(IpAddr, u8),
+    /// A program's display (`include` and `exclude` only).
+    Display(String),
 }
 
 /// One rule: whom it names, as written, and its line in the pool file
@@ -117,6 +132,8 @@ pub struct FeaturePolicy {
     /// Seconds a seat stays held after its check-in, for programs that
     /// start and stop often; 0: none.
     pub linger_s: u32,
+    /// Seconds a program may be idle before its seat is freed; 0: never.
+    pub idle_timeout_s: u32,
     pub reserve: Vec<Limit>,
     pub max: Vec<Limit>,
 }
@@ -152,6 +169,7 @@ impl Claim {
             user: &self.user,
             host: &self.host,
             address: self.address,
+            display: None,
         }
     }
 }
@@ -171,6 +189,8 @@ pub struct Asker<'a> {
     pub user: &'a str,
     pub host: &'a str,
     pub address: Option<IpAddr>,
+    /// The program's display, where it sent one.
+    pub display: Option<&'a str>,
 }
 
 impl Policy {
@@ -222,6 +242,15 @@ impl Policy {
                      {LINGER_S_MAX}"
                 ));
             }
+            let idle_timeout_s = rules.idle_timeout_s.unwrap_or(0);
+            if rules.idle_timeout_s.is_some()
+                && !(IDLE_TIMEOUT_S_MIN..=IDLE_TIMEOUT_S_MAX).contains(&idle_timeout_s)
+            {
+                return Err(format!(
+                    "feature `{feature}`: idle_timeout_s is {idle_timeout_s}; it must be from \
+                     {IDLE_TIMEOUT_S_MIN} to {IDLE_TIMEOUT_S_MAX} seconds"
+                ));
+            }
             let limits = |list: &[toml::Spanned<String>], kind: &str| {
                 if list.len() > RULES_MAX {
                     return Err(format!(
@@ -253,6 +282,7 @@ impl Policy {
                     include: parse(&rules.include, "include")?,
                     exclude: parse(&rules.exclude, "exclude")?,
                     linger_s,
+                    idle_timeout_s,
                     reserve: limits(&rules.reserve, "reserve")?,
                     max: limits(&rules.max, "max")?,
                 },
@@ -292,6 +322,7 @@ impl Policy {
                         include: spanned(&p.include),
                         exclude: spanned(&p.exclude),
                         linger_s: (p.linger_s > 0).then_some(p.linger_s),
+                        idle_timeout_s: (p.idle_timeout_s > 0).then_some(p.idle_timeout_s),
                         reserve: limits(&p.reserve),
                         max: limits(&p.max),
                     };
@@ -310,6 +341,15 @@ impl Policy {
         self.features
             .get(feature)
             .map_or(0, |p| u64::from(p.linger_s) * 1_000)
+    }
+
+    /// How long a program may be idle before its seat of `feature` is
+    /// freed, in ms; `None`: no idle timeout.
+    pub fn idle_timeout_ms(&self, feature: &str) -> Option<u64> {
+        self.features
+            .get(feature)
+            .filter(|p| p.idle_timeout_s > 0)
+            .map(|p| u64::from(p.idle_timeout_s) * 1_000)
     }
 
     /// True if `feature` has `reserve` or `max` rules: its grants are
@@ -506,15 +546,20 @@ impl Policy {
             Who::Address(range, prefix) => asker
                 .address
                 .is_some_and(|address| in_range(address, *range, *prefix)),
+            Who::Display(display) => asker.display == Some(display.as_str()),
         }
     }
 }
 
 fn describe(asker: &Asker) -> String {
-    match asker.address {
-        Some(address) => format!("user `{}` on host `{}` ({address})", asker.user, asker.host),
-        None => format!("user `{}` on host `{}`", asker.user, asker.host),
+    let mut out = format!("user `{}` on host `{}`", asker.user, asker.host);
+    if let Some(display) = asker.display {
+        out.push_str(&format!(" at display `{display}`"));
     }
+    if let Some(address) = asker.address {
+        out.push_str(&format!(" ({address})"));
+    }
+    out
 }
 
 fn at_line(line: usize) -> String {
@@ -537,8 +582,8 @@ fn line_of(text: &str, offset: usize) -> usize {
 
 fn parse_rule(rule: &str, policy: &PolicyText) -> Result<Who, String> {
     let (kind, name) = rule.split_once(':').ok_or_else(|| {
-        "a rule is `user:NAME`, `group:NAME`, `host:NAME`, `host_group:NAME` or \
-         `address:ADDRESS/PREFIX`"
+        "a rule is `user:NAME`, `group:NAME`, `host:NAME`, `host_group:NAME`, \
+         `address:ADDRESS/PREFIX` or `display:DISPLAY`"
             .to_string()
     })?;
     match kind {
@@ -551,8 +596,10 @@ fn parse_rule(rule: &str, policy: &PolicyText) -> Result<Who, String> {
         }
         "host_group" => Err(format!("no host group `{name}` in [policy.host_groups]")),
         "address" => parse_range(name),
+        "display" => check_display(name).map(|()| Who::Display(name.to_string())),
         _ => Err(format!(
-            "`{kind}` is not a kind of rule; the kinds are user, group, host, host_group, address"
+            "`{kind}` is not a kind of rule; the kinds are user, group, host, host_group, \
+             address, display"
         )),
     }
 }
@@ -570,7 +617,32 @@ fn parse_limit(text: &str, policy: &PolicyText) -> Result<(u32, Who, String), St
         .filter(|n| *n > 0)
         .ok_or_else(|| format!("`{seats}` is not a number of seats above 0; {shape}"))?;
     let rule = rule.trim();
-    parse_rule(rule, policy).map(|who| (seats, who, rule.to_string()))
+    match parse_rule(rule, policy)? {
+        // A grant's claim, which the pool's log keeps for every server to
+        // count, records user, host and address, not the display.
+        Who::Display(_) => Err(
+            "a display names who may use a feature (include, exclude); reserve and max count \
+             users, groups, hosts and addresses"
+                .to_string(),
+        ),
+        who => Ok((seats, who, rule.to_string())),
+    }
+}
+
+/// A display as a rule names it: `:0`, `ws1:0.0`, `/dev/pts/3`.
+fn check_display(display: &str) -> Result<(), String> {
+    if display.is_empty() || display.len() > crate::names::NAME_BYTES_MAX {
+        return Err(format!(
+            "a display is 1 to {} bytes long",
+            crate::names::NAME_BYTES_MAX
+        ));
+    }
+    if display.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(format!(
+            "display `{display}` contains a space or a control character"
+        ));
+    }
+    Ok(())
 }
 
 /// `ADDRESS/PREFIX` (or one address), IPv4 or IPv6.
@@ -643,7 +715,44 @@ exclude = [\"user:bob\", \"host_group:lab\"]
             user,
             host,
             address: address.parse().ok(),
+            display: None,
         }
+    }
+
+    /// FlexNet's DISPLAY: a program's display, in `include` and `exclude`
+    /// only; a reserve or max naming one is refused, since claims record
+    /// no display.
+    #[test]
+    fn a_display_is_included_or_excluded_by_name() {
+        let p = policy(
+            "[policy.features.cad]\nexclude = [\"display:/dev/pts/3\"]\n\
+             [policy.features.cam]\ninclude = [\"display::0\"]\n",
+        )
+        .unwrap();
+        let at = |display| Asker {
+            display,
+            ..asker("alice", "pc", "")
+        };
+        let err = p.admits("cad", &at(Some("/dev/pts/3"))).unwrap_err();
+        assert!(
+            err.contains("user `alice` on host `pc` at display `/dev/pts/3` is excluded")
+                && err.contains("exclude \"display:/dev/pts/3\""),
+            "{err}"
+        );
+        assert_eq!(p.admits("cad", &at(Some("/dev/pts/4"))), Ok(()));
+        assert_eq!(p.admits("cad", &at(None)), Ok(()));
+        assert_eq!(p.admits("cam", &at(Some(":0"))), Ok(()));
+        assert!(
+            p.admits("cam", &at(None)).is_err(),
+            "no display, not included"
+        );
+        let err = policy("[policy.features.cad]\nmax = [\"1 display::0\"]\n").unwrap_err();
+        assert!(
+            err.contains("max rule \"1 display::0\": a display names who may use a feature"),
+            "{err}"
+        );
+        let err = policy("[policy.features.cad]\nexclude = [\"display:a b\"]\n").unwrap_err();
+        assert!(err.contains("contains a space"), "{err}");
     }
 
     #[test]
@@ -706,6 +815,23 @@ exclude = [\"user:bob\", \"host_group:lab\"]
                 .unwrap()
                 .linger_ms("cad"),
             30_000
+        );
+        for timeout in [0, 59, 30 * 86_400 + 1] {
+            let err = policy(&format!("{POLICY}idle_timeout_s = {timeout}\n")).unwrap_err();
+            assert!(
+                err.contains(&format!(
+                    "idle_timeout_s is {timeout}; it must be from 60 to 2592000 seconds"
+                )),
+                "{err}"
+            );
+        }
+        let timed = policy(&format!("{POLICY}idle_timeout_s = 900\n")).unwrap();
+        assert_eq!(timed.idle_timeout_ms("cad"), Some(900_000));
+        assert_eq!(timed.idle_timeout_ms("cam"), None);
+        assert_eq!(
+            Policy::from_text(&timed.to_text(), "").unwrap(),
+            timed,
+            "kept when written back"
         );
         let err = policy(&POLICY.replace("exclude", "forbid")).unwrap_err();
         assert!(err.contains("unknown field `forbid`"), "{err}");

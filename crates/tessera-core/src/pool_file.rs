@@ -680,6 +680,7 @@ mod tests {
             user: "bob",
             host: "pc",
             address: None,
+            display: None,
         };
         assert!(pool.policy.admits("cad", &asker).is_err());
         assert_eq!(

@@ -152,6 +152,15 @@ enum TesseraStatus tessera_checkout_wait(const struct TesseraClient *client,
 // True while the seat is valid by this machine's clock. False for NULL.
 bool tessera_seat_is_valid(const struct TesseraSeat *seat);
 
+// Tells the pool whether the program is idle (no user input, nothing
+// running): `idle` true, idle for `idle_for_ms` already (the time since
+// the last key press, as the system tells it; 0 from now on); false, in
+// use again. Where the pool's policy gives the feature an
+// `idle_timeout_s`, a program idle that long loses its seat (state LOST,
+// reason code `idle_timeout`) and checks out again when used again. Does
+// nothing for NULL.
+void tessera_seat_set_idle(const struct TesseraSeat *seat, bool idle, uint64_t idle_for_ms);
+
 // The seats held. 0 for NULL.
 uint32_t tessera_seat_count(const struct TesseraSeat *seat);
 

@@ -620,6 +620,31 @@ pub unsafe extern "C" fn tessera_seat_is_valid(seat: *const TesseraSeat) -> bool
     })
 }
 
+/// Tells the pool whether the program is idle (no user input, nothing
+/// running): `idle` true, idle for `idle_for_ms` already (the time since
+/// the last key press, as the system tells it; 0 from now on); false, in
+/// use again. Where the pool's policy gives the feature an
+/// `idle_timeout_s`, a program idle that long loses its seat (state LOST,
+/// reason code `idle_timeout`) and checks out again when used again. Does
+/// nothing for NULL.
+#[no_mangle]
+pub unsafe extern "C" fn tessera_seat_set_idle(
+    seat: *const TesseraSeat,
+    idle: bool,
+    idle_for_ms: u64,
+) {
+    get((), || {
+        if let Some(seat) = unsafe { seat.as_ref() } {
+            if idle {
+                seat.seat
+                    .set_idle_for(std::time::Duration::from_millis(idle_for_ms));
+            } else {
+                seat.seat.set_idle(false);
+            }
+        }
+    })
+}
+
 /// The seats held. 0 for NULL.
 #[no_mangle]
 pub unsafe extern "C" fn tessera_seat_count(seat: *const TesseraSeat) -> u32 {

@@ -40,6 +40,11 @@ pub struct CheckoutRequest {
     pub client_id: String,
     pub user: String,
     pub host: String,
+    /// The program's display (`$DISPLAY`, else its terminal), as FlexNet's
+    /// DISPLAY: the policy's `display:` rules name it, the report log and
+    /// status show it. Absent where the program has neither.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub display: Option<String>,
     pub feature: String,
     /// Version of the program asking; must fall inside a served code's range.
     pub version: String,
@@ -104,6 +109,15 @@ pub struct HeartbeatRequest {
     pub client_id: String,
     pub user: String,
     pub host: String,
+    /// As in [`CheckoutRequest::display`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub display: Option<String>,
+    /// How long the program has been idle, in ms, as it told the SDK
+    /// (`SeatGuard::set_idle`); absent while it is in use. A feature with
+    /// an `idle_timeout_s` in the pool's policy frees the seat of a program
+    /// idle that long and answers [`ErrorCode::IdleTimeout`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_ms: Option<u64>,
     pub feature: String,
     pub version: String,
     pub count: u32,
@@ -147,6 +161,7 @@ impl HeartbeatRequest {
             client_id: self.client_id.clone(),
             user: self.user.clone(),
             host: self.host.clone(),
+            display: self.display.clone(),
             feature: self.feature.clone(),
             version: self.version.clone(),
             count: self.count,
@@ -608,6 +623,9 @@ pub enum ErrorCode {
     /// The pool's policy (`[policy]` of the pool file) does not let this
     /// user, host or address use the feature; the message names the rule.
     PolicyDenied,
+    /// The program was idle longer than the feature's `idle_timeout_s`
+    /// (FlexNet's TIMEOUT): its seat was freed; check out again when in use.
+    IdleTimeout,
     /// No seat is free and the checkout waits in the pool's queue
     /// ([`ErrorDetail::queue`] says where); ask again with the ticket.
     Queued,
@@ -637,6 +655,7 @@ impl ErrorCode {
             ErrorCode::NoLeader => 503,
             ErrorCode::NoSeatsAvailable
             | ErrorCode::Queued
+            | ErrorCode::IdleTimeout
             | ErrorCode::GrantMismatch
             | ErrorCode::SeatsInUse
             | ErrorCode::TooManyDevices
@@ -685,6 +704,7 @@ impl ErrorCode {
             ErrorCode::TemporaryNotAllowed => "temporary_not_allowed",
             ErrorCode::PolicyDenied => "policy_denied",
             ErrorCode::Queued => "queued",
+            ErrorCode::IdleTimeout => "idle_timeout",
             ErrorCode::TooManyDevices => "too_many_devices",
             ErrorCode::LicenseWithdrawn => "license_withdrawn",
             ErrorCode::Internal => "internal",
@@ -724,6 +744,28 @@ pub struct StatusResponse {
     pub grants: Vec<GrantStatus>,
     /// How many grants the answering server holds in all.
     pub grants_total: u64,
+    /// True once the SDK gathered every server's own figures into this
+    /// answer (`Client::pool_status`): the rows' `in_use` and the grants
+    /// are the whole pool's, but for the servers in `unanswered`. A
+    /// server's own answer is false: only its own row and grants are its.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub pool_wide: bool,
+    /// Servers that did not answer for a pool-wide status: their figures
+    /// are missing, and the status is partial.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unanswered: Vec<UnansweredServer>,
+}
+
+fn is_false(value: &bool) -> bool {
+    !*value
+}
+
+/// A server whose own figures a pool-wide status lacks, and why.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnansweredServer {
+    pub id: String,
+    pub address: String,
+    pub error: String,
 }
 
 /// Most grants one status answer lists.
@@ -894,6 +936,12 @@ pub struct GrantStatus {
     pub client_id: String,
     pub user: String,
     pub host: String,
+    /// The program's display, where it sent one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub display: Option<String>,
+    /// The server holding the grant.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub server_id: String,
     pub version: String,
     pub age_ms: u64,
     pub expires_in_ms: u64,
@@ -954,6 +1002,7 @@ mod tests {
             ErrorCode::LicenseWithdrawn,
             ErrorCode::PolicyDenied,
             ErrorCode::Queued,
+            ErrorCode::IdleTimeout,
             ErrorCode::Internal,
         ] {
             let json = serde_json::to_string(&code).unwrap();
@@ -1176,10 +1225,6 @@ pub struct RemoveLicense {
     /// Remove the code even while clients hold seats of its feature.
     #[serde(default, skip_serializing_if = "is_false")]
     pub force: bool,
-}
-
-fn is_false(value: &bool) -> bool {
-    !*value
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -494,6 +494,33 @@ impl Seat {
         self.with_seat(BlockingSeat::is_valid, false)
     }
 
+    /// Tells the pool whether the program is idle (no user input, nothing
+    /// running): `set_idle(True)`, idle from now, or idle for `for_s`
+    /// seconds already (the time since the last key press, as the system
+    /// tells it); `set_idle(False)`, in use again. Where the pool's policy
+    /// gives the feature an `idle_timeout_s`, a program idle that long loses
+    /// its seat (`state` "lost", `lost_reason` naming `idle_timeout`) and
+    /// checks out again when used again.
+    #[pyo3(signature = (idle, for_s = 0.0))]
+    fn set_idle(&self, idle: bool, for_s: f64) -> PyResult<()> {
+        let already = std::time::Duration::try_from_secs_f64(for_s).map_err(|_| {
+            PyValueError::new_err(format!(
+                "for_s is {for_s}; it must be a number of seconds, 0 or more"
+            ))
+        })?;
+        self.with_seat(
+            |seat| {
+                if idle {
+                    seat.set_idle_for(already)
+                } else {
+                    seat.set_idle(false)
+                }
+            },
+            (),
+        );
+        Ok(())
+    }
+
     /// How many seats this checkout holds.
     #[getter]
     fn count(&self) -> u32 {

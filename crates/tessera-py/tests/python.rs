@@ -187,7 +187,9 @@ fn python_package_against_a_real_pool() {
             heartbeat_s: HEARTBEAT_S,
             // No borrowing ahead: the seats stay spread over the servers
             // as the pool starts (one each) until a checkout is short.
-            extra: "[borrowing.app]\nthreshold_percent = 100\n",
+            // A program idle a minute loses its seat (`Seat.set_idle`).
+            extra: "[borrowing.app]\nthreshold_percent = 100\n\n\
+                    [policy.features.app]\nidle_timeout_s = 60\n",
             ..PoolSpec::default()
         },
     ));

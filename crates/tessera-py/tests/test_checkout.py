@@ -96,3 +96,27 @@ def test_a_waiting_checkout_gives_up_after_its_wait(make_client, checkout_all):
         with pytest.raises(tessera.NoSeatsAvailable) as denied:
             make_client().checkout("app", "1.0", wait=1.0)
     assert "in the queue" in str(denied.value)
+
+
+def test_an_idle_program_loses_its_seat_after_the_pools_idle_timeout(pool, make_client, eventually):
+    import time
+
+    client = make_client()
+    seat = eventually(lambda: client.checkout("app", "1.0"))
+    with pytest.raises(ValueError):
+        seat.set_idle(True, for_s=-1.0)
+    # Idle, but not for the pool's minute: the heartbeats keep the seat.
+    seat.set_idle(True, for_s=30.0)
+    time.sleep(pool.lease_s)
+    assert seat.state == "held", seat.lost_reason
+    # The system says nobody has touched it for over a minute.
+    seat.set_idle(True, for_s=61.0)
+    deadline = time.monotonic() + 4 * pool.lease_s
+    while seat.state == "held" and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert seat.state == "lost"
+    assert "idle_timeout" in seat.lost_reason
+    # Its seat was freed at once: another program gets it.
+    with eventually(lambda: make_client().checkout("app", "1.0")) as other:
+        assert other.is_valid()
+    seat.checkin()

@@ -27,6 +27,8 @@ pub struct SeatRequest {
     pub client_id: String,
     pub user: String,
     pub host: String,
+    /// The program's display, where it sent one (status, lmstat).
+    pub display: Option<String>,
     pub feature: String,
     pub version: String,
     pub count: u32,
@@ -59,6 +61,7 @@ impl LiveGrant {
             client_id: r.client_id.clone(),
             user: r.user.clone(),
             host: r.host.clone(),
+            display: r.display.clone(),
             version: r.version.clone(),
             issued_unix_ms: self.issued_unix_ms,
         }
@@ -261,6 +264,7 @@ impl Issuer {
                 client_id: stored.client_id,
                 user: stored.user,
                 host: stored.host,
+                display: stored.display,
                 feature: stored.feature,
                 version: stored.version,
                 count: stored.count,
@@ -1295,6 +1299,7 @@ pub(crate) mod tests {
             client_id: client.into(),
             user: "u".into(),
             host: "h".into(),
+            display: None,
             version: "1".into(),
             issued_unix_ms: 0,
         }
@@ -1329,6 +1334,7 @@ pub(crate) mod tests {
             client_id: client.into(),
             user: "u".into(),
             host: "h".into(),
+            display: None,
             feature: "cad".into(),
             version: "1.5".into(),
             count,

@@ -34,7 +34,7 @@ impl App {
             .map(|feature| self.feature_status(&issuer, feature, grants == Grants::Listed))
             .collect();
         let grants = match grants {
-            Grants::Listed => oldest_grants(&issuer, now_ms),
+            Grants::Listed => oldest_grants(&issuer, &server_id, now_ms),
             Grants::Counted => Vec::new(),
         };
         proto::StatusResponse {
@@ -71,6 +71,8 @@ impl App {
             features,
             grants,
             grants_total: (issuer.grants_total() + issuer.restored_pending()) as u64,
+            pool_wide: false,
+            unanswered: Vec::new(),
         }
     }
 
@@ -302,7 +304,7 @@ impl Exposition {
 }
 
 /// The oldest grants, at most [`proto::STATUS_GRANTS_MAX`], oldest first.
-fn oldest_grants(issuer: &Issuer, now_ms: u64) -> Vec<proto::GrantStatus> {
+fn oldest_grants(issuer: &Issuer, server_id: &str, now_ms: u64) -> Vec<proto::GrantStatus> {
     // The oldest grants, chosen before any is described: a server may
     // hold a million, and the status lists at most STATUS_GRANTS_MAX.
     let mut oldest: Vec<(&String, &issuer::LiveGrant)> = issuer.grants().collect();
@@ -323,6 +325,8 @@ fn oldest_grants(issuer: &Issuer, now_ms: u64) -> Vec<proto::GrantStatus> {
             client_id: grant.request.client_id.clone(),
             user: grant.request.user.clone(),
             host: grant.request.host.clone(),
+            display: grant.request.display.clone(),
+            server_id: server_id.to_string(),
             version: grant.request.version.clone(),
             age_ms: now_ms.saturating_sub(grant.issued_at_ms),
             expires_in_ms: grant.expires_at_ms.saturating_sub(now_ms),

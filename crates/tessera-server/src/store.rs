@@ -57,6 +57,8 @@ pub struct StoredGrant {
     pub client_id: String,
     pub user: String,
     pub host: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub display: Option<String>,
     pub version: String,
     pub issued_unix_ms: i64,
 }
@@ -334,6 +336,7 @@ mod tests {
             client_id: "c".into(),
             user: "u".into(),
             host: "h".into(),
+            display: None,
             version: "1.0".into(),
             issued_unix_ms: 5,
         }

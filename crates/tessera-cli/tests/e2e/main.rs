@@ -20,6 +20,8 @@
 //!   license the vendor signs for it; a config that claims a hostid.
 //! - [`queue`]: programs waiting for seats, in order, through a leader kill.
 //! - [`report`]: the report log over a scripted day, and `tessera report`.
+//! - [`status`]: `tessera status` from any server answers for the whole
+//!   pool, and names a server that does not answer.
 //! - [`temporary`]: temporary licenses (seed 004) through the HTTP API.
 //! - [`trust`]: a program trusts its vendor's key, not the server: a key
 //!   the customer adds, a fake server, a replayed answer, a clock set back.
@@ -36,5 +38,6 @@ mod queue;
 mod report;
 mod restart;
 mod seats;
+mod status;
 mod temporary;
 mod trust;

@@ -179,6 +179,113 @@ async fn a_checked_in_seat_lingers_for_the_policys_seconds_and_then_frees() {
         .ok();
 }
 
+/// `idle_timeout_s` (FlexNet's TIMEOUT) and `display:` rules (DISPLAY),
+/// through the SDK as a program drives them: a program idle less than the
+/// timeout keeps its seat; idle longer, it loses it with `idle_timeout` and
+/// another user gets the seat. A stranger who says someone's program is
+/// idle frees nothing, and an excluded display is refused by name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_program_loses_its_seat_and_a_display_is_ruled_by_name() {
+    use std::time::Duration;
+    use tessera_client::{Client, ClientConfig, ClientTls, SeatState};
+
+    let fixture = Fixture::new().await;
+    let codes = fixture
+        .sign(&crate::fixture::code_with(
+            "cad",
+            1,
+            crate::fixture::SHORT_POLICY,
+        ))
+        .await;
+    let policy = "\n[policy.features.cad]\nidle_timeout_s = 60\n\
+                  exclude = [\"display:/dev/pts/9\"]\n";
+    let mut server = fixture.server(ServerSpec::new(format!("{codes}{policy}")));
+    server.start(StartMode::NewPool).await;
+    server.wait_state("serving").await;
+
+    let sdk = |display: &str| {
+        let mut config = ClientConfig::new([server.address.as_str()]);
+        config.tls = ClientTls::PoolCa(server.credentials.ca_pem());
+        config.trust = server.vendor_trust();
+        config.clock_file = None;
+        config.user = "alice".into();
+        config.display = Some(display.into());
+        Client::new(config).expect("a program's configuration")
+    };
+    match sdk("/dev/pts/9").checkout("cad", "1.0", 1).await {
+        Err(err) => {
+            let text = err.to_string();
+            assert!(
+                text.contains("at display `/dev/pts/9` (127.0.0.1) is excluded from `cad`")
+                    && text.contains("exclude \"display:/dev/pts/9\""),
+                "{text}"
+            );
+        }
+        Ok(_) => panic!("an excluded display was given a seat"),
+    }
+
+    let seat = sdk(":0").checkout("cad", "1.0", 1).await.unwrap();
+    // Idle half the timeout: heartbeats (every second) keep the seat.
+    seat.set_idle_for(Duration::from_secs(30));
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    assert!(seat.is_valid(), "{:?}", seat.state());
+    assert!(seat.idle_for().unwrap() >= Duration::from_secs(32));
+
+    // A stranger says the program has been idle for a day, without the
+    // grant's proof: refused, and the seat stays.
+    let mut forged = crate::fixture::heartbeat_body(
+        &seat.grant_id(),
+        &tessera_client::ClientConfig::new(["x:1"]).client_id,
+        "cad",
+        1,
+        "bm90IHRoZSBwcm9vZg",
+    );
+    forged["idle_ms"] = 86_400_000u64.into();
+    server
+        .post("/v1/heartbeat", &forged)
+        .await
+        .refused(403, "grant_proof_invalid");
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    assert!(seat.is_valid(), "{:?}", seat.state());
+
+    // In use again, then idle past the timeout: the next heartbeat frees it.
+    seat.set_idle(false);
+    assert_eq!(seat.idle_for(), None);
+    seat.set_idle_for(Duration::from_secs(61));
+    let mut events = seat.subscribe();
+    let reason = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            if let SeatState::Lost { reason } = events.borrow_and_update().clone() {
+                return reason;
+            }
+            events.changed().await.unwrap();
+        }
+    })
+    .await
+    .expect("the idle seat lost within 10 s");
+    assert!(
+        reason.contains("idle_timeout") && reason.contains("idle timeout for `cad` (60 s"),
+        "{reason}"
+    );
+    // Freed at once, not at the lease's end: another user gets it.
+    let other = server
+        .post("/v1/checkout", &as_user("bob", "pc2", "cad"))
+        .await
+        .ok();
+    assert_eq!(other["count"], 1);
+    let metrics = server
+        .http
+        .get(&server.address, "/metrics")
+        .send()
+        .await
+        .expect("/metrics answers")
+        .text()
+        .await
+        .expect("/metrics text");
+    assert!(metrics.contains("idle_timeout"), "{metrics}");
+    drop(seat);
+}
+
 /// Checks out one seat of `feature` for `user` on `server`, retrying a
 /// refusal for up to 10 s (a check-in elsewhere reaches the pool's log
 /// within a second or so).

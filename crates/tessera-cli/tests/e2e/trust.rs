@@ -161,6 +161,8 @@ async fn a_fake_server_and_a_replayed_answer_satisfy_no_program() {
         client_id: "recorded-run".into(),
         user: "e2e".into(),
         host: "loopback".into(),
+        display: None,
+        idle_ms: None,
         feature: "cad".into(),
         version: "1.0".into(),
         count: 1,

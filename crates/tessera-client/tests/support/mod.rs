@@ -313,5 +313,7 @@ async fn status(State(server): State<Arc<FakeServer>>) -> Json<StatusResponse> {
         features: Vec::new(),
         grants: Vec::new(),
         grants_total: 0,
+        pool_wide: false,
+        unanswered: Vec::new(),
     })
 }

@@ -135,6 +135,7 @@ impl FeatureAllocation {
                 user: &t.ticket,
                 host: &t.device,
                 address: None,
+                display: None,
             };
             (asker, t.seats)
         });

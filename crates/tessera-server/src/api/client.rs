@@ -84,7 +84,7 @@ fn source_ip(source: &Source) -> Option<std::net::IpAddr> {
 fn admitted(
     app: &App,
     feature: &str,
-    (user, host): (&str, &str),
+    (user, host, display): (&str, &str, Option<&str>),
     source: &Source,
 ) -> Result<(), ApiError> {
     let address = source_ip(source);
@@ -92,6 +92,7 @@ fn admitted(
         user,
         host,
         address,
+        display,
     };
     app.pool
         .with_pool_file(|pool| pool.policy.admits(feature, &asker))
@@ -105,7 +106,12 @@ async fn checkout(
     JsonBody(body): JsonBody<CheckoutRequest>,
 ) -> Result<Json<proto::Grant>, SignedDenial> {
     let asked = Asked::of(&body);
-    let answer = match admitted(&app, &body.feature, (&body.user, &body.host), &source) {
+    let who = (
+        body.user.as_str(),
+        body.host.as_str(),
+        body.display.as_deref(),
+    );
+    let answer = match admitted(&app, &body.feature, who, &source) {
         Ok(()) => checkout_grant(&app, &caller, body, source_ip(&source)).await,
         Err(denied) => {
             let who = (
@@ -240,7 +246,12 @@ async fn renewal(
     let deadline = Deadline::from(app, body.answer_within_ms);
     let holder = Holder::of(&checkout);
     check_slot_holder(app, caller, &checkout.feature, &holder)?;
+    let idle_ms = body.idle_ms;
     let request = seat_request(checkout, body.renewal)?;
+    if let Some(idle_ms) = idle_ms {
+        app.idle_timeout(&body.grant_id, &request, body.proof.as_str(), idle_ms)
+            .await?;
+    }
     let granted = app
         .heartbeat(
             body.grant_id,
@@ -301,7 +312,7 @@ async fn activate(
     }
     tessera_core::temporary::check_device(&body.device)
         .map_err(|message| api_error(ErrorCode::InvalidField, message))?;
-    admitted(&app, &body.feature, (&body.user, &body.host), &source)?;
+    admitted(&app, &body.feature, (&body.user, &body.host, None), &source)?;
     let deadline = Deadline::from(&app, body.answer_within_ms);
     Ok(Json(app.activate(body, deadline).await?))
 }
@@ -415,7 +426,11 @@ fn seat_request(body: CheckoutRequest, renewal: u64) -> Result<SeatRequest, ApiE
     for (name, value) in fields {
         check_field(name, value)?;
     }
-    for (name, value) in [("nonce", &body.nonce), ("server_key", &body.server_key)] {
+    for (name, value) in [
+        ("nonce", &body.nonce),
+        ("server_key", &body.server_key),
+        ("display", &body.display),
+    ] {
         if let Some(value) = value {
             check_field(name, value)?;
         }
@@ -435,6 +450,7 @@ fn seat_request(body: CheckoutRequest, renewal: u64) -> Result<SeatRequest, ApiE
         client_id: body.client_id,
         user: body.user,
         host: body.host,
+        display: body.display,
         feature: body.feature,
         version: body.version,
         count,

@@ -280,6 +280,69 @@ impl App {
         Ok(released_seats)
     }
 
+    /// A heartbeat from a program idle for `idle_ms`: past the feature's
+    /// `idle_timeout_s` (FlexNet's TIMEOUT), the grant is checked in here,
+    /// lingering not, and the answer is `idle_timeout`; within it, or with
+    /// no timeout, `Ok` and the heartbeat goes on. Only with the grant's
+    /// proof: a stranger cannot free someone's seat by saying it is idle.
+    pub async fn idle_timeout(
+        &self,
+        grant_id: &str,
+        request: &SeatRequest,
+        proof: &str,
+        idle_ms: u64,
+    ) -> Result<(), Refusal> {
+        let timeout_ms = self
+            .pool
+            .with_pool_file(|pool| pool.policy.idle_timeout_ms(&request.feature));
+        let Some(timeout_ms) = timeout_ms.filter(|timeout| idle_ms >= *timeout) else {
+            return Ok(());
+        };
+        let claim = GrantClaim {
+            grant_id,
+            client_id: &request.client_id,
+            feature: &request.feature,
+            count: request.count,
+        };
+        self.check_proof("heartbeat", &claim, proof)?;
+        // Held here, it is freed now; held elsewhere (a fail-over), the
+        // copy there lapses, and the program is told the same.
+        let released = self.issuer().checkin(grant_id, &request.client_id).ok();
+        let refusal = Refusal::new(
+            ErrorCode::IdleTimeout,
+            format!(
+                "the program was idle for {} s, as long as the pool's idle timeout for `{}` \
+                 ({} s, idle_timeout_s): its seat was freed for others; check out again when \
+                 it is used again",
+                idle_ms / 1_000,
+                request.feature,
+                timeout_ms / 1_000
+            ),
+        );
+        self.count("heartbeat", &Err::<(), _>(refusal.clone()));
+        if let Some(released) = released {
+            tracing::info!(
+                grant_id,
+                feature = %request.feature,
+                user = %request.user,
+                idle_s = idle_ms / 1_000,
+                "seat freed: its program was idle longer than the idle timeout"
+            );
+            let mut event = self.report_seats(
+                tessera_core::report::EventKind::Checkin,
+                request,
+                grant_id,
+                Some(ErrorCode::IdleTimeout.as_str().into()),
+            );
+            event.count = released.seats;
+            self.report.record(event);
+            self.unclaim(std::slice::from_ref(&released));
+            self.supersede(&released.grant_id, proto::SupersededGrant::CHECKED_IN);
+            self.released(vec![released]).await;
+        }
+        Err(refusal)
+    }
+
     /// Refuses, and counts, a request whose proof does not prove `claim`.
     fn check_proof(
         &self,

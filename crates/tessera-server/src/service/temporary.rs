@@ -72,6 +72,7 @@ impl App {
             client_id: request.client_id.clone(),
             user: request.user.clone(),
             host: request.host.clone(),
+            display: None,
             feature: request.feature.clone(),
             version: request.version.clone(),
             count: seats,
