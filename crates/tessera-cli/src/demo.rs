@@ -315,9 +315,10 @@ async fn kill_leader(
     print_status(trust, &new_leader).await
 }
 
-/// Leaves the pool serving, with the commands to try on it, until Ctrl-C.
+/// Leaves the pool serving, with the commands to try on it, until Ctrl-C
+/// or SIGTERM; then the demo checks its seats in and stops its servers.
 async fn keep_serving(dir: &Path, addresses: &[String]) {
-    step("The pool keeps serving (Ctrl-C stops it)");
+    step("The pool keeps serving (Ctrl-C or SIGTERM stops it)");
     let pool_dir = dir.join("pool");
     println!(
         "  export TESSERA_CA_FILE={}",
@@ -333,7 +334,7 @@ async fn keep_serving(dir: &Path, addresses: &[String]) {
         addresses.join(",")
     );
     println!("  configs, keys and tokens: {}", dir.display());
-    let _ = tokio::signal::ctrl_c().await;
+    crate::shutdown_signal().await;
 }
 
 async fn check_in(

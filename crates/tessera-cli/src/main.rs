@@ -511,14 +511,24 @@ enum LicenseCommand {
 
 fn main() {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("TESSERA_LOG")
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn")),
         )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+        .with_writer(std::io::stderr);
+    // `TESSERA_LOG_FORMAT=json`: one JSON object per line, for a log
+    // collector; otherwise lines for people (and journald).
+    match std::env::var("TESSERA_LOG_FORMAT").as_deref() {
+        Ok("json") => logs.json().flatten_event(true).init(),
+        Ok("text") | Err(_) => logs
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+        Ok(other) => {
+            eprintln!("error: TESSERA_LOG_FORMAT is `{other}`; it must be `text` or `json`");
+            std::process::exit(2);
+        }
+    }
     if let Err(err) = run(cli) {
         eprintln!("error: {err:#}");
         std::process::exit(1);
@@ -539,7 +549,8 @@ fn run(cli: Cli) -> Result<()> {
             new_pool,
             recover_pool,
         } => {
-            let mut config = tessera_server::ServerConfig::load(&config)?;
+            let config_path = config;
+            let mut config = tessera_server::ServerConfig::load(&config_path)?;
             if new_pool {
                 config.grace_on_missing_store = false;
             }
@@ -547,8 +558,7 @@ fn run(cli: Cli) -> Result<()> {
                 config.pool_file = file;
                 config.recover_pool = true;
             }
-            runtime()?.block_on(tessera_server::run(config, shutdown_signal()))?;
-            Ok(())
+            runtime()?.block_on(serve(config, config_path))
         }
         Command::Demo {
             master: true, dir, ..
@@ -885,6 +895,25 @@ fn write_out(out: Option<&std::path::Path>, text: &str) -> Result<()> {
     }
 }
 
+/// `tessera server`: serves until SIGTERM or Ctrl-C (a clean stop), and
+/// reads its config and pool file again on each SIGHUP
+/// ([`tessera_server::reload`]).
+async fn serve(config: tessera_server::ServerConfig, config_path: PathBuf) -> Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    // Taken before the server starts: SIGHUP's default action ends the process.
+    let mut hangup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
+    let running = tessera_server::start(config.clone(), shutdown_signal()).await?;
+    let mut done = running.done;
+    loop {
+        tokio::select! {
+            _ = &mut done => return Ok(()),
+            _ = hangup.recv() => {
+                tessera_server::reload::reload(&running.app, &config_path, &config).await;
+            }
+        }
+    }
+}
+
 /// Resolves on Ctrl-C or SIGTERM.
 async fn shutdown_signal() {
     use tokio::signal::unix::{signal, SignalKind};
@@ -905,6 +934,28 @@ async fn shutdown_signal() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The shipped systemd unit starts a command this binary takes, reloads
+    /// with the signal it handles and stops with the one it stops on.
+    #[test]
+    fn the_systemd_unit_runs_a_command_this_binary_takes() {
+        let unit = include_str!("../../../packaging/systemd/tessera.service");
+        let value = |key: &str| -> Vec<&str> {
+            unit.lines()
+                .filter_map(|line| line.strip_prefix(key)?.strip_prefix('='))
+                .collect()
+        };
+        let start = value("ExecStart");
+        assert_eq!(start.len(), 1, "{unit}");
+        let mut args = start[0].split_whitespace();
+        assert!(args.next().unwrap().ends_with("/tessera"));
+        let cli = Cli::try_parse_from(std::iter::once("tessera").chain(args)).unwrap();
+        assert!(matches!(cli.command, Command::Server { .. }));
+        assert_eq!(value("ExecReload"), ["/bin/kill -HUP $MAINPID"]);
+        assert_eq!(value("KillSignal"), ["SIGTERM"]);
+        assert_eq!(value("NoNewPrivileges"), ["yes"]);
+        assert_eq!(value("ProtectSystem"), ["strict"]);
+    }
 
     /// A proof is base64url: one in 64 starts with `-`, which must not be
     /// taken for a flag.

@@ -26,6 +26,7 @@ pub mod master;
 pub mod pool;
 mod quota;
 pub mod refusal;
+pub mod reload;
 mod report_log;
 pub mod seams;
 pub mod service;

@@ -55,6 +55,8 @@ pub enum StartError {
 pub struct Running {
     pub address: SocketAddr,
     pub done: tokio::task::JoinHandle<()>,
+    /// The server's state, for [`crate::reload::reload`].
+    pub app: Arc<App>,
 }
 
 /// The installed copy of the pool file in the data directory.
@@ -191,9 +193,9 @@ where
     ));
     app.watch_clock();
     background::follow_control(&app, lost_store, &config);
-    let done = tokio::spawn(serve(app, listener, config, vid, shutdown));
+    let done = tokio::spawn(serve(app.clone(), listener, config, vid, shutdown));
     tracing::info!("listening on {address}");
-    Ok(Running { address, done })
+    Ok(Running { address, done, app })
 }
 
 /// This server's peer credential must be the one its pool file entry names,

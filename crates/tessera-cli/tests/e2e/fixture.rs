@@ -528,6 +528,12 @@ impl Server {
         }
     }
 
+    /// Sends SIGHUP: the server reads its config and pool file again.
+    pub fn hangup(&self) {
+        let process = self.process.as_ref().expect("the server is running");
+        assert!(process.signal(libc::SIGHUP), "the server has exited");
+    }
+
     /// Sends SIGTERM and waits (bounded) for the process to exit.
     pub async fn terminate(&mut self) -> ExitStatus {
         let process = self.process.take().expect("the server is running");

@@ -20,6 +20,8 @@
 //!   license the vendor signs for it; a config that claims a hostid.
 //! - [`queue`]: programs waiting for seats, in order, through a leader kill.
 //! - [`report`]: the report log over a scripted day, and `tessera report`.
+//! - [`service`]: `tessera server` under a service manager: SIGHUP reloads,
+//!   SIGTERM stops cleanly; `tessera demo --keep` stops on SIGTERM.
 //! - [`status`]: `tessera status` from any server answers for the whole
 //!   pool, and names a server that does not answer.
 //! - [`temporary`]: temporary licenses (seed 004) through the HTTP API.
@@ -38,6 +40,7 @@ mod queue;
 mod report;
 mod restart;
 mod seats;
+mod service;
 mod status;
 mod temporary;
 mod trust;
