@@ -17,12 +17,16 @@
 //!   so their beliefs last longest;
 //! - **disks**: redb runs on a simulated disk that loses unsynced writes in a
 //!   crash and can be slow or replaced ([`disk`]).
+//!
+//! A third of the seeds also give the feature pool-wide `reserve` and `max`
+//! rules, and their programs run as users those rules name ([`rules`]).
 
 pub mod clock;
 pub mod disk;
 pub mod net;
 pub mod plan;
 pub mod programs;
+pub mod rules;
 pub mod scenario;
 pub mod trace;
 
@@ -33,7 +37,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rand::rngs::StdRng;
-use rand::SeedableRng;
+use rand::{Rng, SeedableRng};
 use tessera_server::seams::Mutations;
 
 use crate::disk::SimDisk;
@@ -74,6 +78,14 @@ pub struct Options {
     pub mutations: Mutations,
     /// A fault schedule to run instead of the seed's own.
     pub plan: Option<Vec<Episode>>,
+    /// A third of the seeds draw `reserve` and `max` rules ([`rules`]).
+    /// Off, every seed runs as it did before there were rules: the draw
+    /// comes after every other, so it changes no other choice of a seed,
+    /// but the rules change its story.
+    pub rules: bool,
+    /// The seeds' rules are left out of the servers' pool files, so nothing
+    /// enforces them: the rules' checker must object.
+    pub withhold_rules: bool,
 }
 
 impl Default for Options {
@@ -91,6 +103,8 @@ impl Default for Options {
             host_codes: false,
             mutations: Mutations::default(),
             plan: None,
+            rules: true,
+            withhold_rules: false,
         }
     }
 }
@@ -104,6 +118,8 @@ pub struct Report {
     /// The hard limit at the end (added codes raise it).
     pub hard_limit_final: u32,
     pub programs: usize,
+    /// The feature's `reserve` and `max` rules, if the seed drew them.
+    pub rules: Option<String>,
     /// The fault schedule, one line an episode.
     pub schedule: Vec<String>,
     pub counts: Counts,
@@ -127,13 +143,16 @@ impl Report {
     /// A failure report: the seed, how to replay it, the schedule, what broke.
     pub fn explain(&self) -> String {
         let mut out = format!(
-            "seed {} ({} servers, hard limit {}, {} programs): {} violation(s)\n\
+            "seed {} ({} servers, hard limit {}, {} programs{}): {} violation(s)\n\
              replay: cargo run --release -p tessera-sim -- --seed {} --verbose\n\
              fault schedule:\n",
             self.seed,
             self.servers,
             self.hard_limit,
             self.programs,
+            self.rules
+                .as_ref()
+                .map_or(String::new(), |rules| format!(", rules {rules}")),
             self.violations.len(),
             self.seed
         );
@@ -306,6 +325,7 @@ struct Running {
     servers: usize,
     hard_limit: u32,
     programs: usize,
+    rules: Option<String>,
     schedule: Vec<String>,
     trace: Shared,
 }
@@ -318,6 +338,7 @@ fn panicked(seed: u64, what: String) -> Report {
         hard_limit: 0,
         hard_limit_final: 0,
         programs: 0,
+        rules: None,
         schedule: Vec::new(),
         counts: Counts::default(),
         peak_seats: 0,
@@ -333,6 +354,7 @@ fn panicked(seed: u64, what: String) -> Report {
         report.hard_limit = running.hard_limit;
         report.hard_limit_final = trace.hard_limit_now();
         report.programs = running.programs;
+        report.rules = running.rules;
         report.schedule = running.schedule;
         report.counts = trace.counts.clone();
         report.violations = trace.violations.clone();
@@ -351,7 +373,7 @@ fn panicked(seed: u64, what: String) -> Report {
 
 fn run_here(seed: u64, options: &Options) -> Report {
     let mut rng = StdRng::seed_from_u64(seed);
-    let scenario = Scenario::new(&mut rng, options);
+    let mut scenario = Scenario::new(&mut rng, options);
     let client_hosts: Vec<String> = (1..=options.client_hosts)
         .map(|i| format!("client-{i}"))
         .collect();
@@ -361,6 +383,15 @@ fn run_here(seed: u64, options: &Options) -> Report {
         scenario.servers.len(),
         client_hosts.len(),
     );
+    // Last, so that every other choice of the seed is what it was before
+    // there were rules.
+    if options.rules && rng.gen_ratio(1, 3) {
+        let drawn = rules::draw(&mut rng, scenario.hard_limit);
+        scenario.set_rules(rules::Rules {
+            withheld: options.withhold_rules,
+            ..drawn
+        });
+    }
     let runner = Runner::new(seed, options, &scenario, client_hosts, episodes);
     let mut sim = runner.build_sim(seed);
     let simulated = runner.drive(&mut sim);
@@ -368,12 +399,14 @@ fn run_here(seed: u64, options: &Options) -> Report {
     RUNNING.with(|running| running.borrow_mut().take());
     let mut trace = runner.trace.lock();
     let peak_seats = trace.over_issue(simulated);
+    trace.rules(simulated);
     Report {
         seed,
         servers: scenario.servers.len(),
         hard_limit: scenario.hard_limit,
         hard_limit_final: trace.hard_limit_now(),
         programs: scenario.programs,
+        rules: scenario.rules.as_ref().map(|rules| rules.summary.clone()),
         schedule: runner.schedule.clone(),
         counts: trace.counts.clone(),
         peak_seats,
@@ -474,11 +507,17 @@ impl Runner {
                 .filter_map(|s| s.hostid.clone())
                 .collect(),
         );
+        // The core parses the rules from the pool file, and the checker
+        // judges by what it parsed.
+        if let Some((policy, nominal)) = scenario.rules_policy() {
+            trace.lock().set_rules(policy, nominal);
+        }
         RUNNING.with(|running| {
             *running.borrow_mut() = Some(Running {
                 servers,
                 hard_limit: scenario.hard_limit,
                 programs: scenario.programs,
+                rules: scenario.rules.as_ref().map(|rules| rules.summary.clone()),
                 schedule: schedule.clone(),
                 trace: trace.clone(),
             });

@@ -4,6 +4,8 @@
 //! tessera-sim --seed 42 --verbose          # one run, its story and verdict
 //! tessera-sim --seeds 100000 --jobs 2      # a soak: progress, then a summary
 //! tessera-sim --seeds 200 --mutation issue-without-quorum   # the checkers must object
+//! tessera-sim --seed 1806 --no-rules     # a seed as it ran before reserve and max rules
+//! tessera-sim --seeds 20 --withhold-rules   # servers not told the rules: the checker must object
 //! ```
 
 use std::io::Write as _;
@@ -62,6 +64,14 @@ struct Args {
     /// seats.
     #[arg(long)]
     host_codes: bool,
+    /// Give no seed `reserve` and `max` rules (by default a third draw
+    /// them): seeds found before there were rules replay as they ran then.
+    #[arg(long)]
+    no_rules: bool,
+    /// Leave the seeds' rules out of the servers' pool files: nothing
+    /// enforces them, and the rules' checker must object.
+    #[arg(long, conflicts_with = "no_rules")]
+    withhold_rules: bool,
     /// Deliberately break the server: issue-without-quorum, reassign-without-wait,
     /// vote-while-catching-up or hand-over-without-wait.
     #[arg(long)]
@@ -110,6 +120,8 @@ fn real_main() -> Result<i32> {
         faults: !args.no_faults,
         host_codes: args.host_codes,
         mutations: mutations(args.mutation.as_deref())?,
+        rules: !args.no_rules,
+        withhold_rules: args.withhold_rules,
         ..Options::default()
     };
     if let Some(seed) = args.seed {
@@ -148,8 +160,8 @@ fn print_one(report: &Report) {
     println!(
         "seed {}: {} servers, hard limit {}, {} programs, {:.1} s simulated; {} faults; \
          {} grants ({} temporary licenses), {} renewals, {} fail-overs, {} hand-overs, \
-         {} refusals, {} admin changes, {} restores checked, {} states applied; peak {} of {} \
-         seats; digest {}",
+         {} refusals ({} by a max, {} by reserves), {} admin changes, {} restores checked, {} \
+         states applied; peak {} of {} seats; {}; digest {}",
         report.seed,
         report.servers,
         report.hard_limit,
@@ -162,11 +174,17 @@ fn print_one(report: &Report) {
         report.counts.fail_overs,
         report.counts.hand_overs,
         report.counts.refusals,
+        report.counts.refused_by_max,
+        report.counts.refused_by_reserve,
         report.counts.admin_changes,
         report.counts.restores_checked,
         report.counts.states_applied,
         report.peak_seats,
         report.hard_limit_final,
+        report
+            .rules
+            .as_ref()
+            .map_or("no rules".to_string(), |rules| format!("rules {rules}")),
         report.digest.get(..16).unwrap_or("-"),
     );
     if report.passed() {
@@ -184,6 +202,10 @@ struct Totals {
     temporaries: u64,
     fail_overs: u64,
     hand_overs: u64,
+    /// Seeds with `reserve` and `max` rules, and their refusals by them.
+    with_rules: u64,
+    refused_by_max: u64,
+    refused_by_reserve: u64,
     failed: Vec<u64>,
     violations: u64,
 }
@@ -216,6 +238,9 @@ fn soak(args: &Args, options: &Options, seeds: u64) -> Result<i32> {
                 totals.temporaries += report.counts.temporaries;
                 totals.fail_overs += report.counts.fail_overs;
                 totals.hand_overs += report.counts.hand_overs;
+                totals.with_rules += u64::from(report.rules.is_some());
+                totals.refused_by_max += report.counts.refused_by_max;
+                totals.refused_by_reserve += report.counts.refused_by_reserve;
                 if !report.passed() {
                     totals.failed.push(seed);
                     totals.violations += report.violations.len() as u64;
@@ -235,7 +260,8 @@ fn soak(args: &Args, options: &Options, seeds: u64) -> Result<i32> {
     eprintln!();
     println!(
         "{} seeds ({}..{}) in {:.0} s: {} faults injected, {} grants issued ({} temporary \
-         licenses), {} fail-overs, {} hand-overs, {} violations in {} seeds{}",
+         licenses), {} fail-overs, {} hand-overs; {} seeds with rules, {} refusals by a max, \
+         {} by reserves; {} violations in {} seeds{}",
         totals.runs,
         args.from,
         args.from + totals.runs,
@@ -245,6 +271,9 @@ fn soak(args: &Args, options: &Options, seeds: u64) -> Result<i32> {
         totals.temporaries,
         totals.fail_overs,
         totals.hand_overs,
+        totals.with_rules,
+        totals.refused_by_max,
+        totals.refused_by_reserve,
         totals.violations,
         totals.failed.len(),
         if totals.failed.is_empty() {

@@ -21,8 +21,9 @@ use tokio::time::{sleep, sleep_until, Instant};
 use crate::clock::{true_now, SimClock};
 use crate::disk::{SimDisk, SimDiskSeam};
 use crate::net::{NetKnobs, SimListener, SimTransport};
+use crate::rules;
 use crate::scenario::{self, Scenario, EPOCH_UNIX_MS, FEATURE, VERSION};
-use crate::trace::{Shared, TraceObserver};
+use crate::trace::{Shared, TraceObserver, Whose};
 
 /// Where the run is; the runner moves it forward, the machines read it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -173,16 +174,25 @@ pub async fn client_machine(
         let mut config = ClientConfig::new(order);
         config.client_id = name.replace(['/', '.'], "-");
         config.user = config.client_id.clone();
+        if ctx.scenario.rules.is_some() {
+            // Users the rules name, so they bite; each program a device of
+            // its own, or programs of one user would share one temporary
+            // license (a ticket holds one license per device).
+            let mut users = StdRng::seed_from_u64(mix(ctx.seed, "user", index as u64));
+            config.user = rules::user_of(&mut users).to_string();
+            config.device = format!("dev-{}", config.client_id);
+        }
         config.host = host.clone();
         // Programs check every answer against the vendor's key, as shipped programs do.
         config.trust = Trust::Vendor(vec![ctx.scenario.vendor()]);
         config.clock_file = None;
         config.temporary_dir = None;
         config.wall_clock = sim_wall_clock();
+        let whose = Whose::new(&config.user, &config.host);
         let client =
             Client::with_transport(config, ctx.transport(&host, 1 + index as u64 * 100 + boot))
                 .expect("a valid client configuration");
-        programs.spawn(program(ctx.clone(), name, client, rng));
+        programs.spawn(program(ctx.clone(), name, whose, client, rng));
     }
     while programs.join_next().await.is_some() {}
     Ok(())
@@ -208,7 +218,7 @@ async fn temporary(ctx: &Ctx, name: &str, client: &Client, rng: &mut StdRng) {
     let license = match client.activate(FEATURE, VERSION, None).await {
         Ok(license) => license,
         Err(err) => {
-            ctx.trace.lock().refused(name, &err.to_string());
+            ctx.trace.lock().refused(name, &err);
             sleep(Duration::from_millis(rng.gen_range(100..700))).await;
             return;
         }
@@ -217,6 +227,8 @@ async fn temporary(ctx: &Ctx, name: &str, client: &Client, rng: &mut StdRng) {
     let until = Duration::from_millis((token.expires_unix_ms - EPOCH_UNIX_MS).max(0) as u64);
     ctx.trace.lock().temporary(
         name,
+        // The pool counts a temporary license as its ticket's on its device.
+        &Whose::new(&token.ticket, &token.device),
         &token.license_id,
         token.seats,
         &token.server_id,
@@ -235,7 +247,7 @@ async fn temporary(ctx: &Ctx, name: &str, client: &Client, rng: &mut StdRng) {
     }
 }
 
-async fn program(ctx: Arc<Ctx>, name: String, client: Client, mut rng: StdRng) {
+async fn program(ctx: Arc<Ctx>, name: String, whose: Whose, client: Client, mut rng: StdRng) {
     const CHECKOUTS_MAX: usize = 10_000;
     for _ in 0..CHECKOUTS_MAX {
         if ctx.phase() != Phase::Work {
@@ -249,7 +261,7 @@ async fn program(ctx: Arc<Ctx>, name: String, client: Client, mut rng: StdRng) {
         let seat = match client.checkout(FEATURE, VERSION, count).await {
             Ok(seat) => seat,
             Err(err) => {
-                ctx.trace.lock().refused(&name, &err.to_string());
+                ctx.trace.lock().refused(&name, &err);
                 sleep(Duration::from_millis(rng.gen_range(100..700))).await;
                 continue;
             }
@@ -257,6 +269,7 @@ async fn program(ctx: Arc<Ctx>, name: String, client: Client, mut rng: StdRng) {
         let grant = seat.grant_id();
         ctx.trace.lock().granted(
             &name,
+            &whose,
             &grant,
             count,
             &seat.server_id(),
@@ -399,7 +412,13 @@ async fn change_pool(
             let mut codes = ctx.scenario.codes.clone();
             codes.extend(extra_codes.iter().cloned());
             let distribution = scenario::random_distribution(rng, servers, limit);
-            let text = scenario::pool_text(sequence + 1, servers, &distribution, &codes);
+            let text = scenario::pool_text(
+                sequence + 1,
+                servers,
+                &distribution,
+                &codes,
+                ctx.scenario.policy_text(),
+            );
             let outcome = post(
                 transport,
                 &address,
@@ -476,12 +495,19 @@ async fn probe(ctx: &Ctx, boot: u64) {
     let deadline = started + PROBE_BOUND;
     let mut seats = Vec::new();
     let mut last_error = String::new();
-    let client_for = |index: u32| {
+    // Under rules, seats a reserve keeps go only to those it counts: the
+    // probe asks as a user no rule names, and as these when the rules
+    // refuse that one.
+    let reserved_users = ctx
+        .scenario
+        .rules_policy()
+        .map_or_else(Vec::new, |(policy, _)| rules::reserved_users(&policy));
+    let client_for = |index: u32, user: Option<&str>| {
         let mut order = ctx.addresses();
         order.rotate_left(index as usize % servers);
         let mut config = ClientConfig::new(order);
         config.client_id = format!("probe-{index}");
-        config.user = config.client_id.clone();
+        config.user = user.map_or_else(|| config.client_id.clone(), str::to_string);
         config.host = "admin".into();
         config.trust = Trust::Vendor(vec![ctx.scenario.vendor()]);
         config.clock_file = None;
@@ -499,7 +525,7 @@ async fn probe(ctx: &Ctx, boot: u64) {
     // servable seat: the probe then asks for what is certainly left, and
     // the over-issue checker judges the rest.
     let temporary_out = || async {
-        match client_for(0).status().await {
+        match client_for(0, None).status().await {
             Ok(status) => status
                 .features
                 .iter()
@@ -516,24 +542,38 @@ async fn probe(ctx: &Ctx, boot: u64) {
     let out = out_seats;
     let mut index = 0;
     while index < limit && Instant::now() < deadline {
-        let client = client_for(index);
-        match client.checkout(FEATURE, VERSION, 1).await {
-            Ok(seat) => {
-                let name = format!("probe/{index}");
-                ctx.trace.lock().granted(
-                    &name,
-                    &seat.grant_id(),
-                    1,
-                    &seat.server_id(),
-                    to_true(seat.valid_until()),
-                );
-                seats.push(seat);
-                index += 1;
+        let users = std::iter::once(None).chain(reserved_users.iter().copied().map(Some));
+        let mut taken = false;
+        for user in users {
+            let client = client_for(index, user);
+            match client.checkout(FEATURE, VERSION, 1).await {
+                Ok(seat) => {
+                    let name = format!("probe/{index}");
+                    let user = user.map_or_else(|| format!("probe-{index}"), str::to_string);
+                    ctx.trace.lock().granted(
+                        &name,
+                        &Whose::new(&user, "admin"),
+                        &seat.grant_id(),
+                        1,
+                        &seat.server_id(),
+                        to_true(seat.valid_until()),
+                    );
+                    seats.push(seat);
+                    index += 1;
+                    taken = true;
+                    break;
+                }
+                Err(err) => {
+                    last_error = err.to_string();
+                    // Refused by the rules: another user may have the seat.
+                    if rules::refusal(&err).is_none() {
+                        break;
+                    }
+                }
             }
-            Err(err) => {
-                last_error = err.to_string();
-                sleep(Duration::from_millis(200)).await;
-            }
+        }
+        if !taken {
+            sleep(Duration::from_millis(200)).await;
         }
     }
     let took = Instant::now() - started;
@@ -553,7 +593,7 @@ async fn probe(ctx: &Ctx, boot: u64) {
             &format!("all {limit} free seats checked out; temporary licenses came back meanwhile"),
         );
     } else {
-        let extra = client_for(limit).checkout(FEATURE, VERSION, 1).await;
+        let extra = client_for(limit, None).checkout(FEATURE, VERSION, 1).await;
         let mut trace = ctx.trace.lock();
         match extra {
             Err(err) if err.code() == Some(ErrorCode::NoSeatsAvailable) => {
@@ -570,6 +610,7 @@ async fn probe(ctx: &Ctx, boot: u64) {
                 let grant = seat.grant_id();
                 trace.granted(
                     "probe/extra",
+                    &Whose::new(&format!("probe-{limit}"), "admin"),
                     &grant,
                     1,
                     &seat.server_id(),

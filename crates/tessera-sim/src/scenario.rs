@@ -12,6 +12,7 @@ use tessera_core::{
 };
 use tessera_server::ServerConfig;
 
+use crate::rules::Rules;
 use crate::Options;
 
 pub const VENDOR: &str = "acme";
@@ -72,6 +73,11 @@ pub struct Scenario {
     pub codes: Vec<LicenseCode>,
     /// Each server serves only its own host's code ([`Options::host_codes`]).
     pub host_codes: bool,
+    /// The pool file's distribution at the start.
+    pub distribution: Option<BTreeMap<String, u32>>,
+    /// The feature's pool-wide `reserve` and `max` rules, if the seed drew
+    /// them ([`Scenario::set_rules`]).
+    pub rules: Option<Rules>,
 }
 
 pub const SERVER_IDS: [&str; 7] = ["A", "B", "C", "D", "E", "F", "G"];
@@ -128,7 +134,7 @@ impl Scenario {
         };
         let nominal = hard_limit * codes.len() as u32;
         let distribution = random_distribution(rng, &servers, nominal);
-        let pool_text = pool_text(1, &servers, &distribution, &codes);
+        let pool_text = pool_text(1, &servers, &distribution, &codes, "");
         Scenario {
             servers,
             hard_limit,
@@ -139,7 +145,48 @@ impl Scenario {
             pool_text,
             codes,
             host_codes: options.host_codes,
+            distribution,
+            rules: None,
         }
+    }
+
+    /// Gives the feature `rules`: the pool file carries them from the
+    /// start, and the administrator's pool files keep them
+    /// ([`Scenario::policy_text`]), unless they are
+    /// [withheld](Rules::withheld).
+    pub fn set_rules(&mut self, rules: Rules) {
+        self.rules = Some(rules);
+        self.pool_text = pool_text(
+            1,
+            &self.servers,
+            &self.distribution,
+            &self.codes,
+            self.policy_text(),
+        );
+    }
+
+    /// The `[policy]` tables every pool file the servers get carries:
+    /// empty without rules, or with rules withheld.
+    pub fn policy_text(&self) -> &str {
+        match &self.rules {
+            Some(rules) if !rules.withheld => &rules.text,
+            _ => "",
+        }
+    }
+
+    /// The rules the checker judges by, as the core parses them from the
+    /// first pool file (with them, even where they are withheld from the
+    /// servers), and the feature's nominal seats in it.
+    pub fn rules_policy(&self) -> Option<(tessera_core::policy::Policy, u64)> {
+        let rules = self.rules.as_ref()?;
+        let text = pool_text(
+            1,
+            &self.servers,
+            &self.distribution,
+            &self.codes,
+            &rules.text,
+        );
+        Some(crate::rules::parse(&text))
     }
 
     pub fn vendor(&self) -> VendorPublicKey {
@@ -249,12 +296,14 @@ pub fn peer_credential(id: &str) -> String {
     format!("simulated-peer-credential-of-server-{id}")
 }
 
-/// The pool file: servers in priority order, the distribution, the codes.
+/// The pool file: servers in priority order, the distribution, the
+/// `[policy]` tables (`policy`, as written), the codes.
 pub fn pool_text(
     sequence: u64,
     servers: &[ServerSpec],
     distribution: &Option<BTreeMap<String, u32>>,
     codes: &[LicenseCode],
+    policy: &str,
 ) -> String {
     let mut text = format!("pool_id = \"{POOL_ID}\"\nsequence = {sequence}\n\n");
     for server in servers {
@@ -276,6 +325,7 @@ pub fn pool_text(
         }
         text.push('\n');
     }
+    text.push_str(policy);
     text.push_str(&LicenseCode::write_file(codes));
     text
 }

@@ -15,6 +15,10 @@
 //! - **Issuer invariants** ([`TraceObserver::invariant_broken`]): after every
 //!   change, each server's tables add up and its counted grants hold exactly
 //!   the seats its table says are in use.
+//! - **Pool-wide rules** ([`Trace::rules`]): where the seed drew `reserve`
+//!   and `max` rules, the seats the programs believed valid, by user, never
+//!   break them at any instant the over-issue checker looks at
+//!   ([`crate::rules::breaches`] says what is checked).
 //! - **Liveness** is judged by the probe (see `programs.rs`) and recorded here.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -23,10 +27,13 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
+use tessera_client::ClientError;
+use tessera_core::policy::Policy;
 use tessera_core::ControlState;
 use tessera_server::seams::Observer;
 
 use crate::clock::true_now;
+use crate::rules::{self, RuleKind};
 use crate::scenario::FEATURE;
 
 /// The checker of the states servers applied at each log index.
@@ -40,10 +47,29 @@ pub struct Violation {
     pub what: String,
 }
 
+/// Whose seats a grant holds, as the pool's rules judge them: the user and
+/// host its program sent (for a temporary license, its token's ticket and
+/// device).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Whose {
+    pub user: String,
+    pub host: String,
+}
+
+impl Whose {
+    pub fn new(user: &str, host: &str) -> Whose {
+        Whose {
+            user: user.to_string(),
+            host: host.to_string(),
+        }
+    }
+}
+
 /// A grant as its program believed in it.
 #[derive(Clone, Debug)]
 struct Belief {
     program: String,
+    whose: Whose,
     count: u32,
     /// When the program got the answer.
     start: Duration,
@@ -57,6 +83,13 @@ impl Belief {
     fn stop(&self) -> Duration {
         self.end.map_or(self.until, |end| end.min(self.until))
     }
+
+    /// When the program believed in the grant, cut at `until`; `None` if
+    /// never. Every checker of beliefs judges these same spans.
+    fn span(&self, until: Duration) -> Option<(Duration, Duration)> {
+        let stop = self.stop().min(until);
+        (stop > self.start).then_some((self.start, stop))
+    }
 }
 
 /// Totals for the report.
@@ -66,6 +99,10 @@ pub struct Counts {
     /// Temporary licenses taken (seed 004).
     pub temporaries: u64,
     pub refusals: u64,
+    /// Refusals because a `max` rule was reached.
+    pub refused_by_max: u64,
+    /// Refusals because the free seats were kept by `reserve` rules.
+    pub refused_by_reserve: u64,
     pub renewals: u64,
     pub fail_overs: u64,
     pub lost_seats: u64,
@@ -101,6 +138,12 @@ pub struct Trace {
     /// the most seats one server serves (codes for any host, and its own),
     /// not the seats of every code.
     hostids: Vec<String>,
+    /// The feature's `reserve` and `max` rules, as the core parsed them
+    /// from the pool file, if the seed drew them.
+    rules: Option<Policy>,
+    /// When the feature's nominal seats (every code's) grew, as committed
+    /// states show: the total the reserves are judged against.
+    nominal: Vec<(Duration, u64)>,
     pub violations: Vec<Violation>,
     pub counts: Counts,
 }
@@ -167,6 +210,13 @@ impl Trace {
         self.limits = vec![(Duration::ZERO, seats)];
     }
 
+    /// The feature's `reserve` and `max` rules, and its nominal seats at
+    /// the start.
+    pub fn set_rules(&mut self, rules: Policy, nominal: u64) {
+        self.rules = Some(rules);
+        self.nominal = vec![(Duration::ZERO, nominal)];
+    }
+
     pub fn hard_limit_now(&self) -> u32 {
         self.limits.last().map_or(0, |(_, seats)| *seats)
     }
@@ -176,6 +226,7 @@ impl Trace {
     pub fn granted(
         &mut self,
         program: &str,
+        whose: &Whose,
         grant: &str,
         count: u32,
         server: &str,
@@ -187,6 +238,7 @@ impl Trace {
             grant.to_string(),
             Belief {
                 program: program.to_string(),
+                whose: whose.clone(),
                 count,
                 start: true_now(),
                 until,
@@ -203,6 +255,7 @@ impl Trace {
     pub fn temporary(
         &mut self,
         program: &str,
+        whose: &Whose,
         license: &str,
         seats: u32,
         server: &str,
@@ -218,6 +271,7 @@ impl Trace {
             license.to_string(),
             Belief {
                 program: program.to_string(),
+                whose: whose.clone(),
                 count: seats,
                 start: true_now(),
                 until,
@@ -226,9 +280,14 @@ impl Trace {
         );
     }
 
-    pub fn refused(&mut self, program: &str, why: &str) {
+    pub fn refused(&mut self, program: &str, err: &ClientError) {
         self.counts.refusals += 1;
-        self.note(program, &format!("refused: {why}"));
+        match rules::refusal(err) {
+            Some(RuleKind::Max) => self.counts.refused_by_max += 1,
+            Some(RuleKind::Reserve) => self.counts.refused_by_reserve += 1,
+            None => {}
+        }
+        self.note(program, &format!("refused: {err}"));
     }
 
     /// The program saw its seat renewed (or moved to another server).
@@ -418,6 +477,10 @@ impl Trace {
                     self.limits.push((true_now(), seats));
                     self.note(server, &format!("hard limit now {seats}"));
                 }
+                if self.rules.is_some() && self.nominal.last().is_some_and(|(_, n)| code_seats > *n)
+                {
+                    self.nominal.push((true_now(), code_seats));
+                }
             }
         }
         let bytes = serde_json::to_vec(state).unwrap_or_default();
@@ -447,11 +510,10 @@ impl Trace {
     pub fn over_issue(&mut self, until: Duration) -> u32 {
         let mut changes: BTreeMap<Duration, i64> = BTreeMap::new();
         for belief in self.beliefs.values() {
-            let stop = belief.stop().min(until);
-            if stop <= belief.start {
+            let Some((start, stop)) = belief.span(until) else {
                 continue;
-            }
-            *changes.entry(belief.start).or_default() += i64::from(belief.count);
+            };
+            *changes.entry(start).or_default() += i64::from(belief.count);
             *changes.entry(stop).or_default() -= i64::from(belief.count);
         }
         let mut held: i64 = 0;
@@ -479,6 +541,107 @@ impl Trace {
             });
         }
         peak as u32
+    }
+
+    // ----- the checker of the pool-wide rules -----
+
+    /// Sweeps the beliefs as [`Trace::over_issue`] does and, at each instant
+    /// it looks at, judges the seats believed valid, by whose they are,
+    /// against the feature's `reserve` and `max` rules
+    /// ([`rules::breaches`]); records a violation for each rule broken (the
+    /// first few instants of each).
+    pub fn rules(&mut self, until: Duration) {
+        const REPORTED_MAX: usize = 5;
+        let Some(policy) = &self.rules else {
+            return;
+        };
+        let mut changes: BTreeMap<Duration, BTreeMap<&Whose, i64>> = BTreeMap::new();
+        for belief in self.beliefs.values() {
+            let Some((start, stop)) = belief.span(until) else {
+                continue;
+            };
+            let count = i64::from(belief.count);
+            *changes
+                .entry(start)
+                .or_default()
+                .entry(&belief.whose)
+                .or_default() += count;
+            *changes
+                .entry(stop)
+                .or_default()
+                .entry(&belief.whose)
+                .or_default() -= count;
+        }
+        let mut held: BTreeMap<&Whose, i64> = BTreeMap::new();
+        let mut found: Vec<(Duration, rules::Breach, u64)> = Vec::new();
+        let (mut max_reported, mut reserve_reported) = (0, 0);
+        for (at, change) in changes {
+            for (whose, delta) in change {
+                let seats = held.entry(whose).or_default();
+                *seats += delta;
+                if *seats == 0 {
+                    held.remove(whose);
+                }
+            }
+            let holding: Vec<_> = held
+                .iter()
+                .map(|(whose, &seats)| {
+                    (
+                        rules::asker(&whose.user, &whose.host),
+                        u32::try_from(seats).unwrap_or(0),
+                    )
+                })
+                .collect();
+            let total = self.nominal_at(at);
+            for breach in rules::breaches(policy, total, &holding) {
+                let reported = match breach.kind {
+                    RuleKind::Max => &mut max_reported,
+                    RuleKind::Reserve => &mut reserve_reported,
+                };
+                if *reported < REPORTED_MAX {
+                    *reported += 1;
+                    found.push((at, breach, total));
+                }
+            }
+        }
+        for (at, breach, total) in found {
+            let checker = match breach.kind {
+                RuleKind::Max => "policy-max",
+                RuleKind::Reserve => "policy-reserve",
+            };
+            let by_user = self.seats_by_user_at(at);
+            let holders = self.holders_at(at);
+            self.violations.push(Violation {
+                at,
+                checker,
+                what: format!(
+                    "at {:.3} s, of {total} nominal seats, {}; seats by user: {by_user:?}; \
+                     {holders}",
+                    at.as_secs_f64(),
+                    breach.what
+                ),
+            });
+        }
+    }
+
+    /// The feature's nominal seats at `at`, as committed so far.
+    fn nominal_at(&self, at: Duration) -> u64 {
+        self.nominal
+            .iter()
+            .filter(|(since, _)| *since <= at)
+            .map(|(_, seats)| *seats)
+            .max()
+            .unwrap_or(0)
+    }
+
+    fn seats_by_user_at(&self, at: Duration) -> BTreeMap<&str, u32> {
+        let mut by_user: BTreeMap<&str, u32> = BTreeMap::new();
+        for belief in self.beliefs.values() {
+            if belief.start <= at && at < belief.stop() {
+                *by_user.entry(belief.whose.user.as_str()).or_default() += belief.count;
+            }
+        }
+        by_user
     }
 
     fn limit_at(&self, at: Duration) -> u32 {
@@ -513,9 +676,10 @@ impl Trace {
                 let server = self.holder.get(grant).map_or("?", String::as_str);
                 let _ = write!(
                     out,
-                    "{grant} x{} ({}, last by {server}, until {:.3} s); ",
+                    "{grant} x{} ({} as {}, last by {server}, until {:.3} s); ",
                     belief.count,
                     belief.program,
+                    belief.whose.user,
                     belief.until.as_secs_f64()
                 );
             }
@@ -547,5 +711,104 @@ impl Observer for TraceObserver {
             .lock()
             .dropped
             .insert((server.to_string(), grant_id.to_string()));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::set_between_steps;
+    use crate::rules::tests::{policy, RULES};
+
+    fn at(ms: u64) -> Duration {
+        Duration::from_millis(ms)
+    }
+
+    /// A trace of a feature of `seats` seats under [`RULES`] (2 kept for the
+    /// group, 1 for `dan`; `eve` 1 at most, the group 3).
+    fn traced(seats: u32) -> Trace {
+        let mut trace = Trace::default();
+        trace.set_initial_limit(seats);
+        trace.set_rules(policy(seats, RULES), u64::from(seats));
+        trace
+    }
+
+    /// `user` on client-1 is granted `count` seats at `from` ms, believed
+    /// until `until` ms.
+    fn grant(trace: &mut Trace, grant: &str, user: &str, count: u32, from: u64, until: u64) {
+        set_between_steps(at(from));
+        let whose = Whose::new(user, "client-1");
+        trace.granted(
+            &format!("client-1/{user}"),
+            &whose,
+            grant,
+            count,
+            "A",
+            at(until),
+        );
+    }
+
+    fn checkers(trace: &Trace) -> Vec<(&'static str, Duration)> {
+        trace.violations.iter().map(|v| (v.checker, v.at)).collect()
+    }
+
+    #[test]
+    fn beliefs_within_the_rules_break_none() {
+        let mut trace = traced(6);
+        // Others take the 3 unreserved seats, the group its 2, dan his 1.
+        grant(&mut trace, "g1", "fox", 2, 0, 2_000);
+        grant(&mut trace, "g2", "eve", 1, 100, 2_000);
+        grant(&mut trace, "g3", "ana", 2, 200, 2_000);
+        grant(&mut trace, "g4", "dan", 1, 300, 2_000);
+        // Released by fox, then taken by the group beyond its reserve.
+        set_between_steps(at(1_000));
+        trace.ended("g1", at(2_000), "released");
+        grant(&mut trace, "g5", "ben", 1, 1_000, 2_000);
+        trace.rules(at(5_000));
+        assert_eq!(checkers(&trace), Vec::new(), "{:?}", trace.violations);
+    }
+
+    #[test]
+    fn a_max_believed_beyond_is_a_violation_at_its_instant() {
+        let mut trace = traced(10);
+        grant(&mut trace, "g1", "eve", 1, 0, 2_000);
+        // A temporary license of eve's ticket counts as eve's, on any device.
+        set_between_steps(at(500));
+        let device = Whose::new("eve", "dev-client-2-p4-0");
+        trace.temporary("client-2/p4.0", &device, "ta1", 1, "B", at(9_000));
+        trace.rules(at(5_000));
+        assert_eq!(checkers(&trace), vec![("policy-max", at(500))]);
+        let what = &trace.violations[0].what;
+        assert!(
+            what.contains("max \"1 user:eve\": those it names held 2 seats")
+                && what.contains("of 10 nominal seats")
+                && what.contains("\"eve\": 2"),
+            "{what}"
+        );
+    }
+
+    #[test]
+    fn others_believed_in_reserved_seats_are_a_violation() {
+        let mut trace = traced(6);
+        grant(&mut trace, "g1", "fox", 2, 0, 2_000);
+        grant(&mut trace, "g2", "eve", 1, 100, 2_000);
+        // The group holds none and dan none: only 3 seats were others'.
+        grant(&mut trace, "g3", "carl", 1, 300, 1_000);
+        trace.rules(at(5_000));
+        assert_eq!(checkers(&trace), vec![("policy-reserve", at(300))]);
+        let what = &trace.violations[0].what;
+        assert!(
+            what.contains("others held 4, reserve \"2 group:design\" held 0, reserve \"1 user:dan\" held 0: 7 seats counted")
+                && what.contains("of 6"),
+            "{what}"
+        );
+        // A seat more in the pool's codes, committed before, and it fits.
+        let mut trace = traced(6);
+        trace.nominal.push((at(200), 7));
+        grant(&mut trace, "g1", "fox", 2, 0, 2_000);
+        grant(&mut trace, "g2", "eve", 1, 100, 2_000);
+        grant(&mut trace, "g3", "carl", 1, 300, 1_000);
+        trace.rules(at(5_000));
+        assert_eq!(checkers(&trace), Vec::new());
     }
 }

@@ -31,23 +31,42 @@ fn options() -> Options {
     }
 }
 
+/// A batch of [`BATCH_SEEDS`]: a third of them with `reserve` and `max`
+/// rules, which must have refused checkouts of both kinds, or the rules'
+/// checker judged runs in which they never bit.
 fn check_batch(first: u64) {
-    check_batch_with(first, BATCH_SEEDS, &options());
+    let rules = check_batch_with(first, BATCH_SEEDS, &options());
+    assert!(
+        rules.seeds > 0 && rules.refused_by_max > 0 && rules.refused_by_reserve > 0,
+        "the rules did not bite: {rules:?}"
+    );
 }
 
-fn check_batch_with(first: u64, seeds: u64, options: &Options) {
+/// What the seeds with rules of a batch did.
+#[derive(Debug, Default)]
+struct RulesSeen {
+    seeds: u64,
+    refused_by_max: u64,
+    refused_by_reserve: u64,
+}
+
+fn check_batch_with(first: u64, seeds: u64, options: &Options) -> RulesSeen {
     let mut failed: Vec<Report> = Vec::new();
     let (mut faults, mut grants) = (0, 0);
+    let mut rules = RulesSeen::default();
     for seed in first..first + seeds {
         let report = run(seed, options);
         faults += report.schedule.len();
         grants += report.counts.grants;
+        rules.seeds += u64::from(report.rules.is_some());
+        rules.refused_by_max += report.counts.refused_by_max;
+        rules.refused_by_reserve += report.counts.refused_by_reserve;
         if !report.passed() {
             failed.push(report);
         }
     }
     println!(
-        "seeds {first}..{}: {faults} faults injected, {grants} grants, {} failing",
+        "seeds {first}..{}: {faults} faults injected, {grants} grants, {} failing; {rules:?}",
         first + seeds,
         failed.len()
     );
@@ -59,6 +78,7 @@ fn check_batch_with(first: u64, seeds: u64, options: &Options) {
             report.tail
         );
     }
+    rules
 }
 
 #[test]
@@ -136,6 +156,33 @@ fn reassigning_without_the_safe_wait_is_caught() {
         reassign_without_wait: true,
         ..Mutations::default()
     });
+}
+
+/// With the seeds' `reserve` and `max` rules left out of the servers' pool
+/// files, programs still run as the users the rules name and nothing stops
+/// them: the rules' checker must see a max or a reserve broken within the
+/// first seeds that draw rules.
+#[test]
+fn rules_the_servers_do_not_enforce_are_caught() {
+    let options = Options {
+        withhold_rules: true,
+        ..options()
+    };
+    for seed in 1..=MUTATION_SEEDS_MAX {
+        let report = run(seed, &options);
+        let broken: Vec<&str> = report
+            .violations
+            .iter()
+            .map(|v| v.checker)
+            .filter(|checker| checker.starts_with("policy-"))
+            .collect();
+        if !broken.is_empty() {
+            println!("caught at seed {seed}:\n{}", report.explain());
+            return;
+        }
+        assert!(report.rules.is_none(), "seed {seed} broke no rule it had");
+    }
+    panic!("{MUTATION_SEEDS_MAX} seeds ran with their rules withheld and none was broken");
 }
 
 /// ARCHITECTURE.md, timeline 8: server C (host 2) is cut off from the
@@ -293,11 +340,14 @@ fn check_soak_seeds(seeds: &[u64]) {
     check_soak_seeds_with(seeds, Options::default().lease_s);
 }
 
+/// The seeds were found before there were `reserve` and `max` rules: they
+/// run without, as they ran then.
 fn check_soak_seeds_with(seeds: &[u64], lease_s: std::ops::RangeInclusive<u32>) {
     let options = Options {
         servers: 3..=7,
         seats_per_server: 3..=25,
         lease_s,
+        rules: false,
         ..Options::default()
     };
     for &seed in seeds {
