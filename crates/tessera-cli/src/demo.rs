@@ -411,7 +411,7 @@ fn client_for(trust: &Trust, addresses: &[String], first: usize, user: &str) -> 
 async fn print_status(trust: &Trust, address: &str) -> Result<()> {
     let config = trust.config(vec![address.to_string()]);
     let status = Admin::new(config, trust.read_token.clone())?
-        .status()
+        .pool_status()
         .await?;
     println!();
     print!("{}", view::render(&status));

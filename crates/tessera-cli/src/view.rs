@@ -271,10 +271,18 @@ fn partial(status: &StatusResponse) -> Option<String> {
     let missing: Vec<String> = status
         .unanswered
         .iter()
-        .map(|u| format!("{} ({}): {}", u.id, u.address, u.error))
+        .map(|u| {
+            // The SDK's error names the address again.
+            let error = u
+                .error
+                .strip_prefix(&format!("{}: ", u.address))
+                .unwrap_or(&u.error);
+            format!("server {} at {} did not answer ({error})", u.id, u.address)
+        })
         .collect();
+    let whose = if missing.len() == 1 { "its" } else { "their" };
     Some(format!(
-        "{} did not answer; their seats in use and grants are not counted",
+        "{}; {whose} seats in use and grants are not counted",
         missing.join("; ")
     ))
 }
@@ -752,12 +760,15 @@ mod tests {
         );
         assert!(
             table
-                .contains("PARTIAL: B (lic2.example.com:27001): connection refused did not answer"),
+                .contains("PARTIAL: server B at lic2.example.com:27001 did not answer (connection refused); its seats in use"),
             "{table}"
         );
         let text = render_lmstat(&partial, time::OffsetDateTime::UNIX_EPOCH);
         assert!(
-            text.lines().last().unwrap().starts_with("NOTE: PARTIAL: B"),
+            text.lines()
+                .last()
+                .unwrap()
+                .starts_with("NOTE: PARTIAL: server B"),
             "{text}"
         );
         let whole = render(&status());

@@ -135,7 +135,12 @@ pub fn merge(
                 ..grant
             }));
     }
+    // A grant listed by two servers counts once in the total, too.
+    let listed = status.grants.len();
     status.grants = newest_copies(std::mem::take(&mut status.grants));
+    status.grants_total = status
+        .grants_total
+        .saturating_sub((listed - status.grants.len()) as u64);
     status
 }
 
@@ -154,4 +159,66 @@ fn newest_copies(grants: Vec<GrantStatus>) -> Vec<GrantStatus> {
     let mut grants: Vec<GrantStatus> = by_id.into_values().collect();
     grants.sort_by(|a, b| b.age_ms.cmp(&a.age_ms).then(a.grant_id.cmp(&b.grant_id)));
     grants
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn status(server: &str, pool: &str, grants: &[(&str, u64)], total: u64) -> StatusResponse {
+        let grants: Vec<_> = grants
+            .iter()
+            .map(|(id, expires_in_ms)| {
+                json!({"grant_id": id, "feature": "cad", "count": 1, "client_id": "c",
+                       "user": "u", "host": "h", "version": "1.0", "age_ms": 5,
+                       "expires_in_ms": expires_in_ms})
+            })
+            .collect();
+        serde_json::from_value(json!({
+            "pool_id": pool, "pool_sequence": 1,
+            "server": {"id": server, "address": format!("{server}:1"), "role": "follower",
+                       "leader_id": null, "state": "serving", "software_version": "0",
+                       "uptime_ms": 1, "grace_remaining_ms": null, "hostid": "h"},
+            "servers": [], "features": [], "grants": grants, "grants_total": total
+        }))
+        .unwrap()
+    }
+
+    fn peer(id: &str) -> PeerStatus {
+        PeerStatus {
+            id: id.into(),
+            address: format!("{id}:1"),
+            role: "follower".into(),
+            up: true,
+            last_contact_ms: None,
+        }
+    }
+
+    /// A grant a fail-over left on two servers is listed and counted once,
+    /// as the copy renewed last; a server that answers for another pool, or
+    /// as another server, counts as unanswered.
+    #[test]
+    fn a_grant_on_two_servers_counts_once_and_a_wrong_answer_is_none() {
+        let merged = merge(
+            status("A", "p", &[("g1", 100), ("g2", 100)], 2),
+            vec![
+                (peer("B"), Ok(status("B", "p", &[("g1", 900)], 1))),
+                (peer("C"), Ok(status("C", "other", &[("g3", 1)], 1))),
+                (peer("D"), Ok(status("E", "p", &[("g4", 1)], 1))),
+                (peer("F"), Err("F:1: connection refused".into())),
+            ],
+        );
+        assert!(merged.pool_wide);
+        let held: Vec<(&str, &str)> = merged
+            .grants
+            .iter()
+            .map(|g| (g.grant_id.as_str(), g.server_id.as_str()))
+            .collect();
+        assert_eq!(held, [("g1", "B"), ("g2", "A")]);
+        assert_eq!(merged.grants_total, 2);
+        let unanswered: Vec<&str> = merged.unanswered.iter().map(|u| u.id.as_str()).collect();
+        assert_eq!(unanswered, ["C", "D", "F"]);
+        assert!(merged.unanswered[0].error.contains("pool `other`"));
+    }
 }

@@ -106,7 +106,7 @@ async fn every_server_answers_for_the_whole_pool_and_a_silent_one_is_named() {
     assert_eq!(status.unanswered.len(), 1, "{status:#?}");
     assert_eq!(status.unanswered[0].id, "C");
     let table = tessera(servers[0].cli(&["status"])).await.success().stdout;
-    assert!(table.contains("PARTIAL: C ("), "{table}");
+    assert!(table.contains("PARTIAL: server C at "), "{table}");
     assert!(
         table.contains("seats in use on the servers that answered"),
         "{table}"
@@ -115,5 +115,5 @@ async fn every_server_answers_for_the_whole_pool_and_a_silent_one_is_named() {
         .await
         .success()
         .stdout;
-    assert!(lmstat.contains("NOTE: PARTIAL: C ("), "{lmstat}");
+    assert!(lmstat.contains("NOTE: PARTIAL: server C at "), "{lmstat}");
 }
