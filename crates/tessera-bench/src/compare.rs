@@ -196,8 +196,13 @@ fn verdict(met: bool) -> &'static str {
 }
 
 impl Comparison {
-    /// BENCHMARKS.md: the table, the ratios, the goals, how it was measured.
-    pub fn markdown(&self, date: &str) -> Result<String> {
+    /// BENCHMARKS.md: the table, the ratios, the goals, Tessera against
+    /// `previous` (the file this one replaces), how it was measured.
+    pub fn markdown(
+        &self,
+        date: &str,
+        previous: Option<&crate::previous::Previous>,
+    ) -> Result<String> {
         let tessera = self
             .reports
             .first()
@@ -321,6 +326,7 @@ impl Comparison {
         if let Some(extras) = &self.extras {
             out.push_str(&extras.markdown());
         }
+        out.push_str(&crate::previous::markdown(&self.reports, previous));
         let _ = writeln!(out, "\n## Systems\n");
         let _ = writeln!(
             out,

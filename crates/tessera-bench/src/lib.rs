@@ -8,6 +8,7 @@
 //! - [`peers`]: Redis (Lua semaphore) and etcd (lease and transaction
 //!   semaphore) as targets, each started and stopped by the benchmark.
 //! - [`compare`]: every system in one run, and BENCHMARKS.md.
+//! - [`previous`]: Tessera's figures against the previous BENCHMARKS.md.
 //! - [`http1`]: the load generator's HTTP/1.1 client (hyper's connection API).
 //! - [`report`]: percentiles, the Markdown table and the JSON.
 //! - [`cpu`]: CPU time of the server and of the load generator.
@@ -29,6 +30,7 @@ pub mod failover;
 pub mod http1;
 pub mod load;
 pub mod peers;
+pub mod previous;
 pub mod report;
 pub mod svg;
 pub mod target;

@@ -214,7 +214,11 @@ fn compare(args: CompareArgs) -> Result<bool> {
             "[year]-[month]-[day] [hour]:[minute]:[second] UTC"
         ))
         .context("cannot format the date")?;
-    let markdown = comparison.markdown(&date)?;
+    // The file about to be replaced: Tessera's figures are set against it.
+    let previous = std::fs::read_to_string(&args.out)
+        .ok()
+        .and_then(|text| tessera_bench::previous::parse(&text));
+    let markdown = comparison.markdown(&date, previous.as_ref())?;
     std::fs::write(&args.out, &markdown)
         .with_context(|| format!("cannot write {}", args.out.display()))?;
     print!("{markdown}");

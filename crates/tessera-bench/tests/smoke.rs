@@ -92,7 +92,29 @@ async fn the_smoke_comparison_runs_every_system_without_errors() {
              bash scripts/install-bench-peers.sh)"
         ),
     };
-    let markdown = comparison.markdown("today").unwrap();
+    // The committed BENCHMARKS.md is the previous run: it must read back.
+    let committed = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../BENCHMARKS.md"),
+    )
+    .unwrap();
+    let previous = tessera_bench::previous::parse(&committed)
+        .expect("BENCHMARKS.md has the main table compare writes");
+    let markdown = comparison.markdown("today", Some(&previous)).unwrap();
+    let against = markdown
+        .split("## Against the previous BENCHMARKS.md")
+        .nth(1)
+        .expect("the section against the previous run");
+    for system in [
+        "tessera",
+        "tessera, signed answers",
+        "tessera noop endpoint",
+    ] {
+        assert!(
+            against.contains(&format!("| {system} | "))
+                && !against.contains(&format!("| {system} | new")),
+            "{system} not set against the previous run:\n{against}"
+        );
+    }
     assert_eq!(comparison.reports.len(), 8, "{markdown}");
     for report in &comparison.reports {
         assert_eq!(report.errors_total(), 0, "{}: {markdown}", report.system);
