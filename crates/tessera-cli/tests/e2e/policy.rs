@@ -273,15 +273,7 @@ async fn an_idle_program_loses_its_seat_and_a_display_is_ruled_by_name() {
         .await
         .ok();
     assert_eq!(other["count"], 1);
-    let metrics = server
-        .http
-        .get(&server.address, "/metrics")
-        .send()
-        .await
-        .expect("/metrics answers")
-        .text()
-        .await
-        .expect("/metrics text");
+    let metrics = server.metrics().await;
     assert!(metrics.contains("idle_timeout"), "{metrics}");
     drop(seat);
 }

@@ -138,15 +138,7 @@ async fn a_status_reader_cannot_check_in_or_renew_another_clients_grant() {
     assert!(seat.is_valid());
     // No proof in what anyone can read.
     let status_text = server.get("/v1/status").await.ok().to_string();
-    let metrics = server
-        .http
-        .get(&server.address, "/metrics")
-        .send()
-        .await
-        .expect("/metrics answers")
-        .text()
-        .await
-        .expect("/metrics text");
+    let metrics = server.metrics().await;
     assert!(metrics.contains("grant_proof_invalid"), "{metrics}");
     for proof in [&victim_proof, &own_proof] {
         assert!(

@@ -83,15 +83,7 @@ async fn temporary_licenses_count_against_the_hard_limit_three_devices_a_ticket(
         "{text}"
     );
     assert!(text.contains("ticket alice device pc"), "{text}");
-    let metrics = server
-        .http
-        .get(&server.address, "/metrics")
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = server.metrics().await;
     assert!(
         metrics.contains("tessera_temporary_seats{feature=\"cad\"} 3"),
         "{metrics}"
