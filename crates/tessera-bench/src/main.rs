@@ -218,7 +218,17 @@ fn compare(args: CompareArgs) -> Result<bool> {
     let previous = std::fs::read_to_string(&args.out)
         .ok()
         .and_then(|text| tessera_bench::previous::parse(&text));
-    let markdown = comparison.markdown(&date, previous.as_ref())?;
+    let mut markdown = comparison.markdown(&date, previous.as_ref())?;
+    // The latest profile (scripts/profile-server.sh), kept with the figures.
+    let results = args
+        .out
+        .parent()
+        .unwrap_or(std::path::Path::new("."))
+        .join("bench-results");
+    if let Ok(profile) = std::fs::read_to_string(results.join("profile.md")) {
+        markdown.push('\n');
+        markdown.push_str(&profile);
+    }
     std::fs::write(&args.out, &markdown)
         .with_context(|| format!("cannot write {}", args.out.display()))?;
     print!("{markdown}");
