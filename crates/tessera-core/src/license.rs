@@ -395,6 +395,7 @@ pub struct LicenseCode {
 
 /// The TOML shape of one `[[license]]` table.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct LicenseCodeText {
     pub id: String,

@@ -334,6 +334,7 @@ pub struct MasterLicense {
 
 /// The TOML shape of a master license file.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct MasterLicenseText {
     pub id: String,

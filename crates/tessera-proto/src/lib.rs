@@ -34,6 +34,7 @@ pub const RAFT_INDEX_MAX: u64 = 1 << 62;
 
 /// `POST /v1/checkout`: ask for `count` seats of `feature`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct CheckoutRequest {
     /// Stable id of the client process (the SDK makes one per process).
@@ -73,6 +74,7 @@ pub struct CheckoutRequest {
 
 /// A checkout's wish to wait ([`CheckoutRequest::queue`]).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct QueueAsk {
     /// The ticket of an earlier `queued` answer; none to join the queue.
@@ -86,6 +88,7 @@ pub struct QueueAsk {
 
 /// A place in a feature's queue, as a `queued` answer gives it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct QueuePlace {
     pub ticket: String,
     /// 1: next to be served.
@@ -103,6 +106,7 @@ pub struct QueuePlace {
 /// so that a server that did not issue the grant can convert it into a
 /// checkout for the same count (fail-over).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct HeartbeatRequest {
     pub grant_id: String,
@@ -175,6 +179,7 @@ impl HeartbeatRequest {
 
 /// `POST /v1/checkin`: give a grant's seats back.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct CheckinRequest {
     pub grant_id: String,
@@ -186,6 +191,7 @@ pub struct CheckinRequest {
 
 /// A server of the pool, as clients see it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ServerInfo {
     pub id: String,
     /// `host:port` of its HTTP API.
@@ -194,6 +200,7 @@ pub struct ServerInfo {
 
 /// Answer to a checkout or a heartbeat.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Grant {
     pub grant_id: String,
     pub feature: String,
@@ -234,6 +241,7 @@ pub struct Grant {
 /// A server's signature of one answer, and what a program needs to check
 /// it offline against its vendor's keys.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct SignedAnswer {
     /// The server's answer key: base64 of the Ed25519 public key.
@@ -258,6 +266,7 @@ pub struct SignedAnswer {
 /// A production server's chain to its vendor: the master licenses of its
 /// VID (vendor-signed) and its current certificate, which names its answer key.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct AnswerChain {
     pub master_licenses: Vec<MasterLicenseText>,
@@ -268,6 +277,7 @@ pub struct AnswerChain {
 /// signature over their canonical form (PROTOCOL.md, "Master licenses and
 /// VID certificates"). The holder checks it against the master license.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct VidCertificate {
     pub vid: String,
@@ -349,6 +359,7 @@ impl VidCertificate {
 
 /// Another master's signature of a [`VidCertificate`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Cosignature {
     pub master_license: String,
@@ -371,6 +382,7 @@ pub struct CosignRequest {
 /// that server's monotonic clock), with the holding proof over all of them
 /// and the grant (PROTOCOL.md, "Fail-over in a full pool").
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Holding {
     pub server_id: String,
@@ -384,6 +396,7 @@ pub struct Holding {
 /// A grant's proof as it travels: base64url text. It is the holder's
 /// secret, so its `Debug` hides it and no log shows it.
 #[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(transparent)]
 pub struct Proof(pub String);
 
@@ -405,6 +418,7 @@ impl std::fmt::Debug for Proof {
 /// `POST /v1/temporary/activate`: a temporary license (seed 004) of
 /// `feature` for the user's ticket on this device.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct ActivateRequest {
     pub client_id: String,
@@ -426,6 +440,7 @@ pub struct ActivateRequest {
 /// `POST /v1/temporary/extend` and `POST /v1/temporary/return`: the
 /// license, its device, and the proof its activation answered.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct TemporaryRequest {
     pub feature: String,
@@ -437,6 +452,7 @@ pub struct TemporaryRequest {
 /// A temporary license as the pool signs it: what the SDK keeps in its
 /// cache and checks with no network (PROTOCOL.md, "Temporary licenses").
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct TemporaryToken {
     pub license_id: String,
@@ -517,12 +533,14 @@ impl TemporaryToken {
 
 /// Answer to a check-in.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CheckinResponse {
     pub released_seats: u32,
 }
 
 /// Every error answer: `{"error": {"code": "...", "message": "..."}}`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ErrorBody {
     pub error: ErrorDetail,
     /// On a denial of a checkout or heartbeat that carried a nonce: the
@@ -532,6 +550,7 @@ pub struct ErrorBody {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ErrorDetail {
     pub code: ErrorCode,
     /// A sentence a person can act on.
@@ -544,6 +563,7 @@ pub struct ErrorDetail {
 /// Stable machine-readable error codes. Never renamed; new ones may be added,
 /// so clients must accept codes they do not know ([`ErrorCode::Unknown`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorCode {
     /// The body is not valid JSON of the expected shape.
@@ -721,6 +741,7 @@ impl std::fmt::Display for ErrorCode {
 
 /// A temporary license as the status shows it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TemporaryStatus {
     pub license_id: String,
     pub ticket: Option<String>,
@@ -731,6 +752,7 @@ pub struct TemporaryStatus {
 
 /// `GET /v1/status`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct StatusResponse {
     pub pool_id: String,
     pub pool_sequence: u64,
@@ -762,6 +784,7 @@ fn is_false(value: &bool) -> bool {
 
 /// A server whose own figures a pool-wide status lacks, and why.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct UnansweredServer {
     pub id: String,
     pub address: String,
@@ -772,6 +795,7 @@ pub struct UnansweredServer {
 pub const STATUS_GRANTS_MAX: usize = 1_000;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ServerStatus {
     pub id: String,
     pub address: String,
@@ -798,6 +822,7 @@ pub struct ServerStatus {
 
 /// A production server's hold on its VID.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct VidStatus {
     pub vid: String,
     /// True while a certificate checked and has not lapsed.
@@ -811,6 +836,7 @@ pub struct VidStatus {
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PeerStatus {
     pub id: String,
     pub address: String,
@@ -821,6 +847,7 @@ pub struct PeerStatus {
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct FeatureStatus {
     pub feature: String,
     pub vendor: String,
@@ -870,6 +897,7 @@ pub struct FeatureStatus {
 
 /// A program in a feature's queue.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct WaiterStatus {
     pub position: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -882,6 +910,7 @@ pub struct WaiterStatus {
 
 /// A `reserve` or `max` rule of the policy at work.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct LimitStatus {
     /// Whom it names, as written (`group:design`).
     pub rule: String,
@@ -891,6 +920,7 @@ pub struct LimitStatus {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct DistributionRow {
     pub server_id: String,
     pub allocation: u32,
@@ -914,6 +944,7 @@ pub struct DistributionRow {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CodeStatus {
     pub id: String,
     pub vendor: String,
@@ -929,6 +960,7 @@ pub struct CodeStatus {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct GrantStatus {
     pub grant_id: String,
     pub feature: String,
@@ -1129,6 +1161,7 @@ pub const PEER_HEADER: &str = "x-tessera-peer";
 
 /// `POST /v1/admin/pool-file`: install a pool file with a higher sequence.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct PoolFileUpdate {
     pub text: String,
@@ -1191,6 +1224,7 @@ pub struct BorrowAnswer {
 /// `POST /v1/admin/distribution`: a new distribution of one feature.
 /// Servers not named get none; the rest of the seats go to the free pool.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct SetDistribution {
     pub feature: String,
@@ -1203,6 +1237,7 @@ pub struct SetDistribution {
 /// `POST /v1/admin/license`: license codes to add, as `tessera license sign`
 /// writes them (`[[license]]` tables).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct AddLicense {
     pub text: String,
@@ -1217,6 +1252,7 @@ pub struct AddLicense {
 /// The leader refuses it ([`ErrorCode::SeatsInUse`]) while seats of the
 /// code's feature are held, unless `force` is set.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct RemoveLicense {
     pub id: String,
@@ -1228,6 +1264,7 @@ pub struct RemoveLicense {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PoolFileInstalled {
     pub pool_id: String,
     pub sequence: u64,
@@ -1324,6 +1361,7 @@ pub struct PeerReportAck {
 /// `POST /v1/admin/master/revoke` (a master server, seed 003): stop
 /// renewing the certificates of one production server run.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct RevokeInstance {
     /// The run, as a VID certificate and `tessera master status` name it.
@@ -1332,6 +1370,7 @@ pub struct RevokeInstance {
 
 /// The answer to [`RevokeInstance`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct InstanceRevoked {
     pub instance: String,
     /// False when the run had been revoked already.

@@ -18,6 +18,8 @@
 //! - [`hostile`]: remove-license while seats are held, a weak peer secret.
 //! - [`master`]: `tessera hostid`, `tessera master init` and the master
 //!   license the vendor signs for it; a config that claims a hostid.
+//! - [`openapi`]: `/v1/openapi.json` against the routes served, and
+//!   schemathesis fuzzing the server from it.
 //! - [`queue`]: programs waiting for seats, in order, through a leader kill.
 //! - [`report`]: the report log over a scripted day, and `tessera report`.
 //! - [`service`]: `tessera server` under a service manager: SIGHUP reloads,
@@ -34,6 +36,7 @@ mod codes;
 mod fixture;
 mod hostile;
 mod master;
+mod openapi;
 mod policy;
 mod proofs;
 mod queue;

@@ -5,36 +5,107 @@
 use std::sync::Arc;
 
 use axum::extract::State;
-use axum::routing::post;
-use axum::{Extension, Json, Router};
+use axum::{Extension, Json};
 use tessera_proto::{
     AddLicense, ErrorCode, InstanceRevoked, PoolFileInstalled, PoolFileUpdate, RemoveLicense,
     RevokeInstance, SetDistribution,
 };
 
 use tessera_core::control::{ControlCommand, ControlOutcome};
+use utoipa_axum::routes;
 
 use crate::api::auth::Caller;
 
-use super::{ApiError, JsonBody};
+use super::openapi::{Refusals, Refuses, ADMIN_REQUEST, EVERY_REQUEST, JSON_BODY};
+use super::{ApiError, Documented, JsonBody};
 use crate::pool::admin::AdminChange;
 use crate::pool::network::PEER_TIMEOUT;
 use crate::pool::Forward;
 use crate::refusal::Refusal;
 use crate::App;
 
-pub(super) fn routes() -> Router<Arc<App>> {
-    Router::new()
-        .route("/v1/admin/pool-file", post(update_pool_file))
-        .route("/v1/admin/distribution", post(set_distribution))
-        .route("/v1/admin/license", post(add_license))
-        .route("/v1/admin/license/remove", post(remove_license))
-        .route("/v1/admin/master/revoke", post(revoke_instance))
+/// The administrator's routes; each path is in its handler's `#[utoipa::path]`.
+pub(super) fn routes() -> Documented {
+    Documented::new()
+        .routes(routes!(update_pool_file))
+        .routes(routes!(set_distribution))
+        .routes(routes!(add_license))
+        .routes(routes!(remove_license))
+        .routes(routes!(revoke_instance))
+}
+
+/// What every change of the pool may be refused with: it is forwarded to
+/// the leader and committed through the pool log.
+const POOL_CHANGE: &[ErrorCode] = &[
+    ErrorCode::PoolFileRefused,
+    ErrorCode::NoLeader,
+    ErrorCode::NoQuorum,
+];
+
+struct PoolFileRefusals;
+
+impl Refuses for PoolFileRefusals {
+    const CODES: &'static [&'static [ErrorCode]] =
+        &[EVERY_REQUEST, JSON_BODY, ADMIN_REQUEST, POOL_CHANGE];
+}
+
+struct DistributionRefusals;
+
+impl Refuses for DistributionRefusals {
+    const CODES: &'static [&'static [ErrorCode]] = &[
+        EVERY_REQUEST,
+        JSON_BODY,
+        ADMIN_REQUEST,
+        POOL_CHANGE,
+        &[ErrorCode::UnknownFeature],
+    ];
+}
+
+struct RemoveLicenseRefusals;
+
+impl Refuses for RemoveLicenseRefusals {
+    const CODES: &'static [&'static [ErrorCode]] = &[
+        EVERY_REQUEST,
+        JSON_BODY,
+        ADMIN_REQUEST,
+        POOL_CHANGE,
+        &[ErrorCode::NotFound, ErrorCode::SeatsInUse],
+    ];
+}
+
+struct RevokeRefusals;
+
+impl Refuses for RevokeRefusals {
+    const CODES: &'static [&'static [ErrorCode]] = &[
+        EVERY_REQUEST,
+        JSON_BODY,
+        ADMIN_REQUEST,
+        &[
+            ErrorCode::NotFound,
+            ErrorCode::InvalidField,
+            ErrorCode::NoLeader,
+            ErrorCode::NoQuorum,
+        ],
+    ];
 }
 
 /// The masters of the pool stop renewing one run's certificates; its slot
 /// comes free when the last one lapses. Committed through the pool log, so
 /// every master of a pool refuses the run, and a restart forgets nothing.
+#[utoipa::path(
+    post,
+    path = "/v1/admin/master/revoke",
+    tag = "admin",
+    summary = "Stop renewing one production server run's VID certificates (a master server)",
+    description = "A server that is not a master answers `not_found`.",
+    params(("x-tessera-pool" = String, Header, description = "The pool's id")),
+    request_body = RevokeInstance,
+    responses(
+        (status = 200, description = "The run is revoked", body = InstanceRevoked),
+        Refusals<RevokeRefusals>,
+    ),
+    security(("token" = [])),
+)]
 async fn revoke_instance(
     State(app): State<Arc<App>>,
     JsonBody(request): JsonBody<RevokeInstance>,
@@ -113,6 +184,19 @@ fn slot_free_in_ms(app: &App, instance: &str) -> Option<u64> {
         .max()
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/admin/pool-file",
+    tag = "admin",
+    summary = "Install a pool file with a higher sequence",
+    params(("x-tessera-pool" = String, Header, description = "The pool's id")),
+    request_body = PoolFileUpdate,
+    responses(
+        (status = 200, description = "The pool file is installed", body = PoolFileInstalled),
+        Refusals<PoolFileRefusals>,
+    ),
+    security(("token" = [])),
+)]
 async fn update_pool_file(
     State(app): State<Arc<App>>,
     Extension(caller): Extension<Caller>,
@@ -142,6 +226,19 @@ fn report_admin(app: &App, caller: &Caller, what: &str, installed: &PoolFileInst
     );
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/admin/distribution",
+    tag = "admin",
+    summary = "A new distribution of one feature's seats",
+    params(("x-tessera-pool" = String, Header, description = "The pool's id")),
+    request_body = SetDistribution,
+    responses(
+        (status = 200, description = "The pool file with it is installed", body = PoolFileInstalled),
+        Refusals<DistributionRefusals>,
+    ),
+    security(("token" = [])),
+)]
 async fn set_distribution(
     State(app): State<Arc<App>>,
     Extension(caller): Extension<Caller>,
@@ -150,6 +247,19 @@ async fn set_distribution(
     change_pool(&app, &caller, AdminChange::Distribution(change)).await
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/admin/license",
+    tag = "admin",
+    summary = "Add license codes (`[[license]]` tables)",
+    params(("x-tessera-pool" = String, Header, description = "The pool's id")),
+    request_body = AddLicense,
+    responses(
+        (status = 200, description = "The pool file with them is installed", body = PoolFileInstalled),
+        Refusals<PoolFileRefusals>,
+    ),
+    security(("token" = [])),
+)]
 async fn add_license(
     State(app): State<Arc<App>>,
     Extension(caller): Extension<Caller>,
@@ -158,6 +268,20 @@ async fn add_license(
     change_pool(&app, &caller, AdminChange::AddLicense(change)).await
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/admin/license/remove",
+    tag = "admin",
+    summary = "Take a license code out of the pool",
+    description = "Refused (`seats_in_use`) while seats of its feature are held, unless `force`.",
+    params(("x-tessera-pool" = String, Header, description = "The pool's id")),
+    request_body = RemoveLicense,
+    responses(
+        (status = 200, description = "The pool file without it is installed", body = PoolFileInstalled),
+        Refusals<RemoveLicenseRefusals>,
+    ),
+    security(("token" = [])),
+)]
 async fn remove_license(
     State(app): State<Arc<App>>,
     Extension(caller): Extension<Caller>,

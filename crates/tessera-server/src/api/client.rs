@@ -6,16 +6,17 @@ use std::sync::Arc;
 
 use axum::extract::{ConnectInfo, Extension, State};
 use axum::response::IntoResponse;
-use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::Json;
 use tessera_proto::{
     self as proto, CheckinRequest, CheckinResponse, CheckoutRequest, ErrorCode, HeartbeatRequest,
     MAX_FIELD_BYTES, MAX_SEATS_PER_REQUEST,
 };
+use utoipa_axum::routes;
 
 use super::auth::Caller;
+use super::openapi::{Monitoring, Refusals, Refuses, EVERY_REQUEST, JSON_BODY};
 use super::per_address::SourceAddress;
-use super::{api_error, ApiError, JsonBody, SignedDenial};
+use super::{api_error, ApiError, Documented, JsonBody, SignedDenial};
 use crate::answer::Asked;
 use crate::config::PublicStatus;
 use crate::issuer::{Origin, SeatRequest};
@@ -23,36 +24,143 @@ use crate::service::{Deadline, Granted};
 use crate::status::Grants;
 use crate::App;
 
-pub(super) fn routes() -> Router<Arc<App>> {
-    let prefix = proto::API_PREFIX;
-    Router::new()
-        .route(&format!("{prefix}/checkout"), post(checkout))
-        .route(&format!("{prefix}/heartbeat"), post(heartbeat))
-        .route(&format!("{prefix}/checkin"), post(checkin))
-        .route(&format!("{prefix}/temporary/activate"), post(activate))
-        .route(
-            &format!("{prefix}/temporary/extend"),
-            post(extend_temporary),
-        )
-        .route(
-            &format!("{prefix}/temporary/return"),
-            post(return_temporary),
-        )
-        .route(&format!("{prefix}/noop"), post(noop))
+/// The programs' routes; each path is in its handler's `#[utoipa::path]`.
+pub(super) fn routes() -> Documented {
+    Documented::new()
+        .routes(routes!(checkout))
+        .routes(routes!(heartbeat))
+        .routes(routes!(checkin))
+        .routes(routes!(activate))
+        .routes(routes!(extend_temporary))
+        .routes(routes!(return_temporary))
+        .routes(routes!(noop))
 }
 
-/// The status and the metrics: read-only, answered from memory, with a
-/// capacity of their own so that an administrator can always look.
-pub(super) fn monitoring_routes() -> Router<Arc<App>> {
-    let prefix = proto::API_PREFIX;
-    Router::new()
-        .route(&format!("{prefix}/status"), get(status))
-        .route("/metrics", get(metrics))
+/// The status, the metrics and the API's document: read-only, answered
+/// from memory, with a capacity of their own so that an administrator can
+/// always look.
+pub(super) fn monitoring_routes() -> Documented {
+    Documented::new()
+        .routes(routes!(status))
+        .routes(routes!(metrics))
+        .routes(routes!(super::openapi::served))
+}
+
+/// What a checkout and a heartbeat may be refused with, besides a bad body.
+const SEAT_REQUEST: &[ErrorCode] = &[
+    ErrorCode::InvalidField,
+    ErrorCode::InvalidCount,
+    ErrorCode::CountAboveLimit,
+    ErrorCode::VersionNotLicensed,
+    ErrorCode::UnknownFeature,
+    ErrorCode::LicenseNotServed,
+    ErrorCode::PolicyDenied,
+    ErrorCode::Forbidden,
+    ErrorCode::NoSeatsAvailable,
+    ErrorCode::TooManyGrants,
+    ErrorCode::GracePeriod,
+    ErrorCode::NoQuorum,
+    ErrorCode::NoLeader,
+    ErrorCode::ClockSetBack,
+];
+
+struct CheckoutRefusals;
+
+impl Refuses for CheckoutRefusals {
+    const CODES: &'static [&'static [ErrorCode]] =
+        &[EVERY_REQUEST, JSON_BODY, SEAT_REQUEST, &[ErrorCode::Queued]];
+}
+
+struct HeartbeatRefusals;
+
+impl Refuses for HeartbeatRefusals {
+    const CODES: &'static [&'static [ErrorCode]] = &[
+        EVERY_REQUEST,
+        JSON_BODY,
+        SEAT_REQUEST,
+        &[
+            ErrorCode::GrantProofInvalid,
+            ErrorCode::GrantMismatch,
+            ErrorCode::UnknownGrant,
+            ErrorCode::IdleTimeout,
+        ],
+    ];
+}
+
+struct CheckinRefusals;
+
+impl Refuses for CheckinRefusals {
+    const CODES: &'static [&'static [ErrorCode]] = &[
+        EVERY_REQUEST,
+        JSON_BODY,
+        &[
+            ErrorCode::InvalidField,
+            ErrorCode::UnknownGrant,
+            ErrorCode::GrantProofInvalid,
+            ErrorCode::GrantMismatch,
+            ErrorCode::NoQuorum,
+            ErrorCode::NoLeader,
+            ErrorCode::ClockSetBack,
+        ],
+    ];
+}
+
+/// What the temporary-license routes may be refused with, besides a bad body.
+const TEMPORARY_REQUEST: &[ErrorCode] = &[
+    ErrorCode::InvalidField,
+    ErrorCode::UnknownFeature,
+    ErrorCode::VersionNotLicensed,
+    ErrorCode::LicenseNotServed,
+    ErrorCode::TemporaryNotAllowed,
+    ErrorCode::LicenseWithdrawn,
+    ErrorCode::GrantProofInvalid,
+    ErrorCode::GracePeriod,
+    ErrorCode::NoQuorum,
+    ErrorCode::NoLeader,
+    ErrorCode::ClockSetBack,
+];
+
+struct ActivateRefusals;
+
+impl Refuses for ActivateRefusals {
+    const CODES: &'static [&'static [ErrorCode]] = &[
+        EVERY_REQUEST,
+        JSON_BODY,
+        TEMPORARY_REQUEST,
+        &[
+            ErrorCode::PolicyDenied,
+            ErrorCode::TooManyDevices,
+            ErrorCode::NoSeatsAvailable,
+        ],
+    ];
+}
+
+struct TemporaryRefusals;
+
+impl Refuses for TemporaryRefusals {
+    const CODES: &'static [&'static [ErrorCode]] = &[EVERY_REQUEST, JSON_BODY, TEMPORARY_REQUEST];
+}
+
+struct NoopRefusals;
+
+impl Refuses for NoopRefusals {
+    const CODES: &'static [&'static [ErrorCode]] = &[EVERY_REQUEST, JSON_BODY];
 }
 
 /// The protocol's ceiling, for benchmarks: parses a checkout request with
 /// the same extractor and answers a grant-shaped body of the same size class,
 /// without the issuer, the store or the clock. Nothing is issued.
+#[utoipa::path(
+    post,
+    path = "/v1/noop",
+    tag = "client",
+    summary = "A checkout that issues nothing, for benchmarks",
+    request_body = CheckoutRequest,
+    responses(
+        (status = 200, description = "A grant-shaped answer with dummy fields", body = proto::Grant),
+        Refusals<NoopRefusals>,
+    ),
+)]
 async fn noop(JsonBody(body): JsonBody<CheckoutRequest>) -> Json<proto::Grant> {
     Json(proto::Grant {
         grant_id: "00000000000000000000000000000000".to_string(),
@@ -99,6 +207,20 @@ fn admitted(
         .map_err(|message| api_error(ErrorCode::PolicyDenied, message))
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/checkout",
+    tag = "client",
+    summary = "Ask for seats of a feature",
+    description = "A request with a `nonce` is answered signed, grant or refusal (`answer`). \
+                   On a master, the slots of its VID need a token of role `production`.",
+    request_body = CheckoutRequest,
+    responses(
+        (status = 200, description = "The seats are held for the client", body = proto::Grant),
+        Refusals<CheckoutRefusals>,
+    ),
+    security((), ("token" = [])),
+)]
 async fn checkout(
     State(app): State<Arc<App>>,
     Extension(caller): Extension<Caller>,
@@ -225,6 +347,18 @@ fn with_slot_holders(app: &App, feature: &str, err: ApiError) -> ApiError {
     ))
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/heartbeat",
+    tag = "client",
+    summary = "Renew a grant (or convert it into a checkout on another server)",
+    request_body = HeartbeatRequest,
+    responses(
+        (status = 200, description = "The grant, renewed or converted", body = proto::Grant),
+        Refusals<HeartbeatRefusals>,
+    ),
+    security((), ("token" = [])),
+)]
 async fn heartbeat(
     State(app): State<Arc<App>>,
     Extension(caller): Extension<Caller>,
@@ -283,6 +417,17 @@ impl Holder {
     }
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/checkin",
+    tag = "client",
+    summary = "Give a grant's seats back",
+    request_body = CheckinRequest,
+    responses(
+        (status = 200, description = "The seats are free", body = CheckinResponse),
+        Refusals<CheckinRefusals>,
+    ),
+)]
 async fn checkin(
     State(app): State<Arc<App>>,
     JsonBody(body): JsonBody<CheckinRequest>,
@@ -296,6 +441,17 @@ async fn checkin(
 }
 
 /// A temporary license (seed 004) for the user's ticket on a device.
+#[utoipa::path(
+    post,
+    path = "/v1/temporary/activate",
+    tag = "temporary",
+    summary = "A temporary license for the user's ticket on a device",
+    request_body = proto::ActivateRequest,
+    responses(
+        (status = 200, description = "The signed license", body = proto::TemporaryToken),
+        Refusals<ActivateRefusals>,
+    ),
+)]
 async fn activate(
     State(app): State<Arc<App>>,
     source: Source,
@@ -328,6 +484,17 @@ fn check_temporary(body: &proto::TemporaryRequest) -> Result<(), ApiError> {
     Ok(())
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/temporary/extend",
+    tag = "temporary",
+    summary = "Extend a temporary license",
+    request_body = proto::TemporaryRequest,
+    responses(
+        (status = 200, description = "The license, extended", body = proto::TemporaryToken),
+        Refusals<TemporaryRefusals>,
+    ),
+)]
 async fn extend_temporary(
     State(app): State<Arc<App>>,
     JsonBody(body): JsonBody<proto::TemporaryRequest>,
@@ -336,6 +503,17 @@ async fn extend_temporary(
     Ok(Json(app.extend_temporary(body).await?))
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/temporary/return",
+    tag = "temporary",
+    summary = "Return a temporary license",
+    request_body = proto::TemporaryRequest,
+    responses(
+        (status = 200, description = "The seats are free", body = CheckinResponse),
+        Refusals<TemporaryRefusals>,
+    ),
+)]
 async fn return_temporary(
     State(app): State<Arc<App>>,
     JsonBody(body): JsonBody<proto::TemporaryRequest>,
@@ -345,6 +523,17 @@ async fn return_temporary(
     Ok(Json(CheckinResponse { released_seats }))
 }
 
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "monitoring",
+    summary = "Prometheus metrics (text exposition format 0.0.4)",
+    responses(
+        (status = 200, description = "The metrics, as PROTOCOL.md lists them", body = String,
+         content_type = "text/plain"),
+        Refusals<Monitoring>,
+    ),
+)]
 async fn metrics(State(app): State<Arc<App>>) -> impl IntoResponse {
     (
         [(
@@ -357,6 +546,19 @@ async fn metrics(State(app): State<Arc<App>>) -> impl IntoResponse {
 
 /// The status; grants (with their users and hosts) only for a caller with a
 /// credential, unless the config makes them public.
+#[utoipa::path(
+    get,
+    path = "/v1/status",
+    tag = "monitoring",
+    summary = "The answering server's status and the pool's, as it sees them",
+    description = "Grants, users and hosts only for a token of role `read` or `admin` \
+                   (or for anyone, with `public_status = \"full\"`).",
+    responses(
+        (status = 200, description = "The status", body = proto::StatusResponse),
+        Refusals<Monitoring>,
+    ),
+    security((), ("token" = [])),
+)]
 async fn status(
     State(app): State<Arc<App>>,
     Extension(caller): Extension<Caller>,

@@ -8,7 +8,9 @@
 //! - [`client`]: `/v1/checkout`, `/v1/heartbeat`, `/v1/checkin`, `/v1/status`,
 //!   `/v1/noop`, `/metrics`;
 //! - [`peer`]: `/v1/peer/*`, what servers of one pool say to each other;
-//! - [`admin`]: `/v1/admin/*`, the administrator's changes.
+//! - [`admin`]: `/v1/admin/*`, the administrator's changes;
+//! - [`openapi`]: `/v1/openapi.json`, the document of every route but the
+//!   peers', generated from the handlers the router serves ([`Documented`]).
 //!
 //! Every request passes [`auth::identify`] (who is calling, and may they
 //! call this route), then [`per_address::limit`] (requests in flight from
@@ -17,6 +19,7 @@
 pub mod admin;
 pub mod auth;
 pub mod client;
+pub mod openapi;
 pub mod peer;
 pub mod per_address;
 
@@ -147,23 +150,86 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
     }
 }
 
+/// A group of routes each of which is in `/v1/openapi.json`: only handlers
+/// with a `#[utoipa::path]` go in, through `utoipa_axum::routes!`, which
+/// routes each at the path and method its document names. No plain
+/// `axum` route can be added, so the group serves nothing undocumented.
+pub struct Documented(utoipa_axum::router::OpenApiRouter<Arc<App>>);
+
+impl Documented {
+    fn new() -> Documented {
+        Documented(utoipa_axum::router::OpenApiRouter::default())
+    }
+
+    fn routes(self, routes: utoipa_axum::router::UtoipaMethodRouter<Arc<App>>) -> Documented {
+        Documented(self.0.routes(routes))
+    }
+
+    fn into_router(self) -> Router<Arc<App>> {
+        self.0.split_for_parts().0
+    }
+
+    fn into_openapi(self) -> utoipa::openapi::OpenApi {
+        self.0.into_openapi()
+    }
+}
+
+/// Every documented route group, as the router serves them and as
+/// [`openapi::openapi`] documents them: both take the groups from here.
+pub(crate) struct DocumentedGroups {
+    client: Documented,
+    monitoring: Documented,
+    admin: Documented,
+}
+
+impl DocumentedGroups {
+    fn new() -> DocumentedGroups {
+        DocumentedGroups {
+            client: client::routes(),
+            monitoring: client::monitoring_routes(),
+            admin: admin::routes(),
+        }
+    }
+
+    fn into_openapi(self) -> utoipa::openapi::OpenApi {
+        let DocumentedGroups {
+            client,
+            monitoring,
+            admin,
+        } = self;
+        let mut document = client.into_openapi();
+        document.merge(monitoring.into_openapi());
+        document.merge(admin.into_openapi());
+        document
+    }
+}
+
 pub fn router(app: Arc<App>) -> Router {
+    let DocumentedGroups {
+        client,
+        monitoring,
+        admin,
+    } = DocumentedGroups::new();
     // Peer and admin requests have their own capacity: no number of client
     // requests can starve the pool's own traffic.
     let pool_routes = peer::routes()
-        .merge(admin::routes())
+        .merge(admin.into_router())
         .layer(axum::extract::DefaultBodyLimit::max(PEER_BODY_BYTES_MAX))
         .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
             app.limits.peer_requests_in_flight_max,
         ));
-    let client_routes = client::routes()
+    let client_routes = client
+        .into_router()
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
             app.limits.requests_in_flight_max,
         ));
-    let monitoring_routes = client::monitoring_routes().layer(
-        tower::limit::GlobalConcurrencyLimitLayer::new(MONITORING_REQUESTS_IN_FLIGHT_MAX),
-    );
+    let monitoring_routes =
+        monitoring
+            .into_router()
+            .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
+                MONITORING_REQUESTS_IN_FLIGHT_MAX,
+            ));
     client_routes
         .merge(monitoring_routes)
         .merge(pool_routes)
