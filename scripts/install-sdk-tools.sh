@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # Installs what the C and Python SDKs' tests use besides the Rust toolchain:
-# a C compiler, valgrind (the C example runs under it) and Python 3 with
+# a C compiler, valgrind (the C example runs under it), Python 3 with
 # venv (the Python package is built with maturin in a virtual environment
-# the test makes). Idempotent: installs only what is missing.
+# the test makes), and schemathesis, the API fuzzer the e2e test
+# `openapi::schemathesis_*` runs against /v1/openapi.json, in its own
+# virtual environment under the target directory. Idempotent: installs only
+# what is missing.
 set -euo pipefail
 
 missing=()
@@ -25,6 +28,18 @@ if [ "${#missing[@]}" -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 
+# Pinned: a new release may judge the same answers differently. The e2e
+# test looks for it here (crates/tessera-cli/tests/e2e/openapi.rs).
+schemathesis_version="4.32.5"
+repo="$(cd "$(dirname "$0")/.." && pwd)"
+schemathesis_venv="${CARGO_TARGET_DIR:-$repo/target}/schemathesis-venv"
+if [ "$("$schemathesis_venv/bin/schemathesis" --version 2>/dev/null)" != "schemathesis, version $schemathesis_version" ]; then
+  echo "installing: schemathesis $schemathesis_version into $schemathesis_venv"
+  python3 -m venv --clear "$schemathesis_venv"
+  "$schemathesis_venv/bin/python" -m pip install --disable-pip-version-check -q "schemathesis==$schemathesis_version"
+fi
+
 cc --version | head -1
 valgrind --version
 python3 --version
+"$schemathesis_venv/bin/schemathesis" --version
