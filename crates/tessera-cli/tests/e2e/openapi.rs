@@ -8,7 +8,7 @@
 //! fuzzing test says it is skipped, unless `TESSERA_REQUIRE_SCHEMATHESIS=1`
 //! (CI), which makes a missing one a failure. `TESSERA_SCHEMATHESIS` names
 //! another `schemathesis` executable; `TESSERA_SCHEMATHESIS_SEED` replays a
-//! run.
+//! run; `TESSERA_SCHEMATHESIS_EXAMPLES` fuzzes deeper than CI does.
 
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -22,7 +22,8 @@ use crate::fixture::{code, Fixture, Server};
 /// The pool id the fixture's pools have (`tessera pool init --pool-id`).
 const POOL_ID: &str = "e2e";
 
-/// Test cases per operation and phase: a bounded pass, not a search.
+/// Test cases per operation and phase: a bounded pass, not a search
+/// (`TESSERA_SCHEMATHESIS_EXAMPLES` sets another number).
 const EXAMPLES_PER_OPERATION: u32 = 20;
 
 /// Longest the fuzzer may run before it is killed (it takes about a
@@ -176,6 +177,10 @@ async fn schemathesis_finds_no_server_error_and_no_undocumented_answer() {
         .and_then(|seed| seed.parse::<u64>().ok())
         .unwrap_or_else(|| u64::from(rand::random::<u32>()));
     println!("schemathesis seed {seed} (TESSERA_SCHEMATHESIS_SEED={seed} replays it)");
+    let examples = std::env::var("TESSERA_SCHEMATHESIS_EXAMPLES")
+        .ok()
+        .and_then(|examples| examples.parse::<u32>().ok())
+        .unwrap_or(EXAMPLES_PER_OPERATION);
     let token = server.credentials.admin_token();
     let location = format!("https://{}/v1/openapi.json", server.address);
     let mut command = tokio::process::Command::new(&schemathesis);
@@ -187,7 +192,7 @@ async fn schemathesis_finds_no_server_error_and_no_undocumented_answer() {
         .args(["--header", &format!("Authorization: Bearer {token}")])
         .args(["--header", &format!("{POOL_HEADER}: {POOL_ID}")])
         .args(["--checks", CHECKS])
-        .args(["--max-examples", &EXAMPLES_PER_OPERATION.to_string()])
+        .args(["--max-examples", &examples.to_string()])
         .args(["--seed", &seed.to_string()])
         .args(["--workers", "2", "--request-timeout", "10"])
         .args(["--report-dir"])

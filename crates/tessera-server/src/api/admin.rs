@@ -99,7 +99,7 @@ impl Refuses for RevokeRefusals {
     summary = "Stop renewing one production server run's VID certificates (a master server)",
     description = "A server that is not a master answers `not_found`.",
     params(("x-tessera-pool" = String, Header, description = "The pool's id")),
-    request_body = RevokeInstance,
+    request_body(content = RevokeInstance, example = json!({"instance": "P1.0a1b2c3d"})),
     responses(
         (status = 200, description = "The run is revoked", body = InstanceRevoked),
         Refusals<RevokeRefusals>,
@@ -190,7 +190,8 @@ fn slot_free_in_ms(app: &App, instance: &str) -> Option<u64> {
     tag = "admin",
     summary = "Install a pool file with a higher sequence",
     params(("x-tessera-pool" = String, Header, description = "The pool's id")),
-    request_body = PoolFileUpdate,
+    request_body(content = PoolFileUpdate, example = json!({
+        "text": "pool_id = \"acme-eng\"\nsequence = 2\n"})),
     responses(
         (status = 200, description = "The pool file is installed", body = PoolFileInstalled),
         Refusals<PoolFileRefusals>,
@@ -232,7 +233,8 @@ fn report_admin(app: &App, caller: &Caller, what: &str, installed: &PoolFileInst
     tag = "admin",
     summary = "A new distribution of one feature's seats",
     params(("x-tessera-pool" = String, Header, description = "The pool's id")),
-    request_body = SetDistribution,
+    request_body(content = SetDistribution, example = json!({
+        "feature": "cad", "servers": {"A": 2}})),
     responses(
         (status = 200, description = "The pool file with it is installed", body = PoolFileInstalled),
         Refusals<DistributionRefusals>,
@@ -253,7 +255,8 @@ async fn set_distribution(
     tag = "admin",
     summary = "Add license codes (`[[license]]` tables)",
     params(("x-tessera-pool" = String, Header, description = "The pool's id")),
-    request_body = AddLicense,
+    request_body(content = AddLicense, example = json!({
+        "text": "[[license]]\nid = \"acme-cad-0002\"\n"})),
     responses(
         (status = 200, description = "The pool file with them is installed", body = PoolFileInstalled),
         Refusals<PoolFileRefusals>,
@@ -275,7 +278,7 @@ async fn add_license(
     summary = "Take a license code out of the pool",
     description = "Refused (`seats_in_use`) while seats of its feature are held, unless `force`.",
     params(("x-tessera-pool" = String, Header, description = "The pool's id")),
-    request_body = RemoveLicense,
+    request_body(content = RemoveLicense, example = json!({"id": "acme-cad-0002"})),
     responses(
         (status = 200, description = "The pool file without it is installed", body = PoolFileInstalled),
         Refusals<RemoveLicenseRefusals>,

@@ -155,7 +155,9 @@ impl Refuses for NoopRefusals {
     path = "/v1/noop",
     tag = "client",
     summary = "A checkout that issues nothing, for benchmarks",
-    request_body = CheckoutRequest,
+    request_body(content = CheckoutRequest, example = json!({
+        "client_id": "ws12-4411-9f3a", "user": "alice", "host": "ws12",
+        "feature": "cad", "version": "2.1", "count": 1})),
     responses(
         (status = 200, description = "A grant-shaped answer with dummy fields", body = proto::Grant),
         Refusals<NoopRefusals>,
@@ -214,7 +216,10 @@ fn admitted(
     summary = "Ask for seats of a feature",
     description = "A request with a `nonce` is answered signed, grant or refusal (`answer`). \
                    On a master, the slots of its VID need a token of role `production`.",
-    request_body = CheckoutRequest,
+    request_body(content = CheckoutRequest, example = json!({
+        "client_id": "ws12-4411-9f3a", "user": "alice", "host": "ws12",
+        "feature": "cad", "version": "2.1", "count": 1, "answer_within_ms": 2000,
+        "nonce": "6f1c0d2a9b8e4f3aa1b2c3d4e5f60718"})),
     responses(
         (status = 200, description = "The seats are held for the client", body = proto::Grant),
         Refusals<CheckoutRefusals>,
@@ -352,7 +357,10 @@ fn with_slot_holders(app: &App, feature: &str, err: ApiError) -> ApiError {
     path = "/v1/heartbeat",
     tag = "client",
     summary = "Renew a grant (or convert it into a checkout on another server)",
-    request_body = HeartbeatRequest,
+    request_body(content = HeartbeatRequest, example = json!({
+        "grant_id": "6039d9bf67bf4103b23d468ff879fd50", "client_id": "ws12-4411-9f3a",
+        "user": "alice", "host": "ws12", "feature": "cad", "version": "2.1", "count": 1,
+        "renewal": 1, "proof": "nGsPKtgjUOo6dSZpB-J8S87b0xSuZPMKF3VxAwmKSUE"})),
     responses(
         (status = 200, description = "The grant, renewed or converted", body = proto::Grant),
         Refusals<HeartbeatRefusals>,
@@ -422,7 +430,9 @@ impl Holder {
     path = "/v1/checkin",
     tag = "client",
     summary = "Give a grant's seats back",
-    request_body = CheckinRequest,
+    request_body(content = CheckinRequest, example = json!({
+        "grant_id": "6039d9bf67bf4103b23d468ff879fd50", "client_id": "ws12-4411-9f3a",
+        "proof": "nGsPKtgjUOo6dSZpB-J8S87b0xSuZPMKF3VxAwmKSUE"})),
     responses(
         (status = 200, description = "The seats are free", body = CheckinResponse),
         Refusals<CheckinRefusals>,
@@ -446,7 +456,9 @@ async fn checkin(
     path = "/v1/temporary/activate",
     tag = "temporary",
     summary = "A temporary license for the user's ticket on a device",
-    request_body = proto::ActivateRequest,
+    request_body(content = proto::ActivateRequest, example = json!({
+        "client_id": "ws12-4411-9f3a", "user": "alice", "host": "ws12",
+        "feature": "cad", "version": "2.1", "device": "dev-0011223344556677"})),
     responses(
         (status = 200, description = "The signed license", body = proto::TemporaryToken),
         Refusals<ActivateRefusals>,
@@ -489,7 +501,9 @@ fn check_temporary(body: &proto::TemporaryRequest) -> Result<(), ApiError> {
     path = "/v1/temporary/extend",
     tag = "temporary",
     summary = "Extend a temporary license",
-    request_body = proto::TemporaryRequest,
+    request_body(content = proto::TemporaryRequest, example = json!({
+        "feature": "cad", "license_id": "t-6039d9bf67bf4103", "device": "dev-0011223344556677",
+        "proof": "nGsPKtgjUOo6dSZpB-J8S87b0xSuZPMKF3VxAwmKSUE"})),
     responses(
         (status = 200, description = "The license, extended", body = proto::TemporaryToken),
         Refusals<TemporaryRefusals>,
@@ -508,7 +522,9 @@ async fn extend_temporary(
     path = "/v1/temporary/return",
     tag = "temporary",
     summary = "Return a temporary license",
-    request_body = proto::TemporaryRequest,
+    request_body(content = proto::TemporaryRequest, example = json!({
+        "feature": "cad", "license_id": "t-6039d9bf67bf4103", "device": "dev-0011223344556677",
+        "proof": "nGsPKtgjUOo6dSZpB-J8S87b0xSuZPMKF3VxAwmKSUE"})),
     responses(
         (status = 200, description = "The seats are free", body = CheckinResponse),
         Refusals<TemporaryRefusals>,

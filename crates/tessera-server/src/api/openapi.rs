@@ -18,7 +18,9 @@ use std::sync::OnceLock;
 
 use axum::http::header::CONTENT_TYPE;
 use axum::response::IntoResponse;
-use tessera_proto::{ErrorBody, ErrorCode};
+use tessera_core::answer::{NONCE_CHARS_MAX, NONCE_CHARS_MIN};
+use tessera_core::names::NAME_BYTES_MAX;
+use tessera_proto::{ErrorBody, ErrorCode, MAX_FIELD_BYTES, MAX_SEATS_PER_REQUEST};
 use utoipa::openapi::schema::{AllOfBuilder, ObjectBuilder, Ref, Schema, Type};
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::openapi::{ContentBuilder, RefOr, Response, ResponseBuilder};
@@ -43,8 +45,113 @@ pub fn document() -> &'static str {
 pub fn openapi() -> utoipa::openapi::OpenApi {
     let mut document = Base::openapi();
     document.merge(super::DocumentedGroups::new().into_openapi());
+    let schemas = &mut document
+        .components
+        .get_or_insert_with(Default::default)
+        .schemas;
+    for (schema, checks) in CHECKED_FIELDS {
+        let Some(RefOr::T(Schema::Object(object))) = schemas.get_mut(*schema) else {
+            panic!("no object schema {schema} in the document");
+        };
+        for (field, check) in *checks {
+            let Some(RefOr::T(Schema::Object(property))) = object.properties.get_mut(*field) else {
+                panic!("no field {field} in schema {schema}");
+            };
+            check.constrain(property);
+        }
+    }
     document
 }
+
+/// How the server checks a field of a request, beyond its type: stated in
+/// the document, so that a client (and the fuzzer) knows what it takes.
+#[derive(Clone, Copy)]
+enum FieldCheck {
+    /// 1 to [`MAX_FIELD_BYTES`] bytes without control characters
+    /// (`client::check_field`).
+    Text,
+    /// An identifier: letters, digits and `. _ : @ + -`, 1 to
+    /// [`NAME_BYTES_MAX`] bytes (`tessera_core::names::check_name`).
+    Name,
+    /// Base64url, [`NONCE_CHARS_MIN`] to [`NONCE_CHARS_MAX`] characters
+    /// (`tessera_core::answer::check_nonce`).
+    Nonce,
+    /// 1 to [`MAX_SEATS_PER_REQUEST`].
+    Seats,
+}
+
+impl FieldCheck {
+    fn constrain(self, property: &mut utoipa::openapi::schema::Object) {
+        match self {
+            FieldCheck::Text => {
+                // A character of the document's length is at least a byte:
+                // the byte limit may refuse a shorter text of many-byte
+                // characters (`invalid_field`).
+                property.min_length = Some(1);
+                property.max_length = Some(MAX_FIELD_BYTES);
+                property.pattern = Some("^[^\\x00-\\x1f\\x7f-\\x9f]*$".to_string());
+            }
+            FieldCheck::Name => {
+                property.pattern = Some(format!("^[A-Za-z0-9._:@+-]{{1,{NAME_BYTES_MAX}}}$"));
+            }
+            FieldCheck::Nonce => {
+                property.pattern = Some(format!(
+                    "^[A-Za-z0-9_-]{{{NONCE_CHARS_MIN},{NONCE_CHARS_MAX}}}$"
+                ));
+            }
+            FieldCheck::Seats => {
+                property.minimum = Some(1.into());
+                property.maximum = Some((MAX_SEATS_PER_REQUEST as usize).into());
+            }
+        }
+    }
+}
+
+/// The fields of the client requests the server checks, by schema.
+const CHECKED_FIELDS: &[(&str, &[(&str, FieldCheck)])] = &[
+    ("CheckoutRequest", SEAT_REQUEST_FIELDS),
+    ("HeartbeatRequest", SEAT_REQUEST_FIELDS),
+    ("HeartbeatRequest", &[("grant_id", FieldCheck::Text)]),
+    (
+        "CheckinRequest",
+        &[
+            ("grant_id", FieldCheck::Text),
+            ("client_id", FieldCheck::Text),
+        ],
+    ),
+    (
+        "ActivateRequest",
+        &[
+            ("client_id", FieldCheck::Text),
+            ("user", FieldCheck::Text),
+            ("host", FieldCheck::Text),
+            ("feature", FieldCheck::Text),
+            ("version", FieldCheck::Text),
+            ("device", FieldCheck::Name),
+        ],
+    ),
+    (
+        "TemporaryRequest",
+        &[
+            ("feature", FieldCheck::Text),
+            ("license_id", FieldCheck::Text),
+            ("device", FieldCheck::Text),
+        ],
+    ),
+    ("RevokeInstance", &[("instance", FieldCheck::Text)]),
+];
+
+const SEAT_REQUEST_FIELDS: &[(&str, FieldCheck)] = &[
+    ("client_id", FieldCheck::Text),
+    ("user", FieldCheck::Text),
+    ("host", FieldCheck::Text),
+    ("display", FieldCheck::Text),
+    ("feature", FieldCheck::Text),
+    ("version", FieldCheck::Text),
+    ("count", FieldCheck::Seats),
+    ("nonce", FieldCheck::Nonce),
+    ("server_key", FieldCheck::Text),
+];
 
 #[derive(OpenApi)]
 #[openapi(
@@ -342,6 +449,25 @@ mod tests {
                 .map(|content| content.keys().cloned().collect::<Vec<_>>()),
             Some(vec!["text/plain".to_string()])
         );
+    }
+
+    /// The fields the server checks say how, so that a client (and the
+    /// fuzzer) can send what it takes.
+    #[test]
+    fn checked_fields_carry_their_limits() {
+        let document = parsed();
+        let schemas = &document["components"]["schemas"];
+        let client_id = &schemas["CheckoutRequest"]["properties"]["client_id"];
+        assert_eq!(client_id["minLength"], 1);
+        assert_eq!(client_id["maxLength"], MAX_FIELD_BYTES);
+        assert!(client_id["pattern"].is_string(), "{client_id}");
+        let count = &schemas["HeartbeatRequest"]["properties"]["count"];
+        assert_eq!(count["minimum"], 1);
+        assert_eq!(count["maximum"], MAX_SEATS_PER_REQUEST);
+        let device = &schemas["ActivateRequest"]["properties"]["device"];
+        assert_eq!(device["pattern"], "^[A-Za-z0-9._:@+-]{1,128}$");
+        let nonce = &schemas["CheckoutRequest"]["properties"]["nonce"];
+        assert_eq!(nonce["pattern"], "^[A-Za-z0-9_-]{22,128}$");
     }
 
     /// The peer routes are the servers' own: not in the document, and the
