@@ -4,8 +4,9 @@
 # venv (the Python package is built with maturin in a virtual environment
 # the test makes), and schemathesis, the API fuzzer the e2e test
 # `openapi::schemathesis_*` runs against /v1/openapi.json, in its own
-# virtual environment under the target directory. Idempotent: installs only
-# what is missing.
+# virtual environment under the target directory, and Chromium with
+# chromedriver, the browser the e2e test `dashboard::*` drives the web
+# dashboard in. Idempotent: installs only what is missing.
 set -euo pipefail
 
 missing=()
@@ -16,6 +17,8 @@ if ! command -v python3 >/dev/null 2>&1; then
 elif ! python3 -c "import venv, ensurepip" >/dev/null 2>&1; then
   missing+=(python3-venv)
 fi
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || missing+=(chromium-driver)
 
 sudo=""
 if [ "$(id -u)" -ne 0 ]; then
@@ -33,7 +36,8 @@ fi
 schemathesis_version="4.32.5"
 repo="$(cd "$(dirname "$0")/.." && pwd)"
 schemathesis_venv="${CARGO_TARGET_DIR:-$repo/target}/schemathesis-venv"
-if [ "$("$schemathesis_venv/bin/schemathesis" --version 2>/dev/null)" != "schemathesis, version $schemathesis_version" ]; then
+if [ "$("$schemathesis_venv/bin/schemathesis" --version
+chromedriver --version 2>/dev/null)" != "schemathesis, version $schemathesis_version" ]; then
   echo "installing: schemathesis $schemathesis_version into $schemathesis_venv"
   python3 -m venv --clear "$schemathesis_venv"
   "$schemathesis_venv/bin/python" -m pip install --disable-pip-version-check -q "schemathesis==$schemathesis_version"
@@ -43,3 +47,4 @@ cc --version | head -1
 valgrind --version
 python3 --version
 "$schemathesis_venv/bin/schemathesis" --version
+chromedriver --version

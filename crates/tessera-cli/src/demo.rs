@@ -333,6 +333,16 @@ async fn keep_serving(dir: &Path, addresses: &[String]) {
         "  tessera checkout cad --server {} --hold 30",
         addresses.join(",")
     );
+    let read_token = std::fs::read_to_string(pool_dir.join("read.token")).unwrap_or_default();
+    println!(
+        "  dashboard: https://{}/dashboard#token={}",
+        addresses[0],
+        read_token.trim()
+    );
+    println!(
+        "    (the pool's own CA signed the certificate: the browser warns until {} is imported)",
+        pool_dir.join("ca.pem").display()
+    );
     println!("  configs, keys and tokens: {}", dir.display());
     crate::shutdown_signal().await;
 }

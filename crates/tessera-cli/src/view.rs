@@ -174,6 +174,19 @@ pub fn render(status: &StatusResponse) -> String {
                 let _ = writeln!(out, "    {}. {who}{} seats", waiter.position, waiter.seats);
             }
         }
+        if !feature.denials.is_empty() {
+            let total: u64 = feature.denials.iter().map(|d| d.count).sum();
+            let by_code: Vec<String> = feature
+                .denials
+                .iter()
+                .map(|d| format!("{} {}", d.code.as_str(), d.count))
+                .collect();
+            let _ = writeln!(
+                out,
+                "  refused: {total} checkout requests since the servers started ({})",
+                by_code.join(", ")
+            );
+        }
         if feature.lingering_seats > 0 {
             let _ = writeln!(
                 out,
@@ -474,6 +487,7 @@ mod tests {
             reserves: Vec::new(),
             maxima: Vec::new(),
             waiters: Vec::new(),
+            denials: Vec::new(),
         }
     }
 

@@ -7,6 +7,8 @@
 //! stable [`ErrorCode`]. PROTOCOL.md documents each endpoint.
 
 use serde::{Deserialize, Serialize};
+
+pub mod pool_status;
 /// The shapes of signed documents that travel inside answers: a license
 /// code and a master license, as their files hold them.
 pub use tessera_core::license::LicenseCodeText;
@@ -893,6 +895,18 @@ pub struct FeatureStatus {
     /// caller with a credential, as grants.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub waiters: Vec<WaiterStatus>,
+    /// Checkouts of this feature refused since the answering server started
+    /// (a pool-wide status: since each server started), by error code.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub denials: Vec<DenialCount>,
+}
+
+/// How many checkouts were refused with one error code.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct DenialCount {
+    pub code: ErrorCode,
+    pub count: u64,
 }
 
 /// A program in a feature's queue.

@@ -37,6 +37,9 @@ pub struct App {
     pub(crate) observer: Option<Arc<dyn seams::Observer>>,
     /// Requests answered, by endpoint and outcome, for `/metrics`.
     pub(crate) requests: Mutex<std::collections::BTreeMap<(&'static str, &'static str), u64>>,
+    /// Checkouts refused, by feature (only those this server serves) and
+    /// error code, for the status and the dashboard.
+    pub(crate) denials: Mutex<std::collections::HashMap<(String, tessera_proto::ErrorCode), u64>>,
     pub(crate) timing: config::Timing,
     pub(crate) borrowing: std::collections::BTreeMap<String, tessera_core::BorrowPolicy>,
     /// One borrower per feature at a time.

@@ -305,6 +305,7 @@ impl App {
             disk: seams.disk.clone(),
             observer: seams.observer.clone(),
             requests: Mutex::new(Default::default()),
+            denials: Mutex::new(Default::default()),
             timing: config.timing,
             borrowing: config.borrowing.clone(),
             borrow_locks: Mutex::new(Default::default()),

@@ -76,6 +76,54 @@ impl App {
         }
     }
 
+    /// The whole pool's status: this server's, with every other server's
+    /// own figures merged in (`tessera_proto::pool_status::merge`), each
+    /// asked side by side with this server's peer credential and given
+    /// [`crate::pool::network::PEER_TIMEOUT`]. Grants are listed only for
+    /// a caller who may see them, as in this server's own status.
+    pub(crate) async fn pool_status(&self, grants: Grants) -> proto::StatusResponse {
+        let own = self.status(grants);
+        let others: Vec<proto::PeerStatus> = own
+            .servers
+            .iter()
+            .filter(|peer| peer.id != own.server.id)
+            .cloned()
+            .collect();
+        let mut asks = tokio::task::JoinSet::new();
+        for (index, peer) in others.iter().enumerate() {
+            let (peers, address) = (self.pool.peers.clone(), peer.address.clone());
+            asks.spawn(async move {
+                let answer = peers
+                    .get::<proto::StatusResponse>(&address, "/v1/status")
+                    .await
+                    .map_err(|err| err.to_string());
+                (index, answer)
+            });
+        }
+        let mut answers: Vec<Option<Result<proto::StatusResponse, String>>> =
+            vec![None; others.len()];
+        while let Some(joined) = asks.join_next().await {
+            if let Ok((index, answer)) = joined {
+                answers[index] = Some(answer);
+            }
+        }
+        let answers = others
+            .into_iter()
+            .zip(answers)
+            .map(|(peer, answer)| {
+                (
+                    peer,
+                    answer.unwrap_or_else(|| Err("the request was dropped".into())),
+                )
+            })
+            .collect();
+        let mut merged = proto::pool_status::merge(own, answers);
+        if grants == Grants::Counted {
+            merged.grants.clear();
+        }
+        merged
+    }
+
     /// Prometheus text exposition of this server's state.
     pub(crate) fn metrics(&self) -> String {
         let status = self.status(Grants::Counted);
@@ -223,7 +271,20 @@ impl App {
                 })
                 .collect()
         });
+        let mut denials: Vec<proto::DenialCount> = self
+            .denials
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter(|((name, _), _)| *name == feature.feature)
+            .map(|((_, code), count)| proto::DenialCount {
+                code: *code,
+                count: *count,
+            })
+            .collect();
+        denials.sort_by(|a, b| a.code.as_str().cmp(b.code.as_str()));
         proto::FeatureStatus {
+            denials,
             reserves,
             maxima,
             waiters,

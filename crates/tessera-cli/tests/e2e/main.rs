@@ -33,6 +33,7 @@
 mod api;
 mod cli;
 mod codes;
+mod dashboard;
 mod fixture;
 mod hostile;
 mod master;

@@ -44,6 +44,9 @@ pub(super) fn monitoring_routes() -> Documented {
         .routes(routes!(status))
         .routes(routes!(metrics))
         .routes(routes!(super::openapi::served))
+        .routes(routes!(super::dashboard::page))
+        .routes(routes!(super::dashboard::script))
+        .routes(routes!(super::dashboard::style))
 }
 
 /// What a checkout and a heartbeat may be refused with, besides a bad body.
@@ -560,6 +563,31 @@ async fn metrics(State(app): State<Arc<App>>) -> impl IntoResponse {
     )
 }
 
+/// Which servers' figures a status answers with.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Scope {
+    /// The answering server's own figures: only its own row's seats in use
+    /// and its own grants.
+    #[default]
+    Server,
+    /// The whole pool's: the answering server asks every other server and
+    /// merges their own figures; servers that did not answer are named in
+    /// `unanswered`.
+    Pool,
+}
+
+/// The status's query parameters.
+#[derive(Debug, Default, serde::Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct StatusQuery {
+    /// `server` (the default) or `pool`.
+    #[serde(default)]
+    #[param(inline)]
+    scope: Scope,
+}
+
 /// The status; grants (with their users and hosts) only for a caller with a
 /// credential, unless the config makes them public.
 #[utoipa::path(
@@ -568,17 +596,31 @@ async fn metrics(State(app): State<Arc<App>>) -> impl IntoResponse {
     tag = "monitoring",
     summary = "The answering server's status and the pool's, as it sees them",
     description = "Grants, users and hosts only for a token of role `read` or `admin` \
-                   (or for anyone, with `public_status = \"full\"`).",
+                   (or for anyone, with `public_status = \"full\"`). With `scope=pool` \
+                   the answering server gathers every server's own figures (seats in use, \
+                   grants, denials) into one answer, `pool_wide` true, and names in \
+                   `unanswered` the servers that did not answer within a second.",
+    params(StatusQuery),
     responses(
         (status = 200, description = "The status", body = proto::StatusResponse),
-        Refusals<Monitoring>,
+        Refusals<StatusRefusals>,
     ),
     security((), ("token" = [])),
 )]
 async fn status(
     State(app): State<Arc<App>>,
     Extension(caller): Extension<Caller>,
-) -> Json<proto::StatusResponse> {
+    query: Result<axum::extract::Query<StatusQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<proto::StatusResponse>, ApiError> {
+    let axum::extract::Query(query) = query.map_err(|rejection| {
+        api_error(
+            ErrorCode::InvalidField,
+            format!(
+                "the query takes only scope=server or scope=pool: {}",
+                rejection.body_text()
+            ),
+        )
+    })?;
     // Grants are not even listed for a caller who may not see them: a
     // server may hold a million, and anyone may ask.
     let grants = if caller.reads_all() || app.public_status == PublicStatus::Full {
@@ -586,7 +628,16 @@ async fn status(
     } else {
         Grants::Counted
     };
-    Json(app.status(grants))
+    Ok(Json(match query.scope {
+        Scope::Server => app.status(grants),
+        Scope::Pool => app.pool_status(grants).await,
+    }))
+}
+
+struct StatusRefusals;
+
+impl Refuses for StatusRefusals {
+    const CODES: &'static [&'static [ErrorCode]] = &[EVERY_REQUEST, &[ErrorCode::InvalidField]];
 }
 
 /// The grant as the client is told of it; `app` is the server that issued

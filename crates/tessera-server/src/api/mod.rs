@@ -10,7 +10,8 @@
 //! - [`peer`]: `/v1/peer/*`, what servers of one pool say to each other;
 //! - [`admin`]: `/v1/admin/*`, the administrator's changes;
 //! - [`openapi`]: `/v1/openapi.json`, the document of every route but the
-//!   peers', generated from the handlers the router serves ([`Documented`]).
+//!   peers', generated from the handlers the router serves ([`Documented`]);
+//! - [`dashboard`]: `/dashboard`, the read-only web page over `/v1/status`.
 //!
 //! Every request passes [`auth::identify`] (who is calling, and may they
 //! call this route), then [`per_address::limit`] (requests in flight from
@@ -19,6 +20,7 @@
 pub mod admin;
 pub mod auth;
 pub mod client;
+pub mod dashboard;
 pub mod openapi;
 pub mod peer;
 pub mod per_address;

@@ -377,6 +377,9 @@ mod tests {
         assert_eq!(
             documented,
             [
+                "GET /dashboard",
+                "GET /dashboard/app.js",
+                "GET /dashboard/style.css",
                 "GET /metrics",
                 "GET /v1/openapi.json",
                 "GET /v1/status",
@@ -481,7 +484,9 @@ mod tests {
                 "{path} is internal"
             );
             assert!(
-                path.starts_with(tessera_proto::API_PREFIX) || path == "/metrics",
+                path.starts_with(tessera_proto::API_PREFIX)
+                    || path == "/metrics"
+                    || path.starts_with(crate::api::dashboard::DASHBOARD_PATH),
                 "{path}"
             );
         }

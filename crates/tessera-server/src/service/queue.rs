@@ -71,15 +71,35 @@ impl App {
                 let ticket = place.map_or("", |p| p.ticket.as_str());
                 self.report_seats(EventKind::Queued, &request, ticket, None)
             }
-            Err(refusal) => self.report_seats(
-                EventKind::Denied,
-                &request,
-                "",
-                Some(refusal.code.as_str().to_string()),
-            ),
+            Err(refusal) => {
+                self.count_denial(&request.feature, refusal.code);
+                self.report_seats(
+                    EventKind::Denied,
+                    &request,
+                    "",
+                    Some(refusal.code.as_str().to_string()),
+                )
+            }
         };
         self.report.record(event);
         result
+    }
+
+    /// Counts a refused checkout of a feature this server serves; a name
+    /// it does not know is not kept, so no caller can grow the counts.
+    fn count_denial(&self, feature: &str, code: ErrorCode) {
+        let key = (feature.to_string(), code);
+        let mut denials = self.denials.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(count) = denials.get_mut(&key) {
+            *count += 1;
+            return;
+        }
+        drop(denials);
+        if self.issuer().licenses().feature(feature).is_none() {
+            return;
+        }
+        let mut denials = self.denials.lock().unwrap_or_else(|p| p.into_inner());
+        *denials.entry(key).or_default() += 1;
     }
 
     async fn served_in_turn(
