@@ -227,3 +227,33 @@ async fn bad_requests_get_stable_codes_and_the_server_keeps_serving() {
         .ok();
     assert_eq!(in_use(&server.status().await, "cad"), HARD_LIMIT);
 }
+
+/// A body over its route's limit is refused with the limit that applied:
+/// 64 KiB for a program's request, 32 MiB for an administrator's (a pool
+/// file with many codes).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_body_is_refused_naming_its_routes_limit() {
+    let fixture = Fixture::new().await;
+    let server = fixture.serve(&code("cad", HARD_LIMIT)).await;
+    for (path, limit) in [
+        ("/v1/checkout", 64 * 1024),
+        ("/v1/admin/pool-file", 32 * 1024 * 1024),
+    ] {
+        let mut body = serde_json::to_vec(&json!({"text": ""})).unwrap();
+        body.resize(limit + 1, b' ');
+        let request = server
+            .http
+            .post(&server.address, path)
+            .header(tessera_proto::POOL_HEADER, "e2e")
+            .header("content-type", "application/json")
+            .body(body);
+        let answer = server.send(request).await;
+        answer.refused(413, "body_too_large");
+        assert_eq!(
+            answer.message(),
+            format!("request body is larger than {limit} bytes"),
+            "{path}"
+        );
+    }
+    assert_eq!(in_use(&server.status().await, "cad"), 0);
+}

@@ -50,6 +50,11 @@ pub const MONITORING_REQUESTS_IN_FLIGHT_MAX: usize = 64;
 /// ([`tessera_proto::BODY_READ_TIMEOUT_MS`]).
 pub const BODY_READ_TIMEOUT: Duration = Duration::from_millis(proto::BODY_READ_TIMEOUT_MS);
 
+/// The largest body a route group takes, as its requests carry it (an
+/// extension), so that a refusal names the limit that applied.
+#[derive(Clone, Copy, Debug)]
+pub struct BodyLimit(pub usize);
+
 /// An error answer.
 pub struct ApiError(pub Refusal);
 
@@ -121,6 +126,10 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
     type Rejection = ApiError;
 
     async fn from_request(request: Request, state: &S) -> Result<Self, ApiError> {
+        let limit = request
+            .extensions()
+            .get::<BodyLimit>()
+            .map_or(MAX_BODY_BYTES, |limit| limit.0);
         let read = tokio::time::timeout(BODY_READ_TIMEOUT, Bytes::from_request(request, state));
         let bytes = read
             .await
@@ -137,7 +146,7 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
                 if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
                     api_error(
                         ErrorCode::BodyTooLarge,
-                        format!("request body is larger than {MAX_BODY_BYTES} bytes"),
+                        format!("request body is larger than {limit} bytes"),
                     )
                 } else {
                     api_error(ErrorCode::MalformedRequest, rejection.body_text())
@@ -217,12 +226,14 @@ pub fn router(app: Arc<App>) -> Router {
     let pool_routes = peer::routes()
         .merge(admin.into_router())
         .layer(axum::extract::DefaultBodyLimit::max(PEER_BODY_BYTES_MAX))
+        .layer(axum::Extension(BodyLimit(PEER_BODY_BYTES_MAX)))
         .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
             app.limits.peer_requests_in_flight_max,
         ));
     let client_routes = client
         .into_router()
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::Extension(BodyLimit(MAX_BODY_BYTES)))
         .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
             app.limits.requests_in_flight_max,
         ));
