@@ -6,6 +6,10 @@
 //! commit returns), then answers every waiter. Under load many checkouts
 //! share one fsync; alone, a checkout pays one.
 //!
+//! Keys are grant ids, which are time-ordered in production
+//! (`Seams::production`): new grants append at the B-tree's right edge,
+//! so a commit's pages do not grow with the grants held.
+//!
 //! Only new grants wait for durability: a lost check-in or expiry only keeps
 //! a seat counted for one more lease after a restart, which is safe.
 
