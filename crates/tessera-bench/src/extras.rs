@@ -24,7 +24,7 @@ use crate::Mode;
 const ETCD_HELD_MAX: u64 = 1_000;
 /// Clients of the open-loop run: enough that the requests in flight never
 /// run out at half of the peak rate.
-const OPEN_LOOP_CLIENTS: usize = 64;
+pub const OPEN_LOOP_CLIENTS: usize = 64;
 /// Clients of the heartbeat and scaling runs.
 const HELD_CLIENTS: usize = 32;
 

@@ -43,7 +43,7 @@ use std::time::Duration;
 use anyhow::Result;
 
 pub use crate::load::{LoadConfig, Mode};
-pub use crate::report::Report;
+pub use crate::report::{Report, Stats};
 pub use crate::tessera::Transport;
 use crate::tessera::{Setup, TesseraServer, TesseraTarget};
 
@@ -109,6 +109,44 @@ pub async fn single(config: &SingleConfig) -> Result<Report> {
     };
     target.server.stop().await?;
     Ok(report)
+}
+
+/// One Tessera server under an open-loop load: checkouts (each followed by
+/// its check-in) due at `rate` a second, sent by whichever of
+/// [`extras::OPEN_LOOP_CLIENTS`] clients is free, latency counted from when
+/// each was due. The open-loop part of `compare`, alone.
+pub async fn single_open_loop(
+    config: &SingleConfig,
+    rate: f64,
+) -> Result<(Stats, u64, Option<String>)> {
+    let setup = Setup {
+        seats: config.seats,
+        mode: Mode::Cycle,
+        transport: config.transport,
+    };
+    let server = TesseraServer::start(&config.tessera, setup).await?;
+    let target = Arc::new(TesseraTarget {
+        server,
+        signed: config.signed,
+    });
+    let result = load::open_loop(
+        target.clone(),
+        extras::OPEN_LOOP_CLIENTS,
+        rate,
+        config.load.warmup,
+        config.load.measure,
+    )
+    .await?;
+    let Ok(target) = Arc::try_unwrap(target) else {
+        anyhow::bail!("the load generator still holds the target");
+    };
+    target.server.stop().await?;
+    let errors = result.errors.values().sum();
+    Ok((
+        Stats::of(result.latencies_us, result.measured),
+        errors,
+        result.first_error,
+    ))
 }
 
 /// The last `lines` lines of a process's log file, for an error message.

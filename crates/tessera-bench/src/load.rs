@@ -392,6 +392,12 @@ impl FixedResult {
 /// checkout's latency counts from when it was due, so a stall is paid by
 /// every request that waited behind it (no coordinated omission). `clients`
 /// bounds the requests in flight.
+///
+/// The due times are kept by a pacer thread of its own, which sleeps to
+/// each with the operating system's fine timer and hands it to the next
+/// free client: the runtime's timer wakes in whole milliseconds, which
+/// would add up to a millisecond of the load generator's own lateness to
+/// every latency.
 pub async fn open_loop<T: Target>(
     target: Arc<T>,
     clients: usize,
@@ -405,21 +411,42 @@ pub async fn open_loop<T: Target>(
     let start = Instant::now() + Duration::from_millis(50);
     let measure_from = start + warmup;
     let deadline = measure_from + measure;
-    let next = Arc::new(AtomicU64::new(0));
+    let (due_times, receiver) = tokio::sync::mpsc::unbounded_channel::<Instant>();
+    let stop = Arc::new(AtomicBool::new(false));
+    let pacer = {
+        let stop = stop.clone();
+        std::thread::Builder::new()
+            .name("open-loop-pacer".into())
+            .spawn(move || {
+                for n in 0u64.. {
+                    let due = start + Duration::from_secs_f64(n as f64 / rate);
+                    if due >= deadline || stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    let now = Instant::now();
+                    if due > now {
+                        std::thread::sleep(due - now);
+                    }
+                    if due_times.send(due).is_err() {
+                        break;
+                    }
+                }
+            })
+            .context("cannot start the open-loop pacer")?
+    };
+    let receiver = Arc::new(tokio::sync::Mutex::new(receiver));
     let mut tasks = Vec::new();
     for index in 0..clients {
         let mut session = target.session(index)?;
-        let next = next.clone();
+        let receiver = receiver.clone();
         tasks.push(tokio::spawn(async move {
             let mut latencies = Vec::new();
             let mut result = ClientResult::default();
             loop {
-                let n = next.fetch_add(1, Ordering::Relaxed);
-                let due = start + Duration::from_secs_f64(n as f64 / rate);
-                if due >= deadline {
+                // The next due checkout, to whichever client is free first.
+                let Some(due) = receiver.lock().await.recv().await else {
                     break;
-                }
-                tokio::time::sleep_until(due.into()).await;
+                };
                 let answer = session.checkout(index as u64).await;
                 let latency = micros(due.elapsed());
                 let measured = due >= measure_from;
@@ -444,13 +471,21 @@ pub async fn open_loop<T: Target>(
         ..FixedResult::default()
     };
     for task in tasks {
-        let (latencies, result) = tokio::time::timeout(measure + warmup + DRAIN_TIMEOUT, task)
-            .await
-            .context("an open-loop client did not finish")?
-            .context("an open-loop client failed")?;
+        let joined = tokio::time::timeout(measure + warmup + DRAIN_TIMEOUT, task).await;
+        let (latencies, result) = match joined {
+            Ok(Ok(done)) => done,
+            failed => {
+                stop.store(true, Ordering::Relaxed);
+                failed
+                    .context("an open-loop client did not finish")?
+                    .context("an open-loop client failed")?;
+                unreachable!("a failed join returned above")
+            }
+        };
         out.latencies_us.extend(latencies);
         out.merge(result);
     }
+    let _ = pacer.join();
     Ok(out)
 }
 

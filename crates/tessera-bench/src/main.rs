@@ -115,6 +115,11 @@ struct SingleArgs {
     /// Print the results as JSON instead of a Markdown table.
     #[arg(long)]
     json: bool,
+    /// Open loop instead: checkouts (each with its check-in) due at this
+    /// many a second, sent by whichever of 64 clients is free, latency
+    /// counted from when each was due (the open-loop part of `compare`).
+    #[arg(long, value_name = "RATE", conflicts_with_all = ["smoke", "json"])]
+    open_loop: Option<u32>,
     /// Plain HTTP instead of TLS, to see what TLS costs.
     #[arg(long)]
     plain_http: bool,
@@ -284,6 +289,33 @@ fn single(args: SingleArgs) -> Result<bool> {
         }
     };
     let runtime = runtime(args.run.client_threads)?;
+    if let Some(rate) = args.open_loop {
+        let (stats, errors, first_error) = runtime.block_on(async {
+            tokio::select! {
+                run = tessera_bench::single_open_loop(&config, f64::from(rate.max(1))) => run,
+                _ = tokio::signal::ctrl_c() => bail!("interrupted"),
+            }
+        })?;
+        println!(
+            "| open loop | due/s | checkouts | p50 ms | p99 ms | p99.9 ms | max ms | errors |"
+        );
+        println!("|---|--:|--:|--:|--:|--:|--:|--:|");
+        println!(
+            "| tessera | {rate} | {} | {:.3} | {:.3} | {:.3} | {:.3} | {errors} |",
+            stats.count,
+            f64::from(stats.p50_us) / 1000.0,
+            f64::from(stats.p99_us) / 1000.0,
+            f64::from(stats.p999_us) / 1000.0,
+            f64::from(stats.max_us) / 1000.0
+        );
+        if errors > 0 {
+            eprintln!(
+                "{errors} requests failed; first: {}",
+                first_error.as_deref().unwrap_or("?")
+            );
+        }
+        return Ok(errors == 0);
+    }
     let report = runtime.block_on(async {
         tokio::select! {
             report = tessera_bench::single(&config) => report,

@@ -58,6 +58,25 @@ async fn the_smoke_benchmark_checks_seats_out_and_in_against_a_real_server() {
     assert_eq!(json["checkout"]["count"], report.checkout.count);
 }
 
+/// The open loop sends what is due at its rate, whoever is free, and counts
+/// each checkout from when it was due: one second at 200 a second is 200
+/// checkouts, none failed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_open_loop_sends_what_is_due_at_its_rate() {
+    let mut config = SingleConfig::smoke(tessera_binary());
+    config.load.warmup = std::time::Duration::ZERO;
+    config.load.measure = std::time::Duration::from_secs(1);
+    let (stats, errors, first_error) = tessera_bench::single_open_loop(&config, 200.0)
+        .await
+        .expect("the open loop runs");
+    assert_eq!(errors, 0, "{first_error:?}");
+    assert_eq!(stats.count, 200);
+    assert!(
+        stats.p50_us > 0 && stats.p50_us <= stats.max_us,
+        "{stats:?}"
+    );
+}
+
 /// Set to `1` where the peers must be there: `.ci/run` sets it after
 /// `scripts/install-bench-peers.sh` installed them, so CI always compares.
 /// Elsewhere a machine without `redis-server` and `etcd` (a fresh one with
