@@ -205,12 +205,43 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// chromedriver and the browser it started. Dropped, it kills chromedriver
+/// and every process whose command line names this test's own browser
+/// profile: a browser outlives a chromedriver that is killed, or a test
+/// that panics before it closes its session.
+struct BrowserProcesses {
+    _driver: tokio::process::Child,
+    profile: PathBuf,
+}
+
+impl Drop for BrowserProcesses {
+    fn drop(&mut self) {
+        let Ok(entries) = std::fs::read_dir("/proc") else {
+            return;
+        };
+        let profile = self.profile.display().to_string();
+        for entry in entries.flatten() {
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+                continue;
+            };
+            let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+            if String::from_utf8_lossy(&cmdline).contains(&profile) {
+                // SAFETY: kill(2) with a pid read from /proc; at worst the
+                // process has exited and the call fails.
+                unsafe {
+                    libc::kill(pid, libc::SIGKILL);
+                }
+            }
+        }
+    }
+}
+
 /// Starts chromedriver on loopback and opens a headless Chromium session.
 async fn open_browser(
     driver: &PathBuf,
     chromium: &PathBuf,
     profile: &std::path::Path,
-) -> (tokio::process::Child, fantoccini::Client) {
+) -> (BrowserProcesses, fantoccini::Client) {
     let port = free_port();
     let process = tokio::process::Command::new(driver)
         .arg(format!("--port={port}"))
@@ -245,7 +276,13 @@ async fn open_browser(
             .connect(&format!("http://127.0.0.1:{port}"))
             .await;
         match connected {
-            Ok(client) => return (process, client),
+            Ok(client) => {
+                let processes = BrowserProcesses {
+                    _driver: process,
+                    profile: profile.to_path_buf(),
+                };
+                return (processes, client);
+            }
             Err(err) if started.elapsed() < Duration::from_secs(20) => {
                 let _ = err;
                 tokio::time::sleep(Duration::from_millis(200)).await;
@@ -334,7 +371,7 @@ async fn the_dashboard_in_chromium_shows_seats_live_and_a_silent_server() {
     check_out(&servers[2], hostile, 1).await;
 
     let profile = fixture.path().join("chromium-profile");
-    let (_driver, browser) = open_browser(&driver, &chromium, &profile).await;
+    let (_processes, browser) = open_browser(&driver, &chromium, &profile).await;
     let read_token =
         std::fs::read_to_string(servers[1].credentials.read_token_file()).expect("the read token");
     let url = format!(
