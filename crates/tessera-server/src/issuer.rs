@@ -157,9 +157,14 @@ pub struct Issuer {
     /// (its feature's `temporary_serial` reached the activation's), or the
     /// activation failed.
     temporaries_reserved: HashMap<String, ReservedTemporary>,
-    grants: HashMap<String, LiveGrant>,
+    /// A B-tree, not a hash map: a hash table holding a million grants
+    /// doubles in one step, moving every grant under the issuer's lock
+    /// (a pause of over a second that every request waited out); a
+    /// B-tree grows a node at a time.
+    grants: BTreeMap<String, LiveGrant>,
     expiry_queue: BTreeSet<(u64, String)>,
-    grants_per_client: HashMap<String, usize>,
+    /// A B-tree for the same reason as `grants`.
+    grants_per_client: BTreeMap<String, usize>,
     limits: Limits,
     clock_drift_percent: u32,
     grace_until_ms: Option<u64>,
@@ -236,9 +241,9 @@ impl Issuer {
             held_aside: HashMap::new(),
             hand_overs_expected: HashMap::new(),
             temporaries_reserved: HashMap::new(),
-            grants: HashMap::new(),
+            grants: BTreeMap::new(),
             expiry_queue: BTreeSet::new(),
-            grants_per_client: HashMap::new(),
+            grants_per_client: BTreeMap::new(),
             limits,
             clock_drift_percent,
             grace_until_ms: None,
