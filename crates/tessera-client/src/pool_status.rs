@@ -5,7 +5,7 @@
 //! server that does not answer is named in `unanswered`, so a partial
 //! figure never passes for the pool's.
 
-use tessera_proto::pool_status::merge;
+use tessera_proto::pool_status::merge_answers;
 use tessera_proto::{PeerStatus, StatusResponse};
 
 use crate::client::Client;
@@ -47,13 +47,5 @@ pub(crate) async fn gather(
             answers[index] = Some(answer);
         }
     }
-    let answers = others
-        .into_iter()
-        .zip(answers)
-        .map(|(peer, answer)| {
-            let answer = answer.unwrap_or_else(|| Err("the request was dropped".into()));
-            (peer, answer)
-        })
-        .collect();
-    merge(first, answers)
+    merge_answers(first, others, answers)
 }

@@ -100,6 +100,28 @@ pub fn merge(
     status
 }
 
+/// [`merge`] with `answers[i]` the answer of `others[i]`, if any: a
+/// server whose request was dropped before it answered counts as
+/// unanswered.
+pub fn merge_answers(
+    status: StatusResponse,
+    others: Vec<PeerStatus>,
+    answers: Vec<Option<Result<StatusResponse, String>>>,
+) -> StatusResponse {
+    let mut answers = answers.into_iter();
+    let paired = others
+        .into_iter()
+        .map(|peer| {
+            let answer = answers
+                .next()
+                .flatten()
+                .unwrap_or_else(|| Err("the request was dropped".into()));
+            (peer, answer)
+        })
+        .collect();
+    merge(status, paired)
+}
+
 /// One entry per grant: the copy with the most time left, which the
 /// program renewed last.
 fn newest_copies(grants: Vec<GrantStatus>) -> Vec<GrantStatus> {
@@ -176,5 +198,20 @@ mod tests {
         let unanswered: Vec<&str> = merged.unanswered.iter().map(|u| u.id.as_str()).collect();
         assert_eq!(unanswered, ["C", "D", "F"]);
         assert!(merged.unanswered[0].error.contains("pool `other`"));
+    }
+
+    /// A server whose request was dropped before it answered is named as
+    /// unanswered, not passed over.
+    #[test]
+    fn a_dropped_request_counts_as_unanswered() {
+        let merged = merge_answers(
+            status("A", "p", &[("g1", 100)], 1),
+            vec![peer("B"), peer("C")],
+            vec![Some(Ok(status("B", "p", &[("g2", 100)], 1))), None],
+        );
+        assert_eq!(merged.grants_total, 2);
+        assert_eq!(merged.unanswered.len(), 1);
+        assert_eq!(merged.unanswered[0].id, "C");
+        assert_eq!(merged.unanswered[0].error, "the request was dropped");
     }
 }

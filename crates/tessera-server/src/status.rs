@@ -107,17 +107,7 @@ impl App {
                 answers[index] = Some(answer);
             }
         }
-        let answers = others
-            .into_iter()
-            .zip(answers)
-            .map(|(peer, answer)| {
-                (
-                    peer,
-                    answer.unwrap_or_else(|| Err("the request was dropped".into())),
-                )
-            })
-            .collect();
-        let mut merged = proto::pool_status::merge(own, answers);
+        let mut merged = proto::pool_status::merge_answers(own, others, answers);
         if grants == Grants::Counted {
             merged.grants.clear();
         }
