@@ -25,6 +25,11 @@ const ETCD_HELD_MAX: u64 = 1_000;
 /// Clients of the open-loop run: enough that the requests in flight never
 /// run out at half of the peak rate.
 pub const OPEN_LOOP_CLIENTS: usize = 64;
+/// The server's quota lease and how often it is renewed, as the benchmark's
+/// servers run (the defaults of `[timing]`).
+const QUOTA_LEASE_MS: u64 = 2_500;
+const QUOTA_RENEWAL_INTERVAL_MS: u64 = 300;
+
 /// Clients of the heartbeat and scaling runs.
 const HELD_CLIENTS: usize = 32;
 
@@ -435,8 +440,8 @@ impl Extras {
         );
         table_head(
             &mut out,
-            "| seats held | checkouts | p50 ms | p99 ms | p99.9 ms |",
-            "|---|--:|--:|--:|--:|",
+            "| seats held | checkouts | p50 ms | p99 ms | p99.9 ms | max ms |",
+            "|---|--:|--:|--:|--:|--:|",
         );
         for range in &self.scaling.by_active_seats {
             let c = &range.checkout;
@@ -450,7 +455,15 @@ impl Extras {
                     (range.active_seats_below - 1).to_string()
                 },
                 c.count,
-                c.tail_ms_cells()
+                c.latency_ms_cells()
+            );
+        }
+        if let Some(gap_ms) = self.scaling.quota_renewal_gap_max_ms {
+            let _ = writeln!(
+                out,
+                "\nLongest gap between two renewals of the server's quota lease during the \
+                 run: {gap_ms} ms (renewed every {QUOTA_RENEWAL_INTERVAL_MS} ms; the lease is \
+                 {QUOTA_LEASE_MS} ms, after which the server stops issuing)."
             );
         }
         let _ = writeln!(
@@ -553,6 +566,18 @@ impl Extras {
             d.get(d.len().saturating_sub(1) / 2)
                 .map_or(0, |d| d.as_millis())
         };
+        if let Some(gap_ms) = self.scaling.quota_renewal_gap_max_ms {
+            let _ = writeln!(
+                out,
+                "| no pause near the quota lease while the seats are taken (longest \
+                 renewal gap under half of the {QUOTA_LEASE_MS} ms lease) | {gap_ms} ms | {} |",
+                if gap_ms < QUOTA_LEASE_MS / 2 {
+                    "met"
+                } else {
+                    "missed"
+                }
+            );
+        }
         let _ = writeln!(
             out,
             "| new leader within a second (median takeover) | {} ms | {} |",
