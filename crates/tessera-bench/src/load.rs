@@ -472,16 +472,13 @@ pub async fn open_loop<T: Target>(
     };
     for task in tasks {
         let joined = tokio::time::timeout(measure + warmup + DRAIN_TIMEOUT, task).await;
-        let (latencies, result) = match joined {
-            Ok(Ok(done)) => done,
-            failed => {
-                stop.store(true, Ordering::Relaxed);
-                failed
-                    .context("an open-loop client did not finish")?
-                    .context("an open-loop client failed")?;
-                unreachable!("a failed join returned above")
-            }
-        };
+        if !matches!(joined, Ok(Ok(_))) {
+            // The run ends here: the pacer need not keep sending.
+            stop.store(true, Ordering::Relaxed);
+        }
+        let (latencies, result) = joined
+            .context("an open-loop client did not finish")?
+            .context("an open-loop client failed")?;
         out.latencies_us.extend(latencies);
         out.merge(result);
     }

@@ -301,12 +301,9 @@ fn single(args: SingleArgs) -> Result<bool> {
         );
         println!("|---|--:|--:|--:|--:|--:|--:|--:|");
         println!(
-            "| tessera | {rate} | {} | {:.3} | {:.3} | {:.3} | {:.3} | {errors} |",
+            "| tessera | {rate} | {} | {} | {errors} |",
             stats.count,
-            f64::from(stats.p50_us) / 1000.0,
-            f64::from(stats.p99_us) / 1000.0,
-            f64::from(stats.p999_us) / 1000.0,
-            f64::from(stats.max_us) / 1000.0
+            stats.latency_ms_cells()
         );
         if errors > 0 {
             eprintln!(

@@ -54,7 +54,7 @@ impl Stats {
     }
 
     /// [`Stats::tail_ms_cells`] and the maximum.
-    pub(crate) fn latency_ms_cells(&self) -> String {
+    pub fn latency_ms_cells(&self) -> String {
         format!("{} | {}", self.tail_ms_cells(), ms(self.max_us))
     }
 

@@ -141,7 +141,7 @@ pub async fn run(keep: bool, dir: Option<PathBuf>) -> Result<()> {
     print_status(&trust, &servers[leader].address).await?;
 
     if keep {
-        keep_serving(&dir, &addresses).await;
+        keep_serving(&dir, &addresses, &trust.read_token).await;
     }
     check_in(&trust, &servers, &addresses, seats).await?;
     for server in &mut servers {
@@ -317,7 +317,7 @@ async fn kill_leader(
 
 /// Leaves the pool serving, with the commands to try on it, until Ctrl-C
 /// or SIGTERM; then the demo checks its seats in and stops its servers.
-async fn keep_serving(dir: &Path, addresses: &[String]) {
+async fn keep_serving(dir: &Path, addresses: &[String], read_token: &str) {
     step("The pool keeps serving (Ctrl-C or SIGTERM stops it)");
     let pool_dir = dir.join("pool");
     println!(
@@ -333,7 +333,6 @@ async fn keep_serving(dir: &Path, addresses: &[String]) {
         "  tessera checkout cad --server {} --hold 30",
         addresses.join(",")
     );
-    let read_token = std::fs::read_to_string(pool_dir.join("read.token")).unwrap_or_default();
     println!(
         "  dashboard: https://{}/dashboard#token={}",
         addresses[0],

@@ -55,6 +55,16 @@ pub const BODY_READ_TIMEOUT: Duration = Duration::from_millis(proto::BODY_READ_T
 #[derive(Clone, Copy, Debug)]
 pub struct BodyLimit(pub usize);
 
+impl BodyLimit {
+    /// `routes` refusing bodies over this limit, and telling the JSON
+    /// extractor which limit that was: one number for both.
+    fn apply(self, routes: Router<Arc<App>>) -> Router<Arc<App>> {
+        routes
+            .layer(axum::extract::DefaultBodyLimit::max(self.0))
+            .layer(axum::Extension(self))
+    }
+}
+
 /// An error answer.
 pub struct ApiError(pub Refusal);
 
@@ -223,20 +233,14 @@ pub fn router(app: Arc<App>) -> Router {
     } = DocumentedGroups::new();
     // Peer and admin requests have their own capacity: no number of client
     // requests can starve the pool's own traffic.
-    let pool_routes = peer::routes()
-        .merge(admin.into_router())
-        .layer(axum::extract::DefaultBodyLimit::max(PEER_BODY_BYTES_MAX))
-        .layer(axum::Extension(BodyLimit(PEER_BODY_BYTES_MAX)))
+    let pool_routes = BodyLimit(PEER_BODY_BYTES_MAX)
+        .apply(peer::routes().merge(admin.into_router()))
         .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
             app.limits.peer_requests_in_flight_max,
         ));
-    let client_routes = client
-        .into_router()
-        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .layer(axum::Extension(BodyLimit(MAX_BODY_BYTES)))
-        .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
-            app.limits.requests_in_flight_max,
-        ));
+    let client_routes = BodyLimit(MAX_BODY_BYTES).apply(client.into_router()).layer(
+        tower::limit::GlobalConcurrencyLimitLayer::new(app.limits.requests_in_flight_max),
+    );
     let monitoring_routes =
         monitoring
             .into_router()
