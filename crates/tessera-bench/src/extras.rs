@@ -230,7 +230,7 @@ pub async fn run(
             active_seats_max: config.scaling_seats,
             progress,
         },
-        transport: crate::Transport::Tls,
+        transport: crate::Transport::Framed,
         signed: false,
     })
     .await?;

@@ -77,7 +77,7 @@ impl SingleConfig {
                 active_seats_max: u64::MAX,
                 progress: false,
             },
-            transport: Transport::Tls,
+            transport: Transport::Framed,
             signed: false,
         }
     }

@@ -121,8 +121,12 @@ struct SingleArgs {
     #[arg(long, value_name = "RATE", conflicts_with_all = ["smoke", "json"])]
     open_loop: Option<u32>,
     /// Plain HTTP instead of TLS, to see what TLS costs.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "rest")]
     plain_http: bool,
+    /// HTTP/1.1 and JSON (REST) on TLS instead of the framed protocol the
+    /// SDK speaks, to see what the framing saves.
+    #[arg(long)]
+    rest: bool,
     /// Checkouts carry a nonce, so the server signs every answer (what a
     /// program with its vendor's keys asks for), to see what signing costs.
     #[arg(long)]
@@ -264,10 +268,10 @@ fn single(args: SingleArgs) -> Result<bool> {
              or held seats lapse during the run"
         );
     }
-    let transport = if args.plain_http {
-        Transport::Plain
-    } else {
-        Transport::Tls
+    let transport = match (args.plain_http, args.rest) {
+        (true, _) => Transport::Plain,
+        (false, true) => Transport::Rest,
+        (false, false) => Transport::Framed,
     };
     let config = if args.smoke {
         let mut config = SingleConfig::smoke(tessera);

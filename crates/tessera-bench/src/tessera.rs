@@ -14,9 +14,10 @@ use tessera_proto::{
 use tessera_testkit::{
     die_with_parent, server_command, Credentials, Http, NotReady, Process, ServerConfig,
 };
+use tessera_transport::{FramedConnector, FramedStream, Opened};
 use tokio::process::Command;
 
-use crate::http1::Connection;
+use crate::http1::{Connection, Response};
 use crate::target::{Checkout, OpError, Session, Target};
 use crate::Mode;
 use crate::{CONNECT_TIMEOUT, REQUEST_TIMEOUT};
@@ -51,8 +52,10 @@ pub struct Setup {
 /// How clients reach the server.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Transport {
-    /// TLS, as the product runs by default.
-    Tls,
+    /// The framed protocol on TLS, as the SDK talks by default.
+    Framed,
+    /// HTTP/1.1 and JSON on TLS (REST), to show what the framing saves.
+    Rest,
     /// Plain HTTP (`plain_http`), to show what TLS costs.
     Plain,
 }
@@ -62,7 +65,7 @@ impl Setup {
         Setup {
             seats,
             mode: Mode::Cycle,
-            transport: Transport::Tls,
+            transport: Transport::Framed,
         }
     }
 
@@ -70,7 +73,7 @@ impl Setup {
         Setup {
             seats,
             mode: Mode::Hold,
-            transport: Transport::Tls,
+            transport: Transport::Framed,
         }
     }
 
@@ -117,6 +120,8 @@ pub struct TesseraServer {
     pub address: String,
     /// The load clients' TLS (trusting the server's pool CA); `None`: plain.
     pub tls: Option<Arc<rustls::ClientConfig>>,
+    /// Framed connections, when the clients speak the framed protocol.
+    pub framed: Option<FramedConnector>,
     /// For the status and the metrics, with the admin token.
     http: Http,
     process: Process,
@@ -142,12 +147,19 @@ impl TesseraServer {
         let root = dir.path();
         let (address, credentials) = write_setup(tessera, root, setup).await?;
         let (tls, http) = match setup.transport {
-            Transport::Tls => {
+            Transport::Framed | Transport::Rest => {
                 let config = tessera_transport::client_tls_config(&credentials.ca_pem())
                     .map_err(anyhow::Error::msg)?;
                 (Some(Arc::new(config)), credentials.http(REQUEST_TIMEOUT))
             }
             Transport::Plain => (None, Http::plain(REQUEST_TIMEOUT)),
+        };
+        let framed = match setup.transport {
+            Transport::Framed => Some(
+                FramedConnector::new(&credentials.ca_pem(), CONNECT_TIMEOUT)
+                    .map_err(anyhow::Error::msg)?,
+            ),
+            Transport::Rest | Transport::Plain => None,
         };
         let mut command = server_command(tessera, &root.join("tessera.toml"), &["--new-pool"]);
         command.env("TESSERA_LOG", "warn");
@@ -155,6 +167,7 @@ impl TesseraServer {
         let server = TesseraServer {
             address,
             tls,
+            framed,
             http,
             process: Process::start(command, &root.join("server.log"))
                 .with_context(|| format!("cannot start {} server", tessera.display()))?,
@@ -162,6 +175,17 @@ impl TesseraServer {
         };
         server.wait_serving().await?;
         Ok(server)
+    }
+
+    /// One load client's connection to `address`, as the server's clients talk.
+    fn wire(&self, address: &str) -> Wire {
+        match &self.framed {
+            Some(connector) => Wire::Framed(FramedWire::new(connector.clone(), address)),
+            None => Wire::Http(
+                Connection::new(address, CONNECT_TIMEOUT, REQUEST_TIMEOUT)
+                    .with_tls(self.tls.clone()),
+            ),
+        }
     }
 
     /// Polls `/v1/status` (bounded) until the server says it is serving.
@@ -306,7 +330,7 @@ async fn write_setup(tessera: &Path, dir: &Path, setup: Setup) -> Result<(String
         Mode::Cycle => String::new(),
     };
     let security = match setup.transport {
-        Transport::Tls => credentials.security_table("A"),
+        Transport::Framed | Transport::Rest => credentials.security_table("A"),
         Transport::Plain => credentials.plain_security_table("A"),
     };
     let tables = security + &limits;
@@ -370,10 +394,11 @@ impl Target for TesseraTarget {
     type Session = TesseraSession;
 
     fn name(&self) -> &str {
-        match (&self.server.tls, self.signed) {
-            (Some(_), true) => "tessera, signed answers",
-            (Some(_), false) => "tessera",
-            (None, _) => "tessera, plain HTTP",
+        match (&self.server.tls, &self.server.framed, self.signed) {
+            (Some(_), _, true) => "tessera, signed answers",
+            (Some(_), Some(_), false) => "tessera",
+            (Some(_), None, false) => "tessera, REST",
+            (None, _, _) => "tessera, plain HTTP",
         }
     }
 
@@ -381,8 +406,7 @@ impl Target for TesseraTarget {
         // Each simulated client has its own keep-alive connection, as a
         // program would, so none queues behind another's request.
         Ok(TesseraSession {
-            connection: Connection::new(&self.server.address, CONNECT_TIMEOUT, REQUEST_TIMEOUT)
-                .with_tls(self.server.tls.clone()),
+            wire: self.server.wire(&self.server.address),
             feature: FEATURE,
             nonces: self.signed.then_some((client_index as u64, 0)),
         })
@@ -398,7 +422,7 @@ impl Target for TesseraTarget {
 }
 
 pub struct TesseraSession {
-    connection: Connection,
+    wire: Wire,
     /// The feature every checkout asks for.
     feature: &'static str,
     /// With signed answers: this client's number and its requests so far,
@@ -428,7 +452,7 @@ impl TesseraSession {
         let path = format!("{}{endpoint}", proto::API_PREFIX);
         let body = serde_json::to_vec(body).map_err(|err| other("encode", err.to_string()))?;
         let response = self
-            .connection
+            .wire
             .post_json(&path, &body)
             .await
             .map_err(|message| other("transport", message))?;
@@ -562,8 +586,7 @@ impl Target for NoopTarget {
     fn session(&self, _client_index: usize) -> Result<NoopSession> {
         Ok(NoopSession(TesseraSession {
             nonces: None,
-            connection: Connection::new(&self.server.address, CONNECT_TIMEOUT, REQUEST_TIMEOUT)
-                .with_tls(self.server.tls.clone()),
+            wire: self.server.wire(&self.server.address),
             feature: FEATURE,
         }))
     }
@@ -612,8 +635,8 @@ pub const POOL_SERVERS: usize = 3;
 /// server issuing from its own third of the seats.
 pub struct PoolTarget {
     pub pool: tessera_testkit::Pool,
-    /// The load clients' TLS, trusting the pool CA.
-    tls: Arc<rustls::ClientConfig>,
+    /// The load clients' framed connections, trusting the pool CA.
+    framed: FramedConnector,
 }
 
 impl PoolTarget {
@@ -634,12 +657,9 @@ impl PoolTarget {
         };
         let pool = tessera_testkit::Pool::start(&tessera, spec).await;
         pool.wait_leader(&pool.all()).await;
-        let tls =
-            tessera_transport::client_tls_config(&pool.ca_pem()).map_err(anyhow::Error::msg)?;
-        Ok(PoolTarget {
-            pool,
-            tls: Arc::new(tls),
-        })
+        let framed =
+            FramedConnector::new(&pool.ca_pem(), CONNECT_TIMEOUT).map_err(anyhow::Error::msg)?;
+        Ok(PoolTarget { pool, framed })
     }
 
     /// CPU time of all the pool's servers.
@@ -660,12 +680,10 @@ impl Target for PoolTarget {
     fn session(&self, client_index: usize) -> Result<TesseraSession> {
         let addresses = self.pool.addresses();
         Ok(TesseraSession {
-            connection: Connection::new(
+            wire: Wire::Framed(FramedWire::new(
+                self.framed.clone(),
                 &addresses[client_index % addresses.len()],
-                CONNECT_TIMEOUT,
-                REQUEST_TIMEOUT,
-            )
-            .with_tls(Some(self.tls.clone())),
+            )),
             feature: POOL_FEATURE,
             nonces: None,
         })
@@ -680,3 +698,77 @@ impl Target for PoolTarget {
         Ok(())
     }
 }
+
+/// A load client's connection: HTTP/1.1 (REST) or frames.
+enum Wire {
+    Http(Connection),
+    Framed(FramedWire),
+}
+
+impl Wire {
+    async fn post_json(&mut self, path: &str, body: &[u8]) -> Result<Response, String> {
+        match self {
+            Wire::Http(connection) => connection.post_json(path, body).await,
+            Wire::Framed(framed) => framed.post_json(path, body).await,
+        }
+    }
+}
+
+/// One framed connection, opened on first use and again after any failure.
+struct FramedWire {
+    connector: FramedConnector,
+    address: String,
+    stream: Option<Box<FramedStream>>,
+}
+
+impl FramedWire {
+    fn new(connector: FramedConnector, address: &str) -> FramedWire {
+        FramedWire {
+            connector,
+            address: address.to_string(),
+            stream: None,
+        }
+    }
+
+    async fn post_json(&mut self, path: &str, body: &[u8]) -> Result<Response, String> {
+        let op =
+            proto::frame::Op::for_path(path).ok_or_else(|| format!("{path} has no frame op"))?;
+        let frame = proto::frame::encode_request(op, None, body)?;
+        let result = tokio::time::timeout(REQUEST_TIMEOUT, self.exchange(&frame)).await;
+        let result = result.unwrap_or_else(|_| {
+            Err(format!(
+                "no answer from {} within {REQUEST_TIMEOUT:?}",
+                self.address
+            ))
+        });
+        if result.is_err() {
+            // The connection may hold half an answer: never reuse it.
+            self.stream = None;
+        }
+        result
+    }
+
+    async fn exchange(&mut self, frame: &[u8]) -> Result<Response, String> {
+        let address = &self.address;
+        let stream = match &mut self.stream {
+            Some(stream) => stream,
+            empty @ None => match self.connector.connect(address).await {
+                Ok(Opened::Framed(stream)) => empty.insert(stream),
+                Ok(Opened::RestOnly) => {
+                    return Err(format!("{address} does not speak the framed protocol"))
+                }
+                Err(err) => return Err(format!("{address}: {err}")),
+            },
+        };
+        let answer = tessera_transport::exchange(stream, frame, BODY_BYTES_MAX)
+            .await
+            .map_err(|err| format!("{address}: {err:?}"))?;
+        Ok(Response {
+            status: answer.status,
+            body: answer.body,
+        })
+    }
+}
+
+/// Largest answer body a load client reads, in bytes.
+const BODY_BYTES_MAX: usize = 64 * 1024;

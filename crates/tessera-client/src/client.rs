@@ -6,10 +6,10 @@ use tessera_proto::{
     CheckinRequest, CheckinResponse, CheckoutRequest, ErrorCode, Grant, HeartbeatRequest, Proof,
     QueueAsk, QueuePlace, StatusResponse, MAX_SEATS_PER_REQUEST,
 };
-use tessera_transport::{HttpTransport, ReqwestOptions, ReqwestTransport};
+use tessera_transport::{FramedTransport, HttpTransport, ReqwestOptions, ReqwestTransport};
 use tokio::time::Instant;
 
-use crate::config::{check_field, ClientConfig};
+use crate::config::{check_field, ClientConfig, Protocol};
 use crate::error::{describe, pool_error, ClientError, Disposition, Failure, FailureKind};
 use crate::guard::{check_grant, lease_duration, SeatGuard};
 use crate::http::{self, STATUS_ANSWER_BYTES_MAX};
@@ -37,20 +37,29 @@ struct Inner {
 }
 
 impl Client {
-    /// A client for this configuration, over HTTP/1.1 on TLS
-    /// ([`ReqwestTransport`], checking the servers as [`ClientConfig::tls`]
-    /// says). Fails only on a configuration that cannot work
+    /// A client for this configuration, over TLS checking the servers as
+    /// [`ClientConfig::tls`] says: checkouts, heartbeats and check-ins in
+    /// frames ([`FramedTransport`]) unless [`ClientConfig::protocol`] says
+    /// REST, everything else over HTTP/1.1 ([`ReqwestTransport`]). Fails only on a configuration that cannot work
     /// (no servers, an address that is not `host:port`, an empty or oversized
     /// field).
     pub fn new(config: ClientConfig) -> Result<Client, ClientError> {
         config.validate()?;
-        let transport = ReqwestTransport::new(ReqwestOptions {
+        let options = ReqwestOptions {
             connect_timeout: config.connect_timeout,
             idle_connections_per_server_max: IDLE_CONNECTIONS_PER_SERVER_MAX,
             tls: config.tls.resolve()?,
-        })
-        .map_err(|message| ClientError::InvalidConfig { message })?;
-        Client::with_transport(config, Arc::new(transport))
+        };
+        let invalid = |message| ClientError::InvalidConfig { message };
+        let framed = match config.protocol {
+            Protocol::Framed => FramedTransport::new(options.clone()).map_err(invalid)?,
+            Protocol::Rest => None,
+        };
+        let transport: Arc<dyn HttpTransport> = match framed {
+            Some(framed) => Arc::new(framed),
+            None => Arc::new(ReqwestTransport::new(options).map_err(invalid)?),
+        };
+        Client::with_transport(config, transport)
     }
 
     /// A client for this configuration whose requests all go through

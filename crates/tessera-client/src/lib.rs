@@ -63,8 +63,8 @@ mod trust;
 pub use admin::{Admin, AdminChange};
 pub use client::Client;
 pub use config::{
-    BearerToken, ClientConfig, ClientTls, WallClock, CA_FILE_ENV, CONNECT_TIMEOUT_DEFAULT,
-    REQUEST_TIMEOUT_DEFAULT, SERVERS_MAX,
+    BearerToken, ClientConfig, ClientTls, Protocol, WallClock, CA_FILE_ENV,
+    CONNECT_TIMEOUT_DEFAULT, REQUEST_TIMEOUT_DEFAULT, SERVERS_MAX,
 };
 pub use error::ClientError;
 pub use guard::{

@@ -8,6 +8,7 @@
 
 use serde::{Deserialize, Serialize};
 
+pub mod frame;
 pub mod pool_status;
 /// The shapes of signed documents that travel inside answers: a license
 /// code and a master license, as their files hold them.

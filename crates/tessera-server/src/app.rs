@@ -29,6 +29,9 @@ pub struct App {
     pub(crate) public_status: config::PublicStatus,
     /// Requests in flight per source address.
     pub(crate) in_flight: crate::api::per_address::InFlight,
+    /// Client requests in flight, REST and framed alike
+    /// (`limits.requests_in_flight_max`).
+    pub(crate) client_requests: Arc<tokio::sync::Semaphore>,
     pub(crate) vendors: Vec<tessera_core::VendorPublicKey>,
     pub(crate) data_dir: PathBuf,
     /// Where the installed pool file is written.

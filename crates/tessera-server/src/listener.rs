@@ -20,7 +20,10 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio::time::{Instant, Sleep};
 
+use crate::api::framed::{self, FramedState};
 use crate::config::TlsFiles;
+
+const FRAMED: &[u8] = tessera_proto::frame::ALPN;
 
 /// Longest a TLS handshake may take before the connection is dropped.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -77,7 +80,8 @@ pub fn server_tls_config(files: &TlsFiles) -> Result<Arc<rustls::ServerConfig>, 
                 files.key_file.display()
             )
         })?;
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    // A client offering the framed protocol gets it; any other, HTTP/1.1.
+    config.alpn_protocols = vec![tessera_proto::frame::ALPN.to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(config))
 }
 
@@ -96,18 +100,22 @@ impl Drop for SecureListener {
 }
 
 impl SecureListener {
-    /// Listens on `address`; `tls: None` is plain TCP.
+    /// Listens on `address`; `tls: None` is plain TCP. A TLS connection
+    /// whose client chose the framed protocol is served by
+    /// [`framed::serve`] once `framed` names the server; every other goes
+    /// to the HTTP server.
     pub async fn bind(
         address: &str,
         tls: Option<Arc<rustls::ServerConfig>>,
         limits: ConnectionLimits,
+        framed: FramedState,
     ) -> io::Result<SecureListener> {
         let listener = TcpListener::bind(address).await?;
         let local = listener.local_addr()?;
         let (sender, ready) = mpsc::channel(READY_QUEUE);
         let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
         let slots = Slots::new(limits);
-        let accepting = tokio::spawn(accept_loop(listener, acceptor, slots, sender));
+        let accepting = tokio::spawn(accept_loop(listener, acceptor, slots, sender, framed));
         Ok(SecureListener {
             ready,
             local,
@@ -139,6 +147,7 @@ async fn accept_loop(
     acceptor: Option<tokio_rustls::TlsAcceptor>,
     slots: Slots,
     ready: mpsc::Sender<(Connection, SocketAddr)>,
+    framed: FramedState,
 ) {
     loop {
         let (tcp, peer) = match listener.accept().await {
@@ -157,11 +166,16 @@ async fn accept_loop(
         let _ = tcp.set_nodelay(true);
         let acceptor = acceptor.clone();
         let ready = ready.clone();
+        let framed = framed.clone();
         tokio::spawn(async move {
             let io = match acceptor {
                 None => Io::Plain(tcp),
                 Some(acceptor) => {
                     match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                        Ok(Ok(tls)) if tls.get_ref().1.alpn_protocol() == Some(FRAMED) => {
+                            let connection = Connection::new(Io::Tls(Box::new(tls)), slot);
+                            return framed::serve(framed, connection, peer).await;
+                        }
                         Ok(Ok(tls)) => Io::Tls(Box::new(tls)),
                         Ok(Err(err)) => {
                             tracing::debug!("TLS handshake with {peer} failed: {err}");

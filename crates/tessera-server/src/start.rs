@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 
 use tessera_core::PoolFile;
 
+use crate::api::framed::Framed;
 use crate::config::ServerConfig;
 use crate::issuer::Issuer;
 use crate::listener::{self, ConnectionLimits, SecureListener};
@@ -83,9 +84,17 @@ pub async fn start(
         per_address_max: config.limits.connections_per_address_max,
         total_max: config.limits.connections_max,
     };
+    // Framed connections wait for the server to be up, and stop with it.
+    let (framed, framed_state) = tokio::sync::watch::channel(Framed::Starting);
+    let framed = Arc::new(framed);
+    let stopped = framed.clone();
+    let shutdown = async move {
+        shutdown.await;
+        stopped.send_replace(Framed::Stopped);
+    };
     let bind = move |address: String| async move {
         let plain = tls.is_none();
-        let listener = SecureListener::bind(&address, tls, limits).await?;
+        let listener = SecureListener::bind(&address, tls, limits, framed_state).await?;
         let local = axum::serve::Listener::local_addr(&listener)?;
         if plain && !local.ip().is_loopback() {
             return Err(std::io::Error::other(
@@ -95,7 +104,15 @@ pub async fn start(
         }
         Ok((listener, local))
     };
-    start_with(config, seams, bind, shutdown).await
+    let running = start_with(config, seams, bind, shutdown).await?;
+    framed.send_if_modified(|state| match state {
+        Framed::Starting => {
+            *state = Framed::Serving(running.app.clone());
+            true
+        }
+        _ => false,
+    });
+    Ok(running)
 }
 
 /// [`start`] on the given seams, listening with `bind` (which gets the
@@ -300,6 +317,9 @@ impl App {
             started_ms: seams.clock.now_ms(),
             public_status: config.security.public_status,
             in_flight: Default::default(),
+            client_requests: Arc::new(tokio::sync::Semaphore::new(
+                config.limits.requests_in_flight_max,
+            )),
             vendors: config.vendors.clone(),
             data_dir: config.data_dir.clone(),
             disk: seams.disk.clone(),

@@ -2,11 +2,17 @@
 //! carries them.
 //!
 //! The SDK ([`tessera-client`]) and the server's peer client send every
-//! request through an [`HttpTransport`]. Programs use [`ReqwestTransport`]
-//! (HTTP/1.1 over TLS, or over plain TCP by explicit choice); the
+//! request through an [`HttpTransport`]. Programs use [`FramedTransport`]
+//! (the framed protocol over TLS for checkout, heartbeat and check-in,
+//! HTTP/1.1 for the rest) or [`ReqwestTransport`] (HTTP/1.1 over TLS, or
+//! over plain TCP by explicit choice); the
 //! deterministic simulator (`tessera-sim`) plugs in its own, which carries
 //! the same bytes over a simulated network. Nothing here knows what the
 //! requests mean.
+
+mod framed;
+
+pub use framed::{exchange, Exchanged, FramedConnector, FramedStream, FramedTransport, Opened};
 
 use std::error::Error as _;
 use std::fmt;

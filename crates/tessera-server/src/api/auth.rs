@@ -155,8 +155,8 @@ fn caller(app: &App, request: &Request) -> Result<Caller, ApiError> {
             "the Authorization header must be `Bearer <token>`",
         ));
     };
-    let hash = credential_sha256(secret);
     if let Some(server_id) = header(request, PEER_HEADER) {
+        let hash = credential_sha256(secret);
         let known = app.pool.with_pool_file(|pool_file| {
             pool_file
                 .server(server_id)
@@ -176,6 +176,14 @@ fn caller(app: &App, request: &Request) -> Result<Caller, ApiError> {
             ))
         };
     }
+    admin_caller(app, secret)
+}
+
+/// The administrator (or production server) whose token is `secret`; a
+/// token the pool file does not list is refused. The framed protocol's
+/// callers are named here too: their frames carry no peer credential.
+pub(super) fn admin_caller(app: &App, secret: &str) -> Result<Caller, ApiError> {
+    let hash = credential_sha256(secret);
     let admin = app.pool.with_pool_file(|pool_file| {
         pool_file
             .admins

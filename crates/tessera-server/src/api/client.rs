@@ -167,7 +167,12 @@ impl Refuses for NoopRefusals {
     ),
 )]
 async fn noop(JsonBody(body): JsonBody<CheckoutRequest>) -> Json<proto::Grant> {
-    Json(proto::Grant {
+    Json(noop_answer(body))
+}
+
+/// The no-op's grant-shaped answer, for REST and the framed protocol alike.
+pub(super) fn noop_answer(body: CheckoutRequest) -> proto::Grant {
+    proto::Grant {
         grant_id: "00000000000000000000000000000000".to_string(),
         feature: body.feature,
         count: body.count,
@@ -180,7 +185,7 @@ async fn noop(JsonBody(body): JsonBody<CheckoutRequest>) -> Json<proto::Grant> {
         holding: None,
         certificate: None,
         answer: None,
-    })
+    }
 }
 
 /// Where a request came from, when the listener says (a real socket).
@@ -198,9 +203,8 @@ fn admitted(
     app: &App,
     feature: &str,
     (user, host, display): (&str, &str, Option<&str>),
-    source: &Source,
+    address: Option<std::net::IpAddr>,
 ) -> Result<(), ApiError> {
-    let address = source_ip(source);
     let asker = tessera_core::policy::Asker {
         user,
         host,
@@ -235,14 +239,27 @@ async fn checkout(
     source: Source,
     JsonBody(body): JsonBody<CheckoutRequest>,
 ) -> Result<Json<proto::Grant>, SignedDenial> {
+    checkout_answer(&app, &caller, source_ip(&source), body)
+        .await
+        .map(Json)
+}
+
+/// A checkout, answered (and signed where asked), for REST and the framed
+/// protocol alike.
+pub(super) async fn checkout_answer(
+    app: &Arc<App>,
+    caller: &Caller,
+    address: Option<std::net::IpAddr>,
+    body: CheckoutRequest,
+) -> Result<proto::Grant, SignedDenial> {
     let asked = Asked::of(&body);
     let who = (
         body.user.as_str(),
         body.host.as_str(),
         body.display.as_deref(),
     );
-    let answer = match admitted(&app, &body.feature, who, &source) {
-        Ok(()) => checkout_grant(&app, &caller, body, source_ip(&source)).await,
+    let answer = match admitted(app, &body.feature, who, address) {
+        Ok(()) => checkout_grant(app, caller, body, address).await,
         Err(denied) => {
             let who = (
                 body.feature.as_str(),
@@ -253,7 +270,7 @@ async fn checkout(
             Err(denied)
         }
     };
-    signed(&app, asked, answer).await
+    signed(app, asked, answer).await
 }
 
 async fn checkout_grant(
@@ -281,14 +298,14 @@ async fn signed(
     app: &App,
     asked: Option<Asked>,
     answer: Result<proto::Grant, ApiError>,
-) -> Result<Json<proto::Grant>, SignedDenial> {
+) -> Result<proto::Grant, SignedDenial> {
     match answer {
         Ok(mut grant) => {
             crate::master::cosign::gather(app, &mut grant).await;
             if let Some(asked) = &asked {
                 grant.answer = Some(app.sign_grant(asked, &grant));
             }
-            Ok(Json(grant))
+            Ok(grant)
         }
         Err(err) => {
             let answer = asked.map(|asked| Box::new(app.sign_denial(&asked, err.0.code)));
@@ -375,10 +392,20 @@ async fn heartbeat(
     Extension(caller): Extension<Caller>,
     JsonBody(body): JsonBody<HeartbeatRequest>,
 ) -> Result<Json<proto::Grant>, SignedDenial> {
+    heartbeat_answer(&app, &caller, body).await.map(Json)
+}
+
+/// A heartbeat, answered (and signed where asked), for REST and the framed
+/// protocol alike.
+pub(super) async fn heartbeat_answer(
+    app: &Arc<App>,
+    caller: &Caller,
+    body: HeartbeatRequest,
+) -> Result<proto::Grant, SignedDenial> {
     let checkout = body.as_checkout();
     let asked = Asked::of(&checkout);
-    let answer = renewal(&app, &caller, body, checkout).await;
-    signed(&app, asked, answer).await
+    let answer = renewal(app, caller, body, checkout).await;
+    signed(app, asked, answer).await
 }
 
 async fn renewal(
@@ -445,12 +472,20 @@ async fn checkin(
     State(app): State<Arc<App>>,
     JsonBody(body): JsonBody<CheckinRequest>,
 ) -> Result<Json<CheckinResponse>, ApiError> {
+    checkin_answer(&app, body).await.map(Json)
+}
+
+/// A check-in, answered, for REST and the framed protocol alike.
+pub(super) async fn checkin_answer(
+    app: &App,
+    body: CheckinRequest,
+) -> Result<CheckinResponse, ApiError> {
     check_field("grant_id", &body.grant_id)?;
     check_field("client_id", &body.client_id)?;
     let released_seats = app
         .checkin(&body.grant_id, &body.client_id, body.proof.as_str())
         .await?;
-    Ok(Json(CheckinResponse { released_seats }))
+    Ok(CheckinResponse { released_seats })
 }
 
 /// A temporary license (seed 004) for the user's ticket on a device.
@@ -483,7 +518,12 @@ async fn activate(
     }
     tessera_core::temporary::check_device(&body.device)
         .map_err(|message| api_error(ErrorCode::InvalidField, message))?;
-    admitted(&app, &body.feature, (&body.user, &body.host, None), &source)?;
+    admitted(
+        &app,
+        &body.feature,
+        (&body.user, &body.host, None),
+        source_ip(&source),
+    )?;
     let deadline = Deadline::from(&app, body.answer_within_ms);
     Ok(Json(app.activate(body, deadline).await?))
 }

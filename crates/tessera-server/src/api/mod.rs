@@ -21,6 +21,7 @@ pub mod admin;
 pub mod auth;
 pub mod client;
 pub mod dashboard;
+pub mod framed;
 pub mod openapi;
 pub mod peer;
 pub mod per_address;
@@ -97,20 +98,29 @@ impl From<ApiError> for SignedDenial {
     }
 }
 
-impl IntoResponse for SignedDenial {
-    fn into_response(self) -> Response {
+impl SignedDenial {
+    /// The HTTP status and the error body, as REST and the framed protocol
+    /// both answer them.
+    pub(crate) fn into_parts(self) -> (StatusCode, proto::ErrorBody) {
         let refusal = self.err.0;
         let status = StatusCode::from_u16(refusal.code.http_status())
             .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        let code = refusal.code;
         let body = proto::ErrorBody {
             error: proto::ErrorDetail {
-                code,
+                code: refusal.code,
                 message: refusal.message,
                 queue: refusal.queue,
             },
             answer: self.answer.map(|answer| *answer),
         };
+        (status, body)
+    }
+}
+
+impl IntoResponse for SignedDenial {
+    fn into_response(self) -> Response {
+        let (status, body) = self.into_parts();
+        let code = body.error.code;
         let mut response = (status, Json(body)).into_response();
         if code == ErrorCode::BodyTimeout {
             // The rest of the body may still be on its way: the connection
@@ -238,8 +248,10 @@ pub fn router(app: Arc<App>) -> Router {
         .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
             app.limits.peer_requests_in_flight_max,
         ));
+    // The framed protocol's requests take their places from the same
+    // semaphore (`framed`).
     let client_routes = BodyLimit(MAX_BODY_BYTES).apply(client.into_router()).layer(
-        tower::limit::GlobalConcurrencyLimitLayer::new(app.limits.requests_in_flight_max),
+        tower::limit::GlobalConcurrencyLimitLayer::with_semaphore(app.client_requests.clone()),
     );
     let monitoring_routes =
         monitoring

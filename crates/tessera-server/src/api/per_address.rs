@@ -12,8 +12,8 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use tessera_proto::ErrorCode;
 
-use super::api_error;
 use super::auth::Caller;
+use super::{api_error, ApiError};
 use crate::App;
 
 /// The address a connection comes from, whatever the listener.
@@ -54,7 +54,7 @@ pub(crate) struct InFlight {
 }
 
 /// One request's place in [`InFlight`], given back when it is answered.
-struct Place<'a> {
+pub(super) struct Place<'a> {
     in_flight: &'a InFlight,
     address: IpAddr,
 }
@@ -102,15 +102,25 @@ pub(super) async fn limit(State(app): State<Arc<App>>, request: Request, next: N
     let (Some(address), false) = (address, from_server) else {
         return next.run(request).await;
     };
-    let max = app.limits.requests_in_flight_per_address_max;
-    let Some(_place) = app.in_flight.enter(address, max) else {
-        let message = format!(
-            "{address} has {max} requests in flight, the most one address may have; retry \
-             shortly"
-        );
-        return api_error(ErrorCode::TooManyRequests, message).into_response();
+    let _place = match enter(&app, address) {
+        Ok(place) => place,
+        Err(err) => return err.into_response(),
     };
     next.run(request).await
+}
+
+/// A place for one request from `address`, or the refusal naming the limit.
+pub(super) fn enter(app: &App, address: IpAddr) -> Result<Place<'_>, ApiError> {
+    let max = app.limits.requests_in_flight_per_address_max;
+    app.in_flight.enter(address, max).ok_or_else(|| {
+        api_error(
+            ErrorCode::TooManyRequests,
+            format!(
+                "{address} has {max} requests in flight, the most one address may have; retry \
+                 shortly"
+            ),
+        )
+    })
 }
 
 #[cfg(test)]

@@ -1,0 +1,185 @@
+//! The framed protocol ([`tessera_proto::frame`]): a program's checkout,
+//! heartbeat and check-in on a TLS connection whose client chose the ALPN
+//! protocol `tessera/1`, without HTTP.
+//!
+//! Each frame gets what its REST route would: the caller named from its
+//! token as [`auth`](super::auth) names it, a place among the requests in
+//! flight from its address ([`per_address`](super::per_address)) and among
+//! the server's client requests (the same semaphore as REST's), the body
+//! checked as the JSON extractor checks it, and the same handler
+//! ([`client`](super::client)). Only the framing differs: no request line,
+//! no headers, no router. A connection carries one request at a time.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::http::StatusCode;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tessera_proto::frame::{self, FrameError, Op};
+use tessera_proto::ErrorCode;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::watch;
+
+use super::auth::{self, Caller};
+use super::{api_error, client, per_address, ApiError, SignedDenial, BODY_READ_TIMEOUT};
+use crate::listener::Connection;
+use crate::App;
+
+/// Where the listener's framed connections find the server: not yet up,
+/// serving, or stopping.
+#[derive(Clone)]
+pub enum Framed {
+    Starting,
+    Serving(Arc<App>),
+    Stopped,
+}
+
+/// The listener's side of [`Framed`].
+pub type FramedState = watch::Receiver<Framed>;
+
+/// Serves one framed connection until the client closes it, a frame is
+/// malformed, or the server stops (between requests: one being answered is
+/// finished first).
+pub async fn serve(mut state: FramedState, mut connection: Connection, peer: SocketAddr) {
+    let app = match state.wait_for(|s| !matches!(s, Framed::Starting)).await {
+        Ok(serving) => match &*serving {
+            Framed::Serving(app) => app.clone(),
+            _ => return,
+        },
+        Err(_) => return,
+    };
+    loop {
+        let mut prefix = [0u8; 4];
+        tokio::select! {
+            read = connection.read_exact(&mut prefix) => {
+                if read.is_err() {
+                    // Closed by the client, or idle too long.
+                    return;
+                }
+            }
+            _ = state.wait_for(|s| matches!(s, Framed::Stopped)) => return,
+        }
+        let (answer, go_on) = match read_frame(&mut connection, prefix).await {
+            Ok(bytes) => (answer(&app, &bytes, peer).await, true),
+            Err(err) => (refusal_frame(err), false),
+        };
+        if connection.write_all(&answer).await.is_err() || !go_on {
+            return;
+        }
+    }
+}
+
+/// The rest of a frame whose length prefix is `prefix`, whole within
+/// [`BODY_READ_TIMEOUT`].
+async fn read_frame(connection: &mut Connection, prefix: [u8; 4]) -> Result<Vec<u8>, ApiError> {
+    let length = frame::frame_length(prefix, frame::REQUEST_BYTES_MAX).map_err(frame_error)?;
+    let mut bytes = vec![0u8; length];
+    match tokio::time::timeout(BODY_READ_TIMEOUT, connection.read_exact(&mut bytes)).await {
+        Ok(Ok(_)) => Ok(bytes),
+        Ok(Err(err)) => Err(api_error(
+            ErrorCode::MalformedRequest,
+            format!("the frame was cut short: {err}"),
+        )),
+        Err(_) => Err(api_error(
+            ErrorCode::BodyTimeout,
+            format!(
+                "the frame did not arrive within {} ms",
+                BODY_READ_TIMEOUT.as_millis()
+            ),
+        )),
+    }
+}
+
+fn frame_error(err: FrameError) -> ApiError {
+    match err {
+        FrameError::TooLarge { .. } => api_error(ErrorCode::BodyTooLarge, err.to_string()),
+        FrameError::Malformed(text) => api_error(ErrorCode::MalformedRequest, text),
+    }
+}
+
+/// The answer frame to one request frame.
+async fn answer(app: &Arc<App>, bytes: &[u8], peer: SocketAddr) -> Vec<u8> {
+    let request = match frame::decode_request(bytes) {
+        Ok(request) => request,
+        Err(err) => return refusal_frame(frame_error(err)),
+    };
+    let Some(op) = Op::from_byte(request.op) else {
+        return refusal_frame(api_error(
+            ErrorCode::NotFound,
+            format!(
+                "no such frame op {}; this server takes 1 (checkout), 2 (heartbeat), \
+                 3 (check-in) and 4 (no-op)",
+                request.op
+            ),
+        ));
+    };
+    let caller = match request.token {
+        None => Caller::Anonymous,
+        Some(token) => match auth::admin_caller(app, token) {
+            Ok(caller) => caller,
+            Err(err) => return refusal_frame(err),
+        },
+    };
+    let address = peer.ip();
+    let _place = match per_address::enter(app, address) {
+        Ok(place) => place,
+        Err(err) => return refusal_frame(err),
+    };
+    let Ok(_permit) = app.client_requests.acquire().await else {
+        return refusal_frame(api_error(ErrorCode::Internal, "the server is stopping"));
+    };
+    let body = request.body;
+    match op {
+        Op::Checkout => match parse(body) {
+            Ok(body) => to_frame(client::checkout_answer(app, &caller, Some(address), body).await),
+            Err(err) => refusal_frame(err),
+        },
+        Op::Heartbeat => match parse(body) {
+            Ok(body) => to_frame(client::heartbeat_answer(app, &caller, body).await),
+            Err(err) => refusal_frame(err),
+        },
+        Op::Checkin => match parse(body) {
+            Ok(body) => to_frame(client::checkin_answer(app, body).await.map_err(Into::into)),
+            Err(err) => refusal_frame(err),
+        },
+        Op::Noop => match parse(body) {
+            Ok(body) => to_frame::<_>(Ok(client::noop_answer(body))),
+            Err(err) => refusal_frame(err),
+        },
+    }
+}
+
+/// A frame's JSON body, refused as the REST extractor refuses it.
+fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|err| {
+        api_error(
+            ErrorCode::MalformedRequest,
+            format!("request body is not the JSON this endpoint takes: {err}"),
+        )
+    })
+}
+
+fn to_frame<T: Serialize>(answer: Result<T, SignedDenial>) -> Vec<u8> {
+    match answer {
+        Ok(body) => json_frame(StatusCode::OK, &body),
+        Err(denial) => {
+            let (status, body) = denial.into_parts();
+            json_frame(status, &body)
+        }
+    }
+}
+
+fn refusal_frame(err: ApiError) -> Vec<u8> {
+    to_frame::<()>(Err(err.into()))
+}
+
+fn json_frame<T: Serialize>(status: StatusCode, body: &T) -> Vec<u8> {
+    match serde_json::to_vec(body) {
+        Ok(json) => frame::encode_answer(status.as_u16(), &json),
+        Err(_) => frame::encode_answer(
+            500,
+            br#"{"error":{"code":"internal","message":"cannot encode the answer"}}"#,
+        ),
+    }
+}

@@ -1,0 +1,287 @@
+//! The framed protocol's client ([`tessera_proto::frame`]): a program's
+//! checkout, heartbeat and check-in as one frame each way on a TLS
+//! connection that chose ALPN `tessera/1`, and everything else over REST.
+//!
+//! The requests and answers are those of REST, byte for byte in their JSON
+//! bodies, so the SDK above cannot tell the two apart; only the framing is
+//! lighter. A server that does not choose the framed protocol (an older
+//! version) is asked over REST from then on.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tessera_proto::frame::{self, Op};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+use tokio_rustls::client::TlsStream;
+
+use crate::{
+    client_tls_config, Exchange, HttpAnswer, HttpRequest, HttpTransport, Method, ReqwestOptions,
+    ReqwestTransport, TransportError, TransportTls,
+};
+
+/// An idle connection is used again only this soon after its last answer:
+/// a server closes connections idle for 60 s.
+const REUSE_WITHIN: Duration = Duration::from_secs(30);
+
+/// One framed connection, TLS on TCP.
+pub type FramedStream = TlsStream<TcpStream>;
+
+
+/// A connection waiting for its next request, since when.
+type Idle = (Instant, Box<FramedStream>);
+
+/// Frames for the checkout, heartbeat and check-in; REST ([`ReqwestTransport`])
+/// for every other request and for servers that do not speak frames.
+#[derive(Debug)]
+pub struct FramedTransport {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    rest: ReqwestTransport,
+    connector: FramedConnector,
+    idle_per_server_max: usize,
+    idle: Mutex<HashMap<String, Vec<Idle>>>,
+    /// Servers that did not choose the framed protocol.
+    rest_only: Mutex<HashSet<String>>,
+}
+
+/// Opens framed connections: TLS checked against the pool CA, offering
+/// only ALPN `tessera/1`.
+#[derive(Clone)]
+pub struct FramedConnector {
+    tls: tokio_rustls::TlsConnector,
+    connect_timeout: Duration,
+}
+
+impl std::fmt::Debug for FramedConnector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FramedConnector")
+            .field("connect_timeout", &self.connect_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A connection opened, or why not.
+pub enum Opened {
+    Framed(Box<FramedStream>),
+    /// The server answered TLS but did not choose the framed protocol.
+    RestOnly,
+}
+
+impl FramedConnector {
+    /// A connector trusting exactly the CA certificates in `ca_pem`.
+    pub fn new(ca_pem: &[u8], connect_timeout: Duration) -> Result<FramedConnector, String> {
+        let mut config = client_tls_config(ca_pem)?;
+        config.alpn_protocols = vec![frame::ALPN.to_vec()];
+        Ok(FramedConnector {
+            tls: tokio_rustls::TlsConnector::from(Arc::new(config)),
+            connect_timeout,
+        })
+    }
+
+    /// Connects to `address` (`host:port`) and shakes hands.
+    pub async fn connect(&self, address: &str) -> Result<Opened, TransportError> {
+        let failed = |text: String| TransportError::Connect(format!("could not connect: {text}"));
+        let tcp = tokio::time::timeout(self.connect_timeout, TcpStream::connect(address))
+            .await
+            .map_err(|_| failed(format!("no connection within {:?}", self.connect_timeout)))?
+            .map_err(|err| failed(err.to_string()))?;
+        let _ = tcp.set_nodelay(true);
+        let host = address.rsplit_once(':').map_or(address, |(host, _)| host);
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let name = rustls_pki_types::ServerName::try_from(host.to_string())
+            .map_err(|err| failed(format!("`{host}` cannot name a TLS server: {err}")))?;
+        let tls = tokio::time::timeout(self.connect_timeout, self.tls.connect(name, tcp))
+            .await
+            .map_err(|_| {
+                failed(format!(
+                    "no TLS handshake within {:?}",
+                    self.connect_timeout
+                ))
+            })?
+            .map_err(|err| failed(format!("TLS handshake failed: {err}")))?;
+        if tls.get_ref().1.alpn_protocol() == Some(frame::ALPN) {
+            Ok(Opened::Framed(Box::new(tls)))
+        } else {
+            Ok(Opened::RestOnly)
+        }
+    }
+}
+
+/// Sends one request frame on `stream` and reads its answer, at most
+/// `answer_bytes_max` bytes of body. An error before any byte of the answer
+/// came back is [`Exchanged::NotAnswered`]: a connection the server closed
+/// while idle fails so.
+pub async fn exchange(
+    stream: &mut FramedStream,
+    request: &[u8],
+    answer_bytes_max: usize,
+) -> Result<HttpAnswer, Exchanged> {
+    let unanswered = |err: std::io::Error| Exchanged::NotAnswered(err.to_string());
+    stream.write_all(request).await.map_err(unanswered)?;
+    stream.flush().await.map_err(unanswered)?;
+    let mut prefix = [0u8; 4];
+    stream.read_exact(&mut prefix).await.map_err(unanswered)?;
+    let failed = |text: String| Exchanged::Failed(TransportError::Failed(text));
+    let length = frame::frame_length(prefix, answer_bytes_max.saturating_add(2)).map_err(|_| {
+        Exchanged::Failed(TransportError::TooLarge {
+            bytes_max: answer_bytes_max,
+        })
+    })?;
+    let mut bytes = vec![0u8; length];
+    stream
+        .read_exact(&mut bytes)
+        .await
+        .map_err(|err| failed(format!("request failed: the answer was cut short: {err}")))?;
+    let (status, body) = frame::decode_answer(&bytes)
+        .map_err(|err| failed(format!("request failed: a malformed answer frame: {err}")))?;
+    Ok(HttpAnswer {
+        status,
+        body: body.to_vec(),
+    })
+}
+
+/// How a frame exchange failed.
+#[derive(Debug)]
+pub enum Exchanged {
+    /// Nothing came back: the server may not have read the request.
+    NotAnswered(String),
+    Failed(TransportError),
+}
+
+impl FramedTransport {
+    /// Frames over TLS as `options.tls` says; `None` for plain TCP, which
+    /// carries REST only.
+    pub fn new(options: ReqwestOptions) -> Result<Option<FramedTransport>, String> {
+        let TransportTls::Verify { ca_pem } = &options.tls else {
+            return Ok(None);
+        };
+        let connector = FramedConnector::new(ca_pem, options.connect_timeout)?;
+        let idle_per_server_max = options.idle_connections_per_server_max;
+        let rest = ReqwestTransport::new(options)?;
+        Ok(Some(FramedTransport {
+            inner: Arc::new(Inner {
+                rest,
+                connector,
+                idle_per_server_max,
+                idle: Mutex::default(),
+                rest_only: Mutex::default(),
+            }),
+        }))
+    }
+}
+
+impl HttpTransport for FramedTransport {
+    fn send(&self, request: HttpRequest) -> Exchange {
+        let op = match request.method {
+            Method::Post => Op::for_path(&request.path),
+            Method::Get => None,
+        };
+        let token = bearer_token(&request.headers);
+        let rest_only = lock(&self.inner.rest_only).contains(&request.address);
+        match (op, token) {
+            (Some(op), Ok(token)) if !rest_only => {
+                let inner = self.inner.clone();
+                Box::pin(async move {
+                    let timeout = request.timeout;
+                    let sent = inner.send_framed(op, token.as_deref(), request);
+                    match tokio::time::timeout(timeout, sent).await {
+                        Ok(answer) => answer,
+                        Err(_) => Err(TransportError::Timeout(
+                            "no answer within the request timeout".to_string(),
+                        )),
+                    }
+                })
+            }
+            _ => self.inner.rest.send(request),
+        }
+    }
+}
+
+/// The request's bearer token; `Err` for an `Authorization` header of
+/// another kind, which REST carries as it is (and the server refuses).
+fn bearer_token(headers: &[(String, String)]) -> Result<Option<String>, ()> {
+    match headers
+        .iter()
+        .find(|(name, _)| name.eq_ignore_ascii_case("authorization"))
+    {
+        None => Ok(None),
+        Some((_, value)) => match value.strip_prefix("Bearer ") {
+            Some(token) if token.len() <= frame::TOKEN_BYTES_MAX => Ok(Some(token.to_string())),
+            _ => Err(()),
+        },
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl Inner {
+    async fn send_framed(
+        &self,
+        op: Op,
+        token: Option<&str>,
+        request: HttpRequest,
+    ) -> Result<HttpAnswer, TransportError> {
+        let address = request.address.as_str();
+        let bytes = frame::encode_request(op, token, &request.body)
+            .map_err(|text| TransportError::Failed(format!("request failed: {text}")))?;
+        // An idle connection the server has closed fails before any answer:
+        // then once more on a new one.
+        if let Some(mut stream) = self.take_idle(address) {
+            match exchange(&mut stream, &bytes, request.answer_bytes_max).await {
+                Ok(answer) => {
+                    self.put_idle(address, stream);
+                    return Ok(answer);
+                }
+                Err(Exchanged::Failed(err)) => return Err(err),
+                Err(Exchanged::NotAnswered(_)) => {}
+            }
+        }
+        let mut stream = match self.connector.connect(address).await? {
+            Opened::Framed(stream) => stream,
+            Opened::RestOnly => {
+                lock(&self.rest_only).insert(address.to_string());
+                return self.rest.send(request).await;
+            }
+        };
+        match exchange(&mut stream, &bytes, request.answer_bytes_max).await {
+            Ok(answer) => {
+                self.put_idle(address, stream);
+                Ok(answer)
+            }
+            Err(Exchanged::Failed(err)) => Err(err),
+            Err(Exchanged::NotAnswered(text)) => {
+                Err(TransportError::Failed(format!("request failed: {text}")))
+            }
+        }
+    }
+
+    fn take_idle(&self, address: &str) -> Option<Box<FramedStream>> {
+        let mut idle = lock(&self.idle);
+        let streams = idle.get_mut(address)?;
+        while let Some((since, stream)) = streams.pop() {
+            if since.elapsed() < REUSE_WITHIN {
+                return Some(stream);
+            }
+        }
+        None
+    }
+
+    fn put_idle(&self, address: &str, stream: Box<FramedStream>) {
+        let mut idle = lock(&self.idle);
+        let streams = idle.entry(address.to_string()).or_default();
+        streams.retain(|(since, _)| since.elapsed() < REUSE_WITHIN);
+        if streams.len() < self.idle_per_server_max {
+            streams.push((Instant::now(), stream));
+        }
+    }
+}
