@@ -13,9 +13,10 @@
 //! Integers are big-endian; `length` counts the bytes after itself. The op
 //! names the REST route whose body the frame carries ([`Op`]); the token is
 //! what REST sends as `Authorization: Bearer <token>` (empty: none); the
-//! status and body are what REST answers, error bodies included. A
-//! server answers a malformed frame with an error frame and closes the
-//! connection, since it can no longer tell where the next frame starts.
+//! status and body are what REST answers, error bodies included. A frame
+//! read whole is answered, whatever it holds, and the connection goes on;
+//! one that is too long, cut short or too slow is answered with an error
+//! frame and the connection closed, since the next frame's start is lost.
 
 use crate::MAX_BODY_BYTES;
 

@@ -32,6 +32,8 @@ pub struct App {
     /// Client requests in flight, REST and framed alike
     /// (`limits.requests_in_flight_max`).
     pub(crate) client_requests: Arc<tokio::sync::Semaphore>,
+    /// Request frames answered (the framed protocol), for `/metrics`.
+    pub(crate) framed_requests: std::sync::atomic::AtomicU64,
     pub(crate) vendors: Vec<tessera_core::VendorPublicKey>,
     pub(crate) data_dir: PathBuf,
     /// Where the installed pool file is written.

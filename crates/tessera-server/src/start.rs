@@ -320,6 +320,7 @@ impl App {
             client_requests: Arc::new(tokio::sync::Semaphore::new(
                 config.limits.requests_in_flight_max,
             )),
+            framed_requests: Default::default(),
             vendors: config.vendors.clone(),
             data_dir: config.data_dir.clone(),
             disk: seams.disk.clone(),

@@ -159,6 +159,10 @@ impl App {
             .unwrap_or_else(|p| p.into_inner());
         out.counter("tessera_quota_renewals_total", renewals.count);
         out.gauge("tessera_quota_renewal_gap_max_ms", renewals.gap_max_ms);
+        let framed = self
+            .framed_requests
+            .load(std::sync::atomic::Ordering::Relaxed);
+        out.counter("tessera_framed_requests_total", framed);
         out.family("tessera_requests_total", "counter");
         let counts = self.requests.lock().unwrap_or_else(|p| p.into_inner());
         for ((endpoint, outcome), count) in counts.iter() {

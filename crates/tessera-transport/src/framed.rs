@@ -29,7 +29,6 @@ const REUSE_WITHIN: Duration = Duration::from_secs(30);
 /// One framed connection, TLS on TCP.
 pub type FramedStream = TlsStream<TcpStream>;
 
-
 /// A connection waiting for its next request, since when.
 type Idle = (Instant, Box<FramedStream>);
 

@@ -12,6 +12,7 @@
 //! - [`restart`]: `kill -9` under load and restart, a damaged store.
 //! - [`codes`]: tampered, expired and host-bound license codes.
 //! - [`api`]: bad requests, each with its stable error code.
+//! - [`framed`]: the framed protocol through the SDK, and hostile frames.
 //! - [`proofs`]: grants bound to their holders, against a status reader
 //!   who tries to release, renew or squat seats; the pool key.
 //! - [`cli`]: `tessera demo` and `tessera status`.
@@ -35,6 +36,7 @@ mod cli;
 mod codes;
 mod dashboard;
 mod fixture;
+mod framed;
 mod hostile;
 mod master;
 mod openapi;

@@ -60,6 +60,8 @@ pub async fn serve(mut state: FramedState, mut connection: Connection, peer: Soc
             }
             _ = state.wait_for(|s| matches!(s, Framed::Stopped)) => return,
         }
+        app.framed_requests
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let (answer, go_on) = match read_frame(&mut connection, prefix).await {
             Ok(bytes) => (answer(&app, &bytes, peer).await, true),
             Err(err) => (refusal_frame(err), false),

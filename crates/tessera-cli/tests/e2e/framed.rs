@@ -1,0 +1,279 @@
+//! The framed protocol (PROTOCOL.md, "The framed protocol") with the real
+//! binary: the SDK speaks it by default, and its answers are REST's; a
+//! hostile or broken frame gets a stable code, and the server keeps serving.
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use tessera_client::{Client, ClientConfig, ClientError, Protocol};
+use tessera_proto::frame::{self, Op};
+use tessera_transport::{FramedConnector, FramedStream, Opened};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::fixture::{checkout_body, code, in_use, Fixture, Server};
+
+/// Request frames the server has answered, from `/metrics`.
+async fn frames_answered(server: &Server) -> u64 {
+    let metrics = server.metrics().await;
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix("tessera_framed_requests_total "))
+        .and_then(|value| value.parse().ok())
+        .unwrap_or_else(|| panic!("no tessera_framed_requests_total in:\n{metrics}"))
+}
+
+fn sdk(server: &Server, protocol: Protocol, client_id: &str) -> Client {
+    let mut config = ClientConfig::new([server.address.as_str()]);
+    config.client_id = client_id.into();
+    config.user = "u1".into();
+    config.host = "h1".into();
+    config.tls = tessera_client::ClientTls::PoolCa(server.credentials.ca_pem());
+    config.trust = server.vendor_trust();
+    config.protocol = protocol;
+    Client::new(config).expect("SDK client")
+}
+
+/// The SDK's checkout, heartbeat and check-in travel in frames, signed
+/// over their nonces as over REST (the client trusts only its vendor's
+/// key), and a refusal keeps its code. A client set to REST sends none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sdk_checks_out_renews_and_checks_in_over_frames() {
+    let fixture = Fixture::new().await;
+    let server = fixture.serve(&code("cad", 3)).await;
+    let before = frames_answered(&server).await;
+
+    let framed = sdk(&server, Protocol::Framed, "framed-ws1");
+    let seat = framed.checkout("cad", "1.0", 2).await.expect("two seats");
+    assert!(seat.grant().answer.is_some(), "the grant is signed");
+    let grant = seat.grant();
+    let heartbeat = tessera_client::HeartbeatRequest {
+        grant_id: grant.grant_id.clone(),
+        client_id: "framed-ws1".into(),
+        user: "u1".into(),
+        host: "h1".into(),
+        display: None,
+        idle_ms: None,
+        feature: "cad".into(),
+        version: "1.0".into(),
+        count: 2,
+        answer_within_ms: None,
+        nonce: Some("0123456789abcdef0123456789abcdef".into()),
+        server_key: None,
+        renewal: 1,
+        proof: grant.proof.clone(),
+        holding: None,
+    };
+    let renewed = framed
+        .heartbeat_once(&server.address, &heartbeat)
+        .await
+        .expect("a heartbeat over frames");
+    assert_eq!(renewed.grant_id, seat.grant_id());
+    let refused = framed.checkout("cad", "1.0", 2).await.err().unwrap();
+    assert!(
+        matches!(&refused, ClientError::NoSeatsAvailable { .. }),
+        "{refused:?}"
+    );
+    assert_eq!(in_use(&server.status().await, "cad"), 2);
+    seat.release().await.expect("check-in over frames");
+    assert_eq!(in_use(&server.status().await, "cad"), 0);
+    let after_framed = frames_answered(&server).await;
+    assert!(
+        after_framed >= before + 4,
+        "checkout, heartbeat, refused checkout and check-in are frames: {before} -> {after_framed}"
+    );
+
+    let rest = sdk(&server, Protocol::Rest, "rest-ws2");
+    let seat = rest
+        .checkout("cad", "1.0", 1)
+        .await
+        .expect("a seat over REST");
+    seat.release().await.expect("check-in over REST");
+    assert_eq!(
+        frames_answered(&server).await,
+        after_framed,
+        "a client set to REST sends no frame"
+    );
+}
+
+/// A framed connection to `server`.
+async fn connect(server: &Server) -> Box<FramedStream> {
+    let connector = FramedConnector::new(&server.credentials.ca_pem(), Duration::from_secs(5))
+        .expect("connector");
+    match connector.connect(&server.address).await.expect("connects") {
+        Opened::Framed(stream) => stream,
+        Opened::RestOnly => panic!("the server did not choose the framed protocol"),
+    }
+}
+
+/// Sends `bytes` and reads one answer frame: its status and JSON body.
+async fn exchange(stream: &mut FramedStream, bytes: &[u8]) -> (u16, Value) {
+    let answer = tessera_transport::exchange(stream, bytes, 1 << 20)
+        .await
+        .unwrap_or_else(|err| panic!("no answer frame: {err:?}"));
+    let body = serde_json::from_slice(&answer.body).unwrap_or_else(|err| {
+        panic!(
+            "answer {} is not JSON ({err}): {}",
+            answer.status,
+            String::from_utf8_lossy(&answer.body)
+        )
+    });
+    (answer.status, body)
+}
+
+/// Reads one answer frame, without sending anything.
+async fn read_answer(stream: &mut FramedStream) -> (u16, Value) {
+    let mut prefix = [0u8; 4];
+    stream
+        .read_exact(&mut prefix)
+        .await
+        .expect("an answer frame");
+    let mut answer = vec![0u8; u32::from_be_bytes(prefix) as usize];
+    stream
+        .read_exact(&mut answer)
+        .await
+        .expect("the whole answer frame");
+    let (status, body) = frame::decode_answer(&answer).expect("status and body");
+    (status, serde_json::from_slice(body).expect("a JSON body"))
+}
+
+fn request(op: Op, token: Option<&str>, body: &Value) -> Vec<u8> {
+    frame::encode_request(op, token, body.to_string().as_bytes()).expect("a request frame")
+}
+
+fn assert_refused((status, body): &(u16, Value), expected: (u16, &str), mentions: &str) {
+    assert_eq!(
+        (*status, body["error"]["code"].as_str().unwrap_or("")),
+        expected,
+        "{body}"
+    );
+    let message = body["error"]["message"].as_str().unwrap_or("");
+    assert!(
+        message.contains(mentions),
+        "`{mentions}` not in {message:?}"
+    );
+}
+
+/// After an error that loses the frame boundary, the server closes the
+/// connection: the next read ends.
+async fn assert_closed(stream: &mut FramedStream) {
+    let mut byte = [0u8; 1];
+    let read = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut byte))
+        .await
+        .expect("the server closes the connection");
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+}
+
+/// Each broken or hostile frame gets REST's status and a stable code. A
+/// frame read whole keeps the connection, whatever it holds; one that is
+/// too long or cut short closes it, since the next frame's start is lost. The server serves on, and nothing is issued by any of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_frames_get_stable_codes_and_the_server_keeps_serving() {
+    let fixture = Fixture::new().await;
+    let server = fixture.serve(&code("cad", 3)).await;
+    let checkout = checkout_body("c1", "cad", 1);
+
+    let mut stream = connect(&server).await;
+    // Within frame boundaries: answered, the connection goes on.
+    let mut unknown_op = request(Op::Noop, None, &json!({}));
+    unknown_op[4] = 9;
+    assert_refused(
+        &exchange(&mut stream, &unknown_op).await,
+        (404, "not_found"),
+        "no such frame op 9",
+    );
+    let not_json = frame::encode_request(Op::Checkout, None, b"{\"feature\":").unwrap();
+    assert_refused(
+        &exchange(&mut stream, &not_json).await,
+        (400, "malformed_request"),
+        "not the JSON this endpoint takes",
+    );
+    let wrong_token = request(Op::Checkout, Some("not-a-token-of-this-pool"), &checkout);
+    assert_refused(
+        &exchange(&mut stream, &wrong_token).await,
+        (401, "unauthenticated"),
+        "not one of this pool's administrator tokens",
+    );
+    let forged = json!({"grant_id": "0".repeat(32), "client_id": "c1", "proof": "A".repeat(43)});
+    let (status, body) = exchange(&mut stream, &request(Op::Checkin, None, &forged)).await;
+    let rest = server.post("/v1/checkin", &forged).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (rest.status, Some(rest.code())),
+        "a frame is refused as REST refuses it: {body}"
+    );
+    let invalid = json!({"client_id": "c1", "user": "u", "host": "h",
+        "feature": "cad", "version": "1.0", "count": 0});
+    assert_refused(
+        &exchange(&mut stream, &request(Op::Checkout, None, &invalid)).await,
+        (400, "invalid_count"),
+        "",
+    );
+    let (status, _) = exchange(&mut stream, &request(Op::Noop, None, &checkout)).await;
+    assert_eq!(status, 200, "the connection still carries requests");
+
+    // Boundaries lost: answered, then closed.
+    let mut stream = connect(&server).await;
+    let huge = (frame::REQUEST_BYTES_MAX as u32 + 1).to_be_bytes();
+    assert_refused(
+        &exchange(&mut stream, &huge).await,
+        (413, "body_too_large"),
+        "at most",
+    );
+    assert_closed(&mut stream).await;
+
+    let mut stream = connect(&server).await;
+    // A token length past the frame's end: the frame's own length still
+    // marks where the next one starts.
+    let lying = [0, 0, 0, 4, Op::Checkout as u8, 0x03, 0xff, b'x'];
+    assert_refused(
+        &exchange(&mut stream, &lying).await,
+        (400, "malformed_request"),
+        "token",
+    );
+    let (status, _) = exchange(&mut stream, &request(Op::Noop, None, &checkout)).await;
+    assert_eq!(status, 200, "the connection still carries requests");
+
+    let mut stream = connect(&server).await;
+    // Half a frame, then the client stops sending.
+    stream.write_all(&[0, 0, 0, 100, 1, 0]).await.unwrap();
+    stream.shutdown().await.unwrap();
+    assert_refused(
+        &read_answer(&mut stream).await,
+        (400, "malformed_request"),
+        "cut short",
+    );
+    assert_closed(&mut stream).await;
+
+    let status = server.status().await;
+    assert_eq!(in_use(&status, "cad"), 0, "nothing was issued");
+    server.post("/v1/checkout", &checkout).await.ok();
+    let mut stream = connect(&server).await;
+    let (status, body) = exchange(&mut stream, &request(Op::Checkout, None, &checkout)).await;
+    assert_eq!(status, 200, "{body}");
+}
+
+/// A frame that stops arriving is refused once the body deadline passes
+/// (`body_timeout`, as a REST body would be), and the connection closed;
+/// the server serves others meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frame_that_stops_arriving_is_timed_out() {
+    let fixture = Fixture::new().await;
+    let server = fixture.serve(&code("cad", 3)).await;
+    let mut stalled = connect(&server).await;
+    stalled.write_all(&[0, 0, 0, 100, 1, 0]).await.unwrap();
+    stalled.flush().await.unwrap();
+
+    let mut other = connect(&server).await;
+    let checkout = checkout_body("c2", "cad", 1);
+    let (status, _) = exchange(&mut other, &request(Op::Checkout, None, &checkout)).await;
+    assert_eq!(status, 200, "served while the other frame stalls");
+
+    let answer = tokio::time::timeout(
+        Duration::from_millis(tessera_proto::BODY_READ_TIMEOUT_MS) + Duration::from_secs(10),
+        read_answer(&mut stalled),
+    )
+    .await
+    .expect("answered within the body deadline and a margin");
+    assert_refused(&answer, (408, "body_timeout"), "did not arrive within");
+    assert_closed(&mut stalled).await;
+}
