@@ -50,7 +50,9 @@ struct Inner {
 }
 
 /// Opens framed connections: TLS checked against the pool CA, offering
-/// only ALPN `tessera/1`.
+/// ALPN `tessera/1` and then `http/1.1`: a server that knows only HTTP
+/// chooses the latter (a server with ALPN protocols of its own ends a
+/// handshake that offers none of them), and is then asked over REST.
 #[derive(Clone)]
 pub struct FramedConnector {
     tls: tokio_rustls::TlsConnector,
@@ -76,7 +78,7 @@ impl FramedConnector {
     /// A connector trusting exactly the CA certificates in `ca_pem`.
     pub fn new(ca_pem: &[u8], connect_timeout: Duration) -> Result<FramedConnector, String> {
         let mut config = client_tls_config(ca_pem)?;
-        config.alpn_protocols = vec![frame::ALPN.to_vec()];
+        config.alpn_protocols = vec![frame::ALPN.to_vec(), b"http/1.1".to_vec()];
         Ok(FramedConnector {
             tls: tokio_rustls::TlsConnector::from(Arc::new(config)),
             connect_timeout,
@@ -282,5 +284,203 @@ impl Inner {
         if streams.len() < self.idle_per_server_max {
             streams.push((Instant::now(), stream));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    use tokio::io::AsyncBufReadExt;
+    use tokio::net::TcpListener;
+
+    use super::*;
+
+    /// How the test server answers.
+    #[derive(Clone, Copy)]
+    enum Speaks {
+        /// HTTP/1.1 only, as a server from before the framed protocol.
+        RestOnly,
+        /// Frames; one request per connection, which it then closes, as a
+        /// server closes a connection left idle too long.
+        OneFrameThenClose,
+    }
+
+    /// A TLS server on loopback with a CA of its own: the CA (PEM), its
+    /// address, and the connections it accepted.
+    struct TestServer {
+        ca_pem: Vec<u8>,
+        address: String,
+        accepted: Arc<AtomicUsize>,
+        task: tokio::task::JoinHandle<()>,
+    }
+
+    impl Drop for TestServer {
+        fn drop(&mut self) {
+            self.task.abort();
+        }
+    }
+
+    async fn serve(speaks: Speaks) -> TestServer {
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca_params = CertificateParams::new(Vec::new()).unwrap();
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca_pem = ca_params.self_signed(&ca_key).unwrap().pem().into_bytes();
+        let issuer = Issuer::new(ca_params, ca_key);
+        let key = KeyPair::generate().unwrap();
+        let cert = CertificateParams::new(vec!["127.0.0.1".to_string()])
+            .unwrap()
+            .signed_by(&key, &issuer)
+            .unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![cert.der().clone()],
+                rustls_pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+            )
+            .unwrap();
+        config.alpn_protocols = match speaks {
+            Speaks::RestOnly => vec![b"http/1.1".to_vec()],
+            Speaks::OneFrameThenClose => vec![frame::ALPN.to_vec()],
+        };
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let counted = accepted.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                counted.fetch_add(1, Ordering::SeqCst);
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    let Ok(tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let _ = match speaks {
+                        Speaks::RestOnly => answer_http(tls).await,
+                        Speaks::OneFrameThenClose => answer_one_frame(tls).await,
+                    };
+                });
+            }
+        });
+        TestServer {
+            ca_pem,
+            address,
+            accepted,
+            task,
+        }
+    }
+
+    /// Answers every HTTP request `{"via":"rest"}`.
+    async fn answer_http(tls: tokio_rustls::server::TlsStream<TcpStream>) -> std::io::Result<()> {
+        let mut tls = tokio::io::BufReader::new(tls);
+        loop {
+            let mut length = 0;
+            loop {
+                let mut line = String::new();
+                if tls.read_line(&mut line).await? == 0 {
+                    return Ok(());
+                }
+                if let Some(value) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    length = value.trim().parse().unwrap_or(0);
+                }
+                if line == "\r\n" {
+                    break;
+                }
+            }
+            let mut body = vec![0u8; length];
+            tls.read_exact(&mut body).await?;
+            let answer = "HTTP/1.1 200 OK\r\ncontent-length: 14\r\n\r\n{\"via\":\"rest\"}";
+            tls.get_mut().write_all(answer.as_bytes()).await?;
+        }
+    }
+
+    /// Answers one frame `{"via":"frame"}` naming its op, then closes.
+    async fn answer_one_frame(
+        mut tls: tokio_rustls::server::TlsStream<TcpStream>,
+    ) -> std::io::Result<()> {
+        let mut prefix = [0u8; 4];
+        tls.read_exact(&mut prefix).await?;
+        let mut request = vec![0u8; u32::from_be_bytes(prefix) as usize];
+        tls.read_exact(&mut request).await?;
+        let body = format!("{{\"via\":\"frame\",\"op\":{}}}", request[0]);
+        tls.write_all(&frame::encode_answer(200, body.as_bytes()))
+            .await?;
+        tls.shutdown().await
+    }
+
+    fn transport(server: &TestServer) -> FramedTransport {
+        FramedTransport::new(ReqwestOptions {
+            connect_timeout: Duration::from_secs(5),
+            idle_connections_per_server_max: 4,
+            tls: TransportTls::Verify {
+                ca_pem: server.ca_pem.clone(),
+            },
+        })
+        .unwrap()
+        .expect("TLS carries frames")
+    }
+
+    fn checkout(server: &TestServer) -> HttpRequest {
+        HttpRequest {
+            method: Method::Post,
+            address: server.address.clone(),
+            path: "/v1/checkout".into(),
+            headers: vec![("content-type".into(), "application/json".into())],
+            body: b"{}".to_vec(),
+            timeout: Duration::from_secs(10),
+            answer_bytes_max: 1024,
+        }
+    }
+
+    /// A server that does not choose `tessera/1` is asked over REST, then
+    /// and from then on, without another framed handshake.
+    #[tokio::test]
+    async fn a_server_without_frames_is_asked_over_rest() {
+        let server = serve(Speaks::RestOnly).await;
+        let transport = transport(&server);
+        for _ in 0..3 {
+            let answer = transport.send(checkout(&server)).await.unwrap();
+            assert_eq!(
+                (answer.status, answer.body.as_slice()),
+                (200, &b"{\"via\":\"rest\"}"[..])
+            );
+        }
+        assert_eq!(
+            server.accepted.load(Ordering::SeqCst),
+            2,
+            "one framed handshake, then one REST connection kept alive"
+        );
+    }
+
+    /// A kept connection the server has closed fails before any answer: the
+    /// request goes again on a new connection, once, and is answered.
+    #[tokio::test]
+    async fn a_request_on_a_connection_the_server_closed_goes_again_on_a_new_one() {
+        let server = serve(Speaks::OneFrameThenClose).await;
+        let transport = transport(&server);
+        for _ in 0..3 {
+            let answer = transport.send(checkout(&server)).await.unwrap();
+            assert_eq!(
+                (answer.status, answer.body.as_slice()),
+                (200, &b"{\"via\":\"frame\",\"op\":1}"[..])
+            );
+        }
+        assert_eq!(
+            server.accepted.load(Ordering::SeqCst),
+            3,
+            "each request after the first found its kept connection closed"
+        );
+        // Requests without a frame op go over REST (here: to a server that
+        // speaks no HTTP, so they fail), never as frames.
+        let mut status = checkout(&server);
+        status.method = Method::Get;
+        status.path = "/v1/status".into();
+        status.timeout = Duration::from_millis(500);
+        assert!(transport.send(status).await.is_err());
     }
 }
