@@ -134,7 +134,7 @@ async fn the_smoke_comparison_runs_every_system_without_errors() {
             "{system} not set against the previous run:\n{against}"
         );
     }
-    assert_eq!(comparison.reports.len(), 8, "{markdown}");
+    assert_eq!(comparison.reports.len(), 9, "{markdown}");
     for report in &comparison.reports {
         assert_eq!(report.errors_total(), 0, "{}: {markdown}", report.system);
         assert_eq!(report.denied, 0, "{}: {markdown}", report.system);
@@ -147,6 +147,7 @@ async fn the_smoke_comparison_runs_every_system_without_errors() {
     for system in [
         "| tessera |",
         "| tessera, signed answers |",
+        "| tessera, REST |",
         "| tessera, plain HTTP |",
         "| redis (appendfsync always) |",
         "| etcd (3 nodes) |",
