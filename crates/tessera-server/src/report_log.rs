@@ -135,13 +135,16 @@ impl ReportLog {
     }
 }
 
-/// The open file: its path, where the chain stands, and its size and age.
+/// The open file: its path, where the chain stands, its size and age, and
+/// the SHA-256 of every byte written to it so far (the checksum written
+/// beside it when it closes, without reading it back).
 struct ReportFile {
     path: PathBuf,
     file: File,
     prev: String,
     bytes: u64,
     opened: Instant,
+    written: Sha256,
 }
 
 impl ReportFile {
@@ -161,19 +164,20 @@ impl ReportFile {
                 Err(err) => return Err(err),
             }
         };
-        let line = header_line(header);
-        writeln!(file, "{line}")?;
+        let line = format!("{}\n", header_line(header));
+        file.write_all(line.as_bytes())?;
         file.sync_data()?;
         if let Some(parent) = path.parent() {
             // The new name itself durable.
             File::open(parent).and_then(|d| d.sync_all()).ok();
         }
         Ok(ReportFile {
-            prev: line_hash(&line),
-            bytes: line.len() as u64 + 1,
+            prev: line_hash(line.trim_end_matches('\n')),
+            bytes: line.len() as u64,
             file,
             path,
             opened: Instant::now(),
+            written: Sha256::new_with_prefix(line.as_bytes()),
         })
     }
 
@@ -190,6 +194,7 @@ impl ReportFile {
     /// Writes `batch` in one go and empties it.
     fn write(&mut self, batch: &mut Vec<u8>) -> io::Result<()> {
         self.file.write_all(batch)?;
+        self.written.update(batch.as_slice());
         batch.clear();
         Ok(())
     }
@@ -198,13 +203,12 @@ impl ReportFile {
     fn close(self) -> io::Result<()> {
         self.file.sync_all()?;
         drop(self.file);
-        let bytes = std::fs::read(&self.path)?;
         let name = self
             .path
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        let sum = format!("{}  {name}\n", hex::encode(Sha256::digest(&bytes)));
+        let sum = format!("{}  {name}\n", hex::encode(self.written.finalize()));
         let mut sum_path = self.path.clone().into_os_string();
         sum_path.push(".sha256");
         let mut file = File::options()
