@@ -210,6 +210,16 @@ async fn hostile_frames_get_stable_codes_and_the_server_keeps_serving() {
     );
     let (status, _) = exchange(&mut stream, &request(Op::Noop, None, &checkout)).await;
     assert_eq!(status, 200, "the connection still carries requests");
+    // A frame of 40 KB (JSON may be padded with spaces), sent in two parts
+    // a moment apart: read whole as it arrives, past the 4 KiB the server
+    // sets aside up front.
+    let padded = format!("{}{}", " ".repeat(40_000), checkout);
+    let big = frame::encode_request(Op::Noop, None, padded.as_bytes()).unwrap();
+    stream.write_all(&big[..10_000]).await.unwrap();
+    stream.flush().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let (status, body) = exchange(&mut stream, &big[10_000..]).await;
+    assert_eq!(status, 200, "{body}");
 
     // Boundaries lost: answered, then closed.
     let mut stream = connect(&server).await;

@@ -26,6 +26,11 @@ use super::{api_error, client, per_address, ApiError, SignedDenial, BODY_READ_TI
 use crate::listener::Connection;
 use crate::App;
 
+/// Bytes set aside for a frame before they arrive: a checkout's frame fits,
+/// and a prefix announcing more costs no more than this (HTTP's read buffer
+/// is 8 KiB per connection).
+const FRAME_BYTES_UPFRONT: usize = 4 * 1024;
+
 /// Where the listener's framed connections find the server: not yet up,
 /// serving, or stopping.
 #[derive(Clone)]
@@ -73,12 +78,25 @@ pub async fn serve(mut state: FramedState, mut connection: Connection, peer: Soc
 }
 
 /// The rest of a frame whose length prefix is `prefix`, whole within
-/// [`BODY_READ_TIMEOUT`].
+/// [`BODY_READ_TIMEOUT`]. Past [`FRAME_BYTES_UPFRONT`] the buffer at most
+/// doubles what has arrived: a prefix alone cannot make the server set
+/// aside the 66 KiB it may announce, on each of thousands of connections.
 async fn read_frame(connection: &mut Connection, prefix: [u8; 4]) -> Result<Vec<u8>, ApiError> {
     let length = frame::frame_length(prefix, frame::REQUEST_BYTES_MAX).map_err(frame_error)?;
-    let mut bytes = vec![0u8; length];
-    match tokio::time::timeout(BODY_READ_TIMEOUT, connection.read_exact(&mut bytes)).await {
-        Ok(Ok(_)) => Ok(bytes),
+    let read = async {
+        let mut bytes = vec![0u8; length.min(FRAME_BYTES_UPFRONT)];
+        let mut arrived = 0;
+        loop {
+            connection.read_exact(&mut bytes[arrived..]).await?;
+            arrived = bytes.len();
+            if arrived == length {
+                return Ok::<_, std::io::Error>(bytes);
+            }
+            bytes.resize((arrived * 2).min(length), 0);
+        }
+    };
+    match tokio::time::timeout(BODY_READ_TIMEOUT, read).await {
+        Ok(Ok(bytes)) => Ok(bytes),
         Ok(Err(err)) => Err(api_error(
             ErrorCode::MalformedRequest,
             format!("the frame was cut short: {err}"),
