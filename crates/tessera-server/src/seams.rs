@@ -4,7 +4,7 @@
 //! very same server code runs on a simulated network, clock and disk.
 
 use std::io::{self, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -45,7 +45,26 @@ pub trait Disk: Send + Sync + 'static {
     fn create_secret_file(&self, path: &Path, bytes: &[u8]) -> io::Result<()> {
         self.replace_file(path, bytes)
     }
+    /// Opens or creates a file written in place (a grant journal segment),
+    /// without changing what it holds.
+    fn open_file(&self, path: &Path) -> io::Result<Box<dyn redb::StorageBackend>>;
+    /// Creates a folder (and its parents) if there is none.
+    fn create_dir(&self, path: &Path) -> io::Result<()>;
+    /// The files in a folder.
+    fn list_dir(&self, path: &Path) -> io::Result<Vec<PathBuf>>;
+    /// Removes a file; nothing to do when there is none.
+    fn remove_file(&self, path: &Path) -> io::Result<()>;
+    /// Makes the files made and removed in a folder durable.
+    fn sync_dir(&self, path: &Path) -> io::Result<()>;
+    /// The size of a grant journal segment.
+    fn journal_segment_bytes(&self) -> u64 {
+        JOURNAL_SEGMENT_BYTES
+    }
 }
+
+/// A grant journal segment on a real disk: about 35,000 checkouts and their
+/// check-ins, a second of a busy server.
+pub const JOURNAL_SEGMENT_BYTES: u64 = 8 * 1024 * 1024;
 
 /// The machine's file system.
 #[derive(Debug, Default)]
@@ -122,6 +141,45 @@ impl Disk for FileDisk {
             Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(false),
             Err(err) => Err(err),
         }
+    }
+
+    /// Locked against a second process, as `redb` locks its databases.
+    fn open_file(&self, path: &Path) -> io::Result<Box<dyn redb::StorageBackend>> {
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)?;
+        let backend = redb::backends::FileBackend::new(file).map_err(|err| match err {
+            redb::DatabaseError::DatabaseAlreadyOpen => io::Error::new(
+                io::ErrorKind::WouldBlock,
+                format!("{} is already open in another process", path.display()),
+            ),
+            other => io::Error::other(other.to_string()),
+        })?;
+        Ok(Box::new(backend))
+    }
+
+    fn create_dir(&self, path: &Path) -> io::Result<()> {
+        std::fs::create_dir_all(path)
+    }
+
+    fn list_dir(&self, path: &Path) -> io::Result<Vec<PathBuf>> {
+        std::fs::read_dir(path)?
+            .map(|entry| entry.map(|entry| entry.path()))
+            .collect()
+    }
+
+    fn remove_file(&self, path: &Path) -> io::Result<()> {
+        match std::fs::remove_file(path) {
+            Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(()),
+            other => other,
+        }
+    }
+
+    fn sync_dir(&self, path: &Path) -> io::Result<()> {
+        std::fs::File::open(path)?.sync_all()
     }
 }
 

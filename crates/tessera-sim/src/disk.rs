@@ -171,6 +171,48 @@ impl Disk for SimDiskSeam {
         files.insert(to.to_path_buf(), file);
         Ok(true)
     }
+
+    fn open_file(&self, path: &Path) -> io::Result<Box<dyn StorageBackend>> {
+        let file = lock(&self.0.files)
+            .entry(path.to_path_buf())
+            .or_default()
+            .clone();
+        Ok(Box::new(Backend {
+            disk: self.0.clone(),
+            file,
+            generation: self.0.generation.load(Ordering::SeqCst),
+            name: path.display().to_string(),
+        }))
+    }
+
+    /// Folders are implied by the files in them.
+    fn create_dir(&self, _path: &Path) -> io::Result<()> {
+        Ok(())
+    }
+
+    fn list_dir(&self, path: &Path) -> io::Result<Vec<PathBuf>> {
+        Ok(lock(&self.0.files)
+            .keys()
+            .filter(|file| file.parent() == Some(path))
+            .cloned()
+            .collect())
+    }
+
+    /// Durable at once, like a removal followed by a sync of its folder.
+    fn remove_file(&self, path: &Path) -> io::Result<()> {
+        lock(&self.0.files).remove(path);
+        Ok(())
+    }
+
+    /// Files made and removed are durable at once here.
+    fn sync_dir(&self, _path: &Path) -> io::Result<()> {
+        Ok(())
+    }
+
+    /// Small, so that simulated runs fill segments and fold them.
+    fn journal_segment_bytes(&self) -> u64 {
+        8 * PAGE_BYTES
+    }
 }
 
 #[derive(Debug)]

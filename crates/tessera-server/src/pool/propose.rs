@@ -204,6 +204,29 @@ mod tests {
         fn rename(&self, from: &std::path::Path, to: &std::path::Path) -> std::io::Result<bool> {
             FileDisk.rename(from, to)
         }
+
+        fn open_file(
+            &self,
+            path: &std::path::Path,
+        ) -> std::io::Result<Box<dyn redb::StorageBackend>> {
+            FileDisk.open_file(path)
+        }
+
+        fn create_dir(&self, path: &std::path::Path) -> std::io::Result<()> {
+            FileDisk.create_dir(path)
+        }
+
+        fn list_dir(&self, path: &std::path::Path) -> std::io::Result<Vec<std::path::PathBuf>> {
+            FileDisk.list_dir(path)
+        }
+
+        fn remove_file(&self, path: &std::path::Path) -> std::io::Result<()> {
+            FileDisk.remove_file(path)
+        }
+
+        fn sync_dir(&self, path: &std::path::Path) -> std::io::Result<()> {
+            FileDisk.sync_dir(path)
+        }
     }
 
     /// Soak seed 50469: a write openraft does not answer (there, one begun

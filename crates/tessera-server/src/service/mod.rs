@@ -387,7 +387,11 @@ impl App {
     /// stands, the pool is told of the copies it makes stale.
     async fn persist(&self, mut issued: Issued, deadline: Deadline) -> Result<Issued, Refusal> {
         if let Some(stored) = issued.to_store.take() {
-            if let Err(err) = self.store.put(issued.grant_id.clone(), stored).await {
+            // A checkout's grant id was made for it; a conversion keeps the
+            // id of a grant that may have been stored here before.
+            let fresh = issued.origin == Origin::Checkout;
+            let stored = self.store.put(issued.grant_id.clone(), stored, fresh);
+            if let Err(err) = stored.await {
                 self.issuer().rollback(&issued.grant_id);
                 return Err(Refusal::new(
                     ErrorCode::Internal,

@@ -1,0 +1,579 @@
+//! The durable grant store: the server's key table in `redb`, and the
+//! grant journal in front of it ([`journal`]).
+//!
+//! One writer owns the journal. Requests queue their writes; the writer
+//! takes everything queued (up to a batch limit), appends it to the journal
+//! in one write and, when the batch holds a new grant, one `fdatasync`, then
+//! answers every waiter. Under load many checkouts share one sync; alone, a
+//! checkout pays one. A full journal segment is folded into the table in
+//! the background (a thread of its own), as the net effect of its changes:
+//! a grant checked out and in within one segment never reaches the table.
+//! At start, what the journal holds beyond the table is folded in before
+//! the grants are read.
+//!
+//! Keys are grant ids, which are time-ordered in production
+//! (`Seams::production`): new grants append at the B-tree's right edge,
+//! so a fold's pages do not grow with the grants held.
+//!
+//! Only new grants wait for durability: a lost check-in or expiry only keeps
+//! a seat counted for one more lease after a restart, which is safe.
+
+mod journal;
+
+pub use journal::JOURNAL_DIR;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use redb::{Database, ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::seams::{Disk, FileDisk};
+
+const GRANTS: TableDefinition<&str, &[u8]> = TableDefinition::new("grants");
+const META: TableDefinition<&str, &str> = TableDefinition::new("meta");
+
+/// File name of the store inside the data directory.
+pub const STORE_FILE: &str = "grants.redb";
+/// Writes queued at once before requests wait for room.
+const QUEUE_CAPACITY: usize = 65_536;
+
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("grant store {path}: {message}")]
+    Open { path: PathBuf, message: String },
+    #[error(
+        "grant store {path} belongs to pool `{found_pool}` server `{found_server}`, not pool \
+         `{pool}` server `{server}`; point data_dir at this server's own directory"
+    )]
+    WrongOwner {
+        path: PathBuf,
+        found_pool: String,
+        found_server: String,
+        pool: String,
+        server: String,
+    },
+    #[error("grant store write failed: {0}")]
+    Write(String),
+    #[error("grant store writer has stopped")]
+    Stopped,
+}
+
+/// A grant as written to disk. Expiry is not stored: after a restart every
+/// grant gets a full lease from the restart, since neither the wall clock
+/// nor the old monotonic clock can be trusted across it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredGrant {
+    pub feature: String,
+    pub count: u32,
+    pub client_id: String,
+    pub user: String,
+    pub host: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub display: Option<String>,
+    pub version: String,
+    pub issued_unix_ms: i64,
+}
+
+#[derive(Debug, PartialEq)]
+enum StoreOp {
+    /// A new grant; `true` when its id was made for it by a checkout, so no
+    /// earlier grant of that id can be in the table.
+    Put(String, StoredGrant, bool),
+    /// Deletes the grant only if the stored record is the one that was
+    /// released: a grant converted later under the same id (and queued
+    /// before this delete reached the writer) must stay.
+    Delete(String, i64),
+}
+
+struct Job {
+    op: StoreOp,
+    done: Option<oneshot::Sender<Result<(), StoreError>>>,
+}
+
+/// What opening found.
+pub struct Opened {
+    /// False when the store file did not exist: a new server, or a lost disk.
+    pub existed: bool,
+    pub grants: Vec<(String, StoredGrant)>,
+}
+
+#[derive(Clone)]
+pub struct Store {
+    queue: mpsc::Sender<Job>,
+}
+
+/// redb's page cache for the grant store. Its default (1 GiB) would keep
+/// most of a large store resident; the upper levels of the B-tree, all a
+/// checkout needs, fit in far less, and the kernel's page cache keeps the
+/// rest close.
+const CACHE_BYTES: usize = 64 * 1024 * 1024;
+
+impl Store {
+    /// Opens (or creates) the store in `data_dir` on the machine's disk.
+    pub fn open(
+        data_dir: &Path,
+        pool_id: &str,
+        server_id: &str,
+        batch_max: usize,
+    ) -> Result<(Store, Opened), StoreError> {
+        let disk: Arc<dyn Disk> = Arc::new(FileDisk);
+        Store::open_on(&disk, data_dir, pool_id, server_id, batch_max)
+    }
+
+    /// Opens (or creates) the store in `data_dir` on `disk` and starts its
+    /// writer: a thread of its own on a real disk, a task on a simulated one.
+    pub fn open_on(
+        disk: &Arc<dyn Disk>,
+        data_dir: &Path,
+        pool_id: &str,
+        server_id: &str,
+        batch_max: usize,
+    ) -> Result<(Store, Opened), StoreError> {
+        let path = data_dir.join(STORE_FILE);
+        let open_error = |message: String| StoreError::Open {
+            path: path.clone(),
+            message,
+        };
+        std::fs::create_dir_all(data_dir)
+            .map_err(|err| open_error(format!("cannot create the data directory: {err}")))?;
+        let existed = disk.exists(&path);
+        let db = disk.open_database(&path, CACHE_BYTES).map_err(|err| {
+            open_error(format!(
+                "cannot open it ({err}); if the file is damaged, move it away: the server then \
+                 starts empty and waits out one lease before issuing"
+            ))
+        })?;
+        check_owner(&db, &path, pool_id, server_id)?;
+        let db = Arc::new(db);
+        let (journal, mut folder) = journal::open(disk, data_dir, &db).map_err(open_error)?;
+        let grants = load(&db, &path)?;
+        let (queue, receiver) = mpsc::channel(QUEUE_CAPACITY);
+        if disk.commit_on_threads() {
+            let (windows, folds) = std::sync::mpsc::channel::<journal::Window>();
+            let writing = journal.writing();
+            std::thread::Builder::new()
+                .name("tessera-fold".into())
+                .spawn(move || {
+                    folder.make_next(writing);
+                    for window in folds {
+                        folder.fold(window);
+                    }
+                })
+                .map_err(|err| open_error(format!("cannot start the fold thread: {err}")))?;
+            std::thread::Builder::new()
+                .name("tessera-store".into())
+                .spawn(move || {
+                    let mut fold = |window| {
+                        let _ = windows.send(window);
+                    };
+                    write_loop(journal, receiver, batch_max, &mut fold)
+                })
+                .map_err(|err| open_error(format!("cannot start the writer thread: {err}")))?;
+        } else {
+            tokio::spawn(write_loop_inline(
+                journal,
+                folder,
+                receiver,
+                batch_max,
+                disk.clone(),
+            ));
+        }
+        Ok((Store { queue }, Opened { existed, grants }))
+    }
+
+    /// Writes a grant; returns once it is durable. `fresh`: a checkout made
+    /// the id for this grant, so no earlier grant has it.
+    pub async fn put(
+        &self,
+        grant_id: String,
+        grant: StoredGrant,
+        fresh: bool,
+    ) -> Result<(), StoreError> {
+        let (done, wait) = oneshot::channel();
+        let job = Job {
+            op: StoreOp::Put(grant_id, grant, fresh),
+            done: Some(done),
+        };
+        self.queue
+            .send(job)
+            .await
+            .map_err(|_| StoreError::Stopped)?;
+        wait.await.map_err(|_| StoreError::Stopped)?
+    }
+
+    /// Queues the removal of a grant; does not wait for it to be durable.
+    pub async fn delete(&self, grant_id: String, issued_unix_ms: i64) {
+        let job = Job {
+            op: StoreOp::Delete(grant_id, issued_unix_ms),
+            done: None,
+        };
+        // A stopped writer means the server is going down; the grant is then
+        // restored at restart and lapses after one lease, which is safe.
+        let _ = self.queue.send(job).await;
+    }
+}
+
+fn check_owner(
+    db: &Database,
+    path: &Path,
+    pool_id: &str,
+    server_id: &str,
+) -> Result<(), StoreError> {
+    let open_error = |message: String| StoreError::Open {
+        path: path.to_path_buf(),
+        message,
+    };
+    let txn = db.begin_write().map_err(|e| open_error(e.to_string()))?;
+    {
+        let mut meta = txn
+            .open_table(META)
+            .map_err(|e| open_error(e.to_string()))?;
+        let found_pool = meta
+            .get("pool_id")
+            .map_err(|e| open_error(e.to_string()))?
+            .map(|v| v.value().to_string());
+        let found_server = meta
+            .get("server_id")
+            .map_err(|e| open_error(e.to_string()))?
+            .map(|v| v.value().to_string());
+        match (found_pool, found_server) {
+            (Some(found_pool), Some(found_server)) => {
+                if found_pool != pool_id || found_server != server_id {
+                    return Err(StoreError::WrongOwner {
+                        path: path.to_path_buf(),
+                        found_pool,
+                        found_server,
+                        pool: pool_id.to_string(),
+                        server: server_id.to_string(),
+                    });
+                }
+            }
+            _ => {
+                meta.insert("pool_id", pool_id)
+                    .map_err(|e| open_error(e.to_string()))?;
+                meta.insert("server_id", server_id)
+                    .map_err(|e| open_error(e.to_string()))?;
+            }
+        }
+        txn.open_table(GRANTS)
+            .map_err(|e| open_error(e.to_string()))?;
+    }
+    txn.commit().map_err(|e| open_error(e.to_string()))
+}
+
+fn load(db: &Database, path: &Path) -> Result<Vec<(String, StoredGrant)>, StoreError> {
+    let open_error = |message: String| StoreError::Open {
+        path: path.to_path_buf(),
+        message,
+    };
+    let read = db.begin_read().map_err(|e| open_error(e.to_string()))?;
+    let table = read
+        .open_table(GRANTS)
+        .map_err(|e| open_error(e.to_string()))?;
+    let mut grants = Vec::new();
+    for entry in table.iter().map_err(|e| open_error(e.to_string()))? {
+        let (key, value) = entry.map_err(|e| open_error(e.to_string()))?;
+        let grant: StoredGrant = serde_json::from_slice(value.value())
+            .map_err(|err| open_error(format!("grant {} is unreadable: {err}", key.value())))?;
+        grants.push((key.value().to_string(), grant));
+    }
+    Ok(grants)
+}
+
+fn write_loop(
+    mut journal: journal::Journal,
+    mut receiver: mpsc::Receiver<Job>,
+    batch_max: usize,
+    fold: &mut dyn FnMut(journal::Window),
+) {
+    while let Some(first) = receiver.blocking_recv() {
+        write_queued(&mut journal, first, &mut receiver, batch_max, fold);
+    }
+}
+
+/// Appends `first` and whatever else is queued (up to `batch_max`) to the
+/// journal in one write, syncs it if it holds a new grant, then answers
+/// every waiter.
+fn write_queued(
+    journal: &mut journal::Journal,
+    first: Job,
+    receiver: &mut mpsc::Receiver<Job>,
+    batch_max: usize,
+    fold: &mut dyn FnMut(journal::Window),
+) {
+    let mut ops = vec![first.op];
+    let mut waiting: Vec<oneshot::Sender<Result<(), StoreError>>> =
+        first.done.into_iter().collect();
+    while ops.len() < batch_max {
+        match receiver.try_recv() {
+            Ok(job) => {
+                ops.push(job.op);
+                waiting.extend(job.done);
+            }
+            Err(_) => break,
+        }
+    }
+    // Only new grants must be on disk before they are answered; a batch of
+    // check-ins and expiries alone is written without a sync (a lost one
+    // keeps a seat reserved one lease longer after a crash, which is safe).
+    // A later sync makes it durable too.
+    let sync = ops.iter().any(|op| matches!(op, StoreOp::Put(..)));
+    let result = journal.append(ops, sync, fold).map_err(StoreError::Write);
+    if let Err(err) = &result {
+        tracing::error!("{err}");
+    }
+    for done in waiting {
+        let _ = done.send(result.clone());
+    }
+}
+
+/// The writer as a task on the caller's runtime, writing and folding
+/// inline: on a simulated disk every step is the simulator's to schedule.
+async fn write_loop_inline(
+    mut journal: journal::Journal,
+    mut folder: journal::Folder,
+    mut receiver: mpsc::Receiver<Job>,
+    batch_max: usize,
+    disk: Arc<dyn Disk>,
+) {
+    let mut fold = |window| folder.fold(window);
+    while let Some(first) = receiver.recv().await {
+        let delay = disk.commit_delay();
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+        write_queued(&mut journal, first, &mut receiver, batch_max, &mut fold);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Opens the store again once the previous writer thread has let go of
+    /// the file (it does when its queue closes); bounded.
+    fn reopen(dir: &Path, server: &str) -> Result<(Store, Opened), StoreError> {
+        reopen_on(&(Arc::new(FileDisk) as Arc<dyn Disk>), dir, server)
+    }
+
+    fn reopen_on(
+        disk: &Arc<dyn Disk>,
+        dir: &Path,
+        server: &str,
+    ) -> Result<(Store, Opened), StoreError> {
+        for _ in 0..200 {
+            match Store::open_on(disk, dir, "p", server, 16) {
+                Err(StoreError::Open { message, .. }) if message.contains("already open") => {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                other => return other,
+            }
+        }
+        Store::open_on(disk, dir, "p", server, 16)
+    }
+
+    /// The machine's disk with journal segments of one page, so that a few
+    /// grants fill several and the fold thread folds them.
+    struct SmallSegments;
+
+    impl Disk for SmallSegments {
+        fn open_database(
+            &self,
+            path: &Path,
+            cache_bytes: usize,
+        ) -> Result<Database, redb::DatabaseError> {
+            FileDisk.open_database(path, cache_bytes)
+        }
+        fn exists(&self, path: &Path) -> bool {
+            FileDisk.exists(path)
+        }
+        fn commit_on_threads(&self) -> bool {
+            true
+        }
+        fn read_file(&self, path: &Path) -> std::io::Result<Option<Vec<u8>>> {
+            FileDisk.read_file(path)
+        }
+        fn replace_file(&self, path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+            FileDisk.replace_file(path, bytes)
+        }
+        fn rename(&self, from: &Path, to: &Path) -> std::io::Result<bool> {
+            FileDisk.rename(from, to)
+        }
+        fn open_file(&self, path: &Path) -> std::io::Result<Box<dyn redb::StorageBackend>> {
+            FileDisk.open_file(path)
+        }
+        fn create_dir(&self, path: &Path) -> std::io::Result<()> {
+            FileDisk.create_dir(path)
+        }
+        fn list_dir(&self, path: &Path) -> std::io::Result<Vec<PathBuf>> {
+            FileDisk.list_dir(path)
+        }
+        fn remove_file(&self, path: &Path) -> std::io::Result<()> {
+            FileDisk.remove_file(path)
+        }
+        fn sync_dir(&self, path: &Path) -> std::io::Result<()> {
+            FileDisk.sync_dir(path)
+        }
+        fn journal_segment_bytes(&self) -> u64 {
+            4096
+        }
+    }
+
+    fn segment_files(dir: &Path) -> Vec<PathBuf> {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(dir.join(JOURNAL_DIR))
+            .unwrap()
+            .map(|entry| entry.unwrap().path())
+            .collect();
+        files.sort();
+        files
+    }
+
+    /// The segment the writer wrote to (the one after it, made ahead, is
+    /// all zeros).
+    fn written_segment(dir: &Path) -> PathBuf {
+        segment_files(dir)
+            .into_iter()
+            .find(|path| std::fs::read(path).unwrap().iter().any(|b| *b != 0))
+            .expect("a segment with records")
+    }
+
+    fn grant(feature: &str) -> StoredGrant {
+        StoredGrant {
+            feature: feature.into(),
+            count: 2,
+            client_id: "c".into(),
+            user: "u".into(),
+            host: "h".into(),
+            display: None,
+            version: "1.0".into(),
+            issued_unix_ms: 5,
+        }
+    }
+
+    #[tokio::test]
+    async fn grants_survive_reopen_and_deletes_apply_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let (store, opened) = Store::open(dir.path(), "p", "A", 16).unwrap();
+            assert!(!opened.existed);
+            store.put("g1".into(), grant("cad"), true).await.unwrap();
+            store.put("g2".into(), grant("sim"), true).await.unwrap();
+            store.delete("g1".into(), 5).await;
+            // A delete of an older grant with the same id leaves the newer one.
+            store.put("g9".into(), grant("sim"), true).await.unwrap();
+            store.delete("g9".into(), 4).await;
+            // A put after the delete is committed after it: wait on it.
+            store.put("g3".into(), grant("cad"), true).await.unwrap();
+        }
+        let (_store, opened) = reopen(dir.path(), "A").unwrap();
+        assert!(opened.existed);
+        let mut ids: Vec<String> = opened.grants.iter().map(|(id, _)| id.clone()).collect();
+        ids.sort();
+        assert_eq!(ids, vec!["g2", "g3", "g9"]);
+        assert_eq!(opened.grants[0].1.count, 2);
+    }
+
+    #[tokio::test]
+    async fn grants_across_many_segments_are_folded_into_the_table_and_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let disk: Arc<dyn Disk> = Arc::new(SmallSegments);
+        let mut held = std::collections::BTreeSet::new();
+        {
+            let (store, _) = Store::open_on(&disk, dir.path(), "p", "A", 16).unwrap();
+            for i in 0..400 {
+                let id = format!("g{i:04}");
+                // Every third grant is a conversion: the table may hold
+                // its id from before.
+                store
+                    .put(id.clone(), grant("cad"), i % 3 != 0)
+                    .await
+                    .unwrap();
+                held.insert(id);
+                if i % 2 == 1 {
+                    let id = format!("g{:04}", i - 1);
+                    store.delete(id.clone(), 5).await;
+                    held.remove(&id);
+                }
+            }
+            // The last delete reaches the journal before this put answers.
+            store.put("last".into(), grant("cad"), true).await.unwrap();
+            held.insert("last".into());
+        }
+        let (store, opened) = reopen_on(&disk, dir.path(), "A").unwrap();
+        let ids: std::collections::BTreeSet<String> =
+            opened.grants.into_iter().map(|(id, _)| id).collect();
+        assert_eq!(ids, held);
+        // Opening folded the whole journal: the new segment is left, and
+        // perhaps the one made ahead of it.
+        drop(store);
+        let left = segment_files(dir.path());
+        assert!(left.len() <= 2, "{left:?}");
+    }
+
+    #[tokio::test]
+    async fn a_write_cut_short_by_a_crash_ends_the_journal_and_loses_nothing_acknowledged() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let (store, _) = Store::open(dir.path(), "p", "A", 16).unwrap();
+            store.put("g1".into(), grant("cad"), true).await.unwrap();
+            store.put("g2".into(), grant("cad"), true).await.unwrap();
+        }
+        // Half a record after the acknowledged ones: a batch whose write
+        // the crash cut short, never answered.
+        let segment = written_segment(dir.path());
+        let mut bytes = std::fs::read(&segment).unwrap();
+        let end = bytes.iter().rposition(|b| *b != 0).unwrap() + 1;
+        bytes[end..end + 12].copy_from_slice(&[200, 0, 0, 0, 1, 2, 3, 4, 1, 3, 0, b'g']);
+        std::fs::write(&segment, &bytes).unwrap();
+        let (_store, opened) = reopen(dir.path(), "A").unwrap();
+        let mut ids: Vec<String> = opened.grants.into_iter().map(|(id, _)| id).collect();
+        ids.sort();
+        assert_eq!(ids, ["g1", "g2"]);
+    }
+
+    #[tokio::test]
+    async fn a_damaged_segment_followed_by_grants_is_refused_with_advice_and_left_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let (store, _) = Store::open(dir.path(), "p", "A", 16).unwrap();
+            store.put("g1".into(), grant("cad"), true).await.unwrap();
+        }
+        // The segment's first record damaged, and a later segment that
+        // holds grants: acknowledged grants may be lost, so no guessing.
+        let segment = written_segment(dir.path());
+        let good = std::fs::read(&segment).unwrap();
+        let mut damaged = good.clone();
+        damaged[12] ^= 0x40;
+        std::fs::write(&segment, &damaged).unwrap();
+        let later = segment.with_file_name("00000000000000ff.log");
+        std::fs::write(&later, &good).unwrap();
+        let err = reopen(dir.path(), "A").err().unwrap().to_string();
+        assert!(
+            err.contains("grant journal is damaged") && err.contains("move grants.redb"),
+            "{err}"
+        );
+        assert_eq!(std::fs::read(&segment).unwrap(), damaged);
+        assert_eq!(std::fs::read(&later).unwrap(), good);
+    }
+
+    #[tokio::test]
+    async fn a_store_of_another_server_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(Store::open(dir.path(), "p", "A", 16).unwrap());
+        let err = reopen(dir.path(), "B").err().unwrap();
+        assert!(
+            err.to_string().contains("belongs to pool `p` server `A`"),
+            "{err}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_damaged_store_is_refused_with_advice() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(STORE_FILE), vec![0x5a; 8192]).unwrap();
+        let err = Store::open(dir.path(), "p", "A", 16).err().unwrap();
+        assert!(err.to_string().contains("move it away"), "{err}");
+    }
+}
