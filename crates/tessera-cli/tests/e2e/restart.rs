@@ -1,6 +1,6 @@
 //! Restarts: `kill -9` under load loses no acknowledged grant and never lets
-//! the seats in use pass the hard limit; a damaged store stops the server
-//! with advice instead of being overwritten.
+//! the seats in use pass the hard limit; a damaged store or grant journal
+//! stops the server with advice instead of being overwritten.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -300,4 +300,55 @@ async fn a_damaged_store_stops_the_server_with_advice_and_is_left_alone() {
         garbage,
         "the server changed the damaged store"
     );
+}
+
+/// The grant journal's segments in name (sequence) order.
+fn journal_segments(data_dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut segments: Vec<_> = std::fs::read_dir(data_dir.join("journal"))
+        .expect("the server keeps a journal folder")
+        .map(|entry| entry.unwrap().path())
+        .collect();
+    segments.sort();
+    segments
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_journal_with_later_grants_stops_the_server_with_advice_and_is_left_alone() {
+    let fixture = Fixture::new().await;
+    let mut server = fixture.server(ServerSpec::new(
+        fixture.sign(&crate::fixture::code("cad", 3)).await,
+    ));
+    server.start(StartMode::NewPool).await;
+    server.wait_state("serving").await;
+    assert_eq!(fill(&server, "journal").await.len(), 3);
+    server.kill();
+
+    // The grants are in the segment being written; a zero-filled one waits
+    // after it. A copy of the first as the second is "later grants"; then
+    // the first's first record is damaged. Replay cannot skip it: the grants
+    // after it were acknowledged.
+    let segments = journal_segments(&server.data_dir);
+    let written = segments
+        .iter()
+        .position(|path| std::fs::read(path).unwrap()[..4] != [0; 4])
+        .expect("a segment holds the three grants");
+    let later = segments
+        .get(written + 1)
+        .expect("a segment is made ahead of the one being written");
+    let mut bytes = std::fs::read(&segments[written]).unwrap();
+    std::fs::write(later, &bytes).unwrap();
+    bytes[20] ^= 0xff;
+    std::fs::write(&segments[written], &bytes).unwrap();
+    let before: Vec<Vec<u8>> = segments.iter().map(|p| std::fs::read(p).unwrap()).collect();
+
+    let config = server.config.to_str().unwrap().to_string();
+    let output = tessera_within(Duration::from_secs(15), ["server", "--config", &config])
+        .await
+        .failure();
+    output.mentions(&["grant journal is damaged", "checksum", "move grants.redb"]);
+    let after: Vec<Vec<u8>> = journal_segments(&server.data_dir)
+        .iter()
+        .map(|p| std::fs::read(p).unwrap())
+        .collect();
+    assert!(before == after, "the server changed the damaged journal");
 }
