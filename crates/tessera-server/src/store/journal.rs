@@ -3,18 +3,26 @@
 //! one `fdatasync` per batch, then folded into the `redb` table in the
 //! background once the segment is full.
 //!
-//! A segment is made whole before it is written to: zero-filled to its size
-//! and synced, folder included, so that syncing a batch later flushes the
-//! batch's pages and nothing else (no block allocation, no size change).
+//! A segment is made whole before it is written to, so that syncing a batch
+//! later flushes the batch's pages and nothing else (no block allocation,
+//! no size change): the first ones are zero-filled to their size and
+//! synced, later ones are folded segments used again (their first eight
+//! bytes zeroed and synced, then renamed), which costs a rename instead of
+//! writing and syncing a whole segment while the writer syncs its batches.
 //! Segments are named by a number that only grows
 //! (`journal/0000000000000007.log`); the table remembers the last number
-//! folded into it (`journal_through`), in the same transaction as the fold.
+//! folded into it (`journal_through`), in the same transaction as the fold,
+//! and a segment numbered at or below it is a spare.
 //!
-//! A record is `u32 length | u32 CRC-32 of the length and payload |
-//! payload`, and a payload is `u8 kind | u16 id length | id | rest`: for a
-//! new grant (kind 1, or 2 when its id was made for it by a checkout) the
-//! grant's JSON as the table keeps it, for a removal (kind 3) the grant's
-//! `issued_unix_ms`. A length of zero is the end of what was written; a
+//! A record is `u32 length | u32 CRC-32 | payload`, the checksum taken over
+//! the segment's number, the length and the payload, and a payload is
+//! `u8 kind | u16 id length | id | rest`: for a new grant (kind 1, or 2 when
+//! its id was made for it by a checkout) the grant's JSON as the table keeps
+//! it, for a removal (kind 3) the grant's `issued_unix_ms`. Each batch is
+//! written with eight zero bytes after it (a length of zero: the end of what
+//! was written), which the next batch overwrites, so what a used-again
+//! segment held before never reads as records; and a stale record that a
+//! torn write left in place fails its checksum under the new number. A
 //! record whose checksum fails is a write the crash cut short, and ends the
 //! journal, unless a later segment holds records: segments are synced
 //! whole before the next one is written, so that is a damaged disk and the
@@ -45,6 +53,10 @@ const KIND_PUT_FRESH: u8 = 2;
 const KIND_DELETE: u8 = 3;
 /// Zeros written at a time when a segment is made.
 const FILL_CHUNK: usize = 1 << 20;
+/// The end of what was written: a record length of zero.
+const END_MARK: [u8; HEADER_BYTES] = [0; HEADER_BYTES];
+/// Folded segments kept to be used again.
+const SPARES_MAX: usize = 2;
 
 /// What the changes since the last fold did to each grant.
 #[derive(Debug, Default)]
@@ -128,8 +140,18 @@ pub struct Window {
     pub pending: Pending,
 }
 
-/// Appends `op` as one record to `out`.
-pub fn encode(op: &StoreOp, out: &mut Vec<u8>) -> Result<(), String> {
+/// Appends `op` as one record of segment `seq` to `out`.
+#[cfg(test)]
+pub fn encode(op: &StoreOp, seq: u64, out: &mut Vec<u8>) -> Result<(), String> {
+    let start = out.len();
+    encode_unsealed(op, out)?;
+    seal(&mut out[start..], seq);
+    Ok(())
+}
+
+/// Appends `op` as one record to `out`, its checksum left for [`seal`]:
+/// which segment the record lands in is known only when it is written.
+fn encode_unsealed(op: &StoreOp, out: &mut Vec<u8>) -> Result<(), String> {
     let start = out.len();
     out.extend_from_slice(&[0; HEADER_BYTES]);
     let (kind, id) = match op {
@@ -152,15 +174,20 @@ pub fn encode(op: &StoreOp, out: &mut Vec<u8>) -> Result<(), String> {
         out.truncate(start);
         return Err(format!("a journal record of {len} bytes"));
     }
-    let len = (len as u32).to_le_bytes();
-    let crc = checksum(&len, &out[start + HEADER_BYTES..]);
-    out[start..start + 4].copy_from_slice(&len);
-    out[start + 4..start + HEADER_BYTES].copy_from_slice(&crc.to_le_bytes());
+    out[start..start + 4].copy_from_slice(&(len as u32).to_le_bytes());
     Ok(())
 }
 
-fn checksum(len: &[u8; 4], payload: &[u8]) -> u32 {
+/// Sets the checksum of the one whole record in `record` for segment `seq`.
+fn seal(record: &mut [u8], seq: u64) {
+    let len: [u8; 4] = record[..4].try_into().expect("a record header");
+    let crc = checksum(seq, &len, &record[HEADER_BYTES..]);
+    record[4..HEADER_BYTES].copy_from_slice(&crc.to_le_bytes());
+}
+
+fn checksum(seq: u64, len: &[u8; 4], payload: &[u8]) -> u32 {
     let mut hasher = crc32fast::Hasher::new();
+    hasher.update(&seq.to_le_bytes());
     hasher.update(len);
     hasher.update(payload);
     hasher.finalize()
@@ -168,15 +195,15 @@ fn checksum(len: &[u8; 4], payload: &[u8]) -> u32 {
 
 /// How reading a segment ended.
 #[derive(Debug, PartialEq, Eq)]
-enum End {
+pub(super) enum End {
     /// At a zero length or the segment's end: what was written was whole.
     Clean,
     /// At a record that fails its checksum or cannot be read, at this offset.
     Damaged { offset: usize, why: String },
 }
 
-/// The changes a segment holds, in order, and how reading ended.
-fn decode(bytes: &[u8]) -> (Vec<StoreOp>, End) {
+/// The changes segment `seq` holds, in order, and how reading ended.
+pub(super) fn decode(bytes: &[u8], seq: u64) -> (Vec<StoreOp>, End) {
     let mut ops = Vec::new();
     let mut at = 0;
     loop {
@@ -197,7 +224,7 @@ fn decode(bytes: &[u8]) -> (Vec<StoreOp>, End) {
         }
         let crc = u32::from_le_bytes(bytes[at + 4..at + 8].try_into().expect("4 bytes"));
         let payload = &bytes[at + HEADER_BYTES..at + HEADER_BYTES + len];
-        if checksum(&len_bytes, payload) != crc {
+        if checksum(seq, &len_bytes, payload) != crc {
             return (ops, damaged("its checksum does not match"));
         }
         match decode_payload(payload) {
@@ -259,40 +286,94 @@ pub struct Segments {
     disk: Arc<dyn Disk>,
     dir: PathBuf,
     bytes: u64,
+    made: Mutex<Made>,
+}
+
+struct Made {
     /// Every segment up to this number has been made whole.
-    made_through: Mutex<u64>,
+    through: u64,
+    /// Folded segments to use again, newest last.
+    spares: Vec<PathBuf>,
 }
 
 impl Segments {
     /// Makes segment `seq` (and any before it not yet made) whole on disk.
     pub fn make(&self, seq: u64) -> std::io::Result<()> {
-        let mut made = self.made_through.lock().unwrap_or_else(|p| p.into_inner());
-        while *made < seq {
-            let next = *made + 1;
-            let file = self.disk.open_file(&segment_path(&self.dir, next))?;
-            let zeros = vec![0u8; FILL_CHUNK.min(self.bytes as usize)];
-            let mut at = 0;
-            while at < self.bytes {
-                let n = zeros.len().min((self.bytes - at) as usize);
-                file.write(at, &zeros[..n])?;
-                at += n as u64;
+        let mut made = self.made.lock().unwrap_or_else(|p| p.into_inner());
+        while made.through < seq {
+            let next = made.through + 1;
+            let path = segment_path(&self.dir, next);
+            let mut reused = false;
+            while let Some(spare) = made.spares.pop() {
+                if self.reuse(&spare, &path)? {
+                    reused = true;
+                    break;
+                }
             }
-            file.sync_data(false)?;
-            drop(file);
-            self.disk.sync_dir(&self.dir)?;
-            *made = next;
+            if !reused {
+                self.fill(&path)?;
+            }
+            made.through = next;
         }
         Ok(())
     }
 
-    /// Removes every segment up to `through`: the table holds them now.
-    fn remove_through(&self, through: u64) -> std::io::Result<()> {
-        for (seq, path) in segments(self.disk.as_ref(), &self.dir)? {
-            if seq <= through {
-                self.disk.remove_file(&path)?;
-            }
+    /// Zero-fills a new segment at `path` and syncs it, folder included.
+    fn fill(&self, path: &Path) -> std::io::Result<()> {
+        let file = self.disk.open_file(path)?;
+        let zeros = vec![0u8; FILL_CHUNK.min(self.bytes as usize)];
+        let mut at = 0;
+        while at < self.bytes {
+            let n = zeros.len().min((self.bytes - at) as usize);
+            file.write(at, &zeros[..n])?;
+            at += n as u64;
         }
+        file.sync_data(false)?;
+        drop(file);
         self.disk.sync_dir(&self.dir)
+    }
+
+    /// Makes the folded segment `spare` the segment at `path`: its first
+    /// record becomes the end mark (synced before the rename, so no crash
+    /// leaves a numbered segment that starts with what it held before).
+    /// `false` (and the spare removed) when it is not a segment's size.
+    fn reuse(&self, spare: &Path, path: &Path) -> std::io::Result<bool> {
+        let file = self.disk.open_file(spare)?;
+        if file.len()? != self.bytes {
+            drop(file);
+            self.disk.remove_file(spare)?;
+            return Ok(false);
+        }
+        file.write(0, &END_MARK)?;
+        file.sync_data(false)?;
+        drop(file);
+        if !self.disk.rename(spare, path)? {
+            return Ok(false);
+        }
+        self.disk.sync_dir(&self.dir)?;
+        Ok(true)
+    }
+
+    /// Every segment up to `through` is in the table now: the newest are
+    /// kept as spares, the rest removed.
+    fn retire_through(&self, through: u64) -> std::io::Result<()> {
+        let mut made = self.made.lock().unwrap_or_else(|p| p.into_inner());
+        let mut removed = false;
+        for (seq, path) in segments(self.disk.as_ref(), &self.dir)? {
+            if seq > through || made.spares.contains(&path) {
+                continue;
+            }
+            made.spares.push(path);
+        }
+        while made.spares.len() > SPARES_MAX {
+            let oldest = made.spares.remove(0);
+            self.disk.remove_file(&oldest)?;
+            removed = true;
+        }
+        if removed {
+            self.disk.sync_dir(&self.dir)?;
+        }
+        Ok(())
     }
 }
 
@@ -344,9 +425,10 @@ impl Journal {
         self.buf.clear();
         self.ends.clear();
         for op in &ops {
-            encode(op, &mut self.buf)?;
+            encode_unsealed(op, &mut self.buf)?;
             self.ends.push(self.buf.len());
         }
+        self.buf.extend_from_slice(&END_MARK);
         let mut ops = ops.into_iter();
         let (mut first, mut from) = (0, 0);
         while first < self.ends.len() {
@@ -366,8 +448,20 @@ impl Journal {
                 continue;
             }
             let to = self.ends[first + fits - 1];
+            let mut start = from;
+            for &end in &self.ends[first..first + fits] {
+                seal(&mut self.buf[start..end], self.seq);
+                start = end;
+            }
+            // The end mark goes with the batch's last records when it fits;
+            // otherwise the segment's end (or the roll's mark) ends them.
+            let marked = if first + fits == self.ends.len() && to - from + HEADER_BYTES <= room {
+                to + HEADER_BYTES
+            } else {
+                to
+            };
             self.file
-                .write(self.written, &self.buf[from..to])
+                .write(self.written, &self.buf[from..marked])
                 .map_err(|e| format!("write: {e}"))?;
             self.written += (to - from) as u64;
             self.unsynced = true;
@@ -388,6 +482,12 @@ impl Journal {
     /// Syncs the full segment, hands its window to `fold` and moves on to
     /// the next segment.
     fn roll(&mut self, fold: &mut dyn FnMut(Window)) -> Result<(), String> {
+        if self.segments.bytes - self.written >= HEADER_BYTES as u64 {
+            self.file
+                .write(self.written, &END_MARK)
+                .map_err(|e| format!("write: {e}"))?;
+            self.unsynced = true;
+        }
         if self.unsynced {
             self.file
                 .sync_data(false)
@@ -438,8 +538,8 @@ impl Folder {
         match fold_into(&self.db, &self.waiting, through) {
             Ok(()) => {
                 self.waiting.clear();
-                if let Err(err) = self.segments.remove_through(through) {
-                    tracing::warn!("grant journal: removing folded segments: {err}");
+                if let Err(err) = self.segments.retire_through(through) {
+                    tracing::warn!("grant journal: retiring folded segments: {err}");
                 }
             }
             Err(err) => tracing::error!(
@@ -510,7 +610,7 @@ pub fn open(
         let bytes = file
             .read(0, len as usize)
             .map_err(|e| format!("{}: {e}", path.display()))?;
-        let (ops, end) = decode(&bytes);
+        let (ops, end) = decode(&bytes, *seq);
         if let (Some((cut_path, offset, why)), false) = (&cut, ops.is_empty()) {
             return Err(format!(
                 "the grant journal is damaged: {} at byte {offset} ({why}), and a later segment \
@@ -535,7 +635,10 @@ pub fn open(
         disk: disk.clone(),
         dir: dir.clone(),
         bytes: disk.journal_segment_bytes(),
-        made_through: Mutex::new(last),
+        made: Mutex::new(Made {
+            through: last,
+            spares: Vec::new(),
+        }),
     });
     let window = Window {
         through: last,
@@ -543,7 +646,7 @@ pub fn open(
     };
     fold_into(db, &[window], last)?;
     segments
-        .remove_through(last)
+        .retire_through(last)
         .map_err(|e| format!("{}: {e}", dir.display()))?;
     let seq = last + 1;
     segments
@@ -597,32 +700,38 @@ mod tests {
         ];
         let mut bytes = Vec::new();
         for op in &ops {
-            encode(op, &mut bytes).unwrap();
+            encode(op, 7, &mut bytes).unwrap();
         }
         let whole = bytes.len();
         bytes.extend_from_slice(&[0; 64]);
-        let (read, end) = decode(&bytes);
+        let (read, end) = decode(&bytes, 7);
         assert_eq!(read, ops);
         assert_eq!(end, End::Clean);
 
         // A write cut short: the last record's tail never reached the disk.
         let mut cut = bytes.clone();
         cut[whole - 8..whole].fill(0);
-        let (read, end) = decode(&cut);
+        let (read, end) = decode(&cut, 7);
         assert_eq!(read, ops[..2]);
         assert!(matches!(end, End::Damaged { .. }), "{end:?}");
 
         // One flipped bit in the first record ends the journal there.
         let mut flipped = bytes.clone();
         flipped[HEADER_BYTES + 3] ^= 0x10;
-        let (read, end) = decode(&flipped);
+        let (read, end) = decode(&flipped, 7);
         assert!(read.is_empty());
         assert!(matches!(end, End::Damaged { offset: 0, .. }), "{end:?}");
 
         // A length that runs past the segment.
         let mut long = bytes.clone();
         long[0..4].copy_from_slice(&u32::MAX.to_le_bytes());
-        assert!(matches!(decode(&long).1, End::Damaged { offset: 0, .. }));
+        assert!(matches!(decode(&long, 7).1, End::Damaged { offset: 0, .. }));
+
+        // Whole records of another segment (what a used-again segment held
+        // before) are not this one's.
+        let (read, end) = decode(&bytes, 6);
+        assert!(read.is_empty());
+        assert!(matches!(end, End::Damaged { offset: 0, .. }), "{end:?}");
     }
 
     #[test]
