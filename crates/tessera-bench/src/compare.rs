@@ -345,7 +345,7 @@ impl Comparison {
         let _ = writeln!(out, "\n## Systems\n");
         let _ = writeln!(
             out,
-            "- **tessera**: one `tessera server` (a pool of one, durable `redb` store), a \
+            "- **tessera**: one `tessera server` (a pool of one; every grant in the synced grant journal before it is answered), a \
              checkout then a check-in in the framed protocol the SDK speaks (one frame each \
              way, the REST routes' JSON bodies), over TLS 1.3 (rustls, the default), each \
              client keeping its connection.\n\
