@@ -197,8 +197,7 @@ fn check_grant(
         codes_sha256: codes_sha256(&codes),
         ..asked_fields(request, answer, OUTCOME_GRANTED)
     };
-    key.verify(&fields, &answer.signature)
-        .map_err(|err| err.to_string())?;
+    verify_signature(&key, &fields, answer)?;
     let (licenses, certificate) = match &answer.chain {
         Some(chain) => {
             let licenses = chain
@@ -245,8 +244,27 @@ fn check_denial(
         return Err("no signature".into());
     };
     let key = ServerPublicKey::from_base64(&answer.server_key).map_err(|err| err.to_string())?;
-    key.verify(&asked_fields(request, answer, code), &answer.signature)
-        .map_err(|_| "a signature that does not check".to_string())
+    verify_signature(&key, &asked_fields(request, answer, code), answer)
+        .map_err(|err| format!("a signature that does not check: {err}"))
+}
+
+/// Checks the answer's signature over `fields`: its own, or its batch's
+/// by the place the answer names in it.
+fn verify_signature(
+    key: &ServerPublicKey,
+    fields: &AnswerFields,
+    answer: &SignedAnswer,
+) -> Result<(), String> {
+    match &answer.batch {
+        None => key.verify(fields, &answer.signature),
+        Some(batch) => {
+            let place = batch
+                .to_core()
+                .map_err(|err| format!("the answer's batch is malformed: {err}"))?;
+            key.verify_in_batch(fields, &answer.signature, &place)
+        }
+    }
+    .map_err(|err| err.to_string())
 }
 
 #[cfg(test)]
@@ -424,6 +442,7 @@ pub(crate) mod tests {
             signature: String::new(),
             codes: codes.iter().map(LicenseCode::to_text).collect(),
             chain: None,
+            batch: None,
         };
         let fields = AnswerFields {
             grant_id: grant.grant_id.clone(),
@@ -435,6 +454,85 @@ pub(crate) mod tests {
         answer.signature = key.sign(&fields);
         grant.answer = Some(answer);
         grant
+    }
+
+    /// `grant` signed again as answer `index` of a batch of `size`, the
+    /// others answers to other requests.
+    fn in_batch(request: &CheckoutRequest, mut grant: Grant, index: usize, size: usize) -> Grant {
+        let key = ServerSecretKey::from_seed([5; 32]);
+        let key_id = key.public().key_id();
+        let answer = grant.answer.as_mut().unwrap();
+        let codes = answer
+            .codes
+            .iter()
+            .map(LicenseCode::from_text)
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap();
+        let fields = AnswerFields {
+            grant_id: grant.grant_id.clone(),
+            lease_ms: grant.lease_ms,
+            heartbeat_interval_ms: grant.heartbeat_interval_ms,
+            codes_sha256: codes_sha256(&codes),
+            ..asked_fields(request, answer, OUTCOME_GRANTED)
+        };
+        let leaves: Vec<_> = (0..size)
+            .map(|i| match i == index {
+                true => fields.leaf_hash(&key_id),
+                false => AnswerFields {
+                    nonce: format!("the-nonce-of-another-program-{i:03}"),
+                    ..fields.clone()
+                }
+                .leaf_hash(&key_id),
+            })
+            .collect();
+        let (signature, places) = key.sign_batch(&leaves);
+        answer.signature = signature;
+        answer.batch = Some(tessera_proto::AnswerBatch::from_core(&places[index]));
+        grant
+    }
+
+    #[test]
+    fn a_grant_signed_in_a_batch_counts_and_a_forged_place_does_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let checker = checker(dir.path());
+        let genuine = signed_grant(&request(), &[code(&vendor(), "cad-1")]);
+        for (index, size) in [(0, 1), (1, 2), (4, 5), (31, 32)] {
+            let grant = in_batch(&request(), genuine.clone(), index, size);
+            assert_eq!(
+                checker.check(&request(), &grant),
+                Ok(()),
+                "{index} of {size}"
+            );
+        }
+        let batched = in_batch(&request(), genuine.clone(), 2, 7);
+        type Forgery = fn(&mut tessera_proto::AnswerBatch);
+        let forged: [(Forgery, &str); 5] = [
+            (|b| b.index = 3, "changed in transit"),
+            (|b| b.size = 8, "changed in transit"),
+            (|b| b.path.pop().map(drop).unwrap_or(()), "cannot lead"),
+            (|b| b.path[0] = "not a hash".into(), "not 32 bytes"),
+            (|b| b.path = vec![b.path[0].clone(); 9], "at most 8"),
+        ];
+        for (forge, expected) in forged {
+            let mut grant = batched.clone();
+            forge(grant.answer.as_mut().unwrap().batch.as_mut().unwrap());
+            let refused = checker.check(&request(), &grant).unwrap_err();
+            assert!(refused.contains(expected), "{expected}: {refused}");
+        }
+        // The batch's signature without its place, or a longer lease in it.
+        let mut unplaced = batched.clone();
+        unplaced.answer.as_mut().unwrap().batch = None;
+        assert!(checker.check(&request(), &unplaced).is_err());
+        let mut longer = batched;
+        longer.lease_ms *= 100;
+        let refused = checker.check(&request(), &longer).unwrap_err();
+        assert!(refused.contains("changed in transit"), "{refused}");
+        // Another program's answer in the same batch is not this one's.
+        let mut other_request = request();
+        other_request.nonce = Some("the-nonce-of-another-program-003".into());
+        let theirs = in_batch(&other_request, genuine, 3, 7);
+        let refused = checker.check(&request(), &theirs).unwrap_err();
+        assert!(refused.contains("a replay"), "{refused}");
     }
 
     fn checker(dir: &Path) -> Checker {

@@ -35,10 +35,19 @@ use crate::date::{CivilDate, Expiry};
 use crate::license::{canonical, decode_32, decode_signature, key_id_hex, LicenseCode};
 use crate::license::{LicenseError, VendorPublicKey};
 use crate::master::{vid_of_binding, MasterLicense, VidCertificate};
+use crate::merkle::{self, Hash};
 use crate::version::Version;
 
 /// Header of an answer's canonical form.
 pub const ANSWER_HEADER: &str = "tessera-answer-v1";
+/// Header of the message a batch's signature covers: the Merkle root over
+/// the canonical forms of the answers in the batch ([`crate::merkle`]).
+pub const BATCH_HEADER: &str = "tessera-answer-batch-v1";
+/// Most answers one batch signature covers; a path is then at most
+/// [`BATCH_PATH_MAX`] hashes.
+pub const BATCH_SIZE_MAX: usize = 256;
+/// Most hashes in an answer's path: a larger batch is not checked.
+pub const BATCH_PATH_MAX: usize = 8;
 /// What a grant's or renewal's `outcome` line says; a denial's names its error code.
 pub const OUTCOME_GRANTED: &str = "granted";
 /// Shortest and longest nonce a program may send: at least 128 bits in
@@ -121,6 +130,56 @@ pub enum AnswerError {
     },
 }
 
+/// Where an answer sits in a signed batch: its leaf's index, the batch's
+/// size, and the hashes from its leaf to the root.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BatchPlace {
+    pub index: u64,
+    pub size: u64,
+    pub path: Vec<Hash>,
+}
+
+impl BatchPlace {
+    /// The path's hashes in base64, as they travel.
+    pub fn path_base64(&self) -> Vec<String> {
+        self.path.iter().map(|hash| BASE64.encode(hash)).collect()
+    }
+
+    /// A place as it travels; an error names what is malformed.
+    pub fn from_base64(index: u64, size: u64, path: &[String]) -> Result<BatchPlace, String> {
+        if path.len() > BATCH_PATH_MAX {
+            return Err(format!(
+                "a batch path of {} hashes; at most {BATCH_PATH_MAX} are checked",
+                path.len()
+            ));
+        }
+        let path = path
+            .iter()
+            .map(|text| {
+                BASE64
+                    .decode(text)
+                    .ok()
+                    .and_then(|bytes| Hash::try_from(bytes).ok())
+                    .ok_or_else(|| format!("a batch path hash is not 32 bytes in base64: `{text}`"))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(BatchPlace { index, size, path })
+    }
+}
+
+/// The message a batch's signature covers: the key, the batch's size and
+/// the Merkle root over its answers' canonical forms.
+pub fn batch_message(key_id: &str, size: u64, root: &Hash) -> String {
+    canonical(
+        BATCH_HEADER,
+        &[
+            ("key_id", key_id.to_string()),
+            ("size", size.to_string()),
+            ("root", hex::encode(root)),
+        ],
+    )
+}
+
 /// A server's answer key. Its `Debug` never shows the secret.
 #[derive(Clone)]
 pub struct ServerSecretKey(SigningKey);
@@ -160,6 +219,29 @@ impl ServerSecretKey {
     pub fn sign_text(&self, canonical: &str) -> String {
         BASE64.encode(self.0.sign(canonical.as_bytes()).to_bytes())
     }
+
+    /// Signs a batch of answers with one signature: over the Merkle root of
+    /// `leaves` (each an answer's [`AnswerFields::leaf_hash`] under this
+    /// key), with each answer's place in the batch, in order.
+    ///
+    /// # Panics
+    /// On no leaves, or more than [`BATCH_SIZE_MAX`].
+    pub fn sign_batch(&self, leaves: &[Hash]) -> (String, Vec<BatchPlace>) {
+        assert!(
+            leaves.len() <= BATCH_SIZE_MAX,
+            "a batch of {} answers",
+            leaves.len()
+        );
+        let (root, paths) = merkle::root_and_paths(leaves);
+        let size = leaves.len() as u64;
+        let signature = self.sign_text(&batch_message(&self.public().key_id(), size, &root));
+        let places = paths
+            .into_iter()
+            .zip(0..)
+            .map(|(path, index)| BatchPlace { index, size, path })
+            .collect();
+        (signature, places)
+    }
 }
 
 /// A server's public answer key.
@@ -187,6 +269,36 @@ impl ServerPublicKey {
     /// Checks `signature` (base64) over `fields`.
     pub fn verify(&self, fields: &AnswerFields, signature: &str) -> Result<(), AnswerError> {
         self.verify_text(&fields.canonical_form(&self.key_id()), signature)
+    }
+
+    /// Checks `signature` (base64) over the batch that holds `fields` at
+    /// `place` ([`ServerSecretKey::sign_batch`]).
+    pub fn verify_in_batch(
+        &self,
+        fields: &AnswerFields,
+        signature: &str,
+        place: &BatchPlace,
+    ) -> Result<(), AnswerError> {
+        let key_id = self.key_id();
+        if place.path.len() > BATCH_PATH_MAX {
+            return Err(AnswerError::MalformedSignature(format!(
+                "a batch path of {} hashes; a batch of at most {BATCH_SIZE_MAX} answers needs \
+                 at most {BATCH_PATH_MAX}",
+                place.path.len()
+            )));
+        }
+        let leaf = fields.leaf_hash(&key_id);
+        let root = merkle::root_from_path(leaf, place.index, place.size, &place.path).ok_or_else(
+            || {
+                AnswerError::MalformedSignature(format!(
+                    "a path of {} hashes cannot lead from answer {} of a batch of {} to a root",
+                    place.path.len(),
+                    place.index,
+                    place.size
+                ))
+            },
+        )?;
+        self.verify_text(&batch_message(&key_id, place.size, &root), signature)
     }
 
     /// Checks `signature` (base64) over a canonical form.
@@ -252,6 +364,13 @@ impl AnswerFields {
                 ("codes_sha256", self.codes_sha256.clone()),
             ],
         )
+    }
+}
+
+impl AnswerFields {
+    /// The answer's leaf in a signed batch: its canonical form under `key_id`.
+    pub fn leaf_hash(&self, key_id: &str) -> Hash {
+        merkle::leaf_hash(self.canonical_form(key_id).as_bytes())
     }
 }
 
@@ -557,6 +676,149 @@ mod tests {
         let other = ServerSecretKey::from_seed([6; 32]).public();
         assert!(other.verify(&fields(), &signature).is_err());
         assert_ne!(codes_sha256(&[code()]), codes_sha256(&[code(), code()]));
+    }
+
+    /// `n` answers like [`fields`], each to its own nonce.
+    fn batch_fields(n: usize) -> Vec<AnswerFields> {
+        (0..n)
+            .map(|i| AnswerFields {
+                nonce: format!("nonce-of-request-number-{i:04}"),
+                ..fields()
+            })
+            .collect()
+    }
+
+    fn signed_batch(key: &ServerSecretKey, fields: &[AnswerFields]) -> (String, Vec<BatchPlace>) {
+        let key_id = key.public().key_id();
+        let leaves: Vec<Hash> = fields.iter().map(|f| f.leaf_hash(&key_id)).collect();
+        key.sign_batch(&leaves)
+    }
+
+    /// The batch vector PROTOCOL.md quotes: the answer of [`test_vector`]
+    /// and a denial to another nonce, signed as one batch of two.
+    #[test]
+    fn batch_test_vector() {
+        let key = server_key();
+        let key_id = key.public().key_id();
+        let denial = AnswerFields {
+            outcome: "no_seats_available".into(),
+            nonce: "Q2xpZW50Tm9uY2VPZlRoZVNlY29uZA".into(),
+            grant_id: String::new(),
+            lease_ms: 0,
+            heartbeat_interval_ms: 0,
+            codes_sha256: String::new(),
+            ..fields()
+        };
+        let leaves = [fields().leaf_hash(&key_id), denial.leaf_hash(&key_id)];
+        assert_eq!(
+            hex::encode(leaves[0]),
+            "cdcb5ea7f710cee74640c3f612b5d064cd70847f0755f5c4b0cfe36d7ec3a296"
+        );
+        let (signature, places) = key.sign_batch(&leaves);
+        let root = merkle::root_from_path(leaves[0], 0, 2, &places[0].path).unwrap();
+        assert_eq!(
+            batch_message(&key_id, 2, &root),
+            format!(
+                "tessera-answer-batch-v1\nkey_id={key_id}\nsize=2\n\
+                 root=0119699098ce24e139728b55075858d9b895123f49e1ec8e1a3630e4495f31f7\n"
+            )
+        );
+        assert_eq!(places[0].path, vec![leaves[1]]);
+        assert_eq!(places[1].path, vec![leaves[0]]);
+        assert_eq!(
+            signature,
+            "xEI3lY2G7lvI++jBVY4zVTPqfbi78JejaFQA4p61LIt/uWRaEmnkufhActF/PTGTy5iUIsA9g9ZPEDxhcOgMCg=="
+        );
+        key.public()
+            .verify_in_batch(&fields(), &signature, &places[0])
+            .unwrap();
+        key.public()
+            .verify_in_batch(&denial, &signature, &places[1])
+            .unwrap();
+    }
+
+    #[test]
+    fn every_answer_of_a_batch_checks_and_nothing_else_does() {
+        let key = server_key();
+        for n in [1, 2, 3, 7, 32, 33, BATCH_SIZE_MAX] {
+            let answers = batch_fields(n);
+            let (signature, places) = signed_batch(&key, &answers);
+            for (answer, place) in answers.iter().zip(&places) {
+                key.public()
+                    .verify_in_batch(answer, &signature, place)
+                    .unwrap_or_else(|err| panic!("answer {} of {n}: {err}", place.index));
+            }
+            // An answer of this batch changed, or one of another request
+            // in its place, does not check.
+            let mut changed = answers[0].clone();
+            changed.count = 100;
+            assert!(key
+                .public()
+                .verify_in_batch(&changed, &signature, &places[0])
+                .is_err());
+            let other = AnswerFields {
+                nonce: "a-request-that-was-never-in-the-batch".into(),
+                ..fields()
+            };
+            assert!(key
+                .public()
+                .verify_in_batch(&other, &signature, &places[0])
+                .is_err());
+            // Another key's signature.
+            let other_key = ServerSecretKey::from_seed([6; 32]).public();
+            assert!(other_key
+                .verify_in_batch(&answers[0], &signature, &places[0])
+                .is_err());
+            // A batch signature is no answer signature, nor the other way round.
+            assert!(key.public().verify(&answers[0], &signature).is_err());
+            let single = key.sign(&answers[0]);
+            let alone = BatchPlace {
+                index: 0,
+                size: 1,
+                path: Vec::new(),
+            };
+            assert!(key
+                .public()
+                .verify_in_batch(&answers[0], &single, &alone)
+                .is_err());
+        }
+    }
+
+    #[test]
+    fn a_place_claimed_in_another_batch_size_or_with_a_long_path_does_not_check() {
+        let key = server_key();
+        // A path of a tree of 3 also leads to a root in a tree of 4: the
+        // signed message names the size, so the claim fails.
+        let answers = batch_fields(3);
+        let (signature, places) = signed_batch(&key, &answers);
+        let grown = BatchPlace {
+            size: 4,
+            ..places[0].clone()
+        };
+        let err = key
+            .public()
+            .verify_in_batch(&answers[0], &signature, &grown)
+            .unwrap_err();
+        assert!(matches!(err, AnswerError::BadSignature { .. }), "{err}");
+        let past = BatchPlace {
+            index: 3,
+            ..places[0].clone()
+        };
+        let err = key
+            .public()
+            .verify_in_batch(&answers[0], &signature, &past)
+            .unwrap_err();
+        assert!(err.to_string().contains("cannot lead"), "{err}");
+        let long = BatchPlace {
+            index: 0,
+            size: 1 << 20,
+            path: vec![[0; 32]; 20],
+        };
+        let err = key
+            .public()
+            .verify_in_batch(&answers[0], &signature, &long)
+            .unwrap_err();
+        assert!(err.to_string().contains("at most 8"), "{err}");
     }
 
     struct Case {

@@ -15,6 +15,7 @@ pub mod lease;
 pub mod license;
 pub mod license_table;
 pub mod master;
+pub mod merkle;
 pub mod names;
 pub mod policy;
 pub mod pool_change;

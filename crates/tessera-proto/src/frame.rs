@@ -1,9 +1,13 @@
 //! The framed protocol: a program's checkout, heartbeat and check-in
 //! without HTTP.
 //!
-//! A client that offers the TLS ALPN protocol [`ALPN`] and sees the server
-//! choose it speaks frames on that connection instead of HTTP/1.1. Each
-//! request is one frame and is answered by one frame, in order:
+//! A client that offers the TLS ALPN protocol [`ALPN_V2`] or [`ALPN_V1`]
+//! and sees the server choose it speaks frames on that connection instead
+//! of HTTP/1.1. The two versions frame alike; on `tessera/2` a signed
+//! answer may carry one signature for a batch of answers and its place in
+//! that batch (PROTOCOL.md, "Signed answers"), which a `tessera/1` client
+//! would not know. Each request is one frame and is answered by one frame,
+//! in order:
 //!
 //! ```text
 //! request: u32 length | u8 op | u16 token length | token | JSON body
@@ -20,8 +24,14 @@
 
 use crate::MAX_BODY_BYTES;
 
-/// The ALPN protocol name of the framed protocol, version 1.
-pub const ALPN: &[u8] = b"tessera/1";
+/// The ALPN protocol name of the framed protocol, version 1: every signed
+/// answer signed alone.
+pub const ALPN_V1: &[u8] = b"tessera/1";
+/// Version 2: signed answers may be signed in batches.
+pub const ALPN_V2: &[u8] = b"tessera/2";
+/// Both, in the order of preference: what a client offers before
+/// `http/1.1`, and what a server chooses first.
+pub const ALPNS: [&[u8]; 2] = [ALPN_V2, ALPN_V1];
 /// Longest token a request frame may carry, in bytes.
 pub const TOKEN_BYTES_MAX: usize = 1024;
 /// Largest request frame after its length: op, token and a body of at most

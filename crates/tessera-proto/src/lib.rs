@@ -255,7 +255,8 @@ pub struct SignedAnswer {
     pub hostid: String,
     /// The answering server's wall clock, Unix ms.
     pub server_unix_ms: i64,
-    /// Base64 Ed25519 signature of the canonical form.
+    /// Base64 Ed25519 signature of the canonical form, or of the batch
+    /// message where `batch` is present.
     pub signature: String,
     /// On a grant: every license code the answering server serves for the
     /// feature (the hard limit), vendor-signed.
@@ -264,6 +265,37 @@ pub struct SignedAnswer {
     /// On a grant from a server bound to a VID: its chain to the vendor.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub chain: Option<AnswerChain>,
+    /// Where `signature` covers a batch of answers (framed protocol
+    /// `tessera/2` only): this answer's place in it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch: Option<AnswerBatch>,
+}
+
+/// An answer's place in a signed batch: its leaf's index, the batch's size,
+/// and the sibling hashes from its leaf to the Merkle root (base64, the
+/// leaf's sibling first). PROTOCOL.md, "Signed answers".
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct AnswerBatch {
+    pub index: u64,
+    pub size: u64,
+    pub path: Vec<String>,
+}
+
+impl AnswerBatch {
+    pub fn from_core(place: &tessera_core::answer::BatchPlace) -> AnswerBatch {
+        AnswerBatch {
+            index: place.index,
+            size: place.size,
+            path: place.path_base64(),
+        }
+    }
+
+    /// The place, its hashes decoded; an error names what is malformed.
+    pub fn to_core(&self) -> Result<tessera_core::answer::BatchPlace, String> {
+        tessera_core::answer::BatchPlace::from_base64(self.index, self.size, &self.path)
+    }
 }
 
 /// A production server's chain to its vendor: the master licenses of its

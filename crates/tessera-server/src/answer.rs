@@ -9,10 +9,14 @@
 //! licenses and its current certificate, which names this answer key).
 
 use std::path::Path;
+use std::sync::{Arc, OnceLock};
 
 use serde::{Deserialize, Serialize};
-use tessera_core::answer::{AnswerFields, ServerSecretKey, OUTCOME_GRANTED};
+use tessera_core::answer::{
+    AnswerFields, BatchPlace, ServerSecretKey, BATCH_SIZE_MAX, OUTCOME_GRANTED,
+};
 use tessera_core::master::vid_of_binding;
+use tessera_core::merkle::Hash;
 use tessera_proto::{self as proto, CheckoutRequest, ErrorCode};
 
 use crate::seams::Disk;
@@ -108,10 +112,90 @@ impl Asked {
     }
 }
 
+/// How an answer is signed: alone (REST and framed `tessera/1`, whose
+/// clients know no other form), or in a batch (framed `tessera/2`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Signing {
+    Alone,
+    InBatches,
+}
+
+/// One answer waiting for its batch's signature.
+struct Pending {
+    leaf: Hash,
+    signed: tokio::sync::oneshot::Sender<(Arc<str>, BatchPlace)>,
+}
+
+/// Signs answers in batches: one Ed25519 signature over the Merkle root of
+/// every answer that waits while the previous batch is being signed
+/// ([`ServerSecretKey::sign_batch`]). Alone, an answer is a batch of one;
+/// under load, one signature covers many, so signing stops growing with
+/// the rate. Its thread, `tessera-sign`, starts with the first batch.
+pub(crate) struct BatchSigner {
+    key: ServerSecretKey,
+    queue: OnceLock<std::sync::mpsc::Sender<Pending>>,
+}
+
+impl BatchSigner {
+    pub(crate) fn new(key: ServerSecretKey) -> BatchSigner {
+        BatchSigner {
+            key,
+            queue: OnceLock::new(),
+        }
+    }
+
+    /// The signature of the batch that holds `leaf`, and its place in it;
+    /// `None` when the signing thread cannot be had (then the answer is
+    /// signed alone).
+    async fn sign(&self, leaf: Hash) -> Option<(Arc<str>, BatchPlace)> {
+        let queue = self.queue.get_or_init(|| self.start());
+        let (signed, place) = tokio::sync::oneshot::channel();
+        queue.send(Pending { leaf, signed }).ok()?;
+        place.await.ok()
+    }
+
+    fn start(&self) -> std::sync::mpsc::Sender<Pending> {
+        let (queue, waiting) = std::sync::mpsc::channel::<Pending>();
+        let key = self.key.clone();
+        let started = std::thread::Builder::new()
+            .name("tessera-sign".into())
+            .spawn(move || {
+                while let Ok(first) = waiting.recv() {
+                    let mut batch = vec![first];
+                    while batch.len() < BATCH_SIZE_MAX {
+                        match waiting.try_recv() {
+                            Ok(next) => batch.push(next),
+                            Err(_) => break,
+                        }
+                    }
+                    let leaves: Vec<Hash> = batch.iter().map(|pending| pending.leaf).collect();
+                    let (signature, places) = key.sign_batch(&leaves);
+                    let signature: Arc<str> = signature.into();
+                    for (pending, place) in batch.into_iter().zip(places) {
+                        let _ = pending.signed.send((signature.clone(), place));
+                    }
+                }
+            });
+        if let Err(err) = started {
+            // The queue's receiver is gone with the closure: every answer
+            // is then signed alone.
+            tracing::warn!(
+                "cannot start the answer-signing thread ({err}); answers are signed one by one"
+            );
+        }
+        queue
+    }
+}
+
 impl App {
     /// The signed answer of `grant`, the codes behind it, and the VID chain
     /// where one of them is bound to a VID.
-    pub(crate) fn sign_grant(&self, asked: &Asked, grant: &proto::Grant) -> proto::SignedAnswer {
+    pub(crate) async fn sign_grant(
+        &self,
+        asked: &Asked,
+        grant: &proto::Grant,
+        signing: Signing,
+    ) -> proto::SignedAnswer {
         let (codes, codes_sha256) = {
             let issuer = self.issuer();
             match issuer.licenses().feature(&grant.feature) {
@@ -134,30 +218,52 @@ impl App {
             codes_sha256,
             ..asked.fields(self, OUTCOME_GRANTED, unix_ms)
         };
-        self.signed(&fields, codes.as_ref().clone(), chain)
+        self.signed(&fields, codes.as_ref().clone(), chain, signing)
+            .await
     }
 
     /// The signed answer of a refusal with `code`.
-    pub(crate) fn sign_denial(&self, asked: &Asked, code: ErrorCode) -> proto::SignedAnswer {
+    pub(crate) async fn sign_denial(
+        &self,
+        asked: &Asked,
+        code: ErrorCode,
+        signing: Signing,
+    ) -> proto::SignedAnswer {
         let fields = asked.fields(self, code.as_str(), self.clock.unix_ms());
-        self.signed(&fields, Vec::new(), None)
+        self.signed(&fields, Vec::new(), None, signing).await
     }
 
-    fn signed(
+    async fn signed(
         &self,
         fields: &AnswerFields,
         codes: Vec<proto::LicenseCodeText>,
         chain: Option<proto::AnswerChain>,
+        signing: Signing,
     ) -> proto::SignedAnswer {
+        let in_batch = match signing {
+            Signing::InBatches => {
+                let leaf = fields.leaf_hash(&self.answer_key_id);
+                self.batch_signer.sign(leaf).await
+            }
+            Signing::Alone => None,
+        };
+        let (signature, batch) = match in_batch {
+            Some((signature, place)) => (
+                signature.to_string(),
+                Some(proto::AnswerBatch::from_core(&place)),
+            ),
+            None => (self.answer_key.sign(fields), None),
+        };
         proto::SignedAnswer {
             server_key: self.answer_key_public.clone(),
             pool_id: fields.pool_id.clone(),
             server_id: fields.server_id.clone(),
             hostid: fields.hostid.clone(),
             server_unix_ms: fields.server_unix_ms,
-            signature: self.answer_key.sign(fields),
+            signature,
             codes,
             chain,
+            batch,
         }
     }
 

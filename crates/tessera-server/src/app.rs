@@ -67,6 +67,10 @@ pub struct App {
     /// half in base64 as answers carry it.
     pub(crate) answer_key: tessera_core::answer::ServerSecretKey,
     pub(crate) answer_key_public: String,
+    /// The answer key's id, which every canonical form names.
+    pub(crate) answer_key_id: String,
+    /// Signs the answers of framed `tessera/2` connections in batches.
+    pub(crate) batch_signer: crate::answer::BatchSigner,
     /// The latest time this server trusted (`crate::clock_mark`).
     pub(crate) clock_mark: Mutex<crate::clock_mark::ClockMark>,
     /// On a master server (seed 003): signs the certificates of its VID.

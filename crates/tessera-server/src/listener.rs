@@ -23,7 +23,8 @@ use tokio::time::{Instant, Sleep};
 use crate::api::framed::{self, FramedState};
 use crate::config::TlsFiles;
 
-const FRAMED: &[u8] = tessera_proto::frame::ALPN;
+use crate::answer::Signing;
+use tessera_proto::frame::{ALPNS, ALPN_V1, ALPN_V2};
 
 /// Longest a TLS handshake may take before the connection is dropped.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -80,8 +81,13 @@ pub fn server_tls_config(files: &TlsFiles) -> Result<Arc<rustls::ServerConfig>, 
                 files.key_file.display()
             )
         })?;
-    // A client offering the framed protocol gets it; any other, HTTP/1.1.
-    config.alpn_protocols = vec![tessera_proto::frame::ALPN.to_vec(), b"http/1.1".to_vec()];
+    // A client offering the framed protocol gets its latest version; any
+    // other, HTTP/1.1.
+    config.alpn_protocols = ALPNS
+        .iter()
+        .map(|alpn| alpn.to_vec())
+        .chain([b"http/1.1".to_vec()])
+        .collect();
     Ok(Arc::new(config))
 }
 
@@ -172,9 +178,10 @@ async fn accept_loop(
                 None => Io::Plain(tcp),
                 Some(acceptor) => {
                     match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                        Ok(Ok(tls)) if tls.get_ref().1.alpn_protocol() == Some(FRAMED) => {
+                        Ok(Ok(tls)) if framed_signing(&tls).is_some() => {
+                            let signing = framed_signing(&tls).unwrap_or(Signing::Alone);
                             let connection = Connection::new(Io::Tls(Box::new(tls)), slot);
-                            return framed::serve(framed, connection, peer).await;
+                            return framed::serve(framed, connection, peer, signing).await;
                         }
                         Ok(Ok(tls)) => Io::Tls(Box::new(tls)),
                         Ok(Err(err)) => {
@@ -190,6 +197,16 @@ async fn accept_loop(
             };
             let _ = ready.send((Connection::new(io, slot), peer)).await;
         });
+    }
+}
+
+/// How a framed connection's signed answers are signed, by the version
+/// its client chose; `None` for HTTP.
+fn framed_signing(tls: &tokio_rustls::server::TlsStream<TcpStream>) -> Option<Signing> {
+    match tls.get_ref().1.alpn_protocol() {
+        Some(ALPN_V2) => Some(Signing::InBatches),
+        Some(ALPN_V1) => Some(Signing::Alone),
+        _ => None,
     }
 }
 

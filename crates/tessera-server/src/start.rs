@@ -340,6 +340,8 @@ impl App {
             quota_renewals: Mutex::new(Default::default()),
             pool_key,
             answer_key_public: answer_key.public().to_base64(),
+            answer_key_id: answer_key.public().key_id(),
+            batch_signer: crate::answer::BatchSigner::new(answer_key.clone()),
             clock_mark: Mutex::new(clock_mark),
             answer_key,
             vid: std::sync::Mutex::new(vid),

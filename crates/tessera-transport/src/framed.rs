@@ -1,6 +1,7 @@
 //! The framed protocol's client ([`tessera_proto::frame`]): a program's
 //! checkout, heartbeat and check-in as one frame each way on a TLS
-//! connection that chose ALPN `tessera/1`, and everything else over REST.
+//! connection that chose ALPN `tessera/2` (or `tessera/1`, from a server
+//! that does not sign answers in batches), and everything else over REST.
 //!
 //! The requests and answers are those of REST, byte for byte in their JSON
 //! bodies, so the SDK above cannot tell the two apart; only the framing is
@@ -50,7 +51,7 @@ struct Inner {
 }
 
 /// Opens framed connections: TLS checked against the pool CA, offering
-/// ALPN `tessera/1` and then `http/1.1`: a server that knows only HTTP
+/// ALPN `tessera/2`, `tessera/1` and then `http/1.1`: a server that knows only HTTP
 /// chooses the latter (a server with ALPN protocols of its own ends a
 /// handshake that offers none of them), and is then asked over REST.
 #[derive(Clone)]
@@ -77,8 +78,22 @@ pub enum Opened {
 impl FramedConnector {
     /// A connector trusting exactly the CA certificates in `ca_pem`.
     pub fn new(ca_pem: &[u8], connect_timeout: Duration) -> Result<FramedConnector, String> {
+        FramedConnector::offering(ca_pem, connect_timeout, &frame::ALPNS)
+    }
+
+    /// A connector offering only the framed versions `versions` (then
+    /// `http/1.1`): what a program built against an older SDK offers.
+    pub fn offering(
+        ca_pem: &[u8],
+        connect_timeout: Duration,
+        versions: &[&[u8]],
+    ) -> Result<FramedConnector, String> {
         let mut config = client_tls_config(ca_pem)?;
-        config.alpn_protocols = vec![frame::ALPN.to_vec(), b"http/1.1".to_vec()];
+        config.alpn_protocols = versions
+            .iter()
+            .map(|alpn| alpn.to_vec())
+            .chain([b"http/1.1".to_vec()])
+            .collect();
         Ok(FramedConnector {
             tls: tokio_rustls::TlsConnector::from(Arc::new(config)),
             connect_timeout,
@@ -106,7 +121,8 @@ impl FramedConnector {
                 ))
             })?
             .map_err(|err| failed(format!("TLS handshake failed: {err}")))?;
-        if tls.get_ref().1.alpn_protocol() == Some(frame::ALPN) {
+        let chosen = tls.get_ref().1.alpn_protocol();
+        if frame::ALPNS.iter().any(|alpn| chosen == Some(*alpn)) {
             Ok(Opened::Framed(Box::new(tls)))
         } else {
             Ok(Opened::RestOnly)
@@ -345,7 +361,7 @@ mod tests {
             .unwrap();
         config.alpn_protocols = match speaks {
             Speaks::RestOnly => vec![b"http/1.1".to_vec()],
-            Speaks::OneFrameThenClose => vec![frame::ALPN.to_vec()],
+            Speaks::OneFrameThenClose => vec![frame::ALPN_V1.to_vec()],
         };
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();

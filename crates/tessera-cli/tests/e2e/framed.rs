@@ -287,3 +287,124 @@ async fn a_frame_that_stops_arriving_is_timed_out() {
     assert_refused(&answer, (408, "body_timeout"), "did not arrive within");
     assert_closed(&mut stalled).await;
 }
+
+/// The fields a signed grant answers for `request`, as a program puts them
+/// together to check the signature.
+fn granted_fields(request: &Value, grant: &Value) -> tessera_core::answer::AnswerFields {
+    let answer = &grant["answer"];
+    let codes: Vec<tessera_core::LicenseCode> = answer["codes"]
+        .as_array()
+        .expect("the codes behind the grant")
+        .iter()
+        .map(|code| {
+            let text: tessera_proto::LicenseCodeText =
+                serde_json::from_value(code.clone()).expect("a code's text");
+            tessera_core::LicenseCode::from_text(&text).expect("a code")
+        })
+        .collect();
+    let text = |value: &Value| value.as_str().expect("a string").to_string();
+    tessera_core::answer::AnswerFields {
+        outcome: tessera_core::answer::OUTCOME_GRANTED.into(),
+        pool_id: text(&answer["pool_id"]),
+        server_id: text(&answer["server_id"]),
+        hostid: text(&answer["hostid"]),
+        server_unix_ms: answer["server_unix_ms"]
+            .as_i64()
+            .expect("the server's clock"),
+        nonce: text(&request["nonce"]),
+        client_id: text(&request["client_id"]),
+        feature: text(&request["feature"]),
+        version: text(&request["version"]),
+        count: 1,
+        grant_id: text(&grant["grant_id"]),
+        lease_ms: grant["lease_ms"].as_u64().expect("a lease"),
+        heartbeat_interval_ms: grant["heartbeat_interval_ms"]
+            .as_u64()
+            .expect("an interval"),
+        codes_sha256: tessera_core::answer::codes_sha256(&codes),
+    }
+}
+
+/// On `tessera/2` (the SDK's choice) programs checking out at once share
+/// one signature, each answer carrying its place in the batch, and each
+/// checks against the vendor's key. A program that offers only
+/// `tessera/1` (an older SDK, which would refuse a field it does not know)
+/// gets every answer signed alone, grant and refusal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signed_answers_come_in_batches_on_tessera_2_and_alone_on_tessera_1() {
+    let fixture = Fixture::new().await;
+    let server = fixture.serve(&code("cad", 40)).await;
+
+    // Older programs: `tessera/1` only.
+    let older = FramedConnector::offering(
+        &server.credentials.ca_pem(),
+        Duration::from_secs(5),
+        &[frame::ALPN_V1],
+    )
+    .expect("connector");
+    let Opened::Framed(mut stream) = older.connect(&server.address).await.expect("connects") else {
+        panic!("the server did not choose tessera/1 for a client offering only it");
+    };
+    assert_eq!(stream.get_ref().1.alpn_protocol(), Some(frame::ALPN_V1));
+    let mut asked = checkout_body("older-sdk", "cad", 1);
+    asked["nonce"] = json!("b2xkZXItc2RrLW5vbmNlLTAwMDE");
+    let (status, grant) = exchange(&mut stream, &request(Op::Checkout, None, &asked)).await;
+    assert_eq!(status, 200, "{grant}");
+    assert!(grant["answer"].get("batch").is_none(), "{grant}");
+    let key = tessera_core::answer::ServerPublicKey::from_base64(
+        grant["answer"]["server_key"].as_str().unwrap(),
+    )
+    .unwrap();
+    key.verify(
+        &granted_fields(&asked, &grant),
+        grant["answer"]["signature"].as_str().unwrap(),
+    )
+    .expect("a tessera/1 answer is signed alone");
+    let mut refused = checkout_body("older-sdk", "no-such-feature", 1);
+    refused["nonce"] = json!("b2xkZXItc2RrLW5vbmNlLTAwMDI");
+    let (status, denial) = exchange(&mut stream, &request(Op::Checkout, None, &refused)).await;
+    assert_eq!(status, 404, "{denial}");
+    assert!(denial["answer"]["signature"].is_string(), "{denial}");
+    assert!(denial["answer"].get("batch").is_none(), "{denial}");
+
+    // Current programs: thirty-two at once, for at most ten rounds, until
+    // one signature has covered more than one of them.
+    let programs: Vec<Client> = (0..32)
+        .map(|i| sdk(&server, Protocol::Framed, &format!("ws-{i}")))
+        .collect();
+    let mut largest = 0;
+    for _round in 0..10 {
+        let mut checkouts = tokio::task::JoinSet::new();
+        for program in &programs {
+            let program = program.clone();
+            checkouts.spawn(async move { program.checkout("cad", "1.0", 1).await });
+        }
+        let seats: Vec<_> = checkouts
+            .join_all()
+            .await
+            .into_iter()
+            .map(|seat| seat.expect("a grant whose batch signature checks"))
+            .collect();
+        for seat in &seats {
+            let answer = seat.grant().answer.expect("a signed answer");
+            let batch = answer.batch.expect("a tessera/2 answer names its batch");
+            assert!(batch.index < batch.size, "{batch:?}");
+            largest = largest.max(batch.size);
+        }
+        for seat in seats {
+            seat.release().await.expect("a check-in");
+        }
+        if largest > 1 {
+            break;
+        }
+    }
+    assert!(
+        largest > 1,
+        "thirty-two checkouts at once, ten times, never shared a signature"
+    );
+    assert_eq!(
+        in_use(&server.status().await, "cad"),
+        1,
+        "only the older program's seat"
+    );
+}

@@ -629,6 +629,7 @@ async fn program_checks_the_chain(holder: &Server) {
         let signed = tessera_proto::SignedAnswer {
             server_key: key.public().to_base64(),
             signature: key.sign(&fields),
+            batch: None,
             ..answer.clone()
         };
         let grant = serde_json::json!({

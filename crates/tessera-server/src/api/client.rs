@@ -17,7 +17,7 @@ use super::auth::Caller;
 use super::openapi::{Monitoring, Refusals, Refuses, EVERY_REQUEST, JSON_BODY};
 use super::per_address::SourceAddress;
 use super::{api_error, ApiError, Documented, JsonBody, SignedDenial};
-use crate::answer::Asked;
+use crate::answer::{Asked, Signing};
 use crate::config::PublicStatus;
 use crate::issuer::{Origin, SeatRequest};
 use crate::service::{Deadline, Granted};
@@ -239,7 +239,7 @@ async fn checkout(
     source: Source,
     JsonBody(body): JsonBody<CheckoutRequest>,
 ) -> Result<Json<proto::Grant>, SignedDenial> {
-    checkout_answer(&app, &caller, source_ip(&source), body)
+    checkout_answer(&app, &caller, source_ip(&source), body, Signing::Alone)
         .await
         .map(Json)
 }
@@ -251,6 +251,7 @@ pub(super) async fn checkout_answer(
     caller: &Caller,
     address: Option<std::net::IpAddr>,
     body: CheckoutRequest,
+    signing: Signing,
 ) -> Result<proto::Grant, SignedDenial> {
     let asked = Asked::of(&body);
     let who = (
@@ -270,7 +271,7 @@ pub(super) async fn checkout_answer(
             Err(denied)
         }
     };
-    signed(app, asked, answer).await
+    signed(app, asked, answer, signing).await
 }
 
 async fn checkout_grant(
@@ -298,17 +299,21 @@ async fn signed(
     app: &App,
     asked: Option<Asked>,
     answer: Result<proto::Grant, ApiError>,
+    signing: Signing,
 ) -> Result<proto::Grant, SignedDenial> {
     match answer {
         Ok(mut grant) => {
             crate::master::cosign::gather(app, &mut grant).await;
             if let Some(asked) = &asked {
-                grant.answer = Some(app.sign_grant(asked, &grant));
+                grant.answer = Some(app.sign_grant(asked, &grant, signing).await);
             }
             Ok(grant)
         }
         Err(err) => {
-            let answer = asked.map(|asked| Box::new(app.sign_denial(&asked, err.0.code)));
+            let answer = match asked {
+                Some(asked) => Some(Box::new(app.sign_denial(&asked, err.0.code, signing).await)),
+                None => None,
+            };
             Err(SignedDenial { err, answer })
         }
     }
@@ -392,7 +397,9 @@ async fn heartbeat(
     Extension(caller): Extension<Caller>,
     JsonBody(body): JsonBody<HeartbeatRequest>,
 ) -> Result<Json<proto::Grant>, SignedDenial> {
-    heartbeat_answer(&app, &caller, body).await.map(Json)
+    heartbeat_answer(&app, &caller, body, Signing::Alone)
+        .await
+        .map(Json)
 }
 
 /// A heartbeat, answered (and signed where asked), for REST and the framed
@@ -401,11 +408,12 @@ pub(super) async fn heartbeat_answer(
     app: &Arc<App>,
     caller: &Caller,
     body: HeartbeatRequest,
+    signing: Signing,
 ) -> Result<proto::Grant, SignedDenial> {
     let checkout = body.as_checkout();
     let asked = Asked::of(&checkout);
     let answer = renewal(app, caller, body, checkout).await;
-    signed(app, asked, answer).await
+    signed(app, asked, answer, signing).await
 }
 
 async fn renewal(

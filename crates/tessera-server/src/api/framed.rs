@@ -1,6 +1,7 @@
 //! The framed protocol ([`tessera_proto::frame`]): a program's checkout,
 //! heartbeat and check-in on a TLS connection whose client chose the ALPN
-//! protocol `tessera/1`, without HTTP.
+//! protocol `tessera/2` or `tessera/1`, without HTTP. On `tessera/2`
+//! signed answers are signed in batches ([`crate::answer::BatchSigner`]).
 //!
 //! Each frame gets what its REST route would: the caller named from its
 //! token as [`auth`](super::auth) names it, a place among the requests in
@@ -23,6 +24,7 @@ use tokio::sync::watch;
 
 use super::auth::{self, Caller};
 use super::{api_error, client, per_address, ApiError, SignedDenial, BODY_READ_TIMEOUT};
+use crate::answer::Signing;
 use crate::listener::Connection;
 use crate::App;
 
@@ -46,7 +48,12 @@ pub type FramedState = watch::Receiver<Framed>;
 /// Serves one framed connection until the client closes it, a frame is
 /// malformed, or the server stops (between requests: one being answered is
 /// finished first).
-pub async fn serve(mut state: FramedState, mut connection: Connection, peer: SocketAddr) {
+pub async fn serve(
+    mut state: FramedState,
+    mut connection: Connection,
+    peer: SocketAddr,
+    signing: Signing,
+) {
     let app = match state.wait_for(|s| !matches!(s, Framed::Starting)).await {
         Ok(serving) => match &*serving {
             Framed::Serving(app) => app.clone(),
@@ -68,7 +75,7 @@ pub async fn serve(mut state: FramedState, mut connection: Connection, peer: Soc
         app.framed_requests
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let (answer, go_on) = match read_frame(&mut connection, prefix).await {
-            Ok(bytes) => (answer(&app, &bytes, peer).await, true),
+            Ok(bytes) => (answer(&app, &bytes, peer, signing).await, true),
             Err(err) => (refusal_frame(err), false),
         };
         if connection.write_all(&answer).await.is_err() || !go_on {
@@ -119,7 +126,7 @@ fn frame_error(err: FrameError) -> ApiError {
 }
 
 /// The answer frame to one request frame.
-async fn answer(app: &Arc<App>, bytes: &[u8], peer: SocketAddr) -> Vec<u8> {
+async fn answer(app: &Arc<App>, bytes: &[u8], peer: SocketAddr, signing: Signing) -> Vec<u8> {
     let request = match frame::decode_request(bytes) {
         Ok(request) => request,
         Err(err) => return refusal_frame(frame_error(err)),
@@ -152,11 +159,13 @@ async fn answer(app: &Arc<App>, bytes: &[u8], peer: SocketAddr) -> Vec<u8> {
     let body = request.body;
     match op {
         Op::Checkout => match parse(body) {
-            Ok(body) => to_frame(client::checkout_answer(app, &caller, Some(address), body).await),
+            Ok(body) => {
+                to_frame(client::checkout_answer(app, &caller, Some(address), body, signing).await)
+            }
             Err(err) => refusal_frame(err),
         },
         Op::Heartbeat => match parse(body) {
-            Ok(body) => to_frame(client::heartbeat_answer(app, &caller, body).await),
+            Ok(body) => to_frame(client::heartbeat_answer(app, &caller, body, signing).await),
             Err(err) => refusal_frame(err),
         },
         Op::Checkin => match parse(body) {
