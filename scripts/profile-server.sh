@@ -4,15 +4,17 @@
 # single` runs, keeps the server's process and prints its samples by thread
 # and layer (scripts/profile-layers.py). Needs perf (Debian: linux-perf) and
 # a release build: cargo build --release -p tessera-cli -p tessera-bench.
-# Usage: bash scripts/profile-server.sh [seconds] [clients]  > profile.md
+# Usage: bash scripts/profile-server.sh [seconds] [clients] [bench options]  > profile.md
+# (bench options as `tessera-bench single` takes them, e.g. --signed)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds="${1:-6}"
 clients="${2:-32}"
+shift $(( $# < 2 ? $# : 2 ))
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 perf record -e cpu-clock -F 997 -a --call-graph dwarf,8192 -o "$work/perf.data" -- \
-  target/release/tessera-bench single --seconds "$seconds" --warmup-s 1 --clients "$clients" \
+  target/release/tessera-bench single --seconds "$seconds" --warmup-s 1 --clients "$clients" "$@" \
   > "$work/bench.md" 2> "$work/perf.log"
 # The server is the process with the grant store's thread.
 perf script -i "$work/perf.data" -F comm,pid 2>/dev/null > "$work/threads.txt"

@@ -9,6 +9,7 @@
 //! licenses and its current certificate, which names this answer key).
 
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use serde::{Deserialize, Serialize};
@@ -134,6 +135,14 @@ struct Pending {
 pub(crate) struct BatchSigner {
     key: ServerSecretKey,
     queue: OnceLock<std::sync::mpsc::Sender<Pending>>,
+    /// Batches signed, and the answers in them (for `/metrics`).
+    counts: Arc<BatchCounts>,
+}
+
+#[derive(Default)]
+pub(crate) struct BatchCounts {
+    pub(crate) batches: AtomicU64,
+    pub(crate) answers: AtomicU64,
 }
 
 impl BatchSigner {
@@ -141,7 +150,16 @@ impl BatchSigner {
         BatchSigner {
             key,
             queue: OnceLock::new(),
+            counts: Arc::default(),
         }
+    }
+
+    /// Batches signed so far, and the answers they covered.
+    pub(crate) fn counts(&self) -> (u64, u64) {
+        (
+            self.counts.batches.load(Ordering::Relaxed),
+            self.counts.answers.load(Ordering::Relaxed),
+        )
     }
 
     /// The signature of the batch that holds `leaf`, and its place in it;
@@ -157,6 +175,7 @@ impl BatchSigner {
     fn start(&self) -> std::sync::mpsc::Sender<Pending> {
         let (queue, waiting) = std::sync::mpsc::channel::<Pending>();
         let key = self.key.clone();
+        let counts = self.counts.clone();
         let started = std::thread::Builder::new()
             .name("tessera-sign".into())
             .spawn(move || {
@@ -170,6 +189,10 @@ impl BatchSigner {
                     }
                     let leaves: Vec<Hash> = batch.iter().map(|pending| pending.leaf).collect();
                     let (signature, places) = key.sign_batch(&leaves);
+                    counts.batches.fetch_add(1, Ordering::Relaxed);
+                    counts
+                        .answers
+                        .fetch_add(leaves.len() as u64, Ordering::Relaxed);
                     let signature: Arc<str> = signature.into();
                     for (pending, place) in batch.into_iter().zip(places) {
                         let _ = pending.signed.send((signature.clone(), place));

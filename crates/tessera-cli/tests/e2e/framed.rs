@@ -373,7 +373,9 @@ async fn signed_answers_come_in_batches_on_tessera_2_and_alone_on_tessera_1() {
         .map(|i| sdk(&server, Protocol::Framed, &format!("ws-{i}")))
         .collect();
     let mut largest = 0;
+    let mut rounds = 0;
     for _round in 0..10 {
+        rounds += 1;
         let mut checkouts = tokio::task::JoinSet::new();
         for program in &programs {
             let program = program.clone();
@@ -407,4 +409,19 @@ async fn signed_answers_come_in_batches_on_tessera_2_and_alone_on_tessera_1() {
         1,
         "only the older program's seat"
     );
+    // `/metrics` counts the batches and what they covered: every signed
+    // checkout of the current programs, none of the older one's.
+    let metrics = server.metrics().await;
+    let counter = |name: &str| -> u64 {
+        metrics
+            .lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in:\n{metrics}"))
+    };
+    let (batches, answers) = (
+        counter("tessera_answer_batches_total"),
+        counter("tessera_answers_batch_signed_total"),
+    );
+    assert_eq!(answers, 32 * rounds, "{metrics}");
+    assert!(batches < answers, "{batches} batches for {answers} answers");
 }
