@@ -350,8 +350,10 @@ impl Comparison {
              way, the REST routes' JSON bodies), over TLS 1.3 (rustls, the default), each \
              client keeping its connection.\n\
              - **tessera, signed answers**: the same, each checkout with a nonce, as a program \
-             with its vendor's keys sends it: the server signs every answer (Ed25519) and \
-             sends the license code behind the feature with it.\n\
+             with its vendor's keys sends it: the server signs every answer and sends the \
+             license code behind the feature with it; on `tessera/2`, one Ed25519 signature \
+             covers the answers waiting while the last batch was signed, each answer with its \
+             Merkle path.\n\
              - **tessera, REST**: the same as `POST /v1/checkout` then `POST /v1/checkin` \
              (HTTP/1.1 and JSON) over TLS: what the framing saves.\n\
              - **tessera, plain HTTP**: REST over plain HTTP (`plain_http`, loopback \
