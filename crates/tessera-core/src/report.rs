@@ -73,9 +73,22 @@ struct Line {
     event: UsageEvent,
 }
 
+/// A line as it is written: the same fields as [`Line`], borrowed.
+#[derive(Serialize)]
+struct LineRef<'a> {
+    prev: &'a str,
+    event: &'a UsageEvent,
+}
+
 /// SHA-256 (hex) of a line's bytes, without its newline.
 pub fn line_hash(line: &str) -> String {
-    hex::encode(Sha256::digest(line.as_bytes()))
+    hash_hex(line.as_bytes())
+}
+
+fn hash_hex(bytes: &[u8]) -> String {
+    let mut text = [0u8; 64];
+    hex::encode_to_slice(Sha256::digest(bytes), &mut text).expect("64 hex digits for 32 bytes");
+    String::from_utf8(text.to_vec()).expect("hex digits are ASCII")
 }
 
 /// The text of a header line.
@@ -85,11 +98,17 @@ pub fn header_line(header: &ReportHeader) -> String {
 
 /// The text of an event's line, chained to the line whose hash is `prev`.
 pub fn event_line(prev: &str, event: &UsageEvent) -> String {
-    serde_json::to_string(&Line {
-        prev: prev.to_string(),
-        event: event.clone(),
-    })
-    .expect("an event serializes")
+    serde_json::to_string(&LineRef { prev, event }).expect("an event serializes")
+}
+
+/// Appends the [`event_line`] of `event` and its newline to `out`; returns
+/// the line's [`line_hash`], the next line's `prev`.
+pub fn append_event_line(prev: &str, event: &UsageEvent, out: &mut Vec<u8>) -> String {
+    let start = out.len();
+    serde_json::to_writer(&mut *out, &LineRef { prev, event }).expect("an event serializes");
+    let hash = hash_hex(&out[start..]);
+    out.push(b'\n');
+    hash
 }
 
 /// A report file read back: its header and events, checked line by line.
@@ -313,6 +332,36 @@ mod tests {
             waited_ms: None,
             server: "A".into(),
         }
+    }
+
+    /// The server writes lines straight into its batch: the same bytes
+    /// and chain as [`event_line`], which `read_report` checks.
+    #[test]
+    fn a_line_appended_to_a_batch_is_the_event_line_and_chains() {
+        let header = ReportHeader {
+            tessera_report: 1,
+            pool_id: "p".into(),
+            server: "A".into(),
+            started_unix_ms: 0,
+        };
+        let first = header_line(&header);
+        let mut batch = format!("{first}\n").into_bytes();
+        let mut prev = line_hash(&first);
+        let events = [
+            event(H, EventKind::Checkout, "alice \"quoted\" ü", "g1", 2),
+            event(2 * H, EventKind::Checkin, "alice", "g1", 2),
+        ];
+        for e in &events {
+            let line = event_line(&prev, e);
+            let start = batch.len();
+            let next = append_event_line(&prev, e, &mut batch);
+            assert_eq!(&batch[start..], format!("{line}\n").as_bytes());
+            assert_eq!(next, line_hash(&line));
+            prev = next;
+        }
+        let read = read_report(std::str::from_utf8(&batch).unwrap()).unwrap();
+        assert_eq!(read.events.len(), 2);
+        assert_eq!(read.events[0].user, "alice \"quoted\" ü");
     }
 
     fn file(events: &[UsageEvent]) -> String {

@@ -179,6 +179,22 @@ pub fn encode_answer(status: u16, body: &[u8]) -> Vec<u8> {
     frame
 }
 
+/// Bytes before an answer's body: length and status.
+pub const ANSWER_HEAD_BYTES: usize = 4 + 2;
+
+/// An answer frame written in place: `frame` holds [`ANSWER_HEAD_BYTES`]
+/// bytes of any value, then the body; the head is filled in for `status`.
+/// The same bytes as [`encode_answer`], without copying the body.
+pub fn seal_answer(frame: &mut [u8], status: u16) {
+    assert!(
+        frame.len() >= ANSWER_HEAD_BYTES,
+        "an answer frame without its head"
+    );
+    let length = (frame.len() - 4) as u32;
+    frame[..4].copy_from_slice(&length.to_be_bytes());
+    frame[4..ANSWER_HEAD_BYTES].copy_from_slice(&status.to_be_bytes());
+}
+
 /// An answer frame's status and body (the bytes after its length prefix).
 pub fn decode_answer(frame: &[u8]) -> Result<(u16, &[u8]), FrameError> {
     if frame.len() < 2 {
@@ -192,6 +208,16 @@ pub fn decode_answer(frame: &[u8]) -> Result<(u16, &[u8]), FrameError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_answer_sealed_in_place_is_the_encoded_one() {
+        let body = br#"{"grant_id":"g"}"#;
+        let mut frame = vec![0xff; ANSWER_HEAD_BYTES];
+        frame.extend_from_slice(body);
+        seal_answer(&mut frame, 409);
+        assert_eq!(frame, encode_answer(409, body));
+        assert_eq!(decode_answer(&frame[4..]).unwrap(), (409, &body[..]));
+    }
 
     #[test]
     fn a_request_frame_reads_back_as_written() {

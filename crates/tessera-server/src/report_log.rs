@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 use tessera_core::report::{
-    event_line, header_line, line_hash, EventKind, ReportHeader, UsageEvent,
+    append_event_line, header_line, line_hash, EventKind, ReportHeader, UsageEvent,
 };
 
 use crate::config::ReportConfig;
@@ -184,11 +184,9 @@ impl ReportFile {
     /// Adds `event`'s line, chained to the last, to `batch` (written by
     /// [`ReportFile::write`]).
     fn append(&mut self, event: &UsageEvent, batch: &mut Vec<u8>) {
-        let line = event_line(&self.prev, event);
-        batch.extend_from_slice(line.as_bytes());
-        batch.push(b'\n');
-        self.prev = line_hash(&line);
-        self.bytes += line.len() as u64 + 1;
+        let start = batch.len();
+        self.prev = append_event_line(&self.prev, event, batch);
+        self.bytes += (batch.len() - start) as u64;
     }
 
     /// Writes `batch` in one go and empties it.

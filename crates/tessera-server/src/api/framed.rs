@@ -32,6 +32,9 @@ use crate::App;
 /// and a prefix announcing more costs no more than this (HTTP's read buffer
 /// is 8 KiB per connection).
 const FRAME_BYTES_UPFRONT: usize = 4 * 1024;
+/// Bytes set aside for an answer frame: a grant's fits (a signed one with
+/// its codes may grow once).
+const ANSWER_BYTES_UPFRONT: usize = 1024;
 
 /// Where the listener's framed connections find the server: not yet up,
 /// serving, or stopping.
@@ -203,9 +206,15 @@ fn refusal_frame(err: ApiError) -> Vec<u8> {
     to_frame::<()>(Err(err.into()))
 }
 
+/// The answer frame of `body`, serialized straight after the frame's head.
 fn json_frame<T: Serialize>(status: StatusCode, body: &T) -> Vec<u8> {
-    match serde_json::to_vec(body) {
-        Ok(json) => frame::encode_answer(status.as_u16(), &json),
+    let mut answer = Vec::with_capacity(ANSWER_BYTES_UPFRONT);
+    answer.resize(frame::ANSWER_HEAD_BYTES, 0);
+    match serde_json::to_writer(&mut answer, body) {
+        Ok(()) => {
+            frame::seal_answer(&mut answer, status.as_u16());
+            answer
+        }
         Err(_) => frame::encode_answer(
             500,
             br#"{"error":{"code":"internal","message":"cannot encode the answer"}}"#,
