@@ -184,19 +184,7 @@ fn check_grant(
         ));
     }
     let key = ServerPublicKey::from_base64(&answer.server_key).map_err(|err| err.to_string())?;
-    let codes = answer
-        .codes
-        .iter()
-        .map(LicenseCode::from_text)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|err| format!("a license code in the answer is malformed: {err}"))?;
-    let fields = AnswerFields {
-        grant_id: grant.grant_id.clone(),
-        lease_ms: grant.lease_ms,
-        heartbeat_interval_ms: grant.heartbeat_interval_ms,
-        codes_sha256: codes_sha256(&codes),
-        ..asked_fields(request, answer, OUTCOME_GRANTED)
-    };
+    let (fields, codes) = granted_fields(request, grant, answer)?;
     verify_signature(&key, &fields, answer)?;
     let (licenses, certificate) = match &answer.chain {
         Some(chain) => {
@@ -232,6 +220,29 @@ fn check_grant(
         },
     )
     .map_err(|err| err.to_string())
+}
+
+/// What a grant's signature covers, from the program's own request and
+/// the answer, and the license codes the answer carries.
+fn granted_fields(
+    request: &CheckoutRequest,
+    grant: &Grant,
+    answer: &SignedAnswer,
+) -> Result<(AnswerFields, Vec<LicenseCode>), String> {
+    let codes = answer
+        .codes
+        .iter()
+        .map(LicenseCode::from_text)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|err| format!("a license code in the answer is malformed: {err}"))?;
+    let fields = AnswerFields {
+        grant_id: grant.grant_id.clone(),
+        lease_ms: grant.lease_ms,
+        heartbeat_interval_ms: grant.heartbeat_interval_ms,
+        codes_sha256: codes_sha256(&codes),
+        ..asked_fields(request, answer, OUTCOME_GRANTED)
+    };
+    Ok((fields, codes))
 }
 
 /// A refusal this program may act on: signed over its request.
@@ -457,24 +468,12 @@ pub(crate) mod tests {
     }
 
     /// `grant` signed again as answer `index` of a batch of `size`, the
-    /// others answers to other requests.
+    /// other answers to other requests.
     fn in_batch(request: &CheckoutRequest, mut grant: Grant, index: usize, size: usize) -> Grant {
         let key = ServerSecretKey::from_seed([5; 32]);
         let key_id = key.public().key_id();
+        let (fields, _) = granted_fields(request, &grant, grant.answer.as_ref().unwrap()).unwrap();
         let answer = grant.answer.as_mut().unwrap();
-        let codes = answer
-            .codes
-            .iter()
-            .map(LicenseCode::from_text)
-            .collect::<Result<Vec<_>, _>>()
-            .unwrap();
-        let fields = AnswerFields {
-            grant_id: grant.grant_id.clone(),
-            lease_ms: grant.lease_ms,
-            heartbeat_interval_ms: grant.heartbeat_interval_ms,
-            codes_sha256: codes_sha256(&codes),
-            ..asked_fields(request, answer, OUTCOME_GRANTED)
-        };
         let leaves: Vec<_> = (0..size)
             .map(|i| match i == index {
                 true => fields.leaf_hash(&key_id),
