@@ -88,11 +88,9 @@ pub fn root_from_path(leaf: Hash, index: u64, size: u64, path: &[Hash]) -> Optio
         }
         if node & 1 == 1 || node == last {
             hash = node_hash(sibling, &hash);
-            if node & 1 == 0 {
-                while node & 1 == 0 && node != 0 {
-                    node >>= 1;
-                    last >>= 1;
-                }
+            while node & 1 == 0 && node != 0 {
+                node >>= 1;
+                last >>= 1;
             }
         } else {
             hash = node_hash(&hash, sibling);

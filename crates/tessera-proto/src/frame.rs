@@ -32,6 +32,16 @@ pub const ALPN_V2: &[u8] = b"tessera/2";
 /// Both, in the order of preference: what a client offers before
 /// `http/1.1`, and what a server chooses first.
 pub const ALPNS: [&[u8]; 2] = [ALPN_V2, ALPN_V1];
+
+/// The ALPN list of a TLS config: the framed `versions` in order, then
+/// `http/1.1`, as a server chooses and a client offers them.
+pub fn alpn_protocols(versions: &[&[u8]]) -> Vec<Vec<u8>> {
+    versions
+        .iter()
+        .map(|alpn| alpn.to_vec())
+        .chain([b"http/1.1".to_vec()])
+        .collect()
+}
 /// Longest token a request frame may carry, in bytes.
 pub const TOKEN_BYTES_MAX: usize = 1024;
 /// Largest request frame after its length: op, token and a body of at most
@@ -172,10 +182,10 @@ pub fn decode_request(frame: &[u8]) -> Result<Request<'_>, FrameError> {
 
 /// An answer frame, length prefix included.
 pub fn encode_answer(status: u16, body: &[u8]) -> Vec<u8> {
-    let mut frame = Vec::with_capacity(4 + 2 + body.len());
-    frame.extend_from_slice(&((2 + body.len()) as u32).to_be_bytes());
-    frame.extend_from_slice(&status.to_be_bytes());
+    let mut frame = Vec::with_capacity(ANSWER_HEAD_BYTES + body.len());
+    frame.resize(ANSWER_HEAD_BYTES, 0);
     frame.extend_from_slice(body);
+    seal_answer(&mut frame, status);
     frame
 }
 
@@ -184,7 +194,7 @@ pub const ANSWER_HEAD_BYTES: usize = 4 + 2;
 
 /// An answer frame written in place: `frame` holds [`ANSWER_HEAD_BYTES`]
 /// bytes of any value, then the body; the head is filled in for `status`.
-/// The same bytes as [`encode_answer`], without copying the body.
+/// [`encode_answer`] is this over a copy of the body.
 pub fn seal_answer(frame: &mut [u8], status: u16) {
     assert!(
         frame.len() >= ANSWER_HEAD_BYTES,

@@ -24,7 +24,7 @@ use crate::api::framed::{self, FramedState};
 use crate::config::TlsFiles;
 
 use crate::answer::Signing;
-use tessera_proto::frame::{ALPNS, ALPN_V1, ALPN_V2};
+use tessera_proto::frame::{alpn_protocols, ALPNS, ALPN_V1, ALPN_V2};
 
 /// Longest a TLS handshake may take before the connection is dropped.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -83,11 +83,7 @@ pub fn server_tls_config(files: &TlsFiles) -> Result<Arc<rustls::ServerConfig>, 
         })?;
     // A client offering the framed protocol gets its latest version; any
     // other, HTTP/1.1.
-    config.alpn_protocols = ALPNS
-        .iter()
-        .map(|alpn| alpn.to_vec())
-        .chain([b"http/1.1".to_vec()])
-        .collect();
+    config.alpn_protocols = alpn_protocols(&ALPNS);
     Ok(Arc::new(config))
 }
 
@@ -178,12 +174,13 @@ async fn accept_loop(
                 None => Io::Plain(tcp),
                 Some(acceptor) => {
                     match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                        Ok(Ok(tls)) if framed_signing(&tls).is_some() => {
-                            let signing = framed_signing(&tls).unwrap_or(Signing::Alone);
-                            let connection = Connection::new(Io::Tls(Box::new(tls)), slot);
-                            return framed::serve(framed, connection, peer, signing).await;
-                        }
-                        Ok(Ok(tls)) => Io::Tls(Box::new(tls)),
+                        Ok(Ok(tls)) => match framed_signing(&tls) {
+                            Some(signing) => {
+                                let connection = Connection::new(Io::Tls(Box::new(tls)), slot);
+                                return framed::serve(framed, connection, peer, signing).await;
+                            }
+                            None => Io::Tls(Box::new(tls)),
+                        },
                         Ok(Err(err)) => {
                             tracing::debug!("TLS handshake with {peer} failed: {err}");
                             return;

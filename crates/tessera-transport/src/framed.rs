@@ -89,11 +89,7 @@ impl FramedConnector {
         versions: &[&[u8]],
     ) -> Result<FramedConnector, String> {
         let mut config = client_tls_config(ca_pem)?;
-        config.alpn_protocols = versions
-            .iter()
-            .map(|alpn| alpn.to_vec())
-            .chain([b"http/1.1".to_vec()])
-            .collect();
+        config.alpn_protocols = frame::alpn_protocols(versions);
         Ok(FramedConnector {
             tls: tokio_rustls::TlsConnector::from(Arc::new(config)),
             connect_timeout,
