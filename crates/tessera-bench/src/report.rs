@@ -270,7 +270,7 @@ impl Report {
         ) {
             let _ = writeln!(
                 out,
-                "CPU per checkout{}: server {server:.0} us, load generator {load:.0} us (warm-up included)",
+                "CPU per checkout{}: server {server:.1} us, load generator {load:.1} us (warm-up included)",
                 if self.mode == Mode::Cycle { " and check-in" } else { "" },
             );
         }

@@ -8,6 +8,7 @@
 //! first event), and the event.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -39,9 +40,9 @@ pub enum EventKind {
 pub struct UsageEvent {
     pub at_unix_ms: i64,
     pub kind: EventKind,
-    pub feature: String,
-    pub user: String,
-    pub host: String,
+    pub feature: Arc<str>,
+    pub user: Arc<str>,
+    pub host: Arc<str>,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub grant_id: String,
     pub count: u32,
@@ -211,7 +212,7 @@ pub fn usage(
         if matches!(event.kind, EventKind::Moved | EventKind::Admin) {
             continue;
         }
-        let feature = out.entry(event.feature.clone()).or_default();
+        let feature = out.entry(event.feature.to_string()).or_default();
         let in_period = event.at_unix_ms >= from_unix_ms;
         match event.kind {
             EventKind::Checkout => {
@@ -234,7 +235,7 @@ pub fn usage(
                 if in_period {
                     feature.peak_seats = feature.peak_seats.max(*now);
                     feature.checkouts += 1;
-                    let user = feature.users.entry(event.user.clone()).or_default();
+                    let user = feature.users.entry(event.user.to_string()).or_default();
                     user.checkouts += 1;
                     if let Some(waited_ms) = event.waited_ms {
                         let waited_s = waited_ms as f64 / 1_000.0;
@@ -268,7 +269,11 @@ pub fn usage(
             EventKind::Denied => {
                 if in_period {
                     feature.denials += 1;
-                    feature.users.entry(event.user.clone()).or_default().denials += 1;
+                    feature
+                        .users
+                        .entry(event.user.to_string())
+                        .or_default()
+                        .denials += 1;
                 }
             }
             EventKind::Queued | EventKind::Moved | EventKind::Admin => {}
@@ -361,7 +366,7 @@ mod tests {
         }
         let read = read_report(std::str::from_utf8(&batch).unwrap()).unwrap();
         assert_eq!(read.events.len(), 2);
-        assert_eq!(read.events[0].user, "alice \"quoted\" ü");
+        assert_eq!(&*read.events[0].user, "alice \"quoted\" ü");
     }
 
     fn file(events: &[UsageEvent]) -> String {

@@ -87,11 +87,11 @@ impl App {
             grant_id: grant_id.to_string(),
         };
         let command = ControlCommand::Claim {
-            feature: request.feature.clone(),
+            feature: request.feature.to_string(),
             grant_id: grant_id.to_string(),
             claim: Claim {
-                user: request.user.clone(),
-                host: request.host.clone(),
+                user: request.user.to_string(),
+                host: request.host.to_string(),
                 address,
                 seats: request.count,
                 server: self.pool.server_id.clone(),
@@ -114,11 +114,11 @@ impl App {
             return;
         }
         let command = ControlCommand::Claim {
-            feature: request.feature.clone(),
+            feature: request.feature.to_string(),
             grant_id: grant_id.to_string(),
             claim: Claim {
-                user: request.user.clone(),
-                host: request.host.clone(),
+                user: request.user.to_string(),
+                host: request.host.to_string(),
                 address: None,
                 seats: request.count,
                 server: self.pool.server_id.clone(),
@@ -187,7 +187,11 @@ impl App {
                 .map(|(id, g)| {
                     (
                         id.clone(),
-                        (g.request.feature.clone(), g.request.clone(), g.issued_at_ms),
+                        (
+                            g.request.feature.to_string(),
+                            g.request.clone(),
+                            g.issued_at_ms,
+                        ),
                     )
                 })
                 .collect();

@@ -24,13 +24,13 @@ use crate::store::StoredGrant;
 /// A request's identity and wants, checked.
 #[derive(Clone, Debug)]
 pub struct SeatRequest {
-    pub client_id: String,
-    pub user: String,
-    pub host: String,
+    pub client_id: Arc<str>,
+    pub user: Arc<str>,
+    pub host: Arc<str>,
     /// The program's display, where it sent one (status, lmstat).
-    pub display: Option<String>,
-    pub feature: String,
-    pub version: String,
+    pub display: Option<Arc<str>>,
+    pub feature: Arc<str>,
+    pub version: Arc<str>,
     pub count: u32,
     /// The SDK's heartbeat number (0 for a checkout, or a client that does
     /// not count): for a held grant, the highest renewal seen.
@@ -74,9 +74,9 @@ impl LiveGrant {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Released {
     pub grant_id: String,
-    pub feature: String,
-    pub user: String,
-    pub host: String,
+    pub feature: Arc<str>,
+    pub user: Arc<str>,
+    pub host: Arc<str>,
     pub seats: u32,
     pub issued_unix_ms: i64,
 }
@@ -164,7 +164,7 @@ pub struct Issuer {
     grants: BTreeMap<String, LiveGrant>,
     expiry_queue: BTreeSet<(u64, String)>,
     /// A B-tree for the same reason as `grants`.
-    grants_per_client: BTreeMap<String, usize>,
+    grants_per_client: BTreeMap<Arc<str>, usize>,
     limits: Limits,
     clock_drift_percent: u32,
     grace_until_ms: Option<u64>,
@@ -368,7 +368,7 @@ impl Issuer {
         let mut order: Vec<(u64, String)> = self
             .grants
             .iter()
-            .filter(|(_, g)| g.request.feature == feature)
+            .filter(|(_, g)| g.request.feature == feature.into())
             .map(|(id, g)| (g.issued_at_ms, id.clone()))
             .collect();
         order.sort();
@@ -391,7 +391,7 @@ impl Issuer {
         let features: BTreeSet<String> = self
             .grants
             .values()
-            .map(|g| g.request.feature.clone())
+            .map(|g| g.request.feature.to_string())
             .chain(self.held_aside.keys().cloned())
             .collect();
         self.held_aside.clear();
@@ -498,7 +498,7 @@ impl Issuer {
         let available = self.available_to(&request.feature, Some(&grant_id));
         let table = self
             .tables
-            .get_mut(&request.feature)
+            .get_mut(&*request.feature)
             .expect("check_servable found the feature's table");
         let row = table.row(&self.server_id).unwrap_or_default();
         if available < request.count {
@@ -533,7 +533,7 @@ impl Issuer {
         let (renewal, expires_at_ms) = (grant.request.renewal, grant.expires_at_ms);
         let issued = Issued {
             grant_id: grant_id.clone(),
-            feature: grant.request.feature.clone(),
+            feature: grant.request.feature.to_string(),
             count: grant.request.count,
             terms,
             origin,
@@ -642,7 +642,7 @@ impl Issuer {
         let renewal = grant.request.renewal;
         Ok(Issued {
             grant_id,
-            feature: request.feature,
+            feature: request.feature.to_string(),
             count: request.count,
             terms,
             origin: Origin::Checkout,
@@ -667,7 +667,7 @@ impl Issuer {
     /// says why).
     pub fn linger(&mut self, grant_id: &str, client_id: &str, now_ms: u64) -> Option<u64> {
         let grant = self.grants.get(grant_id)?;
-        if grant.request.client_id != client_id || !grant.counted {
+        if grant.request.client_id != client_id.into() || !grant.counted {
             return None;
         }
         if grant.lingering {
@@ -695,7 +695,7 @@ impl Issuer {
     pub fn lingering_seats(&self, feature: &str) -> u32 {
         self.grants
             .values()
-            .filter(|g| g.lingering && g.request.feature == feature)
+            .filter(|g| g.lingering && g.request.feature == feature.into())
             .map(|g| g.request.count)
             .sum()
     }
@@ -711,7 +711,7 @@ impl Issuer {
                 ),
             )
         })?;
-        if grant.request.client_id != client_id {
+        if grant.request.client_id != client_id.into() {
             return Err(Refusal::new(
                 ErrorCode::GrantMismatch,
                 format!("grant {grant_id} is not held by client `{client_id}`"),
@@ -798,12 +798,12 @@ impl Issuer {
         }
         let feature = &grant.request.feature;
         if grant.counted {
-            if let Some(table) = self.tables.get_mut(feature) {
+            if let Some(table) = self.tables.get_mut(&**feature) {
                 let result: Result<(), DistributionError> =
                     table.give_back(&self.server_id, grant.request.count);
                 debug_assert!(result.is_ok(), "a counted grant is in the table");
             }
-        } else if let Some(aside) = self.held_aside.get_mut(feature) {
+        } else if let Some(aside) = self.held_aside.get_mut(&**feature) {
             *aside = aside.saturating_sub(grant.request.count);
         }
         Some(grant)
@@ -865,7 +865,7 @@ impl Issuer {
                 ),
             ));
         }
-        if !self.tables.contains_key(&request.feature) {
+        if !self.tables.contains_key(&*request.feature) {
             return Err(Refusal::new(
                 ErrorCode::Internal,
                 format!("feature `{}` has no distribution table", request.feature),
@@ -1196,7 +1196,7 @@ impl Issuer {
             let counted: u32 = self
                 .grants
                 .values()
-                .filter(|g| g.counted && &g.request.feature == feature)
+                .filter(|g| g.counted && *g.request.feature == **feature)
                 .map(|g| g.request.count)
                 .sum();
             let in_use = table.row(&self.server_id).map_or(0, |r| r.in_use);

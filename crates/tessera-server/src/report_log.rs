@@ -314,9 +314,9 @@ impl crate::App {
         self.report.record(UsageEvent {
             at_unix_ms: self.clock.unix_ms(),
             kind: EventKind::Denied,
-            feature: feature.to_string(),
-            user: user.to_string(),
-            host: host.to_string(),
+            feature: feature.into(),
+            user: user.into(),
+            host: host.into(),
             grant_id: String::new(),
             count,
             detail: Some(code.to_string()),
@@ -357,9 +357,9 @@ impl crate::App {
         self.report.record(UsageEvent {
             at_unix_ms: self.clock.unix_ms(),
             kind,
-            feature: feature.to_string(),
-            user: user.to_string(),
-            host: String::new(),
+            feature: feature.into(),
+            user: user.into(),
+            host: "".into(),
             grant_id: String::new(),
             count,
             detail: Some(detail),
@@ -378,7 +378,7 @@ mod tests {
             at_unix_ms: i64::from(i),
             kind: EventKind::Checkout,
             feature: "cad".into(),
-            user: format!("user{i}"),
+            user: format!("user{i}").into(),
             host: "pc".into(),
             grant_id: format!("g{i}"),
             count: 1,
@@ -465,7 +465,7 @@ mod tests {
             let read =
                 tessera_core::report::read_report(std::str::from_utf8(&bytes).unwrap()).unwrap();
             assert_eq!(read.header.server, "A");
-            users.extend(read.events.into_iter().map(|e| e.user));
+            users.extend(read.events.into_iter().map(|e| e.user.to_string()));
         }
         users.sort_by_key(|u| u.trim_start_matches("user").parse::<u32>().unwrap());
         let expected: Vec<String> = (0..40).map(|i| format!("user{i}")).collect();

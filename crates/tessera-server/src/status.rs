@@ -378,14 +378,14 @@ fn oldest_grants(issuer: &Issuer, server_id: &str, now_ms: u64) -> Vec<proto::Gr
         .into_iter()
         .map(|(grant_id, grant)| proto::GrantStatus {
             grant_id: grant_id.clone(),
-            feature: grant.request.feature.clone(),
+            feature: grant.request.feature.to_string(),
             count: grant.request.count,
-            client_id: grant.request.client_id.clone(),
-            user: grant.request.user.clone(),
-            host: grant.request.host.clone(),
-            display: grant.request.display.clone(),
+            client_id: grant.request.client_id.to_string(),
+            user: grant.request.user.to_string(),
+            host: grant.request.host.to_string(),
+            display: grant.request.display.as_deref().map(str::to_string),
             server_id: server_id.to_string(),
-            version: grant.request.version.clone(),
+            version: grant.request.version.to_string(),
             age_ms: now_ms.saturating_sub(grant.issued_at_ms),
             expires_in_ms: grant.expires_at_ms.saturating_sub(now_ms),
         })

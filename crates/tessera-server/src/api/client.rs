@@ -362,7 +362,7 @@ fn with_slot_holders(app: &App, feature: &str, err: ApiError) -> ApiError {
     let mut holders: Vec<String> = app
         .issuer()
         .grants()
-        .filter(|(_, grant)| grant.request.feature == feature)
+        .filter(|(_, grant)| grant.request.feature == feature.into())
         .map(|(_, grant)| format!("{} ({})", grant.request.user, grant.request.client_id))
         .collect();
     holders.sort();
@@ -764,12 +764,12 @@ fn seat_request(body: CheckoutRequest, renewal: u64) -> Result<SeatRequest, ApiE
         ));
     }
     Ok(SeatRequest {
-        client_id: body.client_id,
-        user: body.user,
-        host: body.host,
-        display: body.display,
-        feature: body.feature,
-        version: body.version,
+        client_id: body.client_id.into(),
+        user: body.user.into(),
+        host: body.host.into(),
+        display: body.display.map(Into::into),
+        feature: body.feature.into(),
+        version: body.version.into(),
         count,
         renewal,
     })

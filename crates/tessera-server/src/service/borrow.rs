@@ -94,7 +94,7 @@ impl App {
         hand_over: Option<HandOverClaim>,
         mut attempt: impl FnMut(&App) -> Result<T, Refusal>,
     ) -> Result<T, Refusal> {
-        let (feature, count) = (request.feature.as_str(), request.count);
+        let (feature, count) = (&*request.feature, request.count);
         match attempt(self) {
             Err(err)
                 if err.code == ErrorCode::NoSeatsAvailable

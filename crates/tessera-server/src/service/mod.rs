@@ -159,7 +159,7 @@ impl App {
                 }
                 Some(proto::HandOverClaim {
                     grant_id: grant_id.clone(),
-                    client_id: request.client_id.clone(),
+                    client_id: request.client_id.to_string(),
                     count: request.count,
                     holding,
                 })

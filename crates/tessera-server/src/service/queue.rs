@@ -219,15 +219,15 @@ impl App {
         };
         let waiter = Waiter {
             ticket: ticket.clone(),
-            client_id: request.client_id.clone(),
-            user: request.user.clone(),
-            host: request.host.clone(),
+            client_id: request.client_id.to_string(),
+            user: request.user.to_string(),
+            host: request.host.to_string(),
             seats: request.count,
             since_unix_ms: place.as_ref().map_or(now, |p| p.since_unix_ms),
             until_unix_ms: now + PLACE_HOLD_MS,
         };
         let command = ControlCommand::Wait {
-            feature: request.feature.clone(),
+            feature: request.feature.to_string(),
             waiter,
         };
         match self.pool.propose(command).await? {

@@ -69,12 +69,12 @@ impl App {
         let license_id = format!("t{}", (self.grant_ids)());
         let seats = 1;
         let seat_request = SeatRequest {
-            client_id: request.client_id.clone(),
-            user: request.user.clone(),
-            host: request.host.clone(),
+            client_id: request.client_id.clone().into(),
+            user: request.user.clone().into(),
+            host: request.host.clone().into(),
             display: None,
-            feature: request.feature.clone(),
-            version: request.version.clone(),
+            feature: request.feature.clone().into(),
+            version: request.version.clone().into(),
             count: seats,
             renewal: 0,
         };

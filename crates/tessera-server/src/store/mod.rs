@@ -65,14 +65,14 @@ pub enum StoreError {
 /// nor the old monotonic clock can be trusted across it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StoredGrant {
-    pub feature: String,
+    pub feature: Arc<str>,
     pub count: u32,
-    pub client_id: String,
-    pub user: String,
-    pub host: String,
+    pub client_id: Arc<str>,
+    pub user: Arc<str>,
+    pub host: Arc<str>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub display: Option<String>,
-    pub version: String,
+    pub display: Option<Arc<str>>,
+    pub version: Arc<str>,
     pub issued_unix_ms: i64,
 }
 
