@@ -19,6 +19,7 @@
 //! a seat counted for one more lease after a restart, which is safe.
 
 mod journal;
+mod queue;
 
 pub use journal::JOURNAL_DIR;
 
@@ -27,7 +28,9 @@ use std::sync::Arc;
 
 use redb::{Database, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
+
+use queue::{Next, Queue, Signal};
 
 use crate::seams::{Disk, FileDisk};
 
@@ -101,7 +104,17 @@ pub struct Opened {
 
 #[derive(Clone)]
 pub struct Store {
-    queue: mpsc::Sender<Job>,
+    queue: Arc<Sender>,
+}
+
+/// The requests' end of the writer's queue; the last one dropped closes
+/// it, and the writer stops once it has written what is left.
+struct Sender(Arc<Queue>);
+
+impl Drop for Sender {
+    fn drop(&mut self) {
+        self.0.close();
+    }
 }
 
 /// redb's page cache for the grant store. Its default (1 GiB) would keep
@@ -149,8 +162,12 @@ impl Store {
         let db = Arc::new(db);
         let (journal, mut folder) = journal::open(disk, data_dir, &db).map_err(open_error)?;
         let grants = load(&db, &path)?;
-        let (queue, receiver) = mpsc::channel(QUEUE_CAPACITY);
         if disk.commit_on_threads() {
+            let queue = Arc::new(Queue::new(
+                Signal::Thread(std::sync::OnceLock::new()),
+                QUEUE_CAPACITY,
+                batch_max,
+            ));
             let (windows, folds) = std::sync::mpsc::channel::<journal::Window>();
             let writing = journal.writing();
             std::thread::Builder::new()
@@ -162,25 +179,40 @@ impl Store {
                     }
                 })
                 .map_err(|err| open_error(format!("cannot start the fold thread: {err}")))?;
-            std::thread::Builder::new()
+            let writer = queue.clone();
+            let thread = std::thread::Builder::new()
                 .name("tessera-store".into())
                 .spawn(move || {
                     let mut fold = |window| {
                         let _ = windows.send(window);
                     };
-                    write_loop(journal, receiver, batch_max, &mut fold)
+                    write_loop(journal, &writer, &mut fold)
                 })
                 .map_err(|err| open_error(format!("cannot start the writer thread: {err}")))?;
+            if let Signal::Thread(handle) = &queue.signal {
+                let _ = handle.set(thread.thread().clone());
+            }
+            let store = Store {
+                queue: Arc::new(Sender(queue)),
+            };
+            Ok((store, Opened { existed, grants }))
         } else {
+            let queue = Arc::new(Queue::new(
+                Signal::Task(tokio::sync::Notify::new()),
+                QUEUE_CAPACITY,
+                batch_max,
+            ));
             tokio::spawn(write_loop_inline(
                 journal,
                 folder,
-                receiver,
-                batch_max,
+                queue.clone(),
                 disk.clone(),
             ));
+            let store = Store {
+                queue: Arc::new(Sender(queue)),
+            };
+            Ok((store, Opened { existed, grants }))
         }
-        Ok((Store { queue }, Opened { existed, grants }))
     }
 
     /// Writes a grant; returns once it is durable. `fresh`: a checkout made
@@ -196,14 +228,15 @@ impl Store {
             op: StoreOp::Put(grant_id, grant, fresh),
             done: Some(done),
         };
-        self.queue
-            .send(job)
-            .await
-            .map_err(|_| StoreError::Stopped)?;
+        if !self.queue.0.push(job).await {
+            return Err(StoreError::Stopped);
+        }
         wait.await.map_err(|_| StoreError::Stopped)?
     }
 
-    /// Queues the removal of a grant; does not wait for it to be durable.
+    /// Queues the removal of a grant; does not wait for it to be durable,
+    /// nor wake the writer: it goes with the next new grant's batch, or
+    /// within [`queue::DEFER`].
     pub async fn delete(&self, grant_id: String, issued_unix_ms: i64) {
         let job = Job {
             op: StoreOp::Delete(grant_id, issued_unix_ms),
@@ -211,7 +244,7 @@ impl Store {
         };
         // A stopped writer means the server is going down; the grant is then
         // restored at restart and lapses after one lease, which is safe.
-        let _ = self.queue.send(job).await;
+        let _ = self.queue.0.push(job).await;
     }
 }
 
@@ -282,38 +315,29 @@ fn load(db: &Database, path: &Path) -> Result<Vec<(String, StoredGrant)>, StoreE
     Ok(grants)
 }
 
-fn write_loop(
-    mut journal: journal::Journal,
-    mut receiver: mpsc::Receiver<Job>,
-    batch_max: usize,
-    fold: &mut dyn FnMut(journal::Window),
-) {
-    while let Some(first) = receiver.blocking_recv() {
-        write_queued(&mut journal, first, &mut receiver, batch_max, fold);
+fn write_loop(mut journal: journal::Journal, queue: &Queue, fold: &mut dyn FnMut(journal::Window)) {
+    loop {
+        match queue.next(tokio::time::Instant::now()) {
+            Next::Write(jobs) => write_jobs(&mut journal, jobs, fold),
+            Next::Sleep(None) => std::thread::park(),
+            Next::Sleep(Some(at_most)) => std::thread::park_timeout(at_most),
+            Next::Stop => return,
+        }
     }
 }
 
-/// Appends `first` and whatever else is queued (up to `batch_max`) to the
-/// journal in one write, syncs it if it holds a new grant, then answers
-/// every waiter.
-fn write_queued(
+/// Appends `jobs` to the journal in one write, syncs it if it holds a new
+/// grant, then answers every waiter.
+fn write_jobs(
     journal: &mut journal::Journal,
-    first: Job,
-    receiver: &mut mpsc::Receiver<Job>,
-    batch_max: usize,
+    jobs: Vec<Job>,
     fold: &mut dyn FnMut(journal::Window),
 ) {
-    let mut ops = vec![first.op];
-    let mut waiting: Vec<oneshot::Sender<Result<(), StoreError>>> =
-        first.done.into_iter().collect();
-    while ops.len() < batch_max {
-        match receiver.try_recv() {
-            Ok(job) => {
-                ops.push(job.op);
-                waiting.extend(job.done);
-            }
-            Err(_) => break,
-        }
+    let mut ops = Vec::with_capacity(jobs.len());
+    let mut waiting: Vec<oneshot::Sender<Result<(), StoreError>>> = Vec::new();
+    for job in jobs {
+        ops.push(job.op);
+        waiting.extend(job.done);
     }
     // Only new grants must be on disk before they are answered; a batch of
     // check-ins and expiries alone is written without a sync (a lost one
@@ -334,17 +358,28 @@ fn write_queued(
 async fn write_loop_inline(
     mut journal: journal::Journal,
     mut folder: journal::Folder,
-    mut receiver: mpsc::Receiver<Job>,
-    batch_max: usize,
+    queue: Arc<Queue>,
     disk: Arc<dyn Disk>,
 ) {
     let mut fold = |window| folder.fold(window);
-    while let Some(first) = receiver.recv().await {
-        let delay = disk.commit_delay();
-        if !delay.is_zero() {
-            tokio::time::sleep(delay).await;
+    let Signal::Task(notify) = &queue.signal else {
+        return;
+    };
+    loop {
+        match queue.next(tokio::time::Instant::now()) {
+            Next::Write(jobs) => {
+                let delay = disk.commit_delay();
+                if !delay.is_zero() {
+                    tokio::time::sleep(delay).await;
+                }
+                write_jobs(&mut journal, jobs, &mut fold);
+            }
+            Next::Sleep(None) => notify.notified().await,
+            Next::Sleep(Some(at_most)) => {
+                let _ = tokio::time::timeout(at_most, notify.notified()).await;
+            }
+            Next::Stop => return,
         }
-        write_queued(&mut journal, first, &mut receiver, batch_max, &mut fold);
     }
 }
 
