@@ -16,7 +16,9 @@
 //! so a fold's pages do not grow with the grants held.
 //!
 //! Only new grants wait for durability: a lost check-in or expiry only keeps
-//! a seat counted for one more lease after a restart, which is safe.
+//! a seat counted for one more lease after a restart, which is safe. Nor do
+//! they wake the writer ([`queue`]): they go with the next new grant's
+//! batch, in queue order, or within [`queue::DEFER`] when none comes.
 
 mod journal;
 mod queue;
