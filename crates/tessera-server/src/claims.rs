@@ -131,16 +131,15 @@ impl App {
     /// Forgets the claims of grants that left this server.
     pub(crate) fn unclaim(&self, released: &[Released]) {
         let mut by_feature: BTreeMap<&str, Vec<String>> = BTreeMap::new();
-        for grant in released {
+        // Only features with claims (most have none: nothing to build).
+        for grant in released.iter().filter(|grant| self.counts(&grant.feature)) {
             by_feature
                 .entry(&grant.feature)
                 .or_default()
                 .push(grant.grant_id.clone());
         }
         for (feature, grant_ids) in by_feature {
-            if self.counts(feature) {
-                self.forget(feature, &self.pool.server_id.clone(), grant_ids);
-            }
+            self.forget(feature, &self.pool.server_id.clone(), grant_ids);
         }
     }
 

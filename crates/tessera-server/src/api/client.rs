@@ -281,16 +281,16 @@ async fn checkout_grant(
     address: Option<std::net::IpAddr>,
 ) -> Result<proto::Grant, ApiError> {
     let deadline = Deadline::from(app, body.answer_within_ms);
-    let holder = Holder::of(&body);
+    let holder = Holder::of(app, &body);
     let feature = body.feature.clone();
-    check_slot_holder(app, caller, &feature, &holder)?;
+    check_slot_holder(app, caller, &feature, holder.as_ref())?;
     let queue = body.queue.clone();
     let request = seat_request(body, 0)?;
     let granted = app
         .checkout_in_turn(request, deadline, address, queue)
         .await
         .map_err(|err| with_slot_holders(app, &feature, err.into()))?;
-    Ok(wire_grant(app, granted, &holder))
+    Ok(wire_grant(app, granted, holder.as_ref()))
 }
 
 /// The answer as the program gets it: a master's co-signatures gathered,
@@ -303,7 +303,11 @@ async fn signed(
 ) -> Result<proto::Grant, SignedDenial> {
     match answer {
         Ok(mut grant) => {
-            crate::master::cosign::gather(app, &mut grant).await;
+            // Boxed: a master's co-signing is rare and its future large;
+            // inline it would be copied with every checkout's.
+            if app.master.is_some() {
+                Box::pin(crate::master::cosign::gather(app, &mut grant)).await;
+            }
             if let Some(asked) = &asked {
                 grant.answer = Some(app.sign_grant(asked, &grant, signing).await);
             }
@@ -325,9 +329,9 @@ fn check_slot_holder(
     app: &App,
     caller: &Caller,
     feature: &str,
-    holder: &Holder,
+    holder: Option<&Holder>,
 ) -> Result<(), ApiError> {
-    let Some(master) = &app.master else {
+    let (Some(master), Some(holder)) = (&app.master, holder) else {
         return Ok(());
     };
     if feature == master.slot_feature() && !caller.may_hold_vid_slots() {
@@ -424,8 +428,8 @@ async fn renewal(
 ) -> Result<proto::Grant, ApiError> {
     check_field("grant_id", &body.grant_id)?;
     let deadline = Deadline::from(app, body.answer_within_ms);
-    let holder = Holder::of(&checkout);
-    check_slot_holder(app, caller, &checkout.feature, &holder)?;
+    let holder = Holder::of(app, &checkout);
+    check_slot_holder(app, caller, &checkout.feature, holder.as_ref())?;
     let idle_ms = body.idle_ms;
     let request = seat_request(checkout, body.renewal)?;
     if let Some(idle_ms) = idle_ms {
@@ -441,7 +445,7 @@ async fn renewal(
             deadline,
         )
         .await?;
-    Ok(wire_grant(app, granted, &holder))
+    Ok(wire_grant(app, granted, holder.as_ref()))
 }
 
 /// Who holds a grant, as a master names them in a VID certificate: the
@@ -454,12 +458,13 @@ struct Holder {
 }
 
 impl Holder {
-    fn of(request: &CheckoutRequest) -> Holder {
-        Holder {
+    /// Only a master names holders: elsewhere, `None`.
+    fn of(app: &App, request: &CheckoutRequest) -> Option<Holder> {
+        app.master.as_ref().map(|_| Holder {
             server_id: request.user.clone(),
             instance: request.client_id.clone(),
             server_key: request.server_key.clone(),
-        }
+        })
     }
 }
 
@@ -697,18 +702,22 @@ fn wire_grant(
         proof,
         holding,
     }: Granted,
-    holder: &Holder,
+    holder: Option<&Holder>,
 ) -> proto::Grant {
-    let certificate = app.master.as_ref().and_then(|master| {
-        master.certify(
-            &granted.feature,
-            &holder.server_id,
-            &holder.instance,
-            granted.terms.lease_ms,
-            app.clock.unix_ms(),
-            holder.server_key.as_deref(),
-        )
-    });
+    let certificate = app
+        .master
+        .as_ref()
+        .zip(holder)
+        .and_then(|(master, holder)| {
+            master.certify(
+                &granted.feature,
+                &holder.server_id,
+                &holder.instance,
+                granted.terms.lease_ms,
+                app.clock.unix_ms(),
+                holder.server_key.as_deref(),
+            )
+        });
     proto::Grant {
         certificate,
         proof: proto::Proof(proof.to_string()),

@@ -114,7 +114,9 @@ impl App {
                         grant_id: claim.grant_id.clone(),
                     }
                 });
-                let wait = self.borrow_for(feature, count, wait, hand_over).await;
+                // Boxed: borrowing is rare and its future large; inline it
+                // would be copied with every checkout's.
+                let wait = Box::pin(self.borrow_for(feature, count, wait, hand_over)).await;
                 // Once more either way: seats may have come at the last moment,
                 // and a denial should tell the seats as they are now.
                 let last = attempt(self);

@@ -102,7 +102,9 @@ impl App {
                 .seats(Ask::Checkout, grant_id, request, None, deadline)
                 .await;
         }
-        let claimed = self.claim(&grant_id, &request, address).await;
+        // Boxed, as every rare path of a checkout: a proposal's future is
+        // large, and inline it would be copied with every checkout's.
+        let claimed = Box::pin(self.claim(&grant_id, &request, address)).await;
         if let Err(refusal) = &claimed {
             self.count(Ask::Checkout.endpoint(), &Err::<(), _>(refusal.clone()));
         }

@@ -158,7 +158,7 @@ impl App {
                 Err(refusal) => return Err(refusal),
             }
         }
-        let place = self.keep_place(&request, place).await?;
+        let place = Box::pin(self.keep_place(&request, place)).await?;
         Err(Refusal {
             queue: Some(place.clone()),
             ..Refusal::new(
