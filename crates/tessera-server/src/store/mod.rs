@@ -571,6 +571,63 @@ mod tests {
         assert_eq!(ids, ["g1", "g2"]);
     }
 
+    /// The data directory as a `kill -9` would leave it now: what the
+    /// store has written, synced or not.
+    fn crashed_copy(dir: &Path) -> tempfile::TempDir {
+        fn copy(from: &Path, to: &Path) {
+            std::fs::create_dir_all(to).unwrap();
+            for entry in std::fs::read_dir(from).unwrap() {
+                let entry = entry.unwrap();
+                let target = to.join(entry.file_name());
+                if entry.file_type().unwrap().is_dir() {
+                    copy(&entry.path(), &target);
+                } else {
+                    std::fs::copy(entry.path(), target).unwrap();
+                }
+            }
+        }
+        let copied = tempfile::tempdir().unwrap();
+        copy(dir, copied.path());
+        copied
+    }
+
+    fn ids_after_crash(dir: &Path) -> Vec<String> {
+        let copied = crashed_copy(dir);
+        let (_store, opened) = reopen(copied.path(), "A").unwrap();
+        let mut ids: Vec<String> = opened.grants.into_iter().map(|(id, _)| id).collect();
+        ids.sort();
+        ids
+    }
+
+    /// A check-in does not wake the writer, but it is never overtaken: a
+    /// grant answered after it is durable with it, and alone it reaches the
+    /// journal within the deferral.
+    #[tokio::test]
+    async fn a_check_in_is_durable_with_the_next_grant_or_within_the_deferral() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = Store::open(dir.path(), "p", "A", 16).unwrap();
+        store.put("g1".into(), grant("cad"), true).await.unwrap();
+        store.delete("g1".into(), grant("cad").issued_unix_ms).await;
+        store.put("g2".into(), grant("cad"), true).await.unwrap();
+        // g2 was answered: a crash now keeps g2 and the check-in before it.
+        assert_eq!(ids_after_crash(dir.path()), ["g2"]);
+
+        store.delete("g2".into(), grant("cad").issued_unix_ms).await;
+        // Alone: written within the deferral (bounded wait, 5 s).
+        let started = std::time::Instant::now();
+        loop {
+            let ids = ids_after_crash(dir.path());
+            if ids.is_empty() {
+                break;
+            }
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(5),
+                "a check-in alone was not written within 5 s: {ids:?}"
+            );
+            tokio::time::sleep(queue::DEFER / 2).await;
+        }
+    }
+
     #[tokio::test]
     async fn a_damaged_segment_followed_by_grants_is_refused_with_advice_and_left_alone() {
         let dir = tempfile::tempdir().unwrap();
