@@ -675,10 +675,11 @@ pub fn open(
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
-    fn grant(issued: i64) -> StoredGrant {
+    /// A grant as the store's tests write it.
+    pub(in crate::store) fn grant(issued: i64) -> StoredGrant {
         StoredGrant {
             feature: "cad".into(),
             count: 1,

@@ -201,16 +201,7 @@ mod tests {
         tokio::sync::oneshot::Receiver<Result<(), super::super::StoreError>>,
     ) {
         let (done, wait) = tokio::sync::oneshot::channel();
-        let grant = crate::store::StoredGrant {
-            feature: "cad".into(),
-            count: 1,
-            client_id: "c".into(),
-            user: "u".into(),
-            host: "h".into(),
-            display: None,
-            version: "1.0".into(),
-            issued_unix_ms: 1,
-        };
+        let grant = crate::store::journal::tests::grant(1);
         let job = Job {
             op: StoreOp::Put(id.into(), grant, true),
             done: Some(done),
