@@ -368,7 +368,7 @@ impl Issuer {
         let mut order: Vec<(u64, String)> = self
             .grants
             .iter()
-            .filter(|(_, g)| g.request.feature == feature.into())
+            .filter(|(_, g)| *g.request.feature == *feature)
             .map(|(id, g)| (g.issued_at_ms, id.clone()))
             .collect();
         order.sort();
@@ -667,7 +667,7 @@ impl Issuer {
     /// says why).
     pub fn linger(&mut self, grant_id: &str, client_id: &str, now_ms: u64) -> Option<u64> {
         let grant = self.grants.get(grant_id)?;
-        if grant.request.client_id != client_id.into() || !grant.counted {
+        if *grant.request.client_id != *client_id || !grant.counted {
             return None;
         }
         if grant.lingering {
@@ -695,7 +695,7 @@ impl Issuer {
     pub fn lingering_seats(&self, feature: &str) -> u32 {
         self.grants
             .values()
-            .filter(|g| g.lingering && g.request.feature == feature.into())
+            .filter(|g| g.lingering && *g.request.feature == *feature)
             .map(|g| g.request.count)
             .sum()
     }
@@ -711,7 +711,7 @@ impl Issuer {
                 ),
             )
         })?;
-        if grant.request.client_id != client_id.into() {
+        if *grant.request.client_id != *client_id {
             return Err(Refusal::new(
                 ErrorCode::GrantMismatch,
                 format!("grant {grant_id} is not held by client `{client_id}`"),

@@ -178,7 +178,7 @@ fn slot_free_in_ms(app: &App, instance: &str) -> Option<u64> {
     app.issuer()
         .grants()
         .filter(|(_, grant)| {
-            grant.request.feature == feature.into() && grant.request.client_id == instance.into()
+            *grant.request.feature == *feature && *grant.request.client_id == *instance
         })
         .map(|(_, grant)| grant.expires_at_ms.saturating_sub(now_ms))
         .max()

@@ -366,7 +366,7 @@ fn with_slot_holders(app: &App, feature: &str, err: ApiError) -> ApiError {
     let mut holders: Vec<String> = app
         .issuer()
         .grants()
-        .filter(|(_, grant)| grant.request.feature == feature.into())
+        .filter(|(_, grant)| *grant.request.feature == *feature)
         .map(|(_, grant)| format!("{} ({})", grant.request.user, grant.request.client_id))
         .collect();
     holders.sort();

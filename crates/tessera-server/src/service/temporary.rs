@@ -69,12 +69,12 @@ impl App {
         let license_id = format!("t{}", (self.grant_ids)());
         let seats = 1;
         let seat_request = SeatRequest {
-            client_id: request.client_id.clone().into(),
-            user: request.user.clone().into(),
-            host: request.host.clone().into(),
+            client_id: request.client_id.as_str().into(),
+            user: request.user.as_str().into(),
+            host: request.host.as_str().into(),
             display: None,
-            feature: request.feature.clone().into(),
-            version: request.version.clone().into(),
+            feature: request.feature.as_str().into(),
+            version: request.version.as_str().into(),
             count: seats,
             renewal: 0,
         };

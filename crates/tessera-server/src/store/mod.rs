@@ -164,12 +164,12 @@ impl Store {
         let db = Arc::new(db);
         let (journal, mut folder) = journal::open(disk, data_dir, &db).map_err(open_error)?;
         let grants = load(&db, &path)?;
+        let signal = match disk.commit_on_threads() {
+            true => Signal::Thread(std::sync::OnceLock::new()),
+            false => Signal::Task(tokio::sync::Notify::new()),
+        };
+        let queue = Arc::new(Queue::new(signal, QUEUE_CAPACITY, batch_max));
         if disk.commit_on_threads() {
-            let queue = Arc::new(Queue::new(
-                Signal::Thread(std::sync::OnceLock::new()),
-                QUEUE_CAPACITY,
-                batch_max,
-            ));
             let (windows, folds) = std::sync::mpsc::channel::<journal::Window>();
             let writing = journal.writing();
             std::thread::Builder::new()
@@ -194,27 +194,18 @@ impl Store {
             if let Signal::Thread(handle) = &queue.signal {
                 let _ = handle.set(thread.thread().clone());
             }
-            let store = Store {
-                queue: Arc::new(Sender(queue)),
-            };
-            Ok((store, Opened { existed, grants }))
         } else {
-            let queue = Arc::new(Queue::new(
-                Signal::Task(tokio::sync::Notify::new()),
-                QUEUE_CAPACITY,
-                batch_max,
-            ));
             tokio::spawn(write_loop_inline(
                 journal,
                 folder,
                 queue.clone(),
                 disk.clone(),
             ));
-            let store = Store {
-                queue: Arc::new(Sender(queue)),
-            };
-            Ok((store, Opened { existed, grants }))
         }
+        let store = Store {
+            queue: Arc::new(Sender(queue)),
+        };
+        Ok((store, Opened { existed, grants }))
     }
 
     /// Writes a grant; returns once it is durable. `fresh`: a checkout made

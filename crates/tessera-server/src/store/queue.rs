@@ -96,7 +96,6 @@ impl Queue {
     /// Queues `job`, waiting while the queue is full; `false` once the
     /// writer has stopped.
     pub async fn push(&self, job: Job) -> bool {
-        let mut job = Some(job);
         loop {
             let room = self.room.notified();
             {
@@ -105,9 +104,6 @@ impl Queue {
                     return false;
                 }
                 if queued.jobs.len() < self.capacity {
-                    let Some(job) = job.take() else {
-                        return true;
-                    };
                     let waited = job.done.is_some();
                     if waited {
                         queued.waited += 1;
@@ -137,12 +133,14 @@ impl Queue {
     /// The writer's next step, at `now`.
     pub fn next(&self, now: Instant) -> Next {
         let mut queued = self.lock();
+        // How long the oldest job no one waits for has been deferred.
+        let deferred = queued
+            .oldest
+            .map(|oldest| now.saturating_duration_since(oldest));
         let due = queued.waited > 0
             || queued.closed
             || queued.jobs.len() >= self.batch_max
-            || queued
-                .oldest
-                .is_some_and(|oldest| now.saturating_duration_since(oldest) >= DEFER);
+            || deferred.is_some_and(|deferred| deferred >= DEFER);
         if queued.jobs.is_empty() {
             if queued.closed {
                 return Next::Stop;
@@ -160,10 +158,7 @@ impl Queue {
             return Next::Sleep(None);
         }
         if !due {
-            let waited = queued.oldest.map_or(Duration::ZERO, |oldest| {
-                now.saturating_duration_since(oldest)
-            });
-            return Next::Sleep(Some(DEFER.saturating_sub(waited)));
+            return Next::Sleep(Some(DEFER.saturating_sub(deferred.unwrap_or_default())));
         }
         let take = queued.jobs.len().min(self.batch_max);
         let jobs: Vec<Job> = queued.jobs.drain(..take).collect();
