@@ -437,7 +437,7 @@ pub(crate) mod tests {
             server_id: "A".into(),
             lease_ms: 60_000,
             heartbeat_interval_ms: 15_000,
-            servers: Vec::new(),
+            servers: Vec::new().into(),
             converted: false,
             proof: Proof("p".into()),
             holding: None,

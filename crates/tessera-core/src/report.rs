@@ -87,9 +87,17 @@ pub fn line_hash(line: &str) -> String {
 }
 
 fn hash_hex(bytes: &[u8]) -> String {
-    let mut text = [0u8; 64];
-    hex::encode_to_slice(Sha256::digest(bytes), &mut text).expect("64 hex digits for 32 bytes");
-    String::from_utf8(text.to_vec()).expect("hex digits are ASCII")
+    let mut text = String::with_capacity(64);
+    set_hash_hex(bytes, &mut text);
+    text
+}
+
+/// Makes `text` the SHA-256 (hex) of `bytes`, in the room it has.
+fn set_hash_hex(bytes: &[u8], text: &mut String) {
+    let mut hex = [0u8; 64];
+    hex::encode_to_slice(Sha256::digest(bytes), &mut hex).expect("64 hex digits for 32 bytes");
+    text.clear();
+    text.push_str(std::str::from_utf8(&hex).expect("hex digits are ASCII"));
 }
 
 /// The text of a header line.
@@ -102,14 +110,14 @@ pub fn event_line(prev: &str, event: &UsageEvent) -> String {
     serde_json::to_string(&LineRef { prev, event }).expect("an event serializes")
 }
 
-/// Appends the [`event_line`] of `event` and its newline to `out`; returns
-/// the line's [`line_hash`], the next line's `prev`.
-pub fn append_event_line(prev: &str, event: &UsageEvent, out: &mut Vec<u8>) -> String {
+/// Appends the [`event_line`] of `event`, chained to `prev`, and its
+/// newline to `out`; `prev` becomes the line's [`line_hash`], the next
+/// line's `prev`.
+pub fn append_event_line(prev: &mut String, event: &UsageEvent, out: &mut Vec<u8>) {
     let start = out.len();
     serde_json::to_writer(&mut *out, &LineRef { prev, event }).expect("an event serializes");
-    let hash = hash_hex(&out[start..]);
+    set_hash_hex(&out[start..], prev);
     out.push(b'\n');
-    hash
 }
 
 /// A report file read back: its header and events, checked line by line.
@@ -359,10 +367,9 @@ mod tests {
         for e in &events {
             let line = event_line(&prev, e);
             let start = batch.len();
-            let next = append_event_line(&prev, e, &mut batch);
+            append_event_line(&mut prev, e, &mut batch);
             assert_eq!(&batch[start..], format!("{line}\n").as_bytes());
-            assert_eq!(next, line_hash(&line));
-            prev = next;
+            assert_eq!(prev, line_hash(&line));
         }
         let read = read_report(std::str::from_utf8(&batch).unwrap()).unwrap();
         assert_eq!(read.events.len(), 2);

@@ -216,7 +216,9 @@ pub struct Grant {
     /// How often the client should heartbeat.
     pub heartbeat_interval_ms: u64,
     /// The pool's servers in leader-priority order: where to fail over.
-    pub servers: Vec<ServerInfo>,
+    /// Shared: a server answers every grant with the same list.
+    #[cfg_attr(feature = "openapi", schema(value_type = Vec<ServerInfo>))]
+    pub servers: std::sync::Arc<[ServerInfo]>,
     /// True when this server did not hold the grant and issued it anew
     /// (a heartbeat converted into a checkout).
     pub converted: bool,

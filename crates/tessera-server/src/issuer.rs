@@ -11,10 +11,9 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use tessera_core::{
-    ControlState, DistributionError, DistributionTable, LicenseTable, PoolFile, ServerEntry,
-    Version,
+    ControlState, DistributionError, DistributionTable, LicenseTable, PoolFile, Version,
 };
-use tessera_proto::ErrorCode;
+use tessera_proto::{ErrorCode, ServerInfo};
 
 use crate::config::Limits;
 use crate::cooling::Cooling;
@@ -44,6 +43,9 @@ pub struct LiveGrant {
     pub issued_at_ms: u64,
     pub issued_unix_ms: i64,
     pub expires_at_ms: u64,
+    /// Its place among grants lapsing at the same millisecond in
+    /// [`Issuer`]'s expiry queue, set when it is queued.
+    expiry_ticket: u64,
     /// False for a grant restored or kept after the table shrank below it:
     /// its seats are held aside until it lapses and it is never renewed.
     pub counted: bool,
@@ -141,6 +143,9 @@ pub struct Issuer {
     server_id: String,
     /// The replicated control state; `None` until the pool has formed.
     control: Option<Arc<ControlState>>,
+    /// The control state's servers as clients see them, shared by every
+    /// grant answered.
+    servers: Arc<[ServerInfo]>,
     licenses: LicenseTable,
     tables: BTreeMap<String, DistributionTable>,
     /// Seats of uncounted grants, per feature, held aside until they lapse.
@@ -162,7 +167,11 @@ pub struct Issuer {
     /// (a pause of over a second that every request waited out); a
     /// B-tree grows a node at a time.
     grants: BTreeMap<String, LiveGrant>,
-    expiry_queue: BTreeSet<(u64, String)>,
+    /// Grant ids by when they lapse: (`expires_at_ms`, `expiry_ticket`),
+    /// a key a grant carries, so that moving or removing it copies no id.
+    expiry_queue: BTreeMap<(u64, u64), String>,
+    /// The ticket of the next grant queued.
+    expiry_tickets: u64,
     /// A B-tree for the same reason as `grants`.
     grants_per_client: BTreeMap<Arc<str>, usize>,
     limits: Limits,
@@ -212,7 +221,7 @@ pub struct Issued {
     pub(crate) terms: LeaseTerms,
     pub(crate) origin: Origin,
     /// The pool's servers, in priority order: where the client fails over.
-    pub(crate) servers: Vec<ServerEntry>,
+    pub(crate) servers: Arc<[ServerInfo]>,
     /// Set when a new grant was made (checkout or conversion); renewals write nothing.
     pub(crate) to_store: Option<StoredGrant>,
     /// Set when copies of this grant on other servers are now stale: it was
@@ -236,13 +245,15 @@ impl Issuer {
         let mut issuer = Issuer {
             server_id,
             control: None,
+            servers: Arc::new([]),
             licenses: LicenseTable::default(),
             tables: BTreeMap::new(),
             held_aside: HashMap::new(),
             hand_overs_expected: HashMap::new(),
             temporaries_reserved: HashMap::new(),
             grants: BTreeMap::new(),
-            expiry_queue: BTreeSet::new(),
+            expiry_queue: BTreeMap::new(),
+            expiry_tickets: 0,
             grants_per_client: BTreeMap::new(),
             limits,
             clock_drift_percent,
@@ -279,6 +290,7 @@ impl Issuer {
             issued_at_ms: now_ms,
             issued_unix_ms: stored.issued_unix_ms,
             expires_at_ms: now_ms + hold_ms,
+            expiry_ticket: 0,
             counted: false,
             lingering: false,
         };
@@ -407,6 +419,18 @@ impl Issuer {
         // they leave the allocation.
         self.temporaries_reserved
             .retain(|_, reserved| !reserved.applied_in(&control));
+        self.servers = control
+            .pool()
+            .map(|pool| {
+                pool.servers
+                    .iter()
+                    .map(|server| ServerInfo {
+                        id: server.id.clone(),
+                        address: server.address.clone(),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
         self.control = Some(control);
         self.licenses = licenses;
         let restored = std::mem::take(&mut self.pending_restore);
@@ -524,6 +548,7 @@ impl Issuer {
             issued_at_ms: now_ms,
             issued_unix_ms: now_unix_ms,
             expires_at_ms: now_ms + terms.hold_ms,
+            expiry_ticket: 0,
             counted: true,
             lingering: false,
         };
@@ -627,15 +652,11 @@ impl Issuer {
                 ),
             ));
         }
-        let old_expiry = grant.expires_at_ms;
         let new_expiry = now_ms + terms.hold_ms;
         // Heartbeats this server did not see went elsewhere: another server
         // may hold a copy renewed since this one, now stale.
         let went_elsewhere = request.renewal > grant.request.renewal.saturating_add(1);
-        self.expiry_queue.remove(&(old_expiry, grant_id.clone()));
-        self.expiry_queue.insert((new_expiry, grant_id.clone()));
-        let grant = self.grants.get_mut(&grant_id).expect("found above");
-        grant.expires_at_ms = new_expiry;
+        let grant = self.expire_at(&grant_id, new_expiry);
         // A heartbeat that crossed its own check-in: held again.
         grant.lingering = false;
         grant.request.renewal = grant.request.renewal.max(request.renewal);
@@ -681,12 +702,7 @@ impl Issuer {
             return None;
         }
         let until_ms = now_ms + linger_ms;
-        let old_expiry = grant.expires_at_ms;
-        self.expiry_queue
-            .remove(&(old_expiry, grant_id.to_string()));
-        self.expiry_queue.insert((until_ms, grant_id.to_string()));
-        let grant = self.grants.get_mut(grant_id).expect("found above");
-        grant.expires_at_ms = until_ms;
+        let grant = self.expire_at(grant_id, until_ms);
         grant.lingering = true;
         Some(until_ms)
     }
@@ -764,10 +780,11 @@ impl Issuer {
     /// Removes every grant whose hold ended by `now_ms`.
     pub fn expire(&mut self, now_ms: u64) -> Vec<Released> {
         let mut expired = Vec::new();
-        while let Some((expires_at_ms, grant_id)) = self.expiry_queue.first().cloned() {
-            if expires_at_ms > now_ms {
+        while let Some(entry) = self.expiry_queue.first_entry() {
+            if entry.key().0 > now_ms {
                 break;
             }
+            let grant_id = entry.remove();
             if let Some(grant) = self.remove_grant(&grant_id) {
                 expired.push(Released::of(grant_id, &grant));
             }
@@ -775,20 +792,39 @@ impl Issuer {
         expired
     }
 
-    fn insert_grant(&mut self, grant_id: String, grant: LiveGrant) {
+    fn insert_grant(&mut self, grant_id: String, mut grant: LiveGrant) {
         *self
             .grants_per_client
             .entry(grant.request.client_id.clone())
             .or_default() += 1;
+        grant.expiry_ticket = self.next_expiry_ticket();
         self.expiry_queue
-            .insert((grant.expires_at_ms, grant_id.clone()));
+            .insert((grant.expires_at_ms, grant.expiry_ticket), grant_id.clone());
         self.grants.insert(grant_id, grant);
+    }
+
+    fn next_expiry_ticket(&mut self) -> u64 {
+        self.expiry_tickets += 1;
+        self.expiry_tickets
+    }
+
+    /// Moves held grant `grant_id` to lapse at `at_ms`, and returns it.
+    fn expire_at(&mut self, grant_id: &str, at_ms: u64) -> &mut LiveGrant {
+        let ticket = self.next_expiry_ticket();
+        let grant = self.grants.get_mut(grant_id).expect("a held grant");
+        let id = self
+            .expiry_queue
+            .remove(&(grant.expires_at_ms, grant.expiry_ticket))
+            .unwrap_or_else(|| grant_id.to_string());
+        (grant.expires_at_ms, grant.expiry_ticket) = (at_ms, ticket);
+        self.expiry_queue.insert((at_ms, ticket), id);
+        grant
     }
 
     fn remove_grant(&mut self, grant_id: &str) -> Option<LiveGrant> {
         let grant = self.grants.remove(grant_id)?;
         self.expiry_queue
-            .remove(&(grant.expires_at_ms, grant_id.to_string()));
+            .remove(&(grant.expires_at_ms, grant.expiry_ticket));
         let client = &grant.request.client_id;
         if let Some(count) = self.grants_per_client.get_mut(client) {
             *count -= 1;
@@ -906,10 +942,8 @@ impl Issuer {
     }
 
     /// The pool's servers, in priority order.
-    pub fn servers(&self) -> Vec<ServerEntry> {
-        self.pool()
-            .map(|pool| pool.servers.clone())
-            .unwrap_or_default()
+    pub fn servers(&self) -> Arc<[ServerInfo]> {
+        self.servers.clone()
     }
 
     pub fn pool(&self) -> Option<&PoolFile> {
@@ -1188,6 +1222,9 @@ impl Issuer {
     /// `every_grant`, the counted grants hold exactly the seats the tables
     /// say are in use (a walk over every grant).
     pub fn check_invariants(&self, every_grant: bool) -> Result<(), String> {
+        if every_grant {
+            self.check_expiry_queue()?;
+        }
         for (feature, table) in &self.tables {
             table.check_invariants()?;
             if !every_grant {
@@ -1203,6 +1240,30 @@ impl Issuer {
             if counted != in_use {
                 return Err(format!(
                     "feature `{feature}`: grants hold {counted} seats, table says {in_use}"
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Every grant waits in the expiry queue once, at its expiry, and
+    /// nothing else does.
+    fn check_expiry_queue(&self) -> Result<(), String> {
+        if self.expiry_queue.len() != self.grants.len() {
+            return Err(format!(
+                "{} grants, {} in the expiry queue",
+                self.grants.len(),
+                self.expiry_queue.len()
+            ));
+        }
+        for (grant_id, grant) in &self.grants {
+            let queued = self
+                .expiry_queue
+                .get(&(grant.expires_at_ms, grant.expiry_ticket));
+            if queued != Some(grant_id) {
+                return Err(format!(
+                    "grant {grant_id} lapses at {} but the expiry queue has {queued:?} there",
+                    grant.expires_at_ms
                 ));
             }
         }
@@ -1479,6 +1540,35 @@ pub(crate) mod tests {
         assert_eq!(ids(issuer.expire(10_000)), vec!["g1".to_string()]);
         assert_eq!(issuer.table("cad").unwrap().row("A").unwrap().in_use, 1);
         assert_eq!(ids(issuer.expire(19_000)), vec!["g2".to_string()]);
+        issuer.check_invariants(true).unwrap();
+    }
+
+    /// Grants lapsing in the same millisecond each keep their own place in
+    /// the expiry queue: renewing one, even to that same millisecond, or
+    /// checking one in moves or removes only that one.
+    #[test]
+    fn grants_lapsing_together_keep_their_own_places() {
+        let mut issuer = issuer_holding(4, &[("g1", 1), ("g2", 1), ("g3", 1), ("g4", 1)]);
+        issuer.check_invariants(true).unwrap();
+        // Renewed at the time of checkout: the same expiry, a new place.
+        issuer
+            .heartbeat("g2".into(), request("c", 1), at(0))
+            .unwrap();
+        issuer
+            .heartbeat("g3".into(), request("c", 1), at(4_000))
+            .unwrap();
+        issuer.checkin("g4", "c").unwrap();
+        issuer.check_invariants(true).unwrap();
+        let ids = |released: Vec<Released>| -> Vec<String> {
+            let mut ids: Vec<String> = released.into_iter().map(|r| r.grant_id).collect();
+            ids.sort();
+            ids
+        };
+        assert!(issuer.expire(9_999).is_empty());
+        assert_eq!(ids(issuer.expire(10_000)), ["g1", "g2"]);
+        issuer.check_invariants(true).unwrap();
+        assert!(issuer.expire(13_999).is_empty());
+        assert_eq!(ids(issuer.expire(14_000)), ["g3"]);
         issuer.check_invariants(true).unwrap();
     }
 

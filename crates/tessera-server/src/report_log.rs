@@ -185,7 +185,7 @@ impl ReportFile {
     /// [`ReportFile::write`]).
     fn append(&mut self, event: &UsageEvent, batch: &mut Vec<u8>) {
         let start = batch.len();
-        self.prev = append_event_line(&self.prev, event, batch);
+        append_event_line(&mut self.prev, event, batch);
         self.bytes += (batch.len() - start) as u64;
     }
 

@@ -392,7 +392,7 @@ mod tests {
             server_id: "M".into(),
             lease_ms: 60_000,
             heartbeat_interval_ms: 15_000,
-            servers: Vec::new(),
+            servers: Vec::new().into(),
             converted: false,
             proof: proto::Proof("p".into()),
             holding: None,

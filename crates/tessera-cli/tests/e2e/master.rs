@@ -1098,7 +1098,8 @@ async fn fake_master(
             servers: vec![tessera_proto::ServerInfo {
                 id: "M".into(),
                 address: own.to_string(),
-            }],
+            }]
+            .into(),
             converted: false,
             proof: tessera_proto::Proof("forged".into()),
             holding: None,

@@ -104,7 +104,7 @@ impl FakeServer {
             server_id: self.id.clone(),
             lease_ms: self.lease_ms,
             heartbeat_interval_ms: self.heartbeat_interval_ms,
-            servers: self.servers.clone(),
+            servers: self.servers.clone().into(),
             converted,
             proof,
             holding: None,

@@ -179,7 +179,7 @@ pub(super) fn noop_answer(body: CheckoutRequest) -> proto::Grant {
         server_id: "noop".to_string(),
         lease_ms: 0,
         heartbeat_interval_ms: 0,
-        servers: Vec::new(),
+        servers: Arc::new([]),
         converted: false,
         proof: proto::Proof("0000000000000000000000000000000000000000000".to_string()),
         holding: None,
@@ -728,14 +728,7 @@ fn wire_grant(
         server_id: app.pool.server_id.clone(),
         lease_ms: granted.terms.lease_ms,
         heartbeat_interval_ms: granted.terms.heartbeat_interval_ms,
-        servers: granted
-            .servers
-            .into_iter()
-            .map(|server| proto::ServerInfo {
-                id: server.id,
-                address: server.address,
-            })
-            .collect(),
+        servers: granted.servers,
         converted: granted.origin == Origin::Conversion,
         answer: None,
     }
