@@ -483,7 +483,7 @@ impl Session for TesseraSession {
             *sent += 1;
             body.nonce = Some(format!("{client:016x}{sent:016x}"));
         }
-        let client_id = body.client_id.clone();
+        let client_id = body.client_id.to_string();
         match self.post::<_, proto::Grant>(CHECKOUT_PATH, &body).await {
             Ok(grant) => Ok(Checkout::Granted(TesseraHold {
                 grant_id: grant.grant_id,
@@ -510,7 +510,7 @@ impl Session for TesseraSession {
     async fn heartbeat(&mut self, hold: &TesseraHold) -> Result<(), OpError> {
         let body = HeartbeatRequest {
             grant_id: hold.grant_id.clone(),
-            client_id: hold.client_id.clone(),
+            client_id: hold.client_id.as_str().into(),
             user: "bench".into(),
             host: "localhost".into(),
             display: None,
@@ -535,7 +535,7 @@ impl Session for TesseraSession {
 /// One seat of `feature` for the benchmark's client number `holder`.
 fn checkout_request(holder: u64, feature: &str) -> CheckoutRequest {
     CheckoutRequest {
-        client_id: format!("bench-{holder}"),
+        client_id: format!("bench-{holder}").into(),
         user: "bench".into(),
         host: "localhost".into(),
         display: None,

@@ -192,12 +192,12 @@ impl Client {
         self.checker().check_clock()?;
         let config = self.config();
         let mut request = CheckoutRequest {
-            client_id: config.client_id.clone(),
-            user: config.user.clone(),
-            host: config.host.clone(),
-            display: config.display.clone(),
-            feature: feature.to_string(),
-            version: version.to_string(),
+            client_id: config.client_id.as_str().into(),
+            user: config.user.as_str().into(),
+            host: config.host.as_str().into(),
+            display: config.display.as_deref().map(Into::into),
+            feature: feature.into(),
+            version: version.into(),
             count,
             // The server answers within our wait, a denial included.
             answer_within_ms: Some(crate::guard::wait_ms(config.request_timeout)),

@@ -154,9 +154,9 @@ fn asked_fields(request: &CheckoutRequest, answer: &SignedAnswer, outcome: &str)
         hostid: answer.hostid.clone(),
         server_unix_ms: answer.server_unix_ms,
         nonce: nonce_of(request).to_string(),
-        client_id: request.client_id.clone(),
-        feature: request.feature.clone(),
-        version: request.version.clone(),
+        client_id: request.client_id.to_string(),
+        feature: request.feature.to_string(),
+        version: request.version.to_string(),
         count: request.count,
         ..AnswerFields::default()
     }

@@ -6,10 +6,13 @@
 //! bounded ([`MAX_BODY_BYTES`]); the server rejects anything larger with a
 //! stable [`ErrorCode`]. PROTOCOL.md documents each endpoint.
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 
 pub mod frame;
 pub mod pool_status;
+mod shared_text;
 /// The shapes of signed documents that travel inside answers: a license
 /// code and a master license, as their files hold them.
 pub use tessera_core::license::LicenseCodeText;
@@ -41,17 +44,32 @@ pub const RAFT_INDEX_MAX: u64 = 1 << 62;
 #[serde(deny_unknown_fields)]
 pub struct CheckoutRequest {
     /// Stable id of the client process (the SDK makes one per process).
-    pub client_id: String,
-    pub user: String,
-    pub host: String,
+    #[serde(deserialize_with = "shared_text::text")]
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
+    pub client_id: Arc<str>,
+    #[serde(deserialize_with = "shared_text::text")]
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
+    pub user: Arc<str>,
+    #[serde(deserialize_with = "shared_text::text")]
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
+    pub host: Arc<str>,
     /// The program's display (`$DISPLAY`, else its terminal), as FlexNet's
     /// DISPLAY: the policy's `display:` rules name it, the report log and
     /// status show it. Absent where the program has neither.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub display: Option<String>,
-    pub feature: String,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "shared_text::optional_text"
+    )]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>))]
+    pub display: Option<Arc<str>>,
+    #[serde(deserialize_with = "shared_text::text")]
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
+    pub feature: Arc<str>,
     /// Version of the program asking; must fall inside a served code's range.
-    pub version: String,
+    #[serde(deserialize_with = "shared_text::text")]
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
+    pub version: Arc<str>,
     pub count: u32,
     /// How long the client waits for this answer, in ms. The server answers
     /// well inside it: a wait for borrowed seats ends early enough to deny in
@@ -113,20 +131,35 @@ pub struct QueuePlace {
 #[serde(deny_unknown_fields)]
 pub struct HeartbeatRequest {
     pub grant_id: String,
-    pub client_id: String,
-    pub user: String,
-    pub host: String,
+    #[serde(deserialize_with = "shared_text::text")]
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
+    pub client_id: Arc<str>,
+    #[serde(deserialize_with = "shared_text::text")]
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
+    pub user: Arc<str>,
+    #[serde(deserialize_with = "shared_text::text")]
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
+    pub host: Arc<str>,
     /// As in [`CheckoutRequest::display`].
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub display: Option<String>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "shared_text::optional_text"
+    )]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>))]
+    pub display: Option<Arc<str>>,
     /// How long the program has been idle, in ms, as it told the SDK
     /// (`SeatGuard::set_idle`); absent while it is in use. A feature with
     /// an `idle_timeout_s` in the pool's policy frees the seat of a program
     /// idle that long and answers [`ErrorCode::IdleTimeout`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idle_ms: Option<u64>,
-    pub feature: String,
-    pub version: String,
+    #[serde(deserialize_with = "shared_text::text")]
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
+    pub feature: Arc<str>,
+    #[serde(deserialize_with = "shared_text::text")]
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
+    pub version: Arc<str>,
     pub count: u32,
     /// As in [`CheckoutRequest::answer_within_ms`].
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -89,9 +89,9 @@ impl Asked {
     pub(crate) fn of(request: &CheckoutRequest) -> Option<Asked> {
         Some(Asked {
             nonce: request.nonce.clone()?,
-            client_id: request.client_id.clone(),
-            feature: request.feature.clone(),
-            version: request.version.clone(),
+            client_id: request.client_id.to_string(),
+            feature: request.feature.to_string(),
+            version: request.version.to_string(),
             count: request.count,
         })
     }

@@ -257,7 +257,10 @@ async fn checkout(
     arrive(&server, &server.checkouts, &server.checkout_mode).await?;
     let number = server.grants_issued.fetch_add(1, Ordering::SeqCst);
     let grant_id = format!("{}-g{number}", server.id);
-    Ok(Json(server.grant(grant_id, request.count, request.feature, false)).into_response())
+    Ok(
+        Json(server.grant(grant_id, request.count, request.feature.to_string(), false))
+            .into_response(),
+    )
 }
 
 async fn heartbeat(
@@ -272,7 +275,7 @@ async fn heartbeat(
     Ok(Json(server.grant(
         request.grant_id,
         request.count,
-        request.feature,
+        request.feature.to_string(),
         converted,
     )))
 }

@@ -174,7 +174,7 @@ async fn noop(JsonBody(body): JsonBody<CheckoutRequest>) -> Json<proto::Grant> {
 pub(super) fn noop_answer(body: CheckoutRequest) -> proto::Grant {
     proto::Grant {
         grant_id: "00000000000000000000000000000000".to_string(),
-        feature: body.feature,
+        feature: body.feature.to_string(),
         count: body.count,
         server_id: "noop".to_string(),
         lease_ms: 0,
@@ -254,19 +254,11 @@ pub(super) async fn checkout_answer(
     signing: Signing,
 ) -> Result<proto::Grant, SignedDenial> {
     let asked = Asked::of(&body);
-    let who = (
-        body.user.as_str(),
-        body.host.as_str(),
-        body.display.as_deref(),
-    );
+    let who = (&*body.user, &*body.host, body.display.as_deref());
     let answer = match admitted(app, &body.feature, who, address) {
         Ok(()) => checkout_grant(app, caller, body, address).await,
         Err(denied) => {
-            let who = (
-                body.feature.as_str(),
-                body.user.as_str(),
-                body.host.as_str(),
-            );
+            let who = (&*body.feature, &*body.user, &*body.host);
             app.report_denied(who, body.count, denied.0.code.as_str());
             Err(denied)
         }
@@ -461,8 +453,8 @@ impl Holder {
     /// Only a master names holders: elsewhere, `None`.
     fn of(app: &App, request: &CheckoutRequest) -> Option<Holder> {
         app.master.as_ref().map(|_| Holder {
-            server_id: request.user.clone(),
-            instance: request.client_id.clone(),
+            server_id: request.user.to_string(),
+            instance: request.client_id.to_string(),
             server_key: request.server_key.clone(),
         })
     }
@@ -746,9 +738,9 @@ fn seat_request(body: CheckoutRequest, renewal: u64) -> Result<SeatRequest, ApiE
         check_field(name, value)?;
     }
     for (name, value) in [
-        ("nonce", &body.nonce),
-        ("server_key", &body.server_key),
-        ("display", &body.display),
+        ("nonce", body.nonce.as_deref()),
+        ("server_key", body.server_key.as_deref()),
+        ("display", body.display.as_deref()),
     ] {
         if let Some(value) = value {
             check_field(name, value)?;
@@ -766,12 +758,12 @@ fn seat_request(body: CheckoutRequest, renewal: u64) -> Result<SeatRequest, ApiE
         ));
     }
     Ok(SeatRequest {
-        client_id: body.client_id.into(),
-        user: body.user.into(),
-        host: body.host.into(),
-        display: body.display.map(Into::into),
-        feature: body.feature.into(),
-        version: body.version.into(),
+        client_id: body.client_id,
+        user: body.user,
+        host: body.host,
+        display: body.display,
+        feature: body.feature,
+        version: body.version,
         count,
         renewal,
     })
