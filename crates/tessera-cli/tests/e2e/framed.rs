@@ -220,6 +220,19 @@ async fn hostile_frames_get_stable_codes_and_the_server_keeps_serving() {
     tokio::time::sleep(Duration::from_millis(100)).await;
     let (status, body) = exchange(&mut stream, &big[10_000..]).await;
     assert_eq!(status, 200, "{body}");
+    // The connection reads and answers each frame afresh in buffers it
+    // keeps: after a large frame, and a longer one before a shorter one,
+    // each answer is its own request's.
+    for feature in ["f".repeat(200), "cad".to_string()] {
+        let mut asked = checkout.clone();
+        asked["feature"] = json!(feature);
+        let (status, body) = exchange(&mut stream, &request(Op::Noop, None, &asked)).await;
+        assert_eq!(
+            (status, body["feature"].as_str()),
+            (200, Some(feature.as_str())),
+            "{body}"
+        );
+    }
 
     // Boundaries lost: answered, then closed.
     let mut stream = connect(&server).await;

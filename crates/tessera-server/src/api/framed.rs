@@ -35,6 +35,10 @@ const FRAME_BYTES_UPFRONT: usize = 4 * 1024;
 /// Bytes set aside for an answer frame: a grant's fits (a signed one with
 /// its codes may grow once).
 const ANSWER_BYTES_UPFRONT: usize = 1024;
+/// A connection keeps its frame and answer buffers for the next request up
+/// to this size; a larger one (a large frame, an answer with many codes)
+/// is let go.
+const KEPT_BYTES_MAX: usize = FRAME_BYTES_UPFRONT;
 
 /// Where the listener's framed connections find the server: not yet up,
 /// serving, or stopping.
@@ -64,6 +68,9 @@ pub async fn serve(
         },
         Err(_) => return,
     };
+    // A connection's frame and answer buffers, used again for each request
+    // while they stay small.
+    let (mut body, mut out) = (Vec::new(), Vec::new());
     loop {
         let mut prefix = [0u8; 4];
         tokio::select! {
@@ -77,36 +84,48 @@ pub async fn serve(
         }
         app.framed_requests
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let (answer, go_on) = match read_frame(&mut connection, prefix).await {
-            Ok(bytes) => (answer(&app, &bytes, peer, signing).await, true),
-            Err(err) => (refusal_frame(err), false),
+        let taken = std::mem::take(&mut out);
+        let go_on;
+        (out, go_on) = match read_frame(&mut connection, prefix, &mut body).await {
+            Ok(()) => (answer(&app, &body, peer, signing, taken).await, true),
+            Err(err) => (refusal_frame(err, taken), false),
         };
-        if connection.write_all(&answer).await.is_err() || !go_on {
+        if connection.write_all(&out).await.is_err() || !go_on {
             return;
+        }
+        for buffer in [&mut body, &mut out] {
+            if buffer.capacity() > KEPT_BYTES_MAX {
+                *buffer = Vec::new();
+            }
         }
     }
 }
 
-/// The rest of a frame whose length prefix is `prefix`, whole within
+/// The rest of a frame whose length prefix is `prefix`, in `bytes`, whole within
 /// [`BODY_READ_TIMEOUT`]. Past [`FRAME_BYTES_UPFRONT`] the buffer at most
 /// doubles what has arrived: a prefix alone cannot make the server set
 /// aside the 66 KiB it may announce, on each of thousands of connections.
-async fn read_frame(connection: &mut Connection, prefix: [u8; 4]) -> Result<Vec<u8>, ApiError> {
+async fn read_frame(
+    connection: &mut Connection,
+    prefix: [u8; 4],
+    bytes: &mut Vec<u8>,
+) -> Result<(), ApiError> {
     let length = frame::frame_length(prefix, frame::REQUEST_BYTES_MAX).map_err(frame_error)?;
     let read = async {
-        let mut bytes = vec![0u8; length.min(FRAME_BYTES_UPFRONT)];
+        bytes.clear();
+        bytes.resize(length.min(FRAME_BYTES_UPFRONT), 0);
         let mut arrived = 0;
         loop {
             connection.read_exact(&mut bytes[arrived..]).await?;
             arrived = bytes.len();
             if arrived == length {
-                return Ok::<_, std::io::Error>(bytes);
+                return Ok::<_, std::io::Error>(());
             }
             bytes.resize((arrived * 2).min(length), 0);
         }
     };
     match tokio::time::timeout(BODY_READ_TIMEOUT, read).await {
-        Ok(Ok(bytes)) => Ok(bytes),
+        Ok(Ok(())) => Ok(()),
         Ok(Err(err)) => Err(api_error(
             ErrorCode::MalformedRequest,
             format!("the frame was cut short: {err}"),
@@ -128,56 +147,75 @@ fn frame_error(err: FrameError) -> ApiError {
     }
 }
 
-/// The answer frame to one request frame.
-async fn answer(app: &Arc<App>, bytes: &[u8], peer: SocketAddr, signing: Signing) -> Vec<u8> {
+/// The answer frame to one request frame, written in `out`.
+async fn answer(
+    app: &Arc<App>,
+    bytes: &[u8],
+    peer: SocketAddr,
+    signing: Signing,
+    out: Vec<u8>,
+) -> Vec<u8> {
     let request = match frame::decode_request(bytes) {
         Ok(request) => request,
-        Err(err) => return refusal_frame(frame_error(err)),
+        Err(err) => return refusal_frame(frame_error(err), out),
     };
     let Some(op) = Op::from_byte(request.op) else {
-        return refusal_frame(api_error(
-            ErrorCode::NotFound,
-            format!(
-                "no such frame op {}; this server takes 1 (checkout), 2 (heartbeat), \
+        return refusal_frame(
+            api_error(
+                ErrorCode::NotFound,
+                format!(
+                    "no such frame op {}; this server takes 1 (checkout), 2 (heartbeat), \
                  3 (check-in) and 4 (no-op)",
-                request.op
+                    request.op
+                ),
             ),
-        ));
+            out,
+        );
     };
     let caller = match request.token {
         None => Caller::Anonymous,
         Some(token) => match auth::admin_caller(app, token) {
             Ok(caller) => caller,
-            Err(err) => return refusal_frame(err),
+            Err(err) => return refusal_frame(err, out),
         },
     };
     let address = peer.ip();
     let _place = match per_address::enter(app, address) {
         Ok(place) => place,
-        Err(err) => return refusal_frame(err),
+        Err(err) => return refusal_frame(err, out),
     };
     let Ok(_permit) = app.client_requests.acquire().await else {
-        return refusal_frame(api_error(ErrorCode::Internal, "the server is stopping"));
+        return refusal_frame(
+            api_error(ErrorCode::Internal, "the server is stopping"),
+            out,
+        );
     };
     let body = request.body;
     match op {
         Op::Checkout => match parse(body) {
-            Ok(body) => {
-                to_frame(client::checkout_answer(app, &caller, Some(address), body, signing).await)
-            }
-            Err(err) => refusal_frame(err),
+            Ok(body) => to_frame(
+                client::checkout_answer(app, &caller, Some(address), body, signing).await,
+                out,
+            ),
+            Err(err) => refusal_frame(err, out),
         },
         Op::Heartbeat => match parse(body) {
-            Ok(body) => to_frame(client::heartbeat_answer(app, &caller, body, signing).await),
-            Err(err) => refusal_frame(err),
+            Ok(body) => to_frame(
+                client::heartbeat_answer(app, &caller, body, signing).await,
+                out,
+            ),
+            Err(err) => refusal_frame(err, out),
         },
         Op::Checkin => match parse(body) {
-            Ok(body) => to_frame(client::checkin_answer(app, body).await.map_err(Into::into)),
-            Err(err) => refusal_frame(err),
+            Ok(body) => to_frame(
+                client::checkin_answer(app, body).await.map_err(Into::into),
+                out,
+            ),
+            Err(err) => refusal_frame(err, out),
         },
         Op::Noop => match parse(body) {
-            Ok(body) => to_frame::<_>(Ok(client::noop_answer(body))),
-            Err(err) => refusal_frame(err),
+            Ok(body) => to_frame::<_>(Ok(client::noop_answer(body)), out),
+            Err(err) => refusal_frame(err, out),
         },
     }
 }
@@ -192,28 +230,30 @@ fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     })
 }
 
-fn to_frame<T: Serialize>(answer: Result<T, SignedDenial>) -> Vec<u8> {
+fn to_frame<T: Serialize>(answer: Result<T, SignedDenial>, out: Vec<u8>) -> Vec<u8> {
     match answer {
-        Ok(body) => json_frame(StatusCode::OK, &body),
+        Ok(body) => json_frame(StatusCode::OK, &body, out),
         Err(denial) => {
             let (status, body) = denial.into_parts();
-            json_frame(status, &body)
+            json_frame(status, &body, out)
         }
     }
 }
 
-fn refusal_frame(err: ApiError) -> Vec<u8> {
-    to_frame::<()>(Err(err.into()))
+fn refusal_frame(err: ApiError, out: Vec<u8>) -> Vec<u8> {
+    to_frame::<()>(Err(err.into()), out)
 }
 
-/// The answer frame of `body`, serialized straight after the frame's head.
-fn json_frame<T: Serialize>(status: StatusCode, body: &T) -> Vec<u8> {
-    let mut answer = Vec::with_capacity(ANSWER_BYTES_UPFRONT);
-    answer.resize(frame::ANSWER_HEAD_BYTES, 0);
-    match serde_json::to_writer(&mut answer, body) {
+/// The answer frame of `body` in `out` (whatever it held before), the body
+/// serialized straight after the frame's head.
+fn json_frame<T: Serialize>(status: StatusCode, body: &T, mut out: Vec<u8>) -> Vec<u8> {
+    out.clear();
+    out.reserve(ANSWER_BYTES_UPFRONT);
+    out.resize(frame::ANSWER_HEAD_BYTES, 0);
+    match serde_json::to_writer(&mut out, body) {
         Ok(()) => {
-            frame::seal_answer(&mut answer, status.as_u16());
-            answer
+            frame::seal_answer(&mut out, status.as_u16());
+            out
         }
         Err(_) => frame::encode_answer(
             500,
