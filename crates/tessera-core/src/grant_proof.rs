@@ -117,7 +117,11 @@ pub struct GrantProof([u8; 32]);
 
 impl fmt::Display for GrantProof {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&BASE64URL.encode(self.0))
+        let mut text = [0u8; GRANT_PROOF_CHARS];
+        let written = BASE64URL
+            .encode_slice(self.0, &mut text)
+            .expect("a proof's 32 bytes fit its characters");
+        f.write_str(std::str::from_utf8(&text[..written]).expect("base64 is ASCII"))
     }
 }
 
@@ -176,10 +180,12 @@ fn check_mac(mac: HmacSha256, proof: &str) -> Result<(), ProofRefused> {
     if proof.len() != GRANT_PROOF_CHARS {
         return Err(ProofRefused::Malformed);
     }
-    let bytes = BASE64URL
-        .decode(proof)
+    let mut bytes = [0u8; GRANT_PROOF_CHARS];
+    let decoded = BASE64URL
+        .decode_slice(proof, &mut bytes)
         .map_err(|_| ProofRefused::Malformed)?;
-    mac.verify_slice(&bytes).map_err(|_| ProofRefused::Mismatch)
+    mac.verify_slice(&bytes[..decoded])
+        .map_err(|_| ProofRefused::Mismatch)
 }
 
 /// First bytes of every holding proof.

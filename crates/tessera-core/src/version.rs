@@ -15,14 +15,13 @@ const COMPONENTS_MAX: usize = 8;
 
 impl Version {
     pub fn parse(text: &str) -> Result<Version, String> {
-        let parts: Vec<&str> = text.split('.').collect();
-        if parts.len() > COMPONENTS_MAX {
+        if text.split('.').count() > COMPONENTS_MAX {
             return Err(format!(
                 "version `{text}` has more than {COMPONENTS_MAX} components"
             ));
         }
-        let components = parts
-            .iter()
+        let components = text
+            .split('.')
             .map(|part| {
                 part.parse::<u32>().map_err(|_| {
                     format!("version `{text}` is not dotted numbers such as 2.1 or 2.1.7")
