@@ -111,7 +111,7 @@ impl SeatGuard {
     ) -> SeatGuard {
         let valid_until = send_instant + lease_duration(&grant);
         let (events, events_receiver) = watch::channel(SeatState::Held {
-            server_id: grant.server_id.clone(),
+            server_id: grant.server_id.to_string(),
             valid_until,
         });
         let proof = grant.proof.clone();
@@ -161,7 +161,7 @@ impl SeatGuard {
 
     /// The server holding the grant now; changes when the guard fails over.
     pub fn server_id(&self) -> String {
-        self.seat.lock().grant.server_id.clone()
+        self.seat.lock().grant.server_id.to_string()
     }
 
     /// The seat is valid until this instant unless renewed before.
@@ -360,7 +360,7 @@ impl Seat {
             );
         }
         self.events.send_replace(SeatState::Held {
-            server_id: holding.grant.server_id.clone(),
+            server_id: holding.grant.server_id.to_string(),
             valid_until: holding.valid_until,
         });
     }
@@ -597,7 +597,7 @@ pub(crate) fn failover_order(
     let servers = &grant.servers[..grant.servers.len().min(SERVERS_MAX)];
     let holder_index = servers
         .iter()
-        .position(|server| server.id == grant.server_id)
+        .position(|server| *server.id == *grant.server_id)
         .or_else(|| {
             servers
                 .iter()
@@ -619,7 +619,7 @@ pub(crate) fn failover_order(
 
 /// A grant this client can hold: the seats asked for, and a lease.
 pub(crate) fn check_grant(grant: &Grant, feature: &str, count: u32) -> Result<(), String> {
-    if grant.feature != feature || grant.count != count {
+    if *grant.feature != *feature || grant.count != count {
         return Err(format!(
             "answered with a grant of {} seats of `{}` when {count} seats of `{feature}` were asked for",
             grant.count, grant.feature
@@ -669,9 +669,9 @@ mod tests {
     fn grant(server_id: &str, servers: &[(&str, &str)]) -> Grant {
         Grant {
             grant_id: "g-1".to_string(),
-            feature: "cad".to_string(),
+            feature: "cad".into(),
             count: 1,
-            server_id: server_id.to_string(),
+            server_id: server_id.into(),
             lease_ms: 30_000,
             heartbeat_interval_ms: 10_000,
             servers: servers

@@ -177,7 +177,7 @@ fn check_grant(
                 .into(),
         );
     };
-    if answer.server_id != grant.server_id {
+    if *answer.server_id != *grant.server_id {
         return Err(format!(
             "a grant held by server {} signed as server {}",
             grant.server_id, answer.server_id

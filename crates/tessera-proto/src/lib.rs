@@ -239,10 +239,14 @@ pub struct ServerInfo {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Grant {
     pub grant_id: String,
-    pub feature: String,
+    #[serde(deserialize_with = "shared_text::text")]
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
+    pub feature: Arc<str>,
     pub count: u32,
     /// The server holding this grant.
-    pub server_id: String,
+    #[serde(deserialize_with = "shared_text::text")]
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
+    pub server_id: Arc<str>,
     /// The client may treat the seats as held until its own send time of the
     /// request plus this lease.
     pub lease_ms: u64,

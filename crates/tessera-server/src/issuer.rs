@@ -216,7 +216,7 @@ pub enum Origin {
 #[derive(Clone, Debug)]
 pub struct Issued {
     pub(crate) grant_id: String,
-    pub(crate) feature: String,
+    pub(crate) feature: Arc<str>,
     pub(crate) count: u32,
     pub(crate) terms: LeaseTerms,
     pub(crate) origin: Origin,
@@ -558,7 +558,7 @@ impl Issuer {
         let (renewal, expires_at_ms) = (grant.request.renewal, grant.expires_at_ms);
         let issued = Issued {
             grant_id: grant_id.clone(),
-            feature: grant.request.feature.to_string(),
+            feature: grant.request.feature.clone(),
             count: grant.request.count,
             terms,
             origin,
@@ -663,7 +663,7 @@ impl Issuer {
         let renewal = grant.request.renewal;
         Ok(Issued {
             grant_id,
-            feature: request.feature.to_string(),
+            feature: request.feature.clone(),
             count: request.count,
             terms,
             origin: Origin::Checkout,

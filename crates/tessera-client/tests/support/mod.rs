@@ -99,9 +99,9 @@ impl FakeServer {
         let proof = proof_of(&grant_id);
         Grant {
             grant_id,
-            feature,
+            feature: feature.into(),
             count,
-            server_id: self.id.clone(),
+            server_id: self.id.as_str().into(),
             lease_ms: self.lease_ms,
             heartbeat_interval_ms: self.heartbeat_interval_ms,
             servers: self.servers.clone().into(),

@@ -174,9 +174,9 @@ async fn noop(JsonBody(body): JsonBody<CheckoutRequest>) -> Json<proto::Grant> {
 pub(super) fn noop_answer(body: CheckoutRequest) -> proto::Grant {
     proto::Grant {
         grant_id: "00000000000000000000000000000000".to_string(),
-        feature: body.feature.to_string(),
+        feature: body.feature,
         count: body.count,
-        server_id: "noop".to_string(),
+        server_id: "noop".into(),
         lease_ms: 0,
         heartbeat_interval_ms: 0,
         servers: Arc::new([]),
@@ -717,7 +717,7 @@ fn wire_grant(
         grant_id: granted.grant_id,
         feature: granted.feature,
         count: granted.count,
-        server_id: app.pool.server_id.clone(),
+        server_id: app.pool.server_id.as_str().into(),
         lease_ms: granted.terms.lease_ms,
         heartbeat_interval_ms: granted.terms.heartbeat_interval_ms,
         servers: granted.servers,
