@@ -677,8 +677,8 @@ impl Issuer {
 
     /// Undoes a checkout whose grant could not be made durable.
     pub fn rollback(&mut self, grant_id: &str) -> Option<Released> {
-        let grant = self.remove_grant(grant_id)?;
-        Some(Released::of(grant_id.to_string(), &grant))
+        let (grant_id, grant) = self.remove_grant(grant_id)?;
+        Some(Released::of(grant_id, &grant))
     }
 
     /// A check-in of a feature whose policy makes seats linger: the grant
@@ -733,13 +733,13 @@ impl Issuer {
                 format!("grant {grant_id} is not held by client `{client_id}`"),
             ));
         }
-        let grant = self.remove_grant(grant_id).expect("found above");
+        let (grant_id, grant) = self.remove_grant(grant_id).expect("found above");
         if self.cools_check_ins() {
             let r = &grant.request;
             self.cooling
-                .cool(grant_id, &r.feature, r.count, grant.expires_at_ms);
+                .cool(&grant_id, &r.feature, r.count, grant.expires_at_ms);
         }
-        Ok(Released::of(grant_id.to_string(), &grant))
+        Ok(Released::of(grant_id, &grant))
     }
 
     /// In a pool of several servers a check-in's seats cool until the
@@ -773,8 +773,8 @@ impl Issuer {
         if self.grants.get(grant_id)?.request.renewal >= renewal {
             return None;
         }
-        let grant = self.remove_grant(grant_id)?;
-        Some(Released::of(grant_id.to_string(), &grant))
+        let (grant_id, grant) = self.remove_grant(grant_id)?;
+        Some(Released::of(grant_id, &grant))
     }
 
     /// Removes every grant whose hold ended by `now_ms`.
@@ -784,8 +784,8 @@ impl Issuer {
             if entry.key().0 > now_ms {
                 break;
             }
-            let grant_id = entry.remove();
-            if let Some(grant) = self.remove_grant(&grant_id) {
+            let queued = entry.remove();
+            if let Some((grant_id, grant)) = self.remove_grant(&queued) {
                 expired.push(Released::of(grant_id, &grant));
             }
         }
@@ -821,8 +821,9 @@ impl Issuer {
         grant
     }
 
-    fn remove_grant(&mut self, grant_id: &str) -> Option<LiveGrant> {
-        let grant = self.grants.remove(grant_id)?;
+    /// Removes a held grant; returns it with its id (the map's own).
+    fn remove_grant(&mut self, grant_id: &str) -> Option<(String, LiveGrant)> {
+        let (grant_id, grant) = self.grants.remove_entry(grant_id)?;
         self.expiry_queue
             .remove(&(grant.expires_at_ms, grant.expiry_ticket));
         let client = &grant.request.client_id;
@@ -842,7 +843,7 @@ impl Issuer {
         } else if let Some(aside) = self.held_aside.get_mut(&**feature) {
             *aside = aside.saturating_sub(grant.request.count);
         }
-        Some(grant)
+        Some((grant_id, grant))
     }
 
     /// Whether `request` names a feature, version and count this server
