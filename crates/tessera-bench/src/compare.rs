@@ -74,8 +74,6 @@ impl Comparison {
     }
 }
 
-/// Runs every system; a system that cannot start fails the whole run (with
-/// the install hint when a peer's binary is missing).
 /// Has the kernel write out what it holds for the disk before anything is
 /// measured. A run started right after a build otherwise shares the disk
 /// with the build's write-back: one read 30 µs of server CPU per cycle and
@@ -95,6 +93,8 @@ async fn settle_disk(progress: bool) -> Result<()> {
     Ok(())
 }
 
+/// Runs every system; a system that cannot start fails the whole run (with
+/// the install hint when a peer's binary is missing).
 pub async fn compare(config: &CompareConfig) -> Result<Comparison> {
     let mut load = config.load.clone();
     load.mode = Mode::Cycle;
