@@ -677,8 +677,7 @@ impl Issuer {
 
     /// Undoes a checkout whose grant could not be made durable.
     pub fn rollback(&mut self, grant_id: &str) -> Option<Released> {
-        let (grant_id, grant) = self.remove_grant(grant_id)?;
-        Some(Released::of(grant_id, &grant))
+        self.release_grant(grant_id)
     }
 
     /// A check-in of a feature whose policy makes seats linger: the grant
@@ -773,8 +772,7 @@ impl Issuer {
         if self.grants.get(grant_id)?.request.renewal >= renewal {
             return None;
         }
-        let (grant_id, grant) = self.remove_grant(grant_id)?;
-        Some(Released::of(grant_id, &grant))
+        self.release_grant(grant_id)
     }
 
     /// Removes every grant whose hold ended by `now_ms`.
@@ -785,9 +783,7 @@ impl Issuer {
                 break;
             }
             let queued = entry.remove();
-            if let Some((grant_id, grant)) = self.remove_grant(&queued) {
-                expired.push(Released::of(grant_id, &grant));
-            }
+            expired.extend(self.release_grant(&queued));
         }
         expired
     }
@@ -819,6 +815,12 @@ impl Issuer {
         (grant.expires_at_ms, grant.expiry_ticket) = (at_ms, ticket);
         self.expiry_queue.insert((at_ms, ticket), id);
         grant
+    }
+
+    /// Removes a held grant; what was released.
+    fn release_grant(&mut self, grant_id: &str) -> Option<Released> {
+        let (grant_id, grant) = self.remove_grant(grant_id)?;
+        Some(Released::of(grant_id, &grant))
     }
 
     /// Removes a held grant; returns it with its id (the map's own).
