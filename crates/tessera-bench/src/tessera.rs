@@ -432,7 +432,7 @@ pub struct TesseraSession {
 
 /// A granted seat: what its check-in needs.
 pub struct TesseraHold {
-    grant_id: String,
+    grant_id: proto::SharedText,
     client_id: String,
     proof: proto::Proof,
 }

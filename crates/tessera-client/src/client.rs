@@ -336,7 +336,7 @@ impl Client {
         proof: &Proof,
     ) -> Result<u32, ClientError> {
         let request = CheckinRequest {
-            grant_id: grant_id.to_string(),
+            grant_id: grant_id.into(),
             client_id: self.config().client_id.clone(),
             proof: proof.clone(),
         };

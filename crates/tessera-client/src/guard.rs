@@ -144,7 +144,7 @@ impl SeatGuard {
 
     /// The grant's id; the same on every server it fails over to.
     pub fn grant_id(&self) -> String {
-        self.seat.lock().grant.grant_id.clone()
+        self.seat.lock().grant.grant_id.to_string()
     }
 
     pub fn feature(&self) -> &str {
@@ -668,7 +668,7 @@ mod tests {
 
     fn grant(server_id: &str, servers: &[(&str, &str)]) -> Grant {
         Grant {
-            grant_id: "g-1".to_string(),
+            grant_id: "g-1".into(),
             feature: "cad".into(),
             count: 1,
             server_id: server_id.into(),
@@ -745,7 +745,7 @@ mod tests {
         no_lease.lease_ms = 0;
         assert!(check_grant(&no_lease, "cad", 1).is_err());
         let mut no_id = good.clone();
-        no_id.grant_id.clear();
+        no_id.grant_id = Default::default();
         assert!(check_grant(&no_id, "cad", 1).is_err());
         let mut no_proof = good;
         no_proof.proof = Proof::default();

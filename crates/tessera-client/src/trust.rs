@@ -236,7 +236,7 @@ fn granted_fields(
         .collect::<Result<Vec<_>, _>>()
         .map_err(|err| format!("a license code in the answer is malformed: {err}"))?;
     let fields = AnswerFields {
-        grant_id: grant.grant_id.clone(),
+        grant_id: grant.grant_id.to_string(),
         lease_ms: grant.lease_ms,
         heartbeat_interval_ms: grant.heartbeat_interval_ms,
         codes_sha256: codes_sha256(&codes),
@@ -456,7 +456,7 @@ pub(crate) mod tests {
             batch: None,
         };
         let fields = AnswerFields {
-            grant_id: grant.grant_id.clone(),
+            grant_id: grant.grant_id.to_string(),
             lease_ms: grant.lease_ms,
             heartbeat_interval_ms: grant.heartbeat_interval_ms,
             codes_sha256: codes_sha256(codes),

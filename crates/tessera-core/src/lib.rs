@@ -22,6 +22,7 @@ pub mod pool_change;
 pub mod pool_file;
 pub mod report;
 pub mod temporary;
+pub mod text;
 pub mod unsigned;
 pub mod version;
 
@@ -40,6 +41,7 @@ pub use license_table::{CodeVerdict, FeatureLicense, Identity, LicenseTable, Not
 pub use pool_file::{
     credential_sha256, AdminEntry, AdminRole, BorrowPolicy, PoolFile, PoolFileError, ServerEntry,
 };
+pub use text::SharedText;
 pub use unsigned::{parse_unsigned_file, UnsignedError, UnsignedText};
 pub use version::Version;
 

@@ -7,8 +7,8 @@
 //! `prev`, the SHA-256 (hex) of the line before it (of the header for the
 //! first event), and the event.
 
+use crate::SharedText;
 use std::collections::BTreeMap;
-use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -40,11 +40,11 @@ pub enum EventKind {
 pub struct UsageEvent {
     pub at_unix_ms: i64,
     pub kind: EventKind,
-    pub feature: Arc<str>,
-    pub user: Arc<str>,
-    pub host: Arc<str>,
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub grant_id: String,
+    pub feature: SharedText,
+    pub user: SharedText,
+    pub host: SharedText,
+    #[serde(default, skip_serializing_if = "SharedText::is_empty")]
+    pub grant_id: SharedText,
     pub count: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,

@@ -12,11 +12,12 @@ use serde::{Deserialize, Serialize};
 
 pub mod frame;
 pub mod pool_status;
-mod shared_text;
 /// The shapes of signed documents that travel inside answers: a license
 /// code and a master license, as their files hold them.
 pub use tessera_core::license::LicenseCodeText;
 pub use tessera_core::master::MasterLicenseText;
+/// Text read once and shared by reference count; a JSON string on the wire.
+pub use tessera_core::SharedText;
 
 /// Path prefix of every endpoint of this protocol version.
 pub const API_PREFIX: &str = "/v1";
@@ -44,32 +45,17 @@ pub const RAFT_INDEX_MAX: u64 = 1 << 62;
 #[serde(deny_unknown_fields)]
 pub struct CheckoutRequest {
     /// Stable id of the client process (the SDK makes one per process).
-    #[serde(deserialize_with = "shared_text::text")]
-    #[cfg_attr(feature = "openapi", schema(value_type = String))]
-    pub client_id: Arc<str>,
-    #[serde(deserialize_with = "shared_text::text")]
-    #[cfg_attr(feature = "openapi", schema(value_type = String))]
-    pub user: Arc<str>,
-    #[serde(deserialize_with = "shared_text::text")]
-    #[cfg_attr(feature = "openapi", schema(value_type = String))]
-    pub host: Arc<str>,
+    pub client_id: SharedText,
+    pub user: SharedText,
+    pub host: SharedText,
     /// The program's display (`$DISPLAY`, else its terminal), as FlexNet's
     /// DISPLAY: the policy's `display:` rules name it, the report log and
     /// status show it. Absent where the program has neither.
-    #[serde(
-        default,
-        skip_serializing_if = "Option::is_none",
-        deserialize_with = "shared_text::optional_text"
-    )]
-    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>))]
-    pub display: Option<Arc<str>>,
-    #[serde(deserialize_with = "shared_text::text")]
-    #[cfg_attr(feature = "openapi", schema(value_type = String))]
-    pub feature: Arc<str>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub display: Option<SharedText>,
+    pub feature: SharedText,
     /// Version of the program asking; must fall inside a served code's range.
-    #[serde(deserialize_with = "shared_text::text")]
-    #[cfg_attr(feature = "openapi", schema(value_type = String))]
-    pub version: Arc<str>,
+    pub version: SharedText,
     pub count: u32,
     /// How long the client waits for this answer, in ms. The server answers
     /// well inside it: a wait for borrowed seats ends early enough to deny in
@@ -130,36 +116,21 @@ pub struct QueuePlace {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct HeartbeatRequest {
-    pub grant_id: String,
-    #[serde(deserialize_with = "shared_text::text")]
-    #[cfg_attr(feature = "openapi", schema(value_type = String))]
-    pub client_id: Arc<str>,
-    #[serde(deserialize_with = "shared_text::text")]
-    #[cfg_attr(feature = "openapi", schema(value_type = String))]
-    pub user: Arc<str>,
-    #[serde(deserialize_with = "shared_text::text")]
-    #[cfg_attr(feature = "openapi", schema(value_type = String))]
-    pub host: Arc<str>,
+    pub grant_id: SharedText,
+    pub client_id: SharedText,
+    pub user: SharedText,
+    pub host: SharedText,
     /// As in [`CheckoutRequest::display`].
-    #[serde(
-        default,
-        skip_serializing_if = "Option::is_none",
-        deserialize_with = "shared_text::optional_text"
-    )]
-    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>))]
-    pub display: Option<Arc<str>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub display: Option<SharedText>,
     /// How long the program has been idle, in ms, as it told the SDK
     /// (`SeatGuard::set_idle`); absent while it is in use. A feature with
     /// an `idle_timeout_s` in the pool's policy frees the seat of a program
     /// idle that long and answers [`ErrorCode::IdleTimeout`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idle_ms: Option<u64>,
-    #[serde(deserialize_with = "shared_text::text")]
-    #[cfg_attr(feature = "openapi", schema(value_type = String))]
-    pub feature: Arc<str>,
-    #[serde(deserialize_with = "shared_text::text")]
-    #[cfg_attr(feature = "openapi", schema(value_type = String))]
-    pub version: Arc<str>,
+    pub feature: SharedText,
+    pub version: SharedText,
     pub count: u32,
     /// As in [`CheckoutRequest::answer_within_ms`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -218,7 +189,7 @@ impl HeartbeatRequest {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct CheckinRequest {
-    pub grant_id: String,
+    pub grant_id: SharedText,
     pub client_id: String,
     /// The grant's proof ([`Grant::proof`]); required, as for a heartbeat.
     #[serde(default)]
@@ -238,15 +209,11 @@ pub struct ServerInfo {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Grant {
-    pub grant_id: String,
-    #[serde(deserialize_with = "shared_text::text")]
-    #[cfg_attr(feature = "openapi", schema(value_type = String))]
-    pub feature: Arc<str>,
+    pub grant_id: SharedText,
+    pub feature: SharedText,
     pub count: u32,
     /// The server holding this grant.
-    #[serde(deserialize_with = "shared_text::text")]
-    #[cfg_attr(feature = "openapi", schema(value_type = String))]
-    pub server_id: Arc<str>,
+    pub server_id: SharedText,
     /// The client may treat the seats as held until its own send time of the
     /// request plus this lease.
     pub lease_ms: u64,
@@ -255,7 +222,7 @@ pub struct Grant {
     /// The pool's servers in leader-priority order: where to fail over.
     /// Shared: a server answers every grant with the same list.
     #[cfg_attr(feature = "openapi", schema(value_type = Vec<ServerInfo>))]
-    pub servers: std::sync::Arc<[ServerInfo]>,
+    pub servers: Arc<[ServerInfo]>,
     /// True when this server did not hold the grant and issued it anew
     /// (a heartbeat converted into a checkout).
     pub converted: bool,
@@ -1421,7 +1388,7 @@ pub const SUPERSEDED_PER_MESSAGE_MAX: usize = 400;
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SupersededGrant {
-    pub grant_id: String,
+    pub grant_id: SharedText,
     pub renewal: u64,
 }
 

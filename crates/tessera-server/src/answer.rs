@@ -235,7 +235,7 @@ impl App {
         };
         let unix_ms = self.clock.unix_ms();
         let fields = AnswerFields {
-            grant_id: grant.grant_id.clone(),
+            grant_id: grant.grant_id.to_string(),
             lease_ms: grant.lease_ms,
             heartbeat_interval_ms: grant.heartbeat_interval_ms,
             codes_sha256,

@@ -136,7 +136,7 @@ impl App {
             by_feature
                 .entry(&grant.feature)
                 .or_default()
-                .push(grant.grant_id.clone());
+                .push(grant.grant_id.to_string());
         }
         for (feature, grant_ids) in by_feature {
             self.forget(feature, &self.pool.server_id.clone(), grant_ids);
@@ -185,7 +185,7 @@ impl App {
                 .filter(|(_, g)| pool.policy.counts(&g.request.feature))
                 .map(|(id, g)| {
                     (
-                        id.clone(),
+                        id.to_string(),
                         (
                             g.request.feature.to_string(),
                             g.request.clone(),

@@ -22,7 +22,7 @@
 
 use std::collections::{HashMap, VecDeque};
 
-use tessera_proto::{SupersededGrant, SUPERSEDED_PER_MESSAGE_MAX};
+use tessera_proto::{SharedText, SupersededGrant, SUPERSEDED_PER_MESSAGE_MAX};
 
 use crate::App;
 
@@ -104,9 +104,9 @@ impl Relay {
 impl App {
     /// Tells the pool, with the next report, that other copies of
     /// `grant_id` renewed before heartbeat `renewal` are stale.
-    pub(crate) fn supersede(&self, grant_id: &str, renewal: u64) {
+    pub(crate) fn supersede(&self, grant_id: &SharedText, renewal: u64) {
         self.superseded_outbox().push(SupersededGrant {
-            grant_id: grant_id.to_string(),
+            grant_id: grant_id.clone(),
             renewal,
         });
     }
@@ -149,7 +149,7 @@ mod tests {
 
     fn entry(id: usize) -> SupersededGrant {
         SupersededGrant {
-            grant_id: format!("g{id}"),
+            grant_id: format!("g{id}").into(),
             renewal: id as u64,
         }
     }

@@ -23,7 +23,7 @@
 use std::collections::{BTreeMap, VecDeque};
 
 use tessera_core::grant_proof::{self, GrantClaim, HoldingClaim};
-use tessera_core::{BorrowSource, ControlCommand, ControlOutcome};
+use tessera_core::{BorrowSource, ControlCommand, ControlOutcome, SharedText};
 use tessera_proto::{BorrowAsk, HandOverClaim, SupersededGrant};
 
 use crate::refusal::Refusal;
@@ -41,7 +41,7 @@ struct ReportRecord {
     number: u64,
     /// (grant id, renewal) the server reported superseded or checked in,
     /// and those the leader passed on to it.
-    entries: Vec<(String, u64)>,
+    entries: Vec<(SharedText, u64)>,
 }
 
 /// The leader's record of one server in this term.
@@ -155,7 +155,7 @@ impl HandOverWatch {
         if let Some(record) = self.servers.get_mut(server) {
             let number = record.reports.back().map_or(0, |r| r.number);
             let entry = SupersededGrant {
-                grant_id: grant_id.to_string(),
+                grant_id: grant_id.into(),
                 renewal: SupersededGrant::CHECKED_IN,
             };
             record.add(number, &[entry]);

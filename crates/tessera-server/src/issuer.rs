@@ -10,6 +10,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
+use tessera_core::SharedText;
 use tessera_core::{
     ControlState, DistributionError, DistributionTable, LicenseTable, PoolFile, Version,
 };
@@ -23,13 +24,13 @@ use crate::store::StoredGrant;
 /// A request's identity and wants, checked.
 #[derive(Clone, Debug)]
 pub struct SeatRequest {
-    pub client_id: Arc<str>,
-    pub user: Arc<str>,
-    pub host: Arc<str>,
+    pub client_id: SharedText,
+    pub user: SharedText,
+    pub host: SharedText,
     /// The program's display, where it sent one (status, lmstat).
-    pub display: Option<Arc<str>>,
-    pub feature: Arc<str>,
-    pub version: Arc<str>,
+    pub display: Option<SharedText>,
+    pub feature: SharedText,
+    pub version: SharedText,
     pub count: u32,
     /// The SDK's heartbeat number (0 for a checkout, or a client that does
     /// not count): for a held grant, the highest renewal seen.
@@ -75,16 +76,16 @@ impl LiveGrant {
 /// same id (a fail-over heartbeat converted after it lapsed).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Released {
-    pub grant_id: String,
-    pub feature: Arc<str>,
-    pub user: Arc<str>,
-    pub host: Arc<str>,
+    pub grant_id: SharedText,
+    pub feature: SharedText,
+    pub user: SharedText,
+    pub host: SharedText,
     pub seats: u32,
     pub issued_unix_ms: i64,
 }
 
 impl Released {
-    fn of(grant_id: String, grant: &LiveGrant) -> Released {
+    fn of(grant_id: SharedText, grant: &LiveGrant) -> Released {
         Released {
             grant_id,
             feature: grant.request.feature.clone(),
@@ -166,14 +167,14 @@ pub struct Issuer {
     /// doubles in one step, moving every grant under the issuer's lock
     /// (a pause of over a second that every request waited out); a
     /// B-tree grows a node at a time.
-    grants: BTreeMap<String, LiveGrant>,
+    grants: BTreeMap<SharedText, LiveGrant>,
     /// Grant ids by when they lapse: (`expires_at_ms`, `expiry_ticket`),
     /// a key a grant carries, so that moving or removing it copies no id.
-    expiry_queue: BTreeMap<(u64, u64), String>,
+    expiry_queue: BTreeMap<(u64, u64), SharedText>,
     /// The ticket of the next grant queued.
     expiry_tickets: u64,
     /// A B-tree for the same reason as `grants`.
-    grants_per_client: BTreeMap<Arc<str>, usize>,
+    grants_per_client: BTreeMap<SharedText, usize>,
     limits: Limits,
     clock_drift_percent: u32,
     grace_until_ms: Option<u64>,
@@ -181,7 +182,7 @@ pub struct Issuer {
     clock_set_back: Option<String>,
     /// Grants read from the store at start, waiting for the first control
     /// state (their lease terms come from its codes), and when they were read.
-    pending_restore: Vec<(String, StoredGrant)>,
+    pending_restore: Vec<(SharedText, StoredGrant)>,
     restored_at_ms: u64,
     /// Issue and renew only while the monotonic clock is below this.
     quota_valid_until_ms: u64,
@@ -215,8 +216,8 @@ pub enum Origin {
 /// before the answer is sent.
 #[derive(Clone, Debug)]
 pub struct Issued {
-    pub(crate) grant_id: String,
-    pub(crate) feature: Arc<str>,
+    pub(crate) grant_id: SharedText,
+    pub(crate) feature: SharedText,
     pub(crate) count: u32,
     pub(crate) terms: LeaseTerms,
     pub(crate) origin: Origin,
@@ -239,7 +240,7 @@ impl Issuer {
         server_id: String,
         limits: Limits,
         clock_drift_percent: u32,
-        restored: Vec<(String, StoredGrant)>,
+        restored: Vec<(SharedText, StoredGrant)>,
         now_ms: u64,
     ) -> Issuer {
         let mut issuer = Issuer {
@@ -270,7 +271,7 @@ impl Issuer {
 
     /// Every restored grant gets a full hold from now: the server cannot know
     /// how much of its lease ran while it was down.
-    fn restore(&mut self, grant_id: String, stored: StoredGrant, now_ms: u64) {
+    fn restore(&mut self, grant_id: SharedText, stored: StoredGrant, now_ms: u64) {
         let hold_ms = self
             .terms(&stored.feature)
             .map(|t| t.hold_ms)
@@ -377,7 +378,7 @@ impl Issuer {
     fn recount_grants(&mut self, feature: &str) {
         self.held_aside.remove(feature);
         // Oldest grants first, so that the ones that lose their seats are the newest.
-        let mut order: Vec<(u64, String)> = self
+        let mut order: Vec<(u64, SharedText)> = self
             .grants
             .iter()
             .filter(|(_, g)| *g.request.feature == *feature)
@@ -501,13 +502,18 @@ impl Issuer {
             .unwrap_or(0)
     }
 
-    pub fn checkout(&mut self, grant_id: String, request: SeatRequest, now: Now) -> IssueResult {
+    pub fn checkout(
+        &mut self,
+        grant_id: SharedText,
+        request: SeatRequest,
+        now: Now,
+    ) -> IssueResult {
         self.issue(grant_id, request, now, Origin::Checkout)
     }
 
     fn issue(
         &mut self,
-        grant_id: String,
+        grant_id: SharedText,
         request: SeatRequest,
         Now {
             ms: now_ms,
@@ -616,9 +622,14 @@ impl Issuer {
     }
 
     /// Renews a held grant, or converts an unknown one into a checkout with the same id.
-    pub fn heartbeat(&mut self, grant_id: String, request: SeatRequest, now: Now) -> IssueResult {
+    pub fn heartbeat(
+        &mut self,
+        grant_id: SharedText,
+        request: SeatRequest,
+        now: Now,
+    ) -> IssueResult {
         let now_ms = now.ms;
-        let Some(grant) = self.grants.get(&grant_id) else {
+        let Some(grant) = self.grants.get(grant_id.as_str()) else {
             return self.issue(grant_id, request, now, Origin::Conversion);
         };
         let held = &grant.request;
@@ -788,7 +799,7 @@ impl Issuer {
         expired
     }
 
-    fn insert_grant(&mut self, grant_id: String, mut grant: LiveGrant) {
+    fn insert_grant(&mut self, grant_id: SharedText, mut grant: LiveGrant) {
         *self
             .grants_per_client
             .entry(grant.request.client_id.clone())
@@ -811,7 +822,7 @@ impl Issuer {
         let id = self
             .expiry_queue
             .remove(&(grant.expires_at_ms, grant.expiry_ticket))
-            .unwrap_or_else(|| grant_id.to_string());
+            .unwrap_or_else(|| grant_id.into());
         (grant.expires_at_ms, grant.expiry_ticket) = (at_ms, ticket);
         self.expiry_queue.insert((at_ms, ticket), id);
         grant
@@ -824,7 +835,7 @@ impl Issuer {
     }
 
     /// Removes a held grant; returns it with its id (the map's own).
-    fn remove_grant(&mut self, grant_id: &str) -> Option<(String, LiveGrant)> {
+    fn remove_grant(&mut self, grant_id: &str) -> Option<(SharedText, LiveGrant)> {
         let (grant_id, grant) = self.grants.remove_entry(grant_id)?;
         self.expiry_queue
             .remove(&(grant.expires_at_ms, grant.expiry_ticket));
@@ -970,7 +981,7 @@ impl Issuer {
         self.grants.get(grant_id)
     }
 
-    pub fn grants(&self) -> impl Iterator<Item = (&String, &LiveGrant)> {
+    pub fn grants(&self) -> impl Iterator<Item = (&SharedText, &LiveGrant)> {
         self.grants.iter()
     }
 
@@ -1374,7 +1385,7 @@ pub(crate) mod tests {
         }
     }
 
-    fn issuer_with(seats: u32, limits: Limits, restored: Vec<(String, StoredGrant)>) -> Issuer {
+    fn issuer_with(seats: u32, limits: Limits, restored: Vec<(SharedText, StoredGrant)>) -> Issuer {
         let (pool, key) = pool_and_key(seats);
         let mut issuer = Issuer::new("A".into(), limits, 0, restored, 0);
         issuer.set_control(Arc::new(control_of(&pool)), licenses_of(&pool, &key));
@@ -1391,9 +1402,7 @@ pub(crate) mod tests {
         let mut issuer = issuer_with(seats, Limits::default(), vec![]);
         for (grant_id, count) in grants {
             let request = request("c", *count);
-            issuer
-                .checkout(grant_id.to_string(), request, at(0))
-                .unwrap();
+            issuer.checkout((*grant_id).into(), request, at(0)).unwrap();
         }
         issuer
     }
@@ -1538,7 +1547,7 @@ pub(crate) mod tests {
         assert!(renewed.to_store.is_none() && renewed.origin == Origin::Checkout);
         assert!(issuer.expire(9_999).is_empty());
         let ids = |released: Vec<Released>| -> Vec<String> {
-            released.into_iter().map(|r| r.grant_id).collect()
+            released.into_iter().map(|r| r.grant_id.into()).collect()
         };
         assert_eq!(ids(issuer.expire(10_000)), vec!["g1".to_string()]);
         assert_eq!(issuer.table("cad").unwrap().row("A").unwrap().in_use, 1);
@@ -1563,7 +1572,7 @@ pub(crate) mod tests {
         issuer.checkin("g4", "c").unwrap();
         issuer.check_invariants(true).unwrap();
         let ids = |released: Vec<Released>| -> Vec<String> {
-            let mut ids: Vec<String> = released.into_iter().map(|r| r.grant_id).collect();
+            let mut ids: Vec<String> = released.into_iter().map(|r| r.grant_id.into()).collect();
             ids.sort();
             ids
         };
@@ -1606,7 +1615,7 @@ pub(crate) mod tests {
         let mut control = control_of(&pool);
         // Three grants come back from the store; A may issue two.
         let restored = ["r1", "r2", "r3"]
-            .map(|c| (c.to_string(), stored(c, 1)))
+            .map(|c| (c.into(), stored(c, 1)))
             .to_vec();
         let mut issuer = Issuer::new("A".into(), Limits::default(), 0, restored, 0);
         issuer.set_control(Arc::new(control.clone()), licenses());

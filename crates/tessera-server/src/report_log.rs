@@ -29,6 +29,7 @@ use sha2::{Digest, Sha256};
 use tessera_core::report::{
     append_event_line, header_line, line_hash, EventKind, ReportHeader, UsageEvent,
 };
+use tessera_core::SharedText;
 
 use crate::config::ReportConfig;
 use crate::issuer::SeatRequest;
@@ -286,7 +287,7 @@ impl crate::App {
         &self,
         kind: EventKind,
         request: &SeatRequest,
-        grant_id: &str,
+        grant_id: &SharedText,
         detail: Option<String>,
     ) -> UsageEvent {
         UsageEvent {
@@ -295,7 +296,7 @@ impl crate::App {
             feature: request.feature.clone(),
             user: request.user.clone(),
             host: request.host.clone(),
-            grant_id: grant_id.to_string(),
+            grant_id: grant_id.clone(),
             count: request.count,
             detail,
             waited_ms: None,
@@ -317,7 +318,7 @@ impl crate::App {
             feature: feature.into(),
             user: user.into(),
             host: host.into(),
-            grant_id: String::new(),
+            grant_id: SharedText::default(),
             count,
             detail: Some(code.to_string()),
             waited_ms: None,
@@ -360,7 +361,7 @@ impl crate::App {
             feature: feature.into(),
             user: user.into(),
             host: "".into(),
-            grant_id: String::new(),
+            grant_id: SharedText::default(),
             count,
             detail: Some(detail),
             waited_ms: None,
@@ -380,7 +381,7 @@ mod tests {
             feature: "cad".into(),
             user: format!("user{i}").into(),
             host: "pc".into(),
-            grant_id: format!("g{i}"),
+            grant_id: format!("g{i}").into(),
             count: 1,
             detail: None,
             waited_ms: None,

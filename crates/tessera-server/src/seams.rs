@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tessera_core::ControlState;
+use tessera_core::{ControlState, SharedText};
 use tessera_transport::HttpTransport;
 
 use crate::clock::{Clock, SystemClock};
@@ -216,7 +216,7 @@ pub struct Mutations {
 }
 
 /// Makes grant ids.
-pub type IdSource = Arc<dyn Fn() -> String + Send + Sync>;
+pub type IdSource = Arc<dyn Fn() -> SharedText + Send + Sync>;
 
 /// Everything a server takes from its environment.
 #[derive(Clone)]
@@ -248,7 +248,10 @@ impl Seams {
             // its right edge, a few pages per commit however many grants
             // it holds, where random ids dirty a leaf and its branches per
             // grant. An id is no secret; the grant's proof is.
-            grant_ids: Arc::new(|| uuid::Uuid::now_v7().simple().to_string()),
+            grant_ids: Arc::new(|| {
+                let mut text = uuid::Uuid::encode_buffer();
+                SharedText::from(&*uuid::Uuid::now_v7().simple().encode_lower(&mut text))
+            }),
             observer: None,
             mutations: Mutations::default(),
             hostid: None,
@@ -272,7 +275,7 @@ mod tests {
     #[test]
     fn production_grant_ids_are_unique_and_sort_in_issue_order() {
         let ids = Seams::production().grant_ids;
-        let issued: Vec<String> = (0..10_000).map(|_| ids()).collect();
+        let issued: Vec<SharedText> = (0..10_000).map(|_| ids()).collect();
         let mut sorted = issued.clone();
         sorted.sort();
         sorted.dedup();

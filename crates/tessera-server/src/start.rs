@@ -261,7 +261,7 @@ fn open_issuer(
         config.data_dir.display()
     );
     if let Some(observer) = &seams.observer {
-        let ids: Vec<String> = opened.grants.iter().map(|(id, _)| id.clone()).collect();
+        let ids: Vec<String> = opened.grants.iter().map(|(id, _)| id.to_string()).collect();
         observer.restored(&config.server_id, &ids);
     }
     let now_ms = seams.clock.now_ms();

@@ -4,7 +4,7 @@
 
 use std::fmt::Write as _;
 
-use tessera_proto as proto;
+use tessera_proto::{self as proto, SharedText};
 
 use crate::issuer::{self, Issuer, IssuingState};
 
@@ -365,7 +365,7 @@ impl Exposition {
 fn oldest_grants(issuer: &Issuer, server_id: &str, now_ms: u64) -> Vec<proto::GrantStatus> {
     // The oldest grants, chosen before any is described: a server may
     // hold a million, and the status lists at most STATUS_GRANTS_MAX.
-    let mut oldest: Vec<(&String, &issuer::LiveGrant)> = issuer.grants().collect();
+    let mut oldest: Vec<(&SharedText, &issuer::LiveGrant)> = issuer.grants().collect();
     if oldest.len() > proto::STATUS_GRANTS_MAX {
         oldest.select_nth_unstable_by(proto::STATUS_GRANTS_MAX, |a, b| {
             a.1.issued_at_ms
@@ -377,7 +377,7 @@ fn oldest_grants(issuer: &Issuer, server_id: &str, now_ms: u64) -> Vec<proto::Gr
     let mut grants: Vec<proto::GrantStatus> = oldest
         .into_iter()
         .map(|(grant_id, grant)| proto::GrantStatus {
-            grant_id: grant_id.clone(),
+            grant_id: grant_id.to_string(),
             feature: grant.request.feature.to_string(),
             count: grant.request.count,
             client_id: grant.request.client_id.to_string(),

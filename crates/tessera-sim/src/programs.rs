@@ -121,7 +121,9 @@ pub async fn server(
         )),
         transport: ctx.transport(&spec.host, boot),
         disk: Arc::new(SimDiskSeam(disk)),
-        grant_ids: Arc::new(move || format!("{id_prefix}-{}", ids.fetch_add(1, Ordering::SeqCst))),
+        grant_ids: Arc::new(move || {
+            format!("{id_prefix}-{}", ids.fetch_add(1, Ordering::SeqCst)).into()
+        }),
         observer: Some(Arc::new(TraceObserver(ctx.trace.clone()))),
         mutations: ctx.mutations,
         hostid: spec.hostid.clone(),

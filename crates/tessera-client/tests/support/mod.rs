@@ -98,7 +98,7 @@ impl FakeServer {
         self.held.lock().unwrap().insert(grant_id.clone(), count);
         let proof = proof_of(&grant_id);
         Grant {
-            grant_id,
+            grant_id: grant_id.into(),
             feature: feature.into(),
             count,
             server_id: self.id.as_str().into(),
@@ -273,7 +273,7 @@ async fn heartbeat(
     }
     let converted = !server.holds(&request.grant_id);
     Ok(Json(server.grant(
-        request.grant_id,
+        request.grant_id.to_string(),
         request.count,
         request.feature.to_string(),
         converted,
@@ -288,7 +288,11 @@ async fn checkin(
     if let Some(refused) = server.proof_refusal(&request.grant_id, &request.proof) {
         return refused;
     }
-    let released = server.held.lock().unwrap().remove(&request.grant_id);
+    let released = server
+        .held
+        .lock()
+        .unwrap()
+        .remove(request.grant_id.as_str());
     match released {
         Some(released_seats) => Json(CheckinResponse { released_seats }).into_response(),
         None => refusal(ErrorCode::UnknownGrant, &server),

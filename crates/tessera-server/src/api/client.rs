@@ -173,7 +173,7 @@ async fn noop(JsonBody(body): JsonBody<CheckoutRequest>) -> Json<proto::Grant> {
 /// The no-op's grant-shaped answer, for REST and the framed protocol alike.
 pub(super) fn noop_answer(body: CheckoutRequest) -> proto::Grant {
     proto::Grant {
-        grant_id: "00000000000000000000000000000000".to_string(),
+        grant_id: "00000000000000000000000000000000".into(),
         feature: body.feature,
         count: body.count,
         server_id: "noop".into(),

@@ -49,6 +49,7 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
         .components
         .get_or_insert_with(Default::default)
         .schemas;
+    text_as_string(schemas);
     for (schema, checks) in CHECKED_FIELDS {
         let Some(RefOr::T(Schema::Object(object))) = schemas.get_mut(*schema) else {
             panic!("no object schema {schema} in the document");
@@ -61,6 +62,65 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
         }
     }
     document
+}
+
+/// Shared text ([`tessera_proto::SharedText`]) is a JSON string, but utoipa
+/// documents a type of its own as a reference to a component of its name
+/// (`Text`). Every such reference becomes the string it stands for
+/// (nullable where the field is optional, as `Option<String>` is), keeping
+/// the field's description, and the component goes: the document shows
+/// strings, as it would for `String` fields, and a checked field has a
+/// schema of its own to carry its limits.
+fn text_as_string(schemas: &mut BTreeMap<String, RefOr<Schema>>) {
+    use serde_json::{json, Value};
+    fn is_text(value: &Value) -> bool {
+        value.get("$ref").and_then(Value::as_str) == Some(TEXT_REF)
+    }
+    fn inline(value: &mut Value) {
+        if is_text(value) {
+            let Value::Object(map) = value else {
+                unreachable!("a reference is an object")
+            };
+            let description = map.remove("description").filter(|d| d != "");
+            map.clear();
+            map.insert("type".into(), json!("string"));
+            if let Some(description) = description {
+                map.insert("description".into(), description);
+            }
+            return;
+        }
+        match value {
+            Value::Object(map) => {
+                let optional_text =
+                    map.get("oneOf")
+                        .and_then(Value::as_array)
+                        .is_some_and(|items| {
+                            items.len() == 2
+                                && items.contains(&json!({"type": "null"}))
+                                && items.iter().any(is_text)
+                        });
+                if optional_text {
+                    let items = map.remove("oneOf");
+                    let description = items
+                        .iter()
+                        .flat_map(|items| items.as_array().into_iter().flatten())
+                        .find_map(|item| item.get("description").filter(|d| *d != ""));
+                    if let Some(description) = description {
+                        map.entry("description").or_insert(description.clone());
+                    }
+                    map.insert("type".into(), json!(["string", "null"]));
+                }
+                map.values_mut().for_each(inline);
+            }
+            Value::Array(items) => items.iter_mut().for_each(inline),
+            _ => {}
+        }
+    }
+    const TEXT_REF: &str = "#/components/schemas/Text";
+    schemas.remove("Text");
+    let mut json = serde_json::to_value(&*schemas).expect("schemas serialise to JSON");
+    inline(&mut json);
+    *schemas = serde_json::from_value(json).expect("schemas with strings read back");
 }
 
 /// How the server checks a field of a request, beyond its type: stated in
@@ -471,6 +531,23 @@ mod tests {
         assert_eq!(device["pattern"], "^[A-Za-z0-9._:@+-]{1,128}$");
         let nonce = &schemas["CheckoutRequest"]["properties"]["nonce"];
         assert_eq!(nonce["pattern"], "^[A-Za-z0-9_-]{22,128}$");
+    }
+
+    /// Shared text is documented as the string it is: no `Text` component,
+    /// optional fields nullable, descriptions kept.
+    #[test]
+    fn shared_text_fields_are_plain_strings() {
+        let document = parsed();
+        let schemas = &document["components"]["schemas"];
+        assert!(schemas.get("Text").is_none());
+        assert!(!document.to_string().contains("schemas/Text\""));
+        let grant = &schemas["Grant"]["properties"];
+        assert_eq!(grant["grant_id"]["type"], "string", "{grant}");
+        assert!(grant["server_id"]["description"].is_string(), "{grant}");
+        let display = &schemas["CheckoutRequest"]["properties"]["display"];
+        assert_eq!(display["type"], serde_json::json!(["string", "null"]));
+        assert!(display["description"].as_str().unwrap().contains("DISPLAY"));
+        assert_eq!(display["maxLength"], MAX_FIELD_BYTES);
     }
 
     /// The peer routes are the servers' own: not in the document, and the

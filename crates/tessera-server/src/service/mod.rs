@@ -24,7 +24,7 @@ pub use queue::PLACE_HOLD_MS;
 use std::sync::Arc;
 
 use tessera_core::grant_proof::{self, GrantClaim, GrantProof, HoldingClaim, ProofRefused};
-use tessera_core::PoolKey;
+use tessera_core::{PoolKey, SharedText};
 use tessera_proto::{self as proto, ErrorCode};
 
 use crate::issuer::{Issued, Issuer, Now, Origin, SeatRequest};
@@ -114,7 +114,7 @@ impl App {
             .seats(Ask::Checkout, grant_id.clone(), request, None, deadline)
             .await;
         if granted.is_err() {
-            self.forget_claim(&feature, grant_id);
+            self.forget_claim(&feature, grant_id.to_string());
         }
         granted
     }
@@ -127,7 +127,7 @@ impl App {
     /// (`crate::hand_over`).
     pub async fn heartbeat(
         self: &Arc<Self>,
-        grant_id: String,
+        grant_id: SharedText,
         request: SeatRequest,
         proof: &str,
         holding: Option<proto::Holding>,
@@ -160,7 +160,7 @@ impl App {
                     refused?;
                 }
                 Some(proto::HandOverClaim {
-                    grant_id: grant_id.clone(),
+                    grant_id: grant_id.to_string(),
                     client_id: request.client_id.to_string(),
                     count: request.count,
                     holding,
@@ -176,7 +176,7 @@ impl App {
     async fn seats(
         self: &Arc<Self>,
         ask: Ask,
-        grant_id: String,
+        grant_id: SharedText,
         request: SeatRequest,
         hand_over: Option<proto::HandOverClaim>,
         deadline: Deadline,
@@ -333,7 +333,7 @@ impl App {
             let mut event = self.report_seats(
                 tessera_core::report::EventKind::Checkin,
                 request,
-                grant_id,
+                &released.grant_id,
                 Some(ErrorCode::IdleTimeout.as_str().into()),
             );
             event.count = released.seats;

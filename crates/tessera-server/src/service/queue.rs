@@ -14,6 +14,7 @@ use std::sync::Arc;
 
 use tessera_core::control::{ControlCommand, ControlOutcome, Waiter};
 use tessera_core::report::{EventKind, UsageEvent};
+use tessera_core::SharedText;
 use tessera_proto::{self as proto, ErrorCode};
 
 use super::{Deadline, Granted};
@@ -68,15 +69,15 @@ impl App {
                     // Asked again: already recorded when it joined.
                     return result;
                 }
-                let ticket = place.map_or("", |p| p.ticket.as_str());
-                self.report_seats(EventKind::Queued, &request, ticket, None)
+                let ticket = place.map_or(SharedText::default(), |p| p.ticket.as_str().into());
+                self.report_seats(EventKind::Queued, &request, &ticket, None)
             }
             Err(refusal) => {
                 self.count_denial(&request.feature, refusal.code);
                 self.report_seats(
                     EventKind::Denied,
                     &request,
-                    "",
+                    &SharedText::default(),
                     Some(refusal.code.as_str().to_string()),
                 )
             }

@@ -40,6 +40,7 @@ use redb::{Database, Durability, ReadableTable, StorageBackend, Table};
 
 use super::{StoreOp, StoredGrant, GRANTS, META};
 use crate::seams::Disk;
+use tessera_core::SharedText;
 
 /// The journal's folder inside the data directory.
 pub const JOURNAL_DIR: &str = "journal";
@@ -61,7 +62,7 @@ const SPARES_MAX: usize = 2;
 /// What the changes since the last fold did to each grant.
 #[derive(Debug, Default)]
 pub struct Pending {
-    grants: HashMap<String, Net>,
+    grants: HashMap<SharedText, Net>,
 }
 
 #[derive(Debug)]
@@ -241,9 +242,9 @@ fn decode_payload(payload: &[u8]) -> Result<StoreOp, String> {
     let id_len = u16::from_le_bytes(rest.get(..2).ok_or_else(short)?.try_into().expect("2"));
     let rest = &rest[2..];
     let id = rest.get(..id_len as usize).ok_or_else(short)?;
-    let id = std::str::from_utf8(id)
-        .map_err(|_| "the grant id is not UTF-8".to_string())?
-        .to_string();
+    let id = SharedText::from(
+        std::str::from_utf8(id).map_err(|_| "the grant id is not UTF-8".to_string())?,
+    );
     let rest = &rest[id_len as usize..];
     match kind {
         KIND_PUT | KIND_PUT_FRESH => {

@@ -30,6 +30,7 @@ use std::sync::Arc;
 
 use redb::{Database, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
+use tessera_core::SharedText;
 use tokio::sync::oneshot;
 
 use queue::{Next, Queue, Signal};
@@ -70,14 +71,14 @@ pub enum StoreError {
 /// nor the old monotonic clock can be trusted across it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StoredGrant {
-    pub feature: Arc<str>,
+    pub feature: SharedText,
     pub count: u32,
-    pub client_id: Arc<str>,
-    pub user: Arc<str>,
-    pub host: Arc<str>,
+    pub client_id: SharedText,
+    pub user: SharedText,
+    pub host: SharedText,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub display: Option<Arc<str>>,
-    pub version: Arc<str>,
+    pub display: Option<SharedText>,
+    pub version: SharedText,
     pub issued_unix_ms: i64,
 }
 
@@ -85,11 +86,11 @@ pub struct StoredGrant {
 enum StoreOp {
     /// A new grant; `true` when its id was made for it by a checkout, so no
     /// earlier grant of that id can be in the table.
-    Put(String, StoredGrant, bool),
+    Put(SharedText, StoredGrant, bool),
     /// Deletes the grant only if the stored record is the one that was
     /// released: a grant converted later under the same id (and queued
     /// before this delete reached the writer) must stay.
-    Delete(String, i64),
+    Delete(SharedText, i64),
 }
 
 struct Job {
@@ -101,7 +102,7 @@ struct Job {
 pub struct Opened {
     /// False when the store file did not exist: a new server, or a lost disk.
     pub existed: bool,
-    pub grants: Vec<(String, StoredGrant)>,
+    pub grants: Vec<(SharedText, StoredGrant)>,
 }
 
 #[derive(Clone)]
@@ -212,7 +213,7 @@ impl Store {
     /// the id for this grant, so no earlier grant has it.
     pub async fn put(
         &self,
-        grant_id: String,
+        grant_id: SharedText,
         grant: StoredGrant,
         fresh: bool,
     ) -> Result<(), StoreError> {
@@ -230,7 +231,7 @@ impl Store {
     /// Queues the removal of a grant; does not wait for it to be durable,
     /// nor wake the writer: it goes with the next new grant's batch, or
     /// within [`queue::DEFER`].
-    pub async fn delete(&self, grant_id: String, issued_unix_ms: i64) {
+    pub async fn delete(&self, grant_id: SharedText, issued_unix_ms: i64) {
         let job = Job {
             op: StoreOp::Delete(grant_id, issued_unix_ms),
             done: None,
@@ -289,7 +290,7 @@ fn check_owner(
     txn.commit().map_err(|e| open_error(e.to_string()))
 }
 
-fn load(db: &Database, path: &Path) -> Result<Vec<(String, StoredGrant)>, StoreError> {
+fn load(db: &Database, path: &Path) -> Result<Vec<(SharedText, StoredGrant)>, StoreError> {
     let open_error = |message: String| StoreError::Open {
         path: path.to_path_buf(),
         message,
@@ -303,7 +304,7 @@ fn load(db: &Database, path: &Path) -> Result<Vec<(String, StoredGrant)>, StoreE
         let (key, value) = entry.map_err(|e| open_error(e.to_string()))?;
         let grant: StoredGrant = serde_json::from_slice(value.value())
             .map_err(|err| open_error(format!("grant {} is unreadable: {err}", key.value())))?;
-        grants.push((key.value().to_string(), grant));
+        grants.push((SharedText::from(key.value()), grant));
     }
     Ok(grants)
 }
@@ -497,7 +498,7 @@ mod tests {
         }
         let (_store, opened) = reopen(dir.path(), "A").unwrap();
         assert!(opened.existed);
-        let mut ids: Vec<String> = opened.grants.iter().map(|(id, _)| id.clone()).collect();
+        let mut ids: Vec<String> = opened.grants.iter().map(|(id, _)| id.to_string()).collect();
         ids.sort();
         assert_eq!(ids, vec!["g2", "g3", "g9"]);
         assert_eq!(opened.grants[0].1.count, 2);
@@ -515,13 +516,13 @@ mod tests {
                 // Every third grant is a conversion: the table may hold
                 // its id from before.
                 store
-                    .put(id.clone(), grant("cad"), i % 3 != 0)
+                    .put(id.as_str().into(), grant("cad"), i % 3 != 0)
                     .await
                     .unwrap();
                 held.insert(id);
                 if i % 2 == 1 {
                     let id = format!("g{:04}", i - 1);
-                    store.delete(id.clone(), 5).await;
+                    store.delete(id.as_str().into(), 5).await;
                     held.remove(&id);
                 }
             }
@@ -531,7 +532,7 @@ mod tests {
         }
         let (store, opened) = reopen_on(&disk, dir.path(), "A").unwrap();
         let ids: std::collections::BTreeSet<String> =
-            opened.grants.into_iter().map(|(id, _)| id).collect();
+            opened.grants.into_iter().map(|(id, _)| id.into()).collect();
         assert_eq!(ids, held);
         // Opening folded the whole journal: the new segment is left, the
         // one made ahead of it, and at most two spares, however many
@@ -557,7 +558,7 @@ mod tests {
         bytes[end..end + 12].copy_from_slice(&[200, 0, 0, 0, 1, 2, 3, 4, 1, 3, 0, b'g']);
         std::fs::write(&segment, &bytes).unwrap();
         let (_store, opened) = reopen(dir.path(), "A").unwrap();
-        let mut ids: Vec<String> = opened.grants.into_iter().map(|(id, _)| id).collect();
+        let mut ids: Vec<String> = opened.grants.into_iter().map(|(id, _)| id.into()).collect();
         ids.sort();
         assert_eq!(ids, ["g1", "g2"]);
     }
@@ -585,7 +586,7 @@ mod tests {
     fn ids_after_crash(dir: &Path) -> Vec<String> {
         let copied = crashed_copy(dir);
         let (_store, opened) = reopen(copied.path(), "A").unwrap();
-        let mut ids: Vec<String> = opened.grants.into_iter().map(|(id, _)| id).collect();
+        let mut ids: Vec<String> = opened.grants.into_iter().map(|(id, _)| id.into()).collect();
         ids.sort();
         ids
     }

@@ -209,7 +209,7 @@ mod tests {
             Next::Write(jobs) => jobs
                 .into_iter()
                 .map(|job| match job.op {
-                    StoreOp::Put(id, ..) | StoreOp::Delete(id, _) => id,
+                    StoreOp::Put(id, ..) | StoreOp::Delete(id, _) => id.into(),
                 })
                 .collect(),
             Next::Sleep(at_most) => panic!("the writer would sleep ({at_most:?})"),
