@@ -75,18 +75,6 @@ impl From<String> for SharedText {
     }
 }
 
-impl From<&String> for SharedText {
-    fn from(text: &String) -> SharedText {
-        SharedText(Arc::from(text.as_str()))
-    }
-}
-
-impl From<Arc<str>> for SharedText {
-    fn from(text: Arc<str>) -> SharedText {
-        SharedText(text)
-    }
-}
-
 impl From<SharedText> for String {
     fn from(text: SharedText) -> String {
         text.0.to_string()
@@ -108,18 +96,6 @@ impl PartialEq<&str> for SharedText {
 impl PartialEq<String> for SharedText {
     fn eq(&self, other: &String) -> bool {
         *self.0 == **other
-    }
-}
-
-impl PartialEq<SharedText> for str {
-    fn eq(&self, other: &SharedText) -> bool {
-        *self == *other.0
-    }
-}
-
-impl PartialEq<SharedText> for &str {
-    fn eq(&self, other: &SharedText) -> bool {
-        **self == *other.0
     }
 }
 

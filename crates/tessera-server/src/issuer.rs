@@ -10,9 +10,8 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
-use tessera_core::SharedText;
 use tessera_core::{
-    ControlState, DistributionError, DistributionTable, LicenseTable, PoolFile, Version,
+    ControlState, DistributionError, DistributionTable, LicenseTable, PoolFile, SharedText, Version,
 };
 use tessera_proto::{ErrorCode, ServerInfo};
 
@@ -629,7 +628,7 @@ impl Issuer {
         now: Now,
     ) -> IssueResult {
         let now_ms = now.ms;
-        let Some(grant) = self.grants.get(grant_id.as_str()) else {
+        let Some(grant) = self.grants.get(&grant_id) else {
             return self.issue(grant_id, request, now, Origin::Conversion);
         };
         let held = &grant.request;

@@ -37,10 +37,10 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use redb::{Database, Durability, ReadableTable, StorageBackend, Table};
+use tessera_core::SharedText;
 
 use super::{StoreOp, StoredGrant, GRANTS, META};
 use crate::seams::Disk;
-use tessera_core::SharedText;
 
 /// The journal's folder inside the data directory.
 pub const JOURNAL_DIR: &str = "journal";
