@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use tessera_core::{CivilDate, ControlState, LicenseTable};
+use tessera_core::{CivilDate, ControlState, LicenseTable, SharedText};
 
 use crate::clock::Clock;
 use crate::config::{self, Limits};
@@ -20,6 +20,9 @@ pub struct App {
     pub(crate) issuer: Mutex<Issuer>,
     pub(crate) store: Store,
     pub(crate) pool: Arc<Pool>,
+    /// The pool's `server_id` of this server, shared into every grant it
+    /// answers.
+    pub(crate) server_id: SharedText,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) limits: Limits,
     pub(crate) hostid: String,

@@ -309,6 +309,7 @@ impl App {
         App {
             issuer: Mutex::new(issuer),
             store,
+            server_id: pool.server_id.as_str().into(),
             pool,
             clock: seams.clock.clone(),
             limits: config.limits,

@@ -717,7 +717,7 @@ fn wire_grant(
         grant_id: granted.grant_id,
         feature: granted.feature,
         count: granted.count,
-        server_id: app.pool.server_id.as_str().into(),
+        server_id: app.server_id.clone(),
         lease_ms: granted.terms.lease_ms,
         heartbeat_interval_ms: granted.terms.heartbeat_interval_ms,
         servers: granted.servers,
