@@ -79,7 +79,7 @@ impl Comparison {
 /// with the build's write-back: one read 30 µs of server CPU per cycle and
 /// 33,045 checkouts/s where the same build, run after it, read 27 µs and
 /// 34,618/s.
-async fn settle_disk(progress: bool) -> Result<()> {
+pub(crate) async fn settle_disk(progress: bool) -> Result<()> {
     let started = std::time::Instant::now();
     // SAFETY: sync(2) takes no arguments and cannot fail.
     tokio::task::spawn_blocking(|| unsafe { libc::sync() }).await?;
