@@ -240,9 +240,9 @@ pub async fn run(
         progress,
         &format!("open loop at {rate:.0} checkouts/s (half of {peak:.0})"),
     );
-    // The seats just held left their store's pages for the kernel to
-    // write out; an open-loop run sharing the disk with that write-back
-    // measures it in its tail.
+    // The seats just held can leave their store's pages for the kernel to
+    // write out (116 MB once in six 500,000-seat trials); the open-loop
+    // run is not to share the disk with that write-back.
     crate::compare::settle_disk(progress).await?;
     let server = TesseraServer::start(tessera, Setup::cycle(seats)).await?;
     let target = Arc::new(TesseraTarget {
