@@ -191,6 +191,18 @@ fn runtime(threads: u64) -> Result<tokio::runtime::Runtime> {
 }
 
 fn compare(args: CompareArgs) -> Result<bool> {
+    // Refused before minutes of measuring, not after.
+    let out_dir = match args.out.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => std::path::Path::new("."),
+    };
+    if !out_dir.is_dir() {
+        bail!(
+            "--out {}: no directory {}; create it or write elsewhere",
+            args.out.display(),
+            out_dir.display()
+        );
+    }
     let tessera = tessera_binary(args.run.tessera)?;
     let mut config = if args.smoke {
         CompareConfig::smoke(tessera)
@@ -238,9 +250,10 @@ fn compare(args: CompareArgs) -> Result<bool> {
         markdown.push('\n');
         markdown.push_str(&profile);
     }
+    // Printed first: a file that cannot be written loses no figures.
+    print!("{markdown}");
     std::fs::write(&args.out, &markdown)
         .with_context(|| format!("cannot write {}", args.out.display()))?;
-    print!("{markdown}");
     eprintln!("written to {}", args.out.display());
     if let Some(extras) = &comparison.extras {
         let dir = args
