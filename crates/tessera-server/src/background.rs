@@ -35,6 +35,7 @@ pub(crate) fn follow_control(app: &Arc<App>, grace: bool, config: &ServerConfig)
                         let grace_ms = grace_ms(&timing, Some(issuer.longest_hold_ms()));
                         issuer.set_grace_until(Some(app.started_ms + grace_ms));
                         grace_fitted = true;
+                        crate::grace::end_when_over(app.clone());
                     }
                 }
                 app.seats_freed();

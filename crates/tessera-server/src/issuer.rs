@@ -1283,7 +1283,6 @@ impl Issuer {
         Ok(())
     }
 
-    /// Starts the grace period of a server that lost its store.
     /// Whether the grace period of a server that lost its store still runs,
     /// whatever the quota says: until it ends, the seats clients hold from
     /// before are unknown.
@@ -1292,6 +1291,12 @@ impl Issuer {
             .is_some_and(|until_ms| now_ms < until_ms)
     }
 
+    /// When the grace period ends (or ended), if there is one.
+    pub fn grace_until_ms(&self) -> Option<u64> {
+        self.grace_until_ms
+    }
+
+    /// Starts the grace period of a server that lost its store.
     pub fn set_grace_until(&mut self, until_ms: Option<u64>) {
         self.grace_until_ms = until_ms;
     }

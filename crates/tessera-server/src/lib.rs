@@ -18,6 +18,7 @@ pub mod clock_mark;
 pub mod config;
 pub mod cooling;
 pub mod copies;
+pub mod grace;
 pub mod hand_over;
 pub mod hostid;
 pub mod issuer;

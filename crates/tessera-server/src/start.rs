@@ -161,7 +161,7 @@ where
         });
     };
     check_own_credential(&config, &own_entry)?;
-    let (issuer, store, lost_store) = open_issuer(&config, &seams, &pool_file.pool_id)?;
+    let (issuer, store, grace) = open_issuer(&config, &seams, &pool_file.pool_id)?;
     // Real files only: a simulated disk keeps none.
     let report = if config.report.enabled && seams.disk.commit_on_threads() {
         crate::report_log::ReportLog::start(
@@ -209,7 +209,7 @@ where
         own_entry.address,
     ));
     app.watch_clock();
-    background::follow_control(&app, lost_store, &config);
+    background::follow_control(&app, grace, &config);
     let done = tokio::spawn(serve(app.clone(), listener, config, vid, shutdown));
     tracing::info!("listening on {address}");
     Ok(Running { address, done, app })
@@ -242,12 +242,38 @@ fn check_own_credential(
 }
 
 /// Opens the grant store and builds the issuer from the grants in it.
-/// Also says whether the store was missing and the grace period began.
+/// Also says whether a grace period began: the store was missing, or the
+/// last run stopped before its grace period ended ([`crate::grace`]).
 fn open_issuer(
     config: &ServerConfig,
     seams: &Seams,
     pool_id: &str,
 ) -> Result<(Issuer, Store, bool), StartError> {
+    // A store that may lack grants its clients hold: none (it was lost), or
+    // one made during a grace period that did not run to its end. The grace
+    // period is recorded before a new store is made, so a crash between the
+    // two still finds it.
+    let disk = seams.disk.as_ref();
+    let store_missing = !disk.exists(&config.data_dir.join(crate::store::STORE_FILE));
+    let grace_pending = crate::grace::pending(disk, &config.data_dir);
+    let grace_error = |err: std::io::Error| {
+        StartError::Store(crate::store::StoreError::Open {
+            path: config.data_dir.join(crate::grace::GRACE_FILE),
+            message: format!("cannot record the grace period: {err}"),
+        })
+    };
+    let grace = config.grace_on_missing_store && (store_missing || grace_pending);
+    if grace && !grace_pending {
+        crate::grace::begin(disk, &config.data_dir).map_err(grace_error)?;
+    } else if !config.grace_on_missing_store {
+        crate::grace::forget(disk, &config.data_dir).map_err(grace_error)?;
+    }
+    if grace && !store_missing {
+        tracing::warn!(
+            "the last run stopped before its grace period ended: its grant store may lack seats \
+             clients hold, so a new grace period begins"
+        );
+    }
     let (store, opened) = Store::open_on(
         &seams.disk,
         &config.data_dir,
@@ -272,11 +298,10 @@ fn open_issuer(
         opened.grants,
         now_ms,
     );
-    let lost_store = !opened.existed && config.grace_on_missing_store;
-    if lost_store {
+    if grace {
         issuer.set_grace_until(Some(now_ms + grace_ms(&config.timing, None)));
     }
-    Ok((issuer, store, lost_store))
+    Ok((issuer, store, grace))
 }
 
 /// What start-up made for the [`App`].

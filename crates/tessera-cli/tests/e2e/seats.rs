@@ -10,7 +10,7 @@ use tokio::time::Instant;
 
 use crate::fixture::{
     checkout_body, code, code_with, feature_of, heartbeat_body, in_use, tessera, Fixture, Renewal,
-    Server, StartMode, POLL_INTERVAL, SHORT_POLICY,
+    Server, StartMode, POLL_INTERVAL, SERVER_READY_TIMEOUT, SHORT_POLICY,
 };
 
 /// Longest wait for a lapsed seat to be freed, or for a grace period to end.
@@ -227,6 +227,83 @@ async fn a_server_without_its_store_accepts_only_renewals_until_its_grace_ends()
     assert_eq!(status.server.state, "serving", "{status:#?}");
     assert_eq!(feature_of(&status, "cad").hard_limit, 3);
     check(&server, "cad", 2, "after the grace").await;
+}
+
+/// A server that dies during its grace period starts the next run in a new
+/// one: the store it made since records only the renewals it converted, and
+/// holders from before the loss may still hold seats it never recorded. A
+/// clean stop during the grace period does not end it either; only a grace
+/// period run to its end does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grace_period_cut_short_by_a_crash_begins_again_at_the_next_start() {
+    let fixture = Fixture::new().await;
+    let mut server = fixture.server_with_grace(&code("cad", 3), 120_000).await;
+    server.start(StartMode::Plain).await;
+    server.wait_grace().await;
+    let proof = fixture.proof("held-before-loss", "old-client", "cad", 1);
+    server
+        .renews(
+            &heartbeat_body("held-before-loss", "old-client", "cad", 1, &proof),
+            Renewal::Converted,
+        )
+        .await;
+
+    // kill -9 in the grace period: the store now exists, holding one grant.
+    server.kill();
+    server.start(StartMode::Plain).await;
+    server.wait_grace().await;
+    check(&server, "cad", 1, "the converted grant, after the crash").await;
+    server
+        .post("/v1/checkout", &checkout_body("new-client", "cad", 1))
+        .await
+        .refused(503, "grace_period");
+    // Another holder from before the loss is still taken back.
+    let proof = fixture.proof("also-held-before-loss", "other-client", "cad", 1);
+    server
+        .renews(
+            &heartbeat_body("also-held-before-loss", "other-client", "cad", 1, &proof),
+            Renewal::Converted,
+        )
+        .await;
+
+    // A clean stop in the grace period keeps it too.
+    assert!(server.terminate().await.success());
+    server.start(StartMode::Plain).await;
+    server.wait_grace().await;
+    check(&server, "cad", 2, "both converted grants, after the stop").await;
+    assert!(server.log().contains("a new grace period begins"));
+}
+
+/// Once a grace period has run to its end, a crash starts no new one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grace_period_run_to_its_end_is_not_waited_again_after_a_crash() {
+    let fixture = Fixture::new().await;
+    let mut server = fixture.server_with_grace(&code("cad", 3), 1_500).await;
+    server.start(StartMode::Plain).await;
+    server.wait_grace().await;
+    let grace_file = server.data_dir.join(tessera_server::grace::GRACE_FILE);
+    let deadline = Instant::now() + LAPSE_TIMEOUT;
+    while grace_file.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "the grace period's record outlived it by {LAPSE_TIMEOUT:?}"
+        );
+        tokio::time::sleep(POLL_INTERVAL).await;
+    }
+    assert_eq!(server.status().await.server.state, "serving");
+
+    server.kill();
+    server.start(StartMode::Plain).await;
+    let status = server
+        .poll("the pool to form", SERVER_READY_TIMEOUT, |s| {
+            s.server.state != "no_quorum"
+        })
+        .await;
+    assert_eq!(status.server.state, "serving", "{status:#?}");
+    server
+        .post("/v1/checkout", &checkout_body("new-client", "cad", 1))
+        .await
+        .ok();
 }
 
 /// The SDK's configuration for `server`, trusting its pool CA.
