@@ -587,8 +587,8 @@ impl Issuer {
             IssuingState::Grace { until_ms } if origin == Origin::Checkout => Err(Refusal::new(
                 ErrorCode::GracePeriod,
                 format!(
-                    "server `{}` started without its grant store and accepts only renewals for \
-                     {} more ms",
+                    "server `{}` is in its grace period (its grant store was lost, and may lack \
+                     seats clients hold) and accepts only renewals for {} more ms",
                     self.server_id,
                     until_ms - now_ms
                 ),

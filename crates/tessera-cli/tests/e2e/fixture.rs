@@ -641,14 +641,19 @@ impl Server {
         }
     }
 
+    /// Waits (bounded) until the server has formed its pool: its state is
+    /// no longer `no_quorum`.
+    pub async fn wait_formed(&mut self) -> StatusResponse {
+        self.poll("the pool to form", SERVER_READY_TIMEOUT, |s| {
+            s.server.state != "no_quorum"
+        })
+        .await
+    }
+
     /// Waits (bounded) until a server started without its store has formed
     /// its pool; asserts that it is in its grace period.
     pub async fn wait_grace(&mut self) -> StatusResponse {
-        let status = self
-            .poll("the pool to form", SERVER_READY_TIMEOUT, |s| {
-                s.server.state != "no_quorum"
-            })
-            .await;
+        let status = self.wait_formed().await;
         assert_eq!(status.server.state, "grace", "{status:#?}");
         status
     }

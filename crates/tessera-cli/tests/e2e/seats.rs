@@ -10,7 +10,7 @@ use tokio::time::Instant;
 
 use crate::fixture::{
     checkout_body, code, code_with, feature_of, heartbeat_body, in_use, tessera, Fixture, Renewal,
-    Server, StartMode, POLL_INTERVAL, SERVER_READY_TIMEOUT, SHORT_POLICY,
+    Server, StartMode, POLL_INTERVAL, SHORT_POLICY,
 };
 
 /// Longest wait for a lapsed seat to be freed, or for a grace period to end.
@@ -198,13 +198,7 @@ async fn a_server_without_its_store_accepts_only_renewals_until_its_grace_ends()
         .refused(503, "grace_period");
     // A holder from before the restart renews with its grant's proof: the
     // server converts it.
-    let proof = fixture.proof("held-before-restart", "old-client", "cad", 1);
-    server
-        .renews(
-            &heartbeat_body("held-before-restart", "old-client", "cad", 1, &proof),
-            Renewal::Converted,
-        )
-        .await;
+    renews_from_before(&fixture, &server, "held-before-restart", "old-client").await;
     check(&server, "cad", 1, "after the converted heartbeat").await;
 
     // Once the grace ends, new checkouts are served.
@@ -240,13 +234,7 @@ async fn a_grace_period_cut_short_by_a_crash_begins_again_at_the_next_start() {
     let mut server = fixture.server_with_grace(&code("cad", 3), 120_000).await;
     server.start(StartMode::Plain).await;
     server.wait_grace().await;
-    let proof = fixture.proof("held-before-loss", "old-client", "cad", 1);
-    server
-        .renews(
-            &heartbeat_body("held-before-loss", "old-client", "cad", 1, &proof),
-            Renewal::Converted,
-        )
-        .await;
+    renews_from_before(&fixture, &server, "held-before-loss", "old-client").await;
 
     // kill -9 in the grace period: the store now exists, holding one grant.
     server.kill();
@@ -258,13 +246,7 @@ async fn a_grace_period_cut_short_by_a_crash_begins_again_at_the_next_start() {
         .await
         .refused(503, "grace_period");
     // Another holder from before the loss is still taken back.
-    let proof = fixture.proof("also-held-before-loss", "other-client", "cad", 1);
-    server
-        .renews(
-            &heartbeat_body("also-held-before-loss", "other-client", "cad", 1, &proof),
-            Renewal::Converted,
-        )
-        .await;
+    renews_from_before(&fixture, &server, "also-held-before-loss", "other-client").await;
 
     // A clean stop in the grace period keeps it too.
     assert!(server.terminate().await.success());
@@ -294,16 +276,24 @@ async fn a_grace_period_run_to_its_end_is_not_waited_again_after_a_crash() {
 
     server.kill();
     server.start(StartMode::Plain).await;
-    let status = server
-        .poll("the pool to form", SERVER_READY_TIMEOUT, |s| {
-            s.server.state != "no_quorum"
-        })
-        .await;
+    let status = server.wait_formed().await;
     assert_eq!(status.server.state, "serving", "{status:#?}");
     server
         .post("/v1/checkout", &checkout_body("new-client", "cad", 1))
         .await
         .ok();
+}
+
+/// A holder of one seat of `cad` from before the server lost its store
+/// renews `grant_id` with the grant's proof; the server converts it.
+async fn renews_from_before(fixture: &Fixture, server: &Server, grant_id: &str, client_id: &str) {
+    let proof = fixture.proof(grant_id, client_id, "cad", 1);
+    server
+        .renews(
+            &heartbeat_body(grant_id, client_id, "cad", 1, &proof),
+            Renewal::Converted,
+        )
+        .await;
 }
 
 /// The SDK's configuration for `server`, trusting its pool CA.
