@@ -191,12 +191,10 @@ fn runtime(threads: u64) -> Result<tokio::runtime::Runtime> {
 }
 
 fn compare(args: CompareArgs) -> Result<bool> {
-    // Refused before minutes of measuring, not after.
-    let out_dir = match args.out.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => dir,
-        _ => std::path::Path::new("."),
-    };
-    if !out_dir.is_dir() {
+    // `--out`'s directory ("" for a bare file name: the current one),
+    // refused before minutes of measuring, not after.
+    let out_dir = args.out.parent().unwrap_or(std::path::Path::new("."));
+    if !out_dir.as_os_str().is_empty() && !out_dir.is_dir() {
         bail!(
             "--out {}: no directory {}; create it or write elsewhere",
             args.out.display(),
@@ -240,12 +238,9 @@ fn compare(args: CompareArgs) -> Result<bool> {
         .ok()
         .and_then(|text| tessera_bench::previous::parse(&text));
     let mut markdown = comparison.markdown(&date, previous.as_ref())?;
-    // The latest profile (scripts/profile-server.sh), kept with the figures.
-    let results = args
-        .out
-        .parent()
-        .unwrap_or(std::path::Path::new("."))
-        .join("bench-results");
+    // The latest profile (scripts/profile-server.sh), kept with the figures;
+    // the plots are written beside it.
+    let results = out_dir.join("bench-results");
     if let Ok(profile) = std::fs::read_to_string(results.join("profile.md")) {
         markdown.push('\n');
         markdown.push_str(&profile);
@@ -256,12 +251,7 @@ fn compare(args: CompareArgs) -> Result<bool> {
         .with_context(|| format!("cannot write {}", args.out.display()))?;
     eprintln!("written to {}", args.out.display());
     if let Some(extras) = &comparison.extras {
-        let dir = args
-            .out
-            .parent()
-            .unwrap_or(std::path::Path::new("."))
-            .join("bench-results");
-        for path in extras.write_plots(&dir, &comparison.reports)? {
+        for path in extras.write_plots(&results, &comparison.reports)? {
             eprintln!("plot: {}", path.display());
         }
     }

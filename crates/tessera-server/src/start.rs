@@ -254,7 +254,7 @@ fn open_issuer(
     // period is recorded before a new store is made, so a crash between the
     // two still finds it.
     let disk = seams.disk.as_ref();
-    let store_missing = !disk.exists(&config.data_dir.join(crate::store::STORE_FILE));
+    let store_missing = !Store::exists_on(disk, &config.data_dir);
     let grace_pending = crate::grace::pending(disk, &config.data_dir);
     let grace_error = |err: std::io::Error| {
         StartError::Store(crate::store::StoreError::Open {

@@ -100,8 +100,6 @@ struct Job {
 
 /// What opening found.
 pub struct Opened {
-    /// False when the store file did not exist: a new server, or a lost disk.
-    pub existed: bool,
     pub grants: Vec<(SharedText, StoredGrant)>,
 }
 
@@ -138,6 +136,12 @@ impl Store {
         Store::open_on(&disk, data_dir, pool_id, server_id, batch_max)
     }
 
+    /// Whether `data_dir` on `disk` holds a store: false for a new server,
+    /// or one that lost it.
+    pub fn exists_on(disk: &dyn Disk, data_dir: &Path) -> bool {
+        disk.exists(&data_dir.join(STORE_FILE))
+    }
+
     /// Opens (or creates) the store in `data_dir` on `disk` and starts its
     /// writer: a thread of its own on a real disk, a task on a simulated one.
     pub fn open_on(
@@ -154,7 +158,6 @@ impl Store {
         };
         std::fs::create_dir_all(data_dir)
             .map_err(|err| open_error(format!("cannot create the data directory: {err}")))?;
-        let existed = disk.exists(&path);
         let db = disk.open_database(&path, CACHE_BYTES).map_err(|err| {
             open_error(format!(
                 "cannot open it ({err}); if the file is damaged, move it away: the server then \
@@ -206,7 +209,7 @@ impl Store {
         let store = Store {
             queue: Arc::new(Sender(queue)),
         };
-        Ok((store, Opened { existed, grants }))
+        Ok((store, Opened { grants }))
     }
 
     /// Writes a grant; returns once it is durable. `fresh`: a checkout made
@@ -485,8 +488,8 @@ mod tests {
     async fn grants_survive_reopen_and_deletes_apply_in_order() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let (store, opened) = Store::open(dir.path(), "p", "A", 16).unwrap();
-            assert!(!opened.existed);
+            assert!(!Store::exists_on(&FileDisk, dir.path()));
+            let (store, _opened) = Store::open(dir.path(), "p", "A", 16).unwrap();
             store.put("g1".into(), grant("cad"), true).await.unwrap();
             store.put("g2".into(), grant("sim"), true).await.unwrap();
             store.delete("g1".into(), 5).await;
@@ -496,8 +499,8 @@ mod tests {
             // A put after the delete is committed after it: wait on it.
             store.put("g3".into(), grant("cad"), true).await.unwrap();
         }
+        assert!(Store::exists_on(&FileDisk, dir.path()));
         let (_store, opened) = reopen(dir.path(), "A").unwrap();
-        assert!(opened.existed);
         let mut ids: Vec<String> = opened.grants.iter().map(|(id, _)| id.to_string()).collect();
         ids.sort();
         assert_eq!(ids, vec!["g2", "g3", "g9"]);
