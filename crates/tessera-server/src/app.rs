@@ -49,6 +49,8 @@ pub struct App {
     /// error code, for the status and the dashboard.
     pub(crate) denials: Mutex<std::collections::HashMap<(String, tessera_proto::ErrorCode), u64>>,
     pub(crate) timing: config::Timing,
+    /// When a new grant reaches the disk (`[store] sync`).
+    pub(crate) store_sync: config::StoreSync,
     pub(crate) borrowing: std::collections::BTreeMap<String, tessera_core::BorrowPolicy>,
     /// One borrower per feature at a time.
     pub(crate) borrow_locks: Mutex<std::collections::HashMap<String, Arc<tokio::sync::Mutex<()>>>>,

@@ -25,6 +25,9 @@
 //! [timing]                    # all optional
 //! clock_drift_percent = 1
 //!
+//! [store]                     # optional
+//! sync = "before-answer"      # or "background": a crash then costs a grace period
+//!
 //! [borrowing.cad]             # optional; overrides the pool file's
 //! threshold_percent = 90
 //!
@@ -69,6 +72,30 @@ struct ConfigText {
     vid: Option<VidText>,
     #[serde(default)]
     report: ReportText,
+    #[serde(default)]
+    store: StoreText,
+}
+
+/// `[store]`: the grant store.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct StoreText {
+    sync: StoreSync,
+}
+
+/// When a new grant reaches the disk (`[store] sync`).
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum StoreSync {
+    /// Synced before it is answered: a crash loses no answered grant.
+    #[default]
+    BeforeAnswer,
+    /// Answered at once and synced within the store's deferral (50 ms) or
+    /// its next full batch. A run that ended without a clean stop is
+    /// followed by a grace period, in which the server converts its holders'
+    /// heartbeats instead of reading their grants from the disk
+    /// (`crate::grace`, ARCHITECTURE.md timeline 3).
+    Background,
 }
 
 /// `[report]`: the report log (`crate::report_log`).
@@ -345,6 +372,8 @@ pub struct ServerConfig {
     /// Set on a production server bound to a VID (`crate::vid`).
     pub vid: Option<VidConfig>,
     pub report: ReportConfig,
+    /// When a new grant reaches the disk.
+    pub store_sync: StoreSync,
 }
 
 /// What a config without `pool_key_file` is told.
@@ -414,6 +443,7 @@ impl ServerConfig {
         };
         Ok(ServerConfig {
             report,
+            store_sync: raw.store.sync,
             pool_key_file: base.join(pool_key_file),
             master_license_file: raw.master_license_file.map(|path| base.join(path)),
             vid: raw.vid.map(|vid| VidConfig {
@@ -535,6 +565,16 @@ mod tests {
         let config = ServerConfig::parse(&plain, dir.path()).unwrap();
         assert!(config.security.tls.is_none());
         assert_eq!(config.security.public_status, PublicStatus::Full);
+        assert_eq!(config.store_sync, StoreSync::BeforeAnswer);
+        let background = format!("{base}[store]\nsync = \"background\"\n");
+        let config = ServerConfig::parse(&background, dir.path()).unwrap();
+        assert_eq!(config.store_sync, StoreSync::Background);
+        let err = ServerConfig::parse(&format!("{base}[store]\nsync = \"never\"\n"), dir.path())
+            .unwrap_err();
+        assert!(
+            err.contains("before-answer") && err.contains("background"),
+            "{err}"
+        );
         let err = ServerConfig::parse(
             &format!("{MINIMAL}[[vendors]]\nname = \"acme\"\npublic_key = \"nope\"\n"),
             dir.path(),

@@ -10,6 +10,13 @@
 //! (synced, with its folder); a server that finds it starts a new grace
 //! period, from its own start, whatever its store holds. The file goes only
 //! once a grace period has run to its end.
+//!
+//! A server whose store syncs in the background (`[store] sync =
+//! "background"`) answers grants before they are on its disk, so a crash
+//! may lose some its clients hold, as a lost store does. [`RUN_FILE`] is
+//! written (synced) before such a run serves and removed only after a clean
+//! stop has synced every grant; a start that finds it begins a grace period
+//! (and records it as above) instead of trusting its store.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -27,6 +34,16 @@ waited out its grace period (one longest hold): clients may hold seats its store
 record. While this file exists the server starts in a grace period, issuing only renewals. \
 It removes the file itself when a grace period ends; removing it by hand can let the pool \
 issue more seats than it has.\n";
+
+/// In the data directory while a run that syncs grants in the background
+/// is serving, and after it if it did not stop cleanly.
+pub const RUN_FILE: &str = "unsynced-run";
+
+const RUN_TEXT: &str = "This server answers grants before its grant store syncs them \
+([store] sync = \"background\"). This file exists while it runs and is removed once a clean \
+stop has synced every grant. A server that finds it at start has lost the grants of a run that \
+did not stop cleanly, and begins a grace period (one longest hold), issuing only renewals. \
+Removing it by hand can let the pool issue more seats than it has.\n";
 
 /// Longest sleep between two looks at the grace period's end.
 const LOOK_EVERY: Duration = Duration::from_secs(1);
@@ -50,6 +67,28 @@ pub fn begin(disk: &dyn Disk, data_dir: &Path) -> std::io::Result<()> {
 /// a seat.
 pub fn forget(disk: &dyn Disk, data_dir: &Path) -> std::io::Result<()> {
     let file = path(data_dir);
+    if !disk.exists(&file) {
+        return Ok(());
+    }
+    disk.remove_file(&file)?;
+    disk.sync_dir(data_dir)
+}
+
+/// Whether a run that synced grants in the background did not stop cleanly.
+pub fn unclean_run(disk: &dyn Disk, data_dir: &Path) -> bool {
+    disk.exists(&data_dir.join(RUN_FILE))
+}
+
+/// Records, durably, that this run answers grants before they are synced.
+pub fn begin_run(disk: &dyn Disk, data_dir: &Path) -> std::io::Result<()> {
+    disk.create_dir(data_dir)?;
+    disk.replace_file(&data_dir.join(RUN_FILE), RUN_TEXT.as_bytes())
+}
+
+/// Removes the record of [`begin_run`]: every grant answered is synced (a
+/// clean stop), or a grace period was recorded in its place.
+pub fn end_run(disk: &dyn Disk, data_dir: &Path) -> std::io::Result<()> {
+    let file = data_dir.join(RUN_FILE);
     if !disk.exists(&file) {
         return Ok(());
     }
@@ -102,5 +141,21 @@ mod tests {
         assert!(text.contains("grace period"), "{text}");
         forget(&disk, &data_dir).unwrap();
         assert!(!pending(&disk, &data_dir));
+    }
+
+    #[test]
+    fn a_run_that_syncs_in_the_background_is_recorded_until_it_ends() {
+        let dir = tempfile::tempdir().unwrap();
+        let data_dir = dir.path().join("data");
+        let disk = FileDisk;
+        assert!(!unclean_run(&disk, &data_dir));
+        end_run(&disk, &data_dir).expect("no run to end is no error");
+        begin_run(&disk, &data_dir).unwrap();
+        assert!(unclean_run(&disk, &data_dir));
+        let text = std::fs::read_to_string(data_dir.join(RUN_FILE)).unwrap();
+        assert!(text.contains("clean stop"), "{text}");
+        end_run(&disk, &data_dir).unwrap();
+        assert!(!unclean_run(&disk, &data_dir));
+        assert!(!pending(&disk, &data_dir), "the two records are apart");
     }
 }

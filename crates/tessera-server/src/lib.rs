@@ -37,6 +37,6 @@ pub mod store;
 pub mod vid;
 
 pub use crate::app::App;
-pub use crate::config::ServerConfig;
+pub use crate::config::{ServerConfig, StoreSync};
 pub use crate::seams::Seams;
 pub use crate::start::{run, start, start_with, Running, StartError};

@@ -187,8 +187,9 @@ impl Disk for FileDisk {
 pub trait Observer: Send + Sync + 'static {
     /// `server` applied the control log up to `index`, reaching `state`.
     fn applied(&self, server: &str, index: u64, state: &ControlState);
-    /// `server` started and read these grants from its store.
-    fn restored(&self, server: &str, grant_ids: &[String]);
+    /// `server` started and read these grants from its store, in a grace
+    /// period if `grace`.
+    fn restored(&self, server: &str, grant_ids: &[String], grace: bool);
     /// `server`'s issuer broke one of its invariants, checked after every
     /// change ([`crate::issuer::Issuer::check_invariants`]).
     fn invariant_broken(&self, server: &str, broken: &str);
@@ -213,6 +214,9 @@ pub struct Mutations {
     /// Hand a silent server's grant over at once, without waiting for its
     /// quota to end and without checking the copy outlives that quota.
     pub hand_over_without_wait: bool,
+    /// Start serving at once after a run that synced grants in the
+    /// background and did not stop cleanly, trusting its store.
+    pub trust_an_unclean_run: bool,
 }
 
 /// Makes grant ids.

@@ -262,18 +262,40 @@ fn open_issuer(
             message: format!("cannot record the grace period: {err}"),
         })
     };
-    let grace = config.grace_on_missing_store && (store_missing || grace_pending);
+    // A run that answered grants before syncing them and did not stop
+    // cleanly: its store may lack grants too.
+    let unclean_run =
+        crate::grace::unclean_run(disk, &config.data_dir) && !seams.mutations.trust_an_unclean_run;
+    let grace = config.grace_on_missing_store && (store_missing || grace_pending || unclean_run);
     if grace && !grace_pending {
         crate::grace::begin(disk, &config.data_dir).map_err(grace_error)?;
     } else if !config.grace_on_missing_store {
         crate::grace::forget(disk, &config.data_dir).map_err(grace_error)?;
     }
-    if grace && !store_missing {
+    if grace && grace_pending && !store_missing {
         tracing::warn!(
             "the last run stopped before its grace period ended: its grant store may lack seats \
              clients hold, so a new grace period begins"
         );
+    } else if grace && unclean_run && !store_missing {
+        tracing::warn!(
+            "the last run answered grants before syncing them ([store] sync = \"background\") \
+             and did not stop cleanly: its grant store may lack seats clients hold, so a grace \
+             period begins"
+        );
     }
+    // Recorded before this run answers a grant it has not synced; the
+    // grace period above, if any, was recorded before the old record goes.
+    let run_record = match config.store_sync {
+        crate::config::StoreSync::Background => crate::grace::begin_run(disk, &config.data_dir),
+        crate::config::StoreSync::BeforeAnswer => crate::grace::end_run(disk, &config.data_dir),
+    };
+    run_record.map_err(|err| {
+        StartError::Store(crate::store::StoreError::Open {
+            path: config.data_dir.join(crate::grace::RUN_FILE),
+            message: format!("cannot record how this run syncs its grants: {err}"),
+        })
+    })?;
     let (store, opened) = Store::open_on(
         &seams.disk,
         &config.data_dir,
@@ -288,7 +310,7 @@ fn open_issuer(
     );
     if let Some(observer) = &seams.observer {
         let ids: Vec<String> = opened.grants.iter().map(|(id, _)| id.to_string()).collect();
-        observer.restored(&config.server_id, &ids);
+        observer.restored(&config.server_id, &ids, grace);
     }
     let now_ms = seams.clock.now_ms();
     let mut issuer = Issuer::new(
@@ -354,6 +376,7 @@ impl App {
             requests: Mutex::new(Default::default()),
             denials: Mutex::new(Default::default()),
             timing: config.timing,
+            store_sync: config.store_sync,
             borrowing: config.borrowing.clone(),
             borrow_locks: Mutex::new(Default::default()),
             borrow_quiet: Mutex::new(Default::default()),
@@ -438,6 +461,23 @@ async fn serve<L>(
         task.abort();
     }
     let _ = pool.raft.shutdown().await;
+    // Every grant queued is synced, and none comes after: a run that
+    // answered grants before syncing them has then lost none.
+    match app.store.finish().await {
+        Ok(()) => {
+            if let Err(err) = crate::grace::end_run(app.disk.as_ref(), &app.data_dir) {
+                tracing::error!(
+                    "every grant is synced, but {} cannot be removed ({err}); the next start \
+                     waits out a grace period",
+                    app.data_dir.join(crate::grace::RUN_FILE).display()
+                );
+            }
+        }
+        Err(err) => tracing::error!(
+            "the grant store could not sync its last writes ({err}); the next start waits out a \
+             grace period if this run synced grants in the background"
+        ),
+    }
     // The report file closed with its checksum.
     let report_app = app.clone();
     let _ = tokio::task::spawn_blocking(move || report_app.report.close()).await;

@@ -86,6 +86,10 @@ pub struct Options {
     /// The seeds' rules are left out of the servers' pool files, so nothing
     /// enforces them: the rules' checker must object.
     pub withhold_rules: bool,
+    /// Every server answers grants before it syncs them (`[store] sync =
+    /// "background"`): a crash loses the grants of its last moments, and
+    /// the restarted server must recover them from heartbeats.
+    pub background_sync: bool,
 }
 
 impl Default for Options {
@@ -105,6 +109,7 @@ impl Default for Options {
             plan: None,
             rules: true,
             withhold_rules: false,
+            background_sync: false,
         }
     }
 }
@@ -500,6 +505,7 @@ impl Runner {
         let dir = write_start_files(scenario);
         let trace = Shared::default();
         trace.lock().set_initial_limit(scenario.hard_limit);
+        trace.lock().set_background_sync(scenario.background_sync);
         trace.lock().set_hostids(
             scenario
                 .servers

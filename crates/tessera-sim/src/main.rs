@@ -72,8 +72,12 @@ struct Args {
     /// enforces them, and the rules' checker must object.
     #[arg(long, conflicts_with = "no_rules")]
     withhold_rules: bool,
+    /// Every server answers grants before it syncs them (`[store] sync =
+    /// "background"`), so a crash loses some and costs a grace period.
+    #[arg(long)]
+    background_sync: bool,
     /// Deliberately break the server: issue-without-quorum, reassign-without-wait,
-    /// vote-while-catching-up or hand-over-without-wait.
+    /// vote-while-catching-up, hand-over-without-wait or trust-an-unclean-run.
     #[arg(long)]
     mutation: Option<String>,
     /// Start no new seed after this many minutes (a soak with a time budget).
@@ -122,6 +126,7 @@ fn real_main() -> Result<i32> {
         mutations: mutations(args.mutation.as_deref())?,
         rules: !args.no_rules,
         withhold_rules: args.withhold_rules,
+        background_sync: args.background_sync,
         ..Options::default()
     };
     if let Some(seed) = args.seed {
@@ -148,9 +153,11 @@ fn mutations(name: Option<&str>) -> Result<Mutations> {
         "reassign-without-wait" => &mut mutations.reassign_without_wait,
         "vote-while-catching-up" => &mut mutations.vote_while_catching_up,
         "hand-over-without-wait" => &mut mutations.hand_over_without_wait,
+        "trust-an-unclean-run" => &mut mutations.trust_an_unclean_run,
         other => bail!(
             "unknown mutation `{other}`; the mutations are issue-without-quorum, \
-             reassign-without-wait, vote-while-catching-up and hand-over-without-wait"
+             reassign-without-wait, vote-while-catching-up, hand-over-without-wait and \
+             trust-an-unclean-run"
         ),
     } = true;
     Ok(mutations)
@@ -160,8 +167,8 @@ fn print_one(report: &Report) {
     println!(
         "seed {}: {} servers, hard limit {}, {} programs, {:.1} s simulated; {} faults; \
          {} grants ({} temporary licenses), {} renewals, {} fail-overs, {} hand-overs, \
-         {} refusals ({} by a max, {} by reserves), {} admin changes, {} restores checked, {} \
-         states applied; peak {} of {} seats; {}; digest {}",
+         {} refusals ({} by a max, {} by reserves), {} admin changes, {} restores checked \
+         ({} grants lost unsynced), {} states applied; peak {} of {} seats; {}; digest {}",
         report.seed,
         report.servers,
         report.hard_limit,
@@ -178,6 +185,7 @@ fn print_one(report: &Report) {
         report.counts.refused_by_reserve,
         report.counts.admin_changes,
         report.counts.restores_checked,
+        report.counts.lost_unsynced,
         report.counts.states_applied,
         report.peak_seats,
         report.hard_limit_final,

@@ -78,6 +78,8 @@ pub struct Scenario {
     /// The feature's pool-wide `reserve` and `max` rules, if the seed drew
     /// them ([`Scenario::set_rules`]).
     pub rules: Option<Rules>,
+    /// Servers answer grants before syncing them ([`Options::background_sync`]).
+    pub background_sync: bool,
 }
 
 pub const SERVER_IDS: [&str; 7] = ["A", "B", "C", "D", "E", "F", "G"];
@@ -147,6 +149,7 @@ impl Scenario {
             host_codes: options.host_codes,
             distribution,
             rules: None,
+            background_sync: options.background_sync,
         }
     }
 
@@ -207,9 +210,15 @@ impl Scenario {
              grace_on_missing_store = true\n\n\
              [[vendors]]\nname = \"{VENDOR}\"\npublic_key = \"{key}\"\n\n\
              [timing]\nclock_drift_percent = {DRIFT_PERCENT}\nelection_jitter_ms = 1\n\n\
-             [security]\nplain_http = true\npeer_credential_file = \"{credential_file}\"\n",
+             [security]\nplain_http = true\npeer_credential_file = \"{credential_file}\"\n\n\
+             [store]\nsync = \"{sync}\"\n",
             id = server.id,
             key = vendor.to_base64(),
+            sync = if self.background_sync {
+                "background"
+            } else {
+                "before-answer"
+            },
         );
         ServerConfig::parse(&text, dir).expect("the simulator writes a valid config")
     }

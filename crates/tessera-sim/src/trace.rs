@@ -112,6 +112,9 @@ pub struct Counts {
     /// Grants of silent servers handed over with their seats (the most any
     /// applied state counted).
     pub hand_overs: u64,
+    /// Believed grants a server that synced in the background lost in a
+    /// crash, and restarted without, in a grace period.
+    pub lost_unsynced: u64,
 }
 
 #[derive(Default)]
@@ -144,6 +147,10 @@ pub struct Trace {
     /// When the feature's nominal seats (every code's) grew, as committed
     /// states show: the total the reserves are judged against.
     nominal: Vec<(Duration, u64)>,
+    /// The servers answer grants before syncing them
+    /// ([`crate::Options::background_sync`]): a crash may lose some, provided
+    /// the restart begins a grace period.
+    background_sync: bool,
     pub violations: Vec<Violation>,
     pub counts: Counts,
 }
@@ -199,6 +206,11 @@ impl Trace {
             checker,
             what,
         });
+    }
+
+    /// The servers answer grants before syncing them.
+    pub fn set_background_sync(&mut self, background_sync: bool) {
+        self.background_sync = background_sync;
     }
 
     /// The servers' hostids, with host-bound codes.
@@ -383,10 +395,18 @@ impl Trace {
             .insert(server.to_string(), (now, expected));
     }
 
-    pub fn restored(&mut self, server: &str, grants: &[String]) {
+    /// `server` started with `grants` from its store, in a grace period
+    /// if `grace`. A server that syncs in the background may have lost
+    /// grants its programs believe, only if it then begins a grace period
+    /// (which the over-issue checker judges).
+    pub fn restored(&mut self, server: &str, grants: &[String], grace: bool) {
+        let in_grace = if grace { ", in a grace period" } else { "" };
         self.note(
             server,
-            &format!("started with {} grants from its store", grants.len()),
+            &format!(
+                "started with {} grants from its store{in_grace}",
+                grants.len()
+            ),
         );
         let Some((crashed_at, expected)) = self.expected_restore.remove(server) else {
             return;
@@ -399,7 +419,13 @@ impl Trace {
             .filter(|g| !self.dropped.contains(&(server.to_string(), g.to_string())))
             .collect();
         self.dropped.retain(|(at, _)| at != server);
-        if !missing.is_empty() {
+        if !missing.is_empty() && self.background_sync && grace {
+            self.counts.lost_unsynced += missing.len() as u64;
+            self.note(
+                server,
+                &format!("lost {missing:?}, answered but not yet synced, to the crash"),
+            );
+        } else if !missing.is_empty() {
             self.violate(
                 "grant-durability",
                 format!(
@@ -696,8 +722,8 @@ impl Observer for TraceObserver {
         self.0.lock().applied(server, index, state);
     }
 
-    fn restored(&self, server: &str, grant_ids: &[String]) {
-        self.0.lock().restored(server, grant_ids);
+    fn restored(&self, server: &str, grant_ids: &[String], grace: bool) {
+        self.0.lock().restored(server, grant_ids, grace);
     }
 
     fn invariant_broken(&self, server: &str, broken: &str) {

@@ -27,6 +27,7 @@ use tessera_core::grant_proof::{self, GrantClaim, GrantProof, HoldingClaim, Proo
 use tessera_core::{PoolKey, SharedText};
 use tessera_proto::{self as proto, ErrorCode};
 
+use crate::config::StoreSync;
 use crate::issuer::{Issued, Issuer, Now, Origin, SeatRequest};
 use crate::refusal::Refusal;
 use crate::App;
@@ -384,16 +385,22 @@ impl App {
         result
     }
 
-    /// Makes a new grant durable before it is answered; undoes it if that
-    /// fails, or if the client has stopped waiting by then. Once the grant
-    /// stands, the pool is told of the copies it makes stale.
+    /// Makes a new grant durable before it is answered (or, with `[store]
+    /// sync = "background"`, queues it to be: a crash is then followed by a
+    /// grace period); undoes it if that fails, or if the client has stopped
+    /// waiting by then. Once the grant stands, the pool is told of the
+    /// copies it makes stale.
     async fn persist(&self, mut issued: Issued, deadline: Deadline) -> Result<Issued, Refusal> {
         if let Some(stored) = issued.to_store.take() {
             // A checkout's grant id was made for it; a conversion keeps the
             // id of a grant that may have been stored here before.
             let fresh = issued.origin == Origin::Checkout;
-            let stored = self.store.put(issued.grant_id.clone(), stored, fresh);
-            if let Err(err) = stored.await {
+            let id = issued.grant_id.clone();
+            let stored = match self.store_sync {
+                StoreSync::BeforeAnswer => self.store.put(id, stored, fresh).await,
+                StoreSync::Background => self.store.put_unsynced(id, stored, fresh).await,
+            };
+            if let Err(err) = stored {
                 self.issuer().rollback(&issued.grant_id);
                 return Err(Refusal::new(
                     ErrorCode::Internal,

@@ -94,7 +94,8 @@ enum StoreOp {
 }
 
 struct Job {
-    op: StoreOp,
+    /// `None`: nothing to write, only a sync of everything before it.
+    op: Option<StoreOp>,
     done: Option<oneshot::Sender<Result<(), StoreError>>>,
 }
 
@@ -222,10 +223,43 @@ impl Store {
     ) -> Result<(), StoreError> {
         let (done, wait) = oneshot::channel();
         let job = Job {
-            op: StoreOp::Put(grant_id, grant, fresh),
+            op: Some(StoreOp::Put(grant_id, grant, fresh)),
             done: Some(done),
         };
         if !self.queue.0.push(job).await {
+            return Err(StoreError::Stopped);
+        }
+        wait.await.map_err(|_| StoreError::Stopped)?
+    }
+
+    /// Queues a grant without waiting for it to be durable (`[store] sync =
+    /// "background"`): it is written and synced with the next full batch,
+    /// or within [`queue::DEFER`]. `Err` only once the store has stopped.
+    pub async fn put_unsynced(
+        &self,
+        grant_id: SharedText,
+        grant: StoredGrant,
+        fresh: bool,
+    ) -> Result<(), StoreError> {
+        let job = Job {
+            op: Some(StoreOp::Put(grant_id, grant, fresh)),
+            done: None,
+        };
+        match self.queue.0.push(job).await {
+            true => Ok(()),
+            false => Err(StoreError::Stopped),
+        }
+    }
+
+    /// A clean stop: takes no more writes, and returns once everything
+    /// queued before is written and synced.
+    pub async fn finish(&self) -> Result<(), StoreError> {
+        let (done, wait) = oneshot::channel();
+        let job = Job {
+            op: None,
+            done: Some(done),
+        };
+        if !self.queue.0.close_after(job) {
             return Err(StoreError::Stopped);
         }
         wait.await.map_err(|_| StoreError::Stopped)?
@@ -236,7 +270,7 @@ impl Store {
     /// within [`queue::DEFER`].
     pub async fn delete(&self, grant_id: SharedText, issued_unix_ms: i64) {
         let job = Job {
-            op: StoreOp::Delete(grant_id, issued_unix_ms),
+            op: Some(StoreOp::Delete(grant_id, issued_unix_ms)),
             done: None,
         };
         // A stopped writer means the server is going down; the grant is then
@@ -332,15 +366,21 @@ fn write_jobs(
 ) {
     let mut ops = Vec::with_capacity(jobs.len());
     let mut waiting: Vec<oneshot::Sender<Result<(), StoreError>>> = Vec::new();
-    for job in jobs {
-        ops.push(job.op);
-        waiting.extend(job.done);
-    }
     // Only new grants must be on disk before they are answered; a batch of
     // check-ins and expiries alone is written without a sync (a lost one
     // keeps a seat reserved one lease longer after a crash, which is safe).
-    // A later sync makes it durable too.
-    let sync = ops.iter().any(|op| matches!(op, StoreOp::Put(..)));
+    // A later sync makes it durable too, as does a sync asked for alone.
+    let mut sync = false;
+    for job in jobs {
+        match job.op {
+            Some(op) => {
+                sync |= matches!(op, StoreOp::Put(..));
+                ops.push(op);
+            }
+            None => sync = true,
+        }
+        waiting.extend(job.done);
+    }
     let result = journal.append(ops, sync, fold).map_err(StoreError::Write);
     if let Err(err) = &result {
         tracing::error!("{err}");
@@ -621,6 +661,30 @@ mod tests {
             );
             tokio::time::sleep(queue::DEFER / 2).await;
         }
+    }
+
+    /// `[store] sync = "background"`: a grant is queued, not waited for; a
+    /// clean stop syncs everything queued and takes nothing after.
+    #[tokio::test]
+    async fn a_clean_stop_syncs_every_grant_queued_unsynced_and_then_takes_none() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = Store::open(dir.path(), "p", "A", 1_024).unwrap();
+        for id in ["g1", "g2", "g3"] {
+            store
+                .put_unsynced(id.into(), grant("cad"), true)
+                .await
+                .unwrap();
+        }
+        store.delete("g2".into(), grant("cad").issued_unix_ms).await;
+        store.finish().await.unwrap();
+        assert_eq!(ids_after_crash(dir.path()), ["g1", "g3"]);
+        let late = store.put_unsynced("g4".into(), grant("cad"), true).await;
+        assert!(matches!(late, Err(StoreError::Stopped)), "{late:?}");
+        let late = store.put("g5".into(), grant("cad"), true).await;
+        assert!(matches!(late, Err(StoreError::Stopped)), "{late:?}");
+        assert!(matches!(store.finish().await, Err(StoreError::Stopped)));
+        drop(store);
+        assert_eq!(ids_after_crash(dir.path()), ["g1", "g3"]);
     }
 
     #[tokio::test]

@@ -124,6 +124,23 @@ impl Queue {
         }
     }
 
+    /// Queues `job` last, whatever the room, and closes the queue: no job
+    /// comes after it. `false` if the queue was closed already.
+    pub fn close_after(&self, job: Job) -> bool {
+        let mut queued = self.lock();
+        if queued.closed {
+            return false;
+        }
+        if job.done.is_some() {
+            queued.waited += 1;
+        }
+        queued.jobs.push_back(job);
+        queued.closed = true;
+        drop(queued);
+        self.signal.wake();
+        true
+    }
+
     /// Marks the queue closed (every sender is gone) and wakes the writer.
     pub fn close(&self) {
         self.lock().closed = true;
@@ -184,7 +201,7 @@ mod tests {
 
     fn delete(id: &str) -> Job {
         Job {
-            op: StoreOp::Delete(id.into(), 1),
+            op: Some(StoreOp::Delete(id.into(), 1)),
             done: None,
         }
     }
@@ -198,7 +215,7 @@ mod tests {
         let (done, wait) = tokio::sync::oneshot::channel();
         let grant = crate::store::journal::tests::grant(1);
         let job = Job {
-            op: StoreOp::Put(id.into(), grant, true),
+            op: Some(StoreOp::Put(id.into(), grant, true)),
             done: Some(done),
         };
         (job, wait)
@@ -209,7 +226,8 @@ mod tests {
             Next::Write(jobs) => jobs
                 .into_iter()
                 .map(|job| match job.op {
-                    StoreOp::Put(id, ..) | StoreOp::Delete(id, _) => id.into(),
+                    Some(StoreOp::Put(id, ..) | StoreOp::Delete(id, _)) => id.into(),
+                    None => "sync".into(),
                 })
                 .collect(),
             Next::Sleep(at_most) => panic!("the writer would sleep ({at_most:?})"),
@@ -289,6 +307,30 @@ mod tests {
         queue.close();
         assert!(!queue.push(delete("b")).await, "a closed queue took a job");
         assert_eq!(ids(queue.next(Instant::now())), ["c", "a"]);
+        assert!(matches!(queue.next(Instant::now()), Next::Stop));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_closing_sync_comes_after_everything_queued_and_before_nothing() {
+        let queue = queue(16);
+        assert!(queue.push(delete("a")).await);
+        assert!(queue.push(delete("b")).await);
+        let (done, _wait) = tokio::sync::oneshot::channel();
+        let sync = Job {
+            op: None,
+            done: Some(done),
+        };
+        assert!(queue.close_after(sync));
+        assert!(woken(&queue).await, "closing did not wake the writer");
+        assert!(!queue.push(delete("c")).await, "a job came after the sync");
+        let (done, _wait) = tokio::sync::oneshot::channel();
+        let again = Job {
+            op: None,
+            done: Some(done),
+        };
+        assert!(!queue.close_after(again), "a closed queue closed again");
+        // Due at once, though no one waits for the check-ins before it.
+        assert_eq!(ids(queue.next(Instant::now())), ["a", "b", "sync"]);
         assert!(matches!(queue.next(Instant::now()), Next::Stop));
     }
 
