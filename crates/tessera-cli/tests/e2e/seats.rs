@@ -10,7 +10,7 @@ use tokio::time::Instant;
 
 use crate::fixture::{
     checkout_body, code, code_with, feature_of, heartbeat_body, in_use, tessera, Fixture, Renewal,
-    Server, StartMode, POLL_INTERVAL, SHORT_POLICY,
+    Server, ServerSpec, StartMode, POLL_INTERVAL, SHORT_POLICY,
 };
 
 /// Longest wait for a lapsed seat to be freed, or for a grace period to end.
@@ -278,6 +278,69 @@ async fn a_grace_period_run_to_its_end_is_not_waited_again_after_a_crash() {
     server.start(StartMode::Plain).await;
     let status = server.wait_formed().await;
     assert_eq!(status.server.state, "serving", "{status:#?}");
+    server
+        .post("/v1/checkout", &checkout_body("new-client", "cad", 1))
+        .await
+        .ok();
+}
+
+/// `[store] sync = "background"`: grants are answered before they are
+/// synced, so a run that did not stop cleanly (`kill -9`) is followed by a
+/// grace period, in which a holder's heartbeat keeps its seat and nothing
+/// new is issued; a clean stop syncs every grant and is followed by none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_syncs_in_the_background_waits_a_grace_period_after_a_crash_only() {
+    let fixture = Fixture::new().await;
+    let mut spec = ServerSpec::new(fixture.sign(&code("cad", 3)).await);
+    spec.config_tables = "[timing]\ngrace_ms = 4000\n\n[store]\nsync = \"background\"\n".into();
+    let mut server = fixture.server(spec);
+    let run_file = server.data_dir.join(tessera_server::grace::RUN_FILE);
+    let grace_file = server.data_dir.join(tessera_server::grace::GRACE_FILE);
+    server.start(StartMode::NewPool).await;
+    server.wait_state("serving").await;
+    assert!(run_file.exists(), "a run that syncs in the background is not recorded");
+    let answer = server
+        .post("/v1/checkout", &checkout_body("holder", "cad", 1))
+        .await
+        .ok();
+    let grant_id = answer["grant_id"].as_str().expect("a grant id").to_string();
+    let proof = fixture.proof(&grant_id, "holder", "cad", 1);
+    let heartbeat = heartbeat_body(&grant_id, "holder", "cad", 1, &proof);
+
+    server.kill();
+    server.start(StartMode::Plain).await;
+    server.wait_grace().await;
+    assert!(
+        server.log().contains("did not stop cleanly"),
+        "{}",
+        server.log()
+    );
+    server
+        .post("/v1/checkout", &checkout_body("new-client", "cad", 1))
+        .await
+        .refused(503, "grace_period");
+    // Read back from the disk or converted: the holder keeps its seat.
+    let renewed = server.post("/v1/heartbeat", &heartbeat).await.ok();
+    assert_eq!(renewed["grant_id"].as_str(), Some(grant_id.as_str()));
+    let deadline = Instant::now() + LAPSE_TIMEOUT;
+    while grace_file.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "the grace period's record outlived it by {LAPSE_TIMEOUT:?}"
+        );
+        tokio::time::sleep(POLL_INTERVAL).await;
+    }
+    assert_eq!(server.status().await.server.state, "serving");
+    check(&server, "cad", 1, "the holder's grant, after the grace period").await;
+
+    // A clean stop syncs every grant: no grace period, nothing lost.
+    assert!(server.terminate().await.success());
+    assert!(!run_file.exists(), "a clean stop left the run's record");
+    server.start(StartMode::Plain).await;
+    let status = server.wait_formed().await;
+    assert_eq!(status.server.state, "serving", "{status:#?}");
+    check(&server, "cad", 1, "the holder's grant, after a clean stop").await;
+    assert!(run_file.exists(), "the new run is not recorded");
     server
         .post("/v1/checkout", &checkout_body("new-client", "cad", 1))
         .await
