@@ -151,6 +151,7 @@ pub async fn run(
         let target = Arc::new(TesseraTarget {
             server,
             signed: false,
+            background_sync: false,
         });
         for &clients in &config.sweep_clients {
             let report = crate::peers::measure(target.clone(), &sweep_load(clients), |t| {
@@ -200,6 +201,7 @@ pub async fn run(
         let tessera = TesseraTarget {
             server,
             signed: false,
+            background_sync: false,
         };
         heartbeats.push(heartbeat_row("tessera", tessera, held, measure).await?);
         let redis = RedisTarget::start(Fsync::Always, seats).await?;
@@ -232,6 +234,7 @@ pub async fn run(
         },
         transport: crate::Transport::Framed,
         signed: false,
+        background_sync: false,
     })
     .await?;
 
@@ -248,6 +251,7 @@ pub async fn run(
     let target = Arc::new(TesseraTarget {
         server,
         signed: false,
+        background_sync: false,
     });
     let result = crate::load::open_loop(
         target.clone(),

@@ -60,6 +60,9 @@ pub struct SingleConfig {
     /// Every checkout carries a nonce, so the server signs its answer and
     /// sends the codes behind it, as to a program with its vendor's keys.
     pub signed: bool,
+    /// The server answers grants before syncing them (`[store] sync =
+    /// "background"`).
+    pub background_sync: bool,
 }
 
 impl SingleConfig {
@@ -79,6 +82,7 @@ impl SingleConfig {
             },
             transport: Transport::Framed,
             signed: false,
+            background_sync: false,
         }
     }
 }
@@ -89,12 +93,14 @@ pub async fn single(config: &SingleConfig) -> Result<Report> {
         seats: config.seats,
         mode: config.load.mode,
         transport: config.transport,
+        background_sync: config.background_sync,
     };
     let server = TesseraServer::start(&config.tessera, setup).await?;
     let resident_bytes_before = server.resident_bytes();
     let target = Arc::new(TesseraTarget {
         server,
         signed: config.signed,
+        background_sync: config.background_sync,
     });
     let mut report = peers::measure(target.clone(), &config.load, |t: &TesseraTarget| {
         t.server.cpu_time()
@@ -123,11 +129,13 @@ pub async fn single_open_loop(
         seats: config.seats,
         mode: Mode::Cycle,
         transport: config.transport,
+        background_sync: config.background_sync,
     };
     let server = TesseraServer::start(&config.tessera, setup).await?;
     let target = Arc::new(TesseraTarget {
         server,
         signed: config.signed,
+        background_sync: config.background_sync,
     });
     let result = load::open_loop(
         target.clone(),

@@ -131,6 +131,10 @@ struct SingleArgs {
     /// program with its vendor's keys asks for), to see what signing costs.
     #[arg(long)]
     signed: bool,
+    /// The server answers grants before syncing them (`[store] sync =
+    /// "background"`), to see what waiting for the disk costs.
+    #[arg(long)]
+    background_sync: bool,
     #[command(flatten)]
     run: RunArgs,
 }
@@ -280,6 +284,7 @@ fn single(args: SingleArgs) -> Result<bool> {
         let mut config = SingleConfig::smoke(tessera);
         config.transport = transport;
         config.signed = args.signed;
+        config.background_sync = args.background_sync;
         config.seats = args.hard_limit;
         config.load.mode = args.mode;
         config.load.progress = !args.run.no_progress;
@@ -293,6 +298,7 @@ fn single(args: SingleArgs) -> Result<bool> {
                 .config(args.mode, args.max_requests, !args.run.no_progress),
             transport,
             signed: args.signed,
+            background_sync: args.background_sync,
         }
     };
     let runtime = runtime(args.run.client_threads)?;

@@ -47,6 +47,9 @@ pub struct Setup {
     pub seats: u32,
     pub mode: Mode,
     pub transport: Transport,
+    /// `[store] sync = "background"`: grants answered before they are
+    /// synced (recovered from heartbeats after a crash).
+    pub background_sync: bool,
 }
 
 /// How clients reach the server.
@@ -66,6 +69,7 @@ impl Setup {
             seats,
             mode: Mode::Cycle,
             transport: Transport::Framed,
+            background_sync: false,
         }
     }
 
@@ -74,6 +78,7 @@ impl Setup {
             seats,
             mode: Mode::Hold,
             transport: Transport::Framed,
+            background_sync: false,
         }
     }
 
@@ -333,7 +338,11 @@ async fn write_setup(tessera: &Path, dir: &Path, setup: Setup) -> Result<(String
         Transport::Framed | Transport::Rest => credentials.security_table("A"),
         Transport::Plain => credentials.plain_security_table("A"),
     };
-    let tables = security + &limits;
+    let store = match setup.background_sync {
+        true => "[store]\nsync = \"background\"\n",
+        false => "",
+    };
+    let tables = security + &limits + store;
     let config = ServerConfig {
         server_id: "A",
         pool_file: "pool.toml",
@@ -388,6 +397,8 @@ pub struct TesseraTarget {
     pub server: TesseraServer,
     /// Checkouts carry a nonce: the server signs every answer.
     pub signed: bool,
+    /// The server syncs grants in the background.
+    pub background_sync: bool,
 }
 
 impl Target for TesseraTarget {
@@ -395,6 +406,7 @@ impl Target for TesseraTarget {
 
     fn name(&self) -> &str {
         match (&self.server.tls, &self.server.framed, self.signed) {
+            _ if self.background_sync => "tessera, background sync",
             (Some(_), _, true) => "tessera, signed answers",
             (Some(_), Some(_), false) => "tessera",
             (Some(_), None, false) => "tessera, REST",

@@ -134,7 +134,7 @@ async fn the_smoke_comparison_runs_every_system_without_errors() {
             "{system} not set against the previous run:\n{against}"
         );
     }
-    assert_eq!(comparison.reports.len(), 9, "{markdown}");
+    assert_eq!(comparison.reports.len(), 10, "{markdown}");
     for report in &comparison.reports {
         assert_eq!(report.errors_total(), 0, "{}: {markdown}", report.system);
         assert_eq!(report.denied, 0, "{}: {markdown}", report.system);
@@ -146,6 +146,7 @@ async fn the_smoke_comparison_runs_every_system_without_errors() {
     }
     for system in [
         "| tessera |",
+        "| tessera, background sync |",
         "| tessera, signed answers |",
         "| tessera, REST |",
         "| tessera, plain HTTP |",
@@ -167,6 +168,7 @@ async fn the_smoke_comparison_runs_every_system_without_errors() {
         "## Open loop at half of the peak",
         "## Fail-over",
         "| p99 under 2 ms at half of peak load (open loop) |",
+        "| at least Redis at appendfsync always, grants synced in the background",
     ] {
         assert!(markdown.contains(section), "{section} missing:\n{markdown}");
     }
