@@ -172,7 +172,10 @@ pub async fn compare(config: &CompareConfig) -> Result<Comparison> {
     let extras = match &config.extras {
         Some(extras) => {
             let peak = reports.first().map_or(0.0, |r| r.checkout.per_s);
-            Some(crate::extras::run(&config.tessera, extras, &load, peak).await?)
+            let peak_background = reports.get(1).map_or(0.0, |r| r.checkout.per_s);
+            let extras =
+                crate::extras::run(&config.tessera, extras, &load, peak, peak_background).await?;
+            Some(extras)
         }
         None => None,
     };

@@ -120,11 +120,9 @@ pub async fn single(config: &SingleConfig) -> Result<Report> {
 /// One Tessera server under an open-loop load: checkouts (each followed by
 /// its check-in) due at `rate` a second, sent by whichever of
 /// [`extras::OPEN_LOOP_CLIENTS`] clients is free, latency counted from when
-/// each was due. The open-loop part of `compare`, alone.
-pub async fn single_open_loop(
-    config: &SingleConfig,
-    rate: f64,
-) -> Result<(Stats, u64, Option<String>)> {
+/// each was due. The open-loop part of `compare`, alone; its `peak` is
+/// left 0 for the caller to set.
+pub async fn single_open_loop(config: &SingleConfig, rate: f64) -> Result<extras::OpenLoop> {
     let setup = Setup {
         seats: config.seats,
         mode: Mode::Cycle,
@@ -137,6 +135,7 @@ pub async fn single_open_loop(
         signed: config.signed,
         background_sync: config.background_sync,
     });
+    let system = target.system_name();
     let result = load::open_loop(
         target.clone(),
         extras::OPEN_LOOP_CLIENTS,
@@ -149,12 +148,15 @@ pub async fn single_open_loop(
         anyhow::bail!("the load generator still holds the target");
     };
     target.server.stop().await?;
-    let errors = result.errors.values().sum();
-    Ok((
-        Stats::of(result.latencies_us, result.measured),
-        errors,
-        result.first_error,
-    ))
+    Ok(extras::OpenLoop {
+        system,
+        rate,
+        peak: 0.0,
+        clients: extras::OPEN_LOOP_CLIENTS,
+        errors: result.errors.values().sum(),
+        first_error: result.first_error,
+        stats: Stats::of(result.latencies_us, result.measured),
+    })
 }
 
 /// The last `lines` lines of a process's log file, for an error message.

@@ -303,7 +303,7 @@ fn single(args: SingleArgs) -> Result<bool> {
     };
     let runtime = runtime(args.run.client_threads)?;
     if let Some(rate) = args.open_loop {
-        let (stats, errors, first_error) = runtime.block_on(async {
+        let run = runtime.block_on(async {
             tokio::select! {
                 run = tessera_bench::single_open_loop(&config, f64::from(rate.max(1))) => run,
                 _ = tokio::signal::ctrl_c() => bail!("interrupted"),
@@ -314,17 +314,20 @@ fn single(args: SingleArgs) -> Result<bool> {
         );
         println!("|---|--:|--:|--:|--:|--:|--:|--:|");
         println!(
-            "| tessera | {rate} | {} | {} | {errors} |",
-            stats.count,
-            stats.latency_ms_cells()
+            "| {} | {rate} | {} | {} | {} |",
+            run.system,
+            run.stats.count,
+            run.stats.latency_ms_cells(),
+            run.errors
         );
-        if errors > 0 {
+        if run.errors > 0 {
             eprintln!(
-                "{errors} requests failed; first: {}",
-                first_error.as_deref().unwrap_or("?")
+                "{} requests failed; first: {}",
+                run.errors,
+                run.first_error.as_deref().unwrap_or("?")
             );
         }
-        return Ok(errors == 0);
+        return Ok(run.errors == 0);
     }
     let report = runtime.block_on(async {
         tokio::select! {

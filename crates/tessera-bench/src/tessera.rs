@@ -401,10 +401,9 @@ pub struct TesseraTarget {
     pub background_sync: bool,
 }
 
-impl Target for TesseraTarget {
-    type Session = TesseraSession;
-
-    fn name(&self) -> &str {
+impl TesseraTarget {
+    /// The system's name, as in `compare`'s tables.
+    pub fn system_name(&self) -> &'static str {
         match (&self.server.tls, &self.server.framed, self.signed) {
             _ if self.background_sync => "tessera, background sync",
             (Some(_), _, true) => "tessera, signed answers",
@@ -412,6 +411,14 @@ impl Target for TesseraTarget {
             (Some(_), None, false) => "tessera, REST",
             (None, _, _) => "tessera, plain HTTP",
         }
+    }
+}
+
+impl Target for TesseraTarget {
+    type Session = TesseraSession;
+
+    fn name(&self) -> &str {
+        self.system_name()
     }
 
     fn session(&self, client_index: usize) -> Result<TesseraSession> {

@@ -66,10 +66,12 @@ async fn the_open_loop_sends_what_is_due_at_its_rate() {
     let mut config = SingleConfig::smoke(tessera_binary());
     config.load.warmup = std::time::Duration::ZERO;
     config.load.measure = std::time::Duration::from_secs(1);
-    let (stats, errors, first_error) = tessera_bench::single_open_loop(&config, 200.0)
+    let run = tessera_bench::single_open_loop(&config, 200.0)
         .await
         .expect("the open loop runs");
-    assert_eq!(errors, 0, "{first_error:?}");
+    let stats = run.stats;
+    assert_eq!(run.errors, 0, "{:?}", run.first_error);
+    assert_eq!(run.system, "tessera");
     assert_eq!(stats.count, 200);
     assert!(
         stats.p50_us > 0 && stats.p50_us <= stats.max_us,
@@ -179,6 +181,17 @@ async fn the_smoke_comparison_runs_every_system_without_errors() {
     );
     assert!(extras.scaling.active_seats_end >= 300, "{markdown}");
     assert!(extras.open_loop.stats.count > 0, "{markdown}");
+    let open_loop = markdown
+        .split("## Open loop at half of the peak")
+        .nth(1)
+        .and_then(|rest| rest.split("\n## ").next())
+        .expect("the open-loop section");
+    assert!(
+        extras.open_loop_background.stats.count > 0
+            && open_loop.contains("| tessera | ")
+            && open_loop.contains("| tessera, background sync | "),
+        "{open_loop}"
+    );
     assert_eq!(extras.failover.takeovers.len(), 1);
     let dir = tempfile::tempdir().expect("tempdir");
     let plots = extras

@@ -298,7 +298,10 @@ async fn a_server_that_syncs_in_the_background_waits_a_grace_period_after_a_cras
     let grace_file = server.data_dir.join(tessera_server::grace::GRACE_FILE);
     server.start(StartMode::NewPool).await;
     server.wait_state("serving").await;
-    assert!(run_file.exists(), "a run that syncs in the background is not recorded");
+    assert!(
+        run_file.exists(),
+        "a run that syncs in the background is not recorded"
+    );
     let answer = server
         .post("/v1/checkout", &checkout_body("holder", "cad", 1))
         .await
@@ -331,7 +334,13 @@ async fn a_server_that_syncs_in_the_background_waits_a_grace_period_after_a_cras
         tokio::time::sleep(POLL_INTERVAL).await;
     }
     assert_eq!(server.status().await.server.state, "serving");
-    check(&server, "cad", 1, "the holder's grant, after the grace period").await;
+    check(
+        &server,
+        "cad",
+        1,
+        "the holder's grant, after the grace period",
+    )
+    .await;
 
     // A clean stop syncs every grant: no grace period, nothing lost.
     assert!(server.terminate().await.success());
