@@ -226,6 +226,14 @@ fn machine() -> String {
     format!("{cores} cores ({model}), Linux {}", kernel.trim())
 }
 
+/// The server's CPU time per cycle, in µs, where it was measured.
+fn cpu_us_per_cycle(report: &Report) -> Option<f64> {
+    report
+        .server_cpu
+        .filter(|_| report.granted_total > 0)
+        .map(|cpu| cpu.as_secs_f64() * 1e6 / report.granted_total as f64)
+}
+
 /// A goal's verdict from a ratio and its threshold.
 fn verdict(met: bool) -> &'static str {
     if met {
@@ -270,15 +278,7 @@ impl Comparison {
             } else {
                 "-".to_string()
             };
-            let cpu = report
-                .server_cpu
-                .filter(|_| report.granted_total > 0)
-                .map_or("-".to_string(), |cpu| {
-                    format!(
-                        "{:.0}",
-                        cpu.as_secs_f64() * 1e6 / report.granted_total as f64
-                    )
-                });
+            let cpu = cpu_us_per_cycle(report).map_or("-".to_string(), |cpu| format!("{cpu:.0}"));
             let _ = writeln!(
                 out,
                 "| {} | {:.0} | {} | {} | {cpu} | {ratio} |",
@@ -344,6 +344,24 @@ impl Comparison {
                 background / redis,
                 verdict(background / redis >= 1.0)
             );
+        }
+        let cpu_of = |name: &str| {
+            self.reports
+                .iter()
+                .find(|r| r.system == name)
+                .and_then(cpu_us_per_cycle)
+        };
+        if let Some(redis) = cpu_of("redis (appendfsync always)") {
+            for system in ["tessera", "tessera, background sync"] {
+                if let Some(cpu) = cpu_of(system) {
+                    let _ = writeln!(
+                        out,
+                        "| server CPU per cycle at or below Redis's at appendfsync always \
+                         ({system}) | {cpu:.1} µs against {redis:.1} | {} |",
+                        verdict(cpu <= redis)
+                    );
+                }
+            }
         }
         if let Some(ratio) = ratio_to("tessera noop endpoint") {
             let _ = writeln!(

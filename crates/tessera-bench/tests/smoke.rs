@@ -171,10 +171,13 @@ async fn the_smoke_comparison_runs_every_system_without_errors() {
         "## Fail-over",
         "| p99 under 2 ms at half of peak load (open loop) |",
         "| at least Redis at appendfsync always, grants synced in the background",
+        "| server CPU per cycle at or below Redis's at appendfsync always (tessera) |",
+        "| server CPU per cycle at or below Redis's at appendfsync always (tessera, background sync) |",
+        "| at least Redis at appendfsync always at ",
     ] {
         assert!(markdown.contains(section), "{section} missing:\n{markdown}");
     }
-    assert_eq!(extras.sweep.len(), 5 * 2, "five systems, two client counts");
+    assert_eq!(extras.sweep.len(), 6 * 2, "six systems, two client counts");
     assert!(
         extras.heartbeats.iter().all(|h| h.stats.count > 0),
         "{markdown}"

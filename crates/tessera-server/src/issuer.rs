@@ -587,8 +587,9 @@ impl Issuer {
             IssuingState::Grace { until_ms } if origin == Origin::Checkout => Err(Refusal::new(
                 ErrorCode::GracePeriod,
                 format!(
-                    "server `{}` is in its grace period (its grant store was lost, and may lack \
-                     seats clients hold) and accepts only renewals for {} more ms",
+                    "server `{}` is in its grace period (after a lost grant store, or a crash with \
+                     grants not yet synced, it may lack seats clients hold) and accepts only \
+                     renewals for {} more ms",
                     self.server_id,
                     until_ms - now_ms
                 ),

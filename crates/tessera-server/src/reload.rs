@@ -151,7 +151,7 @@ async fn reload_pool_file(app: &App, path: &Path) -> Reloaded {
 fn restart_settings(running: &ServerConfig, new: &ServerConfig) -> Vec<&'static str> {
     let same =
         |a: &dyn std::fmt::Debug, b: &dyn std::fmt::Debug| format!("{a:?}") == format!("{b:?}");
-    let settings: [(&'static str, bool); 12] = [
+    let settings: [(&'static str, bool); 13] = [
         ("server_id", running.server_id == new.server_id),
         ("pool_file", running.pool_file == new.pool_file),
         ("data_dir", running.data_dir == new.data_dir),
@@ -167,10 +167,29 @@ fn restart_settings(running: &ServerConfig, new: &ServerConfig) -> Vec<&'static 
             same(&running.vid, &new.vid) && running.master_license_file == new.master_license_file,
         ),
         ("report", same(&running.report, &new.report)),
+        ("store", running.store_sync == new.store_sync),
     ];
     settings
         .into_iter()
         .filter(|(_, same)| !same)
         .map(|(name, _)| name)
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reload_names_the_settings_that_wait_for_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("peer.credential"), "c".repeat(64)).unwrap();
+        let base = "server_id = \"A\"\npool_file = \"pool.toml\"\ndata_dir = \"d\"\n\
+                    pool_key_file = \"pool.key\"\n";
+        let running = ServerConfig::parse(base, dir.path()).unwrap();
+        assert!(restart_settings(&running, &running).is_empty());
+        let changed = format!("{base}[limits]\ngrants_max = 7\n\n[store]\nsync = \"background\"\n");
+        let new = ServerConfig::parse(&changed, dir.path()).unwrap();
+        assert_eq!(restart_settings(&running, &new), ["limits", "store"]);
+    }
 }
