@@ -61,6 +61,12 @@ pub fn render(status: &StatusResponse) -> String {
             duration(grace_ms)
         );
     }
+    if s.store_sync.as_deref() == Some("background") {
+        let _ = writeln!(
+            out,
+            "  grants synced in the background: a crash is followed by a grace period"
+        );
+    }
     let _ = writeln!(out, "\nServers (leader priority order):");
     let mut rows = vec![cells(&[&"ID", &"ADDRESS", &"ROLE", &"UP", &"LAST CONTACT"])];
     for peer in &status.servers {
@@ -530,6 +536,7 @@ mod tests {
                 uptime_ms: 1,
                 grace_remaining_ms: None,
                 state_reason: None,
+                store_sync: None,
                 hostid: "mid-1".into(),
                 vid: None,
             },
@@ -737,6 +744,23 @@ mod tests {
             "{text}"
         );
         assert!(!text.contains("PARTIAL"), "{text}");
+    }
+
+    /// A server that syncs grants in the background says so, and what a
+    /// crash then costs; one that syncs before it answers says nothing.
+    #[test]
+    fn a_server_that_syncs_in_the_background_says_so() {
+        let mut status = status();
+        let line = "grants synced in the background: a crash is followed by a grace period";
+        assert!(!render(&status).contains(line));
+        status.server.store_sync = Some("before-answer".into());
+        assert!(!render(&status).contains(line));
+        status.server.store_sync = Some("background".into());
+        let text = render(&status);
+        assert!(
+            text.lines().nth(1).is_some_and(|l| l.trim() == line),
+            "{text}"
+        );
     }
 
     #[test]

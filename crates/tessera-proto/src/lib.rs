@@ -844,7 +844,8 @@ pub struct ServerStatus {
     pub role: String,
     /// The pool's leader as far as this server knows.
     pub leader_id: Option<String>,
-    /// `serving`, `grace` (store was missing; only renewals accepted) or
+    /// `serving`, `grace` (its store was missing, or a run that synced
+    /// grants in the background crashed; only renewals accepted) or
     /// `no_quorum` (no quota lease from a leader with a majority).
     pub state: String,
     pub software_version: String,
@@ -854,6 +855,11 @@ pub struct ServerStatus {
     /// Why the server does not serve, when `state` is `clock_set_back`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub state_reason: Option<String>,
+    /// When a new grant reaches the disk (`[store] sync`): `before-answer`,
+    /// or `background` (a crash is then followed by a grace period). Absent
+    /// from servers older than the setting.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub store_sync: Option<String>,
     pub hostid: String,
     /// On a production server bound to a VID (seed 003): whether it holds
     /// a valid certificate, and why not.

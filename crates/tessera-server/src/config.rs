@@ -98,6 +98,16 @@ pub enum StoreSync {
     Background,
 }
 
+impl StoreSync {
+    /// As the config and the status name it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StoreSync::BeforeAnswer => "before-answer",
+            StoreSync::Background => "background",
+        }
+    }
+}
+
 /// `[report]`: the report log (`crate::report_log`).
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]

@@ -59,19 +59,13 @@ pub fn pending(disk: &dyn Disk, data_dir: &Path) -> bool {
 
 /// Records, durably, that a grace period begins.
 pub fn begin(disk: &dyn Disk, data_dir: &Path) -> std::io::Result<()> {
-    disk.create_dir(data_dir)?;
-    disk.replace_file(&path(data_dir), GRACE_TEXT.as_bytes())
+    write_record(disk, data_dir, GRACE_FILE, GRACE_TEXT)
 }
 
 /// Forgets a pending grace period: `--new-pool` says the pool never issued
 /// a seat.
 pub fn forget(disk: &dyn Disk, data_dir: &Path) -> std::io::Result<()> {
-    let file = path(data_dir);
-    if !disk.exists(&file) {
-        return Ok(());
-    }
-    disk.remove_file(&file)?;
-    disk.sync_dir(data_dir)
+    remove_record(disk, data_dir, GRACE_FILE)
 }
 
 /// Whether a run that synced grants in the background did not stop cleanly.
@@ -81,14 +75,24 @@ pub fn unclean_run(disk: &dyn Disk, data_dir: &Path) -> bool {
 
 /// Records, durably, that this run answers grants before they are synced.
 pub fn begin_run(disk: &dyn Disk, data_dir: &Path) -> std::io::Result<()> {
-    disk.create_dir(data_dir)?;
-    disk.replace_file(&data_dir.join(RUN_FILE), RUN_TEXT.as_bytes())
+    write_record(disk, data_dir, RUN_FILE, RUN_TEXT)
 }
 
 /// Removes the record of [`begin_run`]: every grant answered is synced (a
 /// clean stop), or a grace period was recorded in its place.
 pub fn end_run(disk: &dyn Disk, data_dir: &Path) -> std::io::Result<()> {
-    let file = data_dir.join(RUN_FILE);
+    remove_record(disk, data_dir, RUN_FILE)
+}
+
+/// Writes the record `name` (synced, with its folder).
+fn write_record(disk: &dyn Disk, data_dir: &Path, name: &str, text: &str) -> std::io::Result<()> {
+    disk.create_dir(data_dir)?;
+    disk.replace_file(&data_dir.join(name), text.as_bytes())
+}
+
+/// Removes the record `name`, if there is one, and syncs its folder.
+fn remove_record(disk: &dyn Disk, data_dir: &Path, name: &str) -> std::io::Result<()> {
+    let file = data_dir.join(name);
     if !disk.exists(&file) {
         return Ok(());
     }
@@ -128,34 +132,51 @@ mod tests {
     use super::*;
     use crate::seams::FileDisk;
 
-    #[test]
-    fn a_pending_grace_period_is_recorded_until_forgotten() {
+    /// A record's life: absent, written, read, removed; removing none is
+    /// no error, and the other record is left alone.
+    fn check_record(
+        file: &str,
+        says: &str,
+        exists: fn(&dyn Disk, &Path) -> bool,
+        write: fn(&dyn Disk, &Path) -> std::io::Result<()>,
+        remove: fn(&dyn Disk, &Path) -> std::io::Result<()>,
+        other: fn(&dyn Disk, &Path) -> bool,
+    ) {
         let dir = tempfile::tempdir().unwrap();
         let data_dir = dir.path().join("data");
         let disk = FileDisk;
-        assert!(!pending(&disk, &data_dir));
-        forget(&disk, &data_dir).expect("nothing to forget is no error");
-        begin(&disk, &data_dir).unwrap();
-        assert!(pending(&disk, &data_dir));
-        let text = std::fs::read_to_string(data_dir.join(GRACE_FILE)).unwrap();
-        assert!(text.contains("grace period"), "{text}");
-        forget(&disk, &data_dir).unwrap();
-        assert!(!pending(&disk, &data_dir));
+        assert!(!exists(&disk, &data_dir));
+        remove(&disk, &data_dir).expect("removing no record is no error");
+        write(&disk, &data_dir).unwrap();
+        assert!(exists(&disk, &data_dir));
+        let text = std::fs::read_to_string(data_dir.join(file)).unwrap();
+        assert!(text.contains(says), "{text}");
+        assert!(!other(&disk, &data_dir), "the two records are apart");
+        remove(&disk, &data_dir).unwrap();
+        assert!(!exists(&disk, &data_dir));
+    }
+
+    #[test]
+    fn a_pending_grace_period_is_recorded_until_forgotten() {
+        check_record(
+            GRACE_FILE,
+            "grace period",
+            pending,
+            begin,
+            forget,
+            unclean_run,
+        );
     }
 
     #[test]
     fn a_run_that_syncs_in_the_background_is_recorded_until_it_ends() {
-        let dir = tempfile::tempdir().unwrap();
-        let data_dir = dir.path().join("data");
-        let disk = FileDisk;
-        assert!(!unclean_run(&disk, &data_dir));
-        end_run(&disk, &data_dir).expect("no run to end is no error");
-        begin_run(&disk, &data_dir).unwrap();
-        assert!(unclean_run(&disk, &data_dir));
-        let text = std::fs::read_to_string(data_dir.join(RUN_FILE)).unwrap();
-        assert!(text.contains("clean stop"), "{text}");
-        end_run(&disk, &data_dir).unwrap();
-        assert!(!unclean_run(&disk, &data_dir));
-        assert!(!pending(&disk, &data_dir), "the two records are apart");
+        check_record(
+            RUN_FILE,
+            "clean stop",
+            unclean_run,
+            begin_run,
+            end_run,
+            pending,
+        );
     }
 }

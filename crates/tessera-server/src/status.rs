@@ -59,6 +59,7 @@ impl App {
                     _ => None,
                 },
                 state_reason: issuer.clock_set_back().map(str::to_string),
+                store_sync: Some(self.store_sync.as_str().into()),
                 hostid: self.hostid.clone(),
                 vid: self
                     .vid

@@ -263,16 +263,7 @@ async fn a_grace_period_run_to_its_end_is_not_waited_again_after_a_crash() {
     let mut server = fixture.server_with_grace(&code("cad", 3), 1_500).await;
     server.start(StartMode::Plain).await;
     server.wait_grace().await;
-    let grace_file = server.data_dir.join(tessera_server::grace::GRACE_FILE);
-    let deadline = Instant::now() + LAPSE_TIMEOUT;
-    while grace_file.exists() {
-        assert!(
-            Instant::now() < deadline,
-            "the grace period's record outlived it by {LAPSE_TIMEOUT:?}"
-        );
-        tokio::time::sleep(POLL_INTERVAL).await;
-    }
-    assert_eq!(server.status().await.server.state, "serving");
+    wait_grace_over(&server).await;
 
     server.kill();
     server.start(StartMode::Plain).await;
@@ -295,13 +286,14 @@ async fn a_server_that_syncs_in_the_background_waits_a_grace_period_after_a_cras
     spec.config_tables = "[timing]\ngrace_ms = 4000\n\n[store]\nsync = \"background\"\n".into();
     let mut server = fixture.server(spec);
     let run_file = server.data_dir.join(tessera_server::grace::RUN_FILE);
-    let grace_file = server.data_dir.join(tessera_server::grace::GRACE_FILE);
     server.start(StartMode::NewPool).await;
     server.wait_state("serving").await;
     assert!(
         run_file.exists(),
         "a run that syncs in the background is not recorded"
     );
+    let status = server.status().await;
+    assert_eq!(status.server.store_sync.as_deref(), Some("background"));
     let answer = server
         .post("/v1/checkout", &checkout_body("holder", "cad", 1))
         .await
@@ -325,15 +317,7 @@ async fn a_server_that_syncs_in_the_background_waits_a_grace_period_after_a_cras
     // Read back from the disk or converted: the holder keeps its seat.
     let renewed = server.post("/v1/heartbeat", &heartbeat).await.ok();
     assert_eq!(renewed["grant_id"].as_str(), Some(grant_id.as_str()));
-    let deadline = Instant::now() + LAPSE_TIMEOUT;
-    while grace_file.exists() {
-        assert!(
-            Instant::now() < deadline,
-            "the grace period's record outlived it by {LAPSE_TIMEOUT:?}"
-        );
-        tokio::time::sleep(POLL_INTERVAL).await;
-    }
-    assert_eq!(server.status().await.server.state, "serving");
+    wait_grace_over(&server).await;
     check(
         &server,
         "cad",
@@ -354,6 +338,21 @@ async fn a_server_that_syncs_in_the_background_waits_a_grace_period_after_a_cras
         .post("/v1/checkout", &checkout_body("new-client", "cad", 1))
         .await
         .ok();
+}
+
+/// Waits (bounded) until `server`'s grace period has run to its end and
+/// its record is gone; it then serves.
+async fn wait_grace_over(server: &Server) {
+    let grace_file = server.data_dir.join(tessera_server::grace::GRACE_FILE);
+    let deadline = Instant::now() + LAPSE_TIMEOUT;
+    while grace_file.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "the grace period's record outlived it by {LAPSE_TIMEOUT:?}"
+        );
+        tokio::time::sleep(POLL_INTERVAL).await;
+    }
+    assert_eq!(server.status().await.server.state, "serving");
 }
 
 /// A holder of one seat of `cad` from before the server lost its store

@@ -313,6 +313,7 @@ async fn status(State(server): State<Arc<FakeServer>>) -> Json<StatusResponse> {
             uptime_ms: 0,
             grace_remaining_ms: None,
             state_reason: None,
+            store_sync: None,
             hostid: "test".to_string(),
             vid: None,
         },
