@@ -241,6 +241,11 @@ impl Store {
         grant: StoredGrant,
         fresh: bool,
     ) -> Result<(), StoreError> {
+        // A journal that stopped at an error makes nothing durable: refuse,
+        // as a put that waits would.
+        if let Some(reason) = self.queue.0.failed() {
+            return Err(StoreError::Write(reason.to_string()));
+        }
         let job = Job {
             op: Some(StoreOp::Put(grant_id, grant, fresh)),
             done: None,
@@ -349,7 +354,7 @@ fn load(db: &Database, path: &Path) -> Result<Vec<(SharedText, StoredGrant)>, St
 fn write_loop(mut journal: journal::Journal, queue: &Queue, fold: &mut dyn FnMut(journal::Window)) {
     loop {
         match queue.next(tokio::time::Instant::now()) {
-            Next::Write(jobs) => write_jobs(&mut journal, jobs, fold),
+            Next::Write(jobs) => write_jobs(&mut journal, jobs, fold, queue),
             Next::Sleep(None) => std::thread::park(),
             Next::Sleep(Some(at_most)) => std::thread::park_timeout(at_most),
             Next::Stop => return,
@@ -358,11 +363,13 @@ fn write_loop(mut journal: journal::Journal, queue: &Queue, fold: &mut dyn FnMut
 }
 
 /// Appends `jobs` to the journal in one write, syncs it if it holds a new
-/// grant, then answers every waiter.
+/// grant, then answers every waiter; a failure is also recorded in `queue`
+/// for the writes no one waits for.
 fn write_jobs(
     journal: &mut journal::Journal,
     jobs: Vec<Job>,
     fold: &mut dyn FnMut(journal::Window),
+    queue: &Queue,
 ) {
     let mut ops = Vec::with_capacity(jobs.len());
     let mut waiting: Vec<oneshot::Sender<Result<(), StoreError>>> = Vec::new();
@@ -384,6 +391,9 @@ fn write_jobs(
     let result = journal.append(ops, sync, fold).map_err(StoreError::Write);
     if let Err(err) = &result {
         tracing::error!("{err}");
+    }
+    if let Err(StoreError::Write(reason)) = &result {
+        queue.fail(reason.clone());
     }
     for done in waiting {
         let _ = done.send(result.clone());
@@ -409,7 +419,7 @@ async fn write_loop_inline(
                 if !delay.is_zero() {
                     tokio::time::sleep(delay).await;
                 }
-                write_jobs(&mut journal, jobs, &mut fold);
+                write_jobs(&mut journal, jobs, &mut fold, &queue);
             }
             Next::Sleep(None) => notify.notified().await,
             Next::Sleep(Some(at_most)) => {
@@ -446,11 +456,62 @@ mod tests {
         Store::open_on(disk, dir, "p", server, 16)
     }
 
-    /// The machine's disk with journal segments of one page, so that a few
-    /// grants fill several and the fold thread folds them.
-    struct SmallSegments;
+    /// The machine's disk, for tests: journal segments of `segment_bytes`
+    /// (one page, so that a few grants fill several and the fold thread
+    /// folds them), whose writes and syncs fail once `failing` is set.
+    #[derive(Default)]
+    struct TestDisk {
+        segment_bytes: Option<u64>,
+        failing: Arc<std::sync::atomic::AtomicBool>,
+    }
 
-    impl Disk for SmallSegments {
+    impl TestDisk {
+        fn small_segments() -> TestDisk {
+            TestDisk {
+                segment_bytes: Some(4096),
+                ..TestDisk::default()
+            }
+        }
+    }
+
+    /// A segment of [`TestDisk`].
+    #[derive(Debug)]
+    struct TestFile {
+        file: Box<dyn redb::StorageBackend>,
+        failing: Arc<std::sync::atomic::AtomicBool>,
+    }
+
+    impl TestFile {
+        fn check(&self) -> std::io::Result<()> {
+            match self.failing.load(std::sync::atomic::Ordering::SeqCst) {
+                true => Err(std::io::Error::other("the disk failed")),
+                false => Ok(()),
+            }
+        }
+    }
+
+    impl redb::StorageBackend for TestFile {
+        fn len(&self) -> std::io::Result<u64> {
+            self.file.len()
+        }
+        fn read(&self, offset: u64, len: usize) -> std::io::Result<Vec<u8>> {
+            self.file.read(offset, len)
+        }
+        fn set_len(&self, len: u64) -> std::io::Result<()> {
+            self.check()?;
+            self.file.set_len(len)
+        }
+        fn sync_data(&self, eventual: bool) -> std::io::Result<()> {
+            self.check()?;
+            self.file.sync_data(eventual)
+        }
+        fn write(&self, offset: u64, data: &[u8]) -> std::io::Result<()> {
+            self.check()?;
+            self.file.write(offset, data)
+        }
+    }
+
+    impl Disk for TestDisk {
         fn open_database(
             &self,
             path: &Path,
@@ -474,7 +535,10 @@ mod tests {
             FileDisk.rename(from, to)
         }
         fn open_file(&self, path: &Path) -> std::io::Result<Box<dyn redb::StorageBackend>> {
-            FileDisk.open_file(path)
+            Ok(Box::new(TestFile {
+                file: FileDisk.open_file(path)?,
+                failing: self.failing.clone(),
+            }))
         }
         fn create_dir(&self, path: &Path) -> std::io::Result<()> {
             FileDisk.create_dir(path)
@@ -489,7 +553,8 @@ mod tests {
             FileDisk.sync_dir(path)
         }
         fn journal_segment_bytes(&self) -> u64 {
-            4096
+            self.segment_bytes
+                .unwrap_or_else(|| FileDisk.journal_segment_bytes())
         }
     }
 
@@ -550,7 +615,7 @@ mod tests {
     #[tokio::test]
     async fn grants_across_many_segments_are_folded_into_the_table_and_survive_reopen() {
         let dir = tempfile::tempdir().unwrap();
-        let disk: Arc<dyn Disk> = Arc::new(SmallSegments);
+        let disk: Arc<dyn Disk> = Arc::new(TestDisk::small_segments());
         let mut held = std::collections::BTreeSet::new();
         {
             let (store, _) = Store::open_on(&disk, dir.path(), "p", "A", 16).unwrap();
@@ -685,6 +750,41 @@ mod tests {
         assert!(matches!(store.finish().await, Err(StoreError::Stopped)));
         drop(store);
         assert_eq!(ids_after_crash(dir.path()), ["g1", "g3"]);
+    }
+
+    /// A journal that stopped at an error makes nothing durable: a grant
+    /// queued unsynced is refused from then on, as one waited for is.
+    #[tokio::test]
+    async fn a_failed_journal_refuses_grants_queued_unsynced_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let test_disk = TestDisk::default();
+        let failing = test_disk.failing.clone();
+        let disk: Arc<dyn Disk> = Arc::new(test_disk);
+        let (store, _) = Store::open_on(&disk, dir.path(), "p", "A", 1_024).unwrap();
+        store
+            .put_unsynced("g1".into(), grant("cad"), true)
+            .await
+            .unwrap();
+        failing.store(true, std::sync::atomic::Ordering::SeqCst);
+        // Accepted: the writer has not tried it yet.
+        store
+            .put_unsynced("g2".into(), grant("cad"), true)
+            .await
+            .unwrap();
+        let err = store
+            .put("g3".into(), grant("cad"), true)
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("the disk failed"), "{err}");
+        let err = store
+            .put_unsynced("g4".into(), grant("cad"), true)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, StoreError::Write(reason) if reason.contains("the disk failed")),
+            "{err}"
+        );
+        assert!(store.finish().await.is_err(), "a failed journal synced");
     }
 
     #[tokio::test]

@@ -70,6 +70,9 @@ pub enum Next {
 
 pub struct Queue {
     queued: Mutex<Queued>,
+    /// Why the journal stopped, once a write or sync failed: nothing
+    /// written after is durable.
+    failed: OnceLock<String>,
     /// Wakes the writer.
     pub signal: Signal,
     /// Wakes senders waiting for room.
@@ -82,11 +85,22 @@ impl Queue {
     pub fn new(signal: Signal, capacity: usize, batch_max: usize) -> Queue {
         Queue {
             queued: Mutex::new(Queued::default()),
+            failed: OnceLock::new(),
             signal,
             room: Notify::new(),
             capacity,
             batch_max: batch_max.max(1),
         }
+    }
+
+    /// Records that the journal stopped at an error (the first one counts).
+    pub fn fail(&self, reason: String) {
+        let _ = self.failed.set(reason);
+    }
+
+    /// Why the journal stopped, if it did.
+    pub fn failed(&self) -> Option<&str> {
+        self.failed.get().map(String::as_str)
     }
 
     fn lock(&self) -> MutexGuard<'_, Queued> {
