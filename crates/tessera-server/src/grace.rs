@@ -18,7 +18,7 @@
 //! stop has synced every grant; a start that finds it begins a grace period
 //! (and records it as above) instead of trusting its store.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -48,13 +48,9 @@ Removing it by hand can let the pool issue more seats than it has.\n";
 /// Longest sleep between two looks at the grace period's end.
 const LOOK_EVERY: Duration = Duration::from_secs(1);
 
-fn path(data_dir: &Path) -> PathBuf {
-    data_dir.join(GRACE_FILE)
-}
-
 /// Whether an earlier run's grace period did not run to its end.
 pub fn pending(disk: &dyn Disk, data_dir: &Path) -> bool {
-    disk.exists(&path(data_dir))
+    has_record(disk, data_dir, GRACE_FILE)
 }
 
 /// Records, durably, that a grace period begins.
@@ -70,7 +66,7 @@ pub fn forget(disk: &dyn Disk, data_dir: &Path) -> std::io::Result<()> {
 
 /// Whether a run that synced grants in the background did not stop cleanly.
 pub fn unclean_run(disk: &dyn Disk, data_dir: &Path) -> bool {
-    disk.exists(&data_dir.join(RUN_FILE))
+    has_record(disk, data_dir, RUN_FILE)
 }
 
 /// Records, durably, that this run answers grants before they are synced.
@@ -82,6 +78,11 @@ pub fn begin_run(disk: &dyn Disk, data_dir: &Path) -> std::io::Result<()> {
 /// clean stop), or a grace period was recorded in its place.
 pub fn end_run(disk: &dyn Disk, data_dir: &Path) -> std::io::Result<()> {
     remove_record(disk, data_dir, RUN_FILE)
+}
+
+/// Whether the record `name` is there.
+fn has_record(disk: &dyn Disk, data_dir: &Path, name: &str) -> bool {
+    disk.exists(&data_dir.join(name))
 }
 
 /// Writes the record `name` (synced, with its folder).
@@ -121,7 +122,7 @@ pub(crate) fn end_when_over(app: Arc<App>) {
             Err(err) => tracing::error!(
                 "the grace period is over, but {} cannot be removed ({err}); the next start \
                  waits out another grace period",
-                path(&app.data_dir).display()
+                app.data_dir.join(GRACE_FILE).display()
             ),
         }
     });

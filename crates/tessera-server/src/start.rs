@@ -256,12 +256,15 @@ fn open_issuer(
     let disk = seams.disk.as_ref();
     let store_missing = !Store::exists_on(disk, &config.data_dir);
     let grace_pending = crate::grace::pending(disk, &config.data_dir);
-    let grace_error = |err: std::io::Error| {
+    // A record of `crate::grace` (`file`) that could not be written or
+    // removed: the server does not start without it.
+    let record_error = |file: &str, what: &str, err: std::io::Error| {
         StartError::Store(crate::store::StoreError::Open {
-            path: config.data_dir.join(crate::grace::GRACE_FILE),
-            message: format!("cannot record the grace period: {err}"),
+            path: config.data_dir.join(file),
+            message: format!("cannot record {what}: {err}"),
         })
     };
+    let grace_error = |err| record_error(crate::grace::GRACE_FILE, "the grace period", err);
     // A run that answered grants before syncing them and did not stop
     // cleanly: its store may lack grants too.
     let unclean_run =
@@ -291,10 +294,7 @@ fn open_issuer(
         crate::config::StoreSync::BeforeAnswer => crate::grace::end_run(disk, &config.data_dir),
     };
     run_record.map_err(|err| {
-        StartError::Store(crate::store::StoreError::Open {
-            path: config.data_dir.join(crate::grace::RUN_FILE),
-            message: format!("cannot record how this run syncs its grants: {err}"),
-        })
+        record_error(crate::grace::RUN_FILE, "how this run syncs its grants", err)
     })?;
     let (store, opened) = Store::open_on(
         &seams.disk,
