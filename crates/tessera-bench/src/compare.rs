@@ -235,7 +235,7 @@ fn cpu_us_per_cycle(report: &Report) -> Option<f64> {
 }
 
 /// A goal's verdict from a ratio and its threshold.
-fn verdict(met: bool) -> &'static str {
+pub(crate) fn verdict(met: bool) -> &'static str {
     if met {
         "met"
     } else {
