@@ -45,6 +45,7 @@ enum Command {
         config: PathBuf,
         /// This pool has never issued a seat: start issuing at once even
         /// though the grant store is new, instead of waiting out one lease.
+        /// A grace period an earlier run still owes is kept.
         #[arg(long)]
         new_pool: bool,
         /// Re-form a pool that lost a majority of its servers for good, from

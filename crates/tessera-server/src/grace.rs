@@ -58,8 +58,8 @@ pub fn begin(disk: &dyn Disk, data_dir: &Path) -> std::io::Result<()> {
     write_record(disk, data_dir, GRACE_FILE, GRACE_TEXT)
 }
 
-/// Forgets a pending grace period: `--new-pool` says the pool never issued
-/// a seat.
+/// Removes the record of a grace period that has run to its end. Nothing
+/// else does: `--new-pool` waives only a missing store's grace period.
 pub fn forget(disk: &dyn Disk, data_dir: &Path) -> std::io::Result<()> {
     remove_record(disk, data_dir, GRACE_FILE)
 }

@@ -269,11 +269,18 @@ fn open_issuer(
     // cleanly: its store may lack grants too.
     let unclean_run =
         crate::grace::unclean_run(disk, &config.data_dir) && !seams.mutations.trust_an_unclean_run;
-    let grace = config.grace_on_missing_store && (store_missing || grace_pending || unclean_run);
+    // `--new-pool` says the pool never issued a seat, which waives the
+    // grace period of a missing store only: a pending grace period or an
+    // unclean run's record shows that an earlier run served.
+    let grace = unclean_run || grace_pending || (config.grace_on_missing_store && store_missing);
+    if grace && !config.grace_on_missing_store {
+        tracing::warn!(
+            "--new-pool says this pool never issued a seat, but an earlier run served from this \
+             data directory and its grace period is still owed: it is kept"
+        );
+    }
     if grace && !grace_pending {
         crate::grace::begin(disk, &config.data_dir).map_err(grace_error)?;
-    } else if !config.grace_on_missing_store {
-        crate::grace::forget(disk, &config.data_dir).map_err(grace_error)?;
     }
     if grace && grace_pending && !store_missing {
         tracing::warn!(

@@ -254,6 +254,18 @@ async fn a_grace_period_cut_short_by_a_crash_begins_again_at_the_next_start() {
     server.wait_grace().await;
     check(&server, "cad", 2, "both converted grants, after the stop").await;
     assert!(server.log().contains("a new grace period begins"));
+
+    // `--new-pool` (a service unit that always passes it) waives only a
+    // missing store's grace period: this one is still owed.
+    assert!(server.terminate().await.success());
+    server.start(StartMode::NewPool).await;
+    server.wait_grace().await;
+    assert!(server.log().contains("--new-pool says"), "{}", server.log());
+    server
+        .post("/v1/checkout", &checkout_body("new-client", "cad", 1))
+        .await
+        .refused(503, "grace_period");
+    check(&server, "cad", 2, "both converted grants, after --new-pool").await;
 }
 
 /// Once a grace period has run to its end, a crash starts no new one.
@@ -277,7 +289,7 @@ async fn a_grace_period_run_to_its_end_is_not_waited_again_after_a_crash() {
 
 /// `[store] sync = "background"`: grants are answered before they are
 /// synced, so a run that did not stop cleanly (`kill -9`) is followed by a
-/// grace period, in which a holder's heartbeat keeps its seat and nothing
+/// grace period, `--new-pool` or not, in which a holder's heartbeat keeps its seat and nothing
 /// new is issued; a clean stop syncs every grant and is followed by none.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_that_syncs_in_the_background_waits_a_grace_period_after_a_crash_only() {
@@ -302,13 +314,16 @@ async fn a_server_that_syncs_in_the_background_waits_a_grace_period_after_a_cras
     let proof = fixture.proof(&grant_id, "holder", "cad", 1);
     let heartbeat = heartbeat_body(&grant_id, "holder", "cad", 1, &proof);
 
+    // Restarted with `--new-pool`, as a service unit that always passes it
+    // would: the run's record shows the pool served, so the grace period
+    // is kept.
     server.kill();
-    server.start(StartMode::Plain).await;
+    server.start(StartMode::NewPool).await;
     server.wait_grace().await;
+    let log = server.log();
     assert!(
-        server.log().contains("did not stop cleanly"),
-        "{}",
-        server.log()
+        log.contains("did not stop cleanly") && log.contains("--new-pool says"),
+        "{log}"
     );
     server
         .post("/v1/checkout", &checkout_body("new-client", "cad", 1))
