@@ -576,9 +576,12 @@ mod tests {
         assert!(config.security.tls.is_none());
         assert_eq!(config.security.public_status, PublicStatus::Full);
         assert_eq!(config.store_sync, StoreSync::BeforeAnswer);
-        let background = format!("{base}[store]\nsync = \"background\"\n");
-        let config = ServerConfig::parse(&background, dir.path()).unwrap();
-        assert_eq!(config.store_sync, StoreSync::Background);
+        // Each mode parses from the name the status gives it.
+        for sync in [StoreSync::BeforeAnswer, StoreSync::Background] {
+            let text = format!("{base}[store]\nsync = \"{}\"\n", sync.as_str());
+            let config = ServerConfig::parse(&text, dir.path()).unwrap();
+            assert_eq!(config.store_sync, sync);
+        }
         let err = ServerConfig::parse(&format!("{base}[store]\nsync = \"never\"\n"), dir.path())
             .unwrap_err();
         assert!(
