@@ -213,15 +213,17 @@ impl Client {
             // The lease runs from the send time, not the answer's arrival: the
             // server's own lease started no earlier than this instant.
             let send_instant = Instant::now();
-            let answer: Result<Grant, Failure> =
-                http::post_json(self, address, "/checkout", &request).await;
-            let answer = answer.map_err(|failure| self.checker().screen_refusal(&request, failure));
+            let (answer, channel) =
+                http::post_for_grant(self, address, "/checkout", &request).await;
+            let channel = channel.as_deref();
+            let answer =
+                answer.map_err(|failure| self.checker().screen_refusal(&request, failure, channel));
             match answer {
                 Ok(grant) => match usable_grant(&grant, &request, send_instant)
                     .map_err(|text| Failure::no_answer(address, text))
                     .and_then(|()| {
                         self.checker()
-                            .check(&request, &grant)
+                            .check(&request, &grant, channel)
                             .map_err(|text| Failure {
                                 kind: FailureKind::Untrusted(text),
                                 ..Failure::no_answer(address, "")
@@ -323,9 +325,9 @@ impl Client {
         address: &str,
         request: &HeartbeatRequest,
     ) -> Result<Grant, ClientError> {
-        let answer = http::post_json(self, address, "/heartbeat", request).await;
+        let (answer, channel) = http::post_for_grant(self, address, "/heartbeat", request).await;
         self.checker()
-            .screen(address, &request.as_checkout(), answer)
+            .screen(address, &request.as_checkout(), answer, channel.as_deref())
             .map_err(|failure| into_error(&request.feature, failure))
     }
 

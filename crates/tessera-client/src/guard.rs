@@ -497,8 +497,8 @@ async fn renew_round(
         };
         let answer: Result<Grant, Failure> = tokio::select! {
             biased;
-            answer = http::post_json(client, &address, "/heartbeat", &request) => {
-                client.checker().screen(&address, &request.as_checkout(), answer)
+            (answer, channel) = http::post_for_grant(client, &address, "/heartbeat", &request) => {
+                client.checker().screen(&address, &request.as_checkout(), answer, channel.as_deref())
             }
             // A renewal that arrives after expiry would come too late: the
             // program must already have been told that the seat is gone.

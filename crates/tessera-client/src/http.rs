@@ -2,10 +2,12 @@
 //! answer into either the expected type or a [`Failure`]. The request itself
 //! goes through the client's [`HttpTransport`](tessera_transport::HttpTransport).
 
+use std::sync::Arc;
+
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use tessera_proto::{ErrorBody, API_PREFIX};
-use tessera_transport::{HttpAnswer, HttpRequest, Method, TransportError};
+use tessera_proto::{ErrorBody, Grant, API_PREFIX};
+use tessera_transport::{Channel, HttpAnswer, HttpRequest, Method, TransportError};
 
 use crate::client::Client;
 use crate::error::Failure;
@@ -82,13 +84,32 @@ where
     Req: Serialize + ?Sized,
     Resp: DeserializeOwned,
 {
-    let headers = client
+    post_json_with_headers(client, address, path, token_headers(client), body).await
+}
+
+/// A checkout's or heartbeat's [`post_json`], with the TLS channel the
+/// answer came on (framed `tessera/3`), which its check needs.
+pub(crate) async fn post_for_grant<Req>(
+    client: &Client,
+    address: &str,
+    path: &str,
+    body: &Req,
+) -> (Result<Grant, Failure>, Option<Arc<Channel>>)
+where
+    Req: Serialize + ?Sized,
+{
+    let sent = send_post(client, address, path, token_headers(client), body).await;
+    let channel = sent.as_ref().ok().and_then(|answer| answer.channel.clone());
+    (decode(address, sent), channel)
+}
+
+fn token_headers(client: &Client) -> Vec<(String, String)> {
+    client
         .config()
         .token
         .iter()
         .map(crate::config::BearerToken::header)
-        .collect();
-    post_json_with_headers(client, address, path, headers, body).await
+        .collect()
 }
 
 /// `POST {API_PREFIX}{path}` with a JSON body and these headers besides its content type.
@@ -96,12 +117,30 @@ pub(crate) async fn post_json_with_headers<Req, Resp>(
     client: &Client,
     address: &str,
     path: &str,
-    mut headers: Vec<(String, String)>,
+    headers: Vec<(String, String)>,
     body: &Req,
 ) -> Result<Resp, Failure>
 where
     Req: Serialize + ?Sized,
     Resp: DeserializeOwned,
+{
+    decode(
+        address,
+        send_post(client, address, path, headers, body).await,
+    )
+}
+
+/// Sends `POST {API_PREFIX}{path}` with a JSON body and these headers
+/// besides its content type; any status is an answer.
+async fn send_post<Req>(
+    client: &Client,
+    address: &str,
+    path: &str,
+    mut headers: Vec<(String, String)>,
+    body: &Req,
+) -> Result<HttpAnswer, Failure>
+where
+    Req: Serialize + ?Sized,
 {
     let path = endpoint(address, path)?;
     headers.push(("content-type".to_string(), "application/json".to_string()));
@@ -117,7 +156,11 @@ where
         timeout: client.config().request_timeout,
         answer_bytes_max: ANSWER_BYTES_MAX,
     };
-    decode(address, client.transport().send(request).await)
+    sent(address, client.transport().send(request).await)
+}
+
+fn sent(address: &str, sent: Result<HttpAnswer, TransportError>) -> Result<HttpAnswer, Failure> {
+    sent.map_err(|error| Failure::no_answer(address, error.to_string()))
 }
 
 /// `GET {API_PREFIX}{path}`.
@@ -141,7 +184,10 @@ where
         timeout: client.config().request_timeout,
         answer_bytes_max,
     };
-    decode(address, client.transport().send(request).await)
+    decode(
+        address,
+        sent(address, client.transport().send(request).await),
+    )
 }
 
 /// The transport already bounds the body to the request's `answer_bytes_max`,
@@ -150,9 +196,9 @@ where
 /// timeout", "answered with a body larger than N bytes") are the failure's text.
 fn decode<Resp: DeserializeOwned>(
     address: &str,
-    sent: Result<HttpAnswer, TransportError>,
+    sent: Result<HttpAnswer, Failure>,
 ) -> Result<Resp, Failure> {
-    let answer = sent.map_err(|error| Failure::no_answer(address, error.to_string()))?;
+    let answer = sent?;
     let status = answer.status;
     if answer.is_success() {
         return serde_json::from_slice(&answer.body).map_err(|error| {

@@ -25,6 +25,7 @@ use tessera_core::answer::{
 use tessera_core::master::MasterLicense;
 use tessera_core::{LicenseCode, VendorPublicKey, Version};
 use tessera_proto::{CheckoutRequest, Grant, SignedAnswer};
+use tessera_transport::Channel;
 
 use crate::config::ClientConfig;
 use crate::error::{ClientError, Failure, FailureKind};
@@ -96,10 +97,11 @@ impl Checker {
         address: &str,
         request: &CheckoutRequest,
         answer: Result<Grant, Failure>,
+        channel: Option<&Channel>,
     ) -> Result<Grant, Failure> {
         match answer {
             Ok(grant) => self
-                .check(request, &grant)
+                .check(request, &grant, channel)
                 .map(|()| grant)
                 .map_err(|text| Failure {
                     address: address.to_string(),
@@ -107,28 +109,40 @@ impl Checker {
                     signed: None,
                     queue: None,
                 }),
-            Err(failure) => Err(self.screen_refusal(request, failure)),
+            Err(failure) => Err(self.screen_refusal(request, failure, channel)),
         }
     }
 
-    /// Whether this program may count `grant`, the answer to `request`.
-    pub(crate) fn check(&self, request: &CheckoutRequest, grant: &Grant) -> Result<(), String> {
+    /// Whether this program may count `grant`, the answer to `request` that
+    /// came on `channel` (a framed `tessera/3` connection's).
+    pub(crate) fn check(
+        &self,
+        request: &CheckoutRequest,
+        grant: &Grant,
+        channel: Option<&Channel>,
+    ) -> Result<(), String> {
         let Some(vendor_keys) = &self.vendor_keys else {
             return Ok(());
         };
         let now = self.clock.now().map_err(|err| err.to_string())?;
-        check_grant(vendor_keys, request, grant, now)?;
+        check_grant(vendor_keys, request, grant, now, channel)?;
         self.clock.advance(now);
         Ok(())
     }
 
-    /// A refusal this program acts on only if it is signed over `request`.
-    pub(crate) fn screen_refusal(&self, request: &CheckoutRequest, failure: Failure) -> Failure {
+    /// A refusal this program acts on only if it is signed over `request`
+    /// (or came on a `channel` so bound).
+    pub(crate) fn screen_refusal(
+        &self,
+        request: &CheckoutRequest,
+        failure: Failure,
+        channel: Option<&Channel>,
+    ) -> Failure {
         let (Some(_), FailureKind::Refused { code, message }) = (&self.vendor_keys, &failure.kind)
         else {
             return failure;
         };
-        match check_denial(request, code.as_str(), failure.signed.as_deref()) {
+        match check_denial(request, code.as_str(), failure.signed.as_deref(), channel) {
             Ok(()) => failure,
             Err(why) => Failure {
                 kind: FailureKind::Untrusted(format!(
@@ -169,6 +183,7 @@ fn check_grant(
     request: &CheckoutRequest,
     grant: &Grant,
     now_unix_ms: i64,
+    channel: Option<&Channel>,
 ) -> Result<(), String> {
     let Some(answer) = &grant.answer else {
         return Err(
@@ -185,7 +200,7 @@ fn check_grant(
     }
     let key = ServerPublicKey::from_base64(&answer.server_key).map_err(|err| err.to_string())?;
     let (fields, codes) = granted_fields(request, grant, answer)?;
-    verify_signature(&key, &fields, answer)?;
+    authenticate(&key, fields, answer, channel)?;
     let (licenses, certificate) = match &answer.chain {
         Some(chain) => {
             let licenses = chain
@@ -250,13 +265,54 @@ fn check_denial(
     request: &CheckoutRequest,
     code: &str,
     answer: Option<&SignedAnswer>,
+    channel: Option<&Channel>,
 ) -> Result<(), String> {
     let Some(answer) = answer else {
         return Err("no signature".into());
     };
     let key = ServerPublicKey::from_base64(&answer.server_key).map_err(|err| err.to_string())?;
-    verify_signature(&key, &asked_fields(request, answer, code), answer)
+    authenticate(&key, asked_fields(request, answer, code), answer, channel)
         .map_err(|err| format!("a signature that does not check: {err}"))
+}
+
+/// Whether `answer` (whose signed fields are `fields`) comes from the
+/// holder of `key`. Signed, its signature must check; on a `tessera/3`
+/// `channel` it covers the channel's value too, and then binds the
+/// connection to `key`. Unsigned, it must have come on a channel already
+/// bound to `key`: only the server at the other end of this TLS connection
+/// can have sent it, and that server proved itself the holder of `key`
+/// over this very channel (a relay that ends TLS on either side holds
+/// another channel value, so the signature it passes on does not check).
+fn authenticate(
+    key: &ServerPublicKey,
+    mut fields: AnswerFields,
+    answer: &SignedAnswer,
+    channel: Option<&Channel>,
+) -> Result<(), String> {
+    if answer.signature.is_empty() {
+        return match channel.map(Channel::bound_key) {
+            Some(Some(bound)) if bound == answer.server_key => Ok(()),
+            Some(Some(_)) => Err(
+                "an unsigned answer naming another server key than the one this connection \
+                 is bound to"
+                    .into(),
+            ),
+            Some(None) => Err(
+                "an unsigned answer on a connection that no signed answer has bound to a \
+                 server key"
+                    .into(),
+            ),
+            None => Err("an unsigned answer".into()),
+        };
+    }
+    if let Some(channel) = channel {
+        fields.channel = channel.value().to_string();
+    }
+    verify_signature(key, &fields, answer)?;
+    if let Some(channel) = channel {
+        channel.bind(&answer.server_key);
+    }
+    Ok(())
 }
 
 /// Checks the answer's signature over `fields`: its own, or its batch's
@@ -490,6 +546,74 @@ pub(crate) mod tests {
         grant
     }
 
+    /// `grant` signed again over the TLS channel `channel`, as a `tessera/3`
+    /// connection's first answer.
+    fn over_channel(request: &CheckoutRequest, mut grant: Grant, channel: &Channel) -> Grant {
+        let key = ServerSecretKey::from_seed([5; 32]);
+        let (fields, _) = granted_fields(request, &grant, grant.answer.as_ref().unwrap()).unwrap();
+        let fields = AnswerFields {
+            channel: channel.value().to_string(),
+            ..fields
+        };
+        grant.answer.as_mut().unwrap().signature = key.sign(&fields);
+        grant
+    }
+
+    /// `grant` without its signature, as later answers on a bound channel.
+    fn unsigned(mut grant: Grant) -> Grant {
+        grant.answer.as_mut().unwrap().signature = String::new();
+        grant
+    }
+
+    #[test]
+    fn an_unsigned_grant_counts_only_on_the_channel_a_signed_one_bound() {
+        let dir = tempfile::tempdir().unwrap();
+        let checker = checker(dir.path());
+        let genuine = signed_grant(&request(), &[code(&vendor(), "cad-1")]);
+        let ours = Channel::new(&[1; tessera_core::answer::CHANNEL_BYTES]);
+        let relays = Channel::new(&[2; tessera_core::answer::CHANNEL_BYTES]);
+
+        // Unsigned before any binding, or with no channel at all: refused.
+        let bare = unsigned(genuine.clone());
+        let refused = checker.check(&request(), &bare, Some(&ours)).unwrap_err();
+        assert!(refused.contains("no signed answer has bound"), "{refused}");
+        assert!(checker.check(&request(), &bare, None).is_err());
+        // Signed without the channel, or over another: refused, not bound.
+        let refused = checker
+            .check(&request(), &genuine, Some(&ours))
+            .unwrap_err();
+        assert!(refused.contains("does not check"), "{refused}");
+        let relayed = over_channel(&request(), genuine.clone(), &relays);
+        assert!(checker.check(&request(), &relayed, Some(&ours)).is_err());
+        assert_eq!(ours.bound_key(), None);
+
+        // Signed over this channel: counts, and binds it.
+        let first = over_channel(&request(), genuine.clone(), &ours);
+        assert_eq!(checker.check(&request(), &first, Some(&ours)), Ok(()));
+        let key = genuine.answer.as_ref().unwrap().server_key.clone();
+        assert_eq!(ours.bound_key(), Some(key));
+        assert_eq!(checker.check(&request(), &bare, Some(&ours)), Ok(()));
+        // Not on another channel, not naming another key, and the codes
+        // are still checked.
+        assert!(checker.check(&request(), &bare, Some(&relays)).is_err());
+        let mut other_key = bare.clone();
+        other_key.answer.as_mut().unwrap().server_key =
+            ServerSecretKey::from_seed([6; 32]).public().to_base64();
+        let refused = checker
+            .check(&request(), &other_key, Some(&ours))
+            .unwrap_err();
+        assert!(refused.contains("another server key"), "{refused}");
+        let mut other_vendor = bare.clone();
+        other_vendor.answer.as_mut().unwrap().codes = vec![code(
+            &VendorSecretKey::from_seed("acme", [8; 32]).unwrap(),
+            "cad-1",
+        )
+        .to_text()];
+        assert!(checker
+            .check(&request(), &other_vendor, Some(&ours))
+            .is_err());
+    }
+
     #[test]
     fn a_grant_signed_in_a_batch_counts_and_a_forged_place_does_not() {
         let dir = tempfile::tempdir().unwrap();
@@ -498,7 +622,7 @@ pub(crate) mod tests {
         for (index, size) in [(0, 1), (1, 2), (4, 5), (31, 32)] {
             let grant = in_batch(&request(), genuine.clone(), index, size);
             assert_eq!(
-                checker.check(&request(), &grant),
+                checker.check(&request(), &grant, None),
                 Ok(()),
                 "{index} of {size}"
             );
@@ -515,22 +639,22 @@ pub(crate) mod tests {
         for (forge, expected) in forged {
             let mut grant = batched.clone();
             forge(grant.answer.as_mut().unwrap().batch.as_mut().unwrap());
-            let refused = checker.check(&request(), &grant).unwrap_err();
+            let refused = checker.check(&request(), &grant, None).unwrap_err();
             assert!(refused.contains(expected), "{expected}: {refused}");
         }
         // The batch's signature without its place, or a longer lease in it.
         let mut unplaced = batched.clone();
         unplaced.answer.as_mut().unwrap().batch = None;
-        assert!(checker.check(&request(), &unplaced).is_err());
+        assert!(checker.check(&request(), &unplaced, None).is_err());
         let mut longer = batched;
         longer.lease_ms *= 100;
-        let refused = checker.check(&request(), &longer).unwrap_err();
+        let refused = checker.check(&request(), &longer, None).unwrap_err();
         assert!(refused.contains("changed in transit"), "{refused}");
         // Another program's answer in the same batch is not this one's.
         let mut other_request = request();
         other_request.nonce = Some("the-nonce-of-another-program-003".into());
         let theirs = in_batch(&other_request, genuine, 3, 7);
-        let refused = checker.check(&request(), &theirs).unwrap_err();
+        let refused = checker.check(&request(), &theirs, None).unwrap_err();
         assert!(refused.contains("a replay"), "{refused}");
     }
 
@@ -546,7 +670,7 @@ pub(crate) mod tests {
         let dir = tempfile::tempdir().unwrap();
         let checker = checker(dir.path());
         let grant = signed_grant(&request(), &[code(&vendor(), "cad-1")]);
-        assert_eq!(checker.check(&request(), &grant), Ok(()));
+        assert_eq!(checker.check(&request(), &grant, None), Ok(()));
         // The trusted time is kept for the next run.
         assert!(std::fs::read_to_string(dir.path().join("clock")).is_ok());
     }
@@ -574,7 +698,7 @@ pub(crate) mod tests {
                 "cad-more, which no vendor key built into this program signed",
             ),
         ] {
-            let refused = checker.check(&request(), &grant).unwrap_err();
+            let refused = checker.check(&request(), &grant, None).unwrap_err();
             assert!(refused.contains(expected), "{expected}: {refused}");
         }
     }
@@ -584,7 +708,7 @@ pub(crate) mod tests {
         let dir = tempfile::tempdir().unwrap();
         let checker = checker(dir.path());
         let refusal = Failure::refused("a:1", ErrorCode::UnknownFeature, "no such feature");
-        let screened = checker.screen_refusal(&request(), refusal.clone());
+        let screened = checker.screen_refusal(&request(), refusal.clone(), None);
         assert!(
             matches!(&screened.kind, FailureKind::Untrusted(text) if text.contains("no signature")),
             "{screened:?}"
@@ -599,7 +723,10 @@ pub(crate) mod tests {
             config.trust = Trust::AnyServer;
             config
         });
-        assert_eq!(any.screen_refusal(&request(), refusal.clone()), refusal);
+        assert_eq!(
+            any.screen_refusal(&request(), refusal.clone(), None),
+            refusal
+        );
     }
 
     #[test]
@@ -614,7 +741,7 @@ pub(crate) mod tests {
             "{error}"
         );
         let grant = signed_grant(&request(), &[code(&vendor(), "cad-1")]);
-        assert!(checker.check(&request(), &grant).is_err());
+        assert!(checker.check(&request(), &grant, None).is_err());
         // Within the tolerance (a clock corrected by NTP), nothing is refused.
         let close = unix_now_ms() + CLOCK_TOLERANCE_MS / 2;
         std::fs::write(dir.path().join("clock"), close.to_string()).unwrap();

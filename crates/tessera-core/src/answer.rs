@@ -332,6 +332,23 @@ pub struct AnswerFields {
     pub heartbeat_interval_ms: u64,
     /// [`codes_sha256`] of the codes the answer carries; empty on a denial.
     pub codes_sha256: String,
+    /// On a framed `tessera/3` connection: the TLS channel's exporter value
+    /// ([`CHANNEL_EXPORTER_LABEL`], base64), which binds the connection to
+    /// the signing key; empty elsewhere, and then not in the canonical form.
+    pub channel: String,
+}
+
+/// The TLS 1.3 exporter label (RFC 8446, 7.5) of a `tessera/3` connection's
+/// channel value: [`CHANNEL_BYTES`] bytes, no context. Both ends derive it
+/// from their own handshake, so a relay that terminates TLS on either side
+/// holds another value than the program's.
+pub const CHANNEL_EXPORTER_LABEL: &[u8] = b"EXPORTER-tessera-answers-v1";
+/// Bytes of a channel value.
+pub const CHANNEL_BYTES: usize = 32;
+
+/// A channel value as [`AnswerFields::channel`] carries it.
+pub fn channel_text(exported: &[u8; CHANNEL_BYTES]) -> String {
+    BASE64.encode(exported)
 }
 
 impl AnswerFields {
@@ -358,7 +375,10 @@ impl AnswerFields {
                     self.heartbeat_interval_ms.to_string(),
                 ),
                 ("codes_sha256", self.codes_sha256.clone()),
-            ],
+            ]
+            .into_iter()
+            .chain((!self.channel.is_empty()).then(|| ("channel", self.channel.clone())))
+            .collect::<Vec<_>>(),
         )
     }
 }
@@ -613,7 +633,36 @@ mod tests {
             lease_ms: 60_000,
             heartbeat_interval_ms: 15_000,
             codes_sha256: codes_sha256(&[code()]),
+            channel: String::new(),
         }
+    }
+
+    /// A `tessera/3` answer's channel is its canonical form's last line, and
+    /// a signature over one channel does not check over another: a relay's
+    /// two connections have two values.
+    #[test]
+    fn the_channel_is_signed_and_absent_without_one() {
+        let key = server_key();
+        let key_id = key.public().key_id();
+        let plain = fields().canonical_form(&key_id);
+        assert!(!plain.contains("channel="), "{plain}");
+        let ours = AnswerFields {
+            channel: channel_text(&[1; CHANNEL_BYTES]),
+            ..fields()
+        };
+        let canonical = ours.canonical_form(&key_id);
+        assert_eq!(
+            canonical,
+            format!("{plain}channel=AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=\n")
+        );
+        let signature = key.sign(&ours);
+        assert!(key.public().verify(&ours, &signature).is_ok());
+        let relayed = AnswerFields {
+            channel: channel_text(&[2; CHANNEL_BYTES]),
+            ..fields()
+        };
+        assert!(key.public().verify(&relayed, &signature).is_err());
+        assert!(key.public().verify(&fields(), &signature).is_err());
     }
 
     fn code() -> LicenseCode {

@@ -1,12 +1,14 @@
 //! The framed protocol: a program's checkout, heartbeat and check-in
 //! without HTTP.
 //!
-//! A client that offers the TLS ALPN protocol [`ALPN_V2`] or [`ALPN_V1`]
-//! and sees the server choose it speaks frames on that connection instead
-//! of HTTP/1.1. The two versions frame alike; on `tessera/2` a signed
-//! answer may carry one signature for a batch of answers and its place in
-//! that batch (PROTOCOL.md, "Signed answers"), which a `tessera/1` client
-//! would not know. Each request is one frame and is answered by one frame,
+//! A client that offers the TLS ALPN protocol [`ALPN_V3`], [`ALPN_V2`] or
+//! [`ALPN_V1`] and sees the server choose it speaks frames on that
+//! connection instead of HTTP/1.1. The versions frame alike; on `tessera/2`
+//! a signed answer may carry one signature for a batch of answers and its
+//! place in that batch (PROTOCOL.md, "Signed answers"), which a `tessera/1`
+//! client would not know; on `tessera/3` over TLS 1.3 only the first signed
+//! answer of a connection is signed, over the TLS channel too, and later
+//! ones come unsigned, bound to that channel. Each request is one frame and is answered by one frame,
 //! in order:
 //!
 //! ```text
@@ -29,9 +31,14 @@ use crate::MAX_BODY_BYTES;
 pub const ALPN_V1: &[u8] = b"tessera/1";
 /// Version 2: signed answers may be signed in batches.
 pub const ALPN_V2: &[u8] = b"tessera/2";
-/// Both, in the order of preference: what a client offers before
+/// Version 3: on TLS 1.3, the first signed answer also signs the TLS
+/// channel (its exporter value, `tessera_core::answer::CHANNEL_EXPORTER_LABEL`);
+/// later answers on the connection come unsigned, bound to it (PROTOCOL.md,
+/// "Answers bound to the channel").
+pub const ALPN_V3: &[u8] = b"tessera/3";
+/// All three, in the order of preference: what a client offers before
 /// `http/1.1`, and what a server chooses first.
-pub const ALPNS: [&[u8]; 2] = [ALPN_V2, ALPN_V1];
+pub const ALPNS: [&[u8]; 3] = [ALPN_V3, ALPN_V2, ALPN_V1];
 
 /// The ALPN list of a TLS config: the framed `versions` in order, then
 /// `http/1.1`, as a server chooses and a client offers them.

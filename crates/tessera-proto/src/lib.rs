@@ -262,7 +262,10 @@ pub struct SignedAnswer {
     /// The answering server's wall clock, Unix ms.
     pub server_unix_ms: i64,
     /// Base64 Ed25519 signature of the canonical form, or of the batch
-    /// message where `batch` is present.
+    /// message where `batch` is present. Absent (empty) only on a framed
+    /// `tessera/3` connection that an earlier answer signed over its TLS
+    /// channel bound to `server_key`: the channel vouches for it.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub signature: String,
     /// On a grant: every license code the answering server serves for the
     /// feature (the hard limit), vendor-signed.

@@ -9,12 +9,13 @@
 //! licenses and its current certificate, which names this answer key).
 
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use serde::{Deserialize, Serialize};
 use tessera_core::answer::{
-    AnswerFields, BatchPlace, ServerSecretKey, BATCH_SIZE_MAX, OUTCOME_GRANTED,
+    channel_text, AnswerFields, BatchPlace, ServerSecretKey, BATCH_SIZE_MAX, CHANNEL_BYTES,
+    OUTCOME_GRANTED,
 };
 use tessera_core::master::vid_of_binding;
 use tessera_core::merkle::Hash;
@@ -114,11 +115,36 @@ impl Asked {
 }
 
 /// How an answer is signed: alone (REST and framed `tessera/1`, whose
-/// clients know no other form), or in a batch (framed `tessera/2`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// clients know no other form), in a batch (framed `tessera/2`), or, on a
+/// framed `tessera/3` connection over TLS 1.3, in a batch over the
+/// connection's TLS channel once and then not at all: the channel vouches
+/// for every later answer on it (PROTOCOL.md, "Answers bound to the
+/// channel").
+#[derive(Clone, Debug)]
 pub enum Signing {
     Alone,
     InBatches,
+    Bound(Arc<Channel>),
+}
+
+/// A `tessera/3` connection's TLS channel: its exporter value, and whether
+/// an answer signed over it has gone out (after which the program holds
+/// the connection bound to this server's answer key).
+#[derive(Debug)]
+pub struct Channel {
+    value: String,
+    signed: AtomicBool,
+}
+
+impl Channel {
+    /// The channel whose exporter gave `exported`
+    /// ([`tessera_core::answer::CHANNEL_EXPORTER_LABEL`]).
+    pub fn new(exported: &[u8; CHANNEL_BYTES]) -> Arc<Channel> {
+        Arc::new(Channel {
+            value: channel_text(exported),
+            signed: AtomicBool::new(false),
+        })
+    }
 }
 
 /// One answer waiting for its batch's signature.
@@ -143,6 +169,8 @@ pub(crate) struct BatchSigner {
 pub(crate) struct BatchCounts {
     pub(crate) batches: AtomicU64,
     pub(crate) answers: AtomicU64,
+    /// Answers sent unsigned on a channel bound by an earlier one.
+    pub(crate) bound: AtomicU64,
 }
 
 impl BatchSigner {
@@ -154,11 +182,13 @@ impl BatchSigner {
         }
     }
 
-    /// Batches signed so far, and the answers they covered.
-    pub(crate) fn counts(&self) -> (u64, u64) {
+    /// Batches signed so far, the answers they covered, and the answers
+    /// sent unsigned on bound channels.
+    pub(crate) fn counts(&self) -> (u64, u64, u64) {
         (
             self.counts.batches.load(Ordering::Relaxed),
             self.counts.answers.load(Ordering::Relaxed),
+            self.counts.bound.load(Ordering::Relaxed),
         )
     }
 
@@ -263,19 +293,25 @@ impl App {
         chain: Option<proto::AnswerChain>,
         signing: Signing,
     ) -> proto::SignedAnswer {
-        let in_batch = match signing {
-            Signing::InBatches => {
-                let leaf = fields.leaf_hash(&self.answer_key_id);
-                self.batch_signer.sign(leaf).await
+        let (signature, batch) = match signing {
+            Signing::Alone => (self.answer_key.sign(fields), None),
+            Signing::InBatches => self.signed_in_batch(fields).await,
+            Signing::Bound(channel) if channel.signed.load(Ordering::Relaxed) => {
+                self.batch_signer
+                    .counts
+                    .bound
+                    .fetch_add(1, Ordering::Relaxed);
+                (String::new(), None)
             }
-            Signing::Alone => None,
-        };
-        let (signature, batch) = match in_batch {
-            Some((signature, place)) => (
-                signature.to_string(),
-                Some(proto::AnswerBatch::from_core(&place)),
-            ),
-            None => (self.answer_key.sign(fields), None),
+            Signing::Bound(channel) => {
+                let over_channel = AnswerFields {
+                    channel: channel.value.clone(),
+                    ..fields.clone()
+                };
+                let signed = self.signed_in_batch(&over_channel).await;
+                channel.signed.store(true, Ordering::Relaxed);
+                signed
+            }
         };
         proto::SignedAnswer {
             server_key: self.answer_key_public.clone(),
@@ -287,6 +323,19 @@ impl App {
             codes,
             chain,
             batch,
+        }
+    }
+
+    /// The signature of the batch that holds `fields`, and its place in it;
+    /// signed alone when the signing thread cannot be had.
+    async fn signed_in_batch(&self, fields: &AnswerFields) -> (String, Option<proto::AnswerBatch>) {
+        let leaf = fields.leaf_hash(&self.answer_key_id);
+        match self.batch_signer.sign(leaf).await {
+            Some((signature, place)) => (
+                signature.to_string(),
+                Some(proto::AnswerBatch::from_core(&place)),
+            ),
+            None => (self.answer_key.sign(fields), None),
         }
     }
 

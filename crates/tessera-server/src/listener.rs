@@ -23,8 +23,9 @@ use tokio::time::{Instant, Sleep};
 use crate::api::framed::{self, FramedState};
 use crate::config::TlsFiles;
 
-use crate::answer::Signing;
-use tessera_proto::frame::{alpn_protocols, ALPNS, ALPN_V1, ALPN_V2};
+use crate::answer::{Channel, Signing};
+use tessera_core::answer::{CHANNEL_BYTES, CHANNEL_EXPORTER_LABEL};
+use tessera_proto::frame::{alpn_protocols, ALPNS, ALPN_V1, ALPN_V2, ALPN_V3};
 
 /// Longest a TLS handshake may take before the connection is dropped.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -198,9 +199,23 @@ async fn accept_loop(
 }
 
 /// How a framed connection's signed answers are signed, by the version
-/// its client chose; `None` for HTTP.
+/// its client chose; `None` for HTTP. `tessera/3` binds answers to the
+/// channel only over TLS 1.3, whose exporter covers the whole handshake;
+/// otherwise (and should the exporter fail) its answers are signed in
+/// batches, as the program then expects.
 fn framed_signing(tls: &tokio_rustls::server::TlsStream<TcpStream>) -> Option<Signing> {
-    match tls.get_ref().1.alpn_protocol() {
+    let connection = tls.get_ref().1;
+    match connection.alpn_protocol() {
+        Some(ALPN_V3) => Some(
+            match connection.protocol_version() {
+                Some(rustls::ProtocolVersion::TLSv1_3) => connection
+                    .export_keying_material([0u8; CHANNEL_BYTES], CHANNEL_EXPORTER_LABEL, None)
+                    .ok()
+                    .map(|exported| Signing::Bound(Channel::new(&exported))),
+                _ => None,
+            }
+            .unwrap_or(Signing::InBatches),
+        ),
         Some(ALPN_V2) => Some(Signing::InBatches),
         Some(ALPN_V1) => Some(Signing::Alone),
         _ => None,

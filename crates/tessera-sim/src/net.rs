@@ -204,6 +204,7 @@ async fn exchange(idle: &Idle, request: HttpRequest) -> Result<HttpAnswer, Trans
     Ok(HttpAnswer {
         status,
         body: body.to_vec(),
+        channel: None,
     })
 }
 

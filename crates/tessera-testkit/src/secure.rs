@@ -104,6 +104,13 @@ impl Credentials {
         )
     }
 
+    /// Server `id`'s TLS certificate and key files, as its machine holds
+    /// them (and so its owner, the customer).
+    pub fn server_tls_files(&self, id: &str) -> (PathBuf, PathBuf) {
+        let server = self.dir.join(id);
+        (server.join("server.pem"), server.join("server.key"))
+    }
+
     pub fn ca_file(&self) -> PathBuf {
         self.dir.join("ca.pem")
     }

@@ -1,7 +1,9 @@
 //! The framed protocol's client ([`tessera_proto::frame`]): a program's
 //! checkout, heartbeat and check-in as one frame each way on a TLS
-//! connection that chose ALPN `tessera/2` (or `tessera/1`, from a server
-//! that does not sign answers in batches), and everything else over REST.
+//! connection that chose ALPN `tessera/3` (or `tessera/2` or `tessera/1`,
+//! from an older server), and everything else over REST. A `tessera/3`
+//! connection's answers carry its [`Channel`], which the SDK binds to the
+//! server's answer key once an answer signed over it checks.
 //!
 //! The requests and answers are those of REST, byte for byte in their JSON
 //! bodies, so the SDK above cannot tell the two apart; only the framing is
@@ -19,8 +21,8 @@ use tokio::time::Instant;
 use tokio_rustls::client::TlsStream;
 
 use crate::{
-    client_tls_config, Exchange, HttpAnswer, HttpRequest, HttpTransport, Method, ReqwestOptions,
-    ReqwestTransport, TransportError, TransportTls,
+    client_tls_config, Channel, Exchange, HttpAnswer, HttpRequest, HttpTransport, Method,
+    ReqwestOptions, ReqwestTransport, TransportError, TransportTls,
 };
 
 /// An idle connection is used again only this soon after its last answer:
@@ -30,8 +32,9 @@ const REUSE_WITHIN: Duration = Duration::from_secs(30);
 /// One framed connection, TLS on TCP.
 pub type FramedStream = TlsStream<TcpStream>;
 
-/// A connection waiting for its next request, since when.
-type Idle = (Instant, Box<FramedStream>);
+/// A connection waiting for its next request, since when, with its
+/// channel ([`channel_of`]).
+type Idle = (Instant, Box<FramedStream>, Option<Arc<Channel>>);
 
 /// Frames for the checkout, heartbeat and check-in; REST ([`ReqwestTransport`])
 /// for every other request and for servers that do not speak frames.
@@ -51,7 +54,7 @@ struct Inner {
 }
 
 /// Opens framed connections: TLS checked against the pool CA, offering
-/// ALPN `tessera/2`, `tessera/1` and then `http/1.1`: a server that knows only HTTP
+/// ALPN `tessera/3`, `tessera/2`, `tessera/1` and then `http/1.1`: a server that knows only HTTP
 /// chooses the latter (a server with ALPN protocols of its own ends a
 /// handshake that offers none of them), and is then asked over REST.
 #[derive(Clone)]
@@ -126,6 +129,25 @@ impl FramedConnector {
     }
 }
 
+/// The channel of a `tessera/3` connection over TLS 1.3, which answers may
+/// be bound to; `None` for any other (their answers are all signed).
+pub fn channel_of(stream: &FramedStream) -> Option<Arc<Channel>> {
+    let connection = stream.get_ref().1;
+    if connection.alpn_protocol() != Some(frame::ALPN_V3)
+        || connection.protocol_version() != Some(rustls::ProtocolVersion::TLSv1_3)
+    {
+        return None;
+    }
+    connection
+        .export_keying_material(
+            [0u8; tessera_core::answer::CHANNEL_BYTES],
+            tessera_core::answer::CHANNEL_EXPORTER_LABEL,
+            None,
+        )
+        .ok()
+        .map(|exported| Channel::new(&exported))
+}
+
 /// Sends one request frame on `stream` and reads its answer, at most
 /// `answer_bytes_max` bytes of body. An error before any byte of the answer
 /// came back is [`Exchanged::NotAnswered`]: a connection the server closed
@@ -156,6 +178,7 @@ pub async fn exchange(
     Ok(HttpAnswer {
         status,
         body: body.to_vec(),
+        channel: None,
     })
 }
 
@@ -249,11 +272,11 @@ impl Inner {
             .map_err(|text| TransportError::Failed(format!("request failed: {text}")))?;
         // An idle connection the server has closed fails before any answer:
         // then once more on a new one.
-        if let Some(mut stream) = self.take_idle(address) {
+        if let Some((mut stream, channel)) = self.take_idle(address) {
             match exchange(&mut stream, &bytes, request.answer_bytes_max).await {
                 Ok(answer) => {
-                    self.put_idle(address, stream);
-                    return Ok(answer);
+                    self.put_idle(address, stream, channel.clone());
+                    return Ok(HttpAnswer { channel, ..answer });
                 }
                 Err(Exchanged::Failed(err)) => return Err(err),
                 Err(Exchanged::NotAnswered(_)) => {}
@@ -266,10 +289,11 @@ impl Inner {
                 return self.rest.send(request).await;
             }
         };
+        let channel = channel_of(&stream);
         match exchange(&mut stream, &bytes, request.answer_bytes_max).await {
             Ok(answer) => {
-                self.put_idle(address, stream);
-                Ok(answer)
+                self.put_idle(address, stream, channel.clone());
+                Ok(HttpAnswer { channel, ..answer })
             }
             Err(Exchanged::Failed(err)) => Err(err),
             Err(Exchanged::NotAnswered(text)) => {
@@ -278,23 +302,23 @@ impl Inner {
         }
     }
 
-    fn take_idle(&self, address: &str) -> Option<Box<FramedStream>> {
+    fn take_idle(&self, address: &str) -> Option<(Box<FramedStream>, Option<Arc<Channel>>)> {
         let mut idle = lock(&self.idle);
         let streams = idle.get_mut(address)?;
-        while let Some((since, stream)) = streams.pop() {
+        while let Some((since, stream, channel)) = streams.pop() {
             if since.elapsed() < REUSE_WITHIN {
-                return Some(stream);
+                return Some((stream, channel));
             }
         }
         None
     }
 
-    fn put_idle(&self, address: &str, stream: Box<FramedStream>) {
+    fn put_idle(&self, address: &str, stream: Box<FramedStream>, channel: Option<Arc<Channel>>) {
         let mut idle = lock(&self.idle);
         let streams = idle.entry(address.to_string()).or_default();
-        streams.retain(|(since, _)| since.elapsed() < REUSE_WITHIN);
+        streams.retain(|(since, _, _)| since.elapsed() < REUSE_WITHIN);
         if streams.len() < self.idle_per_server_max {
-            streams.push((Instant::now(), stream));
+            streams.push((Instant::now(), stream, channel));
         }
     }
 }

@@ -12,12 +12,15 @@
 
 mod framed;
 
-pub use framed::{exchange, Exchanged, FramedConnector, FramedStream, FramedTransport, Opened};
+pub use framed::{
+    channel_of, exchange, Exchanged, FramedConnector, FramedStream, FramedTransport, Opened,
+};
 
 use std::error::Error as _;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// HTTP method of a request.
@@ -48,7 +51,61 @@ pub struct HttpRequest {
 pub struct HttpAnswer {
     pub status: u16,
     pub body: Vec<u8>,
+    /// The TLS channel of the framed `tessera/3` connection it came on
+    /// (TLS 1.3); `None` on any other.
+    pub channel: Option<Arc<Channel>>,
 }
+
+/// A framed `tessera/3` connection's TLS channel, as this end derived it
+/// (`tessera_core::answer::CHANNEL_EXPORTER_LABEL`), and the server answer
+/// key that an answer signed over it bound the connection to. Shared by
+/// the answers the connection carries; a new connection has a new one.
+#[derive(Debug)]
+pub struct Channel {
+    value: String,
+    bound_key: std::sync::Mutex<Option<String>>,
+}
+
+impl Channel {
+    pub fn new(exported: &[u8; tessera_core::answer::CHANNEL_BYTES]) -> Arc<Channel> {
+        Arc::new(Channel {
+            value: tessera_core::answer::channel_text(exported),
+            bound_key: std::sync::Mutex::new(None),
+        })
+    }
+
+    /// The channel value an answer signed over it names.
+    pub fn value(&self) -> &str {
+        &self.value
+    }
+
+    /// The answer key the connection is bound to, once an answer signed
+    /// over the channel has checked.
+    pub fn bound_key(&self) -> Option<String> {
+        self.lock().clone()
+    }
+
+    /// Binds the connection to `server_key` (base64), whose signature over
+    /// this channel checked; the first binding stays.
+    pub fn bind(&self, server_key: &str) {
+        self.lock().get_or_insert_with(|| server_key.to_string());
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<String>> {
+        self.bound_key
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// Channels are one when their values are: two handshakes never share one.
+impl PartialEq for Channel {
+    fn eq(&self, other: &Channel) -> bool {
+        self.value == other.value
+    }
+}
+
+impl Eq for Channel {}
 
 impl HttpAnswer {
     pub fn is_success(&self) -> bool {
@@ -212,7 +269,11 @@ impl HttpTransport for ReqwestTransport {
                 }
                 body.extend_from_slice(&chunk);
             }
-            Ok(HttpAnswer { status, body })
+            Ok(HttpAnswer {
+                status,
+                body,
+                channel: None,
+            })
         })
     }
 }

@@ -335,16 +335,18 @@ fn granted_fields(request: &Value, grant: &Value) -> tessera_core::answer::Answe
             .as_u64()
             .expect("an interval"),
         codes_sha256: tessera_core::answer::codes_sha256(&codes),
+        channel: String::new(),
     }
 }
 
-/// On `tessera/2` (the SDK's choice) programs checking out at once share
-/// one signature, each answer carrying its place in the batch, and each
-/// checks against the vendor's key. A program that offers only
-/// `tessera/1` (an older SDK, which would refuse a field it does not know)
-/// gets every answer signed alone, grant and refusal.
+/// Programs checking out at once share one signature, each answer
+/// carrying its place in the batch, and each checks against the vendor's
+/// key: the SDK's first answer on each `tessera/3` connection (later ones
+/// are bound to it, see below) and every answer on `tessera/2`. A program
+/// that offers only `tessera/1` (an older SDK, which would refuse a field
+/// it does not know) gets every answer signed alone, grant and refusal.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn signed_answers_come_in_batches_on_tessera_2_and_alone_on_tessera_1() {
+async fn signed_answers_come_in_batches_on_tessera_3_and_2_and_alone_on_tessera_1() {
     let fixture = Fixture::new().await;
     let server = fixture.serve(&code("cad", 40)).await;
 
@@ -380,15 +382,16 @@ async fn signed_answers_come_in_batches_on_tessera_2_and_alone_on_tessera_1() {
     assert!(denial["answer"]["signature"].is_string(), "{denial}");
     assert!(denial["answer"].get("batch").is_none(), "{denial}");
 
-    // Current programs: thirty-two at once, for at most ten rounds, until
-    // one signature has covered more than one of them.
-    let programs: Vec<Client> = (0..32)
-        .map(|i| sdk(&server, Protocol::Framed, &format!("ws-{i}")))
-        .collect();
+    // Current programs: thirty-two at once, each on a new connection, for
+    // at most ten rounds, until one signature has covered more than one of
+    // them.
     let mut largest = 0;
     let mut rounds = 0;
-    for _round in 0..10 {
+    for round in 0..10 {
         rounds += 1;
+        let programs: Vec<Client> = (0..32)
+            .map(|i| sdk(&server, Protocol::Framed, &format!("ws-{round}-{i}")))
+            .collect();
         let mut checkouts = tokio::task::JoinSet::new();
         for program in &programs {
             let program = program.clone();
@@ -402,7 +405,9 @@ async fn signed_answers_come_in_batches_on_tessera_2_and_alone_on_tessera_1() {
             .collect();
         for seat in &seats {
             let answer = seat.grant().answer.expect("a signed answer");
-            let batch = answer.batch.expect("a tessera/2 answer names its batch");
+            let batch = answer
+                .batch
+                .expect("a connection's first signed answer names its batch");
             assert!(batch.index < batch.size, "{batch:?}");
             largest = largest.max(batch.size);
         }
@@ -437,4 +442,80 @@ async fn signed_answers_come_in_batches_on_tessera_2_and_alone_on_tessera_1() {
     );
     assert_eq!(answers, 32 * rounds, "{metrics}");
     assert!(batches < answers, "{batches} batches for {answers} answers");
+}
+
+/// On `tessera/3` over TLS 1.3 (the SDK's choice) a connection's first
+/// signed answer is signed over the TLS channel too, its exporter value as
+/// either end derives it, and the answers after it come unsigned: the
+/// channel vouches for them. The SDK takes both (the heartbeat and
+/// refusal of `the_sdk_checks_out_renews_and_checks_in_over_frames` travel
+/// on its bound connection).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_on_tessera_3_are_signed_once_over_the_channel_then_bound_to_it() {
+    let fixture = Fixture::new().await;
+    let server = fixture.serve(&code("cad", 3)).await;
+    let mut stream = connect(&server).await;
+    assert_eq!(stream.get_ref().1.alpn_protocol(), Some(frame::ALPN_V3));
+    let channel = tessera_transport::channel_of(&stream).expect("a TLS 1.3 channel");
+
+    let mut asked = checkout_body("ws-bound", "cad", 1);
+    asked["nonce"] = json!("Ym91bmQtY2hhbm5lbC1ub25jZS0x");
+    let (status, grant) = exchange(&mut stream, &request(Op::Checkout, None, &asked)).await;
+    assert_eq!(status, 200, "{grant}");
+    let answer: tessera_proto::SignedAnswer =
+        serde_json::from_value(grant["answer"].clone()).expect("a signed answer");
+    let key = tessera_core::answer::ServerPublicKey::from_base64(&answer.server_key).unwrap();
+    let place = answer
+        .batch
+        .as_ref()
+        .expect("signed in a batch")
+        .to_core()
+        .unwrap();
+    let over_channel = tessera_core::answer::AnswerFields {
+        channel: channel.value().to_string(),
+        ..granted_fields(&asked, &grant)
+    };
+    key.verify_in_batch(&over_channel, &answer.signature, &place)
+        .expect("signed over this connection's channel");
+    assert!(
+        key.verify_in_batch(&granted_fields(&asked, &grant), &answer.signature, &place)
+            .is_err(),
+        "the signature does not check without the channel"
+    );
+
+    // Later answers on the connection: unsigned, naming the same key.
+    asked["nonce"] = json!("Ym91bmQtY2hhbm5lbC1ub25jZS0y");
+    let (status, second) = exchange(&mut stream, &request(Op::Checkout, None, &asked)).await;
+    assert_eq!(status, 200, "{second}");
+    assert!(second["answer"].get("signature").is_none(), "{second}");
+    assert!(second["answer"].get("batch").is_none(), "{second}");
+    assert_eq!(
+        second["answer"]["server_key"],
+        grant["answer"]["server_key"]
+    );
+    assert!(
+        !second["answer"]["codes"].as_array().unwrap().is_empty(),
+        "the codes still come with the grant: {second}"
+    );
+    // Two of the three seats are held: two more are refused.
+    let mut refused = checkout_body("ws-bound", "cad", 2);
+    refused["nonce"] = json!("Ym91bmQtY2hhbm5lbC1ub25jZS0z");
+    let (_, denial) = exchange(&mut stream, &request(Op::Checkout, None, &refused)).await;
+    assert_eq!(denial["error"]["code"], "no_seats_available", "{denial}");
+    assert!(denial["answer"].get("signature").is_none(), "{denial}");
+
+    // A new connection has a new channel, and is signed for again.
+    let mut other = connect(&server).await;
+    let other_channel = tessera_transport::channel_of(&other).expect("a TLS 1.3 channel");
+    assert_ne!(other_channel.value(), channel.value());
+    asked["nonce"] = json!("Ym91bmQtY2hhbm5lbC1ub25jZS00");
+    let (status, third) = exchange(&mut other, &request(Op::Checkout, None, &asked)).await;
+    assert_eq!(status, 200, "{third}");
+    assert!(third["answer"]["signature"].is_string(), "{third}");
+
+    let metrics = server.metrics().await;
+    assert!(
+        metrics.contains("\ntessera_answers_channel_bound_total 2\n"),
+        "{metrics}"
+    );
 }

@@ -625,6 +625,7 @@ async fn program_checks_the_chain(holder: &Server) {
             lease_ms: 60_000,
             heartbeat_interval_ms: 15_000,
             codes_sha256: codes_sha256(&codes),
+            channel: String::new(),
         };
         let signed = tessera_proto::SignedAnswer {
             server_key: key.public().to_base64(),

@@ -344,6 +344,57 @@ async fn a_man_in_the_middle_cannot_forge_or_rewrite_answers() {
     assert!(pool.status(leader).await.is_some());
 }
 
+/// The customer puts a relay in front of a real server, with that server's
+/// own certificate and key, so that a program's framed `tessera/3`
+/// connection ends at the relay. Passing the real server's answers on, the
+/// relay hands the program a signature over the relay's own TLS channel
+/// with the server, which is not the program's: refused. Taking the
+/// signatures off, as if a channel vouched for them: refused. A program
+/// that reaches the server itself is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_that_ends_tls_with_the_servers_own_key_cannot_bind_answers_to_it() {
+    let pool = start_pool().await;
+    let leader = pool.wait_leader(&pool.all()).await;
+    let real = pool.servers[leader].address.clone();
+    let id = ["A", "B"][leader];
+    let program = |address: &str| {
+        let mut config = tessera_client::ClientConfig::new([address.to_string()]);
+        config.tls = tessera_client::ClientTls::PoolCa(pool.ca_pem());
+        config.trust =
+            tessera_client::Trust::Vendor(vec![tessera_client::VendorPublicKey::from_base64(
+                "acme",
+                pool.vendor_public_key(),
+            )
+            .expect("the pool's vendor key")]);
+        config.request_timeout = Duration::from_secs(3);
+        tessera_client::Client::new(config).unwrap()
+    };
+    for strip in [false, true] {
+        let relay = mitm::TlsRelay::start(
+            real.clone(),
+            pool.credentials.server_tls_files(id),
+            pool.ca_pem(),
+            strip,
+        )
+        .await;
+        let relayed = program(&relay.address).checkout("app", "1.0", 1).await;
+        let why = match relayed {
+            Err(err @ tessera_client::ClientError::UntrustedAnswer { .. }) => err.to_string(),
+            other => panic!("a relayed answer (signatures stripped: {strip}) was taken: {other:?}"),
+        };
+        let expected = match strip {
+            false => "signature",
+            true => "no signed answer has bound",
+        };
+        assert!(why.contains(expected), "strip {strip}: {why}");
+    }
+    let seat = program(&real)
+        .checkout("app", "1.0", 1)
+        .await
+        .expect("the real server serves the program itself");
+    seat.release().await.expect("a check-in");
+}
+
 /// `tessera pool init` for a pool of one in `dir`; returns server A's folder.
 fn init_pool_of_one(dir: &Path) -> std::path::PathBuf {
     let init = std::process::Command::new(TESSERA)

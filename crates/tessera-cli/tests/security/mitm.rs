@@ -1,6 +1,7 @@
 //! The attacker's tools, on loopback: an impostor server with a certificate
-//! of its own, a relay that flips bytes of the real server's answers, and a
-//! client that uploads a body one byte at a time.
+//! of its own, a relay that flips bytes of the real server's answers, a
+//! relay that ends TLS with the real server's own certificate and passes
+//! frames on, and a client that uploads a body one byte at a time.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -130,6 +131,109 @@ async fn copy(
             buffer[n - 1] ^= 0x01;
         }
         if to.write_all(&buffer[..n]).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// A relay the customer runs in front of a real server with that server's
+/// own certificate and key (the customer owns the machine): it ends each
+/// program's TLS connection itself, offering the framed protocol, opens its
+/// own to the real server, and passes every request frame on and every
+/// answer frame back. With `strip`, it takes each answer's signature (and
+/// batch place) off before passing it back, as if the channel vouched for
+/// it.
+pub struct TlsRelay {
+    pub address: String,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl TlsRelay {
+    pub async fn start(
+        target: String,
+        (cert, key): (std::path::PathBuf, std::path::PathBuf),
+        ca_pem: Vec<u8>,
+        strip: bool,
+    ) -> TlsRelay {
+        use rustls_pki_types::pem::PemObject;
+        let chain = rustls_pki_types::CertificateDer::pem_file_iter(&cert)
+            .unwrap()
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap();
+        let key = rustls_pki_types::PrivateKeyDer::from_pem_file(&key).unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(chain, key)
+            .unwrap();
+        config.alpn_protocols = tessera_proto::frame::alpn_protocols(&tessera_proto::frame::ALPNS);
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let connector =
+            tessera_transport::FramedConnector::new(&ca_pem, Duration::from_secs(5)).unwrap();
+        let (listener, address) = listen().await;
+        let task = tokio::spawn(async move {
+            let _ = tokio::time::timeout(TOOL_LIFETIME, async {
+                while let Ok((tcp, _)) = listener.accept().await {
+                    let Ok(program) = acceptor.accept(tcp).await else {
+                        continue;
+                    };
+                    let Ok(tessera_transport::Opened::Framed(server)) =
+                        connector.connect(&target).await
+                    else {
+                        continue;
+                    };
+                    tokio::spawn(pass_frames(program, server, strip));
+                }
+            })
+            .await;
+        });
+        TlsRelay { address, task }
+    }
+}
+
+impl Drop for TlsRelay {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Passes `program`'s request frames to `server` and its answers back, one
+/// at a time, until either side closes.
+async fn pass_frames(
+    mut program: tokio_rustls::server::TlsStream<TcpStream>,
+    mut server: Box<tessera_transport::FramedStream>,
+    strip: bool,
+) {
+    loop {
+        let mut prefix = [0u8; 4];
+        if program.read_exact(&mut prefix).await.is_err() {
+            return;
+        }
+        let mut frame = prefix.to_vec();
+        frame.resize(4 + u32::from_be_bytes(prefix) as usize, 0);
+        if program.read_exact(&mut frame[4..]).await.is_err() {
+            return;
+        }
+        let Ok(answer) = tessera_transport::exchange(&mut server, &frame, 1 << 20).await else {
+            return;
+        };
+        let mut body = answer.body;
+        if strip {
+            if let Ok(mut value) = serde_json::from_slice::<serde_json::Value>(&body) {
+                if let Some(signed) = value
+                    .get_mut("answer")
+                    .and_then(serde_json::Value::as_object_mut)
+                {
+                    signed.remove("signature");
+                    signed.remove("batch");
+                }
+                body = serde_json::to_vec(&value).unwrap();
+            }
+        }
+        let out = tessera_proto::frame::encode_answer(answer.status, &body);
+        if program.write_all(&out).await.is_err() {
             return;
         }
     }

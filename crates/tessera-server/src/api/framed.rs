@@ -87,7 +87,10 @@ pub async fn serve(
         let taken = std::mem::take(&mut out);
         let go_on;
         (out, go_on) = match read_frame(&mut connection, prefix, &mut body).await {
-            Ok(()) => (answer(&app, &body, peer, signing, taken).await, true),
+            Ok(()) => (
+                answer(&app, &body, peer, signing.clone(), taken).await,
+                true,
+            ),
             Err(err) => (refusal_frame(err, taken), false),
         };
         if connection.write_all(&out).await.is_err() || !go_on {
