@@ -414,10 +414,10 @@ impl Comparison {
              that did not stop cleanly is followed by a grace period in which the server takes \
              its grants back from its holders' heartbeats (ARCHITECTURE.md, timeline 3).\n\
              - **tessera, signed answers**: the same, each checkout with a nonce, as a program \
-             with its vendor's keys sends it: the server signs every answer and sends the \
-             license code behind the feature with it; on `tessera/2`, one Ed25519 signature \
-             covers the answers waiting while the last batch was signed, each answer with its \
-             Merkle path.\n\
+             with its vendor's keys sends it: every answer carries the license code behind \
+             the feature; on `tessera/3` (TLS 1.3) a connection's first answer is signed \
+             over the TLS channel too and later answers come unsigned, bound to that channel \
+             (PROTOCOL.md, \"Answers bound to the channel\").\n\
              - **tessera, REST**: the same as `POST /v1/checkout` then `POST /v1/checkin` \
              (HTTP/1.1 and JSON) over TLS: what the framing saves.\n\
              - **tessera, plain HTTP**: REST over plain HTTP (`plain_http`, loopback \

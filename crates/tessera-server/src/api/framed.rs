@@ -1,7 +1,10 @@
 //! The framed protocol ([`tessera_proto::frame`]): a program's checkout,
 //! heartbeat and check-in on a TLS connection whose client chose the ALPN
-//! protocol `tessera/2` or `tessera/1`, without HTTP. On `tessera/2`
-//! signed answers are signed in batches ([`crate::answer::BatchSigner`]).
+//! protocol `tessera/3`, `tessera/2` or `tessera/1`, without HTTP. On
+//! `tessera/2` signed answers are signed in batches
+//! ([`crate::answer::BatchSigner`]); on `tessera/3` the first is signed so
+//! over the TLS channel too, and later ones are bound to it unsigned
+//! ([`crate::answer::Signing::Bound`]).
 //!
 //! Each frame gets what its REST route would: the caller named from its
 //! token as [`auth`](super::auth) names it, a place among the requests in
