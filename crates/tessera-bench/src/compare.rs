@@ -345,6 +345,15 @@ impl Comparison {
                 verdict(background / redis >= 1.0)
             );
         }
+        if let (Some(signed), Some(redis)) = (find("tessera, signed answers"), redis_always) {
+            let _ = writeln!(
+                out,
+                "| at least Redis at appendfsync always, signed answers (a program with its \
+                 vendor's keys) | {:.2}x | {} |",
+                signed / redis,
+                verdict(signed / redis >= 1.0)
+            );
+        }
         let cpu_of = |name: &str| {
             self.reports
                 .iter()
@@ -352,7 +361,11 @@ impl Comparison {
                 .and_then(cpu_us_per_cycle)
         };
         if let Some(redis) = cpu_of("redis (appendfsync always)") {
-            for system in ["tessera", "tessera, background sync"] {
+            for system in [
+                "tessera",
+                "tessera, background sync",
+                "tessera, signed answers",
+            ] {
                 if let Some(cpu) = cpu_of(system) {
                     let _ = writeln!(
                         out,
