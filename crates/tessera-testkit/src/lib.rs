@@ -216,6 +216,13 @@ impl Pool {
         &self.public_key
     }
 
+    /// The same key as a program of that vendor holds it
+    /// (`Trust::Vendor(vec![pool.vendor_key()])`).
+    pub fn vendor_key(&self) -> tessera_core::VendorPublicKey {
+        tessera_core::VendorPublicKey::from_base64("acme", &self.public_key)
+            .expect("the pool's vendor key")
+    }
+
     /// The pool CA (PEM), for clients.
     pub fn ca_pem(&self) -> Vec<u8> {
         self.credentials.ca_pem()

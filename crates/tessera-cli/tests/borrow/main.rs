@@ -264,12 +264,7 @@ async fn a_down_servers_seats_move_only_after_the_safe_wait() {
                 tessera_client::ClientConfig::new(vec![pool.servers[i].address.clone()]);
             config.client_id = format!("{i}-{k}");
             config.tls = tessera_client::ClientTls::PoolCa(pool.ca_pem());
-            config.trust =
-                tessera_client::Trust::Vendor(vec![tessera_client::VendorPublicKey::from_base64(
-                    "acme",
-                    pool.vendor_public_key(),
-                )
-                .expect("the pool's vendor key")]);
+            config.trust = tessera_client::Trust::Vendor(vec![pool.vendor_key()]);
             let client = tessera_client::Client::new(config).expect("client");
             held.push(client.checkout("app", "1.0", 1).await.expect("seat"));
         }

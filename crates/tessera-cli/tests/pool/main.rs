@@ -24,12 +24,7 @@ fn client(pool: &Pool, first: usize, name: &str) -> Client {
     config.client_id = name.to_string();
     config.user = name.to_string();
     config.tls = tessera_client::ClientTls::PoolCa(pool.ca_pem());
-    config.trust =
-        tessera_client::Trust::Vendor(vec![tessera_client::VendorPublicKey::from_base64(
-            "acme",
-            pool.vendor_public_key(),
-        )
-        .expect("the pool's vendor key")]);
+    config.trust = tessera_client::Trust::Vendor(vec![pool.vendor_key()]);
     Client::new(config).expect("client config")
 }
 

@@ -119,12 +119,7 @@ async fn whole_hard_limit(
         let mut config = tessera_client::ClientConfig::new([pool.servers[i].address.clone()]);
         config.client_id = format!("all-{i}");
         config.tls = tessera_client::ClientTls::PoolCa(pool.ca_pem());
-        config.trust =
-            tessera_client::Trust::Vendor(vec![tessera_client::VendorPublicKey::from_base64(
-                "acme",
-                pool.vendor_public_key(),
-            )
-            .expect("the pool's vendor key")]);
+        config.trust = tessera_client::Trust::Vendor(vec![pool.vendor_key()]);
         let seat = tessera_client::Client::new(config)
             .expect("config")
             .checkout("app", "1.0", allocation)
@@ -179,12 +174,7 @@ async fn every_request_size_gets_a_grant_or_a_denial_in_time() {
             config.servers.rotate_left(first);
             config.client_id = format!("ask{count}-{first}");
             config.tls = tessera_client::ClientTls::PoolCa(pool.ca_pem());
-            config.trust =
-                tessera_client::Trust::Vendor(vec![tessera_client::VendorPublicKey::from_base64(
-                    "acme",
-                    pool.vendor_public_key(),
-                )
-                .expect("the pool's vendor key")]);
+            config.trust = tessera_client::Trust::Vendor(vec![pool.vendor_key()]);
             config.request_timeout = Duration::from_secs(1);
             let asked = Instant::now();
             let answer = tessera_client::Client::new(config)
@@ -240,12 +230,7 @@ fn client_of(
     config.client_id = name.to_string();
     config.request_timeout = wait;
     config.tls = tessera_client::ClientTls::PoolCa(pool.ca_pem());
-    config.trust =
-        tessera_client::Trust::Vendor(vec![tessera_client::VendorPublicKey::from_base64(
-            "acme",
-            pool.vendor_public_key(),
-        )
-        .expect("the pool's vendor key")]);
+    config.trust = tessera_client::Trust::Vendor(vec![pool.vendor_key()]);
     tessera_client::Client::new(config).expect("config")
 }
 

@@ -52,6 +52,15 @@ fn with_token(pool: &Pool, token: &str) -> Http {
     )
 }
 
+/// A program of the pool's vendor (its key built in, the pool CA trusted)
+/// that asks the server at `address`.
+fn program_config(pool: &Pool, address: &str) -> tessera_client::ClientConfig {
+    let mut config = tessera_client::ClientConfig::new([address.to_string()]);
+    config.tls = tessera_client::ClientTls::PoolCa(pool.ca_pem());
+    config.trust = tessera_client::Trust::Vendor(vec![pool.vendor_key()]);
+    config
+}
+
 async fn answer(request: reqwest::RequestBuilder) -> (u16, Value) {
     let response = request.send().await.expect("the server answers");
     let status = response.status().as_u16();
@@ -305,15 +314,7 @@ async fn a_man_in_the_middle_cannot_forge_or_rewrite_answers() {
     let real = pool.servers[leader].address.clone();
     // An impostor with a certificate of its own for 127.0.0.1.
     let impostor = mitm::Impostor::start().await;
-    let mut config = tessera_client::ClientConfig::new([impostor.address.clone()]);
-    config.tls = tessera_client::ClientTls::PoolCa(pool.ca_pem());
-    config.trust =
-        tessera_client::Trust::Vendor(vec![tessera_client::VendorPublicKey::from_base64(
-            "acme",
-            pool.vendor_public_key(),
-        )
-        .expect("the pool's vendor key")]);
-    let client = tessera_client::Client::new(config).unwrap();
+    let client = tessera_client::Client::new(program_config(&pool, &impostor.address)).unwrap();
     let refused = client.checkout("app", "1.0", 1).await;
     assert!(
         refused.is_err(),
@@ -325,14 +326,7 @@ async fn a_man_in_the_middle_cannot_forge_or_rewrite_answers() {
     );
     // A relay that flips one byte of every answer.
     let relay = mitm::Relay::start(real.clone()).await;
-    let mut config = tessera_client::ClientConfig::new([relay.address.clone()]);
-    config.tls = tessera_client::ClientTls::PoolCa(pool.ca_pem());
-    config.trust =
-        tessera_client::Trust::Vendor(vec![tessera_client::VendorPublicKey::from_base64(
-            "acme",
-            pool.vendor_public_key(),
-        )
-        .expect("the pool's vendor key")]);
+    let mut config = program_config(&pool, &relay.address);
     config.request_timeout = Duration::from_secs(2);
     let client = tessera_client::Client::new(config).unwrap();
     let rewritten = client.checkout("app", "1.0", 1).await;
@@ -358,14 +352,7 @@ async fn a_relay_that_ends_tls_with_the_servers_own_key_cannot_bind_answers_to_i
     let real = pool.servers[leader].address.clone();
     let id = ["A", "B"][leader];
     let program = |address: &str| {
-        let mut config = tessera_client::ClientConfig::new([address.to_string()]);
-        config.tls = tessera_client::ClientTls::PoolCa(pool.ca_pem());
-        config.trust =
-            tessera_client::Trust::Vendor(vec![tessera_client::VendorPublicKey::from_base64(
-                "acme",
-                pool.vendor_public_key(),
-            )
-            .expect("the pool's vendor key")]);
+        let mut config = program_config(&pool, address);
         config.request_timeout = Duration::from_secs(3);
         tessera_client::Client::new(config).unwrap()
     };
