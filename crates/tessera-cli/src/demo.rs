@@ -211,7 +211,8 @@ async fn check_out(trust: &Trust, addresses: &[String]) -> Result<Vec<(String, S
     step("Clients check seats out, each from its nearest server");
     println!(
         "  each program holds vendor `acme`'s public key {} and accepts a grant only if its \
-         server signed it for this request and every code behind it is acme's",
+         server signed it, over this request or over the TLS connection it came on, and every \
+         code behind it is acme's",
         trust.vendor.key_id()
     );
     let mut seats: Vec<(String, SeatGuard)> = Vec::new();
