@@ -24,7 +24,6 @@ use crate::api::framed::{self, FramedState};
 use crate::config::TlsFiles;
 
 use crate::answer::{Channel, Signing};
-use tessera_core::answer::{CHANNEL_BYTES, CHANNEL_EXPORTER_LABEL};
 use tessera_proto::frame::{alpn_protocols, ALPNS, ALPN_V1, ALPN_V2, ALPN_V3};
 
 /// Longest a TLS handshake may take before the connection is dropped.
@@ -200,21 +199,17 @@ async fn accept_loop(
 
 /// How a framed connection's signed answers are signed, by the version
 /// its client chose; `None` for HTTP. `tessera/3` binds answers to the
-/// channel only over TLS 1.3, whose exporter covers the whole handshake;
-/// otherwise (and should the exporter fail) its answers are signed in
-/// batches, as the program then expects.
+/// channel where the program derives one too
+/// ([`tessera_transport::channel_exported`]: TLS 1.3); otherwise its answers
+/// are signed in batches, as the program then expects.
 fn framed_signing(tls: &tokio_rustls::server::TlsStream<TcpStream>) -> Option<Signing> {
     let connection = tls.get_ref().1;
     match connection.alpn_protocol() {
         Some(ALPN_V3) => Some(
-            match connection.protocol_version() {
-                Some(rustls::ProtocolVersion::TLSv1_3) => connection
-                    .export_keying_material([0u8; CHANNEL_BYTES], CHANNEL_EXPORTER_LABEL, None)
-                    .ok()
-                    .map(|exported| Signing::Bound(Channel::new(&exported))),
-                _ => None,
-            }
-            .unwrap_or(Signing::InBatches),
+            tessera_transport::channel_exported(connection)
+                .map_or(Signing::InBatches, |exported| {
+                    Signing::Bound(Channel::new(&exported))
+                }),
         ),
         Some(ALPN_V2) => Some(Signing::InBatches),
         Some(ALPN_V1) => Some(Signing::Alone),

@@ -132,7 +132,17 @@ impl FramedConnector {
 /// The channel of a `tessera/3` connection over TLS 1.3, which answers may
 /// be bound to; `None` for any other (their answers are all signed).
 pub fn channel_of(stream: &FramedStream) -> Option<Arc<Channel>> {
-    let connection = stream.get_ref().1;
+    channel_exported(stream.get_ref().1).map(|exported| Channel::new(&exported))
+}
+
+/// What either end of a connection derives as its channel value
+/// (`tessera_core::answer::CHANNEL_EXPORTER_LABEL`), the server's and the
+/// program's alike: only for `tessera/3` over TLS 1.3, whose exporter covers
+/// the whole handshake; `None` for any other connection (and should the
+/// exporter fail), whose answers are then all signed.
+pub fn channel_exported<Data>(
+    connection: &rustls::ConnectionCommon<Data>,
+) -> Option<[u8; tessera_core::answer::CHANNEL_BYTES]> {
     if connection.alpn_protocol() != Some(frame::ALPN_V3)
         || connection.protocol_version() != Some(rustls::ProtocolVersion::TLSv1_3)
     {
@@ -145,7 +155,6 @@ pub fn channel_of(stream: &FramedStream) -> Option<Arc<Channel>> {
             None,
         )
         .ok()
-        .map(|exported| Channel::new(&exported))
 }
 
 /// Sends one request frame on `stream` and reads its answer, at most

@@ -13,7 +13,8 @@
 mod framed;
 
 pub use framed::{
-    channel_of, exchange, Exchanged, FramedConnector, FramedStream, FramedTransport, Opened,
+    channel_exported, channel_of, exchange, Exchanged, FramedConnector, FramedStream,
+    FramedTransport, Opened,
 };
 
 use std::error::Error as _;
