@@ -542,10 +542,7 @@ fn main() {
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")
+    tessera_server::runtime().context("cannot start the async runtime")
 }
 
 fn run(cli: Cli) -> Result<()> {

@@ -40,3 +40,19 @@ pub use crate::app::App;
 pub use crate::config::{ServerConfig, StoreSync};
 pub use crate::seams::Seams;
 pub use crate::start::{run, start, start_with, Running, StartError};
+
+/// The runtime a server process runs on: tokio's, one worker per core,
+/// whose workers tell the grant store's writer when they run out of work
+/// ([`store::workers_idle`]), so that the new grants read together share
+/// one sync.
+pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    let runtime = runtime_builder().build()?;
+    store::runtime_reports_idle();
+    Ok(runtime)
+}
+
+fn runtime_builder() -> tokio::runtime::Builder {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.on_thread_park(store::workers_idle).enable_all();
+    builder
+}

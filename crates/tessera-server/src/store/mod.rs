@@ -24,8 +24,10 @@ mod journal;
 mod queue;
 
 pub use journal::JOURNAL_DIR;
+pub use queue::workers_idle;
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use redb::{Database, ReadableTable, TableDefinition};
@@ -119,6 +121,17 @@ impl Drop for Sender {
     }
 }
 
+/// Set by [`crate::runtime`]: this process's runtime calls
+/// [`workers_idle`] when a worker runs out of work, so writers on the
+/// machine's disk may wait for that instead of being woken by each grant.
+static RUNTIME_REPORTS_IDLE: AtomicBool = AtomicBool::new(false);
+
+/// Records that the process's runtime calls [`workers_idle`] whenever a
+/// worker is about to park.
+pub(crate) fn runtime_reports_idle() {
+    RUNTIME_REPORTS_IDLE.store(true, Ordering::Relaxed);
+}
+
 /// redb's page cache for the grant store. Its default (1 GiB) would keep
 /// most of a large store resident; the upper levels of the B-tree, all a
 /// checkout needs, fit in far less, and the kernel's page cache keeps the
@@ -152,6 +165,20 @@ impl Store {
         server_id: &str,
         batch_max: usize,
     ) -> Result<(Store, Opened), StoreError> {
+        let on_idle = RUNTIME_REPORTS_IDLE.load(Ordering::Relaxed);
+        Store::open_with(disk, data_dir, pool_id, server_id, batch_max, on_idle)
+    }
+
+    /// As [`Store::open_on`]; `on_idle`: a writer thread is woken for new
+    /// grants by idle workers ([`workers_idle`]) rather than by each grant.
+    fn open_with(
+        disk: &Arc<dyn Disk>,
+        data_dir: &Path,
+        pool_id: &str,
+        server_id: &str,
+        batch_max: usize,
+        on_idle: bool,
+    ) -> Result<(Store, Opened), StoreError> {
         let path = data_dir.join(STORE_FILE);
         let open_error = |message: String| StoreError::Open {
             path: path.clone(),
@@ -173,7 +200,10 @@ impl Store {
             true => Signal::Thread(std::sync::OnceLock::new()),
             false => Signal::Task(tokio::sync::Notify::new()),
         };
-        let queue = Arc::new(Queue::new(signal, QUEUE_CAPACITY, batch_max));
+        let queue = match on_idle && disk.commit_on_threads() {
+            true => Queue::woken_on_idle(signal, QUEUE_CAPACITY, batch_max),
+            false => Arc::new(Queue::new(signal, QUEUE_CAPACITY, batch_max)),
+        };
         if disk.commit_on_threads() {
             let (windows, folds) = std::sync::mpsc::channel::<journal::Window>();
             let writing = journal.writing();
@@ -226,8 +256,18 @@ impl Store {
             op: Some(StoreOp::Put(grant_id, grant, fresh)),
             done: Some(done),
         };
-        if !self.queue.0.push(job).await {
-            return Err(StoreError::Stopped);
+        let mut wait = wait;
+        match self.queue.0.push_reported(job).await {
+            None => return Err(StoreError::Stopped),
+            Some(true) => {}
+            // Left for an idle worker to report; should none idle in time,
+            // this grant wakes the writer itself.
+            Some(false) => {
+                if let Ok(done) = tokio::time::timeout(queue::UNREPORTED_MAX, &mut wait).await {
+                    return done.map_err(|_| StoreError::Stopped)?;
+                }
+                self.queue.0.report_late();
+            }
         }
         wait.await.map_err(|_| StoreError::Stopped)?
     }
@@ -697,6 +737,69 @@ mod tests {
         let mut ids: Vec<String> = opened.grants.into_iter().map(|(id, _)| id.into()).collect();
         ids.sort();
         ids
+    }
+
+    /// On a runtime whose workers never report idling (this test's), a
+    /// new grant queued for a writer between batches wakes it itself after
+    /// [`queue::UNREPORTED_MAX`] rather than waiting out the writer's
+    /// sleep (up to [`queue::DEFER`]).
+    #[tokio::test]
+    async fn a_new_grant_no_idle_worker_reports_wakes_the_writer_itself() {
+        let dir = tempfile::tempdir().unwrap();
+        let disk: Arc<dyn Disk> = Arc::new(FileDisk);
+        let (store, _) = Store::open_with(&disk, dir.path(), "p", "A", 16, true).unwrap();
+        // Idle: the first grant wakes the writer at once; afterwards it is
+        // busy of late and sleeps up to the deferral between batches.
+        let mut ids = Vec::new();
+        for n in 0..10 {
+            let id = format!("g{n}");
+            store
+                .put(id.as_str().into(), grant("cad"), true)
+                .await
+                .unwrap();
+            ids.push(id);
+        }
+        assert!(store.queue.0.late() >= 1, "no grant woke the writer itself");
+        ids.sort();
+        assert_eq!(ids_after_crash(dir.path()), ids);
+    }
+
+    /// On the server's runtime ([`crate::runtime`]) a worker that runs out
+    /// of work wakes the writer: no grant has to wake it itself.
+    #[test]
+    fn on_the_servers_runtime_idle_workers_wake_the_writer() {
+        let runtime = crate::runtime_builder().build().unwrap();
+        runtime.block_on(async {
+            let dir = tempfile::tempdir().unwrap();
+            let disk: Arc<dyn Disk> = Arc::new(FileDisk);
+            let (store, _) = Store::open_with(&disk, dir.path(), "p", "A", 16, true).unwrap();
+            let puts: Vec<_> = (0..64)
+                .map(|n| {
+                    let store = store.clone();
+                    tokio::spawn(async move {
+                        store.put(format!("g{n}").into(), grant("cad"), true).await
+                    })
+                })
+                .collect();
+            for put in puts {
+                put.await.unwrap().unwrap();
+            }
+            // One at a time, from a task as a request's: its worker idles
+            // as the grant waits.
+            let one_by_one = store.clone();
+            tokio::spawn(async move {
+                for n in 64..96 {
+                    let id = format!("g{n}").into();
+                    one_by_one.put(id, grant("cad"), true).await.unwrap();
+                }
+            })
+            .await
+            .unwrap();
+            // Without the report each of the 32 would wake it itself; a
+            // worker the machine holds back for the bound may, rarely.
+            let late = store.queue.0.late();
+            assert!(late < 8, "{late} of 32 grants waited for no idle worker");
+        });
     }
 
     /// A check-in does not wake the writer, but it is never overtaken: a

@@ -9,9 +9,19 @@
 //!
 //! The writer is a thread (the machine's disk) or a task (a simulated one);
 //! [`Signal`] wakes either.
+//!
+//! On a runtime that reports its idle workers ([`crate::runtime`]), a new
+//! grant does not wake a writer that is between batches either: the writer
+//! is woken when a worker runs out of work ([`workers_idle`]), as an event
+//! loop syncs once it has read every request that was ready. The grants
+//! that arrive together then share one sync instead of the first starting
+//! a sync of its own while the others are still being read. A grant that
+//! no idle worker reports within [`UNREPORTED_MAX`] wakes the writer
+//! itself (`Store::put`), so a runtime that never idles still writes.
 
 use std::collections::VecDeque;
-use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::Duration;
 
 use tokio::sync::Notify;
@@ -21,6 +31,21 @@ use super::Job;
 
 /// Longest a write no one waits for stays queued while the writer idles.
 pub const DEFER: Duration = Duration::from_millis(50);
+
+/// Longest a new grant waits unreported before it wakes the writer itself.
+pub const UNREPORTED_MAX: Duration = Duration::from_millis(2);
+
+/// Every writer that waits for idle workers to be woken.
+static REPORTED: Mutex<Vec<Weak<Queue>>> = Mutex::new(Vec::new());
+
+/// Called by a runtime's worker thread about to park (it has no task to
+/// run): wakes every writer that has new grants queued unreported.
+pub fn workers_idle() {
+    let queues = REPORTED.lock().unwrap_or_else(|p| p.into_inner());
+    for queue in queues.iter().filter_map(Weak::upgrade) {
+        queue.report();
+    }
+}
 
 /// How the writer is woken.
 pub enum Signal {
@@ -52,6 +77,9 @@ struct Queued {
     oldest: Option<Instant>,
     /// The writer sleeps with no deadline: any job wakes it.
     idle: bool,
+    /// The writer is writing a batch; it looks at the queue again before
+    /// it sleeps.
+    writing: bool,
     /// When the writer last took a batch.
     written_at: Option<Instant>,
     /// Every sender is gone: write what is left and stop.
@@ -79,6 +107,14 @@ pub struct Queue {
     room: Notify,
     capacity: usize,
     batch_max: usize,
+    /// New grants wait for an idle worker to wake the writer
+    /// ([`workers_idle`]) instead of waking it each.
+    on_idle: bool,
+    /// A new grant is queued that has not woken the writer.
+    unreported: AtomicBool,
+    /// Times a new grant woke the writer itself, no idle worker having
+    /// reported it within [`UNREPORTED_MAX`].
+    late: AtomicU64,
 }
 
 impl Queue {
@@ -90,7 +126,47 @@ impl Queue {
             room: Notify::new(),
             capacity,
             batch_max: batch_max.max(1),
+            on_idle: false,
+            unreported: AtomicBool::new(false),
+            late: AtomicU64::new(0),
         }
+    }
+
+    /// A queue whose new grants wake the writer when a worker idles
+    /// ([`workers_idle`]), or after [`UNREPORTED_MAX`] (`Store::put`).
+    pub fn woken_on_idle(signal: Signal, capacity: usize, batch_max: usize) -> Arc<Queue> {
+        let queue = Arc::new(Queue {
+            on_idle: true,
+            ..Queue::new(signal, capacity, batch_max)
+        });
+        let mut reported = REPORTED.lock().unwrap_or_else(|p| p.into_inner());
+        reported.retain(|queue| queue.strong_count() > 0);
+        reported.push(Arc::downgrade(&queue));
+        queue
+    }
+
+    /// Wakes the writer if a new grant is queued that has not; whether it
+    /// did.
+    pub fn report(&self) -> bool {
+        let unreported = self.unreported.load(Ordering::Relaxed)
+            && self.unreported.swap(false, Ordering::AcqRel);
+        if unreported {
+            self.signal.wake();
+        }
+        unreported
+    }
+
+    /// [`Queue::report`] by a grant that waited [`UNREPORTED_MAX`].
+    pub fn report_late(&self) {
+        if self.report() {
+            self.late.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Times a grant had to wake the writer itself ([`Queue::report_late`]).
+    #[cfg(test)]
+    pub fn late(&self) -> u64 {
+        self.late.load(Ordering::Relaxed)
     }
 
     /// Records that the journal stopped at an error (the first one counts).
@@ -110,12 +186,19 @@ impl Queue {
     /// Queues `job`, waiting while the queue is full; `false` once the
     /// writer has stopped.
     pub async fn push(&self, job: Job) -> bool {
+        self.push_reported(job).await.is_some()
+    }
+
+    /// As [`Queue::push`]; `Some(false)` when `job` is a new grant left for
+    /// an idle worker to report ([`workers_idle`]) rather than waking the
+    /// writer.
+    pub async fn push_reported(&self, job: Job) -> Option<bool> {
         loop {
             let room = self.room.notified();
             {
                 let mut queued = self.lock();
                 if queued.closed {
-                    return false;
+                    return None;
                 }
                 if queued.jobs.len() < self.capacity {
                     let waited = job.done.is_some();
@@ -125,13 +208,21 @@ impl Queue {
                         queued.oldest = Some(Instant::now());
                     }
                     queued.jobs.push_back(job);
-                    let wake = waited || queued.idle || queued.jobs.len() >= self.batch_max;
+                    // An idle writer is woken at once: nothing else is on
+                    // its way to share the sync.
+                    let wake = (waited && !self.on_idle)
+                        || queued.idle
+                        || queued.jobs.len() >= self.batch_max;
                     queued.idle = false;
+                    let unreported = waited && !wake && !queued.writing;
+                    if unreported {
+                        self.unreported.store(true, Ordering::Release);
+                    }
                     drop(queued);
                     if wake {
                         self.signal.wake();
                     }
-                    return true;
+                    return Some(!unreported);
                 }
             }
             room.await;
@@ -172,6 +263,7 @@ impl Queue {
             || queued.closed
             || queued.jobs.len() >= self.batch_max
             || deferred.is_some_and(|deferred| deferred >= DEFER);
+        queued.writing = false;
         if queued.jobs.is_empty() {
             if queued.closed {
                 return Next::Stop;
@@ -195,6 +287,10 @@ impl Queue {
         let jobs: Vec<Job> = queued.jobs.drain(..take).collect();
         let taken_waited = jobs.iter().filter(|job| job.done.is_some()).count();
         queued.waited -= taken_waited;
+        // The writer looks at the queue again once this batch is written:
+        // every grant queued until then is taken without a wake.
+        queued.writing = true;
+        self.unreported.store(false, Ordering::Relaxed);
         // What is left was queued after what was taken: its oldest time is
         // no earlier than the one kept, which at worst writes it early.
         if !queued.jobs.iter().any(|job| job.done.is_none()) {
@@ -261,6 +357,83 @@ mod tests {
         tokio::time::timeout(Duration::ZERO, notify.notified())
             .await
             .is_ok()
+    }
+
+    /// A queue whose new grants wait for an idle worker, outside the
+    /// process's list: another test's idle workers cannot wake it.
+    fn queue_on_idle(batch_max: usize) -> Queue {
+        Queue {
+            on_idle: true,
+            ..queue(batch_max)
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_busy_writer_is_woken_for_new_grants_when_a_worker_idles_not_by_each() {
+        let queue = queue_on_idle(16);
+        // Busy: a batch was just taken.
+        let (first, _wait) = put("g0");
+        assert_eq!(queue.push_reported(first).await, Some(false));
+        assert_eq!(ids(queue.next(Instant::now())), ["g0"]);
+        assert!(!woken(&queue).await, "a new grant woke a busy writer");
+        assert!(matches!(queue.next(Instant::now()), Next::Sleep(Some(_))));
+
+        let (g1, _w1) = put("g1");
+        let (g2, _w2) = put("g2");
+        assert_eq!(queue.push_reported(g1).await, Some(false));
+        assert_eq!(queue.push_reported(g2).await, Some(false));
+        assert!(!woken(&queue).await, "a new grant woke a busy writer");
+        // A worker runs out of work: the writer is woken once, for both.
+        assert!(queue.report());
+        assert!(
+            woken(&queue).await,
+            "an idle worker did not wake the writer"
+        );
+        assert!(!queue.report());
+        assert!(!woken(&queue).await, "reported twice");
+        assert_eq!(ids(queue.next(Instant::now())), ["g1", "g2"]);
+        // A grant queued while a batch is written is taken after it
+        // without a wake: nothing is left to report.
+        let (g5, _w5) = put("g5");
+        assert_eq!(queue.push_reported(g5).await, Some(true));
+        assert!(!queue.report());
+        assert!(!woken(&queue).await, "woken for grants already taken");
+
+        // A full batch wakes the writer whatever the workers do.
+        let queue = queue_on_idle(2);
+        assert!(matches!(queue.next(Instant::now()), Next::Sleep(None)));
+        let (g3, _w3) = put("g3");
+        assert_eq!(queue.push_reported(g3).await, Some(true), "an idle writer");
+        assert!(woken(&queue).await);
+        assert_eq!(ids(queue.next(Instant::now())), ["g3"]);
+        assert!(matches!(queue.next(Instant::now()), Next::Sleep(Some(_))));
+        let (g4, _w4) = put("g4");
+        assert_eq!(queue.push_reported(g4).await, Some(false));
+        assert!(queue.push(delete("g4")).await);
+        assert!(woken(&queue).await, "a full batch did not wake the writer");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_writer_is_woken_by_the_first_new_grant() {
+        let queue = queue_on_idle(16);
+        assert!(matches!(queue.next(Instant::now()), Next::Sleep(None)));
+        let (first, _wait) = put("g0");
+        assert_eq!(queue.push_reported(first).await, Some(true));
+        assert!(woken(&queue).await, "an idle writer was not woken");
+        assert_eq!(ids(queue.next(Instant::now())), ["g0"]);
+    }
+
+    #[tokio::test]
+    async fn idle_workers_wake_every_writer_in_the_process_list() {
+        let queue = Queue::woken_on_idle(Signal::Task(Notify::new()), 8, 16);
+        let (first, _wait) = put("g0");
+        assert!(queue.push(first).await);
+        assert_eq!(ids(queue.next(Instant::now())), ["g0"]);
+        assert!(matches!(queue.next(Instant::now()), Next::Sleep(Some(_))));
+        let (next, _wait) = put("g1");
+        assert_eq!(queue.push_reported(next).await, Some(false));
+        workers_idle();
+        assert!(woken(&queue).await, "workers_idle did not reach the writer");
     }
 
     #[tokio::test(start_paused = true)]
