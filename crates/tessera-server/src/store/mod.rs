@@ -5,7 +5,10 @@
 //! takes everything queued (up to a batch limit), appends it to the journal
 //! in one write and, when the batch holds a new grant, one `fdatasync`, then
 //! answers every waiter. Under load many checkouts share one sync; alone, a
-//! checkout pays one. A full journal segment is folded into the table in
+//! checkout pays one. On the server's runtime the writer is woken for new
+//! grants by a worker that runs out of work rather than by each grant
+//! ([`queue`]), so the grants read together share a sync. A full journal
+//! segment is folded into the table in
 //! the background (a thread of its own), as the net effect of its changes:
 //! a grant checked out and in within one segment never reaches the table.
 //! At start, what the journal holds beyond the table is folded in before
