@@ -1281,6 +1281,11 @@ pub struct BorrowAnswer {
     /// quota has not surely ended yet): worth asking again then.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hand_over_in_ms: Option<u64>,
+    /// The asker's allocation as the leader has committed it, before this
+    /// answer's moves. Above the allocation the asker has applied, the
+    /// difference is on its way in the pool log: worth waiting for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allocation: Option<u32>,
 }
 
 /// `POST /v1/admin/distribution`: a new distribution of one feature.

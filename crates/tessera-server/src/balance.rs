@@ -167,6 +167,7 @@ impl App {
                         pending: 0,
                         pool_available: None,
                         hand_over_in_ms: None,
+                        allocation: None,
                     })
                 }
                 LeadHandOver::In(ms) => hand_over_in_ms = Some(ms),
@@ -191,6 +192,7 @@ impl App {
             pending: plan.pending(),
             pool_available: Some(plan.pool_available()),
             hand_over_in_ms,
+            allocation: Some(allocation.allocation_of(&ask.server_id)),
         };
         let BorrowPlan::Give {
             mut wanted,

@@ -196,13 +196,30 @@ impl App {
             tokio::time::timeout_at(deadline, self.borrow(feature, ask, need, hand_over)).await;
         match asked {
             Ok(Ok(answer)) => {
-                let coming = answer.moved + answer.requested + answer.pending;
+                // Seats the leader committed to this server that it has not
+                // applied yet (a move just before this ask) are on their way
+                // too: the pool counts them as this server's already.
+                let applied = self
+                    .issuer()
+                    .control()
+                    .and_then(|control| control.allocation(feature))
+                    .map_or(0, |allocation| {
+                        allocation.allocation_of(&self.pool.server_id)
+                    });
+                let unapplied = answer
+                    .allocation
+                    .map_or(0, |committed| committed.saturating_sub(applied));
+                let coming = answer.moved + answer.requested + answer.pending + unapplied;
                 // Nothing on its way, or not enough anywhere: deny now, not
                 // at the end of the wait.
-                let pool_short = answer.pool_available.is_some_and(|seats| seats < needed);
+                let pool_short = answer
+                    .pool_available
+                    .is_some_and(|seats| seats + unapplied < needed);
                 if coming == 0 || pool_short {
                     return Wait::Short {
-                        pool_available: answer.pool_available.map(|seats| seats + available),
+                        pool_available: answer
+                            .pool_available
+                            .map(|seats| seats + unapplied + available),
                     };
                 }
             }
