@@ -1194,6 +1194,8 @@ mod tests {
             "moved": 1, "requested": 0, "later": 1}))
         .unwrap();
         assert_eq!(answer.moved, 1);
+        // A leader from before the committed allocation was sent: none.
+        assert_eq!(answer.allocation, None);
     }
 
     #[test]
