@@ -1,7 +1,7 @@
 //! Loopback ports for servers a harness starts: one policy for the tests,
 //! the benchmark and `tessera demo`.
 
-use std::collections::HashSet;
+use std::collections::BTreeSet;
 use std::sync::Mutex;
 
 use rand::Rng;
@@ -15,7 +15,7 @@ const EPHEMERAL_MIN_DEFAULT: u16 = 32_768;
 
 /// Every port [`free_port`] has given in this process: a pool's servers get
 /// their ports before any of them binds, so a free port can be picked twice.
-static GIVEN: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
+static GIVEN: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
 
 /// A loopback port nothing listens on and this process has not been given
 /// before: picked at random below the kernel's range for outgoing ports, so
@@ -28,7 +28,6 @@ pub fn free_port() -> std::io::Result<u16> {
         .and_then(|text| text.split_whitespace().next()?.parse::<u16>().ok())
         .unwrap_or(EPHEMERAL_MIN_DEFAULT);
     let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
-    let given = given.get_or_insert_with(HashSet::new);
     if ephemeral_min > PORT_MIN + 1_000 {
         let mut rng = rand::thread_rng();
         for _ in 0..PICKS_MAX {
@@ -64,7 +63,7 @@ mod tests {
     /// share one (1,000 random picks would repeat one almost surely).
     #[test]
     fn no_port_is_given_twice() {
-        let mut seen = HashSet::new();
+        let mut seen = BTreeSet::new();
         for _ in 0..1_000 {
             let port = free_port().unwrap();
             assert!(seen.insert(port), "port {port} was given twice");

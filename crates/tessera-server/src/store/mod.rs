@@ -254,12 +254,11 @@ impl Store {
         grant: StoredGrant,
         fresh: bool,
     ) -> Result<(), StoreError> {
-        let (done, wait) = oneshot::channel();
+        let (done, mut wait) = oneshot::channel();
         let job = Job {
             op: Some(StoreOp::Put(grant_id, grant, fresh)),
             done: Some(done),
         };
-        let mut wait = wait;
         match self.queue.0.push_reported(job).await {
             None => return Err(StoreError::Stopped),
             Some(true) => {}
