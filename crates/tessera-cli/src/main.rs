@@ -541,8 +541,13 @@ fn main() {
     }
 }
 
+/// The runtime of every command but `server`: one worker per core but one.
 fn runtime() -> Result<tokio::runtime::Runtime> {
-    tessera_server::runtime().context("cannot start the async runtime")
+    server_runtime(None)
+}
+
+fn server_runtime(workers: Option<usize>) -> Result<tokio::runtime::Runtime> {
+    tessera_server::runtime(workers).context("cannot start the async runtime")
 }
 
 fn run(cli: Cli) -> Result<()> {
@@ -561,7 +566,7 @@ fn run(cli: Cli) -> Result<()> {
                 config.pool_file = file;
                 config.recover_pool = true;
             }
-            runtime()?.block_on(serve(config, config_path))
+            server_runtime(config.workers)?.block_on(serve(config, config_path))
         }
         Command::Demo {
             master: true, dir, ..

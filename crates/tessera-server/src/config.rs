@@ -74,6 +74,30 @@ struct ConfigText {
     report: ReportText,
     #[serde(default)]
     store: StoreText,
+    #[serde(default)]
+    runtime: RuntimeText,
+}
+
+/// `[runtime]`: the threads that serve requests.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RuntimeText {
+    workers: Option<usize>,
+}
+
+/// Most worker threads a config may ask for.
+pub const WORKERS_MAX: usize = 1_024;
+
+/// Worker threads of a server whose config names none: one per core but
+/// one, at least one. The core left over runs the grant store's writer,
+/// the report log, the signer and the kernel's disk and network work, which
+/// otherwise preempt the workers; and on two cores one worker hands no
+/// request to another (ARCHITECTURE.md, "The server's threads").
+pub fn default_workers() -> usize {
+    std::thread::available_parallelism()
+        .map_or(1, |cores| cores.get())
+        .saturating_sub(1)
+        .max(1)
 }
 
 /// `[store]`: the grant store.
@@ -384,6 +408,9 @@ pub struct ServerConfig {
     pub report: ReportConfig,
     /// When a new grant reaches the disk.
     pub store_sync: StoreSync,
+    /// `[runtime] workers`: threads serving requests; `None`:
+    /// [`default_workers`].
+    pub workers: Option<usize>,
 }
 
 /// What a config without `pool_key_file` is told.
@@ -441,6 +468,15 @@ impl ServerConfig {
         if raw.report.rotate_mb == 0 || raw.report.rotate_hours == 0 {
             return Err("report.rotate_mb and report.rotate_hours must be above 0".into());
         }
+        if let Some(workers) = raw.runtime.workers {
+            if !(1..=WORKERS_MAX).contains(&workers) {
+                return Err(format!(
+                    "runtime.workers is {workers}; it must be from 1 to {WORKERS_MAX} (leave it \
+                     out for one per core but one: {})",
+                    default_workers()
+                ));
+            }
+        }
         let data_dir = base.join(&raw.data_dir);
         let report = ReportConfig {
             enabled: raw.report.enabled,
@@ -454,6 +490,7 @@ impl ServerConfig {
         Ok(ServerConfig {
             report,
             store_sync: raw.store.sync,
+            workers: raw.runtime.workers,
             pool_key_file: base.join(pool_key_file),
             master_license_file: raw.master_license_file.map(|path| base.join(path)),
             vid: raw.vid.map(|vid| VidConfig {
@@ -582,6 +619,23 @@ mod tests {
             let config = ServerConfig::parse(&text, dir.path()).unwrap();
             assert_eq!(config.store_sync, sync);
         }
+        assert_eq!(config.workers, None);
+        let text = format!("{base}[runtime]\nworkers = 3\n");
+        assert_eq!(
+            ServerConfig::parse(&text, dir.path()).unwrap().workers,
+            Some(3)
+        );
+        for workers in [0, WORKERS_MAX + 1] {
+            let text = format!("{base}[runtime]\nworkers = {workers}\n");
+            let err = ServerConfig::parse(&text, dir.path()).unwrap_err();
+            assert!(
+                err.contains("runtime.workers is") && err.contains("from 1 to"),
+                "{err}"
+            );
+        }
+        let err = ServerConfig::parse(&format!("{base}[runtime]\nthreads = 2\n"), dir.path())
+            .unwrap_err();
+        assert!(err.contains("threads"), "{err}");
         let err = ServerConfig::parse(&format!("{base}[store]\nsync = \"never\"\n"), dir.path())
             .unwrap_err();
         assert!(

@@ -41,18 +41,43 @@ pub use crate::config::{ServerConfig, StoreSync};
 pub use crate::seams::Seams;
 pub use crate::start::{run, start, start_with, Running, StartError};
 
-/// The runtime a server process runs on: tokio's, one worker per core,
-/// whose workers tell the grant store's writer when they run out of work
-/// ([`store::workers_idle`]), so that the new grants read together share
-/// one sync.
-pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
-    let runtime = runtime_builder().build()?;
+/// The runtime a server process runs on: tokio's, with `workers` worker
+/// threads (`[runtime] workers`; `None`: [`config::default_workers`], one
+/// per core but one), whose workers tell the grant store's writer when they
+/// run out of work ([`store::workers_idle`]), so that the new grants read
+/// together share one sync.
+pub fn runtime(workers: Option<usize>) -> std::io::Result<tokio::runtime::Runtime> {
+    let runtime = runtime_builder(workers).build()?;
     store::runtime_reports_idle();
     Ok(runtime)
 }
 
-fn runtime_builder() -> tokio::runtime::Builder {
+fn runtime_builder(workers: Option<usize>) -> tokio::runtime::Builder {
     let mut builder = tokio::runtime::Builder::new_multi_thread();
-    builder.on_thread_park(store::workers_idle).enable_all();
     builder
+        .worker_threads(workers.unwrap_or_else(config::default_workers))
+        .on_thread_park(store::workers_idle)
+        .enable_all();
+    builder
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_runtime_has_the_workers_asked_for_or_one_per_core_but_one() {
+        for workers in [1, 3] {
+            let runtime = super::runtime(Some(workers)).unwrap();
+            assert_eq!(runtime.metrics().num_workers(), workers);
+        }
+        let cores = std::thread::available_parallelism().unwrap().get();
+        let runtime = super::runtime(None).unwrap();
+        assert_eq!(
+            runtime.metrics().num_workers(),
+            cores.saturating_sub(1).max(1)
+        );
+        assert_eq!(
+            crate::config::default_workers(),
+            cores.saturating_sub(1).max(1)
+        );
+    }
 }

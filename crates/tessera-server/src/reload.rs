@@ -151,7 +151,7 @@ async fn reload_pool_file(app: &App, path: &Path) -> Reloaded {
 fn restart_settings(running: &ServerConfig, new: &ServerConfig) -> Vec<&'static str> {
     let same =
         |a: &dyn std::fmt::Debug, b: &dyn std::fmt::Debug| format!("{a:?}") == format!("{b:?}");
-    let settings: [(&'static str, bool); 13] = [
+    let settings: [(&'static str, bool); 14] = [
         ("server_id", running.server_id == new.server_id),
         ("pool_file", running.pool_file == new.pool_file),
         ("data_dir", running.data_dir == new.data_dir),
@@ -168,6 +168,7 @@ fn restart_settings(running: &ServerConfig, new: &ServerConfig) -> Vec<&'static 
         ),
         ("report", same(&running.report, &new.report)),
         ("store", running.store_sync == new.store_sync),
+        ("runtime", running.workers == new.workers),
     ];
     settings
         .into_iter()
@@ -188,8 +189,14 @@ mod tests {
                     pool_key_file = \"pool.key\"\n";
         let running = ServerConfig::parse(base, dir.path()).unwrap();
         assert!(restart_settings(&running, &running).is_empty());
-        let changed = format!("{base}[limits]\ngrants_max = 7\n\n[store]\nsync = \"background\"\n");
+        let changed = format!(
+            "{base}[limits]\ngrants_max = 7\n\n[store]\nsync = \"background\"\n\n\
+             [runtime]\nworkers = 2\n"
+        );
         let new = ServerConfig::parse(&changed, dir.path()).unwrap();
-        assert_eq!(restart_settings(&running, &new), ["limits", "store"]);
+        assert_eq!(
+            restart_settings(&running, &new),
+            ["limits", "store", "runtime"]
+        );
     }
 }

@@ -211,7 +211,9 @@ where
     app.watch_clock();
     background::follow_control(&app, grace, &config);
     let done = tokio::spawn(serve(app.clone(), listener, config, vid, shutdown));
-    tracing::info!("listening on {address}");
+    let workers = tokio::runtime::Handle::current().metrics().num_workers();
+    let threads = if workers == 1 { "thread" } else { "threads" };
+    tracing::info!("listening on {address}, {workers} worker {threads}");
     Ok(Running { address, done, app })
 }
 
