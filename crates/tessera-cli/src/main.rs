@@ -541,12 +541,14 @@ fn main() {
     }
 }
 
-/// The runtime of every command but `server`: one worker per core but one.
+/// The runtime of every command but `server`: a server's default workers.
 fn runtime() -> Result<tokio::runtime::Runtime> {
-    server_runtime(None)
+    server_runtime(tessera_server::config::default_workers(
+        tessera_server::StoreSync::default(),
+    ))
 }
 
-fn server_runtime(workers: Option<usize>) -> Result<tokio::runtime::Runtime> {
+fn server_runtime(workers: usize) -> Result<tokio::runtime::Runtime> {
     tessera_server::runtime(workers).context("cannot start the async runtime")
 }
 
@@ -566,7 +568,7 @@ fn run(cli: Cli) -> Result<()> {
                 config.pool_file = file;
                 config.recover_pool = true;
             }
-            server_runtime(config.workers)?.block_on(serve(config, config_path))
+            server_runtime(config.workers())?.block_on(serve(config, config_path))
         }
         Command::Demo {
             master: true, dir, ..

@@ -88,16 +88,21 @@ struct RuntimeText {
 /// Most worker threads a config may ask for.
 pub const WORKERS_MAX: usize = 1_024;
 
-/// Worker threads of a server whose config names none: one per core but
-/// one, at least one. The core left over runs the grant store's writer,
-/// the report log, the signer and the kernel's disk and network work, which
-/// otherwise preempt the workers; and on two cores one worker hands no
-/// request to another (ARCHITECTURE.md, "The server's threads").
-pub fn default_workers() -> usize {
-    std::thread::available_parallelism()
-        .map_or(1, |cores| cores.get())
-        .saturating_sub(1)
-        .max(1)
+/// Worker threads of a server whose config names none. When grants are
+/// synced before they are answered: one per core but one, at least one.
+/// Each grant then goes to the store's writer thread and back; the core
+/// left over runs that writer, the report log, the signer and the kernel's
+/// disk and network work, which otherwise preempt the workers, and on two
+/// cores one worker hands no request to another. With `[store] sync =
+/// "background"` nothing goes to the writer per grant, fewer workers save
+/// nothing, and every core serves, which keeps the tail short
+/// (ARCHITECTURE.md, "The server's threads").
+pub fn default_workers(sync: StoreSync) -> usize {
+    let cores = std::thread::available_parallelism().map_or(1, |cores| cores.get());
+    match sync {
+        StoreSync::BeforeAnswer => cores.saturating_sub(1).max(1),
+        StoreSync::Background => cores,
+    }
 }
 
 /// `[store]`: the grant store.
@@ -409,7 +414,7 @@ pub struct ServerConfig {
     /// When a new grant reaches the disk.
     pub store_sync: StoreSync,
     /// `[runtime] workers`: threads serving requests; `None`:
-    /// [`default_workers`].
+    /// [`default_workers`] ([`ServerConfig::workers`]).
     pub workers: Option<usize>,
 }
 
@@ -420,6 +425,13 @@ const NO_POOL_KEY: &str = "`pool_key_file` is missing: every server of a pool ne
      server's user), and add `pool_key_file = \"pool.key\"` to this config";
 
 impl ServerConfig {
+    /// Worker threads to serve requests on: `[runtime] workers`, or
+    /// [`default_workers`] for the way this server syncs grants.
+    pub fn workers(&self) -> usize {
+        self.workers
+            .unwrap_or_else(|| default_workers(self.store_sync))
+    }
+
     pub fn load(path: &Path) -> Result<ServerConfig, StartError> {
         let text = std::fs::read_to_string(path).map_err(|err| StartError::Config {
             path: path.to_path_buf(),
@@ -472,8 +484,8 @@ impl ServerConfig {
             if !(1..=WORKERS_MAX).contains(&workers) {
                 return Err(format!(
                     "runtime.workers is {workers}; it must be from 1 to {WORKERS_MAX} (leave it \
-                     out for one per core but one: {})",
-                    default_workers()
+                     out for the default, {} on this machine)",
+                    default_workers(raw.store.sync)
                 ));
             }
         }
@@ -620,11 +632,16 @@ mod tests {
             assert_eq!(config.store_sync, sync);
         }
         assert_eq!(config.workers, None);
-        let text = format!("{base}[runtime]\nworkers = 3\n");
+        let cores = std::thread::available_parallelism().unwrap().get();
+        assert_eq!(config.workers(), (cores - 1).max(1));
+        let text = format!("{base}[store]\nsync = \"background\"\n");
         assert_eq!(
-            ServerConfig::parse(&text, dir.path()).unwrap().workers,
-            Some(3)
+            ServerConfig::parse(&text, dir.path()).unwrap().workers(),
+            cores
         );
+        let text = format!("{base}[runtime]\nworkers = 3\n");
+        let config = ServerConfig::parse(&text, dir.path()).unwrap();
+        assert_eq!((config.workers, config.workers()), (Some(3), 3));
         for workers in [0, WORKERS_MAX + 1] {
             let text = format!("{base}[runtime]\nworkers = {workers}\n");
             let err = ServerConfig::parse(&text, dir.path()).unwrap_err();

@@ -42,20 +42,19 @@ pub use crate::seams::Seams;
 pub use crate::start::{run, start, start_with, Running, StartError};
 
 /// The runtime a server process runs on: tokio's, with `workers` worker
-/// threads (`[runtime] workers`; `None`: [`config::default_workers`], one
-/// per core but one), whose workers tell the grant store's writer when they
-/// run out of work ([`store::workers_idle`]), so that the new grants read
-/// together share one sync.
-pub fn runtime(workers: Option<usize>) -> std::io::Result<tokio::runtime::Runtime> {
+/// threads ([`ServerConfig::workers`]), whose workers tell the grant store's
+/// writer when they run out of work ([`store::workers_idle`]), so that the
+/// new grants read together share one sync.
+pub fn runtime(workers: usize) -> std::io::Result<tokio::runtime::Runtime> {
     let runtime = runtime_builder(workers).build()?;
     store::runtime_reports_idle();
     Ok(runtime)
 }
 
-fn runtime_builder(workers: Option<usize>) -> tokio::runtime::Builder {
+fn runtime_builder(workers: usize) -> tokio::runtime::Builder {
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     builder
-        .worker_threads(workers.unwrap_or_else(config::default_workers))
+        .worker_threads(workers)
         .on_thread_park(store::workers_idle)
         .enable_all();
     builder
@@ -63,21 +62,13 @@ fn runtime_builder(workers: Option<usize>) -> tokio::runtime::Builder {
 
 #[cfg(test)]
 mod tests {
+    /// On [`super::runtime_builder`]: [`super::runtime`] would also mark
+    /// the stores this test process opens later as woken by idle workers.
     #[test]
-    fn the_runtime_has_the_workers_asked_for_or_one_per_core_but_one() {
+    fn the_runtime_has_the_workers_asked_for() {
         for workers in [1, 3] {
-            let runtime = super::runtime(Some(workers)).unwrap();
+            let runtime = super::runtime_builder(workers).build().unwrap();
             assert_eq!(runtime.metrics().num_workers(), workers);
         }
-        let cores = std::thread::available_parallelism().unwrap().get();
-        let runtime = super::runtime(None).unwrap();
-        assert_eq!(
-            runtime.metrics().num_workers(),
-            cores.saturating_sub(1).max(1)
-        );
-        assert_eq!(
-            crate::config::default_workers(),
-            cores.saturating_sub(1).max(1)
-        );
     }
 }

@@ -777,7 +777,7 @@ mod tests {
     }
 
     fn idle_workers_wake_the_writer(workers: usize) {
-        let runtime = crate::runtime_builder(Some(workers)).build().unwrap();
+        let runtime = crate::runtime_builder(workers).build().unwrap();
         runtime.block_on(async {
             let dir = tempfile::tempdir().unwrap();
             let disk: Arc<dyn Disk> = Arc::new(FileDisk);
