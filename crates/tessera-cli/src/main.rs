@@ -541,11 +541,9 @@ fn main() {
     }
 }
 
-/// The runtime of every command but `server`: a server's default workers.
+/// The runtime of every command but `server`: one worker per core.
 fn runtime() -> Result<tokio::runtime::Runtime> {
-    server_runtime(tessera_server::config::default_workers(
-        tessera_server::StoreSync::default(),
-    ))
+    server_runtime(tessera_server::config::default_workers())
 }
 
 fn server_runtime(workers: usize) -> Result<tokio::runtime::Runtime> {

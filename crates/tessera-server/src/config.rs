@@ -88,21 +88,11 @@ struct RuntimeText {
 /// Most worker threads a config may ask for.
 pub const WORKERS_MAX: usize = 1_024;
 
-/// Worker threads of a server whose config names none. When grants are
-/// synced before they are answered: one per core but one, at least one.
-/// Each grant then goes to the store's writer thread and back; the core
-/// left over runs that writer, the report log, the signer and the kernel's
-/// disk and network work, which otherwise preempt the workers, and on two
-/// cores one worker hands no request to another. With `[store] sync =
-/// "background"` nothing goes to the writer per grant, fewer workers save
-/// nothing, and every core serves, which keeps the tail short
-/// (ARCHITECTURE.md, "The server's threads").
-pub fn default_workers(sync: StoreSync) -> usize {
-    let cores = std::thread::available_parallelism().map_or(1, |cores| cores.get());
-    match sync {
-        StoreSync::BeforeAnswer => cores.saturating_sub(1).max(1),
-        StoreSync::Background => cores,
-    }
+/// Worker threads of a server whose config names none: one per core.
+/// Fewer cost less CPU per request on a small machine but lengthen the tail
+/// under load (ARCHITECTURE.md, "The server's threads").
+pub fn default_workers() -> usize {
+    std::thread::available_parallelism().map_or(1, |cores| cores.get())
 }
 
 /// `[store]`: the grant store.
@@ -426,10 +416,9 @@ const NO_POOL_KEY: &str = "`pool_key_file` is missing: every server of a pool ne
 
 impl ServerConfig {
     /// Worker threads to serve requests on: `[runtime] workers`, or
-    /// [`default_workers`] for the way this server syncs grants.
+    /// [`default_workers`].
     pub fn workers(&self) -> usize {
-        self.workers
-            .unwrap_or_else(|| default_workers(self.store_sync))
+        self.workers.unwrap_or_else(default_workers)
     }
 
     pub fn load(path: &Path) -> Result<ServerConfig, StartError> {
@@ -485,7 +474,7 @@ impl ServerConfig {
                 return Err(format!(
                     "runtime.workers is {workers}; it must be from 1 to {WORKERS_MAX} (leave it \
                      out for the default, {} on this machine)",
-                    default_workers(raw.store.sync)
+                    default_workers()
                 ));
             }
         }
@@ -633,12 +622,7 @@ mod tests {
         }
         assert_eq!(config.workers, None);
         let cores = std::thread::available_parallelism().unwrap().get();
-        assert_eq!(config.workers(), (cores - 1).max(1));
-        let text = format!("{base}[store]\nsync = \"background\"\n");
-        assert_eq!(
-            ServerConfig::parse(&text, dir.path()).unwrap().workers(),
-            cores
-        );
+        assert_eq!(config.workers(), cores);
         let text = format!("{base}[runtime]\nworkers = 3\n");
         let config = ServerConfig::parse(&text, dir.path()).unwrap();
         assert_eq!((config.workers, config.workers()), (Some(3), 3));
