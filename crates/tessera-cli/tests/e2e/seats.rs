@@ -287,6 +287,37 @@ async fn a_grace_period_run_to_its_end_is_not_waited_again_after_a_crash() {
         .ok();
 }
 
+/// `[runtime] workers`: the server serves on that many worker threads and
+/// says so when it listens; a count outside 1 to 1,024 is refused at start
+/// with the range.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_serves_on_the_workers_its_config_names() {
+    let fixture = Fixture::new().await;
+    let mut spec = ServerSpec::new(fixture.sign(&code("cad", 3)).await);
+    spec.config_tables = "[runtime]\nworkers = 1\n".into();
+    let mut server = fixture.server(spec);
+    server.start(StartMode::NewPool).await;
+    server.wait_state("serving").await;
+    let log = server.log();
+    assert!(log.contains(", 1 worker thread\n"), "{log}");
+    for n in 0..3 {
+        let holder = format!("holder-{n}");
+        server
+            .post("/v1/checkout", &checkout_body(&holder, "cad", 1))
+            .await
+            .ok();
+    }
+    assert!(server.terminate().await.success());
+
+    let text = std::fs::read_to_string(&server.config).unwrap();
+    std::fs::write(&server.config, text.replace("workers = 1", "workers = 0")).unwrap();
+    let config = server.config.to_str().unwrap();
+    tessera(["server", "--config", config])
+        .await
+        .failure()
+        .mentions(&["runtime.workers is 0", "from 1 to 1024"]);
+}
+
 /// `[store] sync = "background"`: grants are answered before they are
 /// synced, so a run that did not stop cleanly (`kill -9`) is followed by a
 /// grace period, `--new-pool` or not, in which a holder's heartbeat keeps its seat and nothing
