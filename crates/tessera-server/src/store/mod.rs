@@ -768,7 +768,7 @@ mod tests {
 
     /// On the server's runtime ([`crate::runtime`]) a worker that runs out
     /// of work wakes the writer: no grant has to wake it itself, with one
-    /// worker (the default on two cores) or more.
+    /// worker (`[runtime] workers = 1`) or more.
     #[test]
     fn on_the_servers_runtime_idle_workers_wake_the_writer() {
         for workers in [1, 2] {
