@@ -163,9 +163,9 @@ fn nonce_of(request: &CheckoutRequest) -> &str {
 fn asked_fields(request: &CheckoutRequest, answer: &SignedAnswer, outcome: &str) -> AnswerFields {
     AnswerFields {
         outcome: outcome.to_string(),
-        pool_id: answer.pool_id.clone(),
-        server_id: answer.server_id.clone(),
-        hostid: answer.hostid.clone(),
+        pool_id: answer.pool_id.to_string(),
+        server_id: answer.server_id.to_string(),
+        hostid: answer.hostid.to_string(),
         server_unix_ms: answer.server_unix_ms,
         nonce: nonce_of(request).to_string(),
         client_id: request.client_id.to_string(),
@@ -291,7 +291,7 @@ fn authenticate(
 ) -> Result<(), String> {
     if answer.signature.is_empty() {
         return match channel.map(Channel::bound_key) {
-            Some(Some(bound)) if bound == answer.server_key => Ok(()),
+            Some(Some(bound)) if bound == answer.server_key.as_str() => Ok(()),
             Some(Some(_)) => Err(
                 "an unsigned answer naming another server key than the one this connection \
                  is bound to"
@@ -501,7 +501,7 @@ pub(crate) mod tests {
             answer: None,
         };
         let mut answer = SignedAnswer {
-            server_key: key.public().to_base64(),
+            server_key: key.public().to_base64().into(),
             pool_id: "acme-eng".into(),
             server_id: "A".into(),
             hostid: "mid-0011223344556677".into(),
@@ -591,14 +591,16 @@ pub(crate) mod tests {
         let first = over_channel(&request(), genuine.clone(), &ours);
         assert_eq!(checker.check(&request(), &first, Some(&ours)), Ok(()));
         let key = genuine.answer.as_ref().unwrap().server_key.clone();
-        assert_eq!(ours.bound_key(), Some(key));
+        assert_eq!(ours.bound_key(), Some(key.to_string()));
         assert_eq!(checker.check(&request(), &bare, Some(&ours)), Ok(()));
         // Not on another channel, not naming another key, and the codes
         // are still checked.
         assert!(checker.check(&request(), &bare, Some(&relays)).is_err());
         let mut other_key = bare.clone();
-        other_key.answer.as_mut().unwrap().server_key =
-            ServerSecretKey::from_seed([6; 32]).public().to_base64();
+        other_key.answer.as_mut().unwrap().server_key = ServerSecretKey::from_seed([6; 32])
+            .public()
+            .to_base64()
+            .into();
         let refused = checker
             .check(&request(), &other_key, Some(&ours))
             .unwrap_err();
@@ -608,7 +610,8 @@ pub(crate) mod tests {
             &VendorSecretKey::from_seed("acme", [8; 32]).unwrap(),
             "cad-1",
         )
-        .to_text()];
+        .to_text()]
+        .into();
         assert!(checker
             .check(&request(), &other_vendor, Some(&ours))
             .is_err());

@@ -79,7 +79,7 @@ pub struct FeatureLicense {
     pub codes: Vec<CodeVerdict>,
     /// The served codes as a signed answer carries them, and their digest
     /// ([`crate::answer::codes_sha256`]): made once per table, not per answer.
-    pub served_texts: Arc<Vec<LicenseCodeText>>,
+    pub served_texts: Arc<[LicenseCodeText]>,
     pub served_sha256: String,
 }
 
@@ -176,7 +176,7 @@ impl LicenseTable {
             if let Some(policy) = newest {
                 feature.policy = policy;
             }
-            feature.served_texts = Arc::new(feature.served().map(LicenseCode::to_text).collect());
+            feature.served_texts = feature.served().map(LicenseCode::to_text).collect();
             feature.served_sha256 = crate::answer::codes_sha256(feature.served());
         }
         LicenseTable { features }

@@ -254,11 +254,11 @@ pub struct Grant {
 #[serde(deny_unknown_fields)]
 pub struct SignedAnswer {
     /// The server's answer key: base64 of the Ed25519 public key.
-    pub server_key: String,
-    pub pool_id: String,
-    pub server_id: String,
+    pub server_key: SharedText,
+    pub pool_id: SharedText,
+    pub server_id: SharedText,
     /// The answering server's hostid.
-    pub hostid: String,
+    pub hostid: SharedText,
     /// The answering server's wall clock, Unix ms.
     pub server_unix_ms: i64,
     /// Base64 Ed25519 signature of the canonical form, or of the batch
@@ -269,8 +269,10 @@ pub struct SignedAnswer {
     pub signature: String,
     /// On a grant: every license code the answering server serves for the
     /// feature (the hard limit), vendor-signed.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub codes: Vec<LicenseCodeText>,
+    /// Shared: the server keeps them once per license table.
+    #[serde(default, skip_serializing_if = "<[_]>::is_empty")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Vec<LicenseCodeText>))]
+    pub codes: Arc<[LicenseCodeText]>,
     /// On a grant from a server bound to a VID: its chain to the vendor.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub chain: Option<AnswerChain>,

@@ -19,6 +19,7 @@ use tessera_core::answer::{
 };
 use tessera_core::master::vid_of_binding;
 use tessera_core::merkle::Hash;
+use tessera_core::SharedText;
 use tessera_proto::{self as proto, CheckoutRequest, ErrorCode};
 
 use crate::seams::Disk;
@@ -80,9 +81,9 @@ pub(crate) fn load_key(
 #[derive(Clone, Debug)]
 pub(crate) struct Asked {
     nonce: String,
-    client_id: String,
-    feature: String,
-    version: String,
+    client_id: SharedText,
+    feature: SharedText,
+    version: SharedText,
     count: u32,
 }
 
@@ -90,9 +91,9 @@ impl Asked {
     pub(crate) fn of(request: &CheckoutRequest) -> Option<Asked> {
         Some(Asked {
             nonce: request.nonce.clone()?,
-            client_id: request.client_id.to_string(),
-            feature: request.feature.to_string(),
-            version: request.version.to_string(),
+            client_id: request.client_id.clone(),
+            feature: request.feature.clone(),
+            version: request.version.clone(),
             count: request.count,
         })
     }
@@ -100,14 +101,14 @@ impl Asked {
     fn fields(&self, app: &App, outcome: &str, unix_ms: i64) -> AnswerFields {
         AnswerFields {
             outcome: outcome.to_string(),
-            pool_id: app.pool.pool_id.clone(),
-            server_id: app.pool.server_id.clone(),
-            hostid: app.hostid.clone(),
+            pool_id: app.pool_id.to_string(),
+            server_id: app.server_id.to_string(),
+            hostid: app.hostid.to_string(),
             server_unix_ms: unix_ms,
             nonce: self.nonce.clone(),
-            client_id: self.client_id.clone(),
-            feature: self.feature.clone(),
-            version: self.version.clone(),
+            client_id: self.client_id.to_string(),
+            feature: self.feature.to_string(),
+            version: self.version.to_string(),
             count: self.count,
             ..AnswerFields::default()
         }
@@ -242,18 +243,23 @@ impl BatchSigner {
 
 impl App {
     /// The signed answer of `grant`, the codes behind it, and the VID chain
-    /// where one of them is bound to a VID.
+    /// where one of them is bound to a VID. On a channel already bound
+    /// nothing is signed, so the fields a signature covers are not built.
     pub(crate) async fn sign_grant(
         &self,
         asked: &Asked,
         grant: &proto::Grant,
         signing: Signing,
     ) -> proto::SignedAnswer {
+        let unsigned = self.bound(&signing);
         let (codes, codes_sha256) = {
             let issuer = self.issuer();
             match issuer.licenses().feature(&grant.feature) {
-                Some(feature) => (feature.served_texts.clone(), feature.served_sha256.clone()),
-                None => (Default::default(), tessera_core::answer::codes_sha256([])),
+                Some(feature) => (
+                    feature.served_texts.clone(),
+                    (!unsigned).then(|| feature.served_sha256.clone()),
+                ),
+                None => (Arc::default(), None),
             }
         };
         let chain = match codes
@@ -264,15 +270,21 @@ impl App {
             false => None,
         };
         let unix_ms = self.clock.unix_ms();
-        let fields = AnswerFields {
-            grant_id: grant.grant_id.to_string(),
-            lease_ms: grant.lease_ms,
-            heartbeat_interval_ms: grant.heartbeat_interval_ms,
-            codes_sha256,
-            ..asked.fields(self, OUTCOME_GRANTED, unix_ms)
+        let signature = match unsigned {
+            true => (String::new(), None),
+            false => {
+                let fields = AnswerFields {
+                    grant_id: grant.grant_id.to_string(),
+                    lease_ms: grant.lease_ms,
+                    heartbeat_interval_ms: grant.heartbeat_interval_ms,
+                    codes_sha256: codes_sha256
+                        .unwrap_or_else(|| tessera_core::answer::codes_sha256([])),
+                    ..asked.fields(self, OUTCOME_GRANTED, unix_ms)
+                };
+                self.signature(fields, signing).await
+            }
         };
-        self.signed(&fields, codes.as_ref().clone(), chain, signing)
-            .await
+        self.signed_answer(unix_ms, signature, codes, chain)
     }
 
     /// The signed answer of a refusal with `code`.
@@ -282,43 +294,67 @@ impl App {
         code: ErrorCode,
         signing: Signing,
     ) -> proto::SignedAnswer {
-        let fields = asked.fields(self, code.as_str(), self.clock.unix_ms());
-        self.signed(&fields, Vec::new(), None, signing).await
+        let unix_ms = self.clock.unix_ms();
+        let signature = match self.bound(&signing) {
+            true => (String::new(), None),
+            false => {
+                let fields = asked.fields(self, code.as_str(), unix_ms);
+                self.signature(fields, signing).await
+            }
+        };
+        self.signed_answer(unix_ms, signature, Arc::default(), None)
     }
 
-    async fn signed(
+    /// Whether an answer goes out unsigned: on a `tessera/3` channel that
+    /// an earlier signed answer bound (counted for `/metrics`).
+    fn bound(&self, signing: &Signing) -> bool {
+        let bound =
+            matches!(signing, Signing::Bound(channel) if channel.signed.load(Ordering::Relaxed));
+        if bound {
+            self.batch_signer
+                .counts
+                .bound
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        bound
+    }
+
+    /// The signature over `fields` as `signing` asks, and its batch.
+    async fn signature(
         &self,
-        fields: &AnswerFields,
-        codes: Vec<proto::LicenseCodeText>,
-        chain: Option<proto::AnswerChain>,
+        fields: AnswerFields,
         signing: Signing,
-    ) -> proto::SignedAnswer {
-        let (signature, batch) = match signing {
-            Signing::Alone => (self.answer_key.sign(fields), None),
-            Signing::InBatches => self.signed_in_batch(fields).await,
-            Signing::Bound(channel) if channel.signed.load(Ordering::Relaxed) => {
-                self.batch_signer
-                    .counts
-                    .bound
-                    .fetch_add(1, Ordering::Relaxed);
-                (String::new(), None)
-            }
+    ) -> (String, Option<proto::AnswerBatch>) {
+        match signing {
+            Signing::Alone => (self.answer_key.sign(&fields), None),
+            Signing::InBatches => self.signed_in_batch(&fields).await,
             Signing::Bound(channel) => {
                 let over_channel = AnswerFields {
                     channel: channel.value.clone(),
-                    ..fields.clone()
+                    ..fields
                 };
                 let signed = self.signed_in_batch(&over_channel).await;
                 channel.signed.store(true, Ordering::Relaxed);
                 signed
             }
-        };
+        }
+    }
+
+    /// The answer as the program gets it: this server's names shared,
+    /// `signature` (empty on a bound channel) and the codes.
+    fn signed_answer(
+        &self,
+        server_unix_ms: i64,
+        (signature, batch): (String, Option<proto::AnswerBatch>),
+        codes: Arc<[proto::LicenseCodeText]>,
+        chain: Option<proto::AnswerChain>,
+    ) -> proto::SignedAnswer {
         proto::SignedAnswer {
             server_key: self.answer_key_public.clone(),
-            pool_id: fields.pool_id.clone(),
-            server_id: fields.server_id.clone(),
-            hostid: fields.hostid.clone(),
-            server_unix_ms: fields.server_unix_ms,
+            pool_id: self.pool_id.clone(),
+            server_id: self.server_id.clone(),
+            hostid: self.hostid.clone(),
+            server_unix_ms,
             signature,
             codes,
             chain,

@@ -23,9 +23,11 @@ pub struct App {
     /// The pool's `server_id` of this server, shared into every grant it
     /// answers.
     pub(crate) server_id: SharedText,
+    /// The pool's id, shared into every signed answer.
+    pub(crate) pool_id: SharedText,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) limits: Limits,
-    pub(crate) hostid: String,
+    pub(crate) hostid: SharedText,
     pub(crate) address: String,
     pub(crate) started_ms: u64,
     /// What `/v1/status` shows a caller without a credential.
@@ -71,7 +73,7 @@ pub struct App {
     /// Signs what this server answers programs (`answer`), and its public
     /// half in base64 as answers carry it.
     pub(crate) answer_key: tessera_core::answer::ServerSecretKey,
-    pub(crate) answer_key_public: String,
+    pub(crate) answer_key_public: SharedText,
     /// The answer key's id, which every canonical form names.
     pub(crate) answer_key_id: String,
     /// Signs the answers of framed `tessera/2` connections in batches.

@@ -60,7 +60,7 @@ impl App {
                 },
                 state_reason: issuer.clock_set_back().map(str::to_string),
                 store_sync: Some(self.store_sync.as_str().into()),
-                hostid: self.hostid.clone(),
+                hostid: self.hostid.to_string(),
                 vid: self
                     .vid
                     .lock()

@@ -612,9 +612,9 @@ async fn program_checks_the_chain(holder: &Server) {
         let text = |name: &str| asked[name].as_str().unwrap_or("").to_string();
         let fields = AnswerFields {
             outcome: "granted".into(),
-            pool_id: answer.pool_id.clone(),
-            server_id: answer.server_id.clone(),
-            hostid: answer.hostid.clone(),
+            pool_id: answer.pool_id.to_string(),
+            server_id: answer.server_id.to_string(),
+            hostid: answer.hostid.to_string(),
             server_unix_ms: answer.server_unix_ms,
             nonce: text("nonce"),
             client_id: text("client_id"),
@@ -628,7 +628,7 @@ async fn program_checks_the_chain(holder: &Server) {
             channel: String::new(),
         };
         let signed = tessera_proto::SignedAnswer {
-            server_key: key.public().to_base64(),
+            server_key: key.public().to_base64().into(),
             signature: key.sign(&fields),
             batch: None,
             ..answer.clone()

@@ -330,14 +330,14 @@ impl App {
             issuer
                 .licenses()
                 .feature(feature)
-                .map(|f| (f.served_texts.as_ref().clone(), f.served_sha256.clone()))
+                .map(|f| (f.served_texts.to_vec(), f.served_sha256.clone()))
                 .unwrap_or_default()
         };
         let fields = TokenFields {
             license_id: license_id.to_string(),
             pool_id: self.pool.pool_id.clone(),
             server_id: self.pool.server_id.clone(),
-            hostid: self.hostid.clone(),
+            hostid: self.hostid.to_string(),
             feature: feature.to_string(),
             ticket: ticket.to_string(),
             device: device.to_string(),
