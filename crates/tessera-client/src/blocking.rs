@@ -54,19 +54,30 @@ fn runtime() -> &'static Runtime {
 }
 
 /// Runs `work` on the shared runtime, within `deadline` if given.
+///
+/// An answer that arrives after the deadline is refused like a missing one:
+/// tokio's timer fires on whole milliseconds and polls the work first, so a
+/// deadline shorter than a millisecond would otherwise let a fast answer
+/// through. What the late answer held (a seat) is given back as it drops.
 fn run<T>(
     deadline: Option<Duration>,
     work: impl std::future::Future<Output = Result<T, ClientError>>,
 ) -> Result<T, ClientError> {
     runtime().block_on(async {
-        match deadline {
-            None => work.await,
-            Some(deadline) => tokio::time::timeout(deadline, work).await.unwrap_or(Err(
-                ClientError::DeadlineExceeded {
-                    deadline_ms: deadline.as_millis() as u64,
-                },
-            )),
+        let Some(deadline) = deadline else {
+            return work.await;
+        };
+        let exceeded = || ClientError::DeadlineExceeded {
+            deadline_ms: deadline.as_millis() as u64,
+        };
+        let until = tokio::time::Instant::now() + deadline;
+        let answer = tokio::time::timeout_at(until, work)
+            .await
+            .map_err(|_| exceeded())?;
+        if tokio::time::Instant::now() >= until {
+            return Err(exceeded());
         }
+        answer
     })
 }
 
@@ -328,5 +339,45 @@ impl std::fmt::Debug for BlockingTemporary {
         f.debug_struct("BlockingTemporary")
             .field("token", &self.license.as_ref().map(|l| l.token()))
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Work that holds its thread for `busy`, then answers at its first poll:
+    /// the timer never gets a turn before the answer is ready.
+    async fn answers_after(busy: Duration) -> Result<u32, ClientError> {
+        std::thread::sleep(busy);
+        Ok(7)
+    }
+
+    #[test]
+    fn an_answer_after_the_deadline_is_deadline_exceeded() {
+        let late = run(
+            Some(Duration::from_micros(1)),
+            answers_after(Duration::from_millis(5)),
+        );
+        assert!(
+            matches!(late, Err(ClientError::DeadlineExceeded { deadline_ms: 0 })),
+            "{late:?}"
+        );
+        let zero = run(Some(Duration::ZERO), answers_after(Duration::ZERO));
+        assert!(
+            matches!(zero, Err(ClientError::DeadlineExceeded { .. })),
+            "{zero:?}"
+        );
+    }
+
+    #[test]
+    fn an_answer_within_the_deadline_is_kept() {
+        let answer = run(
+            Some(Duration::from_secs(30)),
+            answers_after(Duration::from_millis(1)),
+        );
+        assert!(matches!(answer, Ok(7)), "{answer:?}");
+        let unbounded = run(None, answers_after(Duration::ZERO));
+        assert!(matches!(unbounded, Ok(7)), "{unbounded:?}");
     }
 }
