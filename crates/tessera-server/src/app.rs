@@ -96,7 +96,16 @@ pub struct App {
 
 impl App {
     /// Wakes the checkouts waiting for seats of this server.
+    ///
+    /// With no checkout waiting, it touches nothing shared: every check-in
+    /// passes here, and a send takes the channel's locks even when no one
+    /// listens. A checkout that starts waiting later subscribes before it
+    /// looks at the seats, under the issuer's lock that the change was made
+    /// under, so it sees the freed seats or this count of its subscription.
     pub(crate) fn seats_freed(&self) {
+        if self.seats_changed.receiver_count() == 0 {
+            return;
+        }
         self.seats_changed
             .send_modify(|generation| *generation += 1);
     }
