@@ -29,10 +29,13 @@ pub struct CompareConfig {
     pub load: LoadConfig,
     /// The parts beyond the main table; `None` runs the table only.
     pub extras: Option<ExtrasConfig>,
+    /// Times each system of the main table but etcd runs, in turns (see
+    /// [`compare`]); at least 1.
+    pub rounds: usize,
 }
 
 impl CompareConfig {
-    /// Every system for one second with two clients.
+    /// Every system for one second with two clients, in two rounds.
     pub fn smoke(tessera: PathBuf) -> CompareConfig {
         let single = SingleConfig::smoke(tessera);
         CompareConfig {
@@ -40,6 +43,7 @@ impl CompareConfig {
             seats: single.seats,
             load: single.load,
             extras: Some(ExtrasConfig::smoke()),
+            rounds: 2,
         }
     }
 }
@@ -58,9 +62,25 @@ const SYSTEMS: [&str; 10] = [
     "etcd (3 nodes)",
 ];
 
+/// The systems that run once per round: all but etcd, which is twenty
+/// times slower than any goal's threshold and slow to start.
+const IN_ROUNDS: usize = 9;
+
+/// One round's figures of one system.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct RoundFigures {
+    pub per_s: f64,
+    pub cpu_us: Option<f64>,
+    /// Failed requests: every round counts, not just the median one.
+    pub errors: u64,
+}
+
 /// Every system's report, in [`SYSTEMS`] order.
 pub struct Comparison {
+    /// Each system's median round.
     pub reports: Vec<Report>,
+    /// Each system's rounds, in the order they ran (one for etcd).
+    pub rounds: Vec<Vec<RoundFigures>>,
     pub clients: usize,
     pub warmup: Duration,
     pub measure: Duration,
@@ -69,8 +89,13 @@ pub struct Comparison {
 }
 
 impl Comparison {
+    /// Failed requests in every round of every system and in the extra parts.
     pub fn errors_total(&self) -> u64 {
-        self.reports.iter().map(Report::errors_total).sum::<u64>()
+        self.rounds
+            .iter()
+            .flatten()
+            .map(|run| run.errors)
+            .sum::<u64>()
             + self.extras.as_ref().map_or(0, Extras::errors_total)
     }
 }
@@ -96,78 +121,61 @@ pub(crate) async fn settle_disk(progress: bool) -> Result<()> {
 
 /// Runs every system; a system that cannot start fails the whole run (with
 /// the install hint when a peer's binary is missing).
+///
+/// The systems but etcd run `rounds` times, one after another in each
+/// round, each round starting one system further on: a machine whose load
+/// changes during the run (a shared or virtual one) weighs on every system
+/// alike, not on whichever ran in its worst minute. Each system's median
+/// round is its report.
 pub async fn compare(config: &CompareConfig) -> Result<Comparison> {
     let mut load = config.load.clone();
     load.mode = Mode::Cycle;
-    let announce = |index: usize| {
+    let rounds = config.rounds.max(1);
+    let announce = |round: usize, index: usize| {
         if load.progress {
-            eprintln!("[{}/{}] {}", index + 1, SYSTEMS.len(), SYSTEMS[index]);
+            let of = if index < IN_ROUNDS { rounds } else { 1 };
+            eprintln!(
+                "[round {}/{of}, {}/{}] {}",
+                (round + 1).min(of),
+                index + 1,
+                SYSTEMS.len(),
+                SYSTEMS[index]
+            );
         }
     };
     // Missing peers fail before anything runs.
     crate::peers::find_binary("redis-server")?;
     crate::peers::find_binary("etcd")?;
     settle_disk(load.progress).await?;
-    let mut reports = Vec::new();
-
-    announce(0);
-    let single = SingleConfig {
-        tessera: config.tessera.clone(),
-        seats: config.seats,
-        load: load.clone(),
-        transport: Transport::Framed,
-        signed: false,
-        background_sync: false,
-    };
-    reports.push(crate::single(&single).await?);
-
-    announce(1);
-    let background = SingleConfig {
-        background_sync: true,
-        ..single.clone()
-    };
-    reports.push(crate::single(&background).await?);
-
-    announce(2);
-    let signed = SingleConfig {
-        signed: true,
-        ..single.clone()
-    };
-    reports.push(crate::single(&signed).await?);
-
-    announce(3);
-    let rest = SingleConfig {
-        transport: Transport::Rest,
-        ..single.clone()
-    };
-    reports.push(crate::single(&rest).await?);
-
-    announce(4);
-    let plain = SingleConfig {
-        transport: Transport::Plain,
-        ..single
-    };
-    reports.push(crate::single(&plain).await?);
-
-    announce(5);
-    let pool = Arc::new(PoolTarget::start(&config.tessera, config.seats).await?);
-    reports.push(crate::peers::measure(pool, &load, PoolTarget::cpu_time).await?);
-
-    announce(6);
-    let server = TesseraServer::start(&config.tessera, Setup::cycle(config.seats)).await?;
-    let noop = Arc::new(NoopTarget { server });
-    reports.push(crate::peers::measure(noop.clone(), &load, |t| t.server.cpu_time()).await?);
-    drop(noop);
-
-    for (index, fsync) in [(7, Fsync::Always), (8, Fsync::Everysec)] {
-        announce(index);
-        let redis = Arc::new(RedisTarget::start(fsync, config.seats).await?);
-        reports.push(crate::peers::measure(redis, &load, RedisTarget::cpu_time).await?);
+    let mut runs: Vec<Vec<Report>> = (0..SYSTEMS.len()).map(|_| Vec::new()).collect();
+    for round in 0..rounds {
+        for turn in 0..IN_ROUNDS {
+            let index = (turn + round) % IN_ROUNDS;
+            announce(round, index);
+            runs[index].push(run_system(index, config, &load).await?);
+        }
     }
-
-    announce(9);
-    let etcd = Arc::new(EtcdTarget::start(config.seats).await?);
-    reports.push(crate::peers::measure(etcd, &load, EtcdTarget::cpu_time).await?);
+    for (index, system_runs) in runs.iter_mut().enumerate().skip(IN_ROUNDS) {
+        announce(0, index);
+        system_runs.push(run_system(index, config, &load).await?);
+    }
+    let rounds: Vec<Vec<RoundFigures>> = runs
+        .iter()
+        .map(|system_runs| {
+            system_runs
+                .iter()
+                .map(|report| RoundFigures {
+                    per_s: report.checkout.per_s,
+                    cpu_us: cpu_us_per_cycle(report),
+                    errors: report.errors_total(),
+                })
+                .collect()
+        })
+        .collect();
+    let reports: Vec<Report> = runs
+        .into_iter()
+        .map(|system_runs| median_by(system_runs, |report| report.checkout.per_s))
+        .collect();
 
     let extras = match &config.extras {
         Some(extras) => {
@@ -185,12 +193,86 @@ pub async fn compare(config: &CompareConfig) -> Result<Comparison> {
     ];
     Ok(Comparison {
         reports,
+        rounds,
         clients: load.clients,
         warmup: load.warmup,
         measure: load.measure,
         versions,
         extras,
     })
+}
+
+/// The run of [`SYSTEMS`]`[index]`, started afresh.
+async fn run_system(index: usize, config: &CompareConfig, load: &LoadConfig) -> Result<Report> {
+    let single = SingleConfig {
+        tessera: config.tessera.clone(),
+        seats: config.seats,
+        load: load.clone(),
+        transport: Transport::Framed,
+        signed: false,
+        background_sync: false,
+    };
+    match index {
+        0 => crate::single(&single).await,
+        1 => {
+            crate::single(&SingleConfig {
+                background_sync: true,
+                ..single
+            })
+            .await
+        }
+        2 => {
+            crate::single(&SingleConfig {
+                signed: true,
+                ..single
+            })
+            .await
+        }
+        3 => {
+            crate::single(&SingleConfig {
+                transport: Transport::Rest,
+                ..single
+            })
+            .await
+        }
+        4 => {
+            crate::single(&SingleConfig {
+                transport: Transport::Plain,
+                ..single
+            })
+            .await
+        }
+        5 => {
+            let pool = Arc::new(PoolTarget::start(&config.tessera, config.seats).await?);
+            crate::peers::measure(pool, load, PoolTarget::cpu_time).await
+        }
+        6 => {
+            let server = TesseraServer::start(&config.tessera, Setup::cycle(config.seats)).await?;
+            let noop = Arc::new(NoopTarget { server });
+            crate::peers::measure(noop, load, |t| t.server.cpu_time()).await
+        }
+        7 | 8 => {
+            let fsync = if index == 7 {
+                Fsync::Always
+            } else {
+                Fsync::Everysec
+            };
+            let redis = Arc::new(RedisTarget::start(fsync, config.seats).await?);
+            crate::peers::measure(redis, load, RedisTarget::cpu_time).await
+        }
+        _ => {
+            let etcd = Arc::new(EtcdTarget::start(config.seats).await?);
+            crate::peers::measure(etcd, load, EtcdTarget::cpu_time).await
+        }
+    }
+}
+
+/// The run with the median `rate` (the lower of the middle two of an even
+/// number). `runs` is not empty.
+fn median_by<T>(mut runs: Vec<T>, rate: impl Fn(&T) -> f64) -> T {
+    runs.sort_by(|a, b| rate(a).total_cmp(&rate(b)));
+    let middle = (runs.len() - 1) / 2;
+    runs.swap_remove(middle)
 }
 
 /// The first line `binary --version` prints, or why there is none.
@@ -244,6 +326,79 @@ pub(crate) fn verdict(met: bool) -> &'static str {
 }
 
 impl Comparison {
+    /// The most rounds any system ran.
+    fn round_count(&self) -> usize {
+        self.rounds.iter().map(Vec::len).max().unwrap_or(1)
+    }
+
+    /// Every round's figures of the systems that ran in rounds, and the
+    /// goals' ratios round by round: a ratio that holds in every round is
+    /// not the luck of one minute.
+    fn rounds_markdown(&self, out: &mut String) {
+        let count = self.round_count();
+        if count < 2 {
+            return;
+        }
+        let _ = writeln!(
+            out,
+            "\n## Rounds\n\nThe systems above but etcd, {count} times in turns (each round \
+             starting one system further on), checkouts/s and server CPU µs/cycle of each \
+             round; the main table shows each system's median round.\n"
+        );
+        let mut head = "| system |".to_string();
+        let mut align = "|---|".to_string();
+        for round in 1..=count {
+            let _ = write!(head, " round {round} |");
+            align.push_str("--:|");
+        }
+        table_head(out, &head, &align);
+        let runs_of = |name: &str| {
+            SYSTEMS
+                .iter()
+                .position(|system| *system == name)
+                .and_then(|index| self.rounds.get(index))
+                .filter(|runs| runs.len() == count)
+        };
+        for (system, runs) in SYSTEMS.iter().zip(&self.rounds) {
+            if runs.len() != count {
+                continue;
+            }
+            let _ = write!(out, "| {system} |");
+            for run in runs {
+                let cpu = run
+                    .cpu_us
+                    .map_or("-".to_string(), |cpu| format!("{cpu:.1}"));
+                let errors = match run.errors {
+                    0 => String::new(),
+                    n => format!(", {n} errors"),
+                };
+                let _ = write!(out, " {:.0} ({cpu}{errors}) |", run.per_s);
+            }
+            out.push('\n');
+        }
+        let Some(redis) = runs_of("redis (appendfsync always)") else {
+            return;
+        };
+        for system in [
+            "tessera",
+            "tessera, background sync",
+            "tessera, signed answers",
+        ] {
+            let Some(runs) = runs_of(system) else {
+                continue;
+            };
+            let _ = write!(out, "| {system} ÷ redis (appendfsync always) |");
+            for (run, peer) in runs.iter().zip(redis) {
+                if peer.per_s > 0.0 {
+                    let _ = write!(out, " {:.2}x |", run.per_s / peer.per_s);
+                } else {
+                    out.push_str(" - |");
+                }
+            }
+            out.push('\n');
+        }
+    }
+
     /// BENCHMARKS.md: the table, the ratios, the goals, Tessera against
     /// `previous` (the file this one replaces), how it was measured.
     pub fn markdown(
@@ -264,11 +419,18 @@ impl Comparison {
              Closed loop, {} clients for every system, {} s measured after {} s of warm-up, \
              each client with its own connection; a cycle is one checkout and one check-in \
              (or release), so checkouts/s counts cycles. All traffic on loopback; every \
-             system runs on the same cores as the load generator.\n",
+             system runs on the same cores as the load generator. {}\n",
             machine(),
             self.clients,
             self.measure.as_secs(),
             self.warmup.as_secs(),
+            match self.round_count() {
+                1 => "Each system ran once.".to_string(),
+                n => format!(
+                    "Each system but etcd ran {n} times, in turns; each row is its median \
+                     round (\"Rounds\" below)."
+                ),
+            },
         );
         table_head(&mut out, "| system | checkouts/s | p50 ms | p99 ms | p99.9 ms | errors | server CPU µs/cycle | tessera ÷ system |", "|---|--:|--:|--:|--:|--:|--:|--:|");
         for report in &self.reports {
@@ -313,6 +475,7 @@ impl Comparison {
             }
             out.push('\n');
         }
+        self.rounds_markdown(&mut out);
         let find = |name: &str| self.reports.iter().find(|r| r.system == name).map(rate);
         let ratio_to = |name: &str| {
             find(name)
@@ -465,11 +628,99 @@ impl Comparison {
              compare figures from the same run. Reproduce:\n\n```text\n\
              bash scripts/install-bench-peers.sh\n\
              cargo build --release -p tessera-cli -p tessera-bench\n\
-             ./target/release/tessera-bench compare --clients {} --seconds {} --warmup-s {}\n```",
+             ./target/release/tessera-bench compare --clients {} --seconds {} --warmup-s {} \
+             --rounds {}\n```",
             self.clients,
             self.measure.as_secs(),
-            self.warmup.as_secs()
+            self.warmup.as_secs(),
+            self.round_count()
         );
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_median_round_is_the_middle_one_or_the_lower_of_two() {
+        let rate = |run: &(f64, &str)| run.0;
+        assert_eq!(median_by(vec![(5.0, "a")], rate).1, "a");
+        assert_eq!(
+            median_by(vec![(9.0, "a"), (3.0, "b"), (5.0, "c")], rate).1,
+            "c"
+        );
+        assert_eq!(
+            median_by(vec![(9.0, "a"), (3.0, "b"), (5.0, "c"), (7.0, "d")], rate).1,
+            "c"
+        );
+    }
+
+    fn comparison(rounds: Vec<Vec<RoundFigures>>) -> Comparison {
+        Comparison {
+            reports: Vec::new(),
+            rounds,
+            clients: 32,
+            warmup: Duration::from_secs(1),
+            measure: Duration::from_secs(10),
+            versions: Vec::new(),
+            extras: None,
+        }
+    }
+
+    fn figures(per_s: f64, cpu_us: f64) -> RoundFigures {
+        RoundFigures {
+            per_s,
+            cpu_us: Some(cpu_us),
+            errors: 0,
+        }
+    }
+
+    #[test]
+    fn rounds_show_every_round_and_the_goals_ratios_round_by_round() {
+        // Tessera gains on Redis in the second round only: the section
+        // shows both rounds, not the median alone.
+        let mut rounds: Vec<Vec<RoundFigures>> = (0..IN_ROUNDS)
+            .map(|_| vec![figures(100.0, 10.0), figures(100.0, 10.0)])
+            .collect();
+        rounds[0] = vec![figures(30_000.0, 27.0), figures(36_000.0, 25.5)];
+        rounds[7] = vec![figures(33_000.0, 24.0), figures(30_000.0, 24.5)];
+        // A failure in a round that is not the median still shows, and counts.
+        rounds[1][0].errors = 3;
+        rounds.push(vec![figures(1_500.0, 1_100.0)]);
+        let mut out = String::new();
+        let comparison = comparison(rounds);
+        assert_eq!(comparison.errors_total(), 3);
+        comparison.rounds_markdown(&mut out);
+        assert!(out.contains("## Rounds"), "{out}");
+        assert!(
+            out.contains("| system | round 1 | round 2 |\n|---|--:|--:|"),
+            "{out}"
+        );
+        assert!(
+            out.contains("| tessera | 30000 (27.0) | 36000 (25.5) |"),
+            "{out}"
+        );
+        assert!(
+            out.contains("| tessera ÷ redis (appendfsync always) | 0.91x | 1.20x |"),
+            "{out}"
+        );
+        assert!(
+            out.contains("| tessera, background sync | 100 (10.0, 3 errors) | 100 (10.0) |"),
+            "{out}"
+        );
+        // etcd ran once: no row of its own.
+        assert!(!out.contains("| etcd (3 nodes) |"), "{out}");
+    }
+
+    #[test]
+    fn one_round_adds_no_section() {
+        let rounds = (0..SYSTEMS.len())
+            .map(|_| vec![figures(100.0, 10.0)])
+            .collect();
+        let mut out = String::new();
+        comparison(rounds).rounds_markdown(&mut out);
+        assert_eq!(out, "");
     }
 }

@@ -91,6 +91,11 @@ struct CompareArgs {
     /// Seats held at the end of the scaling run.
     #[arg(long, default_value_t = 1_000_000, value_parser = clap::value_parser!(u64).range(100..=2_000_000))]
     scaling_seats: u64,
+    /// Times each system of the main table runs (etcd once), in turns, so
+    /// that a change in the machine's load weighs on every system alike;
+    /// each system's median round is reported.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=9), conflicts_with = "smoke")]
+    rounds: u64,
     #[command(flatten)]
     run: RunArgs,
 }
@@ -218,6 +223,7 @@ fn compare(args: CompareArgs) -> Result<bool> {
                 scaling_seats: args.scaling_seats,
                 ..tessera_bench::extras::ExtrasConfig::full()
             }),
+            rounds: args.rounds as usize,
         }
     };
     if args.main_only {

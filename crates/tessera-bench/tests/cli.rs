@@ -28,3 +28,23 @@ fn compare_refuses_an_out_file_in_a_missing_directory_before_measuring() {
     );
     assert!(!out.exists());
 }
+
+/// Rounds are 1 to 9, and not a smoke run's (which has its own two): a
+/// bad count is refused before anything runs.
+#[test]
+fn compare_refuses_rounds_out_of_range_or_with_smoke() {
+    for (args, says) in [
+        (vec!["--rounds", "0"], "0 is not in 1..=9"),
+        (vec!["--rounds", "10"], "10 is not in 1..=9"),
+        (vec!["--rounds", "2", "--smoke"], "cannot be used with"),
+    ] {
+        let run = Command::new(env!("CARGO_BIN_EXE_tessera-bench"))
+            .arg("compare")
+            .args(&args)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&run.stderr);
+        assert!(!run.status.success(), "{args:?} accepted: {stderr}");
+        assert!(stderr.contains(says), "{args:?}: {stderr}");
+    }
+}

@@ -146,6 +146,13 @@ async fn the_smoke_comparison_runs_every_system_without_errors() {
             report.system
         );
     }
+    // The smoke run's two rounds: each system but etcd twice, etcd once.
+    assert_eq!(comparison.rounds.len(), 10, "{markdown}");
+    for (index, runs) in comparison.rounds.iter().enumerate() {
+        assert_eq!(runs.len(), if index < 9 { 2 } else { 1 }, "{markdown}");
+        assert!(runs.iter().all(|run| run.errors == 0), "{markdown}");
+    }
+    assert_eq!(comparison.errors_total(), 0, "{markdown}");
     for system in [
         "| tessera |",
         "| tessera, background sync |",
@@ -164,6 +171,8 @@ async fn the_smoke_comparison_runs_every_system_without_errors() {
     assert_eq!(extras.errors_total(), 0, "{markdown}");
     for section in [
         "| row ÷ column |",
+        "## Rounds",
+        "| tessera, signed answers ÷ redis (appendfsync always) |",
         "## Throughput against clients",
         "## Heartbeats with seats held",
         "## Cost against active seats",
