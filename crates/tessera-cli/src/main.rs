@@ -517,10 +517,16 @@ enum LicenseCommand {
 
 fn main() {
     let cli = Cli::parse();
+    // The demo tells its own story; its clients' routine events (a seat
+    // failed over) would only repeat it, stamped, between its lines.
+    let default_filter = match cli.command {
+        Command::Demo { .. } => "warn",
+        _ => "info,openraft=warn",
+    };
     let logs = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("TESSERA_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter)),
         )
         .with_writer(std::io::stderr);
     // `TESSERA_LOG_FORMAT=json`: one JSON object per line, for a log

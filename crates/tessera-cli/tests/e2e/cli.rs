@@ -8,6 +8,12 @@ use crate::fixture::{free_address, tessera, Fixture, ServerSpec, StartMode};
 async fn the_demo_runs_to_completion() {
     let output = tessera(["demo"]).await.success();
     assert!(output.stdout.contains("Demo done."), "{output}");
+    // The fail-over is told by the demo itself: no log lines of its
+    // clients between the demo's own (TESSERA_LOG=info shows them).
+    assert!(
+        !output.stderr.contains(" INFO "),
+        "log lines in the demo's output:\n{output}"
+    );
 }
 
 /// Seed 003's demo: three production servers hold the VID, the fourth is
