@@ -148,6 +148,7 @@ pub async fn single_open_loop(config: &SingleConfig, rate: f64) -> Result<extras
         anyhow::bail!("the load generator still holds the target");
     };
     target.server.stop().await?;
+    let stats = Stats::of(result.latencies_us, result.measured);
     Ok(extras::OpenLoop {
         system,
         rate,
@@ -155,7 +156,8 @@ pub async fn single_open_loop(config: &SingleConfig, rate: f64) -> Result<extras
         clients: extras::OPEN_LOOP_CLIENTS,
         errors: result.errors.values().sum(),
         first_error: result.first_error,
-        stats: Stats::of(result.latencies_us, result.measured),
+        rounds_p99_us: vec![stats.p99_us],
+        stats,
     })
 }
 

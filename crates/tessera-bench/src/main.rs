@@ -93,7 +93,8 @@ struct CompareArgs {
     scaling_seats: u64,
     /// Times each system of the main table runs (etcd once), in turns, so
     /// that a change in the machine's load weighs on every system alike;
-    /// each system's median round is reported.
+    /// each system's median round is reported. The open-loop part runs as
+    /// many rounds and reports each mode's median p99.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=9), conflicts_with = "smoke")]
     rounds: u64,
     #[command(flatten)]
@@ -221,6 +222,7 @@ fn compare(args: CompareArgs) -> Result<bool> {
             extras: Some(tessera_bench::extras::ExtrasConfig {
                 failover_runs: args.failover_runs as usize,
                 scaling_seats: args.scaling_seats,
+                open_loop_rounds: args.rounds as usize,
                 ..tessera_bench::extras::ExtrasConfig::full()
             }),
             rounds: args.rounds as usize,

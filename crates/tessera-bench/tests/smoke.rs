@@ -204,6 +204,15 @@ async fn the_smoke_comparison_runs_every_system_without_errors() {
             && open_loop.contains("| tessera, background sync | "),
         "{open_loop}"
     );
+    // Two rounds of each mode in the smoke run, every one's p99 shown.
+    for run in [&extras.open_loop, &extras.open_loop_background] {
+        assert_eq!(run.rounds_p99_us.len(), 2, "{open_loop}");
+        assert!(run.rounds_p99_us.contains(&run.stats.p99_us), "{open_loop}");
+    }
+    assert!(
+        open_loop.contains("Each ran 2 times") && open_loop.contains("p99 ms, every run"),
+        "{open_loop}"
+    );
     assert_eq!(extras.failover.takeovers.len(), 1);
     let dir = tempfile::tempdir().expect("tempdir");
     let plots = extras
