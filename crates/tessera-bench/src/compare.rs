@@ -269,7 +269,7 @@ async fn run_system(index: usize, config: &CompareConfig, load: &LoadConfig) -> 
 
 /// The run with the median `rate` (the lower of the middle two of an even
 /// number). `runs` is not empty.
-fn median_by<T>(mut runs: Vec<T>, rate: impl Fn(&T) -> f64) -> T {
+pub(crate) fn median_by<T>(mut runs: Vec<T>, rate: impl Fn(&T) -> f64) -> T {
     runs.sort_by(|a, b| rate(a).total_cmp(&rate(b)));
     let middle = (runs.len() - 1) / 2;
     runs.swap_remove(middle)

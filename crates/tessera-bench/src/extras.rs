@@ -122,13 +122,14 @@ pub struct OpenLoop {
 impl OpenLoop {
     /// The run with the median p99 (the lower middle of an even count),
     /// with every run's p99 and the failed requests of all of them.
-    pub fn median_of(mut runs: Vec<OpenLoop>) -> Option<OpenLoop> {
+    pub fn median_of(runs: Vec<OpenLoop>) -> Option<OpenLoop> {
+        if runs.is_empty() {
+            return None;
+        }
         let rounds_p99_us: Vec<u32> = runs.iter().map(|run| run.stats.p99_us).collect();
         let errors = runs.iter().map(|run| run.errors).sum();
         let first_error = runs.iter().find_map(|run| run.first_error.clone());
-        runs.sort_by_key(|run| run.stats.p99_us);
-        let middle = runs.len().checked_sub(1)? / 2;
-        let mut median = runs.swap_remove(middle);
+        let mut median = crate::compare::median_by(runs, |run| f64::from(run.stats.p99_us));
         median.rounds_p99_us = rounds_p99_us;
         median.errors = errors;
         median.first_error = first_error;
