@@ -590,8 +590,9 @@ impl Comparison {
              that did not stop cleanly is followed by a grace period in which the server takes \
              its grants back from its holders' heartbeats (ARCHITECTURE.md, timeline 3).\n\
              - **tessera, signed answers**: the same, each checkout with a nonce, as a program \
-             with its vendor's keys sends it: every answer carries the license code behind \
-             the feature; on `tessera/3` (TLS 1.3) a connection's first answer is signed \
+             with its vendor's keys sends it, naming the license codes it holds once a grant \
+             brought them, so later grants leave them out (PROTOCOL.md, \"Codes the program \
+             holds\"); on `tessera/3` (TLS 1.3) a connection's first answer is signed \
              over the TLS channel too and later answers come unsigned, bound to that channel \
              (PROTOCOL.md, \"Answers bound to the channel\").\n\
              - **tessera, REST**: the same as `POST /v1/checkout` then `POST /v1/checkin` \

@@ -428,6 +428,7 @@ impl Target for TesseraTarget {
             wire: self.server.wire(&self.server.address),
             feature: FEATURE,
             nonces: self.signed.then_some((client_index as u64, 0)),
+            codes_held: None,
         })
     }
 
@@ -447,6 +448,10 @@ pub struct TesseraSession {
     /// With signed answers: this client's number and its requests so far,
     /// which make each request's nonce unique.
     nonces: Option<(u64, u64)>,
+    /// With signed answers: the SHA-256 of the license codes the last
+    /// grant carried, which each checkout names as held (as the SDK does,
+    /// PROTOCOL.md "Codes the program holds").
+    codes_held: Option<String>,
 }
 
 /// A granted seat: what its check-in needs.
@@ -501,14 +506,20 @@ impl Session for TesseraSession {
         if let Some((client, sent)) = &mut self.nonces {
             *sent += 1;
             body.nonce = Some(format!("{client:016x}{sent:016x}"));
+            body.codes_held = self.codes_held.clone();
         }
         let client_id = body.client_id.to_string();
         match self.post::<_, proto::Grant>(CHECKOUT_PATH, &body).await {
-            Ok(grant) => Ok(Checkout::Granted(TesseraHold {
-                grant_id: grant.grant_id,
-                client_id,
-                proof: grant.proof,
-            })),
+            Ok(grant) => {
+                if let Some(answer) = grant.answer.as_ref().filter(|a| !a.codes.is_empty()) {
+                    self.codes_held = Some(codes_sha256(&answer.codes)?);
+                }
+                Ok(Checkout::Granted(TesseraHold {
+                    grant_id: grant.grant_id,
+                    client_id,
+                    proof: grant.proof,
+                }))
+            }
             Err(Refusal::Code(ErrorCode::NoSeatsAvailable, _)) => Ok(Checkout::Denied),
             Err(refusal) => Err(refusal.into()),
         }
@@ -539,6 +550,7 @@ impl Session for TesseraSession {
             count: 1,
             answer_within_ms: None,
             nonce: None,
+            codes_held: None,
             server_key: None,
             renewal: 0,
             proof: hold.proof.clone(),
@@ -549,6 +561,17 @@ impl Session for TesseraSession {
             .map(|_| ())
             .map_err(OpError::from)
     }
+}
+
+/// The SHA-256 of license codes as a signed answer covers them, which a
+/// request names as held.
+fn codes_sha256(texts: &[proto::LicenseCodeText]) -> Result<String, OpError> {
+    let codes = texts
+        .iter()
+        .map(tessera_core::LicenseCode::from_text)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|err| OpError::new("bad_answer", format!("a license code: {err}")))?;
+    Ok(tessera_core::answer::codes_sha256(&codes))
 }
 
 /// One seat of `feature` for the benchmark's client number `holder`.
@@ -563,6 +586,7 @@ fn checkout_request(holder: u64, feature: &str) -> CheckoutRequest {
         count: 1,
         answer_within_ms: None,
         nonce: None,
+        codes_held: None,
         server_key: None,
         queue: None,
     }
@@ -605,6 +629,7 @@ impl Target for NoopTarget {
     fn session(&self, _client_index: usize) -> Result<NoopSession> {
         Ok(NoopSession(TesseraSession {
             nonces: None,
+            codes_held: None,
             wire: self.server.wire(&self.server.address),
             feature: FEATURE,
         }))
@@ -705,6 +730,7 @@ impl Target for PoolTarget {
             )),
             feature: POOL_FEATURE,
             nonces: None,
+            codes_held: None,
         })
     }
 

@@ -202,6 +202,7 @@ impl Client {
             // The server answers within our wait, a denial included.
             answer_within_ms: Some(crate::guard::wait_ms(config.request_timeout)),
             nonce: None,
+            codes_held: self.checker().codes_held(feature),
             server_key: config.server_key.clone(),
             queue,
         };

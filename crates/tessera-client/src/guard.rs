@@ -490,6 +490,7 @@ async fn renew_round(
             renewal: seat.next_renewal(),
             idle_ms,
             nonce: client.checker().nonce(),
+            codes_held: client.checker().codes_held(&request.feature),
             answer_within_ms: Some(wait_ms(
                 (give_up_at - send_instant).min(client.config().request_timeout),
             )),
@@ -548,6 +549,7 @@ fn heartbeat_request(checkout: &CheckoutRequest, grant: &Grant, proof: &Proof) -
         count: checkout.count,
         answer_within_ms: None,
         nonce: None,
+        codes_held: None,
         server_key: checkout.server_key.clone(),
         renewal: 0,
         // Where the seat was held last: a server the heartbeat fails over

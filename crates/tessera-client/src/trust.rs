@@ -15,8 +15,9 @@
 //! more than the tolerance was set back, and no grant is accepted until it
 //! is right again.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use tessera_core::answer::{
     check_backing, codes_sha256, AnswerFields, Backing, Chain, ServerPublicKey, CLOCK_TOLERANCE_MS,
@@ -54,11 +55,40 @@ impl Default for Trust {
 /// keep a set-back clock from gaining more than this.
 const CLOCK_WRITE_INTERVAL_MS: i64 = 60_000;
 
-/// Checks answers as [`Trust`] says, and keeps the clock's mark.
+/// Most sets of license codes a program keeps once checked (each
+/// feature's latest set is kept whatever the count).
+const HELD_CODE_SETS_MAX: usize = 64;
+
+/// Checks answers as [`Trust`] says, and keeps the clock's mark and the
+/// license codes that checked.
 #[derive(Debug)]
 pub(crate) struct Checker {
     vendor_keys: Option<Vec<VendorPublicKey>>,
     clock: ClockMark,
+    held: Mutex<HeldCodes>,
+}
+
+/// The license codes of grants that checked, by their SHA-256: a request
+/// names a feature's latest ones (`codes_held`), and a server that serves
+/// exactly those leaves them out of its answer. Kept by hash, not only by
+/// feature, so that an answer to a request that named an older set still
+/// finds it after a newer one arrived on another request.
+#[derive(Debug, Default)]
+struct HeldCodes {
+    latest: HashMap<String, String>,
+    by_sha256: HashMap<String, Arc<[LicenseCode]>>,
+}
+
+impl HeldCodes {
+    fn keep(&mut self, feature: &str, sha256: String, codes: Arc<[LicenseCode]>) {
+        self.by_sha256.entry(sha256.clone()).or_insert(codes);
+        self.latest.insert(feature.to_string(), sha256);
+        if self.by_sha256.len() > HELD_CODE_SETS_MAX {
+            let latest = &self.latest;
+            self.by_sha256
+                .retain(|sha256, _| latest.values().any(|kept| kept == sha256));
+        }
+    }
 }
 
 impl Checker {
@@ -70,7 +100,19 @@ impl Checker {
         Checker {
             clock: ClockMark::load(config.clock_file.as_deref(), config.wall_clock.clone()),
             vendor_keys,
+            held: Mutex::default(),
         }
+    }
+
+    /// What a request for `feature` names in `codes_held`: the SHA-256 of
+    /// the codes of its latest grant that checked, when answers are checked.
+    pub(crate) fn codes_held(&self, feature: &str) -> Option<String> {
+        self.vendor_keys.as_ref()?;
+        self.held().latest.get(feature).cloned()
+    }
+
+    fn held(&self) -> std::sync::MutexGuard<'_, HeldCodes> {
+        self.held.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// A fresh nonce for a request, when answers are checked.
@@ -125,9 +167,41 @@ impl Checker {
             return Ok(());
         };
         let now = self.clock.now().map_err(|err| err.to_string())?;
-        check_grant(vendor_keys, request, grant, now, channel)?;
+        let codes = self.answer_codes(request, grant)?;
+        check_grant(vendor_keys, request, grant, &codes, now, channel)?;
+        if let Codes::Sent(codes, sha256) = codes {
+            self.held().keep(&request.feature, sha256, codes);
+        }
         self.clock.advance(now);
         Ok(())
+    }
+
+    /// The license codes behind `grant`: those its answer carries, or, where
+    /// it carries none and `request` named codes this program holds
+    /// (`codes_held`), those.
+    fn answer_codes(&self, request: &CheckoutRequest, grant: &Grant) -> Result<Codes, String> {
+        let sent = grant
+            .answer
+            .as_ref()
+            .map_or(&[][..], |answer| &answer.codes[..]);
+        match (sent.is_empty(), &request.codes_held) {
+            (true, Some(sha256)) => match self.held().by_sha256.get(sha256) {
+                Some(codes) => Ok(Codes::Held(codes.clone(), sha256.clone())),
+                None => Err(format!(
+                    "a grant without its license codes, for codes this program does not hold \
+                     (SHA-256 {sha256})"
+                )),
+            },
+            _ => {
+                let codes = sent
+                    .iter()
+                    .map(LicenseCode::from_text)
+                    .collect::<Result<Arc<[_]>, _>>()
+                    .map_err(|err| format!("a license code in the answer is malformed: {err}"))?;
+                let sha256 = codes_sha256(codes.iter());
+                Ok(Codes::Sent(codes, sha256))
+            }
+        }
     }
 
     /// A refusal this program acts on only if it is signed over `request`
@@ -156,6 +230,28 @@ impl Checker {
     }
 }
 
+/// The license codes behind a grant, parsed, and their SHA-256.
+enum Codes {
+    /// Carried by the answer: kept once the grant checks.
+    Sent(Arc<[LicenseCode]>, String),
+    /// Left out by the server, which serves the ones the request named.
+    Held(Arc<[LicenseCode]>, String),
+}
+
+impl Codes {
+    fn codes(&self) -> &[LicenseCode] {
+        match self {
+            Codes::Sent(codes, _) | Codes::Held(codes, _) => codes,
+        }
+    }
+
+    fn sha256(&self) -> &str {
+        match self {
+            Codes::Sent(_, sha256) | Codes::Held(_, sha256) => sha256,
+        }
+    }
+}
+
 fn nonce_of(request: &CheckoutRequest) -> &str {
     request.nonce.as_deref().unwrap_or_default()
 }
@@ -177,11 +273,12 @@ fn asked_fields(request: &CheckoutRequest, answer: &SignedAnswer, outcome: &str)
 }
 
 /// A grant this program may count: signed over its request by the server
-/// that holds it, backed by the vendor's codes.
+/// that holds it, backed by the vendor's `codes`.
 fn check_grant(
     vendor_keys: &[VendorPublicKey],
     request: &CheckoutRequest,
     grant: &Grant,
+    codes: &Codes,
     now_unix_ms: i64,
     channel: Option<&Channel>,
 ) -> Result<(), String> {
@@ -199,7 +296,7 @@ fn check_grant(
         ));
     }
     let key = ServerPublicKey::from_base64(&answer.server_key).map_err(|err| err.to_string())?;
-    let (fields, codes) = granted_fields(request, grant, answer)?;
+    let fields = granted_fields(request, grant, answer, codes.sha256());
     authenticate(&key, fields, answer, channel)?;
     let (licenses, certificate) = match &answer.chain {
         Some(chain) => {
@@ -221,7 +318,7 @@ fn check_grant(
     check_backing(
         vendor_keys,
         Backing {
-            codes: &codes,
+            codes: codes.codes(),
             feature: &request.feature,
             version: &version,
             server_id: &grant.server_id,
@@ -237,27 +334,21 @@ fn check_grant(
     .map_err(|err| err.to_string())
 }
 
-/// What a grant's signature covers, from the program's own request and
-/// the answer, and the license codes the answer carries.
+/// What a grant's signature covers, from the program's own request, the
+/// answer, and the SHA-256 of the license codes behind it.
 fn granted_fields(
     request: &CheckoutRequest,
     grant: &Grant,
     answer: &SignedAnswer,
-) -> Result<(AnswerFields, Vec<LicenseCode>), String> {
-    let codes = answer
-        .codes
-        .iter()
-        .map(LicenseCode::from_text)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|err| format!("a license code in the answer is malformed: {err}"))?;
-    let fields = AnswerFields {
+    codes_sha256: &str,
+) -> AnswerFields {
+    AnswerFields {
         grant_id: grant.grant_id.to_string(),
         lease_ms: grant.lease_ms,
         heartbeat_interval_ms: grant.heartbeat_interval_ms,
-        codes_sha256: codes_sha256(&codes),
+        codes_sha256: codes_sha256.to_string(),
         ..asked_fields(request, answer, OUTCOME_GRANTED)
-    };
-    Ok((fields, codes))
+    }
 }
 
 /// A refusal this program may act on: signed over its request.
@@ -478,6 +569,7 @@ pub(crate) mod tests {
             count: 1,
             answer_within_ms: None,
             nonce: Some("6f1c0d2a9b8e4f3aa1b2c3d4e5f60718".into()),
+            codes_held: None,
             server_key: None,
             queue: None,
         }
@@ -528,7 +620,7 @@ pub(crate) mod tests {
     fn in_batch(request: &CheckoutRequest, mut grant: Grant, index: usize, size: usize) -> Grant {
         let key = ServerSecretKey::from_seed([5; 32]);
         let key_id = key.public().key_id();
-        let (fields, _) = granted_fields(request, &grant, grant.answer.as_ref().unwrap()).unwrap();
+        let fields = fields_of(request, &grant);
         let answer = grant.answer.as_mut().unwrap();
         let leaves: Vec<_> = (0..size)
             .map(|i| match i == index {
@@ -550,13 +642,132 @@ pub(crate) mod tests {
     /// connection's first answer.
     fn over_channel(request: &CheckoutRequest, mut grant: Grant, channel: &Channel) -> Grant {
         let key = ServerSecretKey::from_seed([5; 32]);
-        let (fields, _) = granted_fields(request, &grant, grant.answer.as_ref().unwrap()).unwrap();
+        let fields = fields_of(request, &grant);
         let fields = AnswerFields {
             channel: channel.value().to_string(),
             ..fields
         };
         grant.answer.as_mut().unwrap().signature = key.sign(&fields);
         grant
+    }
+
+    /// What `grant`'s signature covers, with the codes its answer carries.
+    fn fields_of(request: &CheckoutRequest, grant: &Grant) -> AnswerFields {
+        let answer = grant.answer.as_ref().unwrap();
+        let codes: Vec<_> = answer
+            .codes
+            .iter()
+            .map(|text| LicenseCode::from_text(text).unwrap())
+            .collect();
+        granted_fields(request, grant, answer, &codes_sha256(&codes))
+    }
+
+    /// `grant` with its codes left out of the answer, as a server leaves
+    /// out the codes a request names in `codes_held`.
+    fn without_codes(mut grant: Grant) -> Grant {
+        grant.answer.as_mut().unwrap().codes = Arc::default();
+        grant
+    }
+
+    #[test]
+    fn codes_that_checked_are_named_and_an_answer_that_leaves_them_out_counts() {
+        let dir = tempfile::tempdir().unwrap();
+        let checker = checker(dir.path());
+        let codes = [code(&vendor(), "cad-1")];
+        assert_eq!(checker.codes_held("cad"), None, "nothing held yet");
+
+        // A grant whose codes check: its codes are held, and named.
+        let first = signed_grant(&request(), &codes);
+        assert_eq!(checker.check(&request(), &first, None), Ok(()));
+        let held = checker.codes_held("cad").expect("the codes are held");
+        assert_eq!(held, codes_sha256(&codes));
+        assert_eq!(checker.codes_held("other"), None);
+
+        // A request naming them: an answer without them counts, signed
+        // alone or, on a bound channel, unsigned.
+        let naming = CheckoutRequest {
+            codes_held: Some(held.clone()),
+            ..request()
+        };
+        let signed = without_codes(signed_grant(&naming, &codes));
+        assert_eq!(checker.check(&naming, &signed, None), Ok(()));
+        let ours = Channel::new(&[1; tessera_core::answer::CHANNEL_BYTES]);
+        let binding = over_channel(&naming, signed_grant(&naming, &codes), &ours);
+        assert_eq!(checker.check(&naming, &binding, Some(&ours)), Ok(()));
+        assert_eq!(
+            checker.check(&naming, &unsigned(signed.clone()), Some(&ours)),
+            Ok(())
+        );
+
+        // Without codes, to a request that named none, or named codes this
+        // program does not hold: refused.
+        // (the signature covers the codes, and none came)
+        let refused = checker.check(&request(), &signed, None).unwrap_err();
+        assert!(refused.contains("does not check"), "{refused}");
+        let unknown = CheckoutRequest {
+            codes_held: Some("0".repeat(64)),
+            ..request()
+        };
+        let refused = checker
+            .check(
+                &unknown,
+                &without_codes(signed_grant(&unknown, &codes)),
+                None,
+            )
+            .unwrap_err();
+        assert!(refused.contains("does not hold"), "{refused}");
+        // Signed over other codes (a server serving more seats than the held
+        // codes say): the signature does not check with the held ones.
+        let more = [codes[0].clone(), code(&vendor(), "cad-2")];
+        let other = without_codes(signed_grant(&naming, &more));
+        let refused = checker.check(&naming, &other, None).unwrap_err();
+        assert!(refused.contains("changed in transit"), "{refused}");
+        // The held codes are checked again: for a version they do not cover,
+        // refused.
+        let newer = CheckoutRequest {
+            version: "3.0".into(),
+            ..naming.clone()
+        };
+        let refused = checker
+            .check(&newer, &without_codes(signed_grant(&newer, &codes)), None)
+            .unwrap_err();
+        assert!(refused.contains("3.0"), "{refused}");
+
+        // New codes in an answer replace the held ones.
+        let second = signed_grant(&naming, &more);
+        assert_eq!(checker.check(&naming, &second, None), Ok(()));
+        assert_eq!(checker.codes_held("cad"), Some(codes_sha256(&more)));
+        // The older set is still found by an answer to a request that named it.
+        assert_eq!(checker.check(&naming, &signed, None), Ok(()));
+
+        // A program that checks nothing names nothing.
+        let any = Checker::new(&{
+            let mut config = ClientConfig::new(["127.0.0.1:7001"]);
+            config.trust = Trust::AnyServer;
+            config
+        });
+        assert_eq!(any.check(&request(), &first, None), Ok(()));
+        assert_eq!(any.codes_held("cad"), None);
+    }
+
+    #[test]
+    fn held_codes_are_bounded_but_each_features_latest_stays() {
+        let codes: Arc<[LicenseCode]> = Arc::from(vec![code(&vendor(), "cad-1")]);
+        let mut held = HeldCodes::default();
+        for i in 0..200 {
+            held.keep("cad", format!("{i:064}"), codes.clone());
+        }
+        assert!(
+            held.by_sha256.len() <= HELD_CODE_SETS_MAX + 1,
+            "{}",
+            held.by_sha256.len()
+        );
+        assert!(held.by_sha256.contains_key(&format!("{:064}", 199)));
+        let mut held = HeldCodes::default();
+        for i in 0..100 {
+            held.keep(&format!("feature-{i}"), format!("{i:064}"), codes.clone());
+        }
+        assert_eq!(held.by_sha256.len(), 100, "every feature's latest set");
     }
 
     /// `grant` without its signature, as later answers on a bound channel.

@@ -586,6 +586,25 @@ fn check_master_licenses(
     Ok(())
 }
 
+/// Checks the shape of a request's `codes_held`: a SHA-256 as
+/// [`codes_sha256`] writes it, 64 lowercase hex digits.
+pub fn check_codes_sha256(sha256: &str) -> Result<(), String> {
+    let chars = sha256.chars().count();
+    if chars != 64 {
+        return Err(format!(
+            "codes_held is {chars} characters; it must be the SHA-256 of the codes held, 64 \
+             lowercase hex digits"
+        ));
+    }
+    if !sha256
+        .bytes()
+        .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    {
+        return Err("codes_held must be lowercase hex digits (0-9, a-f)".into());
+    }
+    Ok(())
+}
+
 /// Checks a nonce's shape: base64url, [`NONCE_CHARS_MIN`] to [`NONCE_CHARS_MAX`] characters.
 pub fn check_nonce(nonce: &str) -> Result<(), String> {
     let chars = nonce.len();
@@ -1023,6 +1042,21 @@ mod tests {
             "6f1c0d2a9b8e4f3aa1b2c3d4e5f6071/",
         ] {
             assert!(check_nonce(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn codes_held_is_a_sha256_as_codes_sha256_writes_it() {
+        assert_eq!(check_codes_sha256(&codes_sha256([])), Ok(()));
+        for bad in [
+            String::new(),
+            "ab".repeat(31),
+            "ab".repeat(33),
+            "AB".repeat(32),
+            "g".repeat(64),
+            "é".repeat(32),
+        ] {
+            assert!(check_codes_sha256(&bad).is_err(), "{bad}");
         }
     }
 }

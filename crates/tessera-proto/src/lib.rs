@@ -68,6 +68,14 @@ pub struct CheckoutRequest {
     /// not check.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nonce: Option<String>,
+    /// With a nonce: the license codes of `feature` the program already
+    /// holds, checked against its vendor's keys, as their SHA-256 (64
+    /// lowercase hex digits, the `codes_sha256` of the signed answer's
+    /// canonical form). A server serving exactly these codes leaves
+    /// [`SignedAnswer::codes`] empty, and the program checks the answer
+    /// with the codes it holds (PROTOCOL.md, "Codes the program holds").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub codes_held: Option<String>,
     /// A production server asking a master for its VID: its answer key
     /// (base64 Ed25519 public key), which the VID certificate names.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -138,6 +146,9 @@ pub struct HeartbeatRequest {
     /// As in [`CheckoutRequest::nonce`]: fresh for every heartbeat.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nonce: Option<String>,
+    /// As in [`CheckoutRequest::codes_held`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub codes_held: Option<String>,
     /// As in [`CheckoutRequest::server_key`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub server_key: Option<String>,
@@ -178,6 +189,7 @@ impl HeartbeatRequest {
             count: self.count,
             answer_within_ms: self.answer_within_ms,
             nonce: self.nonce.clone(),
+            codes_held: self.codes_held.clone(),
             server_key: self.server_key.clone(),
             queue: None,
         }
@@ -268,7 +280,8 @@ pub struct SignedAnswer {
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub signature: String,
     /// On a grant: every license code the answering server serves for the
-    /// feature (the hard limit), vendor-signed.
+    /// feature (the hard limit), vendor-signed. Empty on a grant whose
+    /// request named these very codes in `codes_held`: the program has them.
     /// Shared: the server keeps them once per license table.
     #[serde(default, skip_serializing_if = "<[_]>::is_empty")]
     #[cfg_attr(feature = "openapi", schema(value_type = Vec<LicenseCodeText>))]

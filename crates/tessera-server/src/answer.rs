@@ -85,6 +85,9 @@ pub(crate) struct Asked {
     feature: SharedText,
     version: SharedText,
     count: u32,
+    /// The SHA-256 of the codes the program holds for the feature, which
+    /// its answer then leaves out where they are the ones served.
+    codes_held: Option<String>,
 }
 
 impl Asked {
@@ -95,6 +98,7 @@ impl Asked {
             feature: request.feature.clone(),
             version: request.version.clone(),
             count: request.count,
+            codes_held: request.codes_held.clone(),
         })
     }
 
@@ -172,6 +176,8 @@ pub(crate) struct BatchCounts {
     pub(crate) answers: AtomicU64,
     /// Answers sent unsigned on a channel bound by an earlier one.
     pub(crate) bound: AtomicU64,
+    /// Grants answered without their codes, which the program held.
+    pub(crate) codes_held: AtomicU64,
 }
 
 impl BatchSigner {
@@ -183,13 +189,15 @@ impl BatchSigner {
         }
     }
 
-    /// Batches signed so far, the answers they covered, and the answers
-    /// sent unsigned on bound channels.
-    pub(crate) fn counts(&self) -> (u64, u64, u64) {
+    /// Batches signed so far, the answers they covered, the answers sent
+    /// unsigned on bound channels, and the grants sent without the codes
+    /// the program held.
+    pub(crate) fn counts(&self) -> (u64, u64, u64, u64) {
         (
             self.counts.batches.load(Ordering::Relaxed),
             self.counts.answers.load(Ordering::Relaxed),
             self.counts.bound.load(Ordering::Relaxed),
+            self.counts.codes_held.load(Ordering::Relaxed),
         )
     }
 
@@ -242,7 +250,8 @@ impl BatchSigner {
 }
 
 impl App {
-    /// The signed answer of `grant`, the codes behind it, and the VID chain
+    /// The signed answer of `grant`, the codes behind it (none where the
+    /// program holds these very ones, `codes_held`), and the VID chain
     /// where one of them is bound to a VID. On a channel already bound
     /// nothing is signed, so the fields a signature covers are not built.
     pub(crate) async fn sign_grant(
@@ -252,14 +261,15 @@ impl App {
         signing: Signing,
     ) -> proto::SignedAnswer {
         let unsigned = self.bound(&signing);
-        let (codes, codes_sha256) = {
+        let (codes, codes_sha256, held) = {
             let issuer = self.issuer();
             match issuer.licenses().feature(&grant.feature) {
                 Some(feature) => (
                     feature.served_texts.clone(),
                     (!unsigned).then(|| feature.served_sha256.clone()),
+                    asked.codes_held.as_deref() == Some(feature.served_sha256.as_str()),
                 ),
-                None => (Arc::default(), None),
+                None => (Arc::default(), None, false),
             }
         };
         let chain = match codes
@@ -268,6 +278,16 @@ impl App {
         {
             true => self.vid_chain(),
             false => None,
+        };
+        let codes = match held {
+            true => {
+                self.batch_signer
+                    .counts
+                    .codes_held
+                    .fetch_add(1, Ordering::Relaxed);
+                Arc::default()
+            }
+            false => codes,
         };
         let unix_ms = self.clock.unix_ms();
         let signature = match unsigned {

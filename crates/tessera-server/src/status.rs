@@ -164,10 +164,11 @@ impl App {
             .framed_requests
             .load(std::sync::atomic::Ordering::Relaxed);
         out.counter("tessera_framed_requests_total", framed);
-        let (batches, answers, bound) = self.batch_signer.counts();
+        let (batches, answers, bound, codes_held) = self.batch_signer.counts();
         out.counter("tessera_answer_batches_total", batches);
         out.counter("tessera_answers_batch_signed_total", answers);
         out.counter("tessera_answers_channel_bound_total", bound);
+        out.counter("tessera_answers_codes_held_total", codes_held);
         out.family("tessera_requests_total", "counter");
         let counts = self.requests.lock().unwrap_or_else(|p| p.into_inner());
         for ((endpoint, outcome), count) in counts.iter() {

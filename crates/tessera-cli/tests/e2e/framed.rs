@@ -10,7 +10,7 @@ use tessera_proto::frame::{self, Op};
 use tessera_transport::{FramedConnector, FramedStream, Opened};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::fixture::{checkout_body, code, in_use, Fixture, Server};
+use crate::fixture::{checkout_body, code, in_use, tessera, Fixture, Server};
 
 /// Request frames the server has answered, from `/metrics`.
 async fn frames_answered(server: &Server) -> u64 {
@@ -58,6 +58,7 @@ async fn the_sdk_checks_out_renews_and_checks_in_over_frames() {
         count: 2,
         answer_within_ms: None,
         nonce: Some("0123456789abcdef0123456789abcdef".into()),
+        codes_held: None,
         server_key: None,
         renewal: 1,
         proof: grant.proof.clone(),
@@ -442,6 +443,94 @@ async fn signed_answers_come_in_batches_on_tessera_3_and_2_and_alone_on_tessera_
     );
     assert_eq!(answers, 32 * rounds, "{metrics}");
     assert!(batches < answers, "{batches} batches for {answers} answers");
+}
+
+/// A program names the codes it holds (`codes_held`), and a server
+/// serving exactly those leaves them out of its grant: the SDK's second
+/// checkout comes without them and checks with the ones it holds, and a
+/// code added live is sent again. Over REST too, where the signature
+/// covers the held codes; a malformed hash is refused. (A grant without
+/// codes the program did not name does not count: `trust.rs`'s unit tests.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn codes_the_program_holds_are_not_sent_again() {
+    let fixture = Fixture::new().await;
+    let server = fixture.serve(&code("cad", 4)).await;
+    let program = sdk(&server, Protocol::Framed, "ws-held");
+    let codes_of = |seat: &tessera_client::SeatGuard| {
+        seat.grant()
+            .answer
+            .expect("a signed answer")
+            .codes
+            .iter()
+            .map(|code| code.id.clone())
+            .collect::<Vec<_>>()
+    };
+    let first = program.checkout("cad", "1.0", 1).await.expect("a seat");
+    assert_eq!(codes_of(&first), ["acme-cad"]);
+    let second = program.checkout("cad", "1.0", 1).await.expect("a seat");
+    assert!(codes_of(&second).is_empty(), "the program held them");
+
+    // More seats, by a new code: its grants carry both codes again, once.
+    let more = fixture
+        .sign(
+            "[[license]]\nid = \"acme-cad-more\"\nfeature = \"cad\"\nseats = 2\n\
+             expiry = \"permanent\"\nlease_s = 60\nheartbeat_interval_s = 10\n",
+        )
+        .await;
+    let file = fixture.path().join("more.lic");
+    std::fs::write(&file, more).expect("write the code");
+    tessera(server.cli(&["admin", "add-license", file.to_str().unwrap()]))
+        .await
+        .success();
+    let third = program.checkout("cad", "1.0", 1).await.expect("a seat");
+    assert_eq!(codes_of(&third), ["acme-cad", "acme-cad-more"]);
+    let fourth = program.checkout("cad", "1.0", 1).await.expect("a seat");
+    assert!(codes_of(&fourth).is_empty());
+    let metrics = server.metrics().await;
+    assert!(
+        metrics.contains("\ntessera_answers_codes_held_total 2\n"),
+        "{metrics}"
+    );
+    for seat in [first, second, third, fourth] {
+        seat.release().await.expect("a check-in");
+    }
+
+    // Over REST, signed alone: the signature covers the held codes' hash.
+    let mut asked = checkout_body("ws-rest", "cad", 1);
+    asked["nonce"] = json!("aGVsZC1jb2Rlcy1yZXN0LTAwMQ");
+    let full = server.post("/v1/checkout", &asked).await.ok();
+    let held = granted_fields(&asked, &full).codes_sha256;
+    asked["nonce"] = json!("aGVsZC1jb2Rlcy1yZXN0LTAwMg");
+    asked["codes_held"] = json!(held);
+    let grant = server.post("/v1/checkout", &asked).await.ok();
+    assert!(grant["answer"].get("codes").is_none(), "{grant}");
+    let key = tessera_core::answer::ServerPublicKey::from_base64(
+        grant["answer"]["server_key"].as_str().unwrap(),
+    )
+    .unwrap();
+    let mut with_codes = grant.clone();
+    with_codes["answer"]["codes"] = full["answer"]["codes"].clone();
+    key.verify(
+        &granted_fields(&asked, &with_codes),
+        grant["answer"]["signature"].as_str().unwrap(),
+    )
+    .expect("signed over the held codes");
+    // Naming codes the server does not serve: they come.
+    asked["nonce"] = json!("aGVsZC1jb2Rlcy1yZXN0LTAwMw");
+    asked["codes_held"] = json!("0".repeat(64));
+    let grant = server.post("/v1/checkout", &asked).await.ok();
+    assert_eq!(grant["answer"]["codes"], full["answer"]["codes"]);
+    // Not a SHA-256: refused with the field named, over REST and frames.
+    asked["codes_held"] = json!("ABC");
+    let refused = server.post("/v1/checkout", &asked).await;
+    refused.refused(400, "invalid_field");
+    assert!(refused.message().contains("codes_held"), "{refused:?}");
+    let mut stream = connect(&server).await;
+    let (status, answer) = exchange(&mut stream, &request(Op::Checkout, None, &asked)).await;
+    assert_eq!(
+        (status, &answer["error"]["code"]),
+        (400, &json!("invalid_field"))
+    );
 }
 
 /// On `tessera/3` over TLS 1.3 (the SDK's choice) a connection's first

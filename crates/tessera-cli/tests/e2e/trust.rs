@@ -168,6 +168,7 @@ async fn a_fake_server_and_a_replayed_answer_satisfy_no_program() {
         count: 1,
         answer_within_ms: None,
         nonce: Some("freshfreshfreshfreshfreshfresh".into()),
+        codes_held: None,
         server_key: None,
         renewal: 1,
         proof: tessera_proto::Proof(genuine["proof"].as_str().unwrap().into()),

@@ -750,6 +750,10 @@ fn seat_request(body: CheckoutRequest, renewal: u64) -> Result<SeatRequest, ApiE
         tessera_core::answer::check_nonce(nonce)
             .map_err(|message| api_error(ErrorCode::InvalidField, message))?;
     }
+    if let Some(held) = &body.codes_held {
+        tessera_core::answer::check_codes_sha256(held)
+            .map_err(|message| api_error(ErrorCode::InvalidField, message))?;
+    }
     let count = body.count;
     if count == 0 || count > MAX_SEATS_PER_REQUEST {
         return Err(api_error(

@@ -136,6 +136,9 @@ enum FieldCheck {
     /// Base64url, [`NONCE_CHARS_MIN`] to [`NONCE_CHARS_MAX`] characters
     /// (`tessera_core::answer::check_nonce`).
     Nonce,
+    /// A SHA-256: 64 lowercase hex digits
+    /// (`tessera_core::answer::check_codes_sha256`).
+    Sha256,
     /// 1 to [`MAX_SEATS_PER_REQUEST`].
     Seats,
 }
@@ -158,6 +161,9 @@ impl FieldCheck {
                 property.pattern = Some(format!(
                     "^[A-Za-z0-9_-]{{{NONCE_CHARS_MIN},{NONCE_CHARS_MAX}}}$"
                 ));
+            }
+            FieldCheck::Sha256 => {
+                property.pattern = Some("^[0-9a-f]{64}$".to_string());
             }
             FieldCheck::Seats => {
                 property.minimum = Some(1.into());
@@ -210,6 +216,7 @@ const SEAT_REQUEST_FIELDS: &[(&str, FieldCheck)] = &[
     ("version", FieldCheck::Text),
     ("count", FieldCheck::Seats),
     ("nonce", FieldCheck::Nonce),
+    ("codes_held", FieldCheck::Sha256),
     ("server_key", FieldCheck::Text),
 ];
 
