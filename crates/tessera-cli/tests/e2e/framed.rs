@@ -608,3 +608,44 @@ async fn answers_on_tessera_3_are_signed_once_over_the_channel_then_bound_to_it(
         "{metrics}"
     );
 }
+
+/// One program checking out from many tasks at once: its connections
+/// are shared between the tasks, each bound by its first answer, and the
+/// codes one task's grant brought let the others' grants leave them out.
+/// Every checkout counts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn many_tasks_of_one_program_share_its_connections_and_codes() {
+    let fixture = Fixture::new().await;
+    let server = fixture.serve(&code("cad", 100)).await;
+    let program = sdk(&server, Protocol::Framed, "ws-many");
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..16 {
+        let program = program.clone();
+        tasks.spawn(async move {
+            let mut failures = Vec::new();
+            for _ in 0..20 {
+                match program.checkout("cad", "1.0", 1).await {
+                    Ok(seat) => seat.release().await.expect("a check-in"),
+                    Err(err) => failures.push(err.to_string()),
+                }
+            }
+            failures
+        });
+    }
+    let failures: Vec<String> = tasks.join_all().await.into_iter().flatten().collect();
+    assert!(
+        failures.is_empty(),
+        "{} of 320 failed: {:?}",
+        failures.len(),
+        failures.first()
+    );
+    let metrics = server.metrics().await;
+    let held: u64 = metrics
+        .lines()
+        .find_map(|line| line.strip_prefix("tessera_answers_codes_held_total "))
+        .and_then(|value| value.parse().ok())
+        .unwrap_or_else(|| panic!("no tessera_answers_codes_held_total in:\n{metrics}"));
+    // Only the checkouts sent before the first grant came back carry the
+    // codes.
+    assert!(held >= 320 - 16, "{held} of 320 grants left the codes out");
+}
