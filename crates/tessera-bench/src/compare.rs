@@ -343,7 +343,8 @@ impl Comparison {
             out,
             "\n## Rounds\n\nThe systems above but etcd, {count} times in turns (each round \
              starting one system further on), checkouts/s and server CPU µs/cycle of each \
-             round; the main table shows each system's median round.\n"
+             round, then the goals' ratios round by round; the main table shows each \
+             system's median round.\n"
         );
         let mut head = "| system |".to_string();
         let mut align = "|---|".to_string();
@@ -376,19 +377,19 @@ impl Comparison {
             }
             out.push('\n');
         }
-        let Some(redis) = runs_of("redis (appendfsync always)") else {
-            return;
-        };
-        for system in [
-            "tessera",
-            "tessera, background sync",
-            "tessera, signed answers",
-        ] {
-            let Some(runs) = runs_of(system) else {
+        let ratios = [
+            ("tessera", "redis (appendfsync always)"),
+            ("tessera, background sync", "redis (appendfsync always)"),
+            ("tessera, signed answers", "redis (appendfsync always)"),
+            // The no-op goal's own ratio (within 2x of the no-op endpoint).
+            ("tessera noop endpoint", "tessera"),
+        ];
+        for (system, peer) in ratios {
+            let (Some(runs), Some(peers)) = (runs_of(system), runs_of(peer)) else {
                 continue;
             };
-            let _ = write!(out, "| {system} ÷ redis (appendfsync always) |");
-            for (run, peer) in runs.iter().zip(redis) {
+            let _ = write!(out, "| {system} ÷ {peer} |");
+            for (run, peer) in runs.iter().zip(peers) {
                 if peer.per_s > 0.0 {
                     let _ = write!(out, " {:.2}x |", run.per_s / peer.per_s);
                 } else {
@@ -686,6 +687,7 @@ mod tests {
             .map(|_| vec![figures(100.0, 10.0), figures(100.0, 10.0)])
             .collect();
         rounds[0] = vec![figures(30_000.0, 27.0), figures(36_000.0, 25.5)];
+        rounds[6] = vec![figures(63_000.0, 13.0), figures(66_000.0, 12.5)];
         rounds[7] = vec![figures(33_000.0, 24.0), figures(30_000.0, 24.5)];
         // A failure in a round that is not the median still shows, and counts.
         rounds[1][0].errors = 3;
@@ -705,6 +707,10 @@ mod tests {
         );
         assert!(
             out.contains("| tessera ÷ redis (appendfsync always) | 0.91x | 1.20x |"),
+            "{out}"
+        );
+        assert!(
+            out.contains("| tessera noop endpoint ÷ tessera | 2.10x | 1.83x |"),
             "{out}"
         );
         assert!(
