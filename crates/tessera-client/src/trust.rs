@@ -169,8 +169,9 @@ impl Checker {
         let now = self.clock.now().map_err(|err| err.to_string())?;
         let codes = self.answer_codes(request, grant)?;
         check_grant(vendor_keys, request, grant, &codes, now, channel)?;
-        if let Codes::Sent(codes, sha256) = codes {
-            self.held().keep(&request.feature, sha256, codes);
+        if codes.sent {
+            self.held()
+                .keep(&request.feature, codes.sha256, codes.codes);
         }
         self.clock.advance(now);
         Ok(())
@@ -186,7 +187,11 @@ impl Checker {
             .map_or(&[][..], |answer| &answer.codes[..]);
         match (sent.is_empty(), &request.codes_held) {
             (true, Some(sha256)) => match self.held().by_sha256.get(sha256) {
-                Some(codes) => Ok(Codes::Held(codes.clone(), sha256.clone())),
+                Some(codes) => Ok(Codes {
+                    codes: codes.clone(),
+                    sha256: sha256.clone(),
+                    sent: false,
+                }),
                 None => Err(format!(
                     "a grant without its license codes, for codes this program does not hold \
                      (SHA-256 {sha256})"
@@ -199,7 +204,11 @@ impl Checker {
                     .collect::<Result<Arc<[_]>, _>>()
                     .map_err(|err| format!("a license code in the answer is malformed: {err}"))?;
                 let sha256 = codes_sha256(codes.iter());
-                Ok(Codes::Sent(codes, sha256))
+                Ok(Codes {
+                    codes,
+                    sha256,
+                    sent: true,
+                })
             }
         }
     }
@@ -231,25 +240,12 @@ impl Checker {
 }
 
 /// The license codes behind a grant, parsed, and their SHA-256.
-enum Codes {
-    /// Carried by the answer: kept once the grant checks.
-    Sent(Arc<[LicenseCode]>, String),
-    /// Left out by the server, which serves the ones the request named.
-    Held(Arc<[LicenseCode]>, String),
-}
-
-impl Codes {
-    fn codes(&self) -> &[LicenseCode] {
-        match self {
-            Codes::Sent(codes, _) | Codes::Held(codes, _) => codes,
-        }
-    }
-
-    fn sha256(&self) -> &str {
-        match self {
-            Codes::Sent(_, sha256) | Codes::Held(_, sha256) => sha256,
-        }
-    }
+struct Codes {
+    codes: Arc<[LicenseCode]>,
+    sha256: String,
+    /// Carried by the answer (kept once the grant checks), not held
+    /// already: the server left out the ones the request named.
+    sent: bool,
 }
 
 fn nonce_of(request: &CheckoutRequest) -> &str {
@@ -296,7 +292,7 @@ fn check_grant(
         ));
     }
     let key = ServerPublicKey::from_base64(&answer.server_key).map_err(|err| err.to_string())?;
-    let fields = granted_fields(request, grant, answer, codes.sha256());
+    let fields = granted_fields(request, grant, answer, &codes.sha256);
     authenticate(&key, fields, answer, channel)?;
     let (licenses, certificate) = match &answer.chain {
         Some(chain) => {
@@ -318,7 +314,7 @@ fn check_grant(
     check_backing(
         vendor_keys,
         Backing {
-            codes: codes.codes(),
+            codes: &codes.codes,
             feature: &request.feature,
             version: &version,
             server_id: &grant.server_id,
