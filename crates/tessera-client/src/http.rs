@@ -2,12 +2,10 @@
 //! answer into either the expected type or a [`Failure`]. The request itself
 //! goes through the client's [`HttpTransport`](tessera_transport::HttpTransport).
 
-use std::sync::Arc;
-
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tessera_proto::{ErrorBody, Grant, API_PREFIX};
-use tessera_transport::{Channel, HttpAnswer, HttpRequest, Method, TransportError};
+use tessera_transport::{AnswerChannel, HttpAnswer, HttpRequest, Method, TransportError};
 
 use crate::client::Client;
 use crate::error::Failure;
@@ -88,13 +86,16 @@ where
 }
 
 /// A checkout's or heartbeat's [`post_json`], with the TLS channel the
-/// answer came on (framed `tessera/3`), which its check needs.
+/// answer came on (framed `tessera/3`), which its check needs. Keep the
+/// channel until the check is done: its connection carries no other
+/// request until then, so the check's binding is in place before the
+/// channel's next (unsigned) answer is checked.
 pub(crate) async fn post_for_grant<Req>(
     client: &Client,
     address: &str,
     path: &str,
     body: &Req,
-) -> (Result<Grant, Failure>, Option<Arc<Channel>>)
+) -> (Result<Grant, Failure>, Option<AnswerChannel>)
 where
     Req: Serialize + ?Sized,
 {

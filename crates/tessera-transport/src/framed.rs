@@ -21,8 +21,8 @@ use tokio::time::Instant;
 use tokio_rustls::client::TlsStream;
 
 use crate::{
-    client_tls_config, Channel, Exchange, HttpAnswer, HttpRequest, HttpTransport, Method,
-    ReqwestOptions, ReqwestTransport, TransportError, TransportTls,
+    client_tls_config, AnswerChannel, Channel, Exchange, HttpAnswer, HttpRequest, HttpTransport,
+    Method, ReqwestOptions, ReqwestTransport, TransportError, TransportTls,
 };
 
 /// An idle connection is used again only this soon after its last answer:
@@ -271,7 +271,7 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl Inner {
     async fn send_framed(
-        &self,
+        self: &Arc<Self>,
         op: Op,
         token: Option<&str>,
         request: HttpRequest,
@@ -283,10 +283,7 @@ impl Inner {
         // then once more on a new one.
         if let Some((mut stream, channel)) = self.take_idle(address) {
             match exchange(&mut stream, &bytes, request.answer_bytes_max).await {
-                Ok(answer) => {
-                    self.put_idle(address, stream, channel.clone());
-                    return Ok(HttpAnswer { channel, ..answer });
-                }
+                Ok(answer) => return Ok(self.answered(address, stream, channel, answer)),
                 Err(Exchanged::Failed(err)) => return Err(err),
                 Err(Exchanged::NotAnswered(_)) => {}
             }
@@ -300,14 +297,40 @@ impl Inner {
         };
         let channel = channel_of(&stream);
         match exchange(&mut stream, &bytes, request.answer_bytes_max).await {
-            Ok(answer) => {
-                self.put_idle(address, stream, channel.clone());
-                Ok(HttpAnswer { channel, ..answer })
-            }
+            Ok(answer) => Ok(self.answered(address, stream, channel, answer)),
             Err(Exchanged::Failed(err)) => Err(err),
             Err(Exchanged::NotAnswered(text)) => {
                 Err(TransportError::Failed(format!("request failed: {text}")))
             }
+        }
+    }
+
+    /// `answer`, which came on `stream`, and the connection made ready for
+    /// the next request. A connection with a channel goes back to the idle
+    /// pool only once the caller has dropped the answer's channel
+    /// ([`AnswerChannel`]): the caller's check of this answer may bind the
+    /// channel, and the server answers the channel's later requests
+    /// unsigned, counting on that binding. One without goes back at once.
+    fn answered(
+        self: &Arc<Self>,
+        address: &str,
+        stream: Box<FramedStream>,
+        channel: Option<Arc<Channel>>,
+        answer: HttpAnswer,
+    ) -> HttpAnswer {
+        let Some(channel) = channel else {
+            self.put_idle(address, stream, None);
+            return answer;
+        };
+        let lent = Lent {
+            inner: self.clone(),
+            address: address.to_string(),
+            stream: Some(stream),
+            channel: channel.clone(),
+        };
+        HttpAnswer {
+            channel: Some(AnswerChannel::lending(channel, Arc::new(lent))),
+            ..answer
         }
     }
 
@@ -332,6 +355,24 @@ impl Inner {
     }
 }
 
+/// A `tessera/3` connection on loan to the answer it carried; back in the
+/// idle pool when dropped.
+struct Lent {
+    inner: Arc<Inner>,
+    address: String,
+    stream: Option<Box<FramedStream>>,
+    channel: Arc<Channel>,
+}
+
+impl Drop for Lent {
+    fn drop(&mut self) {
+        if let Some(stream) = self.stream.take() {
+            self.inner
+                .put_idle(&self.address, stream, Some(self.channel.clone()));
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
@@ -350,6 +391,8 @@ mod tests {
         /// Frames; one request per connection, which it then closes, as a
         /// server closes a connection left idle too long.
         OneFrameThenClose,
+        /// `tessera/3` frames, every request on a connection answered.
+        FramesV3,
     }
 
     /// A TLS server on loopback with a CA of its own: the CA (PEM), its
@@ -391,6 +434,7 @@ mod tests {
         config.alpn_protocols = match speaks {
             Speaks::RestOnly => vec![b"http/1.1".to_vec()],
             Speaks::OneFrameThenClose => vec![frame::ALPN_V1.to_vec()],
+            Speaks::FramesV3 => vec![frame::ALPN_V3.to_vec()],
         };
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -402,12 +446,17 @@ mod tests {
                 counted.fetch_add(1, Ordering::SeqCst);
                 let acceptor = acceptor.clone();
                 tokio::spawn(async move {
-                    let Ok(tls) = acceptor.accept(tcp).await else {
+                    let Ok(mut tls) = acceptor.accept(tcp).await else {
                         return;
                     };
                     let _ = match speaks {
                         Speaks::RestOnly => answer_http(tls).await,
                         Speaks::OneFrameThenClose => answer_one_frame(tls).await,
+                        Speaks::FramesV3 => loop {
+                            if let Err(err) = answer_frame(&mut tls).await {
+                                break Err(err);
+                            }
+                        },
                     };
                 });
             }
@@ -448,14 +497,21 @@ mod tests {
     async fn answer_one_frame(
         mut tls: tokio_rustls::server::TlsStream<TcpStream>,
     ) -> std::io::Result<()> {
+        answer_frame(&mut tls).await?;
+        tls.shutdown().await
+    }
+
+    /// Reads one request frame and answers `{"via":"frame"}` naming its op.
+    async fn answer_frame(
+        tls: &mut tokio_rustls::server::TlsStream<TcpStream>,
+    ) -> std::io::Result<()> {
         let mut prefix = [0u8; 4];
         tls.read_exact(&mut prefix).await?;
         let mut request = vec![0u8; u32::from_be_bytes(prefix) as usize];
         tls.read_exact(&mut request).await?;
         let body = format!("{{\"via\":\"frame\",\"op\":{}}}", request[0]);
         tls.write_all(&frame::encode_answer(200, body.as_bytes()))
-            .await?;
-        tls.shutdown().await
+            .await
     }
 
     fn transport(server: &TestServer) -> FramedTransport {
@@ -527,5 +583,44 @@ mod tests {
         status.path = "/v1/status".into();
         status.timeout = Duration::from_millis(500);
         assert!(transport.send(status).await.is_err());
+    }
+
+    /// A `tessera/3` connection is lent to the answer it carried: while the
+    /// caller holds the answer's channel (checking it, and binding the
+    /// channel), the next request goes on another connection; once dropped,
+    /// the connection and its channel carry the next request.
+    #[tokio::test]
+    async fn a_channel_connection_is_used_again_only_after_its_answer_is_dropped() {
+        let server = serve(Speaks::FramesV3).await;
+        let transport = transport(&server);
+        let first = transport.send(checkout(&server)).await.unwrap();
+        let first_channel = first.channel.clone().expect("tessera/3 over TLS 1.3");
+        let second = transport.send(checkout(&server)).await.unwrap();
+        let second_channel = second.channel.clone().expect("tessera/3 over TLS 1.3");
+        assert_eq!(
+            server.accepted.load(Ordering::SeqCst),
+            2,
+            "the first connection is still on loan to its answer"
+        );
+        assert_ne!(first_channel, second_channel);
+        first_channel.bind("server key");
+        drop((first, first_channel));
+        let third = transport.send(checkout(&server)).await.unwrap();
+        let third_channel = third.channel.clone().unwrap();
+        assert_eq!(server.accepted.load(Ordering::SeqCst), 2);
+        assert_eq!(
+            third_channel.bound_key().as_deref(),
+            Some("server key"),
+            "the first connection came back, with the binding its answer's check made"
+        );
+        drop((second, second_channel, third, third_channel));
+        for _ in 0..3 {
+            transport.send(checkout(&server)).await.unwrap();
+        }
+        assert_eq!(
+            server.accepted.load(Ordering::SeqCst),
+            2,
+            "answers dropped at once give their connection back at once"
+        );
     }
 }

@@ -54,8 +54,64 @@ pub struct HttpAnswer {
     pub body: Vec<u8>,
     /// The TLS channel of the framed `tessera/3` connection it came on
     /// (TLS 1.3); `None` on any other.
-    pub channel: Option<Arc<Channel>>,
+    pub channel: Option<AnswerChannel>,
 }
+
+/// The channel an answer came on, holding its connection on loan: the
+/// transport sends nothing more on that connection until the last clone of
+/// this is dropped. A caller that keeps it while it checks the answer (which
+/// may bind the channel, [`Channel::bind`]) therefore never has another
+/// answer on the same connection checked before the binding it made.
+#[derive(Clone)]
+pub struct AnswerChannel {
+    channel: Arc<Channel>,
+    /// Gives the connection back when the last clone is dropped.
+    lent: Option<Arc<dyn Send + Sync>>,
+}
+
+impl AnswerChannel {
+    /// `channel`, with nothing on loan: for transports that hand back
+    /// their connection at once.
+    pub fn new(channel: Arc<Channel>) -> AnswerChannel {
+        AnswerChannel {
+            channel,
+            lent: None,
+        }
+    }
+
+    /// `channel`, keeping `lent` alive until the last clone is dropped.
+    pub fn lending(channel: Arc<Channel>, lent: Arc<dyn Send + Sync>) -> AnswerChannel {
+        AnswerChannel {
+            channel,
+            lent: Some(lent),
+        }
+    }
+}
+
+impl std::ops::Deref for AnswerChannel {
+    type Target = Channel;
+
+    fn deref(&self) -> &Channel {
+        &self.channel
+    }
+}
+
+impl fmt::Debug for AnswerChannel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AnswerChannel")
+            .field("channel", &self.channel)
+            .field("lent", &self.lent.is_some())
+            .finish()
+    }
+}
+
+impl PartialEq for AnswerChannel {
+    fn eq(&self, other: &AnswerChannel) -> bool {
+        self.channel == other.channel
+    }
+}
+
+impl Eq for AnswerChannel {}
 
 /// A framed `tessera/3` connection's TLS channel, as this end derived it
 /// (`tessera_core::answer::CHANNEL_EXPORTER_LABEL`), and the server answer
