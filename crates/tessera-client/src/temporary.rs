@@ -371,6 +371,7 @@ fn check_token(
         vendor_keys,
         Backing {
             codes: &codes,
+            codes_checked: false,
             feature: &token.feature,
             version: &version,
             server_id: &token.server_id,

@@ -70,7 +70,9 @@ pub(crate) struct Checker {
 
 /// The license codes of grants that checked, by their SHA-256: a request
 /// names a feature's latest ones (`codes_held`), and a server that serves
-/// exactly those leaves them out of its answer. Kept by hash, not only by
+/// exactly those leaves them out of its answer. Their vendor signatures
+/// were verified when they came, so an answer that leaves them out is
+/// checked without verifying them again (`Backing::codes_checked`). Kept by hash, not only by
 /// feature, so that an answer to a request that named an older set still
 /// finds it after a newer one arrived on another request.
 #[derive(Debug, Default)]
@@ -315,6 +317,9 @@ fn check_grant(
         vendor_keys,
         Backing {
             codes: &codes.codes,
+            // Held codes were kept only from an answer whose check verified
+            // them against these very vendor keys.
+            codes_checked: !codes.sent,
             feature: &request.feature,
             version: &version,
             server_id: &grant.server_id,
@@ -735,6 +740,28 @@ pub(crate) mod tests {
         assert_eq!(checker.codes_held("cad"), Some(codes_sha256(&more)));
         // The older set is still found by an answer to a request that named it.
         assert_eq!(checker.check(&naming, &signed, None), Ok(()));
+        // Held codes are not verified again; only codes whose vendor
+        // signatures checked are ever held. Codes signed by a key this
+        // program does not know are refused, and neither held nor named.
+        let stranger = VendorSecretKey::from_seed("acme", [9; 32]).unwrap();
+        let forged = [code(&stranger, "cad-9")];
+        let refused = checker
+            .check(&naming, &signed_grant(&naming, &forged), None)
+            .unwrap_err();
+        assert!(refused.contains("cad-9"), "{refused}");
+        assert_eq!(checker.codes_held("cad"), Some(codes_sha256(&more)));
+        let naming_forged = CheckoutRequest {
+            codes_held: Some(codes_sha256(&forged)),
+            ..request()
+        };
+        let refused = checker
+            .check(
+                &naming_forged,
+                &without_codes(signed_grant(&naming_forged, &forged)),
+                None,
+            )
+            .unwrap_err();
+        assert!(refused.contains("does not hold"), "{refused}");
 
         // A program that checks nothing names nothing.
         let any = Checker::new(&{

@@ -419,6 +419,11 @@ pub struct Chain<'a> {
 pub struct Backing<'a> {
     /// The codes the answer carries: the feature's hard limit on that server.
     pub codes: &'a [LicenseCode],
+    /// The codes' vendor signatures were checked against these very vendor
+    /// keys before: they are codes the program kept from an answer that
+    /// checked (`codes_held`). Their signatures are then not checked again
+    /// (one Ed25519 verification per code per answer); every other check is.
+    pub codes_checked: bool,
     pub feature: &'a str,
     pub version: &'a Version,
     /// Who answered: its id, hostid and answer key.
@@ -450,12 +455,14 @@ pub fn check_backing(
     let mut covered = false;
     for code in backing.codes {
         let id = code.id().to_string();
-        code.verify(vendor_keys)
-            .map_err(|err| AnswerError::NotTheVendors {
-                id: id.clone(),
-                feature: feature.to_string(),
-                reason: vendor_reason(err),
-            })?;
+        if !backing.codes_checked {
+            code.verify(vendor_keys)
+                .map_err(|err| AnswerError::NotTheVendors {
+                    id: id.clone(),
+                    feature: feature.to_string(),
+                    reason: vendor_reason(err),
+                })?;
+        }
         let fields = code.fields();
         if code.feature() != feature {
             return Err(AnswerError::OtherFeature {
@@ -891,6 +898,7 @@ mod tests {
         version: Version,
         chain: Option<(Vec<MasterLicense>, VidCertificate)>,
         now: i64,
+        codes_checked: bool,
     }
 
     impl Case {
@@ -901,6 +909,7 @@ mod tests {
                 version: Version::parse("2.0").unwrap(),
                 chain: None,
                 now: NOW,
+                codes_checked: false,
             }
         }
 
@@ -910,6 +919,7 @@ mod tests {
                 &[test_key("acme", 7).public()],
                 Backing {
                     codes: &self.codes,
+                    codes_checked: self.codes_checked,
                     feature: "cad",
                     version: &self.version,
                     server_id: "P1",
@@ -961,6 +971,37 @@ mod tests {
             .sign(unsigned("sim-1", "sim", 1))
             .unwrap();
         assert!(error_of(&Case::of(vec![other_feature])).contains("not `cad`"));
+    }
+
+    /// Codes whose signatures the program checked before are not verified
+    /// again, but every other check is still made on them.
+    #[test]
+    fn codes_checked_before_skip_only_their_signature_check() {
+        let mut forged = unsigned("acme-cad-more", "cad", 1000);
+        forged.vendor = "acme".into();
+        let forged = test_key("acme", 9).sign(forged).unwrap();
+        let mut case = Case::of(vec![forged]);
+        assert!(error_of(&case).contains("no vendor key built into this program"));
+        case.codes_checked = true;
+        assert_eq!(case.check(), Ok(()), "its signature is not verified again");
+        case.version = Version::parse("3.0").unwrap();
+        assert!(error_of(&case).contains("covers version 3.0"));
+        let expired = signed(|c| c.expiry = Expiry::parse("2026-11-30").unwrap());
+        let mut expired = Case::of(vec![expired]);
+        expired.codes_checked = true;
+        expired.now = NOW + CLOCK_TOLERANCE_MS + 1;
+        assert!(error_of(&expired).contains("expired at the end of 2026-11-30"));
+        let bound = signed(|c| c.hostid = HostBinding::Host("mid-0011223344556677".into()));
+        let mut elsewhere = Case::of(vec![bound]);
+        elsewhere.codes_checked = true;
+        elsewhere.hostid = "mid-ffeeddccbbaa9988";
+        assert!(error_of(&elsewhere).contains("says its hostid is mid-ffeeddccbbaa9988"));
+        let other_feature = test_key("acme", 7)
+            .sign(unsigned("sim-1", "sim", 1))
+            .unwrap();
+        let mut other_feature = Case::of(vec![other_feature]);
+        other_feature.codes_checked = true;
+        assert!(error_of(&other_feature).contains("not `cad`"));
     }
 
     #[test]
