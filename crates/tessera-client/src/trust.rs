@@ -66,15 +66,45 @@ pub(crate) struct Checker {
     vendor_keys: Option<Vec<VendorPublicKey>>,
     clock: ClockMark,
     held: Mutex<HeldCodes>,
+    server_keys: ServerKeys,
+}
+
+/// Server answer keys as answers name them (base64), parsed. Parsing one
+/// decompresses its curve point, which costs a few microseconds on every
+/// answer; a pool has at most 11 servers, each with one answer key.
+#[derive(Debug, Default)]
+struct ServerKeys(Mutex<HashMap<String, ServerPublicKey>>);
+
+/// Server keys kept parsed, at most: past it they are parsed afresh.
+const SERVER_KEYS_MAX: usize = 64;
+
+impl ServerKeys {
+    /// The key `base64` names, or why it names none (never kept).
+    fn parse(&self, base64: &str) -> Result<ServerPublicKey, String> {
+        if let Some(key) = self.lock().get(base64) {
+            return Ok(*key);
+        }
+        let key = ServerPublicKey::from_base64(base64).map_err(|err| err.to_string())?;
+        let mut keys = self.lock();
+        if keys.len() >= SERVER_KEYS_MAX {
+            keys.clear();
+        }
+        keys.insert(base64.to_string(), key);
+        Ok(key)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, ServerPublicKey>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 /// The license codes of grants that checked, by their SHA-256: a request
 /// names a feature's latest ones (`codes_held`), and a server that serves
 /// exactly those leaves them out of its answer. Their vendor signatures
 /// were verified when they came, so an answer that leaves them out is
-/// checked without verifying them again (`Backing::codes_checked`). Kept by hash, not only by
-/// feature, so that an answer to a request that named an older set still
-/// finds it after a newer one arrived on another request.
+/// checked without verifying them again (`Backing::codes_checked`). Kept by
+/// hash, not only by feature, so that an answer to a request that named an
+/// older set still finds it after a newer one arrived on another request.
 #[derive(Debug, Default)]
 struct HeldCodes {
     latest: HashMap<String, String>,
@@ -103,6 +133,7 @@ impl Checker {
             clock: ClockMark::load(config.clock_file.as_deref(), config.wall_clock.clone()),
             vendor_keys,
             held: Mutex::default(),
+            server_keys: ServerKeys::default(),
         }
     }
 
@@ -170,7 +201,15 @@ impl Checker {
         };
         let now = self.clock.now().map_err(|err| err.to_string())?;
         let codes = self.answer_codes(request, grant)?;
-        check_grant(vendor_keys, request, grant, &codes, now, channel)?;
+        check_grant(
+            vendor_keys,
+            &self.server_keys,
+            request,
+            grant,
+            &codes,
+            now,
+            channel,
+        )?;
         if codes.sent {
             self.held()
                 .keep(&request.feature, codes.sha256, codes.codes);
@@ -227,7 +266,8 @@ impl Checker {
         else {
             return failure;
         };
-        match check_denial(request, code.as_str(), failure.signed.as_deref(), channel) {
+        let signed = failure.signed.as_deref();
+        match check_denial(&self.server_keys, request, code.as_str(), signed, channel) {
             Ok(()) => failure,
             Err(why) => Failure {
                 kind: FailureKind::Untrusted(format!(
@@ -274,6 +314,7 @@ fn asked_fields(request: &CheckoutRequest, answer: &SignedAnswer, outcome: &str)
 /// that holds it, backed by the vendor's `codes`.
 fn check_grant(
     vendor_keys: &[VendorPublicKey],
+    server_keys: &ServerKeys,
     request: &CheckoutRequest,
     grant: &Grant,
     codes: &Codes,
@@ -293,7 +334,7 @@ fn check_grant(
             grant.server_id, answer.server_id
         ));
     }
-    let key = ServerPublicKey::from_base64(&answer.server_key).map_err(|err| err.to_string())?;
+    let key = server_keys.parse(&answer.server_key)?;
     let fields = granted_fields(request, grant, answer, &codes.sha256);
     authenticate(&key, fields, answer, channel)?;
     let (licenses, certificate) = match &answer.chain {
@@ -354,6 +395,7 @@ fn granted_fields(
 
 /// A refusal this program may act on: signed over its request.
 fn check_denial(
+    server_keys: &ServerKeys,
     request: &CheckoutRequest,
     code: &str,
     answer: Option<&SignedAnswer>,
@@ -362,7 +404,7 @@ fn check_denial(
     let Some(answer) = answer else {
         return Err("no signature".into());
     };
-    let key = ServerPublicKey::from_base64(&answer.server_key).map_err(|err| err.to_string())?;
+    let key = server_keys.parse(&answer.server_key)?;
     authenticate(&key, asked_fields(request, answer, code), answer, channel)
         .map_err(|err| format!("a signature that does not check: {err}"))
 }
@@ -771,6 +813,27 @@ pub(crate) mod tests {
         });
         assert_eq!(any.check(&request(), &first, None), Ok(()));
         assert_eq!(any.codes_held("cad"), None);
+    }
+
+    /// Answer keys are parsed once and kept by their text, at most
+    /// [`SERVER_KEYS_MAX`]; a text that names no key is refused each time
+    /// and never kept.
+    #[test]
+    fn server_keys_are_parsed_once_and_kept_bounded() {
+        let keys = ServerKeys::default();
+        let key = ServerSecretKey::from_seed([5; 32]).public();
+        assert_eq!(keys.parse(&key.to_base64()), Ok(key));
+        assert_eq!(keys.parse(&key.to_base64()), Ok(key));
+        assert_eq!(keys.lock().len(), 1);
+        for text in ["", "not base64!", &"A".repeat(43)] {
+            assert!(keys.parse(text).is_err(), "{text}");
+        }
+        assert_eq!(keys.lock().len(), 1, "nothing kept for bad keys");
+        for seed in 0..=SERVER_KEYS_MAX as u8 {
+            let other = ServerSecretKey::from_seed([seed; 32]).public();
+            assert_eq!(keys.parse(&other.to_base64()), Ok(other));
+            assert!(keys.lock().len() <= SERVER_KEYS_MAX);
+        }
     }
 
     #[test]
