@@ -211,6 +211,7 @@ async fn run_system(index: usize, config: &CompareConfig, load: &LoadConfig) -> 
         transport: Transport::Framed,
         signed: false,
         background_sync: false,
+        sdk: false,
     };
     match index {
         0 => crate::single(&single).await,

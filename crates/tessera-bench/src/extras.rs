@@ -301,6 +301,7 @@ pub async fn run(
         transport: crate::Transport::Framed,
         signed: false,
         background_sync: false,
+        sdk: false,
     })
     .await?;
 
@@ -353,6 +354,7 @@ async fn open_loop_at_half(
         transport: crate::Transport::Framed,
         signed: false,
         background_sync,
+        sdk: false,
     };
     let label = match background_sync {
         true => "grants synced in the background",

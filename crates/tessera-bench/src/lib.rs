@@ -5,6 +5,7 @@
 //!   implementation per system, so that `compare` can add Redis and etcd.
 //! - [`load`]: the load generator, generic over the target.
 //! - [`tessera`]: a real `tessera server`, set up through the real CLI.
+//! - [`sdk`]: the SDK itself as the load, as a vendor's program embeds it.
 //! - [`peers`]: Redis (Lua semaphore) and etcd (lease and transaction
 //!   semaphore) as targets, each started and stopped by the benchmark.
 //! - [`compare`]: every system in one run, and BENCHMARKS.md.
@@ -32,6 +33,7 @@ pub mod load;
 pub mod peers;
 pub mod previous;
 pub mod report;
+pub mod sdk;
 pub mod svg;
 pub mod target;
 pub mod tessera;
@@ -63,6 +65,9 @@ pub struct SingleConfig {
     /// The server answers grants before syncing them (`[store] sync =
     /// "background"`).
     pub background_sync: bool,
+    /// The load's clients are the SDK itself ([`sdk`]), with the vendor's
+    /// key, instead of the load generator's own requests.
+    pub sdk: bool,
 }
 
 impl SingleConfig {
@@ -83,6 +88,7 @@ impl SingleConfig {
             transport: Transport::Framed,
             signed: false,
             background_sync: false,
+            sdk: false,
         }
     }
 }
@@ -96,24 +102,38 @@ pub async fn single(config: &SingleConfig) -> Result<Report> {
         background_sync: config.background_sync,
     };
     let server = TesseraServer::start(&config.tessera, setup).await?;
-    let resident_bytes_before = server.resident_bytes();
+    if config.sdk {
+        let target = Arc::new(sdk::SdkTarget::new(server)?);
+        return measure_server(target, config, |target| &target.server).await;
+    }
     let target = Arc::new(TesseraTarget {
         server,
         signed: config.signed,
         background_sync: config.background_sync,
     });
-    let mut report = peers::measure(target.clone(), &config.load, |t: &TesseraTarget| {
-        t.server.cpu_time()
-    })
-    .await?;
+    measure_server(target, config, |target| &target.server).await
+}
+
+/// Runs `config`'s load against `target`, whose server `server` gives; then
+/// stops it.
+async fn measure_server<T: target::Target>(
+    target: Arc<T>,
+    config: &SingleConfig,
+    server: fn(&T) -> &TesseraServer,
+) -> Result<Report> {
+    let resident_bytes_before = server(&target).resident_bytes();
+    let mut report =
+        peers::measure(target.clone(), &config.load, |t: &T| server(t).cpu_time()).await?;
+    let served = server(&target);
     report.resident_bytes_before = resident_bytes_before;
-    report.resident_bytes_after = target.server.resident_bytes();
-    report.system_grants_end = Some(target.server.grants_total().await?);
-    report.quota_renewal_gap_max_ms = target.server.quota_renewal_gap_max_ms().await;
-    let Ok(target) = Arc::try_unwrap(target) else {
+    report.resident_bytes_after = served.resident_bytes();
+    report.system_grants_end = Some(served.grants_total().await?);
+    report.quota_renewal_gap_max_ms = served.quota_renewal_gap_max_ms().await;
+    if Arc::strong_count(&target) != 1 {
         anyhow::bail!("the load generator still holds the target");
-    };
-    target.server.stop().await?;
+    }
+    // Dropping the target kills the server and waits for it to be gone.
+    drop(target);
     Ok(report)
 }
 

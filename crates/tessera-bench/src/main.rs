@@ -141,6 +141,11 @@ struct SingleArgs {
     /// "background"`), to see what waiting for the disk costs.
     #[arg(long)]
     background_sync: bool,
+    /// The clients are the SDK itself (`tessera_client::Client` with the
+    /// vendor's key, as a vendor's program embeds it), so the load
+    /// generator's CPU per checkout is the SDK's, every check included.
+    #[arg(long, conflicts_with_all = ["open_loop", "plain_http", "rest", "signed"])]
+    sdk: bool,
     #[command(flatten)]
     run: RunArgs,
 }
@@ -293,6 +298,7 @@ fn single(args: SingleArgs) -> Result<bool> {
         config.transport = transport;
         config.signed = args.signed;
         config.background_sync = args.background_sync;
+        config.sdk = args.sdk;
         config.seats = args.hard_limit;
         config.load.mode = args.mode;
         config.load.progress = !args.run.no_progress;
@@ -307,6 +313,7 @@ fn single(args: SingleArgs) -> Result<bool> {
             transport,
             signed: args.signed,
             background_sync: args.background_sync,
+            sdk: args.sdk,
         }
     };
     let runtime = runtime(args.run.client_threads)?;

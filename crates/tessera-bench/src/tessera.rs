@@ -31,7 +31,10 @@ const SERVER_READY_TIMEOUT: Duration = Duration::from_secs(15);
 /// Lines of the server log shown when it fails.
 const LOG_TAIL_LINES: usize = 30;
 /// The feature every benchmark checkout asks for.
-const FEATURE: &str = "bench";
+pub(crate) const FEATURE: &str = "bench";
+
+/// The vendor whose key signs the benchmark's license code.
+pub(crate) const VENDOR: &str = "bench";
 /// Heartbeat interval and leases of the benchmark code. No client heartbeats
 /// during a run, so a seat held in [`Mode::Hold`] lapses after its lease:
 /// that mode gets one long enough to fill a million seats at a few thousand
@@ -127,6 +130,10 @@ pub struct TesseraServer {
     pub tls: Option<Arc<rustls::ClientConfig>>,
     /// Framed connections, when the clients speak the framed protocol.
     pub framed: Option<FramedConnector>,
+    /// The pool CA (PEM) its clients trust; `None`: plain HTTP.
+    pub ca_pem: Option<Vec<u8>>,
+    /// The public key (base64) of the vendor that signed its license code.
+    pub vendor_public_key: String,
     /// For the status and the metrics, with the admin token.
     http: Http,
     process: Process,
@@ -150,7 +157,7 @@ impl TesseraServer {
             .tempdir()
             .context("cannot make a temporary directory")?;
         let root = dir.path();
-        let (address, credentials) = write_setup(tessera, root, setup).await?;
+        let (address, credentials, vendor_public_key) = write_setup(tessera, root, setup).await?;
         let (tls, http) = match setup.transport {
             Transport::Framed | Transport::Rest => {
                 let config = tessera_transport::client_tls_config(&credentials.ca_pem())
@@ -169,10 +176,13 @@ impl TesseraServer {
         let mut command = server_command(tessera, &root.join("tessera.toml"), &["--new-pool"]);
         command.env("TESSERA_LOG", "warn");
         die_with_parent(&mut command);
+        let ca_pem = tls.is_some().then(|| credentials.ca_pem());
         let server = TesseraServer {
             address,
             tls,
             framed,
+            ca_pem,
+            vendor_public_key,
             http,
             process: Process::start(command, &root.join("server.log"))
                 .with_context(|| format!("cannot start {} server", tessera.display()))?,
@@ -253,7 +263,7 @@ impl TesseraServer {
         crate::cpu::process_cpu_time(self.process.pid())
     }
 
-    fn check_running(&self) -> Result<()> {
+    pub(crate) fn check_running(&self) -> Result<()> {
         crate::check_running("the tessera server", &self.process, LOG_TAIL_LINES)
     }
 
@@ -269,16 +279,20 @@ impl TesseraServer {
 }
 
 /// Makes the vendor key, the license code, the pool's credentials, the pool
-/// file and the config in `dir` with the CLI; returns the server's address
-/// and the credentials.
-async fn write_setup(tessera: &Path, dir: &Path, setup: Setup) -> Result<(String, Credentials)> {
+/// file and the config in `dir` with the CLI; returns the server's address,
+/// the credentials and the vendor's public key.
+async fn write_setup(
+    tessera: &Path,
+    dir: &Path,
+    setup: Setup,
+) -> Result<(String, Credentials, String)> {
     run_cli(
         tessera,
         &[
             "vendor".as_ref(),
             "keygen".as_ref(),
             "--vendor".as_ref(),
-            "bench".as_ref(),
+            VENDOR.as_ref(),
             "--out".as_ref(),
             dir.as_os_str(),
         ],
@@ -349,12 +363,12 @@ async fn write_setup(tessera: &Path, dir: &Path, setup: Setup) -> Result<(String
         data_dir: "data",
         pool_key_file: "pool.key",
         top: "",
-        vendor: "bench",
+        vendor: VENDOR,
         public_key: &public_key,
         tables: &tables,
     };
     write(&dir.join("tessera.toml"), &config.text())?;
-    Ok((address, credentials))
+    Ok((address, credentials, public_key))
 }
 
 async fn run_cli(tessera: &Path, args: &[&std::ffi::OsStr]) -> Result<Output> {

@@ -58,6 +58,25 @@ async fn the_smoke_benchmark_checks_seats_out_and_in_against_a_real_server() {
     assert_eq!(json["checkout"]["count"], report.checkout.count);
 }
 
+/// With `--sdk` the load's clients are the SDK itself, each a program with
+/// the vendor's key: every checkout checks (signed answers, a bound
+/// channel, held codes) and every seat is checked in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sdk_smoke_benchmark_checks_out_and_in_through_the_sdk() {
+    let mut config = SingleConfig::smoke(tessera_binary());
+    config.sdk = true;
+    let report = tessera_bench::single(&config)
+        .await
+        .expect("the SDK smoke benchmark runs");
+    let table = report.markdown();
+    assert_eq!(report.errors_total(), 0, "{table}");
+    assert!(report.checkout.count > 0, "no checkout measured:\n{table}");
+    let checkins = report.checkin.as_ref().map_or(0, |c| c.count);
+    assert_eq!(checkins, report.checkout.count, "{table}");
+    assert_eq!(report.system_grants_end, Some(0), "{table}");
+    assert!(table.contains("| tessera, SDK | cycle | 2 |"), "{table}");
+}
+
 /// The open loop sends what is due at its rate, whoever is free, and counts
 /// each checkout from when it was due: one second at 200 a second is 200
 /// checkouts, none failed.
