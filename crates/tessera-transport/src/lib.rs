@@ -66,24 +66,15 @@ pub struct HttpAnswer {
 pub struct AnswerChannel {
     channel: Arc<Channel>,
     /// Gives the connection back when the last clone is dropped.
-    lent: Option<Arc<dyn Send + Sync>>,
+    _lent: Arc<dyn Send + Sync>,
 }
 
 impl AnswerChannel {
-    /// `channel`, with nothing on loan: for transports that hand back
-    /// their connection at once.
-    pub fn new(channel: Arc<Channel>) -> AnswerChannel {
-        AnswerChannel {
-            channel,
-            lent: None,
-        }
-    }
-
     /// `channel`, keeping `lent` alive until the last clone is dropped.
     pub fn lending(channel: Arc<Channel>, lent: Arc<dyn Send + Sync>) -> AnswerChannel {
         AnswerChannel {
             channel,
-            lent: Some(lent),
+            _lent: lent,
         }
     }
 }
@@ -100,8 +91,7 @@ impl fmt::Debug for AnswerChannel {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("AnswerChannel")
             .field("channel", &self.channel)
-            .field("lent", &self.lent.is_some())
-            .finish()
+            .finish_non_exhaustive()
     }
 }
 
