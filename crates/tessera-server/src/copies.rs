@@ -103,7 +103,10 @@ impl Relay {
 
 impl App {
     /// Tells the pool, with the next report, that other copies of
-    /// `grant_id` renewed before heartbeat `renewal` are stale.
+    /// `grant_id` renewed before heartbeat `renewal` are stale. Only in a
+    /// pool of several servers: in a pool of one no other server holds a
+    /// copy, and queueing every check-in for nobody would keep up to
+    /// [`SUPERSEDED_QUEUED_MAX`] grant ids in memory.
     pub(crate) fn supersede(&self, grant_id: &SharedText, renewal: u64) {
         self.superseded_outbox().push(SupersededGrant {
             grant_id: grant_id.clone(),

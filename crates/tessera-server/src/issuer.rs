@@ -81,10 +81,13 @@ pub struct Released {
     pub host: SharedText,
     pub seats: u32,
     pub issued_unix_ms: i64,
+    /// Whether the pool had other servers when it was released: only they
+    /// may hold a copy of the grant to be told of (`crate::copies`).
+    pub pool_of_several: bool,
 }
 
 impl Released {
-    fn of(grant_id: SharedText, grant: &LiveGrant) -> Released {
+    fn of(grant_id: SharedText, grant: &LiveGrant, pool_of_several: bool) -> Released {
         Released {
             grant_id,
             feature: grant.request.feature.clone(),
@@ -92,6 +95,7 @@ impl Released {
             host: grant.request.host.clone(),
             seats: grant.request.count,
             issued_unix_ms: grant.issued_unix_ms,
+            pool_of_several,
         }
     }
 }
@@ -744,18 +748,20 @@ impl Issuer {
             ));
         }
         let (grant_id, grant) = self.remove_grant(grant_id).expect("found above");
-        if self.cools_check_ins() {
+        let pool_of_several = self.pool_of_several();
+        // In a pool of several servers a check-in's seats cool until the
+        // leader has heard of it (`crate::cooling`); a pool of one hands
+        // nothing over.
+        if pool_of_several {
             let r = &grant.request;
             self.cooling
                 .cool(&grant_id, &r.feature, r.count, grant.expires_at_ms);
         }
-        Ok(Released::of(grant_id, &grant))
+        Ok(Released::of(grant_id, &grant, pool_of_several))
     }
 
-    /// In a pool of several servers a check-in's seats cool until the
-    /// leader has heard of it (`crate::cooling`); a pool of one hands
-    /// nothing over.
-    fn cools_check_ins(&self) -> bool {
+    /// Whether the pool has servers other than this one.
+    fn pool_of_several(&self) -> bool {
         self.pool().is_some_and(|pool| pool.servers.len() > 1)
     }
 
@@ -766,6 +772,14 @@ impl Issuer {
         grant_ids: impl IntoIterator<Item = &'a str>,
     ) -> bool {
         self.cooling.acknowledged(grant_ids)
+    }
+
+    /// Seats of every feature cooling after a check-in (`crate::cooling`).
+    pub fn cooling_seats(&self) -> u64 {
+        self.cooling
+            .per_feature()
+            .map(|(_, seats)| u64::from(*seats))
+            .sum()
     }
 
     /// Ends the cooling of checked-in copies that would have lapsed by
@@ -831,7 +845,7 @@ impl Issuer {
     /// Removes a held grant; what was released.
     fn release_grant(&mut self, grant_id: &str) -> Option<Released> {
         let (grant_id, grant) = self.remove_grant(grant_id)?;
-        Some(Released::of(grant_id, &grant))
+        Some(Released::of(grant_id, &grant, self.pool_of_several()))
     }
 
     /// Removes a held grant; returns it with its id (the map's own).
@@ -1332,6 +1346,11 @@ pub(crate) mod tests {
     const DAY: &str = "2026-11-22";
 
     fn pool_and_key(seats: u32) -> (PoolFile, VendorSecretKey) {
+        pool_of(seats, &["A"])
+    }
+
+    /// A pool of `servers` (ids) and one code of `seats` seats of `cad`.
+    fn pool_of(seats: u32, servers: &[&str]) -> (PoolFile, VendorSecretKey) {
         let key = VendorSecretKey::from_seed("acme", [3; 32]).unwrap();
         let code = key
             .sign(UnsignedCode {
@@ -1352,8 +1371,18 @@ pub(crate) mod tests {
                 temporary: None,
             })
             .unwrap();
+        let servers: String = servers
+            .iter()
+            .enumerate()
+            .map(|(n, id)| {
+                format!(
+                    "[[servers]]\nid = \"{id}\"\naddress = \"127.0.0.1:{}\"\n",
+                    n + 1
+                )
+            })
+            .collect();
         let text = format!(
-            "pool_id = \"p\"\nsequence = 1\n[[servers]]\nid = \"A\"\naddress = \"127.0.0.1:1\"\n{}",
+            "pool_id = \"p\"\nsequence = 1\n{servers}{}",
             LicenseCode::write_file(&[code])
         );
         (PoolFile::parse(&text).unwrap(), key)
@@ -1410,6 +1439,32 @@ pub(crate) mod tests {
             issuer.checkout((*grant_id).into(), request, at(0)).unwrap();
         }
         issuer
+    }
+
+    /// A check-in is for the other servers to hear of (their copies of the
+    /// grant are stale) and its seats cool until the leader has, only where
+    /// there are other servers: in a pool of one, nothing waits and nobody
+    /// is told (`crate::copies`, `crate::cooling`).
+    #[test]
+    fn only_a_pool_of_several_is_told_of_check_ins_and_cools_them() {
+        for (servers, several) in [(&["A"][..], false), (&["A", "B"][..], true)] {
+            let (pool, key) = pool_of(4, servers);
+            let mut issuer = Issuer::new("A".into(), Limits::default(), 0, vec![], 0);
+            issuer.set_control(Arc::new(control_of(&pool)), licenses_of(&pool, &key));
+            issuer.set_quota(u64::MAX);
+            issuer
+                .checkout("g1".into(), request("c", 1), at(0))
+                .unwrap();
+            let released = issuer.checkin("g1", "c").unwrap();
+            assert_eq!(released.pool_of_several, several, "servers {servers:?}");
+            assert_eq!(issuer.cooling.seats("cad"), u32::from(several));
+            issuer
+                .checkout("g2".into(), request("c", 1), at(0))
+                .unwrap();
+            let lapsed = issuer.expire(60_000);
+            assert_eq!(lapsed.len(), 1);
+            assert_eq!(lapsed[0].pool_of_several, several, "servers {servers:?}");
+        }
     }
 
     pub(crate) fn request(client: &str, count: u32) -> SeatRequest {

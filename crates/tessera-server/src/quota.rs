@@ -8,7 +8,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tessera_proto::{ErrorCode, PeerReportAck, SupersededGrant};
+use tessera_proto::{ErrorCode, PeerReportAck, SupersededGrant, SUPERSEDED_PER_MESSAGE_MAX};
 
 use crate::refusal::Refusal;
 use crate::App;
@@ -37,7 +37,8 @@ impl QuotaRenewals {
 enum Next {
     /// At the next tick, or as soon as the leader changes.
     OnTick,
-    /// At once: the leader changed while the last report was on its way.
+    /// At once: the leader changed while the last report was on its way,
+    /// or more stale copies wait to be told of than one message carries.
     Now,
 }
 
@@ -94,6 +95,13 @@ impl App {
         };
         match answer {
             Ok(ack) => {
+                // A full message either way: more are waiting, here or at
+                // the leader. Reported again at once, so that notices drain
+                // as fast as they come and check-ins' seats do not stay
+                // cooling for many report intervals under a high rate of
+                // check-ins.
+                let more = superseded.len() >= SUPERSEDED_PER_MESSAGE_MAX
+                    || ack.superseded.len() >= SUPERSEDED_PER_MESSAGE_MAX;
                 // The leader has heard of these check-ins: their seats may
                 // be issued again (`crate::cooling`).
                 let checked_in = superseded
@@ -103,14 +111,18 @@ impl App {
                 if self.issuer().check_ins_acknowledged(checked_in) {
                     self.seats_freed();
                 }
-                self.acknowledged(ack, sent_ms, interval).await
+                self.acknowledged(ack, sent_ms, interval).await;
+                match more {
+                    true => Next::Now,
+                    false => next,
+                }
             }
             Err(err) => {
                 tracing::debug!("quota not renewed: {err}");
                 self.superseded_outbox().put_back(superseded);
+                next
             }
         }
-        next
     }
 
     /// The leader took the report sent at `sent_ms`: once this server has

@@ -159,6 +159,10 @@ impl App {
             .lock()
             .unwrap_or_else(|p| p.into_inner());
         out.counter("tessera_quota_renewals_total", renewals.count);
+        let cooling = self.issuer().cooling_seats();
+        out.gauge("tessera_seats_cooling", cooling);
+        let queued = self.superseded_outbox().len();
+        out.gauge("tessera_superseded_queued", queued as u64);
         out.gauge("tessera_quota_renewal_gap_max_ms", renewals.gap_max_ms);
         let framed = self
             .framed_requests

@@ -14,12 +14,17 @@ use crate::fixture::{checkout_body, code, in_use, tessera, Fixture, Server};
 
 /// Request frames the server has answered, from `/metrics`.
 async fn frames_answered(server: &Server) -> u64 {
+    metric(server, "tessera_framed_requests_total").await
+}
+
+/// The value of the unlabelled metric `name` in the server's `/metrics`.
+async fn metric(server: &Server, name: &str) -> u64 {
     let metrics = server.metrics().await;
     metrics
         .lines()
-        .find_map(|line| line.strip_prefix("tessera_framed_requests_total "))
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
         .and_then(|value| value.parse().ok())
-        .unwrap_or_else(|| panic!("no tessera_framed_requests_total in:\n{metrics}"))
+        .unwrap_or_else(|| panic!("no {name} in:\n{metrics}"))
 }
 
 fn sdk(server: &Server, protocol: Protocol, client_id: &str) -> Client {
@@ -94,6 +99,10 @@ async fn the_sdk_checks_out_renews_and_checks_in_over_frames() {
         after_framed,
         "a client set to REST sends no frame"
     );
+    // A pool of one has no other server to tell of its check-ins, so none
+    // waits in memory for a report, and none of their seats cools.
+    assert_eq!(metric(&server, "tessera_superseded_queued").await, 0);
+    assert_eq!(metric(&server, "tessera_seats_cooling").await, 0);
 }
 
 /// A framed connection to `server`.

@@ -392,3 +392,78 @@ async fn a_leader_change_costs_no_quota_on_a_live_follower() {
         );
     }
 }
+
+/// A gauge of server `i`'s `/metrics`; `None` while it does not answer.
+async fn gauge(pool: &tessera_testkit::Pool, i: usize, name: &str) -> Option<u64> {
+    pool.metrics(i)
+        .await
+        .lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// Check-ins faster than one report carries (at most
+/// `SUPERSEDED_PER_MESSAGE_MAX` notices each): the pool hears of them in
+/// back-to-back reports, so the seats they keep cooling are issued again
+/// within about one report interval, not one interval per message's worth.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_check_ins_reaches_the_pool_within_a_report_interval() {
+    const GRANTS: usize = 5 * tessera_proto::SUPERSEDED_PER_MESSAGE_MAX;
+    const INTERVAL: Duration = Duration::from_millis(1_500);
+    let pool = start_pool(PoolSpec {
+        seats: 3 * GRANTS as u32,
+        distribution: "A = 2000\nB = 2000\nC = 2000\n",
+        // Long leases: a cooling seat lapses only with its grant's lease.
+        lease_s: 300,
+        config_extra: "[timing]\nquota_report_interval_ms = 1500\nquota_lease_ms = 4500\n",
+        ..PoolSpec::default()
+    })
+    .await;
+    pool.wait_leader(&pool.all()).await;
+    let pool = std::sync::Arc::new(pool);
+    // Checkouts then check-ins on A, from 16 tasks.
+    let mut tasks = tokio::task::JoinSet::new();
+    for task in 0..16 {
+        let pool = pool.clone();
+        tasks.spawn(async move {
+            for n in (task..GRANTS).step_by(16) {
+                let client = format!("burst{n}");
+                let (status, grant) = pool.checkout(0, &client, 1).await;
+                assert_eq!(status, 200, "checkout {n}: {grant}");
+                let checkin = serde_json::json!({
+                    "grant_id": grant["grant_id"], "client_id": client, "proof": grant["proof"],
+                });
+                let response = pool
+                    .http
+                    .post(&pool.servers[0].address, "/v1/checkin")
+                    .json(&checkin)
+                    .send()
+                    .await
+                    .expect("an answer to a check-in");
+                assert_eq!(response.status().as_u16(), 200, "check-in {n}");
+            }
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done.expect("a task of checkouts and check-ins");
+    }
+    let checked_in = Instant::now();
+    // Without back-to-back reports, the last of the notices would leave A
+    // four intervals later.
+    loop {
+        let queued = gauge(&pool, 0, "tessera_superseded_queued").await;
+        let cooling = gauge(&pool, 0, "tessera_seats_cooling").await;
+        if queued == Some(0) && cooling == Some(0) {
+            break;
+        }
+        assert!(
+            checked_in.elapsed() < 2 * INTERVAL,
+            "{GRANTS} check-ins: {queued:?} notices queued and {cooling:?} seats cooling \
+             on A {:?} after the last",
+            checked_in.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Every seat of A is A's to issue again.
+    let status = pool.status(0).await.expect("A's status");
+    assert_eq!(row(&status, "A").1, Some(0), "nothing in use on A");
+}

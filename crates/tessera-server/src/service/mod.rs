@@ -278,7 +278,9 @@ impl App {
         // A check-in ends every copy the program believed in: its claim
         // goes now. A lapse does not (`crate::claims`).
         self.unclaim(std::slice::from_ref(&released));
-        self.supersede(&released.grant_id, proto::SupersededGrant::CHECKED_IN);
+        if released.pool_of_several {
+            self.supersede(&released.grant_id, proto::SupersededGrant::CHECKED_IN);
+        }
         self.released(vec![released]).await;
         Ok(released_seats)
     }
@@ -340,7 +342,9 @@ impl App {
             event.count = released.seats;
             self.report.record(event);
             self.unclaim(std::slice::from_ref(&released));
-            self.supersede(&released.grant_id, proto::SupersededGrant::CHECKED_IN);
+            if released.pool_of_several {
+                self.supersede(&released.grant_id, proto::SupersededGrant::CHECKED_IN);
+            }
             self.released(vec![released]).await;
         }
         Err(refusal)
@@ -421,7 +425,10 @@ impl App {
                 ));
             }
         }
-        if let Some(renewal) = issued.supersedes_renewal {
+        if let Some(renewal) = issued
+            .supersedes_renewal
+            .filter(|_| issued.servers.len() > 1)
+        {
             self.supersede(&issued.grant_id, renewal);
         }
         Ok(issued)
