@@ -448,7 +448,7 @@ async fn a_burst_of_check_ins_reaches_the_pool_within_a_report_interval() {
     }
     let checked_in = Instant::now();
     // Without back-to-back reports, the last of the notices would leave A
-    // four intervals later.
+    // four intervals later; with them, at the next report, within one.
     loop {
         let queued = gauge(&pool, 0, "tessera_superseded_queued").await;
         let cooling = gauge(&pool, 0, "tessera_seats_cooling").await;
@@ -456,7 +456,7 @@ async fn a_burst_of_check_ins_reaches_the_pool_within_a_report_interval() {
             break;
         }
         assert!(
-            checked_in.elapsed() < 2 * INTERVAL,
+            checked_in.elapsed() < INTERVAL * 5 / 2,
             "{GRANTS} check-ins: {queued:?} notices queued and {cooling:?} seats cooling \
              on A {:?} after the last",
             checked_in.elapsed()
