@@ -23,10 +23,11 @@ trap '[ -n "$bench" ] && kill "$bench" 2>/dev/null; rm -rf "$work"' EXIT
 target/release/tessera-bench single --seconds "$((seconds + 2))" --warmup-s "$warmup" \
   --clients "$clients" --no-progress "$@" > "$work/bench.md" 2> "$work/bench.log" &
 bench=$!
-# The server is the bench's child process `tessera`.
+# The server is the bench's child `tessera server` (the set-up commands
+# before it are children named `tessera` too).
 pid=""
 for _ in $(seq 1 300); do
-  pid="$(pgrep -P "$bench" -x tessera | head -n 1 || true)"
+  pid="$(pgrep -P "$bench" -f '/tessera server ' | head -n 1 || true)"
   [ -n "$pid" ] && break
   kill -0 "$bench" 2>/dev/null || { cat "$work/bench.log" >&2; exit 1; }
   sleep 0.1
@@ -35,7 +36,7 @@ done
 # Its start, then the warm-up.
 sleep "$((warmup + 1))"
 perf record -e cpu-clock -F 997 -p "$pid" --call-graph dwarf,8192 -o "$work/perf.data" \
-  -- sleep "$seconds" > /dev/null 2> "$work/perf.log"
+  -- sleep "$seconds" > /dev/null 2> "$work/perf.log" || { cat "$work/perf.log" >&2; exit 1; }
 wait "$bench"
 bench=""
 perf script -i "$work/perf.data" -F comm,tid,ip,sym,dso 2>/dev/null > "$work/stacks.txt"
