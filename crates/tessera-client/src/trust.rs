@@ -23,7 +23,7 @@ use tessera_core::answer::{
     check_backing, codes_sha256, AnswerFields, Backing, Chain, ServerPublicKey, CLOCK_TOLERANCE_MS,
     OUTCOME_GRANTED,
 };
-use tessera_core::master::MasterLicense;
+use tessera_core::master::{vid_of_binding, MasterLicense, VidCertificate};
 use tessera_core::{LicenseCode, VendorPublicKey, Version};
 use tessera_proto::{CheckoutRequest, Grant, SignedAnswer};
 use tessera_transport::Channel;
@@ -67,6 +67,7 @@ pub(crate) struct Checker {
     clock: ClockMark,
     held: Mutex<HeldCodes>,
     server_keys: ServerKeys,
+    chains: CheckedChains,
 }
 
 /// Server answer keys as answers name them (base64), parsed. Parsing one
@@ -94,6 +95,79 @@ impl ServerKeys {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, ServerPublicKey>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// VID chains (master licenses and a certificate) whose signatures
+/// checked, parsed, by their exact text: a production server bound to a VID
+/// sends its chain with every answer, and verifying it costs several
+/// Ed25519 signatures. Only a chain behind a grant that checked in full,
+/// against this program's vendor keys (which never change for a
+/// [`Checker`]), is kept; its dates and what it names are still checked on
+/// every answer (`Chain::signatures_checked`).
+#[derive(Debug, Default)]
+struct CheckedChains(Mutex<HashMap<String, Arc<ParsedChain>>>);
+
+/// Chains kept checked, at most: a pool has at most 11 servers, each with
+/// one certificate at a time. Past it they are checked afresh.
+const CHECKED_CHAINS_MAX: usize = 32;
+
+#[derive(Debug)]
+struct ParsedChain {
+    licenses: Vec<MasterLicense>,
+    certificate: VidCertificate,
+}
+
+/// An answer's chain, parsed, and whether its signatures checked before.
+struct AnswerChainOf {
+    text: String,
+    parsed: Arc<ParsedChain>,
+    checked: bool,
+}
+
+impl CheckedChains {
+    /// `chain` parsed, kept parsed and checked if it was seen checked.
+    fn parse(&self, chain: &tessera_proto::AnswerChain) -> Result<AnswerChainOf, String> {
+        let text = serde_json::to_string(chain)
+            .map_err(|err| format!("the answer's chain cannot be read: {err}"))?;
+        if let Some(parsed) = self.lock().get(&text) {
+            return Ok(AnswerChainOf {
+                parsed: parsed.clone(),
+                text,
+                checked: true,
+            });
+        }
+        let licenses = chain
+            .master_licenses
+            .iter()
+            .map(MasterLicense::from_text)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|err| format!("a master license in the chain is malformed: {err}"))?;
+        let certificate = chain
+            .certificate
+            .to_core()
+            .map_err(|err| format!("the chain's certificate is malformed: {err}"))?;
+        Ok(AnswerChainOf {
+            text,
+            parsed: Arc::new(ParsedChain {
+                licenses,
+                certificate,
+            }),
+            checked: false,
+        })
+    }
+
+    /// Keeps `chain`, whose signatures were just verified.
+    fn keep(&self, chain: AnswerChainOf) {
+        let mut chains = self.lock();
+        if chains.len() >= CHECKED_CHAINS_MAX {
+            chains.clear();
+        }
+        chains.insert(chain.text, chain.parsed);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<ParsedChain>>> {
         self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
@@ -134,6 +208,7 @@ impl Checker {
             vendor_keys,
             held: Mutex::default(),
             server_keys: ServerKeys::default(),
+            chains: CheckedChains::default(),
         }
     }
 
@@ -201,15 +276,30 @@ impl Checker {
         };
         let now = self.clock.now().map_err(|err| err.to_string())?;
         let codes = self.answer_codes(request, grant)?;
+        let chain = match grant.answer.as_ref().and_then(|a| a.chain.as_ref()) {
+            Some(chain) => Some(self.chains.parse(chain)?),
+            None => None,
+        };
         check_grant(
             vendor_keys,
             &self.server_keys,
             request,
             grant,
-            &codes,
+            (&codes, chain.as_ref()),
             now,
             channel,
         )?;
+        // The chain's signatures were verified only if a code is bound to
+        // a VID (`check_backing`).
+        let vid_bound = || {
+            codes
+                .codes
+                .iter()
+                .any(|code| vid_of_binding(&code.fields().hostid.to_string()).is_some())
+        };
+        if let Some(chain) = chain.filter(|chain| !chain.checked && vid_bound()) {
+            self.chains.keep(chain);
+        }
         if codes.sent {
             self.held()
                 .keep(&request.feature, codes.sha256, codes.codes);
@@ -311,13 +401,14 @@ fn asked_fields(request: &CheckoutRequest, answer: &SignedAnswer, outcome: &str)
 }
 
 /// A grant this program may count: signed over its request by the server
-/// that holds it, backed by the vendor's `codes`.
+/// that holds it, backed by the vendor's `codes` (and, for codes bound to a
+/// VID, the `chain`).
 fn check_grant(
     vendor_keys: &[VendorPublicKey],
     server_keys: &ServerKeys,
     request: &CheckoutRequest,
     grant: &Grant,
-    codes: &Codes,
+    (codes, chain): (&Codes, Option<&AnswerChainOf>),
     now_unix_ms: i64,
     channel: Option<&Channel>,
 ) -> Result<(), String> {
@@ -337,22 +428,6 @@ fn check_grant(
     let key = server_keys.parse(&answer.server_key)?;
     let fields = granted_fields(request, grant, answer, &codes.sha256);
     authenticate(&key, fields, answer, channel)?;
-    let (licenses, certificate) = match &answer.chain {
-        Some(chain) => {
-            let licenses = chain
-                .master_licenses
-                .iter()
-                .map(MasterLicense::from_text)
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|err| format!("a master license in the chain is malformed: {err}"))?;
-            let certificate = chain
-                .certificate
-                .to_core()
-                .map_err(|err| format!("the chain's certificate is malformed: {err}"))?;
-            (licenses, Some(certificate))
-        }
-        None => (Vec::new(), None),
-    };
     let version = Version::parse(&request.version).map_err(|err| format!("version: {err}"))?;
     check_backing(
         vendor_keys,
@@ -366,9 +441,10 @@ fn check_grant(
             server_id: &grant.server_id,
             hostid: &answer.hostid,
             server_key: &key,
-            chain: certificate.as_ref().map(|certificate| Chain {
-                master_licenses: &licenses,
-                certificate,
+            chain: chain.map(|chain| Chain {
+                master_licenses: &chain.parsed.licenses,
+                certificate: &chain.parsed.certificate,
+                signatures_checked: chain.checked,
             }),
             now_unix_ms,
         },
@@ -818,6 +894,107 @@ pub(crate) mod tests {
     /// Answer keys are parsed once and kept by their text, at most
     /// [`SERVER_KEYS_MAX`]; a text that names no key is refused each time
     /// and never kept.
+    /// A grant of a production server bound to VID `acme-vid-1`, with its
+    /// chain: a master license signed by `license_vendor` and the
+    /// certificate of its master naming the answer key, issued at
+    /// `issued_unix_ms` for an hour.
+    fn vid_grant(license_vendor: &VendorSecretKey, issued_unix_ms: i64) -> Grant {
+        use tessera_core::master::{CertificateFields, MasterLicenseFields, MasterSecretKey};
+        let bound = vendor()
+            .sign(tessera_core::license::UnsignedCode {
+                hostid: HostBinding::parse("vid:acme-vid-1").unwrap(),
+                ..code(&vendor(), "cad-vid").fields().clone()
+            })
+            .unwrap();
+        let master = MasterSecretKey::from_seed([9; 32]);
+        let license = MasterLicense::sign(
+            license_vendor,
+            MasterLicenseFields {
+                id: "master-1".into(),
+                vendor: String::new(),
+                vid: "acme-vid-1".into(),
+                servers: 3,
+                master_hostid: "mid-0011223344556677".into(),
+                master_key: master.public(),
+                issued: CivilDate::parse("2026-01-01").unwrap(),
+                expiry: Expiry::Permanent,
+                certificate_lifetime_s: 3_600,
+                masters: 1,
+            },
+        )
+        .unwrap();
+        let certificate = master
+            .certify(CertificateFields {
+                vid: "acme-vid-1".into(),
+                master_license: "master-1".into(),
+                server_id: "A".into(),
+                instance: "A.1f2e3d4c".into(),
+                serial: 1,
+                issued_unix_ms,
+                lifetime_ms: 3_600_000,
+                server_key: Some(ServerSecretKey::from_seed([5; 32]).public().to_base64()),
+            })
+            .unwrap();
+        let mut grant = signed_grant(&request(), &[bound]);
+        grant.answer.as_mut().unwrap().chain = Some(tessera_proto::AnswerChain {
+            master_licenses: vec![license.to_text()],
+            certificate: tessera_proto::VidCertificate::from_core(&certificate),
+        });
+        grant
+    }
+
+    /// A VID chain that checked is kept, and not verified again on later
+    /// answers; one that did not check is never kept; a kept chain is still
+    /// refused once its certificate lapses.
+    #[test]
+    fn a_vid_chain_that_checked_is_kept_and_its_dates_still_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let checker = checker(dir.path());
+        let kept = |checker: &Checker| checker.chains.lock().len();
+
+        let stranger = VendorSecretKey::from_seed("acme", [8; 32]).unwrap();
+        let forged = vid_grant(&stranger, unix_now_ms());
+        for _ in 0..2 {
+            let refused = checker.check(&request(), &forged, None).unwrap_err();
+            assert!(
+                refused.contains("a master license does not check"),
+                "{refused}"
+            );
+            assert_eq!(kept(&checker), 0, "a chain that did not check is not kept");
+        }
+
+        let good = vid_grant(&vendor(), unix_now_ms());
+        assert_eq!(checker.check(&request(), &good, None), Ok(()));
+        assert_eq!(kept(&checker), 1);
+        assert_eq!(checker.check(&request(), &good, None), Ok(()));
+        assert_eq!(kept(&checker), 1, "the same chain, kept once");
+
+        // The kept chain's certificate, issued long ago: refused, kept or not.
+        let long_ago = unix_now_ms() - 3_600_000 - CLOCK_TOLERANCE_MS - 60_000;
+        let lapsed = vid_grant(&vendor(), long_ago);
+        let refused = checker.check(&request(), &lapsed, None).unwrap_err();
+        assert!(refused.contains("lapsed"), "{refused}");
+        let text =
+            serde_json::to_string(lapsed.answer.as_ref().unwrap().chain.as_ref().unwrap()).unwrap();
+        let parsed = checker
+            .chains
+            .parse(lapsed.answer.as_ref().unwrap().chain.as_ref().unwrap());
+        checker.chains.keep(parsed.unwrap());
+        assert!(checker.chains.lock().contains_key(&text));
+        let refused = checker.check(&request(), &lapsed, None).unwrap_err();
+        assert!(
+            refused.contains("lapsed"),
+            "a kept chain's dates: {refused}"
+        );
+
+        // Bounded: past the most kept, the chains are checked afresh.
+        for serial in 0..CHECKED_CHAINS_MAX as i64 {
+            let other = vid_grant(&vendor(), unix_now_ms() - serial);
+            assert_eq!(checker.check(&request(), &other, None), Ok(()));
+        }
+        assert!(kept(&checker) <= CHECKED_CHAINS_MAX);
+    }
+
     #[test]
     fn server_keys_are_parsed_once_and_kept_bounded() {
         let keys = ServerKeys::default();
