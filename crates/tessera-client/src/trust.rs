@@ -891,9 +891,6 @@ pub(crate) mod tests {
         assert_eq!(any.codes_held("cad"), None);
     }
 
-    /// Answer keys are parsed once and kept by their text, at most
-    /// [`SERVER_KEYS_MAX`]; a text that names no key is refused each time
-    /// and never kept.
     /// A grant of a production server bound to VID `acme-vid-1`, with its
     /// chain: a master license signed by `license_vendor` and the
     /// certificate of its master naming the answer key, issued at
@@ -995,6 +992,9 @@ pub(crate) mod tests {
         assert!(kept(&checker) <= CHECKED_CHAINS_MAX);
     }
 
+    /// Answer keys are parsed once and kept by their text, at most
+    /// [`SERVER_KEYS_MAX`]; a text that names no key is refused each time
+    /// and never kept.
     #[test]
     fn server_keys_are_parsed_once_and_kept_bounded() {
         let keys = ServerKeys::default();

@@ -1420,7 +1420,15 @@ pub(crate) mod tests {
     }
 
     fn issuer_with(seats: u32, limits: Limits, restored: Vec<(SharedText, StoredGrant)>) -> Issuer {
-        let (pool, key) = pool_and_key(seats);
+        issuer_in(pool_and_key(seats), limits, restored)
+    }
+
+    /// Server A's issuer of `pool`, its quota held.
+    fn issuer_in(
+        (pool, key): (PoolFile, VendorSecretKey),
+        limits: Limits,
+        restored: Vec<(SharedText, StoredGrant)>,
+    ) -> Issuer {
         let mut issuer = Issuer::new("A".into(), limits, 0, restored, 0);
         issuer.set_control(Arc::new(control_of(&pool)), licenses_of(&pool, &key));
         issuer.set_quota(u64::MAX);
@@ -1448,10 +1456,7 @@ pub(crate) mod tests {
     #[test]
     fn only_a_pool_of_several_is_told_of_check_ins_and_cools_them() {
         for (servers, several) in [(&["A"][..], false), (&["A", "B"][..], true)] {
-            let (pool, key) = pool_of(4, servers);
-            let mut issuer = Issuer::new("A".into(), Limits::default(), 0, vec![], 0);
-            issuer.set_control(Arc::new(control_of(&pool)), licenses_of(&pool, &key));
-            issuer.set_quota(u64::MAX);
+            let mut issuer = issuer_in(pool_of(4, servers), Limits::default(), vec![]);
             issuer
                 .checkout("g1".into(), request("c", 1), at(0))
                 .unwrap();

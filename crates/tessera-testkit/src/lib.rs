@@ -500,6 +500,13 @@ pub fn row(status: &StatusResponse, server: &str) -> (u32, Option<u32>, Option<u
     (row.allocation, row.in_use, row.available)
 }
 
+/// The value of the unlabelled metric `name` in `/metrics` text, if any.
+pub fn metric(metrics: &str, name: &str) -> Option<u64> {
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+}
+
 pub fn pool_available(status: &StatusResponse) -> u32 {
     status
         .features

@@ -20,11 +20,7 @@ async fn frames_answered(server: &Server) -> u64 {
 /// The value of the unlabelled metric `name` in the server's `/metrics`.
 async fn metric(server: &Server, name: &str) -> u64 {
     let metrics = server.metrics().await;
-    metrics
-        .lines()
-        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
-        .and_then(|value| value.parse().ok())
-        .unwrap_or_else(|| panic!("no {name} in:\n{metrics}"))
+    tessera_testkit::metric(&metrics, name).unwrap_or_else(|| panic!("no {name} in:\n{metrics}"))
 }
 
 fn sdk(server: &Server, protocol: Protocol, client_id: &str) -> Client {
@@ -441,9 +437,7 @@ async fn signed_answers_come_in_batches_on_tessera_3_and_2_and_alone_on_tessera_
     // checkout of the current programs, none of the older one's.
     let metrics = server.metrics().await;
     let counter = |name: &str| -> u64 {
-        metrics
-            .lines()
-            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        tessera_testkit::metric(&metrics, name)
             .unwrap_or_else(|| panic!("no {name} in:\n{metrics}"))
     };
     let (batches, answers) = (

@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use tessera_client::{ClientError, SeatGuard};
-use tessera_testkit::{row, PoolSpec};
+use tessera_testkit::{metric, row, PoolSpec};
 
 use super::{assert_all_held, client, held_pool, start_pool, HeldPool};
 
@@ -369,11 +369,7 @@ async fn a_leader_change_costs_no_quota_on_a_live_follower() {
         // Two more renewals under the new leader.
         tokio::time::sleep(Duration::from_millis(700)).await;
         let metrics = pool.metrics(watched).await;
-        let gap: u64 = metrics
-            .lines()
-            .find_map(|line| line.strip_prefix("tessera_quota_renewal_gap_max_ms "))
-            .and_then(|value| value.parse().ok())
-            .expect("the gap metric");
+        let gap = metric(&metrics, "tessera_quota_renewal_gap_max_ms").expect("the gap metric");
         gaps.push((pool.servers[watched].id.clone(), gap));
         if stopped {
             assert!(pool.signal(leader, libc::SIGCONT), "SIGCONT");
@@ -395,10 +391,7 @@ async fn a_leader_change_costs_no_quota_on_a_live_follower() {
 
 /// A gauge of server `i`'s `/metrics`; `None` while it does not answer.
 async fn gauge(pool: &tessera_testkit::Pool, i: usize, name: &str) -> Option<u64> {
-    pool.metrics(i)
-        .await
-        .lines()
-        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+    metric(&pool.metrics(i).await, name)
 }
 
 /// Check-ins faster than one report carries (at most
