@@ -66,6 +66,7 @@ mod tests {
     /// the stores this test process opens later as woken by idle workers.
     #[test]
     fn the_runtime_has_the_workers_asked_for() {
+        let _alone = crate::store::tests::idle_workers_alone();
         for workers in [1, 3] {
             let runtime = super::runtime_builder(workers).build().unwrap();
             assert_eq!(runtime.metrics().num_workers(), workers);

@@ -473,7 +473,7 @@ async fn write_loop_inline(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// Opens the store again once the previous writer thread has let go of
@@ -741,29 +741,46 @@ mod tests {
         ids
     }
 
+    static IDLE_WORKERS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+    /// Held by the tests that run the server's runtime, whose idle workers
+    /// wake every store's writer in this process ([`queue::workers_idle`]),
+    /// and by the test that needs none to: run at once, the first would
+    /// wake the second's writer for it.
+    pub(crate) fn idle_workers_alone() -> std::sync::MutexGuard<'static, ()> {
+        IDLE_WORKERS.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// On a runtime whose workers never report idling (this test's), a
     /// new grant queued for a writer between batches wakes it itself after
     /// [`queue::UNREPORTED_MAX`] rather than waiting out the writer's
     /// sleep (up to [`queue::DEFER`]).
-    #[tokio::test]
-    async fn a_new_grant_no_idle_worker_reports_wakes_the_writer_itself() {
-        let dir = tempfile::tempdir().unwrap();
-        let disk: Arc<dyn Disk> = Arc::new(FileDisk);
-        let (store, _) = Store::open_with(&disk, dir.path(), "p", "A", 16, true).unwrap();
-        // Idle: the first grant wakes the writer at once; afterwards it is
-        // busy of late and sleeps up to the deferral between batches.
-        let mut ids = Vec::new();
-        for n in 0..10 {
-            let id = format!("g{n}");
-            store
-                .put(id.as_str().into(), grant("cad"), true)
-                .await
-                .unwrap();
-            ids.push(id);
-        }
-        assert!(store.queue.0.late() >= 1, "no grant woke the writer itself");
-        ids.sort();
-        assert_eq!(ids_after_crash(dir.path()), ids);
+    #[test]
+    fn a_new_grant_no_idle_worker_reports_wakes_the_writer_itself() {
+        let _alone = idle_workers_alone();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let dir = tempfile::tempdir().unwrap();
+            let disk: Arc<dyn Disk> = Arc::new(FileDisk);
+            let (store, _) = Store::open_with(&disk, dir.path(), "p", "A", 16, true).unwrap();
+            // Idle: the first grant wakes the writer at once; afterwards it is
+            // busy of late and sleeps up to the deferral between batches.
+            let mut ids = Vec::new();
+            for n in 0..10 {
+                let id = format!("g{n}");
+                store
+                    .put(id.as_str().into(), grant("cad"), true)
+                    .await
+                    .unwrap();
+                ids.push(id);
+            }
+            assert!(store.queue.0.late() >= 1, "no grant woke the writer itself");
+            ids.sort();
+            assert_eq!(ids_after_crash(dir.path()), ids);
+        });
     }
 
     /// On the server's runtime ([`crate::runtime`]) a worker that runs out
@@ -771,6 +788,7 @@ mod tests {
     /// worker (`[runtime] workers = 1`) or more.
     #[test]
     fn on_the_servers_runtime_idle_workers_wake_the_writer() {
+        let _alone = idle_workers_alone();
         for workers in [1, 2] {
             idle_workers_wake_the_writer(workers);
         }
