@@ -92,6 +92,14 @@ pub struct App {
     pub(crate) claiming: Mutex<std::collections::HashSet<String>>,
     /// Usage events, for `tessera report` (`crate::report_log`).
     pub(crate) report: crate::report_log::ReportLog,
+    /// Told each time the issuer takes a new control state
+    /// (`background::follow_control`): a donor answers requests from the
+    /// state its issuer enforces (`crate::balance`).
+    pub(crate) control_taken: tokio::sync::Notify,
+    /// The test fault switch (`POST /v1/test/control-lag`): how long the
+    /// issuer waits before it takes a new control state, as on a server too
+    /// busy to follow the pool's log at once. 0 outside tests.
+    pub(crate) control_lag_ms: std::sync::atomic::AtomicU64,
 }
 
 impl App {

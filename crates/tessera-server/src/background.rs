@@ -39,6 +39,7 @@ pub(crate) fn follow_control(app: &Arc<App>, grace: bool, config: &ServerConfig)
                     }
                 }
                 app.seats_freed();
+                app.control_taken.notify_one();
                 if sequence != written_sequence {
                     if let Some(text) = control.pool_text() {
                         let path = app.data_dir.join(INSTALLED_POOL_FILE);
@@ -57,6 +58,12 @@ pub(crate) fn follow_control(app: &Arc<App>, grace: bool, config: &ServerConfig)
                 }
                 // The VIDs this server may serve changed (`crate::vid`).
                 () = app.identity_changed.notified() => {}
+            }
+            let lag_ms = app
+                .control_lag_ms
+                .load(std::sync::atomic::Ordering::Relaxed);
+            if lag_ms > 0 {
+                tokio::time::sleep(std::time::Duration::from_millis(lag_ms)).await;
             }
         }
     });

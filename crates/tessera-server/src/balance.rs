@@ -395,15 +395,14 @@ fn source_name(source: &BorrowSource) -> String {
 /// leader also cancels requests nobody answered in time.
 pub(crate) fn spawn_answer_loop(app: Arc<App>) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        let mut applied = app.pool.applied.clone();
         // Answers sent and not yet applied, with when they were sent.
         let mut sent: HashMap<String, u64> = HashMap::new();
         // Leader: when it first saw each pending request.
         let mut first_seen: BTreeMap<(String, u64), u64> = BTreeMap::new();
         loop {
-            let _ = tokio::time::timeout(ANSWER_INTERVAL, applied.changed()).await;
-            // Let the issuer take the new state first.
-            tokio::time::sleep(Duration::from_millis(2)).await;
+            // Woken when the issuer takes a new control state: the answers
+            // are computed from it, not from the pool's newest.
+            let _ = tokio::time::timeout(ANSWER_INTERVAL, app.control_taken.notified()).await;
             let state = app.pool.applied.borrow().state.clone();
             let now_ms = app.clock.now_ms();
             let answers = app.answers_due(&state, now_ms);
@@ -420,24 +419,37 @@ pub(crate) fn spawn_answer_loop(app: Arc<App>) -> tokio::task::JoinHandle<()> {
 }
 
 impl App {
-    /// This server's answers to the requests and targets addressed to it.
-    fn answers_due(&self, state: &ControlState, now_ms: u64) -> Vec<ControlCommand> {
+    /// This server's answers to the requests and targets addressed to it,
+    /// computed under one hold of the issuer's lock from the control state
+    /// the issuer enforces. Once that state shows a request or a target, the
+    /// issuer holds the seats it asks for back from new checkouts
+    /// ([`FeatureAllocation::reserved`]), so the seats in use counted here
+    /// only fall until the answer is applied or the request goes. A newer
+    /// state the issuer has not taken yet would not do: until it takes it,
+    /// the issuer still issues its whole allocation, and a seat given away
+    /// from that state could be issued here as well. A feature whose
+    /// allocation here the `newest` state has changed is left for the next
+    /// state the issuer takes: its answers would be refused.
+    fn answers_due(&self, newest: &ControlState, now_ms: u64) -> Vec<ControlCommand> {
         let me = &self.pool.server_id;
+        let issuer = self.issuer();
+        let Some(state) = issuer.control().cloned() else {
+            return Vec::new();
+        };
+        let grace = issuer.in_grace(now_ms);
         let mut answers = Vec::new();
         for (feature, allocation) in state.allocations() {
             let addressed = allocation.requests.values().any(|r| &r.donor == me)
                 || allocation.targets.contains_key(me);
-            if !addressed {
+            let moved_since = newest.allocation(feature).is_none_or(|a| {
+                a.allocation_of(me) != allocation.allocation_of(me)
+                    || a.loosened_count(me) != allocation.loosened_count(me)
+            });
+            if !addressed || moved_since {
                 continue;
             }
-            let (in_use, grace) = {
-                let issuer = self.issuer();
-                let in_use = issuer.usage(feature).map_or(0, |(_, n)| n);
-                (
-                    issuer.held_allocation(feature, in_use),
-                    issuer.in_grace(now_ms),
-                )
-            };
+            let in_use = issuer.usage(feature).map_or(0, |(_, n)| n);
+            let in_use = issuer.held_allocation(feature, in_use);
             // In its grace period a server does not know the seats its
             // clients hold from before it lost its store: every seat of its
             // allocation may be held, so it gives none away.

@@ -379,6 +379,8 @@ impl App {
                 config.limits.requests_in_flight_max,
             )),
             framed_requests: Default::default(),
+            control_taken: tokio::sync::Notify::new(),
+            control_lag_ms: Default::default(),
             vendors: config.vendors.clone(),
             data_dir: config.data_dir.clone(),
             disk: seams.disk.clone(),

@@ -417,6 +417,20 @@ impl Pool {
         assert!(response.status().is_success(), "fault switch refused");
     }
 
+    /// Sets the test fault switch of server `i` that makes its issuer take
+    /// each new control state `ms` late (0: at once).
+    pub async fn control_lag(&self, i: usize, ms: u64) {
+        let response = self
+            .http
+            .post(&self.servers[i].address, "/v1/test/control-lag")
+            .header(POOL_HEADER, &self.pool_id)
+            .json(&serde_json::json!({ "ms": ms }))
+            .send()
+            .await
+            .expect("fault switch");
+        assert!(response.status().is_success(), "fault switch refused");
+    }
+
     /// A raw checkout on server `i`: the HTTP status and the JSON body.
     pub async fn checkout(&self, i: usize, client: &str, count: u32) -> (u16, serde_json::Value) {
         let body = serde_json::json!({

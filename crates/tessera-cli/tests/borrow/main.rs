@@ -239,6 +239,98 @@ async fn a_live_follower_gives_seats_only_with_its_consent() {
     assert!(rows(&status)[1].seats_out >= 1);
 }
 
+/// A donor answers from the control state its issuer enforces, never from
+/// a newer one its issuer has not taken yet: B's issuer takes every state
+/// 1.5 s late (a server too busy to follow the log at once). While it
+/// still issues B's whole allocation, B gives nothing away; had it answered
+/// A's request from the newer state, its last seat and the one A borrowed
+/// would both be issued, 5 seats of 4.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_donor_whose_issuer_lags_gives_no_seat_it_may_still_issue() {
+    let pool = start_pool(PoolSpec {
+        seats: 4,
+        distribution: "A = 0\nB = 2\nC = 2\n",
+        lease_s: 30,
+        heartbeat_s: 10,
+        // No borrowing ahead of need: only A asks, and only for its checkout.
+        extra: "[borrowing.app]\nthreshold_percent = 100\n",
+        ..PoolSpec::default()
+    })
+    .await;
+    let leader = pool.wait_leader(&[0, 1, 2]).await;
+    let b_grants = fill(&pool, 1, 1, "b").await;
+    fill(&pool, 2, 2, "c").await;
+    pool.wait_status(leader, "the leader sees B with one spare seat", |s| {
+        rows(s)[1].in_use == Some(1) && rows(s)[2].in_use == Some(2)
+    })
+    .await;
+    pool.control_lag(1, 1_500).await;
+    let a_checkout = {
+        let pool_http = pool.http.clone();
+        let address = pool.servers[0].address.clone();
+        tokio::spawn(async move {
+            let body = serde_json::json!({
+                "client_id": "a-0", "user": "u", "host": "h", "feature": "app",
+                "version": "1.0", "count": 1
+            });
+            let response = pool_http
+                .post(&address, "/v1/checkout")
+                .json(&body)
+                .send()
+                .await
+                .expect("checkout");
+            let code = response.status().as_u16();
+            (
+                code,
+                response
+                    .json::<serde_json::Value>()
+                    .await
+                    .unwrap_or_default(),
+            )
+        })
+    };
+    // A's request to B is committed well before B's issuer takes it.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (b_code, b_body) = pool.checkout(1, "b-late", 1).await;
+    let (a_code, a_body) = a_checkout.await.expect("A's checkout");
+    assert!(
+        !(a_code == 200 && b_code == 200),
+        "B issued its last seat and gave it to A as well: 5 seats of 4\n\
+         A: {a_body}\nB: {b_body}\n--- log of B:\n{}",
+        pool.log(1)
+    );
+    let mut in_use = 0;
+    for i in 0..3 {
+        let status = pool.status(i).await.expect("status");
+        in_use += own_row(&status).in_use.unwrap_or(0);
+    }
+    assert!(in_use <= 4, "{in_use} seats in use of 4");
+    // Still lagging, B answers once its issuer holds the seat back: with a
+    // seat checked in, A borrows it.
+    pool.control_lag(1, 300).await;
+    let grant = &b_grants[0];
+    let response = pool
+        .http
+        .post(&pool.servers[1].address, "/v1/checkin")
+        .json(&serde_json::json!({
+            "grant_id": grant["grant_id"], "client_id": "b-0", "proof": grant["proof"],
+        }))
+        .send()
+        .await
+        .expect("checkin");
+    assert!(response.status().is_success());
+    let b_held = u32::from(b_code == 200);
+    pool.wait_status(leader, "B reported its free seat", |s| {
+        rows(s)[1].in_use == Some(b_held)
+    })
+    .await;
+    let (code, body) = pool.checkout(0, "a-1", 1).await;
+    assert_eq!(
+        code, 200,
+        "B consented once its issuer took the request: {body}"
+    );
+}
+
 /// A silent server's allocation moves only once every grant it issued must
 /// have lapsed: its quota lease plus the longest lease, from its last report.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -31,7 +31,9 @@ pub(super) fn routes() -> Router<Arc<App>> {
             "{} is set: the test fault switch is on",
             pool::TEST_FAULTS_ENV
         );
-        Router::new().route("/v1/test/partition", post(partition))
+        Router::new()
+            .route("/v1/test/partition", post(partition))
+            .route("/v1/test/control-lag", post(control_lag))
     } else {
         Router::new()
     };
@@ -236,4 +238,23 @@ async fn partition(
     app.pool.set_partitioned(switch.on);
     tracing::warn!("test fault switch: partitioned = {}", switch.on);
     Json(switch.on)
+}
+
+/// Test-only: `{"ms": N}` makes this server's issuer take each new control
+/// state N ms after the pool applied it, as a server too busy to follow
+/// its log at once would; 0 ends it.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ControlLag {
+    ms: u64,
+}
+
+async fn control_lag(
+    State(app): State<Arc<App>>,
+    JsonBody(lag): JsonBody<ControlLag>,
+) -> Json<u64> {
+    app.control_lag_ms
+        .store(lag.ms, std::sync::atomic::Ordering::Relaxed);
+    tracing::warn!("test fault switch: control states taken {} ms late", lag.ms);
+    Json(lag.ms)
 }
