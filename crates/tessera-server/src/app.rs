@@ -96,10 +96,9 @@ pub struct App {
     /// (`background::follow_control`): a donor answers requests from the
     /// state its issuer enforces (`crate::balance`).
     pub(crate) control_taken: tokio::sync::Notify,
-    /// The test fault switch (`POST /v1/test/control-lag`): how long the
-    /// issuer waits before it takes a new control state, as on a server too
-    /// busy to follow the pool's log at once. 0 outside tests.
-    pub(crate) control_lag_ms: std::sync::atomic::AtomicU64,
+    /// How late the issuer takes each new control state
+    /// ([`seams::Seams::control_lag_ms`]).
+    pub(crate) control_lag_ms: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl App {

@@ -433,8 +433,13 @@ impl App {
     fn answers_due(&self, newest: &ControlState, now_ms: u64) -> Vec<ControlCommand> {
         let me = &self.pool.server_id;
         let issuer = self.issuer();
-        let Some(state) = issuer.control().cloned() else {
-            return Vec::new();
+        let state = if self.mutations.answer_from_the_newest_state {
+            Arc::new(newest.clone())
+        } else {
+            let Some(state) = issuer.control().cloned() else {
+                return Vec::new();
+            };
+            state
         };
         let grace = issuer.in_grace(now_ms);
         let mut answers = Vec::new();

@@ -211,6 +211,9 @@ pub struct Mutations {
     pub reassign_without_wait: bool,
     /// Let a server that lost its Raft log vote before it has caught up.
     pub vote_while_catching_up: bool,
+    /// A donor answers the requests addressed to it from the pool's newest
+    /// control state, which its issuer may not have taken yet.
+    pub answer_from_the_newest_state: bool,
     /// Hand a silent server's grant over at once, without waiting for its
     /// quota to end and without checking the copy outlives that quota.
     pub hand_over_without_wait: bool,
@@ -238,6 +241,11 @@ pub struct Seams {
     /// The bytes of this server's answer key if its data directory has
     /// none yet (`answer.key`): random, or the simulator's.
     pub answer_key_seed: [u8; 32],
+    /// How late, in ms, the issuer takes each new control state: 0, but
+    /// for the simulator's slow-follow fault and the test fault switch
+    /// (`POST /v1/test/control-lag`), which stand for a server too busy to
+    /// follow the pool's log at once.
+    pub control_lag_ms: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Seams {
@@ -259,6 +267,7 @@ impl Seams {
             observer: None,
             mutations: Mutations::default(),
             hostid: None,
+            control_lag_ms: Default::default(),
             answer_key_seed: {
                 use rand::RngCore;
                 let mut seed = [0u8; 32];

@@ -380,7 +380,7 @@ impl App {
             )),
             framed_requests: Default::default(),
             control_taken: tokio::sync::Notify::new(),
-            control_lag_ms: Default::default(),
+            control_lag_ms: seams.control_lag_ms.clone(),
             vendors: config.vendors.clone(),
             data_dir: config.data_dir.clone(),
             disk: seams.disk.clone(),

@@ -226,6 +226,7 @@ struct World {
     loss: BTreeMap<usize, u32>,
     duplicate: BTreeMap<usize, u32>,
     slow: BTreeMap<usize, Duration>,
+    follow_lag: BTreeMap<usize, Duration>,
 }
 
 fn pair(a: usize, b: usize) -> (usize, usize) {
@@ -280,6 +281,10 @@ fn desired(episodes: &[Episode], hosts: usize, now: Duration) -> World {
             Fault::SlowDisk { server, delay } => {
                 let entry = world.slow.entry(*server).or_default();
                 *entry = (*entry).max(*delay);
+            }
+            Fault::SlowFollow { server, lag } => {
+                let entry = world.follow_lag.entry(*server).or_default();
+                *entry = (*entry).max(*lag);
             }
         }
     }
@@ -475,6 +480,8 @@ struct Runner {
     host_names: Vec<String>,
     knobs: BTreeMap<String, Arc<NetKnobs>>,
     disks: Vec<Arc<SimDisk>>,
+    /// Per server: how late its issuer takes each control state, in ms.
+    follow_lags: Vec<Arc<AtomicU64>>,
     trace: Shared,
     ctx: Arc<Ctx>,
     /// The pool file, the pool key and the servers' data; removed with the runner.
@@ -558,6 +565,7 @@ impl Runner {
             host_names,
             knobs,
             disks: (0..servers).map(|_| SimDisk::new()).collect(),
+            follow_lags: (0..servers).map(|_| Default::default()).collect(),
             trace,
             ctx,
             dir,
@@ -580,9 +588,10 @@ impl Runner {
             .build();
         for (index, spec) in self.ctx.scenario.servers.iter().enumerate() {
             let (ctx, disk) = (self.ctx.clone(), self.disks[index].clone());
+            let lag = self.follow_lags[index].clone();
             let boots = Arc::new(AtomicU64::new(0));
             sim.host(spec.host.as_str(), move || {
-                programs::server(ctx.clone(), index, disk.clone(), boots.clone())
+                programs::server(ctx.clone(), index, disk.clone(), lag.clone(), boots.clone())
             });
         }
         for (index, host) in self.client_hosts.iter().enumerate() {
@@ -623,6 +632,7 @@ impl Runner {
                 &self.host_names,
                 &self.server_ids,
                 &self.disks,
+                &self.follow_lags,
                 &self.knobs,
                 &mut applied,
                 &want,
@@ -725,6 +735,7 @@ fn apply(
     host_names: &[String],
     server_ids: &[String],
     disks: &[Arc<SimDisk>],
+    follow_lags: &[Arc<AtomicU64>],
     knobs: &BTreeMap<String, Arc<NetKnobs>>,
     applied: &mut World,
     want: &World,
@@ -779,6 +790,10 @@ fn apply(
     }
     for (server, disk) in disks.iter().enumerate() {
         disk.set_commit_delay(want.slow.get(&server).copied().unwrap_or_default());
+    }
+    for (server, lag) in follow_lags.iter().enumerate() {
+        let ms = want.follow_lag.get(&server).map_or(0, |d| d.as_millis());
+        lag.store(u64::try_from(ms).unwrap_or(u64::MAX), Ordering::SeqCst);
     }
     *applied = want.clone();
 }

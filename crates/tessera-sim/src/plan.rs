@@ -38,6 +38,10 @@ pub enum Fault {
     Duplicate { host: usize, per_mille: u32 },
     /// Every commit on the server's disk takes `delay` longer.
     SlowDisk { server: usize, delay: Duration },
+    /// The server's issuer takes each new control state `lag` after the
+    /// pool applied it, as on a server too busy to follow its log at once.
+    /// Drawn by no seed's own schedule; plans name it.
+    SlowFollow { server: usize, lag: Duration },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -131,6 +135,14 @@ impl fmt::Display for Shown<'_> {
                     "slow disk on {}: +{} ms a commit",
                     n(server),
                     delay.as_millis()
+                )
+            }
+            Fault::SlowFollow { server, lag } => {
+                write!(
+                    f,
+                    "{} takes each control state {} ms late",
+                    n(server),
+                    lag.as_millis()
                 )
             }
         }

@@ -104,6 +104,7 @@ pub async fn server(
     ctx: Arc<Ctx>,
     index: usize,
     disk: Arc<SimDisk>,
+    control_lag_ms: Arc<AtomicU64>,
     boots: Arc<AtomicU64>,
 ) -> turmoil::Result {
     let spec = ctx.scenario.servers[index].clone();
@@ -128,6 +129,7 @@ pub async fn server(
         mutations: ctx.mutations,
         hostid: spec.hostid.clone(),
         answer_key_seed: clock_rng.gen(),
+        control_lag_ms,
     };
     ctx.trace.lock().note(
         &spec.id,
