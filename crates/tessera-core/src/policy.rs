@@ -161,6 +161,16 @@ pub struct Claim {
     pub seats: u32,
     /// The server that holds the grant.
     pub server: String,
+    /// The newest heartbeat of the grant that `server`'s copy had answered
+    /// when it claimed (0 for a checkout): a claim moves only to a copy
+    /// renewed as late or later, so a copy left behind by a fail-over never
+    /// takes it back from the one its program renews.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub renewal: u64,
+}
+
+fn is_zero(value: &u64) -> bool {
+    *value == 0
 }
 
 impl Claim {

@@ -95,6 +95,7 @@ impl App {
                 address,
                 seats: request.count,
                 server: self.pool.server_id.clone(),
+                renewal: 0,
             },
             force: false,
         };
@@ -109,6 +110,8 @@ impl App {
 
     /// Records, whatever the rules say, a grant converted here from
     /// another server: its claim moves here, or is made if it was lost.
+    /// The claim names the newest heartbeat this copy answered
+    /// (`request.renewal`): it does not move back to an older copy.
     pub(crate) fn claim_converted(&self, grant_id: &str, request: &SeatRequest) {
         if !self.counts(&request.feature) {
             return;
@@ -122,6 +125,7 @@ impl App {
                 address: None,
                 seats: request.count,
                 server: self.pool.server_id.clone(),
+                renewal: request.renewal,
             },
             force: true,
         };
@@ -228,15 +232,22 @@ impl App {
         }
         *unbacked_since = unbacked;
         for (grant_id, (feature, request, issued_at_ms)) in held {
-            // Claimed by another server: a copy left behind by a fail-over,
-            // dropped soon; the claim stays with the newer copy.
-            let claimed = state
+            let claim = state
                 .allocation(&feature)
-                .is_some_and(|a| a.claims.contains_key(&grant_id));
-            if !claimed
-                && now_ms.saturating_sub(issued_at_ms) >= YOUNG_GRANT_MS
-                && !claiming.contains(&grant_id)
-            {
+                .and_then(|a| a.claims.get(&grant_id));
+            let wanted = match claim {
+                // Made here, or moved here.
+                Some(claim) if claim.server == me => false,
+                // Claimed by another server for a copy renewed later than
+                // this one: this copy was left behind by a fail-over, and is
+                // dropped soon. Claimed for an older copy: this one is newer
+                // and the move its conversion proposed was lost (the copy the
+                // claim names may be gone, and its server forgets the claim
+                // once it has been unbacked for W).
+                Some(claim) => claim.renewal < request.renewal,
+                None => now_ms.saturating_sub(issued_at_ms) >= YOUNG_GRANT_MS,
+            };
+            if wanted && !claiming.contains(&grant_id) {
                 self.claim_converted(&grant_id, &request);
             }
         }

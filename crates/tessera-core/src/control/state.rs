@@ -274,6 +274,7 @@ impl ControlState {
                         address: None,
                         seats: *seats,
                         server: from.clone(),
+                        renewal: 0,
                     },
                 )?;
                 let a = self.feature_mut(feature)?;
@@ -418,7 +419,11 @@ impl ControlState {
             return Ok(ControlOutcome::Claims { count: 0 });
         }
         if let Some(existing) = self.feature_mut(feature)?.claims.get_mut(grant_id) {
-            existing.server = claim.server.clone();
+            // A move by a fail-over; never back to an older copy.
+            if claim.renewal >= existing.renewal {
+                existing.server = claim.server.clone();
+                existing.renewal = claim.renewal;
+            }
             return Ok(ControlOutcome::Claims { count: 1 });
         }
         if !force {

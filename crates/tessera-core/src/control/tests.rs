@@ -933,6 +933,7 @@ fn claim_of(grant_id: &str, user: &str, server: &str, force: bool) -> ControlCom
             address: None,
             seats: 1,
             server: server.into(),
+            renewal: 0,
         },
         force,
     }
@@ -1001,6 +1002,65 @@ fn claims_keep_reserves_and_maxima_across_the_pool() {
         ControlOutcome::Claims { count: 0 }
     );
     assert!(claims(&state).is_empty());
+}
+
+/// A claim follows the copy its program renews: a fail-over's move names
+/// the newest heartbeat the new copy answered, and a copy left behind,
+/// renewed earlier, neither takes the claim back nor forgets it. Without
+/// the renewal, the server of a copy left behind took the claim, dropped
+/// its copy, and forgot the claim while the program held the grant
+/// elsewhere, so a max was exceeded (simulation seed 46).
+#[test]
+fn a_claim_moves_only_to_a_copy_renewed_as_late_or_later() {
+    let policy = "[policy.features.cad]\nmax = [\"1 user:bob\"]\n";
+    let mut state = ControlState::default();
+    install(&mut state, 1, &["A", "B", "C"], &[("c1", "cad", 3)], policy);
+    let moved = |server: &str, renewal: u64| {
+        let mut command = claim_of("g1", "bob", server, true);
+        if let ControlCommand::Claim { claim, .. } = &mut command {
+            claim.renewal = renewal;
+        }
+        command
+    };
+    let holder = |state: &ControlState| {
+        let claim = &state.allocation("cad").unwrap().claims["g1"];
+        (claim.server.clone(), claim.renewal)
+    };
+    let counted = ControlOutcome::Claims { count: 1 };
+    assert_eq!(state.apply(&claim_of("g1", "bob", "A", false)), counted);
+    // Converted on C at heartbeat 7, then on B at heartbeat 5 of a copy
+    // left behind: the claim stays with C's.
+    assert_eq!(state.apply(&moved("C", 7)), counted);
+    assert_eq!(state.apply(&moved("B", 5)), counted);
+    assert_eq!(holder(&state), ("C".into(), 7));
+    // B's copy is dropped: its forget leaves C's claim.
+    let unclaim = |server: &str| ControlCommand::Unclaim {
+        feature: "cad".into(),
+        server: server.into(),
+        grant_ids: vec!["g1".into()],
+    };
+    assert_eq!(
+        state.apply(&unclaim("B")),
+        ControlOutcome::Claims { count: 0 }
+    );
+    // The program comes back to A at heartbeat 9: the claim follows.
+    assert_eq!(state.apply(&moved("A", 9)), counted);
+    assert_eq!(holder(&state), ("A".into(), 9));
+    assert_eq!(
+        state.apply(&unclaim("C")),
+        ControlOutcome::Claims { count: 0 }
+    );
+    // Still one claim: a second grant of bob's is refused by the max.
+    refused_because(
+        state.apply(&claim_of("g2", "bob", "B", false)),
+        "the pool's policy allows them 1",
+    );
+    // States from before the renewal was recorded read it as 0.
+    let json = serde_json::to_string(&state).unwrap();
+    let old = json.replace(",\"renewal\":9", "");
+    assert_ne!(old, json);
+    let back: ControlState = serde_json::from_str(&old).unwrap();
+    assert_eq!(back.allocation("cad").unwrap().claims["g1"].renewal, 0);
 }
 
 fn wait(ticket: &str, client: &str, until: i64) -> ControlCommand {

@@ -214,6 +214,10 @@ impl App {
                 Some("fail-over".into()),
             );
             self.report.record(event);
+        } else if issued.supersedes_renewal.is_some() {
+            // Renewed here after its heartbeats went elsewhere: the claim
+            // comes back with it, ahead of the copy left behind there.
+            self.claim_converted(&issued.grant_id, &request);
         }
         let claim = GrantClaim {
             grant_id: &issued.grant_id,
