@@ -1,6 +1,7 @@
 //! The fault schedule, drawn from the seed: after a pause, a fault on a server
-//! (kill -9 then restart, SIGSTOP then SIGCONT, or a cut from its peers then
-//! the heal); an episode ends when that server serves again. At most
+//! (kill -9 then restart, SIGSTOP then SIGCONT, a cut from its peers then the
+//! heal, or an issuer that takes each control state late, then on time); an
+//! episode ends when that server serves again. At most
 //! `faulted_max` episodes run at once.
 
 use std::ops::Range;
@@ -29,6 +30,10 @@ pub enum Fault {
     Stop,
     /// The test fault switch: no peer message in or out; clients still reach it.
     Partition,
+    /// The test fault switch: the server's issuer takes each new control
+    /// state `lag_ms` late, as a server too busy to follow the pool's log
+    /// would; it answers borrow requests from the state its issuer enforces.
+    SlowFollow { lag_ms: u64 },
 }
 
 impl Fault {
@@ -37,6 +42,7 @@ impl Fault {
             Fault::Kill => "kill -9",
             Fault::Stop => "SIGSTOP",
             Fault::Partition => "partition",
+            Fault::SlowFollow { .. } => "slow follow",
         }
     }
 
@@ -45,7 +51,7 @@ impl Fault {
         match self {
             Fault::Kill => 500..3_000,
             Fault::Stop => 500..4_000,
-            Fault::Partition => 1_000..4_000,
+            Fault::Partition | Fault::SlowFollow { .. } => 1_000..4_000,
         }
     }
 }
@@ -98,13 +104,24 @@ pub async fn run(pool: Arc<RwLock<Pool>>, plan: &Plan, epoch: Instant) -> Vec<Ep
         while let Some(result) = running.try_join_next() {
             finished(join(Some(result)), &mut faulted);
         }
-        let fault = [Fault::Kill, Fault::Stop, Fault::Partition][rng.gen_range(0..3)];
+        let fault = match rng.gen_range(0..4) {
+            0 => Fault::Kill,
+            1 => Fault::Stop,
+            2 => Fault::Partition,
+            _ => Fault::SlowFollow {
+                lag_ms: rng.gen_range(100..1_500),
+            },
+        };
         let length = Duration::from_millis(rng.gen_range(fault.length_ms()));
+        let lag = match fault {
+            Fault::SlowFollow { lag_ms } => format!(" ({lag_ms} ms late)"),
+            _ => String::new(),
+        };
         let healthy: Vec<usize> = (0..servers).filter(|&i| !faulted[i]).collect();
         let server = healthy[rng.gen_range(0..healthy.len())];
         faulted[server] = true;
         println!(
-            "[{}] {} {} for {} ms",
+            "[{}] {} {}{lag} for {} ms",
             stamp(epoch, Instant::now()),
             fault.name(),
             IDS[server],
@@ -150,6 +167,11 @@ async fn episode(
             pool.read().await.partition(server, true).await;
             sleep(length).await;
             pool.read().await.partition(server, false).await;
+        }
+        Fault::SlowFollow { lag_ms } => {
+            pool.read().await.control_lag(server, lag_ms).await;
+            sleep(length).await;
+            pool.read().await.control_lag(server, 0).await;
         }
     }
     let healed = Instant::now();
