@@ -138,6 +138,9 @@ pub struct Report {
     pub tail: String,
     /// The whole story, a line an event.
     pub story: Vec<String>,
+    /// The command that runs this seed again as it ran here
+    /// ([`replay_command`]).
+    pub replay: String,
 }
 
 impl Report {
@@ -149,7 +152,7 @@ impl Report {
     pub fn explain(&self) -> String {
         let mut out = format!(
             "seed {} ({} servers, hard limit {}, {} programs{}): {} violation(s)\n\
-             replay: cargo run --release -p tessera-sim -- --seed {} --verbose\n\
+             replay: {}\n\
              fault schedule:\n",
             self.seed,
             self.servers,
@@ -159,7 +162,7 @@ impl Report {
                 .as_ref()
                 .map_or(String::new(), |rules| format!(", rules {rules}")),
             self.violations.len(),
-            self.seed
+            self.replay
         );
         for line in &self.schedule {
             out.push_str("  ");
@@ -307,7 +310,8 @@ pub fn run(seed: u64, options: &Options) -> Report {
         }));
     });
     let options = options.clone();
-    std::thread::Builder::new()
+    let replay = replay_command(seed, &options);
+    let mut report = std::thread::Builder::new()
         .name(format!("sim-{seed}"))
         .spawn(move || {
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run_here(seed, &options)))
@@ -320,7 +324,82 @@ pub fn run(seed: u64, options: &Options) -> Report {
         })
         .expect("a thread for the run")
         .join()
-        .unwrap_or_else(|_| panicked(seed, "the run's thread died".into()))
+        .unwrap_or_else(|_| panicked(seed, "the run's thread died".into()));
+    report.replay = replay;
+    report
+}
+
+/// The deliberate bugs of [`Mutations`], by the names `tessera-sim
+/// --mutation` takes.
+pub fn mutation_switches(mutations: &mut Mutations) -> [(&'static str, &mut bool); 6] {
+    [
+        ("issue-without-quorum", &mut mutations.issue_without_quorum),
+        (
+            "reassign-without-wait",
+            &mut mutations.reassign_without_wait,
+        ),
+        (
+            "vote-while-catching-up",
+            &mut mutations.vote_while_catching_up,
+        ),
+        (
+            "answer-from-the-newest-state",
+            &mut mutations.answer_from_the_newest_state,
+        ),
+        (
+            "hand-over-without-wait",
+            &mut mutations.hand_over_without_wait,
+        ),
+        ("trust-an-unclean-run", &mut mutations.trust_an_unclean_run),
+    ]
+}
+
+/// The `tessera-sim` command that runs `seed` with `options` again, or,
+/// for a run the command cannot shape (a fixed fault schedule, ranges it
+/// has no flag for), the test to run instead.
+pub fn replay_command(seed: u64, options: &Options) -> String {
+    let shaped_by_flags = options.plan.is_none()
+        && *options.seats_per_server.start() == 3
+        && *options.lease_s.start() == 2
+        && options.fault_gap == Options::default().fault_gap
+        && options.admin;
+    if !shaped_by_flags {
+        return format!(
+            "seed {seed} of the test that ran it (its options have no tessera-sim flags)"
+        );
+    }
+    let mut command = format!(
+        "cargo run --release -p tessera-sim -- --seed {seed} --verbose --servers-min {} \
+         --servers-max {} --seats-per-server-max {} --lease-s-max {} --fault-seconds {}",
+        options.servers.start(),
+        options.servers.end(),
+        options.seats_per_server.end(),
+        options.lease_s.end(),
+        options.fault_span.as_secs(),
+    );
+    let flags = [
+        (options.programs.map(|n| format!("--programs {n}"))),
+        (!options.faults).then(|| "--no-faults".to_string()),
+        options.host_codes.then(|| "--host-codes".to_string()),
+        (!options.rules).then(|| "--no-rules".to_string()),
+        options
+            .withhold_rules
+            .then(|| "--withhold-rules".to_string()),
+        options
+            .background_sync
+            .then(|| "--background-sync".to_string()),
+    ];
+    for flag in flags.into_iter().flatten() {
+        command.push(' ');
+        command.push_str(&flag);
+    }
+    let mut mutations = options.mutations;
+    for (name, on) in mutation_switches(&mut mutations) {
+        if *on {
+            command.push_str(&format!(" --mutation {name}"));
+        }
+    }
+    command
 }
 
 thread_local! {
@@ -357,6 +436,7 @@ fn panicked(seed: u64, what: String) -> Report {
         simulated: Duration::ZERO,
         tail: String::new(),
         story: Vec::new(),
+        replay: String::new(),
     };
     if let Some(running) = running {
         let trace = running.trace.lock();
@@ -425,6 +505,7 @@ fn run_here(seed: u64, options: &Options) -> Report {
         simulated,
         tail: trace.tail(trace::TAIL_LINES),
         story: trace.story(),
+        replay: String::new(),
     }
 }
 

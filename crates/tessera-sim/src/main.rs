@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 use tessera_server::seams::Mutations;
-use tessera_sim::{run, Options, Report};
+use tessera_sim::{mutation_switches, run, Options, Report};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -77,7 +77,8 @@ struct Args {
     #[arg(long)]
     background_sync: bool,
     /// Deliberately break the server: issue-without-quorum, reassign-without-wait,
-    /// vote-while-catching-up, hand-over-without-wait or trust-an-unclean-run.
+    /// vote-while-catching-up, answer-from-the-newest-state, hand-over-without-wait
+    /// or trust-an-unclean-run.
     #[arg(long)]
     mutation: Option<String>,
     /// Start no new seed after this many minutes (a soak with a time budget).
@@ -148,18 +149,21 @@ fn mutations(name: Option<&str>) -> Result<Mutations> {
     let Some(name) = name else {
         return Ok(mutations);
     };
-    *match name {
-        "issue-without-quorum" => &mut mutations.issue_without_quorum,
-        "reassign-without-wait" => &mut mutations.reassign_without_wait,
-        "vote-while-catching-up" => &mut mutations.vote_while_catching_up,
-        "hand-over-without-wait" => &mut mutations.hand_over_without_wait,
-        "trust-an-unclean-run" => &mut mutations.trust_an_unclean_run,
-        other => bail!(
-            "unknown mutation `{other}`; the mutations are issue-without-quorum, \
-             reassign-without-wait, vote-while-catching-up, hand-over-without-wait and \
-             trust-an-unclean-run"
-        ),
-    } = true;
+    let mut names = Vec::new();
+    let mut found = false;
+    for (switch, on) in mutation_switches(&mut mutations) {
+        if switch == name {
+            *on = true;
+            found = true;
+        }
+        names.push(switch);
+    }
+    if !found {
+        bail!(
+            "unknown mutation `{name}`; the mutations are {}",
+            names.join(", ")
+        );
+    }
     Ok(mutations)
 }
 
