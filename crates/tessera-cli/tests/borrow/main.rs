@@ -58,7 +58,6 @@ fn free_pool(status: &StatusResponse) -> u32 {
         .free_pool
 }
 
-/// Checks out `n` single seats on server `i`, each by its own client.
 /// Checks out `n` seats on server `i`, one per client `TAG-k`; returns
 /// the grants as answered (with their proofs).
 async fn fill(pool: &Pool, i: usize, n: u32, tag: &str) -> Vec<serde_json::Value> {
@@ -78,6 +77,20 @@ async fn fill(pool: &Pool, i: usize, n: u32, tag: &str) -> Vec<serde_json::Value
         grants.push(body);
     }
     grants
+}
+
+/// Checks `grant` (as answered to client `client`) in on server `i`.
+async fn check_in(pool: &Pool, i: usize, grant: &serde_json::Value, client: &str) {
+    let response = pool
+        .http
+        .post(&pool.servers[i].address, "/v1/checkin")
+        .json(&serde_json::json!({
+            "grant_id": grant["grant_id"], "client_id": client, "proof": grant["proof"],
+        }))
+        .send()
+        .await
+        .expect("checkin");
+    assert!(response.status().is_success(), "check-in on {i}");
 }
 
 /// Seed 002 claim 2: B at 25 of 30 is above its 80% threshold and borrows a
@@ -214,17 +227,7 @@ async fn a_live_follower_gives_seats_only_with_its_consent() {
     // B checks one seat in: now it can consent, and C gets it.
     let (code, body) = pool.checkout(1, "b-extra", 1).await;
     assert_eq!(code, 409, "B is full: {body}");
-    let grant = &b_grants[0];
-    let response = pool
-        .http
-        .post(&pool.servers[1].address, "/v1/checkin")
-        .json(&serde_json::json!({
-            "grant_id": grant["grant_id"], "client_id": "b-0", "proof": grant["proof"],
-        }))
-        .send()
-        .await
-        .expect("checkin");
-    assert!(response.status().is_success());
+    check_in(&pool, 1, &b_grants[0], "b-0").await;
     pool.wait_status(leader, "B reported its free seat", |s| {
         rows(s)[1].in_use == Some(49)
     })
@@ -308,17 +311,7 @@ async fn a_donor_whose_issuer_lags_gives_no_seat_it_may_still_issue() {
     // Still lagging, B answers once its issuer holds the seat back: with a
     // seat checked in, A borrows it.
     pool.control_lag(1, 300).await;
-    let grant = &b_grants[0];
-    let response = pool
-        .http
-        .post(&pool.servers[1].address, "/v1/checkin")
-        .json(&serde_json::json!({
-            "grant_id": grant["grant_id"], "client_id": "b-0", "proof": grant["proof"],
-        }))
-        .send()
-        .await
-        .expect("checkin");
-    assert!(response.status().is_success());
+    check_in(&pool, 1, &b_grants[0], "b-0").await;
     let b_held = u32::from(b_code == 200);
     pool.wait_status(leader, "B reported its free seat", |s| {
         rows(s)[1].in_use == Some(b_held)
