@@ -433,13 +433,13 @@ impl App {
     fn answers_due(&self, newest: &ControlState, now_ms: u64) -> Vec<ControlCommand> {
         let me = &self.pool.server_id;
         let issuer = self.issuer();
-        let state = if self.mutations.answer_from_the_newest_state {
-            Arc::new(newest.clone())
+        let state: &ControlState = if self.mutations.answer_from_the_newest_state {
+            newest
         } else {
-            let Some(state) = issuer.control().cloned() else {
-                return Vec::new();
-            };
-            state
+            match issuer.control() {
+                Some(state) => state,
+                None => return Vec::new(),
+            }
         };
         let grace = issuer.in_grace(now_ms);
         let mut answers = Vec::new();

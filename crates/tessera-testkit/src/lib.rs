@@ -406,29 +406,31 @@ impl Pool {
 
     /// Flips the test fault switch of server `i`.
     pub async fn partition(&self, i: usize, on: bool) {
-        let response = self
-            .http
-            .post(&self.servers[i].address, "/v1/test/partition")
-            .header(POOL_HEADER, &self.pool_id)
-            .json(&serde_json::json!({ "on": on }))
-            .send()
-            .await
-            .expect("fault switch");
-        assert!(response.status().is_success(), "fault switch refused");
+        self.fault_switch(i, "/v1/test/partition", serde_json::json!({ "on": on }))
+            .await;
     }
 
     /// Sets the test fault switch of server `i` that makes its issuer take
     /// each new control state `ms` late (0: at once).
     pub async fn control_lag(&self, i: usize, ms: u64) {
+        self.fault_switch(i, "/v1/test/control-lag", serde_json::json!({ "ms": ms }))
+            .await;
+    }
+
+    /// Posts `body` to the test fault switch at `path` of server `i`.
+    async fn fault_switch(&self, i: usize, path: &str, body: serde_json::Value) {
         let response = self
             .http
-            .post(&self.servers[i].address, "/v1/test/control-lag")
+            .post(&self.servers[i].address, path)
             .header(POOL_HEADER, &self.pool_id)
-            .json(&serde_json::json!({ "ms": ms }))
+            .json(&body)
             .send()
             .await
             .expect("fault switch");
-        assert!(response.status().is_success(), "fault switch refused");
+        assert!(
+            response.status().is_success(),
+            "fault switch {path} refused"
+        );
     }
 
     /// A raw checkout on server `i`: the HTTP status and the JSON body.

@@ -268,34 +268,11 @@ async fn a_donor_whose_issuer_lags_gives_no_seat_it_may_still_issue() {
     })
     .await;
     pool.control_lag(1, 1_500).await;
-    let a_checkout = {
-        let pool_http = pool.http.clone();
-        let address = pool.servers[0].address.clone();
-        tokio::spawn(async move {
-            let body = serde_json::json!({
-                "client_id": "a-0", "user": "u", "host": "h", "feature": "app",
-                "version": "1.0", "count": 1
-            });
-            let response = pool_http
-                .post(&address, "/v1/checkout")
-                .json(&body)
-                .send()
-                .await
-                .expect("checkout");
-            let code = response.status().as_u16();
-            (
-                code,
-                response
-                    .json::<serde_json::Value>()
-                    .await
-                    .unwrap_or_default(),
-            )
-        })
-    };
     // A's request to B is committed well before B's issuer takes it.
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let (b_code, b_body) = pool.checkout(1, "b-late", 1).await;
-    let (a_code, a_body) = a_checkout.await.expect("A's checkout");
+    let ((a_code, a_body), (b_code, b_body)) = tokio::join!(pool.checkout(0, "a-0", 1), async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        pool.checkout(1, "b-late", 1).await
+    });
     assert!(
         !(a_code == 200 && b_code == 200),
         "B issued its last seat and gave it to A as well: 5 seats of 4\n\
