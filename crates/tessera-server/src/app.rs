@@ -92,10 +92,12 @@ pub struct App {
     pub(crate) claiming: Mutex<std::collections::HashSet<String>>,
     /// Usage events, for `tessera report` (`crate::report_log`).
     pub(crate) report: crate::report_log::ReportLog,
-    /// Told each time the issuer takes a new control state
-    /// (`background::follow_control`): a donor answers requests from the
-    /// state its issuer enforces (`crate::balance`).
-    pub(crate) control_taken: tokio::sync::Notify,
+    /// The log index of the control state the issuer enforces, sent each
+    /// time it takes a new one (`background::follow_control`): a donor
+    /// answers requests from that state (`crate::balance`), and the quota
+    /// lease is renewed only once it is as new as the leader requires
+    /// (`crate::quota`).
+    pub(crate) control_taken: tokio::sync::watch::Sender<u64>,
     /// How late the issuer takes each new control state
     /// ([`seams::Seams::control_lag_ms`]).
     pub(crate) control_lag_ms: Arc<std::sync::atomic::AtomicU64>,

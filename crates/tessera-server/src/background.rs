@@ -22,7 +22,10 @@ pub(crate) fn follow_control(app: &Arc<App>, grace: bool, config: &ServerConfig)
         let mut written_sequence = None;
         let mut grace_fitted = !grace;
         loop {
-            let control = applied.borrow_and_update().state.clone();
+            let (control, index) = {
+                let applied = applied.borrow_and_update();
+                (applied.state.clone(), applied.index)
+            };
             if control.pool().is_some() {
                 let licenses = app.licenses_for(&control);
                 log_unserved(&licenses);
@@ -39,7 +42,7 @@ pub(crate) fn follow_control(app: &Arc<App>, grace: bool, config: &ServerConfig)
                     }
                 }
                 app.seats_freed();
-                app.control_taken.notify_one();
+                app.control_taken.send_replace(index);
                 if sequence != written_sequence {
                     if let Some(text) = control.pool_text() {
                         let path = app.data_dir.join(INSTALLED_POOL_FILE);

@@ -399,10 +399,11 @@ pub(crate) fn spawn_answer_loop(app: Arc<App>) -> tokio::task::JoinHandle<()> {
         let mut sent: HashMap<String, u64> = HashMap::new();
         // Leader: when it first saw each pending request.
         let mut first_seen: BTreeMap<(String, u64), u64> = BTreeMap::new();
+        let mut taken = app.control_taken.subscribe();
         loop {
             // Woken when the issuer takes a new control state: the answers
             // are computed from it, not from the pool's newest.
-            let _ = tokio::time::timeout(ANSWER_INTERVAL, app.control_taken.notified()).await;
+            let _ = tokio::time::timeout(ANSWER_INTERVAL, taken.changed()).await;
             let state = app.pool.applied.borrow().state.clone();
             let now_ms = app.clock.now_ms();
             let answers = app.answers_due(&state, now_ms);

@@ -1,8 +1,13 @@
 //! The quota lease, a follower's side (the leader's is `pool/quota.rs`):
 //! every server reports its in-use counts to the leader; an acknowledged
-//! report renews its quota lease from the report's send time, once its log
-//! is applied as far as the leader says. The issuer issues only while the
-//! lease holds ([`crate::issuer::Issuer::set_quota`]). The stale grant
+//! report renews its quota lease from the report's send time, once its
+//! issuer enforces the control state as far into the log as the leader
+//! says: applying the log is not enough, since the issuer takes each state
+//! after the log applied it (`background::follow_control`), and until then
+//! it would issue seats the pool has already moved elsewhere (simulation
+//! seed 317 with `--slow-follow`: a server restarted with an old log issued
+//! from its old allocation). The issuer issues only while the lease holds
+//! ([`crate::issuer::Issuer::set_quota`]). The stale grant
 //! copies the pool must hear of ride along (`crate::copies`).
 
 use std::sync::Arc;
@@ -125,15 +130,21 @@ impl App {
         }
     }
 
-    /// The leader took the report sent at `sent_ms`: once this server has
-    /// applied the log as far as the leader says (within `interval`), the
-    /// quota lease runs `quota_lease_ms` from the send time.
+    /// The leader took the report sent at `sent_ms`: once this server's
+    /// issuer enforces the log as far as the leader says (within `interval`
+    /// or half the lease, the longer), the quota lease runs
+    /// `quota_lease_ms` from the send time.
     async fn acknowledged(&self, ack: PeerReportAck, sent_ms: u64, interval: Duration) {
-        let applied = self
-            .pool
-            .wait_applied(ack.applied_index_required, interval)
-            .await;
-        if applied && !self.mutations.issue_without_quorum {
+        let wait = interval.max(Duration::from_millis(self.timing.quota_lease_ms / 2));
+        let taken = if self.mutations.renew_before_the_issuer_follows {
+            // The deliberate bug: the log applied, the issuer perhaps not.
+            self.pool
+                .wait_applied(ack.applied_index_required, interval)
+                .await
+        } else {
+            self.wait_taken(ack.applied_index_required, wait).await
+        };
+        if taken && !self.mutations.issue_without_quorum {
             let valid_until_ms = self.timing.lease().quota_valid_until_ms(sent_ms);
             self.issuer().set_quota(valid_until_ms);
             self.quota_renewals
@@ -142,5 +153,14 @@ impl App {
                 .renewed(self.clock.now_ms());
         }
         self.drop_superseded(&ack.superseded).await;
+    }
+
+    /// Waits up to `timeout` for the issuer to take the control state at
+    /// log index `index` or a later one; false if it did not.
+    async fn wait_taken(&self, index: u64, timeout: Duration) -> bool {
+        let mut taken = self.control_taken.subscribe();
+        tokio::time::timeout(timeout, taken.wait_for(|&taken| taken >= index))
+            .await
+            .is_ok_and(|r| r.is_ok())
     }
 }

@@ -220,6 +220,9 @@ pub struct Mutations {
     /// Start serving at once after a run that synced grants in the
     /// background and did not stop cleanly, trusting its store.
     pub trust_an_unclean_run: bool,
+    /// Renew the quota lease once the log is applied as far as the leader
+    /// says, though the issuer may not have taken that state yet.
+    pub renew_before_the_issuer_follows: bool,
 }
 
 /// Makes grant ids.

@@ -379,7 +379,7 @@ impl App {
                 config.limits.requests_in_flight_max,
             )),
             framed_requests: Default::default(),
-            control_taken: tokio::sync::Notify::new(),
+            control_taken: tokio::sync::watch::Sender::new(0),
             control_lag_ms: seams.control_lag_ms.clone(),
             vendors: config.vendors.clone(),
             data_dir: config.data_dir.clone(),

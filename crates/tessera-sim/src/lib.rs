@@ -90,6 +90,10 @@ pub struct Options {
     /// "background"`): a crash loses the grants of its last moments, and
     /// the restarted server must recover them from heartbeats.
     pub background_sync: bool,
+    /// Over the seed's own faults, servers whose issuers take each new
+    /// control state late ([`plan::draw_slow_follow`], from a random
+    /// source of its own: every other choice of the seed stays as it was).
+    pub slow_follow: bool,
 }
 
 impl Default for Options {
@@ -110,6 +114,7 @@ impl Default for Options {
             rules: true,
             withhold_rules: false,
             background_sync: false,
+            slow_follow: false,
         }
     }
 }
@@ -331,7 +336,7 @@ pub fn run(seed: u64, options: &Options) -> Report {
 
 /// The deliberate bugs of [`Mutations`], by the names `tessera-sim
 /// --mutation` takes.
-pub fn mutation_switches(mutations: &mut Mutations) -> [(&'static str, &mut bool); 6] {
+pub fn mutation_switches(mutations: &mut Mutations) -> [(&'static str, &mut bool); 7] {
     [
         ("issue-without-quorum", &mut mutations.issue_without_quorum),
         (
@@ -351,6 +356,10 @@ pub fn mutation_switches(mutations: &mut Mutations) -> [(&'static str, &mut bool
             &mut mutations.hand_over_without_wait,
         ),
         ("trust-an-unclean-run", &mut mutations.trust_an_unclean_run),
+        (
+            "renew-before-the-issuer-follows",
+            &mut mutations.renew_before_the_issuer_follows,
+        ),
     ]
 }
 
@@ -388,6 +397,7 @@ pub fn replay_command(seed: u64, options: &Options) -> String {
         options
             .background_sync
             .then(|| "--background-sync".to_string()),
+        options.slow_follow.then(|| "--slow-follow".to_string()),
     ];
     for flag in flags.into_iter().flatten() {
         command.push(' ');
@@ -461,18 +471,31 @@ fn panicked(seed: u64, what: String) -> Report {
     report
 }
 
+/// Mixed into a seed for the random source of its slow-follow episodes.
+const SLOW_FOLLOW_STREAM: u64 = 0x5107_f011_0000_0001;
+
 fn run_here(seed: u64, options: &Options) -> Report {
     let mut rng = StdRng::seed_from_u64(seed);
     let mut scenario = Scenario::new(&mut rng, options);
     let client_hosts: Vec<String> = (1..=options.client_hosts)
         .map(|i| format!("client-{i}"))
         .collect();
-    let episodes = draw_episodes(
+    let mut episodes = draw_episodes(
         &mut rng,
         options,
         scenario.servers.len(),
         client_hosts.len(),
     );
+    if options.slow_follow {
+        let mut own = StdRng::seed_from_u64(seed ^ SLOW_FOLLOW_STREAM);
+        episodes.extend(plan::draw_slow_follow(
+            &mut own,
+            scenario.servers.len(),
+            FAULTS_FROM,
+            options.fault_span,
+        ));
+        episodes.sort_by_key(|episode| episode.start);
+    }
     // Last, so that every other choice of the seed is what it was before
     // there were rules.
     if options.rules && rng.gen_ratio(1, 3) {

@@ -6,6 +6,7 @@
 //! tessera-sim --seeds 200 --mutation issue-without-quorum   # the checkers must object
 //! tessera-sim --seed 1806 --no-rules     # a seed as it ran before reserve and max rules
 //! tessera-sim --seeds 20 --withhold-rules   # servers not told the rules: the checker must object
+//! tessera-sim --seeds 500 --slow-follow   # issuers that take control states late, over the faults
 //! ```
 
 use std::io::Write as _;
@@ -76,9 +77,13 @@ struct Args {
     /// "background"`), so a crash loses some and costs a grace period.
     #[arg(long)]
     background_sync: bool,
+    /// Over each seed's faults, servers whose issuers take each new control
+    /// state late (20 to 1,500 ms), drawn apart from the rest of the seed.
+    #[arg(long)]
+    slow_follow: bool,
     /// Deliberately break the server: issue-without-quorum, reassign-without-wait,
-    /// vote-while-catching-up, answer-from-the-newest-state, hand-over-without-wait
-    /// or trust-an-unclean-run.
+    /// vote-while-catching-up, answer-from-the-newest-state, hand-over-without-wait,
+    /// trust-an-unclean-run or renew-before-the-issuer-follows.
     #[arg(long)]
     mutation: Option<String>,
     /// Start no new seed after this many minutes (a soak with a time budget).
@@ -128,6 +133,7 @@ fn real_main() -> Result<i32> {
         rules: !args.no_rules,
         withhold_rules: args.withhold_rules,
         background_sync: args.background_sync,
+        slow_follow: args.slow_follow,
         ..Options::default()
     };
     if let Some(seed) = args.seed {

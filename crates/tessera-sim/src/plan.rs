@@ -40,7 +40,8 @@ pub enum Fault {
     SlowDisk { server: usize, delay: Duration },
     /// The server's issuer takes each new control state `lag` after the
     /// pool applied it, as on a server too busy to follow its log at once.
-    /// Drawn by no seed's own schedule; plans name it.
+    /// Drawn by no seed's own schedule, so every seed keeps its story;
+    /// plans name it, and [`draw_slow_follow`] adds it over a schedule.
     SlowFollow { server: usize, lag: Duration },
 }
 
@@ -241,6 +242,37 @@ pub fn draw(
     }
     episodes
 }
+
+/// Slow-follow episodes to lay over a seed's own schedule: from `from` for
+/// `span`, about one every 2 s, each on a random server for 0.5 to 5 s,
+/// the issuer taking each control state 20 to 1,500 ms late (the chaos
+/// test's own range, and beyond a quota report's interval).
+pub fn draw_slow_follow(
+    rng: &mut StdRng,
+    servers: usize,
+    from: Duration,
+    span: Duration,
+) -> Vec<Episode> {
+    let mut episodes = Vec::new();
+    let end = from + span;
+    let mut at = from + jitter(rng, SLOW_FOLLOW_GAP);
+    while at < end {
+        let length = Duration::from_millis(rng.gen_range(500..=5_000)).min(end - at);
+        episodes.push(Episode {
+            start: at,
+            length,
+            fault: Fault::SlowFollow {
+                server: rng.gen_range(0..servers),
+                lag: Duration::from_millis(rng.gen_range(20..=1_500)),
+            },
+        });
+        at += jitter(rng, SLOW_FOLLOW_GAP);
+    }
+    episodes
+}
+
+/// Mean time between the starts of two slow-follow episodes.
+const SLOW_FOLLOW_GAP: Duration = Duration::from_secs(2);
 
 fn jitter(rng: &mut StdRng, mean: Duration) -> Duration {
     let ms = mean.as_millis() as u64;

@@ -11,6 +11,8 @@ use tessera_sim::{run, Options, Report};
 
 /// Seeds per batch test; two batch tests run side by side.
 const BATCH_SEEDS: u64 = 100;
+/// Seeds of the batch run again with slow followers over their faults.
+const SLOW_FOLLOW_SEEDS: u64 = 24;
 /// A mutation must be caught within this many seeds.
 const MUTATION_SEEDS_MAX: u64 = 60;
 
@@ -280,6 +282,78 @@ fn servers_that_follow_their_log_late_break_no_checker() {
     for seed in 1..=12 {
         assert_passed(&run(seed, &slow_follow_options(Mutations::default())));
     }
+}
+
+/// Server C is down for 7 s, long enough for the pool to give its seats to
+/// A and B, and comes back with its old log while its issuer takes every
+/// new control state 1.2 s late: until it has taken the state that moved
+/// its seats away, it must not renew its quota lease (simulation seed 317
+/// with `--slow-follow`).
+fn rejoin_late_options(mutations: Mutations) -> Options {
+    let plan = vec![
+        Episode {
+            start: Duration::from_secs(3),
+            length: Duration::from_secs(7),
+            fault: Fault::Crash {
+                server: 2,
+                wipe: false,
+            },
+        },
+        Episode {
+            start: Duration::from_millis(9_500),
+            length: Duration::from_secs(5),
+            fault: Fault::SlowFollow {
+                server: 2,
+                lag: Duration::from_millis(1_200),
+            },
+        },
+    ];
+    Options {
+        servers: 3..=3,
+        plan: Some(plan),
+        mutations,
+        ..Options::default()
+    }
+}
+
+#[test]
+fn a_server_that_rejoins_following_late_breaks_no_checker() {
+    for seed in 1..=6 {
+        assert_passed(&run(seed, &rejoin_late_options(Mutations::default())));
+    }
+}
+
+/// Renewing the quota once the log is applied, before the issuer has taken
+/// the state, lets the rejoining server issue its old allocation.
+#[test]
+fn renewing_before_the_issuer_follows_is_caught() {
+    check_caught_with(rejoin_late_options(Mutations {
+        renew_before_the_issuer_follows: true,
+        ..Mutations::default()
+    }));
+}
+
+/// The seeds' own faults, with servers following their log late laid over
+/// them (`Options::slow_follow`, drawn apart from the rest of each seed, so
+/// each seed's other choices are the batch's): crashes, partitions and
+/// borrowing while issuers lag behind the pool's state.
+#[test]
+fn seeds_whose_servers_also_follow_late_break_no_checker() {
+    let options = Options {
+        slow_follow: true,
+        ..options()
+    };
+    let mut lagged = 0;
+    for seed in 1..=SLOW_FOLLOW_SEEDS {
+        let report = run(seed, &options);
+        assert_passed(&report);
+        lagged += report
+            .schedule
+            .iter()
+            .filter(|line| line.contains("control state"))
+            .count();
+    }
+    assert!(lagged > 0, "no seed drew a slow follower");
 }
 
 /// The fault of a chaos run (61 seats believed of 60): a donor that
