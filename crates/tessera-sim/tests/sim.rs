@@ -343,17 +343,23 @@ fn seeds_whose_servers_also_follow_late_break_no_checker() {
         slow_follow: true,
         ..options()
     };
-    let mut lagged = 0;
-    for seed in 1..=SLOW_FOLLOW_SEEDS {
-        let report = run(seed, &options);
-        assert_passed(&report);
-        lagged += report
-            .schedule
-            .iter()
-            .filter(|line| line.contains("control state"))
-            .count();
-    }
+    let lagged = seeds_passed(&options, SLOW_FOLLOW_SEEDS, |report| {
+        let lines = report.schedule.iter();
+        lines.filter(|line| line.contains("control state")).count() as u64
+    });
     assert!(lagged > 0, "no seed drew a slow follower");
+}
+
+/// Runs seeds 1 to `seeds` with `options`, every one of which must pass;
+/// the sum of what `count` finds in their reports.
+fn seeds_passed(options: &Options, seeds: u64, count: impl Fn(&Report) -> u64) -> u64 {
+    (1..=seeds)
+        .map(|seed| {
+            let report = run(seed, options);
+            assert_passed(&report);
+            count(&report)
+        })
+        .sum()
 }
 
 /// The fault of a chaos run (61 seats believed of 60): a donor that
@@ -377,12 +383,9 @@ fn a_pool_that_syncs_in_the_background_breaks_no_checker() {
         background_sync: true,
         ..options()
     };
-    let mut lost = 0;
-    for seed in 1..=BACKGROUND_SEEDS {
-        let report = run(seed, &options);
-        assert_passed(&report);
-        lost += report.counts.lost_unsynced;
-    }
+    let lost = seeds_passed(&options, BACKGROUND_SEEDS, |report| {
+        report.counts.lost_unsynced
+    });
     println!("{BACKGROUND_SEEDS} seeds: {lost} believed grants lost unsynced in crashes");
     assert!(lost > 0, "no crash lost a grant it had answered unsynced");
 }
