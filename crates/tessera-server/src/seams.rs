@@ -246,10 +246,17 @@ pub struct Seams {
     pub answer_key_seed: [u8; 32],
     /// How late, in ms, the issuer takes each new control state: 0, but
     /// for the simulator's slow-follow fault and the test fault switch
-    /// (`POST /v1/test/control-lag`), which stand for a server too busy to
-    /// follow the pool's log at once.
+    /// (`POST /v1/test/control-lag`, or [`TEST_CONTROL_LAG_ENV`] from the
+    /// start), which stand for a server too busy to follow the pool's log
+    /// at once.
     pub control_lag_ms: Arc<std::sync::atomic::AtomicU64>,
 }
+
+/// Test-only: the issuer takes each new control state this many ms late
+/// from the server's start, honoured only with the test fault switch on
+/// (`TESSERA_TEST_FAULTS=1`), so that a test can restart a server already
+/// slow to follow the pool's log.
+pub const TEST_CONTROL_LAG_ENV: &str = "TESSERA_TEST_CONTROL_LAG_MS";
 
 impl Seams {
     /// The real clock, TCP, file system and random ids.
@@ -270,7 +277,13 @@ impl Seams {
             observer: None,
             mutations: Mutations::default(),
             hostid: None,
-            control_lag_ms: Default::default(),
+            control_lag_ms: Arc::new(std::sync::atomic::AtomicU64::new(
+                std::env::var(TEST_CONTROL_LAG_ENV)
+                    .ok()
+                    .filter(|_| crate::pool::test_faults_enabled())
+                    .and_then(|ms| ms.parse().ok())
+                    .unwrap_or(0),
+            )),
             answer_key_seed: {
                 use rand::RngCore;
                 let mut seed = [0u8; 32];

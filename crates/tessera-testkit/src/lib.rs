@@ -309,11 +309,26 @@ impl Pool {
 
     /// Starts server `i` with these arguments after `server --config FILE`.
     pub fn spawn_with(&mut self, i: usize, args: &[&str]) {
+        self.spawn_with_env(i, args, &[]);
+    }
+
+    /// Starts server `i` (with `--new-pool`, as [`Pool::spawn`]) whose
+    /// issuer takes each new control state `ms` late from the start: the
+    /// control-lag fault switch already on ([`Pool::control_lag`]).
+    pub fn spawn_lagging(&mut self, i: usize, ms: u64) {
+        let ms = ms.to_string();
+        // The server's `seams::TEST_CONTROL_LAG_ENV`.
+        let env = [("TESSERA_TEST_CONTROL_LAG_MS", ms.as_str())];
+        self.spawn_with_env(i, &["--new-pool"], &env);
+    }
+
+    fn spawn_with_env(&mut self, i: usize, args: &[&str], env: &[(&str, &str)]) {
         let server = &mut self.servers[i];
         let mut command = server_command(&self.tessera, &server.config, args);
         command
             .env("TESSERA_TEST_FAULTS", "1")
-            .env("TESSERA_LOG", "info,openraft=error");
+            .env("TESSERA_LOG", "info,openraft=error")
+            .envs(env.iter().copied());
         let process = Process::start(command, &server.log).expect("spawn tessera server");
         server.process = Some(process);
     }

@@ -169,6 +169,59 @@ async fn in_a_full_pool_the_clients_of_a_dead_server_keep_their_seats() {
     assert!(late.is_err(), "a seventh seat of six was granted");
 }
 
+/// A follower killed until the pool has given its seats to the others, then
+/// restarted with an issuer that takes each new control state 2 s late (a
+/// server too busy to follow its log): until its issuer has taken the state
+/// that gave its seats away it holds no quota lease, so it issues none of
+/// them while the others hold every seat (simulation seed 317).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_restarted_slow_to_follow_issues_none_of_the_seats_it_lost() {
+    let mut pool = start_pool(evenly(6, "A = 2\nB = 2\nC = 2\n")).await;
+    let leader = pool.wait_leader(&pool.all()).await;
+    let down = (leader + 1) % 3;
+    let live = [leader, (leader + 2) % 3];
+    let down_id = pool.servers[down].id.clone();
+    pool.kill(down);
+    // Two seats each, then the dead server's two once W has passed.
+    let mut seats = Vec::new();
+    for n in 0..6 {
+        let name = format!("c{n}");
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            match client(&pool, live[n % 2], &name)
+                .checkout("app", "1.0", 1)
+                .await
+            {
+                Ok(seat) => break seats.push(seat),
+                Err(_) if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+                Err(err) => panic!("no seat for {name}: {err}"),
+            }
+        }
+    }
+    assert_eq!(row(&pool.status(leader).await.unwrap(), &down_id).0, 0);
+    pool.spawn_lagging(down, 2_000);
+    pool.wait_status(down, "the restarted server answers", |_| true)
+        .await;
+    // Past the lag: every checkout on it is refused, every seat stays held.
+    let until = Instant::now() + Duration::from_secs(4);
+    let mut asked = 0;
+    while Instant::now() < until {
+        let (code, body) = pool.checkout(down, &format!("late-{asked}"), 1).await;
+        assert_ne!(
+            code, 200,
+            "{down_id}, following late, issued a seventh seat of six: {body}"
+        );
+        assert_all_held(&seats);
+        asked += 1;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(asked > 10, "only {asked} checkouts reached {down_id}");
+    // Once it has followed, it serves again (with no seat to give).
+    pool.wait_serving(down).await;
+}
+
 /// Servers started together leave the forming of a new pool to the first
 /// in priority, even when it is the last to listen: B and C, a majority of
 /// fresh servers, wait for A instead of forming without it.
