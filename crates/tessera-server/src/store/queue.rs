@@ -169,6 +169,13 @@ impl Queue {
         self.late.load(Ordering::Relaxed)
     }
 
+    /// Whether the writer is writing a batch (it looks at the queue again
+    /// before it sleeps).
+    #[cfg(test)]
+    pub fn writing(&self) -> bool {
+        self.lock().writing
+    }
+
     /// Records that the journal stopped at an error (the first one counts).
     pub fn fail(&self, reason: String) {
         let _ = self.failed.set(reason);
