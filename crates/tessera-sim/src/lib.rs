@@ -213,7 +213,8 @@ const FAULTS_FROM: Duration = Duration::from_secs(3);
 fn settle(lease_s: u32) -> Duration {
     Duration::from_secs(6 + 2 * u64::from(lease_s))
 }
-/// Time the programs get to give their seats back.
+/// Time the programs get to give their seats back, at least: the probe
+/// also waits for the last of them to end.
 const STOP_WAIT: Duration = Duration::from_secs(3);
 /// Connections a simulated socket queues (turmoil's default is 64).
 const TCP_BACKLOG: usize = 16_384;
@@ -660,6 +661,7 @@ impl Runner {
             knobs: knobs.clone(),
             client_hosts: client_hosts.clone(),
             admin: options.admin,
+            programs_running: AtomicU64::new(0),
         });
         Runner {
             episodes,
@@ -813,7 +815,13 @@ impl Runner {
                 self.trace.lock().note("runner", "programs stop");
                 self.ctx.set_phase(Phase::Stop);
             }
-            Phase::Stop if now >= healed_at + settle + STOP_WAIT => {
+            // Every program has ended: one still asking when told to stop
+            // (a checkout or an activation going round the servers) may
+            // yet take a seat, which the probe must see as taken.
+            Phase::Stop
+                if now >= healed_at + settle + STOP_WAIT
+                    && self.ctx.programs_running.load(Ordering::SeqCst) == 0 =>
+            {
                 self.trace.lock().note("runner", "probe");
                 self.ctx.set_phase(Phase::Probe);
             }

@@ -50,6 +50,25 @@ pub struct Ctx {
     pub knobs: std::collections::BTreeMap<String, Arc<NetKnobs>>,
     pub client_hosts: Vec<String>,
     pub admin: bool,
+    /// Programs started and not yet ended (or killed with their machine).
+    pub programs_running: AtomicU64,
+}
+
+/// Counts a program in [`Ctx::programs_running`] until it ends or its
+/// machine dies.
+struct ProgramRunning(Arc<Ctx>);
+
+impl ProgramRunning {
+    fn start(ctx: &Arc<Ctx>) -> ProgramRunning {
+        ctx.programs_running.fetch_add(1, Ordering::SeqCst);
+        ProgramRunning(ctx.clone())
+    }
+}
+
+impl Drop for ProgramRunning {
+    fn drop(&mut self) {
+        self.0.programs_running.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl Ctx {
@@ -196,7 +215,12 @@ pub async fn client_machine(
         let client =
             Client::with_transport(config, ctx.transport(&host, 1 + index as u64 * 100 + boot))
                 .expect("a valid client configuration");
-        programs.spawn(program(ctx.clone(), name, whose, client, rng));
+        let running = ProgramRunning::start(&ctx);
+        let program = program(ctx.clone(), name, whose, client, rng);
+        programs.spawn(async move {
+            let _running = running;
+            program.await;
+        });
     }
     while programs.join_next().await.is_some() {}
     Ok(())
