@@ -97,6 +97,21 @@ async fn seat_on(pool: &Pool, first: usize, name: &str) -> SeatGuard {
         .unwrap_or_else(|err| panic!("no seat for {name}: {err}"))
 }
 
+/// As [`seat_on`], asking again until [`PATIENCE`] while the pool cannot
+/// give the seat yet (a dead server's allocation waits `W`).
+async fn seat_on_within_patience(pool: &Pool, first: usize, name: &str) -> SeatGuard {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        match client(pool, first, name).checkout("app", "1.0", 1).await {
+            Ok(seat) => return seat,
+            Err(_) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            Err(err) => panic!("no seat for {name}: {err}"),
+        }
+    }
+}
+
 /// Server `i` grants a seat to a client named `name`.
 async fn assert_grants(pool: &Pool, i: usize, name: &str) {
     let (code, body) = pool.checkout(i, name, 1).await;
@@ -185,20 +200,7 @@ async fn a_server_restarted_slow_to_follow_issues_none_of_the_seats_it_lost() {
     // Two seats each, then the dead server's two once W has passed.
     let mut seats = Vec::new();
     for n in 0..6 {
-        let name = format!("c{n}");
-        let deadline = Instant::now() + PATIENCE;
-        loop {
-            match client(&pool, live[n % 2], &name)
-                .checkout("app", "1.0", 1)
-                .await
-            {
-                Ok(seat) => break seats.push(seat),
-                Err(_) if Instant::now() < deadline => {
-                    tokio::time::sleep(Duration::from_millis(250)).await;
-                }
-                Err(err) => panic!("no seat for {name}: {err}"),
-            }
-        }
+        seats.push(seat_on_within_patience(&pool, live[n % 2], &format!("c{n}")).await);
     }
     assert_eq!(row(&pool.status(leader).await.unwrap(), &down_id).0, 0);
     pool.spawn_lagging(down, 2_000);
